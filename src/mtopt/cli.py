@@ -1,0 +1,65 @@
+"""``mtopt`` command line. Each room owns a Typer sub-app; this file only mounts them."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="mtopt",
+    help="MT-Opt: continuous multi-task robotic RL on a simulated (or real) robot cell.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """MT-Opt: continuous multi-task robotic RL on a simulated (or real) robot cell."""
+
+
+@app.command()
+def tasks() -> None:
+    """List the registered tasks and their skills."""
+    from mtopt.tasks import DEFAULT_REGISTRY
+
+    for i, t in enumerate(DEFAULT_REGISTRY):
+        holding = "starts holding" if t.starts_holding else "starts empty"
+        typer.echo(f"{i:2d}  {t.name:20s} skill={t.skill:6s} {holding:15s} {t.description}")
+
+
+def _mount() -> None:
+    # Sub-apps are mounted here, one line per room (keep imports light: no torch/pybullet
+    # at import time of the sub-app modules).
+    import importlib
+
+    for module, name, help_ in [
+        ("mtopt.sim.cli", "sim", "Simulated robot cell: demos and checks."),
+        ("mtopt.store.cli", "store", "Episode store: stats and exports."),
+        ("mtopt.success.cli", "sd", "Success detectors: examples, training, labeling."),
+    ]:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        app.add_typer(mod.app, name=name, help=help_)
+    for module in ["mtopt.collect.cli", "mtopt.runtime.cli"]:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        mod.register(app)
+
+
+_mount()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

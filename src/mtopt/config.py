@@ -1,0 +1,120 @@
+"""Typed configs: frozen dataclasses, overridable with ``section.field=value`` strings.
+
+Every room keeps its own config dataclass next to its code; this module only knows how
+to override, validate and save them generically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mtopt._io import atomic_write_json
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A bad config field or value."""
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: str, typ: Any, where: str) -> Any:
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        if value.lower() in ("none", "null") and len(non_none) < len(args):
+            return None
+        return _coerce(value, non_none[0], where)
+    if typ is bool:
+        low = value.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected a boolean (true/false), got {value!r}")
+    if typ in (int, float, str):
+        try:
+            return typ(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}") from None
+    if typing.get_origin(typ) is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: must be one of {list(args)}, got {value!r}")
+        return value
+    if origin in (tuple, list):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = [v for v in value.split(",") if v != ""]
+        if not isinstance(parsed, list):
+            parsed = [parsed]
+        inner = args[0] if args else str
+        items = [_coerce(str(v), inner, where) if not isinstance(v, inner) else v for v in parsed]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or typ is dict:
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            raise ConfigError(f"{where}: expected a JSON object, got {value!r}") from None
+    raise ConfigError(f"{where}: cannot set a field of type {typ} from the command line")
+
+
+def override(cfg: T, assignments: list[str] | tuple[str, ...]) -> T:
+    """Return a copy of ``cfg`` with ``a.b.c=value`` assignments applied (values coerced)."""
+    for item in assignments:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like field=value or section.field=value")
+        key, value = item.split("=", 1)
+        cfg = _set_path(cfg, key.strip().split("."), value.strip(), key)
+    return cfg
+
+
+def _set_path(obj: Any, path: list[str], value: str, full: str) -> Any:
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        raise ConfigError(f"{full}: {path[0]!r} is not a config section")
+    names = [f.name for f in dataclasses.fields(obj)]
+    name = path[0]
+    if name not in names:
+        raise ConfigError(f"unknown config field {full!r}; valid fields here: {names}")
+    if len(path) == 1:
+        new = _coerce(value, _field_types(type(obj))[name], full)
+    else:
+        new = _set_path(getattr(obj, name), path[1:], value, full)
+    return dataclasses.replace(obj, **{name: new})
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Rebuild a (nested) config dataclass from ``to_dict`` output; unknown keys are errors."""
+    hints = _field_types(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"unknown fields for {cls.__name__}: {sorted(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for k, v in data.items():
+        typ = hints[k]
+        if dataclasses.is_dataclass(typ) and isinstance(v, dict):
+            kwargs[k] = from_dict(typ, v)  # type: ignore[arg-type]
+        elif typing.get_origin(typ) is tuple and isinstance(v, list):
+            kwargs[k] = tuple(v)
+        else:
+            kwargs[k] = v
+    return cls(**kwargs)
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Write the resolved config as JSON next to a run's outputs (atomically)."""
+    return atomic_write_json(path, to_dict(cfg))

@@ -1,0 +1,87 @@
+"""The ``Robot`` protocol: what collection and policies need from any robot, sim or real."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+# State features of the paper, in this order.
+STATE_DIM = 2
+STATE_NAMES = ("gripper_closed", "gripper_height")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One observation: an RGB image and the paper's state features.
+
+    image: uint8 array (H, W, 3).
+    state: float32 array (2,) = [gripper closed (0/1), gripper height above bin floor (m)].
+    """
+
+    image: np.ndarray
+    state: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.image.dtype != np.uint8 or self.image.ndim != 3 or self.image.shape[2] != 3:
+            raise ValueError(
+                f"Observation.image must be uint8 (H, W, 3), got {self.image.dtype} {self.image.shape}"
+            )
+        if self.state.shape != (STATE_DIM,):
+            raise ValueError(
+                f"Observation.state must have shape ({STATE_DIM},) {STATE_NAMES}, got {self.state.shape}"
+            )
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What ``Robot.act`` returns: the next observation and whether the episode ended."""
+
+    observation: Observation
+    terminated: bool  # the policy sent TERMINATE
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Robot(Protocol):
+    """A robot cell that can run episodes. A real robot implements the same methods.
+
+    A robot knows nothing about tasks or rewards: it resets its scene, observes and acts.
+    ``prepare_for_task`` lets a robot set up the initial condition a task needs (for the
+    sim: an object already in the gripper for placing tasks); a real robot may chain from
+    a previous successful lift instead and return False when it cannot comply.
+    """
+
+    robot_id: str
+    image_size: int
+
+    def reset_scene(self, seed: int | None = None) -> Observation:
+        """Reset the whole scene (new objects / arrangement) and return the first observation."""
+        ...
+
+    def start_episode(self) -> Observation:
+        """Move the arm to a start pose without disturbing the scene (for chaining tasks)."""
+        ...
+
+    def prepare_for_task(self, starts_holding: bool) -> bool:
+        """Make sure the initial condition holds (object in gripper or not); False if impossible."""
+        ...
+
+    def observe(self) -> Observation:
+        ...
+
+    def act(self, action: np.ndarray) -> StepResult:
+        """Execute one validated action (see ``mtopt.robots.action``)."""
+        ...
+
+    def final_image(self) -> np.ndarray:
+        """The image the success detector judges: taken with the arm out of the way."""
+        ...
+
+    def scene_description(self) -> dict[str, Any]:
+        """JSON-serialisable description of the scene (seed, objects, fixtures)."""
+        ...
+
+    def close(self) -> None:
+        ...

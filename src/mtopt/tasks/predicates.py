@@ -1,0 +1,79 @@
+"""Ground-truth success predicates built from a small vocabulary (lift, place).
+
+Each factory returns a pure function ``SceneState -> bool``. Thresholds are named
+constants so the staged-scene tests and the simulator agree on them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from mtopt.tasks.scene import FixtureState, ObjectState, SceneState
+
+Predicate = Callable[[SceneState], bool]
+
+LIFT_HEIGHT_M = 0.10  # object centre this far above its bin floor, held by the gripper
+ON_FIXTURE_MAX_HEIGHT_M = 0.08  # object centre at most this far above the fixture surface
+
+
+def _horizontal_distance(a: tuple[float, float, float], b: tuple[float, float, float]) -> float:
+    return math.hypot(a[0] - b[0], a[1] - b[1])
+
+
+def _matches(obj: ObjectState, category: str | None, min_size: float | None) -> bool:
+    if category is not None and obj.category != category:
+        return False
+    return not (min_size is not None and obj.size < min_size)
+
+
+def is_lifted(obj: ObjectState, scene: SceneState) -> bool:
+    return obj.in_gripper and obj.position[2] >= scene.right_bin.floor_z + LIFT_HEIGHT_M
+
+
+def is_on_fixture(obj: ObjectState, fixture: FixtureState) -> bool:
+    if obj.in_gripper:
+        return False
+    if _horizontal_distance(obj.position, fixture.position) > fixture.radius:
+        return False
+    dz = obj.position[2] - fixture.position[2]
+    return -0.02 <= dz <= ON_FIXTURE_MAX_HEIGHT_M
+
+
+def lift(category: str | None = None, min_size: float | None = None) -> Predicate:
+    """Success iff an object (of ``category`` / at least ``min_size``) is held up high."""
+
+    def predicate(scene: SceneState) -> bool:
+        return any(
+            _matches(o, category, min_size) and is_lifted(o, scene) for o in scene.objects
+        )
+
+    return predicate
+
+
+def place(fixtures: tuple[str, ...], category: str | None = None) -> Predicate:
+    """Success iff an object (of ``category``) rests, released, on one of ``fixtures``."""
+
+    def predicate(scene: SceneState) -> bool:
+        targets = [f for f in scene.fixtures if f.kind in fixtures]
+        return any(
+            _matches(o, category, None) and is_on_fixture(o, f)
+            for o in scene.objects
+            for f in targets
+        )
+
+    return predicate
+
+
+def in_left_bin() -> Predicate:
+    """Success iff an object rests released inside the left bin (on a fixture or not)."""
+
+    def predicate(scene: SceneState) -> bool:
+        return any(
+            not o.in_gripper
+            and scene.left_bin.contains_xy(o.position[0], o.position[1])
+            and o.position[2] <= scene.left_bin.floor_z + ON_FIXTURE_MAX_HEIGHT_M + 0.04
+            for o in scene.objects
+        )
+
+    return predicate

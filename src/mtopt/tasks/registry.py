@@ -1,0 +1,176 @@
+"""Task and skill registry.
+
+A task is a name, a skill (the group used by skill impersonation), a description,
+whether it starts with an object in the gripper, and a ground-truth predicate. The
+order of a registry defines the one-hot task index: new tasks are appended, never
+inserted, so trained networks keep their meaning.
+
+Add a task in one place: append a ``TaskSpec`` to ``DEFAULT_TASKS`` or describe it in a
+JSON/TOML file loaded with ``TaskRegistry.with_extra``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mtopt.tasks import predicates as P
+from mtopt.tasks.scene import CATEGORIES, FIXTURE_KINDS, SceneState
+
+
+class UnknownTaskError(KeyError):
+    """A task name that is not in the registry."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    skill: str
+    description: str
+    starts_holding: bool
+    predicate: P.Predicate
+
+    def succeeded(self, scene: SceneState) -> bool:
+        """Ground truth (sim only): did this task succeed in ``scene``?"""
+        return bool(self.predicate(scene))
+
+
+def _default_tasks() -> list[TaskSpec]:
+    tasks = [
+        TaskSpec("lift-any", "lift", "Lift any object out of the right bin.", False, P.lift()),
+    ]
+    for cat in CATEGORIES:
+        tasks.append(
+            TaskSpec(
+                f"lift-{cat}", "lift", f"Lift a {cat} out of the right bin.", False, P.lift(cat)
+            )
+        )
+    tasks += [
+        TaskSpec(
+            "place-any",
+            "place",
+            "Place the held object on any fixture (plate or bowl).",
+            True,
+            P.place(FIXTURE_KINDS),
+        ),
+        TaskSpec(
+            "place-on-plate", "place", "Place the held object on the plate.", True, P.place(("plate",))
+        ),
+        TaskSpec(
+            "place-in-bowl", "place", "Place the held object in the bowl.", True, P.place(("bowl",))
+        ),
+        TaskSpec(
+            "place-in-left-bin",
+            "place",
+            "Drop the held object anywhere in the left bin.",
+            True,
+            P.in_left_bin(),
+        ),
+        TaskSpec(
+            "place-ball-in-bowl",
+            "place",
+            "Place a ball in the bowl (other objects do not count).",
+            True,
+            P.place(("bowl",), category="ball"),
+        ),
+        TaskSpec(
+            "lift-large",
+            "lift",
+            "Lift a large object (largest half-extent >= 3.5 cm).",
+            False,
+            P.lift(min_size=0.035),
+        ),
+    ]
+    return tasks
+
+
+def task_from_dict(d: Mapping[str, Any]) -> TaskSpec:
+    """Build a task from a plain description, e.g. from a JSON/TOML config file.
+
+    ``{"name": "lift-small-ball", "kind": "lift", "category": "ball", "min_size": 0.02}``
+    ``{"name": "place-can-on-plate", "kind": "place", "fixtures": ["plate"], "category": "can"}``
+    """
+    kind = d.get("kind")
+    name = d.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"task description needs a non-empty 'name', got {d!r}")
+    category = d.get("category")
+    if category is not None and category not in CATEGORIES:
+        raise ValueError(f"task {name!r}: unknown category {category!r}; valid: {list(CATEGORIES)}")
+    if kind == "lift":
+        pred = P.lift(category, d.get("min_size"))
+        skill, holding = d.get("skill", "lift"), False
+    elif kind == "place":
+        fixtures = tuple(d.get("fixtures", FIXTURE_KINDS))
+        bad = [f for f in fixtures if f not in FIXTURE_KINDS]
+        if bad:
+            raise ValueError(f"task {name!r}: unknown fixtures {bad}; valid: {list(FIXTURE_KINDS)}")
+        pred = P.place(fixtures, category)
+        skill, holding = d.get("skill", "place"), True
+    else:
+        raise ValueError(f"task {name!r}: 'kind' must be 'lift' or 'place', got {kind!r}")
+    return TaskSpec(name, str(skill), str(d.get("description", name)), holding, pred)
+
+
+class TaskRegistry(Sequence[TaskSpec]):
+    """An ordered, immutable collection of tasks; index = one-hot position."""
+
+    def __init__(self, tasks: Iterable[TaskSpec]):
+        self._tasks: tuple[TaskSpec, ...] = tuple(tasks)
+        names = [t.name for t in self._tasks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate task names: {dupes}")
+        self._index = {t.name: i for i, t in enumerate(self._tasks)}
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def __getitem__(self, i: int) -> TaskSpec:  # type: ignore[override]
+        return self._tasks[i]
+
+    def __iter__(self) -> Iterator[TaskSpec]:
+        return iter(self._tasks)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self._tasks)
+
+    @property
+    def skills(self) -> dict[str, tuple[str, ...]]:
+        out: dict[str, list[str]] = {}
+        for t in self._tasks:
+            out.setdefault(t.skill, []).append(t.name)
+        return {k: tuple(v) for k, v in out.items()}
+
+    def get(self, name: str) -> TaskSpec:  # type: ignore[override]
+        try:
+            return self._tasks[self._index[name]]
+        except KeyError:
+            raise UnknownTaskError(
+                f"unknown task {name!r}; valid tasks: {', '.join(self.names)}"
+            ) from None
+
+    def index(self, name: str) -> int:  # type: ignore[override]
+        self.get(name)
+        return self._index[name]
+
+    def subset(self, names: Iterable[str]) -> TaskRegistry:
+        """A registry with only ``names`` (in the given order)."""
+        return TaskRegistry(self.get(n) for n in names)
+
+    def with_extra(self, extra: Iterable[TaskSpec | Mapping[str, Any]]) -> TaskRegistry:
+        """A registry with new tasks appended (indices of existing tasks are unchanged)."""
+        new = [t if isinstance(t, TaskSpec) else task_from_dict(t) for t in extra]
+        return TaskRegistry([*self._tasks, *new])
+
+
+DEFAULT_REGISTRY = TaskRegistry(_default_tasks())
+
+
+def get_task(name: str) -> TaskSpec:
+    return DEFAULT_REGISTRY.get(name)

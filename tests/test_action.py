@@ -1,0 +1,25 @@
+import numpy as np
+import pytest
+
+from mtopt.robots.action import ACTION_DIM, InvalidActionError, make_action, validate_action
+
+
+def test_valid_action_roundtrip() -> None:
+    a = make_action(dx=0.5, dz=-1.0, close=True, terminate=False)
+    out = validate_action(a)
+    assert out.dtype == np.float32 and out.shape == (ACTION_DIM,)
+    assert out[4] == 1.0 and out[5] == -1.0
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        ([0.0] * 5, "shape"),
+        ([0.0, 0.0, 0.0, 0.0, 0.0, float("nan")], "non-finite.*terminate"),
+        ([2.0, 0.0, 0.0, 0.0, 0.0, 0.0], "out of range.*dx"),
+        ("abc", "numeric vector"),
+    ],
+)
+def test_invalid_actions_have_clear_errors(bad: object, match: str) -> None:
+    with pytest.raises(InvalidActionError, match=match):
+        validate_action(bad)

@@ -1,0 +1,87 @@
+import pytest
+
+from mtopt.tasks import (
+    DEFAULT_REGISTRY,
+    BinState,
+    FixtureState,
+    ObjectState,
+    SceneState,
+    UnknownTaskError,
+    get_task,
+    task_from_dict,
+)
+from mtopt.tasks.predicates import LIFT_HEIGHT_M
+
+RIGHT = BinState(center=(0.5, -0.25), half_extent=(0.15, 0.15), floor_z=0.0)
+LEFT = BinState(center=(0.5, 0.25), half_extent=(0.15, 0.15), floor_z=0.0)
+PLATE = FixtureState("plate", (0.45, 0.25, 0.01), 0.07)
+BOWL = FixtureState("bowl", (0.58, 0.30, 0.01), 0.05)
+
+
+def scene(*objs: ObjectState, closed: bool = False) -> SceneState:
+    return SceneState(objs, (PLATE, BOWL), RIGHT, LEFT, (0.5, 0.0, 0.3), closed)
+
+
+def obj(cat: str, pos: tuple[float, float, float], held: bool = False, size: float = 0.03) -> ObjectState:
+    return ObjectState(1, cat, f"{cat}/train/000", size, pos, held)
+
+
+def test_registry_has_at_least_12_tasks_in_skills() -> None:
+    assert len(DEFAULT_REGISTRY) >= 12
+    skills = DEFAULT_REGISTRY.skills
+    assert {"lift", "place"} <= set(skills)
+    assert "lift-any" in skills["lift"] and "place-in-bowl" in skills["place"]
+    assert DEFAULT_REGISTRY.index("lift-any") == 0
+
+
+def test_unknown_task_lists_valid_names() -> None:
+    with pytest.raises(UnknownTaskError) as e:
+        get_task("lift-unicorn")
+    msg = str(e.value)
+    assert "lift-unicorn" in msg and "lift-any" in msg and "place-in-bowl" in msg
+
+
+def test_lift_predicates() -> None:
+    high = LIFT_HEIGHT_M + 0.01
+    lifted_ball = scene(obj("ball", (0.5, -0.25, high), held=True), closed=True)
+    assert get_task("lift-any").succeeded(lifted_ball)
+    assert get_task("lift-ball").succeeded(lifted_ball)
+    assert not get_task("lift-box").succeeded(lifted_ball)
+    # held but too low, or high but not held: failure
+    assert not get_task("lift-any").succeeded(scene(obj("ball", (0.5, -0.25, 0.02), held=True)))
+    assert not get_task("lift-any").succeeded(scene(obj("ball", (0.5, -0.25, high), held=False)))
+    # size-based task
+    assert not get_task("lift-large").succeeded(lifted_ball)
+    big = scene(obj("box", (0.5, -0.25, high), held=True, size=0.04), closed=True)
+    assert get_task("lift-large").succeeded(big)
+
+
+def test_place_predicates_and_near_miss() -> None:
+    on_plate = scene(obj("can", (0.46, 0.26, 0.04)))
+    in_bowl = scene(obj("ball", (0.58, 0.31, 0.03)))
+    next_to_plate = scene(obj("can", (0.45 + 0.09, 0.25 - 0.05, 0.02)))  # near miss
+    assert get_task("place-on-plate").succeeded(on_plate)
+    assert get_task("place-any").succeeded(on_plate)
+    assert not get_task("place-in-bowl").succeeded(on_plate)
+    assert get_task("place-in-bowl").succeeded(in_bowl)
+    assert get_task("place-ball-in-bowl").succeeded(in_bowl)
+    assert not get_task("place-ball-in-bowl").succeeded(scene(obj("can", (0.58, 0.31, 0.03))))
+    assert not get_task("place-any").succeeded(next_to_plate)
+    assert get_task("place-in-left-bin").succeeded(next_to_plate)
+    # still held above the plate: not placed
+    assert not get_task("place-on-plate").succeeded(scene(obj("can", (0.45, 0.25, 0.04), held=True)))
+    # on the floor of the right bin: not in left bin
+    assert not get_task("place-in-left-bin").succeeded(scene(obj("can", (0.5, -0.25, 0.02))))
+
+
+def test_tasks_from_config_append() -> None:
+    reg = DEFAULT_REGISTRY.with_extra(
+        [{"name": "place-can-on-plate", "kind": "place", "fixtures": ["plate"], "category": "can"}]
+    )
+    assert reg.index("place-can-on-plate") == len(DEFAULT_REGISTRY)
+    assert reg.index("lift-any") == 0
+    assert reg.get("place-can-on-plate").starts_holding
+    with pytest.raises(ValueError, match="unknown category"):
+        task_from_dict({"name": "x", "kind": "lift", "category": "unicorn"})
+    with pytest.raises(ValueError, match="duplicate"):
+        DEFAULT_REGISTRY.with_extra([{"name": "lift-any", "kind": "lift"}])
