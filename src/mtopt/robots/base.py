@@ -22,6 +22,9 @@ class Observation:
 
     image: np.ndarray
     state: np.ndarray
+    pose: np.ndarray | None = None
+    """Optional proprioception (gripper x, y, z, yaw in the robot frame). Scripted policies
+    may use it; the Q-network and success detector never see it."""
 
     def __post_init__(self) -> None:
         if self.image.dtype != np.uint8 or self.image.ndim != 3 or self.image.shape[2] != 3:
