@@ -22,7 +22,9 @@ def scene(*objs: ObjectState, closed: bool = False) -> SceneState:
     return SceneState(objs, (PLATE, BOWL), RIGHT, LEFT, (0.5, 0.0, 0.3), closed)
 
 
-def obj(cat: str, pos: tuple[float, float, float], held: bool = False, size: float = 0.03) -> ObjectState:
+def obj(
+    cat: str, pos: tuple[float, float, float], held: bool = False, size: float = 0.03
+) -> ObjectState:
     return ObjectState(1, cat, f"{cat}/train/000", size, pos, held)
 
 
@@ -69,7 +71,9 @@ def test_place_predicates_and_near_miss() -> None:
     assert not get_task("place-any").succeeded(next_to_plate)
     assert get_task("place-in-left-bin").succeeded(next_to_plate)
     # still held above the plate: not placed
-    assert not get_task("place-on-plate").succeeded(scene(obj("can", (0.45, 0.25, 0.04), held=True)))
+    assert not get_task("place-on-plate").succeeded(
+        scene(obj("can", (0.45, 0.25, 0.04), held=True))
+    )
     # on the floor of the right bin: not in left bin
     assert not get_task("place-in-left-bin").succeeded(scene(obj("can", (0.5, -0.25, 0.02))))
 

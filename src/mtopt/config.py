@@ -72,7 +72,9 @@ def override(cfg: T, assignments: list[str] | tuple[str, ...]) -> T:
     """Return a copy of ``cfg`` with ``a.b.c=value`` assignments applied (values coerced)."""
     for item in assignments:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like field=value or section.field=value")
+            raise ConfigError(
+                f"override {item!r} must look like field=value or section.field=value"
+            )
         key, value = item.split("=", 1)
         cfg = _set_path(cfg, key.strip().split("."), value.strip(), key)
     return cfg

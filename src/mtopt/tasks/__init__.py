@@ -8,7 +8,14 @@ from mtopt.tasks.registry import (
     get_task,
     task_from_dict,
 )
-from mtopt.tasks.scene import CATEGORIES, FIXTURE_KINDS, BinState, FixtureState, ObjectState, SceneState
+from mtopt.tasks.scene import (
+    CATEGORIES,
+    FIXTURE_KINDS,
+    BinState,
+    FixtureState,
+    ObjectState,
+    SceneState,
+)
 
 __all__ = [
     "CATEGORIES",

@@ -44,9 +44,7 @@ def lift(category: str | None = None, min_size: float | None = None) -> Predicat
     """Success iff an object (of ``category`` / at least ``min_size``) is held up high."""
 
     def predicate(scene: SceneState) -> bool:
-        return any(
-            _matches(o, category, min_size) and is_lifted(o, scene) for o in scene.objects
-        )
+        return any(_matches(o, category, min_size) and is_lifted(o, scene) for o in scene.objects)
 
     return predicate
 

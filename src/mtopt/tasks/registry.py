@@ -58,7 +58,11 @@ def _default_tasks() -> list[TaskSpec]:
             P.place(FIXTURE_KINDS),
         ),
         TaskSpec(
-            "place-on-plate", "place", "Place the held object on the plate.", True, P.place(("plate",))
+            "place-on-plate",
+            "place",
+            "Place the held object on the plate.",
+            True,
+            P.place(("plate",)),
         ),
         TaskSpec(
             "place-in-bowl", "place", "Place the held object in the bowl.", True, P.place(("bowl",))
@@ -147,7 +151,7 @@ class TaskRegistry(Sequence[TaskSpec]):
             out.setdefault(t.skill, []).append(t.name)
         return {k: tuple(v) for k, v in out.items()}
 
-    def get(self, name: str) -> TaskSpec:  # type: ignore[override]
+    def get(self, name: str) -> TaskSpec:
         try:
             return self._tasks[self._index[name]]
         except KeyError:

@@ -1,0 +1,72 @@
+"""Task impersonation (MT-Opt, Sec. "Task Impersonation and Data Rebalancing").
+
+An episode collected for task T_i is reused for a set of tasks {k_i}; for every task in
+that set it is relabeled with *that* task's success-detector reward, so the episode
+contributes both successes and failures. Three strategies:
+
+- ``orig``:  f(e) = {T_i}                      (no sharing)
+- ``all``:   f(e) = all tasks                  (maximal sharing)
+- ``skill``: f(e) = tasks with T_i's skill     (MT-Opt's default)
+
+These are pure functions of (original task, per-task SD rewards, registry).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+from mtopt.tasks.registry import TaskRegistry
+
+ImpersonationMode = Literal["orig", "all", "skill"]
+MODES: tuple[str, ...] = ("orig", "all", "skill")
+
+
+def impersonation_targets(
+    orig_task: str, registry: TaskRegistry, mode: ImpersonationMode
+) -> tuple[str, ...]:
+    """The tasks an episode collected for ``orig_task`` trains, in registry order."""
+    spec = registry.get(orig_task)  # clear error for unknown tasks
+    if mode == "orig":
+        return (spec.name,)
+    if mode == "all":
+        return registry.names
+    if mode == "skill":
+        return registry.skills[spec.skill]
+    raise ValueError(f"unknown impersonation mode {mode!r}; valid: {list(MODES)}")
+
+
+def impersonate(
+    orig_task: str,
+    rewards: Mapping[str, float],
+    registry: TaskRegistry,
+    mode: ImpersonationMode,
+) -> list[tuple[str, float]]:
+    """Relabel one episode: ``[(task, reward)]`` for every task it is impersonated as.
+
+    ``rewards`` maps task name -> SD reward (0/1) for the episode's final image. A target
+    task without a reward (no SD score yet) is skipped rather than guessed.
+    """
+    return [
+        (task, float(rewards[task]))
+        for task in impersonation_targets(orig_task, registry, mode)
+        if task in rewards
+    ]
+
+
+def expansion_counts(
+    episodes: list[tuple[str, Mapping[str, float]]],
+    registry: TaskRegistry,
+    mode: ImpersonationMode,
+) -> dict[str, dict[str, int]]:
+    """Per task: episodes before/after impersonation and successes after (paper Fig. 12).
+
+    Returns ``{task: {"original": n, "impersonated": m, "successes": s}}``.
+    """
+    out = {t: {"original": 0, "impersonated": 0, "successes": 0} for t in registry.names}
+    for orig, rewards in episodes:
+        out[orig]["original"] += 1
+        for task, r in impersonate(orig, rewards, registry, mode):
+            out[task]["impersonated"] += 1
+            out[task]["successes"] += int(r > 0.5)
+    return out

@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mtopt.replay.buffers import ReplayEpisode, TaskBuffers
+
+
+def episode(eid: str, task: str = "a", steps: int = 3, mark: int = 0) -> ReplayEpisode:
+    images = np.zeros((steps + 1, 4, 4, 3), np.uint8)
+    images[:, 0, 0, 0] = np.arange(steps + 1)  # frame index, to check s -> s' pairing
+    images[:, 0, 0, 1] = mark
+    states = np.zeros((steps + 1, 2), np.float32)
+    states[:, 1] = np.arange(steps + 1)
+    actions = np.zeros((steps, 6), np.float32)
+    actions[:, 0] = np.arange(steps) / 10
+    return ReplayEpisode(eid, task, images, states, actions)
+
+
+def test_transitions_pair_s_and_next_s_with_sparse_terminal_reward() -> None:
+    buf = TaskBuffers(["a"], capacity_per_bucket=10)
+    buf.add(episode("e1"), [("a", 1.0)])
+    tr = buf.sample(200, np.random.default_rng(0))
+    t = tr.images[:, 0, 0, 0].astype(int)
+    assert np.all(tr.next_images[:, 0, 0, 0] == t + 1)
+    assert np.allclose(tr.actions[:, 0], t / 10)
+    assert np.all(tr.dones == (t == 2))
+    assert np.all(tr.rewards == (t == 2))  # reward only at the last step
+    assert set(np.unique(t)) == {0, 1, 2}
+
+
+def test_impersonated_copies_share_storage_and_evict_fifo() -> None:
+    buf = TaskBuffers(["a", "b"], capacity_per_bucket=2)
+    buf.add(episode("e1"), [("a", 1.0), ("b", 0.0)])
+    assert len(buf) == 1 and buf.sizes() == {"a": (1, 0), "b": (0, 1)}
+    buf.add(episode("e2"), [("a", 1.0)])
+    buf.add(episode("e3"), [("a", 1.0)])  # evicts e1 from a/success; e1 still in b/failure
+    assert buf.sizes()["a"] == (2, 0)
+    assert "e1" in buf and buf.labels("e1") == {"b": 0.0}
+    buf.add(episode("e4"), [("b", 0.0)])
+    buf.add(episode("e5"), [("b", 0.0)])  # evicts e1 from b: no bucket left -> dropped
+    assert "e1" not in buf and len(buf) == 4
+
+
+def test_relabel_moves_episode_between_buckets() -> None:
+    buf = TaskBuffers(["a"], capacity_per_bucket=5)
+    buf.add(episode("e1"), [("a", 0.0)])
+    buf.add(episode("e1"), [("a", 1.0)])  # a new SD version says success
+    assert buf.sizes() == {"a": (1, 0)}
+
+
+def test_rebalanced_batch_has_equal_task_shares() -> None:
+    buf = TaskBuffers(["a", "b"], capacity_per_bucket=1000)
+    for i in range(100):
+        buf.add(episode(f"a{i}", "a", mark=1), [("a", float(i < 5))])
+    buf.add(episode("b0", "b", mark=2), [("b", 0.0)])
+    rng = np.random.default_rng(0)
+    tr = buf.sample(64, rng, success_ratio=0.5)
+    assert np.sum(tr.task_idx == 0) == 32 and np.sum(tr.task_idx == 1) == 32
+    # within task a, half the episodes come from the 5 successes (oversampled)
+    succ = tr.task_idx == 0
+    # all a-transitions come from a-episodes; label is success for half (by episode)
+    assert np.all(tr.images[succ, 0, 0, 1] == 1)
+    tr_u = buf.sample(6400, rng, rebalance=False)
+    assert abs(np.mean(tr_u.task_idx == 1) - 1 / 101) < 0.01
+
+
+def test_empty_and_bad_inputs() -> None:
+    buf = TaskBuffers(["a"])
+    with pytest.raises(ValueError, match="empty"):
+        buf.sample(4, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="T\\+1"):
+        ReplayEpisode(
+            "x", "a", np.zeros((2, 4, 4, 3), np.uint8), np.zeros((3, 2)), np.zeros((2, 6))
+        )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 30), st.sampled_from(["a", "b", "c"]), st.booleans()), max_size=60
+    ),
+    st.integers(1, 5),
+)
+def test_buffer_bounds_and_consistency(ops: list[tuple[int, str, bool]], cap: int) -> None:
+    buf = TaskBuffers(["a", "b", "c"], capacity_per_bucket=cap)
+    for i, task, succ in ops:
+        buf.add(episode(f"e{i}", task), [(task, float(succ))])
+    for s, f in buf.sizes().values():
+        assert s <= cap and f <= cap
+    referenced = sum(s + f for s, f in buf.sizes().values())
+    assert len(buf) == referenced  # every stored episode is in exactly one bucket here

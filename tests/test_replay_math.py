@@ -1,0 +1,127 @@
+"""Hand-computed cases for impersonation and re-balancing, plus property tests."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mtopt.replay.impersonation import expansion_counts, impersonate, impersonation_targets
+from mtopt.replay.rebalance import allocate, uniform_allocate
+from mtopt.tasks import DEFAULT_REGISTRY, TaskRegistry, UnknownTaskError
+
+REG = DEFAULT_REGISTRY.subset(["lift-any", "lift-ball", "place-on-plate", "place-in-bowl"])
+REWARDS = {"lift-any": 1.0, "lift-ball": 0.0, "place-on-plate": 0.0, "place-in-bowl": 0.0}
+
+
+def test_impersonation_hand_computed() -> None:
+    # An episode collected for lift-any that lifted a can: success for lift-any, failure for lift-ball.
+    assert impersonate("lift-any", REWARDS, REG, "orig") == [("lift-any", 1.0)]
+    assert impersonate("lift-any", REWARDS, REG, "skill") == [("lift-any", 1.0), ("lift-ball", 0.0)]
+    assert impersonate("lift-any", REWARDS, REG, "all") == [
+        ("lift-any", 1.0),
+        ("lift-ball", 0.0),
+        ("place-on-plate", 0.0),
+        ("place-in-bowl", 0.0),
+    ]
+    # skill impersonation of a placing episode stays inside the place skill
+    placed = {"lift-any": 0.0, "lift-ball": 0.0, "place-on-plate": 1.0, "place-in-bowl": 0.0}
+    assert impersonate("place-in-bowl", placed, REG, "skill") == [
+        ("place-on-plate", 1.0),
+        ("place-in-bowl", 0.0),
+    ]
+    # a missing SD score is skipped, not guessed
+    assert impersonate("lift-any", {"lift-any": 1.0}, REG, "skill") == [("lift-any", 1.0)]
+
+
+def test_impersonation_errors() -> None:
+    with pytest.raises(UnknownTaskError):
+        impersonation_targets("fly", REG, "skill")
+    with pytest.raises(ValueError, match="unknown impersonation mode"):
+        impersonation_targets("lift-any", REG, "some")  # type: ignore[arg-type]
+
+
+def test_expansion_counts() -> None:
+    eps = [("lift-any", REWARDS), ("lift-any", {**REWARDS, "lift-ball": 1.0})]
+    c = expansion_counts(eps, REG, "skill")
+    assert c["lift-any"] == {"original": 2, "impersonated": 2, "successes": 2}
+    assert c["lift-ball"] == {"original": 0, "impersonated": 2, "successes": 1}
+    assert c["place-in-bowl"] == {"original": 0, "impersonated": 0, "successes": 0}
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.sampled_from(list(DEFAULT_REGISTRY.names)),
+    st.dictionaries(st.sampled_from(list(DEFAULT_REGISTRY.names)), st.sampled_from([0.0, 1.0])),
+)
+def test_impersonation_invariants(task: str, rewards: dict[str, float]) -> None:
+    reg: TaskRegistry = DEFAULT_REGISTRY
+    orig = impersonate(task, rewards, reg, "orig")
+    skill = impersonate(task, rewards, reg, "skill")
+    every = impersonate(task, rewards, reg, "all")
+    # orig ⊆ skill ⊆ all; rewards are carried unchanged; skill stays inside the skill
+    assert set(orig) <= set(skill) <= set(every)
+    assert all(rewards[t] == r for t, r in every)
+    assert {reg.get(t).skill for t, _ in skill} <= {reg.get(task).skill}
+
+
+def test_allocate_hand_computed() -> None:
+    rng = np.random.default_rng(0)
+    # 2 tasks with data, batch 8 -> 4 each; ratio 0.5 -> 2 successes + 2 failures each.
+    out = allocate({"a": (100, 1), "b": (1, 100), "c": (0, 0)}, 8, 0.5, rng)
+    assert out == {"a": (2, 2), "b": (2, 2), "c": (0, 0)}
+    # a task with only failures fills its share with failures
+    out = allocate({"a": (0, 5), "b": (3, 3)}, 4, 0.25, rng)
+    assert out["a"] == (0, 2)
+    assert sum(out["b"]) == 2
+    # nothing available
+    assert allocate({"a": (0, 0)}, 8, 0.5, rng) == {"a": (0, 0)}
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=4),
+        st.tuples(st.integers(0, 50), st.integers(0, 50)),
+        min_size=1,
+        max_size=8,
+    ),
+    st.integers(0, 256),
+    st.floats(0.0, 1.0),
+    st.integers(0, 2**31),
+)
+def test_allocate_properties(
+    sizes: dict[str, tuple[int, int]], batch: int, ratio: float, seed: int
+) -> None:
+    out = allocate(sizes, batch, ratio, np.random.default_rng(seed))
+    with_data = [t for t, (s, f) in sizes.items() if s + f > 0]
+    total = sum(s + f for s, f in out.values())
+    assert total == (batch if with_data else 0)
+    for t, (s, f) in out.items():
+        if t not in with_data:
+            assert (s, f) == (0, 0)
+            continue
+        share = s + f
+        assert batch // len(with_data) <= share <= batch // len(with_data) + 1  # equal shares
+        if sizes[t][0] == 0:
+            assert s == 0
+        if sizes[t][1] == 0:
+            assert f == 0
+        if sizes[t][0] and sizes[t][1]:
+            assert abs(s - share * ratio) < 1.0  # success ratio kept up to rounding
+
+
+def test_allocate_ratio_in_expectation() -> None:
+    rng = np.random.default_rng(1)
+    n_s = 0
+    for _ in range(2000):
+        n_s += allocate({"a": (5, 5)}, 3, 0.3, rng)["a"][0]
+    assert abs(n_s / (2000 * 3) - 0.3) < 0.02
+
+
+def test_uniform_allocate_follows_data() -> None:
+    rng = np.random.default_rng(2)
+    tot = np.zeros(2)
+    for _ in range(200):
+        out = uniform_allocate({"a": (90, 0), "b": (0, 10)}, 10, rng)
+        tot += [out["a"][0], out["b"][1]]
+    assert abs(tot[0] / tot.sum() - 0.9) < 0.03
