@@ -57,9 +57,9 @@ def validate_action(action: object) -> np.ndarray:
         raise InvalidActionError(f"action has non-finite values in {bad}: {arr.tolist()}")
     out_of_range = (arr < ACTION_LOW - _TOL) | (arr > ACTION_HIGH + _TOL)
     if np.any(out_of_range):
-        bad = {ACTION_NAMES[i]: float(arr[i]) for i in np.flatnonzero(out_of_range)}
+        bad_values = {ACTION_NAMES[i]: float(arr[i]) for i in np.flatnonzero(out_of_range)}
         raise InvalidActionError(
-            f"action values must lie in [{ACTION_LOW}, {ACTION_HIGH}]; out of range: {bad}"
+            f"action values must lie in [{ACTION_LOW}, {ACTION_HIGH}]; out of range: {bad_values}"
         )
     return np.clip(arr, ACTION_LOW, ACTION_HIGH).astype(np.float32)
 
