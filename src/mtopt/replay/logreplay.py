@@ -1,0 +1,144 @@
+"""LogReplay: stored episodes -> success-detector rewards -> impersonation -> buffers.
+
+Stages talk through two small protocols:
+
+- an *episode source* yields ``ReplayEpisode`` plus its final image (the store reader
+  adapter lives in ``mtopt.replay.source``);
+- a ``RewardModel`` scores final images for every task at once (the success detector).
+
+Rewards are cached per (episode, reward-model version); when a newer success detector is
+published every held episode is rescored in batches and re-filed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from mtopt.replay.buffers import ReplayEpisode, TaskBuffers
+from mtopt.replay.impersonation import ImpersonationMode, impersonate
+from mtopt.tasks.registry import TaskRegistry
+
+
+@runtime_checkable
+class RewardModel(Protocol):
+    """Anything that turns final images into per-task success probabilities."""
+
+    @property
+    def tasks(self) -> Sequence[str]: ...
+
+    @property
+    def version(self) -> int: ...
+
+    def score(self, images: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 -> (N, len(tasks)) probabilities in [0, 1]."""
+        ...
+
+
+@dataclass
+class ReplayStats:
+    """Data composition counters for reports (paper Figs. 3, 5 and 12)."""
+
+    collected: dict[str, int] = field(default_factory=dict)  # per requested task
+    collected_success: dict[str, int] = field(default_factory=dict)  # SD says success
+    impersonated: dict[str, int] = field(default_factory=dict)  # per target task
+    impersonated_success: dict[str, int] = field(default_factory=dict)
+    rescored: int = 0
+
+
+class LogReplay:
+    def __init__(
+        self,
+        registry: TaskRegistry,
+        buffers: TaskBuffers,
+        reward_model: RewardModel,
+        mode: ImpersonationMode = "skill",
+        threshold: float = 0.5,
+        score_batch: int = 64,
+    ):
+        self.registry = registry
+        self.buffers = buffers
+        self.mode: ImpersonationMode = mode
+        self.threshold = threshold
+        self.score_batch = score_batch
+        self.stats = ReplayStats()
+        self._reward_model = reward_model
+        self._check_model(reward_model)
+        # eid -> (episode, final image, sd version, per-task rewards)
+        self._held: dict[str, tuple[ReplayEpisode, np.ndarray, int, dict[str, float]]] = {}
+
+    @property
+    def reward_version(self) -> int:
+        return int(self._reward_model.version)
+
+    def _check_model(self, model: RewardModel) -> None:
+        missing = [t for t in self.registry.names if t not in model.tasks]
+        if missing:
+            raise ValueError(
+                f"success detector v{model.version} has no head for tasks {missing}; "
+                f"it knows {list(model.tasks)}"
+            )
+
+    def _score(self, finals: list[np.ndarray]) -> list[dict[str, float]]:
+        out: list[dict[str, float]] = []
+        names = list(self._reward_model.tasks)
+        for i in range(0, len(finals), self.score_batch):
+            probs = np.asarray(self._reward_model.score(np.stack(finals[i : i + self.score_batch])))
+            for row in probs:
+                out.append({t: float(p >= self.threshold) for t, p in zip(names, row, strict=True)})
+        return out
+
+    def _file(self, ep: ReplayEpisode, rewards: dict[str, float], count: bool) -> None:
+        labels = impersonate(ep.task, rewards, self.registry, self.mode)
+        self.buffers.add(ep, labels)
+        if not count:
+            return
+        s = self.stats
+        s.collected[ep.task] = s.collected.get(ep.task, 0) + 1
+        s.collected_success[ep.task] = s.collected_success.get(ep.task, 0) + int(
+            rewards.get(ep.task, 0.0) > 0.5
+        )
+        for task, r in labels:
+            s.impersonated[task] = s.impersonated.get(task, 0) + 1
+            s.impersonated_success[task] = s.impersonated_success.get(task, 0) + int(r > 0.5)
+
+    def ingest(self, items: Iterable[tuple[ReplayEpisode, np.ndarray]]) -> int:
+        """Score new episodes (batched) and file them into the buffers; returns how many."""
+        new = [(ep, fin) for ep, fin in items if ep.episode_id not in self._held]
+        if not new:
+            return 0
+        rewards = self._score([fin for _, fin in new])
+        version = self.reward_version
+        for (ep, fin), r in zip(new, rewards, strict=True):
+            self._held[ep.episode_id] = (ep, fin, version, r)
+            self._file(ep, r, count=True)
+        self._prune()
+        return len(new)
+
+    def _prune(self) -> None:
+        """Forget episodes the buffers evicted (bounded memory)."""
+        gone = [eid for eid in self._held if eid not in self.buffers]
+        for eid in gone:
+            del self._held[eid]
+
+    def set_reward_model(self, model: RewardModel) -> int:
+        """Switch to a newer success detector: rescore every held episode; returns count."""
+        self._check_model(model)
+        self._reward_model = model
+        if not self._held:
+            return 0
+        eids = list(self._held)
+        rewards = self._score([self._held[e][1] for e in eids])
+        for eid, r in zip(eids, rewards, strict=True):
+            ep, fin, _, _ = self._held[eid]
+            self._held[eid] = (ep, fin, model.version, r)
+            self._file(ep, r, count=False)
+        self.stats.rescored += len(eids)
+        self._prune()
+        return len(eids)
+
+    def rewards(self, episode_id: str) -> dict[str, float]:
+        return dict(self._held[episode_id][3])
