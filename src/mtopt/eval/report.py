@@ -1,0 +1,106 @@
+"""Run reports: plots (PNG) and a Markdown summary from plain dicts.
+
+Inputs are simple records so any runtime (local or Ray) can produce them:
+
+- ``history``: list of ``{"step": int, "episodes": int, "wall_s": float,
+  "success": {task: rate}, "scripted": {task: rate}}`` evaluation points;
+- ``composition``: ``{task: {"original": n, "impersonated": m, "successes": s}}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def plot_success_over_time(
+    history: Sequence[Mapping[str, Any]], out: Path, x: str = "episodes"
+) -> Path:
+    """Per-task ground-truth success of the learned policy vs collected episodes."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    tasks = sorted({t for h in history for t in h.get("success", {})})
+    for task in tasks:
+        pts = [(h[x], h["success"][task]) for h in history if task in h.get("success", {})]
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            (line,) = ax.plot(xs, ys, marker="o", ms=3, label=task)
+            scripted = [h.get("scripted", {}).get(task) for h in history]
+            scripted = [s for s in scripted if s is not None]
+            if scripted:
+                ax.axhline(scripted[-1], color=line.get_color(), ls=":", lw=1)
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel("held-out success (ground truth)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Per-task success of the multi-task policy (dotted: scripted)")
+    if tasks:
+        ax.legend(fontsize=7, ncol=2, loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_composition(
+    composition: Mapping[str, Mapping[str, int]],
+    out: Path,
+    title: str = "Data per task before and after impersonation",
+) -> Path:
+    """Bars per task: collected episodes, after impersonation, and successes (Figs. 3, 5, 12)."""
+    tasks = list(composition)
+    orig = [composition[t].get("original", 0) for t in tasks]
+    imp = [composition[t].get("impersonated", 0) for t in tasks]
+    succ = [composition[t].get("successes", 0) for t in tasks]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(tasks) + 2), 4.5))
+    xs = range(len(tasks))
+    w = 0.27
+    ax.bar([i - w for i in xs], orig, w, label="collected for task")
+    ax.bar(list(xs), imp, w, label="after impersonation")
+    ax.bar([i + w for i in xs], succ, w, label="successes (SD) after impersonation")
+    ax.set_xticks(list(xs), tasks, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("episodes")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_batch_composition(batch_share: Mapping[str, Mapping[str, float]], out: Path) -> Path:
+    """Stacked bars: share of a training batch per task, split into success/failure."""
+    tasks = list(batch_share)
+    s = [batch_share[t].get("success", 0.0) for t in tasks]
+    f = [batch_share[t].get("failure", 0.0) for t in tasks]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(tasks) + 2), 4))
+    ax.bar(tasks, s, label="success")
+    ax.bar(tasks, f, bottom=s, label="failure")
+    ax.set_ylabel("share of training batch")
+    ax.set_title("Training batch composition after re-balancing")
+    ax.tick_params(axis="x", rotation=45, labelsize=8)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.2f}"
+        return "" if v is None else str(v)
+
+    head = "| " + " | ".join(columns) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join([head, sep, *body])
