@@ -1,0 +1,515 @@
+"""The simulated robot cell: PyBullet (DIRECT, TinyRenderer), no GUI.
+
+Layout (metres, z up, table top at z = 0)::
+
+        y
+        ^   right bin (objects)                centre (0, +0.2)
+        |   left bin (fixtures: plate, bowl)   centre (0, -0.2)
+        +--> x          camera in front (+x), looking down at both bins
+                        (the right bin appears on the right of the image)
+
+The gripper is a parallel-jaw gripper on a position-controlled wrist (an abstract arm:
+the wrist is driven by a constraint, as the end effector of an arm under Cartesian
+control would be). Its two fingers are prismatic joints driven with a force limit, so a
+grasp holds only through contact and friction. The tool centre point (TCP) sits between
+the fingertips; "gripper height" is the TCP height above the bin floor.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pybullet as pb
+
+from mtopt.robots.action import IDX_DYAW, validate_action, wants_close
+from mtopt.sim.objects import ObjectSpec, Part, Split, sample_objects
+from mtopt.tasks.scene import BinState, FixtureState, ObjectState, SceneState
+
+BIN_HALF = 0.12  # inner half extent of both bins
+BIN_WALL_H = 0.05
+RIGHT_BIN_CENTER = (0.0, 0.2)
+LEFT_BIN_CENTER = (0.0, -0.2)
+FLOOR_Z = 0.0
+TCP_BELOW_PALM = 0.055  # TCP offset below the palm centre
+FINGER_OPEN = 0.045  # finger offset from the centre when open
+PLATE_RADIUS = 0.065
+BOWL_RADIUS = 0.045
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Configuration of the simulated cell."""
+
+    image_size: int = 64
+    """Side of the square RGB camera image in pixels."""
+    max_steps: int = 15
+    """Maximum actions per episode (TERMINATE ends it earlier)."""
+    max_step_m: float = 0.05
+    """Gripper displacement per unit of action along x, y, z (metres)."""
+    max_yaw_rad: float = 0.4
+    """Rotation about the vertical axis per unit of action (radians)."""
+    num_objects: int = 4
+    """Objects placed in the right bin at each scene reset."""
+    object_split: Split = "train"
+    """'train' or 'test' (held-out object instances, for evaluation)."""
+    randomize: bool = False
+    """Domain randomization: camera jitter, lighting, object and bin colours."""
+    substeps: int = 20
+    """Physics substeps at 240 Hz per action."""
+    finger_force: float = 40.0
+    """Grip force limit per finger (N)."""
+    friction: float = 1.0
+    """Lateral friction of fingers and objects."""
+    categories: tuple[str, ...] = ("box", "can", "ball", "capsule", "bottle", "banana")
+    """Object categories that may appear in a scene."""
+
+    def validate(self) -> SimConfig:
+        if not 16 <= self.image_size <= 512:
+            raise ValueError(f"image_size must be in [16, 512] pixels, got {self.image_size}")
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if not 1 <= self.num_objects <= 12:
+            raise ValueError(f"num_objects must be in [1, 12], got {self.num_objects}")
+        if self.object_split not in ("train", "test"):
+            raise ValueError(f"object_split must be 'train' or 'test', got {self.object_split!r}")
+        if self.substeps < 1:
+            raise ValueError(f"substeps must be >= 1, got {self.substeps}")
+        return self
+
+
+@dataclass
+class _Obj:
+    body: int
+    spec: ObjectSpec
+
+
+@dataclass
+class _Scene:
+    seed: int
+    objects: list[_Obj] = field(default_factory=list)
+    fixtures: list[tuple[str, int, tuple[float, float, float], float]] = field(default_factory=list)
+    light_dir: tuple[float, float, float] = (0.4, -0.3, 1.0)
+    camera_jitter: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    fov: float = 48.0
+    table_rgba: tuple[float, float, float, float] = (0.55, 0.5, 0.45, 1.0)
+
+
+class SimCell:
+    """One PyBullet world holding the cell. Not thread-safe; one per process or robot."""
+
+    def __init__(self, config: SimConfig | None = None):
+        self.config = (config or SimConfig()).validate()
+        self.client = pb.connect(pb.DIRECT)
+        self._shape_cache: dict[tuple[str, int], tuple[int, int]] = {}
+        self._scene: _Scene | None = None
+        self.gripper = -1
+        self._constraint = -1
+        self._closed = False
+        self._tcp = np.zeros(3)
+        self._yaw = 0.0
+        self._build_static()
+
+    # ------------------------------------------------------------------ world
+    def _p(self, fn: Any, *args: Any, **kw: Any) -> Any:
+        return fn(*args, physicsClientId=self.client, **kw)
+
+    def _build_static(self) -> None:
+        p = self._p
+        p(pb.resetSimulation)
+        p(pb.setGravity, 0, 0, -9.81)
+        p(pb.setPhysicsEngineParameter, fixedTimeStep=1 / 240, numSolverIterations=30)
+        self._shape_cache.clear()
+        table = p(pb.createCollisionShape, pb.GEOM_BOX, halfExtents=[0.4, 0.5, 0.02])
+        table_vis = p(pb.createVisualShape, pb.GEOM_BOX, halfExtents=[0.4, 0.5, 0.02], rgbaColor=[0.55, 0.5, 0.45, 1])
+        self.table = p(pb.createMultiBody, 0, table, table_vis, [0, 0, -0.023])
+        self.bins = [self._make_bin(RIGHT_BIN_CENTER, (0.35, 0.35, 0.4, 1)), self._make_bin(LEFT_BIN_CENTER, (0.3, 0.4, 0.35, 1))]
+        # fixtures: plate (flat disc) and bowl (floor disc + ring wall)
+        plate_c = p(pb.createCollisionShape, pb.GEOM_CYLINDER, radius=PLATE_RADIUS, height=0.012)
+        plate_v = p(pb.createVisualShape, pb.GEOM_CYLINDER, radius=PLATE_RADIUS, length=0.012, rgbaColor=[0.95, 0.95, 0.92, 1])
+        self.plate = p(pb.createMultiBody, 0, plate_c, plate_v, [0, 0.2, 0.006])
+        n_seg = 12
+        shapes, vis, pos, orn = [], [], [], []
+        shapes.append(p(pb.createCollisionShape, pb.GEOM_CYLINDER, radius=BOWL_RADIUS + 0.008, height=0.008))
+        vis.append(p(pb.createVisualShape, pb.GEOM_CYLINDER, radius=BOWL_RADIUS + 0.008, length=0.008, rgbaColor=[0.2, 0.35, 0.8, 1]))
+        pos.append([0, 0, 0.004])
+        orn.append([0, 0, 0, 1])
+        seg_half = math.pi * (BOWL_RADIUS + 0.008) / n_seg
+        for k in range(n_seg):
+            a = 2 * math.pi * k / n_seg
+            shapes.append(p(pb.createCollisionShape, pb.GEOM_BOX, halfExtents=[0.004, seg_half, 0.018]))
+            vis.append(p(pb.createVisualShape, pb.GEOM_BOX, halfExtents=[0.004, seg_half, 0.018], rgbaColor=[0.2, 0.35, 0.8, 1]))
+            pos.append([(BOWL_RADIUS + 0.004) * math.cos(a), (BOWL_RADIUS + 0.004) * math.sin(a), 0.018])
+            orn.append(pb.getQuaternionFromEuler([0, 0, a]))
+        bowl = self._multi(shapes, vis, pos, orn, mass=0.0, base=[0, 0.3, 0])
+        self.bowl = bowl
+        self._build_gripper()
+
+    def _multi(self, shapes: list[int], vis: list[int], pos: list[Any], orn: list[Any], mass: float, base: list[float]) -> int:
+        """A single rigid body from several primitives (link-free compound)."""
+        p = self._p
+        n = len(shapes)
+        return int(
+            p(
+                pb.createMultiBody,
+                baseMass=mass,
+                baseCollisionShapeIndex=shapes[0],
+                baseVisualShapeIndex=vis[0],
+                basePosition=base,
+                linkMasses=[0.0] * (n - 1),
+                linkCollisionShapeIndices=shapes[1:],
+                linkVisualShapeIndices=vis[1:],
+                linkPositions=pos[1:],
+                linkOrientations=orn[1:],
+                linkInertialFramePositions=[[0, 0, 0]] * (n - 1),
+                linkInertialFrameOrientations=[[0, 0, 0, 1]] * (n - 1),
+                linkParentIndices=[0] * (n - 1),
+                linkJointTypes=[pb.JOINT_FIXED] * (n - 1),
+                linkJointAxis=[[0, 0, 1]] * (n - 1),
+            )
+        )
+
+    def _make_bin(self, center: tuple[float, float], rgba: tuple[float, ...]) -> int:
+        p = self._p
+        h, t = BIN_WALL_H / 2, 0.005
+        walls = [
+            ([BIN_HALF + 2 * t, t, h], [0, BIN_HALF + t, h]),
+            ([BIN_HALF + 2 * t, t, h], [0, -BIN_HALF - t, h]),
+            ([t, BIN_HALF, h], [BIN_HALF + t, 0, h]),
+            ([t, BIN_HALF, h], [-BIN_HALF - t, 0, h]),
+        ]
+        floor_c = p(pb.createCollisionShape, pb.GEOM_BOX, halfExtents=[BIN_HALF, BIN_HALF, 0.001])
+        floor_v = p(pb.createVisualShape, pb.GEOM_BOX, halfExtents=[BIN_HALF, BIN_HALF, 0.001], rgbaColor=list(rgba))
+        shapes, vis, pos, orn = [floor_c], [floor_v], [[0, 0, 0]], [[0, 0, 0, 1]]
+        for he, ps in walls:
+            shapes.append(p(pb.createCollisionShape, pb.GEOM_BOX, halfExtents=he))
+            vis.append(p(pb.createVisualShape, pb.GEOM_BOX, halfExtents=he, rgbaColor=[0.25, 0.25, 0.28, 1]))
+            pos.append(ps)
+            orn.append([0, 0, 0, 1])
+        return self._multi(shapes, vis, pos, orn, 0.0, [center[0], center[1], -0.001])
+
+    def _build_gripper(self) -> None:
+        p = self._p
+        palm_c = p(pb.createCollisionShape, pb.GEOM_BOX, halfExtents=[0.015, 0.058, 0.01])
+        palm_v = p(pb.createVisualShape, pb.GEOM_BOX, halfExtents=[0.015, 0.058, 0.01], rgbaColor=[0.15, 0.15, 0.15, 1])
+        fing_c = p(pb.createCollisionShape, pb.GEOM_BOX, halfExtents=[0.012, 0.006, 0.03])
+        fing_v = p(pb.createVisualShape, pb.GEOM_BOX, halfExtents=[0.012, 0.006, 0.03], rgbaColor=[0.9, 0.9, 0.9, 1])
+        # a visual-only forearm rising from the wrist, so the arm is visible in the image
+        arm_v = p(pb.createVisualShape, pb.GEOM_BOX, halfExtents=[0.012, 0.012, 0.15], rgbaColor=[0.95, 0.55, 0.1, 1])
+        self.gripper = int(
+            p(
+                pb.createMultiBody,
+                baseMass=0.5,
+                baseCollisionShapeIndex=palm_c,
+                baseVisualShapeIndex=palm_v,
+                basePosition=[0, 0.2, 0.3],
+                linkMasses=[0.05, 0.05, 0.0],
+                linkCollisionShapeIndices=[fing_c, fing_c, -1],
+                linkVisualShapeIndices=[fing_v, fing_v, arm_v],
+                linkPositions=[[0, FINGER_OPEN, -0.035], [0, -FINGER_OPEN, -0.035], [0, 0, 0.16]],
+                linkOrientations=[[0, 0, 0, 1]] * 3,
+                linkInertialFramePositions=[[0, 0, 0]] * 3,
+                linkInertialFrameOrientations=[[0, 0, 0, 1]] * 3,
+                linkParentIndices=[0, 0, 0],
+                linkJointTypes=[pb.JOINT_PRISMATIC, pb.JOINT_PRISMATIC, pb.JOINT_FIXED],
+                linkJointAxis=[[0, 1, 0], [0, 1, 0], [0, 0, 1]],
+            )
+        )
+        for link in (0, 1):
+            p(pb.changeDynamics, self.gripper, link, lateralFriction=self.config.friction, spinningFriction=0.002)
+        self._constraint = p(
+            pb.createConstraint, self.gripper, -1, -1, -1, pb.JOINT_FIXED, [0, 0, 0], [0, 0, 0], [0, 0.2, 0.3]
+        )
+        self._set_fingers(closed=False, instant=True)
+
+    # ------------------------------------------------------------------ scene
+    def reset_scene(self, seed: int) -> None:
+        """Rebuild the scene from ``seed`` (objects, fixture placement, randomization)."""
+        p = self._p
+        rng = np.random.default_rng(seed)
+        cfg = self.config
+        if self._scene is not None:
+            for o in self._scene.objects:
+                p(pb.removeBody, o.body)
+        scene = _Scene(seed=seed)
+        # fixtures: plate and bowl in the left bin, not overlapping
+        lim_p = BIN_HALF - PLATE_RADIUS - 0.002
+        lim_b = BIN_HALF - BOWL_RADIUS - 0.012
+        for _ in range(200):
+            pc = (LEFT_BIN_CENTER[0] + rng.uniform(-lim_p, lim_p), LEFT_BIN_CENTER[1] + rng.uniform(-lim_p, lim_p))
+            bc = (LEFT_BIN_CENTER[0] + rng.uniform(-lim_b, lim_b), LEFT_BIN_CENTER[1] + rng.uniform(-lim_b, lim_b))
+            if math.dist(pc, bc) > PLATE_RADIUS + BOWL_RADIUS + 0.015:
+                break
+        else:  # pragma: no cover - practically unreachable; a fixed diagonal layout
+            pc = (LEFT_BIN_CENTER[0] - lim_p, LEFT_BIN_CENTER[1] - lim_p)
+            bc = (LEFT_BIN_CENTER[0] + lim_b, LEFT_BIN_CENTER[1] + lim_b)
+        p(pb.resetBasePositionAndOrientation, self.plate, [pc[0], pc[1], 0.006], [0, 0, 0, 1])
+        p(pb.resetBasePositionAndOrientation, self.bowl, [bc[0], bc[1], 0.0], [0, 0, 0, 1])
+        scene.fixtures = [
+            ("plate", self.plate, (pc[0], pc[1], 0.012), PLATE_RADIUS),
+            ("bowl", self.bowl, (bc[0], bc[1], 0.008), BOWL_RADIUS),
+        ]
+        if cfg.randomize:
+            scene.light_dir = (float(rng.uniform(-1, 1)), float(rng.uniform(-1, 1)), float(rng.uniform(0.6, 1.5)))
+            scene.camera_jitter = tuple(float(v) for v in rng.uniform(-0.03, 0.03, 3))  # type: ignore[assignment]
+            scene.fov = float(rng.uniform(45, 51))
+            tint = rng.uniform(0.35, 0.75, 3)
+            scene.table_rgba = (float(tint[0]), float(tint[1]), float(tint[2]), 1.0)
+        p(pb.changeVisualShape, self.table, -1, rgbaColor=list(scene.table_rgba))
+        specs = sample_objects(rng, cfg.num_objects, cfg.object_split, cfg.categories)
+        placed: list[tuple[float, float]] = []
+        for spec in specs:
+            for _ in range(20):
+                xy = (
+                    RIGHT_BIN_CENTER[0] + rng.uniform(-BIN_HALF + 0.035, BIN_HALF - 0.035),
+                    RIGHT_BIN_CENTER[1] + rng.uniform(-BIN_HALF + 0.035, BIN_HALF - 0.035),
+                )
+                if all(math.dist(xy, q) > 0.06 for q in placed):
+                    break
+            placed.append(xy)
+            body = self._spawn(spec, (xy[0], xy[1], spec.half_height + 0.003), float(rng.uniform(0, 2 * math.pi)), rng)
+            scene.objects.append(_Obj(body, spec))
+        self._scene = scene
+        self.move_gripper_to((RIGHT_BIN_CENTER[0], RIGHT_BIN_CENTER[1], 0.25), 0.0, closed=False)
+        self._settle(40)
+
+    def _spawn(self, spec: ObjectSpec, pos: tuple[float, float, float], yaw: float, rng: np.random.Generator) -> int:
+        p = self._p
+        key = (spec.category, spec.number)
+        if key not in self._shape_cache:
+            shapes, vis, poss, orns = [], [], [], []
+            for part in spec.parts:
+                c, v = self._part_shapes(part, spec.rgba)
+                shapes.append(c)
+                vis.append(v)
+                poss.append(list(part.offset))
+                orns.append(pb.getQuaternionFromEuler(part.euler))
+            if len(shapes) == 1:
+                col = shapes[0]
+                vi = vis[0]
+                self._shape_cache[key] = (col, vi)
+            else:
+                col = p(pb.createCollisionShapeArray, shapeTypes=[self._ptype(q) for q in spec.parts],
+                        radii=[q.dims[0] for q in spec.parts],
+                        halfExtents=[list(q.dims) if q.shape == "box" else [0, 0, 0] for q in spec.parts],
+                        lengths=[q.dims[1] if len(q.dims) > 1 else 0 for q in spec.parts],
+                        collisionFramePositions=poss, collisionFrameOrientations=orns)
+                vi = p(pb.createVisualShapeArray, shapeTypes=[self._ptype(q) for q in spec.parts],
+                       radii=[q.dims[0] for q in spec.parts],
+                       halfExtents=[list(q.dims) if q.shape == "box" else [0, 0, 0] for q in spec.parts],
+                       lengths=[q.dims[1] if len(q.dims) > 1 else 0 for q in spec.parts],
+                       visualFramePositions=poss, visualFrameOrientations=orns,
+                       rgbaColors=[list(spec.rgba)] * len(spec.parts))
+                self._shape_cache[key] = (col, vi)
+        col, vi = self._shape_cache[key]
+        euler = spec.parts[0].euler if len(spec.parts) == 1 else (0.0, 0.0, 0.0)
+        orn = pb.getQuaternionFromEuler([euler[0], euler[1], yaw])
+        body = int(p(pb.createMultiBody, spec.mass, col, vi, list(pos), orn))
+        p(pb.changeDynamics, body, -1, lateralFriction=self.config.friction, spinningFriction=0.002, rollingFriction=0.0005)
+        if self.config.randomize:
+            hsv_shift = rng.uniform(0.6, 1.2, 3)
+            rgba = [min(1.0, c * s) for c, s in zip(spec.rgba[:3], hsv_shift, strict=True)] + [1.0]
+            p(pb.changeVisualShape, body, -1, rgbaColor=rgba)
+        return body
+
+    @staticmethod
+    def _ptype(part: Part) -> int:
+        return {"box": pb.GEOM_BOX, "cylinder": pb.GEOM_CYLINDER, "capsule": pb.GEOM_CAPSULE, "sphere": pb.GEOM_SPHERE}[part.shape]
+
+    def _part_shapes(self, part: Part, rgba: tuple[float, ...]) -> tuple[int, int]:
+        p = self._p
+        t = self._ptype(part)
+        if part.shape == "box":
+            c = p(pb.createCollisionShape, t, halfExtents=list(part.dims))
+            v = p(pb.createVisualShape, t, halfExtents=list(part.dims), rgbaColor=list(rgba))
+        elif part.shape == "sphere":
+            c = p(pb.createCollisionShape, t, radius=part.dims[0])
+            v = p(pb.createVisualShape, t, radius=part.dims[0], rgbaColor=list(rgba))
+        else:
+            c = p(pb.createCollisionShape, t, radius=part.dims[0], height=part.dims[1])
+            v = p(pb.createVisualShape, t, radius=part.dims[0], length=part.dims[1], rgbaColor=list(rgba))
+        return int(c), int(v)
+
+    # ------------------------------------------------------------------ gripper
+    def _palm_pose(self, tcp: np.ndarray, yaw: float) -> tuple[list[float], Any]:
+        return [float(tcp[0]), float(tcp[1]), float(tcp[2] + TCP_BELOW_PALM)], pb.getQuaternionFromEuler([0, 0, yaw])
+
+    def _set_fingers(self, closed: bool, instant: bool = False) -> None:
+        p = self._p
+        self._closed = closed
+        target = FINGER_OPEN - 0.002 if closed else 0.0
+        for link, sign in ((0, -1.0), (1, 1.0)):
+            if instant:
+                p(pb.resetJointState, self.gripper, link, sign * target)
+            p(pb.setJointMotorControl2, self.gripper, link, pb.POSITION_CONTROL, targetPosition=sign * target,
+              force=self.config.finger_force, maxVelocity=0.6)
+
+    def move_gripper_to(self, tcp: tuple[float, float, float], yaw: float, closed: bool) -> None:
+        """Teleport the gripper (scene setup only; episodes move it with ``apply_action``)."""
+        self._tcp = np.array(tcp, dtype=np.float64)
+        self._yaw = yaw
+        pos, orn = self._palm_pose(self._tcp, yaw)
+        self._p(pb.resetBasePositionAndOrientation, self.gripper, pos, orn)
+        self._p(pb.changeConstraint, self._constraint, pos, orn, maxForce=400)
+        self._set_fingers(closed, instant=True)
+
+    def _settle(self, n: int) -> None:
+        for _ in range(n):
+            self._p(pb.stepSimulation)
+
+    @staticmethod
+    def _clip_tcp(tcp: np.ndarray) -> np.ndarray:
+        lo = np.array([-0.16, -0.36, 0.012])
+        hi = np.array([0.16, 0.36, 0.32])
+        return np.clip(tcp, lo, hi)
+
+    def apply_action(self, action: np.ndarray) -> None:
+        """Execute one validated action: move (interpolated), rotate, open/close the gripper."""
+        a = validate_action(action)
+        cfg = self.config
+        start = self._tcp.copy()
+        goal = self._clip_tcp(start + a[:3].astype(np.float64) * cfg.max_step_m)
+        yaw0 = self._yaw
+        yaw1 = yaw0 + float(a[IDX_DYAW]) * cfg.max_yaw_rad
+        close = wants_close(a)
+        if close != self._closed:
+            self._set_fingers(close)
+        chunks = 4
+        per = max(1, cfg.substeps // chunks)
+        done = 0
+        for k in range(1, chunks + 1):
+            f = k / chunks
+            tcp = start + (goal - start) * f
+            pos, orn = self._palm_pose(tcp, yaw0 + (yaw1 - yaw0) * f)
+            self._p(pb.changeConstraint, self._constraint, pos, orn, maxForce=400)
+            n = per if k < chunks else cfg.substeps - done
+            self._settle(n)
+            done += n
+        self._tcp = goal
+        self._yaw = yaw1
+
+    # ------------------------------------------------------------------ sensing
+    @property
+    def gripper_closed(self) -> bool:
+        return self._closed
+
+    def tcp_position(self) -> np.ndarray:
+        """Measured TCP position (the wrist may lag its target when it pushes on something)."""
+        pos, _ = self._p(pb.getBasePositionAndOrientation, self.gripper)
+        return np.array([pos[0], pos[1], pos[2] - TCP_BELOW_PALM])
+
+    def state_features(self) -> np.ndarray:
+        tcp = self.tcp_position()
+        return np.array([1.0 if self._closed else 0.0, tcp[2] - FLOOR_Z], dtype=np.float32)
+
+    def pose(self) -> np.ndarray:
+        tcp = self.tcp_position()
+        return np.array([tcp[0], tcp[1], tcp[2], self._yaw], dtype=np.float32)
+
+    def finger_gap(self) -> float:
+        """Distance between the fingers' inner faces (m); near zero when closed on nothing."""
+        q0 = self._p(pb.getJointState, self.gripper, 0)[0]
+        q1 = self._p(pb.getJointState, self.gripper, 1)[0]
+        return float(2 * FINGER_OPEN + q0 - q1 - 0.012)
+
+    def render(self, size: int | None = None) -> np.ndarray:
+        size = size or self.config.image_size
+        scene = self._scene
+        jit = scene.camera_jitter if scene else (0.0, 0.0, 0.0)
+        fov = scene.fov if scene else 48.0
+        light = scene.light_dir if scene else (0.4, -0.3, 1.0)
+        eye = [0.30 + jit[0], 0.0 + jit[1], 0.62 + jit[2]]
+        target = [-0.05, 0.0, 0.05]
+        view = pb.computeViewMatrix(eye, target, [-1, 0, 0])
+        proj = pb.computeProjectionMatrixFOV(fov, 1.0, 0.05, 2.0)
+        _, _, rgba, _, _ = self._p(
+            pb.getCameraImage, size, size, view, proj, renderer=pb.ER_TINY_RENDERER,
+            lightDirection=list(light), shadow=0, flags=pb.ER_NO_SEGMENTATION_MASK,
+        )
+        return np.asarray(rgba, dtype=np.uint8).reshape(size, size, 4)[:, :, :3].copy()
+
+    def _touching(self, body: int, link: int) -> bool:
+        return bool(self._p(pb.getContactPoints, bodyA=self.gripper, bodyB=body, linkIndexA=link))
+
+    def scene_state(self) -> SceneState:
+        """Ground truth (simulator only): used to label SD examples and to evaluate."""
+        if self._scene is None:
+            raise RuntimeError("scene_state() before reset_scene()")
+        objs = []
+        for o in self._scene.objects:
+            pos, _ = self._p(pb.getBasePositionAndOrientation, o.body)
+            held = self._closed and self._touching(o.body, 0) and self._touching(o.body, 1)
+            objs.append(ObjectState(o.body, o.spec.category, o.spec.instance, o.spec.size, tuple(map(float, pos)), held))  # type: ignore[arg-type]
+        fixtures = tuple(FixtureState(kind, pos, r) for kind, _, pos, r in self._scene.fixtures)
+        tcp = self.tcp_position()
+        return SceneState(
+            objects=tuple(objs),
+            fixtures=fixtures,
+            right_bin=BinState(RIGHT_BIN_CENTER, (BIN_HALF, BIN_HALF), FLOOR_Z),
+            left_bin=BinState(LEFT_BIN_CENTER, (BIN_HALF, BIN_HALF), FLOOR_Z),
+            gripper_position=(float(tcp[0]), float(tcp[1]), float(tcp[2])),
+            gripper_closed=self._closed,
+        )
+
+    def scene_description(self) -> dict[str, Any]:
+        if self._scene is None:
+            return {}
+        return {
+            "seed": self._scene.seed,
+            "object_split": self.config.object_split,
+            "randomize": self.config.randomize,
+            "objects": [
+                {"instance": o.spec.instance, "category": o.spec.category, "size": round(o.spec.size, 4),
+                 "mass": round(o.spec.mass, 4), "rgba": [round(c, 3) for c in o.spec.rgba]}
+                for o in self._scene.objects
+            ],
+            "fixtures": [{"kind": k, "position": [round(v, 4) for v in pos], "radius": r} for k, _, pos, r in self._scene.fixtures],
+        }
+
+    # ------------------------------------------------------------------ staging (sim only)
+    def object_bodies(self) -> list[tuple[int, ObjectSpec]]:
+        return [(o.body, o.spec) for o in (self._scene.objects if self._scene else [])]
+
+    def object_position(self, body: int) -> np.ndarray:
+        pos, _ = self._p(pb.getBasePositionAndOrientation, body)
+        return np.array(pos)
+
+    def place_object(self, body: int, pos: tuple[float, float, float], yaw: float = 0.0) -> None:
+        spec = next(s for b, s in self.object_bodies() if b == body)
+        euler = spec.parts[0].euler if len(spec.parts) == 1 else (0.0, 0.0, 0.0)
+        self._p(pb.resetBasePositionAndOrientation, body, list(pos), pb.getQuaternionFromEuler([euler[0], euler[1], yaw]))
+        self._p(pb.resetBaseVelocity, body, [0, 0, 0], [0, 0, 0])
+
+    def put_in_gripper(self, body: int, tcp: tuple[float, float, float] | None = None) -> bool:
+        """Stage ``body`` between the fingers and close them; True if the grasp holds."""
+        tcp = tcp or tuple(self._tcp)  # type: ignore[assignment]
+        assert tcp is not None
+        # long axis of every object is its local x: align it with the gripper's x (fingers close along y)
+        self.move_gripper_to(tcp, self._yaw, closed=False)
+        self.place_object(body, (tcp[0], tcp[1], tcp[2]), yaw=self._yaw)
+        self._set_fingers(True)
+        self._settle(30)
+        self._tcp = self.tcp_position()
+        pos, orn = self._palm_pose(self._tcp, self._yaw)
+        self._p(pb.changeConstraint, self._constraint, pos, orn, maxForce=400)
+        self._settle(10)
+        return self._touching(body, 0) and self._touching(body, 1)
+
+    def settle(self, n: int = 30) -> None:
+        self._settle(n)
+
+    def close(self) -> None:
+        if self.client >= 0:
+            try:
+                pb.disconnect(physicsClientId=self.client)
+            except pb.error:
+                pass
+            self.client = -1
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,131 @@
+"""Procedural object instances: 6 categories, varied in size, colour and mass.
+
+Every instance is a pure function of (category, instance number): the same id always
+gives the same object, on every machine. Numbers ``0 .. TRAIN_PER_CATEGORY-1`` are the
+training instances; ``HELD_OUT_OFFSET ..`` are held out for evaluation and never appear
+in a training scene.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import zlib
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from mtopt.tasks.scene import CATEGORIES
+
+Split = Literal["train", "test"]
+SPLITS: tuple[str, ...] = ("train", "test")
+TRAIN_PER_CATEGORY = 40
+TEST_PER_CATEGORY = 10
+HELD_OUT_OFFSET = 1000
+
+# Base hue per category (so categories stay visually distinct without randomization).
+_BASE_HUE = {"box": 0.08, "can": 0.58, "ball": 0.0, "capsule": 0.95, "bottle": 0.33, "banana": 0.15}
+
+
+@dataclass(frozen=True)
+class Part:
+    """One primitive of an object: 'box' (half extents), 'cylinder'/'capsule' (r, h), 'sphere' (r)."""
+
+    shape: str
+    dims: tuple[float, ...]
+    offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    euler: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    category: str
+    number: int
+    parts: tuple[Part, ...]
+    rgba: tuple[float, float, float, float]
+    mass: float
+    size: float  # largest half-extent (m)
+    half_height: float  # resting half height (for dropping it onto a floor)
+
+    @property
+    def instance(self) -> str:
+        split = "test" if self.number >= HELD_OUT_OFFSET else "train"
+        return f"{self.category}/{split}/{self.number:04d}"
+
+
+def instance_numbers(split: Split) -> range:
+    if split == "train":
+        return range(TRAIN_PER_CATEGORY)
+    if split == "test":
+        return range(HELD_OUT_OFFSET, HELD_OUT_OFFSET + TEST_PER_CATEGORY)
+    raise ValueError(f"unknown object split {split!r}; valid: {list(SPLITS)}")
+
+
+def _rng(category: str, number: int) -> np.random.Generator:
+    return np.random.default_rng(zlib.crc32(f"{category}:{number}".encode()))
+
+
+def make_object(category: str, number: int) -> ObjectSpec:
+    """The deterministic object instance ``number`` of ``category``."""
+    if category not in CATEGORIES:
+        raise ValueError(f"unknown category {category!r}; valid: {list(CATEGORIES)}")
+    r = _rng(category, number)
+    u = r.uniform
+    parts: tuple[Part, ...]
+    if category == "box":
+        hx, hy, hz = u(0.018, 0.035), u(0.015, 0.03), u(0.015, 0.03)
+        parts = (Part("box", (hx, hy, hz)),)
+        size, hh = max(hx, hy, hz), hz
+    elif category == "can":
+        rad, h = u(0.016, 0.026), u(0.04, 0.07)
+        parts = (Part("cylinder", (rad, h)),)
+        size, hh = max(rad, h / 2), h / 2
+    elif category == "ball":
+        rad = u(0.016, 0.03)
+        parts = (Part("sphere", (rad,)),)
+        size, hh = rad, rad
+    elif category == "capsule":  # sausage: lying capsule along x
+        rad, h = u(0.011, 0.017), u(0.04, 0.07)
+        parts = (Part("capsule", (rad, h), euler=(0.0, np.pi / 2, 0.0)),)
+        size, hh = h / 2 + rad, rad
+    elif category == "bottle":  # lying bottle: body + neck along x
+        rad, h = u(0.015, 0.021), u(0.05, 0.07)
+        nr, nh = rad * 0.5, h * 0.4
+        parts = (
+            Part("cylinder", (rad, h), euler=(0.0, np.pi / 2, 0.0)),
+            Part("cylinder", (nr, nh), offset=(h / 2 + nh / 2, 0.0, 0.0), euler=(0.0, np.pi / 2, 0.0)),
+        )
+        size, hh = (h + nh) / 2 + 0.01, rad
+    else:  # banana: three capsules on an arc
+        rad, seg = u(0.011, 0.015), u(0.025, 0.035)
+        bend = u(0.35, 0.6)
+        parts = (
+            Part("capsule", (rad, seg), offset=(0.0, 0.0, 0.0), euler=(0.0, np.pi / 2, 0.0)),
+            Part(
+                "capsule",
+                (rad, seg),
+                offset=(seg * 0.95, seg * 0.3, 0.0),
+                euler=(0.0, np.pi / 2, bend),
+            ),
+            Part(
+                "capsule",
+                (rad, seg),
+                offset=(-seg * 0.95, seg * 0.3, 0.0),
+                euler=(0.0, np.pi / 2, -bend),
+            ),
+        )
+        size, hh = 1.5 * seg + rad, rad
+    hue = (_BASE_HUE[category] + u(-0.04, 0.04)) % 1.0
+    rgb = colorsys.hsv_to_rgb(hue, u(0.55, 0.95), u(0.55, 0.95))
+    mass = float(u(0.05, 0.25))
+    return ObjectSpec(category, number, parts, (*rgb, 1.0), mass, float(size), float(hh))
+
+
+def sample_objects(
+    rng: np.random.Generator, n: int, split: Split, categories: tuple[str, ...] = CATEGORIES
+) -> list[ObjectSpec]:
+    """Draw ``n`` object instances of the given split (categories drawn uniformly)."""
+    numbers = instance_numbers(split)
+    return [
+        make_object(str(rng.choice(categories)), int(rng.choice(numbers))) for _ in range(n)
+    ]
