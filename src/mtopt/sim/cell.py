@@ -3,8 +3,8 @@
 Layout (metres, z up, table top at z = 0)::
 
         y
-        ^   right bin (objects)                centre (0, +0.2)
-        |   left bin (fixtures: plate, bowl)   centre (0, -0.2)
+        ^   right bin (objects)                centre (0, +0.13)
+        |   left bin (fixtures: plate, bowl)   centre (0, -0.13)
         +--> x          camera in front (+x), looking down at both bins
                         (the right bin appears on the right of the image)
 
@@ -28,15 +28,15 @@ from mtopt.robots.action import IDX_DYAW, validate_action, wants_close
 from mtopt.sim.objects import ObjectSpec, Part, Split, sample_objects
 from mtopt.tasks.scene import BinState, FixtureState, ObjectState, SceneState
 
-BIN_HALF = 0.12  # inner half extent of both bins
+BIN_HALF = 0.10  # inner half extent of both bins
 BIN_WALL_H = 0.05
-RIGHT_BIN_CENTER = (0.0, 0.2)
-LEFT_BIN_CENTER = (0.0, -0.2)
+RIGHT_BIN_CENTER = (0.0, 0.13)
+LEFT_BIN_CENTER = (0.0, -0.13)
 FLOOR_Z = 0.0
 TCP_BELOW_PALM = 0.055  # TCP offset below the palm centre
 FINGER_OPEN = 0.045  # finger offset from the centre when open
-PLATE_RADIUS = 0.065
-BOWL_RADIUS = 0.045
+PLATE_RADIUS = 0.055
+BOWL_RADIUS = 0.04
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class _Scene:
     fixtures: list[tuple[str, int, tuple[float, float, float], float]] = field(default_factory=list)
     light_dir: tuple[float, float, float] = (0.4, -0.3, 1.0)
     camera_jitter: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    fov: float = 48.0
+    fov: float = 44.0
     table_rgba: tuple[float, float, float, float] = (0.55, 0.5, 0.45, 1.0)
 
 
@@ -122,8 +122,8 @@ class SimCell:
         p(pb.setGravity, 0, 0, -9.81)
         p(pb.setPhysicsEngineParameter, fixedTimeStep=1 / 240, numSolverIterations=30)
         self._shape_cache.clear()
-        table = p(pb.createCollisionShape, pb.GEOM_BOX, halfExtents=[0.4, 0.5, 0.02])
-        table_vis = p(pb.createVisualShape, pb.GEOM_BOX, halfExtents=[0.4, 0.5, 0.02], rgbaColor=[0.55, 0.5, 0.45, 1])
+        table = p(pb.createCollisionShape, pb.GEOM_BOX, halfExtents=[0.35, 0.4, 0.02])
+        table_vis = p(pb.createVisualShape, pb.GEOM_BOX, halfExtents=[0.35, 0.4, 0.02], rgbaColor=[0.55, 0.5, 0.45, 1])
         self.table = p(pb.createMultiBody, 0, table, table_vis, [0, 0, -0.023])
         self.bins = [self._make_bin(RIGHT_BIN_CENTER, (0.35, 0.35, 0.4, 1)), self._make_bin(LEFT_BIN_CENTER, (0.3, 0.4, 0.35, 1))]
         # fixtures: plate (flat disc) and bowl (floor disc + ring wall)
@@ -204,7 +204,7 @@ class SimCell:
                 baseMass=0.5,
                 baseCollisionShapeIndex=palm_c,
                 baseVisualShapeIndex=palm_v,
-                basePosition=[0, 0.2, 0.3],
+                basePosition=[0, 0.13, 0.3],
                 linkMasses=[0.05, 0.05, 0.0],
                 linkCollisionShapeIndices=[fing_c, fing_c, -1],
                 linkVisualShapeIndices=[fing_v, fing_v, arm_v],
@@ -220,7 +220,7 @@ class SimCell:
         for link in (0, 1):
             p(pb.changeDynamics, self.gripper, link, lateralFriction=self.config.friction, spinningFriction=0.002)
         self._constraint = p(
-            pb.createConstraint, self.gripper, -1, -1, -1, pb.JOINT_FIXED, [0, 0, 0], [0, 0, 0], [0, 0.2, 0.3]
+            pb.createConstraint, self.gripper, -1, -1, -1, pb.JOINT_FIXED, [0, 0, 0], [0, 0, 0], [0, 0.13, 0.3]
         )
         self._set_fingers(closed=False, instant=True)
 
@@ -240,7 +240,7 @@ class SimCell:
         for _ in range(200):
             pc = (LEFT_BIN_CENTER[0] + rng.uniform(-lim_p, lim_p), LEFT_BIN_CENTER[1] + rng.uniform(-lim_p, lim_p))
             bc = (LEFT_BIN_CENTER[0] + rng.uniform(-lim_b, lim_b), LEFT_BIN_CENTER[1] + rng.uniform(-lim_b, lim_b))
-            if math.dist(pc, bc) > PLATE_RADIUS + BOWL_RADIUS + 0.015:
+            if math.dist(pc, bc) > PLATE_RADIUS + BOWL_RADIUS + 0.01:
                 break
         else:  # pragma: no cover - practically unreachable; a fixed diagonal layout
             pc = (LEFT_BIN_CENTER[0] - lim_p, LEFT_BIN_CENTER[1] - lim_p)
@@ -254,7 +254,7 @@ class SimCell:
         if cfg.randomize:
             scene.light_dir = (float(rng.uniform(-1, 1)), float(rng.uniform(-1, 1)), float(rng.uniform(0.6, 1.5)))
             scene.camera_jitter = tuple(float(v) for v in rng.uniform(-0.03, 0.03, 3))  # type: ignore[assignment]
-            scene.fov = float(rng.uniform(45, 51))
+            scene.fov = float(rng.uniform(42, 46))
             tint = rng.uniform(0.35, 0.75, 3)
             scene.table_rgba = (float(tint[0]), float(tint[1]), float(tint[2]), 1.0)
         p(pb.changeVisualShape, self.table, -1, rgbaColor=list(scene.table_rgba))
@@ -361,8 +361,8 @@ class SimCell:
 
     @staticmethod
     def _clip_tcp(tcp: np.ndarray) -> np.ndarray:
-        lo = np.array([-0.16, -0.36, 0.012])
-        hi = np.array([0.16, 0.36, 0.32])
+        lo = np.array([-0.13, -0.25, 0.012])
+        hi = np.array([0.13, 0.25, 0.28])
         return np.clip(tcp, lo, hi)
 
     def apply_action(self, action: np.ndarray) -> None:
@@ -418,10 +418,10 @@ class SimCell:
         size = size or self.config.image_size
         scene = self._scene
         jit = scene.camera_jitter if scene else (0.0, 0.0, 0.0)
-        fov = scene.fov if scene else 48.0
+        fov = scene.fov if scene else 44.0
         light = scene.light_dir if scene else (0.4, -0.3, 1.0)
-        eye = [0.30 + jit[0], 0.0 + jit[1], 0.62 + jit[2]]
-        target = [-0.05, 0.0, 0.05]
+        eye = [0.30 + jit[0], 0.0 + jit[1], 0.60 + jit[2]]
+        target = [-0.04, 0.0, 0.07]
         view = pb.computeViewMatrix(eye, target, [-1, 0, 0])
         proj = pb.computeProjectionMatrixFOV(fov, 1.0, 0.05, 2.0)
         _, _, rgba, _, _ = self._p(

@@ -1,0 +1,208 @@
+"""``SimRobot``: the Robot protocol on the PyBullet cell, plus sim-only ground truth and
+staging of success-detector examples."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from mtopt.robots.action import validate_action, wants_terminate
+from mtopt.robots.base import Observation, StepResult
+from mtopt.sim.cell import (
+    BIN_HALF,
+    LEFT_BIN_CENTER,
+    RIGHT_BIN_CENTER,
+    SimCell,
+    SimConfig,
+)
+from mtopt.tasks.registry import TaskSpec
+from mtopt.tasks.scene import SceneState
+
+HOLDING_GAP_M = 0.004  # fingers closed but kept apart by something: holding an object
+
+
+class SimRobot:
+    """A simulated robot cell that implements ``mtopt.robots.base.Robot``."""
+
+    def __init__(self, config: SimConfig | None = None, robot_id: str = "sim-0", seed: int = 0):
+        self.config = (config or SimConfig()).validate()
+        self.robot_id = robot_id
+        self.image_size = self.config.image_size
+        self.cell = SimCell(self.config)
+        self.rng = np.random.default_rng(seed)
+        self.scene_seed: int | None = None
+        self.steps = 0
+
+    # ---------------------------------------------------------------- Robot protocol
+    def reset_scene(self, seed: int | None = None) -> Observation:
+        if seed is None:
+            seed = int(self.rng.integers(0, 2**31 - 1))
+        self.scene_seed = int(seed)
+        self.rng = np.random.default_rng([self.scene_seed, 1])
+        self.cell.reset_scene(self.scene_seed)
+        self.steps = 0
+        return self.observe()
+
+    def start_episode(self) -> Observation:
+        """Random start pose above the right bin (QT-Opt style); a held object stays held."""
+        self._require_scene()
+        self.steps = 0
+        if self.holding():
+            return self.observe()
+        x = RIGHT_BIN_CENTER[0] + self.rng.uniform(-BIN_HALF + 0.03, BIN_HALF - 0.03)
+        y = RIGHT_BIN_CENTER[1] + self.rng.uniform(-BIN_HALF + 0.03, BIN_HALF - 0.03)
+        z = self.rng.uniform(0.14, 0.24)
+        yaw = self.rng.uniform(-math.pi / 2, math.pi / 2)
+        self.cell.move_gripper_to((x, y, z), yaw, closed=False)
+        self.cell.settle(5)
+        return self.observe()
+
+    def prepare_for_task(self, starts_holding: bool) -> bool:
+        """Placing tasks need an object in the gripper: keep a held one or stage one."""
+        self._require_scene()
+        if starts_holding:
+            if self.holding():
+                return True
+            candidates = [b for b, _ in self.cell.object_bodies() if self._in_right_bin(b)]
+            if not candidates:
+                return False
+            body = int(self.rng.choice(candidates))
+            tcp = tuple(float(v) for v in self.cell.pose()[:3])
+            return self.cell.put_in_gripper(body, tcp)  # type: ignore[arg-type]
+        if self.cell.gripper_closed:
+            self.cell.apply_action(np.array([0, 0, 0, 0, -1, -1], dtype=np.float32))
+            self.cell.settle(30)
+        return True
+
+    def observe(self) -> Observation:
+        return Observation(
+            image=self.cell.render(),
+            state=self.cell.state_features(),
+            pose=self.cell.pose(),
+        )
+
+    def act(self, action: np.ndarray) -> StepResult:
+        self._require_scene()
+        a = validate_action(action)
+        self.cell.apply_action(a)
+        self.steps += 1
+        return StepResult(self.observe(), wants_terminate(a), {"step": self.steps})
+
+    def final_image(self) -> np.ndarray:
+        """The camera image of the scene as the episode ended (gripper in place: a lifted
+        object is judged in the gripper, a placed one on its fixture)."""
+        return self.cell.render()
+
+    def scene_description(self) -> dict[str, Any]:
+        return self.cell.scene_description()
+
+    def close(self) -> None:
+        self.cell.close()
+
+    # ---------------------------------------------------------------- proprioception
+    def holding(self) -> bool:
+        """What a real robot knows: the gripper is closed but its fingers did not meet."""
+        return self.cell.gripper_closed and self.cell.finger_gap() > HOLDING_GAP_M
+
+    def _in_right_bin(self, body: int) -> bool:
+        x, y, z = self.cell.object_position(body)
+        return (
+            abs(x - RIGHT_BIN_CENTER[0]) < BIN_HALF
+            and abs(y - RIGHT_BIN_CENTER[1]) < BIN_HALF
+            and z < 0.08
+        )
+
+    def objects_left(self) -> int:
+        """Objects still lying in the right bin (a reset is due when none are left)."""
+        return sum(self._in_right_bin(b) for b, _ in self.cell.object_bodies())
+
+    def status(self) -> dict[str, Any]:
+        return {"holding": self.holding(), "objects_left": self.objects_left()}
+
+    # ---------------------------------------------------------------- sim only
+    def scene_state(self) -> SceneState:
+        """Ground truth; for SD labels and evaluation only, never a training reward."""
+        return self.cell.scene_state()
+
+    def _require_scene(self) -> None:
+        if self.scene_seed is None:
+            self.reset_scene()
+
+    def stage_outcome(
+        self, task: TaskSpec, positive: bool, rng: np.random.Generator, max_tries: int = 30
+    ) -> tuple[np.ndarray, bool, SceneState]:
+        """Arrange a final scene that shows ``task`` succeeding (``positive``) or a near miss.
+
+        Returns (final image, label, ground-truth scene). The label always comes from the
+        task's ground-truth predicate, so it is correct even if staging missed its aim.
+        """
+        label = not positive
+        for _ in range(max_tries):
+            self.reset_scene(int(rng.integers(0, 2**31 - 1)))
+            bodies = [b for b, _ in self.cell.object_bodies()]
+            rng.shuffle(bodies)
+            # positives: try every object of the scene until one makes the task succeed
+            for body in bodies if positive else bodies[:1]:
+                saved = self.cell.object_position(body)
+                if task.skill == "place" or task.starts_holding:
+                    self._stage_place(body, positive, rng)
+                else:
+                    self._stage_lift(body, positive, rng)
+                state = self.scene_state()
+                label = task.succeeded(state)
+                if label == positive:
+                    return self.final_image(), label, state
+                self.cell.move_gripper_to((0.0, 0.0, 0.3), 0.0, closed=False)
+                self.cell.place_object(body, tuple(saved))  # type: ignore[arg-type]
+                self.cell.settle(10)
+        return self.final_image(), label, self.scene_state()
+
+    def _stage_lift(self, body: int, positive: bool, rng: np.random.Generator) -> None:
+        x = RIGHT_BIN_CENTER[0] + rng.uniform(-0.06, 0.06)
+        y = RIGHT_BIN_CENTER[1] + rng.uniform(-0.06, 0.06)
+        yaw = float(rng.uniform(-math.pi / 2, math.pi / 2))
+        self.cell.move_gripper_to((x, y, 0.2), yaw, closed=False)
+        kind = "lift" if positive else str(rng.choice(["low", "empty", "open", "lift"]))
+        if kind == "lift":  # positive, or (negative) a lifted object that the task does not want
+            self.cell.put_in_gripper(body, (x, y, float(rng.uniform(0.13, 0.22))))
+        elif kind == "low":  # near miss: grasped but not lifted
+            self.cell.put_in_gripper(body, (x, y, float(rng.uniform(0.03, 0.06))))
+        elif kind == "empty":  # near miss: gripper closed on nothing, high up
+            self.cell.move_gripper_to((x, y, float(rng.uniform(0.12, 0.22))), yaw, closed=True)
+            self.cell.settle(20)
+        else:  # gripper open right above an object
+            pos = self.cell.object_position(body)
+            self.cell.move_gripper_to((pos[0], pos[1], float(rng.uniform(0.05, 0.2))), yaw, closed=False)
+            self.cell.settle(10)
+
+    def _stage_place(self, body: int, positive: bool, rng: np.random.Generator) -> None:
+        fixtures = self.cell.scene_state().fixtures
+        fx = fixtures[int(rng.integers(0, len(fixtures)))]
+        kind = "on" if positive else str(rng.choice(["next", "held", "on", "bin"]))
+        yaw = float(rng.uniform(-math.pi, math.pi))
+        if kind == "on":
+            r = rng.uniform(0, fx.radius * 0.55)
+            a = rng.uniform(0, 2 * math.pi)
+            self.cell.place_object(
+                body, (fx.position[0] + r * math.cos(a), fx.position[1] + r * math.sin(a), fx.position[2] + 0.05), yaw
+            )
+        elif kind == "next":  # the paper's near miss: next to the fixture instead of on it
+            r = fx.radius + rng.uniform(0.02, 0.05)
+            a = rng.uniform(0, 2 * math.pi)
+            x = float(np.clip(fx.position[0] + r * math.cos(a), LEFT_BIN_CENTER[0] - BIN_HALF + 0.02, LEFT_BIN_CENTER[0] + BIN_HALF - 0.02))
+            y = float(np.clip(fx.position[1] + r * math.sin(a), LEFT_BIN_CENTER[1] - BIN_HALF + 0.02, LEFT_BIN_CENTER[1] + BIN_HALF - 0.02))
+            self.cell.place_object(body, (x, y, 0.05), yaw)
+        elif kind == "held":  # still in the gripper above the fixture
+            self.cell.put_in_gripper(body, (fx.position[0], fx.position[1], float(rng.uniform(0.08, 0.2))))
+            self.cell.settle(20)
+            return
+        else:  # dropped back into the right bin
+            self.cell.place_object(
+                body, (RIGHT_BIN_CENTER[0] + rng.uniform(-0.06, 0.06), RIGHT_BIN_CENTER[1] + rng.uniform(-0.06, 0.06), 0.06), yaw
+            )
+        tx = LEFT_BIN_CENTER[0] + rng.uniform(-0.06, 0.06)
+        ty = LEFT_BIN_CENTER[1] + rng.uniform(-0.06, 0.06)
+        self.cell.move_gripper_to((tx, ty, float(rng.uniform(0.14, 0.26))), yaw, closed=False)
+        self.cell.settle(60)
