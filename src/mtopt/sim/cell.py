@@ -230,9 +230,9 @@ class SimCell:
         p = self._p
         rng = np.random.default_rng(seed)
         cfg = self.config
-        if self._scene is not None:
-            for o in self._scene.objects:
-                p(pb.removeBody, o.body)
+        # A full rebuild (no URDF files: a few ms) makes a scene a pure function of its seed;
+        # removing and re-adding bodies would leave solver state behind and break determinism.
+        self._build_static()
         scene = _Scene(seed=seed)
         # fixtures: plate and bowl in the left bin, not overlapping
         lim_p = BIN_HALF - PLATE_RADIUS - 0.002

@@ -1,0 +1,119 @@
+"""Gymnasium environment ``mtopt/SimCell-v0`` (registered on ``import mtopt``).
+
+Observation: ``{"image": uint8 (H, W, 3), "state": float32 [gripper_closed, gripper_height]}``.
+Action: ``Box(-1, 1, (6,))`` with the layout of ``mtopt.robots.action``.
+Reward: the simulator's ground-truth success (0/1) of ``task``, given on the final step
+only. It is there for evaluation and for users of the env; the mtopt training pipeline
+never uses it: its rewards come from the learned success detector.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from mtopt.robots.action import ACTION_DIM, validate_action
+from mtopt.robots.base import STATE_DIM, Observation
+from mtopt.robots.sim_robot import SimRobot
+from mtopt.sim.cell import SimConfig
+from mtopt.tasks.registry import DEFAULT_REGISTRY, TaskRegistry
+
+
+class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
+
+    def __init__(
+        self,
+        task: str = "lift-any",
+        image_size: int = 64,
+        max_steps: int = 15,
+        seed: int | None = None,
+        object_split: str = "train",
+        randomize: bool = False,
+        num_objects: int = 4,
+        render_mode: str | None = None,
+        registry: TaskRegistry | None = None,
+    ):
+        self.registry = registry or DEFAULT_REGISTRY
+        self.task = self.registry.get(task)  # clear error listing valid tasks
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.render_mode = render_mode
+        self.config = SimConfig(
+            image_size=image_size,
+            max_steps=max_steps,
+            object_split=object_split,  # type: ignore[arg-type]
+            randomize=randomize,
+            num_objects=num_objects,
+        ).validate()
+        self.observation_space = spaces.Dict(
+            {
+                "image": spaces.Box(0, 255, (image_size, image_size, 3), np.uint8),
+                "state": spaces.Box(
+                    low=np.array([0.0, -0.1], np.float32),
+                    high=np.array([1.0, 1.0], np.float32),
+                    shape=(STATE_DIM,),
+                    dtype=np.float32,
+                ),
+            }
+        )
+        self.action_space = spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
+        self._robot = SimRobot(self.config, robot_id="gym")
+        self._steps = 0
+        self._last: Observation | None = None
+        self._initial_seed = seed
+
+    @staticmethod
+    def _to_obs(o: Observation) -> dict[str, np.ndarray]:
+        state = np.clip(o.state, [0.0, -0.1], [1.0, 1.0]).astype(np.float32)
+        return {"image": o.image, "state": state}
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        if seed is None and self._initial_seed is not None:
+            seed, self._initial_seed = self._initial_seed, None
+        super().reset(seed=seed)
+        scene_seed = int(self.np_random.integers(0, 2**31 - 1))
+        self._robot.reset_scene(scene_seed)
+        self._robot.start_episode()
+        ready = self._robot.prepare_for_task(self.task.starts_holding)
+        self._steps = 0
+        self._last = self._robot.observe()
+        info = {"scene_seed": scene_seed, "task": self.task.name, "prepared": ready}
+        return self._to_obs(self._last), info
+
+    def step(
+        self, action: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        if self._last is None:
+            raise RuntimeError("call reset() before step()")
+        a = validate_action(action)
+        result = self._robot.act(a)
+        self._steps += 1
+        self._last = result.observation
+        terminated = result.terminated
+        truncated = not terminated and self._steps >= self.config.max_steps
+        info: dict[str, Any] = {"step": self._steps}
+        reward = 0.0
+        if terminated or truncated:
+            success = self.task.succeeded(self._robot.scene_state())
+            reward = float(success)
+            info["success"] = success
+        return self._to_obs(self._last), reward, terminated, truncated, info
+
+    def render(self) -> np.ndarray | None:  # type: ignore[override]
+        if self.render_mode != "rgb_array":
+            return None
+        return self._robot.cell.render(max(256, self.config.image_size))
+
+    @property
+    def robot(self) -> SimRobot:
+        """The underlying ``SimRobot`` (Robot protocol) for advanced use."""
+        return self._robot
+
+    def close(self) -> None:
+        self._robot.close()
