@@ -115,7 +115,13 @@ class ScriptedPlace:
             self._phase = "descend"
         if self._phase == "descend":
             if height > self.release + 0.01:
-                return make_action(n[0] * 0.5, n[1] * 0.5, -min(1.0, (height - self.release) / 0.05), 0.0, close=True)
+                return make_action(
+                    n[0] * 0.5,
+                    n[1] * 0.5,
+                    -min(1.0, (height - self.release) / 0.05),
+                    0.0,
+                    close=True,
+                )
             self._phase = "open"
         if self._phase == "open":
             self._phase = "retract"

@@ -155,7 +155,7 @@ class SimRobot:
                 if label == positive:
                     return self.final_image(), label, state
                 self.cell.move_gripper_to((0.0, 0.0, 0.3), 0.0, closed=False)
-                self.cell.place_object(body, tuple(saved))  # type: ignore[arg-type]
+                self.cell.place_object(body, (float(saved[0]), float(saved[1]), float(saved[2])))
                 self.cell.settle(10)
         return self.final_image(), label, self.scene_state()
 
@@ -174,7 +174,9 @@ class SimRobot:
             self.cell.settle(20)
         else:  # gripper open right above an object
             pos = self.cell.object_position(body)
-            self.cell.move_gripper_to((pos[0], pos[1], float(rng.uniform(0.05, 0.2))), yaw, closed=False)
+            self.cell.move_gripper_to(
+                (pos[0], pos[1], float(rng.uniform(0.05, 0.2))), yaw, closed=False
+            )
             self.cell.settle(10)
 
     def _stage_place(self, body: int, positive: bool, rng: np.random.Generator) -> None:
@@ -186,21 +188,47 @@ class SimRobot:
             r = rng.uniform(0, fx.radius * 0.55)
             a = rng.uniform(0, 2 * math.pi)
             self.cell.place_object(
-                body, (fx.position[0] + r * math.cos(a), fx.position[1] + r * math.sin(a), fx.position[2] + 0.05), yaw
+                body,
+                (
+                    fx.position[0] + r * math.cos(a),
+                    fx.position[1] + r * math.sin(a),
+                    fx.position[2] + 0.05,
+                ),
+                yaw,
             )
         elif kind == "next":  # the paper's near miss: next to the fixture instead of on it
             r = fx.radius + rng.uniform(0.02, 0.05)
             a = rng.uniform(0, 2 * math.pi)
-            x = float(np.clip(fx.position[0] + r * math.cos(a), LEFT_BIN_CENTER[0] - BIN_HALF + 0.02, LEFT_BIN_CENTER[0] + BIN_HALF - 0.02))
-            y = float(np.clip(fx.position[1] + r * math.sin(a), LEFT_BIN_CENTER[1] - BIN_HALF + 0.02, LEFT_BIN_CENTER[1] + BIN_HALF - 0.02))
+            x = float(
+                np.clip(
+                    fx.position[0] + r * math.cos(a),
+                    LEFT_BIN_CENTER[0] - BIN_HALF + 0.02,
+                    LEFT_BIN_CENTER[0] + BIN_HALF - 0.02,
+                )
+            )
+            y = float(
+                np.clip(
+                    fx.position[1] + r * math.sin(a),
+                    LEFT_BIN_CENTER[1] - BIN_HALF + 0.02,
+                    LEFT_BIN_CENTER[1] + BIN_HALF - 0.02,
+                )
+            )
             self.cell.place_object(body, (x, y, 0.05), yaw)
         elif kind == "held":  # still in the gripper above the fixture
-            self.cell.put_in_gripper(body, (fx.position[0], fx.position[1], float(rng.uniform(0.08, 0.2))))
+            self.cell.put_in_gripper(
+                body, (fx.position[0], fx.position[1], float(rng.uniform(0.08, 0.2)))
+            )
             self.cell.settle(20)
             return
         else:  # dropped back into the right bin
             self.cell.place_object(
-                body, (RIGHT_BIN_CENTER[0] + rng.uniform(-0.06, 0.06), RIGHT_BIN_CENTER[1] + rng.uniform(-0.06, 0.06), 0.06), yaw
+                body,
+                (
+                    RIGHT_BIN_CENTER[0] + rng.uniform(-0.06, 0.06),
+                    RIGHT_BIN_CENTER[1] + rng.uniform(-0.06, 0.06),
+                    0.06,
+                ),
+                yaw,
             )
         tx = LEFT_BIN_CENTER[0] + rng.uniform(-0.06, 0.06)
         ty = LEFT_BIN_CENTER[1] + rng.uniform(-0.06, 0.06)

@@ -17,6 +17,7 @@ the fingertips; "gripper height" is the TCP height above the bin floor.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,31 +124,74 @@ class SimCell:
         p(pb.setPhysicsEngineParameter, fixedTimeStep=1 / 240, numSolverIterations=30)
         self._shape_cache.clear()
         table = p(pb.createCollisionShape, pb.GEOM_BOX, halfExtents=[0.35, 0.4, 0.02])
-        table_vis = p(pb.createVisualShape, pb.GEOM_BOX, halfExtents=[0.35, 0.4, 0.02], rgbaColor=[0.55, 0.5, 0.45, 1])
+        table_vis = p(
+            pb.createVisualShape,
+            pb.GEOM_BOX,
+            halfExtents=[0.35, 0.4, 0.02],
+            rgbaColor=[0.55, 0.5, 0.45, 1],
+        )
         self.table = p(pb.createMultiBody, 0, table, table_vis, [0, 0, -0.023])
-        self.bins = [self._make_bin(RIGHT_BIN_CENTER, (0.35, 0.35, 0.4, 1)), self._make_bin(LEFT_BIN_CENTER, (0.3, 0.4, 0.35, 1))]
+        self.bins = [
+            self._make_bin(RIGHT_BIN_CENTER, (0.35, 0.35, 0.4, 1)),
+            self._make_bin(LEFT_BIN_CENTER, (0.3, 0.4, 0.35, 1)),
+        ]
         # fixtures: plate (flat disc) and bowl (floor disc + ring wall)
         plate_c = p(pb.createCollisionShape, pb.GEOM_CYLINDER, radius=PLATE_RADIUS, height=0.012)
-        plate_v = p(pb.createVisualShape, pb.GEOM_CYLINDER, radius=PLATE_RADIUS, length=0.012, rgbaColor=[0.95, 0.95, 0.92, 1])
+        plate_v = p(
+            pb.createVisualShape,
+            pb.GEOM_CYLINDER,
+            radius=PLATE_RADIUS,
+            length=0.012,
+            rgbaColor=[0.95, 0.95, 0.92, 1],
+        )
         self.plate = p(pb.createMultiBody, 0, plate_c, plate_v, [0, 0.2, 0.006])
         n_seg = 12
         shapes, vis, pos, orn = [], [], [], []
-        shapes.append(p(pb.createCollisionShape, pb.GEOM_CYLINDER, radius=BOWL_RADIUS + 0.008, height=0.008))
-        vis.append(p(pb.createVisualShape, pb.GEOM_CYLINDER, radius=BOWL_RADIUS + 0.008, length=0.008, rgbaColor=[0.2, 0.35, 0.8, 1]))
+        shapes.append(
+            p(pb.createCollisionShape, pb.GEOM_CYLINDER, radius=BOWL_RADIUS + 0.008, height=0.008)
+        )
+        vis.append(
+            p(
+                pb.createVisualShape,
+                pb.GEOM_CYLINDER,
+                radius=BOWL_RADIUS + 0.008,
+                length=0.008,
+                rgbaColor=[0.2, 0.35, 0.8, 1],
+            )
+        )
         pos.append([0, 0, 0.004])
         orn.append([0, 0, 0, 1])
         seg_half = math.pi * (BOWL_RADIUS + 0.008) / n_seg
         for k in range(n_seg):
             a = 2 * math.pi * k / n_seg
-            shapes.append(p(pb.createCollisionShape, pb.GEOM_BOX, halfExtents=[0.004, seg_half, 0.018]))
-            vis.append(p(pb.createVisualShape, pb.GEOM_BOX, halfExtents=[0.004, seg_half, 0.018], rgbaColor=[0.2, 0.35, 0.8, 1]))
-            pos.append([(BOWL_RADIUS + 0.004) * math.cos(a), (BOWL_RADIUS + 0.004) * math.sin(a), 0.018])
+            shapes.append(
+                p(pb.createCollisionShape, pb.GEOM_BOX, halfExtents=[0.004, seg_half, 0.018])
+            )
+            vis.append(
+                p(
+                    pb.createVisualShape,
+                    pb.GEOM_BOX,
+                    halfExtents=[0.004, seg_half, 0.018],
+                    rgbaColor=[0.2, 0.35, 0.8, 1],
+                )
+            )
+            pos.append(
+                [(BOWL_RADIUS + 0.004) * math.cos(a), (BOWL_RADIUS + 0.004) * math.sin(a), 0.018]
+            )
             orn.append(pb.getQuaternionFromEuler([0, 0, a]))
         bowl = self._multi(shapes, vis, pos, orn, mass=0.0, base=[0, 0.3, 0])
         self.bowl = bowl
         self._build_gripper()
 
-    def _multi(self, shapes: list[int], vis: list[int], pos: list[Any], orn: list[Any], mass: float, base: list[float]) -> int:
+    def _multi(
+        self,
+        shapes: list[int],
+        vis: list[int],
+        pos: list[Any],
+        orn: list[Any],
+        mass: float,
+        base: list[float],
+    ) -> int:
         """A single rigid body from several primitives (link-free compound)."""
         p = self._p
         n = len(shapes)
@@ -181,11 +225,25 @@ class SimCell:
             ([t, BIN_HALF, h], [-BIN_HALF - t, 0, h]),
         ]
         floor_c = p(pb.createCollisionShape, pb.GEOM_BOX, halfExtents=[BIN_HALF, BIN_HALF, 0.001])
-        floor_v = p(pb.createVisualShape, pb.GEOM_BOX, halfExtents=[BIN_HALF, BIN_HALF, 0.001], rgbaColor=list(rgba))
-        shapes, vis, pos, orn = [floor_c], [floor_v], [[0, 0, 0]], [[0, 0, 0, 1]]
+        floor_v = p(
+            pb.createVisualShape,
+            pb.GEOM_BOX,
+            halfExtents=[BIN_HALF, BIN_HALF, 0.001],
+            rgbaColor=list(rgba),
+        )
+        shapes, vis = [floor_c], [floor_v]
+        pos: list[list[float]] = [[0, 0, 0]]
+        orn: list[list[float]] = [[0, 0, 0, 1]]
         for he, ps in walls:
             shapes.append(p(pb.createCollisionShape, pb.GEOM_BOX, halfExtents=he))
-            vis.append(p(pb.createVisualShape, pb.GEOM_BOX, halfExtents=he, rgbaColor=[0.25, 0.25, 0.28, 1]))
+            vis.append(
+                p(
+                    pb.createVisualShape,
+                    pb.GEOM_BOX,
+                    halfExtents=he,
+                    rgbaColor=[0.25, 0.25, 0.28, 1],
+                )
+            )
             pos.append(ps)
             orn.append([0, 0, 0, 1])
         return self._multi(shapes, vis, pos, orn, 0.0, [center[0], center[1], -0.001])
@@ -193,11 +251,26 @@ class SimCell:
     def _build_gripper(self) -> None:
         p = self._p
         palm_c = p(pb.createCollisionShape, pb.GEOM_BOX, halfExtents=[0.015, 0.058, 0.01])
-        palm_v = p(pb.createVisualShape, pb.GEOM_BOX, halfExtents=[0.015, 0.058, 0.01], rgbaColor=[0.15, 0.15, 0.15, 1])
+        palm_v = p(
+            pb.createVisualShape,
+            pb.GEOM_BOX,
+            halfExtents=[0.015, 0.058, 0.01],
+            rgbaColor=[0.15, 0.15, 0.15, 1],
+        )
         fing_c = p(pb.createCollisionShape, pb.GEOM_BOX, halfExtents=[0.012, 0.006, 0.03])
-        fing_v = p(pb.createVisualShape, pb.GEOM_BOX, halfExtents=[0.012, 0.006, 0.03], rgbaColor=[0.9, 0.9, 0.9, 1])
+        fing_v = p(
+            pb.createVisualShape,
+            pb.GEOM_BOX,
+            halfExtents=[0.012, 0.006, 0.03],
+            rgbaColor=[0.9, 0.9, 0.9, 1],
+        )
         # a visual-only forearm rising from the wrist, so the arm is visible in the image
-        arm_v = p(pb.createVisualShape, pb.GEOM_BOX, halfExtents=[0.012, 0.012, 0.15], rgbaColor=[0.95, 0.55, 0.1, 1])
+        arm_v = p(
+            pb.createVisualShape,
+            pb.GEOM_BOX,
+            halfExtents=[0.012, 0.012, 0.15],
+            rgbaColor=[0.95, 0.55, 0.1, 1],
+        )
         self.gripper = int(
             p(
                 pb.createMultiBody,
@@ -218,9 +291,23 @@ class SimCell:
             )
         )
         for link in (0, 1):
-            p(pb.changeDynamics, self.gripper, link, lateralFriction=self.config.friction, spinningFriction=0.002)
+            p(
+                pb.changeDynamics,
+                self.gripper,
+                link,
+                lateralFriction=self.config.friction,
+                spinningFriction=0.002,
+            )
         self._constraint = p(
-            pb.createConstraint, self.gripper, -1, -1, -1, pb.JOINT_FIXED, [0, 0, 0], [0, 0, 0], [0, 0.13, 0.3]
+            pb.createConstraint,
+            self.gripper,
+            -1,
+            -1,
+            -1,
+            pb.JOINT_FIXED,
+            [0, 0, 0],
+            [0, 0, 0],
+            [0, 0.13, 0.3],
         )
         self._set_fingers(closed=False, instant=True)
 
@@ -238,8 +325,14 @@ class SimCell:
         lim_p = BIN_HALF - PLATE_RADIUS - 0.002
         lim_b = BIN_HALF - BOWL_RADIUS - 0.012
         for _ in range(200):
-            pc = (LEFT_BIN_CENTER[0] + rng.uniform(-lim_p, lim_p), LEFT_BIN_CENTER[1] + rng.uniform(-lim_p, lim_p))
-            bc = (LEFT_BIN_CENTER[0] + rng.uniform(-lim_b, lim_b), LEFT_BIN_CENTER[1] + rng.uniform(-lim_b, lim_b))
+            pc = (
+                LEFT_BIN_CENTER[0] + rng.uniform(-lim_p, lim_p),
+                LEFT_BIN_CENTER[1] + rng.uniform(-lim_p, lim_p),
+            )
+            bc = (
+                LEFT_BIN_CENTER[0] + rng.uniform(-lim_b, lim_b),
+                LEFT_BIN_CENTER[1] + rng.uniform(-lim_b, lim_b),
+            )
             if math.dist(pc, bc) > PLATE_RADIUS + BOWL_RADIUS + 0.01:
                 break
         else:  # pragma: no cover - practically unreachable; a fixed diagonal layout
@@ -252,7 +345,11 @@ class SimCell:
             ("bowl", self.bowl, (bc[0], bc[1], 0.008), BOWL_RADIUS),
         ]
         if cfg.randomize:
-            scene.light_dir = (float(rng.uniform(-1, 1)), float(rng.uniform(-1, 1)), float(rng.uniform(0.6, 1.5)))
+            scene.light_dir = (
+                float(rng.uniform(-1, 1)),
+                float(rng.uniform(-1, 1)),
+                float(rng.uniform(0.6, 1.5)),
+            )
             scene.camera_jitter = tuple(float(v) for v in rng.uniform(-0.03, 0.03, 3))  # type: ignore[assignment]
             scene.fov = float(rng.uniform(42, 46))
             tint = rng.uniform(0.35, 0.75, 3)
@@ -269,13 +366,24 @@ class SimCell:
                 if all(math.dist(xy, q) > 0.06 for q in placed):
                     break
             placed.append(xy)
-            body = self._spawn(spec, (xy[0], xy[1], spec.half_height + 0.003), float(rng.uniform(0, 2 * math.pi)), rng)
+            body = self._spawn(
+                spec,
+                (xy[0], xy[1], spec.half_height + 0.003),
+                float(rng.uniform(0, 2 * math.pi)),
+                rng,
+            )
             scene.objects.append(_Obj(body, spec))
         self._scene = scene
         self.move_gripper_to((RIGHT_BIN_CENTER[0], RIGHT_BIN_CENTER[1], 0.25), 0.0, closed=False)
         self._settle(40)
 
-    def _spawn(self, spec: ObjectSpec, pos: tuple[float, float, float], yaw: float, rng: np.random.Generator) -> int:
+    def _spawn(
+        self,
+        spec: ObjectSpec,
+        pos: tuple[float, float, float],
+        yaw: float,
+        rng: np.random.Generator,
+    ) -> int:
         p = self._p
         key = (spec.category, spec.number)
         if key not in self._shape_cache:
@@ -291,23 +399,42 @@ class SimCell:
                 vi = vis[0]
                 self._shape_cache[key] = (col, vi)
             else:
-                col = p(pb.createCollisionShapeArray, shapeTypes=[self._ptype(q) for q in spec.parts],
-                        radii=[q.dims[0] for q in spec.parts],
-                        halfExtents=[list(q.dims) if q.shape == "box" else [0, 0, 0] for q in spec.parts],
-                        lengths=[q.dims[1] if len(q.dims) > 1 else 0 for q in spec.parts],
-                        collisionFramePositions=poss, collisionFrameOrientations=orns)
-                vi = p(pb.createVisualShapeArray, shapeTypes=[self._ptype(q) for q in spec.parts],
-                       radii=[q.dims[0] for q in spec.parts],
-                       halfExtents=[list(q.dims) if q.shape == "box" else [0, 0, 0] for q in spec.parts],
-                       lengths=[q.dims[1] if len(q.dims) > 1 else 0 for q in spec.parts],
-                       visualFramePositions=poss, visualFrameOrientations=orns,
-                       rgbaColors=[list(spec.rgba)] * len(spec.parts))
+                col = p(
+                    pb.createCollisionShapeArray,
+                    shapeTypes=[self._ptype(q) for q in spec.parts],
+                    radii=[q.dims[0] for q in spec.parts],
+                    halfExtents=[
+                        list(q.dims) if q.shape == "box" else [0, 0, 0] for q in spec.parts
+                    ],
+                    lengths=[q.dims[1] if len(q.dims) > 1 else 0 for q in spec.parts],
+                    collisionFramePositions=poss,
+                    collisionFrameOrientations=orns,
+                )
+                vi = p(
+                    pb.createVisualShapeArray,
+                    shapeTypes=[self._ptype(q) for q in spec.parts],
+                    radii=[q.dims[0] for q in spec.parts],
+                    halfExtents=[
+                        list(q.dims) if q.shape == "box" else [0, 0, 0] for q in spec.parts
+                    ],
+                    lengths=[q.dims[1] if len(q.dims) > 1 else 0 for q in spec.parts],
+                    visualFramePositions=poss,
+                    visualFrameOrientations=orns,
+                    rgbaColors=[list(spec.rgba)] * len(spec.parts),
+                )
                 self._shape_cache[key] = (col, vi)
         col, vi = self._shape_cache[key]
         euler = spec.parts[0].euler if len(spec.parts) == 1 else (0.0, 0.0, 0.0)
         orn = pb.getQuaternionFromEuler([euler[0], euler[1], yaw])
         body = int(p(pb.createMultiBody, spec.mass, col, vi, list(pos), orn))
-        p(pb.changeDynamics, body, -1, lateralFriction=self.config.friction, spinningFriction=0.002, rollingFriction=0.0005)
+        p(
+            pb.changeDynamics,
+            body,
+            -1,
+            lateralFriction=self.config.friction,
+            spinningFriction=0.002,
+            rollingFriction=0.0005,
+        )
         if self.config.randomize:
             hsv_shift = rng.uniform(0.6, 1.2, 3)
             rgba = [min(1.0, c * s) for c, s in zip(spec.rgba[:3], hsv_shift, strict=True)] + [1.0]
@@ -316,7 +443,12 @@ class SimCell:
 
     @staticmethod
     def _ptype(part: Part) -> int:
-        return {"box": pb.GEOM_BOX, "cylinder": pb.GEOM_CYLINDER, "capsule": pb.GEOM_CAPSULE, "sphere": pb.GEOM_SPHERE}[part.shape]
+        return {
+            "box": pb.GEOM_BOX,
+            "cylinder": pb.GEOM_CYLINDER,
+            "capsule": pb.GEOM_CAPSULE,
+            "sphere": pb.GEOM_SPHERE,
+        }[part.shape]
 
     def _part_shapes(self, part: Part, rgba: tuple[float, ...]) -> tuple[int, int]:
         p = self._p
@@ -329,12 +461,22 @@ class SimCell:
             v = p(pb.createVisualShape, t, radius=part.dims[0], rgbaColor=list(rgba))
         else:
             c = p(pb.createCollisionShape, t, radius=part.dims[0], height=part.dims[1])
-            v = p(pb.createVisualShape, t, radius=part.dims[0], length=part.dims[1], rgbaColor=list(rgba))
+            v = p(
+                pb.createVisualShape,
+                t,
+                radius=part.dims[0],
+                length=part.dims[1],
+                rgbaColor=list(rgba),
+            )
         return int(c), int(v)
 
     # ------------------------------------------------------------------ gripper
     def _palm_pose(self, tcp: np.ndarray, yaw: float) -> tuple[list[float], Any]:
-        return [float(tcp[0]), float(tcp[1]), float(tcp[2] + TCP_BELOW_PALM)], pb.getQuaternionFromEuler([0, 0, yaw])
+        return [
+            float(tcp[0]),
+            float(tcp[1]),
+            float(tcp[2] + TCP_BELOW_PALM),
+        ], pb.getQuaternionFromEuler([0, 0, yaw])
 
     def _set_fingers(self, closed: bool, instant: bool = False) -> None:
         p = self._p
@@ -343,8 +485,15 @@ class SimCell:
         for link, sign in ((0, -1.0), (1, 1.0)):
             if instant:
                 p(pb.resetJointState, self.gripper, link, sign * target)
-            p(pb.setJointMotorControl2, self.gripper, link, pb.POSITION_CONTROL, targetPosition=sign * target,
-              force=self.config.finger_force, maxVelocity=0.6)
+            p(
+                pb.setJointMotorControl2,
+                self.gripper,
+                link,
+                pb.POSITION_CONTROL,
+                targetPosition=sign * target,
+                force=self.config.finger_force,
+                maxVelocity=0.6,
+            )
 
     def move_gripper_to(self, tcp: tuple[float, float, float], yaw: float, closed: bool) -> None:
         """Teleport the gripper (scene setup only; episodes move it with ``apply_action``)."""
@@ -425,8 +574,15 @@ class SimCell:
         view = pb.computeViewMatrix(eye, target, [-1, 0, 0])
         proj = pb.computeProjectionMatrixFOV(fov, 1.0, 0.05, 2.0)
         _, _, rgba, _, _ = self._p(
-            pb.getCameraImage, size, size, view, proj, renderer=pb.ER_TINY_RENDERER,
-            lightDirection=list(light), shadow=0, flags=pb.ER_NO_SEGMENTATION_MASK,
+            pb.getCameraImage,
+            size,
+            size,
+            view,
+            proj,
+            renderer=pb.ER_TINY_RENDERER,
+            lightDirection=list(light),
+            shadow=0,
+            flags=pb.ER_NO_SEGMENTATION_MASK,
         )
         return np.asarray(rgba, dtype=np.uint8).reshape(size, size, 4)[:, :, :3].copy()
 
@@ -441,7 +597,16 @@ class SimCell:
         for o in self._scene.objects:
             pos, _ = self._p(pb.getBasePositionAndOrientation, o.body)
             held = self._closed and self._touching(o.body, 0) and self._touching(o.body, 1)
-            objs.append(ObjectState(o.body, o.spec.category, o.spec.instance, o.spec.size, tuple(map(float, pos)), held))  # type: ignore[arg-type]
+            objs.append(
+                ObjectState(
+                    o.body,
+                    o.spec.category,
+                    o.spec.instance,
+                    o.spec.size,
+                    (float(pos[0]), float(pos[1]), float(pos[2])),
+                    held,
+                )
+            )
         fixtures = tuple(FixtureState(kind, pos, r) for kind, _, pos, r in self._scene.fixtures)
         tcp = self.tcp_position()
         return SceneState(
@@ -461,11 +626,19 @@ class SimCell:
             "object_split": self.config.object_split,
             "randomize": self.config.randomize,
             "objects": [
-                {"instance": o.spec.instance, "category": o.spec.category, "size": round(o.spec.size, 4),
-                 "mass": round(o.spec.mass, 4), "rgba": [round(c, 3) for c in o.spec.rgba]}
+                {
+                    "instance": o.spec.instance,
+                    "category": o.spec.category,
+                    "size": round(o.spec.size, 4),
+                    "mass": round(o.spec.mass, 4),
+                    "rgba": [round(c, 3) for c in o.spec.rgba],
+                }
                 for o in self._scene.objects
             ],
-            "fixtures": [{"kind": k, "position": [round(v, 4) for v in pos], "radius": r} for k, _, pos, r in self._scene.fixtures],
+            "fixtures": [
+                {"kind": k, "position": [round(v, 4) for v in pos], "radius": r}
+                for k, _, pos, r in self._scene.fixtures
+            ],
         }
 
     # ------------------------------------------------------------------ staging (sim only)
@@ -479,7 +652,12 @@ class SimCell:
     def place_object(self, body: int, pos: tuple[float, float, float], yaw: float = 0.0) -> None:
         spec = next(s for b, s in self.object_bodies() if b == body)
         euler = spec.parts[0].euler if len(spec.parts) == 1 else (0.0, 0.0, 0.0)
-        self._p(pb.resetBasePositionAndOrientation, body, list(pos), pb.getQuaternionFromEuler([euler[0], euler[1], yaw]))
+        self._p(
+            pb.resetBasePositionAndOrientation,
+            body,
+            list(pos),
+            pb.getQuaternionFromEuler([euler[0], euler[1], yaw]),
+        )
         self._p(pb.resetBaseVelocity, body, [0, 0, 0], [0, 0, 0])
 
     def put_in_gripper(self, body: int, tcp: tuple[float, float, float] | None = None) -> bool:
@@ -502,14 +680,10 @@ class SimCell:
 
     def close(self) -> None:
         if self.client >= 0:
-            try:
+            with contextlib.suppress(pb.error):
                 pb.disconnect(physicsClientId=self.client)
-            except pb.error:
-                pass
             self.client = -1
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass

@@ -23,7 +23,7 @@ from mtopt.tasks.registry import DEFAULT_REGISTRY, TaskRegistry
 
 
 class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}  # noqa: RUF012
 
     def __init__(
         self,
@@ -49,7 +49,7 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             randomize=randomize,
             num_objects=num_objects,
         ).validate()
-        self.observation_space = spaces.Dict(
+        self.observation_space = spaces.Dict(  # type: ignore[assignment]
             {
                 "image": spaces.Box(0, 255, (image_size, image_size, 3), np.uint8),
                 "state": spaces.Box(
@@ -105,7 +105,7 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             info["success"] = success
         return self._to_obs(self._last), reward, terminated, truncated, info
 
-    def render(self) -> np.ndarray | None:  # type: ignore[override]
+    def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array":
             return None
         return self._robot.cell.render(max(256, self.config.image_size))

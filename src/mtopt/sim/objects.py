@@ -93,7 +93,9 @@ def make_object(category: str, number: int) -> ObjectSpec:
         nr, nh = rad * 0.5, h * 0.4
         parts = (
             Part("cylinder", (rad, h), euler=(0.0, np.pi / 2, 0.0)),
-            Part("cylinder", (nr, nh), offset=(h / 2 + nh / 2, 0.0, 0.0), euler=(0.0, np.pi / 2, 0.0)),
+            Part(
+                "cylinder", (nr, nh), offset=(h / 2 + nh / 2, 0.0, 0.0), euler=(0.0, np.pi / 2, 0.0)
+            ),
         )
         size, hh = (h + nh) / 2 + 0.01, rad
     else:  # banana: three capsules on an arc
@@ -126,6 +128,4 @@ def sample_objects(
 ) -> list[ObjectSpec]:
     """Draw ``n`` object instances of the given split (categories drawn uniformly)."""
     numbers = instance_numbers(split)
-    return [
-        make_object(str(rng.choice(categories)), int(rng.choice(numbers))) for _ in range(n)
-    ]
+    return [make_object(str(rng.choice(categories)), int(rng.choice(numbers))) for _ in range(n)]

@@ -1,0 +1,58 @@
+"""Run whole episodes of a policy on a robot (shared by the demo, collection and evaluation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mtopt.policies.base import Policy
+from mtopt.robots.base import Observation, Robot
+from mtopt.tasks.registry import TaskSpec
+
+
+@dataclass
+class EpisodeRecord:
+    """Everything observed in one episode. images/states have T+1 entries, actions T."""
+
+    task: str
+    images: list[np.ndarray] = field(default_factory=list)
+    states: list[np.ndarray] = field(default_factory=list)
+    actions: list[np.ndarray] = field(default_factory=list)
+    final_image: np.ndarray | None = None
+    terminated: bool = False
+    prepared: bool = True
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.actions)
+
+
+def run_episode(
+    robot: Robot,
+    policy: Policy,
+    task: TaskSpec,
+    rng: np.random.Generator,
+    max_steps: int,
+) -> EpisodeRecord:
+    """Start an episode from the robot's current scene, run ``policy`` until TERMINATE or
+    ``max_steps``, and return the record (the scene is not reset here)."""
+    robot.start_episode()
+    prepared = robot.prepare_for_task(task.starts_holding)
+    obs: Observation = robot.observe()
+    policy.reset(task.name, rng)
+    rec = EpisodeRecord(task=task.name, prepared=prepared)
+    rec.images.append(obs.image)
+    rec.states.append(obs.state)
+    for _ in range(max_steps):
+        action = np.asarray(policy.act(obs), dtype=np.float32)
+        result = robot.act(action)
+        obs = result.observation
+        rec.actions.append(action)
+        rec.images.append(obs.image)
+        rec.states.append(obs.state)
+        if result.terminated:
+            rec.terminated = True
+            break
+    rec.final_image = robot.final_image()
+    return rec

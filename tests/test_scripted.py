@@ -1,0 +1,42 @@
+"""Scripted bootstrap policies: success rates within a band (statistical, not timing)."""
+
+import numpy as np
+import pytest
+
+from mtopt.policies.scripted import ScriptedPick, ScriptedPlace, scripted_policy_for
+from mtopt.robots.sim_robot import SimRobot
+from mtopt.sim.cell import SimConfig
+from mtopt.sim.runner import run_episode
+from mtopt.tasks import get_task
+
+
+def rate(task: str, n: int, seed: int) -> float:
+    spec = get_task(task)
+    robot = SimRobot(SimConfig(), seed=seed)
+    rng = np.random.default_rng(seed)
+    wins = 0
+    for ep in range(n):
+        robot.reset_scene(seed * 10_000 + ep)
+        run_episode(robot, scripted_policy_for(spec), spec, rng, robot.config.max_steps)
+        wins += spec.succeeded(robot.scene_state())
+    robot.close()
+    return wins / n
+
+
+def test_policy_choice() -> None:
+    assert isinstance(scripted_policy_for(get_task("lift-ball")), ScriptedPick)
+    assert isinstance(scripted_policy_for(get_task("place-in-bowl")), ScriptedPlace)
+
+
+def test_scripted_rates_fast_band() -> None:
+    # 60 episodes each: wide bands (binomial sd ~ 4-6 points)
+    assert 0.0 < rate("lift-any", 60, 1) < 0.30
+    assert 0.25 < rate("place-on-plate", 60, 2) < 0.70
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("task", "lo", "hi"), [("lift-any", 0.05, 0.17), ("place-on-plate", 0.38, 0.56)]
+)
+def test_scripted_rates_match_paper(task: str, lo: float, hi: float) -> None:
+    assert lo < rate(task, 300, 3) < hi

@@ -1,0 +1,131 @@
+"""Simulated cell: Gymnasium API, determinism, actions, ground truth on staged scenes, splits."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import mtopt
+from mtopt.robots.action import InvalidActionError, make_action
+from mtopt.robots.base import Robot
+from mtopt.robots.sim_robot import SimRobot
+from mtopt.sim.cell import SimConfig
+from mtopt.sim.objects import instance_numbers, make_object, sample_objects
+from mtopt.tasks import CATEGORIES, DEFAULT_REGISTRY, UnknownTaskError
+
+
+@pytest.fixture(scope="module")
+def robot() -> SimRobot:
+    r = SimRobot(SimConfig(), seed=0)
+    yield r
+    r.close()
+
+
+def test_env_passes_gymnasium_checker() -> None:
+    env = gym.make(mtopt.ENV_ID, task="place-on-plate", image_size=48, max_steps=12, seed=1)
+    check_env(env.unwrapped, skip_render_check=False)
+    obs, _ = env.reset(seed=0)
+    assert obs["image"].shape == (48, 48, 3) and obs["state"].shape == (2,)
+    env.close()
+
+
+def test_env_is_deterministic_under_a_seed() -> None:
+    acts = np.random.default_rng(0).uniform(-1, 1, (8, 6)).astype(np.float32)
+    acts[:, 5] = -1
+    runs = []
+    for _ in range(2):
+        env = gym.make(mtopt.ENV_ID, task="lift-any")
+        obs, _ = env.reset(seed=42)
+        imgs = [obs["image"]]
+        for a in acts:
+            obs, *_ = env.step(a)
+            imgs.append(obs["image"])
+        runs.append(np.stack(imgs))
+        env.close()
+    assert np.array_equal(runs[0], runs[1])
+    env = gym.make(mtopt.ENV_ID)
+    a, _ = env.reset(seed=1)
+    b, _ = env.reset(seed=2)
+    assert not np.array_equal(a["image"], b["image"])  # different seeds, different scenes
+
+
+def test_episode_ends_on_terminate_or_max_steps() -> None:
+    env = gym.make(mtopt.ENV_ID, max_steps=3)
+    env.reset(seed=0)
+    *_, term, trunc, info = env.step(make_action(terminate=True))
+    assert term and not trunc and "success" in info
+    env.reset(seed=0)
+    for _i in range(3):
+        *_, term, trunc, info = env.step(make_action(dz=-0.5))
+    assert trunc and not term and info["step"] == 3
+
+
+def test_bad_inputs_have_clear_errors() -> None:
+    with pytest.raises(UnknownTaskError, match="valid tasks: lift-any"):
+        gym.make(mtopt.ENV_ID, task="lift-unicorn")
+    with pytest.raises(ValueError, match="image_size"):
+        gym.make(mtopt.ENV_ID, image_size=3)
+    env = gym.make(mtopt.ENV_ID)
+    env.reset(seed=0)
+    with pytest.raises(InvalidActionError, match="shape"):
+        env.step(np.zeros(4, np.float32))
+    with pytest.raises(InvalidActionError, match="out of range"):
+        env.step(np.array([3, 0, 0, 0, 0, 0], np.float32))
+
+
+def test_sim_robot_implements_protocol(robot: SimRobot) -> None:
+    assert isinstance(robot, Robot)
+    obs = robot.reset_scene(7)
+    assert obs.image.dtype == np.uint8 and obs.image.shape == (64, 64, 3)
+    assert obs.pose is not None
+    desc = robot.scene_description()
+    assert desc["seed"] == 7 and len(desc["objects"]) == 4
+    assert robot.objects_left() == 4
+    # placing tasks start with an object in the gripper
+    robot.start_episode()
+    assert robot.prepare_for_task(starts_holding=True) and robot.holding()
+    assert robot.prepare_for_task(starts_holding=False) and not robot.holding()
+
+
+def test_grasp_needs_contact_closing_on_nothing_holds_nothing(robot: SimRobot) -> None:
+    robot.reset_scene(3)
+    robot.cell.move_gripper_to((0.0, 0.13, 0.2), 0.0, closed=False)
+    for _ in range(3):
+        robot.act(make_action(dz=1.0, close=True))
+    assert not robot.holding()
+    assert not any(o.in_gripper for o in robot.scene_state().objects)
+
+
+@pytest.mark.parametrize("task", DEFAULT_REGISTRY.names)
+def test_ground_truth_on_staged_success_and_near_miss(robot: SimRobot, task: str) -> None:
+    spec = DEFAULT_REGISTRY.get(task)
+    rng = np.random.default_rng(abs(hash(task)) % 2**32)
+    _, label, state = robot.stage_outcome(spec, positive=True, rng=rng)
+    assert label and spec.succeeded(state)
+    _, label, state = robot.stage_outcome(spec, positive=False, rng=rng)
+    assert not label and not spec.succeeded(state)
+
+
+def test_object_split_is_fixed_and_disjoint() -> None:
+    train, test = set(instance_numbers("train")), set(instance_numbers("test"))
+    assert not train & test
+    for cat in CATEGORIES:
+        assert make_object(cat, 3) == make_object(cat, 3)  # deterministic instances
+    objs = sample_objects(np.random.default_rng(0), 50, "test")
+    assert all("/test/" in o.instance for o in objs)
+    assert len({o.category for o in objs}) == len(CATEGORIES)
+    with pytest.raises(ValueError, match="unknown object split"):
+        instance_numbers("val")  # type: ignore[arg-type]
+
+
+def test_held_out_env_uses_held_out_objects() -> None:
+    env = gym.make(mtopt.ENV_ID, object_split="test")
+    env.reset(seed=0)
+    desc = env.unwrapped.robot.scene_description()  # type: ignore[attr-defined]
+    assert all("/test/" in o["instance"] for o in desc["objects"])
+
+
+def test_domain_randomization_changes_the_look() -> None:
+    a = SimRobot(SimConfig(randomize=False)).reset_scene(5).image
+    b = SimRobot(SimConfig(randomize=True)).reset_scene(5).image
+    assert not np.array_equal(a, b)
