@@ -1,0 +1,99 @@
+"""Learned policy: CEM over the latest published multi-task Q-network."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mtopt.qtopt.bellman import cem_argmax
+from mtopt.qtopt.cem import CEMConfig
+from mtopt.qtopt.learner import load_network
+from mtopt.qtopt.networks import QNetwork
+from mtopt.qtopt.weights import load_latest, read_latest
+from mtopt.robots.action import ACTION_DIM
+from mtopt.robots.base import Observation
+
+
+class CEMPolicy:
+    """Greedy CEM action selection with optional exploration.
+
+    epsilon: probability of a uniformly random action (binary commands as coin flips).
+    noise_std: Gaussian noise added to the continuous part of the CEM action.
+    """
+
+    name = "cem"
+
+    def __init__(
+        self,
+        task_names: Sequence[str],
+        network: QNetwork | None = None,
+        weights_dir: str | Path | None = None,
+        cem: CEMConfig = CEMConfig(),
+        epsilon: float = 0.0,
+        noise_std: float = 0.0,
+        seed: int = 0,
+    ):
+        if network is None and weights_dir is None:
+            raise ValueError("CEMPolicy needs a network or a weights_dir")
+        self.task_names = tuple(task_names)
+        self._task_idx = {t: i for i, t in enumerate(self.task_names)}
+        self.cem = cem.validate()
+        self.epsilon = epsilon
+        self.noise_std = noise_std
+        self.weights_dir = Path(weights_dir) if weights_dir else None
+        self.net = network
+        self._version = 0
+        self._task = 0
+        self._rng = np.random.default_rng(seed)
+        self._gen = torch.Generator().manual_seed(seed)
+        if self.net is None:
+            self.maybe_reload()
+            if self.net is None:
+                raise FileNotFoundError(f"no published Q weights in {self.weights_dir}")
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def maybe_reload(self) -> bool:
+        """Load newer published weights if there are any; True if it reloaded."""
+        if self.weights_dir is None:
+            return False
+        latest = read_latest(self.weights_dir)
+        if latest is None or int(latest["version"]) <= self._version:
+            return False
+        version, tensors, meta = load_latest(self.weights_dir)
+        net = load_network(tensors, meta, "online")
+        if net.cfg.num_tasks != len(self.task_names):
+            raise ValueError(
+                f"published Q weights know {net.cfg.num_tasks} tasks, this policy was given {len(self.task_names)}"
+            )
+        self.net, self._version = net, version
+        return True
+
+    def reset(self, task: str, rng: np.random.Generator) -> None:
+        if task not in self._task_idx:
+            raise ValueError(f"CEMPolicy has no task {task!r}; it knows {list(self.task_names)}")
+        self._task = self._task_idx[task]
+        self._rng = rng
+        self._gen.manual_seed(int(rng.integers(0, 2**31 - 1)))
+
+    @torch.no_grad()
+    def act(self, obs: Observation) -> np.ndarray:
+        if self.epsilon > 0 and self._rng.random() < self.epsilon:
+            a = self._rng.uniform(-1, 1, ACTION_DIM).astype(np.float32)
+            a[4:] = np.where(self._rng.random(2) < 0.5, 1.0, -1.0)
+            a[5] = -1.0 if self._rng.random() < 0.8 else 1.0  # random actions rarely terminate
+            return a
+        assert self.net is not None
+        img = torch.from_numpy(np.ascontiguousarray(obs.image))[None]
+        state = torch.from_numpy(np.asarray(obs.state, dtype=np.float32))[None]
+        task = torch.tensor([self._task])
+        best, _ = cem_argmax(self.net, img, state, task, self.cem, self._gen)
+        action = best[0].numpy().astype(np.float32)
+        if self.noise_std > 0:
+            action[:4] = np.clip(action[:4] + self._rng.normal(0, self.noise_std, 4), -1, 1)
+        return action

@@ -1,0 +1,134 @@
+"""Bellman targets with clipped double Q over two lagged target networks.
+
+target = r + gamma * (1 - done) * min_k Q_target_k(s', a*, task),
+a* = CEM argmax over the first target network (the image tower runs once per s').
+Terminal transitions skip the CEM entirely (their next value is multiplied by 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mtopt.qtopt.cem import CEMConfig, cem_maximize, repeat_rows
+from mtopt.qtopt.networks import QNetwork
+
+
+@dataclass
+class TransitionBatch:
+    images: torch.Tensor  # (B, H, W, 3) uint8
+    states: torch.Tensor  # (B, 2)
+    actions: torch.Tensor  # (B, 6)
+    task_idx: torch.Tensor  # (B,) int64
+    rewards: torch.Tensor  # (B,)
+    next_images: torch.Tensor
+    next_states: torch.Tensor
+    dones: torch.Tensor  # (B,)
+
+    @classmethod
+    def from_numpy(cls, t: object) -> TransitionBatch:
+        """From any object with the same numpy fields (e.g. ``replay.buffers.Transitions``)."""
+        f = {
+            k: torch.from_numpy(np.ascontiguousarray(getattr(t, k)))
+            for k in cls.__dataclass_fields__
+        }
+        return cls(**f)
+
+    def __len__(self) -> int:
+        return int(self.actions.shape[0])
+
+
+@dataclass
+class TrainBatch:
+    """What the learner consumes: (s, a, task, target)."""
+
+    images: torch.Tensor
+    states: torch.Tensor
+    actions: torch.Tensor
+    task_idx: torch.Tensor
+    targets: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.actions.shape[0])
+
+
+def bellman_targets(
+    rewards: torch.Tensor, dones: torch.Tensor, next_q: torch.Tensor, gamma: float
+) -> torch.Tensor:
+    """r + gamma * (1 - done) * next_q (pure; next_q already the min over target nets)."""
+    return rewards + gamma * (1.0 - dones) * next_q
+
+
+@torch.no_grad()
+def cem_argmax(
+    net: QNetwork,
+    images: torch.Tensor,
+    states: torch.Tensor,
+    task_idx: torch.Tensor,
+    cfg: CEMConfig,
+    generator: torch.Generator | None = None,
+    feats: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """a* = argmax_a Q(s, a, task) by CEM, batched over states; tower once per state.
+
+    Returns (actions (B, 6), tower features (B, C, m, m)).
+    """
+    if feats is None:
+        feats = net.tower(images)
+    b, n = feats.shape[0], cfg.samples
+    f_rep, s_rep, t_rep = repeat_rows(feats, n), repeat_rows(states, n), repeat_rows(task_idx, n)
+
+    def score(actions: torch.Tensor) -> torch.Tensor:
+        return net.logits_from_features(f_rep, s_rep, actions.reshape(b * n, -1), t_rep).reshape(
+            b, n
+        )
+
+    best, _ = cem_maximize(score, b, cfg, generator, device=feats.device)
+    return best, feats
+
+
+@torch.no_grad()
+def next_state_values(
+    target_nets: Sequence[QNetwork],
+    next_images: torch.Tensor,
+    next_states: torch.Tensor,
+    task_idx: torch.Tensor,
+    cfg: CEMConfig,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """min_k Q_k(s', a*, task) with a* from CEM over ``target_nets[0]``."""
+    a_star, feats0 = cem_argmax(target_nets[0], next_images, next_states, task_idx, cfg, generator)
+    qs = [target_nets[0].head(feats0, next_states, a_star, task_idx)]
+    for net in target_nets[1:]:
+        qs.append(net(next_images, next_states, a_star, task_idx))
+    return torch.stack(qs).min(0).values
+
+
+@torch.no_grad()
+def compute_targets(
+    target_nets: Sequence[QNetwork],
+    batch: TransitionBatch,
+    gamma: float = 0.9,
+    cfg: CEMConfig = CEMConfig(),
+    generator: torch.Generator | None = None,
+) -> TrainBatch:
+    """Bellman targets for a transition batch -> a ``TrainBatch`` for the learner."""
+    next_q = torch.zeros(len(batch))
+    live = batch.dones < 0.5
+    if bool(live.any()):
+        idx = live.nonzero().squeeze(1)
+        next_q[idx] = next_state_values(
+            target_nets,
+            batch.next_images[idx],
+            batch.next_states[idx].float(),
+            batch.task_idx[idx],
+            cfg,
+            generator,
+        )
+    targets = bellman_targets(batch.rewards.float(), batch.dones.float(), next_q, gamma)
+    return TrainBatch(
+        batch.images, batch.states.float(), batch.actions.float(), batch.task_idx, targets
+    )

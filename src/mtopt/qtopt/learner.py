@@ -1,0 +1,209 @@
+"""The learner: SGD (Adam) on the Q-network from (s, a, task, target) batches.
+
+Owns the online network and the two lagged target networks, logs to TensorBoard,
+publishes versioned weights for robots and Bellman updaters, and checkpoints atomically
+so that a resumed run continues exactly (model, targets, optimizer, step, RNG state).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from mtopt._io import atomic_write_bytes
+from mtopt.qtopt.bellman import TrainBatch
+from mtopt.qtopt.loss import q_loss
+from mtopt.qtopt.networks import QNetConfig, QNetwork
+from mtopt.qtopt.weights import WeightsError, check_config, publish, split_prefixed
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    lr: float = 3e-4
+    """Adam learning rate."""
+    gamma: float = 0.9
+    """Discount (QT-Opt: 0.9)."""
+    target_update: Literal["periodic", "polyak"] = "periodic"
+    """'periodic': every target_period steps target2 <- target1 <- online; 'polyak': moving averages."""
+    target_period: int = 100
+    """Steps between periodic target updates."""
+    polyak_tau: float = 0.01
+    """Polyak rate of target 1 (target 2 uses tau / 2)."""
+    grad_clip: float = 10.0
+    """Max gradient norm (0: off)."""
+    seed: int = 0
+    """Seed of the network initialisation."""
+
+
+class Learner:
+    def __init__(
+        self,
+        qnet: QNetConfig,
+        cfg: LearnerConfig = LearnerConfig(),
+        logdir: str | Path | None = None,
+    ):
+        self.qnet_cfg = qnet.validate()
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        self.online = QNetwork(qnet)
+        self.targets = [copy.deepcopy(self.online), copy.deepcopy(self.online)]
+        for t in self.targets:
+            t.requires_grad_(False)
+            t.eval()
+        self.optimizer = torch.optim.Adam(self.online.parameters(), lr=cfg.lr)
+        self.step = 0
+        self.version = 0
+        self._writer: Any = None
+        self._logdir = Path(logdir) if logdir else None
+
+    # -------------------------------------------------------------- training
+    def train_step(
+        self, batch: TrainBatch, task_names: tuple[str, ...] | None = None
+    ) -> dict[str, float]:
+        self.online.train()
+        logits = self.online.logits(batch.images, batch.states, batch.actions, batch.task_idx)
+        loss = q_loss(logits, batch.targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.online.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        self._update_targets()
+        with torch.no_grad():
+            q = torch.sigmoid(logits)
+        stats = {
+            "loss": float(loss.detach()),
+            "q_mean": float(q.mean()),
+            "target_mean": float(batch.targets.mean()),
+        }
+        self._log(stats, q, batch, task_names)
+        return stats
+
+    @torch.no_grad()
+    def _update_targets(self) -> None:
+        if self.cfg.target_update == "periodic":
+            if self.step % self.cfg.target_period == 0:
+                self.targets[1].load_state_dict(self.targets[0].state_dict())
+                self.targets[0].load_state_dict(self.online.state_dict())
+        else:
+            for net, tau in (
+                (self.targets[0], self.cfg.polyak_tau),
+                (self.targets[1], self.cfg.polyak_tau / 2),
+            ):
+                for pt, po in zip(net.parameters(), self.online.parameters(), strict=True):
+                    pt.lerp_(po, tau)
+
+    def _log(
+        self,
+        stats: dict[str, float],
+        q: torch.Tensor,
+        batch: TrainBatch,
+        task_names: tuple[str, ...] | None,
+    ) -> None:
+        if self._logdir is None or self.step % 25:
+            return
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self._logdir))
+        for k, v in stats.items():
+            self._writer.add_scalar(f"learner/{k}", v, self.step)
+        for t in batch.task_idx.unique().tolist():
+            name = task_names[t] if task_names else str(t)
+            mask = batch.task_idx == t
+            self._writer.add_scalar(f"q_per_task/{name}", float(q[mask].mean()), self.step)
+
+    # -------------------------------------------------------------- weights
+    def meta(self) -> dict[str, Any]:
+        return {"qnet": self.qnet_cfg.to_dict(), "step": self.step}
+
+    def publish(self, directory: str | Path) -> int:
+        """Publish online + target weights as the next version; returns the version."""
+        self.version += 1
+        tensors = {f"online.{k}": v for k, v in self.online.state_dict().items()}
+        for i, t in enumerate(self.targets):
+            tensors.update({f"target{i}.{k}": v for k, v in t.state_dict().items()})
+        publish(directory, tensors, self.version, self.meta())
+        return self.version
+
+    # -------------------------------------------------------------- checkpoints
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "qnet": self.qnet_cfg.to_dict(),
+            "online": self.online.state_dict(),
+            "targets": [t.state_dict() for t in self.targets],
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "version": self.version,
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state()[1].tolist(),  # type: ignore[index]
+            "numpy_pos": int(np.random.get_state()[2]),  # type: ignore[index]
+            "python_rng": repr(random.getstate()),
+        }
+
+    def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        buf = io.BytesIO()
+        torch.save({**self.state(), "extra": extra or {}}, buf)
+        return atomic_write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def resume(
+        cls, path: str | Path, cfg: LearnerConfig | None = None, logdir: str | Path | None = None
+    ) -> tuple[Learner, dict[str, Any]]:
+        """Rebuild a learner from a checkpoint; returns (learner, extra)."""
+        try:
+            ck = torch.load(path, weights_only=True)
+        except FileNotFoundError:
+            raise WeightsError(f"checkpoint not found: {path}") from None
+        if ck.get("format") != CHECKPOINT_FORMAT:
+            raise WeightsError(f"unknown checkpoint format {ck.get('format')!r} in {path}")
+        qcfg = QNetConfig(**ck["qnet"])
+        learner = cls(qcfg, cfg or LearnerConfig(), logdir)
+        learner.load_state(ck)
+        return learner, dict(ck.get("extra", {}))
+
+    def load_state(self, ck: dict[str, Any]) -> None:
+        check_config(self.qnet_cfg.to_dict(), ck["qnet"], "checkpoint")
+        self.online.load_state_dict(ck["online"])
+        for t, sd in zip(self.targets, ck["targets"], strict=True):
+            t.load_state_dict(sd)
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.step = int(ck["step"])
+        self.version = int(ck["version"])
+        torch.set_rng_state(ck["torch_rng"])
+        np.random.set_state(
+            ("MT19937", np.array(ck["numpy_rng"], dtype=np.uint32), ck["numpy_pos"], 0, 0.0)
+        )
+        import ast
+
+        random.setstate(ast.literal_eval(ck["python_rng"]))
+
+
+def load_network(
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    part: str = "online",
+    expected: QNetConfig | None = None,
+) -> QNetwork:
+    """Build a QNetwork from published tensors (``part``: online, target0 or target1)."""
+    cfg = QNetConfig(**meta["qnet"])
+    if expected is not None:
+        check_config(expected.to_dict(), meta["qnet"], "published weights")
+    net = QNetwork(cfg)
+    sd = split_prefixed(tensors, part)
+    if not sd:
+        raise WeightsError(f"published weights have no '{part}' network")
+    net.load_state_dict(sd)
+    net.eval()
+    return net

@@ -1,0 +1,95 @@
+"""Published, versioned weights: ``<dir>/<prefix>-<version:08d>.safetensors`` + ``latest.json``.
+
+The learner publishes; robots and Bellman updaters poll ``latest.json`` (written
+atomically, after the weights file) and load with safetensors (no pickle). The metadata
+carries the network config, so loading into a different architecture fails with a
+clear message instead of a shape error from deep inside PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save
+
+from mtopt._io import atomic_write_bytes, atomic_write_json
+
+
+class WeightsError(RuntimeError):
+    """Missing, corrupt or incompatible weights."""
+
+
+def publish(
+    directory: str | Path,
+    tensors: dict[str, torch.Tensor],
+    version: int,
+    meta: dict[str, Any],
+    prefix: str = "q",
+    keep: int = 5,
+) -> Path:
+    """Write weights ``version`` atomically, then point ``latest.json`` at it."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    latest = read_latest(d, prefix)
+    if latest is not None and version <= latest["version"]:
+        raise WeightsError(
+            f"version {version} is not newer than published version {latest['version']}"
+        )
+    path = d / f"{prefix}-{version:08d}.safetensors"
+    blob = save(
+        {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+        metadata={"meta": json.dumps(meta)},
+    )
+    atomic_write_bytes(path, blob)
+    atomic_write_json(
+        d / f"{prefix}-latest.json", {"version": version, "file": path.name, "meta": meta}
+    )
+    old = sorted(d.glob(f"{prefix}-*.safetensors"))[:-keep]
+    for p in old:
+        p.unlink(missing_ok=True)
+    return path
+
+
+def read_latest(directory: str | Path, prefix: str = "q") -> dict[str, Any] | None:
+    p = Path(directory) / f"{prefix}-latest.json"
+    if not p.exists():
+        return None
+    try:
+        data: dict[str, Any] = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise WeightsError(f"corrupt {p}: {exc}") from None
+    return data
+
+
+def load_latest(
+    directory: str | Path, prefix: str = "q"
+) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
+    latest = read_latest(directory, prefix)
+    if latest is None:
+        raise WeightsError(
+            f"no published '{prefix}' weights in {directory} (missing {prefix}-latest.json)"
+        )
+    path = Path(directory) / latest["file"]
+    try:
+        tensors = load_file(str(path))
+    except (OSError, RuntimeError) as exc:
+        raise WeightsError(f"cannot read weights {path}: {exc}") from None
+    return int(latest["version"]), tensors, dict(latest.get("meta", {}))
+
+
+def check_config(expected: dict[str, Any], found: dict[str, Any], what: str) -> None:
+    """Raise a one-line error naming every config field that differs."""
+    diff = {k: (found.get(k), v) for k, v in expected.items() if found.get(k) != v}
+    if diff:
+        parts = ", ".join(
+            f"{k}: weights have {a!r}, model wants {b!r}" for k, (a, b) in diff.items()
+        )
+        raise WeightsError(f"{what} was saved for a different architecture ({parts})")
+
+
+def split_prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    n = len(prefix) + 1
+    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}

@@ -1,0 +1,125 @@
+"""Learner: exact resume, weights publishing, architecture errors, a bandit that must be learned."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mtopt.policies.cem_policy import CEMPolicy
+from mtopt.qtopt.bellman import TrainBatch, cem_argmax
+from mtopt.qtopt.cem import CEMConfig
+from mtopt.qtopt.learner import Learner, LearnerConfig, load_network
+from mtopt.qtopt.networks import QNetConfig
+from mtopt.qtopt.weights import WeightsError, load_latest
+from mtopt.robots.base import Observation
+
+torch.set_num_threads(1)
+SMALL = QNetConfig(
+    num_tasks=2, image_size=32, tower_channels=8, merge_size=8, head_channels=8, fc_units=16
+)
+
+
+def batch(seed: int, n: int = 8) -> TrainBatch:
+    g = torch.Generator().manual_seed(seed)
+    return TrainBatch(
+        torch.randint(0, 255, (n, 32, 32, 3), dtype=torch.uint8, generator=g),
+        torch.rand(n, 2, generator=g),
+        torch.rand(n, 6, generator=g) * 2 - 1,
+        torch.randint(0, 2, (n,), generator=g),
+        torch.rand(n, generator=g),
+    )
+
+
+def test_resume_is_exact(tmp_path: Path) -> None:
+    cfg = LearnerConfig(target_period=3)
+    a = Learner(SMALL, cfg)
+    for i in range(4):
+        a.train_step(batch(i))
+    a.save_checkpoint(tmp_path / "ck.pt")
+    for i in range(4, 8):
+        a.train_step(batch(i))
+    a.train_step(batch(100 + int(torch.randint(0, 5, (1,)))))  # uses the torch RNG stream
+    b, _ = Learner.resume(tmp_path / "ck.pt", cfg)
+    for i in range(4, 8):
+        b.train_step(batch(i))
+    b.train_step(batch(100 + int(torch.randint(0, 5, (1,)))))
+    for pa, pb in zip(a.online.parameters(), b.online.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    for ta, tb in zip(a.targets, b.targets, strict=True):
+        for pa, pb in zip(ta.parameters(), tb.parameters(), strict=True):
+            assert torch.equal(pa, pb)
+    assert a.step == b.step == 9
+
+
+def test_publish_versions_and_arch_mismatch(tmp_path: Path) -> None:
+    learner = Learner(SMALL)
+    assert learner.publish(tmp_path) == 1
+    assert learner.publish(tmp_path) == 2
+    version, tensors, meta = load_latest(tmp_path)
+    assert version == 2
+    net = load_network(tensors, meta, "target1")
+    assert net.cfg == SMALL
+    other = QNetConfig(**{**SMALL.to_dict(), "tower_channels": 16})
+    with pytest.raises(WeightsError, match="tower_channels: weights have 8, model wants 16"):
+        load_network(tensors, meta, expected=other)
+    with pytest.raises(WeightsError, match="no published"):
+        load_latest(tmp_path / "nothing")
+    ck = tmp_path / "ck.pt"
+    Learner(other).save_checkpoint(ck)
+    with pytest.raises(WeightsError, match="different architecture"):
+        Learner(SMALL).load_state(torch.load(ck, weights_only=True))
+
+
+def test_cem_policy_reloads_newer_weights(tmp_path: Path) -> None:
+    learner = Learner(SMALL)
+    learner.publish(tmp_path)
+    pol = CEMPolicy(["a", "b"], weights_dir=tmp_path, cem=CEMConfig(samples=16, elites=4))
+    assert pol.version == 1 and not pol.maybe_reload()
+    learner.publish(tmp_path)
+    assert pol.maybe_reload() and pol.version == 2
+    pol.reset("b", np.random.default_rng(0))
+    a = pol.act(Observation(np.zeros((32, 32, 3), np.uint8), np.zeros(2, np.float32)))
+    assert a.shape == (6,) and np.all(np.abs(a) <= 1)
+    with pytest.raises(ValueError, match="no task"):
+        pol.reset("c", np.random.default_rng(0))
+
+
+def test_contextual_bandit_is_learned() -> None:
+    """Reward 1 iff sign(dx) matches the task (task 0: dx > 0, task 1: dx < 0) and the
+    image's brightness says whether dz should be up or down. CEM must recover it."""
+    torch.manual_seed(0)
+    cfg = QNetConfig(
+        num_tasks=2, image_size=32, tower_channels=16, merge_size=8, head_channels=16, fc_units=64
+    )
+    learner = Learner(cfg, LearnerConfig(lr=1e-3))
+    g = torch.Generator().manual_seed(0)
+    for _ in range(800):
+        n = 64
+        bright = torch.randint(0, 2, (n,), generator=g)
+        imgs = (bright[:, None, None, None] * 200 + 20).expand(n, 32, 32, 3).to(torch.uint8)
+        task = torch.randint(0, 2, (n,), generator=g)
+        a = torch.rand(n, 6, generator=g) * 2 - 1
+        want_dx = torch.where(task == 0, 1.0, -1.0)
+        want_dz = torch.where(bright == 1, 1.0, -1.0)
+        r = ((a[:, 0] * want_dx > 0) & (a[:, 2] * want_dz > 0)).float()
+        learner.train_step(TrainBatch(imgs, torch.zeros(n, 2), a, task, r))
+    net = learner.online.eval()
+    for task in (0, 1):
+        for bright in (0, 1):
+            img = torch.full((1, 32, 32, 3), bright * 200 + 20, dtype=torch.uint8)
+            best, _ = cem_argmax(
+                net,
+                img,
+                torch.zeros(1, 2),
+                torch.tensor([task]),
+                CEMConfig(),
+                torch.Generator().manual_seed(0),
+            )
+            assert best[0, 0].item() * (1 if task == 0 else -1) > 0
+            assert best[0, 2].item() * (1 if bright else -1) > 0
+            q = net(img, torch.zeros(1, 2), best, torch.tensor([task]))
+            worst = best.clone()
+            worst[0, 0] = -worst[0, 0]
+            q_worst = net(img, torch.zeros(1, 2), worst, torch.tensor([task]))
+            assert q.item() > 0.5 and q.item() - q_worst.item() > 0.3

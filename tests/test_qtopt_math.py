@@ -1,0 +1,130 @@
+"""Hand-computed tests for the QT-Opt math: Bellman targets, loss, CEM, target networks."""
+
+import math
+
+import pytest
+import torch
+
+from mtopt.qtopt.bellman import TransitionBatch, bellman_targets, compute_targets
+from mtopt.qtopt.cem import CEMConfig, cem_maximize
+from mtopt.qtopt.learner import Learner, LearnerConfig
+from mtopt.qtopt.loss import q_loss
+from mtopt.qtopt.networks import QNetConfig, QNetwork
+
+torch.set_num_threads(1)
+SMALL = QNetConfig(
+    num_tasks=3, image_size=32, tower_channels=8, merge_size=8, head_channels=8, fc_units=16
+)
+
+
+def test_bellman_targets_by_hand() -> None:
+    r = torch.tensor([0.0, 1.0, 0.0])
+    done = torch.tensor([0.0, 1.0, 1.0])
+    next_q = torch.tensor([0.5, 0.9, 0.7])
+    # 0 + 0.9 * 1 * 0.5 = 0.45 ; terminal success: 1 ; terminal failure: 0
+    assert torch.allclose(bellman_targets(r, done, next_q, 0.9), torch.tensor([0.45, 1.0, 0.0]))
+
+
+def test_loss_by_hand() -> None:
+    logits = torch.tensor([0.0, math.log(3.0)])  # q = 0.5, 0.75
+    targets = torch.tensor([1.0, 0.5])
+    # -(log 0.5) = 0.693147 ; -(0.5 log 0.75 + 0.5 log 0.25) = 0.836988 ; mean = 0.765068
+    assert q_loss(logits, targets).item() == pytest.approx(0.765068, abs=1e-5)
+
+
+class ConstNet(QNetwork):
+    """Q(s, a, task) = sigmoid(offset - |a - a0|^2): known maximum at a0, value sigmoid(offset)."""
+
+    def __init__(self, offset: float, a0: torch.Tensor):
+        super().__init__(SMALL)
+        self.offset, self.a0 = offset, a0
+
+    def logits_from_features(self, feats, state, action, task):  # type: ignore[no-untyped-def]
+        return self.offset - ((action - self.a0) ** 2).sum(1)
+
+
+def test_clipped_double_q_targets_by_hand() -> None:
+    a0 = torch.tensor([0.2, -0.3, 0.1, 0.0, 1.0, -1.0])
+    n1, n2 = ConstNet(2.0, a0), ConstNet(0.0, a0)  # max values sigmoid(2)=0.8808, sigmoid(0)=0.5
+    b = 3
+    batch = TransitionBatch(
+        images=torch.zeros(b, 32, 32, 3, dtype=torch.uint8),
+        states=torch.zeros(b, 2),
+        actions=torch.zeros(b, 6),
+        task_idx=torch.tensor([0, 1, 2]),
+        rewards=torch.tensor([0.0, 1.0, 0.0]),
+        next_images=torch.zeros(b, 32, 32, 3, dtype=torch.uint8),
+        next_states=torch.zeros(b, 2),
+        dones=torch.tensor([0.0, 1.0, 1.0]),
+    )
+    cfg = CEMConfig(iterations=4, samples=256, elites=10)
+    out = compute_targets(
+        [n1, n2], batch, gamma=0.9, cfg=cfg, generator=torch.Generator().manual_seed(0)
+    )
+    # live transition: 0.9 * min(0.8808, 0.5) ~= 0.45 (CEM gets close to a0: within 1e-2 of Q)
+    assert out.targets[0].item() == pytest.approx(0.45, abs=0.01)
+    assert out.targets[1:].tolist() == [1.0, 0.0]
+
+
+def test_cem_finds_known_optimum_including_binary_dims() -> None:
+    a0 = torch.tensor([[0.5, -0.5, 0.25, -0.75, 1.0, -1.0], [-0.2, 0.1, 0.9, 0.0, -1.0, 1.0]])
+
+    def score(actions: torch.Tensor) -> torch.Tensor:  # (B, N, 6)
+        return -((actions - a0[:, None]) ** 2).sum(2)
+
+    best, s = cem_maximize(
+        score, 2, CEMConfig(iterations=5, samples=128, elites=8), torch.Generator().manual_seed(1)
+    )
+    assert torch.allclose(best[:, :4], a0[:, :4], atol=0.15)
+    assert torch.equal(best[:, 4:], a0[:, 4:])
+    assert (s > -0.1).all()
+
+
+def test_cem_variance_floor_and_config_errors() -> None:
+    best, _ = cem_maximize(lambda a: torch.zeros(a.shape[:2]), 1, CEMConfig(iterations=3))
+    assert best.shape == (1, 6)
+    with pytest.raises(ValueError, match="elites"):
+        CEMConfig(samples=4, elites=6).validate()
+
+
+def test_periodic_target_update_lags() -> None:
+    learner = Learner(SMALL, LearnerConfig(target_update="periodic", target_period=2))
+    w0 = [p.clone() for p in learner.online.parameters()]
+    with torch.no_grad():
+        for p in learner.online.parameters():
+            p.add_(1.0)
+    learner.step = 1
+    learner._update_targets()  # step 1: no update
+    assert torch.equal(next(learner.targets[0].parameters()), w0[0])
+    learner.step = 2
+    learner._update_targets()  # step 2: target1 <- online, target2 <- old target1
+    assert torch.equal(next(learner.targets[0].parameters()), w0[0] + 1)
+    assert torch.equal(next(learner.targets[1].parameters()), w0[0])
+
+
+def test_polyak_target_update_by_hand() -> None:
+    learner = Learner(SMALL, LearnerConfig(target_update="polyak", polyak_tau=0.5))
+    with torch.no_grad():
+        for t in learner.targets:
+            for p in t.parameters():
+                p.zero_()
+        for p in learner.online.parameters():
+            p.fill_(1.0)
+    learner._update_targets()
+    assert next(learner.targets[0].parameters()).flatten()[0].item() == pytest.approx(0.5)
+    assert next(learner.targets[1].parameters()).flatten()[0].item() == pytest.approx(0.25)
+
+
+def test_network_shapes_and_multihead() -> None:
+    for head in ("onehot", "multihead"):
+        net = QNetwork(QNetConfig(**{**SMALL.to_dict(), "head_type": head}))
+        imgs = torch.randint(0, 255, (5, 32, 32, 3), dtype=torch.uint8)
+        q = net(imgs, torch.rand(5, 2), torch.rand(5, 6), torch.tensor([0, 1, 2, 0, 1]))
+        assert q.shape == (5,) and ((q >= 0) & (q <= 1)).all()
+        feats = net.tower(imgs)
+        assert torch.allclose(
+            net.head(feats, torch.zeros(5, 2), torch.zeros(5, 6), torch.zeros(5, dtype=torch.long)),
+            net(imgs, torch.zeros(5, 2), torch.zeros(5, 6), torch.zeros(5, dtype=torch.long)),
+        )
+    with pytest.raises(ValueError, match="head_type"):
+        QNetConfig(head_type="many").validate()  # type: ignore[arg-type]
