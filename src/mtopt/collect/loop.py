@@ -1,0 +1,266 @@
+"""One robot's continuous collection loop (MT-Opt, "Continuous Data Collection").
+
+Pick a random enabled task, pick its policy (scripted bootstrap or the learned CEM
+policy), run the episode, write it, then decide: attempt another task from the current
+scene (tasks chain, e.g. lift then place) or reset the scene. The chain/reset decision
+and the task choice are pure functions, tested on hand-built cases.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mtopt.policies.base import Policy
+from mtopt.robots.base import Robot
+from mtopt.sim.runner import run_episode
+from mtopt.store.schema import Episode
+from mtopt.store.writer import EpisodeWriter
+from mtopt.tasks.registry import TaskRegistry, TaskSpec
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    tasks: tuple[str, ...] = ()
+    """Enabled tasks (empty: every registered task)."""
+    task_weights: tuple[float, ...] = ()
+    """Relative weights of the enabled tasks (empty: uniform)."""
+    max_chain: int = 3
+    """Episodes attempted from one scene before it is reset."""
+    reset_prob: float = 0.25
+    """Chance of resetting after any episode (fresh scenes keep the data diverse)."""
+    chain_place_after_lift: bool = True
+    """When the robot still holds an object, attempt a placing task next."""
+    max_steps: int = 15
+    """Maximum actions per episode."""
+    flush_every: int = 16
+    """Episodes buffered before a shard is written."""
+    flush_seconds: float = 10.0
+    """Longest time an episode stays unflushed."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    reset: bool
+    reason: str
+
+
+def decide_next(
+    holding: bool, objects_left: int, chain_len: int, max_chain: int, u: float, reset_prob: float
+) -> Decision:
+    """Chain another task from this scene, or reset it? (``u`` is a uniform draw in [0, 1).)"""
+    if chain_len >= max_chain:
+        return Decision(True, "chain length reached")
+    if objects_left == 0 and not holding:
+        return Decision(True, "nothing left to pick")
+    if u < reset_prob:
+        return Decision(True, "random reset")
+    return Decision(False, "holding an object" if holding else "objects left")
+
+
+def choose_task(
+    tasks: Sequence[TaskSpec],
+    weights: Sequence[float],
+    holding: bool,
+    prefer_placing_when_holding: bool,
+    rng: np.random.Generator,
+) -> TaskSpec:
+    """Weighted random task; while holding an object, placing tasks are chained if enabled."""
+    pool = list(range(len(tasks)))
+    if holding and prefer_placing_when_holding:
+        placing = [i for i in pool if tasks[i].starts_holding]
+        pool = placing or pool
+    w = np.array([weights[i] for i in pool], dtype=np.float64)
+    if w.sum() <= 0:
+        w = np.ones(len(pool))
+    return tasks[pool[int(rng.choice(len(pool), p=w / w.sum()))]]
+
+
+PolicyFor = Callable[[TaskSpec], Policy]
+
+
+class CollectLoop:
+    """Runs episodes on one robot and writes them. ``robot`` may expose sim-only
+    ``scene_state()`` (ground truth, stored in the gt_ columns), ``holding()`` and
+    ``objects_left()`` (proprioception/perception any robot can provide)."""
+
+    def __init__(
+        self,
+        robot: Robot,
+        registry: TaskRegistry,
+        writer: EpisodeWriter,
+        policy_for: PolicyFor,
+        cfg: CollectConfig = CollectConfig(),
+        seed: int = 0,
+    ):
+        self.robot = robot
+        self.registry = registry
+        self.tasks = [registry.get(t) for t in cfg.tasks] if cfg.tasks else list(registry)
+        if cfg.task_weights and len(cfg.task_weights) != len(self.tasks):
+            raise ValueError(
+                f"task_weights has {len(cfg.task_weights)} values for {len(self.tasks)} enabled tasks"
+            )
+        self.weights = list(cfg.task_weights) if cfg.task_weights else [1.0] * len(self.tasks)
+        self.writer = writer
+        self.policy_for = policy_for
+        self.cfg = cfg
+        self.rng = np.random.default_rng(seed)
+        self.chain_len = 0
+        self.prev_id: str | None = None
+        self.needs_reset = True
+        self.counts: dict[str, int] = {}
+
+    def _holding(self) -> bool:
+        f = getattr(self.robot, "holding", None)
+        return bool(f()) if callable(f) else False
+
+    def _objects_left(self) -> int:
+        f = getattr(self.robot, "objects_left", None)
+        return int(f()) if callable(f) else 1
+
+    def run_one(self) -> Episode:
+        if self.needs_reset:
+            self.robot.reset_scene(int(self.rng.integers(0, 2**31 - 1)))
+            self.chain_len, self.prev_id, self.needs_reset = 0, None, False
+        task = choose_task(
+            self.tasks, self.weights, self._holding(), self.cfg.chain_place_after_lift, self.rng
+        )
+        policy = self.policy_for(task)
+        started = time.time()
+        rec = run_episode(self.robot, policy, task, self.rng, self.cfg.max_steps)
+        ended = time.time()
+        gt: dict[str, bool] | None = None
+        scene_state = getattr(self.robot, "scene_state", None)
+        if callable(scene_state):
+            state = scene_state()
+            gt = {t.name: bool(t.succeeded(state)) for t in self.registry}
+        desc: dict[str, Any] = self.robot.scene_description()
+        assert rec.final_image is not None
+        ep = Episode(
+            episode_id=uuid.uuid4().hex,
+            robot_id=self.robot.robot_id,
+            task=task.name,
+            policy=policy.name,
+            policy_version=int(policy.version),
+            seed=int(desc.get("seed", -1)),
+            images=np.stack(rec.images),
+            states=np.stack(rec.states).astype(np.float32),
+            actions=np.stack(rec.actions).astype(np.float32),
+            final_image=rec.final_image,
+            scene=desc,
+            chain_index=self.chain_len,
+            prev_episode_id=self.prev_id,
+            started_at=started,
+            ended_at=ended,
+            terminated=rec.terminated,
+            gt_success=None if gt is None else gt[task.name],
+            gt_success_by_task=gt,
+        )
+        self.writer.write(ep)
+        self.counts[task.name] = self.counts.get(task.name, 0) + 1
+        self.chain_len += 1
+        self.prev_id = ep.episode_id
+        d = decide_next(
+            self._holding(),
+            self._objects_left(),
+            self.chain_len,
+            self.cfg.max_chain,
+            float(self.rng.random()),
+            self.cfg.reset_prob,
+        )
+        self.needs_reset = d.reset
+        return ep
+
+
+class PolicyProvider:
+    """Scripted bootstrap policies, switched to the learned CEM policy per task.
+
+    The switch file (written by the trainer's evaluation) looks like
+    ``{"learned": ["lift-any", ...], "proxy": {"lift-ball": "lift-any"}}``: tasks in
+    ``learned`` act with CEM on their own task id; a ``proxy`` task collects with another
+    (easier) task's learned policy, which bootstraps hard tasks.
+    """
+
+    def __init__(
+        self,
+        registry: TaskRegistry,
+        weights_dir: str | Path | None = None,
+        switch_file: str | Path | None = None,
+        epsilon: float = 0.1,
+        noise_std: float = 0.1,
+        reload_every: int = 10,
+        seed: int = 0,
+    ):
+        from mtopt.policies.scripted import scripted_policy_for
+
+        self.registry = registry
+        self.weights_dir = Path(weights_dir) if weights_dir else None
+        self.switch_file = Path(switch_file) if switch_file else None
+        self.epsilon, self.noise_std = epsilon, noise_std
+        self.reload_every = reload_every
+        self.seed = seed
+        self._scripted = {t.name: scripted_policy_for(t) for t in registry}
+        self._cem: Any = None
+        self._calls = 0
+        self._switch: dict[str, Any] = {"learned": [], "proxy": {}}
+
+    def _refresh(self) -> None:
+        if self.switch_file and self.switch_file.exists():
+            with contextlib.suppress(json.JSONDecodeError):
+                self._switch = json.loads(self.switch_file.read_text())
+        if self.weights_dir is None:
+            return
+        if self._cem is None:
+            from mtopt.policies.cem_policy import CEMPolicy
+            from mtopt.qtopt.weights import read_latest
+
+            if read_latest(self.weights_dir) is None:
+                return
+            self._cem = CEMPolicy(
+                self.registry.names,
+                weights_dir=self.weights_dir,
+                epsilon=self.epsilon,
+                noise_std=self.noise_std,
+                seed=self.seed,
+            )
+        else:
+            self._cem.maybe_reload()
+
+    def __call__(self, task: TaskSpec) -> Policy:
+        if self._calls % self.reload_every == 0:
+            self._refresh()
+        self._calls += 1
+        if self._cem is not None:
+            if task.name in self._switch.get("learned", []):
+                return _TaskBound(self._cem, task.name)
+            proxy = self._switch.get("proxy", {}).get(task.name)
+            if proxy:
+                return _TaskBound(self._cem, proxy)
+        return self._scripted[task.name]
+
+
+class _TaskBound:
+    """A CEM policy acting with another task's id (proxy collection) or its own."""
+
+    def __init__(self, policy: Any, act_as: str):
+        self._p = policy
+        self._as = act_as
+        self.name = policy.name if act_as is None else f"{policy.name}"
+
+    @property
+    def version(self) -> int:
+        return int(self._p.version)
+
+    def reset(self, task: str, rng: np.random.Generator) -> None:
+        self._p.reset(self._as, rng)
+
+    def act(self, obs: Any) -> np.ndarray:
+        return np.asarray(self._p.act(obs))

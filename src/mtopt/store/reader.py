@@ -1,0 +1,100 @@
+"""Episode reader: streams episodes from a store directory, quarantines bad shards.
+
+``poll()`` returns episodes from shards it has not seen yet (a tailing consumer such as
+LogReplay calls it repeatedly). A truncated or corrupt shard is moved to
+``<store>/quarantine/`` with a log line, and reading goes on. Temp files of writers that
+are still writing (``.*.tmp``) are never read.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mtopt.store.schema import META_COLUMNS, Episode, SchemaError, check_table_version
+from mtopt.store.writer import SHARDS
+
+log = logging.getLogger(__name__)
+QUARANTINE = "quarantine"
+
+
+class StoreNotFoundError(FileNotFoundError):
+    pass
+
+
+def shard_paths(store_dir: str | Path) -> list[Path]:
+    root = Path(store_dir) / SHARDS
+    return sorted(root.glob("*/*.parquet"), key=lambda p: (p.name, p.parent.name))
+
+
+def quarantine(store_dir: str | Path, path: Path, reason: str) -> Path | None:
+    dest = Path(store_dir) / QUARANTINE / path.parent.name / path.name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.move(str(path), dest)
+    except FileNotFoundError:
+        return None
+    log.warning("quarantined corrupt shard %s -> %s: %s", path, dest, reason)
+    return dest
+
+
+class EpisodeReader:
+    def __init__(self, store_dir: str | Path, must_exist: bool = True):
+        self.store_dir = Path(store_dir)
+        if must_exist and not (self.store_dir / SHARDS).is_dir():
+            raise StoreNotFoundError(
+                f"no episode store at {self.store_dir} (expected {self.store_dir / SHARDS}/)"
+            )
+        self._seen: set[Path] = set()
+        self.quarantined: list[Path] = []
+
+    def _read(self, path: Path, columns: list[str] | None = None) -> pa.Table | None:
+        try:
+            table = pq.read_table(path, columns=columns)
+            check_table_version(table, str(path))
+            return table
+        except FileNotFoundError:
+            return None
+        except SchemaError:
+            raise
+        except Exception as exc:  # corrupt/truncated Parquet raises several error types
+            q = quarantine(self.store_dir, path, f"{type(exc).__name__}: {exc}")
+            if q is not None:
+                self.quarantined.append(q)
+            return None
+
+    def new_shards(self) -> list[Path]:
+        return [p for p in shard_paths(self.store_dir) if p not in self._seen]
+
+    def poll(self, max_shards: int | None = None) -> list[Episode]:
+        """Episodes from shards not read before (oldest first)."""
+        out: list[Episode] = []
+        for path in self.new_shards()[:max_shards]:
+            self._seen.add(path)
+            table = self._read(path)
+            if table is not None:
+                out.extend(Episode.from_row(r) for r in table.to_pylist())
+        return out
+
+    def episodes(self) -> Iterator[Episode]:
+        """Every episode in the store (does not change what ``poll`` has seen)."""
+        for path in shard_paths(self.store_dir):
+            table = self._read(path)
+            if table is not None:
+                for r in table.to_pylist():
+                    yield Episode.from_row(r)
+
+    def metadata(self) -> list[dict[str, Any]]:
+        """Every episode's non-image columns (cheap: images are not read)."""
+        rows: list[dict[str, Any]] = []
+        for path in shard_paths(self.store_dir):
+            table = self._read(path, columns=META_COLUMNS)
+            if table is not None:
+                rows.extend(table.to_pylist())
+        return rows

@@ -1,0 +1,199 @@
+"""Episode schema (version 1).
+
+One row per episode in Parquet shards. Images are raw uint8 bytes (C-order arrays; shape
+in ``image_height``/``image_width``/``num_steps``), compressed by Parquet's zstd: on
+this cell that beat PNG by ~2.5x in size and ~5x in read speed. States and actions are
+plain list columns so pandas and DuckDB read them directly.
+
+=====================  ============================  ==========================================
+column                 type                          meaning
+=====================  ============================  ==========================================
+schema_version         int32                         1
+episode_id             string                        unique id (uuid4 hex)
+robot_id               string                        which robot collected it
+task                   string                        task the robot was asked to do
+policy                 string                        e.g. scripted-pick, cem
+policy_version         int64                         Q-weights version (0 for scripted)
+seed                   int64                         scene seed
+scene                  string (JSON)                 scene description (objects, fixtures)
+chain_index            int32                         position in a task chain (0 = after reset)
+prev_episode_id        string (nullable)             previous episode of the chain
+started_at, ended_at   float64                       unix time (s)
+num_steps              int32                         T actions
+terminated             bool                          policy sent TERMINATE (else max steps)
+image_height/width     int32                         camera image size
+images                 binary                        (T+1, H, W, 3) uint8: obs before each action + last
+states                 list<list<float32>>           (T+1, 2): gripper closed, gripper height
+actions                list<list<float32>>           (T, 6): see mtopt.robots.action
+final_image            binary                        (H, W, 3) uint8: what the success detector judges
+gt_success             bool (nullable)               SIMULATOR GROUND TRUTH for ``task`` (eval only)
+gt_success_by_task     string (JSON, nullable)       SIMULATOR GROUND TRUTH for every task (eval/oracle)
+=====================  ============================  ==========================================
+
+The ``gt_`` columns are null for real robots; they are used only for evaluation and by
+the oracle labeler, never as training rewards.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+SCHEMA_KEY = b"mtopt.schema_version"
+
+
+class SchemaError(ValueError):
+    """A shard or episode that does not match a known schema version."""
+
+
+ARROW_SCHEMA = pa.schema(
+    [
+        ("schema_version", pa.int32()),
+        ("episode_id", pa.string()),
+        ("robot_id", pa.string()),
+        ("task", pa.string()),
+        ("policy", pa.string()),
+        ("policy_version", pa.int64()),
+        ("seed", pa.int64()),
+        ("scene", pa.string()),
+        ("chain_index", pa.int32()),
+        ("prev_episode_id", pa.string()),
+        ("started_at", pa.float64()),
+        ("ended_at", pa.float64()),
+        ("num_steps", pa.int32()),
+        ("terminated", pa.bool_()),
+        ("image_height", pa.int32()),
+        ("image_width", pa.int32()),
+        ("images", pa.binary()),
+        ("states", pa.list_(pa.list_(pa.float32()))),
+        ("actions", pa.list_(pa.list_(pa.float32()))),
+        ("final_image", pa.binary()),
+        ("gt_success", pa.bool_()),
+        ("gt_success_by_task", pa.string()),
+    ],
+    metadata={SCHEMA_KEY: str(SCHEMA_VERSION).encode()},
+)
+META_COLUMNS = [
+    n for n in ARROW_SCHEMA.names if n not in ("images", "states", "actions", "final_image")
+]
+
+
+@dataclass
+class Episode:
+    episode_id: str
+    robot_id: str
+    task: str
+    policy: str
+    policy_version: int
+    seed: int
+    images: np.ndarray  # (T+1, H, W, 3) uint8
+    states: np.ndarray  # (T+1, 2) float32
+    actions: np.ndarray  # (T, 6) float32
+    final_image: np.ndarray  # (H, W, 3) uint8
+    scene: dict[str, Any] = field(default_factory=dict)
+    chain_index: int = 0
+    prev_episode_id: str | None = None
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    terminated: bool = False
+    gt_success: bool | None = None
+    gt_success_by_task: dict[str, bool] | None = None
+
+    def __post_init__(self) -> None:
+        t = self.actions.shape[0]
+        if self.images.ndim != 4 or self.images.shape[0] != t + 1 or self.images.shape[3] != 3:
+            raise SchemaError(
+                f"episode {self.episode_id}: images must be (T+1, H, W, 3) with T={t}, got {self.images.shape}"
+            )
+        if self.states.shape != (t + 1, 2):
+            raise SchemaError(
+                f"episode {self.episode_id}: states must be ({t + 1}, 2), got {self.states.shape}"
+            )
+        if self.final_image.shape != self.images.shape[1:]:
+            raise SchemaError(
+                f"episode {self.episode_id}: final_image {self.final_image.shape} != frame shape {self.images.shape[1:]}"
+            )
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.actions.shape[0])
+
+    def to_row(self) -> dict[str, Any]:
+        h, w = self.images.shape[1:3]
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "episode_id": self.episode_id,
+            "robot_id": self.robot_id,
+            "task": self.task,
+            "policy": self.policy,
+            "policy_version": int(self.policy_version),
+            "seed": int(self.seed),
+            "scene": json.dumps(self.scene, sort_keys=True),
+            "chain_index": int(self.chain_index),
+            "prev_episode_id": self.prev_episode_id,
+            "started_at": float(self.started_at),
+            "ended_at": float(self.ended_at),
+            "num_steps": self.num_steps,
+            "terminated": bool(self.terminated),
+            "image_height": int(h),
+            "image_width": int(w),
+            "images": np.ascontiguousarray(self.images, dtype=np.uint8).tobytes(),
+            "states": np.asarray(self.states, np.float32).tolist(),
+            "actions": np.asarray(self.actions, np.float32).tolist(),
+            "final_image": np.ascontiguousarray(self.final_image, dtype=np.uint8).tobytes(),
+            "gt_success": self.gt_success,
+            "gt_success_by_task": None
+            if self.gt_success_by_task is None
+            else json.dumps(self.gt_success_by_task, sort_keys=True),
+        }
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Episode:
+        version = row.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise SchemaError(
+                f"episode {row.get('episode_id')}: unknown schema version {version!r}; this mtopt reads version {SCHEMA_VERSION}"
+            )
+        t, h, w = int(row["num_steps"]), int(row["image_height"]), int(row["image_width"])
+        images = np.frombuffer(row["images"], dtype=np.uint8).reshape(t + 1, h, w, 3)
+        gt_by = row.get("gt_success_by_task")
+        return cls(
+            episode_id=row["episode_id"],
+            robot_id=row["robot_id"],
+            task=row["task"],
+            policy=row["policy"],
+            policy_version=int(row["policy_version"]),
+            seed=int(row["seed"]),
+            images=images,
+            states=np.asarray(row["states"], np.float32).reshape(t + 1, 2),
+            actions=np.asarray(row["actions"], np.float32).reshape(t, 6),
+            final_image=np.frombuffer(row["final_image"], dtype=np.uint8).reshape(h, w, 3),
+            scene=json.loads(row["scene"]) if row.get("scene") else {},
+            chain_index=int(row["chain_index"]),
+            prev_episode_id=row.get("prev_episode_id"),
+            started_at=float(row["started_at"]),
+            ended_at=float(row["ended_at"]),
+            terminated=bool(row["terminated"]),
+            gt_success=row.get("gt_success"),
+            gt_success_by_task=json.loads(gt_by) if gt_by else None,
+        )
+
+
+def episodes_to_table(episodes: list[Episode]) -> pa.Table:
+    return pa.Table.from_pylist([e.to_row() for e in episodes], schema=ARROW_SCHEMA)
+
+
+def check_table_version(table: pa.Table, where: str) -> None:
+    meta = table.schema.metadata or {}
+    raw = meta.get(SCHEMA_KEY)
+    if raw is None:
+        raise SchemaError(f"{where}: not an mtopt episode shard (no schema version)")
+    if int(raw) != SCHEMA_VERSION:
+        raise SchemaError(
+            f"{where}: unknown schema version {int(raw)}; this mtopt reads version {SCHEMA_VERSION}"
+        )

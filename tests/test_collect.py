@@ -1,0 +1,120 @@
+"""Collection: chain/reset decisions, task choice, the loop on a fake robot, the fleet CLI."""
+
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from mtopt.cli import app
+from mtopt.collect.loop import CollectConfig, CollectLoop, choose_task, decide_next
+from mtopt.policies.scripted import scripted_policy_for
+from mtopt.robots.base import Observation, StepResult
+from mtopt.store import EpisodeReader, EpisodeWriter
+from mtopt.tasks import DEFAULT_REGISTRY, get_task
+
+
+def test_decide_next_hand_built_cases() -> None:
+    assert decide_next(False, 3, 3, 3, 0.9, 0.2).reason == "chain length reached"
+    assert decide_next(False, 0, 1, 3, 0.9, 0.2).reason == "nothing left to pick"
+    assert not decide_next(True, 0, 1, 3, 0.9, 0.2).reset  # holding: a place can follow
+    assert decide_next(False, 2, 1, 3, 0.1, 0.2).reason == "random reset"
+    assert not decide_next(False, 2, 1, 3, 0.5, 0.2).reset
+
+
+def test_choose_task_chains_placing_when_holding() -> None:
+    tasks = [get_task("lift-any"), get_task("place-on-plate"), get_task("place-in-bowl")]
+    rng = np.random.default_rng(0)
+    picks = {choose_task(tasks, [1, 1, 1], True, True, rng).name for _ in range(50)}
+    assert picks == {"place-on-plate", "place-in-bowl"}
+    picks = [choose_task(tasks, [1, 0, 0], False, True, rng).name for _ in range(20)]
+    assert set(picks) == {"lift-any"}
+
+
+class FakeRobot:
+    """A 'robot' whose gripper holds something after closing while low."""
+
+    robot_id = "fake"
+    image_size = 8
+
+    def __init__(self) -> None:
+        self.h, self.closed, self.held, self.resets = 0.2, False, False, 0
+
+    def _obs(self) -> Observation:
+        return Observation(
+            np.zeros((8, 8, 3), np.uint8),
+            np.array([self.closed, self.h], np.float32),
+            np.array([0, 0.13, self.h, 0], np.float32),
+        )
+
+    def reset_scene(self, seed: int | None = None) -> Observation:
+        self.resets += 1
+        self.h, self.closed, self.held = 0.2, False, False
+        return self._obs()
+
+    def start_episode(self) -> Observation:
+        if not self.held:
+            self.h = 0.2
+        return self._obs()
+
+    def prepare_for_task(self, starts_holding: bool) -> bool:
+        self.held = self.held or starts_holding
+        self.closed = self.held
+        return True
+
+    def observe(self) -> Observation:
+        return self._obs()
+
+    def act(self, action: np.ndarray) -> StepResult:
+        self.h = float(np.clip(self.h + 0.05 * action[2], 0.01, 0.3))
+        close = action[4] > 0
+        if close and not self.closed and self.h < 0.05:
+            self.held = True
+        if not close:
+            self.held = False
+        self.closed = close
+        return StepResult(self._obs(), bool(action[5] > 0))
+
+    def final_image(self) -> np.ndarray:
+        return np.zeros((8, 8, 3), np.uint8)
+
+    def scene_description(self) -> dict:
+        return {"seed": 1}
+
+    def close(self) -> None:
+        pass
+
+    def holding(self) -> bool:
+        return self.held
+
+    def objects_left(self) -> int:
+        return 2
+
+
+def test_loop_writes_chained_episodes(tmp_path: Path) -> None:
+    robot = FakeRobot()
+    reg = DEFAULT_REGISTRY.subset(["lift-any", "place-on-plate"])
+    with EpisodeWriter(tmp_path, "fake", flush_every=100) as w:
+        loop = CollectLoop(
+            robot, reg, w, scripted_policy_for, CollectConfig(max_chain=2, reset_prob=0.0), seed=1
+        )
+        eps = [loop.run_one() for _ in range(6)]
+    assert [e.chain_index for e in eps] == [0, 1, 0, 1, 0, 1]
+    assert all(b.prev_episode_id == a.episode_id for a, b in zip(eps[::2], eps[1::2], strict=True))
+    assert robot.resets == 3
+    stored = EpisodeReader(tmp_path).poll()
+    assert [e.episode_id for e in stored] == [e.episode_id for e in eps]
+    assert all(e.gt_success is None for e in stored)  # no simulator: no ground truth
+
+
+def test_collect_cli_two_robots(tmp_path: Path) -> None:
+    res = CliRunner().invoke(
+        app, ["collect", "--store", str(tmp_path), "--robots", "2", "--episodes", "3"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "robot-00': 3" in res.output and "robot-01': 3" in res.output
+    eps = EpisodeReader(tmp_path).poll()
+    assert len(eps) == 6 and all(e.gt_success_by_task is not None for e in eps)
+    res = CliRunner().invoke(app, ["store", "stats", str(tmp_path)])
+    assert res.exit_code == 0 and "6 episodes" in res.output and (tmp_path / "stats.png").exists()
+    res = CliRunner().invoke(app, ["collect", "--store", str(tmp_path), "--tasks", "fly"])
+    assert res.exit_code == 2 and "unknown task 'fly'" in res.output

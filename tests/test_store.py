@@ -1,0 +1,157 @@
+"""Episode store: round trip, schema versions, atomicity under SIGKILL, quarantine."""
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mtopt.store import Episode, EpisodeReader, EpisodeWriter, SchemaError, StoreNotFoundError
+from mtopt.store.reader import shard_paths
+from mtopt.store.schema import ARROW_SCHEMA, SCHEMA_KEY
+
+
+def make_episode(i: int, steps: int = 3, size: int = 8) -> Episode:
+    rng = np.random.default_rng(i)
+    return Episode(
+        episode_id=f"ep{i:05d}",
+        robot_id="r0",
+        task="lift-any",
+        policy="scripted-pick",
+        policy_version=0,
+        seed=i,
+        images=rng.integers(0, 255, (steps + 1, size, size, 3), dtype=np.uint8),
+        states=rng.random((steps + 1, 2), dtype=np.float32),
+        actions=rng.uniform(-1, 1, (steps, 6)).astype(np.float32),
+        final_image=rng.integers(0, 255, (size, size, 3), dtype=np.uint8),
+        scene={"seed": i, "objects": [{"category": "ball"}]},
+        chain_index=1,
+        prev_episode_id="ep-prev",
+        started_at=1.5,
+        ended_at=2.5,
+        terminated=True,
+        gt_success=bool(i % 2),
+        gt_success_by_task={"lift-any": bool(i % 2), "lift-ball": False},
+    )
+
+
+def test_round_trip_every_field(tmp_path: Path) -> None:
+    eps = [make_episode(i) for i in range(5)]
+    with EpisodeWriter(tmp_path, "r0", flush_every=100) as w:
+        for e in eps:
+            w.write(e)
+    back = EpisodeReader(tmp_path).poll()
+    assert len(back) == 5
+    for a, b in zip(eps, back, strict=True):
+        for f in a.__dataclass_fields__:
+            va, vb = getattr(a, f), getattr(b, f)
+            if isinstance(va, np.ndarray):
+                assert np.array_equal(va, vb) and va.dtype == vb.dtype, f
+            else:
+                assert va == vb, f
+
+
+def test_poll_tails_new_shards_only(tmp_path: Path) -> None:
+    w = EpisodeWriter(tmp_path, "r0", flush_every=2)
+    r = EpisodeReader(tmp_path)
+    for i in range(4):
+        w.write(make_episode(i))
+    assert [e.episode_id for e in r.poll()] == ["ep00000", "ep00001", "ep00002", "ep00003"]
+    assert r.poll() == []
+    w.write(make_episode(9))
+    w.flush()
+    assert [e.episode_id for e in r.poll()] == ["ep00009"]
+
+
+def test_readable_by_ordinary_tools(tmp_path: Path) -> None:
+    with EpisodeWriter(tmp_path, "r0") as w:
+        for i in range(3):
+            w.write(make_episode(i))
+    glob = str(tmp_path / "shards" / "*" / "*.parquet")
+    assert ds.dataset(str(tmp_path / "shards"), format="parquet").count_rows() == 3
+    df = pd.concat(pd.read_parquet(p) for p in shard_paths(tmp_path))
+    assert list(df["task"]) == ["lift-any"] * 3
+    n = duckdb.sql(f"select count(*) from read_parquet('{glob}') where gt_success").fetchall()
+    assert n == [(1,)]
+
+
+def test_unknown_schema_version_is_a_clear_error(tmp_path: Path) -> None:
+    row = make_episode(0).to_row()
+    row["schema_version"] = 99
+    with pytest.raises(SchemaError, match="unknown schema version 99"):
+        Episode.from_row(row)
+    schema = ARROW_SCHEMA.with_metadata({SCHEMA_KEY: b"7"})
+    path = tmp_path / "shards" / "r0" / "x.parquet"
+    path.parent.mkdir(parents=True)
+    import pyarrow as pa
+
+    pq.write_table(pa.Table.from_pylist([make_episode(0).to_row()], schema=schema), path)
+    with pytest.raises(SchemaError, match="unknown schema version 7"):
+        EpisodeReader(tmp_path).poll()
+    with pytest.raises(StoreNotFoundError, match="no episode store"):
+        EpisodeReader(tmp_path / "missing")
+
+
+def test_bad_episode_shapes_rejected() -> None:
+    e = make_episode(0)
+    with pytest.raises(SchemaError, match="images must be"):
+        Episode(**{**e.__dict__, "images": e.images[:2]})
+
+
+def _writer_forever(store: str, ready: "mp.synchronize.Event") -> None:  # type: ignore[name-defined]
+    w = EpisodeWriter(store, "victim", flush_every=1)
+    i = 0
+    while True:
+        w.write(make_episode(i, steps=5, size=32))
+        i += 1
+        if i == 3:
+            ready.set()
+
+
+def test_sigkill_mid_write_leaves_only_complete_shards(tmp_path: Path) -> None:
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    p = ctx.Process(target=_writer_forever, args=(str(tmp_path), ready))
+    p.start()
+    assert ready.wait(60)
+    time.sleep(0.3)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join()
+    shards = shard_paths(tmp_path)
+    assert len(shards) >= 3
+    reader = EpisodeReader(tmp_path)
+    eps = reader.poll()
+    assert reader.quarantined == []  # no partial shard is ever visible
+    ids = [e.episode_id for e in eps]
+    assert ids[:3] == ["ep00000", "ep00001", "ep00002"]  # everything flushed before the kill
+    assert ids == [f"ep{i:05d}" for i in range(len(ids))]
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.floats(0.0, 0.999))
+def test_truncated_shard_is_quarantined_not_fatal(tmp_path: Path, frac: float) -> None:
+    import uuid
+
+    store = tmp_path / uuid.uuid4().hex
+    with EpisodeWriter(store, "r0", flush_every=2) as w:
+        for i in range(4):
+            w.write(make_episode(i))
+    first, _second = shard_paths(store)
+    data = first.read_bytes()
+    first.write_bytes(data[: int(len(data) * frac)])
+    reader = EpisodeReader(store)
+    eps = reader.poll()
+    assert [e.episode_id for e in eps] == ["ep00002", "ep00003"]
+    assert len(reader.quarantined) == 1 and reader.quarantined[0].exists()
+    assert not first.exists()
