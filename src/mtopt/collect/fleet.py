@@ -25,6 +25,7 @@ class FleetSpec:
     switch_file: str | None = None
     epsilon: float = 0.1
     noise_std: float = 0.1
+    max_rate: float = 0.0  # episodes per second per robot at most (0: unlimited)
 
 
 def robot_id(i: int) -> str:
@@ -56,11 +57,16 @@ def _worker(i: int, spec: FleetSpec, episodes: int | None, seed: int, q: Any, st
     )
     loop = CollectLoop(robot, DEFAULT_REGISTRY, writer, provider, spec.collect, seed=seed)
     n = 0
+    t0 = time.monotonic()
     try:
         while (episodes is None or n < episodes) and not stop.is_set():
             ep = loop.run_one()
             n += 1
             q.put((i, ep.task, ep.policy, ep.gt_success))
+            if spec.max_rate > 0:
+                ahead = n / spec.max_rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    stop.wait(ahead)
     except KeyboardInterrupt:
         pass
     finally:

@@ -1,0 +1,69 @@
+"""``mtopt run``: the whole MT-Opt loop from one command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def run(
+        config: str = typer.Option(
+            "local", help="Preset: local (default, ~20 min), tiny (1-2 min), bench (~3 h)."
+        ),
+        out: Path = typer.Option(
+            Path("runs/local"), help="Run directory (store, weights, checkpoints, report)."
+        ),
+        resume: bool = typer.Option(
+            False, help="Continue the run in --out from its last checkpoint."
+        ),
+        runtime: str = typer.Option("local", help="local or ray."),
+        set_: list[str] = typer.Option(
+            [], "--set", help="Override a config field, e.g. --set replay.impersonation=all"
+        ),
+        impersonation: str | None = typer.Option(None, help="Ablation: orig, all or skill."),
+        rebalance: bool | None = typer.Option(None, help="Ablation: re-balancing on/off."),
+        network: str | None = typer.Option(None, help="Ablation: onehot or multihead."),
+        minutes: float | None = typer.Option(None, help="Wall-clock budget in minutes."),
+    ) -> None:
+        """Collect, label rewards with the success detector, impersonate, re-balance, learn, evaluate, report."""
+        from mtopt.config import ConfigError, override
+        from mtopt.runtime.config import preset
+
+        try:
+            cfg = preset(config)
+            sets = list(set_)
+            if impersonation is not None:
+                sets.append(f"replay.impersonation={impersonation}")
+            if rebalance is not None:
+                sets.append(f"replay.rebalance={rebalance}")
+            if network is not None:
+                sets.append(f"qnet.head_type={network}")
+            if minutes is not None:
+                sets.append(f"budget_minutes={minutes}")
+            sets.append(f"runtime={runtime}")
+            cfg = override(cfg, sets)
+            cfg.qnet.validate()
+        except (ConfigError, ValueError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        if cfg.runtime == "ray":
+            from mtopt.runtime.ray_runtime import run_ray
+
+            summary = run_ray(cfg, out, resume)
+        else:
+            from mtopt.runtime.local import LocalRun
+
+            try:
+                summary = LocalRun(cfg, out, resume).run()
+            except FileExistsError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(2) from None
+        typer.echo(f"report: {out / 'report' / 'report.md'}")
+        final = summary.get("final", {}).get("success", {})
+        for task, rate in final.items():
+            typer.echo(
+                f"  {task:20s} learned {rate:6.1%}   scripted {summary['scripted'].get(task, float('nan')):6.1%}"
+            )

@@ -1,0 +1,135 @@
+"""Run configuration: one frozen dataclass tree, named presets, CLI overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mtopt.collect.loop import CollectConfig
+from mtopt.qtopt.cem import CEMConfig
+from mtopt.qtopt.learner import LearnerConfig
+from mtopt.qtopt.networks import QNetConfig
+from mtopt.sim.cell import SimConfig
+from mtopt.success.train import SDTrainConfig
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    impersonation: Literal["orig", "all", "skill"] = "skill"
+    """Task impersonation: orig, all or skill (MT-Opt's default)."""
+    rebalance: bool = True
+    """Equal task shares per batch and a fixed success ratio within each task."""
+    success_ratio: float = 0.5
+    """Fraction of successes within each task's share of a batch."""
+    capacity_per_bucket: int = 3000
+    """Episodes kept per (task, success|failure) buffer (FIFO eviction)."""
+    batch_size: int = 64
+    """Transitions per training batch."""
+    min_episodes: int = 200
+    """Episodes ingested before training starts."""
+
+
+@dataclass(frozen=True)
+class SDConfig:
+    examples_per_task: int = 40
+    """Staged positive and near-miss negative scenes per task for the initial SD."""
+    train: SDTrainConfig = field(default_factory=SDTrainConfig)
+    """Training of the initial SD."""
+    improve_every_episodes: int = 2000
+    """Collected episodes between incremental relabel + retrain rounds (0: never)."""
+    label_budget_per_round: int = 300
+    """Episodes sent to the (oracle) labeler per round, most uncertain first."""
+    retrain_steps: int = 600
+    """Fine-tuning steps per improvement round."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    tasks: tuple[str, ...] = ("lift-any", "place-any", "lift-ball", "place-in-bowl")
+    """Tasks evaluated during and after the run."""
+    episodes_per_task: int = 20
+    """Held-out episodes per task and evaluation."""
+    every_steps: int = 1000
+    """Learner steps between evaluations."""
+    split: str = "test"
+    """Object instances for evaluation (test: held out)."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "local"
+    """Preset name."""
+    runtime: Literal["local", "ray"] = "local"
+    """Where the components run."""
+    seed: int = 0
+    """Seed for everything."""
+    robots: int = 1
+    """Robot processes collecting in parallel."""
+    max_collect_rate: float = 6.0
+    """Episodes per second per robot at most (the learner should keep up)."""
+    budget_minutes: float = 20.0
+    """Wall-clock budget of the run."""
+    max_learner_steps: int = 0
+    """Stop after this many learner steps (0: no limit)."""
+    max_episodes: int = 0
+    """Stop collecting after this many episodes in the store (0: no limit)."""
+    publish_every: int = 100
+    """Learner steps between published Q weights (robots reload them)."""
+    checkpoint_every: int = 500
+    """Learner steps between checkpoints."""
+    epsilon: float = 0.2
+    """Random-action probability of the learned policy when collecting."""
+    noise_std: float = 0.15
+    """Gaussian noise on the learned policy's continuous actions when collecting."""
+    parity_margin: float = 0.0
+    """Switch a task to the learned policy once learned >= scripted + margin."""
+    sim: SimConfig = field(default_factory=SimConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    qnet: QNetConfig = field(default_factory=QNetConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    cem_act: CEMConfig = field(default_factory=CEMConfig)
+    cem_bellman: CEMConfig = field(default_factory=lambda: CEMConfig(samples=32, elites=4))
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    sd: SDConfig = field(default_factory=SDConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def preset(name: str) -> RunConfig:
+    """Named configurations (``mtopt run --config NAME``)."""
+    base = RunConfig()
+    if name == "local":
+        return base
+    if name == "tiny":  # integration tests and CI: a minute or two
+        return dataclasses.replace(
+            base,
+            name="tiny",
+            budget_minutes=3.0,
+            max_learner_steps=30,
+            max_episodes=60,
+            publish_every=10,
+            checkpoint_every=10,
+            qnet=QNetConfig(tower_channels=8, head_channels=8, fc_units=16),
+            cem_act=CEMConfig(samples=16, elites=4),
+            cem_bellman=CEMConfig(iterations=1, samples=8, elites=2),
+            replay=ReplayConfig(batch_size=16, min_episodes=20),
+            sd=SDConfig(
+                examples_per_task=2,
+                train=SDTrainConfig(steps=30, batch_size=16),
+                improve_every_episodes=30,
+                label_budget_per_round=10,
+                retrain_steps=10,
+            ),
+            eval=EvalConfig(tasks=("lift-any", "place-any"), episodes_per_task=2, every_steps=15),
+        )
+    if name == "bench":  # the learning benchmark: about 3 hours on 2 cores
+        return dataclasses.replace(
+            base,
+            name="bench",
+            budget_minutes=170.0,
+            eval=EvalConfig(every_steps=2000, episodes_per_task=30),
+        )
+    raise ValueError(f"unknown config {name!r}; valid: local, tiny, bench")
+
+
+PRESETS = ("local", "tiny", "bench")

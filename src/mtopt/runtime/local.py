@@ -1,0 +1,409 @@
+"""Local runtime: the whole MT-Opt loop on one machine from one command.
+
+Wiring only (the algorithms live in their rooms):
+
+  robot processes (collect.fleet)  --episodes-->  store/ (Parquet shards)
+  main process: store reader -> LogReplay (SD rewards, impersonation, per-task buffers)
+                -> BellmanUpdater (re-balanced batches, CEM targets) -> Learner
+                -> published weights (robots reload) / checkpoints / evaluation / report
+                -> incremental SD relabel (oracle labeler) + retrain
+
+Everything durable lives under the run directory; ``--resume`` rebuilds the replay
+buffers from the store and continues the learner from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtopt._io import atomic_write_json
+from mtopt.collect.fleet import FleetSpec, run_fleet
+from mtopt.config import save_config
+from mtopt.eval.evaluate import evaluate_policy
+from mtopt.policies.cem_policy import CEMPolicy
+from mtopt.policies.scripted import scripted_policy_for
+from mtopt.qtopt.learner import Learner
+from mtopt.qtopt.updater import BellmanUpdater
+from mtopt.replay.buffers import TaskBuffers
+from mtopt.replay.logreplay import LogReplay
+from mtopt.replay.source import replay_items
+from mtopt.runtime.config import RunConfig
+from mtopt.store.reader import EpisodeReader
+from mtopt.success.data import LabeledSet, episode_examples, stage_examples
+from mtopt.success.network import SuccessDetector
+from mtopt.success.train import evaluate_sd, train_sd
+from mtopt.tasks.registry import DEFAULT_REGISTRY, TaskRegistry
+
+
+@dataclasses.dataclass
+class RunPaths:
+    root: Path
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def weights(self) -> Path:
+        return self.root / "weights"
+
+    @property
+    def sd(self) -> Path:
+        return self.root / "sd"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoints" / "learner.pt"
+
+    @property
+    def switch(self) -> Path:
+        return self.root / "switch.json"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+
+def switch_table(
+    learned: dict[str, float], scripted: dict[str, float], registry: TaskRegistry, margin: float
+) -> dict[str, Any]:
+    """Which tasks collect with the learned policy (parity with scripted), and proxies:
+    tasks not at parity collect with the learned policy of their skill's generic task
+    (lift-any / place-any) once that one is at parity, bootstrapping the harder tasks."""
+    at_parity = [t for t, r in learned.items() if r >= scripted.get(t, 1.0) + margin and r > 0]
+    proxy: dict[str, str] = {}
+    generic = {"lift": "lift-any", "place": "place-any"}
+    for t in registry:
+        g = generic.get(t.skill)
+        if t.name not in at_parity and g in at_parity and g != t.name:
+            proxy[t.name] = g
+    return {"learned": at_parity, "proxy": proxy}
+
+
+class LocalRun:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        out: str | Path,
+        resume: bool = False,
+        registry: TaskRegistry = DEFAULT_REGISTRY,
+    ):
+        self.cfg = cfg
+        self.paths = RunPaths(Path(out))
+        self.registry = registry
+        self.resume = resume
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        if not resume and self.paths.checkpoint.exists():
+            raise FileExistsError(
+                f"{out} already holds a run; pass --resume to continue it or choose another --out"
+            )
+        save_config(cfg, self.paths.root / "config.json")
+        self.history: list[dict[str, Any]] = []
+        self.log_lines: list[str] = []
+        torch.manual_seed(cfg.seed)
+
+    # ------------------------------------------------------------------ stages
+    def _log(self, msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        self.log_lines.append(line)
+        print(line, flush=True)
+
+    def _sd_train_set(self) -> LabeledSet:
+        path = self.paths.sd / "examples.npz"
+        if path.exists():
+            return LabeledSet.load(path)
+        c = self.cfg
+        data = stage_examples(
+            self.registry,
+            self.registry.names,
+            c.sd.examples_per_task,
+            "train",
+            True,
+            c.seed,
+            c.sim.image_size,
+            progress=True,
+        )
+        data.save(path)
+        return data
+
+    def _sd_val_set(self) -> LabeledSet:
+        path = self.paths.sd / "validation.npz"
+        if path.exists():
+            return LabeledSet.load(path)
+        c = self.cfg
+        n = max(2, c.sd.examples_per_task // 4)
+        data = stage_examples(
+            self.registry, self.registry.names, n, "test", True, c.seed + 1, c.sim.image_size
+        )
+        data.save(path)
+        return data
+
+    def init_sd(self) -> SuccessDetector:
+        if SuccessDetector.latest_version(self.paths.sd) > 0:
+            sd = SuccessDetector.load(self.paths.sd, self.registry.names)
+            self._log(f"loaded success detector v{sd.version}")
+            return sd
+        self._log(
+            "staging success-detector examples (positives and near misses, randomized scenes)"
+        )
+        data = self._sd_train_set()
+        net = train_sd(data, self.cfg.sd.train, progress=True)
+        sd = SuccessDetector(net, self.registry.names)
+        sd.publish(self.paths.sd, 1)
+        self._record_sd_quality(sd, labels=0)
+        return sd
+
+    def _record_sd_quality(self, sd: SuccessDetector, labels: int) -> None:
+        metrics = evaluate_sd(sd, self._sd_val_set())
+        bal = {t: round(m["balanced_accuracy"], 4) for t, m in metrics.items()}
+        path = self.paths.sd / "quality.json"
+        rows = json.loads(path.read_text()) if path.exists() else []
+        rows.append({"version": sd.version, "episode_labels": labels, "balanced_accuracy": bal})
+        atomic_write_json(path, rows)
+        self._log(
+            f"SD v{sd.version}: mean balanced accuracy on held-out staged scenes {np.nanmean(list(bal.values())):.3f}"
+        )
+
+    def improve_sd(
+        self, sd: SuccessDetector, recent: list[Any], labels_so_far: int
+    ) -> tuple[SuccessDetector, int]:
+        """The paper's loop: score collected episodes, label the most uncertain, retrain."""
+        if not recent:
+            return sd, labels_so_far
+        finals = np.stack([e.final_image for e in recent])
+        probs = sd.score(finals)
+        uncertainty = np.abs(probs - 0.5).min(axis=1)
+        pick = np.argsort(uncertainty)[: self.cfg.sd.label_budget_per_round]
+        new = episode_examples([recent[i] for i in pick], self.registry, source="oracle")
+        if len(new) == 0:
+            return sd, labels_so_far
+        lab_path = self.paths.sd / "episode_labels.npz"
+        labeled = LabeledSet.load(lab_path).concat(new) if lab_path.exists() else new
+        labeled.save(lab_path)
+        data = self._sd_train_set().concat(labeled)
+        tcfg = dataclasses.replace(
+            self.cfg.sd.train, steps=self.cfg.sd.retrain_steps, seed=sd.version
+        )
+        net = train_sd(data, tcfg, init=sd.net)
+        new_sd = SuccessDetector(net, self.registry.names)
+        new_sd.publish(self.paths.sd, sd.version + 1)
+        labels = labels_so_far + len(new)
+        self._record_sd_quality(new_sd, labels)
+        return new_sd, labels
+
+    def scripted_baseline(self) -> dict[str, float]:
+        path = self.paths.root / "scripted_eval.json"
+        if path.exists():
+            return dict(json.loads(path.read_text()))
+        res = evaluate_policy(
+            scripted_policy_for,
+            self.registry,
+            self.cfg.eval.tasks,
+            self.cfg.eval.episodes_per_task,
+            self._eval_sim(),
+            self.cfg.seed,
+        )
+        atomic_write_json(path, res)
+        return res
+
+    def _eval_sim(self) -> Any:
+        return dataclasses.replace(self.cfg.sim, object_split=self.cfg.eval.split)  # type: ignore[arg-type]
+
+    def evaluate_learned(self, learner: Learner) -> dict[str, float]:
+        net = learner.online
+        net.eval()
+        pol = CEMPolicy(self.registry.names, network=net, cem=self.cfg.cem_act, seed=self.cfg.seed)
+        return evaluate_policy(
+            lambda spec: pol,
+            self.registry,
+            self.cfg.eval.tasks,
+            self.cfg.eval.episodes_per_task,
+            self._eval_sim(),
+            self.cfg.seed,
+        )
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> dict[str, Any]:
+        c, p = self.cfg, self.paths
+        t_start = time.time()
+        sd = self.init_sd()
+        if self.resume and p.checkpoint.exists():
+            learner, extra = Learner.resume(p.checkpoint, c.learner, logdir=p.root / "tb")
+            self.history = list(extra.get("history", []))
+            sd_labels = int(extra.get("sd_labels", 0))
+            self._log(f"resumed learner at step {learner.step} (weights v{learner.version})")
+        else:
+            learner = Learner(c.qnet, c.learner, logdir=p.root / "tb")
+            sd_labels = 0
+        scripted = self.scripted_baseline()
+        self._log(
+            "scripted baseline (held-out): "
+            + ", ".join(f"{k}={v:.2f}" for k, v in scripted.items())
+        )
+        buffers = TaskBuffers(self.registry.names, c.replay.capacity_per_bucket)
+        replay = LogReplay(self.registry, buffers, sd, c.replay.impersonation)
+        updater = BellmanUpdater(
+            buffers,
+            learner.targets,
+            c.cem_bellman,
+            c.learner.gamma,
+            c.replay.batch_size,
+            c.replay.success_ratio,
+            c.replay.rebalance,
+            c.seed,
+        )
+        reader = EpisodeReader(p.store, must_exist=False)
+        spec = FleetSpec(
+            store=str(p.store),
+            robots=c.robots,
+            episodes_per_robot=None,
+            collect=dataclasses.replace(c.collect, max_steps=c.sim.max_steps),
+            sim=dataclasses.asdict(c.sim),
+            seed=c.seed + 17 * len(self.history),
+            weights_dir=str(p.weights),
+            switch_file=str(p.switch),
+            epsilon=c.epsilon,
+            noise_std=c.noise_std,
+            max_rate=c.max_collect_rate,
+        )
+        stop_fleet = threading.Event()
+        fleet_summary: dict[str, Any] = {}
+
+        def fleet() -> None:
+            fleet_summary.update(run_fleet(spec, should_stop=stop_fleet.is_set))
+
+        p.store.mkdir(parents=True, exist_ok=True)
+        thread = threading.Thread(target=fleet, name="fleet", daemon=True)
+        thread.start()
+        self._log(f"fleet started: {c.robots} robot process(es) -> {p.store}")
+        from tqdm import tqdm
+
+        bar = tqdm(
+            desc="mtopt run", unit="step", total=c.max_learner_steps or None, initial=learner.step
+        )
+        ingested, since_sd, recent = 0, 0, []
+        last_eval_step = learner.step
+        deadline = t_start + c.budget_minutes * 60
+        stats: dict[str, float] = {}
+        try:
+            while True:
+                eps = reader.poll()
+                if eps:
+                    ingested += replay.ingest(replay_items(eps))
+                    since_sd += len(eps)
+                    recent.extend(eps)
+                    recent = recent[-5 * max(1, c.sd.label_budget_per_round) :]
+                if c.max_episodes and ingested >= c.max_episodes:
+                    stop_fleet.set()
+                if c.sd.improve_every_episodes and since_sd >= c.sd.improve_every_episodes:
+                    sd, sd_labels = self.improve_sd(sd, recent, sd_labels)
+                    replay.set_reward_model(sd)
+                    since_sd = 0
+                if len(buffers) >= min(
+                    c.replay.min_episodes, max(1, c.max_episodes or c.replay.min_episodes)
+                ):
+                    batch = updater.make_batch()
+                    stats = learner.train_step(batch, self.registry.names)
+                    bar.update(1)
+                    if learner.step % c.publish_every == 0:
+                        learner.publish(p.weights)
+                    if learner.step % c.checkpoint_every == 0:
+                        learner.save_checkpoint(
+                            p.checkpoint, {"history": self.history, "sd_labels": sd_labels}
+                        )
+                    if learner.step - last_eval_step >= c.eval.every_steps:
+                        last_eval_step = learner.step
+                        self._evaluate(learner, scripted, ingested, t_start, sd, stats)
+                    bar.set_postfix(
+                        episodes=ingested,
+                        sd=f"v{sd.version}",
+                        q=f"v{learner.version}",
+                        loss=f"{stats.get('loss', 0):.3f}",
+                    )
+                elif not thread.is_alive():
+                    break
+                else:
+                    time.sleep(0.2)
+                if time.time() > deadline or (
+                    c.max_learner_steps and learner.step >= c.max_learner_steps
+                ):
+                    break
+        except KeyboardInterrupt:
+            self._log("interrupted: checkpointing and writing the report")
+        finally:
+            bar.close()
+            stop_fleet.set()
+            thread.join(timeout=60)
+        for e in reader.poll():  # episodes flushed while stopping
+            ingested += replay.ingest(replay_items([e]))
+        learner.publish(p.weights)
+        self._evaluate(learner, scripted, ingested, t_start, sd, stats)
+        learner.save_checkpoint(p.checkpoint, {"history": self.history, "sd_labels": sd_labels})
+        summary = {
+            "episodes": ingested,
+            "learner_steps": learner.step,
+            "q_version": learner.version,
+            "sd_version": sd.version,
+            "sd_episode_labels": sd_labels,
+            "wall_minutes": round((time.time() - t_start) / 60, 2),
+            "final": self.history[-1] if self.history else {},
+            "scripted": scripted,
+            "composition": {
+                t: {
+                    "original": replay.stats.collected.get(t, 0),
+                    "impersonated": replay.stats.impersonated.get(t, 0),
+                    "successes": replay.stats.impersonated_success.get(t, 0),
+                }
+                for t in self.registry.names
+            },
+            "buffer_sizes": {t: list(v) for t, v in buffers.sizes().items()},
+            "fleet": fleet_summary,
+        }
+        from mtopt.runtime.report import write_report
+
+        write_report(self, summary, updater)
+        atomic_write_json(p.root / "summary.json", summary)
+        return summary
+
+    def _evaluate(
+        self,
+        learner: Learner,
+        scripted: dict[str, float],
+        episodes: int,
+        t0: float,
+        sd: SuccessDetector,
+        stats: dict[str, float],
+    ) -> None:
+        learned = self.evaluate_learned(learner)
+        point = {
+            "step": learner.step,
+            "episodes": episodes,
+            "wall_s": round(time.time() - t0, 1),
+            "success": learned,
+            "scripted": scripted,
+            "sd_version": sd.version,
+            "q_version": learner.version,
+            "loss": stats.get("loss"),
+        }
+        self.history.append(point)
+        atomic_write_json(self.paths.history, self.history)
+        atomic_write_json(
+            self.paths.switch,
+            switch_table(learned, scripted, self.registry, self.cfg.parity_margin),
+        )
+        self._log(
+            f"eval @ step {learner.step}, {episodes} episodes: "
+            + ", ".join(f"{k}={v:.2f}" for k, v in learned.items())
+        )

@@ -1,0 +1,134 @@
+"""Supervised training and evaluation of the multi-task success detector."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from mtopt.success.data import LabeledSet
+from mtopt.success.network import SDNetConfig, SuccessDetector, SuccessNet
+
+
+@dataclass(frozen=True)
+class SDTrainConfig:
+    steps: int = 1500
+    """SGD steps."""
+    batch_size: int = 64
+    """Images per step (each labeled for up to all tasks)."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    shift: int = 3
+    """Random translation augmentation (pixels)."""
+    jitter: float = 0.1
+    """Brightness/contrast jitter (fraction)."""
+    seed: int = 0
+
+
+def augment(images: torch.Tensor, shift: int, jitter: float, g: torch.Generator) -> torch.Tensor:
+    """Random shift (replicate padding) + per-image brightness/contrast jitter; uint8 in/out."""
+    n, h, w, _ = images.shape
+    x = images.permute(0, 3, 1, 2).float()
+    if shift:
+        x = F.pad(x, (shift,) * 4, mode="replicate")
+        dx = torch.randint(0, 2 * shift + 1, (n,), generator=g)
+        dy = torch.randint(0, 2 * shift + 1, (n,), generator=g)
+        rows = (dy[:, None] + torch.arange(h)[None]).clamp(max=h + 2 * shift - 1)
+        cols = dx[:, None] + torch.arange(w)[None]
+        x = x[
+            torch.arange(n)[:, None, None, None],
+            torch.arange(3)[None, :, None, None],
+            rows[:, None, :, None],
+            cols[:, None, None, :],
+        ]
+    if jitter:
+        b = 1 + (torch.rand(n, 1, 1, 1, generator=g) * 2 - 1) * jitter
+        c = (torch.rand(n, 1, 1, 1, generator=g) * 2 - 1) * jitter * 255
+        x = x * b + c
+    return x.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def train_sd(
+    data: LabeledSet,
+    cfg: SDTrainConfig = SDTrainConfig(),
+    net_cfg: SDNetConfig | None = None,
+    init: SuccessNet | None = None,
+    progress: bool = False,
+) -> SuccessNet:
+    """Train (or fine-tune ``init``) on ``data`` with class-balanced, masked BCE."""
+    if len(data) == 0:
+        raise ValueError("no labeled examples to train the success detector on")
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+    net = init or SuccessNet(
+        net_cfg or SDNetConfig(num_tasks=len(data.tasks), image_size=data.images.shape[1])
+    )
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    images = torch.from_numpy(data.images)
+    labels = torch.from_numpy(data.labels)
+    mask = torch.from_numpy(data.mask).float()
+    pos = (labels * mask).sum(0)
+    neg = ((1 - labels) * mask).sum(0)
+    # weight positives and negatives of every task equally (balanced accuracy is the goal)
+    w_pos = (pos + neg) / (2 * pos.clamp(min=1))
+    w_neg = (pos + neg) / (2 * neg.clamp(min=1))
+    steps = range(cfg.steps)
+    if progress:
+        from tqdm import tqdm
+
+        steps = tqdm(steps, desc="training SD", unit="step")
+    for _ in steps:
+        idx = torch.randint(0, len(data), (min(cfg.batch_size, len(data)),), generator=g)
+        x = augment(images[idx], cfg.shift, cfg.jitter, g)
+        y, m = labels[idx], mask[idx]
+        logits = net.logits_all(x)
+        weight = m * (y * w_pos + (1 - y) * w_neg)
+        loss = (
+            F.binary_cross_entropy_with_logits(logits, y, reduction="none") * weight
+        ).sum() / m.sum().clamp(min=1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+def evaluate_sd(
+    detector: SuccessDetector, data: LabeledSet, threshold: float = 0.5, bins: int = 10
+) -> dict[str, dict[str, Any]]:
+    """Per-task accuracy, balanced accuracy, precision, recall, ECE, confusion counts."""
+    probs = detector.score(data.images) if len(data) else np.zeros((0, len(detector.tasks)))
+    out: dict[str, dict[str, Any]] = {}
+    for j, task in enumerate(data.tasks):
+        k = detector.task_index(task)
+        m = data.mask[:, j]
+        y = data.labels[m, j] > 0.5
+        p = probs[m, k]
+        pred = p >= threshold
+        tp, tn = int((pred & y).sum()), int((~pred & ~y).sum())
+        fp, fn = int((pred & ~y).sum()), int((~pred & y).sum())
+        n = len(y)
+        tpr = tp / (tp + fn) if tp + fn else float("nan")
+        tnr = tn / (tn + fp) if tn + fp else float("nan")
+        ece = 0.0
+        if n:
+            edges = np.linspace(0, 1, bins + 1)
+            for lo, hi in itertools.pairwise(edges):
+                sel = (p >= lo) & ((p < hi) | (hi == 1.0))
+                if sel.any():
+                    ece += sel.mean() * abs(p[sel].mean() - y[sel].mean())
+        out[task] = {
+            "n": n,
+            "positives": int(y.sum()),
+            "accuracy": (tp + tn) / n if n else float("nan"),
+            "balanced_accuracy": float(np.nanmean([tpr, tnr])) if n else float("nan"),
+            "precision": tp / (tp + fp) if tp + fp else float("nan"),
+            "recall": tpr,
+            "ece": float(ece),
+            "confusion": {"tp": tp, "fp": fp, "tn": tn, "fn": fn},
+        }
+    return out
