@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtopt.qtopt.bellman import cem_argmax
-from mtopt.qtopt.cem import CEMConfig
+from mtopt.qtopt.cem import CEMConfig, cem_argmax
 from mtopt.qtopt.learner import load_network
 from mtopt.qtopt.networks import QNetwork
 from mtopt.qtopt.weights import load_latest, read_latest

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mtopt.qtopt.cem import CEMConfig, cem_maximize, repeat_rows
+from mtopt.qtopt.cem import CEMConfig, cem_argmax, precision_context
 from mtopt.qtopt.networks import QNetwork
 
 
@@ -63,34 +63,6 @@ def bellman_targets(
 
 
 @torch.no_grad()
-def cem_argmax(
-    net: QNetwork,
-    images: torch.Tensor,
-    states: torch.Tensor,
-    task_idx: torch.Tensor,
-    cfg: CEMConfig,
-    generator: torch.Generator | None = None,
-    feats: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """a* = argmax_a Q(s, a, task) by CEM, batched over states; tower once per state.
-
-    Returns (actions (B, 6), tower features (B, C, m, m)).
-    """
-    if feats is None:
-        feats = net.tower(images)
-    b, n = feats.shape[0], cfg.samples
-    f_rep, s_rep, t_rep = repeat_rows(feats, n), repeat_rows(states, n), repeat_rows(task_idx, n)
-
-    def score(actions: torch.Tensor) -> torch.Tensor:
-        return net.logits_from_features(f_rep, s_rep, actions.reshape(b * n, -1), t_rep).reshape(
-            b, n
-        )
-
-    best, _ = cem_maximize(score, b, cfg, generator, device=feats.device)
-    return best, feats
-
-
-@torch.no_grad()
 def next_state_values(
     target_nets: Sequence[QNetwork],
     next_images: torch.Tensor,
@@ -99,11 +71,15 @@ def next_state_values(
     cfg: CEMConfig,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """min_k Q_k(s', a*, task) with a* from CEM over ``target_nets[0]``."""
-    a_star, feats0 = cem_argmax(target_nets[0], next_images, next_states, task_idx, cfg, generator)
-    qs = [target_nets[0].head(feats0, next_states, a_star, task_idx)]
-    for net in target_nets[1:]:
-        qs.append(net(next_images, next_states, a_star, task_idx))
+    """min_k Q_k(s', a*, task) with a* from CEM over ``target_nets[0]``.
+
+    Q_0(s', a*) is the best score CEM found; every other net runs once at a*.
+    """
+    a_star, q0 = cem_argmax(target_nets[0], next_images, next_states, task_idx, cfg, generator)
+    qs = [q0]
+    with precision_context(cfg.precision, next_images.device):
+        for net in target_nets[1:]:
+            qs.append(net(next_images, next_states, a_star, task_idx).float())
     return torch.stack(qs).min(0).values
 
 

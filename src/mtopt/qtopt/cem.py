@@ -9,11 +9,15 @@ per-sample Python loop.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
+from mtopt.qtopt.networks import QNetwork
 from mtopt.robots.action import ACTION_DIM, BINARY_DIMS, CONTINUOUS_DIMS
 
 N_CONT = len(CONTINUOUS_DIMS)
@@ -35,6 +39,9 @@ class CEMConfig:
     """Standard-deviation floor (variance 1e-4)."""
     min_prob: float = 0.02
     """Probability floor for the binary commands."""
+    precision: Literal["fp32", "bf16", "auto"] = "auto"
+    """Arithmetic of the Q evaluations: bf16 autocast is ~2-3x faster on CPUs with AMX;
+    'auto' picks bf16 only where the CPU has AMX tiles, fp32 elsewhere."""
 
     def validate(self) -> CEMConfig:
         if not 1 <= self.elites <= self.samples:
@@ -43,7 +50,34 @@ class CEMConfig:
             )
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if self.precision not in ("fp32", "bf16", "auto"):
+            raise ValueError(f"precision must be 'fp32', 'bf16' or 'auto', got {self.precision!r}")
         return self
+
+
+@functools.cache
+def has_fast_bf16() -> bool:
+    """True where bf16 matmuls/convs are native (x86 AMX tiles)."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except Exception:  # private API: absent means no
+        return False
+
+
+def use_bf16(precision: str, device: torch.device | str = "cpu") -> bool:
+    if torch.device(device).type != "cpu":
+        return precision == "bf16"
+    return precision == "bf16" or (precision == "auto" and has_fast_bf16())
+
+
+@contextlib.contextmanager
+def precision_context(precision: str, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Autocast to bf16 when ``precision`` asks for it (see ``CEMConfig.precision``)."""
+    if use_bf16(precision, device):
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+            yield
+    else:
+        yield
 
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
@@ -90,3 +124,58 @@ def cem_maximize(
 def repeat_rows(x: torch.Tensor, n: int) -> torch.Tensor:
     """(B, ...) -> (B*n, ...) with every row repeated n times consecutively."""
     return x.repeat_interleave(n, dim=0)
+
+
+@torch.no_grad()
+def cem_argmax(
+    net: QNetwork,
+    images: torch.Tensor,
+    states: torch.Tensor,
+    task_idx: torch.Tensor,
+    cfg: CEMConfig = CEMConfig(),
+    generator: torch.Generator | None = None,
+    feats: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """a* = argmax_a Q(s, a, task) by CEM, batched over B states.
+
+    The image tower runs once per state and the action-independent part of the merge
+    once per state (``QNetwork.candidate_context``); only the post-merge layers run per
+    candidate. Returns (a* (B, 6) float32, Q(s, a*) (B,) float32 in [0, 1]).
+    """
+    cfg.validate()
+    device = images.device if feats is None else feats.device
+    with precision_context(cfg.precision, device):
+        if feats is None:
+            feats = net.tower(images)
+        ctx = net.candidate_context(feats, states, task_idx)
+        best, logit = cem_maximize(
+            lambda a: net.candidate_logits(ctx, a).float(),
+            int(feats.shape[0]),
+            cfg,
+            generator,
+            device=device,
+        )
+    return best, torch.sigmoid(logit)
+
+
+def naive_cem_argmax(
+    net: QNetwork,
+    images: torch.Tensor,
+    states: torch.Tensor,
+    task_idx: torch.Tensor,
+    cfg: CEMConfig = CEMConfig(),
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference: the full network on every (state, candidate) pair. For tests/benchmarks."""
+    cfg.validate()
+    b, n = int(images.shape[0]), cfg.samples
+    i_rep, s_rep, t_rep = repeat_rows(images, n), repeat_rows(states, n), repeat_rows(task_idx, n)
+    with torch.no_grad(), precision_context(cfg.precision, images.device):
+        best, logit = cem_maximize(
+            lambda a: net.logits(i_rep, s_rep, a.reshape(b * n, -1), t_rep).reshape(b, n).float(),
+            b,
+            cfg,
+            generator,
+            device=images.device,
+        )
+    return best, torch.sigmoid(logit)

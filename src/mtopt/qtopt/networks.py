@@ -41,6 +41,8 @@ class QNetConfig:
     """Width of the fully connected layers."""
     head_type: HeadType = "onehot"
     """'onehot' (one output, task as input) or 'multihead' (one FC head per task)."""
+    norm: bool = True
+    """GroupNorm after every tower convolution (stabilises training on small batches)."""
 
     def validate(self) -> QNetConfig:
         if self.image_size % self.merge_size or self.image_size // self.merge_size not in (
@@ -62,8 +64,32 @@ class QNetConfig:
         return asdict(self)
 
 
-def _conv(cin: int, cout: int, stride: int = 1, k: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2), nn.ReLU(inplace=True))
+@dataclass
+class CandidateContext:
+    """Per-state, action-independent part of the post-merge computation (CEM fast path)."""
+
+    conv_feats: torch.Tensor
+    """(B, m'*m'*H): first post-merge conv of the tower features (NHWC), biases folded in."""
+    h_state: torch.Tensor
+    """(B, u): first embedding layer's pre-activation from state + task (+ bias)."""
+    w_action: torch.Tensor
+    """(u, 6): first embedding layer's weights on the action."""
+    z_to_conv: torch.Tensor
+    """(u, m'*m'*H): last embedding layer composed with the merge conv's linear map."""
+    task: torch.Tensor
+    """(B,) task indices."""
+    shape: tuple[int, int, int]
+    """(H, m', m') of the first post-merge conv's output."""
+
+
+def _conv(cin: int, cout: int, stride: int = 1, k: int = 3, norm: bool = False) -> nn.Sequential:
+    """conv -> (GroupNorm) -> ReLU. GroupNorm is per sample, so a state's tower features do
+    not depend on the other states in a batch (CEM reuses them across candidates)."""
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2)]
+    if norm:
+        layers.append(nn.GroupNorm(min(8, cout // 2) or 1, cout))
+    layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
 
 
 class ImageTower(nn.Module):
@@ -73,13 +99,24 @@ class ImageTower(nn.Module):
         super().__init__()
         c = cfg.tower_channels
         downs = {2: 1, 4: 2, 8: 3, 16: 4}[cfg.image_size // cfg.merge_size]
-        layers = [_conv(3, c, stride=2, k=5)]  # first conv halves the image
+        layers = [_conv(3, c, stride=2, k=5, norm=cfg.norm)]  # first conv halves the image
         strides = [2] * (downs - 1) + [1] * (6 - (downs - 1))
         for s in strides:
-            layers.append(_conv(c, c, stride=s))
+            layers.append(_conv(c, c, stride=s, norm=cfg.norm))
         self.net = nn.Sequential(*layers)
+        self.image_size = cfg.image_size
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images: (B, S, S, 3) uint8 in [0, 255], or float in [0, 1] as NHWC or NCHW."""
+        s = self.image_size
+        if images.ndim != 4 or (
+            tuple(images.shape[1:]) != (s, s, 3)
+            and (images.dtype == torch.uint8 or tuple(images.shape[1:]) != (3, s, s))
+        ):
+            raise ValueError(
+                f"Q-network expects images of shape (B, {s}, {s}, 3) uint8, "
+                f"got {images.dtype} {tuple(images.shape)}"
+            )
         if images.dtype == torch.uint8:
             x = images.permute(0, 3, 1, 2).float().div_(255.0)
         else:
@@ -122,20 +159,78 @@ class QNetwork(nn.Module):
     def logits_from_features(
         self, feats: torch.Tensor, state: torch.Tensor, action: torch.Tensor, task: torch.Tensor
     ) -> torch.Tensor:
-        """Post-merge part. feats (B, C, m, m); state (B, 2); action (B, 6); task (B,) int.
-
-        Returns logits (B,). Broadcasting: feats may be shared by several rows only if the
-        caller repeats it (see ``cem``), so this stays a plain batched function.
-        """
+        """Post-merge part, literally as in Fig. 9. feats (B, C, m, m); state (B, 2);
+        action (B, 6); task (B,) int. Returns logits (B,)."""
         onehot = nn.functional.one_hot(task.long(), self.cfg.num_tasks).to(feats.dtype)
         z = self.embed(torch.cat([action.to(feats.dtype), state.to(feats.dtype), onehot], dim=1))
         x = feats + z[:, :, None, None]
-        x = self.fc(self.post(x))
+        return self._output(self.fc(self.post(x)), task)
+
+    def _output(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         if self.out is not None:
             return self.out(x).squeeze(1)
         assert self.heads is not None
-        outs = torch.stack([head(x).squeeze(1) for head in self.heads], dim=1)  # (B, T)
-        return outs.gather(1, task.long()[:, None]).squeeze(1)
+        # one Python iteration per task present (never per sample)
+        out = x.new_empty(x.shape[0])
+        task = task.long()
+        for t in task.unique().tolist():
+            idx = (task == t).nonzero().squeeze(1)
+            out[idx] = self.heads[t](x.index_select(0, idx)).squeeze(1)
+        return out
+
+    # ------------------------------------------------------------ CEM fast path
+    def candidate_context(
+        self, feats: torch.Tensor, state: torch.Tensor, task: torch.Tensor
+    ) -> CandidateContext:
+        """Everything about (s, task) that does not depend on the action, once per state.
+
+        The merge (tile + add) is followed by a convolution, which is linear, so
+        conv(feats + tile(z)) = conv(feats) + L(z), with L a small linear map from the
+        C-vector z to the conv output (zero padding included, so this is exact). We run
+        conv(feats) once per state here; per candidate only L(z), folded with the last
+        embedding layer into one (u x H*m'*m') matrix, is added. The merged 8x8 map is
+        never built per candidate. Layout is NHWC so the later convs get channels_last.
+        """
+        merge_block = self.post[0]
+        assert isinstance(merge_block, nn.Sequential)
+        conv0 = merge_block[0]
+        lin1, lin2 = self.embed[0], self.embed[2]
+        assert isinstance(conv0, nn.Conv2d) and conv0.bias is not None
+        assert isinstance(lin1, nn.Linear) and isinstance(lin2, nn.Linear)
+        dt = feats.dtype
+        w0 = conv0.weight.to(dt)
+        conv_feats = nn.functional.conv2d(feats, w0, None, conv0.stride, conv0.padding)
+        c, m = feats.shape[1], feats.shape[2]
+        basis = torch.eye(c, dtype=dt, device=feats.device)[:, :, None, None].expand(c, c, m, m)
+        resp = nn.functional.conv2d(basis, w0, None, conv0.stride, conv0.padding)
+        resp = resp.permute(0, 2, 3, 1).reshape(c, -1)  # row k: NHWC conv output of tiled e_k
+        z_to_conv = lin2.weight.to(dt).T @ resp  # (u, m'*m'*H)
+        z_bias = lin2.bias.to(dt) @ resp + conv0.bias.to(dt).repeat(resp.shape[1] // w0.shape[0])
+        onehot = nn.functional.one_hot(task.long(), self.cfg.num_tasks).to(dt)
+        w1 = lin1.weight.to(dt)
+        st = torch.cat([state.to(dt), onehot], dim=1)
+        return CandidateContext(
+            conv_feats=conv_feats.permute(0, 2, 3, 1).reshape(feats.shape[0], -1) + z_bias,
+            h_state=torch.addmm(lin1.bias.to(dt), st, w1[:, ACTION_DIM:].T),
+            w_action=w1[:, :ACTION_DIM],
+            z_to_conv=z_to_conv,
+            task=task,
+            shape=(conv_feats.shape[1], conv_feats.shape[2], conv_feats.shape[3]),
+        )
+
+    def candidate_logits(self, ctx: CandidateContext, actions: torch.Tensor) -> torch.Tensor:
+        """Logits of (B, N, 6) candidate actions for B prepared states -> (B, N).
+
+        Equal, up to float rounding, to ``logits_from_features`` on repeated rows.
+        """
+        b, n, _ = actions.shape
+        ch, hh, ww = ctx.shape
+        dt = ctx.h_state.dtype
+        h = torch.relu(ctx.h_state[:, None] + actions.to(dt) @ ctx.w_action.T)  # (B, N, u)
+        x = (h @ ctx.z_to_conv).add_(ctx.conv_feats[:, None]).relu_()  # (B, N, m'*m'*H)
+        x = x.reshape(b * n, hh, ww, ch).permute(0, 3, 1, 2)  # NCHW view, channels_last
+        x = self.fc(self.post[1:](x))
+        return self._output(x, ctx.task.repeat_interleave(n)).reshape(b, n)
 
     def head(
         self, feats: torch.Tensor, state: torch.Tensor, action: torch.Tensor, task: torch.Tensor

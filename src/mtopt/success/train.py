@@ -16,7 +16,7 @@ from mtopt.success.network import SDNetConfig, SuccessDetector, SuccessNet
 
 @dataclass(frozen=True)
 class SDTrainConfig:
-    steps: int = 1500
+    steps: int = 2000
     """SGD steps."""
     batch_size: int = 64
     """Images per step (each labeled for up to all tasks)."""
