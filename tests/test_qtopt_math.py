@@ -42,6 +42,12 @@ class ConstNet(QNetwork):
     def logits_from_features(self, feats, state, action, task):  # type: ignore[no-untyped-def]
         return self.offset - ((action - self.a0) ** 2).sum(1)
 
+    def candidate_context(self, feats, state, task):  # type: ignore[no-untyped-def]
+        return None
+
+    def candidate_logits(self, ctx, actions):  # type: ignore[no-untyped-def]
+        return self.offset - ((actions - self.a0) ** 2).sum(2)
+
 
 def test_clipped_double_q_targets_by_hand() -> None:
     a0 = torch.tensor([0.2, -0.3, 0.1, 0.0, 1.0, -1.0])
@@ -57,7 +63,7 @@ def test_clipped_double_q_targets_by_hand() -> None:
         next_states=torch.zeros(b, 2),
         dones=torch.tensor([0.0, 1.0, 1.0]),
     )
-    cfg = CEMConfig(iterations=4, samples=256, elites=10)
+    cfg = CEMConfig(iterations=4, samples=256, elites=10, precision="fp32")
     out = compute_targets(
         [n1, n2], batch, gamma=0.9, cfg=cfg, generator=torch.Generator().manual_seed(0)
     )
@@ -128,3 +134,45 @@ def test_network_shapes_and_multihead() -> None:
         )
     with pytest.raises(ValueError, match="head_type"):
         QNetConfig(head_type="many").validate()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("head", ["onehot", "multihead"])
+@pytest.mark.parametrize("merge", [8, 16])
+def test_cem_fast_path_equals_fig9_merge(head: str, merge: int) -> None:
+    """conv(feats + tile(z)) folded into conv(feats) + L(z): same logits as the literal merge."""
+    cfg = QNetConfig(**{**SMALL.to_dict(), "head_type": head, "merge_size": merge})
+    net = QNetwork(cfg).eval()
+    b, n = 3, 5
+    imgs = torch.randint(0, 255, (b, 32, 32, 3), dtype=torch.uint8)
+    states, tasks = torch.rand(b, 2), torch.tensor([2, 0, 2])
+    actions = torch.rand(b, n, 6) * 2 - 1
+    with torch.no_grad():
+        feats = net.tower(imgs)
+        fast = net.candidate_logits(net.candidate_context(feats, states, tasks), actions)
+        slow = net.logits(
+            imgs.repeat_interleave(n, 0),
+            states.repeat_interleave(n, 0),
+            actions.reshape(b * n, 6),
+            tasks.repeat_interleave(n),
+        ).reshape(b, n)
+    assert torch.allclose(fast, slow, atol=1e-5), (fast - slow).abs().max()
+
+
+def test_cem_argmax_equals_naive_full_network() -> None:
+    from mtopt.qtopt.cem import cem_argmax, naive_cem_argmax
+
+    net = QNetwork(SMALL).eval()
+    imgs = torch.randint(0, 255, (4, 32, 32, 3), dtype=torch.uint8)
+    states, tasks = torch.rand(4, 2), torch.tensor([0, 1, 2, 1])
+    cfg = CEMConfig(samples=16, elites=4, precision="fp32")
+    a1, q1 = cem_argmax(net, imgs, states, tasks, cfg, torch.Generator().manual_seed(3))
+    a2, q2 = naive_cem_argmax(net, imgs, states, tasks, cfg, torch.Generator().manual_seed(3))
+    assert torch.equal(a1, a2)
+    assert torch.allclose(q1, q2, atol=1e-6)
+    assert torch.allclose(q1, net(imgs, states, a1, tasks), atol=1e-6)
+
+
+def test_bad_image_shape_is_a_clear_error() -> None:
+    net = QNetwork(SMALL)
+    with pytest.raises(ValueError, match=r"expects images of shape \(B, 32, 32, 3\) uint8"):
+        net.tower(torch.zeros(2, 64, 64, 3, dtype=torch.uint8))
