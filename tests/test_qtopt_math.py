@@ -176,3 +176,30 @@ def test_bad_image_shape_is_a_clear_error() -> None:
     net = QNetwork(SMALL)
     with pytest.raises(ValueError, match=r"expects images of shape \(B, 32, 32, 3\) uint8"):
         net.tower(torch.zeros(2, 64, 64, 3, dtype=torch.uint8))
+
+
+def test_dense_post_cache_follows_weight_updates() -> None:
+    net = QNetwork(SMALL).eval()
+    imgs = torch.randint(0, 255, (2, 32, 32, 3), dtype=torch.uint8)
+    states, tasks, actions = torch.rand(2, 2), torch.tensor([0, 1]), torch.rand(2, 3, 6)
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            feats = net.tower(imgs)
+            fast = net.candidate_logits(net.candidate_context(feats, states, tasks), actions)
+            slow = net.logits(
+                imgs.repeat_interleave(3, 0),
+                states.repeat_interleave(3, 0),
+                actions.reshape(6, 6),
+                tasks.repeat_interleave(3),
+            )
+        return fast.reshape(6), slow
+
+    fast, slow = both()
+    assert torch.allclose(fast, slow, atol=1e-5)
+    with torch.no_grad():
+        for p in net.post[3].parameters():
+            p.mul_(-2.0)  # in-place, like an optimizer step
+    fast2, slow2 = both()
+    assert not torch.allclose(slow, slow2, atol=1e-4)
+    assert torch.allclose(fast2, slow2, atol=1e-5)

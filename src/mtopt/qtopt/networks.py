@@ -12,7 +12,7 @@ is what CEM needs. ``head_type="multihead"`` replaces the single output by one
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -155,6 +155,9 @@ class QNetwork(nn.Module):
                 )
                 for _ in range(cfg.num_tasks)
             )
+        self.dense_small_convs = True
+        """CEM fast path: run the post-merge convs on <= 4x4 maps as dense matmuls."""
+        self._dense_cache: dict[str, Any] = {}
 
     def logits_from_features(
         self, feats: torch.Tensor, state: torch.Tensor, action: torch.Tensor, task: torch.Tensor
@@ -228,9 +231,62 @@ class QNetwork(nn.Module):
         dt = ctx.h_state.dtype
         h = torch.relu(ctx.h_state[:, None] + actions.to(dt) @ ctx.w_action.T)  # (B, N, u)
         x = (h @ ctx.z_to_conv).add_(ctx.conv_feats[:, None]).relu_()  # (B, N, m'*m'*H)
-        x = x.reshape(b * n, hh, ww, ch).permute(0, 3, 1, 2)  # NCHW view, channels_last
-        x = self.fc(self.post[1:](x))
+        dense = self._dense_post(dt, (ch, hh, ww)) if self.dense_small_convs else None
+        if dense is None:
+            x = x.reshape(b * n, hh, ww, ch).permute(0, 3, 1, 2)  # NCHW view, channels_last
+            x = self.fc(self.post[1:](x))
+        else:
+            x = x.reshape(b * n, -1)
+            for w, bias in dense[:-1]:
+                x = torch.addmm(bias, x, w).relu_()
+            x = torch.addmm(dense[-1][1], x, dense[-1][0]).relu_()  # fc
         return self._output(x, ctx.task.repeat_interleave(n)).reshape(b, n)
+
+    @torch.no_grad()
+    def _dense_post(
+        self, dtype: torch.dtype, shape: tuple[int, int, int]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """The post-merge convs after the first one as dense (m'm'H x m'm'H) matrices.
+
+        On a map of at most 4x4, a padded 3x3 conv is a small linear map; as one dense
+        matmul it costs <= 16/9 of the conv's FLOPs but runs far faster than a tiny conv
+        (no per-call overhead, full GEMM efficiency). Exact up to float rounding. Built
+        from the current weights and cached until any of them changes (``_version``).
+        The last entry is the first FC layer with its columns in NHWC order.
+        """
+        ch, hh, ww = shape
+        if hh * ww > 16 or self.training:
+            return None
+        params = [p for m in (*list(self.post)[1:], self.fc) for p in m.parameters()]
+        key = (dtype, shape, tuple((id(p), p._version) for p in params))
+        cached = self._dense_cache.get("post")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        d = hh * ww * ch
+        basis = torch.eye(d, dtype=torch.float32, device=params[0].device)
+        basis = basis.reshape(d, hh, ww, ch).permute(0, 3, 1, 2)  # row k: NHWC unit k
+        mats: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for block in list(self.post)[1:]:
+            conv = block[0] if isinstance(block, nn.Sequential) else None
+            if (
+                not isinstance(block, nn.Sequential)
+                or len(block) != 2
+                or not isinstance(conv, nn.Conv2d)
+                or not isinstance(block[1], nn.ReLU)
+                or conv.stride != (1, 1)
+                or conv.bias is None
+            ):
+                return None
+            resp = nn.functional.conv2d(basis, conv.weight.float(), None, 1, conv.padding)
+            w = resp.permute(0, 2, 3, 1).reshape(d, d)
+            mats.append((w.to(dtype), conv.bias.float().repeat(hh * ww).to(dtype)))
+        lin = self.fc[1]
+        if not isinstance(lin, nn.Linear):
+            return None
+        w_fc = lin.weight.float().reshape(-1, ch, hh, ww).permute(0, 2, 3, 1).reshape(-1, d)
+        mats.append((w_fc.T.contiguous().to(dtype), lin.bias.float().to(dtype)))
+        self._dense_cache["post"] = (key, mats)
+        return mats
 
     def head(
         self, feats: torch.Tensor, state: torch.Tensor, action: torch.Tensor, task: torch.Tensor
