@@ -1,0 +1,58 @@
+"""The whole loop on the tiny config, through the same code path as `mtopt run`; then resume."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mtopt.cli import app
+from mtopt.replay.buffers import TaskBuffers
+from mtopt.runtime.local import switch_table
+from mtopt.store import EpisodeReader
+from mtopt.tasks import DEFAULT_REGISTRY
+
+
+def test_switch_table_parity_and_proxies() -> None:
+    t = switch_table({"lift-any": 0.3, "place-any": 0.4}, {"lift-any": 0.1, "place-any": 0.47}, DEFAULT_REGISTRY, 0.0)
+    assert t["learned"] == ["lift-any"]
+    assert t["proxy"]["lift-ball"] == "lift-any" and "place-in-bowl" not in t["proxy"]
+
+
+@pytest.mark.timeout(900)
+def test_tiny_run_then_resume(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["run", "--config", "tiny", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["learner_steps"] >= 30 and summary["episodes"] >= 20
+    assert (out / "report" / "report.md").exists() and (out / "report" / "success_over_time.png").exists()
+    assert (out / "weights" / "q-latest.json").exists() and (out / "sd" / "sd-latest.json").exists()
+    assert json.loads((out / "config.json").read_text())["name"] == "tiny"
+    comp = summary["composition"]
+    # skill impersonation: lift episodes were shared with the other lift tasks
+    assert comp["lift-ball"]["impersonated"] >= comp["lift-ball"]["original"]
+    ids_before = {e.episode_id for e in EpisodeReader(out / "store").episodes()}
+
+    # a second run into the same directory must be an explicit resume
+    res = CliRunner().invoke(app, ["run", "--config", "tiny", "--out", str(out)])
+    assert res.exit_code == 2 and "--resume" in res.output
+    res = CliRunner().invoke(app, ["run", "--config", "tiny", "--out", str(out), "--resume", "--set", "max_learner_steps=45"])
+    assert res.exit_code == 0, res.output
+    summary2 = json.loads((out / "summary.json").read_text())
+    assert summary2["learner_steps"] >= 45  # continued from the checkpoint (30), not from 0
+    assert summary2["q_version"] > summary["q_version"]
+    ids_after = {e.episode_id for e in EpisodeReader(out / "store").episodes()}
+    assert ids_before <= ids_after  # nothing collected was lost
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) >= 2
+
+
+def test_bad_run_config_is_a_clear_error(tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["run", "--config", "huge", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "unknown config 'huge'" in res.output
+    res = CliRunner().invoke(app, ["run", "--config", "tiny", "--out", str(tmp_path), "--set", "replay.batchsize=3"])
+    assert res.exit_code == 2 and "unknown config field" in res.output
+    res = CliRunner().invoke(app, ["run", "--config", "tiny", "--out", str(tmp_path), "--network", "many"])
+    assert res.exit_code == 2 and "head_type" in res.output
+    assert isinstance(TaskBuffers(["a"]), TaskBuffers)
