@@ -1,0 +1,159 @@
+"""``mtopt sd ...``: success-detector examples, training, evaluation, labeling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(no_args_is_help=True)
+
+
+def _fail(msg: object) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def examples(
+    task: str = typer.Option("all", help="Task to stage examples for, or 'all'."),
+    n: int = typer.Option(20, min=1, help="Positive and near-miss negative scenes each."),
+    out: Path = typer.Option(
+        Path("runs/sd/examples.npz"), help="Example set file (.npz); appended to if it exists."
+    ),
+    split: str = typer.Option("train", help="Object instances: train or test."),
+    seed: int = typer.Option(0),
+    randomize: bool = typer.Option(True, help="Domain randomization (light, colours, camera)."),
+) -> None:
+    """Stage positive and near-miss final scenes (labels from the ground truth, source 'staged')."""
+    from mtopt.success.data import LabeledSet, stage_examples
+    from mtopt.tasks import DEFAULT_REGISTRY, UnknownTaskError
+
+    try:
+        tasks = DEFAULT_REGISTRY.names if task == "all" else (DEFAULT_REGISTRY.get(task).name,)
+    except UnknownTaskError as exc:
+        _fail(exc)
+    if split not in ("train", "test"):
+        _fail(f"--split must be train or test, got {split!r}")
+    data = stage_examples(DEFAULT_REGISTRY, tasks, n, split, randomize, seed, progress=True)
+    if out.exists():
+        data = LabeledSet.load(out).concat(data)
+    data.save(out)
+    typer.echo(f"{len(data)} labeled examples in {out}")
+
+
+@app.command()
+def train(
+    examples: list[Path] = typer.Option(..., help="Example set files (.npz)."),
+    out: Path = typer.Option(Path("runs/sd/weights"), help="Weights directory (versioned)."),
+    steps: int = typer.Option(2000, min=1),
+    seed: int = typer.Option(0),
+) -> None:
+    """Train the multi-task success detector and publish it as the next version."""
+    from mtopt.success.data import LabeledSet
+    from mtopt.success.network import SuccessDetector
+    from mtopt.success.train import SDTrainConfig, train_sd
+
+    try:
+        data = LabeledSet.load(examples[0])
+        for p in examples[1:]:
+            data = data.concat(LabeledSet.load(p))
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    net = train_sd(data, SDTrainConfig(steps=steps, seed=seed), progress=True)
+    sd = SuccessDetector(net, data.tasks)
+    version = SuccessDetector.latest_version(out) + 1
+    sd.publish(out, version)
+    typer.echo(f"published success detector v{version} to {out}")
+
+
+@app.command("eval")
+def eval_(
+    weights: Path = typer.Option(Path("runs/sd/weights"), help="Weights directory."),
+    examples: Path = typer.Option(..., help="Held-out example set (.npz)."),
+    plot: Path | None = typer.Option(
+        None, help="Confusion plot PNG (default: next to the examples)."
+    ),
+) -> None:
+    """Per-task accuracy table and a confusion plot."""
+    from mtopt.qtopt.weights import WeightsError
+    from mtopt.success.data import LabeledSet
+    from mtopt.success.network import SuccessDetector
+    from mtopt.success.plots import plot_confusion
+    from mtopt.success.train import evaluate_sd
+
+    try:
+        sd = SuccessDetector.load(weights)
+        data = LabeledSet.load(examples)
+        metrics = evaluate_sd(sd, data)
+    except (WeightsError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(f"success detector v{sd.version} on {len(data)} examples")
+    typer.echo(
+        f"{'task':22s} {'n':>5s} {'pos':>5s} {'acc':>6s} {'bal.acc':>8s} {'prec':>6s} {'recall':>7s} {'ece':>6s}"
+    )
+    for t, m in metrics.items():
+        typer.echo(
+            f"{t:22s} {m['n']:5d} {m['positives']:5d} {m['accuracy']:6.3f} {m['balanced_accuracy']:8.3f} "
+            f"{m['precision']:6.3f} {m['recall']:7.3f} {m['ece']:6.3f}"
+        )
+    out = plot_confusion(metrics, plot or examples.with_suffix(".confusion.png"))
+    typer.echo(f"plot: {out}")
+
+
+@app.command()
+def improve(
+    store: Path = typer.Option(..., help="Episode store with collected episodes."),
+    weights: Path = typer.Option(
+        Path("runs/sd/weights"), help="SD weights directory (initial SD must exist)."
+    ),
+    examples: Path = typer.Option(..., help="The example set the initial SD was trained on."),
+    labeler: str = typer.Option(
+        "oracle",
+        help="oracle (simulator ground truth) or human (labels file from `mtopt sd label`).",
+    ),
+    budget: int = typer.Option(100, min=1, help="Labels per task per round."),
+    rounds: int = typer.Option(3, min=1),
+    validation: Path | None = typer.Option(
+        None, help="Held-out example set for the accuracy curve."
+    ),
+    steps: int = typer.Option(600, min=1, help="Fine-tuning steps per round."),
+) -> None:
+    """Score episodes, label the most uncertain (oracle or human), retrain; plot accuracy vs labels."""
+    from mtopt.qtopt.weights import WeightsError
+    from mtopt.store.reader import StoreNotFoundError
+    from mtopt.success.improve import improve_loop
+
+    if labeler not in ("oracle", "human"):
+        _fail(f"--labeler must be oracle or human, got {labeler!r}")
+    try:
+        curve = improve_loop(store, weights, examples, labeler, budget, rounds, validation, steps)
+    except (WeightsError, StoreNotFoundError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    for row in curve:
+        typer.echo(
+            f"v{row['version']}: {row['labels_per_task']} labels/task, mean balanced accuracy {row['mean_balanced_accuracy']:.3f}"
+        )
+
+
+@app.command()
+def label(
+    store: Path = typer.Option(..., help="Episode store directory."),
+    task: str = typer.Option("lift-any", help="Task shown first."),
+    labels: Path | None = typer.Option(None, help="Labels file (default: STORE/labels.jsonl)."),
+    weights: Path | None = typer.Option(None, help="SD weights (orders the queue by uncertainty)."),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8765),
+) -> None:
+    """Serve the labeling page (http://127.0.0.1:8765/?task=TASK)."""
+    import uvicorn
+
+    from mtopt.store.reader import StoreNotFoundError
+    from mtopt.success.server import create_app
+
+    try:
+        api = create_app(store, labels or store / "labels.jsonl", weights)
+    except StoreNotFoundError as exc:
+        _fail(exc)
+    typer.echo(f"labeling page: http://{host}:{port}/?task={task}")
+    uvicorn.run(api, host=host, port=port, log_level="warning")

@@ -1,0 +1,55 @@
+"""Append-only label store (JSON lines). Each label is written, flushed and fsynced before
+the call returns, so a stopped or killed server loses nothing it acknowledged; a torn
+last line (power loss mid-write) is skipped on read."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Label:
+    episode_id: str
+    task: str
+    success: bool
+    source: str  # "human" | "oracle" | "staged"
+    timestamp: float
+
+
+class LabelStore:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def add(self, episode_id: str, task: str, success: bool, source: str = "human") -> Label:
+        label = Label(episode_id, task, bool(success), source, time.time())
+        line = (json.dumps(asdict(label)) + "\n").encode()
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return label
+
+    def all(self) -> list[Label]:
+        if not self.path.exists():
+            return []
+        out = []
+        for raw in self.path.read_text().splitlines():
+            try:
+                out.append(Label(**json.loads(raw)))
+            except (json.JSONDecodeError, TypeError):
+                continue  # torn or foreign line
+        return out
+
+    def latest(self) -> dict[tuple[str, str], Label]:
+        """The most recent label per (episode, task): relabeling overrides."""
+        return {(lab.episode_id, lab.task): lab for lab in self.all()}

@@ -1,0 +1,94 @@
+"""The labeling page end to end in headless Debian Chromium: label with clicks and keys,
+restart the server, the labels are still there."""
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+from tests.test_success import _store
+
+from mtopt.success.labels import LabelStore
+from mtopt.success.server import create_app
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, app: object, port: int):
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "Server":
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.mark.timeout(180)
+def test_label_with_clicks_and_keys_then_restart(tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    store = _store(tmp_path)
+    labels = tmp_path / "labels.jsonl"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/?task=lift-any"
+    args = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--disable-sync",
+    ]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=args, headless=True)
+        page = browser.new_page()
+        with Server(create_app(store, labels), port):
+            page.goto(url)
+            page.wait_for_function(
+                "document.getElementById('status').textContent.includes('3 to go')", timeout=15000
+            )
+            page.click("#yes")  # mouse
+            page.wait_for_function(
+                "document.getElementById('status').textContent.includes('1 labeled')", timeout=15000
+            )
+            page.keyboard.press("n")  # keyboard shortcut
+            page.wait_for_function(
+                "document.getElementById('status').textContent.includes('2 labeled')", timeout=15000
+            )
+            page.screenshot(path=str(tmp_path / "page.png"))
+        saved = LabelStore(labels).all()
+        assert [lab.success for lab in saved] == [True, False]
+        assert all(lab.source == "human" and lab.task == "lift-any" for lab in saved)
+        # restart the server on the same labels file: the page shows them as done
+        with Server(create_app(store, labels), port):
+            page.goto(url)
+            page.wait_for_function(
+                "document.getElementById('status').textContent.includes('2 labeled, 1 to go')",
+                timeout=15000,
+            )
+        browser.close()
+    assert len(LabelStore(labels).all()) == 2

@@ -1,0 +1,143 @@
+"""Success detector: training beats chance on held-out data, labels persist, the page's API
+rejects bad requests, bad inputs give clear errors."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from tests.test_store import make_episode
+
+from mtopt.qtopt.weights import WeightsError
+from mtopt.store import EpisodeWriter
+from mtopt.success.data import LabeledSet
+from mtopt.success.improve import select_uncertain
+from mtopt.success.labels import LabelStore
+from mtopt.success.network import SDNetConfig, SuccessDetector, SuccessNet
+from mtopt.success.server import create_app
+from mtopt.success.train import SDTrainConfig, evaluate_sd, train_sd
+
+torch.set_num_threads(1)
+TASKS = ("bright", "red")
+SMALL = SDNetConfig(
+    num_tasks=2,
+    image_size=16,
+    tower_channels=8,
+    merge_size=4,
+    head_channels=8,
+    head_convs=2,
+    fc_units=16,
+)
+
+
+def synthetic(n: int, seed: int) -> LabeledSet:
+    """Task 'bright': mean brightness high; task 'red': a red square somewhere."""
+    rng = np.random.default_rng(seed)
+    imgs = rng.integers(0, 90, (n, 16, 16, 3)).astype(np.uint8)
+    bright = rng.random(n) < 0.5
+    red = rng.random(n) < 0.5
+    imgs[bright] += 120
+    for i in np.flatnonzero(red):
+        x, y = rng.integers(0, 12, 2)
+        imgs[i, y : y + 4, x : x + 4] = (255, 0, 0)
+    labels = np.stack([bright, red], 1).astype(np.float32)
+    return LabeledSet(
+        TASKS,
+        imgs,
+        labels,
+        np.ones((n, 2), bool),
+        np.array([f"x{i}" for i in range(n)]),
+        np.array(["staged"] * n),
+        np.zeros(n, bool),
+    )
+
+
+def test_tiny_training_beats_chance_on_held_out() -> None:
+    net = train_sd(
+        synthetic(256, 0), SDTrainConfig(steps=250, batch_size=32, shift=1), net_cfg=SMALL
+    )
+    sd = SuccessDetector(net, TASKS)
+    m = evaluate_sd(sd, synthetic(128, 1))
+    assert m["bright"]["balanced_accuracy"] > 0.85
+    assert m["red"]["balanced_accuracy"] > 0.7
+
+
+def test_publish_load_and_clear_errors(tmp_path: Path) -> None:
+    sd = SuccessDetector(SuccessNet(SMALL), TASKS)
+    sd.publish(tmp_path, 1)
+    back = SuccessDetector.load(tmp_path)
+    assert back.version == 1 and back.tasks == TASKS
+    imgs = np.zeros((3, 16, 16, 3), np.uint8)
+    assert np.allclose(back.score(imgs), sd.score(imgs))
+    with pytest.raises(ValueError, match=r"expects uint8 images of shape \(N, 16, 16, 3\)"):
+        back.score(np.zeros((3, 32, 32, 3), np.uint8))
+    with pytest.raises(ValueError, match="unknown task 'fly'"):
+        back.task_index("fly")
+    with pytest.raises(WeightsError, match="no success detector weights"):
+        SuccessDetector.load(tmp_path / "none")
+    with pytest.raises(WeightsError, match="different architecture"):
+        SuccessDetector.load(tmp_path, expected_tasks=["a", "b", "c"])
+
+
+def test_uncertainty_selection_by_hand() -> None:
+    probs = np.array([[0.9, 0.5], [0.55, 0.1], [0.4, 0.45]])
+    already = np.array([[False, False], [False, False], [True, False]])
+    picks = select_uncertain(probs, already, 2)
+    assert picks[0].tolist() == [1, 0]  # row 2 already labeled for task 0
+    assert picks[1].tolist() == [0, 2]
+
+
+def test_label_store_survives_restart_and_torn_lines(tmp_path: Path) -> None:
+    store = LabelStore(tmp_path / "labels.jsonl")
+    store.add("e1", "lift-any", True)
+    store.add("e1", "lift-any", False)  # relabel: the latest wins
+    with open(tmp_path / "labels.jsonl", "a") as f:
+        f.write('{"episode_id": "e2", "tas')  # torn write
+    again = LabelStore(tmp_path / "labels.jsonl")
+    assert len(again.all()) == 2
+    assert again.latest()[("e1", "lift-any")].success is False
+
+
+def _store(tmp_path: Path) -> Path:
+    with EpisodeWriter(tmp_path / "store", "r0") as w:
+        for i in range(3):
+            e = make_episode(i)
+            w.write(e)
+    return tmp_path / "store"
+
+
+def test_label_api_and_bad_requests(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    client = TestClient(create_app(store, tmp_path / "labels.jsonl"))
+    q = client.get("/api/queue", params={"task": "lift-any"}).json()
+    assert q["remaining"] == 3 and q["labeled"] == 0
+    eid = q["items"][0]["episode_id"]
+    assert client.get(f"/api/episodes/{eid}/final.png").content[:4] == b"\x89PNG"
+    assert (
+        client.post(
+            "/api/labels", json={"episode_id": eid, "task": "lift-any", "success": True}
+        ).status_code
+        == 200
+    )
+    assert client.get("/api/queue", params={"task": "lift-any"}).json()["labeled"] == 1
+    # malformed or unknown input: clear 4xx, nothing written
+    assert (
+        client.post(
+            "/api/labels", json={"episode_id": eid, "task": "fly", "success": True}
+        ).status_code
+        == 400
+    )
+    assert (
+        client.post(
+            "/api/labels", json={"episode_id": "nope", "task": "lift-any", "success": True}
+        ).status_code
+        == 404
+    )
+    assert client.post("/api/labels", json={"episode_id": eid}).status_code == 422
+    assert client.post("/api/labels", content=b"{not json").status_code == 422
+    assert client.get("/api/queue", params={"task": "fly"}).status_code == 400
+    # nothing outside the store is served: paths are ids, traversal finds no episode
+    assert client.get("/api/episodes/..%2F..%2Fetc%2Fpasswd/final.png").status_code == 404
+    assert client.get("/api/episodes/../../pyproject.toml").status_code == 404
+    assert len(LabelStore(tmp_path / "labels.jsonl").all()) == 1
