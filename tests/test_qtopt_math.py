@@ -140,7 +140,9 @@ def test_network_shapes_and_multihead() -> None:
 @pytest.mark.parametrize("merge", [8, 16])
 def test_cem_fast_path_equals_fig9_merge(head: str, merge: int) -> None:
     """conv(feats + tile(z)) folded into conv(feats) + L(z): same logits as the literal merge."""
-    cfg = QNetConfig(**{**SMALL.to_dict(), "head_type": head, "merge_size": merge})
+    cfg = QNetConfig(
+        **{**SMALL.to_dict(), "head_type": head, "merge_size": merge, "head_channels": 6}
+    )
     net = QNetwork(cfg).eval()
     b, n = 3, 5
     imgs = torch.randint(0, 255, (b, 32, 32, 3), dtype=torch.uint8)

@@ -105,6 +105,8 @@ class ImageTower(nn.Module):
             layers.append(_conv(c, c, stride=s, norm=cfg.norm))
         self.net = nn.Sequential(*layers)
         self.image_size = cfg.image_size
+        self.channels_last = True
+        """Run the convolutions in NHWC memory layout (faster on CPU; a benchmark switch)."""
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images: (B, S, S, 3) uint8 in [0, 255], or float in [0, 1] as NHWC or NCHW."""
@@ -121,8 +123,8 @@ class ImageTower(nn.Module):
             x = images.permute(0, 3, 1, 2).float().div_(255.0)
         else:
             x = images.permute(0, 3, 1, 2) if images.shape[-1] == 3 else images
-        x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x - 0.5)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return self.net(x.contiguous(memory_format=fmt) - 0.5)
 
 
 class QNetwork(nn.Module):
@@ -194,32 +196,57 @@ class QNetwork(nn.Module):
         embedding layer into one (u x H*m'*m') matrix, is added. The merged 8x8 map is
         never built per candidate. Layout is NHWC so the later convs get channels_last.
         """
-        merge_block = self.post[0]
-        assert isinstance(merge_block, nn.Sequential)
-        conv0 = merge_block[0]
-        lin1, lin2 = self.embed[0], self.embed[2]
-        assert isinstance(conv0, nn.Conv2d) and conv0.bias is not None
-        assert isinstance(lin1, nn.Linear) and isinstance(lin2, nn.Linear)
         dt = feats.dtype
-        w0 = conv0.weight.to(dt)
+        w0, z_to_conv, z_bias, w_action, w_state, b1 = self._merge_maps(dt, feats.shape[2])
+        conv0 = self._merge_conv()
         conv_feats = nn.functional.conv2d(feats, w0, None, conv0.stride, conv0.padding)
-        c, m = feats.shape[1], feats.shape[2]
-        basis = torch.eye(c, dtype=dt, device=feats.device)[:, :, None, None].expand(c, c, m, m)
-        resp = nn.functional.conv2d(basis, w0, None, conv0.stride, conv0.padding)
-        resp = resp.permute(0, 2, 3, 1).reshape(c, -1)  # row k: NHWC conv output of tiled e_k
-        z_to_conv = lin2.weight.to(dt).T @ resp  # (u, m'*m'*H)
-        z_bias = lin2.bias.to(dt) @ resp + conv0.bias.to(dt).repeat(resp.shape[1] // w0.shape[0])
         onehot = nn.functional.one_hot(task.long(), self.cfg.num_tasks).to(dt)
-        w1 = lin1.weight.to(dt)
         st = torch.cat([state.to(dt), onehot], dim=1)
         return CandidateContext(
             conv_feats=conv_feats.permute(0, 2, 3, 1).reshape(feats.shape[0], -1) + z_bias,
-            h_state=torch.addmm(lin1.bias.to(dt), st, w1[:, ACTION_DIM:].T),
-            w_action=w1[:, :ACTION_DIM],
+            h_state=torch.addmm(b1, st, w_state),
+            w_action=w_action,
             z_to_conv=z_to_conv,
             task=task,
             shape=(conv_feats.shape[1], conv_feats.shape[2], conv_feats.shape[3]),
         )
+
+    def _merge_conv(self) -> nn.Conv2d:
+        block = self.post[0]
+        assert isinstance(block, nn.Sequential)
+        conv = block[0]
+        assert isinstance(conv, nn.Conv2d) and conv.bias is not None
+        return conv
+
+    @torch.no_grad()
+    def _merge_maps(self, dt: torch.dtype, m: int) -> tuple[torch.Tensor, ...]:
+        """Weight-only matrices of the folded merge, cached until a weight changes."""
+        conv0 = self._merge_conv()
+        lin1, lin2 = self.embed[0], self.embed[2]
+        assert isinstance(lin1, nn.Linear) and isinstance(lin2, nn.Linear)
+        params = [*conv0.parameters(), *lin1.parameters(), *lin2.parameters()]
+        key = (dt, m, tuple((id(p), p._version) for p in params))
+        cached = self._dense_cache.get("merge")
+        if cached is not None and cached[0] == key:
+            return tuple(cached[1])
+        c = lin2.out_features
+        basis = torch.eye(c, device=conv0.weight.device)[:, :, None, None].expand(c, c, m, m)
+        resp = nn.functional.conv2d(basis, conv0.weight.float(), None, conv0.stride, conv0.padding)
+        resp = resp.permute(0, 2, 3, 1).reshape(c, -1)  # row k: NHWC conv output of tiled e_k
+        assert conv0.bias is not None
+        maps = (
+            conv0.weight.to(dt),
+            (lin2.weight.float().T @ resp).to(dt),  # (u, m'*m'*H)
+            (
+                lin2.bias.float() @ resp
+                + conv0.bias.float().repeat(resp.shape[1] // conv0.out_channels)
+            ).to(dt),
+            lin1.weight[:, :ACTION_DIM].to(dt),
+            lin1.weight[:, ACTION_DIM:].T.contiguous().to(dt),
+            lin1.bias.to(dt),
+        )
+        self._dense_cache["merge"] = (key, maps)
+        return maps
 
     def candidate_logits(self, ctx: CandidateContext, actions: torch.Tensor) -> torch.Tensor:
         """Logits of (B, N, 6) candidate actions for B prepared states -> (B, N).

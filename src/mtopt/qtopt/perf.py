@@ -1,0 +1,40 @@
+"""Small measuring helpers shared by the qtopt benchmarks (timing, FLOP counting, peak)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def time_call(fn: Callable[[], object], min_time: float = 0.5, warmup: int = 2) -> float:
+    """Median seconds per call of ``fn`` over repeated short windows (robust to noise)."""
+    for _ in range(warmup):
+        fn()
+    samples: list[float] = []
+    start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+        if time.perf_counter() - start >= min_time and len(samples) >= 3:
+            break
+    return statistics.median(samples)
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs PyTorch's flop counter attributes to one call of ``fn`` (matmuls and convs)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def matmul_peak(n: int = 2048, dtype: torch.dtype = torch.float32, min_time: float = 1.0) -> float:
+    """Dense n x n matmul FLOP/s on this machine with the current thread setting."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    dt = time_call(lambda: torch.mm(a, b), min_time=min_time)
+    return 2.0 * n**3 / dt
