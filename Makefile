@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 run: setup
 	$(BIN)/mtopt sim demo --task lift-any --episodes 4 --out runs/demo
+	if [ -f runs/local/checkpoints/learner.pt ]; then $(BIN)/mtopt run --config local --out runs/local --resume; \
+	else $(BIN)/mtopt run --config local --out runs/local; fi
 
 test: setup
 	$(BIN)/python -m pytest -m "not slow" -q
