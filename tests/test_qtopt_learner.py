@@ -123,3 +123,26 @@ def test_contextual_bandit_is_learned() -> None:
             worst[0, 0] = -worst[0, 0]
             q_worst = net(img, torch.zeros(1, 2), worst, torch.tensor([task]))
             assert q.item() > 0.5 and q.item() - q_worst.item() > 0.3
+
+
+def test_tensorboard_scalars_and_batch_checks(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    learner = Learner(SMALL, LearnerConfig(log_every=2), logdir=tmp_path / "tb")
+    for i in range(4):
+        learner.train_step(batch(i), ("lift", "place"))
+    learner.close()
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"learner/loss", "learner/q_mean", "q_per_task/lift", "q_per_task/place"} <= tags
+    assert [e.step for e in acc.Scalars("learner/loss")] == [2, 4]
+    bad = batch(0)
+    with pytest.raises(ValueError, match=r"targets must be .* in \[0, 1\]"):
+        learner.train_step(
+            TrainBatch(bad.images, bad.states, bad.actions, bad.task_idx, bad.targets * 3)
+        )
+    with pytest.raises(ValueError, match=r"task_idx must lie in \[0, 2\)"):
+        learner.train_step(
+            TrainBatch(bad.images, bad.states, bad.actions, bad.task_idx + 5, bad.targets)
+        )

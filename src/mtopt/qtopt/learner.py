@@ -19,6 +19,7 @@ import torch
 
 from mtopt._io import atomic_write_bytes
 from mtopt.qtopt.bellman import TrainBatch
+from mtopt.qtopt.cem import precision_context
 from mtopt.qtopt.loss import q_loss
 from mtopt.qtopt.networks import QNetConfig, QNetwork
 from mtopt.qtopt.weights import WeightsError, check_config, publish, split_prefixed
@@ -42,6 +43,12 @@ class LearnerConfig:
     """Max gradient norm (0: off)."""
     seed: int = 0
     """Seed of the network initialisation."""
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    """Forward pass under bf16 autocast ('auto': only on CPUs with AMX). Weights, Adam
+    state and the loss stay fp32. With the tower's GroupNorm (QNetConfig.norm) bf16 is
+    no faster on CPU; without it, ~2.4x (see benchmarks/learner_speed.py)."""
+    log_every: int = 25
+    """Steps between TensorBoard scalars."""
 
 
 class Learner:
@@ -69,8 +76,12 @@ class Learner:
     def train_step(
         self, batch: TrainBatch, task_names: tuple[str, ...] | None = None
     ) -> dict[str, float]:
+        self._check(batch)
         self.online.train()
-        logits = self.online.logits(batch.images, batch.states, batch.actions, batch.task_idx)
+        with precision_context(self.cfg.precision, batch.images.device):
+            logits = self.online.logits(
+                batch.images, batch.states, batch.actions, batch.task_idx
+            ).float()
         loss = q_loss(logits, batch.targets)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -88,6 +99,22 @@ class Learner:
         }
         self._log(stats, q, batch, task_names)
         return stats
+
+    def _check(self, batch: TrainBatch) -> None:
+        n = len(batch)
+        if n == 0:
+            raise ValueError("empty training batch")
+        t = batch.task_idx
+        if int(t.min()) < 0 or int(t.max()) >= self.qnet_cfg.num_tasks:
+            raise ValueError(
+                f"task_idx must lie in [0, {self.qnet_cfg.num_tasks}), got {int(t.min())}..{int(t.max())}"
+            )
+        y = batch.targets
+        if y.shape != (n,) or not bool(((y >= 0) & (y <= 1)).all()):
+            raise ValueError(
+                f"targets must be ({n},) values in [0, 1] (Q is a sigmoid), got shape "
+                f"{tuple(y.shape)}, range {float(y.min()):.3g}..{float(y.max()):.3g}"
+            )
 
     @torch.no_grad()
     def _update_targets(self) -> None:
@@ -110,7 +137,7 @@ class Learner:
         batch: TrainBatch,
         task_names: tuple[str, ...] | None,
     ) -> None:
-        if self._logdir is None or self.step % 25:
+        if self._logdir is None or self.step % self.cfg.log_every:
             return
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
@@ -122,6 +149,15 @@ class Learner:
             name = task_names[t] if task_names else str(t)
             mask = batch.task_idx == t
             self._writer.add_scalar(f"q_per_task/{name}", float(q[mask].mean()), self.step)
+            self._writer.add_scalar(
+                f"target_per_task/{name}", float(batch.targets[mask].mean()), self.step
+            )
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer (if any)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     # -------------------------------------------------------------- weights
     def meta(self) -> dict[str, Any]:
@@ -153,6 +189,8 @@ class Learner:
         }
 
     def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        if self._writer is not None:
+            self._writer.flush()
         buf = io.BytesIO()
         torch.save({**self.state(), "extra": extra or {}}, buf)
         return atomic_write_bytes(path, buf.getvalue())
