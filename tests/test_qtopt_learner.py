@@ -1,5 +1,6 @@
 """Learner: exact resume, weights publishing, architecture errors, a bandit that must be learned."""
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -105,20 +106,21 @@ def test_contextual_bandit_is_learned() -> None:
         r = ((a[:, 0] * want_dx > 0) & (a[:, 2] * want_dz > 0)).float()
         learner.train_step(TrainBatch(imgs, torch.zeros(n, 2), a, task, r))
     net = learner.online.eval()
-    for task in (0, 1):
-        for bright in (0, 1):
-            img = torch.full((1, 32, 32, 3), bright * 200 + 20, dtype=torch.uint8)
-            best, _ = cem_argmax(
-                net,
-                img,
-                torch.zeros(1, 2),
-                torch.tensor([task]),
-                CEMConfig(),
-                torch.Generator().manual_seed(0),
-            )
-            assert best[0, 0].item() * (1 if task == 0 else -1) > 0
-            assert best[0, 2].item() * (1 if bright else -1) > 0
+    for task, bright, precision in itertools.product((0, 1), (0, 1), ("fp32", "bf16")):
+        img = torch.full((1, 32, 32, 3), bright * 200 + 20, dtype=torch.uint8)
+        best, q_cem = cem_argmax(
+            net,
+            img,
+            torch.zeros(1, 2),
+            torch.tensor([task]),
+            CEMConfig(precision=precision),  # type: ignore[arg-type]
+            torch.Generator().manual_seed(0),
+        )
+        assert best[0, 0].item() * (1 if task == 0 else -1) > 0
+        assert best[0, 2].item() * (1 if bright else -1) > 0
+        if precision == "fp32":
             q = net(img, torch.zeros(1, 2), best, torch.tensor([task]))
+            assert q.item() == pytest.approx(q_cem.item(), abs=1e-5)
             worst = best.clone()
             worst[0, 0] = -worst[0, 0]
             q_worst = net(img, torch.zeros(1, 2), worst, torch.tensor([task]))
