@@ -47,8 +47,13 @@ def main() -> None:
     peak = matmul_peak()
     out["matmul_peak_gflops"] = round(peak / 1e9, 1)
     for b in (32, 64):
-        batch = TrainBatch(torch.randint(0, 255, (b, 64, 64, 3), dtype=torch.uint8), torch.rand(b, 2),
-                           torch.rand(b, 6) * 2 - 1, torch.randint(0, cfg.num_tasks, (b,)), torch.rand(b))
+        batch = TrainBatch(
+            torch.randint(0, 255, (b, 64, 64, 3), dtype=torch.uint8),
+            torch.rand(b, 2),
+            torch.rand(b, 6) * 2 - 1,
+            torch.randint(0, cfg.num_tasks, (b,)),
+            torch.rand(b),
+        )
         f = flops(lambda batch=batch: learner.train_step(batch))
         t = time.perf_counter()
         for _ in range(args.steps):
@@ -58,9 +63,16 @@ def main() -> None:
         out[f"train_samples_per_s_b{b}"] = round(b / dt, 1)
         out[f"train_flop_fraction_of_peak_b{b}"] = round(f / dt / peak, 3)
     b = 64
-    tr = TransitionBatch(torch.randint(0, 255, (b, 64, 64, 3), dtype=torch.uint8), torch.rand(b, 2), torch.rand(b, 6),
-                         torch.randint(0, cfg.num_tasks, (b,)), torch.zeros(b),
-                         torch.randint(0, 255, (b, 64, 64, 3), dtype=torch.uint8), torch.rand(b, 2), torch.zeros(b))
+    tr = TransitionBatch(
+        torch.randint(0, 255, (b, 64, 64, 3), dtype=torch.uint8),
+        torch.rand(b, 2),
+        torch.rand(b, 6),
+        torch.randint(0, cfg.num_tasks, (b,)),
+        torch.zeros(b),
+        torch.randint(0, 255, (b, 64, 64, 3), dtype=torch.uint8),
+        torch.rand(b, 2),
+        torch.zeros(b),
+    )
     for samples in (32, 64):
         cem = CEMConfig(samples=samples, elites=max(4, samples // 10))
         f = flops(lambda cem=cem: compute_targets(learner.targets, tr, 0.9, cem))
@@ -70,7 +82,9 @@ def main() -> None:
         dt = (time.perf_counter() - t) / 3
         out[f"bellman_targets_per_s_cem{samples}"] = round(b / dt, 1)
         out[f"bellman_flop_fraction_of_peak_cem{samples}"] = round(f / dt / peak, 3)
-    out["bellman32_over_train64_samples"] = round(out["bellman_targets_per_s_cem32"] / out["train_samples_per_s_b64"], 3)  # type: ignore[operator]
+    out["bellman32_over_train64_samples"] = round(
+        out["bellman_targets_per_s_cem32"] / out["train_samples_per_s_b64"], 3
+    )  # type: ignore[operator]
     with open(args.json, "w") as fh:
         json.dump(out, fh, indent=2)
     print(json.dumps(out, indent=2))

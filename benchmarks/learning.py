@@ -1,0 +1,89 @@
+"""Learning benchmark: per-task held-out success of the multi-task policy vs the scripted
+policies, and vs single-task models trained on the same budget on the harder tasks.
+
+Usage:
+  python benchmarks/learning.py --json OUT [--minutes 170] [--single-task lift-ball,place-in-bowl]
+        [--single-minutes 30] [--skip-single]
+
+Each arm is a separate `mtopt run` (same code path as the CLI) in OUT_DIR/<arm>; results
+are read from each run's summary.json. All success rates are simulator ground truth on
+held-out scene seeds with held-out object instances.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def run_arm(out: Path, minutes: float, sets: list[str]) -> dict:
+    cmd = [
+        sys.executable,
+        "-m",
+        "mtopt.cli",
+        "run",
+        "--config",
+        "bench",
+        "--out",
+        str(out),
+        "--minutes",
+        str(minutes),
+    ]
+    for s in sets:
+        cmd += ["--set", s]
+    t = time.time()
+    subprocess.run(cmd, check=True)
+    summary = json.loads((out / "summary.json").read_text())
+    summary["bench_wall_minutes"] = round((time.time() - t) / 60, 1)
+    return summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--minutes", type=float, default=170.0)
+    ap.add_argument("--single-task", default="lift-ball,place-in-bowl")
+    ap.add_argument(
+        "--single-minutes",
+        type=float,
+        default=None,
+        help="budget per single-task arm (default: same as multi-task)",
+    )
+    ap.add_argument("--skip-single", action="store_true")
+    ap.add_argument("--dir", default="runs/bench")
+    args = ap.parse_args()
+    root = Path(args.dir)
+    results: dict[str, object] = {}
+    multi = run_arm(root / "multitask", args.minutes, [])
+    results["multitask"] = {
+        "learned": multi["final"].get("success", {}),
+        "scripted": multi["scripted"],
+        "episodes": multi["episodes"],
+        "learner_steps": multi["learner_steps"],
+        "minutes": multi["bench_wall_minutes"],
+        "history": json.loads((root / "multitask" / "history.json").read_text()),
+    }
+    if not args.skip_single:
+        single: dict[str, object] = {}
+        for task in [t for t in args.single_task.split(",") if t]:
+            s = run_arm(
+                root / f"single-{task}",
+                args.single_minutes or args.minutes,
+                [f"collect.tasks={task}", "replay.impersonation=orig", f"eval.tasks={task}"],
+            )
+            single[task] = {
+                "learned": s["final"].get("success", {}).get(task),
+                "episodes": s["episodes"],
+                "minutes": s["bench_wall_minutes"],
+            }
+        results["single_task"] = single
+    Path(args.json).write_text(json.dumps(results, indent=2))
+    print(json.dumps({k: v for k, v in results.items() if k != "history"}, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""Ray runtime: the same components as the local runtime, as Ray actors.
+
+  RobotActor  x N   (collect.CollectLoop + store.EpisodeWriter)   --> shared store dir
+  ReplayActor x M   (store reader -> LogReplay -> BellmanUpdater)  --> TrainBatch arrays
+  driver            (qtopt.Learner: SGD, publish weights, checkpoints, evaluation, report)
+
+Weights travel through the shared run directory (published atomically, reloaded by
+version). Actors are created with ``max_restarts=-1``: a killed robot comes back and goes
+on writing to the store (flushed episodes are never lost, episode ids are unique); a
+killed replay actor rebuilds its buffers from the store. A dead learner (driver) resumes
+from its last checkpoint with ``--resume``. No algorithm code lives here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextlib
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mtopt.runtime.config import RunConfig
+
+
+def _robot_actor_cls() -> Any:
+    import ray
+
+    @ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0.5)
+    class RobotActor:
+        def __init__(self, index: int, cfg: RunConfig, root: str, seed: int):
+            import torch
+
+            torch.set_num_threads(1)
+            from mtopt.collect.fleet import robot_id
+            from mtopt.collect.loop import CollectLoop, PolicyProvider
+            from mtopt.robots.sim_robot import SimRobot
+            from mtopt.store.writer import EpisodeWriter
+            from mtopt.tasks import DEFAULT_REGISTRY
+
+            restart = int(os.environ.get("RAY_ACTOR_RESTART_COUNT", "0"))  # informational
+            self.robot = SimRobot(
+                cfg.sim,
+                robot_id=robot_id(index),
+                seed=seed + 7919 * restart + int(time.time()) % 10007,
+            )
+            self.writer = EpisodeWriter(
+                Path(root) / "store",
+                robot_id(index),
+                cfg.collect.flush_every,
+                cfg.collect.flush_seconds,
+            )
+            provider = PolicyProvider(
+                DEFAULT_REGISTRY,
+                Path(root) / "weights",
+                Path(root) / "switch.json",
+                cfg.epsilon,
+                cfg.noise_std,
+                seed=seed,
+            )
+            collect = dataclasses.replace(cfg.collect, max_steps=cfg.sim.max_steps)
+            self.loop = CollectLoop(
+                self.robot, DEFAULT_REGISTRY, self.writer, provider, collect, seed=seed + restart
+            )
+
+        def pid(self) -> int:
+            return os.getpid()
+
+        def run(self, episodes: int) -> dict[str, int]:
+            counts: dict[str, int] = {}
+            for _ in range(episodes):
+                ep = self.loop.run_one()
+                counts[ep.task] = counts.get(ep.task, 0) + 1
+            self.writer.flush()
+            return counts
+
+    return RobotActor
+
+
+def _replay_actor_cls() -> Any:
+    import ray
+
+    @ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0.5)
+    class ReplayActor:
+        def __init__(self, cfg: RunConfig, root: str, seed: int):
+            import torch
+
+            torch.set_num_threads(1)
+            from mtopt.qtopt.networks import QNetwork
+            from mtopt.qtopt.updater import BellmanUpdater
+            from mtopt.replay.buffers import TaskBuffers
+            from mtopt.replay.logreplay import LogReplay
+            from mtopt.store.reader import EpisodeReader
+            from mtopt.success.network import SuccessDetector
+            from mtopt.tasks import DEFAULT_REGISTRY
+
+            self.cfg, self.root = cfg, Path(root)
+            self.sd = SuccessDetector.load(self.root / "sd", DEFAULT_REGISTRY.names)
+            self.buffers = TaskBuffers(DEFAULT_REGISTRY.names, cfg.replay.capacity_per_bucket)
+            self.replay = LogReplay(
+                DEFAULT_REGISTRY, self.buffers, self.sd, cfg.replay.impersonation
+            )
+            self.reader = EpisodeReader(self.root / "store", must_exist=False)
+            nets = [QNetwork(cfg.qnet).eval(), QNetwork(cfg.qnet).eval()]
+            self.updater = BellmanUpdater(
+                self.buffers,
+                nets,
+                cfg.cem_bellman,
+                cfg.learner.gamma,
+                cfg.replay.batch_size,
+                cfg.replay.success_ratio,
+                cfg.replay.rebalance,
+                seed,
+            )
+            self.q_version = -1
+            self.ingested = 0
+
+        def pid(self) -> int:
+            return os.getpid()
+
+        def _reload(self) -> None:
+            from mtopt.qtopt.learner import load_network
+            from mtopt.qtopt.weights import load_latest, read_latest
+            from mtopt.success.network import SuccessDetector
+
+            latest = read_latest(self.root / "weights")
+            if latest is not None and int(latest["version"]) != self.q_version:
+                version, tensors, meta = load_latest(self.root / "weights")
+                self.updater.set_targets(
+                    [load_network(tensors, meta, "target0"), load_network(tensors, meta, "target1")]
+                )
+                self.q_version = version
+            if SuccessDetector.latest_version(self.root / "sd") > self.sd.version:
+                self.sd = SuccessDetector.load(self.root / "sd")
+                self.replay.set_reward_model(self.sd)
+
+        def step(self, batches: int) -> dict[str, Any]:
+            from mtopt.replay.source import replay_items
+
+            self._reload()
+            eps = self.reader.poll()
+            if eps:
+                self.ingested += self.replay.ingest(replay_items(eps))
+            out = []
+            if len(self.buffers) >= min(
+                self.cfg.replay.min_episodes, self.cfg.max_episodes or self.cfg.replay.min_episodes
+            ):
+                for _ in range(batches):
+                    b = self.updater.make_batch()
+                    out.append(
+                        {
+                            k: getattr(b, k).numpy()
+                            for k in ("images", "states", "actions", "task_idx", "targets")
+                        }
+                    )
+            comp = {
+                t: {
+                    "original": self.replay.stats.collected.get(t, 0),
+                    "impersonated": self.replay.stats.impersonated.get(t, 0),
+                    "successes": self.replay.stats.impersonated_success.get(t, 0),
+                }
+                for t in self.buffers.tasks
+            }
+            return {
+                "batches": out,
+                "ingested": self.ingested,
+                "episodes_held": len(self.buffers),
+                "composition": comp,
+            }
+
+    return ReplayActor
+
+
+def run_ray(
+    cfg: RunConfig,
+    out: str | Path,
+    resume: bool = False,
+    address: str | None = None,
+    kill_hook: Any = None,
+) -> dict[str, Any]:
+    """Run the MT-Opt loop on Ray. ``kill_hook(robots, replays, step)`` is for fault tests."""
+    import ray
+    import torch
+
+    from mtopt._io import atomic_write_json
+    from mtopt.qtopt.bellman import TrainBatch
+    from mtopt.qtopt.learner import Learner
+    from mtopt.runtime.local import LocalRun
+    from mtopt.runtime.report import write_report
+
+    run = LocalRun(cfg, out, resume)
+    c, p = cfg, run.paths
+    t0 = time.time()
+    sd = run.init_sd()
+    if resume and p.checkpoint.exists():
+        learner, extra = Learner.resume(p.checkpoint, c.learner, logdir=p.root / "tb")
+        run.history = list(extra.get("history", []))
+    else:
+        learner = Learner(c.qnet, c.learner, logdir=p.root / "tb")
+    learner.publish(p.weights)  # replay actors need target networks from the start
+    scripted = run.scripted_baseline()
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(
+            address=address,
+            num_cpus=None if address else 2,
+            include_dashboard=False,
+            log_to_driver=False,
+            ignore_reinit_error=True,
+        )
+    try:
+        robot_cls, replay_cls = _robot_actor_cls(), _replay_actor_cls()
+        robots = [robot_cls.remote(i, c, str(p.root), c.seed * 100 + i) for i in range(c.robots)]
+        replays = [replay_cls.remote(c, str(p.root), c.seed + 1)]
+        per_call = 4
+        pending = {r.run.remote(per_call): r for r in robots}
+        ingested, last_eval, comp = 0, learner.step, {}
+        deadline = t0 + c.budget_minutes * 60
+        collecting = True
+        while time.time() < deadline and not (
+            c.max_learner_steps and learner.step >= c.max_learner_steps
+        ):
+            done, _ = (
+                ray.wait(list(pending), num_returns=len(pending), timeout=0)
+                if pending
+                else ([], [])
+            )
+            for ref in done:
+                actor = pending.pop(ref)
+                # a killed actor restarts; the episodes it flushed are in the store
+                with contextlib.suppress(ray.exceptions.RayActorError):
+                    ray.get(ref)
+                if collecting:
+                    pending[actor.run.remote(per_call)] = actor
+            res = ray.get(replays[0].step.remote(4))
+            ingested, comp = res["ingested"], res["composition"]
+            if c.max_episodes and ingested >= c.max_episodes:
+                collecting = False
+            for b in res["batches"]:
+                learner.train_step(
+                    TrainBatch(**{k: torch.from_numpy(v) for k, v in b.items()}), run.registry.names
+                )
+                if learner.step % c.publish_every == 0:
+                    learner.publish(p.weights)
+                if learner.step % c.checkpoint_every == 0:
+                    learner.save_checkpoint(p.checkpoint, {"history": run.history})
+            if kill_hook is not None:
+                kill_hook(robots, replays, learner.step)
+            if learner.step - last_eval >= c.eval.every_steps:
+                last_eval = learner.step
+                run._evaluate(learner, scripted, ingested, t0, sd, {})
+            if not res["batches"]:
+                time.sleep(0.2)
+        for ref in list(pending):
+            with contextlib.suppress(Exception):
+                ray.get(ref, timeout=60)
+    finally:
+        if started_here:
+            ray.shutdown()
+    learner.publish(p.weights)
+    run._evaluate(learner, scripted, ingested, t0, sd, {})
+    learner.save_checkpoint(p.checkpoint, {"history": run.history})
+    summary = {
+        "runtime": "ray",
+        "episodes": ingested,
+        "learner_steps": learner.step,
+        "q_version": learner.version,
+        "sd_version": sd.version,
+        "sd_episode_labels": 0,
+        "wall_minutes": round((time.time() - t0) / 60, 2),
+        "final": run.history[-1] if run.history else {},
+        "scripted": scripted,
+        "composition": comp
+        or {t: {"original": 0, "impersonated": 0, "successes": 0} for t in run.registry.names},
+    }
+
+    class _NoBuffers:
+        class buffers:
+            tasks: tuple[str, ...] = ()
+
+            @staticmethod
+            def sizes() -> dict[str, tuple[int, int]]:
+                return {}
+
+        success_ratio = c.replay.success_ratio
+        rebalance = c.replay.rebalance
+
+    write_report(run, summary, _NoBuffers())
+    atomic_write_json(p.root / "summary.json", summary)
+    _ = np  # numpy used by actors via imports
+    return summary

@@ -1,0 +1,46 @@
+"""Ray runtime: the tiny config on a local Ray (num_cpus=2) with actors killed by SIGKILL."""
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from mtopt.config import override
+from mtopt.runtime.config import preset
+from mtopt.store import EpisodeReader
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
+
+
+@pytest.mark.timeout(600)
+def test_ray_run_survives_killed_actors(tmp_path: Path) -> None:
+    from mtopt.runtime.ray_runtime import run_ray
+
+    cfg = override(
+        preset("tiny"), ["robots=2", "max_learner_steps=40", "max_episodes=0", "budget_minutes=6"]
+    )
+    killed: dict[str, int] = {}
+
+    def kill(robots: list, replays: list, step: int) -> None:  # type: ignore[type-arg]
+        if step >= 8 and "robot" not in killed:
+            pid = ray.get(robots[0].pid.remote())
+            os.kill(pid, signal.SIGKILL)
+            killed["robot"] = pid
+        if step >= 16 and "replay" not in killed:
+            pid = ray.get(replays[0].pid.remote())
+            os.kill(pid, signal.SIGKILL)
+            killed["replay"] = pid
+
+    summary = run_ray(cfg, tmp_path / "run", kill_hook=kill)
+    assert set(killed) == {"robot", "replay"}
+    assert summary["learner_steps"] >= 40  # training went on after both kills
+    reader = EpisodeReader(tmp_path / "run" / "store")
+    ids = [e.episode_id for e in reader.episodes()]
+    assert reader.quarantined == []  # every shard that exists is complete
+    assert len(ids) == len(set(ids)) > 0  # no episode duplicated
+    robots = {r["robot_id"] for r in reader.metadata()}
+    assert robots == {"robot-00", "robot-01"}
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["runtime"] == "ray"
