@@ -14,7 +14,12 @@ from mtopt.tasks import DEFAULT_REGISTRY
 
 
 def test_switch_table_parity_and_proxies() -> None:
-    t = switch_table({"lift-any": 0.3, "place-any": 0.4}, {"lift-any": 0.1, "place-any": 0.47}, DEFAULT_REGISTRY, 0.0)
+    t = switch_table(
+        {"lift-any": 0.3, "place-any": 0.4},
+        {"lift-any": 0.1, "place-any": 0.47},
+        DEFAULT_REGISTRY,
+        0.0,
+    )
     assert t["learned"] == ["lift-any"]
     assert t["proxy"]["lift-ball"] == "lift-any" and "place-in-bowl" not in t["proxy"]
 
@@ -26,7 +31,9 @@ def test_tiny_run_then_resume(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["learner_steps"] >= 30 and summary["episodes"] >= 20
-    assert (out / "report" / "report.md").exists() and (out / "report" / "success_over_time.png").exists()
+    assert (out / "report" / "report.md").exists() and (
+        out / "report" / "success_over_time.png"
+    ).exists()
     assert (out / "weights" / "q-latest.json").exists() and (out / "sd" / "sd-latest.json").exists()
     assert json.loads((out / "config.json").read_text())["name"] == "tiny"
     comp = summary["composition"]
@@ -37,7 +44,10 @@ def test_tiny_run_then_resume(tmp_path: Path) -> None:
     # a second run into the same directory must be an explicit resume
     res = CliRunner().invoke(app, ["run", "--config", "tiny", "--out", str(out)])
     assert res.exit_code == 2 and "--resume" in res.output
-    res = CliRunner().invoke(app, ["run", "--config", "tiny", "--out", str(out), "--resume", "--set", "max_learner_steps=45"])
+    res = CliRunner().invoke(
+        app,
+        ["run", "--config", "tiny", "--out", str(out), "--resume", "--set", "max_learner_steps=45"],
+    )
     assert res.exit_code == 0, res.output
     summary2 = json.loads((out / "summary.json").read_text())
     assert summary2["learner_steps"] >= 45  # continued from the checkpoint (30), not from 0
@@ -51,8 +61,12 @@ def test_tiny_run_then_resume(tmp_path: Path) -> None:
 def test_bad_run_config_is_a_clear_error(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["run", "--config", "huge", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "unknown config 'huge'" in res.output
-    res = CliRunner().invoke(app, ["run", "--config", "tiny", "--out", str(tmp_path), "--set", "replay.batchsize=3"])
+    res = CliRunner().invoke(
+        app, ["run", "--config", "tiny", "--out", str(tmp_path), "--set", "replay.batchsize=3"]
+    )
     assert res.exit_code == 2 and "unknown config field" in res.output
-    res = CliRunner().invoke(app, ["run", "--config", "tiny", "--out", str(tmp_path), "--network", "many"])
+    res = CliRunner().invoke(
+        app, ["run", "--config", "tiny", "--out", str(tmp_path), "--network", "many"]
+    )
     assert res.exit_code == 2 and "head_type" in res.output
     assert isinstance(TaskBuffers(["a"]), TaskBuffers)

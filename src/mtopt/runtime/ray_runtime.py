@@ -14,7 +14,6 @@ from its last checkpoint with ``--resume``. No algorithm code lives here.
 from __future__ import annotations
 
 import contextlib
-import contextlib
 import dataclasses
 import os
 import time
