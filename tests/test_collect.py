@@ -118,3 +118,28 @@ def test_collect_cli_two_robots(tmp_path: Path) -> None:
     assert res.exit_code == 0 and "6 episodes" in res.output and (tmp_path / "stats.png").exists()
     res = CliRunner().invoke(app, ["collect", "--store", str(tmp_path), "--tasks", "fly"])
     assert res.exit_code == 2 and "unknown task 'fly'" in res.output
+
+
+def test_fleet_restarts_a_killed_robot_and_keeps_its_episodes(tmp_path: Path) -> None:
+    import multiprocessing as mp
+    import os
+    import signal
+
+    from mtopt.collect.fleet import FleetSpec, run_fleet
+
+    spec = FleetSpec(store=str(tmp_path), robots=1, episodes_per_robot=24,
+                     collect=CollectConfig(flush_every=4, flush_seconds=60), sim={}, seed=3)
+    seen = {"n": 0, "killed": False}
+
+    def on_episode(i: int, task: str, policy: str, gt: object) -> None:
+        seen["n"] += 1
+        if seen["n"] == 10 and not seen["killed"]:
+            for child in mp.active_children():
+                os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+            seen["killed"] = True
+
+    summary = run_fleet(spec, on_episode)
+    assert seen["killed"] and summary["restarts"][0] >= 1
+    eps = EpisodeReader(tmp_path).poll()
+    ids = [e.episode_id for e in eps]
+    assert len(ids) == len(set(ids)) == 24  # the restarted robot finished the quota, nothing duplicated
