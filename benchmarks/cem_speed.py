@@ -1,81 +1,168 @@
-"""CEM speed: tower reused across candidates vs the naive full network per candidate.
+"""CEM speed: tower reuse versus the naive full network per candidate, in one run.
 
-Usage: python benchmarks/cem_speed.py --json OUT [--threads 1]
-Reports act latency (one state, 2 x 64) for both ways, the speedup, batched CEM over
-states (Bellman updater use), and the ratio of act latency to one simulated step.
+Variants (all CEM 2 iterations x 64 samples, 6 elites, on the default 64x64 Q-network):
+  naive          full network (image tower included) on every (state, candidate)
+  literal        tower once per state, Fig. 9 merge built per candidate (repeated 8x8
+                 feature maps + tiled embedding), 9 post-merge convs per candidate
+  folded         tower once; merge conv folded (conv(feats) once + a matmul per
+                 candidate), 8 post-merge convs per candidate
+  folded+dense   as folded, the 4x4 post-merge convs as cached dense matmuls (default)
+  ... +bf16      the same under bf16 autocast (CEMConfig.precision="bf16")
+  merge16 ...    the action merged at 16x16 instead of 8x8
+  no-cl          default path with the image tower in NCHW instead of channels_last
+
+act   : one state (a robot choosing an action), milliseconds per call
+batch : 64 states at once (the Bellman updater), states per second
+
+Usage: python benchmarks/cem_speed.py --json OUT [--threads 1] [--min-time 0.5]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import time
+import platform
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-from mtopt.qtopt.bellman import cem_argmax
-from mtopt.qtopt.cem import CEMConfig, cem_maximize, repeat_rows
+from mtopt.qtopt.cem import (
+    CEMConfig,
+    cem_argmax,
+    cem_maximize,
+    has_fast_bf16,
+    naive_cem_argmax,
+    repeat_rows,
+)
 from mtopt.qtopt.networks import QNetConfig, QNetwork, count_parameters
+from mtopt.qtopt.perf import count_flops, time_call
+
+Fn = Callable[[QNetwork, torch.Tensor, torch.Tensor, torch.Tensor, CEMConfig], object]
 
 
-def timeit(fn, reps: int) -> float:  # type: ignore[no-untyped-def]
-    fn()
-    t = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - t) / reps
+@torch.no_grad()
+def literal_cem_argmax(
+    net: QNetwork, images: torch.Tensor, states: torch.Tensor, task: torch.Tensor, cfg: CEMConfig
+) -> object:
+    """Tower once per state, then the literal Fig. 9 merge on repeated rows (the 'before')."""
+    feats = net.tower(images)
+    b, n = feats.shape[0], cfg.samples
+    f, s, t = repeat_rows(feats, n), repeat_rows(states, n), repeat_rows(task, n)
+    return cem_maximize(
+        lambda a: net.logits_from_features(f, s, a.reshape(b * n, -1), t).reshape(b, n), b, cfg
+    )
+
+
+def fast(dense: bool, channels_last: bool = True) -> Fn:
+    def run(
+        net: QNetwork,
+        images: torch.Tensor,
+        states: torch.Tensor,
+        task: torch.Tensor,
+        cfg: CEMConfig,
+    ) -> object:
+        net.dense_small_convs = dense
+        net.tower.channels_last = channels_last
+        try:
+            return cem_argmax(net, images, states, task, cfg)
+        finally:
+            net.dense_small_convs = True
+            net.tower.channels_last = True
+
+    return run
+
+
+def inputs(b: int, cfg: QNetConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(b)
+    s = cfg.image_size
+    return (
+        torch.randint(0, 256, (b, s, s, 3), dtype=torch.uint8, generator=g),
+        torch.rand(b, 2, generator=g),
+        torch.randint(0, cfg.num_tasks, (b,), generator=g),
+    )
+
+
+def sim_step_ms() -> float | None:
+    p = Path(__file__).parent / "results" / "sim_speed.json"
+    try:
+        return round(1000.0 / float(json.loads(p.read_text())["env_steps_per_s"]), 3)
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", required=True)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--min-time", type=float, default=0.5, help="seconds per measurement")
+    ap.add_argument("--batch", type=int, default=64, help="states per batched CEM call")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = QNetConfig()
-    net = QNetwork(cfg).eval()
-    cem = CEMConfig()
-    img = torch.randint(0, 255, (1, 64, 64, 3), dtype=torch.uint8)
-    st, task = torch.rand(1, 2), torch.tensor([0])
-    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
 
-    @torch.no_grad()
-    def reuse() -> None:
-        cem_argmax(net, img, st, task, cem, gen)
+    fp32, bf16 = CEMConfig(precision="fp32"), CEMConfig(precision="bf16")
+    base = QNetConfig()
+    nets = {8: QNetwork(base).eval(), 16: QNetwork(QNetConfig(merge_size=16)).eval()}
+    variants: list[tuple[str, int, Fn, CEMConfig]] = [
+        ("naive", 8, naive_cem_argmax, fp32),
+        ("literal", 8, literal_cem_argmax, fp32),
+        ("folded", 8, fast(dense=False), fp32),
+        ("folded+dense", 8, fast(dense=True), fp32),
+        ("no-cl folded+dense", 8, fast(dense=True, channels_last=False), fp32),
+        ("folded+dense+bf16", 8, fast(dense=True), bf16),
+        ("merge16 naive", 16, naive_cem_argmax, fp32),
+        ("merge16 literal", 16, literal_cem_argmax, fp32),
+        ("merge16 folded", 16, fast(dense=False), fp32),
+        ("merge16 folded+bf16", 16, fast(dense=False), bf16),
+    ]
+    act_ms: dict[str, float] = {}
+    batch_sps: dict[str, float] = {}
+    flops: dict[str, int] = {}
+    for name, merge, fn, cfg in variants:
+        net = nets[merge]
+        one = inputs(1, net.cfg)
+        act = functools.partial(fn, net, *one, cfg)
+        act_ms[name] = round(1000 * time_call(act, args.min_time), 3)
+        b = 8 if "naive" in name else args.batch  # naive at 64 states takes seconds per call
+        batched = functools.partial(fn, net, *inputs(b, net.cfg), cfg)
+        batch_sps[name] = round(b / time_call(batched, args.min_time, warmup=1), 1)
+        if cfg.precision == "fp32":
+            flops[name] = count_flops(act)
+        print(f"{name:24s} act {act_ms[name]:8.2f} ms   batch {batch_sps[name]:8.1f} states/s")
 
-    @torch.no_grad()
-    def naive() -> None:
-        n = cem.samples
-        imgs, s_rep, t_rep = repeat_rows(img, n), repeat_rows(st, n), repeat_rows(task, n)
-        cem_maximize(
-            lambda a: net.logits(imgs, s_rep, a.reshape(n, -1), t_rep).reshape(1, n), 1, cem, gen
-        )
-
-    t_reuse = timeit(reuse, args.reps)
-    t_naive = timeit(naive, max(3, args.reps // 4))
-    out: dict[str, object] = {
+    best_act = min(v for k, v in act_ms.items() if not k.startswith("merge16"))
+    best_batch = max(v for k, v in batch_sps.items() if not k.startswith("merge16"))
+    sim = sim_step_ms()
+    out = {
+        "machine": platform.machine(),
         "threads": args.threads,
-        "params": count_parameters(net),
-        "cem": [cem.iterations, cem.samples, cem.elites],
+        "amx_bf16": has_fast_bf16(),
+        "qnet": base.to_dict(),
+        "parameters": count_parameters(nets[8]),
+        "cem": {"iterations": fp32.iterations, "samples": fp32.samples, "elites": fp32.elites},
+        "act_ms": act_ms,
+        "batch_states_per_s": batch_sps,
+        "batch_size": args.batch,
+        "act_flops_fp32": flops,
+        "speedup_vs_naive_act": {
+            k: round(act_ms["naive" if not k.startswith("merge16") else "merge16 naive"] / v, 2)
+            for k, v in act_ms.items()
+        },
+        "speedup_vs_naive_batch": {
+            k: round(v / batch_sps["naive" if not k.startswith("merge16") else "merge16 naive"], 2)
+            for k, v in batch_sps.items()
+        },
+        "default_act_ms": act_ms["folded+dense+bf16" if has_fast_bf16() else "folded+dense"],
+        "best_act_ms": best_act,
+        "best_batch_states_per_s": best_batch,
+        "sim_step_ms": sim,
+        "act_over_sim_step": round(best_act / sim, 2) if sim else None,
     }
-    out["act_ms_tower_reuse"] = round(t_reuse * 1000, 2)
-    out["act_ms_naive"] = round(t_naive * 1000, 2)
-    out["speedup_reuse_over_naive"] = round(t_naive / t_reuse, 2)
-    sim_step_ms = 1000 / 297.0  # benchmarks/results/sim_speed.json (env step incl. render)
-    out["act_over_sim_step"] = round(t_reuse * 1000 / sim_step_ms, 2)
-    for b in (16, 64):
-        imgs = torch.randint(0, 255, (b, 64, 64, 3), dtype=torch.uint8)
-        sb, tb = torch.rand(b, 2), torch.zeros(b, dtype=torch.long)
-        for samples in (32, 64):
-            c = CEMConfig(samples=samples, elites=max(4, samples // 10))
-            t = timeit(
-                lambda imgs=imgs, sb=sb, tb=tb, c=c: cem_argmax(net, imgs, sb, tb, c, gen), 3
-            )
-            out[f"batched_states{b}_samples{samples}_states_per_s"] = round(b / t, 1)
-    with open(args.json, "w") as f:
-        json.dump(out, f, indent=2)
-    print(json.dumps(out, indent=2))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps({k: out[k] for k in ("speedup_vs_naive_act", "act_over_sim_step")}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,93 +1,137 @@
-"""Learner speed: train steps/s and samples/s at batch 32 and 64, Bellman targets/s,
-and achieved FLOP/s as a fraction of a dense matmul peak measured in the same run.
+"""Learner and Bellman-updater speed, with achieved FLOP/s against a dense matmul peak
+measured in the same run (same thread count).
 
-Usage: python benchmarks/learner_speed.py --json OUT [--threads 1]
+train   : Learner.train_step (Adam, BCE on Q logits, target-net bookkeeping) at batch 32/64
+bellman : compute_targets on 64 live transitions: CEM (2 x 64, or 2 x 32) over target
+          net 1 with the tower reused, then Q of target net 2 at a*, min of the two
+FLOPs   : counted by torch.utils.flop_counter on one call (convs and matmuls, backward
+          included); the dense post-merge path counts its real (larger) matmul FLOPs
+peak    : 2048 x 2048 matmul, fp32 (and bf16 for bf16 variants)
+variants: default QNetConfig (GroupNorm in the tower), no-norm, merge16; fp32 / bf16
+
+Usage: python benchmarks/learner_speed.py --json OUT [--threads 1] [--min-time 1.0]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import time
+import platform
+from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from mtopt.qtopt.bellman import TrainBatch, TransitionBatch, compute_targets
-from mtopt.qtopt.cem import CEMConfig
-from mtopt.qtopt.learner import Learner
-from mtopt.qtopt.networks import QNetConfig
+from mtopt.qtopt.cem import CEMConfig, has_fast_bf16
+from mtopt.qtopt.learner import Learner, LearnerConfig
+from mtopt.qtopt.networks import QNetConfig, count_parameters
+from mtopt.qtopt.perf import count_flops, matmul_peak, time_call
 
 
-def matmul_peak(n: int = 1024, reps: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t)
+def train_batch(b: int, cfg: QNetConfig) -> TrainBatch:
+    g = torch.Generator().manual_seed(b)
+    s = cfg.image_size
+    return TrainBatch(
+        torch.randint(0, 256, (b, s, s, 3), dtype=torch.uint8, generator=g),
+        torch.rand(b, 2, generator=g),
+        torch.rand(b, 6, generator=g) * 2 - 1,
+        torch.randint(0, cfg.num_tasks, (b,), generator=g),
+        torch.rand(b, generator=g),
+    )
 
 
-def flops(fn) -> int:  # type: ignore[no-untyped-def]
-    with FlopCounterMode(display=False) as fc:
-        fn()
-    return int(fc.get_total_flops())
+def transitions(b: int, cfg: QNetConfig) -> TransitionBatch:
+    """b live (not done) transitions: every one needs CEM at s'."""
+    t = train_batch(b, cfg)
+    return TransitionBatch(
+        t.images, t.states, t.actions, t.task_idx, torch.zeros(b), t.images.flip(1), t.states,
+        torch.zeros(b),
+    )  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", required=True)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--min-time", type=float, default=1.0, help="seconds per measurement")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = QNetConfig()
-    learner = Learner(cfg)
-    out: dict[str, object] = {"threads": args.threads}
-    peak = matmul_peak()
-    out["matmul_peak_gflops"] = round(peak / 1e9, 1)
-    for b in (32, 64):
-        batch = TrainBatch(
-            torch.randint(0, 255, (b, 64, 64, 3), dtype=torch.uint8),
-            torch.rand(b, 2),
-            torch.rand(b, 6) * 2 - 1,
-            torch.randint(0, cfg.num_tasks, (b,)),
-            torch.rand(b),
-        )
-        f = flops(lambda batch=batch: learner.train_step(batch))
-        t = time.perf_counter()
-        for _ in range(args.steps):
-            learner.train_step(batch)
-        dt = (time.perf_counter() - t) / args.steps
-        out[f"train_steps_per_s_b{b}"] = round(1 / dt, 2)
-        out[f"train_samples_per_s_b{b}"] = round(b / dt, 1)
-        out[f"train_flop_fraction_of_peak_b{b}"] = round(f / dt / peak, 3)
-    b = 64
-    tr = TransitionBatch(
-        torch.randint(0, 255, (b, 64, 64, 3), dtype=torch.uint8),
-        torch.rand(b, 2),
-        torch.rand(b, 6),
-        torch.randint(0, cfg.num_tasks, (b,)),
-        torch.zeros(b),
-        torch.randint(0, 255, (b, 64, 64, 3), dtype=torch.uint8),
-        torch.rand(b, 2),
-        torch.zeros(b),
-    )
-    for samples in (32, 64):
-        cem = CEMConfig(samples=samples, elites=max(4, samples // 10))
-        f = flops(lambda cem=cem: compute_targets(learner.targets, tr, 0.9, cem))
-        t = time.perf_counter()
-        for _ in range(3):
-            compute_targets(learner.targets, tr, 0.9, cem)
-        dt = (time.perf_counter() - t) / 3
-        out[f"bellman_targets_per_s_cem{samples}"] = round(b / dt, 1)
-        out[f"bellman_flop_fraction_of_peak_cem{samples}"] = round(f / dt / peak, 3)
-    out["bellman32_over_train64_samples"] = round(
-        out["bellman_targets_per_s_cem32"] / out["train_samples_per_s_b64"], 3
-    )  # type: ignore[operator]
-    with open(args.json, "w") as fh:
-        json.dump(out, fh, indent=2)
-    print(json.dumps(out, indent=2))
+    torch.manual_seed(0)
+
+    peak = {"fp32": matmul_peak(2048, torch.float32), "bf16": matmul_peak(2048, torch.bfloat16)}
+    print(f"matmul peak: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f}")
+    base = QNetConfig()
+    qvariants = {
+        "default": base,
+        "no-norm": QNetConfig(norm=False),
+        "merge16": QNetConfig(merge_size=16),
+    }
+    train: dict[str, dict[str, float]] = {}
+    for qname, qcfg in qvariants.items():
+        for prec in ("fp32", "bf16"):
+            if qname == "merge16" and prec == "bf16":
+                continue
+            learner = Learner(qcfg, LearnerConfig(precision=prec))
+            for b in (32, 64):
+                step = functools.partial(learner.train_step, train_batch(b, qcfg))
+                dt = time_call(step, args.min_time)
+                flops = count_flops(step)
+                name = f"{qname} {prec} b{b}"
+                train[name] = {
+                    "steps_per_s": round(1 / dt, 2),
+                    "samples_per_s": round(b / dt, 1),
+                    "ms_per_step": round(1000 * dt, 2),
+                    "flops_per_step": flops,
+                    "gflop_per_s": round(flops / dt / 1e9, 2),
+                    "fraction_of_peak": round(flops / dt / peak[prec], 3),
+                }
+                print(f"train   {name:22s} {train[name]}")
+
+    bellman: dict[str, dict[str, float]] = {}
+    for qname in ("default", "no-norm"):
+        qcfg = qvariants[qname]
+        nets = Learner(qcfg).targets
+        tb = transitions(64, qcfg)
+        for prec in ("fp32", "bf16"):
+            for samples in (64, 32):
+                cem = CEMConfig(samples=samples, elites=6 if samples == 64 else 4, precision=prec)
+                call = functools.partial(compute_targets, nets, tb, 0.9, cem)
+                dt = time_call(call, args.min_time)
+                flops = count_flops(call)
+                name = f"{qname} {prec} cem{samples}"
+                bellman[name] = {
+                    "targets_per_s": round(64 / dt, 1),
+                    "ms_per_batch64": round(1000 * dt, 2),
+                    "flops_per_batch": flops,
+                    "gflop_per_s": round(flops / dt / 1e9, 2),
+                    "fraction_of_peak": round(flops / dt / peak[prec], 3),
+                }
+                print(f"bellman {name:22s} {bellman[name]}")
+
+    auto = "bf16" if has_fast_bf16() else "fp32"
+    learner64 = train["default fp32 b64"]["samples_per_s"]
+    bell = bellman[f"default {auto} cem64"]["targets_per_s"]
+    out = {
+        "machine": platform.machine(),
+        "threads": args.threads,
+        "amx_bf16": has_fast_bf16(),
+        "qnet": base.to_dict(),
+        "parameters": count_parameters(Learner(base).online),
+        "matmul_peak_gflop_per_s": {k: round(v / 1e9, 1) for k, v in peak.items()},
+        "train": train,
+        "bellman": bellman,
+        "summary": {
+            "learner_samples_per_s_b64": learner64,
+            "learner_fraction_of_peak_b64": train["default fp32 b64"]["fraction_of_peak"],
+            "bellman_precision_auto": auto,
+            "bellman_targets_per_s": bell,
+            "bellman_over_learner": round(bell / learner64, 2),
+        },
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out["summary"], indent=1))
 
 
 if __name__ == "__main__":
