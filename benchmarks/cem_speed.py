@@ -11,7 +11,7 @@ Variants (all CEM 2 iterations x 64 samples, 6 elites, on the default 64x64 Q-ne
   merge16 ...    the action merged at 16x16 instead of 8x8
   no-cl          default path with the image tower in NCHW instead of channels_last
 
-act   : one state (a robot choosing an action), milliseconds per call
+act   : one state (a robot choosing an action), milliseconds per call (best of repeats)
 batch : 64 states at once (the Bellman updater), states per second
 
 Usage: python benchmarks/cem_speed.py --json OUT [--threads 1] [--min-time 0.5]

@@ -6,7 +6,7 @@ bellman : compute_targets on 64 live transitions: CEM (2 x 64, or 2 x 32) over t
           net 1 with the tower reused, then Q of target net 2 at a*, min of the two
 FLOPs   : counted by torch.utils.flop_counter on one call (convs and matmuls, backward
           included); the dense post-merge path counts its real (larger) matmul FLOPs
-peak    : 2048 x 2048 matmul, fp32 (and bf16 for bf16 variants)
+peak    : 2048 x 2048 matmul, fp32 (and bf16 for bf16 variants); all timings best-of-repeats
 variants: default QNetConfig (GroupNorm in the tower), no-norm, merge16; fp32 / bf16
 
 Usage: python benchmarks/learner_speed.py --json OUT [--threads 1] [--min-time 1.0]

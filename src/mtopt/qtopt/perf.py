@@ -10,8 +10,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 
-def time_call(fn: Callable[[], object], min_time: float = 0.5, warmup: int = 2) -> float:
-    """Median seconds per call of ``fn`` over repeated short windows (robust to noise)."""
+def time_call(
+    fn: Callable[[], object], min_time: float = 0.5, warmup: int = 2, stat: str = "min"
+) -> float:
+    """Seconds per call of ``fn``: the best ("min", least disturbed by other processes on a
+    shared machine; the default) or the "median" of repeated calls over ``min_time``."""
     for _ in range(warmup):
         fn()
     samples: list[float] = []
@@ -22,7 +25,7 @@ def time_call(fn: Callable[[], object], min_time: float = 0.5, warmup: int = 2) 
         samples.append(time.perf_counter() - t0)
         if time.perf_counter() - start >= min_time and len(samples) >= 3:
             break
-    return statistics.median(samples)
+    return min(samples) if stat == "min" else statistics.median(samples)
 
 
 def count_flops(fn: Callable[[], object]) -> int:
