@@ -127,8 +127,14 @@ def test_fleet_restarts_a_killed_robot_and_keeps_its_episodes(tmp_path: Path) ->
 
     from mtopt.collect.fleet import FleetSpec, run_fleet
 
-    spec = FleetSpec(store=str(tmp_path), robots=1, episodes_per_robot=24,
-                     collect=CollectConfig(flush_every=4, flush_seconds=60), sim={}, seed=3)
+    spec = FleetSpec(
+        store=str(tmp_path),
+        robots=1,
+        episodes_per_robot=24,
+        collect=CollectConfig(flush_every=4, flush_seconds=60),
+        sim={},
+        seed=3,
+    )
     seen = {"n": 0, "killed": False}
 
     def on_episode(i: int, task: str, policy: str, gt: object) -> None:
@@ -142,4 +148,6 @@ def test_fleet_restarts_a_killed_robot_and_keeps_its_episodes(tmp_path: Path) ->
     assert seen["killed"] and summary["restarts"][0] >= 1
     eps = EpisodeReader(tmp_path).poll()
     ids = [e.episode_id for e in eps]
-    assert len(ids) == len(set(ids)) == 24  # the restarted robot finished the quota, nothing duplicated
+    assert (
+        len(ids) == len(set(ids)) == 24
+    )  # the restarted robot finished the quota, nothing duplicated

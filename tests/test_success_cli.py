@@ -11,21 +11,52 @@ from mtopt.cli import app
 @pytest.mark.timeout(600)
 def test_sd_cli_flow(tmp_path: Path) -> None:
     r = CliRunner()
-    ex, val, w, store = tmp_path / "ex.npz", tmp_path / "val.npz", tmp_path / "w", tmp_path / "store"
+    ex, val, w, store = (
+        tmp_path / "ex.npz",
+        tmp_path / "val.npz",
+        tmp_path / "w",
+        tmp_path / "store",
+    )
     res = r.invoke(app, ["sd", "examples", "--task", "lift-any", "--n", "3", "--out", str(ex)])
     assert res.exit_code == 0, res.output
     res = r.invoke(app, ["sd", "examples", "--task", "place-any", "--n", "2", "--out", str(ex)])
     assert res.exit_code == 0 and "10 labeled examples" in res.output
-    res = r.invoke(app, ["sd", "examples", "--task", "lift-any", "--n", "2", "--split", "test", "--out", str(val)])
+    res = r.invoke(
+        app,
+        ["sd", "examples", "--task", "lift-any", "--n", "2", "--split", "test", "--out", str(val)],
+    )
     assert res.exit_code == 0
     res = r.invoke(app, ["sd", "train", "--examples", str(ex), "--out", str(w), "--steps", "5"])
     assert res.exit_code == 0 and "v1" in res.output
     res = r.invoke(app, ["sd", "eval", "--weights", str(w), "--examples", str(val)])
-    assert res.exit_code == 0 and "lift-any" in res.output and (tmp_path / "val.confusion.png").exists()
+    assert (
+        res.exit_code == 0
+        and "lift-any" in res.output
+        and (tmp_path / "val.confusion.png").exists()
+    )
     res = r.invoke(app, ["collect", "--store", str(store), "--robots", "1", "--episodes", "6"])
     assert res.exit_code == 0
-    res = r.invoke(app, ["sd", "improve", "--store", str(store), "--weights", str(w), "--examples", str(ex),
-                         "--budget", "2", "--rounds", "2", "--steps", "3", "--validation", str(val)])
+    res = r.invoke(
+        app,
+        [
+            "sd",
+            "improve",
+            "--store",
+            str(store),
+            "--weights",
+            str(w),
+            "--examples",
+            str(ex),
+            "--budget",
+            "2",
+            "--rounds",
+            "2",
+            "--steps",
+            "3",
+            "--validation",
+            str(val),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "v3: 4 labels/task" in res.output and (w / "accuracy_vs_labels.png").exists()
     # bad inputs: clear one-line errors
@@ -33,5 +64,17 @@ def test_sd_cli_flow(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "unknown task 'fly'" in res.output
     res = r.invoke(app, ["sd", "eval", "--weights", str(tmp_path / "none"), "--examples", str(val)])
     assert res.exit_code == 2 and "no success detector weights" in res.output
-    res = r.invoke(app, ["sd", "improve", "--store", str(tmp_path / "nostore"), "--weights", str(w), "--examples", str(ex)])
+    res = r.invoke(
+        app,
+        [
+            "sd",
+            "improve",
+            "--store",
+            str(tmp_path / "nostore"),
+            "--weights",
+            str(w),
+            "--examples",
+            str(ex),
+        ],
+    )
     assert res.exit_code == 2 and "no episode store" in res.output

@@ -20,6 +20,9 @@ def register(app: typer.Typer) -> None:
             False, help="Continue the run in --out from its last checkpoint."
         ),
         runtime: str = typer.Option("local", help="local or ray."),
+        address: str | None = typer.Option(
+            None, help="Ray: address of an existing cluster (default: start a local Ray)."
+        ),
         set_: list[str] = typer.Option(
             [], "--set", help="Override a config field, e.g. --set replay.impersonation=all"
         ),
@@ -49,18 +52,18 @@ def register(app: typer.Typer) -> None:
         except (ConfigError, ValueError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
-        if cfg.runtime == "ray":
-            from mtopt.runtime.ray_runtime import run_ray
+        try:
+            if cfg.runtime == "ray":
+                from mtopt.runtime.ray_runtime import run_ray
 
-            summary = run_ray(cfg, out, resume)
-        else:
-            from mtopt.runtime.local import LocalRun
+                summary = run_ray(cfg, out, resume, address=address)
+            else:
+                from mtopt.runtime.local import LocalRun
 
-            try:
                 summary = LocalRun(cfg, out, resume).run()
-            except FileExistsError as exc:
-                typer.echo(f"error: {exc}", err=True)
-                raise typer.Exit(2) from None
+        except FileExistsError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
         typer.echo(f"report: {out / 'report' / 'report.md'}")
         final = summary.get("final", {}).get("success", {})
         for task, rate in final.items():

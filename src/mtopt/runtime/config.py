@@ -65,7 +65,9 @@ class RunConfig:
     seed: int = 0
     """Seed for everything."""
     robots: int = 1
-    """Robot processes collecting in parallel."""
+    """Robot processes collecting in parallel (Ray: robot actors)."""
+    replay_workers: int = 1
+    """Ray only: LogReplay + Bellman updater actors feeding the learner."""
     max_collect_rate: float = 6.0
     """Episodes per second per robot at most (the learner should keep up)."""
     budget_minutes: float = 20.0

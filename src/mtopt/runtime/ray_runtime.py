@@ -213,7 +213,9 @@ def run_ray(
     try:
         robot_cls, replay_cls = _robot_actor_cls(), _replay_actor_cls()
         robots = [robot_cls.remote(i, c, str(p.root), c.seed * 100 + i) for i in range(c.robots)]
-        replays = [replay_cls.remote(c, str(p.root), c.seed + 1)]
+        replays = [
+            replay_cls.remote(c, str(p.root), c.seed + 1 + i) for i in range(c.replay_workers)
+        ]
         per_call = 4
         pending = {r.run.remote(per_call): r for r in robots}
         ingested, last_eval, comp = 0, learner.step, {}
@@ -234,11 +236,13 @@ def run_ray(
                     ray.get(ref)
                 if collecting:
                     pending[actor.run.remote(per_call)] = actor
-            res = ray.get(replays[0].step.remote(4))
-            ingested, comp = res["ingested"], res["composition"]
+            # every replay actor reads the whole store and samples its own batches
+            results = ray.get([r.step.remote(4) for r in replays])
+            ingested, comp = results[0]["ingested"], results[0]["composition"]
+            batches = [b for res in results for b in res["batches"]]
             if c.max_episodes and ingested >= c.max_episodes:
                 collecting = False
-            for b in res["batches"]:
+            for b in batches:
                 learner.train_step(
                     TrainBatch(**{k: torch.from_numpy(v) for k, v in b.items()}), run.registry.names
                 )
@@ -251,7 +255,7 @@ def run_ray(
             if learner.step - last_eval >= c.eval.every_steps:
                 last_eval = learner.step
                 run._evaluate(learner, scripted, ingested, t0, sd, {})
-            if not res["batches"]:
+            if not batches:
                 time.sleep(0.2)
         for ref in list(pending):
             with contextlib.suppress(Exception):
