@@ -54,6 +54,8 @@ def _worker(i: int, spec: FleetSpec, episodes: int | None, seed: int, q: Any, st
         spec.epsilon,
         spec.noise_std,
         seed=seed,
+        scripted_epsilon=spec.collect.scripted_epsilon,
+        scripted_early_terminate=spec.collect.scripted_early_terminate,
     )
     loop = CollectLoop(robot, DEFAULT_REGISTRY, writer, provider, spec.collect, seed=seed)
     n = 0

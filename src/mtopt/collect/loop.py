@@ -45,6 +45,11 @@ class CollectConfig:
     """Episodes buffered before a shard is written."""
     flush_seconds: float = 10.0
     """Longest time an episode stays unflushed."""
+    scripted_epsilon: float = 0.1
+    """Per-step probability of a random action while a scripted policy collects."""
+    scripted_early_terminate: float = 0.2
+    """Per-episode probability that a scripted policy TERMINATEs at a random early step
+    (the data must show that ending early fails; see ``policies.exploration``)."""
 
 
 @dataclass(frozen=True)
@@ -198,7 +203,10 @@ class PolicyProvider:
         noise_std: float = 0.1,
         reload_every: int = 10,
         seed: int = 0,
+        scripted_epsilon: float = 0.0,
+        scripted_early_terminate: float = 0.0,
     ):
+        from mtopt.policies.exploration import Exploring
         from mtopt.policies.scripted import scripted_policy_for
 
         self.registry = registry
@@ -207,7 +215,14 @@ class PolicyProvider:
         self.epsilon, self.noise_std = epsilon, noise_std
         self.reload_every = reload_every
         self.seed = seed
-        self._scripted = {t.name: scripted_policy_for(t) for t in registry}
+        self._scripted: dict[str, Policy] = {
+            t.name: scripted_policy_for(t) for t in registry
+        }
+        if scripted_epsilon > 0 or scripted_early_terminate > 0:
+            self._scripted = {
+                k: Exploring(p, scripted_epsilon, scripted_early_terminate)
+                for k, p in self._scripted.items()
+            }
         self._cem: Any = None
         self._calls = 0
         self._switch: dict[str, Any] = {"learned": [], "proxy": {}}

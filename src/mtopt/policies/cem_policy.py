@@ -87,7 +87,7 @@ class CEMPolicy:
         if self.epsilon > 0 and self._rng.random() < self.epsilon:
             a = self._rng.uniform(-1, 1, ACTION_DIM).astype(np.float32)
             a[4:] = np.where(self._rng.random(2) < 0.5, 1.0, -1.0)
-            a[5] = -1.0 if self._rng.random() < 0.8 else 1.0  # random actions rarely terminate
+            a[5] = -1.0 if self._rng.random() < 0.95 else 1.0  # random actions rarely terminate
             return a
         assert self.net is not None
         img = torch.from_numpy(np.ascontiguousarray(obs.image))[None]

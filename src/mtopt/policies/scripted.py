@@ -25,10 +25,10 @@ class ScriptedPick:
 
     def __init__(
         self,
-        noise: float = 1.3,
+        noise: float = 1.5,
         bottom_m: float = 0.03,
         lift_steps: int = 3,
-        early_close_prob: float = 0.3,
+        early_close_prob: float = 0.4,
     ):
         self.noise = noise
         self.bottom_m = bottom_m

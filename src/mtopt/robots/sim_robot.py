@@ -21,6 +21,7 @@ from mtopt.tasks.registry import TaskSpec
 from mtopt.tasks.scene import SceneState
 
 HOLDING_GAP_M = 0.004  # fingers closed but kept apart by something: holding an object
+PRESENT_TCP = (0.08, 0.0, 0.22)  # where the gripper shows the outcome (see final_image)
 
 
 class SimRobot:
@@ -91,8 +92,21 @@ class SimRobot:
         return StepResult(self.observe(), wants_terminate(a), {"step": self.steps})
 
     def final_image(self) -> np.ndarray:
-        """The camera image of the scene as the episode ended (gripper in place: a lifted
-        object is judged in the gripper, a placed one on its fixture)."""
+        """Present the outcome, then take the final image.
+
+        As in QT-Opt's grasp check, the robot ends every episode by raising the gripper
+        (open or closed as it is, a held object comes along) and moving it to a fixed
+        presentation pose over the gap between the bins: a held object is seen against
+        the gap instead of in front of the objects in the bin, and the fixtures are not
+        hidden under the gripper. Ground truth is read after this, so "lifted" means
+        "still held once presented". Seen from the training camera, an object held just
+        above the bin and one lying in it look alike, which capped the success detector
+        near 80% balanced accuracy on real episodes before this.
+        """
+        x, y, z = (float(v) for v in self.cell.tcp_position())
+        px, py, pz = PRESENT_TCP
+        self.cell.move_gripper_along([(x, y, max(z, pz)), (px, py, pz)])
+        self.cell.settle(10)
         return self.cell.render()
 
     def scene_description(self) -> dict[str, Any]:
@@ -150,25 +164,26 @@ class SimRobot:
                     self._stage_place(body, positive, rng)
                 else:
                     self._stage_lift(body, positive, rng)
+                image = self.final_image()  # presents: the label is read after it
                 state = self.scene_state()
                 label = task.succeeded(state)
                 if label == positive:
-                    return self.final_image(), label, state
+                    return image, label, state
                 self.cell.move_gripper_to((0.0, 0.0, 0.3), 0.0, closed=False)
                 self.cell.place_object(body, (float(saved[0]), float(saved[1]), float(saved[2])))
                 self.cell.settle(10)
-        return self.final_image(), label, self.scene_state()
+        image = self.final_image()
+        return image, label, self.scene_state()
 
     def _stage_lift(self, body: int, positive: bool, rng: np.random.Generator) -> None:
         x = RIGHT_BIN_CENTER[0] + rng.uniform(-0.06, 0.06)
         y = RIGHT_BIN_CENTER[1] + rng.uniform(-0.06, 0.06)
         yaw = float(rng.uniform(-math.pi / 2, math.pi / 2))
         self.cell.move_gripper_to((x, y, 0.2), yaw, closed=False)
-        kind = "lift" if positive else str(rng.choice(["low", "empty", "open", "lift"]))
+        # (a grasped-but-low object is no near miss: presenting the outcome lifts it)
+        kind = "lift" if positive else str(rng.choice(["empty", "open", "lift"]))
         if kind == "lift":  # positive, or (negative) a lifted object that the task does not want
             self.cell.put_in_gripper(body, (x, y, float(rng.uniform(0.13, 0.22))))
-        elif kind == "low":  # near miss: grasped but not lifted
-            self.cell.put_in_gripper(body, (x, y, float(rng.uniform(0.03, 0.06))))
         elif kind == "empty":  # near miss: gripper closed on nothing, high up
             self.cell.move_gripper_to((x, y, float(rng.uniform(0.12, 0.22))), yaw, closed=True)
             self.cell.settle(20)

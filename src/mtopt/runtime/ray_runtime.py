@@ -59,6 +59,8 @@ def _robot_actor_cls() -> Any:
                 cfg.epsilon,
                 cfg.noise_std,
                 seed=seed,
+                scripted_epsilon=cfg.collect.scripted_epsilon,
+                scripted_early_terminate=cfg.collect.scripted_early_terminate,
             )
             collect = dataclasses.replace(cfg.collect, max_steps=cfg.sim.max_steps)
             self.loop = CollectLoop(

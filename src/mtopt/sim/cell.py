@@ -504,6 +504,21 @@ class SimCell:
         self._p(pb.changeConstraint, self._constraint, pos, orn, maxForce=400)
         self._set_fingers(closed, instant=True)
 
+    def move_gripper_along(
+        self, waypoints: list[tuple[float, float, float]], substeps_per_waypoint: int = 24
+    ) -> None:
+        """Move the gripper physically (a held object comes along) through ``waypoints``,
+        keeping its yaw and finger command; not an episode action (no limits on step size)."""
+        for wp in waypoints:
+            start, goal = self._tcp.copy(), np.asarray(wp, dtype=np.float64)
+            chunks = 6
+            for k in range(1, chunks + 1):
+                tcp = start + (goal - start) * (k / chunks)
+                pos, orn = self._palm_pose(tcp, self._yaw)
+                self._p(pb.changeConstraint, self._constraint, pos, orn, maxForce=400)
+                self._settle(max(1, substeps_per_waypoint // chunks))
+            self._tcp = goal
+
     def _settle(self, n: int) -> None:
         for _ in range(n):
             self._p(pb.stepSimulation)

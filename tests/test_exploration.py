@@ -1,0 +1,79 @@
+"""Exploration wrapper used while scripted policies collect."""
+
+import numpy as np
+import pytest
+
+from mtopt.collect.loop import PolicyProvider
+from mtopt.policies.exploration import Exploring
+from mtopt.robots.action import ACTION_DIM
+from mtopt.robots.base import Observation
+from mtopt.tasks import DEFAULT_REGISTRY
+
+
+class Constant:
+    name = "const"
+    version = 0
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def reset(self, task: str, rng: np.random.Generator) -> None:
+        self.calls = 0
+
+    def act(self, obs: Observation) -> np.ndarray:
+        self.calls += 1
+        return np.array([0.5, 0.5, 0.5, 0.0, -1.0, -1.0], dtype=np.float32)
+
+
+OBS = Observation(image=np.zeros((8, 8, 3), np.uint8), state=np.zeros(2, np.float32))
+
+
+def test_no_exploration_is_the_bare_policy() -> None:
+    p = Exploring(Constant())
+    p.reset("lift-any", np.random.default_rng(0))
+    for _ in range(20):
+        np.testing.assert_array_equal(p.act(OBS), Constant().act(OBS))
+
+
+def test_early_terminate_rate_and_step_range() -> None:
+    inner = Constant()
+    p = Exploring(inner, early_terminate=0.3, horizon=5)
+    rng = np.random.default_rng(1)
+    stops = []
+    for _ in range(2000):
+        p.reset("lift-any", rng)
+        stop = None
+        for t in range(10):
+            if p.act(OBS)[5] > 0:
+                stop = t
+                break
+        stops.append(stop)
+    ended = [s for s in stops if s is not None]
+    assert 0.26 < len(ended) / len(stops) < 0.34  # binomial, n=2000: sd ~0.01
+    assert set(ended) == {0, 1, 2, 3, 4}  # uniform over [0, horizon)
+
+
+def test_random_actions_are_valid_and_never_terminate() -> None:
+    inner = Constant()
+    p = Exploring(inner, epsilon=1.0)
+    rng = np.random.default_rng(2)
+    p.reset("lift-any", rng)
+    acts = np.stack([p.act(OBS) for _ in range(500)])
+    assert acts.shape == (500, ACTION_DIM) and inner.calls == 500  # inner policy still advances
+    assert np.all(np.abs(acts) <= 1.0) and np.all(acts[:, 5] < 0)
+    flipped = (acts[:, 4] > 0).mean()  # the inner policy keeps the gripper open (-1)
+    assert 0.17 < flipped < 0.33  # gripper_flip 0.25, n=500: sd ~0.02
+    assert acts[:, :4].std() > 0.4  # uniform on [-1, 1]: sd 0.577
+
+
+def test_bad_probabilities_are_rejected() -> None:
+    with pytest.raises(ValueError, match="probabilities"):
+        Exploring(Constant(), epsilon=1.5)
+
+
+def test_provider_wraps_scripted_policies_only_when_asked() -> None:
+    spec = DEFAULT_REGISTRY.get("lift-any")
+    bare = PolicyProvider(DEFAULT_REGISTRY)(spec)
+    wrapped = PolicyProvider(DEFAULT_REGISTRY, scripted_early_terminate=0.2)(spec)
+    assert not isinstance(bare, Exploring) and isinstance(wrapped, Exploring)
+    assert wrapped.name == bare.name == "scripted-pick"
