@@ -59,7 +59,10 @@ def register(app: typer.Typer) -> None:
             bar.update(1)
             bar.set_postfix_str(" ".join(f"{k}:{v}" for k, v in counts.most_common(4)))
 
-        summary = run_fleet(spec, on_episode)
+        from mtopt._signals import stop_on_sigterm
+
+        with stop_on_sigterm():  # SIGTERM stops like Ctrl-C: robots flush, then exit
+            summary = run_fleet(spec, on_episode)
         bar.close()
         typer.echo(f"written per robot: {summary['written']}  restarts: {summary['restarts']}")
         for task, n in sorted(counts.items()):

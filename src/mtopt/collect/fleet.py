@@ -36,12 +36,14 @@ def _worker(i: int, spec: FleetSpec, episodes: int | None, seed: int, q: Any, st
     import torch
 
     torch.set_num_threads(1)
+    from mtopt._signals import install_for_process
     from mtopt.collect.loop import CollectLoop, PolicyProvider
     from mtopt.robots.sim_robot import SimRobot
     from mtopt.sim.cell import SimConfig
     from mtopt.store.writer import EpisodeWriter
     from mtopt.tasks import DEFAULT_REGISTRY
 
+    install_for_process()  # p.terminate() / kill: flush what is buffered, then exit
     sim = SimConfig(**spec.sim)
     robot = SimRobot(sim, robot_id=robot_id(i), seed=seed)
     writer = EpisodeWriter(

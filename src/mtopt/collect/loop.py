@@ -215,9 +215,7 @@ class PolicyProvider:
         self.epsilon, self.noise_std = epsilon, noise_std
         self.reload_every = reload_every
         self.seed = seed
-        self._scripted: dict[str, Policy] = {
-            t.name: scripted_policy_for(t) for t in registry
-        }
+        self._scripted: dict[str, Policy] = {t.name: scripted_policy_for(t) for t in registry}
         if scripted_epsilon > 0 or scripted_early_terminate > 0:
             self._scripted = {
                 k: Exploring(p, scripted_epsilon, scripted_early_terminate)

@@ -237,6 +237,12 @@ class LocalRun:
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> dict[str, Any]:
+        from mtopt._signals import stop_on_sigterm
+
+        with stop_on_sigterm():
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         c, p = self.cfg, self.paths
         t_start = time.time()
         sd = self.init_sd()
