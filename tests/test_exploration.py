@@ -77,3 +77,18 @@ def test_provider_wraps_scripted_policies_only_when_asked() -> None:
     wrapped = PolicyProvider(DEFAULT_REGISTRY, scripted_early_terminate=0.2)(spec)
     assert not isinstance(bare, Exploring) and isinstance(wrapped, Exploring)
     assert wrapped.name == bare.name == "scripted-pick"
+
+
+def test_provider_sends_a_share_of_episodes_to_the_learned_policy(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from mtopt.qtopt.learner import Learner
+    from mtopt.qtopt.networks import QNetConfig
+
+    Learner(QNetConfig(tower_channels=8, head_channels=8, fc_units=16)).publish(tmp_path)
+    spec = DEFAULT_REGISTRY.get("place-any")
+    never = PolicyProvider(DEFAULT_REGISTRY, tmp_path, learned_fraction=0.0)
+    assert {never(spec).name for _ in range(20)} == {"scripted-place"}
+    half = PolicyProvider(DEFAULT_REGISTRY, tmp_path, learned_fraction=0.5, seed=1)
+    names = [half(spec).name for _ in range(400)]
+    assert 0.4 < names.count("cem") / len(names) < 0.6  # binomial, n=400: sd 0.025
+    with pytest.raises(ValueError, match="learned_fraction"):
+        PolicyProvider(DEFAULT_REGISTRY, learned_fraction=2.0)

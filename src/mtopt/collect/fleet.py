@@ -58,6 +58,7 @@ def _worker(i: int, spec: FleetSpec, episodes: int | None, seed: int, q: Any, st
         seed=seed,
         scripted_epsilon=spec.collect.scripted_epsilon,
         scripted_early_terminate=spec.collect.scripted_early_terminate,
+        learned_fraction=spec.collect.learned_fraction,
     )
     loop = CollectLoop(robot, DEFAULT_REGISTRY, writer, provider, spec.collect, seed=seed)
     n = 0

@@ -50,6 +50,11 @@ class CollectConfig:
     scripted_early_terminate: float = 0.2
     """Per-episode probability that a scripted policy TERMINATEs at a random early step
     (the data must show that ending early fails; see ``policies.exploration``)."""
+    learned_fraction: float = 0.5
+    """Before a task reaches parity, the share of its episodes that the learned CEM
+    policy (with exploration) collects once Q weights are published. Without it the
+    learned policy never sees the states its own mistakes lead to: offline data from the
+    scripted policies alone leaves Q free to extrapolate on actions they never take."""
 
 
 @dataclass(frozen=True)
@@ -188,7 +193,9 @@ class CollectLoop:
 class PolicyProvider:
     """Scripted bootstrap policies, switched to the learned CEM policy per task.
 
-    The switch file (written by the trainer's evaluation) looks like
+    Before parity, ``learned_fraction`` of a task's episodes still go to the learned
+    policy (QT-Opt's on-policy correction). The switch file (written by the trainer's
+    evaluation) looks like
     ``{"learned": ["lift-any", ...], "proxy": {"lift-ball": "lift-any"}}``: tasks in
     ``learned`` act with CEM on their own task id; a ``proxy`` task collects with another
     (easier) task's learned policy, which bootstraps hard tasks.
@@ -205,6 +212,7 @@ class PolicyProvider:
         seed: int = 0,
         scripted_epsilon: float = 0.0,
         scripted_early_terminate: float = 0.0,
+        learned_fraction: float = 0.0,
     ):
         from mtopt.policies.exploration import Exploring
         from mtopt.policies.scripted import scripted_policy_for
@@ -215,6 +223,10 @@ class PolicyProvider:
         self.epsilon, self.noise_std = epsilon, noise_std
         self.reload_every = reload_every
         self.seed = seed
+        if not 0.0 <= learned_fraction <= 1.0:
+            raise ValueError(f"learned_fraction must be in [0, 1], got {learned_fraction}")
+        self.learned_fraction = learned_fraction
+        self._rng = np.random.default_rng(seed + 99991)
         self._scripted: dict[str, Policy] = {t.name: scripted_policy_for(t) for t in registry}
         if scripted_epsilon > 0 or scripted_early_terminate > 0:
             self._scripted = {
@@ -257,6 +269,8 @@ class PolicyProvider:
             proxy = self._switch.get("proxy", {}).get(task.name)
             if proxy:
                 return _TaskBound(self._cem, proxy)
+            if self.learned_fraction > 0 and self._rng.random() < self.learned_fraction:
+                return _TaskBound(self._cem, task.name)
         return self._scripted[task.name]
 
 

@@ -61,6 +61,7 @@ def _robot_actor_cls() -> Any:
                 seed=seed,
                 scripted_epsilon=cfg.collect.scripted_epsilon,
                 scripted_early_terminate=cfg.collect.scripted_early_terminate,
+                learned_fraction=cfg.collect.learned_fraction,
             )
             collect = dataclasses.replace(cfg.collect, max_steps=cfg.sim.max_steps)
             self.loop = CollectLoop(
