@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing as mp
-import queue as queue_mod
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,9 @@ def robot_id(i: int) -> str:
     return f"robot-{i:02d}"
 
 
-def _worker(i: int, spec: FleetSpec, episodes: int | None, seed: int, q: Any, stop: Any) -> None:
+def _worker(
+    i: int, spec: FleetSpec, episodes: int | None, seed: int, conn: Connection, stop: Any
+) -> None:
     import torch
 
     torch.set_num_threads(1)
@@ -67,7 +70,9 @@ def _worker(i: int, spec: FleetSpec, episodes: int | None, seed: int, q: Any, st
         while (episodes is None or n < episodes) and not stop.is_set():
             ep = loop.run_one()
             n += 1
-            q.put((i, ep.task, ep.policy, ep.gt_success))
+            # if the parent is gone the episode is on disk all the same
+            with contextlib.suppress(BrokenPipeError, OSError):
+                conn.send((i, ep.task, ep.policy, ep.gt_success))
             if spec.max_rate > 0:
                 ahead = n / spec.max_rate - (time.monotonic() - t0)
                 if ahead > 0:
@@ -77,6 +82,7 @@ def _worker(i: int, spec: FleetSpec, episodes: int | None, seed: int, q: Any, st
     finally:
         writer.close()
         robot.close()
+        conn.close()
 
 
 def written_per_robot(store: str | Path) -> dict[str, int]:
@@ -96,11 +102,13 @@ def run_fleet(
 ) -> dict[str, Any]:
     """Run the fleet to completion (or until ``should_stop()``/Ctrl-C); returns a summary."""
     ctx = mp.get_context("spawn")
-    q = ctx.Queue()
     stop = ctx.Event()
     Path(spec.store).mkdir(parents=True, exist_ok=True)
     done_before = written_per_robot(spec.store)
     procs: dict[int, Any] = {}
+    # One pipe per robot process (not a shared Queue): a shared queue has a lock that a
+    # SIGKILLed writer can die holding, which would hang every later writer.
+    conns: dict[int, Connection] = {}
     restarts = dict.fromkeys(range(spec.robots), 0)
 
     def start(i: int) -> None:
@@ -113,21 +121,35 @@ def run_fleet(
             if remaining == 0:
                 return
         seed = spec.seed * 1000 + i + 101 * restarts[i]
-        p = ctx.Process(target=_worker, args=(i, spec, remaining, seed, q, stop), daemon=True)
+        reader, writer = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_worker, args=(i, spec, remaining, seed, writer, stop), daemon=True)
         p.start()
-        procs[i] = p
+        writer.close()  # the child holds the only write end: EOF when it dies
+        procs[i], conns[i] = p, reader
+
+    def drain(timeout: float) -> None:
+        for conn in wait(list(conns.values()), timeout=timeout):
+            assert isinstance(conn, Connection)
+            i = next(k for k, c in conns.items() if c is conn)
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError, ValueError, TypeError, AttributeError, ImportError):
+                # the robot exited (or died mid-message): its episodes are on disk
+                del conns[i]
+                conn.close()
+                continue
+            if on_episode:
+                on_episode(*msg)
 
     for i in range(spec.robots):
         start(i)
     interrupted = False
     try:
         while procs:
-            try:
-                i, task, policy, gt = q.get(timeout=0.2)
-                if on_episode:
-                    on_episode(i, task, policy, gt)
-            except queue_mod.Empty:
-                pass
+            if conns:
+                drain(0.2)
+            else:
+                time.sleep(0.05)
             if should_stop and should_stop():
                 stop.set()
             for i, p in list(procs.items()):
@@ -135,6 +157,11 @@ def run_fleet(
                     continue
                 p.join()
                 del procs[i]
+                deadline = time.monotonic() + 5.0
+                while i in conns and time.monotonic() < deadline:
+                    drain(0.2)  # read what it sent before exiting, up to EOF
+                if i in conns:
+                    conns.pop(i).close()
                 if p.exitcode not in (0, None) and not stop.is_set() and restarts[i] < max_restarts:
                     restarts[i] += 1
                     start(i)
@@ -147,13 +174,17 @@ def run_fleet(
         for p in procs.values():
             if p.is_alive():
                 p.terminate()
-        while True:  # drain progress messages so the queue's feeder thread can exit
-            try:
-                msg = q.get_nowait()
-                if on_episode:
-                    on_episode(*msg)
-            except (queue_mod.Empty, OSError, ValueError):
-                break
+        for p in procs.values():
+            p.join(timeout=10)
+        try:
+            while conns:  # progress messages still in the pipes
+                drain(0.0)
+                if not wait(list(conns.values()), timeout=0.0):
+                    break
+        except KeyboardInterrupt:
+            pass
+        for c in conns.values():
+            c.close()
     counts = written_per_robot(spec.store)
     return {
         "written": {k: counts.get(k, 0) - done_before.get(k, 0) for k in counts},
