@@ -165,6 +165,29 @@ class QNetwork(nn.Module):
         self.dense_small_convs = True
         """CEM fast path: run the post-merge convs on <= 4x4 maps as dense matmuls."""
         self._dense_cache: dict[str, Any] = {}
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He (fan-in, ReLU) initialisation with zero biases for every conv and linear layer.
+
+        PyTorch's default init shrinks the signal's variance about 6x per conv+ReLU layer;
+        through the 9 un-normalised post-merge convolutions that left Q at init flat in the
+        action (logit std over actions ~4e-7 for a fixed state) and starved the early
+        layers of gradient. With He init the post-merge activations keep their scale
+        (``tests/test_networks.py::test_signal_reaches_the_output_at_init``). The output
+        layers get a small init so Q starts near 0.5.
+        """
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d | nn.Linear):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        outs = [self.out] if self.out is not None else [h[-1] for h in self.heads or []]
+        for layer in outs:
+            assert isinstance(layer, nn.Linear)
+            nn.init.normal_(layer.weight, std=0.1 / layer.in_features**0.5)
+            nn.init.zeros_(layer.bias)
+        self._dense_cache.clear()
 
     def logits_from_features(
         self, feats: torch.Tensor, state: torch.Tensor, action: torch.Tensor, task: torch.Tensor
