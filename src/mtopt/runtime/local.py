@@ -156,9 +156,12 @@ class LocalRun:
             sd = SuccessDetector.load(self.paths.sd, self.registry.names)
             self._log(f"loaded success detector v{sd.version}")
             return sd
-        self._log(
-            "staging success-detector examples (positives and near misses, randomized scenes)"
-        )
+        if (self.paths.sd / "examples.npz").exists():
+            self._log(f"reusing staged success-detector examples in {self.paths.sd}")
+        else:
+            self._log(
+                "staging success-detector examples (positives and near misses, randomized scenes)"
+            )
         data = self._sd_train_set()
         net = train_sd(data, self.cfg.sd.train, progress=True)
         sd = SuccessDetector(net, self.registry.names)
