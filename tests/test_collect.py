@@ -119,6 +119,40 @@ def test_collect_cli_two_robots(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["collect", "--store", str(tmp_path), "--tasks", "fly"])
     assert res.exit_code == 2 and "unknown task 'fly'" in res.output
 
+    # the SD column: a detector published in the run's sd/ next to the store is used
+    from mtopt.success.network import SDNetConfig, SuccessDetector, SuccessNet
+    from mtopt.tasks import DEFAULT_REGISTRY
+
+    store = tmp_path / "run" / "store"
+    store.mkdir(parents=True)
+    (tmp_path / "shards").rename(store / "shards")
+    res = CliRunner().invoke(app, ["store", "stats", str(store)])
+    assert res.exit_code == 0 and "success detector:" not in res.output
+    sd = SuccessDetector(SuccessNet(SDNetConfig()), DEFAULT_REGISTRY.names)
+    sd.publish(tmp_path / "run" / "sd", 1)
+    res = CliRunner().invoke(app, ["store", "stats", str(store)])
+    assert res.exit_code == 0 and "success detector:" in res.output, res.output
+    rows = [ln.split() for ln in res.output.splitlines() if ln.startswith(("lift-", "place-"))]
+    assert rows and all(r[-1].endswith("%") for r in rows)  # every task has an SD rate
+    res = CliRunner().invoke(app, ["store", "stats", str(store), "--sd", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "no success detector weights" in res.output
+
+
+def test_store_stats_by_hand(tmp_path: Path) -> None:
+    from mtopt.store import EpisodeWriter
+    from mtopt.store.stats import store_stats
+    from test_store import make_episode
+
+    with EpisodeWriter(tmp_path, "r0", flush_every=10) as w:
+        for i in range(4):  # gt success: 1 and 3
+            w.write(make_episode(i))
+    s = store_stats(tmp_path, {"ep00000": 0.9, "ep00001": 0.2, "ep00002": 0.7})
+    t = s["tasks"]["lift-any"]
+    assert s["episodes"] == 4 and t["episodes"] == 4
+    assert t["gt_success_rate"] == 0.5
+    assert abs(t["sd_success_rate"] - 2 / 3) < 1e-9  # 2 of the 3 scored episodes > 0.5
+    assert store_stats(tmp_path)["tasks"]["lift-any"]["sd_success_rate"] is None
+
 
 def test_fleet_restarts_a_killed_robot_and_keeps_its_episodes(tmp_path: Path) -> None:
     import multiprocessing as mp

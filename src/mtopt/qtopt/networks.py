@@ -182,7 +182,8 @@ class QNetwork(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        outs = [self.out] if self.out is not None else [h[-1] for h in self.heads or []]
+        heads = [h for h in self.heads or [] if isinstance(h, nn.Sequential)]
+        outs = [self.out] if self.out is not None else [h[-1] for h in heads]
         for layer in outs:
             assert isinstance(layer, nn.Linear)
             nn.init.normal_(layer.weight, std=0.1 / layer.in_features**0.5)

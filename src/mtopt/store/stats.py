@@ -2,23 +2,59 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mtopt.store.reader import EpisodeReader
 
-SD_REWARDS_FILE = "sd_rewards.json"  # optional: {episode_id: {task: 0/1}} written by LogReplay
+
+def sd_scores(store_dir: str | Path, sd_dir: str | Path, batch: int = 256) -> dict[str, float]:
+    """P(success) of every episode for its own task, from the success detector in ``sd_dir``.
+
+    Streams the store shard by shard, scoring final images in batches; episodes whose task
+    the detector does not know are left out.
+    """
+    from mtopt.success.network import SuccessDetector
+
+    sd = SuccessDetector.load(sd_dir)
+    known = set(sd.tasks)
+    out: dict[str, float] = {}
+    ids: list[str] = []
+    images: list[np.ndarray] = []
+    cols: list[int] = []
+
+    def flush() -> None:
+        if ids:
+            p = sd.score(np.stack(images), batch)
+            for k, eid in enumerate(ids):
+                out[eid] = float(p[k, cols[k]])
+            ids.clear()
+            images.clear()
+            cols.clear()
+
+    for e in EpisodeReader(store_dir).episodes():
+        if e.task in known:
+            ids.append(e.episode_id)
+            images.append(e.final_image)
+            cols.append(sd.task_index(e.task))
+            if len(ids) >= batch:
+                flush()
+    flush()
+    return out
 
 
-def store_stats(store_dir: str | Path) -> dict[str, Any]:
+def store_stats(
+    store_dir: str | Path, sd_scores: Mapping[str, float] | None = None
+) -> dict[str, Any]:
+    """Counts per task and policy; success per task by ground truth and, given
+    ``sd_scores`` (episode id -> P(success) for its task), by the success detector."""
     reader = EpisodeReader(store_dir)
     rows = reader.metadata()
-    sd: dict[str, dict[str, float]] = {}
-    sd_path = Path(store_dir) / SD_REWARDS_FILE
-    if sd_path.exists():
-        sd = json.loads(sd_path.read_text())
+    sd = sd_scores or {}
     per_task: dict[str, dict[str, Any]] = defaultdict(
         lambda: {"episodes": 0, "gt_success": 0, "gt_known": 0, "sd_success": 0, "sd_known": 0}
     )
@@ -30,7 +66,7 @@ def store_stats(store_dir: str | Path) -> dict[str, Any]:
         if r["gt_success"] is not None:
             t["gt_known"] += 1
             t["gt_success"] += int(r["gt_success"])
-        s = sd.get(r["episode_id"], {}).get(r["task"])
+        s = sd.get(r["episode_id"])
         if s is not None:
             t["sd_known"] += 1
             t["sd_success"] += int(s > 0.5)
