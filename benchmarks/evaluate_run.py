@@ -12,25 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from mtopt.eval.evaluate import evaluate_policy
+from mtopt.eval.evaluate import evaluate_policy, rate_with_ci
 from mtopt.policies.cem_policy import CEMPolicy
 from mtopt.policies.scripted import scripted_policy_for
 from mtopt.sim.cell import SimConfig
 from mtopt.tasks import DEFAULT_REGISTRY
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
-    if n == 0:
-        return [0.0, 1.0]
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return [round(max(0.0, c - h), 4), round(min(1.0, c + h), 4)]
 
 
 def one(job: tuple[str, str, str, int, int]) -> tuple[str, str, float, int]:
@@ -83,8 +72,7 @@ def main() -> None:
     per_task: dict[str, dict[str, object]] = {t: {} for t in tasks}
     version = 0
     for task, which, rate, v in results:
-        k = round(rate * args.episodes)
-        per_task[task][which] = {"success": round(rate, 4), "ci95": wilson(k, args.episodes)}
+        per_task[task][which] = rate_with_ci(rate, args.episodes)
         version = max(version, v)
     out = {
         "run": args.run,

@@ -10,24 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from mtopt.eval.evaluate import evaluate_policy
+from mtopt.eval.evaluate import evaluate_policy, rate_with_ci
 from mtopt.policies.scripted import scripted_policy_for
 from mtopt.sim.cell import SimConfig
 from mtopt.tasks import DEFAULT_REGISTRY
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
 
 
 def one_task(args: tuple[str, int, str, int]) -> tuple[str, float]:
@@ -50,11 +39,7 @@ def main() -> None:
     jobs = [(t, args.episodes, args.split, args.seed) for t in DEFAULT_REGISTRY.names]
     with ProcessPoolExecutor(args.workers) as pool:
         rates = dict(pool.map(one_task, jobs))
-    per_task = {}
-    for t in DEFAULT_REGISTRY.names:
-        k = round(rates[t] * args.episodes)
-        lo, hi = wilson(k, args.episodes)
-        per_task[t] = {"success": round(rates[t], 4), "ci95": [round(lo, 4), round(hi, 4)]}
+    per_task = {t: rate_with_ci(rates[t], args.episodes) for t in DEFAULT_REGISTRY.names}
     out = {
         "episodes_per_task": args.episodes,
         "object_split": args.split,

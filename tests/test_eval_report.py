@@ -25,3 +25,16 @@ def test_plots_write_pngs(tmp_path: Path) -> None:
 def test_markdown_table() -> None:
     t = markdown_table([{"task": "a", "rate": 0.5}], ["task", "rate"])
     assert t.splitlines() == ["| task | rate |", "|---|---|", "| a | 0.50 |"]
+
+
+def test_wilson_interval_by_hand() -> None:
+    from mtopt.eval.evaluate import rate_with_ci, wilson_interval
+
+    # k=5, n=10, z=1.96: d = 1.38416, centre = 0.5, half = 1.96*sqrt(0.034604)/d = 0.26341
+    lo, hi = wilson_interval(5, 10)
+    assert abs(lo - 0.23659) < 1e-4 and abs(hi - 0.76341) < 1e-4
+    # k=0: centre = half = 0.19208/1.38416 = 0.13877, so [0, 0.27755]
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and abs(hi - 0.27755) < 1e-4
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    assert rate_with_ci(0.5, 10) == {"success": 0.5, "ci95": [0.2366, 0.7634]}

@@ -177,10 +177,8 @@ def run_fleet(
         for p in procs.values():
             p.join(timeout=10)
         try:
-            while conns:  # progress messages still in the pipes
-                drain(0.0)
-                if not wait(list(conns.values()), timeout=0.0):
-                    break
+            while conns and wait(list(conns.values()), timeout=0.0):
+                drain(0.0)  # progress messages still in the pipes
         except KeyboardInterrupt:
             pass
         for c in conns.values():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -13,6 +14,23 @@ from mtopt.sim.runner import run_episode
 from mtopt.tasks.registry import TaskRegistry, TaskSpec
 
 EVAL_SEED_OFFSET = 7_000_000  # evaluation scene seeds never used for collection seeds of the fleet
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for k successes in n trials (95% for z = 1.96)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, c - h), min(1.0, c + h))
+
+
+def rate_with_ci(rate: float, n: int) -> dict[str, object]:
+    """{"success": rate, "ci95": [lo, hi]} for a success rate measured over n episodes."""
+    lo, hi = wilson_interval(round(rate * n), n)
+    return {"success": round(rate, 4), "ci95": [round(lo, 4), round(hi, 4)]}
 
 
 def evaluate_policy(

@@ -174,7 +174,7 @@ class QNetwork(nn.Module):
         through the 9 un-normalised post-merge convolutions that left Q at init flat in the
         action (logit std over actions ~4e-7 for a fixed state) and starved the early
         layers of gradient. With He init the post-merge activations keep their scale
-        (``tests/test_networks.py::test_signal_reaches_the_output_at_init``). The output
+        (``tests/test_qtopt_math.py::test_signal_reaches_the_output_at_init``). The output
         layers get a small init so Q starts near 0.5.
         """
         for m in self.modules():
