@@ -96,6 +96,33 @@ def test_grasp_needs_contact_closing_on_nothing_holds_nothing(robot: SimRobot) -
     assert not any(o.in_gripper for o in robot.scene_state().objects)
 
 
+def test_presenting_the_outcome_keeps_the_object_and_turns_it_to_the_camera(
+    robot: SimRobot,
+) -> None:
+    """A held object survives the presentation move (rotation included), ends at the
+    fixed pose, and the image changes where the held object now hangs."""
+    from mtopt.robots.sim_robot import PRESENT_TCP, PRESENT_YAW
+
+    held, empty = [], []
+    for seed in range(4):
+        robot.reset_scene(100 + seed)
+        robot.start_episode()
+        assert robot.prepare_for_task(True)
+        held.append(robot.final_image())
+        assert robot.holding(), f"scene {100 + seed}: the object fell while being presented"
+        assert abs(robot.cell.pose()[3] - PRESENT_YAW) < 1e-6
+        np.testing.assert_allclose(robot.cell.tcp_position(), PRESENT_TCP, atol=0.02)
+        robot.reset_scene(100 + seed)
+        robot.start_episode()
+        robot.prepare_for_task(False)
+        empty.append(robot.final_image())
+    # the held object is in view: images with and without it differ clearly
+    diffs = [
+        np.abs(h.astype(int) - e.astype(int)).sum(-1) > 60 for h, e in zip(held, empty, strict=True)
+    ]
+    assert all(d.sum() >= 12 for d in diffs), [int(d.sum()) for d in diffs]
+
+
 @pytest.mark.parametrize("task", DEFAULT_REGISTRY.names)
 def test_ground_truth_on_staged_success_and_near_miss(robot: SimRobot, task: str) -> None:
     spec = DEFAULT_REGISTRY.get(task)

@@ -21,7 +21,8 @@ from mtopt.tasks.registry import TaskSpec
 from mtopt.tasks.scene import SceneState
 
 HOLDING_GAP_M = 0.004  # fingers closed but kept apart by something: holding an object
-PRESENT_TCP = (0.08, 0.0, 0.22)  # where the gripper shows the outcome (see final_image)
+PRESENT_TCP = (0.10, 0.0, 0.25)  # where the gripper shows the outcome (see final_image)
+PRESENT_YAW = 0.0  # fingers close along y: seen from the camera they flank a held object
 
 
 class SimRobot:
@@ -98,14 +99,15 @@ class SimRobot:
         (open or closed as it is, a held object comes along) and moving it to a fixed
         presentation pose over the gap between the bins: a held object is seen against
         the gap instead of in front of the objects in the bin, and the fixtures are not
-        hidden under the gripper. Ground truth is read after this, so "lifted" means
+        hidden under the gripper. On the way it turns to a fixed yaw with the fingers
+        beside (not in front of) whatever they hold, so the held object faces the camera. Ground truth is read after this, so "lifted" means
         "still held once presented". Seen from the training camera, an object held just
         above the bin and one lying in it look alike, which capped the success detector
         near 80% balanced accuracy on real episodes before this.
         """
         x, y, z = (float(v) for v in self.cell.tcp_position())
         px, py, pz = PRESENT_TCP
-        self.cell.move_gripper_along([(x, y, max(z, pz)), (px, py, pz)])
+        self.cell.move_gripper_along([(x, y, max(z, pz)), (px, py, pz)], yaw=PRESENT_YAW)
         self.cell.settle(10)
         return self.cell.render()
 

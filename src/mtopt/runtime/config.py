@@ -89,7 +89,8 @@ class RunConfig:
     sim: SimConfig = field(default_factory=SimConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
     qnet: QNetConfig = field(default_factory=QNetConfig)
-    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(precision="auto"))
+    """Adam learner; bf16 autocast where the CPU has fast bf16 (AMX) or on a GPU."""
     cem_act: CEMConfig = field(default_factory=CEMConfig)
     cem_bellman: CEMConfig = field(default_factory=lambda: CEMConfig(samples=32, elites=4))
     replay: ReplayConfig = field(default_factory=ReplayConfig)

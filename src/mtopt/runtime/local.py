@@ -301,10 +301,17 @@ class LocalRun:
         thread = threading.Thread(target=fleet, name="fleet", daemon=True)
         thread.start()
         self._log(f"fleet started: {c.robots} robot process(es) -> {p.store}")
+        import sys
+
         from tqdm import tqdm
 
         bar = tqdm(
-            desc="mtopt run", unit="step", total=c.max_learner_steps or None, initial=learner.step
+            desc="mtopt run",
+            unit="step",
+            total=c.max_learner_steps or None,
+            initial=learner.step,
+            # redirected to a log file: one line a minute instead of ten a second
+            mininterval=0.1 if sys.stderr.isatty() else 60.0,
         )
         ingested, since_sd, recent = 0, 0, []
         last_eval_step = learner.step
@@ -344,6 +351,7 @@ class LocalRun:
                         sd=f"v{sd.version}",
                         q=f"v{learner.version}",
                         loss=f"{stats.get('loss', 0):.3f}",
+                        refresh=False,  # shown on the bar's next (rate-limited) refresh
                     )
                 elif not thread.is_alive():
                     break

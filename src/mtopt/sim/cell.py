@@ -505,19 +505,29 @@ class SimCell:
         self._set_fingers(closed, instant=True)
 
     def move_gripper_along(
-        self, waypoints: list[tuple[float, float, float]], substeps_per_waypoint: int = 24
+        self,
+        waypoints: list[tuple[float, float, float]],
+        substeps_per_waypoint: int = 24,
+        yaw: float | None = None,
     ) -> None:
         """Move the gripper physically (a held object comes along) through ``waypoints``,
-        keeping its yaw and finger command; not an episode action (no limits on step size)."""
-        for wp in waypoints:
+        keeping its finger command; not an episode action (no limits on step size). The
+        yaw turns evenly to ``yaw`` over the waypoints (None: keep it)."""
+        yaw0 = self._yaw
+        yaw1 = yaw0 if yaw is None else float(yaw)
+        for i, wp in enumerate(waypoints):
             start, goal = self._tcp.copy(), np.asarray(wp, dtype=np.float64)
+            ya = yaw0 + (yaw1 - yaw0) * i / len(waypoints)
+            yb = yaw0 + (yaw1 - yaw0) * (i + 1) / len(waypoints)
             chunks = 6
             for k in range(1, chunks + 1):
-                tcp = start + (goal - start) * (k / chunks)
-                pos, orn = self._palm_pose(tcp, self._yaw)
+                f = k / chunks
+                tcp = start + (goal - start) * f
+                pos, orn = self._palm_pose(tcp, ya + (yb - ya) * f)
                 self._p(pb.changeConstraint, self._constraint, pos, orn, maxForce=400)
                 self._settle(max(1, substeps_per_waypoint // chunks))
             self._tcp = goal
+        self._yaw = yaw1
 
     def _settle(self, n: int) -> None:
         for _ in range(n):
