@@ -19,6 +19,8 @@ def test_decide_next_hand_built_cases() -> None:
     assert not decide_next(True, 0, 1, 3, 0.9, 0.2).reset  # holding: a place can follow
     assert decide_next(False, 2, 1, 3, 0.1, 0.2).reason == "random reset"
     assert not decide_next(False, 2, 1, 3, 0.5, 0.2).reset
+    # a placing episode ends the chain, even when the draw says chain on
+    assert decide_next(False, 2, 1, 3, 0.5, 0.2, placed=True).reason.startswith("placed")
 
 
 def test_choose_task_chains_placing_when_holding() -> None:
@@ -95,7 +97,12 @@ def test_loop_writes_chained_episodes(tmp_path: Path) -> None:
     reg = DEFAULT_REGISTRY.subset(["lift-any", "place-on-plate"])
     with EpisodeWriter(tmp_path, "fake", flush_every=100) as w:
         loop = CollectLoop(
-            robot, reg, w, scripted_policy_for, CollectConfig(max_chain=2, reset_prob=0.0), seed=1
+            robot,
+            reg,
+            w,
+            scripted_policy_for,
+            CollectConfig(max_chain=2, reset_prob=0.0, reset_after_place=False),
+            seed=1,
         )
         eps = [loop.run_one() for _ in range(6)]
     assert [e.chain_index for e in eps] == [0, 1, 0, 1, 0, 1]
@@ -104,6 +111,28 @@ def test_loop_writes_chained_episodes(tmp_path: Path) -> None:
     stored = EpisodeReader(tmp_path).poll()
     assert [e.episode_id for e in stored] == [e.episode_id for e in eps]
     assert all(e.gt_success is None for e in stored)  # no simulator: no ground truth
+
+
+def test_placing_ends_the_chain(tmp_path: Path) -> None:
+    robot = FakeRobot()
+    reg = DEFAULT_REGISTRY.subset(["lift-any", "place-on-plate"])
+    with EpisodeWriter(tmp_path, "fake", flush_every=100) as w:
+        loop = CollectLoop(
+            robot, reg, w, scripted_policy_for, CollectConfig(max_chain=3, reset_prob=0.0), seed=2
+        )
+        eps = [loop.run_one() for _ in range(30)]
+    places = [i for i, e in enumerate(eps[:-1]) if e.task == "place-on-plate"]
+    assert places, "the fake robot should have tried some placing"
+    assert all(eps[i + 1].chain_index == 0 for i in places)
+    # and the switch turns it off: placing can follow placing in one scene again
+    robot = FakeRobot()
+    with EpisodeWriter(tmp_path / "b", "fake", flush_every=100) as w:
+        cfg = CollectConfig(max_chain=3, reset_prob=0.0, reset_after_place=False)
+        loop = CollectLoop(robot, reg, w, scripted_policy_for, cfg, seed=2)
+        eps = [loop.run_one() for _ in range(30)]
+    assert any(
+        e.task == "place-on-plate" and eps[i + 1].chain_index > 0 for i, e in enumerate(eps[:-1])
+    )
 
 
 def test_collect_cli_two_robots(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from mtopt.success.improve import select_uncertain
 from mtopt.success.labels import LabelStore
 from mtopt.success.network import SDNetConfig, SuccessDetector, SuccessNet
 from mtopt.success.server import create_app
-from mtopt.success.train import SDTrainConfig, evaluate_sd, train_sd
+from mtopt.success.train import SDTrainConfig, batch_indices, evaluate_sd, train_sd
 
 torch.set_num_threads(1)
 TASKS = ("bright", "red")
@@ -86,6 +86,23 @@ def test_uncertainty_selection_by_hand() -> None:
     picks = select_uncertain(probs, already, 2)
     assert picks[0].tolist() == [1, 0]  # row 2 already labeled for task 0
     assert picks[1].tolist() == [0, 2]
+
+
+def test_labeled_episodes_get_their_share_of_each_batch() -> None:
+    g = torch.Generator().manual_seed(0)
+    labeled = torch.tensor([7, 9])  # 2 labeled episodes among 10 rows (8 staged)
+    idx = batch_indices(10, labeled, 8, 0.5, g)
+    assert len(idx) == 8
+    assert set(idx[4:].tolist()) <= {7, 9}  # round(0.5 * 8) = 4 from the labeled rows
+    # nothing labeled, or nothing but labeled rows: plain uniform sampling
+    assert len(batch_indices(10, torch.tensor([], dtype=torch.long), 8, 0.5, g)) == 8
+    assert len(batch_indices(2, labeled, 8, 0.5, g)) == 8
+    # over many batches, 4/8 + 4/8 * 2/10 of the rows are labeled ones
+    many = torch.cat([batch_indices(10, labeled, 8, 0.5, g) for _ in range(4000)])
+    share = float(torch.isin(many, labeled).float().mean())
+    assert abs(share - (0.5 + 0.5 * 0.2)) < 0.01
+    with pytest.raises(ValueError, match="labeled_fraction"):
+        SDTrainConfig(labeled_fraction=1.5)
 
 
 def test_label_store_survives_restart_and_torn_lines(tmp_path: Path) -> None:

@@ -26,7 +26,27 @@ class SDTrainConfig:
     """Random translation augmentation (pixels)."""
     jitter: float = 0.1
     """Brightness/contrast jitter (fraction)."""
+    labeled_fraction: float = 0.5
+    """Share of each batch drawn from labeled episodes (any source but "staged") when the
+    set has some: a few hundred labels of real outcomes would otherwise be a small
+    minority next to the staged scenes, which look a little different."""
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.labeled_fraction <= 1.0:
+            raise ValueError(f"labeled_fraction must be in [0, 1], got {self.labeled_fraction}")
+
+
+def batch_indices(
+    n: int, labeled: torch.Tensor, batch: int, labeled_fraction: float, g: torch.Generator
+) -> torch.Tensor:
+    """Rows of one SD training batch: ``round(labeled_fraction * batch)`` drawn from the
+    ``labeled`` rows (when there are some, but not only those), the rest from all ``n``."""
+    k = round(labeled_fraction * batch) if 0 < len(labeled) < n else 0
+    idx = torch.randint(0, n, (batch - k,), generator=g)
+    if k:
+        idx = torch.cat([idx, labeled[torch.randint(0, len(labeled), (k,), generator=g)]])
+    return idx
 
 
 def augment(images: torch.Tensor, shift: int, jitter: float, g: torch.Generator) -> torch.Tensor:
@@ -82,8 +102,10 @@ def train_sd(
         from tqdm import tqdm
 
         steps = tqdm(steps, desc="training SD", unit="step")
+    batch = min(cfg.batch_size, len(data))
+    labeled = torch.from_numpy(np.flatnonzero(data.sources.astype(str) != "staged"))
     for _ in steps:
-        idx = torch.randint(0, len(data), (min(cfg.batch_size, len(data)),), generator=g)
+        idx = batch_indices(len(data), labeled, batch, cfg.labeled_fraction, g)
         x = augment(images[idx], cfg.shift, cfg.jitter, g)
         y, m = labels[idx], mask[idx]
         logits = net.logits_all(x)
