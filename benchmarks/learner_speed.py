@@ -7,7 +7,8 @@ bellman : compute_targets on 64 live transitions: CEM (2 x 64, or 2 x 32) over t
 FLOPs   : counted by torch.utils.flop_counter on one call (convs and matmuls, backward
           included); the dense post-merge path counts its real (larger) matmul FLOPs
 peak    : 2048 x 2048 matmul, fp32 (and bf16 for bf16 variants); all timings best-of-repeats
-variants: default QNetConfig (GroupNorm in the tower), no-norm, merge16; fp32 / bf16
+variants: default QNetConfig (no norm), groupnorm (GroupNorm in the tower), merge16,
+          head32 / tower64 (wider post-merge convs / wider everywhere); fp32 / bf16
 
 Usage: python benchmarks/learner_speed.py --json OUT [--threads 1] [--min-time 1.0]
 """
@@ -64,13 +65,15 @@ def main() -> None:
     base = QNetConfig()
     qvariants = {
         "default": base,
-        "no-norm": QNetConfig(norm=False),
+        "groupnorm": QNetConfig(norm=True),
         "merge16": QNetConfig(merge_size=16),
+        "head32": QNetConfig(head_channels=32),
+        "tower64": QNetConfig(tower_channels=64, head_channels=32),
     }
     train: dict[str, dict[str, float]] = {}
     for qname, qcfg in qvariants.items():
         for prec in ("fp32", "bf16"):
-            if qname == "merge16" and prec == "bf16":
+            if qname in ("merge16", "head32", "tower64") and prec == "bf16":
                 continue
             learner = Learner(qcfg, LearnerConfig(precision=prec))
             for b in (32, 64):
@@ -89,7 +92,7 @@ def main() -> None:
                 print(f"train   {name:22s} {train[name]}")
 
     bellman: dict[str, dict[str, float]] = {}
-    for qname in ("default", "no-norm"):
+    for qname in ("default", "groupnorm"):
         qcfg = qvariants[qname]
         nets = Learner(qcfg).targets
         tb = transitions(64, qcfg)
@@ -111,7 +114,9 @@ def main() -> None:
 
     auto = "bf16" if has_fast_bf16() else "fp32"
     learner64 = train["default fp32 b64"]["samples_per_s"]
+    learner_auto = train[f"default {auto} b64"]["samples_per_s"]
     bell = bellman[f"default {auto} cem64"]["targets_per_s"]
+    bell32 = bellman[f"default {auto} cem32"]["targets_per_s"]
     out = {
         "machine": platform.machine(),
         "threads": args.threads,
@@ -124,9 +129,12 @@ def main() -> None:
         "summary": {
             "learner_samples_per_s_b64": learner64,
             "learner_fraction_of_peak_b64": train["default fp32 b64"]["fraction_of_peak"],
-            "bellman_precision_auto": auto,
+            "precision_auto": auto,
+            "learner_samples_per_s_b64_auto": learner_auto,
             "bellman_targets_per_s": bell,
             "bellman_over_learner": round(bell / learner64, 2),
+            "bellman_cem32_targets_per_s": bell32,
+            "bellman_cem32_over_learner_auto": round(bell32 / learner_auto, 2),
         },
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,8 @@ class SDNetConfig:
     head_channels: int = 32
     head_convs: int = 3
     fc_units: int = 64
+    norm: bool = True
+    """GroupNorm in the image tower (the SD trains on few, varied images: it keeps it)."""
 
     def tower_cfg(self) -> QNetConfig:
         return QNetConfig(
@@ -36,6 +38,7 @@ class SDNetConfig:
             image_size=self.image_size,
             tower_channels=self.tower_channels,
             merge_size=self.merge_size,
+            norm=self.norm,
         )
 
 
