@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from mtopt.cli import app
 from mtopt.replay.buffers import TaskBuffers
-from mtopt.runtime.local import switch_table
+from mtopt.runtime.local import pooled_success, switch_table
 from mtopt.store import EpisodeReader
 from mtopt.tasks import DEFAULT_REGISTRY
 
@@ -22,6 +22,25 @@ def test_switch_table_parity_and_proxies() -> None:
     )
     assert t["learned"] == ["lift-any"]
     assert t["proxy"]["lift-ball"] == "lift-any" and "place-in-bowl" not in t["proxy"]
+
+
+def test_parity_pools_recent_evaluations_by_hand() -> None:
+    history = [
+        {"success": {"lift-any": 0.50}, "episodes_per_task": 20},  # old: outside the window
+        {"success": {"lift-any": 0.00}, "episodes_per_task": 20},
+        {"success": {"lift-any": 0.05}, "episodes_per_task": 20},
+        {"success": {"lift-any": 0.10}, "episodes_per_task": 40},  # the lucky one
+    ]
+    pooled = pooled_success(history, 3)
+    # (0 * 20 + 0.05 * 20 + 0.10 * 40) / 80 = 5 / 80
+    assert pooled["lift-any"] == pytest.approx(0.0625)
+    # the latest evaluation alone (0.10) would reach the scripted 0.10; pooled it does not
+    assert switch_table({"lift-any": 0.10}, {"lift-any": 0.10}, DEFAULT_REGISTRY, 0.0)[
+        "learned"
+    ] == ["lift-any"]
+    assert switch_table(pooled, {"lift-any": 0.10}, DEFAULT_REGISTRY, 0.0)["learned"] == []
+    assert pooled_success([], 3) == {}
+    assert pooled_success(history, 0)["lift-any"] == pytest.approx((10 + 1 + 4) / 100)
 
 
 @pytest.mark.timeout(900)

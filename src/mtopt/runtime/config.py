@@ -50,6 +50,9 @@ class EvalConfig:
     """Tasks evaluated during and after the run."""
     episodes_per_task: int = 20
     """Held-out episodes per task and evaluation."""
+    scripted_episodes: int = 100
+    """Held-out episodes per task for the scripted baseline (measured once per run; the
+    parity switch compares against it, so it must not be a 20-episode guess)."""
     every_steps: int = 1000
     """Learner steps between evaluations."""
     split: str = "test"
@@ -86,6 +89,8 @@ class RunConfig:
     """Gaussian noise on the learned policy's continuous actions when collecting."""
     parity_margin: float = 0.0
     """Switch a task to the learned policy once learned >= scripted + margin."""
+    parity_window: int = 3
+    """Evaluations pooled for the parity decision (3 x 20 episodes by default)."""
     sim: SimConfig = field(default_factory=SimConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
     qnet: QNetConfig = field(default_factory=QNetConfig)
@@ -123,7 +128,12 @@ def preset(name: str) -> RunConfig:
                 label_budget_per_round=10,
                 retrain_steps=10,
             ),
-            eval=EvalConfig(tasks=("lift-any", "place-any"), episodes_per_task=2, every_steps=15),
+            eval=EvalConfig(
+                tasks=("lift-any", "place-any"),
+                episodes_per_task=2,
+                scripted_episodes=2,
+                every_steps=15,
+            ),
         )
     if name == "bench":  # the learning benchmark: about 3 hours on 2 cores
         return dataclasses.replace(

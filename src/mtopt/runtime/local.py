@@ -77,6 +77,25 @@ class RunPaths:
         return self.root / "report"
 
 
+def pooled_success(history: list[dict[str, Any]], window: int) -> dict[str, float]:
+    """Per task, the learned policy's success pooled over the last ``window`` evaluations
+    (weighted by their episode counts, ``episodes_per_task`` in each point, default 1).
+
+    One evaluation of 20 episodes cannot tell 5% from 10%: switching a task to its
+    learned policy on a single lucky evaluation handed the whole lift skill to a policy
+    with ~1% success in one run, starving the replay of successful lifts.
+    """
+    points = history[-window:] if window > 0 else history
+    num: dict[str, float] = {}
+    den: dict[str, float] = {}
+    for pt in points:
+        n = float(pt.get("episodes_per_task", 1))
+        for task, rate in pt["success"].items():
+            num[task] = num.get(task, 0.0) + rate * n
+            den[task] = den.get(task, 0.0) + n
+    return {t: num[t] / den[t] for t in num if den[t] > 0}
+
+
 def switch_table(
     learned: dict[str, float], scripted: dict[str, float], registry: TaskRegistry, margin: float
 ) -> dict[str, Any]:
@@ -215,7 +234,7 @@ class LocalRun:
             scripted_policy_for,
             self.registry,
             self.cfg.eval.tasks,
-            self.cfg.eval.episodes_per_task,
+            self.cfg.eval.scripted_episodes,
             self._eval_sim(),
             self.cfg.seed,
         )
@@ -413,6 +432,7 @@ class LocalRun:
             "episodes": episodes,
             "wall_s": round(time.time() - t0, 1),
             "success": learned,
+            "episodes_per_task": self.cfg.eval.episodes_per_task,
             "scripted": scripted,
             "sd_version": sd.version,
             "q_version": learner.version,
@@ -422,7 +442,12 @@ class LocalRun:
         atomic_write_json(self.paths.history, self.history)
         atomic_write_json(
             self.paths.switch,
-            switch_table(learned, scripted, self.registry, self.cfg.parity_margin),
+            switch_table(
+                pooled_success(self.history, self.cfg.parity_window),
+                scripted,
+                self.registry,
+                self.cfg.parity_margin,
+            ),
         )
         self._log(
             f"eval @ step {learner.step}, {episodes} episodes: "
