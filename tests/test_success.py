@@ -63,6 +63,29 @@ def test_tiny_training_beats_chance_on_held_out() -> None:
     assert m["red"]["balanced_accuracy"] > 0.7
 
 
+def test_returned_weights_are_the_moving_average_by_hand() -> None:
+    """One fine-tuning step: EMA weights = decay * before + (1 - decay) * after the step,
+    and fine-tuning uses ``finetune_lr`` (the full ``lr`` would move further)."""
+    import copy
+
+    data = synthetic(32, 3)
+    torch.manual_seed(0)
+    w0 = SuccessNet(SMALL)
+    before = [p.detach().clone() for p in w0.parameters()]
+    cfg = SDTrainConfig(steps=1, batch_size=8, ema_decay=0.0)
+    w1 = [p.detach() for p in train_sd(data, cfg, init=copy.deepcopy(w0)).parameters()]
+    avg = train_sd(
+        data, SDTrainConfig(steps=1, batch_size=8, ema_decay=0.9), init=copy.deepcopy(w0)
+    )
+    for b, a, e in zip(before, w1, avg.parameters(), strict=True):
+        torch.testing.assert_close(e.detach(), 0.9 * b + 0.1 * a)
+    # Adam's first step moves each weight by about its learning rate
+    step = max(float((a - b).abs().max()) for a, b in zip(w1, before, strict=True))
+    assert step == pytest.approx(cfg.finetune_lr, rel=0.05)
+    with pytest.raises(ValueError, match="ema_decay"):
+        SDTrainConfig(ema_decay=1.0)
+
+
 def test_publish_load_and_clear_errors(tmp_path: Path) -> None:
     sd = SuccessDetector(SuccessNet(SMALL), TASKS)
     sd.publish(tmp_path, 1)

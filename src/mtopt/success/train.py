@@ -21,7 +21,14 @@ class SDTrainConfig:
     batch_size: int = 64
     """Images per step (each labeled for up to all tasks)."""
     lr: float = 1e-3
-    """Adam learning rate."""
+    """Adam learning rate (training from scratch)."""
+    finetune_lr: float = 3e-4
+    """Adam learning rate when fine-tuning an existing SD (incremental relabel rounds):
+    a fresh Adam at the full rate moves a trained net far on a few hundred new labels."""
+    ema_decay: float = 0.99
+    """The returned weights are an exponential moving average of the iterates (about
+    the last 1 / (1 - decay) steps; 0: the last iterate), which damps the round-to-round
+    swings of the incremental loop."""
     shift: int = 3
     """Random translation augmentation (pixels)."""
     jitter: float = 0.1
@@ -35,6 +42,8 @@ class SDTrainConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.labeled_fraction <= 1.0:
             raise ValueError(f"labeled_fraction must be in [0, 1], got {self.labeled_fraction}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
 
 def batch_indices(
@@ -88,7 +97,8 @@ def train_sd(
         net_cfg or SDNetConfig(num_tasks=len(data.tasks), image_size=data.images.shape[1])
     )
     net.train()
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.finetune_lr if init is not None else cfg.lr)
+    ema = [p.detach().clone() for p in net.parameters()] if cfg.ema_decay else []
     images = torch.from_numpy(data.images)
     labels = torch.from_numpy(data.labels)
     mask = torch.from_numpy(data.mask).float()
@@ -116,6 +126,14 @@ def train_sd(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if ema:
+            with torch.no_grad():
+                for e, p in zip(ema, net.parameters(), strict=True):
+                    e.lerp_(p.detach(), 1.0 - cfg.ema_decay)
+    if ema:
+        with torch.no_grad():
+            for e, p in zip(ema, net.parameters(), strict=True):
+                p.copy_(e)
     return net.eval()
 
 
