@@ -5,6 +5,7 @@ from mtopt.eval.report import (
     plot_batch_composition,
     plot_composition,
     plot_success_over_time,
+    trailing_mean,
 )
 
 
@@ -38,3 +39,9 @@ def test_wilson_interval_by_hand() -> None:
     assert lo == 0.0 and abs(hi - 0.27755) < 1e-4
     assert wilson_interval(0, 0) == (0.0, 1.0)
     assert rate_with_ci(0.5, 10) == {"success": 0.5, "ci95": [0.2366, 0.7634]}
+
+
+def test_trailing_mean_by_hand() -> None:
+    assert trailing_mean([0.0, 0.3, 0.6, 0.0], 3) == [0.0, 0.15, 0.3, 0.3]
+    assert trailing_mean([0.5], 5) == [0.5]
+    assert trailing_mean([], 3) == []
