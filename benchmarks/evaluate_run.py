@@ -6,6 +6,10 @@ uses as many as you ask for. Tasks run in parallel worker processes.
 
 Usage: python benchmarks/evaluate_run.py --run runs/local --json OUT
            [--tasks lift-any,place-any,place-in-bowl] [--episodes 100] [--seed 5]
+           [--parts acting,online]
+
+--parts: which published networks to evaluate: the acting weights (the learner's moving
+average, what robots use) and/or the online weights, each on the same scenes.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ def one(job: tuple[str, str, str, int, int]) -> tuple[str, str, float, int]:
     import torch
 
     torch.set_num_threads(1)
-    if which == "learned":
-        pol = CEMPolicy(DEFAULT_REGISTRY.names, weights_dir=f"{run}/weights", seed=seed)
+    if which != "scripted":
+        pol = CEMPolicy(DEFAULT_REGISTRY.names, weights_dir=f"{run}/weights", seed=seed, part=which)
         version = pol.version
         rate = evaluate_policy(
             lambda spec: pol,
@@ -59,13 +63,16 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=100)
     ap.add_argument("--seed", type=int, default=5, help="evaluation scene seeds (same for both)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--parts", default="acting", help="acting, online or acting,online")
     args = ap.parse_args()
     t0 = time.perf_counter()
     tasks = args.tasks.split(",")
     for t in tasks:
         DEFAULT_REGISTRY.get(t)  # unknown task: clear error before any work
     jobs = [
-        (args.run, t, w, args.episodes, args.seed) for t in tasks for w in ("learned", "scripted")
+        (args.run, t, w, args.episodes, args.seed)
+        for t in tasks
+        for w in (*args.parts.split(","), "scripted")
     ]
     with ProcessPoolExecutor(args.workers) as pool:
         results = list(pool.map(one, jobs))

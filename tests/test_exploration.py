@@ -92,3 +92,33 @@ def test_provider_sends_a_share_of_episodes_to_the_learned_policy(tmp_path) -> N
     assert 0.4 < names.count("cem") / len(names) < 0.6  # binomial, n=400: sd 0.025
     with pytest.raises(ValueError, match="learned_fraction"):
         PolicyProvider(DEFAULT_REGISTRY, learned_fraction=2.0)
+    with pytest.raises(ValueError, match="parity_fraction"):
+        PolicyProvider(DEFAULT_REGISTRY, parity_fraction=-0.1)
+
+
+def test_after_parity_a_share_of_episodes_stays_scripted(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from mtopt.qtopt.learner import Learner
+    from mtopt.qtopt.networks import QNetConfig
+
+    Learner(QNetConfig(tower_channels=8, head_channels=8, fc_units=16)).publish(tmp_path)
+    switch = tmp_path / "switch.json"
+    switch.write_text(json.dumps({"learned": ["lift-any"], "proxy": {"lift-ball": "lift-any"}}))
+    prov = PolicyProvider(
+        DEFAULT_REGISTRY,
+        tmp_path,
+        switch,
+        learned_fraction=0.0,
+        parity_fraction=0.75,
+        seed=3,
+    )
+    for name in ("lift-any", "lift-ball"):
+        names = [prov(DEFAULT_REGISTRY.get(name)).name for _ in range(400)]
+        assert 0.68 < names.count("cem") / 400 < 0.82  # binomial, n=400: sd 0.022
+        assert set(names) == {"cem", "scripted-pick"}
+    # a task neither at parity nor proxied gets learned_fraction (0 here)
+    names = [prov(DEFAULT_REGISTRY.get("place-any")).name for _ in range(50)]
+    assert set(names) == {"scripted-place"}
+    full = PolicyProvider(DEFAULT_REGISTRY, tmp_path, switch, parity_fraction=1.0)
+    assert {full(DEFAULT_REGISTRY.get("lift-any")).name for _ in range(50)} == {"cem"}

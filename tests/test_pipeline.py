@@ -24,6 +24,34 @@ def test_switch_table_parity_and_proxies() -> None:
     assert t["proxy"]["lift-ball"] == "lift-any" and "place-in-bowl" not in t["proxy"]
 
 
+def test_parity_switch_has_hysteresis() -> None:
+    scripted = {"lift-any": 0.10, "place-any": 0.50}
+    # not yet switched: 0.08 is below the bar of 0.10
+    assert (
+        switch_table({"lift-any": 0.08}, scripted, DEFAULT_REGISTRY, 0.0, (), 0.04)["learned"] == []
+    )
+    # already switched: it keeps its policy down to 0.10 - 0.04 = 0.06 ...
+    kept = switch_table(
+        {"lift-any": 0.08, "place-any": 0.47}, scripted, DEFAULT_REGISTRY, 0.0, ["lift-any"], 0.04
+    )
+    assert kept["learned"] == ["lift-any"] and kept["proxy"]["lift-ball"] == "lift-any"
+    # ... and not below it; the margin moves both bars
+    assert (
+        switch_table({"lift-any": 0.05}, scripted, DEFAULT_REGISTRY, 0.0, ["lift-any"], 0.04)[
+            "learned"
+        ]
+        == []
+    )
+    # margin 0.05: switch at 0.15, keep down to 0.11
+    assert switch_table({"lift-any": 0.12}, scripted, DEFAULT_REGISTRY, 0.05, ["lift-any"], 0.04)[
+        "learned"
+    ] == ["lift-any"]
+    assert (
+        switch_table({"lift-any": 0.12}, scripted, DEFAULT_REGISTRY, 0.05, (), 0.04)["learned"]
+        == []
+    )
+
+
 def test_parity_pools_recent_evaluations_by_hand() -> None:
     history = [
         {"success": {"lift-any": 0.50}, "episodes_per_task": 20},  # old: outside the window

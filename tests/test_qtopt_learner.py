@@ -47,10 +47,45 @@ def test_resume_is_exact(tmp_path: Path) -> None:
     b.train_step(batch(100 + int(torch.randint(0, 5, (1,)))))
     for pa, pb in zip(a.online.parameters(), b.online.parameters(), strict=True):
         assert torch.equal(pa, pb)
-    for ta, tb in zip(a.targets, b.targets, strict=True):
+    for ta, tb in zip([*a.targets, a.acting], [*b.targets, b.acting], strict=True):
         for pa, pb in zip(ta.parameters(), tb.parameters(), strict=True):
             assert torch.equal(pa, pb)
     assert a.step == b.step == 9
+
+
+def test_acting_weights_are_a_moving_average_of_the_online_weights(tmp_path: Path) -> None:
+    """acting <- acting + tau * (online_after_step - acting), checked by hand for two steps."""
+    tau = 0.25
+    learner = Learner(SMALL, LearnerConfig(acting_tau=tau))
+    w0 = [p.detach().clone() for p in learner.online.parameters()]
+    for p, q in zip(learner.acting.parameters(), w0, strict=True):
+        assert torch.equal(p, q)  # starts at the online weights
+    learner.train_step(batch(0))
+    w1 = [p.detach().clone() for p in learner.online.parameters()]
+    learner.train_step(batch(1))
+    w2 = [p.detach().clone() for p in learner.online.parameters()]
+    moved = 0
+    for pa, a0, a1, a2 in zip(learner.acting.parameters(), w0, w1, w2, strict=True):
+        e1 = 0.75 * a0 + 0.25 * a1
+        e2 = 0.75 * e1 + 0.25 * a2
+        torch.testing.assert_close(pa, e2, rtol=1e-5, atol=1e-6)
+        moved += int(not torch.equal(a2, a0))
+    assert moved > 0
+    # the acting net is what robots load by default; older publications fall back to online
+    learner.publish(tmp_path)
+    _, tensors, meta = load_latest(tmp_path)
+    acting = load_network(tensors, meta, "acting")
+    for pa, pb in zip(acting.parameters(), learner.acting.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    only_online = {k: v for k, v in tensors.items() if k.startswith("online.")}
+    fallback = load_network(only_online, meta, "acting")
+    for pa, pb in zip(fallback.parameters(), learner.online.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    # tau = 0: act with the online weights
+    plain = Learner(SMALL, LearnerConfig(acting_tau=0.0))
+    plain.train_step(batch(0))
+    for pa, pb in zip(plain.acting.parameters(), plain.online.parameters(), strict=True):
+        assert torch.equal(pa, pb)
 
 
 def test_publish_versions_and_arch_mismatch(tmp_path: Path) -> None:

@@ -62,6 +62,7 @@ def _worker(
         scripted_epsilon=spec.collect.scripted_epsilon,
         scripted_early_terminate=spec.collect.scripted_early_terminate,
         learned_fraction=spec.collect.learned_fraction,
+        parity_fraction=spec.collect.parity_fraction,
     )
     loop = CollectLoop(robot, DEFAULT_REGISTRY, writer, provider, spec.collect, seed=seed)
     n = 0

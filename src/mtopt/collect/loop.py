@@ -60,6 +60,12 @@ class CollectConfig:
     policy (with exploration) collects once Q weights are published. Without it the
     learned policy never sees the states its own mistakes lead to: offline data from the
     scripted policies alone leaves Q free to extrapolate on actions they never take."""
+    parity_fraction: float = 0.75
+    """After a task reaches parity (or collects with a proxy task's learned policy), the
+    share of its episodes the learned policy collects; the rest stay scripted. A policy
+    at parity on a 60-episode evaluation can still collect fewer successes than the
+    scripted one with its exploration (run r7, lift-any), and a skill whose successes dry
+    up stops learning."""
 
 
 @dataclass(frozen=True)
@@ -209,7 +215,8 @@ class PolicyProvider:
     """Scripted bootstrap policies, switched to the learned CEM policy per task.
 
     Before parity, ``learned_fraction`` of a task's episodes still go to the learned
-    policy (QT-Opt's on-policy correction). The switch file (written by the trainer's
+    policy (QT-Opt's on-policy correction); after it, ``parity_fraction`` do (1.0: all).
+    The switch file (written by the trainer's
     evaluation) looks like
     ``{"learned": ["lift-any", ...], "proxy": {"lift-ball": "lift-any"}}``: tasks in
     ``learned`` act with CEM on their own task id; a ``proxy`` task collects with another
@@ -228,6 +235,7 @@ class PolicyProvider:
         scripted_epsilon: float = 0.0,
         scripted_early_terminate: float = 0.0,
         learned_fraction: float = 0.0,
+        parity_fraction: float = 1.0,
     ):
         from mtopt.policies.exploration import Exploring
         from mtopt.policies.scripted import scripted_policy_for
@@ -241,6 +249,9 @@ class PolicyProvider:
         if not 0.0 <= learned_fraction <= 1.0:
             raise ValueError(f"learned_fraction must be in [0, 1], got {learned_fraction}")
         self.learned_fraction = learned_fraction
+        if not 0.0 <= parity_fraction <= 1.0:
+            raise ValueError(f"parity_fraction must be in [0, 1], got {parity_fraction}")
+        self.parity_fraction = parity_fraction
         self._rng = np.random.default_rng(seed + 99991)
         self._scripted: dict[str, Policy] = {t.name: scripted_policy_for(t) for t in registry}
         if scripted_epsilon > 0 or scripted_early_terminate > 0:
@@ -279,13 +290,11 @@ class PolicyProvider:
             self._refresh()
         self._calls += 1
         if self._cem is not None:
-            if task.name in self._switch.get("learned", []):
-                return _TaskBound(self._cem, task.name)
-            proxy = self._switch.get("proxy", {}).get(task.name)
-            if proxy:
-                return _TaskBound(self._cem, proxy)
-            if self.learned_fraction > 0 and self._rng.random() < self.learned_fraction:
-                return _TaskBound(self._cem, task.name)
+            at_parity = task.name in self._switch.get("learned", [])
+            proxy = None if at_parity else self._switch.get("proxy", {}).get(task.name)
+            share = self.parity_fraction if (at_parity or proxy) else self.learned_fraction
+            if share > 0 and self._rng.random() < share:
+                return _TaskBound(self._cem, proxy or task.name)
         return self._scripted[task.name]
 
 

@@ -21,6 +21,8 @@ class CEMPolicy:
 
     epsilon: probability of a uniformly random action (binary commands as coin flips).
     noise_std: Gaussian noise added to the continuous part of the CEM action.
+    part: which published network to act with: "acting" (the learner's moving average of
+    the online weights; the online weights for older publications) or "online".
     cem: fp32 by default: for one state at a time bf16 autocast is no faster (measured
     in benchmarks/cem_speed.py); batched Bellman targets are where bf16 pays.
     """
@@ -36,7 +38,10 @@ class CEMPolicy:
         epsilon: float = 0.0,
         noise_std: float = 0.0,
         seed: int = 0,
+        part: str = "acting",
     ):
+        if part not in ("acting", "online"):
+            raise ValueError(f"CEMPolicy part must be 'acting' or 'online', got {part!r}")
         if network is None and weights_dir is None:
             raise ValueError("CEMPolicy needs a network or a weights_dir")
         self.task_names = tuple(task_names)
@@ -45,6 +50,7 @@ class CEMPolicy:
         self.epsilon = epsilon
         self.noise_std = noise_std
         self.weights_dir = Path(weights_dir) if weights_dir else None
+        self.part = part
         self.net = network
         self._version = 0
         self._task = 0
@@ -67,7 +73,7 @@ class CEMPolicy:
         if latest is None or int(latest["version"]) <= self._version:
             return False
         version, tensors, meta = load_latest(self.weights_dir)
-        net = load_network(tensors, meta, "online")
+        net = load_network(tensors, meta, self.part)
         if net.cfg.num_tasks != len(self.task_names):
             raise ValueError(
                 f"published Q weights know {net.cfg.num_tasks} tasks, this policy was given {len(self.task_names)}"

@@ -91,6 +91,9 @@ class RunConfig:
     """Switch a task to the learned policy once learned >= scripted + margin."""
     parity_window: int = 3
     """Evaluations pooled for the parity decision (3 x 20 episodes by default)."""
+    parity_hysteresis: float = 0.04
+    """A task already on its learned policy keeps it until its pooled success falls this
+    far below the parity bar (a pooled 60-episode estimate near 0.1 has a std of ~0.04)."""
     sim: SimConfig = field(default_factory=SimConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
     qnet: QNetConfig = field(default_factory=QNetConfig)

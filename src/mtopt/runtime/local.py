@@ -19,6 +19,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,12 +98,30 @@ def pooled_success(history: list[dict[str, Any]], window: int) -> dict[str, floa
 
 
 def switch_table(
-    learned: dict[str, float], scripted: dict[str, float], registry: TaskRegistry, margin: float
+    learned: dict[str, float],
+    scripted: dict[str, float],
+    registry: TaskRegistry,
+    margin: float,
+    previous: Sequence[str] = (),
+    hysteresis: float = 0.0,
 ) -> dict[str, Any]:
     """Which tasks collect with the learned policy (parity with scripted), and proxies:
     tasks not at parity collect with the learned policy of their skill's generic task
-    (lift-any / place-any) once that one is at parity, bootstrapping the harder tasks."""
-    at_parity = [t for t, r in learned.items() if r >= scripted.get(t, 1.0) + margin and r > 0]
+    (lift-any / place-any) once that one is at parity, bootstrapping the harder tasks.
+
+    A task reaches parity when its learned success is at least ``scripted + margin``; a
+    task already switched (``previous``) keeps its learned policy until it falls below
+    ``scripted + margin - hysteresis``. Without hysteresis a task near parity flips back
+    and forth with the noise of the evaluation (run r7: lift-any switched at 25k steps
+    and back at 33k), and each flip changes where its data comes from.
+    """
+    was = set(previous)
+
+    def keeps(t: str, r: float) -> bool:
+        bar = scripted.get(t, 1.0) + margin - (hysteresis if t in was else 0.0)
+        return r > 0 and r >= bar
+
+    at_parity = [t for t, r in learned.items() if keeps(t, r)]
     proxy: dict[str, str] = {}
     generic = {"lift": "lift-any", "place": "place-any"}
     for t in registry:
@@ -245,8 +264,7 @@ class LocalRun:
         return dataclasses.replace(self.cfg.sim, object_split=self.cfg.eval.split)  # type: ignore[arg-type]
 
     def evaluate_learned(self, learner: Learner) -> dict[str, float]:
-        net = learner.online
-        net.eval()
+        net = learner.acting
         pol = CEMPolicy(self.registry.names, network=net, cem=self.cfg.cem_act, seed=self.cfg.seed)
         return evaluate_policy(
             lambda spec: pol,
@@ -438,17 +456,19 @@ class LocalRun:
             "q_version": learner.version,
             "loss": stats.get("loss"),
         }
+        previous = self.history[-1].get("switch", {}).get("learned", []) if self.history else []
         self.history.append(point)
-        atomic_write_json(self.paths.history, self.history)
-        atomic_write_json(
-            self.paths.switch,
-            switch_table(
-                pooled_success(self.history, self.cfg.parity_window),
-                scripted,
-                self.registry,
-                self.cfg.parity_margin,
-            ),
+        table = switch_table(
+            pooled_success(self.history, self.cfg.parity_window),
+            scripted,
+            self.registry,
+            self.cfg.parity_margin,
+            previous,
+            self.cfg.parity_hysteresis,
         )
+        point["switch"] = table
+        atomic_write_json(self.paths.history, self.history)
+        atomic_write_json(self.paths.switch, table)
         self._log(
             f"eval @ step {learner.step}, {episodes} episodes: "
             + ", ".join(f"{k}={v:.2f}" for k, v in learned.items())

@@ -62,6 +62,7 @@ def _robot_actor_cls() -> Any:
                 scripted_epsilon=cfg.collect.scripted_epsilon,
                 scripted_early_terminate=cfg.collect.scripted_early_terminate,
                 learned_fraction=cfg.collect.learned_fraction,
+                parity_fraction=cfg.collect.parity_fraction,
             )
             collect = dataclasses.replace(cfg.collect, max_steps=cfg.sim.max_steps)
             self.loop = CollectLoop(
