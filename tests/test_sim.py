@@ -156,3 +156,28 @@ def test_domain_randomization_changes_the_look() -> None:
     a = SimRobot(SimConfig(randomize=False)).reset_scene(5).image
     b = SimRobot(SimConfig(randomize=True)).reset_scene(5).image
     assert not np.array_equal(a, b)
+
+
+def test_outcome_view_frames_the_fixtures_larger_than_the_scene_view(robot: SimRobot) -> None:
+    """The final image's "outcome" view zooms on the fixture bin: an object put on the
+    plate changes more of its pixels than of the whole-scene view's, at the same size."""
+    ratios = []
+    for seed in range(3):
+        robot.reset_scene(seed=300 + seed)
+        cell = robot.cell
+        plate = next(f for f in robot.cell.scene_state().fixtures if f.kind == "plate")
+        body = cell.object_bodies()[0][0]
+        cell.place_object(body, (2.0, 2.0, 0.05))  # out of both views
+        cell.settle(5)
+        before = {v: cell.render(view=v).astype(int) for v in ("scene", "outcome")}
+        cell.place_object(body, (plate.position[0], plate.position[1], 0.04))
+        cell.settle(20)
+        after = {v: cell.render(view=v).astype(int) for v in ("scene", "outcome")}
+        changed = {v: int((np.abs(after[v] - before[v]).sum(-1) > 40).sum()) for v in before}
+        assert before["outcome"].shape == before["scene"].shape == (64, 64, 3)
+        assert changed["scene"] > 0
+        ratios.append(changed["outcome"] / changed["scene"])
+    # fov 30 vs 44 degrees: (tan 22 / tan 15)^2 = 2.3x the area
+    assert min(ratios) > 1.6, ratios
+    with pytest.raises(ValueError, match="unknown camera view"):
+        robot.cell.render(view="top")

@@ -78,7 +78,10 @@ class Robot(Protocol):
         ...
 
     def final_image(self) -> np.ndarray:
-        """The image the success detector judges: taken with the arm out of the way."""
+        """The image the success detector judges, the same size as the observations: the
+        outcome presented (a held object shown at a fixed pose), seen by a camera or view
+        that frames where the tasks' outcomes are decided (the simulated cell zooms on the
+        fixture bin and the presentation pose)."""
         ...
 
     def scene_description(self) -> dict[str, Any]:

@@ -109,7 +109,7 @@ class SimRobot:
         px, py, pz = PRESENT_TCP
         self.cell.move_gripper_along([(x, y, max(z, pz)), (px, py, pz)], yaw=PRESENT_YAW)
         self.cell.settle(10)
-        return self.cell.render()
+        return self.cell.render(view="outcome")
 
     def scene_description(self) -> dict[str, Any]:
         return self.cell.scene_description()

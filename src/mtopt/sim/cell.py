@@ -38,6 +38,11 @@ TCP_BELOW_PALM = 0.055  # TCP offset below the palm centre
 FINGER_OPEN = 0.045  # finger offset from the centre when open
 PLATE_RADIUS = 0.055
 BOWL_RADIUS = 0.04
+# camera views: eye, target, field of view relative to the (randomized) scene's
+CAMERA_VIEWS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float], float]] = {
+    "scene": ((0.30, 0.0, 0.60), (-0.04, 0.0, 0.07), 1.0),
+    "outcome": ((0.30, -0.06, 0.60), (0.0, -0.075, 0.08), 30.0 / 44.0),
+}
 
 
 @dataclass(frozen=True)
@@ -588,21 +593,30 @@ class SimCell:
         q1 = self._p(pb.getJointState, self.gripper, 1)[0]
         return float(2 * FINGER_OPEN + q0 - q1 - 0.012)
 
-    def render(self, size: int | None = None) -> np.ndarray:
+    def render(self, size: int | None = None, view: str = "scene") -> np.ndarray:
+        """RGB image (size, size, 3) uint8 from the fixed camera in front of the cell.
+
+        view="scene": both bins (what the policy sees). view="outcome": the same camera
+        zoomed on the fixture (left) bin and the presentation pose between the bins, the
+        two places where every task's outcome is decided; the robot's final image, with
+        1.5x the resolution (2.3x the pixels per object) at the same image size.
+        """
+        if view not in CAMERA_VIEWS:
+            raise ValueError(f"unknown camera view {view!r}; valid: {sorted(CAMERA_VIEWS)}")
         size = size or self.config.image_size
         scene = self._scene
         jit = scene.camera_jitter if scene else (0.0, 0.0, 0.0)
-        fov = scene.fov if scene else 44.0
+        eye0, target, fov_scale = CAMERA_VIEWS[view]
+        fov = (scene.fov if scene else 44.0) * fov_scale
         light = scene.light_dir if scene else (0.4, -0.3, 1.0)
-        eye = [0.30 + jit[0], 0.0 + jit[1], 0.60 + jit[2]]
-        target = [-0.04, 0.0, 0.07]
-        view = pb.computeViewMatrix(eye, target, [-1, 0, 0])
+        eye = [eye0[0] + jit[0], eye0[1] + jit[1], eye0[2] + jit[2]]
+        view_m = pb.computeViewMatrix(eye, list(target), [-1, 0, 0])
         proj = pb.computeProjectionMatrixFOV(fov, 1.0, 0.05, 2.0)
         _, _, rgba, _, _ = self._p(
             pb.getCameraImage,
             size,
             size,
-            view,
+            view_m,
             proj,
             renderer=pb.ER_TINY_RENDERER,
             lightDirection=list(light),
