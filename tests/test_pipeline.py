@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from mtopt.cli import app
 from mtopt.replay.buffers import TaskBuffers
-from mtopt.runtime.local import pooled_success, switch_table
+from mtopt.runtime.local import pooled_success, sd_round_due, switch_table
 from mtopt.store import EpisodeReader
 from mtopt.tasks import DEFAULT_REGISTRY
 
@@ -22,6 +22,15 @@ def test_switch_table_parity_and_proxies() -> None:
     )
     assert t["learned"] == ["lift-any"]
     assert t["proxy"]["lift-ball"] == "lift-any" and "place-in-bowl" not in t["proxy"]
+
+
+def test_sd_rounds_grow_geometrically() -> None:
+    # first round after 2000 episodes, then 4000, then 8000
+    assert not sd_round_due(1999, 2000, 2.0, 0) and sd_round_due(2000, 2000, 2.0, 0)
+    assert not sd_round_due(3999, 2000, 2.0, 1) and sd_round_due(4000, 2000, 2.0, 1)
+    assert not sd_round_due(7999, 2000, 2.0, 2) and sd_round_due(8000, 2000, 2.0, 2)
+    assert sd_round_due(2000, 2000, 1.0, 5)  # growth 1: a fixed interval
+    assert not sd_round_due(10**9, 0, 2.0, 0)  # 0: never
 
 
 def test_parity_switch_has_hysteresis() -> None:

@@ -97,6 +97,15 @@ def pooled_success(history: list[dict[str, Any]], window: int) -> dict[str, floa
     return {t: num[t] / den[t] for t in num if den[t] > 0}
 
 
+def sd_round_due(since: int, every: int, growth: float, rounds_done: int) -> bool:
+    """Whether the next SD relabel + retrain round is due: ``since`` episodes collected
+    since the last one, the first after ``every`` episodes, each next one ``growth`` times
+    later (every=0: never)."""
+    if every <= 0:
+        return False
+    return since >= every * growth ** max(0, rounds_done)
+
+
 def switch_table(
     learned: dict[str, float],
     scripted: dict[str, float],
@@ -364,7 +373,9 @@ class LocalRun:
                     recent = recent[-5 * max(1, c.sd.label_budget_per_round) :]
                 if c.max_episodes and ingested >= c.max_episodes:
                     stop_fleet.set()
-                if c.sd.improve_every_episodes and since_sd >= c.sd.improve_every_episodes:
+                if sd_round_due(
+                    since_sd, c.sd.improve_every_episodes, c.sd.improve_growth, sd.version - 1
+                ):
                     sd, sd_labels = self.improve_sd(sd, recent, sd_labels)
                     replay.set_reward_model(sd)
                     since_sd = 0
