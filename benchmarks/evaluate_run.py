@@ -69,11 +69,10 @@ def main() -> None:
     tasks = args.tasks.split(",")
     for t in tasks:
         DEFAULT_REGISTRY.get(t)  # unknown task: clear error before any work
-    jobs = [
-        (args.run, t, w, args.episodes, args.seed)
-        for t in tasks
-        for w in (*args.parts.split(","), "scripted")
-    ]
+    parts = args.parts.split(",")
+    if not parts or not set(parts) <= {"acting", "online"}:
+        ap.error(f"--parts takes acting and/or online, got {args.parts!r}")
+    jobs = [(args.run, t, w, args.episodes, args.seed) for t in tasks for w in (*parts, "scripted")]
     with ProcessPoolExecutor(args.workers) as pool:
         results = list(pool.map(one, jobs))
     per_task: dict[str, dict[str, object]] = {t: {} for t in tasks}

@@ -136,17 +136,14 @@ class Learner:
                 (self.targets[0], self.cfg.polyak_tau),
                 (self.targets[1], self.cfg.polyak_tau / 2),
             ):
-                for pt, po in zip(net.parameters(), self.online.parameters(), strict=True):
-                    pt.lerp_(po, tau)
+                _polyak(net, self.online, tau)
 
     @torch.no_grad()
     def _update_acting(self) -> None:
-        tau = self.cfg.acting_tau
-        if tau <= 0:
+        if self.cfg.acting_tau <= 0:
             self.acting.load_state_dict(self.online.state_dict())
-            return
-        for pa, po in zip(self.acting.parameters(), self.online.parameters(), strict=True):
-            pa.lerp_(po, tau)
+        else:
+            _polyak(self.acting, self.online, self.cfg.acting_tau)
 
     def _log(
         self,
@@ -248,6 +245,13 @@ class Learner:
         import ast
 
         random.setstate(ast.literal_eval(ck["python_rng"]))
+
+
+@torch.no_grad()
+def _polyak(dst: torch.nn.Module, src: torch.nn.Module, tau: float) -> None:
+    """dst <- dst + tau * (src - dst), parameter by parameter."""
+    for pd, ps in zip(dst.parameters(), src.parameters(), strict=True):
+        pd.lerp_(ps, tau)
 
 
 def load_network(
