@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from mtopt._images import random_shift
 from mtopt.qtopt.bellman import TransitionBatch, bellman_targets, compute_targets
 from mtopt.qtopt.cem import CEMConfig, cem_maximize
 from mtopt.qtopt.learner import Learner, LearnerConfig
@@ -233,3 +234,19 @@ def test_signal_reaches_the_output_at_init(head: str) -> None:
             tasks[:1].expand(32),
         )
     assert float(one.std()) > 1e-3
+
+
+def test_random_shift_by_hand() -> None:
+    # Generator seed 3 draws column offsets (1, 2), then row offsets (1, 0), in [0, 2 * pad].
+    # Offset pad (=1) is the identity; column offset 2 moves the content one pixel left
+    # and row offset 0 one pixel down, the border pixels replicated into the gap.
+    x = torch.tensor([[1, 2, 3], [4, 5, 6], [7, 8, 9]], dtype=torch.uint8)
+    images = x.reshape(1, 3, 3, 1).repeat(2, 1, 1, 2)  # (N=2, H, W, C=2)
+    out = random_shift(images, 1, torch.Generator().manual_seed(3))
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    assert torch.equal(out[0, ..., 0], x)
+    assert torch.equal(out[1, ..., 0], torch.tensor([[2, 3, 3], [2, 3, 3], [5, 6, 6]]).byte())
+    assert torch.equal(out[..., 0], out[..., 1])  # one offset per image, all channels
+    assert random_shift(images, 0, torch.Generator()) is images
+    with pytest.raises(ValueError, match="pad"):
+        random_shift(images, -1, torch.Generator())

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from mtopt._images import random_shift
 from mtopt._io import atomic_write_bytes
 from mtopt.qtopt.bellman import TrainBatch
 from mtopt.qtopt.cem import precision_context
@@ -54,6 +55,11 @@ class LearnerConfig:
     weights (QT-Opt), updated by this rate every step (~1 / tau steps of memory; 0: act
     with the online weights). Successive online weights can differ a lot: in run r7 the
     in-run success of place-any swung 0.20-0.45 within a few thousand steps."""
+    image_shift: int = 4
+    """Random-shift augmentation of the training images: each image is translated by up
+    to this many pixels (border replicated) before the Q-network sees it (DrQ; QT-Opt
+    trains on random crops). Successful grasps are scarce and re-balancing replays each
+    of them many times, which a 64x64 Q-network otherwise memorises. 0: off."""
 
 
 class Learner:
@@ -75,6 +81,7 @@ class Learner:
         self.acting.requires_grad_(False)
         self.acting.eval()
         self.optimizer = torch.optim.Adam(self.online.parameters(), lr=cfg.lr)
+        self._aug_rng = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
         self.version = 0
         self._writer: Any = None
@@ -86,10 +93,11 @@ class Learner:
     ) -> dict[str, float]:
         self._check(batch)
         self.online.train()
+        images = batch.images
+        if self.cfg.image_shift:
+            images = random_shift(images, self.cfg.image_shift, self._aug_rng)
         with precision_context(self.cfg.precision, batch.images.device):
-            logits = self.online.logits(
-                batch.images, batch.states, batch.actions, batch.task_idx
-            ).float()
+            logits = self.online.logits(images, batch.states, batch.actions, batch.task_idx).float()
         loss = q_loss(logits, batch.targets)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -200,6 +208,7 @@ class Learner:
             "step": self.step,
             "version": self.version,
             "torch_rng": torch.get_rng_state(),
+            "augment_rng": self._aug_rng.get_state(),
             "numpy_rng": np.random.get_state()[1].tolist(),  # type: ignore[index]
             "numpy_pos": int(np.random.get_state()[2]),  # type: ignore[index]
             "python_rng": repr(random.getstate()),
@@ -239,6 +248,8 @@ class Learner:
         self.step = int(ck["step"])
         self.version = int(ck["version"])
         torch.set_rng_state(ck["torch_rng"])
+        if "augment_rng" in ck:  # checkpoints from before augmentation keep the fresh seed
+            self._aug_rng.set_state(ck["augment_rng"])
         np.random.set_state(
             ("MT19937", np.array(ck["numpy_rng"], dtype=np.uint32), ck["numpy_pos"], 0, 0.0)
         )

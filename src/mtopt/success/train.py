@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from mtopt._images import random_shift
 from mtopt.success.data import LabeledSet
 from mtopt.success.network import SDNetConfig, SuccessDetector, SuccessNet
 
@@ -60,20 +61,8 @@ def batch_indices(
 
 def augment(images: torch.Tensor, shift: int, jitter: float, g: torch.Generator) -> torch.Tensor:
     """Random shift (replicate padding) + per-image brightness/contrast jitter; uint8 in/out."""
-    n, h, w, _ = images.shape
-    x = images.permute(0, 3, 1, 2).float()
-    if shift:
-        x = F.pad(x, (shift,) * 4, mode="replicate")
-        dx = torch.randint(0, 2 * shift + 1, (n,), generator=g)
-        dy = torch.randint(0, 2 * shift + 1, (n,), generator=g)
-        rows = (dy[:, None] + torch.arange(h)[None]).clamp(max=h + 2 * shift - 1)
-        cols = dx[:, None] + torch.arange(w)[None]
-        x = x[
-            torch.arange(n)[:, None, None, None],
-            torch.arange(3)[None, :, None, None],
-            rows[:, None, :, None],
-            cols[:, None, None, :],
-        ]
+    n = images.shape[0]
+    x = random_shift(images, shift, g).permute(0, 3, 1, 2).float()
     if jitter:
         b = 1 + (torch.rand(n, 1, 1, 1, generator=g) * 2 - 1) * jitter
         c = (torch.rand(n, 1, 1, 1, generator=g) * 2 - 1) * jitter * 255
