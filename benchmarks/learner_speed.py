@@ -10,7 +10,10 @@ peak    : 2048 x 2048 matmul, fp32 (and bf16 for bf16 variants); all timings bes
 variants: default QNetConfig (no norm), groupnorm (GroupNorm in the tower), merge16,
           head32 / tower64 (wider post-merge convs / wider everywhere); fp32 / bf16
 
+variants also: s2d (space-to-depth first layer, QNetConfig.stem)
+
 Usage: python benchmarks/learner_speed.py --json OUT [--threads 1] [--min-time 1.0]
+       [--device cuda]   (GPU: every call is followed by a synchronize; peak on the GPU)
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import functools
 import json
 import platform
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,26 +33,55 @@ from mtopt.qtopt.learner import Learner, LearnerConfig
 from mtopt.qtopt.networks import QNetConfig, count_parameters
 from mtopt.qtopt.perf import count_flops, matmul_peak, time_call
 
+DEVICE = torch.device("cpu")
+
 
 def train_batch(b: int, cfg: QNetConfig) -> TrainBatch:
     g = torch.Generator().manual_seed(b)
     s = cfg.image_size
     return TrainBatch(
-        torch.randint(0, 256, (b, s, s, 3), dtype=torch.uint8, generator=g),
-        torch.rand(b, 2, generator=g),
-        torch.rand(b, 6, generator=g) * 2 - 1,
-        torch.randint(0, cfg.num_tasks, (b,), generator=g),
-        torch.rand(b, generator=g),
+        torch.randint(0, 256, (b, s, s, 3), dtype=torch.uint8, generator=g).to(DEVICE),
+        torch.rand(b, 2, generator=g).to(DEVICE),
+        (torch.rand(b, 6, generator=g) * 2 - 1).to(DEVICE),
+        torch.randint(0, cfg.num_tasks, (b,), generator=g).to(DEVICE),
+        torch.rand(b, generator=g).to(DEVICE),
     )
 
 
 def transitions(b: int, cfg: QNetConfig) -> TransitionBatch:
     """b live (not done) transitions: every one needs CEM at s'."""
     t = train_batch(b, cfg)
+    z = torch.zeros(b, device=DEVICE)
     return TransitionBatch(
-        t.images, t.states, t.actions, t.task_idx, torch.zeros(b), t.images.flip(1), t.states,
-        torch.zeros(b),
-    )  # fmt: skip
+        t.images, t.states, t.actions, t.task_idx, z, t.images.flip(1), t.states, z
+    )
+
+
+def make_learner(qcfg: QNetConfig, cfg: LearnerConfig = LearnerConfig()) -> Learner:
+    learner = Learner(qcfg, cfg)
+    for net in (learner.online, *learner.targets, learner.acting):
+        net.to(DEVICE)  # in place: the optimizer keeps the same parameter objects
+    return learner
+
+
+def timed(fn: Callable[[], object], min_time: float) -> float:
+    if DEVICE.type != "cuda":
+        return time_call(fn, min_time)
+
+    def synced() -> None:
+        fn()
+        torch.cuda.synchronize()
+
+    return time_call(synced, min_time)
+
+
+def peak_flops(dtype: torch.dtype, min_time: float) -> float:
+    if DEVICE.type != "cuda":
+        return matmul_peak(2048, dtype)
+    n = 8192
+    a = torch.randn(n, n, device=DEVICE).to(dtype)
+    b = torch.randn(n, n, device=DEVICE).to(dtype)
+    return 2.0 * n**3 / timed(lambda: torch.mm(a, b), min_time)
 
 
 def main() -> None:
@@ -56,11 +89,21 @@ def main() -> None:
     ap.add_argument("--json", required=True)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--min-time", type=float, default=1.0, help="seconds per measurement")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--variants", default="", help="comma list (default: all)")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    gpu = DEVICE.type == "cuda"
+    if gpu:
+        torch.backends.cudnn.benchmark = True
 
-    peak = {"fp32": matmul_peak(2048, torch.float32), "bf16": matmul_peak(2048, torch.bfloat16)}
+    peak = {
+        p: peak_flops(d, args.min_time)
+        for p, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+    }
     print(f"matmul peak: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f}")
     base = QNetConfig()
     qvariants = {
@@ -69,16 +112,20 @@ def main() -> None:
         "merge16": QNetConfig(merge_size=16),
         "head32": QNetConfig(head_channels=32),
         "tower64": QNetConfig(tower_channels=64, head_channels=32),
+        "s2d": QNetConfig(stem="s2d"),
     }
+    if args.variants:
+        keep = {"default", *args.variants.split(",")}
+        qvariants = {k: v for k, v in qvariants.items() if k in keep}
     train: dict[str, dict[str, float]] = {}
     for qname, qcfg in qvariants.items():
         for prec in ("fp32", "bf16"):
             if qname in ("merge16", "head32", "tower64") and prec == "bf16":
                 continue
-            learner = Learner(qcfg, LearnerConfig(precision=prec))
-            for b in (32, 64):
+            learner = make_learner(qcfg, LearnerConfig(precision=prec))
+            for b in (32, 64, 256) if gpu else (32, 64):
                 step = functools.partial(learner.train_step, train_batch(b, qcfg))
-                dt = time_call(step, args.min_time)
+                dt = timed(step, args.min_time)
                 flops = count_flops(step)
                 name = f"{qname} {prec} b{b}"
                 train[name] = {
@@ -93,32 +140,39 @@ def main() -> None:
 
     bellman: dict[str, dict[str, float]] = {}
     for qname in ("default", "groupnorm"):
+        if qname not in qvariants:
+            continue
         qcfg = qvariants[qname]
-        nets = Learner(qcfg).targets
-        tb = transitions(64, qcfg)
-        for prec in ("fp32", "bf16"):
-            for samples in (64, 32):
-                cem = CEMConfig(samples=samples, elites=6 if samples == 64 else 4, precision=prec)
-                call = functools.partial(compute_targets, nets, tb, 0.9, cem)
-                dt = time_call(call, args.min_time)
-                flops = count_flops(call)
-                name = f"{qname} {prec} cem{samples}"
-                bellman[name] = {
-                    "targets_per_s": round(64 / dt, 1),
-                    "ms_per_batch64": round(1000 * dt, 2),
-                    "flops_per_batch": flops,
-                    "gflop_per_s": round(flops / dt / 1e9, 2),
-                    "fraction_of_peak": round(flops / dt / peak[prec], 3),
-                }
-                print(f"bellman {name:22s} {bellman[name]}")
+        nets = make_learner(qcfg).targets
+        for nb in (64, 1024) if gpu else (64,):
+            tb = transitions(nb, qcfg)
+            for prec in ("fp32", "bf16"):
+                for samples in (64, 32):
+                    cem = CEMConfig(
+                        samples=samples, elites=6 if samples == 64 else 4, precision=prec
+                    )
+                    call = functools.partial(compute_targets, nets, tb, 0.9, cem)
+                    dt = timed(call, args.min_time)
+                    flops = count_flops(call)
+                    name = f"{qname} {prec} cem{samples}" + (f" n{nb}" if nb != 64 else "")
+                    bellman[name] = {
+                        "targets_per_s": round(nb / dt, 1),
+                        "ms_per_batch": round(1000 * dt, 2),
+                        "batch": nb,
+                        "flops_per_batch": flops,
+                        "gflop_per_s": round(flops / dt / 1e9, 2),
+                        "fraction_of_peak": round(flops / dt / peak[prec], 3),
+                    }
+                    print(f"bellman {name:22s} {bellman[name]}")
 
-    auto = "bf16" if has_fast_bf16() else "fp32"
+    auto = "bf16" if gpu or has_fast_bf16() else "fp32"
     learner64 = train["default fp32 b64"]["samples_per_s"]
     learner_auto = train[f"default {auto} b64"]["samples_per_s"]
     bell = bellman[f"default {auto} cem64"]["targets_per_s"]
     bell32 = bellman[f"default {auto} cem32"]["targets_per_s"]
     out = {
         "machine": platform.machine(),
+        "device": torch.cuda.get_device_name(DEVICE) if gpu else "cpu",
         "threads": args.threads,
         "amx_bf16": has_fast_bf16(),
         "qnet": base.to_dict(),

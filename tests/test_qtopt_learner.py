@@ -105,6 +105,11 @@ def test_publish_versions_and_arch_mismatch(tmp_path: Path) -> None:
     Learner(other).save_checkpoint(ck)
     with pytest.raises(WeightsError, match="different architecture"):
         Learner(SMALL).load_state(torch.load(ck, weights_only=True))
+    # a checkpoint written before a config field existed loads with that field's default
+    Learner(SMALL).save_checkpoint(ck)
+    old = torch.load(ck, weights_only=True)
+    del old["qnet"]["stem"]
+    Learner(SMALL).load_state(old)
 
 
 def test_cem_policy_reloads_newer_weights(tmp_path: Path) -> None:

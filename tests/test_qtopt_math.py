@@ -137,6 +137,21 @@ def test_network_shapes_and_multihead() -> None:
         QNetConfig(head_type="many").validate()  # type: ignore[arg-type]
 
 
+def test_space_to_depth_stem_by_hand() -> None:
+    net = QNetwork(QNetConfig(**{**SMALL.to_dict(), "stem": "s2d"}))
+    unshuffle, first = net.tower.net[0], net.tower.net[1][0]
+    assert isinstance(unshuffle, torch.nn.PixelUnshuffle) and first.in_channels == 12
+    # pixel (row 1, col 0) of a 2x2 block is channel c * 4 + 2 of that block's position
+    x = torch.zeros(1, 3, 4, 4)
+    x[0, 1, 3, 2] = 1.0  # colour 1, row 3, col 2: block (1, 1), offset (1, 0)
+    y = unshuffle(x)
+    assert y.shape == (1, 12, 2, 2) and y[0, 1 * 4 + 2, 1, 1] == 1.0 and y.sum() == 1.0
+    imgs = torch.randint(0, 255, (2, 32, 32, 3), dtype=torch.uint8)
+    assert net.tower(imgs).shape == QNetwork(SMALL).tower(imgs).shape
+    with pytest.raises(ValueError, match="stem"):
+        QNetConfig(stem="conv7").validate()  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("head", ["onehot", "multihead"])
 @pytest.mark.parametrize("merge", [8, 16])
 def test_cem_fast_path_equals_fig9_merge(head: str, merge: int) -> None:

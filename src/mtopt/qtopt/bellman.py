@@ -92,7 +92,7 @@ def compute_targets(
     generator: torch.Generator | None = None,
 ) -> TrainBatch:
     """Bellman targets for a transition batch -> a ``TrainBatch`` for the learner."""
-    next_q = torch.zeros(len(batch))
+    next_q = torch.zeros(len(batch), device=batch.rewards.device)
     live = batch.dones < 0.5
     if bool(live.any()):
         idx = live.nonzero().squeeze(1)

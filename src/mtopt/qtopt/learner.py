@@ -238,7 +238,8 @@ class Learner:
         return learner, dict(ck.get("extra", {}))
 
     def load_state(self, ck: dict[str, Any]) -> None:
-        check_config(self.qnet_cfg.to_dict(), ck["qnet"], "checkpoint")
+        # QNetConfig(**...) fills fields added after the checkpoint was written (defaults)
+        check_config(self.qnet_cfg.to_dict(), QNetConfig(**ck["qnet"]).to_dict(), "checkpoint")
         self.online.load_state_dict(ck["online"])
         for t, sd in zip(self.targets, ck["targets"], strict=True):
             t.load_state_dict(sd)
@@ -275,7 +276,7 @@ def load_network(
     target1; ``acting`` falls back to ``online`` for weights published before it existed)."""
     cfg = QNetConfig(**meta["qnet"])
     if expected is not None:
-        check_config(expected.to_dict(), meta["qnet"], "published weights")
+        check_config(expected.to_dict(), cfg.to_dict(), "published weights")
     net = QNetwork(cfg)
     sd = split_prefixed(tensors, part)
     if not sd and part == "acting":

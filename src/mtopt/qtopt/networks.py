@@ -41,6 +41,11 @@ class QNetConfig:
     """Width of the fully connected layers."""
     head_type: HeadType = "onehot"
     """'onehot' (one output, task as input) or 'multihead' (one FC head per task)."""
+    stem: Literal["conv5", "s2d"] = "conv5"
+    """First tower layer, which halves the image: 'conv5' a 5x5 stride-2 convolution on
+    the 3 colour channels; 's2d' space-to-depth (each 2x2 pixel block becomes 12
+    channels) and a 3x3 stride-1 convolution, the same output size with a 12-channel
+    input that matrix kernels use better (benchmarks/learner_speed.py)."""
     norm: bool = False
     """GroupNorm after every tower convolution. Off by default: with He init the signal
     keeps its scale without it, and the learner step is ~2x faster (bf16: 2.4x). The
@@ -57,6 +62,8 @@ class QNetConfig:
             raise ValueError(
                 f"image_size {self.image_size} / merge_size {self.merge_size} must be 2, 4, 8 or 16"
             )
+        if self.stem not in ("conv5", "s2d"):
+            raise ValueError(f"stem must be 'conv5' or 's2d', got {self.stem!r}")
         if self.head_type not in ("onehot", "multihead"):
             raise ValueError(f"head_type must be 'onehot' or 'multihead', got {self.head_type!r}")
         if self.num_tasks < 1:
@@ -102,7 +109,12 @@ class ImageTower(nn.Module):
         super().__init__()
         c = cfg.tower_channels
         downs = {2: 1, 4: 2, 8: 3, 16: 4}[cfg.image_size // cfg.merge_size]
-        layers = [_conv(3, c, stride=2, k=5, norm=cfg.norm)]  # first conv halves the image
+        # the first layer halves the image
+        layers: list[nn.Module] = (
+            [nn.PixelUnshuffle(2), _conv(12, c, stride=1, k=3, norm=cfg.norm)]
+            if cfg.stem == "s2d"
+            else [_conv(3, c, stride=2, k=5, norm=cfg.norm)]
+        )
         strides = [2] * (downs - 1) + [1] * (6 - (downs - 1))
         for s in strides:
             layers.append(_conv(c, c, stride=s, norm=cfg.norm))
