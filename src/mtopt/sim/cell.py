@@ -38,11 +38,31 @@ TCP_BELOW_PALM = 0.055  # TCP offset below the palm centre
 FINGER_OPEN = 0.045  # finger offset from the centre when open
 PLATE_RADIUS = 0.055
 BOWL_RADIUS = 0.04
-# camera views: eye, target, field of view relative to the (randomized) scene's
-CAMERA_VIEWS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float], float]] = {
-    "scene": ((0.30, 0.0, 0.60), (-0.04, 0.0, 0.07), 1.0),
-    "outcome": ((0.30, -0.06, 0.60), (0.0, -0.075, 0.08), 30.0 / 44.0),
+
+
+@dataclass(frozen=True)
+class CameraView:
+    """A pinhole camera: eye and target (m), vertical field of view relative to the
+    (randomized) scene's, and the world direction that is "up" in the image."""
+
+    eye: tuple[float, float, float]
+    target: tuple[float, float, float]
+    fov_scale: float = 1.0
+    up: tuple[float, float, float] = (-1.0, 0.0, 0.0)
+
+
+CAMERA_VIEWS: dict[str, CameraView] = {
+    # what the policy sees: both bins from above and in front of the cell
+    "scene": CameraView((0.30, 0.0, 0.60), (-0.04, 0.0, 0.07)),
+    # the fixture (left) bin from above, filling a half-height pane
+    "fixtures": CameraView((0.25, -0.13, 0.55), (0.0, -0.13, 0.04), 16.0 / 44.0),
+    # a close-up of whatever the gripper holds at the presentation pose, from the front
+    # left and nearly level: a held capsule shows its length, a ball is round
+    "held": CameraView((0.33, -0.23, 0.28), (0.10, 0.0, 0.23), 14.0 / 44.0, (0.0, 0.0, 1.0)),
 }
+# views made of panes stacked top to bottom, each the full width and an equal share of
+# the height: one image of several cameras, so every consumer still gets (S, S, 3)
+COMPOSITE_VIEWS: dict[str, tuple[str, ...]] = {"outcome": ("fixtures", "held")}
 
 
 @dataclass(frozen=True)
@@ -594,28 +614,42 @@ class SimCell:
         return float(2 * FINGER_OPEN + q0 - q1 - 0.012)
 
     def render(self, size: int | None = None, view: str = "scene") -> np.ndarray:
-        """RGB image (size, size, 3) uint8 from the fixed camera in front of the cell.
+        """RGB image (size, size, 3) uint8.
 
-        view="scene": both bins (what the policy sees). view="outcome": the same camera
-        zoomed on the fixture (left) bin and the presentation pose between the bins, the
-        two places where every task's outcome is decided; the robot's final image, with
-        1.5x the resolution (2.3x the pixels per object) at the same image size.
+        view="scene": both bins from the fixed camera in front of the cell (what the
+        policy sees). view="outcome", the robot's final image: two panes stacked, the
+        fixture (left) bin and the presentation pose zoomed (top), and a close-up of the
+        gripper at the presentation pose from the front (bottom), the places where every
+        task's outcome is decided. Any name in CAMERA_VIEWS renders that one camera.
         """
-        if view not in CAMERA_VIEWS:
-            raise ValueError(f"unknown camera view {view!r}; valid: {sorted(CAMERA_VIEWS)}")
         size = size or self.config.image_size
+        if view in COMPOSITE_VIEWS:
+            panes = COMPOSITE_VIEWS[view]
+            heights = [size // len(panes)] * len(panes)
+            heights[-1] += size - sum(heights)
+            return np.concatenate(
+                [
+                    self._render_view(CAMERA_VIEWS[p], size, h)
+                    for p, h in zip(panes, heights, strict=True)
+                ]
+            )
+        if view not in CAMERA_VIEWS:
+            valid = sorted([*CAMERA_VIEWS, *COMPOSITE_VIEWS])
+            raise ValueError(f"unknown camera view {view!r}; valid: {valid}")
+        return self._render_view(CAMERA_VIEWS[view], size, size)
+
+    def _render_view(self, cam: CameraView, width: int, height: int) -> np.ndarray:
         scene = self._scene
         jit = scene.camera_jitter if scene else (0.0, 0.0, 0.0)
-        eye0, target, fov_scale = CAMERA_VIEWS[view]
-        fov = (scene.fov if scene else 44.0) * fov_scale
+        fov = (scene.fov if scene else 44.0) * cam.fov_scale
         light = scene.light_dir if scene else (0.4, -0.3, 1.0)
-        eye = [eye0[0] + jit[0], eye0[1] + jit[1], eye0[2] + jit[2]]
-        view_m = pb.computeViewMatrix(eye, list(target), [-1, 0, 0])
-        proj = pb.computeProjectionMatrixFOV(fov, 1.0, 0.05, 2.0)
+        eye = [cam.eye[0] + jit[0], cam.eye[1] + jit[1], cam.eye[2] + jit[2]]
+        view_m = pb.computeViewMatrix(eye, list(cam.target), list(cam.up))
+        proj = pb.computeProjectionMatrixFOV(fov, width / height, 0.05, 2.0)
         _, _, rgba, _, _ = self._p(
             pb.getCameraImage,
-            size,
-            size,
+            width,
+            height,
             view_m,
             proj,
             renderer=pb.ER_TINY_RENDERER,
@@ -623,7 +657,7 @@ class SimCell:
             shadow=0,
             flags=pb.ER_NO_SEGMENTATION_MASK,
         )
-        return np.asarray(rgba, dtype=np.uint8).reshape(size, size, 4)[:, :, :3].copy()
+        return np.asarray(rgba, dtype=np.uint8).reshape(height, width, 4)[:, :, :3].copy()
 
     def _touching(self, body: int, link: int) -> bool:
         return bool(self._p(pb.getContactPoints, bodyA=self.gripper, bodyB=body, linkIndexA=link))
