@@ -100,8 +100,10 @@ class SimRobot:
         presentation pose over the gap between the bins: a held object is seen against
         the gap instead of in front of the objects in the bin, and the fixtures are not
         hidden under the gripper. On the way it turns to a fixed yaw with the fingers
-        beside (not in front of) whatever they hold, so the held object faces the camera. Ground truth is read after this, so "lifted" means
-        "still held once presented". Seen from the training camera, an object held just
+        beside (not in front of) whatever they hold. Ground truth is read after this, so
+        "lifted" means "still held once presented". The image is the cell's "outcome"
+        view: the fixture bin from above (top half) and a close-up of the presentation
+        pose from the front left (bottom half), where a held capsule shows its length. Seen from the training camera, an object held just
         above the bin and one lying in it look alike, which capped the success detector
         near 80% balanced accuracy on real episodes before this.
         """
