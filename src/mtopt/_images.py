@@ -9,9 +9,10 @@ import torch.nn.functional as F
 def random_shift(images: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tensor:
     """Translate each image by its own random offset in [-pad, pad] pixels on both axes.
 
-    ``images`` is (N, H, W, C), any dtype, on any device (``g`` is a CPU generator); the border is replicated into the gap (as in
-    DrQ's pad-and-crop, which QT-Opt's random crops resemble). Output: same shape and
-    dtype. ``pad=0`` returns the input unchanged. Draws 2 * N integers from ``g``.
+    ``images`` is (N, H, W, C), any dtype, on any device (``g`` is a CPU generator).
+    The border is replicated into the gap (as in DrQ's pad-and-crop, which QT-Opt's
+    random crops resemble). Output: same shape and dtype. ``pad=0`` returns the input
+    unchanged. Draws 2 * N integers from ``g``, column offsets first.
     """
     if pad < 0:
         raise ValueError(f"pad must be >= 0, got {pad}")
