@@ -33,7 +33,7 @@ def batch(seed: int, n: int = 8) -> TrainBatch:
 
 
 def test_resume_is_exact(tmp_path: Path) -> None:
-    cfg = LearnerConfig(target_period=3)
+    cfg = LearnerConfig(target_period=3, image_shift=4)  # the augmentation stream resumes too
     a = Learner(SMALL, cfg)
     for i in range(4):
         a.train_step(batch(i))
