@@ -103,9 +103,10 @@ class SimRobot:
         beside (not in front of) whatever they hold. Ground truth is read after this, so
         "lifted" means "still held once presented". The image is the cell's "outcome"
         view: the fixture bin from above (top half) and a close-up of the presentation
-        pose from the front left (bottom half), where a held capsule shows its length. Seen from the training camera, an object held just
-        above the bin and one lying in it look alike, which capped the success detector
-        near 80% balanced accuracy on real episodes before this.
+        pose from the front left (bottom half), where a held capsule shows its length.
+        Seen from the training camera, an object held just above the bin and one lying
+        in it look alike, which capped the success detector near 80% balanced accuracy
+        on real episodes before the presentation.
         """
         x, y, z = (float(v) for v in self.cell.tcp_position())
         px, py, pz = PRESENT_TCP

@@ -618,9 +618,9 @@ class SimCell:
 
         view="scene": both bins from the fixed camera in front of the cell (what the
         policy sees). view="outcome", the robot's final image: two panes stacked, the
-        fixture (left) bin and the presentation pose zoomed (top), and a close-up of the
-        gripper at the presentation pose from the front (bottom), the places where every
-        task's outcome is decided. Any name in CAMERA_VIEWS renders that one camera.
+        fixture (left) bin from above (top) and a close-up of the gripper at the
+        presentation pose from the front left (bottom), the places where every task's
+        outcome is decided. Any name in CAMERA_VIEWS renders that one camera.
         """
         size = size or self.config.image_size
         if view in COMPOSITE_VIEWS:
