@@ -14,6 +14,7 @@ variants also: s2d (space-to-depth first layer, QNetConfig.stem)
 
 Usage: python benchmarks/learner_speed.py --json OUT [--threads 1] [--min-time 1.0]
        [--device cuda]   (GPU: every call is followed by a synchronize; peak on the GPU)
+       [--variants s2d,merge16] [--precisions fp32]   (the default net is always measured)
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ def main() -> None:
     ap.add_argument("--min-time", type=float, default=1.0, help="seconds per measurement")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--variants", default="", help="comma list (default: all)")
+    ap.add_argument(
+        "--precisions",
+        default="fp32,bf16",
+        help="comma list; the precision the run picks ('auto') is always measured",
+    )
     args = ap.parse_args()
     global DEVICE
     DEVICE = torch.device(args.device)
@@ -117,9 +123,11 @@ def main() -> None:
     if args.variants:
         keep = {"default", *args.variants.split(",")}
         qvariants = {k: v for k, v in qvariants.items() if k in keep}
+    auto = "bf16" if gpu or has_fast_bf16() else "fp32"
+    precisions = [p for p in ("fp32", "bf16") if p in args.precisions.split(",") or p == auto]
     train: dict[str, dict[str, float]] = {}
     for qname, qcfg in qvariants.items():
-        for prec in ("fp32", "bf16"):
+        for prec in precisions:
             if qname in ("merge16", "head32", "tower64") and prec == "bf16":
                 continue
             learner = make_learner(qcfg, LearnerConfig(precision=prec))
@@ -139,14 +147,14 @@ def main() -> None:
                 print(f"train   {name:22s} {train[name]}")
 
     bellman: dict[str, dict[str, float]] = {}
-    for qname in ("default", "groupnorm"):
+    for qname in ("default", "groupnorm", "s2d"):
         if qname not in qvariants:
             continue
         qcfg = qvariants[qname]
         nets = make_learner(qcfg).targets
         for nb in (64, 1024) if gpu else (64,):
             tb = transitions(nb, qcfg)
-            for prec in ("fp32", "bf16"):
+            for prec in precisions:
                 for samples in (64, 32):
                     cem = CEMConfig(
                         samples=samples, elites=6 if samples == 64 else 4, precision=prec
@@ -165,7 +173,6 @@ def main() -> None:
                     }
                     print(f"bellman {name:22s} {bellman[name]}")
 
-    auto = "bf16" if gpu or has_fast_bf16() else "fp32"
     learner64 = train["default fp32 b64"]["samples_per_s"]
     learner_auto = train[f"default {auto} b64"]["samples_per_s"]
     bell = bellman[f"default {auto} cem64"]["targets_per_s"]

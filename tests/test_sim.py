@@ -96,6 +96,32 @@ def test_grasp_needs_contact_closing_on_nothing_holds_nothing(robot: SimRobot) -
     assert not any(o.in_gripper for o in robot.scene_state().objects)
 
 
+def test_gripper_status_tells_holding_from_closed_on_nothing(robot: SimRobot) -> None:
+    """The measured closure: open 0, closed on nothing 1, holding something in between;
+    the 'command' status is 1 for both closed cases."""
+    robot.reset_scene(5)
+    robot.start_episode()
+    assert robot.observe().state[0] < 0.02  # open
+    assert robot.prepare_for_task(starts_holding=True) and robot.holding()
+    held = float(robot.act(make_action(close=True)).observation.state[0])
+    assert 0.1 < held < 0.9
+    robot.prepare_for_task(starts_holding=False)
+    robot.cell.move_gripper_to((0.0, 0.13, 0.2), 0.0, closed=False)
+    robot.act(make_action(close=True))  # the fingers need a second step to meet
+    empty = float(robot.act(make_action(close=True)).observation.state[0])
+    assert empty > 0.99 and not robot.holding()
+    command = SimRobot(SimConfig(gripper_status="command"), seed=0)
+    try:
+        command.reset_scene(5)
+        command.start_episode()
+        assert command.prepare_for_task(starts_holding=True) and command.holding()
+        assert command.act(make_action(close=True)).observation.state[0] == 1.0
+    finally:
+        command.close()
+    with pytest.raises(ValueError, match="gripper_status"):
+        SimConfig(gripper_status="width").validate()  # type: ignore[arg-type]
+
+
 def test_presenting_the_outcome_keeps_the_object_and_turns_it_to_the_camera(
     robot: SimRobot,
 ) -> None:

@@ -41,11 +41,13 @@ class QNetConfig:
     """Width of the fully connected layers."""
     head_type: HeadType = "onehot"
     """'onehot' (one output, task as input) or 'multihead' (one FC head per task)."""
-    stem: Literal["conv5", "s2d"] = "conv5"
-    """First tower layer, which halves the image: 'conv5' a 5x5 stride-2 convolution on
-    the 3 colour channels; 's2d' space-to-depth (each 2x2 pixel block becomes 12
-    channels) and a 3x3 stride-1 convolution, the same output size with a 12-channel
-    input that matrix kernels use better (benchmarks/learner_speed.py)."""
+    stem: Literal["conv5", "s2d", "s2d4"] = "conv5"
+    """First tower layer: 'conv5' a 5x5 stride-2 convolution on the 3 colour channels
+    (halves the image); 's2d' space-to-depth (each 2x2 pixel block becomes 12 channels)
+    and a 3x3 stride-1 convolution, the same output size; 's2d4' space-to-depth by 4
+    (48 channels) and a 3x3 convolution, a quarter of the image side, which replaces
+    the stem and the next stride-2 layer (still 7 convolutions: one more at the merge
+    size). benchmarks/learner_speed.py measures them."""
     norm: bool = False
     """GroupNorm after every tower convolution. Off by default: with He init the signal
     keeps its scale without it, and the learner step is ~2x faster (bf16: 2.4x). The
@@ -62,8 +64,10 @@ class QNetConfig:
             raise ValueError(
                 f"image_size {self.image_size} / merge_size {self.merge_size} must be 2, 4, 8 or 16"
             )
-        if self.stem not in ("conv5", "s2d"):
-            raise ValueError(f"stem must be 'conv5' or 's2d', got {self.stem!r}")
+        if self.stem not in ("conv5", "s2d", "s2d4"):
+            raise ValueError(f"stem must be 'conv5', 's2d' or 's2d4', got {self.stem!r}")
+        if self.stem == "s2d4" and self.image_size // self.merge_size < 4:
+            raise ValueError("stem 's2d4' quarters the image: image_size / merge_size must be >= 4")
         if self.head_type not in ("onehot", "multihead"):
             raise ValueError(f"head_type must be 'onehot' or 'multihead', got {self.head_type!r}")
         if self.num_tasks < 1:
@@ -109,13 +113,15 @@ class ImageTower(nn.Module):
         super().__init__()
         c = cfg.tower_channels
         downs = {2: 1, 4: 2, 8: 3, 16: 4}[cfg.image_size // cfg.merge_size]
-        # the first layer halves the image
-        layers: list[nn.Module] = (
-            [nn.PixelUnshuffle(2), _conv(12, c, stride=1, k=3, norm=cfg.norm)]
-            if cfg.stem == "s2d"
-            else [_conv(3, c, stride=2, k=5, norm=cfg.norm)]
-        )
-        strides = [2] * (downs - 1) + [1] * (6 - (downs - 1))
+        # the first layer halves the image (s2d4: quarters it)
+        stem_downs = 2 if cfg.stem == "s2d4" else 1
+        layers: list[nn.Module]
+        if cfg.stem == "conv5":
+            layers = [_conv(3, c, stride=2, k=5, norm=cfg.norm)]
+        else:
+            f = 2**stem_downs
+            layers = [nn.PixelUnshuffle(f), _conv(3 * f * f, c, stride=1, k=3, norm=cfg.norm)]
+        strides = [2] * (downs - stem_downs) + [1] * (6 - (downs - stem_downs))
         for s in strides:
             layers.append(_conv(c, c, stride=s, norm=cfg.norm))
         self.net = nn.Sequential(*layers)

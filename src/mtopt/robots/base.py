@@ -9,7 +9,7 @@ import numpy as np
 
 # State features of the paper, in this order.
 STATE_DIM = 2
-STATE_NAMES = ("gripper_closed", "gripper_height")
+STATE_NAMES = ("gripper_status", "gripper_height")
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,9 @@ class Observation:
     """One observation: an RGB image and the paper's state features.
 
     image: uint8 array (H, W, 3).
-    state: float32 array (2,) = [gripper closed (0/1), gripper height above bin floor (m)].
+    state: float32 array (2,) = [gripper status in [0, 1] (0 open, 1 closed: the measured
+    finger closure, or the binary command for a robot that reports only that), gripper
+    height above bin floor (m)].
     """
 
     image: np.ndarray

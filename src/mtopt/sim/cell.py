@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pybullet as pb
@@ -36,6 +36,7 @@ LEFT_BIN_CENTER = (0.0, -0.13)
 FLOOR_Z = 0.0
 TCP_BELOW_PALM = 0.055  # TCP offset below the palm centre
 FINGER_OPEN = 0.045  # finger offset from the centre when open
+FINGER_GAP_OPEN = 2 * FINGER_OPEN - 0.012  # finger_gap() when fully open (m)
 PLATE_RADIUS = 0.055
 BOWL_RADIUS = 0.04
 
@@ -91,6 +92,12 @@ class SimConfig:
     """Lateral friction of fingers and objects."""
     categories: tuple[str, ...] = ("box", "can", "ball", "capsule", "bottle", "banana")
     """Object categories that may appear in a scene."""
+    gripper_status: Literal["closure", "command"] = "closure"
+    """State feature 0. 'closure': the measured finger closure, 0 open and 1 fingers met,
+    in between when they are closed on something (what a real parallel gripper's
+    position sensor reports). 'command': 1 if the gripper was commanded closed, else 0
+    (QT-Opt's binary status), which cannot tell a gripper closed on nothing from one
+    holding an object."""
 
     def validate(self) -> SimConfig:
         if not 16 <= self.image_size <= 512:
@@ -103,6 +110,10 @@ class SimConfig:
             raise ValueError(f"object_split must be 'train' or 'test', got {self.object_split!r}")
         if self.substeps < 1:
             raise ValueError(f"substeps must be >= 1, got {self.substeps}")
+        if self.gripper_status not in ("closure", "command"):
+            raise ValueError(
+                f"gripper_status must be 'closure' or 'command', got {self.gripper_status!r}"
+            )
         return self
 
 
@@ -600,8 +611,19 @@ class SimCell:
         return np.array([pos[0], pos[1], pos[2] - TCP_BELOW_PALM])
 
     def state_features(self) -> np.ndarray:
+        """[gripper status, gripper height above the bin floor (m)]; see
+        ``SimConfig.gripper_status``."""
         tcp = self.tcp_position()
-        return np.array([1.0 if self._closed else 0.0, tcp[2] - FLOOR_Z], dtype=np.float32)
+        if self.config.gripper_status == "closure":
+            status = self.gripper_closure()
+        else:
+            status = 1.0 if self._closed else 0.0
+        return np.array([status, tcp[2] - FLOOR_Z], dtype=np.float32)
+
+    def gripper_closure(self) -> float:
+        """Measured closure of the fingers: 0 fully open, 1 met (closed on nothing), in
+        between when something keeps them apart."""
+        return float(np.clip(1.0 - self.finger_gap() / FINGER_GAP_OPEN, 0.0, 1.0))
 
     def pose(self) -> np.ndarray:
         tcp = self.tcp_position()
@@ -611,7 +633,7 @@ class SimCell:
         """Distance between the fingers' inner faces (m); near zero when closed on nothing."""
         q0 = self._p(pb.getJointState, self.gripper, 0)[0]
         q1 = self._p(pb.getJointState, self.gripper, 1)[0]
-        return float(2 * FINGER_OPEN + q0 - q1 - 0.012)
+        return float(FINGER_GAP_OPEN + q0 - q1)
 
     def render(self, size: int | None = None, view: str = "scene") -> np.ndarray:
         """RGB image (size, size, 3) uint8.

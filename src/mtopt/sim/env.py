@@ -1,6 +1,7 @@
 """Gymnasium environment ``mtopt/SimCell-v0`` (registered on ``import mtopt``).
 
-Observation: ``{"image": uint8 (H, W, 3), "state": float32 [gripper_closed, gripper_height]}``.
+Observation: ``{"image": uint8 (H, W, 3), "state": float32 [gripper_status, gripper_height]}``
+(gripper status: the measured finger closure, 0 open, 1 closed on nothing; see ``SimConfig``).
 Action: ``Box(-1, 1, (6,))`` with the layout of ``mtopt.robots.action``.
 Reward: the simulator's ground-truth success (0/1) of ``task``, given on the final step
 only. It is there for evaluation and for users of the env; the mtopt training pipeline
