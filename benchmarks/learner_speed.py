@@ -6,11 +6,13 @@ bellman : compute_targets on 64 live transitions: CEM (2 x 64, or 2 x 32) over t
           net 1 with the tower reused, then Q of target net 2 at a*, min of the two
 FLOPs   : counted by torch.utils.flop_counter on one call (convs and matmuls, backward
           included); the dense post-merge path counts its real (larger) matmul FLOPs
-peak    : 2048 x 2048 matmul, fp32 (and bf16 for bf16 variants); all timings best-of-repeats
+peak    : 2048 x 2048 matmul, fp32 (and bf16 for bf16 variants)
+timing  : all calls (peaks included) round-robin, best of repeats, so a slow phase of a
+          shared machine hits every variant alike and the ratios in one run hold
 variants: default QNetConfig (no norm), groupnorm (GroupNorm in the tower), merge16,
           head32 / tower64 (wider post-merge convs / wider everywhere); fp32 / bf16
 
-variants also: s2d (space-to-depth first layer, QNetConfig.stem)
+variants also: s2d / s2d4 (space-to-depth first layer by 2 / by 4, QNetConfig.stem)
 
 Usage: python benchmarks/learner_speed.py --json OUT [--threads 1] [--min-time 1.0]
        [--device cuda]   (GPU: every call is followed by a synchronize; peak on the GPU)
@@ -32,7 +34,7 @@ from mtopt.qtopt.bellman import TrainBatch, TransitionBatch, compute_targets
 from mtopt.qtopt.cem import CEMConfig, has_fast_bf16
 from mtopt.qtopt.learner import Learner, LearnerConfig
 from mtopt.qtopt.networks import QNetConfig, count_parameters
-from mtopt.qtopt.perf import count_flops, matmul_peak, time_call
+from mtopt.qtopt.perf import count_flops, time_interleaved
 
 DEVICE = torch.device("cpu")
 
@@ -65,24 +67,27 @@ def make_learner(qcfg: QNetConfig, cfg: LearnerConfig = LearnerConfig()) -> Lear
     return learner
 
 
-def timed(fn: Callable[[], object], min_time: float) -> float:
-    if DEVICE.type != "cuda":
-        return time_call(fn, min_time)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
-    def synced() -> None:
+
+def synced(fn: Callable[[], object]) -> Callable[[], object]:
+    """On a GPU a call is timed to its end: follow it by a synchronize."""
+    if DEVICE.type != "cuda":
+        return fn
+
+    def call() -> None:
         fn()
         torch.cuda.synchronize()
 
-    return time_call(synced, min_time)
+    return call
 
 
-def peak_flops(dtype: torch.dtype, min_time: float) -> float:
-    if DEVICE.type != "cuda":
-        return matmul_peak(2048, dtype)
-    n = 8192
+def matmul_call(dtype: torch.dtype) -> Callable[[], object]:
+    """The peak reference: a dense square matmul (2048 on a CPU, 8192 on a GPU)."""
+    n = 8192 if DEVICE.type == "cuda" else 2048
     a = torch.randn(n, n, device=DEVICE).to(dtype)
     b = torch.randn(n, n, device=DEVICE).to(dtype)
-    return 2.0 * n**3 / timed(lambda: torch.mm(a, b), min_time)
+    return functools.partial(torch.mm, a, b)
 
 
 def main() -> None:
@@ -106,11 +111,6 @@ def main() -> None:
     if gpu:
         torch.backends.cudnn.benchmark = True
 
-    peak = {
-        p: peak_flops(d, args.min_time)
-        for p, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))
-    }
-    print(f"matmul peak: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f}")
     base = QNetConfig()
     qvariants = {
         "default": base,
@@ -119,13 +119,18 @@ def main() -> None:
         "head32": QNetConfig(head_channels=32),
         "tower64": QNetConfig(tower_channels=64, head_channels=32),
         "s2d": QNetConfig(stem="s2d"),
+        "s2d4": QNetConfig(stem="s2d4"),
     }
     if args.variants:
         keep = {"default", *args.variants.split(",")}
         qvariants = {k: v for k, v in qvariants.items() if k in keep}
     auto = "bf16" if gpu or has_fast_bf16() else "fp32"
     precisions = [p for p in ("fp32", "bf16") if p in args.precisions.split(",") or p == auto]
-    train: dict[str, dict[str, float]] = {}
+
+    # every call to time: name -> (call, work items per call, precision)
+    calls: dict[str, tuple[Callable[[], object], int, str]] = {}
+    for prec in precisions:
+        calls[f"peak {prec}"] = (matmul_call(DTYPES[prec]), 1, prec)
     for qname, qcfg in qvariants.items():
         for prec in precisions:
             if qname in ("merge16", "head32", "tower64") and prec == "bf16":
@@ -133,21 +138,8 @@ def main() -> None:
             learner = make_learner(qcfg, LearnerConfig(precision=prec))
             for b in (32, 64, 256) if gpu else (32, 64):
                 step = functools.partial(learner.train_step, train_batch(b, qcfg))
-                dt = timed(step, args.min_time)
-                flops = count_flops(step)
-                name = f"{qname} {prec} b{b}"
-                train[name] = {
-                    "steps_per_s": round(1 / dt, 2),
-                    "samples_per_s": round(b / dt, 1),
-                    "ms_per_step": round(1000 * dt, 2),
-                    "flops_per_step": flops,
-                    "gflop_per_s": round(flops / dt / 1e9, 2),
-                    "fraction_of_peak": round(flops / dt / peak[prec], 3),
-                }
-                print(f"train   {name:22s} {train[name]}")
-
-    bellman: dict[str, dict[str, float]] = {}
-    for qname in ("default", "groupnorm", "s2d"):
+                calls[f"train {qname} {prec} b{b}"] = (step, b, prec)
+    for qname in ("default", "groupnorm", "s2d", "s2d4"):
         if qname not in qvariants:
             continue
         qcfg = qvariants[qname]
@@ -160,18 +152,41 @@ def main() -> None:
                         samples=samples, elites=6 if samples == 64 else 4, precision=prec
                     )
                     call = functools.partial(compute_targets, nets, tb, 0.9, cem)
-                    dt = timed(call, args.min_time)
-                    flops = count_flops(call)
-                    name = f"{qname} {prec} cem{samples}" + (f" n{nb}" if nb != 64 else "")
-                    bellman[name] = {
-                        "targets_per_s": round(nb / dt, 1),
-                        "ms_per_batch": round(1000 * dt, 2),
-                        "batch": nb,
-                        "flops_per_batch": flops,
-                        "gflop_per_s": round(flops / dt / 1e9, 2),
-                        "fraction_of_peak": round(flops / dt / peak[prec], 3),
-                    }
-                    print(f"bellman {name:22s} {bellman[name]}")
+                    name = f"bellman {qname} {prec} cem{samples}" + (f" n{nb}" if nb != 64 else "")
+                    calls[name] = (call, nb, prec)
+
+    flops = {name: count_flops(fn) for name, (fn, _, _) in calls.items()}
+    print(f"timing {len(calls)} calls round-robin ...")
+    seconds = time_interleaved({k: synced(fn) for k, (fn, _, _) in calls.items()}, args.min_time)
+    peak = {p: flops[f"peak {p}"] / seconds[f"peak {p}"] for p in precisions}
+    print("matmul peak: " + ", ".join(f"{p} {v / 1e9:.1f} GFLOP/s" for p, v in peak.items()))
+    train: dict[str, dict[str, float]] = {}
+    bellman: dict[str, dict[str, float]] = {}
+    for name, (_, n, prec) in calls.items():
+        kind, _, short = name.partition(" ")
+        dt, fl = seconds[name], flops[name]
+        common = {
+            "gflop_per_s": round(fl / dt / 1e9, 2),
+            "fraction_of_peak": round(fl / dt / peak[prec], 3),
+        }
+        if kind == "train":
+            train[short] = {
+                "steps_per_s": round(1 / dt, 2),
+                "samples_per_s": round(n / dt, 1),
+                "ms_per_step": round(1000 * dt, 2),
+                "flops_per_step": fl,
+                **common,
+            }
+            print(f"train   {short:22s} {train[short]}")
+        elif kind == "bellman":
+            bellman[short] = {
+                "targets_per_s": round(n / dt, 1),
+                "ms_per_batch": round(1000 * dt, 2),
+                "batch": n,
+                "flops_per_batch": fl,
+                **common,
+            }
+            print(f"bellman {short:22s} {bellman[short]}")
 
     learner64 = train["default fp32 b64"]["samples_per_s"]
     learner_auto = train[f"default {auto} b64"]["samples_per_s"]

@@ -148,8 +148,16 @@ def test_space_to_depth_stem_by_hand() -> None:
     assert y.shape == (1, 12, 2, 2) and y[0, 1 * 4 + 2, 1, 1] == 1.0 and y.sum() == 1.0
     imgs = torch.randint(0, 255, (2, 32, 32, 3), dtype=torch.uint8)
     assert net.tower(imgs).shape == QNetwork(SMALL).tower(imgs).shape
+    # s2d4: 4x4 blocks (48 channels) at a quarter of the side, still 7 convolutions
+    net4 = QNetwork(QNetConfig(**{**SMALL.to_dict(), "stem": "s2d4"}))
+    convs4 = [m for m in net4.tower.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert net4.tower.net[1][0].in_channels == 48 and len(convs4) == 7
+    assert [c.stride[0] for c in convs4] == [1, 1, 1, 1, 1, 1, 1]  # 32 -> 8 by unshuffle only
+    assert net4.tower(imgs).shape == QNetwork(SMALL).tower(imgs).shape
     with pytest.raises(ValueError, match="stem"):
         QNetConfig(stem="conv7").validate()  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="quarters"):
+        QNetConfig(stem="s2d4", image_size=32, merge_size=16).validate()
 
 
 @pytest.mark.parametrize("head", ["onehot", "multihead"])
@@ -265,3 +273,20 @@ def test_random_shift_by_hand() -> None:
     assert random_shift(images, 0, torch.Generator()) is images
     with pytest.raises(ValueError, match="pad"):
         random_shift(images, -1, torch.Generator())
+
+
+def test_interleaved_timing_calls_every_function_alike() -> None:
+    """Round-robin: each function runs the same number of times (warm-up included), and
+    the result is the best of its own calls. No timing is asserted, only bookkeeping."""
+    from mtopt.qtopt.perf import time_interleaved
+
+    counts = {"a": 0, "b": 0}
+
+    def bump(k: str) -> None:
+        counts[k] += 1
+
+    out = time_interleaved(
+        {"a": lambda: bump("a"), "b": lambda: bump("b")}, min_time=0.0, warmup=1, repeats=2
+    )
+    assert set(out) == {"a", "b"} and all(v >= 0 for v in out.values())
+    assert counts["a"] == counts["b"] == 1 + 2 * 2  # warm-up + 2 rounds of 2 (>= 3 calls each)

@@ -12,7 +12,13 @@ from tests.test_store import make_episode
 from mtopt.qtopt.weights import WeightsError
 from mtopt.store import EpisodeWriter
 from mtopt.success.data import LabeledSet
-from mtopt.success.improve import select_uncertain
+from mtopt.success.improve import (
+    dispute_scores,
+    exhaustive_parents,
+    select_for_labeling,
+    select_uncertain,
+    task_implications,
+)
 from mtopt.success.labels import LabelStore
 from mtopt.success.network import SDNetConfig, SuccessDetector, SuccessNet
 from mtopt.success.server import create_app
@@ -109,6 +115,30 @@ def test_uncertainty_selection_by_hand() -> None:
     picks = select_uncertain(probs, already, 2)
     assert picks[0].tolist() == [1, 0]  # row 2 already labeled for task 0
     assert picks[1].tolist() == [0, 2]
+
+
+def test_disputes_between_related_tasks_by_hand() -> None:
+    """Tasks: 0 any, 1 a, 2 b, 3 other. Labels: a => any, b => any, b => other; every
+    'any' success is an a or b success (exhaustive); 'other' is not explained by b."""
+    rows = [[1, 1, 0, 0]] * 5 + [[1, 0, 1, 1]] * 5 + [[0, 0, 0, 1]] * 5 + [[0, 0, 0, 0]] * 5
+    labels = np.array(rows, np.float32)
+    mask = np.ones_like(labels, bool)
+    pairs = task_implications(labels, mask)
+    assert sorted(pairs) == [(1, 0), (2, 0), (2, 3)]
+    assert task_implications(labels[:4], mask[:4]) == []  # under min_support: nothing
+    parents = exhaustive_parents(labels, mask, pairs)
+    assert parents == {0: [1, 2]}
+    probs = np.array([[0.9, 0.1, 0.05, 0.5], [0.2, 0.7, 0.1, 0.1], [0.0, 0.0, 0.0, 0.8]])
+    d = dispute_scores(probs, pairs, parents)
+    # row 0: 'any' says yes, neither a nor b does: 0.9 - max(0.1, 0.05) = 0.8 to a and b
+    # row 1: a says yes, 'any' says no: 0.7 - 0.2 = 0.5 to a and to any
+    # row 2: 'other' alone says yes, which is allowed
+    np.testing.assert_allclose(d, [[0, 0.8, 0.8, 0], [0.5, 0.5, 0, 0], [0, 0, 0, 0]], atol=1e-6)
+    # budget 2, half disputed: task 1 takes row 0 (0.8) then the least certain other row
+    picks = select_for_labeling(probs, np.zeros_like(mask[:3]), 2, d, 0.5)
+    assert picks[1].tolist() == [0, 1]  # row 0 disputed; row 1 (|0.7-0.5|) before row 2
+    assert picks[3].tolist() == [0, 2]  # no disputes: the two least certain
+    assert select_for_labeling(probs, np.zeros_like(mask[:3]), 2)[1].tolist() == [1, 0]
 
 
 def test_labeled_episodes_get_their_share_of_each_batch() -> None:

@@ -28,6 +28,26 @@ def time_call(
     return min(samples) if stat == "min" else statistics.median(samples)
 
 
+def time_interleaved(
+    fns: dict[str, Callable[[], object]], min_time: float = 0.5, warmup: int = 2, repeats: int = 3
+) -> dict[str, float]:
+    """Best seconds per call of each function, measured round-robin: every round calls
+    each function ``repeats`` times, until each has run ``min_time`` in total and at least
+    3 times. Slow phases of a shared machine then hit all functions alike, so the ratios
+    between them hold even when the absolute times drift."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    while any(sum(v) < min_time or len(v) < 3 for v in samples.values()):
+        for name, fn in fns.items():
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - t0)
+    return {k: min(v) for k, v in samples.items()}
+
+
 def count_flops(fn: Callable[[], object]) -> int:
     """FLOPs PyTorch's flop counter attributes to one call of ``fn`` (matmuls and convs)."""
     with FlopCounterMode(display=False) as counter:

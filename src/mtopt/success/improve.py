@@ -25,6 +25,83 @@ def select_uncertain(probs: np.ndarray, already: np.ndarray, budget: int) -> dic
     return out
 
 
+def task_implications(
+    labels: np.ndarray, mask: np.ndarray, min_support: int = 5
+) -> list[tuple[int, int]]:
+    """(child, parent) task pairs that the labels show as "child succeeded => parent
+    succeeded" (lift-capsule => lift-any): at least ``min_support`` labeled child
+    successes with the parent labeled, and never the parent labeled a failure there."""
+    pos = (labels > 0.5) & mask
+    pairs = []
+    for c in range(labels.shape[1]):
+        for p in range(labels.shape[1]):
+            both = pos[:, c] & mask[:, p]
+            if c != p and both.sum() >= min_support and pos[both, p].all():
+                pairs.append((c, p))
+    return pairs
+
+
+def exhaustive_parents(
+    labels: np.ndarray, mask: np.ndarray, pairs: list[tuple[int, int]], min_support: int = 5
+) -> dict[int, list[int]]:
+    """Parents whose successes the labels always explain by one of their children (every
+    lift-any success is a lift-<category> success), with those children."""
+    pos = (labels > 0.5) & mask
+    out: dict[int, list[int]] = {}
+    for p in sorted({p for _, p in pairs}):
+        kids = [c for c, q in pairs if q == p and (p, c) not in pairs]  # not equivalents
+        if not kids:
+            continue
+        rows = pos[:, p] & mask[:, kids].all(1)
+        if rows.sum() >= min_support and pos[rows][:, kids].any(1).all():
+            out[p] = kids
+    return out
+
+
+def dispute_scores(
+    probs: np.ndarray, pairs: list[tuple[int, int]], parents: dict[int, list[int]]
+) -> np.ndarray:
+    """(N, T) how strongly the SD's own answers for related tasks contradict each other:
+    a child judged a success while its parent is not (both tasks get the gap), or an
+    exhaustive parent judged a success while none of its children is (every child gets
+    the gap: one of them was probably missed, as a held capsule the lift-capsule task
+    does not see)."""
+    d = np.zeros_like(probs)
+    for c, p in pairs:
+        gap = np.clip(probs[:, c] - probs[:, p], 0.0, None)
+        d[:, c] = np.maximum(d[:, c], gap)
+        d[:, p] = np.maximum(d[:, p], gap)
+    for p, kids in parents.items():
+        unexplained = np.clip(probs[:, p] - probs[:, kids].max(1), 0.0, None)
+        for c in kids:
+            d[:, c] = np.maximum(d[:, c], unexplained)
+    return d
+
+
+def select_for_labeling(
+    probs: np.ndarray,
+    already: np.ndarray,
+    budget: int,
+    disputes: np.ndarray | None = None,
+    dispute_share: float = 0.5,
+    min_dispute: float = 0.25,
+) -> dict[int, np.ndarray]:
+    """Per task column: up to ``dispute_share`` of the budget from the most disputed
+    unlabeled rows (dispute >= ``min_dispute``), the rest from the least certain."""
+    if disputes is None:
+        return select_uncertain(probs, already, budget)
+    out = {}
+    for j in range(probs.shape[1]):
+        free = ~already[:, j]
+        hot = np.flatnonzero(free & (disputes[:, j] >= min_dispute))
+        hot = hot[np.argsort(-disputes[hot, j], kind="stable")][: int(budget * dispute_share)]
+        rest = already[:, j].copy()
+        rest[hot] = True
+        fill = select_uncertain(probs[:, j : j + 1], rest[:, None], budget - len(hot))[0]
+        out[j] = np.concatenate([hot, fill]).astype(np.int64)
+    return out
+
+
 def improve_loop(
     store: str | Path,
     weights: str | Path,
@@ -35,7 +112,11 @@ def improve_loop(
     validation: str | Path | None = None,
     steps: int = 600,
     registry: TaskRegistry = DEFAULT_REGISTRY,
+    dispute_share: float = 0.5,
 ) -> list[dict[str, Any]]:
+    """Rounds of: score the store's episodes, label ``budget`` per task (the most
+    disputed between related tasks first, up to ``dispute_share``, then the least
+    certain), retrain from the current weights on the examples plus all labels so far."""
     sd = SuccessDetector.load(weights, registry.names)
     base = LabeledSet.load(examples)
     val = LabeledSet.load(validation) if validation else None
@@ -71,7 +152,14 @@ def improve_loop(
     record(0)
     for r in range(rounds):
         probs = sd.score(pool.images)
-        picks = select_uncertain(probs, chosen | ~known, budget)
+        # task relations as the labels so far show them (examples + labeled episodes)
+        used = chosen & known
+        rows = used.any(1)
+        labels = np.concatenate([base.labels, pool.labels[rows]])
+        mask = np.concatenate([base.mask, used[rows]])
+        pairs = task_implications(labels, mask)
+        disputes = dispute_scores(probs, pairs, exhaustive_parents(labels, mask, pairs))
+        picks = select_for_labeling(probs, chosen | ~known, budget, disputes, dispute_share)
         for j, idx in picks.items():
             chosen[idx, j] = True
         labeled = LabeledSet(
