@@ -15,6 +15,7 @@ from mtopt.success.data import LabeledSet
 from mtopt.success.improve import (
     dispute_scores,
     exhaustive_parents,
+    select_episodes,
     select_for_labeling,
     select_uncertain,
     task_implications,
@@ -139,6 +140,10 @@ def test_disputes_between_related_tasks_by_hand() -> None:
     assert picks[1].tolist() == [0, 1]  # row 0 disputed; row 1 (|0.7-0.5|) before row 2
     assert picks[3].tolist() == [0, 2]  # no disputes: the two least certain
     assert select_for_labeling(probs, np.zeros_like(mask[:3]), 2)[1].tolist() == [1, 0]
+    # whole episodes (the run's relabel rounds): row 0 most disputed (0.8), then the
+    # least certain of the rest: row 1 (0.2 from 0.5 at task 0) before row 2 (0.3)
+    assert select_episodes(probs, 2, d).tolist() == [0, 1]
+    assert select_episodes(probs, 1, d, dispute_share=0.0).tolist() == [0]  # 0.5 at task 3
 
 
 def test_labeled_episodes_get_their_share_of_each_batch() -> None:

@@ -40,6 +40,7 @@ from mtopt.replay.source import replay_items
 from mtopt.runtime.config import RunConfig
 from mtopt.store.reader import EpisodeReader
 from mtopt.success.data import LabeledSet, episode_examples, stage_examples
+from mtopt.success.improve import disputes_given_labels, select_episodes
 from mtopt.success.network import SuccessDetector
 from mtopt.success.train import evaluate_sd, train_sd
 from mtopt.tasks.registry import DEFAULT_REGISTRY, TaskRegistry
@@ -230,20 +231,23 @@ class LocalRun:
     def improve_sd(
         self, sd: SuccessDetector, recent: list[Any], labels_so_far: int
     ) -> tuple[SuccessDetector, int]:
-        """The paper's loop: score collected episodes, label the most uncertain, retrain."""
+        """The paper's loop: score collected episodes, label the most disputed (related
+        tasks contradicting each other) and the most uncertain, retrain."""
         if not recent:
             return sd, labels_so_far
         finals = np.stack([e.final_image for e in recent])
         probs = sd.score(finals)
-        uncertainty = np.abs(probs - 0.5).min(axis=1)
-        pick = np.argsort(uncertainty)[: self.cfg.sd.label_budget_per_round]
+        lab_path = self.paths.sd / "episode_labels.npz"
+        before = LabeledSet.load(lab_path) if lab_path.exists() else None
+        known = self._sd_train_set() if before is None else self._sd_train_set().concat(before)
+        disputes = disputes_given_labels(probs, known.labels, known.mask)
+        pick = select_episodes(probs, self.cfg.sd.label_budget_per_round, disputes)
         new = episode_examples([recent[i] for i in pick], self.registry, source="oracle")
         if len(new) == 0:
             return sd, labels_so_far
-        lab_path = self.paths.sd / "episode_labels.npz"
-        labeled = LabeledSet.load(lab_path).concat(new) if lab_path.exists() else new
+        labeled = new if before is None else before.concat(new)
         labeled.save(lab_path)
-        data = self._sd_train_set().concat(labeled)
+        data = known.concat(new)
         tcfg = dataclasses.replace(
             self.cfg.sd.train, steps=self.cfg.sd.retrain_steps, seed=sd.version
         )

@@ -78,6 +78,34 @@ def dispute_scores(
     return d
 
 
+def disputes_given_labels(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``dispute_scores`` with the task relations the labels so far show."""
+    pairs = task_implications(labels, mask)
+    return dispute_scores(probs, pairs, exhaustive_parents(labels, mask, pairs))
+
+
+def select_episodes(
+    probs: np.ndarray,
+    budget: int,
+    disputes: np.ndarray | None = None,
+    dispute_share: float = 0.5,
+    min_dispute: float = 0.25,
+) -> np.ndarray:
+    """Episodes to label in full (every task): up to ``dispute_share`` of the budget from
+    the most disputed (largest dispute over tasks), the rest least certain first (the
+    task nearest 0.5)."""
+    uncertain = np.argsort(np.abs(probs - 0.5).min(axis=1), kind="stable")
+    if disputes is None:
+        return uncertain[:budget]
+    d = disputes.max(axis=1)
+    hot = np.flatnonzero(d >= min_dispute)
+    hot = hot[np.argsort(-d[hot], kind="stable")][: int(budget * dispute_share)]
+    taken = np.zeros(len(probs), bool)
+    taken[hot] = True
+    fill = uncertain[~taken[uncertain]][: budget - len(hot)]
+    return np.concatenate([hot, fill]).astype(np.int64)
+
+
 def select_for_labeling(
     probs: np.ndarray,
     already: np.ndarray,
@@ -157,8 +185,7 @@ def improve_loop(
         rows = used.any(1)
         labels = np.concatenate([base.labels, pool.labels[rows]])
         mask = np.concatenate([base.mask, used[rows]])
-        pairs = task_implications(labels, mask)
-        disputes = dispute_scores(probs, pairs, exhaustive_parents(labels, mask, pairs))
+        disputes = disputes_given_labels(probs, labels, mask)
         picks = select_for_labeling(probs, chosen | ~known, budget, disputes, dispute_share)
         for j, idx in picks.items():
             chosen[idx, j] = True
