@@ -35,6 +35,7 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         object_split: str = "train",
         randomize: bool = False,
         num_objects: int = 4,
+        gripper_status: str = "closure",
         render_mode: str | None = None,
         registry: TaskRegistry | None = None,
     ):
@@ -49,6 +50,7 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             object_split=object_split,  # type: ignore[arg-type]
             randomize=randomize,
             num_objects=num_objects,
+            gripper_status=gripper_status,  # type: ignore[arg-type]
         ).validate()
         self.observation_space = spaces.Dict(  # type: ignore[assignment]
             {
