@@ -1,4 +1,4 @@
-"""Small measuring helpers shared by the qtopt benchmarks (timing, FLOP counting, peak)."""
+"""Small measuring helpers shared by the qtopt benchmarks (timing, FLOP counting)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import statistics
 import time
 from collections.abc import Callable
 
-import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -53,11 +52,3 @@ def count_flops(fn: Callable[[], object]) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
     return int(counter.get_total_flops())
-
-
-def matmul_peak(n: int = 2048, dtype: torch.dtype = torch.float32, min_time: float = 1.0) -> float:
-    """Dense n x n matmul FLOP/s on this machine with the current thread setting."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    dt = time_call(lambda: torch.mm(a, b), min_time=min_time)
-    return 2.0 * n**3 / dt
