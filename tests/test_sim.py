@@ -213,3 +213,25 @@ def test_outcome_view_frames_the_fixtures_larger_than_the_scene_view(robot: SimR
     assert min(ratios) > 1.3, ratios
     with pytest.raises(ValueError, match="unknown camera view"):
         robot.cell.render(view="top")
+
+
+def test_off_centre_grasp_holds_the_object_away_from_the_fingers(robot: SimRobot) -> None:
+    """put_in_gripper(along=...) stages a grasp near one end of a long object, as real
+    grasps often are; the default stays centred."""
+    import math
+
+    from mtopt.sim.cell import RIGHT_BIN_CENTER
+
+    tcp = (RIGHT_BIN_CENTER[0], RIGHT_BIN_CENTER[1], 0.18)
+    for along in (0.0, 0.5, -0.5):
+        robot.reset_scene(7)
+        body, spec = max(robot.cell.object_bodies(), key=lambda bs: bs[1].size)
+        robot.cell.move_gripper_to(tcp, 0.4, closed=False)
+        assert robot.cell.put_in_gripper(body, tcp, along=along * spec.size)
+        assert robot.holding()
+        offset = robot.cell.object_position(body)[:2] - robot.cell.tcp_position()[:2]
+        shift = float(offset @ np.array([math.cos(0.4), math.sin(0.4)]))
+        if along == 0.0:
+            assert abs(shift) < 0.1 * spec.size
+        else:
+            assert shift * along > 0 and abs(shift) > 0.25 * spec.size, (along, shift, spec)

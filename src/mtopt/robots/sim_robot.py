@@ -180,6 +180,22 @@ class SimRobot:
         image = self.final_image()
         return image, label, self.scene_state()
 
+    def _grasp_like_a_robot(
+        self, body: int, tcp: tuple[float, float, float], rng: np.random.Generator
+    ) -> bool:
+        """Put ``body`` in the gripper the way grasps in collected episodes hold it: half of
+        the time centred, otherwise off-centre along its long axis (up to 60% of its
+        half-length) and turned up to 0.3 rad against the fingers."""
+        if rng.random() < 0.5:
+            return self.cell.put_in_gripper(body, tcp)
+        size = next(s.size for b, s in self.cell.object_bodies() if b == body)
+        return self.cell.put_in_gripper(
+            body,
+            tcp,
+            along=float(rng.uniform(-0.6, 0.6) * size),
+            yaw_offset=float(rng.uniform(-0.3, 0.3)),
+        )
+
     def _stage_lift(self, body: int, positive: bool, rng: np.random.Generator) -> None:
         x = RIGHT_BIN_CENTER[0] + rng.uniform(-0.06, 0.06)
         y = RIGHT_BIN_CENTER[1] + rng.uniform(-0.06, 0.06)
@@ -188,7 +204,7 @@ class SimRobot:
         # (a grasped-but-low object is no near miss: presenting the outcome lifts it)
         kind = "lift" if positive else str(rng.choice(["empty", "open", "lift"]))
         if kind == "lift":  # positive, or (negative) a lifted object that the task does not want
-            self.cell.put_in_gripper(body, (x, y, float(rng.uniform(0.13, 0.22))))
+            self._grasp_like_a_robot(body, (x, y, float(rng.uniform(0.13, 0.22))), rng)
         elif kind == "empty":  # near miss: gripper closed on nothing, high up
             self.cell.move_gripper_to((x, y, float(rng.uniform(0.12, 0.22))), yaw, closed=True)
             self.cell.settle(20)
@@ -235,8 +251,8 @@ class SimRobot:
             )
             self.cell.place_object(body, (x, y, 0.05), yaw)
         elif kind == "held":  # still in the gripper above the fixture
-            self.cell.put_in_gripper(
-                body, (fx.position[0], fx.position[1], float(rng.uniform(0.08, 0.2)))
+            self._grasp_like_a_robot(
+                body, (fx.position[0], fx.position[1], float(rng.uniform(0.08, 0.2))), rng
             )
             self.cell.settle(20)
             return

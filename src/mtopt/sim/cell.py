@@ -755,13 +755,26 @@ class SimCell:
         )
         self._p(pb.resetBaseVelocity, body, [0, 0, 0], [0, 0, 0])
 
-    def put_in_gripper(self, body: int, tcp: tuple[float, float, float] | None = None) -> bool:
-        """Stage ``body`` between the fingers and close them; True if the grasp holds."""
+    def put_in_gripper(
+        self,
+        body: int,
+        tcp: tuple[float, float, float] | None = None,
+        along: float = 0.0,
+        yaw_offset: float = 0.0,
+    ) -> bool:
+        """Stage ``body`` between the fingers and close them; True if the grasp holds.
+
+        ``along`` (m) moves the object's centre along the gripper's x axis, so the grasp
+        is off-centre (a long object then tilts and sticks out to one side, as after a
+        real grasp near one end); ``yaw_offset`` (rad) turns it against the fingers
+        before they close."""
         tcp = tcp or tuple(self._tcp)  # type: ignore[assignment]
         assert tcp is not None
         # long axis of every object is its local x: align it with the gripper's x (fingers close along y)
         self.move_gripper_to(tcp, self._yaw, closed=False)
-        self.place_object(body, (tcp[0], tcp[1], tcp[2]), yaw=self._yaw)
+        cx = tcp[0] + along * math.cos(self._yaw)
+        cy = tcp[1] + along * math.sin(self._yaw)
+        self.place_object(body, (cx, cy, tcp[2]), yaw=self._yaw + yaw_offset)
         self._set_fingers(True)
         self._settle(30)
         self._tcp = self.tcp_position()
