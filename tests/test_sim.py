@@ -1,5 +1,7 @@
 """Simulated cell: Gymnasium API, determinism, actions, ground truth on staged scenes, splits."""
 
+import math
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ import mtopt
 from mtopt.robots.action import InvalidActionError, make_action
 from mtopt.robots.base import Robot
 from mtopt.robots.sim_robot import SimRobot
-from mtopt.sim.cell import SimConfig
+from mtopt.sim.cell import RIGHT_BIN_CENTER, SimConfig
 from mtopt.sim.objects import instance_numbers, make_object, sample_objects
 from mtopt.tasks import CATEGORIES, DEFAULT_REGISTRY, UnknownTaskError
 
@@ -218,10 +220,6 @@ def test_outcome_view_frames_the_fixtures_larger_than_the_scene_view(robot: SimR
 def test_off_centre_grasp_holds_the_object_away_from_the_fingers(robot: SimRobot) -> None:
     """put_in_gripper(along=...) stages a grasp near one end of a long object, as real
     grasps often are; the default stays centred."""
-    import math
-
-    from mtopt.sim.cell import RIGHT_BIN_CENTER
-
     tcp = (RIGHT_BIN_CENTER[0], RIGHT_BIN_CENTER[1], 0.18)
     for along in (0.0, 0.5, -0.5):
         robot.reset_scene(7)

@@ -188,11 +188,10 @@ class SimRobot:
         half-length) and turned up to 0.3 rad against the fingers."""
         if rng.random() < 0.5:
             return self.cell.put_in_gripper(body, tcp)
-        size = next(s.size for b, s in self.cell.object_bodies() if b == body)
         return self.cell.put_in_gripper(
             body,
             tcp,
-            along=float(rng.uniform(-0.6, 0.6) * size),
+            along=float(rng.uniform(-0.6, 0.6) * self.cell.object_spec(body).size),
             yaw_offset=float(rng.uniform(-0.3, 0.3)),
         )
 

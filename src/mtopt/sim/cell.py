@@ -744,8 +744,11 @@ class SimCell:
         pos, _ = self._p(pb.getBasePositionAndOrientation, body)
         return np.array(pos)
 
+    def object_spec(self, body: int) -> ObjectSpec:
+        return next(s for b, s in self.object_bodies() if b == body)
+
     def place_object(self, body: int, pos: tuple[float, float, float], yaw: float = 0.0) -> None:
-        spec = next(s for b, s in self.object_bodies() if b == body)
+        spec = self.object_spec(body)
         euler = spec.parts[0].euler if len(spec.parts) == 1 else (0.0, 0.0, 0.0)
         self._p(
             pb.resetBasePositionAndOrientation,
