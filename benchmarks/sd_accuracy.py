@@ -13,12 +13,19 @@ balanced accuracy). Usage:
 
   python benchmarks/sd_accuracy.py --json OUT [--examples runs/x/sd/examples.npz]
         [--pool-episodes 2000] [--heldout-episodes 1000] [--budget 100] [--rounds 3]
+        [--workdir DIR]
+
+--workdir keeps the staged examples, the held-out set, the labeling pool and every SD
+version in DIR (a temporary folder otherwise), and reuses whichever of the first three
+are already there, so a second run with other loop settings skips the collection.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -64,20 +71,35 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=100, help="oracle labels per task per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--retrain-steps", type=int, default=600)
+    ap.add_argument("--workdir", default="", help="keep (and reuse) the data and SDs here")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        if args.workdir:
+            d = Path(args.workdir)
+            d.mkdir(parents=True, exist_ok=True)
+        else:
+            d = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         if args.examples:
             base = LabeledSet.load(args.examples)
+        elif (d / "examples.npz").exists():
+            base = LabeledSet.load(d / "examples.npz")
         else:
             base = stage_examples(REG, REG.names, args.examples_per_task, "train", True, 0)
         base.save(d / "examples.npz")
+        shutil.rmtree(d / "sd", ignore_errors=True)  # versions of an earlier run
         net = train_sd(base, SDTrainConfig(steps=args.train_steps), progress=True)
         SuccessDetector(net, REG.names).publish(d / "sd", 1)
-        heldout = collect(d / "heldout", args.heldout_episodes, "test", seed=7)
-        heldout.save(d / "heldout.npz")
-        collect(d / "pool", args.pool_episodes, "train", seed=3)
+        if (d / "heldout.npz").exists():
+            heldout = LabeledSet.load(d / "heldout.npz")
+        else:
+            shutil.rmtree(d / "heldout", ignore_errors=True)  # a cut-off collection
+            heldout = collect(d / "heldout", args.heldout_episodes, "test", seed=7)
+            heldout.save(d / "heldout.npz")
+        if not (d / "pool.done").exists():
+            shutil.rmtree(d / "pool", ignore_errors=True)
+            collect(d / "pool", args.pool_episodes, "train", seed=3)
+            (d / "pool.done").touch()
         curve = improve_loop(
             d / "pool",
             d / "sd",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -37,6 +38,10 @@ class TransitionBatch:
         }
         return cls(**f)
 
+    def to(self, device: torch.device | str) -> TransitionBatch:
+        """The same batch on ``device`` (no copy of a tensor already there)."""
+        return _to(self, device)
+
     def __len__(self) -> int:
         return int(self.actions.shape[0])
 
@@ -51,8 +56,20 @@ class TrainBatch:
     task_idx: torch.Tensor
     targets: torch.Tensor
 
+    def to(self, device: torch.device | str) -> TrainBatch:
+        """The same batch on ``device`` (no copy of a tensor already there)."""
+        return _to(self, device)
+
     def __len__(self) -> int:
         return int(self.actions.shape[0])
+
+
+_B = TypeVar("_B", TransitionBatch, TrainBatch)
+
+
+def _to(batch: _B, device: torch.device | str) -> _B:
+    # Tensor.to returns the tensor itself where it already is on ``device``
+    return type(batch)(**{k: getattr(batch, k).to(device) for k in batch.__dataclass_fields__})
 
 
 def bellman_targets(

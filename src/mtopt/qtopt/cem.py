@@ -65,9 +65,31 @@ def has_fast_bf16() -> bool:
 
 
 def use_bf16(precision: str, device: torch.device | str = "cpu") -> bool:
-    if torch.device(device).type != "cpu":
+    """bf16 when asked, or for "auto" where it is fast: AMX CPUs, bf16-capable GPUs."""
+    if precision != "auto":
         return precision == "bf16"
-    return precision == "bf16" or (precision == "auto" and has_fast_bf16())
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return dev.type == "cpu" and has_fast_bf16()
+
+
+def resolve_device(name: str) -> torch.device:
+    """A torch device from a config value: "auto" is the first GPU where there is one,
+    else the CPU; a GPU that is not there is a clear error, not a crash later."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but PyTorch sees no CUDA GPU here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s) here")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r}: only cpu and cuda devices are supported")
+    return dev
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ import torch
 from mtopt._images import random_shift
 from mtopt._io import atomic_write_bytes
 from mtopt.qtopt.bellman import TrainBatch
-from mtopt.qtopt.cem import precision_context
+from mtopt.qtopt.cem import precision_context, resolve_device
 from mtopt.qtopt.loss import q_loss
 from mtopt.qtopt.networks import QNetConfig, QNetwork
 from mtopt.qtopt.weights import WeightsError, check_config, publish, split_prefixed
@@ -62,6 +62,10 @@ class LearnerConfig:
     4-pixel shift) learned placing far slower than r9 without it (place-any 0.07 vs 0.30
     held-out over learner steps 5k-10.6k). The camera is fixed and the actions are in
     the robot's frame, so where a thing is in the image is information a shift blurs."""
+    device: str = "cpu"
+    """Where the networks train: "cpu", "cuda", "cuda:N" or "auto" (a GPU where PyTorch
+    sees one). Batches move there; published weights and checkpoints are written from
+    CPU copies, so robots and CPU-only machines load them unchanged."""
 
 
 class Learner:
@@ -73,8 +77,10 @@ class Learner:
     ):
         self.qnet_cfg = qnet.validate()
         self.cfg = cfg
+        self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
-        self.online = QNetwork(qnet)
+        # initialised on the CPU, then moved: the same seed gives the same net everywhere
+        self.online = QNetwork(qnet).to(self.device)
         self.targets = [copy.deepcopy(self.online), copy.deepcopy(self.online)]
         for t in self.targets:
             t.requires_grad_(False)
@@ -94,11 +100,12 @@ class Learner:
         self, batch: TrainBatch, task_names: tuple[str, ...] | None = None
     ) -> dict[str, float]:
         self._check(batch)
+        batch = batch.to(self.device)
         self.online.train()
         images = batch.images
         if self.cfg.image_shift:
             images = random_shift(images, self.cfg.image_shift, self._aug_rng)
-        with precision_context(self.cfg.precision, batch.images.device):
+        with precision_context(self.cfg.precision, self.device):
             logits = self.online.logits(images, batch.states, batch.actions, batch.task_idx).float()
         loss = q_loss(logits, batch.targets)
         self.optimizer.zero_grad(set_to_none=True)
@@ -191,10 +198,13 @@ class Learner:
     def publish(self, directory: str | Path) -> int:
         """Publish online, acting and target weights as the next version; returns it."""
         self.version += 1
-        tensors = {f"online.{k}": v for k, v in self.online.state_dict().items()}
-        tensors.update({f"acting.{k}": v for k, v in self.acting.state_dict().items()})
-        for i, t in enumerate(self.targets):
-            tensors.update({f"target{i}.{k}": v for k, v in t.state_dict().items()})
+        nets = {"online": self.online, "acting": self.acting}
+        nets.update({f"target{i}": t for i, t in enumerate(self.targets)})
+        tensors = {
+            f"{name}.{k}": v.cpu()
+            for name, net in nets.items()
+            for k, v in net.state_dict().items()
+        }
         publish(directory, tensors, self.version, self.meta())
         return self.version
 
@@ -229,7 +239,9 @@ class Learner:
     ) -> tuple[Learner, dict[str, Any]]:
         """Rebuild a learner from a checkpoint; returns (learner, extra)."""
         try:
-            ck = torch.load(path, weights_only=True)
+            # tensors land on the CPU first, wherever they were saved from; load_state
+            # copies them onto this learner's device
+            ck = torch.load(path, weights_only=True, map_location="cpu")
         except FileNotFoundError:
             raise WeightsError(f"checkpoint not found: {path}") from None
         if ck.get("format") != CHECKPOINT_FORMAT:

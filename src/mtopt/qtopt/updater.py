@@ -33,7 +33,9 @@ class BellmanUpdater:
         self.success_ratio = success_ratio
         self.rebalance = rebalance
         self.rng = np.random.default_rng(seed)
-        self.gen = torch.Generator().manual_seed(seed)
+        # CEM samples where the target networks are (a CPU generator cannot feed a GPU)
+        self.device = next(self.target_nets[0].parameters()).device
+        self.gen = torch.Generator(self.device).manual_seed(seed)
         self.task_counts = np.zeros(len(buffers.tasks), np.int64)
         self.success_counts = np.zeros(len(buffers.tasks), np.int64)
 
@@ -45,5 +47,5 @@ class BellmanUpdater:
         tr = self.buffers.sample(self.batch_size, self.rng, self.success_ratio, self.rebalance)
         np.add.at(self.task_counts, tr.task_idx, 1)
         # success episodes show up as reward at their last step; count by episode label instead
-        batch = TransitionBatch.from_numpy(tr)
+        batch = TransitionBatch.from_numpy(tr).to(self.device)
         return compute_targets(self.target_nets, batch, self.gamma, self.cem, self.gen)

@@ -10,7 +10,7 @@ from mtopt.collect.loop import CollectConfig
 from mtopt.qtopt.cem import CEMConfig
 from mtopt.qtopt.learner import LearnerConfig
 from mtopt.qtopt.networks import QNetConfig
-from mtopt.sim.cell import SimConfig
+from mtopt.sim.config import SimConfig
 from mtopt.success.train import SDTrainConfig
 
 

@@ -14,6 +14,7 @@ buffers from the store and continues the learner from its last checkpoint.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -277,7 +278,11 @@ class LocalRun:
         return dataclasses.replace(self.cfg.sim, object_split=self.cfg.eval.split)  # type: ignore[arg-type]
 
     def evaluate_learned(self, learner: Learner) -> dict[str, float]:
-        net = learner.acting
+        # robots act on the CPU with published weights: evaluate the same way, wherever
+        # the learner trains (a GPU learner's nets are copied over)
+        net = (
+            learner.acting if learner.device.type == "cpu" else copy.deepcopy(learner.acting).cpu()
+        )
         pol = CEMPolicy(self.registry.names, network=net, cem=self.cfg.cem_act, seed=self.cfg.seed)
         return evaluate_policy(
             lambda spec: pol,

@@ -1,0 +1,60 @@
+"""Configuration of the simulated cell, importable without the simulator (PyBullet):
+run configs and learner-only machines (a GPU learner in a Ray cluster) read it too."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from mtopt.sim.objects import Split
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Configuration of the simulated cell."""
+
+    image_size: int = 64
+    """Side of the square RGB camera image in pixels."""
+    max_steps: int = 15
+    """Maximum actions per episode (TERMINATE ends it earlier)."""
+    max_step_m: float = 0.05
+    """Gripper displacement per unit of action along x, y, z (metres)."""
+    max_yaw_rad: float = 0.4
+    """Rotation about the vertical axis per unit of action (radians)."""
+    num_objects: int = 4
+    """Objects placed in the right bin at each scene reset."""
+    object_split: Split = "train"
+    """'train' or 'test' (held-out object instances, for evaluation)."""
+    randomize: bool = False
+    """Domain randomization: camera jitter, lighting, object and bin colours."""
+    substeps: int = 20
+    """Physics substeps at 240 Hz per action."""
+    finger_force: float = 40.0
+    """Grip force limit per finger (N)."""
+    friction: float = 1.0
+    """Lateral friction of fingers and objects."""
+    categories: tuple[str, ...] = ("box", "can", "ball", "capsule", "bottle", "banana")
+    """Object categories that may appear in a scene."""
+    gripper_status: Literal["closure", "command"] = "closure"
+    """State feature 0. 'closure': the measured finger closure, 0 open and 1 fingers met,
+    in between when they are closed on something (what a real parallel gripper's
+    position sensor reports). 'command': 1 if the gripper was commanded closed, else 0
+    (QT-Opt's binary status), which cannot tell a gripper closed on nothing from one
+    holding an object."""
+
+    def validate(self) -> SimConfig:
+        if not 16 <= self.image_size <= 512:
+            raise ValueError(f"image_size must be in [16, 512] pixels, got {self.image_size}")
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if not 1 <= self.num_objects <= 12:
+            raise ValueError(f"num_objects must be in [1, 12], got {self.num_objects}")
+        if self.object_split not in ("train", "test"):
+            raise ValueError(f"object_split must be 'train' or 'test', got {self.object_split!r}")
+        if self.substeps < 1:
+            raise ValueError(f"substeps must be >= 1, got {self.substeps}")
+        if self.gripper_status not in ("closure", "command"):
+            raise ValueError(
+                f"gripper_status must be 'closure' or 'command', got {self.gripper_status!r}"
+            )
+        return self

@@ -1,0 +1,121 @@
+"""Where the learner trains: device choice, clear errors, and (on a GPU machine) a CUDA
+learner + Bellman updater whose weights and checkpoints CPU-only robots load unchanged.
+
+The CUDA tests skip where PyTorch sees no GPU (CI); they ran on an H100 (see README).
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mtopt.qtopt.bellman import TrainBatch
+from mtopt.qtopt.cem import CEMConfig, resolve_device, use_bf16
+from mtopt.qtopt.learner import Learner, LearnerConfig, load_network
+from mtopt.qtopt.networks import QNetConfig
+from mtopt.qtopt.updater import BellmanUpdater
+from mtopt.qtopt.weights import load_latest
+from mtopt.replay.buffers import ReplayEpisode, TaskBuffers
+
+torch.set_num_threads(1)
+SMALL = QNetConfig(
+    num_tasks=2, image_size=32, tower_channels=8, merge_size=8, head_channels=8, fc_units=16
+)
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def batch(seed: int, n: int = 8) -> TrainBatch:
+    g = torch.Generator().manual_seed(seed)
+    return TrainBatch(
+        torch.randint(0, 255, (n, 32, 32, 3), dtype=torch.uint8, generator=g),
+        torch.rand(n, 2, generator=g),
+        torch.rand(n, 6, generator=g) * 2 - 1,
+        torch.randint(0, 2, (n,), generator=g),
+        torch.rand(n, generator=g),
+    )
+
+
+def test_device_names_resolve_or_fail_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        resolve_device("cuda")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        Learner(SMALL, LearnerConfig(device="cuda:0"))
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("gpu please")
+    with pytest.raises(ValueError, match="only cpu and cuda"):
+        resolve_device("meta")
+    # "auto" precision on a CPU without AMX stays fp32; asking is always honoured
+    assert use_bf16("bf16", "cpu") and not use_bf16("fp32", "cuda")
+
+
+def _buffers() -> TaskBuffers:
+    rng = np.random.default_rng(0)
+    buf = TaskBuffers(["a", "b"], capacity_per_bucket=10)
+    for i in range(6):
+        t = 3
+        ep = ReplayEpisode(
+            f"e{i}",
+            "ab"[i % 2],
+            rng.integers(0, 255, (t + 1, 32, 32, 3), dtype=np.uint8),
+            rng.random((t + 1, 2), dtype=np.float32),
+            rng.uniform(-1, 1, (t, 6)).astype(np.float32),
+        )
+        buf.add(ep, [("a", float(i % 3 == 0)), ("b", float(i % 3 == 1))])
+    return buf
+
+
+@cuda
+def test_cuda_learner_matches_the_cpu_learner_and_publishes_cpu_weights(tmp_path: Path) -> None:
+    torch.backends.cudnn.allow_tf32 = False  # compare fp32 with fp32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    cpu = Learner(SMALL, LearnerConfig(target_period=2))
+    gpu = Learner(SMALL, LearnerConfig(target_period=2, device="cuda"))
+    assert next(gpu.online.parameters()).is_cuda
+    for i in range(5):  # CPU batches: the learner moves them
+        a, b = cpu.train_step(batch(i)), gpu.train_step(batch(i))
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3, abs=1e-5)
+    for pc, pg in zip(cpu.online.parameters(), gpu.online.parameters(), strict=True):
+        torch.testing.assert_close(pc, pg.cpu(), rtol=1e-3, atol=1e-4)
+    gpu.publish(tmp_path / "w")
+    _, tensors, meta = load_latest(tmp_path / "w")
+    assert all(t.device.type == "cpu" for t in tensors.values())
+    load_network(tensors, meta, "acting")  # what a CPU robot does
+
+
+@cuda
+def test_cuda_checkpoint_resumes_exactly_on_cuda_and_loads_on_cpu(tmp_path: Path) -> None:
+    cfg = LearnerConfig(target_period=3, image_shift=2, device="cuda")
+    a = Learner(SMALL, cfg)
+    for i in range(3):
+        a.train_step(batch(i))
+    a.save_checkpoint(tmp_path / "ck.pt")
+    snap = {k: v.cpu().clone() for k, v in a.online.state_dict().items()}
+    for i in range(3, 6):
+        a.train_step(batch(i))
+    b, _ = Learner.resume(tmp_path / "ck.pt", cfg)
+    for i in range(3, 6):
+        b.train_step(batch(i))
+    assert b.step == 6 and next(b.online.parameters()).is_cuda
+    for pa, pb in zip(a.online.parameters(), b.online.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)  # cuDNN may reorder sums
+    on_cpu, _ = Learner.resume(tmp_path / "ck.pt", LearnerConfig(target_period=3))
+    assert on_cpu.device.type == "cpu" and on_cpu.step == 3
+    for k, v in on_cpu.online.state_dict().items():
+        assert torch.equal(v, snap[k])
+    on_cpu.train_step(batch(9))  # the optimizer state came over to the CPU too
+
+
+@cuda
+def test_bellman_updater_on_cuda_feeds_a_cuda_learner() -> None:
+    learner = Learner(SMALL, LearnerConfig(device="cuda"))
+    cem = CEMConfig(iterations=2, samples=16, elites=4)
+    up = BellmanUpdater(_buffers(), learner.targets, cem, batch_size=8, seed=1)
+    tb = up.make_batch()
+    assert tb.targets.is_cuda and tb.images.is_cuda
+    assert bool(((tb.targets >= 0) & (tb.targets <= 1)).all())
+    stats = learner.train_step(tb)
+    assert np.isfinite(stats["loss"])
