@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mtopt.qtopt.cem import use_bf16
 from mtopt.qtopt.learner import Learner
 from mtopt.qtopt.perf import time_call
 from mtopt.qtopt.updater import BellmanUpdater
@@ -62,11 +63,22 @@ def main() -> None:
         "--batch", type=int, action="append", help="batch sizes (default: the preset's)"
     )
     ap.add_argument("--min-time", type=float, default=3.0, help="seconds timed per measurement")
+    ap.add_argument(
+        "--precision",
+        default="",
+        help="fp32, bf16 or auto for learner and CEM (default: the preset's)",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = preset(args.config)
+    if args.precision:
+        cfg = dataclasses.replace(
+            cfg,
+            learner=dataclasses.replace(cfg.learner, precision=args.precision),
+            cem_bellman=dataclasses.replace(cfg.cem_bellman, precision=args.precision),
+        )
     learner_cfg = dataclasses.replace(cfg.learner, device=args.device)
     tasks = tuple(f"task{i}" for i in range(cfg.qnet.num_tasks))
     buffers = synthetic_buffers(tasks, cfg.qnet.image_size, 4 * len(tasks), cfg.sim.max_steps)
@@ -113,6 +125,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "precision": cfg.learner.precision,
+        "bf16": use_bf16(cfg.learner.precision, dev),
         "cem_bellman": dataclasses.asdict(cfg.cem_bellman),
         "rows": rows,
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -118,11 +118,8 @@ class Learner:
         self._update_acting()
         with torch.no_grad():
             q = torch.sigmoid(logits)
-        stats = {
-            "loss": float(loss.detach()),
-            "q_mean": float(q.mean()),
-            "target_mean": float(batch.targets.mean()),
-        }
+            values = torch.stack([loss.detach(), q.mean(), batch.targets.mean()]).tolist()
+        stats = dict(zip(("loss", "q_mean", "target_mean"), values, strict=True))
         self._log(stats, q, batch, task_names)
         return stats
 
@@ -130,16 +127,20 @@ class Learner:
         n = len(batch)
         if n == 0:
             raise ValueError("empty training batch")
-        t = batch.task_idx
-        if int(t.min()) < 0 or int(t.max()) >= self.qnet_cfg.num_tasks:
+        t, y = batch.task_idx, batch.targets
+        if y.shape != (n,):
+            raise ValueError(f"targets must have shape ({n},), got {tuple(y.shape)}")
+        # one device -> host copy for all four (each read of a GPU value waits for the GPU)
+        t_lo, t_hi, y_lo, y_hi = torch.stack(
+            [t.min().float(), t.max().float(), y.min().float(), y.max().float()]
+        ).tolist()
+        if t_lo < 0 or t_hi >= self.qnet_cfg.num_tasks:
             raise ValueError(
-                f"task_idx must lie in [0, {self.qnet_cfg.num_tasks}), got {int(t.min())}..{int(t.max())}"
+                f"task_idx must lie in [0, {self.qnet_cfg.num_tasks}), got {t_lo:.0f}..{t_hi:.0f}"
             )
-        y = batch.targets
-        if y.shape != (n,) or not bool(((y >= 0) & (y <= 1)).all()):
+        if not (y_lo >= 0 and y_hi <= 1):  # also catches NaN
             raise ValueError(
-                f"targets must be ({n},) values in [0, 1] (Q is a sigmoid), got shape "
-                f"{tuple(y.shape)}, range {float(y.min()):.3g}..{float(y.max()):.3g}"
+                f"targets must be values in [0, 1] (Q is a sigmoid), got range {y_lo:.3g}..{y_hi:.3g}"
             )
 
     @torch.no_grad()

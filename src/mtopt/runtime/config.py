@@ -104,7 +104,8 @@ class RunConfig:
     collect: CollectConfig = field(default_factory=CollectConfig)
     qnet: QNetConfig = field(default_factory=QNetConfig)
     learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(precision="auto"))
-    """Adam learner; bf16 autocast where the CPU has fast bf16 (AMX) or on a GPU."""
+    """Adam learner; bf16 autocast where the CPU has fast bf16 (AMX); on the CPU unless
+    ``--set learner.device=cuda`` (or auto)."""
     cem_act: CEMConfig = field(default_factory=CEMConfig)
     cem_bellman: CEMConfig = field(default_factory=lambda: CEMConfig(samples=32, elites=4))
     replay: ReplayConfig = field(default_factory=ReplayConfig)
