@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from mtopt.cli import app
@@ -125,4 +126,10 @@ def test_bad_run_config_is_a_clear_error(tmp_path: Path) -> None:
         app, ["run", "--config", "tiny", "--out", str(tmp_path), "--network", "many"]
     )
     assert res.exit_code == 2 and "head_type" in res.output
+    if not torch.cuda.is_available():  # a GPU asked for where there is none: before robots start
+        res = CliRunner().invoke(
+            app, ["run", "--config", "tiny", "--out", str(tmp_path), "--set", "learner.device=cuda"]
+        )
+        assert res.exit_code == 2 and "no CUDA GPU" in res.output
+        assert not (tmp_path / "store").exists()
     assert isinstance(TaskBuffers(["a"]), TaskBuffers)

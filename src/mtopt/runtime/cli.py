@@ -33,6 +33,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Collect, label rewards with the success detector, impersonate, re-balance, learn, evaluate, report."""
         from mtopt.config import ConfigError, override
+        from mtopt.qtopt.cem import resolve_device
         from mtopt.runtime.config import preset
 
         try:
@@ -49,6 +50,7 @@ def register(app: typer.Typer) -> None:
             sets.append(f"runtime={runtime}")
             cfg = override(cfg, sets)
             cfg.qnet.validate()
+            resolve_device(cfg.learner.device)  # a missing GPU: say so before robots start
         except (ConfigError, ValueError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
