@@ -78,3 +78,11 @@ def test_sd_cli_flow(tmp_path: Path) -> None:
         ],
     )
     assert res.exit_code == 2 and "no episode store" in res.output
+    res = r.invoke(
+        app,
+        [
+            *("sd", "improve", "--store", str(store), "--weights", str(w)),
+            *("--examples", str(ex), "--retrain-from", "scratch"),
+        ],
+    )
+    assert res.exit_code == 2 and "retrain_from must be 'previous' or 'initial'" in res.output

@@ -118,6 +118,11 @@ def improve(
         None, help="Held-out example set for the accuracy curve."
     ),
     steps: int = typer.Option(600, min=1, help="Fine-tuning steps per round."),
+    retrain_from: str = typer.Option(
+        "initial",
+        help="Each round fine-tunes the SD the loop started with (initial) or the last "
+        "round's (previous) on the examples and all labels so far.",
+    ),
 ) -> None:
     """Score episodes, label the most uncertain (oracle or human), retrain; plot accuracy vs labels."""
     from mtopt.qtopt.weights import WeightsError
@@ -127,7 +132,17 @@ def improve(
     if labeler not in ("oracle", "human"):
         _fail(f"--labeler must be oracle or human, got {labeler!r}")
     try:
-        curve = improve_loop(store, weights, examples, labeler, budget, rounds, validation, steps)
+        curve = improve_loop(
+            store,
+            weights,
+            examples,
+            labeler,
+            budget,
+            rounds,
+            validation,
+            steps,
+            retrain_from=retrain_from,  # type: ignore[arg-type]  # checked there
+        )
     except (WeightsError, StoreNotFoundError, FileNotFoundError, ValueError) as exc:
         _fail(exc)
     for row in curve:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -141,11 +142,17 @@ def improve_loop(
     steps: int = 600,
     registry: TaskRegistry = DEFAULT_REGISTRY,
     dispute_share: float = 0.5,
+    retrain_from: Literal["previous", "initial"] = "initial",
 ) -> list[dict[str, Any]]:
     """Rounds of: score the store's episodes, label ``budget`` per task (the most
     disputed between related tasks first, up to ``dispute_share``, then the least
-    certain), retrain from the current weights on the examples plus all labels so far."""
+    certain), retrain on the examples plus all labels so far, starting from the current
+    weights ("previous") or from the weights the loop started with ("initial": no
+    drift accumulates over rounds; each round's SD depends only on the labels so far)."""
+    if retrain_from not in ("previous", "initial"):
+        raise ValueError(f"retrain_from must be 'previous' or 'initial', got {retrain_from!r}")
     sd = SuccessDetector.load(weights, registry.names)
+    start = copy.deepcopy(sd.net)
     base = LabeledSet.load(examples)
     val = LabeledSet.load(validation) if validation else None
     eps = list(EpisodeReader(store).episodes())
@@ -200,7 +207,8 @@ def improve_loop(
         )
         keep = labeled.mask.any(1)
         data = base.concat(labeled.subset(np.flatnonzero(keep)))
-        net = train_sd(data, SDTrainConfig(steps=steps, seed=r + 1), init=sd.net)
+        init = copy.deepcopy(start) if retrain_from == "initial" else sd.net
+        net = train_sd(data, SDTrainConfig(steps=steps, seed=r + 1), init=init)
         sd = SuccessDetector(net, registry.names)
         sd.publish(weights, SuccessDetector.latest_version(weights) + 1)
         record((r + 1) * budget)
