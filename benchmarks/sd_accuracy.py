@@ -7,8 +7,9 @@
 3. Run the paper's loop on a pool of training-object episodes: label the most uncertain
    episodes per task with the oracle (--budget per task per round), retrain, re-score.
 
-Reports per-task balanced accuracy on the held-out episodes after each round, and the
-number of positives each task has there (a task with a handful of positives has a noisy
+Reports per-task balanced accuracy after each round on the held-out episodes and on
+randomized staged scenes of held-out objects (--staged-heldout-per-task), and
+the number of positives each task has there (a task with a handful of positives has a noisy
 balanced accuracy). Usage:
 
   python benchmarks/sd_accuracy.py --json OUT [--examples runs/x/sd/examples.npz]
@@ -76,6 +77,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--retrain-steps", type=int, default=600)
     ap.add_argument(
+        "--staged-heldout-per-task",
+        type=int,
+        default=60,
+        help="randomized staged scenes per task and label on held-out objects, also scored",
+    )
+    ap.add_argument(
         "--seed", type=int, default=0, help="staging and SD training seed (not the episodes')"
     )
     ap.add_argument(
@@ -136,6 +143,20 @@ def main() -> None:
             retrain_from=args.retrain_from,
         )
         final = evaluate_sd(SuccessDetector.load(d / "sd", REG.names), heldout)
+        # randomized staged scenes (lighting, colours, camera) with held-out objects
+        if (d / "staged_heldout.npz").exists():
+            staged_test = LabeledSet.load(d / "staged_heldout.npz")
+        else:
+            staged_test = stage_examples(
+                REG, REG.names, args.staged_heldout_per_task, "test", True, 1000 + args.seed
+            )
+            staged_test.save(d / "staged_heldout.npz")
+        on_staged = [  # every round's SD (versions 1 .. rounds + 1)
+            evaluate_sd(
+                SuccessDetector.load(d / "sd", REG.names, version=c["version"]), staged_test
+            )
+            for c in curve
+        ]
     positives = {t: m["positives"] for t, m in final.items()}
     out = {
         "staged_examples": len(base),
@@ -150,6 +171,17 @@ def main() -> None:
                 "balanced_accuracy": {k: _r(v) for k, v in c["balanced_accuracy"].items()},
             }
             for c in curve
+        ],
+        "staged_heldout_scenes": len(staged_test),
+        "staged_heldout_curve": [
+            {
+                "labels_per_task": c["labels_per_task"],
+                "mean_balanced_accuracy": _r(
+                    np.mean([m["balanced_accuracy"] for m in res.values()])
+                ),
+                "balanced_accuracy": {t: _r(m["balanced_accuracy"]) for t, m in res.items()},
+            }
+            for c, res in zip(curve, on_staged, strict=True)
         ],
         "final_precision": {t: _r(m["precision"]) for t, m in final.items()},
         "final_recall": {t: _r(m["recall"]) for t, m in final.items()},

@@ -108,6 +108,14 @@ def test_publish_load_and_clear_errors(tmp_path: Path) -> None:
         SuccessDetector.load(tmp_path / "none")
     with pytest.raises(WeightsError, match="different architecture"):
         SuccessDetector.load(tmp_path, expected_tasks=["a", "b", "c"])
+    # an earlier version stays loadable after a newer one is published
+    torch.manual_seed(1)
+    SuccessDetector(SuccessNet(SMALL), TASKS).publish(tmp_path, 2)
+    assert SuccessDetector.load(tmp_path).version == 2
+    v1 = SuccessDetector.load(tmp_path, TASKS, version=1)
+    assert v1.version == 1 and np.allclose(v1.score(imgs), sd.score(imgs))
+    with pytest.raises(WeightsError, match="version 7 not found"):
+        SuccessDetector.load(tmp_path, version=7)
 
 
 def test_uncertainty_selection_by_hand() -> None:

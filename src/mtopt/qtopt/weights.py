@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from mtopt._io import atomic_write_bytes, atomic_write_json
@@ -78,6 +79,23 @@ def load_latest(
     except (OSError, RuntimeError) as exc:
         raise WeightsError(f"cannot read weights {path}: {exc}") from None
     return int(latest["version"]), tensors, dict(latest.get("meta", {}))
+
+
+def load_version(
+    directory: str | Path, version: int, prefix: str = "q"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An earlier published ``version`` (while kept: ``publish`` keeps the last few), with
+    the metadata stored in its own file."""
+    path = Path(directory) / f"{prefix}-{version:08d}.safetensors"
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {}).get("meta", "{}"))
+        tensors = load_file(str(path))
+    except FileNotFoundError:
+        raise WeightsError(f"weights version {version} not found in {directory}") from None
+    except (OSError, RuntimeError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"cannot read weights {path}: {exc}") from None
+    return tensors, meta
 
 
 def check_config(expected: dict[str, Any], found: dict[str, Any], what: str) -> None:

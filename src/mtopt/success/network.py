@@ -17,7 +17,14 @@ import torch
 from torch import nn
 
 from mtopt.qtopt.networks import ImageTower, QNetConfig, _conv
-from mtopt.qtopt.weights import WeightsError, check_config, load_latest, publish, read_latest
+from mtopt.qtopt.weights import (
+    WeightsError,
+    check_config,
+    load_latest,
+    load_version,
+    publish,
+    read_latest,
+)
 
 
 @dataclass(frozen=True)
@@ -126,13 +133,20 @@ class SuccessDetector:
 
     @classmethod
     def load(
-        cls, directory: str | Path, expected_tasks: Sequence[str] | None = None
+        cls,
+        directory: str | Path,
+        expected_tasks: Sequence[str] | None = None,
+        version: int | None = None,
     ) -> SuccessDetector:
+        """The latest published SD in ``directory``, or an earlier kept ``version``."""
         if read_latest(directory, "sd") is None:
             raise WeightsError(
                 f"no success detector weights in {directory} (run `mtopt sd train` first)"
             )
-        version, tensors, meta = load_latest(directory, "sd")
+        if version is None:
+            version, tensors, meta = load_latest(directory, "sd")
+        else:
+            tensors, meta = load_version(directory, version, "sd")
         cfg = SDNetConfig(**meta["net"])
         if expected_tasks is not None:
             check_config(
