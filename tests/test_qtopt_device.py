@@ -10,30 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from mtopt.qtopt.bellman import TrainBatch
 from mtopt.qtopt.cem import CEMConfig, resolve_device, use_bf16
 from mtopt.qtopt.learner import Learner, LearnerConfig, load_network
-from mtopt.qtopt.networks import QNetConfig
 from mtopt.qtopt.updater import BellmanUpdater
 from mtopt.qtopt.weights import load_latest
 from mtopt.replay.buffers import ReplayEpisode, TaskBuffers
+from qtopt_fixtures import SMALL, batch
 
 torch.set_num_threads(1)
-SMALL = QNetConfig(
-    num_tasks=2, image_size=32, tower_channels=8, merge_size=8, head_channels=8, fc_units=16
-)
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-def batch(seed: int, n: int = 8) -> TrainBatch:
-    g = torch.Generator().manual_seed(seed)
-    return TrainBatch(
-        torch.randint(0, 255, (n, 32, 32, 3), dtype=torch.uint8, generator=g),
-        torch.rand(n, 2, generator=g),
-        torch.rand(n, 6, generator=g) * 2 - 1,
-        torch.randint(0, 2, (n,), generator=g),
-        torch.rand(n, generator=g),
-    )
 
 
 def test_device_names_resolve_or_fail_clearly(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,22 +14,9 @@ from mtopt.qtopt.learner import Learner, LearnerConfig, load_network
 from mtopt.qtopt.networks import QNetConfig
 from mtopt.qtopt.weights import WeightsError, load_latest
 from mtopt.robots.base import Observation
+from qtopt_fixtures import SMALL, batch
 
 torch.set_num_threads(1)
-SMALL = QNetConfig(
-    num_tasks=2, image_size=32, tower_channels=8, merge_size=8, head_channels=8, fc_units=16
-)
-
-
-def batch(seed: int, n: int = 8) -> TrainBatch:
-    g = torch.Generator().manual_seed(seed)
-    return TrainBatch(
-        torch.randint(0, 255, (n, 32, 32, 3), dtype=torch.uint8, generator=g),
-        torch.rand(n, 2, generator=g),
-        torch.rand(n, 6, generator=g) * 2 - 1,
-        torch.randint(0, 2, (n,), generator=g),
-        torch.rand(n, generator=g),
-    )
 
 
 def test_resume_is_exact(tmp_path: Path) -> None:
