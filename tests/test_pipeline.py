@@ -11,6 +11,7 @@ from mtopt.cli import app
 from mtopt.replay.buffers import TaskBuffers
 from mtopt.runtime.local import pooled_success, sd_round_due, switch_table
 from mtopt.store import EpisodeReader
+from mtopt.success.network import SuccessDetector
 from mtopt.tasks import DEFAULT_REGISTRY
 
 
@@ -92,6 +93,9 @@ def test_tiny_run_then_resume(tmp_path: Path) -> None:
         out / "report" / "success_over_time.png"
     ).exists()
     assert (out / "weights" / "q-latest.json").exists() and (out / "sd" / "sd-latest.json").exists()
+    # relabel rounds ran and fine-tuned the kept staged-only SD, which they left unchanged
+    assert SuccessDetector.latest_version(out / "sd") >= 2
+    assert SuccessDetector.latest_version(out / "sd" / "initial") == 1
     assert json.loads((out / "config.json").read_text())["name"] == "tiny"
     comp = summary["composition"]
     # skill impersonation: lift episodes were shared with the other lift tasks

@@ -42,7 +42,7 @@ from mtopt.runtime.config import RunConfig
 from mtopt.store.reader import EpisodeReader
 from mtopt.success.data import LabeledSet, episode_examples, stage_examples
 from mtopt.success.improve import disputes_given_labels, select_episodes
-from mtopt.success.network import SuccessDetector
+from mtopt.success.network import SuccessDetector, SuccessNet
 from mtopt.success.train import evaluate_sd, train_sd
 from mtopt.tasks.registry import DEFAULT_REGISTRY, TaskRegistry
 
@@ -214,6 +214,7 @@ class LocalRun:
         data = self._sd_train_set()
         net = train_sd(data, self.cfg.sd.train, progress=True)
         sd = SuccessDetector(net, self.registry.names)
+        sd.publish(self.paths.sd / "initial", 1)  # what relabel rounds fine-tune
         sd.publish(self.paths.sd, 1)
         self._record_sd_quality(sd, labels=0)
         return sd
@@ -252,12 +253,22 @@ class LocalRun:
         tcfg = dataclasses.replace(
             self.cfg.sd.train, steps=self.cfg.sd.retrain_steps, seed=sd.version
         )
-        net = train_sd(data, tcfg, init=sd.net)
+        net = train_sd(data, tcfg, init=self._retrain_start(sd))
         new_sd = SuccessDetector(net, self.registry.names)
         new_sd.publish(self.paths.sd, sd.version + 1)
         labels = labels_so_far + len(new)
         self._record_sd_quality(new_sd, labels)
         return new_sd, labels
+
+    def _retrain_start(self, sd: SuccessDetector) -> SuccessNet:
+        """The network a relabel round fine-tunes (``SDConfig.retrain_from``)."""
+        initial = self.paths.sd / "initial"
+        if self.cfg.sd.retrain_from == "previous":
+            return sd.net
+        if SuccessDetector.latest_version(initial) == 0:  # a run from before it was kept
+            self._log("no staged-only SD in sd/initial: fine-tuning the current SD")
+            return sd.net
+        return SuccessDetector.load(initial, self.registry.names).net
 
     def scripted_baseline(self) -> dict[str, float]:
         path = self.paths.root / "scripted_eval.json"
