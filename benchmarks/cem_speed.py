@@ -37,7 +37,7 @@ from mtopt.qtopt.cem import (
     repeat_rows,
 )
 from mtopt.qtopt.networks import QNetConfig, QNetwork, count_parameters
-from mtopt.qtopt.perf import count_flops, time_call
+from mtopt.qtopt.perf import count_flops, time_call, time_interleaved
 
 Fn = Callable[[QNetwork, torch.Tensor, torch.Tensor, torch.Tensor, CEMConfig], object]
 
@@ -84,12 +84,34 @@ def inputs(b: int, cfg: QNetConfig) -> tuple[torch.Tensor, torch.Tensor, torch.T
     )
 
 
-def sim_step_ms() -> float | None:
-    p = Path(__file__).parent / "results" / "sim_speed.json"
-    try:
-        return round(1000.0 / float(json.loads(p.read_text())["env_steps_per_s"]), 3)
-    except (OSError, KeyError, ValueError):
-        return None
+def act_vs_sim_step(act: Callable[[], object], min_time: float) -> dict[str, float]:
+    """Milliseconds of one CEM act and of one simulated step (SimRobot.act: physics and
+    the camera image), timed round-robin in this run so the ratio holds on a busy box."""
+    import numpy as np
+
+    from mtopt.robots.action import make_action
+    from mtopt.robots.sim_robot import SimRobot
+    from mtopt.sim.config import SimConfig
+
+    robot = SimRobot(SimConfig(), seed=0)
+    robot.reset_scene(1)
+    robot.start_episode()
+    rng = np.random.default_rng(0)
+    actions = [
+        make_action(*rng.uniform(-1, 1, 4), close=bool(rng.random() < 0.5)) for _ in range(64)
+    ]
+    step = iter(range(10**9))
+
+    def sim() -> None:
+        i = next(step)
+        if i % 15 == 0:  # a new episode every 15 steps, as in collection (reset not timed)
+            robot.reset_scene(i)
+            robot.start_episode()
+        robot.act(actions[i % len(actions)])
+
+    t = time_interleaved({"act": act, "sim": sim}, min_time)
+    robot.close()
+    return {k: round(1000 * v, 3) for k, v in t.items()}
 
 
 def main() -> None:
@@ -134,7 +156,12 @@ def main() -> None:
 
     best_act = min(v for k, v in act_ms.items() if not k.startswith("merge16"))
     best_batch = max(v for k, v in batch_sps.items() if not k.startswith("merge16"))
-    sim = sim_step_ms()
+    default = "folded+dense+bf16" if has_fast_bf16() else "folded+dense"
+    default_fn = next(v for v in variants if v[0] == default)
+    timed = act_vs_sim_step(
+        functools.partial(default_fn[2], nets[8], *inputs(1, base), default_fn[3]),
+        args.min_time * 4,
+    )
     out = {
         "machine": platform.machine(),
         "threads": args.threads,
@@ -154,11 +181,13 @@ def main() -> None:
             k: round(v / batch_sps["naive" if not k.startswith("merge16") else "merge16 naive"], 2)
             for k, v in batch_sps.items()
         },
-        "default_act_ms": act_ms["folded+dense+bf16" if has_fast_bf16() else "folded+dense"],
+        "default_act_ms": act_ms[default],
         "best_act_ms": best_act,
         "best_batch_states_per_s": best_batch,
-        "sim_step_ms": sim,
-        "act_over_sim_step": round(best_act / sim, 2) if sim else None,
+        # the default act and a simulated step, timed round-robin in this run
+        "act_ms_beside_sim": timed["act"],
+        "sim_step_ms": timed["sim"],
+        "act_over_sim_step": round(timed["act"] / timed["sim"], 2),
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
