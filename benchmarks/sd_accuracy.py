@@ -20,9 +20,9 @@ balanced accuracy). Usage:
 scenes for 13 tasks; 40 gave a lower staged-only accuracy, README).
 
 --workdir keeps the staged examples, the held-out set, the labeling pool and every SD
-version in DIR (a temporary folder otherwise), and reuses whichever of them are already
-there (the staged-only SD when trained with the same seed and steps), so a second run
-with other loop settings skips the collection and the initial training.
+version in DIR (a temporary folder otherwise), and reuses each of them that was made
+with the same settings (recorded in NAME.key.json), so a second run with other loop
+settings skips the collection and the initial training.
 """
 
 from __future__ import annotations
@@ -58,6 +58,17 @@ def collect(store: Path, episodes: int, split: str, seed: int) -> LabeledSet:
     )
     run_fleet(spec)
     return episode_examples(list(EpisodeReader(store).episodes()), REG)
+
+
+def cached(d: Path, name: str, key: dict[str, object]) -> bool:
+    """True when ``d`` holds artefact ``name`` made with these settings (``mark`` wrote
+    its key after making it, so a cut-off or differently-made one is never reused)."""
+    f = d / f"{name}.key.json"
+    return f.exists() and json.loads(f.read_text()) == key
+
+
+def mark(d: Path, name: str, key: dict[str, object]) -> None:
+    (d / f"{name}.key.json").write_text(json.dumps(key))
 
 
 def _r(v: float) -> float | None:
@@ -100,37 +111,41 @@ def main() -> None:
             d.mkdir(parents=True, exist_ok=True)
         else:
             d = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        if args.examples:
-            base = LabeledSet.load(args.examples)
-        elif (d / "examples.npz").exists():
-            base = LabeledSet.load(d / "examples.npz")
+        examples_key: dict[str, object]
+        if args.examples:  # copied in for the loop; not a staged set to reuse later
+            examples_key = {"file": str(Path(args.examples).resolve())}
+            (d / "examples.key.json").unlink(missing_ok=True)
+            LabeledSet.load(args.examples).save(d / "examples.npz")
         else:
-            base = stage_examples(
-                REG, REG.names, args.examples_per_task, "train", True, args.seed, progress=True
-            )
-        base.save(d / "examples.npz")
+            examples_key = {"per_task": args.examples_per_task, "seed": args.seed}
+            if not cached(d, "examples", examples_key):
+                stage_examples(
+                    REG, REG.names, args.examples_per_task, "train", True, args.seed, progress=True
+                ).save(d / "examples.npz")
+                mark(d, "examples", examples_key)
+        base = LabeledSet.load(d / "examples.npz")
         shutil.rmtree(d / "sd", ignore_errors=True)  # versions of an earlier run
-        key = {"examples": len(base), "seed": args.seed, "train_steps": args.train_steps}
-        key_file = d / "sd_initial" / "key.json"
-        if key_file.exists() and json.loads(key_file.read_text()) == key:
-            initial = SuccessDetector.load(d / "sd_initial", REG.names)
-        else:  # train the staged-only SD (and keep it for the next run in this workdir)
+        key = {"examples": examples_key, "seed": args.seed, "train_steps": args.train_steps}
+        if not cached(d, "sd_initial", key):  # the staged-only SD
             shutil.rmtree(d / "sd_initial", ignore_errors=True)
             cfg = SDTrainConfig(steps=args.train_steps, seed=args.seed)
-            initial = SuccessDetector(train_sd(base, cfg, progress=True), REG.names)
-            initial.publish(d / "sd_initial", 1)
-            key_file.write_text(json.dumps(key))
+            SuccessDetector(train_sd(base, cfg, progress=True), REG.names).publish(
+                d / "sd_initial", 1
+            )
+            mark(d, "sd_initial", key)
+        initial = SuccessDetector.load(d / "sd_initial", REG.names)
         initial.publish(d / "sd", 1)
-        if (d / "heldout.npz").exists():
-            heldout = LabeledSet.load(d / "heldout.npz")
-        else:
+        key = {"episodes": args.heldout_episodes}
+        if not cached(d, "heldout", key):
             shutil.rmtree(d / "heldout", ignore_errors=True)  # a cut-off collection
-            heldout = collect(d / "heldout", args.heldout_episodes, "test", seed=7)
-            heldout.save(d / "heldout.npz")
-        if not (d / "pool.done").exists():
+            collect(d / "heldout", args.heldout_episodes, "test", seed=7).save(d / "heldout.npz")
+            mark(d, "heldout", key)
+        heldout = LabeledSet.load(d / "heldout.npz")
+        key = {"episodes": args.pool_episodes}
+        if not cached(d, "pool", key):
             shutil.rmtree(d / "pool", ignore_errors=True)
             collect(d / "pool", args.pool_episodes, "train", seed=3)
-            (d / "pool.done").touch()
+            mark(d, "pool", key)
         curve = improve_loop(
             d / "pool",
             d / "sd",
@@ -144,13 +159,13 @@ def main() -> None:
         )
         final = evaluate_sd(SuccessDetector.load(d / "sd", REG.names), heldout)
         # randomized staged scenes (lighting, colours, camera) with held-out objects
-        if (d / "staged_heldout.npz").exists():
-            staged_test = LabeledSet.load(d / "staged_heldout.npz")
-        else:
-            staged_test = stage_examples(
+        key = {"per_task": args.staged_heldout_per_task, "seed": 1000 + args.seed}
+        if not cached(d, "staged_heldout", key):
+            stage_examples(
                 REG, REG.names, args.staged_heldout_per_task, "test", True, 1000 + args.seed
-            )
-            staged_test.save(d / "staged_heldout.npz")
+            ).save(d / "staged_heldout.npz")
+            mark(d, "staged_heldout", key)
+        staged_test = LabeledSet.load(d / "staged_heldout.npz")
         on_staged = [  # every round's SD (versions 1 .. rounds + 1)
             evaluate_sd(
                 SuccessDetector.load(d / "sd", REG.names, version=c["version"]), staged_test

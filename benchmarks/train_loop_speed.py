@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mtopt.qtopt.bellman import TrainBatch
 from mtopt.qtopt.cem import use_bf16
 from mtopt.qtopt.learner import Learner
 from mtopt.qtopt.perf import time_call
@@ -93,7 +94,7 @@ def main() -> None:
             up.make_batch()
             sync(dev)
 
-        def train(batch=batch) -> None:  # type: ignore[no-untyped-def]
+        def train(batch: TrainBatch = batch) -> None:
             learner.train_step(batch)
             sync(dev)
 

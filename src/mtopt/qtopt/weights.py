@@ -88,9 +88,9 @@ def load_version(
     the metadata stored in its own file."""
     path = Path(directory) / f"{prefix}-{version:08d}.safetensors"
     try:
-        with safe_open(str(path), "pt") as f:
+        with safe_open(str(path), "pt") as f:  # one read: the header's metadata, then tensors
             meta = json.loads((f.metadata() or {}).get("meta", "{}"))
-        tensors = load_file(str(path))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
     except FileNotFoundError:
         raise WeightsError(f"weights version {version} not found in {directory}") from None
     except (OSError, RuntimeError, json.JSONDecodeError) as exc:
