@@ -40,9 +40,15 @@ def evaluate_policy(
     episodes_per_task: int,
     sim: SimConfig,
     seed: int = 0,
+    robot: SimRobot | None = None,
 ) -> dict[str, float]:
-    """Ground-truth success rate per task on fixed held-out scenes (same scenes every call)."""
-    robot = SimRobot(sim, robot_id="eval", seed=seed)
+    """Ground-truth success rate per task on fixed held-out scenes (same scenes every call).
+
+    robot: evaluate on this robot (built from ``sim`` by the caller, who closes it), for
+    policies that need it, such as the privileged ``mtopt.sim.oracle.OraclePolicy``."""
+    own = robot is None
+    if robot is None:
+        robot = SimRobot(sim, robot_id="eval", seed=seed)
     out: dict[str, float] = {}
     for ti, name in enumerate(tasks):
         spec = registry.get(name)
@@ -54,5 +60,6 @@ def evaluate_policy(
             run_episode(robot, policy_for(spec), spec, rng, sim.max_steps)
             wins += spec.succeeded(robot.scene_state())
         out[name] = wins / max(1, episodes_per_task)
-    robot.close()
+    if own:
+        robot.close()
     return out

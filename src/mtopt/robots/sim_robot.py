@@ -67,7 +67,7 @@ class SimRobot:
         if starts_holding:
             if self.holding():
                 return True
-            candidates = [b for b, _ in self.cell.object_bodies() if self._in_right_bin(b)]
+            candidates = [b for b, _ in self.cell.object_bodies() if self.in_right_bin(b)]
             if not candidates:
                 return False
             body = int(self.rng.choice(candidates))
@@ -125,7 +125,7 @@ class SimRobot:
         """What a real robot knows: the gripper is closed but its fingers did not meet."""
         return self.cell.gripper_closed and self.cell.finger_gap() > HOLDING_GAP_M
 
-    def _in_right_bin(self, body: int) -> bool:
+    def in_right_bin(self, body: int) -> bool:
         x, y, z = self.cell.object_position(body)
         return (
             abs(x - RIGHT_BIN_CENTER[0]) < BIN_HALF
@@ -135,7 +135,7 @@ class SimRobot:
 
     def objects_left(self) -> int:
         """Objects still lying in the right bin (a reset is due when none are left)."""
-        return sum(self._in_right_bin(b) for b, _ in self.cell.object_bodies())
+        return sum(self.in_right_bin(b) for b, _ in self.cell.object_bodies())
 
     def status(self) -> dict[str, Any]:
         return {"holding": self.holding(), "objects_left": self.objects_left()}

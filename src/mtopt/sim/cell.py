@@ -694,6 +694,13 @@ class SimCell:
         pos, _ = self._p(pb.getBasePositionAndOrientation, body)
         return np.array(pos)
 
+    def object_yaw(self, body: int) -> float:
+        """Heading (rad) of the object's body x axis (the long axis of the elongated
+        categories) projected on the horizontal plane."""
+        _, orn = self._p(pb.getBasePositionAndOrientation, body)
+        r = pb.getMatrixFromQuaternion(orn)  # row-major 3x3; column 0 is the body x axis
+        return float(np.arctan2(r[3], r[0]))
+
     def object_spec(self, body: int) -> ObjectSpec:
         return next(s for b, s in self.object_bodies() if b == body)
 
