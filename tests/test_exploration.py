@@ -122,3 +122,43 @@ def test_after_parity_a_share_of_episodes_stays_scripted(tmp_path) -> None:  # t
     assert set(names) == {"scripted-place"}
     full = PolicyProvider(DEFAULT_REGISTRY, tmp_path, switch, parity_fraction=1.0)
     assert {full(DEFAULT_REGISTRY.get("lift-any")).name for _ in range(50)} == {"cem"}
+
+
+def test_pre_parity_share_by_hand() -> None:
+    from mtopt.collect.loop import pre_parity_share
+
+    assert pre_parity_share(0.5, None, 0.0) == 0.5  # fixed share (the default)
+    assert pre_parity_share(0.5, 0.1, None) == 0.5  # no evaluation yet
+    assert pre_parity_share(0.5, 0.1, 0.0) == 0.1  # cannot succeed yet: the floor
+    assert pre_parity_share(0.5, 0.1, 0.6) == pytest.approx(0.3)  # 0.5 * 0.6
+    assert pre_parity_share(0.5, 0.1, 1.4) == 0.5  # never above learned_fraction
+
+
+def test_provider_scales_the_pre_parity_share_by_the_ratio(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from mtopt.collect.loop import CollectConfig
+    from mtopt.qtopt.learner import Learner
+    from mtopt.qtopt.networks import QNetConfig
+
+    Learner(QNetConfig(tower_channels=8, head_channels=8, fc_units=16)).publish(tmp_path)
+    switch = tmp_path / "switch.json"
+    switch.write_text(
+        json.dumps({"learned": [], "proxy": {}, "ratio": {"lift-any": 0.0, "place-any": 0.6}})
+    )
+    prov = PolicyProvider(
+        DEFAULT_REGISTRY, tmp_path, switch, learned_fraction=0.5, learned_fraction_min=0.1, seed=4
+    )
+    lift = [prov(DEFAULT_REGISTRY.get("lift-any")).name for _ in range(600)]
+    place = [prov(DEFAULT_REGISTRY.get("place-any")).name for _ in range(600)]
+    assert 0.05 < lift.count("cem") / 600 < 0.15  # 0.1, binomial n=600: sd 0.012
+    assert 0.22 < place.count("cem") / 600 < 0.38  # 0.3: sd 0.019
+    # without a minimum the share stays fixed whatever the ratio
+    fixed = PolicyProvider(DEFAULT_REGISTRY, tmp_path, switch, learned_fraction=0.5, seed=4)
+    lift = [fixed(DEFAULT_REGISTRY.get("lift-any")).name for _ in range(600)]
+    assert 0.42 < lift.count("cem") / 600 < 0.58
+    with pytest.raises(ValueError, match="learned_fraction_min"):
+        PolicyProvider(DEFAULT_REGISTRY, learned_fraction=0.2, learned_fraction_min=0.3)
+    with pytest.raises(ValueError, match="learned_fraction_min"):
+        CollectConfig(learned_fraction_min=0.9).validate()
+    assert CollectConfig(learned_fraction_min=0.1).validate().learned_fraction_min == 0.1

@@ -24,6 +24,21 @@ def test_switch_table_parity_and_proxies() -> None:
     )
     assert t["learned"] == ["lift-any"]
     assert t["proxy"]["lift-ball"] == "lift-any" and "place-in-bowl" not in t["proxy"]
+    # learned over scripted: 0.3 / 0.1 and 0.4 / 0.47; tasks the evaluation does not
+    # cover take their skill's generic task's ratio
+    assert t["ratio"]["lift-any"] == pytest.approx(3.0)
+    assert t["ratio"]["place-any"] == pytest.approx(0.8511, abs=1e-4)
+    assert t["ratio"]["lift-ball"] == t["ratio"]["lift-large"] == pytest.approx(3.0)
+    assert t["ratio"]["place-in-bowl"] == pytest.approx(0.8511, abs=1e-4)
+    assert set(t["ratio"]) == set(DEFAULT_REGISTRY.names)
+    # a task whose scripted rate is 0 (or unknown) has no ratio of its own
+    t = switch_table(
+        {"lift-ball": 0.1, "lift-any": 0.05},
+        {"lift-ball": 0.0, "lift-any": 0.1},
+        DEFAULT_REGISTRY,
+        0.0,
+    )
+    assert t["ratio"]["lift-ball"] == pytest.approx(0.5)  # lift-any's
 
 
 def test_sd_rounds_grow_geometrically() -> None:
@@ -130,6 +145,19 @@ def test_bad_run_config_is_a_clear_error(tmp_path: Path) -> None:
         app, ["run", "--config", "tiny", "--out", str(tmp_path), "--network", "many"]
     )
     assert res.exit_code == 2 and "head_type" in res.output
+    res = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--config",
+            "tiny",
+            "--out",
+            str(tmp_path),
+            "--set",
+            "collect.learned_fraction_min=0.9",
+        ],
+    )
+    assert res.exit_code == 2 and "learned_fraction_min" in res.output
     if not torch.cuda.is_available():  # a GPU asked for where there is none: before robots start
         res = CliRunner().invoke(
             app, ["run", "--config", "tiny", "--out", str(tmp_path), "--set", "learner.device=cuda"]

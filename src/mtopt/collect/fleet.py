@@ -63,6 +63,7 @@ def _worker(
         scripted_early_terminate=spec.collect.scripted_early_terminate,
         learned_fraction=spec.collect.learned_fraction,
         parity_fraction=spec.collect.parity_fraction,
+        learned_fraction_min=spec.collect.learned_fraction_min,
     )
     loop = CollectLoop(robot, DEFAULT_REGISTRY, writer, provider, spec.collect, seed=seed)
     n = 0

@@ -50,6 +50,7 @@ def register(app: typer.Typer) -> None:
             sets.append(f"runtime={runtime}")
             cfg = override(cfg, sets)
             cfg.qnet.validate()
+            cfg.collect.validate()
             resolve_device(cfg.learner.device)  # a missing GPU: say so before robots start
         except (ConfigError, ValueError) as exc:
             typer.echo(f"error: {exc}", err=True)

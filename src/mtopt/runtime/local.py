@@ -125,6 +125,9 @@ def switch_table(
     ``scripted + margin - hysteresis``. Without hysteresis a task near parity flips back
     and forth with the noise of the evaluation (run r7: lift-any switched at 25k steps
     and back at 33k), and each flip changes where its data comes from.
+
+    ``ratio``: each task's learned success over the scripted one (tasks the evaluation
+    does not cover take their skill's generic task's), for ``collect.learned_fraction_min``.
     """
     was = set(previous)
 
@@ -139,7 +142,16 @@ def switch_table(
         g = generic.get(t.skill)
         if t.name not in at_parity and g in at_parity and g != t.name:
             proxy[t.name] = g
-    return {"learned": at_parity, "proxy": proxy}
+    ratio = {t: r / scripted[t] for t, r in learned.items() if scripted.get(t, 0.0) > 0}
+    for t in registry:
+        g = generic.get(t.skill)
+        if t.name not in ratio and g in ratio:
+            ratio[t.name] = ratio[g]
+    return {
+        "learned": at_parity,
+        "proxy": proxy,
+        "ratio": {t: round(r, 4) for t, r in sorted(ratio.items())},
+    }
 
 
 class LocalRun:

@@ -63,6 +63,7 @@ def _robot_actor_cls() -> Any:
                 scripted_early_terminate=cfg.collect.scripted_early_terminate,
                 learned_fraction=cfg.collect.learned_fraction,
                 parity_fraction=cfg.collect.parity_fraction,
+                learned_fraction_min=cfg.collect.learned_fraction_min,
             )
             collect = dataclasses.replace(cfg.collect, max_steps=cfg.sim.max_steps)
             self.loop = CollectLoop(
