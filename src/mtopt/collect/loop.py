@@ -76,17 +76,30 @@ class CollectConfig:
     up stops learning."""
 
     def validate(self) -> CollectConfig:
-        for name in ("learned_fraction", "parity_fraction", "reset_prob"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"collect.{name} must be in [0, 1], got {v}")
-        m = self.learned_fraction_min
-        if m is not None and not 0.0 <= m <= self.learned_fraction:
-            raise ValueError(
-                f"collect.learned_fraction_min must be None or in [0, learned_fraction="
-                f"{self.learned_fraction}], got {m}"
-            )
+        if not 0.0 <= self.reset_prob <= 1.0:
+            raise ValueError(f"collect.reset_prob must be in [0, 1], got {self.reset_prob}")
+        check_shares(
+            self.learned_fraction, self.parity_fraction, self.learned_fraction_min, "collect."
+        )
         return self
+
+
+def check_shares(
+    learned_fraction: float,
+    parity_fraction: float,
+    learned_fraction_min: float | None,
+    prefix: str = "",
+) -> None:
+    """The learned policy's shares of episodes (CollectConfig and PolicyProvider)."""
+    for name, v in (("learned_fraction", learned_fraction), ("parity_fraction", parity_fraction)):
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"{prefix}{name} must be in [0, 1], got {v}")
+    m = learned_fraction_min
+    if m is not None and not 0.0 <= m <= learned_fraction:
+        raise ValueError(
+            f"{prefix}learned_fraction_min must be None or in [0, learned_fraction="
+            f"{learned_fraction}], got {m}"
+        )
 
 
 def pre_parity_share(learned_fraction: float, minimum: float | None, ratio: float | None) -> float:
@@ -280,16 +293,9 @@ class PolicyProvider:
         self.epsilon, self.noise_std = epsilon, noise_std
         self.reload_every = reload_every
         self.seed = seed
-        if not 0.0 <= learned_fraction <= 1.0:
-            raise ValueError(f"learned_fraction must be in [0, 1], got {learned_fraction}")
+        check_shares(learned_fraction, parity_fraction, learned_fraction_min)
         self.learned_fraction = learned_fraction
-        if learned_fraction_min is not None and not 0.0 <= learned_fraction_min <= learned_fraction:
-            raise ValueError(
-                f"learned_fraction_min must be in [0, learned_fraction={learned_fraction}], got {learned_fraction_min}"
-            )
         self.learned_fraction_min = learned_fraction_min
-        if not 0.0 <= parity_fraction <= 1.0:
-            raise ValueError(f"parity_fraction must be in [0, 1], got {parity_fraction}")
         self.parity_fraction = parity_fraction
         self._rng = np.random.default_rng(seed + 99991)
         self._scripted: dict[str, Policy] = {t.name: scripted_policy_for(t) for t in registry}
