@@ -290,3 +290,42 @@ def test_interleaved_timing_calls_every_function_alike() -> None:
     )
     assert set(out) == {"a", "b"} and all(v >= 0 for v in out.values())
     assert counts["a"] == counts["b"] == 1 + 2 * 2  # warm-up + 2 rounds of 2 (>= 3 calls each)
+
+
+def test_mc_lower_bound_by_hand() -> None:
+    from mtopt.qtopt.bellman import mc_lower_bound
+
+    targets = torch.tensor([0.30, 0.30, 0.95, 0.10])
+    final = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    to_go = torch.tensor([2.0, 2.0, 1.0, 0.0])
+    # success two steps before the end: 0.9^2 = 0.81 > 0.30 ; failure: no bound ;
+    # 0.95 > 0.9 stays ; last step of a success: 0.9^0 = 1
+    out = mc_lower_bound(targets, final, to_go, 0.9)
+    assert torch.allclose(out, torch.tensor([0.81, 0.30, 0.95, 1.0]))
+
+
+def test_compute_targets_mc_bound_needs_returns_and_raises_targets() -> None:
+    a0 = torch.tensor([0.2, -0.3, 0.1, 0.0, 1.0, -1.0])
+    nets = [ConstNet(0.0, a0), ConstNet(0.0, a0)]  # next value sigmoid(0) = 0.5
+    b = 2
+    batch = TransitionBatch(
+        images=torch.zeros(b, 32, 32, 3, dtype=torch.uint8),
+        states=torch.zeros(b, 2),
+        actions=torch.zeros(b, 6),
+        task_idx=torch.zeros(b, dtype=torch.int64),
+        rewards=torch.zeros(b),
+        next_images=torch.zeros(b, 32, 32, 3, dtype=torch.uint8),
+        next_states=torch.zeros(b, 2),
+        dones=torch.zeros(b),
+    )
+    cem = CEMConfig(iterations=3, samples=256, elites=16)
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="final_rewards"):
+        compute_targets(nets, batch, 0.9, cem, g, mc_bound=True)
+    batch.final_rewards = torch.tensor([1.0, 1.0])
+    batch.steps_to_go = torch.tensor([1.0, 5.0])
+    out = compute_targets(nets, batch, 0.9, cem, g, mc_bound=True).targets
+    # TD: 0.9 * 0.5 = 0.45 ; returns 0.9 and 0.9^5 = 0.59049 are both above it
+    assert out.tolist() == pytest.approx([0.9, 0.59049], abs=1e-5)
+    plain = compute_targets(nets, batch, 0.9, cem, g).targets
+    assert plain.tolist() == pytest.approx([0.45, 0.45], abs=1e-3)

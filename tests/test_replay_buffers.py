@@ -26,6 +26,7 @@ def test_transitions_pair_s_and_next_s_with_sparse_terminal_reward() -> None:
     assert np.allclose(tr.actions[:, 0], t / 10)
     assert np.all(tr.dones == (t == 2))
     assert np.all(tr.rewards == (t == 2))  # reward only at the last step
+    assert np.all(tr.final_rewards == 1.0) and np.all(tr.steps_to_go == 2 - t)
     assert set(np.unique(t)) == {0, 1, 2}
 
 

@@ -3,6 +3,13 @@
 target = r + gamma * (1 - done) * min_k Q_target_k(s', a*, task),
 a* = CEM argmax over the first target network (the image tower runs once per s').
 Terminal transitions skip the CEM entirely (their next value is multiplied by 0).
+
+Optionally (``mc_bound``) the target is raised to the episode's own discounted return,
+target = max(target, R_final * gamma ** steps_to_go): with a sparse final reward, what
+the episode actually achieved from (s, a) is a sample of the behaviour policy's return,
+which the optimal Q cannot be below in a deterministic cell. This is not in QT-Opt or
+MT-Opt; it is a known remedy for slow reward propagation with sparse rewards
+(self-imitation / Monte-Carlo lower bounds), off by default.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ class TransitionBatch:
     next_images: torch.Tensor
     next_states: torch.Tensor
     dones: torch.Tensor  # (B,)
+    final_rewards: torch.Tensor | None = None  # (B,) the episode's reward for the task
+    steps_to_go: torch.Tensor | None = None  # (B,) actions after this one in the episode
 
     @classmethod
     def from_numpy(cls, t: object) -> TransitionBatch:
@@ -35,6 +44,7 @@ class TransitionBatch:
         f = {
             k: torch.from_numpy(np.ascontiguousarray(getattr(t, k)))
             for k in cls.__dataclass_fields__
+            if getattr(t, k, None) is not None
         }
         return cls(**f)
 
@@ -69,7 +79,8 @@ _B = TypeVar("_B", TransitionBatch, TrainBatch)
 
 def _to(batch: _B, device: torch.device | str) -> _B:
     # Tensor.to returns the tensor itself where it already is on ``device``
-    return type(batch)(**{k: getattr(batch, k).to(device) for k in batch.__dataclass_fields__})
+    fields = {k: getattr(batch, k) for k in batch.__dataclass_fields__}
+    return type(batch)(**{k: v.to(device) for k, v in fields.items() if v is not None})
 
 
 def bellman_targets(
@@ -77,6 +88,13 @@ def bellman_targets(
 ) -> torch.Tensor:
     """r + gamma * (1 - done) * next_q (pure; next_q already the min over target nets)."""
     return rewards + gamma * (1.0 - dones) * next_q
+
+
+def mc_lower_bound(
+    targets: torch.Tensor, final_rewards: torch.Tensor, steps_to_go: torch.Tensor, gamma: float
+) -> torch.Tensor:
+    """max(target, R_final * gamma ** steps_to_go) (pure): the episode's discounted return."""
+    return torch.maximum(targets, final_rewards * gamma**steps_to_go)
 
 
 @torch.no_grad()
@@ -107,8 +125,12 @@ def compute_targets(
     gamma: float = 0.9,
     cfg: CEMConfig = CEMConfig(),
     generator: torch.Generator | None = None,
+    mc_bound: bool = False,
 ) -> TrainBatch:
-    """Bellman targets for a transition batch -> a ``TrainBatch`` for the learner."""
+    """Bellman targets for a transition batch -> a ``TrainBatch`` for the learner.
+
+    ``mc_bound``: raise each target to the episode's discounted return (needs the batch's
+    ``final_rewards`` and ``steps_to_go``)."""
     next_q = torch.zeros(len(batch), device=batch.rewards.device)
     live = batch.dones < 0.5
     if bool(live.any()):
@@ -122,6 +144,12 @@ def compute_targets(
             generator,
         )
     targets = bellman_targets(batch.rewards.float(), batch.dones.float(), next_q, gamma)
+    if mc_bound:
+        if batch.final_rewards is None or batch.steps_to_go is None:
+            raise ValueError("mc_bound needs the batch's final_rewards and steps_to_go")
+        targets = mc_lower_bound(
+            targets, batch.final_rewards.float(), batch.steps_to_go.float(), gamma
+        )
     return TrainBatch(
         batch.images, batch.states.float(), batch.actions.float(), batch.task_idx, targets
     )

@@ -62,6 +62,10 @@ class LearnerConfig:
     4-pixel shift) learned placing far slower than r9 without it (place-any 0.07 vs 0.30
     held-out over learner steps 5k-10.6k). The camera is fixed and the actions are in
     the robot's frame, so where a thing is in the image is information a shift blurs."""
+    mc_bound: bool = False
+    """Raise every Bellman target to the episode's own discounted return (R_final *
+    gamma ** steps_to_go): the actions of a successful episode are worth at least what
+    they achieved. Not part of QT-Opt; off by default (see qtopt.bellman)."""
     device: str = "cpu"
     """Where the networks train: "cpu", "cuda", "cuda:N" or "auto" (a GPU where PyTorch
     sees one). Batches move there; published weights and checkpoints are written from

@@ -24,6 +24,7 @@ class BellmanUpdater:
         success_ratio: float = 0.5,
         rebalance: bool = True,
         seed: int = 0,
+        mc_bound: bool = False,
     ):
         self.buffers = buffers
         self.target_nets = list(target_nets)
@@ -32,6 +33,7 @@ class BellmanUpdater:
         self.batch_size = batch_size
         self.success_ratio = success_ratio
         self.rebalance = rebalance
+        self.mc_bound = mc_bound
         self.rng = np.random.default_rng(seed)
         # CEM samples where the target networks are (a CPU generator cannot feed a GPU)
         self.device = next(self.target_nets[0].parameters()).device
@@ -48,4 +50,6 @@ class BellmanUpdater:
         np.add.at(self.task_counts, tr.task_idx, 1)
         # success episodes show up as reward at their last step; count by episode label instead
         batch = TransitionBatch.from_numpy(tr).to(self.device)
-        return compute_targets(self.target_nets, batch, self.gamma, self.cem, self.gen)
+        return compute_targets(
+            self.target_nets, batch, self.gamma, self.cem, self.gen, self.mc_bound
+        )

@@ -58,6 +58,8 @@ class Transitions:
     next_images: np.ndarray
     next_states: np.ndarray
     dones: np.ndarray  # (B,) float32
+    final_rewards: np.ndarray  # (B,) float32, the episode's reward for the task
+    steps_to_go: np.ndarray  # (B,) float32, actions after this one (0 on the last step)
 
     def __len__(self) -> int:
         return int(self.actions.shape[0])
@@ -194,10 +196,10 @@ class TaskBuffers:
     def _gather(self, picks: list[tuple[str, str]], rng: np.random.Generator) -> Transitions:
         eps = [self._episodes[e] for _, e in picks]
         steps = [int(rng.integers(0, ep.num_steps)) for ep in eps]
-        last = np.array([t == ep.num_steps - 1 for t, ep in zip(steps, eps, strict=True)])
-        rewards = np.array(
-            [self._labels[e][task] for task, e in picks], dtype=np.float32
-        ) * last.astype(np.float32)
+        to_go = np.array([ep.num_steps - 1 - t for t, ep in zip(steps, eps, strict=True)])
+        last = to_go == 0
+        final = np.array([self._labels[e][task] for task, e in picks], dtype=np.float32)
+        rewards = final * last.astype(np.float32)
         return Transitions(
             images=np.stack([ep.images[t] for t, ep in zip(steps, eps, strict=True)]),
             states=np.stack([ep.states[t] for t, ep in zip(steps, eps, strict=True)]).astype(
@@ -213,4 +215,6 @@ class TaskBuffers:
                 [ep.states[t + 1] for t, ep in zip(steps, eps, strict=True)]
             ).astype(np.float32),
             dones=last.astype(np.float32),
+            final_rewards=final,
+            steps_to_go=to_go.astype(np.float32),
         )

@@ -351,6 +351,7 @@ class LocalRun:
             c.replay.success_ratio,
             c.replay.rebalance,
             c.seed,
+            mc_bound=c.learner.mc_bound,
         )
         reader = EpisodeReader(p.store, must_exist=False)
         spec = FleetSpec(

@@ -118,6 +118,7 @@ def _replay_actor_cls() -> Any:
                 cfg.replay.success_ratio,
                 cfg.replay.rebalance,
                 seed,
+                mc_bound=cfg.learner.mc_bound,
             )
             self.q_version = -1
             self.ingested = 0
