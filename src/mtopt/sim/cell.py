@@ -515,6 +515,21 @@ class SimCell:
             self._tcp = goal
         self._yaw = yaw1
 
+    def _settle_fingers(self, max_substeps: int, chunk: int = 4) -> int:
+        """Step the world (the wrist holding its pose) until the fingers stop moving or
+        ``max_substeps`` have run; returns the substeps run."""
+        done = 0
+        gap = self.finger_gap()
+        while done < max_substeps:
+            n = min(chunk, max_substeps - done)
+            self._settle(n)
+            done += n
+            now = self.finger_gap()
+            if abs(now - gap) < 2e-4:  # under 0.2 mm in a chunk: stopped
+                break
+            gap = now
+        return done
+
     def _settle(self, n: int) -> None:
         for _ in range(n):
             self._p(pb.stepSimulation)
@@ -536,6 +551,7 @@ class SimCell:
         close = wants_close(a)
         if close != self._closed:
             self._set_fingers(close)
+            self._settle_fingers(cfg.gripper_settle_substeps)
         chunks = 4
         per = max(1, cfg.substeps // chunks)
         done = 0

@@ -41,6 +41,14 @@ class SimConfig:
     position sensor reports). 'command': 1 if the gripper was commanded closed, else 0
     (QT-Opt's binary status), which cannot tell a gripper closed on nothing from one
     holding an object."""
+    gripper_settle_substeps: int = 48
+    """A changed gripper command runs before the arm moves, for up to this many physics
+    substeps, until the fingers stop (a real gripper's blocking open/close). The fingers
+    need ~20 substeps to close and ~45 to open fully, so without it (0: the behaviour
+    before) they move during the arm motion: a close with a lift in the same action
+    drags the fingers up past the object (a 'descend, close while lifting' pick lifts
+    12% of the time against 24% with it), and the next observation shows half-open
+    fingers."""
 
     def validate(self) -> SimConfig:
         if not 16 <= self.image_size <= 512:
@@ -53,6 +61,10 @@ class SimConfig:
             raise ValueError(f"object_split must be 'train' or 'test', got {self.object_split!r}")
         if self.substeps < 1:
             raise ValueError(f"substeps must be >= 1, got {self.substeps}")
+        if self.gripper_settle_substeps < 0:
+            raise ValueError(
+                f"gripper_settle_substeps must be >= 0, got {self.gripper_settle_substeps}"
+            )
         if self.gripper_status not in ("closure", "command"):
             raise ValueError(
                 f"gripper_status must be 'closure' or 'command', got {self.gripper_status!r}"

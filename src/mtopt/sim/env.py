@@ -36,6 +36,7 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         randomize: bool = False,
         num_objects: int = 4,
         gripper_status: str = "closure",
+        gripper_settle_substeps: int = 48,
         render_mode: str | None = None,
         registry: TaskRegistry | None = None,
     ):
@@ -51,6 +52,7 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             randomize=randomize,
             num_objects=num_objects,
             gripper_status=gripper_status,  # type: ignore[arg-type]
+            gripper_settle_substeps=gripper_settle_substeps,
         ).validate()
         self.observation_space = spaces.Dict(  # type: ignore[assignment]
             {
