@@ -10,6 +10,9 @@ Usage: python benchmarks/evaluate_run.py --run runs/local --json OUT
 
 --parts: which published networks to evaluate: the acting weights (the learner's moving
 average, what robots use) and/or the online weights, each on the same scenes.
+Pick tasks also get "straight_down": descend, close at the bottom, terminate, blind to the
+image (`straight_down_pick`); a learned lift policy must beat it to show it grasps where
+it sees an object.
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
 from mtopt.eval.evaluate import evaluate_policy, rate_with_ci
+from mtopt.policies.base import Policy
 from mtopt.policies.cem_policy import CEMPolicy
-from mtopt.policies.scripted import scripted_policy_for
+from mtopt.policies.scripted import scripted_policy_for, straight_down_pick
 from mtopt.sim.cell import SimConfig
 from mtopt.tasks import DEFAULT_REGISTRY
+from mtopt.tasks.registry import TaskSpec
 
 
 def one(job: tuple[str, str, str, int, int]) -> tuple[str, str, float, int]:
@@ -31,27 +37,19 @@ def one(job: tuple[str, str, str, int, int]) -> tuple[str, str, float, int]:
     import torch
 
     torch.set_num_threads(1)
-    if which != "scripted":
+    version = 0
+    factory: Callable[[TaskSpec], Policy]
+    if which == "scripted":
+        factory = scripted_policy_for
+    elif which == "straight_down":
+        factory = lambda spec: straight_down_pick()  # noqa: E731
+    else:
         pol = CEMPolicy(DEFAULT_REGISTRY.names, weights_dir=f"{run}/weights", seed=seed, part=which)
         version = pol.version
-        rate = evaluate_policy(
-            lambda spec: pol,
-            DEFAULT_REGISTRY,
-            [task],
-            episodes,
-            SimConfig(object_split="test"),
-            seed,
-        )
-    else:
-        version = 0
-        rate = evaluate_policy(
-            scripted_policy_for,
-            DEFAULT_REGISTRY,
-            [task],
-            episodes,
-            SimConfig(object_split="test"),
-            seed,
-        )
+        factory = lambda spec: pol  # noqa: E731
+    rate = evaluate_policy(
+        factory, DEFAULT_REGISTRY, [task], episodes, SimConfig(object_split="test"), seed
+    )
     return task, which, rate[task], version
 
 
@@ -72,7 +70,15 @@ def main() -> None:
     parts = args.parts.split(",")
     if not parts or not set(parts) <= {"acting", "online"}:
         ap.error(f"--parts takes acting and/or online, got {args.parts!r}")
-    jobs = [(args.run, t, w, args.episodes, args.seed) for t in tasks for w in (*parts, "scripted")]
+
+    def references(task: str) -> tuple[str, ...]:
+        spec = DEFAULT_REGISTRY.get(task)
+        picks = not (spec.starts_holding or spec.skill == "place")
+        return ("scripted", "straight_down") if picks else ("scripted",)
+
+    jobs = [
+        (args.run, t, w, args.episodes, args.seed) for t in tasks for w in (*parts, *references(t))
+    ]
     with ProcessPoolExecutor(args.workers) as pool:
         results = list(pool.map(one, jobs))
     per_task: dict[str, dict[str, object]] = {t: {} for t in tasks}

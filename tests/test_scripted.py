@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from mtopt.policies.scripted import ScriptedPick, ScriptedPlace, scripted_policy_for
+from mtopt.policies.scripted import (
+    ScriptedPick,
+    ScriptedPlace,
+    scripted_policy_for,
+    straight_down_pick,
+)
 from mtopt.robots.sim_robot import SimRobot
 from mtopt.sim.cell import SimConfig
 from mtopt.sim.runner import run_episode
@@ -42,3 +47,31 @@ def test_scripted_rates_match_paper(task: str, lo: float, hi: float) -> None:
     # the paper: pick ~10%, place on a large plate ~47%. Measured on these 300 scenes:
     # place-on-plate 0.357 (0.387 before the gripper settled before each move)
     assert lo < rate(task, 300, 3) < hi
+
+
+def test_straight_down_pick_closes_once_at_the_bottom_then_terminates() -> None:
+    """It closes only at the bottom and then ends the episode; landing on top of an
+    object keeps it from reaching the bottom, and it descends until max_steps."""
+    robot = SimRobot(SimConfig(), seed=0)
+    ended = 0
+    try:
+        for ep in range(6):
+            robot.reset_scene(ep)
+            obs = robot.start_episode()
+            pol = straight_down_pick()
+            pol.reset("lift-any", np.random.default_rng(ep))
+            closes: list[float] = []
+            for _ in range(robot.config.max_steps):
+                a = pol.act(obs)
+                if a[4] > 0 and not closes:
+                    closes.append(float(obs.state[1]))
+                res = robot.act(a)
+                obs = res.observation
+                if res.terminated:
+                    break
+            assert len(closes) == int(res.terminated)
+            assert all(h < 0.045 for h in closes), f"closed at {closes} m, not at the bottom"
+            ended += res.terminated
+    finally:
+        robot.close()
+    assert ended >= 3
