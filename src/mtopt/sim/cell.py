@@ -45,17 +45,23 @@ BOWL_RADIUS = 0.04
 @dataclass(frozen=True)
 class CameraView:
     """A pinhole camera: eye and target (m), vertical field of view relative to the
-    (randomized) scene's, and the world direction that is "up" in the image."""
+    (randomized) scene's, the world direction that is "up" in the image, and the ratio
+    of the horizontal to the vertical field of view (None: the image's width / height;
+    a wider ratio squeezes a wide scene into the image)."""
 
     eye: tuple[float, float, float]
     target: tuple[float, float, float]
     fov_scale: float = 1.0
     up: tuple[float, float, float] = (-1.0, 0.0, 0.0)
+    aspect: float | None = None
 
 
 CAMERA_VIEWS: dict[str, CameraView] = {
     # what the policy sees: both bins from above and in front of the cell
     "scene": CameraView((0.30, 0.0, 0.60), (-0.04, 0.0, 0.07)),
+    # an alternative framing (not used by the policy): both bins from higher up, filling
+    # 1.8x more of the image's height (benchmarks/grasp_offset_probe.py compares them)
+    "bins": CameraView((0.30, 0.0, 0.80), (-0.03, 0.0, 0.0), 22.0 / 44.0, aspect=1.8),
     # the fixture (left) bin from above, filling a half-height pane
     "fixtures": CameraView((0.25, -0.13, 0.55), (0.0, -0.13, 0.04), 16.0 / 44.0),
     # a close-up of whatever the gripper holds at the presentation pose, from the front
@@ -633,7 +639,8 @@ class SimCell:
         light = scene.light_dir if scene else (0.4, -0.3, 1.0)
         eye = [cam.eye[0] + jit[0], cam.eye[1] + jit[1], cam.eye[2] + jit[2]]
         view_m = pb.computeViewMatrix(eye, list(cam.target), list(cam.up))
-        proj = pb.computeProjectionMatrixFOV(fov, width / height, 0.05, 2.0)
+        aspect = cam.aspect if cam.aspect is not None else width / height
+        proj = pb.computeProjectionMatrixFOV(fov, aspect, 0.05, 2.0)
         _, _, rgba, _, _ = self._p(
             pb.getCameraImage,
             width,
