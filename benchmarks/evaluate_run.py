@@ -26,7 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 from mtopt.eval.evaluate import evaluate_policy, rate_with_ci
 from mtopt.policies.base import Policy
 from mtopt.policies.cem_policy import CEMPolicy
-from mtopt.policies.scripted import scripted_policy_for, straight_down_pick
+from mtopt.policies.scripted import is_pick_task, scripted_policy_for, straight_down_pick
 from mtopt.sim.cell import SimConfig
 from mtopt.tasks import DEFAULT_REGISTRY
 from mtopt.tasks.registry import TaskSpec
@@ -72,8 +72,7 @@ def main() -> None:
         ap.error(f"--parts takes acting and/or online, got {args.parts!r}")
 
     def references(task: str) -> tuple[str, ...]:
-        spec = DEFAULT_REGISTRY.get(task)
-        picks = not (spec.starts_holding or spec.skill == "place")
+        picks = is_pick_task(DEFAULT_REGISTRY.get(task))
         return ("scripted", "straight_down") if picks else ("scripted",)
 
     jobs = [

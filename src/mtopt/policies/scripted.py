@@ -138,6 +138,11 @@ def straight_down_pick() -> ScriptedPick:
     return ScriptedPick(noise=0.3, early_close_prob=0.0, lift_steps=0)
 
 
+def is_pick_task(task: TaskSpec) -> bool:
+    """Whether a task starts empty-handed and picks (the rest start holding and place)."""
+    return not (task.starts_holding or task.skill == "place")
+
+
 def scripted_policy_for(task: TaskSpec) -> ScriptedPick | ScriptedPlace:
     """The bootstrap policy of a task: placing tasks get ``ScriptedPlace``, the rest pick."""
-    return ScriptedPlace() if (task.starts_holding or task.skill == "place") else ScriptedPick()
+    return ScriptedPick() if is_pick_task(task) else ScriptedPlace()

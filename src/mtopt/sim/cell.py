@@ -521,9 +521,9 @@ class SimCell:
             self._tcp = goal
         self._yaw = yaw1
 
-    def _settle_fingers(self, max_substeps: int, chunk: int = 4) -> int:
+    def _settle_fingers(self, max_substeps: int, chunk: int = 4) -> None:
         """Step the world (the wrist holding its pose) until the fingers stop moving or
-        ``max_substeps`` have run; returns the substeps run."""
+        ``max_substeps`` have run."""
         done = 0
         gap = self.finger_gap()
         while done < max_substeps:
@@ -534,7 +534,6 @@ class SimCell:
             if abs(now - gap) < 2e-4:  # under 0.2 mm in a chunk: stopped
                 break
             gap = now
-        return done
 
     def _settle(self, n: int) -> None:
         for _ in range(n):
