@@ -1,6 +1,9 @@
 """Speed of the training loop `mtopt run` drives: re-balanced sampling + CEM Bellman
 targets (BellmanUpdater.make_batch) and the Adam step (Learner.train_step), per step and
-together, with a preset's network, CEM and batch size, on the CPU or a GPU.
+together, with a preset's network, CEM and batch size, on the CPU or a GPU; and the loop
+with the targets made ahead in a background thread (``BackgroundUpdater``, what `mtopt
+run` does unless ``bellman_prefetch=0``). Use ``--threads 1`` to measure that as the run
+does on 2 cores (one intra-op thread per Python thread).
 
 The buffers hold synthetic episodes (random images; content does not change the cost).
 Needs no simulator, so it runs on a learner-only machine. Usage:
@@ -17,6 +20,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +30,7 @@ from mtopt.qtopt.bellman import TrainBatch
 from mtopt.qtopt.cem import use_bf16
 from mtopt.qtopt.learner import Learner
 from mtopt.qtopt.perf import time_call
-from mtopt.qtopt.updater import BellmanUpdater
+from mtopt.qtopt.updater import BackgroundUpdater, BellmanUpdater
 from mtopt.replay.buffers import ReplayEpisode, TaskBuffers
 from mtopt.runtime.config import preset
 
@@ -53,6 +57,17 @@ def synthetic_buffers(
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def mean_call(fn: Callable[[], object], min_time: float, warmup: int = 3) -> float:
+    """Seconds per call over at least ``min_time`` of back-to-back calls (throughput)."""
+    for _ in range(warmup):
+        fn()
+    n, start = 0, time.perf_counter()
+    while n < 3 or time.perf_counter() - start < min_time:
+        fn()
+        n += 1
+    return (time.perf_counter() - start) / n
 
 
 def main() -> None:
@@ -106,6 +121,21 @@ def main() -> None:
             k: time_call(f, args.min_time)
             for k, f in (("targets", targets), ("train", train), ("loop", loop))
         }
+        # what `mtopt run` does by default: targets in a background thread, beside the step
+        bg = BackgroundUpdater(up, depth=2)
+
+        def prefetched(bg: BackgroundUpdater = bg) -> None:
+            seen = learner.target_version
+            learner.train_step(bg.get())
+            if learner.target_version != seen:
+                bg.set_targets(learner.targets)
+            sync(dev)
+
+        # throughput (wall clock / calls), not the best call: a call that finds its batch
+        # ready is fast, one that waits for it is slow; the serial loop likewise
+        t["loop_mean"] = mean_call(loop, args.min_time)
+        t["prefetch"] = mean_call(prefetched, args.min_time)
+        bg.close()
         rows.append(
             {
                 "batch": b,
@@ -114,6 +144,10 @@ def main() -> None:
                 "ms_loop": round(1e3 * t["loop"], 2),
                 "loop_steps_per_s": round(1 / t["loop"], 2),
                 "loop_samples_per_s": round(b / t["loop"], 1),
+                "ms_loop_mean": round(1e3 * t["loop_mean"], 2),
+                "ms_loop_prefetch_mean": round(1e3 * t["prefetch"], 2),
+                "prefetch_steps_per_s": round(1 / t["prefetch"], 2),
+                "prefetch_speedup": round(t["loop_mean"] / t["prefetch"], 2),
             }
         )
         print(json.dumps(rows[-1]), flush=True)

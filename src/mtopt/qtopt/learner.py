@@ -96,6 +96,8 @@ class Learner:
         self._aug_rng = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
         self.version = 0
+        self.target_version = 0
+        """Counts target-network updates (a background Bellman updater copies on change)."""
         self._writer: Any = None
         self._logdir = Path(logdir) if logdir else None
 
@@ -153,12 +155,14 @@ class Learner:
             if self.step % self.cfg.target_period == 0:
                 self.targets[1].load_state_dict(self.targets[0].state_dict())
                 self.targets[0].load_state_dict(self.online.state_dict())
+                self.target_version += 1
         else:
             for net, tau in (
                 (self.targets[0], self.cfg.polyak_tau),
                 (self.targets[1], self.cfg.polyak_tau / 2),
             ):
                 _polyak(net, self.online, tau)
+            self.target_version += 1
 
     @torch.no_grad()
     def _update_acting(self) -> None:
@@ -262,6 +266,7 @@ class Learner:
         self.online.load_state_dict(ck["online"])
         for t, sd in zip(self.targets, ck["targets"], strict=True):
             t.load_state_dict(sd)
+        self.target_version += 1
         # checkpoints from before acting weights existed start the average at the online net
         self.acting.load_state_dict(ck.get("acting", ck["online"]))
         self.optimizer.load_state_dict(ck["optimizer"])

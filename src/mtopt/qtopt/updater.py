@@ -1,7 +1,18 @@
-"""The Bellman updater stage: re-balanced sampling -> CEM targets -> train batches."""
+"""The Bellman updater stage: re-balanced sampling -> CEM targets -> train batches.
+
+``BellmanUpdater`` makes one batch when asked. ``BackgroundUpdater`` runs one in its own
+thread, a few batches ahead of the learner, as the paper's Bellman updaters run beside
+its learner: on a CPU the CEM targets cost more than the Adam step they feed, so the
+serial loop left a core idle whenever the robots did not need it.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import queue
+import threading
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,8 +36,13 @@ class BellmanUpdater:
         rebalance: bool = True,
         seed: int = 0,
         mc_bound: bool = False,
+        buffers_lock: contextlib.AbstractContextManager[object] | None = None,
     ):
         self.buffers = buffers
+        # held while sampling: another thread may be adding episodes to the buffers
+        self.buffers_lock: contextlib.AbstractContextManager[object] = (
+            buffers_lock if buffers_lock is not None else contextlib.nullcontext()
+        )
         self.target_nets = list(target_nets)
         self.cem = cem
         self.gamma = gamma
@@ -46,10 +62,92 @@ class BellmanUpdater:
         self.target_nets = list(nets)
 
     def make_batch(self) -> TrainBatch:
-        tr = self.buffers.sample(self.batch_size, self.rng, self.success_ratio, self.rebalance)
+        with self.buffers_lock:
+            tr = self.buffers.sample(self.batch_size, self.rng, self.success_ratio, self.rebalance)
+        target_nets = self.target_nets  # one pair for the whole batch, even if swapped meanwhile
         np.add.at(self.task_counts, tr.task_idx, 1)
         # success episodes show up as reward at their last step; count by episode label instead
         batch = TransitionBatch.from_numpy(tr).to(self.device)
-        return compute_targets(
-            self.target_nets, batch, self.gamma, self.cem, self.gen, self.mc_bound
-        )
+        return compute_targets(target_nets, batch, self.gamma, self.cem, self.gen, self.mc_bound)
+
+
+class BackgroundUpdater:
+    """A ``BellmanUpdater`` in a daemon thread, up to ``depth`` batches ahead of the learner.
+
+    The thread computes targets with its own copies of the target networks: the learner
+    updates its targets in place, and a batch must not see half-updated weights. Call
+    ``set_targets`` after every target update (``Learner.target_version`` counts them);
+    batches already queued keep the targets they were made with (at most ``depth``
+    batches old). Episodes may be added to the buffers while the thread samples, under
+    the updater's ``buffers_lock``. An error in the thread is raised by ``get``.
+
+    PyTorch releases the GIL inside its kernels, so with one intra-op thread per Python
+    thread the targets and the Adam step run on two cores at once.
+    """
+
+    def __init__(self, updater: BellmanUpdater, depth: int = 2):
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.updater = updater
+        self.updater.set_targets(_frozen_copies(updater.target_nets))
+        self._queue: queue.Queue[TrainBatch] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="bellman-updater", daemon=True)
+        self._thread.start()
+
+    def set_targets(self, nets: Sequence[QNetwork]) -> None:
+        """Newer target networks for the batches made from now on (copied here)."""
+        self.updater.set_targets(_frozen_copies(nets))
+
+    def get(self, timeout: float | None = None) -> TrainBatch:
+        """The next batch (waits up to ``timeout`` s, then ``queue.Empty``); raises what the
+        thread raised if it failed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._error is not None:
+                raise RuntimeError("the Bellman updater thread failed") from self._error
+            if not self._thread.is_alive() and self._queue.empty():
+                raise RuntimeError("the background updater is closed")
+            wait = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+            if wait <= 0:
+                raise queue.Empty
+            try:
+                return self._queue.get(timeout=wait)
+            except queue.Empty:
+                continue
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the thread (it finishes the batch it is computing)."""
+        self._stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:  # unblock a put() waiting for room
+                self._queue.get_nowait()
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _work(self) -> None:
+        try:
+            while not self._stop.is_set():
+                batch = self.updater.make_batch()
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as e:  # raised in the learner's thread by get()
+            self._error = e
+
+
+def _frozen_copies(nets: Sequence[QNetwork]) -> list[QNetwork]:
+    out = []
+    for n in nets:
+        c = copy.deepcopy(n)
+        c.requires_grad_(False)
+        c.eval()
+        out.append(c)
+    return out

@@ -13,6 +13,7 @@ published every held episode is rescored in batches and re-filed.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -58,12 +59,16 @@ class LogReplay:
         mode: ImpersonationMode = "skill",
         threshold: float = 0.5,
         score_batch: int = 64,
+        buffers_lock: AbstractContextManager[object] | None = None,
     ):
         self.registry = registry
         self.buffers = buffers
         self.mode: ImpersonationMode = mode
         self.threshold = threshold
         self.score_batch = score_batch
+        # held while filing into the buffers (not while scoring): a background Bellman
+        # updater may be sampling from them
+        self._lock = buffers_lock if buffers_lock is not None else nullcontext()
         self.stats = ReplayStats()
         self._reward_model = reward_model
         self._check_model(reward_model)
@@ -112,10 +117,11 @@ class LogReplay:
             return 0
         rewards = self._score([fin for _, fin in new])
         version = self.reward_version
-        for (ep, fin), r in zip(new, rewards, strict=True):
-            self._held[ep.episode_id] = (ep, fin, version, r)
-            self._file(ep, r, count=True)
-        self._prune()
+        with self._lock:
+            for (ep, fin), r in zip(new, rewards, strict=True):
+                self._held[ep.episode_id] = (ep, fin, version, r)
+                self._file(ep, r, count=True)
+            self._prune()
         return len(new)
 
     def _prune(self) -> None:
@@ -132,12 +138,13 @@ class LogReplay:
             return 0
         eids = list(self._held)
         rewards = self._score([self._held[e][1] for e in eids])
-        for eid, r in zip(eids, rewards, strict=True):
-            ep, fin, _, _ = self._held[eid]
-            self._held[eid] = (ep, fin, model.version, r)
-            self._file(ep, r, count=False)
+        with self._lock:
+            for eid, r in zip(eids, rewards, strict=True):
+                ep, fin, _, _ = self._held[eid]
+                self._held[eid] = (ep, fin, model.version, r)
+                self._file(ep, r, count=False)
+            self._prune()
         self.stats.rescored += len(eids)
-        self._prune()
         return len(eids)
 
     def rewards(self, episode_id: str) -> dict[str, float]:

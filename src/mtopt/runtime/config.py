@@ -92,6 +92,9 @@ class RunConfig:
     """Stop after this many learner steps (0: no limit)."""
     max_episodes: int = 0
     """Stop collecting after this many episodes in the store (0: no limit)."""
+    bellman_prefetch: int = 2
+    """Local runtime: batches the Bellman updater computes ahead of the learner in its own
+    thread, beside the Adam step (0: one after the other in the learner's loop, as before)."""
     publish_every: int = 100
     """Learner steps between published Q weights (robots reload them)."""
     checkpoint_every: int = 500

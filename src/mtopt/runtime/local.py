@@ -34,7 +34,7 @@ from mtopt.eval.evaluate import evaluate_policy
 from mtopt.policies.cem_policy import CEMPolicy
 from mtopt.policies.scripted import scripted_policy_for
 from mtopt.qtopt.learner import Learner
-from mtopt.qtopt.updater import BellmanUpdater
+from mtopt.qtopt.updater import BackgroundUpdater, BellmanUpdater
 from mtopt.replay.buffers import TaskBuffers
 from mtopt.replay.logreplay import LogReplay
 from mtopt.replay.source import replay_items
@@ -341,7 +341,11 @@ class LocalRun:
             + ", ".join(f"{k}={v:.2f}" for k, v in scripted.items())
         )
         buffers = TaskBuffers(self.registry.names, c.replay.capacity_per_bucket)
-        replay = LogReplay(self.registry, buffers, sd, c.replay.impersonation)
+        # the background Bellman updater samples while this thread ingests and relabels
+        buffers_lock = threading.Lock()
+        replay = LogReplay(
+            self.registry, buffers, sd, c.replay.impersonation, buffers_lock=buffers_lock
+        )
         updater = BellmanUpdater(
             buffers,
             learner.targets,
@@ -352,7 +356,9 @@ class LocalRun:
             c.replay.rebalance,
             c.seed,
             mc_bound=c.learner.mc_bound,
+            buffers_lock=buffers_lock,
         )
+        background: BackgroundUpdater | None = None
         reader = EpisodeReader(p.store, must_exist=False)
         spec = FleetSpec(
             store=str(p.store),
@@ -415,8 +421,13 @@ class LocalRun:
                 if len(buffers) >= min(
                     c.replay.min_episodes, max(1, c.max_episodes or c.replay.min_episodes)
                 ):
-                    batch = updater.make_batch()
+                    if c.bellman_prefetch and background is None:
+                        background = BackgroundUpdater(updater, c.bellman_prefetch)
+                    batch = background.get() if background else updater.make_batch()
+                    target_version = learner.target_version
                     stats = learner.train_step(batch, self.registry.names)
+                    if background and learner.target_version != target_version:
+                        background.set_targets(learner.targets)
                     bar.update(1)
                     if learner.step % c.publish_every == 0:
                         learner.publish(p.weights)
@@ -446,6 +457,8 @@ class LocalRun:
             self._log("interrupted: checkpointing and writing the report")
         finally:
             bar.close()
+            if background:
+                background.close()
             stop_fleet.set()
             thread.join(timeout=60)
         for e in reader.poll():  # episodes flushed while stopping

@@ -1,0 +1,151 @@
+"""The Bellman updater in a background thread (what `mtopt run` does by default): the same
+targets as the serial updater, its own copies of the target networks, errors raised in
+the learner's thread, and no race with episodes filed while it samples."""
+
+import contextlib
+import queue
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from mtopt.qtopt.cem import CEMConfig
+from mtopt.qtopt.learner import Learner, LearnerConfig
+from mtopt.qtopt.updater import BackgroundUpdater, BellmanUpdater
+from mtopt.replay.buffers import ReplayEpisode, TaskBuffers
+from mtopt.replay.logreplay import LogReplay
+from mtopt.tasks import DEFAULT_REGISTRY
+from qtopt_fixtures import SMALL
+
+torch.set_num_threads(1)
+CEM = CEMConfig(iterations=1, samples=8, elites=2)
+
+
+def episode(eid: str, task: str, rng: np.random.Generator, steps: int = 3) -> ReplayEpisode:
+    return ReplayEpisode(
+        eid,
+        task,
+        rng.integers(0, 255, (steps + 1, 32, 32, 3), dtype=np.uint8),
+        rng.random((steps + 1, 2), dtype=np.float32),
+        rng.uniform(-1, 1, (steps, 6)).astype(np.float32),
+    )
+
+
+def buffers(n: int = 6) -> TaskBuffers:
+    rng = np.random.default_rng(0)
+    buf = TaskBuffers(["a", "b"], capacity_per_bucket=50)
+    for i in range(n):
+        buf.add(episode(f"e{i}", "ab"[i % 2], rng), [("a", float(i % 3 == 0)), ("b", 1.0)])
+    return buf
+
+
+def test_background_batches_equal_the_serial_updaters_batches() -> None:
+    learner = Learner(SMALL, LearnerConfig())
+    serial = BellmanUpdater(buffers(), learner.targets, CEM, batch_size=8, seed=3)
+    bg = BackgroundUpdater(
+        BellmanUpdater(buffers(), learner.targets, CEM, batch_size=8, seed=3), depth=2
+    )
+    try:
+        for _ in range(3):  # same seed, same buffers, same targets: the same batches in order
+            a, b = serial.make_batch(), bg.get(timeout=30)
+            assert torch.equal(a.images, b.images) and torch.equal(a.actions, b.actions)
+            assert torch.allclose(a.targets, b.targets)
+    finally:
+        bg.close()
+    assert not bg.alive
+
+
+def test_background_updater_computes_with_copies_refreshed_by_set_targets() -> None:
+    learner = Learner(SMALL, LearnerConfig(target_period=1))
+    up = BellmanUpdater(buffers(), learner.targets, CEM, batch_size=4, seed=0)
+    bg = BackgroundUpdater(up, depth=1)
+    try:
+        own = up.target_nets
+        assert all(o is not t for o, t in zip(own, learner.targets, strict=True))
+        before = learner.target_version
+        learner.train_step(bg.get(timeout=30))  # period 1: the targets change every step
+        assert learner.target_version == before + 1
+        # the learner changed its targets in place; the thread's copies did not move
+        w_learner = next(learner.targets[0].parameters())
+        w_thread = next(own[0].parameters())
+        assert not torch.equal(w_learner, w_thread)
+        bg.set_targets(learner.targets)
+        assert torch.equal(next(up.target_nets[0].parameters()), w_learner)
+        assert up.target_nets[0] is not learner.targets[0]
+    finally:
+        bg.close()
+
+
+def test_an_error_in_the_thread_is_raised_by_get_and_get_times_out() -> None:
+    learner = Learner(SMALL, LearnerConfig())
+    empty = TaskBuffers(["a", "b"])
+    bg = BackgroundUpdater(BellmanUpdater(empty, learner.targets, CEM, batch_size=4), depth=1)
+    with pytest.raises(RuntimeError, match="updater thread failed") as err:
+        bg.get(timeout=30)
+    assert "buffers are empty" in str(err.value.__cause__)
+    bg.close()
+    with pytest.raises(ValueError, match="depth"):
+        BackgroundUpdater(BellmanUpdater(buffers(), learner.targets, CEM), depth=0)
+
+    class Slow(BellmanUpdater):
+        def make_batch(self):  # type: ignore[no-untyped-def]
+            time.sleep(0.5)
+            return super().make_batch()
+
+    bg = BackgroundUpdater(Slow(buffers(), learner.targets, CEM, batch_size=4), depth=1)
+    with pytest.raises(queue.Empty):
+        bg.get(timeout=0.05)
+    bg.close()
+
+
+class ScoreAll:
+    """A success detector that calls every episode a success of every task."""
+
+    def __init__(self, tasks: tuple[str, ...]):
+        self.tasks, self.version = tasks, 1
+
+    def score(self, images: np.ndarray) -> np.ndarray:
+        return np.ones((len(images), len(self.tasks)))
+
+
+def test_filing_episodes_while_the_thread_samples_loses_and_breaks_nothing() -> None:
+    """LogReplay files (and evicts) under the lock the sampling thread takes (checked on
+    every call: the GIL makes a race too rare to provoke), and hundreds of episodes go
+    through small buckets while batches keep coming, for a bounded time."""
+    reg = DEFAULT_REGISTRY.subset(["lift-any", "lift-ball"])
+    small = SMALL.__class__(**{**SMALL.to_dict(), "num_tasks": 2})
+    learner = Learner(small, LearnerConfig())
+    lock = threading.Lock()
+    buf = TaskBuffers(reg.names, capacity_per_bucket=5)
+    unlocked: list[str] = []
+    for name in ("add", "sample"):
+
+        def checked(*a, _f=getattr(buf, name), _n=name, **k):  # type: ignore[no-untyped-def]
+            if not lock.locked():
+                unlocked.append(_n)
+            return _f(*a, **k)
+
+        setattr(buf, name, checked)
+    replay = LogReplay(reg, buf, ScoreAll(reg.names), mode="skill", buffers_lock=lock)
+    rng = np.random.default_rng(1)
+    final = np.zeros((32, 32, 3), np.uint8)
+    replay.ingest([(episode(f"s{i}", "lift-any", rng), final) for i in range(5)])
+    up = BellmanUpdater(buf, learner.targets, CEM, batch_size=8, seed=0, buffers_lock=lock)
+    bg = BackgroundUpdater(up, depth=2)
+    got, filed, deadline = 0, 0, time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline and (got < 20 or filed < 400):
+            items = [(episode(f"x{filed + j}", "lift-any", rng), final) for j in range(20)]
+            filed += replay.ingest(items)
+            with contextlib.suppress(queue.Empty):
+                b = bg.get(timeout=0.01)
+                assert b.images.shape == (8, 32, 32, 3) and len(b) == 8
+                got += 1
+    finally:
+        bg.close()
+    assert filed >= 400 and got >= 20
+    assert unlocked == []
+    assert replay.stats.collected["lift-any"] == filed + 5
+    assert buf.sizes() == {"lift-any": (5, 0), "lift-ball": (5, 0)}  # bounded
