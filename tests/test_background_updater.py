@@ -149,3 +149,12 @@ def test_filing_episodes_while_the_thread_samples_loses_and_breaks_nothing() -> 
     assert unlocked == []
     assert replay.stats.collected["lift-any"] == filed + 5
     assert buf.sizes() == {"lift-any": (5, 0), "lift-ball": (5, 0)}  # bounded
+
+
+def test_a_negative_prefetch_is_refused_when_the_config_is_built() -> None:
+    from mtopt.config import override
+    from mtopt.runtime.config import preset
+
+    assert override(preset("local"), ["bellman_prefetch=0"]).bellman_prefetch == 0
+    with pytest.raises(ValueError, match="bellman_prefetch must be >= 0"):
+        override(preset("local"), ["bellman_prefetch=-1"])

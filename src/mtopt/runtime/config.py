@@ -122,6 +122,13 @@ class RunConfig:
     sd: SDConfig = field(default_factory=SDConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def __post_init__(self) -> None:
+        if self.bellman_prefetch < 0:
+            raise ValueError(
+                f"bellman_prefetch must be >= 0 (0: no background updater), "
+                f"got {self.bellman_prefetch}"
+            )
+
 
 def preset(name: str) -> RunConfig:
     """Named configurations (``mtopt run --config NAME``)."""
