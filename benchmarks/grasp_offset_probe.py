@@ -25,8 +25,20 @@ from torch import nn
 from tqdm import tqdm
 
 from mtopt.robots.action import make_action
+from mtopt.robots.base import Observation
 from mtopt.robots.sim_robot import SimRobot
 from mtopt.sim.cell import CAMERA_VIEWS, SimConfig
+
+
+def random_pose(robot: SimRobot, scene_seed: int, rng: np.random.Generator) -> Observation:
+    """A fresh scene, then 0-4 random moves (mostly down) from the start pose."""
+    robot.reset_scene(scene_seed)
+    obs = robot.start_episode()
+    for _ in range(int(rng.integers(0, 5))):
+        dx, dy = rng.uniform(-1, 1, 2)
+        move = make_action(float(dx), float(dy), float(rng.uniform(-1, 0.2)))
+        obs = robot.act(move).observation
+    return obs
 
 
 def collect(
@@ -38,12 +50,7 @@ def collect(
     heights, offsets = [], []
     try:
         for i in tqdm(range(n), desc="poses", mininterval=2):
-            robot.reset_scene(seed * 1_000_000 + i)
-            obs = robot.start_episode()
-            for _ in range(int(rng.integers(0, 5))):
-                dx, dy = rng.uniform(-1, 1, 2)
-                move = make_action(float(dx), float(dy), float(rng.uniform(-1, 0.2)))
-                obs = robot.act(move).observation
+            obs = random_pose(robot, seed * 1_000_000 + i, rng)
             cell = robot.cell
             tcp = cell.tcp_position()
             objs = [

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from grasp_offset_probe import Probe
+from grasp_offset_probe import Probe, random_pose
 from mtopt.policies.scripted import ScriptedPick
 from mtopt.qtopt.networks import QNetwork
 from mtopt.robots.action import make_action
@@ -62,12 +62,7 @@ def collect(
     images, states, labels, extra = [], [], [], []
     try:
         for i in tqdm(range(n), desc="poses + grasps", mininterval=2):
-            robot.reset_scene(seed * 1_000_000 + i)
-            obs = robot.start_episode()
-            for _ in range(int(rng.integers(0, 5))):
-                dx, dy = rng.uniform(-1, 1, 2)
-                move = make_action(float(dx), float(dy), float(rng.uniform(-1, 0.2)))
-                obs = robot.act(move).observation
+            obs = random_pose(robot, seed * 1_000_000 + i, rng)
             images.append(obs.image)
             if extra_size:
                 extra.append(robot.cell.render(extra_size))
