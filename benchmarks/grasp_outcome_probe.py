@@ -201,7 +201,7 @@ def main() -> None:
     variant = dict(kv.split("=", 1) for kv in args.qnet)
     n_train = len(labels) - args.test
     per_net: dict[str, object] = {}
-    for k in args.nets.split(","):
+    for k in filter(None, args.nets.split(",")):  # --nets "": only --qnet / --big
         for m in [int(x) for x in args.train_sizes.split(",")]:
             name = k if m == 0 else f"{k}_train{m}"
             per_net[name] = train(k, images, states, labels, args.test, args.steps, None, m)
