@@ -192,7 +192,7 @@ def main() -> None:
     if args.cache and Path(args.cache).exists():
         data = np.load(args.cache)
         images, states, labels = data["images"], data["states"], data["labels"]
-        big = data.get("big", None)
+        big = data.get("big", None) if args.big else None
     else:
         images, states, labels, big = collect(args.samples, args.seed, args.big)
         if args.cache:
