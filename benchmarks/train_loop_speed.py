@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -57,17 +56,6 @@ def synthetic_buffers(
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def mean_call(fn: Callable[[], object], min_time: float, warmup: int = 3) -> float:
-    """Seconds per call over at least ``min_time`` of back-to-back calls (throughput)."""
-    for _ in range(warmup):
-        fn()
-    n, start = 0, time.perf_counter()
-    while n < 3 or time.perf_counter() - start < min_time:
-        fn()
-        n += 1
-    return (time.perf_counter() - start) / n
 
 
 def main() -> None:
@@ -133,8 +121,8 @@ def main() -> None:
 
         # throughput (wall clock / calls), not the best call: a call that finds its batch
         # ready is fast, one that waits for it is slow; the serial loop likewise
-        t["loop_mean"] = mean_call(loop, args.min_time)
-        t["prefetch"] = mean_call(prefetched, args.min_time)
+        t["loop_mean"] = time_call(loop, args.min_time, warmup=3, stat="mean")
+        t["prefetch"] = time_call(prefetched, args.min_time, warmup=3, stat="mean")
         bg.close()
         rows.append(
             {

@@ -115,8 +115,7 @@ def test_filing_episodes_while_the_thread_samples_loses_and_breaks_nothing() -> 
     every call: the GIL makes a race too rare to provoke), and hundreds of episodes go
     through small buckets while batches keep coming, for a bounded time."""
     reg = DEFAULT_REGISTRY.subset(["lift-any", "lift-ball"])
-    small = SMALL.__class__(**{**SMALL.to_dict(), "num_tasks": 2})
-    learner = Learner(small, LearnerConfig())
+    learner = Learner(SMALL, LearnerConfig())  # SMALL has 2 tasks, as reg
     lock = threading.Lock()
     buf = TaskBuffers(reg.names, capacity_per_bucket=5)
     unlocked: list[str] = []

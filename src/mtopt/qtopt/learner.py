@@ -7,7 +7,6 @@ so that a resumed run continues exactly (model, targets, optimizer, step, RNG st
 
 from __future__ import annotations
 
-import copy
 import io
 import random
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from mtopt._io import atomic_write_bytes
 from mtopt.qtopt.bellman import TrainBatch
 from mtopt.qtopt.cem import precision_context, resolve_device
 from mtopt.qtopt.loss import q_loss
-from mtopt.qtopt.networks import QNetConfig, QNetwork
+from mtopt.qtopt.networks import QNetConfig, QNetwork, frozen_copy
 from mtopt.qtopt.weights import WeightsError, check_config, publish, split_prefixed
 
 CHECKPOINT_FORMAT = 1
@@ -85,13 +84,8 @@ class Learner:
         torch.manual_seed(cfg.seed)
         # initialised on the CPU, then moved: the same seed gives the same net everywhere
         self.online = QNetwork(qnet).to(self.device)
-        self.targets = [copy.deepcopy(self.online), copy.deepcopy(self.online)]
-        for t in self.targets:
-            t.requires_grad_(False)
-            t.eval()
-        self.acting = copy.deepcopy(self.online)
-        self.acting.requires_grad_(False)
-        self.acting.eval()
+        self.targets = [frozen_copy(self.online), frozen_copy(self.online)]
+        self.acting = frozen_copy(self.online)
         self.optimizer = torch.optim.Adam(self.online.parameters(), lr=cfg.lr)
         self._aug_rng = torch.Generator().manual_seed(cfg.seed)
         self.step = 0

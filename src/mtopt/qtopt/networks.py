@@ -11,6 +11,7 @@ is what CEM needs. ``head_type="multihead"`` replaces the single output by one
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -385,3 +386,11 @@ class QNetwork(nn.Module):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def frozen_copy(net: QNetwork) -> QNetwork:
+    """A copy for inference only (target and acting networks): no gradients, eval mode."""
+    c = copy.deepcopy(net)
+    c.requires_grad_(False)
+    c.eval()
+    return c

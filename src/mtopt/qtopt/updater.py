@@ -9,7 +9,6 @@ serial loop left a core idle whenever the robots did not need it.
 from __future__ import annotations
 
 import contextlib
-import copy
 import queue
 import threading
 import time
@@ -20,7 +19,7 @@ import torch
 
 from mtopt.qtopt.bellman import TrainBatch, TransitionBatch, compute_targets
 from mtopt.qtopt.cem import CEMConfig
-from mtopt.qtopt.networks import QNetwork
+from mtopt.qtopt.networks import QNetwork, frozen_copy
 from mtopt.replay.buffers import TaskBuffers
 
 
@@ -89,7 +88,7 @@ class BackgroundUpdater:
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         self.updater = updater
-        self.updater.set_targets(_frozen_copies(updater.target_nets))
+        self.updater.set_targets([frozen_copy(n) for n in updater.target_nets])
         self._queue: queue.Queue[TrainBatch] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._stop = threading.Event()
@@ -98,7 +97,7 @@ class BackgroundUpdater:
 
     def set_targets(self, nets: Sequence[QNetwork]) -> None:
         """Newer target networks for the batches made from now on (copied here)."""
-        self.updater.set_targets(_frozen_copies(nets))
+        self.updater.set_targets([frozen_copy(n) for n in nets])
 
     def get(self, timeout: float | None = None) -> TrainBatch:
         """The next batch (waits up to ``timeout`` s, then ``queue.Empty``); raises what the
@@ -141,13 +140,3 @@ class BackgroundUpdater:
                         continue
         except BaseException as e:  # raised in the learner's thread by get()
             self._error = e
-
-
-def _frozen_copies(nets: Sequence[QNetwork]) -> list[QNetwork]:
-    out = []
-    for n in nets:
-        c = copy.deepcopy(n)
-        c.requires_grad_(False)
-        c.eval()
-        out.append(c)
-    return out
