@@ -12,14 +12,24 @@ Two networks learn it from the same samples with the same seed and steps:
          one-hot task merged into the feature map, 9 convolutions, 2 dense layers), fed a
          fixed "down" action and the lift-any task; trained with cross-entropy on its logit
   probe  the small CNN of grasp_offset_probe.py (image + height -> one logit)
+and three variants and a ceiling (``--nets``):
+  qnet_tcp        the Q-network with the gripper's x, y (the robot's kinematics) appended
+                  to its state features (QNetConfig.gripper_xy)
+  qnet_coord      the Q-network with CoordConv channels (QNetConfig.coord_channels)
+  qnet_tcp_coord  both
+  oracle          an MLP on privileged features (offset to the nearest object, gripper
+                  position): how predictable the label is at all
 Scored on held-out poses by ROC AUC (0.5: blind) and accuracy against the base rate. A
 network that reaches a high AUC here can see where grasps work; if RL's lift policy
 still grasps blindly, the gap is in learning from rewards, not in what the image shows.
 
 Usage: python benchmarks/grasp_outcome_probe.py --json OUT [--samples 5000] [--test 1000]
            [--steps 2000] [--cache FILE.npz] [--qnet KEY=VALUE ...] [--big 128]
-           [--train-sizes 4000,0] [--nets qnet,probe]
-  --cache  keep the samples in FILE (collected once, ~12 minutes for 5000)
+           [--train-sizes 4000,0] [--nets qnet,probe] [--collect-only]
+  --cache  keep the samples in FILE (collected once, ~12 minutes for 5000); several files,
+           comma-separated, are concatenated (a missing k-th file is collected with seed
+           --seed + k); --collect-only fills them and stops, so two processes can collect
+           on two cores
   --qnet   a Q-network variant to compare (QNetConfig fields, e.g. merge_size=16)
   --big N  also render every pose at NxN and train the Q-network on those (image_size=N)
   --train-sizes 4000,0  a learning curve: train on the first 4000 samples, then on all
@@ -50,20 +60,33 @@ from mtopt.tasks import DEFAULT_REGISTRY
 TASK = "lift-any"
 
 
-def collect(
-    n: int, seed: int, extra_size: int = 0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-    """(images (n, 64, 64, 3) uint8, states (n, 2), labels (n,), and with ``extra_size``
-    the same views rendered at that size) of the poses."""
+def nearest_offset(robot: SimRobot) -> np.ndarray:
+    """Horizontal offset (m) from the gripper to the nearest object in the right bin
+    (privileged: read from the simulator; NaN when the bin is empty)."""
+    cell = robot.cell
+    tcp = cell.tcp_position()
+    objs = [cell.object_position(b) for b, _ in cell.object_bodies() if robot.in_right_bin(b)]
+    if not objs:
+        return np.full(2, np.nan, np.float32)
+    d = np.array([o[:2] - tcp[:2] for o in objs])
+    return d[np.argmin(np.hypot(d[:, 0], d[:, 1]))].astype(np.float32)
+
+
+def collect(n: int, seed: int, extra_size: int = 0) -> dict[str, np.ndarray]:
+    """Per pose: images (n, 64, 64, 3) uint8, states (n, 2), labels (n,), tcp (n, 3) the
+    gripper's position and near (n, 2) the offset to the nearest object (both privileged,
+    for the oracle baselines), and with ``extra_size`` big: the same views at that size."""
     sim = SimConfig(object_split="train")
     robot = SimRobot(sim, seed=seed)
     spec = DEFAULT_REGISTRY.get(TASK)
     rng = np.random.default_rng(seed)
-    images, states, labels, extra = [], [], [], []
+    images, states, labels, extra, tcps, nears = [], [], [], [], [], []
     try:
         for i in tqdm(range(n), desc="poses + grasps", mininterval=2):
             obs = random_pose(robot, seed * 1_000_000 + i, rng)
             images.append(obs.image)
+            tcps.append(robot.cell.tcp_position().astype(np.float32))
+            nears.append(nearest_offset(robot))
             if extra_size:
                 extra.append(robot.cell.render(extra_size))
             states.append(np.asarray(obs.state, np.float32))
@@ -78,8 +101,16 @@ def collect(
             labels.append(float(spec.succeeded(robot.scene_state())))
     finally:
         robot.close()
-    big = np.stack(extra) if extra else None
-    return np.stack(images), np.stack(states), np.array(labels, np.float32), big
+    out = {
+        "images": np.stack(images),
+        "states": np.stack(states),
+        "labels": np.array(labels, np.float32),
+        "tcp": np.stack(tcps),
+        "near": np.stack(nears),
+    }
+    if extra:
+        out["big"] = np.stack(extra)
+    return out
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -91,23 +122,55 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(greater / (len(pos) * len(neg)))
 
 
+class CoordStem(nn.Module):
+    """The tower's first convolution with two more input channels holding each pixel's
+    row and column in [-1, 1] (CoordConv), so later layers can tell where a thing is."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv = nn.Conv2d(
+            conv.in_channels + 2, conv.out_channels, conv.kernel_size, conv.stride, conv.padding
+        )
+        nn.init.kaiming_normal_(self.conv.weight, mode="fan_in", nonlinearity="relu")
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        rows = torch.linspace(-1, 1, h, dtype=x.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
+        cols = torch.linspace(-1, 1, w, dtype=x.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
+        return self.conv(torch.cat([x, rows, cols], 1))
+
+
+def oracle_features(data: dict[str, np.ndarray]) -> np.ndarray:
+    """Privileged per-pose features: offset to the nearest object (cm; 20 cm when the bin
+    is empty), its length, the gripper height and position (cm)."""
+    near = np.nan_to_num(data["near"] * 100.0, nan=20.0)
+    dist = np.hypot(near[:, 0], near[:, 1])[:, None]
+    return np.concatenate([near, dist, data["tcp"] * 100.0], 1).astype(np.float32) / 10.0
+
+
 def train(
     kind: str,
-    images: np.ndarray,
-    states: np.ndarray,
-    labels: np.ndarray,
+    data: dict[str, np.ndarray],
     n_test: int,
     steps: int,
     qnet_overrides: dict[str, str] | None = None,
     max_train: int = 0,
+    image_key: str = "images",
 ) -> dict[str, object]:
     """Train on the first ``max_train`` training samples (0: all), score on the last
-    ``n_test``."""
+    ``n_test``. kind: qnet, probe (see the module doc), qnet_tcp (the Q-network with the
+    gripper's x, y appended to its state features, as a robot's kinematics gives them),
+    qnet_coord (CoordConv stem) or oracle (an MLP on privileged object offsets: how
+    predictable the label is at all)."""
     torch.manual_seed(0)
+    images, states, labels = data[image_key], data["states"], data["labels"]
     n_all = len(labels) - n_test
     n_train = min(n_all, max_train) if max_train else n_all
     x_u8 = torch.from_numpy(images)
     s = torch.from_numpy(states)
+    if kind in ("qnet_tcp", "qnet_tcp_coord"):
+        s = torch.cat([s, torch.from_numpy(data["tcp"][:, :2]) * 5.0], 1)
     y = torch.from_numpy(labels)
     qcfg = dataclasses.replace(preset("local").qnet, image_size=images.shape[1])
     if qnet_overrides:
@@ -117,8 +180,18 @@ def train(
         )
     task_idx = DEFAULT_REGISTRY.names.index(TASK)
     down = torch.tensor(make_action(0.0, 0.0, -1.0, 0.0), dtype=torch.float32)
-    if kind == "qnet":
+    if kind.startswith("qnet"):
         net: nn.Module = QNetwork(qcfg)
+        if kind in ("qnet_tcp", "qnet_tcp_coord"):
+            first = net.embed[0]
+            net.embed[0] = nn.Linear(first.in_features + 2, first.out_features)
+            nn.init.kaiming_normal_(net.embed[0].weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(net.embed[0].bias)
+        if kind in ("qnet_coord", "qnet_tcp_coord"):
+            stem = net.tower.net[0]
+            stem[0] = CoordStem(stem[0])
+        if kind not in ("qnet", "qnet_tcp", "qnet_coord", "qnet_tcp_coord"):
+            raise ValueError(f"unknown net {kind!r}")
 
         def logits(idx: torch.Tensor) -> torch.Tensor:
             n = len(idx)
@@ -128,7 +201,15 @@ def train(
                 down.expand(n, -1),
                 torch.full((n,), task_idx, dtype=torch.long),
             )
-    else:
+    elif kind == "oracle":
+        f = torch.from_numpy(oracle_features(data))
+        net = nn.Sequential(
+            nn.Linear(f.shape[1], 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1)
+        )
+
+        def logits(idx: torch.Tensor) -> torch.Tensor:
+            return net(f[idx]).squeeze(1)
+    elif kind == "probe":
         net = Probe()
         net.head[-1] = nn.Linear(128, 1)
         x_f = x_u8.permute(0, 3, 1, 2).float() / 255.0
@@ -138,6 +219,8 @@ def train(
 
         def logits(idx: torch.Tensor) -> torch.Tensor:
             return net(x_f[idx], s[idx, 1:2] * 5.0).squeeze(1)
+    else:
+        raise ValueError(f"unknown net {kind!r}")
 
     opt = torch.optim.Adam(net.parameters(), 3e-4)
     g = torch.Generator().manual_seed(0)
@@ -172,47 +255,62 @@ def train(
     }
 
 
+def load_or_collect(caches: list[str], samples: int, seed: int, big: int) -> dict[str, np.ndarray]:
+    """The samples of every cache file, concatenated; a missing file is collected first
+    (``samples`` poses, seed ``seed + k`` for the k-th file) and saved. Caches collected
+    in separate processes (``--collect-only``) this way merge into one data set."""
+    if not caches:
+        return collect(samples, seed, big)
+    parts = []
+    for k, path in enumerate(caches):
+        if Path(path).exists():
+            with np.load(path) as z:
+                parts.append({key: z[key] for key in z.files})
+        else:
+            part = collect(samples, seed + k, big)
+            np.savez_compressed(path, **part)  # type: ignore[arg-type]
+            parts.append(part)
+    keys = set.intersection(*(set(p) for p in parts))
+    return {key: np.concatenate([p[key] for p in parts]) for key in keys}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--json", required=True)
-    ap.add_argument("--samples", type=int, default=5000)
+    ap.add_argument("--json", default="")
+    ap.add_argument("--samples", type=int, default=5000, help="poses per cache file")
     ap.add_argument("--test", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--nets", default="qnet,probe")
+    ap.add_argument("--nets", default="qnet,probe", help="of qnet,probe,qnet_tcp,qnet_coord,oracle")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--cache", default="")
+    ap.add_argument("--cache", default="", help="FILE.npz[,FILE2.npz...]: kept samples")
+    ap.add_argument("--collect-only", action="store_true", help="fill the caches and stop")
     ap.add_argument("--qnet", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--big", type=int, default=0, help="also render this size; train qnet")
     ap.add_argument("--train-sizes", default="0", help="training subsets (0: all), e.g. 4000,0")
     args = ap.parse_args()
-    if not 0 < args.test < args.samples:
-        ap.error("--test must be between 0 and --samples")
+    if not args.collect_only and not args.json:
+        ap.error("--json is required unless --collect-only")
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    if args.cache and Path(args.cache).exists():
-        data = np.load(args.cache)
-        images, states, labels = data["images"], data["states"], data["labels"]
-        big = data.get("big", None) if args.big else None
-    else:
-        images, states, labels, big = collect(args.samples, args.seed, args.big)
-        if args.cache:
-            extra = {"big": big} if big is not None else {}
-            np.savez_compressed(args.cache, images=images, states=states, labels=labels, **extra)
+    data = load_or_collect(
+        list(filter(None, args.cache.split(","))), args.samples, args.seed, args.big
+    )
+    if args.collect_only:
+        return
+    labels = data["labels"]
+    if not 0 < args.test < len(labels):
+        ap.error(f"--test must be between 0 and the {len(labels)} samples")
     variant = dict(kv.split("=", 1) for kv in args.qnet)
     n_train = len(labels) - args.test
     per_net: dict[str, object] = {}
     for k in filter(None, args.nets.split(",")):  # --nets "": only --qnet / --big
         for m in [int(x) for x in args.train_sizes.split(",")]:
             name = k if m == 0 else f"{k}_train{m}"
-            per_net[name] = train(k, images, states, labels, args.test, args.steps, None, m)
+            per_net[name] = train(k, data, args.test, args.steps, None, m)
     if variant:
-        per_net["qnet_variant"] = train(
-            "qnet", images, states, labels, args.test, args.steps, variant
-        )
-    if big is not None:
-        per_net[f"qnet_{big.shape[1]}px"] = train(
-            "qnet", big, states, labels, args.test, args.steps
-        )
+        per_net["qnet_variant"] = train("qnet", data, args.test, args.steps, variant)
+    if args.big and "big" in data:
+        per_net[f"qnet_{args.big}px"] = train("qnet", data, args.test, args.steps, image_key="big")
     out: dict[str, object] = {
         "task": TASK,
         "samples": len(labels),
