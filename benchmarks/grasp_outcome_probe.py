@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from grasp_offset_probe import Probe, random_pose
 from mtopt.policies.scripted import ScriptedPick
-from mtopt.qtopt.networks import QNetwork
+from mtopt.qtopt.networks import QNetwork, q_state
 from mtopt.robots.action import make_action
 from mtopt.robots.sim_robot import SimRobot
 from mtopt.runtime.config import preset
@@ -122,23 +122,12 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(greater / (len(pos) * len(neg)))
 
 
-class CoordStem(nn.Module):
-    """The tower's first convolution with two more input channels holding each pixel's
-    row and column in [-1, 1] (CoordConv), so later layers can tell where a thing is."""
-
-    def __init__(self, conv: nn.Conv2d):
-        super().__init__()
-        self.conv = nn.Conv2d(
-            conv.in_channels + 2, conv.out_channels, conv.kernel_size, conv.stride, conv.padding
-        )
-        nn.init.kaiming_normal_(self.conv.weight, mode="fan_in", nonlinearity="relu")
-        nn.init.zeros_(self.conv.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = x.shape
-        rows = torch.linspace(-1, 1, h, dtype=x.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
-        cols = torch.linspace(-1, 1, w, dtype=x.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
-        return self.conv(torch.cat([x, rows, cols], 1))
+QNET_VARIANTS: dict[str, dict[str, bool]] = {
+    "qnet": {},
+    "qnet_tcp": {"gripper_xy": True},
+    "qnet_coord": {"coord_channels": True},
+    "qnet_tcp_coord": {"gripper_xy": True, "coord_channels": True},
+}
 
 
 def oracle_features(data: dict[str, np.ndarray]) -> np.ndarray:
@@ -168,9 +157,6 @@ def train(
     n_all = len(labels) - n_test
     n_train = min(n_all, max_train) if max_train else n_all
     x_u8 = torch.from_numpy(images)
-    s = torch.from_numpy(states)
-    if kind in ("qnet_tcp", "qnet_tcp_coord"):
-        s = torch.cat([s, torch.from_numpy(data["tcp"][:, :2]) * 5.0], 1)
     y = torch.from_numpy(labels)
     qcfg = dataclasses.replace(preset("local").qnet, image_size=images.shape[1])
     if qnet_overrides:
@@ -180,18 +166,11 @@ def train(
         )
     task_idx = DEFAULT_REGISTRY.names.index(TASK)
     down = torch.tensor(make_action(0.0, 0.0, -1.0, 0.0), dtype=torch.float32)
-    if kind.startswith("qnet"):
+    if kind in QNET_VARIANTS:
+        qcfg = dataclasses.replace(qcfg, **QNET_VARIANTS[kind])
         net: nn.Module = QNetwork(qcfg)
-        if kind in ("qnet_tcp", "qnet_tcp_coord"):
-            first = net.embed[0]
-            net.embed[0] = nn.Linear(first.in_features + 2, first.out_features)
-            nn.init.kaiming_normal_(net.embed[0].weight, mode="fan_in", nonlinearity="relu")
-            nn.init.zeros_(net.embed[0].bias)
-        if kind in ("qnet_coord", "qnet_tcp_coord"):
-            stem = net.tower.net[0]
-            stem[0] = CoordStem(stem[0])
-        if kind not in ("qnet", "qnet_tcp", "qnet_coord", "qnet_tcp_coord"):
-            raise ValueError(f"unknown net {kind!r}")
+        # the state features this network takes (with gripper_xy: x, y from the poses)
+        s = torch.from_numpy(q_state(states, data.get("tcp"), qcfg))
 
         def logits(idx: torch.Tensor) -> torch.Tensor:
             n = len(idx)
@@ -217,8 +196,10 @@ def train(
         std = x_f[:n_train].std((0, 2, 3), keepdim=True)
         x_f = (x_f - mean) / std
 
+        heights = torch.from_numpy(states[:, 1:2]) * 5.0
+
         def logits(idx: torch.Tensor) -> torch.Tensor:
-            return net(x_f[idx], s[idx, 1:2] * 5.0).squeeze(1)
+            return net(x_f[idx], heights[idx]).squeeze(1)
     else:
         raise ValueError(f"unknown net {kind!r}")
 

@@ -56,10 +56,14 @@ def test_episode_ends_on_terminate_or_max_steps() -> None:
     env.reset(seed=0)
     *_, term, trunc, info = env.step(make_action(terminate=True))
     assert term and not trunc and "success" in info
-    env.reset(seed=0)
+    _, info0 = env.reset(seed=0)
     for _i in range(3):
         *_, term, trunc, info = env.step(make_action(dz=-0.5))
     assert trunc and not term and info["step"] == 3
+    # the gripper's pose (x, y, z, yaw) comes in info; it went down, not sideways
+    assert info0["pose"].shape == info["pose"].shape == (4,)
+    assert info["pose"][2] < info0["pose"][2] - 0.02
+    assert np.allclose(info["pose"][:2], info0["pose"][:2], atol=0.01)
 
 
 def test_bad_inputs_have_clear_errors() -> None:

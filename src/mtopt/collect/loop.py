@@ -238,6 +238,7 @@ class CollectLoop:
             terminated=rec.terminated,
             gt_success=None if gt is None else gt[task.name],
             gt_success_by_task=gt,
+            poses=rec.pose_array(),
         )
         self.writer.write(ep)
         self.counts[task.name] = self.counts.get(task.name, 0) + 1

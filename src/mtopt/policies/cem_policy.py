@@ -10,7 +10,7 @@ import torch
 
 from mtopt.qtopt.cem import CEMConfig, cem_argmax
 from mtopt.qtopt.learner import load_network
-from mtopt.qtopt.networks import QNetwork
+from mtopt.qtopt.networks import QNetwork, q_state
 from mtopt.qtopt.weights import load_latest, read_latest
 from mtopt.robots.action import ACTION_DIM
 from mtopt.robots.base import Observation
@@ -97,7 +97,7 @@ class CEMPolicy:
             return a
         assert self.net is not None
         img = torch.from_numpy(np.ascontiguousarray(obs.image))[None]
-        state = torch.from_numpy(np.asarray(obs.state, dtype=np.float32))[None]
+        state = torch.from_numpy(q_state(obs.state, obs.pose, self.net.cfg))[None]
         task = torch.tensor([self._task])
         best, _ = cem_argmax(self.net, img, state, task, self.cem, self._gen)
         action = best[0].numpy().astype(np.float32)

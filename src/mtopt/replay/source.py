@@ -2,18 +2,43 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import numpy as np
 
+from mtopt.qtopt.networks import QNetConfig, q_state
 from mtopt.replay.buffers import ReplayEpisode
 from mtopt.store.schema import Episode
 
-
-def to_replay(ep: Episode) -> tuple[ReplayEpisode, np.ndarray]:
-    """(ReplayEpisode, final image) for a stored episode."""
-    return ReplayEpisode(ep.episode_id, ep.task, ep.images, ep.states, ep.actions), ep.final_image
+log = logging.getLogger(__name__)
 
 
-def replay_items(episodes: Iterable[Episode]) -> list[tuple[ReplayEpisode, np.ndarray]]:
-    return [to_replay(e) for e in episodes if e.num_steps >= 1]
+def to_replay(ep: Episode, qnet: QNetConfig | None = None) -> tuple[ReplayEpisode, np.ndarray]:
+    """(ReplayEpisode, final image) for a stored episode. Its states are the state
+    features ``qnet`` takes (``q_state``: with ``gripper_xy`` the episode's poses are
+    appended; an episode without poses then raises ValueError)."""
+    states = ep.states if qnet is None else q_state(ep.states, ep.poses, qnet)
+    return ReplayEpisode(ep.episode_id, ep.task, ep.images, states, ep.actions), ep.final_image
+
+
+def replay_items(
+    episodes: Iterable[Episode], qnet: QNetConfig | None = None
+) -> list[tuple[ReplayEpisode, np.ndarray]]:
+    """Replay items of the episodes with at least one step. With a ``qnet`` that takes the
+    gripper's position, episodes stored without poses (older shards, robots without
+    proprioception) are left out and counted in a warning."""
+    out: list[tuple[ReplayEpisode, np.ndarray]] = []
+    skipped = 0
+    for e in episodes:
+        if e.num_steps < 1:
+            continue
+        if qnet is not None and qnet.gripper_xy and e.poses is None:
+            skipped += 1
+            continue
+        out.append(to_replay(e, qnet))
+    if skipped:
+        log.warning(
+            "left out %d episodes without poses: the Q-network takes the gripper's x, y", skipped
+        )
+    return out

@@ -406,7 +406,7 @@ class LocalRun:
             while True:
                 eps = reader.poll()
                 if eps:
-                    ingested += replay.ingest(replay_items(eps))
+                    ingested += replay.ingest(replay_items(eps, c.qnet))
                     since_sd += len(eps)
                     recent.extend(eps)
                     recent = recent[-5 * max(1, c.sd.label_budget_per_round) :]
@@ -462,7 +462,7 @@ class LocalRun:
             stop_fleet.set()
             thread.join(timeout=60)
         for e in reader.poll():  # episodes flushed while stopping
-            ingested += replay.ingest(replay_items([e]))
+            ingested += replay.ingest(replay_items([e], c.qnet))
         learner.publish(p.weights)
         self._evaluate(learner, scripted, ingested, t_start, sd, stats)
         learner.save_checkpoint(p.checkpoint, {"history": self.history, "sd_labels": sd_labels})

@@ -148,7 +148,7 @@ def _replay_actor_cls() -> Any:
             self._reload()
             eps = self.reader.poll()
             if eps:
-                self.ingested += self.replay.ingest(replay_items(eps))
+                self.ingested += self.replay.ingest(replay_items(eps, self.cfg.qnet))
             out = []
             if len(self.buffers) >= min(
                 self.cfg.replay.min_episodes, self.cfg.max_episodes or self.cfg.replay.min_episodes

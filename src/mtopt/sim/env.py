@@ -3,6 +3,8 @@
 Observation: ``{"image": uint8 (H, W, 3), "state": float32 [gripper_status, gripper_height]}``
 (gripper status: the measured finger closure, 0 open, 1 closed on nothing; see ``SimConfig``).
 Action: ``Box(-1, 1, (6,))`` with the layout of ``mtopt.robots.action``.
+Info: ``"pose"``, the gripper's x, y, z (m) and yaw (rad) in the robot frame, as a real
+robot's kinematics gives them (a Q-network with ``QNetConfig.gripper_xy`` takes x, y).
 Reward: the simulator's ground-truth success (0/1) of ``task``, given on the final step
 only. It is there for evaluation and for users of the env; the mtopt training pipeline
 never uses it: its rewards come from the learned success detector.
@@ -76,6 +78,10 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         state = np.clip(o.state, [0.0, -0.1], [1.0, 1.0]).astype(np.float32)
         return {"image": o.image, "state": state}
 
+    @staticmethod
+    def _pose(o: Observation) -> np.ndarray:
+        return np.array(o.pose if o.pose is not None else np.full(4, np.nan), np.float32)
+
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -88,7 +94,12 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         ready = self._robot.prepare_for_task(self.task.starts_holding)
         self._steps = 0
         self._last = self._robot.observe()
-        info = {"scene_seed": scene_seed, "task": self.task.name, "prepared": ready}
+        info = {
+            "scene_seed": scene_seed,
+            "task": self.task.name,
+            "prepared": ready,
+            "pose": self._pose(self._last),
+        }
         return self._to_obs(self._last), info
 
     def step(
@@ -102,7 +113,7 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._last = result.observation
         terminated = result.terminated
         truncated = not terminated and self._steps >= self.config.max_steps
-        info: dict[str, Any] = {"step": self._steps}
+        info: dict[str, Any] = {"step": self._steps, "pose": self._pose(self._last)}
         reward = 0.0
         if terminated or truncated:
             success = self.task.succeeded(self._robot.scene_state())

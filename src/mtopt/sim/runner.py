@@ -18,6 +18,8 @@ class EpisodeRecord:
     task: str
     images: list[np.ndarray] = field(default_factory=list)
     states: list[np.ndarray] = field(default_factory=list)
+    poses: list[np.ndarray | None] = field(default_factory=list)
+    """Proprioception (``Observation.pose``) per observation; None where the robot gave none."""
     actions: list[np.ndarray] = field(default_factory=list)
     final_image: np.ndarray | None = None
     terminated: bool = False
@@ -26,6 +28,12 @@ class EpisodeRecord:
     @property
     def num_steps(self) -> int:
         return len(self.actions)
+
+    def pose_array(self) -> np.ndarray | None:
+        """(T+1, 4) float32 poses, or None unless every observation had one."""
+        if not self.poses or any(p is None for p in self.poses):
+            return None
+        return np.stack([np.asarray(p, np.float32) for p in self.poses])  # type: ignore[misc]
 
 
 def run_episode(
@@ -44,6 +52,7 @@ def run_episode(
     rec = EpisodeRecord(task=task.name, prepared=prepared)
     rec.images.append(obs.image)
     rec.states.append(obs.state)
+    rec.poses.append(obs.pose)
     for _ in range(max_steps):
         action = np.asarray(policy.act(obs), dtype=np.float32)
         result = robot.act(action)
@@ -51,6 +60,7 @@ def run_episode(
         rec.actions.append(action)
         rec.images.append(obs.image)
         rec.states.append(obs.state)
+        rec.poses.append(obs.pose)
         if result.terminated:
             rec.terminated = True
             break

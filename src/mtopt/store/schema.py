@@ -28,10 +28,13 @@ actions                list<list<float32>>           (T, 6): see mtopt.robots.ac
 final_image            binary                        (H, W, 3) uint8: what the success detector judges
 gt_success             bool (nullable)               SIMULATOR GROUND TRUTH for ``task`` (eval only)
 gt_success_by_task     string (JSON, nullable)       SIMULATOR GROUND TRUTH for every task (eval/oracle)
+poses                  list<list<float32>> (null.)   (T+1, 4): gripper x, y, z, yaw in the robot frame
+                                                     (proprioception; null when the robot gave none)
 =====================  ============================  ==========================================
 
 The ``gt_`` columns are null for real robots; they are used only for evaluation and by
-the oracle labeler, never as training rewards.
+the oracle labeler, never as training rewards. ``poses`` was added later within version
+1: shards written before it lack the column and read as ``poses=None``.
 """
 
 from __future__ import annotations
@@ -75,12 +78,16 @@ ARROW_SCHEMA = pa.schema(
         ("final_image", pa.binary()),
         ("gt_success", pa.bool_()),
         ("gt_success_by_task", pa.string()),
+        ("poses", pa.list_(pa.list_(pa.float32()))),
     ],
     metadata={SCHEMA_KEY: str(SCHEMA_VERSION).encode()},
 )
 META_COLUMNS = [
-    n for n in ARROW_SCHEMA.names if n not in ("images", "states", "actions", "final_image")
+    n
+    for n in ARROW_SCHEMA.names
+    if n not in ("images", "states", "actions", "final_image", "poses")
 ]
+POSE_DIM = 4  # gripper x, y, z, yaw
 
 
 @dataclass
@@ -103,6 +110,7 @@ class Episode:
     terminated: bool = False
     gt_success: bool | None = None
     gt_success_by_task: dict[str, bool] | None = None
+    poses: np.ndarray | None = None  # (T+1, 4) float32: gripper x, y, z, yaw, or None
 
     def __post_init__(self) -> None:
         t = self.actions.shape[0]
@@ -113,6 +121,10 @@ class Episode:
         if self.states.shape != (t + 1, 2):
             raise SchemaError(
                 f"episode {self.episode_id}: states must be ({t + 1}, 2), got {self.states.shape}"
+            )
+        if self.poses is not None and self.poses.shape != (t + 1, POSE_DIM):
+            raise SchemaError(
+                f"episode {self.episode_id}: poses must be ({t + 1}, {POSE_DIM}), got {self.poses.shape}"
             )
         if self.final_image.shape != self.images.shape[1:]:
             raise SchemaError(
@@ -150,6 +162,7 @@ class Episode:
             "gt_success_by_task": None
             if self.gt_success_by_task is None
             else json.dumps(self.gt_success_by_task, sort_keys=True),
+            "poses": None if self.poses is None else np.asarray(self.poses, np.float32).tolist(),
         }
 
     @classmethod
@@ -162,6 +175,7 @@ class Episode:
         t, h, w = int(row["num_steps"]), int(row["image_height"]), int(row["image_width"])
         images = np.frombuffer(row["images"], dtype=np.uint8).reshape(t + 1, h, w, 3)
         gt_by = row.get("gt_success_by_task")
+        poses = row.get("poses")
         return cls(
             episode_id=row["episode_id"],
             robot_id=row["robot_id"],
@@ -181,6 +195,7 @@ class Episode:
             terminated=bool(row["terminated"]),
             gt_success=row.get("gt_success"),
             gt_success_by_task=json.loads(gt_by) if gt_by else None,
+            poses=None if poses is None else np.asarray(poses, np.float32).reshape(t + 1, POSE_DIM),
         )
 
 
