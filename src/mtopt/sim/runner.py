@@ -33,7 +33,7 @@ class EpisodeRecord:
         """(T+1, 4) float32 poses, or None unless every observation had one."""
         if not self.poses or any(p is None for p in self.poses):
             return None
-        return np.stack([np.asarray(p, np.float32) for p in self.poses])  # type: ignore[misc]
+        return np.stack([np.asarray(p, np.float32) for p in self.poses])
 
 
 def run_episode(
