@@ -3,7 +3,7 @@
 import torch
 
 from mtopt.qtopt.bellman import TrainBatch
-from mtopt.qtopt.networks import QNetConfig
+from mtopt.qtopt.networks import QNetConfig, QNetwork
 
 SMALL = QNetConfig(
     num_tasks=2, image_size=32, tower_channels=8, merge_size=8, head_channels=8, fc_units=16
@@ -20,3 +20,25 @@ def batch(seed: int, n: int = 8) -> TrainBatch:
         torch.randint(0, 2, (n,), generator=g),
         torch.rand(n, generator=g),
     )
+
+
+def fast_and_literal_logits(
+    net: QNetwork,
+    imgs: torch.Tensor,
+    states: torch.Tensor,
+    tasks: torch.Tensor,
+    actions: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N) logits of (B, N, 6) candidate actions by the CEM fast path and by the
+    literal Fig. 9 network on repeated rows."""
+    b, n, _ = actions.shape
+    with torch.no_grad():
+        feats = net.tower(imgs)
+        fast = net.candidate_logits(net.candidate_context(feats, states, tasks), actions)
+        slow = net.logits(
+            imgs.repeat_interleave(n, 0),
+            states.repeat_interleave(n, 0),
+            actions.reshape(b * n, 6),
+            tasks.repeat_interleave(n),
+        ).reshape(b, n)
+    return fast, slow

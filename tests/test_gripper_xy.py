@@ -18,7 +18,7 @@ from mtopt.replay.source import replay_items
 from mtopt.robots.base import Observation
 from mtopt.store import EpisodeReader, EpisodeWriter
 from mtopt.store.schema import ARROW_SCHEMA, episodes_to_table
-from qtopt_fixtures import SMALL
+from qtopt_fixtures import SMALL, fast_and_literal_logits
 from test_store import make_episode
 
 POSE_SMALL = dataclasses.replace(SMALL, gripper_xy=True, coord_channels=True)
@@ -76,19 +76,11 @@ def test_cem_fast_path_with_pose_and_coord_inputs(merge: int) -> None:
     imgs = torch.randint(0, 255, (b, 32, 32, 3), dtype=torch.uint8)
     states, tasks = torch.rand(b, 4), torch.tensor([1, 0, 1])
     actions = torch.rand(b, n, 6) * 2 - 1
-    with torch.no_grad():
-        feats = net.tower(imgs)
-        fast = net.candidate_logits(net.candidate_context(feats, states, tasks), actions)
-        slow = net.logits(
-            imgs.repeat_interleave(n, 0),
-            states.repeat_interleave(n, 0),
-            actions.reshape(b * n, 6),
-            tasks.repeat_interleave(n),
-        ).reshape(b, n)
-        # the inputs matter: another gripper position gives other values
-        moved = states.clone()
-        moved[:, 2:] += 0.5
-        other = net.candidate_logits(net.candidate_context(feats, moved, tasks), actions)
+    fast, slow = fast_and_literal_logits(net, imgs, states, tasks, actions)
+    # the inputs matter: another gripper position gives other values
+    moved = states.clone()
+    moved[:, 2:] += 0.5
+    other, _ = fast_and_literal_logits(net, imgs, moved, tasks, actions)
     assert torch.allclose(fast, slow, atol=1e-5), (fast - slow).abs().max()
     assert not torch.allclose(fast, other)
 

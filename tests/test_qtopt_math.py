@@ -11,6 +11,7 @@ from mtopt.qtopt.cem import CEMConfig, cem_maximize
 from mtopt.qtopt.learner import Learner, LearnerConfig
 from mtopt.qtopt.loss import q_loss
 from mtopt.qtopt.networks import QNetConfig, QNetwork
+from qtopt_fixtures import fast_and_literal_logits
 
 torch.set_num_threads(1)
 SMALL = QNetConfig(
@@ -172,15 +173,7 @@ def test_cem_fast_path_equals_fig9_merge(head: str, merge: int) -> None:
     imgs = torch.randint(0, 255, (b, 32, 32, 3), dtype=torch.uint8)
     states, tasks = torch.rand(b, 2), torch.tensor([2, 0, 2])
     actions = torch.rand(b, n, 6) * 2 - 1
-    with torch.no_grad():
-        feats = net.tower(imgs)
-        fast = net.candidate_logits(net.candidate_context(feats, states, tasks), actions)
-        slow = net.logits(
-            imgs.repeat_interleave(n, 0),
-            states.repeat_interleave(n, 0),
-            actions.reshape(b * n, 6),
-            tasks.repeat_interleave(n),
-        ).reshape(b, n)
+    fast, slow = fast_and_literal_logits(net, imgs, states, tasks, actions)
     assert torch.allclose(fast, slow, atol=1e-5), (fast - slow).abs().max()
 
 
