@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import platform
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
+from _results import write_result
 from mtopt.qtopt.cem import (
     CEMConfig,
     cem_argmax,
@@ -189,9 +188,9 @@ def main() -> None:
         "sim_step_ms": timed["sim"],
         "act_over_sim_step": round(timed["act"] / timed["sim"], 2),
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps({k: out[k] for k in ("speedup_vs_naive_act", "act_over_sim_step")}, indent=1))
+    write_result(
+        args.json, out, show={k: out[k] for k in ("speedup_vs_naive_act", "act_over_sim_step")}
+    )
 
 
 if __name__ == "__main__":

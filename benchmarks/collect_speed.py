@@ -6,10 +6,10 @@ Usage: python benchmarks/collect_speed.py --json OUT [--episodes 150]
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 
+from _results import write_result
 from mtopt.collect.fleet import FleetSpec, run_fleet
 from mtopt.collect.loop import CollectConfig
 
@@ -43,9 +43,7 @@ def main() -> None:
         "ratio_2_over_1": round(r2 / r1, 3),
         "note": "includes process start-up (spawn + imports) of each robot",
     }
-    with open(args.json, "w") as f:
-        json.dump(out, f, indent=2)
-    print(json.dumps(out, indent=2))
+    write_result(args.json, out)
 
 
 if __name__ == "__main__":

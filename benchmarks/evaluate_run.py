@@ -18,11 +18,11 @@ it sees an object.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
+from _results import write_result
 from mtopt.eval.evaluate import evaluate_policy, rate_with_ci
 from mtopt.policies.base import Policy
 from mtopt.policies.cem_policy import CEMPolicy
@@ -93,9 +93,7 @@ def main() -> None:
         "per_task": per_task,
         "wall_s": round(time.perf_counter() - t0, 1),
     }
-    with open(args.json, "w") as f:
-        json.dump(out, f, indent=2)
-    print(json.dumps(out, indent=2))
+    write_result(args.json, out)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ Usage: python benchmarks/grasp_offset_probe.py --json OUT [--samples 6000] [--te
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from _results import write_result
 from mtopt.robots.action import make_action
 from mtopt.robots.base import Observation
 from mtopt.robots.sim_robot import SimRobot
@@ -153,9 +153,7 @@ def main() -> None:
         },
     }
     out["wall_s"] = round(time.perf_counter() - t0, 1)
-    with open(args.json, "w") as f:
-        json.dump(out, f, indent=2)
-    print(json.dumps(out, indent=2))
+    write_result(args.json, out)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -48,6 +47,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from _results import write_result
 from grasp_offset_probe import Probe, random_pose
 from mtopt.policies.scripted import ScriptedPick
 from mtopt.qtopt.networks import QNetwork, q_state
@@ -305,9 +305,7 @@ def main() -> None:
         "per_net": per_net,
     }
     out["wall_s"] = round(time.perf_counter() - t0, 1)
-    with open(args.json, "w") as f:
-        json.dump(out, f, indent=2)
-    print(json.dumps(out, indent=2))
+    write_result(args.json, out)
 
 
 if __name__ == "__main__":

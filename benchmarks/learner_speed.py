@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import platform
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
+from _results import write_result
 from mtopt.qtopt.bellman import TrainBatch, TransitionBatch, compute_targets
 from mtopt.qtopt.cem import CEMConfig, has_fast_bf16
 from mtopt.qtopt.learner import Learner, LearnerConfig
@@ -213,9 +212,7 @@ def main() -> None:
             "bellman_cem32_over_learner_auto": round(bell32 / learner_auto, 2),
         },
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out["summary"], indent=1))
+    write_result(args.json, out, show=out["summary"])
 
 
 if __name__ == "__main__":

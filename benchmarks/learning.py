@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from _results import write_result
+
 
 def run_arm(out: Path, minutes: float, sets: list[str]) -> dict:
     cmd = [
@@ -81,8 +83,7 @@ def main() -> None:
                 "minutes": s["bench_wall_minutes"],
             }
         results["single_task"] = single
-    Path(args.json).write_text(json.dumps(results, indent=2))
-    print(json.dumps({k: v for k, v in results.items() if k != "history"}, indent=2, default=str))
+    write_result(args.json, results, show={k: v for k, v in results.items() if k != "history"})
 
 
 if __name__ == "__main__":

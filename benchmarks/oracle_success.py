@@ -14,10 +14,10 @@ Usage: python benchmarks/oracle_success.py --json OUT [--episodes 100] [--seed 5
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+from _results import write_result
 from mtopt.eval.evaluate import evaluate_policy, rate_with_ci
 from mtopt.policies.scripted import scripted_policy_for
 from mtopt.robots.sim_robot import SimRobot
@@ -74,8 +74,7 @@ def main() -> None:
         "per_task": per_task,
         "wall_s": round(time.perf_counter() - t0, 1),
     }
-    with open(args.json, "w") as f:
-        json.dump(out, f, indent=2)
+    write_result(args.json, out, echo=False)  # the table below shows it
     for t in tasks:
         o, s = per_task[t]["oracle"], per_task[t]["scripted"]
         f = per_task[t]["feasible"]

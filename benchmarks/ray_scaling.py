@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _results import write_result
 
 
 def arm_config(minutes: float, robots: int, runtime: str) -> Any:
@@ -123,9 +124,7 @@ def main() -> None:
             "ray_vs_local_learner_steps_2_robots": ratio("ray-2", "local-2", "learner_steps_per_s"),
         },
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2))
-    print(json.dumps(out["ratios"], indent=2))
+    write_result(args.json, out, show=out["ratios"])
 
 
 if __name__ == "__main__":

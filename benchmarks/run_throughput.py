@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from _results import write_result
+
 COMMON = [
     "seed=1",
     "learner.seed=1",
@@ -87,8 +89,7 @@ def main() -> None:
         "rate3_over_prefetch_steps": round(arms["rate3"]["steps_per_s"] / prefetch, 2),
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    Path(args.json).write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    write_result(args.json, result)
 
 
 if __name__ == "__main__":

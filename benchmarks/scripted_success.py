@@ -9,10 +9,10 @@ Usage: python benchmarks/scripted_success.py --json OUT [--episodes 200] [--spli
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+from _results import write_result
 from mtopt.eval.evaluate import evaluate_policy, rate_with_ci
 from mtopt.policies.scripted import scripted_policy_for
 from mtopt.sim.cell import SimConfig
@@ -47,9 +47,7 @@ def main() -> None:
         "per_task": per_task,
         "wall_s": round(time.perf_counter() - t0, 1),
     }
-    with open(args.json, "w") as f:
-        json.dump(out, f, indent=2)
-    print(json.dumps(out, indent=2))
+    write_result(args.json, out)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _results import write_result
 from mtopt.collect.fleet import FleetSpec, run_fleet
 from mtopt.collect.loop import CollectConfig
 from mtopt.store.reader import EpisodeReader
@@ -205,8 +206,7 @@ def main() -> None:
         ),
         "wall_s": round(time.perf_counter() - t0, 1),
     }
-    Path(args.json).write_text(json.dumps(out, indent=2, allow_nan=False))
-    print(json.dumps(out, indent=2))
+    write_result(args.json, out, allow_nan=False)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,13 @@ Usage: python benchmarks/sim_speed.py --json OUT [--steps N]
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 
 import numpy as np
 import pybullet as pb
 
+from _results import write_result
 from mtopt.policies.scripted import scripted_policy_for
 from mtopt.robots.action import make_action
 from mtopt.robots.sim_robot import SimRobot
@@ -104,9 +104,7 @@ def main() -> None:
         "scripted_episodes_per_s_with_resets": round(eps, 2),
         "mean_steps_per_episode": round(steps / args.episodes, 2),
     }
-    with open(args.json, "w") as f:
-        json.dump(out, f, indent=2)
-    print(json.dumps(out, indent=2))
+    write_result(args.json, out)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,11 @@ import json
 import os
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from _results import write_result
 from mtopt.qtopt.bellman import TrainBatch
 from mtopt.qtopt.cem import use_bf16
 from mtopt.qtopt.learner import Learner
@@ -153,8 +153,7 @@ def main() -> None:
         "rows": rows,
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    Path(args.json).write_text(json.dumps(out, indent=2))
-    print(json.dumps(out, indent=2))
+    write_result(args.json, out)
 
 
 if __name__ == "__main__":
