@@ -33,3 +33,33 @@ def test_override_errors_are_clear() -> None:
         override(Outer(), ["steps=many"])
     with pytest.raises(ConfigError, match="field=value"):
         override(Outer(), ["steps"])
+
+
+def test_resume_continues_the_runs_own_config(tmp_path) -> None:
+    """``mtopt run --resume`` starts from the run's config.json, not the preset: a run
+    started with overrides (seed, Q-network inputs) continues with them."""
+    import json
+
+    from mtopt.config import save_config
+    from mtopt.runtime.config import load_run_config, preset, resume_config
+
+    started = override(preset("local"), ["seed=3", "qnet.gripper_xy=true", "budget_minutes=50"])
+    path = save_config(started, tmp_path / "config.json")
+    saved = load_run_config(path)
+    assert saved == started
+    cfg = resume_config(saved, None, ["budget_minutes=90"], tmp_path)
+    assert cfg.seed == 3 and cfg.qnet.gripper_xy and cfg.budget_minutes == 90
+    assert resume_config(saved, "local", [], tmp_path) == saved  # naming its own preset is fine
+    with pytest.raises(ConfigError, match="started with --config local, not tiny"):
+        resume_config(saved, "tiny", [], tmp_path)
+    with pytest.raises(ConfigError, match=r"qnet.gripper_xy: True -> False"):
+        resume_config(saved, None, ["qnet.gripper_xy=false"], tmp_path)
+    # a config.json from before a field existed: the field takes its current default
+    data = json.loads(path.read_text())
+    del data["qnet"]["coord_channels"], data["bellman_prefetch"]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    old = load_run_config(tmp_path / "old.json")
+    assert old.qnet.gripper_xy and not old.qnet.coord_channels and old.bellman_prefetch == 2
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="cannot read the run's config"):
+        load_run_config(tmp_path / "bad.json")

@@ -153,6 +153,21 @@ def test_tiny_run_with_gripper_position_inputs(tmp_path: Path) -> None:
     assert history and "lift-any" in history[-1]["success"]
     assert sum(c["original"] for c in summary["composition"].values()) > 0
 
+    # resumed without repeating the overrides, it continues with the run's own config
+    # (it used to fall back to the preset: inputs without x, y for a network that takes them)
+    res = CliRunner().invoke(
+        app, ["run", "--out", str(out), "--resume", "--set", "qnet.gripper_xy=false"]
+    )
+    assert res.exit_code == 2 and "qnet.gripper_xy: True -> False" in res.output
+    res = CliRunner().invoke(
+        app, ["run", "--out", str(out), "--resume", "--set", "max_learner_steps=40"]
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "summary.json").read_text())["learner_steps"] >= 40
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["qnet"]["gripper_xy"] and saved["qnet"]["coord_channels"]
+    assert saved["name"] == "tiny" and saved["max_learner_steps"] == 40
+
 
 def test_bad_run_config_is_a_clear_error(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["run", "--config", "huge", "--out", str(tmp_path)])

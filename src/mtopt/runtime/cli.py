@@ -10,8 +10,10 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command()
     def run(
-        config: str = typer.Option(
-            "local", help="Preset: local (default, ~20 min), tiny (1-2 min), bench (~3 h)."
+        config: str | None = typer.Option(
+            None,
+            help="Preset: local (default, ~20 min), tiny (1-2 min), bench (~3 h). "
+            "With --resume the run continues with its own config.json.",
         ),
         out: Path = typer.Option(
             Path("runs/local"), help="Run directory (store, weights, checkpoints, report)."
@@ -19,7 +21,9 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(
             False, help="Continue the run in --out from its last checkpoint."
         ),
-        runtime: str = typer.Option("local", help="local or ray."),
+        runtime: str | None = typer.Option(
+            None, help="local (default) or ray; with --resume, the run's own by default."
+        ),
         address: str | None = typer.Option(
             None, help="Ray: address of an existing cluster (default: start a local Ray)."
         ),
@@ -34,10 +38,9 @@ def register(app: typer.Typer) -> None:
         """Collect, label rewards with the success detector, impersonate, re-balance, learn, evaluate, report."""
         from mtopt.config import ConfigError, override
         from mtopt.qtopt.cem import resolve_device
-        from mtopt.runtime.config import preset
+        from mtopt.runtime.config import load_run_config, preset, resume_config
 
         try:
-            cfg = preset(config)
             sets = list(set_)
             if impersonation is not None:
                 sets.append(f"replay.impersonation={impersonation}")
@@ -47,8 +50,14 @@ def register(app: typer.Typer) -> None:
                 sets.append(f"qnet.head_type={network}")
             if minutes is not None:
                 sets.append(f"budget_minutes={minutes}")
-            sets.append(f"runtime={runtime}")
-            cfg = override(cfg, sets)
+            if runtime is not None:
+                sets.append(f"runtime={runtime}")
+            saved = out / "config.json"
+            if resume and saved.exists():
+                # continue the experiment that was started, not the preset's defaults
+                cfg = resume_config(load_run_config(saved), config, sets, out)
+            else:
+                cfg = override(preset(config or "local"), sets)
             cfg.qnet.validate()
             cfg.collect.validate()
             resolve_device(cfg.learner.device)  # a missing GPU: say so before robots start
@@ -64,7 +73,7 @@ def register(app: typer.Typer) -> None:
                 from mtopt.runtime.local import LocalRun
 
                 summary = LocalRun(cfg, out, resume).run()
-        except FileExistsError as exc:
+        except (FileExistsError, ConfigError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         typer.echo(f"report: {out / 'report' / 'report.md'}")

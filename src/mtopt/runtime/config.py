@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from mtopt.collect.loop import CollectConfig
+from mtopt.config import ConfigError, from_dict, override
 from mtopt.qtopt.cem import CEMConfig
 from mtopt.qtopt.learner import LearnerConfig
 from mtopt.qtopt.networks import QNetConfig
@@ -128,6 +131,36 @@ class RunConfig:
                 f"bellman_prefetch must be >= 0 (0: no background updater), "
                 f"got {self.bellman_prefetch}"
             )
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """The config a run was started with (its ``config.json``). Fields added to the
+    config since then take their current defaults."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read the run's config {path}: {exc}") from None
+    return from_dict(RunConfig, data)
+
+
+def resume_config(
+    saved: RunConfig, name: str | None, assignments: list[str], where: str | Path = "the run"
+) -> RunConfig:
+    """The config to continue a run with: the run's own (``saved``), changed only by the
+    explicit ``assignments``. Asking for another preset, or for another Q-network
+    architecture than the checkpoint's, is an error (not a silent change of experiment)."""
+    if name is not None and name != saved.name:
+        raise ConfigError(
+            f"--resume: {where} was started with --config {saved.name}, not {name}; "
+            "leave --config out to continue it with its own settings"
+        )
+    cfg = override(saved, assignments)
+    if cfg.qnet != saved.qnet:
+        a, b = saved.qnet.to_dict(), cfg.qnet.to_dict()
+        diff = ", ".join(f"qnet.{k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b[k])
+        raise ConfigError(f"--resume cannot change the Q-network's architecture ({diff})")
+    return cfg
 
 
 def preset(name: str) -> RunConfig:

@@ -29,7 +29,7 @@ import torch
 
 from mtopt._io import atomic_write_json
 from mtopt.collect.fleet import FleetSpec, run_fleet
-from mtopt.config import save_config
+from mtopt.config import ConfigError, save_config
 from mtopt.eval.evaluate import evaluate_policy
 from mtopt.policies.cem_policy import CEMPolicy
 from mtopt.policies.scripted import scripted_policy_for
@@ -152,6 +152,20 @@ def switch_table(
         "proxy": proxy,
         "ratio": {t: round(r, 4) for t, r in sorted(ratio.items())},
     }
+
+
+def resume_learner(paths: RunPaths, cfg: RunConfig) -> tuple[Learner, dict[str, Any]]:
+    """The learner of a run from its checkpoint, which must hold the Q-network the config
+    describes (LogReplay builds the network's inputs from the config)."""
+    learner, extra = Learner.resume(paths.checkpoint, cfg.learner, logdir=paths.root / "tb")
+    if learner.qnet_cfg != cfg.qnet:
+        a, b = learner.qnet_cfg.to_dict(), cfg.qnet.to_dict()
+        diff = ", ".join(f"qnet.{k}: {a[k]!r} vs {b[k]!r}" for k in a if a[k] != b[k])
+        raise ConfigError(
+            f"the checkpoint {paths.checkpoint} holds another Q-network than the config "
+            f"({diff}, checkpoint vs config)"
+        )
+    return learner, extra
 
 
 class LocalRun:
@@ -328,7 +342,7 @@ class LocalRun:
         t_start = time.time()
         sd = self.init_sd()
         if self.resume and p.checkpoint.exists():
-            learner, extra = Learner.resume(p.checkpoint, c.learner, logdir=p.root / "tb")
+            learner, extra = resume_learner(p, c)
             self.history = list(extra.get("history", []))
             sd_labels = int(extra.get("sd_labels", 0))
             self._log(f"resumed learner at step {learner.step} (weights v{learner.version})")

@@ -193,7 +193,7 @@ def run_ray(
     from mtopt._io import atomic_write_json
     from mtopt.qtopt.bellman import TrainBatch
     from mtopt.qtopt.learner import Learner
-    from mtopt.runtime.local import LocalRun
+    from mtopt.runtime.local import LocalRun, resume_learner
     from mtopt.runtime.report import write_report
 
     run = LocalRun(cfg, out, resume)
@@ -201,7 +201,7 @@ def run_ray(
     t0 = time.time()
     sd = run.init_sd()
     if resume and p.checkpoint.exists():
-        learner, extra = Learner.resume(p.checkpoint, c.learner, logdir=p.root / "tb")
+        learner, extra = resume_learner(p, c)
         run.history = list(extra.get("history", []))
     else:
         learner = Learner(c.qnet, c.learner, logdir=p.root / "tb")
