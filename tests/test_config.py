@@ -2,7 +2,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from mtopt.config import ConfigError, from_dict, override, to_dict
+from mtopt.config import ConfigError, describe_changes, from_dict, override, to_dict
 
 
 @dataclass(frozen=True)
@@ -63,3 +63,25 @@ def test_resume_continues_the_runs_own_config(tmp_path) -> None:
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ConfigError, match="cannot read the run's config"):
         load_run_config(tmp_path / "bad.json")
+
+
+def test_resume_refuses_a_checkpoint_of_another_network(tmp_path) -> None:
+    """The last guard (a config.json edited by hand): the checkpoint's Q-network must be
+    the one the config describes, or LogReplay would feed it the wrong inputs."""
+    import dataclasses
+
+    from mtopt.qtopt.learner import Learner, LearnerConfig
+    from mtopt.qtopt.networks import QNetConfig
+    from mtopt.runtime.config import preset
+    from mtopt.runtime.local import RunPaths, resume_learner
+
+    cfg = preset("tiny")
+    paths = RunPaths(tmp_path)
+    paths.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    Learner(cfg.qnet, LearnerConfig()).save_checkpoint(paths.checkpoint, {"sd_labels": 3})
+    learner, extra = resume_learner(paths, cfg)
+    assert learner.qnet_cfg == cfg.qnet and extra["sd_labels"] == 3
+    other = dataclasses.replace(cfg, qnet=dataclasses.replace(cfg.qnet, gripper_xy=True))
+    with pytest.raises(ConfigError, match=r"qnet.gripper_xy: False -> True"):
+        resume_learner(paths, other)
+    assert describe_changes(QNetConfig(), QNetConfig()) == ""

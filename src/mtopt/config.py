@@ -120,3 +120,10 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
 def save_config(cfg: Any, path: str | Path) -> Path:
     """Write the resolved config as JSON next to a run's outputs (atomically)."""
     return atomic_write_json(path, to_dict(cfg))
+
+
+def describe_changes(old: Any, new: Any, prefix: str = "") -> str:
+    """``field: old -> new`` for every top-level field of two config dataclasses of the
+    same type that differs, comma-separated ("" when they are equal)."""
+    a, b = to_dict(old), to_dict(new)
+    return ", ".join(f"{prefix}{k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b.get(k))

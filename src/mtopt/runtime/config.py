@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from mtopt.collect.loop import CollectConfig
-from mtopt.config import ConfigError, from_dict, override
+from mtopt.config import ConfigError, describe_changes, from_dict, override
 from mtopt.qtopt.cem import CEMConfig
 from mtopt.qtopt.learner import LearnerConfig
 from mtopt.qtopt.networks import QNetConfig
@@ -157,8 +157,7 @@ def resume_config(
         )
     cfg = override(saved, assignments)
     if cfg.qnet != saved.qnet:
-        a, b = saved.qnet.to_dict(), cfg.qnet.to_dict()
-        diff = ", ".join(f"qnet.{k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b[k])
+        diff = describe_changes(saved.qnet, cfg.qnet, "qnet.")
         raise ConfigError(f"--resume cannot change the Q-network's architecture ({diff})")
     return cfg
 

@@ -29,7 +29,7 @@ import torch
 
 from mtopt._io import atomic_write_json
 from mtopt.collect.fleet import FleetSpec, run_fleet
-from mtopt.config import ConfigError, save_config
+from mtopt.config import ConfigError, describe_changes, save_config
 from mtopt.eval.evaluate import evaluate_policy
 from mtopt.policies.cem_policy import CEMPolicy
 from mtopt.policies.scripted import scripted_policy_for
@@ -159,11 +159,10 @@ def resume_learner(paths: RunPaths, cfg: RunConfig) -> tuple[Learner, dict[str, 
     describes (LogReplay builds the network's inputs from the config)."""
     learner, extra = Learner.resume(paths.checkpoint, cfg.learner, logdir=paths.root / "tb")
     if learner.qnet_cfg != cfg.qnet:
-        a, b = learner.qnet_cfg.to_dict(), cfg.qnet.to_dict()
-        diff = ", ".join(f"qnet.{k}: {a[k]!r} vs {b[k]!r}" for k in a if a[k] != b[k])
+        diff = describe_changes(learner.qnet_cfg, cfg.qnet, "qnet.")
         raise ConfigError(
             f"the checkpoint {paths.checkpoint} holds another Q-network than the config "
-            f"({diff}, checkpoint vs config)"
+            f"({diff}; checkpoint -> config)"
         )
     return learner, extra
 
