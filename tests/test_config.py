@@ -1,8 +1,17 @@
+import json
 from dataclasses import dataclass, field
 
 import pytest
 
-from mtopt.config import ConfigError, describe_changes, from_dict, override, to_dict
+from mtopt.config import (
+    ConfigError,
+    changed_fields,
+    describe_changes,
+    from_dict,
+    override,
+    to_dict,
+)
+from mtopt.runtime.config import load_run_config
 
 
 @dataclass(frozen=True)
@@ -85,3 +94,56 @@ def test_resume_refuses_a_checkpoint_of_another_network(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"qnet.gripper_xy: False -> True"):
         resume_learner(paths, other)
     assert describe_changes(QNetConfig(), QNetConfig()) == ""
+
+
+def test_describe_changes_names_nested_fields() -> None:
+    from mtopt.runtime.config import preset
+
+    a = preset("local")
+    b = override(a, ["learner.lr=0.5", "budget_minutes=7"])
+    assert set(describe_changes(a, b).split(", ")) == {
+        f"budget_minutes: {a.budget_minutes!r} -> 7.0",
+        f"learner.lr: {a.learner.lr!r} -> 0.5",
+    }
+    assert changed_fields(a, b) == {
+        "budget_minutes": (a.budget_minutes, 7.0),
+        "learner.lr": (a.learner.lr, 0.5),
+    }
+    assert changed_fields(a, a) == {}
+
+
+def test_local_run_resume_keeps_its_config_and_records_changes(tmp_path) -> None:
+    """A Python caller resuming a run: ``LocalRun.resume_from`` continues with the run's
+    own config; an explicit cfg may change settings (recorded in config_changes.json and
+    config.json) but not the Q-network."""
+    from mtopt.runtime.config import preset
+    from mtopt.runtime.local import LocalRun
+
+    out = tmp_path / "run"
+    started = override(preset("tiny"), ["seed=3", "qnet.gripper_xy=true"])
+    LocalRun(started, out)  # writes config.json; nothing runs
+    assert not (out / "config_changes.json").exists()
+
+    run = LocalRun.resume_from(out)
+    assert run.cfg == started  # not the preset's seed 0, not without gripper_xy
+    assert not (out / "config_changes.json").exists()
+
+    run = LocalRun.resume_from(out, ["budget_minutes=9"])
+    assert run.cfg.seed == 3 and run.cfg.budget_minutes == 9.0
+    log = json.loads((out / "config_changes.json").read_text())
+    assert [entry["changes"] for entry in log] == [
+        {"budget_minutes": [started.budget_minutes, 9.0]}
+    ]
+    assert load_run_config(out / "config.json").budget_minutes == 9.0
+
+    with pytest.raises(ConfigError, match=r"qnet.gripper_xy: True -> False"):
+        LocalRun(preset("tiny"), out, resume=True)  # the preset lacks gripper_xy
+    assert load_run_config(out / "config.json").qnet.gripper_xy  # left as it was
+    with pytest.raises(ConfigError, match="no run to resume"):
+        LocalRun.resume_from(tmp_path / "empty")
+
+    (out / "config_changes.json").write_text("{not json")
+    LocalRun(override(run.cfg, ["seed=4"]), out, resume=True)
+    log = json.loads((out / "config_changes.json").read_text())
+    assert log[0]["changes"] == {"seed": [3, 4]}
+    assert len(list(out.glob("config_changes.corrupt-*"))) == 1

@@ -123,7 +123,24 @@ def save_config(cfg: Any, path: str | Path) -> Path:
 
 
 def describe_changes(old: Any, new: Any, prefix: str = "") -> str:
-    """``field: old -> new`` for every top-level field of two config dataclasses of the
-    same type that differs, comma-separated ("" when they are equal)."""
-    a, b = to_dict(old), to_dict(new)
-    return ", ".join(f"{prefix}{k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b.get(k))
+    """``field: old -> new`` for every field of two config dataclasses of the same type
+    that differs, nested sections as dotted paths (``learner.lr: 0.0001 -> 0.0003``),
+    comma-separated ("" when they are equal)."""
+    return ", ".join(
+        f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed_fields(old, new, prefix).items()
+    )
+
+
+def changed_fields(old: Any, new: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """``{dotted.field: (old, new)}`` for every leaf field that differs between two config
+    dataclasses of the same type (or their ``to_dict`` forms)."""
+    a = old if isinstance(old, dict) else to_dict(old)
+    b = new if isinstance(new, dict) else to_dict(new)
+    out: dict[str, tuple[Any, Any]] = {}
+    for k in list(a) + [k for k in b if k not in a]:
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out.update(changed_fields(x, y, f"{prefix}{k}."))
+        elif x != y:
+            out[f"{prefix}{k}"] = (x, y)
+    return out

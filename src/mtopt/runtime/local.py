@@ -29,7 +29,7 @@ import torch
 
 from mtopt._io import atomic_write_json
 from mtopt.collect.fleet import FleetSpec, run_fleet
-from mtopt.config import ConfigError, describe_changes, save_config
+from mtopt.config import ConfigError, changed_fields, describe_changes, save_config
 from mtopt.eval.evaluate import evaluate_policy
 from mtopt.policies.cem_policy import CEMPolicy
 from mtopt.policies.scripted import scripted_policy_for
@@ -38,7 +38,7 @@ from mtopt.qtopt.updater import BackgroundUpdater, BellmanUpdater
 from mtopt.replay.buffers import TaskBuffers
 from mtopt.replay.logreplay import LogReplay
 from mtopt.replay.source import replay_items
-from mtopt.runtime.config import RunConfig
+from mtopt.runtime.config import RunConfig, load_run_config, resume_config
 from mtopt.store.reader import EpisodeReader
 from mtopt.success.data import LabeledSet, episode_examples, stage_examples
 from mtopt.success.improve import disputes_given_labels, select_episodes
@@ -74,6 +74,15 @@ class RunPaths:
     @property
     def history(self) -> Path:
         return self.root / "history.json"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def config_changes(self) -> Path:
+        """Every resume that changed a setting: when, and ``field: [old, new]``."""
+        return self.root / "config_changes.json"
 
     @property
     def report(self) -> Path:
@@ -184,10 +193,57 @@ class LocalRun:
             raise FileExistsError(
                 f"{out} already holds a run; pass --resume to continue it or choose another --out"
             )
-        save_config(cfg, self.paths.root / "config.json")
         self.history: list[dict[str, Any]] = []
         self.log_lines: list[str] = []
+        if resume and self.paths.config.exists():
+            self._record_config_changes(load_run_config(self.paths.config), cfg)
+        save_config(cfg, self.paths.config)
         torch.manual_seed(cfg.seed)
+
+    @classmethod
+    def resume_from(
+        cls,
+        out: str | Path,
+        assignments: Sequence[str] = (),
+        registry: TaskRegistry = DEFAULT_REGISTRY,
+    ) -> LocalRun:
+        """Continue the run in ``out`` with its own ``config.json``, changed only by
+        ``assignments`` (``["budget_minutes=40"]``), as ``mtopt run --resume`` does."""
+        paths = RunPaths(Path(out))
+        if not paths.config.exists():
+            raise ConfigError(f"{out} holds no run to resume (no config.json)")
+        cfg = resume_config(load_run_config(paths.config), None, list(assignments), out)
+        return cls(cfg, out, resume=True, registry=registry)
+
+    def _record_config_changes(self, saved: RunConfig, cfg: RunConfig) -> None:
+        """A resume may change settings (a budget, a learning rate) but not the Q-network
+        the checkpoint holds; what it changes is logged and kept in config_changes.json,
+        so the run's config.json alone never hides that its first part ran otherwise."""
+        if cfg.qnet != saved.qnet:
+            raise ConfigError(
+                f"resuming {self.paths.root} with another Q-network than it was started with "
+                f"({describe_changes(saved.qnet, cfg.qnet, 'qnet.')}); "
+                "resume with the run's own config (LocalRun.resume_from, mtopt run --resume)"
+            )
+        changes = changed_fields(saved, cfg)
+        if not changes:
+            return
+        self._log(f"resuming with changed settings: {describe_changes(saved, cfg)}")
+        log: list[Any] = []
+        if self.paths.config_changes.exists():
+            try:
+                log = json.loads(self.paths.config_changes.read_text())
+            except (OSError, json.JSONDecodeError):  # damaged: set aside, never fatal
+                bad = self.paths.config_changes.with_suffix(f".corrupt-{int(time.time())}")
+                os.replace(self.paths.config_changes, bad)
+                self._log(f"config_changes.json was unreadable; moved to {bad.name}")
+        log.append(
+            {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "changes": {k: [a, b] for k, (a, b) in changes.items()},
+            }
+        )
+        atomic_write_json(self.paths.config_changes, log)
 
     # ------------------------------------------------------------------ stages
     def _log(self, msg: str) -> None:
