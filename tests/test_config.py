@@ -147,3 +147,16 @@ def test_local_run_resume_keeps_its_config_and_records_changes(tmp_path) -> None
     log = json.loads((out / "config_changes.json").read_text())
     assert log[0]["changes"] == {"seed": [3, 4]}
     assert len(list(out.glob("config_changes.corrupt-*"))) == 1
+
+
+def test_report_lists_settings_changed_on_resume(tmp_path) -> None:
+    from mtopt.runtime.report import _resume_lines
+
+    path = tmp_path / "config_changes.json"
+    assert _resume_lines(path) == []
+    path.write_text('[{"time": "T1", "changes": {"budget_minutes": [50.0, 40.0]}}]')
+    lines = _resume_lines(path)
+    assert lines[0] == "## Settings changed on resume"
+    assert any("T1" in ln and "budget_minutes" in ln and "50.0" in ln for ln in lines)
+    path.write_text("[{broken")
+    assert _resume_lines(path) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -84,6 +85,7 @@ def write_report(run: Any, summary: dict[str, Any], updater: Any) -> None:
             ["version", "episode labels", "mean balanced acc"],
         ),
         "",
+        *_resume_lines(run.paths.config_changes),
         "## Log",
         "",
         "```",
@@ -92,3 +94,24 @@ def write_report(run: Any, summary: dict[str, Any], updater: Any) -> None:
         "",
     ]
     atomic_write_bytes(out / "report.md", "\n".join(lines).encode())
+
+
+def _resume_lines(path: Path) -> list[str]:
+    """The report's record of settings changed on resume (``config_changes.json``)."""
+    try:
+        log = json.loads(path.read_text()) if path.exists() else []
+    except (OSError, json.JSONDecodeError):
+        return []
+    if not log:
+        return []
+    rows = [
+        {"resumed at": entry["time"], "setting": k, "before": v[0], "after": v[1]}
+        for entry in log
+        for k, v in entry["changes"].items()
+    ]
+    return [
+        "## Settings changed on resume",
+        "",
+        markdown_table(rows, ["resumed at", "setting", "before", "after"]),
+        "",
+    ]
