@@ -1,5 +1,6 @@
 """Episode store: round trip, schema versions, atomicity under SIGKILL, quarantine."""
 
+import json
 import multiprocessing as mp
 import os
 import signal
@@ -155,3 +156,71 @@ def test_truncated_shard_is_quarantined_not_fatal(tmp_path: Path, frac: float) -
     assert [e.episode_id for e in eps] == ["ep00002", "ep00003"]
     assert len(reader.quarantined) == 1 and reader.quarantined[0].exists()
     assert not first.exists()
+
+
+def test_collection_minutes_clip_the_gaps() -> None:
+    from mtopt.store.stats import collection_minutes
+
+    # 30 s, then a 2-hour stop (counts as 60 s), then 90 s (counts as 60 s)
+    got = collection_minutes([100.0, 130.0, 7330.0, 7420.0], max_gap_s=60.0)
+    np.testing.assert_allclose(got, [0.0, 0.5, 1.5, 2.5])
+    assert collection_minutes([]).size == 0
+
+
+def test_success_over_time_by_policy_and_bin() -> None:
+    """Hand-computed: bins of 1 collection minute, lift-* episodes judged at lift-any;
+    a place episode and an episode without ground truth are left out."""
+    from mtopt.store.stats import success_over_time
+
+    def row(t: float, task: str, policy: str, ok: bool | None) -> dict:
+        gt = None if ok is None else json.dumps({"lift-any": ok, "place-any": False})
+        return {"started_at": t, "task": task, "policy": policy, "gt_success_by_task": gt}
+
+    rows = [
+        row(30.0, "lift-ball", "cem", True),  # minute 0.5
+        row(0.0, "lift-any", "scripted-pick", False),  # minute 0 (rows come unsorted)
+        row(50.0, "lift-any", "cem", False),  # 0.83
+        row(80.0, "place-any", "cem", True),  # 1.33, not a lift episode
+        row(90.0, "lift-any", "cem", True),  # 1.5
+        row(100.0, "lift-any", "scripted-pick", True),  # 1.67
+        row(110.0, "lift-any", "cem", None),  # 1.83, no ground truth
+    ]
+    tl = success_over_time(rows, "lift-any", {"lift-any", "lift-ball"}, bin_minutes=1.0)
+    assert tl["policies"] == {
+        "cem": [
+            {"start": 0.0, "episodes": 2, "successes": 1, "rate": 0.5},
+            {"start": 1.0, "episodes": 1, "successes": 1, "rate": 1.0},
+        ],
+        "scripted-pick": [
+            {"start": 0.0, "episodes": 1, "successes": 0, "rate": 0.0},
+            {"start": 1.0, "episodes": 1, "successes": 1, "rate": 1.0},
+        ],
+    }
+    assert tl["minutes"] == pytest.approx(110.0 / 60.0)
+    with pytest.raises(ValueError, match="bin_minutes"):
+        success_over_time(rows, "lift-any", {"lift-any"}, bin_minutes=0)
+
+
+def test_timeline_command_on_a_store(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mtopt.cli import app
+
+    with EpisodeWriter(tmp_path / "store", "r0") as w:
+        for i in range(6):
+            w.write(make_episode(i))
+    out = tmp_path / "tl.json"
+    res = CliRunner().invoke(
+        app,
+        ["store", "timeline", str(tmp_path / "store"), "--task", "lift-any", "--json", str(out)],
+    )
+    assert res.exit_code == 0, res.output
+    tl = json.loads(out.read_text())
+    assert tl["policies"]["scripted-pick"] == [
+        {"start": 0.0, "episodes": 6, "successes": 3, "rate": 0.5}
+    ]
+    assert (tmp_path / "store" / "timeline-lift-any.png").exists()
+    res = CliRunner().invoke(
+        app, ["store", "timeline", str(tmp_path / "store"), "--task", "place-any"]
+    )
+    assert res.exit_code == 2 and "no episodes" in res.output

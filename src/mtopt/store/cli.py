@@ -43,3 +43,51 @@ def stats(
     typer.echo("policies: " + ", ".join(f"{k}={v}" for k, v in s["policies"].items()))
     out = plot_stats(s, plot or store / "stats.png")
     typer.echo(f"plot: {out}")
+
+
+@app.command()
+def timeline(
+    store: Path = typer.Argument(..., help="Episode store directory."),
+    task: str = typer.Option(..., help="The task to judge every episode at, e.g. lift-any."),
+    episodes_of: str | None = typer.Option(
+        None,
+        help="Comma-separated tasks whose episodes count (default: every task of TASK's "
+        "skill, e.g. all lift-* episodes for lift-any).",
+    ),
+    bin_minutes: float = typer.Option(10.0, "--bin", help="Minutes of collection per bin."),
+    plot: Path | None = typer.Option(None, help="PNG to write (default: STORE/timeline-TASK.png)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the numbers here."),
+) -> None:
+    """Ground-truth success over collection time, per policy (scripted vs learned)."""
+    from mtopt._io import atomic_write_json
+    from mtopt.store.reader import EpisodeReader, StoreNotFoundError
+    from mtopt.store.stats import plot_success_over_time, success_over_time
+    from mtopt.tasks.registry import DEFAULT_REGISTRY
+
+    if episodes_of is not None:
+        tasks = [t for t in episodes_of.split(",") if t]
+    else:
+        skill = next((s for s, ts in DEFAULT_REGISTRY.skills.items() if task in ts), None)
+        tasks = list(DEFAULT_REGISTRY.skills[skill]) if skill else [task]
+    try:
+        rows = EpisodeReader(store).metadata()
+        tl = success_over_time(rows, task, tasks, bin_minutes)
+    except (StoreNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if not tl["policies"]:
+        typer.echo(f"error: no episodes of {','.join(tasks)} judged at {task} in {store}", err=True)
+        raise typer.Exit(2)
+    typer.echo(
+        f"{task} success of {','.join(tasks)} episodes, {tl['minutes']:.0f} collection minutes"
+    )
+    for policy, bins in tl["policies"].items():
+        typer.echo(f"{policy}:")
+        for b in bins:
+            typer.echo(
+                f"  min {b['start']:6.0f}+ {b['episodes']:6d} episodes  {b['rate']:6.1%} success"
+            )
+    if json_out is not None:
+        atomic_write_json(json_out, tl)
+    out = plot_success_over_time(tl, plot or store / f"timeline-{task}.png")
+    typer.echo(f"plot: {out}")

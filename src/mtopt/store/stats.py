@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,88 @@ def plot_stats(stats: dict[str, Any], out: Path) -> Path:
     a2.legend()
     for a in (a1, a2):
         a.tick_params(axis="x", rotation=45, labelsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def collection_minutes(started_at: Sequence[float], max_gap_s: float = 60.0) -> np.ndarray:
+    """Minutes of collection before each episode (in ``started_at`` order given sorted
+    times): the gaps between consecutive episodes, each clipped to ``max_gap_s``, summed,
+    so a run that was stopped for a night and resumed does not show an empty night."""
+    t = np.asarray(started_at, dtype=np.float64)
+    if t.size == 0:
+        return t
+    gaps = np.clip(np.diff(t, prepend=t[0]), 0.0, max_gap_s)
+    return np.cumsum(gaps) / 60.0
+
+
+def success_over_time(
+    rows: Sequence[Mapping[str, Any]],
+    judge: str,
+    episode_tasks: Collection[str],
+    bin_minutes: float = 10.0,
+    max_gap_s: float = 60.0,
+) -> dict[str, Any]:
+    """Ground-truth success at ``judge`` of the episodes collected for ``episode_tasks``
+    (e.g. every lift-* episode judged as lift-any), per policy and per ``bin_minutes`` of
+    collection time (:func:`collection_minutes` over the whole store).
+
+    Returns ``{"judge", "bin_minutes", "minutes", "policies": {policy: [{"start",
+    "episodes", "successes", "rate"}, ...]}}``; a bin without episodes of a policy is
+    left out of that policy's list. Episodes without ground truth are skipped."""
+    if bin_minutes <= 0:
+        raise ValueError(f"bin_minutes must be > 0, got {bin_minutes}")
+    ordered = sorted(rows, key=lambda r: r["started_at"])
+    minutes = collection_minutes([r["started_at"] for r in ordered], max_gap_s)
+    counts: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    wanted = set(episode_tasks)
+    for r, m in zip(ordered, minutes, strict=True):
+        if r["task"] not in wanted or not r.get("gt_success_by_task"):
+            continue
+        by_task = json.loads(r["gt_success_by_task"])
+        if judge not in by_task:
+            continue
+        c = counts[r["policy"]][int(m // bin_minutes)]
+        c[0] += 1
+        c[1] += int(bool(by_task[judge]))
+    return {
+        "judge": judge,
+        "episode_tasks": sorted(wanted),
+        "bin_minutes": bin_minutes,
+        "minutes": float(minutes[-1]) if len(minutes) else 0.0,
+        "policies": {
+            policy: [
+                {"start": b * bin_minutes, "episodes": n, "successes": s, "rate": s / n}
+                for b, (n, s) in sorted(bins.items())
+            ]
+            for policy, bins in sorted(counts.items())
+        },
+    }
+
+
+def plot_success_over_time(timeline: dict[str, Any], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = timeline["bin_minutes"]
+    for policy, bins in timeline["policies"].items():
+        ax.plot(
+            [b["start"] + width / 2 for b in bins],
+            [b["rate"] for b in bins],
+            marker="o",
+            label=f"{policy} ({sum(b['episodes'] for b in bins)} episodes)",
+        )
+    ax.set_xlabel("collection minutes")
+    ax.set_ylabel(f"ground-truth success at {timeline['judge']}")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{timeline['judge']}, collected episodes by policy")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
