@@ -45,3 +45,28 @@ def test_trailing_mean_by_hand() -> None:
     assert trailing_mean([0.0, 0.3, 0.6, 0.0], 3) == [0.0, 0.15, 0.3, 0.3]
     assert trailing_mean([0.5], 5) == [0.5]
     assert trailing_mean([], 3) == []
+
+
+def test_report_shows_collected_success_per_policy(tmp_path: Path) -> None:
+    """The run report's table of collected episodes: lift-* episodes judged at lift-any,
+    per policy (3 of 6 scripted lift episodes succeed in test_store's make_episode)."""
+    from types import SimpleNamespace
+
+    from tests.test_store import make_episode
+
+    from mtopt.runtime.config import RunConfig
+    from mtopt.runtime.local import RunPaths
+    from mtopt.runtime.report import _collection_lines
+    from mtopt.store import EpisodeWriter
+    from mtopt.tasks.registry import DEFAULT_REGISTRY
+
+    run = SimpleNamespace(paths=RunPaths(tmp_path), registry=DEFAULT_REGISTRY, cfg=RunConfig())
+    assert _collection_lines(run, tmp_path / "report") == []  # no store yet
+    with EpisodeWriter(tmp_path / "store", "r0") as w:
+        for i in range(6):
+            w.write(make_episode(i))
+    text = "\n".join(_collection_lines(run, tmp_path / "report"))
+    assert "| lift-any | scripted-pick | 6 | 0.50 | 0.50 | 0.50 |" in text
+    assert "| lift-ball | scripted-pick | 6 | 0.00 | 0.00 | 0.00 |" in text
+    assert (tmp_path / "report" / "collection_lift-any.png").exists()
+    assert "place-any |" not in text  # no place episodes were collected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,7 @@ def write_report(run: Any, summary: dict[str, Any], updater: Any) -> None:
             ["version", "episode labels", "mean balanced acc"],
         ),
         "",
+        *_collection_lines(run, out),
         *_resume_lines(run.paths.config_changes),
         "## Log",
         "",
@@ -113,5 +115,58 @@ def _resume_lines(path: Path) -> list[str]:
         "## Settings changed on resume",
         "",
         markdown_table(rows, ["resumed at", "setting", "before", "after"]),
+        "",
+    ]
+
+
+def _collection_lines(run: Any, out: Path) -> list[str]:
+    """Ground-truth success of the episodes the robots collected, per policy over
+    collection time, for each evaluated task (its skill's episodes): does the learned
+    policy, exploring, collect more successes than the scripted one?"""
+    from mtopt.store.reader import EpisodeReader, StoreNotFoundError
+    from mtopt.store.stats import collection_minutes, plot_success_over_time, success_over_time
+
+    try:
+        rows = EpisodeReader(run.paths.store).metadata()
+    except StoreNotFoundError:
+        return []
+    if not rows:
+        return []
+    total = float(collection_minutes(sorted(r["started_at"] for r in rows))[-1])
+    bin_minutes = float(max(1, math.ceil(total / 10)))
+    skills = run.registry.skills
+    table: list[dict[str, Any]] = []
+    plots: list[str] = []
+    for task in run.cfg.eval.tasks:
+        tasks = next((ts for ts in skills.values() if task in ts), (task,))
+        tl = success_over_time(rows, task, tasks, bin_minutes)
+        if not tl["policies"]:
+            continue
+        name = f"collection_{task}.png"
+        plot_success_over_time(tl, out / name)
+        plots.append(f"![{task}]({name})")
+        for policy, bins in tl["policies"].items():
+            n = sum(b["episodes"] for b in bins)
+            table.append(
+                {
+                    "task": task,
+                    "policy": policy,
+                    "episodes": n,
+                    "success": sum(b["successes"] for b in bins) / n,
+                    "first bin": bins[0]["rate"],
+                    "last bin": bins[-1]["rate"],
+                }
+            )
+    if not table:
+        return []
+    return [
+        "## Success of the collected episodes (ground truth, with exploration)",
+        "",
+        f"Each task's skill's episodes judged at the task, per policy, in bins of "
+        f"{bin_minutes:g} collection minutes (`mtopt store timeline` for other tasks).",
+        "",
+        markdown_table(table, ["task", "policy", "episodes", "success", "first bin", "last bin"]),
+        "",
+        *plots,
         "",
     ]
