@@ -70,3 +70,21 @@ def test_report_shows_collected_success_per_policy(tmp_path: Path) -> None:
     assert "| lift-ball | scripted-pick | 6 | 0.00 | 0.00 | 0.00 |" in text
     assert (tmp_path / "report" / "collection_lift-any.png").exists()
     assert "place-any |" not in text  # no place episodes were collected
+
+
+def test_save_figure_writes_png_atomically_and_closes(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from mtopt._plots import save_figure
+    from mtopt.success.plots import plot_confusion, plot_curve
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    out = save_figure(fig, tmp_path / "new" / "f.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plt.fignum_exists(fig.number)
+    assert [p.name for p in out.parent.iterdir()] == ["f.png"]  # no temp file left
+    metrics = {"lift-any": {"confusion": {"tp": 8, "fn": 2, "tn": 9, "fp": 1}}}
+    curve = [{"labels_per_task": 0, "balanced_accuracy": {"lift-any": 0.8}}]
+    for p in [plot_confusion(metrics, tmp_path / "c.png"), plot_curve(curve, tmp_path / "d.png")]:
+        assert p.read_bytes()[:4] == b"\x89PNG"

@@ -15,6 +15,8 @@ from typing import Any
 
 import matplotlib
 
+from mtopt._plots import save_figure
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
@@ -57,11 +59,7 @@ def plot_success_over_time(
     if tasks:
         ax.legend(fontsize=7, ncol=2, loc="upper left")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=110)
 
 
 def plot_composition(
@@ -84,11 +82,7 @@ def plot_composition(
     ax.set_ylabel("episodes")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=110)
 
 
 def plot_batch_composition(batch_share: Mapping[str, Mapping[str, float]], out: Path) -> Path:
@@ -103,11 +97,7 @@ def plot_batch_composition(batch_share: Mapping[str, Mapping[str, float]], out: 
     ax.set_title("Training batch composition after re-balancing")
     ax.tick_params(axis="x", rotation=45, labelsize=8)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=110)
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from mtopt._plots import save_figure
 from mtopt.store.reader import EpisodeReader
 
 
@@ -109,11 +110,7 @@ def plot_stats(stats: dict[str, Any], out: Path) -> Path:
     a2.legend()
     for a in (a1, a2):
         a.tick_params(axis="x", rotation=45, labelsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=100)
 
 
 def collection_minutes(started_at: Sequence[float], max_gap_s: float = 60.0) -> np.ndarray:
@@ -191,8 +188,4 @@ def plot_success_over_time(timeline: dict[str, Any], out: Path) -> Path:
     ax.set_ylim(0, 1)
     ax.set_title(f"{timeline['judge']}, collected episodes by policy")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=100)

@@ -7,6 +7,8 @@ from typing import Any
 
 import matplotlib
 
+from mtopt._plots import save_figure
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
@@ -38,11 +40,7 @@ def plot_confusion(metrics: dict[str, dict[str, Any]], out: Path) -> Path:
             )
     fig.colorbar(im, ax=ax)
     ax.set_title("success detector confusion rates per task")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=100)
 
 
 def plot_curve(curve: list[dict[str, Any]], out: Path) -> Path:
@@ -57,8 +55,4 @@ def plot_curve(curve: list[dict[str, Any]], out: Path) -> Path:
     ax.set_ylim(0.4, 1.01)
     ax.legend(fontsize=6, ncol=2)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=100)
