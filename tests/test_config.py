@@ -146,7 +146,13 @@ def test_local_run_resume_keeps_its_config_and_records_changes(tmp_path) -> None
     LocalRun(override(run.cfg, ["seed=4"]), out, resume=True)
     log = json.loads((out / "config_changes.json").read_text())
     assert log[0]["changes"] == {"seed": [3, 4]}
-    assert len(list(out.glob("config_changes.corrupt-*"))) == 1
+    assert len(list(out.glob("config_changes.json.corrupt-*"))) == 1
+
+    # an unreadable config.json: set aside, the caller's config is the run's from now on
+    (out / "config.json").write_text('{"seed": ')
+    LocalRun(override(run.cfg, ["seed=5"]), out, resume=True)
+    assert load_run_config(out / "config.json").seed == 5
+    assert len(list(out.glob("config.json.corrupt-*"))) == 1
 
 
 def test_report_lists_settings_changed_on_resume(tmp_path) -> None:

@@ -196,7 +196,12 @@ class LocalRun:
         self.history: list[dict[str, Any]] = []
         self.log_lines: list[str] = []
         if resume and self.paths.config.exists():
-            self._record_config_changes(load_run_config(self.paths.config), cfg)
+            try:
+                saved = load_run_config(self.paths.config)
+            except ConfigError as exc:  # unreadable: set aside; cfg is rewritten below
+                self._log(f"{exc}; moved to {self._set_aside(self.paths.config).name}")
+            else:
+                self._record_config_changes(saved, cfg)
         save_config(cfg, self.paths.config)
         torch.manual_seed(cfg.seed)
 
@@ -229,14 +234,16 @@ class LocalRun:
         if not changes:
             return
         self._log(f"resuming with changed settings: {describe_changes(saved, cfg)}")
-        log: list[Any] = []
+        log: Any = []
         if self.paths.config_changes.exists():
             try:
                 log = json.loads(self.paths.config_changes.read_text())
-            except (OSError, json.JSONDecodeError):  # damaged: set aside, never fatal
-                bad = self.paths.config_changes.with_suffix(f".corrupt-{int(time.time())}")
-                os.replace(self.paths.config_changes, bad)
+            except (OSError, json.JSONDecodeError):
+                log = None
+            if not isinstance(log, list):  # damaged: set aside, never fatal
+                bad = self._set_aside(self.paths.config_changes)
                 self._log(f"config_changes.json was unreadable; moved to {bad.name}")
+                log = []
         log.append(
             {
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -244,6 +251,12 @@ class LocalRun:
             }
         )
         atomic_write_json(self.paths.config_changes, log)
+
+    @staticmethod
+    def _set_aside(path: Path) -> Path:
+        bad = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+        os.replace(path, bad)
+        return bad
 
     # ------------------------------------------------------------------ stages
     def _log(self, msg: str) -> None:
