@@ -125,3 +125,11 @@ def test_uniform_allocate_follows_data() -> None:
         out = uniform_allocate({"a": (90, 0), "b": (0, 10)}, 10, rng)
         tot += [out["a"][0], out["b"][1]]
     assert abs(tot[0] / tot.sum() - 0.9) < 0.03
+
+
+def test_skill_tasks_of_a_known_and_an_unknown_task() -> None:
+    from mtopt.replay.impersonation import skill_tasks
+
+    assert skill_tasks("place-any", DEFAULT_REGISTRY) == DEFAULT_REGISTRY.skills["place"]
+    assert "lift-ball" in skill_tasks("lift-any", DEFAULT_REGISTRY)
+    assert skill_tasks("wipe-table", DEFAULT_REGISTRY) == ("wipe-table",)

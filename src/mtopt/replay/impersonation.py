@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-from mtopt.tasks.registry import TaskRegistry
+from mtopt.tasks.registry import TaskRegistry, UnknownTaskError
 
 ImpersonationMode = Literal["orig", "all", "skill"]
 MODES: tuple[str, ...] = ("orig", "all", "skill")
@@ -34,6 +34,15 @@ def impersonation_targets(
     if mode == "skill":
         return registry.skills[spec.skill]
     raise ValueError(f"unknown impersonation mode {mode!r}; valid: {list(MODES)}")
+
+
+def skill_tasks(task: str, registry: TaskRegistry) -> tuple[str, ...]:
+    """Every task of ``task``'s skill (f_skill's targets); just ``(task,)`` for a task the
+    registry does not know (e.g. one added to a store later)."""
+    try:
+        return impersonation_targets(task, registry, "skill")
+    except UnknownTaskError:
+        return (task,)
 
 
 def impersonate(

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from mtopt.collect.loop import CollectConfig
 from mtopt.config import ConfigError, describe_changes, from_dict, override
@@ -142,6 +142,19 @@ def load_run_config(path: str | Path) -> RunConfig:
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"cannot read the run's config {path}: {exc}") from None
     return from_dict(RunConfig, data)
+
+
+def load_config_changes(path: str | Path) -> list[dict[str, Any]] | None:
+    """A run's record of settings changed on resume (``config_changes.json``): [] when
+    there is none, None when it is unreadable."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        log = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return log if isinstance(log, list) else None
 
 
 def resume_config(

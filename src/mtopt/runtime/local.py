@@ -38,7 +38,12 @@ from mtopt.qtopt.updater import BackgroundUpdater, BellmanUpdater
 from mtopt.replay.buffers import TaskBuffers
 from mtopt.replay.logreplay import LogReplay
 from mtopt.replay.source import replay_items
-from mtopt.runtime.config import RunConfig, load_run_config, resume_config
+from mtopt.runtime.config import (
+    RunConfig,
+    load_config_changes,
+    load_run_config,
+    resume_config,
+)
 from mtopt.store.reader import EpisodeReader
 from mtopt.success.data import LabeledSet, episode_examples, stage_examples
 from mtopt.success.improve import disputes_given_labels, select_episodes
@@ -234,16 +239,11 @@ class LocalRun:
         if not changes:
             return
         self._log(f"resuming with changed settings: {describe_changes(saved, cfg)}")
-        log: Any = []
-        if self.paths.config_changes.exists():
-            try:
-                log = json.loads(self.paths.config_changes.read_text())
-            except (OSError, json.JSONDecodeError):
-                log = None
-            if not isinstance(log, list):  # damaged: set aside, never fatal
-                bad = self._set_aside(self.paths.config_changes)
-                self._log(f"config_changes.json was unreadable; moved to {bad.name}")
-                log = []
+        log = load_config_changes(self.paths.config_changes)
+        if log is None:  # damaged: set aside, never fatal
+            bad = self._set_aside(self.paths.config_changes)
+            self._log(f"config_changes.json was unreadable; moved to {bad.name}")
+            log = []
         log.append(
             {
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S"),

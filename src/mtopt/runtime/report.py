@@ -100,10 +100,9 @@ def write_report(run: Any, summary: dict[str, Any], updater: Any) -> None:
 
 def _resume_lines(path: Path) -> list[str]:
     """The report's record of settings changed on resume (``config_changes.json``)."""
-    try:
-        log = json.loads(path.read_text()) if path.exists() else []
-    except (OSError, json.JSONDecodeError):
-        return []
+    from mtopt.runtime.config import load_config_changes
+
+    log = load_config_changes(path)
     if not log:
         return []
     rows = [
@@ -123,6 +122,7 @@ def _collection_lines(run: Any, out: Path) -> list[str]:
     """Ground-truth success of the episodes the robots collected, per policy over
     collection time, for each evaluated task (its skill's episodes): does the learned
     policy, exploring, collect more successes than the scripted one?"""
+    from mtopt.replay.impersonation import skill_tasks
     from mtopt.store.reader import EpisodeReader, StoreNotFoundError
     from mtopt.store.stats import collection_minutes, plot_success_over_time, success_over_time
 
@@ -134,12 +134,10 @@ def _collection_lines(run: Any, out: Path) -> list[str]:
         return []
     total = float(collection_minutes(sorted(r["started_at"] for r in rows))[-1])
     bin_minutes = float(max(1, math.ceil(total / 10)))
-    skills = run.registry.skills
     table: list[dict[str, Any]] = []
     plots: list[str] = []
     for task in run.cfg.eval.tasks:
-        tasks = next((ts for ts in skills.values() if task in ts), (task,))
-        tl = success_over_time(rows, task, tasks, bin_minutes)
+        tl = success_over_time(rows, task, skill_tasks(task, run.registry), bin_minutes)
         if not tl["policies"]:
             continue
         name = f"collection_{task}.png"

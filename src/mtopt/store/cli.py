@@ -60,6 +60,7 @@ def timeline(
 ) -> None:
     """Ground-truth success over collection time, per policy (scripted vs learned)."""
     from mtopt._io import atomic_write_json
+    from mtopt.replay.impersonation import skill_tasks
     from mtopt.store.reader import EpisodeReader, StoreNotFoundError
     from mtopt.store.stats import plot_success_over_time, success_over_time
     from mtopt.tasks.registry import DEFAULT_REGISTRY
@@ -67,8 +68,7 @@ def timeline(
     if episodes_of is not None:
         tasks = [t for t in episodes_of.split(",") if t]
     else:
-        skill = next((s for s, ts in DEFAULT_REGISTRY.skills.items() if task in ts), None)
-        tasks = list(DEFAULT_REGISTRY.skills[skill]) if skill else [task]
+        tasks = list(skill_tasks(task, DEFAULT_REGISTRY))
     try:
         rows = EpisodeReader(store).metadata()
         tl = success_over_time(rows, task, tasks, bin_minutes)
