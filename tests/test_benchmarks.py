@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -44,3 +45,16 @@ def test_every_benchmark_script_starts(script: str) -> None:
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "--json" in r.stdout
+
+
+def test_spearman_of_the_q_landscape_probe_by_hand() -> None:
+    from q_landscape_probe import spearman
+
+    # ranks (0, 1, 2, 3) and (0, 2, 1, 3): 1 - 6 * sum(d^2) / (n (n^2 - 1)) = 1 - 12 / 60
+    assert spearman(np.array([1.0, 2, 3, 4]), np.array([10.0, 30, 20, 40])) == pytest.approx(0.8)
+    assert spearman(np.array([1.0, 2, 3]), np.array([5.0, 4, 1])) == pytest.approx(-1.0)
+    # tied x: ranks (0, 1.5, 1.5, 3) against (0, 1, 2, 3): 4.5 / sqrt(4.5 * 5)
+    assert spearman(np.array([1.0, 2, 2, 3]), np.array([1.0, 2, 3, 4])) == pytest.approx(
+        4.5 / math.sqrt(22.5)
+    )
+    assert math.isnan(spearman(np.array([1.0, 2, 3]), np.array([2.0, 2, 2])))
