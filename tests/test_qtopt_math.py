@@ -322,3 +322,52 @@ def test_compute_targets_mc_bound_needs_returns_and_raises_targets() -> None:
     assert out.tolist() == pytest.approx([0.9, 0.59049], abs=1e-5)
     plain = compute_targets(nets, batch, 0.9, cem, g).targets
     assert plain.tolist() == pytest.approx([0.45, 0.45], abs=1e-3)
+
+
+def test_mc_mix_by_hand() -> None:
+    from mtopt.qtopt.bellman import mc_mix
+
+    targets = torch.tensor([0.4, 0.5, 0.0])
+    final = torch.tensor([1.0, 0.0, 1.0])
+    to_go = torch.tensor([2.0, 0.0, 0.0])
+    # 0.75 * 0.4 + 0.25 * 0.81 = 0.5025 ; 0.75 * 0.5 + 0 = 0.375 ; 0 + 0.25 * 1 = 0.25
+    out = mc_mix(targets, final, to_go, 0.9, 0.25)
+    assert torch.allclose(out, torch.tensor([0.5025, 0.375, 0.25]))
+    assert torch.equal(mc_mix(targets, final, to_go, 0.9, 0.0), targets)
+
+
+def test_compute_targets_mc_mix_mixes_the_return_into_td() -> None:
+    a0 = torch.tensor([0.2, -0.3, 0.1, 0.0, 1.0, -1.0])
+    nets = [ConstNet(0.0, a0), ConstNet(0.0, a0)]  # next value sigmoid(0) = 0.5
+    b = 2
+    batch = TransitionBatch(
+        images=torch.zeros(b, 32, 32, 3, dtype=torch.uint8),
+        states=torch.zeros(b, 2),
+        actions=torch.zeros(b, 6),
+        task_idx=torch.zeros(b, dtype=torch.int64),
+        rewards=torch.zeros(b),
+        next_images=torch.zeros(b, 32, 32, 3, dtype=torch.uint8),
+        next_states=torch.zeros(b, 2),
+        dones=torch.zeros(b),
+    )
+    cem = CEMConfig(iterations=1, samples=16, elites=4)
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="final_rewards"):
+        compute_targets(nets, batch, 0.9, cem, g, mc_mix_beta=0.5)
+    with pytest.raises(ValueError, match="mc_mix_beta"):
+        compute_targets(nets, batch, 0.9, cem, g, mc_mix_beta=1.5)
+    batch.final_rewards = torch.tensor([1.0, 0.0])
+    batch.steps_to_go = torch.tensor([1.0, 3.0])
+
+    def targets(**kw: object) -> torch.Tensor:  # the same CEM draws every call
+        return compute_targets(
+            nets, batch, 0.9, cem, torch.Generator().manual_seed(0), **kw
+        ).targets
+
+    td = targets()
+    returns = torch.tensor([0.9, 0.0])  # 1 * 0.9 ** 1 and 0 * 0.9 ** 3
+    assert torch.allclose(targets(mc_mix_beta=0.5), 0.5 * td + 0.5 * returns)
+    assert torch.allclose(targets(mc_mix_beta=1.0), returns)
+    # the bound first, then the mix: max(td, 0.9) = 0.9 mixed with 0.9 stays 0.9
+    both = targets(mc_bound=True, mc_mix_beta=0.5)
+    assert torch.allclose(both, torch.stack([torch.tensor(0.9), 0.5 * td[1]]))

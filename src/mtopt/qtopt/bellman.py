@@ -10,6 +10,12 @@ the episode actually achieved from (s, a) is a sample of the behaviour policy's 
 which the optimal Q cannot be below in a deterministic cell. This is not in QT-Opt or
 MT-Opt; it is a known remedy for slow reward propagation with sparse rewards
 (self-imitation / Monte-Carlo lower bounds), off by default.
+
+Optionally (``mc_mix`` = beta > 0) the target is mixed with that return,
+target = (1 - beta) * target + beta * R_final * gamma ** steps_to_go: the return ranks the
+actions of the data directly where the bootstrapped value is still flat
+(``benchmarks/offline_fit_probe.py``), at the price of valuing the behaviour policy's
+actions rather than the greedy ones. Not in QT-Opt or MT-Opt; 0 (off) by default.
 """
 
 from __future__ import annotations
@@ -97,6 +103,17 @@ def mc_lower_bound(
     return torch.maximum(targets, final_rewards * gamma**steps_to_go)
 
 
+def mc_mix(
+    targets: torch.Tensor,
+    final_rewards: torch.Tensor,
+    steps_to_go: torch.Tensor,
+    gamma: float,
+    beta: float,
+) -> torch.Tensor:
+    """(1 - beta) * target + beta * R_final * gamma ** steps_to_go (pure)."""
+    return (1.0 - beta) * targets + beta * final_rewards * gamma**steps_to_go
+
+
 @torch.no_grad()
 def next_state_values(
     target_nets: Sequence[QNetwork],
@@ -126,11 +143,15 @@ def compute_targets(
     cfg: CEMConfig = CEMConfig(),
     generator: torch.Generator | None = None,
     mc_bound: bool = False,
+    mc_mix_beta: float = 0.0,
 ) -> TrainBatch:
     """Bellman targets for a transition batch -> a ``TrainBatch`` for the learner.
 
-    ``mc_bound``: raise each target to the episode's discounted return (needs the batch's
-    ``final_rewards`` and ``steps_to_go``)."""
+    ``mc_bound``: raise each target to the episode's discounted return; ``mc_mix_beta``:
+    then mix that return in with this weight (both need the batch's ``final_rewards``
+    and ``steps_to_go``)."""
+    if not 0.0 <= mc_mix_beta <= 1.0:
+        raise ValueError(f"mc_mix_beta must be in [0, 1], got {mc_mix_beta}")
     next_q = torch.zeros(len(batch), device=batch.rewards.device)
     live = batch.dones < 0.5
     if bool(live.any()):
@@ -144,12 +165,14 @@ def compute_targets(
             generator,
         )
     targets = bellman_targets(batch.rewards.float(), batch.dones.float(), next_q, gamma)
-    if mc_bound:
+    if mc_bound or mc_mix_beta > 0:
         if batch.final_rewards is None or batch.steps_to_go is None:
-            raise ValueError("mc_bound needs the batch's final_rewards and steps_to_go")
-        targets = mc_lower_bound(
-            targets, batch.final_rewards.float(), batch.steps_to_go.float(), gamma
-        )
+            raise ValueError("mc_bound and mc_mix need the batch's final_rewards and steps_to_go")
+        final, to_go = batch.final_rewards.float(), batch.steps_to_go.float()
+        if mc_bound:
+            targets = mc_lower_bound(targets, final, to_go, gamma)
+        if mc_mix_beta > 0:
+            targets = mc_mix(targets, final, to_go, gamma, mc_mix_beta)
     return TrainBatch(
         batch.images, batch.states.float(), batch.actions.float(), batch.task_idx, targets
     )

@@ -65,10 +65,17 @@ class LearnerConfig:
     """Raise every Bellman target to the episode's own discounted return (R_final *
     gamma ** steps_to_go): the actions of a successful episode are worth at least what
     they achieved. Not part of QT-Opt; off by default (see qtopt.bellman)."""
+    mc_mix: float = 0.0
+    """Mix the episode's own discounted return into every Bellman target with this
+    weight, in [0, 1] (see qtopt.bellman.mc_mix). Not part of QT-Opt; 0: off."""
     device: str = "cpu"
     """Where the networks train: "cpu", "cuda", "cuda:N" or "auto" (a GPU where PyTorch
     sees one). Batches move there; published weights and checkpoints are written from
     CPU copies, so robots and CPU-only machines load them unchanged."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mc_mix <= 1.0:
+            raise ValueError(f"learner.mc_mix must be in [0, 1], got {self.mc_mix}")
 
 
 class Learner:

@@ -35,6 +35,7 @@ class BellmanUpdater:
         rebalance: bool = True,
         seed: int = 0,
         mc_bound: bool = False,
+        mc_mix: float = 0.0,
         buffers_lock: contextlib.AbstractContextManager[object] | None = None,
     ):
         self.buffers = buffers
@@ -49,6 +50,7 @@ class BellmanUpdater:
         self.success_ratio = success_ratio
         self.rebalance = rebalance
         self.mc_bound = mc_bound
+        self.mc_mix = mc_mix
         self.rng = np.random.default_rng(seed)
         # CEM samples where the target networks are (a CPU generator cannot feed a GPU)
         self.device = next(self.target_nets[0].parameters()).device
@@ -67,7 +69,9 @@ class BellmanUpdater:
         np.add.at(self.task_counts, tr.task_idx, 1)
         # success episodes show up as reward at their last step; count by episode label instead
         batch = TransitionBatch.from_numpy(tr).to(self.device)
-        return compute_targets(target_nets, batch, self.gamma, self.cem, self.gen, self.mc_bound)
+        return compute_targets(
+            target_nets, batch, self.gamma, self.cem, self.gen, self.mc_bound, self.mc_mix
+        )
 
 
 class BackgroundUpdater:

@@ -438,6 +438,7 @@ class LocalRun:
             c.replay.rebalance,
             c.seed,
             mc_bound=c.learner.mc_bound,
+            mc_mix=c.learner.mc_mix,
             buffers_lock=buffers_lock,
         )
         background: BackgroundUpdater | None = None

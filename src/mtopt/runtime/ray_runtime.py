@@ -119,6 +119,7 @@ def _replay_actor_cls() -> Any:
                 cfg.replay.rebalance,
                 seed,
                 mc_bound=cfg.learner.mc_bound,
+                mc_mix=cfg.learner.mc_mix,
             )
             self.q_version = -1
             self.ingested = 0
