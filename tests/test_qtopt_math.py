@@ -297,11 +297,9 @@ def test_mc_lower_bound_by_hand() -> None:
     assert torch.allclose(out, torch.tensor([0.81, 0.30, 0.95, 1.0]))
 
 
-def test_compute_targets_mc_bound_needs_returns_and_raises_targets() -> None:
-    a0 = torch.tensor([0.2, -0.3, 0.1, 0.0, 1.0, -1.0])
-    nets = [ConstNet(0.0, a0), ConstNet(0.0, a0)]  # next value sigmoid(0) = 0.5
-    b = 2
-    batch = TransitionBatch(
+def _live_batch(b: int) -> TransitionBatch:
+    """b non-terminal transitions of zeros (reward 0), without episode returns."""
+    return TransitionBatch(
         images=torch.zeros(b, 32, 32, 3, dtype=torch.uint8),
         states=torch.zeros(b, 2),
         actions=torch.zeros(b, 6),
@@ -311,6 +309,12 @@ def test_compute_targets_mc_bound_needs_returns_and_raises_targets() -> None:
         next_states=torch.zeros(b, 2),
         dones=torch.zeros(b),
     )
+
+
+def test_compute_targets_mc_bound_needs_returns_and_raises_targets() -> None:
+    a0 = torch.tensor([0.2, -0.3, 0.1, 0.0, 1.0, -1.0])
+    nets = [ConstNet(0.0, a0), ConstNet(0.0, a0)]  # next value sigmoid(0) = 0.5
+    batch = _live_batch(2)
     cem = CEMConfig(iterations=3, samples=256, elites=16)
     g = torch.Generator().manual_seed(0)
     with pytest.raises(ValueError, match="final_rewards"):
@@ -339,17 +343,7 @@ def test_mc_mix_by_hand() -> None:
 def test_compute_targets_mc_mix_mixes_the_return_into_td() -> None:
     a0 = torch.tensor([0.2, -0.3, 0.1, 0.0, 1.0, -1.0])
     nets = [ConstNet(0.0, a0), ConstNet(0.0, a0)]  # next value sigmoid(0) = 0.5
-    b = 2
-    batch = TransitionBatch(
-        images=torch.zeros(b, 32, 32, 3, dtype=torch.uint8),
-        states=torch.zeros(b, 2),
-        actions=torch.zeros(b, 6),
-        task_idx=torch.zeros(b, dtype=torch.int64),
-        rewards=torch.zeros(b),
-        next_images=torch.zeros(b, 32, 32, 3, dtype=torch.uint8),
-        next_states=torch.zeros(b, 2),
-        dones=torch.zeros(b),
-    )
+    batch = _live_batch(2)
     cem = CEMConfig(iterations=1, samples=16, elites=4)
     g = torch.Generator().manual_seed(0)
     with pytest.raises(ValueError, match="final_rewards"):
