@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import shutil
 import time
 from pathlib import Path
 
@@ -70,11 +70,12 @@ def main() -> None:
     n_eps = 0
     with tqdm(total=len(reader.new_shards()), desc="store -> replay", unit="shard") as bar:
         while True:
-            eps = reader.poll(max_shards=20)
-            if not eps and not reader.new_shards():
+            left = len(reader.new_shards())
+            if not left:
                 break
+            eps = reader.poll(max_shards=20)
             n_eps += replay.ingest(replay_items(eps, cfg.qnet))
-            bar.update(20)
+            bar.update(min(20, left))
     print(f"ingested {n_eps} episodes; buffers hold {len(buffers)}")
 
     torch.manual_seed(cfg.learner.seed)
@@ -103,7 +104,7 @@ def main() -> None:
             )
         losses.append(learner.train_step(batch, registry.names)["loss"])
     version = learner.publish(out / "weights")
-    (out / "config.json").write_text(json.dumps(json.loads((run / "config.json").read_text())))
+    shutil.copyfile(run / "config.json", out / "config.json")
     result = {
         "run": str(run),
         "mode": args.mode,
