@@ -66,7 +66,7 @@ def main() -> None:
     reader = EpisodeReader(run / "store")
     shards = shard_paths(run / "store")
     if args.shards:
-        reader._seen.update(shards[: -args.shards])
+        reader.skip(shards[: -args.shards])
     n_eps = 0
     with tqdm(total=len(reader.new_shards()), desc="store -> replay", unit="shard") as bar:
         while True:

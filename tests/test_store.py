@@ -73,6 +73,19 @@ def test_poll_tails_new_shards_only(tmp_path: Path) -> None:
     assert [e.episode_id for e in r.poll()] == ["ep00009"]
 
 
+def test_skip_starts_from_the_newest_shards(tmp_path: Path) -> None:
+    w = EpisodeWriter(tmp_path, "r0", flush_every=2)
+    for i in range(6):
+        w.write(make_episode(i))
+    shards = shard_paths(tmp_path)
+    assert len(shards) == 3
+    r = EpisodeReader(tmp_path)
+    r.skip(shards[:2])
+    assert r.new_shards() == shards[2:]
+    assert [e.episode_id for e in r.poll()] == ["ep00004", "ep00005"]
+    assert len(list(r.episodes())) == 6  # skip only affects poll
+
+
 def test_readable_by_ordinary_tools(tmp_path: Path) -> None:
     with EpisodeWriter(tmp_path, "r0") as w:
         for i in range(3):

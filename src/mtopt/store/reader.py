@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,11 @@ class EpisodeReader:
 
     def new_shards(self) -> list[Path]:
         return [p for p in shard_paths(self.store_dir) if p not in self._seen]
+
+    def skip(self, paths: Iterable[Path]) -> None:
+        """Mark shards as read, so ``poll`` never returns their episodes (e.g. to start
+        from the newest part of a store)."""
+        self._seen.update(Path(p) for p in paths)
 
     def poll(self, max_shards: int | None = None) -> list[Episode]:
         """Episodes from shards not read before (oldest first)."""
