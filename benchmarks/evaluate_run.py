@@ -6,13 +6,15 @@ uses as many as you ask for. Tasks run in parallel worker processes.
 
 Usage: python benchmarks/evaluate_run.py --run runs/local --json OUT
            [--tasks lift-any,place-any,place-in-bowl] [--episodes 100] [--seed 5]
-           [--parts acting,online]
+           [--parts acting,online] [--cem-iterations 2] [--cem-samples 64] [--cem-elites 6]
 
 --parts: which published networks to evaluate: the acting weights (the learner's moving
 average, what robots use) and/or the online weights, each on the same scenes.
 Pick tasks also get "straight_down": descend, close at the bottom, terminate, blind to the
 image (`straight_down_pick`); a learned lift policy must beat it to show it grasps where
 it sees an object.
+--cem-*: the CEM search used for acting (default QT-Opt's 2 x 64 with 6 elites, as robots
+use); a wider search shows how much of a policy's failure is the search, not the Q.
 """
 
 from __future__ import annotations
@@ -27,13 +29,16 @@ from mtopt.eval.evaluate import evaluate_policy, rate_with_ci
 from mtopt.policies.base import Policy
 from mtopt.policies.cem_policy import CEMPolicy
 from mtopt.policies.scripted import is_pick_task, scripted_policy_for, straight_down_pick
+from mtopt.qtopt.cem import CEMConfig
 from mtopt.sim.cell import SimConfig
 from mtopt.tasks import DEFAULT_REGISTRY
 from mtopt.tasks.registry import TaskSpec
 
 
-def one(job: tuple[str, str, str, int, int]) -> tuple[str, str, float, int]:
-    run, task, which, episodes, seed = job
+def one(
+    job: tuple[str, str, str, int, int, tuple[int, int, int]],
+) -> tuple[str, str, float, int]:
+    run, task, which, episodes, seed, (iterations, samples, elites) = job
     import torch
 
     torch.set_num_threads(1)
@@ -44,7 +49,10 @@ def one(job: tuple[str, str, str, int, int]) -> tuple[str, str, float, int]:
     elif which == "straight_down":
         factory = lambda spec: straight_down_pick()  # noqa: E731
     else:
-        pol = CEMPolicy(DEFAULT_REGISTRY.names, weights_dir=f"{run}/weights", seed=seed, part=which)
+        cem = CEMConfig(iterations=iterations, samples=samples, elites=elites, precision="fp32")
+        pol = CEMPolicy(
+            DEFAULT_REGISTRY.names, weights_dir=f"{run}/weights", cem=cem, seed=seed, part=which
+        )
         version = pol.version
         factory = lambda spec: pol  # noqa: E731
     rate = evaluate_policy(
@@ -62,6 +70,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=5, help="evaluation scene seeds (same for both)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--parts", default="acting", help="acting, online or acting,online")
+    ap.add_argument("--cem-iterations", type=int, default=CEMConfig.iterations)
+    ap.add_argument("--cem-samples", type=int, default=CEMConfig.samples)
+    ap.add_argument("--cem-elites", type=int, default=CEMConfig.elites)
     args = ap.parse_args()
     t0 = time.perf_counter()
     tasks = args.tasks.split(",")
@@ -70,13 +81,20 @@ def main() -> None:
     parts = args.parts.split(",")
     if not parts or not set(parts) <= {"acting", "online"}:
         ap.error(f"--parts takes acting and/or online, got {args.parts!r}")
+    search = (args.cem_iterations, args.cem_samples, args.cem_elites)
+    try:
+        CEMConfig(*search).validate()
+    except ValueError as exc:
+        ap.error(str(exc))
 
     def references(task: str) -> tuple[str, ...]:
         picks = is_pick_task(DEFAULT_REGISTRY.get(task))
         return ("scripted", "straight_down") if picks else ("scripted",)
 
     jobs = [
-        (args.run, t, w, args.episodes, args.seed) for t in tasks for w in (*parts, *references(t))
+        (args.run, t, w, args.episodes, args.seed, search)
+        for t in tasks
+        for w in (*parts, *references(t))
     ]
     with ProcessPoolExecutor(args.workers) as pool:
         results = list(pool.map(one, jobs))
@@ -90,6 +108,7 @@ def main() -> None:
         "q_weights_version": version,
         "episodes_per_task": args.episodes,
         "seed": args.seed,
+        "cem": dict(zip(("iterations", "samples", "elites"), search, strict=True)),
         "per_task": per_task,
         "wall_s": round(time.perf_counter() - t0, 1),
     }
