@@ -3,11 +3,14 @@ policies, and vs single-task models trained on the same budget on the harder tas
 
 Usage:
   python benchmarks/learning.py --json OUT [--minutes 170] [--single-task lift-ball,place-in-bowl]
-        [--single-minutes 30] [--skip-single]
+        [--single-minutes 30] [--skip-single] [--config bench] [--set KEY=VALUE ...]
 
 Each arm is a separate `mtopt run` (same code path as the CLI) in OUT_DIR/<arm>; results
 are read from each run's summary.json. All success rates are simulator ground truth on
-held-out scene seeds with held-out object instances.
+held-out scene seeds with held-out object instances. ``--set`` applies to every arm (for
+example ``--set learner.mc_mix=0.5``), so the multi-task and single-task arms differ
+only in their tasks; the JSON records the configuration and, per single-task arm, the
+multi-task model's success on the same task beside the single-task model's.
 """
 
 from __future__ import annotations
@@ -22,14 +25,14 @@ from pathlib import Path
 from _results import write_result
 
 
-def run_arm(out: Path, minutes: float, sets: list[str]) -> dict:
+def run_arm(out: Path, minutes: float, sets: list[str], config: str = "bench") -> dict:
     cmd = [
         sys.executable,
         "-m",
         "mtopt.cli",
         "run",
         "--config",
-        "bench",
+        config,
         "--out",
         str(out),
         "--minutes",
@@ -57,12 +60,21 @@ def main() -> None:
     )
     ap.add_argument("--skip-single", action="store_true")
     ap.add_argument("--dir", default="runs/bench")
+    ap.add_argument("--config", default="bench", help="the preset every arm starts from")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for every arm (repeatable), as for `mtopt run --set`",
+    )
     args = ap.parse_args()
     root = Path(args.dir)
-    results: dict[str, object] = {}
-    multi = run_arm(root / "multitask", args.minutes, [])
+    results: dict[str, object] = {"config": args.config, "sets": list(args.set)}
+    multi = run_arm(root / "multitask", args.minutes, list(args.set), args.config)
+    multi_success = multi["final"].get("success", {})
     results["multitask"] = {
-        "learned": multi["final"].get("success", {}),
+        "learned": multi_success,
         "scripted": multi["scripted"],
         "episodes": multi["episodes"],
         "learner_steps": multi["learner_steps"],
@@ -75,10 +87,17 @@ def main() -> None:
             s = run_arm(
                 root / f"single-{task}",
                 args.single_minutes or args.minutes,
-                [f"collect.tasks={task}", "replay.impersonation=orig", f"eval.tasks={task}"],
+                [
+                    *args.set,
+                    f"collect.tasks={task}",
+                    "replay.impersonation=orig",
+                    f"eval.tasks={task}",
+                ],
+                args.config,
             )
             single[task] = {
                 "learned": s["final"].get("success", {}).get(task),
+                "multitask_learned": multi_success.get(task),
                 "episodes": s["episodes"],
                 "minutes": s["bench_wall_minutes"],
             }
