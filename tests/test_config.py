@@ -166,3 +166,19 @@ def test_report_lists_settings_changed_on_resume(tmp_path) -> None:
     assert any("T1" in ln and "budget_minutes" in ln and "50.0" in ln for ln in lines)
     path.write_text("[{broken")
     assert _resume_lines(path) == []
+
+
+def test_the_tuned_preset_is_local_plus_the_measured_changes() -> None:
+    """``--config tuned`` differs from ``local`` in exactly the three settings the README
+    measures, and an unknown preset names the valid ones."""
+    from mtopt.runtime.config import PRESETS, preset
+
+    assert changed_fields(preset("local"), preset("tuned")) == {
+        "name": ("local", "tuned"),
+        "qnet.gripper_xy": (False, True),
+        "qnet.coord_channels": (False, True),
+        "learner.mc_mix": (0.0, 0.5),
+    }
+    with pytest.raises(ValueError, match="local, tuned, tiny, bench"):
+        preset("fast")
+    assert all(preset(name).name == name for name in PRESETS)

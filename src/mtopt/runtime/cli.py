@@ -12,7 +12,9 @@ def register(app: typer.Typer) -> None:
     def run(
         config: str | None = typer.Option(
             None,
-            help="Preset: local (default, ~20 min), tiny (1-2 min), bench (~3 h). "
+            help="Preset: local (default, the paper's network, ~20 min), tuned (local with "
+            "the gripper's x, y, CoordConv and Monte-Carlo-mixed targets: the best measured "
+            "here), tiny (1-2 min), bench (~3 h). "
             "With --resume the run continues with its own config.json.",
         ),
         out: Path = typer.Option(
