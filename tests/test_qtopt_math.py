@@ -311,10 +311,14 @@ def _live_batch(b: int) -> TransitionBatch:
     )
 
 
-def test_compute_targets_mc_bound_needs_returns_and_raises_targets() -> None:
+def _half_valued_nets() -> list[ConstNet]:
+    """Two target networks whose value is sigmoid(0) = 0.5 at any next state."""
     a0 = torch.tensor([0.2, -0.3, 0.1, 0.0, 1.0, -1.0])
-    nets = [ConstNet(0.0, a0), ConstNet(0.0, a0)]  # next value sigmoid(0) = 0.5
-    batch = _live_batch(2)
+    return [ConstNet(0.0, a0), ConstNet(0.0, a0)]
+
+
+def test_compute_targets_mc_bound_needs_returns_and_raises_targets() -> None:
+    nets, batch = _half_valued_nets(), _live_batch(2)
     cem = CEMConfig(iterations=3, samples=256, elites=16)
     g = torch.Generator().manual_seed(0)
     with pytest.raises(ValueError, match="final_rewards"):
@@ -341,9 +345,7 @@ def test_mc_mix_by_hand() -> None:
 
 
 def test_compute_targets_mc_mix_mixes_the_return_into_td() -> None:
-    a0 = torch.tensor([0.2, -0.3, 0.1, 0.0, 1.0, -1.0])
-    nets = [ConstNet(0.0, a0), ConstNet(0.0, a0)]  # next value sigmoid(0) = 0.5
-    batch = _live_batch(2)
+    nets, batch = _half_valued_nets(), _live_batch(2)
     cem = CEMConfig(iterations=1, samples=16, elites=4)
     g = torch.Generator().manual_seed(0)
     with pytest.raises(ValueError, match="final_rewards"):
