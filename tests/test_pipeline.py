@@ -132,6 +132,24 @@ def test_tiny_run_then_resume(tmp_path: Path) -> None:
     assert ids_before <= ids_after  # nothing collected was lost
     history = json.loads((out / "history.json").read_text())
     assert len(history) >= 2
+    # the run's clock goes on across the resume: evaluation times never restart at 0
+    walls = [point["wall_s"] for point in history]
+    assert walls == sorted(walls) and walls[-1] >= 60 * summary["wall_minutes"]
+    assert (
+        summary2["total_wall_minutes"] >= summary["wall_minutes"] + summary2["wall_minutes"] - 0.02
+    )
+
+
+def test_a_runs_age_from_its_checkpoint_by_hand() -> None:
+    from mtopt.runtime.local import elapsed_before, history_elapsed
+
+    # three invocations of an older run, each clock from 0: 30 + 50 + 20 seconds
+    old = [{"wall_s": 10.0}, {"wall_s": 30.0}, {"wall_s": 5.0}, {"wall_s": 50.0}, {"wall_s": 20.0}]
+    assert history_elapsed(old) == 100.0
+    assert history_elapsed([]) == 0.0
+    assert history_elapsed([{"wall_s": 10.0}, {"wall_s": 40.0}]) == 40.0  # one clock
+    assert elapsed_before({"history": old}) == 100.0
+    assert elapsed_before({"history": old, "elapsed_s": 130.5}) == 130.5  # stored wins
 
 
 @pytest.mark.timeout(600)

@@ -2,7 +2,8 @@
 
 Inputs are simple records so any runtime (local or Ray) can produce them:
 
-- ``history``: list of ``{"step": int, "episodes": int, "wall_s": float,
+- ``history``: list of ``{"step": int, "episodes": int, "wall_s": float (seconds since
+  the run started, earlier invocations of a resumed run included),
   "success": {task: rate}, "scripted": {task: rate}}`` evaluation points;
 - ``composition``: ``{task: {"original": n, "impersonated": m, "successes": s}}``.
 """

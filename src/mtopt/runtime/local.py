@@ -181,6 +181,30 @@ def resume_learner(paths: RunPaths, cfg: RunConfig) -> tuple[Learner, dict[str, 
     return learner, extra
 
 
+def elapsed_before(extra: dict[str, Any]) -> float:
+    """Seconds a run has run in its earlier invocations, from its checkpoint's extras.
+
+    Checkpoints store ``elapsed_s``. Older ones did not, and each invocation's evaluation
+    times (``wall_s``) restarted at 0; their sum is recovered from the history, where
+    every invocation ended with an evaluation (``history_elapsed``)."""
+    if "elapsed_s" in extra:
+        return float(extra["elapsed_s"])
+    return history_elapsed(extra.get("history", []))
+
+
+def history_elapsed(history: list[dict[str, Any]]) -> float:
+    """The total of per-invocation ``wall_s`` clocks (pure): each drop of ``wall_s`` starts
+    a new invocation, whose predecessor ran until its last point. Only for histories
+    written before ``wall_s`` counted from the run's start."""
+    total = last = 0.0
+    for point in history:
+        wall = float(point.get("wall_s", 0.0))
+        if wall < last:
+            total += last
+        last = wall
+    return total + last
+
+
 class LocalRun:
     def __init__(
         self,
@@ -408,12 +432,17 @@ class LocalRun:
     def _run(self) -> dict[str, Any]:
         c, p = self.cfg, self.paths
         t_start = time.time()
+        t_origin = t_start  # when the run started, counting its earlier invocations
         sd = self.init_sd()
         if self.resume and p.checkpoint.exists():
             learner, extra = resume_learner(p, c)
             self.history = list(extra.get("history", []))
             sd_labels = int(extra.get("sd_labels", 0))
-            self._log(f"resumed learner at step {learner.step} (weights v{learner.version})")
+            t_origin = t_start - elapsed_before(extra)
+            self._log(
+                f"resumed learner at step {learner.step} (weights v{learner.version}, "
+                f"{(t_start - t_origin) / 60:.1f} minutes run before)"
+            )
         else:
             learner = Learner(c.qnet, c.learner, logdir=p.root / "tb")
             sd_labels = 0
@@ -516,11 +545,16 @@ class LocalRun:
                         learner.publish(p.weights)
                     if learner.step % c.checkpoint_every == 0:
                         learner.save_checkpoint(
-                            p.checkpoint, {"history": self.history, "sd_labels": sd_labels}
+                            p.checkpoint,
+                            {
+                                "history": self.history,
+                                "sd_labels": sd_labels,
+                                "elapsed_s": time.time() - t_origin,
+                            },
                         )
                     if learner.step - last_eval_step >= c.eval.every_steps:
                         last_eval_step = learner.step
-                        self._evaluate(learner, scripted, ingested, t_start, sd, stats)
+                        self._evaluate(learner, scripted, ingested, t_origin, sd, stats)
                     bar.set_postfix(
                         episodes=ingested,
                         sd=f"v{sd.version}",
@@ -547,15 +581,20 @@ class LocalRun:
         for e in reader.poll():  # episodes flushed while stopping
             ingested += replay.ingest(replay_items([e], c.qnet))
         learner.publish(p.weights)
-        self._evaluate(learner, scripted, ingested, t_start, sd, stats)
-        learner.save_checkpoint(p.checkpoint, {"history": self.history, "sd_labels": sd_labels})
+        self._evaluate(learner, scripted, ingested, t_origin, sd, stats)
+        t_end = time.time()
+        learner.save_checkpoint(
+            p.checkpoint,
+            {"history": self.history, "sd_labels": sd_labels, "elapsed_s": t_end - t_origin},
+        )
         summary = {
             "episodes": ingested,
             "learner_steps": learner.step,
             "q_version": learner.version,
             "sd_version": sd.version,
             "sd_episode_labels": sd_labels,
-            "wall_minutes": round((time.time() - t_start) / 60, 2),
+            "wall_minutes": round((t_end - t_start) / 60, 2),
+            "total_wall_minutes": round((t_end - t_origin) / 60, 2),
             "final": self.history[-1] if self.history else {},
             "scripted": scripted,
             "composition": {
@@ -584,6 +623,8 @@ class LocalRun:
         sd: SuccessDetector,
         stats: dict[str, float],
     ) -> None:
+        """Evaluate the acting weights and append a point to the history; ``t0`` is when
+        the run started (earlier invocations included), so ``wall_s`` is the run's age."""
         learned = self.evaluate_learned(learner)
         point = {
             "step": learner.step,

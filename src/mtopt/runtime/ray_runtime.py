@@ -194,16 +194,18 @@ def run_ray(
     from mtopt._io import atomic_write_json
     from mtopt.qtopt.bellman import TrainBatch
     from mtopt.qtopt.learner import Learner
-    from mtopt.runtime.local import LocalRun, resume_learner
+    from mtopt.runtime.local import LocalRun, elapsed_before, resume_learner
     from mtopt.runtime.report import write_report
 
     run = LocalRun(cfg, out, resume)
     c, p = cfg, run.paths
-    t0 = time.time()
+    t_start = time.time()
+    t0 = t_start  # when the run started, counting its earlier invocations
     sd = run.init_sd()
     if resume and p.checkpoint.exists():
         learner, extra = resume_learner(p, c)
         run.history = list(extra.get("history", []))
+        t0 = t_start - elapsed_before(extra)
     else:
         learner = Learner(c.qnet, c.learner, logdir=p.root / "tb")
     learner.publish(p.weights)  # replay actors need target networks from the start
@@ -226,7 +228,7 @@ def run_ray(
         per_call = 4
         pending = {r.run.remote(per_call): r for r in robots}
         ingested, last_eval, comp = 0, learner.step, {}
-        deadline = t0 + c.budget_minutes * 60
+        deadline = t_start + c.budget_minutes * 60
         collecting = True
         while time.time() < deadline and not (
             c.max_learner_steps and learner.step >= c.max_learner_steps
@@ -256,7 +258,9 @@ def run_ray(
                 if learner.step % c.publish_every == 0:
                     learner.publish(p.weights)
                 if learner.step % c.checkpoint_every == 0:
-                    learner.save_checkpoint(p.checkpoint, {"history": run.history})
+                    learner.save_checkpoint(
+                        p.checkpoint, {"history": run.history, "elapsed_s": time.time() - t0}
+                    )
             if kill_hook is not None:
                 kill_hook(robots, replays, learner.step)
             if learner.step - last_eval >= c.eval.every_steps:
@@ -272,7 +276,8 @@ def run_ray(
             ray.shutdown()
     learner.publish(p.weights)
     run._evaluate(learner, scripted, ingested, t0, sd, {})
-    learner.save_checkpoint(p.checkpoint, {"history": run.history})
+    t_end = time.time()
+    learner.save_checkpoint(p.checkpoint, {"history": run.history, "elapsed_s": t_end - t0})
     summary = {
         "runtime": "ray",
         "episodes": ingested,
@@ -280,7 +285,8 @@ def run_ray(
         "q_version": learner.version,
         "sd_version": sd.version,
         "sd_episode_labels": 0,
-        "wall_minutes": round((time.time() - t0) / 60, 2),
+        "wall_minutes": round((t_end - t_start) / 60, 2),
+        "total_wall_minutes": round((t_end - t0) / 60, 2),
         "final": run.history[-1] if run.history else {},
         "scripted": scripted,
         "composition": comp

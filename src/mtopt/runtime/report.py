@@ -54,7 +54,12 @@ def write_report(run: Any, summary: dict[str, Any], updater: Any) -> None:
         f"# mtopt run report: {run.cfg.name}",
         "",
         f"- episodes collected: {summary['episodes']}, learner steps: {summary['learner_steps']}, "
-        f"wall time: {summary['wall_minutes']} min",
+        f"wall time: {summary['wall_minutes']} min"
+        + (
+            f" ({summary['total_wall_minutes']} min since the run started)"
+            if summary.get("total_wall_minutes", summary["wall_minutes"]) != summary["wall_minutes"]
+            else ""
+        ),
         f"- Q weights version: {summary['q_version']}, success detector version: {summary['sd_version']} "
         f"({summary['sd_episode_labels']} oracle-labeled episodes)",
         "",
