@@ -3,14 +3,16 @@ policies, and vs single-task models trained on the same budget on the harder tas
 
 Usage:
   python benchmarks/learning.py --json OUT [--minutes 170] [--single-task lift-ball,place-in-bowl]
-        [--single-minutes 30] [--skip-single] [--config bench] [--set KEY=VALUE ...]
+        [--single-minutes 30] [--skip-single] [--config bench] [--set KEY=VALUE ...] [--resume]
 
 Each arm is a separate `mtopt run` (same code path as the CLI) in OUT_DIR/<arm>; results
 are read from each run's summary.json. All success rates are simulator ground truth on
 held-out scene seeds with held-out object instances. ``--set`` applies to every arm (for
 example ``--set learner.mc_mix=0.5``), so the multi-task and single-task arms differ
 only in their tasks; the JSON records the configuration and, per single-task arm, the
-multi-task model's success on the same task beside the single-task model's.
+multi-task model's success on the same task beside the single-task model's. The arms
+take hours: after a stop, ``--resume`` continues each arm in ``--dir`` from its
+checkpoint for what is left of its budget (an arm that ran its budget is not rerun).
 """
 
 from __future__ import annotations
@@ -19,31 +21,48 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from _results import write_result
 
 
-def run_arm(out: Path, minutes: float, sets: list[str], config: str = "bench") -> dict:
-    cmd = [
-        sys.executable,
-        "-m",
-        "mtopt.cli",
-        "run",
-        "--config",
-        config,
-        "--out",
-        str(out),
-        "--minutes",
-        str(minutes),
-    ]
-    for s in sets:
-        cmd += ["--set", s]
-    t = time.time()
-    subprocess.run(cmd, check=True)
+def arm_minutes(out: Path) -> float | None:
+    """How many minutes the arm in ``out`` has run, over all its invocations (None: it
+    never started). A killed invocation counts up to its last evaluation."""
+    if not (out / "config.json").exists():
+        return None
+    minutes = 0.0
+    if (out / "summary.json").exists():
+        s = json.loads((out / "summary.json").read_text())
+        minutes = float(s.get("total_wall_minutes", s.get("wall_minutes", 0.0)))
+    if (out / "history.json").exists():
+        history = json.loads((out / "history.json").read_text())
+        if history:
+            minutes = max(minutes, float(history[-1].get("wall_s", 0.0)) / 60)
+    return minutes
+
+
+def run_arm(
+    out: Path, minutes: float, sets: list[str], config: str = "bench", resume: bool = False
+) -> dict:
+    """Run one arm for ``minutes`` (``resume``: only what an earlier run of it left)."""
+    done = arm_minutes(out)
+    if done is not None and not resume:
+        sys.exit(f"{out} already holds an arm: pass --resume to continue it, or another --dir")
+    cmd = [sys.executable, "-m", "mtopt.cli", "run", "--config", config, "--out", str(out)]
+    left = minutes - (done or 0.0)
+    if done is not None:
+        cmd.append("--resume")
+        print(f"{out}: {done:.1f} of {minutes} minutes run before", flush=True)
+    if done is None or left > 0.5 or not (out / "summary.json").exists():
+        cmd += ["--minutes", str(max(left, 0.5))]
+        for s in sets:
+            cmd += ["--set", s]
+        subprocess.run(cmd, check=True)
     summary = json.loads((out / "summary.json").read_text())
-    summary["bench_wall_minutes"] = round((time.time() - t) / 60, 1)
+    summary["bench_wall_minutes"] = round(
+        summary.get("total_wall_minutes", summary["wall_minutes"]), 1
+    )
     return summary
 
 
@@ -62,6 +81,11 @@ def main() -> None:
     ap.add_argument("--dir", default="runs/bench")
     ap.add_argument("--config", default="bench", help="the preset every arm starts from")
     ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the arms in --dir up to their budgets (after a stop or a crash)",
+    )
+    ap.add_argument(
         "--set",
         action="append",
         default=[],
@@ -71,7 +95,7 @@ def main() -> None:
     args = ap.parse_args()
     root = Path(args.dir)
     results: dict[str, object] = {"config": args.config, "sets": list(args.set)}
-    multi = run_arm(root / "multitask", args.minutes, list(args.set), args.config)
+    multi = run_arm(root / "multitask", args.minutes, list(args.set), args.config, args.resume)
     multi_success = multi["final"].get("success", {})
     results["multitask"] = {
         "learned": multi_success,
@@ -94,6 +118,7 @@ def main() -> None:
                     f"eval.tasks={task}",
                 ],
                 args.config,
+                args.resume,
             )
             single[task] = {
                 "learned": s["final"].get("success", {}).get(task),

@@ -58,3 +58,40 @@ def test_spearman_of_the_q_landscape_probe_by_hand() -> None:
         4.5 / math.sqrt(22.5)
     )
     assert math.isnan(spearman(np.array([1.0, 2, 3]), np.array([2.0, 2, 2])))
+
+
+def test_learning_benchmark_counts_and_resumes_its_arms(tmp_path: Path, monkeypatch) -> None:
+    """An arm's age over its invocations, and ``--resume`` asking ``mtopt run`` only for
+    what is left of the budget (an arm that ran its budget is not run again)."""
+    import learning
+
+    arm = tmp_path / "multitask"
+    assert learning.arm_minutes(arm) is None
+    arm.mkdir()
+    (arm / "config.json").write_text("{}")
+    assert learning.arm_minutes(arm) == 0.0  # killed during the SD staging
+    # killed after an evaluation at 40 minutes; the summary is from a 30-minute first part
+    (arm / "summary.json").write_text(
+        json.dumps({"wall_minutes": 30.0, "total_wall_minutes": 30.0})
+    )
+    (arm / "history.json").write_text(json.dumps([{"wall_s": 600.0}, {"wall_s": 2400.0}]))
+    assert learning.arm_minutes(arm) == 40.0
+
+    calls: list[list[str]] = []
+
+    def fake_run(cmd: list[str], check: bool) -> None:
+        calls.append(cmd)
+        (arm / "summary.json").write_text(
+            json.dumps({"wall_minutes": 60.0, "total_wall_minutes": 100.0})
+        )
+
+    monkeypatch.setattr(learning.subprocess, "run", fake_run)
+    with pytest.raises(SystemExit, match="--resume"):
+        learning.run_arm(arm, 100.0, [])
+    summary = learning.run_arm(arm, 100.0, ["learner.mc_mix=0.5"], "tuned", resume=True)
+    assert calls[0][calls[0].index("--minutes") + 1] == "60.0"
+    assert "--resume" in calls[0] and calls[0][calls[0].index("--config") + 1] == "tuned"
+    assert calls[0][-2:] == ["--set", "learner.mc_mix=0.5"]
+    assert summary["bench_wall_minutes"] == 100.0
+    learning.run_arm(arm, 100.0, [], resume=True)  # its budget is spent: nothing runs
+    assert len(calls) == 1
