@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from mtopt._images import random_shift
 from mtopt.qtopt.bellman import TransitionBatch, bellman_targets, compute_targets
@@ -222,6 +223,32 @@ def test_dense_post_cache_follows_weight_updates() -> None:
     fast2, slow2 = both()
     assert not torch.allclose(slow, slow2, atol=1e-4)
     assert torch.allclose(fast2, slow2, atol=1e-5)
+
+
+@pytest.mark.parametrize("side", [2, 4])
+def test_dense_conv_row_blocks_by_hand_and_against_conv2d(side: int) -> None:
+    """A 3x3 padded conv on a side x side NHWC map as ``DenseConv``: on a 4x4 map output
+    row r reads input rows r-1..r+1, so with one map row of w = 4 * C values the blocks
+    read columns [0, 2w), [0, 3w), [w, 4w), [2w, 4w); both ways equal conv2d + ReLU."""
+    from mtopt.qtopt.networks import DenseConv
+
+    c = 3
+    conv = nn.Conv2d(c, c, 3, 1, 1)
+    d = side * side * c
+    basis = torch.eye(d).reshape(d, side, side, c).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        resp = nn.functional.conv2d(basis, conv.weight, None, 1, 1)
+    dense = resp.permute(0, 2, 3, 1).reshape(d, d)
+    layer = DenseConv.from_dense(dense, conv.bias.detach().repeat(side * side), side, 3, 1)
+    w = side * c
+    if side == 4:
+        cols = [(b[0].start, b[0].stop) for b in layer.row_blocks]
+        assert cols == [(0, 2 * w), (0, 3 * w), (w, 4 * w), (2 * w, 4 * w)]
+    x = torch.randn(5, side, side, c)
+    with torch.no_grad():
+        want = torch.relu(conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1).reshape(5, d)
+        got = layer(x.reshape(5, d))
+    assert torch.allclose(got, want, atol=1e-5)
 
 
 @pytest.mark.parametrize("head", ["onehot", "multihead"])
