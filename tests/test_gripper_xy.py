@@ -102,6 +102,28 @@ def test_coord_channels_break_translation_equivariance() -> None:
     assert coord(img).shape == QNetwork(SMALL).tower(img).shape
 
 
+@pytest.mark.parametrize(
+    ("stem", "norm"), [("conv5", False), ("conv5", True), ("s2d", False), ("s2d4", False)]
+)
+def test_coord_tower_equals_the_literal_five_channel_input(stem: str, norm: bool) -> None:
+    """The tower adds the coordinate channels' convolution, computed once, instead of
+    building the 5-channel input: the same features, and the same weight gradients."""
+    cfg = dataclasses.replace(POSE_SMALL, stem=stem, norm=norm)  # type: ignore[arg-type]
+    tower = QNetwork(cfg).tower
+    img = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)
+    x = img.permute(0, 3, 1, 2).float() / 255 - 0.5
+    rows = torch.linspace(-1, 1, 32).view(1, 1, 32, 1).expand(3, 1, 32, 32)
+    cols = torch.linspace(-1, 1, 32).view(1, 1, 1, 32).expand(3, 1, 32, 32)
+    literal = tower.net(torch.cat([x, rows, cols], 1))
+    fast = tower(img)
+    assert torch.allclose(fast, literal, atol=1e-5)
+    params = list(tower.parameters())
+    g_fast = torch.autograd.grad(fast.square().sum(), params)
+    g_lit = torch.autograd.grad(literal.square().sum(), params)
+    for a, b in zip(g_fast, g_lit, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_cem_policy_feeds_the_pose() -> None:
     net = QNetwork(POSE_SMALL).eval()
     pol = CEMPolicy(["a", "b"], network=net, cem=CEMConfig(samples=8, elites=2, precision="fp32"))
