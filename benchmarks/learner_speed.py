@@ -12,7 +12,8 @@ timing  : all calls (peaks included) round-robin, best of repeats, so a slow pha
 variants: default QNetConfig (no norm), groupnorm (GroupNorm in the tower), merge16,
           head32 / tower64 (wider post-merge convs / wider everywhere); fp32 / bf16
 
-variants also: s2d / s2d4 (space-to-depth first layer by 2 / by 4, QNetConfig.stem)
+variants also: s2d / s2d4 (space-to-depth first layer by 2 / by 4, QNetConfig.stem);
+          tuned (the `tuned` preset's network: gripper x, y and CoordConv channels)
 
 Usage: python benchmarks/learner_speed.py --json OUT [--threads 1] [--min-time 1.0]
        [--device cuda]   (GPU: every call is followed by a synchronize; peak on the GPU)
@@ -43,7 +44,7 @@ def train_batch(b: int, cfg: QNetConfig) -> TrainBatch:
     s = cfg.image_size
     return TrainBatch(
         torch.randint(0, 256, (b, s, s, 3), dtype=torch.uint8, generator=g).to(DEVICE),
-        torch.rand(b, 2, generator=g).to(DEVICE),
+        torch.rand(b, cfg.state_dim, generator=g).to(DEVICE),
         (torch.rand(b, 6, generator=g) * 2 - 1).to(DEVICE),
         torch.randint(0, cfg.num_tasks, (b,), generator=g).to(DEVICE),
         torch.rand(b, generator=g).to(DEVICE),
@@ -119,6 +120,7 @@ def main() -> None:
         "tower64": QNetConfig(tower_channels=64, head_channels=32),
         "s2d": QNetConfig(stem="s2d"),
         "s2d4": QNetConfig(stem="s2d4"),
+        "tuned": QNetConfig(gripper_xy=True, coord_channels=True),
     }
     if args.variants:
         keep = {"default", *args.variants.split(",")}
@@ -138,7 +140,7 @@ def main() -> None:
             for b in (32, 64, 256) if gpu else (32, 64):
                 step = functools.partial(learner.train_step, train_batch(b, qcfg))
                 calls[f"train {qname} {prec} b{b}"] = (step, b, prec)
-    for qname in ("default", "groupnorm", "s2d", "s2d4"):
+    for qname in ("default", "groupnorm", "s2d", "s2d4", "tuned"):
         if qname not in qvariants:
             continue
         qcfg = qvariants[qname]
