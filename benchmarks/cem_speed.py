@@ -6,7 +6,9 @@ Variants (all CEM 2 iterations x 64 samples, 6 elites, on the default 64x64 Q-ne
                  feature maps + tiled embedding), 9 post-merge convs per candidate
   folded         tower once; merge conv folded (conv(feats) once + a matmul per
                  candidate), 8 post-merge convs per candidate
-  folded+dense   as folded, the 4x4 post-merge convs as cached dense matmuls (default)
+  folded+dense   as folded, the 4x4 post-merge convs as cached dense matmuls, one per
+                 output row of the map (default; networks.DenseConv)
+  ... unblocked  the dense matmuls over the whole map (zero row blocks included)
   ... +bf16      the same under bf16 autocast (CEMConfig.precision="bf16")
   merge16 ...    the action merged at 16x16 instead of 8x8
   no-cl          default path with the image tower in NCHW instead of channels_last
@@ -54,7 +56,7 @@ def literal_cem_argmax(
     )
 
 
-def fast(dense: bool, channels_last: bool = True) -> Fn:
+def fast(dense: bool, channels_last: bool = True, row_blocked: bool = True) -> Fn:
     def run(
         net: QNetwork,
         images: torch.Tensor,
@@ -64,11 +66,13 @@ def fast(dense: bool, channels_last: bool = True) -> Fn:
     ) -> object:
         net.dense_small_convs = dense
         net.tower.channels_last = channels_last
+        net.row_blocked = row_blocked
         try:
             return cem_argmax(net, images, states, task, cfg)
         finally:
             net.dense_small_convs = True
             net.tower.channels_last = True
+            net.row_blocked = True
 
     return run
 
@@ -132,6 +136,7 @@ def main() -> None:
         ("folded", 8, fast(dense=False), fp32),
         ("folded+dense", 8, fast(dense=True), fp32),
         ("no-cl folded+dense", 8, fast(dense=True, channels_last=False), fp32),
+        ("folded+dense unblocked", 8, fast(dense=True, row_blocked=False), fp32),
         ("folded+dense+bf16", 8, fast(dense=True), bf16),
         ("merge16 naive", 16, naive_cem_argmax, fp32),
         ("merge16 literal", 16, literal_cem_argmax, fp32),

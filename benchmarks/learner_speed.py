@@ -13,7 +13,8 @@ variants: default QNetConfig (no norm), groupnorm (GroupNorm in the tower), merg
           head32 / tower64 (wider post-merge convs / wider everywhere); fp32 / bf16
 
 variants also: s2d / s2d4 (space-to-depth first layer by 2 / by 4, QNetConfig.stem);
-          tuned (the `tuned` preset's network: gripper x, y and CoordConv channels)
+          tuned (the `tuned` preset's network: gripper x, y and CoordConv channels) and
+          tuned-literal (the same, building the 5-channel input: ImageTower.fold_coords off)
 
 Usage: python benchmarks/learner_speed.py --json OUT [--threads 1] [--min-time 1.0]
        [--device cuda]   (GPU: every call is followed by a synchronize; peak on the GPU)
@@ -60,10 +61,13 @@ def transitions(b: int, cfg: QNetConfig) -> TransitionBatch:
     )
 
 
-def make_learner(qcfg: QNetConfig, cfg: LearnerConfig = LearnerConfig()) -> Learner:
+def make_learner(
+    qcfg: QNetConfig, cfg: LearnerConfig = LearnerConfig(), fold_coords: bool = True
+) -> Learner:
     learner = Learner(qcfg, cfg)
     for net in (learner.online, *learner.targets, learner.acting):
         net.to(DEVICE)  # in place: the optimizer keeps the same parameter objects
+        net.tower.fold_coords = fold_coords
     return learner
 
 
@@ -121,6 +125,7 @@ def main() -> None:
         "s2d": QNetConfig(stem="s2d"),
         "s2d4": QNetConfig(stem="s2d4"),
         "tuned": QNetConfig(gripper_xy=True, coord_channels=True),
+        "tuned-literal": QNetConfig(gripper_xy=True, coord_channels=True),
     }
     if args.variants:
         keep = {"default", *args.variants.split(",")}
@@ -136,15 +141,17 @@ def main() -> None:
         for prec in precisions:
             if qname in ("merge16", "head32", "tower64") and prec == "bf16":
                 continue
-            learner = make_learner(qcfg, LearnerConfig(precision=prec))
+            learner = make_learner(
+                qcfg, LearnerConfig(precision=prec), fold_coords=qname != "tuned-literal"
+            )
             for b in (32, 64, 256) if gpu else (32, 64):
                 step = functools.partial(learner.train_step, train_batch(b, qcfg))
                 calls[f"train {qname} {prec} b{b}"] = (step, b, prec)
-    for qname in ("default", "groupnorm", "s2d", "s2d4", "tuned"):
+    for qname in ("default", "groupnorm", "s2d", "s2d4", "tuned", "tuned-literal"):
         if qname not in qvariants:
             continue
         qcfg = qvariants[qname]
-        nets = make_learner(qcfg).targets
+        nets = make_learner(qcfg, fold_coords=qname != "tuned-literal").targets
         for nb in (64, 1024) if gpu else (64,):
             tb = transitions(nb, qcfg)
             for prec in precisions:

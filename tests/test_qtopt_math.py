@@ -248,7 +248,8 @@ def test_dense_conv_row_blocks_by_hand_and_against_conv2d(side: int) -> None:
     with torch.no_grad():
         want = torch.relu(conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1).reshape(5, d)
         got = layer(x.reshape(5, d))
-    assert torch.allclose(got, want, atol=1e-5)
+        whole = layer(x.reshape(5, d), row_blocks=False)  # one matmul, zero blocks included
+    assert torch.allclose(got, want, atol=1e-5) and torch.allclose(whole, want, atol=1e-5)
 
 
 @pytest.mark.parametrize("head", ["onehot", "multihead"])

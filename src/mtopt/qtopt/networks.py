@@ -161,8 +161,8 @@ class DenseConv:
             blocks.append((slice(lo, hi), out, weight[lo:hi, out].contiguous()))
         return cls(weight, bias, tuple(blocks))
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or len(self.row_blocks) < 3:
+    def __call__(self, x: torch.Tensor, row_blocks: bool = True) -> torch.Tensor:
+        if not row_blocks or x.device.type != "cpu" or len(self.row_blocks) < 3:
             return torch.addmm(self.bias, x, self.weight).relu_()
         parts = [torch.addmm(self.bias[out], x[:, cols], w) for cols, out, w in self.row_blocks]
         return torch.cat(parts, 1).relu_()
@@ -206,6 +206,9 @@ class ImageTower(nn.Module):
         Not used under bf16 autocast with GroupNorm: PyTorch's channels_last GroupNorm is
         slow there (measured: tower of 64 images 13.3 ms NHWC vs 8.4 ms NCHW; an Adam step
         at batch 64 56 vs 41 ms)."""
+        self.fold_coords = True
+        """Add the coordinate channels' convolution, computed once, instead of building
+        the 5-channel input (``_forward_with_coords``; a benchmark switch)."""
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images: (B, S, S, 3) uint8 in [0, 255], or float in [0, 1] as NHWC or NCHW."""
@@ -225,8 +228,15 @@ class ImageTower(nn.Module):
         nhwc = self.channels_last and not (self.norm and torch.is_autocast_enabled(x.device.type))
         fmt = torch.channels_last if nhwc else torch.contiguous_format
         x = (x - 0.5).contiguous(memory_format=fmt)
-        if self.coord_channels:
+        if self.coord_channels and self.fold_coords:
             return self._forward_with_coords(x, fmt)
+        if self.coord_channels:  # the literal CoordConv input
+            b, _, h, w = x.shape
+            rows = torch.linspace(-1, 1, h, dtype=x.dtype, device=x.device)
+            cols = torch.linspace(-1, 1, w, dtype=x.dtype, device=x.device)
+            rows_map = rows.view(1, 1, h, 1).expand(b, 1, h, w)
+            x = torch.cat([x, rows_map, cols.view(1, 1, 1, w).expand(b, 1, h, w)], 1)
+            x = x.contiguous(memory_format=fmt)
         return self.net(x)
 
     def _forward_with_coords(self, x: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
@@ -298,6 +308,9 @@ class QNetwork(nn.Module):
             )
         self.dense_small_convs = True
         """CEM fast path: run the post-merge convs on <= 4x4 maps as dense matmuls."""
+        self.row_blocked = True
+        """CEM fast path on a CPU: each dense post-merge conv as one matmul per output row
+        (``DenseConv``; a benchmark switch)."""
         self._dense_cache: dict[str, Any] = {}
         self.reset_parameters()
 
@@ -429,7 +442,7 @@ class QNetwork(nn.Module):
             convs, (w_fc, b_fc) = dense
             x = x.reshape(b * n, -1)
             for conv in convs:
-                x = conv(x)
+                x = conv(x, self.row_blocked)
             x = torch.addmm(b_fc, x, w_fc).relu_()  # fc
         return self._output(x, ctx.task.repeat_interleave(n)).reshape(b, n)
 
