@@ -244,11 +244,11 @@ def test_dense_conv_row_blocks_by_hand_and_against_conv2d(side: int) -> None:
     if side == 4:
         cols = [(b[0].start, b[0].stop) for b in layer.row_blocks]
         assert cols == [(0, 2 * w), (0, 3 * w), (w, 4 * w), (2 * w, 4 * w)]
-    x = torch.randn(5, side, side, c)
+    x = torch.randn(300, side, side, c)  # >= MIN_ROWS_FOR_BLOCKS
     with torch.no_grad():
-        want = torch.relu(conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1).reshape(5, d)
-        got = layer(x.reshape(5, d))
-        whole = layer(x.reshape(5, d), row_blocks=False)  # one matmul, zero blocks included
+        want = torch.relu(conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1).reshape(300, d)
+        got = layer(x.reshape(300, d))
+        whole = layer(x.reshape(300, d), row_blocks=False)  # one matmul, zero blocks included
     assert torch.allclose(got, want, atol=1e-5) and torch.allclose(whole, want, atol=1e-5)
 
 
