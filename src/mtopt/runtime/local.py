@@ -510,6 +510,11 @@ class LocalRun:
             # redirected to a log file: one line a minute instead of ten a second
             mininterval=0.1 if sys.stderr.isatty() else 60.0,
         )
+
+        def checkpoint_extras(now: float) -> dict[str, Any]:
+            """What a resume needs besides the learner: history, SD labels, the run's age."""
+            return {"history": self.history, "sd_labels": sd_labels, "elapsed_s": now - t_origin}
+
         ingested, since_sd, recent = 0, 0, []
         last_eval_step = learner.step
         deadline = t_start + c.budget_minutes * 60
@@ -544,14 +549,7 @@ class LocalRun:
                     if learner.step % c.publish_every == 0:
                         learner.publish(p.weights)
                     if learner.step % c.checkpoint_every == 0:
-                        learner.save_checkpoint(
-                            p.checkpoint,
-                            {
-                                "history": self.history,
-                                "sd_labels": sd_labels,
-                                "elapsed_s": time.time() - t_origin,
-                            },
-                        )
+                        learner.save_checkpoint(p.checkpoint, checkpoint_extras(time.time()))
                     if learner.step - last_eval_step >= c.eval.every_steps:
                         last_eval_step = learner.step
                         self._evaluate(learner, scripted, ingested, t_origin, sd, stats)
@@ -583,10 +581,7 @@ class LocalRun:
         learner.publish(p.weights)
         self._evaluate(learner, scripted, ingested, t_origin, sd, stats)
         t_end = time.time()
-        learner.save_checkpoint(
-            p.checkpoint,
-            {"history": self.history, "sd_labels": sd_labels, "elapsed_s": t_end - t_origin},
-        )
+        learner.save_checkpoint(p.checkpoint, checkpoint_extras(t_end))
         summary = {
             "episodes": ingested,
             "learner_steps": learner.step,
