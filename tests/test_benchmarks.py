@@ -60,6 +60,42 @@ def test_spearman_of_the_q_landscape_probe_by_hand() -> None:
     assert math.isnan(spearman(np.array([1.0, 2, 3]), np.array([2.0, 2, 2])))
 
 
+def test_grasp_precision_summary_by_hand() -> None:
+    from grasp_precision_probe import summarize
+
+    def row(ok: bool, held: bool, closes: int, offset: float | None) -> dict:
+        first = None if offset is None else {"offset_cm": offset, "height_m": 0.02}
+        return {
+            "success": ok,
+            "held_before_present": held,
+            "closes": closes,
+            "first_close": first,
+        }
+
+    rows = [
+        row(True, True, 1, 0.5),
+        row(False, True, 2, 1.5),  # held, lost on the lift
+        row(False, False, 3, 2.5),
+        row(True, True, 2, 4.0),
+        row(False, False, 0, None),  # never closed
+    ]
+    s = summarize(rows)
+    assert s["episodes"] == 5
+    assert s["success"]["success"] == 0.4
+    assert s["never_closed"] == 1
+    assert s["held_before_present"] == 0.6
+    assert s["held_but_lost_on_lift"] == round(1 / 3, 3)
+    assert s["closes_per_episode"] == 1.6
+    # offsets 0.5, 1.5, 2.5, 4.0: medians of all (2.0), successes (2.25), failures (2.0)
+    assert s["first_close_offset_cm_median"] == {"all": 2.0, "successes": 2.25, "failures": 2.0}
+    assert s["first_close_within_1cm"] == 0.25
+    by = s["success_by_first_close_offset"]
+    assert by["0-1 cm"] == {"episodes": 1, "success": 1.0}
+    assert by["1-2 cm"] == {"episodes": 1, "success": 0.0}
+    assert by["3-5 cm"] == {"episodes": 1, "success": 1.0}
+    assert by["5-100 cm"] == {"episodes": 0, "success": None}
+
+
 def test_learning_benchmark_counts_and_resumes_its_arms(tmp_path: Path, monkeypatch) -> None:
     """An arm's age over its invocations, and ``--resume`` asking ``mtopt run`` only for
     what is left of the budget (an arm that ran its budget is not run again)."""

@@ -108,3 +108,43 @@ def test_oracle_lifts_and_places_in_the_simulator(task: str, at_least: int) -> N
     # reach 0.1 and 0.17
     assert rate[task] * 8 >= at_least
     assert oracle.feasible == [True] * 8
+
+
+def test_oracle_aim_noise_moves_where_it_closes_and_turns_its_yaw() -> None:
+    from mtopt.robots.sim_robot import SimRobot
+    from mtopt.sim.config import SimConfig
+    from mtopt.sim.oracle import OraclePolicy
+
+    sim = SimConfig(object_split="test")
+    robot = SimRobot(sim, robot_id="eval", seed=5)
+    try:
+        exact = OraclePolicy(robot, DEFAULT_REGISTRY, sim.max_steps)
+        noisy = OraclePolicy(robot, DEFAULT_REGISTRY, sim.max_steps, 0.012, 0.5)
+        robot.reset_scene(7_000_123)
+        robot.start_episode()
+        exact.reset("lift-any", np.random.default_rng(0))
+        noisy.reset("lift-any", np.random.default_rng(3))
+        assert exact.aim_offset.tolist() == [0.0, 0.0]
+        draws = np.random.default_rng(3)
+        offset = draws.normal(0.0, 0.012, 2)
+        turn = draws.uniform(-0.5, 0.5)
+        assert noisy.aim_offset == pytest.approx(offset)
+        assert exact._grasp is not None and noisy._grasp is not None
+        assert noisy._grasp.body == exact._grasp.body
+        assert wrap_half_turn(noisy._grasp.yaw - exact._grasp.yaw) == pytest.approx(turn)
+        # it closes over the object's centre plus the offset (the fingers may nudge the
+        # object by a few millimetres on the way down)
+        obs = robot.observe()
+        for _ in range(sim.max_steps):
+            action = noisy.act(obs)
+            if action[4] > 0:
+                break
+            obs = robot.act(action).observation
+        assert action[4] > 0
+        centre = np.asarray(robot.cell.object_position(noisy._grasp.body)[:2])
+        assert obs.pose is not None
+        assert np.asarray(obs.pose[:2]) - centre == pytest.approx(offset, abs=0.006)
+    finally:
+        robot.close()
+    with pytest.raises(ValueError, match="must be >= 0"):
+        OraclePolicy(robot, DEFAULT_REGISTRY, aim_noise_m=-0.01)

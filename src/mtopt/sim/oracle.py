@@ -10,6 +10,10 @@ policies are measured, so a learned success rate can be read against both.
   object and gripper yaw that leave the most room around the two fingers (other objects
   and the bin walls), with the fingers across the long axis of an elongated object; move
   there while turning, descend, close, lift, terminate.
+- Aim noise (``aim_noise_m``, ``yaw_noise_rad``; off by default): the same lift with the
+  gripper aimed off the object's centre or turned off the chosen yaw by a random amount
+  per episode, which measures how precise a grasp must be in this cell
+  (``benchmarks/grasp_precision_probe.py``).
 - Placing: carry the held object over the first target (fixture or left bin) where
   releasing it would satisfy the task, descend, open, retract, terminate.
 """
@@ -131,8 +135,27 @@ class OraclePolicy:
 
     name = "oracle"
 
-    def __init__(self, robot: SimRobot, registry: TaskRegistry, max_steps: int = 15):
+    def __init__(
+        self,
+        robot: SimRobot,
+        registry: TaskRegistry,
+        max_steps: int = 15,
+        aim_noise_m: float = 0.0,
+        yaw_noise_rad: float = 0.0,
+    ):
+        if aim_noise_m < 0 or yaw_noise_rad < 0:
+            raise ValueError(
+                f"aim_noise_m and yaw_noise_rad must be >= 0, got {aim_noise_m}, {yaw_noise_rad}"
+            )
         self.robot = robot
+        self.aim_noise_m = aim_noise_m
+        """Lifting: aim at the object's centre plus an xy offset drawn once per episode
+        from N(0, aim_noise_m^2) per axis (how precise a grasp must be; 0: exact)."""
+        self.yaw_noise_rad = yaw_noise_rad
+        """Lifting: turn to the chosen yaw plus U(-yaw_noise_rad, yaw_noise_rad), drawn
+        once per episode (pi / 2: any yaw)."""
+        self.aim_offset = np.zeros(2)
+        """This episode's xy aim offset (m)."""
         self.registry = registry
         self.max_steps = max_steps
         self._spec: TaskSpec | None = None
@@ -170,6 +193,13 @@ class OraclePolicy:
         ]
         self._grasp = choose_grasp(candidates, lift_targets(self._spec, scene))
         self.feasible.append(self._grasp is not None)
+        if self.aim_noise_m > 0:
+            self.aim_offset = rng.normal(0.0, self.aim_noise_m, 2)
+        else:
+            self.aim_offset = np.zeros(2)
+        if self._grasp is not None and self.yaw_noise_rad > 0:
+            turn = float(rng.uniform(-self.yaw_noise_rad, self.yaw_noise_rad))
+            self._grasp = replace(self._grasp, yaw=wrap_half_turn(self._grasp.yaw + turn))
 
     def act(self, obs: Observation) -> np.ndarray:
         if obs.pose is None:
@@ -186,7 +216,7 @@ class OraclePolicy:
         max_yaw = self.robot.config.max_yaw_rad
         x, y, z, yaw = (float(v) for v in pose)
         if self._phase == "approach":
-            goal = self.robot.cell.object_position(self._grasp.body)[:2]
+            goal = self.robot.cell.object_position(self._grasp.body)[:2] + self.aim_offset
             d = (goal - np.array([x, y])) / step
             e = wrap_half_turn(self._grasp.yaw - yaw)
             aligned = float(np.max(np.abs(d))) < 0.2 and abs(e) < 0.1

@@ -1,0 +1,248 @@
+"""How precise must a grasp be in this cell, and how precise are the learned policy's?
+
+Two measurements of lift-any on the held-out scenes of ``evaluate_run.py`` (same
+``--seed``, held-out objects, ground truth):
+
+1. The privileged oracle (``mtopt.sim.oracle``) aimed off the object's centre by an xy
+   offset drawn per episode from N(0, sigma^2) per axis, for each sigma in ``--aim-cm``,
+   and turned off its chosen yaw by U(-d, d) for each d in ``--yaw-rad``: the success a
+   policy with that aiming error can reach here.
+2. With ``--run``: the run's acting weights (CEM, as robots use) on the same scenes,
+   instrumented. Per episode: where it first closes the gripper (xy distance from the
+   gripper's centre to the nearest object's centre, and, for elongated objects, how far
+   its yaw is from across the object's long axis), whether an object is between both
+   fingers when the episode ends (before the robot presents the outcome) and whether it
+   is still held after the presentation lift (the success).
+
+Read together: the learned policy's close offsets against the oracle's curve say how
+much of its lift failure is aiming, and "held at the end but lost on the lift" says how
+many of its grasps close on an object but hold it badly (off-centre).
+
+Usage: python benchmarks/grasp_precision_probe.py --json OUT [--run runs/r22]
+           [--episodes 100] [--seed 5] [--aim-cm 0,0.5,1,2,3] [--yaw-rad 0.8,1.57]
+           [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from _results import write_result
+from mtopt.eval.evaluate import EVAL_SEED_OFFSET, evaluate_policy, rate_with_ci
+from mtopt.robots.base import Observation
+from mtopt.robots.sim_robot import SimRobot
+from mtopt.sim.config import SimConfig
+from mtopt.sim.oracle import ROUND_CATEGORIES, OraclePolicy, wrap_half_turn
+from mtopt.sim.runner import run_episode
+from mtopt.tasks import DEFAULT_REGISTRY
+
+TASK = "lift-any"
+
+
+def oracle_rate(job: tuple[float, float, int, int]) -> tuple[float, float, float]:
+    aim_m, yaw_rad, episodes, seed = job
+    sim = SimConfig(object_split="test")
+    robot = SimRobot(sim, robot_id="eval", seed=seed)
+    oracle = OraclePolicy(robot, DEFAULT_REGISTRY, sim.max_steps, aim_m, yaw_rad)
+    try:
+        rate = evaluate_policy(
+            lambda spec: oracle, DEFAULT_REGISTRY, [TASK], episodes, sim, seed, robot=robot
+        )
+    finally:
+        robot.close()
+    return aim_m, yaw_rad, rate[TASK]
+
+
+class WatchedRobot(SimRobot):
+    """A SimRobot that notes what the gripper holds just before it presents the outcome."""
+
+    held_before_present: bool = False
+
+    def final_image(self) -> np.ndarray:
+        self.held_before_present = any(o.in_gripper for o in self.scene_state().objects)
+        return super().final_image()
+
+
+class FirstClose:
+    """Wraps a policy; records where the gripper is when the policy first closes it."""
+
+    def __init__(self, policy: Any, robot: SimRobot):
+        self.policy, self.robot = policy, robot
+        self.first: dict[str, Any] | None = None
+        self.closes = 0
+        self._closed = False
+
+    @property
+    def version(self) -> int:
+        return int(self.policy.version)
+
+    def reset(self, task: str, rng: np.random.Generator) -> None:
+        self.first, self.closes, self._closed = None, 0, False
+        self.policy.reset(task, rng)
+
+    def act(self, obs: Observation) -> np.ndarray:
+        action = np.asarray(self.policy.act(obs), dtype=np.float32)
+        closing = bool(action[4] > 0)
+        if closing and not self._closed:
+            self.closes += 1
+            if self.first is None and obs.pose is not None:
+                self.first = self._where(obs.pose)
+        self._closed = closing
+        return action
+
+    def _where(self, pose: np.ndarray) -> dict[str, Any]:
+        x, y, z, yaw = (float(v) for v in pose)
+        cell, best = self.robot.cell, None
+        for body, spec in cell.object_bodies():
+            if not self.robot.in_right_bin(body):
+                continue
+            ox, oy = (float(v) for v in cell.object_position(body)[:2])
+            d = float(np.hypot(x - ox, y - oy))
+            if best is None or d < best["offset_cm"]:
+                yaw_err = None
+                if spec.category not in ROUND_CATEGORIES:
+                    yaw_err = round(abs(wrap_half_turn(yaw - float(cell.object_yaw(body)))), 3)
+                best = {"offset_cm": d, "category": spec.category, "yaw_error_rad": yaw_err}
+        out = {"height_m": round(z, 3)}
+        if best is not None:
+            out.update(best, offset_cm=round(100 * best["offset_cm"], 2))
+        return out
+
+
+def learned_episodes(job: tuple[str, int, int, int]) -> list[dict[str, Any]]:
+    """Episodes k0..k0+n-1 of the held-out scenes with the run's acting weights."""
+    run, k0, n, seed = job
+    import torch
+
+    from mtopt.policies.cem_policy import CEMPolicy
+    from mtopt.qtopt.cem import CEMConfig
+
+    torch.set_num_threads(1)
+    sim = SimConfig(object_split="test")
+    robot = WatchedRobot(sim, robot_id="eval", seed=seed)
+    cem = CEMConfig(precision="fp32")
+    pol = CEMPolicy(DEFAULT_REGISTRY.names, weights_dir=f"{run}/weights", cem=cem, seed=seed)
+    watch = FirstClose(pol, robot)
+    spec = DEFAULT_REGISTRY.get(TASK)
+    rows = []
+    try:
+        for k in range(k0, k0 + n):
+            scene_seed = EVAL_SEED_OFFSET + seed * 100_000 + k  # evaluate_policy's scenes
+            robot.reset_scene(scene_seed)
+            rec = run_episode(robot, watch, spec, np.random.default_rng(scene_seed), sim.max_steps)
+            rows.append(
+                {
+                    "scene": k,
+                    "success": bool(spec.succeeded(robot.scene_state())),
+                    "held_before_present": robot.held_before_present,
+                    "closes": watch.closes,
+                    "steps": len(rec.actions),
+                    "first_close": watch.first,
+                }
+            )
+    finally:
+        robot.close()
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The learned policy's grasps in numbers (pure; ``rows`` from ``learned_episodes``)."""
+    n = len(rows)
+    wins = [r for r in rows if r["success"]]
+    held = [r for r in rows if r["held_before_present"]]
+
+    def offsets(rs: list[dict[str, Any]]) -> list[float]:
+        return [
+            r["first_close"]["offset_cm"]
+            for r in rs
+            if r["first_close"] and "offset_cm" in r["first_close"]
+        ]
+
+    def median(xs: list[float]) -> float | None:
+        return round(statistics.median(xs), 2) if xs else None
+
+    all_off = offsets(rows)
+    bins = [(0, 1), (1, 2), (2, 3), (3, 5), (5, 100)]
+    by_offset = {}
+    for lo, hi in bins:
+        rs = [
+            r for r in rows if r["first_close"] and lo <= r["first_close"].get("offset_cm", -1) < hi
+        ]
+        by_offset[f"{lo}-{hi} cm"] = {
+            "episodes": len(rs),
+            "success": round(sum(r["success"] for r in rs) / len(rs), 3) if rs else None,
+        }
+    return {
+        "episodes": n,
+        "success": rate_with_ci(len(wins) / max(1, n), n),
+        "never_closed": sum(r["first_close"] is None for r in rows),
+        "held_before_present": round(len(held) / max(1, n), 3),
+        "held_but_lost_on_lift": round(sum(not r["success"] for r in held) / max(1, len(held)), 3),
+        "closes_per_episode": round(sum(r["closes"] for r in rows) / max(1, n), 2),
+        "first_close_offset_cm_median": {
+            "all": median(all_off),
+            "successes": median(offsets(wins)),
+            "failures": median(offsets([r for r in rows if not r["success"]])),
+        },
+        "first_close_within_1cm": round(sum(o < 1 for o in all_off) / max(1, len(all_off)), 3),
+        "success_by_first_close_offset": by_offset,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--run", default=None, help="also instrument this run's acting weights")
+    ap.add_argument("--episodes", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=5, help="5: the scenes of evaluate_run.py")
+    ap.add_argument("--aim-cm", default="0,0.5,1,2,3")
+    ap.add_argument("--yaw-rad", default="0.8,1.57")
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    try:
+        aims = [float(v) for v in args.aim_cm.split(",") if v]
+        yaws = [float(v) for v in args.yaw_rad.split(",") if v]
+    except ValueError:
+        ap.error("--aim-cm and --yaw-rad take comma-separated numbers")
+    if any(v < 0 for v in aims + yaws):
+        ap.error("--aim-cm and --yaw-rad must be >= 0")
+    t0 = time.perf_counter()
+    jobs = [(a / 100, 0.0, args.episodes, args.seed) for a in aims]
+    jobs += [(0.0, y, args.episodes, args.seed) for y in yaws]
+    chunks = max(1, args.workers)
+    per = -(-args.episodes // chunks)
+    learn_jobs = [
+        (args.run, k, min(per, args.episodes - k), args.seed) for k in range(0, args.episodes, per)
+    ]
+    with ProcessPoolExecutor(args.workers) as pool:
+        oracle = list(pool.map(oracle_rate, jobs))
+        rows = (
+            [r for part in pool.map(learned_episodes, learn_jobs) for r in part] if args.run else []
+        )
+    out: dict[str, Any] = {
+        "task": TASK,
+        "episodes": args.episodes,
+        "seed": args.seed,
+        "oracle_aim_noise": {
+            f"{100 * a:g} cm": rate_with_ci(r, args.episodes) for a, y, r in oracle if y == 0.0
+        },
+        "oracle_yaw_noise": {
+            f"{y:g} rad": rate_with_ci(r, args.episodes) for a, y, r in oracle if y > 0.0
+        },
+    }
+    if args.run:
+        out["run"] = args.run
+        out["learned"] = summarize(rows)
+        out["learned_episodes"] = rows
+    out["wall_s"] = round(time.perf_counter() - t0, 1)
+    write_result(args.json, out, show={k: v for k, v in out.items() if k != "learned_episodes"})
+
+
+if __name__ == "__main__":
+    main()
