@@ -10,11 +10,12 @@ Two measurements of lift-any on the held-out scenes of ``evaluate_run.py`` (same
 2. With ``--run``: the run's acting weights (CEM, as robots use) on the same scenes,
    instrumented. Per episode: where it first closes the gripper (xy distance from the
    gripper's centre to the nearest object's centre, and, for elongated objects, how far
-   its yaw is from across the object's long axis), whether an object is between both
+   its yaw is from the oracle's grasp yaw), where it last closes it (the grasp the
+   episode ends with: the offset that counts; policies often re-grasp), whether an object is between both
    fingers when the episode ends (before the robot presents the outcome) and whether it
    is still held after the presentation lift (the success).
 
-Read together: the learned policy's close offsets against the oracle's curve say how
+Read together: the learned policy's last-close offsets against the oracle's curve say how
 much of its lift failure is aiming, and "held at the end but lost on the lift" says how
 many of its grasps close on an object but hold it badly (off-centre).
 
@@ -69,12 +70,14 @@ class WatchedRobot(SimRobot):
         return super().final_image()
 
 
-class FirstClose:
-    """Wraps a policy; records where the gripper is when the policy first closes it."""
+class WatchCloses:
+    """Wraps a policy; records where the gripper is when the policy first closes it and
+    when it last closes it (the grasp the episode ends with, if it ends closed)."""
 
     def __init__(self, policy: Any, robot: SimRobot):
         self.policy, self.robot = policy, robot
         self.first: dict[str, Any] | None = None
+        self.last: dict[str, Any] | None = None
         self.closes = 0
         self._closed = False
 
@@ -83,7 +86,7 @@ class FirstClose:
         return int(self.policy.version)
 
     def reset(self, task: str, rng: np.random.Generator) -> None:
-        self.first, self.closes, self._closed = None, 0, False
+        self.first, self.last, self.closes, self._closed = None, None, 0, False
         self.policy.reset(task, rng)
 
     def act(self, obs: Observation) -> np.ndarray:
@@ -91,8 +94,9 @@ class FirstClose:
         closing = bool(action[4] > 0)
         if closing and not self._closed:
             self.closes += 1
-            if self.first is None and obs.pose is not None:
-                self.first = self._where(obs.pose)
+            if obs.pose is not None:
+                self.last = self._where(obs.pose)
+                self.first = self.first or self.last
         self._closed = closing
         return action
 
@@ -128,7 +132,7 @@ def learned_episodes(job: tuple[str, int, int, int]) -> list[dict[str, Any]]:
     robot = WatchedRobot(sim, robot_id="eval", seed=seed)
     cem = CEMConfig(precision="fp32")
     pol = CEMPolicy(DEFAULT_REGISTRY.names, weights_dir=f"{run}/weights", cem=cem, seed=seed)
-    watch = FirstClose(pol, robot)
+    watch = WatchCloses(pol, robot)
     spec = DEFAULT_REGISTRY.get(TASK)
     rows = []
     try:
@@ -144,6 +148,7 @@ def learned_episodes(job: tuple[str, int, int, int]) -> list[dict[str, Any]]:
                     "closes": watch.closes,
                     "steps": len(rec.actions),
                     "first_close": watch.first,
+                    "last_close": watch.last,
                 }
             )
     finally:
@@ -157,22 +162,27 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     wins = [r for r in rows if r["success"]]
     held = [r for r in rows if r["held_before_present"]]
 
-    def offsets(rs: list[dict[str, Any]]) -> list[float]:
+    def offsets(rs: list[dict[str, Any]], key: str = "last_close") -> list[float]:
+        return [r[key]["offset_cm"] for r in rs if r.get(key) and "offset_cm" in r[key]]
+
+    def yaw_errors(rs: list[dict[str, Any]]) -> list[float]:
+        """Elongated objects only (a round one grasps at any yaw)."""
         return [
-            r["first_close"]["offset_cm"]
+            r["last_close"]["yaw_error_rad"]
             for r in rs
-            if r["first_close"] and "offset_cm" in r["first_close"]
+            if r.get("last_close") and r["last_close"].get("yaw_error_rad") is not None
         ]
 
     def median(xs: list[float]) -> float | None:
         return round(statistics.median(xs), 2) if xs else None
 
     all_off = offsets(rows)
+    first_off = offsets(rows, "first_close")
     bins = [(0, 1), (1, 2), (2, 3), (3, 5), (5, 100)]
     by_offset = {}
     for lo, hi in bins:
         rs = [
-            r for r in rows if r["first_close"] and lo <= r["first_close"].get("offset_cm", -1) < hi
+            r for r in rows if r["last_close"] and lo <= r["last_close"].get("offset_cm", -1) < hi
         ]
         by_offset[f"{lo}-{hi} cm"] = {
             "episodes": len(rs),
@@ -185,13 +195,18 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "held_before_present": round(len(held) / max(1, n), 3),
         "held_but_lost_on_lift": round(sum(not r["success"] for r in held) / max(1, len(held)), 3),
         "closes_per_episode": round(sum(r["closes"] for r in rows) / max(1, n), 2),
-        "first_close_offset_cm_median": {
+        "first_close_offset_cm_median": median(first_off),
+        "last_close_offset_cm_median": {
             "all": median(all_off),
             "successes": median(offsets(wins)),
             "failures": median(offsets([r for r in rows if not r["success"]])),
         },
-        "first_close_within_1cm": round(sum(o < 1 for o in all_off) / max(1, len(all_off)), 3),
-        "success_by_first_close_offset": by_offset,
+        "last_close_yaw_error_rad_median": {
+            "successes": median(yaw_errors(wins)),
+            "failures": median(yaw_errors([r for r in rows if not r["success"]])),
+        },
+        "last_close_within_1cm": round(sum(o < 1 for o in all_off) / max(1, len(all_off)), 3),
+        "success_by_last_close_offset": by_offset,
     }
 
 

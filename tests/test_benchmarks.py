@@ -64,12 +64,14 @@ def test_grasp_precision_summary_by_hand() -> None:
     from grasp_precision_probe import summarize
 
     def row(ok: bool, held: bool, closes: int, offset: float | None) -> dict:
-        first = None if offset is None else {"offset_cm": offset, "height_m": 0.02}
+        last = None if offset is None else {"offset_cm": offset, "yaw_error_rad": offset / 10}
+        first = None if offset is None else {"offset_cm": offset + 1, "height_m": 0.1}
         return {
             "success": ok,
             "held_before_present": held,
             "closes": closes,
             "first_close": first,
+            "last_close": last,
         }
 
     rows = [
@@ -86,10 +88,16 @@ def test_grasp_precision_summary_by_hand() -> None:
     assert s["held_before_present"] == 0.6
     assert s["held_but_lost_on_lift"] == round(1 / 3, 3)
     assert s["closes_per_episode"] == 1.6
-    # offsets 0.5, 1.5, 2.5, 4.0: medians of all (2.0), successes (2.25), failures (2.0)
-    assert s["first_close_offset_cm_median"] == {"all": 2.0, "successes": 2.25, "failures": 2.0}
-    assert s["first_close_within_1cm"] == 0.25
-    by = s["success_by_first_close_offset"]
+    # last offsets 0.5, 1.5, 2.5, 4.0: medians of all (2.0), successes (2.25), failures
+    # (2.0); the first closes were 1 cm further out
+    assert s["last_close_offset_cm_median"] == {"all": 2.0, "successes": 2.25, "failures": 2.0}
+    assert s["first_close_offset_cm_median"] == 3.0
+    assert s["last_close_within_1cm"] == 0.25
+    # yaw errors a tenth of the offsets: successes 0.05, 0.4 (median 0.225, rounded to
+    # two places); failures 0.15, 0.25 (0.2)
+    yaw = s["last_close_yaw_error_rad_median"]
+    assert yaw == pytest.approx({"successes": 0.225, "failures": 0.2}, abs=0.0051)
+    by = s["success_by_last_close_offset"]
     assert by["0-1 cm"] == {"episodes": 1, "success": 1.0}
     assert by["1-2 cm"] == {"episodes": 1, "success": 0.0}
     assert by["3-5 cm"] == {"episodes": 1, "success": 1.0}
