@@ -11,9 +11,9 @@ Two measurements of lift-any on the held-out scenes of ``evaluate_run.py`` (same
    instrumented. Per episode: where it first closes the gripper (xy distance from the
    gripper's centre to the nearest object's centre, and, for elongated objects, how far
    its yaw is from the oracle's grasp yaw), where it last closes it (the grasp the
-   episode ends with: the offset that counts; policies often re-grasp), whether an object is between both
-   fingers when the episode ends (before the robot presents the outcome) and whether it
-   is still held after the presentation lift (the success).
+   episode ends with: the offset that counts, since policies re-grasp), whether an object
+   is between both fingers when the episode ends (before the robot presents the outcome)
+   and whether it is still held after the presentation lift (the success).
 
 Read together: the learned policy's last-close offsets against the oracle's curve say how
 much of its lift failure is aiming, and "held at the end but lost on the lift" says how
@@ -101,21 +101,24 @@ class WatchCloses:
         return action
 
     def _where(self, pose: np.ndarray) -> dict[str, Any]:
+        """Gripper height, and offset (cm) and yaw error to the nearest object in the bin."""
         x, y, z, yaw = (float(v) for v in pose)
-        cell, best = self.robot.cell, None
+        cell = self.robot.cell
+        out: dict[str, Any] = {"height_m": round(z, 3)}
+        nearest = float("inf")
         for body, spec in cell.object_bodies():
             if not self.robot.in_right_bin(body):
                 continue
             ox, oy = (float(v) for v in cell.object_position(body)[:2])
             d = float(np.hypot(x - ox, y - oy))
-            if best is None or d < best["offset_cm"]:
+            if d < nearest:
+                nearest = d
                 yaw_err = None
                 if spec.category not in ROUND_CATEGORIES:
                     yaw_err = round(abs(wrap_half_turn(yaw - float(cell.object_yaw(body)))), 3)
-                best = {"offset_cm": d, "category": spec.category, "yaw_error_rad": yaw_err}
-        out = {"height_m": round(z, 3)}
-        if best is not None:
-            out.update(best, offset_cm=round(100 * best["offset_cm"], 2))
+                out.update(
+                    offset_cm=round(100 * d, 2), category=spec.category, yaw_error_rad=yaw_err
+                )
         return out
 
 
