@@ -230,11 +230,12 @@ def main() -> None:
         ap.error("--aim-cm and --yaw-rad take comma-separated numbers")
     if any(v < 0 for v in aims + yaws):
         ap.error("--aim-cm and --yaw-rad must be >= 0")
+    if args.episodes < 1 or args.workers < 1:
+        ap.error("--episodes and --workers must be >= 1")
     t0 = time.perf_counter()
     jobs = [(a / 100, 0.0, args.episodes, args.seed) for a in aims]
     jobs += [(0.0, y, args.episodes, args.seed) for y in yaws]
-    chunks = max(1, args.workers)
-    per = -(-args.episodes // chunks)
+    per = -(-args.episodes // args.workers)
     learn_jobs = [
         (args.run, k, min(per, args.episodes - k), args.seed) for k in range(0, args.episodes, per)
     ]

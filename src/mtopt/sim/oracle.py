@@ -178,6 +178,7 @@ class OraclePolicy:
         self._spec = self.registry.get(task)
         self._phase, self._t, self._after, self._last_z = "approach", 0, 0, float("inf")
         self._grasp, self._spot = None, None
+        self.aim_offset = np.zeros(2)
         cell = self.robot.cell
         scene = cell.scene_state()
         if self._spec.starts_holding:
@@ -195,8 +196,6 @@ class OraclePolicy:
         self.feasible.append(self._grasp is not None)
         if self.aim_noise_m > 0:
             self.aim_offset = rng.normal(0.0, self.aim_noise_m, 2)
-        else:
-            self.aim_offset = np.zeros(2)
         if self._grasp is not None and self.yaw_noise_rad > 0:
             turn = float(rng.uniform(-self.yaw_noise_rad, self.yaw_noise_rad))
             self._grasp = replace(self._grasp, yaw=wrap_half_turn(self._grasp.yaw + turn))
