@@ -17,6 +17,8 @@ and three variants and a ceiling (``--nets``):
                   to its state features (QNetConfig.gripper_xy)
   qnet_coord      the Q-network with CoordConv channels (QNetConfig.coord_channels)
   qnet_tcp_coord  both
+  qnet_crop       both, and a 16-pixel crop of the image around the point below the
+                  gripper (QNetConfig.gripper_crop; qnet_crop32 resamples it to 32)
   oracle          an MLP on privileged features (offset to the nearest object, gripper
                   position): how predictable the label is at all
 Scored on held-out poses by ROC AUC (0.5: blind) and accuracy against the base rate. A
@@ -122,11 +124,14 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(greater / (len(pos) * len(neg)))
 
 
-QNET_VARIANTS: dict[str, dict[str, bool]] = {
+QNET_VARIANTS: dict[str, dict[str, bool | int]] = {
     "qnet": {},
     "qnet_tcp": {"gripper_xy": True},
     "qnet_coord": {"coord_channels": True},
     "qnet_tcp_coord": {"gripper_xy": True, "coord_channels": True},
+    # with a 16-pixel crop around the point below the gripper (QNetConfig.gripper_crop)
+    "qnet_crop": {"gripper_xy": True, "coord_channels": True, "gripper_crop": 16},
+    "qnet_crop32": {"gripper_xy": True, "coord_channels": True, "gripper_crop": 32},
 }
 
 
@@ -261,7 +266,11 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=5000, help="poses per cache file")
     ap.add_argument("--test", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--nets", default="qnet,probe", help="of qnet,probe,qnet_tcp,qnet_coord,oracle")
+    ap.add_argument(
+        "--nets",
+        default="qnet,probe",
+        help="of qnet,probe,qnet_tcp,qnet_coord,qnet_tcp_coord,qnet_crop,qnet_crop32,oracle",
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--cache", default="", help="FILE.npz[,FILE2.npz...]: kept samples")
     ap.add_argument("--collect-only", action="store_true", help="fill the caches and stop")

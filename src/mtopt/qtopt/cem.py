@@ -167,7 +167,7 @@ def cem_argmax(
     with precision_context(cfg.precision, device):
         if feats is None:
             feats = net.tower(images)
-        ctx = net.candidate_context(feats, states, task_idx)
+        ctx = net.candidate_context(feats, net.state_input(images, states), task_idx)
         best, logit = cem_maximize(
             lambda a: net.candidate_logits(ctx, a).float(),
             int(feats.shape[0]),

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mtopt.qtopt.crop import CAMERAS, gripper_crop
 from mtopt.robots.action import ACTION_DIM
 from mtopt.robots.base import STATE_DIM
 
@@ -64,11 +65,26 @@ class QNetConfig:
     coord_channels: bool = False
     """CoordConv: two more input channels holding every pixel's row and column in
     [-1, 1], so the convolutions can tell where in the image a thing is."""
+    gripper_crop: int = 0
+    """0: off. Else also look at a ``crop_window``-pixel square of the image centred
+    where the point below the gripper (its x, y: needs ``gripper_xy``) projects through
+    the calibrated camera ``crop_camera`` (mtopt.qtopt.crop), resampled to this side:
+    an object in the crop's centre is under the gripper. A small conv tower turns the
+    crop into ``fc_units`` features fed with the state features. Not in the paper."""
+    crop_window: int = 16
+    """Side of the gripper crop in image pixels (16 of 64: about 13 cm of the bin)."""
+    crop_camera: str = "sim-scene"
+    """Calibration the gripper crop projects through (a name in mtopt.qtopt.crop.CAMERAS)."""
 
     @property
     def state_dim(self) -> int:
         """Width of the state features the network takes (2, or 4 with ``gripper_xy``)."""
         return STATE_DIM + (2 if self.gripper_xy else 0)
+
+    @property
+    def crop_dim(self) -> int:
+        """Width of the gripper-crop features appended to the state features (0: none)."""
+        return self.fc_units if self.gripper_crop else 0
 
     def validate(self) -> QNetConfig:
         if self.image_size % self.merge_size or self.image_size // self.merge_size not in (
@@ -88,6 +104,23 @@ class QNetConfig:
             raise ValueError(f"head_type must be 'onehot' or 'multihead', got {self.head_type!r}")
         if self.num_tasks < 1:
             raise ValueError(f"num_tasks must be >= 1, got {self.num_tasks}")
+        if self.gripper_crop:
+            if not self.gripper_xy:
+                raise ValueError(
+                    "gripper_crop needs gripper_xy (the crop is cut where x, y project)"
+                )
+            if self.gripper_crop < 4 or self.gripper_crop % 4:
+                raise ValueError(
+                    f"gripper_crop must be 0 or a multiple of 4, got {self.gripper_crop}"
+                )
+            if not 2 <= self.crop_window <= self.image_size:
+                raise ValueError(
+                    f"crop_window must be in [2, image_size={self.image_size}], got {self.crop_window}"
+                )
+            if self.crop_camera not in CAMERAS:
+                raise ValueError(
+                    f"unknown crop_camera {self.crop_camera!r}; valid: {', '.join(sorted(CAMERAS))}"
+                )
         return self
 
     def to_dict(self) -> dict[str, object]:
@@ -287,14 +320,50 @@ class ImageTower(nn.Module):
         return y
 
 
+class CropTower(nn.Module):
+    """The gripper crop (``QNetConfig.gripper_crop``) -> ``fc_units`` features: three
+    3x3 convolutions (the last two stride 2) and a fully connected layer."""
+
+    def __init__(self, cfg: QNetConfig):
+        super().__init__()
+        c, side = cfg.tower_channels, cfg.gripper_crop // 4
+        self.cfg = cfg
+        self.camera = CAMERAS[cfg.crop_camera]
+        self.net = nn.Sequential(
+            _conv(3, c),
+            _conv(c, c, stride=2),
+            _conv(c, c, stride=2),
+            nn.Flatten(),
+            nn.Linear(c * side * side, cfg.fc_units),
+            nn.ReLU(inplace=True),
+        )
+
+    def crops(self, images: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """(B, 3, crop, crop) in [-0.5, 0.5] from uint8 (B, S, S, 3) images (or float in
+        [0, 1], NHWC or NCHW) and the Q-network's state features (x, y at columns
+        STATE_DIM, STATE_DIM + 1, times POSE_XY_SCALE)."""
+        if images.dtype == torch.uint8:
+            x = images.permute(0, 3, 1, 2).float().div_(255.0)
+        else:
+            x = images.permute(0, 3, 1, 2) if images.shape[-1] == 3 else images
+            x = x.float()
+        xy = state[:, STATE_DIM : STATE_DIM + 2].float() / POSE_XY_SCALE
+        c = self.cfg
+        return gripper_crop(x, xy, self.camera, c.crop_window, c.gripper_crop) - 0.5
+
+    def forward(self, images: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        return self.net(self.crops(images, state))
+
+
 class QNetwork(nn.Module):
     def __init__(self, cfg: QNetConfig):
         super().__init__()
         self.cfg = cfg.validate()
         c, h, u = cfg.tower_channels, cfg.head_channels, cfg.fc_units
         self.tower = ImageTower(cfg)
+        self.crop_tower = CropTower(cfg) if cfg.gripper_crop else None
         self.embed = nn.Sequential(
-            nn.Linear(ACTION_DIM + cfg.state_dim + cfg.num_tasks, u),
+            nn.Linear(ACTION_DIM + cfg.state_dim + cfg.crop_dim + cfg.num_tasks, u),
             nn.ReLU(inplace=True),
             nn.Linear(u, c),
         )
@@ -348,11 +417,19 @@ class QNetwork(nn.Module):
             nn.init.zeros_(layer.bias)
         self._dense_cache.clear()
 
+    def state_input(self, images: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """The per-state features the post-merge part takes with the action and task: the
+        state features, followed by the gripper crop's features with ``gripper_crop``.
+        (B, state_dim + crop_dim); ``state`` itself when there is no crop."""
+        if self.crop_tower is None:
+            return state
+        return torch.cat([state.to(torch.float32), self.crop_tower(images, state).float()], 1)
+
     def logits_from_features(
         self, feats: torch.Tensor, state: torch.Tensor, action: torch.Tensor, task: torch.Tensor
     ) -> torch.Tensor:
-        """Post-merge part, literally as in Fig. 9. feats (B, C, m, m); state (B, state_dim);
-        action (B, 6); task (B,) int. Returns logits (B,)."""
+        """Post-merge part, literally as in Fig. 9. feats (B, C, m, m); state (B, state_dim
+        + crop_dim): ``state_input``; action (B, 6); task (B,) int. Returns logits (B,)."""
         onehot = nn.functional.one_hot(task.long(), self.cfg.num_tasks).to(feats.dtype)
         z = self.embed(torch.cat([action.to(feats.dtype), state.to(feats.dtype), onehot], dim=1))
         x = feats + z[:, :, None, None]
@@ -382,6 +459,7 @@ class QNetwork(nn.Module):
         conv(feats) once per state here; per candidate only L(z), folded with the last
         embedding layer into one (u x H*m'*m') matrix, is added. The merged 8x8 map is
         never built per candidate. Layout is NHWC so the later convs get channels_last.
+        ``state`` is ``state_input`` (with the crop's features when there is a crop).
         """
         dt = feats.dtype
         w0, z_to_conv, z_bias, w_action, w_state, b1 = self._merge_maps(dt, feats.shape[2])
@@ -516,7 +594,9 @@ class QNetwork(nn.Module):
     def logits(
         self, images: torch.Tensor, state: torch.Tensor, action: torch.Tensor, task: torch.Tensor
     ) -> torch.Tensor:
-        return self.logits_from_features(self.tower(images), state, action, task)
+        return self.logits_from_features(
+            self.tower(images), self.state_input(images, state), action, task
+        )
 
     def forward(
         self, images: torch.Tensor, state: torch.Tensor, action: torch.Tensor, task: torch.Tensor

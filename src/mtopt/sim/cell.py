@@ -26,7 +26,7 @@ import numpy as np
 import pybullet as pb
 
 from mtopt.robots.action import IDX_DYAW, validate_action, wants_close
-from mtopt.sim.config import SimConfig
+from mtopt.sim.config import SCENE_CAMERA, SimConfig
 from mtopt.sim.objects import ObjectSpec, Part, sample_objects
 from mtopt.tasks.scene import BinState, FixtureState, ObjectState, SceneState
 
@@ -58,7 +58,7 @@ class CameraView:
 
 CAMERA_VIEWS: dict[str, CameraView] = {
     # what the policy sees: both bins from above and in front of the cell
-    "scene": CameraView((0.30, 0.0, 0.60), (-0.04, 0.0, 0.07)),
+    "scene": CameraView(SCENE_CAMERA.eye, SCENE_CAMERA.target, up=SCENE_CAMERA.up),
     # an alternative framing (not used by the policy): both bins from higher up, filling
     # 1.8x more of the image's height (benchmarks/grasp_offset_probe.py compares them)
     "bins": CameraView((0.30, 0.0, 0.80), (-0.03, 0.0, 0.0), 22.0 / 44.0, aspect=1.8),
@@ -86,7 +86,7 @@ class _Scene:
     fixtures: list[tuple[str, int, tuple[float, float, float], float]] = field(default_factory=list)
     light_dir: tuple[float, float, float] = (0.4, -0.3, 1.0)
     camera_jitter: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    fov: float = 44.0
+    fov: float = SCENE_CAMERA.fov_deg
     table_rgba: tuple[float, float, float, float] = (0.55, 0.5, 0.45, 1.0)
 
 
@@ -634,7 +634,7 @@ class SimCell:
     def _render_view(self, cam: CameraView, width: int, height: int) -> np.ndarray:
         scene = self._scene
         jit = scene.camera_jitter if scene else (0.0, 0.0, 0.0)
-        fov = (scene.fov if scene else 44.0) * cam.fov_scale
+        fov = (scene.fov if scene else SCENE_CAMERA.fov_deg) * cam.fov_scale
         light = scene.light_dir if scene else (0.4, -0.3, 1.0)
         eye = [cam.eye[0] + jit[0], cam.eye[1] + jit[1], cam.eye[2] + jit[2]]
         view_m = pb.computeViewMatrix(eye, list(cam.target), list(cam.up))

@@ -10,6 +10,22 @@ from mtopt.sim.objects import Split
 
 
 @dataclass(frozen=True)
+class SceneCamera:
+    """Calibration of the policy's fixed camera ("scene" view): eye and target (m), the
+    world direction that is up in the image, the vertical field of view (degrees) before
+    domain randomization. Here, not in the simulator, so that a Q-network can project
+    the gripper's position into the image (mtopt.qtopt.crop) without PyBullet."""
+
+    eye: tuple[float, float, float] = (0.30, 0.0, 0.60)
+    target: tuple[float, float, float] = (-0.04, 0.0, 0.07)
+    up: tuple[float, float, float] = (-1.0, 0.0, 0.0)
+    fov_deg: float = 44.0
+
+
+SCENE_CAMERA = SceneCamera()
+
+
+@dataclass(frozen=True)
 class SimConfig:
     """Configuration of the simulated cell."""
 

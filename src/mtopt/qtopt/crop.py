@@ -1,0 +1,101 @@
+"""A gripper-centred crop of the camera image (pure functions; no simulator needed).
+
+The Q-network of Fig. 9 sees the whole scene from a fixed camera. To aim a grasp it has
+to find both the gripper and the object in the image and compare where they are: a
+1 cm error is about one pixel of the 64x64 image. With ``QNetConfig.gripper_crop`` it
+also gets the window of the same image around the point below the gripper, cut out
+where the gripper's x, y (the robot's kinematics) project through the calibrated
+camera: an object at the centre of the crop is right under the gripper, whatever the
+gripper's position, so the offset to aim by is read directly off the crop.
+
+Camera model: a pinhole looking from ``eye`` at ``target``, with ``up`` the world
+direction that is up in the image and ``fov_deg`` the vertical field of view, as
+OpenGL's lookAt and perspective (PyBullet's computeViewMatrix and
+computeProjectionMatrixFOV). Normalized device coordinates (NDC): x from -1 (left edge
+of the image) to +1 (right edge), y from -1 (top row) to +1 (bottom row), the
+convention of ``torch.nn.functional.grid_sample`` with ``align_corners=False``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from mtopt.sim.config import SCENE_CAMERA
+
+
+@dataclass(frozen=True)
+class PinholeCamera:
+    eye: tuple[float, float, float]
+    target: tuple[float, float, float]
+    up: tuple[float, float, float]
+    fov_deg: float
+    """Vertical field of view (degrees)."""
+    aspect: float = 1.0
+    """Width / height of the image."""
+
+
+CAMERAS: dict[str, PinholeCamera] = {
+    # the simulated cell's policy camera ("scene" in mtopt.sim.cell.CAMERA_VIEWS), without
+    # domain randomization (which jitters the eye by up to 3 cm and the fov by 2 deg)
+    "sim-scene": PinholeCamera(
+        SCENE_CAMERA.eye, SCENE_CAMERA.target, SCENE_CAMERA.up, SCENE_CAMERA.fov_deg
+    ),
+}
+
+CROP_POINT_Z = 0.02
+"""Height (m above the bin floor) of the point below the gripper the crop is centred on:
+about the centre of a 3-5 cm object lying in the bin."""
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    return v / v.norm()
+
+
+def project(cam: PinholeCamera, points: torch.Tensor) -> torch.Tensor:
+    """World points (..., 3) -> NDC (..., 2): x -1 left .. +1 right, y -1 top .. +1 bottom.
+
+    f = unit(target - eye) is the viewing axis, r = unit(f x up) points right in the
+    image and u = r x f up. A point p at depth d = (p - eye).f lands at
+    x = (p - eye).r / (d tan(fov/2) aspect) and y = -(p - eye).u / (d tan(fov/2)).
+    """
+    dt = points.dtype if points.is_floating_point() else torch.float32
+    eye = torch.tensor(cam.eye, dtype=torch.float64)
+    f = _unit(torch.tensor(cam.target, dtype=torch.float64) - eye)
+    r = _unit(torch.linalg.cross(f, torch.tensor(cam.up, dtype=torch.float64)))
+    u = torch.linalg.cross(r, f)
+    axes = torch.stack([r, u, f], 1).to(device=points.device, dtype=dt)  # (3, 3)
+    rel = points.to(dt) - eye.to(device=points.device, dtype=dt)
+    cx, cy, depth = (rel @ axes).unbind(-1)
+    t = math.tan(math.radians(cam.fov_deg) / 2)
+    return torch.stack([cx / (depth * t * cam.aspect), -cy / (depth * t)], -1)
+
+
+def crop_grid(
+    cam: PinholeCamera, xy: torch.Tensor, image_size: int, window: int, out: int
+) -> torch.Tensor:
+    """Sampling grid (B, out, out, 2) for ``grid_sample``: a ``window`` x ``window``
+    pixel square of a square ``image_size`` image, centred where the point
+    (x, y, CROP_POINT_Z) projects, sampled at ``out`` x ``out`` points (pixel centres
+    when ``out == window``). xy: (B, 2) gripper x, y in metres."""
+    pts = torch.cat([xy, torch.full_like(xy[:, :1], CROP_POINT_Z)], 1)
+    centre = project(cam, pts)  # (B, 2)
+    # offsets of the out x out sample points from the centre, in NDC (2 / image_size per px)
+    k = (torch.arange(out, device=xy.device, dtype=centre.dtype) + 0.5) / out - 0.5
+    k = k * (window * 2.0 / image_size)
+    gx = centre[:, 0, None, None] + k[None, None, :]  # varies along columns
+    gy = centre[:, 1, None, None] + k[None, :, None]  # varies along rows
+    return torch.stack([gx.expand(-1, out, out), gy.expand(-1, out, out)], -1)
+
+
+def gripper_crop(
+    images: torch.Tensor, xy: torch.Tensor, cam: PinholeCamera, window: int, out: int
+) -> torch.Tensor:
+    """The crops (B, C, out, out) of NCHW float ``images`` around the points below the
+    grippers at ``xy`` (B, 2, metres). Bilinear; outside the image the border repeats."""
+    grid = crop_grid(cam, xy.to(images.dtype), int(images.shape[-1]), window, out)
+    return torch.nn.functional.grid_sample(
+        images, grid.to(images.dtype), mode="bilinear", padding_mode="border", align_corners=False
+    )
