@@ -34,7 +34,8 @@ def fast_and_literal_logits(
     b, n, _ = actions.shape
     with torch.no_grad():
         feats = net.tower(imgs)
-        fast = net.candidate_logits(net.candidate_context(feats, states, tasks), actions)
+        ctx = net.candidate_context(feats, net.state_input(imgs, states), tasks)
+        fast = net.candidate_logits(ctx, actions)
         slow = net.logits(
             imgs.repeat_interleave(n, 0),
             states.repeat_interleave(n, 0),
