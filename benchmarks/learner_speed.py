@@ -14,7 +14,8 @@ variants: default QNetConfig (no norm), groupnorm (GroupNorm in the tower), merg
 
 variants also: s2d / s2d4 (space-to-depth first layer by 2 / by 4, QNetConfig.stem);
           tuned (the `tuned` preset's network: gripper x, y and CoordConv channels) and
-          tuned-literal (the same, building the 5-channel input: ImageTower.fold_coords off)
+          tuned-literal (the same, building the 5-channel input: ImageTower.fold_coords off);
+          tuned-crop (tuned with a 16-pixel gripper crop, QNetConfig.gripper_crop)
 
 Usage: python benchmarks/learner_speed.py --json OUT [--threads 1] [--min-time 1.0]
        [--device cuda]   (GPU: every call is followed by a synchronize; peak on the GPU)
@@ -126,6 +127,7 @@ def main() -> None:
         "s2d4": QNetConfig(stem="s2d4"),
         "tuned": QNetConfig(gripper_xy=True, coord_channels=True),
         "tuned-literal": QNetConfig(gripper_xy=True, coord_channels=True),
+        "tuned-crop": QNetConfig(gripper_xy=True, coord_channels=True, gripper_crop=16),
     }
     if args.variants:
         keep = {"default", *args.variants.split(",")}
@@ -147,7 +149,7 @@ def main() -> None:
             for b in (32, 64, 256) if gpu else (32, 64):
                 step = functools.partial(learner.train_step, train_batch(b, qcfg))
                 calls[f"train {qname} {prec} b{b}"] = (step, b, prec)
-    for qname in ("default", "groupnorm", "s2d", "s2d4", "tuned", "tuned-literal"):
+    for qname in ("default", "groupnorm", "s2d", "s2d4", "tuned", "tuned-literal", "tuned-crop"):
         if qname not in qvariants:
             continue
         qcfg = qvariants[qname]
