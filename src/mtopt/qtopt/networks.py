@@ -352,7 +352,8 @@ class CropTower(nn.Module):
         return gripper_crop(x, xy, self.camera, c.crop_window, c.gripper_crop) - 0.5
 
     def forward(self, images: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        return self.net(self.crops(images, state))
+        # NHWC, as the image tower: the backward pass of these small convs ran 1.5x faster
+        return self.net(self.crops(images, state).contiguous(memory_format=torch.channels_last))
 
 
 class QNetwork(nn.Module):
