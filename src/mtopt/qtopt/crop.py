@@ -19,30 +19,19 @@ convention of ``torch.nn.functional.grid_sample`` with ``align_corners=False``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
+from mtopt.robots.base import PinholeCamera
 from mtopt.sim.config import SCENE_CAMERA
 
-
-@dataclass(frozen=True)
-class PinholeCamera:
-    eye: tuple[float, float, float]
-    target: tuple[float, float, float]
-    up: tuple[float, float, float]
-    fov_deg: float
-    """Vertical field of view (degrees)."""
-    aspect: float = 1.0
-    """Width / height of the image."""
+__all__ = ["CAMERAS", "CROP_POINT_Z", "PinholeCamera", "crop_grid", "gripper_crop", "project"]
 
 
 CAMERAS: dict[str, PinholeCamera] = {
     # the simulated cell's policy camera ("scene" in mtopt.sim.cell.CAMERA_VIEWS), without
     # domain randomization (which jitters the eye by up to 3 cm and the fov by 2 deg)
-    "sim-scene": PinholeCamera(
-        SCENE_CAMERA.eye, SCENE_CAMERA.target, SCENE_CAMERA.up, SCENE_CAMERA.fov_deg
-    ),
+    "sim-scene": SCENE_CAMERA,
 }
 
 CROP_POINT_Z = 0.02

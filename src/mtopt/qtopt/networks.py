@@ -221,6 +221,14 @@ def _conv(cin: int, cout: int, stride: int = 1, k: int = 3, norm: bool = False) 
     return nn.Sequential(*layers)
 
 
+def _nchw_unit(images: torch.Tensor) -> torch.Tensor:
+    """NCHW in [0, 1] from uint8 (B, S, S, 3) images, or float ones in [0, 1], NHWC or
+    NCHW (floats keep their dtype)."""
+    if images.dtype == torch.uint8:
+        return images.permute(0, 3, 1, 2).float().div_(255.0)
+    return images.permute(0, 3, 1, 2) if images.shape[-1] == 3 else images
+
+
 def _coord_map(x: torch.Tensor) -> torch.Tensor:
     """(1, 2, H, W): every pixel's row and column in [-1, 1], for images like ``x``."""
     h, w = x.shape[2:]
@@ -272,10 +280,7 @@ class ImageTower(nn.Module):
                 f"Q-network expects images of shape (B, {s}, {s}, 3) uint8, "
                 f"got {images.dtype} {tuple(images.shape)}"
             )
-        if images.dtype == torch.uint8:
-            x = images.permute(0, 3, 1, 2).float().div_(255.0)
-        else:
-            x = images.permute(0, 3, 1, 2) if images.shape[-1] == 3 else images
+        x = _nchw_unit(images)
         nhwc = self.channels_last and not (self.norm and torch.is_autocast_enabled(x.device.type))
         fmt = torch.channels_last if nhwc else torch.contiguous_format
         x = (x - 0.5).contiguous(memory_format=fmt)
@@ -342,11 +347,7 @@ class CropTower(nn.Module):
         """(B, 3, crop, crop) in [-0.5, 0.5] from uint8 (B, S, S, 3) images (or float in
         [0, 1], NHWC or NCHW) and the Q-network's state features (x, y at columns
         STATE_DIM, STATE_DIM + 1, times POSE_XY_SCALE)."""
-        if images.dtype == torch.uint8:
-            x = images.permute(0, 3, 1, 2).float().div_(255.0)
-        else:
-            x = images.permute(0, 3, 1, 2) if images.shape[-1] == 3 else images
-            x = x.float()
+        x = _nchw_unit(images).float()
         xy = state[:, STATE_DIM : STATE_DIM + 2].float() / POSE_XY_SCALE
         c = self.cfg
         return gripper_crop(x, xy, self.camera, c.crop_window, c.gripper_crop) - 0.5

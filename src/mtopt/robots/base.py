@@ -91,3 +91,18 @@ class Robot(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class PinholeCamera:
+    """A calibrated pinhole camera (the robot's image source): it looks from ``eye`` at
+    ``target`` (m, robot frame), ``up`` is the world direction up in the image, and
+    ``fov_deg`` the vertical field of view (mtopt.qtopt.crop projects through it)."""
+
+    eye: tuple[float, float, float]
+    target: tuple[float, float, float]
+    up: tuple[float, float, float]
+    fov_deg: float
+    """Vertical field of view (degrees)."""
+    aspect: float = 1.0
+    """Width / height of the image."""

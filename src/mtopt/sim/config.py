@@ -6,23 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from mtopt.robots.base import PinholeCamera
 from mtopt.sim.objects import Split
 
-
-@dataclass(frozen=True)
-class SceneCamera:
-    """Calibration of the policy's fixed camera ("scene" view): eye and target (m), the
-    world direction that is up in the image, the vertical field of view (degrees) before
-    domain randomization. Here, not in the simulator, so that a Q-network can project
-    the gripper's position into the image (mtopt.qtopt.crop) without PyBullet."""
-
-    eye: tuple[float, float, float] = (0.30, 0.0, 0.60)
-    target: tuple[float, float, float] = (-0.04, 0.0, 0.07)
-    up: tuple[float, float, float] = (-1.0, 0.0, 0.0)
-    fov_deg: float = 44.0
-
-
-SCENE_CAMERA = SceneCamera()
+SCENE_CAMERA = PinholeCamera(
+    eye=(0.30, 0.0, 0.60), target=(-0.04, 0.0, 0.07), up=(-1.0, 0.0, 0.0), fov_deg=44.0
+)
+"""Calibration of the policy's fixed camera ("scene" view) before domain randomization.
+Here, not in the simulator, so that a Q-network can project the gripper's position into
+the image (mtopt.qtopt.crop) without PyBullet."""
 
 
 @dataclass(frozen=True)
