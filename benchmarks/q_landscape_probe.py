@@ -1,8 +1,9 @@
 """How does a run's Q-function rank actions along its own lift episodes? A diagnostic.
 
 The learned lift policy's commands jump from step to step and 30% of its episodes never
-terminate (README, "How the learned lift fails"). One explanation: Q is nearly flat over
-much of the action space, so CEM's 2 x 64 samples pick from noise. This measures it.
+terminate (docs/learning-history.md, "What the learned lift policy has learned"). One
+explanation: Q is nearly flat over much of the action space, so CEM's 2 x 64 samples
+pick from noise. This measures it.
 
 It rolls the CEM policy (acting weights, no exploration) out on held-out lift scenes
 and, at every step, also scores the state with privileged simulator knowledge:

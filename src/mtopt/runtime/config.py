@@ -209,8 +209,8 @@ def preset(name: str) -> RunConfig:
         )
     if name == "tuned":  # the best configuration measured here; not the paper's
         # the gripper's x, y with the state features, CoordConv channels (runs r19/r20
-        # against r18) and Monte-Carlo-mixed targets (r21/r22 against r20/r19): README,
-        # "Learning"
+        # against r18) and Monte-Carlo-mixed targets (r21/r22 against r20/r19):
+        # docs/learning-history.md
         return dataclasses.replace(
             base,
             name="tuned",
