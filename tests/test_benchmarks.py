@@ -139,3 +139,47 @@ def test_learning_benchmark_counts_and_resumes_its_arms(tmp_path: Path, monkeypa
     assert summary["bench_wall_minutes"] == 100.0
     learning.run_arm(arm, 100.0, [], resume=True)  # its budget is spent: nothing runs
     assert len(calls) == 1
+
+
+def test_learning_curves_stitch_resumed_clocks_and_average_windows(tmp_path: Path) -> None:
+    from plot_learning_curves import stitched_minutes, window_means
+
+    # second invocation restarted its clock at 0: its points follow the first's last (600 s)
+    hist = [{"wall_s": 60.0}, {"wall_s": 600.0}, {"wall_s": 120.0}, {"wall_s": 240.0}]
+    assert stitched_minutes(hist) == pytest.approx([1.0, 10.0, 12.0, 14.0])
+    assert window_means([1.0, 10.0, 12.0, 29.0, 31.0], [0.0, 0.2, 0.4, 0.6, 1.0], 30.0) == {
+        "0-30": 0.3,
+        "30-60": 1.0,
+    }
+    run = tmp_path / "r"
+    run.mkdir()
+    points = [
+        {"wall_s": 60.0 * i, "success": {"lift-any": i / 10}, "scripted": {"lift-any": 0.1}}
+        for i in range(1, 5)
+    ]
+    (run / "history.json").write_text(json.dumps(points))
+    out = tmp_path / "c.png"
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "plot_learning_curves.py"),
+            "--runs",
+            str(run),
+            "--tasks",
+            "lift-any",
+            "--smooth",
+            "2",
+            "--out",
+            str(out),
+            "--json",
+            str(tmp_path / "c.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    got = json.loads((tmp_path / "c.json").read_text())["runs"]["r"]["tasks"]["lift-any"]
+    assert got["smoothed"] == [0.1, 0.15, 0.25, 0.35]  # trailing mean of 2
+    assert got["scripted"] == 0.1
