@@ -183,3 +183,59 @@ def test_learning_curves_stitch_resumed_clocks_and_average_windows(tmp_path: Pat
     got = json.loads((tmp_path / "c.json").read_text())["runs"]["r"]["tasks"]["lift-any"]
     assert got["smoothed"] == [0.1, 0.15, 0.25, 0.35]  # trailing mean of 2
     assert got["scripted"] == 0.1
+
+
+def test_place_precision_where_and_summary_by_hand() -> None:
+    from mtopt.tasks.scene import FixtureState, ObjectState
+    from place_precision_probe import summarize, where
+
+    bowl = FixtureState("bowl", (0.0, 0.0, 0.01), 0.04)
+    plate = FixtureState("plate", (0.1, 0.0, 0.012), 0.055)
+    obj = ObjectState(1, "ball", "ball/test/001", 0.02, (0.03, 0.04, 0.11), True)
+    # 5 cm from the bowl's centre = 1.25 of its radius, 10 cm above its surface; over
+    # neither fixture (the plate's centre is sqrt(0.07^2 + 0.04^2) = 8.1 cm away)
+    assert where(obj, [bowl], (bowl, plate)) == {
+        "target": "bowl",
+        "offset_cm": 5.0,
+        "offset_radii": 1.25,
+        "height_cm": 10.0,
+        "over": "nothing",
+    }
+    over_plate = ObjectState(2, "can", "can/test/002", 0.03, (0.09, 0.01, 0.05), True)
+    assert where(over_plate, [bowl], (bowl, plate))["over"] == "plate"
+
+    def row(success: bool, release: dict | None, prepared: bool = True) -> dict:
+        return {"success": success, "prepared": prepared, "release": release}
+
+    rows = [
+        row(
+            True,
+            {"step": 3, "offset_cm": 1.0, "offset_radii": 0.25, "height_cm": 6.0, "over": "bowl"},
+        ),
+        row(
+            True,
+            {"step": 5, "offset_cm": 3.0, "offset_radii": 0.75, "height_cm": 8.0, "over": "bowl"},
+        ),
+        row(
+            False,
+            {
+                "step": 2,
+                "offset_cm": 8.0,
+                "offset_radii": 2.0,
+                "height_cm": 20.0,
+                "over": "nothing",
+            },
+        ),
+        row(False, None),
+        row(False, None, prepared=False),  # nothing to hold: not an episode of this task
+    ]
+    s = summarize(rows)
+    assert s["episodes"] == 4 and s["success"]["success"] == 0.5
+    assert s["never_released"] == 1
+    assert s["released_at_step_median"] == 3.0
+    assert s["release_over"] == {"bowl": 2, "nothing": 1}
+    assert s["release_offset_cm_median"] == {"all": 3.0, "successes": 2.0, "failures": 8.0}
+    assert s["release_height_cm_median"] == {"successes": 7.0, "failures": 20.0}
+    assert s["released_within_target_radius"] == round(2 / 3, 3)
+    assert s["success_by_release_offset"]["0-0.5 radii"] == {"episodes": 1, "success": 1.0}
+    assert s["success_by_release_offset"]["1.5-100 radii"] == {"episodes": 1, "success": 0.0}

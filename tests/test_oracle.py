@@ -148,3 +148,35 @@ def test_oracle_aim_noise_moves_where_it_closes_and_turns_its_yaw() -> None:
         robot.close()
     with pytest.raises(ValueError, match="must be >= 0"):
         OraclePolicy(robot, DEFAULT_REGISTRY, aim_noise_m=-0.01)
+
+
+def test_oracle_aim_noise_moves_where_it_releases() -> None:
+    from mtopt.robots.sim_robot import SimRobot
+    from mtopt.sim.config import SimConfig
+    from mtopt.sim.oracle import OraclePolicy
+
+    sim = SimConfig(object_split="test")
+    robot = SimRobot(sim, robot_id="eval", seed=5)
+    try:
+        noisy = OraclePolicy(robot, DEFAULT_REGISTRY, sim.max_steps, 0.03)
+        robot.reset_scene(7_000_321)
+        robot.start_episode()
+        assert robot.prepare_for_task(True)
+        noisy.reset("place-in-bowl", np.random.default_rng(5))
+        offset = np.random.default_rng(5).normal(0.0, 0.03, 2)
+        assert noisy.aim_offset == pytest.approx(offset)
+        assert np.hypot(*offset) > 0.04  # far more than the tolerance below
+        assert noisy._spot is not None
+        obs = robot.observe()
+        for _ in range(sim.max_steps):
+            action = noisy.act(obs)
+            if action[4] <= 0:  # it opens: the release
+                break
+            obs = robot.act(action).observation
+        assert action[4] <= 0 and obs.pose is not None
+        # released over the bowl's centre plus the offset, within the approach's tolerance
+        # (0.2 of a 5 cm step per axis)
+        got = np.asarray(obs.pose[:2]) - np.asarray(noisy._spot[:2])
+        assert got == pytest.approx(offset, abs=0.011)
+    finally:
+        robot.close()

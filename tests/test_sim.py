@@ -280,3 +280,38 @@ def test_off_centre_grasp_holds_the_object_away_from_the_fingers(robot: SimRobot
             assert abs(shift) < 0.1 * spec.size
         else:
             assert shift * along > 0 and abs(shift) > 0.25 * spec.size, (along, shift, spec)
+
+
+def test_fixture_layouts_vary_fit_the_bin_and_keep_apart() -> None:
+    """Plate and bowl: inside the left bin, rims apart, and no layout repeated (the cell
+    once fell back to one fixed layout in half of its scenes)."""
+    from mtopt.sim.cell import (
+        BIN_HALF,
+        BOWL_RADIUS,
+        FIXTURE_GAP,
+        LEFT_BIN_CENTER,
+        PLATE_RADIUS,
+        fixture_layout,
+    )
+
+    layouts = [fixture_layout(np.random.default_rng(s)) for s in range(400)]
+    assert len(set(layouts)) == len(layouts)
+    corners = set()
+    for pc, bc in layouts:
+        assert math.dist(pc, bc) > PLATE_RADIUS + BOWL_RADIUS + FIXTURE_GAP
+        for c, r in ((pc, PLATE_RADIUS), (bc, BOWL_RADIUS)):
+            assert abs(c[0] - LEFT_BIN_CENTER[0]) + r <= BIN_HALF
+            assert abs(c[1] - LEFT_BIN_CENTER[1]) + r <= BIN_HALF
+        corners.add((pc[0] > LEFT_BIN_CENTER[0], pc[1] > LEFT_BIN_CENTER[1]))
+    assert len(corners) == 4  # the plate takes every corner (the bowl the opposite one)
+    assert fixture_layout(np.random.default_rng(7)) == fixture_layout(np.random.default_rng(7))
+
+
+def test_scene_fixtures_follow_the_layout_of_their_seed(robot: SimRobot) -> None:
+    robot.reset_scene(11)
+    fixtures = {f.kind: f.position[:2] for f in robot.scene_state().fixtures}
+    robot.reset_scene(12)
+    other = {f.kind: f.position[:2] for f in robot.scene_state().fixtures}
+    assert fixtures != other
+    robot.reset_scene(11)
+    assert {f.kind: f.position[:2] for f in robot.scene_state().fixtures} == fixtures

@@ -13,7 +13,8 @@ policies are measured, so a learned success rate can be read against both.
 - Aim noise (``aim_noise_m``, ``yaw_noise_rad``; off by default): the same lift with the
   gripper aimed off the object's centre or turned off the chosen yaw by a random amount
   per episode, which measures how precise a grasp must be in this cell
-  (``benchmarks/grasp_precision_probe.py``).
+  (``benchmarks/grasp_precision_probe.py``); ``aim_noise_m`` also moves where a place
+  releases, off the target's centre (``benchmarks/place_precision_probe.py``).
 - Placing: carry the held object over the first target (fixture or left bin) where
   releasing it would satisfy the task, descend, open, retract, terminate.
 """
@@ -149,8 +150,9 @@ class OraclePolicy:
             )
         self.robot = robot
         self.aim_noise_m = aim_noise_m
-        """Lifting: aim at the object's centre plus an xy offset drawn once per episode
-        from N(0, aim_noise_m^2) per axis (how precise a grasp must be; 0: exact)."""
+        """Aim at the object's centre (lifting) or the release spot's (placing) plus an
+        xy offset drawn once per episode from N(0, aim_noise_m^2) per axis (how precise a
+        grasp or a release must be; 0: exact)."""
         self.yaw_noise_rad = yaw_noise_rad
         """Lifting: turn to the chosen yaw plus U(-yaw_noise_rad, yaw_noise_rad), drawn
         once per episode (pi / 2: any yaw)."""
@@ -186,6 +188,8 @@ class OraclePolicy:
             if held is not None:
                 self._spot = place_target(self._spec, scene, held)
             self.feasible.append(self._spot is not None)
+            if self.aim_noise_m > 0:
+                self.aim_offset = rng.normal(0.0, self.aim_noise_m, 2)
             return
         candidates = [
             (b, cell.object_position(b)[:2], spec.size, spec.category, cell.object_yaw(b))
@@ -236,7 +240,7 @@ class OraclePolicy:
         step = self.robot.config.max_step_m
         x, y, z, _ = (float(v) for v in pose)
         if self._phase == "approach":
-            d = (np.array(self._spot[:2]) - np.array([x, y])) / step
+            d = (np.array(self._spot[:2]) + self.aim_offset - np.array([x, y])) / step
             release = self._spot[2] + 0.07
             if float(np.max(np.abs(d))) > 0.2 or z > release + 0.01:
                 far = float(np.max(np.abs(d))) > 1.0
