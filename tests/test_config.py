@@ -169,7 +169,7 @@ def test_report_lists_settings_changed_on_resume(tmp_path) -> None:
 
 
 def test_the_tuned_preset_is_local_plus_the_measured_changes() -> None:
-    """``--config tuned`` differs from ``local`` in exactly the three settings the README
+    """``--config tuned`` differs from ``local`` in exactly the four settings the README
     measures, and an unknown preset names the valid ones."""
     from mtopt.runtime.config import PRESETS, preset
 
@@ -177,6 +177,7 @@ def test_the_tuned_preset_is_local_plus_the_measured_changes() -> None:
         "name": ("local", "tuned"),
         "qnet.gripper_xy": (False, True),
         "qnet.coord_channels": (False, True),
+        "qnet.gripper_crop": (0, 16),
         "learner.mc_mix": (0.0, 0.5),
     }
     with pytest.raises(ValueError, match="local, tuned, tiny, bench"):

@@ -209,12 +209,14 @@ def preset(name: str) -> RunConfig:
         )
     if name == "tuned":  # the best configuration measured here; not the paper's
         # the gripper's x, y with the state features, CoordConv channels (runs r19/r20
-        # against r18) and Monte-Carlo-mixed targets (r21/r22 against r20/r19):
-        # docs/learning-history.md
+        # against r18), Monte-Carlo-mixed targets (r21/r22 against r20/r19) and the
+        # 16-pixel gripper crop (r23/r24 against r22/r21): docs/learning-history.md
         return dataclasses.replace(
             base,
             name="tuned",
-            qnet=dataclasses.replace(base.qnet, gripper_xy=True, coord_channels=True),
+            qnet=dataclasses.replace(
+                base.qnet, gripper_xy=True, coord_channels=True, gripper_crop=16
+            ),
             learner=dataclasses.replace(base.learner, mc_mix=0.5),
         )
     if name == "bench":  # the learning benchmark: about 3 hours on 2 cores
