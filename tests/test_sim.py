@@ -150,7 +150,7 @@ def test_a_changed_gripper_command_settles_before_the_arm_moves() -> None:
         r = SimRobot(SimConfig(gripper_settle_substeps=settle), seed=0)
         try:
             wins = 0
-            for seed in range(10):
+            for seed in range(30):
                 r.reset_scene(200 + seed)
                 r.start_episode()
                 body = next(b for b, _ in r.cell.object_bodies() if r.in_right_bin(b))
@@ -162,7 +162,7 @@ def test_a_changed_gripper_command_settles_before_the_arm_moves() -> None:
             lifted[settle] = wins
         finally:
             r.close()
-    assert lifted[48] >= lifted[0] + 3, lifted  # measured: 10 vs 6 of 10
+    assert lifted[48] >= 27 and lifted[48] >= lifted[0] + 4, lifted  # measured: 30 vs 25 of 30
     with pytest.raises(ValueError, match="gripper_settle_substeps"):
         SimConfig(gripper_settle_substeps=-1).validate()
 
@@ -188,14 +188,17 @@ def test_presenting_the_outcome_keeps_the_object_and_turns_it_to_the_camera(
         robot.prepare_for_task(False)
         empty.append(robot.final_image())
     # the held object is in view, in the close-up (bottom) pane of the final image:
-    # images with and without it differ clearly there and hardly in the fixture pane
+    # images with and without it differ clearly there; in the fixture (top) pane only at
+    # its right edge, where a large held object and the arm reach into view (measured:
+    # 0 pixels left of column 48, 32-156 right of it, 413-608 in the close-up pane)
     diffs = [
         np.abs(h.astype(int) - e.astype(int)).sum(-1) > 60 for h, e in zip(held, empty, strict=True)
     ]
-    assert all(d[32:].sum() >= 60 for d in diffs), [int(d[32:].sum()) for d in diffs]
-    assert all(d[32:].sum() > 5 * d[:32].sum() for d in diffs), [
+    assert all(d[32:].sum() >= 300 for d in diffs), [int(d[32:].sum()) for d in diffs]
+    assert all(d[32:].sum() > 3 * d[:32].sum() for d in diffs), [
         (int(d[:32].sum()), int(d[32:].sum())) for d in diffs
     ]
+    assert all(d[:32, :48].sum() <= 5 for d in diffs), [int(d[:32, :48].sum()) for d in diffs]
 
 
 @pytest.mark.parametrize("task", DEFAULT_REGISTRY.names)
