@@ -46,18 +46,23 @@ from mtopt.tasks import DEFAULT_REGISTRY
 TASK = "lift-any"
 
 
-def oracle_rate(job: tuple[float, float, int, int]) -> tuple[float, float, float]:
-    aim_m, yaw_rad, episodes, seed = job
+def oracle_task_rate(task: str, aim_m: float, yaw_rad: float, episodes: int, seed: int) -> float:
+    """The oracle's success on ``task``'s held-out scenes with that aim and yaw noise."""
     sim = SimConfig(object_split="test")
     robot = SimRobot(sim, robot_id="eval", seed=seed)
     oracle = OraclePolicy(robot, DEFAULT_REGISTRY, sim.max_steps, aim_m, yaw_rad)
     try:
         rate = evaluate_policy(
-            lambda spec: oracle, DEFAULT_REGISTRY, [TASK], episodes, sim, seed, robot=robot
+            lambda spec: oracle, DEFAULT_REGISTRY, [task], episodes, sim, seed, robot=robot
         )
     finally:
         robot.close()
-    return aim_m, yaw_rad, rate[TASK]
+    return rate[task]
+
+
+def oracle_rate(job: tuple[float, float, int, int]) -> tuple[float, float, float]:
+    aim_m, yaw_rad, episodes, seed = job
+    return aim_m, yaw_rad, oracle_task_rate(TASK, aim_m, yaw_rad, episodes, seed)
 
 
 class WatchedRobot(SimRobot):

@@ -34,11 +34,11 @@ from typing import Any
 import numpy as np
 
 from _results import write_result
-from mtopt.eval.evaluate import EVAL_SEED_OFFSET, evaluate_policy, rate_with_ci
+from grasp_precision_probe import oracle_task_rate
+from mtopt.eval.evaluate import EVAL_SEED_OFFSET, rate_with_ci
 from mtopt.robots.base import Observation
 from mtopt.robots.sim_robot import SimRobot
 from mtopt.sim.config import SimConfig
-from mtopt.sim.oracle import OraclePolicy
 from mtopt.sim.runner import run_episode
 from mtopt.tasks import DEFAULT_REGISTRY
 from mtopt.tasks.scene import FixtureState, ObjectState, SceneState
@@ -46,16 +46,7 @@ from mtopt.tasks.scene import FixtureState, ObjectState, SceneState
 
 def oracle_rate(job: tuple[str, float, int, int]) -> tuple[str, float, float]:
     task, aim_m, episodes, seed = job
-    sim = SimConfig(object_split="test")
-    robot = SimRobot(sim, robot_id="eval", seed=seed)
-    oracle = OraclePolicy(robot, DEFAULT_REGISTRY, sim.max_steps, aim_m)
-    try:
-        rate = evaluate_policy(
-            lambda spec: oracle, DEFAULT_REGISTRY, [task], episodes, sim, seed, robot=robot
-        )
-    finally:
-        robot.close()
-    return task, aim_m, rate[task]
+    return task, aim_m, oracle_task_rate(task, aim_m, 0.0, episodes, seed)
 
 
 def target_fixtures(task: str, scene: SceneState) -> list[FixtureState]:
