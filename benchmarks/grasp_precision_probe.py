@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -40,7 +41,7 @@ from mtopt.robots.base import Observation
 from mtopt.robots.sim_robot import SimRobot
 from mtopt.sim.config import SimConfig
 from mtopt.sim.oracle import ROUND_CATEGORIES, OraclePolicy, wrap_half_turn
-from mtopt.sim.runner import run_episode
+from mtopt.sim.runner import EpisodeRecord, run_episode
 from mtopt.tasks import DEFAULT_REGISTRY
 
 TASK = "lift-any"
@@ -127,27 +128,40 @@ class WatchCloses:
         return out
 
 
-def learned_episodes(job: tuple[str, int, int, int]) -> list[dict[str, Any]]:
-    """Episodes k0..k0+n-1 of the held-out scenes with the run's acting weights."""
-    run, k0, n, seed = job
+def acting_policy(run: str, seed: int) -> Any:
+    """The run's acting weights as robots use them: CEM, fp32, one thread."""
     import torch
 
     from mtopt.policies.cem_policy import CEMPolicy
     from mtopt.qtopt.cem import CEMConfig
 
     torch.set_num_threads(1)
-    sim = SimConfig(object_split="test")
-    robot = WatchedRobot(sim, robot_id="eval", seed=seed)
     cem = CEMConfig(precision="fp32")
-    pol = CEMPolicy(DEFAULT_REGISTRY.names, weights_dir=f"{run}/weights", cem=cem, seed=seed)
-    watch = WatchCloses(pol, robot)
+    return CEMPolicy(DEFAULT_REGISTRY.names, weights_dir=f"{run}/weights", cem=cem, seed=seed)
+
+
+def held_out_episodes(
+    robot: SimRobot, policy: Any, task: str, k0: int, n: int, seed: int
+) -> Iterator[tuple[int, EpisodeRecord]]:
+    """Episodes k0..k0+n-1 of ``evaluate_policy``'s held-out scenes for ``task`` (the
+    same scene seeds), each run with ``policy``; the robot is left at the episode's end."""
+    spec = DEFAULT_REGISTRY.get(task)
+    for k in range(k0, k0 + n):
+        scene_seed = EVAL_SEED_OFFSET + seed * 100_000 + k
+        robot.reset_scene(scene_seed)
+        rng = np.random.default_rng(scene_seed)
+        yield k, run_episode(robot, policy, spec, rng, robot.config.max_steps)
+
+
+def learned_episodes(job: tuple[str, int, int, int]) -> list[dict[str, Any]]:
+    """Episodes k0..k0+n-1 of the held-out scenes with the run's acting weights."""
+    run, k0, n, seed = job
+    robot = WatchedRobot(SimConfig(object_split="test"), robot_id="eval", seed=seed)
+    watch = WatchCloses(acting_policy(run, seed), robot)
     spec = DEFAULT_REGISTRY.get(TASK)
     rows = []
     try:
-        for k in range(k0, k0 + n):
-            scene_seed = EVAL_SEED_OFFSET + seed * 100_000 + k  # evaluate_policy's scenes
-            robot.reset_scene(scene_seed)
-            rec = run_episode(robot, watch, spec, np.random.default_rng(scene_seed), sim.max_steps)
+        for k, rec in held_out_episodes(robot, watch, TASK, k0, n, seed):
             rows.append(
                 {
                     "scene": k,

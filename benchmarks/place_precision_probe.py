@@ -34,12 +34,11 @@ from typing import Any
 import numpy as np
 
 from _results import write_result
-from grasp_precision_probe import oracle_task_rate
-from mtopt.eval.evaluate import EVAL_SEED_OFFSET, rate_with_ci
+from grasp_precision_probe import acting_policy, held_out_episodes, oracle_task_rate
+from mtopt.eval.evaluate import rate_with_ci
 from mtopt.robots.base import Observation
 from mtopt.robots.sim_robot import SimRobot
 from mtopt.sim.config import SimConfig
-from mtopt.sim.runner import run_episode
 from mtopt.tasks import DEFAULT_REGISTRY
 from mtopt.tasks.scene import FixtureState, ObjectState, SceneState
 
@@ -121,26 +120,13 @@ class WatchRelease:
 def learned_episodes(job: tuple[str, str, int, int, int]) -> list[dict[str, Any]]:
     """Episodes k0..k0+n-1 of ``task``'s held-out scenes with the run's acting weights."""
     run, task, k0, n, seed = job
-    import torch
-
-    from mtopt.policies.cem_policy import CEMPolicy
-    from mtopt.qtopt.cem import CEMConfig
-
-    torch.set_num_threads(1)
-    sim = SimConfig(object_split="test")
-    robot = SimRobot(sim, robot_id="eval", seed=seed)
-    cem = CEMConfig(precision="fp32")
-    pol = CEMPolicy(DEFAULT_REGISTRY.names, weights_dir=f"{run}/weights", cem=cem, seed=seed)
-    watch = WatchRelease(pol, robot, task)
+    robot = SimRobot(SimConfig(object_split="test"), robot_id="eval", seed=seed)
+    watch = WatchRelease(acting_policy(run, seed), robot, task)
     spec = DEFAULT_REGISTRY.get(task)
     rows = []
     try:
-        for k in range(k0, k0 + n):
-            scene_seed = EVAL_SEED_OFFSET + seed * 100_000 + k  # evaluate_policy's scenes
-            robot.reset_scene(scene_seed)
-            rec = run_episode(robot, watch, spec, np.random.default_rng(scene_seed), sim.max_steps)
+        for k, rec in held_out_episodes(robot, watch, task, k0, n, seed):
             scene = robot.scene_state()
-            targets = [f for f in scene.fixtures if f.kind in {"plate", "bowl"}]
             rows.append(
                 {
                     "scene": k,
@@ -151,7 +137,7 @@ def learned_episodes(job: tuple[str, str, int, int, int]) -> list[dict[str, Any]
                     "release": watch.release,
                     "still_held": any(o.in_gripper for o in scene.objects),
                     "final": [
-                        where(o, [], tuple(targets))["over"] if targets else "nothing"
+                        where(o, [], scene.fixtures).get("over", "nothing")
                         for o in scene.objects
                         if scene.left_bin.contains_xy(o.position[0], o.position[1])
                     ],

@@ -54,8 +54,9 @@ class QNetConfig:
     norm: bool = False
     """GroupNorm after every tower convolution. Off by default: with He init the signal
     keeps its scale without it, and the learner step is ~2x faster (bf16: 2.4x). The
-    80-minute run with GroupNorm (r5) and the 92-minute run without (r6, docs/learning-history.md) learned
-    at least as well per learner step without it, at twice the steps per second."""
+    80-minute run with GroupNorm (r5) and the 92-minute run without (r6,
+    docs/learning-history.md) learned at least as well per learner step without it, at
+    twice the steps per second."""
     gripper_xy: bool = False
     """Also feed the gripper's horizontal position (x, y from the robot's kinematics,
     ``Observation.pose``; not in the paper, whose state is status and height only) with
