@@ -10,7 +10,7 @@ from mtopt.policies.scripted import (
     straight_down_pick,
 )
 from mtopt.robots.sim_robot import SimRobot
-from mtopt.sim.cell import SimConfig
+from mtopt.sim.cell import BIN_HALF, LEFT_BIN_CENTER, SimConfig
 from mtopt.sim.runner import run_episode
 from mtopt.tasks import get_task
 
@@ -41,12 +41,27 @@ def test_scripted_rates_fast_band() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("task", "lo", "hi"), [("lift-any", 0.05, 0.17), ("place-on-plate", 0.30, 0.50)]
+    ("task", "lo", "hi"), [("lift-any", 0.05, 0.17), ("place-any", 0.37, 0.62)]
 )
 def test_scripted_rates_match_paper(task: str, lo: float, hi: float) -> None:
-    # the paper: pick ~10%, place on a large plate ~47%. Measured on these 300 scenes:
-    # place-on-plate 0.357 (0.387 before the gripper settled before each move)
+    # the paper: pick ~10%, place on a (large) fixture ~47%. Measured on these 300
+    # scenes with releases over the whole bin: place-any 0.517, place-on-plate 0.32
     assert lo < rate(task, 300, 3) < hi
+
+
+def test_scripted_place_releases_over_the_whole_left_bin() -> None:
+    """The release spots spread over the bin (the paper's "random location above the
+    left bin"), not around its centre, and stay 2 cm inside its walls."""
+    pol = ScriptedPlace()
+    rng = np.random.default_rng(0)
+    offsets = []
+    for _ in range(400):
+        pol.reset("place-any", rng)
+        offsets.append(pol._target - np.asarray(LEFT_BIN_CENTER))
+    off = np.abs(np.array(offsets))
+    assert off.max() <= BIN_HALF - 0.02 + 1e-9
+    # uniform over +-8 cm: a quarter of the spots lie more than 6 cm out on an axis
+    assert 0.15 < float(np.mean(off.max(axis=1) > 0.06)) < 0.6
 
 
 def test_straight_down_pick_closes_once_at_the_bottom_then_terminates() -> None:
