@@ -87,8 +87,9 @@ class ScriptedPlace:
         """The release spot is the left bin's centre plus U(-spread, spread) per axis.
         The default covers the whole bin (2 cm from its walls), so a release succeeds
         where a fixture happens to lie under it and the data shows where releases pay:
-        place-any 49%, place-in-bowl 21%, place-in-left-bin 97% (200 held-out scenes;
-        the paper's crude placing reports 47%). Until 2026-11-28 it was 0.03 (62%, 21%):
+        place-any 49%, place-in-bowl 15.5%, place-in-left-bin 95.5% (200 held-out scenes
+        per task, ``scripted_success_wholebin.json``; the paper's crude placing reports
+        47%). Until 2026-11-28 it was 0.03 (60.5%, 13%, 99.5%):
         releases clustered at the centre, and a learned policy released over no fixture
         in 71% of episodes (``benchmarks/place_precision_probe.py``)."""
         self.carry = carry_height_m
