@@ -169,7 +169,7 @@ def test_report_lists_settings_changed_on_resume(tmp_path) -> None:
 
 
 def test_the_tuned_preset_is_local_plus_the_measured_changes() -> None:
-    """``--config tuned`` differs from ``local`` in exactly the four settings the README
+    """``--config tuned`` differs from ``local`` in exactly the six settings the README
     measures, and an unknown preset names the valid ones."""
     from mtopt.runtime.config import PRESETS, preset
 
@@ -179,6 +179,8 @@ def test_the_tuned_preset_is_local_plus_the_measured_changes() -> None:
         "qnet.coord_channels": (False, True),
         "qnet.gripper_crop": (0, 16),
         "learner.mc_mix": (0.0, 0.5),
+        "epsilon": (0.2, 0.1),
+        "noise_std": (0.15, 0.05),
     }
     with pytest.raises(ValueError, match="local, tuned, tiny, bench"):
         preset("fast")

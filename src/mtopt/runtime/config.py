@@ -210,7 +210,8 @@ def preset(name: str) -> RunConfig:
     if name == "tuned":  # the best configuration measured here; not the paper's
         # the gripper's x, y with the state features, CoordConv channels (runs r19/r20
         # against r18), Monte-Carlo-mixed targets (r21/r22 against r20/r19) and the
-        # 16-pixel gripper crop (r23/r24 against r22/r21): docs/learning-history.md
+        # 16-pixel gripper crop (r23/r24 against r22/r21) and quieter collection by the
+        # learned policy (r26/r27 against r25): docs/learning-history.md
         return dataclasses.replace(
             base,
             name="tuned",
@@ -218,6 +219,8 @@ def preset(name: str) -> RunConfig:
                 base.qnet, gripper_xy=True, coord_channels=True, gripper_crop=16
             ),
             learner=dataclasses.replace(base.learner, mc_mix=0.5),
+            epsilon=0.1,
+            noise_std=0.05,
         )
     if name == "bench":  # the learning benchmark: about 3 hours on 2 cores
         return dataclasses.replace(
