@@ -209,7 +209,7 @@ def preset(name: str) -> RunConfig:
         )
     if name == "tuned":  # the best configuration measured here; not the paper's
         # the gripper's x, y with the state features, CoordConv channels (runs r19/r20
-        # against r18), Monte-Carlo-mixed targets (r21/r22 against r20/r19) and the
+        # against r18), Monte-Carlo-mixed targets (r21/r22 against r20/r19), the
         # 16-pixel gripper crop (r23/r24 against r22/r21) and quieter collection by the
         # learned policy (r26/r27 against r25): docs/learning-history.md
         return dataclasses.replace(
