@@ -545,6 +545,20 @@ class SimCell:
                 break
             gap = now
 
+    def _settle_wrist(self, goal: np.ndarray, max_substeps: int, chunk: int = 2) -> None:
+        """Step the world (the wrist held at ``goal``) until the measured TCP is within
+        1 mm of it, stops moving (blocked by contact) or ``max_substeps`` have run."""
+        done = 0
+        pos = self.tcp_position()
+        while done < max_substeps and float(np.linalg.norm(pos - goal)) > 1e-3:
+            n = min(chunk, max_substeps - done)
+            self._settle(n)
+            done += n
+            now = self.tcp_position()
+            if float(np.linalg.norm(now - pos)) < 1e-4:  # under 0.1 mm in a chunk: blocked
+                break
+            pos = now
+
     def _settle(self, n: int) -> None:
         for _ in range(n):
             self._p(pb.stepSimulation)
@@ -578,6 +592,7 @@ class SimCell:
             n = per if k < chunks else cfg.substeps - done
             self._settle(n)
             done += n
+        self._settle_wrist(goal, cfg.wrist_settle_substeps)
         self._tcp = goal
         self._yaw = yaw1
 
