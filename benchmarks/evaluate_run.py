@@ -7,6 +7,7 @@ uses as many as you ask for. Tasks run in parallel worker processes.
 Usage: python benchmarks/evaluate_run.py --run runs/local --json OUT
            [--tasks lift-any,place-any,place-in-bowl] [--episodes 100] [--seed 5]
            [--parts acting,online] [--cem-iterations 2] [--cem-samples 64] [--cem-elites 6]
+           [--cem-pick best|mean]
 
 --parts: which published networks to evaluate: the acting weights (the learner's moving
 average, what robots use) and/or the online weights, each on the same scenes.
@@ -15,6 +16,7 @@ image (`straight_down_pick`); a learned lift policy must beat it to show it gras
 it sees an object.
 --cem-*: the CEM search used for acting (default QT-Opt's 2 x 64 with 6 elites, as robots
 use); a wider search shows how much of a policy's failure is the search, not the Q.
+--cem-pick: return CEM's best sample (QT-Opt, the default) or its final elite mean.
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ from mtopt.tasks.registry import TaskSpec
 
 
 def one(
-    job: tuple[str, str, str, int, int, tuple[int, int, int]],
+    job: tuple[str, str, str, int, int, tuple[int, int, int, str]],
 ) -> tuple[str, str, float, int]:
-    run, task, which, episodes, seed, (iterations, samples, elites) = job
+    run, task, which, episodes, seed, (iterations, samples, elites, pick) = job
     import torch
 
     torch.set_num_threads(1)
@@ -49,7 +51,13 @@ def one(
     elif which == "straight_down":
         factory = lambda spec: straight_down_pick()  # noqa: E731
     else:
-        cem = CEMConfig(iterations=iterations, samples=samples, elites=elites, precision="fp32")
+        cem = CEMConfig(
+            iterations=iterations,
+            samples=samples,
+            elites=elites,
+            pick=pick,
+            precision="fp32",  # type: ignore[arg-type]
+        )
         pol = CEMPolicy(
             DEFAULT_REGISTRY.names, weights_dir=f"{run}/weights", cem=cem, seed=seed, part=which
         )
@@ -73,6 +81,7 @@ def main() -> None:
     ap.add_argument("--cem-iterations", type=int, default=CEMConfig.iterations)
     ap.add_argument("--cem-samples", type=int, default=CEMConfig.samples)
     ap.add_argument("--cem-elites", type=int, default=CEMConfig.elites)
+    ap.add_argument("--cem-pick", default=CEMConfig.pick, choices=("best", "mean"))
     args = ap.parse_args()
     t0 = time.perf_counter()
     tasks = args.tasks.split(",")
@@ -81,9 +90,9 @@ def main() -> None:
     parts = args.parts.split(",")
     if not parts or not set(parts) <= {"acting", "online"}:
         ap.error(f"--parts takes acting and/or online, got {args.parts!r}")
-    search = (args.cem_iterations, args.cem_samples, args.cem_elites)
+    search = (args.cem_iterations, args.cem_samples, args.cem_elites, args.cem_pick)
     try:
-        CEMConfig(*search).validate()
+        CEMConfig(*search[:3], pick=search[3]).validate()
     except ValueError as exc:
         ap.error(str(exc))
 
@@ -108,7 +117,7 @@ def main() -> None:
         "q_weights_version": version,
         "episodes_per_task": args.episodes,
         "seed": args.seed,
-        "cem": dict(zip(("iterations", "samples", "elites"), search, strict=True)),
+        "cem": dict(zip(("iterations", "samples", "elites", "pick"), search, strict=True)),
         "per_task": per_task,
         "wall_s": round(time.perf_counter() - t0, 1),
     }

@@ -128,15 +128,16 @@ class WatchCloses:
         return out
 
 
-def acting_policy(run: str, seed: int) -> Any:
-    """The run's acting weights as robots use them: CEM, fp32, one thread."""
+def acting_policy(run: str, seed: int, pick: str = "best") -> Any:
+    """The run's acting weights as robots use them: CEM, fp32, one thread (``pick``:
+    CEM's best sample or its final elite mean, ``CEMConfig.pick``)."""
     import torch
 
     from mtopt.policies.cem_policy import CEMPolicy
     from mtopt.qtopt.cem import CEMConfig
 
     torch.set_num_threads(1)
-    cem = CEMConfig(precision="fp32")
+    cem = CEMConfig(pick=pick, precision="fp32")  # type: ignore[arg-type]
     return CEMPolicy(DEFAULT_REGISTRY.names, weights_dir=f"{run}/weights", cem=cem, seed=seed)
 
 
@@ -153,11 +154,11 @@ def held_out_episodes(
         yield k, run_episode(robot, policy, spec, rng, robot.config.max_steps)
 
 
-def learned_episodes(job: tuple[str, int, int, int]) -> list[dict[str, Any]]:
+def learned_episodes(job: tuple[str, int, int, int, str]) -> list[dict[str, Any]]:
     """Episodes k0..k0+n-1 of the held-out scenes with the run's acting weights."""
-    run, k0, n, seed = job
+    run, k0, n, seed, pick = job
     robot = WatchedRobot(SimConfig(object_split="test"), robot_id="eval", seed=seed)
-    watch = WatchCloses(acting_policy(run, seed), robot)
+    watch = WatchCloses(acting_policy(run, seed, pick), robot)
     spec = DEFAULT_REGISTRY.get(TASK)
     rows = []
     try:
@@ -241,6 +242,7 @@ def main() -> None:
     ap.add_argument("--aim-cm", default="0,0.5,1,2,3")
     ap.add_argument("--yaw-rad", default="0.8,1.57")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--cem-pick", default="best", choices=("best", "mean"))
     args = ap.parse_args()
     try:
         aims = [float(v) for v in args.aim_cm.split(",") if v]
@@ -256,7 +258,8 @@ def main() -> None:
     jobs += [(0.0, y, args.episodes, args.seed) for y in yaws]
     per = -(-args.episodes // args.workers)
     learn_jobs = [
-        (args.run, k, min(per, args.episodes - k), args.seed) for k in range(0, args.episodes, per)
+        (args.run, k, min(per, args.episodes - k), args.seed, args.cem_pick)
+        for k in range(0, args.episodes, per)
     ]
     with ProcessPoolExecutor(args.workers) as pool:
         oracle = list(pool.map(oracle_rate, jobs))
@@ -276,6 +279,7 @@ def main() -> None:
     }
     if args.run:
         out["run"] = args.run
+        out["cem_pick"] = args.cem_pick
         out["learned"] = summarize(rows)
         out["learned_episodes"] = rows
     out["wall_s"] = round(time.perf_counter() - t0, 1)

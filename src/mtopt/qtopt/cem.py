@@ -39,6 +39,13 @@ class CEMConfig:
     """Standard-deviation floor (variance 1e-4)."""
     min_prob: float = 0.02
     """Probability floor for the binary commands."""
+    pick: Literal["best", "mean"] = "best"
+    """What CEM returns. 'best': the best-scoring sample seen (QT-Opt). 'mean': the last
+    refit's mean for the continuous dims with each binary command set to its likelier
+    value, scored by one more evaluation: where Q is noisy between nearby actions, the
+    mean of the elites is a steadier choice than the one sample that scored highest (on
+    an exact quadratic, 2 x 64 samples: a median 0.6 against 0.8 cm from the optimum).
+    For acting; Bellman targets want 'best' (a max)."""
     precision: Literal["fp32", "bf16", "auto"] = "auto"
     """Arithmetic of the Q evaluations: bf16 autocast is ~2-3x faster on CPUs with AMX;
     'auto' picks bf16 only where the CPU has AMX tiles, fp32 elsewhere."""
@@ -50,6 +57,8 @@ class CEMConfig:
             )
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if self.pick not in ("best", "mean"):
+            raise ValueError(f"pick must be 'best' or 'mean', got {self.pick!r}")
         if self.precision not in ("fp32", "bf16", "auto"):
             raise ValueError(f"precision must be 'fp32', 'bf16' or 'auto', got {self.precision!r}")
         return self
@@ -113,7 +122,8 @@ def cem_maximize(
     """Maximise ``score_fn`` over actions for ``batch_size`` independent problems.
 
     score_fn: (B, N, ACTION_DIM) actions -> (B, N) scores (higher is better).
-    Returns the best action seen for every problem (B, ACTION_DIM) and its score (B,).
+    Returns the chosen action for every problem (B, ACTION_DIM) and its score (B,):
+    the best sample seen, or with ``cfg.pick == "mean"`` the last refit's mean.
     """
     cfg.validate()
     b, n = batch_size, cfg.samples
@@ -138,6 +148,9 @@ def cem_maximize(
         better = top_s[:, 0] > best_s
         best_s = torch.where(better, top_s[:, 0], best_s)
         best_a = torch.where(better[:, None], elite[:, 0], best_a)
+    if cfg.pick == "mean":
+        centre = torch.cat([mean, (prob >= 0.5).float().mul_(2.0).sub_(1.0)], dim=1)
+        return centre, score_fn(centre[:, None]).reshape(b)
     return best_a, best_s
 
 
