@@ -1,7 +1,10 @@
 """Speed of the simulated cell versus its floor, in one run.
 
-env step      : SimRobot.act (validation, interpolated wrist motion, 20 substeps, state,
-                one 64x64 TinyRenderer image)
+env step      : SimRobot.act (validation, interpolated wrist motion, 20 substeps, the
+                wrist settle and the gripper's blocking close/open, state, one 64x64
+                TinyRenderer image)
+no-settle step: the same with SimConfig.wrist_settle_substeps=0 (the cell before the
+                wrist settle), to show what the settle costs
 floor step    : the same number of bare pybullet.stepSimulation calls + one bare
                 getCameraImage on the same world
 episodes/s    : scripted episodes including scene resets
@@ -40,12 +43,14 @@ def main() -> None:
         make_action(*rng.uniform(-1, 1, 4), close=bool(rng.random() < 0.5)) for _ in range(64)
     ]
 
-    def env_steps(n: int) -> float:
-        robot.reset_scene(1)
-        robot.start_episode()
+    loose = SimRobot(SimConfig(wrist_settle_substeps=0), seed=0)
+
+    def env_steps(n: int, r: SimRobot = robot) -> float:
+        r.reset_scene(1)
+        r.start_episode()
         t = time.perf_counter()
         for i in range(n):
-            robot.act(actions[i % len(actions)])
+            r.act(actions[i % len(actions)])
         return n / (time.perf_counter() - t)
 
     cell = robot.cell
@@ -71,11 +76,16 @@ def main() -> None:
         return n / (time.perf_counter() - t)
 
     # interleave to share the machine's noise between the two
-    env_rates, floor_rates = [], []
+    env_rates, loose_rates, floor_rates = [], [], []
+    sub0 = robot.cell.substeps_run
     for _ in range(3):
         env_rates.append(env_steps(args.steps // 3))
+        loose_rates.append(env_steps(args.steps // 3, loose))
         floor_rates.append(floor_steps(args.steps // 3))
+    substeps_per_step = (robot.cell.substeps_run - sub0) / (3 * (args.steps // 3))
     env_sps, floor_sps = float(np.median(env_rates)), float(np.median(floor_rates))
+    loose_sps = float(np.median(loose_rates))
+    loose.close()
 
     resets = []
     for s in range(50):
@@ -97,6 +107,9 @@ def main() -> None:
         "image_size": cfg.image_size,
         "substeps": cfg.substeps,
         "env_steps_per_s": round(env_sps, 1),
+        "mean_substeps_per_env_step": round(substeps_per_step, 1),
+        "no_settle_env_steps_per_s": round(loose_sps, 1),
+        "settle_cost_ratio": round(loose_sps / env_sps, 3),
         "floor_steps_per_s": round(floor_sps, 1),
         "overhead_ratio_env_over_floor": round(floor_sps / env_sps, 3),
         "reset_ms": round(reset_ms, 2),

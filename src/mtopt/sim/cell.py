@@ -129,6 +129,8 @@ class SimCell:
         self._closed = False
         self._tcp = np.zeros(3)
         self._yaw = 0.0
+        self.substeps_run = 0
+        """Physics substeps stepped since the cell was made (for benchmarks)."""
         self._build_static()
 
     # ------------------------------------------------------------------ world
@@ -562,6 +564,7 @@ class SimCell:
     def _settle(self, n: int) -> None:
         for _ in range(n):
             self._p(pb.stepSimulation)
+        self.substeps_run += n
 
     @staticmethod
     def _clip_tcp(tcp: np.ndarray) -> np.ndarray:
