@@ -5,8 +5,9 @@ env step      : SimRobot.act (validation, interpolated wrist motion, 20 substeps
                 TinyRenderer image)
 no-settle step: the same with SimConfig.wrist_settle_substeps=0 (the cell before the
                 wrist settle), to show what the settle costs
-floor step    : the same number of bare pybullet.stepSimulation calls + one bare
-                getCameraImage on the same world
+floor step    : SimConfig.substeps (20) bare pybullet.stepSimulation calls + one bare
+                getCameraImage on the same world; an env step runs more substeps than
+                that (the settles; mean_substeps_per_env_step says how many)
 episodes/s    : scripted episodes including scene resets
 Usage: python benchmarks/sim_speed.py --json OUT [--steps N]
 """
