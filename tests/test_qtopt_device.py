@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from mtopt.qtopt import cem
 from mtopt.qtopt.cem import CEMConfig, resolve_device, use_bf16
 from mtopt.qtopt.learner import Learner, LearnerConfig, load_network
 from mtopt.qtopt.updater import BellmanUpdater
@@ -35,6 +36,30 @@ def test_device_names_resolve_or_fail_clearly(monkeypatch: pytest.MonkeyPatch) -
         resolve_device("meta")
     # "auto" precision on a CPU without AMX stays fp32; asking is always honoured
     assert use_bf16("bf16", "cpu") and not use_bf16("fp32", "cuda")
+
+
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "auto", "native"),
+    [(False, False, False, False), (False, True, False, True), (True, True, True, True)],
+)
+def test_auto_and_native_precision_follow_the_cpu(
+    monkeypatch: pytest.MonkeyPatch, amx: bool, avx512_bf16: bool, auto: bool, native: bool
+) -> None:
+    """'auto' is bf16 only with AMX; 'native' also with AVX-512 BF16; neither on a GPU."""
+    cem.has_fast_bf16.cache_clear()
+    cem.has_native_bf16.cache_clear()
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    try:
+        assert use_bf16("auto", "cpu") is auto
+        assert use_bf16("native", "cpu") is native
+        assert not use_bf16("native", "cuda") and not use_bf16("auto", "cuda")
+        assert use_bf16("bf16", "cpu") and not use_bf16("fp32", "cpu")
+    finally:
+        cem.has_fast_bf16.cache_clear()
+        cem.has_native_bf16.cache_clear()
+    with pytest.raises(ValueError, match="'native'"):
+        CEMConfig(precision="fast").validate()  # type: ignore[arg-type]
 
 
 def _buffers() -> TaskBuffers:
