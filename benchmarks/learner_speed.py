@@ -33,10 +33,11 @@ import torch
 
 from _results import write_result
 from mtopt.qtopt.bellman import TrainBatch, TransitionBatch, compute_targets
-from mtopt.qtopt.cem import CEMConfig, has_fast_bf16
+from mtopt.qtopt.cem import CEMConfig, has_fast_bf16, use_bf16
 from mtopt.qtopt.learner import Learner, LearnerConfig
 from mtopt.qtopt.networks import QNetConfig, count_parameters
 from mtopt.qtopt.perf import count_flops, time_interleaved
+from mtopt.runtime.config import RunConfig
 
 DEVICE = torch.device("cpu")
 
@@ -133,7 +134,12 @@ def main() -> None:
         keep = {"default", *args.variants.split(",")}
         qvariants = {k: v for k, v in qvariants.items() if k in keep}
     auto = "bf16" if gpu or has_fast_bf16() else "fp32"
-    precisions = [p for p in ("fp32", "bf16") if p in args.precisions.split(",") or p == auto]
+    # what `mtopt run` uses here by default: learner and Bellman updater may differ
+    run = RunConfig()
+    run_learner = "bf16" if use_bf16(run.learner.precision, DEVICE) else "fp32"
+    run_bellman = "bf16" if use_bf16(run.cem_bellman.precision, DEVICE) else "fp32"
+    wanted = {auto, run_learner, run_bellman, *args.precisions.split(",")}
+    precisions = [p for p in ("fp32", "bf16") if p in wanted]
 
     # every call to time: name -> (call, work items per call, precision)
     calls: dict[str, tuple[Callable[[], object], int, str]] = {}
@@ -221,6 +227,14 @@ def main() -> None:
             "bellman_over_learner": round(bell / learner64, 2),
             "bellman_cem32_targets_per_s": bell32,
             "bellman_cem32_over_learner_auto": round(bell32 / learner_auto, 2),
+            # the run's defaults: LearnerConfig(precision="auto") beside the updater's
+            # CEMConfig(2 x 32, precision=RunConfig().cem_bellman.precision)
+            "run_default_precision": {"learner": run_learner, "bellman": run_bellman},
+            "bellman_cem32_over_learner_run_default": round(
+                bellman[f"default {run_bellman} cem32"]["targets_per_s"]
+                / train[f"default {run_learner} b64"]["samples_per_s"],
+                2,
+            ),
         },
     }
     write_result(args.json, out, show=out["summary"])
