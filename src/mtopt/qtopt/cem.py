@@ -52,8 +52,10 @@ class CEMConfig:
     'auto' picks bf16 only where the CPU has AMX tiles, fp32 elsewhere. 'native' picks
     bf16 on any CPU with native bf16 arithmetic (AMX or AVX-512 BF16: 2.1x faster Bellman
     targets on an AVX-512 BF16 EPYC, learner_speed_avx512.json), fp32 elsewhere and on
-    a GPU. bf16 rounds Q to ~3 significant digits: harmless in a Bellman target, but
-    an acting argmax compares candidates whose Q differ by less."""
+    a GPU. bf16 keeps ~3 significant digits of a logit: small beside a Bellman
+    target's noise, but an acting argmax compares candidates whose Q differ by less.
+    Run r29 (bf16 targets) trained ~20% more steps per hour and learned no better than
+    its fp32 twin (docs/learning-history.md), so no preset picks it."""
 
     def validate(self) -> CEMConfig:
         if not 1 <= self.elites <= self.samples:
