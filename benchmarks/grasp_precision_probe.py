@@ -123,7 +123,10 @@ class WatchCloses:
                 if spec.category not in ROUND_CATEGORIES:
                     yaw_err = round(abs(wrap_half_turn(yaw - float(cell.object_yaw(body)))), 3)
                 out.update(
-                    offset_cm=round(100 * d, 2), category=spec.category, yaw_error_rad=yaw_err
+                    offset_cm=round(100 * d, 2),
+                    offset_xy_cm=[round(100 * (x - ox), 2), round(100 * (y - oy), 2)],
+                    category=spec.category,
+                    yaw_error_rad=yaw_err,
                 )
         return out
 
