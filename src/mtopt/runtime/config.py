@@ -27,10 +27,10 @@ class ReplayConfig:
     """Fraction of successes within each task's share of a batch."""
     capacity_per_bucket: int = 3000
     """Episodes kept per (task, success|failure) buffer (FIFO eviction). An episode is held
-    once however many buffers refer to it, ~0.13 MB with 64x64 images: run r30
-    (12000, 38k episodes in 110 minutes, every one still referred to) grew to 5.2 GB. At
-    3000 a two-hour run keeps the last ~6000 lift-any episodes of ~21000; r30's 12000 kept
-    all of them and learned no better lift (docs/learning-history.md)."""
+    once however many buffers refer to it, ~0.13 MB with 64x64 images: run r30 (12000)
+    grew to 5.2 GB at 35k episodes. At 3000 a two-hour run keeps the last ~6000 lift-any
+    episodes of ~21000; r30's 12000 kept ~17000 and learned no better lift
+    (docs/learning-history.md)."""
     batch_size: int = 64
     """Transitions per training batch."""
     min_episodes: int = 200
