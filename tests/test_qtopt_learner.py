@@ -40,6 +40,26 @@ def test_resume_is_exact(tmp_path: Path) -> None:
     assert a.step == b.step == 9
 
 
+def test_resume_takes_a_changed_learning_rate(tmp_path: Path) -> None:
+    """The optimizer's saved state must not bring back the old lr: after a resume with
+    lr 1e-4 one Adam step moves each weight by at most ~1e-4 (Adam's step is bounded by
+    lr), where lr 3e-2 moves some by ~3e-2."""
+    a = Learner(SMALL, LearnerConfig(lr=3e-2))
+    a.train_step(batch(0))
+    a.save_checkpoint(tmp_path / "ck.pt")
+    steps = {}
+    for lr in (3e-2, 1e-4):
+        b, _ = Learner.resume(tmp_path / "ck.pt", LearnerConfig(lr=lr))
+        assert [g["lr"] for g in b.optimizer.param_groups] == [lr]
+        before = [p.detach().clone() for p in b.online.parameters()]
+        b.train_step(batch(1))
+        steps[lr] = max(
+            float((p - q).abs().max()) for p, q in zip(b.online.parameters(), before, strict=True)
+        )
+    assert steps[1e-4] <= 1.5e-4
+    assert steps[3e-2] > 1e-2
+
+
 def test_acting_weights_are_a_moving_average_of_the_online_weights(tmp_path: Path) -> None:
     """acting <- acting + tau * (online_after_step - acting), checked by hand for two steps."""
     tau = 0.25

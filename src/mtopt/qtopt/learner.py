@@ -271,6 +271,10 @@ class Learner:
         # checkpoints from before acting weights existed start the average at the online net
         self.acting.load_state_dict(ck.get("acting", ck["online"]))
         self.optimizer.load_state_dict(ck["optimizer"])
+        # Adam's state keeps the learning rate it was saved with; a resume with another
+        # ``lr`` (``mtopt run --resume --set learner.lr=...``) means the new one
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr
         self.step = int(ck["step"])
         self.version = int(ck["version"])
         torch.set_rng_state(ck["torch_rng"])
