@@ -239,3 +239,24 @@ def test_place_precision_where_and_summary_by_hand() -> None:
     assert s["released_within_target_radius"] == round(2 / 3, 3)
     assert s["success_by_release_offset"]["0-0.5 radii"] == {"episodes": 1, "success": 1.0}
     assert s["success_by_release_offset"]["1.5-100 radii"] == {"episodes": 1, "success": 0.0}
+
+
+def test_grasp_crop_probe_auc_and_errors_by_hand() -> None:
+    from grasp_crop_probe import auc, errors_summary
+
+    # positives 0.9, 0.4 against negatives 0.6, 0.4: of 4 pairs 2 won, 1 tied: 2/4 + 1/8
+    assert auc(np.array([0.9, 0.4, 0.6, 0.4]), np.array([True, True, False, False])) == 0.625
+    assert auc(np.array([0.1, 0.2]), np.array([True, True])) is None
+    # errors 0, 5, 3 cm: RMS sqrt(34 / 3), median 3, one of three within 1 cm; true
+    # distances 0, 0, 3: near (< 1 cm) rows 0, 1 score -0, -5 against far row 2's -0:
+    # one tie, one loss (0.25); lifted rows 0, 2 (scores 0, 0) beat row 1 (-5): 1.0
+    pred = np.array([[0.0, 0.0], [3.0, 4.0], [0.0, 0.0]])
+    true = np.array([[0.0, 0.0], [0.0, 0.0], [3.0, 0.0]])
+    s = errors_summary(pred, true, np.array([1, 0, 1]))
+    assert s == {
+        "rms_cm": round(math.sqrt(34 / 3), 3),
+        "median_cm": 3.0,
+        "within_1cm": 0.333,
+        "auc_within1_vs_over2": 0.25,
+        "auc_lifted": 1.0,
+    }
