@@ -37,6 +37,8 @@ from torch import nn
 from tqdm import tqdm
 
 from _results import write_result
+from grasp_outcome_probe import auc as _auc
+from grasp_outcome_probe import nearest_offset
 from mtopt.qtopt.networks import POSE_XY_SCALE, CropTower, QNetConfig
 from mtopt.robots.base import STATE_DIM, Observation
 from mtopt.robots.sim_robot import SimRobot
@@ -69,24 +71,14 @@ class RecordFirstClose:
         action = np.asarray(self.policy.act(obs), dtype=np.float32)
         if action[4] > 0 and obs.pose is not None and not self._seen:
             self._seen = True
-            cell = self.robot.cell
-            x, y = (float(v) for v in obs.pose[:2])
-            best: tuple[float, float, float] | None = None
-            for body, _ in cell.object_bodies():
-                if not self.robot.in_right_bin(body):
-                    continue
-                ox, oy = (float(v) for v in cell.object_position(body)[:2])
-                d = float(np.hypot(x - ox, y - oy))
-                if best is None or d < best[0]:
-                    best = (d, x - ox, y - oy)
-            if best is not None:
+            to_object = nearest_offset(self.robot)  # m, object minus gripper; NaN: bin empty
+            if not np.isnan(to_object).any():
                 self.sample = {
                     "image64": np.asarray(obs.image, np.uint8),
-                    "image128": cell.render(128),
-                    "xy": np.array([x, y], np.float32),
+                    "image128": self.robot.cell.render(128),
+                    "xy": np.asarray(obs.pose[:2], np.float32),
                     "state": np.asarray(obs.state, np.float32),
-                    "height": float(obs.state[1]),
-                    "offset_cm": np.array([100 * best[1], 100 * best[2]], np.float32),
+                    "offset_cm": -100 * to_object,  # gripper minus object
                 }
             if not self.finish:
                 raise _Closed
@@ -145,13 +137,9 @@ class Probe(nn.Module):
 
 
 def auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
-    """P(score of a random positive > score of a random negative); ties count half."""
-    pos, neg = scores[positive], scores[~positive]
-    if not len(pos) or not len(neg):
-        return None
-    greater = (pos[:, None] > neg[None, :]).mean()
-    ties = (pos[:, None] == neg[None, :]).mean()
-    return float(greater + 0.5 * ties)
+    """ROC AUC (``grasp_outcome_probe.auc``: ties count half); None without both classes."""
+    a = _auc(scores, np.asarray(positive, np.float64))
+    return None if np.isnan(a) else a
 
 
 def _round(x: float | None) -> float | None:
@@ -173,13 +161,10 @@ def errors_summary(
         "rms_cm": round(float(np.sqrt((err**2).mean())), 3),
         "median_cm": round(float(np.median(err)), 3),
         "within_1cm": round(float((err < 1.0).mean()), 3),
-        "auc_within1_vs_over2": None
-        if not keep.any()
-        else round(auc(score[keep], near[keep]) or 0.0, 3),
+        "auc_within1_vs_over2": _round(auc(score[keep], near[keep])),
     }
     if lifted is not None:
-        a = auc(score, lifted.astype(bool))
-        out["auc_lifted"] = None if a is None else round(a, 3)
+        out["auc_lifted"] = _round(auc(score, lifted))
     return out
 
 
@@ -197,7 +182,7 @@ def train_arm(arm: str, data: dict[str, np.ndarray], n_test: int, steps: int) ->
     images = torch.from_numpy(data[key])
     state = torch.zeros(len(images), STATE_DIM + 2)
     state[:, STATE_DIM:] = torch.from_numpy(data["xy"]) * POSE_XY_SCALE
-    h = torch.from_numpy(data["height"]).float()[:, None] * 5.0
+    h = torch.from_numpy(data["state"][:, 1:2]) * 5.0  # gripper height
     y = torch.from_numpy(data["offset_cm"])
     n_train = len(images) - n_test
     lifted_test = data["lifted"][n_train:] if "lifted" in data else None
