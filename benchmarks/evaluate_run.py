@@ -7,7 +7,8 @@ uses as many as you ask for. Tasks run in parallel worker processes.
 Usage: python benchmarks/evaluate_run.py --run runs/local --json OUT
            [--tasks lift-any,place-any,place-in-bowl] [--episodes 100] [--seed 5]
            [--parts acting,online] [--cem-iterations 2] [--cem-samples 64] [--cem-elites 6]
-           [--cem-pick best|mean]
+           [--cem-pick best|mean] [--cem-gripper joint|split] [--close-margin M]
+           [--no-references]
 
 --parts: which published networks to evaluate: the acting weights (the learner's moving
 average, what robots use) and/or the online weights, each on the same scenes.
@@ -17,6 +18,8 @@ it sees an object.
 --cem-*: the CEM search used for acting (default QT-Opt's 2 x 64 with 6 elites, as robots
 use); a wider search shows how much of a policy's failure is the search, not the Q.
 --cem-pick: return CEM's best sample (QT-Opt, the default) or its final elite mean.
+--cem-gripper split: search the open and the closed gripper separately; --close-margin:
+close only where the best closing action's Q beats the best open one's by this much.
 """
 
 from __future__ import annotations
@@ -38,9 +41,9 @@ from mtopt.tasks.registry import TaskSpec
 
 
 def one(
-    job: tuple[str, str, str, int, int, tuple[int, int, int, str]],
+    job: tuple[str, str, str, int, int, dict[str, object]],
 ) -> tuple[str, str, float, int]:
-    run, task, which, episodes, seed, (iterations, samples, elites, pick) = job
+    run, task, which, episodes, seed, search = job
     import torch
 
     torch.set_num_threads(1)
@@ -51,13 +54,7 @@ def one(
     elif which == "straight_down":
         factory = lambda spec: straight_down_pick()  # noqa: E731
     else:
-        cem = CEMConfig(
-            iterations=iterations,
-            samples=samples,
-            elites=elites,
-            pick=pick,
-            precision="fp32",  # type: ignore[arg-type]
-        )
+        cem = CEMConfig(**search, precision="fp32")  # type: ignore[arg-type]
         pol = CEMPolicy(
             DEFAULT_REGISTRY.names, weights_dir=f"{run}/weights", cem=cem, seed=seed, part=which
         )
@@ -82,6 +79,11 @@ def main() -> None:
     ap.add_argument("--cem-samples", type=int, default=CEMConfig.samples)
     ap.add_argument("--cem-elites", type=int, default=CEMConfig.elites)
     ap.add_argument("--cem-pick", default=CEMConfig.pick, choices=("best", "mean"))
+    ap.add_argument("--cem-gripper", default=CEMConfig.gripper, choices=("joint", "split"))
+    ap.add_argument("--close-margin", type=float, default=CEMConfig.close_margin)
+    ap.add_argument(
+        "--no-references", action="store_true", help="skip the scripted/straight-down rows"
+    )
     args = ap.parse_args()
     t0 = time.perf_counter()
     tasks = args.tasks.split(",")
@@ -90,13 +92,22 @@ def main() -> None:
     parts = args.parts.split(",")
     if not parts or not set(parts) <= {"acting", "online"}:
         ap.error(f"--parts takes acting and/or online, got {args.parts!r}")
-    search = (args.cem_iterations, args.cem_samples, args.cem_elites, args.cem_pick)
+    search: dict[str, object] = {
+        "iterations": args.cem_iterations,
+        "samples": args.cem_samples,
+        "elites": args.cem_elites,
+        "pick": args.cem_pick,
+        "gripper": args.cem_gripper,
+        "close_margin": args.close_margin,
+    }
     try:
-        CEMConfig(*search[:3], pick=search[3]).validate()
+        CEMConfig(**search).validate()  # type: ignore[arg-type]
     except ValueError as exc:
         ap.error(str(exc))
 
     def references(task: str) -> tuple[str, ...]:
+        if args.no_references:
+            return ()
         picks = is_pick_task(DEFAULT_REGISTRY.get(task))
         return ("scripted", "straight_down") if picks else ("scripted",)
 
@@ -117,7 +128,7 @@ def main() -> None:
         "q_weights_version": version,
         "episodes_per_task": args.episodes,
         "seed": args.seed,
-        "cem": dict(zip(("iterations", "samples", "elites", "pick"), search, strict=True)),
+        "cem": search,
         "per_task": per_task,
         "wall_s": round(time.perf_counter() - t0, 1),
     }

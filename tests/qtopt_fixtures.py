@@ -34,7 +34,7 @@ def fast_and_literal_logits(
     b, n, _ = actions.shape
     with torch.no_grad():
         feats = net.tower(imgs)
-        ctx = net.candidate_context(feats, net.state_input(imgs, states), tasks)
+        ctx = net.candidate_context(feats, net.state_input(imgs, states), tasks, imgs)
         fast = net.candidate_logits(ctx, actions)
         slow = net.logits(
             imgs.repeat_interleave(n, 0),

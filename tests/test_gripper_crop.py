@@ -126,3 +126,83 @@ def test_crop_config_is_checked() -> None:
     with pytest.raises(ValueError, match="unknown crop_camera"):
         QNetConfig(gripper_xy=True, gripper_crop=16, crop_camera="nope").validate()
     assert QNetConfig().crop_dim == 0 and QNetwork(SMALL).crop_tower is None
+
+
+ACTION_CROP = dataclasses.replace(CROP_SMALL, crop_window=8, action_crop_step_m=0.05)
+
+
+def test_post_move_view_reads_the_view_map_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Straight-down camera, 32-pixel image, 8-pixel crop window read as 2 x 2 feature
+    cells: the view map covers 16 pixels as 4 x 4 cells of 4 pixels (4 * 2 / 32 NDC,
+    times the depth 1 - CROP_POINT_Z in metres). No move reads the central cells 1-2;
+    a move of exactly one cell to +y (right in the image) reads columns 2-3, to +x
+    (down) rows 2-3; half a cell is the mean of the two blocks (bilinear)."""
+    monkeypatch.setitem(CAMERAS, "down", DOWN)
+    cell = 4 * 2 / 32 * (1 - CROP_POINT_Z)
+    cfg = dataclasses.replace(ACTION_CROP, crop_camera="down", action_crop_step_m=cell)
+    net = QNetwork(cfg).eval()
+    tower = net.crop_tower
+    assert tower is not None
+    torch.manual_seed(0)
+    imgs = torch.rand(2, 3, 32, 32)
+    xy = torch.tensor([[0.1, -0.2], [-0.3, 0.05]])
+    with torch.no_grad():
+        fmap = tower.view_map(imgs, xy)
+        assert fmap.shape == (2, 8, 4, 4)
+        moves = torch.tensor([[0.0, 0.0], [0.0, cell], [cell, 0.0], [0.0, cell / 2]])
+        got = tower.features_at(fmap, xy, xy[:, None] + moves[None])
+        blocks = [fmap[:, :, 1:3, 1:3], fmap[:, :, 1:3, 2:4], fmap[:, :, 2:4, 1:3]]
+        blocks.append((blocks[0] + blocks[1]) / 2)
+        for j, block in enumerate(blocks):
+            assert torch.allclose(got[:, j], tower.fc(block), atol=1e-5), j
+        # the network's post-move view of action dy = 1 is the one-cell move's
+        state = torch.cat([torch.rand(2, 2), xy * POSE_XY_SCALE], 1)
+        right = torch.tensor([[0.0, 1.0, 0.0, 0.0, -1.0, -1.0]] * 2)
+        u8 = (imgs * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+        fmap8 = tower.view_map(u8.permute(0, 3, 1, 2).float() / 255, xy)
+        want = tower.fc(fmap8[:, :, 1:3, 2:4])
+        assert torch.allclose(net.action_crop_features(u8, state, right), want, atol=1e-5)
+        # the gripper's own view (state features) is the zero move's
+        assert torch.allclose(
+            net.state_input(u8, state)[:, 4:], tower.fc(fmap8[:, :, 1:3, 1:3]), atol=1e-5
+        )
+
+
+def test_action_crop_fast_path_and_config() -> None:
+    """The CEM fast path with post-move views equals the literal network on repeated
+    rows; CEM over it equals naive CEM; gradients reach the crop tower; bad configs and
+    missing images are clear errors."""
+    cfg = ACTION_CROP
+    assert cfg.action_crop_dim == cfg.fc_units
+    net = QNetwork(cfg).eval()
+    u = cfg.fc_units
+    assert net.embed[0].in_features == 6 + 4 + u + 2 + u
+    torch.manual_seed(0)
+    b, n = 3, 5
+    imgs = torch.randint(0, 255, (b, 32, 32, 3), dtype=torch.uint8)
+    states = torch.cat([torch.rand(b, 2), (torch.rand(b, 2) * 0.2 - 0.1) * POSE_XY_SCALE], 1)
+    tasks = torch.tensor([1, 0, 1])
+    actions = torch.rand(b, n, 6) * 2 - 1
+    fast, slow = fast_and_literal_logits(net, imgs, states, tasks, actions)
+    assert torch.allclose(fast, slow, atol=1e-5), (fast - slow).abs().max()
+    g = torch.Generator().manual_seed(1)
+    a1, q1 = cem_argmax(net, imgs, states, tasks, CEMConfig(precision="fp32"), g)
+    g = torch.Generator().manual_seed(1)
+    a2, q2 = naive_cem_argmax(net, imgs, states, tasks, CEMConfig(precision="fp32"), g)
+    assert torch.allclose(q1, q2, atol=1e-5) and torch.allclose(a1, a2, atol=1e-5)
+    # the post-move view changes with the move
+    with torch.no_grad():
+        v0 = net.action_crop_features(imgs, states, torch.zeros(b, 6))
+        v1 = net.action_crop_features(imgs, states, torch.tensor([[1.0, 1.0, 0, 0, 0, 0]] * b))
+    assert not torch.allclose(v0, v1)
+    net.logits(imgs, states, actions[:, 0], tasks).sum().backward()
+    assert net.crop_tower is not None
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.crop_tower.parameters())
+    with pytest.raises(ValueError, match="pass the images"):
+        net.logits_from_features(
+            net.tower(imgs), net.state_input(imgs, states), actions[:, 0], tasks
+        )
+    with pytest.raises(ValueError, match="needs gripper_crop"):
+        QNetConfig(gripper_xy=True, action_crop_step_m=0.05).validate()
+    with pytest.raises(ValueError, match=">= 0"):
+        dataclasses.replace(cfg, action_crop_step_m=-0.1).validate()

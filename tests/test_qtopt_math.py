@@ -42,10 +42,10 @@ class ConstNet(QNetwork):
         super().__init__(SMALL)
         self.offset, self.a0 = offset, a0
 
-    def logits_from_features(self, feats, state, action, task):  # type: ignore[no-untyped-def]
+    def logits_from_features(self, feats, state, action, task, images=None):  # type: ignore[no-untyped-def]
         return self.offset - ((action - self.a0) ** 2).sum(1)
 
-    def candidate_context(self, feats, state, task):  # type: ignore[no-untyped-def]
+    def candidate_context(self, feats, state, task, images=None):  # type: ignore[no-untyped-def]
         return None
 
     def candidate_logits(self, ctx, actions):  # type: ignore[no-untyped-def]

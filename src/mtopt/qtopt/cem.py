@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 
 from mtopt.qtopt.networks import QNetwork
-from mtopt.robots.action import ACTION_DIM, BINARY_DIMS, CONTINUOUS_DIMS
+from mtopt.robots.action import ACTION_DIM, BINARY_DIMS, CONTINUOUS_DIMS, IDX_GRIPPER
 
 N_CONT = len(CONTINUOUS_DIMS)
 N_BIN = len(BINARY_DIMS)
@@ -47,6 +47,15 @@ class CEMConfig:
     (on an exact quadratic, 2 x 64 samples: a median 0.73 against 0.93 cm from the
     optimum; on run r28's learned weights no better in success). For acting; Bellman
     targets want 'best' (a max)."""
+    gripper: Literal["joint", "split"] = "joint"
+    """How the gripper command is searched. 'joint': a Bernoulli variable sampled and
+    refitted with the rest (QT-Opt). 'split': CEM runs twice per state, once with the
+    gripper open and once closed (each with ``samples`` candidates), and the better
+    branch wins; the close branch must beat the open one by ``close_margin``. Twice
+    the candidate evaluations. For acting; Bellman targets take the max of the two."""
+    close_margin: float = 0.0
+    """With gripper='split': close only where Q(best closing action) >= Q(best open
+    action) + close_margin (Q in [0, 1]); > 0 makes the policy aim before it closes."""
     precision: Literal["fp32", "bf16", "auto", "native"] = "auto"
     """Arithmetic of the Q evaluations: bf16 autocast is ~2-3x faster on CPUs with AMX;
     'auto' picks bf16 only where the CPU has AMX tiles, fp32 elsewhere. 'native' picks
@@ -66,6 +75,10 @@ class CEMConfig:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
         if self.pick not in ("best", "mean"):
             raise ValueError(f"pick must be 'best' or 'mean', got {self.pick!r}")
+        if self.gripper not in ("joint", "split"):
+            raise ValueError(f"gripper must be 'joint' or 'split', got {self.gripper!r}")
+        if not -1.0 <= self.close_margin <= 1.0:
+            raise ValueError(f"close_margin must be in [-1, 1], got {self.close_margin}")
         if self.precision not in ("fp32", "bf16", "auto", "native"):
             raise ValueError(
                 f"precision must be 'fp32', 'bf16', 'auto' or 'native', got {self.precision!r}"
@@ -145,34 +158,79 @@ def cem_maximize(
 
     score_fn: (B, N, ACTION_DIM) actions -> (B, N) scores (higher is better).
     Returns the chosen action for every problem (B, ACTION_DIM) and its score (B,):
-    the best sample seen, or with ``cfg.pick == "mean"`` the last refit's mean.
+    the best sample seen, or with ``cfg.pick == "mean"`` the last refit's mean. With
+    ``cfg.gripper == "split"`` the better of the open and the closed branch (no margin:
+    a max, as Bellman targets want; ``cem_argmax`` applies ``close_margin``).
     """
+    if cfg.gripper == "split":
+        acts, scores = cem_maximize_split(score_fn, batch_size, cfg, generator, device)
+        closed = scores[:, 1] >= scores[:, 0]
+        rows = torch.arange(batch_size, device=acts.device)
+        return acts[rows, closed.long()], scores[rows, closed.long()]
+    fixed = torch.full((1, N_BIN), torch.nan, device=device)
+    acts, scores = _cem_branches(score_fn, batch_size, fixed, cfg, generator, device)
+    return acts[:, 0], scores[:, 0]
+
+
+def cem_maximize_split(
+    score_fn: ScoreFn,
+    batch_size: int,
+    cfg: CEMConfig = CEMConfig(),
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CEM with the gripper held open (branch 0) and closed (branch 1), each searched
+    with ``cfg.samples`` candidates, in one batched pass. Returns every branch's chosen
+    action (B, 2, ACTION_DIM) and score (B, 2)."""
+    fixed = torch.full((2, N_BIN), torch.nan, device=device)
+    g = IDX_GRIPPER - N_CONT
+    fixed[0, g], fixed[1, g] = -1.0, 1.0
+    return _cem_branches(score_fn, batch_size, fixed, cfg, generator, device)
+
+
+def _cem_branches(
+    score_fn: ScoreFn,
+    b: int,
+    fixed: torch.Tensor,
+    cfg: CEMConfig,
+    generator: torch.Generator | None,
+    device: torch.device | str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """K independent CEM searches per problem, branch k with the binary commands that
+    are not NaN in ``fixed[k]`` held at that value (+1 / -1). score_fn sees all K
+    branches' candidates of a problem side by side: (B, K*N, D) -> (B, K*N).
+    Returns (B, K, D) actions and (B, K) scores."""
     cfg.validate()
-    b, n = batch_size, cfg.samples
-    mean = torch.zeros(b, N_CONT, device=device)
-    std = torch.full((b, N_CONT), cfg.init_std, device=device)
-    prob = torch.full((b, N_BIN), 0.5, device=device)
-    best_a = torch.zeros(b, ACTION_DIM, device=device)
-    best_s = torch.full((b,), -torch.inf, device=device)
-    rows = torch.arange(b, device=device)
+    k, n = int(fixed.shape[0]), cfg.samples
+    free = torch.isnan(fixed)  # (K, N_BIN)
+    held = torch.nan_to_num(fixed)
+    mean = torch.zeros(b, k, N_CONT, device=device)
+    std = torch.full((b, k, N_CONT), cfg.init_std, device=device)
+    prob = torch.full((b, k, N_BIN), 0.5, device=device)
+    best_a = torch.zeros(b, k, ACTION_DIM, device=device)
+    best_s = torch.full((b, k), -torch.inf, device=device)
+    rows = torch.arange(b, device=device)[:, None, None]
+    branch = torch.arange(k, device=device)[None, :, None]
     for _ in range(cfg.iterations):
-        eps = torch.randn(b, n, N_CONT, generator=generator, device=device)
-        cont = (mean[:, None] + std[:, None] * eps).clamp_(-1.0, 1.0)
-        u = torch.rand(b, n, N_BIN, generator=generator, device=device)
-        bits = (u < prob[:, None]).float().mul_(2.0).sub_(1.0)
-        actions = torch.cat([cont, bits], dim=2)
-        scores = score_fn(actions)
-        top_s, top_i = scores.topk(cfg.elites, dim=1)
-        elite = actions[rows[:, None], top_i]  # (B, E, D)
-        mean = elite[..., :N_CONT].mean(1)
-        std = elite[..., :N_CONT].std(1, unbiased=False).clamp_min(cfg.min_std)
-        prob = (elite[..., N_CONT:] > 0).float().mean(1).clamp(cfg.min_prob, 1 - cfg.min_prob)
-        better = top_s[:, 0] > best_s
-        best_s = torch.where(better, top_s[:, 0], best_s)
-        best_a = torch.where(better[:, None], elite[:, 0], best_a)
+        eps = torch.randn(b, k, n, N_CONT, generator=generator, device=device)
+        cont = (mean[:, :, None] + std[:, :, None] * eps).clamp_(-1.0, 1.0)
+        u = torch.rand(b, k, n, N_BIN, generator=generator, device=device)
+        bits = (u < prob[:, :, None]).float().mul_(2.0).sub_(1.0)
+        bits = torch.where(free[:, None], bits, held[:, None])
+        actions = torch.cat([cont, bits], dim=3)  # (B, K, N, D)
+        scores = score_fn(actions.reshape(b, k * n, ACTION_DIM)).reshape(b, k, n)
+        top_s, top_i = scores.topk(cfg.elites, dim=2)
+        elite = actions[rows, branch, top_i]  # (B, K, E, D)
+        mean = elite[..., :N_CONT].mean(2)
+        std = elite[..., :N_CONT].std(2, unbiased=False).clamp_min(cfg.min_std)
+        prob = (elite[..., N_CONT:] > 0).float().mean(2).clamp(cfg.min_prob, 1 - cfg.min_prob)
+        better = top_s[..., 0] > best_s
+        best_s = torch.where(better, top_s[..., 0], best_s)
+        best_a = torch.where(better[..., None], elite[:, :, 0], best_a)
     if cfg.pick == "mean":
-        centre = torch.cat([mean, (prob >= 0.5).float().mul_(2.0).sub_(1.0)], dim=1)
-        return centre, score_fn(centre[:, None]).reshape(b)
+        bits = torch.where(free, (prob >= 0.5).float().mul_(2.0).sub_(1.0), held)
+        centre = torch.cat([mean, bits], dim=2)  # (B, K, D)
+        return centre, score_fn(centre).reshape(b, k)
     return best_a, best_s
 
 
@@ -202,15 +260,24 @@ def cem_argmax(
     with precision_context(cfg.precision, device):
         if feats is None:
             feats = net.tower(images)
-        ctx = net.candidate_context(feats, net.state_input(images, states), task_idx)
-        best, logit = cem_maximize(
-            lambda a: net.candidate_logits(ctx, a).float(),
-            int(feats.shape[0]),
-            cfg,
-            generator,
-            device=device,
-        )
+        ctx = net.candidate_context(feats, net.state_input(images, states), task_idx, images)
+        score = lambda a: net.candidate_logits(ctx, a).float()  # noqa: E731
+        b = int(feats.shape[0])
+        if cfg.gripper == "split":
+            acts, logits = cem_maximize_split(score, b, cfg, generator, device=device)
+            return choose_gripper_branch(acts, torch.sigmoid(logits), cfg.close_margin)
+        best, logit = cem_maximize(score, b, cfg, generator, device=device)
     return best, torch.sigmoid(logit)
+
+
+def choose_gripper_branch(
+    actions: torch.Tensor, q: torch.Tensor, close_margin: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick per state the open (branch 0) or closed (branch 1) action of a split CEM:
+    close where Q_closed >= Q_open + close_margin. actions (B, 2, D), q (B, 2)."""
+    closed = (q[:, 1] >= q[:, 0] + close_margin).long()
+    rows = torch.arange(q.shape[0], device=q.device)
+    return actions[rows, closed], q[rows, closed]
 
 
 def naive_cem_argmax(

@@ -12,6 +12,7 @@ is what CEM needs. ``head_type="multihead"`` replaces the single output by one
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Literal
 
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtopt.qtopt.crop import CAMERAS, gripper_crop
+from mtopt.qtopt.crop import CAMERAS, crop_grid, gripper_crop
 from mtopt.robots.action import ACTION_DIM
 from mtopt.robots.base import STATE_DIM
 
@@ -76,6 +77,18 @@ class QNetConfig:
     """Side of the gripper crop in image pixels (16 of 64: about 13 cm of the bin)."""
     crop_camera: str = "sim-scene"
     """Calibration the gripper crop projects through (a name in mtopt.qtopt.crop.CAMERAS)."""
+    action_crop_step_m: float = 0.0
+    """0: off. Else (needs ``gripper_crop``) the network also looks, for every candidate
+    action, at what would be under the gripper after the action's move: the crop
+    tower's convolutions run once per state on a window twice the crop's side around
+    the gripper, and each candidate reads a crop-sized block of that feature map centred
+    where (x + dx * step, y + dy * step) projects (bilinear between feature cells; a
+    zero move reads the central block), then the crop tower's fully connected layer.
+    ``step`` must be the robot's ``max_step_m`` (0.05 in the simulated cell). These
+    features enter the action embedding, so Q(s, a) sees the post-move view instead of
+    inferring it from the numbers dx, dy. Per candidate it costs a c x 4 x 4 sample and
+    one small matmul. Not in the paper. Workspace limits that stop a real move are not
+    modelled (the view goes where the move would)."""
 
     @property
     def state_dim(self) -> int:
@@ -86,6 +99,11 @@ class QNetConfig:
     def crop_dim(self) -> int:
         """Width of the gripper-crop features appended to the state features (0: none)."""
         return self.fc_units if self.gripper_crop else 0
+
+    @property
+    def action_crop_dim(self) -> int:
+        """Width of the post-move crop features in the action embedding (0: none)."""
+        return self.fc_units if self.action_crop_step_m > 0 else 0
 
     def validate(self) -> QNetConfig:
         if self.image_size % self.merge_size or self.image_size // self.merge_size not in (
@@ -122,6 +140,10 @@ class QNetConfig:
                 raise ValueError(
                     f"unknown crop_camera {self.crop_camera!r}; valid: {', '.join(sorted(CAMERAS))}"
                 )
+        if self.action_crop_step_m < 0 or not math.isfinite(self.action_crop_step_m):
+            raise ValueError(f"action_crop_step_m must be >= 0, got {self.action_crop_step_m}")
+        if self.action_crop_step_m > 0 and not self.gripper_crop:
+            raise ValueError("action_crop_step_m needs gripper_crop (it reuses the crop tower)")
         return self
 
     def to_dict(self) -> dict[str, object]:
@@ -164,6 +186,14 @@ class CandidateContext:
     """(B,) task indices."""
     shape: tuple[int, int, int]
     """(H, m', m') of the first post-merge conv's output."""
+    view_map: torch.Tensor | None = None
+    """With ``action_crop_step_m``: the crop tower's feature map around each gripper
+    (``CropTower.view_map``)."""
+    xy: torch.Tensor | None = None
+    """With ``action_crop_step_m``: the grippers' x, y (B, 2, metres)."""
+    w_action_crop: torch.Tensor | None = None
+    """With ``action_crop_step_m``: first embedding layer's weights on the post-move
+    crop features, transposed (u_crop, u)."""
 
 
 @dataclass(frozen=True)
@@ -357,6 +387,46 @@ class CropTower(nn.Module):
         # NHWC, as the image tower: the backward pass of these small convs ran 1.5x faster
         return self.net(self.crops(images, state).contiguous(memory_format=torch.channels_last))
 
+    @property
+    def convs(self) -> nn.Sequential:
+        return self.net[:3]
+
+    @property
+    def fc(self) -> nn.Sequential:
+        return self.net[3:]
+
+    def view_map(self, images: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+        """The convolutions' feature map (B, c, h, h) of a window twice the crop's side
+        (sampled twice as densely, so pixels match the crop's) around the points below the
+        grippers at ``xy`` (B, 2, metres); ``images`` (B, 3, S, S) float in [0, 1]."""
+        c = self.cfg
+        crops = gripper_crop(images, xy, self.camera, 2 * c.crop_window, 2 * c.gripper_crop) - 0.5
+        return self.convs(crops.contiguous(memory_format=torch.channels_last))
+
+    def features_at(
+        self, fmap: torch.Tensor, xy: torch.Tensor, moved: torch.Tensor
+    ) -> torch.Tensor:
+        """Crop features (B, N, fc_units) of views centred below ``moved`` (B, N, 2) read
+        off ``view_map(images, xy)``: the block of (crop side / 4)^2 feature cells centred
+        where the moved point projects, bilinear between cells, border cells beyond the
+        map; then the fully connected layer. A zero move reads exactly the central cells."""
+        c = self.cfg
+        b, n = int(moved.shape[0]), int(moved.shape[1])
+        size = int(c.image_size)
+        side = c.gripper_crop // 4
+        pts = crop_grid(
+            self.camera, moved.reshape(b * n, 2).to(fmap.dtype), size, c.crop_window, side
+        )
+        pts = pts.reshape(b, n * side, side, 2)
+        centre = crop_grid(self.camera, xy.to(fmap.dtype), size, 1, 1).reshape(b, 1, 1, 2)
+        grid = (pts - centre) * (size / (2.0 * c.crop_window))  # image NDC -> map's [-1, 1]
+        cells = nn.functional.grid_sample(
+            fmap, grid, mode="bilinear", padding_mode="border", align_corners=False
+        )  # (B, c, N*side, side)
+        ch = int(fmap.shape[1])
+        cells = cells.reshape(b, ch, n, side, side).transpose(1, 2).reshape(b * n, ch, side, side)
+        return self.fc(cells).reshape(b, n, -1)
+
 
 class QNetwork(nn.Module):
     def __init__(self, cfg: QNetConfig):
@@ -366,7 +436,9 @@ class QNetwork(nn.Module):
         self.tower = ImageTower(cfg)
         self.crop_tower = CropTower(cfg) if cfg.gripper_crop else None
         self.embed = nn.Sequential(
-            nn.Linear(ACTION_DIM + cfg.state_dim + cfg.crop_dim + cfg.num_tasks, u),
+            nn.Linear(
+                ACTION_DIM + cfg.state_dim + cfg.crop_dim + cfg.num_tasks + cfg.action_crop_dim, u
+            ),
             nn.ReLU(inplace=True),
             nn.Linear(u, c),
         )
@@ -423,18 +495,65 @@ class QNetwork(nn.Module):
     def state_input(self, images: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """The per-state features the post-merge part takes with the action and task: the
         state features, followed by the gripper crop's features with ``gripper_crop``.
-        (B, state_dim + crop_dim); ``state`` itself when there is no crop."""
+        (B, state_dim + crop_dim); ``state`` itself when there is no crop. With
+        ``action_crop_step_m`` the crop's features are read off the view map (a zero
+        move), so the gripper's view and the post-move views share one computation."""
         if self.crop_tower is None:
             return state
-        return torch.cat([state.to(torch.float32), self.crop_tower(images, state).float()], 1)
+        if self.cfg.action_crop_step_m > 0:
+            fmap, xy = self._view(images, state)
+            crop = self.crop_tower.features_at(fmap, xy, xy[:, None])[:, 0]
+        else:
+            crop = self.crop_tower(images, state)
+        return torch.cat([state.to(torch.float32), crop.float()], 1)
+
+    def _view(self, images: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(``CropTower.view_map`` around the grippers, their x, y in metres)."""
+        assert self.crop_tower is not None
+        xy = state[:, STATE_DIM : STATE_DIM + 2].float() / POSE_XY_SCALE
+        return self.crop_tower.view_map(_nchw_unit(images).float(), xy), xy
+
+    def post_move_xy(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Where the actions' moves take the gripper: state (B, state_dim + ...) with x, y
+        at columns STATE_DIM, STATE_DIM + 1 (times POSE_XY_SCALE), actions (B, N, 6) ->
+        (B, N, 2) metres (``action_crop_step_m``)."""
+        xy = state[:, STATE_DIM : STATE_DIM + 2].float() / POSE_XY_SCALE
+        return xy[:, None] + actions[..., :2].float() * self.cfg.action_crop_step_m
+
+    def action_crop_features(
+        self, images: torch.Tensor | None, state: torch.Tensor, action: torch.Tensor
+    ) -> torch.Tensor:
+        """Post-move crop features (B, fc_units) of one action per state (training path)."""
+        if images is None:
+            raise ValueError(
+                "this Q-network looks where the action moves (action_crop_step_m): pass the images"
+            )
+        assert self.crop_tower is not None
+        fmap, xy = self._view(images, state)
+        return self.crop_tower.features_at(fmap, xy, self.post_move_xy(state, action[:, None]))[
+            :, 0
+        ]
 
     def logits_from_features(
-        self, feats: torch.Tensor, state: torch.Tensor, action: torch.Tensor, task: torch.Tensor
+        self,
+        feats: torch.Tensor,
+        state: torch.Tensor,
+        action: torch.Tensor,
+        task: torch.Tensor,
+        images: torch.Tensor | None = None,
+        action_crop: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Post-merge part, literally as in Fig. 9. feats (B, C, m, m); state (B, state_dim
-        + crop_dim): ``state_input``; action (B, 6); task (B,) int. Returns logits (B,)."""
+        + crop_dim): ``state_input``; action (B, 6); task (B,) int. Returns logits (B,).
+        With ``action_crop_step_m`` also the post-move view's features (B, fc_units)
+        (``action_crop_features``), or the states' ``images`` to compute them from."""
         onehot = nn.functional.one_hot(task.long(), self.cfg.num_tasks).to(feats.dtype)
-        z = self.embed(torch.cat([action.to(feats.dtype), state.to(feats.dtype), onehot], dim=1))
+        parts = [action.to(feats.dtype), state.to(feats.dtype), onehot]
+        if self.cfg.action_crop_step_m > 0:
+            if action_crop is None:
+                action_crop = self.action_crop_features(images, state, action)
+            parts.append(action_crop.to(feats.dtype))
+        z = self.embed(torch.cat(parts, dim=1))
         x = feats + z[:, :, None, None]
         return self._output(self.fc(self.post(x)), task)
 
@@ -452,7 +571,11 @@ class QNetwork(nn.Module):
 
     # ------------------------------------------------------------ CEM fast path
     def candidate_context(
-        self, feats: torch.Tensor, state: torch.Tensor, task: torch.Tensor
+        self,
+        feats: torch.Tensor,
+        state: torch.Tensor,
+        task: torch.Tensor,
+        images: torch.Tensor | None = None,
     ) -> CandidateContext:
         """Everything about (s, task) that does not depend on the action, once per state.
 
@@ -462,10 +585,11 @@ class QNetwork(nn.Module):
         conv(feats) once per state here; per candidate only L(z), folded with the last
         embedding layer into one (u x H*m'*m') matrix, is added. The merged 8x8 map is
         never built per candidate. Layout is NHWC so the later convs get channels_last.
-        ``state`` is ``state_input`` (with the crop's features when there is a crop).
+        ``state`` is ``state_input`` (with the crop's features when there is a crop);
+        ``images`` the states' images, needed with ``action_crop_step_m``.
         """
         dt = feats.dtype
-        w0, z_to_conv, z_bias, w_action, w_state, b1 = self._merge_maps(dt, feats.shape[2])
+        w0, z_to_conv, z_bias, w_action, w_state, b1, w_acrop = self._merge_maps(dt, feats.shape[2])
         conv0 = self._merge_conv()
         conv_feats = nn.functional.conv2d(feats, w0, None, conv0.stride, conv0.padding)
         onehot = nn.functional.one_hot(task.long(), self.cfg.num_tasks).to(dt)
@@ -477,7 +601,20 @@ class QNetwork(nn.Module):
             z_to_conv=z_to_conv,
             task=task,
             shape=(conv_feats.shape[1], conv_feats.shape[2], conv_feats.shape[3]),
+            **self._action_crop_context(images, state, w_acrop),
         )
+
+    def _action_crop_context(
+        self, images: torch.Tensor | None, state: torch.Tensor, w_acrop: torch.Tensor
+    ) -> dict[str, Any]:
+        if self.cfg.action_crop_step_m <= 0:
+            return {}
+        if images is None:
+            raise ValueError(
+                "this Q-network looks where the action moves (action_crop_step_m): pass the images"
+            )
+        fmap, xy = self._view(images, state)
+        return {"view_map": fmap, "xy": xy, "w_action_crop": w_acrop}
 
     def _merge_conv(self) -> nn.Conv2d:
         block = self.post[0]
@@ -498,6 +635,7 @@ class QNetwork(nn.Module):
         if cached is not None and cached[0] == key:
             return tuple(cached[1])
         c = lin2.out_features
+        n_in = lin1.in_features - self.cfg.action_crop_dim
         basis = torch.eye(c, device=conv0.weight.device)[:, :, None, None].expand(c, c, m, m)
         resp = nn.functional.conv2d(basis, conv0.weight.float(), None, conv0.stride, conv0.padding)
         resp = resp.permute(0, 2, 3, 1).reshape(c, -1)  # row k: NHWC conv output of tiled e_k
@@ -510,8 +648,9 @@ class QNetwork(nn.Module):
                 + conv0.bias.float().repeat(resp.shape[1] // conv0.out_channels)
             ).to(dt),
             lin1.weight[:, :ACTION_DIM].to(dt),
-            lin1.weight[:, ACTION_DIM:].T.contiguous().to(dt),
+            lin1.weight[:, ACTION_DIM:n_in].T.contiguous().to(dt),
             lin1.bias.to(dt),
+            lin1.weight[:, n_in:].T.contiguous().to(dt),  # post-move crop (empty when off)
         )
         self._dense_cache["merge"] = (key, maps)
         return maps
@@ -524,7 +663,13 @@ class QNetwork(nn.Module):
         b, n, _ = actions.shape
         ch, hh, ww = ctx.shape
         dt = ctx.h_state.dtype
-        h = torch.relu(ctx.h_state[:, None] + actions.to(dt) @ ctx.w_action.T)  # (B, N, u)
+        pre = ctx.h_state[:, None] + actions.to(dt) @ ctx.w_action.T  # (B, N, u)
+        if ctx.w_action_crop is not None:
+            assert self.crop_tower is not None and ctx.view_map is not None and ctx.xy is not None
+            moved = ctx.xy[:, None] + actions[..., :2].float() * self.cfg.action_crop_step_m
+            crop = self.crop_tower.features_at(ctx.view_map, ctx.xy, moved).to(dt)  # (B, N, u)
+            pre = pre + crop @ ctx.w_action_crop
+        h = torch.relu(pre)
         x = (h @ ctx.z_to_conv).add_(ctx.conv_feats[:, None]).relu_()  # (B, N, m'*m'*H)
         dense = self._dense_post(dt, (ch, hh, ww)) if self.dense_small_convs else None
         if dense is None:
@@ -597,8 +742,18 @@ class QNetwork(nn.Module):
     def logits(
         self, images: torch.Tensor, state: torch.Tensor, action: torch.Tensor, task: torch.Tensor
     ) -> torch.Tensor:
+        if self.cfg.action_crop_step_m <= 0:
+            return self.logits_from_features(
+                self.tower(images), self.state_input(images, state), action, task
+            )
+        # one view map per state for both the gripper's view and the post-move view
+        assert self.crop_tower is not None
+        fmap, xy = self._view(images, state)
+        points = torch.stack([xy, self.post_move_xy(state, action[:, None])[:, 0]], 1)
+        views = self.crop_tower.features_at(fmap, xy, points)  # (B, 2, u)
+        st = torch.cat([state.to(torch.float32), views[:, 0].float()], 1)
         return self.logits_from_features(
-            self.tower(images), self.state_input(images, state), action, task
+            self.tower(images), st, action, task, action_crop=views[:, 1]
         )
 
     def forward(
