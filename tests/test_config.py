@@ -185,3 +185,13 @@ def test_the_tuned_preset_is_local_plus_the_measured_changes() -> None:
     with pytest.raises(ValueError, match="local, tuned, tiny, bench"):
         preset("fast")
     assert all(preset(name).name == name for name in PRESETS)
+
+
+def test_post_move_view_must_use_the_robots_step() -> None:
+    from mtopt.runtime.config import preset
+
+    tuned = preset("tuned")
+    ok = override(tuned, ["qnet.action_crop_step_m=0.05"])
+    assert ok.qnet.action_crop_step_m == ok.sim.max_step_m == 0.05
+    with pytest.raises((ValueError, ConfigError), match="sim.max_step_m"):
+        override(tuned, ["qnet.action_crop_step_m=0.05", "sim.max_step_m=0.04"])

@@ -8,7 +8,7 @@ from torch import nn
 
 from mtopt._images import random_shift
 from mtopt.qtopt.bellman import TransitionBatch, bellman_targets, compute_targets
-from mtopt.qtopt.cem import CEMConfig, cem_maximize
+from mtopt.qtopt.cem import CEMConfig, cem_maximize, cem_maximize_split, choose_gripper_branch
 from mtopt.qtopt.learner import Learner, LearnerConfig
 from mtopt.qtopt.loss import q_loss
 from mtopt.qtopt.networks import QNetConfig, QNetwork
@@ -123,6 +123,44 @@ def test_cem_pick_mean_returns_the_refit_mean_with_the_likelier_commands() -> No
     assert err["mean"] < 0.9 * err["best"], err
     with pytest.raises(ValueError, match="pick"):
         CEMConfig(pick="median").validate()  # type: ignore[arg-type]
+
+
+def test_split_cem_searches_each_gripper_command_and_applies_the_margin() -> None:
+    """gripper='split': one search with the gripper held open, one held closed, each over
+    ``samples`` candidates; the max over both (Bellman), or close only where the closed
+    branch beats the open one by ``close_margin`` (acting)."""
+    # open optimum at (0.5, ...) scores 0; the closed branch peaks at -0.05 elsewhere
+    a_open = torch.tensor([0.5, -0.5, 0.25, -0.75])
+    a_closed = torch.tensor([-0.2, 0.1, 0.9, 0.0])
+    seen: list[torch.Tensor] = []
+
+    def score(actions: torch.Tensor) -> torch.Tensor:  # (B, N, 6)
+        seen.append(actions.clone())
+        closed = actions[..., 4] > 0
+        d_open = ((actions[..., :4] - a_open) ** 2).sum(2)
+        d_closed = ((actions[..., :4] - a_closed) ** 2).sum(2) + 0.05
+        return -torch.where(closed, d_closed, d_open)
+
+    cfg = CEMConfig(iterations=5, samples=128, elites=8, gripper="split")
+    acts, s = cem_maximize_split(score, 2, cfg, torch.Generator().manual_seed(1))
+    assert acts.shape == (2, 2, 6) and s.shape == (2, 2)
+    assert seen[0].shape == (2, 256, 6)  # both branches' candidates side by side
+    assert (seen[0][:, :128, 4] == -1).all() and (seen[0][:, 128:, 4] == 1).all()
+    assert torch.allclose(acts[:, 0, :4], a_open.expand(2, 4), atol=0.15)
+    assert torch.allclose(acts[:, 1, :4], a_closed.expand(2, 4), atol=0.15)
+    best, bs = cem_maximize(score, 2, cfg, torch.Generator().manual_seed(1))
+    assert (best[:, 4] == -1).all() and torch.equal(bs, s.max(1).values)
+    # the margin by hand: close where Q_closed >= Q_open + margin
+    q = torch.tensor([[0.50, 0.55], [0.50, 0.52], [0.6, 0.4]])
+    a = torch.stack([torch.zeros(3, 6), torch.ones(3, 6)], 1)
+    got_a, got_q = choose_gripper_branch(a, q, close_margin=0.03)
+    assert got_q.tolist() == pytest.approx([0.55, 0.50, 0.6])
+    assert got_a[:, 0].tolist() == [1.0, 0.0, 0.0]
+    assert choose_gripper_branch(a, q)[1].tolist() == pytest.approx([0.55, 0.52, 0.6])
+    with pytest.raises(ValueError, match="gripper"):
+        CEMConfig(gripper="both").validate()  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="close_margin"):
+        CEMConfig(close_margin=2.0).validate()
 
 
 def test_cem_variance_floor_and_config_errors() -> None:

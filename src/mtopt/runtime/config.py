@@ -135,6 +135,12 @@ class RunConfig:
                 f"bellman_prefetch must be >= 0 (0: no background updater), "
                 f"got {self.bellman_prefetch}"
             )
+        step = self.qnet.action_crop_step_m
+        if step > 0 and abs(step - self.sim.max_step_m) > 1e-9:
+            raise ValueError(
+                f"qnet.action_crop_step_m ({step}) must be the robot's move per unit action, "
+                f"sim.max_step_m ({self.sim.max_step_m}): the post-move view would look elsewhere"
+            )
 
 
 def load_run_config(path: str | Path) -> RunConfig:
