@@ -193,5 +193,5 @@ def test_post_move_view_must_use_the_robots_step() -> None:
     tuned = preset("tuned")
     ok = override(tuned, ["qnet.action_crop_step_m=0.05"])
     assert ok.qnet.action_crop_step_m == ok.sim.max_step_m == 0.05
-    with pytest.raises((ValueError, ConfigError), match="sim.max_step_m"):
+    with pytest.raises((ValueError, ConfigError), match=r"sim\.max_step_m"):
         override(tuned, ["qnet.action_crop_step_m=0.05", "sim.max_step_m=0.04"])

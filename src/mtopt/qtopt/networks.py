@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 import torch
@@ -389,11 +389,11 @@ class CropTower(nn.Module):
 
     @property
     def convs(self) -> nn.Sequential:
-        return self.net[:3]
+        return cast(nn.Sequential, self.net[:3])
 
     @property
     def fc(self) -> nn.Sequential:
-        return self.net[3:]
+        return cast(nn.Sequential, self.net[3:])
 
     def view_map(self, images: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
         """The convolutions' feature map (B, c, h, h) of a window twice the crop's side
