@@ -414,14 +414,13 @@ class CropTower(nn.Module):
         b, n = int(moved.shape[0]), int(moved.shape[1])
         size = int(c.image_size)
         side = c.gripper_crop // 4
-        pts = crop_grid(
-            self.camera, moved.reshape(b * n, 2).to(fmap.dtype), size, c.crop_window, side
-        )
+        # in float32 whatever the autocast: a bf16 grid would be off by up to 1/8 pixel
+        pts = crop_grid(self.camera, moved.reshape(b * n, 2).float(), size, c.crop_window, side)
         pts = pts.reshape(b, n * side, side, 2)
-        centre = crop_grid(self.camera, xy.to(fmap.dtype), size, 1, 1).reshape(b, 1, 1, 2)
+        centre = crop_grid(self.camera, xy.float(), size, 1, 1).reshape(b, 1, 1, 2)
         grid = (pts - centre) * (size / (2.0 * c.crop_window))  # image NDC -> map's [-1, 1]
         cells = nn.functional.grid_sample(
-            fmap, grid, mode="bilinear", padding_mode="border", align_corners=False
+            fmap.float(), grid, mode="bilinear", padding_mode="border", align_corners=False
         )  # (B, c, N*side, side)
         ch = int(fmap.shape[1])
         cells = cells.reshape(b, ch, n, side, side).transpose(1, 2).reshape(b * n, ch, side, side)
