@@ -96,7 +96,7 @@ class ProbingPolicy:
         state = torch.from_numpy(q_state(obs.state, obs.pose, net.cfg))[None]
         task = torch.tensor([self.inner._task])
         feats = net.tower(img)
-        ctx = net.candidate_context(feats, state, task)
+        ctx = net.candidate_context(feats, net.state_input(img, state), task, img)
         rand = self._rng.uniform(-1, 1, (N_RANDOM, 6)).astype(np.float32)
         rand[:, 4] = np.where(self._rng.random(N_RANDOM) < 0.5, 1.0, -1.0)
         rand[:, 5] = -1.0
