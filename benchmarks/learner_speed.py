@@ -129,6 +129,9 @@ def main() -> None:
         "tuned": QNetConfig(gripper_xy=True, coord_channels=True),
         "tuned-literal": QNetConfig(gripper_xy=True, coord_channels=True),
         "tuned-crop": QNetConfig(gripper_xy=True, coord_channels=True, gripper_crop=16),
+        "tuned-view": QNetConfig(
+            gripper_xy=True, coord_channels=True, gripper_crop=16, action_crop_step_m=0.05
+        ),
     }
     if args.variants:
         keep = {"default", *args.variants.split(",")}
@@ -155,7 +158,16 @@ def main() -> None:
             for b in (32, 64, 256) if gpu else (32, 64):
                 step = functools.partial(learner.train_step, train_batch(b, qcfg))
                 calls[f"train {qname} {prec} b{b}"] = (step, b, prec)
-    for qname in ("default", "groupnorm", "s2d", "s2d4", "tuned", "tuned-literal", "tuned-crop"):
+    for qname in (
+        "default",
+        "groupnorm",
+        "s2d",
+        "s2d4",
+        "tuned",
+        "tuned-literal",
+        "tuned-crop",
+        "tuned-view",
+    ):
         if qname not in qvariants:
             continue
         qcfg = qvariants[qname]

@@ -169,7 +169,7 @@ def test_report_lists_settings_changed_on_resume(tmp_path) -> None:
 
 
 def test_the_tuned_preset_is_local_plus_the_measured_changes() -> None:
-    """``--config tuned`` differs from ``local`` in exactly the six settings the README
+    """``--config tuned`` differs from ``local`` in exactly the seven settings the README
     measures, and an unknown preset names the valid ones."""
     from mtopt.runtime.config import PRESETS, preset
 
@@ -178,6 +178,7 @@ def test_the_tuned_preset_is_local_plus_the_measured_changes() -> None:
         "qnet.gripper_xy": (False, True),
         "qnet.coord_channels": (False, True),
         "qnet.gripper_crop": (0, 16),
+        "qnet.action_crop_step_m": (0.0, 0.05),
         "learner.mc_mix": (0.0, 0.5),
         "epsilon": (0.2, 0.1),
         "noise_std": (0.15, 0.05),
@@ -191,7 +192,7 @@ def test_post_move_view_must_use_the_robots_step() -> None:
     from mtopt.runtime.config import preset
 
     tuned = preset("tuned")
-    ok = override(tuned, ["qnet.action_crop_step_m=0.05"])
-    assert ok.qnet.action_crop_step_m == ok.sim.max_step_m == 0.05
+    assert tuned.qnet.action_crop_step_m == tuned.sim.max_step_m == 0.05
+    assert override(tuned, ["qnet.action_crop_step_m=0"]).qnet.action_crop_step_m == 0
     with pytest.raises((ValueError, ConfigError), match=r"sim\.max_step_m"):
-        override(tuned, ["qnet.action_crop_step_m=0.05", "sim.max_step_m=0.04"])
+        override(tuned, ["sim.max_step_m=0.04"])

@@ -221,12 +221,17 @@ def preset(name: str) -> RunConfig:
         # the gripper's x, y with the state features, CoordConv channels (runs r19/r20
         # against r18), Monte-Carlo-mixed targets (r21/r22 against r20/r19), the
         # 16-pixel gripper crop (r23/r24 against r22/r21) and quieter collection by the
-        # learned policy (r26/r27 against r25): docs/learning-history.md
+        # learned policy (r26/r27 against r25), the post-move view of each candidate
+        # action (r33 against r28, one seed): docs/learning-history.md
         return dataclasses.replace(
             base,
             name="tuned",
             qnet=dataclasses.replace(
-                base.qnet, gripper_xy=True, coord_channels=True, gripper_crop=16
+                base.qnet,
+                gripper_xy=True,
+                coord_channels=True,
+                gripper_crop=16,
+                action_crop_step_m=base.sim.max_step_m,
             ),
             learner=dataclasses.replace(base.learner, mc_mix=0.5),
             epsilon=0.1,
