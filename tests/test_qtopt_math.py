@@ -160,7 +160,9 @@ def test_split_cem_searches_each_gripper_command_and_applies_the_margin() -> Non
     with pytest.raises(ValueError, match="gripper"):
         CEMConfig(gripper="both").validate()  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="close_margin"):
-        CEMConfig(close_margin=2.0).validate()
+        CEMConfig(gripper="split", close_margin=2.0).validate()
+    with pytest.raises(ValueError, match="needs gripper='split'"):
+        CEMConfig(close_margin=0.1).validate()
 
 
 def test_cem_variance_floor_and_config_errors() -> None:

@@ -52,10 +52,12 @@ class CEMConfig:
     refitted with the rest (QT-Opt). 'split': CEM runs twice per state, once with the
     gripper open and once closed (each with ``samples`` candidates), and the better
     branch wins; the close branch must beat the open one by ``close_margin``. Twice
-    the candidate evaluations. For acting; Bellman targets take the max of the two."""
+    the candidate evaluations. On r28's weights no better than 'joint' (README)."""
     close_margin: float = 0.0
     """With gripper='split': close only where Q(best closing action) >= Q(best open
-    action) + close_margin (Q in [0, 1]); > 0 makes the policy aim before it closes."""
+    action) + close_margin (Q in [0, 1]); > 0 makes the policy aim before it closes.
+    ``cem_argmax`` applies it wherever it runs, so set it for acting (``cem_act``) only:
+    a Bellman target wants the max (margin 0)."""
     precision: Literal["fp32", "bf16", "auto", "native"] = "auto"
     """Arithmetic of the Q evaluations: bf16 autocast is ~2-3x faster on CPUs with AMX;
     'auto' picks bf16 only where the CPU has AMX tiles, fp32 elsewhere. 'native' picks
@@ -79,6 +81,10 @@ class CEMConfig:
             raise ValueError(f"gripper must be 'joint' or 'split', got {self.gripper!r}")
         if not -1.0 <= self.close_margin <= 1.0:
             raise ValueError(f"close_margin must be in [-1, 1], got {self.close_margin}")
+        if self.close_margin and self.gripper != "split":
+            raise ValueError(
+                "close_margin needs gripper='split' (the joint search has no branches)"
+            )
         if self.precision not in ("fp32", "bf16", "auto", "native"):
             raise ValueError(
                 f"precision must be 'fp32', 'bf16', 'auto' or 'native', got {self.precision!r}"
