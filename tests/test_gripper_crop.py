@@ -73,6 +73,24 @@ def test_crop_samples_pixel_centres_around_the_projection() -> None:
     assert torch.allclose(far, img[:, :, 7:8, 7:8].expand(-1, -1, 2, 2), atol=1e-6)
 
 
+def assert_fast_path_is_the_literal_network(
+    net: QNetwork,
+    imgs: torch.Tensor,
+    states: torch.Tensor,
+    tasks: torch.Tensor,
+    actions: torch.Tensor,
+) -> None:
+    """The CEM fast path's logits equal the literal network's, and CEM over it picks what
+    naive CEM (the full network on every candidate) picks with the same random draws."""
+    fast, slow = fast_and_literal_logits(net, imgs, states, tasks, actions)
+    assert torch.allclose(fast, slow, atol=1e-5), (fast - slow).abs().max()
+    g = torch.Generator().manual_seed(1)
+    a1, q1 = cem_argmax(net, imgs, states, tasks, CEMConfig(precision="fp32"), g)
+    g = torch.Generator().manual_seed(1)
+    a2, q2 = naive_cem_argmax(net, imgs, states, tasks, CEMConfig(precision="fp32"), g)
+    assert torch.allclose(q1, q2, atol=1e-5) and torch.allclose(a1, a2, atol=1e-5)
+
+
 def test_q_network_with_the_crop() -> None:
     net = QNetwork(CROP_SMALL).eval()
     u = CROP_SMALL.fc_units
@@ -85,13 +103,7 @@ def test_q_network_with_the_crop() -> None:
     tasks = torch.tensor([1, 0, 1])
     actions = torch.rand(b, n, 6) * 2 - 1
     assert net.state_input(imgs, states).shape == (b, 4 + u)
-    fast, slow = fast_and_literal_logits(net, imgs, states, tasks, actions)
-    assert torch.allclose(fast, slow, atol=1e-5), (fast - slow).abs().max()
-    g = torch.Generator().manual_seed(1)
-    a1, q1 = cem_argmax(net, imgs, states, tasks, CEMConfig(precision="fp32"), g)
-    g = torch.Generator().manual_seed(1)
-    a2, q2 = naive_cem_argmax(net, imgs, states, tasks, CEMConfig(precision="fp32"), g)
-    assert torch.allclose(q1, q2, atol=1e-5) and torch.allclose(a1, a2, atol=1e-5)
+    assert_fast_path_is_the_literal_network(net, imgs, states, tasks, actions)
 
 
 def test_crop_features_see_only_the_window_and_follow_the_gripper() -> None:
@@ -183,13 +195,7 @@ def test_action_crop_fast_path_and_config() -> None:
     states = torch.cat([torch.rand(b, 2), (torch.rand(b, 2) * 0.2 - 0.1) * POSE_XY_SCALE], 1)
     tasks = torch.tensor([1, 0, 1])
     actions = torch.rand(b, n, 6) * 2 - 1
-    fast, slow = fast_and_literal_logits(net, imgs, states, tasks, actions)
-    assert torch.allclose(fast, slow, atol=1e-5), (fast - slow).abs().max()
-    g = torch.Generator().manual_seed(1)
-    a1, q1 = cem_argmax(net, imgs, states, tasks, CEMConfig(precision="fp32"), g)
-    g = torch.Generator().manual_seed(1)
-    a2, q2 = naive_cem_argmax(net, imgs, states, tasks, CEMConfig(precision="fp32"), g)
-    assert torch.allclose(q1, q2, atol=1e-5) and torch.allclose(a1, a2, atol=1e-5)
+    assert_fast_path_is_the_literal_network(net, imgs, states, tasks, actions)
     # the post-move view changes with the move
     with torch.no_grad():
         v0 = net.action_crop_features(imgs, states, torch.zeros(b, 6))

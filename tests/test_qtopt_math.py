@@ -45,7 +45,7 @@ class ConstNet(QNetwork):
     def logits_from_features(self, feats, state, action, task, images=None):  # type: ignore[no-untyped-def]
         return self.offset - ((action - self.a0) ** 2).sum(1)
 
-    def candidate_context(self, feats, state, task, images=None):  # type: ignore[no-untyped-def]
+    def candidate_context(self, feats, state, task, images=None, view=None):  # type: ignore[no-untyped-def]
         return None
 
     def candidate_logits(self, ctx, actions):  # type: ignore[no-untyped-def]

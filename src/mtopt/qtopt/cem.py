@@ -266,7 +266,8 @@ def cem_argmax(
     with precision_context(cfg.precision, device):
         if feats is None:
             feats = net.tower(images)
-        ctx = net.candidate_context(feats, net.state_input(images, states), task_idx, images)
+        state_in, view = net.state_and_view(images, states)  # one view map per state
+        ctx = net.candidate_context(feats, state_in, task_idx, images, view)
         score = lambda a: net.candidate_logits(ctx, a).float()  # noqa: E731
         b = int(feats.shape[0])
         if cfg.gripper == "split":

@@ -154,6 +154,12 @@ POSE_XY_SCALE = 5.0
 """Gripper x, y (m) are fed times this (about +-1 over the bins), as the image is."""
 
 
+def gripper_xy(state: torch.Tensor) -> torch.Tensor:
+    """The gripper's x, y in metres (B, 2) from Q-network state features with
+    ``gripper_xy`` (columns STATE_DIM, STATE_DIM + 1, times POSE_XY_SCALE)."""
+    return state[:, STATE_DIM : STATE_DIM + 2].float() / POSE_XY_SCALE
+
+
 def q_state(states: np.ndarray, poses: np.ndarray | None, cfg: QNetConfig) -> np.ndarray:
     """The state features the Q-network takes, from the robot's ``states`` (..., 2) and
     ``poses`` (..., 4: x, y, z, yaw) of the same observations: the states themselves,
@@ -379,7 +385,7 @@ class CropTower(nn.Module):
         [0, 1], NHWC or NCHW) and the Q-network's state features (x, y at columns
         STATE_DIM, STATE_DIM + 1, times POSE_XY_SCALE)."""
         x = _nchw_unit(images).float()
-        xy = state[:, STATE_DIM : STATE_DIM + 2].float() / POSE_XY_SCALE
+        xy = gripper_xy(state)
         c = self.cfg
         return gripper_crop(x, xy, self.camera, c.crop_window, c.gripper_crop) - 0.5
 
@@ -497,27 +503,33 @@ class QNetwork(nn.Module):
         (B, state_dim + crop_dim); ``state`` itself when there is no crop. With
         ``action_crop_step_m`` the crop's features are read off the view map (a zero
         move), so the gripper's view and the post-move views share one computation."""
+        return self.state_and_view(images, state)[0]
+
+    def state_and_view(
+        self, images: torch.Tensor, state: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """``state_input`` and, with ``action_crop_step_m``, the view map it was read from
+        (``_view``), for ``candidate_context`` to reuse; None without it."""
         if self.crop_tower is None:
-            return state
-        if self.cfg.action_crop_step_m > 0:
-            fmap, xy = self._view(images, state)
-            crop = self.crop_tower.features_at(fmap, xy, xy[:, None])[:, 0]
-        else:
+            return state, None
+        if self.cfg.action_crop_step_m <= 0:
             crop = self.crop_tower(images, state)
-        return torch.cat([state.to(torch.float32), crop.float()], 1)
+            return torch.cat([state.to(torch.float32), crop.float()], 1), None
+        fmap, xy = view = self._view(images, state)
+        crop = self.crop_tower.features_at(fmap, xy, xy[:, None])[:, 0]
+        return torch.cat([state.to(torch.float32), crop.float()], 1), view
 
     def _view(self, images: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(``CropTower.view_map`` around the grippers, their x, y in metres)."""
         assert self.crop_tower is not None
-        xy = state[:, STATE_DIM : STATE_DIM + 2].float() / POSE_XY_SCALE
+        xy = gripper_xy(state)
         return self.crop_tower.view_map(_nchw_unit(images).float(), xy), xy
 
     def post_move_xy(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Where the actions' moves take the gripper: state (B, state_dim + ...) with x, y
         at columns STATE_DIM, STATE_DIM + 1 (times POSE_XY_SCALE), actions (B, N, 6) ->
         (B, N, 2) metres (``action_crop_step_m``)."""
-        xy = state[:, STATE_DIM : STATE_DIM + 2].float() / POSE_XY_SCALE
-        return xy[:, None] + actions[..., :2].float() * self.cfg.action_crop_step_m
+        return gripper_xy(state)[:, None] + actions[..., :2].float() * self.cfg.action_crop_step_m
 
     def action_crop_features(
         self, images: torch.Tensor | None, state: torch.Tensor, action: torch.Tensor
@@ -575,6 +587,7 @@ class QNetwork(nn.Module):
         state: torch.Tensor,
         task: torch.Tensor,
         images: torch.Tensor | None = None,
+        view: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> CandidateContext:
         """Everything about (s, task) that does not depend on the action, once per state.
 
@@ -585,7 +598,8 @@ class QNetwork(nn.Module):
         embedding layer into one (u x H*m'*m') matrix, is added. The merged 8x8 map is
         never built per candidate. Layout is NHWC so the later convs get channels_last.
         ``state`` is ``state_input`` (with the crop's features when there is a crop);
-        ``images`` the states' images, needed with ``action_crop_step_m``.
+        ``images`` the states' images, needed with ``action_crop_step_m`` unless ``view``
+        (from ``state_and_view``) already holds their view map.
         """
         dt = feats.dtype
         w0, z_to_conv, z_bias, w_action, w_state, b1, w_acrop = self._merge_maps(dt, feats.shape[2])
@@ -600,14 +614,20 @@ class QNetwork(nn.Module):
             z_to_conv=z_to_conv,
             task=task,
             shape=(conv_feats.shape[1], conv_feats.shape[2], conv_feats.shape[3]),
-            **self._action_crop_context(images, state, w_acrop),
+            **self._action_crop_context(images, state, w_acrop, view),
         )
 
     def _action_crop_context(
-        self, images: torch.Tensor | None, state: torch.Tensor, w_acrop: torch.Tensor
+        self,
+        images: torch.Tensor | None,
+        state: torch.Tensor,
+        w_acrop: torch.Tensor,
+        view: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> dict[str, Any]:
         if self.cfg.action_crop_step_m <= 0:
             return {}
+        if view is not None:
+            return {"view_map": view[0], "xy": view[1], "w_action_crop": w_acrop}
         if images is None:
             raise ValueError(
                 "this Q-network looks where the action moves (action_crop_step_m): pass the images"
