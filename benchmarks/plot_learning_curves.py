@@ -6,7 +6,11 @@ dotted.
 Usage:
   python benchmarks/plot_learning_curves.py --runs runs/r21,runs/r22 \\
       [--labels "tuned s0,tuned s1"] [--tasks lift-any,place-any,place-in-bowl] \\
-      [--smooth 5] --out docs/curves.png [--json OUT]
+      [--smooth 5] [--saved OLD.json[:label,label]] --out docs/curves.png [--json OUT]
+
+--saved overlays runs whose directories are gone (a fresh machine keeps only what is
+committed) from an earlier ``--json`` output of this script: their smoothed points as
+saved there (the smoothing must match ``--smooth``), and their window means.
 
 Reads each run's ``history.json``. A run resumed by an older version restarted its
 ``wall_s`` at every invocation; such drops are stitched onto the previous invocation's
@@ -60,13 +64,31 @@ def window_means(
     }
 
 
+def saved_runs(spec: str, smooth: int) -> dict[str, dict[str, Any]]:
+    """Runs from an earlier ``--json`` output, "FILE" or "FILE:label,label" to pick some.
+    Refuses a file smoothed differently or a label it does not hold."""
+    path, _, picks = spec.partition(":")
+    data = json.loads(Path(path).read_text())
+    if data.get("smooth") != smooth:
+        raise SystemExit(f"{path} was smoothed over {data.get('smooth')} points, not {smooth}")
+    runs: dict[str, dict[str, Any]] = data["runs"]
+    wanted = [p for p in picks.split(",") if p] or list(runs)
+    missing = [w for w in wanted if w not in runs]
+    if missing:
+        raise SystemExit(f"{path} holds no run labelled {missing}; it has {list(runs)}")
+    return {w: runs[w] for w in wanted}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", required=True, help="comma-separated run directories")
+    ap.add_argument("--runs", default="", help="comma-separated run directories")
     ap.add_argument("--labels", default=None, help="comma-separated labels (default: names)")
     ap.add_argument("--tasks", default="lift-any,place-any,place-in-bowl")
     ap.add_argument("--smooth", type=int, default=5, help="trailing mean over this many points")
     ap.add_argument("--window", type=float, default=30.0, help="minutes per JSON window")
+    ap.add_argument(
+        "--saved", action="append", default=[], help="earlier --json output[:label,...]"
+    )
     ap.add_argument("--out", required=True, help="PNG path")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -76,6 +98,11 @@ def main() -> None:
     if len(labels) != len(runs):
         raise SystemExit(f"{len(labels)} labels for {len(runs)} runs")
     tasks = [t for t in args.tasks.split(",") if t]
+    saved: dict[str, dict[str, Any]] = {}
+    for spec in args.saved:
+        saved.update(saved_runs(spec, args.smooth))
+    if not runs and not saved:
+        raise SystemExit("nothing to plot: give --runs and/or --saved")
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
     result: dict[str, Any] = {"smooth": args.smooth, "window_minutes": args.window, "runs": {}}
     for run, label in zip(runs, labels, strict=True):
@@ -105,6 +132,15 @@ def main() -> None:
                 "window_means": window_means(xs, ys, args.window),
                 "scripted": scripted[-1] if scripted else None,
             }
+        result["runs"][label] = entry
+    for label, entry in saved.items():
+        for ax, task in zip(axes[0], tasks, strict=True):
+            curve = entry["tasks"].get(task)
+            if curve is None:
+                continue
+            (line,) = ax.plot(curve["minutes"], curve["smoothed"], lw=1.6, label=f"{label} (saved)")
+            if curve.get("scripted") is not None:
+                ax.axhline(curve["scripted"], color=line.get_color(), ls=":", lw=0.9)
         result["runs"][label] = entry
     for ax, task in zip(axes[0], tasks, strict=True):
         ax.set_title(task, fontsize=10)

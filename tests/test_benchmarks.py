@@ -184,6 +184,19 @@ def test_learning_curves_stitch_resumed_clocks_and_average_windows(tmp_path: Pat
     assert got["smoothed"] == [0.1, 0.15, 0.25, 0.35]  # trailing mean of 2
     assert got["scripted"] == 0.1
 
+    # the run directory is gone: its saved curve is overlaid from the first JSON
+    def plot_saved(spec: str, smooth: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, str(BENCH / "plot_learning_curves.py"), "--saved", spec]
+        cmd += ["--tasks", "lift-any", "--smooth", smooth, "--out", str(tmp_path / "d.png")]
+        cmd += ["--json", str(tmp_path / "d.json")]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+    r = plot_saved(f"{tmp_path / 'c.json'}:r", "2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "d.json").read_text())["runs"]["r"]["tasks"]["lift-any"] == got
+    assert "smoothed over 2 points, not 3" in plot_saved(str(tmp_path / "c.json"), "3").stderr
+    assert "no run labelled ['x']" in plot_saved(f"{tmp_path / 'c.json'}:x", "2").stderr
+
 
 def test_place_precision_where_and_summary_by_hand() -> None:
     from mtopt.tasks.scene import FixtureState, ObjectState
