@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from mtopt.policies.base import Policy
+    from mtopt.sim.cell import SimConfig
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -17,9 +22,22 @@ def demo(
     seed: int = typer.Option(0, help="Seed for scenes and policy noise."),
     split: str = typer.Option("train", help="Object instances: train or test (held out)."),
     randomize: bool = typer.Option(False, help="Domain randomization (camera, light, colours)."),
-    size: int = typer.Option(64, help="Camera image size in pixels."),
+    size: int = typer.Option(
+        None, help="Camera image size in pixels (default 64, or the run's with --run)."
+    ),
+    run: Path = typer.Option(
+        None,
+        help="Act with this run's learned policy (its latest published Q weights, CEM and "
+        "cell settings) instead of the scripted one.",
+    ),
+    part: str = typer.Option(
+        "acting", help="With --run: the acting (moving-average) or the online weights."
+    ),
 ) -> None:
-    """Run the scripted bootstrap policy for TASK, write an animated GIF + PNG strip, print success."""
+    """Run the scripted bootstrap policy for TASK (or, with --run, a run's learned CEM
+    policy), write an animated GIF + PNG strip, print success."""
+    import dataclasses
+
     import numpy as np
     from PIL import Image
     from tqdm import tqdm
@@ -30,10 +48,23 @@ def demo(
     from mtopt.sim.runner import run_episode
     from mtopt.tasks import DEFAULT_REGISTRY, UnknownTaskError
 
+    learned: Policy | None = None
     try:
         spec = DEFAULT_REGISTRY.get(task)
-        config = SimConfig(image_size=size, object_split=split, randomize=randomize).validate()  # type: ignore[arg-type]
-    except (UnknownTaskError, ValueError) as exc:
+        base = SimConfig()
+        if run is not None:
+            learned, base = _learned_policy(run, part, seed)
+        config = dataclasses.replace(
+            base,
+            image_size=base.image_size if size is None else size,
+            object_split=split,  # type: ignore[arg-type]
+            randomize=randomize,
+        ).validate()
+        if learned is not None and config.image_size != base.image_size:
+            raise ValueError(
+                f"the run's network sees {base.image_size}-pixel images, not {config.image_size}"
+            )
+    except (UnknownTaskError, ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     out.mkdir(parents=True, exist_ok=True)
@@ -43,10 +74,11 @@ def demo(
     strips: list[np.ndarray] = []
     skill_tasks = [t for t in DEFAULT_REGISTRY if t.skill == spec.skill]
     wins = dict.fromkeys((t.name for t in skill_tasks), 0)
+    size = config.image_size
     scale = max(1, 192 // size)
     for ep in tqdm(range(episodes), desc=f"demo {task}", unit="ep"):
         robot.reset_scene(seed * 100_003 + ep)
-        policy = scripted_policy_for(spec)
+        policy = learned if learned is not None else scripted_policy_for(spec)
         rec = run_episode(robot, policy, spec, rng, config.max_steps)
         state = robot.scene_state()
         for t in skill_tasks:
@@ -68,6 +100,26 @@ def demo(
     )
     robot.close()
     typer.echo(f"wrote {out / (task + '.gif')} and {out / (task + '.png')} (green border: success)")
-    typer.echo(f"ground-truth success over {episodes} episodes of {policy.name} for {task}:")
+    who = f"{run}'s {part} Q weights (CEM)" if run is not None else policy.name
+    typer.echo(f"ground-truth success over {episodes} episodes of {who} for {task}:")
     for name, n in wins.items():
         typer.echo(f"  {name:20s} {n / episodes:6.1%}")
+
+
+def _learned_policy(run: Path, part: str, seed: int) -> tuple[Policy, SimConfig]:
+    """The greedy CEM policy of a run (its config's acting CEM, in fp32, no exploration)
+    on its latest published weights, and the cell settings it was trained on."""
+    import dataclasses
+
+    from mtopt.policies.cem_policy import CEMPolicy
+    from mtopt.runtime.config import load_run_config
+    from mtopt.tasks import DEFAULT_REGISTRY
+
+    if not (run / "config.json").exists():
+        raise FileNotFoundError(f"{run} is not a run directory (no config.json)")
+    cfg = load_run_config(run / "config.json")  # a ConfigError is a ValueError
+    cem = dataclasses.replace(cfg.cem_act, precision="fp32")
+    policy = CEMPolicy(
+        DEFAULT_REGISTRY.names, weights_dir=run / "weights", cem=cem, seed=seed, part=part
+    )
+    return policy, cfg.sim

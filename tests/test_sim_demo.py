@@ -1,0 +1,47 @@
+"""``mtopt sim demo``: the scripted policy, or a run's learned policy with --run."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from qtopt_fixtures import SMALL
+from typer.testing import CliRunner
+
+from mtopt.cli import app
+from mtopt.config import override, save_config
+from mtopt.qtopt.learner import Learner
+from mtopt.runtime.config import preset
+from mtopt.tasks import DEFAULT_REGISTRY
+
+
+def demo(*args: str) -> tuple[int, str]:
+    res = CliRunner().invoke(app, ["sim", "demo", "--episodes", "1", *args])
+    return res.exit_code, res.output
+
+
+def test_scripted_demo_writes_gif_and_strip(tmp_path: Path) -> None:
+    code, out = demo("--task", "lift-any", "--size", "32", "--out", str(tmp_path))
+    assert code == 0, out
+    assert (tmp_path / "lift-any.gif").read_bytes()[:3] == b"GIF"
+    assert (tmp_path / "lift-any.png").read_bytes()[:4] == b"\x89PNG"
+    assert "episodes of scripted" in out and "lift-any" in out
+
+
+def test_learned_demo_acts_with_the_runs_latest_weights(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cfg = override(preset("local"), ["sim.image_size=32", "cem_act.samples=16"])
+    save_config(cfg, run / "config.json")
+    net = dataclasses.replace(SMALL, num_tasks=len(DEFAULT_REGISTRY.names))
+    Learner(net).publish(run / "weights")
+    code, out = demo("--run", str(run), "--task", "place-any", "--out", str(tmp_path / "o"))
+    assert code == 0, out
+    assert "acting Q weights (CEM) for place-any" in out
+    assert (tmp_path / "o" / "place-any.gif").exists()
+    # the run's image size is the network's: another one is refused, as is a non-run
+    code, out = demo("--run", str(run), "--size", "64", "--out", str(tmp_path / "o"))
+    assert code == 2 and "32-pixel images, not 64" in out
+    code, out = demo("--run", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert code == 2 and "not a run directory" in out
+    code, out = demo("--run", str(run), "--part", "target", "--out", str(tmp_path / "o"))
+    assert code == 2 and "'acting' or 'online'" in out
