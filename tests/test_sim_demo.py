@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
-from qtopt_fixtures import SMALL
+import torch
 from typer.testing import CliRunner
 
 from mtopt.cli import app
 from mtopt.config import override, save_config
 from mtopt.qtopt.learner import Learner
+from mtopt.qtopt.weights import load_latest
 from mtopt.runtime.config import preset
 from mtopt.tasks import DEFAULT_REGISTRY
+from qtopt_fixtures import SMALL
 
 
 def demo(*args: str) -> tuple[int, str]:
@@ -45,3 +48,29 @@ def test_learned_demo_acts_with_the_runs_latest_weights(tmp_path: Path) -> None:
     assert code == 2 and "not a run directory" in out
     code, out = demo("--run", str(run), "--part", "target", "--out", str(tmp_path / "o"))
     assert code == 2 and "'acting' or 'online'" in out
+
+
+def test_exported_policy_acts_like_its_run(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    save_config(override(preset("local"), ["sim.image_size=32"]), run / "config.json")
+    learner = Learner(dataclasses.replace(SMALL, num_tasks=len(DEFAULT_REGISTRY.names)))
+    for _ in range(2):
+        learner.publish(run / "weights")
+    exp = tmp_path / "exp"
+    res = CliRunner().invoke(app, ["export", str(run), str(exp), "--parts", "acting"])
+    assert res.exit_code == 0, res.output
+    version, tensors, meta = load_latest(exp / "weights")
+    assert version == 2 and {k.split(".")[0] for k in tensors} == {"acting"}
+    _, full, full_meta = load_latest(run / "weights")
+    assert meta == full_meta
+    assert all(torch.equal(v, full[k]) for k, v in tensors.items())
+    assert json.loads((exp / "exported.json").read_text())["version"] == 2
+    code, out = demo("--run", str(exp), "--task", "lift-any", "--out", str(tmp_path / "o"))
+    assert code == 0, out
+    code, out = demo("--run", str(exp), "--part", "online", "--out", str(tmp_path / "o"))
+    assert code == 2 and "no 'online' network" in out  # it was not exported
+    # a second export into the same folder, or of a network the run never had, is refused
+    res = CliRunner().invoke(app, ["export", str(run), str(exp)])
+    assert res.exit_code == 2 and "already holds published weights" in res.output
+    res = CliRunner().invoke(app, ["export", str(run), str(tmp_path / "e2"), "--parts", "x"])
+    assert res.exit_code == 2 and "no ['x'] network" in res.output

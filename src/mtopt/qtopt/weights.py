@@ -111,3 +111,24 @@ def check_config(expected: dict[str, Any], found: dict[str, Any], what: str) -> 
 def split_prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     n = len(prefix) + 1
     return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def export_parts(
+    src: str | Path,
+    dst: str | Path,
+    parts: tuple[str, ...] = ("acting", "online"),
+    prefix: str = "q",
+) -> Path:
+    """Copy the latest published weights of ``src`` into ``dst`` with only the networks
+    ``parts`` (e.g. the acting and online networks a policy needs, not the target
+    networks), keeping their version and metadata, so ``dst`` loads like a run's
+    weights directory. Returns the written file."""
+    version, tensors, meta = load_latest(src, prefix)
+    kept = {k: v for k, v in tensors.items() if k.split(".", 1)[0] in parts}
+    missing = [p for p in parts if not split_prefixed(tensors, p)]
+    if missing:
+        raise WeightsError(f"the latest weights in {src} have no {missing} network")
+    d = Path(dst)
+    if read_latest(d, prefix) is not None:
+        raise WeightsError(f"{d} already holds published weights: export into a new folder")
+    return publish(d, kept, version, meta, prefix)

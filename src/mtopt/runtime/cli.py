@@ -84,3 +84,42 @@ def register(app: typer.Typer) -> None:
             typer.echo(
                 f"  {task:20s} learned {rate:6.1%}   scripted {summary['scripted'].get(task, float('nan')):6.1%}"
             )
+
+    @app.command()
+    def export(
+        run: Path = typer.Argument(..., help="Run directory (with config.json and weights/)."),
+        out: Path = typer.Argument(..., help="New folder for the exported policy."),
+        parts: str = typer.Option(
+            "acting,online", help="Networks to keep (acting, online, target0, target1)."
+        ),
+    ) -> None:
+        """Export a run's learned policy: its config and its latest published weights with
+        only the networks a policy needs. The folder acts like the run for `mtopt sim demo
+        --run` and benchmarks/evaluate_run.py, without the episode store or checkpoints."""
+        import json
+        import time
+
+        from mtopt._io import atomic_write_json
+        from mtopt.config import ConfigError, save_config
+        from mtopt.qtopt.weights import WeightsError, export_parts
+        from mtopt.runtime.config import load_run_config
+
+        try:
+            cfg = load_run_config(run / "config.json")
+            path = export_parts(run / "weights", out / "weights", tuple(parts.split(",")))
+        except (ConfigError, WeightsError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        save_config(cfg, out / "config.json")
+        latest = json.loads((out / "weights" / "q-latest.json").read_text())
+        atomic_write_json(
+            out / "exported.json",
+            {
+                "from": str(run),
+                "version": latest["version"],
+                "learner_step": latest["meta"].get("step"),
+                "parts": parts.split(","),
+                "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+        )
+        typer.echo(f"exported {path} (version {latest['version']}) and config.json to {out}")

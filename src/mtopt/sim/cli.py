@@ -43,6 +43,7 @@ def demo(
     from tqdm import tqdm
 
     from mtopt.policies.scripted import scripted_policy_for
+    from mtopt.qtopt.weights import WeightsError
     from mtopt.robots.sim_robot import SimRobot
     from mtopt.sim.cell import SimConfig
     from mtopt.sim.runner import run_episode
@@ -64,7 +65,7 @@ def demo(
             raise ValueError(
                 f"the run's network sees {base.image_size}-pixel images, not {config.image_size}"
             )
-    except (UnknownTaskError, ValueError, FileNotFoundError) as exc:
+    except (UnknownTaskError, ValueError, FileNotFoundError, WeightsError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     out.mkdir(parents=True, exist_ok=True)
