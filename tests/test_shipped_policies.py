@@ -13,6 +13,7 @@ import pytest
 from mtopt.policies.cem_policy import CEMPolicy
 from mtopt.robots.sim_robot import SimRobot
 from mtopt.runtime.config import load_run_config
+from mtopt.sim.cli import learned_policy
 from mtopt.sim.runner import run_episode
 from mtopt.tasks import DEFAULT_REGISTRY
 
@@ -29,12 +30,8 @@ def test_shipped_policy_loads_and_acts(folder: Path) -> None:
     cfg = load_run_config(folder / "config.json")
     exported = json.loads((folder / "exported.json").read_text())
     for part in exported["parts"]:
-        pol = CEMPolicy(
-            DEFAULT_REGISTRY.names,
-            weights_dir=folder / "weights",
-            cem=dataclasses.replace(cfg.cem_act, precision="fp32"),
-            part=part,
-        )
+        pol, sim = learned_policy(folder, part, seed=0)  # as `mtopt sim demo --run` acts
+        assert isinstance(pol, CEMPolicy) and sim == cfg.sim
         assert pol.version == exported["version"]
         assert pol.net is not None and pol.net.cfg == cfg.qnet
     robot = SimRobot(dataclasses.replace(cfg.sim, object_split="test"), seed=3)

@@ -54,7 +54,7 @@ def demo(
         spec = DEFAULT_REGISTRY.get(task)
         base = SimConfig()
         if run is not None:
-            learned, base = _learned_policy(run, part, seed)
+            learned, base = learned_policy(run, part, seed)
         config = dataclasses.replace(
             base,
             image_size=base.image_size if size is None else size,
@@ -107,7 +107,7 @@ def demo(
         typer.echo(f"  {name:20s} {n / episodes:6.1%}")
 
 
-def _learned_policy(run: Path, part: str, seed: int) -> tuple[Policy, SimConfig]:
+def learned_policy(run: Path, part: str, seed: int) -> tuple[Policy, SimConfig]:
     """The greedy CEM policy of a run (its config's acting CEM, in fp32, no exploration)
     on its latest published weights, and the cell settings it was trained on."""
     import dataclasses
