@@ -8,6 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from mtopt.cli import app
+from mtopt.qtopt.weights import load_source
 from mtopt.replay.buffers import TaskBuffers
 from mtopt.runtime.local import pooled_success, sd_round_due, switch_table
 from mtopt.store import EpisodeReader
@@ -138,6 +139,13 @@ def test_tiny_run_then_resume(tmp_path: Path) -> None:
     assert (
         summary2["total_wall_minutes"] >= summary["wall_minutes"] + summary2["wall_minutes"] - 0.02
     )
+    # weights at steps 20 and 40 (snapshot_every=20) outlive publish's pruning, and
+    # average with the latest into a policy
+    snaps = sorted((out / "weights" / "snapshots").glob("q-*.safetensors"))
+    steps = [load_source(s)[2]["step"] for s in snaps]
+    assert steps == [20, 40], steps
+    res = CliRunner().invoke(app, ["average", str(tmp_path / "swa"), str(out), *map(str, snaps)])
+    assert res.exit_code == 0, res.output
 
 
 def test_a_runs_age_from_its_checkpoint_by_hand() -> None:

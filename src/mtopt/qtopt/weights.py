@@ -132,3 +132,100 @@ def export_parts(
     if read_latest(d, prefix) is not None:
         raise WeightsError(f"{d} already holds published weights: export into a new folder")
     return publish(d, kept, version, meta, prefix)
+
+
+# ------------------------------------------------------- snapshots and weight averages
+SNAPSHOTS = "snapshots"
+
+
+def snapshot_latest(directory: str | Path, prefix: str = "q") -> Path:
+    """Keep a copy of the latest published weights in ``<directory>/snapshots/``, which
+    ``publish``'s pruning never touches (for averaging checkpoints after a run)."""
+    latest = read_latest(directory, prefix)
+    if latest is None:
+        raise WeightsError(f"no published '{prefix}' weights in {directory} to snapshot")
+    src = Path(directory) / latest["file"]
+    dst = Path(directory) / SNAPSHOTS / src.name
+    if not dst.exists():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(dst, src.read_bytes())
+    return dst
+
+
+def load_source(
+    source: str | Path, prefix: str = "q"
+) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
+    """Weights from a run folder (its ``weights/``), a weights folder (its latest
+    version) or one ``<prefix>-<version>.safetensors`` file (a snapshot): (version,
+    tensors, meta)."""
+    p = Path(source)
+    if p.is_dir():
+        return load_latest(p / "weights" if (p / "weights").is_dir() else p, prefix)
+    stem = p.name.removesuffix(".safetensors")
+    head, _, number = stem.rpartition("-")
+    if p.suffix != ".safetensors" or head != prefix or not number.isdigit():
+        raise WeightsError(
+            f"{p} is neither a folder nor a published weights file ({prefix}-<version>.safetensors)"
+        )
+    tensors, meta = load_version(p.parent, int(number), prefix)
+    return int(number), tensors, meta
+
+
+def average_state_dicts(
+    members: list[dict[str, torch.Tensor]],
+) -> dict[str, torch.Tensor]:
+    """The element-wise mean of several networks' parameters (checkpoint averaging, as in
+    stochastic weight averaging). Every member must have the same keys and shapes;
+    floating-point tensors are averaged in float64 and returned in their own dtype,
+    other tensors (integer buffers) must be equal in every member."""
+    if not members:
+        raise WeightsError("nothing to average")
+    keys = set(members[0])
+    out: dict[str, torch.Tensor] = {}
+    for i, m in enumerate(members[1:], 1):
+        if set(m) != keys:
+            raise WeightsError(
+                f"member {i} has other tensors than member 0: {sorted(set(m) ^ keys)[:3]}"
+            )
+    for k, first in members[0].items():
+        if any(m[k].shape != first.shape for m in members):
+            raise WeightsError(f"tensor {k!r} differs in shape between members")
+        if first.is_floating_point():
+            acc = torch.stack([m[k].to(torch.float64) for m in members]).mean(0)
+            out[k] = acc.to(first.dtype)
+        elif all(torch.equal(m[k], first) for m in members):
+            out[k] = first.clone()
+        else:
+            raise WeightsError(f"non-float tensor {k!r} differs between members: cannot average")
+    return out
+
+
+def average_sources(
+    sources: list[str | Path], parts: tuple[str, ...] = ("acting", "online"), prefix: str = "q"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], list[dict[str, Any]]]:
+    """Average the networks ``parts`` of every source (``load_source``) into one network,
+    returned as ``acting.*`` tensors with the sources' shared metadata and, per source,
+    what went in (source, version, learner step). All sources must have the same network
+    config; each must have every part."""
+    if not sources:
+        raise WeightsError("no sources to average")
+    members: list[dict[str, torch.Tensor]] = []
+    used: list[dict[str, Any]] = []
+    meta0: dict[str, Any] | None = None
+    for src in sources:
+        version, tensors, meta = load_source(src, prefix)
+        if meta0 is None:
+            meta0 = meta
+        else:
+            check_config(meta0.get("qnet", {}), meta.get("qnet", {}), f"weights {src}")
+        for part in parts:
+            sd = split_prefixed(tensors, part)
+            if not sd:
+                raise WeightsError(f"weights {src} have no {part!r} network")
+            members.append(sd)
+        used.append({"source": str(src), "version": version, "step": meta.get("step")})
+    assert meta0 is not None
+    avg = average_state_dicts(members)
+    steps = [u["step"] for u in used if isinstance(u["step"], int)]
+    meta = {**meta0, "step": max(steps) if steps else meta0.get("step"), "averaged": used}
+    return {f"acting.{k}": v for k, v in avg.items()}, meta, used

@@ -106,6 +106,9 @@ class RunConfig:
     """Learner steps between published Q weights (robots reload them)."""
     checkpoint_every: int = 500
     """Learner steps between checkpoints."""
+    snapshot_every: int = 5000
+    """Learner steps between published weights kept for good in ``weights/snapshots/``
+    (a multiple of ``publish_every``; 0: none), for ``mtopt average`` after the run."""
     epsilon: float = 0.2
     """Random-action probability of the learned policy when collecting."""
     noise_std: float = 0.15
@@ -199,6 +202,7 @@ def preset(name: str) -> RunConfig:
             max_episodes=60,
             publish_every=10,
             checkpoint_every=10,
+            snapshot_every=20,
             qnet=QNetConfig(tower_channels=8, head_channels=8, fc_units=16),
             cem_act=CEMConfig(samples=16, elites=4),
             cem_bellman=CEMConfig(iterations=1, samples=8, elites=2),

@@ -35,6 +35,7 @@ from mtopt.policies.cem_policy import CEMPolicy
 from mtopt.policies.scripted import scripted_policy_for
 from mtopt.qtopt.learner import Learner
 from mtopt.qtopt.updater import BackgroundUpdater, BellmanUpdater
+from mtopt.qtopt.weights import snapshot_latest
 from mtopt.replay.buffers import TaskBuffers
 from mtopt.replay.logreplay import LogReplay
 from mtopt.replay.source import replay_items
@@ -548,6 +549,8 @@ class LocalRun:
                     bar.update(1)
                     if learner.step % c.publish_every == 0:
                         learner.publish(p.weights)
+                        if c.snapshot_every and learner.step % c.snapshot_every == 0:
+                            snapshot_latest(p.weights)
                     if learner.step % c.checkpoint_every == 0:
                         learner.save_checkpoint(p.checkpoint, checkpoint_extras(time.time()))
                     if learner.step - last_eval_step >= c.eval.every_steps:

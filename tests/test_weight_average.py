@@ -1,0 +1,119 @@
+"""Checkpoint averaging: ``average_state_dicts`` by hand, snapshots that survive
+``publish``'s pruning, and ``mtopt average`` end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mtopt.cli import app
+from mtopt.config import override, save_config
+from mtopt.qtopt.learner import Learner, load_network
+from mtopt.qtopt.weights import (
+    WeightsError,
+    average_state_dicts,
+    load_latest,
+    load_source,
+    publish,
+    snapshot_latest,
+    split_prefixed,
+)
+from mtopt.runtime.config import preset
+from mtopt.tasks import DEFAULT_REGISTRY
+from qtopt_fixtures import SMALL
+
+
+def test_average_by_hand() -> None:
+    a = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}
+    b = {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(3)}
+    c = {"w": torch.tensor([2.0, 1.0]), "n": torch.tensor(3)}
+    avg = average_state_dicts([a, b, c])
+    assert torch.equal(avg["w"], torch.tensor([2.0, 3.0]))  # (1+3+2)/3, (2+6+1)/3
+    assert avg["w"].dtype == torch.float32 and torch.equal(avg["n"], torch.tensor(3))
+    half = average_state_dicts([{"w": torch.tensor([1.0], dtype=torch.bfloat16)}] * 2)
+    assert half["w"].dtype == torch.bfloat16 and half["w"].item() == 1.0
+    one = average_state_dicts([a])
+    assert torch.equal(one["w"], a["w"]) and one["w"] is not a["w"]  # a copy, not an alias
+
+
+@pytest.mark.parametrize(
+    ("other", "message"),
+    [
+        ({"w": torch.zeros(2)}, "other tensors"),
+        ({"w": torch.zeros(3), "n": torch.tensor(3)}, "differs in shape"),
+        ({"w": torch.zeros(2), "n": torch.tensor(4)}, "non-float tensor 'n' differs"),
+    ],
+)
+def test_average_refuses_mismatched_members(other: dict[str, torch.Tensor], message: str) -> None:
+    a = {"w": torch.ones(2), "n": torch.tensor(3)}
+    with pytest.raises(WeightsError, match=message):
+        average_state_dicts([a, other])
+    with pytest.raises(WeightsError, match="nothing to average"):
+        average_state_dicts([])
+
+
+def test_snapshots_survive_pruning_and_load_as_sources(tmp_path: Path) -> None:
+    d = tmp_path / "weights"
+    for v in range(1, 9):
+        publish(d, {"online.w": torch.full((2,), float(v))}, v, {"step": 10 * v}, keep=2)
+        if v % 3 == 0:
+            snapshot_latest(d)
+    assert sorted(p.name for p in d.glob("q-*.safetensors")) == [
+        "q-00000007.safetensors",
+        "q-00000008.safetensors",
+    ]
+    snaps = sorted((d / "snapshots").glob("*.safetensors"))
+    assert [p.name for p in snaps] == ["q-00000003.safetensors", "q-00000006.safetensors"]
+    version, tensors, meta = load_source(snaps[0])
+    assert version == 3 and meta == {"step": 30} and tensors["online.w"].tolist() == [3.0, 3.0]
+    assert load_source(d)[0] == 8 and load_source(tmp_path)[0] == 8  # a folder, a run
+    with pytest.raises(WeightsError, match="neither a folder nor"):
+        load_source(tmp_path / "model.pt")
+
+
+def test_mtopt_average_writes_the_mean_as_a_policy(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    save_config(override(preset("local"), ["sim.image_size=32"]), run / "config.json")
+    learner = Learner(dataclasses.replace(SMALL, num_tasks=len(DEFAULT_REGISTRY.names)))
+    learner.publish(run / "weights")
+    snap = snapshot_latest(run / "weights")
+    with torch.no_grad():
+        for p in learner.online.parameters():
+            p.add_(0.5)
+        learner.acting.load_state_dict(learner.online.state_dict())
+    learner.publish(run / "weights")
+    out = tmp_path / "avg"
+    res = CliRunner().invoke(app, ["average", str(out), str(run), str(snap)])
+    assert res.exit_code == 0, res.output
+    version, tensors, meta = load_latest(out / "weights")
+    assert version == 2 and {k.split(".")[0] for k in tensors} == {"acting"}
+    _, new, _ = load_latest(run / "weights")
+    _, old, _ = load_source(snap)
+    members = [split_prefixed(t, p) for t in (new, old) for p in ("acting", "online")]
+    for k, v in split_prefixed(tensors, "acting").items():
+        expected = torch.stack([m[k].double() for m in members]).mean(0).float()
+        assert torch.equal(v, expected), k
+    net = load_network(tensors, meta, "acting")  # loads as a policy network
+    assert net.cfg == learner.online.cfg
+    exported = json.loads((out / "exported.json").read_text())
+    assert exported["parts"] == ["acting"] and exported["version"] == 2
+    assert [s["version"] for s in exported["averaged"]["sources"]] == [2, 1]
+    code = CliRunner().invoke(
+        app, ["sim", "demo", "--episodes", "1", "--run", str(out), "--out", str(tmp_path / "o")]
+    )
+    assert code.exit_code == 0, code.output
+
+    # a folder already holding weights, no run to take the config from, another network
+    res = CliRunner().invoke(app, ["average", str(out), str(run)])
+    assert res.exit_code == 2 and "already holds published weights" in res.output
+    res = CliRunner().invoke(app, ["average", str(tmp_path / "b"), str(snap)])
+    assert res.exit_code == 2 and "--config" in res.output
+    other = tmp_path / "other"
+    Learner(dataclasses.replace(SMALL, num_tasks=3)).publish(other)
+    res = CliRunner().invoke(app, ["average", str(tmp_path / "c"), str(run), str(other)])
+    assert res.exit_code == 2 and "different architecture" in res.output
