@@ -1,5 +1,5 @@
-"""The learned policies shipped under policies/ (made with `mtopt export`) still load
-into today's network and act in the cell they were trained on."""
+"""The learned policies shipped under policies/ (made with `mtopt export` or `mtopt
+average`) still load into today's network and act in the cell they were trained on."""
 
 from __future__ import annotations
 
