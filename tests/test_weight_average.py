@@ -20,6 +20,7 @@ from mtopt.qtopt.weights import (
     load_latest,
     load_source,
     publish,
+    snapshot_due,
     snapshot_latest,
     split_prefixed,
 )
@@ -55,6 +56,14 @@ def test_average_refuses_mismatched_members(other: dict[str, torch.Tensor], mess
         average_state_dicts([a, other])
     with pytest.raises(WeightsError, match="nothing to average"):
         average_state_dicts([])
+
+
+def test_snapshot_due_by_hand() -> None:
+    # publications every 100 steps; snapshots every 250: the first at or after 250, 500, ...
+    due = [s for s in range(100, 1100, 100) if snapshot_due(s, 250, 100)]
+    assert due == [300, 500, 800, 1000]
+    assert [s for s in range(10, 50, 10) if snapshot_due(s, 20, 10)] == [20, 40]
+    assert not any(snapshot_due(s, 0, 100) for s in range(0, 1000, 100))
 
 
 def test_snapshots_survive_pruning_and_load_as_sources(tmp_path: Path) -> None:
@@ -113,6 +122,10 @@ def test_mtopt_average_writes_the_mean_as_a_policy(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "already holds published weights" in res.output
     res = CliRunner().invoke(app, ["average", str(tmp_path / "b"), str(snap)])
     assert res.exit_code == 2 and "--config" in res.output
+    res = CliRunner().invoke(
+        app, ["average", "--config", str(tmp_path), str(tmp_path / "b"), str(snap)]
+    )
+    assert res.exit_code == 2 and "no config.json in" in res.output
     other = tmp_path / "other"
     Learner(dataclasses.replace(SMALL, num_tasks=3)).publish(other)
     res = CliRunner().invoke(app, ["average", str(tmp_path / "c"), str(run), str(other)])

@@ -138,6 +138,13 @@ def export_parts(
 SNAPSHOTS = "snapshots"
 
 
+def snapshot_due(step: int, every: int, publish_every: int) -> bool:
+    """Whether the weights published at ``step`` are the first at or after a multiple of
+    ``every`` learner steps (publications come every ``publish_every`` steps; ``every``
+    need not be a multiple of it). ``every`` 0: never."""
+    return every > 0 and step % every < publish_every
+
+
 def snapshot_latest(directory: str | Path, prefix: str = "q") -> Path:
     """Keep a copy of the latest published weights in ``<directory>/snapshots/``, which
     ``publish``'s pruning never touches (for averaging checkpoints after a run)."""

@@ -108,7 +108,7 @@ class RunConfig:
     """Learner steps between checkpoints."""
     snapshot_every: int = 5000
     """Learner steps between published weights kept for good in ``weights/snapshots/``
-    (a multiple of ``publish_every``; 0: none), for ``mtopt average`` after the run."""
+    (the first publication at or after each multiple; 0: none), for ``mtopt average``."""
     epsilon: float = 0.2
     """Random-action probability of the learned policy when collecting."""
     noise_std: float = 0.15

@@ -35,7 +35,7 @@ from mtopt.policies.cem_policy import CEMPolicy
 from mtopt.policies.scripted import scripted_policy_for
 from mtopt.qtopt.learner import Learner
 from mtopt.qtopt.updater import BackgroundUpdater, BellmanUpdater
-from mtopt.qtopt.weights import snapshot_latest
+from mtopt.qtopt.weights import snapshot_due, snapshot_latest
 from mtopt.replay.buffers import TaskBuffers
 from mtopt.replay.logreplay import LogReplay
 from mtopt.replay.source import replay_items
@@ -549,7 +549,7 @@ class LocalRun:
                     bar.update(1)
                     if learner.step % c.publish_every == 0:
                         learner.publish(p.weights)
-                        if c.snapshot_every and learner.step % c.snapshot_every == 0:
+                        if snapshot_due(learner.step, c.snapshot_every, c.publish_every):
                             snapshot_latest(p.weights)
                     if learner.step % c.checkpoint_every == 0:
                         learner.save_checkpoint(p.checkpoint, checkpoint_extras(time.time()))

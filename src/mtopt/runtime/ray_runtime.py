@@ -194,7 +194,7 @@ def run_ray(
     from mtopt._io import atomic_write_json
     from mtopt.qtopt.bellman import TrainBatch
     from mtopt.qtopt.learner import Learner
-    from mtopt.qtopt.weights import snapshot_latest
+    from mtopt.qtopt.weights import snapshot_due, snapshot_latest
     from mtopt.runtime.local import LocalRun, elapsed_before, resume_learner
     from mtopt.runtime.report import write_report
 
@@ -258,7 +258,7 @@ def run_ray(
                 )
                 if learner.step % c.publish_every == 0:
                     learner.publish(p.weights)
-                    if c.snapshot_every and learner.step % c.snapshot_every == 0:
+                    if snapshot_due(learner.step, c.snapshot_every, c.publish_every):
                         snapshot_latest(p.weights)
                 if learner.step % c.checkpoint_every == 0:
                     learner.save_checkpoint(
