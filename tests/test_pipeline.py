@@ -146,6 +146,8 @@ def test_tiny_run_then_resume(tmp_path: Path) -> None:
     assert steps == [20, 40], steps
     res = CliRunner().invoke(app, ["average", str(tmp_path / "swa"), str(out), *map(str, snaps)])
     assert res.exit_code == 0, res.output
+    report = (out / "report" / "report.md").read_text()
+    assert "## Weight snapshots" in report and f"mtopt average {out / 'policy-avg'}" in report
 
 
 def test_a_runs_age_from_its_checkpoint_by_hand() -> None:

