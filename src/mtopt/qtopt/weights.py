@@ -128,10 +128,13 @@ def export_parts(
     missing = [p for p in parts if not split_prefixed(tensors, p)]
     if missing:
         raise WeightsError(f"the latest weights in {src} have no {missing} network")
-    d = Path(dst)
+    _refuse_published(Path(dst), prefix)
+    return publish(dst, kept, version, meta, prefix)
+
+
+def _refuse_published(d: Path, prefix: str) -> None:
     if read_latest(d, prefix) is not None:
-        raise WeightsError(f"{d} already holds published weights: export into a new folder")
-    return publish(d, kept, version, meta, prefix)
+        raise WeightsError(f"{d} already holds published weights: write into a new folder")
 
 
 # ------------------------------------------------------- snapshots and weight averages
@@ -207,13 +210,18 @@ def average_state_dicts(
     return out
 
 
-def average_sources(
-    sources: list[str | Path], parts: tuple[str, ...] = ("acting", "online"), prefix: str = "q"
-) -> tuple[dict[str, torch.Tensor], dict[str, Any], list[dict[str, Any]]]:
-    """Average the networks ``parts`` of every source (``load_source``) into one network,
-    returned as ``acting.*`` tensors with the sources' shared metadata and, per source,
-    what went in (source, version, learner step). All sources must have the same network
-    config; each must have every part."""
+def average_into(
+    dst: str | Path,
+    sources: list[str | Path],
+    parts: tuple[str, ...] = ("acting", "online"),
+    prefix: str = "q",
+) -> tuple[Path, int, dict[str, Any]]:
+    """Average the networks ``parts`` of every source (``load_source``) into one network
+    and publish it in the new folder ``dst`` as the ``acting`` network, under the newest
+    source's version. All sources must have the same network config; each must have
+    every part. Returns (file, version, meta); ``meta["averaged"]`` lists, per source,
+    what went in (source, version, learner step)."""
+    _refuse_published(Path(dst), prefix)
     if not sources:
         raise WeightsError("no sources to average")
     members: list[dict[str, torch.Tensor]] = []
@@ -235,4 +243,6 @@ def average_sources(
     avg = average_state_dicts(members)
     steps = [u["step"] for u in used if isinstance(u["step"], int)]
     meta = {**meta0, "step": max(steps) if steps else meta0.get("step"), "averaged": used}
-    return {f"acting.{k}": v for k, v in avg.items()}, meta, used
+    version = max(int(u["version"]) for u in used)
+    path = publish(dst, {f"acting.{k}": v for k, v in avg.items()}, version, meta, prefix)
+    return path, version, meta

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from mtopt.runtime.config import RunConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -97,10 +101,8 @@ def register(app: typer.Typer) -> None:
         only the networks a policy needs. The folder acts like the run for `mtopt sim demo
         --run` and benchmarks/evaluate_run.py, without the episode store or checkpoints."""
         import json
-        import time
 
-        from mtopt._io import atomic_write_json
-        from mtopt.config import ConfigError, save_config
+        from mtopt.config import ConfigError
         from mtopt.qtopt.weights import WeightsError, export_parts
         from mtopt.runtime.config import load_run_config
 
@@ -110,17 +112,9 @@ def register(app: typer.Typer) -> None:
         except (ConfigError, WeightsError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
-        save_config(cfg, out / "config.json")
         latest = json.loads((out / "weights" / "q-latest.json").read_text())
-        atomic_write_json(
-            out / "exported.json",
-            {
-                "from": str(run),
-                "version": latest["version"],
-                "learner_step": latest["meta"].get("step"),
-                "parts": parts.split(","),
-                "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            },
+        _write_policy_folder(
+            out, run, cfg, latest["version"], latest["meta"].get("step"), parts.split(",")
         )
         typer.echo(f"exported {path} (version {latest['version']}) and config.json to {out}")
 
@@ -146,11 +140,8 @@ def register(app: typer.Typer) -> None:
         exported policy whose acting network is the average. Free at acting time; on r34,
         acting+online at 128, 146 and 180 minutes lifted 71% of 800 held-out scenes
         against 67% for the 180-minute acting weights alone (one run)."""
-        import time
-
-        from mtopt._io import atomic_write_json
-        from mtopt.config import ConfigError, save_config
-        from mtopt.qtopt.weights import WeightsError, average_sources, publish, read_latest
+        from mtopt.config import ConfigError
+        from mtopt.qtopt.weights import WeightsError, average_into
         from mtopt.runtime.config import load_run_config
 
         run = config or next((s for s in sources if (s / "config.json").is_file()), None)
@@ -161,24 +152,50 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2)
         try:
             cfg = load_run_config(run / "config.json")
-            if read_latest(out / "weights") is not None:
-                raise WeightsError(f"{out} already holds published weights: use a new folder")
-            tensors, meta, used = average_sources(list(sources), tuple(parts.split(",")))
-            version = max(int(u["version"]) for u in used)
-            path = publish(out / "weights", tensors, version, meta)
+            path, version, meta = average_into(
+                out / "weights", list(sources), tuple(parts.split(","))
+            )
         except (ConfigError, WeightsError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
-        save_config(cfg, out / "config.json")
-        atomic_write_json(
-            out / "exported.json",
-            {
-                "from": str(run),
-                "version": version,
-                "learner_step": meta.get("step"),
-                "parts": ["acting"],
-                "averaged": {"parts": parts.split(","), "sources": used},
-                "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            },
+        used = meta["averaged"]
+        _write_policy_folder(
+            out,
+            run,
+            cfg,
+            version,
+            meta.get("step"),
+            ["acting"],
+            averaged={"parts": parts.split(","), "sources": used},
         )
         typer.echo(f"averaged {len(used)} checkpoint(s) x {parts} into {path} and config.json")
+
+
+def _write_policy_folder(
+    out: Path,
+    run: Path,
+    cfg: RunConfig,
+    version: int,
+    step: int | None,
+    parts: list[str],
+    **extra: object,
+) -> None:
+    """The rest of an exported policy folder, beside its weights: the run's config and
+    ``exported.json`` (where it came from, version, learner step, networks)."""
+    import time
+
+    from mtopt._io import atomic_write_json
+    from mtopt.config import save_config
+
+    save_config(cfg, out / "config.json")
+    atomic_write_json(
+        out / "exported.json",
+        {
+            "from": str(run),
+            "version": version,
+            "learner_step": step,
+            "parts": parts,
+            **extra,
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )

@@ -106,19 +106,18 @@ def write_report(run: Any, summary: dict[str, Any], updater: Any) -> None:
 
 def _snapshot_lines(root: Path) -> list[str]:
     """The weight snapshots the run kept, and how to average its late ones."""
-    from mtopt.qtopt.weights import SNAPSHOTS, WeightsError, load_version
+    from mtopt.qtopt.weights import SNAPSHOTS, WeightsError, load_source
 
     snaps = sorted((root / "weights" / SNAPSHOTS).glob("q-*.safetensors"))
     if not snaps:
         return []
     rows = []
     for p in snaps:
-        version = int(p.stem.rpartition("-")[2])
         try:
-            step = load_version(p.parent, version)[1].get("step")
-        except WeightsError:  # unreadable: listed without its step
-            step = None
-        rows.append({"snapshot": p.name, "version": version, "learner step": step})
+            version, _, meta = load_source(p)
+            rows.append({"snapshot": p.name, "version": version, "learner step": meta.get("step")})
+        except WeightsError:  # unreadable: listed without its version and step
+            rows.append({"snapshot": p.name, "version": None, "learner step": None})
     late = " ".join(str(p) for p in snaps[-3:])
     return [
         "## Weight snapshots",
