@@ -18,7 +18,8 @@ Usage: python benchmarks/ensemble_probe.py --members DIR:part,DIR:part[,...]
            --json OUT [--label TEXT]
 
 DIR is a run, weights or exported folder (its latest weights); part acting or online.
-Scenes: the same as ``evaluate_run.py --seed S`` (one task per worker process).
+Scenes: the same as ``evaluate_run.py --seed S`` (one task per worker process); the
+episode outcomes are kept, for paired comparisons (``compare_evals.py``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 
 from _results import write_result
-from mtopt.eval.evaluate import evaluate_policy, rate_with_ci
+from mtopt.eval.evaluate import encode_outcomes, evaluate_outcomes, rate_with_ci
 from mtopt.qtopt.cem import CEMConfig, cem_maximize
 from mtopt.qtopt.learner import load_network
 from mtopt.qtopt.networks import QNetwork, q_state
@@ -86,14 +87,14 @@ class EnsemblePolicy:
         return best[0].numpy().astype(np.float32)
 
 
-def one(job: tuple[list[str], str, str, int, int]) -> tuple[str, float]:
+def one(job: tuple[list[str], str, str, int, int]) -> tuple[str, list[bool]]:
     specs, mode, task, episodes, seed = job
     torch.set_num_threads(1)
     pol = EnsemblePolicy(members(specs, mode), seed)
-    rate = evaluate_policy(
+    wins = evaluate_outcomes(
         lambda spec: pol, DEFAULT_REGISTRY, [task], episodes, SimConfig(object_split="test"), seed
     )
-    return task, rate[task]
+    return task, wins[task]
 
 
 def main() -> None:
@@ -115,7 +116,7 @@ def main() -> None:
     t0 = time.perf_counter()
     jobs = [(specs, args.mode, t, args.episodes, args.seed) for t in tasks]
     with ProcessPoolExecutor(args.workers) as pool:
-        rates = dict(pool.map(one, jobs))
+        outcomes = dict(pool.map(one, jobs))
     write_result(
         args.json,
         {
@@ -124,7 +125,13 @@ def main() -> None:
             "members": specs,
             "episodes_per_task": args.episodes,
             "seed": args.seed,
-            "per_task": {t: rate_with_ci(r, args.episodes) for t, r in rates.items()},
+            "per_task": {
+                t: {
+                    **rate_with_ci(sum(w) / max(1, len(w)), args.episodes),
+                    "outcomes": encode_outcomes(w),
+                }
+                for t, w in outcomes.items()
+            },
             "wall_s": round(time.perf_counter() - t0, 1),
         },
     )

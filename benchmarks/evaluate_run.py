@@ -4,6 +4,11 @@ on the same held-out scenes (held-out objects, evaluation seeds), with Wilson 95
 The in-run evaluation uses 20 episodes per task, which cannot separate 20% from 35%; this
 uses as many as you ask for. Tasks run in parallel worker processes.
 
+The result keeps every episode's outcome (a string of 0 and 1 per task and policy, scene
+by scene), so two evaluations on the same scenes compare paired
+(``benchmarks/compare_evals.py``); with both parts, "online_minus_acting" is that paired
+comparison within this run.
+
 Usage: python benchmarks/evaluate_run.py --run runs/local --json OUT
            [--tasks lift-any,place-any,place-in-bowl] [--episodes 100] [--seed 5]
            [--parts acting,online] [--cem-iterations 2] [--cem-samples 64] [--cem-elites 6]
@@ -30,7 +35,12 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
 from _results import write_result
-from mtopt.eval.evaluate import evaluate_policy, rate_with_ci
+from mtopt.eval.evaluate import (
+    encode_outcomes,
+    evaluate_outcomes,
+    paired_comparison,
+    rate_with_ci,
+)
 from mtopt.policies.base import Policy
 from mtopt.policies.cem_policy import CEMPolicy
 from mtopt.policies.scripted import is_pick_task, scripted_policy_for, straight_down_pick
@@ -42,7 +52,7 @@ from mtopt.tasks.registry import TaskSpec
 
 def one(
     job: tuple[str, str, str, int, int, dict[str, object]],
-) -> tuple[str, str, float, int]:
+) -> tuple[str, str, list[bool], int]:
     run, task, which, episodes, seed, search = job
     import torch
 
@@ -60,10 +70,18 @@ def one(
         )
         version = pol.version
         factory = lambda spec: pol  # noqa: E731
-    rate = evaluate_policy(
+    wins = evaluate_outcomes(
         factory, DEFAULT_REGISTRY, [task], episodes, SimConfig(object_split="test"), seed
     )
-    return task, which, rate[task], version
+    return task, which, wins[task], version
+
+
+def shown(per_task: dict[str, dict[str, dict[str, object]]]) -> dict[str, object]:
+    """The per-task results without the episode outcome strings (kept in the file)."""
+    return {
+        t: {w: {k: v for k, v in r.items() if k != "outcomes"} for w, r in rows.items()}
+        for t, rows in per_task.items()
+    }
 
 
 def main() -> None:
@@ -118,11 +136,22 @@ def main() -> None:
     ]
     with ProcessPoolExecutor(args.workers) as pool:
         results = list(pool.map(one, jobs))
-    per_task: dict[str, dict[str, object]] = {t: {} for t in tasks}
+    per_task: dict[str, dict[str, dict[str, object]]] = {t: {} for t in tasks}
+    outcomes: dict[tuple[str, str], list[bool]] = {}
     version = 0
-    for task, which, rate, v in results:
-        per_task[task][which] = rate_with_ci(rate, args.episodes)
+    for task, which, wins, v in results:
+        rate = sum(wins) / max(1, len(wins))
+        per_task[task][which] = {
+            **rate_with_ci(rate, args.episodes),
+            "outcomes": encode_outcomes(wins),
+        }
+        outcomes[task, which] = wins
         version = max(version, v)
+    paired = {
+        t: paired_comparison(outcomes[t, "acting"], outcomes[t, "online"]).as_dict()
+        for t in tasks
+        if {"acting", "online"} <= set(parts) and args.episodes > 0
+    }
     out = {
         "run": args.run,
         "q_weights_version": version,
@@ -130,9 +159,10 @@ def main() -> None:
         "seed": args.seed,
         "cem": search,
         "per_task": per_task,
+        "online_minus_acting": paired,
         "wall_s": round(time.perf_counter() - t0, 1),
     }
-    write_result(args.json, out)
+    write_result(args.json, out, show={**out, "per_task": shown(per_task)})
 
 
 if __name__ == "__main__":

@@ -273,3 +273,34 @@ def test_grasp_crop_probe_auc_and_errors_by_hand() -> None:
         "auc_within1_vs_over2": 0.25,
         "auc_lifted": 1.0,
     }
+
+
+def test_compare_evals_pairs_scenes_across_files(tmp_path: Path) -> None:
+    """Two evaluations on the same scenes pool per side and compare paired; files that ran
+    different scenes, or predate kept outcomes, are refused with the reason."""
+    from compare_evals import pooled
+
+    def result(name: str, seed: int, per_task: dict) -> str:
+        path = tmp_path / name
+        path.write_text(json.dumps({"seed": seed, "episodes_per_task": 3, "per_task": per_task}))
+        return str(path)
+
+    run5 = result(
+        "r5.json", 5, {"lift-any": {"acting": {"outcomes": "110"}, "online": {"outcomes": "011"}}}
+    )
+    run6 = result("r6.json", 6, {"lift-any": {"acting": {"outcomes": "001"}}})
+    ens5 = result("e5.json", 5, {"lift-any": {"success": 0.67, "outcomes": "111"}})
+    ens6 = result("e6.json", 6, {"lift-any": {"outcomes": "101"}})
+    a, b = pooled([run5, run6], [ens5, ens6], None)
+    assert a == {"lift-any": [True, True, False, False, False, True]}
+    assert b == {"lift-any": [True, True, True, True, False, True]}
+    # within one file: acting "110" against online "011" -> one scene each way
+    a, b = pooled([run5], [f"{run5}:online"], ["lift-any"])
+    assert (a["lift-any"], b["lift-any"]) == ([True, True, False], [False, True, True])
+    with pytest.raises(SystemExit, match="not the same scenes"):
+        pooled([run5], [ens6], None)
+    old = result("old.json", 5, {"lift-any": {"acting": {"success": 0.5}}})
+    with pytest.raises(SystemExit, match="no episode outcomes"):
+        pooled([old], [run5], None)
+    with pytest.raises(SystemExit, match="pair up"):
+        pooled([run5, run6], [ens5], None)

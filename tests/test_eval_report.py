@@ -1,5 +1,7 @@
 from pathlib import Path
 
+import pytest
+
 from mtopt.eval.report import (
     markdown_table,
     plot_batch_composition,
@@ -39,6 +41,43 @@ def test_wilson_interval_by_hand() -> None:
     assert lo == 0.0 and abs(hi - 0.27755) < 1e-4
     assert wilson_interval(0, 0) == (0.0, 1.0)
     assert rate_with_ci(0.5, 10) == {"success": 0.5, "ci95": [0.2366, 0.7634]}
+
+
+def test_paired_comparison_by_hand() -> None:
+    from mtopt.eval.evaluate import paired_comparison
+
+    # scenes 0..4: A wins 0,1,4; B wins 0,2,3,4 -> only A: 1, only B: 2, diff = 1/5
+    c = paired_comparison([1, 1, 0, 0, 1], [1, 0, 1, 1, 1])  # type: ignore[list-item]
+    assert (c.n, c.only_a, c.only_b) == (5, 1, 2)
+    assert c.a_rate == pytest.approx(0.6) and c.b_rate == pytest.approx(0.8)
+    assert c.diff == pytest.approx(0.2)
+    # var = (3 - 1/5) / 25 = 0.112; half = 1.96 * 0.334664 = 0.655941
+    assert c.ci95 == pytest.approx((0.2 - 0.655941, 0.2 + 0.655941), abs=1e-5)
+    # McNemar exact: m = 3 discordant, min 1: 2 * (C(3,0) + C(3,1)) / 8 = 1.0
+    assert c.p_value == pytest.approx(1.0)
+    # 5 scenes only B solves, 5 both fail: diff 0.5, var = (5 - 25/10) / 100 = 0.025,
+    # half = 1.96 * 0.158114 = 0.309903; p = 2 / 32 = 0.0625
+    c = paired_comparison([False] * 10, [True] * 5 + [False] * 5)
+    assert c.diff == pytest.approx(0.5) and c.p_value == pytest.approx(0.0625)
+    assert c.ci95 == pytest.approx((0.190097, 0.809903), abs=1e-5)
+    assert c.as_dict()["mcnemar_p"] == 0.0625 and c.as_dict()["b_minus_a"] == 0.5
+    # identical outcomes: no difference, a zero-width interval, p = 1
+    c = paired_comparison([True, False], [True, False])
+    assert (c.diff, c.ci95, c.p_value) == (0.0, (0.0, 0.0), 1.0)
+    with pytest.raises(ValueError, match="same scenes"):
+        paired_comparison([True], [True, False])
+    with pytest.raises(ValueError, match="zero scenes"):
+        paired_comparison([], [])
+
+
+def test_outcomes_encode_and_decode() -> None:
+    from mtopt.eval.evaluate import decode_outcomes, encode_outcomes
+
+    assert encode_outcomes([True, False, True]) == "101"
+    assert decode_outcomes("101") == [True, False, True]
+    assert decode_outcomes("") == []
+    with pytest.raises(ValueError, match="0 and 1"):
+        decode_outcomes("10x")
 
 
 def test_trailing_mean_by_hand() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,6 +34,42 @@ def rate_with_ci(rate: float, n: int) -> dict[str, object]:
     return {"success": round(rate, 4), "ci95": [round(lo, 4), round(hi, 4)]}
 
 
+def evaluate_outcomes(
+    policy_for: Callable[[TaskSpec], Policy],
+    registry: TaskRegistry,
+    tasks: Sequence[str],
+    episodes_per_task: int,
+    sim: SimConfig,
+    seed: int = 0,
+    robot: SimRobot | None = None,
+) -> dict[str, list[bool]]:
+    """Ground-truth success of each episode, per task, on fixed held-out scenes: episode k
+    of task ``tasks[i]`` is the same scene in every call with the same ``seed`` and ``i``,
+    so two policies' outcomes pair up scene by scene (``paired_comparison``).
+
+    robot: evaluate on this robot (built from ``sim`` by the caller, who closes it), for
+    policies that need it, such as the privileged ``mtopt.sim.oracle.OraclePolicy``."""
+    own = robot is None
+    if robot is None:
+        robot = SimRobot(sim, robot_id="eval", seed=seed)
+    out: dict[str, list[bool]] = {}
+    try:
+        for ti, name in enumerate(tasks):
+            spec = registry.get(name)
+            wins: list[bool] = []
+            for k in range(episodes_per_task):
+                scene_seed = EVAL_SEED_OFFSET + seed * 100_000 + ti * 1000 + k
+                robot.reset_scene(scene_seed)
+                rng = np.random.default_rng(scene_seed)
+                run_episode(robot, policy_for(spec), spec, rng, sim.max_steps)
+                wins.append(bool(spec.succeeded(robot.scene_state())))
+            out[name] = wins
+    finally:
+        if own:
+            robot.close()
+    return out
+
+
 def evaluate_policy(
     policy_for: Callable[[TaskSpec], Policy],
     registry: TaskRegistry,
@@ -42,24 +79,79 @@ def evaluate_policy(
     seed: int = 0,
     robot: SimRobot | None = None,
 ) -> dict[str, float]:
-    """Ground-truth success rate per task on fixed held-out scenes (same scenes every call).
+    """Ground-truth success rate per task on fixed held-out scenes (same scenes every call);
+    the rates of ``evaluate_outcomes``."""
+    outcomes = evaluate_outcomes(policy_for, registry, tasks, episodes_per_task, sim, seed, robot)
+    return {name: sum(wins) / max(1, len(wins)) for name, wins in outcomes.items()}
 
-    robot: evaluate on this robot (built from ``sim`` by the caller, who closes it), for
-    policies that need it, such as the privileged ``mtopt.sim.oracle.OraclePolicy``."""
-    own = robot is None
-    if robot is None:
-        robot = SimRobot(sim, robot_id="eval", seed=seed)
-    out: dict[str, float] = {}
-    for ti, name in enumerate(tasks):
-        spec = registry.get(name)
-        wins = 0
-        for k in range(episodes_per_task):
-            scene_seed = EVAL_SEED_OFFSET + seed * 100_000 + ti * 1000 + k
-            robot.reset_scene(scene_seed)
-            rng = np.random.default_rng(scene_seed)
-            run_episode(robot, policy_for(spec), spec, rng, sim.max_steps)
-            wins += spec.succeeded(robot.scene_state())
-        out[name] = wins / max(1, episodes_per_task)
-    if own:
-        robot.close()
-    return out
+
+def encode_outcomes(wins: Sequence[bool]) -> str:
+    """Episode outcomes as a compact string for JSON results: "1" success, "0" failure."""
+    return "".join("1" if w else "0" for w in wins)
+
+
+def decode_outcomes(text: str) -> list[bool]:
+    """The inverse of ``encode_outcomes``; anything but "0" and "1" is a ValueError."""
+    if set(text) - {"0", "1"}:
+        raise ValueError(f"episode outcomes are a string of 0 and 1, got {text[:40]!r}")
+    return [c == "1" for c in text]
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Policy B against policy A on the same n scenes.
+
+    only_a / only_b: scenes that only A / only B solved (the discordant pairs);
+    diff: B's success rate minus A's, (only_b - only_a) / n; ci95: a Wald interval for it
+    from the paired variance; p_value: McNemar's exact two-sided test (a binomial test of
+    only_b against only_a + only_b at one half)."""
+
+    n: int
+    a_rate: float
+    b_rate: float
+    only_a: int
+    only_b: int
+    diff: float
+    ci95: tuple[float, float]
+    p_value: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "n": self.n,
+            "a": round(self.a_rate, 4),
+            "b": round(self.b_rate, 4),
+            "only_a": self.only_a,
+            "only_b": self.only_b,
+            "b_minus_a": round(self.diff, 4),
+            "ci95": [round(self.ci95[0], 4), round(self.ci95[1], 4)],
+            "mcnemar_p": round(self.p_value, 4),
+        }
+
+
+def paired_comparison(a: Sequence[bool], b: Sequence[bool], z: float = 1.96) -> PairedComparison:
+    """Compare two policies' outcomes on the same scenes (``a[k]`` and ``b[k]`` are scene k).
+
+    Pairing removes the scene-to-scene variance that unpaired intervals carry: the
+    variance of the difference is (only_a + only_b - (only_b - only_a)^2 / n) / n^2."""
+    if len(a) != len(b):
+        raise ValueError(f"paired outcomes need the same scenes: {len(a)} against {len(b)}")
+    n = len(a)
+    if n == 0:
+        raise ValueError("paired comparison of zero scenes")
+    only_a = sum(1 for x, y in zip(a, b, strict=True) if x and not y)
+    only_b = sum(1 for x, y in zip(a, b, strict=True) if y and not x)
+    diff = (only_b - only_a) / n
+    var = (only_a + only_b - (only_b - only_a) ** 2 / n) / (n * n)
+    half = z * math.sqrt(max(0.0, var))
+    m = only_a + only_b
+    tail = sum(math.comb(m, i) for i in range(min(only_a, only_b) + 1)) / 2.0**m
+    return PairedComparison(
+        n=n,
+        a_rate=sum(a) / n,
+        b_rate=sum(b) / n,
+        only_a=only_a,
+        only_b=only_b,
+        diff=diff,
+        ci95=(max(-1.0, diff - half), min(1.0, diff + half)),
+        p_value=min(1.0, 2.0 * tail),
+    )

@@ -1,0 +1,98 @@
+"""Paired comparison of two policies evaluated on the same held-out scenes.
+
+``evaluate_run.py`` and ``ensemble_probe.py`` keep each episode's outcome, scene by scene.
+Two evaluations with the same --seed and --episodes ran the same scenes, so the
+difference of their success rates can be judged paired: scenes both solve or both fail
+carry no information about which policy is better, and the interval of the difference
+is much narrower than two unpaired Wilson intervals suggest (McNemar's exact test for the
+p-value; ``mtopt.eval.evaluate.paired_comparison``).
+
+Usage: python benchmarks/compare_evals.py --a FILE[:part][,FILE[:part]...]
+           --b FILE[:part][,...] --json OUT [--tasks lift-any,place-any]
+
+FILE is a result JSON; part picks a policy within it (acting, online, scripted,
+straight_down; default acting; ensemble results have one policy and take no part).
+Several files per side are pooled: the i-th file of --a pairs with the i-th of --b, and
+they must share seed and episode count (e.g. seed 5 and seed 6 on both sides).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from _results import write_result
+from mtopt.eval.evaluate import decode_outcomes, paired_comparison
+
+Outcomes = dict[str, list[bool]]
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """ "runs/x.json:online" -> ("runs/x.json", "online"); no part -> "acting"."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and tail and "/" not in tail and "." not in tail:
+        return head, tail
+    return spec, "acting"
+
+
+def load_outcomes(spec: str) -> tuple[tuple[int, int], Outcomes]:
+    """((seed, episodes per task), {task: outcomes}) of one policy in one result file."""
+    path, part = split_spec(spec)
+    res = json.loads(Path(path).read_text())
+    out: Outcomes = {}
+    for task, entry in res["per_task"].items():
+        row = entry if "outcomes" in entry else entry.get(part)
+        if row is None or "outcomes" not in row:
+            raise SystemExit(
+                f"{path}: no episode outcomes for {task!r} part {part!r} "
+                f"(has {sorted(entry)}; results written before outcomes were kept have none)"
+            )
+        out[task] = decode_outcomes(row["outcomes"])
+    return (int(res["seed"]), int(res["episodes_per_task"])), out
+
+
+def pooled(
+    a_specs: list[str], b_specs: list[str], tasks: list[str] | None
+) -> tuple[Outcomes, Outcomes]:
+    """Concatenated outcomes per task of each side; the i-th files of the two sides must
+    have run the same scenes (same seed and episode count)."""
+    if len(a_specs) != len(b_specs):
+        raise SystemExit(f"--a has {len(a_specs)} files, --b {len(b_specs)}: they pair up")
+    a_all: Outcomes = {}
+    b_all: Outcomes = {}
+    for sa, sb in zip(a_specs, b_specs, strict=True):
+        (scenes_a, a), (scenes_b, b) = load_outcomes(sa), load_outcomes(sb)
+        if scenes_a != scenes_b:
+            raise SystemExit(
+                f"{sa} ran (seed, episodes) {scenes_a}, {sb} ran {scenes_b}: not the same scenes"
+            )
+        for task in tasks or sorted(set(a) & set(b)):
+            if task not in a or task not in b:
+                raise SystemExit(f"task {task!r} is not in both {sa} and {sb}")
+            a_all.setdefault(task, []).extend(a[task])
+            b_all.setdefault(task, []).extend(b[task])
+    return a_all, b_all
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--a", required=True, help="FILE[:part][,...]: the baseline")
+    ap.add_argument("--b", required=True, help="FILE[:part][,...]: compared to the baseline")
+    ap.add_argument("--tasks", default="", help="default: the tasks both sides have")
+    ap.add_argument("--json", required=True)
+    args = ap.parse_args()
+    a_specs, b_specs = args.a.split(","), args.b.split(",")
+    a, b = pooled(a_specs, b_specs, args.tasks.split(",") if args.tasks else None)
+    write_result(
+        args.json,
+        {
+            "a": a_specs,
+            "b": b_specs,
+            "per_task": {t: paired_comparison(a[t], b[t]).as_dict() for t in a},
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
