@@ -33,7 +33,7 @@ import torch
 
 from _results import write_result
 from mtopt.eval.evaluate import encode_outcomes, evaluate_outcomes, rate_with_ci
-from mtopt.qtopt.cem import CEMConfig, cem_maximize
+from mtopt.qtopt.cem import CEMConfig, candidate_scorer, cem_maximize
 from mtopt.qtopt.learner import load_network
 from mtopt.qtopt.networks import QNetwork, q_state
 from mtopt.qtopt.weights import average_state_dicts, load_source
@@ -73,14 +73,15 @@ class EnsemblePolicy:
     def act(self, obs: Observation) -> np.ndarray:
         img = torch.from_numpy(np.ascontiguousarray(obs.image))[None]
         task = torch.tensor([self._task])
-        ctxs = []
-        for net in self.nets:
-            state = torch.from_numpy(q_state(obs.state, obs.pose, net.cfg))[None]
-            state_in, view = net.state_and_view(img, state)
-            ctxs.append((net, net.candidate_context(net.tower(img), state_in, task, img, view)))
+        scorers = [
+            candidate_scorer(
+                net, img, torch.from_numpy(q_state(obs.state, obs.pose, net.cfg))[None], task
+            )
+            for net in self.nets
+        ]
 
         def score(a: torch.Tensor) -> torch.Tensor:
-            q = torch.stack([torch.sigmoid(n.candidate_logits(c, a).float()) for n, c in ctxs])
+            q = torch.stack([torch.sigmoid(member(a)) for member in scorers])
             return torch.logit(q.mean(0), eps=1e-6)
 
         best, _ = cem_maximize(score, 1, self.cem, self._gen)

@@ -246,6 +246,25 @@ def repeat_rows(x: torch.Tensor, n: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def candidate_scorer(
+    net: QNetwork,
+    images: torch.Tensor,
+    states: torch.Tensor,
+    task_idx: torch.Tensor,
+    feats: torch.Tensor | None = None,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The Q logits of candidate actions (B, N, 6) -> (B, N) float32 at B fixed states.
+
+    Runs the image tower (unless ``feats`` are given), the view map and the
+    action-independent part of the merge once per state, now; the returned function runs
+    only the post-merge layers per candidate (``QNetwork.candidate_context``)."""
+    if feats is None:
+        feats = net.tower(images)
+    state_in, view = net.state_and_view(images, states)  # one view map per state
+    ctx = net.candidate_context(feats, state_in, task_idx, images, view)
+    return lambda a: net.candidate_logits(ctx, a).float()
+
+
 def cem_argmax(
     net: QNetwork,
     images: torch.Tensor,
@@ -264,12 +283,8 @@ def cem_argmax(
     cfg.validate()
     device = images.device if feats is None else feats.device
     with precision_context(cfg.precision, device):
-        if feats is None:
-            feats = net.tower(images)
-        state_in, view = net.state_and_view(images, states)  # one view map per state
-        ctx = net.candidate_context(feats, state_in, task_idx, images, view)
-        score = lambda a: net.candidate_logits(ctx, a).float()  # noqa: E731
-        b = int(feats.shape[0])
+        score = candidate_scorer(net, images, states, task_idx, feats)
+        b = int(images.shape[0])
         if cfg.gripper == "split":
             acts, logits = cem_maximize_split(score, b, cfg, generator, device=device)
             return choose_gripper_branch(acts, torch.sigmoid(logits), cfg.close_margin)
