@@ -118,18 +118,18 @@ def export_parts(
     dst: str | Path,
     parts: tuple[str, ...] = ("acting", "online"),
     prefix: str = "q",
-) -> Path:
+) -> tuple[Path, int, dict[str, Any]]:
     """Copy the latest published weights of ``src`` into ``dst`` with only the networks
     ``parts`` (e.g. the acting and online networks a policy needs, not the target
     networks), keeping their version and metadata, so ``dst`` loads like a run's
-    weights directory. Returns the written file."""
+    weights directory. Returns (the written file, version, meta)."""
     version, tensors, meta = load_latest(src, prefix)
     kept = {k: v for k, v in tensors.items() if k.split(".", 1)[0] in parts}
     missing = [p for p in parts if not split_prefixed(tensors, p)]
     if missing:
         raise WeightsError(f"the latest weights in {src} have no {missing} network")
     _refuse_published(Path(dst), prefix)
-    return publish(dst, kept, version, meta, prefix)
+    return publish(dst, kept, version, meta, prefix), version, meta
 
 
 def _refuse_published(d: Path, prefix: str) -> None:

@@ -100,23 +100,20 @@ def register(app: typer.Typer) -> None:
         """Export a run's learned policy: its config and its latest published weights with
         only the networks a policy needs. The folder acts like the run for `mtopt sim demo
         --run` and benchmarks/evaluate_run.py, without the episode store or checkpoints."""
-        import json
-
         from mtopt.config import ConfigError
         from mtopt.qtopt.weights import WeightsError, export_parts
         from mtopt.runtime.config import load_run_config
 
         try:
             cfg = load_run_config(run / "config.json")
-            path = export_parts(run / "weights", out / "weights", tuple(parts.split(",")))
+            path, version, meta = export_parts(
+                run / "weights", out / "weights", tuple(parts.split(","))
+            )
         except (ConfigError, WeightsError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
-        latest = json.loads((out / "weights" / "q-latest.json").read_text())
-        _write_policy_folder(
-            out, run, cfg, latest["version"], latest["meta"].get("step"), parts.split(",")
-        )
-        typer.echo(f"exported {path} (version {latest['version']}) and config.json to {out}")
+        _write_policy_folder(out, run, cfg, version, meta.get("step"), parts.split(","))
+        typer.echo(f"exported {path} (version {version}) and config.json to {out}")
 
     @app.command()
     def average(
