@@ -117,6 +117,19 @@ def test_tiny_run_then_resume(tmp_path: Path) -> None:
     # skill impersonation: lift episodes were shared with the other lift tasks
     assert comp["lift-ball"]["impersonated"] >= comp["lift-ball"]["original"]
     ids_before = {e.episode_id for e in EpisodeReader(out / "store").episodes()}
+    # the run ends by averaging its latest weights with its snapshot (step 20), evaluated
+    # on the same scenes as the final acting weights, paired
+    averaged = summary["averaged"]
+    assert [s["step"] for s in averaged["averaged"]["sources"]] == [summary["learner_steps"], 20]
+    assert (out / "policy-averaged" / "config.json").exists()
+    assert json.loads((out / "policy-averaged" / "evaluation.json").read_text()) == averaged
+    assert averaged["acting"] == summary["final"]["success"]
+    paired = averaged["averaged_minus_acting"]["lift-any"]
+    assert (
+        paired["n"] == averaged["episodes_per_task"] == 2
+        and paired["b"] == averaged["success"]["lift-any"]
+    )
+    assert "## Averaged policy" in (out / "report" / "report.md").read_text()
 
     # a second run into the same directory must be an explicit resume
     res = CliRunner().invoke(app, ["run", "--config", "tiny", "--out", str(out)])
@@ -144,6 +157,8 @@ def test_tiny_run_then_resume(tmp_path: Path) -> None:
     snaps = sorted((out / "weights" / "snapshots").glob("q-*.safetensors"))
     steps = [load_source(s)[2]["step"] for s in snaps]
     assert steps == [20, 40], steps
+    used = [s["step"] for s in summary2["averaged"]["averaged"]["sources"]]
+    assert used == [summary2["learner_steps"], 20, 40]  # the folder was replaced
     res = CliRunner().invoke(app, ["average", str(tmp_path / "swa"), str(out), *map(str, snaps)])
     assert res.exit_code == 0, res.output
     report = (out / "report" / "report.md").read_text()

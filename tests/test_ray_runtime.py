@@ -44,3 +44,7 @@ def test_ray_run_survives_killed_actors(tmp_path: Path) -> None:
     robots = {r["robot_id"] for r in reader.metadata()}
     assert robots == {"robot-00", "robot-01"}
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["runtime"] == "ray"
+    # the tiny preset ends by averaging the latest weights with the last snapshots
+    sources = summary["averaged"]["averaged"]["sources"]
+    assert sources[0]["step"] == summary["learner_steps"] and len(sources) >= 2
+    assert (tmp_path / "run" / "policy-averaged" / "evaluation.json").exists()

@@ -130,3 +130,53 @@ def test_mtopt_average_writes_the_mean_as_a_policy(tmp_path: Path) -> None:
     Learner(dataclasses.replace(SMALL, num_tasks=3)).publish(other)
     res = CliRunner().invoke(app, ["average", str(tmp_path / "c"), str(run), str(other)])
     assert res.exit_code == 2 and "different architecture" in res.output
+
+
+def test_a_run_averages_its_late_snapshots_into_a_replaced_folder(tmp_path: Path) -> None:
+    """``average_run``: the latest weights plus the last N snapshots, a snapshot of the
+    latest version not counted twice; a second call replaces the folder whole."""
+    from mtopt.runtime.policy_folder import AVERAGED, average_run, late_sources
+
+    run = tmp_path / "run"
+    cfg = override(preset("local"), ["sim.image_size=32"])
+    save_config(cfg, run / "config.json")
+    learner = Learner(dataclasses.replace(SMALL, num_tasks=len(DEFAULT_REGISTRY.names)))
+    for _ in range(4):  # versions 1..4, each snapshotted
+        with torch.no_grad():
+            for p in learner.online.parameters():
+                p.add_(1.0)
+        learner.publish(run / "weights")
+        snapshot_latest(run / "weights")
+    snaps = run / "weights" / "snapshots"
+    # the latest (v4) is also the last snapshot: v2 and v3 are the 2 snapshots before it
+    assert late_sources(run, 2) == [
+        run,
+        snaps / "q-00000002.safetensors",
+        snaps / "q-00000003.safetensors",
+    ]
+    assert late_sources(run, 0) == [run]
+    assert late_sources(run, 10)[1:] == sorted(snaps.glob("q-0000000[123].safetensors"))
+    folder, made = average_run(run, cfg, 2)
+    assert folder == run / AVERAGED
+    assert [s["version"] for s in made["averaged"]["sources"]] == [4, 2, 3]
+    _, tensors, _ = load_latest(folder / "weights")
+    members = [
+        split_prefixed(load_source(s)[1], p)
+        for s in late_sources(run, 2)
+        for p in ("acting", "online")
+    ]
+    k = next(iter(split_prefixed(tensors, "acting")))
+    expected = torch.stack([m[k] for m in members]).mean(0)
+    assert torch.allclose(tensors[f"acting.{k}"], expected)
+    assert json.loads((folder / "exported.json").read_text())["averaged"]["parts"] == [
+        "acting",
+        "online",
+    ]
+    # again, with one more version: the folder is replaced, no temporary folders are left
+    learner.publish(run / "weights")
+    folder, made = average_run(run, cfg, 1)
+    assert load_latest(folder / "weights")[0] == 5
+    assert [s["version"] for s in made["averaged"]["sources"]] == [5, 4]
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", AVERAGED, "weights"]
+    with pytest.raises(WeightsError, match="no published weights"):
+        late_sources(tmp_path, 1)

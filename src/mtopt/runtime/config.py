@@ -109,6 +109,12 @@ class RunConfig:
     snapshot_every: int = 5000
     """Learner steps between published weights kept for good in ``weights/snapshots/``
     (the first publication at or after each multiple; 0: none), for ``mtopt average``."""
+    average_last: int = 0
+    """At the end of each invocation, average the latest acting and online weights with
+    the last N snapshots into ``DIR/policy-averaged`` (checkpoint averaging) and evaluate
+    it on the same held-out scenes as the acting weights, paired (0: off; without
+    snapshots it averages the latest acting and online weights alone). Off by default:
+    over 800 held-out scenes it lifted +4.4 points in r34 and -5.0 in r35."""
     epsilon: float = 0.2
     """Random-action probability of the learned policy when collecting."""
     noise_std: float = 0.15
@@ -133,6 +139,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
+        if self.average_last < 0:
+            raise ValueError(f"average_last must be >= 0 (0: off), got {self.average_last}")
         if self.bellman_prefetch < 0:
             raise ValueError(
                 f"bellman_prefetch must be >= 0 (0: no background updater), "
@@ -203,6 +211,7 @@ def preset(name: str) -> RunConfig:
             publish_every=10,
             checkpoint_every=10,
             snapshot_every=20,
+            average_last=3,
             qnet=QNetConfig(tower_channels=8, head_channels=8, fc_units=16),
             cem_act=CEMConfig(samples=16, elites=4),
             cem_bellman=CEMConfig(iterations=1, samples=8, elites=2),

@@ -30,12 +30,12 @@ import torch
 from mtopt._io import atomic_write_json
 from mtopt.collect.fleet import FleetSpec, run_fleet
 from mtopt.config import ConfigError, changed_fields, describe_changes, save_config
-from mtopt.eval.evaluate import evaluate_policy
+from mtopt.eval.evaluate import evaluate_outcomes, evaluate_policy, paired_comparison
 from mtopt.policies.cem_policy import CEMPolicy
 from mtopt.policies.scripted import scripted_policy_for
 from mtopt.qtopt.learner import Learner
 from mtopt.qtopt.updater import BackgroundUpdater, BellmanUpdater
-from mtopt.qtopt.weights import snapshot_due, snapshot_latest
+from mtopt.qtopt.weights import WeightsError, snapshot_due, snapshot_latest
 from mtopt.replay.buffers import TaskBuffers
 from mtopt.replay.logreplay import LogReplay
 from mtopt.replay.source import replay_items
@@ -45,6 +45,7 @@ from mtopt.runtime.config import (
     load_run_config,
     resume_config,
 )
+from mtopt.runtime.policy_folder import average_run
 from mtopt.store.reader import EpisodeReader
 from mtopt.success.data import LabeledSet, episode_examples, stage_examples
 from mtopt.success.improve import disputes_given_labels, select_episodes
@@ -225,6 +226,8 @@ class LocalRun:
             )
         self.history: list[dict[str, Any]] = []
         self.log_lines: list[str] = []
+        self.last_outcomes: dict[str, list[bool]] = {}
+        """Episode outcomes of the latest evaluation of the acting weights, per task."""
         if resume and self.paths.config.exists():
             try:
                 saved = load_run_config(self.paths.config)
@@ -407,14 +410,10 @@ class LocalRun:
     def _eval_sim(self) -> Any:
         return dataclasses.replace(self.cfg.sim, object_split=self.cfg.eval.split)  # type: ignore[arg-type]
 
-    def evaluate_learned(self, learner: Learner) -> dict[str, float]:
-        # robots act on the CPU with published weights: evaluate the same way, wherever
-        # the learner trains (a GPU learner's nets are copied over)
-        net = (
-            learner.acting if learner.device.type == "cpu" else copy.deepcopy(learner.acting).cpu()
-        )
-        pol = CEMPolicy(self.registry.names, network=net, cem=self.cfg.cem_act, seed=self.cfg.seed)
-        return evaluate_policy(
+    def _eval_outcomes(self, pol: CEMPolicy) -> dict[str, list[bool]]:
+        """Episode outcomes of a greedy CEM policy per evaluation task, on the run's
+        held-out evaluation scenes (the same scenes at every evaluation)."""
+        return evaluate_outcomes(
             lambda spec: pol,
             self.registry,
             self.cfg.eval.tasks,
@@ -422,6 +421,59 @@ class LocalRun:
             self._eval_sim(),
             self.cfg.seed,
         )
+
+    def learned_outcomes(self, learner: Learner) -> dict[str, list[bool]]:
+        """Episode outcomes of the learner's acting weights (``_eval_outcomes``)."""
+        # robots act on the CPU with published weights: evaluate the same way, wherever
+        # the learner trains (a GPU learner's nets are copied over)
+        net = (
+            learner.acting if learner.device.type == "cpu" else copy.deepcopy(learner.acting).cpu()
+        )
+        pol = CEMPolicy(self.registry.names, network=net, cem=self.cfg.cem_act, seed=self.cfg.seed)
+        return self._eval_outcomes(pol)
+
+    def average_at_end(self) -> dict[str, Any] | None:
+        """Average the latest weights with the last ``average_last`` snapshots into
+        ``DIR/policy-averaged`` and evaluate it on the scenes of the last evaluation of
+        the acting weights, paired with it. None when off or when it cannot be made (the
+        reason is logged; the run's own results are unaffected)."""
+        last = self.cfg.average_last
+        if last == 0 or not self.last_outcomes:
+            return None
+        try:
+            folder, made = average_run(self.paths.root, self.cfg, last)
+        except WeightsError as exc:
+            self._log(f"no averaged policy: {exc}")
+            return None
+        pol = CEMPolicy(
+            self.registry.names,
+            weights_dir=folder / "weights",
+            cem=self.cfg.cem_act,
+            seed=self.cfg.seed,
+        )
+        outcomes = self._eval_outcomes(pol)
+        acting = self.last_outcomes
+        result = {
+            "folder": str(folder),
+            **made,
+            "episodes_per_task": self.cfg.eval.episodes_per_task,
+            "success": {t: sum(w) / max(1, len(w)) for t, w in outcomes.items()},
+            "acting": {t: sum(w) / max(1, len(w)) for t, w in acting.items()},
+            "averaged_minus_acting": {
+                t: paired_comparison(acting[t], w).as_dict()
+                for t, w in outcomes.items()
+                if w and len(acting.get(t, [])) == len(w)
+            },
+        }
+        atomic_write_json(folder / "evaluation.json", result)
+        self._log(
+            f"averaged policy ({len(made['averaged']['sources'])} checkpoints) in {folder}: "
+            + ", ".join(
+                f"{t}={r:.2f} (acting {result['acting'][t]:.2f})"
+                for t, r in result["success"].items()
+            )
+        )
+        return result
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> dict[str, Any]:
@@ -583,6 +635,7 @@ class LocalRun:
             ingested += replay.ingest(replay_items([e], c.qnet))
         learner.publish(p.weights)
         self._evaluate(learner, scripted, ingested, t_origin, sd, stats)
+        averaged = self.average_at_end()
         t_end = time.time()
         learner.save_checkpoint(p.checkpoint, checkpoint_extras(t_end))
         summary = {
@@ -605,6 +658,7 @@ class LocalRun:
             },
             "buffer_sizes": {t: list(v) for t, v in buffers.sizes().items()},
             "fleet": fleet_summary,
+            "averaged": averaged,
         }
         from mtopt.runtime.report import write_report
 
@@ -623,7 +677,8 @@ class LocalRun:
     ) -> None:
         """Evaluate the acting weights and append a point to the history; ``t0`` is when
         the run started (earlier invocations included), so ``wall_s`` is the run's age."""
-        learned = self.evaluate_learned(learner)
+        self.last_outcomes = self.learned_outcomes(learner)
+        learned = {t: sum(w) / max(1, len(w)) for t, w in self.last_outcomes.items()}
         point = {
             "step": learner.step,
             "episodes": episodes,

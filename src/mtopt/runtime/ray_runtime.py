@@ -279,6 +279,7 @@ def run_ray(
             ray.shutdown()
     learner.publish(p.weights)
     run._evaluate(learner, scripted, ingested, t0, sd, {})
+    averaged = run.average_at_end()
     t_end = time.time()
     learner.save_checkpoint(p.checkpoint, {"history": run.history, "elapsed_s": t_end - t0})
     summary = {
@@ -294,6 +295,7 @@ def run_ray(
         "scripted": scripted,
         "composition": comp
         or {t: {"original": 0, "impersonated": 0, "successes": 0} for t in run.registry.names},
+        "averaged": averaged,
     }
 
     class _NoBuffers:

@@ -1,0 +1,81 @@
+"""Policy folders: a run's learned policy on its own (``mtopt export``, ``mtopt average``,
+and the averaged policy a run writes at its end).
+
+A policy folder holds ``config.json`` (the run's config), ``weights/`` (published
+weights with only the networks a policy needs) and ``exported.json`` (where it came
+from). It acts like the run for ``mtopt sim demo --run`` and ``evaluate_run.py --run``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from mtopt._io import atomic_write_json
+from mtopt.config import save_config
+from mtopt.qtopt.weights import SNAPSHOTS, WeightsError, average_into, read_latest
+from mtopt.runtime.config import RunConfig
+
+AVERAGED = "policy-averaged"
+"""The folder in a run directory where the run writes its averaged policy at the end."""
+
+
+def write_policy_folder(
+    out: Path,
+    run: Path,
+    cfg: RunConfig,
+    version: int,
+    step: int | None,
+    parts: list[str],
+    **extra: object,
+) -> None:
+    """The rest of a policy folder, beside its weights: the run's config and
+    ``exported.json`` (where it came from, version, learner step, networks)."""
+    save_config(cfg, out / "config.json")
+    atomic_write_json(
+        out / "exported.json",
+        {
+            "from": str(run),
+            "version": version,
+            "learner_step": step,
+            "parts": parts,
+            **extra,
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )
+
+
+def late_sources(root: Path, last: int) -> list[Path]:
+    """What a run's end-of-run average takes: the run (its latest published weights) and
+    its last ``last`` weight snapshots, leaving out a snapshot of the latest version
+    itself (it would count twice). Only the run when it has no snapshots yet."""
+    latest = read_latest(root / "weights")
+    if latest is None:
+        raise WeightsError(f"no published weights in {root / 'weights'}")
+    snaps = sorted((root / "weights" / SNAPSHOTS).glob("q-*.safetensors"))
+    snaps = [s for s in snaps if s.name != latest["file"]]
+    return [root, *(snaps[-last:] if last > 0 else [])]
+
+
+def average_run(
+    root: Path, cfg: RunConfig, last: int, name: str = AVERAGED
+) -> tuple[Path, dict[str, Any]]:
+    """Average a run's latest acting and online weights with its last ``last`` snapshots
+    (``late_sources``) into the policy folder ``root/name``, replacing the one an earlier
+    invocation of the run wrote there. Built beside it first and swapped in by renames,
+    so a crash leaves the old folder or the new one (or, between the two renames, the old
+    one under ``.name.old``), never half of one. Returns (folder, its exported.json)."""
+    sources = late_sources(root, last)
+    dst, tmp, old = root / name, root / f".{name}.tmp", root / f".{name}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    _, version, meta = average_into(tmp / "weights", list(sources), ("acting", "online"))
+    averaged = {"parts": ["acting", "online"], "sources": meta["averaged"]}
+    write_policy_folder(tmp, root, cfg, version, meta.get("step"), ["acting"], averaged=averaged)
+    shutil.rmtree(old, ignore_errors=True)
+    if dst.exists():
+        dst.rename(old)
+    tmp.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)
+    return dst, {"version": version, "learner_step": meta.get("step"), "averaged": averaged}
