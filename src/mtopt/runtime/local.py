@@ -442,7 +442,7 @@ class LocalRun:
             return None
         try:
             folder, made = average_run(self.paths.root, self.cfg, last)
-        except WeightsError as exc:
+        except (WeightsError, OSError) as exc:
             self._log(f"no averaged policy: {exc}")
             return None
         pol = CEMPolicy(
@@ -635,9 +635,9 @@ class LocalRun:
             ingested += replay.ingest(replay_items([e], c.qnet))
         learner.publish(p.weights)
         self._evaluate(learner, scripted, ingested, t_origin, sd, stats)
-        averaged = self.average_at_end()
         t_end = time.time()
         learner.save_checkpoint(p.checkpoint, checkpoint_extras(t_end))
+        averaged = self.average_at_end()  # after the checkpoint: optional, never in its way
         summary = {
             "episodes": ingested,
             "learner_steps": learner.step,

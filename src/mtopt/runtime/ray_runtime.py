@@ -279,9 +279,9 @@ def run_ray(
             ray.shutdown()
     learner.publish(p.weights)
     run._evaluate(learner, scripted, ingested, t0, sd, {})
-    averaged = run.average_at_end()
     t_end = time.time()
     learner.save_checkpoint(p.checkpoint, {"history": run.history, "elapsed_s": t_end - t0})
+    averaged = run.average_at_end()  # after the checkpoint: optional, never in its way
     summary = {
         "runtime": "ray",
         "episodes": ingested,
