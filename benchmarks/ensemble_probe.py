@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from _results import write_result
-from mtopt.eval.evaluate import encode_outcomes, evaluate_outcomes, rate_with_ci
+from mtopt.eval.evaluate import encode_outcomes, evaluate_outcomes, rate_with_ci, success_rates
 from mtopt.qtopt.cem import CEMConfig, candidate_scorer, cem_maximize
 from mtopt.qtopt.learner import load_network
 from mtopt.qtopt.networks import QNetwork, q_state
@@ -127,11 +127,8 @@ def main() -> None:
             "episodes_per_task": args.episodes,
             "seed": args.seed,
             "per_task": {
-                t: {
-                    **rate_with_ci(sum(w) / max(1, len(w)), args.episodes),
-                    "outcomes": encode_outcomes(w),
-                }
-                for t, w in outcomes.items()
+                t: {**rate_with_ci(rate, args.episodes), "outcomes": encode_outcomes(outcomes[t])}
+                for t, rate in success_rates(outcomes).items()
             },
             "wall_s": round(time.perf_counter() - t0, 1),
         },

@@ -40,6 +40,7 @@ from mtopt.eval.evaluate import (
     evaluate_outcomes,
     paired_comparison,
     rate_with_ci,
+    success_rate,
 )
 from mtopt.policies.base import Policy
 from mtopt.policies.cem_policy import CEMPolicy
@@ -140,9 +141,8 @@ def main() -> None:
     outcomes: dict[tuple[str, str], list[bool]] = {}
     version = 0
     for task, which, wins, v in results:
-        rate = sum(wins) / max(1, len(wins))
         per_task[task][which] = {
-            **rate_with_ci(rate, args.episodes),
+            **rate_with_ci(success_rate(wins), args.episodes),
             "outcomes": encode_outcomes(wins),
         }
         outcomes[task, which] = wins

@@ -81,8 +81,19 @@ def evaluate_policy(
 ) -> dict[str, float]:
     """Ground-truth success rate per task on fixed held-out scenes (same scenes every call);
     the rates of ``evaluate_outcomes``."""
-    outcomes = evaluate_outcomes(policy_for, registry, tasks, episodes_per_task, sim, seed, robot)
-    return {name: sum(wins) / max(1, len(wins)) for name, wins in outcomes.items()}
+    return success_rates(
+        evaluate_outcomes(policy_for, registry, tasks, episodes_per_task, sim, seed, robot)
+    )
+
+
+def success_rate(wins: Sequence[bool]) -> float:
+    """The share of successful episodes (0 for no episodes)."""
+    return sum(wins) / max(1, len(wins))
+
+
+def success_rates(outcomes: dict[str, list[bool]]) -> dict[str, float]:
+    """The success rate per task of episode outcomes (``success_rate``)."""
+    return {name: success_rate(wins) for name, wins in outcomes.items()}
 
 
 def encode_outcomes(wins: Sequence[bool]) -> str:

@@ -148,6 +148,11 @@ def snapshot_due(step: int, every: int, publish_every: int) -> bool:
     return every > 0 and step % every < publish_every
 
 
+def snapshot_files(directory: str | Path, prefix: str = "q") -> list[Path]:
+    """The weight snapshots kept in ``<directory>/snapshots/``, oldest first."""
+    return sorted((Path(directory) / SNAPSHOTS).glob(f"{prefix}-*.safetensors"))
+
+
 def snapshot_latest(directory: str | Path, prefix: str = "q") -> Path:
     """Keep a copy of the latest published weights in ``<directory>/snapshots/``, which
     ``publish``'s pruning never touches (for averaging checkpoints after a run)."""

@@ -30,7 +30,12 @@ import torch
 from mtopt._io import atomic_write_json
 from mtopt.collect.fleet import FleetSpec, run_fleet
 from mtopt.config import ConfigError, changed_fields, describe_changes, save_config
-from mtopt.eval.evaluate import evaluate_outcomes, evaluate_policy, paired_comparison
+from mtopt.eval.evaluate import (
+    evaluate_outcomes,
+    evaluate_policy,
+    paired_comparison,
+    success_rates,
+)
 from mtopt.policies.cem_policy import CEMPolicy
 from mtopt.policies.scripted import scripted_policy_for
 from mtopt.qtopt.learner import Learner
@@ -457,8 +462,8 @@ class LocalRun:
             "folder": str(folder),
             **made,
             "episodes_per_task": self.cfg.eval.episodes_per_task,
-            "success": {t: sum(w) / max(1, len(w)) for t, w in outcomes.items()},
-            "acting": {t: sum(w) / max(1, len(w)) for t, w in acting.items()},
+            "success": success_rates(outcomes),
+            "acting": success_rates(acting),
             "averaged_minus_acting": {
                 t: paired_comparison(acting[t], w).as_dict()
                 for t, w in outcomes.items()
@@ -678,7 +683,7 @@ class LocalRun:
         """Evaluate the acting weights and append a point to the history; ``t0`` is when
         the run started (earlier invocations included), so ``wall_s`` is the run's age."""
         self.last_outcomes = self.learned_outcomes(learner)
-        learned = {t: sum(w) / max(1, len(w)) for t, w in self.last_outcomes.items()}
+        learned = success_rates(self.last_outcomes)
         point = {
             "step": learner.step,
             "episodes": episodes,

@@ -15,7 +15,7 @@ from typing import Any
 
 from mtopt._io import atomic_write_json
 from mtopt.config import save_config
-from mtopt.qtopt.weights import SNAPSHOTS, WeightsError, average_into, read_latest
+from mtopt.qtopt.weights import WeightsError, average_into, read_latest, snapshot_files
 from mtopt.runtime.config import RunConfig
 
 AVERAGED = "policy-averaged"
@@ -54,8 +54,7 @@ def late_sources(root: Path, last: int) -> list[Path]:
     latest = read_latest(root / "weights")
     if latest is None:
         raise WeightsError(f"no published weights in {root / 'weights'}")
-    snaps = sorted((root / "weights" / SNAPSHOTS).glob("q-*.safetensors"))
-    snaps = [s for s in snaps if s.name != latest["file"]]
+    snaps = [s for s in snapshot_files(root / "weights") if s.name != latest["file"]]
     return [root, *(snaps[-last:] if last > 0 else [])]
 
 

@@ -142,9 +142,9 @@ def _averaged_lines(averaged: dict[str, Any] | None) -> list[str]:
 
 def _snapshot_lines(root: Path) -> list[str]:
     """The weight snapshots the run kept, and how to average its late ones."""
-    from mtopt.qtopt.weights import SNAPSHOTS, WeightsError, load_source
+    from mtopt.qtopt.weights import WeightsError, load_source, snapshot_files
 
-    snaps = sorted((root / "weights" / SNAPSHOTS).glob("q-*.safetensors"))
+    snaps = snapshot_files(root / "weights")
     if not snaps:
         return []
     rows = []
