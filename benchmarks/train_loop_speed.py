@@ -35,9 +35,15 @@ from mtopt.runtime.config import preset
 
 
 def synthetic_buffers(
-    tasks: tuple[str, ...], image: int, episodes: int, steps: int, seed: int = 0
+    tasks: tuple[str, ...],
+    image: int,
+    episodes: int,
+    steps: int,
+    seed: int = 0,
+    state_dim: int = 2,
 ) -> TaskBuffers:
-    """Episodes with random images, half of them successes of their task."""
+    """Episodes with random images and states of ``state_dim`` features (the network's:
+    4 with ``gripper_xy``), half of them successes of their task."""
     rng = np.random.default_rng(seed)
     buf = TaskBuffers(tasks, capacity_per_bucket=episodes)
     for i in range(episodes):
@@ -46,7 +52,7 @@ def synthetic_buffers(
             f"e{i}",
             task,
             rng.integers(0, 256, (steps + 1, image, image, 3), dtype=np.uint8),
-            rng.random((steps + 1, 2), dtype=np.float32),
+            rng.random((steps + 1, state_dim), dtype=np.float32),
             rng.uniform(-1, 1, (steps, 6)).astype(np.float32),
         )
         buf.add(ep, [(task, float(i % 2))])
@@ -85,7 +91,9 @@ def main() -> None:
         )
     learner_cfg = dataclasses.replace(cfg.learner, device=args.device)
     tasks = tuple(f"task{i}" for i in range(cfg.qnet.num_tasks))
-    buffers = synthetic_buffers(tasks, cfg.qnet.image_size, 4 * len(tasks), cfg.sim.max_steps)
+    buffers = synthetic_buffers(
+        tasks, cfg.qnet.image_size, 4 * len(tasks), cfg.sim.max_steps, state_dim=cfg.qnet.state_dim
+    )
     learner = Learner(cfg.qnet, learner_cfg)
     dev = learner.device
     rows = []

@@ -43,9 +43,10 @@ class LearnerConfig:
     """Max gradient norm (0: off)."""
     seed: int = 0
     """Seed of the network initialisation."""
-    precision: Literal["fp32", "bf16", "auto"] = "fp32"
-    """Forward pass under bf16 autocast ('auto': only on CPUs with AMX). Weights, Adam
-    state and the loss stay fp32. With the tower's GroupNorm (QNetConfig.norm) bf16 is
+    precision: Literal["fp32", "bf16", "auto", "native"] = "fp32"
+    """Forward pass under bf16 autocast ('auto': only on CPUs with AMX; 'native': on any
+    CPU with native bf16 arithmetic, AMX or AVX-512 BF16, as ``CEMConfig.precision``).
+    Weights, Adam state and the loss stay fp32. With the tower's GroupNorm (QNetConfig.norm) bf16 is
     no faster on CPU; without it, ~2.4x (see benchmarks/learner_speed.py)."""
     log_every: int = 25
     """Steps between TensorBoard scalars."""
@@ -76,6 +77,11 @@ class LearnerConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.mc_mix <= 1.0:
             raise ValueError(f"learner.mc_mix must be in [0, 1], got {self.mc_mix}")
+        if self.precision not in ("fp32", "bf16", "auto", "native"):
+            raise ValueError(
+                "learner.precision must be 'fp32', 'bf16', 'auto' or 'native', "
+                f"got {self.precision!r}"
+            )
 
 
 class Learner:
