@@ -46,8 +46,11 @@ class LearnerConfig:
     precision: Literal["fp32", "bf16", "auto", "native"] = "fp32"
     """Forward pass under bf16 autocast ('auto': only on CPUs with AMX; 'native': on any
     CPU with native bf16 arithmetic, AMX or AVX-512 BF16, as ``CEMConfig.precision``).
-    Weights, Adam state and the loss stay fp32. With the tower's GroupNorm (QNetConfig.norm) bf16 is
-    no faster on CPU; without it, ~2.4x (see benchmarks/learner_speed.py)."""
+    Weights, Adam state and the loss stay fp32. With the tower's GroupNorm
+    (QNetConfig.norm) bf16 is no faster on CPU; without it, ~2.4x (see
+    benchmarks/learner_speed.py). Run r36 (native learner and targets, ~1.4x the steps
+    per hour) matched the fp32 runs' 3-hour success at 145 minutes
+    (docs/learning-history.md)."""
     log_every: int = 25
     """Steps between TensorBoard scalars."""
     acting_tau: float = 0.001
