@@ -143,6 +143,7 @@ def _averaged_lines(averaged: dict[str, Any] | None) -> list[str]:
 def _snapshot_lines(root: Path) -> list[str]:
     """The weight snapshots the run kept, and how to average its late ones."""
     from mtopt.qtopt.weights import WeightsError, load_source, snapshot_files
+    from mtopt.runtime.policy_folder import late_sources
 
     snaps = snapshot_files(root / "weights")
     if not snaps:
@@ -154,7 +155,10 @@ def _snapshot_lines(root: Path) -> list[str]:
             rows.append({"snapshot": p.name, "version": version, "learner step": meta.get("step")})
         except WeightsError:  # unreadable: listed without its version and step
             rows.append({"snapshot": p.name, "version": None, "learner step": None})
-    late = " ".join(str(p) for p in snaps[-3:])
+    try:  # the same late snapshots as the run's own average: none of the latest version
+        late = " ".join(str(p) for p in late_sources(root, 3)[1:])
+    except WeightsError:
+        late = " ".join(str(p) for p in snaps[-3:])
     return [
         "## Weight snapshots",
         "",
