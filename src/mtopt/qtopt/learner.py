@@ -49,8 +49,8 @@ class LearnerConfig:
     Weights, Adam state and the loss stay fp32. With the tower's GroupNorm
     (QNetConfig.norm) bf16 is no faster on CPU; without it, ~2.4x (see
     benchmarks/learner_speed.py). Run r36 (native learner and targets, ~1.4x the steps
-    per hour) matched the fp32 runs' 3-hour success at 145 minutes
-    (docs/learning-history.md)."""
+    per hour) matched the fp32 runs' 3-hour success at 145 minutes, and at 3 hours was
+    3-4 points under them (not significant; docs/learning-history.md)."""
     log_every: int = 25
     """Steps between TensorBoard scalars."""
     acting_tau: float = 0.001
