@@ -66,17 +66,21 @@ def test_auto_and_native_precision_follow_the_cpu(
 
 def test_native_learner_trains_under_bf16_autocast(monkeypatch: pytest.MonkeyPatch) -> None:
     """precision='native' on a CPU with AVX-512 BF16 runs the forward pass in bf16 (the
-    loss still fp32 and finite); without native bf16 it is the fp32 step exactly."""
+    loss still fp32 and finite); without native bf16 it is the fp32 step exactly. Both
+    CPU probes are faked, so the test means the same on CPUs with and without AMX."""
     b = batch(3)
     steps = {}
     for native in (False, True):
+        cem.has_fast_bf16.cache_clear()
         cem.has_native_bf16.cache_clear()
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda n=native: n)
         try:
             for precision in ("fp32", "native"):
                 learner = Learner(SMALL, LearnerConfig(precision=precision, seed=1))
                 steps[native, precision] = learner.train_step(b)["loss"]
         finally:
+            cem.has_fast_bf16.cache_clear()
             cem.has_native_bf16.cache_clear()
     assert steps[False, "native"] == steps[False, "fp32"]
     assert np.isfinite(steps[True, "native"]) and steps[True, "native"] != steps[True, "fp32"]
