@@ -75,8 +75,8 @@ class CollectConfig:
     scripted one with its exploration (run r7, lift-any), and a skill whose successes dry
     up stops learning. Later, with the learned policy far above the scripted one, 0.95
     (runs r37, r38: two seeds, 110 minutes) placed 80% held-out on average against 75-78%
-    for 0.75 at 2.5-3 hours, and lifted 55-66% against 66-67%: the seed moved each task
-    by 5-11 points (docs/learning-history.md)."""
+    for 0.75 at 2.5-3 hours, and lifted 55-66% against 66-67%: the seed (and the
+    machine) moved each task by 5-11 points (docs/learning-history.md)."""
 
     def validate(self) -> CollectConfig:
         if not 0.0 <= self.reset_prob <= 1.0:
