@@ -4,6 +4,7 @@ learner + Bellman updater whose weights and checkpoints CPU-only robots load unc
 The CUDA tests skip where PyTorch sees no GPU (CI); they ran on an H100 (see README).
 """
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,50 +39,55 @@ def test_device_names_resolve_or_fail_clearly(monkeypatch: pytest.MonkeyPatch) -
     assert use_bf16("bf16", "cpu") and not use_bf16("fp32", "cuda")
 
 
+FakeCpu = Callable[[bool, bool], None]
+
+
+@pytest.fixture
+def fake_cpu(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCpu]:
+    """Fake the CPU's AMX and AVX-512 BF16 probes (cached in ``cem``), so precision tests
+    mean the same on every machine; the caches are cleared again afterwards."""
+
+    def fake(amx: bool, avx512_bf16: bool) -> None:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        cem.has_fast_bf16.cache_clear()
+        cem.has_native_bf16.cache_clear()
+
+    yield fake
+    cem.has_fast_bf16.cache_clear()
+    cem.has_native_bf16.cache_clear()
+
+
 @pytest.mark.parametrize(
     ("amx", "avx512_bf16", "auto", "native"),
     [(False, False, False, False), (False, True, False, True), (True, True, True, True)],
 )
 def test_auto_and_native_precision_follow_the_cpu(
-    monkeypatch: pytest.MonkeyPatch, amx: bool, avx512_bf16: bool, auto: bool, native: bool
+    fake_cpu: FakeCpu, amx: bool, avx512_bf16: bool, auto: bool, native: bool
 ) -> None:
     """'auto' is bf16 only with AMX; 'native' also with AVX-512 BF16; neither on a GPU."""
-    cem.has_fast_bf16.cache_clear()
-    cem.has_native_bf16.cache_clear()
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
-    try:
-        assert use_bf16("auto", "cpu") is auto
-        assert use_bf16("native", "cpu") is native
-        assert not use_bf16("native", "cuda") and not use_bf16("auto", "cuda")
-        assert use_bf16("bf16", "cpu") and not use_bf16("fp32", "cpu")
-    finally:
-        cem.has_fast_bf16.cache_clear()
-        cem.has_native_bf16.cache_clear()
+    fake_cpu(amx, avx512_bf16)
+    assert use_bf16("auto", "cpu") is auto
+    assert use_bf16("native", "cpu") is native
+    assert not use_bf16("native", "cuda") and not use_bf16("auto", "cuda")
+    assert use_bf16("bf16", "cpu") and not use_bf16("fp32", "cpu")
     with pytest.raises(ValueError, match="'native'"):
         CEMConfig(precision="fast").validate()  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="'native'"):
         LearnerConfig(precision="fast")  # type: ignore[arg-type]
 
 
-def test_native_learner_trains_under_bf16_autocast(monkeypatch: pytest.MonkeyPatch) -> None:
-    """precision='native' on a CPU with AVX-512 BF16 runs the forward pass in bf16 (the
-    loss still fp32 and finite); without native bf16 it is the fp32 step exactly. Both
-    CPU probes are faked, so the test means the same on CPUs with and without AMX."""
+def test_native_learner_trains_under_bf16_autocast(fake_cpu: FakeCpu) -> None:
+    """precision='native' on a CPU with AVX-512 BF16 (no AMX) runs the forward pass in
+    bf16 (the loss still fp32 and finite); without native bf16 it is the fp32 step
+    exactly."""
     b = batch(3)
     steps = {}
     for native in (False, True):
-        cem.has_fast_bf16.cache_clear()
-        cem.has_native_bf16.cache_clear()
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda n=native: n)
-        try:
-            for precision in ("fp32", "native"):
-                learner = Learner(SMALL, LearnerConfig(precision=precision, seed=1))
-                steps[native, precision] = learner.train_step(b)["loss"]
-        finally:
-            cem.has_fast_bf16.cache_clear()
-            cem.has_native_bf16.cache_clear()
+        fake_cpu(False, native)
+        for precision in ("fp32", "native"):
+            learner = Learner(SMALL, LearnerConfig(precision=precision, seed=1))
+            steps[native, precision] = learner.train_step(b)["loss"]
     assert steps[False, "native"] == steps[False, "fp32"]
     assert np.isfinite(steps[True, "native"]) and steps[True, "native"] != steps[True, "fp32"]
 
