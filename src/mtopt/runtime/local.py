@@ -42,6 +42,7 @@ from mtopt.qtopt.learner import Learner
 from mtopt.qtopt.updater import BackgroundUpdater, BellmanUpdater
 from mtopt.qtopt.weights import WeightsError, snapshot_due, snapshot_latest
 from mtopt.replay.buffers import TaskBuffers
+from mtopt.replay.ingest import StoreIngest
 from mtopt.replay.logreplay import LogReplay
 from mtopt.replay.source import replay_items
 from mtopt.runtime.config import (
@@ -573,29 +574,32 @@ class LocalRun:
             """What a resume needs besides the learner: history, SD labels, the run's age."""
             return {"history": self.history, "sd_labels": sd_labels, "elapsed_s": now - t_origin}
 
-        ingested, since_sd, recent = 0, 0, []
+        # LogReplay tails the store from a thread of its own (replay/ingest.py says why)
+        ingest = StoreIngest(
+            reader,
+            lambda eps: replay.ingest(replay_items(eps, c.qnet)),
+            keep_recent=5 * max(1, c.sd.label_budget_per_round),
+        )
+        needed = min(c.replay.min_episodes, max(1, c.max_episodes or c.replay.min_episodes))
         last_eval_step = learner.step
         deadline = t_start + c.budget_minutes * 60
         stats: dict[str, float] = {}
         try:
             while True:
-                eps = reader.poll()
-                if eps:
-                    ingested += replay.ingest(replay_items(eps, c.qnet))
-                    since_sd += len(eps)
-                    recent.extend(eps)
-                    recent = recent[-5 * max(1, c.sd.label_budget_per_round) :]
-                if c.max_episodes and ingested >= c.max_episodes:
+                ingest.check()
+                if c.max_episodes and ingest.ingested >= c.max_episodes:
                     stop_fleet.set()
                 if sd_round_due(
-                    since_sd, c.sd.improve_every_episodes, c.sd.improve_growth, sd.version - 1
+                    ingest.since_mark,
+                    c.sd.improve_every_episodes,
+                    c.sd.improve_growth,
+                    sd.version - 1,
                 ):
-                    sd, sd_labels = self.improve_sd(sd, recent, sd_labels)
-                    replay.set_reward_model(sd)
-                    since_sd = 0
-                if len(buffers) >= min(
-                    c.replay.min_episodes, max(1, c.max_episodes or c.replay.min_episodes)
-                ):
+                    with ingest.paused():
+                        sd, sd_labels = self.improve_sd(sd, ingest.recent(), sd_labels)
+                        replay.set_reward_model(sd)
+                        ingest.mark()
+                if len(buffers) >= needed:
                     if c.bellman_prefetch and background is None:
                         background = BackgroundUpdater(updater, c.bellman_prefetch)
                     batch = background.get() if background else updater.make_batch()
@@ -612,16 +616,18 @@ class LocalRun:
                         learner.save_checkpoint(p.checkpoint, checkpoint_extras(time.time()))
                     if learner.step - last_eval_step >= c.eval.every_steps:
                         last_eval_step = learner.step
-                        self._evaluate(learner, scripted, ingested, t_origin, sd, stats)
+                        self._evaluate(learner, scripted, ingest.ingested, t_origin, sd, stats)
                     bar.set_postfix(
-                        episodes=ingested,
+                        episodes=ingest.ingested,
                         sd=f"v{sd.version}",
                         q=f"v{learner.version}",
                         loss=f"{stats.get('loss', 0):.3f}",
                         refresh=False,  # shown on the bar's next (rate-limited) refresh
                     )
                 elif not thread.is_alive():
-                    break
+                    ingest.close()  # the fleet is done: read what it wrote last
+                    if len(buffers) < needed:
+                        break
                 else:
                     time.sleep(0.2)
                 if time.time() > deadline or (
@@ -636,8 +642,8 @@ class LocalRun:
                 background.close()
             stop_fleet.set()
             thread.join(timeout=60)
-        for e in reader.poll():  # episodes flushed while stopping
-            ingested += replay.ingest(replay_items([e], c.qnet))
+            ingest.close()  # after one last poll: episodes flushed while stopping
+        ingested = ingest.ingested
         learner.publish(p.weights)
         self._evaluate(learner, scripted, ingested, t_origin, sd, stats)
         t_end = time.time()

@@ -403,25 +403,23 @@ class SimCell:
                 vi = vis[0]
                 self._shape_cache[key] = (col, vi)
             else:
-                col = p(
-                    pb.createCollisionShapeArray,
-                    shapeTypes=[self._ptype(q) for q in spec.parts],
-                    radii=[q.dims[0] for q in spec.parts],
-                    halfExtents=[
+                geometry = {
+                    "shapeTypes": [self._ptype(q) for q in spec.parts],
+                    "radii": [q.dims[0] for q in spec.parts],
+                    "halfExtents": [
                         list(q.dims) if q.shape == "box" else [0, 0, 0] for q in spec.parts
                     ],
-                    lengths=[q.dims[1] if len(q.dims) > 1 else 0 for q in spec.parts],
+                    "lengths": [q.dims[1] if len(q.dims) > 1 else 0 for q in spec.parts],
+                }
+                col = p(
+                    pb.createCollisionShapeArray,
+                    **geometry,
                     collisionFramePositions=poss,
                     collisionFrameOrientations=orns,
                 )
                 vi = p(
                     pb.createVisualShapeArray,
-                    shapeTypes=[self._ptype(q) for q in spec.parts],
-                    radii=[q.dims[0] for q in spec.parts],
-                    halfExtents=[
-                        list(q.dims) if q.shape == "box" else [0, 0, 0] for q in spec.parts
-                    ],
-                    lengths=[q.dims[1] if len(q.dims) > 1 else 0 for q in spec.parts],
+                    **geometry,
                     visualFramePositions=poss,
                     visualFrameOrientations=orns,
                     rgbaColors=[list(spec.rgba)] * len(spec.parts),
