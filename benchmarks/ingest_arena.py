@@ -23,7 +23,6 @@ import dataclasses
 import os
 import platform
 import resource
-import sys
 import threading
 import time
 from pathlib import Path
@@ -31,15 +30,12 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _results import write_result  # noqa: E402
-from train_loop_speed import synthetic_buffers  # noqa: E402
-
-from mtopt.qtopt.learner import Learner  # noqa: E402
-from mtopt.qtopt.updater import BellmanUpdater  # noqa: E402
-from mtopt.runtime.config import preset  # noqa: E402
-from mtopt.store.reader import EpisodeReader  # noqa: E402
+from _results import write_result
+from mtopt.qtopt.learner import Learner
+from mtopt.qtopt.updater import BellmanUpdater
+from mtopt.runtime.config import preset
+from mtopt.store.reader import EpisodeReader
+from train_loop_speed import synthetic_buffers
 
 
 def rss_gib() -> float:
@@ -112,7 +108,9 @@ def main() -> None:
         "config": args.config,
         "precision": args.precision,
         "arms": arms,
-        "same_over_other": round(arms["same_thread"]["ms_step"] / arms["other_thread"]["ms_step"], 2),
+        "same_over_other": round(
+            arms["same_thread"]["ms_step"] / arms["other_thread"]["ms_step"], 2
+        ),
         "other_over_fresh": round(arms["other_thread"]["ms_step"] / arms["fresh"]["ms_step"], 2),
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,

@@ -120,6 +120,10 @@ def test_tiny_run_then_resume(tmp_path: Path) -> None:
     # skill impersonation: lift episodes were shared with the other lift tasks
     assert comp["lift-ball"]["impersonated"] >= comp["lift-ball"]["original"]
     ids_before = {e.episode_id for e in EpisodeReader(out / "store").episodes()}
+    # the checkpoint carries the episodes counted towards the next SD round: a resume
+    # goes on counting from there instead of counting its re-read store as new
+    extra = torch.load(out / "checkpoints" / "learner.pt", weights_only=False)["extra"]
+    assert 0 <= extra["sd_since"] <= summary["episodes"]
     # the run ends by averaging its latest weights with its snapshot (step 20), evaluated
     # on the same scenes as the final acting weights, paired
     averaged = summary["averaged"]

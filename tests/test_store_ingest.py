@@ -88,3 +88,17 @@ def test_an_error_in_the_thread_is_raised_to_the_caller() -> None:
     assert isinstance(info.value.__cause__, ValueError)
     with pytest.raises(RuntimeError):
         ing.close()
+
+
+def test_a_resume_does_not_count_its_re_read_store_towards_the_next_sd_round() -> None:
+    src = ListSource()
+    src.add(*range(100))  # the store as the resumed run finds it
+    ing = StoreIngest(
+        src, lambda eps: len(eps), interval_s=0.01, since_mark=40, count_first_poll=False
+    )
+    assert ing.wait_for(100, timeout_s=5)
+    assert ing.since_mark == 40  # the saved count, not 40 + 100
+    src.add(100, 101, 102)  # collected after the resume
+    assert ing.wait_for(103, timeout_s=5)
+    assert ing.since_mark == 43 and ing.polled == 103
+    ing.close()

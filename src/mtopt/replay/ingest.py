@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Generic, Protocol, TypeVar
 
@@ -40,6 +40,12 @@ class StoreIngest(Generic[E]):
     An error in the thread stops it and is raised again by the next ``check()``.
     ``close()`` stops the thread after one last poll, so nothing already in the store is
     left out of the final counts.
+
+    ``since_mark`` counts episodes read since the last ``mark()``, starting from
+    ``since_mark`` (a resumed run's saved count). With ``count_first_poll=False`` the
+    first poll's episodes are ingested but not counted there: a resumed run re-reads its
+    whole store, and those episodes were counted before it stopped. (Start the thread
+    before the robots: the first poll lists the shards there are when it starts.)
     """
 
     def __init__(
@@ -49,6 +55,8 @@ class StoreIngest(Generic[E]):
         interval_s: float = 0.5,
         keep_recent: int = 0,
         name: str = "store-ingest",
+        since_mark: int = 0,
+        count_first_poll: bool = True,
     ):
         self._source = source
         self._ingest = ingest
@@ -57,7 +65,8 @@ class StoreIngest(Generic[E]):
         self._pause = threading.Lock()  # held while polling + ingesting
         self._state = threading.Lock()  # guards the counters below
         self._ingested = 0
-        self._since_mark = 0
+        self._since_mark = since_mark
+        self._count_next = count_first_poll
         self._polled = 0
         self._recent: list[E] = []
         self._error: BaseException | None = None
@@ -69,12 +78,13 @@ class StoreIngest(Generic[E]):
         """One poll + ingest; returns how many episodes the poll found."""
         with self._pause:
             eps = self._source.poll()
+            counted, self._count_next = self._count_next, True
             if not eps:
                 return 0
             taken = self._ingest(eps)
             with self._state:
                 self._ingested += taken
-                self._since_mark += len(eps)
+                self._since_mark += len(eps) if counted else 0
                 self._polled += len(eps)
                 if self._keep_recent:
                     self._recent = (self._recent + eps)[-self._keep_recent :]
@@ -111,7 +121,7 @@ class StoreIngest(Generic[E]):
         with self._state:
             self._since_mark = 0
 
-    def recent(self) -> Sequence[E]:
+    def recent(self) -> list[E]:
         """The last ``keep_recent`` episodes read."""
         with self._state:
             return list(self._recent)

@@ -493,10 +493,12 @@ class LocalRun:
         t_start = time.time()
         t_origin = t_start  # when the run started, counting its earlier invocations
         sd = self.init_sd()
-        if self.resume and p.checkpoint.exists():
+        resumed = self.resume and p.checkpoint.exists()
+        if resumed:
             learner, extra = resume_learner(p, c)
             self.history = list(extra.get("history", []))
             sd_labels = int(extra.get("sd_labels", 0))
+            sd_since = int(extra.get("sd_since", 0))
             t_origin = t_start - elapsed_before(extra)
             self._log(
                 f"resumed learner at step {learner.step} (weights v{learner.version}, "
@@ -504,7 +506,7 @@ class LocalRun:
             )
         else:
             learner = Learner(c.qnet, c.learner, logdir=p.root / "tb")
-            sd_labels = 0
+            sd_labels = sd_since = 0
         scripted = self.scripted_baseline()
         self._log(
             "scripted baseline (held-out): "
@@ -554,6 +556,16 @@ class LocalRun:
             fleet_summary.update(run_fleet(spec, should_stop=stop_fleet.is_set))
 
         p.store.mkdir(parents=True, exist_ok=True)
+        # LogReplay tails the store from a thread of its own (replay/ingest.py says why),
+        # started before the robots so that its first poll is the store as the run found
+        # it: a resumed run counted those episodes towards its next SD round before.
+        ingest = StoreIngest(
+            reader,
+            lambda eps: replay.ingest(replay_items(eps, c.qnet)),
+            keep_recent=5 * max(1, c.sd.label_budget_per_round),
+            since_mark=sd_since,
+            count_first_poll=not resumed,
+        )
         thread = threading.Thread(target=fleet, name="fleet", daemon=True)
         thread.start()
         self._log(f"fleet started: {c.robots} robot process(es) -> {p.store}")
@@ -572,14 +584,13 @@ class LocalRun:
 
         def checkpoint_extras(now: float) -> dict[str, Any]:
             """What a resume needs besides the learner: history, SD labels, the run's age."""
-            return {"history": self.history, "sd_labels": sd_labels, "elapsed_s": now - t_origin}
+            return {
+                "history": self.history,
+                "sd_labels": sd_labels,
+                "sd_since": ingest.since_mark,  # episodes towards the next SD round
+                "elapsed_s": now - t_origin,
+            }
 
-        # LogReplay tails the store from a thread of its own (replay/ingest.py says why)
-        ingest = StoreIngest(
-            reader,
-            lambda eps: replay.ingest(replay_items(eps, c.qnet)),
-            keep_recent=5 * max(1, c.sd.label_budget_per_round),
-        )
         needed = min(c.replay.min_episodes, max(1, c.max_episodes or c.replay.min_episodes))
         last_eval_step = learner.step
         deadline = t_start + c.budget_minutes * 60
