@@ -96,6 +96,31 @@ def test_resume_refuses_a_checkpoint_of_another_network(tmp_path) -> None:
     assert describe_changes(QNetConfig(), QNetConfig()) == ""
 
 
+def test_resume_after_a_kill_counts_on_from_the_newest_published_weights(tmp_path) -> None:
+    """A run killed between checkpoints has published weights newer than its checkpoint;
+    the resumed learner must publish past them, not fail on its first publish."""
+    from mtopt.qtopt.learner import Learner, LearnerConfig
+    from mtopt.qtopt.weights import read_latest
+    from mtopt.runtime.config import preset
+    from mtopt.runtime.local import RunPaths, resume_learner
+
+    cfg = preset("tiny")
+    paths = RunPaths(tmp_path)
+    paths.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    learner = Learner(cfg.qnet, LearnerConfig())
+    assert learner.publish(paths.weights) == 1
+    learner.save_checkpoint(paths.checkpoint)
+    assert learner.publish(paths.weights) == 2  # after the checkpoint, then the kill
+    assert learner.publish(paths.weights) == 3
+    resumed, _ = resume_learner(paths, cfg)
+    assert resumed.version == 3
+    assert resumed.publish(paths.weights) == 4
+    assert read_latest(paths.weights)["version"] == 4  # type: ignore[index]
+    # a clean stop (checkpoint after the last publish) keeps its own version
+    resumed.save_checkpoint(paths.checkpoint)
+    assert resume_learner(paths, cfg)[0].version == 4
+
+
 def test_describe_changes_names_nested_fields() -> None:
     from mtopt.runtime.config import preset
 

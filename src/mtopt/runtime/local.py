@@ -40,7 +40,7 @@ from mtopt.policies.cem_policy import CEMPolicy
 from mtopt.policies.scripted import scripted_policy_for
 from mtopt.qtopt.learner import Learner
 from mtopt.qtopt.updater import BackgroundUpdater, BellmanUpdater
-from mtopt.qtopt.weights import WeightsError, snapshot_due, snapshot_latest
+from mtopt.qtopt.weights import WeightsError, read_latest, snapshot_due, snapshot_latest
 from mtopt.replay.buffers import TaskBuffers
 from mtopt.replay.ingest import StoreIngest
 from mtopt.replay.logreplay import LogReplay
@@ -186,6 +186,13 @@ def resume_learner(paths: RunPaths, cfg: RunConfig) -> tuple[Learner, dict[str, 
             f"the checkpoint {paths.checkpoint} holds another Q-network than the config "
             f"({diff}; checkpoint -> config)"
         )
+    # A run killed between checkpoints has published versions past the checkpoint's. They
+    # belong to training that was lost, but robots have acted with them and tagged episodes
+    # with their numbers, so the resumed learner counts on from the newest one (publish()
+    # refuses to go back; versions stay unique and increasing).
+    latest = read_latest(paths.weights)
+    if latest is not None and int(latest["version"]) > learner.version:
+        learner.version = int(latest["version"])
     return learner, extra
 
 
