@@ -142,8 +142,13 @@ def test_tiny_run_then_resume(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["run", "--config", "tiny", "--out", str(out)])
     assert res.exit_code == 2 and "--resume" in res.output
     resume = ["run", "--config", "tiny", "--out", str(out), "--resume"]
-    res = CliRunner().invoke(app, [*resume, "--set", "max_learner_steps=45", *slack])
+    # a store's shard at a time: the resumed run re-reads its store in parts, and its
+    # learner waits for the last part
+    shards = len(list((out / "store" / "shards").glob("*/*.parquet")))
+    one_by_one = ["--set", "replay.read_shards_per_poll=1"]
+    res = CliRunner().invoke(app, [*resume, "--set", "max_learner_steps=45", *one_by_one, *slack])
     assert res.exit_code == 0, res.output
+    assert f"re-read the store: {len(ids_before)} episodes from {shards} shards" in res.output
     summary2 = json.loads((out / "summary.json").read_text())
     assert summary2["learner_steps"] >= 45  # continued from the checkpoint (30), not from 0
     assert summary2["q_version"] > summary["q_version"]

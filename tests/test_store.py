@@ -73,6 +73,20 @@ def test_poll_tails_new_shards_only(tmp_path: Path) -> None:
     assert [e.episode_id for e in r.poll()] == ["ep00009"]
 
 
+def test_poll_reads_a_bounded_number_of_shards_oldest_first(tmp_path: Path) -> None:
+    w = EpisodeWriter(tmp_path, "r0", flush_every=2)
+    for i in range(7):  # shards of 2, 2, 2 and 1 episodes
+        w.write(make_episode(i))
+    w.flush()
+    r = EpisodeReader(tmp_path, shards_per_poll=3)
+    assert [e.episode_id for e in r.poll()] == [f"ep{i:05d}" for i in range(6)]
+    assert r.behind == 1
+    assert [e.episode_id for e in r.poll(max_shards=5)] == ["ep00006"]  # an explicit limit
+    assert r.behind == 0 and r.poll() == [] and r.behind == 0
+    with pytest.raises(ValueError, match="shards_per_poll"):
+        EpisodeReader(tmp_path, shards_per_poll=0)
+
+
 def test_skip_starts_from_the_newest_shards(tmp_path: Path) -> None:
     w = EpisodeWriter(tmp_path, "r0", flush_every=2)
     for i in range(6):

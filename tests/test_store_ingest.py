@@ -11,11 +11,13 @@ from mtopt.replay.ingest import StoreIngest
 class ListSource:
     """A store stand-in: ``add`` appends episodes, ``poll`` returns the unread ones."""
 
-    def __init__(self) -> None:
+    def __init__(self, per_poll: int | None = None) -> None:
         self.items: list[int] = []
         self.read = 0
         self.lock = threading.Lock()
         self.fail: Exception | None = None
+        self.per_poll = per_poll  # like EpisodeReader's shards_per_poll, one item a shard
+        self.largest_poll = 0
 
     def add(self, *xs: int) -> None:
         with self.lock:
@@ -25,8 +27,10 @@ class ListSource:
         if self.fail is not None:
             raise self.fail
         with self.lock:
-            out = self.items[self.read :]
-            self.read = len(self.items)
+            end = len(self.items) if self.per_poll is None else self.read + self.per_poll
+            out = self.items[self.read : end]
+            self.read += len(out)
+            self.largest_poll = max(self.largest_poll, len(out))
             return out
 
 
@@ -91,14 +95,45 @@ def test_an_error_in_the_thread_is_raised_to_the_caller() -> None:
 
 
 def test_a_resume_does_not_count_its_re_read_store_towards_the_next_sd_round() -> None:
-    src = ListSource()
-    src.add(*range(100))  # the store as the resumed run finds it
-    ing = StoreIngest(
-        src, lambda eps: len(eps), interval_s=0.01, since_mark=40, count_first_poll=False
-    )
+    src = ListSource(per_poll=30)
+    src.add(*range(100))  # the store as the resumed run finds it: 4 polls of at most 30
+    ing = StoreIngest(src, lambda eps: len(eps), interval_s=0.01, since_mark=40, backlog_polls=4)
     assert ing.wait_for(100, timeout_s=5)
+    assert ing.caught_up and ing.backlog_read == 100
     assert ing.since_mark == 40  # the saved count, not 40 + 100
+    assert src.largest_poll == 30  # read in parts, never the whole store at once
     src.add(100, 101, 102)  # collected after the resume
     assert ing.wait_for(103, timeout_s=5)
     assert ing.since_mark == 43 and ing.polled == 103
     ing.close()
+
+
+def test_caught_up_only_after_the_backlog_is_read() -> None:
+    src, go = ListSource(per_poll=10), threading.Event()
+
+    def take(eps: list[int]) -> int:
+        go.wait(5)  # hold the first part until the test has looked
+        return len(eps)
+
+    src.add(*range(50))
+    ing = StoreIngest(src, take, interval_s=0.01, backlog_polls=5)
+    assert not ing.caught_up  # the first part is being read
+    go.set()
+    assert ing.wait_for(50, timeout_s=5)
+    assert ing.caught_up and ing.since_mark == 0
+    ing.close()
+    fresh = StoreIngest(ListSource(), lambda eps: len(eps), interval_s=0.01)
+    assert fresh.caught_up  # a new run has no backlog
+    fresh.close()
+    with pytest.raises(ValueError, match="backlog_polls"):
+        StoreIngest(ListSource(), lambda eps: len(eps), backlog_polls=-1)
+
+
+def test_close_reads_every_part_of_what_is_left() -> None:
+    src, got = ListSource(per_poll=2), []
+    ing = StoreIngest(src, lambda eps: got.extend(eps) or len(eps), interval_s=30.0)
+    assert ing.wait_for(0, timeout_s=1)
+    time.sleep(0.05)  # the thread found nothing and sleeps for 30 s
+    src.add(*range(7))  # four parts
+    ing.close()
+    assert got == list(range(7)) and src.largest_poll == 2

@@ -35,6 +35,15 @@ class ReplayConfig:
     """Transitions per training batch."""
     min_episodes: int = 200
     """Episodes ingested before training starts."""
+    read_shards_per_poll: int = 64
+    """Store shards LogReplay reads at a time (~1000 episodes at the fleet's 16 per
+    shard). A resumed run re-reads its store in parts of this size before training goes
+    on, so its memory is bounded by the buffers, not by the store (a 50k-episode store is
+    ~6.5 GB decoded)."""
+
+    def __post_init__(self) -> None:
+        if self.read_shards_per_poll < 1:
+            raise ValueError(f"read_shards_per_poll must be >= 1, got {self.read_shards_per_poll}")
 
 
 @dataclass(frozen=True)

@@ -539,7 +539,9 @@ class LocalRun:
             buffers_lock=buffers_lock,
         )
         background: BackgroundUpdater | None = None
-        reader = EpisodeReader(p.store, must_exist=False)
+        reader = EpisodeReader(
+            p.store, must_exist=False, shards_per_poll=c.replay.read_shards_per_poll
+        )
         spec = FleetSpec(
             store=str(p.store),
             robots=c.robots,
@@ -564,14 +566,17 @@ class LocalRun:
 
         p.store.mkdir(parents=True, exist_ok=True)
         # LogReplay tails the store from a thread of its own (replay/ingest.py says why),
-        # started before the robots so that its first poll is the store as the run found
-        # it: a resumed run counted those episodes towards its next SD round before.
+        # started before the robots so that its backlog is the store as the run found it:
+        # a resumed run counted those episodes towards its next SD round before, and its
+        # learner waits until they are read (in parts, so memory is bounded by the
+        # buffers), rather than train on the store's oldest episodes meanwhile.
+        backlog = len(reader.new_shards()) if resumed else 0
         ingest = StoreIngest(
             reader,
             lambda eps: replay.ingest(replay_items(eps, c.qnet)),
             keep_recent=5 * max(1, c.sd.label_budget_per_round),
             since_mark=sd_since,
-            count_first_poll=not resumed,
+            backlog_polls=-(-backlog // c.replay.read_shards_per_poll),
         )
         thread = threading.Thread(target=fleet, name="fleet", daemon=True)
         thread.start()
@@ -602,9 +607,16 @@ class LocalRun:
         last_eval_step = learner.step
         deadline = t_start + c.budget_minutes * 60
         stats: dict[str, float] = {}
+        backlog_read = backlog == 0
         try:
             while True:
                 ingest.check()
+                if not backlog_read and ingest.caught_up:
+                    backlog_read = True
+                    self._log(
+                        f"re-read the store: {ingest.backlog_read} episodes from {backlog} shards "
+                        f"in {time.time() - t_start:.0f} s, {len(buffers)} kept by the buffers"
+                    )
                 if c.max_episodes and ingest.ingested >= c.max_episodes:
                     stop_fleet.set()
                 if sd_round_due(
@@ -617,7 +629,7 @@ class LocalRun:
                         sd, sd_labels = self.improve_sd(sd, ingest.recent(), sd_labels)
                         replay.set_reward_model(sd)
                         ingest.mark()
-                if len(buffers) >= needed:
+                if backlog_read and len(buffers) >= needed:
                     if c.bellman_prefetch and background is None:
                         background = BackgroundUpdater(updater, c.bellman_prefetch)
                     batch = background.get() if background else updater.make_batch()

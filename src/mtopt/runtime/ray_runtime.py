@@ -107,7 +107,11 @@ def _replay_actor_cls() -> Any:
             self.replay = LogReplay(
                 DEFAULT_REGISTRY, self.buffers, self.sd, cfg.replay.impersonation
             )
-            self.reader = EpisodeReader(self.root / "store", must_exist=False)
+            self.reader = EpisodeReader(
+                self.root / "store",
+                must_exist=False,
+                shards_per_poll=cfg.replay.read_shards_per_poll,
+            )
             nets = [QNetwork(cfg.qnet).eval(), QNetwork(cfg.qnet).eval()]
             self.updater = BellmanUpdater(
                 self.buffers,
@@ -151,7 +155,9 @@ def _replay_actor_cls() -> Any:
             if eps:
                 self.ingested += self.replay.ingest(replay_items(eps, self.cfg.qnet))
             out = []
-            if len(self.buffers) >= min(
+            # a store larger than one poll (a resumed run's) is read in parts first: no
+            # batches from its oldest part meanwhile
+            if self.reader.behind == 0 and len(self.buffers) >= min(
                 self.cfg.replay.min_episodes, self.cfg.max_episodes or self.cfg.replay.min_episodes
             ):
                 for _ in range(batches):

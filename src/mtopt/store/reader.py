@@ -45,8 +45,17 @@ def quarantine(store_dir: str | Path, path: Path, reason: str) -> Path | None:
 
 
 class EpisodeReader:
-    def __init__(self, store_dir: str | Path, must_exist: bool = True):
+    def __init__(
+        self, store_dir: str | Path, must_exist: bool = True, shards_per_poll: int | None = None
+    ):
+        """``shards_per_poll`` bounds what one ``poll()`` reads (None: every new shard), so
+        a consumer that keeps a bounded part of a large store never holds all of it."""
+        if shards_per_poll is not None and shards_per_poll < 1:
+            raise ValueError(f"shards_per_poll must be >= 1 or None, got {shards_per_poll}")
         self.store_dir = Path(store_dir)
+        self.shards_per_poll = shards_per_poll
+        self.behind = 0
+        """New shards the last ``poll()`` left for the next ones (0: it read them all)."""
         if must_exist and not (self.store_dir / SHARDS).is_dir():
             raise StoreNotFoundError(
                 f"no episode store at {self.store_dir} (expected {self.store_dir / SHARDS}/)"
@@ -78,9 +87,14 @@ class EpisodeReader:
         self._seen.update(Path(p) for p in paths)
 
     def poll(self, max_shards: int | None = None) -> list[Episode]:
-        """Episodes from shards not read before (oldest first)."""
+        """Episodes from shards not read before (oldest first): at most ``max_shards``
+        shards (default: the reader's ``shards_per_poll``); ``behind`` says how many
+        are left."""
+        limit = max_shards if max_shards is not None else self.shards_per_poll
+        paths = self.new_shards()
+        self.behind = max(0, len(paths) - limit) if limit is not None else 0
         out: list[Episode] = []
-        for path in self.new_shards()[:max_shards]:
+        for path in paths[:limit]:
             self._seen.add(path)
             table = self._read(path)
             if table is not None:
