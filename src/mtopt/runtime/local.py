@@ -615,7 +615,8 @@ class LocalRun:
                     backlog_read = True
                     self._log(
                         f"re-read the store: {ingest.backlog_read} episodes from {backlog} shards "
-                        f"in {time.time() - t_start:.0f} s, {len(buffers)} kept by the buffers"
+                        f"({len(buffers)} kept by the buffers), {time.time() - t_start:.0f} s "
+                        "after the resume started: training goes on"
                     )
                 if c.max_episodes and ingest.ingested >= c.max_episodes:
                     stop_fleet.set()
