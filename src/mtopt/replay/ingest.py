@@ -88,14 +88,13 @@ class StoreIngest(Generic[E]):
         with self._pause:
             eps = self._source.poll()
             counted = self._backlog_left == 0
-            if not eps:
-                with self._state:  # a backlog part of corrupt (quarantined) shards
-                    self._backlog_left = max(0, self._backlog_left - 1)
-                return 0
-            taken = self._ingest(eps)
+            # an empty poll still uses up a backlog part (its shards were all corrupt)
+            taken = self._ingest(eps) if eps else 0
             with self._state:
-                self._backlog_read += 0 if counted else len(eps)
                 self._backlog_left = max(0, self._backlog_left - 1)
+                if not eps:
+                    return 0
+                self._backlog_read += 0 if counted else len(eps)
                 self._ingested += taken
                 self._since_mark += len(eps) if counted else 0
                 self._polled += len(eps)

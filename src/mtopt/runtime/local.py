@@ -607,12 +607,12 @@ class LocalRun:
         last_eval_step = learner.step
         deadline = t_start + c.budget_minutes * 60
         stats: dict[str, float] = {}
-        backlog_read = backlog == 0
+        backlog_done = backlog == 0
         try:
             while True:
                 ingest.check()
-                if not backlog_read and ingest.caught_up:
-                    backlog_read = True
+                if not backlog_done and ingest.caught_up:
+                    backlog_done = True
                     self._log(
                         f"re-read the store: {ingest.backlog_read} episodes from {backlog} shards "
                         f"({len(buffers)} kept by the buffers), {time.time() - t_start:.0f} s "
@@ -630,7 +630,7 @@ class LocalRun:
                         sd, sd_labels = self.improve_sd(sd, ingest.recent(), sd_labels)
                         replay.set_reward_model(sd)
                         ingest.mark()
-                if backlog_read and len(buffers) >= needed:
+                if backlog_done and len(buffers) >= needed:
                     if c.bellman_prefetch and background is None:
                         background = BackgroundUpdater(updater, c.bellman_prefetch)
                     batch = background.get() if background else updater.make_batch()
