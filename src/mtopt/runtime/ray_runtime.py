@@ -1,7 +1,7 @@
 """Ray runtime: the same components as the local runtime, as Ray actors.
 
   RobotActor  x N   (collect.CollectLoop + store.EpisodeWriter)   --> shared store dir
-  ReplayActor x M   (store reader -> LogReplay -> BellmanUpdater)  --> TrainBatch arrays
+  ReplayActor x M   (ReplayService: store reader -> LogReplay -> BellmanUpdater) --> batches
   driver            (qtopt.Learner: SGD, publish weights, checkpoints, evaluation, report)
 
 Weights travel through the shared run directory (published atomically, reloaded by
@@ -84,106 +84,111 @@ def _robot_actor_cls() -> Any:
     return RobotActor
 
 
+class ReplayService:
+    """One replay worker's loop, without Ray: the store's new shards -> LogReplay (SD
+    rewards, impersonation, the bounded per-task buffers) -> Bellman targets with the
+    newest published target networks. ``step(n)`` returns up to ``n`` batches as numpy
+    arrays; none while the buffers hold fewer than ``replay.min_episodes`` episodes or the
+    store is still being read in parts (``replay.read_shards_per_poll``; a resumed run's,
+    or a killed actor's restart). The Ray runtime runs it as ``ReplayActor``."""
+
+    def __init__(self, cfg: RunConfig, root: str, seed: int):
+        import torch
+
+        torch.set_num_threads(1)
+        from mtopt.qtopt.networks import QNetwork
+        from mtopt.qtopt.updater import BellmanUpdater
+        from mtopt.replay.buffers import TaskBuffers
+        from mtopt.replay.logreplay import LogReplay
+        from mtopt.store.reader import EpisodeReader
+        from mtopt.success.network import SuccessDetector
+        from mtopt.tasks import DEFAULT_REGISTRY
+
+        self.cfg, self.root = cfg, Path(root)
+        self.sd = SuccessDetector.load(self.root / "sd", DEFAULT_REGISTRY.names)
+        self.buffers = TaskBuffers(DEFAULT_REGISTRY.names, cfg.replay.capacity_per_bucket)
+        self.replay = LogReplay(DEFAULT_REGISTRY, self.buffers, self.sd, cfg.replay.impersonation)
+        self.reader = EpisodeReader(
+            self.root / "store",
+            must_exist=False,
+            shards_per_poll=cfg.replay.read_shards_per_poll,
+        )
+        nets = [QNetwork(cfg.qnet).eval(), QNetwork(cfg.qnet).eval()]
+        self.updater = BellmanUpdater(
+            self.buffers,
+            nets,
+            cfg.cem_bellman,
+            cfg.learner.gamma,
+            cfg.replay.batch_size,
+            cfg.replay.success_ratio,
+            cfg.replay.rebalance,
+            seed,
+            mc_bound=cfg.learner.mc_bound,
+            mc_mix=cfg.learner.mc_mix,
+        )
+        self.q_version = -1
+        self.ingested = 0
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def _reload(self) -> None:
+        from mtopt.qtopt.learner import load_network
+        from mtopt.qtopt.weights import load_latest, read_latest
+        from mtopt.success.network import SuccessDetector
+
+        latest = read_latest(self.root / "weights")
+        if latest is not None and int(latest["version"]) != self.q_version:
+            version, tensors, meta = load_latest(self.root / "weights")
+            self.updater.set_targets(
+                [load_network(tensors, meta, "target0"), load_network(tensors, meta, "target1")]
+            )
+            self.q_version = version
+        if SuccessDetector.latest_version(self.root / "sd") > self.sd.version:
+            self.sd = SuccessDetector.load(self.root / "sd")
+            self.replay.set_reward_model(self.sd)
+
+    def step(self, batches: int) -> dict[str, Any]:
+        from mtopt.replay.source import replay_items
+
+        self._reload()
+        eps = self.reader.poll()
+        if eps:
+            self.ingested += self.replay.ingest(replay_items(eps, self.cfg.qnet))
+        out = []
+        # a store larger than one poll (a resumed run's) is read in parts first: no
+        # batches from its oldest part meanwhile
+        if self.reader.behind == 0 and len(self.buffers) >= min(
+            self.cfg.replay.min_episodes, self.cfg.max_episodes or self.cfg.replay.min_episodes
+        ):
+            for _ in range(batches):
+                b = self.updater.make_batch()
+                out.append(
+                    {
+                        k: getattr(b, k).numpy()
+                        for k in ("images", "states", "actions", "task_idx", "targets")
+                    }
+                )
+        comp = {
+            t: {
+                "original": self.replay.stats.collected.get(t, 0),
+                "impersonated": self.replay.stats.impersonated.get(t, 0),
+                "successes": self.replay.stats.impersonated_success.get(t, 0),
+            }
+            for t in self.buffers.tasks
+        }
+        return {
+            "batches": out,
+            "ingested": self.ingested,
+            "episodes_held": len(self.buffers),
+            "composition": comp,
+        }
+
+
 def _replay_actor_cls() -> Any:
     import ray
 
-    @ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0.5)
-    class ReplayActor:
-        def __init__(self, cfg: RunConfig, root: str, seed: int):
-            import torch
-
-            torch.set_num_threads(1)
-            from mtopt.qtopt.networks import QNetwork
-            from mtopt.qtopt.updater import BellmanUpdater
-            from mtopt.replay.buffers import TaskBuffers
-            from mtopt.replay.logreplay import LogReplay
-            from mtopt.store.reader import EpisodeReader
-            from mtopt.success.network import SuccessDetector
-            from mtopt.tasks import DEFAULT_REGISTRY
-
-            self.cfg, self.root = cfg, Path(root)
-            self.sd = SuccessDetector.load(self.root / "sd", DEFAULT_REGISTRY.names)
-            self.buffers = TaskBuffers(DEFAULT_REGISTRY.names, cfg.replay.capacity_per_bucket)
-            self.replay = LogReplay(
-                DEFAULT_REGISTRY, self.buffers, self.sd, cfg.replay.impersonation
-            )
-            self.reader = EpisodeReader(
-                self.root / "store",
-                must_exist=False,
-                shards_per_poll=cfg.replay.read_shards_per_poll,
-            )
-            nets = [QNetwork(cfg.qnet).eval(), QNetwork(cfg.qnet).eval()]
-            self.updater = BellmanUpdater(
-                self.buffers,
-                nets,
-                cfg.cem_bellman,
-                cfg.learner.gamma,
-                cfg.replay.batch_size,
-                cfg.replay.success_ratio,
-                cfg.replay.rebalance,
-                seed,
-                mc_bound=cfg.learner.mc_bound,
-                mc_mix=cfg.learner.mc_mix,
-            )
-            self.q_version = -1
-            self.ingested = 0
-
-        def pid(self) -> int:
-            return os.getpid()
-
-        def _reload(self) -> None:
-            from mtopt.qtopt.learner import load_network
-            from mtopt.qtopt.weights import load_latest, read_latest
-            from mtopt.success.network import SuccessDetector
-
-            latest = read_latest(self.root / "weights")
-            if latest is not None and int(latest["version"]) != self.q_version:
-                version, tensors, meta = load_latest(self.root / "weights")
-                self.updater.set_targets(
-                    [load_network(tensors, meta, "target0"), load_network(tensors, meta, "target1")]
-                )
-                self.q_version = version
-            if SuccessDetector.latest_version(self.root / "sd") > self.sd.version:
-                self.sd = SuccessDetector.load(self.root / "sd")
-                self.replay.set_reward_model(self.sd)
-
-        def step(self, batches: int) -> dict[str, Any]:
-            from mtopt.replay.source import replay_items
-
-            self._reload()
-            eps = self.reader.poll()
-            if eps:
-                self.ingested += self.replay.ingest(replay_items(eps, self.cfg.qnet))
-            out = []
-            # a store larger than one poll (a resumed run's) is read in parts first: no
-            # batches from its oldest part meanwhile
-            if self.reader.behind == 0 and len(self.buffers) >= min(
-                self.cfg.replay.min_episodes, self.cfg.max_episodes or self.cfg.replay.min_episodes
-            ):
-                for _ in range(batches):
-                    b = self.updater.make_batch()
-                    out.append(
-                        {
-                            k: getattr(b, k).numpy()
-                            for k in ("images", "states", "actions", "task_idx", "targets")
-                        }
-                    )
-            comp = {
-                t: {
-                    "original": self.replay.stats.collected.get(t, 0),
-                    "impersonated": self.replay.stats.impersonated.get(t, 0),
-                    "successes": self.replay.stats.impersonated_success.get(t, 0),
-                }
-                for t in self.buffers.tasks
-            }
-            return {
-                "batches": out,
-                "ingested": self.ingested,
-                "episodes_held": len(self.buffers),
-                "composition": comp,
-            }
-
-    return ReplayActor
+    return ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0.5)(ReplayService)
 
 
 def run_ray(

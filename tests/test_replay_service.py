@@ -1,0 +1,55 @@
+"""ReplayService (the Ray runtime's replay actor, without Ray): a store larger than one
+poll is read in parts, and no batches come from its oldest part meanwhile."""
+
+from pathlib import Path
+
+import torch
+
+from mtopt.config import override
+from mtopt.runtime.config import preset
+from mtopt.runtime.ray_runtime import ReplayService
+from mtopt.store import EpisodeWriter
+from mtopt.success.network import SDNetConfig, SuccessDetector, SuccessNet
+from mtopt.tasks import DEFAULT_REGISTRY
+from test_store import make_episode
+
+
+def _write(store: Path, first: int, n: int) -> None:
+    with EpisodeWriter(store, f"r{first}", flush_every=2) as w:  # a shard every 2 episodes
+        for i in range(first, first + n):
+            w.write(make_episode(i, steps=3, size=64))
+
+
+def test_reads_a_large_store_in_parts_before_giving_batches(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    _write(root / "store", 0, 8)  # 4 shards
+    SuccessDetector(SuccessNet(SDNetConfig()), DEFAULT_REGISTRY.names).publish(root / "sd", 1)
+    cfg = override(preset("tiny"), ["replay.read_shards_per_poll=1", "replay.min_episodes=2"])
+    threads = torch.get_num_threads()
+    try:
+        svc = ReplayService(cfg, str(root), seed=0)
+        held, counts = [], []
+        for _ in range(4):
+            out = svc.step(2)
+            held.append(out["episodes_held"])
+            counts.append(len(out["batches"]))
+        # one shard (2 episodes) a step; batches only once the last part is in, although
+        # the buffers held min_episodes after the first
+        assert held == [2, 4, 6, 8] and counts == [0, 0, 0, 2]
+        assert svc.reader.behind == 0 and svc.ingested == 8
+        b = out["batches"][0]
+        assert b["images"].shape[0] == cfg.replay.batch_size
+        assert set(b) == {"images", "states", "actions", "task_idx", "targets"}
+        assert out["composition"]["lift-any"]["original"] == 8
+
+        # what robots write later is read on the next step, and batches go on
+        _write(root / "store", 100, 2)
+        out = svc.step(1)
+        assert out["episodes_held"] == 10 and len(out["batches"]) == 1
+
+        # a restarted actor (Ray restarts a killed one) rebuilds from the whole store
+        again = ReplayService(cfg, str(root), seed=1)
+        counts = [len(again.step(1)["batches"]) for _ in range(5)]
+        assert counts == [0, 0, 0, 0, 1] and again.ingested == 10
+    finally:
+        torch.set_num_threads(threads)
