@@ -8,6 +8,7 @@ app = typer.Typer(
     name="mtopt",
     help="MT-Opt: continuous multi-task robotic RL on a simulated (or real) robot cell.",
     no_args_is_help=True,
+    rich_markup_mode="markdown",
     pretty_exceptions_show_locals=False,
 )
 

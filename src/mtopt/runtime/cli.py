@@ -12,9 +12,10 @@ def register(app: typer.Typer) -> None:
     def run(
         config: str | None = typer.Option(
             None,
-            help="Preset: local (default, the paper's network, ~20 min), tuned (local with "
-            "the gripper's x, y, CoordConv and Monte-Carlo-mixed targets: the best measured "
-            "here), tiny (1-2 min), bench (~3 h). "
+            help="Preset: local (default, the paper's network, ~20 min), tuned (the best "
+            "measured here: local with the gripper's x, y, CoordConv, a gripper crop at each "
+            "candidate move's destination, Monte-Carlo-mixed targets and quieter "
+            "exploration; give it --minutes), tiny (1-2 min), bench (~3 h). "
             "With --resume the run continues with its own config.json.",
         ),
         out: Path = typer.Option(
@@ -93,9 +94,11 @@ def register(app: typer.Typer) -> None:
             "acting,online", help="Networks to keep (acting, online, target0, target1)."
         ),
     ) -> None:
-        """Export a run's learned policy: its config and its latest published weights with
-        only the networks a policy needs. The folder acts like the run for `mtopt sim demo
-        --run` and benchmarks/evaluate_run.py, without the episode store or checkpoints."""
+        """Export a run's learned policy (config and latest weights) to a small folder.
+
+        Keeps only the networks a policy needs. The folder acts like the run for `mtopt sim
+        demo --run` and benchmarks/evaluate_run.py, without the episode store or checkpoints.
+        """
         from mtopt.config import ConfigError
         from mtopt.qtopt.weights import WeightsError, export_parts
         from mtopt.runtime.config import load_run_config
@@ -129,8 +132,9 @@ def register(app: typer.Typer) -> None:
             "source that is a run or exported folder).",
         ),
     ) -> None:
-        """Average checkpoints of one run into one network (stochastic weight averaging):
-        the element-wise mean of the chosen networks of every source, written as an
+        """Average checkpoints of one run into one network (stochastic weight averaging).
+
+        The element-wise mean of the chosen networks of every source, written as an
         exported policy whose acting network is the average. Free at acting time, and not
         a sure gain: over 800 held-out scenes, acting+online at 128, 146 and 180 minutes
         lifted 71% against 67% for r34's 180-minute acting weights, while r35's last four

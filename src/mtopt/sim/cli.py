@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from mtopt.policies.base import Policy
     from mtopt.sim.cell import SimConfig
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown")
 
 
 @app.command()

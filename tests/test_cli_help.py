@@ -1,0 +1,38 @@
+"""Every ``mtopt`` command prints its help: the docstrings and option texts render
+(markdown markup), and the command list shows each command's one-line summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from typer.testing import CliRunner
+
+from mtopt.cli import app
+
+
+def _commands(group: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out: list[tuple[str, ...]] = []
+    for name, cmd in group.commands.items():
+        path = (*prefix, name)
+        out.append(path)
+        if hasattr(cmd, "commands"):  # a sub-app (Typer vendors its own click)
+            out.extend(_commands(cmd, path))
+    return out
+
+
+def test_every_command_prints_help() -> None:
+    root = typer.main.get_command(app)
+    assert hasattr(root, "commands")
+    paths = _commands(root)
+    names = {" ".join(p) for p in paths}
+    assert {"run", "collect", "export", "average", "sd label", "store stats"} <= names
+    runner = CliRunner()
+    for path in paths:
+        r = runner.invoke(app, [*path, "--help"], terminal_width=100)
+        assert r.exit_code == 0, (path, r.output[-1000:])
+        assert "Usage:" in r.output, path
+    top = runner.invoke(app, ["--help"], terminal_width=100).output
+    # the command list shows the first paragraph of each docstring, not a wrapped dump
+    assert "Export a run's learned policy (config and latest weights)" in top
+    assert "sure gain" not in top
