@@ -251,3 +251,137 @@ def test_timeline_command_on_a_store(tmp_path: Path) -> None:
         app, ["store", "timeline", str(tmp_path / "store"), "--task", "place-any"]
     )
     assert res.exit_code == 2 and "no episodes" in res.output
+
+
+def _write_raw_shard(store: Path, name: str, rows: list[dict]) -> Path:
+    """A shard written around the writer's checks (what a buggy or foreign writer makes)."""
+    import pyarrow as pa
+
+    path = store / "shards" / "r0" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=ARROW_SCHEMA), path)
+    return path
+
+
+def test_a_shard_whose_rows_do_not_decode_is_quarantined_and_nothing_else_is_lost(
+    tmp_path: Path,
+) -> None:
+    """Valid Parquet with a bad row (actions of width 5): the shard goes to quarantine,
+    the good shards before and after it are read in the same poll, and every later poll
+    goes on."""
+    with EpisodeWriter(tmp_path, "r0", flush_every=1) as w:
+        w.write(make_episode(0))
+        w.write(make_episode(1))
+    bad = make_episode(2).to_row()
+    bad["actions"] = [[0.0] * 5] * 3
+    bad_path = _write_raw_shard(tmp_path, "99999999999999999998-000000.parquet", [bad])
+    with EpisodeWriter(tmp_path, "r0", flush_every=1) as w:
+        w.write(make_episode(3))
+    reader = EpisodeReader(tmp_path)
+    assert [e.episode_id for e in reader.poll()] == ["ep00000", "ep00001", "ep00003"]
+    assert not bad_path.exists() and len(reader.quarantined) == 1
+    with EpisodeWriter(tmp_path, "r0", flush_every=1) as w:
+        w.write(make_episode(4))
+    assert [e.episode_id for e in reader.poll()] == ["ep00004"]
+    assert [e.episode_id for e in EpisodeReader(tmp_path).episodes()] == [
+        "ep00000",
+        "ep00001",
+        "ep00003",
+        "ep00004",
+    ]
+
+
+def test_a_parquet_file_that_is_not_an_mtopt_shard_is_quarantined(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    with EpisodeWriter(tmp_path, "r0") as w:
+        w.write(make_episode(0))
+    foreign = tmp_path / "shards" / "r0" / "notes.parquet"
+    pq.write_table(pa.table({"x": [1, 2]}), foreign)
+    reader = EpisodeReader(tmp_path)
+    assert [e.episode_id for e in reader.poll()] == ["ep00000"]
+    assert not foreign.exists()
+    assert len(reader.quarantined) == 1
+
+
+def test_an_os_error_while_reading_keeps_the_shard_and_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EIO (a flaky disk, NFS) is not corruption: nothing is quarantined, the shard is
+    read on the next poll, and the shards that did read are returned at once."""
+    import errno
+
+    import mtopt.store.reader as reader_mod
+
+    with EpisodeWriter(tmp_path, "r0", flush_every=1) as w:
+        for i in range(3):
+            w.write(make_episode(i))
+    flaky = shard_paths(tmp_path)[1]
+    real = reader_mod.pq.read_table
+    fail = {"on": True}
+
+    def read_table(path, *a, **k):  # type: ignore[no-untyped-def]
+        if fail["on"] and Path(path) == flaky:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(reader_mod.pq, "read_table", read_table)
+    reader = EpisodeReader(tmp_path)
+    assert [e.episode_id for e in reader.poll()] == ["ep00000", "ep00002"]
+    assert reader.behind == 1 and reader.quarantined == [] and flaky.exists()
+    with pytest.raises(OSError, match="Input/output"):
+        list(reader.episodes())  # a one-shot read says so instead of skipping
+    fail["on"] = False
+    assert [e.episode_id for e in reader.poll()] == ["ep00001"]
+    assert reader.behind == 0
+
+
+def test_an_unknown_version_stops_a_poll_without_losing_the_shards_before_it(
+    tmp_path: Path,
+) -> None:
+    import pyarrow as pa
+
+    with EpisodeWriter(tmp_path, "r0", flush_every=1) as w:
+        w.write(make_episode(0))
+    newer = tmp_path / "shards" / "r0" / "99999999999999999999-000000.parquet"
+    schema = ARROW_SCHEMA.with_metadata({SCHEMA_KEY: b"2"})
+    pq.write_table(pa.Table.from_pylist([make_episode(1).to_row()], schema=schema), newer)
+    reader = EpisodeReader(tmp_path)
+    with pytest.raises(SchemaError, match="unknown schema version 2"):
+        reader.poll()
+    newer.unlink()  # the operator upgrades mtopt, or moves the shard away
+    assert [e.episode_id for e in reader.poll()] == ["ep00000"]
+
+
+def test_an_episode_that_cannot_be_stored_fails_alone_at_write(tmp_path: Path) -> None:
+    """The bad episode raises from write() and is not buffered; the good ones around it
+    are flushed. Numpy numbers in a scene description are stored as plain JSON."""
+    good = make_episode(0)
+    numpy_scene = Episode(**{**make_episode(1).__dict__, "scene": {"mass": np.float32(0.25)}})
+    bad = Episode(**{**make_episode(2).__dict__, "scene": {"fixture": object()}})
+    with EpisodeWriter(tmp_path, "r0", flush_every=100) as w:
+        w.write(good)
+        w.write(numpy_scene)
+        with pytest.raises(SchemaError, match=r"ep00002.*cannot be stored"):
+            w.write(bad)
+        assert w.pending == 2
+        w.write(make_episode(3))
+    back = EpisodeReader(tmp_path).poll()
+    assert [e.episode_id for e in back] == ["ep00000", "ep00001", "ep00003"]
+    assert back[1].scene == {"mass": 0.25}
+
+
+def test_bad_actions_and_image_types_are_rejected_when_the_episode_is_made() -> None:
+    e = make_episode(0)
+    with pytest.raises(SchemaError, match=r"actions must be \(T, 6\)"):
+        Episode(**{**e.__dict__, "actions": e.actions[:, :5]})
+    with pytest.raises(SchemaError, match="images must be a uint8 array"):
+        Episode(**{**e.__dict__, "images": e.images.astype(np.float32) / 255})
+    with pytest.raises(SchemaError, match="final_image must be a uint8 array"):
+        Episode(**{**e.__dict__, "final_image": e.final_image.astype(np.int64)})
+
+
+@pytest.mark.parametrize("robot_id", [".", "..", ".hidden", "-x", "a/b", ""])
+def test_robot_ids_that_would_hide_shards_are_refused(tmp_path: Path, robot_id: str) -> None:
+    with pytest.raises(ValueError, match="robot_id"):
+        EpisodeWriter(tmp_path, robot_id)

@@ -1,9 +1,14 @@
 """Episode reader: streams episodes from a store directory, quarantines bad shards.
 
 ``poll()`` returns episodes from shards it has not seen yet (a tailing consumer such as
-LogReplay calls it repeatedly). A truncated or corrupt shard is moved to
-``<store>/quarantine/`` with a log line, and reading goes on. Temp files of writers that
-are still writing (``.*.tmp``) are never read.
+LogReplay calls it repeatedly). A shard that is corrupt, truncated, not an mtopt shard, or
+whose rows do not decode into episodes is moved to ``<store>/quarantine/`` with a log
+line, and reading goes on. An operating-system error (EIO, too many open files, no
+permission, out of memory) says nothing about the shard: ``poll()`` leaves it in place
+and tries it again on the next call, and one-shot reads (``episodes()``, ``metadata()``)
+raise it. A shard of an unknown schema version (a newer writer) is not corrupt either:
+reading stops with ``UnknownSchemaVersionError``. Temp files of writers that are still
+writing (``.*.tmp``) are never read.
 """
 
 from __future__ import annotations
@@ -17,7 +22,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mtopt.store.schema import META_COLUMNS, Episode, SchemaError, check_table_version
+from mtopt.store.schema import (
+    META_COLUMNS,
+    Episode,
+    UnknownSchemaVersionError,
+    check_table_version,
+)
 from mtopt.store.writer import SHARDS
 
 log = logging.getLogger(__name__)
@@ -34,14 +44,29 @@ def shard_paths(store_dir: str | Path) -> list[Path]:
 
 
 def quarantine(store_dir: str | Path, path: Path, reason: str) -> Path | None:
+    """Move a bad shard out of the store (None: it was gone, or could not be moved, as in
+    a read-only store; the caller then skips it)."""
     dest = Path(store_dir) / QUARANTINE / path.parent.name / path.name
-    dest.parent.mkdir(parents=True, exist_ok=True)
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(path), dest)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        log.error("corrupt shard %s (%s) could not be quarantined: %s", path, reason, exc)
+        return None
     log.warning("quarantined corrupt shard %s -> %s: %s", path, dest, reason)
     return dest
+
+
+def _is_os_error(exc: BaseException) -> bool:
+    """An error of the machine, not of the file: a real errno (pyarrow reports corrupt
+    Parquet as OSError without one), or memory."""
+    return isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno is not None)
+
+
+def _decode(table: pa.Table) -> list[Episode]:
+    return [Episode.from_row(r) for r in table.to_pylist()]
 
 
 class EpisodeReader:
@@ -63,16 +88,22 @@ class EpisodeReader:
         self._seen: set[Path] = set()
         self.quarantined: list[Path] = []
 
-    def _read(self, path: Path, columns: list[str] | None = None) -> pa.Table | None:
+    def _read(
+        self, path: Path, columns: list[str] | None = None, decode: bool = True
+    ) -> list[Episode] | pa.Table | None:
+        """The shard's episodes (or its table, ``decode=False``); None if it vanished or
+        was quarantined. Raises OS errors (see the module doc) and unknown versions."""
         try:
             table = pq.read_table(path, columns=columns)
             check_table_version(table, str(path))
-            return table
+            return _decode(table) if decode else table
         except FileNotFoundError:
             return None
-        except SchemaError:
+        except UnknownSchemaVersionError:
             raise
-        except Exception as exc:  # corrupt/truncated Parquet raises several error types
+        except Exception as exc:  # corrupt Parquet, foreign files and bad rows alike
+            if _is_os_error(exc):
+                raise
             q = quarantine(self.store_dir, path, f"{type(exc).__name__}: {exc}")
             if q is not None:
                 self.quarantined.append(q)
@@ -94,26 +125,37 @@ class EpisodeReader:
         paths = self.new_shards()
         self.behind = max(0, len(paths) - limit) if limit is not None else 0
         out: list[Episode] = []
+        done: list[Path] = []
         for path in paths[:limit]:
-            self._seen.add(path)
-            table = self._read(path)
-            if table is not None:
-                out.extend(Episode.from_row(r) for r in table.to_pylist())
+            try:
+                episodes = self._read(path)
+            except Exception as exc:
+                if not _is_os_error(exc):
+                    raise  # (an unknown version) before any shard is marked: none is lost
+                log.warning("could not read shard %s (%s); retrying on the next poll", path, exc)
+                self.behind += 1
+                continue
+            done.append(path)
+            if episodes is not None:
+                assert isinstance(episodes, list)
+                out.extend(episodes)
+        self._seen.update(done)
         return out
 
     def episodes(self) -> Iterator[Episode]:
         """Every episode in the store (does not change what ``poll`` has seen)."""
         for path in shard_paths(self.store_dir):
-            table = self._read(path)
-            if table is not None:
-                for r in table.to_pylist():
-                    yield Episode.from_row(r)
+            episodes = self._read(path)
+            if episodes is not None:
+                assert isinstance(episodes, list)
+                yield from episodes
 
     def metadata(self) -> list[dict[str, Any]]:
         """Every episode's non-image columns (cheap: images are not read)."""
         rows: list[dict[str, Any]] = []
         for path in shard_paths(self.store_dir):
-            table = self._read(path, columns=META_COLUMNS)
+            table = self._read(path, columns=META_COLUMNS, decode=False)
             if table is not None:
+                assert isinstance(table, pa.Table)
                 rows.extend(table.to_pylist())
         return rows

@@ -23,7 +23,7 @@ num_steps              int32                         T actions
 terminated             bool                          policy sent TERMINATE (else max steps)
 image_height/width     int32                         camera image size
 images                 binary                        (T+1, H, W, 3) uint8: obs before each action + last
-states                 list<list<float32>>           (T+1, 2): gripper closed, gripper height
+states                 list<list<float32>>           (T+1, 2): gripper status, gripper height
 actions                list<list<float32>>           (T, 6): see mtopt.robots.action
 final_image            binary                        (H, W, 3) uint8: what the success detector judges
 gt_success             bool (nullable)               SIMULATOR GROUND TRUTH for ``task`` (eval only)
@@ -51,7 +51,25 @@ SCHEMA_KEY = b"mtopt.schema_version"
 
 
 class SchemaError(ValueError):
-    """A shard or episode that does not match a known schema version."""
+    """A shard or episode that does not match the schema (or a known version of it)."""
+
+
+class UnknownSchemaVersionError(SchemaError):
+    """A shard written by another version of the schema: not corrupt, this mtopt cannot
+    read it (a newer writer, say). Readers stop with this error instead of moving it."""
+
+
+ACTION_DIM = 6  # the layout of mtopt.robots.action (kept here so the store stands alone)
+
+
+def _json_default(value: Any) -> Any:
+    """Numpy scalars and arrays in a scene description (an easy slip in a real robot's
+    ``scene_description()``) become plain JSON numbers and lists."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 ARROW_SCHEMA = pa.schema(
@@ -113,6 +131,17 @@ class Episode:
     poses: np.ndarray | None = None  # (T+1, 4) float32: gripper x, y, z, yaw, or None
 
     def __post_init__(self) -> None:
+        for name in ("images", "final_image"):
+            arr = getattr(self, name)
+            if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8:
+                raise SchemaError(
+                    f"episode {self.episode_id}: {name} must be a uint8 array (0-255), got "
+                    f"{getattr(arr, 'dtype', type(arr).__name__)}"
+                )
+        if self.actions.ndim != 2 or self.actions.shape[1] != ACTION_DIM:
+            raise SchemaError(
+                f"episode {self.episode_id}: actions must be (T, {ACTION_DIM}), got {self.actions.shape}"
+            )
         t = self.actions.shape[0]
         if self.images.ndim != 4 or self.images.shape[0] != t + 1 or self.images.shape[3] != 3:
             raise SchemaError(
@@ -145,7 +174,7 @@ class Episode:
             "policy": self.policy,
             "policy_version": int(self.policy_version),
             "seed": int(self.seed),
-            "scene": json.dumps(self.scene, sort_keys=True),
+            "scene": json.dumps(self.scene, sort_keys=True, default=_json_default),
             "chain_index": int(self.chain_index),
             "prev_episode_id": self.prev_episode_id,
             "started_at": float(self.started_at),
@@ -161,7 +190,7 @@ class Episode:
             "gt_success": self.gt_success,
             "gt_success_by_task": None
             if self.gt_success_by_task is None
-            else json.dumps(self.gt_success_by_task, sort_keys=True),
+            else json.dumps(self.gt_success_by_task, sort_keys=True, default=_json_default),
             "poses": None if self.poses is None else np.asarray(self.poses, np.float32).tolist(),
         }
 
@@ -169,7 +198,7 @@ class Episode:
     def from_row(cls, row: dict[str, Any]) -> Episode:
         version = row.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise SchemaError(
+            raise UnknownSchemaVersionError(
                 f"episode {row.get('episode_id')}: unknown schema version {version!r}; this mtopt reads version {SCHEMA_VERSION}"
             )
         t, h, w = int(row["num_steps"]), int(row["image_height"]), int(row["image_width"])
@@ -185,7 +214,7 @@ class Episode:
             seed=int(row["seed"]),
             images=images,
             states=np.asarray(row["states"], np.float32).reshape(t + 1, 2),
-            actions=np.asarray(row["actions"], np.float32).reshape(t, 6),
+            actions=np.asarray(row["actions"], np.float32).reshape(t, ACTION_DIM),
             final_image=np.frombuffer(row["final_image"], dtype=np.uint8).reshape(h, w, 3),
             scene=json.loads(row["scene"]) if row.get("scene") else {},
             chain_index=int(row["chain_index"]),
@@ -203,12 +232,21 @@ def episodes_to_table(episodes: list[Episode]) -> pa.Table:
     return pa.Table.from_pylist([e.to_row() for e in episodes], schema=ARROW_SCHEMA)
 
 
+def episode_to_table(episode: Episode) -> pa.Table:
+    """One episode as a one-row table: everything that can fail in writing it (JSON, Arrow
+    types) fails here, for this episode alone, with its id in the message."""
+    try:
+        return pa.Table.from_pylist([episode.to_row()], schema=ARROW_SCHEMA)
+    except (TypeError, ValueError, pa.ArrowException) as exc:
+        raise SchemaError(f"episode {episode.episode_id}: cannot be stored: {exc}") from exc
+
+
 def check_table_version(table: pa.Table, where: str) -> None:
     meta = table.schema.metadata or {}
     raw = meta.get(SCHEMA_KEY)
     if raw is None:
         raise SchemaError(f"{where}: not an mtopt episode shard (no schema version)")
     if int(raw) != SCHEMA_VERSION:
-        raise SchemaError(
+        raise UnknownSchemaVersionError(
             f"{where}: unknown schema version {int(raw)}; this mtopt reads version {SCHEMA_VERSION}"
         )

@@ -2,7 +2,9 @@
 
 A shard is written whole to a temp file in the same directory, fsynced and renamed, so
 a reader never sees half a shard. A crash loses at most the episodes buffered since the
-last flush (bounded by ``flush_every`` episodes and ``flush_seconds``).
+last flush (bounded by ``flush_every`` episodes and ``flush_seconds``). Each episode is
+converted to its row when it is written: an episode that cannot be stored raises
+``SchemaError`` from ``write`` and is not buffered, so it never blocks the good ones.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import re
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mtopt._io import atomic_write_bytes
-from mtopt.store.schema import Episode, episodes_to_table
+from mtopt.store.schema import Episode, episode_to_table
 
 SHARDS = "shards"
-_SAFE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # not ".", "..", nor hidden
 
 
 class EpisodeWriter:
@@ -31,20 +34,21 @@ class EpisodeWriter:
     ):
         if not _SAFE.match(robot_id):
             raise ValueError(
-                f"robot_id {robot_id!r} must match [A-Za-z0-9_.-]+ (it names a folder)"
+                f"robot_id {robot_id!r} must be letters, digits, '_', '.' or '-', not "
+                "starting with '.' or '-' (it names a folder)"
             )
         self.dir = Path(store_dir) / SHARDS / robot_id
         self.dir.mkdir(parents=True, exist_ok=True)
         self.robot_id = robot_id
         self.flush_every = flush_every
         self.flush_seconds = flush_seconds
-        self._buffer: list[Episode] = []
+        self._buffer: list[pa.Table] = []
         self._last_flush = time.monotonic()
         self._seq = 0
         self.written = 0
 
     def write(self, episode: Episode) -> None:
-        self._buffer.append(episode)
+        self._buffer.append(episode_to_table(episode))  # SchemaError here, not at flush
         if (
             len(self._buffer) >= self.flush_every
             or time.monotonic() - self._last_flush >= self.flush_seconds
@@ -56,7 +60,7 @@ class EpisodeWriter:
         self._last_flush = time.monotonic()
         if not self._buffer:
             return None
-        table = episodes_to_table(self._buffer)
+        table = pa.concat_tables(self._buffer)
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd", compression_level=3)
         name = f"{time.time_ns():020d}-{self._seq:06d}.parquet"
