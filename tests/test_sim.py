@@ -66,11 +66,96 @@ def test_episode_ends_on_terminate_or_max_steps() -> None:
     assert np.allclose(info["pose"][:2], info0["pose"][:2], atol=0.01)
 
 
+def test_constructor_seed_seeds_the_first_reset_only() -> None:
+    """``seed=`` in the constructor is the first reset's; a reset that brings its own
+    seed uses it up too, so it never comes back later (vector envs stay diverse)."""
+    env = gym.make(mtopt.ENV_ID, seed=0)
+    first = env.reset()[1]["scene_seed"]
+    env2 = gym.make(mtopt.ENV_ID, seed=0)
+    env2.reset(seed=5)
+    later = [env2.reset()[1]["scene_seed"] for _ in range(3)]
+    assert first not in later
+    vec = gym.make_vec(mtopt.ENV_ID, num_envs=3, vectorization_mode="sync", seed=0)
+    vec.reset(seed=100)
+    a = np.tile(make_action(terminate=True), (3, 1))
+    vec.step(a)  # every sub-env ends its episode
+    vec.step(a)  # ... and resets (next-step autoreset) without a seed
+    seeds = [e.unwrapped._robot.scene_description()["seed"] for e in vec.envs]
+    assert len(set(seeds)) == 3, seeds
+    vec.close()
+    env.close()
+    env2.close()
+
+
+def test_the_final_step_presents_the_outcome_like_every_stored_episode() -> None:
+    """A lift whose object is held low at the end succeeds, as it does in mtopt's
+    evaluation and the store's ground truth: the episode ends with the presentation
+    (the object comes up), then the ground truth is read. The outcome image is in info,
+    and stepping a finished episode is an error."""
+    env = gym.make(mtopt.ENV_ID, task="lift-any")
+    for seed in range(2):
+        env.reset(seed=seed)
+        robot = env.unwrapped.robot
+        assert robot.prepare_for_task(True)
+        for _ in range(4):
+            env.step(make_action(dz=-1.0, close=True))
+        assert not env.unwrapped.task.succeeded(robot.scene_state())  # held low: not lifted
+        _, reward, term, _, info = env.step(make_action(close=True, terminate=True))
+        assert term and reward == 1.0 and info["success"]
+        assert info["final_image"].shape == (64, 64, 3) and info["final_image"].dtype == np.uint8
+        with pytest.raises(RuntimeError, match="call reset"):
+            env.step(make_action())
+    env.close()
+
+
+def test_reset_options_switch_the_task() -> None:
+    env = gym.make(mtopt.ENV_ID, task="lift-any")
+    _, info = env.reset(seed=0, options={"task": "place-on-plate"})
+    assert info["task"] == "place-on-plate" and info["prepared"]
+    assert env.unwrapped.robot.holding()  # a placing task starts with an object in hand
+    assert env.reset(seed=1)[1]["task"] == "place-on-plate"  # it stays
+    with pytest.raises(UnknownTaskError):
+        env.reset(options={"task": "lift-unicorn"})
+    with pytest.raises(ValueError, match="unknown reset options"):
+        env.reset(options={"difficulty": 3})
+    env.close()
+
+
+def test_the_env_cannot_be_copied_by_accident() -> None:
+    """Copies would share one PyBullet connection (and closing one would break both)."""
+    import copy
+    import pickle
+
+    env = gym.make(mtopt.ENV_ID)
+    env.reset(seed=0)
+    with pytest.raises(TypeError, match="cannot be copied or pickled"):
+        copy.deepcopy(env.unwrapped)
+    with pytest.raises(TypeError, match="cannot be copied or pickled"):
+        pickle.dumps(env.unwrapped.robot)
+    env.step(make_action(dz=0.2))  # the original still works
+    env.close()
+
+
+def test_pose_yaw_is_an_orientation_in_minus_pi_to_pi() -> None:
+    env = gym.make(mtopt.ENV_ID, max_steps=20)
+    yaw0 = float(env.reset(seed=0)[1]["pose"][3])
+    for _ in range(12):  # 12 x 0.4 rad = 4.8 rad more
+        *_, info = env.step(make_action(dyaw=1.0))
+    assert -math.pi <= info["pose"][3] <= math.pi
+    assert info["pose"][3] == pytest.approx(math.remainder(yaw0 + 4.8, 2 * math.pi), abs=1e-4)
+    assert abs(yaw0 + 4.8) > math.pi  # the commanded yaw did leave [-pi, pi]
+    env.close()
+
+
 def test_bad_inputs_have_clear_errors() -> None:
     with pytest.raises(UnknownTaskError, match="valid tasks: lift-any"):
         gym.make(mtopt.ENV_ID, task="lift-unicorn")
     with pytest.raises(ValueError, match="image_size"):
         gym.make(mtopt.ENV_ID, image_size=3)
+    with pytest.raises(ValueError, match="image_size must be an integer"):
+        gym.make(mtopt.ENV_ID, image_size="64")
+    with pytest.raises(ValueError, match="max_steps must be an integer"):
+        gym.make(mtopt.ENV_ID, max_steps=2.5)
     env = gym.make(mtopt.ENV_ID)
     env.reset(seed=0)
     with pytest.raises(InvalidActionError, match="shape"):

@@ -623,8 +623,11 @@ class SimCell:
         return float(np.clip(1.0 - self.finger_gap() / FINGER_GAP_OPEN, 0.0, 1.0))
 
     def pose(self) -> np.ndarray:
+        """Gripper x, y, z (m) and yaw (rad, wrapped to [-pi, pi] as an orientation
+        read back from a real arm is; the commanded yaw keeps turning)."""
         tcp = self.tcp_position()
-        return np.array([tcp[0], tcp[1], tcp[2], self._yaw], dtype=np.float32)
+        yaw = math.remainder(self._yaw, 2 * math.pi)
+        return np.array([tcp[0], tcp[1], tcp[2], yaw], dtype=np.float32)
 
     def finger_gap(self) -> float:
         """Distance between the fingers' inner faces (m); near zero when closed on nothing."""
@@ -799,6 +802,13 @@ class SimCell:
             with contextlib.suppress(pb.error):
                 pb.disconnect(physicsClientId=self.client)
             self.client = -1
+
+    def __getstate__(self) -> None:
+        raise TypeError(
+            "a SimCell (and the env or robot holding it) owns a PyBullet connection and "
+            "cannot be copied or pickled: make a new one with the same arguments instead "
+            "(e.g. gym.make again, or gym.make_vec for several)"
+        )
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):

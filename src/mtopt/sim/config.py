@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+
 from mtopt.robots.base import PinholeCamera
 from mtopt.sim.objects import Split
 
@@ -67,6 +69,17 @@ class SimConfig:
     hidden aim error that depends on the previous action."""
 
     def validate(self) -> SimConfig:
+        for name in (
+            "image_size",
+            "max_steps",
+            "num_objects",
+            "substeps",
+            "gripper_settle_substeps",
+            "wrist_settle_substeps",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
         if not 16 <= self.image_size <= 512:
             raise ValueError(f"image_size must be in [16, 512] pixels, got {self.image_size}")
         if self.max_steps < 1:

@@ -6,8 +6,13 @@ Action: ``Box(-1, 1, (6,))`` with the layout of ``mtopt.robots.action``.
 Info: ``"pose"``, the gripper's x, y, z (m) and yaw (rad) in the robot frame, as a real
 robot's kinematics gives them (a Q-network with ``QNetConfig.gripper_xy`` takes x, y).
 Reward: the simulator's ground-truth success (0/1) of ``task``, given on the final step
-only. It is there for evaluation and for users of the env; the mtopt training pipeline
-never uses it: its rewards come from the learned success detector.
+only, judged as mtopt's evaluation judges it: the episode ends the way every stored
+episode does, with the robot presenting the outcome (``Robot.final_image``: a held object
+is lifted to a fixed pose), and the ground truth is read after that; ``info["final_image"]``
+is the outcome image a success detector would judge. It is there for evaluation and for
+users of the env; the mtopt training pipeline never uses it: its rewards come from the
+learned success detector. After the final step, call ``reset()``; ``step()`` raises.
+``reset(options={"task": NAME})`` switches the task (for this and later episodes).
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._robot = SimRobot(self.config, robot_id="gym")
         self._steps = 0
         self._last: Observation | None = None
+        self._done = False
         self._initial_seed = seed
 
     @staticmethod
@@ -85,14 +91,21 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        if seed is None and self._initial_seed is not None:
-            seed, self._initial_seed = self._initial_seed, None
+        if seed is None:
+            seed = self._initial_seed
+        self._initial_seed = None  # the constructor's seed seeds the first reset only
+        options = dict(options or {})
+        if "task" in options:
+            self.task = self.registry.get(str(options.pop("task")))
+        if options:
+            raise ValueError(f"unknown reset options {sorted(options)}; valid: ['task']")
         super().reset(seed=seed)
         scene_seed = int(self.np_random.integers(0, 2**31 - 1))
         self._robot.reset_scene(scene_seed)
         self._robot.start_episode()
         ready = self._robot.prepare_for_task(self.task.starts_holding)
         self._steps = 0
+        self._done = False
         self._last = self._robot.observe()
         info = {
             "scene_seed": scene_seed,
@@ -107,6 +120,8 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         if self._last is None:
             raise RuntimeError("call reset() before step()")
+        if self._done:
+            raise RuntimeError("the episode has ended (terminated or truncated): call reset()")
         a = validate_action(action)
         result = self._robot.act(a)
         self._steps += 1
@@ -116,6 +131,8 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         info: dict[str, Any] = {"step": self._steps, "pose": self._pose(self._last)}
         reward = 0.0
         if terminated or truncated:
+            self._done = True
+            info["final_image"] = self._robot.final_image()  # presents the outcome
             success = self.task.succeeded(self._robot.scene_state())
             reward = float(success)
             info["success"] = success
