@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from mtopt.cli import app
@@ -250,3 +251,34 @@ def test_sigterm_stops_collect_cleanly_and_flushes(tmp_path: Path) -> None:
     assert reader.quarantined == []
     ran = sum(int(k) for k in re.findall(r"(\d+) episodes, ground-truth", out))
     assert n == ran > 0  # every episode the robot ran is in the store, buffered ones too
+
+
+class CannotHoldRobot(FakeRobot):
+    """A robot that cannot put an object in its gripper on request (a real cell with
+    nothing graspable left, say)."""
+
+    def prepare_for_task(self, starts_holding: bool) -> bool:
+        if starts_holding and not self.held:
+            return False
+        return super().prepare_for_task(starts_holding)
+
+
+def test_a_task_the_robot_cannot_set_up_is_skipped_not_stored(tmp_path: Path) -> None:
+    """The placing task is drawn but cannot be prepared: no episode of it is stored, the
+    scene is reset and a task that can run is drawn instead; with no such task left the
+    loop says so."""
+    robot = CannotHoldRobot()
+    reg = DEFAULT_REGISTRY.subset(["lift-any", "place-on-plate"])
+    with EpisodeWriter(tmp_path, "fake", flush_every=100) as w:
+        cfg = CollectConfig(max_chain=1, reset_prob=0.0, chain_place_after_lift=False)
+        loop = CollectLoop(robot, reg, w, scripted_policy_for, cfg, seed=3)
+        eps = [loop.run_one() for _ in range(12)]
+    assert {e.task for e in eps} == {"lift-any"}
+    assert loop.unprepared.get("place-on-plate", 0) >= 1
+    assert robot.resets == 12 + loop.unprepared["place-on-plate"]
+    assert len(EpisodeReader(tmp_path).poll()) == 12
+    only_place = DEFAULT_REGISTRY.subset(["place-on-plate"])
+    with EpisodeWriter(tmp_path / "b", "fake") as w:
+        loop = CollectLoop(CannotHoldRobot(), only_place, w, scripted_policy_for, cfg, seed=3)
+        with pytest.raises(RuntimeError, match="could not set up any enabled task"):
+            loop.run_one()

@@ -428,3 +428,16 @@ def test_scene_fixtures_follow_the_layout_of_their_seed(robot: SimRobot) -> None
     assert fixtures != other
     robot.reset_scene(11)
     assert {f.kind: f.position[:2] for f in robot.scene_state().fixtures} == fixtures
+
+
+def test_observation_checks_what_a_real_robot_hands_in() -> None:
+    from mtopt.robots.base import Observation
+
+    img = np.zeros((8, 8, 3), np.uint8)
+    Observation(img, np.array([0.5, 0.1], np.float64), np.zeros(4))  # any float is fine
+    with pytest.raises(ValueError, match="state must be a float array"):
+        Observation(img, np.array([1, 0]))
+    with pytest.raises(ValueError, match="pose must be"):
+        Observation(img, np.zeros(2, np.float32), np.zeros(3))
+    with pytest.raises(ValueError, match="image must be uint8"):
+        Observation(img.astype(np.float32), np.zeros(2, np.float32))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -25,6 +26,8 @@ from mtopt.sim.runner import run_episode
 from mtopt.store.schema import Episode
 from mtopt.store.writer import EpisodeWriter
 from mtopt.tasks.registry import TaskRegistry, TaskSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -168,7 +171,13 @@ PolicyFor = Callable[[TaskSpec], Policy]
 class CollectLoop:
     """Runs episodes on one robot and writes them. ``robot`` may expose sim-only
     ``scene_state()`` (ground truth, stored in the gt_ columns), ``holding()`` and
-    ``objects_left()`` (proprioception/perception any robot can provide)."""
+    ``objects_left()`` (proprioception/perception any robot can provide).
+
+    A task whose initial condition the robot cannot set up (``prepare_for_task``
+    returns False: a placing task with nothing to pick up, say) is not run and nothing
+    is stored for it: the scene is reset and another task is drawn, never one that
+    already failed to set up in this call (``unprepared`` counts them per task).
+    """
 
     def __init__(
         self,
@@ -195,6 +204,7 @@ class CollectLoop:
         self.prev_id: str | None = None
         self.needs_reset = True
         self.counts: dict[str, int] = {}
+        self.unprepared: dict[str, int] = {}
 
     def _holding(self) -> bool:
         f = getattr(self.robot, "holding", None)
@@ -205,15 +215,40 @@ class CollectLoop:
         return int(f()) if callable(f) else 1
 
     def run_one(self) -> Episode:
-        if self.needs_reset:
-            self.robot.reset_scene(int(self.rng.integers(0, 2**31 - 1)))
-            self.chain_len, self.prev_id, self.needs_reset = 0, None, False
-        task = choose_task(
-            self.tasks, self.weights, self._holding(), self.cfg.chain_place_after_lift, self.rng
-        )
-        policy = self.policy_for(task)
-        started = time.time()
-        rec = run_episode(self.robot, policy, task, self.rng, self.cfg.max_steps)
+        failed: set[str] = set()
+        while True:
+            if self.needs_reset:
+                self.robot.reset_scene(int(self.rng.integers(0, 2**31 - 1)))
+                self.chain_len, self.prev_id, self.needs_reset = 0, None, False
+            left = [i for i, t in enumerate(self.tasks) if t.name not in failed]
+            if not left:
+                raise RuntimeError(
+                    f"robot {self.robot.robot_id} could not set up any enabled task "
+                    f"(prepare_for_task returned False for {sorted(failed)})"
+                )
+            task = choose_task(
+                [self.tasks[i] for i in left],
+                [self.weights[i] for i in left],
+                self._holding(),
+                self.cfg.chain_place_after_lift,
+                self.rng,
+            )
+            policy = self.policy_for(task)
+            started = time.time()
+            rec = run_episode(
+                self.robot, policy, task, self.rng, self.cfg.max_steps, skip_unprepared=True
+            )
+            if rec.prepared:
+                break
+            failed.add(task.name)
+            self.unprepared[task.name] = self.unprepared.get(task.name, 0) + 1
+            log.warning(
+                "robot %s could not set up %s (prepare_for_task returned False): "
+                "nothing stored, the scene is reset",
+                self.robot.robot_id,
+                task.name,
+            )
+            self.needs_reset = True
         ended = time.time()
         gt: dict[str, bool] | None = None
         scene_state = getattr(self.robot, "scene_state", None)

@@ -25,17 +25,24 @@ class Observation:
     image: np.ndarray
     state: np.ndarray
     pose: np.ndarray | None = None
-    """Optional proprioception (gripper x, y, z, yaw in the robot frame). Scripted policies
-    may use it; the Q-network and success detector never see it."""
+    """Optional proprioception (gripper x, y, z (m), yaw (rad, in [-pi, pi]) in the robot
+    frame). Scripted policies use it, and a Q-network with ``QNetConfig.gripper_xy`` (the
+    ``tuned`` preset) takes x, y; the paper's network and the success detector never see
+    it."""
 
     def __post_init__(self) -> None:
         if self.image.dtype != np.uint8 or self.image.ndim != 3 or self.image.shape[2] != 3:
             raise ValueError(
                 f"Observation.image must be uint8 (H, W, 3), got {self.image.dtype} {self.image.shape}"
             )
-        if self.state.shape != (STATE_DIM,):
+        if self.state.shape != (STATE_DIM,) or not np.issubdtype(self.state.dtype, np.floating):
             raise ValueError(
-                f"Observation.state must have shape ({STATE_DIM},) {STATE_NAMES}, got {self.state.shape}"
+                f"Observation.state must be a float array of shape ({STATE_DIM},) "
+                f"{STATE_NAMES}, got {self.state.dtype} {self.state.shape}"
+            )
+        if self.pose is not None and np.shape(self.pose) != (4,):
+            raise ValueError(
+                f"Observation.pose must be (x, y, z, yaw) or None, got shape {np.shape(self.pose)}"
             )
 
 
@@ -55,7 +62,19 @@ class Robot(Protocol):
     A robot knows nothing about tasks or rewards: it resets its scene, observes and acts.
     ``prepare_for_task`` lets a robot set up the initial condition a task needs (for the
     sim: an object already in the gripper for placing tasks); a real robot may chain from
-    a previous successful lift instead and return False when it cannot comply.
+    a previous successful lift instead and return False when it cannot comply (collection
+    then stores nothing for that task, resets the scene and draws another).
+
+    Optional methods, read with ``getattr`` by collection (``mtopt.collect.loop``):
+
+    - ``holding() -> bool``: an object is in the gripper (a real gripper's closure sensor
+      tells it). Without it, placing is never chained after a lift.
+    - ``objects_left() -> int``: objects left to pick (without it: assumed 1, so a chain
+      never resets for lack of objects).
+    - ``scene_state()``: simulator ground truth for the store's ``gt_`` columns (sim only;
+      a real robot leaves it out and those columns are null).
+
+    ``scene_description()["seed"]`` is stored as the episode's ``seed`` (-1 without one).
     """
 
     robot_id: str

@@ -42,14 +42,20 @@ def run_episode(
     task: TaskSpec,
     rng: np.random.Generator,
     max_steps: int,
+    skip_unprepared: bool = False,
 ) -> EpisodeRecord:
     """Start an episode from the robot's current scene, run ``policy`` until TERMINATE or
-    ``max_steps``, and return the record (the scene is not reset here)."""
+    ``max_steps``, and return the record (the scene is not reset here). With
+    ``skip_unprepared``, a robot that cannot set up the task's initial condition
+    (``prepare_for_task`` returns False) runs nothing: the record has ``prepared=False``,
+    no steps and no final image."""
     robot.start_episode()
     prepared = robot.prepare_for_task(task.starts_holding)
+    rec = EpisodeRecord(task=task.name, prepared=prepared)
+    if skip_unprepared and not prepared:
+        return rec
     obs: Observation = robot.observe()
     policy.reset(task.name, rng)
-    rec = EpisodeRecord(task=task.name, prepared=prepared)
     rec.images.append(obs.image)
     rec.states.append(obs.state)
     rec.poses.append(obs.pose)
