@@ -254,3 +254,67 @@ def test_bad_run_config_is_a_clear_error(tmp_path: Path) -> None:
         assert res.exit_code == 2 and "no CUDA GPU" in res.output
         assert not (tmp_path / "store").exists()
     assert isinstance(TaskBuffers(["a"]), TaskBuffers)
+
+
+def test_a_run_without_robots_learns_from_episodes_others_write_into_its_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``robots=0``: the run starts no robot and tails its store. A stand-in for a real
+    robot (the simulated cell behind the ``Robot`` protocol, driven by the CollectLoop and
+    PolicyProvider a real cell would use) writes 10 episodes before the run and 14 once
+    the run is up: fewer than ``min_episodes`` (20) before, so the run can only train if
+    it keeps reading what is written while it runs."""
+    import threading
+
+    from mtopt.collect.loop import CollectConfig, CollectLoop, PolicyProvider
+    from mtopt.robots.sim_robot import SimRobot
+    from mtopt.runtime.config import preset
+    from mtopt.store import EpisodeWriter
+
+    out = tmp_path / "run"
+    sim = preset("tiny").sim
+
+    def collect(n: int, robot_id: str) -> None:
+        robot = SimRobot(sim, robot_id=robot_id, seed=n)
+        provider = PolicyProvider(
+            DEFAULT_REGISTRY, weights_dir=out / "weights", switch_file=out / "switch.json"
+        )
+        cfg = CollectConfig(tasks=("lift-any", "place-any"), max_steps=sim.max_steps)
+        with EpisodeWriter(out / "store", robot_id, flush_every=2) as writer:
+            loop = CollectLoop(robot, DEFAULT_REGISTRY, writer, provider, cfg, seed=n)
+            for _ in range(n):
+                loop.run_one()
+        robot.close()
+
+    collect(10, "arm-1")
+
+    from mtopt.runtime.local import LocalRun
+
+    started = threading.Event()
+    log = LocalRun._log
+
+    def log_and_tell(self: LocalRun, msg: str) -> None:
+        log(self, msg)
+        if msg.startswith("fleet started"):
+            started.set()  # the run is tailing its store from here on
+
+    monkeypatch.setattr(LocalRun, "_log", log_and_tell)
+
+    def later() -> None:
+        if not started.wait(600):
+            return
+        # the run's (empty) fleet has finished: what comes now comes from elsewhere
+        while any(t.name == "fleet" and t.is_alive() for t in threading.enumerate()):
+            started.wait(0.05)
+        collect(14, "arm-2")
+
+    writer_thread = threading.Thread(target=later, daemon=True)
+    writer_thread.start()
+    args = ["run", "--config", "tiny", "--out", str(out), "--set", "robots=0"]
+    res = CliRunner().invoke(app, [*args, "--minutes", "12"])
+    writer_thread.join(timeout=60)
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["learner_steps"] >= 30 and summary["episodes"] == 24
+    robots = {e["robot_id"] for e in EpisodeReader(out / "store").metadata()}
+    assert robots == {"arm-1", "arm-2"}  # nothing collected by the run itself

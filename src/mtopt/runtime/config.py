@@ -97,7 +97,9 @@ class RunConfig:
     seed: int = 0
     """Seed for everything."""
     robots: int = 1
-    """Robot processes collecting in parallel (Ray: robot actors)."""
+    """Robot processes collecting in parallel (Ray: robot actors). 0: no simulated
+    robots; the run learns from episodes that other processes (real robots, say) write
+    into its store, and tails the store until its budget ends."""
     replay_workers: int = 1
     """Ray only: LogReplay + Bellman updater actors feeding the learner."""
     max_collect_rate: float = 6.0
@@ -148,6 +150,10 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
+        if self.robots < 0:
+            raise ValueError(
+                f"robots must be >= 0 (0: episodes come from elsewhere), got {self.robots}"
+            )
         if self.average_last < 0:
             raise ValueError(f"average_last must be >= 0 (0: off), got {self.average_last}")
         if self.bellman_prefetch < 0:

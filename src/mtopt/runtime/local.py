@@ -655,7 +655,7 @@ class LocalRun:
                         loss=f"{stats.get('loss', 0):.3f}",
                         refresh=False,  # shown on the bar's next (rate-limited) refresh
                     )
-                elif not thread.is_alive():
+                elif c.robots > 0 and not thread.is_alive():
                     ingest.close()  # the fleet is done: read what it wrote last
                     if len(buffers) < needed:
                         break
