@@ -1,6 +1,7 @@
 """Learner: exact resume, weights publishing, architecture errors, a bandit that must be learned."""
 
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from mtopt.qtopt.bellman import TrainBatch, cem_argmax
 from mtopt.qtopt.cem import CEMConfig
 from mtopt.qtopt.learner import Learner, LearnerConfig, load_network
 from mtopt.qtopt.networks import QNetConfig
-from mtopt.qtopt.weights import WeightsError, load_latest
+from mtopt.qtopt.weights import WeightsError, load_latest, load_version
 from mtopt.robots.base import Observation
 from qtopt_fixtures import SMALL, batch
 
@@ -108,6 +109,21 @@ def test_publish_versions_and_arch_mismatch(tmp_path: Path) -> None:
         load_network(tensors, meta, expected=other)
     with pytest.raises(WeightsError, match="no published"):
         load_latest(tmp_path / "nothing")
+    # a truncated weights file or a malformed pointer is a WeightsError, not a raw
+    # SafetensorError / KeyError
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    latest = json.loads((tmp_path / "q-latest.json").read_text())
+    data = (tmp_path / latest["file"]).read_bytes()
+    (broken / latest["file"]).write_bytes(data[: len(data) // 3])
+    (broken / "q-latest.json").write_text(json.dumps(latest))
+    with pytest.raises(WeightsError, match="cannot read weights"):
+        load_latest(broken)
+    with pytest.raises(WeightsError, match="cannot read weights"):
+        load_version(broken, latest["version"])
+    (broken / "q-latest.json").write_text(json.dumps({"version": 3}))
+    with pytest.raises(WeightsError, match=r"malformed q-latest\.json"):
+        load_latest(broken)
     ck = tmp_path / "ck.pt"
     Learner(other).save_checkpoint(ck)
     with pytest.raises(WeightsError, match="different architecture"):

@@ -180,6 +180,13 @@ def test_label_store_survives_restart_and_torn_lines(tmp_path: Path) -> None:
     again = LabelStore(tmp_path / "labels.jsonl")
     assert len(again.all()) == 2
     assert again.latest()[("e1", "lift-any")].success is False
+    # the next label after a torn line is not glued onto it (it used to be lost)
+    again.add("e3", "lift-any", True)
+    assert [lab.episode_id for lab in LabelStore(tmp_path / "labels.jsonl").all()] == [
+        "e1",
+        "e1",
+        "e3",
+    ]
 
 
 def _store(tmp_path: Path) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from mtopt._io import atomic_write_bytes, atomic_write_json
@@ -73,12 +73,16 @@ def load_latest(
         raise WeightsError(
             f"no published '{prefix}' weights in {directory} (missing {prefix}-latest.json)"
         )
-    path = Path(directory) / latest["file"]
+    try:
+        path = Path(directory) / str(latest["file"])
+        version, meta = int(latest["version"]), dict(latest.get("meta", {}))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WeightsError(f"malformed {prefix}-latest.json in {directory}: {exc!r}") from None
     try:
         tensors = load_file(str(path))
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, SafetensorError) as exc:  # a truncated file: SafetensorError
         raise WeightsError(f"cannot read weights {path}: {exc}") from None
-    return int(latest["version"]), tensors, dict(latest.get("meta", {}))
+    return version, tensors, meta
 
 
 def load_version(
@@ -93,7 +97,7 @@ def load_version(
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
     except FileNotFoundError:
         raise WeightsError(f"weights version {version} not found in {directory}") from None
-    except (OSError, RuntimeError, json.JSONDecodeError) as exc:
+    except (OSError, RuntimeError, SafetensorError, json.JSONDecodeError) as exc:
         raise WeightsError(f"cannot read weights {path}: {exc}") from None
     return tensors, meta
 

@@ -1,6 +1,7 @@
 """Append-only label store (JSON lines). Each label is written, flushed and fsynced before
 the call returns, so a stopped or killed server loses nothing it acknowledged; a torn
-last line (power loss mid-write) is skipped on read."""
+last line (power loss mid-write) is skipped on read, and the next label starts on a line
+of its own instead of being glued to it."""
 
 from __future__ import annotations
 
@@ -31,9 +32,14 @@ class LabelStore:
         label = Label(episode_id, task, bool(success), source, time.time())
         line = (json.dumps(asdict(label)) + "\n").encode()
         with self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
             try:
-                os.write(fd, line)
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = b"\n" + line  # close a torn last line first
+                view = memoryview(line)
+                while view:  # os.write may write less than asked (a full disk, a signal)
+                    view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)
