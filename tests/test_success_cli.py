@@ -59,6 +59,28 @@ def test_sd_cli_flow(tmp_path: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     assert "v3: 4 labels/task" in res.output and (w / "accuracy_vs_labels.png").exists()
+    # a real cell's episodes have no ground truth: a person's labels (from `sd label`,
+    # here in a file of its own) are what the human labeler retrains on
+    import dataclasses
+
+    from mtopt.store import EpisodeReader, EpisodeWriter
+    from mtopt.success.labels import LabelStore
+
+    real = tmp_path / "real-store"
+    eps = list(EpisodeReader(store).episodes())
+    with EpisodeWriter(real, "arm-1") as writer:
+        for e in eps:
+            writer.write(dataclasses.replace(e, gt_success=None, gt_success_by_task=None))
+    labels = LabelStore(tmp_path / "my-labels.jsonl")
+    for i, e in enumerate(eps):
+        labels.add(e.episode_id, "lift-any", i % 2 == 0)
+    args = ["sd", "improve", "--store", str(real), "--weights", str(w), "--examples", str(ex)]
+    args += ["--labeler", "human", "--labels", str(tmp_path / "my-labels.jsonl")]
+    res = r.invoke(
+        app, [*args, "--budget", "2", "--rounds", "1", "--steps", "3", "--validation", str(val)]
+    )
+    assert res.exit_code == 0, res.output
+    assert "2 labels/task" in res.output
     # bad inputs: clear one-line errors
     res = r.invoke(app, ["sd", "examples", "--task", "fly", "--out", str(ex)])
     assert res.exit_code == 2 and "unknown task 'fly'" in res.output

@@ -123,6 +123,9 @@ def improve(
         help="Each round fine-tunes the SD the loop started with (initial) or the last "
         "round's (previous) on the examples and all labels so far.",
     ),
+    labels: Path | None = typer.Option(
+        None, help="With --labeler human: the labels file (default: STORE/labels.jsonl)."
+    ),
 ) -> None:
     """Score episodes, label the most uncertain (oracle or human), retrain; plot accuracy vs labels."""
     from mtopt.qtopt.weights import WeightsError
@@ -142,6 +145,7 @@ def improve(
             validation,
             steps,
             retrain_from=retrain_from,  # type: ignore[arg-type]  # checked there
+            labels_path=labels,
         )
     except (WeightsError, StoreNotFoundError, FileNotFoundError, ValueError) as exc:
         _fail(exc)

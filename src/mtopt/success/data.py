@@ -150,17 +150,24 @@ def stage_examples(
 
 
 def episode_examples(
-    episodes: Sequence[object], registry: TaskRegistry, source: str = "oracle"
+    episodes: Sequence[object],
+    registry: TaskRegistry,
+    source: str = "oracle",
+    only_with_ground_truth: bool = True,
 ) -> LabeledSet:
-    """Final images of stored episodes labeled by their ground-truth columns (oracle)."""
-    rows = [e for e in episodes if getattr(e, "gt_success_by_task", None)]
+    """Final images of stored episodes labeled by their ground-truth columns (oracle).
+    ``only_with_ground_truth=False`` keeps every episode (a real robot's have none; their
+    rows are unmasked until a person labels them)."""
+    rows = [
+        e for e in episodes if getattr(e, "gt_success_by_task", None) or not only_with_ground_truth
+    ]
     if not rows:
         return LabeledSet.empty(registry.names)
     n, t = len(rows), len(registry)
     labels = np.zeros((n, t), np.float32)
     mask = np.zeros((n, t), bool)
     for i, e in enumerate(rows):
-        gt = e.gt_success_by_task  # type: ignore[attr-defined]
+        gt = e.gt_success_by_task or {}  # type: ignore[attr-defined]
         for j, name in enumerate(registry.names):
             if name in gt:
                 labels[i, j], mask[i, j] = float(gt[name]), True

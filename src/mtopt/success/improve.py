@@ -143,12 +143,16 @@ def improve_loop(
     registry: TaskRegistry = DEFAULT_REGISTRY,
     dispute_share: float = 0.5,
     retrain_from: Literal["previous", "initial"] = "initial",
+    labels_path: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Rounds of: score the store's episodes, label ``budget`` per task (the most
     disputed between related tasks first, up to ``dispute_share``, then the least
     certain), retrain on the examples plus all labels so far, starting from the current
     weights ("previous") or from the weights the loop started with ("initial": no
-    drift accumulates over rounds; each round's SD depends only on the labels so far)."""
+    drift accumulates over rounds; each round's SD depends only on the labels so far).
+    With ``labeler="human"`` every episode is a candidate (ground truth or not: a real
+    robot's episodes have none) and only the labels in ``labels_path`` (default
+    ``STORE/labels.jsonl``, where ``mtopt sd label`` writes) count."""
     if retrain_from not in ("previous", "initial"):
         raise ValueError(f"retrain_from must be 'previous' or 'initial', got {retrain_from!r}")
     sd = SuccessDetector.load(weights, registry.names)
@@ -156,9 +160,11 @@ def improve_loop(
     base = LabeledSet.load(examples)
     val = LabeledSet.load(validation) if validation else None
     eps = list(EpisodeReader(store).episodes())
-    pool = episode_examples(eps, registry, source=labeler)
+    pool = episode_examples(
+        eps, registry, source=labeler, only_with_ground_truth=labeler != "human"
+    )
     if labeler == "human":  # only what a person labeled counts
-        human = LabelStore(Path(store) / "labels.jsonl").latest()
+        human = LabelStore(labels_path or Path(store) / "labels.jsonl").latest()
         pool.mask[:] = False
         for i, eid in enumerate(pool.ids):
             for j, t in enumerate(registry.names):
