@@ -231,3 +231,19 @@ def test_label_api_and_bad_requests(tmp_path: Path) -> None:
     assert client.get("/api/episodes/..%2F..%2Fetc%2Fpasswd/final.png").status_code == 404
     assert client.get("/api/episodes/../../pyproject.toml").status_code == 404
     assert len(LabelStore(tmp_path / "labels.jsonl").all()) == 1
+
+
+def test_label_queue_with_a_detector_that_lacks_a_task(tmp_path: Path) -> None:
+    """A detector trained before a task was added orders the queues of the tasks it knows
+    and leaves the others in store order (it used to answer 500)."""
+    with EpisodeWriter(tmp_path / "store", "r0") as w:
+        for i in range(3):
+            w.write(make_episode(i, size=16))
+    sd = SuccessDetector(SuccessNet(SMALL), ("lift-any", "place-any"))
+    sd.publish(tmp_path / "sd", 1)
+    client = TestClient(create_app(tmp_path / "store", tmp_path / "labels.jsonl", tmp_path / "sd"))
+    known = client.get("/api/queue", params={"task": "lift-any"}).json()
+    assert all(0.0 <= item["p_success"] <= 1.0 for item in known["items"])
+    r = client.get("/api/queue", params={"task": "lift-ball"})
+    assert r.status_code == 200 and r.json()["remaining"] == 3
+    assert all(item["p_success"] is None for item in r.json()["items"])

@@ -167,12 +167,16 @@ def label(
     """Serve the labeling page (http://127.0.0.1:8765/?task=TASK)."""
     import uvicorn
 
+    from mtopt.qtopt.weights import WeightsError
     from mtopt.store.reader import StoreNotFoundError
     from mtopt.success.server import create_app
 
+    labels_path = labels or store / "labels.jsonl"
+    if labels_path.is_dir():
+        _fail(f"--labels {labels_path} is a directory; give the labels file's path")
     try:
-        api = create_app(store, labels or store / "labels.jsonl", weights)
-    except StoreNotFoundError as exc:
+        api = create_app(store, labels_path, weights)
+    except (StoreNotFoundError, WeightsError, ValueError) as exc:
         _fail(exc)
     typer.echo(f"labeling page: http://{host}:{port}/?task={task}")
     uvicorn.run(api, host=host, port=port, log_level="warning")

@@ -47,6 +47,7 @@ def create_app(
     episodes = {e.episode_id: e for e in EpisodeReader(store_dir).episodes()}
     labels = LabelStore(labels_path)
     probs: dict[str, np.ndarray] = {}
+    sd_tasks: list[str] = []
     if sd_dir is not None and episodes:
         from mtopt.success.network import SuccessDetector
 
@@ -81,13 +82,14 @@ def create_app(
             raise HTTPException(400, "limit must be in [1, 500]")
         done = {eid for (eid, t) in labels.latest() if t == task}
         todo = [eid for eid in episodes if eid not in done]
-        if probs:
-            k = sd_tasks.index(task)
+        # a task the detector was not trained on (added since): store order, no score
+        k = sd_tasks.index(task) if probs and task in sd_tasks else None
+        if k is not None:
             todo.sort(key=lambda e: abs(float(probs[e][k]) - 0.5))
         items = [
             {
                 "episode_id": e,
-                "p_success": float(probs[e][sd_tasks.index(task)]) if probs else None,
+                "p_success": None if k is None else float(probs[e][k]),
                 "requested_task": episodes[e].task,
             }
             for e in todo[:limit]
