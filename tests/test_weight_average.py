@@ -130,6 +130,16 @@ def test_mtopt_average_writes_the_mean_as_a_policy(tmp_path: Path) -> None:
     Learner(dataclasses.replace(SMALL, num_tasks=3)).publish(other)
     res = CliRunner().invoke(app, ["average", str(tmp_path / "c"), str(run), str(other)])
     assert res.exit_code == 2 and "different architecture" in res.output
+    # a config whose robots render another image size than the network takes
+    run64 = tmp_path / "run64"
+    save_config(preset("local"), run64 / "config.json")
+    res = CliRunner().invoke(
+        app, ["average", "--config", str(run64), str(tmp_path / "d"), str(run), str(snap)]
+    )
+    assert res.exit_code == 2 and "image_size: weights have 32, model wants 64" in res.output
+    assert not (tmp_path / "d" / "weights").exists()
+    res = CliRunner().invoke(app, ["average", str(tmp_path / "e"), str(run), str(run)])
+    assert res.exit_code == 2 and "given twice" in res.output
 
 
 def test_a_run_averages_its_late_snapshots_into_a_replaced_folder(tmp_path: Path) -> None:

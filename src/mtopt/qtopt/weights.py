@@ -224,15 +224,24 @@ def average_into(
     sources: list[str | Path],
     parts: tuple[str, ...] = ("acting", "online"),
     prefix: str = "q",
+    expected_qnet: dict[str, Any] | None = None,
 ) -> tuple[Path, int, dict[str, Any]]:
     """Average the networks ``parts`` of every source (``load_source``) into one network
     and publish it in the new folder ``dst`` as the ``acting`` network, under the newest
     source's version. All sources must have the same network config; each must have
     every part. Returns (file, version, meta); ``meta["averaged"]`` lists, per source,
-    what went in (source, version, learner step)."""
+    what went in (source, version, learner step). The fields in ``expected_qnet`` (what
+    the policy's config needs of the network, e.g. its image size) must match the
+    sources' network."""
     _refuse_published(Path(dst), prefix)
     if not sources:
         raise WeightsError("no sources to average")
+    seen: set[Path] = set()
+    for src in sources:
+        key = Path(src).resolve()
+        if key in seen:
+            raise WeightsError(f"{src} is given twice: each source counts once in an average")
+        seen.add(key)
     members: list[dict[str, torch.Tensor]] = []
     used: list[dict[str, Any]] = []
     meta0: dict[str, Any] | None = None
@@ -249,6 +258,10 @@ def average_into(
             members.append(sd)
         used.append({"source": str(src), "version": version, "step": meta.get("step")})
     assert meta0 is not None
+    if expected_qnet is not None:  # fields the weights predate keep their defaults
+        found = meta0.get("qnet", {})
+        shared = {k: v for k, v in expected_qnet.items() if k in found}
+        check_config(shared, found, f"weights {sources[0]} (for the config's Q-network)")
     avg = average_state_dicts(members)
     steps = [u["step"] for u in used if isinstance(u["step"], int)]
     meta = {**meta0, "step": max(steps) if steps else meta0.get("step"), "averaged": used}

@@ -153,7 +153,11 @@ def register(app: typer.Typer) -> None:
         try:
             cfg = load_run_config(run / "config.json")
             path, version, meta = average_into(
-                out / "weights", list(sources), tuple(parts.split(","))
+                out / "weights",
+                list(sources),
+                tuple(parts.split(",")),
+                # the policy's robots render the config's image size: the network's
+                expected_qnet={"image_size": cfg.sim.image_size},
             )
         except (ConfigError, WeightsError) as exc:
             typer.echo(f"error: {exc}", err=True)
