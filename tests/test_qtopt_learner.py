@@ -211,3 +211,33 @@ def test_tensorboard_scalars_and_batch_checks(tmp_path: Path) -> None:
         learner.train_step(
             TrainBatch(bad.images, bad.states, bad.actions, bad.task_idx + 5, bad.targets)
         )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "cannot read checkpoint"),
+        (b"not a checkpoint at all", "cannot read checkpoint"),
+        (None, "unknown checkpoint format 'Tensor'"),
+    ],
+)
+def test_a_damaged_checkpoint_is_a_clear_error(
+    tmp_path: Path, content: bytes | None, message: str
+) -> None:
+    ck = tmp_path / "learner.pt"
+    if content is None:
+        torch.save(torch.zeros(3), ck)  # a file torch reads, but no checkpoint
+    else:
+        ck.write_bytes(content)
+    with pytest.raises(WeightsError, match=message):
+        Learner.resume(ck)
+
+
+def test_a_checkpoint_from_newer_code_is_a_clear_error(tmp_path: Path) -> None:
+    ck = tmp_path / "learner.pt"
+    Learner(SMALL).save_checkpoint(ck)
+    state = torch.load(ck, weights_only=True)
+    state["qnet"]["hyper_drive"] = True
+    torch.save(state, ck)
+    with pytest.raises(WeightsError, match="newer version"):
+        Learner.resume(ck)

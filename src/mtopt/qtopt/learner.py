@@ -263,9 +263,21 @@ class Learner:
             ck = torch.load(path, weights_only=True, map_location="cpu")
         except FileNotFoundError:
             raise WeightsError(f"checkpoint not found: {path}") from None
-        if ck.get("format") != CHECKPOINT_FORMAT:
-            raise WeightsError(f"unknown checkpoint format {ck.get('format')!r} in {path}")
-        qcfg = QNetConfig(**ck["qnet"])
+        except Exception as exc:  # truncated, empty, foreign: pickle, EOF, zip errors
+            raise WeightsError(
+                f"cannot read checkpoint {path} (corrupt, or not an mtopt checkpoint): "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from None
+        if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+            found = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
+            raise WeightsError(f"unknown checkpoint format {found!r} in {path}")
+        try:
+            qcfg = QNetConfig(**ck["qnet"])
+        except TypeError as exc:  # a field this mtopt does not know: newer code wrote it
+            raise WeightsError(
+                f"checkpoint {path} has a Q-network setting this mtopt does not know ({exc}); "
+                "was it written by a newer version?"
+            ) from None
         learner = cls(qcfg, cfg or LearnerConfig(), logdir)
         learner.load_state(ck)
         return learner, dict(ck.get("extra", {}))

@@ -41,6 +41,7 @@ def register(app: typer.Typer) -> None:
         """Collect, label rewards with the success detector, impersonate, re-balance, learn, evaluate, report."""
         from mtopt.config import ConfigError, override
         from mtopt.qtopt.cem import resolve_device
+        from mtopt.qtopt.weights import WeightsError
         from mtopt.runtime.config import load_run_config, preset, resume_config
 
         try:
@@ -76,7 +77,7 @@ def register(app: typer.Typer) -> None:
                 from mtopt.runtime.local import LocalRun
 
                 summary = LocalRun(cfg, out, resume).run()
-        except (FileExistsError, ConfigError) as exc:
+        except (FileExistsError, ConfigError, WeightsError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         typer.echo(f"report: {out / 'report' / 'report.md'}")
