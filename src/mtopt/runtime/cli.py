@@ -105,6 +105,9 @@ def register(app: typer.Typer) -> None:
         from mtopt.runtime.config import load_run_config
         from mtopt.runtime.policy_folder import write_policy_folder
 
+        if not {"acting", "online"} & set(parts.split(",")):
+            typer.echo("error: --parts needs acting or online: a policy acts with one", err=True)
+            raise typer.Exit(2)
         try:
             cfg = load_run_config(run / "config.json")
             path, version, meta = export_parts(
