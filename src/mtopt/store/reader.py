@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,6 +31,7 @@ from mtopt.store.schema import (
 from mtopt.store.writer import SHARDS
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 QUARANTINE = "quarantine"
 
 
@@ -65,8 +66,12 @@ def _is_os_error(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno is not None)
 
 
-def _decode(table: pa.Table) -> list[Episode]:
+def _episodes(table: pa.Table) -> list[Episode]:
     return [Episode.from_row(r) for r in table.to_pylist()]
+
+
+def _rows(table: pa.Table) -> list[dict[str, Any]]:
+    return table.to_pylist()
 
 
 class EpisodeReader:
@@ -89,14 +94,15 @@ class EpisodeReader:
         self.quarantined: list[Path] = []
 
     def _read(
-        self, path: Path, columns: list[str] | None = None, decode: bool = True
-    ) -> list[Episode] | pa.Table | None:
-        """The shard's episodes (or its table, ``decode=False``); None if it vanished or
-        was quarantined. Raises OS errors (see the module doc) and unknown versions."""
+        self, path: Path, decode: Callable[[pa.Table], T], columns: list[str] | None = None
+    ) -> T | None:
+        """``decode`` of the shard's table (``columns`` of it); None if the shard vanished or was quarantined
+        (corrupt Parquet, a foreign file, rows that do not decode). Raises OS errors (see
+        the module doc) and unknown versions."""
         try:
             table = pq.read_table(path, columns=columns)
             check_table_version(table, str(path))
-            return _decode(table) if decode else table
+            return decode(table)
         except FileNotFoundError:
             return None
         except UnknownSchemaVersionError:
@@ -127,35 +133,25 @@ class EpisodeReader:
         out: list[Episode] = []
         done: list[Path] = []
         for path in paths[:limit]:
-            try:
-                episodes = self._read(path)
-            except Exception as exc:
-                if not _is_os_error(exc):
-                    raise  # (an unknown version) before any shard is marked: none is lost
+            try:  # an unknown version raises before any shard is marked: none is lost
+                episodes = self._read(path, _episodes)
+            except (OSError, MemoryError) as exc:
                 log.warning("could not read shard %s (%s); retrying on the next poll", path, exc)
                 self.behind += 1
                 continue
             done.append(path)
-            if episodes is not None:
-                assert isinstance(episodes, list)
-                out.extend(episodes)
+            out.extend(episodes or [])
         self._seen.update(done)
         return out
 
     def episodes(self) -> Iterator[Episode]:
         """Every episode in the store (does not change what ``poll`` has seen)."""
         for path in shard_paths(self.store_dir):
-            episodes = self._read(path)
-            if episodes is not None:
-                assert isinstance(episodes, list)
-                yield from episodes
+            yield from self._read(path, _episodes) or []
 
     def metadata(self) -> list[dict[str, Any]]:
         """Every episode's non-image columns (cheap: images are not read)."""
         rows: list[dict[str, Any]] = []
         for path in shard_paths(self.store_dir):
-            table = self._read(path, columns=META_COLUMNS, decode=False)
-            if table is not None:
-                assert isinstance(table, pa.Table)
-                rows.extend(table.to_pylist())
+            rows.extend(self._read(path, _rows, META_COLUMNS) or [])
         return rows
