@@ -92,3 +92,45 @@ def test_label_with_clicks_and_keys_then_restart(tmp_path: Path) -> None:
             )
         browser.close()
     assert len(LabelStore(labels).all()) == 2
+
+
+@pytest.mark.timeout(180)
+def test_a_skipped_episode_stays_skipped_after_the_next_label(tmp_path: Path) -> None:
+    """Skip the first episode, label the second: the page goes on to the third (it used to
+    fetch the queue again and show the skipped one first)."""
+    from playwright.sync_api import sync_playwright
+
+    store = _store(tmp_path)
+    labels = tmp_path / "labels.jsonl"
+    port = _free_port()
+    meta = "document.getElementById('meta').textContent"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            headless=True,
+        )
+        page = browser.new_page()
+        with Server(create_app(store, labels), port):
+            page.goto(f"http://127.0.0.1:{port}/?task=lift-any")
+            page.wait_for_function(f"{meta}.startsWith('episode ')", timeout=15000)
+            first = page.evaluate(f"{meta}").split()[1]
+            page.keyboard.press("s")
+            page.wait_for_function(f"!{meta}.includes({first!r})", timeout=15000)
+            second = page.evaluate(f"{meta}").split()[1]
+            page.click("#yes")
+            page.wait_for_function(
+                "document.getElementById('status').textContent.includes('1 labeled')", timeout=15000
+            )
+            page.wait_for_function(
+                f"{meta}.startsWith('episode ') && !{meta}.includes({second!r})", timeout=15000
+            )
+            third = page.evaluate(f"{meta}").split()[1]
+            assert third not in (first, second)
+            assert "1 skipped" in page.evaluate("document.getElementById('status').textContent")
+            page.keyboard.press("n")
+            page.wait_for_function(f"{meta}.startsWith('nothing left')", timeout=15000)
+            assert "1 skipped" in page.evaluate(f"{meta}")
+        browser.close()
+    saved = LabelStore(labels).all()
+    assert [(lab.episode_id, lab.success) for lab in saved] == [(second, True), (third, False)]

@@ -1,16 +1,19 @@
 """Success detector: training beats chance on held-out data, labels persist, the page's API
 rejects bad requests, bad inputs give clear errors."""
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from PIL import Image
 from tests.test_store import make_episode
 
 from mtopt.qtopt.weights import WeightsError
 from mtopt.store import EpisodeWriter
+from mtopt.store.reader import EpisodeReader
 from mtopt.success.data import LabeledSet
 from mtopt.success.improve import (
     dispute_scores,
@@ -247,3 +250,66 @@ def test_label_queue_with_a_detector_that_lacks_a_task(tmp_path: Path) -> None:
     r = client.get("/api/queue", params={"task": "lift-ball"})
     assert r.status_code == 200 and r.json()["remaining"] == 3
     assert all(item["p_success"] is None for item in r.json()["items"])
+
+
+def test_label_server_sees_new_episodes_and_holds_no_images(tmp_path: Path) -> None:
+    """The page keeps an index, not the episodes: images are read from the shard when
+    shown (a few cached), and episodes written after the server started join the queue."""
+    store = _store(tmp_path)
+    app = create_app(store, tmp_path / "labels.jsonl", refresh_s=0.0)
+    client = TestClient(app)
+    assert client.get("/api/queue", params={"task": "lift-any"}).json()["remaining"] == 3
+    with EpisodeWriter(store, "r1") as w:  # a robot still collecting into the store
+        for i in range(10, 30):
+            w.write(make_episode(i))
+    q = client.get("/api/queue", params={"task": "lift-any", "limit": 500}).json()
+    assert q["remaining"] == 23
+    for item in q["items"]:
+        r = client.get(f"/api/episodes/{item['episode_id']}/strip.png")
+        assert r.status_code == 200 and r.content[:4] == b"\x89PNG"
+    # a served episode's frames are the ones in the store
+    eid = q["items"][-1]["episode_id"]
+    stored = {e.episode_id: e for e in EpisodeReader(store).episodes()}[eid]
+    png = Image.open(io.BytesIO(client.get(f"/api/episodes/{eid}/final.png").content))
+    assert np.array_equal(np.asarray(png.convert("RGB"))[::4, ::4], stored.final_image)
+
+
+def test_store_index_bounds_its_cache_and_forgets_quarantined_shards(tmp_path: Path) -> None:
+    from mtopt.success.server import StoreIndex
+
+    store = _store(tmp_path)
+    with EpisodeWriter(store, "r1") as w:
+        for i in range(10, 30):
+            w.write(make_episode(i))
+    index = StoreIndex(store, shards_per_refresh=1, cache_episodes=4)
+    assert len(index) == 23  # read in parts until caught up
+    for eid in index.ids():
+        ep = index.episode(eid)
+        assert ep is not None and ep.episode_id == eid
+    assert len(index._cache) == 4
+    # a shard that turns bad after it was indexed: its episodes 404, nothing crashes
+    victim = next(e for e in index.ids() if e not in index._cache)
+    index.shard[victim].write_bytes(b"not parquet")
+    assert index.episode(victim) is None
+    assert victim not in index
+    assert (store / "quarantine").is_dir()
+
+
+def test_label_queue_scores_episodes_that_arrive_later(tmp_path: Path) -> None:
+    """With a detector, episodes indexed after the start are scored too."""
+    with EpisodeWriter(tmp_path / "store", "r0") as w:
+        for i in range(3):
+            w.write(make_episode(i, size=16))
+    sd = SuccessDetector(SuccessNet(SMALL), ("lift-any", "place-any"))
+    sd.publish(tmp_path / "sd", 1)
+    client = TestClient(
+        create_app(tmp_path / "store", tmp_path / "labels.jsonl", tmp_path / "sd", refresh_s=0.0)
+    )
+    with EpisodeWriter(tmp_path / "store", "r1") as w:
+        for i in range(10, 14):
+            w.write(make_episode(i, size=16))
+    q = client.get("/api/queue", params={"task": "place-any", "limit": 100}).json()
+    assert q["remaining"] == 7
+    assert all(0.0 <= item["p_success"] <= 1.0 for item in q["items"])
+    ps = [abs(item["p_success"] - 0.5) for item in q["items"]]
+    assert ps == sorted(ps)  # most uncertain first

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mtopt.store.schema import (
@@ -127,22 +128,44 @@ class EpisodeReader:
         """Episodes from shards not read before (oldest first): at most ``max_shards``
         shards (default: the reader's ``shards_per_poll``); ``behind`` says how many
         are left."""
+        return [e for _, eps in self.poll_decoded(_episodes, max_shards=max_shards) for e in eps]
+
+    def poll_decoded(
+        self,
+        decode: Callable[[pa.Table], T],
+        columns: list[str] | None = None,
+        max_shards: int | None = None,
+    ) -> list[tuple[Path, T]]:
+        """``poll`` with a decoder of one's own: each new shard's path and ``decode`` of its
+        table (only ``columns`` read, e.g. no images), oldest first. A shard whose table
+        does not decode is quarantined, as in ``poll``."""
         limit = max_shards if max_shards is not None else self.shards_per_poll
         paths = self.new_shards()
         self.behind = max(0, len(paths) - limit) if limit is not None else 0
-        out: list[Episode] = []
+        out: list[tuple[Path, T]] = []
         done: list[Path] = []
         for path in paths[:limit]:
             try:  # an unknown version raises before any shard is marked: none is lost
-                episodes = self._read(path, _episodes)
+                decoded = self._read(path, decode, columns)
             except (OSError, MemoryError) as exc:
                 log.warning("could not read shard %s (%s); retrying on the next poll", path, exc)
                 self.behind += 1
                 continue
             done.append(path)
-            out.extend(episodes or [])
+            if decoded is not None:
+                out.append((path, decoded))
         self._seen.update(done)
         return out
+
+    def read_episode(self, path: str | Path, episode_id: str) -> Episode | None:
+        """One episode of a shard (None: not there, or the shard vanished or was
+        quarantined). Raises OS errors and unknown versions, as ``episodes()`` does."""
+
+        def pick(table: pa.Table) -> list[Episode]:
+            return _episodes(table.filter(pc.equal(table["episode_id"], episode_id)))
+
+        found = self._read(Path(path), pick)
+        return found[0] if found else None
 
     def episodes(self) -> Iterator[Episode]:
         """Every episode in the store (does not change what ``poll`` has seen)."""

@@ -3,12 +3,19 @@
 Shows an episode's final image (and its frames as a strip), the task, and lets a person
 label success/failure with the mouse or keys (y / 1 = success, n / 0 = failure, s = skip).
 The queue puts first the episodes the current success detector is least sure about.
-Only images of episodes in the store are served (looked up by id, never by path).
+Only images of episodes in the store are served (looked up by id, never by path). The
+server indexes the store rather than loading it (memory grows by an id, a task and the
+detector's scores per episode; frames are read from their shard when shown) and picks up
+episodes that robots write while it runs. A skipped episode stays out of the page's queue
+until the task changes or the page is reloaded.
 """
 
 from __future__ import annotations
 
 import io
+import threading
+import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +26,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from mtopt.store.reader import EpisodeReader
+from mtopt.store.schema import SCHEMA_VERSION, Episode, UnknownSchemaVersionError
 from mtopt.success.labels import LabelStore
 from mtopt.tasks.registry import DEFAULT_REGISTRY, TaskRegistry
 
@@ -38,34 +46,134 @@ def _png(arr: np.ndarray, scale: int) -> bytes:
     return buf.getvalue()
 
 
+class StoreIndex:
+    """What the page needs of a store, without holding its images: each episode's shard,
+    requested task and success-detector scores. Images stay on disk and are read when an
+    episode is shown (a few are cached), so memory grows by a few hundred bytes per
+    episode, not by its frames. ``refresh()`` picks up shards written since (a run that
+    is still collecting); corrupt shards are quarantined by the reader, as everywhere."""
+
+    def __init__(
+        self,
+        store_dir: str | Path,
+        sd: Any = None,
+        shards_per_refresh: int = 256,
+        cache_episodes: int = 16,
+    ):
+        self.reader = EpisodeReader(store_dir, shards_per_poll=shards_per_refresh)
+        self.sd = sd
+        self.sd_tasks: list[str] = list(sd.tasks) if sd is not None else []
+        self.shard: dict[str, Path] = {}
+        self.task: dict[str, str] = {}
+        self.probs: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, Episode] = OrderedDict()
+        self._cache_size = cache_episodes
+        self.refresh(until_caught_up=True)
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+    def __contains__(self, episode_id: object) -> bool:
+        return episode_id in self.shard
+
+    def ids(self) -> list[str]:
+        """Episode ids in store order (shards oldest first, rows in order)."""
+        with self._lock:
+            return list(self.shard)
+
+    def refresh(self, until_caught_up: bool = False) -> int:
+        """Index new shards (a bounded number per call unless ``until_caught_up``);
+        returns how many episodes were added."""
+        columns = ["schema_version", "episode_id", "task", "image_height", "image_width"]
+        if self.sd is not None:
+            columns.append("final_image")
+        added = 0
+        with self._lock:
+            while True:
+                left = len(self.reader.new_shards())
+                for path, rows in self.reader.poll_decoded(_index_rows, columns):
+                    new = [
+                        r for r in dict((r[0], r) for r in rows).values() if r[0] not in self.shard
+                    ]
+                    if self.sd is not None and new:
+                        scores = self.sd.score(np.stack([img for _, _, img in new if img is not None]))
+                        for k, (eid, _, _) in enumerate(new):
+                            self.probs[eid] = np.asarray(scores[k], np.float32)
+                    for eid, task, _ in new:
+                        self.task[eid] = task
+                        self.shard[eid] = path
+                    added += len(new)
+                # on: while shards are left and the last poll got through some (a shard
+                # that keeps failing with an OS error is tried again on the next refresh)
+                if not (until_caught_up and self.reader.behind and self.reader.behind < left):
+                    return added
+
+    def episode(self, episode_id: str) -> Episode | None:
+        """The whole episode (images included), read from its shard."""
+        with self._lock:
+            if episode_id in self._cache:
+                self._cache.move_to_end(episode_id)
+                return self._cache[episode_id]
+            path = self.shard.get(episode_id)
+        if path is None:
+            return None
+        ep = self.reader.read_episode(path, episode_id)
+        with self._lock:
+            if ep is None:  # its shard was quarantined or removed since it was indexed
+                self.shard.pop(episode_id, None)
+                return None
+            self._cache[episode_id] = ep
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return ep
+
+
+def _index_rows(table: Any) -> list[tuple[str, str, np.ndarray | None]]:
+    """(episode id, task, final image or None) per row; a row that does not decode
+    raises, and the reader quarantines its shard."""
+    out: list[tuple[str, str, np.ndarray | None]] = []
+    for row in table.to_pylist():
+        if row["schema_version"] != SCHEMA_VERSION:
+            raise UnknownSchemaVersionError(
+                f"episode {row['episode_id']}: unknown schema version {row['schema_version']!r}"
+            )
+        img = None
+        if "final_image" in row:
+            h, w = int(row["image_height"]), int(row["image_width"])
+            img = np.frombuffer(row["final_image"], dtype=np.uint8).reshape(h, w, 3)
+        out.append((str(row["episode_id"]), str(row["task"]), img))
+    return out
+
+
 def create_app(
     store_dir: str | Path,
     labels_path: str | Path,
     sd_dir: str | Path | None = None,
     registry: TaskRegistry = DEFAULT_REGISTRY,
+    refresh_s: float = 5.0,
 ) -> FastAPI:
-    episodes = {e.episode_id: e for e in EpisodeReader(store_dir).episodes()}
-    labels = LabelStore(labels_path)
-    probs: dict[str, np.ndarray] = {}
-    sd_tasks: list[str] = []
-    if sd_dir is not None and episodes:
+    """The labeling app. The queue re-reads the store for new shards at most every
+    ``refresh_s`` seconds."""
+    sd = None
+    if sd_dir is not None:
         from mtopt.success.network import SuccessDetector
 
         sd = SuccessDetector.load(sd_dir)
-        ids = list(episodes)
-        scores = sd.score(np.stack([episodes[i].final_image for i in ids]))
-        probs = {i: scores[k] for k, i in enumerate(ids)}
-        sd_tasks = list(sd.tasks)
+    index = StoreIndex(store_dir, sd)
+    labels = LabelStore(labels_path)
+    last_refresh = [time.monotonic()]
     app = FastAPI(title="mtopt labeling")
 
     def check_task(task: str) -> None:
         if task not in registry.names:
             raise HTTPException(400, f"unknown task {task!r}; valid: {', '.join(registry.names)}")
 
-    def episode(eid: str) -> Any:
-        if eid not in episodes:
+    def episode(eid: str) -> Episode:
+        ep = index.episode(eid)
+        if ep is None:
             raise HTTPException(404, f"no episode {eid!r} in the store")
-        return episodes[eid]
+        return ep
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -80,17 +188,21 @@ def create_app(
         check_task(task)
         if not 1 <= limit <= 500:
             raise HTTPException(400, "limit must be in [1, 500]")
+        if time.monotonic() - last_refresh[0] >= refresh_s:
+            index.refresh()
+            last_refresh[0] = time.monotonic()
         done = {eid for (eid, t) in labels.latest() if t == task}
-        todo = [eid for eid in episodes if eid not in done]
+        todo = [eid for eid in index.ids() if eid not in done]
         # a task the detector was not trained on (added since): store order, no score
-        k = sd_tasks.index(task) if probs and task in sd_tasks else None
+        probs = index.probs
+        k = index.sd_tasks.index(task) if task in index.sd_tasks else None
         if k is not None:
             todo.sort(key=lambda e: abs(float(probs[e][k]) - 0.5))
         items = [
             {
                 "episode_id": e,
                 "p_success": None if k is None else float(probs[e][k]),
-                "requested_task": episodes[e].task,
+                "requested_task": index.task[e],
             }
             for e in todo[:limit]
         ]
@@ -108,7 +220,8 @@ def create_app(
     @app.post("/api/labels")
     def add_label(body: LabelIn) -> dict[str, Any]:
         check_task(body.task)
-        episode(body.episode_id)
+        if body.episode_id not in index:
+            raise HTTPException(404, f"no episode {body.episode_id!r} in the store")
         lab = labels.add(body.episode_id, body.task, body.success, "human")
         return {"ok": True, "label": lab.__dict__}
 
@@ -136,30 +249,50 @@ button{font-size:18px;padding:8px 18px;margin:6px} .ok{background:#3a3} .no{back
 <div id="meta"></div>
 <img id="strip" alt="episode frames">
 <script>
-let queue=[], cur=null;
+// queue: the next episodes for this task (most uncertain first); skipped: the ones this
+// page was told to skip, kept out of later queues until the task changes or the page reloads
+let queue=[], cur=null, skipped=new Set(), labeled=0, remaining=0, busy=false;
 const $=id=>document.getElementById(id);
+function status(){
+  $('status').textContent=labeled+' labeled, '+remaining+' to go'+(skipped.size?', '+skipped.size+' skipped':'');
+}
 async function load(){
-  const t=$('task').value;
-  const r=await fetch('/api/queue?task='+encodeURIComponent(t)+'&limit=50'); const d=await r.json();
-  queue=d.items; $('status').textContent=d.labeled+' labeled, '+d.remaining+' to go'; next();
+  const t=$('task').value, limit=Math.min(500, 50+skipped.size);
+  const r=await fetch('/api/queue?task='+encodeURIComponent(t)+'&limit='+limit);
+  if(!r.ok){$('status').textContent='error: '+(await r.text()); return;}
+  const d=await r.json();
+  queue=d.items.filter(i=>!skipped.has(i.episode_id)); labeled=d.labeled; remaining=d.remaining;
+  status(); next();
 }
 function next(){
   cur=queue.shift();
-  if(!cur){$('meta').textContent='nothing left to label for this task'; $('final').removeAttribute('src'); $('strip').removeAttribute('src'); return;}
+  if(!cur){
+    $('meta').textContent='nothing left to label for this task'+(skipped.size?' ('+skipped.size+' skipped; reload the page to see them again)':'');
+    $('final').removeAttribute('src'); $('strip').removeAttribute('src'); return;
+  }
   $('final').src='/api/episodes/'+cur.episode_id+'/final.png';
   $('strip').src='/api/episodes/'+cur.episode_id+'/strip.png';
   $('meta').textContent='episode '+cur.episode_id+' (collected for '+cur.requested_task+')'+(cur.p_success===null?'':', SD p='+cur.p_success.toFixed(2));
 }
 async function label(success){
-  if(!cur) return;
-  const r=await fetch('/api/labels',{method:'POST',headers:{'Content-Type':'application/json'},
-    body:JSON.stringify({episode_id:cur.episode_id,task:$('task').value,success:success})});
-  if(!r.ok){$('status').textContent='error: '+(await r.text()); return;}
-  await load();
+  if(!cur||busy) return;
+  busy=true;
+  try{
+    const r=await fetch('/api/labels',{method:'POST',headers:{'Content-Type':'application/json'},
+      body:JSON.stringify({episode_id:cur.episode_id,task:$('task').value,success:success})});
+    if(!r.ok){$('status').textContent='error: '+(await r.text()); return;}
+    labeled++; remaining--; status();
+    if(queue.length<5) await load(); else next();
+  } finally { busy=false; }
 }
-$('yes').onclick=()=>label(true); $('no').onclick=()=>label(false); $('skip').onclick=()=>next();
-document.addEventListener('keydown',e=>{ if(e.key==='y'||e.key==='1')label(true); else if(e.key==='n'||e.key==='0')label(false); else if(e.key==='s')next();});
-$('task').onchange=load;
+async function skip(){
+  if(!cur||busy) return;
+  skipped.add(cur.episode_id); status();
+  if(queue.length) next(); else await load();
+}
+$('yes').onclick=()=>label(true); $('no').onclick=()=>label(false); $('skip').onclick=()=>skip();
+document.addEventListener('keydown',e=>{ if(e.key==='y'||e.key==='1')label(true); else if(e.key==='n'||e.key==='0')label(false); else if(e.key==='s')skip();});
+$('task').onchange=()=>{skipped=new Set(); load();};
 (async()=>{const ts=await (await fetch('/api/tasks')).json();
   const want=new URLSearchParams(location.search).get('task');
   for(const t of ts){const o=document.createElement('option');o.value=o.textContent=t; if(t===want)o.selected=true; $('task').appendChild(o);}
