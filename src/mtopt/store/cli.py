@@ -91,3 +91,30 @@ def timeline(
         atomic_write_json(json_out, tl)
     out = plot_success_over_time(tl, plot or store / f"timeline-{task}.png")
     typer.echo(f"plot: {out}")
+
+
+@app.command()
+def subset(
+    src: Path = typer.Argument(..., help="Episode store to copy from."),
+    dst: Path = typer.Argument(..., help="New store (a directory without shards)."),
+    tasks: str = typer.Option(..., help="Comma-separated tasks whose episodes are copied."),
+    minutes: float | None = typer.Option(
+        None, help="Only episodes started in the store's first M minutes of collection."
+    ),
+) -> None:
+    """Copy the episodes of some tasks into a new store (e.g. a single-task baseline on the data a multi-task run collected)."""
+    from mtopt.store.reader import StoreNotFoundError
+    from mtopt.store.subset import subset_store
+    from mtopt.tasks.registry import DEFAULT_REGISTRY, UnknownTaskError
+
+    try:
+        names = [DEFAULT_REGISTRY.get(t).name for t in tasks.split(",") if t]
+        counts = subset_store(src, dst, names, minutes)
+    except (StoreNotFoundError, UnknownTaskError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    shards = counts.pop("shards")
+    typer.echo(
+        f"copied {sum(counts.values())} episodes in {shards} shards to {dst}: "
+        + ", ".join(f"{t}={n}" for t, n in counts.items())
+    )

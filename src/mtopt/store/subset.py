@@ -1,0 +1,70 @@
+"""A store's episodes of some tasks, copied into a new store.
+
+For baselines trained on exactly the data another run collected (a single-task model on
+the multi-task run's episodes of its task, the paper's f_orig data-efficiency baseline),
+and for moving one task's data elsewhere. Rows are copied as stored (no decoding and
+re-encoding); each source shard becomes at most one destination shard of the same robot
+and name, written atomically. A corrupt source shard is quarantined by the reader.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mtopt._io import atomic_write_bytes
+from mtopt.store.reader import EpisodeReader, shard_paths
+from mtopt.store.writer import SHARDS
+
+
+def subset_store(
+    src: str | Path,
+    dst: str | Path,
+    tasks: Sequence[str],
+    minutes: float | None = None,
+    shards_per_read: int = 64,
+) -> dict[str, int]:
+    """Copy the episodes of ``tasks`` (those started in the first ``minutes`` of the
+    store's collection, when given) from ``src`` into ``dst``, which must hold no shards
+    yet. Returns the number of episodes copied per task and the shards written."""
+    if not tasks:
+        raise ValueError("name at least one task")
+    if minutes is not None and minutes <= 0:
+        raise ValueError(f"minutes must be > 0, got {minutes}")
+    if shard_paths(dst):
+        raise ValueError(f"{dst} already holds shards; give an empty or new directory")
+    reader = EpisodeReader(src, shards_per_poll=shards_per_read)
+    cutoff = None
+    if minutes is not None:
+        starts = [r["started_at"] for r in reader.metadata()]
+        if starts:
+            cutoff = min(starts) + 60.0 * minutes
+    wanted = pa.array(list(tasks), pa.string())
+
+    def select(table: pa.Table) -> pa.Table:
+        mask = pc.is_in(table["task"], value_set=wanted)
+        if cutoff is not None:
+            mask = pc.and_(mask, pc.less(table["started_at"], cutoff))
+        return table.filter(mask)
+
+    counts = {t: 0 for t in tasks}
+    shards = 0
+    while True:
+        left = len(reader.new_shards())
+        for path, table in reader.poll_decoded(select):
+            if table.num_rows == 0:
+                continue
+            buf = io.BytesIO()
+            pq.write_table(table, buf, compression="zstd", compression_level=3)
+            atomic_write_bytes(Path(dst) / SHARDS / path.parent.name / path.name, buf.getvalue())
+            shards += 1
+            for task in table["task"].to_pylist():
+                counts[task] += 1
+        if not (reader.behind and reader.behind < left):
+            break
+    return {**counts, "shards": shards}
