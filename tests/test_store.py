@@ -385,3 +385,20 @@ def test_bad_actions_and_image_types_are_rejected_when_the_episode_is_made() -> 
 def test_robot_ids_that_would_hide_shards_are_refused(tmp_path: Path, robot_id: str) -> None:
     with pytest.raises(ValueError, match="robot_id"):
         EpisodeWriter(tmp_path, robot_id)
+
+
+def test_a_newer_shard_without_a_column_asked_for_is_not_quarantined(tmp_path: Path) -> None:
+    """Reading only some columns (metadata(), the labeling index) of a newer writer's shard
+    that renamed one: a clear version error, and the shard stays (it used to be moved to
+    quarantine as corrupt, because the missing column failed before the version check)."""
+    import pyarrow as pa
+
+    newer = tmp_path / "shards" / "r0" / "0.parquet"
+    newer.parent.mkdir(parents=True)
+    row = make_episode(1).to_row()
+    row["episode_uid"] = row.pop("episode_id")
+    table = pa.Table.from_pylist([row]).replace_schema_metadata({SCHEMA_KEY: b"2"})
+    pq.write_table(table, newer)
+    with pytest.raises(SchemaError, match="unknown schema version 2"):
+        EpisodeReader(tmp_path).metadata()
+    assert newer.exists() and not (tmp_path / "quarantine").exists()

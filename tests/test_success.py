@@ -313,3 +313,20 @@ def test_label_queue_scores_episodes_that_arrive_later(tmp_path: Path) -> None:
     assert all(0.0 <= item["p_success"] <= 1.0 for item in q["items"])
     ps = [abs(item["p_success"] - 0.5) for item in q["items"]]
     assert ps == sorted(ps)  # most uncertain first
+
+
+def test_label_queue_survives_a_store_it_cannot_refresh(tmp_path: Path) -> None:
+    """A shard of a newer schema appearing while the page runs: the queue goes on with the
+    episodes indexed so far (it used to be a 500 for every request)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store = _store(tmp_path)
+    client = TestClient(create_app(store, tmp_path / "labels.jsonl", refresh_s=0.0))
+    newer = pa.table({"schema_version": [99], "episode_id": ["x"]}).replace_schema_metadata(
+        {"mtopt.schema_version": "99"}
+    )
+    (store / "shards" / "r9").mkdir()
+    pq.write_table(newer, store / "shards" / "r9" / "0.parquet")
+    r = client.get("/api/queue", params={"task": "lift-any"})
+    assert r.status_code == 200 and r.json()["remaining"] == 3

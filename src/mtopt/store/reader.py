@@ -101,8 +101,10 @@ class EpisodeReader:
         (corrupt Parquet, a foreign file, rows that do not decode). Raises OS errors (see
         the module doc) and unknown versions."""
         try:
-            table = pq.read_table(path, columns=columns)
-            check_table_version(table, str(path))
+            with pq.ParquetFile(path) as shard:
+                # the version first: a newer writer's shard may lack a column asked for
+                check_table_version(shard.schema_arrow, str(path))
+                table = shard.read(columns=columns)
             return decode(table)
         except FileNotFoundError:
             return None

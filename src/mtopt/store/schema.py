@@ -241,8 +241,8 @@ def episode_to_table(episode: Episode) -> pa.Table:
         raise SchemaError(f"episode {episode.episode_id}: cannot be stored: {exc}") from exc
 
 
-def check_table_version(table: pa.Table, where: str) -> None:
-    meta = table.schema.metadata or {}
+def check_table_version(table: pa.Table | pa.Schema, where: str) -> None:
+    meta = (table if isinstance(table, pa.Schema) else table.schema).metadata or {}
     raw = meta.get(SCHEMA_KEY)
     if raw is None:
         raise SchemaError(f"{where}: not an mtopt episode shard (no schema version)")

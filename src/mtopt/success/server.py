@@ -13,6 +13,7 @@ until the task changes or the page is reloaded.
 from __future__ import annotations
 
 import io
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -29,6 +30,8 @@ from mtopt.store.reader import EpisodeReader
 from mtopt.store.schema import SCHEMA_VERSION, Episode, UnknownSchemaVersionError
 from mtopt.success.labels import LabelStore
 from mtopt.tasks.registry import DEFAULT_REGISTRY, TaskRegistry
+
+log = logging.getLogger(__name__)
 
 
 class LabelIn(BaseModel):
@@ -97,7 +100,9 @@ class StoreIndex:
                         r for r in dict((r[0], r) for r in rows).values() if r[0] not in self.shard
                     ]
                     if self.sd is not None and new:
-                        scores = self.sd.score(np.stack([img for _, _, img in new if img is not None]))
+                        scores = self.sd.score(
+                            np.stack([img for _, _, img in new if img is not None])
+                        )
                         for k, (eid, _, _) in enumerate(new):
                             self.probs[eid] = np.asarray(scores[k], np.float32)
                     for eid, task, _ in new:
@@ -189,8 +194,11 @@ def create_app(
         if not 1 <= limit <= 500:
             raise HTTPException(400, "limit must be in [1, 500]")
         if time.monotonic() - last_refresh[0] >= refresh_s:
-            index.refresh()
             last_refresh[0] = time.monotonic()
+            try:
+                index.refresh()
+            except Exception as exc:  # a newer writer's shard, an unreadable disk: the page
+                log.warning("store refresh failed, queue from the index so far: %s", exc)
         done = {eid for (eid, t) in labels.latest() if t == task}
         todo = [eid for eid in index.ids() if eid not in done]
         # a task the detector was not trained on (added since): store order, no score
