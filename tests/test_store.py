@@ -317,15 +317,15 @@ def test_an_os_error_while_reading_keeps_the_shard_and_retries(
         for i in range(3):
             w.write(make_episode(i))
     flaky = shard_paths(tmp_path)[1]
-    real = reader_mod.pq.read_table
+    real = reader_mod.pq.ParquetFile
     fail = {"on": True}
 
-    def read_table(path, *a, **k):  # type: ignore[no-untyped-def]
+    def parquet_file(path, *a, **k):  # type: ignore[no-untyped-def]
         if fail["on"] and Path(path) == flaky:
             raise OSError(errno.EIO, "Input/output error")
         return real(path, *a, **k)
 
-    monkeypatch.setattr(reader_mod.pq, "read_table", read_table)
+    monkeypatch.setattr(reader_mod.pq, "ParquetFile", parquet_file)
     reader = EpisodeReader(tmp_path)
     assert [e.episode_id for e in reader.poll()] == ["ep00000", "ep00002"]
     assert reader.behind == 1 and reader.quarantined == [] and flaky.exists()
