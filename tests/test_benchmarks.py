@@ -304,3 +304,35 @@ def test_compare_evals_pairs_scenes_across_files(tmp_path: Path) -> None:
         pooled([old], [run5], None)
     with pytest.raises(SystemExit, match="pair up"):
         pooled([run5, run6], [ens5], None)
+
+
+def test_learning_benchmark_gives_a_single_task_arm_the_multitask_data(tmp_path: Path) -> None:
+    """--single-data multitask: the arm's store holds the multi-task arm's episodes of its
+    task only, and its success detector; done once (a resume keeps it)."""
+    import dataclasses
+
+    from tests.test_store import make_episode
+
+    import learning
+    from mtopt.store import EpisodeWriter
+    from mtopt.store.reader import EpisodeReader
+
+    multi = tmp_path / "multitask"
+    with EpisodeWriter(multi / "store", "robot-00", flush_every=3) as w:
+        for i in range(10):
+            task = "lift-ball" if i % 3 == 0 else "lift-any"
+            w.write(dataclasses.replace(make_episode(i), task=task))
+    (multi / "sd").mkdir()
+    (multi / "sd" / "sd-latest.json").write_text('{"version": 3}')
+    arm = tmp_path / "single-lift-ball-mtdata"
+    assert learning.multitask_data(multi, arm, "lift-ball") == 4
+    assert sorted(e.episode_id for e in EpisodeReader(arm / "store").episodes()) == [
+        "ep00000",
+        "ep00003",
+        "ep00006",
+        "ep00009",
+    ]
+    assert (arm / "sd" / "sd-latest.json").read_text() == '{"version": 3}'
+    assert not (arm / "store.partial").exists() and not (arm / "sd.partial").exists()
+    assert learning.multitask_data(multi, arm, "lift-ball") == 4  # again: nothing copied twice
+    assert len(list((arm / "store" / "shards").glob("*/*.parquet"))) == 4
