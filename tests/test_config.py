@@ -221,3 +221,51 @@ def test_post_move_view_must_use_the_robots_step() -> None:
     assert override(tuned, ["qnet.action_crop_step_m=0"]).qnet.action_crop_step_m == 0
     with pytest.raises((ValueError, ConfigError), match=r"sim\.max_step_m"):
         override(tuned, ["sim.max_step_m=0.04"])
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("publish_every=0", "publish_every must be >= 1"),
+        ("checkpoint_every=0", "checkpoint_every must be >= 1"),
+        ("replay_workers=0", "replay_workers must be >= 1"),
+        ("replay.success_ratio=1.5", "success_ratio must be in"),
+        ("replay.batch_size=0", "batch_size must be >= 1"),
+        ("eval.tasks=lift-any,lift-anyy", "unknown task 'lift-anyy'"),
+        ("eval.split=val", "eval.split must be train or test"),
+        ("eval.every_steps=0", "every_steps must be >= 1"),
+        ("sim.num_objects=0", "num_objects"),
+        ("cem_act.elites=100", "cem_act: need 1 <= elites <= samples"),
+        ("cem_bellman.iterations=0", "cem_bellman: iterations must be >= 1"),
+        ("epsilon=1.5", "epsilon must be in"),
+        ("budget_minutes=0", "budget_minutes must be > 0"),
+        ("learner.gamma=1.5", "gamma must be in"),
+    ],
+)
+def test_a_bad_setting_fails_before_the_run_starts(setting: str, message: str) -> None:
+    """Each of these used to pass `--set` and fail minutes later, after the success
+    detector was staged and trained (a ZeroDivisionError, a KeyError from a thread...)."""
+    from mtopt.runtime.config import preset
+
+    cfg = override(preset("local"), [setting])
+    with pytest.raises(ValueError, match=message):
+        cfg.validate()
+
+
+@pytest.mark.parametrize("name", ["local", "tuned", "tiny", "bench"])
+def test_every_preset_validates(name: str) -> None:
+    from mtopt.runtime.config import preset
+
+    assert preset(name).validate() == preset(name)
+
+
+def test_the_cli_refuses_a_bad_setting_at_once(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from mtopt.cli import app
+
+    r = CliRunner().invoke(
+        app, ["run", "--config", "tiny", "--out", str(tmp_path / "r"), "--set", "publish_every=0"]
+    )
+    assert r.exit_code == 2 and "publish_every must be >= 1" in r.output
+    assert not (tmp_path / "r" / "sd").exists()  # nothing was staged

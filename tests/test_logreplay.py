@@ -67,3 +67,47 @@ def test_reward_model_must_cover_tasks() -> None:
     sd.tasks = ("lift-any",)
     with pytest.raises(ValueError, match="no head for tasks"):
         LogReplay(REG, TaskBuffers(REG.names), sd)
+
+
+def test_an_episode_of_a_task_outside_the_registry_is_skipped_and_counted() -> None:
+    """A store with more tasks than the run's registry (a subset registry, a task added
+    later): those episodes are skipped; they used to raise UnknownTaskError from the
+    ingest thread and stop the run."""
+    buf = TaskBuffers(REG.names)
+    lr = LogReplay(REG, buf, FakeSD(), mode="skill")
+    n = lr.ingest(
+        [ep("e1", "lift-any", 0b001), ep("x1", "place-in-bowl", 0), ep("x2", "place-in-bowl", 0)]
+    )
+    assert n == 1 and "x1" not in buf and "e1" in buf
+    assert lr.stats.unknown_task == {"place-in-bowl": 2}
+    assert lr.stats.collected == {"lift-any": 1}
+
+
+def test_the_same_reward_model_again_rescores_nothing() -> None:
+    """A relabel round that labeled nothing new hands back the detector in use: no rescore
+    (it used to rescore every held episode, with ingestion paused)."""
+    sd = FakeSD()
+    lr = LogReplay(REG, TaskBuffers(REG.names), sd, mode="orig")
+    lr.ingest([ep("e1", "lift-any", 0b001), ep("e2", "lift-any", 0)])
+    calls = sd.calls
+    assert lr.set_reward_model(sd) == 0 and sd.calls == calls and lr.stats.rescored == 0
+
+
+def test_success_counts_follow_a_rescore() -> None:
+    """After a new detector, the composition counts (the report's Fig. 12 numbers) are
+    those of the rewards the buffers train on, not of the detector at ingest time."""
+    buf = TaskBuffers(REG.names)
+    lr = LogReplay(REG, buf, FakeSD(), mode="skill")
+    # e1: lift-any success and lift-ball failure; e2: both fail; e3 placed on the plate
+    lr.ingest(
+        [ep("e1", "lift-any", 0b001), ep("e2", "lift-any", 0), ep("e3", "place-on-plate", 0b100)]
+    )
+    assert lr.stats.collected_success == {"lift-any": 1, "place-on-plate": 1}
+    assert lr.stats.impersonated_success == {"lift-any": 1, "lift-ball": 0, "place-on-plate": 1}
+    lr.set_reward_model(FakeSD(version=2, flip=True))  # every reward flips
+    # e1: lift-any 0, lift-ball 1; e2: both 1; e3: plate 0
+    assert lr.stats.collected_success == {"lift-any": 1, "place-on-plate": 0}
+    assert lr.stats.impersonated_success == {"lift-any": 1, "lift-ball": 2, "place-on-plate": 0}
+    assert lr.stats.collected == {"lift-any": 2, "place-on-plate": 1}  # unchanged
+    for task, (succ, _) in buf.sizes().items():
+        assert lr.stats.impersonated_success[task] == succ

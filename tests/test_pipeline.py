@@ -318,3 +318,66 @@ def test_a_run_without_robots_learns_from_episodes_others_write_into_its_store(
     assert summary["learner_steps"] >= 30 and summary["episodes"] == 24
     robots = {e["robot_id"] for e in EpisodeReader(out / "store").metadata()}
     assert robots == {"arm-1", "arm-2"}  # nothing collected by the run itself
+
+
+@pytest.mark.timeout(600)
+def test_a_failed_fleet_stops_the_run_with_its_checkpoint_report_and_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fleet thread giving up (it restarts robots itself, so this is a store it cannot
+    write, a process it cannot start...) used to pass for a finished fleet: the run went on
+    training on what it had, or ended with exit code 0. Now it stops, still writes its
+    summary and report, and the command fails with the fleet's error."""
+    import mtopt.runtime.local as local
+
+    def broken_fleet(spec: object, should_stop: object = None) -> dict:
+        raise PermissionError("store is read-only")
+
+    monkeypatch.setattr(local, "run_fleet", broken_fleet)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["run", "--config", "tiny", "--out", str(out)])
+    assert res.exit_code == 1, res.output
+    assert "robot fleet failed: PermissionError: store is read-only" in res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["fleet_error"] == "PermissionError: store is read-only"
+    assert (out / "report" / "report.md").exists()
+
+
+def test_the_scripted_baseline_is_measured_again_when_its_scenes_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was read back from scripted_eval.json whatever the config said: a task added to
+    eval.tasks on a resume had no baseline (it left the report, and could never reach
+    parity), and a changed seed kept the other scenes' numbers."""
+    import dataclasses
+
+    import mtopt.runtime.local as local
+    from mtopt.runtime.config import preset
+
+    calls: list[tuple[str, ...]] = []
+
+    def fake_eval(policy_for, registry, tasks, episodes, sim, seed):  # type: ignore[no-untyped-def]
+        calls.append(tuple(tasks))
+        return {t: 0.1 * (seed + 1) for t in tasks}
+
+    monkeypatch.setattr(local, "evaluate_policy", fake_eval)
+    cfg = preset("tiny")
+    out = tmp_path / "run"
+    assert local.LocalRun(cfg, out).scripted_baseline() == {t: 0.1 for t in cfg.eval.tasks}
+    assert local.LocalRun(cfg, out).scripted_baseline() == {t: 0.1 for t in cfg.eval.tasks}
+    assert len(calls) == 1  # kept
+    more = dataclasses.replace(
+        cfg, eval=dataclasses.replace(cfg.eval, tasks=(*cfg.eval.tasks, "lift-box"))
+    )
+    assert set(local.LocalRun(more, out).scripted_baseline()) == {*cfg.eval.tasks, "lift-box"}
+    assert calls[-1] == more.eval.tasks
+    reseeded = dataclasses.replace(more, seed=1)
+    assert local.LocalRun(reseeded, out).scripted_baseline()["lift-box"] == pytest.approx(0.2)
+    assert len(calls) == 3
+    # a run from before the key was kept: its numbers stand while they cover the tasks
+    (out / "scripted_eval.key.json").unlink()
+    local.LocalRun(reseeded, out).scripted_baseline()
+    assert len(calls) == 3
+    (out / "scripted_eval.json").write_text('{"lift-any": 0.5}')
+    local.LocalRun(reseeded, out).scripted_baseline()
+    assert len(calls) == 4

@@ -12,6 +12,7 @@ published every held episode is rescored in batches and re-filed.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ import numpy as np
 from mtopt.replay.buffers import ReplayEpisode, TaskBuffers
 from mtopt.replay.impersonation import ImpersonationMode, impersonate
 from mtopt.tasks.registry import TaskRegistry
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -48,6 +51,9 @@ class ReplayStats:
     impersonated: dict[str, int] = field(default_factory=dict)  # per target task
     impersonated_success: dict[str, int] = field(default_factory=dict)
     rescored: int = 0
+    unknown_task: dict[str, int] = field(default_factory=dict)
+    """Episodes skipped because the registry does not know their task (a store written
+    with more tasks than this run's registry, or a task added later)."""
 
 
 class LogReplay:
@@ -96,23 +102,56 @@ class LogReplay:
                 out.append({t: float(p >= self.threshold) for t, p in zip(names, row, strict=True)})
         return out
 
-    def _file(self, ep: ReplayEpisode, rewards: dict[str, float], count: bool) -> None:
+    def _file(
+        self,
+        ep: ReplayEpisode,
+        rewards: dict[str, float],
+        count: bool,
+        before: dict[str, float] | None = None,
+    ) -> None:
+        """File ``ep`` with these rewards. ``count``: a new episode (counted in the
+        stats); ``before``: the rewards it was filed with until now (a rescore: its
+        successes in the stats move from the old rewards to the new)."""
         labels = impersonate(ep.task, rewards, self.registry, self.mode)
         self.buffers.add(ep, labels)
-        if not count:
-            return
         s = self.stats
-        s.collected[ep.task] = s.collected.get(ep.task, 0) + 1
-        s.collected_success[ep.task] = s.collected_success.get(ep.task, 0) + int(
-            rewards.get(ep.task, 0.0) > 0.5
+        if count:
+            s.collected[ep.task] = s.collected.get(ep.task, 0) + 1
+            for task, _ in labels:
+                s.impersonated[task] = s.impersonated.get(task, 0) + 1
+        if count or before is not None:
+            self._count_successes(ep.task, rewards, labels, +1)
+        if before is not None:
+            old = impersonate(ep.task, before, self.registry, self.mode)
+            self._count_successes(ep.task, before, old, -1)
+
+    def _count_successes(
+        self, task: str, rewards: dict[str, float], labels: list[tuple[str, float]], sign: int
+    ) -> None:
+        s = self.stats
+        s.collected_success[task] = s.collected_success.get(task, 0) + sign * int(
+            rewards.get(task, 0.0) > 0.5
         )
-        for task, r in labels:
-            s.impersonated[task] = s.impersonated.get(task, 0) + 1
-            s.impersonated_success[task] = s.impersonated_success.get(task, 0) + int(r > 0.5)
+        for target, r in labels:
+            s.impersonated_success[target] = s.impersonated_success.get(target, 0) + sign * int(
+                r > 0.5
+            )
 
     def ingest(self, items: Iterable[tuple[ReplayEpisode, np.ndarray]]) -> int:
-        """Score new episodes (batched) and file them into the buffers; returns how many."""
-        new = [(ep, fin) for ep, fin in items if ep.episode_id not in self._held]
+        """Score new episodes (batched) and file them into the buffers; returns how many.
+        An episode of a task the registry does not know is skipped and counted in
+        ``stats.unknown_task`` (it used to stop ingestion, and with it the run)."""
+        new = []
+        for ep, fin in items:
+            if ep.episode_id in self._held:
+                continue
+            if ep.task not in self.registry.names:
+                n = self.stats.unknown_task.get(ep.task, 0)
+                if n == 0:
+                    log.warning("skipping episodes of task %r: not in this run's registry", ep.task)
+                self.stats.unknown_task[ep.task] = n + 1
+                continue
+            new.append((ep, fin))
         if not new:
             return 0
         rewards = self._score([fin for _, fin in new])
@@ -131,8 +170,13 @@ class LogReplay:
             del self._held[eid]
 
     def set_reward_model(self, model: RewardModel) -> int:
-        """Switch to a newer success detector: rescore every held episode; returns count."""
+        """Switch to a newer success detector: rescore every held episode; returns count.
+        The model in use already (a relabel round that labeled nothing new hands it back)
+        rescores nothing. The success counts in ``stats`` follow the new rewards of the
+        held episodes (evicted ones keep the rewards they had)."""
         self._check_model(model)
+        if model is self._reward_model:
+            return 0
         self._reward_model = model
         if not self._held:
             return 0
@@ -140,9 +184,9 @@ class LogReplay:
         rewards = self._score([self._held[e][1] for e in eids])
         with self._lock:
             for eid, r in zip(eids, rewards, strict=True):
-                ep, fin, _, _ = self._held[eid]
+                ep, fin, _, before = self._held[eid]
                 self._held[eid] = (ep, fin, model.version, r)
-                self._file(ep, r, count=False)
+                self._file(ep, r, count=False, before=before)
             self._prune()
         self.stats.rescored += len(eids)
         return len(eids)

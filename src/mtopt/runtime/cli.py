@@ -62,8 +62,7 @@ def register(app: typer.Typer) -> None:
                 cfg = resume_config(load_run_config(saved), config, sets, out)
             else:
                 cfg = override(preset(config or "local"), sets)
-            cfg.qnet.validate()
-            cfg.collect.validate()
+            cfg.validate()
             resolve_device(cfg.learner.device)  # a missing GPU: say so before robots start
         except (ConfigError, ValueError) as exc:
             typer.echo(f"error: {exc}", err=True)
@@ -86,6 +85,9 @@ def register(app: typer.Typer) -> None:
             typer.echo(
                 f"  {task:20s} learned {rate:6.1%}   scripted {summary['scripted'].get(task, float('nan')):6.1%}"
             )
+        if summary.get("fleet_error"):
+            typer.echo(f"error: the robot fleet failed: {summary['fleet_error']}", err=True)
+            raise typer.Exit(1)
 
     @app.command()
     def export(

@@ -168,6 +168,62 @@ class RunConfig:
                 f"sim.max_step_m ({self.sim.max_step_m}): the post-move view would look elsewhere"
             )
 
+    def validate(self, registry: Any = None) -> RunConfig:
+        """Every setting a run would otherwise trip over minutes later (after the success
+        detector is staged and trained), checked at once: a clear ValueError. Task names
+        are checked against ``registry`` (default: the built-in tasks)."""
+        from mtopt.tasks import DEFAULT_REGISTRY
+
+        names = (registry or DEFAULT_REGISTRY).names
+
+        def at_least(value: float, low: float, name: str, why: str = "") -> None:
+            if not value >= low:
+                raise ValueError(f"{name} must be >= {low}{why}, got {value}")
+
+        at_least(self.publish_every, 1, "publish_every")
+        at_least(self.checkpoint_every, 1, "checkpoint_every")
+        at_least(self.snapshot_every, 0, "snapshot_every", " (0: none)")
+        at_least(self.replay_workers, 1, "replay_workers")
+        at_least(self.max_learner_steps, 0, "max_learner_steps", " (0: no limit)")
+        at_least(self.max_episodes, 0, "max_episodes", " (0: no limit)")
+        at_least(self.parity_window, 1, "parity_window")
+        if not self.budget_minutes > 0:
+            raise ValueError(f"budget_minutes must be > 0, got {self.budget_minutes}")
+        if not self.max_collect_rate > 0:
+            raise ValueError(f"max_collect_rate must be > 0, got {self.max_collect_rate}")
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
+        at_least(self.noise_std, 0.0, "noise_std")
+        r = self.replay
+        if not 0.0 <= r.success_ratio <= 1.0:
+            raise ValueError(f"replay.success_ratio must be in [0, 1], got {r.success_ratio}")
+        at_least(r.capacity_per_bucket, 1, "replay.capacity_per_bucket")
+        at_least(r.batch_size, 1, "replay.batch_size")
+        at_least(r.min_episodes, 0, "replay.min_episodes")
+        e = self.eval
+        at_least(e.episodes_per_task, 1, "eval.episodes_per_task")
+        at_least(e.scripted_episodes, 1, "eval.scripted_episodes")
+        at_least(e.every_steps, 1, "eval.every_steps")
+        if e.split not in ("train", "test"):
+            raise ValueError(f"eval.split must be train or test, got {e.split!r}")
+        for task in e.tasks:
+            if task not in names:
+                raise ValueError(f"eval.tasks: unknown task {task!r}; valid: {', '.join(names)}")
+        at_least(self.sd.label_budget_per_round, 0, "sd.label_budget_per_round")
+        at_least(self.sd.improve_every_episodes, 0, "sd.improve_every_episodes", " (0: never)")
+        at_least(self.sd.examples_per_task, 1, "sd.examples_per_task")
+        if not 0.0 <= self.learner.gamma <= 1.0:
+            raise ValueError(f"learner.gamma must be in [0, 1], got {self.learner.gamma}")
+        for name, cem in (("cem_act", self.cem_act), ("cem_bellman", self.cem_bellman)):
+            try:
+                cem.validate()
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        self.sim.validate()
+        self.qnet.validate()
+        self.collect.validate()
+        return self
+
 
 def load_run_config(path: str | Path) -> RunConfig:
     """The config a run was started with (its ``config.json``). Fields added to the

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import os
 import threading
 import time
@@ -58,6 +59,8 @@ from mtopt.success.improve import disputes_given_labels, select_episodes
 from mtopt.success.network import SuccessDetector, SuccessNet
 from mtopt.success.train import evaluate_sd, train_sd
 from mtopt.tasks.registry import DEFAULT_REGISTRY, TaskRegistry
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -228,7 +231,7 @@ class LocalRun:
         resume: bool = False,
         registry: TaskRegistry = DEFAULT_REGISTRY,
     ):
-        self.cfg = cfg
+        self.cfg = cfg.validate(registry)
         self.paths = RunPaths(Path(out))
         self.registry = registry
         self.resume = resume
@@ -406,9 +409,33 @@ class LocalRun:
         return SuccessDetector.load(initial, self.registry.names).net
 
     def scripted_baseline(self) -> dict[str, float]:
+        """The scripted policies' held-out success per evaluation task, measured once per
+        run and kept in ``scripted_eval.json``, on the same scenes as the learned
+        policy's evaluations. Changed evaluation tasks, seed, object split, episode count
+        or cell (a resume with other settings) measure it again: the kept numbers were of
+        other scenes, and a task added on a resume had none."""
         path = self.paths.root / "scripted_eval.json"
+        key_path = self.paths.root / "scripted_eval.key.json"
+        key = json.loads(
+            json.dumps(
+                {
+                    "tasks": list(self.cfg.eval.tasks),
+                    "seed": self.cfg.seed,
+                    "episodes": self.cfg.eval.scripted_episodes,
+                    "sim": dataclasses.asdict(self._eval_sim()),
+                },
+                default=str,
+            )
+        )
         if path.exists():
-            return dict(json.loads(path.read_text()))
+            cached = dict(json.loads(path.read_text()))
+            if key_path.exists():
+                valid = json.loads(key_path.read_text()) == key
+            else:  # a run from before the key was kept: its numbers stand for its tasks
+                valid = all(t in cached for t in self.cfg.eval.tasks)
+            if valid:
+                return {t: cached[t] for t in self.cfg.eval.tasks}
+            self._log("scripted baseline: the evaluation settings changed, measuring again")
         res = evaluate_policy(
             scripted_policy_for,
             self.registry,
@@ -418,6 +445,7 @@ class LocalRun:
             self.cfg.seed,
         )
         atomic_write_json(path, res)
+        atomic_write_json(key_path, key)
         return res
 
     def _eval_sim(self) -> Any:
@@ -561,8 +589,14 @@ class LocalRun:
         # spin-wait on each other and slowed training ~20x when measured.
         torch.set_num_threads(max(1, (os.cpu_count() or 2) - c.robots))
 
+        fleet_error: list[str] = []
+
         def fleet() -> None:
-            fleet_summary.update(run_fleet(spec, should_stop=stop_fleet.is_set))
+            try:
+                fleet_summary.update(run_fleet(spec, should_stop=stop_fleet.is_set))
+            except Exception as exc:  # the run stops, checkpoints and reports it
+                log.exception("robot fleet failed")
+                fleet_error.append(f"{type(exc).__name__}: {exc}")
 
         p.store.mkdir(parents=True, exist_ok=True)
         # LogReplay tails the store from a thread of its own (replay/ingest.py says why),
@@ -611,6 +645,12 @@ class LocalRun:
         try:
             while True:
                 ingest.check()
+                if fleet_error:
+                    self._log(
+                        f"the robot fleet failed ({fleet_error[0]}): stopping; the checkpoint "
+                        "and the report follow, and --resume continues"
+                    )
+                    break
                 if not backlog_done and ingest.caught_up:
                     backlog_done = True
                     self._log(
@@ -700,6 +740,7 @@ class LocalRun:
             },
             "buffer_sizes": {t: list(v) for t, v in buffers.sizes().items()},
             "fleet": fleet_summary,
+            "fleet_error": fleet_error[0] if fleet_error else None,
             "averaged": averaged,
         }
         from mtopt.runtime.report import write_report
