@@ -127,3 +127,34 @@ def test_save_figure_writes_png_atomically_and_closes(tmp_path: Path) -> None:
     curve = [{"labels_per_task": 0, "balanced_accuracy": {"lift-any": 0.8}}]
     for p in [plot_confusion(metrics, tmp_path / "c.png"), plot_curve(curve, tmp_path / "d.png")]:
         assert p.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_batch_composition_is_measured_from_drawn_transitions() -> None:
+    """Without re-balancing, batches follow the buffers: a task holding 1 success and 9
+    failures gets ~10% successes. The report used to assume the re-balanced ratio (50%)
+    whatever was drawn."""
+    from tests.test_replay_buffers import episode
+
+    from mtopt.replay.buffers import TaskBuffers
+    from mtopt.runtime.report import batch_composition
+
+    buf = TaskBuffers(["a", "b"], capacity_per_bucket=100)
+    buf.add(episode("s0", "a"), [("a", 1.0)])
+    for i in range(9):
+        buf.add(episode(f"f{i}", "a"), [("a", 0.0)])
+    buf.add(episode("s1", "b"), [("b", 1.0)])
+
+    class Updater:  # what batch_composition reads of a BellmanUpdater
+        buffers = buf
+        success_ratio = 0.5
+        rebalance = False
+
+    share = batch_composition(Updater(), n=4000)
+    assert share["a"]["success"] == pytest.approx(1 / 11, abs=0.02)
+    assert share["a"]["failure"] == pytest.approx(9 / 11, abs=0.02)
+    assert share["b"] == {"success": pytest.approx(1 / 11, abs=0.02), "failure": 0.0}
+    Updater.rebalance = True  # equal task shares, half successes where a task has both
+    share = batch_composition(Updater(), n=4000)
+    assert share["a"]["success"] == pytest.approx(0.25, abs=0.02)
+    assert share["a"]["failure"] == pytest.approx(0.25, abs=0.02)
+    assert share["b"]["success"] == pytest.approx(0.5, abs=0.02)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -18,28 +19,32 @@ from mtopt.eval.report import (
 )
 
 
+def batch_composition(updater: Any, n: int = 2048, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Each task's share of the training batches, split into transitions of episodes that
+    succeeded at it and of those that failed: measured on ``n`` transitions drawn as the
+    Bellman updater draws them (re-balanced or not), under the buffers' lock when it has
+    one. Empty when the buffers are."""
+    lock = getattr(updater, "buffers_lock", None)
+    with lock if lock is not None else nullcontext():
+        if not any(s + f for s, f in updater.buffers.sizes().values()):
+            return {}
+        rng = np.random.default_rng(seed)
+        tr = updater.buffers.sample(n, rng, updater.success_ratio, updater.rebalance)
+    won = np.asarray(tr.final_rewards) > 0.5
+    share: dict[str, dict[str, float]] = {}
+    for i, t in enumerate(updater.buffers.tasks):
+        m = np.asarray(tr.task_idx) == i
+        share[t] = {"success": float((m & won).mean()), "failure": float((m & ~won).mean())}
+    return share
+
+
 def write_report(run: Any, summary: dict[str, Any], updater: Any) -> None:
     out = run.paths.report
     out.mkdir(parents=True, exist_ok=True)
     plot_success_over_time(run.history, out / "success_over_time.png")
     plot_composition(summary["composition"], out / "data_composition.png")
-    share: dict[str, dict[str, float]] = {}
-    sizes = updater.buffers.sizes()
-    if any(s + f for s, f in sizes.values()):
-        rng = np.random.default_rng(0)
-        tr = updater.buffers.sample(2048, rng, updater.success_ratio, updater.rebalance)
-        for i, t in enumerate(updater.buffers.tasks):
-            m = tr.task_idx == i
-            # an episode's label: a transition is a success sample if drawn from the success bucket;
-            # approximate by whether its episode ends in reward at the last step
-            share[t] = {
-                "success": float(m.mean()) * updater.success_ratio
-                if sizes[t][0] and sizes[t][1]
-                else float(m.mean()) * (1.0 if sizes[t][0] else 0.0),
-                "failure": float(m.mean()) * (1 - updater.success_ratio)
-                if sizes[t][0] and sizes[t][1]
-                else float(m.mean()) * (0.0 if sizes[t][0] else 1.0),
-            }
+    share = batch_composition(updater)
+    if share:
         plot_batch_composition(share, out / "batch_composition.png")
     final = summary.get("final", {}).get("success", {})
     scripted = summary.get("scripted", {})
@@ -76,8 +81,7 @@ def write_report(run: Any, summary: dict[str, Any], updater: Any) -> None:
         "",
         "![composition](data_composition.png)",
         "",
-        "![batch composition](batch_composition.png)",
-        "",
+        *(["![batch composition](batch_composition.png)", ""] if share else []),
         "## Success detector versions",
         "",
         markdown_table(
