@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -23,6 +25,11 @@ from typing import Any
 import numpy as np
 
 from mtopt.runtime.config import RunConfig
+
+log = logging.getLogger(__name__)
+MAX_ROBOT_FAILURES = 5
+"""Errors in a row after which a robot actor is dropped (the local fleet restarts a
+robot process as often)."""
 
 
 def _robot_actor_cls() -> Any:
@@ -214,8 +221,12 @@ def run_ray(
     t_start = time.time()
     t0 = t_start  # when the run started, counting its earlier invocations
     sd = run.init_sd()
+    kept: dict[str, Any] = {}
+    fleet_error: str | None = None
     if resume and p.checkpoint.exists():
         learner, extra = resume_learner(p, c)
+        # the local runtime's SD round counters: kept for a later local resume
+        kept = {k: extra[k] for k in ("sd_labels", "sd_since") if k in extra}
         run.history = list(extra.get("history", []))
         t0 = t_start - elapsed_before(extra)
     else:
@@ -224,9 +235,11 @@ def run_ray(
     scripted = run.scripted_baseline()
     started_here = not ray.is_initialized()
     if started_here:
+        # a local Ray gets the CPUs its actors ask for (0.5 each), at least 2: with fewer,
+        # an actor that cannot be placed waited forever and the run never ended
         ray.init(
             address=address,
-            num_cpus=None if address else 2,
+            num_cpus=None if address else max(2, math.ceil(0.5 * (c.robots + c.replay_workers))),
             include_dashboard=False,
             log_to_driver=False,
             ignore_reinit_error=True,
@@ -240,6 +253,8 @@ def run_ray(
         per_call = 4
         pending = {r.run.remote(per_call): r for r in robots}
         ingested, last_eval, comp = 0, learner.step, {}
+        failures: dict[Any, int] = {}
+        dropped = 0
         deadline = t_start + c.budget_minutes * 60
         collecting = True
         while time.time() < deadline and not (
@@ -252,11 +267,24 @@ def run_ray(
             )
             for ref in done:
                 actor = pending.pop(ref)
-                # a killed actor restarts; the episodes it flushed are in the store
-                with contextlib.suppress(ray.exceptions.RayActorError):
+                try:
                     ray.get(ref)
+                    failures[actor] = 0
+                except ray.exceptions.RayActorError:
+                    pass  # a killed actor restarts; the episodes it flushed are in the store
+                except ray.exceptions.RayError as exc:  # an error in the robot's episode
+                    failures[actor] = failures.get(actor, 0) + 1
+                    log.warning("robot actor failed (%d in a row): %s", failures[actor], exc)
+                    if failures[actor] >= MAX_ROBOT_FAILURES:
+                        log.error("robot actor failed %d times in a row: dropped", failures[actor])
+                        dropped += 1
+                        continue
                 if collecting:
                     pending[actor.run.remote(per_call)] = actor
+            if c.robots and dropped == c.robots:
+                fleet_error = f"every robot actor failed {MAX_ROBOT_FAILURES} times in a row"
+                log.error("%s: stopping (checkpoint and report follow)", fleet_error)
+                break
             # every replay actor reads the whole store and samples its own batches
             results = ray.get([r.step.remote(4) for r in replays])
             ingested, comp = results[0]["ingested"], results[0]["composition"]
@@ -273,7 +301,8 @@ def run_ray(
                         snapshot_latest(p.weights)
                 if learner.step % c.checkpoint_every == 0:
                     learner.save_checkpoint(
-                        p.checkpoint, {"history": run.history, "elapsed_s": time.time() - t0}
+                        p.checkpoint,
+                        {**kept, "history": run.history, "elapsed_s": time.time() - t0},
                     )
             if kill_hook is not None:
                 kill_hook(robots, replays, learner.step)
@@ -291,7 +320,7 @@ def run_ray(
     learner.publish(p.weights)
     run._evaluate(learner, scripted, ingested, t0, sd, {})
     t_end = time.time()
-    learner.save_checkpoint(p.checkpoint, {"history": run.history, "elapsed_s": t_end - t0})
+    learner.save_checkpoint(p.checkpoint, {**kept, "history": run.history, "elapsed_s": t_end - t0})
     averaged = run.average_at_end()  # after the checkpoint: optional, never in its way
     summary = {
         "runtime": "ray",
@@ -307,6 +336,7 @@ def run_ray(
         "composition": comp
         or {t: {"original": 0, "impersonated": 0, "successes": 0} for t in run.registry.names},
         "averaged": averaged,
+        "fleet_error": fleet_error,
     }
 
     class _NoBuffers:
