@@ -471,3 +471,24 @@ def test_compute_targets_mc_mix_mixes_the_return_into_td() -> None:
     # the bound first, then the mix: max(td, 0.9) = 0.9 mixed with 0.9 stays 0.9
     both = targets(mc_bound=True, mc_mix_beta=0.5)
     assert torch.allclose(both, torch.stack([torch.tensor(0.9), 0.5 * td[1]]))
+
+
+def test_bellman_targets_take_the_plain_max_over_gripper_branches(monkeypatch) -> None:
+    """An acting ``close_margin`` (open unless closing wins by the margin) must not bias
+    the targets' max over next actions: CEM for targets runs without it."""
+    import mtopt.qtopt.bellman as bellman
+
+    seen: list[CEMConfig] = []
+
+    def fake_argmax(net, images, states, task_idx, cfg, generator=None):  # type: ignore[no-untyped-def]
+        seen.append(cfg)
+        b = images.shape[0]
+        return torch.zeros(b, 6), torch.full((b,), 0.5)
+
+    monkeypatch.setattr(bellman, "cem_argmax", fake_argmax)
+    cfg = CEMConfig(gripper="split", close_margin=0.1).validate()
+    net = QNetwork(QNetConfig(image_size=16, num_tasks=2))
+    q = bellman.next_state_values(
+        [net], torch.zeros(3, 3, 16, 16), torch.zeros(3, 2), torch.zeros(3, dtype=torch.long), cfg
+    )
+    assert q.shape == (3,) and seen[0].close_margin == 0.0 and seen[0].gripper == "split"

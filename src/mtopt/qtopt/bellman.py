@@ -20,6 +20,7 @@ actions rather than the greedy ones. Not in QT-Opt or MT-Opt; 0 (off) by default
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -127,6 +128,8 @@ def next_state_values(
 
     Q_0(s', a*) is the best score CEM found; every other net runs once at a*.
     """
+    if cfg.close_margin:  # the acting bias towards the open gripper is not the max a target wants
+        cfg = dataclasses.replace(cfg, close_margin=0.0)
     a_star, q0 = cem_argmax(target_nets[0], next_images, next_states, task_idx, cfg, generator)
     qs = [q0]
     with precision_context(cfg.precision, next_images.device):
