@@ -91,3 +91,25 @@ def test_buffer_bounds_and_consistency(ops: list[tuple[int, str, bool]], cap: in
         assert s <= cap and f <= cap
     referenced = sum(s + f for s, f in buf.sizes().values())
     assert len(buf) == referenced  # every stored episode is in exactly one bucket here
+
+
+def test_a_rescore_keeps_fifo_order_and_does_not_refill_evicted_buckets() -> None:
+    """Re-filing an episode (a new success detector) used to put it back into every bucket
+    of its labels, as the newest: into buckets that had evicted it (evicting a newer one
+    instead) and ahead of episodes ingested after it."""
+    buf = TaskBuffers(["a", "b"], capacity_per_bucket=2)
+    buf.add(episode("e1"), [("a", 1.0), ("b", 0.0)])
+    buf.add(episode("e2"), [("a", 1.0), ("b", 1.0)])
+    buf.add(episode("e3"), [("a", 1.0), ("b", 1.0)])  # a/success evicts e1
+    assert buf.labels("e1") == {"b": 0.0}
+    buf.add(episode("e1"), [("a", 1.0), ("b", 0.0)])  # the same labels again
+    assert buf.sizes() == {"a": (2, 0), "b": (2, 1)}
+    assert "e2" in buf and buf.labels("e2") == {"a": 1.0, "b": 1.0}
+    assert buf.labels("e1") == {"b": 0.0}
+    # a changed outcome moves it to the other bucket of that task
+    buf.add(episode("e1"), [("a", 0.0), ("b", 1.0)])
+    assert buf.labels("e1") == {"b": 1.0} and buf.sizes()["b"] == (2, 0)
+    assert "e2" not in buf._buckets["b"][0]  # b/success held e2, e3: e1 joins, e2 leaves
+    # the next new episode evicts the oldest of a/success (e2), not e3
+    buf.add(episode("e4"), [("a", 1.0)])
+    assert "e3" in buf._buckets["a"][0] and "e2" not in buf._buckets["a"][0]

@@ -134,11 +134,15 @@ class TaskBuffers:
         return dict(self._labels.get(eid, {}))
 
     def add(self, episode: ReplayEpisode, labels: Iterable[tuple[str, float]]) -> None:
-        """Insert ``episode`` into the buckets of its impersonated tasks (replacing old labels)."""
+        """Insert ``episode`` into the buckets of its impersonated tasks. An episode held
+        already (a rescore) is re-filed: it keeps its place in the buckets whose outcome
+        did not change, moves to the other bucket of a task whose did, and does not come
+        back to the buckets of tasks that evicted it (FIFO order stays the ingest order)."""
         eid = episode.episode_id
-        if eid in self._episodes:
-            self.remove(eid)
         labels = [(t, r) for t, r in labels if t in self._buckets]
+        if eid in self._episodes:
+            self._refile(eid, labels)
+            return
         if not labels:
             return
         self._episodes[eid] = episode
@@ -148,6 +152,28 @@ class TaskBuffers:
             self._labels[eid][task] = float(reward)
             for old in self._buckets[task][outcome].add(eid):
                 self._forget_label(old, task)
+
+    def _refile(self, eid: str, labels: list[tuple[str, float]]) -> None:
+        held = self._labels[eid]
+        new = dict(labels)
+        for task in [t for t in held if t not in new]:
+            for bucket in self._buckets[task]:
+                if eid in bucket:
+                    bucket.remove(eid)
+            del held[task]
+        for task, reward in labels:
+            if task not in held:
+                continue  # evicted from this task's buffer: a rescore does not bring it back
+            outcome = SUCCESS if reward > 0.5 else FAILURE
+            held[task] = float(reward)
+            if eid in self._buckets[task][outcome]:
+                continue
+            self._buckets[task][1 - outcome].remove(eid)
+            for old in self._buckets[task][outcome].add(eid):
+                self._forget_label(old, task)
+        if not held:
+            self._labels.pop(eid, None)
+            self._episodes.pop(eid, None)
 
     def remove(self, eid: str) -> None:
         for task in list(self._labels.get(eid, {})):
