@@ -292,6 +292,8 @@ def run_ray(
             if c.max_episodes and ingested >= c.max_episodes:
                 collecting = False
             for b in batches:
+                if c.max_learner_steps and learner.step >= c.max_learner_steps:
+                    break
                 learner.train_step(
                     TrainBatch(**{k: torch.from_numpy(v) for k, v in b.items()}), run.registry.names
                 )
