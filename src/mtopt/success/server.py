@@ -52,8 +52,8 @@ def _png(arr: np.ndarray, scale: int) -> bytes:
 class StoreIndex:
     """What the page needs of a store, without holding its images: each episode's shard,
     requested task and success-detector scores. Images stay on disk and are read when an
-    episode is shown (a few are cached), so memory grows by a few hundred bytes per
-    episode, not by its frames. ``refresh()`` picks up shards written since (a run that
+    episode is shown (a few are cached), so memory grows by ~2 KB per episode (measured:
+    +5 MB from 3000 to 6000 episodes), not by its frames (~140 KB). ``refresh()`` picks up shards written since (a run that
     is still collecting); corrupt shards are quarantined by the reader, as everywhere."""
 
     def __init__(
