@@ -103,27 +103,22 @@ class LogReplay:
         return out
 
     def _file(
-        self,
-        ep: ReplayEpisode,
-        rewards: dict[str, float],
-        count: bool,
-        before: dict[str, float] | None = None,
+        self, ep: ReplayEpisode, rewards: dict[str, float], before: dict[str, float] | None = None
     ) -> None:
-        """File ``ep`` with these rewards. ``count``: a new episode (counted in the
-        stats); ``before``: the rewards it was filed with until now (a rescore: its
-        successes in the stats move from the old rewards to the new)."""
+        """File ``ep`` with these rewards: a new episode (counted in the stats), or with
+        ``before``, the rewards it was filed with until now, a rescore (its successes in
+        the stats move from the old rewards to the new)."""
         labels = impersonate(ep.task, rewards, self.registry, self.mode)
         self.buffers.add(ep, labels)
         s = self.stats
-        if count:
+        if before is None:
             s.collected[ep.task] = s.collected.get(ep.task, 0) + 1
             for task, _ in labels:
                 s.impersonated[task] = s.impersonated.get(task, 0) + 1
-        if count or before is not None:
-            self._count_successes(ep.task, rewards, labels, +1)
-        if before is not None:
+        else:
             old = impersonate(ep.task, before, self.registry, self.mode)
             self._count_successes(ep.task, before, old, -1)
+        self._count_successes(ep.task, rewards, labels, +1)
 
     def _count_successes(
         self, task: str, rewards: dict[str, float], labels: list[tuple[str, float]], sign: int
@@ -159,7 +154,7 @@ class LogReplay:
         with self._lock:
             for (ep, fin), r in zip(new, rewards, strict=True):
                 self._held[ep.episode_id] = (ep, fin, version, r)
-                self._file(ep, r, count=True)
+                self._file(ep, r)
             self._prune()
         return len(new)
 
@@ -186,7 +181,7 @@ class LogReplay:
             for eid, r in zip(eids, rewards, strict=True):
                 ep, fin, _, before = self._held[eid]
                 self._held[eid] = (ep, fin, model.version, r)
-                self._file(ep, r, count=False, before=before)
+                self._file(ep, r, before=before)
             self._prune()
         self.stats.rescored += len(eids)
         return len(eids)

@@ -159,6 +159,18 @@ class EpisodeReader:
         self._seen.update(done)
         return out
 
+    def drain_decoded(
+        self, decode: Callable[[pa.Table], T], columns: list[str] | None = None
+    ) -> Iterator[tuple[Path, T]]:
+        """``poll_decoded`` in parts (``shards_per_poll`` each) until every new shard is
+        read, or until a poll gets through none of what is left (shards failing with OS
+        errors wait for the next call)."""
+        while True:
+            left = len(self.new_shards())
+            yield from self.poll_decoded(decode, columns)
+            if not (self.behind and self.behind < left):
+                return
+
     def read_episode(self, path: str | Path, episode_id: str) -> Episode | None:
         """One episode of a shard (None: not there, or the shard vanished or was
         quarantined). Raises OS errors and unknown versions, as ``episodes()`` does."""

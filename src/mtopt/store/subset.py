@@ -9,17 +9,14 @@ and name, written atomically. A corrupt source shard is quarantined by the reade
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from mtopt._io import atomic_write_bytes
 from mtopt.store.reader import EpisodeReader, shard_paths
-from mtopt.store.writer import SHARDS
+from mtopt.store.writer import SHARDS, write_shard
 
 
 def subset_store(
@@ -54,17 +51,11 @@ def subset_store(
 
     counts = {t: 0 for t in tasks}
     shards = 0
-    while True:
-        left = len(reader.new_shards())
-        for path, table in reader.poll_decoded(select):
-            if table.num_rows == 0:
-                continue
-            buf = io.BytesIO()
-            pq.write_table(table, buf, compression="zstd", compression_level=3)
-            atomic_write_bytes(Path(dst) / SHARDS / path.parent.name / path.name, buf.getvalue())
-            shards += 1
-            for task in table["task"].to_pylist():
-                counts[task] += 1
-        if not (reader.behind and reader.behind < left):
-            break
+    for path, table in reader.drain_decoded(select):
+        if table.num_rows == 0:
+            continue
+        write_shard(Path(dst) / SHARDS / path.parent.name / path.name, table)
+        shards += 1
+        for task in table["task"].to_pylist():
+            counts[task] += 1
     return {**counts, "shards": shards}

@@ -24,6 +24,13 @@ SHARDS = "shards"
 _SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # not ".", "..", nor hidden
 
 
+def write_shard(path: str | Path, table: pa.Table) -> Path:
+    """``table`` as one shard at ``path``, written whole and atomically (zstd Parquet)."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd", compression_level=3)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
 class EpisodeWriter:
     def __init__(
         self,
@@ -60,12 +67,9 @@ class EpisodeWriter:
         self._last_flush = time.monotonic()
         if not self._buffer:
             return None
-        table = pa.concat_tables(self._buffer)
-        buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd", compression_level=3)
         name = f"{time.time_ns():020d}-{self._seq:06d}.parquet"
         self._seq += 1
-        path = atomic_write_bytes(self.dir / name, buf.getvalue())
+        path = write_shard(self.dir / name, pa.concat_tables(self._buffer))
         self.written += len(self._buffer)
         self._buffer.clear()
         return path

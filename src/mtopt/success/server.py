@@ -92,27 +92,19 @@ class StoreIndex:
         if self.sd is not None:
             columns.append("final_image")
         added = 0
+        read = self.reader.drain_decoded if until_caught_up else self.reader.poll_decoded
         with self._lock:
-            while True:
-                left = len(self.reader.new_shards())
-                for path, rows in self.reader.poll_decoded(_index_rows, columns):
-                    new = [
-                        r for r in dict((r[0], r) for r in rows).values() if r[0] not in self.shard
-                    ]
-                    if self.sd is not None and new:
-                        scores = self.sd.score(
-                            np.stack([img for _, _, img in new if img is not None])
-                        )
-                        for k, (eid, _, _) in enumerate(new):
-                            self.probs[eid] = np.asarray(scores[k], np.float32)
-                    for eid, task, _ in new:
-                        self.task[eid] = task
-                        self.shard[eid] = path
-                    added += len(new)
-                # on: while shards are left and the last poll got through some (a shard
-                # that keeps failing with an OS error is tried again on the next refresh)
-                if not (until_caught_up and self.reader.behind and self.reader.behind < left):
-                    return added
+            for path, rows in read(_index_rows, columns):
+                new = [r for r in dict((r[0], r) for r in rows).values() if r[0] not in self.shard]
+                if self.sd is not None and new:
+                    scores = self.sd.score(np.stack([img for _, _, img in new if img is not None]))
+                    for k, (eid, _, _) in enumerate(new):
+                        self.probs[eid] = np.asarray(scores[k], np.float32)
+                for eid, task, _ in new:
+                    self.task[eid] = task
+                    self.shard[eid] = path
+                added += len(new)
+        return added
 
     def episode(self, episode_id: str) -> Episode | None:
         """The whole episode (images included), read from its shard."""
