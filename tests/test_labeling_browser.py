@@ -47,6 +47,18 @@ class Server:
         self.thread.join(10)
 
 
+def _slow_queue(app: object, seconds: float = 0.5) -> object:
+    """The app with /api/queue answering late, as a server busy scoring new episodes does."""
+    import asyncio
+
+    async def wrapped(scope: dict, receive: object, send: object) -> None:
+        if scope.get("type") == "http" and scope.get("path") == "/api/queue":
+            await asyncio.sleep(seconds)
+        await app(scope, receive, send)  # type: ignore[operator]
+
+    return wrapped
+
+
 @pytest.mark.timeout(180)
 def test_label_with_clicks_and_keys_then_restart(tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
@@ -66,7 +78,8 @@ def test_label_with_clicks_and_keys_then_restart(tmp_path: Path) -> None:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=args, headless=True)
         page = browser.new_page()
-        with Server(create_app(store, labels), port):
+        # a slow queue: the count must not say '1 labeled' before the page takes the next key
+        with Server(_slow_queue(create_app(store, labels)), port):
             page.goto(url)
             page.wait_for_function(
                 "document.getElementById('status').textContent.includes('3 to go')", timeout=15000

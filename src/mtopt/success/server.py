@@ -256,14 +256,16 @@ const $=id=>document.getElementById(id);
 function status(){
   $('status').textContent=labeled+' labeled, '+remaining+' to go'+(skipped.size?', '+skipped.size+' skipped':'');
 }
-async function load(){
+// fetchQueue: the next episodes of this task from the server; false (and the error shown) on failure
+async function fetchQueue(){
   const t=$('task').value, limit=Math.min(500, 50+skipped.size);
   const r=await fetch('/api/queue?task='+encodeURIComponent(t)+'&limit='+limit);
-  if(!r.ok){$('status').textContent='error: '+(await r.text()); return;}
+  if(!r.ok){$('status').textContent='error: '+(await r.text()); return false;}
   const d=await r.json();
   queue=d.items.filter(i=>!skipped.has(i.episode_id)); labeled=d.labeled; remaining=d.remaining;
-  status(); next();
+  return true;
 }
+async function load(){ if(await fetchQueue()){status(); next();} }
 function next(){
   cur=queue.shift();
   if(!cur){
@@ -274,21 +276,27 @@ function next(){
   $('strip').src='/api/episodes/'+cur.episode_id+'/strip.png';
   $('meta').textContent='episode '+cur.episode_id+' (collected for '+cur.requested_task+')'+(cur.p_success===null?'':', SD p='+cur.p_success.toFixed(2));
 }
+// label: a key pressed while a label is being saved is ignored (it would label an episode
+// not yet shown); the new count and the next episode appear together once the page is ready
 async function label(success){
   if(!cur||busy) return;
-  busy=true;
+  busy=true; let ready=false;
   try{
     const r=await fetch('/api/labels',{method:'POST',headers:{'Content-Type':'application/json'},
       body:JSON.stringify({episode_id:cur.episode_id,task:$('task').value,success:success})});
     if(!r.ok){$('status').textContent='error: '+(await r.text()); return;}
-    labeled++; remaining--; status();
-    if(queue.length<5) await load(); else next();
+    labeled++; remaining--;
+    ready=queue.length>=5 || await fetchQueue();
   } finally { busy=false; }
+  if(ready){status(); next();}
 }
 async function skip(){
   if(!cur||busy) return;
-  skipped.add(cur.episode_id); status();
-  if(queue.length) next(); else await load();
+  skipped.add(cur.episode_id);
+  if(queue.length){status(); next(); return;}
+  busy=true; let ready=false;
+  try{ ready=await fetchQueue(); } finally { busy=false; }
+  if(ready){status(); next();}
 }
 $('yes').onclick=()=>label(true); $('no').onclick=()=>label(false); $('skip').onclick=()=>skip();
 document.addEventListener('keydown',e=>{ if(e.key==='y'||e.key==='1')label(true); else if(e.key==='n'||e.key==='0')label(false); else if(e.key==='s')skip();});
