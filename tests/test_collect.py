@@ -282,3 +282,22 @@ def test_a_task_the_robot_cannot_set_up_is_skipped_not_stored(tmp_path: Path) ->
         loop = CollectLoop(CannotHoldRobot(), only_place, w, scripted_policy_for, cfg, seed=3)
         with pytest.raises(RuntimeError, match="could not set up any enabled task"):
             loop.run_one()
+
+
+def test_rate_wait_holds_a_robot_to_its_rate() -> None:
+    from mtopt.collect.fleet import rate_wait
+
+    # 3 episodes at most 2 per second: due at 1.5 s; after 1.0 s, wait 0.5 s
+    assert rate_wait(3, 2.0, 1.0) == pytest.approx(0.5)
+    assert rate_wait(3, 2.0, 2.0) == 0.0  # behind its rate: no wait
+    assert rate_wait(3, 0.0, 0.0) == 0.0  # 0: unlimited
+
+
+def test_robot_seed_moves_on_with_the_episodes_written_and_ignores_the_clock() -> None:
+    from mtopt.collect.fleet import robot_seed
+
+    assert robot_seed(5, 0) == 5
+    assert robot_seed(5, 2) == 5 + 2 * 7919  # a restart after 2 episodes: new scenes
+    assert robot_seed(5, 2) == robot_seed(5, 2)  # the same store history: the same seed
+    # two robots (bases 0 and 1) never share a seed while they wrote under 7919 episodes apart
+    assert {robot_seed(0, k) for k in range(50)}.isdisjoint({robot_seed(1, k) for k in range(50)})

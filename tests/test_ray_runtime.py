@@ -48,3 +48,29 @@ def test_ray_run_survives_killed_actors(tmp_path: Path) -> None:
     sources = summary["averaged"]["averaged"]["sources"]
     assert sources[0]["step"] == summary["learner_steps"] and len(sources) >= 2
     assert (tmp_path / "run" / "policy-averaged" / "evaluation.json").exists()
+
+
+@pytest.mark.timeout(600)
+def test_ray_run_relabels_and_retrains_the_sd_and_ingests_the_last_episodes(
+    tmp_path: Path,
+) -> None:
+    """SD relabel rounds on Ray as on the local runtime (they used to be local only), and
+    the summary counts the episodes the last robot calls flushed."""
+    from mtopt.runtime.ray_runtime import run_ray
+
+    cfg = override(
+        preset("tiny"),
+        [
+            "robots=2",
+            "max_learner_steps=60",
+            "max_episodes=0",
+            "budget_minutes=6",
+            "sd.improve_every_episodes=20",
+            "sd.improve_growth=1.0",
+        ],
+    )
+    summary = run_ray(cfg, tmp_path / "run")
+    assert summary["sd_version"] >= 2 and summary["sd_episode_labels"] > 0
+    assert (tmp_path / "run" / "sd" / "episode_labels.npz").exists()
+    stored = [r for r in EpisodeReader(tmp_path / "run" / "store").metadata() if r["num_steps"]]
+    assert summary["episodes"] == len(stored)

@@ -33,6 +33,21 @@ def robot_id(i: int) -> str:
     return f"robot-{i:02d}"
 
 
+def rate_wait(episodes_done: int, max_rate: float, elapsed_s: float) -> float:
+    """Seconds a robot waits after ``episodes_done`` episodes in ``elapsed_s`` seconds to
+    collect at most ``max_rate`` episodes per second (0: unlimited, no wait)."""
+    if max_rate <= 0:
+        return 0.0
+    return max(0.0, episodes_done / max_rate - elapsed_s)
+
+
+def robot_seed(base: int, written_before: int) -> int:
+    """A robot's seed from the run's base seed for it and the episodes it wrote to the
+    store before it (re)started: a restarted or resumed robot collects new scenes, and
+    the same store history gives the same seeds (no wall clock)."""
+    return base + 7919 * written_before
+
+
 def _worker(
     i: int, spec: FleetSpec, episodes: int | None, seed: int, conn: Connection, stop: Any
 ) -> None:
@@ -75,10 +90,9 @@ def _worker(
             # if the parent is gone the episode is on disk all the same
             with contextlib.suppress(BrokenPipeError, OSError):
                 conn.send((i, ep.task, ep.policy, ep.gt_success))
-            if spec.max_rate > 0:
-                ahead = n / spec.max_rate - (time.monotonic() - t0)
-                if ahead > 0:
-                    stop.wait(ahead)
+            ahead = rate_wait(n, spec.max_rate, time.monotonic() - t0)
+            if ahead > 0:
+                stop.wait(ahead)
     except KeyboardInterrupt:
         pass
     finally:

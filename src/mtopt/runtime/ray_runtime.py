@@ -41,18 +41,18 @@ def _robot_actor_cls() -> Any:
             import torch
 
             torch.set_num_threads(1)
-            from mtopt.collect.fleet import robot_id
+            from mtopt.collect.fleet import robot_id, robot_seed, written_per_robot
             from mtopt.collect.loop import CollectLoop, PolicyProvider
             from mtopt.robots.sim_robot import SimRobot
             from mtopt.store.writer import EpisodeWriter
             from mtopt.tasks import DEFAULT_REGISTRY
 
-            restart = int(os.environ.get("RAY_ACTOR_RESTART_COUNT", "0"))  # informational
-            self.robot = SimRobot(
-                cfg.sim,
-                robot_id=robot_id(index),
-                seed=seed + 7919 * restart + int(time.time()) % 10007,
-            )
+            # a restarted (or resumed) actor goes on from the episodes it already wrote,
+            # so its scenes are new and the same store history gives the same seeds
+            written = written_per_robot(Path(root) / "store").get(robot_id(index), 0)
+            seed = robot_seed(seed, written)
+            self.max_rate, self.done, self.t0 = cfg.max_collect_rate, 0, time.monotonic()
+            self.robot = SimRobot(cfg.sim, robot_id=robot_id(index), seed=seed)
             self.writer = EpisodeWriter(
                 Path(root) / "store",
                 robot_id(index),
@@ -74,17 +74,22 @@ def _robot_actor_cls() -> Any:
             )
             collect = dataclasses.replace(cfg.collect, max_steps=cfg.sim.max_steps)
             self.loop = CollectLoop(
-                self.robot, DEFAULT_REGISTRY, self.writer, provider, collect, seed=seed + restart
+                self.robot, DEFAULT_REGISTRY, self.writer, provider, collect, seed=seed
             )
 
         def pid(self) -> int:
             return os.getpid()
 
         def run(self, episodes: int) -> dict[str, int]:
+            from mtopt.collect.fleet import rate_wait
+
             counts: dict[str, int] = {}
             for _ in range(episodes):
                 ep = self.loop.run_one()
                 counts[ep.task] = counts.get(ep.task, 0) + 1
+                self.done += 1
+                # at most cfg.max_collect_rate episodes per second, as the local fleet
+                time.sleep(rate_wait(self.done, self.max_rate, time.monotonic() - self.t0))
             self.writer.flush()
             return counts
 
@@ -213,24 +218,53 @@ def run_ray(
     from mtopt.qtopt.bellman import TrainBatch
     from mtopt.qtopt.learner import Learner
     from mtopt.qtopt.weights import snapshot_due, snapshot_latest
-    from mtopt.runtime.local import LocalRun, elapsed_before, resume_learner
+    from mtopt.replay.ingest import StoreIngest
+    from mtopt.runtime.local import LocalRun, elapsed_before, resume_learner, sd_round_due
     from mtopt.runtime.report import write_report
+    from mtopt.store.reader import EpisodeReader
 
     run = LocalRun(cfg, out, resume)
     c, p = cfg, run.paths
     t_start = time.time()
     t0 = t_start  # when the run started, counting its earlier invocations
     sd = run.init_sd()
-    kept: dict[str, Any] = {}
+    sd_labels = sd_since = 0
     fleet_error: str | None = None
-    if resume and p.checkpoint.exists():
+    resumed = resume and p.checkpoint.exists()
+    if resumed:
         learner, extra = resume_learner(p, c)
-        # the local runtime's SD round counters: kept for a later local resume
-        kept = {k: extra[k] for k in ("sd_labels", "sd_since") if k in extra}
+        sd_labels, sd_since = int(extra.get("sd_labels", 0)), int(extra.get("sd_since", 0))
         run.history = list(extra.get("history", []))
         t0 = t_start - elapsed_before(extra)
     else:
         learner = Learner(c.qnet, c.learner, logdir=p.root / "tb")
+    # SD relabel + retrain rounds, as the local runtime's: the driver tails the store for
+    # the newest episodes (the replay actors reload each published SD and rescore)
+    sd_tail: StoreIngest[Any] | None = None
+    if c.sd.improve_every_episodes > 0:
+        p.store.mkdir(parents=True, exist_ok=True)
+        reader = EpisodeReader(
+            p.store, must_exist=False, shards_per_poll=c.replay.read_shards_per_poll
+        )
+        if resumed:
+            reader.skip(reader.new_shards())  # counted before the stop (sd_since)
+        sd_tail = StoreIngest(
+            reader,
+            len,
+            keep_recent=5 * max(1, c.sd.label_budget_per_round),
+            name="sd-tail",
+            since_mark=sd_since,
+        )
+
+    def extras(now: float) -> dict[str, Any]:
+        """What a resume needs besides the learner (the local runtime's keys)."""
+        return {
+            "history": run.history,
+            "sd_labels": sd_labels,
+            "sd_since": sd_tail.since_mark if sd_tail else sd_since,
+            "elapsed_s": now - t0,
+        }
+
     learner.publish(p.weights)  # replay actors need target networks from the start
     scripted = run.scripted_baseline()
     started_here = not ray.is_initialized()
@@ -281,6 +315,17 @@ def run_ray(
                         continue
                 if collecting:
                     pending[actor.run.remote(per_call)] = actor
+            if sd_tail is not None:
+                sd_tail.check()
+                if sd_round_due(
+                    sd_tail.since_mark,
+                    c.sd.improve_every_episodes,
+                    c.sd.improve_growth,
+                    sd.version - 1,
+                ):
+                    with sd_tail.paused():
+                        sd, sd_labels = run.improve_sd(sd, sd_tail.recent(), sd_labels)
+                        sd_tail.mark()
             if c.robots and dropped == c.robots:
                 fleet_error = f"every robot actor failed {MAX_ROBOT_FAILURES} times in a row"
                 log.error("%s: stopping (checkpoint and report follow)", fleet_error)
@@ -294,18 +339,15 @@ def run_ray(
             for b in batches:
                 if c.max_learner_steps and learner.step >= c.max_learner_steps:
                     break
-                learner.train_step(
-                    TrainBatch(**{k: torch.from_numpy(v) for k, v in b.items()}), run.registry.names
-                )
+                # Ray hands numpy arrays over read-only (zero copy): a writable copy each
+                tensors = {k: torch.from_numpy(np.array(v)) for k, v in b.items()}
+                learner.train_step(TrainBatch(**tensors), run.registry.names)
                 if learner.step % c.publish_every == 0:
                     learner.publish(p.weights)
                     if snapshot_due(learner.step, c.snapshot_every, c.publish_every):
                         snapshot_latest(p.weights)
                 if learner.step % c.checkpoint_every == 0:
-                    learner.save_checkpoint(
-                        p.checkpoint,
-                        {**kept, "history": run.history, "elapsed_s": time.time() - t0},
-                    )
+                    learner.save_checkpoint(p.checkpoint, extras(time.time()))
             if kill_hook is not None:
                 kill_hook(robots, replays, learner.step)
             if learner.step - last_eval >= c.eval.every_steps:
@@ -316,13 +358,20 @@ def run_ray(
         for ref in list(pending):
             with contextlib.suppress(Exception):
                 ray.get(ref, timeout=60)
+        # the episodes the last robot calls flushed: in the summary and the report
+        with contextlib.suppress(Exception):
+            final = ray.get([r.step.remote(0) for r in replays], timeout=120)
+            ingested, comp = final[0]["ingested"], final[0]["composition"]
     finally:
+        if sd_tail is not None:
+            with contextlib.suppress(Exception):
+                sd_tail.close(timeout_s=10)
         if started_here:
             ray.shutdown()
     learner.publish(p.weights)
     run._evaluate(learner, scripted, ingested, t0, sd, {})
     t_end = time.time()
-    learner.save_checkpoint(p.checkpoint, {**kept, "history": run.history, "elapsed_s": t_end - t0})
+    learner.save_checkpoint(p.checkpoint, extras(t_end))
     averaged = run.average_at_end()  # after the checkpoint: optional, never in its way
     summary = {
         "runtime": "ray",
@@ -330,7 +379,7 @@ def run_ray(
         "learner_steps": learner.step,
         "q_version": learner.version,
         "sd_version": sd.version,
-        "sd_episode_labels": 0,
+        "sd_episode_labels": sd_labels,
         "wall_minutes": round((t_end - t_start) / 60, 2),
         "total_wall_minutes": round((t_end - t0) / 60, 2),
         "final": run.history[-1] if run.history else {},
@@ -354,5 +403,4 @@ def run_ray(
 
     write_report(run, summary, _NoBuffers())
     atomic_write_json(p.root / "summary.json", summary)
-    _ = np  # numpy used by actors via imports
     return summary
