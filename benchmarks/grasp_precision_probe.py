@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from _results import write_result
-from mtopt.eval.evaluate import EVAL_SEED_OFFSET, evaluate_policy, rate_with_ci
+from mtopt.eval.evaluate import eval_scene_seed, evaluate_policy, rate_with_ci
 from mtopt.robots.base import Observation
 from mtopt.robots.sim_robot import SimRobot
 from mtopt.sim.config import SimConfig
@@ -151,7 +151,7 @@ def held_out_episodes(
     same scene seeds), each run with ``policy``; the robot is left at the episode's end."""
     spec = DEFAULT_REGISTRY.get(task)
     for k in range(k0, k0 + n):
-        scene_seed = EVAL_SEED_OFFSET + seed * 100_000 + k
+        scene_seed = eval_scene_seed(seed, 0, k)
         robot.reset_scene(scene_seed)
         rng = np.random.default_rng(scene_seed)
         yield k, run_episode(robot, policy, spec, rng, robot.config.max_steps)

@@ -40,7 +40,7 @@ import torch
 
 from _results import write_result
 from grasp_outcome_probe import nearest_offset
-from mtopt.eval.evaluate import EVAL_SEED_OFFSET
+from mtopt.eval.evaluate import eval_scene_seed
 from mtopt.policies.cem_policy import CEMPolicy
 from mtopt.qtopt.cem import cem_argmax
 from mtopt.qtopt.networks import q_state
@@ -184,7 +184,7 @@ def main() -> None:
     episodes = []
     try:
         for k in range(args.episodes):
-            scene_seed = EVAL_SEED_OFFSET + args.seed * 100_000 + k
+            scene_seed = eval_scene_seed(args.seed, 0, k)
             robot.reset_scene(scene_seed)
             start = len(probe.rows)
             rec = run_episode(robot, probe, spec, np.random.default_rng(scene_seed), sim.max_steps)

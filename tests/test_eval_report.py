@@ -158,3 +158,40 @@ def test_batch_composition_is_measured_from_drawn_transitions() -> None:
     assert share["a"]["success"] == pytest.approx(0.25, abs=0.02)
     assert share["a"]["failure"] == pytest.approx(0.25, abs=0.02)
     assert share["b"]["success"] == pytest.approx(0.5, abs=0.02)
+
+
+def test_evaluation_replaces_a_scene_the_robot_cannot_set_up() -> None:
+    """A place scene where the object cannot be put in the gripper is replaced by the next
+    scene of its slot (it used to be scored as the policy's failure); slots stay aligned."""
+    from mtopt.eval.evaluate import SETUP_TRIES, eval_scene_seed, evaluate_outcomes
+    from mtopt.policies.scripted import scripted_policy_for
+    from mtopt.robots.sim_robot import SimRobot
+    from mtopt.sim.cell import SimConfig
+    from mtopt.tasks import DEFAULT_REGISTRY
+
+    sim = SimConfig(max_steps=3)
+    robot = SimRobot(sim, robot_id="eval", seed=0)
+    ran: list[int] = []
+    refuse = {eval_scene_seed(0, 0, 1, 0)} | {eval_scene_seed(0, 0, 2, a) for a in range(3)}
+    prepare = robot.prepare_for_task
+
+    def prepare_unless_refused(starts_holding: bool) -> bool:
+        ran.append(robot.scene_seed)
+        return robot.scene_seed not in refuse and prepare(starts_holding)
+
+    robot.prepare_for_task = prepare_unless_refused  # type: ignore[method-assign]
+    try:
+        wins = evaluate_outcomes(
+            scripted_policy_for, DEFAULT_REGISTRY, ["place-any"], 3, sim, seed=0, robot=robot
+        )
+    finally:
+        robot.close()
+    assert SETUP_TRIES == 3
+    assert ran == [
+        eval_scene_seed(0, 0, 0),
+        eval_scene_seed(0, 0, 1, 0),
+        eval_scene_seed(0, 0, 1, 1),  # slot 1's replacement
+        *(eval_scene_seed(0, 0, 2, a) for a in range(3)),  # slot 2: no scene sets up
+    ]
+    assert len(wins["place-any"]) == 3 and wins["place-any"][2] is False
+    assert eval_scene_seed(5, 1, 7) == 7_000_000 + 500_000 + 1000 + 7  # by hand

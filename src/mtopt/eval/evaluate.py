@@ -15,6 +15,22 @@ from mtopt.sim.runner import run_episode
 from mtopt.tasks.registry import TaskRegistry, TaskSpec
 
 EVAL_SEED_OFFSET = 7_000_000  # evaluation scene seeds never used for collection seeds of the fleet
+SETUP_TRIES = 3
+"""Scenes tried for one evaluation episode of a task the robot must set up (a place task's
+object put in the gripper): a scene where that fails is replaced, not scored as a failure."""
+SETUP_RETRY_STRIDE = 50_000_000
+
+
+def eval_scene_seed(seed: int, task_index: int, episode: int, attempt: int = 0) -> int:
+    """The held-out scene of evaluation episode ``episode`` of the ``task_index``-th task;
+    ``attempt`` > 0: its replacement when the task cannot be set up in the scene before."""
+    return (
+        EVAL_SEED_OFFSET
+        + seed * 100_000
+        + task_index * 1000
+        + episode
+        + SETUP_RETRY_STRIDE * attempt
+    )
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -45,7 +61,9 @@ def evaluate_outcomes(
 ) -> dict[str, list[bool]]:
     """Ground-truth success of each episode, per task, on fixed held-out scenes: episode k
     of task ``tasks[i]`` is the same scene in every call with the same ``seed`` and ``i``,
-    so two policies' outcomes pair up scene by scene (``paired_comparison``).
+    so two policies' outcomes pair up scene by scene (``paired_comparison``). A scene where
+    the robot cannot set up the task (``prepare_for_task``: False) is replaced by the next
+    of ``SETUP_TRIES`` (``eval_scene_seed``); the policy is not charged for the setup.
 
     robot: evaluate on this robot (built from ``sim`` by the caller, who closes it), for
     policies that need it, such as the privileged ``mtopt.sim.oracle.OraclePolicy``."""
@@ -58,11 +76,18 @@ def evaluate_outcomes(
             spec = registry.get(name)
             wins: list[bool] = []
             for k in range(episodes_per_task):
-                scene_seed = EVAL_SEED_OFFSET + seed * 100_000 + ti * 1000 + k
-                robot.reset_scene(scene_seed)
-                rng = np.random.default_rng(scene_seed)
-                run_episode(robot, policy_for(spec), spec, rng, sim.max_steps)
-                wins.append(bool(spec.succeeded(robot.scene_state())))
+                for attempt in range(SETUP_TRIES):
+                    scene_seed = eval_scene_seed(seed, ti, k, attempt)
+                    robot.reset_scene(scene_seed)
+                    rng = np.random.default_rng(scene_seed)
+                    rec = run_episode(
+                        robot, policy_for(spec), spec, rng, sim.max_steps, skip_unprepared=True
+                    )
+                    if rec.prepared:
+                        break
+                # a scene that is set up depends only on its seed, so two policies still
+                # meet the same scenes; no scene in SETUP_TRIES: a failure, as before
+                wins.append(rec.prepared and bool(spec.succeeded(robot.scene_state())))
             out[name] = wins
     finally:
         if own:
