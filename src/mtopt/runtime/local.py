@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -398,6 +398,28 @@ class LocalRun:
         self._record_sd_quality(new_sd, labels)
         return new_sd, labels
 
+    def sd_round(
+        self,
+        sd: SuccessDetector,
+        tail: StoreIngest[Any],
+        labels_so_far: int,
+        use: Callable[[SuccessDetector], object] | None = None,
+    ) -> tuple[SuccessDetector, int]:
+        """An SD relabel + retrain round on the newest episodes ``tail`` keeps, when one is
+        due (``sd_round_due``); ``use(new_sd)`` runs before ``tail`` ingests again. Both
+        runtimes call it; the Ray replay actors load the published SD themselves."""
+        sd_cfg = self.cfg.sd
+        if not sd_round_due(
+            tail.since_mark, sd_cfg.improve_every_episodes, sd_cfg.improve_growth, sd.version - 1
+        ):
+            return sd, labels_so_far
+        with tail.paused():
+            sd, labels = self.improve_sd(sd, tail.recent(), labels_so_far)
+            if use is not None:
+                use(sd)
+            tail.mark()
+        return sd, labels
+
     def _retrain_start(self, sd: SuccessDetector) -> SuccessNet:
         """The network a relabel round fine-tunes (``SDConfig.retrain_from``)."""
         initial = self.paths.sd / "initial"
@@ -660,16 +682,7 @@ class LocalRun:
                     )
                 if c.max_episodes and ingest.ingested >= c.max_episodes:
                     stop_fleet.set()
-                if sd_round_due(
-                    ingest.since_mark,
-                    c.sd.improve_every_episodes,
-                    c.sd.improve_growth,
-                    sd.version - 1,
-                ):
-                    with ingest.paused():
-                        sd, sd_labels = self.improve_sd(sd, ingest.recent(), sd_labels)
-                        replay.set_reward_model(sd)
-                        ingest.mark()
+                sd, sd_labels = self.sd_round(sd, ingest, sd_labels, replay.set_reward_model)
                 if backlog_done and len(buffers) >= needed:
                     if c.bellman_prefetch and background is None:
                         background = BackgroundUpdater(updater, c.bellman_prefetch)

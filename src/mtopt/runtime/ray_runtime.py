@@ -219,7 +219,7 @@ def run_ray(
     from mtopt.qtopt.learner import Learner
     from mtopt.qtopt.weights import snapshot_due, snapshot_latest
     from mtopt.replay.ingest import StoreIngest
-    from mtopt.runtime.local import LocalRun, elapsed_before, resume_learner, sd_round_due
+    from mtopt.runtime.local import LocalRun, elapsed_before, resume_learner
     from mtopt.runtime.report import write_report
     from mtopt.store.reader import EpisodeReader
 
@@ -317,15 +317,7 @@ def run_ray(
                     pending[actor.run.remote(per_call)] = actor
             if sd_tail is not None:
                 sd_tail.check()
-                if sd_round_due(
-                    sd_tail.since_mark,
-                    c.sd.improve_every_episodes,
-                    c.sd.improve_growth,
-                    sd.version - 1,
-                ):
-                    with sd_tail.paused():
-                        sd, sd_labels = run.improve_sd(sd, sd_tail.recent(), sd_labels)
-                        sd_tail.mark()
+                sd, sd_labels = run.sd_round(sd, sd_tail, sd_labels)
             if c.robots and dropped == c.robots:
                 fleet_error = f"every robot actor failed {MAX_ROBOT_FAILURES} times in a row"
                 log.error("%s: stopping (checkpoint and report follow)", fleet_error)
