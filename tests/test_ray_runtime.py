@@ -55,7 +55,8 @@ def test_ray_run_relabels_and_retrains_the_sd_and_ingests_the_last_episodes(
     tmp_path: Path,
 ) -> None:
     """SD relabel rounds on Ray as on the local runtime (they used to be local only), and
-    the summary counts the episodes the last robot calls flushed."""
+    the summary counts every stored episode once: two replay workers, each reading its
+    part of the store, and the episodes the last robot calls flushed."""
     from mtopt.runtime.ray_runtime import run_ray
 
     cfg = override(
@@ -65,6 +66,7 @@ def test_ray_run_relabels_and_retrains_the_sd_and_ingests_the_last_episodes(
             "max_learner_steps=60",
             "max_episodes=0",
             "budget_minutes=6",
+            "replay_workers=2",  # each reads its part of the store
             "sd.improve_every_episodes=20",
             "sd.improve_growth=1.0",
         ],

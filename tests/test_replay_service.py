@@ -8,7 +8,7 @@ import torch
 from mtopt.config import override
 from mtopt.runtime.config import preset
 from mtopt.runtime.ray_runtime import ReplayService
-from mtopt.store import EpisodeWriter
+from mtopt.store import EpisodeReader, EpisodeWriter
 from mtopt.success.network import SDNetConfig, SuccessDetector, SuccessNet
 from mtopt.tasks import DEFAULT_REGISTRY
 from test_store import make_episode
@@ -53,3 +53,39 @@ def test_reads_a_large_store_in_parts_before_giving_batches(tmp_path: Path) -> N
         assert counts == [0, 0, 0, 0, 1] and again.ingested == 10
     finally:
         torch.set_num_threads(threads)
+
+
+def test_workers_of_parts_hold_disjoint_episodes_that_add_up_to_the_store(
+    tmp_path: Path,
+) -> None:
+    from mtopt.runtime.ray_runtime import merged_progress
+
+    root = tmp_path / "run"
+    with EpisodeWriter(root / "store", "r0", flush_every=1) as w:  # a shard per episode
+        for i in range(10):
+            w.write(make_episode(i, steps=3, size=64))
+    SuccessDetector(SuccessNet(SDNetConfig()), DEFAULT_REGISTRY.names).publish(root / "sd", 1)
+    cfg = override(preset("tiny"), ["replay.min_episodes=4"])
+    threads = torch.get_num_threads()
+    try:
+        svcs = [ReplayService(cfg, str(root), seed=i, part=(i, 2)) for i in range(2)]
+        outs = [s.step(1) for s in svcs]
+    finally:
+        torch.set_num_threads(threads)
+    assert [s.min_episodes for s in svcs] == [2, 2]  # each worker's share of 4
+    every = [e.episode_id for e in EpisodeReader(root / "store").episodes()]
+    holders = [[i for i, s in enumerate(svcs) if eid in s.buffers] for eid in every]
+    assert len(every) == 10 and all(len(h) == 1 for h in holders)  # each held once
+    ingested, comp = merged_progress(outs)
+    assert ingested == 10 and comp["lift-any"]["original"] == 10
+
+
+def test_merged_progress_sums_workers_by_hand() -> None:
+    from mtopt.runtime.ray_runtime import merged_progress
+
+    a = {"ingested": 3, "composition": {"t": {"original": 2, "impersonated": 5, "successes": 1}}}
+    b = {"ingested": 4, "composition": {"t": {"original": 1, "impersonated": 0, "successes": 2}}}
+    assert merged_progress([a, b]) == (
+        7,
+        {"t": {"original": 3, "impersonated": 5, "successes": 3}},
+    )

@@ -402,3 +402,17 @@ def test_a_newer_shard_without_a_column_asked_for_is_not_quarantined(tmp_path: P
     with pytest.raises(SchemaError, match="unknown schema version 2"):
         EpisodeReader(tmp_path).metadata()
     assert newer.exists() and not (tmp_path / "quarantine").exists()
+
+
+def test_readers_of_parts_read_every_shard_once_between_them(tmp_path: Path) -> None:
+    with EpisodeWriter(tmp_path, "r0", flush_every=1) as w:  # a shard per episode
+        for i in range(12):
+            w.write(make_episode(i, steps=1, size=8))
+    every = {e.episode_id for e in EpisodeReader(tmp_path).episodes()}
+    parts = [{e.episode_id for e in EpisodeReader(tmp_path, part=(i, 3)).poll()} for i in range(3)]
+    assert set().union(*parts) == every and sum(len(p) for p in parts) == len(every) == 12
+    # the same split in another reader (another process, another run)
+    assert {e.episode_id for e in EpisodeReader(tmp_path, part=(1, 3)).poll()} == parts[1]
+    for bad in [(3, 3), (-1, 2), (0, 0)]:
+        with pytest.raises(ValueError, match="part"):
+            EpisodeReader(tmp_path, part=bad)

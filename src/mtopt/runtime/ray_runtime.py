@@ -100,11 +100,18 @@ class ReplayService:
     """One replay worker's loop, without Ray: the store's new shards -> LogReplay (SD
     rewards, impersonation, the bounded per-task buffers) -> Bellman targets with the
     newest published target networks. ``step(n)`` returns up to ``n`` batches as numpy
-    arrays; none while the buffers hold fewer than ``replay.min_episodes`` episodes or the
-    store is still being read in parts (``replay.read_shards_per_poll``; a resumed run's,
-    or a killed actor's restart). The Ray runtime runs it as ``ReplayActor``."""
+    arrays; none while the buffers hold fewer than their share of ``replay.min_episodes``
+    episodes or the store is still being read in parts (``replay.read_shards_per_poll``; a
+    resumed run's, or a killed actor's restart). The Ray runtime runs it as
+    ``ReplayActor``.
 
-    def __init__(self, cfg: RunConfig, root: str, seed: int):
+    part=(i, n): worker i of n reads only its part of the store's shards
+    (``EpisodeReader(part=...)``), so n workers hold n disjoint buffers (n times the
+    data for one worker's memory) and each shard is decoded once; every worker
+    re-balances its own batches, so the learner's batches together follow the whole
+    store's task shares."""
+
+    def __init__(self, cfg: RunConfig, root: str, seed: int, part: tuple[int, int] = (0, 1)):
         import torch
 
         torch.set_num_threads(1)
@@ -124,7 +131,10 @@ class ReplayService:
             self.root / "store",
             must_exist=False,
             shards_per_poll=cfg.replay.read_shards_per_poll,
+            part=part,
         )
+        wanted = min(cfg.replay.min_episodes, cfg.max_episodes or cfg.replay.min_episodes)
+        self.min_episodes = max(1, -(-wanted // part[1]))  # this worker's share
         nets = [QNetwork(cfg.qnet).eval(), QNetwork(cfg.qnet).eval()]
         self.updater = BellmanUpdater(
             self.buffers,
@@ -170,9 +180,7 @@ class ReplayService:
         out = []
         # a store larger than one poll (a resumed run's) is read in parts first: no
         # batches from its oldest part meanwhile
-        if self.reader.behind == 0 and len(self.buffers) >= min(
-            self.cfg.replay.min_episodes, self.cfg.max_episodes or self.cfg.replay.min_episodes
-        ):
+        if self.reader.behind == 0 and len(self.buffers) >= self.min_episodes:
             for _ in range(batches):
                 b = self.updater.make_batch()
                 out.append(
@@ -195,6 +203,18 @@ class ReplayService:
             "episodes_held": len(self.buffers),
             "composition": comp,
         }
+
+
+def merged_progress(results: list[dict[str, Any]]) -> tuple[int, dict[str, dict[str, int]]]:
+    """Episodes ingested and the data composition over replay workers that each read a
+    disjoint part of the store: their sums."""
+    comp: dict[str, dict[str, int]] = {}
+    for res in results:
+        for task, counts in res["composition"].items():
+            mine = comp.setdefault(task, dict.fromkeys(counts, 0))
+            for k, v in counts.items():
+                mine[k] = mine.get(k, 0) + int(v)
+    return sum(int(r["ingested"]) for r in results), comp
 
 
 def _replay_actor_cls() -> Any:
@@ -282,11 +302,13 @@ def run_ray(
         robot_cls, replay_cls = _robot_actor_cls(), _replay_actor_cls()
         robots = [robot_cls.remote(i, c, str(p.root), c.seed * 100 + i) for i in range(c.robots)]
         replays = [
-            replay_cls.remote(c, str(p.root), c.seed + 1 + i) for i in range(c.replay_workers)
+            replay_cls.remote(c, str(p.root), c.seed + 1 + i, (i, c.replay_workers))
+            for i in range(c.replay_workers)
         ]
         per_call = 4
         pending = {r.run.remote(per_call): r for r in robots}
-        ingested, last_eval, comp = 0, learner.step, {}
+        ingested, last_eval = 0, learner.step
+        comp: dict[str, dict[str, int]] = {}
         failures: dict[Any, int] = {}
         dropped = 0
         deadline = t_start + c.budget_minutes * 60
@@ -322,9 +344,9 @@ def run_ray(
                 fleet_error = f"every robot actor failed {MAX_ROBOT_FAILURES} times in a row"
                 log.error("%s: stopping (checkpoint and report follow)", fleet_error)
                 break
-            # every replay actor reads the whole store and samples its own batches
+            # each replay actor reads its part of the store and samples its own batches
             results = ray.get([r.step.remote(4) for r in replays])
-            ingested, comp = results[0]["ingested"], results[0]["composition"]
+            ingested, comp = merged_progress(results)
             batches = [b for res in results for b in res["batches"]]
             if c.max_episodes and ingested >= c.max_episodes:
                 collecting = False
@@ -352,8 +374,9 @@ def run_ray(
                 ray.get(ref, timeout=60)
         # the episodes the last robot calls flushed: in the summary and the report
         with contextlib.suppress(Exception):
-            final = ray.get([r.step.remote(0) for r in replays], timeout=120)
-            ingested, comp = final[0]["ingested"], final[0]["composition"]
+            ingested, comp = merged_progress(
+                ray.get([r.step.remote(0) for r in replays], timeout=120)
+            )
     finally:
         if sd_tail is not None:
             with contextlib.suppress(Exception):

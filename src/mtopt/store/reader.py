@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,6 +44,12 @@ class StoreNotFoundError(FileNotFoundError):
 def shard_paths(store_dir: str | Path) -> list[Path]:
     root = Path(store_dir) / SHARDS
     return sorted(root.glob("*/*.parquet"), key=lambda p: (p.name, p.parent.name))
+
+
+def shard_part(path: Path, parts: int) -> int:
+    """Which of ``parts`` readers takes this shard: a stable hash of its robot folder and
+    name (the same in every process and run, unlike Python's ``hash``)."""
+    return zlib.crc32(f"{path.parent.name}/{path.name}".encode()) % parts
 
 
 def quarantine(store_dir: str | Path, path: Path, reason: str) -> Path | None:
@@ -77,12 +84,21 @@ def _rows(table: pa.Table) -> list[dict[str, Any]]:
 
 class EpisodeReader:
     def __init__(
-        self, store_dir: str | Path, must_exist: bool = True, shards_per_poll: int | None = None
+        self,
+        store_dir: str | Path,
+        must_exist: bool = True,
+        shards_per_poll: int | None = None,
+        part: tuple[int, int] | None = None,
     ):
         """``shards_per_poll`` bounds what one ``poll()`` reads (None: every new shard), so
-        a consumer that keeps a bounded part of a large store never holds all of it."""
+        a consumer that keeps a bounded part of a large store never holds all of it.
+        ``part=(i, n)``: this reader sees only the i-th of n disjoint parts of the store's
+        shards (``shard_part``), so n readers together read each shard once."""
         if shards_per_poll is not None and shards_per_poll < 1:
             raise ValueError(f"shards_per_poll must be >= 1 or None, got {shards_per_poll}")
+        if part is not None and not (part[1] >= 1 and 0 <= part[0] < part[1]):
+            raise ValueError(f"part must be (i, n) with 0 <= i < n, got {part}")
+        self.part = part
         self.store_dir = Path(store_dir)
         self.shards_per_poll = shards_per_poll
         self.behind = 0
@@ -119,7 +135,13 @@ class EpisodeReader:
             return None
 
     def new_shards(self) -> list[Path]:
-        return [p for p in shard_paths(self.store_dir) if p not in self._seen]
+        new = [p for p in shard_paths(self.store_dir) if p not in self._seen]
+        if self.part is None:
+            return new
+        i, n = self.part
+        mine = [p for p in new if shard_part(p, n) == i]
+        self._seen.update(set(new) - set(mine))  # other readers' shards: never looked at again
+        return mine
 
     def skip(self, paths: Iterable[Path]) -> None:
         """Mark shards as read, so ``poll`` never returns their episodes (e.g. to start
