@@ -179,6 +179,34 @@ def switch_table(
     }
 
 
+def progress_bar(step: int, max_steps: int) -> Any:
+    """The run's progress bar in learner steps (both runtimes)."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(
+        desc="mtopt run",
+        unit="step",
+        total=max_steps or None,
+        initial=step,
+        # redirected to a log file: one line a minute instead of ten a second
+        mininterval=0.1 if sys.stderr.isatty() else 60.0,
+    )
+
+
+def show_progress(
+    bar: Any, episodes: int, sd_version: int, q_version: int, stats: dict[str, float]
+) -> None:
+    bar.set_postfix(
+        episodes=episodes,
+        sd=f"v{sd_version}",
+        q=f"v{q_version}",
+        loss=f"{stats.get('loss', 0):.3f}",
+        refresh=False,  # shown on the bar's next (rate-limited) refresh
+    )
+
+
 def resume_learner(paths: RunPaths, cfg: RunConfig) -> tuple[Learner, dict[str, Any]]:
     """The learner of a run from its checkpoint, which must hold the Q-network the config
     describes (LogReplay builds the network's inputs from the config)."""
@@ -637,18 +665,7 @@ class LocalRun:
         thread = threading.Thread(target=fleet, name="fleet", daemon=True)
         thread.start()
         self._log(f"fleet started: {c.robots} robot process(es) -> {p.store}")
-        import sys
-
-        from tqdm import tqdm
-
-        bar = tqdm(
-            desc="mtopt run",
-            unit="step",
-            total=c.max_learner_steps or None,
-            initial=learner.step,
-            # redirected to a log file: one line a minute instead of ten a second
-            mininterval=0.1 if sys.stderr.isatty() else 60.0,
-        )
+        bar = progress_bar(learner.step, c.max_learner_steps)
 
         def checkpoint_extras(now: float) -> dict[str, Any]:
             """What a resume needs besides the learner: history, SD labels, the run's age."""
@@ -701,13 +718,7 @@ class LocalRun:
                     if learner.step - last_eval_step >= c.eval.every_steps:
                         last_eval_step = learner.step
                         self._evaluate(learner, scripted, ingest.ingested, t_origin, sd, stats)
-                    bar.set_postfix(
-                        episodes=ingest.ingested,
-                        sd=f"v{sd.version}",
-                        q=f"v{learner.version}",
-                        loss=f"{stats.get('loss', 0):.3f}",
-                        refresh=False,  # shown on the bar's next (rate-limited) refresh
-                    )
+                    show_progress(bar, ingest.ingested, sd.version, learner.version, stats)
                 elif c.robots > 0 and not thread.is_alive():
                     ingest.close()  # the fleet is done: read what it wrote last
                     if len(buffers) < needed:

@@ -239,7 +239,13 @@ def run_ray(
     from mtopt.qtopt.learner import Learner
     from mtopt.qtopt.weights import snapshot_due, snapshot_latest
     from mtopt.replay.ingest import StoreIngest
-    from mtopt.runtime.local import LocalRun, elapsed_before, resume_learner
+    from mtopt.runtime.local import (
+        LocalRun,
+        elapsed_before,
+        progress_bar,
+        resume_learner,
+        show_progress,
+    )
     from mtopt.runtime.report import write_report
     from mtopt.store.reader import EpisodeReader
 
@@ -298,6 +304,9 @@ def run_ray(
             log_to_driver=False,
             ignore_reinit_error=True,
         )
+    ingested = 0
+    comp: dict[str, dict[str, int]] = {}
+    stats: dict[str, float] = {}
     try:
         robot_cls, replay_cls = _robot_actor_cls(), _replay_actor_cls()
         robots = [robot_cls.remote(i, c, str(p.root), c.seed * 100 + i) for i in range(c.robots)]
@@ -307,12 +316,12 @@ def run_ray(
         ]
         per_call = 4
         pending = {r.run.remote(per_call): r for r in robots}
-        ingested, last_eval = 0, learner.step
-        comp: dict[str, dict[str, int]] = {}
+        last_eval = learner.step
         failures: dict[Any, int] = {}
         dropped = 0
         deadline = t_start + c.budget_minutes * 60
         collecting = True
+        bar = progress_bar(learner.step, c.max_learner_steps)
         while time.time() < deadline and not (
             c.max_learner_steps and learner.step >= c.max_learner_steps
         ):
@@ -355,7 +364,8 @@ def run_ray(
                     break
                 # Ray hands numpy arrays over read-only (zero copy): a writable copy each
                 tensors = {k: torch.from_numpy(np.array(v)) for k, v in b.items()}
-                learner.train_step(TrainBatch(**tensors), run.registry.names)
+                stats = learner.train_step(TrainBatch(**tensors), run.registry.names)
+                bar.update(1)
                 if learner.step % c.publish_every == 0:
                     learner.publish(p.weights)
                     if snapshot_due(learner.step, c.snapshot_every, c.publish_every):
@@ -366,9 +376,11 @@ def run_ray(
                 kill_hook(robots, replays, learner.step)
             if learner.step - last_eval >= c.eval.every_steps:
                 last_eval = learner.step
-                run._evaluate(learner, scripted, ingested, t0, sd, {})
+                run._evaluate(learner, scripted, ingested, t0, sd, stats)
+            show_progress(bar, ingested, sd.version, learner.version, stats)
             if not batches:
                 time.sleep(0.2)
+        bar.close()
         for ref in list(pending):
             with contextlib.suppress(Exception):
                 ray.get(ref, timeout=60)
@@ -377,6 +389,8 @@ def run_ray(
             ingested, comp = merged_progress(
                 ray.get([r.step.remote(0) for r in replays], timeout=120)
             )
+    except KeyboardInterrupt:  # as the local runtime: checkpoint, evaluate, report
+        log.warning("interrupted: checkpointing and writing the report")
     finally:
         if sd_tail is not None:
             with contextlib.suppress(Exception):
@@ -384,7 +398,7 @@ def run_ray(
         if started_here:
             ray.shutdown()
     learner.publish(p.weights)
-    run._evaluate(learner, scripted, ingested, t0, sd, {})
+    run._evaluate(learner, scripted, ingested, t0, sd, stats)
     t_end = time.time()
     learner.save_checkpoint(p.checkpoint, extras(t_end))
     averaged = run.average_at_end()  # after the checkpoint: optional, never in its way
