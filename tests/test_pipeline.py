@@ -381,3 +381,28 @@ def test_the_scripted_baseline_is_measured_again_when_its_scenes_change(
     (out / "scripted_eval.json").write_text('{"lift-any": 0.5}')
     local.LocalRun(reseeded, out).scripted_baseline()
     assert len(calls) == 4
+
+
+def test_an_sd_round_waits_for_episodes_instead_of_spending_its_turn() -> None:
+    """A Ray resume skips the old store: a round due at once has no recent episodes yet,
+    and must wait for them rather than reset its count with nothing done."""
+    from types import SimpleNamespace
+
+    from mtopt.config import override
+    from mtopt.runtime.config import preset
+    from mtopt.runtime.local import LocalRun
+
+    class Tail:
+        since_mark, marked = 50, False
+
+        def recent(self) -> list:
+            return []
+
+        def mark(self) -> None:
+            self.marked = True
+
+    cfg = override(preset("tiny"), ["sd.improve_every_episodes=20"])
+    tail, sd = Tail(), SimpleNamespace(version=1)
+    me = SimpleNamespace(cfg=cfg, improve_sd=lambda *a: pytest.fail("no round on nothing"))
+    assert LocalRun.sd_round(me, sd, tail, 7) == (sd, 7)  # type: ignore[arg-type]
+    assert not tail.marked and tail.since_mark == 50

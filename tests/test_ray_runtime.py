@@ -63,7 +63,7 @@ def test_ray_run_relabels_and_retrains_the_sd_and_ingests_the_last_episodes(
         preset("tiny"),
         [
             "robots=2",
-            "max_learner_steps=60",
+            "max_learner_steps=120",  # time for the driver's tail to see 20 episodes
             "max_episodes=0",
             "budget_minutes=6",
             "replay_workers=2",  # each reads its part of the store

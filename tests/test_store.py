@@ -416,3 +416,29 @@ def test_readers_of_parts_read_every_shard_once_between_them(tmp_path: Path) -> 
     for bad in [(3, 3), (-1, 2), (0, 0)]:
         with pytest.raises(ValueError, match="part"):
             EpisodeReader(tmp_path, part=bad)
+
+
+def test_shard_parts_are_a_stable_spread_of_shard_names() -> None:
+    from mtopt.store.reader import shard_part
+
+    names = [
+        Path(f"shards/r{i % 3}/{1_700_000_000_000_000_000 + i:020d}-000000.parquet")
+        for i in range(40)
+    ]
+    parts = [shard_part(p, 3) for p in names]
+    assert set(parts) == {0, 1, 2} and max(parts.count(k) for k in range(3)) < 25
+    assert parts == [shard_part(p, 3) for p in names]  # the same in every reader
+
+
+def test_final_views_are_the_episodes_without_their_frames(tmp_path: Path) -> None:
+    with EpisodeWriter(tmp_path, "r0", flush_every=2) as w:
+        for i in range(5):
+            w.write(make_episode(i, steps=2, size=8))
+    full = {e.episode_id: e for e in EpisodeReader(tmp_path).episodes()}
+    views = EpisodeReader(tmp_path).poll_final_views()
+    assert sorted(v.episode_id for v in views) == sorted(full)
+    for v in views:
+        e = full[v.episode_id]
+        assert v.task == e.task and v.scene == e.scene
+        assert v.gt_success_by_task == e.gt_success_by_task
+        np.testing.assert_array_equal(v.final_image, e.final_image)

@@ -32,6 +32,7 @@ from mtopt._io import atomic_write_json
 from mtopt.collect.fleet import FleetSpec, run_fleet
 from mtopt.config import ConfigError, changed_fields, describe_changes, save_config
 from mtopt.eval.evaluate import (
+    SETUP_TRIES,
     evaluate_outcomes,
     evaluate_policy,
     paired_comparison,
@@ -441,6 +442,8 @@ class LocalRun:
             tail.since_mark, sd_cfg.improve_every_episodes, sd_cfg.improve_growth, sd.version - 1
         ):
             return sd, labels_so_far
+        if not tail.recent():  # nothing read yet (a Ray resume skips the old store): wait
+            return sd, labels_so_far
         with tail.paused():
             sd, labels = self.improve_sd(sd, tail.recent(), labels_so_far)
             if use is not None:
@@ -473,6 +476,8 @@ class LocalRun:
                     "seed": self.cfg.seed,
                     "episodes": self.cfg.eval.scripted_episodes,
                     "sim": dataclasses.asdict(self._eval_sim()),
+                    # scenes a place task cannot be set up in: replaced since 2026-12-04
+                    "setup_tries": SETUP_TRIES,
                 },
                 default=str,
             )

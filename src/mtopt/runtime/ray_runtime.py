@@ -49,7 +49,11 @@ def _robot_actor_cls() -> Any:
 
             # a restarted (or resumed) actor goes on from the episodes it already wrote,
             # so its scenes are new and the same store history gives the same seeds
-            written = written_per_robot(Path(root) / "store").get(robot_id(index), 0)
+            try:
+                written = written_per_robot(Path(root) / "store").get(robot_id(index), 0)
+            except Exception as exc:  # an unreadable store must not keep the robot from starting
+                log.warning("robot %d: could not count its stored episodes (%s)", index, exc)
+                written = 0
             seed = robot_seed(seed, written)
             self.max_rate, self.done, self.t0 = cfg.max_collect_rate, 0, time.monotonic()
             self.robot = SimRobot(cfg.sim, robot_id=robot_id(index), seed=seed)
@@ -131,7 +135,7 @@ class ReplayService:
             self.root / "store",
             must_exist=False,
             shards_per_poll=cfg.replay.read_shards_per_poll,
-            part=part,
+            part=part if part[1] > 1 else None,
         )
         wanted = min(cfg.replay.min_episodes, cfg.max_episodes or cfg.replay.min_episodes)
         self.min_episodes = max(1, -(-wanted // part[1]))  # this worker's share
@@ -170,7 +174,10 @@ class ReplayService:
             self.sd = SuccessDetector.load(self.root / "sd")
             self.replay.set_reward_model(self.sd)
 
-    def step(self, batches: int) -> dict[str, Any]:
+    def step(self, batches: int, ready: bool | None = None) -> dict[str, Any]:
+        """``ready``: the driver's word that the workers together hold enough episodes
+        (a worker whose part of the store is small would otherwise never reach its own
+        share); None: this worker's own share decides."""
         from mtopt.replay.source import replay_items
 
         self._reload()
@@ -180,7 +187,8 @@ class ReplayService:
         out = []
         # a store larger than one poll (a resumed run's) is read in parts first: no
         # batches from its oldest part meanwhile
-        if self.reader.behind == 0 and len(self.buffers) >= self.min_episodes:
+        enough = len(self.buffers) >= self.min_episodes if ready is None else ready
+        if self.reader.behind == 0 and enough and len(self.buffers) > 0:
             for _ in range(batches):
                 b = self.updater.make_batch()
                 out.append(
@@ -203,6 +211,16 @@ class ReplayService:
             "episodes_held": len(self.buffers),
             "composition": comp,
         }
+
+
+class _FinalViews:
+    """An ``EpisodeSource`` of the store's new episodes as ``FinalView``s."""
+
+    def __init__(self, reader: Any):
+        self.reader = reader
+
+    def poll(self) -> list[Any]:
+        return list(self.reader.poll_final_views())
 
 
 def merged_progress(results: list[dict[str, Any]]) -> tuple[int, dict[str, dict[str, int]]]:
@@ -275,7 +293,7 @@ def run_ray(
         if resumed:
             reader.skip(reader.new_shards())  # counted before the stop (sd_since)
         sd_tail = StoreIngest(
-            reader,
+            _FinalViews(reader),  # final images and ground truth only: no frames decoded
             len,
             keep_recent=5 * max(1, c.sd.label_budget_per_round),
             name="sd-tail",
@@ -307,6 +325,7 @@ def run_ray(
     ingested = 0
     comp: dict[str, dict[str, int]] = {}
     stats: dict[str, float] = {}
+    bar = progress_bar(learner.step, c.max_learner_steps)
     try:
         robot_cls, replay_cls = _robot_actor_cls(), _replay_actor_cls()
         robots = [robot_cls.remote(i, c, str(p.root), c.seed * 100 + i) for i in range(c.robots)]
@@ -317,11 +336,14 @@ def run_ray(
         per_call = 4
         pending = {r.run.remote(per_call): r for r in robots}
         last_eval = learner.step
+        held, wanted = (
+            0,
+            max(1, min(c.replay.min_episodes, c.max_episodes or c.replay.min_episodes)),
+        )
         failures: dict[Any, int] = {}
         dropped = 0
         deadline = t_start + c.budget_minutes * 60
         collecting = True
-        bar = progress_bar(learner.step, c.max_learner_steps)
         while time.time() < deadline and not (
             c.max_learner_steps and learner.step >= c.max_learner_steps
         ):
@@ -354,8 +376,9 @@ def run_ray(
                 log.error("%s: stopping (checkpoint and report follow)", fleet_error)
                 break
             # each replay actor reads its part of the store and samples its own batches
-            results = ray.get([r.step.remote(4) for r in replays])
+            results = ray.get([r.step.remote(4, held >= wanted) for r in replays])
             ingested, comp = merged_progress(results)
+            held = sum(int(r["episodes_held"]) for r in results)
             batches = [b for res in results for b in res["batches"]]
             if c.max_episodes and ingested >= c.max_episodes:
                 collecting = False
@@ -380,7 +403,6 @@ def run_ray(
             show_progress(bar, ingested, sd.version, learner.version, stats)
             if not batches:
                 time.sleep(0.2)
-        bar.close()
         for ref in list(pending):
             with contextlib.suppress(Exception):
                 ray.get(ref, timeout=60)
@@ -392,6 +414,7 @@ def run_ray(
     except KeyboardInterrupt:  # as the local runtime: checkpoint, evaluate, report
         log.warning("interrupted: checkpointing and writing the report")
     finally:
+        bar.close()
         if sd_tail is not None:
             with contextlib.suppress(Exception):
                 sd_tail.close(timeout_s=10)

@@ -13,13 +13,16 @@ writing (``.*.tmp``) are never read.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -80,6 +83,47 @@ def _episodes(table: pa.Table) -> list[Episode]:
 
 def _rows(table: pa.Table) -> list[dict[str, Any]]:
     return table.to_pylist()
+
+
+@dataclass(frozen=True)
+class FinalView:
+    """What a success detector's relabel round needs of an episode: its final image, its
+    task, its ground truth (sim) and scene, without the frames and actions."""
+
+    episode_id: str
+    task: str
+    final_image: np.ndarray
+    gt_success_by_task: dict[str, bool] | None
+    scene: dict[str, Any]
+
+
+FINAL_VIEW_COLUMNS = [
+    "schema_version",
+    "episode_id",
+    "task",
+    "final_image",
+    "image_height",
+    "image_width",
+    "gt_success_by_task",
+    "scene",
+]
+
+
+def _final_views(table: pa.Table) -> list[FinalView]:
+    out = []
+    for r in table.to_pylist():
+        h, w = int(r["image_height"]), int(r["image_width"])
+        gt = r.get("gt_success_by_task")
+        out.append(
+            FinalView(
+                episode_id=r["episode_id"],
+                task=r["task"],
+                final_image=np.frombuffer(r["final_image"], dtype=np.uint8).reshape(h, w, 3),
+                gt_success_by_task=json.loads(gt) if gt else None,
+                scene=json.loads(r["scene"]) if r.get("scene") else {},
+            )
+        )
+    return out
 
 
 class EpisodeReader:
@@ -192,6 +236,11 @@ class EpisodeReader:
             yield from self.poll_decoded(decode, columns)
             if not (self.behind and self.behind < left):
                 return
+
+    def poll_final_views(self) -> list[FinalView]:
+        """``poll`` without the frames: each new episode's ``FinalView`` (a fraction of
+        the decode, for a relabel round's tail of the store)."""
+        return [v for _, vs in self.poll_decoded(_final_views, FINAL_VIEW_COLUMNS) for v in vs]
 
     def read_episode(self, path: str | Path, episode_id: str) -> Episode | None:
         """One episode of a shard (None: not there, or the shard vanished or was

@@ -280,15 +280,17 @@ function next(){
 // not yet shown); the new count and the next episode appear together once the page is ready
 async function label(success){
   if(!cur||busy) return;
-  busy=true; let ready=false;
+  busy=true; let saved=false, ready=false;
   try{
     const r=await fetch('/api/labels',{method:'POST',headers:{'Content-Type':'application/json'},
       body:JSON.stringify({episode_id:cur.episode_id,task:$('task').value,success:success})});
     if(!r.ok){$('status').textContent='error: '+(await r.text()); return;}
-    labeled++; remaining--;
+    saved=true; labeled++; remaining--;
     ready=queue.length>=5 || await fetchQueue();
   } finally { busy=false; }
-  if(ready){status(); next();}
+  // a saved label always moves on (a failed refill leaves its error shown and the
+  // episodes still queued), so the same episode is never labeled twice
+  if(saved){ if(ready) status(); next(); }
 }
 async function skip(){
   if(!cur||busy) return;
