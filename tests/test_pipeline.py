@@ -404,5 +404,8 @@ def test_an_sd_round_waits_for_episodes_instead_of_spending_its_turn() -> None:
     cfg = override(preset("tiny"), ["sd.improve_every_episodes=20"])
     tail, sd = Tail(), SimpleNamespace(version=1)
     me = SimpleNamespace(cfg=cfg, improve_sd=lambda *a: pytest.fail("no round on nothing"))
+    me.sd_round_due = lambda sd, tail: LocalRun.sd_round_due(me, sd, tail)  # type: ignore[arg-type]
     assert LocalRun.sd_round(me, sd, tail, 7) == (sd, 7)  # type: ignore[arg-type]
     assert not tail.marked and tail.since_mark == 50
+    tail.recent = lambda: ["an episode"]  # type: ignore[method-assign]
+    assert me.sd_round_due(sd, tail)  # due once there is something to label

@@ -427,6 +427,15 @@ class LocalRun:
         self._record_sd_quality(new_sd, labels)
         return new_sd, labels
 
+    def sd_round_due(self, sd: SuccessDetector, tail: StoreIngest[Any]) -> bool:
+        """``sd_round_due`` for this run's settings and ``tail``'s count, and episodes to
+        label: with none read yet (a Ray resume skips the old store) the round waits
+        rather than reset the count with nothing done."""
+        c = self.cfg.sd
+        return sd_round_due(
+            tail.since_mark, c.improve_every_episodes, c.improve_growth, sd.version - 1
+        ) and bool(tail.recent())
+
     def sd_round(
         self,
         sd: SuccessDetector,
@@ -437,12 +446,7 @@ class LocalRun:
         """An SD relabel + retrain round on the newest episodes ``tail`` keeps, when one is
         due (``sd_round_due``); ``use(new_sd)`` runs before ``tail`` ingests again. Both
         runtimes call it; the Ray replay actors load the published SD themselves."""
-        sd_cfg = self.cfg.sd
-        if not sd_round_due(
-            tail.since_mark, sd_cfg.improve_every_episodes, sd_cfg.improve_growth, sd.version - 1
-        ):
-            return sd, labels_so_far
-        if not tail.recent():  # nothing read yet (a Ray resume skips the old store): wait
+        if not self.sd_round_due(sd, tail):
             return sd, labels_so_far
         with tail.paused():
             sd, labels = self.improve_sd(sd, tail.recent(), labels_so_far)

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -326,6 +327,8 @@ def run_ray(
     comp: dict[str, dict[str, int]] = {}
     stats: dict[str, float] = {}
     bar = progress_bar(learner.step, c.max_learner_steps)
+    sd_pool = ThreadPoolExecutor(1, thread_name_prefix="sd-round")
+    sd_job: Future[tuple[Any, int]] | None = None
     try:
         robot_cls, replay_cls = _robot_actor_cls(), _replay_actor_cls()
         robots = [robot_cls.remote(i, c, str(p.root), c.seed * 100 + i) for i in range(c.robots)]
@@ -369,8 +372,13 @@ def run_ray(
                 if collecting:
                     pending[actor.run.remote(per_call)] = actor
             if sd_tail is not None:
+                # a round runs beside the loop (robots and learner go on), one at a time
                 sd_tail.check()
-                sd, sd_labels = run.sd_round(sd, sd_tail, sd_labels)
+                if sd_job is not None and sd_job.done():
+                    sd, sd_labels = sd_job.result()
+                    sd_job = None
+                if sd_job is None and run.sd_round_due(sd, sd_tail):
+                    sd_job = sd_pool.submit(run.sd_round, sd, sd_tail, sd_labels)
             if c.robots and dropped == c.robots:
                 fleet_error = f"every robot actor failed {MAX_ROBOT_FAILURES} times in a row"
                 log.error("%s: stopping (checkpoint and report follow)", fleet_error)
@@ -403,6 +411,9 @@ def run_ray(
             show_progress(bar, ingested, sd.version, learner.version, stats)
             if not batches:
                 time.sleep(0.2)
+        if sd_job is not None:  # a round under way: its detector and labels are kept
+            sd, sd_labels = sd_job.result()
+            sd_job = None
         for ref in list(pending):
             with contextlib.suppress(Exception):
                 ray.get(ref, timeout=60)
@@ -415,6 +426,7 @@ def run_ray(
         log.warning("interrupted: checkpointing and writing the report")
     finally:
         bar.close()
+        sd_pool.shutdown(wait=False, cancel_futures=True)
         if sd_tail is not None:
             with contextlib.suppress(Exception):
                 sd_tail.close(timeout_s=10)
