@@ -76,3 +76,27 @@ def test_ray_run_relabels_and_retrains_the_sd_and_ingests_the_last_episodes(
     assert (tmp_path / "run" / "sd" / "episode_labels.npz").exists()
     stored = [r for r in EpisodeReader(tmp_path / "run" / "store").metadata() if r["num_steps"]]
     assert summary["episodes"] == len(stored)
+
+
+@pytest.mark.timeout(900)
+def test_a_resumed_ray_run_goes_on_with_new_scenes_and_its_counters(tmp_path: Path) -> None:
+    """Resume on Ray: the learner goes on from its checkpoint, the SD round counters come
+    back, and each robot goes on to new scenes (its seed follows the episodes it wrote;
+    it used to add the wall clock)."""
+    import torch
+
+    from mtopt.runtime.ray_runtime import run_ray
+
+    sets = ["robots=2", "max_episodes=0", "budget_minutes=6", "sd.improve_every_episodes=20"]
+    first = run_ray(override(preset("tiny"), [*sets, "max_learner_steps=40"]), tmp_path / "run")
+    extra = torch.load(tmp_path / "run" / "checkpoints" / "learner.pt", weights_only=False)["extra"]
+    assert extra["sd_labels"] == first["sd_episode_labels"]
+    second = run_ray(
+        override(preset("tiny"), [*sets, "max_learner_steps=80"]), tmp_path / "run", resume=True
+    )
+    assert first["learner_steps"] == 40 and second["learner_steps"] == 80
+    assert second["sd_episode_labels"] >= first["sd_episode_labels"]
+    rows = EpisodeReader(tmp_path / "run" / "store").metadata()
+    # a chain's later tasks share its scene: count each scene at its first task
+    scenes = [(r["robot_id"], r["seed"]) for r in rows if r["chain_index"] == 0]
+    assert len(scenes) == len(set(scenes)), "a robot collected a scene seed twice"
