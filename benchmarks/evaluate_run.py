@@ -13,7 +13,7 @@ Usage: python benchmarks/evaluate_run.py --run runs/local --json OUT
            [--tasks lift-any,place-any,place-in-bowl] [--episodes 100] [--seed 5]
            [--parts acting,online] [--cem-iterations 2] [--cem-samples 64] [--cem-elites 6]
            [--cem-pick best|mean] [--cem-gripper joint|split] [--close-margin M]
-           [--no-references]
+           [--no-references] [--objects test|train]
 
 --parts: which published networks to evaluate: the acting weights (the learner's moving
 average, what robots use) and/or the online weights, each on the same scenes.
@@ -25,6 +25,9 @@ use); a wider search shows how much of a policy's failure is the search, not the
 --cem-pick: return CEM's best sample (QT-Opt, the default) or its final elite mean.
 --cem-gripper split: search the open and the closed gripper separately; --close-margin:
 close only where the best closing action's Q beats the best open one's by this much.
+--objects train: scenes of the objects the run trained on (the evaluation seeds all the
+same), a validation set for choosing among a run's snapshots without touching the
+held-out objects that report its result.
 """
 
 from __future__ import annotations
@@ -52,9 +55,9 @@ from mtopt.tasks.registry import TaskSpec
 
 
 def one(
-    job: tuple[str, str, str, int, int, dict[str, object]],
+    job: tuple[str, str, str, int, int, dict[str, object], str],
 ) -> tuple[str, str, list[bool], int]:
-    run, task, which, episodes, seed, search = job
+    run, task, which, episodes, seed, search, objects = job
     import torch
 
     torch.set_num_threads(1)
@@ -72,7 +75,7 @@ def one(
         version = pol.version
         factory = lambda spec: pol  # noqa: E731
     wins = evaluate_outcomes(
-        factory, DEFAULT_REGISTRY, [task], episodes, SimConfig(object_split="test"), seed
+        factory, DEFAULT_REGISTRY, [task], episodes, SimConfig(object_split=objects), seed
     )
     return task, which, wins[task], version
 
@@ -103,6 +106,12 @@ def main() -> None:
     ap.add_argument(
         "--no-references", action="store_true", help="skip the scripted/straight-down rows"
     )
+    ap.add_argument(
+        "--objects",
+        default="test",
+        choices=("test", "train"),
+        help="held-out objects (test, the default) or the training objects (validation)",
+    )
     args = ap.parse_args()
     t0 = time.perf_counter()
     tasks = args.tasks.split(",")
@@ -131,7 +140,7 @@ def main() -> None:
         return ("scripted", "straight_down") if picks else ("scripted",)
 
     jobs = [
-        (args.run, t, w, args.episodes, args.seed, search)
+        (args.run, t, w, args.episodes, args.seed, search, args.objects)
         for t in tasks
         for w in (*parts, *references(t))
     ]
@@ -157,6 +166,7 @@ def main() -> None:
         "q_weights_version": version,
         "episodes_per_task": args.episodes,
         "seed": args.seed,
+        "objects": args.objects,
         "cem": search,
         "per_task": per_task,
         "online_minus_acting": paired,

@@ -336,3 +336,36 @@ def test_learning_benchmark_gives_a_single_task_arm_the_multitask_data(tmp_path:
     assert not (arm / "store.partial").exists() and not (arm / "sd.partial").exists()
     assert learning.multitask_data(multi, arm, "lift-ball") == 4  # again: nothing copied twice
     assert len(list((arm / "store" / "shards").glob("*/*.parquet"))) == 4
+
+
+def test_select_snapshot_takes_the_best_mean_and_the_latest_of_equals() -> None:
+    from select_snapshot import choose
+
+    assert choose([0.5, 0.7, 0.7]) == 2  # candidates go oldest first: the latest of equals
+    assert choose([0.8, 0.7, 0.75]) == 0
+    assert choose([0.6]) == 0
+
+
+def test_select_snapshot_writes_the_chosen_weights_as_a_policy_folder(tmp_path: Path) -> None:
+    """A candidate is a policy folder (it acts like a run) whose acting network is the
+    snapshot's."""
+    from select_snapshot import candidate_folder
+
+    from mtopt.config import save_config
+    from mtopt.qtopt.learner import Learner
+    from mtopt.qtopt.weights import load_source, snapshot_latest
+    from mtopt.runtime.config import preset
+
+    cfg = preset("tiny")
+    run = tmp_path / "run"
+    save_config(cfg, run / "config.json")
+    learner = Learner(cfg.qnet, cfg.learner)
+    learner.publish(run / "weights")
+    snap = snapshot_latest(run / "weights")
+    folder = candidate_folder(run, snap, tmp_path / "work")
+    version, tensors, _ = load_source(folder)
+    _, snap_tensors, _ = load_source(snap)
+    assert version == load_source(snap)[0]
+    acting = [k for k in snap_tensors if k.startswith("acting.")]
+    assert acting and all(np.array_equal(tensors[k], snap_tensors[k]) for k in acting)
+    assert (folder / "config.json").exists() and (folder / "exported.json").exists()
