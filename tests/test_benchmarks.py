@@ -349,12 +349,11 @@ def test_select_snapshot_takes_the_best_mean_and_the_latest_of_equals() -> None:
 def test_select_snapshot_writes_the_chosen_weights_as_a_policy_folder(tmp_path: Path) -> None:
     """A candidate is a policy folder (it acts like a run) whose acting network is the
     snapshot's."""
-    from select_snapshot import candidate_folder
-
     from mtopt.config import save_config
     from mtopt.qtopt.learner import Learner
     from mtopt.qtopt.weights import load_source, snapshot_latest
     from mtopt.runtime.config import preset
+    from select_snapshot import candidate_folder
 
     cfg = preset("tiny")
     run = tmp_path / "run"
