@@ -338,12 +338,17 @@ def test_learning_benchmark_gives_a_single_task_arm_the_multitask_data(tmp_path:
     assert len(list((arm / "store" / "shards").glob("*/*.parquet"))) == 4
 
 
-def test_select_snapshot_takes_the_best_mean_and_the_latest_of_equals() -> None:
+def test_select_snapshot_keeps_the_latest_unless_a_snapshot_beats_it_paired() -> None:
     from select_snapshot import choose
 
-    assert choose([0.5, 0.7, 0.7]) == 2  # candidates go oldest first: the latest of equals
-    assert choose([0.8, 0.7, 0.75]) == 0
-    assert choose([0.6]) == 0
+    latest = [True] * 10 + [False] * 30
+    a_bit_better = [True] * 12 + [False] * 28  # +2 scenes: McNemar p = 0.5
+    much_better = [True] * 25 + [False] * 15  # +15 scenes, none worse: p < 0.001
+    also_much = [True] * 25 + [False] * 15
+    assert choose([a_bit_better, latest]) == 1  # noise: keep the latest
+    assert choose([much_better, a_bit_better, latest]) == 0
+    assert choose([much_better, also_much, latest]) == 1  # the later of equals
+    assert choose([latest]) == 0
 
 
 def test_select_snapshot_writes_the_chosen_weights_as_a_policy_folder(tmp_path: Path) -> None:

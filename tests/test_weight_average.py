@@ -151,10 +151,11 @@ def test_a_run_averages_its_late_snapshots_into_a_replaced_folder(tmp_path: Path
     cfg = override(preset("local"), ["sim.image_size=32"])
     save_config(cfg, run / "config.json")
     learner = Learner(dataclasses.replace(SMALL, num_tasks=len(DEFAULT_REGISTRY.names)))
-    for _ in range(4):  # versions 1..4, each snapshotted
+    for _ in range(4):  # versions 1..4 at steps 1..4, each snapshotted
         with torch.no_grad():
             for p in learner.online.parameters():
                 p.add_(1.0)
+        learner.step += 1
         learner.publish(run / "weights")
         snapshot_latest(run / "weights")
     snaps = run / "weights" / "snapshots"
@@ -183,10 +184,16 @@ def test_a_run_averages_its_late_snapshots_into_a_replaced_folder(tmp_path: Path
         "online",
     ]
     # again, with one more version: the folder is replaced, no temporary folders are left
+    learner.step += 1
     learner.publish(run / "weights")
     folder, made = average_run(run, cfg, 1)
     assert load_latest(folder / "weights")[0] == 5
     assert [s["version"] for s in made["averaged"]["sources"]] == [5, 4]
     assert sorted(p.name for p in run.iterdir()) == ["config.json", AVERAGED, "weights"]
+    # a run publishes once more at its end, at the step of its last snapshot: that
+    # snapshot is the latest network under an older version and is not counted twice
+    snapshot_latest(run / "weights")  # v5, step 5
+    learner.publish(run / "weights")  # v6, step 5
+    assert late_sources(run, 1) == [run, snaps / "q-00000004.safetensors"]
     with pytest.raises(WeightsError, match="no published weights"):
         late_sources(tmp_path, 1)

@@ -85,6 +85,16 @@ def load_latest(
     return version, tensors, meta
 
 
+def file_meta(path: str | Path) -> dict[str, Any]:
+    """The metadata of one weights file (its header only; no tensors are read)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta: dict[str, Any] = json.loads((f.metadata() or {}).get("meta", "{}"))
+    except (OSError, RuntimeError, SafetensorError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"cannot read weights {path}: {exc}") from None
+    return meta
+
+
 def load_version(
     directory: str | Path, version: int, prefix: str = "q"
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

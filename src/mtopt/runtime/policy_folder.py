@@ -15,7 +15,13 @@ from typing import Any
 
 from mtopt._io import atomic_write_json
 from mtopt.config import save_config
-from mtopt.qtopt.weights import WeightsError, average_into, read_latest, snapshot_files
+from mtopt.qtopt.weights import (
+    WeightsError,
+    average_into,
+    file_meta,
+    read_latest,
+    snapshot_files,
+)
 from mtopt.runtime.config import RunConfig
 
 AVERAGED = "policy-averaged"
@@ -49,12 +55,19 @@ def write_policy_folder(
 
 def late_sources(root: Path, last: int) -> list[Path]:
     """What a run's end-of-run average takes: the run (its latest published weights) and
-    its last ``last`` weight snapshots, leaving out a snapshot of the latest version
-    itself (it would count twice). Only the run when it has no snapshots yet."""
+    its last ``last`` weight snapshots, leaving out a snapshot of the latest weights
+    themselves: their version, or their learner step (a run publishes again at its end
+    under a new version, the same network). Either would count twice. Only the run when
+    it has no snapshots yet."""
     latest = read_latest(root / "weights")
     if latest is None:
         raise WeightsError(f"no published weights in {root / 'weights'}")
-    snaps = [s for s in snapshot_files(root / "weights") if s.name != latest["file"]]
+    step = (latest.get("meta") or {}).get("step")
+    snaps = [
+        s
+        for s in snapshot_files(root / "weights")
+        if s.name != latest["file"] and (step is None or file_meta(s).get("step") != step)
+    ]
     return [root, *(snaps[-last:] if last > 0 else [])]
 
 

@@ -426,6 +426,9 @@ def run_ray(
         log.warning("interrupted: checkpointing and writing the report")
     finally:
         bar.close()
+        if sd_job is not None:  # interrupted mid-round: its detector and labels are kept,
+            with contextlib.suppress(Exception):  # so the checkpoint matches run/sd
+                sd, sd_labels = sd_job.result()
         sd_pool.shutdown(wait=False, cancel_futures=True)
         if sd_tail is not None:
             with contextlib.suppress(Exception):
