@@ -25,6 +25,7 @@ Usage: python benchmarks/learner_speed.py --json OUT [--threads 1] [--min-time 1
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import platform
 from collections.abc import Callable
@@ -66,9 +67,10 @@ def transitions(b: int, cfg: QNetConfig) -> TransitionBatch:
 def make_learner(
     qcfg: QNetConfig, cfg: LearnerConfig = LearnerConfig(), fold_coords: bool = True
 ) -> Learner:
-    learner = Learner(qcfg, cfg)
+    # the learner on DEVICE: it moves each batch there (a CPU learner whose networks were
+    # moved afterwards sent CPU batches to GPU weights)
+    learner = Learner(qcfg, dataclasses.replace(cfg, device=str(DEVICE)))
     for net in (learner.online, *learner.targets, learner.acting):
-        net.to(DEVICE)  # in place: the optimizer keeps the same parameter objects
         net.tower.fold_coords = fold_coords
     return learner
 
