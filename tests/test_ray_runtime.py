@@ -76,6 +76,10 @@ def test_ray_run_relabels_and_retrains_the_sd_and_ingests_the_last_episodes(
     assert (tmp_path / "run" / "sd" / "episode_labels.npz").exists()
     stored = [r for r in EpisodeReader(tmp_path / "run" / "store").metadata() if r["num_steps"]]
     assert summary["episodes"] == len(stored)
+    # the report as the local runtime's: the workers' buffers and batch composition
+    held = sum(s + f for s, f in summary["buffer_sizes"].values())
+    assert 0 < held <= len(stored)
+    assert (tmp_path / "run" / "report" / "batch_composition.png").exists()
 
 
 @pytest.mark.timeout(900)

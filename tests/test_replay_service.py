@@ -93,3 +93,49 @@ def test_merged_progress_sums_workers_by_hand() -> None:
         7,
         {"t": {"original": 3, "impersonated": 5, "successes": 3}},
     )
+
+
+def test_merged_report_views_add_sizes_and_average_batch_shares_by_hand() -> None:
+    from mtopt.runtime.ray_runtime import merged_report_views
+
+    a = {
+        "buffer_sizes": {"t": [2, 5], "u": [0, 1]},
+        "batch_share": {
+            "t": {"success": 0.5, "failure": 0.25},
+            "u": {"success": 0.0, "failure": 0.25},
+        },
+    }
+    b = {
+        "buffer_sizes": {"t": [1, 0], "u": [3, 3]},
+        "batch_share": {
+            "t": {"success": 0.25, "failure": 0.25},
+            "u": {"success": 0.5, "failure": 0.0},
+        },
+    }
+    empty = {"buffer_sizes": {"t": [0, 0]}, "batch_share": {}}  # gives no batches
+    sizes, share = merged_report_views([a, b, empty])
+    assert sizes == {"t": [3, 5], "u": [3, 4]}
+    assert share == {
+        "t": {"success": 0.375, "failure": 0.25},
+        "u": {"success": 0.25, "failure": 0.125},
+    }
+    assert merged_report_views([]) == ({}, {})
+
+
+def test_a_workers_report_view_is_its_buffers_and_its_batches(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    with EpisodeWriter(root / "store", "r0", flush_every=1) as w:
+        for i in range(6):
+            w.write(make_episode(i, steps=3, size=64))
+    SuccessDetector(SuccessNet(SDNetConfig()), DEFAULT_REGISTRY.names).publish(root / "sd", 1)
+    cfg = override(preset("tiny"), ["replay.min_episodes=1"])
+    threads = torch.get_num_threads()
+    try:
+        svc = ReplayService(cfg, str(root), seed=0)
+        svc.step(1)
+        view = svc.report_view()
+    finally:
+        torch.set_num_threads(threads)
+    assert view["buffer_sizes"] == {t: list(v) for t, v in svc.buffers.sizes().items()}
+    total = sum(v["success"] + v["failure"] for v in view["batch_share"].values())
+    assert abs(total - 1.0) < 1e-9

@@ -747,14 +747,63 @@ class LocalRun:
             stop_fleet.set()
             thread.join(timeout=60)
             ingest.close()  # after one last poll: episodes flushed while stopping
-        ingested = ingest.ingested
+        from mtopt.runtime.report import batch_composition
+
+        return self.finish(
+            learner,
+            scripted=scripted,
+            episodes=ingest.ingested,
+            t_origin=t_origin,
+            t_start=t_start,
+            sd=sd,
+            sd_labels=sd_labels,
+            stats=stats,
+            checkpoint_extras=checkpoint_extras,
+            composition={
+                t: {
+                    "original": replay.stats.collected.get(t, 0),
+                    "impersonated": replay.stats.impersonated.get(t, 0),
+                    "successes": replay.stats.impersonated_success.get(t, 0),
+                }
+                for t in self.registry.names
+            },
+            buffer_sizes={t: list(v) for t, v in buffers.sizes().items()},
+            batch_share=batch_composition(updater),
+            extra={
+                "fleet": fleet_summary,
+                "fleet_error": fleet_error[0] if fleet_error else None,
+            },
+        )
+
+    def finish(
+        self,
+        learner: Learner,
+        *,
+        scripted: dict[str, float],
+        episodes: int,
+        t_origin: float,
+        t_start: float,
+        sd: SuccessDetector,
+        sd_labels: int,
+        stats: dict[str, float],
+        checkpoint_extras: Callable[[float], dict[str, Any]],
+        composition: dict[str, dict[str, int]],
+        buffer_sizes: dict[str, list[int]],
+        batch_share: dict[str, dict[str, float]] | None,
+        extra: dict[str, Any],
+    ) -> dict[str, Any]:
+        """The end of a run, either runtime's: publish the last weights, a last evaluation,
+        the checkpoint, the optional average, then ``summary.json`` and the report."""
+        from mtopt.runtime.report import write_report
+
+        p = self.paths
         learner.publish(p.weights)
-        self._evaluate(learner, scripted, ingested, t_origin, sd, stats)
+        self._evaluate(learner, scripted, episodes, t_origin, sd, stats)
         t_end = time.time()
         learner.save_checkpoint(p.checkpoint, checkpoint_extras(t_end))
         averaged = self.average_at_end()  # after the checkpoint: optional, never in its way
         summary = {
-            "episodes": ingested,
+            "episodes": episodes,
             "learner_steps": learner.step,
             "q_version": learner.version,
             "sd_version": sd.version,
@@ -763,22 +812,12 @@ class LocalRun:
             "total_wall_minutes": round((t_end - t_origin) / 60, 2),
             "final": self.history[-1] if self.history else {},
             "scripted": scripted,
-            "composition": {
-                t: {
-                    "original": replay.stats.collected.get(t, 0),
-                    "impersonated": replay.stats.impersonated.get(t, 0),
-                    "successes": replay.stats.impersonated_success.get(t, 0),
-                }
-                for t in self.registry.names
-            },
-            "buffer_sizes": {t: list(v) for t, v in buffers.sizes().items()},
-            "fleet": fleet_summary,
-            "fleet_error": fleet_error[0] if fleet_error else None,
+            "composition": composition,
+            "buffer_sizes": buffer_sizes,
             "averaged": averaged,
+            **extra,
         }
-        from mtopt.runtime.report import write_report
-
-        write_report(self, summary, updater)
+        write_report(self, summary, batch_share)
         atomic_write_json(p.root / "summary.json", summary)
         return summary
 

@@ -213,6 +213,32 @@ class ReplayService:
             "composition": comp,
         }
 
+    def report_view(self) -> dict[str, Any]:
+        """For the end-of-run report: this worker's buffer sizes per task (success,
+        failure) and the composition of the batches it samples."""
+        from mtopt.runtime.report import batch_composition
+
+        return {
+            "buffer_sizes": {t: list(v) for t, v in self.buffers.sizes().items()},
+            "batch_share": batch_composition(self.updater),
+        }
+
+
+def merged_report_views(
+    views: list[dict[str, Any]],
+) -> tuple[dict[str, list[int]], dict[str, dict[str, float]]]:
+    """Replay workers' ``report_view``s as one: their buffers are disjoint, so the sizes
+    add up; the learner takes as many batches from each, so the batch shares average."""
+    from mtopt.runtime.report import merge_batch_shares
+
+    sizes: dict[str, list[int]] = {}
+    for view in views:
+        for task, (succ, fail) in view["buffer_sizes"].items():
+            mine = sizes.setdefault(task, [0, 0])
+            mine[0] += int(succ)
+            mine[1] += int(fail)
+    return sizes, merge_batch_shares([v["batch_share"] for v in views])
+
 
 class _FinalViews:
     """An ``EpisodeSource`` of the store's new episodes as ``FinalView``s."""
@@ -253,7 +279,6 @@ def run_ray(
     import ray
     import torch
 
-    from mtopt._io import atomic_write_json
     from mtopt.qtopt.bellman import TrainBatch
     from mtopt.qtopt.learner import Learner
     from mtopt.qtopt.weights import snapshot_due, snapshot_latest
@@ -265,7 +290,6 @@ def run_ray(
         resume_learner,
         show_progress,
     )
-    from mtopt.runtime.report import write_report
     from mtopt.store.reader import EpisodeReader
 
     run = LocalRun(cfg, out, resume)
@@ -325,6 +349,8 @@ def run_ray(
         )
     ingested = 0
     comp: dict[str, dict[str, int]] = {}
+    buffer_sizes: dict[str, list[int]] = {}
+    batch_share: dict[str, dict[str, float]] = {}
     stats: dict[str, float] = {}
     bar = progress_bar(learner.step, c.max_learner_steps)
     sd_pool = ThreadPoolExecutor(1, thread_name_prefix="sd-round")
@@ -422,6 +448,10 @@ def run_ray(
             ingested, comp = merged_progress(
                 ray.get([r.step.remote(0) for r in replays], timeout=120)
             )
+        with contextlib.suppress(Exception):
+            buffer_sizes, batch_share = merged_report_views(
+                ray.get([r.report_view.remote() for r in replays], timeout=120)
+            )
     except KeyboardInterrupt:  # as the local runtime: checkpoint, evaluate, report
         log.warning("interrupted: checkpointing and writing the report")
     finally:
@@ -435,39 +465,19 @@ def run_ray(
                 sd_tail.close(timeout_s=10)
         if started_here:
             ray.shutdown()
-    learner.publish(p.weights)
-    run._evaluate(learner, scripted, ingested, t0, sd, stats)
-    t_end = time.time()
-    learner.save_checkpoint(p.checkpoint, extras(t_end))
-    averaged = run.average_at_end()  # after the checkpoint: optional, never in its way
-    summary = {
-        "runtime": "ray",
-        "episodes": ingested,
-        "learner_steps": learner.step,
-        "q_version": learner.version,
-        "sd_version": sd.version,
-        "sd_episode_labels": sd_labels,
-        "wall_minutes": round((t_end - t_start) / 60, 2),
-        "total_wall_minutes": round((t_end - t0) / 60, 2),
-        "final": run.history[-1] if run.history else {},
-        "scripted": scripted,
-        "composition": comp
+    return run.finish(
+        learner,
+        scripted=scripted,
+        episodes=ingested,
+        t_origin=t0,
+        t_start=t_start,
+        sd=sd,
+        sd_labels=sd_labels,
+        stats=stats,
+        checkpoint_extras=extras,
+        composition=comp
         or {t: {"original": 0, "impersonated": 0, "successes": 0} for t in run.registry.names},
-        "averaged": averaged,
-        "fleet_error": fleet_error,
-    }
-
-    class _NoBuffers:
-        class buffers:
-            tasks: tuple[str, ...] = ()
-
-            @staticmethod
-            def sizes() -> dict[str, tuple[int, int]]:
-                return {}
-
-        success_ratio = c.replay.success_ratio
-        rebalance = c.replay.rebalance
-
-    write_report(run, summary, _NoBuffers())
-    atomic_write_json(p.root / "summary.json", summary)
-    return summary
+        buffer_sizes=buffer_sizes,
+        batch_share=batch_share,
+        extra={"runtime": "ray", "fleet_error": fleet_error},
+    )

@@ -38,12 +38,31 @@ def batch_composition(updater: Any, n: int = 2048, seed: int = 0) -> dict[str, d
     return share
 
 
-def write_report(run: Any, summary: dict[str, Any], updater: Any) -> None:
+def merge_batch_shares(
+    shares: list[dict[str, dict[str, float]]],
+) -> dict[str, dict[str, float]]:
+    """The batch composition of a learner that takes the same number of batches from each
+    of several replay workers (the Ray runtime): the mean of the workers' shares; a worker
+    with empty buffers (an empty share) gives no batches and does not count."""
+    shares = [s for s in shares if s]
+    merged: dict[str, dict[str, float]] = {}
+    for share in shares:
+        for task, parts in share.items():
+            mine = merged.setdefault(task, dict.fromkeys(parts, 0.0))
+            for k, v in parts.items():
+                mine[k] = mine.get(k, 0.0) + float(v) / len(shares)
+    return merged
+
+
+def write_report(
+    run: Any, summary: dict[str, Any], share: dict[str, dict[str, float]] | None
+) -> None:
+    """``share``: each task's share of the training batches (``batch_composition``);
+    None or empty leaves its plot out."""
     out = run.paths.report
     out.mkdir(parents=True, exist_ok=True)
     plot_success_over_time(run.history, out / "success_over_time.png")
     plot_composition(summary["composition"], out / "data_composition.png")
-    share = batch_composition(updater)
     if share:
         plot_batch_composition(share, out / "batch_composition.png")
     final = summary.get("final", {}).get("success", {})
