@@ -1,5 +1,7 @@
 """Exploration wrapper used while scripted policies collect."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -162,3 +164,23 @@ def test_provider_scales_the_pre_parity_share_by_the_ratio(tmp_path) -> None:  #
     with pytest.raises(ValueError, match="learned_fraction_min"):
         CollectConfig(learned_fraction_min=0.9).validate()
     assert CollectConfig(learned_fraction_min=0.1).validate().learned_fraction_min == 0.1
+
+
+def test_a_provider_for_collection_takes_the_collect_settings() -> None:
+    from mtopt.collect.loop import CollectConfig
+
+    collect = CollectConfig(
+        scripted_epsilon=0.0,
+        scripted_early_terminate=0.0,
+        learned_fraction=0.3,
+        parity_fraction=0.95,
+        learned_fraction_min=0.1,
+    )
+    p = PolicyProvider.for_collection(DEFAULT_REGISTRY, None, None, collect, 0.2, 0.05, seed=4)
+    assert (p.epsilon, p.noise_std, p.seed) == (0.2, 0.05, 4)
+    assert (p.learned_fraction, p.parity_fraction, p.learned_fraction_min) == (0.3, 0.95, 0.1)
+    spec = DEFAULT_REGISTRY.get("lift-any")
+    assert not isinstance(p(spec), Exploring)  # no scripted exploration asked for
+    noisy = dataclasses.replace(collect, scripted_epsilon=0.1)
+    q = PolicyProvider.for_collection(DEFAULT_REGISTRY, None, None, noisy, 0.2, 0.05)
+    assert isinstance(q(spec), Exploring)

@@ -67,18 +67,14 @@ def _worker(
     writer = EpisodeWriter(
         spec.store, robot_id(i), spec.collect.flush_every, spec.collect.flush_seconds
     )
-    provider = PolicyProvider(
+    provider = PolicyProvider.for_collection(
         DEFAULT_REGISTRY,
         spec.weights_dir,
         spec.switch_file,
+        spec.collect,
         spec.epsilon,
         spec.noise_std,
         seed=seed,
-        scripted_epsilon=spec.collect.scripted_epsilon,
-        scripted_early_terminate=spec.collect.scripted_early_terminate,
-        learned_fraction=spec.collect.learned_fraction,
-        parity_fraction=spec.collect.parity_fraction,
-        learned_fraction_min=spec.collect.learned_fraction_min,
     )
     loop = CollectLoop(robot, DEFAULT_REGISTRY, writer, provider, spec.collect, seed=seed)
     n = 0

@@ -347,6 +347,33 @@ class PolicyProvider:
         self._calls = 0
         self._switch: dict[str, Any] = {"learned": [], "proxy": {}}
 
+    @classmethod
+    def for_collection(
+        cls,
+        registry: TaskRegistry,
+        weights_dir: str | Path | None,
+        switch_file: str | Path | None,
+        collect: CollectConfig,
+        epsilon: float,
+        noise_std: float,
+        seed: int = 0,
+    ) -> PolicyProvider:
+        """The provider a run's robots use: exploration and policy shares from ``collect``
+        (both runtimes' robots build it here)."""
+        return cls(
+            registry,
+            weights_dir,
+            switch_file,
+            epsilon,
+            noise_std,
+            seed=seed,
+            scripted_epsilon=collect.scripted_epsilon,
+            scripted_early_terminate=collect.scripted_early_terminate,
+            learned_fraction=collect.learned_fraction,
+            parity_fraction=collect.parity_fraction,
+            learned_fraction_min=collect.learned_fraction_min,
+        )
+
     def _refresh(self) -> None:
         if self.switch_file and self.switch_file.exists():
             with contextlib.suppress(json.JSONDecodeError):

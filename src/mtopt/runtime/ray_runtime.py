@@ -64,18 +64,14 @@ def _robot_actor_cls() -> Any:
                 cfg.collect.flush_every,
                 cfg.collect.flush_seconds,
             )
-            provider = PolicyProvider(
+            provider = PolicyProvider.for_collection(
                 DEFAULT_REGISTRY,
                 Path(root) / "weights",
                 Path(root) / "switch.json",
+                cfg.collect,
                 cfg.epsilon,
                 cfg.noise_std,
                 seed=seed,
-                scripted_epsilon=cfg.collect.scripted_epsilon,
-                scripted_early_terminate=cfg.collect.scripted_early_terminate,
-                learned_fraction=cfg.collect.learned_fraction,
-                parity_fraction=cfg.collect.parity_fraction,
-                learned_fraction_min=cfg.collect.learned_fraction_min,
             )
             collect = dataclasses.replace(cfg.collect, max_steps=cfg.sim.max_steps)
             self.loop = CollectLoop(
