@@ -111,3 +111,18 @@ def test_success_counts_follow_a_rescore() -> None:
     assert lr.stats.collected == {"lift-any": 2, "place-on-plate": 1}  # unchanged
     for task, (succ, _) in buf.sizes().items():
         assert lr.stats.impersonated_success[task] == succ
+
+
+def test_replay_stats_composition_by_hand() -> None:
+    from mtopt.replay.logreplay import ReplayStats
+
+    s = ReplayStats(
+        collected={"a": 3},
+        impersonated={"a": 5, "b": 2},
+        impersonated_success={"b": 1},
+    )
+    assert s.composition(["a", "b", "c"]) == {
+        "a": {"original": 3, "impersonated": 5, "successes": 0},
+        "b": {"original": 0, "impersonated": 2, "successes": 1},
+        "c": {"original": 0, "impersonated": 0, "successes": 0},
+    }

@@ -55,6 +55,18 @@ class ReplayStats:
     """Episodes skipped because the registry does not know their task (a store written
     with more tasks than this run's registry, or a task added later)."""
 
+    def composition(self, tasks: Sequence[str]) -> dict[str, dict[str, int]]:
+        """``{task: {"original": n, "impersonated": m, "successes": s}}``: the report's
+        data composition (``mtopt.eval.report.plot_composition``)."""
+        return {
+            t: {
+                "original": self.collected.get(t, 0),
+                "impersonated": self.impersonated.get(t, 0),
+                "successes": self.impersonated_success.get(t, 0),
+            }
+            for t in tasks
+        }
+
 
 class LogReplay:
     def __init__(

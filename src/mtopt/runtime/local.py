@@ -759,14 +759,7 @@ class LocalRun:
             sd_labels=sd_labels,
             stats=stats,
             checkpoint_extras=checkpoint_extras,
-            composition={
-                t: {
-                    "original": replay.stats.collected.get(t, 0),
-                    "impersonated": replay.stats.impersonated.get(t, 0),
-                    "successes": replay.stats.impersonated_success.get(t, 0),
-                }
-                for t in self.registry.names
-            },
+            composition=replay.stats.composition(self.registry.names),
             buffer_sizes={t: list(v) for t, v in buffers.sizes().items()},
             batch_share=batch_composition(updater),
             extra={

@@ -194,14 +194,7 @@ class ReplayService:
                         for k in ("images", "states", "actions", "task_idx", "targets")
                     }
                 )
-        comp = {
-            t: {
-                "original": self.replay.stats.collected.get(t, 0),
-                "impersonated": self.replay.stats.impersonated.get(t, 0),
-                "successes": self.replay.stats.impersonated_success.get(t, 0),
-            }
-            for t in self.buffers.tasks
-        }
+        comp = self.replay.stats.composition(self.buffers.tasks)
         return {
             "batches": out,
             "ingested": self.ingested,
@@ -279,6 +272,7 @@ def run_ray(
     from mtopt.qtopt.learner import Learner
     from mtopt.qtopt.weights import snapshot_due, snapshot_latest
     from mtopt.replay.ingest import StoreIngest
+    from mtopt.replay.logreplay import ReplayStats
     from mtopt.runtime.local import (
         LocalRun,
         elapsed_before,
@@ -471,8 +465,7 @@ def run_ray(
         sd_labels=sd_labels,
         stats=stats,
         checkpoint_extras=extras,
-        composition=comp
-        or {t: {"original": 0, "impersonated": 0, "successes": 0} for t in run.registry.names},
+        composition=comp or ReplayStats().composition(run.registry.names),
         buffer_sizes=buffer_sizes,
         batch_share=batch_share,
         extra={"runtime": "ray", "fleet_error": fleet_error},
