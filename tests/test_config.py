@@ -252,6 +252,20 @@ def test_a_bad_setting_fails_before_the_run_starts(setting: str, message: str) -
         cfg.validate()
 
 
+def test_a_registry_with_more_tasks_than_the_network_is_a_clear_error() -> None:
+    """A task added to the registry (``with_extra``) used to fail at the learner's first
+    step ("task_idx must lie in [0, 13)"), after the success detector was trained."""
+    from mtopt.runtime.config import preset
+    from mtopt.tasks import DEFAULT_REGISTRY
+
+    extra = DEFAULT_REGISTRY.with_extra(
+        [{"name": "place-can-on-plate", "kind": "place", "fixtures": ["plate"], "category": "can"}]
+    )
+    with pytest.raises(ValueError, match=r"set qnet\.num_tasks=14"):
+        preset("local").validate(extra)
+    assert override(preset("local"), ["qnet.num_tasks=14"]).validate(extra)
+
+
 @pytest.mark.parametrize("name", ["local", "tuned", "tiny", "bench"])
 def test_every_preset_validates(name: str) -> None:
     from mtopt.runtime.config import preset

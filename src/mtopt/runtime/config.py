@@ -50,7 +50,7 @@ class ReplayConfig:
 class SDConfig:
     examples_per_task: int = 80
     """Staged positive and near-miss negative scenes per task for the initial SD (80:
-    2080 scenes for 13 tasks, ~4 minutes on 2 cores; 40 gave a staged-only mean balanced
+    2080 scenes for 13 tasks, 2-4 minutes on 2 cores, then ~2 minutes of SD training; 40 gave a staged-only mean balanced
     accuracy of 0.958 against 0.968, benchmarks/sd_accuracy.py)."""
     train: SDTrainConfig = field(default_factory=SDTrainConfig)
     """Training of the initial SD."""
@@ -209,6 +209,11 @@ class RunConfig:
         for task in e.tasks:
             if task not in names:
                 raise ValueError(f"eval.tasks: unknown task {task!r}; valid: {', '.join(names)}")
+        if self.qnet.num_tasks < len(names):  # the one-hot input (or heads) per task
+            raise ValueError(
+                f"qnet.num_tasks is {self.qnet.num_tasks} but the registry has {len(names)} "
+                f"tasks: set qnet.num_tasks={len(names)} (--set qnet.num_tasks={len(names)})"
+            )
         at_least(self.sd.label_budget_per_round, 0, "sd.label_budget_per_round")
         at_least(self.sd.improve_every_episodes, 0, "sd.improve_every_episodes", " (0: never)")
         at_least(self.sd.examples_per_task, 1, "sd.examples_per_task")
