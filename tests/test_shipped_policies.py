@@ -30,7 +30,7 @@ def test_shipped_policy_loads_and_acts(folder: Path) -> None:
     cfg = load_run_config(folder / "config.json")
     exported = json.loads((folder / "exported.json").read_text())
     for part in exported["parts"]:
-        pol, sim = learned_policy(folder, part, seed=0)  # as `mtopt sim demo --run` acts
+        pol, sim, _ = learned_policy(folder, part, seed=0)  # as `mtopt sim demo --run` acts
         assert isinstance(pol, CEMPolicy) and sim == cfg.sim
         assert pol.version == exported["version"]
         assert pol.net is not None and pol.net.cfg == cfg.qnet

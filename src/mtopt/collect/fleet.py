@@ -27,6 +27,7 @@ class FleetSpec:
     epsilon: float = 0.1
     noise_std: float = 0.1
     max_rate: float = 0.0  # episodes per second per robot at most (0: unlimited)
+    extra_tasks: tuple[dict[str, Any], ...] = ()  # tasks after the built-in ones
 
 
 def robot_id(i: int) -> str:
@@ -67,8 +68,9 @@ def _worker(
     writer = EpisodeWriter(
         spec.store, robot_id(i), spec.collect.flush_every, spec.collect.flush_seconds
     )
+    registry = DEFAULT_REGISTRY.with_extra(spec.extra_tasks)
     provider = PolicyProvider.for_collection(
-        DEFAULT_REGISTRY,
+        registry,
         spec.weights_dir,
         spec.switch_file,
         spec.collect,
@@ -76,7 +78,7 @@ def _worker(
         spec.noise_std,
         seed=seed,
     )
-    loop = CollectLoop(robot, DEFAULT_REGISTRY, writer, provider, spec.collect, seed=seed)
+    loop = CollectLoop(robot, registry, writer, provider, spec.collect, seed=seed)
     n = 0
     t0 = time.monotonic()
     try:

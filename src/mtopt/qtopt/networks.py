@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass
+from dataclasses import replace as dataclasses_replace
 from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
@@ -792,3 +793,27 @@ def frozen_copy(net: QNetwork) -> QNetwork:
     c.requires_grad_(False)
     c.eval()
     return c
+
+
+def with_more_tasks(net: QNetwork, like: list[int]) -> QNetwork:
+    """``net`` grown by ``len(like)`` tasks, for fine-tuning a trained multi-task network
+    on new tasks (the paper's proactive adaptation): tasks ``0 .. n-1`` keep their
+    meaning, and new task ``n + j`` starts as task ``like[j]``: its column of the task
+    one-hot's embedding (or, multi-headed, its head) is a copy of that task's, so
+    Q(s, a, n + j) equals Q(s, a, like[j]) until training moves them apart."""
+    old = net.cfg.num_tasks
+    if any(not 0 <= i < old for i in like):
+        raise ValueError(f"like: task indices must lie in [0, {old}), got {like}")
+    grown = QNetwork(dataclasses_replace(net.cfg, num_tasks=old + len(like)))
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    first = "embed.0.weight"
+    at = ACTION_DIM + net.cfg.state_dim + net.cfg.crop_dim  # where the one-hot starts
+    w = state[first]
+    state[first] = torch.cat(
+        [w[:, : at + old], w[:, [at + i for i in like]], w[:, at + old :]], dim=1
+    )
+    for j, i in enumerate(like):  # multi-headed: the new task's head is a copy
+        for k in [k for k in state if k.startswith(f"heads.{i}.")]:
+            state[f"heads.{old + j}." + k[len(f"heads.{i}.") :]] = state[k].clone()
+    grown.load_state_dict(state)
+    return grown.train(net.training)

@@ -37,12 +37,24 @@ def register(app: typer.Typer) -> None:
         rebalance: bool | None = typer.Option(None, help="Ablation: re-balancing on/off."),
         network: str | None = typer.Option(None, help="Ablation: onehot or multihead."),
         minutes: float | None = typer.Option(None, help="Wall-clock budget in minutes."),
+        tasks_file: Path | None = typer.Option(
+            None,
+            help="New tasks for this run, after the built-in ones: a JSON list of task "
+            'descriptions ([{"name": "place-can-on-plate", "kind": "place", "fixtures": '
+            "...], as TaskRegistry.with_extra takes them). The Q-network gets a task input "
+            "for each; stored episodes of their skill are relabeled for them.",
+        ),
+        init_from: Path | None = typer.Option(
+            None,
+            help="Start the Q-network from a trained run (or policy or weights folder) "
+            "instead of at random; new tasks start as the first task of their skill.",
+        ),
     ) -> None:
         """Collect, label rewards with the success detector, impersonate, re-balance, learn, evaluate, report."""
         from mtopt.config import ConfigError, override
         from mtopt.qtopt.cem import resolve_device
         from mtopt.qtopt.weights import WeightsError
-        from mtopt.runtime.config import load_run_config, preset, resume_config
+        from mtopt.runtime.config import load_run_config, preset, resume_config, with_new_tasks
 
         try:
             sets = list(set_)
@@ -62,6 +74,13 @@ def register(app: typer.Typer) -> None:
                 cfg = resume_config(load_run_config(saved), config, sets, out)
             else:
                 cfg = override(preset(config or "local"), sets)
+            if tasks_file is not None or init_from is not None:
+                if resume:
+                    raise ConfigError(
+                        "--tasks-file and --init-from start a new run; a resumed run keeps "
+                        "its tasks and networks (choose another --out)"
+                    )
+                cfg = with_new_tasks(cfg, tasks_file, init_from)
             cfg.validate()
             resolve_device(cfg.learner.device)  # a missing GPU: say so before robots start
         except (ConfigError, ValueError) as exc:

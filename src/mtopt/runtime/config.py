@@ -15,6 +15,7 @@ from mtopt.qtopt.learner import LearnerConfig
 from mtopt.qtopt.networks import QNetConfig
 from mtopt.sim.config import SimConfig
 from mtopt.success.train import SDTrainConfig
+from mtopt.tasks.registry import TaskRegistry
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,18 @@ class RunConfig:
     parity_hysteresis: float = 0.04
     """A task already on its learned policy keeps it until its pooled success falls this
     far below the parity bar (a pooled 60-episode estimate near 0.1 has a std of ~0.04)."""
+    extra_tasks: tuple[dict[str, Any], ...] = ()
+    """New tasks after the built-in ones, as ``TaskRegistry.with_extra`` takes them
+    (``mtopt run --tasks-file FILE``, a JSON list): the run's registry is
+    ``registry()``. The success detector is staged and trained for them too, and every
+    stored episode of their skill is relabeled for them (impersonation), old ones
+    included: learning a new task from old data."""
+    init_from: str = ""
+    """A trained run's (or policy folder's, or weights folder's) Q-network to start from
+    instead of a random one (a fresh run only; a resume goes on from its checkpoint).
+    With more tasks than it was trained on, each new task starts as the first task of
+    its skill (``networks.with_more_tasks``): the paper's fine-tuning of the multi-task
+    policy on a new task."""
     sim: SimConfig = field(default_factory=SimConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
     qnet: QNetConfig = field(default_factory=QNetConfig)
@@ -168,13 +181,24 @@ class RunConfig:
                 f"sim.max_step_m ({self.sim.max_step_m}): the post-move view would look elsewhere"
             )
 
+    def registry(self) -> TaskRegistry:
+        """The run's tasks: the built-in ones, then ``extra_tasks``."""
+        from mtopt.tasks import DEFAULT_REGISTRY
+
+        return (
+            DEFAULT_REGISTRY.with_extra(self.extra_tasks) if self.extra_tasks else DEFAULT_REGISTRY
+        )
+
     def validate(self, registry: Any = None) -> RunConfig:
         """Every setting a run would otherwise trip over minutes later (after the success
         detector is staged and trained), checked at once: a clear ValueError. Task names
-        are checked against ``registry`` (default: the built-in tasks)."""
-        from mtopt.tasks import DEFAULT_REGISTRY
-
-        names = (registry or DEFAULT_REGISTRY).names
+        are checked against ``registry`` (default: ``self.registry()``)."""
+        try:
+            names = (registry or self.registry()).names
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"extra_tasks: {exc}") from None
+        if self.init_from and not Path(self.init_from).exists():
+            raise ValueError(f"init_from: {self.init_from} does not exist")
 
         def at_least(value: float, low: float, name: str, why: str = "") -> None:
             if not value >= low:
@@ -228,6 +252,30 @@ class RunConfig:
         self.qnet.validate()
         self.collect.validate()
         return self
+
+
+def with_new_tasks(
+    cfg: RunConfig, tasks_file: str | Path | None, init_from: str | Path | None
+) -> RunConfig:
+    """``cfg`` for a run that learns new tasks (``mtopt run --tasks-file F --init-from
+    RUN``): ``F``'s task descriptions (a JSON list) appended to ``extra_tasks``, the
+    Q-network's ``num_tasks`` raised to the registry's size, and ``init_from``."""
+    if tasks_file is not None:
+        try:
+            extra = json.loads(Path(tasks_file).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read the tasks file {tasks_file}: {exc}") from None
+        if not isinstance(extra, list) or not all(isinstance(t, dict) for t in extra):
+            raise ConfigError(
+                f"the tasks file {tasks_file} must hold a JSON list of task descriptions"
+            )
+        cfg = dataclasses.replace(cfg, extra_tasks=(*cfg.extra_tasks, *extra))
+        n = len(cfg.registry())
+        if cfg.qnet.num_tasks < n:
+            cfg = dataclasses.replace(cfg, qnet=dataclasses.replace(cfg.qnet, num_tasks=n))
+    if init_from is not None:
+        cfg = dataclasses.replace(cfg, init_from=str(init_from))
+    return cfg
 
 
 def load_run_config(path: str | Path) -> RunConfig:

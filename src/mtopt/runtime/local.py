@@ -40,9 +40,17 @@ from mtopt.eval.evaluate import (
 )
 from mtopt.policies.cem_policy import CEMPolicy
 from mtopt.policies.scripted import scripted_policy_for
-from mtopt.qtopt.learner import Learner
+from mtopt.qtopt.learner import Learner, load_network
+from mtopt.qtopt.networks import with_more_tasks
 from mtopt.qtopt.updater import BackgroundUpdater, BellmanUpdater
-from mtopt.qtopt.weights import WeightsError, read_latest, snapshot_due, snapshot_latest
+from mtopt.qtopt.weights import (
+    WeightsError,
+    check_config,
+    load_source,
+    read_latest,
+    snapshot_due,
+    snapshot_latest,
+)
 from mtopt.replay.buffers import TaskBuffers
 from mtopt.replay.ingest import StoreIngest
 from mtopt.replay.logreplay import LogReplay
@@ -59,7 +67,7 @@ from mtopt.success.data import LabeledSet, episode_examples, stage_examples
 from mtopt.success.improve import disputes_given_labels, select_episodes
 from mtopt.success.network import SuccessDetector, SuccessNet
 from mtopt.success.train import evaluate_sd, train_sd
-from mtopt.tasks.registry import DEFAULT_REGISTRY, TaskRegistry
+from mtopt.tasks.registry import TaskRegistry
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +236,58 @@ def resume_learner(paths: RunPaths, cfg: RunConfig) -> tuple[Learner, dict[str, 
     return learner, extra
 
 
+def new_learner(paths: RunPaths, cfg: RunConfig, registry: TaskRegistry) -> tuple[Learner, str]:
+    """A fresh run's learner and a line for the log: random networks, or (``init_from``)
+    a trained run's, each grown by the tasks it was not trained on; a new task starts as
+    the first task of its skill, which it was trained on (``networks.with_more_tasks``)."""
+    learner = Learner(cfg.qnet, cfg.learner, logdir=paths.root / "tb")
+    if not cfg.init_from:
+        return learner, ""
+    version, tensors, meta = load_source(cfg.init_from)
+    nets = {
+        "online": learner.online,
+        "acting": learner.acting,
+        "target0": learner.targets[0],
+        "target1": learner.targets[1],
+    }
+    like: list[int] = []
+    for part, dst in nets.items():
+        for name in (part, "acting", "online"):  # a policy folder may hold one network
+            try:
+                src = load_network(tensors, meta, name)
+                break
+            except WeightsError:
+                continue
+        else:
+            raise WeightsError(f"init_from {cfg.init_from}: no Q-network in its weights")
+        trained = src.cfg.num_tasks
+        if trained < cfg.qnet.num_tasks:
+            like = [
+                first_of_skill(registry, i, trained) for i in range(trained, cfg.qnet.num_tasks)
+            ]
+            src = with_more_tasks(src, like)
+        check_config(cfg.qnet.to_dict(), src.cfg.to_dict(), f"init_from {cfg.init_from}")
+        dst.load_state_dict(src.state_dict())
+    grown = ", ".join(
+        f"{registry.names[i]} as {registry.names[j]}"
+        for i, j in enumerate(like, start=cfg.qnet.num_tasks - len(like))
+        if i < len(registry)
+    )
+    return learner, (
+        f"Q-network from {cfg.init_from} (weights v{version}, step {meta.get('step')})"
+        + (f"; new tasks start as: {grown}" if grown else "")
+    )
+
+
+def first_of_skill(registry: TaskRegistry, index: int, trained: int) -> int:
+    """The task a new task ``index`` starts as: the first of its skill among the ``trained``
+    ones (task 0 for a spare slot past the registry or a skill with none)."""
+    if index >= len(registry):
+        return 0
+    skill = registry.get(registry.names[index]).skill
+    return next((i for i in range(trained) if registry.get(registry.names[i]).skill == skill), 0)
+
+
 def elapsed_before(extra: dict[str, Any]) -> float:
     """Seconds a run has run in its earlier invocations, from its checkpoint's extras.
 
@@ -258,8 +318,11 @@ class LocalRun:
         cfg: RunConfig,
         out: str | Path,
         resume: bool = False,
-        registry: TaskRegistry = DEFAULT_REGISTRY,
+        registry: TaskRegistry | None = None,
     ):
+        """``registry``: the run's tasks (default: ``cfg.registry()``, the built-in tasks
+        and ``cfg.extra_tasks``)."""
+        registry = registry or cfg.registry()
         self.cfg = cfg.validate(registry)
         self.paths = RunPaths(Path(out))
         self.registry = registry
@@ -288,7 +351,7 @@ class LocalRun:
         cls,
         out: str | Path,
         assignments: Sequence[str] = (),
-        registry: TaskRegistry = DEFAULT_REGISTRY,
+        registry: TaskRegistry | None = None,
     ) -> LocalRun:
         """Continue the run in ``out`` with its own ``config.json``, changed only by
         ``assignments`` (``["budget_minutes=40"]``), as ``mtopt run --resume`` does."""
@@ -599,7 +662,9 @@ class LocalRun:
                 f"{(t_start - t_origin) / 60:.1f} minutes run before)"
             )
         else:
-            learner = Learner(c.qnet, c.learner, logdir=p.root / "tb")
+            learner, started_from = new_learner(p, c, self.registry)
+            if started_from:
+                self._log(started_from)
             sd_labels = sd_since = 0
         scripted = self.scripted_baseline()
         self._log(
@@ -641,6 +706,7 @@ class LocalRun:
             epsilon=c.epsilon,
             noise_std=c.noise_std,
             max_rate=c.max_collect_rate,
+            extra_tasks=c.extra_tasks,
         )
         stop_fleet = threading.Event()
         fleet_summary: dict[str, Any] = {}

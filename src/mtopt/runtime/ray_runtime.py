@@ -46,8 +46,8 @@ def _robot_actor_cls() -> Any:
             from mtopt.collect.loop import CollectLoop, PolicyProvider
             from mtopt.robots.sim_robot import SimRobot
             from mtopt.store.writer import EpisodeWriter
-            from mtopt.tasks import DEFAULT_REGISTRY
 
+            registry = cfg.registry()
             # a restarted (or resumed) actor goes on from the episodes it already wrote,
             # so its scenes are new and the same store history gives the same seeds
             try:
@@ -65,7 +65,7 @@ def _robot_actor_cls() -> Any:
                 cfg.collect.flush_seconds,
             )
             provider = PolicyProvider.for_collection(
-                DEFAULT_REGISTRY,
+                registry,
                 Path(root) / "weights",
                 Path(root) / "switch.json",
                 cfg.collect,
@@ -74,9 +74,7 @@ def _robot_actor_cls() -> Any:
                 seed=seed,
             )
             collect = dataclasses.replace(cfg.collect, max_steps=cfg.sim.max_steps)
-            self.loop = CollectLoop(
-                self.robot, DEFAULT_REGISTRY, self.writer, provider, collect, seed=seed
-            )
+            self.loop = CollectLoop(self.robot, registry, self.writer, provider, collect, seed=seed)
 
         def pid(self) -> int:
             return os.getpid()
@@ -122,12 +120,12 @@ class ReplayService:
         from mtopt.replay.logreplay import LogReplay
         from mtopt.store.reader import EpisodeReader
         from mtopt.success.network import SuccessDetector
-        from mtopt.tasks import DEFAULT_REGISTRY
 
         self.cfg, self.root = cfg, Path(root)
-        self.sd = SuccessDetector.load(self.root / "sd", DEFAULT_REGISTRY.names)
-        self.buffers = TaskBuffers(DEFAULT_REGISTRY.names, cfg.replay.capacity_per_bucket)
-        self.replay = LogReplay(DEFAULT_REGISTRY, self.buffers, self.sd, cfg.replay.impersonation)
+        registry = cfg.registry()
+        self.sd = SuccessDetector.load(self.root / "sd", registry.names)
+        self.buffers = TaskBuffers(registry.names, cfg.replay.capacity_per_bucket)
+        self.replay = LogReplay(registry, self.buffers, self.sd, cfg.replay.impersonation)
         self.reader = EpisodeReader(
             self.root / "store",
             must_exist=False,
@@ -269,13 +267,13 @@ def run_ray(
     import torch
 
     from mtopt.qtopt.bellman import TrainBatch
-    from mtopt.qtopt.learner import Learner
     from mtopt.qtopt.weights import snapshot_due, snapshot_latest
     from mtopt.replay.ingest import StoreIngest
     from mtopt.replay.logreplay import ReplayStats
     from mtopt.runtime.local import (
         LocalRun,
         elapsed_before,
+        new_learner,
         progress_bar,
         resume_learner,
         show_progress,
@@ -296,7 +294,9 @@ def run_ray(
         run.history = list(extra.get("history", []))
         t0 = t_start - elapsed_before(extra)
     else:
-        learner = Learner(c.qnet, c.learner, logdir=p.root / "tb")
+        learner, started_from = new_learner(p, c, run.registry)
+        if started_from:
+            run._log(started_from)
     # SD relabel + retrain rounds, as the local runtime's: the driver tails the store for
     # the newest episodes (the replay actors reload each published SD and rescore)
     sd_tail: StoreIngest[Any] | None = None

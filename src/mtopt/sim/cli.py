@@ -10,6 +10,7 @@ import typer
 if TYPE_CHECKING:
     from mtopt.policies.base import Policy
     from mtopt.sim.cell import SimConfig
+    from mtopt.tasks.registry import TaskRegistry
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown")
 
@@ -50,11 +51,12 @@ def demo(
     from mtopt.tasks import DEFAULT_REGISTRY, UnknownTaskError
 
     learned: Policy | None = None
+    registry = DEFAULT_REGISTRY
     try:
-        spec = DEFAULT_REGISTRY.get(task)
         base = SimConfig()
         if run is not None:
-            learned, base = learned_policy(run, part, seed)
+            learned, base, registry = learned_policy(run, part, seed)
+        spec = registry.get(task)  # a run's own tasks (its extra_tasks) included
         config = dataclasses.replace(
             base,
             image_size=base.image_size if size is None else size,
@@ -73,7 +75,7 @@ def demo(
     rng = np.random.default_rng(seed)
     frames: list[Image.Image] = []
     strips: list[np.ndarray] = []
-    skill_tasks = [t for t in DEFAULT_REGISTRY if t.skill == spec.skill]
+    skill_tasks = [t for t in registry if t.skill == spec.skill]
     wins = dict.fromkeys((t.name for t in skill_tasks), 0)
     size = config.image_size
     scale = max(1, 192 // size)
@@ -107,20 +109,18 @@ def demo(
         typer.echo(f"  {name:20s} {n / episodes:6.1%}")
 
 
-def learned_policy(run: Path, part: str, seed: int) -> tuple[Policy, SimConfig]:
+def learned_policy(run: Path, part: str, seed: int) -> tuple[Policy, SimConfig, TaskRegistry]:
     """The greedy CEM policy of a run (its config's acting CEM, in fp32, no exploration)
-    on its latest published weights, and the cell settings it was trained on."""
+    on its latest published weights, the cell settings it was trained on and its tasks."""
     import dataclasses
 
     from mtopt.policies.cem_policy import CEMPolicy
     from mtopt.runtime.config import load_run_config
-    from mtopt.tasks import DEFAULT_REGISTRY
 
     if not (run / "config.json").exists():
         raise FileNotFoundError(f"{run} is not a run directory (no config.json)")
     cfg = load_run_config(run / "config.json")  # a ConfigError is a ValueError
     cem = dataclasses.replace(cfg.cem_act, precision="fp32")
-    policy = CEMPolicy(
-        DEFAULT_REGISTRY.names, weights_dir=run / "weights", cem=cem, seed=seed, part=part
-    )
-    return policy, cfg.sim
+    registry = cfg.registry()
+    policy = CEMPolicy(registry.names, weights_dir=run / "weights", cem=cem, seed=seed, part=part)
+    return policy, cfg.sim, registry

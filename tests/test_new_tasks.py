@@ -1,0 +1,113 @@
+"""Learning new tasks from a trained multi-task network (the paper's proactive
+adaptation): the network grows by a task that starts as an old one."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtopt.qtopt.networks import QNetwork, with_more_tasks
+from qtopt_fixtures import SMALL, batch
+
+
+@pytest.mark.parametrize("head_type", ["onehot", "multihead"])
+def test_a_grown_network_keeps_old_tasks_and_starts_new_ones_as_their_like(
+    head_type: str,
+) -> None:
+    torch.manual_seed(0)
+    net = QNetwork(dataclasses.replace(SMALL, head_type=head_type)).eval()
+    grown = with_more_tasks(net, [1, 0]).eval()  # task 2 starts as task 1, task 3 as 0
+    assert grown.cfg.num_tasks == 4 and not grown.training
+    b = batch(0)
+    with torch.no_grad():
+        for old, new in ((0, 0), (1, 1), (1, 2), (0, 3)):
+            t_old = torch.full((8,), old)
+            t_new = torch.full((8,), new)
+            a = net.logits(b.images, b.states, b.actions, t_old)
+            g = grown.logits(b.images, b.states, b.actions, t_new)
+            torch.testing.assert_close(g, a, rtol=1e-5, atol=1e-5)
+    # the copy is a copy: training the new task leaves the old one's parameters alone
+    before = net.state_dict()["embed.0.weight"].clone()
+    with torch.no_grad():
+        grown.embed[0].weight.add_(1.0)
+    torch.testing.assert_close(net.state_dict()["embed.0.weight"], before)
+    with pytest.raises(ValueError, match="like"):
+        with_more_tasks(net, [2])
+
+
+def test_a_fresh_run_starts_from_a_trained_network_grown_by_its_new_tasks(
+    tmp_path: Path,
+) -> None:
+    from mtopt.qtopt.learner import Learner
+    from mtopt.qtopt.weights import WeightsError
+    from mtopt.runtime.config import RunConfig
+    from mtopt.runtime.local import RunPaths, new_learner
+    from mtopt.tasks import DEFAULT_REGISTRY
+
+    torch.manual_seed(0)
+    trained = Learner(SMALL)  # 2 tasks: lift-any, then a lift task
+    trained.publish(tmp_path / "old")
+    cfg = RunConfig(qnet=dataclasses.replace(SMALL, num_tasks=3), init_from=str(tmp_path / "old"))
+    learner, line = new_learner(RunPaths(tmp_path / "new"), cfg, DEFAULT_REGISTRY)
+    assert "new tasks start as" in line and learner.online.cfg.num_tasks == 3
+    b = batch(1)
+    with torch.no_grad():
+        for net, old in (
+            (learner.online, trained.online),
+            (learner.acting, trained.acting),
+            (learner.targets[1], trained.targets[1]),
+        ):
+            net.eval(), old.eval()
+            for t_new, t_old in ((0, 0), (1, 1), (2, 0)):  # task 2 (a lift task) as lift-any
+                got = net.logits(b.images, b.states, b.actions, torch.full((8,), t_new))
+                want = old.logits(b.images, b.states, b.actions, torch.full((8,), t_old))
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    wider = RunConfig(
+        qnet=dataclasses.replace(SMALL, num_tasks=3, fc_units=32), init_from=str(tmp_path / "old")
+    )
+    with pytest.raises(WeightsError, match="fc_units"):
+        new_learner(RunPaths(tmp_path / "new2"), wider, DEFAULT_REGISTRY)
+
+
+def test_a_new_task_learned_from_an_old_runs_store_and_network(tmp_path: Path) -> None:
+    """The paper's two ways to a new task, through ``mtopt run``: the old store's place
+    episodes are relabeled for it (retroactive), and the old run's network, grown by
+    it, is fine-tuned (proactive). No robot collects here: all its data is old."""
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from mtopt.cli import app
+    from mtopt.runtime.local import LocalRun
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    slack = ["--minutes", "12"]  # the caps end these runs, however slow the machine
+    res = CliRunner().invoke(app, ["run", "--config", "tiny", "--out", str(old), *slack])
+    assert res.exit_code == 0, res.output
+    tasks = tmp_path / "tasks.json"
+    task = {"name": "place-can-on-plate", "kind": "place", "fixtures": ["plate"], "category": "can"}
+    tasks.write_text(json.dumps([task]))
+    shutil.copytree(old / "store", new / "store")
+    args = ["run", "--config", "tiny", "--out", str(new), "--tasks-file", str(tasks)]
+    args += ["--init-from", str(old), "--set", "robots=0", "--set", "max_learner_steps=15"]
+    args += ["--set", "eval.tasks=place-any,place-can-on-plate", *slack]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "new tasks start as: place-can-on-plate as place-any" in res.output
+    summary = json.loads((new / "summary.json").read_text())
+    comp = summary["composition"]["place-can-on-plate"]
+    assert comp["original"] == 0 and comp["impersonated"] > 0  # old episodes, relabeled
+    assert summary["learner_steps"] >= 15
+    assert "place-can-on-plate" in summary["final"]["success"]
+    saved = json.loads((new / "config.json").read_text())
+    assert saved["extra_tasks"] == [task] and saved["qnet"]["num_tasks"] == 14
+    # a resume keeps the run's tasks (from its config) and refuses new ones
+    assert LocalRun.resume_from(new).registry.names[-1] == "place-can-on-plate"
+    res = CliRunner().invoke(app, [*args[:5], "--resume", "--tasks-file", str(tasks)])
+    assert res.exit_code == 2 and "start a new run" in res.output
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{**task, "category": "spoon"}]))
+    res = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "x"), "--tasks-file", str(bad)])
+    assert res.exit_code == 2 and "unknown category 'spoon'" in res.output
