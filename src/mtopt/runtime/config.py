@@ -197,8 +197,6 @@ class RunConfig:
             names = (registry or self.registry()).names
         except (ValueError, TypeError, KeyError) as exc:
             raise ValueError(f"extra_tasks: {exc}") from None
-        if self.init_from and not Path(self.init_from).exists():
-            raise ValueError(f"init_from: {self.init_from} does not exist")
 
         def at_least(value: float, low: float, name: str, why: str = "") -> None:
             if not value >= low:
@@ -274,6 +272,8 @@ def with_new_tasks(
         if cfg.qnet.num_tasks < n:
             cfg = dataclasses.replace(cfg, qnet=dataclasses.replace(cfg.qnet, num_tasks=n))
     if init_from is not None:
+        if not Path(init_from).exists():  # checked here, not in validate: a resume ignores it
+            raise ConfigError(f"--init-from {init_from} does not exist")
         cfg = dataclasses.replace(cfg, init_from=str(init_from))
     return cfg
 
