@@ -81,6 +81,8 @@ def register(app: typer.Typer) -> None:
                         "its tasks and networks (choose another --out)"
                     )
                 cfg = with_new_tasks(cfg, tasks_file, init_from)
+            elif cfg.init_from and not resume and not Path(cfg.init_from).exists():
+                raise ConfigError(f"init_from: {cfg.init_from} does not exist")  # --set
             cfg.validate()
             resolve_device(cfg.learner.device)  # a missing GPU: say so before robots start
         except (ConfigError, ValueError) as exc:
