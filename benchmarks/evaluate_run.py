@@ -36,6 +36,7 @@ import argparse
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 from _results import write_result
 from mtopt.eval.evaluate import (
@@ -49,9 +50,16 @@ from mtopt.policies.base import Policy
 from mtopt.policies.cem_policy import CEMPolicy
 from mtopt.policies.scripted import is_pick_task, scripted_policy_for, straight_down_pick
 from mtopt.qtopt.cem import CEMConfig
+from mtopt.runtime.config import load_run_config
 from mtopt.sim.cell import SimConfig
 from mtopt.tasks import DEFAULT_REGISTRY
-from mtopt.tasks.registry import TaskSpec
+from mtopt.tasks.registry import TaskRegistry, TaskSpec
+
+
+def run_registry(run: str) -> TaskRegistry:
+    """The tasks of a run or policy folder (its config's ``extra_tasks`` included)."""
+    config = Path(run) / "config.json"
+    return load_run_config(config).registry() if config.exists() else DEFAULT_REGISTRY
 
 
 def one(
@@ -62,6 +70,7 @@ def one(
 
     torch.set_num_threads(1)
     version = 0
+    registry = run_registry(run)
     factory: Callable[[TaskSpec], Policy]
     if which == "scripted":
         factory = scripted_policy_for
@@ -70,12 +79,12 @@ def one(
     else:
         cem = CEMConfig(**search, precision="fp32")  # type: ignore[arg-type]
         pol = CEMPolicy(
-            DEFAULT_REGISTRY.names, weights_dir=f"{run}/weights", cem=cem, seed=seed, part=which
+            registry.names, weights_dir=f"{run}/weights", cem=cem, seed=seed, part=which
         )
         version = pol.version
         factory = lambda spec: pol  # noqa: E731
     wins = evaluate_outcomes(
-        factory, DEFAULT_REGISTRY, [task], episodes, SimConfig(object_split=objects), seed
+        factory, registry, [task], episodes, SimConfig(object_split=objects), seed
     )
     return task, which, wins[task], version
 
@@ -115,8 +124,9 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     tasks = args.tasks.split(",")
+    registry = run_registry(args.run)
     for t in tasks:
-        DEFAULT_REGISTRY.get(t)  # unknown task: clear error before any work
+        registry.get(t)  # unknown task: clear error before any work
     parts = args.parts.split(",")
     if not parts or not set(parts) <= {"acting", "online"}:
         ap.error(f"--parts takes acting and/or online, got {args.parts!r}")
@@ -136,7 +146,7 @@ def main() -> None:
     def references(task: str) -> tuple[str, ...]:
         if args.no_references:
             return ()
-        picks = is_pick_task(DEFAULT_REGISTRY.get(task))
+        picks = is_pick_task(registry.get(task))
         return ("scripted", "straight_down") if picks else ("scripted",)
 
     jobs = [
