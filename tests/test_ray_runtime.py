@@ -77,8 +77,9 @@ def test_ray_run_relabels_and_retrains_the_sd_and_ingests_the_last_episodes(
     stored = [r for r in EpisodeReader(tmp_path / "run" / "store").metadata() if r["num_steps"]]
     assert summary["episodes"] == len(stored)
     # the report as the local runtime's: the workers' buffers and batch composition
-    held = sum(s + f for s, f in summary["buffer_sizes"].values())
-    assert 0 < held <= len(stored)
+    # (impersonation puts an episode into every task of its skill: at most once each)
+    held = [s + f for s, f in summary["buffer_sizes"].values()]
+    assert sum(held) > 0 and max(held) <= len(stored)
     assert (tmp_path / "run" / "report" / "batch_composition.png").exists()
 
 
