@@ -111,3 +111,17 @@ def test_a_new_task_learned_from_an_old_runs_store_and_network(tmp_path: Path) -
     bad.write_text(json.dumps([{**task, "category": "spoon"}]))
     res = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "x"), "--tasks-file", str(bad)])
     assert res.exit_code == 2 and "unknown category 'spoon'" in res.output
+
+
+def test_init_from_weights_that_do_not_fit_fail_before_the_sd_is_staged(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mtopt.cli import app
+    from mtopt.qtopt.learner import Learner
+
+    Learner(SMALL).publish(tmp_path / "other" / "weights")  # not the tiny preset's network
+    out = tmp_path / "run"
+    args = ["run", "--config", "tiny", "--out", str(out), "--init-from", str(tmp_path / "other")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "different architecture" in res.output
+    assert not (out / "sd").exists()  # it used to stage and train the SD first

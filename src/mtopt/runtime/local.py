@@ -649,7 +649,8 @@ class LocalRun:
         c, p = self.cfg, self.paths
         t_start = time.time()
         t_origin = t_start  # when the run started, counting its earlier invocations
-        sd = self.init_sd()
+        # the learner first: a checkpoint or init_from that does not fit fails before the
+        # success detector's examples are staged (minutes)
         resumed = self.resume and p.checkpoint.exists()
         if resumed:
             learner, extra = resume_learner(p, c)
@@ -666,6 +667,7 @@ class LocalRun:
             if started_from:
                 self._log(started_from)
             sd_labels = sd_since = 0
+        sd = self.init_sd()
         scripted = self.scripted_baseline()
         self._log(
             "scripted baseline (held-out): "

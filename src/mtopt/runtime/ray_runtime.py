@@ -284,10 +284,11 @@ def run_ray(
     c, p = cfg, run.paths
     t_start = time.time()
     t0 = t_start  # when the run started, counting its earlier invocations
-    sd = run.init_sd()
     sd_labels = sd_since = 0
     fleet_error: str | None = None
     resumed = resume and p.checkpoint.exists()
+    # the learner first: a checkpoint or init_from that does not fit fails before the
+    # success detector's examples are staged (minutes)
     if resumed:
         learner, extra = resume_learner(p, c)
         sd_labels, sd_since = int(extra.get("sd_labels", 0)), int(extra.get("sd_since", 0))
@@ -297,6 +298,7 @@ def run_ray(
         learner, started_from = new_learner(p, c, run.registry)
         if started_from:
             run._log(started_from)
+    sd = run.init_sd()
     # SD relabel + retrain rounds, as the local runtime's: the driver tails the store for
     # the newest episodes (the replay actors reload each published SD and rescore)
     sd_tail: StoreIngest[Any] | None = None
