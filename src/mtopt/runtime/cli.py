@@ -74,15 +74,13 @@ def register(app: typer.Typer) -> None:
                 cfg = resume_config(load_run_config(saved), config, sets, out)
             else:
                 cfg = override(preset(config or "local"), sets)
-            if tasks_file is not None or init_from is not None:
-                if resume:
-                    raise ConfigError(
-                        "--tasks-file and --init-from start a new run; a resumed run keeps "
-                        "its tasks and networks (choose another --out)"
-                    )
+            if resume and (tasks_file is not None or init_from is not None):
+                raise ConfigError(
+                    "--tasks-file and --init-from start a new run; a resumed run keeps "
+                    "its tasks and networks (choose another --out)"
+                )
+            if not resume:
                 cfg = with_new_tasks(cfg, tasks_file, init_from)
-            elif cfg.init_from and not resume and not Path(cfg.init_from).exists():
-                raise ConfigError(f"init_from: {cfg.init_from} does not exist")  # --set
             cfg.validate()
             resolve_device(cfg.learner.device)  # a missing GPU: say so before robots start
         except (ConfigError, ValueError) as exc:

@@ -51,8 +51,9 @@ class ReplayConfig:
 class SDConfig:
     examples_per_task: int = 80
     """Staged positive and near-miss negative scenes per task for the initial SD (80:
-    2080 scenes for 13 tasks, 2-4 minutes on 2 cores, then ~2 minutes of SD training; 40 gave a staged-only mean balanced
-    accuracy of 0.958 against 0.968, benchmarks/sd_accuracy.py)."""
+    2080 scenes for 13 tasks, 2-4 minutes on 2 cores, then ~2 minutes of SD training; 40
+    gave a staged-only mean balanced accuracy of 0.958 against 0.968,
+    benchmarks/sd_accuracy.py)."""
     train: SDTrainConfig = field(default_factory=SDTrainConfig)
     """Training of the initial SD."""
     improve_every_episodes: int = 2000
@@ -255,9 +256,10 @@ class RunConfig:
 def with_new_tasks(
     cfg: RunConfig, tasks_file: str | Path | None, init_from: str | Path | None
 ) -> RunConfig:
-    """``cfg`` for a run that learns new tasks (``mtopt run --tasks-file F --init-from
-    RUN``): ``F``'s task descriptions (a JSON list) appended to ``extra_tasks``, the
-    Q-network's ``num_tasks`` raised to the registry's size, and ``init_from``."""
+    """``cfg`` for a fresh run (``mtopt run [--tasks-file F] [--init-from RUN]``): ``F``'s
+    task descriptions (a JSON list) appended to ``extra_tasks``, the Q-network's
+    ``num_tasks`` raised to the registry's size, and ``init_from`` set; an ``init_from``
+    (given here or by ``--set``) that does not exist is an error."""
     if tasks_file is not None:
         try:
             extra = json.loads(Path(tasks_file).read_text())
@@ -272,9 +274,10 @@ def with_new_tasks(
         if cfg.qnet.num_tasks < n:
             cfg = dataclasses.replace(cfg, qnet=dataclasses.replace(cfg.qnet, num_tasks=n))
     if init_from is not None:
-        if not Path(init_from).exists():  # checked here, not in validate: a resume ignores it
-            raise ConfigError(f"--init-from {init_from} does not exist")
         cfg = dataclasses.replace(cfg, init_from=str(init_from))
+    # checked here (a run's start), not in validate: a resume ignores init_from
+    if cfg.init_from and not Path(cfg.init_from).exists():
+        raise ConfigError(f"init_from: {cfg.init_from} does not exist")
     return cfg
 
 
