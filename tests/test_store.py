@@ -379,6 +379,11 @@ def test_bad_actions_and_image_types_are_rejected_when_the_episode_is_made() -> 
         Episode(**{**e.__dict__, "images": e.images.astype(np.float32) / 255})
     with pytest.raises(SchemaError, match="final_image must be a uint8 array"):
         Episode(**{**e.__dict__, "final_image": e.final_image.astype(np.int64)})
+    # states and actions as lists (a real robot's logger) are taken, as float32
+    listed = Episode(**{**e.__dict__, "states": e.states.tolist(), "actions": e.actions.tolist()})
+    assert listed.actions.dtype == np.float32 and np.array_equal(listed.states, e.states)
+    with pytest.raises(SchemaError, match="states must be an array of numbers"):
+        Episode(**{**e.__dict__, "states": [["open", 0.1]] * 4})
 
 
 @pytest.mark.parametrize("robot_id", [".", "..", ".hidden", "-x", "a/b", ""])
@@ -442,3 +447,58 @@ def test_final_views_are_the_episodes_without_their_frames(tmp_path: Path) -> No
         assert v.task == e.task and v.scene == e.scene
         assert v.gt_success_by_task == e.gt_success_by_task
         np.testing.assert_array_equal(v.final_image, e.final_image)
+
+
+def test_a_callers_decoder_that_fails_leaves_the_shard_alone(tmp_path: Path) -> None:
+    """A bug in the caller's decoder (here a column name typed wrong, which pyarrow would
+    drop silently) is not a corrupt shard: the error propagates, nothing is quarantined,
+    and the next poll reads the shards again."""
+    with EpisodeWriter(tmp_path, "r0", flush_every=1) as w:
+        for i in range(3):
+            w.write(make_episode(i))
+    reader = EpisodeReader(tmp_path)
+    with pytest.raises(ValueError, match=r"unknown column.*'taks'"):
+        reader.poll_decoded(lambda t: t["taks"].to_pylist(), ["episode_id", "taks"])
+
+    def crash(table: object) -> list[str]:
+        raise KeyError("the caller's bug")
+
+    with pytest.raises(KeyError, match="the caller's bug"):
+        reader.poll_decoded(crash, ["episode_id"])
+    assert reader.quarantined == [] and not (tmp_path / "quarantine").exists()
+    got = reader.poll_decoded(lambda t: t["episode_id"].to_pylist(), ["episode_id"])
+    assert [ids for _, ids in got] == [["ep00000"], ["ep00001"], ["ep00002"]]
+
+
+def test_read_episode_reads_only_the_stores_own_shards(tmp_path: Path) -> None:
+    with EpisodeWriter(tmp_path / "store", "r0") as w:
+        w.write(make_episode(0))
+    elsewhere = tmp_path / "mine.parquet"
+    elsewhere.write_bytes(b"a user's own file")
+    reader = EpisodeReader(tmp_path / "store")
+    with pytest.raises(ValueError, match="not a shard of the store"):
+        reader.read_episode(elsewhere, "ep00000")
+    assert elsewhere.read_bytes() == b"a user's own file"  # not moved to quarantine
+    (row,) = reader.metadata()
+    ep = reader.read_episode(row["shard"], row["episode_id"])
+    assert ep is not None and ep.episode_id == "ep00000"
+
+
+def test_one_shot_reads_by_task_and_by_part(tmp_path: Path) -> None:
+    with EpisodeWriter(tmp_path, "r0", flush_every=1) as w:  # a shard per episode
+        for i in range(9):
+            ep = make_episode(i, steps=1)
+            ep.task = ("lift-any", "lift-ball", "place-any")[i % 3]
+            w.write(ep)
+    reader = EpisodeReader(tmp_path)
+    picked = [e.episode_id for e in reader.episodes(tasks=["lift-ball", "place-any"])]
+    assert picked == [f"ep{i:05d}" for i in range(9) if i % 3]
+    assert [r["episode_id"] for r in reader.metadata(tasks=["lift-ball"])] == [
+        "ep00001",
+        "ep00004",
+        "ep00007",
+    ]
+    parts = [EpisodeReader(tmp_path, part=(i, 2)) for i in range(2)]
+    ids = [{e.episode_id for e in r.episodes()} for r in parts]
+    assert ids[0].isdisjoint(ids[1]) and len(ids[0] | ids[1]) == 9
+    assert {r["episode_id"] for r in parts[0].metadata()} == ids[0]

@@ -9,6 +9,11 @@ and tries it again on the next call, and one-shot reads (``episodes()``, ``metad
 raise it. A shard of an unknown schema version (a newer writer) is not corrupt either:
 reading stops with ``UnknownSchemaVersionError``. Temp files of writers that are still
 writing (``.*.tmp``) are never read.
+
+A decoder of the caller's own (``poll_decoded``, ``drain_decoded``) that raises is a bug
+of the caller, not of the shard: its error propagates and the shard stays where it is
+(unread, so the next poll tries it again). Asking for a column that no episode shard has
+is a ``ValueError`` before anything is read.
 """
 
 from __future__ import annotations
@@ -28,8 +33,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mtopt.store.schema import (
+    ARROW_SCHEMA,
+    LATER_COLUMNS,
     META_COLUMNS,
     Episode,
+    SchemaError,
     UnknownSchemaVersionError,
     check_table_version,
 )
@@ -75,6 +83,21 @@ def _is_os_error(exc: BaseException) -> bool:
     """An error of the machine, not of the file: a real errno (pyarrow reports corrupt
     Parquet as OSError without one), or memory."""
     return isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno is not None)
+
+
+def check_columns(columns: Iterable[str] | None) -> None:
+    """A ``ValueError`` for a column no episode shard has (pyarrow would drop it silently,
+    and the decoder would fail on every shard)."""
+    unknown = [c for c in columns or () if c not in ARROW_SCHEMA.names]
+    if unknown:
+        raise ValueError(f"unknown column(s) {unknown}; an episode shard has {ARROW_SCHEMA.names}")
+
+
+def _of_tasks(table: pa.Table, tasks: Iterable[str] | None) -> pa.Table:
+    """The rows of ``tasks`` (all rows for None), before any row is decoded."""
+    if tasks is None:
+        return table
+    return table.filter(pc.is_in(table["task"], value_set=pa.array(list(tasks), pa.string())))
 
 
 def _episodes(table: pa.Table) -> list[Episode]:
@@ -155,17 +178,29 @@ class EpisodeReader:
         self.quarantined: list[Path] = []
 
     def _read(
-        self, path: Path, decode: Callable[[pa.Table], T], columns: list[str] | None = None
+        self,
+        path: Path,
+        decode: Callable[[pa.Table], T],
+        columns: list[str] | None = None,
+        own_decoder: bool = True,
     ) -> T | None:
-        """``decode`` of the shard's table (``columns`` of it); None if the shard vanished or was quarantined
-        (corrupt Parquet, a foreign file, rows that do not decode). Raises OS errors (see
-        the module doc) and unknown versions."""
+        """``decode`` of the shard's table (``columns`` of it); None if the shard vanished
+        or was quarantined (corrupt Parquet, a foreign file, a column missing, rows that do
+        not decode into episodes). ``own_decoder=False`` (a caller's decoder): its errors
+        propagate and the shard stays. Raises OS errors (see the module doc) and unknown
+        versions."""
         try:
             with pq.ParquetFile(path) as shard:
                 # the version first: a newer writer's shard may lack a column asked for
                 check_table_version(shard.schema_arrow, str(path))
                 table = shard.read(columns=columns)
-            return decode(table)
+            wanted = columns if columns is not None else ARROW_SCHEMA.names
+            missing = [c for c in wanted if c not in table.column_names]
+            missing = [c for c in missing if c not in LATER_COLUMNS]
+            if missing:
+                raise SchemaError(f"{path}: no column(s) {missing}")
+            if own_decoder:
+                return decode(table)
         except FileNotFoundError:
             return None
         except UnknownSchemaVersionError:
@@ -177,6 +212,7 @@ class EpisodeReader:
             if q is not None:
                 self.quarantined.append(q)
             return None
+        return decode(table)  # outside the try: the caller's errors are not the shard's
 
     def new_shards(self) -> list[Path]:
         new = [p for p in shard_paths(self.store_dir) if p not in self._seen]
@@ -196,7 +232,8 @@ class EpisodeReader:
         """Episodes from shards not read before (oldest first): at most ``max_shards``
         shards (default: the reader's ``shards_per_poll``); ``behind`` says how many
         are left."""
-        return [e for _, eps in self.poll_decoded(_episodes, max_shards=max_shards) for e in eps]
+        polled = self._poll(_episodes, None, max_shards, own_decoder=True)
+        return [e for _, eps in polled for e in eps]
 
     def poll_decoded(
         self,
@@ -205,8 +242,18 @@ class EpisodeReader:
         max_shards: int | None = None,
     ) -> list[tuple[Path, T]]:
         """``poll`` with a decoder of one's own: each new shard's path and ``decode`` of its
-        table (only ``columns`` read, e.g. no images), oldest first. A shard whose table
-        does not decode is quarantined, as in ``poll``."""
+        table (only ``columns`` read, e.g. no images), oldest first. A corrupt shard is
+        quarantined, as in ``poll``; an error of ``decode`` propagates (module doc)."""
+        check_columns(columns)
+        return self._poll(decode, columns, max_shards, own_decoder=False)
+
+    def _poll(
+        self,
+        decode: Callable[[pa.Table], T],
+        columns: list[str] | None,
+        max_shards: int | None,
+        own_decoder: bool,
+    ) -> list[tuple[Path, T]]:
         limit = max_shards if max_shards is not None else self.shards_per_poll
         paths = self.new_shards()
         self.behind = max(0, len(paths) - limit) if limit is not None else 0
@@ -214,7 +261,7 @@ class EpisodeReader:
         done: list[Path] = []
         for path in paths[:limit]:
             try:  # an unknown version raises before any shard is marked: none is lost
-                decoded = self._read(path, decode, columns)
+                decoded = self._read(path, decode, columns, own_decoder)
             except (OSError, MemoryError) as exc:
                 log.warning("could not read shard %s (%s); retrying on the next poll", path, exc)
                 self.behind += 1
@@ -240,26 +287,49 @@ class EpisodeReader:
     def poll_final_views(self) -> list[FinalView]:
         """``poll`` without the frames: each new episode's ``FinalView`` (a fraction of
         the decode, for a relabel round's tail of the store)."""
-        return [v for _, vs in self.poll_decoded(_final_views, FINAL_VIEW_COLUMNS) for v in vs]
+        polled = self._poll(_final_views, FINAL_VIEW_COLUMNS, None, own_decoder=True)
+        return [v for _, vs in polled for v in vs]
 
     def read_episode(self, path: str | Path, episode_id: str) -> Episode | None:
-        """One episode of a shard (None: not there, or the shard vanished or was
-        quarantined). Raises OS errors and unknown versions, as ``episodes()`` does."""
+        """One episode of one of the store's shards (``metadata()`` rows name theirs:
+        ``row["shard"]``). None: not there, or the shard vanished or was quarantined.
+        Raises ``ValueError`` for a path outside the store's shards, OS errors and unknown
+        versions, as ``episodes()`` does."""
+        path = Path(path)
+        shards = (self.store_dir / SHARDS).resolve()
+        if path.suffix != ".parquet" or path.resolve().parent.parent != shards:
+            raise ValueError(f"{path} is not a shard of the store {self.store_dir}")
 
         def pick(table: pa.Table) -> list[Episode]:
             return _episodes(table.filter(pc.equal(table["episode_id"], episode_id)))
 
-        found = self._read(Path(path), pick)
+        found = self._read(path, pick)
         return found[0] if found else None
 
-    def episodes(self) -> Iterator[Episode]:
-        """Every episode in the store (does not change what ``poll`` has seen)."""
-        for path in shard_paths(self.store_dir):
-            yield from self._read(path, _episodes) or []
+    def _all_shards(self) -> list[Path]:
+        """The store's shards, oldest first (only this reader's part, if it has one)."""
+        paths = shard_paths(self.store_dir)
+        if self.part is None:
+            return paths
+        i, n = self.part
+        return [p for p in paths if shard_part(p, n) == i]
 
-    def metadata(self) -> list[dict[str, Any]]:
-        """Every episode's non-image columns (cheap: images are not read)."""
+    def episodes(self, tasks: Iterable[str] | None = None) -> Iterator[Episode]:
+        """Every episode in the store, or of ``tasks`` only (the other rows are never
+        decoded); only this reader's part, if it has one. Does not change what ``poll``
+        has seen. Frames are read-only views of the shard's bytes (copy to change them)."""
+        wanted = None if tasks is None else list(tasks)
+        for path in self._all_shards():
+            yield from self._read(path, lambda t: _episodes(_of_tasks(t, wanted))) or []
+
+    def metadata(self, tasks: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Every episode's non-image columns (cheap: images are not read), or those of
+        ``tasks`` only; only this reader's part, if it has one. Each row also names its
+        ``shard`` (for ``read_episode``). ``scene`` and ``gt_success_by_task`` are JSON
+        text, as stored (``Episode`` has them parsed)."""
+        wanted = None if tasks is None else list(tasks)
         rows: list[dict[str, Any]] = []
-        for path in shard_paths(self.store_dir):
-            rows.extend(self._read(path, _rows, META_COLUMNS) or [])
+        for path in self._all_shards():
+            got = self._read(path, lambda t: _rows(_of_tasks(t, wanted)), META_COLUMNS) or []
+            rows.extend({**r, "shard": str(path)} for r in got)
         return rows

@@ -100,6 +100,8 @@ ARROW_SCHEMA = pa.schema(
     ],
     metadata={SCHEMA_KEY: str(SCHEMA_VERSION).encode()},
 )
+LATER_COLUMNS = ("poses",)
+"""Columns added within version 1: shards written before them lack them (not corrupt)."""
 META_COLUMNS = [
     n
     for n in ARROW_SCHEMA.names
@@ -138,6 +140,17 @@ class Episode:
                     f"episode {self.episode_id}: {name} must be a uint8 array (0-255), got "
                     f"{getattr(arr, 'dtype', type(arr).__name__)}"
                 )
+        # states, actions and poses as any array-like of numbers (lists included)
+        for name in ("states", "actions", "poses"):
+            value = getattr(self, name)
+            if value is None and name == "poses":
+                continue
+            try:
+                setattr(self, name, np.asarray(value, dtype=np.float32))
+            except (TypeError, ValueError) as exc:
+                raise SchemaError(
+                    f"episode {self.episode_id}: {name} must be an array of numbers: {exc}"
+                ) from None
         if self.actions.ndim != 2 or self.actions.shape[1] != ACTION_DIM:
             raise SchemaError(
                 f"episode {self.episode_id}: actions must be (T, {ACTION_DIM}), got {self.actions.shape}"

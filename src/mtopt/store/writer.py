@@ -2,9 +2,12 @@
 
 A shard is written whole to a temp file in the same directory, fsynced and renamed, so
 a reader never sees half a shard. A crash loses at most the episodes buffered since the
-last flush (bounded by ``flush_every`` episodes and ``flush_seconds``). Each episode is
-converted to its row when it is written: an episode that cannot be stored raises
-``SchemaError`` from ``write`` and is not buffered, so it never blocks the good ones.
+last flush (bounded by ``flush_every`` episodes and ``flush_seconds``). Both are checked
+when an episode is written: a writer that goes idle (a robot that stops collecting) holds
+its last episodes until the next ``write``, ``flush()`` or ``close()``, so call ``flush()``
+when you pause. Each episode is converted to its row when it is written: an episode that
+cannot be stored raises ``SchemaError`` from ``write`` and is not buffered, so it never
+blocks the good ones.
 """
 
 from __future__ import annotations
