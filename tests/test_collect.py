@@ -1,5 +1,6 @@
 """Collection: chain/reset decisions, task choice, the loop on a fake robot, the fleet CLI."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -215,6 +216,12 @@ def test_fleet_restarts_a_killed_robot_and_keeps_its_episodes(tmp_path: Path) ->
     assert (
         len(ids) == len(set(ids)) == 24
     )  # the restarted robot finished the quota, nothing duplicated
+    # the same fleet again on this store (a resumed run, or a new run on an old store):
+    # new scenes, not the first run's again
+    run_fleet(dataclasses.replace(spec, episodes_per_robot=6))
+    rows = EpisodeReader(tmp_path).metadata()
+    scenes = [r["seed"] for r in rows if r["chain_index"] == 0]
+    assert len(rows) == 30 and len(scenes) == len(set(scenes)), "a scene was collected twice"
 
 
 def test_sigterm_stops_collect_cleanly_and_flushes(tmp_path: Path) -> None:

@@ -240,6 +240,8 @@ def test_post_move_view_must_use_the_robots_step() -> None:
         ("epsilon=1.5", "epsilon must be in"),
         ("budget_minutes=0", "budget_minutes must be > 0"),
         ("learner.gamma=1.5", "gamma must be in"),
+        ("collect.tasks=lift-any,lift-bal", "collect.tasks: unknown task 'lift-bal'"),
+        ("collect.task_weights=1,2", "task_weights has 2 values for 13 enabled tasks"),
     ],
 )
 def test_a_bad_setting_fails_before_the_run_starts(setting: str, message: str) -> None:
@@ -283,3 +285,27 @@ def test_the_cli_refuses_a_bad_setting_at_once(tmp_path) -> None:
     )
     assert r.exit_code == 2 and "publish_every must be >= 1" in r.output
     assert not (tmp_path / "r" / "sd").exists()  # nothing was staged
+
+
+def test_new_tasks_from_the_command_line_and_a_resume_that_would_change_them(tmp_path) -> None:
+    """``--set extra_tasks=[...]`` (a JSON list) used to raise a TypeError from isinstance;
+    a tasks file's errors name it; a resume cannot change what the network's task inputs
+    mean."""
+    from mtopt.runtime.config import preset, resume_config, with_new_tasks
+
+    task = {"name": "place-can-on-plate", "kind": "place", "fixtures": ["plate"], "category": "can"}
+    cfg = override(preset("local"), ["extra_tasks=" + json.dumps([task])])
+    assert cfg.extra_tasks == (task,)
+    cfg = with_new_tasks(cfg, None, None)  # what every fresh run goes through
+    assert cfg.qnet.num_tasks == 14 and cfg.validate().registry().names[-1] == task["name"]
+    with pytest.raises(ConfigError, match="--resume cannot change extra_tasks"):
+        resume_config(cfg, None, ["extra_tasks=[]"])
+    with pytest.raises(ConfigError, match="--resume cannot change init_from"):
+        resume_config(cfg, None, [f"init_from={tmp_path}"])
+    bad = tmp_path / "tasks.json"
+    bad.write_text(json.dumps([{**task, "fixture": ["bowl"]}]))
+    with pytest.raises(ConfigError, match=r"tasks file .*tasks.json: .*unknown key.*'fixture'"):
+        with_new_tasks(preset("local"), bad, None)
+    (tmp_path / "src").mkdir()
+    rel = with_new_tasks(preset("local"), None, tmp_path / "src" / ".." / "src")
+    assert rel.init_from and rel.init_from.startswith("/")

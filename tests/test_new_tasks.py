@@ -125,3 +125,79 @@ def test_init_from_weights_that_do_not_fit_fail_before_the_sd_is_staged(tmp_path
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2 and "different architecture" in res.output
     assert not (out / "sd").exists()  # it used to stage and train the SD first
+
+
+def test_init_from_refuses_a_run_whose_tasks_are_not_the_sources(tmp_path: Path) -> None:
+    """A task must keep the network input it was trained on: a tasks file that replaces
+    or reorders the source run's own extra tasks used to give a new task an old task's
+    input without a word (the sizes matched)."""
+    from mtopt.config import save_config
+    from mtopt.qtopt.learner import Learner
+    from mtopt.qtopt.weights import WeightsError
+    from mtopt.runtime.config import RunConfig
+    from mtopt.runtime.local import RunPaths, new_learner
+    from mtopt.tasks import DEFAULT_REGISTRY
+
+    a = {"name": "place-can-on-plate", "kind": "place", "fixtures": ["plate"], "category": "can"}
+    b = {"name": "lift-small-ball", "kind": "lift", "category": "ball", "min_size": 0.02}
+    n = len(DEFAULT_REGISTRY)
+    old_cfg = RunConfig(qnet=dataclasses.replace(SMALL, num_tasks=n + 1), extra_tasks=(a,))
+    Learner(old_cfg.qnet).publish(tmp_path / "old" / "weights")
+    save_config(old_cfg, tmp_path / "old" / "config.json")
+
+    def start(extra: tuple[dict, ...], out: str, source: Path = tmp_path / "old") -> str:  # type: ignore[type-arg]
+        cfg = RunConfig(
+            qnet=dataclasses.replace(SMALL, num_tasks=n + len(extra)),
+            extra_tasks=extra,
+            init_from=str(source),
+        )
+        return new_learner(RunPaths(tmp_path / out), cfg, cfg.registry())[1]
+
+    with pytest.raises(WeightsError, match=r"trained on the tasks \[.*place-can-on-plate\]"):
+        start((b,), "swapped")
+    with pytest.raises(WeightsError, match="trained on the tasks"):
+        start((b, a), "reordered")
+    line = start((a, b), "grown")  # the source's task first, the new one after
+    assert "lift-small-ball as lift-any" in line
+    # a weights file of the source run: its config.json is found above it
+    (weights_file,) = (tmp_path / "old" / "weights").glob("q-*.safetensors")
+    assert "lift-small-ball as lift-any" in start((a, b), "from-file", weights_file)
+    # weights alone, with more inputs than the built-in tasks: nothing says what they are
+    Learner(old_cfg.qnet).publish(tmp_path / "bare")
+    with pytest.raises(WeightsError, match=r"no config\.json"):
+        start((a, b), "bare", tmp_path / "bare")
+
+
+def test_a_new_task_of_a_new_skill_starts_as_a_task_that_starts_as_it_does() -> None:
+    from mtopt.runtime.local import first_of_skill
+    from mtopt.tasks import DEFAULT_REGISTRY
+
+    n = len(DEFAULT_REGISTRY)
+    reg = DEFAULT_REGISTRY.with_extra(
+        [
+            {"name": "stack-on-plate", "kind": "place", "skill": "stack", "fixtures": ["plate"]},
+            {"name": "nudge", "kind": "lift", "skill": "push"},
+            {"name": "place-can-in-bowl", "kind": "place", "fixtures": ["bowl"], "category": "can"},
+        ]
+    )
+    place_any = reg.index("place-any")
+    assert [first_of_skill(reg, i, n) for i in range(n, n + 3)] == [place_any, 0, place_any]
+    assert first_of_skill(reg, n + 5, n) == 0  # a spare slot past the registry
+
+
+def test_a_fresh_learner_counts_on_from_weights_published_before_a_first_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """A run stopped after it published but before its first checkpoint could not be
+    resumed: its fresh learner started at version 0 and publish() refused to go back."""
+    from mtopt.qtopt.learner import Learner
+    from mtopt.runtime.config import RunConfig
+    from mtopt.runtime.local import RunPaths, new_learner
+
+    paths = RunPaths(tmp_path / "run")
+    first = Learner(SMALL)
+    for _ in range(3):
+        first.publish(paths.weights)
+    learner, _ = new_learner(paths, RunConfig(qnet=SMALL), None)  # type: ignore[arg-type]
+    assert learner.version == first.version
+    learner.publish(paths.weights)  # the next version, not an error

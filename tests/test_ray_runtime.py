@@ -56,9 +56,14 @@ def test_ray_run_relabels_and_retrains_the_sd_and_ingests_the_last_episodes(
 ) -> None:
     """SD relabel rounds on Ray as on the local runtime (they used to be local only), and
     the summary counts every stored episode once: two replay workers, each reading its
-    part of the store, and the episodes the last robot calls flushed."""
+    part of the store, and the episodes the last robot calls flushed. The run has a task
+    of its own (``--tasks-file``): its robots and replay workers use the run's registry."""
+    from mtopt.runtime.config import with_new_tasks
     from mtopt.runtime.ray_runtime import run_ray
 
+    task = {"name": "place-can-on-plate", "kind": "place", "fixtures": ["plate"], "category": "can"}
+    tasks = tmp_path / "tasks.json"
+    tasks.write_text(json.dumps([task]))
     cfg = override(
         preset("tiny"),
         [
@@ -71,7 +76,7 @@ def test_ray_run_relabels_and_retrains_the_sd_and_ingests_the_last_episodes(
             "sd.improve_growth=1.0",
         ],
     )
-    summary = run_ray(cfg, tmp_path / "run")
+    summary = run_ray(with_new_tasks(cfg, tasks, None), tmp_path / "run")
     assert summary["sd_version"] >= 2 and summary["sd_episode_labels"] > 0
     assert (tmp_path / "run" / "sd" / "episode_labels.npz").exists()
     stored = [r for r in EpisodeReader(tmp_path / "run" / "store").metadata() if r["num_steps"]]
@@ -81,6 +86,11 @@ def test_ray_run_relabels_and_retrains_the_sd_and_ingests_the_last_episodes(
     held = [s + f for s, f in summary["buffer_sizes"].values()]
     assert sum(held) > 0 and max(held) <= len(stored)
     assert (tmp_path / "run" / "report" / "batch_composition.png").exists()
+    # the new task is the Q-network's last and gets the place episodes, relabeled
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["extra_tasks"] == [task] and saved["qnet"]["num_tasks"] == 14
+    assert summary["composition"]["place-can-on-plate"]["impersonated"] > 0
+    assert "place-can-on-plate" in summary["buffer_sizes"]
 
 
 @pytest.mark.timeout(900)

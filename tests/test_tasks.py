@@ -89,3 +89,36 @@ def test_tasks_from_config_append() -> None:
         task_from_dict({"name": "x", "kind": "lift", "category": "unicorn"})
     with pytest.raises(ValueError, match="duplicate"):
         DEFAULT_REGISTRY.with_extra([{"name": "lift-any", "kind": "lift"}])
+
+
+@pytest.mark.parametrize(
+    ("desc", "error"),
+    [
+        ({"name": "x", "kind": "place", "fixture": ["plate"]}, r"unknown key\(s\) \['fixture'\]"),
+        ({"name": "x", "kind": "place", "min_size": 0.02}, r"unknown key\(s\) \['min_size'\]"),
+        ({"name": "x", "kind": "lift", "min_size": "0.02"}, "'min_size' must be a positive"),
+        ({"name": "x", "kind": "lift", "min_size": True}, "'min_size' must be a positive"),
+        ({"name": "x", "kind": "place", "fixtures": 5}, "'fixtures' must be a non-empty list"),
+        ({"name": "x", "kind": "place", "fixtures": "plate"}, "'fixtures' must be a non-empty"),
+        ({"name": "x", "kind": "lift", "skill": "place"}, "cannot join the skill 'place'"),
+        ({"name": "x", "kind": "place", "skill": 3}, "'skill' must be a non-empty string"),
+        ({"name": "x", "kind": "stack"}, "'kind' must be 'lift' or 'place'"),
+        (["x"], "a task description is a mapping"),
+    ],
+)
+def test_a_task_description_that_is_not_quite_right_is_an_error(desc: object, error: str) -> None:
+    """A misspelt key or a wrong type used to be dropped or to fail minutes later (in the
+    success detector's staging) with a TypeError."""
+    with pytest.raises(ValueError, match=error):
+        task_from_dict(desc)  # type: ignore[arg-type]
+
+
+def test_a_task_of_a_new_skill_and_a_described_one() -> None:
+    spec = task_from_dict(
+        {"name": "stack-on-plate", "kind": "place", "skill": "stack", "fixtures": ["plate"]}
+    )
+    assert spec.skill == "stack" and spec.starts_holding and spec.description == "stack-on-plate"
+    small = task_from_dict(
+        {"name": "lift-small", "kind": "lift", "min_size": 1, "description": "d"}
+    )
+    assert small.skill == "lift" and not small.starts_holding and small.description == "d"

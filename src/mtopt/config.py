@@ -58,7 +58,12 @@ def _coerce(value: str, typ: Any, where: str) -> Any:
         if not isinstance(parsed, list):
             parsed = [parsed]
         inner = args[0] if args else str
-        items = [_coerce(str(v), inner, where) if not isinstance(v, inner) else v for v in parsed]
+        base = typing.get_origin(inner) or inner  # dict[str, Any] -> dict
+
+        def done(v: Any) -> bool:  # already of the element's type (JSON gave it)
+            return isinstance(base, type) and isinstance(v, base)
+
+        items = [v if done(v) else _coerce(str(v), inner, where) for v in parsed]
         return tuple(items) if origin is tuple else items
     if origin is dict or typ is dict:
         try:

@@ -134,7 +134,10 @@ def run_fleet(
             remaining = max(0, spec.episodes_per_robot - already)
             if remaining == 0:
                 return
-        seed = spec.seed * 1000 + i + 101 * restarts[i]
+        # on a store that already holds this robot's episodes (a resumed run, or a new run
+        # on an old run's store), it goes on to new scenes (robot_seed)
+        base = spec.seed * 1000 + i + 101 * restarts[i]
+        seed = robot_seed(base, done_before.get(robot_id(i), 0))
         reader, writer = ctx.Pipe(duplex=False)
         p = ctx.Process(target=_worker, args=(i, spec, remaining, seed, writer, stop), daemon=True)
         p.start()

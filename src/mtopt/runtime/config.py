@@ -232,6 +232,16 @@ class RunConfig:
         for task in e.tasks:
             if task not in names:
                 raise ValueError(f"eval.tasks: unknown task {task!r}; valid: {', '.join(names)}")
+        col = self.collect
+        for task in col.tasks:
+            if task not in names:
+                raise ValueError(f"collect.tasks: unknown task {task!r}; valid: {', '.join(names)}")
+        enabled = len(col.tasks) if col.tasks else len(names)
+        if col.task_weights and len(col.task_weights) != enabled:
+            raise ValueError(
+                f"collect.task_weights has {len(col.task_weights)} values for {enabled} enabled "
+                "tasks (collect.tasks, or every task of the run)"
+            )
         if self.qnet.num_tasks < len(names):  # the one-hot input (or heads) per task
             raise ValueError(
                 f"qnet.num_tasks is {self.qnet.num_tasks} but the registry has {len(names)} "
@@ -270,11 +280,16 @@ def with_new_tasks(
                 f"the tasks file {tasks_file} must hold a JSON list of task descriptions"
             )
         cfg = dataclasses.replace(cfg, extra_tasks=(*cfg.extra_tasks, *extra))
+    try:
         n = len(cfg.registry())
-        if cfg.qnet.num_tasks < n:
-            cfg = dataclasses.replace(cfg, qnet=dataclasses.replace(cfg.qnet, num_tasks=n))
+    except (ValueError, TypeError, KeyError) as exc:
+        where = f"the tasks file {tasks_file}" if tasks_file is not None else "extra_tasks"
+        raise ConfigError(f"{where}: {exc}") from None
+    if cfg.qnet.num_tasks < n:  # a network input for every task (--set extra_tasks too)
+        cfg = dataclasses.replace(cfg, qnet=dataclasses.replace(cfg.qnet, num_tasks=n))
     if init_from is not None:
-        cfg = dataclasses.replace(cfg, init_from=str(init_from))
+        # absolute: a resume started from another folder still finds it
+        cfg = dataclasses.replace(cfg, init_from=str(Path(init_from).absolute()))
     # checked here (a run's start), not in validate: a resume ignores init_from
     if cfg.init_from and not Path(cfg.init_from).exists():
         raise ConfigError(f"init_from: {cfg.init_from} does not exist")
@@ -320,6 +335,9 @@ def resume_config(
     if cfg.qnet != saved.qnet:
         diff = describe_changes(saved.qnet, cfg.qnet, "qnet.")
         raise ConfigError(f"--resume cannot change the Q-network's architecture ({diff})")
+    for key in ("extra_tasks", "init_from"):  # what the network's task inputs mean
+        if getattr(cfg, key) != getattr(saved, key):
+            raise ConfigError(f"--resume cannot change {key}: start a new run for that")
     return cfg
 
 

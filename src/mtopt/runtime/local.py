@@ -226,14 +226,19 @@ def resume_learner(paths: RunPaths, cfg: RunConfig) -> tuple[Learner, dict[str, 
             f"the checkpoint {paths.checkpoint} holds another Q-network than the config "
             f"({diff}; checkpoint -> config)"
         )
-    # A run killed between checkpoints has published versions past the checkpoint's. They
-    # belong to training that was lost, but robots have acted with them and tagged episodes
-    # with their numbers, so the resumed learner counts on from the newest one (publish()
-    # refuses to go back; versions stay unique and increasing).
+    count_on_from_published(learner, paths)
+    return learner, extra
+
+
+def count_on_from_published(learner: Learner, paths: RunPaths) -> None:
+    """A run killed between checkpoints has published versions past the checkpoint's
+    (or, before its first checkpoint, past a fresh learner's 0). They belong to training
+    that was lost, but robots have acted with them and tagged episodes with their
+    numbers, so the learner counts on from the newest one (publish() refuses to go back;
+    versions stay unique and increasing)."""
     latest = read_latest(paths.weights)
     if latest is not None and int(latest["version"]) > learner.version:
         learner.version = int(latest["version"])
-    return learner, extra
 
 
 def new_learner(paths: RunPaths, cfg: RunConfig, registry: TaskRegistry) -> tuple[Learner, str]:
@@ -241,6 +246,7 @@ def new_learner(paths: RunPaths, cfg: RunConfig, registry: TaskRegistry) -> tupl
     a trained run's, each grown by the tasks it was not trained on; a new task starts as
     the first task of its skill, which it was trained on (``networks.with_more_tasks``)."""
     learner = Learner(cfg.qnet, cfg.learner, logdir=paths.root / "tb")
+    count_on_from_published(learner, paths)  # a run stopped before its first checkpoint
     if not cfg.init_from:
         return learner, ""
     version, tensors, meta = load_source(cfg.init_from)
@@ -261,6 +267,8 @@ def new_learner(paths: RunPaths, cfg: RunConfig, registry: TaskRegistry) -> tupl
         else:
             raise WeightsError(f"init_from {cfg.init_from}: no Q-network in its weights")
         trained = src.cfg.num_tasks
+        if part == "online":
+            check_source_tasks(cfg.init_from, registry.names[:trained], trained)
         if trained < cfg.qnet.num_tasks:
             like = [
                 first_of_skill(registry, i, trained) for i in range(trained, cfg.qnet.num_tasks)
@@ -279,13 +287,73 @@ def new_learner(paths: RunPaths, cfg: RunConfig, registry: TaskRegistry) -> tupl
     )
 
 
+def source_tasks(source: str | Path, trained: int) -> tuple[str, ...]:
+    """The tasks a network at ``source`` (a run or policy folder, its ``weights/``, or a
+    weights file in it) was trained on, in input order: from the ``config.json`` of the
+    folder it belongs to; without one, the built-in tasks (every run's first tasks)."""
+    from mtopt.runtime.config import load_run_config
+    from mtopt.tasks import DEFAULT_REGISTRY
+
+    p = Path(source)
+    folder = p if p.is_dir() else p.parent
+    for d in (folder, folder.parent, folder.parent.parent):
+        if (d / "config.json").is_file():
+            try:
+                return load_run_config(d / "config.json").registry().names[:trained]
+            except (ConfigError, ValueError, TypeError):
+                continue  # not a run's config
+    if trained > len(DEFAULT_REGISTRY):
+        raise WeightsError(
+            f"init_from {source}: its network has {trained} task inputs, and no config.json "
+            "beside it says what the ones past the built-in tasks are"
+        )
+    return DEFAULT_REGISTRY.names[:trained]
+
+
+def check_source_tasks(source: str | Path, names: Sequence[str], trained: int) -> None:
+    """``names`` (this run's first ``trained`` tasks) must be the tasks the network at
+    ``source`` was trained on, in order: otherwise a task would silently take another's
+    input (a tasks file that differs from the source run's, or lists tasks in another
+    order)."""
+    theirs = source_tasks(source, trained)
+    if tuple(names) != tuple(theirs[: len(names)]):
+        mine, other = ", ".join(names), ", ".join(theirs)
+        raise WeightsError(
+            f"init_from {source} was trained on the tasks [{other}], but this run's first "
+            f"{len(names)} tasks are [{mine}]: a new run's tasks file must list the source "
+            "run's extra tasks first, in their order, and the new tasks after them"
+        )
+
+
 def first_of_skill(registry: TaskRegistry, index: int, trained: int) -> int:
     """The task a new task ``index`` starts as: the first of its skill among the ``trained``
-    ones (task 0 for a spare slot past the registry or a skill with none)."""
+    ones; for a skill with none, the first that starts as it does (holding an object or
+    not); task 0 for a spare slot past the registry."""
     if index >= len(registry):
         return 0
-    skill = registry.get(registry.names[index]).skill
-    return next((i for i in range(trained) if registry.get(registry.names[i]).skill == skill), 0)
+    spec = registry.get(registry.names[index])
+    old = [registry.get(registry.names[i]) for i in range(min(trained, len(registry)))]
+    same_skill = [i for i, t in enumerate(old) if t.skill == spec.skill]
+    same_start = [i for i, t in enumerate(old) if t.starts_holding == spec.starts_holding]
+    return (same_skill or same_start or [0])[0]
+
+
+def after_train_step(
+    learner: Learner,
+    paths: RunPaths,
+    cfg: RunConfig,
+    extras: Callable[[float], dict[str, Any]],
+) -> None:
+    """What follows each learner step in every runtime: the weights published every
+    ``publish_every`` steps (kept as a snapshot when one is due), and a checkpoint every
+    ``checkpoint_every`` steps with ``extras(now)``, what a resume needs besides the
+    learner."""
+    if learner.step % cfg.publish_every == 0:
+        learner.publish(paths.weights)
+        if snapshot_due(learner.step, cfg.snapshot_every, cfg.publish_every):
+            snapshot_latest(paths.weights)
+    if learner.step % cfg.checkpoint_every == 0:
+        learner.save_checkpoint(paths.checkpoint, extras(time.time()))
 
 
 def elapsed_before(extra: dict[str, Any]) -> float:
@@ -728,10 +796,11 @@ class LocalRun:
         p.store.mkdir(parents=True, exist_ok=True)
         # LogReplay tails the store from a thread of its own (replay/ingest.py says why),
         # started before the robots so that its backlog is the store as the run found it:
-        # a resumed run counted those episodes towards its next SD round before, and its
-        # learner waits until they are read (in parts, so memory is bounded by the
-        # buffers), rather than train on the store's oldest episodes meanwhile.
-        backlog = len(reader.new_shards()) if resumed else 0
+        # a resumed run counted those episodes towards its next SD round before (a fresh
+        # run on an old store does not count them), and the learner waits until they are
+        # read (in parts, so memory is bounded by the buffers), rather than train on the
+        # store's oldest episodes meanwhile.
+        backlog = len(reader.new_shards())  # a fresh run on a copied store too
         ingest = StoreIngest(
             reader,
             lambda eps: replay.ingest(replay_items(eps, c.qnet)),
@@ -786,12 +855,7 @@ class LocalRun:
                     if background and learner.target_version != target_version:
                         background.set_targets(learner.targets)
                     bar.update(1)
-                    if learner.step % c.publish_every == 0:
-                        learner.publish(p.weights)
-                        if snapshot_due(learner.step, c.snapshot_every, c.publish_every):
-                            snapshot_latest(p.weights)
-                    if learner.step % c.checkpoint_every == 0:
-                        learner.save_checkpoint(p.checkpoint, checkpoint_extras(time.time()))
+                    after_train_step(learner, p, c, checkpoint_extras)
                     if learner.step - last_eval_step >= c.eval.every_steps:
                         last_eval_step = learner.step
                         self._evaluate(learner, scripted, ingest.ingested, t_origin, sd, stats)

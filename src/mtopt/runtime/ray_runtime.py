@@ -267,11 +267,11 @@ def run_ray(
     import torch
 
     from mtopt.qtopt.bellman import TrainBatch
-    from mtopt.qtopt.weights import snapshot_due, snapshot_latest
     from mtopt.replay.ingest import StoreIngest
     from mtopt.replay.logreplay import ReplayStats
     from mtopt.runtime.local import (
         LocalRun,
+        after_train_step,
         elapsed_before,
         new_learner,
         progress_bar,
@@ -415,12 +415,7 @@ def run_ray(
                 tensors = {k: torch.from_numpy(np.array(v)) for k, v in b.items()}
                 stats = learner.train_step(TrainBatch(**tensors), run.registry.names)
                 bar.update(1)
-                if learner.step % c.publish_every == 0:
-                    learner.publish(p.weights)
-                    if snapshot_due(learner.step, c.snapshot_every, c.publish_every):
-                        snapshot_latest(p.weights)
-                if learner.step % c.checkpoint_every == 0:
-                    learner.save_checkpoint(p.checkpoint, extras(time.time()))
+                after_train_step(learner, p, c, extras)
             if kill_hook is not None:
                 kill_hook(robots, replays, learner.step)
             if learner.step - last_eval >= c.eval.every_steps:

@@ -92,32 +92,73 @@ def _default_tasks() -> list[TaskSpec]:
     return tasks
 
 
+TASK_KEYS = {
+    "lift": ("name", "kind", "category", "min_size", "skill", "description"),
+    "place": ("name", "kind", "category", "fixtures", "skill", "description"),
+}
+"""The keys a task description of each kind may have."""
+SKILL_STARTS_HOLDING = {"lift": False, "place": True}
+"""The built-in skills and whether their tasks start with an object in the gripper."""
+
+
 def task_from_dict(d: Mapping[str, Any]) -> TaskSpec:
     """Build a task from a plain description, e.g. from a JSON/TOML config file.
 
     ``{"name": "lift-small-ball", "kind": "lift", "category": "ball", "min_size": 0.02}``
     ``{"name": "place-can-on-plate", "kind": "place", "fixtures": ["plate"], "category": "can"}``
-    """
+
+    Optional: ``skill`` (default: the kind; a built-in skill must match the kind, as its
+    tasks share episodes by impersonation) and ``description``. A key the kind does not
+    have, or a value of the wrong type, is a ``ValueError``: a misspelt key would
+    otherwise give a different task without a word."""
+    if not isinstance(d, Mapping):
+        raise ValueError(f"a task description is a mapping of keys to values, got {d!r}")
     kind = d.get("kind")
     name = d.get("name")
     if not isinstance(name, str) or not name:
-        raise ValueError(f"task description needs a non-empty 'name', got {d!r}")
+        raise ValueError(f"task description needs a non-empty 'name', got {dict(d)!r}")
+    if kind not in TASK_KEYS:
+        raise ValueError(f"task {name!r}: 'kind' must be 'lift' or 'place', got {kind!r}")
+    unknown = sorted(set(d) - set(TASK_KEYS[kind]))
+    if unknown:
+        raise ValueError(
+            f"task {name!r}: unknown key(s) {unknown} for a {kind} task; "
+            f"valid: {list(TASK_KEYS[kind])}"
+        )
+    for key in ("skill", "description"):
+        if key in d and (not isinstance(d[key], str) or not d[key]):
+            raise ValueError(f"task {name!r}: {key!r} must be a non-empty string, got {d[key]!r}")
     category = d.get("category")
     if category is not None and category not in CATEGORIES:
         raise ValueError(f"task {name!r}: unknown category {category!r}; valid: {list(CATEGORIES)}")
+    skill = str(d.get("skill", kind))
+    holding = kind == "place"
+    if SKILL_STARTS_HOLDING.get(skill, holding) != holding:
+        raise ValueError(
+            f"task {name!r}: a {kind} task cannot join the skill {skill!r}, whose tasks "
+            f"{'start' if SKILL_STARTS_HOLDING[skill] else 'do not start'} holding an object"
+        )
     if kind == "lift":
-        pred = P.lift(category, d.get("min_size"))
-        skill, holding = d.get("skill", "lift"), False
-    elif kind == "place":
-        fixtures = tuple(d.get("fixtures", FIXTURE_KINDS))
+        min_size = d.get("min_size")
+        if min_size is not None and (
+            isinstance(min_size, bool) or not isinstance(min_size, (int, float)) or min_size <= 0
+        ):
+            raise ValueError(
+                f"task {name!r}: 'min_size' must be a positive number (metres), got {min_size!r}"
+            )
+        pred = P.lift(category, None if min_size is None else float(min_size))
+    else:
+        fixtures = d.get("fixtures", FIXTURE_KINDS)
+        if isinstance(fixtures, str) or not isinstance(fixtures, (list, tuple)) or not fixtures:
+            raise ValueError(
+                f"task {name!r}: 'fixtures' must be a non-empty list of {list(FIXTURE_KINDS)}, "
+                f"got {fixtures!r}"
+            )
         bad = [f for f in fixtures if f not in FIXTURE_KINDS]
         if bad:
             raise ValueError(f"task {name!r}: unknown fixtures {bad}; valid: {list(FIXTURE_KINDS)}")
-        pred = P.place(fixtures, category)
-        skill, holding = d.get("skill", "place"), True
-    else:
-        raise ValueError(f"task {name!r}: 'kind' must be 'lift' or 'place', got {kind!r}")
-    return TaskSpec(name, str(skill), str(d.get("description", name)), holding, pred)
+        pred = P.place(tuple(fixtures), category)
+    return TaskSpec(name, skill, str(d.get("description", name)), holding, pred)
 
 
 class TaskRegistry(Sequence[TaskSpec]):
