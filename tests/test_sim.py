@@ -121,6 +121,17 @@ def test_reset_options_switch_the_task() -> None:
     env.close()
 
 
+def test_a_reset_that_raises_leaves_the_constructors_seed_for_the_next() -> None:
+    """A bad option used to use up the constructor's seed: the corrected reset then got
+    a random scene."""
+    want = gym.make(mtopt.ENV_ID, seed=7).reset()[1]["scene_seed"]
+    env = gym.make(mtopt.ENV_ID, seed=7)
+    with pytest.raises(UnknownTaskError):
+        env.reset(options={"task": "lift-unicorn"})
+    assert env.reset()[1]["scene_seed"] == want
+    env.close()
+
+
 def test_the_env_cannot_be_copied_by_accident() -> None:
     """Copies would share one PyBullet connection (and closing one would break both)."""
     import copy
@@ -132,6 +143,9 @@ def test_the_env_cannot_be_copied_by_accident() -> None:
         copy.deepcopy(env.unwrapped)
     with pytest.raises(TypeError, match="cannot be copied or pickled"):
         pickle.dumps(env.unwrapped.robot)
+    for thing in (env.unwrapped, env.unwrapped.robot):  # a shallow copy used to pass
+        with pytest.raises(TypeError, match="cannot be copied or pickled"):
+            copy.copy(thing)
     env.step(make_action(dz=0.2))  # the original still works
     env.close()
 

@@ -13,6 +13,7 @@ from mtopt.robots.base import Observation, StepResult
 from mtopt.sim.cell import (
     BIN_HALF,
     LEFT_BIN_CENTER,
+    NOT_COPYABLE,
     RIGHT_BIN_CENTER,
     SimCell,
     SimConfig,
@@ -119,6 +120,9 @@ class SimRobot:
 
     def close(self) -> None:
         self.cell.close()
+
+    def __getstate__(self) -> None:
+        raise TypeError(NOT_COPYABLE)  # a shallow copy would share the connection
 
     # ---------------------------------------------------------------- proprioception
     def holding(self) -> bool:

@@ -116,6 +116,13 @@ class _Scene:
     table_rgba: tuple[float, float, float, float] = (0.55, 0.5, 0.45, 1.0)
 
 
+NOT_COPYABLE = (
+    "a SimCell (and the env or robot holding it) owns a PyBullet connection and "
+    "cannot be copied or pickled: make a new one with the same arguments instead "
+    "(e.g. gym.make again, or gym.make_vec for several)"
+)
+
+
 class SimCell:
     """One PyBullet world holding the cell. Not thread-safe; one per process or robot."""
 
@@ -804,11 +811,7 @@ class SimCell:
             self.client = -1
 
     def __getstate__(self) -> None:
-        raise TypeError(
-            "a SimCell (and the env or robot holding it) owns a PyBullet connection and "
-            "cannot be copied or pickled: make a new one with the same arguments instead "
-            "(e.g. gym.make again, or gym.make_vec for several)"
-        )
+        raise TypeError(NOT_COPYABLE)
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):

@@ -13,6 +13,17 @@ is the outcome image a success detector would judge. It is there for evaluation 
 users of the env; the mtopt training pipeline never uses it: its rewards come from the
 learned success detector. After the final step, call ``reset()``; ``step()`` raises.
 ``reset(options={"task": NAME})`` switches the task (for this and later episodes).
+
+Episode ends: ``terminated`` when the policy sends TERMINATE; ``truncated`` at
+``max_steps``. Both are the episode's end in the same sense: the outcome is presented and
+judged, and no reward can follow, so for value targets treat either as terminal (mtopt's
+learner does; a library that bootstraps on ``truncated`` would add a value that cannot
+be had). Register no shorter ``max_episode_steps`` than ``max_steps``: a cut from outside
+ends the episode before its outcome is presented and judged (no reward, no ``success``).
+Info at reset: ``scene_seed``, ``task``, ``prepared`` (False: the scene could not be set up
+for the task, e.g. no object could be put in the gripper for a placing task; the episode
+runs anyway; mtopt's evaluation replaces such a scene with the next one), ``pose``. At each step: ``step``, ``pose``; at the last one also ``success``
+(bool) and ``final_image``.
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ from gymnasium import spaces
 from mtopt.robots.action import ACTION_DIM, validate_action
 from mtopt.robots.base import STATE_DIM, Observation
 from mtopt.robots.sim_robot import SimRobot
-from mtopt.sim.cell import SimConfig
+from mtopt.sim.cell import NOT_COPYABLE, SimConfig
 from mtopt.tasks.registry import DEFAULT_REGISTRY, TaskRegistry
 
 
@@ -91,14 +102,15 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        options = dict(options or {})
+        task = self.registry.get(str(options.pop("task"))) if "task" in options else self.task
+        if options:
+            raise ValueError(f"unknown reset options {sorted(options)}; valid: ['task']")
+        # after the options are checked: a reset that raised leaves the seed for the next
+        self.task = task
         if seed is None:
             seed = self._initial_seed
         self._initial_seed = None  # the constructor's seed seeds the first reset only
-        options = dict(options or {})
-        if "task" in options:
-            self.task = self.registry.get(str(options.pop("task")))
-        if options:
-            raise ValueError(f"unknown reset options {sorted(options)}; valid: ['task']")
         super().reset(seed=seed)
         scene_seed = int(self.np_random.integers(0, 2**31 - 1))
         self._robot.reset_scene(scene_seed)
@@ -150,3 +162,8 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
 
     def close(self) -> None:
         self._robot.close()
+
+    def __getstate__(self) -> None:
+        # copy.copy would otherwise share the PyBullet connection (SimCell refuses deep
+        # copies and pickling; a shallow copy never reaches it)
+        raise TypeError(NOT_COPYABLE)
