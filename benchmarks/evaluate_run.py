@@ -36,7 +36,6 @@ import argparse
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 from _results import write_result
 from mtopt.eval.evaluate import (
@@ -50,16 +49,9 @@ from mtopt.policies.base import Policy
 from mtopt.policies.cem_policy import CEMPolicy
 from mtopt.policies.scripted import is_pick_task, scripted_policy_for, straight_down_pick
 from mtopt.qtopt.cem import CEMConfig
-from mtopt.runtime.config import load_run_config
+from mtopt.runtime.config import run_registry
 from mtopt.sim.cell import SimConfig
-from mtopt.tasks import DEFAULT_REGISTRY
-from mtopt.tasks.registry import TaskRegistry, TaskSpec
-
-
-def run_registry(run: str) -> TaskRegistry:
-    """The tasks of a run or policy folder (its config's ``extra_tasks`` included)."""
-    config = Path(run) / "config.json"
-    return load_run_config(config).registry() if config.exists() else DEFAULT_REGISTRY
+from mtopt.tasks.registry import TaskSpec
 
 
 def one(

@@ -37,9 +37,8 @@ from mtopt.eval.evaluate import (
     success_rate,
 )
 from mtopt.qtopt.weights import average_into, load_source
-from mtopt.runtime.config import load_run_config
+from mtopt.runtime.config import load_run_config, run_registry
 from mtopt.runtime.policy_folder import late_sources, write_policy_folder
-from mtopt.tasks import DEFAULT_REGISTRY
 
 SELECTED = "policy-selected"
 
@@ -64,14 +63,15 @@ def one(job: tuple[str, str, int, int]) -> tuple[str, str, list[bool]]:
     from mtopt.sim.cell import SimConfig
 
     torch.set_num_threads(1)
+    registry = run_registry(folder)  # the run's tasks (its extra_tasks too)
     pol = CEMPolicy(
-        DEFAULT_REGISTRY.names,
+        registry.names,
         weights_dir=f"{folder}/weights",
         cem=CEMConfig(precision="fp32"),  # as evaluate_run.py
         seed=seed,
     )
     wins = evaluate_outcomes(
-        lambda spec: pol, DEFAULT_REGISTRY, [task], episodes, SimConfig(object_split="train"), seed
+        lambda spec: pol, registry, [task], episodes, SimConfig(object_split="train"), seed
     )
     return folder, task, wins[task]
 
@@ -108,7 +108,7 @@ def main() -> None:
     run = Path(args.run)
     tasks = args.tasks.split(",")
     for t in tasks:
-        DEFAULT_REGISTRY.get(t)  # unknown task: clear error before any work
+        run_registry(run).get(t)  # unknown task: clear error before any work
     # late_sources: [the run (latest weights), its last snapshots oldest first]
     latest, *snaps = late_sources(run, args.last)
     work = run / ".select"

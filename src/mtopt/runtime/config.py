@@ -307,6 +307,15 @@ def load_run_config(path: str | Path) -> RunConfig:
     return from_dict(RunConfig, data)
 
 
+def run_registry(folder: str | Path) -> TaskRegistry:
+    """The tasks of a run or policy folder: its ``config.json``'s (``extra_tasks``
+    included); the built-in tasks for a folder without one."""
+    from mtopt.tasks import DEFAULT_REGISTRY
+
+    config = Path(folder) / "config.json"
+    return load_run_config(config).registry() if config.exists() else DEFAULT_REGISTRY
+
+
 def load_config_changes(path: str | Path) -> list[dict[str, Any]] | None:
     """A run's record of settings changed on resume (``config_changes.json``): [] when
     there is none, None when it is unreadable."""
