@@ -308,3 +308,31 @@ def test_robot_seed_moves_on_with_the_episodes_written_and_ignores_the_clock() -
     assert robot_seed(5, 2) == robot_seed(5, 2)  # the same store history: the same seed
     # two robots (bases 0 and 1) never share a seed while they wrote under 7919 episodes apart
     assert {robot_seed(0, k) for k in range(50)}.isdisjoint({robot_seed(1, k) for k in range(50)})
+
+
+def test_collect_with_a_runs_weights_collects_the_runs_own_tasks(tmp_path: Path) -> None:
+    """`mtopt collect --weights RUN/weights` for a run with a task of its own: the robots
+    know the task (and the network's 14 inputs); it used to fail on the built-in 13."""
+    import json
+
+    from mtopt.config import save_config
+    from mtopt.qtopt.learner import Learner
+    from mtopt.qtopt.networks import QNetConfig
+    from mtopt.runtime.config import RunConfig
+
+    task = {"name": "place-can-on-plate", "kind": "place", "fixtures": ["plate"], "category": "can"}
+    cfg = RunConfig(
+        qnet=QNetConfig(num_tasks=14, tower_channels=8, head_channels=8, fc_units=16),
+        extra_tasks=(task,),
+    )
+    save_config(cfg, tmp_path / "run" / "config.json")
+    Learner(cfg.qnet).publish(tmp_path / "run" / "weights")
+    args = ["collect", "--store", str(tmp_path / "store"), "--robots", "1", "--episodes", "2"]
+    args += ["--tasks", "place-can-on-plate", "--weights", str(tmp_path / "run" / "weights")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    rows = EpisodeReader(tmp_path / "store").metadata()
+    assert [r["task"] for r in rows] == ["place-can-on-plate"] * 2
+    res = CliRunner().invoke(app, [*args[:7], "--tasks", "place-can-on-plate"])  # no run
+    assert res.exit_code == 2 and "unknown task 'place-can-on-plate'" in res.output
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["extra_tasks"] == [task]

@@ -18,7 +18,9 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option("train", help="Object instances: train or test."),
         randomize: bool = typer.Option(False, help="Domain randomization."),
         weights: Path | None = typer.Option(
-            None, help="Published Q weights dir (learned policies)."
+            None,
+            help="Published Q weights dir (learned policies); a run's weights/ brings the "
+            "run's own tasks (its config's extra_tasks) too.",
         ),
     ) -> None:
         """Run ROBOTS robot processes, EPISODES each, scripted (or learned) policies."""
@@ -28,13 +30,19 @@ def register(app: typer.Typer) -> None:
 
         from mtopt.collect.fleet import FleetSpec, run_fleet
         from mtopt.collect.loop import CollectConfig
+        from mtopt.config import ConfigError
+        from mtopt.runtime.config import load_run_config
         from mtopt.tasks import DEFAULT_REGISTRY, UnknownTaskError
 
         names = tuple(t for t in tasks.split(",") if t)
+        extra: tuple[dict[str, object], ...] = ()
         try:
+            if weights is not None and (weights.parent / "config.json").exists():
+                extra = load_run_config(weights.parent / "config.json").extra_tasks
+            registry = DEFAULT_REGISTRY.with_extra(extra)
             for t in names:
-                DEFAULT_REGISTRY.get(t)
-        except UnknownTaskError as exc:
+                registry.get(t)
+        except (UnknownTaskError, ConfigError, ValueError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         if split not in ("train", "test"):
@@ -48,6 +56,7 @@ def register(app: typer.Typer) -> None:
             sim={"object_split": split, "randomize": randomize},
             seed=seed,
             weights_dir=str(weights) if weights else None,
+            extra_tasks=extra,
         )
         counts: Counter[str] = Counter()
         wins: Counter[str] = Counter()
