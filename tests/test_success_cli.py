@@ -108,3 +108,26 @@ def test_sd_cli_flow(tmp_path: Path) -> None:
         ],
     )
     assert res.exit_code == 2 and "retrain_from must be 'previous' or 'initial'" in res.output
+
+
+def test_sd_commands_take_a_runs_own_tasks(tmp_path: Path) -> None:
+    """`--tasks-file` (as `mtopt run`'s) stages examples for a new task; `sd label`
+    serves it. They used to know the built-in tasks only."""
+    import json
+
+    r = CliRunner()
+    task = {"name": "place-can-on-plate", "kind": "place", "fixtures": ["plate"], "category": "can"}
+    tasks = tmp_path / "tasks.json"
+    tasks.write_text(json.dumps([task]))
+    ex = tmp_path / "ex.npz"
+    args = ["sd", "examples", "--task", "place-can-on-plate", "--n", "1", "--out", str(ex)]
+    res = r.invoke(app, [*args, "--tasks-file", str(tasks)])
+    assert res.exit_code == 0 and "2 labeled examples" in res.output, res.output
+    from mtopt.success.data import LabeledSet
+
+    assert LabeledSet.load(ex).tasks[-1] == "place-can-on-plate"
+    res = r.invoke(app, args)
+    assert res.exit_code == 2 and "unknown task 'place-can-on-plate'" in res.output
+    tasks.write_text(json.dumps([{**task, "fixture": ["plate"]}]))
+    res = r.invoke(app, [*args, "--tasks-file", str(tasks)])
+    assert res.exit_code == 2 and "tasks file" in res.output and "'fixture'" in res.output

@@ -3,15 +3,42 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    from mtopt.tasks.registry import TaskRegistry
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown")
 
 
-def _fail(msg: object) -> None:
+def _fail(msg: object) -> NoReturn:
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(2)
+
+
+TASKS_FILE_HELP = (
+    "Tasks of your own after the built-in ones (a JSON list of task descriptions, as "
+    "`mtopt run --tasks-file`), e.g. for a run's new task."
+)
+
+
+def _registry(tasks_file: Path | None) -> TaskRegistry:
+    """The built-in tasks, and those of ``tasks_file``; an error names the file."""
+    import json
+
+    from mtopt.tasks import DEFAULT_REGISTRY
+
+    if tasks_file is None:
+        return DEFAULT_REGISTRY
+    try:
+        extra = json.loads(tasks_file.read_text())
+        if not isinstance(extra, list):
+            raise ValueError("it must hold a JSON list of task descriptions")
+        return DEFAULT_REGISTRY.with_extra(extra)
+    except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        _fail(f"the tasks file {tasks_file}: {exc}")
 
 
 @app.command()
@@ -24,18 +51,20 @@ def examples(
     split: str = typer.Option("train", help="Object instances: train or test."),
     seed: int = typer.Option(0),
     randomize: bool = typer.Option(True, help="Domain randomization (light, colours, camera)."),
+    tasks_file: Path | None = typer.Option(None, help=TASKS_FILE_HELP),
 ) -> None:
     """Stage positive and near-miss final scenes (labels from the ground truth, source 'staged')."""
     from mtopt.success.data import LabeledSet, stage_examples
-    from mtopt.tasks import DEFAULT_REGISTRY, UnknownTaskError
+    from mtopt.tasks import UnknownTaskError
 
+    registry = _registry(tasks_file)
     try:
-        tasks = DEFAULT_REGISTRY.names if task == "all" else (DEFAULT_REGISTRY.get(task).name,)
+        tasks = registry.names if task == "all" else (registry.get(task).name,)
     except UnknownTaskError as exc:
         _fail(exc)
     if split not in ("train", "test"):
         _fail(f"--split must be train or test, got {split!r}")
-    data = stage_examples(DEFAULT_REGISTRY, tasks, n, split, randomize, seed, progress=True)
+    data = stage_examples(registry, tasks, n, split, randomize, seed, progress=True)
     if out.exists():
         data = LabeledSet.load(out).concat(data)
     data.save(out)
@@ -126,6 +155,7 @@ def improve(
     labels: Path | None = typer.Option(
         None, help="With --labeler human: the labels file (default: STORE/labels.jsonl)."
     ),
+    tasks_file: Path | None = typer.Option(None, help=TASKS_FILE_HELP),
 ) -> None:
     """Score episodes, label the most uncertain (oracle or human), retrain; plot accuracy vs labels."""
     from mtopt.qtopt.weights import WeightsError
@@ -144,6 +174,7 @@ def improve(
             rounds,
             validation,
             steps,
+            registry=_registry(tasks_file),
             retrain_from=retrain_from,  # type: ignore[arg-type]  # checked there
             labels_path=labels,
         )
@@ -163,6 +194,7 @@ def label(
     weights: Path | None = typer.Option(None, help="SD weights (orders the queue by uncertainty)."),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8765),
+    tasks_file: Path | None = typer.Option(None, help=TASKS_FILE_HELP),
 ) -> None:
     """Serve the labeling page (http://127.0.0.1:8765/?task=TASK)."""
     import uvicorn
@@ -175,7 +207,7 @@ def label(
     if labels_path.is_dir():
         _fail(f"--labels {labels_path} is a directory; give the labels file's path")
     try:
-        api = create_app(store, labels_path, weights)
+        api = create_app(store, labels_path, weights, _registry(tasks_file))
     except (StoreNotFoundError, WeightsError, ValueError) as exc:
         _fail(exc)
     typer.echo(f"labeling page: http://{host}:{port}/?task={task}")
