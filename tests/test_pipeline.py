@@ -409,3 +409,16 @@ def test_an_sd_round_waits_for_episodes_instead_of_spending_its_turn() -> None:
     assert not tail.marked and tail.since_mark == 50
     tail.recent = lambda: ["an episode"]  # type: ignore[method-assign]
     assert me.sd_round_due(sd, tail)  # due once there is something to label
+
+
+def test_the_progress_bar_shows_episode_counts_in_full() -> None:
+    """tqdm wrote 20000 episodes as "2e+4" in the run's postfix."""
+    import io
+
+    from mtopt.runtime.local import progress_bar, show_progress
+
+    bar = progress_bar(5, 0)
+    bar.fp = io.StringIO()
+    show_progress(bar, 20000, 3, 41, {"loss": 0.5})
+    assert "episodes=20000" in str(bar) and "2e+4" not in str(bar)
+    bar.close()

@@ -208,7 +208,7 @@ def show_progress(
     bar: Any, episodes: int, sd_version: int, q_version: int, stats: dict[str, float]
 ) -> None:
     bar.set_postfix(
-        episodes=episodes,
+        episodes=str(episodes),  # tqdm writes a number like 20000 as "2e+4"
         sd=f"v{sd_version}",
         q=f"v{q_version}",
         loss=f"{stats.get('loss', 0):.3f}",
