@@ -126,3 +126,24 @@ def test_replay_stats_composition_by_hand() -> None:
         "b": {"original": 0, "impersonated": 2, "successes": 1},
         "c": {"original": 0, "impersonated": 0, "successes": 0},
     }
+
+
+def test_a_rescore_does_not_bring_back_an_episode_it_evicted() -> None:
+    """One bucket each: e1 fails, e2 succeeds; a new detector says both succeed. e1 moves
+    to the success bucket and evicts e2; e2's turn then used to add it again as a new
+    episode (evicting e1): the rescore kept e2 and dropped e1."""
+
+    class Both:
+        tasks = REG.names
+        version = 2
+
+        def score(self, images: np.ndarray) -> np.ndarray:
+            return np.ones((len(images), len(self.tasks)))
+
+    buf = TaskBuffers(REG.names, capacity_per_bucket=1)
+    lr = LogReplay(REG, buf, FakeSD(), mode="orig")
+    lr.ingest([ep("e1", "lift-any", 0), ep("e2", "lift-any", 0b001)])
+    assert buf.sizes()["lift-any"] == (1, 1)
+    lr.set_reward_model(Both())  # type: ignore[arg-type]
+    assert "e1" in buf and "e2" not in buf and buf.sizes()["lift-any"] == (1, 0)
+    assert lr.rewards("e1")["lift-any"] == 1.0

@@ -113,3 +113,18 @@ def test_a_rescore_keeps_fifo_order_and_does_not_refill_evicted_buckets() -> Non
     # the next new episode evicts the oldest of a/success (e2), not e3
     buf.add(episode("e4"), [("a", 1.0)])
     assert "e3" in buf._buckets["a"][0] and "e2" not in buf._buckets["a"][0]
+
+
+def test_an_episode_that_moves_back_is_evicted_by_its_latest_add() -> None:
+    """A bucket kept the stale queue entry of an episode that left it: when the episode
+    came back (its outcome flipped back), the stale entry evicted it first, as the
+    oldest, instead of the oldest episode held."""
+    buf = TaskBuffers(["a"], capacity_per_bucket=3)
+    buf.add(episode("e1"), [("a", 1.0)])
+    buf.add(episode("e1"), [("a", 0.0)])  # to the failures
+    buf.add(episode("e2"), [("a", 1.0)])
+    buf.add(episode("e3"), [("a", 1.0)])
+    buf.add(episode("e1"), [("a", 1.0)])  # back to the successes, as the newest
+    buf.add(episode("e4"), [("a", 1.0)])  # evicts the oldest held: e2
+    success = buf._buckets["a"][0]
+    assert "e1" in success and "e2" not in success and "e3" in success and "e4" in success

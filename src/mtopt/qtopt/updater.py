@@ -55,8 +55,6 @@ class BellmanUpdater:
         # CEM samples where the target networks are (a CPU generator cannot feed a GPU)
         self.device = next(self.target_nets[0].parameters()).device
         self.gen = torch.Generator(self.device).manual_seed(seed)
-        self.task_counts = np.zeros(len(buffers.tasks), np.int64)
-        self.success_counts = np.zeros(len(buffers.tasks), np.int64)
 
     def set_targets(self, nets: Sequence[QNetwork]) -> None:
         """Use newer lagged target networks (e.g. reloaded from published weights)."""
@@ -66,8 +64,6 @@ class BellmanUpdater:
         with self.buffers_lock:
             tr = self.buffers.sample(self.batch_size, self.rng, self.success_ratio, self.rebalance)
         target_nets = self.target_nets  # one pair for the whole batch, even if swapped meanwhile
-        np.add.at(self.task_counts, tr.task_idx, 1)
-        # success episodes show up as reward at their last step; count by episode label instead
         batch = TransitionBatch.from_numpy(tr).to(self.device)
         return compute_targets(
             target_nets, batch, self.gamma, self.cem, self.gen, self.mc_bound, self.mc_mix

@@ -72,7 +72,11 @@ class _Bucket:
         self.capacity = capacity
         self._items: list[str] = []
         self._pos: dict[str, int] = {}
-        self._order: deque[str] = deque()
+        # (id, the add it came with): an id removed and added again (its outcome flipped
+        # back) is evicted by its latest add, not by a stale entry of an earlier one
+        self._order: deque[tuple[str, int]] = deque()
+        self._added: dict[str, int] = {}
+        self._adds = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -81,29 +85,32 @@ class _Bucket:
         return eid in self._pos
 
     def add(self, eid: str) -> list[str]:
-        """Add ``eid``; return the ids evicted to make room."""
+        """Add ``eid`` as the newest; return the ids evicted to make room (oldest first)."""
         if eid in self._pos:
             return []
         self._pos[eid] = len(self._items)
         self._items.append(eid)
-        self._order.append(eid)
+        self._adds += 1
+        self._added[eid] = self._adds
+        self._order.append((eid, self._adds))
         evicted = []
         while len(self._items) > self.capacity:
-            old = self._order.popleft()
-            if old in self._pos:
+            old, n = self._order.popleft()
+            if self._added.get(old) == n:
                 self.remove(old)
                 evicted.append(old)
         return evicted
 
     def remove(self, eid: str) -> None:
         i = self._pos.pop(eid)
+        del self._added[eid]
         last = self._items.pop()
         if i < len(self._items):
             self._items[i] = last
             self._pos[last] = i
-        # stale ids left in _order are skipped at eviction time; compact occasionally
+        # stale entries left in _order are skipped at eviction time; compact occasionally
         if len(self._order) > 2 * self.capacity + 16:
-            self._order = deque(e for e in self._order if e in self._pos)
+            self._order = deque((e, n) for e, n in self._order if self._added.get(e) == n)
 
     def sample(self, n: int, rng: np.random.Generator) -> list[str]:
         idx = rng.integers(0, len(self._items), size=n)

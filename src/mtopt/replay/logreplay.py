@@ -191,6 +191,10 @@ class LogReplay:
         rewards = self._score([self._held[e][1] for e in eids])
         with self._lock:
             for eid, r in zip(eids, rewards, strict=True):
+                if eid not in self.buffers:
+                    # evicted earlier in this loop (another episode's move filled its
+                    # last bucket): re-filing it would add it again as a new episode
+                    continue
                 ep, fin, _, before = self._held[eid]
                 self._held[eid] = (ep, fin, model.version, r)
                 self._file(ep, r, before=before)
