@@ -184,3 +184,28 @@ def test_a_provider_for_collection_takes_the_collect_settings() -> None:
     noisy = dataclasses.replace(collect, scripted_epsilon=0.1)
     q = PolicyProvider.for_collection(DEFAULT_REGISTRY, None, None, noisy, 0.2, 0.05)
     assert isinstance(q(spec), Exploring)
+
+
+def test_the_robots_search_is_the_runs_cem_act_in_fp32(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Robots used CEMPolicy's default search whatever the run's ``cem_act`` said (the
+    tiny preset's 16 samples, a split gripper search): only the evaluation followed it."""
+    import dataclasses
+
+    from mtopt.collect.loop import CollectConfig
+    from mtopt.qtopt.learner import Learner
+    from mtopt.qtopt.networks import QNetConfig
+    from mtopt.runtime.config import preset
+
+    Learner(QNetConfig(tower_channels=8, head_channels=8, fc_units=16)).publish(tmp_path)
+    cfg = preset("tiny")
+    cfg = dataclasses.replace(cfg, cem_act=dataclasses.replace(cfg.cem_act, gripper="split"))
+    want = cfg.collection_cem()
+    assert want.samples == 16 and want.gripper == "split" and want.precision == "fp32"
+    prov = PolicyProvider.for_collection(
+        DEFAULT_REGISTRY, tmp_path, None, CollectConfig(learned_fraction=1.0), 0.0, 0.0, cem=want
+    )
+    assert prov(DEFAULT_REGISTRY.get("lift-any")).name == "cem"
+    assert prov._cem is not None and prov._cem.cem == want
+    plain = PolicyProvider(DEFAULT_REGISTRY, tmp_path, learned_fraction=1.0)
+    plain(DEFAULT_REGISTRY.get("lift-any"))
+    assert plain._cem is not None and plain._cem.cem.samples == 64  # CEMPolicy's default

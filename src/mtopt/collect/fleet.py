@@ -28,6 +28,7 @@ class FleetSpec:
     noise_std: float = 0.1
     max_rate: float = 0.0  # episodes per second per robot at most (0: unlimited)
     extra_tasks: tuple[dict[str, Any], ...] = ()  # tasks after the built-in ones
+    cem: Any = None  # CEMConfig of the learned policy's action search (None: CEMPolicy's)
 
 
 def robot_id(i: int) -> str:
@@ -77,6 +78,7 @@ def _worker(
         spec.epsilon,
         spec.noise_std,
         seed=seed,
+        cem=spec.cem,
     )
     loop = CollectLoop(robot, registry, writer, provider, spec.collect, seed=seed)
     n = 0

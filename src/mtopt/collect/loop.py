@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from mtopt.sim.runner import run_episode
 from mtopt.store.schema import Episode
 from mtopt.store.writer import EpisodeWriter
 from mtopt.tasks.registry import TaskRegistry, TaskSpec
+
+if TYPE_CHECKING:
+    from mtopt.qtopt.cem import CEMConfig
 
 log = logging.getLogger(__name__)
 
@@ -322,11 +325,14 @@ class PolicyProvider:
         learned_fraction: float = 0.0,
         parity_fraction: float = 1.0,
         learned_fraction_min: float | None = None,
+        cem: CEMConfig | None = None,
     ):
+        """``cem``: the learned policy's action search (default: ``CEMPolicy``'s)."""
         from mtopt.policies.exploration import Exploring
         from mtopt.policies.scripted import scripted_policy_for
 
         self.registry = registry
+        self.cem = cem
         self.weights_dir = Path(weights_dir) if weights_dir else None
         self.switch_file = Path(switch_file) if switch_file else None
         self.epsilon, self.noise_std = epsilon, noise_std
@@ -357,9 +363,11 @@ class PolicyProvider:
         epsilon: float,
         noise_std: float,
         seed: int = 0,
+        cem: CEMConfig | None = None,
     ) -> PolicyProvider:
         """The provider a run's robots use: exploration and policy shares from ``collect``
-        (both runtimes' robots build it here)."""
+        (both runtimes' robots build it here); ``cem``, the run's acting search
+        (``RunConfig.collection_cem()``)."""
         return cls(
             registry,
             weights_dir,
@@ -367,6 +375,7 @@ class PolicyProvider:
             epsilon,
             noise_std,
             seed=seed,
+            cem=cem,
             scripted_epsilon=collect.scripted_epsilon,
             scripted_early_terminate=collect.scripted_early_terminate,
             learned_fraction=collect.learned_fraction,
@@ -386,9 +395,12 @@ class PolicyProvider:
 
             if read_latest(self.weights_dir) is None:
                 return
+            from mtopt.qtopt.cem import CEMConfig
+
             self._cem = CEMPolicy(
                 self.registry.names,
                 weights_dir=self.weights_dir,
+                cem=self.cem or CEMConfig(precision="fp32"),  # CEMPolicy's default
                 epsilon=self.epsilon,
                 noise_std=self.noise_std,
                 seed=self.seed,

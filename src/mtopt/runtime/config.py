@@ -190,6 +190,13 @@ class RunConfig:
             DEFAULT_REGISTRY.with_extra(self.extra_tasks) if self.extra_tasks else DEFAULT_REGISTRY
         )
 
+    def collection_cem(self) -> CEMConfig:
+        """The robots' action search: ``cem_act`` in fp32 (bf16 can flip an acting
+        argmax; ``CEMConfig.precision``). Robots used ``CEMPolicy``'s default search
+        before, whatever ``cem_act`` said; for ``cem_act``'s defaults the two are the
+        same."""
+        return dataclasses.replace(self.cem_act, precision="fp32")
+
     def validate(self, registry: Any = None) -> RunConfig:
         """Every setting a run would otherwise trip over minutes later (after the success
         detector is staged and trained), checked at once: a clear ValueError. Task names

@@ -777,6 +777,7 @@ class LocalRun:
             noise_std=c.noise_std,
             max_rate=c.max_collect_rate,
             extra_tasks=c.extra_tasks,
+            cem=c.collection_cem(),
         )
         stop_fleet = threading.Event()
         fleet_summary: dict[str, Any] = {}

@@ -72,6 +72,7 @@ def _robot_actor_cls() -> Any:
                 cfg.epsilon,
                 cfg.noise_std,
                 seed=seed,
+                cem=cfg.collection_cem(),
             )
             collect = dataclasses.replace(cfg.collect, max_steps=cfg.sim.max_steps)
             self.loop = CollectLoop(self.robot, registry, self.writer, provider, collect, seed=seed)
