@@ -147,6 +147,17 @@ def test_cem_policy_reloads_newer_weights(tmp_path: Path) -> None:
     assert a.shape == (6,) and np.all(np.abs(a) <= 1)
     with pytest.raises(ValueError, match="no task"):
         pol.reset("c", np.random.default_rng(0))
+    # newer weights that cannot be read (pruned or cut short between the two reads): the
+    # policy acts on with the weights it holds (a robot process used to die of it)
+    learner.publish(tmp_path)
+    (tmp_path / "q-00000003.safetensors").write_bytes(b"cut short")
+    assert not pol.maybe_reload() and pol.version == 2
+    learner.publish(tmp_path)
+    assert pol.maybe_reload() and pol.version == 4
+    # a policy with no weights yet still fails loudly
+    (tmp_path / "q-00000004.safetensors").write_bytes(b"cut short")
+    with pytest.raises(WeightsError, match="cannot read weights"):
+        CEMPolicy(["a", "b"], weights_dir=tmp_path)
 
 
 def test_contextual_bandit_is_learned() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,9 +12,11 @@ import torch
 from mtopt.qtopt.cem import CEMConfig, cem_argmax
 from mtopt.qtopt.learner import load_network
 from mtopt.qtopt.networks import QNetwork, q_state
-from mtopt.qtopt.weights import load_latest, read_latest
+from mtopt.qtopt.weights import WeightsError, load_latest, read_latest
 from mtopt.robots.action import ACTION_DIM
 from mtopt.robots.base import Observation
+
+log = logging.getLogger(__name__)
 
 
 class CEMPolicy:
@@ -72,8 +75,16 @@ class CEMPolicy:
         latest = read_latest(self.weights_dir)
         if latest is None or int(latest["version"]) <= self._version:
             return False
-        version, tensors, meta = load_latest(self.weights_dir)
-        net = load_network(tensors, meta, self.part)
+        try:
+            version, tensors, meta = load_latest(self.weights_dir)
+            net = load_network(tensors, meta, self.part)
+        except (WeightsError, OSError, KeyError) as exc:
+            if self.net is None:
+                raise
+            # e.g. the file pruned between the two reads (publish keeps the newest few):
+            # act on with the weights held, and try again at the next reload
+            log.warning("could not reload Q weights from %s (%s)", self.weights_dir, exc)
+            return False
         if net.cfg.num_tasks != len(self.task_names):
             raise ValueError(
                 f"published Q weights know {net.cfg.num_tasks} tasks, this policy was given {len(self.task_names)}"
