@@ -422,3 +422,39 @@ def test_the_progress_bar_shows_episode_counts_in_full() -> None:
     show_progress(bar, 20000, 3, 41, {"loss": 0.5})
     assert "episodes=20000" in str(bar) and "2e+4" not in str(bar)
     bar.close()
+
+
+@pytest.mark.timeout(600)
+def test_sd_start_and_relabel_rounds_survive_a_crash_and_label_an_episode_once(
+    tmp_path: Path,
+) -> None:
+    """A start that died between publishing sd/initial and sd (or an SD deleted to be
+    retrained) could never start again ("version 1 is not newer"); a round whose
+    candidates overlap an earlier round's labeled those episodes twice."""
+    import numpy as np
+
+    from mtopt.runtime.config import preset
+    from mtopt.runtime.local import LocalRun
+    from mtopt.store.reader import FinalView
+
+    run = LocalRun(preset("tiny"), tmp_path / "run")
+    first = run.init_sd()
+    for f in run.paths.sd.glob("sd-*"):  # the run's SD gone, sd/initial kept
+        f.unlink()
+    sd = run.init_sd()  # retrains, and keeps the staged-only SD as the next initial
+    assert sd.version == 1 and SuccessDetector.latest_version(run.paths.sd / "initial") == 2
+    rng, size = np.random.default_rng(0), first.net.cfg.image_size
+    recent = [
+        FinalView(
+            f"ep{i}",
+            "lift-any",
+            rng.integers(0, 255, (size, size, 3), dtype=np.uint8),
+            {t: bool(i % 2) for t in run.registry.names},
+            {},
+        )
+        for i in range(4)
+    ]
+    sd, labels = run.improve_sd(sd, recent, 0)
+    assert labels == 4 and sd.version == 2
+    again, labels = run.improve_sd(sd, [*recent, recent[0]], labels)
+    assert again is sd and labels == 4  # nothing new to label: no round

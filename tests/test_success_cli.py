@@ -80,7 +80,8 @@ def test_sd_cli_flow(tmp_path: Path) -> None:
         app, [*args, "--budget", "2", "--rounds", "1", "--steps", "3", "--validation", str(val)]
     )
     assert res.exit_code == 0, res.output
-    assert "2 labels/task" in res.output
+    # every label the person gave counts (it used to keep --budget of them, 2 here)
+    assert f": {len(eps)} labels/task" in res.output and len(eps) > 2
     # bad inputs: clear one-line errors
     res = r.invoke(app, ["sd", "examples", "--task", "fly", "--out", str(ex)])
     assert res.exit_code == 2 and "unknown task 'fly'" in res.output

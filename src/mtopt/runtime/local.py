@@ -512,7 +512,10 @@ class LocalRun:
         data = self._sd_train_set()
         net = train_sd(data, self.cfg.sd.train, progress=True)
         sd = SuccessDetector(net, self.registry.names)
-        sd.publish(self.paths.sd / "initial", 1)  # what relabel rounds fine-tune
+        # what relabel rounds fine-tune; the next version there: a start that died
+        # between these two publishes, or an SD deleted to be retrained, left one
+        initial = self.paths.sd / "initial"
+        sd.publish(initial, SuccessDetector.latest_version(initial) + 1)
         sd.publish(self.paths.sd, 1)
         self._record_sd_quality(sd, labels=0)
         return sd
@@ -533,12 +536,15 @@ class LocalRun:
     ) -> tuple[SuccessDetector, int]:
         """The paper's loop: score collected episodes, label the most disputed (related
         tasks contradicting each other) and the most uncertain, retrain."""
+        lab_path = self.paths.sd / "episode_labels.npz"
+        before = LabeledSet.load(lab_path) if lab_path.exists() else None
+        if before is not None:  # an episode is labeled once (rounds' candidates can overlap)
+            done = {str(i) for i in before.ids}
+            recent = [e for e in recent if str(e.episode_id) not in done]
         if not recent:
             return sd, labels_so_far
         finals = np.stack([e.final_image for e in recent])
         probs = sd.score(finals)
-        lab_path = self.paths.sd / "episode_labels.npz"
-        before = LabeledSet.load(lab_path) if lab_path.exists() else None
         known = self._sd_train_set() if before is None else self._sd_train_set().concat(before)
         disputes = disputes_given_labels(probs, known.labels, known.mask)
         pick = select_episodes(probs, self.cfg.sd.label_budget_per_round, disputes)

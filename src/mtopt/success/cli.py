@@ -141,8 +141,8 @@ def improve(
         "oracle",
         help="oracle (simulator ground truth) or human (labels file from `mtopt sd label`).",
     ),
-    budget: int = typer.Option(100, min=1, help="Labels per task per round."),
-    rounds: int = typer.Option(3, min=1),
+    budget: int = typer.Option(100, min=1, help="Labels per task per round (oracle)."),
+    rounds: int = typer.Option(3, min=1, help="Rounds (oracle; human: one, on every label)."),
     validation: Path | None = typer.Option(
         None, help="Held-out example set for the accuracy curve."
     ),

@@ -150,9 +150,11 @@ def improve_loop(
     certain), retrain on the examples plus all labels so far, starting from the current
     weights ("previous") or from the weights the loop started with ("initial": no
     drift accumulates over rounds; each round's SD depends only on the labels so far).
-    With ``labeler="human"`` every episode is a candidate (ground truth or not: a real
-    robot's episodes have none) and only the labels in ``labels_path`` (default
-    ``STORE/labels.jsonl``, where ``mtopt sd label`` writes) count."""
+    With ``labeler="human"`` the labels are a person's, in ``labels_path`` (default
+    ``STORE/labels.jsonl``, where ``mtopt sd label`` writes), given already: one
+    retrain on all of them (``budget`` and ``rounds`` do not apply; the labeling page
+    orders its queue by the SD's uncertainty instead). It used to pick ``budget`` of
+    them per task and round and leave the rest out."""
     if retrain_from not in ("previous", "initial"):
         raise ValueError(f"retrain_from must be 'previous' or 'initial', got {retrain_from!r}")
     sd = SuccessDetector.load(weights, registry.names)
@@ -176,6 +178,9 @@ def improve_loop(
     known = pool.mask.copy()
     chosen = np.zeros_like(known)
     curve: list[dict[str, Any]] = []
+    if labeler == "human":  # every label a person gave, in one retrain
+        chosen[:] = known
+        rounds = 1
 
     def record(n: int) -> None:
         if val is not None:
@@ -217,7 +222,8 @@ def improve_loop(
         net = train_sd(data, SDTrainConfig(steps=steps, seed=r + 1), init=init)
         sd = SuccessDetector(net, registry.names)
         sd.publish(weights, SuccessDetector.latest_version(weights) + 1)
-        record((r + 1) * budget)
+        # the labels of the task with the most (the oracle's: up to budget a round)
+        record(int((chosen & known).sum(0).max()) if labeler == "human" else (r + 1) * budget)
     if curve:
         plot_curve(curve, Path(weights) / "accuracy_vs_labels.png")
     return curve
