@@ -21,6 +21,7 @@ def test_sd_cli_flow(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     res = r.invoke(app, ["sd", "examples", "--task", "place-any", "--n", "2", "--out", str(ex)])
     assert res.exit_code == 0 and "10 labeled examples" in res.output
+    assert "already holds train scenes of seed 0" in res.output  # the same layouts again
     res = r.invoke(
         app,
         ["sd", "examples", "--task", "lift-any", "--n", "2", "--split", "test", "--out", str(val)],
@@ -127,6 +128,12 @@ def test_sd_commands_take_a_runs_own_tasks(tmp_path: Path) -> None:
     from mtopt.success.data import LabeledSet
 
     assert LabeledSet.load(ex).tasks[-1] == "place-can-on-plate"
+    # the test split's default seed is not the train split's: other scenes
+    test = tmp_path / "test.npz"
+    res = r.invoke(app, [*args[:-1], str(test), "--split", "test", "--tasks-file", str(tasks)])
+    assert res.exit_code == 0, res.output
+    train_ids, test_ids = LabeledSet.load(ex).ids, LabeledSet.load(test).ids
+    assert train_ids[0] == "staged-train-0-0" and test_ids[0] == "staged-test-1-0"
     res = r.invoke(app, args)
     assert res.exit_code == 2 and "unknown task 'place-can-on-plate'" in res.output
     tasks.write_text(json.dumps([{**task, "fixture": ["plate"]}]))

@@ -49,7 +49,11 @@ def examples(
         Path("runs/sd/examples.npz"), help="Example set file (.npz); appended to if it exists."
     ),
     split: str = typer.Option("train", help="Object instances: train or test."),
-    seed: int = typer.Option(0),
+    seed: int | None = typer.Option(
+        None,
+        help="Scene seed (default: 0 for train, 1 for test: the same seed stages the same "
+        "scenes, layout, light and camera, with only the objects changed).",
+    ),
     randomize: bool = typer.Option(True, help="Domain randomization (light, colours, camera)."),
     tasks_file: Path | None = typer.Option(None, help=TASKS_FILE_HELP),
 ) -> None:
@@ -64,9 +68,18 @@ def examples(
         _fail(exc)
     if split not in ("train", "test"):
         _fail(f"--split must be train or test, got {split!r}")
+    if seed is None:
+        seed = 0 if split == "train" else 1
+    before = LabeledSet.load(out) if out.exists() else None
+    if before is not None and any(str(i).startswith(f"staged-{split}-{seed}-") for i in before.ids):
+        typer.echo(
+            f"note: {out} already holds {split} scenes of seed {seed}; these share their "
+            "layouts, light and camera (another --seed gives new scenes)",
+            err=True,
+        )
     data = stage_examples(registry, tasks, n, split, randomize, seed, progress=True)
-    if out.exists():
-        data = LabeledSet.load(out).concat(data)
+    if before is not None:
+        data = before.concat(data)
     data.save(out)
     typer.echo(f"{len(data)} labeled examples in {out}")
 
