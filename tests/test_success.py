@@ -28,6 +28,8 @@ from mtopt.success.network import SDNetConfig, SuccessDetector, SuccessNet
 from mtopt.success.server import create_app
 from mtopt.success.train import SDTrainConfig, batch_indices, evaluate_sd, train_sd
 
+LOCAL = "http://127.0.0.1"  # the page answers only requests addressed to this machine
+
 torch.set_num_threads(1)
 TASKS = ("bright", "red")
 SMALL = SDNetConfig(
@@ -202,7 +204,12 @@ def _store(tmp_path: Path) -> Path:
 
 def test_label_api_and_bad_requests(tmp_path: Path) -> None:
     store = _store(tmp_path)
-    client = TestClient(create_app(store, tmp_path / "labels.jsonl"))
+    # a request for another host name (a page elsewhere whose name points here: DNS
+    # rebinding) is refused; one addressed to this machine is served
+    app = create_app(store, tmp_path / "labels.jsonl")
+    assert TestClient(app, base_url="http://evil.example").get("/api/tasks").status_code == 400
+    assert TestClient(app, base_url="http://localhost:8765").get("/api/tasks").status_code == 200
+    client = TestClient(create_app(store, tmp_path / "labels.jsonl"), base_url=LOCAL)
     q = client.get("/api/queue", params={"task": "lift-any"}).json()
     assert q["remaining"] == 3 and q["labeled"] == 0
     eid = q["items"][0]["episode_id"]
@@ -244,7 +251,9 @@ def test_label_queue_with_a_detector_that_lacks_a_task(tmp_path: Path) -> None:
             w.write(make_episode(i, size=16))
     sd = SuccessDetector(SuccessNet(SMALL), ("lift-any", "place-any"))
     sd.publish(tmp_path / "sd", 1)
-    client = TestClient(create_app(tmp_path / "store", tmp_path / "labels.jsonl", tmp_path / "sd"))
+    client = TestClient(
+        create_app(tmp_path / "store", tmp_path / "labels.jsonl", tmp_path / "sd"), base_url=LOCAL
+    )
     known = client.get("/api/queue", params={"task": "lift-any"}).json()
     assert all(0.0 <= item["p_success"] <= 1.0 for item in known["items"])
     r = client.get("/api/queue", params={"task": "lift-ball"})
@@ -257,7 +266,7 @@ def test_label_server_sees_new_episodes_and_holds_no_images(tmp_path: Path) -> N
     shown (a few cached), and episodes written after the server started join the queue."""
     store = _store(tmp_path)
     app = create_app(store, tmp_path / "labels.jsonl", refresh_s=0.0)
-    client = TestClient(app)
+    client = TestClient(app, base_url=LOCAL)
     assert client.get("/api/queue", params={"task": "lift-any"}).json()["remaining"] == 3
     with EpisodeWriter(store, "r1") as w:  # a robot still collecting into the store
         for i in range(10, 30):
@@ -303,7 +312,8 @@ def test_label_queue_scores_episodes_that_arrive_later(tmp_path: Path) -> None:
     sd = SuccessDetector(SuccessNet(SMALL), ("lift-any", "place-any"))
     sd.publish(tmp_path / "sd", 1)
     client = TestClient(
-        create_app(tmp_path / "store", tmp_path / "labels.jsonl", tmp_path / "sd", refresh_s=0.0)
+        create_app(tmp_path / "store", tmp_path / "labels.jsonl", tmp_path / "sd", refresh_s=0.0),
+        base_url=LOCAL,
     )
     with EpisodeWriter(tmp_path / "store", "r1") as w:
         for i in range(10, 14):
@@ -322,7 +332,7 @@ def test_label_queue_survives_a_store_it_cannot_refresh(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
     store = _store(tmp_path)
-    client = TestClient(create_app(store, tmp_path / "labels.jsonl", refresh_s=0.0))
+    client = TestClient(create_app(store, tmp_path / "labels.jsonl", refresh_s=0.0), base_url=LOCAL)
     newer = pa.table({"schema_version": [99], "episode_id": ["x"]}).replace_schema_metadata(
         {"mtopt.schema_version": "99"}
     )

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, Response
 from PIL import Image
 from pydantic import BaseModel, Field
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from mtopt.store.reader import EpisodeReader
 from mtopt.store.schema import SCHEMA_VERSION, Episode, UnknownSchemaVersionError
@@ -143,15 +145,21 @@ def _index_rows(table: Any) -> list[tuple[str, str, np.ndarray | None]]:
     return out
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+"""The Host headers the labeling page answers by default (it binds to 127.0.0.1)."""
+
+
 def create_app(
     store_dir: str | Path,
     labels_path: str | Path,
     sd_dir: str | Path | None = None,
     registry: TaskRegistry = DEFAULT_REGISTRY,
     refresh_s: float = 5.0,
+    allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
 ) -> FastAPI:
     """The labeling app. The queue re-reads the store for new shards at most every
-    ``refresh_s`` seconds."""
+    ``refresh_s`` seconds. Requests must name one of ``allowed_hosts`` in their Host
+    header (``["*"]``: any, for a page served to other machines)."""
     sd = None
     if sd_dir is not None:
         from mtopt.success.network import SuccessDetector
@@ -161,6 +169,9 @@ def create_app(
     labels = LabelStore(labels_path)
     last_refresh = [time.monotonic()]
     app = FastAPI(title="mtopt labeling")
+    # only requests addressed to this machine: a page elsewhere whose name points here
+    # (DNS rebinding) cannot read or write labels
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
 
     def check_task(task: str) -> None:
         if task not in registry.names:
@@ -301,7 +312,7 @@ async function skip(){
   if(ready){status(); next();}
 }
 $('yes').onclick=()=>label(true); $('no').onclick=()=>label(false); $('skip').onclick=()=>skip();
-document.addEventListener('keydown',e=>{ if(e.key==='y'||e.key==='1')label(true); else if(e.key==='n'||e.key==='0')label(false); else if(e.key==='s')skip();});
+document.addEventListener('keydown',e=>{ if(e.repeat||e.ctrlKey||e.metaKey||e.altKey||e.target.tagName==='SELECT')return; if(e.key==='y'||e.key==='1')label(true); else if(e.key==='n'||e.key==='0')label(false); else if(e.key==='s')skip();});
 $('task').onchange=()=>{skipped=new Set(); load();};
 (async()=>{const ts=await (await fetch('/api/tasks')).json();
   const want=new URLSearchParams(location.search).get('task');
