@@ -192,6 +192,11 @@ def test_label_store_survives_restart_and_torn_lines(tmp_path: Path) -> None:
         "e1",
         "e3",
     ]
+    # another program's line that is not UTF-8 spoils that line only (it raised)
+    with open(tmp_path / "labels.jsonl", "ab") as f:
+        f.write(b"\xff\xfe not ours\n")
+    again.add("e4", "lift-any", False)
+    assert [lab.episode_id for lab in again.all()] == ["e1", "e1", "e3", "e4"]
 
 
 def _store(tmp_path: Path) -> Path:

@@ -12,6 +12,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mtopt._io import fsync_dir
+
 
 @dataclass(frozen=True)
 class Label:
@@ -32,6 +34,7 @@ class LabelStore:
         label = Label(episode_id, task, bool(success), source, time.time())
         line = (json.dumps(asdict(label)) + "\n").encode()
         with self._lock:
+            created = not self.path.exists()
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
             try:
                 size = os.fstat(fd).st_size
@@ -43,13 +46,16 @@ class LabelStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            if created:  # the file's name too, or a power loss could lose the file
+                fsync_dir(self.path.parent)
         return label
 
     def all(self) -> list[Label]:
         if not self.path.exists():
             return []
         out = []
-        for raw in self.path.read_text().splitlines():
+        # bytes that are not UTF-8 (another program's line) spoil that line only
+        for raw in self.path.read_bytes().decode("utf-8", errors="replace").splitlines():
             try:
                 out.append(Label(**json.loads(raw)))
             except (json.JSONDecodeError, TypeError):
