@@ -9,7 +9,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
-from tests.test_store import make_episode
+from tests.test_store import _write_raw_shard, make_episode
 
 from mtopt.qtopt.weights import WeightsError
 from mtopt.store import EpisodeWriter
@@ -328,6 +328,21 @@ def test_label_queue_scores_episodes_that_arrive_later(tmp_path: Path) -> None:
     assert all(0.0 <= item["p_success"] <= 1.0 for item in q["items"])
     ps = [abs(item["p_success"] - 0.5) for item in q["items"]]
     assert ps == sorted(ps)  # most uncertain first
+    # a camera of another size: its episodes are queued unscored, last (they used to be
+    # lost until a restart: their shard was read, the scoring raised)
+    with EpisodeWriter(tmp_path / "store", "r2") as w:
+        w.write(make_episode(20, size=8))
+    q = client.get("/api/queue", params={"task": "place-any", "limit": 100}).json()
+    assert q["remaining"] == 8
+    assert q["items"][-1]["episode_id"] == "ep00020" and q["items"][-1]["p_success"] is None
+    # a row that does not decode quarantines its shard; the next shards are indexed
+    bad = make_episode(30, size=16).to_row()
+    bad["image_height"] = 15
+    _write_raw_shard(tmp_path / "store", "99999999999999999997-000000.parquet", [bad])
+    with EpisodeWriter(tmp_path / "store", "r3") as w:
+        w.write(make_episode(31, size=16))
+    q = client.get("/api/queue", params={"task": "place-any", "limit": 100}).json()
+    assert q["remaining"] == 9 and (tmp_path / "store" / "quarantine").is_dir()
 
 
 def test_label_queue_survives_a_store_it_cannot_refresh(tmp_path: Path) -> None:

@@ -240,12 +240,14 @@ class EpisodeReader:
         decode: Callable[[pa.Table], T],
         columns: list[str] | None = None,
         max_shards: int | None = None,
+        decode_errors_quarantine: bool = False,
     ) -> list[tuple[Path, T]]:
         """``poll`` with a decoder of one's own: each new shard's path and ``decode`` of its
         table (only ``columns`` read, e.g. no images), oldest first. A corrupt shard is
-        quarantined, as in ``poll``; an error of ``decode`` propagates (module doc)."""
+        quarantined, as in ``poll``; an error of ``decode`` propagates (module doc), unless
+        ``decode_errors_quarantine`` (a decoder of rows that only fails on bad rows)."""
         check_columns(columns)
-        return self._poll(decode, columns, max_shards, own_decoder=False)
+        return self._poll(decode, columns, max_shards, own_decoder=decode_errors_quarantine)
 
     def _poll(
         self,
@@ -273,14 +275,19 @@ class EpisodeReader:
         return out
 
     def drain_decoded(
-        self, decode: Callable[[pa.Table], T], columns: list[str] | None = None
+        self,
+        decode: Callable[[pa.Table], T],
+        columns: list[str] | None = None,
+        decode_errors_quarantine: bool = False,
     ) -> Iterator[tuple[Path, T]]:
         """``poll_decoded`` in parts (``shards_per_poll`` each) until every new shard is
         read, or until a poll gets through none of what is left (shards failing with OS
         errors wait for the next call)."""
         while True:
             left = len(self.new_shards())
-            yield from self.poll_decoded(decode, columns)
+            yield from self.poll_decoded(
+                decode, columns, decode_errors_quarantine=decode_errors_quarantine
+            )
             if not (self.behind and self.behind < left):
                 return
 

@@ -96,12 +96,20 @@ class StoreIndex:
         added = 0
         read = self.reader.drain_decoded if until_caught_up else self.reader.poll_decoded
         with self._lock:
-            for path, rows in read(_index_rows, columns):
+            # _index_rows fails only on a row that does not decode: that shard is
+            # quarantined, the others are indexed
+            for path, rows in read(_index_rows, columns, decode_errors_quarantine=True):
                 new = [r for r in dict((r[0], r) for r in rows).values() if r[0] not in self.shard]
                 if self.sd is not None and new:
-                    scores = self.sd.score(np.stack([img for _, _, img in new if img is not None]))
-                    for k, (eid, _, _) in enumerate(new):
-                        self.probs[eid] = np.asarray(scores[k], np.float32)
+                    # a shard the detector cannot score (another camera's image size):
+                    # its episodes are indexed unscored, not lost (the poll marked it read)
+                    try:
+                        scores = self.sd.score(np.stack([i for _, _, i in new if i is not None]))
+                    except ValueError as exc:
+                        log.warning("could not score the episodes of %s: %s", path, exc)
+                    else:
+                        for k, (eid, _, _) in enumerate(new):
+                            self.probs[eid] = np.asarray(scores[k], np.float32)
                 for eid, task, _ in new:
                     self.task[eid] = task
                     self.shard[eid] = path
@@ -207,12 +215,12 @@ def create_app(
         # a task the detector was not trained on (added since): store order, no score
         probs = index.probs
         k = index.sd_tasks.index(task) if task in index.sd_tasks else None
-        if k is not None:
-            todo.sort(key=lambda e: abs(float(probs[e][k]) - 0.5))
+        if k is not None:  # the least certain first; unscored episodes last
+            todo.sort(key=lambda e: abs(float(probs[e][k]) - 0.5) if e in probs else 1.0)
         items = [
             {
                 "episode_id": e,
-                "p_success": None if k is None else float(probs[e][k]),
+                "p_success": float(probs[e][k]) if k is not None and e in probs else None,
                 "requested_task": index.task[e],
             }
             for e in todo[:limit]
