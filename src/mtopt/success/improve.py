@@ -161,7 +161,8 @@ def improve_loop(
     start = copy.deepcopy(sd.net)
     base = LabeledSet.load(examples)
     val = LabeledSet.load(validation) if validation else None
-    eps = list(EpisodeReader(store).episodes())
+    # final images, ground truth and scenes only: no frames (0.13 MB an episode)
+    eps = EpisodeReader(store).poll_final_views()
     pool = episode_examples(
         eps, registry, source=labeler, only_with_ground_truth=labeler != "human"
     )
