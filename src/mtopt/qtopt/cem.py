@@ -75,6 +75,12 @@ class CEMConfig:
             )
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if not self.init_std > 0:
+            raise ValueError(f"init_std must be > 0, got {self.init_std}")
+        if not self.min_std >= 0:
+            raise ValueError(f"min_std must be >= 0, got {self.min_std}")
+        if not 0.0 <= self.min_prob <= 0.5:  # above 0.5 the floor and ceiling cross
+            raise ValueError(f"min_prob must be in [0, 0.5], got {self.min_prob}")
         if self.pick not in ("best", "mean"):
             raise ValueError(f"pick must be 'best' or 'mean', got {self.pick!r}")
         if self.gripper not in ("joint", "split"):
