@@ -458,3 +458,12 @@ def test_sd_start_and_relabel_rounds_survive_a_crash_and_label_an_episode_once(
     assert labels == 4 and sd.version == 2
     again, labels = run.improve_sd(sd, [*recent, recent[0]], labels)
     assert again is sd and labels == 4  # nothing new to label: no round
+
+
+def test_a_resumed_run_draws_new_random_streams_for_its_bellman_updater() -> None:
+    from mtopt.runtime.local import updater_seed
+
+    assert updater_seed(3, 0) == 3  # a fresh run: its own seed, as before
+    later = [updater_seed(3, s) for s in (500, 1000)]
+    assert later == [updater_seed(3, 500), updater_seed(3, 1000)]  # the same history, the same
+    assert len({3, *later}) == 3  # each resume its own streams (they restarted at the seed's)

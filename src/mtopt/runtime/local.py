@@ -356,6 +356,15 @@ def after_train_step(
         learner.save_checkpoint(paths.checkpoint, extras(time.time()))
 
 
+def updater_seed(seed: int, step: int) -> int:
+    """The Bellman updater's seed (replay sampling, CEM noise): ``seed`` for a fresh run,
+    one of its own for a run resumed at ``step`` (the same seed would replay the start's
+    random streams on every resume)."""
+    if step == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+
+
 def elapsed_before(extra: dict[str, Any]) -> float:
     """Seconds a run has run in its earlier invocations, from its checkpoint's extras.
 
@@ -761,7 +770,7 @@ class LocalRun:
             c.replay.batch_size,
             c.replay.success_ratio,
             c.replay.rebalance,
-            c.seed,
+            updater_seed(c.seed, learner.step),
             mc_bound=c.learner.mc_bound,
             mc_mix=c.learner.mc_mix,
             buffers_lock=buffers_lock,

@@ -278,6 +278,7 @@ def run_ray(
         progress_bar,
         resume_learner,
         show_progress,
+        updater_seed,
     )
     from mtopt.store.reader import EpisodeReader
 
@@ -352,7 +353,9 @@ def run_ray(
         robot_cls, replay_cls = _robot_actor_cls(), _replay_actor_cls()
         robots = [robot_cls.remote(i, c, str(p.root), c.seed * 100 + i) for i in range(c.robots)]
         replays = [
-            replay_cls.remote(c, str(p.root), c.seed + 1 + i, (i, c.replay_workers))
+            replay_cls.remote(
+                c, str(p.root), updater_seed(c.seed + 1 + i, learner.step), (i, c.replay_workers)
+            )
             for i in range(c.replay_workers)
         ]
         per_call = 4
