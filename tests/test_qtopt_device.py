@@ -159,3 +159,22 @@ def test_bellman_updater_on_cuda_feeds_a_cuda_learner() -> None:
     assert bool(((tb.targets >= 0) & (tb.targets <= 1)).all())
     stats = learner.train_step(tb)
     assert np.isfinite(stats["loss"])
+
+
+@cuda
+def test_a_network_moved_to_the_gpu_after_a_search_searches_there() -> None:
+    """The fast path's cached weight maps were keyed by each parameter's id and version,
+    which ``.to(device)`` keeps: the next search used the CPU maps and failed."""
+    from mtopt.qtopt.cem import cem_argmax
+    from mtopt.qtopt.networks import QNetwork
+
+    torch.manual_seed(0)
+    net = QNetwork(SMALL).eval()
+    b = batch(0)
+    cfg = CEMConfig(samples=16, elites=4, precision="fp32")
+    with torch.no_grad():
+        cem_argmax(net, b.images, b.states, b.task_idx, cfg, torch.Generator().manual_seed(0))
+        net.to("cuda")
+        g = torch.Generator("cuda").manual_seed(0)
+        a, q = cem_argmax(net, b.images.cuda(), b.states.cuda(), b.task_idx.cuda(), cfg, g)
+    assert a.device.type == "cuda" and torch.isfinite(q).all()

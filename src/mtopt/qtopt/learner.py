@@ -242,6 +242,8 @@ class Learner:
             "augment_rng": self._aug_rng.get_state(),
             "numpy_rng": np.random.get_state()[1].tolist(),  # type: ignore[index]
             "numpy_pos": int(np.random.get_state()[2]),  # type: ignore[index]
+            # the normal sampler's cached second value (np.random.normal draws in pairs)
+            "numpy_gauss": [int(np.random.get_state()[3]), float(np.random.get_state()[4])],  # type: ignore[index]
             "python_rng": repr(random.getstate()),
         }
 
@@ -301,8 +303,15 @@ class Learner:
         torch.set_rng_state(ck["torch_rng"])
         if "augment_rng" in ck:  # checkpoints from before augmentation keep the fresh seed
             self._aug_rng.set_state(ck["augment_rng"])
+        has_gauss, gauss = ck.get("numpy_gauss", (0, 0.0))  # older checkpoints: none
         np.random.set_state(
-            ("MT19937", np.array(ck["numpy_rng"], dtype=np.uint32), ck["numpy_pos"], 0, 0.0)
+            (
+                "MT19937",
+                np.array(ck["numpy_rng"], dtype=np.uint32),
+                ck["numpy_pos"],
+                int(has_gauss),
+                float(gauss),
+            )
         )
         import ast
 
