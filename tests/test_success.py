@@ -360,3 +360,25 @@ def test_label_queue_survives_a_store_it_cannot_refresh(tmp_path: Path) -> None:
     pq.write_table(newer, store / "shards" / "r9" / "0.parquet")
     r = client.get("/api/queue", params={"task": "lift-any"})
     assert r.status_code == 200 and r.json()["remaining"] == 3
+
+
+def test_staging_says_how_many_positives_it_could_not_stage(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A positive that 30 scenes could not stage is kept as a negative (by its ground
+    truth), which used to go unsaid: a task could get few positives without a word."""
+    import logging
+
+    from mtopt.robots.sim_robot import SimRobot
+    from mtopt.success.data import stage_examples
+    from mtopt.tasks import DEFAULT_REGISTRY
+
+    def never(self, task, positive, rng, max_tries=30):  # type: ignore[no-untyped-def]
+        self.reset_scene(int(rng.integers(0, 2**31 - 1)))
+        return np.zeros((16, 16, 3), np.uint8), False, self.scene_state()
+
+    monkeypatch.setattr(SimRobot, "stage_outcome", never)
+    with caplog.at_level(logging.WARNING, logger="mtopt.success.data"):
+        data = stage_examples(DEFAULT_REGISTRY, ["lift-ball"], 2, image_size=16)
+    assert len(data) == 4
+    assert "lift-ball: 2 of 2 positives could not be staged" in caplog.text

@@ -9,6 +9,7 @@ labels all). Sources: "staged" (positive/near-miss scenes staged in the sim), "o
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ import numpy as np
 
 from mtopt._io import atomic_write_bytes
 from mtopt.tasks.registry import TaskRegistry
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -131,12 +134,22 @@ def stage_examples(
         from tqdm import tqdm
 
         it = tqdm(jobs, desc="staging SD examples", unit="img")
+    missed: dict[str, int] = {}
     for k, (task, positive) in enumerate(it):
-        img, _, state = robot.stage_outcome(registry.get(task), positive, rng)
+        img, label, state = robot.stage_outcome(registry.get(task), positive, rng)
+        if positive and not label:  # labeled by the ground truth all the same
+            missed[task] = missed.get(task, 0) + 1
         images.append(img)
         labels.append([float(t.succeeded(state)) for t in registry])
         ids.append(f"staged-{split}-{seed}-{k}")
     robot.close()
+    for task, m in missed.items():
+        log.warning(
+            "%s: %d of %d positives could not be staged (kept as negatives, by ground truth)",
+            task,
+            m,
+            n_per_task,
+        )
     n = len(images)
     return LabeledSet(
         registry.names,
