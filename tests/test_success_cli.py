@@ -1,11 +1,13 @@
 """The sd CLI end to end on a tiny store: examples -> train -> eval -> improve (oracle)."""
 
+import json
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from mtopt.cli import app
+from mtopt.success.network import SuccessDetector
 
 
 @pytest.mark.timeout(600)
@@ -60,6 +62,15 @@ def test_sd_cli_flow(tmp_path: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     assert "v3: 4 labels/task" in res.output and (w / "accuracy_vs_labels.png").exists()
+    # a second call goes on: the first call's labels count, the first SD is the start
+    chosen = json.loads((w / "chosen_labels.json").read_text())
+    assert sum("lift-any" in tasks for tasks in chosen.values()) == 4
+    args = ["sd", "improve", "--store", str(store), "--weights", str(w), "--examples", str(ex)]
+    res = r.invoke(app, [*args, "--budget", "1", "--rounds", "1", "--steps", "3"])
+    assert res.exit_code == 0, res.output
+    chosen = json.loads((w / "chosen_labels.json").read_text())
+    assert sum("lift-any" in tasks for tasks in chosen.values()) == 5
+    assert SuccessDetector.latest_version(w / "initial") == 1  # the staged-only SD, v1
     # a real cell's episodes have no ground truth: a person's labels (from `sd label`,
     # here in a file of its own) are what the human labeler retrains on
     import dataclasses

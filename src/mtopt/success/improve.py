@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from mtopt._io import atomic_write_json
 from mtopt.store.reader import EpisodeReader
 from mtopt.success.data import LabeledSet, episode_examples
 from mtopt.success.labels import LabelStore
@@ -131,6 +133,33 @@ def select_for_labeling(
     return out
 
 
+CHOSEN_LABELS = "chosen_labels.json"
+"""``sd improve``'s oracle labels so far (in its weights folder): episode id -> tasks."""
+
+
+def save_chosen(
+    path: Path, ids: np.ndarray, tasks: tuple[str, ...] | list[str], chosen: np.ndarray
+) -> None:
+    """The labels chosen so far (earlier calls' kept), atomically."""
+    old = json.loads(path.read_text()) if path.exists() else {}
+    for i, j in zip(*np.nonzero(chosen), strict=True):
+        mine = old.setdefault(str(ids[i]), [])
+        if tasks[j] not in mine:
+            mine.append(tasks[j])
+    atomic_write_json(path, old)
+
+
+def chosen_cells(
+    path: Path, ids: np.ndarray, tasks: tuple[str, ...] | list[str]
+) -> list[tuple[int, int]]:
+    """(row, task column) of each label chosen by earlier calls, for episodes in ``ids``."""
+    if not path.exists():
+        return []
+    saved = json.loads(path.read_text())
+    col = {t: j for j, t in enumerate(tasks)}
+    return [(i, col[t]) for i, eid in enumerate(ids) for t in saved.get(str(eid), []) if t in col]
+
+
 def improve_loop(
     store: str | Path,
     weights: str | Path,
@@ -154,11 +183,20 @@ def improve_loop(
     ``STORE/labels.jsonl``, where ``mtopt sd label`` writes), given already: one
     retrain on all of them (``budget`` and ``rounds`` do not apply; the labeling page
     orders its queue by the SD's uncertainty instead). It used to pick ``budget`` of
-    them per task and round and leave the rest out."""
+    them per task and round and leave the rest out.
+
+    Calls go on from each other: the first keeps the SD it starts from in
+    ``WEIGHTS/initial`` (what "initial" retrains from in every later call too), and each
+    round keeps the oracle labels chosen so far in ``WEIGHTS/chosen_labels.json``, so a
+    later call retrains on them as well (both used to last one call only)."""
     if retrain_from not in ("previous", "initial"):
         raise ValueError(f"retrain_from must be 'previous' or 'initial', got {retrain_from!r}")
     sd = SuccessDetector.load(weights, registry.names)
-    start = copy.deepcopy(sd.net)
+    initial = Path(weights) / "initial"
+    if SuccessDetector.latest_version(initial) == 0:
+        SuccessDetector(copy.deepcopy(sd.net), registry.names).publish(initial, 1)
+    start = SuccessDetector.load(initial, registry.names).net
+    chosen_path = Path(weights) / CHOSEN_LABELS
     base = LabeledSet.load(examples)
     val = LabeledSet.load(validation) if validation else None
     # final images, ground truth and scenes only: no frames (0.13 MB an episode)
@@ -178,6 +216,8 @@ def improve_loop(
         raise ValueError(f"no episodes with labels available in {store}")
     known = pool.mask.copy()
     chosen = np.zeros_like(known)
+    for i, j in chosen_cells(chosen_path, pool.ids, registry.names):  # earlier calls'
+        chosen[i, j] = True
     curve: list[dict[str, Any]] = []
     if labeler == "human":  # every label a person gave, in one retrain
         chosen[:] = known
@@ -223,8 +263,9 @@ def improve_loop(
         net = train_sd(data, SDTrainConfig(steps=steps, seed=r + 1), init=init)
         sd = SuccessDetector(net, registry.names)
         sd.publish(weights, SuccessDetector.latest_version(weights) + 1)
-        # the labels of the task with the most (the oracle's: up to budget a round)
-        record(int((chosen & known).sum(0).max()) if labeler == "human" else (r + 1) * budget)
+        if labeler == "oracle":
+            save_chosen(chosen_path, pool.ids, registry.names, chosen & known)
+        record(int((chosen & known).sum(0).max()))  # the labels of the task with the most
     if curve:
         plot_curve(curve, Path(weights) / "accuracy_vs_labels.png")
     return curve
