@@ -169,6 +169,13 @@ def test_tiny_run_then_resume(tmp_path: Path) -> None:
     assert steps == [20, 40], steps
     used = [s["step"] for s in summary2["averaged"]["averaged"]["sources"]]
     assert used == [summary2["learner_steps"], 20, 40]  # the folder was replaced
+    # resuming a run that is done trains no further step and evaluates nothing again
+    # (the local runtime trained one more step, then evaluated the same weights twice)
+    res = CliRunner().invoke(app, [*resume, "--set", "max_learner_steps=45", *slack])
+    assert res.exit_code == 0, res.output
+    summary3 = json.loads((out / "summary.json").read_text())
+    assert summary3["learner_steps"] == summary2["learner_steps"]
+    assert len(json.loads((out / "history.json").read_text())) == len(history)
     res = CliRunner().invoke(app, ["average", str(tmp_path / "swa"), str(out), *map(str, snaps)])
     assert res.exit_code == 0, res.output
     report = (out / "report" / "report.md").read_text()
@@ -195,6 +202,7 @@ def test_tiny_run_with_gripper_position_inputs(tmp_path: Path) -> None:
     args = ["run", "--config", "tiny", "--out", str(out)]
     args += ["--set", "qnet.gripper_xy=true", "--set", "qnet.coord_channels=true"]
     args += ["--set", "max_episodes=400"]  # stop at 30 learner steps, however slow they are
+    args += ["--set", "replay.min_episodes=0"]  # train from the first episode (it crashed)
     args += ["--minutes", "12"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
@@ -321,25 +329,34 @@ def test_a_run_without_robots_learns_from_episodes_others_write_into_its_store(
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.parametrize("how", ["raises", "gives up"])
 def test_a_failed_fleet_stops_the_run_with_its_checkpoint_report_and_an_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     """The fleet thread giving up (it restarts robots itself, so this is a store it cannot
     write, a process it cannot start...) used to pass for a finished fleet: the run went on
     training on what it had, or ended with exit code 0. Now it stops, still writes its
-    summary and report, and the command fails with the fleet's error."""
+    summary and report, and the command fails with the fleet's error. A fleet whose robots
+    all failed past their restarts returns without an error: that stops the run too."""
     import mtopt.runtime.local as local
 
     def broken_fleet(spec: object, should_stop: object = None) -> dict:
-        raise PermissionError("store is read-only")
+        if how == "raises":
+            raise PermissionError("store is read-only")
+        return {"written": {}, "restarts": {0: 6}, "interrupted": False}
 
     monkeypatch.setattr(local, "run_fleet", broken_fleet)
     out = tmp_path / "run"
     res = CliRunner().invoke(app, ["run", "--config", "tiny", "--out", str(out)])
     assert res.exit_code == 1, res.output
-    assert "robot fleet failed: PermissionError: store is read-only" in res.output
+    error = (
+        "PermissionError: store is read-only"
+        if how == "raises"
+        else "every robot process stopped (each failed more than its restarts allow)"
+    )
+    assert f"robot fleet failed: {error}" in res.output
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["fleet_error"] == "PermissionError: store is read-only"
+    assert summary["fleet_error"] == error
     assert (out / "report" / "report.md").exists()
 
 

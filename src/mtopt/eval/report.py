@@ -86,8 +86,11 @@ def plot_composition(
     return save_figure(fig, out, dpi=110)
 
 
-def plot_batch_composition(batch_share: Mapping[str, Mapping[str, float]], out: Path) -> Path:
-    """Stacked bars: share of a training batch per task, split into success/failure."""
+def plot_batch_composition(
+    batch_share: Mapping[str, Mapping[str, float]], out: Path, rebalanced: bool = True
+) -> Path:
+    """Stacked bars: share of a training batch per task, split into success/failure;
+    ``rebalanced``: whether the batches were re-balanced (the title says which)."""
     tasks = list(batch_share)
     s = [batch_share[t].get("success", 0.0) for t in tasks]
     f = [batch_share[t].get("failure", 0.0) for t in tasks]
@@ -95,7 +98,10 @@ def plot_batch_composition(batch_share: Mapping[str, Mapping[str, float]], out: 
     ax.bar(tasks, s, label="success")
     ax.bar(tasks, f, bottom=s, label="failure")
     ax.set_ylabel("share of training batch")
-    ax.set_title("Training batch composition after re-balancing")
+    ax.set_title(
+        "Training batch composition "
+        + ("after re-balancing" if rebalanced else "(no re-balancing: as the buffers hold it)")
+    )
     ax.tick_params(axis="x", rotation=45, labelsize=8)
     ax.legend(fontsize=8)
     return save_figure(fig, out, dpi=110)

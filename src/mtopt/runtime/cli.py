@@ -88,9 +88,11 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2) from None
         try:
             if cfg.runtime == "ray":
+                from mtopt._signals import stop_on_sigterm
                 from mtopt.runtime.ray_runtime import run_ray
 
-                summary = run_ray(cfg, out, resume, address=address)
+                with stop_on_sigterm():  # SIGTERM stops as Ctrl-C does: checkpoint, report
+                    summary = run_ray(cfg, out, resume, address=address)
             else:
                 from mtopt.runtime.local import LocalRun
 

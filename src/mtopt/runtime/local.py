@@ -448,6 +448,12 @@ class LocalRun:
                 f"({describe_changes(saved.qnet, cfg.qnet, 'qnet.')}); "
                 "resume with the run's own config (LocalRun.resume_from, mtopt run --resume)"
             )
+        for key in ("extra_tasks", "init_from"):  # what the network's task inputs mean
+            if getattr(cfg, key) != getattr(saved, key):
+                raise ConfigError(
+                    f"resuming {self.paths.root} with other {key} than it was started with: "
+                    "start a new run for that"
+                )
         changes = changed_fields(saved, cfg)
         if not changes:
             return
@@ -808,6 +814,12 @@ class LocalRun:
             except Exception as exc:  # the run stops, checkpoints and reports it
                 log.exception("robot fleet failed")
                 fleet_error.append(f"{type(exc).__name__}: {exc}")
+                return
+            # robots collect until told to stop: a fleet that ends by itself lost them all
+            if c.robots and not stop_fleet.is_set() and not fleet_summary.get("interrupted"):
+                fleet_error.append(
+                    "every robot process stopped (each failed more than its restarts allow)"
+                )
 
         p.store.mkdir(parents=True, exist_ok=True)
         # LogReplay tails the store from a thread of its own (replay/ingest.py says why),
@@ -838,13 +850,15 @@ class LocalRun:
                 "elapsed_s": now - t_origin,
             }
 
-        needed = min(c.replay.min_episodes, max(1, c.max_episodes or c.replay.min_episodes))
+        # at least one episode: replay.min_episodes=0 sampled from empty buffers and crashed
+        needed = max(1, min(c.replay.min_episodes, c.max_episodes or c.replay.min_episodes))
         last_eval_step = learner.step
         deadline = t_start + c.budget_minutes * 60
         stats: dict[str, float] = {}
         backlog_done = backlog == 0
         try:
-            while True:
+            while not (c.max_learner_steps and learner.step >= c.max_learner_steps):
+                # (checked first too: a resumed run that is done trains no further step)
                 ingest.check()
                 if fleet_error:
                     self._log(
@@ -882,9 +896,7 @@ class LocalRun:
                         break
                 else:
                     time.sleep(0.2)
-                if time.time() > deadline or (
-                    c.max_learner_steps and learner.step >= c.max_learner_steps
-                ):
+                if time.time() > deadline:
                     break
         except KeyboardInterrupt:
             self._log("interrupted: checkpointing and writing the report")
@@ -939,7 +951,12 @@ class LocalRun:
 
         p = self.paths
         learner.publish(p.weights)
-        self._evaluate(learner, scripted, episodes, t_origin, sd, stats)
+        # checkpointed before the evaluation (minutes) too: a second Ctrl-C or a kill
+        # during it loses no training
+        learner.save_checkpoint(p.checkpoint, checkpoint_extras(time.time()))
+        if not (self.history and self.history[-1].get("step") == learner.step):
+            self._evaluate(learner, scripted, episodes, t_origin, sd, stats)
+        # (evaluated at this step already: the same weights, scenes and seed again)
         t_end = time.time()
         learner.save_checkpoint(p.checkpoint, checkpoint_extras(t_end))
         averaged = self.average_at_end()  # after the checkpoint: optional, never in its way

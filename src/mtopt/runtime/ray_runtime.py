@@ -382,9 +382,11 @@ def run_ray(
                 try:
                     ray.get(ref)
                     failures[actor] = 0
-                except ray.exceptions.RayActorError:
-                    pass  # a killed actor restarts; the episodes it flushed are in the store
-                except ray.exceptions.RayError as exc:  # an error in the robot's episode
+                except ray.exceptions.RayError as exc:
+                    # an error in the robot's episode, or its actor died: a killed actor
+                    # restarts (its flushed episodes are in the store) and its next call
+                    # resets the count; one that cannot start again fails every call and
+                    # is dropped (it used to be called forever, collecting nothing)
                     failures[actor] = failures.get(actor, 0) + 1
                     log.warning("robot actor failed (%d in a row): %s", failures[actor], exc)
                     if failures[actor] >= MAX_ROBOT_FAILURES:

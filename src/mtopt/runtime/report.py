@@ -64,7 +64,8 @@ def write_report(
     plot_success_over_time(run.history, out / "success_over_time.png")
     plot_composition(summary["composition"], out / "data_composition.png")
     if share:
-        plot_batch_composition(share, out / "batch_composition.png")
+        rebalanced = bool(run.cfg.replay.rebalance)
+        plot_batch_composition(share, out / "batch_composition.png", rebalanced)
     final = summary.get("final", {}).get("success", {})
     scripted = summary.get("scripted", {})
     rows = [
