@@ -68,6 +68,11 @@ def test_paired_comparison_by_hand() -> None:
         paired_comparison([True], [True, False])
     with pytest.raises(ValueError, match="zero scenes"):
         paired_comparison([], [])
+    # 1100 discordant scenes, split evenly: p = 1 (2.0**1100 overflowed a float)
+    c = paired_comparison([True] * 550 + [False] * 550, [False] * 550 + [True] * 550)
+    assert c.diff == 0.0 and c.p_value == 1.0
+    # all 1100 one way: p = 2 / 2**1100, a float that underflows to 0.0, not an error
+    assert paired_comparison([False] * 1100, [True] * 1100).p_value == 0.0
 
 
 def test_outcomes_encode_and_decode() -> None:

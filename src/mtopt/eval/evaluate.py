@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -180,7 +181,8 @@ def paired_comparison(a: Sequence[bool], b: Sequence[bool], z: float = 1.96) -> 
     var = (only_a + only_b - (only_b - only_a) ** 2 / n) / (n * n)
     half = z * math.sqrt(max(0.0, var))
     m = only_a + only_b
-    tail = sum(math.comb(m, i) for i in range(min(only_a, only_b) + 1)) / 2.0**m
+    # exact in integers (2.0**m overflows a float from 1024 discordant scenes on)
+    tail = float(Fraction(sum(math.comb(m, i) for i in range(min(only_a, only_b) + 1)), 1 << m))
     return PairedComparison(
         n=n,
         a_rate=sum(a) / n,
