@@ -351,10 +351,16 @@ def resume_config(
     if cfg.qnet != saved.qnet:
         diff = describe_changes(saved.qnet, cfg.qnet, "qnet.")
         raise ConfigError(f"--resume cannot change the Q-network's architecture ({diff})")
-    for key in ("extra_tasks", "init_from"):  # what the network's task inputs mean
-        if getattr(cfg, key) != getattr(saved, key):
-            raise ConfigError(f"--resume cannot change {key}: start a new run for that")
+    check_same_task_inputs(saved, cfg, "--resume")
     return cfg
+
+
+def check_same_task_inputs(saved: RunConfig, cfg: RunConfig, what: str) -> None:
+    """A resume keeps what the network's task inputs mean: the run's ``extra_tasks`` and
+    where its network started (``init_from``)."""
+    for key in ("extra_tasks", "init_from"):
+        if getattr(cfg, key) != getattr(saved, key):
+            raise ConfigError(f"{what} cannot change {key}: start a new run for that")
 
 
 def preset(name: str) -> RunConfig:

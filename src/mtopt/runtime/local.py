@@ -57,6 +57,7 @@ from mtopt.replay.logreplay import LogReplay
 from mtopt.replay.source import replay_items
 from mtopt.runtime.config import (
     RunConfig,
+    check_same_task_inputs,
     load_config_changes,
     load_run_config,
     resume_config,
@@ -291,7 +292,6 @@ def source_tasks(source: str | Path, trained: int) -> tuple[str, ...]:
     """The tasks a network at ``source`` (a run or policy folder, its ``weights/``, or a
     weights file in it) was trained on, in input order: from the ``config.json`` of the
     folder it belongs to; without one, the built-in tasks (every run's first tasks)."""
-    from mtopt.runtime.config import load_run_config
     from mtopt.tasks import DEFAULT_REGISTRY
 
     p = Path(source)
@@ -448,12 +448,7 @@ class LocalRun:
                 f"({describe_changes(saved.qnet, cfg.qnet, 'qnet.')}); "
                 "resume with the run's own config (LocalRun.resume_from, mtopt run --resume)"
             )
-        for key in ("extra_tasks", "init_from"):  # what the network's task inputs mean
-            if getattr(cfg, key) != getattr(saved, key):
-                raise ConfigError(
-                    f"resuming {self.paths.root} with other {key} than it was started with: "
-                    "start a new run for that"
-                )
+        check_same_task_inputs(saved, cfg, f"resuming {self.paths.root}")
         changes = changed_fields(saved, cfg)
         if not changes:
             return
@@ -954,9 +949,9 @@ class LocalRun:
         # checkpointed before the evaluation (minutes) too: a second Ctrl-C or a kill
         # during it loses no training
         learner.save_checkpoint(p.checkpoint, checkpoint_extras(time.time()))
+        # not again at a step evaluated already (the same weights, scenes and seed)
         if not (self.history and self.history[-1].get("step") == learner.step):
             self._evaluate(learner, scripted, episodes, t_origin, sd, stats)
-        # (evaluated at this step already: the same weights, scenes and seed again)
         t_end = time.time()
         learner.save_checkpoint(p.checkpoint, checkpoint_extras(t_end))
         averaged = self.average_at_end()  # after the checkpoint: optional, never in its way
