@@ -880,12 +880,14 @@ class LocalRun:
                     if background and learner.target_version != target_version:
                         background.set_targets(learner.targets)
                     bar.update(1)
-                    # evaluated before a checkpoint of the same step, which then holds the
-                    # point (after it, a kill lost the point for good)
+                    after_train_step(learner, p, c, checkpoint_extras)
                     if learner.step - last_eval_step >= c.eval.every_steps:
                         last_eval_step = learner.step
                         self._evaluate(learner, scripted, ingest.ingested, t_origin, sd, stats)
-                    after_train_step(learner, p, c, checkpoint_extras)
+                        if learner.step % c.checkpoint_every == 0:
+                            # this step's checkpoint holds the point too (a kill before the
+                            # next one lost it for good)
+                            learner.save_checkpoint(p.checkpoint, checkpoint_extras(time.time()))
                     show_progress(bar, ingest.ingested, sd.version, learner.version, stats)
                 elif c.robots > 0 and not thread.is_alive():
                     ingest.close()  # the fleet is done: read what it wrote last
