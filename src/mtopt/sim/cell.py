@@ -753,11 +753,15 @@ class SimCell:
         return np.array(pos)
 
     def object_yaw(self, body: int) -> float:
-        """Heading (rad) of the object's body x axis (the long axis of the elongated
-        categories) projected on the horizontal plane."""
+        """Heading (rad) of the object's long axis projected on the horizontal plane: the
+        body x axis of multi-part objects (bottle, banana) and boxes; the body z axis of a
+        single part laid down by its pitch (a capsule: its x axis points down, so its
+        heading was noise, and the oracle grasped capsules along their length)."""
         _, orn = self._p(pb.getBasePositionAndOrientation, body)
-        r = pb.getMatrixFromQuaternion(orn)  # row-major 3x3; column 0 is the body x axis
-        return float(np.arctan2(r[3], r[0]))
+        r = pb.getMatrixFromQuaternion(orn)  # row-major 3x3; column c is body axis c
+        parts = self.object_spec(body).parts
+        c = 2 if len(parts) == 1 and abs(parts[0].euler[1]) > 1.0 else 0
+        return float(np.arctan2(r[3 + c], r[c]))
 
     def object_spec(self, body: int) -> ObjectSpec:
         return next(s for b, s in self.object_bodies() if b == body)
