@@ -229,6 +229,7 @@ class Learner:
 
     # -------------------------------------------------------------- checkpoints
     def state(self) -> dict[str, Any]:
+        np_state: Any = np.random.get_state()  # ("MT19937", keys, pos, has_gauss, gauss)
         return {
             "format": CHECKPOINT_FORMAT,
             "qnet": self.qnet_cfg.to_dict(),
@@ -240,10 +241,10 @@ class Learner:
             "version": self.version,
             "torch_rng": torch.get_rng_state(),
             "augment_rng": self._aug_rng.get_state(),
-            "numpy_rng": np.random.get_state()[1].tolist(),  # type: ignore[index]
-            "numpy_pos": int(np.random.get_state()[2]),  # type: ignore[index]
+            "numpy_rng": np_state[1].tolist(),
+            "numpy_pos": int(np_state[2]),
             # the normal sampler's cached second value (np.random.normal draws in pairs)
-            "numpy_gauss": [int(np.random.get_state()[3]), float(np.random.get_state()[4])],  # type: ignore[index]
+            "numpy_gauss": [int(np_state[3]), float(np_state[4])],
             "python_rng": repr(random.getstate()),
         }
 

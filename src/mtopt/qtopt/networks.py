@@ -651,7 +651,7 @@ class QNetwork(nn.Module):
         assert isinstance(lin1, nn.Linear) and isinstance(lin2, nn.Linear)
         params = [*conv0.parameters(), *lin1.parameters(), *lin2.parameters()]
         # the device too: .to(device) keeps a parameter's id and version
-        key = (dt, m, tuple((id(p), p._version, p.device) for p in params))
+        key = (dt, m, params[0].device, tuple((id(p), p._version) for p in params))
         cached = self._dense_cache.get("merge")
         if cached is not None and cached[0] == key:
             return tuple(cached[1])
@@ -720,7 +720,7 @@ class QNetwork(nn.Module):
         if hh * ww > 16 or self.training:
             return None
         params = [p for m in (*list(self.post)[1:], self.fc) for p in m.parameters()]
-        key = (dtype, shape, tuple((id(p), p._version, p.device) for p in params))
+        key = (dtype, shape, params[0].device, tuple((id(p), p._version) for p in params))
         cached = self._dense_cache.get("post")
         if cached is not None and cached[0] == key:
             return cached[1]

@@ -15,7 +15,7 @@ from mtopt.qtopt.learner import LearnerConfig
 from mtopt.qtopt.networks import QNetConfig
 from mtopt.sim.config import SimConfig
 from mtopt.success.train import SDTrainConfig
-from mtopt.tasks.registry import TaskRegistry
+from mtopt.tasks.registry import TaskRegistry, read_tasks_file
 
 
 @dataclass(frozen=True)
@@ -279,13 +279,9 @@ def with_new_tasks(
     (given here or by ``--set``) that does not exist is an error."""
     if tasks_file is not None:
         try:
-            extra = json.loads(Path(tasks_file).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"cannot read the tasks file {tasks_file}: {exc}") from None
-        if not isinstance(extra, list) or not all(isinstance(t, dict) for t in extra):
-            raise ConfigError(
-                f"the tasks file {tasks_file} must hold a JSON list of task descriptions"
-            )
+            extra = read_tasks_file(tasks_file)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         cfg = dataclasses.replace(cfg, extra_tasks=(*cfg.extra_tasks, *extra))
     try:
         n = len(cfg.registry())

@@ -195,8 +195,8 @@ class EpisodeReader:
                 check_table_version(shard.schema_arrow, str(path))
                 table = shard.read(columns=columns)
             wanted = columns if columns is not None else ARROW_SCHEMA.names
-            missing = [c for c in wanted if c not in table.column_names]
-            missing = [c for c in missing if c not in LATER_COLUMNS]
+            have = set(table.column_names) | set(LATER_COLUMNS)  # older shards lack these
+            missing = [c for c in wanted if c not in have]
             if missing:
                 raise SchemaError(f"{path}: no column(s) {missing}")
             if own_decoder:

@@ -26,18 +26,18 @@ TASKS_FILE_HELP = (
 
 def _registry(tasks_file: Path | None) -> TaskRegistry:
     """The built-in tasks, and those of ``tasks_file``; an error names the file."""
-    import json
-
     from mtopt.tasks import DEFAULT_REGISTRY
+    from mtopt.tasks.registry import read_tasks_file
 
     if tasks_file is None:
         return DEFAULT_REGISTRY
     try:
-        extra = json.loads(tasks_file.read_text())
-        if not isinstance(extra, list):
-            raise ValueError("it must hold a JSON list of task descriptions")
+        extra = read_tasks_file(tasks_file)
+    except ValueError as exc:
+        _fail(exc)
+    try:
         return DEFAULT_REGISTRY.with_extra(extra)
-    except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
+    except ValueError as exc:
         _fail(f"the tasks file {tasks_file}: {exc}")
 
 

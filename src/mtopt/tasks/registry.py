@@ -11,8 +11,10 @@ JSON/TOML file loaded with ``TaskRegistry.with_extra``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mtopt.tasks import predicates as P
@@ -159,6 +161,18 @@ def task_from_dict(d: Mapping[str, Any]) -> TaskSpec:
             raise ValueError(f"task {name!r}: unknown fixtures {bad}; valid: {list(FIXTURE_KINDS)}")
         pred = P.place(tuple(fixtures), category)
     return TaskSpec(name, skill, str(d.get("description", name)), holding, pred)
+
+
+def read_tasks_file(path: str | Path) -> list[dict[str, Any]]:
+    """The task descriptions of a tasks file (a JSON list, as ``mtopt run --tasks-file``
+    and ``mtopt sd ... --tasks-file`` take); a ``ValueError`` naming the file otherwise."""
+    try:
+        extra = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read the tasks file {path}: {exc}") from None
+    if not isinstance(extra, list) or not all(isinstance(t, dict) for t in extra):
+        raise ValueError(f"the tasks file {path} must hold a JSON list of task descriptions")
+    return extra
 
 
 class TaskRegistry(Sequence[TaskSpec]):
