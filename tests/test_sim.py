@@ -305,7 +305,7 @@ def test_presenting_the_outcome_keeps_the_object_and_turns_it_to_the_camera(
         assert robot.prepare_for_task(True)
         held.append(robot.final_image())
         assert robot.holding(), f"scene {100 + seed}: the object fell while being presented"
-        assert abs(robot.cell.pose()[3] - PRESENT_YAW) < 1e-6
+        assert abs(math.remainder(robot.cell.pose()[3] - PRESENT_YAW, math.pi)) < 1e-6
         np.testing.assert_allclose(robot.cell.tcp_position(), PRESENT_TCP, atol=0.02)
         robot.reset_scene(100 + seed)
         robot.start_episode()
@@ -414,7 +414,7 @@ def test_fixture_layouts_vary_fit_the_bin_and_keep_apart() -> None:
     once fell back to one fixed layout in half of its scenes)."""
     from mtopt.sim.cell import (
         BIN_HALF,
-        BOWL_RADIUS,
+        BOWL_OUTER_RADIUS,
         FIXTURE_GAP,
         LEFT_BIN_CENTER,
         PLATE_RADIUS,
@@ -425,8 +425,10 @@ def test_fixture_layouts_vary_fit_the_bin_and_keep_apart() -> None:
     assert len(set(layouts)) == len(layouts)
     corners = set()
     for pc, bc in layouts:
-        assert math.dist(pc, bc) > PLATE_RADIUS + BOWL_RADIUS + FIXTURE_GAP
-        for c, r in ((pc, PLATE_RADIUS), (bc, BOWL_RADIUS)):
+        # rim to rim: the bowl's wall stands outside its inner radius (until 2026-12-05
+        # the check used the inner radius, so the rims could come within 2 mm)
+        assert math.dist(pc, bc) > PLATE_RADIUS + BOWL_OUTER_RADIUS + FIXTURE_GAP
+        for c, r in ((pc, PLATE_RADIUS), (bc, BOWL_OUTER_RADIUS)):
             assert abs(c[0] - LEFT_BIN_CENTER[0]) + r <= BIN_HALF
             assert abs(c[1] - LEFT_BIN_CENTER[1]) + r <= BIN_HALF
         corners.add((pc[0] > LEFT_BIN_CENTER[0], pc[1] > LEFT_BIN_CENTER[1]))
@@ -477,3 +479,151 @@ def test_an_objects_heading_is_its_long_axis_for_every_category() -> None:
             break
     assert seen >= {"box", "capsule", "bottle", "banana"}
     robot.close()
+
+
+def test_presenting_turns_to_the_nearest_equivalent_yaw() -> None:
+    """A parallel gripper looks the same turned by pi: presenting turns the wrist at most
+    90 degrees, not back through every turn the episode made (up to ~7.6 rad before)."""
+    from mtopt.robots.sim_robot import PRESENT_YAW
+    from mtopt.sim.cell import nearest_equivalent_yaw
+
+    assert nearest_equivalent_yaw(1.0, 0.0) == pytest.approx(0.0)
+    assert nearest_equivalent_yaw(2.0, 0.0) == pytest.approx(math.pi)  # 1.14 rad on, not 2 back
+    assert nearest_equivalent_yaw(7.6, 0.0) == pytest.approx(2 * math.pi)
+    assert nearest_equivalent_yaw(-4.0, 0.0) == pytest.approx(-math.pi)
+    assert nearest_equivalent_yaw(0.3, 1.0, period=2 * math.pi) == pytest.approx(1.0)
+    r = SimRobot(SimConfig(), seed=0)
+    try:
+        r.reset_scene(100)
+        r.start_episode()
+        assert r.prepare_for_task(True)
+        for _ in range(40):  # turn the wrist far while holding the object
+            if r.cell.commanded_yaw > 4.0:
+                break
+            r.act(make_action(dyaw=1.0, close=True))
+        before = r.cell.commanded_yaw
+        assert before > 4.0
+        r.final_image()
+        after = r.cell.commanded_yaw
+        assert abs(after - before) <= math.pi / 2 + 1e-9
+        assert abs(math.remainder(after - PRESENT_YAW, math.pi)) < 1e-9
+        assert r.holding()
+    finally:
+        r.close()
+
+
+def test_ground_truth_reports_lowest_point_and_what_an_object_touches(robot: SimRobot) -> None:
+    """Objects lying in the right bin touch its floor at z 0; one dropped in the bowl rests
+    on the bowl's floor (BOWL_FLOOR_Z) and touches nothing else; the bowl reports its rim."""
+    from mtopt.sim.cell import BOWL_FLOOR_Z, BOWL_RIM_Z
+
+    robot.reset_scene(3)
+    st = robot.scene_state()
+    on_floor = [o for o in st.objects if "right_bin_floor" in o.touching]
+    assert len(on_floor) >= 2  # (one of this scene's objects lies on another)
+    for o in on_floor:
+        assert o.bottom_z == pytest.approx(0.0, abs=2e-3), o
+    bowl = next(f for f in st.fixtures if f.kind == "bowl")
+    assert bowl.rim_z == pytest.approx(BOWL_RIM_Z) and bowl.position[2] == BOWL_FLOOR_Z
+    assert next(f for f in st.fixtures if f.kind == "plate").rim_z is None
+    body, _ = min(robot.cell.object_bodies(), key=lambda bs: bs[1].size)
+    robot.cell.place_object(body, (bowl.position[0], bowl.position[1], 0.06))
+    robot.cell.settle(120)
+    st = robot.scene_state()
+    o = next(o for o in st.objects if o.uid == body)
+    assert o.bottom_z == pytest.approx(BOWL_FLOOR_Z, abs=2e-3) and o.touching == {"bowl"}
+    assert DEFAULT_REGISTRY.get("place-in-bowl").succeeded(st)
+
+
+def test_lowest_point_of_tilted_parts_by_hand() -> None:
+    """Hand-computed lowest points; the rotation convention is PyBullet's."""
+    import pybullet as pb
+
+    from mtopt.sim.objects import ObjectSpec, Part, euler_matrix, lowest_point
+
+    for e in ((0.3, -0.7, 2.0), (1.2, 0.4, -0.5)):
+        want = np.asarray(pb.getMatrixFromQuaternion(pb.getQuaternionFromEuler(e))).reshape(3, 3)
+        np.testing.assert_allclose(euler_matrix(*e), want, atol=1e-9)
+
+    def spec(*parts: Part) -> ObjectSpec:
+        return ObjectSpec("box", 0, parts, (1, 1, 1, 1), 0.1, 0.1, 0.02)
+
+    at = np.array([0.0, 0.0, 0.1])
+    cap = Part("capsule", (0.01, 0.06))
+    assert lowest_point(spec(cap), at, np.eye(3)) == pytest.approx(0.1 - 0.03 - 0.01)
+    lying = euler_matrix(0.0, math.pi / 2, 0.0)
+    assert lowest_point(spec(cap), at, lying) == pytest.approx(0.1 - 0.01)
+    tilt = euler_matrix(math.pi / 4, 0.0, 0.0)  # 45 degrees about x
+    h = math.sqrt(0.5)
+    box = Part("box", (0.01, 0.02, 0.03))
+    assert lowest_point(spec(box), at, tilt) == pytest.approx(0.1 - h * 0.02 - h * 0.03)
+    cyl = Part("cylinder", (0.01, 0.06))
+    assert lowest_point(spec(cyl), at, tilt) == pytest.approx(0.1 - h * 0.03 - 0.01 * h)
+    assert lowest_point(spec(Part("sphere", (0.02,))), at, tilt) == pytest.approx(0.08)
+    # two parts: a sphere hanging 5 cm below the body's origin, in the body's frame
+    two = spec(Part("sphere", (0.01,)), Part("sphere", (0.01,), offset=(0.0, 0.0, -0.05)))
+    assert lowest_point(two, at, np.eye(3)) == pytest.approx(0.1 - 0.05 - 0.01)
+    upside_down = euler_matrix(math.pi, 0.0, 0.0)
+    assert lowest_point(two, at, upside_down) == pytest.approx(0.1 - 0.01)
+
+
+def test_moves_start_from_the_measured_pose_when_asked() -> None:
+    """A move blocked by the bin's wall leaves the command beyond the gripper; with
+    move_from='command' (the default) the move back first unwinds that gap, with
+    'measured' it goes back a full step at once, as a real arm's relative move."""
+    from mtopt.sim.cell import BIN_HALF
+
+    backs = {}
+    for start in ("command", "measured"):
+        r = SimRobot(SimConfig(move_from=start), seed=0)
+        try:
+            r.reset_scene(3)
+            for body, _ in r.cell.object_bodies():  # an empty bin
+                r.cell.place_object(body, (2.0, 2.0 + body, 0.05))
+            r.cell.move_gripper_to((0.03, RIGHT_BIN_CENTER[1], 0.03), 0.0, closed=False)
+            r.cell.settle(20)
+            for _ in range(3):
+                r.act(make_action(dx=1.0))
+            blocked = r.cell.tcp_position()[0]
+            assert blocked < BIN_HALF  # the wall stopped it; the command went on to x 0.13
+            r.act(make_action(dx=-1.0))
+            backs[start] = blocked - r.cell.tcp_position()[0]
+        finally:
+            r.close()
+    step = SimConfig().max_step_m
+    assert backs["measured"] == pytest.approx(step, abs=3e-3), backs
+    assert backs["command"] < step - 0.01, backs
+    with pytest.raises(ValueError, match="move_from"):
+        SimConfig(move_from="nowhere").validate()  # type: ignore[arg-type]
+
+
+def test_random_scenes_never_take_an_evaluation_seed() -> None:
+    from mtopt.eval.evaluate import MAX_EVAL_SEED, SETUP_TRIES, eval_scene_seed
+    from mtopt.sim.seeds import COLLECTION_SEED_LOW, is_reserved_seed, random_scene_seed
+
+    rng = np.random.default_rng(0)
+    draws = [random_scene_seed(rng) for _ in range(10_000)]
+    assert min(draws) >= COLLECTION_SEED_LOW and not any(map(is_reserved_seed, draws))
+    assert is_reserved_seed(eval_scene_seed(MAX_EVAL_SEED, 99, 999, SETUP_TRIES - 1))
+    for bad in ((MAX_EVAL_SEED + 1, 0, 0, 0), (0, 100, 0, 0), (0, 0, 1000, 0), (0, 0, 0, 3)):
+        with pytest.raises(ValueError, match="out of range"):
+            eval_scene_seed(*bad)
+    r = SimRobot(SimConfig(), seed=0)
+    try:
+        r.reset_scene()
+        assert r.scene_seed is not None and not is_reserved_seed(r.scene_seed)
+    finally:
+        r.close()
+    env = gym.make(mtopt.ENV_ID, seed=0)
+    assert not is_reserved_seed(env.reset()[1]["scene_seed"])
+    env.close()
+
+
+def test_an_evaluation_too_long_for_its_seed_block_fails_before_any_work() -> None:
+    from mtopt.eval.evaluate import evaluate_outcomes
+
+    def no_policy(spec: object) -> object:
+        raise AssertionError("no episode may run")
+
+    with pytest.raises(ValueError, match="episode 1000"):
+        evaluate_outcomes(no_policy, DEFAULT_REGISTRY, ["lift-any"], 1001, SimConfig())  # type: ignore[arg-type]

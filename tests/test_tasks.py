@@ -122,3 +122,30 @@ def test_a_task_of_a_new_skill_and_a_described_one() -> None:
         {"name": "lift-small", "kind": "lift", "min_size": 1, "description": "d"}
     )
     assert small.skill == "lift" and not small.starts_holding and small.description == "d"
+
+
+def test_in_the_bowl_means_below_its_rim_and_off_the_floor_beside_it() -> None:
+    """Hand-placed: the bowl's floor at z 0.01, its rim at 0.036; the predicate judges the
+    lowest point and the floors touched where the simulator reports them."""
+    from dataclasses import replace
+
+    from mtopt.tasks.predicates import RIM_CLEARANCE_M
+
+    bowl = FixtureState("bowl", (0.58, 0.30, 0.01), 0.05, rim_z=0.036)
+    place = get_task("place-in-bowl")
+
+    def in_bowl(bottom: float | None, touching: frozenset[str] | None) -> bool:
+        o = replace(obj("banana", (0.58, 0.30, 0.04)), bottom_z=bottom, touching=touching)
+        return place.succeeded(SceneState((o,), (PLATE, bowl), RIGHT, LEFT, (0.5, 0.0, 0.3), False))
+
+    assert in_bowl(0.012, frozenset({"bowl"}))  # resting on its floor
+    assert in_bowl(0.036 - RIM_CLEARANCE_M, frozenset({"bowl", "left_bin_wall"}))  # tilted in
+    assert not in_bowl(0.036 - RIM_CLEARANCE_M + 0.001, frozenset({"bowl"}))  # across the rim
+    assert not in_bowl(0.002, frozenset({"bowl", "left_bin_floor"}))  # leaning from outside
+    assert not in_bowl(0.002, frozenset({"bowl", "table"}))
+    # unknown (an older or a real scene without them): only the centre is judged, as before
+    assert in_bowl(None, None) and in_bowl(0.05, None) is False
+    # the plate has no rim: an object on it is judged by its centre alone
+    on_plate = replace(obj("box", (0.45, 0.25, 0.03)), bottom_z=0.05, touching=frozenset())
+    scene_plate = SceneState((on_plate,), (PLATE, bowl), RIGHT, LEFT, (0.5, 0.0, 0.3), False)
+    assert get_task("place-on-plate").succeeded(scene_plate)

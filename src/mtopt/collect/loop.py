@@ -23,6 +23,7 @@ import numpy as np
 from mtopt.policies.base import Policy
 from mtopt.robots.base import Robot
 from mtopt.sim.runner import run_episode
+from mtopt.sim.seeds import random_scene_seed
 from mtopt.store.schema import Episode
 from mtopt.store.writer import EpisodeWriter
 from mtopt.tasks.registry import TaskRegistry, TaskSpec
@@ -221,7 +222,7 @@ class CollectLoop:
         failed: set[str] = set()
         while True:
             if self.needs_reset:
-                self.robot.reset_scene(int(self.rng.integers(0, 2**31 - 1)))
+                self.robot.reset_scene(random_scene_seed(self.rng))
                 self.chain_len, self.prev_id, self.needs_reset = 0, None, False
             left = [i for i, t in enumerate(self.tasks) if t.name not in failed]
             if not left:

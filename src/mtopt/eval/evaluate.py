@@ -13,25 +13,40 @@ from mtopt.policies.base import Policy
 from mtopt.robots.sim_robot import SimRobot
 from mtopt.sim.cell import SimConfig
 from mtopt.sim.runner import run_episode
+from mtopt.sim.seeds import is_reserved_seed
 from mtopt.tasks.registry import TaskRegistry, TaskSpec
 
-EVAL_SEED_OFFSET = 7_000_000  # evaluation scene seeds never used for collection seeds of the fleet
+EVAL_SEED_OFFSET = 7_000_000  # evaluation scenes: below mtopt.sim.seeds.COLLECTION_SEED_LOW
 SETUP_TRIES = 3
 """Scenes tried for one evaluation episode of a task the robot must set up (a place task's
 object put in the gripper): a scene where that fails is replaced, not scored as a failure."""
 SETUP_RETRY_STRIDE = 50_000_000
+MAX_EVAL_SEED = 1000
+"""Largest ``seed`` of ``eval_scene_seed``: all its scenes stay below the collection range."""
 
 
 def eval_scene_seed(seed: int, task_index: int, episode: int, attempt: int = 0) -> int:
     """The held-out scene of evaluation episode ``episode`` of the ``task_index``-th task;
-    ``attempt`` > 0: its replacement when the task cannot be set up in the scene before."""
-    return (
+    ``attempt`` > 0: its replacement when the task cannot be set up in the scene before.
+
+    Every evaluation seed lies below ``COLLECTION_SEED_LOW``, a range collection never
+    draws from (``mtopt.sim.seeds``); arguments that would leave it are refused."""
+    if not (0 <= seed <= MAX_EVAL_SEED and 0 <= task_index < 100 and 0 <= episode < 1000):
+        raise ValueError(
+            f"evaluation seed {seed}, task {task_index}, episode {episode} out of range "
+            f"(seed 0..{MAX_EVAL_SEED}, task 0..99, episode 0..999)"
+        )
+    if not 0 <= attempt < SETUP_TRIES:
+        raise ValueError(f"attempt {attempt} out of range (0..{SETUP_TRIES - 1})")
+    value = (
         EVAL_SEED_OFFSET
         + seed * 100_000
         + task_index * 1000
         + episode
         + SETUP_RETRY_STRIDE * attempt
     )
+    assert is_reserved_seed(value), value
+    return value
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -68,6 +83,8 @@ def evaluate_outcomes(
 
     robot: evaluate on this robot (built from ``sim`` by the caller, who closes it), for
     policies that need it, such as the privileged ``mtopt.sim.oracle.OraclePolicy``."""
+    if episodes_per_task > 0 and tasks:  # the scenes exist: clear error before any work
+        eval_scene_seed(seed, len(tasks) - 1, episodes_per_task - 1, SETUP_TRIES - 1)
     own = robot is None
     if robot is None:
         robot = SimRobot(sim, robot_id="eval", seed=seed)

@@ -17,7 +17,9 @@ from mtopt.sim.cell import (
     RIGHT_BIN_CENTER,
     SimCell,
     SimConfig,
+    nearest_equivalent_yaw,
 )
+from mtopt.sim.seeds import random_scene_seed
 from mtopt.tasks.registry import TaskSpec
 from mtopt.tasks.scene import SceneState
 
@@ -41,7 +43,7 @@ class SimRobot:
     # ---------------------------------------------------------------- Robot protocol
     def reset_scene(self, seed: int | None = None) -> Observation:
         if seed is None:
-            seed = int(self.rng.integers(0, 2**31 - 1))
+            seed = random_scene_seed(self.rng)
         self.scene_seed = int(seed)
         self.rng = np.random.default_rng([self.scene_seed, 1])
         self.cell.reset_scene(self.scene_seed)
@@ -111,7 +113,11 @@ class SimRobot:
         """
         x, y, z = (float(v) for v in self.cell.tcp_position())
         px, py, pz = PRESENT_TCP
-        self.cell.move_gripper_along([(x, y, max(z, pz)), (px, py, pz)], yaw=PRESENT_YAW)
+        # the nearest yaw that looks the same: the wrist turns at most 90 degrees, however
+        # many turns the episode made (until 2026-12-05 it unwound them all, up to ~7.6 rad
+        # in 0.2 s, which could fling a held object)
+        yaw = nearest_equivalent_yaw(self.cell.commanded_yaw, PRESENT_YAW)
+        self.cell.move_gripper_along([(x, y, max(z, pz)), (px, py, pz)], yaw=yaw)
         self.cell.settle(10)
         return self.cell.render(view="outcome")
 
@@ -163,7 +169,7 @@ class SimRobot:
         """
         label = not positive
         for _ in range(max_tries):
-            self.reset_scene(int(rng.integers(0, 2**31 - 1)))
+            self.reset_scene(random_scene_seed(rng))
             bodies = [b for b, _ in self.cell.object_bodies()]
             rng.shuffle(bodies)
             # positives: try every object of the scene until one makes the task succeed

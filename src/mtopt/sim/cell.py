@@ -27,7 +27,7 @@ import pybullet as pb
 
 from mtopt.robots.action import IDX_DYAW, validate_action, wants_close
 from mtopt.sim.config import SCENE_CAMERA, SimConfig
-from mtopt.sim.objects import ObjectSpec, Part, sample_objects
+from mtopt.sim.objects import ObjectSpec, Part, lowest_point, sample_objects
 from mtopt.tasks.scene import BinState, FixtureState, ObjectState, SceneState
 
 BIN_HALF = 0.10  # inner half extent of both bins
@@ -39,7 +39,11 @@ TCP_BELOW_PALM = 0.055  # TCP offset below the palm centre
 FINGER_OPEN = 0.045  # finger offset from the centre when open
 FINGER_GAP_OPEN = 2 * FINGER_OPEN - 0.012  # finger_gap() when fully open (m)
 PLATE_RADIUS = 0.055
-BOWL_RADIUS = 0.04
+BOWL_RADIUS = 0.04  # inner radius: the wall stands outside it
+BOWL_WALL_T = 0.008  # wall thickness (m)
+BOWL_OUTER_RADIUS = BOWL_RADIUS + BOWL_WALL_T
+BOWL_RIM_Z = 0.036  # top of the wall above the bowl's base (the bin floor)
+BOWL_FLOOR_Z = 0.004  # top of the bowl's floor disc (reported as 0.008 until 2026-12-05)
 
 
 FIXTURE_GAP = 0.01  # least clearance between the plate's and the bowl's rims (m)
@@ -56,12 +60,12 @@ def fixture_layout(
     2026-11-28 the cell tried 200 single draws and then fell back to one fixed diagonal
     layout, which half of all scenes got.)"""
     lim_p = BIN_HALF - PLATE_RADIUS - 0.002
-    lim_b = BIN_HALF - BOWL_RADIUS - 0.012
+    lim_b = BIN_HALF - BOWL_OUTER_RADIUS - 0.004
     centre = np.asarray(LEFT_BIN_CENTER)
     for _ in range(100):  # each batch fails with p ~ 0.17
         pc = centre + rng.uniform(-lim_p, lim_p, (batch, 2))
         bc = centre + rng.uniform(-lim_b, lim_b, (batch, 2))
-        ok = np.flatnonzero(np.hypot(*(pc - bc).T) > PLATE_RADIUS + BOWL_RADIUS + FIXTURE_GAP)
+        ok = np.flatnonzero(np.hypot(*(pc - bc).T) > PLATE_RADIUS + BOWL_OUTER_RADIUS + FIXTURE_GAP)
         if ok.size:
             i = int(ok[0])
             return (float(pc[i, 0]), float(pc[i, 1])), (float(bc[i, 0]), float(bc[i, 1]))
@@ -175,35 +179,38 @@ class SimCell:
         n_seg = 12
         shapes, vis, pos, orn = [], [], [], []
         shapes.append(
-            p(pb.createCollisionShape, pb.GEOM_CYLINDER, radius=BOWL_RADIUS + 0.008, height=0.008)
+            p(pb.createCollisionShape, pb.GEOM_CYLINDER, radius=BOWL_OUTER_RADIUS, height=0.008)
         )
         vis.append(
             p(
                 pb.createVisualShape,
                 pb.GEOM_CYLINDER,
-                radius=BOWL_RADIUS + 0.008,
+                radius=BOWL_OUTER_RADIUS,
                 length=0.008,
                 rgbaColor=[0.2, 0.35, 0.8, 1],
             )
         )
         pos.append([0, 0, 0.004])
         orn.append([0, 0, 0, 1])
-        seg_half = math.pi * (BOWL_RADIUS + 0.008) / n_seg
+        seg_half = math.pi * BOWL_OUTER_RADIUS / n_seg
+        wall_half = (BOWL_WALL_T / 2, seg_half, BOWL_RIM_Z / 2)
         for k in range(n_seg):
             a = 2 * math.pi * k / n_seg
-            shapes.append(
-                p(pb.createCollisionShape, pb.GEOM_BOX, halfExtents=[0.004, seg_half, 0.018])
-            )
+            shapes.append(p(pb.createCollisionShape, pb.GEOM_BOX, halfExtents=list(wall_half)))
             vis.append(
                 p(
                     pb.createVisualShape,
                     pb.GEOM_BOX,
-                    halfExtents=[0.004, seg_half, 0.018],
+                    halfExtents=list(wall_half),
                     rgbaColor=[0.2, 0.35, 0.8, 1],
                 )
             )
             pos.append(
-                [(BOWL_RADIUS + 0.004) * math.cos(a), (BOWL_RADIUS + 0.004) * math.sin(a), 0.018]
+                [
+                    (BOWL_RADIUS + BOWL_WALL_T / 2) * math.cos(a),
+                    (BOWL_RADIUS + BOWL_WALL_T / 2) * math.sin(a),
+                    BOWL_RIM_Z / 2,
+                ]
             )
             orn.append(pb.getQuaternionFromEuler([0, 0, a]))
         bowl = self._multi(shapes, vis, pos, orn, mass=0.0, base=[0, 0.3, 0])
@@ -353,7 +360,7 @@ class SimCell:
         p(pb.resetBasePositionAndOrientation, self.bowl, [bc[0], bc[1], 0.0], [0, 0, 0, 1])
         scene.fixtures = [
             ("plate", self.plate, (pc[0], pc[1], 0.012), PLATE_RADIUS),
-            ("bowl", self.bowl, (bc[0], bc[1], 0.008), BOWL_RADIUS),
+            ("bowl", self.bowl, (bc[0], bc[1], BOWL_FLOOR_Z), BOWL_RADIUS),
         ]
         if cfg.randomize:
             scene.light_dir = (
@@ -538,6 +545,12 @@ class SimCell:
             self._tcp = goal
         self._yaw = yaw1
 
+    @property
+    def commanded_yaw(self) -> float:
+        """The wrist's commanded yaw (rad), unwrapped: it keeps the turns the episode made
+        (``pose`` reports it wrapped)."""
+        return self._yaw
+
     def _settle_fingers(self, max_substeps: int, chunk: int = 4) -> None:
         """Step the world (the wrist holding its pose) until the fingers stop moving or
         ``max_substeps`` have run."""
@@ -578,10 +591,15 @@ class SimCell:
         return np.clip(tcp, lo, hi)
 
     def apply_action(self, action: np.ndarray) -> None:
-        """Execute one validated action: move (interpolated), rotate, open/close the gripper."""
+        """Execute one validated action: move (interpolated), rotate, open/close the gripper.
+
+        The move starts from the previous command or the measured position
+        (``SimConfig.move_from``)."""
         a = validate_action(action)
         cfg = self.config
-        start = self._tcp.copy()
+        start = (
+            self._tcp.copy() if cfg.move_from == "command" else self._clip_tcp(self.tcp_position())
+        )
         goal = self._clip_tcp(start + a[:3].astype(np.float64) * cfg.max_step_m)
         yaw0 = self._yaw
         yaw1 = yaw0 + float(a[IDX_DYAW]) * cfg.max_yaw_rad
@@ -692,14 +710,40 @@ class SimCell:
     def _touching(self, body: int, link: int) -> bool:
         return bool(self._p(pb.getContactPoints, bodyA=self.gripper, bodyB=body, linkIndexA=link))
 
+    def _static_contacts(self, body: int, static: dict[str, int]) -> list[str]:
+        """Names (``STATIC_PARTS``) of the static parts ``body`` touches; a bin's contacts
+        at its floor's height are its floor, the others its walls."""
+        out = []
+        for name, other in static.items():
+            points = self._p(pb.getContactPoints, body, other)
+            if not points:
+                continue
+            if name.endswith("_bin"):
+                on_floor = any(pt[6][2] <= FLOOR_Z + 0.002 for pt in points)  # on B
+                on_wall = any(pt[6][2] > FLOOR_Z + 0.002 for pt in points)
+                out += [f"{name}_floor"] * on_floor + [f"{name}_wall"] * on_wall
+            else:
+                out.append(name)
+        return out
+
     def scene_state(self) -> SceneState:
         """Ground truth (simulator only): used to label SD examples and to evaluate."""
         if self._scene is None:
             raise RuntimeError("scene_state() before reset_scene()")
         objs = []
+        static = {
+            "table": self.table,
+            "right_bin": self.bins[0],
+            "left_bin": self.bins[1],
+            "plate": self.plate,
+            "bowl": self.bowl,
+        }
         for o in self._scene.objects:
-            pos, _ = self._p(pb.getBasePositionAndOrientation, o.body)
+            pos, orn = self._p(pb.getBasePositionAndOrientation, o.body)
+            rot = np.asarray(pb.getMatrixFromQuaternion(orn)).reshape(3, 3)
+            bottom = lowest_point(o.spec, np.asarray(pos), rot)
             held = self._closed and self._touching(o.body, 0) and self._touching(o.body, 1)
+            touching = frozenset(self._static_contacts(o.body, static))
             objs.append(
                 ObjectState(
                     o.body,
@@ -708,9 +752,14 @@ class SimCell:
                     o.spec.size,
                     (float(pos[0]), float(pos[1]), float(pos[2])),
                     held,
+                    float(bottom),
+                    touching,
                 )
             )
-        fixtures = tuple(FixtureState(kind, pos, r) for kind, _, pos, r in self._scene.fixtures)
+        fixtures = tuple(
+            FixtureState(kind, pos, r, FLOOR_Z + BOWL_RIM_Z if kind == "bowl" else None)
+            for kind, _, pos, r in self._scene.fixtures
+        )
         tcp = self.tcp_position()
         return SceneState(
             objects=tuple(objs),
@@ -820,3 +869,10 @@ class SimCell:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
+
+
+def nearest_equivalent_yaw(current: float, target: float, period: float = math.pi) -> float:
+    """The yaw equivalent to ``target`` (modulo ``period``; a parallel gripper looks and
+    grasps the same turned by pi) that is nearest to the unwrapped ``current``: turning
+    there takes at most ``period / 2``."""
+    return current + math.remainder(target - current, period)

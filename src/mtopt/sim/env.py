@@ -38,6 +38,7 @@ from mtopt.robots.action import ACTION_DIM, validate_action
 from mtopt.robots.base import STATE_DIM, Observation
 from mtopt.robots.sim_robot import SimRobot
 from mtopt.sim.cell import NOT_COPYABLE, SimConfig
+from mtopt.sim.seeds import random_scene_seed
 from mtopt.tasks.registry import DEFAULT_REGISTRY, TaskRegistry
 
 
@@ -112,7 +113,7 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             seed = self._initial_seed
         self._initial_seed = None  # the constructor's seed seeds the first reset only
         super().reset(seed=seed)
-        scene_seed = int(self.np_random.integers(0, 2**31 - 1))
+        scene_seed = random_scene_seed(self.np_random)
         self._robot.reset_scene(scene_seed)
         self._robot.start_episode()
         ready = self._robot.prepare_for_task(self.task.starts_holding)

@@ -9,6 +9,7 @@ in a training scene.
 from __future__ import annotations
 
 import colorsys
+import math
 import zlib
 from dataclasses import dataclass
 from typing import Literal
@@ -129,3 +130,55 @@ def sample_objects(
     """Draw ``n`` object instances of the given split (categories drawn uniformly)."""
     numbers = instance_numbers(split)
     return [make_object(str(rng.choice(categories)), int(rng.choice(numbers))) for _ in range(n)]
+
+
+def euler_matrix(roll: float, pitch: float, yaw: float) -> np.ndarray:
+    """Rotation matrix of PyBullet's Euler angles (``getQuaternionFromEuler``):
+    Rz(yaw) @ Ry(pitch) @ Rx(roll)."""
+    cr, sr, cp, sp, cy, sy = (
+        math.cos(roll),
+        math.sin(roll),
+        math.cos(pitch),
+        math.sin(pitch),
+        math.cos(yaw),
+        math.sin(yaw),
+    )
+    rx = np.array([[1, 0, 0], [0, cr, -sr], [0, sr, cr]])
+    ry = np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]])
+    rz = np.array([[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def part_lowest_point(part: Part, centre: np.ndarray, rotation: np.ndarray) -> float:
+    """Lowest world z of one primitive with its centre and world rotation (exact, unlike
+    PyBullet's bounding boxes, which reach up to a centimetre lower for tilted capsules).
+    Cylinders and capsules run along their local z axis, as in PyBullet."""
+    up = np.abs(rotation[2])  # |z component| of each local axis
+    if part.shape == "box":
+        return float(centre[2] - up @ np.asarray(part.dims))
+    r = part.dims[0]
+    if part.shape == "sphere":
+        return float(centre[2] - r)
+    half = part.dims[1] / 2
+    if part.shape == "capsule":
+        return float(centre[2] - up[2] * half - r)
+    if part.shape == "cylinder":
+        return float(centre[2] - up[2] * half - r * math.sqrt(max(0.0, 1.0 - up[2] ** 2)))
+    raise ValueError(f"unknown part shape {part.shape!r}")
+
+
+def lowest_point(spec: ObjectSpec, position: np.ndarray, rotation: np.ndarray) -> float:
+    """Lowest world z of an object whose body is at ``position`` with world ``rotation``
+    (3x3). A single part is the body itself (its Euler angles are in the body's
+    orientation); several parts sit at their offsets and angles in the body's frame, as
+    ``SimCell`` builds them."""
+    position = np.asarray(position, dtype=np.float64)
+    rotation = np.asarray(rotation, dtype=np.float64)
+    if len(spec.parts) == 1:
+        return part_lowest_point(spec.parts[0], position, rotation)
+    return min(
+        part_lowest_point(
+            q, position + rotation @ np.asarray(q.offset), rotation @ euler_matrix(*q.euler)
+        )
+        for q in spec.parts
+    )

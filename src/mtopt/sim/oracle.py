@@ -124,7 +124,13 @@ def place_target(
     spots = [f.position for f in scene.fixtures]
     spots.append((*scene.left_bin.center, scene.left_bin.floor_z))
     for spot in spots:
-        resting = replace(held, in_gripper=False, position=(spot[0], spot[1], spot[2] + 0.02))
+        resting = replace(
+            held,
+            in_gripper=False,
+            position=(spot[0], spot[1], spot[2] + 0.02),
+            bottom_z=spot[2],  # lying on the spot's surface, touching nothing else
+            touching=None,
+        )
         objs = tuple(resting if o.uid == held.uid else o for o in scene.objects)
         if spec.succeeded(replace(scene, objects=objs)):
             return spot

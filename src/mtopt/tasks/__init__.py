@@ -11,6 +11,7 @@ from mtopt.tasks.registry import (
 from mtopt.tasks.scene import (
     CATEGORIES,
     FIXTURE_KINDS,
+    STATIC_PARTS,
     BinState,
     FixtureState,
     ObjectState,
@@ -21,6 +22,7 @@ __all__ = [
     "CATEGORIES",
     "DEFAULT_REGISTRY",
     "FIXTURE_KINDS",
+    "STATIC_PARTS",
     "BinState",
     "FixtureState",
     "ObjectState",

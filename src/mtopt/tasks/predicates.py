@@ -12,9 +12,13 @@ from collections.abc import Callable
 from mtopt.tasks.scene import FixtureState, ObjectState, SceneState
 
 Predicate = Callable[[SceneState], bool]
+FLOORS = frozenset({"table", "right_bin_floor", "left_bin_floor"})
 
 LIFT_HEIGHT_M = 0.10  # object centre this far above its bin floor, held by the gripper
 ON_FIXTURE_MAX_HEIGHT_M = 0.08  # object centre at most this far above the fixture surface
+RIM_CLEARANCE_M = 0.005
+"""An object is in a walled fixture (the bowl) only when its lowest point is at least this
+far below the rim's top: one lying across the rim is not in it."""
 
 
 def _horizontal_distance(a: tuple[float, float, float], b: tuple[float, float, float]) -> float:
@@ -32,12 +36,25 @@ def is_lifted(obj: ObjectState, scene: SceneState) -> bool:
 
 
 def is_on_fixture(obj: ObjectState, fixture: FixtureState) -> bool:
+    """Released, its centre within the fixture's radius and at most
+    ``ON_FIXTURE_MAX_HEIGHT_M`` above its surface; for a walled fixture (the bowl, with
+    ``rim_z``) its lowest point is also below the rim and it touches no bin or table
+    (where known: ``ObjectState.bottom_z``, ``touching``): a long object partly in the
+    bowl counts, one across the rim or leaning on it from outside does not (until
+    2026-12-05 the rim was not judged)."""
     if obj.in_gripper:
         return False
     if _horizontal_distance(obj.position, fixture.position) > fixture.radius:
         return False
     dz = obj.position[2] - fixture.position[2]
-    return -0.02 <= dz <= ON_FIXTURE_MAX_HEIGHT_M
+    if not -0.02 <= dz <= ON_FIXTURE_MAX_HEIGHT_M:
+        return False
+    if fixture.rim_z is None:
+        return True
+    if obj.bottom_z is not None and obj.bottom_z > fixture.rim_z - RIM_CLEARANCE_M:
+        return False  # across the rim
+    # leaning on the rim from outside, one end on the bin's floor
+    return obj.touching is None or not obj.touching & FLOORS
 
 
 def lift(category: str | None = None, min_size: float | None = None) -> Predicate:

@@ -11,6 +11,14 @@ from dataclasses import dataclass
 
 CATEGORIES: tuple[str, ...] = ("box", "can", "ball", "capsule", "bottle", "banana")
 FIXTURE_KINDS: tuple[str, ...] = ("plate", "bowl")
+STATIC_PARTS: tuple[str, ...] = (
+    "table",
+    "right_bin_floor",
+    "right_bin_wall",
+    "left_bin_floor",
+    "left_bin_wall",
+    *FIXTURE_KINDS,
+)
 
 
 @dataclass(frozen=True)
@@ -21,6 +29,10 @@ class ObjectState:
     size: float  # largest half-extent in metres
     position: tuple[float, float, float]
     in_gripper: bool  # touched by both fingers while the gripper is closed
+    bottom_z: float | None = None
+    """Lowest point (m, world z); None when unknown: then a fixture's rim is not judged."""
+    touching: frozenset[str] | None = None
+    """The cell's static parts it touches: of ``STATIC_PARTS``; None when unknown."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +40,9 @@ class FixtureState:
     kind: str  # "plate" | "bowl"
     position: tuple[float, float, float]  # centre of the surface an object rests on
     radius: float  # usable radius for "on"/"in"
+    rim_z: float | None = None
+    """Top of the fixture's wall (m, world z); None for a flat fixture (the plate). An
+    object is in a walled fixture only when its lowest point is below the rim."""
 
 
 @dataclass(frozen=True)
