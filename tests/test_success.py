@@ -207,6 +207,16 @@ def _store(tmp_path: Path) -> Path:
     return tmp_path / "store"
 
 
+def test_the_labeling_page_answers_loopback_names_only_when_it_binds_to_loopback() -> None:
+    from mtopt.success.server import LOOPBACK_HOSTS, allowed_hosts_for
+
+    for host in ("127.0.0.1", "localhost", "::1", "[::1]"):
+        assert allowed_hosts_for(host) == LOOPBACK_HOSTS
+    assert allowed_hosts_for("127.0.0.2") == (*LOOPBACK_HOSTS, "127.0.0.2")  # all of 127/8
+    for host in ("0.0.0.0", "192.168.1.20", "::", "robot-lab.local"):
+        assert allowed_hosts_for(host) == ("*",)
+
+
 def test_label_api_and_bad_requests(tmp_path: Path) -> None:
     store = _store(tmp_path)
     # a request for another host name (a page elsewhere whose name points here: DNS

@@ -214,20 +214,14 @@ def label(
 
     from mtopt.qtopt.weights import WeightsError
     from mtopt.store.reader import StoreNotFoundError
-    from mtopt.success.server import LOOPBACK_HOSTS, create_app
+    from mtopt.success.server import allowed_hosts_for, create_app
 
     labels_path = labels or store / "labels.jsonl"
     if labels_path.is_dir():
         _fail(f"--labels {labels_path} is a directory; give the labels file's path")
     try:
-        # served beyond this machine (--host 0.0.0.0 or an address): any Host header
-        local = host in ("127.0.0.1", "localhost", "::1")
         api = create_app(
-            store,
-            labels_path,
-            weights,
-            _registry(tasks_file),
-            allowed_hosts=LOOPBACK_HOSTS if local else ("*",),
+            store, labels_path, weights, _registry(tasks_file), allowed_hosts_for(host)
         )
     except (StoreNotFoundError, WeightsError, ValueError) as exc:
         _fail(exc)

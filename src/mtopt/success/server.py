@@ -13,6 +13,7 @@ until the task changes or the page is reloaded.
 from __future__ import annotations
 
 import io
+import ipaddress
 import logging
 import threading
 import time
@@ -155,6 +156,23 @@ def _index_rows(table: Any) -> list[tuple[str, str, np.ndarray | None]]:
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 """The Host headers the labeling page answers by default (it binds to 127.0.0.1)."""
+
+
+def allowed_hosts_for(bind_host: str) -> tuple[str, ...]:
+    """The Host headers to answer when serving on ``bind_host``: on a loopback address
+    (localhost, 127.0.0.0/8, ::1) only loopback names, which refuses DNS-rebinding
+    requests; served beyond this machine (0.0.0.0, an address or a name of it), any."""
+    name = bind_host.strip("[]")
+    if name == "localhost":
+        return LOOPBACK_HOSTS
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:  # a host name other than localhost
+        return ("*",)
+    if not ip.is_loopback:
+        return ("*",)
+    shown = f"[{name}]" if ip.version == 6 else name
+    return tuple(dict.fromkeys((*LOOPBACK_HOSTS, shown)))
 
 
 def create_app(
