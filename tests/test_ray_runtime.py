@@ -93,6 +93,28 @@ def test_ray_run_relabels_and_retrains_the_sd_and_ingests_the_last_episodes(
     assert "place-can-on-plate" in summary["buffer_sizes"]
 
 
+@pytest.mark.timeout(600)
+def test_an_interrupted_ray_run_counts_every_stored_episode(tmp_path: Path) -> None:
+    """Ctrl-C (KeyboardInterrupt in the driver's loop): the robots' calls under way end
+    and the summary counts every episode in the store (it used to skip that count and
+    report the last poll's)."""
+    from mtopt.runtime.ray_runtime import run_ray
+
+    cfg = override(
+        preset("tiny"), ["robots=2", "max_learner_steps=400", "max_episodes=0", "budget_minutes=6"]
+    )
+
+    def interrupt(robots: list, replays: list, step: int) -> None:  # type: ignore[type-arg]
+        if step >= 16:
+            raise KeyboardInterrupt
+
+    summary = run_ray(cfg, tmp_path / "run", kill_hook=interrupt)
+    assert 16 <= summary["learner_steps"] < 400
+    stored = [r for r in EpisodeReader(tmp_path / "run" / "store").metadata() if r["num_steps"]]
+    assert summary["episodes"] == len(stored) > 0
+    assert (tmp_path / "run" / "checkpoints" / "learner.pt").exists()
+
+
 @pytest.mark.timeout(900)
 def test_a_resumed_ray_run_goes_on_with_new_scenes_and_its_counters(tmp_path: Path) -> None:
     """Resume on Ray: the learner goes on from its checkpoint, the SD round counters come

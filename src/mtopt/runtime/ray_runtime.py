@@ -349,6 +349,31 @@ def run_ray(
     bar = progress_bar(learner.step, c.max_learner_steps)
     sd_pool = ThreadPoolExecutor(1, thread_name_prefix="sd-round")
     sd_job: Future[tuple[Any, int]] | None = None
+    replays: list[Any] = []
+    pending: dict[Any, Any] = {}
+
+    def settle_robots(timeout_s: float) -> None:
+        """Wait (bounded) for the robots' calls under way; none is started again."""
+        end = time.time() + timeout_s
+        for ref in list(pending):
+            with contextlib.suppress(Exception):
+                ray.get(ref, timeout=max(0.1, end - time.time()))
+
+    def final_view(timeout_s: float) -> None:
+        """The episodes the last robot calls flushed and the buffers' composition, for the
+        summary and the report; best effort, bounded (an actor may be gone)."""
+        nonlocal ingested, comp, buffer_sizes, batch_share
+        if not replays:
+            return
+        with contextlib.suppress(Exception):
+            ingested, comp = merged_progress(
+                ray.get([r.step.remote(0) for r in replays], timeout=timeout_s)
+            )
+        with contextlib.suppress(Exception):
+            buffer_sizes, batch_share = merged_report_views(
+                ray.get([r.report_view.remote() for r in replays], timeout=timeout_s)
+            )
+
     try:
         robot_cls, replay_cls = _robot_actor_cls(), _replay_actor_cls()
         robots = [robot_cls.remote(i, c, str(p.root), c.seed * 100 + i) for i in range(c.robots)]
@@ -359,7 +384,7 @@ def run_ray(
             for i in range(c.replay_workers)
         ]
         per_call = 4
-        pending = {r.run.remote(per_call): r for r in robots}
+        pending.update({r.run.remote(per_call): r for r in robots})
         last_eval = learner.step
         held, wanted = (
             0,
@@ -433,20 +458,13 @@ def run_ray(
         if sd_job is not None:  # a round under way: its detector and labels are kept
             sd, sd_labels = sd_job.result()
             sd_job = None
-        for ref in list(pending):
-            with contextlib.suppress(Exception):
-                ray.get(ref, timeout=60)
-        # the episodes the last robot calls flushed: in the summary and the report
-        with contextlib.suppress(Exception):
-            ingested, comp = merged_progress(
-                ray.get([r.step.remote(0) for r in replays], timeout=120)
-            )
-        with contextlib.suppress(Exception):
-            buffer_sizes, batch_share = merged_report_views(
-                ray.get([r.report_view.remote() for r in replays], timeout=120)
-            )
+        settle_robots(60)
+        final_view(120)
     except KeyboardInterrupt:  # as the local runtime: checkpoint, evaluate, report
         log.warning("interrupted: checkpointing and writing the report")
+        # the robots' last calls finish (a few episodes) and are counted, as on a normal end
+        settle_robots(30)
+        final_view(30)
     finally:
         bar.close()
         if sd_job is not None:  # interrupted mid-round: its detector and labels are kept,
