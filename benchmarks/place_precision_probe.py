@@ -58,7 +58,11 @@ def target_fixtures(task: str, scene: SceneState) -> list[FixtureState]:
     out = []
     for f in scene.fixtures:
         x, y, z = f.position
-        resting = replace(held, in_gripper=False, position=(x, y, z + 0.02))
+        # resting on the fixture's surface, touching nothing else (the held object's own
+        # lowest point and contacts would not count it as in the bowl)
+        resting = replace(
+            held, in_gripper=False, position=(x, y, z + 0.02), bottom_z=z, touching=None
+        )
         objs = tuple(resting if o.uid == held.uid else o for o in scene.objects)
         if spec.succeeded(replace(scene, objects=objs)):
             out.append(f)

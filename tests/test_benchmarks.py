@@ -198,6 +198,21 @@ def test_learning_curves_stitch_resumed_clocks_and_average_windows(tmp_path: Pat
     assert "no run labelled ['x']" in plot_saved(f"{tmp_path / 'c.json'}:x", "2").stderr
 
 
+def test_place_precision_targets_the_bowl_for_an_object_still_held_high() -> None:
+    """The held object's own lowest point (in the gripper, far above the rim) and contacts
+    must not decide whether the bowl is a target."""
+    from mtopt.tasks.scene import BinState, FixtureState, ObjectState, SceneState
+    from place_precision_probe import target_fixtures
+
+    bowl = FixtureState("bowl", (0.0, -0.13, 0.004), 0.04, rim_z=0.036)
+    plate = FixtureState("plate", (0.06, -0.13, 0.012), 0.055)
+    held = ObjectState(1, "ball", "ball/test/001", 0.02, (0.1, 0.0, 0.25), True, 0.23, frozenset())
+    bins = BinState((0.0, 0.13), (0.1, 0.1), 0.0), BinState((0.0, -0.13), (0.1, 0.1), 0.0)
+    scene = SceneState((held,), (plate, bowl), *bins, (0.1, 0.0, 0.25), True)
+    assert [f.kind for f in target_fixtures("place-in-bowl", scene)] == ["bowl"]
+    assert [f.kind for f in target_fixtures("place-any", scene)] == ["plate", "bowl"]
+
+
 def test_place_precision_where_and_summary_by_hand() -> None:
     from mtopt.tasks.scene import FixtureState, ObjectState
     from place_precision_probe import summarize, where

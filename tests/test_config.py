@@ -312,3 +312,19 @@ def test_new_tasks_from_the_command_line_and_a_resume_that_would_change_them(tmp
     (tmp_path / "src").mkdir()
     rel = with_new_tasks(preset("local"), None, tmp_path / "src" / ".." / "src")
     assert rel.init_from and rel.init_from.startswith("/")
+
+
+def test_any_run_seed_has_held_out_scenes_and_evaluation_limits_are_checked_up_front() -> None:
+    from mtopt.runtime.config import preset
+
+    base = preset("tiny")
+    assert override(base, ["seed=3"]).eval_seed == 3
+    assert override(base, ["seed=503"]).eval_seed == 3  # seeds 500 apart share scenes
+    assert override(base, ["seed=12345"]).validate().eval_seed == 345
+    for bad, match in (
+        ("eval.episodes_per_task=1001", "eval.episodes_per_task must be <= 1000"),
+        ("eval.scripted_episodes=2000", "eval.scripted_episodes must be <= 1000"),
+        ("seed=-1", "seed must be >= 0"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            override(base, [bad]).validate()

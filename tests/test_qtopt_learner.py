@@ -260,3 +260,43 @@ def test_a_checkpoint_from_newer_code_is_a_clear_error(tmp_path: Path) -> None:
     torch.save(state, ck)
     with pytest.raises(WeightsError, match="newer version"):
         Learner.resume(ck)
+
+
+def test_two_publishers_take_turns_and_the_second_same_version_is_refused(
+    tmp_path: Path,
+) -> None:
+    """A publish waits while another process (here: this test) holds the folder's publish
+    lock, and then sees the other's version: one with the same number is refused instead
+    of overwriting it."""
+    import threading
+
+    from mtopt.qtopt.weights import publish, publish_lock
+
+    tensors = {"w": torch.zeros(2)}
+    errors: list[Exception] = []
+
+    def second() -> None:
+        try:
+            publish(tmp_path, tensors, 1, {"who": "second"}, prefix="sd")
+        except WeightsError as exc:
+            errors.append(exc)
+
+    with publish_lock(tmp_path, "sd"):
+        t = threading.Thread(target=second)
+        t.start()
+        t.join(0.5)
+        assert t.is_alive()  # waiting for the lock
+        publish_first = {"w": torch.ones(2)}
+        from mtopt.qtopt.weights import atomic_write_bytes, atomic_write_json, save
+
+        # the first publisher's writes, made while it holds the lock
+        atomic_write_bytes(tmp_path / "sd-00000001.safetensors", save(publish_first))
+        atomic_write_json(
+            tmp_path / "sd-latest.json",
+            {"version": 1, "file": "sd-00000001.safetensors", "meta": {"who": "first"}},
+        )
+    t.join(10)
+    assert not t.is_alive()
+    assert len(errors) == 1 and "not newer" in str(errors[0])
+    version, got, meta = load_latest(tmp_path, "sd")
+    assert version == 1 and meta["who"] == "first" and torch.equal(got["w"], torch.ones(2))

@@ -567,6 +567,27 @@ def test_lowest_point_of_tilted_parts_by_hand() -> None:
     assert lowest_point(two, at, upside_down) == pytest.approx(0.1 - 0.01)
 
 
+def test_resting_multi_part_objects_report_their_lowest_point_at_the_floor() -> None:
+    """Bananas and bottles (several parts, each at its own offset and angle) lying in the
+    right bin: their exact lowest point is the bin's floor (PyBullet's bounding box put a
+    banana's up to a centimetre below it)."""
+    r = SimRobot(SimConfig(), seed=0)
+    seen: set[str] = set()
+    try:
+        for seed in range(40):
+            r.reset_scene(seed)
+            r.cell.settle(60)
+            for o in r.scene_state().objects:
+                if o.category in ("banana", "bottle") and o.touching == {"right_bin_floor"}:
+                    assert o.bottom_z == pytest.approx(0.0, abs=1.5e-3), (seed, o)
+                    seen.add(o.category)
+            if seen == {"banana", "bottle"}:
+                break
+    finally:
+        r.close()
+    assert seen == {"banana", "bottle"}
+
+
 def test_moves_start_from_the_measured_pose_when_asked() -> None:
     """A move blocked by the bin's wall leaves the command beyond the gripper; with
     move_from='command' (the default) the move back first unwinds that gap, with
@@ -605,6 +626,9 @@ def test_random_scenes_never_take_an_evaluation_seed() -> None:
     draws = [random_scene_seed(rng) for _ in range(10_000)]
     assert min(draws) >= COLLECTION_SEED_LOW and not any(map(is_reserved_seed, draws))
     assert is_reserved_seed(eval_scene_seed(MAX_EVAL_SEED, 99, 999, SETUP_TRIES - 1))
+    # the seeds' blocks never meet: the last main scene of the last seed comes before
+    # the first replacement scene of seed 0
+    assert eval_scene_seed(MAX_EVAL_SEED, 99, 999, 0) < eval_scene_seed(0, 0, 0, 1)
     for bad in ((MAX_EVAL_SEED + 1, 0, 0, 0), (0, 100, 0, 0), (0, 0, 1000, 0), (0, 0, 0, 3)):
         with pytest.raises(ValueError, match="out of range"):
             eval_scene_seed(*bad)

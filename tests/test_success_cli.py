@@ -150,3 +150,29 @@ def test_sd_commands_take_a_runs_own_tasks(tmp_path: Path) -> None:
     tasks.write_text(json.dumps([{**task, "fixture": ["plate"]}]))
     res = r.invoke(app, [*args, "--tasks-file", str(tasks)])
     assert res.exit_code == 2 and "tasks file" in res.output and "'fixture'" in res.output
+
+
+def test_sd_label_serves_loopback_names_only_on_a_loopback_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mtopt sd label` builds the app it serves with the Host names its bind address
+    allows (uvicorn is replaced: the app is checked, not served)."""
+    import uvicorn
+    from fastapi.testclient import TestClient
+    from tests.test_store import make_episode
+
+    from mtopt.store import EpisodeWriter
+
+    with EpisodeWriter(tmp_path / "store", "r0") as w:
+        w.write(make_episode(0))
+    served: dict[str, object] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda api, host, port, **kw: served.update(app=api))
+    for host, evil_status in (("127.0.0.1", 400), ("0.0.0.0", 200)):
+        res = CliRunner().invoke(
+            app, ["sd", "label", "--store", str(tmp_path / "store"), "--host", host]
+        )
+        assert res.exit_code == 0, res.output
+        client = TestClient(served["app"], base_url="http://evil.example")  # type: ignore[arg-type]
+        assert client.get("/api/tasks").status_code == evil_status
+        local = TestClient(served["app"], base_url="http://localhost:8765")  # type: ignore[arg-type]
+        assert local.get("/api/tasks").status_code == 200

@@ -13,7 +13,7 @@ from mtopt.policies.base import Policy
 from mtopt.robots.sim_robot import SimRobot
 from mtopt.sim.cell import SimConfig
 from mtopt.sim.runner import run_episode
-from mtopt.sim.seeds import is_reserved_seed
+from mtopt.sim.seeds import EVAL_MAX_EPISODES, EVAL_MAX_TASKS, EVAL_SEEDS, is_reserved_seed
 from mtopt.tasks.registry import TaskRegistry, TaskSpec
 
 EVAL_SEED_OFFSET = 7_000_000  # evaluation scenes: below mtopt.sim.seeds.COLLECTION_SEED_LOW
@@ -21,8 +21,10 @@ SETUP_TRIES = 3
 """Scenes tried for one evaluation episode of a task the robot must set up (a place task's
 object put in the gripper): a scene where that fails is replaced, not scored as a failure."""
 SETUP_RETRY_STRIDE = 50_000_000
-MAX_EVAL_SEED = 1000
-"""Largest ``seed`` of ``eval_scene_seed``: all its scenes stay below the collection range."""
+MAX_EVAL_SEED = EVAL_SEEDS - 1
+"""Largest ``seed`` of ``eval_scene_seed``: the blocks of two seeds (replacements
+included, ``SETUP_RETRY_STRIDE`` apart) never overlap, and all stay below the collection
+range."""
 
 
 def eval_scene_seed(seed: int, task_index: int, episode: int, attempt: int = 0) -> int:
@@ -31,10 +33,15 @@ def eval_scene_seed(seed: int, task_index: int, episode: int, attempt: int = 0) 
 
     Every evaluation seed lies below ``COLLECTION_SEED_LOW``, a range collection never
     draws from (``mtopt.sim.seeds``); arguments that would leave it are refused."""
-    if not (0 <= seed <= MAX_EVAL_SEED and 0 <= task_index < 100 and 0 <= episode < 1000):
+    if not (
+        0 <= seed <= MAX_EVAL_SEED
+        and 0 <= task_index < EVAL_MAX_TASKS
+        and 0 <= episode < EVAL_MAX_EPISODES
+    ):
         raise ValueError(
             f"evaluation seed {seed}, task {task_index}, episode {episode} out of range "
-            f"(seed 0..{MAX_EVAL_SEED}, task 0..99, episode 0..999)"
+            f"(seed 0..{MAX_EVAL_SEED}, task 0..{EVAL_MAX_TASKS - 1}, "
+            f"episode 0..{EVAL_MAX_EPISODES - 1})"
         )
     if not 0 <= attempt < SETUP_TRIES:
         raise ValueError(f"attempt {attempt} out of range (0..{SETUP_TRIES - 1})")

@@ -8,7 +8,9 @@ clear message instead of a shape error from deep inside PyTorch.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,24 @@ class WeightsError(RuntimeError):
     """Missing, corrupt or incompatible weights."""
 
 
+@contextlib.contextmanager
+def publish_lock(directory: Path, prefix: str) -> Iterator[None]:
+    """Hold ``<dir>/.<prefix>-publish.lock`` (an advisory POSIX lock; none where the
+    platform has no fcntl): two processes publishing into one folder (a run's SD rounds
+    and ``mtopt sd improve``) take turns, so neither overwrites the other's version."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(directory / f".{prefix}-publish.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def publish(
     directory: str | Path,
     tensors: dict[str, torch.Tensor],
@@ -31,26 +51,28 @@ def publish(
     prefix: str = "q",
     keep: int = 5,
 ) -> Path:
-    """Write weights ``version`` atomically, then point ``latest.json`` at it."""
+    """Write weights ``version`` atomically, then point ``latest.json`` at it. The check
+    that ``version`` is new and the writes happen under ``publish_lock``."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    latest = read_latest(d, prefix)
-    if latest is not None and version <= latest["version"]:
-        raise WeightsError(
-            f"version {version} is not newer than published version {latest['version']}"
-        )
-    path = d / f"{prefix}-{version:08d}.safetensors"
     blob = save(
         {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
         metadata={"meta": json.dumps(meta)},
     )
-    atomic_write_bytes(path, blob)
-    atomic_write_json(
-        d / f"{prefix}-latest.json", {"version": version, "file": path.name, "meta": meta}
-    )
-    old = sorted(d.glob(f"{prefix}-*.safetensors"))[:-keep]
-    for p in old:
-        p.unlink(missing_ok=True)
+    with publish_lock(d, prefix):
+        latest = read_latest(d, prefix)
+        if latest is not None and version <= latest["version"]:
+            raise WeightsError(
+                f"version {version} is not newer than published version {latest['version']}"
+            )
+        path = d / f"{prefix}-{version:08d}.safetensors"
+        atomic_write_bytes(path, blob)
+        atomic_write_json(
+            d / f"{prefix}-latest.json", {"version": version, "file": path.name, "meta": meta}
+        )
+        old = sorted(d.glob(f"{prefix}-*.safetensors"))[:-keep]
+        for p in old:
+            p.unlink(missing_ok=True)
     return path
 
 

@@ -14,6 +14,7 @@ from mtopt.qtopt.cem import CEMConfig
 from mtopt.qtopt.learner import LearnerConfig
 from mtopt.qtopt.networks import QNetConfig
 from mtopt.sim.config import SimConfig
+from mtopt.sim.seeds import EVAL_MAX_EPISODES, EVAL_MAX_TASKS, EVAL_SEEDS
 from mtopt.success.train import SDTrainConfig
 from mtopt.tasks.registry import TaskRegistry, read_tasks_file
 
@@ -97,7 +98,7 @@ class RunConfig:
     runtime: Literal["local", "ray"] = "local"
     """Where the components run."""
     seed: int = 0
-    """Seed for everything."""
+    """Seed for everything; the held-out evaluation scenes are those of ``eval_seed``."""
     robots: int = 1
     """Robot processes collecting in parallel (Ray: robot actors). 0: no simulated
     robots; the run learns from episodes that other processes (real robots, say) write
@@ -197,6 +198,12 @@ class RunConfig:
         same."""
         return dataclasses.replace(self.cem_act, precision="fp32")
 
+    @property
+    def eval_seed(self) -> int:
+        """The evaluation scene block of this run: ``seed`` modulo ``EVAL_SEEDS`` (500),
+        so any seed has held-out scenes (runs with seeds 500 apart share them)."""
+        return self.seed % EVAL_SEEDS
+
     def validate(self, registry: Any = None) -> RunConfig:
         """Every setting a run would otherwise trip over minutes later (after the success
         detector is staged and trained), checked at once: a clear ValueError. Task names
@@ -234,6 +241,19 @@ class RunConfig:
         at_least(e.episodes_per_task, 1, "eval.episodes_per_task")
         at_least(e.scripted_episodes, 1, "eval.scripted_episodes")
         at_least(e.every_steps, 1, "eval.every_steps")
+        for name, n in (
+            ("eval.episodes_per_task", e.episodes_per_task),
+            ("eval.scripted_episodes", e.scripted_episodes),
+        ):
+            if n > EVAL_MAX_EPISODES:
+                raise ValueError(
+                    f"{name} must be <= {EVAL_MAX_EPISODES} (a task's block of evaluation "
+                    f"scenes), got {n}"
+                )
+        if len(e.tasks) > EVAL_MAX_TASKS:
+            raise ValueError(f"eval.tasks: at most {EVAL_MAX_TASKS} tasks, got {len(e.tasks)}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if e.split not in ("train", "test"):
             raise ValueError(f"eval.split must be train or test, got {e.split!r}")
         for task in e.tasks:

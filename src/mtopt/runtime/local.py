@@ -624,7 +624,7 @@ class LocalRun:
             json.dumps(
                 {
                     "tasks": list(self.cfg.eval.tasks),
-                    "seed": self.cfg.seed,
+                    "seed": self.cfg.eval_seed,
                     "episodes": self.cfg.eval.scripted_episodes,
                     "sim": dataclasses.asdict(self._eval_sim()),
                     # scenes a place task cannot be set up in: replaced since 2026-12-04
@@ -648,7 +648,7 @@ class LocalRun:
             self.cfg.eval.tasks,
             self.cfg.eval.scripted_episodes,
             self._eval_sim(),
-            self.cfg.seed,
+            self.cfg.eval_seed,
         )
         atomic_write_json(path, res)
         atomic_write_json(key_path, key)
@@ -666,7 +666,7 @@ class LocalRun:
             self.cfg.eval.tasks,
             self.cfg.eval.episodes_per_task,
             self._eval_sim(),
-            self.cfg.seed,
+            self.cfg.eval_seed,
         )
 
     def learned_outcomes(self, learner: Learner) -> dict[str, list[bool]]:

@@ -16,6 +16,13 @@ SEED_HIGH = 2**31 - 1
 """Exclusive upper bound of every scene seed (PyBullet-independent; numpy takes 63 bits)."""
 COLLECTION_SEED_LOW = 2**28
 """Seeds below this are reserved for evaluation and tests; random scenes start here."""
+EVAL_SEEDS = 500
+"""Evaluation seeds 0..499 name disjoint blocks of held-out scenes
+(``mtopt.eval.evaluate.eval_scene_seed``); a run evaluates on its seed modulo this."""
+EVAL_MAX_TASKS = 100
+"""Tasks per evaluation at most (each task's scenes are a block of its own)."""
+EVAL_MAX_EPISODES = 1000
+"""Episodes per task and evaluation at most (more would reuse the next task's scenes)."""
 
 
 def random_scene_seed(rng: np.random.Generator) -> int:

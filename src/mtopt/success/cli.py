@@ -221,7 +221,11 @@ def label(
         _fail(f"--labels {labels_path} is a directory; give the labels file's path")
     try:
         api = create_app(
-            store, labels_path, weights, _registry(tasks_file), allowed_hosts_for(host)
+            store,
+            labels_path,
+            weights,
+            _registry(tasks_file),
+            allowed_hosts=allowed_hosts_for(host),
         )
     except (StoreNotFoundError, WeightsError, ValueError) as exc:
         _fail(exc)
