@@ -336,3 +336,54 @@ def test_collect_with_a_runs_weights_collects_the_runs_own_tasks(tmp_path: Path)
     res = CliRunner().invoke(app, [*args[:7], "--tasks", "place-can-on-plate"])  # no run
     assert res.exit_code == 2 and "unknown task 'place-can-on-plate'" in res.output
     assert json.loads((tmp_path / "run" / "config.json").read_text())["extra_tasks"] == [task]
+
+
+class NoSeedRobot(FakeRobot):
+    """A real cell has no scene seed: its description says None."""
+
+    def scene_description(self) -> dict:
+        return {"seed": None, "site": "lab-2"}
+
+
+class WildPolicy:
+    """A policy gone wrong: NaN in its action."""
+
+    name, version = "wild", 0
+
+    def reset(self, task: str, rng: np.random.Generator) -> None:
+        pass
+
+    def act(self, obs: Observation) -> np.ndarray:
+        return np.array([0.0, 0.0, np.nan, 0.0, -1.0, -1.0], np.float32)
+
+
+def test_a_real_cell_without_seeds_and_a_policy_gone_wrong(tmp_path: Path) -> None:
+    """A scene description whose seed is None stores seed -1 (it raised after the episode
+    had run); an action with NaN is refused before it reaches the robot."""
+    from mtopt.robots.action import InvalidActionError
+    from mtopt.sim.runner import run_episode
+
+    reg = DEFAULT_REGISTRY.subset(["lift-any"])
+    with EpisodeWriter(tmp_path, "fake", flush_every=100) as w:
+        loop = CollectLoop(NoSeedRobot(), reg, w, scripted_policy_for, CollectConfig(), seed=1)
+        ep = loop.run_one()
+    assert ep.seed == -1 and ep.scene["site"] == "lab-2"
+    robot = FakeRobot()
+    sent: list[np.ndarray] = []
+    robot.act = lambda a: sent.append(a)  # type: ignore[method-assign,assignment,func-returns-value]
+    with pytest.raises(InvalidActionError, match="non-finite"):
+        run_episode(robot, WildPolicy(), reg.get("lift-any"), np.random.default_rng(0), 5)
+    assert sent == []
+
+
+def test_observations_from_plain_lists() -> None:
+    """A robot driver's lists become arrays; what does not fit is a clear ValueError."""
+    o = Observation([[[0, 255, 3]]], [0.5, 0.1], [0.0, 0.1, 0.2, 0.3])
+    assert o.image.dtype == np.uint8 and o.image.shape == (1, 1, 3)
+    assert o.state.dtype.kind == "f" and o.pose is not None and o.pose.shape == (4,)
+    with pytest.raises(ValueError, match=r"0\.\.255"):
+        Observation([[[0, 256, 3]]], [0.5, 0.1])
+    with pytest.raises(ValueError, match=r"Observation\.state"):
+        Observation([[[0, 1, 3]]], [1, 0])  # ints: not a float state
+    with pytest.raises(ValueError, match="pose must be numeric"):
+        Observation([[[0, 1, 3]]], [0.5, 0.1], ["a", "b", "c", "d"])

@@ -651,3 +651,30 @@ def test_an_evaluation_too_long_for_its_seed_block_fails_before_any_work() -> No
 
     with pytest.raises(ValueError, match="episode 1000"):
         evaluate_outcomes(no_policy, DEFAULT_REGISTRY, ["lift-any"], 1001, SimConfig())  # type: ignore[arg-type]
+
+
+def test_reset_can_set_up_a_chosen_scene_without_moving_the_generator() -> None:
+    """``options={"scene_seed": S}``: the scene (and start pose) of seed S, as a SimRobot
+    resetting to S gives; the env's own draws go on as if it had drawn."""
+    from mtopt.eval.evaluate import eval_scene_seed
+    from mtopt.sim.cell import CELL_VERSION
+
+    env = gym.make(mtopt.ENV_ID, move_from="measured")
+    assert env.unwrapped.config.move_from == "measured"
+    chosen = eval_scene_seed(5, 0, 7)
+    obs, info = env.reset(seed=0, options={"scene_seed": chosen})
+    assert info["scene_seed"] == chosen
+    assert env.unwrapped._robot.scene_description()["cell_version"] == CELL_VERSION
+    r = SimRobot(SimConfig(), seed=0)
+    try:
+        r.reset_scene(chosen)
+        assert np.array_equal(r.start_episode().image, obs["image"])
+    finally:
+        r.close()
+    later = env.reset()[1]["scene_seed"]
+    env.reset(seed=0)
+    assert env.reset()[1]["scene_seed"] == later  # the chosen scene used no draw of its own
+    for bad in (-1, 1.5, "7", True):
+        with pytest.raises(ValueError, match="scene_seed"):
+            env.reset(options={"scene_seed": bad})
+    env.close()

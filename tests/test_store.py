@@ -498,6 +498,13 @@ def test_one_shot_reads_by_task_and_by_part(tmp_path: Path) -> None:
         "ep00004",
         "ep00007",
     ]
+    # one name is one task (it used to be read as its letters, and matched nothing)
+    assert [e.episode_id for e in reader.episodes(tasks="lift-ball")] == [
+        "ep00001",
+        "ep00004",
+        "ep00007",
+    ]
+    assert len(reader.metadata(tasks="place-any")) == 3
     parts = [EpisodeReader(tmp_path, part=(i, 2)) for i in range(2)]
     ids = [{e.episode_id for e in r.episodes()} for r in parts]
     assert ids[0].isdisjoint(ids[1]) and len(ids[0] | ids[1]) == 9

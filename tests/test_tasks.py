@@ -149,3 +149,12 @@ def test_in_the_bowl_means_below_its_rim_and_off_the_floor_beside_it() -> None:
     on_plate = replace(obj("box", (0.45, 0.25, 0.03)), bottom_z=0.05, touching=frozenset())
     scene_plate = SceneState((on_plate,), (PLATE, bowl), RIGHT, LEFT, (0.5, 0.0, 0.3), False)
     assert get_task("place-on-plate").succeeded(scene_plate)
+
+
+def test_touching_is_kept_as_a_frozenset() -> None:
+    from dataclasses import replace
+
+    o = replace(obj("ball", (0.58, 0.30, 0.03)), touching=["bowl", "left_bin_wall"])  # type: ignore[arg-type]
+    assert o.touching == frozenset({"bowl", "left_bin_wall"})
+    with pytest.raises(TypeError, match="collection of names"):
+        replace(o, touching="bowl")  # type: ignore[arg-type]

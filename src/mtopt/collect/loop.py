@@ -267,7 +267,7 @@ class CollectLoop:
             task=task.name,
             policy=policy.name,
             policy_version=int(policy.version),
-            seed=int(desc.get("seed", -1)),
+            seed=-1 if desc.get("seed") is None else int(desc["seed"]),  # -1: unknown
             images=np.stack(rec.images),
             states=np.stack(rec.states).astype(np.float32),
             actions=np.stack(rec.actions).astype(np.float32),

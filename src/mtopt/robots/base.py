@@ -31,6 +31,20 @@ class Observation:
     it."""
 
     def __post_init__(self) -> None:
+        # lists and other array-likes from a robot's driver become arrays (frozen: via
+        # object.__setattr__); a dtype or shape that does not fit is a clear error below
+        for name in ("image", "state", "pose"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, np.ndarray):
+                try:
+                    value = np.asarray(value)
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"Observation.{name} is not array-like: {exc}") from None
+                if name == "image" and value.dtype.kind in "iu":
+                    if value.size and (value.min() < 0 or value.max() > 255):
+                        raise ValueError("Observation.image values must lie in 0..255")
+                    value = value.astype(np.uint8)
+                object.__setattr__(self, name, value)
         if self.image.dtype != np.uint8 or self.image.ndim != 3 or self.image.shape[2] != 3:
             raise ValueError(
                 f"Observation.image must be uint8 (H, W, 3), got {self.image.dtype} {self.image.shape}"
@@ -44,6 +58,8 @@ class Observation:
             raise ValueError(
                 f"Observation.pose must be (x, y, z, yaw) or None, got shape {np.shape(self.pose)}"
             )
+        if self.pose is not None and not np.issubdtype(self.pose.dtype, np.number):
+            raise ValueError(f"Observation.pose must be numeric, got {self.pose.dtype}")
 
 
 @dataclass(frozen=True)

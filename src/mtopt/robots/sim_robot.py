@@ -102,8 +102,9 @@ class SimRobot:
         (open or closed as it is, a held object comes along) and moving it to a fixed
         presentation pose over the gap between the bins: a held object is seen against
         the gap instead of in front of the objects in the bin, and the fixtures are not
-        hidden under the gripper. On the way it turns to a fixed yaw with the fingers
-        beside (not in front of) whatever they hold. Ground truth is read after this, so
+        hidden under the gripper. On the way it turns to a fixed yaw (or the same turned
+        by pi, whichever is nearer: at most 90 degrees) with the fingers beside (not in
+        front of) whatever they hold. Ground truth is read after this, so
         "lifted" means "still held once presented". The image is the cell's "outcome"
         view: the fixture bin from above (top half) and a close-up of the presentation
         pose from the front left (bottom half), where a held capsule shows its length.

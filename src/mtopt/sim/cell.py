@@ -43,6 +43,11 @@ BOWL_RADIUS = 0.04  # inner radius: the wall stands outside it
 BOWL_WALL_T = 0.008  # wall thickness (m)
 BOWL_OUTER_RADIUS = BOWL_RADIUS + BOWL_WALL_T
 BOWL_RIM_Z = 0.036  # top of the wall above the bowl's base (the bin floor)
+CELL_VERSION = 2
+"""Stored in every episode's ``scene`` description. 2 (2026-12-05): the ground-truth
+fixes (bowl rim, presentation turn, plate-bowl clearance, scene seed ranges); a scene
+description without it is of version 1, whose seeds give other fixture layouts now and
+whose ``gt_`` columns judged the bowl by its centre alone."""
 TOUCH_DISTANCE_M = 1e-3  # contact points farther apart than this do not touch
 BOWL_FLOOR_Z = 0.004  # top of the bowl's floor disc (reported as 0.008 until 2026-12-05)
 
@@ -779,6 +784,7 @@ class SimCell:
             return {}
         return {
             "seed": self._scene.seed,
+            "cell_version": CELL_VERSION,
             "object_split": self.config.object_split,
             "randomize": self.config.randomize,
             "objects": [

@@ -3,8 +3,9 @@
 Observation: ``{"image": uint8 (H, W, 3), "state": float32 [gripper_status, gripper_height]}``
 (gripper status: the measured finger closure, 0 open, 1 closed on nothing; see ``SimConfig``).
 Action: ``Box(-1, 1, (6,))`` with the layout of ``mtopt.robots.action``.
-Info: ``"pose"``, the gripper's x, y, z (m) and yaw (rad) in the robot frame, as a real
-robot's kinematics gives them (a Q-network with ``QNetConfig.gripper_xy`` takes x, y).
+Info: ``"pose"``, the gripper's x, y, z (m) and yaw (rad) in the robot frame: the
+measured position and the commanded yaw, wrapped to [-pi, pi] (a Q-network with
+``QNetConfig.gripper_xy`` takes x, y).
 Reward: the simulator's ground-truth success (0/1) of ``task``, given on the final step
 only, judged as mtopt's evaluation judges it: the episode ends the way every stored
 episode does, with the robot presenting the outcome (``Robot.final_image``: a held object
@@ -12,7 +13,13 @@ is lifted to a fixed pose), and the ground truth is read after that; ``info["fin
 is the outcome image a success detector would judge. It is there for evaluation and for
 users of the env; the mtopt training pipeline never uses it: its rewards come from the
 learned success detector. After the final step, call ``reset()``; ``step()`` raises.
-``reset(options={"task": NAME})`` switches the task (for this and later episodes).
+``reset(options={"task": NAME})`` switches the task (for this and later episodes);
+``reset(options={"scene_seed": S})`` sets up scene ``S`` (a stored episode's ``seed``, or
+an evaluation scene of ``mtopt.eval.evaluate.eval_scene_seed``: the same scene and start
+pose mtopt's evaluation uses) instead of one drawn from the env's generator, which draws
+at or above 2^28 and never meets an evaluation scene (``mtopt.sim.seeds``). Scenes
+changed on 2026-12-05 (the cell's ground-truth fixes, ``CELL_VERSION`` 2 in the stored
+``scene`` descriptions): a seed from before gives another fixture layout now.
 
 Episode ends: ``terminated`` when the policy sends TERMINATE; ``truncated`` at
 ``max_steps``. Both are the episode's end in the same sense: the outcome is presented and
@@ -56,6 +63,7 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         num_objects: int = 4,
         gripper_status: str = "closure",
         gripper_settle_substeps: int = 48,
+        move_from: str = "command",
         render_mode: str | None = None,
         registry: TaskRegistry | None = None,
     ):
@@ -72,6 +80,7 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             num_objects=num_objects,
             gripper_status=gripper_status,  # type: ignore[arg-type]
             gripper_settle_substeps=gripper_settle_substeps,
+            move_from=move_from,  # type: ignore[arg-type]
         ).validate()
         self.observation_space = spaces.Dict(  # type: ignore[assignment]
             {
@@ -105,15 +114,23 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         options = dict(options or {})
         task = self.registry.get(str(options.pop("task"))) if "task" in options else self.task
+        chosen = options.pop("scene_seed", None)
         if options:
-            raise ValueError(f"unknown reset options {sorted(options)}; valid: ['task']")
+            raise ValueError(
+                f"unknown reset options {sorted(options)}; valid: ['scene_seed', 'task']"
+            )
+        if chosen is not None and (
+            isinstance(chosen, bool) or not isinstance(chosen, (int, np.integer)) or chosen < 0
+        ):
+            raise ValueError(f"options['scene_seed'] must be an int >= 0, got {chosen!r}")
         # after the options are checked: a reset that raised leaves the seed for the next
         self.task = task
         if seed is None:
             seed = self._initial_seed
         self._initial_seed = None  # the constructor's seed seeds the first reset only
         super().reset(seed=seed)
-        scene_seed = random_scene_seed(self.np_random)
+        drawn = random_scene_seed(self.np_random)  # drawn either way: the stream stays put
+        scene_seed = drawn if chosen is None else int(chosen)
         self._robot.reset_scene(scene_seed)
         self._robot.start_episode()
         ready = self._robot.prepare_for_task(self.task.starts_holding)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mtopt.policies.base import Policy
+from mtopt.robots.action import validate_action
 from mtopt.robots.base import Observation, Robot
 from mtopt.tasks.registry import TaskSpec
 
@@ -60,7 +61,7 @@ def run_episode(
     rec.states.append(obs.state)
     rec.poses.append(obs.pose)
     for _ in range(max_steps):
-        action = np.asarray(policy.act(obs), dtype=np.float32)
+        action = validate_action(policy.act(obs))  # a clear error, never a wild command
         result = robot.act(action)
         obs = result.observation
         rec.actions.append(action)

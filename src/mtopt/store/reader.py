@@ -149,6 +149,14 @@ def _final_views(table: pa.Table) -> list[FinalView]:
     return out
 
 
+def _task_list(tasks: Iterable[str] | None) -> list[str] | None:
+    """``tasks`` as a list; a single name is one task (``list("lift-any")`` would be its
+    letters, and match nothing)."""
+    if tasks is None:
+        return None
+    return [tasks] if isinstance(tasks, str) else list(tasks)
+
+
 class EpisodeReader:
     def __init__(
         self,
@@ -325,7 +333,7 @@ class EpisodeReader:
         """Every episode in the store, or of ``tasks`` only (the other rows are never
         decoded); only this reader's part, if it has one. Does not change what ``poll``
         has seen. Frames are read-only views of the shard's bytes (copy to change them)."""
-        wanted = None if tasks is None else list(tasks)
+        wanted = _task_list(tasks)
         for path in self._all_shards():
             yield from self._read(path, lambda t: _episodes(_of_tasks(t, wanted))) or []
 
@@ -334,7 +342,7 @@ class EpisodeReader:
         ``tasks`` only; only this reader's part, if it has one. Each row also names its
         ``shard`` (for ``read_episode``). ``scene`` and ``gt_success_by_task`` are JSON
         text, as stored (``Episode`` has them parsed)."""
-        wanted = None if tasks is None else list(tasks)
+        wanted = _task_list(tasks)
         rows: list[dict[str, Any]] = []
         for path in self._all_shards():
             got = self._read(path, lambda t: _rows(_of_tasks(t, wanted)), META_COLUMNS) or []

@@ -15,7 +15,7 @@ task                   string                        task the robot was asked to
 policy                 string                        e.g. scripted-pick, cem
 policy_version         int64                         Q-weights version (0 for scripted)
 seed                   int64                         scene seed
-scene                  string (JSON)                 scene description (objects, fixtures)
+scene                  string (JSON)                 scene description (seed, objects, fixtures, cell_version)
 chain_index            int32                         position in a task chain (0 = after reset)
 prev_episode_id        string (nullable)             previous episode of the chain
 started_at, ended_at   float64                       unix time (s)

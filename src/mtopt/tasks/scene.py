@@ -32,7 +32,14 @@ class ObjectState:
     bottom_z: float | None = None
     """Lowest point (m, world z); None when unknown: then a fixture's rim is not judged."""
     touching: frozenset[str] | None = None
-    """The cell's static parts it touches: of ``STATIC_PARTS``; None when unknown."""
+    """The cell's static parts it touches: of ``STATIC_PARTS``; None when unknown. Any
+    collection of names is kept as a frozenset (``sorted()`` it for JSON)."""
+
+    def __post_init__(self) -> None:
+        if self.touching is not None and not isinstance(self.touching, frozenset):
+            if isinstance(self.touching, str):
+                raise TypeError("ObjectState.touching takes a collection of names, not one")
+            object.__setattr__(self, "touching", frozenset(self.touching))
 
 
 @dataclass(frozen=True)
