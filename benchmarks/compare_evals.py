@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from _results import write_result
@@ -34,6 +35,12 @@ def split_spec(spec: str) -> tuple[str, str]:
     if sep and tail and "/" not in tail and "." not in tail:
         return head, tail
     return spec, "acting"
+
+
+def cell_version(spec: str) -> int:
+    """The simulator cell version a result file was measured on (files from before
+    ``mtopt.sim.cell.CELL_VERSION`` was recorded: 1)."""
+    return int(json.loads(Path(split_spec(spec)[0]).read_text()).get("cell_version", 1))
 
 
 def load_outcomes(spec: str) -> tuple[tuple[int, int], Outcomes]:
@@ -84,11 +91,20 @@ def main() -> None:
     args = ap.parse_args()
     a_specs, b_specs = args.a.split(","), args.b.split(",")
     a, b = pooled(a_specs, b_specs, args.tasks.split(",") if args.tasks else None)
+    cells = sorted({cell_version(s) for s in a_specs + b_specs})
+    if len(cells) > 1:
+        print(
+            f"note: the files were measured on cell versions {cells}: the same seeds gave "
+            "other scenes (fixture layouts, ground truth), so the pairing is by seed, not "
+            "by identical scene",
+            file=sys.stderr,
+        )
     write_result(
         args.json,
         {
             "a": a_specs,
             "b": b_specs,
+            "cell_versions": cells,
             "per_task": {t: paired_comparison(a[t], b[t]).as_dict() for t in a},
         },
     )

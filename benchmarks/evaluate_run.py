@@ -50,7 +50,7 @@ from mtopt.policies.cem_policy import CEMPolicy
 from mtopt.policies.scripted import is_pick_task, scripted_policy_for, straight_down_pick
 from mtopt.qtopt.cem import CEMConfig
 from mtopt.runtime.config import run_registry
-from mtopt.sim.cell import SimConfig
+from mtopt.sim.cell import CELL_VERSION, SimConfig
 from mtopt.tasks.registry import TaskSpec
 
 
@@ -169,6 +169,7 @@ def main() -> None:
         "episodes_per_task": args.episodes,
         "seed": args.seed,
         "objects": args.objects,
+        "cell_version": CELL_VERSION,
         "cem": search,
         "per_task": per_task,
         "online_minus_acting": paired,

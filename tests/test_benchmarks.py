@@ -319,6 +319,19 @@ def test_compare_evals_pairs_scenes_across_files(tmp_path: Path) -> None:
         pooled([old], [run5], None)
     with pytest.raises(SystemExit, match="pair up"):
         pooled([run5, run6], [ens5], None)
+    # files of two cell versions (no field: 1) compare with a note, and say so
+    new5 = tmp_path / "new5.json"
+    new5.write_text(json.dumps({**json.loads(Path(run5).read_text()), "cell_version": 2}))
+    out = tmp_path / "cmp.json"
+    r = subprocess.run(
+        [sys.executable, str(BENCH / "compare_evals.py"), "--a", run5, "--b", str(new5)]
+        + ["--json", str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "cell versions [1, 2]" in r.stderr
+    assert json.loads(out.read_text())["cell_versions"] == [1, 2]
 
 
 def test_learning_benchmark_gives_a_single_task_arm_the_multitask_data(tmp_path: Path) -> None:
