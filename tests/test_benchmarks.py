@@ -324,8 +324,11 @@ def test_compare_evals_pairs_scenes_across_files(tmp_path: Path) -> None:
     new5.write_text(json.dumps({**json.loads(Path(run5).read_text()), "cell_version": 2}))
     out = tmp_path / "cmp.json"
     r = subprocess.run(
-        [sys.executable, str(BENCH / "compare_evals.py"), "--a", run5, "--b", str(new5)]
-        + ["--json", str(out)],
+        [
+            sys.executable,
+            str(BENCH / "compare_evals.py"),
+            *("--a", run5, "--b", str(new5), "--json", str(out)),
+        ],
         capture_output=True,
         text=True,
         check=True,
