@@ -49,8 +49,8 @@ from mtopt.policies.base import Policy
 from mtopt.policies.cem_policy import CEMPolicy
 from mtopt.policies.scripted import is_pick_task, scripted_policy_for, straight_down_pick
 from mtopt.qtopt.cem import CEMConfig
-from mtopt.runtime.config import run_registry
-from mtopt.sim.cell import CELL_VERSION, SimConfig
+from mtopt.runtime.config import run_registry, run_sim_config
+from mtopt.sim.cell import CELL_VERSION
 from mtopt.tasks.registry import TaskSpec
 
 
@@ -75,8 +75,9 @@ def one(
         )
         version = pol.version
         factory = lambda spec: pol  # noqa: E731
+    # the run's own cell (its sim settings), as its in-run evaluations use
     wins = evaluate_outcomes(
-        factory, registry, [task], episodes, SimConfig(object_split=objects), seed
+        factory, registry, [task], episodes, run_sim_config(run, objects), seed
     )
     return task, which, wins[task], version
 

@@ -37,7 +37,7 @@ from mtopt.eval.evaluate import (
     success_rate,
 )
 from mtopt.qtopt.weights import average_into, load_source
-from mtopt.runtime.config import load_run_config, run_registry
+from mtopt.runtime.config import load_run_config, run_registry, run_sim_config
 from mtopt.runtime.policy_folder import late_sources, write_policy_folder
 
 SELECTED = "policy-selected"
@@ -60,7 +60,6 @@ def one(job: tuple[str, str, int, int]) -> tuple[str, str, list[bool]]:
 
     from mtopt.policies.cem_policy import CEMPolicy
     from mtopt.qtopt.cem import CEMConfig
-    from mtopt.sim.cell import SimConfig
 
     torch.set_num_threads(1)
     registry = run_registry(folder)  # the run's tasks (its extra_tasks too)
@@ -70,9 +69,8 @@ def one(job: tuple[str, str, int, int]) -> tuple[str, str, list[bool]]:
         cem=CEMConfig(precision="fp32"),  # as evaluate_run.py
         seed=seed,
     )
-    wins = evaluate_outcomes(
-        lambda spec: pol, registry, [task], episodes, SimConfig(object_split="train"), seed
-    )
+    sim = run_sim_config(folder, "train")  # the cell the run learned in
+    wins = evaluate_outcomes(lambda spec: pol, registry, [task], episodes, sim, seed)
     return folder, task, wins[task]
 
 

@@ -328,3 +328,15 @@ def test_any_run_seed_has_held_out_scenes_and_evaluation_limits_are_checked_up_f
     ):
         with pytest.raises(ValueError, match=match):
             override(base, [bad]).validate()
+
+
+def test_a_run_is_evaluated_in_the_cell_it_learned_in(tmp_path) -> None:
+    from mtopt.config import save_config
+    from mtopt.runtime.config import preset, run_sim_config
+    from mtopt.sim.config import SimConfig
+
+    cfg = override(preset("tiny"), ["sim.move_from=measured", "sim.image_size=48"])
+    save_config(cfg, tmp_path / "config.json")
+    sim = run_sim_config(tmp_path, "test")
+    assert (sim.move_from, sim.image_size, sim.object_split) == ("measured", 48, "test")
+    assert run_sim_config(tmp_path / "no-run", "train") == SimConfig(object_split="train")

@@ -339,6 +339,15 @@ def run_registry(folder: str | Path) -> TaskRegistry:
     return load_run_config(config).registry() if config.exists() else DEFAULT_REGISTRY
 
 
+def run_sim_config(folder: str | Path, object_split: str) -> SimConfig:
+    """The cell a run or policy folder was trained in (its ``config.json``'s ``sim``: the
+    image size, ``move_from``, ...), with ``object_split``; the default cell for a folder
+    without one. Evaluate a run in the cell it learned in."""
+    config = Path(folder) / "config.json"
+    sim = load_run_config(config).sim if config.exists() else SimConfig()
+    return dataclasses.replace(sim, object_split=object_split).validate()  # type: ignore[arg-type]
+
+
 def load_config_changes(path: str | Path) -> list[dict[str, Any]] | None:
     """A run's record of settings changed on resume (``config_changes.json``): [] when
     there is none, None when it is unreadable."""
