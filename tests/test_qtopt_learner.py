@@ -265,9 +265,9 @@ def test_a_checkpoint_from_newer_code_is_a_clear_error(tmp_path: Path) -> None:
 def test_two_publishers_take_turns_and_the_second_same_version_is_refused(
     tmp_path: Path,
 ) -> None:
-    """A publish waits while another process (here: this test) holds the folder's publish
-    lock, and then sees the other's version: one with the same number is refused instead
-    of overwriting it."""
+    """A publish waits while another holder (here: this test, on its own open file of the
+    lock, as another process would) holds the folder's publish lock, and then sees the
+    other's version: one with the same number is refused instead of overwriting it."""
     import threading
 
     from mtopt.qtopt.weights import publish, publish_lock
@@ -275,7 +275,10 @@ def test_two_publishers_take_turns_and_the_second_same_version_is_refused(
     tensors = {"w": torch.zeros(2)}
     errors: list[Exception] = []
 
+    starting = threading.Event()
+
     def second() -> None:
+        starting.set()
         try:
             publish(tmp_path, tensors, 1, {"who": "second"}, prefix="sd")
         except WeightsError as exc:
@@ -284,8 +287,10 @@ def test_two_publishers_take_turns_and_the_second_same_version_is_refused(
     with publish_lock(tmp_path, "sd"):
         t = threading.Thread(target=second)
         t.start()
+        assert starting.wait(30)
         t.join(0.5)
         assert t.is_alive()  # waiting for the lock
+        assert not (tmp_path / "sd-latest.json").exists()  # and wrote nothing
         publish_first = {"w": torch.ones(2)}
         from mtopt.qtopt.weights import atomic_write_bytes, atomic_write_json, save
 

@@ -1,6 +1,7 @@
 """Simulated cell: Gymnasium API, determinism, actions, ground truth on staged scenes, splits."""
 
 import math
+import zlib
 
 import gymnasium as gym
 import numpy as np
@@ -328,7 +329,9 @@ def test_presenting_the_outcome_keeps_the_object_and_turns_it_to_the_camera(
 @pytest.mark.parametrize("task", DEFAULT_REGISTRY.names)
 def test_ground_truth_on_staged_success_and_near_miss(robot: SimRobot, task: str) -> None:
     spec = DEFAULT_REGISTRY.get(task)
-    rng = np.random.default_rng(abs(hash(task)) % 2**32)
+    # crc32, not hash(): str hashes change with every process (PYTHONHASHSEED), so the
+    # staged scenes would differ from run to run and a failure could not be reproduced
+    rng = np.random.default_rng(zlib.crc32(task.encode()))
     _, label, state = robot.stage_outcome(spec, positive=True, rng=rng)
     assert label and spec.succeeded(state)
     _, label, state = robot.stage_outcome(spec, positive=False, rng=rng)
@@ -622,10 +625,12 @@ def test_random_scenes_never_take_an_evaluation_seed() -> None:
     from mtopt.eval.evaluate import MAX_EVAL_SEED, SETUP_TRIES, eval_scene_seed
     from mtopt.sim.seeds import COLLECTION_SEED_LOW, is_reserved_seed, random_scene_seed
 
+    assert COLLECTION_SEED_LOW == 2**28 and MAX_EVAL_SEED == 499 and SETUP_TRIES == 3
     rng = np.random.default_rng(0)
     draws = [random_scene_seed(rng) for _ in range(10_000)]
-    assert min(draws) >= COLLECTION_SEED_LOW and not any(map(is_reserved_seed, draws))
-    assert is_reserved_seed(eval_scene_seed(MAX_EVAL_SEED, 99, 999, SETUP_TRIES - 1))
+    assert min(draws) >= 2**28 and not any(map(is_reserved_seed, draws))
+    assert eval_scene_seed(499, 99, 999, 2) < 2**28  # the largest evaluation scene, by hand:
+    assert eval_scene_seed(499, 99, 999, 2) == 7_000_000 + 49_900_000 + 99_999 + 100_000_000
     # the seeds' blocks never meet: the last main scene of the last seed comes before
     # the first replacement scene of seed 0
     assert eval_scene_seed(MAX_EVAL_SEED, 99, 999, 0) < eval_scene_seed(0, 0, 0, 1)
@@ -653,7 +658,7 @@ def test_an_evaluation_too_long_for_its_seed_block_fails_before_any_work() -> No
         evaluate_outcomes(no_policy, DEFAULT_REGISTRY, ["lift-any"], 1001, SimConfig())  # type: ignore[arg-type]
 
 
-def test_reset_can_set_up_a_chosen_scene_without_moving_the_generator() -> None:
+def test_reset_can_set_up_a_chosen_scene_and_the_generator_goes_on_as_before() -> None:
     """``options={"scene_seed": S}``: the scene (and start pose) of seed S, as a SimRobot
     resetting to S gives; the env's own draws go on as if it had drawn."""
     from mtopt.eval.evaluate import eval_scene_seed

@@ -168,6 +168,7 @@ def test_sd_label_serves_loopback_names_only_on_a_loopback_address(
     served: dict[str, object] = {}
     monkeypatch.setattr(uvicorn, "run", lambda api, host, port, **kw: served.update(app=api))
     for host, evil_status in (("127.0.0.1", 400), ("0.0.0.0", 200)):
+        served.clear()
         res = CliRunner().invoke(
             app, ["sd", "label", "--store", str(tmp_path / "store"), "--host", host]
         )

@@ -138,9 +138,12 @@ def test_in_the_bowl_means_below_its_rim_and_off_the_floor_beside_it() -> None:
         o = replace(obj("banana", (0.58, 0.30, 0.04)), bottom_z=bottom, touching=touching)
         return place.succeeded(SceneState((o,), (PLATE, bowl), RIGHT, LEFT, (0.5, 0.0, 0.3), False))
 
+    assert RIM_CLEARANCE_M == 0.005
     assert in_bowl(0.012, frozenset({"bowl"}))  # resting on its floor
-    assert in_bowl(0.036 - RIM_CLEARANCE_M, frozenset({"bowl", "left_bin_wall"}))  # tilted in
-    assert not in_bowl(0.036 - RIM_CLEARANCE_M + 0.001, frozenset({"bowl"}))  # across the rim
+    assert in_bowl(0.0305, frozenset({"bowl", "left_bin_wall"}))  # tilted in, under 0.031
+    assert not in_bowl(0.0315, frozenset({"bowl"}))  # across the rim
+    assert not in_bowl(0.035, None)
+    assert not in_bowl(None, frozenset({"bowl", "left_bin_floor"}))  # floor known, bottom not
     assert not in_bowl(0.002, frozenset({"bowl", "left_bin_floor"}))  # leaning from outside
     assert not in_bowl(0.002, frozenset({"bowl", "table"}))
     # unknown (an older or a real scene without them): only the centre is judged, as before
