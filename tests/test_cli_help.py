@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -36,3 +38,29 @@ def test_every_command_prints_help() -> None:
     # the command list shows the first paragraph of each docstring, not a wrapped dump
     assert "Export a run's learned policy (config and latest weights)" in top
     assert "sure gain" not in top
+
+
+def test_resume_needs_a_run_and_path_errors_are_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`mtopt run --resume` on a folder without a run is refused (it started a new run);
+    a path that cannot be used ends the `mtopt` entry point with one line and exit 1."""
+    import mtopt.cli as cli
+
+    res = CliRunner().invoke(cli.app, ["run", "--resume", "--out", str(tmp_path / "none")])
+    assert res.exit_code == 2 and "holds no run to resume" in res.output
+    assert not (tmp_path / "none").exists()
+
+    def broken() -> None:
+        raise NotADirectoryError(20, "Not a directory", str(tmp_path / "file" / "sub"))
+
+    monkeypatch.setattr(cli, "app", broken)
+    monkeypatch.delenv("MTOPT_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: [Errno 20] Not a directory") and "Traceback" not in err
+    monkeypatch.setenv("MTOPT_DEBUG", "1")
+    with pytest.raises(NotADirectoryError):
+        cli.main()

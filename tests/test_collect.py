@@ -387,3 +387,36 @@ def test_observations_from_plain_lists() -> None:
         Observation([[[0, 1, 3]]], [1, 0])  # ints: not a float state
     with pytest.raises(ValueError, match="pose must be numeric"):
         Observation([[[0, 1, 3]]], [0.5, 0.1], ["a", "b", "c", "d"])
+
+
+def test_a_robot_that_keeps_failing_is_reported_and_collect_exits_non_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A robot process that fails at every start (here: a cell setting it cannot take) is
+    given up after its restarts and named in the summary; `mtopt collect` then exits 1
+    (it printed a summary of nothing and exited 0). A negative seed is refused up front."""
+    from mtopt.collect import fleet
+
+    spec = fleet.FleetSpec(
+        store=str(tmp_path / "s"),
+        robots=1,
+        episodes_per_robot=2,
+        collect=CollectConfig(),
+        sim={"object_split": "nowhere"},  # the robot's SimConfig.validate raises
+        seed=0,
+    )
+    summary = fleet.run_fleet(spec, max_restarts=1)
+    assert summary["failed"] == [0] and summary["restarts"] == {0: 1}
+    assert summary["written"] == {}
+    res = CliRunner().invoke(app, ["collect", "--store", str(tmp_path / "t"), "--seed", "-1"])
+    assert res.exit_code == 2 and "greater than or equal to 0" in res.output
+    real = fleet.run_fleet
+    monkeypatch.setattr(
+        fleet,
+        "run_fleet",
+        lambda s, cb=None: real(dataclasses.replace(s, sim=spec.sim), cb, None, 1),
+    )
+    res = CliRunner().invoke(
+        app, ["collect", "--store", str(tmp_path / "u"), "--robots", "1", "--episodes", "1"]
+    )
+    assert res.exit_code == 1 and "gave up" in res.output

@@ -340,3 +340,17 @@ def test_a_run_is_evaluated_in_the_cell_it_learned_in(tmp_path) -> None:
     sim = run_sim_config(tmp_path, "test")
     assert (sim.move_from, sim.image_size, sim.object_split) == ("measured", 48, "test")
     assert run_sim_config(tmp_path / "no-run", "train") == SimConfig(object_split="train")
+
+
+def test_learner_settings_that_would_fail_at_the_first_step_are_refused_up_front() -> None:
+    from mtopt.runtime.config import preset
+
+    for bad, match in (
+        ("learner.log_every=0", "learner.log_every must be >= 1"),
+        ("learner.target_period=0", "learner.target_period must be >= 1"),
+        ("learner.lr=-1", "learner.lr must be > 0"),
+        ("learner.polyak_tau=0", "learner.polyak_tau"),
+        ("learner.acting_tau=2", "learner.acting_tau"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            override(preset("tiny"), [bad]).validate()

@@ -95,6 +95,11 @@ def test_sd_cli_flow(tmp_path: Path) -> None:
     # every label the person gave counts (it used to keep --budget of them, 2 here)
     assert f": {len(eps)} labels/task" in res.output and len(eps) > 2
     # bad inputs: clear one-line errors
+    no_labels = [*args[:-1], str(tmp_path / "missing.jsonl")]
+    res = r.invoke(app, [*no_labels, "--budget", "2", "--rounds", "1", "--steps", "3"])
+    assert res.exit_code == 2 and "no labels in" in res.output  # it retrained on none
+    res = r.invoke(app, [*args[:-4], "--labeler", "oracle", "--labels", str(ex)])
+    assert res.exit_code == 2 and "--labels is for --labeler human" in res.output
     res = r.invoke(app, ["sd", "examples", "--task", "fly", "--out", str(ex)])
     assert res.exit_code == 2 and "unknown task 'fly'" in res.output
     res = r.invoke(app, ["sd", "eval", "--weights", str(tmp_path / "none"), "--examples", str(val)])

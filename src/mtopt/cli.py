@@ -59,7 +59,18 @@ _mount()
 
 
 def main() -> None:
-    app()
+    """The ``mtopt`` entry point: a path that cannot be used (a file where a folder is
+    wanted, a folder where a file is, no permission) ends with a one-line error and exit
+    code 1, not a traceback (``MTOPT_DEBUG=1`` shows the traceback)."""
+    import os
+
+    try:
+        app()
+    except (NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError) as exc:
+        if os.environ.get("MTOPT_DEBUG"):
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

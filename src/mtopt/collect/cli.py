@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
         robots: int = typer.Option(2, min=1, help="Robot processes."),
         episodes: int = typer.Option(100, min=1, help="Episodes per robot."),
         tasks: str = typer.Option("", help="Comma-separated enabled tasks (default: all)."),
-        seed: int = typer.Option(0, help="Fleet seed."),
+        seed: int = typer.Option(0, min=0, help="Fleet seed."),
         split: str = typer.Option("train", help="Object instances: train or test."),
         randomize: bool = typer.Option(False, help="Domain randomization."),
         weights: Path | None = typer.Option(
@@ -78,3 +78,10 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"  {task:22s} {n:5d} episodes, ground-truth success {wins[task] / n:6.1%}")
         if summary["interrupted"]:
             typer.echo("interrupted: buffered episodes were flushed")
+        elif summary["failed"]:
+            typer.echo(
+                f"error: robot(s) {summary['failed']} kept failing and gave up after their "
+                f"restarts ({summary['restarts']}); their errors are in the log above",
+                err=True,
+            )
+            raise typer.Exit(1)

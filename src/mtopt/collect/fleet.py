@@ -126,6 +126,7 @@ def run_fleet(
     # SIGKILLed writer can die holding, which would hang every later writer.
     conns: dict[int, Connection] = {}
     restarts = dict.fromkeys(range(spec.robots), 0)
+    failed: list[int] = []  # robots that failed after their last restart
 
     def start(i: int) -> None:
         remaining = None
@@ -181,9 +182,12 @@ def run_fleet(
                     drain(0.2)  # read what it sent before exiting, up to EOF
                 if i in conns:
                     conns.pop(i).close()
-                if p.exitcode not in (0, None) and not stop.is_set() and restarts[i] < max_restarts:
-                    restarts[i] += 1
-                    start(i)
+                if p.exitcode not in (0, None) and not stop.is_set():
+                    if restarts[i] < max_restarts:
+                        restarts[i] += 1
+                        start(i)
+                    else:
+                        failed.append(i)  # gave up: it failed max_restarts + 1 times
     except KeyboardInterrupt:
         interrupted = True
         stop.set()
@@ -206,6 +210,7 @@ def run_fleet(
     return {
         "written": {k: counts.get(k, 0) - done_before.get(k, 0) for k in counts},
         "restarts": restarts,
+        "failed": sorted(failed),
         "interrupted": interrupted,
         "wall_time": time.time(),
     }

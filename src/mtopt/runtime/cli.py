@@ -69,7 +69,11 @@ def register(app: typer.Typer) -> None:
             if runtime is not None:
                 sets.append(f"runtime={runtime}")
             saved = out / "config.json"
-            if resume and saved.exists():
+            if resume and not saved.exists():
+                raise ConfigError(
+                    f"{out} holds no run to resume (no config.json): start one without --resume"
+                )
+            if resume:
                 # continue the experiment that was started, not the preset's defaults
                 cfg = resume_config(load_run_config(saved), config, sets, out)
             else:

@@ -277,8 +277,18 @@ class RunConfig:
         at_least(self.sd.label_budget_per_round, 0, "sd.label_budget_per_round")
         at_least(self.sd.improve_every_episodes, 0, "sd.improve_every_episodes", " (0: never)")
         at_least(self.sd.examples_per_task, 1, "sd.examples_per_task")
-        if not 0.0 <= self.learner.gamma <= 1.0:
-            raise ValueError(f"learner.gamma must be in [0, 1], got {self.learner.gamma}")
+        lc = self.learner
+        if not 0.0 <= lc.gamma <= 1.0:
+            raise ValueError(f"learner.gamma must be in [0, 1], got {lc.gamma}")
+        if not lc.lr > 0:
+            raise ValueError(f"learner.lr must be > 0, got {lc.lr}")
+        at_least(lc.target_period, 1, "learner.target_period")
+        at_least(lc.log_every, 1, "learner.log_every")
+        at_least(lc.grad_clip, 0.0, "learner.grad_clip", " (0: off)")
+        if not 0.0 < lc.polyak_tau <= 1.0:
+            raise ValueError(f"learner.polyak_tau must be in (0, 1], got {lc.polyak_tau}")
+        if not 0.0 <= lc.acting_tau <= 1.0:
+            raise ValueError(f"learner.acting_tau must be in [0, 1], got {lc.acting_tau}")
         for name, cem in (("cem_act", self.cem_act), ("cem_bellman", self.cem_bellman)):
             try:
                 cem.validate()

@@ -20,7 +20,7 @@ def demo(
     task: str = typer.Option("lift-any", help="Task to run (see `mtopt tasks`)."),
     episodes: int = typer.Option(4, min=1, help="Number of episodes."),
     out: Path = typer.Option(Path("runs/demo"), help="Output directory for the GIF and PNG strip."),
-    seed: int = typer.Option(0, help="Seed for scenes and policy noise."),
+    seed: int = typer.Option(0, min=0, help="Seed for scenes and policy noise."),
     split: str = typer.Option("train", help="Object instances: train or test (held out)."),
     randomize: bool = typer.Option(False, help="Domain randomization (camera, light, colours)."),
     size: int = typer.Option(

@@ -177,6 +177,15 @@ def improve(
 
     if labeler not in ("oracle", "human"):
         _fail(f"--labeler must be oracle or human, got {labeler!r}")
+    if labeler == "human":
+        labels_file = labels or store / "labels.jsonl"
+        if not labels_file.is_file() or labels_file.stat().st_size == 0:
+            _fail(
+                f"--labeler human: no labels in {labels_file} (label episodes with "
+                "`mtopt sd label` first, or pass --labels FILE)"
+            )
+    elif labels is not None:
+        _fail("--labels is for --labeler human (the oracle labels from ground truth)")
     try:
         curve = improve_loop(
             store,
@@ -206,7 +215,7 @@ def label(
     labels: Path | None = typer.Option(None, help="Labels file (default: STORE/labels.jsonl)."),
     weights: Path | None = typer.Option(None, help="SD weights (orders the queue by uncertainty)."),
     host: str = typer.Option("127.0.0.1"),
-    port: int = typer.Option(8765),
+    port: int = typer.Option(8765, min=1, max=65535),
     tasks_file: Path | None = typer.Option(None, help=TASKS_FILE_HELP),
 ) -> None:
     """Serve the labeling page (http://127.0.0.1:8765/?task=TASK)."""
