@@ -100,6 +100,9 @@ def test_sd_cli_flow(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "no labels in" in res.output  # it retrained on none
     res = r.invoke(app, [*args[:-4], "--labeler", "oracle", "--labels", str(ex)])
     assert res.exit_code == 2 and "--labels is for --labeler human" in res.output
+    (tmp_path / "a-file").write_text("")
+    res = r.invoke(app, ["sd", "train", "--examples", str(ex), "--out", str(tmp_path / "a-file")])
+    assert res.exit_code == 2 and "cannot write to" in res.output  # before training, not after
     res = r.invoke(app, ["sd", "examples", "--task", "fly", "--out", str(ex)])
     assert res.exit_code == 2 and "unknown task 'fly'" in res.output
     res = r.invoke(app, ["sd", "eval", "--weights", str(tmp_path / "none"), "--examples", str(val)])
@@ -182,3 +185,28 @@ def test_sd_label_serves_loopback_names_only_on_a_loopback_address(
         assert client.get("/api/tasks").status_code == evil_status
         local = TestClient(served["app"], base_url="http://localhost:8765")  # type: ignore[arg-type]
         assert local.get("/api/tasks").status_code == 200
+
+
+def test_sd_outputs_and_example_files_that_cannot_work_fail_before_any_work(
+    tmp_path: Path,
+) -> None:
+    """A file where the weights folder should go, a folder where the examples file should
+    go, and an empty or foreign examples file: one-line errors (exit 2) before staging or
+    training (they crashed after it, or printed only "Aborted.")."""
+    r = CliRunner()
+    a_file = tmp_path / "file"
+    a_file.write_text("not a folder")
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    text = tmp_path / "text.npz"
+    text.write_text("hello")
+    for args, says in (
+        (["sd", "train", "--examples", str(empty)], "not an example set"),
+        (["sd", "train", "--examples", str(text)], "not an example set"),
+        (["sd", "train", "--examples", str(tmp_path)], "is a directory"),
+        (["sd", "examples", "--out", str(tmp_path)], "is a directory"),
+        (["sd", "examples", "--out", str(a_file / "x.npz")], "cannot write to"),
+        (["sd", "examples", "--out", str(empty)], "not an example set"),
+    ):
+        res = r.invoke(app, args)
+        assert res.exit_code == 2 and says in res.output, (args, res.output)

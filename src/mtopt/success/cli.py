@@ -70,7 +70,11 @@ def examples(
         _fail(f"--split must be train or test, got {split!r}")
     if seed is None:
         seed = 0 if split == "train" else 1
-    before = LabeledSet.load(out) if out.exists() else None
+    _output_file(out)  # before the staging, not after it
+    try:
+        before = LabeledSet.load(out) if out.exists() else None
+    except ValueError as exc:
+        _fail(exc)
     if before is not None and any(str(i).startswith(f"staged-{split}-{seed}-") for i in before.ids):
         typer.echo(
             f"note: {out} already holds {split} scenes of seed {seed}; these share their "
@@ -82,6 +86,21 @@ def examples(
         data = before.concat(data)
     data.save(out)
     typer.echo(f"{len(data)} labeled examples in {out}")
+
+
+def _output_dir(path: Path) -> None:
+    """Fail now, with one line, if ``path`` cannot be (or become) a folder."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file there, or in the way, or no permission
+        _fail(f"cannot write to {path}: {exc}")
+
+
+def _output_file(path: Path) -> None:
+    """Fail now, with one line, if ``path`` cannot be written as a file."""
+    if path.is_dir():
+        _fail(f"{path} is a directory; give a file's path")
+    _output_dir(path.parent)
 
 
 @app.command()
@@ -102,6 +121,7 @@ def train(
             data = data.concat(LabeledSet.load(p))
     except (FileNotFoundError, ValueError) as exc:
         _fail(exc)
+    _output_dir(out)  # before the training, not after it
     net = train_sd(data, SDTrainConfig(steps=steps, seed=seed), progress=True)
     sd = SuccessDetector(net, data.tasks)
     version = SuccessDetector.latest_version(out) + 1

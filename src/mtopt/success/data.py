@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,16 +92,24 @@ class LabeledSet:
         p = Path(path)
         if not p.exists():
             raise FileNotFoundError(f"no example set at {p}")
-        with np.load(p, allow_pickle=False) as z:
-            return cls(
-                tuple(str(t) for t in z["tasks"]),
-                z["images"],
-                z["labels"],
-                z["mask"],
-                z["ids"],
-                z["sources"],
-                z["held_out"],
-            )
+        if p.is_dir():
+            raise ValueError(f"{p} is a directory, not an example set (.npz)")
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                if not isinstance(z, np.lib.npyio.NpzFile):
+                    raise ValueError("a single array, not an .npz archive")
+                return cls(
+                    tuple(str(t) for t in z["tasks"]),
+                    z["images"],
+                    z["labels"],
+                    z["mask"],
+                    z["ids"],
+                    z["sources"],
+                    z["held_out"],
+                )
+        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+            # an empty or truncated file, another format, a missing array: say which file
+            raise ValueError(f"{p} is not an example set from `mtopt sd examples`: {exc}") from None
 
 
 def stage_examples(
