@@ -336,6 +336,10 @@ def test_collect_with_a_runs_weights_collects_the_runs_own_tasks(tmp_path: Path)
     res = CliRunner().invoke(app, [*args[:7], "--tasks", "place-can-on-plate"])  # no run
     assert res.exit_code == 2 and "unknown task 'place-can-on-plate'" in res.output
     assert json.loads((tmp_path / "run" / "config.json").read_text())["extra_tasks"] == [task]
+    # the run folder instead of its weights, or no folder: refused (it collected scripted)
+    for where, says in ((tmp_path / "run", "is a run folder"), (tmp_path / "x", "no such folder")):
+        res = CliRunner().invoke(app, [*args[:-1], str(where)])
+        assert res.exit_code == 2 and says in res.output, res.output
 
 
 class NoSeedRobot(FakeRobot):

@@ -36,6 +36,16 @@ def register(app: typer.Typer) -> None:
 
         names = tuple(t for t in tasks.split(",") if t)
         extra: tuple[dict[str, object], ...] = ()
+        if weights is not None and not weights.is_dir():
+            typer.echo(f"error: --weights {weights}: no such folder", err=True)
+            raise typer.Exit(2)
+        if weights is not None and (weights / "weights").is_dir():
+            typer.echo(
+                f"error: --weights {weights} is a run folder: pass its weights folder, "
+                f"{weights / 'weights'}",
+                err=True,
+            )
+            raise typer.Exit(2)
         try:
             if weights is not None and (weights.parent / "config.json").exists():
                 extra = load_run_config(weights.parent / "config.json").extra_tasks
