@@ -34,8 +34,8 @@ def _mount() -> None:
     import importlib
 
     for module, name, help_ in [
-        ("mtopt.sim.cli", "sim", "Simulated robot cell: demos and checks."),
-        ("mtopt.store.cli", "store", "Episode store: stats and exports."),
+        ("mtopt.sim.cli", "sim", "Simulated robot cell: a demo of its policies (GIF, success)."),
+        ("mtopt.store.cli", "store", "Episode store: stats, success timeline, task subsets."),
         ("mtopt.success.cli", "sd", "Success detectors: examples, training, labeling."),
     ]:
         try:

@@ -107,8 +107,8 @@ def _output_file(path: Path) -> None:
 def train(
     examples: list[Path] = typer.Option(..., help="Example set files (.npz)."),
     out: Path = typer.Option(Path("runs/sd/weights"), help="Weights directory (versioned)."),
-    steps: int = typer.Option(2000, min=1),
-    seed: int = typer.Option(0),
+    steps: int = typer.Option(2000, min=1, help="Training steps (Adam, batches of examples)."),
+    seed: int = typer.Option(0, min=0, help="Seed of the network and the batches."),
 ) -> None:
     """Train the multi-task success detector and publish it as the next version."""
     from mtopt.success.data import LabeledSet
@@ -234,8 +234,12 @@ def label(
     task: str = typer.Option("lift-any", help="Task shown first."),
     labels: Path | None = typer.Option(None, help="Labels file (default: STORE/labels.jsonl)."),
     weights: Path | None = typer.Option(None, help="SD weights (orders the queue by uncertainty)."),
-    host: str = typer.Option("127.0.0.1"),
-    port: int = typer.Option(8765, min=1, max=65535),
+    host: str = typer.Option(
+        "127.0.0.1",
+        help="Address to serve on; a loopback address answers loopback names only "
+        "(0.0.0.0: other machines too).",
+    ),
+    port: int = typer.Option(8765, min=1, max=65535, help="Port to serve on."),
     tasks_file: Path | None = typer.Option(None, help=TASKS_FILE_HELP),
 ) -> None:
     """Serve the labeling page (http://127.0.0.1:8765/?task=TASK)."""
