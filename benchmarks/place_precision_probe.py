@@ -28,7 +28,6 @@ import argparse
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -39,6 +38,7 @@ from mtopt.eval.evaluate import rate_with_ci
 from mtopt.robots.base import Observation
 from mtopt.robots.sim_robot import SimRobot
 from mtopt.sim.config import SimConfig
+from mtopt.sim.oracle import released_at
 from mtopt.tasks import DEFAULT_REGISTRY
 from mtopt.tasks.scene import FixtureState, ObjectState, SceneState
 
@@ -57,14 +57,7 @@ def target_fixtures(task: str, scene: SceneState) -> list[FixtureState]:
         return []
     out = []
     for f in scene.fixtures:
-        x, y, z = f.position
-        # resting on the fixture's surface, touching nothing else (the held object's own
-        # lowest point and contacts would not count it as in the bowl)
-        resting = replace(
-            held, in_gripper=False, position=(x, y, z + 0.02), bottom_z=z, touching=None
-        )
-        objs = tuple(resting if o.uid == held.uid else o for o in scene.objects)
-        if spec.succeeded(replace(scene, objects=objs)):
+        if spec.succeeded(released_at(scene, held, f.position)):
             out.append(f)
     return out
 

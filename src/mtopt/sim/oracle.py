@@ -116,6 +116,22 @@ def lift_targets(spec: TaskSpec, scene: SceneState) -> set[int]:
     return out
 
 
+def released_at(
+    scene: SceneState, held: ObjectState, spot: tuple[float, float, float]
+) -> SceneState:
+    """``scene`` with ``held`` released and resting on the surface at ``spot`` (a
+    hypothetical scene for asking a task's predicate where a release would succeed): its
+    own lowest point and contacts, from the gripper, are replaced by the spot's."""
+    resting = replace(
+        held,
+        in_gripper=False,
+        position=(spot[0], spot[1], spot[2] + 0.02),
+        bottom_z=spot[2],
+        touching=None,
+    )
+    return replace(scene, objects=tuple(resting if o.uid == held.uid else o for o in scene.objects))
+
+
 def place_target(
     spec: TaskSpec, scene: SceneState, held: ObjectState
 ) -> tuple[float, float, float] | None:
@@ -124,15 +140,7 @@ def place_target(
     spots = [f.position for f in scene.fixtures]
     spots.append((*scene.left_bin.center, scene.left_bin.floor_z))
     for spot in spots:
-        resting = replace(
-            held,
-            in_gripper=False,
-            position=(spot[0], spot[1], spot[2] + 0.02),
-            bottom_z=spot[2],  # lying on the spot's surface, touching nothing else
-            touching=None,
-        )
-        objs = tuple(resting if o.uid == held.uid else o for o in scene.objects)
-        if spec.succeeded(replace(scene, objects=objs)):
+        if spec.succeeded(released_at(scene, held, spot)):
             return spot
     return None
 
