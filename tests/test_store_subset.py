@@ -1,6 +1,7 @@
 """`mtopt store subset`: a store's episodes of some tasks copied into a new store."""
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -110,3 +111,47 @@ def test_subset_cli(tmp_path: Path) -> None:
         ["store", "subset", str(tmp_path / "nope"), str(tmp_path / "d4"), "--tasks", "lift-ball"],
     )
     assert r.exit_code == 2 and "no episode store" in r.output
+
+
+def test_store_commands_know_a_runs_own_tasks(tmp_path: Path) -> None:
+    """A task of a run's --tasks-file: known from --tasks-file, or from the run's
+    config.json next to its store; refused with neither, and a bad file is one error."""
+    from mtopt.config import save_config
+    from mtopt.runtime.config import RunConfig, with_new_tasks
+
+    extra = [{"name": "place-can-on-plate", "kind": "place", "fixtures": ["plate"]}]
+    tasks_file = tmp_path / "tasks.json"
+    tasks_file.write_text(json.dumps(extra))
+    run = tmp_path / "run"
+    store = run / "store"
+    with EpisodeWriter(store, "r0", flush_every=2) as w:
+        for k, task in enumerate(["place-can-on-plate", "lift-ball", "place-can-on-plate"]):
+            e = make_episode(k)
+            by_task = {"place-any": True, task: True}
+            w.write(
+                dataclasses.replace(e, episode_id=f"e{k}", task=task, gt_success_by_task=by_task)
+            )
+    runner = CliRunner()
+
+    def subset(dst: str, *more: str) -> object:
+        args = ["store", "subset", str(store), str(tmp_path / dst)]
+        return runner.invoke(app, [*args, "--tasks", "place-can-on-plate", *more])
+
+    r = subset("d0")  # the store's folder has no config.json: built-in tasks only
+    assert r.exit_code == 2 and "unknown task 'place-can-on-plate'" in r.output
+    r = subset("d1", "--tasks-file", str(tasks_file))
+    assert r.exit_code == 0 and "place-can-on-plate=2" in r.output, r.output
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    r = subset("d2", "--tasks-file", str(bad))
+    assert r.exit_code == 2 and "bad.json" in r.output and "Traceback" not in r.output
+    cfg = with_new_tasks(RunConfig(), tasks_file, None)
+    save_config(cfg, run / "config.json")
+    r = subset("d3")  # the run's own tasks
+    assert r.exit_code == 0 and "place-can-on-plate=2" in r.output, r.output
+    out = tmp_path / "tl.json"
+    r = runner.invoke(
+        app, ["store", "timeline", str(store), "--task", "place-any", "--json", str(out)]
+    )
+    assert r.exit_code == 0, r.output
+    assert "place-can-on-plate" in json.loads(out.read_text())["episode_tasks"]

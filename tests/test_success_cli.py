@@ -174,11 +174,13 @@ def test_sd_label_serves_loopback_names_only_on_a_loopback_address(
     with EpisodeWriter(tmp_path / "store", "r0") as w:
         w.write(make_episode(0))
     served: dict[str, object] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda api, host, port, **kw: served.update(app=api))
+    monkeypatch.setattr(
+        uvicorn.Server, "run", lambda self, sockets=None: served.update(app=self.config.app)
+    )
     for host, evil_status in (("127.0.0.1", 400), ("0.0.0.0", 200)):
         served.clear()
         res = CliRunner().invoke(
-            app, ["sd", "label", "--store", str(tmp_path / "store"), "--host", host]
+            app, ["sd", "label", "--store", str(tmp_path / "store"), "--host", host, "--port", "0"]
         )
         assert res.exit_code == 0, res.output
         client = TestClient(served["app"], base_url="http://evil.example")  # type: ignore[arg-type]
@@ -210,3 +212,42 @@ def test_sd_outputs_and_example_files_that_cannot_work_fail_before_any_work(
     ):
         res = r.invoke(app, args)
         assert res.exit_code == 2 and says in res.output, (args, res.output)
+
+
+def test_sd_label_binds_before_it_prints_its_address(tmp_path: Path) -> None:
+    """A port in use is one clear error (the address used to be printed first and the
+    server then died); port 0 serves on a free port and prints the one it got."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.test_store import make_episode
+
+    from mtopt.store import EpisodeWriter
+
+    store = tmp_path / "store"
+    with EpisodeWriter(store, "r0", flush_every=1) as w:
+        w.write(make_episode(0))
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        res = CliRunner().invoke(app, ["sd", "label", "--store", str(store), "--port", str(port)])
+    assert res.exit_code == 2 and f"cannot serve on 127.0.0.1:{port}" in res.output
+    assert "labeling page" not in res.output
+    cmd = [sys.executable, "-m", "mtopt.cli", "sd", "label", "--store", str(store), "--port", "0"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("labeling page: http://127.0.0.1:"), line
+        url = line.split(": ", 1)[1].strip()
+        assert not url.startswith("http://127.0.0.1:0/")
+        with urllib.request.urlopen(url, timeout=20) as page:
+            assert page.status == 200 and "mtopt labeling" in page.read().decode()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -3,10 +3,35 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
+if TYPE_CHECKING:
+    from mtopt.tasks.registry import TaskRegistry
+
 app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown")
+
+TASKS_FILE_HELP = (
+    "Tasks of your own after the built-in ones (a JSON list, as `mtopt run --tasks-file`). "
+    "Default: the run's tasks when STORE is a run's store (its config.json next to it), "
+    "else the built-in ones."
+)
+
+
+def _registry(store: Path, tasks_file: Path | None) -> TaskRegistry:
+    """``tasks_file``'s tasks after the built-in ones; else the tasks of the run whose
+    store ``store`` is (a ``config.json`` next to it); else the built-in tasks."""
+    from mtopt.runtime.config import ConfigError, run_registry
+    from mtopt.tasks.registry import registry_with_tasks_file
+
+    try:
+        if tasks_file is not None:
+            return registry_with_tasks_file(tasks_file)
+        return run_registry(store.parent)
+    except (ValueError, ConfigError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -57,18 +82,18 @@ def timeline(
     bin_minutes: float = typer.Option(10.0, "--bin", help="Minutes of collection per bin."),
     plot: Path | None = typer.Option(None, help="PNG to write (default: STORE/timeline-TASK.png)."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the numbers here."),
+    tasks_file: Path | None = typer.Option(None, help=TASKS_FILE_HELP),
 ) -> None:
     """Ground-truth success over collection time, per policy (scripted vs learned)."""
     from mtopt._io import atomic_write_json
     from mtopt.replay.impersonation import skill_tasks
     from mtopt.store.reader import EpisodeReader, StoreNotFoundError
     from mtopt.store.stats import plot_success_over_time, success_over_time
-    from mtopt.tasks.registry import DEFAULT_REGISTRY
 
     if episodes_of is not None:
         tasks = [t for t in episodes_of.split(",") if t]
-    else:
-        tasks = list(skill_tasks(task, DEFAULT_REGISTRY))
+    else:  # the run's skill: a task of its --tasks-file joins its skill's episodes
+        tasks = list(skill_tasks(task, _registry(store, tasks_file)))
     try:
         rows = EpisodeReader(store).metadata()
         tl = success_over_time(rows, task, tasks, bin_minutes)
@@ -101,14 +126,16 @@ def subset(
     minutes: float | None = typer.Option(
         None, help="Only episodes started in the store's first M minutes of collection."
     ),
+    tasks_file: Path | None = typer.Option(None, help=TASKS_FILE_HELP),
 ) -> None:
     """Copy the episodes of some tasks into a new store (e.g. a single-task baseline on the data a multi-task run collected)."""
     from mtopt.store.reader import StoreNotFoundError
     from mtopt.store.subset import subset_store
-    from mtopt.tasks.registry import DEFAULT_REGISTRY, UnknownTaskError
+    from mtopt.tasks.registry import UnknownTaskError
 
+    registry = _registry(src, tasks_file)
     try:
-        names = [DEFAULT_REGISTRY.get(t).name for t in tasks.split(",") if t]
+        names = [registry.get(t).name for t in tasks.split(",") if t]
         counts = subset_store(src, dst, names, minutes)
     except (StoreNotFoundError, UnknownTaskError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)

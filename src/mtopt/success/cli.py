@@ -27,18 +27,14 @@ TASKS_FILE_HELP = (
 def _registry(tasks_file: Path | None) -> TaskRegistry:
     """The built-in tasks, and those of ``tasks_file``; an error names the file."""
     from mtopt.tasks import DEFAULT_REGISTRY
-    from mtopt.tasks.registry import read_tasks_file
+    from mtopt.tasks.registry import registry_with_tasks_file
 
     if tasks_file is None:
         return DEFAULT_REGISTRY
     try:
-        extra = read_tasks_file(tasks_file)
+        return registry_with_tasks_file(tasks_file)
     except ValueError as exc:
         _fail(exc)
-    try:
-        return DEFAULT_REGISTRY.with_extra(extra)
-    except ValueError as exc:
-        _fail(f"the tasks file {tasks_file}: {exc}")
 
 
 @app.command()
@@ -239,10 +235,14 @@ def label(
         help="Address to serve on; a loopback address answers loopback names only "
         "(0.0.0.0: other machines too).",
     ),
-    port: int = typer.Option(8765, min=1, max=65535, help="Port to serve on."),
+    port: int = typer.Option(
+        8765, min=0, max=65535, help="Port to serve on (0: any free one, printed)."
+    ),
     tasks_file: Path | None = typer.Option(None, help=TASKS_FILE_HELP),
 ) -> None:
     """Serve the labeling page (http://127.0.0.1:8765/?task=TASK)."""
+    import socket
+
     import uvicorn
 
     from mtopt.qtopt.weights import WeightsError
@@ -262,5 +262,16 @@ def label(
         )
     except (StoreNotFoundError, WeightsError, ValueError) as exc:
         _fail(exc)
-    typer.echo(f"labeling page: http://{host}:{port}/?task={task}")
-    uvicorn.run(api, host=host, port=port, log_level="warning")
+    try:  # bound before the address is printed: a port in use is one clear error
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.create_server((host, port), family=family)
+    except OSError as exc:
+        _fail(f"cannot serve on {host}:{port}: {exc.strerror or exc}")
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(f"labeling page: http://{shown}:{bound}/?task={task}")
+    server = uvicorn.Server(uvicorn.Config(api, log_level="warning"))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()

@@ -231,5 +231,15 @@ class TaskRegistry(Sequence[TaskSpec]):
 DEFAULT_REGISTRY = TaskRegistry(_default_tasks())
 
 
+def registry_with_tasks_file(path: str | Path) -> TaskRegistry:
+    """The built-in tasks, then those of the tasks file ``path`` (``--tasks-file`` of the
+    ``sd`` and ``store`` commands); a ``ValueError`` naming the file otherwise."""
+    extra = read_tasks_file(path)
+    try:
+        return DEFAULT_REGISTRY.with_extra(extra)
+    except ValueError as exc:
+        raise ValueError(f"the tasks file {path}: {exc}") from None
+
+
 def get_task(name: str) -> TaskSpec:
     return DEFAULT_REGISTRY.get(name)
