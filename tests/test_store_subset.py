@@ -113,7 +113,9 @@ def test_subset_cli(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "no episode store" in r.output
 
 
-def test_store_commands_know_a_runs_own_tasks(tmp_path: Path) -> None:
+def test_store_commands_know_a_runs_own_tasks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A task of a run's --tasks-file: known from --tasks-file, or from the run's
     config.json next to its store; refused with neither, and a bad file is one error."""
     from mtopt.config import save_config
@@ -139,6 +141,13 @@ def test_store_commands_know_a_runs_own_tasks(tmp_path: Path) -> None:
 
     r = subset("d0")  # the store's folder has no config.json: built-in tasks only
     assert r.exit_code == 2 and "unknown task 'place-can-on-plate'" in r.output
+    assert "--tasks-file" in r.output
+    for not_a_run in ('{"model": "resnet"}', "[1, 2]", "3"):  # someone else's config.json
+        (run / "config.json").write_text(not_a_run)
+        r = subset("dx")
+        assert r.exit_code == 2 and "is not a run's config" in r.output, r.output
+        assert str(run / "config.json") in r.output and "Traceback" not in r.output
+    (run / "config.json").unlink()
     r = subset("d1", "--tasks-file", str(tasks_file))
     assert r.exit_code == 0 and "place-can-on-plate=2" in r.output, r.output
     bad = tmp_path / "bad.json"
@@ -148,6 +157,11 @@ def test_store_commands_know_a_runs_own_tasks(tmp_path: Path) -> None:
     cfg = with_new_tasks(RunConfig(), tasks_file, None)
     save_config(cfg, run / "config.json")
     r = subset("d3")  # the run's own tasks
+    assert r.exit_code == 0 and "place-can-on-plate=2" in r.output, r.output
+    monkeypatch.chdir(store)  # the store given as "."
+    r = runner.invoke(
+        app, ["store", "subset", ".", str(tmp_path / "d4"), "--tasks", "place-can-on-plate"]
+    )
     assert r.exit_code == 0 and "place-can-on-plate=2" in r.output, r.output
     out = tmp_path / "tl.json"
     r = runner.invoke(

@@ -218,6 +218,8 @@ def test_sd_label_binds_before_it_prints_its_address(tmp_path: Path) -> None:
     """A port in use is one clear error (the address used to be printed first and the
     server then died); port 0 serves on a free port and prints the one it got."""
     import os
+    import select
+    import signal
     import socket
     import subprocess
     import sys
@@ -237,11 +239,12 @@ def test_sd_label_binds_before_it_prints_its_address(tmp_path: Path) -> None:
     assert "labeling page" not in res.output
     cmd = [sys.executable, "-m", "mtopt.cli", "sd", "label", "--store", str(store), "--port", "0"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-    )
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
     try:
         assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 120)
+        assert ready, "no address printed within 120 s"
         line = proc.stdout.readline()
         assert line.startswith("labeling page: http://127.0.0.1:"), line
         url = line.split(": ", 1)[1].strip()
@@ -249,5 +252,12 @@ def test_sd_label_binds_before_it_prints_its_address(tmp_path: Path) -> None:
         with urllib.request.urlopen(url, timeout=20) as page:
             assert page.status == 200 and "mtopt labeling" in page.read().decode()
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=20)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert proc.returncode == 0, (tmp_path / "stderr.txt").read_text()  # Ctrl-C: a clean end

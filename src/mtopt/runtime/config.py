@@ -337,7 +337,12 @@ def load_run_config(path: str | Path) -> RunConfig:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"cannot read the run's config {path}: {exc}") from None
-    return from_dict(RunConfig, data)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is not a run's config (a JSON object)")
+    try:
+        return from_dict(RunConfig, data)
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{path} is not a run's config: {exc}") from None
 
 
 def run_registry(folder: str | Path) -> TaskRegistry:

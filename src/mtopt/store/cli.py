@@ -14,8 +14,8 @@ app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown")
 
 TASKS_FILE_HELP = (
     "Tasks of your own after the built-in ones (a JSON list, as `mtopt run --tasks-file`). "
-    "Default: the run's tasks when STORE is a run's store (its config.json next to it), "
-    "else the built-in ones."
+    "Default: the run's tasks when the store is a run's (its config.json beside the "
+    "store), else the built-in ones."
 )
 
 
@@ -28,8 +28,11 @@ def _registry(store: Path, tasks_file: Path | None) -> TaskRegistry:
     try:
         if tasks_file is not None:
             return registry_with_tasks_file(tasks_file)
-        return run_registry(store.parent)
-    except (ValueError, ConfigError) as exc:
+        return run_registry(store.absolute().parent)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc} (--tasks-file names the tasks instead)", err=True)
+        raise typer.Exit(2) from None
+    except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 
@@ -77,7 +80,7 @@ def timeline(
     episodes_of: str | None = typer.Option(
         None,
         help="Comma-separated tasks whose episodes count (default: every task of TASK's "
-        "skill, e.g. all lift-* episodes for lift-any).",
+        "skill, e.g. all lift-* episodes for lift-any, a --tasks-file's included).",
     ),
     bin_minutes: float = typer.Option(10.0, "--bin", help="Minutes of collection per bin."),
     plot: Path | None = typer.Option(None, help="PNG to write (default: STORE/timeline-TASK.png)."),
@@ -136,8 +139,12 @@ def subset(
     registry = _registry(src, tasks_file)
     try:
         names = [registry.get(t).name for t in tasks.split(",") if t]
+    except UnknownTaskError as exc:
+        typer.echo(f"error: {exc} (a task of your own: --tasks-file)", err=True)
+        raise typer.Exit(2) from None
+    try:
         counts = subset_store(src, dst, names, minutes)
-    except (StoreNotFoundError, UnknownTaskError, ValueError) as exc:
+    except (StoreNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     shards = counts.pop("shards")

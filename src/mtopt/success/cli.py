@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -224,6 +226,30 @@ def improve(
         )
 
 
+def _bind(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on every address ``host`` names (``localhost``: 127.0.0.1 and
+    ::1 where both exist), all on one port (``port`` 0: a free one, the first's); a
+    one-line error when none can be bound."""
+    name = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        _fail(f"cannot serve on {host}:{port}: {exc.strerror or exc}")
+    sockets: list[socket.socket] = []
+    errors: list[str] = []
+    for family, address in dict.fromkeys((i[0], str(i[4][0])) for i in infos):
+        at = sockets[0].getsockname()[1] if sockets else port
+        try:
+            sockets.append(socket.create_server((address, at), family=family))
+        except OSError as exc:
+            errors.append(f"{address}:{at}: {exc.strerror or exc}")
+    if not sockets:
+        _fail(f"cannot serve on {host}:{port}: {'; '.join(errors)}")
+    if errors:
+        typer.echo(f"note: not serving on {'; '.join(errors)}", err=True)
+    return sockets
+
+
 @app.command()
 def label(
     store: Path = typer.Option(..., help="Episode store directory."),
@@ -241,8 +267,6 @@ def label(
     tasks_file: Path | None = typer.Option(None, help=TASKS_FILE_HELP),
 ) -> None:
     """Serve the labeling page (http://127.0.0.1:8765/?task=TASK)."""
-    import socket
-
     import uvicorn
 
     from mtopt.qtopt.weights import WeightsError
@@ -262,16 +286,15 @@ def label(
         )
     except (StoreNotFoundError, WeightsError, ValueError) as exc:
         _fail(exc)
-    try:  # bound before the address is printed: a port in use is one clear error
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.create_server((host, port), family=family)
-    except OSError as exc:
-        _fail(f"cannot serve on {host}:{port}: {exc.strerror or exc}")
-    bound = sock.getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
-    typer.echo(f"labeling page: http://{shown}:{bound}/?task={task}")
-    server = uvicorn.Server(uvicorn.Config(api, log_level="warning"))
+    sockets = _bind(host, port)  # before the address is printed: a port in use is one error
     try:
-        server.run(sockets=[sock])
+        bound = sockets[0].getsockname()[1]
+        name = host.strip("[]")
+        shown = f"[{name}]" if ":" in name else name
+        typer.echo(f"labeling page: http://{shown}:{bound}/?task={task}")
+        server = uvicorn.Server(uvicorn.Config(api, log_level="warning"))
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: the server shut down cleanly
+            server.run(sockets=sockets)
     finally:
-        sock.close()
+        for sock in sockets:
+            sock.close()
