@@ -1,5 +1,6 @@
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -72,6 +73,30 @@ def test_resume_continues_the_runs_own_config(tmp_path) -> None:
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ConfigError, match="cannot read the run's config"):
         load_run_config(tmp_path / "bad.json")
+
+
+def test_a_config_from_before_move_from_keeps_the_moves_its_run_had(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs saved before ``sim.move_from`` existed moved from the command: loading one
+    pins that, whatever the field's default becomes (a shipped policy would otherwise
+    be evaluated in another cell than it learned in)."""
+    import mtopt.runtime.config as rc
+    from mtopt.config import save_config
+
+    path = save_config(override(rc.preset("tiny"), ["sim.move_from=measured"]), tmp_path / "c.json")
+    assert rc.load_run_config(path).sim.move_from == "measured"  # a saved value is kept
+    data = json.loads(path.read_text())
+    del data["sim"]["move_from"]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    assert rc._BEFORE_THE_FIELD[("sim", "move_from")] == "command"
+    assert rc.load_run_config(tmp_path / "old.json").sim.move_from == "command"
+    # the pinned value is what is used, not the current default
+    monkeypatch.setitem(rc._BEFORE_THE_FIELD, ("sim", "move_from"), "measured")
+    assert rc.load_run_config(tmp_path / "old.json").sim.move_from == "measured"
+    monkeypatch.undo()
+    shipped = list(Path(__file__).parents[1].glob("policies/*/config.json"))
+    assert shipped and all(rc.load_run_config(c).sim.move_from == "command" for c in shipped)
 
 
 def test_resume_refuses_a_checkpoint_of_another_network(tmp_path) -> None:

@@ -329,9 +329,17 @@ def with_new_tasks(
     return cfg
 
 
+# Fields added since runs were saved whose value then is not their current default (or
+# may not stay it): a config without one gets the value its run really had.
+_BEFORE_THE_FIELD: dict[tuple[str, str], object] = {
+    ("sim", "move_from"): "command",  # every run saved before 2026-12-05
+}
+
+
 def load_run_config(path: str | Path) -> RunConfig:
     """The config a run was started with (its ``config.json``). Fields added to the
-    config since then take their current defaults."""
+    config since then take their current defaults, except those that changed what the
+    run did (``_BEFORE_THE_FIELD``): those take the value the run had."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -339,6 +347,10 @@ def load_run_config(path: str | Path) -> RunConfig:
         raise ConfigError(f"cannot read the run's config {path}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} is not a run's config (a JSON object)")
+    for (section, name), then in _BEFORE_THE_FIELD.items():
+        part = data.get(section)
+        if isinstance(part, dict) and name not in part:
+            data[section] = {**part, name: then}
     try:
         return from_dict(RunConfig, data)
     except (ConfigError, TypeError, ValueError) as exc:
