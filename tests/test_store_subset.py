@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -144,9 +145,15 @@ def test_store_commands_know_a_runs_own_tasks(
     assert "--tasks-file" in r.output
     for not_a_run in ('{"model": "resnet"}', "[1, 2]", "3"):  # someone else's config.json
         (run / "config.json").write_text(not_a_run)
-        r = subset("dx")
-        assert r.exit_code == 2 and "is not a run's config" in r.output, r.output
+        r = subset("dx")  # a note naming it, then the built-in tasks
+        assert r.exit_code == 2 and "using the built-in tasks" in r.output, r.output
         assert str(run / "config.json") in r.output and "Traceback" not in r.output
+        assert "unknown task 'place-can-on-plate'" in r.output
+        r = runner.invoke(
+            app, ["store", "subset", str(store), str(tmp_path / "dy"), "--tasks", "lift-ball"]
+        )
+        assert r.exit_code == 0 and "lift-ball=1" in r.output, r.output
+        shutil.rmtree(tmp_path / "dy")
     (run / "config.json").unlink()
     r = subset("d1", "--tasks-file", str(tasks_file))
     assert r.exit_code == 0 and "place-can-on-plate=2" in r.output, r.output

@@ -261,3 +261,22 @@ def test_sd_label_binds_before_it_prints_its_address(tmp_path: Path) -> None:
         if proc.stdout is not None:
             proc.stdout.close()
     assert proc.returncode == 0, (tmp_path / "stderr.txt").read_text()  # Ctrl-C: a clean end
+
+
+def test_sd_label_on_the_ipv6_wildcard_answers_ipv4_clients_too() -> None:
+    """`--host ::` binds dual-stack where the system can (as uvicorn's own bind did);
+    a plain IPv6 socket would refuse IPv4 clients."""
+    import socket
+
+    from mtopt.success.cli import _bind
+
+    if not socket.has_dualstack_ipv6():
+        pytest.skip("this system has no dual-stack IPv6 sockets")
+    sockets = _bind("::", 0)
+    try:
+        port = sockets[0].getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+    finally:
+        for s in sockets:
+            s.close()

@@ -354,7 +354,7 @@ def load_run_config(path: str | Path) -> RunConfig:
     try:
         return from_dict(RunConfig, data)
     except (ConfigError, TypeError, ValueError) as exc:
-        raise ConfigError(f"{path} is not a run's config: {exc}") from None
+        raise ConfigError(f"cannot load the run's config {path}: {exc}") from None
 
 
 def run_registry(folder: str | Path) -> TaskRegistry:

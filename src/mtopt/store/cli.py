@@ -23,18 +23,20 @@ def _registry(store: Path, tasks_file: Path | None) -> TaskRegistry:
     """``tasks_file``'s tasks after the built-in ones; else the tasks of the run whose
     store ``store`` is (a ``config.json`` next to it); else the built-in tasks."""
     from mtopt.runtime.config import ConfigError, run_registry
+    from mtopt.tasks import DEFAULT_REGISTRY
     from mtopt.tasks.registry import registry_with_tasks_file
 
-    try:
-        if tasks_file is not None:
+    if tasks_file is not None:
+        try:
             return registry_with_tasks_file(tasks_file)
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+    try:
         return run_registry(store.absolute().parent)
-    except ConfigError as exc:
-        typer.echo(f"error: {exc} (--tasks-file names the tasks instead)", err=True)
-        raise typer.Exit(2) from None
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    except ConfigError as exc:  # someone else's config.json: the built-in tasks
+        typer.echo(f"note: {exc}; using the built-in tasks", err=True)
+        return DEFAULT_REGISTRY
 
 
 @app.command()

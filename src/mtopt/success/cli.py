@@ -240,7 +240,8 @@ def _bind(host: str, port: int) -> list[socket.socket]:
     for family, address in dict.fromkeys((i[0], str(i[4][0])) for i in infos):
         at = sockets[0].getsockname()[1] if sockets else port
         try:
-            sockets.append(socket.create_server((address, at), family=family))
+            dual = address == "::" and socket.has_dualstack_ipv6()  # IPv4 clients too
+            sockets.append(socket.create_server((address, at), family=family, dualstack_ipv6=dual))
         except OSError as exc:
             errors.append(f"{address}:{at}: {exc.strerror or exc}")
     if not sockets:
