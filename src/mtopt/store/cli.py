@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from mtopt._cli import fail
+
 if TYPE_CHECKING:
     from mtopt.tasks.registry import TaskRegistry
 
@@ -30,8 +32,7 @@ def _registry(store: Path, tasks_file: Path | None) -> TaskRegistry:
         try:
             return registry_with_tasks_file(tasks_file)
         except ValueError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+            fail(exc)
     try:
         return run_registry(store.absolute().parent)
     except ConfigError as exc:  # someone else's config.json: the built-in tasks
@@ -60,8 +61,7 @@ def stats(
         scores = sd_scores(store, sd) if sd is not None else None
         s = store_stats(store, scores)
     except (StoreNotFoundError, WeightsError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        fail(exc)
     if sd is not None:
         typer.echo(f"success detector: {sd}")
     typer.echo(f"{s['episodes']} episodes in {s['shards']} shards ({s['quarantined']} quarantined)")
@@ -103,11 +103,9 @@ def timeline(
         rows = EpisodeReader(store).metadata()
         tl = success_over_time(rows, task, tasks, bin_minutes)
     except (StoreNotFoundError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        fail(exc)
     if not tl["policies"]:
-        typer.echo(f"error: no episodes of {','.join(tasks)} judged at {task} in {store}", err=True)
-        raise typer.Exit(2)
+        fail(f"no episodes of {','.join(tasks)} judged at {task} in {store}")
     typer.echo(
         f"{task} success of {','.join(tasks)} episodes, {tl['minutes']:.0f} collection minutes"
     )
@@ -142,13 +140,11 @@ def subset(
     try:
         names = [registry.get(t).name for t in tasks.split(",") if t]
     except UnknownTaskError as exc:
-        typer.echo(f"error: {exc} (a task of your own: --tasks-file)", err=True)
-        raise typer.Exit(2) from None
+        fail(f"{exc} (a task of your own: --tasks-file)")
     try:
         counts = subset_store(src, dst, names, minutes)
     except (StoreNotFoundError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        fail(exc)
     shards = counts.pop("shards")
     typer.echo(
         f"copied {sum(counts.values())} episodes in {shards} shards to {dst}: "

@@ -5,19 +5,16 @@ from __future__ import annotations
 import contextlib
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import typer
+
+from mtopt._cli import fail as _fail
 
 if TYPE_CHECKING:
     from mtopt.tasks.registry import TaskRegistry
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown")
-
-
-def _fail(msg: object) -> NoReturn:
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(2)
 
 
 TASKS_FILE_HELP = (
