@@ -99,13 +99,41 @@ def test_parity_pools_recent_evaluations_by_hand() -> None:
 
 
 @pytest.mark.timeout(900)
-def test_tiny_run_then_resume(tmp_path: Path) -> None:
+def test_tiny_run_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mtopt.qtopt.learner import Learner
+
     out = tmp_path / "run"
+    # the order of relabel rounds (SD v2 on), learner steps and checkpoints
+    events: list[tuple[str, int]] = []
+    publish, train_step, save = SuccessDetector.publish, Learner.train_step, Learner.save_checkpoint
+    monkeypatch.setattr(
+        SuccessDetector,
+        "publish",
+        lambda s, d, v: events.append(("sd", v * (Path(d).name == "sd"))) or publish(s, d, v),
+    )
+    monkeypatch.setattr(
+        Learner, "train_step", lambda s, *a: events.append(("step", 0)) or train_step(s, *a)
+    )
+    monkeypatch.setattr(
+        Learner,
+        "save_checkpoint",
+        lambda s, path, extra=None: (
+            events.append(("ck", (extra or {}).get("sd_labels", -1))) or save(s, path, extra)
+        ),
+    )
     # the preset's 3-minute budget can end a run on a loaded machine before it trains;
     # its step and episode caps end it here, however slow the machine
     slack = ["--minutes", "12"]
     res = CliRunner().invoke(app, ["run", "--config", "tiny", "--out", str(out), *slack])
     assert res.exit_code == 0, res.output
+    # each relabel round is checkpointed with its labels before the next learner step (a
+    # kill before the next scheduled checkpoint undercounted them and repeated the round)
+    rounds = [i for i, (kind, v) in enumerate(events) if kind == "sd" and v >= 2]
+    assert rounds
+    for i in rounds:
+        kind, labels = next(e for e in events[i + 1 :] if e[0] != "sd")
+        assert kind == "ck" and labels > 0, events[i:]
+    monkeypatch.undo()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["learner_steps"] >= 30 and summary["episodes"] >= 20
     assert (out / "report" / "report.md").exists() and (

@@ -55,13 +55,15 @@ def test_ray_run_survives_killed_actors(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(600)
 def test_ray_run_relabels_and_retrains_the_sd_and_ingests_the_last_episodes(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SD relabel rounds on Ray as on the local runtime (they used to be local only), and
     the summary counts every stored episode once: two replay workers, each reading its
     part of the store, and the episodes the last robot calls flushed. The run has a task
     of its own (``--tasks-file``): its robots and replay workers use the run's registry."""
+    from mtopt.qtopt.learner import Learner
     from mtopt.runtime.config import with_new_tasks
+    from mtopt.runtime.local import LocalRun
     from mtopt.runtime.ray_runtime import run_ray
 
     task = {"name": "place-can-on-plate", "kind": "place", "fixtures": ["plate"], "category": "can"}
@@ -77,9 +79,23 @@ def test_ray_run_relabels_and_retrains_the_sd_and_ingests_the_last_episodes(
             "replay_workers=2",  # each reads its part of the store
             "sd.improve_every_episodes=20",
             "sd.improve_growth=1.0",
+            "checkpoint_every=1000",  # no scheduled checkpoint: only the rounds' own
         ],
     )
+    # a finished round is checkpointed with its labels at once, mid-run
+    saved: list[int] = []
+    save = Learner.save_checkpoint
+    monkeypatch.setattr(
+        Learner,
+        "save_checkpoint",
+        lambda s, path, extra=None: saved.append(extra["sd_labels"]) or save(s, path, extra),
+    )
+    finish = LocalRun.finish
+    monkeypatch.setattr(
+        LocalRun, "finish", lambda s, *a, **k: saved.append(-1) or finish(s, *a, **k)
+    )
     summary = run_ray(with_new_tasks(cfg, tasks, None), tmp_path / "run")
+    assert saved.index(-1) > 0 and all(n > 0 for n in saved[: saved.index(-1)]), saved
     assert summary["sd_version"] >= 2 and summary["sd_episode_labels"] > 0
     assert (tmp_path / "run" / "sd" / "episode_labels.npz").exists()
     stored = [r for r in EpisodeReader(tmp_path / "run" / "store").metadata() if r["num_steps"]]

@@ -870,7 +870,12 @@ class LocalRun:
                     )
                 if c.max_episodes and ingest.ingested >= c.max_episodes:
                     stop_fleet.set()
+                sd_before = sd.version
                 sd, sd_labels = self.sd_round(sd, ingest, sd_labels, replay.set_reward_model)
+                if sd.version != sd_before:
+                    # the round's labels and reset count into the checkpoint at once: a
+                    # kill before the next one undercounted them and could repeat the round
+                    learner.save_checkpoint(p.checkpoint, checkpoint_extras(time.time()))
                 if backlog_done and len(buffers) >= needed:
                     if c.bellman_prefetch and background is None:
                         background = BackgroundUpdater(updater, c.bellman_prefetch)

@@ -424,8 +424,11 @@ def run_ray(
                 # a round runs beside the loop (robots and learner go on), one at a time
                 sd_tail.check()
                 if sd_job is not None and sd_job.done():
+                    sd_before = sd.version
                     sd, sd_labels = sd_job.result()
                     sd_job = None
+                    if sd.version != sd_before:  # as the local runtime: checkpointed at once
+                        learner.save_checkpoint(p.checkpoint, extras(time.time()))
                 if sd_job is None and run.sd_round_due(sd, sd_tail):
                     sd_job = sd_pool.submit(run.sd_round, sd, sd_tail, sd_labels)
             if c.robots and dropped == c.robots:
