@@ -7,7 +7,8 @@ from typing import NoReturn
 import typer
 
 
-def fail(msg: object) -> NoReturn:
-    """End the command with ``error: MSG`` on stderr and exit code 2 (bad input)."""
+def fail(msg: object, code: int = 2) -> NoReturn:
+    """End the command with ``error: MSG`` on stderr and exit ``code``: 2 for bad input,
+    1 for a failure while it ran."""
     typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from mtopt._cli import fail
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
@@ -37,15 +39,12 @@ def register(app: typer.Typer) -> None:
         names = tuple(t for t in tasks.split(",") if t)
         extra: tuple[dict[str, object], ...] = ()
         if weights is not None and not weights.is_dir():
-            typer.echo(f"error: --weights {weights}: no such folder", err=True)
-            raise typer.Exit(2)
+            fail(f"--weights {weights}: no such folder")
         if weights is not None and (weights / "weights").is_dir():
-            typer.echo(
-                f"error: --weights {weights} is a run folder: pass its weights folder, "
-                f"{weights / 'weights'}",
-                err=True,
+            fail(
+                f"--weights {weights} is a run folder: pass its weights folder, "
+                f"{weights / 'weights'}"
             )
-            raise typer.Exit(2)
         try:
             if weights is not None and (weights.parent / "config.json").exists():
                 extra = load_run_config(weights.parent / "config.json").extra_tasks
@@ -53,11 +52,9 @@ def register(app: typer.Typer) -> None:
             for t in names:
                 registry.get(t)
         except (UnknownTaskError, ConfigError, ValueError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+            fail(exc)
         if split not in ("train", "test"):
-            typer.echo(f"error: --split must be train or test, got {split!r}", err=True)
-            raise typer.Exit(2)
+            fail(f"--split must be train or test, got {split!r}")
         spec = FleetSpec(
             store=str(store),
             robots=robots,
@@ -89,9 +86,8 @@ def register(app: typer.Typer) -> None:
         if summary["interrupted"]:
             typer.echo("interrupted: buffered episodes were flushed")
         elif summary["failed"]:
-            typer.echo(
-                f"error: robot(s) {summary['failed']} kept failing and gave up after their "
+            fail(
+                f"robot(s) {summary['failed']} kept failing and gave up after their "
                 f"restarts ({summary['restarts']}); their errors are in the log above",
-                err=True,
+                1,
             )
-            raise typer.Exit(1)

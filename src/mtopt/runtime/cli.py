@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from mtopt._cli import fail
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
@@ -88,8 +90,7 @@ def register(app: typer.Typer) -> None:
             cfg.validate()
             resolve_device(cfg.learner.device)  # a missing GPU: say so before robots start
         except (ConfigError, ValueError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+            fail(exc)
         try:
             if cfg.runtime == "ray":
                 from mtopt._signals import stop_on_sigterm
@@ -102,8 +103,7 @@ def register(app: typer.Typer) -> None:
 
                 summary = LocalRun(cfg, out, resume).run()
         except (FileExistsError, ConfigError, WeightsError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+            fail(exc)
         typer.echo(f"report: {out / 'report' / 'report.md'}")
         final = summary.get("final", {}).get("success", {})
         for task, rate in final.items():
@@ -111,8 +111,7 @@ def register(app: typer.Typer) -> None:
                 f"  {task:20s} learned {rate:6.1%}   scripted {summary['scripted'].get(task, float('nan')):6.1%}"
             )
         if summary.get("fleet_error"):
-            typer.echo(f"error: the robot fleet failed: {summary['fleet_error']}", err=True)
-            raise typer.Exit(1)
+            fail(f"the robot fleet failed: {summary['fleet_error']}", 1)
 
     @app.command()
     def export(
@@ -133,16 +132,14 @@ def register(app: typer.Typer) -> None:
         from mtopt.runtime.policy_folder import write_policy_folder
 
         if not {"acting", "online"} & set(parts.split(",")):
-            typer.echo("error: --parts needs acting or online: a policy acts with one", err=True)
-            raise typer.Exit(2)
+            fail("--parts needs acting or online: a policy acts with one")
         try:
             cfg = load_run_config(run / "config.json")
             path, version, meta = export_parts(
                 run / "weights", out / "weights", tuple(parts.split(","))
             )
         except (ConfigError, WeightsError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+            fail(exc)
         write_policy_folder(out, run, cfg, version, meta.get("step"), parts.split(","))
         typer.echo(f"exported {path} (version {version}) and config.json to {out}")
 
@@ -177,10 +174,7 @@ def register(app: typer.Typer) -> None:
 
         run = config or next((s for s in sources if (s / "config.json").is_file()), None)
         if run is None or not (run / "config.json").is_file():
-            typer.echo(
-                f"error: no config.json in {run or 'any source'}: pass --config RUN", err=True
-            )
-            raise typer.Exit(2)
+            fail(f"no config.json in {run or 'any source'}: pass --config RUN")
         try:
             cfg = load_run_config(run / "config.json")
             path, version, meta = average_into(
@@ -191,8 +185,7 @@ def register(app: typer.Typer) -> None:
                 expected_qnet={"image_size": cfg.sim.image_size},
             )
         except (ConfigError, WeightsError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+            fail(exc)
         used = meta["averaged"]
         write_policy_folder(
             out,

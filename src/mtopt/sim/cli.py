@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from mtopt._cli import fail
+
 if TYPE_CHECKING:
     from mtopt.policies.base import Policy
     from mtopt.sim.cell import SimConfig
@@ -68,8 +70,7 @@ def demo(
                 f"the run's network sees {base.image_size}-pixel images, not {config.image_size}"
             )
     except (UnknownTaskError, ValueError, FileNotFoundError, WeightsError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        fail(exc)
     out.mkdir(parents=True, exist_ok=True)
     robot = SimRobot(config, robot_id="demo", seed=seed)
     rng = np.random.default_rng(seed)
