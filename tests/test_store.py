@@ -112,6 +112,23 @@ def test_readable_by_ordinary_tools(tmp_path: Path) -> None:
     assert n == [(1,)]
 
 
+def test_shards_get_the_mode_any_new_file_gets(tmp_path: Path) -> None:
+    """Other users (an analyst, a labeler) read the store: the shards were 0o600
+    (mkstemp's), whatever the umask; now they are what ``open()`` makes (0o644 under 022)."""
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        (tmp_path / "plain").write_bytes(b"")
+        with EpisodeWriter(tmp_path / "store", "r0") as w:
+            w.write(make_episode(0))
+    finally:
+        os.umask(old)
+    want = stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    (shard,) = shard_paths(tmp_path / "store")
+    assert want == 0o644 and stat.S_IMODE(shard.stat().st_mode) == want
+
+
 def test_unknown_schema_version_is_a_clear_error(tmp_path: Path) -> None:
     row = make_episode(0).to_row()
     row["schema_version"] = 99

@@ -11,6 +11,19 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file under this process's umask now (0o644 under
+    the usual 022). ``mkstemp`` makes its files 0o600, which the rename kept: another
+    user's reader (an analyst, a labeler) got PermissionError on every shard."""
+    try:  # Linux: read without changing it (os.umask is process-wide, not thread-safe)
+        with open("/proc/self/status") as f:
+            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
 def fsync_dir(path: Path) -> None:
     """fsync a directory so a rename inside it is durable."""
     try:
@@ -34,6 +47,8 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):  # not on Windows before Python 3.13
+            os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
