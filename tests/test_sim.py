@@ -119,7 +119,14 @@ def test_reset_options_switch_the_task() -> None:
         env.reset(options={"task": "lift-unicorn"})
     with pytest.raises(ValueError, match="unknown reset options"):
         env.reset(options={"difficulty": 3})
+    with pytest.raises(ValueError, match=r"scene_seed.*2\*\*63"):  # the store's int64
+        env.reset(options={"scene_seed": 2**63})
     env.close()
+    env.close()  # twice is fine
+    # a closed env says so (it was PyBullet's "Not connected to physics server")
+    for use in (env.reset, lambda: env.step(make_action()), env.unwrapped.render):
+        with pytest.raises(RuntimeError, match="the env is closed"):
+            use()
 
 
 def test_a_reset_that_raises_leaves_the_constructors_seed_for_the_next() -> None:

@@ -25,10 +25,11 @@ class Observation:
     image: np.ndarray
     state: np.ndarray
     pose: np.ndarray | None = None
-    """Optional proprioception (gripper x, y, z (m), yaw (rad, in [-pi, pi]) in the robot
-    frame). Scripted policies use it, and a Q-network with ``QNetConfig.gripper_xy`` (the
-    ``tuned`` preset) takes x, y; the paper's network and the success detector never see
-    it."""
+    """Proprioception (gripper x, y, z (m), yaw (rad, in [-pi, pi]) in the robot frame).
+    Optional for the paper's network and the success detector, which never see it, but
+    required by the scripted placing policy (it raises without it, which stops
+    collection of placing tasks) and by a Q-network with ``QNetConfig.gripper_xy`` (the
+    ``tuned`` preset), which takes x, y."""
 
     def __post_init__(self) -> None:
         # lists and other array-likes from a robot's driver become arrays (frozen: via
@@ -91,6 +92,25 @@ class Robot(Protocol):
       a real robot leaves it out and those columns are null).
 
     ``scene_description()["seed"]`` is stored as the episode's ``seed`` (-1 without one).
+
+    What an implementation must match (the simulated cell, ``mtopt.robots.sim_robot``, is
+    the reference):
+
+    - ``act`` executes the action layout of ``mtopt.robots.action``: dx, dy, dz times a
+      step of 5 cm (``SimConfig.max_step_m``) and dyaw times 0.4 rad (``max_yaw_rad``),
+      in the robot frame, from the last commanded pose (``SimConfig.move_from``: or the
+      measured one); a change of the gripper command is carried out before the arm
+      moves; moves are clipped to the workspace.
+      The robot itself reports the end: ``StepResult.terminated`` is True when the
+      action's TERMINATE component is > 0 (``mtopt.robots.action.wants_terminate``).
+    - The frame: the scripted bootstrap policies aim at the simulated cell's layout
+      (``mtopt.sim.cell``: objects in the bin centred at y = +0.13 m, fixtures in the one
+      at y = -0.13 m, each 0.2 m across; heights above the bin floor). A real cell
+      expresses its poses in such a frame, or brings scripted policies of its own.
+    - The ``tuned`` preset's gripper crop projects the gripper's position through a
+      calibrated camera named by ``QNetConfig.crop_camera``: add the real camera's
+      ``PinholeCamera`` to ``mtopt.qtopt.crop.CAMERAS`` (only ``"sim-scene"`` is there).
+    - ``image_size``: the side (pixels) of the square observation and final images.
     """
 
     robot_id: str

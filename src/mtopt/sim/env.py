@@ -98,6 +98,7 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._steps = 0
         self._last: Observation | None = None
         self._done = False
+        self._closed = False
         self._initial_seed = seed
 
     @staticmethod
@@ -120,9 +121,12 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                 f"unknown reset options {sorted(options)}; valid: ['scene_seed', 'task']"
             )
         if chosen is not None and (
-            isinstance(chosen, bool) or not isinstance(chosen, (int, np.integer)) or chosen < 0
+            isinstance(chosen, bool)
+            or not isinstance(chosen, (int, np.integer))
+            or not 0 <= chosen < 2**63  # the store's int64 seed column holds it
         ):
-            raise ValueError(f"options['scene_seed'] must be an int >= 0, got {chosen!r}")
+            raise ValueError(f"options['scene_seed'] must be an int in [0, 2**63), got {chosen!r}")
+        self._check_open()
         # after the options are checked: a reset that raised leaves the seed for the next
         self.task = task
         if seed is None:
@@ -148,6 +152,7 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def step(
         self, action: np.ndarray
     ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        self._check_open()
         if self._last is None:
             raise RuntimeError("call reset() before step()")
         if self._done:
@@ -169,6 +174,7 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         return self._to_obs(self._last), reward, terminated, truncated, info
 
     def render(self) -> np.ndarray | None:
+        self._check_open()
         if self.render_mode != "rgb_array":
             return None
         return self._robot.cell.render(max(256, self.config.image_size))
@@ -180,6 +186,11 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
 
     def close(self) -> None:
         self._robot.close()
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:  # (it was PyBullet's "Not connected to physics server")
+            raise RuntimeError("the env is closed: make a new one")
 
     def __getstate__(self) -> None:
         # copy.copy would otherwise share the PyBullet connection (SimCell refuses deep
