@@ -424,3 +424,32 @@ def test_a_robot_that_keeps_failing_is_reported_and_collect_exits_non_zero(
         app, ["collect", "--store", str(tmp_path / "u"), "--robots", "1", "--episodes", "1"]
     )
     assert res.exit_code == 1 and "gave up" in res.output
+
+
+def test_the_readmes_real_robot_snippet_runs_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's "A real robot" code, with the simulated cell as ``MyArm`` and two
+    episodes instead of ``while True``: its names, arguments and order must work."""
+    import re
+
+    from mtopt.config import save_config
+    from mtopt.robots.sim_robot import SimRobot
+    from mtopt.runtime.config import preset
+    from mtopt.sim.config import SimConfig
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("## A real robot") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
+    assert "while True:" in code
+    code = code.replace("while True:", "for _ in range(2):")
+    monkeypatch.chdir(tmp_path)
+    save_config(preset("tiny"), tmp_path / "runs" / "cell-a" / "config.json")
+
+    def my_arm(robot_id: str) -> SimRobot:
+        return SimRobot(SimConfig(image_size=preset("tiny").sim.image_size), robot_id)
+
+    exec(compile(code, "README.md", "exec"), {"MyArm": my_arm})
+    episodes = list(EpisodeReader(tmp_path / "runs" / "cell-a" / "store").episodes())
+    assert len(episodes) >= 2 and {e.robot_id for e in episodes} == {"arm-1"}
+    assert {e.task for e in episodes} <= {"lift-any", "place-any"}
