@@ -44,8 +44,9 @@ def test_resume_needs_a_run_and_path_errors_are_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`mtopt run --resume` on a folder without a run is refused (it started a new run);
-    a path that cannot be used ends the `mtopt` entry point with one line and exit 1."""
+    a path that cannot be used ends the `mtopt` entry point with one line and exit 2."""
     import mtopt.cli as cli
+    from mtopt._io import atomic_write_bytes
 
     res = CliRunner().invoke(cli.app, ["run", "--resume", "--out", str(tmp_path / "none")])
     assert res.exit_code == 2 and "holds no run to resume" in res.output
@@ -58,9 +59,17 @@ def test_resume_needs_a_run_and_path_errors_are_one_line(
     monkeypatch.delenv("MTOPT_DEBUG", raising=False)
     with pytest.raises(SystemExit) as e:
         cli.main()
-    assert e.value.code == 1
+    assert e.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: [Errno 20] Not a directory") and "Traceback" not in err
+    assert err == f"error: {tmp_path / 'file' / 'sub'}: Not a directory\n"
+    # a rename's error names the destination, not the atomic write's temp file
+    (tmp_path / "plot").mkdir()
+    monkeypatch.setattr(cli, "app", lambda: atomic_write_bytes(tmp_path / "plot", b""))
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'plot'}: Is a directory\n"
+    monkeypatch.setattr(cli, "app", broken)
     monkeypatch.setenv("MTOPT_DEBUG", "1")
     with pytest.raises(NotADirectoryError):
         cli.main()

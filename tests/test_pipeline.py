@@ -262,6 +262,20 @@ def test_tiny_run_with_gripper_position_inputs(tmp_path: Path) -> None:
 def test_bad_run_config_is_a_clear_error(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["run", "--config", "huge", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "unknown config 'huge'" in res.output
+    res = CliRunner().invoke(app, ["run", "--config", "", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "unknown config ''" in res.output  # it ran "local"
+    # the success detector's settings are checked before its scenes are staged (steps 0
+    # trained nothing, growth 0 made a relabel round due on every check)
+    for bad, says in (
+        ("sd.train.steps=0", "sd.train.steps: steps must be an integer >= 1"),
+        ("sd.train.lr=-1", "lr must be > 0"),
+        ("sd.retrain_steps=0", "sd.retrain_steps must be >= 1"),
+        ("sd.improve_growth=0.5", "sd.improve_growth must be >= 1.0"),
+    ):
+        res = CliRunner().invoke(
+            app, ["run", "--config", "tiny", "--out", str(tmp_path), "--set", bad]
+        )
+        assert res.exit_code == 2 and says in res.output, (bad, res.output)
     res = CliRunner().invoke(
         app, ["run", "--config", "tiny", "--out", str(tmp_path), "--set", "replay.batchsize=3"]
     )

@@ -72,6 +72,11 @@ def test_exported_policy_acts_like_its_run(tmp_path: Path) -> None:
     # a second export into the same folder, or of a network the run never had, is refused
     res = CliRunner().invoke(app, ["export", str(run), str(exp)])
     assert res.exit_code == 2 and "already holds published weights" in res.output
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.json").write_text("{}")  # someone's: not overwritten
+    res = CliRunner().invoke(app, ["export", str(run), str(tmp_path / "mine")])
+    assert res.exit_code == 2 and "already holds a config.json" in res.output
+    assert (tmp_path / "mine" / "config.json").read_text() == "{}"
     res = CliRunner().invoke(app, ["export", str(run), str(tmp_path / "e2"), "--parts", "acting,x"])
     assert res.exit_code == 2 and "no ['x'] network" in res.output
     res = CliRunner().invoke(app, ["export", str(run), str(tmp_path / "e3"), "--parts", "target0"])

@@ -268,6 +268,10 @@ def test_timeline_command_on_a_store(tmp_path: Path) -> None:
         app, ["store", "timeline", str(tmp_path / "store"), "--task", "place-any"]
     )
     assert res.exit_code == 2 and "no episodes" in res.output
+    res = CliRunner().invoke(
+        app, ["store", "timeline", str(tmp_path / "store"), "--task", "lift-nope"]
+    )
+    assert res.exit_code == 2 and "unknown task 'lift-nope'" in res.output
 
 
 def _write_raw_shard(store: Path, name: str, rows: list[dict]) -> Path:

@@ -121,6 +121,25 @@ def test_sd_cli_flow(tmp_path: Path) -> None:
         ],
     )
     assert res.exit_code == 2 and "no episode store" in res.output
+    # a call that fails on its inputs writes nothing into the weights folder (it kept
+    # the SD it was given in WEIGHTS/initial first)
+    fresh = tmp_path / "w-fresh"
+    fresh.mkdir()
+    for f in w.glob("sd-*"):
+        (fresh / f.name).write_bytes(f.read_bytes())
+    res = r.invoke(
+        app,
+        [
+            *("sd", "improve", "--store", str(tmp_path / "nostore"), "--weights", str(fresh)),
+            *("--examples", str(ex)),
+        ],
+    )
+    assert res.exit_code == 2 and not (fresh / "initial").exists()
+    # collection with a success detector's folder for Q weights went on, all scripted
+    res = r.invoke(app, ["collect", "--store", str(store), "--weights", str(w), "--episodes", "1"])
+    assert res.exit_code == 2 and "holds a success detector" in res.output
+    res = r.invoke(app, ["sd", "label", "--store", str(store), "--task", "nope", "--port", "0"])
+    assert res.exit_code == 2 and "unknown task 'nope'" in res.output
     res = r.invoke(
         app,
         [
@@ -209,6 +228,7 @@ def test_sd_outputs_and_example_files_that_cannot_work_fail_before_any_work(
         (["sd", "examples", "--out", str(tmp_path)], "is a directory"),
         (["sd", "examples", "--out", str(a_file / "x.npz")], "cannot write to"),
         (["sd", "examples", "--out", str(empty)], "not an example set"),
+        (["sd", "examples", "--seed", "-1"], "greater than or equal to 0"),  # (was a traceback)
     ):
         res = r.invoke(app, args)
         assert res.exit_code == 2 and says in res.output, (args, res.output)

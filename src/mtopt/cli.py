@@ -60,8 +60,9 @@ _mount()
 
 def main() -> None:
     """The ``mtopt`` entry point: a path that cannot be used (a file where a folder is
-    wanted, a folder where a file is, no permission) ends with a one-line error and exit
-    code 1, not a traceback (``MTOPT_DEBUG=1`` shows the traceback)."""
+    wanted, a folder where a file is, no permission) ends with a one-line error naming
+    it and exit code 2 (bad input, as ``mtopt._cli.fail``), not a traceback
+    (``MTOPT_DEBUG=1`` shows the traceback)."""
     import os
 
     try:
@@ -69,8 +70,12 @@ def main() -> None:
     except (NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError) as exc:
         if os.environ.get("MTOPT_DEBUG"):
             raise
-        typer.echo(f"error: {exc}", err=True)
-        raise SystemExit(1) from None
+        # an atomic write's rename names its temp file first: the path the user gave is
+        # the second
+        path = exc.filename2 or exc.filename
+        msg = f"{path}: {exc.strerror}" if path is not None and exc.strerror else exc
+        typer.echo(f"error: {msg}", err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

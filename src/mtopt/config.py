@@ -96,7 +96,12 @@ def _set_path(obj: Any, path: list[str], value: str, full: str) -> Any:
         new = _coerce(value, _field_types(type(obj))[name], full)
     else:
         new = _set_path(getattr(obj, name), path[1:], value, full)
-    return dataclasses.replace(obj, **{name: new})
+    try:
+        return dataclasses.replace(obj, **{name: new})
+    except ConfigError:
+        raise
+    except ValueError as exc:  # the section's own checks (__post_init__): name the key
+        raise ConfigError(f"{full}: {exc}") from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -79,7 +79,7 @@ def register(app: typer.Typer) -> None:
                 # continue the experiment that was started, not the preset's defaults
                 cfg = resume_config(load_run_config(saved), config, sets, out)
             else:
-                cfg = override(preset(config or "local"), sets)
+                cfg = override(preset("local" if config is None else config), sets)
             if resume and (tasks_file is not None or init_from is not None):
                 raise ConfigError(
                     "--tasks-file and --init-from start a new run; a resumed run keeps "
@@ -133,6 +133,9 @@ def register(app: typer.Typer) -> None:
 
         if not {"acting", "online"} & set(parts.split(",")):
             fail("--parts needs acting or online: a policy acts with one")
+        if (out / "config.json").exists() and not (out / "weights").exists():
+            # (a folder with weights/ too is export_parts' error)
+            fail(f"{out} already holds a config.json: export into a new folder")
         try:
             cfg = load_run_config(run / "config.json")
             path, version, meta = export_parts(

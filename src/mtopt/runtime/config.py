@@ -277,6 +277,13 @@ class RunConfig:
         at_least(self.sd.label_budget_per_round, 0, "sd.label_budget_per_round")
         at_least(self.sd.improve_every_episodes, 0, "sd.improve_every_episodes", " (0: never)")
         at_least(self.sd.examples_per_task, 1, "sd.examples_per_task")
+        at_least(self.sd.retrain_steps, 1, "sd.retrain_steps")
+        # below 1 the rounds come ever sooner, at last on every check
+        at_least(self.sd.improve_growth, 1.0, "sd.improve_growth", " (1: a fixed interval)")
+        try:
+            dataclasses.replace(self.sd.train)  # its own checks, for a value set by --set
+        except ValueError as exc:
+            raise ValueError(f"sd.train: {exc}") from None
         lc = self.learner
         if not 0.0 <= lc.gamma <= 1.0:
             raise ValueError(f"learner.gamma must be in [0, 1], got {lc.gamma}")

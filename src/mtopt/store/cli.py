@@ -94,11 +94,17 @@ def timeline(
     from mtopt.replay.impersonation import skill_tasks
     from mtopt.store.reader import EpisodeReader, StoreNotFoundError
     from mtopt.store.stats import plot_success_over_time, success_over_time
+    from mtopt.tasks.registry import UnknownTaskError
 
+    registry = _registry(store, tasks_file)
+    try:
+        registry.get(task)
+    except UnknownTaskError as exc:
+        fail(exc)
     if episodes_of is not None:
         tasks = [t for t in episodes_of.split(",") if t]
     else:  # the run's skill: a task of its --tasks-file joins its skill's episodes
-        tasks = list(skill_tasks(task, _registry(store, tasks_file)))
+        tasks = list(skill_tasks(task, registry))
     try:
         rows = EpisodeReader(store).metadata()
         tl = success_over_time(rows, task, tasks, bin_minutes)

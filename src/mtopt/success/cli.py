@@ -46,6 +46,7 @@ def examples(
     split: str = typer.Option("train", help="Object instances: train or test."),
     seed: int | None = typer.Option(
         None,
+        min=0,
         help="Scene seed (default: 0 for train, 1 for test: the same seed stages the same "
         "scenes, layout, light and camera, with only the objects changed).",
     ),
@@ -270,19 +271,22 @@ def label(
     from mtopt.qtopt.weights import WeightsError
     from mtopt.store.reader import StoreNotFoundError
     from mtopt.success.server import allowed_hosts_for, create_app
+    from mtopt.tasks import UnknownTaskError
 
     labels_path = labels or store / "labels.jsonl"
     if labels_path.is_dir():
         _fail(f"--labels {labels_path} is a directory; give the labels file's path")
+    registry = _registry(tasks_file)
     try:
+        registry.get(task)  # the page opens on it (an unknown one served an error)
         api = create_app(
             store,
             labels_path,
             weights,
-            _registry(tasks_file),
+            registry,
             allowed_hosts=allowed_hosts_for(host),
         )
-    except (StoreNotFoundError, WeightsError, ValueError) as exc:
+    except (StoreNotFoundError, WeightsError, ValueError, UnknownTaskError) as exc:
         _fail(exc)
     sockets = _bind(host, port)  # before the address is printed: a port in use is one error
     try:

@@ -192,11 +192,6 @@ def improve_loop(
     if retrain_from not in ("previous", "initial"):
         raise ValueError(f"retrain_from must be 'previous' or 'initial', got {retrain_from!r}")
     sd = SuccessDetector.load(weights, registry.names)
-    initial = Path(weights) / "initial"
-    if SuccessDetector.latest_version(initial) == 0:
-        SuccessDetector(copy.deepcopy(sd.net), registry.names).publish(initial, 1)
-    start = SuccessDetector.load(initial, registry.names).net
-    chosen_path = Path(weights) / CHOSEN_LABELS
     base = LabeledSet.load(examples)
     val = LabeledSet.load(validation) if validation else None
     # final images, ground truth and scenes only: no frames (0.13 MB an episode)
@@ -214,6 +209,12 @@ def improve_loop(
                     pool.mask[i, j], pool.labels[i, j] = True, float(lab.success)
     if len(pool) == 0:
         raise ValueError(f"no episodes with labels available in {store}")
+    # once every input loaded and has labels: a call that fails writes nothing to WEIGHTS
+    initial = Path(weights) / "initial"
+    if SuccessDetector.latest_version(initial) == 0:
+        SuccessDetector(copy.deepcopy(sd.net), registry.names).publish(initial, 1)
+    start = SuccessDetector.load(initial, registry.names).net
+    chosen_path = Path(weights) / CHOSEN_LABELS
     known = pool.mask.copy()
     chosen = np.zeros_like(known)
     for i, j in chosen_cells(chosen_path, pool.ids, registry.names):  # earlier calls'

@@ -41,6 +41,15 @@ class SDTrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        # steps 0 or batch_size 0 returned an untrained SD without a word
+        for name in ("steps", "batch_size"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        for name in ("lr", "finetune_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.shift < 0 or self.jitter < 0:
+            raise ValueError(f"shift and jitter must be >= 0, got {self.shift}, {self.jitter}")
         if not 0.0 <= self.labeled_fraction <= 1.0:
             raise ValueError(f"labeled_fraction must be in [0, 1], got {self.labeled_fraction}")
         if not 0.0 <= self.ema_decay < 1.0:
