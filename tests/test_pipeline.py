@@ -264,6 +264,10 @@ def test_bad_run_config_is_a_clear_error(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "unknown config 'huge'" in res.output
     res = CliRunner().invoke(app, ["run", "--config", "", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "unknown config ''" in res.output  # it ran "local"
+    res = CliRunner().invoke(
+        app, ["run", "--config", "tiny", "--out", str(tmp_path), "--address", "auto"]
+    )
+    assert res.exit_code == 2 and "--address is for the ray runtime" in res.output  # ignored
     # the success detector's settings are checked before its scenes are staged (steps 0
     # trained nothing, growth 0 made a relabel round due on every check)
     for bad, says in (

@@ -48,6 +48,8 @@ def test_learned_demo_acts_with_the_runs_latest_weights(tmp_path: Path) -> None:
     assert code == 2 and "not a run directory" in out
     code, out = demo("--run", str(run), "--part", "target", "--out", str(tmp_path / "o"))
     assert code == 2 and "'acting' or 'online'" in out
+    code, out = demo("--part", "online", "--out", str(tmp_path / "o"))  # ran scripted
+    assert code == 2 and "give --run too" in out
 
 
 def test_exported_policy_acts_like_its_run(tmp_path: Path) -> None:

@@ -89,6 +89,8 @@ def register(app: typer.Typer) -> None:
                 cfg = with_new_tasks(cfg, tasks_file, init_from)
             cfg.validate()
             resolve_device(cfg.learner.device)  # a missing GPU: say so before robots start
+            if address is not None and cfg.runtime != "ray":  # it was ignored
+                raise ConfigError("--address is for the ray runtime (--runtime ray)")
         except (ConfigError, ValueError) as exc:
             fail(exc)
         try:

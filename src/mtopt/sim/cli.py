@@ -33,8 +33,8 @@ def demo(
         help="Act with this run's learned policy (its latest published Q weights, CEM and "
         "cell settings) instead of the scripted one.",
     ),
-    part: str = typer.Option(
-        "acting", help="With --run: the acting (moving-average) or the online weights."
+    part: str | None = typer.Option(
+        None, help="With --run: the acting (moving-average, default) or the online weights."
     ),
 ) -> None:
     """Run the scripted bootstrap policy for TASK (or, with --run, a run's learned CEM
@@ -56,6 +56,9 @@ def demo(
     registry = DEFAULT_REGISTRY
     try:
         base = SimConfig()
+        if run is None and part is not None:  # it was ignored: the scripted policy ran
+            raise ValueError("--part picks a run's weights: give --run too")
+        part = part or "acting"
         if run is not None:
             learned, base, registry = learned_policy(run, part, seed)
         spec = registry.get(task)  # a run's own tasks (its extra_tasks) included
