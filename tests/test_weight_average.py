@@ -120,6 +120,11 @@ def test_mtopt_average_writes_the_mean_as_a_policy(tmp_path: Path) -> None:
     # a folder already holding weights, no run to take the config from, another network
     res = CliRunner().invoke(app, ["average", str(out), str(run)])
     assert res.exit_code == 2 and "already holds published weights" in res.output
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.json").write_text("{}")  # someone's: not overwritten
+    res = CliRunner().invoke(app, ["average", str(tmp_path / "mine"), str(run)])
+    assert res.exit_code == 2 and "already holds a config.json" in res.output
+    assert (tmp_path / "mine" / "config.json").read_text() == "{}"
     res = CliRunner().invoke(app, ["average", str(tmp_path / "b"), str(snap)])
     assert res.exit_code == 2 and "--config" in res.output
     res = CliRunner().invoke(

@@ -11,17 +11,33 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 
-def new_file_mode() -> int:
-    """The mode ``open()`` gives a new file under this process's umask now (0o644 under
-    the usual 022). ``mkstemp`` makes its files 0o600, which the rename kept: another
-    user's reader (an analyst, a labeler) got PermissionError on every shard."""
-    try:  # Linux: read without changing it (os.umask is process-wide, not thread-safe)
+def _umask_now() -> int | None:
+    """The process's umask, read without changing it (Linux), else None."""
+    try:
         with open("/proc/self/status") as f:
-            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
     except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
+def _umask_at_import() -> int:
+    mask = _umask_now()
+    if mask is None:  # set and restored once, before any thread of ours writes
         mask = os.umask(0o022)
         os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+_UMASK_AT_IMPORT = _umask_at_import()
+
+
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file under this process's umask (0o644 under the
+    usual 022; off Linux, the umask at import). ``mkstemp`` makes its files 0o600, which
+    the rename kept: another user's reader (an analyst, a labeler) got PermissionError
+    on every shard."""
+    mask = _umask_now()
+    return 0o666 & ~(_UMASK_AT_IMPORT if mask is None else mask)
 
 
 def fsync_dir(path: Path) -> None:
@@ -45,11 +61,16 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        if hasattr(os, "fchmod"):  # not on Windows before Python 3.13
-            os.fchmod(fd, new_file_mode())
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # it names the temp file: name the file being written
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
+    try:
         with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):  # not on Windows before Python 3.13
+                # (a file system without modes, e.g. vfat, refuses: the write goes on)
+                with contextlib.suppress(OSError):
+                    os.fchmod(f.fileno(), new_file_mode())
             write(f)
             f.flush()
             os.fsync(f.fileno())

@@ -49,7 +49,10 @@ def register(app: typer.Typer) -> None:
             if (weights / "sd-latest.json").exists():
                 fail(f"--weights {weights} holds a success detector, not Q-network weights")
             # a run's learner may publish later: its robots act scripted until then
-            typer.echo(f"note: no Q-network weights in {weights} yet: scripted until some appear")
+            typer.echo(
+                f"note: no Q-network weights in {weights} yet: scripted until some appear",
+                err=True,
+            )
         try:
             if weights is not None and (weights.parent / "config.json").exists():
                 extra = load_run_config(weights.parent / "config.json").extra_tasks

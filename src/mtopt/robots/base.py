@@ -27,8 +27,8 @@ class Observation:
     pose: np.ndarray | None = None
     """Proprioception (gripper x, y, z (m), yaw (rad, in [-pi, pi]) in the robot frame).
     Optional for the paper's network and the success detector, which never see it, but
-    required by the scripted placing policy (it raises without it, which stops
-    collection of placing tasks) and by a Q-network with ``QNetConfig.gripper_xy`` (the
+    required by the scripted placing policy (it raises without it: the robot's collection
+    process fails, and a fleet restarts it until it gives up) and by a Q-network with ``QNetConfig.gripper_xy`` (the
     ``tuned`` preset), which takes x, y."""
 
     def __post_init__(self) -> None:
@@ -106,7 +106,10 @@ class Robot(Protocol):
     - The frame: the scripted bootstrap policies aim at the simulated cell's layout
       (``mtopt.sim.cell``: objects in the bin centred at y = +0.13 m, fixtures in the one
       at y = -0.13 m, each 0.2 m across; heights above the bin floor). A real cell
-      expresses its poses in such a frame, or brings scripted policies of its own.
+      expresses its poses in such a frame, or brings scripted policies of its own. The
+      scripted pick reads no x, y at all: it relies on ``start_episode`` putting the open
+      gripper over the object bin (the sim: a random point over it, 14-24 cm above its
+      floor, a random yaw).
     - The ``tuned`` preset's gripper crop projects the gripper's position through a
       calibrated camera named by ``QNetConfig.crop_camera``: add the real camera's
       ``PinholeCamera`` to ``mtopt.qtopt.crop.CAMERAS`` (only ``"sim-scene"`` is there).

@@ -180,6 +180,8 @@ def register(app: typer.Typer) -> None:
         run = config or next((s for s in sources if (s / "config.json").is_file()), None)
         if run is None or not (run / "config.json").is_file():
             fail(f"no config.json in {run or 'any source'}: pass --config RUN")
+        if (out / "config.json").exists() and not (out / "weights").exists():
+            fail(f"{out} already holds a config.json: average into a new folder")
         try:
             cfg = load_run_config(run / "config.json")
             path, version, meta = average_into(

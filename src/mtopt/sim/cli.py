@@ -58,7 +58,7 @@ def demo(
         base = SimConfig()
         if run is None and part is not None:  # it was ignored: the scripted policy ran
             raise ValueError("--part picks a run's weights: give --run too")
-        part = part or "acting"
+        part = "acting" if part is None else part
         if run is not None:
             learned, base, registry = learned_policy(run, part, seed)
         spec = registry.get(task)  # a run's own tasks (its extra_tasks) included
