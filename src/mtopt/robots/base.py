@@ -27,9 +27,9 @@ class Observation:
     pose: np.ndarray | None = None
     """Proprioception (gripper x, y, z (m), yaw (rad, in [-pi, pi]) in the robot frame).
     Optional for the paper's network and the success detector, which never see it, but
-    required by the scripted placing policy (it raises without it: the robot's collection
-    process fails, and a fleet restarts it until it gives up) and by a Q-network with ``QNetConfig.gripper_xy`` (the
-    ``tuned`` preset), which takes x, y."""
+    required by the scripted placing policy (it raises without it: the robot's
+    collection process fails, and a fleet restarts it until it gives up) and by a
+    Q-network with ``QNetConfig.gripper_xy`` (the ``tuned`` preset), which takes x, y."""
 
     def __post_init__(self) -> None:
         # lists and other array-likes from a robot's driver become arrays (frozen: via
