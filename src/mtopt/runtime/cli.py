@@ -9,6 +9,13 @@ import typer
 from mtopt._cli import fail
 
 
+def keep_someones_config(out: Path, verb: str) -> None:
+    """A policy folder is new: one holding a config.json but no weights is someone's
+    (one with weights/ too is the weights writer's error, which says more)."""
+    if (out / "config.json").exists() and not (out / "weights").exists():
+        fail(f"{out} already holds a config.json: {verb} into a new folder")
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def run(
@@ -135,9 +142,7 @@ def register(app: typer.Typer) -> None:
 
         if not {"acting", "online"} & set(parts.split(",")):
             fail("--parts needs acting or online: a policy acts with one")
-        if (out / "config.json").exists() and not (out / "weights").exists():
-            # (a folder with weights/ too is export_parts' error)
-            fail(f"{out} already holds a config.json: export into a new folder")
+        keep_someones_config(out, "export")
         try:
             cfg = load_run_config(run / "config.json")
             path, version, meta = export_parts(
@@ -180,8 +185,7 @@ def register(app: typer.Typer) -> None:
         run = config or next((s for s in sources if (s / "config.json").is_file()), None)
         if run is None or not (run / "config.json").is_file():
             fail(f"no config.json in {run or 'any source'}: pass --config RUN")
-        if (out / "config.json").exists() and not (out / "weights").exists():
-            fail(f"{out} already holds a config.json: average into a new folder")
+        keep_someones_config(out, "average")
         try:
             cfg = load_run_config(run / "config.json")
             path, version, meta = average_into(
