@@ -98,6 +98,41 @@ def test_parity_pools_recent_evaluations_by_hand() -> None:
     assert pooled_success(history, 0)["lift-any"] == pytest.approx((10 + 1 + 4) / 100)
 
 
+def test_parity_waits_for_a_full_window() -> None:
+    scripted = {"lift-any": 0.10, "place-any": 0.5}
+    # the run's first evaluation: a lucky 0.15 against the scripted 0.10 ...
+    first = [{"success": {"lift-any": 0.15, "place-any": 0.2}, "episodes_per_task": 20}]
+    assert pooled_success(first, 3) == {"lift-any": 0.15, "place-any": 0.2}
+    # ... is not judged before the window holds 3 evaluations, so it cannot switch;
+    # its ratio (for learned_fraction_min) is there from the first evaluation
+    ready = pooled_success(first, 3, min_points=3).keys()
+    assert not ready
+    t = switch_table(pooled_success(first, 3), scripted, DEFAULT_REGISTRY, 0.0, ready=ready)
+    assert t["learned"] == [] and t["proxy"] == {}
+    assert t["ratio"]["lift-any"] == pytest.approx(1.5)
+    # a task already switched (after a resume with a wider window, say) is still judged
+    kept = switch_table({"lift-any": 0.15}, scripted, DEFAULT_REGISTRY, 0.0, ["lift-any"], ready=())
+    assert kept["learned"] == ["lift-any"]
+    # a task the later evaluations added has fewer points than the others
+    history = [
+        *first,
+        {"success": {"lift-any": 0.10, "place-any": 0.5}, "episodes_per_task": 20},
+        {"success": {"lift-any": 0.20, "place-any": 0.5, "lift-ball": 0.3}},
+    ]
+    full = pooled_success(history, 3, min_points=3)
+    # (0.15 * 20 + 0.10 * 20 + 0.20 * 1) / 41; lift-ball has one evaluation of 3
+    assert full == pytest.approx({"lift-any": 5.2 / 41, "place-any": (4 + 10 + 0.5) / 41})
+    t = switch_table(
+        pooled_success(history, 3),
+        {**scripted, "lift-ball": 0.05},
+        DEFAULT_REGISTRY,
+        0.0,
+        ready=full.keys(),
+    )
+    assert t["learned"] == ["lift-any"]  # lift-ball (0.3 > 0.05) waits for its window
+    assert t["proxy"]["lift-ball"] == "lift-any"
+
+
 @pytest.mark.timeout(900)
 def test_tiny_run_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mtopt.qtopt.learner import Learner

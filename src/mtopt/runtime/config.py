@@ -136,7 +136,8 @@ class RunConfig:
     parity_margin: float = 0.0
     """Switch a task to the learned policy once learned >= scripted + margin."""
     parity_window: int = 3
-    """Evaluations pooled for the parity decision (3 x 20 episodes by default)."""
+    """Evaluations pooled for the parity decision (3 x 20 episodes by default). A task
+    switches only once it has this many evaluations, never on the first one alone."""
     parity_hysteresis: float = 0.04
     """A task already on its learned policy keeps it until its pooled success falls this
     far below the parity bar (a pooled 60-episode estimate near 0.1 has a std of ~0.04)."""

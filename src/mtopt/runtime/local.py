@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,23 +115,30 @@ class RunPaths:
         return self.root / "report"
 
 
-def pooled_success(history: list[dict[str, Any]], window: int) -> dict[str, float]:
+def pooled_success(
+    history: list[dict[str, Any]], window: int, min_points: int = 1
+) -> dict[str, float]:
     """Per task, the learned policy's success pooled over the last ``window`` evaluations
     (weighted by their episode counts, ``episodes_per_task`` in each point, default 1).
+    A task evaluated in fewer than ``min_points`` of them is left out: not judged yet.
 
     One evaluation of 20 episodes cannot tell 5% from 10%: switching a task to its
     learned policy on a single lucky evaluation handed the whole lift skill to a policy
-    with ~1% success in one run, starving the replay of successful lifts.
+    with ~1% success in one run, starving the replay of successful lifts. A task switches
+    only with a full window (``switch_table``'s ``ready``): before 2026-12-05 the first
+    evaluation alone could switch a task, the pool holding only it.
     """
     points = history[-window:] if window > 0 else history
     num: dict[str, float] = {}
     den: dict[str, float] = {}
+    seen: dict[str, int] = {}
     for pt in points:
         n = float(pt.get("episodes_per_task", 1))
         for task, rate in pt["success"].items():
             num[task] = num.get(task, 0.0) + rate * n
             den[task] = den.get(task, 0.0) + n
-    return {t: num[t] / den[t] for t in num if den[t] > 0}
+            seen[task] = seen.get(task, 0) + 1
+    return {t: num[t] / den[t] for t in num if den[t] > 0 and seen[t] >= min_points}
 
 
 def sd_round_due(since: int, every: int, growth: float, rounds_done: int) -> bool:
@@ -150,6 +157,7 @@ def switch_table(
     margin: float,
     previous: Sequence[str] = (),
     hysteresis: float = 0.0,
+    ready: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Which tasks collect with the learned policy (parity with scripted), and proxies:
     tasks not at parity collect with the learned policy of their skill's generic task
@@ -161,6 +169,9 @@ def switch_table(
     and forth with the noise of the evaluation (run r7: lift-any switched at 25k steps
     and back at 33k), and each flip changes where its data comes from.
 
+    ``ready``: the tasks with enough evaluations to switch (None: all); a task outside it
+    keeps the policy it has. The run passes those with a full ``parity_window``.
+
     ``ratio``: each task's learned success over the scripted one (tasks the evaluation
     does not cover take their skill's generic task's), for ``collect.learned_fraction_min``.
     """
@@ -170,7 +181,8 @@ def switch_table(
         bar = scripted.get(t, 1.0) + margin - (hysteresis if t in was else 0.0)
         return r > 0 and r >= bar
 
-    at_parity = [t for t, r in learned.items() if keeps(t, r)]
+    judged = [t for t in learned if ready is None or t in ready or t in was]
+    at_parity = [t for t in judged if keeps(t, learned[t])]
     proxy: dict[str, str] = {}
     generic = {"lift": "lift-any", "place": "place-any"}
     for t in registry:
@@ -1009,13 +1021,15 @@ class LocalRun:
         }
         previous = self.history[-1].get("switch", {}).get("learned", []) if self.history else []
         self.history.append(point)
+        window = self.cfg.parity_window
         table = switch_table(
-            pooled_success(self.history, self.cfg.parity_window),
+            pooled_success(self.history, window),
             scripted,
             self.registry,
             self.cfg.parity_margin,
             previous,
             self.cfg.parity_hysteresis,
+            ready=pooled_success(self.history, window, min_points=window).keys(),
         )
         point["switch"] = table
         atomic_write_json(self.paths.history, self.history)
