@@ -65,6 +65,8 @@ def stats(
     if sd is not None:
         typer.echo(f"success detector: {sd}")
     typer.echo(f"{s['episodes']} episodes in {s['shards']} shards ({s['quarantined']} quarantined)")
+    if s["duplicates"]:
+        typer.echo(f"{s['duplicates']} rows repeat an episode id already counted: left out")
     typer.echo(f"{'task':22s} {'episodes':>8s} {'gt success':>11s} {'sd success':>11s}")
     for task, v in s["tasks"].items():
         gt = "-" if v["gt_success_rate"] is None else f"{v['gt_success_rate']:.1%}"

@@ -53,9 +53,15 @@ def store_stats(
     store_dir: str | Path, sd_scores: Mapping[str, float] | None = None
 ) -> dict[str, Any]:
     """Counts per task and policy; success per task by ground truth and, given
-    ``sd_scores`` (episode id -> P(success) for its task), by the success detector."""
+    ``sd_scores`` (episode id -> P(success) for its task), by the success detector.
+
+    An episode id met again (a client that wrote the same episode twice, say after a
+    retry) counts once, as LogReplay learns from it once; ``duplicates`` says how many
+    rows were left out."""
     reader = EpisodeReader(store_dir)
-    rows = reader.metadata()
+    every = reader.metadata()
+    first = {r["episode_id"]: i for i, r in reversed(list(enumerate(every)))}
+    rows = [every[i] for i in sorted(first.values())]
     sd = sd_scores or {}
     per_task: dict[str, dict[str, Any]] = defaultdict(
         lambda: {"episodes": 0, "gt_success": 0, "gt_known": 0, "sd_success": 0, "sd_known": 0}
@@ -84,6 +90,7 @@ def store_stats(
         "episodes": len(rows),
         "shards": len(list((Path(store_dir) / "shards").glob("*/*.parquet"))),
         "quarantined": len(reader.quarantined),
+        "duplicates": len(every) - len(rows),
         "tasks": tasks,
         "policies": dict(sorted(per_policy.items())),
     }
