@@ -152,3 +152,47 @@ def test_a_skipped_episode_stays_skipped_after_the_next_label(tmp_path: Path) ->
         browser.close()
     saved = LabelStore(labels).all()
     assert [(lab.episode_id, lab.success) for lab in saved] == [(second, True), (third, False)]
+
+
+@pytest.mark.timeout(180)
+def test_undo_shows_the_last_episode_again_and_its_new_label_wins(tmp_path: Path) -> None:
+    """A wrong key (y for n) is undone with u: the page shows that episode again and the
+    label given now replaces the first (there was no way back but editing the file)."""
+    from playwright.sync_api import sync_playwright
+
+    store = _store(tmp_path)
+    labels = tmp_path / "labels.jsonl"
+    port = _free_port()
+    meta = "document.getElementById('meta').textContent"
+    status = "document.getElementById('status').textContent"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            headless=True,
+        )
+        page = browser.new_page()
+        with Server(create_app(store, labels), port):
+            page.goto(f"http://127.0.0.1:{port}/?task=lift-any")
+            page.wait_for_function(f"{meta}.startsWith('episode ')", timeout=15000)
+            assert page.is_disabled("#undo")  # nothing to undo yet
+            first = page.evaluate(meta).split()[1]
+            page.keyboard.press("y")  # meant n
+            page.wait_for_function(f"!{meta}.includes({first!r})", timeout=15000)
+            second = page.evaluate(meta).split()[1]
+            page.keyboard.press("u")
+            page.wait_for_function(f"{meta}.includes({first!r})", timeout=15000)
+            assert "0 labeled, 3 to go" in page.evaluate(status)
+            assert page.is_disabled("#undo")
+            page.keyboard.press("n")
+            page.wait_for_function(f"{meta}.includes({second!r})", timeout=15000)
+            assert "1 labeled, 2 to go" in page.evaluate(status)
+            # the task menu gives the keys back once a task is chosen
+            page.select_option("#task", "place-any")
+            page.wait_for_function(f"{status}.includes('0 labeled')", timeout=15000)
+            page.keyboard.press("n")
+            page.wait_for_function(f"{status}.includes('1 labeled')", timeout=15000)
+        browser.close()
+    latest = LabelStore(labels).latest()
+    assert latest[(first, "lift-any")].success is False and len(latest) == 2
+    assert [lab.task for lab in LabelStore(labels).all()] == ["lift-any"] * 2 + ["place-any"]

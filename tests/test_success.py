@@ -2,6 +2,7 @@
 rejects bad requests, bad inputs give clear errors."""
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +200,30 @@ def test_label_store_survives_restart_and_torn_lines(tmp_path: Path) -> None:
     assert [lab.episode_id for lab in again.all()] == ["e1", "e1", "e3", "e4"]
 
 
+def test_label_store_skips_malformed_lines_and_ignores_new_keys(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "labels.jsonl"
+    good = {"episode_id": "e1", "task": "lift-any", "success": True, "source": "human"}
+    rows = [
+        {**good, "episode_id": ["a"], "timestamp": 1},  # unhashable id: latest() raised
+        {**good, "success": "no", "timestamp": 2},  # a string is not a boolean
+        {**good, "success": 1, "timestamp": 3},
+        {**good, "timestamp": True},
+        {**good, "timestamp": "5"},
+        ["not", "a", "label"],
+        {**good, "timestamp": 7, "labeler": "ana"},  # a key a later version may add: kept
+        {**good, "success": False, "timestamp": 8},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
+    store = LabelStore(path)
+    with caplog.at_level("WARNING"):
+        got = store.all()
+    assert [(lab.success, lab.timestamp) for lab in got] == [(True, 7.0), (False, 8.0)]
+    assert "skipped 6 unreadable label line(s)" in caplog.text  # the blank line is not one
+    assert store.latest()[("e1", "lift-any")].success is False
+
+
 def _store(tmp_path: Path) -> Path:
     with EpisodeWriter(tmp_path / "store", "r0") as w:
         for i in range(3):
@@ -256,6 +281,33 @@ def test_label_api_and_bad_requests(tmp_path: Path) -> None:
     assert client.get("/api/episodes/..%2F..%2Fetc%2Fpasswd/final.png").status_code == 404
     assert client.get("/api/episodes/../../pyproject.toml").status_code == 404
     assert len(LabelStore(tmp_path / "labels.jsonl").all()) == 1
+
+
+def test_labeling_a_real_cells_episode_ids(tmp_path: Path) -> None:
+    """Ids the store takes from a real cell's writer: long, with "/", "#", "%" or "?".
+    Each one's images are served for its id in the query (as the page asks for them)
+    and it can be labeled (a 70-character id was refused with 422, "/" had no images)."""
+    import dataclasses
+
+    ids = ["cell-a/0001", "ep#2 x", "ep%41", "ep?q=1", "arm-" + "x" * 70]
+    with EpisodeWriter(tmp_path / "store", "arm-1") as w:
+        for i, eid in enumerate(ids):
+            w.write(dataclasses.replace(make_episode(i), episode_id=eid))
+    client = TestClient(create_app(tmp_path / "store", tmp_path / "labels.jsonl"), base_url=LOCAL)
+    queued = [i["episode_id"] for i in client.get("/api/queue?task=lift-any").json()["items"]]
+    assert sorted(queued) == sorted(ids)
+    for eid in ids:
+        for image in ("final.png", "strip.png"):
+            r = client.get(f"/api/{image}", params={"episode_id": eid})
+            assert r.status_code == 200 and r.content[:4] == b"\x89PNG", (eid, image)
+        body = {"episode_id": eid, "task": "lift-any", "success": False}
+        assert client.post("/api/labels", json=body).status_code == 200, eid
+    assert {lab.episode_id for lab in LabelStore(tmp_path / "labels.jsonl").all()} == set(ids)
+    # success is a JSON boolean: "yes", 1 or "0" are refused rather than guessed
+    for value in ("yes", 1, "0", None):
+        body = {"episode_id": ids[0], "task": "lift-any", "success": value}
+        assert client.post("/api/labels", json=body).status_code == 422, value
+    assert len(LabelStore(tmp_path / "labels.jsonl").all()) == len(ids)
 
 
 def test_label_queue_with_a_detector_that_lacks_a_task(tmp_path: Path) -> None:

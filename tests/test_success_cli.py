@@ -94,10 +94,18 @@ def test_sd_cli_flow(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     # every label the person gave counts (it used to keep --budget of them, 2 here)
     assert f": {len(eps)} labels/task" in res.output and len(eps) > 2
+    assert f"published SD v{SuccessDetector.latest_version(w)} in {w}" in res.output
     # bad inputs: clear one-line errors
     no_labels = [*args[:-1], str(tmp_path / "missing.jsonl")]
     res = r.invoke(app, [*no_labels, "--budget", "2", "--rounds", "1", "--steps", "3"])
     assert res.exit_code == 2 and "no labels in" in res.output  # it retrained on none
+    # labels of another store's episodes: an error, not a new SD trained on the examples
+    foreign = LabelStore(tmp_path / "foreign.jsonl")
+    foreign.add("deadbeef", "lift-any", True)
+    before = SuccessDetector.latest_version(w)
+    res = r.invoke(app, [*args[:-1], str(foreign.path), "--rounds", "1", "--steps", "3"])
+    assert res.exit_code == 2 and "none of the 1 labels in" in res.output, res.output
+    assert SuccessDetector.latest_version(w) == before
     res = r.invoke(app, [*args[:-4], "--labeler", "oracle", "--labels", str(ex)])
     assert res.exit_code == 2 and "--labels is for --labeler human" in res.output
     (tmp_path / "a-file").write_text("")

@@ -222,6 +222,9 @@ def improve(
         typer.echo(
             f"v{row['version']}: {row['labels_per_task']} labels/task, mean balanced accuracy {row['mean_balanced_accuracy']:.3f}"
         )
+    from mtopt.success.network import SuccessDetector
+
+    typer.echo(f"published SD v{SuccessDetector.latest_version(weights)} in {weights}")
 
 
 def _bind(host: str, port: int) -> list[socket.socket]:

@@ -200,13 +200,19 @@ def improve_loop(
         eps, registry, source=labeler, only_with_ground_truth=labeler != "human"
     )
     if labeler == "human":  # only what a person labeled counts
-        human = LabelStore(labels_path or Path(store) / "labels.jsonl").latest()
+        labels_file = Path(labels_path or Path(store) / "labels.jsonl")
+        human = LabelStore(labels_file).latest()
         pool.mask[:] = False
         for i, eid in enumerate(pool.ids):
             for j, t in enumerate(registry.names):
                 lab = human.get((str(eid), t))
                 if lab is not None:
                     pool.mask[i, j], pool.labels[i, j] = True, float(lab.success)
+        if len(pool) and not pool.mask.any():  # it retrained on the examples alone
+            raise ValueError(
+                f"none of the {len(human)} labels in {labels_file} names an episode of "
+                f"{store} with one of this run's tasks: another store's labels file?"
+            )
     if len(pool) == 0:
         raise ValueError(f"no episodes with labels available in {store}")
     # once every input loaded and has labels: a call that fails writes nothing to WEIGHTS

@@ -6,13 +6,17 @@ of its own instead of being glued to it."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from mtopt._io import fsync_dir
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,17 +55,42 @@ class LabelStore:
         return label
 
     def all(self) -> list[Label]:
+        """Every readable label in file order. A torn, foreign or malformed line (a field
+        of the wrong type, say ``"success": "no"``) is skipped, with one warning that
+        counts them; keys a later version may add are ignored."""
         if not self.path.exists():
             return []
         out = []
+        skipped = 0
         # bytes that are not UTF-8 (another program's line) spoil that line only
         for raw in self.path.read_bytes().decode("utf-8", errors="replace").splitlines():
             try:
-                out.append(Label(**json.loads(raw)))
-            except (json.JSONDecodeError, TypeError):
-                continue  # torn or foreign line
+                label = parse_label(json.loads(raw))
+            except json.JSONDecodeError:
+                label = None
+            if label is None:
+                skipped += bool(raw.strip())
+            else:
+                out.append(label)
+        if skipped:
+            log.warning("%s: skipped %d unreadable label line(s)", self.path, skipped)
         return out
 
     def latest(self) -> dict[tuple[str, str], Label]:
         """The most recent label per (episode, task): relabeling overrides."""
         return {(lab.episode_id, lab.task): lab for lab in self.all()}
+
+
+def parse_label(row: Any) -> Label | None:
+    """A label from one decoded JSON line, or None when it is not one: ``episode_id``,
+    ``task`` and ``source`` strings, ``success`` a JSON boolean, ``timestamp`` a number
+    (not a boolean). Other keys are ignored."""
+    if not isinstance(row, dict):
+        return None
+    eid, task, source = row.get("episode_id"), row.get("task"), row.get("source")
+    success, ts = row.get("success"), row.get("timestamp")
+    if not all(isinstance(v, str) for v in (eid, task, source)) or not isinstance(success, bool):
+        return None
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+        return None
+    return Label(eid, task, success, source, float(ts))

@@ -26,7 +26,7 @@ import numpy as np
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, Response
 from PIL import Image
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from mtopt.store.reader import EpisodeReader
@@ -38,9 +38,11 @@ log = logging.getLogger(__name__)
 
 
 class LabelIn(BaseModel):
-    episode_id: str = Field(min_length=1, max_length=64)
+    # the store takes any id a client writes (a real cell's may be long, with "/" or
+    # "#"); an id is still looked up in the store before a label is written
+    episode_id: str = Field(min_length=1, max_length=1024)
     task: str = Field(min_length=1, max_length=64)
-    success: bool
+    success: StrictBool  # true or false; "yes", 1 or "0" are errors, not guesses
 
 
 def _png(arr: np.ndarray, scale: int) -> bytes:
@@ -245,13 +247,18 @@ def create_app(
         ]
         return {"task": task, "remaining": len(todo), "labeled": len(done), "items": items}
 
-    @app.get("/api/episodes/{eid}/final.png")
-    def final_png(eid: str) -> Response:
-        return Response(_png(episode(eid).final_image, 4), media_type="image/png")
+    # the page names the episode in the query (?episode_id=), where any id a client
+    # wrote ("/", "#", "%" and all) arrives as it was; the path forms are kept for
+    # ids without those
+    @app.get("/api/final.png")
+    @app.get("/api/episodes/{episode_id:path}/final.png")
+    def final_png(episode_id: str) -> Response:
+        return Response(_png(episode(episode_id).final_image, 4), media_type="image/png")
 
-    @app.get("/api/episodes/{eid}/strip.png")
-    def strip_png(eid: str) -> Response:
-        ep = episode(eid)
+    @app.get("/api/strip.png")
+    @app.get("/api/episodes/{episode_id:path}/strip.png")
+    def strip_png(episode_id: str) -> Response:
+        ep = episode(episode_id)
         return Response(_png(np.concatenate(list(ep.images), axis=1), 2), media_type="image/png")
 
     @app.post("/api/labels")
@@ -282,20 +289,21 @@ button{font-size:18px;padding:8px 18px;margin:6px} .ok{background:#3a3} .no{back
 <div id="status">loading...</div>
 <img id="final" width="256" height="256" alt="final image">
 <div><button class="ok" id="yes">Success (y)</button><button class="no" id="no">Failure (n)</button>
-<button id="skip">Skip (s)</button></div>
+<button id="skip">Skip (s)</button><button id="undo" disabled>Undo (u)</button></div>
 <div id="meta"></div>
 <img id="strip" alt="episode frames">
 <script>
 // queue: the next episodes for this task (most uncertain first); skipped: the ones this
 // page was told to skip, kept out of later queues until the task changes or the page reloads
-let queue=[], cur=null, skipped=new Set(), labeled=0, remaining=0, busy=false;
+// done: the episodes labeled on this page for this task, the latest last, for undo
+let queue=[], cur=null, skipped=new Set(), done=[], labeled=0, remaining=0, busy=false;
 const $=id=>document.getElementById(id);
 function status(){
   $('status').textContent=labeled+' labeled, '+remaining+' to go'+(skipped.size?', '+skipped.size+' skipped':'');
 }
 // fetchQueue: the next episodes of this task from the server; false (and the error shown) on failure
 async function fetchQueue(){
-  const t=$('task').value, limit=Math.min(500, 50+skipped.size);
+  const t=$('task').value, limit=Math.min(5000, 50+skipped.size);
   const r=await fetch('/api/queue?task='+encodeURIComponent(t)+'&limit='+limit);
   if(!r.ok){$('status').textContent='error: '+(await r.text()); return false;}
   const d=await r.json();
@@ -303,14 +311,15 @@ async function fetchQueue(){
   return true;
 }
 async function load(){ if(await fetchQueue()){status(); next();} }
-function next(){
-  cur=queue.shift();
+function next(){ show(queue.shift()); }
+function show(item){
+  cur=item; $('undo').disabled=!done.length;
   if(!cur){
     $('meta').textContent='nothing left to label for this task'+(skipped.size?' ('+skipped.size+' skipped; reload the page to see them again)':'');
     $('final').removeAttribute('src'); $('strip').removeAttribute('src'); return;
   }
-  $('final').src='/api/episodes/'+cur.episode_id+'/final.png';
-  $('strip').src='/api/episodes/'+cur.episode_id+'/strip.png';
+  const id='?episode_id='+encodeURIComponent(cur.episode_id);
+  $('final').src='/api/final.png'+id; $('strip').src='/api/strip.png'+id;
   $('meta').textContent='episode '+cur.episode_id+' (collected for '+cur.requested_task+')'+(cur.p_success===null?'':', SD p='+cur.p_success.toFixed(2));
 }
 // label: a key pressed while a label is being saved is ignored (it would label an episode
@@ -322,7 +331,7 @@ async function label(success){
     const r=await fetch('/api/labels',{method:'POST',headers:{'Content-Type':'application/json'},
       body:JSON.stringify({episode_id:cur.episode_id,task:$('task').value,success:success})});
     if(!r.ok){$('status').textContent='error: '+(await r.text()); return;}
-    saved=true; labeled++; remaining--;
+    saved=true; labeled++; remaining--; done.push(cur);
     ready=queue.length>=5 || await fetchQueue();
   } finally { busy=false; }
   // a saved label always moves on (a failed refill leaves its error shown and the
@@ -337,9 +346,18 @@ async function skip(){
   try{ ready=await fetchQueue(); } finally { busy=false; }
   if(ready){status(); next();}
 }
+// undo: show the last labeled episode again; the label given to it next replaces the
+// old one (the latest label of an episode and task is the one that counts)
+function undo(){
+  if(!done.length||busy) return;
+  if(cur) queue.unshift(cur);
+  labeled--; remaining++; status(); show(done.pop());
+}
 $('yes').onclick=()=>label(true); $('no').onclick=()=>label(false); $('skip').onclick=()=>skip();
-document.addEventListener('keydown',e=>{ if(e.repeat||e.ctrlKey||e.metaKey||e.altKey||e.target.tagName==='SELECT')return; if(e.key==='y'||e.key==='1')label(true); else if(e.key==='n'||e.key==='0')label(false); else if(e.key==='s')skip();});
-$('task').onchange=()=>{skipped=new Set(); load();};
+$('undo').onclick=()=>undo();
+document.addEventListener('keydown',e=>{ if(e.repeat||e.ctrlKey||e.metaKey||e.altKey||e.target.tagName==='SELECT')return; if(e.key==='y'||e.key==='1')label(true); else if(e.key==='n'||e.key==='0')label(false); else if(e.key==='s')skip(); else if(e.key==='u')undo();});
+// the select gives the focus back, so the keys work again at once
+$('task').onchange=()=>{$('task').blur(); skipped=new Set(); done=[]; load();};
 (async()=>{const ts=await (await fetch('/api/tasks')).json();
   const want=new URLSearchParams(location.search).get('task');
   for(const t of ts){const o=document.createElement('option');o.value=o.textContent=t; if(t===want)o.selected=true; $('task').appendChild(o);}
