@@ -89,8 +89,8 @@ def parse_label(row: Any) -> Label | None:
         return None
     eid, task, source = row.get("episode_id"), row.get("task"), row.get("source")
     success, ts = row.get("success"), row.get("timestamp")
-    if not all(isinstance(v, str) for v in (eid, task, source)) or not isinstance(success, bool):
+    if not (isinstance(eid, str) and isinstance(task, str) and isinstance(source, str)):
         return None
-    if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+    if not isinstance(success, bool) or isinstance(ts, bool) or not isinstance(ts, (int, float)):
         return None
     return Label(eid, task, success, source, float(ts))
