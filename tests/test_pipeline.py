@@ -136,6 +136,7 @@ def test_parity_waits_for_a_full_window() -> None:
 @pytest.mark.timeout(900)
 def test_tiny_run_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mtopt.qtopt.learner import Learner
+    from mtopt.runtime.local import LocalRun
 
     out = tmp_path / "run"
     # the order of relabel rounds (SD v2 on), learner steps and checkpoints
@@ -156,6 +157,12 @@ def test_tiny_run_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
             events.append(("ck", (extra or {}).get("sd_labels", -1))) or save(s, path, extra)
         ),
     )
+    evaluate = LocalRun._evaluate
+    monkeypatch.setattr(
+        LocalRun,
+        "_evaluate",
+        lambda s, learner, *a: events.append(("eval", learner.step)) or evaluate(s, learner, *a),
+    )
     # the preset's 3-minute budget can end a run on a loaded machine before it trains;
     # its step and episode caps end it here, however slow the machine
     slack = ["--minutes", "12"]
@@ -168,6 +175,10 @@ def test_tiny_run_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     for i in rounds:
         kind, labels = next(e for e in events[i + 1 :] if e[0] != "sd")
         assert kind == "ck" and labels > 0, events[i:]
+    # each evaluation's point is checkpointed before the next learner step (only one at
+    # a multiple of checkpoint_every was; a kill lost the others' points for good)
+    evals = [i for i, (kind, _) in enumerate(events) if kind == "eval"]
+    assert len(evals) >= 2 and all(events[i + 1][0] == "ck" for i in evals), events
     monkeypatch.undo()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["learner_steps"] >= 30 and summary["episodes"] >= 20

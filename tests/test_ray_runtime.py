@@ -80,6 +80,7 @@ def test_ray_run_relabels_and_retrains_the_sd_and_ingests_the_last_episodes(
             "sd.improve_every_episodes=20",
             "sd.improve_growth=1.0",
             "checkpoint_every=1000",  # no scheduled checkpoint: only the rounds' own
+            "eval.every_steps=1000",  # nor an evaluation's (each is checkpointed at once)
         ],
     )
     # a finished round is checkpointed with its labels at once, mid-run
@@ -113,22 +114,51 @@ def test_ray_run_relabels_and_retrains_the_sd_and_ingests_the_last_episodes(
 
 
 @pytest.mark.timeout(600)
-def test_an_interrupted_ray_run_counts_every_stored_episode(tmp_path: Path) -> None:
+def test_an_interrupted_ray_run_counts_every_stored_episode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Ctrl-C (KeyboardInterrupt in the driver's loop): the robots' calls under way end
     and the summary counts every episode in the store (it used to skip that count and
-    report the last poll's)."""
+    report the last poll's). Each mid-run evaluation is checkpointed at once (a kill
+    before the next scheduled checkpoint lost its point for good)."""
+    from mtopt.qtopt.learner import Learner
+    from mtopt.runtime.local import LocalRun
     from mtopt.runtime.ray_runtime import run_ray
 
     cfg = override(
-        preset("tiny"), ["robots=2", "max_learner_steps=400", "max_episodes=0", "budget_minutes=6"]
+        preset("tiny"),
+        [
+            "robots=2",
+            "max_learner_steps=400",
+            "max_episodes=0",
+            "budget_minutes=6",
+            "checkpoint_every=1000",
+            "eval.every_steps=8",
+        ],
+    )
+    events: list[tuple[str, int]] = []
+    save, evaluate = Learner.save_checkpoint, LocalRun._evaluate
+    monkeypatch.setattr(
+        Learner,
+        "save_checkpoint",
+        lambda s, path, extra=None: events.append(("checkpoint", s.step)) or save(s, path, extra),
+    )
+    monkeypatch.setattr(
+        LocalRun,
+        "_evaluate",
+        lambda s, learner, *a: events.append(("eval", learner.step)) or evaluate(s, learner, *a),
     )
 
     def interrupt(robots: list, replays: list, step: int) -> None:  # type: ignore[type-arg]
-        if step >= 16:
+        if step >= 20:
             raise KeyboardInterrupt
 
     summary = run_ray(cfg, tmp_path / "run", kill_hook=interrupt)
-    assert 16 <= summary["learner_steps"] < 400
+    assert 20 <= summary["learner_steps"] < 400
+    evals = [i for i, (what, _) in enumerate(events) if what == "eval"]
+    assert len(evals) >= 2, events  # one mid-run at least, and the final one
+    for i in evals:
+        assert events[i + 1] == ("checkpoint", events[i][1]), events
     stored = [r for r in EpisodeReader(tmp_path / "run" / "store").metadata() if r["num_steps"]]
     assert summary["episodes"] == len(stored) > 0
     assert (tmp_path / "run" / "checkpoints" / "learner.pt").exists()

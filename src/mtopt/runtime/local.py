@@ -901,10 +901,9 @@ class LocalRun:
                     if learner.step - last_eval_step >= c.eval.every_steps:
                         last_eval_step = learner.step
                         self._evaluate(learner, scripted, ingest.ingested, t_origin, sd, stats)
-                        if learner.step % c.checkpoint_every == 0:
-                            # this step's checkpoint holds the point too (a kill before the
-                            # next one lost it for good)
-                            learner.save_checkpoint(p.checkpoint, checkpoint_extras(time.time()))
+                        # the point in a checkpoint at once: a kill before the next one lost
+                        # it for good (a resume does not evaluate that step again)
+                        learner.save_checkpoint(p.checkpoint, checkpoint_extras(time.time()))
                     show_progress(bar, ingest.ingested, sd.version, learner.version, stats)
                 elif c.robots > 0 and not thread.is_alive():
                     ingest.close()  # the fleet is done: read what it wrote last

@@ -455,6 +455,9 @@ def run_ray(
             if learner.step - last_eval >= c.eval.every_steps:
                 last_eval = learner.step
                 run._evaluate(learner, scripted, ingested, t0, sd, stats)
+                # the point in a checkpoint at once: the step's own checkpoint (if it had
+                # one) came before it, and a resume does not evaluate this step again
+                learner.save_checkpoint(p.checkpoint, extras(time.time()))
             show_progress(bar, ingested, sd.version, learner.version, stats)
             if not batches:
                 time.sleep(0.2)
