@@ -28,6 +28,37 @@ def test_plots_write_pngs(tmp_path: Path) -> None:
 def test_markdown_table() -> None:
     t = markdown_table([{"task": "a", "rate": 0.5}], ["task", "rate"])
     assert t.splitlines() == ["| task | rate |", "|---|---|", "| a | 0.50 |"]
+    # a missing or NaN number is an empty cell, not "nan"
+    t = markdown_table([{"task": "a", "rate": float("nan")}, {"task": "b"}], ["task", "rate"])
+    assert t.splitlines()[2:] == ["| a |  |", "| b |  |"]
+
+
+def test_success_over_time_falls_back_to_steps_when_episodes_stand_still() -> None:
+    from mtopt.eval.report import time_axis
+
+    growing = [{"step": 1000, "episodes": 500}, {"step": 2000, "episodes": 900}]
+    assert time_axis(growing) == "episodes" and time_axis(growing[:1]) == "episodes"
+    # robots=0 on a copied store: every point at the same episode count
+    static = [{"step": 1000, "episodes": 48000}, {"step": 2000, "episodes": 48000}]
+    assert time_axis(static) == "step"
+    assert time_axis([{"step": 1}, {"step": 2, "episodes": 3}]) == "step"
+    assert time_axis(static, "wall_s") == "wall_s"  # another axis is the caller's choice
+
+
+def test_composition_plot_with_and_without_original_successes(tmp_path: Path) -> None:
+    new = {
+        "lift-any": {"original": 10, "original_successes": 2, "impersonated": 12, "successes": 3}
+    }
+    old = {"lift-any": {"original": 10, "impersonated": 12, "successes": 3}}  # older summary
+    for name, comp in (("new.png", new), ("old.png", old), ("empty.png", {})):
+        assert plot_composition(comp, tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_mean_finite_by_hand() -> None:
+    from mtopt.runtime.report import mean_finite
+
+    assert mean_finite([0.5, float("nan"), 1.0, None]) == 0.75
+    assert mean_finite([]) is None and mean_finite([float("nan")]) is None
 
 
 def test_wilson_interval_by_hand() -> None:

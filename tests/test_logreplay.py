@@ -118,13 +118,14 @@ def test_replay_stats_composition_by_hand() -> None:
 
     s = ReplayStats(
         collected={"a": 3},
+        collected_success={"a": 2},
         impersonated={"a": 5, "b": 2},
-        impersonated_success={"b": 1},
+        impersonated_success={"a": 2, "b": 1},
     )
     assert s.composition(["a", "b", "c"]) == {
-        "a": {"original": 3, "impersonated": 5, "successes": 0},
-        "b": {"original": 0, "impersonated": 2, "successes": 1},
-        "c": {"original": 0, "impersonated": 0, "successes": 0},
+        "a": {"original": 3, "original_successes": 2, "impersonated": 5, "successes": 2},
+        "b": {"original": 0, "original_successes": 0, "impersonated": 2, "successes": 1},
+        "c": {"original": 0, "original_successes": 0, "impersonated": 0, "successes": 0},
     }
 
 

@@ -5,11 +5,14 @@ Inputs are simple records so any runtime (local or Ray) can produce them:
 - ``history``: list of ``{"step": int, "episodes": int, "wall_s": float (seconds since
   the run started, earlier invocations of a resumed run included),
   "success": {task: rate}, "scripted": {task: rate}}`` evaluation points;
-- ``composition``: ``{task: {"original": n, "impersonated": m, "successes": s}}``.
+- ``composition``: ``{task: {"original": n, "original_successes": k, "impersonated": m,
+  "successes": s}}``.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,12 +34,26 @@ def trailing_mean(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
+def time_axis(history: Sequence[Mapping[str, Any]], x: str = "episodes") -> str:
+    """``x``, or "step" when ``x`` is "episodes" and the count does not grow from each
+    evaluation to the next (or is missing): the points would stand on one x."""
+    counts = [h.get(x) for h in history]
+    if x == "episodes" and any(
+        a is None or b is None or b <= a for a, b in itertools.pairwise(counts)
+    ):
+        return "step"
+    return x
+
+
 def plot_success_over_time(
     history: Sequence[Mapping[str, Any]], out: Path, x: str = "episodes", smooth: int = 5
 ) -> Path:
     """Per-task ground-truth success of the learned policy vs collected episodes: each
     evaluation as a faint dot, and the trailing mean of ``smooth`` evaluations as a line
-    (one evaluation of 20 episodes has a standard error of about 0.1)."""
+    (one evaluation of 20 episodes has a standard error of about 0.1). Where the episode
+    count does not grow from one evaluation to the next (a run that learns from a store
+    without robots, ``robots=0``), the x axis is the learner step instead."""
+    x = time_axis(history, x)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     tasks = sorted({t for h in history for t in h.get("success", {})})
     for task in tasks:
@@ -68,17 +85,24 @@ def plot_composition(
     out: Path,
     title: str = "Data per task before and after impersonation",
 ) -> Path:
-    """Bars per task: collected episodes, after impersonation, and successes (Figs. 3, 5, 12)."""
+    """Bars per task: episodes collected for it and their successes, then after
+    impersonation and their successes (Figs. 3, 5, 12); a composition without
+    ``original_successes`` (from before it was counted) draws three bars."""
     tasks = list(composition)
-    orig = [composition[t].get("original", 0) for t in tasks]
-    imp = [composition[t].get("impersonated", 0) for t in tasks]
-    succ = [composition[t].get("successes", 0) for t in tasks]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(tasks) + 2), 4.5))
+    bars = [
+        ("original", "collected for task"),
+        ("original_successes", "their successes (SD)"),
+        ("impersonated", "after impersonation"),
+        ("successes", "successes (SD) after impersonation"),
+    ]
+    if not any("original_successes" in composition[t] for t in tasks):
+        bars.pop(1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(tasks) + 2), 4.5))
+    w = 0.8 / len(bars)
+    for b, (key, name) in enumerate(bars):
+        xs = [i + (b - (len(bars) - 1) / 2) * w for i in range(len(tasks))]
+        ax.bar(xs, [composition[t].get(key, 0) for t in tasks], w, label=name)
     xs = range(len(tasks))
-    w = 0.27
-    ax.bar([i - w for i in xs], orig, w, label="collected for task")
-    ax.bar(list(xs), imp, w, label="after impersonation")
-    ax.bar([i + w for i in xs], succ, w, label="successes (SD) after impersonation")
     ax.set_xticks(list(xs), tasks, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("episodes")
     ax.set_title(title)
@@ -110,7 +134,7 @@ def plot_batch_composition(
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     def fmt(v: Any) -> str:
         if isinstance(v, float):
-            return f"{v:.2f}"
+            return "" if math.isnan(v) else f"{v:.2f}"
         return "" if v is None else str(v)
 
     head = "| " + " | ".join(columns) + " |"

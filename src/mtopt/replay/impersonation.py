@@ -68,13 +68,18 @@ def expansion_counts(
     registry: TaskRegistry,
     mode: ImpersonationMode,
 ) -> dict[str, dict[str, int]]:
-    """Per task: episodes before/after impersonation and successes after (paper Fig. 12).
+    """Per task: episodes before/after impersonation and successes before and after
+    (paper Figs. 5 and 12).
 
-    Returns ``{task: {"original": n, "impersonated": m, "successes": s}}``.
+    Returns ``{task: {"original": n, "original_successes": k, "impersonated": m,
+    "successes": s}}``: ``k`` of the ``n`` episodes collected for the task succeeded at
+    it, ``s`` of the ``m`` it gets after impersonation.
     """
-    out = {t: {"original": 0, "impersonated": 0, "successes": 0} for t in registry.names}
+    keys = ("original", "original_successes", "impersonated", "successes")
+    out = {t: dict.fromkeys(keys, 0) for t in registry.names}
     for orig, rewards in episodes:
         out[orig]["original"] += 1
+        out[orig]["original_successes"] += int(rewards.get(orig, 0.0) > 0.5)
         for task, r in impersonate(orig, rewards, registry, mode):
             out[task]["impersonated"] += 1
             out[task]["successes"] += int(r > 0.5)

@@ -56,11 +56,13 @@ class ReplayStats:
     with more tasks than this run's registry, or a task added later)."""
 
     def composition(self, tasks: Sequence[str]) -> dict[str, dict[str, int]]:
-        """``{task: {"original": n, "impersonated": m, "successes": s}}``: the report's
-        data composition (``mtopt.eval.report.plot_composition``)."""
+        """``{task: {"original": n, "original_successes": k, "impersonated": m,
+        "successes": s}}``: the report's data composition before and after impersonation
+        (``mtopt.eval.report.plot_composition``; ``expansion_counts`` by hand)."""
         return {
             t: {
                 "original": self.collected.get(t, 0),
+                "original_successes": self.collected_success.get(t, 0),
                 "impersonated": self.impersonated.get(t, 0),
                 "successes": self.impersonated_success.get(t, 0),
             }

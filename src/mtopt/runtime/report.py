@@ -73,6 +73,8 @@ def write_report(
         for t in scripted
     ]
     comp_rows = [{"task": t, **v} for t, v in summary["composition"].items()]
+    held = summary.get("buffer_sizes") or {}
+    held_rows = [{"task": t, "successes": s, "failures": f} for t, (s, f) in held.items()]
     sd_quality = run.paths.sd / "quality.json"
     sd_rows = json.loads(sd_quality.read_text()) if sd_quality.exists() else []
     lines = [
@@ -97,10 +99,29 @@ def write_report(
         *_averaged_lines(summary.get("averaged")),
         "## Data before and after impersonation (paper Figs. 3, 5, 12)",
         "",
-        markdown_table(comp_rows, ["task", "original", "impersonated", "successes"]),
+        "Every episode ingested: collected for the task (original) and what impersonation "
+        "gives each task, with the successes by the success detector that scored them. An "
+        "episode keeps the verdict of the detector of its time once the buffers evicted "
+        "it, so after a new detector these counts mix versions (a resume re-scores the "
+        "whole store with the newest).",
+        "",
+        markdown_table(
+            comp_rows, ["task", "original", "original_successes", "impersonated", "successes"]
+        ),
         "",
         "![composition](data_composition.png)",
         "",
+        *(
+            [
+                "What the replay buffers hold at the end (bounded: the newest episodes of "
+                "each task's success and failure buffers), before re-balancing:",
+                "",
+                markdown_table(held_rows, ["task", "successes", "failures"]),
+                "",
+            ]
+            if held_rows
+            else []
+        ),
         *(["![batch composition](batch_composition.png)", ""] if share else []),
         "## Success detector versions",
         "",
@@ -109,7 +130,7 @@ def write_report(
                 {
                     "version": r["version"],
                     "episode labels": r["episode_labels"],
-                    "mean balanced acc": float(np.nanmean(list(r["balanced_accuracy"].values()))),
+                    "mean balanced acc": mean_finite(r["balanced_accuracy"].values()),
                 }
                 for r in sd_rows
             ],
@@ -142,7 +163,7 @@ def _averaged_lines(averaged: dict[str, Any] | None) -> list[str]:
                 "acting": c["a"],
                 "averaged": c["b"],
                 "averaged - acting [95%]": f"{c['b_minus_a']:+.2f} [{lo:+.2f}, {hi:+.2f}]",
-                "McNemar p": c["mcnemar_p"],
+                "McNemar p": f"{c['mcnemar_p']:.2g}",  # 0.004 is not "0.00"
             }
         )
     sources = averaged["averaged"]["sources"]
@@ -269,3 +290,10 @@ def _collection_lines(run: Any, out: Path) -> list[str]:
         *plots,
         "",
     ]
+
+
+def mean_finite(values: Any) -> float | None:
+    """The mean of the finite numbers among ``values``; None when there is none (an SD
+    version with no task measured: ``np.nanmean`` warned and gave NaN)."""
+    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return sum(xs) / len(xs) if xs else None
