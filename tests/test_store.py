@@ -218,7 +218,14 @@ def test_success_over_time_by_policy_and_bin() -> None:
 
     def row(t: float, task: str, policy: str, ok: bool | None) -> dict:
         gt = None if ok is None else json.dumps({"lift-any": ok, "place-any": False})
-        return {"started_at": t, "task": task, "policy": policy, "gt_success_by_task": gt}
+        eid = f"{policy}@{t}"
+        return {
+            "episode_id": eid,
+            "started_at": t,
+            "task": task,
+            "policy": policy,
+            "gt_success_by_task": gt,
+        }
 
     rows = [
         row(30.0, "lift-ball", "cem", True),  # minute 0.5
@@ -241,6 +248,9 @@ def test_success_over_time_by_policy_and_bin() -> None:
         ],
     }
     assert tl["minutes"] == pytest.approx(110.0 / 60.0)
+    # an episode written twice (a client's retry) counts once, as in `store stats`
+    again = success_over_time([*rows, rows[0], rows[4]], "lift-any", {"lift-any", "lift-ball"}, 1.0)
+    assert again == tl
     with pytest.raises(ValueError, match="bin_minutes"):
         success_over_time(rows, "lift-any", {"lift-any"}, bin_minutes=0)
 

@@ -100,10 +100,9 @@ def plot_composition(
     fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(tasks) + 2), 4.5))
     w = 0.8 / len(bars)
     for b, (key, name) in enumerate(bars):
-        xs = [i + (b - (len(bars) - 1) / 2) * w for i in range(len(tasks))]
-        ax.bar(xs, [composition[t].get(key, 0) for t in tasks], w, label=name)
-    xs = range(len(tasks))
-    ax.set_xticks(list(xs), tasks, rotation=45, ha="right", fontsize=8)
+        at = [i + (b - (len(bars) - 1) / 2) * w for i in range(len(tasks))]
+        ax.bar(at, [composition[t].get(key, 0) for t in tasks], w, label=name)
+    ax.set_xticks(list(range(len(tasks))), tasks, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("episodes")
     ax.set_title(title)
     ax.legend(fontsize=8)

@@ -49,6 +49,18 @@ def sd_scores(store_dir: str | Path, sd_dir: str | Path, batch: int = 256) -> di
     return out
 
 
+def unique_episodes(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The first row of each ``episode_id``, in order: a store where a client wrote an
+    episode twice counts it once, as LogReplay learns from it once."""
+    seen: set[str] = set()
+    out = []
+    for r in rows:
+        if r["episode_id"] not in seen:
+            seen.add(r["episode_id"])
+            out.append(r)
+    return out
+
+
 def store_stats(
     store_dir: str | Path, sd_scores: Mapping[str, float] | None = None
 ) -> dict[str, Any]:
@@ -60,8 +72,7 @@ def store_stats(
     rows were left out."""
     reader = EpisodeReader(store_dir)
     every = reader.metadata()
-    first = {r["episode_id"]: i for i, r in reversed(list(enumerate(every)))}
-    rows = [every[i] for i in sorted(first.values())]
+    rows = unique_episodes(every)
     sd = sd_scores or {}
     per_task: dict[str, dict[str, Any]] = defaultdict(
         lambda: {"episodes": 0, "gt_success": 0, "gt_known": 0, "sd_success": 0, "sd_known": 0}
@@ -144,10 +155,11 @@ def success_over_time(
 
     Returns ``{"judge", "bin_minutes", "minutes", "policies": {policy: [{"start",
     "episodes", "successes", "rate"}, ...]}}``; a bin without episodes of a policy is
-    left out of that policy's list. Episodes without ground truth are skipped."""
+    left out of that policy's list. Episodes without ground truth are skipped, and an
+    episode id met again counts once (``unique_episodes``)."""
     if bin_minutes <= 0:
         raise ValueError(f"bin_minutes must be > 0, got {bin_minutes}")
-    ordered = sorted(rows, key=lambda r: r["started_at"])
+    ordered = sorted(unique_episodes(rows), key=lambda r: r["started_at"])
     minutes = collection_minutes([r["started_at"] for r in ordered], max_gap_s)
     counts: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     wanted = set(episode_tasks)
