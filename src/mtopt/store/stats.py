@@ -117,12 +117,21 @@ def plot_stats(stats: dict[str, Any], out: Path) -> Path:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.2))
     a1.bar(tasks, [stats["tasks"][t]["episodes"] for t in tasks], color="tab:blue")
     a1.set_title("episodes per task")
-    gt = [stats["tasks"][t]["gt_success_rate"] or 0.0 for t in tasks]
-    sd = [stats["tasks"][t]["sd_success_rate"] or 0.0 for t in tasks]
     xs = range(len(tasks))
-    a2.bar([x - 0.2 for x in xs], gt, 0.4, label="ground truth")
-    a2.bar([x + 0.2 for x in xs], sd, 0.4, label="success detector")
+    for shift, key, name in (
+        (-0.2, "gt_success_rate", "ground truth"),
+        (0.2, "sd_success_rate", "success detector"),
+    ):
+        rates = [stats["tasks"][t][key] for t in tasks]
+        # an unknown rate (no ground truth, no SD score) is "n/a", not a bar at 0%
+        a2.bar(
+            [x + shift for x in xs], [np.nan if r is None else r for r in rates], 0.4, label=name
+        )
+        for x, r in zip(xs, rates, strict=True):
+            if r is None:
+                a2.text(x + shift, 0.01, "n/a", ha="center", va="bottom", fontsize=7)
     a2.set_xticks(list(xs), tasks)
+    a2.set_xlim(-0.6, len(tasks) - 0.4)  # NaN bars do not count when autoscaling
     a2.set_ylim(0, 1)
     a2.set_title("success rate per task")
     a2.legend()
