@@ -186,3 +186,15 @@ def test_a_resumed_ray_run_goes_on_with_new_scenes_and_its_counters(tmp_path: Pa
     # a chain's later tasks share its scene: count each scene at its first task
     scenes = [(r["robot_id"], r["seed"]) for r in rows if r["chain_index"] == 0]
     assert len(scenes) == len(set(scenes)), "a robot collected a scene seed twice"
+    # a resume that has nothing left to train still counts the whole store, read one
+    # shard a poll (its end read one poll's worth and reported that)
+    one = "replay.read_shards_per_poll=1"
+    third = run_ray(
+        override(preset("tiny"), [*sets, "max_learner_steps=80", one]),
+        tmp_path / "run",
+        resume=True,
+    )
+    stored = [r for r in EpisodeReader(tmp_path / "run" / "store").metadata() if r["num_steps"]]
+    shards = list((tmp_path / "run" / "store" / "shards").glob("*/*.parquet"))
+    assert third["learner_steps"] == 80 and len(shards) > 4
+    assert third["episodes"] == len(stored)

@@ -199,6 +199,7 @@ class ReplayService:
             "ingested": self.ingested,
             "episodes_held": len(self.buffers),
             "composition": comp,
+            "behind": self.reader.behind,  # shards of its part not read yet
         }
 
     def report_view(self) -> dict[str, Any]:
@@ -365,10 +366,17 @@ def run_ray(
         nonlocal ingested, comp, buffer_sizes, batch_share
         if not replays:
             return
+        end = time.time() + timeout_s
         with contextlib.suppress(Exception):
-            ingested, comp = merged_progress(
-                ray.get([r.step.remote(0) for r in replays], timeout=timeout_s)
-            )
+            # until every worker has read its whole part (a resumed run that ends before
+            # its re-read did, or one poll's worth of shards at the end, read in parts)
+            while True:
+                results = ray.get(
+                    [r.step.remote(0) for r in replays], timeout=max(0.1, end - time.time())
+                )
+                ingested, comp = merged_progress(results)
+                if not any(int(r.get("behind", 0)) for r in results) or time.time() > end:
+                    break
         with contextlib.suppress(Exception):
             buffer_sizes, batch_share = merged_report_views(
                 ray.get([r.report_view.remote() for r in replays], timeout=timeout_s)
