@@ -4,7 +4,7 @@ policies, and vs single-task models trained on the same budget on the harder tas
 Usage:
   python benchmarks/learning.py --json OUT [--minutes 170] [--single-task lift-ball,place-in-bowl]
         [--single-minutes 30] [--single-data own|multitask] [--skip-single] [--config bench]
-        [--set KEY=VALUE ...] [--resume]
+        [--set KEY=VALUE ...] [--resume] [--eval-episodes 200] [--eval-seeds 5,6]
 
 Each arm is a separate `mtopt run` (same code path as the CLI) in OUT_DIR/<arm>; results
 are read from each run's summary.json. All success rates are simulator ground truth on
@@ -18,7 +18,18 @@ multi-task arm gets of all tasks). ``--single-data multitask``: each single-task
 trained, without robots, on the multi-task arm's episodes of its task only (copied with
 `mtopt store subset`, and the multi-task arm's success detector): the same data, the
 paper's f_orig data-efficiency baseline. The arms take hours: after a stop, ``--resume`` continues each arm in ``--dir`` from its
-checkpoint for what is left of its budget (an arm that ran its budget is not rerun).
+checkpoint for what is left of its budget (an arm that ran its budget is not rerun); it
+must be given the same ``--config``, ``--set`` and ``--single-data`` as the start (kept in
+``--dir``/bench_args.json), or one arm would mix two experiments.
+
+Held-out result: after its training, each arm's acting weights are evaluated as
+``evaluate_run.py`` does, on ``--eval-episodes`` scenes per seed of ``--eval-seeds``
+(default 200 x seeds 5 and 6), each task on its own (so every arm meets the same scenes
+of a task, whatever else it evaluates), with the scripted policies on the same scenes.
+The JSON keeps every scene's outcome, each arm's learned/scripted ratio, and per
+single-task arm the paired comparison with the multi-task arm (McNemar). The in-run
+evaluations (20-30 scenes, also used by the parity switch) are only the curves.
+``complete`` says whether an arm ran its whole budget. The JSON is written after each arm.
 """
 
 from __future__ import annotations
@@ -31,6 +42,9 @@ import sys
 from pathlib import Path
 
 from _results import write_result
+
+# every argument that decides what an arm is: a resume must repeat them
+ARM_ARGS = ("config", "set", "single_data", "single_task")
 
 
 def arm_minutes(out: Path) -> float | None:
@@ -91,6 +105,81 @@ def multitask_data(multi: Path, arm: Path, task: str) -> int:
     return sum(1 for r in EpisodeReader(arm / "store").metadata() if r["task"] == task)
 
 
+def held_out_outcomes(
+    run: Path, tasks: list[str], episodes: int, seeds: list[int], workers: int
+) -> dict[str, dict[str, list[bool]]]:
+    """``{task: {"acting": [...], "scripted": [...]}}``: each scene's outcome, the seeds'
+    scenes one after the other, each task evaluated on its own as ``evaluate_run.py``
+    does (the default CEM search, held-out objects, the run's own cell)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from evaluate_run import one
+    from mtopt.qtopt.cem import CEMConfig
+
+    search = {
+        k: getattr(CEMConfig, k)
+        for k in ("iterations", "samples", "elites", "pick", "gripper", "close_margin")
+    }
+    jobs = [
+        (str(run), t, which, episodes, seed, search, "test")
+        for seed in seeds
+        for t in tasks
+        for which in ("acting", "scripted")
+    ]
+    out: dict[str, dict[str, list[bool]]] = {t: {"acting": [], "scripted": []} for t in tasks}
+    with ProcessPoolExecutor(workers) as pool:
+        for task, which, wins, _ in pool.map(one, jobs):  # in order: seed by seed
+            out[task][which] += wins
+    return out
+
+
+def held_out_summary(outcomes: dict[str, dict[str, list[bool]]]) -> dict[str, object]:
+    """Per task: the learned and scripted success with Wilson intervals, learned over
+    scripted, and every scene's outcome (for ``compare_evals.py``-style pairing)."""
+    from mtopt.eval.evaluate import encode_outcomes, rate_with_ci, success_rate
+
+    out: dict[str, object] = {}
+    for task, parts in outcomes.items():
+        learned, scripted = success_rate(parts["acting"]), success_rate(parts["scripted"])
+        out[task] = {
+            "learned": rate_with_ci(learned, len(parts["acting"])),
+            "scripted": rate_with_ci(scripted, len(parts["scripted"])),
+            "learned_over_scripted": round(learned / scripted, 3) if scripted else None,
+            "episodes": len(parts["acting"]),
+            "outcomes": {w: encode_outcomes(v) for w, v in parts.items()},
+        }
+    return out
+
+
+def single_minus_multi(
+    multi: dict[str, list[bool]], single: dict[str, list[bool]]
+) -> dict[str, object]:
+    """The single-task arm against the multi-task arm on the same held-out scenes of
+    its task, paired scene by scene (b - a: single - multi)."""
+    from mtopt.eval.evaluate import paired_comparison
+
+    return paired_comparison(multi["acting"], single["acting"]).as_dict()
+
+
+def check_same_arms(root: Path, args: argparse.Namespace, resume: bool) -> None:
+    """Keep what the arms are in ``root/bench_args.json`` at the start; a resume with
+    other arm arguments is an error (its arms would mix two experiments)."""
+    path = root / "bench_args.json"
+    mine = {k: getattr(args, k) for k in ARM_ARGS}
+    if path.exists():
+        kept = json.loads(path.read_text())
+        changed = [k for k in ARM_ARGS if k in kept and kept[k] != mine[k]]
+        if resume and changed:
+            sys.exit(
+                f"--resume: {root} was started with "
+                + ", ".join(f"--{k.replace('_', '-')} {kept[k]!r}" for k in changed)
+                + "; continue it with the same arguments, or use another --dir"
+            )
+        if resume:
+            return
+    write_result(path, mine, echo=False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", required=True)
@@ -124,22 +213,59 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="a config override for every arm (repeatable), as for `mtopt run --set`",
     )
+    ap.add_argument(
+        "--eval-episodes",
+        type=int,
+        default=200,
+        help="held-out scenes per task and seed for each arm's final evaluation (0: none)",
+    )
+    ap.add_argument("--eval-seeds", default="5,6", help="evaluation seeds of those scenes")
+    ap.add_argument("--workers", type=int, default=2, help="processes for that evaluation")
     args = ap.parse_args()
     root = Path(args.dir)
-    results: dict[str, object] = {"config": args.config, "sets": list(args.set)}
+    singles = [t for t in args.single_task.split(",") if t] if not args.skip_single else []
+    seeds = [int(x) for x in args.eval_seeds.split(",") if x]
+    from mtopt.runtime.config import preset
+
+    registry = preset(args.config).registry()
+    for task in singles:
+        if task not in registry.names:
+            ap.error(f"--single-task: unknown task {task!r}")
+    root.mkdir(parents=True, exist_ok=True)
+    check_same_arms(root, args, args.resume)
+    results: dict[str, object] = {
+        "config": args.config,
+        "sets": list(args.set),
+        "held_out_scenes": {"episodes_per_seed": args.eval_episodes, "seeds": seeds},
+    }
+
+    def save() -> None:  # after each arm: a later arm's crash keeps the finished ones
+        shown = {k: v for k, v in results.items() if k != "multitask"}
+        write_result(args.json, results, show=shown)
+
     multi = run_arm(root / "multitask", args.minutes, list(args.set), args.config, args.resume)
     multi_success = multi["final"].get("success", {})
+    evaluated = list(dict.fromkeys([*multi["scripted"], *singles]))
+    multi_out = (
+        held_out_outcomes(root / "multitask", evaluated, args.eval_episodes, seeds, args.workers)
+        if args.eval_episodes > 0
+        else {}
+    )
     results["multitask"] = {
-        "learned": multi_success,
-        "scripted": multi["scripted"],
+        "in_run_last": multi_success,
+        "in_run_scripted": multi["scripted"],
+        "held_out": held_out_summary(multi_out),
         "episodes": multi["episodes"],
         "learner_steps": multi["learner_steps"],
         "minutes": multi["bench_wall_minutes"],
+        "complete": multi["bench_wall_minutes"] >= args.minutes - 1.0,
         "history": json.loads((root / "multitask" / "history.json").read_text()),
     }
-    if not args.skip_single:
+    save()
+    if singles:
         single: dict[str, object] = {}
-        for task in [t for t in args.single_task.split(",") if t]:
+        results["single_task"] = single
+        for task in singles:
             sets = [*args.set, f"collect.tasks={task}", "replay.impersonation=orig"]
             sets.append(f"eval.tasks={task}")
             arm = root / f"single-{task}"
@@ -148,18 +274,30 @@ def main() -> None:
                 arm = root / f"single-{task}-mtdata"
                 data = multitask_data(root / "multitask", arm, task)
                 sets.append("robots=0")
-            s = run_arm(arm, args.single_minutes or args.minutes, sets, args.config, args.resume)
+            budget = args.single_minutes or args.minutes
+            s = run_arm(arm, budget, sets, args.config, args.resume)
+            mine = (
+                held_out_outcomes(arm, [task], args.eval_episodes, seeds, args.workers)
+                if args.eval_episodes > 0
+                else {}
+            )
             single[task] = {
-                "learned": s["final"].get("success", {}).get(task),
-                "multitask_learned": multi_success.get(task),
+                # the in-run numbers are on different scenes from the multi-task arm's
+                # (another task list): compare the held-out ones
+                "in_run_last": s["final"].get("success", {}).get(task),
+                "held_out": held_out_summary(mine),
+                "single_minus_multi": single_minus_multi(multi_out[task], mine[task])
+                if mine
+                else None,
                 "episodes": s["episodes"],
                 "learner_steps": s["learner_steps"],
                 "minutes": s["bench_wall_minutes"],
+                "complete": s["bench_wall_minutes"] >= budget - 1.0,
                 "data": args.single_data,
                 "multitask_episodes_of_task": data,
             }
-        results["single_task"] = single
-    write_result(args.json, results, show={k: v for k, v in results.items() if k != "history"})
+            save()
+    save()
 
 
 if __name__ == "__main__":

@@ -141,6 +141,59 @@ def test_learning_benchmark_counts_and_resumes_its_arms(tmp_path: Path, monkeypa
     assert len(calls) == 1
 
 
+def test_learning_benchmark_held_out_summary_and_pairing_by_hand() -> None:
+    import learning
+
+    # 4 scenes: the multi-task arm wins scenes 0, 1, 2; the single-task arm 2 and 3
+    multi = {"acting": [True, True, True, False], "scripted": [True, False, False, False]}
+    single = {"acting": [False, False, True, True], "scripted": [True, False, False, False]}
+    s = learning.held_out_summary({"lift-ball": multi})["lift-ball"]
+    assert s["learned"]["success"] == 0.75 and s["scripted"]["success"] == 0.25
+    assert s["learned_over_scripted"] == 3.0 and s["episodes"] == 4
+    assert s["outcomes"] == {"acting": "1110", "scripted": "1000"}
+    none = learning.held_out_summary({"t": {"acting": [True], "scripted": [False]}})["t"]
+    assert none["learned_over_scripted"] is None  # scripted 0: no ratio
+    d = learning.single_minus_multi(multi, single)
+    # only multi: scenes 0 and 1; only single: scene 3; b - a = (1 - 2) / 4
+    assert (d["only_a"], d["only_b"], d["n"]) == (2, 1, 4)
+    assert d["b_minus_a"] == pytest.approx(-0.25)
+    assert d["mcnemar_p"] == pytest.approx(1.0)  # 1 of 3 discordant: two-sided p = 1
+
+
+def test_learning_benchmark_evaluates_each_seed_on_its_own_scenes() -> None:
+    """The held-out evaluation of an arm: the seeds' scenes one after the other, each
+    the scenes ``evaluate_run.py`` gives for that seed (scripted: deterministic here)."""
+    import learning
+    from evaluate_run import one
+
+    policy = Path(__file__).parents[1] / "policies" / "tuned-r34"
+    got = learning.held_out_outcomes(policy, ["place-any"], 2, [5, 6], 1)["place-any"]
+    assert len(got["acting"]) == len(got["scripted"]) == 4
+    search = {"iterations": 2, "samples": 64, "elites": 6, "pick": "best"}
+    search |= {"gripper": "joint", "close_margin": 0.0}
+    for i, seed in enumerate((5, 6)):
+        job = (str(policy), "place-any", "scripted", 2, seed, search, "test")
+        assert one(job)[2] == got["scripted"][2 * i : 2 * i + 2]
+
+
+def test_learning_benchmark_resume_must_repeat_the_arm_arguments(tmp_path: Path) -> None:
+    import argparse
+
+    import learning
+
+    def args(**kw: object) -> argparse.Namespace:
+        base = {"config": "tuned", "set": ["seed=1"], "single_data": "own"}
+        return argparse.Namespace(**{**base, "single_task": "lift-ball", **kw})
+
+    learning.check_same_arms(tmp_path, args(), resume=False)
+    assert json.loads((tmp_path / "bench_args.json").read_text())["set"] == ["seed=1"]
+    learning.check_same_arms(tmp_path, args(), resume=True)  # the same: fine
+    with pytest.raises(SystemExit, match="--set \\['seed=1'\\]"):
+        learning.check_same_arms(tmp_path, args(set=["seed=2"]), resume=True)
+    with pytest.raises(SystemExit, match="--single-data 'own'"):
+        learning.check_same_arms(tmp_path, args(single_data="multitask"), resume=True)
+
+
 def test_learning_curves_stitch_resumed_clocks_and_average_windows(tmp_path: Path) -> None:
     from plot_learning_curves import stitched_minutes, window_means
 
