@@ -13,7 +13,11 @@ Usage: python benchmarks/compare_evals.py --a FILE[:part][,FILE[:part]...]
 FILE is a result JSON; part picks a policy within it (acting, online, scripted,
 straight_down; default acting; ensemble results have one policy and take no part).
 Several files per side are pooled: the i-th file of --a pairs with the i-th of --b, and
-they must share seed and episode count (e.g. seed 5 and seed 6 on both sides).
+they must share seed, episode count and object split (e.g. seed 5 and seed 6 on both
+sides); a seed given twice on one side would count its scenes twice and is refused.
+Files whose runs had other cell settings (say ``sim.move_from``; recorded by
+``evaluate_run.py`` since 2026-12-05) pair by scene seed, not identical dynamics: the
+result says so (``sim_differs``).
 """
 
 from __future__ import annotations
@@ -43,12 +47,18 @@ def cell_version(spec: str) -> int:
     return int(json.loads(Path(split_spec(spec)[0]).read_text()).get("cell_version", 1))
 
 
-def load_outcomes(spec: str) -> tuple[tuple[int, int], Outcomes]:
-    """((seed, episodes per task), {task: outcomes}) of one policy in one result file."""
+def load_outcomes(
+    spec: str, tasks: list[str] | None = None
+) -> tuple[tuple[int, int, str], Outcomes]:
+    """((seed, episodes per task, objects), {task: outcomes}) of one policy in one
+    result file, for ``tasks`` only when given (a part such as straight_down exists for
+    some tasks only)."""
     path, part = split_spec(spec)
     res = json.loads(Path(path).read_text())
     out: Outcomes = {}
     for task, entry in res["per_task"].items():
+        if tasks is not None and task not in tasks:
+            continue
         row = entry if "outcomes" in entry else entry.get(part)
         if row is None or "outcomes" not in row:
             raise SystemExit(
@@ -56,7 +66,14 @@ def load_outcomes(spec: str) -> tuple[tuple[int, int], Outcomes]:
                 f"(has {sorted(entry)}; results written before outcomes were kept have none)"
             )
         out[task] = decode_outcomes(row["outcomes"])
-    return (int(res["seed"]), int(res["episodes_per_task"])), out
+    scenes = (int(res["seed"]), int(res["episodes_per_task"]), str(res.get("objects", "test")))
+    return scenes, out
+
+
+def sim_settings(spec: str) -> str | None:
+    """The cell settings a result file's run had, as JSON text (None: not recorded)."""
+    sim = json.loads(Path(split_spec(spec)[0]).read_text()).get("sim")
+    return None if sim is None else json.dumps(sim, sort_keys=True)
 
 
 def pooled(
@@ -68,12 +85,20 @@ def pooled(
         raise SystemExit(f"--a has {len(a_specs)} files, --b {len(b_specs)}: they pair up")
     a_all: Outcomes = {}
     b_all: Outcomes = {}
+    seen: dict[int, str] = {}
     for sa, sb in zip(a_specs, b_specs, strict=True):
-        (scenes_a, a), (scenes_b, b) = load_outcomes(sa), load_outcomes(sb)
+        (scenes_a, a), (scenes_b, b) = load_outcomes(sa, tasks), load_outcomes(sb, tasks)
         if scenes_a != scenes_b:
             raise SystemExit(
-                f"{sa} ran (seed, episodes) {scenes_a}, {sb} ran {scenes_b}: not the same scenes"
+                f"{sa} ran (seed, episodes, objects) {scenes_a}, {sb} ran {scenes_b}: "
+                "not the same scenes"
             )
+        if scenes_a[0] in seen:
+            raise SystemExit(
+                f"{sa} and {seen[scenes_a[0]]} both ran seed {scenes_a[0]}: pooling them "
+                "would count the same scenes twice"
+            )
+        seen[scenes_a[0]] = sa
         for task in tasks or sorted(set(a) & set(b)):
             if task not in a or task not in b:
                 raise SystemExit(f"task {task!r} is not in both {sa} and {sb}")
@@ -92,6 +117,13 @@ def main() -> None:
     a_specs, b_specs = args.a.split(","), args.b.split(",")
     a, b = pooled(a_specs, b_specs, args.tasks.split(",") if args.tasks else None)
     cells = sorted({cell_version(s) for s in a_specs + b_specs})
+    sims = {sim_settings(s) for s in a_specs + b_specs} - {None}
+    if len(sims) > 1:
+        print(
+            'note: the runs had other cell settings (their files\' "sim"): the same '
+            "scene seeds, other dynamics",
+            file=sys.stderr,
+        )
     if len(cells) > 1:
         print(
             f"note: the files were measured on cell versions {cells}: the same seeds gave "
@@ -105,6 +137,7 @@ def main() -> None:
             "a": a_specs,
             "b": b_specs,
             "cell_versions": cells,
+            "sim_differs": len(sims) > 1,
             "per_task": {t: paired_comparison(a[t], b[t]).as_dict() for t in a},
         },
     )

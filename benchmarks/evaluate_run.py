@@ -33,6 +33,7 @@ held-out objects that report its result.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -171,6 +172,7 @@ def main() -> None:
         "seed": args.seed,
         "objects": args.objects,
         "cell_version": CELL_VERSION,
+        "sim": dataclasses.asdict(run_sim_config(args.run, args.objects)),
         "cem": search,
         "per_task": per_task,
         "online_minus_acting": paired,

@@ -388,6 +388,49 @@ def test_compare_evals_pairs_scenes_across_files(tmp_path: Path) -> None:
     )
     assert "cell versions [1, 2]" in r.stderr
     assert json.loads(out.read_text())["cell_versions"] == [1, 2]
+    assert json.loads(out.read_text())["sim_differs"] is False  # not recorded: no claim
+    # one seed twice on a side: the same scenes counted twice (n and p looked better)
+    with pytest.raises(SystemExit, match="count the same scenes twice"):
+        pooled([run5, run5], [ens5, ens5], None)
+    # another object split: other scenes
+    train5 = result("t5.json", 5, {"lift-any": {"acting": {"outcomes": "110"}}})
+    data = json.loads(Path(train5).read_text())
+    Path(train5).write_text(json.dumps({**data, "objects": "train"}))
+    with pytest.raises(SystemExit, match="not the same scenes"):
+        pooled([run5], [train5], None)
+    # a part that only some tasks have (straight_down: pick tasks) with --tasks
+    mixed = result(
+        "m5.json",
+        5,
+        {
+            "lift-any": {"acting": {"outcomes": "110"}, "straight_down": {"outcomes": "100"}},
+            "place-any": {"acting": {"outcomes": "111"}},
+        },
+    )
+    a, b = pooled([f"{mixed}:straight_down"], [mixed], ["lift-any"])
+    assert (a["lift-any"], b["lift-any"]) == ([True, False, False], [True, True, False])
+    # runs with other cell settings: a note, and the result says so
+    sims = []
+    for name, move in (("s5a.json", "command"), ("s5b.json", "measured")):
+        path = tmp_path / name
+        path.write_text(json.dumps({**json.loads(Path(run5).read_text()), "sim": {"m": move}}))
+        sims.append(str(path))
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "compare_evals.py"),
+            "--a",
+            sims[0],
+            "--b",
+            sims[1],
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "other cell settings" in r.stderr and json.loads(out.read_text())["sim_differs"]
 
 
 def test_learning_benchmark_gives_a_single_task_arm_the_multitask_data(tmp_path: Path) -> None:
