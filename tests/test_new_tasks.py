@@ -166,6 +166,30 @@ def test_init_from_refuses_a_run_whose_tasks_are_not_the_sources(tmp_path: Path)
     Learner(old_cfg.qnet).publish(tmp_path / "bare")
     with pytest.raises(WeightsError, match=r"no config\.json"):
         start((a, b), "bare", tmp_path / "bare")
+    # a source kept inside the new run's folder: the new run's own config.json (written
+    # before the learner) is not the source's (it passed a swapped order without a word)
+    import shutil
+
+    inside = tmp_path / "inside"
+    shutil.copytree(tmp_path / "old" / "weights", inside / "init-weights")
+    swapped = RunConfig(
+        qnet=dataclasses.replace(SMALL, num_tasks=n + 2),
+        extra_tasks=(b, a),
+        init_from=str(inside / "init-weights"),
+    )
+    save_config(swapped, inside / "config.json")
+    with pytest.raises(WeightsError, match=r"no config\.json"):
+        new_learner(RunPaths(inside), swapped, swapped.registry())
+    # weights published by a run say their tasks themselves, wherever they are copied
+    own = Learner(old_cfg.qnet)
+    own.task_names = old_cfg.registry().names
+    own.publish(tmp_path / "said" / "weights")
+    assert "lift-small-ball as lift-any" in start((a, b), "said-ok", tmp_path / "said")
+    with pytest.raises(WeightsError, match=r"trained on the tasks \[.*place-can-on-plate\]"):
+        start((b,), "said-swapped", tmp_path / "said")
+    # a source with more task inputs than the run: name its tasks, say what to do
+    with pytest.raises(WeightsError, match=r"list the source.s tasks .*place-can-on-plate"):
+        start((), "fewer", tmp_path / "said")
 
 
 def test_a_new_task_of_a_new_skill_starts_as_a_task_that_starts_as_it_does() -> None:

@@ -96,6 +96,9 @@ class Learner:
     ):
         self.qnet_cfg = qnet.validate()
         self.cfg = cfg
+        self.task_names: tuple[str, ...] = ()
+        """The tasks of the network's inputs, in order, when the runtime says (published
+        with the weights, so a network grown from them knows what its inputs were)."""
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
         # initialised on the CPU, then moved: the same seed gives the same net everywhere
@@ -212,7 +215,10 @@ class Learner:
 
     # -------------------------------------------------------------- weights
     def meta(self) -> dict[str, Any]:
-        return {"qnet": self.qnet_cfg.to_dict(), "step": self.step}
+        meta: dict[str, Any] = {"qnet": self.qnet_cfg.to_dict(), "step": self.step}
+        if self.task_names:
+            meta["tasks"] = list(self.task_names)
+        return meta
 
     def publish(self, directory: str | Path) -> int:
         """Publish online, acting and target weights as the next version; returns it."""

@@ -259,6 +259,7 @@ def new_learner(paths: RunPaths, cfg: RunConfig, registry: TaskRegistry) -> tupl
     a trained run's, each grown by the tasks it was not trained on; a new task starts as
     the first task of its skill, which it was trained on (``networks.with_more_tasks``)."""
     learner = Learner(cfg.qnet, cfg.learner, logdir=paths.root / "tb")
+    learner.task_names = tuple(getattr(registry, "names", ()))[: cfg.qnet.num_tasks]
     count_on_from_published(learner, paths)  # a run stopped before its first checkpoint
     if not cfg.init_from:
         return learner, ""
@@ -281,7 +282,15 @@ def new_learner(paths: RunPaths, cfg: RunConfig, registry: TaskRegistry) -> tupl
             raise WeightsError(f"init_from {cfg.init_from}: no Q-network in its weights")
         trained = src.cfg.num_tasks
         if part == "online":
-            check_source_tasks(cfg.init_from, registry.names[:trained], trained)
+            theirs = meta.get("tasks") or source_tasks(cfg.init_from, trained, paths.root)
+            check_source_tasks(cfg.init_from, registry.names[:trained], theirs[:trained])
+            if trained > cfg.qnet.num_tasks:
+                extra = ", ".join(theirs[len(registry) : trained])
+                raise WeightsError(
+                    f"init_from {cfg.init_from} has {trained} task inputs and this run "
+                    f"{cfg.qnet.num_tasks}: list the source's tasks past the built-in ones "
+                    f"({extra or 'unnamed'}) first in --tasks-file, then the new ones"
+                )
         if trained < cfg.qnet.num_tasks:
             like = [
                 first_of_skill(registry, i, trained) for i in range(trained, cfg.qnet.num_tasks)
@@ -300,34 +309,41 @@ def new_learner(paths: RunPaths, cfg: RunConfig, registry: TaskRegistry) -> tupl
     )
 
 
-def source_tasks(source: str | Path, trained: int) -> tuple[str, ...]:
+def source_tasks(
+    source: str | Path, trained: int, starting: str | Path | None = None
+) -> tuple[str, ...]:
     """The tasks a network at ``source`` (a run or policy folder, its ``weights/``, or a
-    weights file in it) was trained on, in input order: from the ``config.json`` of the
-    folder it belongs to; without one, the built-in tasks (every run's first tasks)."""
+    weights file in it) was trained on, in input order, for weights published before
+    they said so themselves (``meta["tasks"]``): from the ``config.json`` of the folder
+    it belongs to; without one, the built-in tasks (every run's first tasks). The run
+    being ``starting`` is never that folder (a source kept inside it would otherwise be
+    checked against the new run's own tasks)."""
     from mtopt.tasks import DEFAULT_REGISTRY
 
-    p = Path(source)
+    p = Path(source).resolve()
     folder = p if p.is_dir() else p.parent
+    mine = Path(starting).resolve() if starting is not None else None
+    unreadable = ""
     for d in (folder, folder.parent, folder.parent.parent):
-        if (d / "config.json").is_file():
-            try:
-                return load_run_config(d / "config.json").registry().names[:trained]
-            except (ConfigError, ValueError, TypeError):
-                continue  # not a run's config
+        if d == mine or not (d / "config.json").is_file():
+            continue
+        try:
+            return load_run_config(d / "config.json").registry().names[:trained]
+        except (ConfigError, ValueError, TypeError) as exc:  # not a run's config
+            unreadable = f" ({d / 'config.json'} is not a run's config: {exc})"
     if trained > len(DEFAULT_REGISTRY):
         raise WeightsError(
             f"init_from {source}: its network has {trained} task inputs, and no config.json "
-            "beside it says what the ones past the built-in tasks are"
+            f"beside it says what the ones past the built-in tasks are{unreadable}"
         )
     return DEFAULT_REGISTRY.names[:trained]
 
 
-def check_source_tasks(source: str | Path, names: Sequence[str], trained: int) -> None:
-    """``names`` (this run's first ``trained`` tasks) must be the tasks the network at
-    ``source`` was trained on, in order: otherwise a task would silently take another's
-    input (a tasks file that differs from the source run's, or lists tasks in another
-    order)."""
-    theirs = source_tasks(source, trained)
+def check_source_tasks(source: str | Path, names: Sequence[str], theirs: Sequence[str]) -> None:
+    """``names`` (this run's first tasks, as many as the source network has) must be the
+    tasks ``theirs`` the network at ``source`` was trained on, in order: otherwise a task
+    would silently take another's input (a tasks file that differs from the source run's,
+    or lists tasks in another order)."""
     if tuple(names) != tuple(theirs[: len(names)]):
         mine, other = ", ".join(names), ", ".join(theirs)
         raise WeightsError(
