@@ -334,6 +334,17 @@ def test_new_tasks_from_the_command_line_and_a_resume_that_would_change_them(tmp
     bad.write_text(json.dumps([{**task, "fixture": ["bowl"]}]))
     with pytest.raises(ConfigError, match=r"tasks file .*tasks.json: .*unknown key.*'fixture'"):
         with_new_tasks(preset("local"), bad, None)
+    # a lift task no object of the cell can satisfy: its SD would stage no positive
+    huge = {"name": "lift-huge-ball", "kind": "lift", "category": "ball", "min_size": 0.035}
+    bad.write_text(json.dumps([huge]))
+    with pytest.raises(ConfigError, match=r"no ball of the cell's train objects .* 0\.030 m"):
+        with_new_tasks(preset("local"), bad, None)
+    # possible on the training objects only (the held-out balls are at most 0.027 m)
+    bad.write_text(json.dumps([{**huge, "min_size": 0.028}]))
+    with pytest.raises(ConfigError, match="cell's test objects"):
+        with_new_tasks(preset("local"), bad, None)
+    bad.write_text(json.dumps([{**huge, "min_size": 0.02}]))
+    assert with_new_tasks(preset("local"), bad, None).extra_tasks[-1]["min_size"] == 0.02
     (tmp_path / "src").mkdir()
     rel = with_new_tasks(preset("local"), None, tmp_path / "src" / ".." / "src")
     assert rel.init_from and rel.init_from.startswith("/")

@@ -98,6 +98,11 @@ def test_tasks_from_config_append() -> None:
         ({"name": "x", "kind": "place", "min_size": 0.02}, r"unknown key\(s\) \['min_size'\]"),
         ({"name": "x", "kind": "lift", "min_size": "0.02"}, "'min_size' must be a positive"),
         ({"name": "x", "kind": "lift", "min_size": True}, "'min_size' must be a positive"),
+        ({"name": "x", "kind": "lift", "min_size": float("nan")}, "'min_size' must be a posi"),
+        ({"name": "x", "kind": "lift", "min_size": float("inf")}, "'min_size' must be a posi"),
+        ({"name": "a,b", "kind": "lift"}, "letters, digits"),  # --set eval.tasks=a,b split it
+        ({"name": " ", "kind": "lift"}, "letters, digits"),
+        ({"name": "-x", "kind": "lift"}, "starting with a letter or digit"),
         ({"name": "x", "kind": "place", "fixtures": 5}, "'fixtures' must be a non-empty list"),
         ({"name": "x", "kind": "place", "fixtures": "plate"}, "'fixtures' must be a non-empty"),
         ({"name": "x", "kind": "lift", "skill": "place"}, "cannot join the skill 'place'"),

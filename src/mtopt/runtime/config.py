@@ -326,6 +326,7 @@ def with_new_tasks(
     except (ValueError, TypeError, KeyError) as exc:
         where = f"the tasks file {tasks_file}" if tasks_file is not None else "extra_tasks"
         raise ConfigError(f"{where}: {exc}") from None
+    check_possible_in_the_cell(cfg.extra_tasks)
     if cfg.qnet.num_tasks < n:  # a network input for every task (--set extra_tasks too)
         cfg = dataclasses.replace(cfg, qnet=dataclasses.replace(cfg.qnet, num_tasks=n))
     if init_from is not None:
@@ -335,6 +336,33 @@ def with_new_tasks(
     if cfg.init_from and not Path(cfg.init_from).exists():
         raise ConfigError(f"init_from: {cfg.init_from} does not exist")
     return cfg
+
+
+def check_possible_in_the_cell(tasks: tuple[dict[str, Any], ...]) -> None:
+    """A new lift task's ``min_size`` must fit an object of its category in both object
+    splits of the simulated cell: the run stages its SD's positives and evaluates it
+    there (a task no held-out object can satisfy staged no positives and could not
+    succeed, with only a log line to say so)."""
+    from mtopt.sim.objects import SPLITS, instance_numbers, make_object
+    from mtopt.tasks.scene import CATEGORIES
+
+    for task in tasks:
+        min_size = task.get("min_size")
+        if task.get("kind") != "lift" or min_size is None:
+            continue
+        categories = [task["category"]] if task.get("category") else list(CATEGORIES)
+        for split in SPLITS:
+            largest = max(
+                make_object(c, k).size
+                for c in categories
+                for k in instance_numbers(split)  # type: ignore[arg-type]
+            )
+            if largest < float(min_size):
+                raise ConfigError(
+                    f"task {task.get('name')!r}: no {task.get('category') or 'object'} of "
+                    f"the cell's {split} objects is at least min_size {min_size} m (the "
+                    f"largest: {largest:.3f} m); sizes are the largest half-extent"
+                )
 
 
 # Fields added since runs were saved whose value then is not their current default (or

@@ -12,6 +12,8 @@ JSON/TOML file loaded with ``TaskRegistry.with_extra``.
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +101,8 @@ TASK_KEYS = {
     "place": ("name", "kind", "category", "fixtures", "skill", "description"),
 }
 """The keys a task description of each kind may have."""
+TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+"""What a task's name may be (every built-in one is, e.g. ``lift-any``)."""
 SKILL_STARTS_HOLDING = {"lift": False, "place": True}
 """The built-in skills and whether their tasks start with an object in the gripper."""
 
@@ -119,6 +123,12 @@ def task_from_dict(d: Mapping[str, Any]) -> TaskSpec:
     name = d.get("name")
     if not isinstance(name, str) or not name:
         raise ValueError(f"task description needs a non-empty 'name', got {dict(d)!r}")
+    if not TASK_NAME.fullmatch(name):
+        # a comma or a space could never be named in a list such as --set eval.tasks=a,b
+        raise ValueError(
+            f"task name {name!r}: letters, digits, '-', '_' and '.' only, starting with a "
+            "letter or digit"
+        )
     if kind not in TASK_KEYS:
         raise ValueError(f"task {name!r}: 'kind' must be 'lift' or 'place', got {kind!r}")
     unknown = sorted(set(d) - set(TASK_KEYS[kind]))
@@ -143,7 +153,10 @@ def task_from_dict(d: Mapping[str, Any]) -> TaskSpec:
     if kind == "lift":
         min_size = d.get("min_size")
         if min_size is not None and (
-            isinstance(min_size, bool) or not isinstance(min_size, (int, float)) or min_size <= 0
+            isinstance(min_size, bool)
+            or not isinstance(min_size, (int, float))
+            or not math.isfinite(min_size)
+            or min_size <= 0
         ):
             raise ValueError(
                 f"task {name!r}: 'min_size' must be a positive number (metres), got {min_size!r}"
