@@ -225,3 +225,22 @@ def test_a_fresh_learner_counts_on_from_weights_published_before_a_first_checkpo
     learner, _ = new_learner(paths, RunConfig(qnet=SMALL), None)  # type: ignore[arg-type]
     assert learner.version == first.version
     learner.publish(paths.weights)  # the next version, not an error
+
+
+def test_sd_and_store_commands_take_the_tasks_of_the_run_whose_store_they_get(
+    tmp_path: Path,
+) -> None:
+    """`mtopt sd improve|label` on a grown run's store used the built-in tasks unless
+    given --tasks-file (an architecture error for its SD); they read the run's
+    config.json beside the store, as the store commands do."""
+    from mtopt._cli import registry_for
+    from mtopt.config import save_config
+    from mtopt.runtime.config import RunConfig
+    from mtopt.tasks import DEFAULT_REGISTRY
+
+    task = {"name": "place-can-on-plate", "kind": "place", "fixtures": ["plate"], "category": "can"}
+    cfg = RunConfig(extra_tasks=(task,))
+    save_config(cfg, tmp_path / "run" / "config.json")
+    assert registry_for(tmp_path / "run" / "store", None).names[-1] == "place-can-on-plate"
+    assert registry_for(tmp_path / "elsewhere" / "store", None) is DEFAULT_REGISTRY
+    assert registry_for(None, None) is DEFAULT_REGISTRY

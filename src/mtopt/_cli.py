@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    from mtopt.tasks.registry import TaskRegistry
+
+TASKS_FILE_HELP = (
+    "Tasks of your own after the built-in ones (a JSON list, as `mtopt run --tasks-file`). "
+    "Default: the run's tasks when the store is a run's (its config.json beside the "
+    "store), else the built-in ones."
+)
 
 
 def fail(msg: object, code: int = 2) -> NoReturn:
@@ -12,3 +22,25 @@ def fail(msg: object, code: int = 2) -> NoReturn:
     1 for a failure while it ran."""
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(code)
+
+
+def registry_for(store: Path | None, tasks_file: Path | None) -> TaskRegistry:
+    """``tasks_file``'s tasks after the built-in ones; else the tasks of the run whose
+    store ``store`` is (a ``config.json`` next to it); else the built-in tasks. A bad
+    tasks file ends the command, naming it."""
+    from mtopt.runtime.config import ConfigError, run_registry
+    from mtopt.tasks import DEFAULT_REGISTRY
+    from mtopt.tasks.registry import registry_with_tasks_file
+
+    if tasks_file is not None:
+        try:
+            return registry_with_tasks_file(tasks_file)
+        except ValueError as exc:
+            fail(exc)
+    if store is None:
+        return DEFAULT_REGISTRY
+    try:
+        return run_registry(store.absolute().parent)
+    except ConfigError as exc:  # someone else's config.json: the built-in tasks
+        typer.echo(f"note: {exc}; using the built-in tasks", err=True)
+        return DEFAULT_REGISTRY

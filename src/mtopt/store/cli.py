@@ -7,37 +7,12 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from mtopt._cli import fail
+from mtopt._cli import TASKS_FILE_HELP, fail, registry_for
 
 if TYPE_CHECKING:
-    from mtopt.tasks.registry import TaskRegistry
+    pass
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown")
-
-TASKS_FILE_HELP = (
-    "Tasks of your own after the built-in ones (a JSON list, as `mtopt run --tasks-file`). "
-    "Default: the run's tasks when the store is a run's (its config.json beside the "
-    "store), else the built-in ones."
-)
-
-
-def _registry(store: Path, tasks_file: Path | None) -> TaskRegistry:
-    """``tasks_file``'s tasks after the built-in ones; else the tasks of the run whose
-    store ``store`` is (a ``config.json`` next to it); else the built-in tasks."""
-    from mtopt.runtime.config import ConfigError, run_registry
-    from mtopt.tasks import DEFAULT_REGISTRY
-    from mtopt.tasks.registry import registry_with_tasks_file
-
-    if tasks_file is not None:
-        try:
-            return registry_with_tasks_file(tasks_file)
-        except ValueError as exc:
-            fail(exc)
-    try:
-        return run_registry(store.absolute().parent)
-    except ConfigError as exc:  # someone else's config.json: the built-in tasks
-        typer.echo(f"note: {exc}; using the built-in tasks", err=True)
-        return DEFAULT_REGISTRY
 
 
 @app.command()
@@ -98,7 +73,7 @@ def timeline(
     from mtopt.store.stats import plot_success_over_time, success_over_time
     from mtopt.tasks.registry import UnknownTaskError
 
-    registry = _registry(store, tasks_file)
+    registry = registry_for(store, tasks_file)
     try:
         registry.get(task)
     except UnknownTaskError as exc:
@@ -144,7 +119,7 @@ def subset(
     from mtopt.store.subset import subset_store
     from mtopt.tasks.registry import UnknownTaskError
 
-    registry = _registry(src, tasks_file)
+    registry = registry_for(src, tasks_file)
     try:
         names = [registry.get(t).name for t in tasks.split(",") if t]
     except UnknownTaskError as exc:

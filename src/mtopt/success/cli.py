@@ -9,31 +9,18 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from mtopt._cli import TASKS_FILE_HELP, registry_for
 from mtopt._cli import fail as _fail
 
 if TYPE_CHECKING:
-    from mtopt.tasks.registry import TaskRegistry
+    pass
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown")
 
-
-TASKS_FILE_HELP = (
+OWN_TASKS_HELP = (
     "Tasks of your own after the built-in ones (a JSON list of task descriptions, as "
     "`mtopt run --tasks-file`), e.g. for a run's new task."
 )
-
-
-def _registry(tasks_file: Path | None) -> TaskRegistry:
-    """The built-in tasks, and those of ``tasks_file``; an error names the file."""
-    from mtopt.tasks import DEFAULT_REGISTRY
-    from mtopt.tasks.registry import registry_with_tasks_file
-
-    if tasks_file is None:
-        return DEFAULT_REGISTRY
-    try:
-        return registry_with_tasks_file(tasks_file)
-    except ValueError as exc:
-        _fail(exc)
 
 
 @app.command()
@@ -51,13 +38,13 @@ def examples(
         "scenes, layout, light and camera, with only the objects changed).",
     ),
     randomize: bool = typer.Option(True, help="Domain randomization (light, colours, camera)."),
-    tasks_file: Path | None = typer.Option(None, help=TASKS_FILE_HELP),
+    tasks_file: Path | None = typer.Option(None, help=OWN_TASKS_HELP),
 ) -> None:
     """Stage positive and near-miss final scenes (labels from the ground truth, source 'staged')."""
     from mtopt.success.data import LabeledSet, stage_examples
     from mtopt.tasks import UnknownTaskError
 
-    registry = _registry(tasks_file)
+    registry = registry_for(None, tasks_file)
     try:
         tasks = registry.names if task == "all" else (registry.get(task).name,)
     except UnknownTaskError as exc:
@@ -212,7 +199,7 @@ def improve(
             rounds,
             validation,
             steps,
-            registry=_registry(tasks_file),
+            registry=registry_for(store, tasks_file),
             retrain_from=retrain_from,  # type: ignore[arg-type]  # checked there
             labels_path=labels,
         )
@@ -279,7 +266,7 @@ def label(
     labels_path = labels or store / "labels.jsonl"
     if labels_path.is_dir():
         _fail(f"--labels {labels_path} is a directory; give the labels file's path")
-    registry = _registry(tasks_file)
+    registry = registry_for(store, tasks_file)
     try:
         registry.get(task)  # the page opens on it (an unknown one served an error)
         api = create_app(
