@@ -63,6 +63,19 @@ def arm_minutes(out: Path) -> float | None:
     return minutes
 
 
+def summary_is_stale(out: Path) -> bool:
+    """No summary, or one older than the arm's last evaluation (an invocation killed
+    after it): the arm must run again, if only to write its summary."""
+    if not (out / "summary.json").exists():
+        return True
+    s = json.loads((out / "summary.json").read_text())
+    minutes = float(s.get("total_wall_minutes", s.get("wall_minutes", 0.0)))
+    history = (
+        json.loads((out / "history.json").read_text()) if (out / "history.json").exists() else []
+    )
+    return bool(history) and float(history[-1].get("wall_s", 0.0)) / 60 > minutes + 0.5
+
+
 def run_arm(
     out: Path, minutes: float, sets: list[str], config: str = "bench", resume: bool = False
 ) -> dict:
@@ -75,7 +88,7 @@ def run_arm(
     if done is not None:
         cmd.append("--resume")
         print(f"{out}: {done:.1f} of {minutes} minutes run before", flush=True)
-    if done is None or left > 0.5 or not (out / "summary.json").exists():
+    if done is None or left > 0.5 or summary_is_stale(out):
         cmd += ["--minutes", str(max(left, 0.5))]
         for s in sets:
             cmd += ["--set", s]

@@ -139,6 +139,15 @@ def test_learning_benchmark_counts_and_resumes_its_arms(tmp_path: Path, monkeypa
     assert summary["bench_wall_minutes"] == 100.0
     learning.run_arm(arm, 100.0, [], resume=True)  # its budget is spent: nothing runs
     assert len(calls) == 1
+    # killed at 99.8 minutes, after an evaluation the 100-minute summary does not hold
+    (arm / "summary.json").write_text(
+        json.dumps({"wall_minutes": 50.0, "total_wall_minutes": 90.0})
+    )
+    (arm / "history.json").write_text(json.dumps([{"wall_s": 5400.0}, {"wall_s": 5988.0}]))
+    assert learning.summary_is_stale(arm)
+    learning.run_arm(arm, 100.0, [], resume=True)  # runs again to write a summary
+    assert len(calls) == 2 and calls[1][calls[1].index("--minutes") + 1] == "0.5"
+    assert not learning.summary_is_stale(arm)  # fake_run wrote a 100-minute one
 
 
 def test_learning_benchmark_held_out_summary_and_pairing_by_hand() -> None:
