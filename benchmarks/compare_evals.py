@@ -70,10 +70,19 @@ def load_outcomes(
     return scenes, out
 
 
-def sim_settings(spec: str) -> str | None:
-    """The cell settings a result file's run had, as JSON text (None: not recorded)."""
+def sim_settings(spec: str) -> dict[str, object] | None:
+    """The cell settings a result file's run had (None: not recorded)."""
     sim = json.loads(Path(split_spec(spec)[0]).read_text()).get("sim")
-    return None if sim is None else json.dumps(sim, sort_keys=True)
+    return sim if isinstance(sim, dict) else None
+
+
+def sims_differ(sims: list[dict[str, object]]) -> bool:
+    """Whether recorded cell settings differ in a setting they all record (a field
+    added to the cell later is in newer files only and is no difference)."""
+    if len(sims) < 2:
+        return False
+    shared = set.intersection(*(set(s) for s in sims))
+    return any(s[k] != sims[0][k] for s in sims for k in shared)
 
 
 def pooled(
@@ -85,7 +94,7 @@ def pooled(
         raise SystemExit(f"--a has {len(a_specs)} files, --b {len(b_specs)}: they pair up")
     a_all: Outcomes = {}
     b_all: Outcomes = {}
-    seen: dict[int, str] = {}
+    seen: dict[tuple[int, str], str] = {}
     for sa, sb in zip(a_specs, b_specs, strict=True):
         (scenes_a, a), (scenes_b, b) = load_outcomes(sa, tasks), load_outcomes(sb, tasks)
         if scenes_a != scenes_b:
@@ -93,12 +102,13 @@ def pooled(
                 f"{sa} ran (seed, episodes, objects) {scenes_a}, {sb} ran {scenes_b}: "
                 "not the same scenes"
             )
-        if scenes_a[0] in seen:
+        key = (scenes_a[0], scenes_a[2])  # a seed of one object split
+        if key in seen:
             raise SystemExit(
-                f"{sa} and {seen[scenes_a[0]]} both ran seed {scenes_a[0]}: pooling them "
-                "would count the same scenes twice"
+                f"{sa} and {seen[key]} both ran seed {key[0]} ({key[1]} objects): pooling "
+                "them would count the same scenes twice"
             )
-        seen[scenes_a[0]] = sa
+        seen[key] = sa
         for task in tasks or sorted(set(a) & set(b)):
             if task not in a or task not in b:
                 raise SystemExit(f"task {task!r} is not in both {sa} and {sb}")
@@ -117,8 +127,9 @@ def main() -> None:
     a_specs, b_specs = args.a.split(","), args.b.split(",")
     a, b = pooled(a_specs, b_specs, args.tasks.split(",") if args.tasks else None)
     cells = sorted({cell_version(s) for s in a_specs + b_specs})
-    sims = {sim_settings(s) for s in a_specs + b_specs} - {None}
-    if len(sims) > 1:
+    sims = [sim for sim in map(sim_settings, a_specs + b_specs) if sim is not None]
+    differ = sims_differ(sims)
+    if differ:
         print(
             'note: the runs had other cell settings (their files\' "sim"): the same '
             "scene seeds, other dynamics",
@@ -137,7 +148,7 @@ def main() -> None:
             "a": a_specs,
             "b": b_specs,
             "cell_versions": cells,
-            "sim_differs": len(sims) > 1,
+            "sim_differs": differ,
             "per_task": {t: paired_comparison(a[t], b[t]).as_dict() for t in a},
         },
     )

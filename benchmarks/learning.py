@@ -47,33 +47,33 @@ from _results import write_result
 ARM_ARGS = ("config", "set", "single_data", "single_task")
 
 
+def arm_clocks(out: Path) -> tuple[float | None, float | None]:
+    """(minutes its summary says the arm ran, minutes of its last evaluation), over all
+    its invocations; None where there is no summary / no evaluation."""
+    summary = evaluated = None
+    if (out / "summary.json").exists():
+        s = json.loads((out / "summary.json").read_text())
+        summary = float(s.get("total_wall_minutes", s.get("wall_minutes", 0.0)))
+    if (out / "history.json").exists():
+        history = json.loads((out / "history.json").read_text())
+        if history:
+            evaluated = float(history[-1].get("wall_s", 0.0)) / 60
+    return summary, evaluated
+
+
 def arm_minutes(out: Path) -> float | None:
     """How many minutes the arm in ``out`` has run, over all its invocations (None: it
     never started). A killed invocation counts up to its last evaluation."""
     if not (out / "config.json").exists():
         return None
-    minutes = 0.0
-    if (out / "summary.json").exists():
-        s = json.loads((out / "summary.json").read_text())
-        minutes = float(s.get("total_wall_minutes", s.get("wall_minutes", 0.0)))
-    if (out / "history.json").exists():
-        history = json.loads((out / "history.json").read_text())
-        if history:
-            minutes = max(minutes, float(history[-1].get("wall_s", 0.0)) / 60)
-    return minutes
+    return max((m for m in arm_clocks(out) if m is not None), default=0.0)
 
 
 def summary_is_stale(out: Path) -> bool:
     """No summary, or one older than the arm's last evaluation (an invocation killed
     after it): the arm must run again, if only to write its summary."""
-    if not (out / "summary.json").exists():
-        return True
-    s = json.loads((out / "summary.json").read_text())
-    minutes = float(s.get("total_wall_minutes", s.get("wall_minutes", 0.0)))
-    history = (
-        json.loads((out / "history.json").read_text()) if (out / "history.json").exists() else []
-    )
-    return bool(history) and float(history[-1].get("wall_s", 0.0)) / 60 > minutes + 0.5
+    summary, evaluated = arm_clocks(out)
+    return summary is None or (evaluated is not None and evaluated > summary + 0.5)
 
 
 def run_arm(
@@ -123,11 +123,31 @@ def held_out_outcomes(
 ) -> dict[str, dict[str, list[bool]]]:
     """``{task: {"acting": [...], "scripted": [...]}}``: each scene's outcome, the seeds'
     scenes one after the other, each task evaluated on its own as ``evaluate_run.py``
-    does (the default CEM search, held-out objects, the run's own cell)."""
+    does (the default CEM search, held-out objects, the run's own cell). Kept in
+    ``run/held_out.json`` for the run's latest weights: a resumed benchmark whose later
+    arm crashed does not evaluate the finished ones again."""
     from concurrent.futures import ProcessPoolExecutor
 
     from evaluate_run import one
+    from mtopt.eval.evaluate import decode_outcomes, encode_outcomes
     from mtopt.qtopt.cem import CEMConfig
+    from mtopt.qtopt.weights import read_latest
+
+    latest = read_latest(run / "weights")
+    key = {
+        "tasks": tasks,
+        "episodes": episodes,
+        "seeds": seeds,
+        "q_version": None if latest is None else int(latest["version"]),
+    }
+    kept = run / "held_out.json"
+    if kept.exists():
+        old = json.loads(kept.read_text())
+        if old.get("key") == key:
+            return {
+                t: {w: decode_outcomes(v) for w, v in parts.items()}
+                for t, parts in old["outcomes"].items()
+            }
 
     search = {
         k: getattr(CEMConfig, k)
@@ -143,6 +163,8 @@ def held_out_outcomes(
     with ProcessPoolExecutor(workers) as pool:
         for task, which, wins, _ in pool.map(one, jobs):  # in order: seed by seed
             out[task][which] += wins
+    coded = {t: {w: encode_outcomes(v) for w, v in parts.items()} for t, parts in out.items()}
+    write_result(kept, {"key": key, "outcomes": coded}, echo=False)
     return out
 
 
@@ -180,16 +202,17 @@ def check_same_arms(root: Path, args: argparse.Namespace, resume: bool) -> None:
     path = root / "bench_args.json"
     mine = {k: getattr(args, k) for k in ARM_ARGS}
     if path.exists():
+        if not resume:  # before it is overwritten: the arms are someone's
+            sys.exit(f"{root} already holds arms: pass --resume to continue them, or another --dir")
         kept = json.loads(path.read_text())
         changed = [k for k in ARM_ARGS if k in kept and kept[k] != mine[k]]
-        if resume and changed:
+        if changed:
             sys.exit(
                 f"--resume: {root} was started with "
                 + ", ".join(f"--{k.replace('_', '-')} {kept[k]!r}" for k in changed)
                 + "; continue it with the same arguments, or use another --dir"
             )
-        if resume:
-            return
+        return
     write_result(path, mine, echo=False)
 
 

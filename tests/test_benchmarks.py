@@ -169,13 +169,16 @@ def test_learning_benchmark_held_out_summary_and_pairing_by_hand() -> None:
     assert d["mcnemar_p"] == pytest.approx(1.0)  # 1 of 3 discordant: two-sided p = 1
 
 
-def test_learning_benchmark_evaluates_each_seed_on_its_own_scenes() -> None:
+def test_learning_benchmark_evaluates_each_seed_on_its_own_scenes(tmp_path: Path) -> None:
     """The held-out evaluation of an arm: the seeds' scenes one after the other, each
     the scenes ``evaluate_run.py`` gives for that seed (scripted: deterministic here)."""
+    import shutil
+
     import learning
     from evaluate_run import one
 
-    policy = Path(__file__).parents[1] / "policies" / "tuned-r34"
+    policy = tmp_path / "tuned-r34"  # a copy: the evaluation is kept in the folder
+    shutil.copytree(Path(__file__).parents[1] / "policies" / "tuned-r34", policy)
     got = learning.held_out_outcomes(policy, ["place-any"], 2, [5, 6], 1)["place-any"]
     assert len(got["acting"]) == len(got["scripted"]) == 4
     search = {"iterations": 2, "samples": 64, "elites": 6, "pick": "best"}
@@ -183,6 +186,14 @@ def test_learning_benchmark_evaluates_each_seed_on_its_own_scenes() -> None:
     for i, seed in enumerate((5, 6)):
         job = (str(policy), "place-any", "scripted", 2, seed, search, "test")
         assert one(job)[2] == got["scripted"][2 * i : 2 * i + 2]
+    # kept for these weights and arguments: asked again, it is read, not run
+    kept = json.loads((policy / "held_out.json").read_text())
+    kept["outcomes"]["place-any"]["acting"] = "1111"
+    (policy / "held_out.json").write_text(json.dumps(kept))
+    again = learning.held_out_outcomes(policy, ["place-any"], 2, [5, 6], 1)
+    assert again["place-any"]["acting"] == [True] * 4
+    other = learning.held_out_outcomes(policy, ["place-any"], 1, [5], 1)  # other arguments
+    assert len(other["place-any"]["acting"]) == 1
 
 
 def test_learning_benchmark_resume_must_repeat_the_arm_arguments(tmp_path: Path) -> None:
@@ -201,6 +212,10 @@ def test_learning_benchmark_resume_must_repeat_the_arm_arguments(tmp_path: Path)
         learning.check_same_arms(tmp_path, args(set=["seed=2"]), resume=True)
     with pytest.raises(SystemExit, match="--single-data 'own'"):
         learning.check_same_arms(tmp_path, args(single_data="multitask"), resume=True)
+    # a start without --resume neither runs nor rewrites what the arms are
+    with pytest.raises(SystemExit, match="already holds arms"):
+        learning.check_same_arms(tmp_path, args(set=["seed=2"]), resume=False)
+    assert json.loads((tmp_path / "bench_args.json").read_text())["set"] == ["seed=1"]
 
 
 def test_learning_curves_stitch_resumed_clocks_and_average_windows(tmp_path: Path) -> None:
@@ -440,6 +455,13 @@ def test_compare_evals_pairs_scenes_across_files(tmp_path: Path) -> None:
         check=True,
     )
     assert "other cell settings" in r.stderr and json.loads(out.read_text())["sim_differs"]
+    from compare_evals import sims_differ
+
+    assert not sims_differ([{"m": 1}, {"m": 1, "added_later": 2}])
+    assert sims_differ([{"m": 1}, {"m": 2, "added_later": 2}])
+    # seed 5 of the held-out objects and seed 5 of the training objects: other scenes
+    a, b = pooled([run5, train5], [run5, train5], None)
+    assert len(a["lift-any"]) == 6
 
 
 def test_learning_benchmark_gives_a_single_task_arm_the_multitask_data(tmp_path: Path) -> None:

@@ -184,10 +184,13 @@ def test_store_stats_by_hand(tmp_path: Path) -> None:
     assert abs(t["sd_success_rate"] - 2 / 3) < 1e-9  # 2 of the 3 scored episodes > 0.5
     assert store_stats(tmp_path)["tasks"]["lift-any"]["sd_success_rate"] is None
     assert s["duplicates"] == 0
-    # a client writes episodes 2 and 3 again (a retry): each still counts once
+    # a client writes episodes 2 and 3 again (a retry): each still counts once, as first
+    # written (the copy of 3 says another policy, which is not counted)
+    import dataclasses
+
     with EpisodeWriter(tmp_path, "r1", flush_every=10) as w:
-        for i in (2, 3):
-            w.write(make_episode(i))
+        w.write(make_episode(2))
+        w.write(dataclasses.replace(make_episode(3), policy="a-retry"))
     again = store_stats(tmp_path, {"ep00000": 0.9, "ep00001": 0.2, "ep00002": 0.7})
     assert again["duplicates"] == 2 and again["tasks"] == s["tasks"]
     assert again["episodes"] == 4 and again["policies"] == s["policies"]

@@ -345,6 +345,14 @@ def test_new_tasks_from_the_command_line_and_a_resume_that_would_change_them(tmp
         with_new_tasks(preset("local"), bad, None)
     bad.write_text(json.dumps([{**huge, "min_size": 0.02}]))
     assert with_new_tasks(preset("local"), bad, None).extra_tasks[-1]["min_size"] == 0.02
+    # a cell without balls has none that size (the run's sim.categories)
+    boxes = override(preset("local"), ["sim.categories=box,can"])
+    with pytest.raises(ConfigError, match="no ball of the cell's train objects"):
+        with_new_tasks(boxes, bad, None)
+    # --set extra_tasks goes through the name rule too
+    spaced = override(preset("local"), ["extra_tasks=" + json.dumps([{**huge, "name": "a b"}])])
+    with pytest.raises(ConfigError, match="extra_tasks: task name 'a b'"):
+        with_new_tasks(spaced, None, None)
     (tmp_path / "src").mkdir()
     rel = with_new_tasks(preset("local"), None, tmp_path / "src" / ".." / "src")
     assert rel.init_from and rel.init_from.startswith("/")

@@ -43,6 +43,10 @@ def test_success_over_time_falls_back_to_steps_when_episodes_stand_still() -> No
     assert time_axis(static) == "step"
     assert time_axis([{"step": 1}, {"step": 2, "episodes": 3}]) == "step"
     assert time_axis(static, "wall_s") == "wall_s"  # another axis is the caller's choice
+    # max_episodes reached part way: the count stands still, learning goes on
+    capped = [*growing, {"step": 3000, "episodes": 900}]
+    assert time_axis(capped) == "episodes"
+    assert time_axis([*growing, {"step": 3000, "episodes": 800}]) == "step"  # went back
 
 
 def test_composition_plot_with_and_without_original_successes(tmp_path: Path) -> None:
@@ -54,8 +58,15 @@ def test_composition_plot_with_and_without_original_successes(tmp_path: Path) ->
         assert plot_composition(comp, tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_mean_finite_by_hand() -> None:
-    from mtopt.runtime.report import mean_finite
+def test_mean_finite_and_p_text_by_hand() -> None:
+    from mtopt.runtime.report import mean_finite, p_text
+
+    assert (p_text(0.004), p_text(0.6057), p_text(0.0), p_text(1.0)) == (
+        "0.004",
+        "0.61",
+        "<0.0001",
+        "1",
+    )
 
     assert mean_finite([0.5, float("nan"), 1.0, None]) == 0.75
     assert mean_finite([]) is None and mean_finite([float("nan")]) is None

@@ -133,6 +133,35 @@ def test_parity_waits_for_a_full_window() -> None:
     assert t["proxy"]["lift-ball"] == "lift-any"
 
 
+def test_the_runs_parity_table_pools_a_full_window_and_keeps_a_switch() -> None:
+    """What the run's evaluation writes to switch.json (``parity_table``), by hand:
+    window 3, scripted lift-any 0.10, hysteresis 0.04."""
+    from mtopt.runtime.config import RunConfig
+    from mtopt.runtime.local import parity_table
+
+    cfg = RunConfig()  # parity_window 3, margin 0, hysteresis 0.04
+    scripted = {"lift-any": 0.10}
+
+    def point(rate: float, switched: list[str] | None = None) -> dict:  # type: ignore[type-arg]
+        pt = {"success": {"lift-any": rate}, "episodes_per_task": 20}
+        return pt if switched is None else {**pt, "switch": {"learned": switched}}
+
+    # a lucky first evaluation, and a second: not a full window yet
+    assert parity_table([point(0.30)], scripted, DEFAULT_REGISTRY, cfg)["learned"] == []
+    two = [point(0.30, []), point(0.20)]
+    assert parity_table(two, scripted, DEFAULT_REGISTRY, cfg)["learned"] == []
+    # the third: (0.30 + 0.20 + 0.10) / 3 = 0.20 >= 0.10
+    three = [point(0.30, []), point(0.20, []), point(0.10)]
+    assert parity_table(three, scripted, DEFAULT_REGISTRY, cfg)["learned"] == ["lift-any"]
+    # switched at the last point: pooled (0.10 + 0.05 + 0.06) / 3 = 0.07 >= 0.10 - 0.04
+    kept = [point(0.20, []), point(0.10, ["lift-any"]), point(0.05, ["lift-any"]), point(0.06)]
+    assert parity_table(kept, scripted, DEFAULT_REGISTRY, cfg)["learned"] == ["lift-any"]
+    # not switched before: the same pool does not switch it
+    fresh = [*kept[:3], point(0.06)]
+    fresh[2] = point(0.05, [])
+    assert parity_table(fresh, scripted, DEFAULT_REGISTRY, cfg)["learned"] == []
+
+
 @pytest.mark.timeout(900)
 def test_tiny_run_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mtopt.qtopt.learner import Learner
@@ -241,6 +270,10 @@ def test_tiny_run_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     snaps = sorted((out / "weights" / "snapshots").glob("q-*.safetensors"))
     steps = [load_source(s)[2]["step"] for s in snaps]
     assert steps == [20, 40], steps
+    # weights say which task each network input is, before and after the resume (what
+    # a run started from them with --init-from checks its tasks against)
+    tiny_tasks = list(DEFAULT_REGISTRY.names)
+    assert [load_source(s)[2].get("tasks") for s in snaps] == [tiny_tasks, tiny_tasks]
     used = [s["step"] for s in summary2["averaged"]["averaged"]["sources"]]
     assert used == [summary2["learner_steps"], 20, 40]  # the folder was replaced
     # resuming a run that is done trains no further step and evaluates nothing again

@@ -221,6 +221,10 @@ def test_label_store_skips_malformed_lines_and_ignores_new_keys(
         got = store.all()
     assert [(lab.success, lab.timestamp) for lab in got] == [(True, 7.0), (False, 8.0)]
     assert "skipped 6 unreadable label line(s)" in caplog.text  # the blank line is not one
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        store.all()  # the page asks again and again: said once
+    assert "unreadable" not in caplog.text
     assert store.latest()[("e1", "lift-any")].success is False
 
 
@@ -303,6 +307,12 @@ def test_labeling_a_real_cells_episode_ids(tmp_path: Path) -> None:
         body = {"episode_id": eid, "task": "lift-any", "success": False}
         assert client.post("/api/labels", json=body).status_code == 200, eid
     assert {lab.episode_id for lab in LabelStore(tmp_path / "labels.jsonl").all()} == set(ids)
+    # the page's largest queue request (after many skips) is one the server answers
+    from mtopt.success.server import PAGE, QUEUE_LIMIT
+
+    assert f"Math.min({QUEUE_LIMIT}, 50+skipped.size)" in PAGE
+    assert client.get(f"/api/queue?task=lift-any&limit={QUEUE_LIMIT}").status_code == 200
+    assert client.get(f"/api/queue?task=lift-any&limit={QUEUE_LIMIT + 1}").status_code == 400
     # success is a JSON boolean: "yes", 1 or "0" are refused rather than guessed
     for value in ("yes", 1, "0", None):
         body = {"episode_id": ids[0], "task": "lift-any", "success": value}

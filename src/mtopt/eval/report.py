@@ -35,14 +35,17 @@ def trailing_mean(values: Sequence[float], window: int) -> list[float]:
 
 
 def time_axis(history: Sequence[Mapping[str, Any]], x: str = "episodes") -> str:
-    """``x``, or "step" when ``x`` is "episodes" and the count does not grow from each
-    evaluation to the next (or is missing): the points would stand on one x."""
-    counts = [h.get(x) for h in history]
-    if x == "episodes" and any(
-        a is None or b is None or b <= a for a, b in itertools.pairwise(counts)
-    ):
+    """``x``, or "step" when ``x`` is "episodes" and the count is missing, goes back, or
+    never grows (a run without robots): the points would stand on one x or out of order.
+    A count that stops growing part way (``max_episodes``) keeps the episodes axis."""
+    if x != "episodes" or len(history) < 2:
+        return x
+    if any(h.get(x) is None for h in history):
         return "step"
-    return x
+    counts = [float(h[x]) for h in history]
+    if any(b < a for a, b in itertools.pairwise(counts)):
+        return "step"
+    return "step" if counts[-1] == counts[0] else x
 
 
 def plot_success_over_time(

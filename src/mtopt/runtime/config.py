@@ -16,7 +16,7 @@ from mtopt.qtopt.networks import QNetConfig
 from mtopt.sim.config import SimConfig
 from mtopt.sim.seeds import EVAL_MAX_EPISODES, EVAL_MAX_TASKS, EVAL_SEEDS
 from mtopt.success.train import SDTrainConfig
-from mtopt.tasks.registry import TaskRegistry, read_tasks_file
+from mtopt.tasks.registry import TaskRegistry, check_task_name, read_tasks_file
 
 
 @dataclass(frozen=True)
@@ -326,7 +326,12 @@ def with_new_tasks(
     except (ValueError, TypeError, KeyError) as exc:
         where = f"the tasks file {tasks_file}" if tasks_file is not None else "extra_tasks"
         raise ConfigError(f"{where}: {exc}") from None
-    check_possible_in_the_cell(cfg.extra_tasks)
+    for task in cfg.extra_tasks:  # --set extra_tasks too (a tasks file checked them)
+        try:
+            check_task_name(task.get("name"))
+        except ValueError as exc:
+            raise ConfigError(f"extra_tasks: {exc}") from None
+    check_possible_in_the_cell(cfg.extra_tasks, cfg.sim.categories)
     if cfg.qnet.num_tasks < n:  # a network input for every task (--set extra_tasks too)
         cfg = dataclasses.replace(cfg, qnet=dataclasses.replace(cfg.qnet, num_tasks=n))
     if init_from is not None:
@@ -338,24 +343,29 @@ def with_new_tasks(
     return cfg
 
 
-def check_possible_in_the_cell(tasks: tuple[dict[str, Any], ...]) -> None:
+def check_possible_in_the_cell(
+    tasks: tuple[dict[str, Any], ...], categories: tuple[str, ...]
+) -> None:
     """A new lift task's ``min_size`` must fit an object of its category in both object
     splits of the simulated cell: the run stages its SD's positives and evaluates it
     there (a task no held-out object can satisfy staged no positives and could not
     succeed, with only a log line to say so)."""
     from mtopt.sim.objects import SPLITS, instance_numbers, make_object
-    from mtopt.tasks.scene import CATEGORIES
 
     for task in tasks:
         min_size = task.get("min_size")
         if task.get("kind") != "lift" or min_size is None:
             continue
-        categories = [task["category"]] if task.get("category") else list(CATEGORIES)
+        # the cell's categories (``sim.categories``), of which the task's if it names one
+        mine = [c for c in categories if task.get("category") in (None, c)]
         for split in SPLITS:
             largest = max(
-                make_object(c, k).size
-                for c in categories
-                for k in instance_numbers(split)  # type: ignore[arg-type]
+                (
+                    make_object(c, k).size
+                    for c in mine
+                    for k in instance_numbers(split)  # type: ignore[arg-type]
+                ),
+                default=0.0,
             )
             if largest < float(min_size):
                 raise ConfigError(
@@ -399,7 +409,12 @@ def run_registry(folder: str | Path) -> TaskRegistry:
     from mtopt.tasks import DEFAULT_REGISTRY
 
     config = Path(folder) / "config.json"
-    return load_run_config(config).registry() if config.exists() else DEFAULT_REGISTRY
+    if not config.exists():
+        return DEFAULT_REGISTRY
+    try:
+        return load_run_config(config).registry()
+    except (ValueError, TypeError, KeyError) as exc:  # its extra_tasks do not make tasks
+        raise ConfigError(f"{config}: {exc}") from None
 
 
 def run_sim_config(folder: str | Path, object_split: str) -> SimConfig:

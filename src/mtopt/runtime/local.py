@@ -141,6 +141,29 @@ def pooled_success(
     return {t: num[t] / den[t] for t in num if den[t] > 0 and seen[t] >= min_points}
 
 
+def parity_table(
+    history: list[dict[str, Any]],
+    scripted: dict[str, float],
+    registry: TaskRegistry,
+    cfg: RunConfig,
+) -> dict[str, Any]:
+    """The switch table after the evaluation ``history[-1]``: each task's success pooled
+    over the last ``parity_window`` evaluations; a task switches only with a full window,
+    and one switched before (the previous point's table) keeps its policy down to the
+    hysteresis (``switch_table``)."""
+    window = cfg.parity_window
+    previous = history[-2].get("switch", {}).get("learned", []) if len(history) > 1 else []
+    return switch_table(
+        pooled_success(history, window),
+        scripted,
+        registry,
+        cfg.parity_margin,
+        previous,
+        cfg.parity_hysteresis,
+        ready=pooled_success(history, window, min_points=window).keys(),
+    )
+
+
 def sd_round_due(since: int, every: int, growth: float, rounds_done: int) -> bool:
     """Whether the next SD relabel + retrain round is due: ``since`` episodes collected
     since the last one, the first after ``every`` episodes, each next one ``growth`` times
@@ -239,6 +262,7 @@ def resume_learner(paths: RunPaths, cfg: RunConfig) -> tuple[Learner, dict[str, 
             f"the checkpoint {paths.checkpoint} holds another Q-network than the config "
             f"({diff}; checkpoint -> config)"
         )
+    learner.task_names = cfg.registry().names[: cfg.qnet.num_tasks]  # published with weights
     count_on_from_published(learner, paths)
     return learner, extra
 
@@ -1034,18 +1058,8 @@ class LocalRun:
             "q_version": learner.version,
             "loss": stats.get("loss"),
         }
-        previous = self.history[-1].get("switch", {}).get("learned", []) if self.history else []
         self.history.append(point)
-        window = self.cfg.parity_window
-        table = switch_table(
-            pooled_success(self.history, window),
-            scripted,
-            self.registry,
-            self.cfg.parity_margin,
-            previous,
-            self.cfg.parity_hysteresis,
-            ready=pooled_success(self.history, window, min_points=window).keys(),
-        )
+        table = parity_table(self.history, scripted, self.registry, self.cfg)
         point["switch"] = table
         atomic_write_json(self.paths.history, self.history)
         atomic_write_json(self.paths.switch, table)

@@ -369,17 +369,23 @@ def run_ray(
         end = time.time() + timeout_s
         with contextlib.suppress(Exception):
             # until every worker has read its whole part (a resumed run that ends before
-            # its re-read did, or one poll's worth of shards at the end, read in parts)
+            # its re-read did, or one poll's worth of shards at the end, read in parts),
+            # or the shards left stop going down (one that cannot be read yet)
+            behind = None
             while True:
                 results = ray.get(
                     [r.step.remote(0) for r in replays], timeout=max(0.1, end - time.time())
                 )
                 ingested, comp = merged_progress(results)
-                if not any(int(r.get("behind", 0)) for r in results) or time.time() > end:
+                left = sum(int(r.get("behind", 0)) for r in results)
+                if left == 0 or (behind is not None and left >= behind) or time.time() > end:
                     break
+                behind = left
         with contextlib.suppress(Exception):
             buffer_sizes, batch_share = merged_report_views(
-                ray.get([r.report_view.remote() for r in replays], timeout=timeout_s)
+                ray.get(
+                    [r.report_view.remote() for r in replays], timeout=max(10.0, end - time.time())
+                )
             )
 
     try:

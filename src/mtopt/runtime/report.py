@@ -163,7 +163,7 @@ def _averaged_lines(averaged: dict[str, Any] | None) -> list[str]:
                 "acting": c["a"],
                 "averaged": c["b"],
                 "averaged - acting [95%]": f"{c['b_minus_a']:+.2f} [{lo:+.2f}, {hi:+.2f}]",
-                "McNemar p": f"{c['mcnemar_p']:.2g}",  # 0.004 is not "0.00"
+                "McNemar p": p_text(c["mcnemar_p"]),
             }
         )
     sources = averaged["averaged"]["sources"]
@@ -297,3 +297,9 @@ def mean_finite(values: Any) -> float | None:
     version with no task measured: ``np.nanmean`` warned and gave NaN)."""
     xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     return sum(xs) / len(xs) if xs else None
+
+
+def p_text(p: float) -> str:
+    """A p-value for a table: two significant digits (0.004, not "0.00"), and below the
+    4 decimals results keep, "<0.0001" (not "0")."""
+    return "<0.0001" if p < 1e-4 else f"{p:.2g}"

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 
 from mtopt._cli import TASKS_FILE_HELP, fail, registry_for
-
-if TYPE_CHECKING:
-    pass
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown")
 

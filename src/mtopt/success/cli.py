@@ -5,15 +5,11 @@ from __future__ import annotations
 import contextlib
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 
 from mtopt._cli import TASKS_FILE_HELP, registry_for
 from mtopt._cli import fail as _fail
-
-if TYPE_CHECKING:
-    pass
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown")
 

@@ -33,6 +33,7 @@ class LabelStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._warned = 0  # unreadable lines last warned about (the page reads often)
 
     def add(self, episode_id: str, task: str, success: bool, source: str = "human") -> Label:
         label = Label(episode_id, task, bool(success), source, time.time())
@@ -72,8 +73,9 @@ class LabelStore:
                 skipped += bool(raw.strip())
             else:
                 out.append(label)
-        if skipped:
+        if skipped != self._warned:  # once per change, not on every queue request
             log.warning("%s: skipped %d unreadable label line(s)", self.path, skipped)
+            self._warned = skipped
         return out
 
     def latest(self) -> dict[tuple[str, str], Label]:

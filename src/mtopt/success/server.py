@@ -37,11 +37,15 @@ from mtopt.tasks.registry import DEFAULT_REGISTRY, TaskRegistry
 log = logging.getLogger(__name__)
 
 
+QUEUE_LIMIT = 5000
+"""Episodes one queue request may ask for (the page asks for 50 more than it skipped)."""
+
+
 class LabelIn(BaseModel):
     # the store takes any id a client writes (a real cell's may be long, with "/" or
     # "#"); an id is still looked up in the store before a label is written
     episode_id: str = Field(min_length=1, max_length=1024)
-    task: str = Field(min_length=1, max_length=64)
+    task: str = Field(min_length=1, max_length=1024)
     success: StrictBool  # true or false; "yes", 1 or "0" are errors, not guesses
 
 
@@ -222,8 +226,8 @@ def create_app(
     @app.get("/api/queue")
     def queue(task: str, limit: int = 20) -> dict[str, Any]:
         check_task(task)
-        if not 1 <= limit <= 500:
-            raise HTTPException(400, "limit must be in [1, 500]")
+        if not 1 <= limit <= QUEUE_LIMIT:
+            raise HTTPException(400, f"limit must be in [1, {QUEUE_LIMIT}]")
         if time.monotonic() - last_refresh[0] >= refresh_s:
             last_refresh[0] = time.monotonic()
             try:
@@ -303,7 +307,7 @@ function status(){
 }
 // fetchQueue: the next episodes of this task from the server; false (and the error shown) on failure
 async function fetchQueue(){
-  const t=$('task').value, limit=Math.min(5000, 50+skipped.size);
+  const t=$('task').value, limit=Math.min(__QUEUE_LIMIT__, 50+skipped.size);
   const r=await fetch('/api/queue?task='+encodeURIComponent(t)+'&limit='+limit);
   if(!r.ok){$('status').textContent='error: '+(await r.text()); return false;}
   const d=await r.json();
@@ -364,3 +368,4 @@ $('task').onchange=()=>{$('task').blur(); skipped=new Set(); done=[]; load();};
   load();})();
 </script></body></html>
 """
+PAGE = PAGE.replace("__QUEUE_LIMIT__", str(QUEUE_LIMIT))

@@ -107,6 +107,18 @@ SKILL_STARTS_HOLDING = {"lift": False, "place": True}
 """The built-in skills and whether their tasks start with an object in the gripper."""
 
 
+def check_task_name(name: object) -> None:
+    """A new task's name: letters, digits, ``-``, ``_`` and ``.``, as every built-in one
+    (a comma or a space could never be named in a list such as ``--set eval.tasks=a,b``).
+    Checked where tasks are made (a tasks file, a fresh run's ``extra_tasks``), not where
+    a saved run's config is loaded: a run from before the rule still loads."""
+    if not isinstance(name, str) or not TASK_NAME.fullmatch(name):
+        raise ValueError(
+            f"task name {name!r}: letters, digits, '-', '_' and '.' only, starting with a "
+            "letter or digit"
+        )
+
+
 def task_from_dict(d: Mapping[str, Any]) -> TaskSpec:
     """Build a task from a plain description, e.g. from a JSON/TOML config file.
 
@@ -123,12 +135,7 @@ def task_from_dict(d: Mapping[str, Any]) -> TaskSpec:
     name = d.get("name")
     if not isinstance(name, str) or not name:
         raise ValueError(f"task description needs a non-empty 'name', got {dict(d)!r}")
-    if not TASK_NAME.fullmatch(name):
-        # a comma or a space could never be named in a list such as --set eval.tasks=a,b
-        raise ValueError(
-            f"task name {name!r}: letters, digits, '-', '_' and '.' only, starting with a "
-            "letter or digit"
-        )
+
     if kind not in TASK_KEYS:
         raise ValueError(f"task {name!r}: 'kind' must be 'lift' or 'place', got {kind!r}")
     unknown = sorted(set(d) - set(TASK_KEYS[kind]))
@@ -185,6 +192,11 @@ def read_tasks_file(path: str | Path) -> list[dict[str, Any]]:
         raise ValueError(f"cannot read the tasks file {path}: {exc}") from None
     if not isinstance(extra, list) or not all(isinstance(t, dict) for t in extra):
         raise ValueError(f"the tasks file {path} must hold a JSON list of task descriptions")
+    for task in extra:
+        try:
+            check_task_name(task.get("name"))
+        except ValueError as exc:
+            raise ValueError(f"the tasks file {path}: {exc}") from None
     return extra
 
 
