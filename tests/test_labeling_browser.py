@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -50,6 +51,15 @@ class Server:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+def _launch(pw: Any) -> Any:
+    """Debian's headless Chromium, as every test here drives it."""
+    return pw.chromium.launch(
+        executable_path=CHROMIUM,
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        headless=True,
+    )
 
 
 def _slow_queue(app: object, seconds: float = 0.5) -> object:
@@ -123,11 +133,7 @@ def test_a_skipped_episode_stays_skipped_after_the_next_label(tmp_path: Path) ->
     port = _free_port()
     meta = "document.getElementById('meta').textContent"
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-            headless=True,
-        )
+        browser = _launch(pw)
         page = browser.new_page()
         with Server(create_app(store, labels), port):
             page.goto(f"http://127.0.0.1:{port}/?task=lift-any")
@@ -166,11 +172,7 @@ def test_undo_shows_the_last_episode_again_and_its_new_label_wins(tmp_path: Path
     meta = "document.getElementById('meta').textContent"
     status = "document.getElementById('status').textContent"
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-            headless=True,
-        )
+        browser = _launch(pw)
         page = browser.new_page()
         with Server(create_app(store, labels), port):
             page.goto(f"http://127.0.0.1:{port}/?task=lift-any")
