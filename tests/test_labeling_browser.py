@@ -1,11 +1,13 @@
 """The labeling page end to end in headless Debian Chromium: label with clicks and keys,
 restart the server, the labels are still there."""
 
+import contextlib
 import os
 import shutil
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,23 @@ def _launch(pw: Any) -> Any:
         args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         headless=True,
     )
+
+
+@contextlib.contextmanager
+def _page_on_first_episode(tmp_path: Path, labels: Path) -> Iterator[Any]:
+    """The labeling page of a 3-episode store, on lift-any, showing its first episode."""
+    from playwright.sync_api import sync_playwright
+
+    port = _free_port()
+    with sync_playwright() as pw:
+        browser = _launch(pw)
+        page = browser.new_page()
+        with Server(create_app(_store(tmp_path), labels), port):
+            page.goto(f"http://127.0.0.1:{port}/?task=lift-any")
+            meta = "document.getElementById('meta').textContent"
+            page.wait_for_function(f"{meta}.startsWith('episode ')", timeout=15000)
+            yield page
+        browser.close()
 
 
 def _slow_queue(app: object, seconds: float = 0.5) -> object:
@@ -126,36 +145,26 @@ def test_label_with_clicks_and_keys_then_restart(tmp_path: Path) -> None:
 def test_a_skipped_episode_stays_skipped_after_the_next_label(tmp_path: Path) -> None:
     """Skip the first episode, label the second: the page goes on to the third (it used to
     fetch the queue again and show the skipped one first)."""
-    from playwright.sync_api import sync_playwright
-
-    store = _store(tmp_path)
     labels = tmp_path / "labels.jsonl"
-    port = _free_port()
     meta = "document.getElementById('meta').textContent"
-    with sync_playwright() as pw:
-        browser = _launch(pw)
-        page = browser.new_page()
-        with Server(create_app(store, labels), port):
-            page.goto(f"http://127.0.0.1:{port}/?task=lift-any")
-            page.wait_for_function(f"{meta}.startsWith('episode ')", timeout=15000)
-            first = page.evaluate(f"{meta}").split()[1]
-            page.keyboard.press("s")
-            page.wait_for_function(f"!{meta}.includes({first!r})", timeout=15000)
-            second = page.evaluate(f"{meta}").split()[1]
-            page.click("#yes")
-            page.wait_for_function(
-                "document.getElementById('status').textContent.includes('1 labeled')", timeout=15000
-            )
-            page.wait_for_function(
-                f"{meta}.startsWith('episode ') && !{meta}.includes({second!r})", timeout=15000
-            )
-            third = page.evaluate(f"{meta}").split()[1]
-            assert third not in (first, second)
-            assert "1 skipped" in page.evaluate("document.getElementById('status').textContent")
-            page.keyboard.press("n")
-            page.wait_for_function(f"{meta}.startsWith('nothing left')", timeout=15000)
-            assert "1 skipped" in page.evaluate(f"{meta}")
-        browser.close()
+    with _page_on_first_episode(tmp_path, labels) as page:
+        first = page.evaluate(f"{meta}").split()[1]
+        page.keyboard.press("s")
+        page.wait_for_function(f"!{meta}.includes({first!r})", timeout=15000)
+        second = page.evaluate(f"{meta}").split()[1]
+        page.click("#yes")
+        page.wait_for_function(
+            "document.getElementById('status').textContent.includes('1 labeled')", timeout=15000
+        )
+        page.wait_for_function(
+            f"{meta}.startsWith('episode ') && !{meta}.includes({second!r})", timeout=15000
+        )
+        third = page.evaluate(f"{meta}").split()[1]
+        assert third not in (first, second)
+        assert "1 skipped" in page.evaluate("document.getElementById('status').textContent")
+        page.keyboard.press("n")
+        page.wait_for_function(f"{meta}.startsWith('nothing left')", timeout=15000)
+        assert "1 skipped" in page.evaluate(f"{meta}")
     saved = LabelStore(labels).all()
     assert [(lab.episode_id, lab.success) for lab in saved] == [(second, True), (third, False)]
 
@@ -164,37 +173,27 @@ def test_a_skipped_episode_stays_skipped_after_the_next_label(tmp_path: Path) ->
 def test_undo_shows_the_last_episode_again_and_its_new_label_wins(tmp_path: Path) -> None:
     """A wrong key (y for n) is undone with u: the page shows that episode again and the
     label given now replaces the first (there was no way back but editing the file)."""
-    from playwright.sync_api import sync_playwright
-
-    store = _store(tmp_path)
     labels = tmp_path / "labels.jsonl"
-    port = _free_port()
     meta = "document.getElementById('meta').textContent"
     status = "document.getElementById('status').textContent"
-    with sync_playwright() as pw:
-        browser = _launch(pw)
-        page = browser.new_page()
-        with Server(create_app(store, labels), port):
-            page.goto(f"http://127.0.0.1:{port}/?task=lift-any")
-            page.wait_for_function(f"{meta}.startsWith('episode ')", timeout=15000)
-            assert page.is_disabled("#undo")  # nothing to undo yet
-            first = page.evaluate(meta).split()[1]
-            page.keyboard.press("y")  # meant n
-            page.wait_for_function(f"!{meta}.includes({first!r})", timeout=15000)
-            second = page.evaluate(meta).split()[1]
-            page.keyboard.press("u")
-            page.wait_for_function(f"{meta}.includes({first!r})", timeout=15000)
-            assert "0 labeled, 3 to go" in page.evaluate(status)
-            assert page.is_disabled("#undo")
-            page.keyboard.press("n")
-            page.wait_for_function(f"{meta}.includes({second!r})", timeout=15000)
-            assert "1 labeled, 2 to go" in page.evaluate(status)
-            # the task menu gives the keys back once a task is chosen
-            page.select_option("#task", "place-any")
-            page.wait_for_function(f"{status}.includes('0 labeled')", timeout=15000)
-            page.keyboard.press("n")
-            page.wait_for_function(f"{status}.includes('1 labeled')", timeout=15000)
-        browser.close()
+    with _page_on_first_episode(tmp_path, labels) as page:
+        assert page.is_disabled("#undo")  # nothing to undo yet
+        first = page.evaluate(meta).split()[1]
+        page.keyboard.press("y")  # meant n
+        page.wait_for_function(f"!{meta}.includes({first!r})", timeout=15000)
+        second = page.evaluate(meta).split()[1]
+        page.keyboard.press("u")
+        page.wait_for_function(f"{meta}.includes({first!r})", timeout=15000)
+        assert "0 labeled, 3 to go" in page.evaluate(status)
+        assert page.is_disabled("#undo")
+        page.keyboard.press("n")
+        page.wait_for_function(f"{meta}.includes({second!r})", timeout=15000)
+        assert "1 labeled, 2 to go" in page.evaluate(status)
+        # the task menu gives the keys back once a task is chosen
+        page.select_option("#task", "place-any")
+        page.wait_for_function(f"{status}.includes('0 labeled')", timeout=15000)
+        page.keyboard.press("n")
+        page.wait_for_function(f"{status}.includes('1 labeled')", timeout=15000)
     latest = LabelStore(labels).latest()
     assert latest[(first, "lift-any")].success is False and len(latest) == 2
     assert [lab.task for lab in LabelStore(labels).all()] == ["lift-any"] * 2 + ["place-any"]
