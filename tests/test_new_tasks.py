@@ -217,12 +217,13 @@ def test_a_fresh_learner_counts_on_from_weights_published_before_a_first_checkpo
     from mtopt.qtopt.learner import Learner
     from mtopt.runtime.config import RunConfig
     from mtopt.runtime.local import RunPaths, new_learner
+    from mtopt.tasks import DEFAULT_REGISTRY
 
     paths = RunPaths(tmp_path / "run")
     first = Learner(SMALL)
     for _ in range(3):
         first.publish(paths.weights)
-    learner, _ = new_learner(paths, RunConfig(qnet=SMALL), None)  # type: ignore[arg-type]
+    learner, _ = new_learner(paths, RunConfig(qnet=SMALL), DEFAULT_REGISTRY)
     assert learner.version == first.version
     learner.publish(paths.weights)  # the next version, not an error
 

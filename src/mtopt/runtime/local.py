@@ -283,7 +283,7 @@ def new_learner(paths: RunPaths, cfg: RunConfig, registry: TaskRegistry) -> tupl
     a trained run's, each grown by the tasks it was not trained on; a new task starts as
     the first task of its skill, which it was trained on (``networks.with_more_tasks``)."""
     learner = Learner(cfg.qnet, cfg.learner, logdir=paths.root / "tb")
-    learner.task_names = tuple(getattr(registry, "names", ()))[: cfg.qnet.num_tasks]
+    learner.task_names = registry.names[: cfg.qnet.num_tasks]
     count_on_from_published(learner, paths)  # a run stopped before its first checkpoint
     if not cfg.init_from:
         return learner, ""
@@ -395,16 +395,18 @@ def after_train_step(
     paths: RunPaths,
     cfg: RunConfig,
     extras: Callable[[float], dict[str, Any]],
+    checkpoint_follows: bool = False,
 ) -> None:
     """What follows each learner step in every runtime: the weights published every
     ``publish_every`` steps (kept as a snapshot when one is due), and a checkpoint every
     ``checkpoint_every`` steps with ``extras(now)``, what a resume needs besides the
-    learner."""
+    learner; not when the caller checkpoints this step itself (``checkpoint_follows``:
+    after an evaluation, so that it holds the evaluation's point)."""
     if learner.step % cfg.publish_every == 0:
         learner.publish(paths.weights)
         if snapshot_due(learner.step, cfg.snapshot_every, cfg.publish_every):
             snapshot_latest(paths.weights)
-    if learner.step % cfg.checkpoint_every == 0:
+    if learner.step % cfg.checkpoint_every == 0 and not checkpoint_follows:
         learner.save_checkpoint(paths.checkpoint, extras(time.time()))
 
 
@@ -937,8 +939,9 @@ class LocalRun:
                     if background and learner.target_version != target_version:
                         background.set_targets(learner.targets)
                     bar.update(1)
-                    after_train_step(learner, p, c, checkpoint_extras)
-                    if learner.step - last_eval_step >= c.eval.every_steps:
+                    evaluate = learner.step - last_eval_step >= c.eval.every_steps
+                    after_train_step(learner, p, c, checkpoint_extras, checkpoint_follows=evaluate)
+                    if evaluate:
                         last_eval_step = learner.step
                         self._evaluate(learner, scripted, ingest.ingested, t_origin, sd, stats)
                         # the point in a checkpoint at once: a kill before the next one lost
