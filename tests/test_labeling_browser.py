@@ -197,3 +197,24 @@ def test_undo_shows_the_last_episode_again_and_its_new_label_wins(tmp_path: Path
     latest = LabelStore(labels).latest()
     assert latest[(first, "lift-any")].success is False and len(latest) == 2
     assert [lab.task for lab in LabelStore(labels).all()] == ["lift-any"] * 2 + ["place-any"]
+
+
+@pytest.mark.timeout(180)
+def test_undo_then_skip_leaves_the_episode_unlabeled(tmp_path: Path) -> None:
+    """u then s: the wrong label is gone, not kept (the page used to only show the
+    episode again, so a skip left the first label in force and the count one short)."""
+    labels = tmp_path / "labels.jsonl"
+    meta = "document.getElementById('meta').textContent"
+    status = "document.getElementById('status').textContent"
+    with _page_on_first_episode(tmp_path, labels) as page:
+        first = page.evaluate(meta).split()[1]
+        page.keyboard.press("y")
+        page.wait_for_function(f"!{meta}.includes({first!r})", timeout=15000)
+        page.keyboard.press("u")
+        page.wait_for_function(f"{meta}.includes({first!r})", timeout=15000)
+        page.keyboard.press("s")
+        page.wait_for_function(f"!{meta}.includes({first!r})", timeout=15000)
+        assert "0 labeled, 3 to go, 1 skipped" in page.evaluate(status)
+        page.reload()  # the server's count agrees with the page's
+        page.wait_for_function(f"{status}.includes('0 labeled, 3 to go')", timeout=15000)
+    assert LabelStore(labels).latest() == {}

@@ -228,6 +228,25 @@ def test_label_store_skips_malformed_lines_and_ignores_new_keys(
     assert store.latest()[("e1", "lift-any")].success is False
 
 
+def test_a_retraction_takes_a_label_back_until_the_next_label(tmp_path: Path) -> None:
+    path = tmp_path / "labels.jsonl"
+    store = LabelStore(path)
+    store.add("e1", "lift-any", True)
+    store.add("e2", "lift-any", False)
+    store.retract("e1", "lift-any")
+    store.retract("e2", "place-any")  # another task's label: none to take back, no effect
+    again = LabelStore(path)
+    assert set(again.latest()) == {("e2", "lift-any")}
+    assert [lab.episode_id for lab in again.all()] == ["e1", "e2"]  # the history stays
+    assert [type(r).__name__ for r in again.records()] == ["Label"] * 2 + ["Retraction"] * 2
+    store.add("e1", "lift-any", False)  # labeled again after the undo: that label counts
+    assert LabelStore(path).latest()[("e1", "lift-any")].success is False
+    # a retraction line with a wrong type is unreadable, like a label's
+    with open(path, "a") as f:
+        f.write(json.dumps({"episode_id": "e2", "task": "lift-any", "retracted": True}) + "\n")
+    assert ("e2", "lift-any") in LabelStore(path).latest()
+
+
 def _store(tmp_path: Path) -> Path:
     with EpisodeWriter(tmp_path / "store", "r0") as w:
         for i in range(3):
@@ -265,6 +284,15 @@ def test_label_api_and_bad_requests(tmp_path: Path) -> None:
         == 200
     )
     assert client.get("/api/queue", params={"task": "lift-any"}).json()["labeled"] == 1
+    # undo: the label is taken back, the episode is in the queue again
+    undo = {"episode_id": eid, "task": "lift-any"}
+    assert client.delete("/api/labels", params=undo).json() == {"ok": True, "retracted": True}
+    assert client.get("/api/queue", params={"task": "lift-any"}).json()["labeled"] == 0
+    assert client.delete("/api/labels", params=undo).json()["retracted"] is False
+    assert client.delete("/api/labels", params={**undo, "task": "fly"}).status_code == 400
+    assert client.delete("/api/labels", params={**undo, "episode_id": "nope"}).status_code == 404
+    body = {"episode_id": eid, "task": "lift-any", "success": True}
+    assert client.post("/api/labels", json=body).status_code == 200
     # malformed or unknown input: clear 4xx, nothing written
     assert (
         client.post(
@@ -284,7 +312,7 @@ def test_label_api_and_bad_requests(tmp_path: Path) -> None:
     # nothing outside the store is served: paths are ids, traversal finds no episode
     assert client.get("/api/episodes/..%2F..%2Fetc%2Fpasswd/final.png").status_code == 404
     assert client.get("/api/episodes/../../pyproject.toml").status_code == 404
-    assert len(LabelStore(tmp_path / "labels.jsonl").all()) == 1
+    assert len(LabelStore(tmp_path / "labels.jsonl").all()) == 2
 
 
 def test_labeling_a_real_cells_episode_ids(tmp_path: Path) -> None:

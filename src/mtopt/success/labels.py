@@ -1,7 +1,12 @@
 """Append-only label store (JSON lines). Each label is written, flushed and fsynced before
 the call returns, so a stopped or killed server loses nothing it acknowledged; a torn
 last line (power loss mid-write) is skipped on read, and the next label starts on a line
-of its own instead of being glued to it."""
+of its own instead of being glued to it.
+
+A label is taken back (the page's undo) by appending a retraction, never by editing the
+file: ``{"episode_id", "task", "retracted": true, "source", "timestamp"}``. The episode
+is then unlabeled for that task until a later label gives it one again. A reader from
+before retractions skips such a line as unreadable and keeps the older label."""
 
 from __future__ import annotations
 
@@ -28,6 +33,16 @@ class Label:
     timestamp: float
 
 
+@dataclass(frozen=True)
+class Retraction:
+    """The label of (episode, task) given before this line no longer counts."""
+
+    episode_id: str
+    task: str
+    source: str
+    timestamp: float
+
+
 class LabelStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -37,7 +52,17 @@ class LabelStore:
 
     def add(self, episode_id: str, task: str, success: bool, source: str = "human") -> Label:
         label = Label(episode_id, task, bool(success), source, time.time())
-        line = (json.dumps(asdict(label)) + "\n").encode()
+        self._append(asdict(label))
+        return label
+
+    def retract(self, episode_id: str, task: str, source: str = "human") -> Retraction:
+        """Take back the label of (episode, task): appended like a label, durable on return."""
+        gone = Retraction(episode_id, task, source, time.time())
+        self._append({**asdict(gone), "retracted": True})
+        return gone
+
+    def _append(self, row: dict[str, Any]) -> None:
+        line = (json.dumps(row) + "\n").encode()
         with self._lock:
             created = not self.path.exists()
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
@@ -53,34 +78,57 @@ class LabelStore:
                 os.close(fd)
             if created:  # the file's name too, or a power loss could lose the file
                 fsync_dir(self.path.parent)
-        return label
 
-    def all(self) -> list[Label]:
-        """Every readable label in file order. A torn, foreign or malformed line (a field
-        of the wrong type, say ``"success": "no"``) is skipped, with one warning that
-        counts them; keys a later version may add are ignored."""
+    def records(self) -> list[Label | Retraction]:
+        """Every readable line in file order: labels and retractions. A torn, foreign or
+        malformed line (a field of the wrong type, say ``"success": "no"``) is skipped,
+        with one warning that counts them; keys a later version may add are ignored."""
         if not self.path.exists():
             return []
-        out = []
+        out: list[Label | Retraction] = []
         skipped = 0
         # bytes that are not UTF-8 (another program's line) spoil that line only
         for raw in self.path.read_bytes().decode("utf-8", errors="replace").splitlines():
             try:
-                label = parse_label(json.loads(raw))
+                record = parse_record(json.loads(raw))
             except json.JSONDecodeError:
-                label = None
-            if label is None:
+                record = None
+            if record is None:
                 skipped += bool(raw.strip())
             else:
-                out.append(label)
+                out.append(record)
         if skipped != self._warned:  # once per change, not on every queue request
             log.warning("%s: skipped %d unreadable label line(s)", self.path, skipped)
             self._warned = skipped
         return out
 
+    def all(self) -> list[Label]:
+        """Every label given, in file order, including ones relabeled or retracted since
+        (the history; ``latest`` says which count)."""
+        return [r for r in self.records() if isinstance(r, Label)]
+
     def latest(self) -> dict[tuple[str, str], Label]:
-        """The most recent label per (episode, task): relabeling overrides."""
-        return {(lab.episode_id, lab.task): lab for lab in self.all()}
+        """The label that counts per (episode, task): the most recent one, unless a
+        retraction came after it (then the pair has none)."""
+        out: dict[tuple[str, str], Label] = {}
+        for r in self.records():
+            if isinstance(r, Label):
+                out[(r.episode_id, r.task)] = r
+            else:
+                out.pop((r.episode_id, r.task), None)
+        return out
+
+
+def parse_record(row: Any) -> Label | Retraction | None:
+    """A label or a retraction (``"retracted": true``) from one decoded JSON line, or None."""
+    if isinstance(row, dict) and row.get("retracted") is True:
+        eid, task, source, ts = (row.get(k) for k in ("episode_id", "task", "source", "timestamp"))
+        if not (isinstance(eid, str) and isinstance(task, str) and isinstance(source, str)):
+            return None
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+            return None
+        return Retraction(eid, task, source, float(ts))
+    return parse_label(row)
 
 
 def parse_label(row: Any) -> Label | None:

@@ -1,7 +1,8 @@
 """Labeling page: a small FastAPI app bound to 127.0.0.1.
 
 Shows an episode's final image (and its frames as a strip), the task, and lets a person
-label success/failure with the mouse or keys (y / 1 = success, n / 0 = failure, s = skip).
+label success/failure with the mouse or keys (y / 1 = success, n / 0 = failure, s = skip,
+u = undo: the last label on the page is taken back and its episode shown again).
 The queue puts first the episodes the current success detector is least sure about.
 Only images of episodes in the store are served (looked up by id, never by path). The
 server indexes the store rather than loading it (memory grows by an id, a task and the
@@ -273,8 +274,21 @@ def create_app(
         lab = labels.add(body.episode_id, body.task, body.success, "human")
         return {"ok": True, "label": lab.__dict__}
 
+    @app.delete("/api/labels")
+    def retract_label(episode_id: str, task: str) -> dict[str, Any]:
+        """Take back the label of (episode, task) (the page's undo): a retraction is
+        appended, so the episode is unlabeled for the task until labeled again."""
+        check_task(task)
+        if episode_id not in index:
+            raise HTTPException(404, f"no episode {episode_id!r} in the store")
+        if (episode_id, task) not in labels.latest():
+            return {"ok": True, "retracted": False}  # nothing in force to take back
+        labels.retract(episode_id, task, "human")
+        return {"ok": True, "retracted": True}
+
     @app.get("/api/labels")
     def all_labels() -> list[dict[str, Any]]:
+        """Every label given, in file order (relabeled and retracted ones included)."""
         return [lab.__dict__ for lab in labels.all()]
 
     return app
@@ -350,12 +364,20 @@ async function skip(){
   try{ ready=await fetchQueue(); } finally { busy=false; }
   if(ready){status(); next();}
 }
-// undo: show the last labeled episode again; the label given to it next replaces the
-// old one (the latest label of an episode and task is the one that counts)
-function undo(){
+// undo: take back the last label given on this page (the server appends a retraction)
+// and show its episode again, unlabeled: a new label or a skip leaves it so
+async function undo(){
   if(!done.length||busy) return;
-  if(cur) queue.unshift(cur);
-  labeled--; remaining++; status(); show(done.pop());
+  busy=true; let ok=false; const last=done[done.length-1];
+  try{
+    const r=await fetch('/api/labels?episode_id='+encodeURIComponent(last.episode_id)+
+      '&task='+encodeURIComponent($('task').value),{method:'DELETE'});
+    if(!r.ok){$('status').textContent='error: '+(await r.text()); return;}
+    ok=true;
+  } finally { busy=false; }
+  if(!ok) return;
+  done.pop(); if(cur) queue.unshift(cur);
+  labeled--; remaining++; status(); show(last);
 }
 $('yes').onclick=()=>label(true); $('no').onclick=()=>label(false); $('skip').onclick=()=>skip();
 $('undo').onclick=()=>undo();
