@@ -136,8 +136,43 @@ def test_a_reset_that_raises_leaves_the_constructors_seed_for_the_next() -> None
     env = gym.make(mtopt.ENV_ID, seed=7)
     with pytest.raises(UnknownTaskError):
         env.reset(options={"task": "lift-unicorn"})
-    assert env.reset()[1]["scene_seed"] == want
+    # a bad seed too: it used to switch the task and use up the seed before gymnasium
+    # refused it; a NumPy integer is a seed like any other
+    with pytest.raises(ValueError, match="seed must be None or an int >= 0"):
+        env.reset(seed=-3, options={"task": "place-any"})
+    with pytest.raises(TypeError, match="options must be a dict"):
+        env.reset(options="place-any")  # type: ignore[arg-type]
+    _, info = env.reset()
+    assert info["scene_seed"] == want and info["task"] == "lift-any"
+    assert env.reset(seed=np.int64(3))[1]["scene_seed"] == env.reset(seed=3)[1]["scene_seed"]
+    with pytest.raises(ValueError, match="seed must be None or an int >= 0"):
+        gym.make(mtopt.ENV_ID, seed="abc")  # at once, not at the first reset
     env.close()
+
+
+def test_the_task_crosses_process_boundaries_and_wrappers_find_the_horizon() -> None:
+    """A vector env's worker answers get_attr("task") (the task's predicate was a closure
+    that could not be pickled, which broke every worker); TimeAwareObservation finds the
+    env's own horizon."""
+    import pickle
+
+    from gymnasium.wrappers import TimeAwareObservation
+
+    env = gym.make(mtopt.ENV_ID, task="place-ball-in-bowl", max_steps=7)
+    task = pickle.loads(pickle.dumps(env.unwrapped.task))
+    assert task == env.unwrapped.task and task.name == "place-ball-in-bowl"
+    registry = pickle.loads(pickle.dumps(env.unwrapped.registry))
+    assert registry.names == env.unwrapped.registry.names
+    assert env.spec is not None and env.spec.max_episode_steps == 7
+    timed = TimeAwareObservation(env)
+    assert timed.max_timesteps == 7
+    again = gym.make(env.spec)  # a TimeLimit at the env's own horizon: the same episodes
+    again.reset(seed=0)
+    for _ in range(7):
+        *_, term, trunc, info = again.step(make_action(dz=-0.5))
+    assert trunc and not term and "success" in info
+    timed.close()
+    again.close()
 
 
 def test_the_env_cannot_be_copied_by_accident() -> None:

@@ -25,7 +25,9 @@ Episode ends: ``terminated`` when the policy sends TERMINATE; ``truncated`` at
 ``max_steps``. Both are the episode's end in the same sense: the outcome is presented and
 judged, and no reward can follow, so for value targets treat either as terminal (mtopt's
 learner does; a library that bootstraps on ``truncated`` would add a value that cannot
-be had). Register no shorter ``max_episode_steps`` than ``max_steps``: a cut from outside
+be had). ``env.spec.max_episode_steps`` says ``max_steps`` (for wrappers such as
+``TimeAwareObservation``; the env needs no TimeLimit). Register no shorter
+``max_episode_steps`` than ``max_steps``: a cut from outside
 ends the episode before its outcome is presented and judged (no reward, no ``success``).
 Info at reset: ``scene_seed``, ``task``, ``prepared`` (False: the scene could not be set up
 for the task, e.g. no object could be put in the gripper for a placing task; the episode
@@ -35,11 +37,13 @@ runs anyway; mtopt's evaluation replaces such a scene with the next one), ``pose
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from gymnasium.envs.registration import EnvSpec
 
 from mtopt.robots.action import ACTION_DIM, validate_action
 from mtopt.robots.base import STATE_DIM, Observation
@@ -51,6 +55,7 @@ from mtopt.tasks.registry import DEFAULT_REGISTRY, TaskRegistry
 
 class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}  # noqa: RUF012
+    _spec: EnvSpec | None = None
 
     def __init__(
         self,
@@ -99,7 +104,20 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._last: Observation | None = None
         self._done = False
         self._closed = False
-        self._initial_seed = seed
+        self._initial_seed = _checked_seed(seed)
+
+    @property
+    def spec(self) -> EnvSpec | None:
+        return self._spec
+
+    @spec.setter
+    def spec(self, value: EnvSpec | None) -> None:
+        # the env ends its episodes at max_steps itself, so gym.make adds no TimeLimit;
+        # the spec still names the horizon, where wrappers (TimeAwareObservation) and
+        # libraries look for it
+        if value is not None and value.max_episode_steps is None:
+            value = dataclasses.replace(value, max_episode_steps=self.config.max_steps)
+        self._spec = value
 
     @staticmethod
     def _to_obs(o: Observation) -> dict[str, np.ndarray]:
@@ -113,6 +131,11 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        if options is not None and not isinstance(options, dict):
+            raise TypeError(
+                f"options must be a dict such as {{'task': 'lift-any'}}, got {options!r}"
+            )
+        seed = _checked_seed(seed)
         options = dict(options or {})
         task = self.registry.get(str(options.pop("task"))) if "task" in options else self.task
         chosen = options.pop("scene_seed", None)
@@ -196,3 +219,14 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         # copy.copy would otherwise share the PyBullet connection (SimCell refuses deep
         # copies and pickling; a shallow copy never reaches it)
         raise TypeError(NOT_COPYABLE)
+
+
+def _checked_seed(seed: Any) -> int | None:
+    """``seed`` as gymnasium takes it (None or an int >= 0; a NumPy integer is taken too),
+    checked before the env changes anything: a bad seed used to fail inside gymnasium
+    after the task had switched and the constructor's seed was used up."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be None or an int >= 0, got {seed!r}")
+    return int(seed)

@@ -1,13 +1,16 @@
 """Ground-truth success predicates built from a small vocabulary (lift, place).
 
-Each factory returns a pure function ``SceneState -> bool``. Thresholds are named
-constants so the staged-scene tests and the simulator agree on them.
+Each factory returns a pure callable ``SceneState -> bool``: a small frozen dataclass, so a
+task (and the env holding it) can be pickled, compared and printed, as a vector env's
+worker processes and Ray need. Thresholds are named constants so the staged-scene tests
+and the simulator agree on them.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from mtopt.tasks.scene import FixtureState, ObjectState, SceneState
 
@@ -57,33 +60,40 @@ def is_on_fixture(obj: ObjectState, fixture: FixtureState) -> bool:
     return obj.touching is None or not obj.touching & FLOORS
 
 
-def lift(category: str | None = None, min_size: float | None = None) -> Predicate:
-    """Success iff an object (of ``category`` / at least ``min_size``) is held up high."""
+@dataclass(frozen=True)
+class Lifted:
+    """An object (of ``category`` / at least ``min_size``) is held up high."""
 
-    def predicate(scene: SceneState) -> bool:
-        return any(_matches(o, category, min_size) and is_lifted(o, scene) for o in scene.objects)
+    category: str | None = None
+    min_size: float | None = None
 
-    return predicate
-
-
-def place(fixtures: tuple[str, ...], category: str | None = None) -> Predicate:
-    """Success iff an object (of ``category``) rests, released, on one of ``fixtures``."""
-
-    def predicate(scene: SceneState) -> bool:
-        targets = [f for f in scene.fixtures if f.kind in fixtures]
+    def __call__(self, scene: SceneState) -> bool:
         return any(
-            _matches(o, category, None) and is_on_fixture(o, f)
+            _matches(o, self.category, self.min_size) and is_lifted(o, scene) for o in scene.objects
+        )
+
+
+@dataclass(frozen=True)
+class Placed:
+    """An object (of ``category``) rests, released, on one of ``fixtures``."""
+
+    fixtures: tuple[str, ...]
+    category: str | None = None
+
+    def __call__(self, scene: SceneState) -> bool:
+        targets = [f for f in scene.fixtures if f.kind in self.fixtures]
+        return any(
+            _matches(o, self.category, None) and is_on_fixture(o, f)
             for o in scene.objects
             for f in targets
         )
 
-    return predicate
 
+@dataclass(frozen=True)
+class InLeftBin:
+    """An object rests released inside the left bin (on a fixture or not)."""
 
-def in_left_bin() -> Predicate:
-    """Success iff an object rests released inside the left bin (on a fixture or not)."""
-
-    def predicate(scene: SceneState) -> bool:
+    def __call__(self, scene: SceneState) -> bool:
         return any(
             not o.in_gripper
             and scene.left_bin.contains_xy(o.position[0], o.position[1])
@@ -91,4 +101,17 @@ def in_left_bin() -> Predicate:
             for o in scene.objects
         )
 
-    return predicate
+
+def lift(category: str | None = None, min_size: float | None = None) -> Predicate:
+    """Success iff an object (of ``category`` / at least ``min_size``) is held up high."""
+    return Lifted(category, min_size)
+
+
+def place(fixtures: tuple[str, ...], category: str | None = None) -> Predicate:
+    """Success iff an object (of ``category``) rests, released, on one of ``fixtures``."""
+    return Placed(tuple(fixtures), category)
+
+
+def in_left_bin() -> Predicate:
+    """Success iff an object rests released inside the left bin (on a fixture or not)."""
+    return InLeftBin()
