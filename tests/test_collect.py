@@ -167,6 +167,18 @@ def test_collect_cli_two_robots(tmp_path: Path) -> None:
     assert rows and all(r[-1].endswith("%") for r in rows)  # every task has an SD rate
     res = CliRunner().invoke(app, ["store", "stats", str(store), "--sd", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "no success detector weights" in res.output
+    # a newer writer's shard: one line, not a traceback
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mtopt.store.schema import SCHEMA_KEY
+
+    newer = pa.table({"episode_id": ["x"]}).replace_schema_metadata({SCHEMA_KEY: b"2"})
+    pq.write_table(newer, store / "shards" / "robot-00" / "99999999999999999999-000000.parquet")
+    res = CliRunner().invoke(
+        app, ["store", "stats", str(store), "--sd", str(tmp_path / "run" / "sd")]
+    )
+    assert res.exit_code == 2 and "unknown schema version 2" in res.output, res.output
 
 
 def test_store_stats_by_hand(tmp_path: Path) -> None:

@@ -417,10 +417,134 @@ def test_bad_actions_and_image_types_are_rejected_when_the_episode_is_made() -> 
         Episode(**{**e.__dict__, "states": [["open", 0.1]] * 4})
 
 
-@pytest.mark.parametrize("robot_id", [".", "..", ".hidden", "-x", "a/b", ""])
+@pytest.mark.parametrize("robot_id", [".", "..", ".hidden", "-x", "a/b", "", "_cell", "r0\n"])
 def test_robot_ids_that_would_hide_shards_are_refused(tmp_path: Path, robot_id: str) -> None:
+    """Hidden or escaping folders, "_" first (pyarrow.dataset and pandas skip those) and a
+    trailing newline (a regex "$" let it through)."""
     with pytest.raises(ValueError, match="robot_id"):
         EpisodeWriter(tmp_path, robot_id)
+
+
+def test_a_flipped_bit_in_a_shard_is_found_and_quarantined(tmp_path: Path) -> None:
+    """Page checksums: a bit flipped on disk inside an image used to read back silently
+    as a different image."""
+    episode = make_episode(0, size=32)
+    with EpisodeWriter(tmp_path, "r0") as w:
+        w.write(episode)
+    (shard,) = shard_paths(tmp_path)
+    data = bytearray(shard.read_bytes())
+    raw = episode.images.tobytes()
+    # no compression gain on random pixels: zstd keeps them raw, so the bytes are findable
+    at = bytes(data).find(raw[100:164])
+    assert at > 0
+    data[at + 10] ^= 0x04
+    shard.write_bytes(bytes(data))
+    reader = EpisodeReader(tmp_path)
+    assert reader.poll() == [] and len(reader.quarantined) == 1
+
+
+def test_episode_fields_a_store_needs_are_checked_at_write(tmp_path: Path) -> None:
+    e = make_episode(0)
+    bad = {
+        "episode_id": "",
+        "task": None,
+        "robot_id": "",
+        "policy_version": 1.7,
+        "seed": "7",
+        "scene": "{}",
+    }
+    with EpisodeWriter(tmp_path, "r0", flush_every=100) as w:
+        for key, value in bad.items():
+            with pytest.raises(SchemaError, match=key):
+                w.write(Episode(**{**e.__dict__, key: value}))
+        assert w.pending == 0
+        w.write(Episode(**{**e.__dict__, "policy_version": np.int64(3)}))
+    assert EpisodeReader(tmp_path).poll()[0].policy_version == 3
+    import torch
+
+    with pytest.raises(SchemaError, match=r"NumPy uint8 array.*torch\.Tensor"):
+        Episode(**{**e.__dict__, "images": torch.from_numpy(e.images)})
+
+
+def test_an_episode_whose_write_fails_is_not_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk in the flush that write() starts: the caller is told, and a retry
+    stores the episode once (it used to stay buffered, and the retry stored it twice)."""
+    import mtopt.store.writer as writer_module
+
+    real = writer_module.write_shard
+    full = [True]
+
+    def disk(path: Path, table: object) -> Path:
+        if full[0]:
+            raise OSError(28, "No space left on device", str(path))
+        return real(path, table)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(writer_module, "write_shard", disk)
+    with EpisodeWriter(tmp_path, "r0", flush_every=2) as w:
+        w.write(make_episode(0))
+        with pytest.raises(OSError, match="No space"):
+            w.write(make_episode(1))
+        assert w.pending == 1  # the one written before stays
+        full[0] = False
+        w.write(make_episode(1))
+    ids = [e.episode_id for e in EpisodeReader(tmp_path).poll()]
+    assert ids == ["ep00000", "ep00001"]
+
+
+def test_a_dead_writers_complete_temp_shard_is_put_in_place(tmp_path: Path) -> None:
+    """Killed between the temp file's fsync and the rename: the next writer on the robot
+    folder puts the shard in place (its episodes were nowhere else); a half-written temp
+    file is removed; a fresh one (another live process's) is left alone."""
+    import io
+
+    from mtopt.store.schema import episodes_to_table
+
+    folder = tmp_path / "shards" / "r0"
+    folder.mkdir(parents=True)
+    buf = io.BytesIO()
+    pq.write_table(episodes_to_table([make_episode(0), make_episode(1)]), buf)
+    complete = folder / ".00000000000000000001-000000.parquet.abc123.tmp"
+    complete.write_bytes(buf.getvalue())
+    half = folder / ".00000000000000000002-000000.parquet.def456.tmp"
+    half.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    fresh = folder / ".00000000000000000003-000000.parquet.ghi789.tmp"
+    fresh.write_bytes(buf.getvalue())
+    old = time.time() - 3600
+    for f in (complete, half):
+        os.utime(f, (old, old))
+    assert EpisodeReader(tmp_path).poll() == []  # temp files are never read
+    w = EpisodeWriter(tmp_path, "r0")
+    assert w.recovered == [folder / "00000000000000000001-000000.parquet"]
+    assert not complete.exists() and not half.exists() and fresh.exists()
+    reader = EpisodeReader(tmp_path)
+    assert [e.episode_id for e in reader.poll()] == ["ep00000", "ep00001"]
+    assert reader.quarantined == []
+
+
+def test_a_shard_written_by_pandas_from_the_documented_columns_reads(tmp_path: Path) -> None:
+    """pandas and DuckDB keep no ``mtopt.schema_version`` key: the schema_version column
+    says the version (such a shard was quarantined as not an mtopt shard)."""
+    from mtopt.store.schema import episodes_to_table
+
+    frame = episodes_to_table([make_episode(0), make_episode(1)]).to_pandas()
+    folder = tmp_path / "shards" / "cell"
+    folder.mkdir(parents=True)
+    frame.to_parquet(folder / "00000000000000000001-000000.parquet")
+    assert SCHEMA_KEY not in (
+        pq.read_schema(folder / "00000000000000000001-000000.parquet").metadata or {}
+    )
+    reader = EpisodeReader(tmp_path)
+    back = reader.poll()
+    assert [e.episode_id for e in back] == ["ep00000", "ep00001"] and reader.quarantined == []
+    assert np.array_equal(back[1].images, make_episode(1).images)
+    frame["schema_version"] = 2  # a newer version is an error, as with the key
+    frame.to_parquet(folder / "00000000000000000002-000000.parquet")
+    from mtopt.store.schema import UnknownSchemaVersionError
+
+    with pytest.raises(UnknownSchemaVersionError):
+        EpisodeReader(tmp_path).poll()
 
 
 def test_a_newer_shard_without_a_column_asked_for_is_not_quarantined(tmp_path: Path) -> None:

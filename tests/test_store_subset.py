@@ -87,6 +87,34 @@ def test_subset_skips_a_corrupt_source_shard(tmp_path: Path) -> None:
     assert (tmp_path / "src" / "quarantine" / "r0" / bad.name).exists()
 
 
+def test_subset_refuses_to_pass_a_shard_it_could_not_read_as_a_full_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard the reader cannot open for the machine's reasons (no permission, EIO):
+    the copy used to be reported as done without its episodes. The CLI says so in a line."""
+    import mtopt.store.reader as reader_module
+
+    _store(tmp_path / "src")
+    bad = sorted((tmp_path / "src" / "shards" / "r1").glob("*.parquet"))[1]
+    real = reader_module.pq.ParquetFile
+
+    def unreadable(path: object, *args: object, **kwargs: object) -> object:
+        if Path(str(path)) == bad:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(reader_module.pq, "ParquetFile", unreadable)
+    with pytest.raises(OSError, match=r"could not read 1 shard\(s\).*incomplete copy"):
+        subset_store(tmp_path / "src", tmp_path / "dst", ["lift-ball"])
+    assert bad.exists()  # left in place, not quarantined
+    r = CliRunner().invoke(
+        app,
+        ["store", "subset", str(tmp_path / "src"), str(tmp_path / "d2"), "--tasks", "lift-ball"],
+    )
+    assert r.exit_code == 2 and "could not read 1 shard" in r.output
+    assert "Traceback" not in r.output
+
+
 def test_subset_cli(tmp_path: Path) -> None:
     _store(tmp_path / "src")
     runner = CliRunner()

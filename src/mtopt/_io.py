@@ -54,13 +54,29 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_dirs(path: str | Path) -> Path:
+    """``mkdir -p`` that lasts: each folder it makes is fsynced into its parent, or a power
+    loss could take a new folder away with the files already fsynced inside it."""
+    path = Path(path)
+    missing = []
+    p = path
+    while not p.is_dir() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process made it meanwhile
+            d.mkdir()
+        fsync_dir(d.parent)
+    return path
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     """Write ``path`` via a temp file in the same directory: write, flush, fsync, rename.
 
     A reader sees either the old file or the complete new one, never a partial file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:  # it names the temp file: name the file being written

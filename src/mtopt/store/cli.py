@@ -24,6 +24,7 @@ def stats(
     """Episodes per task and policy, success rate per task (ground truth and SD), with a plot."""
     from mtopt.qtopt.weights import WeightsError
     from mtopt.store.reader import StoreNotFoundError
+    from mtopt.store.schema import SchemaError
     from mtopt.store.stats import plot_stats, sd_scores, store_stats
 
     if sd is None and (store.parent / "sd" / "sd-latest.json").exists():
@@ -31,8 +32,8 @@ def stats(
     try:
         scores = sd_scores(store, sd) if sd is not None else None
         s = store_stats(store, scores)
-    except (StoreNotFoundError, WeightsError) as exc:
-        fail(exc)
+    except (StoreNotFoundError, WeightsError, SchemaError, OSError) as exc:
+        fail(exc)  # a newer writer's shard, a shard without read permission: one line
     if sd is not None:
         typer.echo(f"success detector: {sd}")
     typer.echo(f"{s['episodes']} episodes in {s['shards']} shards ({s['quarantined']} quarantined)")
@@ -81,7 +82,7 @@ def timeline(
     try:
         rows = EpisodeReader(store).metadata()
         tl = success_over_time(rows, task, tasks, bin_minutes)
-    except (StoreNotFoundError, ValueError) as exc:
+    except (StoreNotFoundError, ValueError, OSError) as exc:
         fail(exc)
     if not tl["policies"]:
         fail(f"no episodes of {','.join(tasks)} judged at {task} in {store}")
@@ -122,7 +123,7 @@ def subset(
         fail(f"{exc} (a task of your own: --tasks-file)")
     try:
         counts = subset_store(src, dst, names, minutes)
-    except (StoreNotFoundError, ValueError) as exc:
+    except (StoreNotFoundError, ValueError, OSError) as exc:
         fail(exc)
     shards = counts.pop("shards")
     typer.echo(

@@ -36,6 +36,7 @@ from mtopt.store.schema import (
     ARROW_SCHEMA,
     LATER_COLUMNS,
     META_COLUMNS,
+    SCHEMA_KEY,
     Episode,
     SchemaError,
     UnknownSchemaVersionError,
@@ -83,6 +84,21 @@ def _is_os_error(exc: BaseException) -> bool:
     """An error of the machine, not of the file: a real errno (pyarrow reports corrupt
     Parquet as OSError without one), or memory."""
     return isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno is not None)
+
+
+def _check_version(shard: pq.ParquetFile, path: Path) -> None:
+    """The shard's schema version: its metadata key (``mtopt.schema_version``, written by
+    ``EpisodeWriter``), else, for a shard another tool wrote from the documented columns
+    (pandas, DuckDB keep no such key), its ``schema_version`` column."""
+    schema = shard.schema_arrow
+    if SCHEMA_KEY in (schema.metadata or {}) or "schema_version" not in schema.names:
+        check_table_version(schema, str(path))
+        return
+    versions = set(shard.read(columns=["schema_version"]).column(0).to_pylist())
+    for v in sorted(versions, key=str):
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise SchemaError(f"{path}: schema_version {v!r} is not a whole number")
+        check_table_version(pa.schema([], metadata={SCHEMA_KEY: str(v).encode()}), str(path))
 
 
 def check_columns(columns: Iterable[str] | None) -> None:
@@ -198,9 +214,10 @@ class EpisodeReader:
         propagate and the shard stays. Raises OS errors (see the module doc) and unknown
         versions."""
         try:
-            with pq.ParquetFile(path) as shard:
+            # page checksums (shards since 2026-12-05): a flipped bit is a corrupt shard
+            with pq.ParquetFile(path, page_checksum_verification=True) as shard:
                 # the version first: a newer writer's shard may lack a column asked for
-                check_table_version(shard.schema_arrow, str(path))
+                _check_version(shard, path)
                 table = shard.read(columns=columns)
             wanted = columns if columns is not None else ARROW_SCHEMA.names
             have = set(table.column_names) | set(LATER_COLUMNS)  # older shards lack these

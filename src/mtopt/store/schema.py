@@ -135,10 +135,15 @@ class Episode:
     def __post_init__(self) -> None:
         for name in ("images", "final_image"):
             arr = getattr(self, name)
-            if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8:
+            if not isinstance(arr, np.ndarray):
+                kind = f"{type(arr).__module__}.{type(arr).__name__}"
                 raise SchemaError(
-                    f"episode {self.episode_id}: {name} must be a uint8 array (0-255), got "
-                    f"{getattr(arr, 'dtype', type(arr).__name__)}"
+                    f"episode {self.episode_id}: {name} must be a NumPy uint8 array (0-255), got "
+                    f"a {kind}"
+                )
+            if arr.dtype != np.uint8:
+                raise SchemaError(
+                    f"episode {self.episode_id}: {name} must be a uint8 array (0-255), got {arr.dtype}"
                 )
         # states, actions and poses as any array-like of numbers (lists included)
         for name in ("states", "actions", "poses"):
@@ -245,9 +250,32 @@ def episodes_to_table(episodes: list[Episode]) -> pa.Table:
     return pa.Table.from_pylist([e.to_row() for e in episodes], schema=ARROW_SCHEMA)
 
 
+def check_writable(e: Episode) -> None:
+    """What a stored episode needs beyond its arrays, checked when it is written (not when
+    read, so a shard stored before these checks still reads): ids that name it (LogReplay
+    and stats count a repeated id once, so empty ones would collapse into one episode),
+    whole numbers where the columns are integers (1.7 was stored as 1), a scene dict."""
+    for name in ("episode_id", "robot_id", "task", "policy"):
+        value = getattr(e, name)
+        if not isinstance(value, str) or not value:
+            raise SchemaError(
+                f"episode {e.episode_id!r}: {name} must be a non-empty str, got {value!r}"
+            )
+    for name in ("policy_version", "seed", "chain_index"):
+        value = getattr(e, name)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise SchemaError(f"episode {e.episode_id}: {name} must be an int, got {value!r}")
+    if not isinstance(e.scene, dict):
+        raise SchemaError(
+            f"episode {e.episode_id}: scene must be a dict, got {type(e.scene).__name__}"
+        )
+
+
 def episode_to_table(episode: Episode) -> pa.Table:
     """One episode as a one-row table: everything that can fail in writing it (JSON, Arrow
-    types) fails here, for this episode alone, with its id in the message."""
+    types, ``check_writable``) fails here, for this episode alone, with its id in the
+    message."""
+    check_writable(episode)
     try:
         return pa.Table.from_pylist([episode.to_row()], schema=ARROW_SCHEMA)
     except (TypeError, ValueError, pa.ArrowException) as exc:

@@ -4,7 +4,9 @@ For baselines trained on exactly the data another run collected (a single-task m
 the multi-task run's episodes of its task, the paper's f_orig data-efficiency baseline),
 and for moving one task's data elsewhere. Rows are copied as stored (no decoding and
 re-encoding); each source shard becomes at most one destination shard of the same robot
-and name, written atomically. A corrupt source shard is quarantined by the reader.
+and name, written atomically. A corrupt source shard is quarantined by the reader; one
+that cannot be read for the machine's reasons (no permission, EIO) is an error, not a
+silently shorter copy.
 """
 
 from __future__ import annotations
@@ -58,4 +60,11 @@ def subset_store(
         shards += 1
         for task in table["task"].to_pylist():
             counts[task] += 1
+    unread = reader.new_shards()  # OS errors (permissions, EIO): a copy without them is short
+    if unread:
+        names = ", ".join(str(p) for p in unread[:5]) + (" ..." if len(unread) > 5 else "")
+        raise OSError(
+            f"could not read {len(unread)} shard(s) of {src} (see the log): {names}; "
+            f"{dst} holds an incomplete copy ({shards} shards): remove it and try again"
+        )
     return {**counts, "shards": shards}

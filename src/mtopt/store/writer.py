@@ -7,12 +7,22 @@ when an episode is written: a writer that goes idle (a robot that stops collecti
 its last episodes until the next ``write``, ``flush()`` or ``close()``, so call ``flush()``
 when you pause. Each episode is converted to its row when it is written: an episode that
 cannot be stored raises ``SchemaError`` from ``write`` and is not buffered, so it never
-blocks the good ones.
+blocks the good ones. An episode whose ``write`` raises for any reason (a full disk in the
+flush it started, too) is not kept: write it again. The episodes written before it stay
+buffered and go out with the next flush.
+
+Shards carry page checksums (CRC32), so a flipped bit on disk is found when the shard is
+read and the shard quarantined, not served. A writer killed between its temp file's fsync
+and the rename leaves a complete shard under a temp name: the next writer opened on the
+same robot folder puts it in place (a temp file that does not read whole is removed), once
+it is ``STALE_TEMP_S`` old, since another process may share the robot id.
 """
 
 from __future__ import annotations
 
 import io
+import logging
+import os
 import re
 import time
 from pathlib import Path
@@ -20,18 +30,66 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mtopt._io import atomic_write_bytes
-from mtopt.store.schema import Episode, episode_to_table
+from mtopt._io import atomic_write_bytes, fsync_dir, make_dirs
+from mtopt.store.schema import Episode, check_table_version, episode_to_table
+
+log = logging.getLogger(__name__)
 
 SHARDS = "shards"
-_SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # not ".", "..", nor hidden
+# a folder name: not ".", "..", hidden, nor starting with "_" (pyarrow.dataset and pandas
+# skip such folders), and no trailing newline ("$" would let one through)
+_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+STALE_TEMP_S = 300.0
+"""A writer's temp file this old is left over from a process that died (a flush takes
+seconds at most)."""
 
 
 def write_shard(path: str | Path, table: pa.Table) -> Path:
-    """``table`` as one shard at ``path``, written whole and atomically (zstd Parquet)."""
+    """``table`` as one shard at ``path``, written whole and atomically (zstd Parquet with
+    page checksums)."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", compression_level=3)
+    pq.write_table(table, buf, compression="zstd", compression_level=3, write_page_checksum=True)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def recover_temp_shards(folder: str | Path, stale_after_s: float = STALE_TEMP_S) -> list[Path]:
+    """Temp files of writers that died in a flush, at least ``stale_after_s`` old: a
+    complete shard is renamed into place (its episodes were written nowhere else), one
+    that does not read whole is removed. Returns the shards put in place. An OS error
+    leaves the file for the next try."""
+    folder = Path(folder)
+    recovered = []
+    now = time.time()
+    for tmp in sorted(folder.glob(".*.parquet.*.tmp")):
+        final = folder / tmp.name[1:].rsplit(".", 2)[0]  # atomic_write's ".NAME.XXXX.tmp"
+        try:
+            if now - tmp.stat().st_mtime < stale_after_s:
+                continue
+            try:
+                with pq.ParquetFile(tmp, page_checksum_verification=True) as shard:
+                    check_table_version(shard.schema_arrow, str(tmp))
+                    shard.read()
+            except OSError as exc:
+                if exc.errno is not None:
+                    raise  # the machine's error, not the file's
+                complete = False
+            except Exception:  # half written, not Parquet, not ours
+                complete = False
+            else:
+                complete = True
+            if not complete:
+                tmp.unlink()
+                log.warning("removed an incomplete shard left by a dead writer: %s", tmp)
+            elif final.exists():
+                log.warning("left %s: %s exists already", tmp, final.name)
+            else:
+                os.replace(tmp, final)
+                fsync_dir(folder)
+                recovered.append(final)
+                log.warning("recovered a shard a dead writer had not renamed: %s", final)
+        except OSError as exc:
+            log.warning("could not recover %s (%s): left for the next writer", tmp, exc)
+    return recovered
 
 
 class EpisodeWriter:
@@ -42,13 +100,13 @@ class EpisodeWriter:
         flush_every: int = 16,
         flush_seconds: float = 30.0,
     ):
-        if not _SAFE.match(robot_id):
+        if not isinstance(robot_id, str) or not _SAFE.fullmatch(robot_id):
             raise ValueError(
-                f"robot_id {robot_id!r} must be letters, digits, '_', '.' or '-', not "
-                "starting with '.' or '-' (it names a folder)"
+                f"robot_id {robot_id!r} must be letters, digits, '_', '.' or '-', starting "
+                "with a letter or digit (it names a folder)"
             )
-        self.dir = Path(store_dir) / SHARDS / robot_id
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = make_dirs(Path(store_dir) / SHARDS / robot_id)
+        self.recovered = recover_temp_shards(self.dir)
         self.robot_id = robot_id
         self.flush_every = flush_every
         self.flush_seconds = flush_seconds
@@ -58,12 +116,22 @@ class EpisodeWriter:
         self.written = 0
 
     def write(self, episode: Episode) -> None:
-        self._buffer.append(episode_to_table(episode))  # SchemaError here, not at flush
+        """Buffer ``episode`` (and flush when it is time). If this raises, the episode is
+        not kept (a retry stores it once); the ones buffered before it stay."""
+        row = episode_to_table(episode)  # SchemaError here, not at flush
+        self._buffer.append(row)
         if (
             len(self._buffer) >= self.flush_every
             or time.monotonic() - self._last_flush >= self.flush_seconds
         ):
-            self.flush()
+            try:
+                self.flush()
+            except BaseException:
+                # a full disk: the caller hears it was not stored (a failed flush keeps
+                # the buffer as it was, this row last)
+                if self._buffer and self._buffer[-1] is row:
+                    self._buffer.pop()
+                raise
 
     def flush(self) -> Path | None:
         """Write buffered episodes as one shard; returns its path (None if nothing buffered)."""
