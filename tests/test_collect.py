@@ -403,6 +403,114 @@ def test_a_real_cell_without_seeds_and_a_policy_gone_wrong(tmp_path: Path) -> No
     assert sent == []
 
 
+class DeafRobot(FakeRobot):
+    """Ignores TERMINATE: the episode would run on past its end."""
+
+    def act(self, action: np.ndarray) -> StepResult:
+        return StepResult(super().act(action).observation, False)
+
+
+class BigCameraRobot(FakeRobot):
+    """Says 8 pixels, sends 16 from its second observation on."""
+
+    def act(self, action: np.ndarray) -> StepResult:
+        super().act(action)
+        return StepResult(
+            Observation(np.zeros((16, 16, 3), np.uint8), np.zeros(2, np.float32)), False
+        )
+
+
+class NaNRobot(FakeRobot):
+    def observe(self) -> Observation:
+        return Observation(np.zeros((8, 8, 3), np.uint8), np.array([0.0, np.nan], np.float32))
+
+
+class GymStyleRobot(FakeRobot):
+    def act(self, action: np.ndarray) -> StepResult:
+        r = super().act(action)
+        return (r.observation, 0.0, r.terminated, False, {})  # type: ignore[return-value]
+
+
+class ForgetfulRobot(FakeRobot):
+    def prepare_for_task(self, starts_holding: bool) -> bool:
+        super().prepare_for_task(starts_holding)  # and no return
+        return None  # type: ignore[return-value]
+
+
+class TextSeedRobot(FakeRobot):
+    def scene_description(self) -> dict:
+        return {"seed": "cell-a/2026-12-05T10:00", "site": "lab-2"}
+
+
+@pytest.mark.parametrize(
+    ("robot", "says"),
+    [
+        (DeafRobot(), "sent TERMINATE at step 1 and returned terminated=False"),
+        (BigCameraRobot(), r"act\(\) at step 1 gave a \(16, 16, 3\) image; its image_size 8"),
+        (NaNRobot(), r"observe\(\) gave a state that is not finite"),
+        (GymStyleRobot(), "must return a StepResult"),
+        (ForgetfulRobot(), "prepare_for_task must return True or False, got None"),
+    ],
+)
+def test_a_robot_that_breaks_the_protocol_is_named_at_once(robot: FakeRobot, says: str) -> None:
+    """Each of these used to be stored (TERMINATE mid-episode, other image sizes, NaN) or
+    to fail far away (a bare numpy or attribute error)."""
+    from mtopt.robots.action import make_action
+    from mtopt.sim.runner import RobotContractError, run_episode
+
+    class Terminate:
+        name, version = "t", 0
+
+        def reset(self, task: str, rng: np.random.Generator) -> None:
+            pass
+
+        def act(self, obs: Observation) -> np.ndarray:
+            return make_action(terminate=True)
+
+    task = DEFAULT_REGISTRY.get("lift-any")
+    with pytest.raises(RobotContractError, match=f"robot fake: .*{says}"):
+        run_episode(robot, Terminate(), task, np.random.default_rng(0), 5)
+
+
+def test_a_text_scene_seed_is_stored_as_unknown(tmp_path: Path) -> None:
+    from mtopt.collect.loop import stored_seed
+
+    reg = DEFAULT_REGISTRY.subset(["lift-any"])
+    with EpisodeWriter(tmp_path, "fake", flush_every=100) as w:
+        loop = CollectLoop(TextSeedRobot(), reg, w, scripted_policy_for, CollectConfig(), seed=1)
+        ep = loop.run_one()
+    assert ep.seed == -1 and ep.scene["seed"] == "cell-a/2026-12-05T10:00"
+    assert [stored_seed(v) for v in (7, np.int64(7), True, 2**63, 7.0, None)] == [
+        7,
+        7,
+        -1,
+        -1,
+        -1,
+        -1,
+    ]
+
+
+def test_replay_leaves_out_episodes_a_q_network_cannot_take(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another camera size or NaN from a driver: left out with a count (they stopped
+    ingestion, and with it the run, at the success detector's stack)."""
+    import dataclasses
+
+    from tests.test_store import make_episode
+
+    from mtopt.qtopt.networks import QNetConfig
+    from mtopt.replay.source import replay_items
+
+    good = make_episode(0, size=8)
+    big = make_episode(1, size=16)
+    nan = dataclasses.replace(make_episode(2, size=8), states=np.full((4, 2), np.nan, np.float32))
+    with caplog.at_level("WARNING"):
+        items = replay_items([good, big, nan], QNetConfig(image_size=8, merge_size=2))
+    assert [ep.episode_id for ep, _ in items] == [good.episode_id]
+    assert "left out 2 episodes whose images are not 8x8 pixels" in caplog.text
+
+
 def test_observations_from_plain_lists() -> None:
     """A robot driver's lists become arrays; what does not fit is a clear ValueError."""
     o = Observation([[[0, 255, 3]]], [0.5, 0.1], [0.0, 0.1, 0.2, 0.3])

@@ -22,7 +22,7 @@ import numpy as np
 
 from mtopt.policies.base import Policy
 from mtopt.robots.base import Robot
-from mtopt.sim.runner import run_episode
+from mtopt.sim.runner import RobotContractError, run_episode
 from mtopt.sim.seeds import random_scene_seed
 from mtopt.store.schema import Episode
 from mtopt.store.writer import EpisodeWriter
@@ -259,7 +259,12 @@ class CollectLoop:
         if callable(scene_state):
             state = scene_state()
             gt = {t.name: bool(t.succeeded(state)) for t in self.registry}
-        desc: dict[str, Any] = self.robot.scene_description()
+        desc = self.robot.scene_description()
+        if not isinstance(desc, dict):
+            raise RobotContractError(
+                f"robot {self.robot.robot_id}: scene_description() must return a dict "
+                f"(JSON-serialisable), got {type(desc).__name__}"
+            )
         assert rec.final_image is not None
         ep = Episode(
             episode_id=uuid.uuid4().hex,
@@ -267,7 +272,7 @@ class CollectLoop:
             task=task.name,
             policy=policy.name,
             policy_version=int(policy.version),
-            seed=-1 if desc.get("seed") is None else int(desc["seed"]),  # -1: unknown
+            seed=stored_seed(desc.get("seed")),
             images=np.stack(rec.images),
             states=np.stack(rec.states).astype(np.float32),
             actions=np.stack(rec.actions).astype(np.float32),
@@ -443,3 +448,10 @@ class _TaskBound:
 
     def act(self, obs: Any) -> np.ndarray:
         return np.asarray(self._p.act(obs))
+
+
+def stored_seed(seed: object) -> int:
+    """The store's ``seed`` column for a robot's ``scene_description()["seed"]``: an int
+    in int64's range, else -1 (unknown; a real cell's text id, say, stays in ``scene``)."""
+    whole = isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)
+    return int(seed) if whole and -(2**63) <= int(seed) < 2**63 else -1  # type: ignore[call-overload]

@@ -30,15 +30,34 @@ def replay_items(
     proprioception) are left out and counted in a warning."""
     out: list[tuple[ReplayEpisode, np.ndarray]] = []
     skipped = 0
+    misfit = 0
     for e in episodes:
         if e.num_steps < 1:
             continue
         if qnet is not None and qnet.gripper_xy and e.poses is None:
             skipped += 1
             continue
+        if qnet is not None and (
+            e.images.shape[1:] != (qnet.image_size, qnet.image_size, 3)
+            or not np.isfinite(e.states).all()
+            or (e.poses is not None and not np.isfinite(e.poses).all())
+        ):
+            # another camera size, NaN from a driver: one robot's bad episodes must not
+            # stop ingestion (and with it the run), nor reach the learner
+            misfit += 1
+            continue
         out.append(to_replay(e, qnet))
     if skipped:
         log.warning(
             "left out %d episodes without poses: the Q-network takes the gripper's x, y", skipped
+        )
+    if misfit:
+        assert qnet is not None  # counted only against a Q-network's inputs
+        log.warning(
+            "left out %d episodes whose images are not %dx%d pixels or whose states or "
+            "poses are not finite",
+            misfit,
+            qnet.image_size,
+            qnet.image_size,
         )
     return out

@@ -91,7 +91,14 @@ class Robot(Protocol):
     - ``scene_state()``: simulator ground truth for the store's ``gt_`` columns (sim only;
       a real robot leaves it out and those columns are null).
 
-    ``scene_description()["seed"]`` is stored as the episode's ``seed`` (-1 without one).
+    ``scene_description()["seed"]`` is stored as the episode's ``seed`` when it is an int
+    (-1 otherwise: none, or a real cell's text id, which stays in the stored ``scene``).
+    Report none unless the scene can be set up again from it.
+
+    Episodes check the contract as they run (``mtopt.sim.runner.RobotContractError``,
+    naming the robot): observations and the final image of ``image_size``, finite state
+    and pose, a ``StepResult`` from ``act``, TERMINATE obeyed, a bool from
+    ``prepare_for_task``, a dict from ``scene_description``.
 
     What an implementation must match (the simulated cell, ``mtopt.robots.sim_robot``, is
     the reference):

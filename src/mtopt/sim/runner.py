@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mtopt.policies.base import Policy
-from mtopt.robots.action import validate_action
-from mtopt.robots.base import Observation, Robot
+from mtopt.robots.action import validate_action, wants_terminate
+from mtopt.robots.base import Observation, Robot, StepResult
 from mtopt.tasks.registry import TaskSpec
 
 
@@ -52,18 +52,35 @@ def run_episode(
     no steps and no final image."""
     robot.start_episode()
     prepared = robot.prepare_for_task(task.starts_holding)
-    rec = EpisodeRecord(task=task.name, prepared=prepared)
+    if not isinstance(prepared, (bool, np.bool_)):
+        raise RobotContractError(
+            f"robot {robot.robot_id}: prepare_for_task must return True or False, got "
+            f"{prepared!r} (a missing return?)"
+        )
+    rec = EpisodeRecord(task=task.name, prepared=bool(prepared))
     if skip_unprepared and not prepared:
         return rec
-    obs: Observation = robot.observe()
+    obs = checked_observation(robot, robot.observe(), "observe()")
     policy.reset(task.name, rng)
     rec.images.append(obs.image)
     rec.states.append(obs.state)
     rec.poses.append(obs.pose)
-    for _ in range(max_steps):
+    for step in range(max_steps):
         action = validate_action(policy.act(obs))  # a clear error, never a wild command
         result = robot.act(action)
-        obs = result.observation
+        if not isinstance(result, StepResult):
+            raise RobotContractError(
+                f"robot {robot.robot_id}: act() must return a StepResult(observation, "
+                f"terminated), got {type(result).__name__}"
+            )
+        obs = checked_observation(robot, result.observation, f"act() at step {step + 1}")
+        if wants_terminate(action) and not result.terminated:
+            # the episode would go on past its end: stored TERMINATEs mid-episode, and
+            # value targets that bootstrap past them
+            raise RobotContractError(
+                f"robot {robot.robot_id}: act() was sent TERMINATE at step {step + 1} and "
+                "returned terminated=False (a robot ends the episode on TERMINATE)"
+            )
         rec.actions.append(action)
         rec.images.append(obs.image)
         rec.states.append(obs.state)
@@ -71,5 +88,39 @@ def run_episode(
         if result.terminated:
             rec.terminated = True
             break
-    rec.final_image = robot.final_image()
+    final = np.asarray(robot.final_image())
+    side = robot.image_size
+    if final.dtype != np.uint8 or final.shape != (side, side, 3):
+        raise RobotContractError(
+            f"robot {robot.robot_id}: final_image() must be uint8 ({side}, {side}, 3) "
+            f"(image_size {side}), got {final.dtype} {final.shape}"
+        )
+    rec.final_image = final
     return rec
+
+
+class RobotContractError(RuntimeError):
+    """A robot broke the ``Robot`` protocol (``mtopt.robots.base``): said at once, naming
+    the robot, rather than stored and failing far away (in replay, in a policy)."""
+
+
+def checked_observation(robot: Robot, obs: object, where: str) -> Observation:
+    """``obs`` if it is an ``Observation`` of the robot's ``image_size`` with finite state
+    and pose, else a ``RobotContractError`` naming the robot and ``where``."""
+    if not isinstance(obs, Observation):
+        raise RobotContractError(
+            f"robot {robot.robot_id}: {where} must give an Observation, got {type(obs).__name__}"
+        )
+    side = robot.image_size
+    if obs.image.shape != (side, side, 3):
+        raise RobotContractError(
+            f"robot {robot.robot_id}: {where} gave a {obs.image.shape} image; its image_size "
+            f"{side} says ({side}, {side}, 3)"
+        )
+    for name in ("state", "pose"):
+        value = getattr(obs, name)
+        if value is not None and not np.isfinite(value).all():
+            raise RobotContractError(
+                f"robot {robot.robot_id}: {where} gave a {name} that is not finite: {value}"
+            )
+    return obs

@@ -85,7 +85,9 @@ def timeline(
     except (StoreNotFoundError, ValueError, OSError) as exc:
         fail(exc)
     if not tl["policies"]:
-        fail(f"no episodes of {','.join(tasks)} judged at {task} in {store}")
+        of = sum(r["task"] in tasks for r in rows)
+        why = f" ({of} of them, none with ground truth: a real robot's)" if of else ""
+        fail(f"no episodes of {','.join(tasks)} judged at {task} in {store}{why}")
     typer.echo(
         f"{task} success of {','.join(tasks)} episodes, {tl['minutes']:.0f} collection minutes"
     )
