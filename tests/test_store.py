@@ -282,6 +282,23 @@ def test_timeline_command_on_a_store(tmp_path: Path) -> None:
         app, ["store", "timeline", str(tmp_path / "store"), "--task", "lift-nope"]
     )
     assert res.exit_code == 2 and "unknown task 'lift-nope'" in res.output
+    # why there is nothing to show: a real robot's episodes (no ground truth at all), or
+    # ground truth written before the judged task existed
+    import dataclasses
+
+    with EpisodeWriter(tmp_path / "real", "arm") as w:
+        for i in range(3):
+            w.write(dataclasses.replace(make_episode(i), gt_success=None, gt_success_by_task=None))
+    with EpisodeWriter(tmp_path / "old", "r0") as w:
+        w.write(dataclasses.replace(make_episode(0), gt_success_by_task={"lift-ball": False}))
+    for store, says in (
+        ("real", "3 of them, none with ground truth"),
+        ("old", "does not judge lift-any"),
+    ):
+        res = CliRunner().invoke(
+            app, ["store", "timeline", str(tmp_path / store), "--task", "lift-any"]
+        )
+        assert res.exit_code == 2 and says in res.output, res.output
 
 
 def _write_raw_shard(store: Path, name: str, rows: list[dict]) -> Path:
@@ -491,6 +508,20 @@ def test_an_episode_whose_write_fails_is_not_kept(
         w.write(make_episode(1))
     ids = [e.episode_id for e in EpisodeReader(tmp_path).poll()]
     assert ids == ["ep00000", "ep00001"]
+    # Ctrl-C in that flush: the episode stays buffered and the with block writes it
+    stop = [True]
+
+    def interrupted(path: Path, table: object) -> Path:
+        if stop[0]:
+            stop[0] = False
+            raise KeyboardInterrupt
+        return real(path, table)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(writer_module, "write_shard", interrupted)
+    with pytest.raises(KeyboardInterrupt), EpisodeWriter(tmp_path / "b", "r0", flush_every=2) as w:
+        w.write(make_episode(5))
+        w.write(make_episode(6))
+    assert [e.episode_id for e in EpisodeReader(tmp_path / "b").poll()] == ["ep00005", "ep00006"]
 
 
 def test_a_dead_writers_complete_temp_shard_is_put_in_place(tmp_path: Path) -> None:
@@ -515,12 +546,33 @@ def test_a_dead_writers_complete_temp_shard_is_put_in_place(tmp_path: Path) -> N
     for f in (complete, half):
         os.utime(f, (old, old))
     assert EpisodeReader(tmp_path).poll() == []  # temp files are never read
-    w = EpisodeWriter(tmp_path, "r0")
+    # a live writer that stalled (it holds its temp file's lock): left alone, however old
+    import fcntl
+
+    stalled = folder / ".00000000000000000004-000000.parquet.jkl012.tmp"
+    stalled.write_bytes(buf.getvalue())
+    os.utime(stalled, (old, old))
+    # a newer writer's complete shard: not ours to judge, left for a newer mtopt
+    import pyarrow as pa
+
+    newer_buf = io.BytesIO()
+    pq.write_table(pa.table({"x": [1]}).replace_schema_metadata({SCHEMA_KEY: b"2"}), newer_buf)
+    newer = folder / ".00000000000000000005-000000.parquet.mno345.tmp"
+    newer.write_bytes(newer_buf.getvalue())
+    os.utime(newer, (old, old))
+    with open(stalled, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        w = EpisodeWriter(tmp_path, "r0")
     assert w.recovered == [folder / "00000000000000000001-000000.parquet"]
-    assert not complete.exists() and not half.exists() and fresh.exists()
+    assert not complete.exists() and fresh.exists() and stalled.exists() and newer.exists()
+    assert not half.exists() and (tmp_path / "quarantine" / "r0" / half.name).exists()
     reader = EpisodeReader(tmp_path)
     assert [e.episode_id for e in reader.poll()] == ["ep00000", "ep00001"]
     assert reader.quarantined == []
+    # its lock gone (the process died): the next writer takes it
+    assert EpisodeWriter(tmp_path, "r0").recovered == [
+        folder / "00000000000000000004-000000.parquet"
+    ]
 
 
 def test_a_shard_written_by_pandas_from_the_documented_columns_reads(tmp_path: Path) -> None:

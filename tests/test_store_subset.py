@@ -107,6 +107,19 @@ def test_subset_refuses_to_pass_a_shard_it_could_not_read_as_a_full_copy(
     with pytest.raises(OSError, match=r"could not read 1 shard\(s\).*incomplete copy"):
         subset_store(tmp_path / "src", tmp_path / "dst", ["lift-ball"])
     assert bad.exists()  # left in place, not quarantined
+    # a shard a live robot flushes during the copy is not a failure (it was named one)
+    monkeypatch.setattr(reader_module.pq, "ParquetFile", real)
+    grow = reader_module.EpisodeReader.drain_decoded
+
+    def drain_while_a_robot_writes(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        yield from grow(self, *args, **kwargs)
+        with EpisodeWriter(tmp_path / "src", "r2") as w:
+            w.write(make_episode(99))
+
+    monkeypatch.setattr(reader_module.EpisodeReader, "drain_decoded", drain_while_a_robot_writes)
+    assert subset_store(tmp_path / "src", tmp_path / "d3", ["lift-ball"])["lift-ball"] == 10
+    monkeypatch.undo()
+    monkeypatch.setattr(reader_module.pq, "ParquetFile", unreadable)
     r = CliRunner().invoke(
         app,
         ["store", "subset", str(tmp_path / "src"), str(tmp_path / "d2"), "--tasks", "lift-ball"],

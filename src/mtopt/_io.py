@@ -54,6 +54,21 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def lock_file(fd: int, wait: bool) -> bool:
+    """An exclusive ``flock`` on ``fd`` (released when the process dies): True if taken,
+    False where there is no ``fcntl`` (Windows) or the file system refuses locks, or,
+    with ``wait=False``, when another process holds it."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except OSError:
+        return False
+    return True
+
+
 def make_dirs(path: str | Path) -> Path:
     """``mkdir -p`` that lasts: each folder it makes is fsynced into its parent, or a power
     loss could take a new folder away with the files already fsynced inside it."""
@@ -83,6 +98,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
         raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     try:
         with os.fdopen(fd, "wb") as f:
+            locked = lock_file(f.fileno(), wait=True)
             if hasattr(os, "fchmod"):  # not on Windows before Python 3.13
                 # (a file system without modes, e.g. vfat, refuses: the write goes on)
                 with contextlib.suppress(OSError):
@@ -90,7 +106,10 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            if locked:  # renamed while locked: a locked temp file is a live writer's
+                os.replace(tmp, path)
+        if not locked:
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

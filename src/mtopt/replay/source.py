@@ -40,7 +40,7 @@ def replay_items(
         if qnet is not None and (
             e.images.shape[1:] != (qnet.image_size, qnet.image_size, 3)
             or not np.isfinite(e.states).all()
-            or (e.poses is not None and not np.isfinite(e.poses).all())
+            or (qnet.gripper_xy and e.poses is not None and not np.isfinite(e.poses).all())
         ):
             # another camera size, NaN from a driver: one robot's bad episodes must not
             # stop ingestion (and with it the run), nor reach the learner

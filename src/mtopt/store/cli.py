@@ -85,8 +85,13 @@ def timeline(
     except (StoreNotFoundError, ValueError, OSError) as exc:
         fail(exc)
     if not tl["policies"]:
-        of = sum(r["task"] in tasks for r in rows)
-        why = f" ({of} of them, none with ground truth: a real robot's)" if of else ""
+        of = {r["episode_id"]: r for r in rows if r["task"] in tasks}
+        judged = sum(bool(r.get("gt_success_by_task")) for r in of.values())
+        why = ""
+        if of and not judged:
+            why = f" ({len(of)} of them, none with ground truth: a real robot's)"
+        elif of:
+            why = f" ({len(of)} of them; their ground truth does not judge {task}: added since?)"
         fail(f"no episodes of {','.join(tasks)} judged at {task} in {store}{why}")
     typer.echo(
         f"{task} success of {','.join(tasks)} episodes, {tl['minutes']:.0f} collection minutes"

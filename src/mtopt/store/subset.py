@@ -51,6 +51,7 @@ def subset_store(
             mask = pc.and_(mask, pc.less(table["started_at"], cutoff))
         return table.filter(mask)
 
+    to_copy = set(reader.new_shards())  # not shards a live writer adds while we copy
     counts = {t: 0 for t in tasks}
     shards = 0
     for path, table in reader.drain_decoded(select):
@@ -60,7 +61,8 @@ def subset_store(
         shards += 1
         for task in table["task"].to_pylist():
             counts[task] += 1
-    unread = reader.new_shards()  # OS errors (permissions, EIO): a copy without them is short
+    # OS errors (permissions, EIO): a copy without them is short
+    unread = [p for p in reader.new_shards() if p in to_copy]
     if unread:
         names = ", ".join(str(p) for p in unread[:5]) + (" ..." if len(unread) > 5 else "")
         raise OSError(

@@ -14,8 +14,10 @@ buffered and go out with the next flush.
 Shards carry page checksums (CRC32), so a flipped bit on disk is found when the shard is
 read and the shard quarantined, not served. A writer killed between its temp file's fsync
 and the rename leaves a complete shard under a temp name: the next writer opened on the
-same robot folder puts it in place (a temp file that does not read whole is removed), once
-it is ``STALE_TEMP_S`` old, since another process may share the robot id.
+same robot folder puts it in place (a temp file that does not read whole goes to the
+quarantine). A live writer holds a lock on its temp file until the rename, so one that
+shares the robot id and stalls is never taken for dead; a temp file is also left until it
+is ``STALE_TEMP_S`` old, for file systems whose locks other machines do not see.
 """
 
 from __future__ import annotations
@@ -30,8 +32,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mtopt._io import atomic_write_bytes, fsync_dir, make_dirs
-from mtopt.store.schema import Episode, check_table_version, episode_to_table
+from mtopt._io import atomic_write_bytes, fsync_dir, lock_file, make_dirs
+from mtopt.store.schema import (
+    Episode,
+    UnknownSchemaVersionError,
+    check_table_version,
+    episode_to_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +60,14 @@ def write_shard(path: str | Path, table: pa.Table) -> Path:
 
 
 def recover_temp_shards(folder: str | Path, stale_after_s: float = STALE_TEMP_S) -> list[Path]:
-    """Temp files of writers that died in a flush, at least ``stale_after_s`` old: a
-    complete shard is renamed into place (its episodes were written nowhere else), one
-    that does not read whole is removed. Returns the shards put in place. An OS error
-    leaves the file for the next try."""
+    """Temp files of writers that died in a flush: a complete shard is renamed into place
+    (its episodes were written nowhere else); one that does not read whole goes to the
+    store's quarantine. A temp file is taken only when no process holds its lock (a live
+    writer locks it until the rename) and, for file systems whose locks other machines do
+    not see, when it is ``stale_after_s`` old. A newer writer's shard, an OS error or a
+    lack of memory leave the file for the next try. Returns the shards put in place."""
+    from mtopt.store.reader import quarantine  # (the reader imports this module)
+
     folder = Path(folder)
     recovered = []
     now = time.time()
@@ -65,31 +76,59 @@ def recover_temp_shards(folder: str | Path, stale_after_s: float = STALE_TEMP_S)
         try:
             if now - tmp.stat().st_mtime < stale_after_s:
                 continue
-            try:
-                with pq.ParquetFile(tmp, page_checksum_verification=True) as shard:
-                    check_table_version(shard.schema_arrow, str(tmp))
-                    shard.read()
-            except OSError as exc:
-                if exc.errno is not None:
-                    raise  # the machine's error, not the file's
-                complete = False
-            except Exception:  # half written, not Parquet, not ours
-                complete = False
-            else:
-                complete = True
-            if not complete:
-                tmp.unlink()
-                log.warning("removed an incomplete shard left by a dead writer: %s", tmp)
-            elif final.exists():
-                log.warning("left %s: %s exists already", tmp, final.name)
-            else:
-                os.replace(tmp, final)
-                fsync_dir(folder)
-                recovered.append(final)
-                log.warning("recovered a shard a dead writer had not renamed: %s", final)
-        except OSError as exc:
+            with open(tmp, "rb") as f:
+                if not lock_file(f.fileno(), wait=False) and _locks_work(f.fileno()):
+                    continue  # a live writer's (stalled, or its clock is off)
+                os.fsync(f.fileno())  # a writer killed before its own fsync
+                problem = _unreadable(tmp)
+                if problem is None and final.exists():
+                    log.warning("left %s: %s exists already", tmp, final.name)
+                elif problem is None:
+                    os.replace(tmp, final)  # under the lock: no second recoverer
+                    fsync_dir(folder)
+                    recovered.append(final)
+                    log.warning("recovered a shard a dead writer had not renamed: %s", final)
+                else:
+                    quarantine(folder.parent.parent, tmp, f"left by a dead writer: {problem}")
+        except (OSError, MemoryError, UnknownSchemaVersionError) as exc:
             log.warning("could not recover %s (%s): left for the next writer", tmp, exc)
     return recovered
+
+
+def _locks_work(fd: int) -> bool:
+    """Whether this file system takes locks at all (else a failed lock says nothing)."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True  # held by another process: locks work
+    except OSError:
+        return False
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return True
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why ``path`` is not a whole shard of this store's version (None: it is). Raises
+    OS errors of the machine, memory errors and ``UnknownSchemaVersionError``."""
+    try:
+        with pq.ParquetFile(path, page_checksum_verification=True) as shard:
+            check_table_version(shard.schema_arrow, str(path))
+            shard.read()
+    except UnknownSchemaVersionError:
+        raise
+    except OSError as exc:
+        if exc.errno is not None:
+            raise
+        return f"{type(exc).__name__}: {exc}"
+    except MemoryError:
+        raise
+    except Exception as exc:  # half written, not Parquet, not ours
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 class EpisodeWriter:
@@ -126,7 +165,7 @@ class EpisodeWriter:
         ):
             try:
                 self.flush()
-            except BaseException:
+            except Exception:  # (Ctrl-C in the flush keeps it: the with block writes it)
                 # a full disk: the caller hears it was not stored (a failed flush keeps
                 # the buffer as it was, this row last)
                 if self._buffer and self._buffer[-1] is row:
