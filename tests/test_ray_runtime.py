@@ -47,6 +47,9 @@ def test_ray_run_survives_killed_actors(tmp_path: Path) -> None:
     robots = {r["robot_id"] for r in reader.metadata()}
     assert robots == {"robot-00", "robot-01"}
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["runtime"] == "ray"
+    # the count of episodes never goes down, though the killed replay actor re-read its part
+    counts = [p["episodes"] for p in json.loads((tmp_path / "run" / "history.json").read_text())]
+    assert counts == sorted(counts) and summary["episodes"] >= counts[-1]
     # the tiny preset ends by averaging the latest weights with the last snapshots
     sources = summary["averaged"]["averaged"]["sources"]
     assert sources[0]["step"] == summary["learner_steps"] and len(sources) >= 2

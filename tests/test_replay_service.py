@@ -95,6 +95,19 @@ def test_merged_progress_sums_workers_by_hand() -> None:
     )
 
 
+def test_held_progress_holds_while_a_restarted_worker_rereads() -> None:
+    """Worker b restarted and has re-read 1 of its 4 episodes: the run's count and
+    composition stay at the 7 it had (the count dipped to 4), then move on again."""
+    from mtopt.runtime.ray_runtime import held_progress
+
+    def worker(n: int, orig: int) -> dict:
+        return {"ingested": n, "composition": {"t": {"original": orig}}}
+
+    before = {"t": {"original": 7}}
+    assert held_progress([worker(3, 3), worker(1, 1)], 7, before) == (7, before)
+    assert held_progress([worker(3, 3), worker(5, 5)], 7, before) == (8, {"t": {"original": 8}})
+
+
 def test_merged_report_views_add_sizes_and_average_batch_shares_by_hand() -> None:
     from mtopt.runtime.ray_runtime import merged_report_views
 

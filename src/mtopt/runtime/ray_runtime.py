@@ -251,6 +251,16 @@ def merged_progress(results: list[dict[str, Any]]) -> tuple[int, dict[str, dict[
     return sum(int(r["ingested"]) for r in results), comp
 
 
+def held_progress(
+    results: list[dict[str, Any]], ingested: int, comp: dict[str, dict[str, int]]
+) -> tuple[int, dict[str, dict[str, int]]]:
+    """``merged_progress``, except while the workers together count fewer episodes than
+    before: a replay actor that restarted counts from 0 while it re-reads its part of the
+    store, so the run's count and composition hold until it has caught up (they dipped)."""
+    read, now = merged_progress(results)
+    return (read, now) if read >= ingested else (ingested, comp)
+
+
 def _replay_actor_cls() -> Any:
     import ray
 
@@ -376,7 +386,7 @@ def run_ray(
                 results = ray.get(
                     [r.step.remote(0) for r in replays], timeout=max(0.1, end - time.time())
                 )
-                ingested, comp = merged_progress(results)
+                ingested, comp = held_progress(results, ingested, comp)
                 left = sum(int(r.get("behind", 0)) for r in results)
                 if left == 0 or (behind is not None and left >= behind) or time.time() > end:
                     break
@@ -451,7 +461,7 @@ def run_ray(
                 break
             # each replay actor reads its part of the store and samples its own batches
             results = ray.get([r.step.remote(4, held >= wanted) for r in replays])
-            ingested, comp = merged_progress(results)
+            ingested, comp = held_progress(results, ingested, comp)
             held = sum(int(r["episodes_held"]) for r in results)
             batches = [b for res in results for b in res["batches"]]
             if c.max_episodes and ingested >= c.max_episodes:
