@@ -7,9 +7,10 @@ when an episode is written: a writer that goes idle (a robot that stops collecti
 its last episodes until the next ``write``, ``flush()`` or ``close()``, so call ``flush()``
 when you pause. Each episode is converted to its row when it is written: an episode that
 cannot be stored raises ``SchemaError`` from ``write`` and is not buffered, so it never
-blocks the good ones. An episode whose ``write`` raises for any reason (a full disk in the
+blocks the good ones. An episode whose ``write`` raises an error (a full disk in the
 flush it started, too) is not kept: write it again. The episodes written before it stay
-buffered and go out with the next flush.
+buffered and go out with the next flush (Ctrl-C in that flush keeps them all, for the
+``with`` block's ``close``).
 
 Shards carry page checksums (CRC32), so a flipped bit on disk is found when the shard is
 read and the shard quarantined, not served. A writer killed between its temp file's fsync
@@ -155,8 +156,9 @@ class EpisodeWriter:
         self.written = 0
 
     def write(self, episode: Episode) -> None:
-        """Buffer ``episode`` (and flush when it is time). If this raises, the episode is
-        not kept (a retry stores it once); the ones buffered before it stay."""
+        """Buffer ``episode`` (and flush when it is time). If this raises an error, the
+        episode is not kept (a retry stores it once); the ones buffered before it stay. A
+        ``KeyboardInterrupt`` in the flush keeps it buffered, for ``close()``."""
         row = episode_to_table(episode)  # SchemaError here, not at flush
         self._buffer.append(row)
         if (
