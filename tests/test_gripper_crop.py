@@ -140,6 +140,28 @@ def test_crop_config_is_checked() -> None:
     assert QNetConfig().crop_dim == 0 and QNetwork(SMALL).crop_tower is None
 
 
+def test_a_real_cameras_calibration_in_the_config() -> None:
+    """A real cell's camera from the command line (``--set qnet.crop_camera=pinhole:...``;
+    it had to be added to CAMERAS in the source): the same projection as the camera."""
+    from mtopt.config import override
+    from mtopt.qtopt.crop import camera_named
+
+    assert camera_named("pinhole:0,0,1,0,0,0,-1,0,0,90") == DOWN
+    assert camera_named("pinhole:0,0,1,0,0,0,-1,0,0,90,1.5").aspect == 1.5
+    cfg = override(CROP_SMALL, ["crop_camera=pinhole:0,0,1,0,0,0,-1,0,0,90"])
+    assert cfg.validate().crop_camera.startswith("pinhole:")
+    assert QNetwork(cfg).crop_tower.camera == DOWN  # type: ignore[union-attr]
+    for bad, says in (
+        ("pinhole:0,0,1,0,0,0,-1,0", "10 or 11 finite numbers"),
+        ("pinhole:0,0,1,0,0,0,-1,0,0,nan", "10 or 11 finite numbers"),
+        ("pinhole:0,0,1,0,0,0,-1,0,0,x", "10 or 11 finite numbers"),
+        ("pinhole:0,0,1,0,0,1,-1,0,0,90", "target away from the eye"),
+        ("pinhole:0,0,1,0,0,0,-1,0,0,190", r"fov must be in \(0, 180\)"),
+    ):
+        with pytest.raises(ValueError, match=says):
+            QNetConfig(gripper_xy=True, gripper_crop=16, crop_camera=bad).validate()
+
+
 ACTION_CROP = dataclasses.replace(CROP_SMALL, crop_window=8, action_crop_step_m=0.05)
 
 

@@ -25,7 +25,15 @@ import torch
 from mtopt.robots.base import PinholeCamera
 from mtopt.sim.config import SCENE_CAMERA
 
-__all__ = ["CAMERAS", "CROP_POINT_Z", "PinholeCamera", "crop_grid", "gripper_crop", "project"]
+__all__ = [
+    "CAMERAS",
+    "CROP_POINT_Z",
+    "PinholeCamera",
+    "camera_named",
+    "crop_grid",
+    "gripper_crop",
+    "project",
+]
 
 
 CAMERAS: dict[str, PinholeCamera] = {
@@ -33,6 +41,47 @@ CAMERAS: dict[str, PinholeCamera] = {
     # domain randomization (which jitters the eye by up to 3 cm and the fov by 2 deg)
     "sim-scene": SCENE_CAMERA,
 }
+
+PINHOLE_PREFIX = "pinhole:"
+
+
+def camera_named(name: str) -> PinholeCamera:
+    """The calibration ``QNetConfig.crop_camera`` names: a key of ``CAMERAS``, or a real
+    camera written out in the name itself, ``pinhole:ex,ey,ez,tx,ty,tz,ux,uy,uz,fov_deg``
+    (eye, target, up in the robot frame, m; then the vertical field of view, and an
+    optional 11th number, the aspect), so a run (``--set qnet.crop_camera=pinhole:...``)
+    and its published weights carry it. A ``ValueError`` for anything else."""
+    if name in CAMERAS:
+        return CAMERAS[name]
+    if name.startswith(PINHOLE_PREFIX):
+        try:
+            v = [float(x) for x in name[len(PINHOLE_PREFIX) :].split(",")]
+        except ValueError:
+            v = []
+        if len(v) in (10, 11) and all(math.isfinite(x) for x in v):
+            cam = PinholeCamera(
+                (v[0], v[1], v[2]),
+                (v[3], v[4], v[5]),
+                (v[6], v[7], v[8]),
+                v[9],
+                v[10] if len(v) == 11 else 1.0,
+            )
+            axis = [t - e for t, e in zip(cam.target, cam.eye, strict=True)]
+            if not 0 < cam.fov_deg < 180 or cam.aspect <= 0 or not any(axis):
+                raise ValueError(
+                    f"crop_camera {name!r}: the fov must be in (0, 180) degrees, the aspect > 0 "
+                    "and the target away from the eye"
+                )
+            return cam
+        raise ValueError(
+            f"crop_camera {name!r}: write {PINHOLE_PREFIX}ex,ey,ez,tx,ty,tz,ux,uy,uz,fov_deg"
+            "[,aspect] (10 or 11 finite numbers)"
+        )
+    raise ValueError(
+        f"unknown crop_camera {name!r}; valid: {', '.join(sorted(CAMERAS))}, or a calibration "
+        f"{PINHOLE_PREFIX}ex,ey,ez,tx,ty,tz,ux,uy,uz,fov_deg[,aspect]"
+    )
+
 
 CROP_POINT_Z = 0.02
 """Height (m above the bin floor) of the point below the gripper the crop is centred on:

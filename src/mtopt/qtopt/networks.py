@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtopt.qtopt.crop import CAMERAS, crop_grid, gripper_crop
+from mtopt.qtopt.crop import camera_named, crop_grid, gripper_crop
 from mtopt.robots.action import ACTION_DIM
 from mtopt.robots.base import STATE_DIM
 
@@ -77,7 +77,9 @@ class QNetConfig:
     crop_window: int = 16
     """Side of the gripper crop in image pixels (16 of 64: about 13 cm of the bin)."""
     crop_camera: str = "sim-scene"
-    """Calibration the gripper crop projects through (a name in mtopt.qtopt.crop.CAMERAS)."""
+    """Calibration the gripper crop projects through: a name in mtopt.qtopt.crop.CAMERAS,
+    or a real camera's ``pinhole:ex,ey,ez,tx,ty,tz,ux,uy,uz,fov_deg[,aspect]``
+    (``mtopt.qtopt.crop.camera_named``)."""
     action_crop_step_m: float = 0.0
     """0: off. Else (needs ``gripper_crop``) the network also looks, for every candidate
     action, at what would be under the gripper after the action's move: the crop
@@ -137,10 +139,7 @@ class QNetConfig:
                 raise ValueError(
                     f"crop_window must be in [2, image_size={self.image_size}], got {self.crop_window}"
                 )
-            if self.crop_camera not in CAMERAS:
-                raise ValueError(
-                    f"unknown crop_camera {self.crop_camera!r}; valid: {', '.join(sorted(CAMERAS))}"
-                )
+            camera_named(self.crop_camera)  # a clear ValueError for a bad name or calibration
         if self.action_crop_step_m < 0 or not math.isfinite(self.action_crop_step_m):
             raise ValueError(f"action_crop_step_m must be >= 0, got {self.action_crop_step_m}")
         if self.action_crop_step_m > 0 and not self.gripper_crop:
@@ -371,7 +370,7 @@ class CropTower(nn.Module):
         super().__init__()
         c, side = cfg.tower_channels, cfg.gripper_crop // 4
         self.cfg = cfg
-        self.camera = CAMERAS[cfg.crop_camera]
+        self.camera = camera_named(cfg.crop_camera)
         self.net = nn.Sequential(
             _conv(3, c),
             _conv(c, c, stride=2),

@@ -118,8 +118,9 @@ class Robot(Protocol):
       gripper over the object bin (the sim: a random point over it, 14-24 cm above its
       floor, a random yaw).
     - The ``tuned`` preset's gripper crop projects the gripper's position through a
-      calibrated camera named by ``QNetConfig.crop_camera``: add the real camera's
-      ``PinholeCamera`` to ``mtopt.qtopt.crop.CAMERAS`` (only ``"sim-scene"`` is there).
+      calibrated camera named by ``QNetConfig.crop_camera``: give the real camera's
+      calibration as ``--set qnet.crop_camera=pinhole:ex,ey,ez,tx,ty,tz,ux,uy,uz,fov_deg``
+      (``mtopt.qtopt.crop.camera_named``; the default is the simulated cell's camera).
     - ``image_size``: the side (pixels) of the square observation and final images.
     """
 
