@@ -242,3 +242,48 @@ def test_evaluation_replaces_a_scene_the_robot_cannot_set_up() -> None:
     ]
     assert len(wins["place-any"]) == 3 and wins["place-any"][2] is False
     assert eval_scene_seed(5, 1, 7) == 7_000_000 + 500_000 + 1000 + 7  # by hand
+
+
+def test_the_report_tables_and_marks_by_hand(tmp_path: Path) -> None:
+    """Where a new success detector took over, the buffers' shares beside the batches',
+    the success table's interval and late mean, and each SD version's worst task."""
+    from mtopt.eval.report import buffer_shares, sd_changes
+    from mtopt.runtime.report import success_rows
+
+    hist = [
+        {"episodes": 10, "sd_version": 1, "success": {"a": 0.2}},
+        {"episodes": 20, "sd_version": 1, "success": {"a": 0.4}},
+        {"episodes": 30, "success": {"a": 0.6}},  # no version: skipped
+        {"episodes": 40, "sd_version": 3, "success": {"a": 0.8}},
+    ]
+    assert sd_changes(hist, "episodes") == [(40.0, 3)]
+    assert buffer_shares({"a": (1, 3), "b": (0, 4)}) == {
+        "a": {"success": 0.125, "failure": 0.375},
+        "b": {"success": 0.0, "failure": 0.5},
+    }
+    assert buffer_shares({"a": (0, 0)}) == {"a": {"success": 0.0, "failure": 0.0}}
+    cols = ["task", "last", "ci", "late", "scripted"]
+    (row,) = success_rows(hist, {"a": 0.1}, 20, cols)
+    # 16 of 20: Wilson centre (16 + 1.92) / 23.84 = 0.752, half width 1.96/23.84 *
+    # sqrt(20 * 0.8 * 0.2 + 0.96) = 0.1756 -> [0.58, 0.92]; the last 5 (all 4) mean 0.5
+    assert row == {"task": "a", "last": 0.8, "ci": "[0.58, 0.92]", "late": 0.5, "scripted": 0.1}
+    from mtopt.runtime.report import sd_row
+
+    r = {
+        "version": 2,
+        "episode_labels": 40,
+        "balanced_accuracy": {"a": 0.9905, "b": 0.95, "c": None},
+    }
+    assert sd_row(r) == {
+        "version": 2,
+        "episode labels": 40,
+        "mean balanced acc": "0.970",
+        "worst task": "b 0.950",
+    }
+    p = plot_batch_composition(
+        {"a": {"success": 0.25, "failure": 0.25}, "b": {"success": 0.25, "failure": 0.25}},
+        tmp_path / "c.png",
+        buffer_sizes={"a": (1, 3), "b": (0, 4)},
+    )
+    assert p.read_bytes()[:4] == b"\x89PNG"
+    assert plot_success_over_time(hist, tmp_path / "s.png").exists()

@@ -58,6 +58,10 @@ def plot_success_over_time(
     without robots, ``robots=0``), the x axis is the learner step instead."""
     x = time_axis(history, x)
     fig, ax = plt.subplots(figsize=(8, 4.5))
+    # where a new success detector took over (its rewards relabel the replay)
+    for at, version in sd_changes(history, x):
+        ax.axvline(at, color="0.6", ls="--", lw=0.8)
+        ax.text(at, 1.0, f" SD v{version}", fontsize=6, color="0.4", va="top", rotation=90)
     tasks = sorted({t for h in history for t in h.get("success", {})})
     for task in tasks:
         pts = [(h[x], h["success"][task]) for h in history if task in h.get("success", {})]
@@ -78,9 +82,29 @@ def plot_success_over_time(
         fontsize=9,
     )
     if tasks:
-        ax.legend(fontsize=7, ncol=2, loc="upper left")
+        from matplotlib.lines import Line2D
+
+        handles, _ = ax.get_legend_handles_labels()
+        handles.append(Line2D([], [], color="0.3", ls=":", lw=1, label="scripted (same colour)"))
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     return save_figure(fig, out, dpi=110)
+
+
+def sd_changes(history: Sequence[Mapping[str, Any]], x: str) -> list[tuple[float, int]]:
+    """(x, new version) at each evaluation point whose success-detector version differs
+    from the point before (pure, for the success plot); points without a version are
+    skipped."""
+    out: list[tuple[float, int]] = []
+    last = None
+    for h in history:
+        v = h.get("sd_version")
+        if v is None or h.get(x) is None:
+            continue
+        if last is not None and v != last:
+            out.append((float(h[x]), int(v)))
+        last = v
+    return out
 
 
 def plot_composition(
@@ -108,28 +132,70 @@ def plot_composition(
     ax.set_xticks(list(range(len(tasks))), tasks, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("episodes")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the bars
     return save_figure(fig, out, dpi=110)
 
 
+def buffer_shares(
+    buffer_sizes: Mapping[str, Sequence[int]],
+) -> dict[str, dict[str, float]]:
+    """Each task's share of every transition-holding episode in the buffers, split into
+    success and failure: ``{task: (successes, failures)}`` counts over their total (pure;
+    what a batch would be without re-balancing, counting episodes)."""
+    total = sum(int(s) + int(f) for s, f in buffer_sizes.values())
+    if total == 0:
+        return {t: {"success": 0.0, "failure": 0.0} for t in buffer_sizes}
+    return {
+        t: {"success": int(s) / total, "failure": int(f) / total}
+        for t, (s, f) in buffer_sizes.items()
+    }
+
+
 def plot_batch_composition(
-    batch_share: Mapping[str, Mapping[str, float]], out: Path, rebalanced: bool = True
+    batch_share: Mapping[str, Mapping[str, float]],
+    out: Path,
+    rebalanced: bool = True,
+    buffer_sizes: Mapping[str, Sequence[int]] | None = None,
 ) -> Path:
     """Stacked bars: share of a training batch per task, split into success/failure;
-    ``rebalanced``: whether the batches were re-balanced (the title says which)."""
+    ``rebalanced``: whether the batches were re-balanced (the title says which). With
+    ``buffer_sizes`` (``{task: (successes, failures)}`` episodes held), each task's bar
+    has the buffers' own shares beside it, hatched: the imbalance re-balancing undoes
+    (the paper's Fig. 5)."""
     tasks = list(batch_share)
     s = [batch_share[t].get("success", 0.0) for t in tasks]
     f = [batch_share[t].get("failure", 0.0) for t in tasks]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(tasks) + 2), 4))
-    ax.bar(tasks, s, label="success")
-    ax.bar(tasks, f, bottom=s, label="failure")
-    ax.set_ylabel("share of training batch")
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.7 * len(tasks) + 3), 4))
+    at: list[float] = [float(i) for i in range(len(tasks))]
+    w = 0.8
+    if buffer_sizes:
+        held = buffer_shares({t: buffer_sizes.get(t, (0, 0)) for t in tasks})
+        w = 0.4
+        left = [i - w / 2 for i in at]
+        hs = [held[t]["success"] for t in tasks]
+        hf = [held[t]["failure"] for t in tasks]
+        ax.bar(left, hs, w, color="C0", alpha=0.45, hatch="//", label="success, in the buffers")
+        ax.bar(
+            left,
+            hf,
+            w,
+            bottom=hs,
+            color="C1",
+            alpha=0.45,
+            hatch="//",
+            label="failure, in the buffers",
+        )
+        at = [i + w / 2 for i in at]
+    ax.bar(at, s, w, color="C0", label="success, in the batches")
+    ax.bar(at, f, w, bottom=s, color="C1", label="failure, in the batches")
+    ax.set_xticks(list(range(len(tasks))), tasks, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("share (episodes in the buffers; transitions in the batches)")
     ax.set_title(
         "Training batch composition "
-        + ("after re-balancing" if rebalanced else "(no re-balancing: as the buffers hold it)")
+        + ("after re-balancing" if rebalanced else "(no re-balancing: as the buffers hold it)"),
+        fontsize=10,
     )
-    ax.tick_params(axis="x", rotation=45, labelsize=8)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save_figure(fig, out, dpi=110)
 
 
