@@ -211,9 +211,13 @@ def plot_success_over_time(timeline: dict[str, Any], out: Path) -> Path:
             marker="o",
             label=f"{policy} ({sum(b['episodes'] for b in bins)} episodes)",
         )
+    judge = timeline["judge"]
+    of = timeline.get("episode_tasks") or [judge]
     ax.set_xlabel("collection minutes")
-    ax.set_ylabel(f"ground-truth success at {timeline['judge']}")
+    ax.set_ylabel(f"ground-truth success at {judge}")
     ax.set_ylim(0, 1)
-    ax.set_title(f"{timeline['judge']}, collected episodes by policy")
+    # which episodes: a skill's tasks, whose outcomes are judged at this one
+    names = ", ".join(of) if len(of) <= 3 else f"{len(of)} tasks ({of[0]}, ...)"
+    ax.set_title(f"{judge}: episodes collected for {names}, by policy", fontsize=9)
     ax.legend(fontsize=8)
     return save_figure(fig, out, dpi=100)
