@@ -189,11 +189,16 @@ def plot_batch_composition(
     ax.bar(at, s, w, color="C0", label="success, in the batches")
     ax.bar(at, f, w, bottom=s, color="C1", label="failure, in the batches")
     ax.set_xticks(list(range(len(tasks))), tasks, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("share (episodes in the buffers; transitions in the batches)")
+    ax.set_ylabel("share")
     ax.set_title(
         "Training batch composition "
-        + ("after re-balancing" if rebalanced else "(no re-balancing: as the buffers hold it)"),
-        fontsize=10,
+        + ("after re-balancing" if rebalanced else "(no re-balancing: as the buffers hold it)")
+        + (
+            "\n(hatched: episodes in the buffers; solid: transitions in the batches)"
+            if buffer_sizes
+            else ""
+        ),
+        fontsize=9,
     )
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save_figure(fig, out, dpi=110)
