@@ -148,3 +148,26 @@ def test_a_rescore_does_not_bring_back_an_episode_it_evicted() -> None:
     lr.set_reward_model(Both())  # type: ignore[arg-type]
     assert "e1" in buf and "e2" not in buf and buf.sizes()["lift-any"] == (1, 0)
     assert lr.rewards("e1")["lift-any"] == 1.0
+
+
+def test_a_rescore_moves_only_the_counts_of_tasks_that_still_hold_the_episode() -> None:
+    """Buckets of one: e2 pushes e1 out of lift-ball's failures, then a detector that flips
+    every verdict arrives. e1 moves to lift-any's failures (pushing e2 out of lift-any),
+    e2 to lift-ball's successes. The success counts follow the buffers: lift-any 0,
+    lift-ball 1 (lift-ball read 2: e1's evicted copy was counted as flipped too)."""
+    buf = TaskBuffers(REG.names, capacity_per_bucket=1)
+    lr = LogReplay(REG, buf, FakeSD(), mode="skill")
+    lr.ingest([ep("e1", "lift-any", 0b001), ep("e2", "lift-any", 0)])
+    assert buf.labels("e1") == {"lift-any": 1.0}  # out of lift-ball's failures
+    lr.set_reward_model(FakeSD(version=2, flip=True))
+    assert buf.sizes()["lift-any"] == (0, 1) and buf.sizes()["lift-ball"] == (1, 0)
+    assert lr.stats.impersonated_success == {"lift-any": 0, "lift-ball": 1}
+    assert lr.stats.collected_success == {"lift-any": 0}
+
+
+def test_an_episode_twice_in_one_batch_is_filed_and_counted_once() -> None:
+    buf = TaskBuffers(REG.names)
+    lr = LogReplay(REG, buf, FakeSD(), mode="orig")
+    assert lr.ingest([ep("e1", "lift-any", 1), ep("e1", "lift-any", 1)]) == 1
+    assert len(buf) == 1 and lr.stats.collected == {"lift-any": 1}
+    assert lr.stats.impersonated_success == {"lift-any": 1}

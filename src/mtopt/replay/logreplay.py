@@ -123,23 +123,35 @@ class LogReplay:
         ``before``, the rewards it was filed with until now, a rescore (its successes in
         the stats move from the old rewards to the new)."""
         labels = impersonate(ep.task, rewards, self.registry, self.mode)
+        # a rescore moves the counts of the tasks that still hold the episode only: the
+        # ones that evicted it keep the verdict it had (it used to move them too)
+        held = None if before is None else set(self.buffers.labels(ep.episode_id))
         self.buffers.add(ep, labels)
         s = self.stats
-        if before is None:
+        if held is None:  # a new episode
             s.collected[ep.task] = s.collected.get(ep.task, 0) + 1
             for task, _ in labels:
                 s.impersonated[task] = s.impersonated.get(task, 0) + 1
-        else:
-            old = impersonate(ep.task, before, self.registry, self.mode)
-            self._count_successes(ep.task, before, old, -1)
-        self._count_successes(ep.task, rewards, labels, +1)
+            self._count_successes(ep.task, rewards, labels, +1, own=True)
+            return
+        old = [
+            (t, r) for t, r in impersonate(ep.task, before, self.registry, self.mode) if t in held
+        ]
+        new = [(t, r) for t, r in labels if t in held]
+        self._count_successes(ep.task, before, old, -1, own=ep.task in held)
+        self._count_successes(ep.task, rewards, new, +1, own=ep.task in held)
 
     def _count_successes(
-        self, task: str, rewards: dict[str, float], labels: list[tuple[str, float]], sign: int
+        self,
+        task: str,
+        rewards: dict[str, float],
+        labels: list[tuple[str, float]],
+        sign: int,
+        own: bool,
     ) -> None:
         s = self.stats
         s.collected_success[task] = s.collected_success.get(task, 0) + sign * int(
-            rewards.get(task, 0.0) > 0.5
+            own and rewards.get(task, 0.0) > 0.5
         )
         for target, r in labels:
             s.impersonated_success[target] = s.impersonated_success.get(target, 0) + sign * int(
@@ -151,9 +163,11 @@ class LogReplay:
         An episode of a task the registry does not know is skipped and counted in
         ``stats.unknown_task`` (it used to stop ingestion, and with it the run)."""
         new = []
+        batch: set[str] = set()
         for ep, fin in items:
-            if ep.episode_id in self._held:
-                continue
+            if ep.episode_id in self._held or ep.episode_id in batch:
+                continue  # held already, or twice in this batch: filed (and counted) once
+            batch.add(ep.episode_id)
             if ep.task not in self.registry.names:
                 n = self.stats.unknown_task.get(ep.task, 0)
                 if n == 0:
