@@ -1,7 +1,8 @@
 """Per-task replay buffers split into success and failure, and transition sampling.
 
 Each (task, outcome) bucket holds episode ids, bounded by ``capacity`` episodes with
-first-in-first-out eviction (the oldest impersonated copy goes first). Episode data
+first-in-first-out eviction (the oldest impersonated copy goes first; an episode that a
+new success detector moves to the other outcome joins that bucket as its newest). Episode data
 (images, states, actions) is stored once, however many tasks it is impersonated as,
 and dropped when no bucket refers to it any more.
 """
@@ -144,7 +145,8 @@ class TaskBuffers:
         """Insert ``episode`` into the buckets of its impersonated tasks. An episode held
         already (a rescore) is re-filed: it keeps its place in the buckets whose outcome
         did not change, moves to the other bucket of a task whose did, and does not come
-        back to the buckets of tasks that evicted it (FIFO order stays the ingest order)."""
+        back to the buckets of tasks that evicted it (FIFO order is the order episodes
+        joined a bucket: a moved episode joins the other bucket as its newest)."""
         eid = episode.episode_id
         labels = [(t, r) for t, r in labels if t in self._buckets]
         if eid in self._episodes:
