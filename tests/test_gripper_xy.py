@@ -38,9 +38,10 @@ def test_q_state_by_hand() -> None:
 
 
 def test_poses_round_trip_and_old_shards_read_without_them(tmp_path: Path) -> None:
-    with_pose = make_episode(1, steps=3)
+    side = SMALL.image_size  # replay leaves out episodes of another image size
+    with_pose = make_episode(1, steps=3, size=side)
     with_pose.poses = np.arange(16, dtype=np.float32).reshape(4, 4) / 10
-    without = make_episode(2, steps=2)
+    without = make_episode(2, steps=2, size=side)
     w = EpisodeWriter(tmp_path, robot_id="r0")
     w.write(with_pose)
     w.write(without)
@@ -49,7 +50,11 @@ def test_poses_round_trip_and_old_shards_read_without_them(tmp_path: Path) -> No
     old_schema = pa.schema(
         [f for f in ARROW_SCHEMA if f.name != "poses"], metadata=ARROW_SCHEMA.metadata
     )
-    old = episodes_to_table([make_episode(3, steps=2)]).drop_columns(["poses"]).cast(old_schema)
+    old = (
+        episodes_to_table([make_episode(3, steps=2, size=side)])
+        .drop_columns(["poses"])
+        .cast(old_schema)
+    )
     (tmp_path / "shards" / "r1").mkdir()
     pq.write_table(old, tmp_path / "shards" / "r1" / "zz-old.parquet")
     got = {e.episode_id: e for e in EpisodeReader(tmp_path).episodes()}
