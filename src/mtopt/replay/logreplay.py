@@ -125,10 +125,10 @@ class LogReplay:
         labels = impersonate(ep.task, rewards, self.registry, self.mode)
         # a rescore moves the counts of the tasks that still hold the episode only: the
         # ones that evicted it keep the verdict it had (it used to move them too)
-        held = None if before is None else set(self.buffers.labels(ep.episode_id))
+        held = set(self.buffers.labels(ep.episode_id))
         self.buffers.add(ep, labels)
         s = self.stats
-        if held is None:  # a new episode
+        if before is None:  # a new episode
             s.collected[ep.task] = s.collected.get(ep.task, 0) + 1
             for task, _ in labels:
                 s.impersonated[task] = s.impersonated.get(task, 0) + 1
