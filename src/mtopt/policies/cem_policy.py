@@ -15,6 +15,8 @@ from mtopt.qtopt.networks import QNetwork, q_state
 from mtopt.qtopt.weights import WeightsError, load_latest, read_latest
 from mtopt.robots.action import ACTION_DIM
 from mtopt.robots.base import Observation
+from mtopt.sim.config import SimConfig
+from mtopt.tasks.registry import TaskRegistry
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ class CEMPolicy:
         self.part = part
         self.net = network
         self._version = 0
-        self._task = 0
+        self._task: int | None = None  # set by reset(task, rng)
         self._rng = np.random.default_rng(seed)
         self._gen = torch.Generator().manual_seed(seed)
         if self.net is None:
@@ -101,6 +103,16 @@ class CEMPolicy:
 
     @torch.no_grad()
     def act(self, obs: Observation) -> np.ndarray:
+        """The action for ``obs`` (an ``Observation``: from the Gymnasium env, build it
+        with ``mtopt.sim.env.env_observation(obs, info)``). Call ``reset(task, rng)``
+        first; a state or pose that is not finite is an error (CEM would score every
+        candidate NaN and return a do-nothing action)."""
+        if self._task is None:
+            raise RuntimeError("call reset(task, rng) before act(): the policy has no task yet")
+        for name in ("state", "pose"):
+            value = getattr(obs, name)
+            if value is not None and not np.isfinite(value).all():
+                raise ValueError(f"CEMPolicy.act: observation {name} is not finite: {value}")
         if self.epsilon > 0 and self._rng.random() < self.epsilon:
             a = self._rng.uniform(-1, 1, ACTION_DIM).astype(np.float32)
             a[4:] = np.where(self._rng.random(2) < 0.5, 1.0, -1.0)
@@ -115,3 +127,43 @@ class CEMPolicy:
         if self.noise_std > 0:
             action[:4] = np.clip(action[:4] + self._rng.normal(0, self.noise_std, 4), -1, 1)
         return action
+
+
+def load_policy(
+    folder: str | Path, part: str = "acting", seed: int = 0
+) -> tuple[CEMPolicy, SimConfig, TaskRegistry]:
+    """A trained policy from a run folder or a policy folder (``mtopt export``,
+    ``policies/``): the greedy CEM policy on its latest published weights (its config's
+    acting CEM in fp32, no exploration), the cell settings it was trained on and its
+    tasks. Evaluate it on held-out objects with
+    ``dataclasses.replace(sim, object_split="test")``.
+
+    >>> policy, sim, registry = load_policy("policies/tuned-r34")
+    >>> policy.reset("lift-any", np.random.default_rng(0))
+    >>> action = policy.act(env_observation(obs, info))  # mtopt.sim.env
+    """
+    import dataclasses
+
+    from mtopt.runtime.config import load_run_config
+
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        hint = (
+            f" (its parent {folder.parent} is one: give that)"
+            if folder.name == "weights" and (folder.parent / "config.json").exists()
+            else ""
+        )
+        raise FileNotFoundError(f"{folder} is not a run or policy folder (no config.json){hint}")
+    cfg = load_run_config(folder / "config.json")  # a ConfigError is a ValueError
+    cem = dataclasses.replace(cfg.cem_act, precision="fp32")
+    registry = cfg.registry()
+    try:
+        policy = CEMPolicy(
+            registry.names, weights_dir=folder / "weights", cem=cem, seed=seed, part=part
+        )
+    except WeightsError as exc:
+        parts = folder / "exported.json"
+        if part == "online" and parts.exists():
+            raise WeightsError(f"{exc} (this folder ships: {parts.read_text().strip()})") from None
+        raise
+    return policy, cfg.sim, registry

@@ -114,17 +114,8 @@ def demo(
 
 
 def learned_policy(run: Path, part: str, seed: int) -> tuple[Policy, SimConfig, TaskRegistry]:
-    """The greedy CEM policy of a run (its config's acting CEM, in fp32, no exploration)
-    on its latest published weights, the cell settings it was trained on and its tasks."""
-    import dataclasses
+    """``mtopt.policies.cem_policy.load_policy``: a run's (or policy folder's) greedy CEM
+    policy, its cell settings and its tasks."""
+    from mtopt.policies.cem_policy import load_policy
 
-    from mtopt.policies.cem_policy import CEMPolicy
-    from mtopt.runtime.config import load_run_config
-
-    if not (run / "config.json").exists():
-        raise FileNotFoundError(f"{run} is not a run directory (no config.json)")
-    cfg = load_run_config(run / "config.json")  # a ConfigError is a ValueError
-    cem = dataclasses.replace(cfg.cem_act, precision="fp32")
-    registry = cfg.registry()
-    policy = CEMPolicy(registry.names, weights_dir=run / "weights", cem=cem, seed=seed, part=part)
-    return policy, cfg.sim, registry
+    return load_policy(run, part, seed)

@@ -21,6 +21,10 @@ at or above 2^28 and never meets an evaluation scene (``mtopt.sim.seeds``). Scen
 changed on 2026-12-05 (the cell's ground-truth fixes, ``CELL_VERSION`` 2 in the stored
 ``scene`` descriptions): a seed from before gives another fixture layout now.
 
+A trained policy acts in the env through ``env_observation(obs, info)`` (the pose is in
+``info``): ``policy, sim, registry = mtopt.policies.cem_policy.load_policy(folder)``,
+``policy.reset(task, rng)``, then ``policy.act(env_observation(obs, info))`` each step.
+
 Episode ends: ``terminated`` when the policy sends TERMINATE; ``truncated`` at
 ``max_steps``. Both are the episode's end in the same sense: the outcome is presented and
 judged, and no reward can follow, so for value targets treat either as terminal (mtopt's
@@ -219,6 +223,18 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         # copy.copy would otherwise share the PyBullet connection (SimCell refuses deep
         # copies and pickling; a shallow copy never reaches it)
         raise TypeError(NOT_COPYABLE)
+
+
+def env_observation(obs: dict[str, np.ndarray], info: dict[str, Any]) -> Observation:
+    """The ``Observation`` a policy acts on (``Policy.act``, ``CEMPolicy``) from the env's
+    ``obs`` and the ``info`` of the same ``reset`` or ``step``: the image, the state
+    features and ``info["pose"]``, which a ``tuned`` network needs (the gripper's x, y).
+    Give the info of the same call: a pose from an earlier step still gives actions, but
+    for where the gripper was."""
+    if "pose" not in info:
+        raise KeyError("info has no 'pose': give the info of the reset() or step() that gave obs")
+    pose = np.asarray(info["pose"], np.float32)
+    return Observation(obs["image"], obs["state"], None if np.isnan(pose).all() else pose)
 
 
 def _checked_seed(seed: Any) -> int | None:
