@@ -492,3 +492,25 @@ def test_bellman_targets_take_the_plain_max_over_gripper_branches(monkeypatch) -
         [net], torch.zeros(3, 3, 16, 16), torch.zeros(3, 2), torch.zeros(3, dtype=torch.long), cfg
     )
     assert q.shape == (3,) and seen[0].close_margin == 0.0 and seen[0].gripper == "split"
+
+
+def test_q_network_forward_says_what_is_wrong_with_its_inputs() -> None:
+    """A user scoring with the network: the env's 2-number state for a gripper_xy network,
+    a float image in 0..255, float task ids each got a crash deep inside or a silent 0."""
+    import dataclasses
+
+    from mtopt.qtopt.networks import QNetwork
+    from qtopt_fixtures import SMALL
+
+    net = QNetwork(dataclasses.replace(SMALL, gripper_xy=True)).eval()
+    img = torch.zeros(2, 32, 32, 3, dtype=torch.uint8)
+    state, action, task = torch.zeros(2, 4), torch.zeros(2, 6), torch.tensor([0, 1])
+    assert net(img, state, action, task).shape == (2,)
+    for args, says in (
+        ((img.float() * 255, state, action, task), "images must be uint8"),
+        ((img, state[:, :2], action, task), r"state must be \(B, 4\) from q_state"),
+        ((img, state, action[:, :5], task), r"action must be \(B, 6\)"),
+        ((img, state, action, task.float()), "task must be"),
+    ):
+        with pytest.raises(ValueError, match=says):
+            net(*args)

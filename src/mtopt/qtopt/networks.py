@@ -779,7 +779,27 @@ class QNetwork(nn.Module):
     def forward(
         self, images: torch.Tensor, state: torch.Tensor, action: torch.Tensor, task: torch.Tensor
     ) -> torch.Tensor:
-        """Q(s, a, task) in [0, 1]; images uint8 (B, H, W, 3)."""
+        """Q(s, a, task) in [0, 1]: images uint8 (B, H, W, 3); state (B, state_dim) from
+        ``q_state`` (with ``gripper_xy`` the robot's 2 features, then x, y times
+        ``POSE_XY_SCALE``); action (B, 6) in [-1, 1]; task (B,) integer indices into the
+        run's task names. Shapes and dtypes are checked here, for callers outside the
+        training loop (which calls ``logits``)."""
+        b = images.shape[0] if images.ndim else -1
+        problems = []
+        if images.dtype != torch.uint8:
+            problems.append(f"images must be uint8 (0-255), got {images.dtype}")
+        if tuple(state.shape) != (b, self.cfg.state_dim):
+            problems.append(
+                f"state must be (B, {self.cfg.state_dim}) from q_state, got {tuple(state.shape)}"
+            )
+        if tuple(action.shape) != (b, ACTION_DIM):
+            problems.append(f"action must be (B, {ACTION_DIM}), got {tuple(action.shape)}")
+        if tuple(task.shape) != (b,) or task.is_floating_point() or task.dtype == torch.bool:
+            problems.append(
+                f"task must be (B,) integer indices, got {task.dtype} {tuple(task.shape)}"
+            )
+        if problems:
+            raise ValueError("QNetwork.forward: " + "; ".join(problems))
         return torch.sigmoid(self.logits(images, state, action, task))
 
 
