@@ -157,6 +157,8 @@ def test_a_real_cameras_calibration_in_the_config() -> None:
         ("pinhole:0,0,1,0,0,0,-1,0,0,x", "10 or 11 finite numbers"),
         ("pinhole:0,0,1,0,0,1,-1,0,0,90", "target away from the eye"),
         ("pinhole:0,0,1,0,0,0,-1,0,0,190", r"fov must be in \(0, 180\)"),
+        ("pinhole:0,0,1,0,0,0,0,0,1,90", "up must be a direction across the view"),
+        ("pinhole:0,0,1,0,0,0,0,0,0,90", "up must be a direction across the view"),
     ):
         with pytest.raises(ValueError, match=says):
             QNetConfig(gripper_xy=True, gripper_crop=16, crop_camera=bad).validate()

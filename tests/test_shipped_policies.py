@@ -63,7 +63,11 @@ def test_a_shipped_policy_from_python_in_the_gymnasium_env() -> None:
         policy.act(
             Observation(np.zeros((sim.image_size,) * 2 + (3,), np.uint8), np.zeros(2, np.float32))
         )
-    env = gym.make(mtopt.ENV_ID, task="lift-any", object_split="test", max_steps=sim.max_steps)
+    cell = dataclasses.replace(sim, object_split="test")
+    env = gym.make(mtopt.ENV_ID, task="lift-any", sim=cell, registry=registry)
+    assert env.unwrapped.config == cell
+    with pytest.raises(ValueError, match="either as sim= or as keywords"):
+        gym.make(mtopt.ENV_ID, sim=cell, image_size=32)
     scene = eval_scene_seed(5, 0, 0)
     obs, info = env.reset(options={"scene_seed": scene})
     policy.reset("lift-any", np.random.default_rng(scene))

@@ -45,7 +45,7 @@ def test_learned_demo_acts_with_the_runs_latest_weights(tmp_path: Path) -> None:
     code, out = demo("--run", str(run), "--size", "64", "--out", str(tmp_path / "o"))
     assert code == 2 and "32-pixel images, not 64" in out
     code, out = demo("--run", str(tmp_path), "--out", str(tmp_path / "o"))
-    assert code == 2 and "not a run directory" in out
+    assert code == 2 and "not a run or policy folder" in out
     code, out = demo("--run", str(run), "--part", "target", "--out", str(tmp_path / "o"))
     assert code == 2 and "'acting' or 'online'" in out
     code, out = demo("--part", "online", "--out", str(tmp_path / "o"))  # ran scripted

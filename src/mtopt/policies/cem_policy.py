@@ -109,9 +109,13 @@ class CEMPolicy:
         candidate NaN and return a do-nothing action)."""
         if self._task is None:
             raise RuntimeError("call reset(task, rng) before act(): the policy has no task yet")
-        for name in ("state", "pose"):
-            value = getattr(obs, name)
-            if value is not None and not np.isfinite(value).all():
+        assert self.net is not None
+        # what the network reads: the state, and the pose's x, y with gripper_xy
+        read = {"state": obs.state}
+        if self.net.cfg.gripper_xy and obs.pose is not None:
+            read["pose"] = np.asarray(obs.pose)[:2]
+        for name, value in read.items():
+            if not np.isfinite(value).all():
                 raise ValueError(f"CEMPolicy.act: observation {name} is not finite: {value}")
         if self.epsilon > 0 and self._rng.random() < self.epsilon:
             a = self._rng.uniform(-1, 1, ACTION_DIM).astype(np.float32)

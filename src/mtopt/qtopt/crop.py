@@ -66,11 +66,19 @@ def camera_named(name: str) -> PinholeCamera:
                 v[9],
                 v[10] if len(v) == 11 else 1.0,
             )
-            axis = [t - e for t, e in zip(cam.target, cam.eye, strict=True)]
-            if not 0 < cam.fov_deg < 180 or cam.aspect <= 0 or not any(axis):
+            f = [t - e for t, e in zip(cam.target, cam.eye, strict=True)]
+            u = cam.up
+            side = (f[1] * u[2] - f[2] * u[1], f[2] * u[0] - f[0] * u[2], f[0] * u[1] - f[1] * u[0])
+            if not 0 < cam.fov_deg < 180 or cam.aspect <= 0 or not any(f):
                 raise ValueError(
                     f"crop_camera {name!r}: the fov must be in (0, 180) degrees, the aspect > 0 "
                     "and the target away from the eye"
+                )
+            if math.hypot(*side) <= 1e-9 * math.hypot(*f) * max(math.hypot(*u), 1e-300):
+                # the image's up would be undefined: every projection NaN, a blind crop
+                raise ValueError(
+                    f"crop_camera {name!r}: up must be a direction across the view "
+                    "(not zero, not along target - eye)"
                 )
             return cam
         raise ValueError(

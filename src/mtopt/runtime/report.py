@@ -68,7 +68,12 @@ def write_report(
         rebalanced = bool(run.cfg.replay.rebalance)
         plot_batch_composition(share, out / "batch_composition.png", rebalanced, held)
     scripted = summary.get("scripted", {})
-    per_eval = run.cfg.eval.episodes_per_task
+    # the last evaluation's own size (a resume may have changed eval.episodes_per_task)
+    per_eval = int(
+        (run.history[-1] if run.history else {}).get(
+            "episodes_per_task", run.cfg.eval.episodes_per_task
+        )
+    )
     success_cols = [
         "task",
         "learned (last evaluation)",
@@ -77,10 +82,7 @@ def write_report(
         "scripted (held-out)",
     ]
     rows = success_rows(run.history, scripted, per_eval, success_cols)
-    comp_rows = [
-        {"original_successes": "n/a", "task": t, **v}  # n/a: a run from before it was counted
-        for t, v in summary["composition"].items()
-    ]
+    comp_rows = [{"task": t, **v} for t, v in summary["composition"].items()]
     held_rows = [{"task": t, "successes": s, "failures": f} for t, (s, f) in held.items()]
     sd_quality = run.paths.sd / "quality.json"
     sd_rows = json.loads(sd_quality.read_text()) if sd_quality.exists() else []
@@ -168,19 +170,26 @@ def success_rows(
 ) -> list[dict[str, Any]]:
     """The report's success table (columns in ``columns``' order): per task, the last
     evaluation's rate, its 95% Wilson interval over ``per_eval`` episodes, the mean of
-    the last ``LAST_EVALS`` evaluations and the scripted rate."""
+    the last ``LAST_EVALS`` evaluations (pooled: weighted by each one's episodes) and the
+    scripted rate."""
     from mtopt.eval.evaluate import wilson_interval
 
     rows = []
     for t in scripted:
-        rates = [h["success"][t] for h in history if t in h.get("success", {})]
-        last = rates[-1] if rates else None
+        points = [
+            (h["success"][t], int(h.get("episodes_per_task", per_eval)))
+            for h in history
+            if t in h.get("success", {})
+        ]
+        last = points[-1][0] if points else None
         ci = ""
         if last is not None and per_eval > 0:
             lo, hi = wilson_interval(round(last * per_eval), per_eval)
             ci = f"[{lo:.2f}, {hi:.2f}]"
-        tail = rates[-LAST_EVALS:]
-        values = [t, last, ci, sum(tail) / len(tail) if tail else None, scripted.get(t)]
+        tail = points[-LAST_EVALS:]
+        n = sum(k for _, k in tail)
+        late = sum(r * k for r, k in tail) / n if n else None  # pooled over their episodes
+        values = [t, last, ci, late, scripted.get(t)]
         rows.append(dict(zip(columns, values, strict=True)))
     return rows
 

@@ -75,22 +75,36 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         move_from: str = "command",
         render_mode: str | None = None,
         registry: TaskRegistry | None = None,
+        sim: SimConfig | None = None,
     ):
         self.registry = registry or DEFAULT_REGISTRY
         self.task = self.registry.get(task)  # clear error listing valid tasks
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.render_mode = render_mode
-        self.config = SimConfig(
-            image_size=image_size,
-            max_steps=max_steps,
-            object_split=object_split,  # type: ignore[arg-type]
-            randomize=randomize,
-            num_objects=num_objects,
-            gripper_status=gripper_status,  # type: ignore[arg-type]
-            gripper_settle_substeps=gripper_settle_substeps,
-            move_from=move_from,  # type: ignore[arg-type]
-        ).validate()
+        cell = {
+            "image_size": image_size,
+            "max_steps": max_steps,
+            "object_split": object_split,
+            "randomize": randomize,
+            "num_objects": num_objects,
+            "gripper_status": gripper_status,
+            "gripper_settle_substeps": gripper_settle_substeps,
+            "move_from": move_from,
+        }
+        if sim is not None:  # a trained policy's whole cell (load_policy's SimConfig)
+            if not isinstance(sim, SimConfig):
+                raise TypeError(f"sim must be a SimConfig, got {type(sim).__name__}")
+            given = [k for k, v in cell.items() if v != getattr(SimConfig(), k)]
+            if given:
+                raise ValueError(
+                    f"give the cell either as sim= or as keywords, not both: {given} "
+                    "(dataclasses.replace(sim, ...) changes a SimConfig)"
+                )
+            self.config = sim.validate()
+        else:
+            self.config = SimConfig(**cell).validate()  # type: ignore[arg-type]
+        image_size = self.config.image_size
         self.observation_space = spaces.Dict(  # type: ignore[assignment]
             {
                 "image": spaces.Box(0, 255, (image_size, image_size, 3), np.uint8),
