@@ -104,7 +104,7 @@ def test_cem_pick_mean_returns_the_refit_mean_with_the_likelier_commands() -> No
     samples = seen[0][0]  # (32, 6)
     top = samples[(-((samples - a0) ** 2).sum(1)).topk(5).indices]
     want = torch.cat(
-        [top[:, :4].mean(0), torch.where((top[:, 4:] > 0).float().mean(0) >= 0.5, 1.0, -1.0)]
+        [top[:, :4].mean(0), torch.where((top[:, 4:] > 0).float().mean(0) > 0.5, 1.0, -1.0)]
     )
     assert torch.allclose(got[0], want)
     assert s.item() == pytest.approx(-((want - a0[0]) ** 2).sum().item())
@@ -514,3 +514,22 @@ def test_q_network_forward_says_what_is_wrong_with_its_inputs() -> None:
     ):
         with pytest.raises(ValueError, match=says):
             net(*args)
+
+
+def test_cem_pick_mean_breaks_an_even_split_of_the_elites_with_the_best_sample() -> None:
+    """Two elites that disagree on TERMINATE: the best one's command wins (a tie used to
+    terminate). The scorer ranks, by hand, one TERMINATE sample and one without."""
+    seen: list[torch.Tensor] = []
+
+    def score(actions: torch.Tensor) -> torch.Tensor:
+        seen.append(actions.clone())
+        s = torch.zeros(actions.shape[:2])
+        if len(seen) == 1:
+            stop = actions[0, :, 5] > 0
+            s[0, int(torch.nonzero(~stop)[0])] = 2.0  # the best: goes on
+            s[0, int(torch.nonzero(stop)[0])] = 1.0  # the other elite: terminates
+        return s
+
+    cfg = CEMConfig(iterations=1, samples=32, elites=2, pick="mean")
+    got, _ = cem_maximize(score, 1, cfg, torch.Generator().manual_seed(0))
+    assert got[0, 5].item() == -1.0

@@ -240,7 +240,11 @@ def _cem_branches(
         best_s = torch.where(better, top_s[..., 0], best_s)
         best_a = torch.where(better[..., None], elite[:, :, 0], best_a)
     if cfg.pick == "mean":
-        bits = torch.where(free, (prob >= 0.5).float().mul_(2.0).sub_(1.0), held)
+        # each command at its elites' majority; an even split (3 of 6) takes the best
+        # sample's (it used to close the gripper or TERMINATE on any tie)
+        majority = (prob > 0.5).float().mul_(2.0).sub_(1.0)
+        bits = torch.where(prob == 0.5, best_a[..., N_CONT:], majority)
+        bits = torch.where(free, bits, held)
         centre = torch.cat([mean, bits], dim=2)  # (B, K, D)
         return centre, score_fn(centre).reshape(b, k)
     return best_a, best_s
