@@ -54,19 +54,36 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def lock_file(fd: int, wait: bool) -> bool:
-    """An exclusive ``flock`` on ``fd`` (released when the process dies): True if taken,
-    False where there is no ``fcntl`` (Windows) or the file system refuses locks, or,
-    with ``wait=False``, when another process holds it."""
+def lock_file(fd: int) -> bool:
+    """An exclusive ``flock`` on ``fd``, waiting for it (released when the process dies):
+    True if taken, False where there is no ``fcntl`` (Windows) or the file system refuses
+    locks."""
     try:
         import fcntl
     except ImportError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        fcntl.flock(fd, fcntl.LOCK_EX)
     except OSError:
         return False
     return True
+
+
+def locked_by_another(fd: int) -> bool:
+    """Take an exclusive ``flock`` on ``fd`` unless another process holds one: True when
+    one does (nothing taken); False once taken, or where locks are not supported (then
+    no lock tells anything)."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def make_dirs(path: str | Path) -> Path:
@@ -98,7 +115,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
         raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     try:
         with os.fdopen(fd, "wb") as f:
-            locked = lock_file(f.fileno(), wait=True)
+            locked = lock_file(f.fileno())
             if hasattr(os, "fchmod"):  # not on Windows before Python 3.13
                 # (a file system without modes, e.g. vfat, refuses: the write goes on)
                 with contextlib.suppress(OSError):

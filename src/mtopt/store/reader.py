@@ -41,6 +41,7 @@ from mtopt.store.schema import (
     SchemaError,
     UnknownSchemaVersionError,
     check_table_version,
+    check_version,
 )
 from mtopt.store.writer import SHARDS
 
@@ -98,7 +99,7 @@ def _check_version(shard: pq.ParquetFile, path: Path) -> None:
     for v in sorted(versions, key=str):
         if not isinstance(v, int) or isinstance(v, bool):
             raise SchemaError(f"{path}: schema_version {v!r} is not a whole number")
-        check_table_version(pa.schema([], metadata={SCHEMA_KEY: str(v).encode()}), str(path))
+        check_version(v, str(path))
 
 
 def check_columns(columns: Iterable[str] | None) -> None:

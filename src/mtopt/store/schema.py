@@ -287,7 +287,12 @@ def check_table_version(table: pa.Table | pa.Schema, where: str) -> None:
     raw = meta.get(SCHEMA_KEY)
     if raw is None:
         raise SchemaError(f"{where}: not an mtopt episode shard (no schema version)")
-    if int(raw) != SCHEMA_VERSION:
+    check_version(int(raw), where)
+
+
+def check_version(version: int, where: str) -> None:
+    """An ``UnknownSchemaVersionError`` unless ``version`` is the one this mtopt reads."""
+    if version != SCHEMA_VERSION:
         raise UnknownSchemaVersionError(
-            f"{where}: unknown schema version {int(raw)}; this mtopt reads version {SCHEMA_VERSION}"
+            f"{where}: unknown schema version {version}; this mtopt reads version {SCHEMA_VERSION}"
         )

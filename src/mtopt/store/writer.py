@@ -33,7 +33,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mtopt._io import atomic_write_bytes, fsync_dir, lock_file, make_dirs
+from mtopt._io import atomic_write_bytes, fsync_dir, locked_by_another, make_dirs
 from mtopt.store.schema import (
     Episode,
     UnknownSchemaVersionError,
@@ -78,7 +78,7 @@ def recover_temp_shards(folder: str | Path, stale_after_s: float = STALE_TEMP_S)
             if now - tmp.stat().st_mtime < stale_after_s:
                 continue
             with open(tmp, "rb") as f:
-                if not lock_file(f.fileno(), wait=False) and _locks_work(f.fileno()):
+                if locked_by_another(f.fileno()):
                     continue  # a live writer's (stalled, or its clock is off)
                 os.fsync(f.fileno())  # a writer killed before its own fsync
                 problem = _unreadable(tmp)
@@ -96,38 +96,20 @@ def recover_temp_shards(folder: str | Path, stale_after_s: float = STALE_TEMP_S)
     return recovered
 
 
-def _locks_work(fd: int) -> bool:
-    """Whether this file system takes locks at all (else a failed lock says nothing)."""
-    try:
-        import fcntl
-    except ImportError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True  # held by another process: locks work
-    except OSError:
-        return False
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    return True
-
-
 def _unreadable(path: Path) -> str | None:
     """Why ``path`` is not a whole shard of this store's version (None: it is). Raises
     OS errors of the machine, memory errors and ``UnknownSchemaVersionError``."""
+    from mtopt.store.reader import _is_os_error
+
     try:
         with pq.ParquetFile(path, page_checksum_verification=True) as shard:
             check_table_version(shard.schema_arrow, str(path))
             shard.read()
     except UnknownSchemaVersionError:
         raise
-    except OSError as exc:
-        if exc.errno is not None:
+    except Exception as exc:  # half written, not Parquet, not ours; or the machine's
+        if _is_os_error(exc):
             raise
-        return f"{type(exc).__name__}: {exc}"
-    except MemoryError:
-        raise
-    except Exception as exc:  # half written, not Parquet, not ours
         return f"{type(exc).__name__}: {exc}"
     return None
 
