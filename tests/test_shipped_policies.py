@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtopt.policies.cem_policy import CEMPolicy
+from mtopt.policies.cem_policy import CEMPolicy, load_policy
 from mtopt.robots.sim_robot import SimRobot
 from mtopt.runtime.config import load_run_config
-from mtopt.sim.cli import learned_policy
 from mtopt.sim.runner import run_episode
 from mtopt.tasks import DEFAULT_REGISTRY
 
@@ -30,7 +29,7 @@ def test_shipped_policy_loads_and_acts(folder: Path) -> None:
     cfg = load_run_config(folder / "config.json")
     exported = json.loads((folder / "exported.json").read_text())
     for part in exported["parts"]:
-        pol, sim, _ = learned_policy(folder, part, seed=0)  # as `mtopt sim demo --run` acts
+        pol, sim, _ = load_policy(folder, part, seed=0)  # as `mtopt sim demo --run` acts
         assert isinstance(pol, CEMPolicy) and sim == cfg.sim
         assert pol.version == exported["version"]
         assert pol.net is not None and pol.net.cfg == cfg.qnet
@@ -53,7 +52,6 @@ def test_a_shipped_policy_from_python_in_the_gymnasium_env() -> None:
 
     import mtopt
     from mtopt.eval.evaluate import eval_scene_seed
-    from mtopt.policies.cem_policy import load_policy
     from mtopt.robots.base import Observation
     from mtopt.sim.env import env_observation
 

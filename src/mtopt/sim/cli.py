@@ -11,8 +11,6 @@ from mtopt._cli import fail
 
 if TYPE_CHECKING:
     from mtopt.policies.base import Policy
-    from mtopt.sim.cell import SimConfig
-    from mtopt.tasks.registry import TaskRegistry
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown")
 
@@ -60,7 +58,9 @@ def demo(
             raise ValueError("--part picks a run's weights: give --run too")
         part = "acting" if part is None else part
         if run is not None:
-            learned, base, registry = learned_policy(run, part, seed)
+            from mtopt.policies.cem_policy import load_policy
+
+            learned, base, registry = load_policy(run, part, seed)
         spec = registry.get(task)  # a run's own tasks (its extra_tasks) included
         config = dataclasses.replace(
             base,
@@ -111,11 +111,3 @@ def demo(
     typer.echo(f"ground-truth success over {episodes} episodes of {who} for {task}:")
     for name, n in wins.items():
         typer.echo(f"  {name:20s} {n / episodes:6.1%}")
-
-
-def learned_policy(run: Path, part: str, seed: int) -> tuple[Policy, SimConfig, TaskRegistry]:
-    """``mtopt.policies.cem_policy.load_policy``: a run's (or policy folder's) greedy CEM
-    policy, its cell settings and its tasks."""
-    from mtopt.policies.cem_policy import load_policy
-
-    return load_policy(run, part, seed)
