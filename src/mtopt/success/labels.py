@@ -121,26 +121,32 @@ class LabelStore:
 
 def parse_record(row: Any) -> Label | Retraction | None:
     """A label or a retraction (``"retracted": true``) from one decoded JSON line, or None."""
-    if isinstance(row, dict) and row.get("retracted") is True:
-        eid, task, source, ts = (row.get(k) for k in ("episode_id", "task", "source", "timestamp"))
-        if not (isinstance(eid, str) and isinstance(task, str) and isinstance(source, str)):
-            return None
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)):
-            return None
-        return Retraction(eid, task, source, float(ts))
-    return parse_label(row)
+    common = _common_fields(row)
+    if common is None:
+        return None
+    eid, task, source, ts = common
+    if row.get("retracted") is True:
+        return Retraction(eid, task, source, ts)
+    success = row.get("success")
+    return Label(eid, task, success, source, ts) if isinstance(success, bool) else None
 
 
 def parse_label(row: Any) -> Label | None:
     """A label from one decoded JSON line, or None when it is not one: ``episode_id``,
     ``task`` and ``source`` strings, ``success`` a JSON boolean, ``timestamp`` a number
     (not a boolean). Other keys are ignored."""
+    record = parse_record(row)
+    return record if isinstance(record, Label) else None
+
+
+def _common_fields(row: Any) -> tuple[str, str, str, float] | None:
+    """(episode_id, task, source, timestamp) of a label or retraction line, or None when
+    one is missing or of the wrong type."""
     if not isinstance(row, dict):
         return None
-    eid, task, source = row.get("episode_id"), row.get("task"), row.get("source")
-    success, ts = row.get("success"), row.get("timestamp")
+    eid, task, source, ts = (row.get(k) for k in ("episode_id", "task", "source", "timestamp"))
     if not (isinstance(eid, str) and isinstance(task, str) and isinstance(source, str)):
         return None
-    if not isinstance(success, bool) or isinstance(ts, bool) or not isinstance(ts, (int, float)):
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)):
         return None
-    return Label(eid, task, success, source, float(ts))
+    return eid, task, source, float(ts)
