@@ -174,20 +174,9 @@ def plot_batch_composition(
         left = [i - w / 2 for i in at]
         hs = [held[t]["success"] for t in tasks]
         hf = [held[t]["failure"] for t in tasks]
-        ax.bar(left, hs, w, color="C0", alpha=0.45, hatch="//", label="success, in the buffers")
-        ax.bar(
-            left,
-            hf,
-            w,
-            bottom=hs,
-            color="C1",
-            alpha=0.45,
-            hatch="//",
-            label="failure, in the buffers",
-        )
+        _success_failure_bars(ax, left, hs, hf, w, "in the buffers", alpha=0.45, hatch="//")
         at = [i + w / 2 for i in at]
-    ax.bar(at, s, w, color="C0", label="success, in the batches")
-    ax.bar(at, f, w, bottom=s, color="C1", label="failure, in the batches")
+    _success_failure_bars(ax, at, s, f, w, "in the batches")
     ax.set_xticks(list(range(len(tasks))), tasks, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("share")
     ax.set_title(
@@ -202,6 +191,20 @@ def plot_batch_composition(
     )
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save_figure(fig, out, dpi=110)
+
+
+def _success_failure_bars(
+    ax: Any,
+    at: Sequence[float],
+    success: Sequence[float],
+    failure: Sequence[float],
+    width: float,
+    where: str,
+    **style: Any,
+) -> None:
+    """One stacked bar per task: successes below, failures on top."""
+    ax.bar(at, success, width, color="C0", label=f"success, {where}", **style)
+    ax.bar(at, failure, width, bottom=success, color="C1", label=f"failure, {where}", **style)
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
