@@ -124,6 +124,25 @@ def test_publish_load_and_clear_errors(tmp_path: Path) -> None:
         SuccessDetector.load(tmp_path, version=7)
 
 
+def test_a_publish_without_a_version_takes_the_next_free_one(tmp_path: Path) -> None:
+    """A run's SD round and `mtopt sd improve`/`sd train` publish into one folder: the
+    version is picked under the folder's lock, so one published by another process in
+    the meantime is counted on from, not a crash after the retraining. A refused publish
+    leaves the detector's version as it was."""
+    run_sd = SuccessDetector(SuccessNet(SMALL), TASKS)
+    run_sd.publish(tmp_path)
+    assert run_sd.version == 1
+    other = SuccessDetector(SuccessNet(SMALL), TASKS)
+    other.publish(tmp_path)  # another tool, between two of the run's rounds
+    assert other.version == 2
+    new = SuccessDetector(SuccessNet(SMALL), TASKS)
+    with pytest.raises(WeightsError, match="not newer"):
+        new.publish(tmp_path, run_sd.version + 1)  # what the run used to do
+    assert new.version == 0
+    new.publish(tmp_path)
+    assert new.version == 3 and SuccessDetector.load(tmp_path).version == 3
+
+
 def test_uncertainty_selection_by_hand() -> None:
     probs = np.array([[0.9, 0.5], [0.55, 0.1], [0.4, 0.45]])
     already = np.array([[False, False], [False, False], [True, False]])

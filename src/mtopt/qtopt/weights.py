@@ -53,6 +53,31 @@ def publish(
 ) -> Path:
     """Write weights ``version`` atomically, then point ``latest.json`` at it. The check
     that ``version`` is new and the writes happen under ``publish_lock``."""
+    return _publish(directory, tensors, version, meta, prefix, keep)[1]
+
+
+def publish_next(
+    directory: str | Path,
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    prefix: str = "q",
+    keep: int = 5,
+) -> tuple[int, Path]:
+    """``publish`` as the version after the latest one, picked under ``publish_lock``:
+    for folders more than one process publishes into (a run's SD rounds, ``mtopt sd
+    train`` and ``mtopt sd improve``), where a version read before the lock may be taken
+    by the time it is written. Returns the version and its file."""
+    return _publish(directory, tensors, None, meta, prefix, keep)
+
+
+def _publish(
+    directory: str | Path,
+    tensors: dict[str, torch.Tensor],
+    version: int | None,
+    meta: dict[str, Any],
+    prefix: str,
+    keep: int,
+) -> tuple[int, Path]:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     blob = save(
@@ -61,10 +86,11 @@ def publish(
     )
     with publish_lock(d, prefix):
         latest = read_latest(d, prefix)
-        if latest is not None and version <= latest["version"]:
-            raise WeightsError(
-                f"version {version} is not newer than published version {latest['version']}"
-            )
+        newest = 0 if latest is None else int(latest["version"])
+        if version is None:
+            version = newest + 1
+        elif version <= newest:
+            raise WeightsError(f"version {version} is not newer than published version {newest}")
         path = d / f"{prefix}-{version:08d}.safetensors"
         atomic_write_bytes(path, blob)
         atomic_write_json(
@@ -73,7 +99,7 @@ def publish(
         old = sorted(d.glob(f"{prefix}-*.safetensors"))[:-keep]
         for p in old:
             p.unlink(missing_ok=True)
-    return path
+    return version, path
 
 
 def read_latest(directory: str | Path, prefix: str = "q") -> dict[str, Any] | None:

@@ -579,8 +579,8 @@ class LocalRun:
         # what relabel rounds fine-tune; the next version there: a start that died
         # between these two publishes, or an SD deleted to be retrained, left one
         initial = self.paths.sd / "initial"
-        sd.publish(initial, SuccessDetector.latest_version(initial) + 1)
-        sd.publish(self.paths.sd, 1)
+        sd.publish(initial)
+        sd.publish(self.paths.sd)
         self._record_sd_quality(sd, labels=0)
         return sd
 
@@ -623,7 +623,7 @@ class LocalRun:
         )
         net = train_sd(data, tcfg, init=self._retrain_start(sd))
         new_sd = SuccessDetector(net, self.registry.names)
-        new_sd.publish(self.paths.sd, sd.version + 1)
+        new_sd.publish(self.paths.sd)  # the next free version: `sd improve` may share it
         labels = labels_so_far + len(new)
         self._record_sd_quality(new_sd, labels)
         return new_sd, labels

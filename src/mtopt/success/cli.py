@@ -103,9 +103,8 @@ def train(
     _output_dir(out)  # before the training, not after it
     net = train_sd(data, SDTrainConfig(steps=steps, seed=seed), progress=True)
     sd = SuccessDetector(net, data.tasks)
-    version = SuccessDetector.latest_version(out) + 1
-    sd.publish(out, version)
-    typer.echo(f"published success detector v{version} to {out}")
+    sd.publish(out)  # the next version, picked under the folder's lock
+    typer.echo(f"published success detector v{sd.version} to {out}")
 
 
 @app.command("eval")

@@ -269,7 +269,7 @@ def improve_loop(
         init = copy.deepcopy(start) if retrain_from == "initial" else sd.net
         net = train_sd(data, SDTrainConfig(steps=steps, seed=r + 1), init=init)
         sd = SuccessDetector(net, registry.names)
-        sd.publish(weights, SuccessDetector.latest_version(weights) + 1)
+        sd.publish(weights)
         if labeler == "oracle":
             save_chosen(chosen_path, pool.ids, registry.names, chosen & known)
         record(int((chosen & known).sum(0).max()))  # the labels of the task with the most

@@ -23,6 +23,7 @@ from mtopt.qtopt.weights import (
     load_latest,
     load_version,
     publish,
+    publish_next,
     read_latest,
 )
 
@@ -126,10 +127,19 @@ class SuccessDetector:
             )
         return self._tasks.index(task)
 
-    def publish(self, directory: str | Path, version: int) -> Path:
+    def publish(self, directory: str | Path, version: int | None = None) -> Path:
+        """Publish as ``version`` (None: the one after the latest in ``directory``, picked
+        under the folder's publish lock, so another process publishing there, such as
+        ``mtopt sd improve`` beside a run, cannot make it fail). ``version`` is set only
+        once the weights are written."""
         meta: dict[str, Any] = {"net": asdict(self.net.cfg), "tasks": list(self._tasks)}
+        tensors = dict(self.net.state_dict())
+        if version is None:
+            version, path = publish_next(directory, tensors, meta, prefix="sd")
+        else:
+            path = publish(directory, tensors, version, meta, prefix="sd")
         self._version = version
-        return publish(directory, dict(self.net.state_dict()), version, meta, prefix="sd")
+        return path
 
     @classmethod
     def load(
