@@ -143,6 +143,38 @@ def test_a_publish_without_a_version_takes_the_next_free_one(tmp_path: Path) -> 
     assert new.version == 3 and SuccessDetector.load(tmp_path).version == 3
 
 
+def test_class_weights_by_hand_follow_the_batches_labeled_share() -> None:
+    """Rows 0, 1 staged, rows 2, 3 labeled episodes, half of each batch from these. Row
+    draw probabilities: 1/8, 1/8, 1/8 + 1/4, 3/8. Task A: only row 0 succeeds, so
+    positives carry 1/8 of the draws and negatives 7/8: weights 4 and 4/7, each class
+    then half the loss (the whole set's counts, 1 and 3, gave positives 0.3 of it).
+    Task B, row 3 unlabeled: positives rows 1, 2 (1/2), negative row 0 (1/8)."""
+    from mtopt.success.train import batch_indices, class_weights
+
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 0.0]])
+    labeled = torch.tensor([2, 3])
+    w_pos, w_neg = class_weights(labels, mask, labeled, 0.5)
+    assert w_pos.tolist() == pytest.approx([4.0, 0.625])
+    assert w_neg.tolist() == pytest.approx([4 / 7, 2.5])
+    # no labeled share (or every row labeled): the rows are drawn uniformly
+    w_pos, w_neg = class_weights(labels, mask, labeled, 0.0)
+    assert w_pos.tolist() == pytest.approx([2.0, 0.75]) and w_neg.tolist()[0] == pytest.approx(
+        2 / 3
+    )
+    # a task with one class only: that class weighs a half, as one of two would
+    w_pos, w_neg = class_weights(torch.zeros(4, 1), torch.ones(4, 1), labeled, 0.5)
+    assert w_neg.tolist() == [0.5] and w_pos.tolist() == [1.0]
+    # and the weights balance the classes in batches batch_indices really draws
+    g = torch.Generator().manual_seed(0)
+    idx = torch.cat([batch_indices(4, labeled, 8, 0.5, g) for _ in range(4000)])
+    w_pos, w_neg = class_weights(labels, mask, labeled, 0.5)
+    y = labels[idx, 0]
+    pos_mass = float((y * w_pos[0]).sum())
+    neg_mass = float(((1 - y) * w_neg[0]).sum())
+    assert pos_mass / (pos_mass + neg_mass) == pytest.approx(0.5, abs=0.02)
+
+
 def test_uncertainty_selection_by_hand() -> None:
     probs = np.array([[0.9, 0.5], [0.55, 0.1], [0.4, 0.45]])
     already = np.array([[False, False], [False, False], [True, False]])

@@ -68,6 +68,30 @@ def batch_indices(
     return idx
 
 
+def class_weights(
+    labels: torch.Tensor, mask: torch.Tensor, labeled: torch.Tensor, labeled_share: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-task loss weights of positives and negatives that make both classes of every
+    task weigh the same in expectation over the batches ``batch_indices`` draws: a row
+    is drawn with probability ``(1 - s) / n``, plus ``s / len(labeled)`` for a
+    ``labeled`` row, where ``s`` is the batches' labeled share (0 when every row or none
+    is labeled). Counting the rows of the whole set instead was off wherever the labeled
+    episodes succeed at another rate than the staged scenes (a hard task's episodes
+    nearly all fail): there one class weighed a third of the loss, not a half."""
+    n = labels.shape[0]
+    p = torch.full((n,), 1.0 / n, dtype=torch.float64)
+    if 0 < len(labeled) < n and labeled_share > 0:
+        p = p * (1 - labeled_share)
+        p[labeled] += labeled_share / len(labeled)
+    m = mask.double()
+    pos = (p[:, None] * labels.double() * m).sum(0)
+    neg = (p[:, None] * (1 - labels.double()) * m).sum(0)
+    tiny = 1e-12  # a class a task lacks is never weighed: 1 stands in
+    w_pos = torch.where(pos > tiny, (pos + neg) / (2 * pos.clamp(min=tiny)), 1.0)
+    w_neg = torch.where(neg > tiny, (pos + neg) / (2 * neg.clamp(min=tiny)), 1.0)
+    return w_pos.float(), w_neg.float()
+
+
 def augment(images: torch.Tensor, shift: int, jitter: float, g: torch.Generator) -> torch.Tensor:
     """Random shift (replicate padding) + per-image brightness/contrast jitter; uint8 in/out."""
     n = images.shape[0]
@@ -100,11 +124,6 @@ def train_sd(
     images = torch.from_numpy(data.images)
     labels = torch.from_numpy(data.labels)
     mask = torch.from_numpy(data.mask).float()
-    pos = (labels * mask).sum(0)
-    neg = ((1 - labels) * mask).sum(0)
-    # weight positives and negatives of every task equally (balanced accuracy is the goal)
-    w_pos = (pos + neg) / (2 * pos.clamp(min=1))
-    w_neg = (pos + neg) / (2 * neg.clamp(min=1))
     steps = range(cfg.steps)
     if progress:
         from tqdm import tqdm
@@ -112,6 +131,10 @@ def train_sd(
         steps = tqdm(steps, desc="training SD", unit="step")
     batch = min(cfg.batch_size, len(data))
     labeled = torch.from_numpy(np.flatnonzero(data.sources.astype(str) != "staged"))
+    # positives and negatives of every task weigh the same (balanced accuracy is the
+    # goal), counted as the batches draw them
+    share = round(cfg.labeled_fraction * batch) / batch
+    w_pos, w_neg = class_weights(labels, mask, labeled, share)
     for _ in steps:
         idx = batch_indices(len(data), labeled, batch, cfg.labeled_fraction, g)
         x = augment(images[idx], cfg.shift, cfg.jitter, g)
