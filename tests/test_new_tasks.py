@@ -245,3 +245,42 @@ def test_sd_and_store_commands_take_the_tasks_of_the_run_whose_store_they_get(
     assert registry_for(tmp_path / "run" / "store", None).names[-1] == "place-can-on-plate"
     assert registry_for(tmp_path / "elsewhere" / "store", None) is DEFAULT_REGISTRY
     assert registry_for(None, None) is DEFAULT_REGISTRY
+
+
+def test_a_fresh_start_with_other_tasks_stages_the_sd_examples_again(tmp_path: Path) -> None:
+    """A start stopped after staging, restarted into the same folder with its tasks file
+    mended (a task redefined under the same count of tasks): the staged examples of the
+    old tasks are set aside, not trained into the new task's output; a published SD of
+    the other tasks is refused with a line that says what to do."""
+    from mtopt.config import ConfigError
+    from mtopt.runtime.config import preset
+    from mtopt.runtime.local import LocalRun
+    from mtopt.success.network import SDNetConfig, SuccessDetector, SuccessNet
+
+    can = {"name": "place-new", "kind": "place", "fixtures": ["plate"], "category": "can"}
+    bottle = {"name": "place-new", "kind": "place", "fixtures": ["bowl"], "category": "bottle"}
+    base = preset("tiny")
+
+    def run(task: dict) -> LocalRun:  # type: ignore[type-arg]
+        n = base.qnet.num_tasks + 1
+        cfg = dataclasses.replace(
+            base, extra_tasks=(task,), qnet=dataclasses.replace(base.qnet, num_tasks=n)
+        )
+        return LocalRun(cfg, tmp_path)
+
+    first = run(can)
+    first._check_sd_tasks()
+    (first.paths.sd / "examples.npz").write_bytes(b"staged for the can")
+    first._check_sd_tasks()  # the same tasks: kept
+    assert (first.paths.sd / "examples.npz").exists()
+    second = run(bottle)
+    second._check_sd_tasks()
+    assert not (second.paths.sd / "examples.npz").exists()
+    assert [p.name.split(".other-tasks")[0] for p in second.paths.sd.glob("*.other-tasks-*")] == [
+        "examples.npz"
+    ]
+    net = SuccessNet(SDNetConfig(num_tasks=len(second.registry), image_size=16))
+    SuccessDetector(net, second.registry.names).publish(second.paths.sd)
+    with pytest.raises(ConfigError, match="trained for other tasks"):
+        run(can)._check_sd_tasks()
+    run(bottle)._check_sd_tasks()  # its own SD

@@ -521,8 +521,8 @@ class LocalRun:
         atomic_write_json(self.paths.config_changes, log)
 
     @staticmethod
-    def _set_aside(path: Path) -> Path:
-        bad = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+    def _set_aside(path: Path, why: str = "corrupt") -> Path:
+        bad = path.with_name(f"{path.name}.{why}-{int(time.time())}")
         os.replace(path, bad)
         return bad
 
@@ -562,7 +562,29 @@ class LocalRun:
         data.save(path)
         return data
 
+    def _check_sd_tasks(self) -> None:
+        """The staged examples and SD weights in ``sd/`` are for this run's tasks: a fresh
+        start into a folder a start with other tasks left them in (stopped while staging,
+        a tasks file mended) stages again instead of training the new task's output on
+        another task's labels, and refuses a success detector trained for other tasks."""
+        key_path = self.paths.sd / "tasks.key.json"
+        key = self.registry.describe()
+        if key_path.exists() and json.loads(key_path.read_text()) != key:
+            if SuccessDetector.latest_version(self.paths.sd) > 0:
+                raise ConfigError(
+                    f"{self.paths.sd} holds a success detector trained for other tasks "
+                    f"(tasks.key.json there lists them); delete {self.paths.sd} to train "
+                    "one for these tasks, or choose another --out"
+                )
+            for name in ("examples.npz", "validation.npz"):
+                if (self.paths.sd / name).exists():
+                    moved = self._set_aside(self.paths.sd / name, "other-tasks")
+                    self._log(f"{name} was staged for other tasks: moved to {moved.name}")
+        self.paths.sd.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(key_path, key)
+
     def init_sd(self) -> SuccessDetector:
+        self._check_sd_tasks()
         if SuccessDetector.latest_version(self.paths.sd) > 0:
             sd = SuccessDetector.load(self.paths.sd, self.registry.names)
             self._log(f"loaded success detector v{sd.version}")
@@ -683,6 +705,8 @@ class LocalRun:
                     "sim": dataclasses.asdict(self._eval_sim()),
                     # scenes a place task cannot be set up in: replaced since 2026-12-04
                     "setup_tries": SETUP_TRIES,
+                    # a task redefined under its name (the built-in ones are the code's)
+                    **({"extra_tasks": list(self.cfg.extra_tasks)} if self.cfg.extra_tasks else {}),
                 },
                 default=str,
             )
