@@ -187,6 +187,51 @@ def test_sd_commands_take_a_runs_own_tasks(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "tasks file" in res.output and "'fixture'" in res.output
 
 
+def test_sd_examples_adds_a_new_task_to_a_set_and_keeps_splits_apart(tmp_path: Path) -> None:
+    """Examples for a new task join a set staged before it (the old rows' labels for it
+    unknown); it used to fail with a traceback after staging. Test-split examples are
+    refused into a train-split file before staging (they were trained on without a
+    word), and go to a file of their own by default; `sd train` and `sd eval` say when
+    a set mixes training and held-out objects."""
+    import json
+
+    from mtopt.success.data import LabeledSet
+
+    r = CliRunner()
+    task = {"name": "place-can-on-plate", "kind": "place", "fixtures": ["plate"], "category": "can"}
+    tasks = tmp_path / "tasks.json"
+    tasks.write_text(json.dumps([task]))
+    ex = tmp_path / "ex.npz"
+    res = r.invoke(app, ["sd", "examples", "--task", "lift-any", "--n", "1", "--out", str(ex)])
+    assert res.exit_code == 0, res.output
+    args = ["sd", "examples", "--task", "place-can-on-plate", "--n", "1", "--out", str(ex)]
+    res = r.invoke(app, [*args, "--tasks-file", str(tasks)])
+    assert res.exit_code == 0 and "4 labeled examples" in res.output, res.output
+    data = LabeledSet.load(ex)
+    assert data.tasks[-1] == "place-can-on-plate"
+    assert data.mask[:2, -1].tolist() == [False, False] and data.mask[2:, -1].all()
+    # a set for other tasks than the start of this task list: one line, before staging
+    res = r.invoke(app, ["sd", "examples", "--task", "lift-any", "--n", "1", "--out", str(ex)])
+    assert res.exit_code == 2 and "does not start with" in res.output
+    res = r.invoke(app, [*args, "--tasks-file", str(tasks), "--split", "test"])
+    assert res.exit_code == 2 and "training (--split train) objects" in res.output
+    assert len(LabeledSet.load(ex)) == 4
+    # sd train takes sets staged before and after the new task; it notes held-out rows
+    old = tmp_path / "old.npz"
+    r.invoke(app, ["sd", "examples", "--task", "lift-any", "--n", "1", "--out", str(old)])
+    test = tmp_path / "test.npz"
+    res = r.invoke(app, [*args[:-1], str(test), "--split", "test", "--tasks-file", str(tasks)])
+    assert res.exit_code == 0, res.output
+    w = tmp_path / "w"
+    train = ["sd", "train", "--steps", "1", "--out", str(w), "--examples", str(old)]
+    res = r.invoke(app, [*train, "--examples", str(ex)])
+    assert res.exit_code == 0 and "note" not in res.output, res.output
+    res = r.invoke(app, [*train, "--examples", str(test)])
+    assert res.exit_code == 0 and "2 of 4 examples are of held-out objects" in res.output
+    res = r.invoke(app, ["sd", "eval", "--weights", str(w), "--examples", str(ex)])
+    assert res.exit_code == 0 and "4 of these examples are of training objects" in res.output
+
+
 def test_sd_label_serves_loopback_names_only_on_a_loopback_address(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

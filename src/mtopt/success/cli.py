@@ -23,8 +23,11 @@ OWN_TASKS_HELP = (
 def examples(
     task: str = typer.Option("all", help="Task to stage examples for, or 'all'."),
     n: int = typer.Option(20, min=1, help="Positive and near-miss negative scenes each."),
-    out: Path = typer.Option(
-        Path("runs/sd/examples.npz"), help="Example set file (.npz); appended to if it exists."
+    out: Path | None = typer.Option(
+        None,
+        help="Example set file (.npz); appended to if it exists (default: "
+        "runs/sd/examples.npz, or runs/sd/test.npz with --split test: a file holds one "
+        "split, so held-out objects are never trained on).",
     ),
     split: str = typer.Option("train", help="Object instances: train or test."),
     seed: int | None = typer.Option(
@@ -49,11 +52,21 @@ def examples(
         _fail(f"--split must be train or test, got {split!r}")
     if seed is None:
         seed = 0 if split == "train" else 1
+    if out is None:
+        out = Path("runs/sd/examples.npz" if split == "train" else "runs/sd/test.npz")
     _output_file(out)  # before the staging, not after it
-    try:
+    try:  # every check before the staging (minutes), not after it
         before = LabeledSet.load(out) if out.exists() else None
+        if before is not None:  # examples staged before a new task: its labels unknown
+            before = before.with_tasks(registry.names)
     except ValueError as exc:
         _fail(exc)
+    if before is not None and len(before) and set(before.held_out.tolist()) != {split == "test"}:
+        held = "held-out (--split test)" if before.held_out.any() else "training (--split train)"
+        _fail(
+            f"{out} holds examples of {held} objects; --split {split} examples go to a file "
+            "of their own (--out), so held-out objects are never trained on"
+        )
     if before is not None and any(str(i).startswith(f"staged-{split}-{seed}-") for i in before.ids):
         typer.echo(
             f"note: {out} already holds {split} scenes of seed {seed}; these share their "
@@ -95,11 +108,20 @@ def train(
     from mtopt.success.train import SDTrainConfig, train_sd
 
     try:
-        data = LabeledSet.load(examples[0])
-        for p in examples[1:]:
-            data = data.concat(LabeledSet.load(p))
+        sets = [LabeledSet.load(p) for p in examples]
+        tasks = max((s.tasks for s in sets), key=len)  # sets staged before a new task join
+        data = sets[0].with_tasks(tasks)
+        for s in sets[1:]:
+            data = data.concat(s.with_tasks(tasks))
     except (FileNotFoundError, ValueError) as exc:
         _fail(exc)
+    if data.held_out.any():
+        typer.echo(
+            f"note: {int(data.held_out.sum())} of {len(data)} examples are of held-out "
+            "objects (--split test): they are trained on, so `sd eval` on them is no "
+            "held-out measure",
+            err=True,
+        )
     _output_dir(out)  # before the training, not after it
     net = train_sd(data, SDTrainConfig(steps=steps, seed=seed), progress=True)
     sd = SuccessDetector(net, data.tasks)
@@ -129,6 +151,12 @@ def eval_(
     except (WeightsError, FileNotFoundError, ValueError) as exc:
         _fail(exc)
     typer.echo(f"success detector v{sd.version} on {len(data)} examples")
+    if not data.held_out.all():
+        typer.echo(
+            f"note: {int((~data.held_out).sum())} of these examples are of training objects "
+            "(not --split test): their scores overstate held-out accuracy",
+            err=True,
+        )
     typer.echo(
         f"{'task':22s} {'n':>5s} {'pos':>5s} {'acc':>6s} {'bal.acc':>8s} {'prec':>6s} {'recall':>7s} {'ece':>6s}"
     )

@@ -62,6 +62,30 @@ class LabeledSet:
             np.concatenate([self.held_out, other.held_out]),
         )
 
+    def with_tasks(self, tasks: Sequence[str]) -> LabeledSet:
+        """This set with the task list ``tasks``, which must start with this set's own
+        tasks (tasks are appended, never inserted): the new tasks' labels are unknown
+        (mask False), so examples staged before a task existed join sets made after."""
+        tasks = tuple(tasks)
+        if tasks == self.tasks:
+            return self
+        if tasks[: len(self.tasks)] != self.tasks:
+            raise ValueError(
+                f"these examples are for the tasks {list(self.tasks)}, which the task list "
+                f"{list(tasks)} does not start with (the same tasks, then new ones)"
+            )
+        extra = len(tasks) - len(self.tasks)
+        n = len(self)
+        return LabeledSet(
+            tasks,
+            self.images,
+            np.concatenate([self.labels, np.zeros((n, extra), np.float32)], axis=1),
+            np.concatenate([self.mask, np.zeros((n, extra), bool)], axis=1),
+            self.ids,
+            self.sources,
+            self.held_out,
+        )
+
     def subset(self, idx: np.ndarray) -> LabeledSet:
         return LabeledSet(
             self.tasks,
