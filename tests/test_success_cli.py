@@ -71,6 +71,17 @@ def test_sd_cli_flow(tmp_path: Path) -> None:
     chosen = json.loads((w / "chosen_labels.json").read_text())
     assert sum("lift-any" in tasks for tasks in chosen.values()) == 5
     assert SuccessDetector.latest_version(w / "initial") == 1  # the staged-only SD, v1
+    # a newer `sd train` SD is what the next call starts from (it went on fine-tuning v1)
+    res = r.invoke(app, ["sd", "train", "--examples", str(ex), "--out", str(w), "--steps", "2"])
+    trained = SuccessDetector.latest_version(w)
+    assert res.exit_code == 0 and f"v{trained}" in res.output
+    res = r.invoke(app, [*args, "--budget", "1", "--rounds", "1", "--steps", "3"])
+    assert res.exit_code == 0, res.output
+    from mtopt.qtopt.weights import read_latest
+
+    kept = read_latest(w / "initial", "sd")
+    assert kept is not None and kept["version"] == 2 and kept["meta"]["copied_from"] == trained
+    assert read_latest(w, "sd")["meta"]["origin"] == "sd improve"  # type: ignore[index]
     # a real cell's episodes have no ground truth: a person's labels (from `sd label`,
     # here in a file of its own) are what the human labeler retrains on
     import dataclasses

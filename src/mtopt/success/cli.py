@@ -125,7 +125,8 @@ def train(
     _output_dir(out)  # before the training, not after it
     net = train_sd(data, SDTrainConfig(steps=steps, seed=seed), progress=True)
     sd = SuccessDetector(net, data.tasks)
-    sd.publish(out)  # the next version, picked under the folder's lock
+    # the next version, picked under the folder's lock; `sd improve` starts from it anew
+    sd.publish(out, extra_meta={"origin": "sd train"})
     typer.echo(f"published success detector v{sd.version} to {out}")
 
 

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import numpy as np
 
 from mtopt._io import atomic_write_json
+from mtopt.qtopt.weights import read_latest
 from mtopt.store.reader import EpisodeReader
 from mtopt.success.data import LabeledSet, episode_examples
 from mtopt.success.labels import LabelStore
@@ -160,6 +161,24 @@ def chosen_cells(
     return [(i, col[t]) for i, eid in enumerate(ids) for t in saved.get(str(eid), []) if t in col]
 
 
+def _initial_is_stale(
+    initial: Path, sd: SuccessDetector, latest_meta: dict[str, Any], tasks: tuple[str, ...]
+) -> bool:
+    """Whether ``sd improve`` must (re)take the SD it starts from, ``sd``, as the one its
+    rounds fine-tune (``WEIGHTS/initial``): there is none yet; or ``sd`` is a newer
+    ``sd train`` SD than the one copied there (it used to go on fine-tuning the old one
+    and drop the new one without a word); or its tasks are not this call's (a task was
+    added: loading it failed). A run's own staged-only SD there is kept: a run's SDs
+    do not say ``origin``."""
+    latest = read_latest(initial, "sd")
+    if latest is None:
+        return True
+    meta = dict(latest.get("meta", {}))
+    if list(meta.get("tasks", [])) != list(tasks):
+        return True
+    return latest_meta.get("origin") == "sd train" and meta.get("copied_from") != sd.version
+
+
 def improve_loop(
     store: str | Path,
     weights: str | Path,
@@ -186,14 +205,19 @@ def improve_loop(
     them per task and round and leave the rest out.
 
     Calls go on from each other: the first keeps the SD it starts from in
-    ``WEIGHTS/initial`` (what "initial" retrains from in every later call too), and each
+    ``WEIGHTS/initial`` (what "initial" retrains from in every later call too, until
+    ``mtopt sd train`` publishes a newer SD there or the tasks change), and each
     round keeps the oracle labels chosen so far in ``WEIGHTS/chosen_labels.json``, so a
     later call retrains on them as well (both used to last one call only)."""
     if retrain_from not in ("previous", "initial"):
         raise ValueError(f"retrain_from must be 'previous' or 'initial', got {retrain_from!r}")
     sd = SuccessDetector.load(weights, registry.names)
-    base = LabeledSet.load(examples)
+    latest_meta = dict((read_latest(weights, "sd") or {}).get("meta", {}))
+    # examples staged before a task of the registry existed: its labels unknown
+    base = LabeledSet.load(examples).with_tasks(registry.names)
     val = LabeledSet.load(validation) if validation else None
+    if val is not None and (unknown := sorted(set(val.tasks) - set(registry.names))):
+        raise ValueError(f"validation set {validation} has tasks this SD lacks: {unknown}")
     # final images, ground truth and scenes only: no frames (0.13 MB an episode)
     eps = EpisodeReader(store).poll_final_views()
     pool = episode_examples(
@@ -217,8 +241,10 @@ def improve_loop(
         raise ValueError(f"no episodes with labels available in {store}")
     # once every input loaded and has labels: a call that fails writes nothing to WEIGHTS
     initial = Path(weights) / "initial"
-    if SuccessDetector.latest_version(initial) == 0:
-        SuccessDetector(copy.deepcopy(sd.net), registry.names).publish(initial, 1)
+    if _initial_is_stale(initial, sd, latest_meta, registry.names):
+        SuccessDetector(copy.deepcopy(sd.net), registry.names).publish(
+            initial, extra_meta={"copied_from": sd.version}
+        )
     start = SuccessDetector.load(initial, registry.names).net
     chosen_path = Path(weights) / CHOSEN_LABELS
     known = pool.mask.copy()
@@ -269,7 +295,7 @@ def improve_loop(
         init = copy.deepcopy(start) if retrain_from == "initial" else sd.net
         net = train_sd(data, SDTrainConfig(steps=steps, seed=r + 1), init=init)
         sd = SuccessDetector(net, registry.names)
-        sd.publish(weights)
+        sd.publish(weights, extra_meta={"origin": "sd improve"})
         if labeler == "oracle":
             save_chosen(chosen_path, pool.ids, registry.names, chosen & known)
         record(int((chosen & known).sum(0).max()))  # the labels of the task with the most

@@ -127,12 +127,22 @@ class SuccessDetector:
             )
         return self._tasks.index(task)
 
-    def publish(self, directory: str | Path, version: int | None = None) -> Path:
+    def publish(
+        self,
+        directory: str | Path,
+        version: int | None = None,
+        extra_meta: dict[str, Any] | None = None,
+    ) -> Path:
         """Publish as ``version`` (None: the one after the latest in ``directory``, picked
         under the folder's publish lock, so another process publishing there, such as
         ``mtopt sd improve`` beside a run, cannot make it fail). ``version`` is set only
-        once the weights are written."""
-        meta: dict[str, Any] = {"net": asdict(self.net.cfg), "tasks": list(self._tasks)}
+        once the weights are written. ``extra_meta``: more metadata for the weights file
+        and ``sd-latest.json`` (such as who published them: ``origin``)."""
+        meta: dict[str, Any] = {
+            **(extra_meta or {}),
+            "net": asdict(self.net.cfg),
+            "tasks": list(self._tasks),
+        }
         tensors = dict(self.net.state_dict())
         if version is None:
             version, path = publish_next(directory, tensors, meta, prefix="sd")
