@@ -294,6 +294,10 @@ def test_a_registry_with_more_tasks_than_the_network_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match=r"set qnet\.num_tasks=14"):
         preset("local").validate(extra)
     assert override(preset("local"), ["qnet.num_tasks=14"]).validate(extra)
+    # spare inputs past the tasks: refused at once (the robots' policies refused the
+    # first published weights, and the fleet gave up after its restarts)
+    with pytest.raises(ValueError, match="spare task inputs are not supported"):
+        override(preset("local"), ["qnet.num_tasks=16"]).validate(extra)
 
 
 @pytest.mark.parametrize("name", ["local", "tuned", "tiny", "bench"])

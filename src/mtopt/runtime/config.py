@@ -275,6 +275,13 @@ class RunConfig:
                 f"qnet.num_tasks is {self.qnet.num_tasks} but the registry has {len(names)} "
                 f"tasks: set qnet.num_tasks={len(names)} (--set qnet.num_tasks={len(names)})"
             )
+        if self.qnet.num_tasks > len(names):  # robots, evaluation and --init-from need one each
+            raise ValueError(
+                f"qnet.num_tasks is {self.qnet.num_tasks} but the registry has {len(names)} "
+                "tasks: spare task inputs are not supported (the robots' policies, the "
+                "evaluation and --init-from take one input per task); add tasks with "
+                f"--tasks-file, which grows a trained network, or set qnet.num_tasks={len(names)}"
+            )
         at_least(self.sd.label_budget_per_round, 0, "sd.label_budget_per_round")
         at_least(self.sd.improve_every_episodes, 0, "sd.improve_every_episodes", " (0: never)")
         at_least(self.sd.examples_per_task, 1, "sd.examples_per_task")
