@@ -202,3 +202,22 @@ def test_a_run_averages_its_late_snapshots_into_a_replaced_folder(tmp_path: Path
     assert late_sources(run, 1) == [run, snaps / "q-00000004.safetensors"]
     with pytest.raises(WeightsError, match="no published weights"):
         late_sources(tmp_path, 1)
+
+
+def test_networks_of_other_tasks_are_not_averaged(tmp_path: Path) -> None:
+    """Two runs' networks with one input count but different tasks behind the new input
+    (place-can-on-plate in one, lift-small-ball in the other) used to average into one
+    input, named after the first source's tasks."""
+    from mtopt.qtopt.weights import WeightsError, average_into
+
+    cfg = dataclasses.replace(SMALL, num_tasks=3)
+    can, ball = ("x", "y", "place-can-on-plate"), ("x", "y", "lift-small-ball")
+    for name, tasks in (("a", can), ("a2", can), ("b", ball)):
+        learner = Learner(cfg)
+        learner.task_names = tasks
+        learner.publish(tmp_path / name)
+    with pytest.raises(WeightsError, match="an average needs the same tasks"):
+        average_into(tmp_path / "avg", [tmp_path / "a", tmp_path / "b"])
+    assert not (tmp_path / "avg" / "q-latest.json").exists()
+    _, _, meta = average_into(tmp_path / "same", [tmp_path / "a", tmp_path / "a2"])
+    assert meta["tasks"] == list(can)

@@ -309,6 +309,12 @@ def average_into(
             meta0 = meta
         else:
             check_config(meta0.get("qnet", {}), meta.get("qnet", {}), f"weights {src}")
+            if "tasks" in meta0 and "tasks" in meta and meta0["tasks"] != meta["tasks"]:
+                # one task input would average two tasks' networks
+                raise WeightsError(
+                    f"weights {src} were trained on the tasks {meta['tasks']}, "
+                    f"{sources[0]} on {meta0['tasks']}: an average needs the same tasks"
+                )
         for part in parts:
             sd = split_prefixed(tensors, part)
             if not sd:
