@@ -83,3 +83,38 @@ def test_exported_policy_acts_like_its_run(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "no ['x'] network" in res.output
     res = CliRunner().invoke(app, ["export", str(run), str(tmp_path / "e3"), "--parts", "target0"])
     assert res.exit_code == 2 and "needs acting or online" in res.output
+
+
+def test_a_new_task_of_a_tasks_file_runs_scripted_in_the_demo_and_collection(
+    tmp_path: Path,
+) -> None:
+    """A task of one's own can be looked at (`sim demo`) and collected for (`collect`)
+    before any run: both knew only the built-in tasks and a run's."""
+    from mtopt.store import EpisodeReader
+
+    tasks = tmp_path / "tasks.json"
+    task = {"name": "place-can-on-plate", "kind": "place", "fixtures": ["plate"], "category": "can"}
+    tasks.write_text(json.dumps([task]))
+    args = ("--task", "place-can-on-plate", "--size", "32", "--out", str(tmp_path / "d"))
+    code, out = demo(*args, "--tasks-file", str(tasks))
+    assert code == 0 and (tmp_path / "d" / "place-can-on-plate.gif").exists(), out
+    code, out = demo(*args)
+    assert code == 2 and "unknown task 'place-can-on-plate'" in out
+    code, out = demo(*args, "--tasks-file", str(tasks), "--run", str(tmp_path))
+    assert code == 2 and "a --run brings its own tasks" in out
+    store = tmp_path / "store"
+    collect = ["collect", "--store", str(store), "--robots", "1", "--episodes", "1"]
+    res = CliRunner().invoke(
+        app, [*collect, "--tasks", "place-can-on-plate", "--tasks-file", str(tasks)]
+    )
+    assert res.exit_code == 0, res.output
+    (ep,) = EpisodeReader(store).poll()
+    assert ep.task == "place-can-on-plate" and "place-can-on-plate" in ep.gt_success_by_task
+    # a run's weights bring the run's tasks: a tasks file of other tasks is refused
+    run = tmp_path / "run"
+    save_config(preset("local"), run / "config.json")
+    Learner(dataclasses.replace(SMALL, num_tasks=len(DEFAULT_REGISTRY))).publish(run / "weights")
+    res = CliRunner().invoke(
+        app, [*collect, "--weights", str(run / "weights"), "--tasks-file", str(tasks)]
+    )
+    assert res.exit_code == 2 and "does not describe the tasks of the run" in res.output

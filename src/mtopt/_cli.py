@@ -16,6 +16,11 @@ TASKS_FILE_HELP = (
     "store), else the built-in ones."
 )
 
+OWN_TASKS_HELP = (
+    "Tasks of your own after the built-in ones (a JSON list of task descriptions, as "
+    "`mtopt run --tasks-file`), e.g. for a run's new task."
+)
+
 
 def fail(msg: object, code: int = 2) -> NoReturn:
     """End the command with ``error: MSG`` on stderr and exit ``code``: 2 for bad input,

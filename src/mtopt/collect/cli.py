@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from mtopt._cli import fail
+from mtopt._cli import OWN_TASKS_HELP, fail
 
 
 def register(app: typer.Typer) -> None:
@@ -24,6 +24,7 @@ def register(app: typer.Typer) -> None:
             help="Published Q weights dir (learned policies); a run's weights/ brings the "
             "run's own tasks (its config's extra_tasks) too.",
         ),
+        tasks_file: Path | None = typer.Option(None, help=OWN_TASKS_HELP),
     ) -> None:
         """Run ROBOTS robot processes, EPISODES each, scripted (or learned) policies."""
         from collections import Counter
@@ -35,6 +36,7 @@ def register(app: typer.Typer) -> None:
         from mtopt.config import ConfigError
         from mtopt.runtime.config import load_run_config
         from mtopt.tasks import DEFAULT_REGISTRY, UnknownTaskError
+        from mtopt.tasks.registry import read_tasks_file
 
         names = tuple(t for t in tasks.split(",") if t)
         extra: tuple[dict[str, object], ...] = ()
@@ -56,6 +58,18 @@ def register(app: typer.Typer) -> None:
         try:
             if weights is not None and (weights.parent / "config.json").exists():
                 extra = load_run_config(weights.parent / "config.json").extra_tasks
+            if tasks_file is not None:
+                own = tuple(read_tasks_file(tasks_file))
+                if (
+                    weights is not None
+                    and (weights.parent / "config.json").exists()
+                    and own != extra
+                ):
+                    raise ValueError(
+                        f"the tasks file {tasks_file} does not describe the tasks of the run "
+                        f"of {weights} (its config.json's extra_tasks): leave it out"
+                    )
+                extra = own
             registry = DEFAULT_REGISTRY.with_extra(extra)
             for t in names:
                 registry.get(t)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from mtopt._cli import fail
+from mtopt._cli import OWN_TASKS_HELP, fail, registry_for
 
 if TYPE_CHECKING:
     from mtopt.policies.base import Policy
@@ -34,6 +34,9 @@ def demo(
     part: str | None = typer.Option(
         None, help="With --run: the acting (moving-average, default) or the online weights."
     ),
+    tasks_file: Path | None = typer.Option(
+        None, help=OWN_TASKS_HELP + " Without --run (a run brings its own tasks)."
+    ),
 ) -> None:
     """Run the scripted bootstrap policy for TASK (or, with --run, a run's learned CEM
     policy), write an animated GIF + PNG strip, print success."""
@@ -51,7 +54,9 @@ def demo(
     from mtopt.tasks import DEFAULT_REGISTRY, UnknownTaskError
 
     learned: Policy | None = None
-    registry = DEFAULT_REGISTRY
+    if run is not None and tasks_file is not None:
+        fail("--tasks-file is for the scripted policies: a --run brings its own tasks")
+    registry = DEFAULT_REGISTRY if tasks_file is None else registry_for(None, tasks_file)
     try:
         base = SimConfig()
         if run is None and part is not None:  # it was ignored: the scripted policy ran

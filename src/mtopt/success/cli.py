@@ -8,15 +8,10 @@ from pathlib import Path
 
 import typer
 
-from mtopt._cli import TASKS_FILE_HELP, registry_for
+from mtopt._cli import OWN_TASKS_HELP, TASKS_FILE_HELP, registry_for
 from mtopt._cli import fail as _fail
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown")
-
-OWN_TASKS_HELP = (
-    "Tasks of your own after the built-in ones (a JSON list of task descriptions, as "
-    "`mtopt run --tasks-file`), e.g. for a run's new task."
-)
 
 
 @app.command()
