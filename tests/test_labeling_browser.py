@@ -218,3 +218,31 @@ def test_undo_then_skip_leaves_the_episode_unlabeled(tmp_path: Path) -> None:
         page.reload()  # the server's count agrees with the page's
         page.wait_for_function(f"{status}.includes('0 labeled, 3 to go')", timeout=15000)
     assert LabelStore(labels).latest() == {}
+
+
+@pytest.mark.timeout(180)
+def test_a_task_switch_waits_for_the_label_on_its_way(tmp_path: Path) -> None:
+    """The task menu switched while a label was being saved: the label's answer then took
+    the new task's first episode as labeled (skipped it) and undo aimed at that episode
+    for the new task (the server had nothing to retract; the wrong label stayed). The
+    menu now waits for the label; undo has nothing of the new task to take back."""
+    labels = tmp_path / "labels.jsonl"
+    meta = "document.getElementById('meta').textContent"
+    status = "document.getElementById('status').textContent"
+    with _page_on_first_episode(tmp_path, labels) as page:
+        first = page.evaluate(meta).split()[1]
+        page.evaluate(  # the label's POST answers late, as a busy server's does
+            "const f=window.fetch; window.fetch=(u,o)=>(o&&o.method==='POST')?"
+            "new Promise(r=>setTimeout(r,1500)).then(()=>f(u,o)):f(u,o)"
+        )
+        page.keyboard.press("y")
+        page.select_option("#task", "place-any")  # waits while the menu is held
+        page.wait_for_function(
+            f"{status}.includes('0 labeled') && {meta}.startsWith('episode ')", timeout=15000
+        )
+        assert page.is_disabled("#undo")  # nothing labeled for place-any on this page
+        shown = page.evaluate(meta).split()[1]
+        page.keyboard.press("n")
+        page.wait_for_function(f"{status}.includes('1 labeled')", timeout=15000)
+    saved = [(lab.episode_id, lab.task, lab.success) for lab in LabelStore(labels).all()]
+    assert saved == [(first, "lift-any", True), (shown, "place-any", False)]

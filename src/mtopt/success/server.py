@@ -313,7 +313,7 @@ button{font-size:18px;padding:8px 18px;margin:6px} .ok{background:#3a3} .no{back
 <script>
 // queue: the next episodes for this task (most uncertain first); skipped: the ones this
 // page was told to skip, kept out of later queues until the task changes or the page reloads
-// done: the episodes labeled on this page for this task, the latest last, for undo
+// done: the labels given on this page for this task ({item, task}), the latest last, for undo
 let queue=[], cur=null, skipped=new Set(), done=[], labeled=0, remaining=0, busy=false;
 const $=id=>document.getElementById(id);
 function status(){
@@ -328,7 +328,15 @@ async function fetchQueue(){
   queue=d.items.filter(i=>!skipped.has(i.episode_id)); labeled=d.labeled; remaining=d.remaining;
   return true;
 }
-async function load(){ if(await fetchQueue()){status(); next();} }
+// the task menu is held while a label, an undo or a refill is on its way: a switch then
+// took the old task's answer for the new task's list (an episode skipped, undo aimed at it)
+function setBusy(b){ busy=b; $('task').disabled=b; }
+// (also while a switch loads its list: a key then labeled the old task's episode for it)
+async function load(){
+  setBusy(true); let ok=false;
+  try{ ok=await fetchQueue(); } finally { setBusy(false); }
+  if(ok){status(); next();}
+}
 function next(){ show(queue.shift()); }
 function show(item){
   cur=item; $('undo').disabled=!done.length;
@@ -344,14 +352,14 @@ function show(item){
 // not yet shown); the new count and the next episode appear together once the page is ready
 async function label(success){
   if(!cur||busy) return;
-  busy=true; let saved=false, ready=false;
+  setBusy(true); let saved=false, ready=false; const item=cur, task=$('task').value;
   try{
     const r=await fetch('/api/labels',{method:'POST',headers:{'Content-Type':'application/json'},
-      body:JSON.stringify({episode_id:cur.episode_id,task:$('task').value,success:success})});
+      body:JSON.stringify({episode_id:item.episode_id,task:task,success:success})});
     if(!r.ok){$('status').textContent='error: '+(await r.text()); return;}
-    saved=true; labeled++; remaining--; done.push(cur);
+    saved=true; labeled++; remaining--; done.push({item:item,task:task});
     ready=queue.length>=5 || await fetchQueue();
-  } finally { busy=false; }
+  } finally { setBusy(false); }
   // a saved label always moves on (a failed refill leaves its error shown and the
   // episodes still queued), so the same episode is never labeled twice
   if(saved){ if(ready) status(); next(); }
@@ -360,24 +368,24 @@ async function skip(){
   if(!cur||busy) return;
   skipped.add(cur.episode_id);
   if(queue.length){status(); next(); return;}
-  busy=true; let ready=false;
-  try{ ready=await fetchQueue(); } finally { busy=false; }
+  setBusy(true); let ready=false;
+  try{ ready=await fetchQueue(); } finally { setBusy(false); }
   if(ready){status(); next();}
 }
 // undo: take back the last label given on this page (the server appends a retraction)
 // and show its episode again, unlabeled: a new label or a skip leaves it so
 async function undo(){
   if(!done.length||busy) return;
-  busy=true; let ok=false; const last=done[done.length-1];
+  setBusy(true); let ok=false; const last=done[done.length-1];
   try{
-    const r=await fetch('/api/labels?episode_id='+encodeURIComponent(last.episode_id)+
-      '&task='+encodeURIComponent($('task').value),{method:'DELETE'});
+    const r=await fetch('/api/labels?episode_id='+encodeURIComponent(last.item.episode_id)+
+      '&task='+encodeURIComponent(last.task),{method:'DELETE'});
     if(!r.ok){$('status').textContent='error: '+(await r.text()); return;}
     ok=true;
-  } finally { busy=false; }
+  } finally { setBusy(false); }
   if(!ok) return;
   done.pop(); if(cur) queue.unshift(cur);
-  labeled--; remaining++; status(); show(last);
+  labeled--; remaining++; status(); show(last.item);
 }
 $('yes').onclick=()=>label(true); $('no').onclick=()=>label(false); $('skip').onclick=()=>skip();
 $('undo').onclick=()=>undo();
