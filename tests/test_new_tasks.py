@@ -273,14 +273,43 @@ def test_a_fresh_start_with_other_tasks_stages_the_sd_examples_again(tmp_path: P
     (first.paths.sd / "examples.npz").write_bytes(b"staged for the can")
     first._check_sd_tasks()  # the same tasks: kept
     assert (first.paths.sd / "examples.npz").exists()
+    (first.paths.sd / "episode_labels.npz").write_bytes(b"labels of the can task")
     second = run(bottle)
     second._check_sd_tasks()
     assert not (second.paths.sd / "examples.npz").exists()
-    assert [p.name.split(".other-tasks")[0] for p in second.paths.sd.glob("*.other-tasks-*")] == [
-        "examples.npz"
-    ]
+    moved = sorted(p.name.split(".other-tasks")[0] for p in second.paths.sd.glob("*.other-tasks-*"))
+    assert moved == ["episode_labels.npz", "examples.npz"]
     net = SuccessNet(SDNetConfig(num_tasks=len(second.registry), image_size=16))
     SuccessDetector(net, second.registry.names).publish(second.paths.sd)
     with pytest.raises(ConfigError, match="trained for other tasks"):
         run(can)._check_sd_tasks()
     run(bottle)._check_sd_tasks()  # its own SD
+    # a folder from before the key: its staged examples say their tasks
+    from mtopt.success.data import LabeledSet
+
+    old = tmp_path / "old"
+    LabeledSet.empty(("lift-any",)).save(old / "sd" / "examples.npz")
+    LocalRun(base, old)._check_sd_tasks()
+    assert not (old / "sd" / "examples.npz").exists()
+
+
+def test_sd_versions_of_sd_improve_in_a_runs_folder_are_not_its_rounds(tmp_path: Path) -> None:
+    """The run's relabel rounds come after ever more episodes (improve_growth), counted by
+    the rounds it made: quality.json has a line for its first SD and one a round. The
+    SD's version counted versions `mtopt sd improve` published there too."""
+    import json
+
+    from mtopt.runtime.config import preset
+    from mtopt.runtime.local import LocalRun
+    from mtopt.success.network import SDNetConfig, SuccessDetector, SuccessNet
+
+    run = LocalRun(preset("tiny"), tmp_path)
+    sd = SuccessDetector(
+        SuccessNet(SDNetConfig(num_tasks=len(run.registry), image_size=16)), run.registry.names, 7
+    )
+    assert run._sd_rounds_done(sd) == 6  # a run from before quality.json: its versions
+    run.paths.sd.mkdir(parents=True, exist_ok=True)
+    (run.paths.sd / "quality.json").write_text(
+        json.dumps([{"version": 1}, {"version": 2}, {"version": 5}])
+    )
+    assert run._sd_rounds_done(sd) == 2

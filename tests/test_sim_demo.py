@@ -118,3 +118,11 @@ def test_a_new_task_of_a_tasks_file_runs_scripted_in_the_demo_and_collection(
         app, [*collect, "--weights", str(run / "weights"), "--tasks-file", str(tasks)]
     )
     assert res.exit_code == 2 and "does not describe the tasks of the run" in res.output
+    # weights alone (no run's config.json beside them) that name their tasks
+    bare = Learner(dataclasses.replace(SMALL, num_tasks=len(DEFAULT_REGISTRY) + 1))
+    bare.task_names = (*DEFAULT_REGISTRY.names, "lift-small-ball")
+    bare.publish(tmp_path / "bare")
+    res = CliRunner().invoke(
+        app, [*collect, "--weights", str(tmp_path / "bare"), "--tasks-file", str(tasks)]
+    )
+    assert res.exit_code == 2 and "were trained on the tasks" in res.output

@@ -221,3 +221,16 @@ def test_networks_of_other_tasks_are_not_averaged(tmp_path: Path) -> None:
     assert not (tmp_path / "avg" / "q-latest.json").exists()
     _, _, meta = average_into(tmp_path / "same", [tmp_path / "a", tmp_path / "a2"])
     assert meta["tasks"] == list(can)
+    # the policy's config must be of the networks' tasks
+    with pytest.raises(WeightsError, match="the policy's config has"):
+        average_into(tmp_path / "c", [tmp_path / "a", tmp_path / "a2"], expected_tasks=ball)
+    # two runs whose tasks files define a task of one name differently
+    task = {"name": "place-new", "kind": "place", "fixtures": ["plate"], "category": "can"}
+    for name, t in (("r1", task), ("r2", {**task, "fixtures": ["bowl"]})):
+        save_config(
+            dataclasses.replace(preset("local"), extra_tasks=(t,)), tmp_path / name / "config.json"
+        )
+    res = CliRunner().invoke(
+        app, ["average", str(tmp_path / "d"), str(tmp_path / "r1"), str(tmp_path / "r2")]
+    )
+    assert res.exit_code == 2 and "a run of other tasks than" in res.output

@@ -34,6 +34,7 @@ def register(app: typer.Typer) -> None:
         from mtopt.collect.fleet import FleetSpec, run_fleet
         from mtopt.collect.loop import CollectConfig
         from mtopt.config import ConfigError
+        from mtopt.qtopt.weights import WeightsError, read_latest
         from mtopt.runtime.config import load_run_config
         from mtopt.tasks import DEFAULT_REGISTRY, UnknownTaskError
         from mtopt.tasks.registry import read_tasks_file
@@ -56,24 +57,34 @@ def register(app: typer.Typer) -> None:
                 err=True,
             )
         try:
-            if weights is not None and (weights.parent / "config.json").exists():
-                extra = load_run_config(weights.parent / "config.json").extra_tasks
+            run_config = weights.parent / "config.json" if weights is not None else None
+            if run_config is not None and run_config.exists():
+                extra = load_run_config(run_config).extra_tasks
             if tasks_file is not None:
                 own = tuple(read_tasks_file(tasks_file))
-                if (
-                    weights is not None
-                    and (weights.parent / "config.json").exists()
-                    and own != extra
-                ):
+                if run_config is not None and run_config.exists() and own != extra:
                     raise ValueError(
                         f"the tasks file {tasks_file} does not describe the tasks of the run "
                         f"of {weights} (its config.json's extra_tasks): leave it out"
                     )
+                try:
+                    registry = DEFAULT_REGISTRY.with_extra(own)
+                except ValueError as exc:
+                    raise ValueError(f"the tasks file {tasks_file}: {exc}") from None
                 extra = own
-            registry = DEFAULT_REGISTRY.with_extra(extra)
+            else:
+                registry = DEFAULT_REGISTRY.with_extra(extra)
+            latest = read_latest(weights) if weights is not None else None
+            trained = (latest or {}).get("meta", {}).get("tasks")
+            if trained is not None and list(trained) != list(registry.names):
+                # of one count, the robots would give a task another task's input
+                raise ValueError(
+                    f"the weights in {weights} were trained on the tasks {list(trained)}, "
+                    f"not these: {list(registry.names)}"
+                )
             for t in names:
                 registry.get(t)
-        except (UnknownTaskError, ConfigError, ValueError) as exc:
+        except (UnknownTaskError, ConfigError, ValueError, WeightsError) as exc:
             fail(exc)
         if split not in ("train", "test"):
             fail(f"--split must be train or test, got {split!r}")

@@ -283,6 +283,7 @@ def average_into(
     parts: tuple[str, ...] = ("acting", "online"),
     prefix: str = "q",
     expected_qnet: dict[str, Any] | None = None,
+    expected_tasks: tuple[str, ...] | None = None,
 ) -> tuple[Path, int, dict[str, Any]]:
     """Average the networks ``parts`` of every source (``load_source``) into one network
     and publish it in the new folder ``dst`` as the ``acting`` network, under the newest
@@ -290,7 +291,8 @@ def average_into(
     every part. Returns (file, version, meta); ``meta["averaged"]`` lists, per source,
     what went in (source, version, learner step). The fields in ``expected_qnet`` (what
     the policy's config needs of the network, e.g. its image size) must match the
-    sources' network."""
+    sources' network, and the sources' tasks (where their weights name them) must be
+    ``expected_tasks`` (the policy's config's)."""
     _refuse_published(Path(dst), prefix)
     if not sources:
         raise WeightsError("no sources to average")
@@ -322,6 +324,15 @@ def average_into(
             members.append(sd)
         used.append({"source": str(src), "version": version, "step": meta.get("step")})
     assert meta0 is not None
+    if (
+        expected_tasks is not None
+        and "tasks" in meta0
+        and list(meta0["tasks"]) != list(expected_tasks)
+    ):
+        raise WeightsError(
+            f"weights {sources[0]} were trained on the tasks {meta0['tasks']}, the policy's "
+            f"config has {list(expected_tasks)}"
+        )
     if expected_qnet is not None:  # fields the weights predate keep their defaults
         found = meta0.get("qnet", {})
         shared = {k: v for k, v in expected_qnet.items() if k in found}

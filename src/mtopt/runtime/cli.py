@@ -188,12 +188,21 @@ def register(app: typer.Typer) -> None:
         keep_someones_config(out, "average")
         try:
             cfg = load_run_config(run / "config.json")
+            for src in sources:  # a run's tasks file may define a task of the same name anew
+                if (src / "config.json").is_file() and (
+                    load_run_config(src / "config.json").extra_tasks != cfg.extra_tasks
+                ):
+                    raise ConfigError(
+                        f"{src} is a run of other tasks than {run} (its config.json's "
+                        "extra_tasks): an average needs the same tasks"
+                    )
             path, version, meta = average_into(
                 out / "weights",
                 list(sources),
                 tuple(parts.split(",")),
                 # the policy's robots render the config's image size: the network's
                 expected_qnet={"image_size": cfg.sim.image_size},
+                expected_tasks=cfg.registry().names,
             )
         except (ConfigError, WeightsError) as exc:
             fail(exc)

@@ -567,20 +567,28 @@ class LocalRun:
         start into a folder a start with other tasks left them in (stopped while staging,
         a tasks file mended) stages again instead of training the new task's output on
         another task's labels, and refuses a success detector trained for other tasks."""
-        key_path = self.paths.sd / "tasks.key.json"
-        key = self.registry.describe()
-        if key_path.exists() and json.loads(key_path.read_text()) != key:
-            if SuccessDetector.latest_version(self.paths.sd) > 0:
+        sd = self.paths.sd
+        key_path = sd / "tasks.key.json"
+        # the names, and the descriptions of the tasks the run adds (the built-in ones are
+        # the code's: a later version's wording must not lock a run out of its resume)
+        key = {"names": list(self.registry.names), "extra_tasks": list(self.cfg.extra_tasks)}
+        if key_path.exists():
+            other = json.loads(key_path.read_text()) != key
+        else:  # a run from before the key: its staged examples name their tasks
+            examples = sd / "examples.npz"
+            other = examples.exists() and LabeledSet.load(examples).tasks != self.registry.names
+        if other:
+            if SuccessDetector.latest_version(sd) > 0:
                 raise ConfigError(
-                    f"{self.paths.sd} holds a success detector trained for other tasks "
-                    f"(tasks.key.json there lists them); delete {self.paths.sd} to train "
-                    "one for these tasks, or choose another --out"
+                    f"{sd} holds a success detector trained for other tasks "
+                    f"(tasks.key.json there lists them); delete {sd} to train one for "
+                    "these tasks, or choose another --out"
                 )
-            for name in ("examples.npz", "validation.npz"):
-                if (self.paths.sd / name).exists():
-                    moved = self._set_aside(self.paths.sd / name, "other-tasks")
-                    self._log(f"{name} was staged for other tasks: moved to {moved.name}")
-        self.paths.sd.mkdir(parents=True, exist_ok=True)
+            for name in ("examples.npz", "validation.npz", "episode_labels.npz", "quality.json"):
+                if (sd / name).exists():
+                    moved = self._set_aside(sd / name, "other-tasks")
+                    self._log(f"{name} was made for other tasks: moved to {moved.name}")
+        sd.mkdir(parents=True, exist_ok=True)
         atomic_write_json(key_path, key)
 
     def init_sd(self) -> SuccessDetector:
@@ -656,8 +664,17 @@ class LocalRun:
         rather than reset the count with nothing done."""
         c = self.cfg.sd
         return sd_round_due(
-            tail.since_mark, c.improve_every_episodes, c.improve_growth, sd.version - 1
+            tail.since_mark, c.improve_every_episodes, c.improve_growth, self._sd_rounds_done(sd)
         ) and bool(tail.recent())
+
+    def _sd_rounds_done(self, sd: SuccessDetector) -> int:
+        """The run's own relabel rounds so far: quality.json has a line per SD the run
+        made (its first, then one a round). Versions `mtopt sd improve` published into
+        the run's sd folder are no rounds of the run (they made its rounds ever rarer)."""
+        path = self.paths.sd / "quality.json"
+        if not path.exists():  # a run from before quality.json
+            return max(0, sd.version - 1)
+        return max(0, len(json.loads(path.read_text())) - 1)
 
     def sd_round(
         self,

@@ -56,6 +56,11 @@ def examples(
             before = before.with_tasks(registry.names)
     except ValueError as exc:
         _fail(exc)
+    if before is not None and before.held_out.any() and not before.held_out.all():
+        _fail(
+            f"{out} mixes training and held-out objects (written before the splits were "
+            "kept apart): start a new file (--out) for each split"
+        )
     if before is not None and len(before) and set(before.held_out.tolist()) != {split == "test"}:
         held = "held-out (--split test)" if before.held_out.any() else "training (--split train)"
         _fail(

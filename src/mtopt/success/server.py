@@ -391,7 +391,9 @@ $('yes').onclick=()=>label(true); $('no').onclick=()=>label(false); $('skip').on
 $('undo').onclick=()=>undo();
 document.addEventListener('keydown',e=>{ if(e.repeat||e.ctrlKey||e.metaKey||e.altKey||e.target.tagName==='SELECT')return; if(e.key==='y'||e.key==='1')label(true); else if(e.key==='n'||e.key==='0')label(false); else if(e.key==='s')skip(); else if(e.key==='u')undo();});
 // the select gives the focus back, so the keys work again at once
-$('task').onchange=()=>{$('task').blur(); skipped=new Set(); done=[]; load();};
+// (the old task's list and episode go at once: a failed load left them to be labeled
+// for the new task)
+$('task').onchange=()=>{$('task').blur(); skipped=new Set(); done=[]; queue=[]; show(null); load();};
 (async()=>{const ts=await (await fetch('/api/tasks')).json();
   const want=new URLSearchParams(location.search).get('task');
   for(const t of ts){const o=document.createElement('option');o.value=o.textContent=t; if(t===want)o.selected=true; $('task').appendChild(o);}

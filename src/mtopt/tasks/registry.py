@@ -15,7 +15,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, is_dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -242,26 +242,6 @@ class TaskRegistry(Sequence[TaskSpec]):
     def index(self, name: str) -> int:  # type: ignore[override]
         self.get(name)
         return self._index[name]
-
-    def describe(self) -> list[dict[str, Any]]:
-        """Each task's name, skill, description and success predicate as plain values:
-        a key that tells data made for these tasks from data made for others, such as a
-        task redefined under its old name (a predicate that is not a dataclass, whose
-        repr could change between processes, is named by its type)."""
-        out = []
-        for t in self._tasks:
-            p = t.predicate
-            pred = repr(p) if is_dataclass(p) else type(p).__qualname__
-            out.append(
-                {
-                    "name": t.name,
-                    "skill": t.skill,
-                    "description": t.description,
-                    "starts_holding": t.starts_holding,
-                    "predicate": pred,
-                }
-            )
-        return out
 
     def subset(self, names: Iterable[str]) -> TaskRegistry:
         """A registry with only ``names`` (in the given order)."""
