@@ -93,19 +93,25 @@ def test_paired_comparison_by_hand() -> None:
     assert (c.n, c.only_a, c.only_b) == (5, 1, 2)
     assert c.a_rate == pytest.approx(0.6) and c.b_rate == pytest.approx(0.8)
     assert c.diff == pytest.approx(0.2)
-    # var = (3 - 1/5) / 25 = 0.112; half = 1.96 * 0.334664 = 0.655941
-    assert c.ci95 == pytest.approx((0.2 - 0.655941, 0.2 + 0.655941), abs=1e-5)
+    # Agresti-Min: N = 7, p_a = 1.5/7, p_b = 2.5/7, centre 1/7 = 0.142857;
+    # var = (4/7 - (1/7)^2) / 7 = 0.078717, half = 1.96 * 0.280566 = 0.549909
+    assert c.ci95 == pytest.approx((0.142857 - 0.549909, 0.142857 + 0.549909), abs=1e-5)
     # McNemar exact: m = 3 discordant, min 1: 2 * (C(3,0) + C(3,1)) / 8 = 1.0
     assert c.p_value == pytest.approx(1.0)
-    # 5 scenes only B solves, 5 both fail: diff 0.5, var = (5 - 25/10) / 100 = 0.025,
-    # half = 1.96 * 0.158114 = 0.309903; p = 2 / 32 = 0.0625
+    # 5 scenes only B solves, 5 both fail: diff 0.5; N = 12, centre 5/12 = 0.416667,
+    # var = (6/12 - (5/12)^2) / 12 = 0.027199, half = 1.96 * 0.164922 = 0.323246;
+    # p = 2 / 32 = 0.0625
     c = paired_comparison([False] * 10, [True] * 5 + [False] * 5)
     assert c.diff == pytest.approx(0.5) and c.p_value == pytest.approx(0.0625)
-    assert c.ci95 == pytest.approx((0.190097, 0.809903), abs=1e-5)
+    assert c.ci95 == pytest.approx((0.093421, 0.739913), abs=1e-5)
     assert c.as_dict()["mcnemar_p"] == 0.0625 and c.as_dict()["b_minus_a"] == 0.5
-    # identical outcomes: no difference, a zero-width interval, p = 1
+    # identical outcomes: no difference, p = 1, and an interval that still says how
+    # little 2 scenes tell (Wald's was [0, 0]): N = 4, var = (1/4) / 4, half = 1.96 / 4
     c = paired_comparison([True, False], [True, False])
-    assert (c.diff, c.ci95, c.p_value) == (0.0, (0.0, 0.0), 1.0)
+    assert (c.diff, c.p_value) == (0.0, 1.0) and c.ci95 == pytest.approx((-0.49, 0.49))
+    # 0 against 4 of 400: p = 0.125, and the interval now holds 0 too
+    c = paired_comparison([False] * 400, [True] * 4 + [False] * 396)
+    assert c.p_value == pytest.approx(0.125) and c.ci95[0] < 0 < c.ci95[1]
     with pytest.raises(ValueError, match="same scenes"):
         paired_comparison([True], [True, False])
     with pytest.raises(ValueError, match="zero scenes"):
