@@ -39,6 +39,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
 from _results import write_result
+from mtopt.config import ConfigError
 from mtopt.eval.evaluate import (
     encode_outcomes,
     evaluate_outcomes,
@@ -50,7 +51,7 @@ from mtopt.policies.base import Policy
 from mtopt.policies.cem_policy import CEMPolicy
 from mtopt.policies.scripted import is_pick_task, scripted_policy_for, straight_down_pick
 from mtopt.qtopt.cem import CEMConfig
-from mtopt.runtime.config import run_registry, run_sim_config
+from mtopt.runtime.config import load_run_config, run_registry, run_sim_config
 from mtopt.sim.cell import CELL_VERSION
 from mtopt.tasks.registry import TaskSpec
 
@@ -119,6 +120,16 @@ def main() -> None:
     t0 = time.perf_counter()
     tasks = args.tasks.split(",")
     registry = run_registry(args.run)
+    try:  # a run's (or a policy folder's) own config: its training seed
+        run_cfg = load_run_config(f"{args.run}/config.json")
+    except (ConfigError, FileNotFoundError, OSError):
+        run_cfg = None
+    if run_cfg is not None and run_cfg.eval_seed == args.seed:
+        ap.error(
+            f"--seed {args.seed} is the run's own in-run evaluation block (seed "
+            f"{run_cfg.seed}, eval_seed {run_cfg.eval_seed}): its collection switched to "
+            "learned policies on those scenes; pick another --seed"
+        )
     for t in tasks:
         registry.get(t)  # unknown task: clear error before any work
     parts = args.parts.split(",")
@@ -153,6 +164,7 @@ def main() -> None:
     per_task: dict[str, dict[str, dict[str, object]]] = {t: {} for t in tasks}
     outcomes: dict[tuple[str, str], list[bool]] = {}
     version = 0
+    learned_versions: set[int] = set()
     for task, which, wins, v in results:
         per_task[task][which] = {
             **rate_with_ci(success_rate(wins), args.episodes),
@@ -160,6 +172,14 @@ def main() -> None:
         }
         outcomes[task, which] = wins
         version = max(version, v)
+        if which in parts:
+            per_task[task][which]["q_weights_version"] = v
+            learned_versions.add(v)
+    if len(learned_versions) > 1:  # a run still training published between the jobs
+        print(
+            f"warning: the rows come from Q weights versions {sorted(learned_versions)}: the "
+            "run published while it was evaluated (evaluate a stopped run or a copy)"
+        )
     paired = {
         t: paired_comparison(outcomes[t, "acting"], outcomes[t, "online"]).as_dict()
         for t in tasks
@@ -168,6 +188,9 @@ def main() -> None:
     out = {
         "run": args.run,
         "q_weights_version": version,
+        "q_weights_versions": sorted(learned_versions),
+        "run_seed": run_cfg.seed if run_cfg is not None else None,
+        "run_config": run_cfg.name if run_cfg is not None else None,
         "episodes_per_task": args.episodes,
         "seed": args.seed,
         "objects": args.objects,

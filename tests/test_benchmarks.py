@@ -196,6 +196,27 @@ def test_learning_benchmark_evaluates_each_seed_on_its_own_scenes(tmp_path: Path
     assert len(other["place-any"]["acting"]) == 1
 
 
+def test_evaluate_run_refuses_the_runs_own_in_run_scenes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run of seed 5 chose its collection policies (the parity switch) on the scenes
+    of evaluation seed 5: `evaluate_run --seed 5` of it would report on them."""
+    import shutil
+
+    import evaluate_run
+
+    policy = tmp_path / "seed5"
+    shutil.copytree(Path(__file__).parents[1] / "policies" / "tuned-r34", policy)
+    cfg = json.loads((policy / "config.json").read_text())
+    (policy / "config.json").write_text(json.dumps({**cfg, "seed": 5}))
+    argv = ["evaluate_run.py", "--run", str(policy), "--json", str(tmp_path / "o.json")]
+    monkeypatch.setattr(sys, "argv", [*argv, "--seed", "5", "--episodes", "1"])
+    with pytest.raises(SystemExit):
+        evaluate_run.main()
+    assert "is the run's own in-run evaluation block" in capsys.readouterr().err
+    assert not (tmp_path / "o.json").exists()
+
+
 def test_learning_benchmark_resume_must_repeat_the_arm_arguments(tmp_path: Path) -> None:
     import argparse
 
