@@ -212,7 +212,7 @@ def improve_loop(
     if retrain_from not in ("previous", "initial"):
         raise ValueError(f"retrain_from must be 'previous' or 'initial', got {retrain_from!r}")
     sd = SuccessDetector.load(weights, registry.names)
-    latest_meta = dict((read_latest(weights, "sd") or {}).get("meta", {}))
+    latest_meta = sd.meta  # read with the weights (a run may publish in between)
     # examples staged before a task of the registry existed: its labels unknown
     base = LabeledSet.load(examples).with_tasks(registry.names)
     val = LabeledSet.load(validation) if validation else None

@@ -92,6 +92,8 @@ class SuccessDetector:
         self.net = net.eval()
         self._tasks = tuple(tasks)
         self._version = version
+        self.meta: dict[str, Any] = {}
+        """The metadata published with these weights (``load``), read with them."""
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -174,7 +176,9 @@ class SuccessDetector:
             )
         net = SuccessNet(cfg)
         net.load_state_dict(tensors)
-        return cls(net, meta["tasks"], version)
+        sd = cls(net, meta["tasks"], version)
+        sd.meta = dict(meta)
+        return sd
 
     @staticmethod
     def latest_version(directory: str | Path) -> int:
