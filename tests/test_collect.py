@@ -283,6 +283,62 @@ def test_sigterm_stops_collect_cleanly_and_flushes(tmp_path: Path) -> None:
     assert n == ran > 0  # every episode the robot ran is in the store, buffered ones too
 
 
+def test_robots_stop_when_their_parent_is_killed_outright(tmp_path: Path) -> None:
+    """SIGKILL (or the OOM killer) of `mtopt collect` / `mtopt run` sets no stop event:
+    its robot processes went on collecting as orphans, beside a resumed run's robots."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    store = tmp_path / "store"
+    cli = [sys.executable, "-m", "mtopt.cli", "collect", "--store", str(store)]
+    proc = subprocess.Popen(
+        [*cli, "--robots", "1", "--episodes", "100000"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+    def robots() -> list[int]:
+        out = []
+        for d in Path("/proc").iterdir():
+            try:
+                if not d.name.isdigit():
+                    continue
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if ppid == proc.pid and b"spawn_main" in (d / "cmdline").read_bytes():
+                    out.append(int(d.name))
+            except (OSError, ValueError, IndexError):
+                continue
+        return out
+
+    def running(pid: int) -> bool:  # not exited (a zombie waits for its new parent)
+        try:
+            return (Path(f"/proc/{pid}") / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not robots():
+            time.sleep(0.5)
+        (robot,) = robots()
+        proc.kill()
+        proc.wait(30)
+        deadline = time.time() + 90  # the episode under way ends first
+        while time.time() < deadline and running(robot):
+            time.sleep(0.5)
+        alive = running(robot)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if alive:
+        os.kill(robot, signal.SIGKILL)
+    assert not alive, "the robot went on collecting after its parent was killed"
+
+
 class CannotHoldRobot(FakeRobot):
     """A robot that cannot put an object in its gripper on request (a real cell with
     nothing graspable left, say)."""

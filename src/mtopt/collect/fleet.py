@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import multiprocessing as mp
+import os
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
@@ -83,13 +83,20 @@ def _worker(
     loop = CollectLoop(robot, registry, writer, provider, spec.collect, seed=seed)
     n = 0
     t0 = time.monotonic()
+    parent = os.getppid()
     try:
+        # a parent killed outright (SIGKILL, the OOM killer) sets no stop: a robot whose
+        # parent is gone (it was handed to another) stops after its episode, which is on
+        # disk all the same; an orphan went on collecting beside the resumed run's robots
         while (episodes is None or n < episodes) and not stop.is_set():
             ep = loop.run_one()
             n += 1
-            # if the parent is gone the episode is on disk all the same
-            with contextlib.suppress(BrokenPipeError, OSError):
+            try:
                 conn.send((i, ep.task, ep.policy, ep.gt_success))
+            except (BrokenPipeError, OSError):
+                break
+            if os.getppid() != parent:
+                break
             ahead = rate_wait(n, spec.max_rate, time.monotonic() - t0)
             if ahead > 0:
                 stop.wait(ahead)
