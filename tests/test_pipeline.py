@@ -609,3 +609,13 @@ def test_a_resumed_run_draws_new_random_streams_for_its_bellman_updater() -> Non
     later = [updater_seed(3, s) for s in (500, 1000)]
     assert later == [updater_seed(3, 500), updater_seed(3, 1000)]  # the same history, the same
     assert len({3, *later}) == 3  # each resume its own streams (they restarted at the seed's)
+
+
+def test_a_resume_counts_the_next_evaluation_from_the_runs_last_one() -> None:
+    """With points at 3000 and 4000 and a checkpoint at 4500, a resume evaluates next at
+    5000 (counting from the checkpoint's step, at 5500: 1.5 intervals without a point,
+    which the parity switch pools, and every later point off the 1000-step grid)."""
+    from mtopt.runtime.local import last_evaluated
+
+    assert last_evaluated([{"step": 3000}, {"step": 4000}], 4500) == 4000
+    assert last_evaluated([], 4500) == 4500  # none yet: from the step the run is at

@@ -232,6 +232,31 @@ def test_tensorboard_scalars_and_batch_checks(tmp_path: Path) -> None:
         )
 
 
+def test_a_resume_replaces_the_tensorboard_steps_logged_after_its_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """Steps 3-5 were logged after the checkpoint at step 2, then the run was killed; the
+    resumed learner logs steps 3 and 4 anew. The curves used to show both trainings at
+    those steps (loss steps 1, 2, 3, 4, 5, 3, 4)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg, tb = LearnerConfig(log_every=1), tmp_path / "tb"
+    a = Learner(SMALL, cfg, logdir=tb)
+    for i in range(2):
+        a.train_step(batch(i))
+    a.save_checkpoint(tmp_path / "ck.pt")
+    for i in range(2, 5):
+        a.train_step(batch(i))
+    a._writer.flush()  # what the killed run's writer had written
+    b, _ = Learner.resume(tmp_path / "ck.pt", cfg, logdir=tb)
+    for i in range(2):
+        b.train_step(batch(100 + i))
+    b.close()
+    acc = EventAccumulator(str(tb))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("learner/loss")] == [1, 2, 3, 4]
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

@@ -196,7 +196,9 @@ class Learner:
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(self._logdir))
+            # steps from here on replace those a killed run logged after its checkpoint
+            # (a resume's curves had both trainings' points at each such step)
+            self._writer = SummaryWriter(str(self._logdir), purge_step=self.step)
         for k, v in stats.items():
             self._writer.add_scalar(f"learner/{k}", v, self.step)
         for t in batch.task_idx.unique().tolist():

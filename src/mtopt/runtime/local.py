@@ -395,19 +395,27 @@ def after_train_step(
     paths: RunPaths,
     cfg: RunConfig,
     extras: Callable[[float], dict[str, Any]],
-    checkpoint_follows: bool = False,
 ) -> None:
     """What follows each learner step in every runtime: the weights published every
     ``publish_every`` steps (kept as a snapshot when one is due), and a checkpoint every
     ``checkpoint_every`` steps with ``extras(now)``, what a resume needs besides the
-    learner; not when the caller checkpoints this step itself (``checkpoint_follows``:
-    after an evaluation, so that it holds the evaluation's point)."""
+    learner, also at a step an evaluation follows (its own checkpoint, after it, holds
+    its point): a kill during the evaluation lost the steps since the one before and
+    made a second snapshot of the step on the resume."""
     if learner.step % cfg.publish_every == 0:
         learner.publish(paths.weights)
         if snapshot_due(learner.step, cfg.snapshot_every, cfg.publish_every):
             snapshot_latest(paths.weights)
-    if learner.step % cfg.checkpoint_every == 0 and not checkpoint_follows:
+    if learner.step % cfg.checkpoint_every == 0:
         learner.save_checkpoint(paths.checkpoint, extras(time.time()))
+
+
+def last_evaluated(history: Sequence[dict[str, Any]], step: int) -> int:
+    """The step the evaluation schedule counts from at ``step``: the run's last
+    evaluation, so a resume from a checkpoint between two evaluations keeps their
+    interval (counting from the checkpoint's step left up to 1.5 intervals unevaluated,
+    and the points off the grid); ``step`` for a run with none yet."""
+    return int(history[-1]["step"]) if history else step
 
 
 def updater_seed(seed: int, step: int) -> int:
@@ -942,7 +950,7 @@ class LocalRun:
 
         # at least one episode: replay.min_episodes=0 sampled from empty buffers and crashed
         needed = max(1, min(c.replay.min_episodes, c.max_episodes or c.replay.min_episodes))
-        last_eval_step = learner.step
+        last_eval_step = last_evaluated(self.history, learner.step)
         deadline = t_start + c.budget_minutes * 60
         stats: dict[str, float] = {}
         backlog_done = backlog == 0
@@ -980,9 +988,8 @@ class LocalRun:
                     if background and learner.target_version != target_version:
                         background.set_targets(learner.targets)
                     bar.update(1)
-                    evaluate = learner.step - last_eval_step >= c.eval.every_steps
-                    after_train_step(learner, p, c, checkpoint_extras, checkpoint_follows=evaluate)
-                    if evaluate:
+                    after_train_step(learner, p, c, checkpoint_extras)
+                    if learner.step - last_eval_step >= c.eval.every_steps:
                         last_eval_step = learner.step
                         self._evaluate(learner, scripted, ingest.ingested, t_origin, sd, stats)
                         # the point in a checkpoint at once: a kill before the next one lost

@@ -285,6 +285,7 @@ def run_ray(
         LocalRun,
         after_train_step,
         elapsed_before,
+        last_evaluated,
         new_learner,
         progress_bar,
         resume_learner,
@@ -409,7 +410,7 @@ def run_ray(
         ]
         per_call = 4
         pending.update({r.run.remote(per_call): r for r in robots})
-        last_eval = learner.step
+        last_eval = last_evaluated(run.history, learner.step)
         held, wanted = (
             0,
             max(1, min(c.replay.min_episodes, c.max_episodes or c.replay.min_episodes)),
