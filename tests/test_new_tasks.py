@@ -313,3 +313,29 @@ def test_sd_versions_of_sd_improve_in_a_runs_folder_are_not_its_rounds(tmp_path:
         json.dumps([{"version": 1}, {"version": 2}, {"version": 5}])
     )
     assert run._sd_rounds_done(sd) == 2
+
+
+def test_a_resume_counts_the_episode_labels_the_sd_rounds_kept(tmp_path: Path) -> None:
+    """A kill after a round saved its labels and before the next checkpoint: the labels
+    are in sd/episode_labels.npz, the checkpoint's count is short of them."""
+    import numpy as np
+
+    from mtopt.runtime.config import preset
+    from mtopt.runtime.local import LocalRun
+    from mtopt.success.data import LabeledSet
+
+    run = LocalRun(preset("tiny"), tmp_path)
+    assert run.episode_labels_kept(7) == 7  # no file: the checkpoint's count
+    n, t = 12, len(run.registry)
+    rows = LabeledSet(
+        run.registry.names,
+        np.zeros((n, 16, 16, 3), np.uint8),
+        np.zeros((n, t), np.float32),
+        np.ones((n, t), bool),
+        np.array([f"e{i}" for i in range(n)]),
+        np.array(["oracle"] * n),
+        np.zeros(n, bool),
+    )
+    rows.save(run.paths.sd / "episode_labels.npz")
+    assert run.episode_labels_kept(7) == 12
+    assert run.episode_labels_kept(20) == 20

@@ -675,6 +675,18 @@ class LocalRun:
             tail.since_mark, c.improve_every_episodes, c.improve_growth, self._sd_rounds_done(sd)
         ) and bool(tail.recent())
 
+    def episode_labels_kept(self, checkpointed: int) -> int:
+        """The episode labels the run's SD rounds gave, as ``sd/episode_labels.npz`` keeps
+        them (written first in a round): a kill between a round's labels and the next
+        checkpoint left the checkpoint's count short of them for good."""
+        path = self.paths.sd / "episode_labels.npz"
+        if not path.exists():
+            return checkpointed
+        try:
+            return max(checkpointed, len(LabeledSet.load(path)))
+        except ValueError:  # unreadable: the next round says so
+            return checkpointed
+
     def _sd_rounds_done(self, sd: SuccessDetector) -> int:
         """The run's own relabel rounds so far: quality.json has a line per SD the run
         made (its first, then one a round). Versions `mtopt sd improve` published into
@@ -842,7 +854,7 @@ class LocalRun:
         if resumed:
             learner, extra = resume_learner(p, c)
             self.history = list(extra.get("history", []))
-            sd_labels = int(extra.get("sd_labels", 0))
+            sd_labels = self.episode_labels_kept(int(extra.get("sd_labels", 0)))
             sd_since = int(extra.get("sd_since", 0))
             t_origin = t_start - elapsed_before(extra)
             self._log(

@@ -305,7 +305,8 @@ def run_ray(
     # success detector's examples are staged (minutes)
     if resumed:
         learner, extra = resume_learner(p, c)
-        sd_labels, sd_since = int(extra.get("sd_labels", 0)), int(extra.get("sd_since", 0))
+        sd_labels = run.episode_labels_kept(int(extra.get("sd_labels", 0)))
+        sd_since = int(extra.get("sd_since", 0))
         run.history = list(extra.get("history", []))
         t0 = t_start - elapsed_before(extra)
     else:
