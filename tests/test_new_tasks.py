@@ -252,6 +252,8 @@ def test_a_fresh_start_with_other_tasks_stages_the_sd_examples_again(tmp_path: P
     mended (a task redefined under the same count of tasks): the staged examples of the
     old tasks are set aside, not trained into the new task's output; a published SD of
     the other tasks is refused with a line that says what to do."""
+    import json
+
     from mtopt.config import ConfigError
     from mtopt.runtime.config import preset
     from mtopt.runtime.local import LocalRun
@@ -291,6 +293,15 @@ def test_a_fresh_start_with_other_tasks_stages_the_sd_examples_again(tmp_path: P
     LabeledSet.empty(("lift-any",)).save(old / "sd" / "examples.npz")
     LocalRun(base, old)._check_sd_tasks()
     assert not (old / "sd" / "examples.npz").exists()
+    mine = tmp_path / "mine"  # ... and those of the run's own tasks are kept
+    LabeledSet.empty(base.registry().names).save(mine / "sd" / "examples.npz")
+    LocalRun(base, mine)._check_sd_tasks()
+    assert (mine / "sd" / "examples.npz").exists()
+    # the key's first form (a list of task dicts, for some hours of 2026-12-05)
+    key = mine / "sd" / "tasks.key.json"
+    key.write_text(json.dumps([{"name": n, "skill": "?"} for n in base.registry().names]))
+    LocalRun(base, mine)._check_sd_tasks()
+    assert (mine / "sd" / "examples.npz").exists() and json.loads(key.read_text())["names"]
 
 
 def test_sd_versions_of_sd_improve_in_a_runs_folder_are_not_its_rounds(tmp_path: Path) -> None:

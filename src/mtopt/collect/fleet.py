@@ -51,7 +51,13 @@ def robot_seed(base: int, written_before: int) -> int:
 
 
 def _worker(
-    i: int, spec: FleetSpec, episodes: int | None, seed: int, conn: Connection, stop: Any
+    i: int,
+    spec: FleetSpec,
+    episodes: int | None,
+    seed: int,
+    conn: Connection,
+    stop: Any,
+    parent: int | None = None,
 ) -> None:
     import torch
 
@@ -64,6 +70,9 @@ def _worker(
     from mtopt.tasks import DEFAULT_REGISTRY
 
     install_for_process()  # p.terminate() / kill: flush what is buffered, then exit
+    # ``parent``: the fleet's process, passed in, so one killed during this slow set-up
+    # is noticed too (None: a fleet of older code restarting this robot)
+    parent = os.getppid() if parent is None else parent
     sim = SimConfig(**spec.sim)
     robot = SimRobot(sim, robot_id=robot_id(i), seed=seed)
     writer = EpisodeWriter(
@@ -83,7 +92,6 @@ def _worker(
     loop = CollectLoop(robot, registry, writer, provider, spec.collect, seed=seed)
     n = 0
     t0 = time.monotonic()
-    parent = os.getppid()
     try:
         # a parent killed outright (SIGKILL, the OOM killer) sets no stop: a robot whose
         # parent is gone (it was handed to another) stops after its episode, which is on
@@ -149,7 +157,9 @@ def run_fleet(
         base = spec.seed * 1000 + i + 101 * restarts[i]
         seed = robot_seed(base, done_before.get(robot_id(i), 0))
         reader, writer = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_worker, args=(i, spec, remaining, seed, writer, stop), daemon=True)
+        p = ctx.Process(
+            target=_worker, args=(i, spec, remaining, seed, writer, stop, os.getpid()), daemon=True
+        )
         p.start()
         writer.close()  # the child holds the only write end: EOF when it dies
         procs[i], conns[i] = p, reader

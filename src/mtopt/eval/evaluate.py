@@ -186,6 +186,7 @@ class PairedComparison:
             "only_b": self.only_b,
             "b_minus_a": round(self.diff, 4),
             "ci95": [round(self.ci95[0], 4), round(self.ci95[1], 4)],
+            "ci95_method": "agresti-min",
             "mcnemar_p": round(self.p_value, 4),
         }
 

@@ -112,6 +112,9 @@ class Learner:
         self.target_version = 0
         """Counts target-network updates (a background Bellman updater copies on change)."""
         self._writer: Any = None
+        self._purge_step: int | None = None
+        """After a checkpoint is loaded: TensorBoard points from this step on, logged by
+        the run that was killed after the checkpoint, are replaced by the resumed ones."""
         self._logdir = Path(logdir) if logdir else None
 
     # -------------------------------------------------------------- training
@@ -196,9 +199,10 @@ class Learner:
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            # steps from here on replace those a killed run logged after its checkpoint
-            # (a resume's curves had both trainings' points at each such step)
-            self._writer = SummaryWriter(str(self._logdir), purge_step=self.step)
+            # a resume's curves had both trainings' points at each step logged after the
+            # checkpoint (the purge mark is written once, by the first writer)
+            self._writer = SummaryWriter(str(self._logdir), purge_step=self._purge_step)
+            self._purge_step = None
         for k, v in stats.items():
             self._writer.add_scalar(f"learner/{k}", v, self.step)
         for t in batch.task_idx.unique().tolist():
@@ -308,6 +312,7 @@ class Learner:
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.lr
         self.step = int(ck["step"])
+        self._purge_step = self.step + 1
         self.version = int(ck["version"])
         torch.set_rng_state(ck["torch_rng"])
         if "augment_rng" in ck:  # checkpoints from before augmentation keep the fresh seed

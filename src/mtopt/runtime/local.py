@@ -414,7 +414,8 @@ def last_evaluated(history: Sequence[dict[str, Any]], step: int) -> int:
     """The step the evaluation schedule counts from at ``step``: the run's last
     evaluation, so a resume from a checkpoint between two evaluations keeps their
     interval (counting from the checkpoint's step left up to 1.5 intervals unevaluated,
-    and the points off the grid); ``step`` for a run with none yet."""
+    and the points off the grid; a resume after a kill during an evaluation evaluates
+    after its first step, one step off the grid); ``step`` for a run with none yet."""
     return int(history[-1]["step"]) if history else step
 
 
@@ -579,9 +580,15 @@ class LocalRun:
         key_path = sd / "tasks.key.json"
         # the names, and the descriptions of the tasks the run adds (the built-in ones are
         # the code's: a later version's wording must not lock a run out of its resume)
-        key = {"names": list(self.registry.names), "extra_tasks": list(self.cfg.extra_tasks)}
+        key = json.loads(  # as read back (tuples in a task description become lists)
+            json.dumps({"names": list(self.registry.names), "extra_tasks": self.cfg.extra_tasks})
+        )
         if key_path.exists():
-            other = json.loads(key_path.read_text()) != key
+            old = json.loads(key_path.read_text())
+            if isinstance(old, list):  # the first form of the key (2026-12-05): task dicts
+                other = [d.get("name") for d in old] != key["names"]
+            else:
+                other = old != key
         else:  # a run from before the key: its staged examples name their tasks
             examples = sd / "examples.npz"
             other = examples.exists() and LabeledSet.load(examples).tasks != self.registry.names
@@ -671,6 +678,8 @@ class LocalRun:
         label: with none read yet (a Ray resume skips the old store) the round waits
         rather than reset the count with nothing done."""
         c = self.cfg.sd
+        if c.improve_every_episodes <= 0 or tail.since_mark < c.improve_every_episodes:
+            return False  # (not due at the shortest interval: no file read each step)
         return sd_round_due(
             tail.since_mark, c.improve_every_episodes, c.improve_growth, self._sd_rounds_done(sd)
         ) and bool(tail.recent())

@@ -393,7 +393,8 @@ document.addEventListener('keydown',e=>{ if(e.repeat||e.ctrlKey||e.metaKey||e.al
 // the select gives the focus back, so the keys work again at once
 // (the old task's list and episode go at once: a failed load left them to be labeled
 // for the new task)
-$('task').onchange=()=>{$('task').blur(); skipped=new Set(); done=[]; queue=[]; show(null); load();};
+$('task').onchange=()=>{$('task').blur(); skipped=new Set(); done=[]; queue=[]; show(null);
+  $('meta').textContent='loading...'; load();};
 (async()=>{const ts=await (await fetch('/api/tasks')).json();
   const want=new URLSearchParams(location.search).get('task');
   for(const t of ts){const o=document.createElement('option');o.value=o.textContent=t; if(t===want)o.selected=true; $('task').appendChild(o);}
