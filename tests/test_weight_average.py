@@ -233,4 +233,12 @@ def test_networks_of_other_tasks_are_not_averaged(tmp_path: Path) -> None:
     res = CliRunner().invoke(
         app, ["average", str(tmp_path / "d"), str(tmp_path / "r1"), str(tmp_path / "r2")]
     )
-    assert res.exit_code == 2 and "a run of other tasks than" in res.output
+    assert res.exit_code == 2 and "of a run of other tasks than" in res.output
+    # a source given as the run's weights folder (or a snapshot in it) is checked too
+    (tmp_path / "r2" / "weights" / "snapshots").mkdir(parents=True)
+    snapshot = tmp_path / "r2" / "weights" / "snapshots" / "q-00000001.safetensors"
+    for src in (tmp_path / "r2" / "weights", snapshot):
+        res = CliRunner().invoke(
+            app, ["average", str(tmp_path / "e"), str(tmp_path / "r1"), str(src)]
+        )
+        assert res.exit_code == 2 and "of a run of other tasks than" in res.output, res.output

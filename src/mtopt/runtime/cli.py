@@ -180,6 +180,7 @@ def register(app: typer.Typer) -> None:
         from mtopt.config import ConfigError
         from mtopt.qtopt.weights import WeightsError, average_into
         from mtopt.runtime.config import load_run_config
+        from mtopt.runtime.local import source_folders
         from mtopt.runtime.policy_folder import write_policy_folder
 
         run = config or next((s for s in sources if (s / "config.json").is_file()), None)
@@ -189,12 +190,13 @@ def register(app: typer.Typer) -> None:
         try:
             cfg = load_run_config(run / "config.json")
             for src in sources:  # a run's tasks file may define a task of the same name anew
-                if (src / "config.json").is_file() and (
-                    load_run_config(src / "config.json").extra_tasks != cfg.extra_tasks
+                own = next((d for d in source_folders(src) if (d / "config.json").is_file()), None)
+                if own is not None and load_run_config(own / "config.json").extra_tasks != (
+                    cfg.extra_tasks
                 ):
                     raise ConfigError(
-                        f"{src} is a run of other tasks than {run} (its config.json's "
-                        "extra_tasks): an average needs the same tasks"
+                        f"{src} is of a run of other tasks than {run} (the extra_tasks of "
+                        f"{own / 'config.json'}): an average needs the same tasks"
                     )
             path, version, meta = average_into(
                 out / "weights",

@@ -333,6 +333,15 @@ def new_learner(paths: RunPaths, cfg: RunConfig, registry: TaskRegistry) -> tupl
     )
 
 
+def source_folders(source: str | Path) -> tuple[Path, ...]:
+    """The folders whose ``config.json`` may describe the network at ``source`` (a run or
+    policy folder, its ``weights/``, or a weights file in it, a snapshot too), nearest
+    first."""
+    p = Path(source).resolve()
+    folder = p if p.is_dir() else p.parent
+    return (folder, folder.parent, folder.parent.parent)
+
+
 def source_tasks(
     source: str | Path, trained: int, starting: str | Path | None = None
 ) -> tuple[str, ...]:
@@ -344,11 +353,9 @@ def source_tasks(
     checked against the new run's own tasks)."""
     from mtopt.tasks import DEFAULT_REGISTRY
 
-    p = Path(source).resolve()
-    folder = p if p.is_dir() else p.parent
     mine = Path(starting).resolve() if starting is not None else None
     unreadable = ""
-    for d in (folder, folder.parent, folder.parent.parent):
+    for d in source_folders(source):
         if d == mine or not (d / "config.json").is_file():
             continue
         try:
