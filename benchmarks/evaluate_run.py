@@ -37,6 +37,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 from _results import write_result
 from mtopt.config import ConfigError
@@ -51,7 +52,7 @@ from mtopt.policies.base import Policy
 from mtopt.policies.cem_policy import CEMPolicy
 from mtopt.policies.scripted import is_pick_task, scripted_policy_for, straight_down_pick
 from mtopt.qtopt.cem import CEMConfig
-from mtopt.runtime.config import load_run_config, run_registry, run_sim_config
+from mtopt.runtime.config import RunConfig, load_run_config, run_registry, run_sim_config
 from mtopt.sim.cell import CELL_VERSION
 from mtopt.tasks.registry import TaskSpec
 
@@ -92,6 +93,28 @@ def shown(per_task: dict[str, dict[str, dict[str, object]]]) -> dict[str, object
     }
 
 
+def own_config(run: str | Path) -> RunConfig | None:
+    """The config of the run (or policy folder) ``run``, if it has one."""
+    try:
+        return load_run_config(Path(run) / "config.json")
+    except (ConfigError, OSError):
+        return None
+
+
+def in_run_seed(run: str | Path, seed: int) -> str | None:
+    """Why ``seed`` must not be the scenes ``run`` is reported on, or None: it is the
+    run's own in-run evaluation block, where its collection switched to learned
+    policies (the parity switch)."""
+    cfg = own_config(run)
+    if cfg is None or cfg.eval_seed != seed:
+        return None
+    return (
+        f"evaluation seed {seed} is the in-run evaluation block of {run} (seed {cfg.seed}, "
+        f"eval_seed {cfg.eval_seed}): its collection switched to learned policies on those "
+        "scenes; pick another seed"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", required=True)
@@ -120,16 +143,9 @@ def main() -> None:
     t0 = time.perf_counter()
     tasks = args.tasks.split(",")
     registry = run_registry(args.run)
-    try:  # a run's (or a policy folder's) own config: its training seed
-        run_cfg = load_run_config(f"{args.run}/config.json")
-    except (ConfigError, FileNotFoundError, OSError):
-        run_cfg = None
-    if run_cfg is not None and run_cfg.eval_seed == args.seed:
-        ap.error(
-            f"--seed {args.seed} is the run's own in-run evaluation block (seed "
-            f"{run_cfg.seed}, eval_seed {run_cfg.eval_seed}): its collection switched to "
-            "learned policies on those scenes; pick another --seed"
-        )
+    run_cfg = own_config(args.run)
+    if (why := in_run_seed(args.run, args.seed)) is not None:
+        ap.error(why)
     for t in tasks:
         registry.get(t)  # unknown task: clear error before any work
     parts = args.parts.split(",")

@@ -128,10 +128,14 @@ def held_out_outcomes(
     arm crashed does not evaluate the finished ones again."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from evaluate_run import one
+    from evaluate_run import in_run_seed, one
     from mtopt.eval.evaluate import decode_outcomes, encode_outcomes
     from mtopt.qtopt.cem import CEMConfig
     from mtopt.qtopt.weights import read_latest
+
+    for seed in seeds:
+        if (why := in_run_seed(run, seed)) is not None:
+            raise SystemExit(f"--eval-seeds: {why}")
 
     latest = read_latest(run / "weights")
     key = {

@@ -213,8 +213,12 @@ def test_evaluate_run_refuses_the_runs_own_in_run_scenes(
     monkeypatch.setattr(sys, "argv", [*argv, "--seed", "5", "--episodes", "1"])
     with pytest.raises(SystemExit):
         evaluate_run.main()
-    assert "is the run's own in-run evaluation block" in capsys.readouterr().err
+    assert "is the in-run evaluation block of" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()
+    import learning  # the learning benchmark's held-out evaluation of an arm refuses it too
+
+    with pytest.raises(SystemExit, match="in-run evaluation block"):
+        learning.held_out_outcomes(policy, ["place-any"], 1, [6, 5], 1)
 
 
 def test_learning_benchmark_resume_must_repeat_the_arm_arguments(tmp_path: Path) -> None:
