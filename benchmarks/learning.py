@@ -126,24 +126,35 @@ def held_out_outcomes(
     does (the default CEM search, held-out objects, the run's own cell). Kept in
     ``run/held_out.json`` for the run's latest weights: a resumed benchmark whose later
     arm crashed does not evaluate the finished ones again."""
+    import dataclasses
     from concurrent.futures import ProcessPoolExecutor
 
     from evaluate_run import in_run_seed, one
     from mtopt.eval.evaluate import decode_outcomes, encode_outcomes
     from mtopt.qtopt.cem import CEMConfig
-    from mtopt.qtopt.weights import read_latest
+    from mtopt.runtime.config import run_sim_config
+    from mtopt.sim.cell import CELL_VERSION
 
     for seed in seeds:
         if (why := in_run_seed(run, seed)) is not None:
             raise SystemExit(f"--eval-seeds: {why}")
 
-    latest = read_latest(run / "weights")
+    search = {
+        k: getattr(CEMConfig, k)
+        for k in ("iterations", "samples", "elites", "pick", "gripper", "close_margin")
+    }
     key = {
         "tasks": tasks,
         "episodes": episodes,
         "seeds": seeds,
-        "q_version": None if latest is None else int(latest["version"]),
+        "q_version": arm_version(run),
+        # what else makes the scenes and the search: a cell or CEM of other code
+        "objects": "test",
+        "cell_version": CELL_VERSION,
+        "sim": dataclasses.asdict(run_sim_config(run, "test")),
+        "cem": search,
     }
+    key = json.loads(json.dumps(key))  # as kept (the sim's tuples read back as lists)
     kept = run / "held_out.json"
     if kept.exists():
         old = json.loads(kept.read_text())
@@ -153,10 +164,6 @@ def held_out_outcomes(
                 for t, parts in old["outcomes"].items()
             }
 
-    search = {
-        k: getattr(CEMConfig, k)
-        for k in ("iterations", "samples", "elites", "pick", "gripper", "close_margin")
-    }
     jobs = [
         (str(run), t, which, episodes, seed, search, "test")
         for seed in seeds
@@ -170,6 +177,15 @@ def held_out_outcomes(
     coded = {t: {w: encode_outcomes(v) for w, v in parts.items()} for t, parts in out.items()}
     write_result(kept, {"key": key, "outcomes": coded}, echo=False)
     return out
+
+
+def arm_version(run: Path) -> int | None:
+    """The version of the arm's latest published Q weights (what its held-out numbers
+    are of), None before any."""
+    from mtopt.qtopt.weights import read_latest
+
+    latest = read_latest(run / "weights")
+    return None if latest is None else int(latest["version"])
 
 
 def held_out_summary(outcomes: dict[str, dict[str, list[bool]]]) -> dict[str, object]:
@@ -266,6 +282,7 @@ def main() -> None:
     singles = [t for t in args.single_task.split(",") if t] if not args.skip_single else []
     seeds = [int(x) for x in args.eval_seeds.split(",") if x]
     from mtopt.runtime.config import preset
+    from mtopt.sim.cell import CELL_VERSION
 
     registry = preset(args.config).registry()
     for task in singles:
@@ -276,7 +293,12 @@ def main() -> None:
     results: dict[str, object] = {
         "config": args.config,
         "sets": list(args.set),
-        "held_out_scenes": {"episodes_per_seed": args.eval_episodes, "seeds": seeds},
+        "held_out_scenes": {
+            "episodes_per_seed": args.eval_episodes,
+            "seeds": seeds,
+            "objects": "test",
+            "cell_version": CELL_VERSION,
+        },
     }
 
     def save() -> None:  # after each arm: a later arm's crash keeps the finished ones
@@ -295,6 +317,7 @@ def main() -> None:
         "in_run_last": multi_success,
         "in_run_scripted": multi["scripted"],
         "held_out": held_out_summary(multi_out),
+        "q_version": arm_version(root / "multitask"),
         "episodes": multi["episodes"],
         "learner_steps": multi["learner_steps"],
         "minutes": multi["bench_wall_minutes"],
@@ -326,6 +349,7 @@ def main() -> None:
                 # (another task list): compare the held-out ones
                 "in_run_last": s["final"].get("success", {}).get(task),
                 "held_out": held_out_summary(mine),
+                "q_version": arm_version(arm),
                 "single_minus_multi": single_minus_multi(multi_out[task], mine[task])
                 if mine
                 else None,
