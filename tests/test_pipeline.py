@@ -174,7 +174,11 @@ def test_tiny_run_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(
         SuccessDetector,
         "publish",
-        lambda s, d, v: events.append(("sd", v * (Path(d).name == "sd"))) or publish(s, d, v),
+        # (the version a publish took: runs publish the next free one)
+        lambda s, d, v=None, extra_meta=None: (
+            publish(s, d, v, extra_meta),
+            events.append(("sd", s.version * (Path(d).name == "sd"))),
+        )[0],
     )
     monkeypatch.setattr(
         Learner, "train_step", lambda s, *a: events.append(("step", 0)) or train_step(s, *a)
@@ -545,7 +549,11 @@ def test_an_sd_round_waits_for_episodes_instead_of_spending_its_turn() -> None:
 
     cfg = override(preset("tiny"), ["sd.improve_every_episodes=20"])
     tail, sd = Tail(), SimpleNamespace(version=1)
-    me = SimpleNamespace(cfg=cfg, improve_sd=lambda *a: pytest.fail("no round on nothing"))
+    me = SimpleNamespace(
+        cfg=cfg,
+        improve_sd=lambda *a: pytest.fail("no round on nothing"),
+        _sd_rounds_done=lambda sd: 0,
+    )
     me.sd_round_due = lambda sd, tail: LocalRun.sd_round_due(me, sd, tail)  # type: ignore[arg-type]
     assert LocalRun.sd_round(me, sd, tail, 7) == (sd, 7)  # type: ignore[arg-type]
     assert not tail.marked and tail.since_mark == 50
