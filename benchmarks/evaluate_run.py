@@ -101,11 +101,10 @@ def own_config(run: str | Path) -> RunConfig | None:
         return None
 
 
-def in_run_seed(run: str | Path, seed: int) -> str | None:
-    """Why ``seed`` must not be the scenes ``run`` is reported on, or None: it is the
-    run's own in-run evaluation block, where its collection switched to learned
-    policies (the parity switch)."""
-    cfg = own_config(run)
+def in_run_seed(run: str | Path, cfg: RunConfig | None, seed: int) -> str | None:
+    """Why ``seed`` must not be the scenes ``run`` (whose config is ``cfg``) is reported
+    on, or None: it is the run's own in-run evaluation block, where its collection
+    switched to learned policies (the parity switch)."""
     if cfg is None or cfg.eval_seed != seed:
         return None
     return (
@@ -144,7 +143,7 @@ def main() -> None:
     tasks = args.tasks.split(",")
     registry = run_registry(args.run)
     run_cfg = own_config(args.run)
-    if (why := in_run_seed(args.run, args.seed)) is not None:
+    if (why := in_run_seed(args.run, run_cfg, args.seed)) is not None:
         ap.error(why)
     for t in tasks:
         registry.get(t)  # unknown task: clear error before any work

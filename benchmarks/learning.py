@@ -129,14 +129,15 @@ def held_out_outcomes(
     import dataclasses
     from concurrent.futures import ProcessPoolExecutor
 
-    from evaluate_run import in_run_seed, one
+    from evaluate_run import in_run_seed, one, own_config
     from mtopt.eval.evaluate import decode_outcomes, encode_outcomes
     from mtopt.qtopt.cem import CEMConfig
     from mtopt.runtime.config import run_sim_config
     from mtopt.sim.cell import CELL_VERSION
 
+    cfg = own_config(run)
     for seed in seeds:
-        if (why := in_run_seed(run, seed)) is not None:
+        if (why := in_run_seed(run, cfg, seed)) is not None:
             raise SystemExit(f"--eval-seeds: {why}")
 
     search = {

@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
         from mtopt.qtopt.weights import WeightsError, read_latest
         from mtopt.runtime.config import load_run_config
         from mtopt.tasks import DEFAULT_REGISTRY, UnknownTaskError
-        from mtopt.tasks.registry import read_tasks_file
+        from mtopt.tasks.registry import read_tasks_file, registry_with_tasks_file
 
         names = tuple(t for t in tasks.split(",") if t)
         extra: tuple[dict[str, object], ...] = ()
@@ -67,10 +67,7 @@ def register(app: typer.Typer) -> None:
                         f"the tasks file {tasks_file} does not describe the tasks of the run "
                         f"of {weights} (its config.json's extra_tasks): leave it out"
                     )
-                try:
-                    registry = DEFAULT_REGISTRY.with_extra(own)
-                except ValueError as exc:
-                    raise ValueError(f"the tasks file {tasks_file}: {exc}") from None
+                registry = registry_with_tasks_file(tasks_file)
                 extra = own
             else:
                 registry = DEFAULT_REGISTRY.with_extra(extra)

@@ -57,7 +57,7 @@ def _worker(
     seed: int,
     conn: Connection,
     stop: Any,
-    parent: int | None = None,
+    parent: int,
 ) -> None:
     import torch
 
@@ -71,8 +71,7 @@ def _worker(
 
     install_for_process()  # p.terminate() / kill: flush what is buffered, then exit
     # ``parent``: the fleet's process, passed in, so one killed during this slow set-up
-    # is noticed too (None: a fleet of older code restarting this robot)
-    parent = os.getppid() if parent is None else parent
+    # is noticed too
     sim = SimConfig(**spec.sim)
     robot = SimRobot(sim, robot_id=robot_id(i), seed=seed)
     writer = EpisodeWriter(

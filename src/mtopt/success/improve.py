@@ -161,9 +161,7 @@ def chosen_cells(
     return [(i, col[t]) for i, eid in enumerate(ids) for t in saved.get(str(eid), []) if t in col]
 
 
-def _initial_is_stale(
-    initial: Path, sd: SuccessDetector, latest_meta: dict[str, Any], tasks: tuple[str, ...]
-) -> bool:
+def _initial_is_stale(initial: Path, sd: SuccessDetector, tasks: tuple[str, ...]) -> bool:
     """Whether ``sd improve`` must (re)take the SD it starts from, ``sd``, as the one its
     rounds fine-tune (``WEIGHTS/initial``): there is none yet; or ``sd`` is a newer
     ``sd train`` SD than the one copied there (it used to go on fine-tuning the old one
@@ -176,7 +174,7 @@ def _initial_is_stale(
     meta = dict(latest.get("meta", {}))
     if list(meta.get("tasks", [])) != list(tasks):
         return True
-    return latest_meta.get("origin") == "sd train" and meta.get("copied_from") != sd.version
+    return sd.meta.get("origin") == "sd train" and meta.get("copied_from") != sd.version
 
 
 def improve_loop(
@@ -212,7 +210,6 @@ def improve_loop(
     if retrain_from not in ("previous", "initial"):
         raise ValueError(f"retrain_from must be 'previous' or 'initial', got {retrain_from!r}")
     sd = SuccessDetector.load(weights, registry.names)
-    latest_meta = sd.meta  # read with the weights (a run may publish in between)
     # examples staged before a task of the registry existed: its labels unknown
     base = LabeledSet.load(examples).with_tasks(registry.names)
     val = LabeledSet.load(validation) if validation else None
@@ -241,7 +238,7 @@ def improve_loop(
         raise ValueError(f"no episodes with labels available in {store}")
     # once every input loaded and has labels: a call that fails writes nothing to WEIGHTS
     initial = Path(weights) / "initial"
-    if _initial_is_stale(initial, sd, latest_meta, registry.names):
+    if _initial_is_stale(initial, sd, registry.names):
         SuccessDetector(copy.deepcopy(sd.net), registry.names).publish(
             initial, extra_meta={"copied_from": sd.version}
         )
