@@ -4,8 +4,12 @@ on (``--objects train`` of ``evaluate_run.py``; the held-out objects that report
 run's result are not touched), and the one with the best mean success over ``--tasks``
 written as a policy folder ``RUN/policy-selected`` (``evaluate_run.py --run`` takes it).
 The latest weights stay the pick unless a snapshot beats them paired over the same
-scenes (McNemar p < ``--alpha``): the best of several noisy means alone would mostly
-pick noise. The search and cell are ``evaluate_run.py``'s (CEM 2 x 64 in fp32, the
+scenes: the best of several noisy means alone would mostly pick noise. Each task is
+evaluated on the same scene seeds (scene k of every task comes from one seed), so a
+scene's tasks are not independent: the test takes the scene as its unit (a sign test of
+the tasks each candidate solves in it, ``scene_comparison``), at ``--alpha`` divided by
+the number of snapshots tested (Bonferroni), so that testing three snapshots does not
+triple the chance of swapping in a noisy one. The search and cell are ``evaluate_run.py``'s (CEM 2 x 64 in fp32, the
 default cell), with the training objects.
 
 Why: two seeds of the best configuration placed less at 3 hours than at 132 minutes
@@ -34,6 +38,7 @@ from mtopt.eval.evaluate import (
     evaluate_outcomes,
     paired_comparison,
     rate_with_ci,
+    sign_test_p,
     success_rate,
 )
 from mtopt.qtopt.weights import average_into, load_source
@@ -74,19 +79,44 @@ def one(job: tuple[str, str, int, int]) -> tuple[str, str, list[bool]]:
     return folder, task, wins[task]
 
 
-def choose(outcomes: list[list[bool]], alpha: float = 0.05) -> int:
-    """Candidates' outcomes over the same scenes, oldest first, the latest weights last:
-    the latest, unless some snapshots beat it paired (higher success, McNemar p <
-    ``alpha``); then the best of those, the later of equals."""
+def scene_comparison(latest: list[list[bool]], other: list[list[bool]]) -> dict[str, float]:
+    """``other`` against ``latest``, each a list of per-task outcomes over the same scenes
+    (``latest[t][k]``: task t in scene k), scene by scene: ``better`` / ``worse``, the
+    scenes where ``other`` solves more / fewer of the tasks; ``diff``, its mean success
+    minus ``latest``'s over all tasks and scenes; ``p``, the exact sign test of better
+    against worse (scenes with equal counts carry no information about the sign)."""
+    if len(latest) != len(other) or any(
+        len(a) != len(b) for a, b in zip(latest, other, strict=True)
+    ):
+        raise ValueError("scene comparison needs the same tasks and scenes")
+    if not latest or not latest[0]:
+        raise ValueError("scene comparison of no tasks or no scenes")
+    if any(len(t) != len(latest[0]) for t in latest):
+        raise ValueError("every task needs the same number of scenes")
+    n = len(latest[0])
+    score_latest = [sum(t[k] for t in latest) for k in range(n)]
+    score_other = [sum(t[k] for t in other) for k in range(n)]
+    better = sum(1 for a, b in zip(score_latest, score_other, strict=True) if b > a)
+    worse = sum(1 for a, b in zip(score_latest, score_other, strict=True) if b < a)
+    diff = (sum(score_other) - sum(score_latest)) / (n * len(latest))
+    return {"better": better, "worse": worse, "diff": diff, "p": sign_test_p(worse, better)}
+
+
+def choose(outcomes: list[list[list[bool]]], alpha: float = 0.05) -> int:
+    """Candidates' per-task outcomes over the same scenes (``outcomes[i][t][k]``), oldest
+    first, the latest weights last: the latest, unless some snapshots beat it scene by
+    scene (``scene_comparison``: higher mean success and p < ``alpha`` over the number of
+    snapshots); then the best of those by mean success, the later of equals."""
     latest = outcomes[-1]
+    level = alpha / max(1, len(outcomes) - 1)
     better = [
         i
         for i, o in enumerate(outcomes[:-1])
-        if (c := paired_comparison(latest, o)).diff > 0 and c.p_value < alpha
+        if (c := scene_comparison(latest, o))["diff"] > 0 and c["p"] < level
     ]
     if not better:
         return len(outcomes) - 1
-    rates = {i: success_rate(outcomes[i]) for i in better}
+    rates = {i: success_rate([w for t in outcomes[i] for w in t]) for i in better}
     best = max(rates.values())
     return max(i for i in better if rates[i] == best)
 
@@ -132,12 +162,16 @@ def main() -> None:
                 "mean": round(sum(rates.values()) / len(tasks), 4),
             }
         )
-    # every task's scenes in one list per candidate: the same scenes in the same order
-    pooled = [[w for t in tasks for w in wins[str(f), t]] for f in folders]
-    pick = choose(pooled, args.alpha)
+    per_task = [[wins[str(f), t] for t in tasks] for f in folders]
+    pick = choose(per_task, args.alpha)
     paired = {
-        r["weights"]: paired_comparison(pooled[-1], o).as_dict()
-        for r, o in zip(rows[:-1], pooled[:-1], strict=True)
+        r["weights"]: {
+            "per_task": {
+                t: paired_comparison(per_task[-1][j], o[j]).as_dict() for j, t in enumerate(tasks)
+            },
+            "scenes": {k: round(v, 4) for k, v in scene_comparison(per_task[-1], o).items()},
+        }
+        for r, o in zip(rows[:-1], per_task[:-1], strict=True)
     }
     dst = run / SELECTED
     shutil.rmtree(dst, ignore_errors=True)
@@ -160,6 +194,7 @@ def main() -> None:
             "episodes_per_task": args.episodes,
             "candidates": rows,
             "snapshot_minus_latest": paired,
+            "alpha_each": round(args.alpha / max(1, len(rows) - 1), 4),
             "selected": rows[pick]["weights"],
             "selected_is_latest": pick == len(rows) - 1,
             "folder": str(dst),

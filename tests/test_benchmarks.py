@@ -525,13 +525,42 @@ def test_select_snapshot_keeps_the_latest_unless_a_snapshot_beats_it_paired() ->
     from select_snapshot import choose
 
     latest = [True] * 10 + [False] * 30
-    a_bit_better = [True] * 12 + [False] * 28  # +2 scenes: McNemar p = 0.5
+    a_bit_better = [True] * 12 + [False] * 28  # +2 scenes: sign test p = 0.5
     much_better = [True] * 25 + [False] * 15  # +15 scenes, none worse: p < 0.001
     also_much = [True] * 25 + [False] * 15
-    assert choose([a_bit_better, latest]) == 1  # noise: keep the latest
-    assert choose([much_better, a_bit_better, latest]) == 0
-    assert choose([much_better, also_much, latest]) == 1  # the later of equals
-    assert choose([latest]) == 0
+    assert choose([[a_bit_better], [latest]]) == 1  # noise: keep the latest
+    assert choose([[much_better], [a_bit_better], [latest]]) == 0
+    assert choose([[much_better], [also_much], [latest]]) == 1  # the later of equals
+    assert choose([[latest]]) == 0
+
+
+def test_select_snapshot_compares_scene_by_scene_by_hand() -> None:
+    """Two tasks, four scenes. Latest solves (task 0) T F F T and (task 1) F F T T: 1, 0,
+    1, 2 tasks per scene; the other T T F F and T F T T: 2, 1, 1, 1. Better in scenes 0
+    and 1, worse in 3, level in 2; mean success 5/8 against 4/8; sign test of 1 against 2:
+    2 * (C(3,0) + C(3,1)) / 2^3 = 1, capped at 1."""
+    from select_snapshot import scene_comparison
+
+    latest = [[True, False, False, True], [False, False, True, True]]
+    other = [[True, True, False, False], [True, False, True, True]]
+    assert scene_comparison(latest, other) == {"better": 2, "worse": 1, "diff": 0.125, "p": 1.0}
+    with pytest.raises(ValueError, match="same tasks and scenes"):
+        scene_comparison(latest, [other[0]])
+    with pytest.raises(ValueError, match="same number of scenes"):
+        scene_comparison([[True], [True, False]], [[True], [True, True]])
+
+
+def test_select_snapshot_counts_a_scene_once_and_corrects_for_several_snapshots() -> None:
+    """Both tasks flip together in 6 of 40 shared scenes. Pooled as 80 independent pairs
+    that is 0 against 12, p = 2 / 2^12 = 0.0005; scene by scene it is 0 against 6,
+    p = 2 / 2^6 = 0.03125: enough at 0.05 for one snapshot, not at 0.05 / 3 for three."""
+    from select_snapshot import choose, scene_comparison
+
+    latest = [[False] * 40, [False] * 40]
+    other = [[True] * 6 + [False] * 34, [True] * 6 + [False] * 34]
+    assert scene_comparison(latest, other)["p"] == 2 / 2**6
+    assert choose([other, latest]) == 0
+    assert choose([latest, latest, other, latest]) == 3  # 0.03125 > 0.05 / 3: keep the latest
 
 
 def test_select_snapshot_writes_the_chosen_weights_as_a_policy_folder(tmp_path: Path) -> None:

@@ -123,6 +123,18 @@ def test_paired_comparison_by_hand() -> None:
     assert paired_comparison([False] * 1100, [True] * 1100).p_value == 0.0
 
 
+def test_sign_test_by_hand() -> None:
+    from mtopt.eval.evaluate import sign_test_p
+
+    assert sign_test_p(0, 4) == 0.125  # 2 * 1/16
+    assert sign_test_p(0, 0) == 1.0
+    assert sign_test_p(1, 9) == 22 / 1024  # 2 * (C(10,0) + C(10,1)) / 2^10
+    assert sign_test_p(9, 1) == 22 / 1024  # two-sided
+    assert sign_test_p(5, 5) == 1.0  # 2 * 638 / 1024, capped
+    with pytest.raises(ValueError, match="negative"):
+        sign_test_p(-1, 3)
+
+
 def test_outcomes_encode_and_decode() -> None:
     from mtopt.eval.evaluate import decode_outcomes, encode_outcomes
 
