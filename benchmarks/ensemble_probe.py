@@ -18,28 +18,64 @@ Usage: python benchmarks/ensemble_probe.py --members DIR:part,DIR:part[,...]
            --json OUT [--label TEXT]
 
 DIR is a run, weights or exported folder (its latest weights); part acting or online.
-Scenes: the same as ``evaluate_run.py --seed S`` (one task per worker process); the
-episode outcomes are kept, for paired comparisons (``compare_evals.py``).
+Scenes: the same as ``evaluate_run.py --seed S`` (one task per worker process), in the
+cell and with the tasks of the run the members belong to (the ``config.json`` of DIR or
+the folders above it; the default cell and built-in tasks without one). Members of runs
+with different cells or tasks are refused, and so is a run's own in-run evaluation seed.
+The episode outcomes are kept, for paired comparisons (``compare_evals.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from _results import write_result
+from evaluate_run import in_run_seed, own_config
 from mtopt.eval.evaluate import encode_outcomes, evaluate_outcomes, rate_with_ci, success_rates
 from mtopt.qtopt.cem import CEMConfig, candidate_scorer, cem_maximize
 from mtopt.qtopt.learner import load_network
 from mtopt.qtopt.networks import QNetwork, q_state
 from mtopt.qtopt.weights import average_state_dicts, load_source
 from mtopt.robots.base import Observation
-from mtopt.sim.cell import SimConfig
+from mtopt.runtime.config import run_registry, run_sim_config
+from mtopt.runtime.local import source_folders
+from mtopt.sim.cell import CELL_VERSION, SimConfig
 from mtopt.tasks import DEFAULT_REGISTRY
+from mtopt.tasks.registry import TaskRegistry
+
+
+def member_run(spec: str) -> Path | None:
+    """The run or policy folder a member ``DIR:part`` belongs to: the nearest of DIR and
+    the folders above it with a ``config.json``; None without one."""
+    folder = spec.rpartition(":")[0]
+    return next((d for d in source_folders(folder) if (d / "config.json").is_file()), None)
+
+
+def common_cell(specs: list[str], split: str = "test") -> tuple[SimConfig, TaskRegistry]:
+    """The cell (with ``split``'s objects) and tasks every member was trained with;
+    ValueError when two members' runs differ in either."""
+    cells = []
+    for spec in specs:
+        run = member_run(spec)
+        sim = run_sim_config(run, split) if run else SimConfig(object_split=split).validate()
+        cells.append((spec, sim, run_registry(run) if run else DEFAULT_REGISTRY))
+    first, sim, registry = cells[0]
+    for spec, other_sim, other_registry in cells[1:]:
+        if other_sim != sim:
+            raise ValueError(f"{spec} was trained in another cell than {first}: {other_sim}")
+        if other_registry.names != registry.names:
+            raise ValueError(
+                f"{spec} was trained on other tasks than {first}: "
+                f"{other_registry.names} against {registry.names}"
+            )
+    return sim, registry
 
 
 def members(specs: list[str], mode: str) -> list[QNetwork]:
@@ -60,13 +96,13 @@ class EnsemblePolicy:
     name = "cem-ensemble"
     version = 0
 
-    def __init__(self, nets: list[QNetwork], seed: int = 0):
-        self.nets, self.cem = nets, CEMConfig(precision="fp32")
+    def __init__(self, nets: list[QNetwork], names: tuple[str, ...], seed: int = 0):
+        self.nets, self.names, self.cem = nets, names, CEMConfig(precision="fp32")
         self._gen = torch.Generator().manual_seed(seed)
         self._task = 0
 
     def reset(self, task: str, rng: np.random.Generator) -> None:
-        self._task = DEFAULT_REGISTRY.names.index(task)
+        self._task = self.names.index(task)
         self._gen.manual_seed(int(rng.integers(0, 2**31 - 1)))
 
     @torch.no_grad()
@@ -91,10 +127,9 @@ class EnsemblePolicy:
 def one(job: tuple[list[str], str, str, int, int]) -> tuple[str, list[bool]]:
     specs, mode, task, episodes, seed = job
     torch.set_num_threads(1)
-    pol = EnsemblePolicy(members(specs, mode), seed)
-    wins = evaluate_outcomes(
-        lambda spec: pol, DEFAULT_REGISTRY, [task], episodes, SimConfig(object_split="test"), seed
-    )
+    sim, registry = common_cell(specs)
+    pol = EnsemblePolicy(members(specs, mode), tuple(registry.names), seed)
+    wins = evaluate_outcomes(lambda spec: pol, registry, [task], episodes, sim, seed)
     return task, wins[task]
 
 
@@ -114,6 +149,16 @@ def main() -> None:
         if spec.rpartition(":")[2] not in ("acting", "online"):
             ap.error(f"a member is DIR:acting or DIR:online, got {spec!r}")
     tasks = args.tasks.split(",")
+    try:
+        sim, registry = common_cell(specs)
+        for t in tasks:
+            registry.get(t)  # unknown task: a clear error before any work
+    except (ValueError, KeyError) as exc:
+        ap.error(str(exc))
+    runs = sorted({str(r) for r in map(member_run, specs) if r is not None})
+    for run in runs:
+        if (why := in_run_seed(run, own_config(run), args.seed)) is not None:
+            ap.error(why)
     t0 = time.perf_counter()
     jobs = [(specs, args.mode, t, args.episodes, args.seed) for t in tasks]
     with ProcessPoolExecutor(args.workers) as pool:
@@ -124,8 +169,14 @@ def main() -> None:
             "label": args.label,
             "mode": args.mode,
             "members": specs,
+            "member_versions": {spec: load_source(spec.rpartition(":")[0])[0] for spec in specs},
+            "runs": runs,
             "episodes_per_task": args.episodes,
             "seed": args.seed,
+            "objects": "test",
+            "cell_version": CELL_VERSION,
+            "sim": dataclasses.asdict(sim),
+            "cem": dataclasses.asdict(CEMConfig(precision="fp32")),
             "per_task": {
                 t: {**rate_with_ci(rate, args.episodes), "outcomes": encode_outcomes(outcomes[t])}
                 for t, rate in success_rates(outcomes).items()

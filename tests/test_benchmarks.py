@@ -585,3 +585,30 @@ def test_select_snapshot_writes_the_chosen_weights_as_a_policy_folder(tmp_path: 
     acting = [k for k in snap_tensors if k.startswith("acting.")]
     assert acting and all(np.array_equal(tensors[k], snap_tensors[k]) for k in acting)
     assert (folder / "config.json").exists() and (folder / "exported.json").exists()
+
+
+def test_ensemble_probe_acts_in_the_members_cell_and_refuses_mixed_runs(tmp_path: Path) -> None:
+    """A member's cell and tasks come from the run it belongs to (its weights folder or a
+    snapshot in it too); members of runs with different cells or tasks are refused."""
+    import dataclasses
+
+    from ensemble_probe import common_cell, member_run
+    from mtopt.config import save_config
+    from mtopt.runtime.config import preset
+
+    cfg = preset("tiny")
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    save_config(cfg, a / "config.json")
+    save_config(
+        dataclasses.replace(cfg, sim=dataclasses.replace(cfg.sim, move_from="measured")),
+        b / "config.json",
+    )
+    (a / "weights" / "snapshots").mkdir(parents=True)
+    assert member_run(f"{a}:acting") == a.resolve()
+    assert member_run(f"{a / 'weights' / 'snapshots'}:online") == a.resolve()
+    assert member_run(f"{c}:acting") is None
+    sim, registry = common_cell([f"{a}:acting", f"{a / 'weights'}:online"])
+    assert sim == dataclasses.replace(cfg.sim, object_split="test")
+    assert registry.names == cfg.registry().names
+    with pytest.raises(ValueError, match="another cell"):
+        common_cell([f"{a}:acting", f"{b}:acting"])
