@@ -326,6 +326,43 @@ def test_sd_versions_of_sd_improve_in_a_runs_folder_are_not_its_rounds(tmp_path:
     assert run._sd_rounds_done(sd) == 2
 
 
+def test_a_resume_writes_the_quality_line_a_kill_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill between publishing a round's SD and its quality.json line: the resume adds
+    the line (with the labels the SD was published with), so the rounds count stays
+    right; SDs of `sd improve` (another origin) get none, and a line is never doubled."""
+    import json
+
+    from mtopt.runtime.config import preset
+    from mtopt.runtime.local import RUN_SD_ORIGIN, LocalRun
+    from mtopt.success.data import LabeledSet
+    from mtopt.success.network import SDNetConfig, SuccessDetector, SuccessNet
+
+    run = LocalRun(preset("tiny"), tmp_path)
+    monkeypatch.setattr(run, "_sd_val_set", lambda: LabeledSet.empty(run.registry.names, 16))
+    quality = run.paths.sd / "quality.json"
+
+    def publish(origin: str, labels: int) -> None:
+        net = SuccessNet(SDNetConfig(num_tasks=len(run.registry), image_size=16))
+        SuccessDetector(net, run.registry.names).publish(
+            run.paths.sd, extra_meta={"origin": origin, "episode_labels": labels}
+        )
+
+    run.paths.sd.mkdir(parents=True)
+    publish(RUN_SD_ORIGIN, 0)
+    quality.write_text(json.dumps([{"version": 1, "episode_labels": 0}]))
+    publish(RUN_SD_ORIGIN, 40)  # a round's SD; killed before its line
+    sd = run.init_sd()
+    rows = json.loads(quality.read_text())
+    assert [(r["version"], r["episode_labels"]) for r in rows] == [(1, 0), (2, 40)]
+    assert run._sd_rounds_done(sd) == 1
+    run.init_sd()  # again: nothing doubled
+    assert len(json.loads(quality.read_text())) == 2
+    publish("sd improve", 0)  # not the run's own
+    assert run.init_sd().version == 3 and len(json.loads(quality.read_text())) == 2
+
+
 def test_a_resume_counts_the_episode_labels_the_sd_rounds_kept(tmp_path: Path) -> None:
     """A kill after a round saved its labels and before the next checkpoint: the labels
     are in sd/episode_labels.npz, the checkpoint's count is short of them."""

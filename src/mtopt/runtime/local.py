@@ -459,6 +459,11 @@ def history_elapsed(history: list[dict[str, Any]]) -> float:
     return total + last
 
 
+RUN_SD_ORIGIN = "run"
+"""The ``origin`` the run's own SDs (its first, and one a relabel round) are published
+with; ``mtopt sd train`` and ``sd improve`` publish theirs as "sd train" / "sd improve"."""
+
+
 class LocalRun:
     def __init__(
         self,
@@ -618,6 +623,7 @@ class LocalRun:
         if SuccessDetector.latest_version(self.paths.sd) > 0:
             sd = SuccessDetector.load(self.paths.sd, self.registry.names)
             self._log(f"loaded success detector v{sd.version}")
+            self._recover_sd_quality(sd)
             return sd
         if (self.paths.sd / "examples.npz").exists():
             self._log(f"reusing staged success-detector examples in {self.paths.sd}")
@@ -632,9 +638,23 @@ class LocalRun:
         # between these two publishes, or an SD deleted to be retrained, left one
         initial = self.paths.sd / "initial"
         sd.publish(initial)
-        sd.publish(self.paths.sd)
+        sd.publish(self.paths.sd, extra_meta={"origin": RUN_SD_ORIGIN, "episode_labels": 0})
         self._record_sd_quality(sd, labels=0)
         return sd
+
+    def _recover_sd_quality(self, sd: SuccessDetector) -> None:
+        """A kill between publishing one of the run's SDs and its quality.json line left
+        the SD without its line: the line is written now, so the rounds count
+        (``_sd_rounds_done``) and the quality record stay whole. SDs of others (``mtopt sd
+        train`` / ``sd improve``) and SDs published before the origin was kept get none."""
+        if sd.meta.get("origin") != RUN_SD_ORIGIN:
+            return
+        path = self.paths.sd / "quality.json"
+        rows = json.loads(path.read_text()) if path.exists() else []
+        if any(r.get("version") == sd.version for r in rows):
+            return
+        self._log(f"SD v{sd.version} has no quality line (a kill as it was published): adding it")
+        self._record_sd_quality(sd, labels=int(sd.meta.get("episode_labels", 0)))
 
     def _record_sd_quality(self, sd: SuccessDetector, labels: int) -> None:
         metrics = evaluate_sd(sd, self._sd_val_set())
@@ -675,8 +695,11 @@ class LocalRun:
         )
         net = train_sd(data, tcfg, init=self._retrain_start(sd))
         new_sd = SuccessDetector(net, self.registry.names)
-        new_sd.publish(self.paths.sd)  # the next free version: `sd improve` may share it
         labels = labels_so_far + len(new)
+        # the next free version (`sd improve` may share the folder)
+        new_sd.publish(
+            self.paths.sd, extra_meta={"origin": RUN_SD_ORIGIN, "episode_labels": labels}
+        )
         self._record_sd_quality(new_sd, labels)
         return new_sd, labels
 
