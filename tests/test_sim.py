@@ -171,8 +171,17 @@ def test_the_task_crosses_process_boundaries_and_wrappers_find_the_horizon() -> 
     for _ in range(7):
         *_, term, trunc, info = again.step(make_action(dz=-0.5))
     assert trunc and not term and "success" in info
+    # another horizon from the spec: with max_episode_steps as well (README), the episode
+    # runs to the new max_steps and is judged
+    longer = gym.make(env.spec, max_steps=9, max_episode_steps=9)
+    longer.reset(seed=0)
+    for k in range(9):
+        *_, term, trunc, info = longer.step(make_action(dz=-0.5))
+        assert trunc == (k == 8) and not term
+    assert "success" in info
     timed.close()
     again.close()
+    longer.close()
 
 
 def test_the_env_cannot_be_copied_by_accident() -> None:

@@ -57,8 +57,7 @@ class SimConfig:
     need ~20 substeps to close and ~45 to open fully, so without it (0: the behaviour
     before) they move during the arm motion: a close with a lift in the same action
     drags the fingers up past the object (a 'descend, close while lifting' pick lifts
-    12% of the time against 24% with it), and the next observation shows half-open
-    fingers."""
+    12% of the time against 24% with it)."""
 
     move_from: Literal["command", "measured"] = "command"
     """What a relative move (an action's dx, dy, dz) starts from. 'command': the previous

@@ -33,6 +33,8 @@ be had). ``env.spec.max_episode_steps`` says ``max_steps`` (for wrappers such as
 ``TimeAwareObservation``; the env needs no TimeLimit). Register no shorter
 ``max_episode_steps`` than ``max_steps``: a cut from outside
 ends the episode before its outcome is presented and judged (no reward, no ``success``).
+Gymnasium makes a spec's ``max_episode_steps`` a ``TimeLimit``: to re-make the env from
+``env.spec`` with another ``max_steps``, pass ``max_episode_steps`` as well.
 Info at reset: ``scene_seed``, ``task``, ``prepared`` (False: the scene could not be set up
 for the task, e.g. no object could be put in the gripper for a placing task; the episode
 runs anyway; mtopt's evaluation replaces such a scene with the next one), ``pose``. At each step: ``step``, ``pose``; at the last one also ``success``
