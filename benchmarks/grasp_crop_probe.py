@@ -19,14 +19,22 @@ Scored on held-out closes (other scenes): RMS and median error (cm), the share w
 1 cm, and how well the predicted offset ranks "within 1 cm" against "over 2 cm" (AUC),
 against predicting the mean offset.
 
+The closes are collected in the default cell (training objects). With ``--runs``, each
+run's acting weights are also scored on the held-out closes (``run_q``), with the run's
+tasks, in the cell the run learned in (its ``config.json``'s sim settings): a run trained
+in another cell (e.g. ``sim.move_from=measured``, another image size) gets the scenes of
+the held-out closes collected again in its own cell, the same oracle on the same scenes.
+The result records the cells (``cell_version``, ``sim``, and each run's ``sim``).
+
 Usage: python benchmarks/grasp_crop_probe.py --json OUT [--samples 6000] [--test 1000]
-           [--steps 3000] [--aim-cm 2] [--workers 2]
+           [--steps 3000] [--aim-cm 2] [--workers 2] [--finish] [--runs RUN,RUN]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -42,6 +50,8 @@ from grasp_outcome_probe import nearest_offset
 from mtopt.qtopt.networks import POSE_XY_SCALE, CropTower, QNetConfig
 from mtopt.robots.base import STATE_DIM, Observation
 from mtopt.robots.sim_robot import SimRobot
+from mtopt.runtime.config import run_registry, run_sim_config
+from mtopt.sim.cell import CELL_VERSION
 from mtopt.sim.config import SimConfig
 from mtopt.sim.oracle import OraclePolicy
 from mtopt.sim.runner import run_episode
@@ -54,11 +64,19 @@ class _Closed(Exception):
     """Ends an episode once its first close is recorded."""
 
 
-class RecordFirstClose:
-    """Wraps the oracle; at its first close records the image(s), pose and offset."""
+def collection_cell(run: str | None) -> SimConfig:
+    """The cell closes are collected in (training objects): the one ``run`` learned in,
+    the default cell without a run."""
+    return run_sim_config(run, "train") if run else SimConfig(object_split="train").validate()
 
-    def __init__(self, policy: OraclePolicy, robot: SimRobot, finish: bool):
-        self.policy, self.robot, self.finish = policy, robot, finish
+
+class RecordFirstClose:
+    """Wraps the oracle; at its first close records the image(s), pose and offset: the
+    camera's image as ``image{N}`` (N its size: ``image64`` in the default cell) and, with
+    ``big``, the same view rendered at 128x128 as ``image128``."""
+
+    def __init__(self, policy: OraclePolicy, robot: SimRobot, finish: bool, big: bool = True):
+        self.policy, self.robot, self.finish, self.big = policy, robot, finish, big
         self.sample: dict[str, Any] | None = None
         self._seen = False
         self.version = 0
@@ -74,25 +92,29 @@ class RecordFirstClose:
             to_object = nearest_offset(self.robot)  # m, object minus gripper; NaN: bin empty
             if not np.isnan(to_object).any():
                 self.sample = {
-                    "image64": np.asarray(obs.image, np.uint8),
-                    "image128": self.robot.cell.render(128),
+                    f"image{self.robot.config.image_size}": np.asarray(obs.image, np.uint8),
                     "xy": np.asarray(obs.pose[:2], np.float32),
                     "state": np.asarray(obs.state, np.float32),
                     "offset_cm": -100 * to_object,  # gripper minus object
                 }
+                if self.big and "image128" not in self.sample:
+                    self.sample["image128"] = self.robot.cell.render(128)
             if not self.finish:
                 raise _Closed
         return action
 
 
-def collect(job: tuple[int, int, int, float, bool]) -> list[dict[str, Any]]:
-    """Samples from scenes ``k0 .. k0 + n - 1`` of ``seed`` (train-split objects); with
-    ``finish`` each episode runs to its end and the sample notes whether it lifted."""
-    k0, n, seed, aim_cm, finish = job
-    robot = SimRobot(SimConfig(object_split="train"), robot_id="probe", seed=seed)
-    spec = DEFAULT_REGISTRY.get(TASK)
-    oracle = OraclePolicy(robot, DEFAULT_REGISTRY, robot.config.max_steps, aim_cm / 100, 1.57)
-    watch = RecordFirstClose(oracle, robot, finish)
+def collect(job: tuple[int, int, int, float, bool, str | None]) -> list[dict[str, Any]]:
+    """Samples from scenes ``k0 .. k0 + n - 1`` of ``seed`` (train-split objects), each
+    noting its scene ``k``, in the default cell (``run`` None) or in the cell ``run``
+    learned in, with its tasks (then without the 128x128 render); with ``finish`` each
+    episode runs to its end and the sample notes whether it lifted."""
+    k0, n, seed, aim_cm, finish, run = job
+    registry = run_registry(run) if run else DEFAULT_REGISTRY
+    robot = SimRobot(collection_cell(run), robot_id="probe", seed=seed)
+    spec = registry.get(TASK)
+    oracle = OraclePolicy(robot, registry, robot.config.max_steps, aim_cm / 100, 1.57)
+    watch = RecordFirstClose(oracle, robot, finish, big=run is None)
     out = []
     try:
         for k in tqdm(range(k0, k0 + n), desc=f"closes {k0}", mininterval=5, disable=k0 > 0):
@@ -101,6 +123,7 @@ def collect(job: tuple[int, int, int, float, bool]) -> list[dict[str, Any]]:
             with contextlib.suppress(_Closed):
                 run_episode(robot, watch, spec, np.random.default_rng(scene_seed), 15)
             if watch.sample is not None:
+                watch.sample["scene"] = k
                 if finish:
                     watch.sample["lifted"] = bool(spec.succeeded(robot.scene_state()))
                 out.append(watch.sample)
@@ -223,24 +246,29 @@ def train_arm(arm: str, data: dict[str, np.ndarray], n_test: int, steps: int) ->
 
 
 def run_q(run: str, data: dict[str, np.ndarray], n_test: int) -> dict[str, Any]:
-    """The run's acting weights on the held-out closes: does Q(s, close here, lift-any)
-    rank near grasps (< 1 cm) above far ones (> 2 cm), and lifting grasps above failing
-    ones? And what CEM picks there: close, or move (towards the object?)."""
+    """The run's acting weights on the last ``n_test`` closes of ``data`` (collected in
+    the run's cell), with the run's tasks: does Q(s, close here, lift-any) rank near
+    grasps (< 1 cm) above far ones (> 2 cm), and lifting grasps above failing ones? And
+    what CEM picks there: close, or move (towards the object?)."""
     from mtopt.policies.cem_policy import CEMPolicy
     from mtopt.qtopt.cem import CEMConfig, cem_argmax
     from mtopt.qtopt.networks import q_state
 
     torch.set_num_threads(2)
     cem = CEMConfig(precision="fp32")
-    policy = CEMPolicy(DEFAULT_REGISTRY.names, weights_dir=f"{run}/weights", cem=cem, seed=0)
+    registry = run_registry(run)
+    policy = CEMPolicy(registry.names, weights_dir=f"{run}/weights", cem=cem, seed=0)
     policy.maybe_reload()
     net = policy.net
     assert net is not None, f"no weights in {run}/weights"
+    key = f"image{net.cfg.image_size}"
+    if key not in data:
+        raise ValueError(f"{run}'s Q-network takes {key}; the closes have {sorted(data)}")
     lo = len(data["offset_cm"]) - n_test
-    images = torch.from_numpy(data["image64"][lo:])
+    images = torch.from_numpy(data[key][lo:])
     poses = np.concatenate([data["xy"][lo:], np.zeros((n_test, 2), np.float32)], 1)
     states = torch.from_numpy(q_state(data["state"][lo:], poses, net.cfg))
-    task = torch.full((n_test,), DEFAULT_REGISTRY.names.index(TASK))
+    task = torch.full((n_test,), registry.names.index(TASK))
     close_here = torch.tensor([[0.0, 0.0, 0.0, 0.0, 1.0, -1.0]]).expand(n_test, -1)
     gen = torch.Generator().manual_seed(0)
     qs, picks = [], []
@@ -278,6 +306,20 @@ def run_q(run: str, data: dict[str, np.ndarray], n_test: int) -> dict[str, Any]:
     return out
 
 
+def held_out_closes(run: str, first: int, args: argparse.Namespace) -> dict[str, np.ndarray]:
+    """The closes of scenes ``first .. args.samples - 1`` (the held-out ones), collected
+    again in the cell ``run`` learned in (empty when none of them gives a close)."""
+    n = args.samples - first
+    chunk = -(-n // args.workers)
+    jobs = [
+        (k, min(chunk, args.samples - k), args.seed, args.aim_cm, args.finish, run)
+        for k in range(first, args.samples, chunk)
+    ]
+    with ProcessPoolExecutor(args.workers) as pool:
+        rows = [r for part in pool.map(collect, jobs) for r in part]
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]} if rows else {}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", required=True)
@@ -291,10 +333,18 @@ def main() -> None:
     ap.add_argument("--finish", action="store_true", help="run episodes on; note lifts")
     ap.add_argument("--runs", default="", help="also score these runs' acting weights")
     args = ap.parse_args()
+    runs = [r for r in args.runs.split(",") if r]
+    try:  # each run's cell and tasks: a clear error before any work
+        cells = {r: collection_cell(r) for r in runs}
+        for r in runs:
+            run_registry(r).get(TASK)
+    except (ValueError, KeyError) as exc:  # a ConfigError is a ValueError
+        ap.error(str(exc))
+    default_cell = collection_cell(None)
     t0 = time.perf_counter()
     chunk = -(-args.samples // args.workers)
     jobs = [
-        (k, min(chunk, args.samples - k), args.seed, args.aim_cm, args.finish)
+        (k, min(chunk, args.samples - k), args.seed, args.aim_cm, args.finish, None)
         for k in range(0, args.samples, chunk)
     ]
     with ProcessPoolExecutor(args.workers) as pool:
@@ -311,6 +361,8 @@ def main() -> None:
         "aim_cm": args.aim_cm,
         "samples": len(rows),
         "test": args.test,
+        "cell_version": CELL_VERSION,
+        "sim": dataclasses.asdict(default_cell),
         "steps": args.steps,
         "batch": 64,
         "collect_s": round(collect_s, 1),
@@ -322,7 +374,17 @@ def main() -> None:
     }
     if "lifted" in data:
         out["oracle_lifted"] = round(float(data["lifted"].mean()), 3)
-    out["runs"] = {r: run_q(r, data, args.test) for r in args.runs.split(",") if r}
+    out["runs"] = {}
+    first_test_scene = int(data["scene"][-args.test])
+    for r in runs:
+        result: dict[str, Any] = {"sim": dataclasses.asdict(cells[r])}
+        if cells[r] == default_cell:  # the closes above were collected in the run's cell
+            result |= {"closes": args.test, "own_closes": False, **run_q(r, data, args.test)}
+        else:  # the held-out closes' scenes again, in the run's own cell
+            own = held_out_closes(r, first_test_scene, args)
+            n = len(own["offset_cm"]) if own else 0
+            result |= {"closes": n, "own_closes": True, **(run_q(r, own, n) if n else {})}
+        out["runs"][r] = result
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     write_result(args.json, out)
 

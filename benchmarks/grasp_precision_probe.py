@@ -15,6 +15,12 @@ Two measurements of lift-any on the held-out scenes of ``evaluate_run.py`` (same
    is between both fingers when the episode ends (before the robot presents the outcome)
    and whether it is still held after the presentation lift (the success).
 
+With ``--run`` both parts play in the cell the run learned in (its ``config.json``'s sim
+settings: image size, ``move_from``, ...) with its tasks, so the oracle's curve and the
+learned policy's episodes come from the same scenes; without it, in the default cell.
+The result records the cell (``cell_version``, ``sim``). A run's own in-run evaluation
+seed is refused (``evaluate_run.in_run_seed``).
+
 Read together: the learned policy's last-close offsets against the oracle's curve say how
 much of its lift failure is aiming, and "held at the end but lost on the lift" says how
 many of its grasps close on an object but hold it badly (off-centre).
@@ -27,6 +33,7 @@ Usage: python benchmarks/grasp_precision_probe.py --json OUT [--run runs/r22]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 from collections.abc import Iterator
@@ -36,34 +43,63 @@ from typing import Any
 import numpy as np
 
 from _results import write_result
+from evaluate_run import in_run_seed, own_config
 from mtopt.eval.evaluate import eval_scene_seed, evaluate_policy, rate_with_ci
 from mtopt.robots.base import Observation
 from mtopt.robots.sim_robot import SimRobot
+from mtopt.runtime.config import run_registry, run_sim_config
+from mtopt.sim.cell import CELL_VERSION
 from mtopt.sim.config import SimConfig
+from mtopt.sim.objects import Split
 from mtopt.sim.oracle import ROUND_CATEGORIES, OraclePolicy, wrap_half_turn
 from mtopt.sim.runner import EpisodeRecord, run_episode
 from mtopt.tasks import DEFAULT_REGISTRY
+from mtopt.tasks.registry import TaskRegistry, TaskSpec
 
 TASK = "lift-any"
 
 
-def oracle_task_rate(task: str, aim_m: float, yaw_rad: float, episodes: int, seed: int) -> float:
-    """The oracle's success on ``task``'s held-out scenes with that aim and yaw noise."""
-    sim = SimConfig(object_split="test")
+def probe_cell(run: str | None, split: Split = "test") -> tuple[SimConfig, TaskRegistry]:
+    """The cell (with ``split``'s objects) and the tasks to probe in: those the run (or
+    policy folder) ``run`` was trained with (``run_sim_config``, ``run_registry``), the
+    default cell and the built-in tasks without a run."""
+    if run is None:
+        return SimConfig(object_split=split).validate(), DEFAULT_REGISTRY
+    return run_sim_config(run, split), run_registry(run)
+
+
+def checked_cell(run: str | None, seed: int, tasks: list[str]) -> tuple[SimConfig, TaskRegistry]:
+    """``probe_cell(run)``, after checking that each of ``tasks`` is one of its tasks
+    (else a KeyError) and that the evaluation seed ``seed`` is not the run's own in-run
+    evaluation block (``evaluate_run.in_run_seed``; else a ValueError)."""
+    sim, registry = probe_cell(run)
+    for t in tasks:
+        registry.get(t)  # unknown task: a clear error before any work
+    if run is not None and (why := in_run_seed(run, own_config(run), seed)) is not None:
+        raise ValueError(why)
+    return sim, registry
+
+
+def oracle_task_rate(
+    task: str, aim_m: float, yaw_rad: float, episodes: int, seed: int, run: str | None = None
+) -> float:
+    """The oracle's success on ``task``'s held-out scenes with that aim and yaw noise, in
+    ``run``'s cell with its tasks (the default cell without a run)."""
+    sim, registry = probe_cell(run)
     robot = SimRobot(sim, robot_id="eval", seed=seed)
-    oracle = OraclePolicy(robot, DEFAULT_REGISTRY, sim.max_steps, aim_m, yaw_rad)
+    oracle = OraclePolicy(robot, registry, sim.max_steps, aim_m, yaw_rad)
     try:
         rate = evaluate_policy(
-            lambda spec: oracle, DEFAULT_REGISTRY, [task], episodes, sim, seed, robot=robot
+            lambda spec: oracle, registry, [task], episodes, sim, seed, robot=robot
         )
     finally:
         robot.close()
     return rate[task]
 
 
-def oracle_rate(job: tuple[float, float, int, int]) -> tuple[float, float, float]:
-    aim_m, yaw_rad, episodes, seed = job
-    return aim_m, yaw_rad, oracle_task_rate(TASK, aim_m, yaw_rad, episodes, seed)
+def oracle_rate(job: tuple[float, float, int, int, str | None]) -> tuple[float, float, float]:
+    aim_m, yaw_rad, episodes, seed, run = job
+    return aim_m, yaw_rad, oracle_task_rate(TASK, aim_m, yaw_rad, episodes, seed, run)
 
 
 class WatchedRobot(SimRobot):
@@ -132,8 +168,8 @@ class WatchCloses:
 
 
 def acting_policy(run: str, seed: int, pick: str = "best") -> Any:
-    """The run's acting weights as robots use them: CEM, fp32, one thread (``pick``:
-    CEM's best sample or its final elite mean, ``CEMConfig.pick``)."""
+    """The run's acting weights as robots use them: CEM, fp32, one thread, with the run's
+    tasks (``pick``: CEM's best sample or its final elite mean, ``CEMConfig.pick``)."""
     import torch
 
     from mtopt.policies.cem_policy import CEMPolicy
@@ -141,15 +177,15 @@ def acting_policy(run: str, seed: int, pick: str = "best") -> Any:
 
     torch.set_num_threads(1)
     cem = CEMConfig(pick=pick, precision="fp32")  # type: ignore[arg-type]
-    return CEMPolicy(DEFAULT_REGISTRY.names, weights_dir=f"{run}/weights", cem=cem, seed=seed)
+    return CEMPolicy(run_registry(run).names, weights_dir=f"{run}/weights", cem=cem, seed=seed)
 
 
 def held_out_episodes(
-    robot: SimRobot, policy: Any, task: str, k0: int, n: int, seed: int
+    robot: SimRobot, policy: Any, spec: TaskSpec, k0: int, n: int, seed: int
 ) -> Iterator[tuple[int, EpisodeRecord]]:
-    """Episodes k0..k0+n-1 of ``evaluate_policy``'s held-out scenes for ``task`` (the
-    same scene seeds), each run with ``policy``; the robot is left at the episode's end."""
-    spec = DEFAULT_REGISTRY.get(task)
+    """Episodes k0..k0+n-1 of ``evaluate_policy``'s held-out scenes for the task ``spec``
+    (the same scene seeds), each run with ``policy``; the robot is left at the episode's
+    end."""
     for k in range(k0, k0 + n):
         scene_seed = eval_scene_seed(seed, 0, k)
         robot.reset_scene(scene_seed)
@@ -158,14 +194,16 @@ def held_out_episodes(
 
 
 def learned_episodes(job: tuple[str, int, int, int, str]) -> list[dict[str, Any]]:
-    """Episodes k0..k0+n-1 of the held-out scenes with the run's acting weights."""
+    """Episodes k0..k0+n-1 of the held-out scenes with the run's acting weights, in the
+    run's cell."""
     run, k0, n, seed, pick = job
-    robot = WatchedRobot(SimConfig(object_split="test"), robot_id="eval", seed=seed)
+    sim, registry = probe_cell(run)
+    robot = WatchedRobot(sim, robot_id="eval", seed=seed)
     watch = WatchCloses(acting_policy(run, seed, pick), robot)
-    spec = DEFAULT_REGISTRY.get(TASK)
+    spec = registry.get(TASK)
     rows = []
     try:
-        for k, rec in held_out_episodes(robot, watch, TASK, k0, n, seed):
+        for k, rec in held_out_episodes(robot, watch, spec, k0, n, seed):
             rows.append(
                 {
                     "scene": k,
@@ -239,7 +277,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", required=True)
-    ap.add_argument("--run", default=None, help="also instrument this run's acting weights")
+    ap.add_argument(
+        "--run", default=None, help="also instrument this run's acting weights (in its cell)"
+    )
     ap.add_argument("--episodes", type=int, default=100)
     ap.add_argument("--seed", type=int, default=5, help="5: the scenes of evaluate_run.py")
     ap.add_argument("--aim-cm", default="0,0.5,1,2,3")
@@ -256,9 +296,13 @@ def main() -> None:
         ap.error("--aim-cm and --yaw-rad must be >= 0")
     if args.episodes < 1 or args.workers < 1:
         ap.error("--episodes and --workers must be >= 1")
+    try:
+        sim = checked_cell(args.run, args.seed, [TASK])[0]
+    except (ValueError, KeyError) as exc:  # a ConfigError is a ValueError
+        ap.error(str(exc))
     t0 = time.perf_counter()
-    jobs = [(a / 100, 0.0, args.episodes, args.seed) for a in aims]
-    jobs += [(0.0, y, args.episodes, args.seed) for y in yaws]
+    jobs = [(a / 100, 0.0, args.episodes, args.seed, args.run) for a in aims]
+    jobs += [(0.0, y, args.episodes, args.seed, args.run) for y in yaws]
     per = -(-args.episodes // args.workers)
     learn_jobs = [
         (args.run, k, min(per, args.episodes - k), args.seed, args.cem_pick)
@@ -273,6 +317,8 @@ def main() -> None:
         "task": TASK,
         "episodes": args.episodes,
         "seed": args.seed,
+        "cell_version": CELL_VERSION,
+        "sim": dataclasses.asdict(sim),
         "oracle_aim_noise": {
             f"{100 * a:g} cm": rate_with_ci(r, args.episodes) for a, y, r in oracle if y == 0.0
         },

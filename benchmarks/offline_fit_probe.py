@@ -5,8 +5,9 @@ over 512 random actions Q varies by ~0.06, and opening the gripper while carryin
 object changes Q by 0.003 although it drops the object). Either the data and the
 network cannot tell actions apart, or the bootstrapped (TD) targets are too flat to
 teach it. This trains a fresh Q-network of the run's architecture offline on the run's
-own stored episodes (the run's success detector gives the rewards, the run's replay
-settings sample the batches), with one of three targets:
+own stored episodes, of the run's tasks (its ``extra_tasks`` included; the run's
+success detector gives the rewards, the run's replay settings sample the batches), with
+one of three targets:
 
   td        the run's Bellman targets: r + gamma * min of two lagged target networks at
             CEM's argmax (what the run trains on)
@@ -14,8 +15,9 @@ settings sample the batches), with one of three targets:
             on what the behaviour policies achieved: no bootstrapping)
   mc_bound  max(td, mc) (``LearnerConfig.mc_bound``)
 
-and publishes its weights to OUT/weights, so q_landscape_probe.py and evaluate_run.py
-can read them. Same data, same steps, same seed for every mode.
+and publishes its weights to OUT/weights, with the run's config.json (its cell and
+tasks), so q_landscape_probe.py and evaluate_run.py can read them. Same data, same
+steps, same seed for every mode.
 
 Usage: python benchmarks/offline_fit_probe.py --run runs/r20 --out runs/fit_mc --mode mc
            [--steps 2500] [--shards 0] [--json OUT]
@@ -41,10 +43,9 @@ from mtopt.qtopt.learner import Learner
 from mtopt.replay.buffers import TaskBuffers
 from mtopt.replay.logreplay import LogReplay
 from mtopt.replay.source import replay_items
-from mtopt.runtime.config import load_run_config
+from mtopt.runtime.config import load_run_config, run_registry
 from mtopt.store.reader import EpisodeReader, shard_paths
 from mtopt.success.network import SuccessDetector
-from mtopt.tasks import DEFAULT_REGISTRY
 
 
 def main() -> None:
@@ -59,7 +60,7 @@ def main() -> None:
     t0 = time.time()
     run, out = Path(args.run), Path(args.out)
     cfg = load_run_config(run / "config.json")
-    registry = DEFAULT_REGISTRY
+    registry = run_registry(run)  # the run's tasks (its extra_tasks too), as it stored them
     sd = SuccessDetector.load(run / "sd", registry.names)
     buffers = TaskBuffers(registry.names, cfg.replay.capacity_per_bucket)
     replay = LogReplay(registry, buffers, sd, cfg.replay.impersonation)

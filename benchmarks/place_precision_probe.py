@@ -14,6 +14,11 @@ in ``--tasks``:
    its height above that fixture's surface), whether it lets go over a wrong fixture or
    the bare bin, and where the object ends up.
 
+With ``--run`` both parts play in the cell the run learned in (its ``config.json``'s sim
+settings) with its tasks, and ``--tasks`` may name its placing tasks (``extra_tasks``
+too); without it, the default cell and the built-in tasks. The result records the cell
+(``cell_version``, ``sim``). A run's own in-run evaluation seed is refused.
+
 Read together: the release offsets against the oracle's curve say how much of the
 placing failure is aiming; "never released" and "released over nothing" name the rest.
 
@@ -25,6 +30,7 @@ Usage: python benchmarks/place_precision_probe.py --json OUT [--run runs/r22]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -33,25 +39,34 @@ from typing import Any
 import numpy as np
 
 from _results import write_result
-from grasp_precision_probe import acting_policy, held_out_episodes, oracle_task_rate
+from grasp_precision_probe import (
+    acting_policy,
+    checked_cell,
+    held_out_episodes,
+    oracle_task_rate,
+    probe_cell,
+)
 from mtopt.eval.evaluate import rate_with_ci
 from mtopt.robots.base import Observation
 from mtopt.robots.sim_robot import SimRobot
-from mtopt.sim.config import SimConfig
+from mtopt.sim.cell import CELL_VERSION
 from mtopt.sim.oracle import released_at
 from mtopt.tasks import DEFAULT_REGISTRY
+from mtopt.tasks.registry import TaskRegistry
 from mtopt.tasks.scene import FixtureState, ObjectState, SceneState
 
 
-def oracle_rate(job: tuple[str, float, int, int]) -> tuple[str, float, float]:
-    task, aim_m, episodes, seed = job
-    return task, aim_m, oracle_task_rate(task, aim_m, 0.0, episodes, seed)
+def oracle_rate(job: tuple[str, float, int, int, str | None]) -> tuple[str, float, float]:
+    task, aim_m, episodes, seed, run = job
+    return task, aim_m, oracle_task_rate(task, aim_m, 0.0, episodes, seed, run)
 
 
-def target_fixtures(task: str, scene: SceneState) -> list[FixtureState]:
-    """The fixtures a resting object would satisfy ``task`` on (the task's predicate
-    asked about each fixture with the held object moved onto it)."""
-    spec = DEFAULT_REGISTRY.get(task)
+def target_fixtures(
+    task: str, scene: SceneState, registry: TaskRegistry = DEFAULT_REGISTRY
+) -> list[FixtureState]:
+    """The fixtures a resting object would satisfy ``task`` (of ``registry``) on (the
+    task's predicate asked about each fixture with the held object moved onto it)."""
+    spec = registry.get(task)
     held = next((o for o in scene.objects if o.in_gripper), None)
     if held is None:
         return []
@@ -89,8 +104,10 @@ class WatchRelease:
     """Wraps a policy; records the first step at which it opens the gripper while the
     scene shows an object between the fingers (the release) and where that object is."""
 
-    def __init__(self, policy: Any, robot: SimRobot, task: str):
-        self.policy, self.robot, self.task = policy, robot, task
+    def __init__(
+        self, policy: Any, robot: SimRobot, task: str, registry: TaskRegistry = DEFAULT_REGISTRY
+    ):
+        self.policy, self.robot, self.task, self.registry = policy, robot, task, registry
         self.release: dict[str, Any] | None = None
         self.step = 0
 
@@ -108,21 +125,23 @@ class WatchRelease:
             scene = self.robot.scene_state()
             held = next((o for o in scene.objects if o.in_gripper), None)
             if held is not None:
-                fixtures = target_fixtures(self.task, scene)
+                fixtures = target_fixtures(self.task, scene, self.registry)
                 self.release = {"step": self.step, **where(held, fixtures, scene.fixtures)}
         self.step += 1
         return action
 
 
 def learned_episodes(job: tuple[str, str, int, int, int]) -> list[dict[str, Any]]:
-    """Episodes k0..k0+n-1 of ``task``'s held-out scenes with the run's acting weights."""
+    """Episodes k0..k0+n-1 of ``task``'s held-out scenes with the run's acting weights, in
+    the run's cell."""
     run, task, k0, n, seed = job
-    robot = SimRobot(SimConfig(object_split="test"), robot_id="eval", seed=seed)
-    watch = WatchRelease(acting_policy(run, seed), robot, task)
-    spec = DEFAULT_REGISTRY.get(task)
+    sim, registry = probe_cell(run)
+    robot = SimRobot(sim, robot_id="eval", seed=seed)
+    watch = WatchRelease(acting_policy(run, seed), robot, task, registry)
+    spec = registry.get(task)
     rows = []
     try:
-        for k, rec in held_out_episodes(robot, watch, task, k0, n, seed):
+        for k, rec in held_out_episodes(robot, watch, spec, k0, n, seed):
             scene = robot.scene_state()
             rows.append(
                 {
@@ -195,7 +214,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", required=True)
-    ap.add_argument("--run", default=None, help="also instrument this run's acting weights")
+    ap.add_argument(
+        "--run", default=None, help="also instrument this run's acting weights (in its cell)"
+    )
     ap.add_argument("--tasks", default="place-any,place-in-bowl")
     ap.add_argument("--episodes", type=int, default=100)
     ap.add_argument("--seed", type=int, default=5, help="5: the scenes of evaluate_run.py")
@@ -203,9 +224,14 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
     tasks = [t for t in args.tasks.split(",") if t]
+    try:  # the run's cell and tasks (the default ones without --run)
+        sim, registry = checked_cell(args.run, args.seed, [])
+    except ValueError as exc:  # a ConfigError is a ValueError
+        ap.error(str(exc))
     for t in tasks:
-        if t not in DEFAULT_REGISTRY.names or not DEFAULT_REGISTRY.get(t).starts_holding:
-            ap.error(f"{t!r} is not a placing task of the registry")
+        if t not in registry.names or not registry.get(t).starts_holding:
+            whose = "the run's" if args.run else "the built-in"
+            ap.error(f"{t!r} is not one of {whose} placing tasks")
     try:
         aims = [float(v) for v in args.aim_cm.split(",") if v]
     except ValueError:
@@ -215,7 +241,7 @@ def main() -> None:
     if args.episodes < 1 or args.workers < 1:
         ap.error("--episodes and --workers must be >= 1")
     t0 = time.perf_counter()
-    jobs = [(t, a / 100, args.episodes, args.seed) for t in tasks for a in aims]
+    jobs = [(t, a / 100, args.episodes, args.seed, args.run) for t in tasks for a in aims]
     per = -(-args.episodes // args.workers)
     learn_jobs = [
         (args.run, t, k, min(per, args.episodes - k), args.seed)
@@ -225,7 +251,13 @@ def main() -> None:
     with ProcessPoolExecutor(args.workers) as pool:
         oracle = list(pool.map(oracle_rate, jobs))
         parts = list(pool.map(learned_episodes, learn_jobs)) if args.run else []
-    out: dict[str, Any] = {"episodes": args.episodes, "seed": args.seed, "tasks": {}}
+    out: dict[str, Any] = {
+        "episodes": args.episodes,
+        "seed": args.seed,
+        "cell_version": CELL_VERSION,
+        "sim": dataclasses.asdict(sim),
+        "tasks": {},
+    }
     for t in tasks:
         entry: dict[str, Any] = {
             "oracle_aim_noise": {

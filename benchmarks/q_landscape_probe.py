@@ -5,8 +5,9 @@ terminate (docs/learning-history.md, "What the learned lift policy has learned")
 explanation: Q is nearly flat over much of the action space, so CEM's 2 x 64 samples
 pick from noise. This measures it.
 
-It rolls the CEM policy (acting weights, no exploration) out on held-out lift scenes
-and, at every step, also scores the state with privileged simulator knowledge:
+It rolls the CEM policy (acting weights, no exploration) out on held-out lift scenes, in
+the cell the run learned in (its ``config.json``'s sim settings) with its tasks, and, at
+every step, also scores the state with privileged simulator knowledge:
 
   q_cem          Q of the action CEM chose
   q_spread       the 90th minus the 10th percentile of Q over 512 uniform random actions
@@ -23,7 +24,8 @@ and, at every step, also scores the state with privileged simulator knowledge:
                  (only where the object is more than 2 cm away horizontally)
 
 Summaries are split by height (above / below 8 cm) and by whether the episode lifted
-an object. Writes JSON.
+an object. Writes JSON, with the cell (``cell_version``, ``sim``). The scenes are those
+of ``evaluate_run.py --seed S``; a run's own in-run evaluation seed is refused.
 
 Usage: python benchmarks/q_landscape_probe.py --run runs/r20 --json OUT
            [--task lift-any] [--episodes 30] [--seed 5] [--part acting|online]
@@ -32,6 +34,7 @@ Usage: python benchmarks/q_landscape_probe.py --run runs/r20 --json OUT
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from typing import Any
 
@@ -39,6 +42,7 @@ import numpy as np
 import torch
 
 from _results import write_result
+from evaluate_run import in_run_seed, own_config
 from grasp_outcome_probe import nearest_offset
 from mtopt.eval.evaluate import eval_scene_seed
 from mtopt.policies.cem_policy import CEMPolicy
@@ -46,9 +50,9 @@ from mtopt.qtopt.cem import cem_argmax
 from mtopt.qtopt.networks import q_state
 from mtopt.robots.base import Observation
 from mtopt.robots.sim_robot import SimRobot
-from mtopt.sim.cell import SimConfig
+from mtopt.runtime.config import run_registry, run_sim_config
+from mtopt.sim.cell import CELL_VERSION, SimConfig
 from mtopt.sim.runner import run_episode
-from mtopt.tasks import DEFAULT_REGISTRY
 
 N_RANDOM = 512
 N_REPEAT = 5
@@ -172,13 +176,19 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--part", default="acting", choices=("acting", "online"))
     args = ap.parse_args()
+    try:  # the run's cell and tasks
+        sim = run_sim_config(args.run, "test")
+        registry = run_registry(args.run)
+        spec = registry.get(args.task)
+    except (ValueError, KeyError) as exc:  # a ConfigError is a ValueError
+        ap.error(str(exc))
+    if (why := in_run_seed(args.run, own_config(args.run), args.seed)) is not None:
+        ap.error(why)
     torch.set_num_threads(1)
     t0 = time.time()
-    sim = SimConfig(object_split="test")
-    spec = DEFAULT_REGISTRY.get(args.task)
     robot = SimRobot(sim, robot_id="probe", seed=args.seed)
     inner = CEMPolicy(
-        DEFAULT_REGISTRY.names, weights_dir=f"{args.run}/weights", seed=args.seed, part=args.part
+        registry.names, weights_dir=f"{args.run}/weights", seed=args.seed, part=args.part
     )
     probe = ProbingPolicy(inner, robot, sim, args.seed)
     episodes = []
@@ -200,6 +210,9 @@ def main() -> None:
         "weights_version": inner.version,
         "part": args.part,
         "task": args.task,
+        "seed": args.seed,
+        "cell_version": CELL_VERSION,
+        "sim": dataclasses.asdict(sim),
         "episodes": len(episodes),
         "success_rate": round(float(np.mean([e["success"] for e in episodes])), 3),
         "terminated_rate": round(float(np.mean([e["terminated"] for e in episodes])), 3),

@@ -34,13 +34,13 @@ def _arm(run: str, shards: int | None, per_poll: int, out: Any) -> None:
     from mtopt.runtime.config import load_run_config
     from mtopt.store.reader import EpisodeReader, shard_paths
     from mtopt.success.network import SuccessDetector
-    from mtopt.tasks import DEFAULT_REGISTRY
 
     root = Path(run)
     cfg = load_run_config(root / "config.json")
-    sd = SuccessDetector.load(root / "sd", DEFAULT_REGISTRY.names)
-    buffers = TaskBuffers(DEFAULT_REGISTRY.names, cfg.replay.capacity_per_bucket)
-    replay = LogReplay(DEFAULT_REGISTRY, buffers, sd, cfg.replay.impersonation)
+    registry = cfg.registry()  # the run's tasks (its extra_tasks too)
+    sd = SuccessDetector.load(root / "sd", registry.names)
+    buffers = TaskBuffers(registry.names, cfg.replay.capacity_per_bucket)
+    replay = LogReplay(registry, buffers, sd, cfg.replay.impersonation)
     reader = EpisodeReader(root / "store", shards_per_poll=per_poll or None)
     paths = shard_paths(root / "store")
     if shards is not None:

@@ -371,6 +371,127 @@ def test_place_precision_where_and_summary_by_hand() -> None:
     assert s["success_by_release_offset"]["1.5-100 radii"] == {"episodes": 1, "success": 0.0}
 
 
+CAN_ON_PLATE = {
+    "name": "place-can-on-plate",
+    "kind": "place",
+    "fixtures": ["plate"],
+    "category": "can",
+}
+
+
+def other_cell_run(tmp_path: Path) -> Path:
+    """A run folder (its config.json only) of seed 5 trained in another cell than the
+    default (measured moves, 96-pixel images) with a new placing task."""
+    from mtopt.config import save_config
+    from mtopt.qtopt.networks import QNetConfig
+    from mtopt.runtime.config import RunConfig
+    from mtopt.sim.config import SimConfig
+
+    cfg = RunConfig(
+        seed=5,
+        sim=SimConfig(move_from="measured", image_size=96),
+        qnet=QNetConfig(num_tasks=14, image_size=96),
+        extra_tasks=(CAN_ON_PLATE,),
+    )
+    save_config(cfg, tmp_path / "run" / "config.json")
+    return tmp_path / "run"
+
+
+def test_probes_of_a_run_act_in_its_cell_with_its_tasks(tmp_path: Path) -> None:
+    """The precision probes and the crop probe's run scoring play in the cell the run
+    learned in, with its tasks; the default cell and the built-in tasks without a run.
+    A task the run lacks and the run's own in-run evaluation seed are refused."""
+    from grasp_crop_probe import collection_cell
+    from grasp_precision_probe import checked_cell, probe_cell
+    from mtopt.sim.config import SimConfig
+    from mtopt.tasks import DEFAULT_REGISTRY
+    from mtopt.tasks.registry import UnknownTaskError
+
+    run = str(other_cell_run(tmp_path))
+    sim, registry = probe_cell(run)
+    assert (sim.move_from, sim.image_size, sim.object_split) == ("measured", 96, "test")
+    assert registry.names == (*DEFAULT_REGISTRY.names, "place-can-on-plate")
+    assert probe_cell(None) == (SimConfig(object_split="test"), DEFAULT_REGISTRY)
+    assert probe_cell(None, "train")[0] == collection_cell(None) == SimConfig()
+    assert collection_cell(run) == SimConfig(move_from="measured", image_size=96)
+    checked = checked_cell(run, 6, ["lift-any", "place-can-on-plate"])
+    assert checked[0] == sim and checked[1].names == registry.names
+    with pytest.raises(ValueError, match="in-run evaluation block"):
+        checked_cell(run, 5, ["lift-any"])
+    with pytest.raises(UnknownTaskError, match="place-can-on-plate"):
+        checked_cell(None, 5, ["place-can-on-plate"])
+    assert checked_cell(None, 5, []) == probe_cell(None)  # no run: no seed of its own
+
+
+def test_place_precision_targets_a_runs_own_task() -> None:
+    """A run's new placing task (``extra_tasks``) has target fixtures, asked of its tasks."""
+    from mtopt.tasks import DEFAULT_REGISTRY
+    from mtopt.tasks.registry import UnknownTaskError
+    from mtopt.tasks.scene import BinState, FixtureState, ObjectState, SceneState
+    from place_precision_probe import target_fixtures
+
+    bowl = FixtureState("bowl", (0.0, -0.13, 0.004), 0.04, rim_z=0.036)
+    plate = FixtureState("plate", (0.06, -0.13, 0.012), 0.055)
+    held = ObjectState(1, "can", "can/test/001", 0.03, (0.1, 0.0, 0.25), True, 0.22, frozenset())
+    bins = BinState((0.0, 0.13), (0.1, 0.1), 0.0), BinState((0.0, -0.13), (0.1, 0.1), 0.0)
+    scene = SceneState((held,), (plate, bowl), *bins, (0.1, 0.0, 0.25), True)
+    registry = DEFAULT_REGISTRY.with_extra((CAN_ON_PLATE,))
+    assert [f.kind for f in target_fixtures("place-can-on-plate", scene, registry)] == ["plate"]
+    with pytest.raises(UnknownTaskError):
+        target_fixtures("place-can-on-plate", scene)  # not a built-in task
+
+
+@pytest.mark.parametrize(
+    ("script", "extra", "says"),
+    [
+        ("place_precision_probe", ["--seed", "5"], "in-run evaluation block"),
+        ("place_precision_probe", ["--seed", "6", "--tasks", "place-on-pan"], "not one of the run"),
+        ("grasp_precision_probe", ["--seed", "5"], "in-run evaluation block"),
+        ("q_landscape_probe", ["--seed", "5"], "in-run evaluation block"),
+        ("q_landscape_probe", ["--seed", "6", "--task", "lift-pan"], "unknown task 'lift-pan'"),
+    ],
+)
+def test_probes_refuse_a_runs_own_scenes_and_tasks_it_lacks(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    script: str,
+    extra: list[str],
+    says: str,
+) -> None:
+    """Before any work: a run of seed 5 chose its collection policies on the scenes of
+    evaluation seed 5, and a task must be one of the run's."""
+    import importlib
+
+    module = importlib.import_module(script)
+    run = other_cell_run(tmp_path)
+    out = tmp_path / "o.json"
+    monkeypatch.setattr(sys, "argv", [script, "--run", str(run), "--json", str(out), *extra])
+    with pytest.raises(SystemExit):
+        module.main()
+    assert says in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_place_precision_takes_a_runs_own_placing_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--tasks is checked against the run's tasks: its new placing task passes the check
+    (stopped here at the next one, --episodes 0), a built-in run does not have it."""
+    import place_precision_probe
+
+    run = other_cell_run(tmp_path)
+    argv = ["p", "--json", str(tmp_path / "o.json"), "--tasks", "place-can-on-plate"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--run", str(run), "--seed", "6", "--episodes", "0"])
+    with pytest.raises(SystemExit):
+        place_precision_probe.main()
+    assert "--episodes and --workers must be >= 1" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit):
+        place_precision_probe.main()
+    assert "not one of the built-in placing tasks" in capsys.readouterr().err
+
+
 def test_grasp_crop_probe_auc_and_errors_by_hand() -> None:
     from grasp_crop_probe import auc, errors_summary
 
