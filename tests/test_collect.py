@@ -206,6 +206,13 @@ def test_store_stats_by_hand(tmp_path: Path) -> None:
     again = store_stats(tmp_path, {"ep00000": 0.9, "ep00001": 0.2, "ep00002": 0.7})
     assert again["duplicates"] == 2 and again["tasks"] == s["tasks"]
     assert again["episodes"] == 4 and again["policies"] == s["policies"]
+    assert again["quarantined"] == 0
+    # a shard set aside before this read (by the SD scoring that reads the images just
+    # before it, or earlier) is counted: the count is of the store's quarantine/
+    bad = tmp_path / "quarantine" / "r1" / "00000000000000000001-000000.parquet"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not parquet")
+    assert store_stats(tmp_path)["quarantined"] == 1
 
 
 def test_fleet_restarts_a_killed_robot_and_keeps_its_episodes(tmp_path: Path) -> None:

@@ -716,3 +716,109 @@ def test_one_shot_reads_by_task_and_by_part(tmp_path: Path) -> None:
     ids = [{e.episode_id for e in r.episodes()} for r in parts]
     assert ids[0].isdisjoint(ids[1]) and len(ids[0] | ids[1]) == 9
     assert {r["episode_id"] for r in parts[0].metadata()} == ids[0]
+
+
+def test_a_callers_wrong_argument_type_is_an_error_not_a_corrupt_shard(tmp_path: Path) -> None:
+    """A TaskSpec for a task name, or an id that is not a str: a TypeError, and every
+    shard stays (the filter failed inside the shard's read and looked like corruption)."""
+    from mtopt.tasks import DEFAULT_REGISTRY
+
+    with EpisodeWriter(tmp_path, "r0", flush_every=1) as w:
+        for i in range(2):
+            w.write(make_episode(i))
+    reader = EpisodeReader(tmp_path)
+    with pytest.raises(TypeError, match=r"task names \(str\).*use its .name"):
+        list(reader.episodes(tasks=[DEFAULT_REGISTRY.get("lift-any")]))
+    with pytest.raises(TypeError, match="task names"):
+        reader.metadata(tasks=[1])  # type: ignore[list-item]
+    shard = shard_paths(tmp_path)[0]
+    with pytest.raises(TypeError, match="episode_id"):
+        reader.read_episode(shard, 7)  # type: ignore[arg-type]
+    assert reader.quarantined == [] and len(shard_paths(tmp_path)) == 2
+    assert len(reader.metadata(tasks="lift-any")) == len(reader.metadata(tasks=["lift-any"]))
+
+
+def test_a_termination_just_after_the_rename_does_not_store_the_episodes_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or the fleet's terminate) in the folder's fsync after the shard was renamed
+    into place: the episodes are stored, and close() must not write them again."""
+    import mtopt._io as io_mod
+
+    real = io_mod.fsync_dir
+    hits = {"n": 0}
+
+    def interrupted(path):  # type: ignore[no-untyped-def]
+        hits["n"] += 1
+        if hits["n"] == 1:
+            raise KeyboardInterrupt
+        return real(path)
+
+    w = EpisodeWriter(tmp_path, "r0", flush_every=2)
+    monkeypatch.setattr(io_mod, "fsync_dir", interrupted)
+    with pytest.raises(KeyboardInterrupt), w:
+        w.write(make_episode(0))
+        w.write(make_episode(1))  # flushes: interrupted after the rename
+    ids = [r["episode_id"] for r in EpisodeReader(tmp_path).metadata()]
+    assert ids == ["ep00000", "ep00001"] and w.written == 2 and w.pending == 0
+
+
+def test_a_writer_puts_a_temp_shard_in_place_that_was_too_young_at_its_start(
+    tmp_path: Path,
+) -> None:
+    """A robot restarted at once meets its dead predecessor's temp shard younger than
+    STALE_TEMP_S and leaves it; it looks again as it flushes later."""
+    import io
+
+    from mtopt.store.schema import episodes_to_table
+
+    folder = tmp_path / "shards" / "r0"
+    folder.mkdir(parents=True)
+    buf = io.BytesIO()
+    pq.write_table(episodes_to_table([make_episode(7)]), buf)
+    temp = folder / ".00000000000000000001-000000.parquet.abc123.tmp"
+    temp.write_bytes(buf.getvalue())
+    w = EpisodeWriter(tmp_path, "r0", flush_every=1)
+    assert w.recovered == [] and temp.exists()  # young: left
+    old = time.time() - 3600  # ... time passes
+    os.utime(temp, (old, old))
+    w.write(make_episode(0))  # not yet time to look again
+    assert temp.exists()
+    w._next_recovery = time.monotonic()  # STALE_TEMP_S later
+    w.write(make_episode(1))
+    assert not temp.exists() and w.recovered == [folder / "00000000000000000001-000000.parquet"]
+    assert sorted(r["episode_id"] for r in EpisodeReader(tmp_path).metadata()) == [
+        "ep00000",
+        "ep00001",
+        "ep00007",
+    ]
+
+
+def test_shards_an_os_error_keeps_from_being_read_do_not_hold_back_newer_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One poll reads one shard; the oldest cannot be opened (EACCES, a writer's umask):
+    the newer shards are read on the next polls, and the old one once it can be."""
+    import errno
+
+    import mtopt.store.reader as reader_mod
+
+    with EpisodeWriter(tmp_path, "r0", flush_every=1) as w:
+        for i in range(3):
+            w.write(make_episode(i))
+    locked = shard_paths(tmp_path)[0]
+    real = reader_mod.pq.ParquetFile
+    fail = {"on": True}
+
+    def parquet_file(path, *a, **k):  # type: ignore[no-untyped-def]
+        if fail["on"] and Path(path) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(reader_mod.pq, "ParquetFile", parquet_file)
+    reader = EpisodeReader(tmp_path, shards_per_poll=1)
+    got = [[e.episode_id for e in reader.poll()] for _ in range(3)]
+    assert got == [[], ["ep00001"], ["ep00002"]]
+    fail["on"] = False
+    assert [e.episode_id for e in reader.poll()] == ["ep00000"] and reader.behind == 0
+    assert reader.quarantined == []

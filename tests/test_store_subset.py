@@ -217,3 +217,24 @@ def test_store_commands_know_a_runs_own_tasks(
     )
     assert r.exit_code == 0, r.output
     assert "place-can-on-plate" in json.loads(out.read_text())["episode_tasks"]
+
+
+def test_subset_minutes_do_not_count_a_stop_between_invocations(tmp_path: Path) -> None:
+    """Collection stopped for an hour after minute 4 (a run resumed later): the first 10
+    minutes of collection are minutes 0-4 and the 5 after the stop (gaps clip to one
+    minute, as `store timeline` counts them), not minutes 0-4 alone."""
+    with EpisodeWriter(tmp_path / "src", "r0", flush_every=4) as w:
+        for k in range(15):
+            start = 1000.0 + 60.0 * k + (3600.0 if k >= 5 else 0.0)
+            w.write(
+                dataclasses.replace(
+                    make_episode(k),
+                    episode_id=f"e{k}",
+                    task=TASKS[k % 3],
+                    started_at=start,
+                    ended_at=start + 10.0,
+                )
+            )
+    counts = subset_store(tmp_path / "src", tmp_path / "dst", ["lift-ball"], minutes=10)
+    ids = sorted(e.episode_id for e in EpisodeReader(tmp_path / "dst").episodes())
+    assert counts["lift-ball"] == 3 and ids == ["e1", "e4", "e7"]

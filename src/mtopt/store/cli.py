@@ -36,7 +36,9 @@ def stats(
         fail(exc)  # a newer writer's shard, a shard without read permission: one line
     if sd is not None:
         typer.echo(f"success detector: {sd}")
-    typer.echo(f"{s['episodes']} episodes in {s['shards']} shards ({s['quarantined']} quarantined)")
+    typer.echo(
+        f"{s['episodes']} episodes in {s['shards']} shards ({s['quarantined']} in quarantine/)"
+    )
     if s["duplicates"]:
         typer.echo(f"{s['duplicates']} rows repeat an episode id already counted: left out")
     typer.echo(f"{'task':22s} {'episodes':>8s} {'gt success':>11s} {'sd success':>11s}")
@@ -114,7 +116,10 @@ def subset(
     dst: Path = typer.Argument(..., help="New store (a directory without shards)."),
     tasks: str = typer.Option(..., help="Comma-separated tasks whose episodes are copied."),
     minutes: float | None = typer.Option(
-        None, help="Only episodes started in the store's first M minutes of collection."
+        None,
+        help="Only episodes started in the store's first M minutes of collection (as "
+        "`store timeline` counts them: a stop of more than a minute between episodes, "
+        "such as a run's resume, counts one minute).",
     ),
     tasks_file: Path | None = typer.Option(None, help=TASKS_FILE_HELP),
 ) -> None:

@@ -171,7 +171,14 @@ def _task_list(tasks: Iterable[str] | None) -> list[str] | None:
     letters, and match nothing)."""
     if tasks is None:
         return None
-    return [tasks] if isinstance(tasks, str) else list(tasks)
+    out = [tasks] if isinstance(tasks, str) else list(tasks)
+    bad = [t for t in out if not isinstance(t, str)]
+    if bad:  # checked here: inside a shard's read it would look like a corrupt shard
+        raise TypeError(
+            f"tasks are task names (str), got {bad[0]!r} of type {type(bad[0]).__name__}"
+            + (" (use its .name)" if hasattr(bad[0], "name") else "")
+        )
+    return out
 
 
 class EpisodeReader:
@@ -200,6 +207,7 @@ class EpisodeReader:
                 f"no episode store at {self.store_dir} (expected {self.store_dir / SHARDS}/)"
             )
         self._seen: set[Path] = set()
+        self._failed: set[Path] = set()  # shards an OS error kept from being read
         self.quarantined: list[Path] = []
 
     def _read(
@@ -283,7 +291,10 @@ class EpisodeReader:
         own_decoder: bool,
     ) -> list[tuple[Path, T]]:
         limit = max_shards if max_shards is not None else self.shards_per_poll
-        paths = self.new_shards()
+        new = self.new_shards()
+        # shards that failed for the machine's reasons (no permission yet, EIO) are retried
+        # after the others, so that a few such shards cannot hold back every newer one
+        paths = [p for p in new if p not in self._failed] + [p for p in new if p in self._failed]
         self.behind = max(0, len(paths) - limit) if limit is not None else 0
         out: list[tuple[Path, T]] = []
         done: list[Path] = []
@@ -293,7 +304,9 @@ class EpisodeReader:
             except (OSError, MemoryError) as exc:
                 log.warning("could not read shard %s (%s); retrying on the next poll", path, exc)
                 self.behind += 1
+                self._failed.add(path)
                 continue
+            self._failed.discard(path)
             done.append(path)
             if decoded is not None:
                 out.append((path, decoded))
@@ -328,6 +341,8 @@ class EpisodeReader:
         ``row["shard"]``). None: not there, or the shard vanished or was quarantined.
         Raises ``ValueError`` for a path outside the store's shards, OS errors and unknown
         versions, as ``episodes()`` does."""
+        if not isinstance(episode_id, str):  # (inside the read: a "corrupt" shard)
+            raise TypeError(f"episode_id is the stored hex string, got {type(episode_id).__name__}")
         path = Path(path)
         shards = (self.store_dir / SHARDS).resolve()
         if path.suffix != ".parquet" or path.resolve().parent.parent != shards:

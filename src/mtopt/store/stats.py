@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from mtopt._plots import save_figure
-from mtopt.store.reader import EpisodeReader
+from mtopt.store.reader import QUARANTINE, EpisodeReader
 
 
 def sd_scores(store_dir: str | Path, sd_dir: str | Path, batch: int = 256) -> dict[str, float]:
@@ -100,7 +100,9 @@ def store_stats(
     return {
         "episodes": len(rows),
         "shards": len(list((Path(store_dir) / "shards").glob("*/*.parquet"))),
-        "quarantined": len(reader.quarantined),
+        # every shard set aside so far: by this read, by an SD scoring of the same
+        # store just before it (``sd_scores``, which reads the images), or earlier
+        "quarantined": sum(1 for q in (Path(store_dir) / QUARANTINE).glob("*/*") if q.is_file()),
         "duplicates": len(every) - len(rows),
         "tasks": tasks,
         "policies": dict(sorted(per_policy.items())),
@@ -140,7 +142,9 @@ def plot_stats(stats: dict[str, Any], out: Path) -> Path:
     return save_figure(fig, out, dpi=100)
 
 
-def collection_minutes(started_at: Sequence[float], max_gap_s: float = 60.0) -> np.ndarray:
+def collection_minutes(
+    started_at: Sequence[float] | np.ndarray, max_gap_s: float = 60.0
+) -> np.ndarray:
     """Minutes of collection before each episode (in ``started_at`` order given sorted
     times): the gaps between consecutive episodes, each clipped to ``max_gap_s``, summed,
     so a run that was stopped for a night and resumed does not show an empty night."""

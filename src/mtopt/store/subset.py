@@ -14,10 +14,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from mtopt.store.reader import EpisodeReader, shard_paths
+from mtopt.store.stats import collection_minutes
 from mtopt.store.writer import SHARDS, write_shard
 
 
@@ -29,7 +31,8 @@ def subset_store(
     shards_per_read: int = 64,
 ) -> dict[str, int]:
     """Copy the episodes of ``tasks`` (those started in the first ``minutes`` of the
-    store's collection, when given) from ``src`` into ``dst``, which must hold no shards
+    store's collection, when given: ``collection_minutes``, as ``mtopt store timeline``
+    counts them) from ``src`` into ``dst``, which must hold no shards
     yet. Returns the number of episodes copied per task and the shards written."""
     if not tasks:
         raise ValueError("name at least one task")
@@ -40,9 +43,12 @@ def subset_store(
     reader = EpisodeReader(src, shards_per_poll=shards_per_read)
     cutoff = None
     if minutes is not None:
-        starts = [r["started_at"] for r in reader.metadata()]
-        if starts:
-            cutoff = min(starts) + 60.0 * minutes
+        # the minutes of `mtopt store timeline` (collection_minutes): a stop between two
+        # invocations of a run (gaps clipped to a minute) is no collection time
+        starts = np.sort(np.array([r["started_at"] for r in reader.metadata()], np.float64))
+        over = np.nonzero(collection_minutes(starts) >= minutes)[0]
+        if over.size:
+            cutoff = float(starts[over[0]])
     wanted = pa.array(list(tasks), pa.string())
 
     def select(table: pa.Table) -> pa.Table:

@@ -16,7 +16,9 @@ Shards carry page checksums (CRC32), so a flipped bit on disk is found when the 
 read and the shard quarantined, not served. A writer killed between its temp file's fsync
 and the rename leaves a complete shard under a temp name: the next writer opened on the
 same robot folder puts it in place (a temp file that does not read whole goes to the
-quarantine). A live writer holds a lock on its temp file until the rename, so one that
+quarantine), and a writer looks again every ``STALE_TEMP_S`` as it flushes (a robot
+restarted at once met its predecessor's file too young). A termination (Ctrl-C) just
+after the rename counts the shard as written, so ``close()`` does not write it again. A live writer holds a lock on its temp file until the rename, so one that
 shares the robot id and stalls is never taken for dead; a temp file is also left until it
 is ``STALE_TEMP_S`` old, for file systems whose locks other machines do not see.
 """
@@ -134,6 +136,9 @@ class EpisodeWriter:
         self.flush_seconds = flush_seconds
         self._buffer: list[pa.Table] = []
         self._last_flush = time.monotonic()
+        # a dead predecessor's temp files younger than STALE_TEMP_S at start (a robot
+        # restarted at once) are looked at again once they are old enough
+        self._next_recovery = time.monotonic() + STALE_TEMP_S
         self._seq = 0
         self.written = 0
 
@@ -163,10 +168,29 @@ class EpisodeWriter:
             return None
         name = f"{time.time_ns():020d}-{self._seq:06d}.parquet"
         self._seq += 1
-        path = write_shard(self.dir / name, pa.concat_tables(self._buffer))
+        target = self.dir / name
+        try:
+            path = write_shard(target, pa.concat_tables(self._buffer))
+        except BaseException as exc:
+            if not target.exists():
+                raise  # nothing stored: the buffer stays, for a retry or close()
+            # renamed into place before the error (in the folder's fsync, or Ctrl-C /
+            # a termination just after the rename): the episodes are stored, and kept
+            # buffered they would be written again by close()
+            self._stored()
+            if not isinstance(exc, Exception):
+                raise
+            log.warning("shard %s written, but the folder's sync failed: %s", target, exc)
+            return target
+        self._stored()
+        if time.monotonic() >= self._next_recovery:  # a temp file that was young at start
+            self._next_recovery = time.monotonic() + STALE_TEMP_S
+            self.recovered += recover_temp_shards(self.dir)
+        return path
+
+    def _stored(self) -> None:
         self.written += len(self._buffer)
         self._buffer.clear()
-        return path
 
     @property
     def pending(self) -> int:
