@@ -171,3 +171,12 @@ def test_an_episode_twice_in_one_batch_is_filed_and_counted_once() -> None:
     assert lr.ingest([ep("e1", "lift-any", 1), ep("e1", "lift-any", 1)]) == 1
     assert len(buf) == 1 and lr.stats.collected == {"lift-any": 1}
     assert lr.stats.impersonated_success == {"lift-any": 1}
+
+
+def test_a_rescore_counts_only_the_episodes_it_refiled() -> None:
+    """One episode per bucket; the new detector flips both: e0 moves to the success
+    bucket and evicts e1, which is then not refiled (nor counted as rescored)."""
+    lr = LogReplay(REG, TaskBuffers(REG.names, 1), FakeSD(), mode="orig")
+    lr.ingest([ep("e0", "lift-any", 0), ep("e1", "lift-any", 0b001)])
+    assert lr.set_reward_model(FakeSD(version=2, flip=True)) == 1
+    assert lr.stats.rescored == 1 and "e0" in lr.buffers and "e1" not in lr.buffers

@@ -108,6 +108,24 @@ def test_a_resume_does_not_count_its_re_read_store_towards_the_next_sd_round() -
     ing.close()
 
 
+def test_episodes_robots_add_before_the_backlog_is_read_are_counted() -> None:
+    """80 old episodes: 3 backlog polls of at most 30. Robots flush 10 episodes before the
+    third poll, which reads them with the last 20 old ones: they count (is_new)."""
+    src = ListSource(per_poll=30)
+    src.add(*range(80), *range(1000, 1010))
+    ing = StoreIngest(
+        src,
+        lambda eps: len(eps),
+        interval_s=0.01,
+        since_mark=40,
+        backlog_polls=3,
+        is_new=lambda e: e >= 1000,
+    )
+    assert ing.wait_for(90, timeout_s=5)
+    assert ing.caught_up and ing.backlog_read == 80 and ing.since_mark == 50
+    ing.close()
+
+
 def test_caught_up_only_after_the_backlog_is_read() -> None:
     src, go = ListSource(per_poll=10), threading.Event()
 

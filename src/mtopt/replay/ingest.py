@@ -51,7 +51,9 @@ class StoreIngest(Generic[E]):
     memory by the replay buffers, not by the store: one poll of r39's 50k-episode store
     decoded ~6.5 GB of images at once (0.13 MB an episode), most of which the bounded
     buffers then dropped. (Start the thread before the robots, and count the backlog's
-    polls from the shards there are then.)
+    polls from the shards there are then.) Robots started after that count may flush into
+    the backlog's last polls: ``is_new`` (e.g. started after the count) picks their
+    episodes out of a backlog poll, and they are counted.
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class StoreIngest(Generic[E]):
         name: str = "store-ingest",
         since_mark: int = 0,
         backlog_polls: int = 0,
+        is_new: Callable[[E], bool] | None = None,
     ):
         if backlog_polls < 0:
             raise ValueError(f"backlog_polls must be >= 0, got {backlog_polls}")
@@ -75,6 +78,7 @@ class StoreIngest(Generic[E]):
         self._ingested = 0
         self._since_mark = since_mark
         self._backlog_left = backlog_polls
+        self._is_new = is_new
         self._backlog_read = 0
         self._polled = 0
         self._recent: list[E] = []
@@ -90,13 +94,17 @@ class StoreIngest(Generic[E]):
             counted = self._backlog_left == 0
             # an empty poll still uses up a backlog part (its shards were all corrupt)
             taken = self._ingest(eps) if eps else 0
+            fresh = len(eps)
+            if not counted:  # a backlog poll: only what robots added since the count
+                is_new = self._is_new
+                fresh = sum(1 for e in eps if is_new(e)) if is_new is not None else 0
             with self._state:
                 self._backlog_left = max(0, self._backlog_left - 1)
                 if not eps:
                     return 0
-                self._backlog_read += 0 if counted else len(eps)
+                self._backlog_read += len(eps) - fresh
                 self._ingested += taken
-                self._since_mark += len(eps) if counted else 0
+                self._since_mark += fresh
                 self._polled += len(eps)
                 if self._keep_recent:
                     self._recent = (self._recent + eps)[-self._keep_recent :]

@@ -193,7 +193,8 @@ class LogReplay:
             del self._held[eid]
 
     def set_reward_model(self, model: RewardModel) -> int:
-        """Switch to a newer success detector: rescore every held episode; returns count.
+        """Switch to a newer success detector: rescore every held episode; returns how many
+        were refiled (not those the refiling evicted first).
         The model in use already (a relabel round that labeled nothing new hands it back)
         rescores nothing. The success counts in ``stats`` follow the new rewards of the
         held episodes (evicted ones keep the rewards they had)."""
@@ -205,6 +206,7 @@ class LogReplay:
             return 0
         eids = list(self._held)
         rewards = self._score([self._held[e][1] for e in eids])
+        refiled = 0
         with self._lock:
             for eid, r in zip(eids, rewards, strict=True):
                 if eid not in self.buffers:
@@ -214,9 +216,10 @@ class LogReplay:
                 ep, fin, _, before = self._held[eid]
                 self._held[eid] = (ep, fin, model.version, r)
                 self._file(ep, r, before=before)
+                refiled += 1
             self._prune()
-        self.stats.rescored += len(eids)
-        return len(eids)
+        self.stats.rescored += refiled
+        return refiled
 
     def rewards(self, episode_id: str) -> dict[str, float]:
         return dict(self._held[episode_id][3])

@@ -977,6 +977,7 @@ class LocalRun:
         # run on an old store does not count them), and the learner waits until they are
         # read (in parts, so memory is bounded by the buffers), rather than train on the
         # store's oldest episodes meanwhile.
+        counted_at = time.time()  # the robots' episodes start after this
         backlog = len(reader.new_shards())  # a fresh run on a copied store too
         ingest = StoreIngest(
             reader,
@@ -984,6 +985,7 @@ class LocalRun:
             keep_recent=5 * max(1, c.sd.label_budget_per_round),
             since_mark=sd_since,
             backlog_polls=-(-backlog // c.replay.read_shards_per_poll),
+            is_new=lambda e: e.started_at >= counted_at,
         )
         thread = threading.Thread(target=fleet, name="fleet", daemon=True)
         thread.start()

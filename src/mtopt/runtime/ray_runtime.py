@@ -108,8 +108,9 @@ class ReplayService:
     part=(i, n): worker i of n reads only its part of the store's shards
     (``EpisodeReader(part=...)``), so n workers hold n disjoint buffers (n times the
     data for one worker's memory) and each shard is decoded once; every worker
-    re-balances its own batches, so the learner's batches together follow the whole
-    store's task shares."""
+    re-balances its own batches over what it holds, so where a task's data (its
+    successes above all) sits unevenly across the parts, the learner's batches together
+    give it less than its share (README, Ray)."""
 
     def __init__(self, cfg: RunConfig, root: str, seed: int, part: tuple[int, int] = (0, 1)):
         import torch
