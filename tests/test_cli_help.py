@@ -51,6 +51,9 @@ def test_resume_needs_a_run_and_path_errors_are_one_line(
     res = CliRunner().invoke(cli.app, ["run", "--resume", "--out", str(tmp_path / "none")])
     assert res.exit_code == 2 and "holds no run to resume" in res.output
     assert not (tmp_path / "none").exists()
+    (tmp_path / "afile").write_text("x")
+    res = CliRunner().invoke(cli.app, ["run", "--config", "tiny", "--out", str(tmp_path / "afile")])
+    assert res.exit_code == 2 and "is a file, not a folder" in res.output
 
     def broken() -> None:
         raise NotADirectoryError(20, "Not a directory", str(tmp_path / "file" / "sub"))

@@ -137,6 +137,8 @@ def test_crop_config_is_checked() -> None:
         QNetConfig(gripper_xy=True, gripper_crop=16, crop_window=65).validate()
     with pytest.raises(ValueError, match="unknown crop_camera"):
         QNetConfig(gripper_xy=True, gripper_crop=16, crop_camera="nope").validate()
+    with pytest.raises(ValueError, match="crop_camera"):  # without a crop too
+        QNetConfig(crop_camera="pinhole:1,2").validate()
     assert QNetConfig().crop_dim == 0 and QNetwork(SMALL).crop_tower is None
 
 

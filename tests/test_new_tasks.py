@@ -125,6 +125,8 @@ def test_init_from_weights_that_do_not_fit_fail_before_the_sd_is_staged(tmp_path
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2 and "different architecture" in res.output
     assert not (out / "sd").exists()  # it used to stage and train the SD first
+    # and no config.json that a later --resume would take for a run's
+    assert not (out / "config.json").exists()
 
 
 def test_init_from_refuses_a_run_whose_tasks_are_not_the_sources(tmp_path: Path) -> None:

@@ -145,6 +145,14 @@ def test_mtopt_average_writes_the_mean_as_a_policy(tmp_path: Path) -> None:
     assert not (tmp_path / "d" / "weights").exists()
     res = CliRunner().invoke(app, ["average", str(tmp_path / "e"), str(run), str(run)])
     assert res.exit_code == 2 and "given twice" in res.output
+    # the latest weights again under another name (a snapshot of them): left out, said so
+    again = snapshot_latest(run / "weights")
+    res = CliRunner().invoke(app, ["average", str(tmp_path / "f"), str(run), str(snap), str(again)])
+    assert res.exit_code == 0 and f"left out {again}: the same network as {run}" in res.output
+    assert "averaged 2 checkpoint(s)" in res.output
+    _, twice, meta = load_latest(tmp_path / "f" / "weights")
+    assert meta["left_out"] == [{"source": str(again), "version": 2, "same_as": str(run)}]
+    assert all(torch.equal(twice[k], tensors[k]) for k in tensors)  # the same mean as before
 
 
 def test_a_run_averages_its_late_snapshots_into_a_replaced_folder(tmp_path: Path) -> None:
@@ -189,6 +197,9 @@ def test_a_run_averages_its_late_snapshots_into_a_replaced_folder(tmp_path: Path
         "online",
     ]
     # again, with one more version: the folder is replaced, no temporary folders are left
+    with torch.no_grad():
+        for p in learner.online.parameters():
+            p.add_(1.0)
     learner.step += 1
     learner.publish(run / "weights")
     folder, made = average_run(run, cfg, 1)

@@ -139,7 +139,9 @@ class QNetConfig:
                 raise ValueError(
                     f"crop_window must be in [2, image_size={self.image_size}], got {self.crop_window}"
                 )
-            camera_named(self.crop_camera)  # a clear ValueError for a bad name or calibration
+        # checked without a crop too: a bad value is saved with the weights and refused
+        # only later (a run that turns the crop on, --init-from)
+        camera_named(self.crop_camera)  # a clear ValueError for a bad name or calibration
         if self.action_crop_step_m < 0 or not math.isfinite(self.action_crop_step_m):
             raise ValueError(f"action_crop_step_m must be >= 0, got {self.action_crop_step_m}")
         if self.action_crop_step_m > 0 and not self.gripper_crop:

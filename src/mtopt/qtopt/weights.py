@@ -277,6 +277,12 @@ def average_state_dicts(
     return out
 
 
+def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(
+        a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a
+    )
+
+
 def average_into(
     dst: str | Path,
     sources: list[str | Path],
@@ -289,7 +295,9 @@ def average_into(
     and publish it in the new folder ``dst`` as the ``acting`` network, under the newest
     source's version. All sources must have the same network config; each must have
     every part. Returns (file, version, meta); ``meta["averaged"]`` lists, per source,
-    what went in (source, version, learner step). The fields in ``expected_qnet`` (what
+    what went in (source, version, learner step). A source whose tensors equal an earlier
+    one's (a run's latest weights and its last snapshot, often) is left out, in
+    ``meta["left_out"]``, rather than counted twice. The fields in ``expected_qnet`` (what
     the policy's config needs of the network, e.g. its image size) must match the
     sources' network, and the sources' tasks (where their weights name them) must be
     ``expected_tasks`` (the policy's config's)."""
@@ -304,6 +312,8 @@ def average_into(
         seen.add(key)
     members: list[dict[str, torch.Tensor]] = []
     used: list[dict[str, Any]] = []
+    left_out: list[dict[str, Any]] = []
+    kept: list[tuple[str | Path, dict[str, torch.Tensor]]] = []
     meta0: dict[str, Any] | None = None
     for src in sources:
         version, tensors, meta = load_source(src, prefix)
@@ -317,6 +327,14 @@ def average_into(
                     f"weights {src} were trained on the tasks {meta['tasks']}, "
                     f"{sources[0]} on {meta0['tasks']}: an average needs the same tasks"
                 )
+        same = next((s for s, t in kept if _same_tensors(t, tensors)), None)
+        if same is not None:
+            # the same network under another name (a run republishes its last weights
+            # at its end under a new version; its last snapshot may be them): it would
+            # count twice
+            left_out.append({"source": str(src), "version": version, "same_as": str(same)})
+            continue
+        kept.append((src, tensors))
         for part in parts:
             sd = split_prefixed(tensors, part)
             if not sd:
@@ -340,6 +358,8 @@ def average_into(
     avg = average_state_dicts(members)
     steps = [u["step"] for u in used if isinstance(u["step"], int)]
     meta = {**meta0, "step": max(steps) if steps else meta0.get("step"), "averaged": used}
+    if left_out:
+        meta["left_out"] = left_out
     version = max(int(u["version"]) for u in used)
     path = publish(dst, {f"acting.{k}": v for k, v in avg.items()}, version, meta, prefix)
     return path, version, meta

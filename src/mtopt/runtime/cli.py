@@ -77,6 +77,8 @@ def register(app: typer.Typer) -> None:
                 sets.append(f"budget_minutes={minutes}")
             if runtime is not None:
                 sets.append(f"runtime={runtime}")
+            if out.exists() and not out.is_dir():
+                raise ConfigError(f"--out {out} is a file, not a folder: choose another --out")
             saved = out / "config.json"
             if resume and not saved.exists():
                 raise ConfigError(
@@ -218,4 +220,9 @@ def register(app: typer.Typer) -> None:
             ["acting"],
             averaged={"parts": parts.split(","), "sources": used},
         )
+        for gone in meta.get("left_out", []):
+            typer.echo(
+                f"left out {gone['source']}: the same network as {gone['same_as']} "
+                "(each counts once)"
+            )
         typer.echo(f"averaged {len(used)} checkpoint(s) x {parts} into {path} and config.json")

@@ -901,7 +901,14 @@ class LocalRun:
                 f"{(t_start - t_origin) / 60:.1f} minutes run before)"
             )
         else:
-            learner, started_from = new_learner(p, c, self.registry)
+            try:
+                learner, started_from = new_learner(p, c, self.registry)
+            except BaseException:
+                # nothing ran: the config.json written for this run would make the folder
+                # look like a run to a later --resume
+                if not p.checkpoint.exists():
+                    p.config.unlink(missing_ok=True)
+                raise
             if started_from:
                 self._log(started_from)
             sd_labels = sd_since = 0
@@ -1020,9 +1027,10 @@ class LocalRun:
                 if not backlog_done and ingest.caught_up:
                     backlog_done = True
                     self._log(
-                        f"re-read the store: {ingest.backlog_read} episodes from {backlog} shards "
-                        f"({len(buffers)} kept by the buffers), {time.time() - t_start:.0f} s "
-                        "after the resume started: training goes on"
+                        f"{'re-read' if resumed else 'read'} the store: {ingest.backlog_read} "
+                        f"episodes from {backlog} shards ({len(buffers)} kept by the buffers), "
+                        f"{time.time() - t_start:.0f} s after the "
+                        f"{'resume' if resumed else 'start'}: training goes on"
                     )
                 if c.max_episodes and ingest.ingested >= c.max_episodes:
                     stop_fleet.set()
