@@ -125,6 +125,15 @@ def main() -> None:
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
     a_specs, b_specs = args.a.split(","), args.b.split(",")
+    for option, specs in (("--a", a_specs), ("--b", b_specs)):
+        for spec in specs:  # a missing or unreadable file: one line, not a traceback
+            path = Path(split_spec(spec)[0])
+            if not path.is_file():
+                ap.error(f"{option} {path}: no such file")
+            try:
+                json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                ap.error(f"{option} {path}: not a result JSON ({exc})")
     a, b = pooled(a_specs, b_specs, args.tasks.split(",") if args.tasks else None)
     cells = sorted({cell_version(s) for s in a_specs + b_specs})
     sims = [sim for sim in map(sim_settings, a_specs + b_specs) if sim is not None]

@@ -52,9 +52,10 @@ from mtopt.policies.base import Policy
 from mtopt.policies.cem_policy import CEMPolicy
 from mtopt.policies.scripted import is_pick_task, scripted_policy_for, straight_down_pick
 from mtopt.qtopt.cem import CEMConfig
+from mtopt.qtopt.weights import WeightsError, load_latest, split_prefixed
 from mtopt.runtime.config import RunConfig, load_run_config, run_registry, run_sim_config
 from mtopt.sim.cell import CELL_VERSION
-from mtopt.tasks.registry import TaskSpec
+from mtopt.tasks.registry import TaskSpec, UnknownTaskError
 
 
 def one(
@@ -140,16 +141,33 @@ def main() -> None:
     )
     args = ap.parse_args()
     t0 = time.perf_counter()
+    if args.episodes < 1:
+        ap.error(f"--episodes must be at least 1, got {args.episodes}")
+    if not Path(args.run).is_dir():
+        ap.error(f"--run {args.run}: no such run or policy folder")
     tasks = args.tasks.split(",")
-    registry = run_registry(args.run)
+    try:
+        registry = run_registry(args.run)
+    except ConfigError as exc:
+        ap.error(str(exc))
     run_cfg = own_config(args.run)
     if (why := in_run_seed(args.run, run_cfg, args.seed)) is not None:
         ap.error(why)
-    for t in tasks:
-        registry.get(t)  # unknown task: clear error before any work
+    for t in tasks:  # unknown task: clear error before any work
+        try:
+            registry.get(t)
+        except UnknownTaskError as exc:
+            ap.error(str(exc))
     parts = args.parts.split(",")
     if not parts or not set(parts) <= {"acting", "online"}:
         ap.error(f"--parts takes acting and/or online, got {args.parts!r}")
+    try:  # the weights the workers would load: missing or lacking a part, before any work
+        _, tensors, _ = load_latest(Path(args.run) / "weights")
+    except (WeightsError, OSError) as exc:
+        ap.error(f"--run {args.run}: {exc}")
+    if missing := [p for p in parts if not split_prefixed(tensors, p)]:
+        ap.error(f"the latest weights of {args.run} have no {' or '.join(missing)} network")
+    del tensors
     search: dict[str, object] = {
         "iterations": args.cem_iterations,
         "samples": args.cem_samples,

@@ -98,7 +98,7 @@ def _arm(store: str, arm: str, out: Any) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--json", required=True)
     ap.add_argument("--store", default=None)
     ap.add_argument("--episodes", type=int, default=3000)

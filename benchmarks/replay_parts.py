@@ -60,7 +60,7 @@ def _arm(root: str, config: str, part: tuple[int, int], out: Any) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--json", required=True)
     ap.add_argument("--store", default=None, help="a run's store (default: synthetic)")
     ap.add_argument("--episodes", type=int, default=3000)

@@ -44,6 +44,7 @@ from mtopt.eval.evaluate import (
 from mtopt.qtopt.weights import average_into, load_source
 from mtopt.runtime.config import load_run_config, run_registry, run_sim_config
 from mtopt.runtime.policy_folder import late_sources, write_policy_folder
+from mtopt.tasks.registry import UnknownTaskError
 
 SELECTED = "policy-selected"
 
@@ -122,7 +123,8 @@ def choose(outcomes: list[list[list[bool]]], alpha: float = 0.05) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # the docstring's first paragraph (its first line stops mid-sentence)
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--run", required=True)
     ap.add_argument("--json", required=True)
     ap.add_argument("--last", type=int, default=3, help="snapshots besides the latest weights")
@@ -135,8 +137,11 @@ def main() -> None:
     t0 = time.perf_counter()
     run = Path(args.run)
     tasks = args.tasks.split(",")
-    for t in tasks:
-        run_registry(run).get(t)  # unknown task: clear error before any work
+    for t in tasks:  # unknown task: clear error before any work
+        try:
+            run_registry(run).get(t)
+        except UnknownTaskError as exc:
+            ap.error(str(exc))
     # late_sources: [the run (latest weights), its last snapshots oldest first]
     latest, *snaps = late_sources(run, args.last)
     work = run / ".select"

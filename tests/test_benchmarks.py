@@ -733,3 +733,53 @@ def test_ensemble_probe_acts_in_the_members_cell_and_refuses_mixed_runs(tmp_path
     assert registry.names == cfg.registry().names
     with pytest.raises(ValueError, match="another cell"):
         common_cell([f"{a}:acting", f"{b}:acting"])
+
+
+POLICY = Path(__file__).resolve().parents[1] / "policies" / "tuned-r34"
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "says"),
+    [
+        ("evaluate_run.py", ["--run", str(POLICY), "--tasks", "nope"], "unknown task 'nope'"),
+        ("evaluate_run.py", ["--run", "/nonexistent"], "no such run or policy folder"),
+        ("evaluate_run.py", ["--run", str(POLICY), "--episodes", "0"], "at least 1"),
+        ("evaluate_run.py", ["--run", "{bare}"], "no published 'q' weights"),
+        ("evaluate_run.py", ["--run", f"{POLICY}-swa", "--parts", "online"], "no online network"),
+        ("compare_evals.py", ["--a", "{tmp}/missing.json", "--b", "{tmp}/b.json"], "no such file"),
+        ("compare_evals.py", ["--a", "{bare}/config.json:online", "--b", "{tmp}/b.json"], "--b"),
+        ("select_snapshot.py", ["--run", str(POLICY), "--tasks", "nope"], "unknown task 'nope'"),
+    ],
+)
+def test_benchmark_scripts_refuse_bad_arguments_before_any_work(
+    tmp_path: Path, script: str, args: list[str], says: str
+) -> None:
+    """Errors of the command line: a usage line and exit 2 (they were tracebacks, from a
+    worker for a missing run; `--episodes 0` wrote a success rate of 0.0), before any
+    evaluation, so nothing is written."""
+    bare = tmp_path / "bare"  # a run folder without published weights
+    bare.mkdir()
+    (bare / "config.json").write_text((POLICY / "config.json").read_text())
+    (tmp_path / "b.json").write_text("{")
+    args = [a.format(tmp=tmp_path, bare=bare) for a in args]
+    out = tmp_path / "out.json"
+    r = subprocess.run(
+        [sys.executable, str(BENCH / script), *args, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and says in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and not out.exists()
+
+
+def test_select_snapshot_help_describes_it_in_whole_sentences() -> None:
+    r = subprocess.run(
+        [sys.executable, str(BENCH / "select_snapshot.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = " ".join(r.stdout.split())
+    assert "written as a policy folder ``RUN/policy-selected``" in text

@@ -428,6 +428,15 @@ def test_collect_with_a_runs_weights_collects_the_runs_own_tasks(tmp_path: Path)
         assert res.exit_code == 2 and says in res.output, res.output
 
 
+def test_collect_weights_that_are_a_file_say_so(tmp_path: Path) -> None:
+    """A file for --weights was called "no such folder"."""
+    (tmp_path / "q.safetensors").write_bytes(b"")
+    args = ["collect", "--store", str(tmp_path / "store"), "--robots", "1", "--episodes", "1"]
+    res = CliRunner().invoke(app, [*args, "--weights", str(tmp_path / "q.safetensors")])
+    assert res.exit_code == 2 and "is a file, not a folder" in res.output, res.output
+    assert not (tmp_path / "store").exists()
+
+
 class NoSeedRobot(FakeRobot):
     """A real cell has no scene seed: its description says None."""
 

@@ -71,6 +71,7 @@ def test_exported_policy_acts_like_its_run(tmp_path: Path) -> None:
     assert code == 0, out
     code, out = demo("--run", str(exp), "--part", "online", "--out", str(tmp_path / "o"))
     assert code == 2 and "no 'online' network" in out  # it was not exported
+    assert "ships only the 'acting' network" in out and len(out.strip().splitlines()) == 1
     # a second export into the same folder, or of a network the run never had, is refused
     res = CliRunner().invoke(app, ["export", str(run), str(exp)])
     assert res.exit_code == 2 and "already holds published weights" in res.output
@@ -83,6 +84,15 @@ def test_exported_policy_acts_like_its_run(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "no ['x'] network" in res.output
     res = CliRunner().invoke(app, ["export", str(run), str(tmp_path / "e3"), "--parts", "target0"])
     assert res.exit_code == 2 and "needs acting or online" in res.output
+
+
+def test_a_part_a_shipped_policy_lacks_is_a_one_line_error(tmp_path: Path) -> None:
+    """An averaged policy folder's exported.json spans many lines: the error used to
+    print all of it; it names the networks the folder ships instead."""
+    folder = Path(__file__).resolve().parents[1] / "policies" / "tuned-r34-swa"
+    code, out = demo("--run", str(folder), "--part", "online", "--out", str(tmp_path / "o"))
+    assert code == 2 and "ships only the 'acting' network" in out, out
+    assert len(out.strip().splitlines()) == 1 and "averaged" not in out
 
 
 def test_a_new_task_of_a_tasks_file_runs_scripted_in_the_demo_and_collection(

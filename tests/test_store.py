@@ -301,6 +301,38 @@ def test_timeline_command_on_a_store(tmp_path: Path) -> None:
         assert res.exit_code == 2 and says in res.output, res.output
 
 
+def test_timeline_checks_its_bin_and_episode_tasks_and_tells_fractional_bins_apart(
+    tmp_path: Path,
+) -> None:
+    """`--bin nan|inf` passed the "> 0" check (rows of "nan+", or a traceback-like
+    "cannot convert float NaN"); `--episodes-of nope` said no episodes were judged
+    instead of naming an unknown task; bins of 0.1 minutes all read "0+"."""
+    import dataclasses
+
+    from typer.testing import CliRunner
+
+    from mtopt.cli import app
+
+    store = tmp_path / "store"
+    with EpisodeWriter(store, "r0") as w:
+        for i, t in enumerate([0.0, 9.0, 15.0, 18.0]):  # minutes 0, 0.15, 0.25, 0.3
+            w.write(dataclasses.replace(make_episode(i), started_at=t, ended_at=t + 1.0))
+    args = ["store", "timeline", str(store), "--task", "lift-any"]
+    args += ["--plot", str(tmp_path / "p.png")]
+    for bad in ("nan", "inf", "-inf", "0", "-1"):
+        res = CliRunner().invoke(app, [*args, "--bin", bad])
+        assert res.exit_code == 2 and "--bin must be a finite number" in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1
+    res = CliRunner().invoke(app, [*args, "--episodes-of", "lift-any,nope"])
+    assert res.exit_code == 2 and "unknown task 'nope'" in res.output, res.output
+    assert "no episodes" not in res.output
+    res = CliRunner().invoke(app, [*args, "--bin", "0.1"])
+    assert res.exit_code == 0, res.output
+    labels = [line.split("+")[0] for line in res.output.splitlines() if "+" in line]
+    assert [x.split()[-1] for x in labels] == ["0.0", "0.1", "0.2"], res.output
+    assert "0.3 collection minutes" in res.output
+
+
 def _write_raw_shard(store: Path, name: str, rows: list[dict]) -> Path:
     """A shard written around the writer's checks (what a buggy or foreign writer makes)."""
     import pyarrow as pa

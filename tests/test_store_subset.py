@@ -238,3 +238,38 @@ def test_subset_minutes_do_not_count_a_stop_between_invocations(tmp_path: Path) 
     counts = subset_store(tmp_path / "src", tmp_path / "dst", ["lift-ball"], minutes=10)
     ids = sorted(e.episode_id for e in EpisodeReader(tmp_path / "dst").episodes())
     assert counts["lift-ball"] == 3 and ids == ["e1", "e4", "e7"]
+
+
+def test_subset_cli_refuses_non_finite_minutes_a_file_for_dst_and_says_when_nothing_is_copied(
+    tmp_path: Path,
+) -> None:
+    """`--minutes nan` passed the "> 0" check and copied everything; a file for DST was
+    a raw "[Errno 20] Not a directory"; a subset without episodes said "copied 0
+    episodes in 0 shards to DST" (exit 0) though DST was never created."""
+    _store(tmp_path / "src")
+    runner = CliRunner()
+
+    def subset(dst: Path, *more: str) -> object:
+        args = ["store", "subset", str(tmp_path / "src"), str(dst), "--tasks", "lift-ball"]
+        return runner.invoke(app, [*args, *more])
+
+    for bad in ("nan", "inf", "0", "-2"):
+        r = subset(tmp_path / "d1", "--minutes", bad)
+        assert r.exit_code == 2 and "--minutes must be a finite number" in r.output, r.output
+        assert not (tmp_path / "d1").exists()
+    with pytest.raises(ValueError, match="finite"):
+        subset_store(tmp_path / "src", tmp_path / "d1", ["lift-ball"], minutes=float("nan"))
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    r = subset(a_file)
+    assert r.exit_code == 2 and "is a file, not a folder" in r.output, r.output
+    assert "Errno" not in r.output
+    r = runner.invoke(
+        app,
+        ["store", "subset", str(tmp_path / "src"), str(tmp_path / "d2"), "--tasks", "place-any"],
+    )
+    assert r.exit_code == 1 and "nothing copied" in r.output, r.output
+    assert f"{tmp_path / 'd2'} was not created" in r.output and "copied 0" not in r.output
+    assert not (tmp_path / "d2").exists()
+    r = subset(tmp_path / "d3", "--minutes", "0.5")  # only k = 0 (lift-any) started by then
+    assert r.exit_code == 1 and "in its first 0.5 collection minutes" in r.output, r.output

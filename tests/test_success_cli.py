@@ -364,3 +364,67 @@ def test_sd_label_on_the_ipv6_wildcard_answers_ipv4_clients_too() -> None:
     finally:
         for s in sockets:
             s.close()
+
+
+def _tiny_sd_setup(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A store of 4 tiny episodes, a 16-pixel SD of the built-in tasks and its examples:
+    enough for `sd improve` to run a round in a second (no simulator)."""
+    import dataclasses
+
+    import numpy as np
+    from tests.test_store import make_episode
+
+    from mtopt.store import EpisodeWriter
+    from mtopt.success.data import LabeledSet
+    from mtopt.success.network import SDNetConfig, SuccessNet
+    from mtopt.tasks import DEFAULT_REGISTRY
+
+    names = DEFAULT_REGISTRY.names
+    store, w, ex = tmp_path / "store", tmp_path / "w", tmp_path / "ex.npz"
+    with EpisodeWriter(store, "r0") as writer:
+        for i in range(4):
+            writer.write(make_episode(i, size=16))
+    cfg = SDNetConfig(len(names), 16, tower_channels=8, merge_size=4, head_channels=8)
+    SuccessDetector(SuccessNet(dataclasses.replace(cfg, fc_units=16)), names).publish(w, 1)
+    rng = np.random.default_rng(0)
+    n = 4
+    LabeledSet(
+        tuple(names),
+        rng.integers(0, 255, (n, 16, 16, 3), dtype=np.uint8),
+        (rng.random((n, len(names))) < 0.5).astype(np.float32),
+        np.ones((n, len(names)), bool),
+        np.array([f"x{i}" for i in range(n)]),
+        np.array(["staged"] * n),
+        np.zeros(n, bool),
+    ).save(ex)
+    return store, w, ex
+
+
+def test_sd_improve_without_validation_says_so_and_leaves_no_stale_plot(tmp_path: Path) -> None:
+    """Without --validation there is no accuracy curve: the output says so, and an
+    earlier call's accuracy_vs_labels.png (of SDs now superseded) is not left as if it
+    were this call's."""
+    store, w, ex = _tiny_sd_setup(tmp_path)
+    (w / "accuracy_vs_labels.png").write_bytes(b"an earlier call's curve")
+    args = ["sd", "improve", "--store", str(store), "--weights", str(w), "--examples", str(ex)]
+    res = CliRunner().invoke(app, [*args, "--budget", "1", "--rounds", "1", "--steps", "1"])
+    assert res.exit_code == 0, res.output
+    assert "no --validation: no accuracy curve" in res.output
+    assert "removed an earlier call's" in res.output
+    assert not (w / "accuracy_vs_labels.png").exists()
+    assert SuccessDetector.latest_version(w) == 2
+    help_text = CliRunner().invoke(app, ["sd", "improve", "--help"]).output
+    assert "with --validation" in " ".join(help_text.split())
+
+
+def test_sd_train_refuses_a_q_weights_folder(tmp_path: Path) -> None:
+    """`sd train --out` a Q-weights folder published the SD beside the Q files (as
+    `collect --weights` refuses an SD's folder): one line, before any training."""
+    _, _, ex = _tiny_sd_setup(tmp_path)
+    for name in ("q-latest.json", "q-00000003.safetensors"):
+        q = tmp_path / name.split(".")[0]
+        q.mkdir()
+        (q / name).write_text("{}")
+        res = CliRunner().invoke(app, ["sd", "train", "--examples", str(ex), "--out", str(q)])
+        assert res.exit_code == 2 and "holds Q-network weights" in res.output, res.output
+        assert not list(q.glob("sd-*"))

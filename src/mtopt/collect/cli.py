@@ -41,6 +41,8 @@ def register(app: typer.Typer) -> None:
 
         names = tuple(t for t in tasks.split(",") if t)
         extra: tuple[dict[str, object], ...] = ()
+        if weights is not None and weights.exists() and not weights.is_dir():
+            fail(f"--weights {weights} is a file, not a folder")
         if weights is not None and not weights.is_dir():
             fail(f"--weights {weights}: no such folder")
         if weights is not None and (weights / "weights").is_dir():

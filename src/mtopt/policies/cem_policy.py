@@ -166,8 +166,26 @@ def load_policy(
             registry.names, weights_dir=folder / "weights", cem=cem, seed=seed, part=part
         )
     except WeightsError as exc:
-        parts = folder / "exported.json"
-        if part == "online" and parts.exists():
-            raise WeightsError(f"{exc} (this folder ships: {parts.read_text().strip()})") from None
+        shipped = _exported_parts(folder)
+        if shipped is not None and part not in shipped:
+            names = " and ".join(map(repr, shipped))
+            ships = f"only the {names} network{'s' if len(shipped) > 1 else ''}"
+            raise WeightsError(
+                f"{exc}: {folder} ships {ships if shipped else 'no network'} (its exported.json)"
+            ) from None
         raise
     return policy, cfg.sim, registry
+
+
+def _exported_parts(folder: Path) -> list[str] | None:
+    """The networks a policy folder (``mtopt export``) ships, from its ``exported.json``;
+    None when there is no readable list (a run folder, a hand-made folder)."""
+    import json
+
+    try:
+        parts = json.loads((folder / "exported.json").read_text()).get("parts")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(parts, list) or not all(isinstance(p, str) for p in parts):
+        return None
+    return parts

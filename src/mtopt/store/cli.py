@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -9,6 +10,21 @@ import typer
 from mtopt._cli import TASKS_FILE_HELP, fail, registry_for
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown")
+
+
+def _positive_minutes(option: str, value: float) -> None:
+    """End the command unless ``value`` is a finite number > 0 (NaN and inf pass a
+    plain ``> 0`` check the wrong way)."""
+    if not (math.isfinite(value) and value > 0):
+        fail(f"{option} must be a finite number of minutes > 0, got {value}")
+
+
+def _decimals(bin_minutes: float) -> int:
+    """Decimals that tell bins of ``bin_minutes`` apart (0 for whole minutes, at most 3)."""
+    for d in range(3):
+        if abs(round(bin_minutes, d) - bin_minutes) < 1e-9:
+            return d
+    return 3
 
 
 @app.command()
@@ -72,14 +88,17 @@ def timeline(
     from mtopt.store.stats import plot_success_over_time, success_over_time
     from mtopt.tasks.registry import UnknownTaskError
 
+    _positive_minutes("--bin", bin_minutes)
     registry = registry_for(store, tasks_file)
+    tasks = [t for t in (episodes_of or "").split(",") if t]
+    if episodes_of is not None and not tasks:
+        fail("--episodes-of names no task")
     try:
-        registry.get(task)
+        for name in [task, *tasks]:
+            registry.get(name)
     except UnknownTaskError as exc:
-        fail(exc)
-    if episodes_of is not None:
-        tasks = [t for t in episodes_of.split(",") if t]
-    else:  # the run's skill: a task of its --tasks-file joins its skill's episodes
+        fail(f"{exc} (a task of your own: --tasks-file)")
+    if episodes_of is None:  # TASK's skill (a --tasks-file task joins its skill's episodes)
         tasks = list(skill_tasks(task, registry))
     try:
         rows = EpisodeReader(store).metadata()
@@ -96,13 +115,14 @@ def timeline(
             why = f" ({len(of)} of them; their ground truth does not judge {task}: added since?)"
         fail(f"no episodes of {','.join(tasks)} judged at {task} in {store}{why}")
     typer.echo(
-        f"{task} success of {','.join(tasks)} episodes, {tl['minutes']:.0f} collection minutes"
+        f"{task} success of {','.join(tasks)} episodes, {tl['minutes']:.1f} collection minutes"
     )
+    d = _decimals(bin_minutes)  # bins of 0.1 minutes read 0.0+, 0.1+, ... (not 0+, 0+)
     for policy, bins in tl["policies"].items():
         typer.echo(f"{policy}:")
         for b in bins:
             typer.echo(
-                f"  min {b['start']:6.0f}+ {b['episodes']:6d} episodes  {b['rate']:6.1%} success"
+                f"  min {b['start']:6.{d}f}+ {b['episodes']:6d} episodes  {b['rate']:6.1%} success"
             )
     if json_out is not None:
         atomic_write_json(json_out, tl)
@@ -113,7 +133,9 @@ def timeline(
 @app.command()
 def subset(
     src: Path = typer.Argument(..., help="Episode store to copy from."),
-    dst: Path = typer.Argument(..., help="New store (a directory without shards)."),
+    dst: Path = typer.Argument(
+        ..., help="New store (a folder without shards; created when there is something to copy)."
+    ),
     tasks: str = typer.Option(..., help="Comma-separated tasks whose episodes are copied."),
     minutes: float | None = typer.Option(
         None,
@@ -123,11 +145,19 @@ def subset(
     ),
     tasks_file: Path | None = typer.Option(None, help=TASKS_FILE_HELP),
 ) -> None:
-    """Copy the episodes of some tasks into a new store (e.g. a single-task baseline on the data a multi-task run collected)."""
+    """Copy the episodes of some tasks into a new store (e.g. a single-task baseline on the data a multi-task run collected).
+
+    When SRC holds no episodes of TASKS (in its first M minutes), nothing is copied, DST
+    is not created, and the command exits 1.
+    """
     from mtopt.store.reader import StoreNotFoundError
     from mtopt.store.subset import subset_store
     from mtopt.tasks.registry import UnknownTaskError
 
+    if minutes is not None:
+        _positive_minutes("--minutes", minutes)
+    if dst.exists() and not dst.is_dir():
+        fail(f"DST {dst} is a file, not a folder")
     registry = registry_for(src, tasks_file)
     try:
         names = [registry.get(t).name for t in tasks.split(",") if t]
@@ -138,6 +168,10 @@ def subset(
     except (StoreNotFoundError, ValueError, OSError) as exc:
         fail(exc)
     shards = counts.pop("shards")
+    if not shards:
+        within = f" in its first {minutes:g} collection minutes" if minutes is not None else ""
+        made = "was left as it was" if dst.exists() else "was not created"
+        fail(f"{src} has no episodes of {','.join(names)}{within}: nothing copied, {dst} {made}", 1)
     typer.echo(
         f"copied {sum(counts.values())} episodes in {shards} shards to {dst}: "
         + ", ".join(f"{t}={n}" for t, n in counts.items())

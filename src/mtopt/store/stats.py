@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
@@ -170,8 +171,8 @@ def success_over_time(
     "episodes", "successes", "rate"}, ...]}}``; a bin without episodes of a policy is
     left out of that policy's list. Episodes without ground truth are skipped, and an
     episode id met again counts once (``unique_episodes``)."""
-    if bin_minutes <= 0:
-        raise ValueError(f"bin_minutes must be > 0, got {bin_minutes}")
+    if not (math.isfinite(bin_minutes) and bin_minutes > 0):
+        raise ValueError(f"bin_minutes must be a finite number > 0, got {bin_minutes}")
     ordered = sorted(unique_episodes(rows), key=lambda r: r["started_at"])
     minutes = collection_minutes([r["started_at"] for r in ordered], max_gap_s)
     counts: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))

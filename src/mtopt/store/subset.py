@@ -11,6 +11,7 @@ silently shorter copy.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,8 +37,10 @@ def subset_store(
     yet. Returns the number of episodes copied per task and the shards written."""
     if not tasks:
         raise ValueError("name at least one task")
-    if minutes is not None and minutes <= 0:
-        raise ValueError(f"minutes must be > 0, got {minutes}")
+    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+        raise ValueError(f"minutes must be a finite number > 0, got {minutes}")
+    if Path(dst).exists() and not Path(dst).is_dir():
+        raise ValueError(f"{dst} is a file, not a folder")
     if shard_paths(dst):
         raise ValueError(f"{dst} already holds shards; give an empty or new directory")
     reader = EpisodeReader(src, shards_per_poll=shards_per_read)

@@ -107,6 +107,9 @@ def train(
     from mtopt.success.network import SuccessDetector
     from mtopt.success.train import SDTrainConfig, train_sd
 
+    if (out / "q-latest.json").exists() or any(out.glob("q-*.safetensors")):
+        # as `collect --weights` refuses an SD's folder: the SD would sit beside Q weights
+        _fail(f"--out {out} holds Q-network weights, not a success detector's")
     try:
         sets = [LabeledSet.load(p) for p in examples]
         tasks = max((s.tasks for s in sets), key=len)  # sets staged before a new task join
@@ -184,7 +187,10 @@ def improve(
     budget: int = typer.Option(100, min=1, help="Labels per task per round (oracle)."),
     rounds: int = typer.Option(3, min=1, help="Rounds (oracle; human: one, on every label)."),
     validation: Path | None = typer.Option(
-        None, help="Held-out example set for the accuracy curve."
+        None,
+        help="Held-out example set: balanced accuracy after each round, printed and plotted "
+        "in WEIGHTS/accuracy_vs_labels.png (without it: no curve, and an earlier call's plot "
+        "is removed).",
     ),
     steps: int = typer.Option(600, min=1, help="Fine-tuning steps per round."),
     retrain_from: str = typer.Option(
@@ -197,10 +203,10 @@ def improve(
     ),
     tasks_file: Path | None = typer.Option(None, help=TASKS_FILE_HELP),
 ) -> None:
-    """Score episodes, label the most uncertain (oracle or human), retrain; plot accuracy vs labels."""
+    """Score episodes, label the most uncertain (oracle or human), retrain; with --validation, plot accuracy vs labels."""
     from mtopt.qtopt.weights import WeightsError
     from mtopt.store.reader import StoreNotFoundError
-    from mtopt.success.improve import improve_loop
+    from mtopt.success.improve import ACCURACY_PLOT, improve_loop
 
     if labeler not in ("oracle", "human"):
         _fail(f"--labeler must be oracle or human, got {labeler!r}")
@@ -213,6 +219,7 @@ def improve(
             )
     elif labels is not None:
         _fail("--labels is for --labeler human (the oracle labels from ground truth)")
+    stale = validation is None and (weights / ACCURACY_PLOT).exists()
     try:
         curve = improve_loop(
             store,
@@ -233,6 +240,11 @@ def improve(
         typer.echo(
             f"v{row['version']}: {row['labels_per_task']} labels/task, mean balanced accuracy {row['mean_balanced_accuracy']:.3f}"
         )
+    if curve:
+        typer.echo(f"plot: {weights / ACCURACY_PLOT}")
+    else:
+        gone = f" (removed an earlier call's {weights / ACCURACY_PLOT})" if stale else ""
+        typer.echo(f"no --validation: no accuracy curve{gone}")
     from mtopt.success.network import SuccessDetector
 
     typer.echo(f"published SD v{SuccessDetector.latest_version(weights)} in {weights}")

@@ -134,6 +134,9 @@ def select_for_labeling(
     return out
 
 
+ACCURACY_PLOT = "accuracy_vs_labels.png"
+"""``sd improve``'s accuracy curve (in its weights folder), with a validation set."""
+
 CHOSEN_LABELS = "chosen_labels.json"
 """``sd improve``'s oracle labels so far (in its weights folder): episode id -> tasks."""
 
@@ -206,7 +209,11 @@ def improve_loop(
     ``WEIGHTS/initial`` (what "initial" retrains from in every later call too, until
     ``mtopt sd train`` publishes a newer SD there or the tasks change), and each
     round keeps the oracle labels chosen so far in ``WEIGHTS/chosen_labels.json``, so a
-    later call retrains on them as well (both used to last one call only)."""
+    later call retrains on them as well (both used to last one call only).
+
+    With ``validation``, returns the balanced accuracy before and after each round and
+    plots it in ``WEIGHTS/accuracy_vs_labels.png``; without it, returns [] and removes
+    an earlier call's plot there (its SDs are not the latest any more)."""
     if retrain_from not in ("previous", "initial"):
         raise ValueError(f"retrain_from must be 'previous' or 'initial', got {retrain_from!r}")
     sd = SuccessDetector.load(weights, registry.names)
@@ -297,5 +304,7 @@ def improve_loop(
             save_chosen(chosen_path, pool.ids, registry.names, chosen & known)
         record(int((chosen & known).sum(0).max()))  # the labels of the task with the most
     if curve:
-        plot_curve(curve, Path(weights) / "accuracy_vs_labels.png")
+        plot_curve(curve, Path(weights) / ACCURACY_PLOT)
+    else:  # an earlier call's curve is of SDs this call superseded: it would read as this one's
+        (Path(weights) / ACCURACY_PLOT).unlink(missing_ok=True)
     return curve
