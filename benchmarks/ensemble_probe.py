@@ -160,16 +160,23 @@ def main() -> None:
         if (why := in_run_seed(run, own_config(run), args.seed)) is not None:
             ap.error(why)
     t0 = time.perf_counter()
+
+    def versions() -> dict[str, int]:
+        return {spec: load_source(spec.rpartition(":")[0])[0] for spec in specs}
+
+    before = versions()  # the workers load the latest weights when they start
     jobs = [(specs, args.mode, t, args.episodes, args.seed) for t in tasks]
     with ProcessPoolExecutor(args.workers) as pool:
         outcomes = dict(pool.map(one, jobs))
+    if versions() != before:
+        print("warning: a member published new weights during the probe (probe a stopped run)")
     write_result(
         args.json,
         {
             "label": args.label,
             "mode": args.mode,
             "members": specs,
-            "member_versions": {spec: load_source(spec.rpartition(":")[0])[0] for spec in specs},
+            "member_versions": before,
             "runs": runs,
             "episodes_per_task": args.episodes,
             "seed": args.seed,

@@ -106,14 +106,18 @@ def scene_comparison(latest: list[list[bool]], other: list[list[bool]]) -> dict[
 def choose(outcomes: list[list[list[bool]]], alpha: float = 0.05) -> int:
     """Candidates' per-task outcomes over the same scenes (``outcomes[i][t][k]``), oldest
     first, the latest weights last: the latest, unless some snapshots beat it scene by
-    scene (``scene_comparison``: higher mean success and p < ``alpha`` over the number of
-    snapshots); then the best of those by mean success, the later of equals."""
+    scene (``scene_comparison``: better in more scenes than worse, a higher mean success,
+    and p < ``alpha`` over the number of snapshots); then the best of those by mean success, the later of equals."""
     latest = outcomes[-1]
     level = alpha / max(1, len(outcomes) - 1)
     better = [
         i
         for i, o in enumerate(outcomes[:-1])
-        if (c := scene_comparison(latest, o))["diff"] > 0 and c["p"] < level
+        # better in more scenes than worse, and more tasks solved in all (a two-sided p
+        # with the mean alone could favour a snapshot worse in most scenes)
+        if (c := scene_comparison(latest, o))["better"] > c["worse"]
+        and c["diff"] > 0
+        and c["p"] < level
     ]
     if not better:
         return len(outcomes) - 1

@@ -783,3 +783,17 @@ def test_select_snapshot_help_describes_it_in_whole_sentences() -> None:
     assert r.returncode == 0, r.stderr[-2000:]
     text = " ".join(r.stdout.split())
     assert "written as a policy folder ``RUN/policy-selected``" in text
+
+
+def test_select_snapshot_never_picks_a_snapshot_worse_in_most_scenes() -> None:
+    """Three tasks, 60 scenes: the snapshot solves all three in 10 scenes the latest
+    fails, and one fewer task in 25 others. Its mean is higher (+5 of 180 task-scenes)
+    and the two-sided sign test of 10 against 25 is p ~ 0.017 < 0.05: but it is worse
+    in most scenes, so the latest stays."""
+    from select_snapshot import choose, scene_comparison
+
+    latest = [[False] * 10 + [True] * 25 + [False] * 25 for _ in range(3)]
+    snap = [[True] * 10 + [t != 0] * 25 + [False] * 25 for t in range(3)]
+    c = scene_comparison(latest, snap)
+    assert (c["better"], c["worse"]) == (10, 25) and c["diff"] > 0 and c["p"] < 0.05
+    assert choose([snap, latest]) == 1

@@ -127,6 +127,16 @@ def test_init_from_weights_that_do_not_fit_fail_before_the_sd_is_staged(tmp_path
     assert not (out / "sd").exists()  # it used to stage and train the SD first
     # and no config.json that a later --resume would take for a run's
     assert not (out / "config.json").exists()
+    # a resume (no checkpoint yet) whose init_from is gone keeps the run's config.json
+    import dataclasses
+
+    from mtopt.config import save_config
+    from mtopt.runtime.config import preset
+
+    gone = tmp_path / "gone"
+    save_config(dataclasses.replace(preset("tiny"), init_from=str(gone)), gone / "config.json")
+    res = CliRunner().invoke(app, ["run", "--resume", "--out", str(gone)])
+    assert res.exit_code == 2 and (gone / "config.json").exists(), res.output
 
 
 def test_init_from_refuses_a_run_whose_tasks_are_not_the_sources(tmp_path: Path) -> None:

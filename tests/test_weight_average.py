@@ -153,6 +153,12 @@ def test_mtopt_average_writes_the_mean_as_a_policy(tmp_path: Path) -> None:
     _, twice, meta = load_latest(tmp_path / "f" / "weights")
     assert meta["left_out"] == [{"source": str(again), "version": 2, "same_as": str(run)}]
     assert all(torch.equal(twice[k], tensors[k]) for k in tensors)  # the same mean as before
+    # the run republishes the same network as v3 (as at its end); the snapshot of v2 listed
+    # first stays, the run is left out, and the average still takes the newest version
+    learner.publish(run / "weights")
+    res = CliRunner().invoke(app, ["average", str(tmp_path / "g"), str(again), str(run)])
+    assert res.exit_code == 0 and f"left out {run}" in res.output, res.output
+    assert load_latest(tmp_path / "g" / "weights")[0] == 3
 
 
 def test_a_run_averages_its_late_snapshots_into_a_replaced_folder(tmp_path: Path) -> None:

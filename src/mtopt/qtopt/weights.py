@@ -360,6 +360,7 @@ def average_into(
     meta = {**meta0, "step": max(steps) if steps else meta0.get("step"), "averaged": used}
     if left_out:
         meta["left_out"] = left_out
-    version = max(int(u["version"]) for u in used)
+    # the newest version of all, a left-out duplicate's too (a run's republished weights)
+    version = max(int(u["version"]) for u in (*used, *left_out))
     path = publish(dst, {f"acting.{k}": v for k, v in avg.items()}, version, meta, prefix)
     return path, version, meta

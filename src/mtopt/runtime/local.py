@@ -495,8 +495,20 @@ class LocalRun:
                 self._log(f"{exc}; moved to {self._set_aside(self.paths.config).name}")
             else:
                 self._record_config_changes(saved, cfg)
+        self._config_is_ours = not resume and not self.paths.config.exists()
         save_config(cfg, self.paths.config)
         torch.manual_seed(cfg.seed)
+
+    def new_learner(self) -> tuple[Learner, str]:
+        """``new_learner`` for this run. A fresh run whose learner cannot be made (an
+        ``init_from`` that does not fit) removes the config.json it wrote, which would
+        make the folder look like a run to a later ``--resume``; a resumed run's is kept."""
+        try:
+            return new_learner(self.paths, self.cfg, self.registry)
+        except BaseException:
+            if self._config_is_ours and not self.paths.checkpoint.exists():
+                self.paths.config.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def resume_from(
@@ -901,14 +913,7 @@ class LocalRun:
                 f"{(t_start - t_origin) / 60:.1f} minutes run before)"
             )
         else:
-            try:
-                learner, started_from = new_learner(p, c, self.registry)
-            except BaseException:
-                # nothing ran: the config.json written for this run would make the folder
-                # look like a run to a later --resume
-                if not p.checkpoint.exists():
-                    p.config.unlink(missing_ok=True)
-                raise
+            learner, started_from = self.new_learner()
             if started_from:
                 self._log(started_from)
             sd_labels = sd_since = 0

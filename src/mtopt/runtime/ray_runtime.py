@@ -287,7 +287,6 @@ def run_ray(
         after_train_step,
         elapsed_before,
         last_evaluated,
-        new_learner,
         progress_bar,
         resume_learner,
         show_progress,
@@ -311,7 +310,7 @@ def run_ray(
         run.history = list(extra.get("history", []))
         t0 = t_start - elapsed_before(extra)
     else:
-        learner, started_from = new_learner(p, c, run.registry)
+        learner, started_from = run.new_learner()
         if started_from:
             run._log(started_from)
     sd = run.init_sd()

@@ -169,8 +169,9 @@ def _initial_is_stale(initial: Path, sd: SuccessDetector, tasks: tuple[str, ...]
     rounds fine-tune (``WEIGHTS/initial``): there is none yet; or ``sd`` is a newer
     ``sd train`` SD than the one copied there (it used to go on fine-tuning the old one
     and drop the new one without a word); or its tasks are not this call's (a task was
-    added: loading it failed). A run's own staged-only SD there is kept: a run's SDs
-    do not say ``origin``."""
+    added: loading it failed). A run's own staged-only SD there is kept: only an
+    ``origin`` of "sd train" replaces it (a run's SDs say "run", or nothing before
+    2026-12-05)."""
     latest = read_latest(initial, "sd")
     if latest is None:
         return True
