@@ -384,6 +384,29 @@ def test_a_parquet_file_that_is_not_an_mtopt_shard_is_quarantined(tmp_path: Path
     assert len(reader.quarantined) == 1
 
 
+def _shard_that_fails_to_open(
+    store: Path, monkeypatch: pytest.MonkeyPatch, which: int, error: OSError
+) -> tuple[Path, dict[str, bool]]:
+    """Three one-episode shards in ``store``; opening shard ``which`` raises ``error``
+    while the returned switch's "on" is True. Returns (that shard, the switch)."""
+    import mtopt.store.reader as reader_mod
+
+    with EpisodeWriter(store, "r0", flush_every=1) as w:
+        for i in range(3):
+            w.write(make_episode(i))
+    bad = shard_paths(store)[which]
+    real = reader_mod.pq.ParquetFile
+    fail = {"on": True}
+
+    def parquet_file(path, *a, **k):  # type: ignore[no-untyped-def]
+        if fail["on"] and Path(path) == bad:
+            raise error
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(reader_mod.pq, "ParquetFile", parquet_file)
+    return bad, fail
+
+
 def test_an_os_error_while_reading_keeps_the_shard_and_retries(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -391,21 +414,9 @@ def test_an_os_error_while_reading_keeps_the_shard_and_retries(
     read on the next poll, and the shards that did read are returned at once."""
     import errno
 
-    import mtopt.store.reader as reader_mod
-
-    with EpisodeWriter(tmp_path, "r0", flush_every=1) as w:
-        for i in range(3):
-            w.write(make_episode(i))
-    flaky = shard_paths(tmp_path)[1]
-    real = reader_mod.pq.ParquetFile
-    fail = {"on": True}
-
-    def parquet_file(path, *a, **k):  # type: ignore[no-untyped-def]
-        if fail["on"] and Path(path) == flaky:
-            raise OSError(errno.EIO, "Input/output error")
-        return real(path, *a, **k)
-
-    monkeypatch.setattr(reader_mod.pq, "ParquetFile", parquet_file)
+    flaky, fail = _shard_that_fails_to_open(
+        tmp_path, monkeypatch, 1, OSError(errno.EIO, "Input/output error")
+    )
     reader = EpisodeReader(tmp_path)
     assert [e.episode_id for e in reader.poll()] == ["ep00000", "ep00002"]
     assert reader.behind == 1 and reader.quarantined == [] and flaky.exists()
@@ -833,21 +844,9 @@ def test_shards_an_os_error_keeps_from_being_read_do_not_hold_back_newer_ones(
     the newer shards are read on the next polls, and the old one once it can be."""
     import errno
 
-    import mtopt.store.reader as reader_mod
-
-    with EpisodeWriter(tmp_path, "r0", flush_every=1) as w:
-        for i in range(3):
-            w.write(make_episode(i))
-    locked = shard_paths(tmp_path)[0]
-    real = reader_mod.pq.ParquetFile
-    fail = {"on": True}
-
-    def parquet_file(path, *a, **k):  # type: ignore[no-untyped-def]
-        if fail["on"] and Path(path) == locked:
-            raise PermissionError(errno.EACCES, "Permission denied")
-        return real(path, *a, **k)
-
-    monkeypatch.setattr(reader_mod.pq, "ParquetFile", parquet_file)
+    _, fail = _shard_that_fails_to_open(
+        tmp_path, monkeypatch, 0, PermissionError(errno.EACCES, "Permission denied")
+    )
     reader = EpisodeReader(tmp_path, shards_per_poll=1)
     got = [[e.episode_id for e in reader.poll()] for _ in range(3)]
     assert got == [[], ["ep00001"], ["ep00002"]]
