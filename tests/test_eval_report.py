@@ -7,6 +7,7 @@ from mtopt.eval.report import (
     plot_batch_composition,
     plot_composition,
     plot_success_over_time,
+    plot_training_progress,
     trailing_mean,
 )
 
@@ -21,6 +22,14 @@ def test_plots_write_pngs(tmp_path: Path) -> None:
         plot_success_over_time(hist, tmp_path / "a.png"),
         plot_composition(comp, tmp_path / "b.png"),
         plot_batch_composition({"lift-any": {"success": 0.5, "failure": 0.5}}, tmp_path / "c.png"),
+        # loss, episodes and Q version per evaluation; an entry without a loss is skipped
+        plot_training_progress(
+            [
+                {"step": 0, "episodes": 0, "q_version": 0},
+                {"step": 500, "episodes": 100, "q_version": 5, "loss": 0.6},
+            ],
+            tmp_path / "d.png",
+        ),
     ]:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -48,6 +48,36 @@ def time_axis(history: Sequence[Mapping[str, Any]], x: str = "episodes") -> str:
     return "step" if counts[-1] == counts[0] else x
 
 
+def plot_training_progress(
+    history: Sequence[Mapping[str, Any]], out: Path, smooth: int = 5
+) -> Path:
+    """The learner's loss and the episodes collected against learner steps, at each
+    evaluation (what the progress bar showed; a loss point is one batch's, so the line is
+    the trailing mean of ``smooth``), with the Q weights version on a second axis: where
+    training stalled, or collection ran ahead of it."""
+    pts = [h for h in history if "step" in h]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    lossy = [(h["step"] / 1000, h["loss"]) for h in pts if h.get("loss") is not None]
+    if lossy:
+        xs, ys = zip(*lossy, strict=True)
+        a1.plot(xs, ys, "o", ms=2.0, alpha=0.35, color="tab:blue")
+        a1.plot(xs, trailing_mean(ys, smooth), lw=1.6, color="tab:blue")
+    a1.set_xlabel("learner steps (thousands)")
+    a1.set_ylabel("loss (one batch; line: mean of 5)")
+    a1.grid(alpha=0.3)
+    steps = [h["step"] / 1000 for h in pts]
+    a2.plot(steps, [h.get("episodes", 0) for h in pts], color="tab:green", lw=1.4)
+    a2.set_xlabel("learner steps (thousands)")
+    a2.set_ylabel("episodes collected", color="tab:green")
+    a2.grid(alpha=0.3)
+    q = a2.twinx()
+    q.plot(steps, [h.get("q_version", 0) for h in pts], color="tab:purple", lw=1.0, ls="--")
+    q.set_ylabel("Q weights version (dashed)", color="tab:purple")
+    fig.suptitle("Training progress at each evaluation", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, out, dpi=110)
+
+
 def plot_success_over_time(
     history: Sequence[Mapping[str, Any]], out: Path, x: str = "episodes", smooth: int = 5
 ) -> Path:

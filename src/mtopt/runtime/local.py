@@ -1144,6 +1144,8 @@ class LocalRun:
             "scripted": scripted,
             "composition": composition,
             "buffer_sizes": buffer_sizes,
+            # each task's share of the training batches at the end (the report's figure)
+            "batch_share": batch_share or {},
             "averaged": averaged,
             **extra,
         }

@@ -16,6 +16,7 @@ from mtopt.eval.report import (
     plot_batch_composition,
     plot_composition,
     plot_success_over_time,
+    plot_training_progress,
 )
 
 
@@ -62,6 +63,7 @@ def write_report(
     out = run.paths.report
     out.mkdir(parents=True, exist_ok=True)
     plot_success_over_time(run.history, out / "success_over_time.png")
+    plot_training_progress(run.history, out / "training_progress.png")
     plot_composition(summary["composition"], out / "data_composition.png")
     held = summary.get("buffer_sizes") or {}
     if share:
@@ -92,23 +94,35 @@ def write_report(
         f"- episodes collected: {summary['episodes']}, learner steps: {summary['learner_steps']}, "
         f"wall time: {summary['wall_minutes']} min"
         + (
-            f" ({summary['total_wall_minutes']} min since the run started)"
+            f" in this invocation ({summary['total_wall_minutes']} min of running over all "
+            "invocations of the run, the stops between them left out)"
             if summary.get("total_wall_minutes", summary["wall_minutes"]) != summary["wall_minutes"]
             else ""
         ),
         f"- Q weights version: {summary['q_version']}, success detector version: {summary['sd_version']} "
-        f"({summary['sd_episode_labels']} oracle-labeled episodes)",
+        f"({summary['sd_episode_labels']} oracle-labeled episodes)"
+        + (
+            f", final loss {final_loss:.3f}"
+            if isinstance(final_loss := summary.get("final", {}).get("loss"), (int, float))
+            else ""
+        ),
         "",
         "## Per-task success on held-out seeds and objects (simulator ground truth)",
         "",
-        f"Each evaluation runs {per_eval} held-out episodes per task (the scripted "
+        f"Each evaluation runs the same {per_eval} held-out scenes per task (the scripted "
         "baseline more, once): one evaluation's interval is wide, and the plot's line is "
-        f"the mean of {LAST_EVALS} (`benchmarks/evaluate_run.py` measures a run's weights "
-        "on hundreds of scenes). Vertical lines: a new success detector took over.",
+        f"the mean of {LAST_EVALS}, which is those scenes under {LAST_EVALS} weight "
+        "versions, not more scenes (`benchmarks/evaluate_run.py` measures a run's weights "
+        "on hundreds of other scenes). These scenes also decide when a task's collection "
+        "switches to the learned policy (the parity switch), so they are not untouched by "
+        "the run: report a run's result with `evaluate_run.py` on other seeds. Vertical "
+        "lines: a new success detector took over.",
         "",
         markdown_table(rows, success_cols),
         "",
         "![success over time](success_over_time.png)",
+        "",
+        "![training progress](training_progress.png)",
         "",
         *_averaged_lines(summary.get("averaged")),
         "## Data before and after impersonation (paper Figs. 3, 5, 12)",
@@ -147,8 +161,8 @@ def write_report(
         *_collection_lines(run, out),
         *_snapshot_lines(run.paths.root),
         *_resume_lines(run.paths.config_changes),
-        f"## Log (its last {LOG_LINES} lines; TensorBoard: `tensorboard --logdir "
-        f"{run.paths.root / 'tb'}`)",
+        f"## Log (this invocation's last {min(LOG_LINES, len(run.log_lines))} lines; "
+        f"TensorBoard: `tensorboard --logdir {run.paths.root / 'tb'}`)",
         "",
         "```",
         *run.log_lines[-LOG_LINES:],
