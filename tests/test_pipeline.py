@@ -608,6 +608,14 @@ def test_sd_start_and_relabel_rounds_survive_a_crash_and_label_an_episode_once(
     assert labels == 4 and sd.version == 2
     again, labels = run.improve_sd(sd, [*recent, recent[0]], labels)
     assert again is sd and labels == 4  # nothing new to label: no round
+    # a robot whose camera gives another size: its episodes are left out, not a crash
+    big = [
+        FinalView(f"big{i}", "lift-any", np.zeros((size * 2, size * 2, 3), np.uint8), {}, {})
+        for i in range(3)
+    ]
+    again, labels = run.improve_sd(sd, big, labels)
+    assert again is sd and labels == 4
+    assert any("another size than the detector's" in line for line in run.log_lines)
 
 
 def test_a_resumed_run_draws_new_random_streams_for_its_bellman_updater() -> None:

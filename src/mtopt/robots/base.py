@@ -16,7 +16,10 @@ STATE_NAMES = ("gripper_status", "gripper_height")
 class Observation:
     """One observation: an RGB image and the paper's state features.
 
-    image: uint8 array (H, W, 3).
+    image: uint8 array (H, W, 3), H = W = the robot's ``image_size``, which must be the
+    run's ``sim.image_size`` / ``qnet.image_size`` (64 by default) for its episodes to be
+    learned from: replay drops episodes of another size with a warning, and the success
+    detector's relabel rounds leave them out.
     state: float32 array (2,) = [gripper status in [0, 1] (0 open, 1 closed: the measured
     finger closure, or the binary command for a robot that reports only that), gripper
     height above bin floor (m)].
@@ -85,7 +88,9 @@ class Robot(Protocol):
     Optional methods, read with ``getattr`` by collection (``mtopt.collect.loop``):
 
     - ``holding() -> bool``: an object is in the gripper (a real gripper's closure sensor
-      tells it). Without it, placing is never chained after a lift.
+      tells it). Without it, placing is not preferred after a successful lift (it is
+      still drawn at random, and ``prepare_for_task`` decides). Methods, not properties:
+      a property is not called and reads as missing.
     - ``objects_left() -> int``: objects left to pick (without it: assumed 1, so a chain
       never resets for lack of objects).
     - ``scene_state()``: simulator ground truth for the store's ``gt_`` columns (sim only;
@@ -93,6 +98,8 @@ class Robot(Protocol):
 
     ``scene_description()["seed"]`` is stored as the episode's ``seed`` when it is an int
     (-1 otherwise: none, or a real cell's text id, which stays in the stored ``scene``).
+    A real robot must not define ``scene_state``: any method of that name is taken for the
+    simulator's ground truth.
     Report none unless the scene can be set up again from it.
 
     Episodes check the contract as they run (``mtopt.sim.runner.RobotContractError``,

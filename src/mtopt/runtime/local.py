@@ -689,6 +689,14 @@ class LocalRun:
         if before is not None:  # an episode is labeled once (rounds' candidates can overlap)
             done = {str(i) for i in before.ids}
             recent = [e for e in recent if str(e.episode_id) not in done]
+        size = sd.net.cfg.image_size
+        fits = [e for e in recent if np.shape(e.final_image) == (size, size, 3)]
+        if len(fits) < len(recent):  # a robot whose camera gives another size: not labeled
+            self._log(
+                f"SD round: {len(recent) - len(fits)} of {len(recent)} episodes have final "
+                f"images of another size than the detector's {size}x{size}: left out"
+            )
+        recent = fits
         if not recent:
             return sd, labels_so_far
         finals = np.stack([e.final_image for e in recent])
