@@ -377,6 +377,23 @@ def test_a_task_the_robot_cannot_set_up_is_skipped_not_stored(tmp_path: Path) ->
             loop.run_one()
 
 
+def test_optional_robot_methods_written_as_properties_are_refused(tmp_path: Path) -> None:
+    """``holding`` as a property read as "not holding" and ``objects_left`` as 1, without
+    a word: a clear error when the loop is made."""
+    from mtopt.sim.runner import RobotContractError
+
+    class PropertyRobot(FakeRobot):
+        @property  # type: ignore[override]
+        def holding(self) -> bool:
+            return True
+
+    with (
+        EpisodeWriter(tmp_path, "fake") as w,
+        pytest.raises(RobotContractError, match="holding must be a method"),
+    ):
+        CollectLoop(PropertyRobot(), DEFAULT_REGISTRY, w, scripted_policy_for)
+
+
 def test_rate_wait_holds_a_robot_to_its_rate() -> None:
     from mtopt.collect.fleet import rate_wait
 

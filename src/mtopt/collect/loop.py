@@ -192,6 +192,14 @@ class CollectLoop:
         cfg: CollectConfig = CollectConfig(),
         seed: int = 0,
     ):
+        for name in ("holding", "objects_left", "scene_state"):
+            # optional methods; an attribute or property of the name would read as missing
+            # (holding: never; objects_left: 1) without a word
+            if hasattr(robot, name) and not callable(getattr(robot, name)):
+                raise RobotContractError(
+                    f"robot {robot.robot_id}: {name} must be a method (robots.base.Robot), "
+                    f"got {type(getattr(robot, name)).__name__}"
+                )
         self.robot = robot
         self.registry = registry
         self.tasks = [registry.get(t) for t in cfg.tasks] if cfg.tasks else list(registry)
