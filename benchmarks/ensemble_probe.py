@@ -45,17 +45,15 @@ from mtopt.qtopt.networks import QNetwork, q_state
 from mtopt.qtopt.weights import average_state_dicts, load_source
 from mtopt.robots.base import Observation
 from mtopt.runtime.config import run_registry, run_sim_config
-from mtopt.runtime.local import source_folders
+from mtopt.runtime.local import source_run
 from mtopt.sim.cell import CELL_VERSION, SimConfig
-from mtopt.tasks import DEFAULT_REGISTRY
 from mtopt.tasks.registry import TaskRegistry
 
 
 def member_run(spec: str) -> Path | None:
     """The run or policy folder a member ``DIR:part`` belongs to: the nearest of DIR and
     the folders above it with a ``config.json``; None without one."""
-    folder = spec.rpartition(":")[0]
-    return next((d for d in source_folders(folder) if (d / "config.json").is_file()), None)
+    return source_run(spec.rpartition(":")[0])
 
 
 def common_cell(specs: list[str], split: str = "test") -> tuple[SimConfig, TaskRegistry]:
@@ -64,8 +62,7 @@ def common_cell(specs: list[str], split: str = "test") -> tuple[SimConfig, TaskR
     cells = []
     for spec in specs:
         run = member_run(spec)
-        sim = run_sim_config(run, split) if run else SimConfig(object_split=split).validate()
-        cells.append((spec, sim, run_registry(run) if run else DEFAULT_REGISTRY))
+        cells.append((spec, run_sim_config(run, split), run_registry(run)))
     first, sim, registry = cells[0]
     for spec, other_sim, other_registry in cells[1:]:
         if other_sim != sim:

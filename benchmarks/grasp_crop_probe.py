@@ -55,7 +55,6 @@ from mtopt.sim.cell import CELL_VERSION
 from mtopt.sim.config import SimConfig
 from mtopt.sim.oracle import OraclePolicy
 from mtopt.sim.runner import run_episode
-from mtopt.tasks import DEFAULT_REGISTRY
 
 TASK = "lift-any"
 
@@ -67,7 +66,7 @@ class _Closed(Exception):
 def collection_cell(run: str | None) -> SimConfig:
     """The cell closes are collected in (training objects): the one ``run`` learned in,
     the default cell without a run."""
-    return run_sim_config(run, "train") if run else SimConfig(object_split="train").validate()
+    return run_sim_config(run, "train")
 
 
 class RecordFirstClose:
@@ -110,7 +109,7 @@ def collect(job: tuple[int, int, int, float, bool, str | None]) -> list[dict[str
     learned in, with its tasks (then without the 128x128 render); with ``finish`` each
     episode runs to its end and the sample notes whether it lifted."""
     k0, n, seed, aim_cm, finish, run = job
-    registry = run_registry(run) if run else DEFAULT_REGISTRY
+    registry = run_registry(run)
     robot = SimRobot(collection_cell(run), robot_id="probe", seed=seed)
     spec = registry.get(TASK)
     oracle = OraclePolicy(robot, registry, robot.config.max_steps, aim_cm / 100, 1.57)

@@ -53,7 +53,6 @@ from mtopt.sim.config import SimConfig
 from mtopt.sim.objects import Split
 from mtopt.sim.oracle import ROUND_CATEGORIES, OraclePolicy, wrap_half_turn
 from mtopt.sim.runner import EpisodeRecord, run_episode
-from mtopt.tasks import DEFAULT_REGISTRY
 from mtopt.tasks.registry import TaskRegistry, TaskSpec
 
 TASK = "lift-any"
@@ -63,8 +62,6 @@ def probe_cell(run: str | None, split: Split = "test") -> tuple[SimConfig, TaskR
     """The cell (with ``split``'s objects) and the tasks to probe in: those the run (or
     policy folder) ``run`` was trained with (``run_sim_config``, ``run_registry``), the
     default cell and the built-in tasks without a run."""
-    if run is None:
-        return SimConfig(object_split=split).validate(), DEFAULT_REGISTRY
     return run_sim_config(run, split), run_registry(run)
 
 

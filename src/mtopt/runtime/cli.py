@@ -182,7 +182,7 @@ def register(app: typer.Typer) -> None:
         from mtopt.config import ConfigError
         from mtopt.qtopt.weights import WeightsError, average_into
         from mtopt.runtime.config import load_run_config
-        from mtopt.runtime.local import source_folders
+        from mtopt.runtime.local import source_run
         from mtopt.runtime.policy_folder import write_policy_folder
 
         run = config or next((s for s in sources if (s / "config.json").is_file()), None)
@@ -192,7 +192,7 @@ def register(app: typer.Typer) -> None:
         try:
             cfg = load_run_config(run / "config.json")
             for src in sources:  # a run's tasks file may define a task of the same name anew
-                own = next((d for d in source_folders(src) if (d / "config.json").is_file()), None)
+                own = source_run(src)
                 if own is not None and load_run_config(own / "config.json").extra_tasks != (
                     cfg.extra_tasks
                 ):

@@ -410,11 +410,13 @@ def load_run_config(path: str | Path) -> RunConfig:
         raise ConfigError(f"cannot load the run's config {path}: {exc}") from None
 
 
-def run_registry(folder: str | Path) -> TaskRegistry:
+def run_registry(folder: str | Path | None) -> TaskRegistry:
     """The tasks of a run or policy folder: its ``config.json``'s (``extra_tasks``
-    included); the built-in tasks for a folder without one."""
+    included); the built-in tasks for a folder without one, or no folder (None)."""
     from mtopt.tasks import DEFAULT_REGISTRY
 
+    if folder is None:
+        return DEFAULT_REGISTRY
     config = Path(folder) / "config.json"
     if not config.exists():
         return DEFAULT_REGISTRY
@@ -424,12 +426,12 @@ def run_registry(folder: str | Path) -> TaskRegistry:
         raise ConfigError(f"{config}: {exc}") from None
 
 
-def run_sim_config(folder: str | Path, object_split: str) -> SimConfig:
+def run_sim_config(folder: str | Path | None, object_split: str) -> SimConfig:
     """The cell a run or policy folder was trained in (its ``config.json``'s ``sim``: the
     image size, ``move_from``, ...), with ``object_split``; the default cell for a folder
-    without one. Evaluate a run in the cell it learned in."""
-    config = Path(folder) / "config.json"
-    sim = load_run_config(config).sim if config.exists() else SimConfig()
+    without one, or no folder (None). Evaluate a run in the cell it learned in."""
+    config = Path(folder) / "config.json" if folder is not None else None
+    sim = load_run_config(config).sim if config is not None and config.exists() else SimConfig()
     return dataclasses.replace(sim, object_split=object_split).validate()  # type: ignore[arg-type]
 
 

@@ -342,6 +342,12 @@ def source_folders(source: str | Path) -> tuple[Path, ...]:
     return (folder, folder.parent, folder.parent.parent)
 
 
+def source_run(source: str | Path) -> Path | None:
+    """The run or policy folder the network at ``source`` belongs to: the nearest of
+    ``source_folders`` with a ``config.json``; None without one."""
+    return next((d for d in source_folders(source) if (d / "config.json").is_file()), None)
+
+
 def source_tasks(
     source: str | Path, trained: int, starting: str | Path | None = None
 ) -> tuple[str, ...]:

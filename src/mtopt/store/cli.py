@@ -156,8 +156,6 @@ def subset(
 
     if minutes is not None:
         _positive_minutes("--minutes", minutes)
-    if dst.exists() and not dst.is_dir():
-        fail(f"DST {dst} is a file, not a folder")
     registry = registry_for(src, tasks_file)
     try:
         names = [registry.get(t).name for t in tasks.split(",") if t]
