@@ -673,3 +673,66 @@ def test_the_readmes_real_robot_snippet_runs_as_written(
     episodes = list(EpisodeReader(tmp_path / "runs" / "cell-a" / "store").episodes())
     assert len(episodes) >= 2 and {e.robot_id for e in episodes} == {"arm-1"}
     assert {e.task for e in episodes} <= {"lift-any", "place-any"}
+
+
+def test_robot_factory_specs_are_checked_with_clear_errors() -> None:
+    from mtopt.robots.factory import check_factory_spec, load_robot_factory, make_robot
+    from mtopt.robots.sim_robot import SimRobot
+    from mtopt.sim.cell import SimConfig
+    from mtopt.sim.runner import RobotContractError
+
+    for bad in ("tests.robot_factories", "a:b:c", ":make_arm", "my arms:make", "x:1y"):
+        with pytest.raises(ValueError, match="MODULE:NAME"):
+            check_factory_spec(bad)
+    assert check_factory_spec("") == "" and check_factory_spec("a.b:C.d") == "a.b:C.d"
+    with pytest.raises(ValueError, match="cannot import 'no_such_arms_module'"):
+        load_robot_factory("no_such_arms_module:make")
+    with pytest.raises(ValueError, match="has no 'make_leg'"):
+        load_robot_factory("tests.robot_factories:make_leg")
+    with pytest.raises(ValueError, match="is a int, not callable"):
+        load_robot_factory("tests.robot_factories:NOT_CALLABLE")
+    sim = SimConfig()
+    default = make_robot("", sim, "robot-03", seed=1)
+    assert isinstance(default, SimRobot) and default.robot_id == "robot-03"
+    default.close()
+    arm = make_robot("tests.robot_factories:make_arm", sim, "robot-01", seed=1)
+    assert type(arm).__name__ == "ArmWithoutTruth" and arm.robot_id == "robot-01"
+    arm.close()
+    for name, match in (
+        ("make_misnamed_arm", "asked for robot 'robot-01' and made one whose robot_id is 'arm-7'"),
+        ("make_small_camera_arm", f"image_size {sim.image_size // 2}; the run's networks take"),
+        ("make_half_arm", "without the Robot method\\(s\\) reset_scene, start_episode"),
+    ):
+        with pytest.raises(RobotContractError, match=match):
+            make_robot(f"tests.robot_factories:{name}", sim, "robot-01", seed=1)
+
+
+def test_a_fleet_of_a_users_own_robots_fills_the_store(tmp_path: Path) -> None:
+    """``robot_factory``: the fleet's processes drive the robots the factory makes (here
+    a stand-in for a real arm, with no ground truth), under the fleet's robot ids; the
+    collect command takes the same factory and reports no ground truth it does not have."""
+    from mtopt.collect.fleet import FleetSpec, run_fleet
+
+    spec = FleetSpec(
+        store=str(tmp_path / "a"),
+        robots=2,
+        episodes_per_robot=3,
+        collect=CollectConfig(tasks=("lift-any",), flush_every=2, flush_seconds=60),
+        sim={},
+        seed=5,
+        robot_factory="tests.robot_factories:make_arm",
+    )
+    summary = run_fleet(spec)
+    assert summary["written"] == {"robot-00": 3, "robot-01": 3} and not summary["failed"]
+    rows = EpisodeReader(tmp_path / "a").metadata()
+    assert len(rows) == 6 and all(r["gt_success"] is None for r in rows)  # no scene_state
+    assert all(r["seed"] == -1 for r in rows)  # a real cell's scene id is no int seed
+    with pytest.raises(ValueError, match="cannot import 'no_such_arms_module'"):
+        run_fleet(dataclasses.replace(spec, robot_factory="no_such_arms_module:make"))
+
+    args = ["collect", "--store", str(tmp_path / "b"), "--robots", "1", "--episodes", "2"]
+    res = CliRunner().invoke(app, [*args, "--robot-factory", "tests.robot_factories:make_arm"])
+    assert res.exit_code == 0, res.output
+    assert "ground-truth success    n/a" in res.output
+    res = CliRunner().invoke(app, [*args, "--robot-factory", "tests.robot_factories:make_leg"])
+    assert res.exit_code == 2 and "has no 'make_leg'" in res.output

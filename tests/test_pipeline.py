@@ -342,6 +342,25 @@ def test_tiny_run_with_gripper_position_inputs(tmp_path: Path) -> None:
     assert saved["name"] == "tiny" and saved["max_learner_steps"] == 40
 
 
+def test_a_run_learns_from_the_robots_its_robot_factory_makes(tmp_path: Path) -> None:
+    """``--set robot_factory=MODULE:NAME``: the run's fleet drives the user's robots (a
+    stand-in for a real arm with no ground truth) and learns from their episodes, with
+    rewards from the success detector alone."""
+    out = tmp_path / "run"
+    args = ["run", "--config", "tiny", "--out", str(out), "--minutes", "12"]
+    args += ["--set", "robot_factory=tests.robot_factories:make_arm"]
+    args += ["--set", "max_episodes=40", "--set", "max_learner_steps=10"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["learner_steps"] >= 10
+    rows = EpisodeReader(out / "store").metadata()
+    assert len(rows) >= 20 and {r["robot_id"] for r in rows} == {"robot-00"}
+    assert all(r["gt_success"] is None for r in rows)  # the arm's, not the simulated cell's
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["robot_factory"] == "tests.robot_factories:make_arm"
+
+
 def test_bad_run_config_is_a_clear_error(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["run", "--config", "huge", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "unknown config 'huge'" in res.output
@@ -358,6 +377,9 @@ def test_bad_run_config_is_a_clear_error(tmp_path: Path) -> None:
         ("sd.train.lr=-1", "lr must be > 0"),
         ("sd.retrain_steps=0", "sd.retrain_steps must be >= 1"),
         ("sd.improve_growth=0.5", "sd.improve_growth must be >= 1.0"),
+        ("robot_factory=arms", "robot_factory must be MODULE:NAME"),
+        ("robot_factory=no_such_arms_module:make", "cannot import 'no_such_arms_module'"),
+        ("robot_factory=tests.robot_factories:make_leg", "has no 'make_leg'"),
     ):
         res = CliRunner().invoke(
             app, ["run", "--config", "tiny", "--out", str(tmp_path), "--set", bad]
@@ -390,6 +412,11 @@ def test_bad_run_config_is_a_clear_error(tmp_path: Path) -> None:
         )
         assert res.exit_code == 2 and "no CUDA GPU" in res.output
         assert not (tmp_path / "store").exists()
+    factory = "robot_factory=tests.robot_factories:make_arm"
+    args = ["run", "--config", "tiny", "--out", str(tmp_path), "--set", "robots=0"]
+    res = CliRunner().invoke(app, [*args, "--set", factory])
+    assert res.exit_code == 2 and "but robots=0" in res.output
+    assert not (tmp_path / "store").exists()
     assert isinstance(TaskBuffers(["a"]), TaskBuffers)
 
 

@@ -22,8 +22,12 @@ pytestmark = pytest.mark.ray
 def test_ray_run_survives_killed_actors(tmp_path: Path) -> None:
     from mtopt.runtime.ray_runtime import run_ray
 
+    # the robots are a user's own (robot_factory: a stand-in for a real arm, with no
+    # ground truth), made again by the factory when an actor is restarted
+    factory = "robot_factory=tests.robot_factories:make_arm"
     cfg = override(
-        preset("tiny"), ["robots=2", "max_learner_steps=40", "max_episodes=0", "budget_minutes=6"]
+        preset("tiny"),
+        ["robots=2", "max_learner_steps=40", "max_episodes=0", "budget_minutes=6", factory],
     )
     killed: dict[str, int] = {}
 
@@ -46,6 +50,7 @@ def test_ray_run_survives_killed_actors(tmp_path: Path) -> None:
     assert len(ids) == len(set(ids)) > 0  # no episode duplicated
     robots = {r["robot_id"] for r in reader.metadata()}
     assert robots == {"robot-00", "robot-01"}
+    assert all(r["gt_success"] is None for r in reader.metadata())  # the factory's arms
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["runtime"] == "ray"
     # the count of episodes never goes down, though the killed replay actor re-read its part
     counts = [p["episodes"] for p in json.loads((tmp_path / "run" / "history.json").read_text())]

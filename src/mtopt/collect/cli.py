@@ -1,4 +1,5 @@
-"""``mtopt collect``: a local fleet of simulated robots writing to an episode store."""
+"""``mtopt collect``: a local fleet of robots (the simulated cell, or your own ``Robot``
+made by ``--robot-factory``) writing to an episode store."""
 
 from __future__ import annotations
 
@@ -25,6 +26,12 @@ def register(app: typer.Typer) -> None:
             "run's own tasks (its config's extra_tasks) too.",
         ),
         tasks_file: Path | None = typer.Option(None, help=OWN_TASKS_HELP),
+        robot_factory: str = typer.Option(
+            "",
+            help="MODULE:NAME of a callable making each robot, your own Robot "
+            "(NAME(robot_id=..., seed=..., sim=SimConfig); mtopt.robots.factory). "
+            "Default: the simulated cell.",
+        ),
     ) -> None:
         """Run ROBOTS robot processes, EPISODES each, scripted (or learned) policies."""
         from collections import Counter
@@ -87,6 +94,13 @@ def register(app: typer.Typer) -> None:
             fail(exc)
         if split not in ("train", "test"):
             fail(f"--split must be train or test, got {split!r}")
+        if robot_factory:
+            from mtopt.robots.factory import load_robot_factory
+
+            try:
+                load_robot_factory(robot_factory)
+            except ValueError as exc:
+                fail(exc)
         spec = FleetSpec(
             store=str(store),
             robots=robots,
@@ -96,13 +110,16 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             weights_dir=str(weights) if weights else None,
             extra_tasks=extra,
+            robot_factory=robot_factory,
         )
         counts: Counter[str] = Counter()
         wins: Counter[str] = Counter()
+        known: Counter[str] = Counter()  # episodes with ground truth (a real robot's: none)
         bar = tqdm(total=robots * episodes, unit="ep", desc="collect")
 
         def on_episode(i: int, task: str, policy: str, gt: bool | None) -> None:
             counts[task] += 1
+            known[task] += gt is not None
             wins[task] += int(bool(gt))
             bar.update(1)
             bar.set_postfix_str(" ".join(f"{k}:{v}" for k, v in counts.most_common(4)))
@@ -114,7 +131,8 @@ def register(app: typer.Typer) -> None:
         bar.close()
         typer.echo(f"written per robot: {summary['written']}  restarts: {summary['restarts']}")
         for task, n in sorted(counts.items()):
-            typer.echo(f"  {task:22s} {n:5d} episodes, ground-truth success {wins[task] / n:6.1%}")
+            gt_text = f"{wins[task] / known[task]:6.1%}" if known[task] else "   n/a"
+            typer.echo(f"  {task:22s} {n:5d} episodes, ground-truth success {gt_text}")
         if summary["interrupted"]:
             typer.echo("interrupted: buffered episodes were flushed")
         elif summary["failed"]:

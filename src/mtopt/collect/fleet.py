@@ -29,6 +29,7 @@ class FleetSpec:
     max_rate: float = 0.0  # episodes per second per robot at most (0: unlimited)
     extra_tasks: tuple[dict[str, Any], ...] = ()  # tasks after the built-in ones
     cem: Any = None  # CEMConfig of the learned policy's action search (None: CEMPolicy's)
+    robot_factory: str = ""  # MODULE:NAME making each robot (mtopt.robots.factory; "": the sim)
 
 
 def robot_id(i: int) -> str:
@@ -64,7 +65,7 @@ def _worker(
     torch.set_num_threads(1)
     from mtopt._signals import install_for_process
     from mtopt.collect.loop import CollectLoop, PolicyProvider
-    from mtopt.robots.sim_robot import SimRobot
+    from mtopt.robots.factory import make_robot
     from mtopt.sim.cell import SimConfig
     from mtopt.store.writer import EpisodeWriter
     from mtopt.tasks import DEFAULT_REGISTRY
@@ -73,7 +74,7 @@ def _worker(
     # ``parent``: the fleet's process, passed in, so one killed during this slow set-up
     # is noticed too
     sim = SimConfig(**spec.sim)
-    robot = SimRobot(sim, robot_id=robot_id(i), seed=seed)
+    robot = make_robot(spec.robot_factory, sim, robot_id(i), seed)
     writer = EpisodeWriter(
         spec.store, robot_id(i), spec.collect.flush_every, spec.collect.flush_seconds
     )
@@ -130,7 +131,13 @@ def run_fleet(
     should_stop: Callable[[], bool] | None = None,
     max_restarts: int = 5,
 ) -> dict[str, Any]:
-    """Run the fleet to completion (or until ``should_stop()``/Ctrl-C); returns a summary."""
+    """Run the fleet to completion (or until ``should_stop()``/Ctrl-C); returns a summary.
+    A ``spec.robot_factory`` that cannot be imported is a ValueError here, before any
+    robot process starts."""
+    if spec.robot_factory:
+        from mtopt.robots.factory import load_robot_factory
+
+        load_robot_factory(spec.robot_factory)
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
     Path(spec.store).mkdir(parents=True, exist_ok=True)

@@ -97,6 +97,7 @@ def register(app: typer.Typer) -> None:
             if not resume:
                 cfg = with_new_tasks(cfg, tasks_file, init_from)
             cfg.validate()
+            cfg.check_robot_factory()
             resolve_device(cfg.learner.device)  # a missing GPU: say so before robots start
             if address is not None and cfg.runtime != "ray":  # it was ignored
                 raise ConfigError("--address is for the ray runtime (--runtime ray)")

@@ -103,6 +103,12 @@ class RunConfig:
     """Robot processes collecting in parallel (Ray: robot actors). 0: no simulated
     robots; the run learns from episodes that other processes (real robots, say) write
     into its store, and tails the store until its budget ends."""
+    robot_factory: str = ""
+    """``MODULE:NAME``: a callable that makes each of the ``robots`` (your own ``Robot``: a
+    real arm, another simulator), called as ``NAME(robot_id=..., seed=..., sim=SimConfig)``
+    in each robot process (``mtopt.robots.factory``). Empty: the simulated cell. The
+    success detector's staging, the relabel rounds' labels, the held-out evaluation and
+    the parity switch stay in the simulated cell."""
     replay_workers: int = 1
     """Ray only: LogReplay + Bellman updater actors feeding the learner."""
     max_collect_rate: float = 6.0
@@ -309,10 +315,26 @@ class RunConfig:
                 cem.validate()
             except ValueError as exc:
                 raise ValueError(f"{name}: {exc}") from None
+        from mtopt.robots.factory import check_factory_spec
+
+        check_factory_spec(self.robot_factory)
+        if self.robot_factory and self.robots == 0:
+            raise ValueError(
+                f"robot_factory {self.robot_factory!r} makes the run's robots, but robots=0: "
+                f"set robots to how many it should make"
+            )
         self.sim.validate()
         self.qnet.validate()
         self.collect.validate()
         return self
+
+    def check_robot_factory(self) -> None:
+        """Import ``robot_factory`` (when set) now: a ValueError before the run stages its
+        success detector, not when the robots start minutes later."""
+        if self.robot_factory:
+            from mtopt.robots.factory import load_robot_factory
+
+            load_robot_factory(self.robot_factory)
 
 
 def with_new_tasks(

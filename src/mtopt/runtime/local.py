@@ -482,6 +482,7 @@ class LocalRun:
         and ``cfg.extra_tasks``)."""
         registry = registry or cfg.registry()
         self.cfg = cfg.validate(registry)
+        self.cfg.check_robot_factory()
         self.paths = RunPaths(Path(out))
         self.registry = registry
         self.resume = resume
@@ -974,6 +975,7 @@ class LocalRun:
             max_rate=c.max_collect_rate,
             extra_tasks=c.extra_tasks,
             cem=c.collection_cem(),
+            robot_factory=c.robot_factory,
         )
         stop_fleet = threading.Event()
         fleet_summary: dict[str, Any] = {}

@@ -44,7 +44,7 @@ def _robot_actor_cls() -> Any:
             torch.set_num_threads(1)
             from mtopt.collect.fleet import robot_id, robot_seed, written_per_robot
             from mtopt.collect.loop import CollectLoop, PolicyProvider
-            from mtopt.robots.sim_robot import SimRobot
+            from mtopt.robots.factory import make_robot
             from mtopt.store.writer import EpisodeWriter
 
             registry = cfg.registry()
@@ -57,7 +57,7 @@ def _robot_actor_cls() -> Any:
                 written = 0
             seed = robot_seed(seed, written)
             self.max_rate, self.done, self.t0 = cfg.max_collect_rate, 0, time.monotonic()
-            self.robot = SimRobot(cfg.sim, robot_id=robot_id(index), seed=seed)
+            self.robot = make_robot(cfg.robot_factory, cfg.sim, robot_id(index), seed)
             self.writer = EpisodeWriter(
                 Path(root) / "store",
                 robot_id(index),

@@ -1,0 +1,80 @@
+"""Robot factories for the tests of ``robot_factory`` (``mtopt.robots.factory``): a
+stand-in for a real arm, and factories that break the contract."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mtopt.robots.base import Observation, StepResult
+from mtopt.robots.sim_robot import SimRobot
+from mtopt.sim.cell import SimConfig
+
+
+class ArmWithoutTruth:
+    """What a real arm looks like to collection: the Robot protocol, ``holding`` and
+    ``objects_left``, and no ``scene_state`` (no ground truth: its episodes' gt_ columns
+    are null). The simulated cell does the moving."""
+
+    def __init__(self, robot_id: str, seed: int, sim: SimConfig):
+        self._cell = SimRobot(sim, robot_id=robot_id, seed=seed)
+        self.robot_id = robot_id
+        self.image_size = sim.image_size
+
+    def reset_scene(self, seed: int | None = None) -> Observation:
+        return self._cell.reset_scene(seed)
+
+    def start_episode(self) -> Observation:
+        return self._cell.start_episode()
+
+    def prepare_for_task(self, starts_holding: bool) -> bool:
+        return self._cell.prepare_for_task(starts_holding)
+
+    def observe(self) -> Observation:
+        return self._cell.observe()
+
+    def act(self, action: np.ndarray) -> StepResult:
+        return self._cell.act(action)
+
+    def final_image(self) -> np.ndarray:
+        return self._cell.final_image()
+
+    def scene_description(self) -> dict[str, Any]:
+        return {"cell": "arm-lab-1", "seed": "not a number"}  # a real cell's own id
+
+    def holding(self) -> bool:
+        return self._cell.holding()
+
+    def objects_left(self) -> int:
+        return self._cell.objects_left()
+
+    def close(self) -> None:
+        self._cell.close()
+
+
+def make_arm(robot_id: str, seed: int, sim: SimConfig) -> ArmWithoutTruth:
+    return ArmWithoutTruth(robot_id, seed, sim)
+
+
+def make_misnamed_arm(robot_id: str, seed: int, sim: SimConfig) -> ArmWithoutTruth:
+    return ArmWithoutTruth("arm-7", seed, sim)
+
+
+def make_small_camera_arm(robot_id: str, seed: int, sim: SimConfig) -> ArmWithoutTruth:
+    arm = ArmWithoutTruth(robot_id, seed, sim)
+    arm.image_size = sim.image_size // 2
+    return arm
+
+
+def make_half_arm(robot_id: str, seed: int, sim: SimConfig) -> object:
+    class HalfArm:
+        def __init__(self) -> None:
+            self.robot_id, self.image_size = robot_id, sim.image_size
+
+        def observe(self) -> None: ...
+
+    return HalfArm()
+
+
+NOT_CALLABLE = 3
