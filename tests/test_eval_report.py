@@ -1,3 +1,4 @@
+import math
 from pathlib import Path
 
 import pytest
@@ -314,3 +315,22 @@ def test_the_report_tables_and_marks_by_hand(tmp_path: Path) -> None:
     )
     assert p.read_bytes()[:4] == b"\x89PNG"
     assert plot_success_over_time(hist, tmp_path / "s.png").exists()
+
+
+def test_sd_truth_rows_by_hand() -> None:
+    from mtopt.runtime.report import sd_truth_rows
+
+    comp = {
+        # 10 with truth: 4 true successes; the detector says 5, 3 of them true
+        "a": {"gt_known": 10, "gt_successes": 4, "sd_successes_with_truth": 5,
+              "sd_true_positives": 3},
+        "b": {"gt_known": 0, "gt_successes": 0},  # a real robot's task: left out
+        "c": {"gt_known": 6, "gt_successes": 0, "sd_successes_with_truth": 0,
+              "sd_true_positives": 0},
+        "d": {"original": 4, "successes": 2},  # a summary from before these counts
+    }  # fmt: skip
+    rows = sd_truth_rows(comp)
+    assert [r["task"] for r in rows] == ["a", "c"]
+    assert rows[0]["SD precision"] == 3 / 5 and rows[0]["SD recall"] == 3 / 4
+    assert rows[0]["with truth"] == 10 and rows[0]["successes (truth)"] == 4
+    assert math.isnan(rows[1]["SD precision"]) and math.isnan(rows[1]["SD recall"])

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -122,10 +124,55 @@ def test_replay_stats_composition_by_hand() -> None:
         impersonated={"a": 5, "b": 2},
         impersonated_success={"a": 2, "b": 1},
     )
+    truth = {"gt_known": 0, "gt_successes": 0, "sd_successes_with_truth": 0}
+    truth["sd_true_positives"] = 0
     assert s.composition(["a", "b", "c"]) == {
-        "a": {"original": 3, "original_successes": 2, "impersonated": 5, "successes": 2},
-        "b": {"original": 0, "original_successes": 0, "impersonated": 2, "successes": 1},
-        "c": {"original": 0, "original_successes": 0, "impersonated": 0, "successes": 0},
+        "a": {"original": 3, "original_successes": 2, "impersonated": 5, "successes": 2, **truth},
+        "b": {"original": 0, "original_successes": 0, "impersonated": 2, "successes": 1, **truth},
+        "c": {"original": 0, "original_successes": 0, "impersonated": 0, "successes": 0, **truth},
+    }
+
+
+def test_the_detectors_rewards_are_counted_against_the_ground_truth_by_hand() -> None:
+    """Per impersonated task: how many episodes have ground truth, how many of those
+    succeed in truth, by the detector, and by both; a rescore moves only the detector's
+    counts; an episode without ground truth (a real robot's) counts in none."""
+    buf = TaskBuffers(REG.names)
+    lr = LogReplay(REG, buf, FakeSD(), mode="skill")
+
+    def with_truth(eid: str, task: str, code: int, truth: dict[str, bool] | None):
+        e, fin = ep(eid, task, code)
+        return dataclasses.replace(e, gt_success_by_task=truth), fin
+
+    # e1: the detector says lift-any and lift-ball (0b011); in truth only lift-any
+    # e2: the detector says nothing; in truth lift-any succeeded (a missed success)
+    # e3: a real robot's lift: no truth; e4: placed on the plate, by both
+    lr.ingest(
+        [
+            with_truth("e1", "lift-any", 0b011, {"lift-any": True, "lift-ball": False}),
+            with_truth("e2", "lift-any", 0, {"lift-any": True, "lift-ball": False}),
+            with_truth("e3", "lift-any", 0b011, None),
+            with_truth("e4", "place-on-plate", 0b100, {"place-on-plate": True}),
+        ]
+    )
+    comp = lr.stats.composition(REG.names)
+    got = {t: [comp[t][k] for k in ("gt_known", "gt_successes", "sd_successes_with_truth",
+                                      "sd_true_positives")] for t in REG.names}  # fmt: skip
+    assert got == {
+        "lift-any": [2, 2, 1, 1],
+        "lift-ball": [2, 0, 1, 0],
+        "place-on-plate": [1, 1, 1, 1],
+    }
+    assert comp["lift-any"]["successes"] == 2  # e1 and e3, by the detector
+    lr.set_reward_model(FakeSD(version=2, flip=True))  # every reward flips
+    comp = lr.stats.composition(REG.names)
+    got = {t: [comp[t][k] for k in ("gt_known", "gt_successes", "sd_successes_with_truth",
+                                      "sd_true_positives")] for t in REG.names}  # fmt: skip
+    # e1: lift-any 0, lift-ball 0; e2: lift-any 1, lift-ball 1; e4: plate 0
+    assert got == {
+        "lift-any": [2, 2, 1, 1],
+        "lift-ball": [2, 0, 1, 0],
+        "place-on-plate": [1, 1, 0, 0],
     }
 
 

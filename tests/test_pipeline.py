@@ -291,6 +291,8 @@ def test_tiny_run_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert res.exit_code == 0, res.output
     report = (out / "report" / "report.md").read_text()
     assert "## Weight snapshots" in report and f"mtopt average {out / 'policy-avg'}" in report
+    # the simulated cell's episodes have ground truth: the detector's rewards are checked
+    assert "| task | with truth | successes (truth) | successes (SD) | SD precision |" in report
 
 
 def test_a_runs_age_from_its_checkpoint_by_hand() -> None:
@@ -359,6 +361,7 @@ def test_a_run_learns_from_the_robots_its_robot_factory_makes(tmp_path: Path) ->
     assert all(r["gt_success"] is None for r in rows)  # the arm's, not the simulated cell's
     saved = json.loads((out / "config.json").read_text())
     assert saved["robot_factory"] == "tests.robot_factories:make_arm"
+    assert "successes (truth)" not in (out / "report" / "report.md").read_text()  # none known
 
 
 def test_bad_run_config_is_a_clear_error(tmp_path: Path) -> None:

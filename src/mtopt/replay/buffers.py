@@ -33,6 +33,10 @@ class ReplayEpisode:
     images: np.ndarray
     states: np.ndarray
     actions: np.ndarray
+    gt_success_by_task: Mapping[str, bool] | None = None
+    """The simulator's verdict per task (the store's ``gt_success_by_task``), for the
+    report's check of the success detector's rewards; never a reward. None: no ground
+    truth (a real robot's episodes)."""
 
     def __post_init__(self) -> None:
         t = self.actions.shape[0]

@@ -50,6 +50,10 @@ class ReplayStats:
     collected_success: dict[str, int] = field(default_factory=dict)  # SD says success
     impersonated: dict[str, int] = field(default_factory=dict)  # per target task
     impersonated_success: dict[str, int] = field(default_factory=dict)
+    gt_known: dict[str, int] = field(default_factory=dict)  # impersonated, with ground truth
+    gt_successes: dict[str, int] = field(default_factory=dict)  # of those, successes in truth
+    sd_successes_with_truth: dict[str, int] = field(default_factory=dict)  # SD, of gt_known
+    sd_true_positives: dict[str, int] = field(default_factory=dict)  # SD and truth say success
     rescored: int = 0
     unknown_task: dict[str, int] = field(default_factory=dict)
     """Episodes skipped because the registry does not know their task (a store written
@@ -57,14 +61,23 @@ class ReplayStats:
 
     def composition(self, tasks: Sequence[str]) -> dict[str, dict[str, int]]:
         """``{task: {"original": n, "original_successes": k, "impersonated": m,
-        "successes": s}}``: the report's data composition before and after impersonation
-        (``mtopt.eval.report.plot_composition``; ``expansion_counts`` by hand)."""
+        "successes": s, "gt_known": g, "gt_successes": t, "sd_successes_with_truth": d,
+        "sd_true_positives": p}}``: the report's data composition before and after
+        impersonation (``mtopt.eval.report.plot_composition``; ``expansion_counts`` by
+        hand), and how the success detector's rewards of the impersonated episodes compare
+        with the simulator's ground truth where the episodes have it: ``g`` of the ``m``
+        have it, ``t`` of those are successes in truth, ``d`` successes by the detector,
+        ``p`` successes by both."""
         return {
             t: {
                 "original": self.collected.get(t, 0),
                 "original_successes": self.collected_success.get(t, 0),
                 "impersonated": self.impersonated.get(t, 0),
                 "successes": self.impersonated_success.get(t, 0),
+                "gt_known": self.gt_known.get(t, 0),
+                "gt_successes": self.gt_successes.get(t, 0),
+                "sd_successes_with_truth": self.sd_successes_with_truth.get(t, 0),
+                "sd_true_positives": self.sd_true_positives.get(t, 0),
             }
             for t in tasks
         }
@@ -130,26 +143,31 @@ class LogReplay:
         s = self.stats
         if before is None:  # a new episode
             s.collected[ep.task] = s.collected.get(ep.task, 0) + 1
+            truth = ep.gt_success_by_task or {}
             for task, _ in labels:
                 s.impersonated[task] = s.impersonated.get(task, 0) + 1
-            self._count_successes(ep.task, rewards, labels, +1, own=True)
+                if task in truth:  # the truth does not change on a rescore: counted once
+                    s.gt_known[task] = s.gt_known.get(task, 0) + 1
+                    s.gt_successes[task] = s.gt_successes.get(task, 0) + int(bool(truth[task]))
+            self._count_successes(ep, rewards, labels, +1, own=True)
             return
         old = [
             (t, r) for t, r in impersonate(ep.task, before, self.registry, self.mode) if t in held
         ]
         new = [(t, r) for t, r in labels if t in held]
-        self._count_successes(ep.task, before, old, -1, own=ep.task in held)
-        self._count_successes(ep.task, rewards, new, +1, own=ep.task in held)
+        self._count_successes(ep, before, old, -1, own=ep.task in held)
+        self._count_successes(ep, rewards, new, +1, own=ep.task in held)
 
     def _count_successes(
         self,
-        task: str,
+        ep: ReplayEpisode,
         rewards: dict[str, float],
         labels: list[tuple[str, float]],
         sign: int,
         own: bool,
     ) -> None:
         s = self.stats
+        task, truth = ep.task, ep.gt_success_by_task or {}
         s.collected_success[task] = s.collected_success.get(task, 0) + sign * int(
             own and rewards.get(task, 0.0) > 0.5
         )
@@ -157,6 +175,14 @@ class LogReplay:
             s.impersonated_success[target] = s.impersonated_success.get(target, 0) + sign * int(
                 r > 0.5
             )
+            if target in truth:
+                said = int(r > 0.5)
+                s.sd_successes_with_truth[target] = (
+                    s.sd_successes_with_truth.get(target, 0) + sign * said
+                )
+                s.sd_true_positives[target] = s.sd_true_positives.get(target, 0) + sign * int(
+                    said and bool(truth[target])
+                )
 
     def ingest(self, items: Iterable[tuple[ReplayEpisode, np.ndarray]]) -> int:
         """Score new episodes (batched) and file them into the buffers; returns how many.

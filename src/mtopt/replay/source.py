@@ -19,7 +19,10 @@ def to_replay(ep: Episode, qnet: QNetConfig | None = None) -> tuple[ReplayEpisod
     features ``qnet`` takes (``q_state``: with ``gripper_xy`` the episode's poses are
     appended; an episode without poses then raises ValueError)."""
     states = ep.states if qnet is None else q_state(ep.states, ep.poses, qnet)
-    return ReplayEpisode(ep.episode_id, ep.task, ep.images, states, ep.actions), ep.final_image
+    replay_ep = ReplayEpisode(
+        ep.episode_id, ep.task, ep.images, states, ep.actions, ep.gt_success_by_task
+    )
+    return replay_ep, ep.final_image
 
 
 def replay_items(

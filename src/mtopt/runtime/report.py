@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,7 @@ def write_report(
             ["version", "episode labels", "mean balanced acc", "worst task"],
         ),
         "",
+        *_sd_truth_lines(summary["composition"]),
         *_collection_lines(run, out),
         *_snapshot_lines(run.paths.root),
         *_resume_lines(run.paths.config_changes),
@@ -206,6 +208,59 @@ def success_rows(
         values = [t, last, ci, late, scripted.get(t)]
         rows.append(dict(zip(columns, values, strict=True)))
     return rows
+
+
+SD_TRUTH_COLUMNS = (
+    "task",
+    "with truth",
+    "successes (truth)",
+    "successes (SD)",
+    "SD precision",
+    "SD recall",
+)
+
+
+def sd_truth_rows(composition: Mapping[str, Mapping[str, int]]) -> list[dict[str, Any]]:
+    """The success detector's rewards of the impersonated episodes against the
+    simulator's ground truth, per task (``ReplayStats.composition``'s counts): precision,
+    the share of the detector's successes that are successes in truth; recall, the share
+    of the true successes it rewards (NaN where nothing to divide). Tasks without ground
+    truth are left out; a summary written before these counts existed gives no rows."""
+    rows = []
+    for task, c in composition.items():
+        known = int(c.get("gt_known", 0))
+        if not known:
+            continue
+        truth, said, both = (
+            int(c.get(k, 0))
+            for k in ("gt_successes", "sd_successes_with_truth", "sd_true_positives")
+        )
+        rows.append(
+            {
+                "task": task,
+                "with truth": known,
+                "successes (truth)": truth,
+                "successes (SD)": said,
+                "SD precision": both / said if said else math.nan,
+                "SD recall": both / truth if truth else math.nan,
+            }
+        )
+    return rows
+
+
+def _sd_truth_lines(composition: Mapping[str, Mapping[str, int]]) -> list[str]:
+    rows = sd_truth_rows(composition)
+    if not rows:
+        return []
+    return [
+        "The rewards the success detector gave the impersonated episodes, against the "
+        "simulator's ground truth (episodes with none, a real robot's, are left out; each "
+        "episode counts with the detector that scored it last). Low precision on a task "
+        "means the Q-function learns from false successes there:",
+        "",
+        markdown_table(rows, SD_TRUTH_COLUMNS),
+        "",
+    ]
 
 
 def sd_row(r: dict[str, Any]) -> dict[str, Any]:
