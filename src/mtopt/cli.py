@@ -45,7 +45,7 @@ def _mount() -> None:
                 raise
             continue
         app.add_typer(mod.app, name=name, help=help_)
-    for module in ["mtopt.collect.cli", "mtopt.runtime.cli"]:
+    for module in ["mtopt.collect.cli", "mtopt.runtime.cli", "mtopt.eval.cli"]:
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

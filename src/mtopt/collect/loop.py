@@ -22,7 +22,7 @@ import numpy as np
 
 from mtopt.policies.base import Policy
 from mtopt.robots.base import Robot
-from mtopt.sim.runner import RobotContractError, run_episode
+from mtopt.sim.runner import EpisodeRecord, RobotContractError, run_episode
 from mtopt.sim.seeds import random_scene_seed
 from mtopt.store.schema import Episode
 from mtopt.store.writer import EpisodeWriter
@@ -262,38 +262,16 @@ class CollectLoop:
             )
             self.needs_reset = True
         ended = time.time()
-        gt: dict[str, bool] | None = None
-        scene_state = getattr(self.robot, "scene_state", None)
-        if callable(scene_state):
-            state = scene_state()
-            gt = {t.name: bool(t.succeeded(state)) for t in self.registry}
-        desc = self.robot.scene_description()
-        if not isinstance(desc, dict):
-            raise RobotContractError(
-                f"robot {self.robot.robot_id}: scene_description() must return a dict "
-                f"(JSON-serialisable), got {type(desc).__name__}"
-            )
-        assert rec.final_image is not None
-        ep = Episode(
-            episode_id=uuid.uuid4().hex,
-            robot_id=self.robot.robot_id,
-            task=task.name,
-            policy=policy.name,
-            policy_version=int(policy.version),
-            seed=stored_seed(desc.get("seed")),
-            images=np.stack(rec.images),
-            states=np.stack(rec.states).astype(np.float32),
-            actions=np.stack(rec.actions).astype(np.float32),
-            final_image=rec.final_image,
-            scene=desc,
+        ep = stored_episode(
+            self.robot,
+            self.registry,
+            task,
+            policy,
+            rec,
             chain_index=self.chain_len,
             prev_episode_id=self.prev_id,
             started_at=started,
             ended_at=ended,
-            terminated=rec.terminated,
-            gt_success=None if gt is None else gt[task.name],
-            gt_success_by_task=gt,
-            poses=rec.pose_array(),
         )
         self.writer.write(ep)
         self.counts[task.name] = self.counts.get(task.name, 0) + 1
@@ -456,6 +434,55 @@ class _TaskBound:
 
     def act(self, obs: Any) -> np.ndarray:
         return np.asarray(self._p.act(obs))
+
+
+def stored_episode(
+    robot: Robot,
+    registry: TaskRegistry,
+    task: TaskSpec,
+    policy: Policy,
+    rec: EpisodeRecord,
+    chain_index: int = 0,
+    prev_episode_id: str | None = None,
+    started_at: float = 0.0,
+    ended_at: float = 0.0,
+) -> Episode:
+    """The store's episode for a run ``rec`` of ``task`` on ``robot``, just after it ended:
+    the simulator's ground truth for every task of ``registry`` when the robot has
+    ``scene_state`` (None otherwise), and its ``scene_description``."""
+    gt: dict[str, bool] | None = None
+    scene_state = getattr(robot, "scene_state", None)
+    if callable(scene_state):
+        state = scene_state()
+        gt = {t.name: bool(t.succeeded(state)) for t in registry}
+    desc = robot.scene_description()
+    if not isinstance(desc, dict):
+        raise RobotContractError(
+            f"robot {robot.robot_id}: scene_description() must return a dict "
+            f"(JSON-serialisable), got {type(desc).__name__}"
+        )
+    assert rec.final_image is not None
+    return Episode(
+        episode_id=uuid.uuid4().hex,
+        robot_id=robot.robot_id,
+        task=task.name,
+        policy=policy.name,
+        policy_version=int(policy.version),
+        seed=stored_seed(desc.get("seed")),
+        images=np.stack(rec.images),
+        states=np.stack(rec.states).astype(np.float32),
+        actions=np.stack(rec.actions).astype(np.float32),
+        final_image=rec.final_image,
+        scene=desc,
+        chain_index=chain_index,
+        prev_episode_id=prev_episode_id,
+        started_at=started_at,
+        ended_at=ended_at,
+        terminated=rec.terminated,
+        gt_success=None if gt is None else gt[task.name],
+        gt_success_by_task=gt,
+        poses=rec.pose_array(),
+    )
 
 
 def stored_seed(seed: object) -> int:

@@ -1,0 +1,161 @@
+"""``mtopt evaluate``: a run's learned policy on a robot (yours, or the simulated cell),
+each episode judged by the run's success detector."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from mtopt._cli import fail
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def evaluate(
+        run: Path = typer.Argument(
+            ..., help="Run or exported policy folder (config.json and weights/)."
+        ),
+        robot_factory: str = typer.Option(
+            "",
+            help="MODULE:NAME of a callable making your robot (NAME(robot_id=..., seed=..., "
+            "sim=SimConfig); mtopt.robots.factory). Default: the run's simulated cell with "
+            "held-out objects, where the simulator's verdict is kept beside the detector's.",
+        ),
+        tasks: str = typer.Option(
+            "", help="Comma-separated tasks (default: the run's eval.tasks)."
+        ),
+        episodes: int = typer.Option(10, min=1, help="Episodes per task."),
+        part: str = typer.Option("acting", help="Network that acts: acting or online."),
+        sd: Path | None = typer.Option(
+            None, help="Success detector folder that judges the episodes (default: RUN/sd)."
+        ),
+        threshold: float = typer.Option(
+            0.5, min=0.0, max=1.0, help="Detector probability counted as a success."
+        ),
+        seed: int = typer.Option(
+            5, min=0, help="Held-out scene block (the simulated cell's; 5 and 6 in the README)."
+        ),
+        store: Path | None = typer.Option(
+            None,
+            help="Also store the episodes here (a store of their own, not the run's: the run "
+            "would train on them), to label on the labeling page (mtopt sd label).",
+        ),
+        json_out: Path | None = typer.Option(None, "--json", help="Write the results here."),
+    ) -> None:
+        """Evaluate a run's learned policy on a robot: greedy CEM episodes of each task,
+        each judged by the success detector on its final image (a real cell has no
+        ground truth). Prints per-task success with 95% intervals; on the simulated cell
+        also the simulator's rate and how often the detector agrees with it."""
+        import dataclasses
+        import json
+        from contextlib import ExitStack
+
+        from tqdm import tqdm
+
+        from mtopt._io import atomic_write_json
+        from mtopt.config import ConfigError
+        from mtopt.eval.on_robot import JudgedEpisode, evaluate_on_robot, summarize
+        from mtopt.policies.cem_policy import CEMPolicy
+        from mtopt.qtopt.weights import WeightsError
+        from mtopt.robots.factory import load_robot_factory, make_robot
+        from mtopt.runtime.config import load_run_config
+        from mtopt.sim.runner import RobotContractError
+        from mtopt.store.writer import EpisodeWriter
+        from mtopt.success.network import SuccessDetector
+        from mtopt.tasks import UnknownTaskError
+
+        if part not in ("acting", "online"):
+            fail(f"--part must be acting or online, got {part!r}")
+        if not (run / "config.json").is_file() or not (run / "weights").is_dir():
+            fail(f"{run} is not a run or policy folder (config.json and weights/)")
+        sd_dir = sd if sd is not None else run / "sd"
+        if store is not None and store.resolve() == (run / "store").resolve():
+            fail(f"--store {store} is the run's own store: the run would train on these episodes")
+        try:
+            cfg = load_run_config(run / "config.json")
+            registry = cfg.registry()
+            names = tuple(t for t in tasks.split(",") if t) or cfg.eval.tasks
+            for t in names:
+                registry.get(t)
+            if robot_factory:
+                load_robot_factory(robot_factory)
+            if not sd_dir.is_dir():
+                raise ValueError(
+                    f"no success detector folder {sd_dir}"
+                    + ("" if sd is not None else ": pass --sd (an exported policy has none)")
+                )
+            judge = SuccessDetector.load(sd_dir)
+            policy = CEMPolicy(
+                registry.names,
+                weights_dir=run / "weights",
+                cem=cfg.collection_cem(),
+                seed=seed,
+                part=part,
+            )
+        except (ConfigError, ValueError, WeightsError, UnknownTaskError) as exc:
+            fail(exc)
+        sim = dataclasses.replace(cfg.sim, object_split="test").validate()
+        bar = tqdm(total=episodes * len(names), unit="ep", desc="evaluate")
+        wins: dict[str, int] = {}
+
+        def shown(one: JudgedEpisode) -> None:
+            wins[one.task] = wins.get(one.task, 0) + one.sd_success
+            bar.update(1)
+            bar.set_postfix_str(" ".join(f"{k}:{v}" for k, v in wins.items()))
+
+        try:
+            with ExitStack() as stack:
+                robot = make_robot(robot_factory, sim, "eval-00", seed)
+                stack.callback(robot.close)
+                writer = None
+                if store is not None:
+                    writer = stack.enter_context(EpisodeWriter(store, robot.robot_id))
+                judged, unprepared = evaluate_on_robot(
+                    robot,
+                    lambda spec: policy,
+                    registry,
+                    names,
+                    episodes,
+                    sim.max_steps,
+                    judge,
+                    seed=seed,
+                    threshold=threshold,
+                    write=writer.write if writer is not None else None,
+                    on_episode=shown,
+                )
+        except (ValueError, RobotContractError) as exc:
+            bar.close()
+            fail(exc, 1)
+        bar.close()
+        per_task = summarize(judged, unprepared)
+        result = {
+            "run": str(run),
+            "robot": robot_factory or "simulated cell (held-out objects)",
+            "part": part,
+            "weights_version": policy.version,
+            "sd": str(sd_dir),
+            "sd_version": judge.version,
+            "threshold": threshold,
+            "seed": seed,
+            "tasks": per_task,
+        }
+        for task, row in per_task.items():
+            lo, hi = row["sd_success"]["ci95"]
+            line = (
+                f"  {task:22s} detector {row['sd_success']['success']:6.1%} [{lo:.0%}, {hi:.0%}] "
+                f"of {row['episodes']}"
+            )
+            if row["gt_success"] is not None:
+                line += (
+                    f"   simulator {row['gt_success']['success']:6.1%}, "
+                    f"agreement {row['sd_agreement']:.0%}"
+                )
+            if row["not_set_up"]:
+                line += f"   ({row['not_set_up']} never set up)"
+            typer.echo(line)
+        if json_out is not None:
+            atomic_write_json(json_out, result)
+            typer.echo(f"wrote {json_out}")
+        else:
+            typer.echo(json.dumps({"weights_version": policy.version, "sd_version": judge.version}))
