@@ -514,6 +514,17 @@ class NaNRobot(FakeRobot):
         return Observation(np.zeros((8, 8, 3), np.uint8), np.array([0.0, np.nan], np.float32))
 
 
+class MillimetreRobot(FakeRobot):
+    def observe(self) -> Observation:
+        return Observation(np.zeros((8, 8, 3), np.uint8), np.array([0.0, 150.0], np.float32))
+
+
+class DegreesRobot(FakeRobot):
+    def observe(self) -> Observation:
+        state, pose = np.array([1.0, 0.15], np.float32), np.array([0, 0.1, 0.15, 90.0])
+        return Observation(np.zeros((8, 8, 3), np.uint8), state, pose.astype(np.float32))
+
+
 class GymStyleRobot(FakeRobot):
     def act(self, action: np.ndarray) -> StepResult:
         r = super().act(action)
@@ -537,6 +548,8 @@ class TextSeedRobot(FakeRobot):
         (DeafRobot(), "sent TERMINATE at step 1 and returned terminated=False"),
         (BigCameraRobot(), r"act\(\) at step 1 gave a \(16, 16, 3\) image; its image_size 8"),
         (NaNRobot(), r"observe\(\) gave a state that is not finite"),
+        (MillimetreRobot(), r"gripper_height 150 is outside \[-0.1, 2\] \(metres above"),
+        (DegreesRobot(), r"pose yaw 90 is outside \[-6.28, 6.28\] \(radians, not degrees\)"),
         (GymStyleRobot(), "must return a StepResult"),
         (ForgetfulRobot(), "prepare_for_task must return True or False, got None"),
     ],
@@ -691,6 +704,9 @@ def test_robot_factory_specs_are_checked_with_clear_errors() -> None:
         load_robot_factory("tests.robot_factories:make_leg")
     with pytest.raises(ValueError, match="is a int, not callable"):
         load_robot_factory("tests.robot_factories:NOT_CALLABLE")
+    # a module that fails as it is imported (a missing driver): a one-line error too
+    with pytest.raises(ValueError, match=r"importing 'tests\.arms_without_driver' failed: Runtime"):
+        load_robot_factory("tests.arms_without_driver:make_arm")
     sim = SimConfig()
     default = make_robot("", sim, "robot-03", seed=1)
     assert isinstance(default, SimRobot) and default.robot_id == "robot-03"

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mtopt.cli import app
-from mtopt.eval.on_robot import JudgedEpisode, evaluate_on_robot, summarize
+from mtopt.eval.on_robot import JudgedEpisode, RobotEvaluation, evaluate_on_robot, summarize
 from mtopt.robots.action import wants_terminate
 from mtopt.robots.base import Observation, StepResult
 from mtopt.tasks import DEFAULT_REGISTRY
@@ -94,7 +94,7 @@ def test_evaluate_on_robot_judges_each_episode_with_the_detector_by_hand(monkeyp
     # the simulator's verdict: every third episode succeeded (episodes 3, 6, ...)
     monkeypatch.setattr(TaskSpec, "succeeded", lambda self, state: state["episode"] % 3 == 0)
     arm, stored = CountingArm(), []
-    judged, unprepared = evaluate_on_robot(
+    evaluation = evaluate_on_robot(
         arm,
         lambda spec: StopAtOnce(),  # type: ignore[arg-type, return-value]
         DEFAULT_REGISTRY,
@@ -105,6 +105,7 @@ def test_evaluate_on_robot_judges_each_episode_with_the_detector_by_hand(monkeyp
         seed=5,
         write=stored.append,
     )
+    judged, unprepared = evaluation.judged, evaluation.unprepared
     lift = judged["lift-any"]
     # episodes 1-4: the detector says 0.2, 0.9, 0.2, 0.9; the truth: only episode 3
     assert [e.sd_success for e in lift] == [False, True, False, True]
@@ -116,7 +117,7 @@ def test_evaluate_on_robot_judges_each_episode_with_the_detector_by_hand(monkeyp
     place = judged["place-any"]
     # each placing scene of odd seed is replaced (up to 3 tries) or left unjudged
     assert len(place) + unprepared["place-any"] == 4 and unprepared["lift-any"] == 0
-    table = summarize(judged, unprepared)
+    table = summarize(evaluation)
     assert table["lift-any"]["sd_success"] == {"success": 0.5, "ci95": [0.15, 0.85]}
     assert table["lift-any"]["gt_success"]["success"] == 0.25
     assert table["lift-any"]["sd_agreement"] == 0.25  # only episode 1 agrees: 0 and 0
@@ -127,10 +128,10 @@ def test_summarize_without_ground_truth_gives_the_detectors_rate_alone() -> None
     eps = [
         JudgedEpisode("lift-any", p, p >= 0.5, None, 3, f"e{i}") for i, p in enumerate([0.7, 0.1])
     ]
-    row = summarize({"lift-any": eps}, {"lift-any": 1})["lift-any"]
+    row = summarize(RobotEvaluation({"lift-any": eps}, {"lift-any": 1}))["lift-any"]
     assert row["sd_success"]["success"] == 0.5 and row["not_set_up"] == 1
     assert row["gt_success"] is None and row["sd_agreement"] is None and "gt_outcomes" not in row
-    assert summarize({"x": []}, {"x": 2})["x"]["episodes"] == 0
+    assert summarize(RobotEvaluation({"x": []}, {"x": 2}))["x"]["episodes"] == 0
 
 
 def test_a_judge_without_the_task_is_refused_before_any_episode() -> None:
@@ -157,10 +158,10 @@ def test_on_the_simulated_cell_the_scenes_are_the_benchmarks() -> None:
     sim = SimConfig(object_split="test")
     robot = SimRobot(sim, robot_id="eval-00", seed=5)
     try:
-        judged, _ = evaluate_on_robot(
+        judged = evaluate_on_robot(
             robot, scripted_policy_for, DEFAULT_REGISTRY, ["lift-any", "place-any"], 3,
             sim.max_steps, EpisodeNumberJudge(), seed=5,
-        )  # fmt: skip
+        ).judged  # fmt: skip
     finally:
         robot.close()
     for task in ("lift-any", "place-any"):
@@ -208,6 +209,8 @@ def test_mtopt_evaluate_end_to_end_with_a_stand_in_arm(tmp_path: Path) -> None:
 
     for bad, says in (
         (["--part", "target0"], "--part must be acting or online"),
+        (["--seed", "0"], "--seed 0 is the in-run evaluation block"),  # the local preset's seed
+        (["--episodes", "1001"], "episode"),  # more than a scene block holds
         (["--tasks", "fly"], "fly"),
         (["--sd", str(tmp_path / "nope")], "no success detector folder"),
         (["--robot-factory", "tests.robot_factories:make_leg"], "has no 'make_leg'"),
@@ -217,3 +220,13 @@ def test_mtopt_evaluate_end_to_end_with_a_stand_in_arm(tmp_path: Path) -> None:
         assert res.exit_code == 2 and says in res.output, (bad, res.output)
     res = CliRunner().invoke(app, ["evaluate", str(tmp_path)])
     assert res.exit_code == 2 and "not a run or policy folder" in res.output
+    # a detector for other images; a run killed before its first weights
+    other = SuccessNet(SDNetConfig(num_tasks=len(names), image_size=16, tower_channels=8))
+    SuccessDetector(other, names).publish(tmp_path / "sd16")
+    res = CliRunner().invoke(app, [*args, "--sd", str(tmp_path / "sd16")])
+    assert res.exit_code == 2 and "judges 16-pixel images; the run's robots give 32" in res.output
+    empty = tmp_path / "empty"
+    (empty / "weights").mkdir(parents=True)
+    save_config(override(preset("local"), ["sim.image_size=32"]), empty / "config.json")
+    res = CliRunner().invoke(app, ["evaluate", str(empty), "--sd", str(run / "sd"), "--seed", "7"])
+    assert res.exit_code == 2 and "no published" in res.output, res.output

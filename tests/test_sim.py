@@ -734,3 +734,16 @@ def test_reset_can_set_up_a_chosen_scene_and_the_generator_goes_on_as_before() -
         with pytest.raises(ValueError, match="scene_seed"):
             env.reset(options={"scene_seed": bad})
     env.close()
+
+
+def test_implausible_state_and_pose_values_by_hand() -> None:
+    from mtopt.robots.base import implausible_values
+
+    ok = np.array([1.0, 0.15], np.float32)
+    assert implausible_values(ok, None) is None
+    assert implausible_values(ok, np.array([0.05, -0.13, 0.2, -3.1])) is None
+    assert "gripper_status 255 is outside [-0.05, 1.05]" in str(
+        implausible_values(np.array([255.0, 0.15]), None)
+    )
+    assert "pose z 250 is outside" in str(implausible_values(ok, np.array([0.0, 0.0, 250.0, 0.0])))
+    assert implausible_values(ok, np.array([0.0, 0.0, 0.2, 6.2])) is None  # [0, 2 pi) yaw

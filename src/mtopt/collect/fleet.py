@@ -74,10 +74,6 @@ def _worker(
     # ``parent``: the fleet's process, passed in, so one killed during this slow set-up
     # is noticed too
     sim = SimConfig(**spec.sim)
-    robot = make_robot(spec.robot_factory, sim, robot_id(i), seed)
-    writer = EpisodeWriter(
-        spec.store, robot_id(i), spec.collect.flush_every, spec.collect.flush_seconds
-    )
     registry = DEFAULT_REGISTRY.with_extra(spec.extra_tasks)
     provider = PolicyProvider.for_collection(
         registry,
@@ -89,10 +85,18 @@ def _worker(
         seed=seed,
         cem=spec.cem,
     )
-    loop = CollectLoop(robot, registry, writer, provider, spec.collect, seed=seed)
+    writer = EpisodeWriter(
+        spec.store, robot_id(i), spec.collect.flush_every, spec.collect.flush_seconds
+    )
+    try:  # the robot last: a real arm connects here, and is closed on every way out
+        robot = make_robot(spec.robot_factory, sim, robot_id(i), seed)
+    except BaseException:
+        writer.close()
+        raise
     n = 0
     t0 = time.monotonic()
     try:
+        loop = CollectLoop(robot, registry, writer, provider, spec.collect, seed=seed)
         # a parent killed outright (SIGKILL, the OOM killer) sets no stop: a robot whose
         # parent is gone (it was handed to another) stops after its episode, which is on
         # disk all the same; an orphan went on collecting beside the resumed run's robots

@@ -48,15 +48,20 @@ def register(app: typer.Typer) -> None:
         ground truth). Prints per-task success with 95% intervals; on the simulated cell
         also the simulator's rate and how often the detector agrees with it."""
         import dataclasses
-        import json
         from contextlib import ExitStack
 
         from tqdm import tqdm
 
         from mtopt._io import atomic_write_json
         from mtopt.config import ConfigError
-        from mtopt.eval.on_robot import JudgedEpisode, evaluate_on_robot, summarize
-        from mtopt.policies.cem_policy import CEMPolicy
+        from mtopt.eval.on_robot import (
+            JudgedEpisode,
+            RobotEvaluation,
+            check_evaluation,
+            evaluate_on_robot,
+            summarize,
+        )
+        from mtopt.policies.cem_policy import load_policy
         from mtopt.qtopt.weights import WeightsError
         from mtopt.robots.factory import load_robot_factory, make_robot
         from mtopt.runtime.config import load_run_config
@@ -74,7 +79,13 @@ def register(app: typer.Typer) -> None:
             fail(f"--store {store} is the run's own store: the run would train on these episodes")
         try:
             cfg = load_run_config(run / "config.json")
-            registry = cfg.registry()
+            if not robot_factory and seed == cfg.eval_seed:
+                raise ValueError(
+                    f"--seed {seed} is the in-run evaluation block of {run} (its seed "
+                    f"{cfg.seed}): its collection switched to learned policies on those "
+                    f"scenes; pick another"
+                )
+            policy, sim, registry = load_policy(run, part, seed)
             names = tuple(t for t in tasks.split(",") if t) or cfg.eval.tasks
             for t in names:
                 registry.get(t)
@@ -86,16 +97,15 @@ def register(app: typer.Typer) -> None:
                     + ("" if sd is not None else ": pass --sd (an exported policy has none)")
                 )
             judge = SuccessDetector.load(sd_dir)
-            policy = CEMPolicy(
-                registry.names,
-                weights_dir=run / "weights",
-                cem=cfg.collection_cem(),
-                seed=seed,
-                part=part,
-            )
-        except (ConfigError, ValueError, WeightsError, UnknownTaskError) as exc:
+            if judge.net.cfg.image_size != sim.image_size:
+                raise ValueError(
+                    f"the success detector in {sd_dir} judges {judge.net.cfg.image_size}-pixel "
+                    f"images; the run's robots give {sim.image_size}"
+                )
+            check_evaluation(judge, names, episodes, seed)
+        except (ConfigError, ValueError, WeightsError, UnknownTaskError, FileNotFoundError) as exc:
             fail(exc)
-        sim = dataclasses.replace(cfg.sim, object_split="test").validate()
+        sim = dataclasses.replace(sim, object_split="test").validate()
         bar = tqdm(total=episodes * len(names), unit="ep", desc="evaluate")
         wins: dict[str, int] = {}
 
@@ -104,6 +114,8 @@ def register(app: typer.Typer) -> None:
             bar.update(1)
             bar.set_postfix_str(" ".join(f"{k}:{v}" for k, v in wins.items()))
 
+        evaluation = RobotEvaluation()
+        interrupted = False
         try:
             with ExitStack() as stack:
                 robot = make_robot(robot_factory, sim, "eval-00", seed)
@@ -111,7 +123,7 @@ def register(app: typer.Typer) -> None:
                 writer = None
                 if store is not None:
                     writer = stack.enter_context(EpisodeWriter(store, robot.robot_id))
-                judged, unprepared = evaluate_on_robot(
+                evaluate_on_robot(
                     robot,
                     lambda spec: policy,
                     registry,
@@ -123,12 +135,15 @@ def register(app: typer.Typer) -> None:
                     threshold=threshold,
                     write=writer.write if writer is not None else None,
                     on_episode=shown,
+                    into=evaluation,
                 )
+        except KeyboardInterrupt:
+            interrupted = True  # the robot is closed, the store flushed: report what was judged
         except (ValueError, RobotContractError) as exc:
-            bar.close()
             fail(exc, 1)
-        bar.close()
-        per_task = summarize(judged, unprepared)
+        finally:
+            bar.close()
+        per_task = summarize(evaluation)
         result = {
             "run": str(run),
             "robot": robot_factory or "simulated cell (held-out objects)",
@@ -138,13 +153,16 @@ def register(app: typer.Typer) -> None:
             "sd_version": judge.version,
             "threshold": threshold,
             "seed": seed,
+            "interrupted": interrupted,
             "tasks": per_task,
         }
+        if interrupted:
+            typer.echo("interrupted: what was judged so far")
         for task, row in per_task.items():
             lo, hi = row["sd_success"]["ci95"]
             line = (
-                f"  {task:22s} detector {row['sd_success']['success']:6.1%} [{lo:.0%}, {hi:.0%}] "
-                f"of {row['episodes']}"
+                f"  {task:22s} detector {row['sd_success']['success']:6.1%} "
+                f"[{lo:.0%}, {hi:.0%}] of {row['episodes']}"
             )
             if row["gt_success"] is not None:
                 line += (
@@ -152,10 +170,12 @@ def register(app: typer.Typer) -> None:
                     f"agreement {row['sd_agreement']:.0%}"
                 )
             if row["not_set_up"]:
-                line += f"   ({row['not_set_up']} never set up)"
+                line += f"   ({row['not_set_up']} never set up: left out)"
             typer.echo(line)
+        typer.echo(
+            f"Q weights v{policy.version} ({part}), success detector v{judge.version} "
+            f"at {threshold:g}"
+        )
         if json_out is not None:
             atomic_write_json(json_out, result)
             typer.echo(f"wrote {json_out}")
-        else:
-            typer.echo(json.dumps({"weights_version": policy.version, "sd_version": judge.version}))

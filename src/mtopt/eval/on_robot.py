@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -44,6 +44,28 @@ class JudgedEpisode:
     episode_id: str
 
 
+@dataclass
+class RobotEvaluation:
+    """What ``evaluate_on_robot`` has judged so far, per task: the judged episodes and
+    the count of episodes never set up (filled as it goes: a Ctrl-C keeps what was
+    measured)."""
+
+    judged: dict[str, list[JudgedEpisode]] = field(default_factory=dict)
+    unprepared: dict[str, int] = field(default_factory=dict)
+
+
+def check_evaluation(judge: Judge, tasks: Sequence[str], episodes_per_task: int, seed: int) -> None:
+    """A ValueError for a judge without a head for one of ``tasks`` or scenes that do
+    not exist: checked before a robot moves."""
+    missing = [t for t in tasks if t not in judge.tasks]
+    if missing:
+        raise ValueError(
+            f"the success detector has no head for {missing}; it judges {list(judge.tasks)}"
+        )
+    if episodes_per_task > 0 and tasks:
+        eval_scene_seed(seed, 0, episodes_per_task - 1, SETUP_TRIES - 1)
+
+
 def evaluate_on_robot(
     robot: Robot,
     policy_for: Callable[[TaskSpec], Policy],
@@ -56,7 +78,8 @@ def evaluate_on_robot(
     threshold: float = 0.5,
     write: Callable[[Episode], None] | None = None,
     on_episode: Callable[[JudgedEpisode], None] | None = None,
-) -> tuple[dict[str, list[JudgedEpisode]], dict[str, int]]:
+    into: RobotEvaluation | None = None,
+) -> RobotEvaluation:
     """Run ``episodes_per_task`` greedy episodes of each task on ``robot`` and judge each
     with ``judge`` (success: its probability for the task >= ``threshold``). Scenes are
     asked for with the held-out evaluation seeds of ``seed``, the same block for every
@@ -64,17 +87,12 @@ def evaluate_on_robot(
     ``evaluate_outcomes`` for one task at a time, which ``benchmarks/evaluate_run.py``
     reports; a real robot resets as it can). A scene where the robot cannot set up the task is replaced, up to
     ``SETUP_TRIES`` times; an episode never set up is counted apart, not judged.
+    (``benchmarks/evaluate_run.py`` counts those as failures.)
     ``write``: store each episode (an ``EpisodeWriter.write``), to label it later.
-    Returns the judged episodes per task and the count of episodes never set up."""
-    missing = [t for t in tasks if t not in judge.tasks]
-    if missing:
-        raise ValueError(
-            f"the success detector has no head for {missing}; it judges {list(judge.tasks)}"
-        )
-    if episodes_per_task > 0 and tasks:  # the scenes exist: clear error before any work
-        eval_scene_seed(seed, 0, episodes_per_task - 1, SETUP_TRIES - 1)
-    judged: dict[str, list[JudgedEpisode]] = {}
-    unprepared: dict[str, int] = {}
+    ``into``: the ``RobotEvaluation`` to fill as it goes (default: a new one); returned."""
+    check_evaluation(judge, tasks, episodes_per_task, seed)
+    out = into if into is not None else RobotEvaluation()
+    judged, unprepared = out.judged, out.unprepared
     for name in tasks:
         spec = registry.get(name)
         head = list(judge.tasks).index(name)
@@ -117,22 +135,20 @@ def evaluate_on_robot(
             judged[name].append(one)
             if on_episode is not None:
                 on_episode(one)
-    return judged, unprepared
+    return out
 
 
-def summarize(
-    judged: dict[str, list[JudgedEpisode]], unprepared: dict[str, int]
-) -> dict[str, dict[str, Any]]:
+def summarize(evaluation: RobotEvaluation) -> dict[str, dict[str, Any]]:
     """Per task: the detector's success rate with its 95% Wilson interval; where every
     episode has ground truth, the simulator's rate and the share of episodes on which the
     detector agrees with it; the episodes never set up; the outcomes as 0/1 strings."""
     out: dict[str, dict[str, Any]] = {}
-    for task, eps in judged.items():
+    for task, eps in evaluation.judged.items():
         n = len(eps)
         sd = [e.sd_success for e in eps]
         row: dict[str, Any] = {
             "episodes": n,
-            "not_set_up": unprepared.get(task, 0),
+            "not_set_up": evaluation.unprepared.get(task, 0),
             "sd_success": rate_with_ci(sum(sd) / n if n else 0.0, n),
             "sd_outcomes": encode_outcomes(sd),
             "gt_success": None,

@@ -10,6 +10,32 @@ import numpy as np
 # State features of the paper, in this order.
 STATE_DIM = 2
 STATE_NAMES = ("gripper_status", "gripper_height")
+STATE_RANGES = ((-0.05, 1.05), (-0.1, 2.0))
+"""Plausible values of the state features: a gripper status in [0, 1] (0 open, 1
+closed), a gripper height in metres above the bin floor. Wider than the simulated cell
+reaches; outside them a robot most likely reports another unit (a status of 0-255,
+millimetres), which would teach the Q-function nonsense."""
+POSE_RANGES = ((-2.0, 2.0), (-2.0, 2.0), (-0.1, 2.0), (-2 * np.pi - 1e-3, 2 * np.pi + 1e-3))
+"""Plausible x, y, z (metres, the cell's frame) and yaw (radians) of ``Observation.pose``."""
+
+
+def implausible_values(state: np.ndarray, pose: np.ndarray | None) -> str | None:
+    """What is out of ``STATE_RANGES`` / ``POSE_RANGES`` in an observation's state and
+    pose, with the likely cause, or None."""
+    hints = (
+        "a status in [0, 1]: 0 open, 1 closed",
+        "metres above the bin floor, not millimetres",
+    )
+    for name, value, (lo, hi), hint in zip(STATE_NAMES, state, STATE_RANGES, hints, strict=True):
+        if not lo <= float(value) <= hi:
+            return f"{name} {float(value):g} is outside [{lo:g}, {hi:g}] ({hint})"
+    if pose is not None:
+        names = ("x", "y", "z", "yaw")
+        for name, value, (lo, hi) in zip(names, pose, POSE_RANGES, strict=True):
+            if not lo <= float(value) <= hi:
+                unit = "radians, not degrees" if name == "yaw" else "metres, not millimetres"
+                return f"pose {name} {float(value):g} is outside [{lo:.3g}, {hi:.3g}] ({unit})"
+    return None
 
 
 @dataclass(frozen=True)
@@ -118,8 +144,10 @@ class Robot(Protocol):
       The robot itself reports the end: ``StepResult.terminated`` is True when the
       action's TERMINATE component is > 0 (``mtopt.robots.action.wants_terminate``).
     - The frame: the scripted bootstrap policies aim at the simulated cell's layout
-      (``mtopt.sim.cell``: objects in the bin centred at y = +0.13 m, fixtures in the one
-      at y = -0.13 m, each 0.2 m across; heights above the bin floor). A real cell
+      (``mtopt.sim.cell``: x, y, z in metres, z up, the origin on the bin floor between
+      the two bins; objects in the bin centred at (x, y) = (0, +0.13), fixtures in the one
+      at (0, -0.13), each 0.2 m across inside with 5 cm walls; the bin floor at z = 0, so
+      heights, the state's gripper height included, are above the bin floor). A real cell
       expresses its poses in such a frame, or brings scripted policies of its own. The
       scripted pick reads no x, y at all: it relies on ``start_episode`` putting the open
       gripper over the object bin (the sim: a random point over it, 14-24 cm above its

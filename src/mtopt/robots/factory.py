@@ -60,7 +60,11 @@ def load_robot_factory(spec: str) -> Callable[..., Any]:
     except ImportError as exc:
         raise ValueError(
             f"robot_factory {spec!r}: cannot import {module_name!r} ({exc}); it must be "
-            f"importable where the robots run"
+            f"importable where the robots run (an installed package, or on PYTHONPATH)"
+        ) from None
+    except Exception as exc:  # the module itself failed: a syntax error, a missing driver
+        raise ValueError(
+            f"robot_factory {spec!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}"
         ) from None
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -87,21 +91,26 @@ def make_robot(spec: str, sim: Any, robot_id: str, seed: int) -> Robot:
         return SimRobot(sim, robot_id=robot_id, seed=seed)
     robot = load_robot_factory(spec)(robot_id=robot_id, seed=seed, sim=sim)
     missing = [m for m in PROTOCOL_METHODS if not callable(getattr(robot, m, None))]
+    wrong = None
     if missing:
-        raise RobotContractError(
+        wrong = (
             f"robot_factory {spec!r} made a {type(robot).__name__} without the Robot "
             f"method(s) {', '.join(missing)} (mtopt.robots.base.Robot)"
         )
-    if getattr(robot, "robot_id", None) != robot_id:
-        raise RobotContractError(
+    elif getattr(robot, "robot_id", None) != robot_id:
+        wrong = (
             f"robot_factory {spec!r} was asked for robot {robot_id!r} and made one whose "
             f"robot_id is {getattr(robot, 'robot_id', None)!r}: use the id it is given"
         )
-    size = getattr(robot, "image_size", None)
-    if size != sim.image_size:
-        raise RobotContractError(
-            f"robot_factory {spec!r} made robot {robot_id!r} with image_size {size!r}; the "
-            f"run's networks take {sim.image_size} (sim.image_size): resize its camera "
-            f"images, or run with --set sim.image_size={size}"
+    elif getattr(robot, "image_size", None) != sim.image_size:
+        wrong = (
+            f"robot_factory {spec!r} made robot {robot_id!r} with image_size "
+            f"{getattr(robot, 'image_size', None)!r}; the run's networks take "
+            f"{sim.image_size} (the run's sim.image_size): resize its camera images"
         )
+    if wrong is not None:
+        close = getattr(robot, "close", None)
+        if callable(close):  # refused, but it may hold a connection to an arm
+            close()
+        raise RobotContractError(wrong)
     return cast(Robot, robot)

@@ -93,6 +93,14 @@ def _robot_actor_cls() -> Any:
             self.writer.flush()
             return counts
 
+        def close(self) -> None:
+            """The run's end: the writer's last episodes flushed, the robot closed (a real
+            arm parked and disconnected), as the local fleet's robot processes do."""
+            try:
+                self.writer.close()
+            finally:
+                self.robot.close()
+
     return RobotActor
 
 
@@ -400,6 +408,7 @@ def run_ray(
                 )
             )
 
+    robots: list[Any] = []
     try:
         robot_cls, replay_cls = _robot_actor_cls(), _replay_actor_cls()
         robots = [robot_cls.remote(i, c, str(p.root), c.seed * 100 + i) for i in range(c.robots)]
@@ -506,6 +515,8 @@ def run_ray(
         if sd_tail is not None:
             with contextlib.suppress(Exception):
                 sd_tail.close(timeout_s=10)
+        with contextlib.suppress(Exception):  # a dead actor has nothing left to close
+            ray.get([r.close.remote() for r in robots], timeout=30)
         if started_here:
             ray.shutdown()
     return run.finish(

@@ -254,9 +254,10 @@ def _sd_truth_lines(composition: Mapping[str, Mapping[str, int]]) -> list[str]:
         return []
     return [
         "The rewards the success detector gave the impersonated episodes, against the "
-        "simulator's ground truth (episodes with none, a real robot's, are left out; each "
-        "episode counts with the detector that scored it last). Low precision on a task "
-        "means the Q-function learns from false successes there:",
+        "simulator's ground truth (episodes with none, a real robot's, are left out; an "
+        "episode counts with the detector that last scored it while the task's buffer held "
+        "it). Low precision on a task means the Q-function learns from false successes "
+        "there:",
         "",
         markdown_table(rows, SD_TRUTH_COLUMNS),
         "",

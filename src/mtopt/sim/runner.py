@@ -8,7 +8,7 @@ import numpy as np
 
 from mtopt.policies.base import Policy
 from mtopt.robots.action import validate_action, wants_terminate
-from mtopt.robots.base import Observation, Robot, StepResult
+from mtopt.robots.base import Observation, Robot, StepResult, implausible_values
 from mtopt.tasks.registry import TaskSpec
 
 
@@ -106,7 +106,8 @@ class RobotContractError(RuntimeError):
 
 def checked_observation(robot: Robot, obs: object, where: str) -> Observation:
     """``obs`` if it is an ``Observation`` of the robot's ``image_size`` with finite state
-    and pose, else a ``RobotContractError`` naming the robot and ``where``."""
+    and pose in plausible ranges (``mtopt.robots.base.implausible_values``: the units the
+    Q-function learns in), else a ``RobotContractError`` naming the robot and ``where``."""
     if not isinstance(obs, Observation):
         raise RobotContractError(
             f"robot {robot.robot_id}: {where} must give an Observation, got {type(obs).__name__}"
@@ -123,4 +124,7 @@ def checked_observation(robot: Robot, obs: object, where: str) -> Observation:
             raise RobotContractError(
                 f"robot {robot.robot_id}: {where} gave a {name} that is not finite: {value}"
             )
+    wrong = implausible_values(obs.state, obs.pose)
+    if wrong is not None:
+        raise RobotContractError(f"robot {robot.robot_id}: {where} gave {wrong}")
     return obs
