@@ -334,3 +334,10 @@ def test_sd_truth_rows_by_hand() -> None:
     assert rows[0]["SD precision"] == 3 / 5 and rows[0]["SD recall"] == 3 / 4
     assert rows[0]["with truth"] == 10 and rows[0]["successes (truth)"] == 4
     assert math.isnan(rows[1]["SD precision"]) and math.isnan(rows[1]["SD recall"])
+
+
+def test_a_collection_bin_is_shown_with_its_count_and_start() -> None:
+    from mtopt.runtime.report import bin_text
+
+    b = {"start": 36.0, "episodes": 230, "successes": 32, "rate": 32 / 230}
+    assert bin_text(b) == "0.14 (n=230, from min 36)"

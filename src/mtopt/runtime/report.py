@@ -404,8 +404,8 @@ def _collection_lines(run: Any, out: Path) -> list[str]:
                     "policy": policy,
                     "episodes": n,
                     "success": sum(b["successes"] for b in bins) / n,
-                    "first bin": bins[0]["rate"],
-                    "last bin": bins[-1]["rate"],
+                    "first bin": bin_text(bins[0]),
+                    "last bin": bin_text(bins[-1]),
                 }
             )
     if not table:
@@ -414,13 +414,20 @@ def _collection_lines(run: Any, out: Path) -> list[str]:
         "## Success of the collected episodes (ground truth, with exploration)",
         "",
         f"Each task's skill's episodes judged at the task, per policy, in bins of "
-        f"{bin_minutes:g} collection minutes (`mtopt store timeline` for other tasks).",
+        f"{bin_minutes:g} collection minutes (`mtopt store timeline` for other tasks); a "
+        f"policy's first and last bins with episodes, with their episode count and start.",
         "",
         markdown_table(table, ["task", "policy", "episodes", "success", "first bin", "last bin"]),
         "",
         *plots,
         "",
     ]
+
+
+def bin_text(b: Mapping[str, Any]) -> str:
+    """A timeline bin (``success_over_time``) as the report's table shows it: its success
+    rate, episodes and the collection minute it starts at."""
+    return f"{b['rate']:.2f} (n={b['episodes']}, from min {b['start']:g})"
 
 
 def mean_finite(values: Any) -> float | None:
