@@ -180,8 +180,11 @@ def test_report_shows_collected_success_per_policy(tmp_path: Path) -> None:
         for i in range(6):
             w.write(make_episode(i))
     text = "\n".join(_collection_lines(run, tmp_path / "report"))
-    assert "| lift-any | scripted-pick | 6 | 0.50 | 0.50 | 0.50 |" in text
-    assert "| lift-ball | scripted-pick | 6 | 0.00 | 0.00 | 0.00 |" in text
+    row = (
+        "| lift-any | scripted-pick | 6 | 0.50 | 0.50 (n=6, from min 0) | 0.50 (n=6, from min 0) |"
+    )
+    assert row in text
+    assert "| lift-ball | scripted-pick | 6 | 0.00 | 0.00 (n=6, from min 0) |" in text
     assert (tmp_path / "report" / "collection_lift-any.png").exists()
     assert "place-any |" not in text  # no place episodes were collected
 
