@@ -85,9 +85,9 @@ def evaluate_on_robot(
     asked for with the held-out evaluation seeds of ``seed``, the same block for every
     task (``eval_scene_seed(seed, 0, k)``: the simulated cell sets up the scenes of
     ``evaluate_outcomes`` for one task at a time, which ``benchmarks/evaluate_run.py``
-    reports; a real robot resets as it can). A scene where the robot cannot set up the task is replaced, up to
-    ``SETUP_TRIES`` times; an episode never set up is counted apart, not judged.
-    (``benchmarks/evaluate_run.py`` counts those as failures.)
+    reports; a real robot resets as it can). A scene where the robot cannot set up the
+    task is replaced, up to ``SETUP_TRIES`` times; an episode never set up is counted
+    apart, not judged (``benchmarks/evaluate_run.py`` counts those as failures).
     ``write``: store each episode (an ``EpisodeWriter.write``), to label it later.
     ``into``: the ``RobotEvaluation`` to fill as it goes (default: a new one); returned."""
     check_evaluation(judge, tasks, episodes_per_task, seed)
