@@ -94,13 +94,6 @@ def register(app: typer.Typer) -> None:
             fail(exc)
         if split not in ("train", "test"):
             fail(f"--split must be train or test, got {split!r}")
-        if robot_factory:
-            from mtopt.robots.factory import load_robot_factory
-
-            try:
-                load_robot_factory(robot_factory)
-            except ValueError as exc:
-                fail(exc)
         spec = FleetSpec(
             store=str(store),
             robots=robots,
@@ -126,8 +119,12 @@ def register(app: typer.Typer) -> None:
 
         from mtopt._signals import stop_on_sigterm
 
-        with stop_on_sigterm():  # SIGTERM stops like Ctrl-C: robots flush, then exit
-            summary = run_fleet(spec, on_episode)
+        try:
+            with stop_on_sigterm():  # SIGTERM stops like Ctrl-C: robots flush, then exit
+                summary = run_fleet(spec, on_episode)
+        except ValueError as exc:  # run_fleet's check of --robot-factory, before any robot
+            bar.close()
+            fail(exc)
         bar.close()
         typer.echo(f"written per robot: {summary['written']}  restarts: {summary['restarts']}")
         for task, n in sorted(counts.items()):
