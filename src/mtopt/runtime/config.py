@@ -48,6 +48,14 @@ class ReplayConfig:
             raise ValueError(f"read_shards_per_poll must be >= 1, got {self.read_shards_per_poll}")
 
 
+VALIDATION_SHARE = 0.2
+"""The share of ``sd.examples_file``'s examples a run holds out to measure its SDs on,
+when no ``sd.validation_file`` is given."""
+
+SD_SOURCES = ("examples_file", "validation_file", "weights")
+"""The ``SDConfig`` settings that name files the run's first SD is made from."""
+
+
 @dataclass(frozen=True)
 class SDConfig:
     examples_per_task: int = 80
@@ -74,6 +82,21 @@ class SDConfig:
     to 0.949 over three "previous" rounds and ended at 0.996 with "initial"."""
     retrain_steps: int = 600
     """Fine-tuning steps per improvement round."""
+    examples_file: str = ""
+    """A labeled example set (.npz: ``mtopt sd export`` of your cell's labeled episodes, or
+    ``mtopt sd examples``) the run's first SD trains on instead of scenes it stages in the
+    simulated cell; the relabel rounds retrain on it too. Copied into the run's ``sd/``
+    at its start. Empty: staged in the simulated cell (``examples_per_task``)."""
+    validation_file: str = ""
+    """Held-out labeled examples the run measures each of its SDs on (``sd/quality.json``
+    and the report). Empty: with ``examples_file``, the share ``VALIDATION_SHARE`` of its
+    examples (by id hash) is held out from training for this; without, scenes of held-out
+    objects are staged in the simulated cell. Alone, it measures the SD trained on staged
+    scenes on your images."""
+    weights: str = ""
+    """A success detector's weights folder (``mtopt sd train`` / ``sd improve``) whose
+    latest SD, for exactly the run's tasks, is the run's first SD instead of one the run
+    trains. Empty: the run trains its first SD."""
 
 
 @dataclass(frozen=True)
@@ -370,7 +393,25 @@ def with_new_tasks(
     # checked here (a run's start), not in validate: a resume ignores init_from
     if cfg.init_from and not Path(cfg.init_from).exists():
         raise ConfigError(f"init_from: {cfg.init_from} does not exist")
-    return cfg
+    return with_sd_sources(cfg)
+
+
+def with_sd_sources(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with its SD sources (``SD_SOURCES``) as absolute paths (a resume started
+    from another folder still names the same files), each checked to exist: a run's
+    start, not ``validate`` (a resume has its copies in ``sd/``)."""
+    paths: dict[str, Any] = {}
+    for key in SD_SOURCES:
+        value = getattr(cfg.sd, key)
+        if not value:
+            continue
+        path = Path(value).absolute()
+        if key == "weights" and not path.is_dir():
+            raise ConfigError(f"sd.weights: {value} is not a folder of SD weights")
+        if key != "weights" and not path.is_file():
+            raise ConfigError(f"sd.{key}: {value} is not a file (an example set, .npz)")
+        paths[key] = str(path)
+    return dataclasses.replace(cfg, sd=dataclasses.replace(cfg.sd, **paths)) if paths else cfg
 
 
 def check_possible_in_the_cell(
@@ -496,6 +537,9 @@ def check_same_task_inputs(saved: RunConfig, cfg: RunConfig, what: str) -> None:
     for key in ("extra_tasks", "init_from"):
         if getattr(cfg, key) != getattr(saved, key):
             raise ConfigError(f"{what} cannot change {key}: start a new run for that")
+    for key in SD_SOURCES:  # its first SD was made from them
+        if getattr(cfg.sd, key) != getattr(saved.sd, key):
+            raise ConfigError(f"{what} cannot change sd.{key}: start a new run for that")
 
 
 def preset(name: str) -> RunConfig:

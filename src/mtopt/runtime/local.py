@@ -56,6 +56,8 @@ from mtopt.replay.ingest import StoreIngest
 from mtopt.replay.logreplay import LogReplay
 from mtopt.replay.source import replay_items
 from mtopt.runtime.config import (
+    SD_SOURCES,
+    VALIDATION_SHARE,
     RunConfig,
     check_same_task_inputs,
     load_config_changes,
@@ -64,7 +66,14 @@ from mtopt.runtime.config import (
 )
 from mtopt.runtime.policy_folder import average_run
 from mtopt.store.reader import EpisodeReader
-from mtopt.success.data import LabeledSet, episode_examples, stage_examples
+from mtopt.success.data import (
+    LabeledSet,
+    episode_examples,
+    examples_for,
+    held_out_rows,
+    label_counts,
+    stage_examples,
+)
 from mtopt.success.improve import disputes_given_labels, select_episodes
 from mtopt.success.network import SuccessDetector, SuccessNet
 from mtopt.success.train import evaluate_sd, train_sd
@@ -572,11 +581,52 @@ class LocalRun:
         self.log_lines.append(line)
         print(line, flush=True)
 
+    def _own_examples(self, key: str) -> LabeledSet:
+        """The example set ``sd.<key>`` names, for the run's tasks and image size (a
+        ConfigError that names the setting, before any SD is trained)."""
+        path = getattr(self.cfg.sd, key)
+        try:
+            return examples_for(path, self.registry.names, self.cfg.sim.image_size)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ConfigError(f"sd.{key}: {exc}") from None
+
+    def _copy_own_examples(self) -> LabeledSet:
+        """``sd.examples_file`` copied into ``sd/examples.npz``, less the share held out
+        for ``sd/validation.npz`` when no ``sd.validation_file`` is given (that is
+        written first: examples.npz never stands without its validation set)."""
+        c, sd = self.cfg.sd, self.paths.sd
+        data = self._own_examples("examples_file")
+        if not c.validation_file:
+            if len(data) < 2:
+                raise ConfigError(
+                    f"sd.examples_file: {c.examples_file} holds one example, too few to "
+                    "hold any out: give more, or sd.validation_file"
+                )
+            held = held_out_rows(data.ids.tolist(), VALIDATION_SHARE)
+            data.subset(np.flatnonzero(held)).save(sd / "validation.npz")
+            data = data.subset(np.flatnonzero(~held))
+            self._log(
+                f"{int(held.sum())} of {len(held)} examples of {c.examples_file} held out "
+                "to measure the run's SDs on"
+            )
+        counts = label_counts(data)
+        missing = [t for t, (pos, neg) in counts.items() if not (pos and neg)]
+        if missing:
+            self._log(
+                f"sd.examples_file has no positive or no negative labels for {', '.join(missing)}: "
+                "the SD learns nothing of them, and their rewards are guesses"
+            )
+        self._log(f"success-detector examples: {len(data)} from {c.examples_file}")
+        data.save(sd / "examples.npz")
+        return data
+
     def _sd_train_set(self) -> LabeledSet:
         path = self.paths.sd / "examples.npz"
         if path.exists():
             return LabeledSet.load(path)
         c = self.cfg
+        if c.sd.examples_file:
+            return self._copy_own_examples()
         data = stage_examples(
             self.registry,
             self.registry.names,
@@ -595,6 +645,13 @@ class LocalRun:
         if path.exists():
             return LabeledSet.load(path)
         c = self.cfg
+        if c.sd.validation_file:
+            data = self._own_examples("validation_file")
+            data.save(path)
+            return data
+        if c.sd.examples_file:  # its held-out share
+            self._copy_own_examples()
+            return LabeledSet.load(path)
         n = max(2, c.sd.examples_per_task // 4)
         data = stage_examples(
             self.registry, self.registry.names, n, "test", True, c.seed + 1, c.sim.image_size
@@ -614,6 +671,9 @@ class LocalRun:
         key = json.loads(  # as read back (tuples in a task description become lists)
             json.dumps({"names": list(self.registry.names), "extra_tasks": self.cfg.extra_tasks})
         )
+        sources = {k: getattr(self.cfg.sd, k) for k in SD_SOURCES if getattr(self.cfg.sd, k)}
+        if sources:  # (runs without them keep the key they had)
+            key["sd_sources"] = sources
         if key_path.exists():
             old = json.loads(key_path.read_text())
             if isinstance(old, list):  # the first form of the key (2026-12-05): task dicts
@@ -626,9 +686,9 @@ class LocalRun:
         if other:
             if SuccessDetector.latest_version(sd) > 0:
                 raise ConfigError(
-                    f"{sd} holds a success detector trained for other tasks "
-                    f"(tasks.key.json there lists them); delete {sd} to train one for "
-                    "these tasks, or choose another --out"
+                    f"{sd} holds a success detector made for other tasks or from other "
+                    f"sd.* files (tasks.key.json there lists them); delete {sd} to make one "
+                    "for these, or choose another --out"
                 )
             for name in ("examples.npz", "validation.npz", "episode_labels.npz", "quality.json"):
                 if (sd / name).exists():
@@ -644,9 +704,11 @@ class LocalRun:
             self._log(f"loaded success detector v{sd.version}")
             self._recover_sd_quality(sd)
             return sd
+        if self.cfg.sd.weights:
+            return self._copy_sd_weights()
         if (self.paths.sd / "examples.npz").exists():
-            self._log(f"reusing staged success-detector examples in {self.paths.sd}")
-        else:
+            self._log(f"reusing success-detector examples in {self.paths.sd}")
+        elif not self.cfg.sd.examples_file:
             self._log(
                 "staging success-detector examples (positives and near misses, randomized scenes)"
             )
@@ -658,6 +720,29 @@ class LocalRun:
         initial = self.paths.sd / "initial"
         sd.publish(initial)
         sd.publish(self.paths.sd, extra_meta={"origin": RUN_SD_ORIGIN, "episode_labels": 0})
+        self._record_sd_quality(sd, labels=0)
+        return sd
+
+    def _copy_sd_weights(self) -> SuccessDetector:
+        """``sd.weights``' latest SD as the run's first (and what relabel rounds fine-tune
+        from, ``sd/initial``)."""
+        src = self.cfg.sd.weights
+        try:
+            sd = SuccessDetector.load(src, self.registry.names)
+        except (WeightsError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"sd.weights: {exc}") from None
+        if sd.net.cfg.image_size != self.cfg.sim.image_size:
+            raise ConfigError(
+                f"sd.weights: the SD in {src} judges {sd.net.cfg.image_size}-pixel images, "
+                f"the run's camera gives {self.cfg.sim.image_size} (sim.image_size)"
+            )
+        origin = f"{src} v{sd.version}"
+        sd.publish(self.paths.sd / "initial", extra_meta={"copied_from": origin})
+        sd.publish(
+            self.paths.sd,
+            extra_meta={"origin": RUN_SD_ORIGIN, "episode_labels": 0, "copied_from": origin},
+        )
+        self._log(f"success detector v{sd.version}: a copy of {origin} (sd.weights)")
         self._record_sd_quality(sd, labels=0)
         return sd
 
@@ -682,8 +767,10 @@ class LocalRun:
         rows = json.loads(path.read_text()) if path.exists() else []
         rows.append({"version": sd.version, "episode_labels": labels, "balanced_accuracy": bal})
         atomic_write_json(path, rows)
+        on = self.cfg.sd.validation_file or self.cfg.sd.examples_file
+        where = f"held-out examples of {on}" if on else "held-out staged scenes"
         self._log(
-            f"SD v{sd.version}: mean balanced accuracy on held-out staged scenes {np.nanmean(list(bal.values())):.3f}"
+            f"SD v{sd.version}: mean balanced accuracy on {where} {np.nanmean(list(bal.values())):.3f}"
         )
 
     def improve_sd(

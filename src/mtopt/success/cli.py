@@ -250,6 +250,62 @@ def improve(
     typer.echo(f"published SD v{SuccessDetector.latest_version(weights)} in {weights}")
 
 
+@app.command("export")
+def export_labels(
+    store: Path = typer.Option(..., help="Episode store whose episodes a person labeled."),
+    out: Path = typer.Option(..., help="Example set file (.npz) to write (replaced)."),
+    labels: Path | None = typer.Option(None, help="Labels file (default: STORE/labels.jsonl)."),
+    validation_out: Path | None = typer.Option(
+        None,
+        help="Also write a held-out example set here: the labeled episodes whose id hashes "
+        "below --validation-share, left out of --out (the same episodes on every export).",
+    ),
+    validation_share: float = typer.Option(
+        0.2, min=0.01, max=0.99, help="Share of the labeled episodes for --validation-out."
+    ),
+    tasks_file: Path | None = typer.Option(None, help=TASKS_FILE_HELP),
+) -> None:
+    """Turn a person's labels of stored episodes (`mtopt sd label`) into example sets.
+
+    The labeled episodes' final images with their labels, as `sd train`, `sd eval` and a
+    run's `sd.examples_file` / `sd.validation_file` take them: a success detector of your
+    own cell's images, not of images staged in the simulated cell."""
+    import numpy as np
+
+    from mtopt.store.reader import StoreNotFoundError
+    from mtopt.success.data import held_out_rows, label_counts
+    from mtopt.success.improve import human_examples
+
+    labels_file = labels or store / "labels.jsonl"
+    if not labels_file.is_file() or labels_file.stat().st_size == 0:
+        _fail(f"no labels in {labels_file} (label episodes with `mtopt sd label` first)")
+    for path in (out, validation_out):
+        if path is not None:
+            _output_file(path)
+    if validation_out is not None and validation_out.absolute() == out.absolute():
+        _fail("--validation-out must be another file than --out")
+    try:
+        pool = human_examples(store, labels_file, registry_for(store, tasks_file))
+    except (StoreNotFoundError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    data = pool.subset(np.flatnonzero(pool.mask.any(1)))
+    if len(data) == 0:
+        _fail(f"none of the labels in {labels_file} names an episode of {store}")
+    sets = [(out, data)]
+    if validation_out is not None:
+        held = held_out_rows(data.ids.tolist(), validation_share)
+        if len(data) < 2:
+            _fail("one labeled episode: too few to hold any out (leave --validation-out out)")
+        sets = [
+            (out, data.subset(np.flatnonzero(~held))),
+            (validation_out, data.subset(np.flatnonzero(held))),
+        ]
+    for path, part in sets:
+        part.save(path)
+        counts = ", ".join(f"{t} {p}+/{n}-" for t, (p, n) in label_counts(part).items() if p or n)
+        typer.echo(f"{len(part)} labeled episodes in {path}: {counts}")
+
+
 def _bind(host: str, port: int) -> list[socket.socket]:
     """Listening sockets on every address ``host`` names (``localhost``: 127.0.0.1 and
     ::1 where both exist), all on one port (``port`` 0: a free one, the first's); a

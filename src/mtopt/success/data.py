@@ -8,6 +8,7 @@ labels all). Sources: "staged" (positive/near-miss scenes staged in the sim), "o
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import zipfile
@@ -134,6 +135,48 @@ class LabeledSet:
         except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
             # an empty or truncated file, another format, a missing array: say which file
             raise ValueError(f"{p} is not an example set from `mtopt sd examples`: {exc}") from None
+
+
+def held_out_rows(ids: Sequence[str], share: float) -> np.ndarray:
+    """Which rows of an example set to hold out for validation: those whose id hashes
+    (SHA-1, read as a fraction in [0, 1)) below ``share``. The same ids always split the
+    same way, whatever their order or the set around them, so a row added later never
+    moves an old one across. With two rows or more, at least one is held out and one is
+    kept (the lowest and highest hash)."""
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"the held-out share must be in (0, 1), got {share}")
+    frac = np.array(
+        [int(hashlib.sha1(str(i).encode()).hexdigest()[:13], 16) / 16**13 for i in ids],
+        np.float64,
+    )
+    held = frac < share
+    if len(ids) >= 2:
+        held[int(np.argmin(frac))] = True
+        held[int(np.argmax(frac))] = False
+    return held
+
+
+def label_counts(data: LabeledSet) -> dict[str, tuple[int, int]]:
+    """(positives, negatives) per task among the known labels."""
+    pos = ((data.labels > 0.5) & data.mask).sum(0)
+    neg = ((data.labels <= 0.5) & data.mask).sum(0)
+    return {t: (int(p), int(n)) for t, p, n in zip(data.tasks, pos, neg, strict=True)}
+
+
+def examples_for(path: str | Path, tasks: Sequence[str], image_size: int) -> LabeledSet:
+    """The example set in ``path`` made ready for a success detector of ``tasks`` (which
+    must start with the set's own: tasks it lacks get unknown labels) at ``image_size``: a
+    ValueError that names the file for another image size, or a set without labels."""
+    data = LabeledSet.load(path).with_tasks(tasks)
+    if len(data) == 0 or not data.mask.any():
+        raise ValueError(f"{path} holds no labeled examples")
+    size = tuple(data.images.shape[1:])
+    if size != (image_size, image_size, 3):
+        raise ValueError(
+            f"{path} holds {size[0]}x{size[1]} images, the run's camera gives "
+            f"{image_size}x{image_size} (sim.image_size): label images of the run's size"
+        )
+    return data
 
 
 def stage_examples(

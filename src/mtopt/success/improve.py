@@ -181,6 +181,34 @@ def _initial_is_stale(initial: Path, sd: SuccessDetector, tasks: tuple[str, ...]
     return sd.meta.get("origin") == "sd train" and meta.get("copied_from") != sd.version
 
 
+def human_examples(
+    store: str | Path, labels_path: str | Path | None, registry: TaskRegistry
+) -> LabeledSet:
+    """The store's episodes with a person's labels (``labels_path``, default
+    ``STORE/labels.jsonl``, where ``mtopt sd label`` writes): their final images, each
+    labeled for the tasks a person judged it on (the latest verdict; retracted ones
+    unknown), source "human". Every episode of the store is a row, labeled or not (a
+    row's mask says which labels are known). A labels file none of whose labels names an
+    episode of the store is a ValueError (another store's file?)."""
+    labels_file = Path(labels_path or Path(store) / "labels.jsonl")
+    # final images, ground truth and scenes only: no frames (0.13 MB an episode)
+    eps = EpisodeReader(store).poll_final_views()
+    pool = episode_examples(eps, registry, source="human", only_with_ground_truth=False)
+    human = LabelStore(labels_file).latest()
+    pool.mask[:] = False
+    for i, eid in enumerate(pool.ids):
+        for j, t in enumerate(registry.names):
+            lab = human.get((str(eid), t))
+            if lab is not None:
+                pool.mask[i, j], pool.labels[i, j] = True, float(lab.success)
+    if len(pool) and not pool.mask.any():  # it retrained on the examples alone
+        raise ValueError(
+            f"none of the {len(human)} labels in {labels_file} names an episode of "
+            f"{store} with one of these tasks: another store's labels file?"
+        )
+    return pool
+
+
 def improve_loop(
     store: str | Path,
     weights: str | Path,
@@ -223,25 +251,10 @@ def improve_loop(
     val = LabeledSet.load(validation) if validation else None
     if val is not None and (unknown := sorted(set(val.tasks) - set(registry.names))):
         raise ValueError(f"validation set {validation} has tasks this SD lacks: {unknown}")
-    # final images, ground truth and scenes only: no frames (0.13 MB an episode)
-    eps = EpisodeReader(store).poll_final_views()
-    pool = episode_examples(
-        eps, registry, source=labeler, only_with_ground_truth=labeler != "human"
-    )
     if labeler == "human":  # only what a person labeled counts
-        labels_file = Path(labels_path or Path(store) / "labels.jsonl")
-        human = LabelStore(labels_file).latest()
-        pool.mask[:] = False
-        for i, eid in enumerate(pool.ids):
-            for j, t in enumerate(registry.names):
-                lab = human.get((str(eid), t))
-                if lab is not None:
-                    pool.mask[i, j], pool.labels[i, j] = True, float(lab.success)
-        if len(pool) and not pool.mask.any():  # it retrained on the examples alone
-            raise ValueError(
-                f"none of the {len(human)} labels in {labels_file} names an episode of "
-                f"{store} with one of this run's tasks: another store's labels file?"
-            )
+        pool = human_examples(store, labels_path, registry)
+    else:  # final images, ground truth and scenes only: no frames (0.13 MB an episode)
+        pool = episode_examples(EpisodeReader(store).poll_final_views(), registry, labeler)
     if len(pool) == 0:
         raise ValueError(f"no episodes with labels available in {store}")
     # once every input loaded and has labels: a call that fails writes nothing to WEIGHTS
