@@ -347,10 +347,33 @@ def test_tiny_run_with_gripper_position_inputs(tmp_path: Path) -> None:
 def test_a_run_learns_from_the_robots_its_robot_factory_makes(tmp_path: Path) -> None:
     """``--set robot_factory=MODULE:NAME``: the run's fleet drives the user's robots (a
     stand-in for a real arm with no ground truth) and learns from their episodes, with
-    rewards from the success detector alone."""
+    rewards from the success detector alone, trained on the cell's own labeled images
+    (``sd.examples_file``: nothing staged in the simulated cell)."""
+    import numpy as np
+
+    from mtopt.success.data import LabeledSet
+    from mtopt.tasks import DEFAULT_REGISTRY
+
+    n, tasks = 12, DEFAULT_REGISTRY.names
+    labels = np.zeros((n, len(tasks)), np.float32)
+    labels[::2, 0] = 1.0  # lift-any, labeled by a person on every image
+    mask = np.zeros((n, len(tasks)), bool)
+    mask[:, 0] = True
+    rng = np.random.default_rng(0)
+    own = LabeledSet(
+        tasks,
+        rng.integers(0, 255, (n, 64, 64, 3), dtype=np.uint8),
+        labels,
+        mask,
+        np.array([f"arm-ep-{i}" for i in range(n)]),
+        np.array(["human"] * n),
+        np.zeros(n, bool),
+    )
+    own.save(tmp_path / "own.npz")
     out = tmp_path / "run"
     args = ["run", "--config", "tiny", "--out", str(out), "--minutes", "12"]
     args += ["--set", "robot_factory=tests.robot_factories:make_arm"]
+    args += ["--set", f"sd.examples_file={tmp_path / 'own.npz'}"]
     args += ["--set", "max_episodes=40", "--set", "max_learner_steps=10"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
@@ -362,6 +385,9 @@ def test_a_run_learns_from_the_robots_its_robot_factory_makes(tmp_path: Path) ->
     saved = json.loads((out / "config.json").read_text())
     assert saved["robot_factory"] == "tests.robot_factories:make_arm"
     assert "successes (truth)" not in (out / "report" / "report.md").read_text()  # none known
+    assert "staging" not in res.output and f"held-out examples of {tmp_path}" in res.output
+    kept = LabeledSet.load(out / "sd" / "examples.npz")
+    assert set(kept.ids) < set(own.ids) and kept.tasks == tasks
 
 
 def test_bad_run_config_is_a_clear_error(tmp_path: Path) -> None:
