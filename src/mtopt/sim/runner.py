@@ -67,20 +67,8 @@ def run_episode(
     rec.poses.append(obs.pose)
     for step in range(max_steps):
         action = validate_action(policy.act(obs))  # a clear error, never a wild command
-        result = robot.act(action)
-        if not isinstance(result, StepResult):
-            raise RobotContractError(
-                f"robot {robot.robot_id}: act() must return a StepResult(observation, "
-                f"terminated), got {type(result).__name__}"
-            )
-        obs = checked_observation(robot, result.observation, f"act() at step {step + 1}")
-        if wants_terminate(action) and not result.terminated:
-            # the episode would go on past its end: stored TERMINATEs mid-episode, and
-            # value targets that bootstrap past them
-            raise RobotContractError(
-                f"robot {robot.robot_id}: act() was sent TERMINATE at step {step + 1} and "
-                "returned terminated=False (a robot ends the episode on TERMINATE)"
-            )
+        result = checked_act(robot, action, step + 1)
+        obs = result.observation
         rec.actions.append(action)
         rec.images.append(obs.image)
         rec.states.append(obs.state)
@@ -88,6 +76,34 @@ def run_episode(
         if result.terminated:
             rec.terminated = True
             break
+    rec.final_image = checked_final_image(robot)
+    return rec
+
+
+def checked_act(robot: Robot, action: np.ndarray, step: int) -> StepResult:
+    """``robot.act(action)`` (a validated action) at the episode's ``step`` (from 1), its
+    result checked: a ``StepResult`` with a checked observation, and the end of the
+    episode on TERMINATE; a ``RobotContractError`` naming the robot otherwise."""
+    result = robot.act(action)
+    if not isinstance(result, StepResult):
+        raise RobotContractError(
+            f"robot {robot.robot_id}: act() must return a StepResult(observation, "
+            f"terminated), got {type(result).__name__}"
+        )
+    checked_observation(robot, result.observation, f"act() at step {step}")
+    if wants_terminate(action) and not result.terminated:
+        # the episode would go on past its end: stored TERMINATEs mid-episode, and
+        # value targets that bootstrap past them
+        raise RobotContractError(
+            f"robot {robot.robot_id}: act() was sent TERMINATE at step {step} and "
+            "returned terminated=False (a robot ends the episode on TERMINATE)"
+        )
+    return result
+
+
+def checked_final_image(robot: Robot) -> np.ndarray:
+    """``robot.final_image()`` (the outcome presented), checked: uint8 of the robot's
+    ``image_size``."""
     final = np.asarray(robot.final_image())
     side = robot.image_size
     if final.dtype != np.uint8 or final.shape != (side, side, 3):
@@ -95,8 +111,7 @@ def run_episode(
             f"robot {robot.robot_id}: final_image() must be uint8 ({side}, {side}, 3) "
             f"(image_size {side}), got {final.dtype} {final.shape}"
         )
-    rec.final_image = final
-    return rec
+    return final
 
 
 class RobotContractError(RuntimeError):

@@ -1,0 +1,285 @@
+"""Gymnasium environment ``mtopt/Robot-v0``: any ``Robot`` (a real arm, another
+simulator) as a Gymnasium env, rewarded by a success detector.
+
+``gym.make("mtopt/Robot-v0", robot_factory="my_arms:make_arm", task="lift-any",
+success_detector="runs/cell-a/sd")`` makes the robot with a factory, as ``mtopt run``
+does (``mtopt.robots.factory``); ``robot=`` takes one you made (the env then leaves it
+open on ``close()``: it is yours). Observations, actions and episode ends are those of
+``mtopt/SimCell-v0`` (``mtopt.sim.env``), and every call is checked against the Robot
+protocol as collection checks it (``RobotContractError``, naming the robot).
+
+Reward (final step only, 0/1): the success detector's verdict on the outcome image
+(``info["sd_probability"]`` above ``threshold``), as the pipeline's rewards are. Without
+a success detector, the robot's own ground truth (``scene_state()``, the simulated
+cell's); a robot with neither is refused. With both, ``info["success_truth"]`` gives the
+ground truth beside the detector's verdict (``info["success"]``).
+
+``reset()`` sets up a new scene (``robot.reset_scene``, with a seed drawn from the env's
+generator, or ``options={"scene_seed": S}``); ``options={"keep_scene": True}`` starts the
+next episode from where the last one ended (``robot.start_episode`` only: a chain, as
+collection chains tasks, and no scene reset for a real cell); ``options={"task": NAME}``
+switches the task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.envs.registration import EnvSpec
+
+from mtopt.robots.action import ACTION_DIM, validate_action
+from mtopt.robots.base import STATE_DIM, Observation, Robot
+from mtopt.robots.factory import PROTOCOL_METHODS, check_factory_spec, make_robot
+from mtopt.sim.cell import SimConfig
+from mtopt.sim.env import _checked_seed
+from mtopt.sim.runner import (
+    RobotContractError,
+    checked_act,
+    checked_final_image,
+    checked_observation,
+)
+from mtopt.sim.seeds import random_scene_seed
+from mtopt.tasks.registry import DEFAULT_REGISTRY, TaskRegistry
+
+STATE_LOW = np.array([0.0, -0.1], np.float32)
+STATE_HIGH = np.array([1.0, 1.0], np.float32)
+
+
+class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
+    metadata = {"render_modes": []}  # noqa: RUF012
+    _spec: EnvSpec | None = None
+
+    def __init__(
+        self,
+        robot: Robot | None = None,
+        *,
+        robot_factory: str = "",
+        task: str = "lift-any",
+        success_detector: str | Path | Any = None,
+        threshold: float = 0.5,
+        max_steps: int | None = None,
+        seed: int | None = None,
+        registry: TaskRegistry | None = None,
+        sim: SimConfig | None = None,
+        robot_id: str = "gym",
+    ):
+        """``robot``, or ``robot_factory`` (``MODULE:NAME``, called as
+        ``NAME(robot_id=..., seed=..., sim=...)`` with ``sim``, default ``SimConfig()``:
+        its ``image_size`` is the size asked for). ``success_detector``: a weights
+        folder (``RUN/sd``, ``mtopt sd train``'s) or a loaded ``SuccessDetector`` that
+        knows ``task``. ``max_steps``: default ``sim.max_steps``."""
+        self.registry = registry or DEFAULT_REGISTRY
+        self.task = self.registry.get(task)  # clear error listing valid tasks
+        self._initial_seed = _checked_seed(seed)
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        self.threshold = float(threshold)
+        if sim is not None and not isinstance(sim, SimConfig):
+            raise TypeError(f"sim must be a SimConfig, got {type(sim).__name__}")
+        cell = (sim or SimConfig()).validate()
+        self.max_steps = int(cell.max_steps if max_steps is None else max_steps)
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if (robot is None) == (not robot_factory):
+            raise ValueError("give either robot= (a Robot) or robot_factory='MODULE:NAME'")
+        self._owns_robot = robot is None
+        if robot is None:
+            check_factory_spec(robot_factory)
+            robot = make_robot(robot_factory, cell, robot_id, self._initial_seed or 0)
+        else:
+            missing = [m for m in PROTOCOL_METHODS if not callable(getattr(robot, m, None))]
+            if missing or not isinstance(getattr(robot, "image_size", None), int):
+                what = ", ".join(missing) if missing else "an int image_size"
+                raise TypeError(
+                    f"robot= must implement mtopt.robots.base.Robot: a {type(robot).__name__} "
+                    f"lacks {what}"
+                )
+        self._robot: Robot = robot
+        truth = getattr(robot, "scene_state", None)
+        self._truth = truth if callable(truth) else None
+        try:
+            self._sd = self._load_sd(success_detector)
+        except BaseException:
+            self._release()
+            raise
+        self._sd_index = None if self._sd is None else self._sd_task_index(self.task.name)
+        side = robot.image_size
+        self.observation_space = spaces.Dict(  # type: ignore[assignment]
+            {
+                "image": spaces.Box(0, 255, (side, side, 3), np.uint8),
+                "state": spaces.Box(STATE_LOW, STATE_HIGH, (STATE_DIM,), np.float32),
+            }
+        )
+        self.action_space = spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
+        self._steps = 0
+        self._last: Observation | None = None
+        self._done = False
+        self._closed = False
+
+    def _release(self) -> None:
+        if self._owns_robot:
+            self._robot.close()
+
+    def _load_sd(self, sd: Any) -> Any:
+        from mtopt.success.network import SuccessDetector
+
+        if sd is None:
+            if self._truth is None:
+                raise ValueError(
+                    f"robot {self._robot.robot_id} has no ground truth (scene_state): give "
+                    "success_detector= (a weights folder such as RUN/sd) to judge its episodes"
+                )
+            return None
+        if not isinstance(sd, SuccessDetector):
+            sd = SuccessDetector.load(sd)
+        size = sd.net.cfg.image_size
+        if size != self._robot.image_size:
+            raise ValueError(
+                f"the success detector judges {size}-pixel images; robot "
+                f"{self._robot.robot_id} gives {self._robot.image_size}"
+            )
+        return sd
+
+    def _sd_task_index(self, task: str) -> int:
+        assert self._sd is not None
+        if task not in self._sd.tasks:
+            raise ValueError(
+                f"the success detector has no output for {task!r} (it knows "
+                f"{', '.join(self._sd.tasks)})"
+            )
+        return int(self._sd.tasks.index(task))
+
+    @property
+    def spec(self) -> EnvSpec | None:
+        return self._spec
+
+    @spec.setter
+    def spec(self, value: EnvSpec | None) -> None:
+        # as SimCellEnv: the env ends its episodes at max_steps itself
+        if value is not None and value.max_episode_steps is None:
+            value = dataclasses.replace(value, max_episode_steps=self.max_steps)
+        self._spec = value
+
+    @property
+    def robot(self) -> Robot:
+        """The robot the env drives."""
+        return self._robot
+
+    @staticmethod
+    def _to_obs(o: Observation) -> dict[str, np.ndarray]:
+        state = np.clip(o.state, STATE_LOW, STATE_HIGH).astype(np.float32)
+        return {"image": o.image, "state": state}
+
+    @staticmethod
+    def _pose(o: Observation) -> np.ndarray:
+        return np.array(o.pose if o.pose is not None else np.full(4, np.nan), np.float32)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        if options is not None and not isinstance(options, dict):
+            raise TypeError(
+                f"options must be a dict such as {{'task': 'lift-any'}}, got {options!r}"
+            )
+        seed = _checked_seed(seed)
+        options = dict(options or {})
+        task = self.registry.get(str(options.pop("task"))) if "task" in options else self.task
+        chosen = options.pop("scene_seed", None)
+        keep = options.pop("keep_scene", False)
+        if options:
+            raise ValueError(
+                f"unknown reset options {sorted(options)}; valid: ['keep_scene', "
+                "'scene_seed', 'task']"
+            )
+        if chosen is not None and (
+            isinstance(chosen, bool)
+            or not isinstance(chosen, (int, np.integer))
+            or not 0 <= chosen < 2**63
+        ):
+            raise ValueError(f"options['scene_seed'] must be an int in [0, 2**63), got {chosen!r}")
+        if not isinstance(keep, bool):
+            raise ValueError(f"options['keep_scene'] must be True or False, got {keep!r}")
+        if keep and chosen is not None:
+            raise ValueError("options: keep_scene goes on from the scene; scene_seed sets one up")
+        if keep and self._last is None:
+            raise ValueError("options['keep_scene']: no scene yet (the first reset sets one up)")
+        self._check_open()
+        index = None if self._sd is None else self._sd_task_index(task.name)
+        self.task, self._sd_index = task, index
+        if seed is None:
+            seed = self._initial_seed
+        self._initial_seed = None  # the constructor's seed seeds the first reset only
+        super().reset(seed=seed)
+        drawn = random_scene_seed(self.np_random)  # drawn either way: the stream stays put
+        info: dict[str, Any] = {"task": task.name}
+        if not keep:
+            scene_seed = drawn if chosen is None else int(chosen)
+            self._robot.reset_scene(scene_seed)
+            info["scene_seed"] = scene_seed
+        self._robot.start_episode()
+        ready = self._robot.prepare_for_task(task.starts_holding)
+        if not isinstance(ready, (bool, np.bool_)):
+            raise RobotContractError(
+                f"robot {self._robot.robot_id}: prepare_for_task must return True or False, "
+                f"got {ready!r}"
+            )
+        self._steps = 0
+        self._done = False
+        self._last = checked_observation(self._robot, self._robot.observe(), "observe()")
+        info.update(prepared=bool(ready), pose=self._pose(self._last))
+        return self._to_obs(self._last), info
+
+    def step(
+        self, action: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        self._check_open()
+        if self._last is None:
+            raise RuntimeError("call reset() before step()")
+        if self._done:
+            raise RuntimeError("the episode has ended (terminated or truncated): call reset()")
+        a = validate_action(action)
+        result = checked_act(self._robot, a, self._steps + 1)
+        self._steps += 1
+        self._last = result.observation
+        terminated = bool(result.terminated)
+        truncated = not terminated and self._steps >= self.max_steps
+        info: dict[str, Any] = {"step": self._steps, "pose": self._pose(self._last)}
+        reward = 0.0
+        if terminated or truncated:
+            self._done = True
+            final = checked_final_image(self._robot)  # presents the outcome
+            info["final_image"] = final
+            truth = None
+            if self._truth is not None:
+                truth = bool(self.task.succeeded(self._truth()))
+            if self._sd is not None:
+                assert self._sd_index is not None
+                p = float(self._sd.score(final[None])[0, self._sd_index])
+                success = p > self.threshold
+                info["sd_probability"] = p
+                if truth is not None:
+                    info["success_truth"] = truth
+            else:
+                assert truth is not None
+                success = truth
+            info["success"] = success
+            reward = float(success)
+        return self._to_obs(self._last), reward, terminated, truncated, info
+
+    def close(self) -> None:
+        if not self._closed:
+            self._release()
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the env is closed: make a new one")
+
+    def __getstate__(self) -> None:
+        # a copy would share the robot (a connection to an arm)
+        raise TypeError("a RobotEnv drives a robot and cannot be copied or pickled: make another")

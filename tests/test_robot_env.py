@@ -1,0 +1,174 @@
+"""``mtopt/Robot-v0``: any Robot as a Gymnasium env, rewarded by a success detector."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from tests.robot_factories import ArmWithoutTruth
+
+import mtopt
+from mtopt.robots.base import StepResult
+from mtopt.robots.env import RobotEnv
+from mtopt.robots.sim_robot import SimRobot
+from mtopt.sim.cell import SimConfig
+from mtopt.sim.env import SimCellEnv
+from mtopt.sim.runner import RobotContractError
+from mtopt.success.network import SDNetConfig, SuccessDetector, SuccessNet
+from mtopt.tasks import DEFAULT_REGISTRY, UnknownTaskError
+
+TASKS = DEFAULT_REGISTRY.names
+
+
+def actions(n: int, seed: int = 0) -> list[np.ndarray]:
+    """Random moves, the gripper closing half way through, no TERMINATE."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        a = rng.uniform(-1, 1, 6).astype(np.float32)
+        a[4] = 1.0 if i >= n // 2 else -1.0
+        a[5] = -1.0
+        out.append(a)
+    return out
+
+
+def published_sd(folder: Path, tasks: tuple[str, ...] = TASKS, size: int = 64) -> Path:
+    import torch
+
+    torch.manual_seed(0)
+    SuccessDetector(SuccessNet(SDNetConfig(num_tasks=len(tasks), image_size=size)), tasks).publish(
+        folder
+    )
+    return folder
+
+
+def test_the_simulated_cell_as_a_robot_gives_what_simcell_gives() -> None:
+    """The same robot, scene and actions: the same observations, final image and reward
+    (the simulator's ground truth) as ``mtopt/SimCell-v0``."""
+    ref = SimCellEnv(task="lift-any")
+    env = RobotEnv(SimRobot(SimConfig(), robot_id="gym"), task="lift-any")
+    try:
+        for seed in (0, 1):
+            (o1, i1), (o2, i2) = ref.reset(seed=seed), env.reset(seed=seed)
+            assert i1["scene_seed"] == i2["scene_seed"] and i1["prepared"] == i2["prepared"]
+            assert (o1["image"] == o2["image"]).all() and (o1["state"] == o2["state"]).all()
+            for a in actions(ref.config.max_steps, seed):
+                s1, s2 = ref.step(a), env.step(a)
+                assert (s1[0]["image"] == s2[0]["image"]).all()
+                assert s1[1:4] == s2[1:4]
+                assert (s1[4]["pose"] == s2[4]["pose"]).all()
+            assert s2[3] and s1[4]["success"] == s2[4]["success"] and "sd_probability" not in s2[4]
+            assert (s1[4]["final_image"] == s2[4]["final_image"]).all()
+    finally:
+        ref.close()
+        env.close()
+
+
+def test_the_robot_env_passes_gymnasiums_checker() -> None:
+    env = RobotEnv(SimRobot(SimConfig(max_steps=4), robot_id="gym"), max_steps=4)
+    try:
+        check_env(env, skip_render_check=True)
+    finally:
+        env.close()
+
+
+def test_an_arm_without_ground_truth_is_rewarded_by_the_success_detector(tmp_path: Path) -> None:
+    sd_dir = published_sd(tmp_path / "sd")
+    env = gym.make(
+        mtopt.ROBOT_ENV_ID,
+        robot_factory="tests.robot_factories:make_arm",
+        task="place-any",
+        success_detector=str(sd_dir),
+        seed=3,
+    )
+    try:
+        assert env.spec is not None and env.spec.max_episode_steps == 15
+        sd = SuccessDetector.load(sd_dir)
+        obs, info = env.reset()
+        assert obs["image"].shape == (64, 64, 3) and info["task"] == "place-any"
+        stop = np.zeros(6, np.float32)
+        stop[5] = 1.0  # TERMINATE
+        obs, reward, terminated, truncated, info = env.step(stop)
+        assert terminated and not truncated and "success_truth" not in info  # none known
+        p = float(sd.score(info["final_image"][None])[0, TASKS.index("place-any")])
+        assert info["sd_probability"] == pytest.approx(p)
+        assert reward == float(p > 0.5) and info["success"] == (p > 0.5)
+        # a chain: the next task goes on from where this one ended, no new scene
+        _, info = env.reset(options={"task": "lift-any", "keep_scene": True})
+        assert "scene_seed" not in info and info["task"] == "lift-any"
+        with pytest.raises(ValueError, match="keep_scene goes on"):
+            env.reset(options={"keep_scene": True, "scene_seed": 5})
+    finally:
+        env.close()
+    # a threshold of its own
+    env = RobotEnv(
+        robot_factory="tests.robot_factories:make_arm",
+        success_detector=SuccessDetector.load(sd_dir),
+        threshold=0.01,
+    )
+    try:
+        env.reset(seed=0)
+        *_, info = env.step(stop)
+        assert info["success"] == (info["sd_probability"] > 0.01)
+    finally:
+        env.close()
+
+
+def test_with_both_the_detectors_verdict_is_the_reward_and_the_truth_is_beside_it(
+    tmp_path: Path,
+) -> None:
+    env = RobotEnv(
+        SimRobot(SimConfig(), robot_id="gym"), success_detector=published_sd(tmp_path / "sd")
+    )
+    try:
+        env.reset(seed=0)
+        for a in actions(15):
+            *_, truncated, info = env.step(a)
+        assert truncated and isinstance(info["success_truth"], bool) and "sd_probability" in info
+    finally:
+        env.close()
+
+
+class ArmThatIgnoresTerminate(ArmWithoutTruth):
+    def act(self, action: np.ndarray) -> StepResult:
+        return StepResult(super().act(action).observation, False)
+
+
+def test_bad_robots_and_settings_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="has no ground truth"):
+        RobotEnv(robot_factory="tests.robot_factories:make_arm")
+    with pytest.raises(ValueError, match=r"either robot= .* or robot_factory"):
+        RobotEnv()
+    with pytest.raises(TypeError, match=r"lacks reset_scene, .*, close"):
+        RobotEnv(object())  # type: ignore[arg-type]
+    few = published_sd(tmp_path / "few", TASKS[:2])
+    with pytest.raises(ValueError, match="no output for 'place-in-bowl'"):
+        RobotEnv(
+            robot_factory="tests.robot_factories:make_arm",
+            task="place-in-bowl",
+            success_detector=few,
+        )
+    big = published_sd(tmp_path / "big", size=128)
+    with pytest.raises(ValueError, match="judges 128-pixel images"):
+        RobotEnv(robot_factory="tests.robot_factories:make_arm", success_detector=big)
+    arm = ArmThatIgnoresTerminate("arm-1", 0, SimConfig())
+    env = RobotEnv(arm, success_detector=published_sd(tmp_path / "sd"))
+    try:
+        with pytest.raises(ValueError, match="no scene yet"):
+            env.reset(options={"keep_scene": True})
+        env.reset(seed=0)
+        with pytest.raises(UnknownTaskError, match="fly"):
+            env.reset(options={"task": "fly"})
+        stop = np.zeros(6, np.float32)
+        stop[5] = 1.0
+        with pytest.raises(RobotContractError, match="robot arm-1: act\\(\\) was sent TERMINATE"):
+            env.step(stop)
+        with pytest.raises(ValueError, match="unknown reset options"):
+            env.reset(options={"tsak": "lift-any"})
+    finally:
+        env.close()
+    arm.observe()  # the env leaves a robot it was given open: it is the caller's
+    arm.close()
