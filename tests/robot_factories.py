@@ -53,6 +53,24 @@ class ArmWithoutTruth:
         self._cell.close()
 
 
+class TrackedArm(ArmWithoutTruth):
+    """An arm that says whether it was closed (``TRACKED`` keeps every one made)."""
+
+    closed = False
+
+    def close(self) -> None:
+        super().close()
+        self.closed = True
+
+
+TRACKED: list[TrackedArm] = []
+
+
+def make_tracked_arm(robot_id: str, seed: int, sim: SimConfig) -> TrackedArm:
+    TRACKED.append(TrackedArm(robot_id, seed, sim))
+    return TRACKED[-1]
+
+
 def make_arm(robot_id: str, seed: int, sim: SimConfig) -> ArmWithoutTruth:
     return ArmWithoutTruth(robot_id, seed, sim)
 

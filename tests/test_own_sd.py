@@ -24,7 +24,7 @@ TASKS = DEFAULT_REGISTRY.names
 
 
 def labeled_set(
-    n: int, size: int = 64, tasks: tuple[str, ...] = TASKS, seed: int = 0
+    n: int, size: int = 64, tasks: tuple[str, ...] = TASKS, seed: int = 0, prefix: str = "ep"
 ) -> LabeledSet:
     """``n`` random images, each labeled for the first two tasks only (as a person labels
     a task at a time): even rows successes, odd rows failures."""
@@ -38,7 +38,7 @@ def labeled_set(
         rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8),
         labels,
         mask,
-        np.array([f"ep-{i}" for i in range(n)]),
+        np.array([f"{prefix}-{i}" for i in range(n)]),
         np.array(["human"] * n),
         np.zeros(n, bool),
     )
@@ -49,14 +49,14 @@ def test_held_out_rows_by_hand() -> None:
     # SHA-1("b") = e9d71f5ee7c92d6d...: 0.9134
     assert held_out_rows(["a", "b"], 0.55).tolist() == [True, False]
     assert held_out_rows(["b", "a"], 0.55).tolist() == [False, True]  # by id, not by row
-    assert held_out_rows(["a", "b"], 0.95).tolist() == [True, False]  # one is always kept
-    assert held_out_rows(["a", "b"], 0.2).tolist() == [True, False]  # one always held out
-    assert held_out_rows(["b"], 0.55).tolist() == [False]  # one row: no forcing
+    assert held_out_rows(["a", "b"], 0.95).tolist() == [True, True]  # small sets: callers
+    assert held_out_rows(["a", "b"], 0.2).tolist() == [False, False]  # say so
     big = [f"ep-{i}" for i in range(400)]
     held = held_out_rows(big, 0.2)
     assert 50 < held.sum() < 110  # about a fifth
-    # a row added later never moves an old one across
+    # a row added later never moves an old one across, small sets included
     assert (held_out_rows([*big, "new-1", "new-2"], 0.2)[:400] == held).all()
+    assert held_out_rows(["a"], 0.55).tolist() == held_out_rows(["a", "b", "c"], 0.55)[:1].tolist()
     with pytest.raises(ValueError, match="share"):
         held_out_rows(big, 1.0)
 
@@ -86,10 +86,15 @@ def test_sd_export_turns_a_persons_labels_into_disjoint_example_sets(tmp_path: P
     sim_store, store = tmp_path / "sim-store", tmp_path / "store"
     res = r.invoke(app, ["collect", "--store", str(sim_store), "--robots", "1", "--episodes", "8"])
     assert res.exit_code == 0, res.output
-    eps = list(EpisodeReader(sim_store).episodes())
-    with EpisodeWriter(store, "arm-1") as writer:  # a real arm's: no ground truth
+    # a real arm's: no ground truth; ids whose hashes are known (ep-0: 0.934, ep-2: 0.323,
+    # ep-3: 0.588, ep-4: 0.316, ep-5: 0.256 as fractions of SHA-1's first 13 hex digits)
+    eps = [
+        dataclasses.replace(e, episode_id=f"ep-{i}", gt_success=None, gt_success_by_task=None)
+        for i, e in enumerate(EpisodeReader(sim_store).episodes())
+    ]
+    with EpisodeWriter(store, "arm-1") as writer:
         for e in eps:
-            writer.write(dataclasses.replace(e, gt_success=None, gt_success_by_task=None))
+            writer.write(e)
     labels = LabelStore(store / "labels.jsonl")
     for i, e in enumerate(eps[:6]):  # two episodes left unlabeled
         labels.add(e.episode_id, "lift-any", i % 2 == 0)
@@ -101,8 +106,7 @@ def test_sd_export_turns_a_persons_labels_into_disjoint_example_sets(tmp_path: P
     assert res.exit_code == 0, res.output
     train, held = LabeledSet.load(out), LabeledSet.load(val)
     labeled = {e.episode_id for e in eps[:6]} - {eps[1].episode_id}
-    assert set(train.ids) | set(held.ids) == labeled and not set(train.ids) & set(held.ids)
-    assert len(held) >= 1 and len(train) >= 1
+    assert sorted(held.ids) == ["ep-5"] and sorted(train.ids) == ["ep-0", "ep-2", "ep-3", "ep-4"]
     both = train.concat(held)
     by_id = {e.episode_id: e for e in eps}
     lift, place = TASKS.index("lift-any"), TASKS.index("place-any")
@@ -121,6 +125,8 @@ def test_sd_export_turns_a_persons_labels_into_disjoint_example_sets(tmp_path: P
     # bad inputs: one line each, nothing written
     res = r.invoke(app, [*args, "--validation-out", str(out)])
     assert res.exit_code == 2 and "another file than --out" in res.output
+    res = r.invoke(app, [*args, "--validation-out", str(val), "--validation-share", "0.1"])
+    assert res.exit_code == 2 and "none of the 5 labeled episodes fell in" in res.output
     res = r.invoke(app, [*args, "--labels", str(tmp_path / "none.jsonl")])
     assert res.exit_code == 2 and "no labels in" in res.output
     foreign = LabelStore(tmp_path / "foreign.jsonl")
@@ -161,7 +167,7 @@ def test_a_run_trains_its_first_sd_on_your_examples_and_stages_nothing(
     assert key["sd_sources"] == {"examples_file": str(tmp_path / "own.npz")}
 
     # a validation file of its own: all examples train
-    other = labeled_set(6, seed=1)
+    other = labeled_set(6, seed=1, prefix="val")
     other.save(tmp_path / "val.npz")
     run = tiny_cfg(
         tmp_path / "run2",
@@ -171,6 +177,32 @@ def test_a_run_trains_its_first_sd_on_your_examples_and_stages_nothing(
     run.init_sd()
     assert len(LabeledSet.load(run.paths.sd / "examples.npz")) == 40
     assert list(LabeledSet.load(run.paths.sd / "validation.npz").ids) == list(other.ids)
+
+    # examples in both files, or a set too small to hold any out: refused before training
+    labeled_set(6).save(tmp_path / "overlap.npz")
+    run = tiny_cfg(
+        tmp_path / "run3",
+        examples_file=str(tmp_path / "own.npz"),
+        validation_file=str(tmp_path / "overlap.npz"),
+    )
+    with pytest.raises(ConfigError, match="share 6 examples"):
+        run.init_sd()
+    labeled_set(2).save(tmp_path / "two.npz")  # ep-0, ep-1: hashes 0.934, 0.951
+    run = tiny_cfg(tmp_path / "run4", examples_file=str(tmp_path / "two.npz"))
+    with pytest.raises(ConfigError, match=r"none of the 2 examples .* fell in the held-out share"):
+        run.init_sd()
+    assert SuccessDetector.latest_version(run.paths.sd) == 0
+
+    # a start that died after copying the examples, the file exported anew, a new start:
+    # the new file's examples, not the dead start's copy
+    labeled_set(40).save(tmp_path / "again.npz")
+    dead = tiny_cfg(tmp_path / "run5", examples_file=str(tmp_path / "again.npz"))
+    dead._sd_train_set()
+    labeled_set(40, seed=7).save(tmp_path / "again.npz")
+    tiny_cfg(tmp_path / "run5", examples_file=str(tmp_path / "again.npz")).init_sd()
+    kept = LabeledSet.load(tmp_path / "run5" / "sd" / "examples.npz")
+    fresh = labeled_set(40, seed=7)
+    assert (kept.images == fresh.images[~held_out_rows(fresh.ids.tolist(), 0.2)]).all()
 
     # the same folder started again with other sd files: its SD is not theirs
     run = tiny_cfg(tmp_path / "run2", examples_file=str(tmp_path / "val.npz"))
@@ -199,6 +231,16 @@ def test_a_run_starts_from_your_sd_weights(tmp_path: Path) -> None:
     again = LocalRun(run.cfg, run.paths.root, resume=True).init_sd()
     assert again.version == 1
 
+    # a validation file that does not fit: refused before the SD is copied (found after
+    # it, the folder was locked: a resume cannot change the file)
+    labeled_set(4, size=128).save(tmp_path / "big.npz")
+    run = tiny_cfg(
+        tmp_path / "run-big", weights=str(tmp_path / "w"), validation_file=str(tmp_path / "big.npz")
+    )
+    with pytest.raises(ConfigError, match=r"sd\.validation_file: .*128x128"):
+        run.init_sd()
+    assert SuccessDetector.latest_version(run.paths.sd) == 0
+
     # an SD of other tasks, or of another image size: clear errors
     few = SuccessNet(SDNetConfig(num_tasks=2))
     SuccessDetector(few, TASKS[:2]).publish(tmp_path / "w2")
@@ -210,17 +252,22 @@ def test_a_run_starts_from_your_sd_weights(tmp_path: Path) -> None:
         tiny_cfg(tmp_path / "run3", weights=str(tmp_path / "w3")).init_sd()
 
 
-def test_sd_sources_are_checked_at_the_start_and_kept_on_resume(tmp_path: Path) -> None:
+def test_sd_sources_are_checked_at_the_start_and_kept_on_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = preset("tiny")
     with pytest.raises(ConfigError, match=r"sd\.examples_file: .* is not a file"):
         with_sd_sources(dataclasses.replace(cfg, sd=dataclasses.replace(cfg.sd, examples_file="x")))
     with pytest.raises(ConfigError, match=r"sd\.weights: .* is not a folder"):
         with_sd_sources(dataclasses.replace(cfg, sd=dataclasses.replace(cfg.sd, weights="nope")))
     labeled_set(4).save(tmp_path / "own.npz")
-    rel = dataclasses.replace(
-        cfg, sd=dataclasses.replace(cfg.sd, examples_file=str(tmp_path / "own.npz"))
-    )
-    assert Path(with_sd_sources(rel).sd.examples_file).is_absolute()
+    monkeypatch.chdir(tmp_path)
+    rel = dataclasses.replace(cfg, sd=dataclasses.replace(cfg.sd, examples_file="own.npz"))
+    assert with_sd_sources(rel).sd.examples_file == str(tmp_path / "own.npz")
+    # a run made from Python keeps the absolute path too (a resume from elsewhere finds it)
+    run = LocalRun(rel, tmp_path / "run")
+    saved = json.loads(run.paths.config.read_text())
+    assert saved["sd"]["examples_file"] == str(tmp_path / "own.npz")
     with pytest.raises(ConfigError, match=r"cannot change sd\.examples_file"):
         resume_config(rel, None, ["sd.examples_file=other.npz"])
     assert resume_config(rel, None, ["budget_minutes=5"]).sd == rel.sd

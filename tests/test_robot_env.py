@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
-from tests.robot_factories import ArmWithoutTruth
+from tests.robot_factories import TRACKED, ArmWithoutTruth
 
 import mtopt
 from mtopt.robots.base import StepResult
@@ -95,7 +95,7 @@ def test_an_arm_without_ground_truth_is_rewarded_by_the_success_detector(tmp_pat
         assert terminated and not truncated and "success_truth" not in info  # none known
         p = float(sd.score(info["final_image"][None])[0, TASKS.index("place-any")])
         assert info["sd_probability"] == pytest.approx(p)
-        assert reward == float(p > 0.5) and info["success"] == (p > 0.5)
+        assert reward == float(p >= 0.5) and info["success"] == (p >= 0.5)
         # a chain: the next task goes on from where this one ended, no new scene
         _, info = env.reset(options={"task": "lift-any", "keep_scene": True})
         assert "scene_seed" not in info and info["task"] == "lift-any"
@@ -112,7 +112,7 @@ def test_an_arm_without_ground_truth_is_rewarded_by_the_success_detector(tmp_pat
     try:
         env.reset(seed=0)
         *_, info = env.step(stop)
-        assert info["success"] == (info["sd_probability"] > 0.01)
+        assert info["success"] == (info["sd_probability"] >= 0.01)
     finally:
         env.close()
 
@@ -132,6 +132,22 @@ def test_with_both_the_detectors_verdict_is_the_reward_and_the_truth_is_beside_i
         env.close()
 
 
+def test_gym_make_with_your_own_robot_keeps_the_spec_without_the_robot() -> None:
+    robot = SimRobot(SimConfig(max_steps=6), robot_id="gym")
+    env = gym.make(mtopt.ROBOT_ENV_ID, robot=robot)
+    try:
+        assert env.spec is not None and env.spec.max_episode_steps == 6  # the robot's cell
+        assert "robot" not in env.spec.kwargs
+        env.reset(seed=0)
+        for i, a in enumerate(actions(6)):
+            *_, truncated, _ = env.step(a)
+            assert truncated == (i == 5)
+    finally:
+        env.close()
+    robot.observe()  # still open: the caller's
+    robot.close()
+
+
 class ArmThatIgnoresTerminate(ArmWithoutTruth):
     def act(self, action: np.ndarray) -> StepResult:
         return StepResult(super().act(action).observation, False)
@@ -147,10 +163,11 @@ def test_bad_robots_and_settings_are_clear_errors(tmp_path: Path) -> None:
     few = published_sd(tmp_path / "few", TASKS[:2])
     with pytest.raises(ValueError, match="no output for 'place-in-bowl'"):
         RobotEnv(
-            robot_factory="tests.robot_factories:make_arm",
+            robot_factory="tests.robot_factories:make_tracked_arm",
             task="place-in-bowl",
             success_detector=few,
         )
+    assert TRACKED and TRACKED[-1].closed  # the robot the env made is not left connected
     big = published_sd(tmp_path / "big", size=128)
     with pytest.raises(ValueError, match="judges 128-pixel images"):
         RobotEnv(robot_factory="tests.robot_factories:make_arm", success_detector=big)

@@ -5,11 +5,12 @@ simulator) as a Gymnasium env, rewarded by a success detector.
 success_detector="runs/cell-a/sd")`` makes the robot with a factory, as ``mtopt run``
 does (``mtopt.robots.factory``); ``robot=`` takes one you made (the env then leaves it
 open on ``close()``: it is yours). Observations, actions and episode ends are those of
-``mtopt/SimCell-v0`` (``mtopt.sim.env``), and every call is checked against the Robot
+``mtopt/SimCell-v0`` (``mtopt.sim.env``), and what the robot gives back (observations,
+step results, the final image, ``prepare_for_task``'s answer) is checked against the Robot
 protocol as collection checks it (``RobotContractError``, naming the robot).
 
 Reward (final step only, 0/1): the success detector's verdict on the outcome image
-(``info["sd_probability"]`` above ``threshold``), as the pipeline's rewards are. Without
+(``info["sd_probability"]`` at or above ``threshold``, as LogReplay gives rewards), as the pipeline's rewards are. Without
 a success detector, the robot's own ground truth (``scene_state()``, the simulated
 cell's); a robot with neither is refused. With both, ``info["success_truth"]`` gives the
 ground truth beside the detector's verdict (``info["success"]``).
@@ -72,7 +73,8 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         ``NAME(robot_id=..., seed=..., sim=...)`` with ``sim``, default ``SimConfig()``:
         its ``image_size`` is the size asked for). ``success_detector``: a weights
         folder (``RUN/sd``, ``mtopt sd train``'s) or a loaded ``SuccessDetector`` that
-        knows ``task``. ``max_steps``: default ``sim.max_steps``."""
+        knows ``task``. ``max_steps``: default ``sim.max_steps`` (without ``sim``, a
+        ``SimRobot``'s own cell's)."""
         self.registry = registry or DEFAULT_REGISTRY
         self.task = self.registry.get(task)  # clear error listing valid tasks
         self._initial_seed = _checked_seed(seed)
@@ -81,7 +83,8 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.threshold = float(threshold)
         if sim is not None and not isinstance(sim, SimConfig):
             raise TypeError(f"sim must be a SimConfig, got {type(sim).__name__}")
-        cell = (sim or SimConfig()).validate()
+        own = getattr(robot, "config", None)  # a SimRobot's cell, when no sim is given
+        cell = (sim or (own if isinstance(own, SimConfig) else SimConfig())).validate()
         self.max_steps = int(cell.max_steps if max_steps is None else max_steps)
         if self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
@@ -104,10 +107,10 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._truth = truth if callable(truth) else None
         try:
             self._sd = self._load_sd(success_detector)
-        except BaseException:
+            self._sd_index = None if self._sd is None else self._sd_task_index(self.task.name)
+        except BaseException:  # a robot the env made is not left connected
             self._release()
             raise
-        self._sd_index = None if self._sd is None else self._sd_task_index(self.task.name)
         side = robot.image_size
         self.observation_space = spaces.Dict(  # type: ignore[assignment]
             {
@@ -163,6 +166,16 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         # as SimCellEnv: the env ends its episodes at max_steps itself
         if value is not None and value.max_episode_steps is None:
             value = dataclasses.replace(value, max_episode_steps=self.max_steps)
+        if value is not None:
+            # gym.make keeps its keywords in the spec, and wrappers deep-copy the spec on
+            # every read: a robot (a connection to an arm) or a loaded detector is no
+            # keyword to copy, nor to re-make an env from
+            kwargs = {
+                k: v
+                for k, v in value.kwargs.items()
+                if k != "robot" and not (k == "success_detector" and not isinstance(v, (str, Path)))
+            }
+            value = dataclasses.replace(value, kwargs=kwargs)
         self._spec = value
 
     @property
@@ -211,6 +224,7 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._check_open()
         index = None if self._sd is None else self._sd_task_index(task.name)
         self.task, self._sd_index = task, index
+        self._last = None  # a robot call that raises below leaves no episode to step on
         if seed is None:
             seed = self._initial_seed
         self._initial_seed = None  # the constructor's seed seeds the first reset only
@@ -260,7 +274,7 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             if self._sd is not None:
                 assert self._sd_index is not None
                 p = float(self._sd.score(final[None])[0, self._sd_index])
-                success = p > self.threshold
+                success = p >= self.threshold  # as LogReplay's rewards
                 info["sd_probability"] = p
                 if truth is not None:
                     info["success_truth"] = truth

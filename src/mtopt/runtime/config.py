@@ -131,9 +131,10 @@ class RunConfig:
     real arm, another simulator), called as ``NAME(robot_id=..., seed=..., sim=SimConfig)``
     in each robot process (``mtopt.robots.factory``). Empty: the simulated cell. The
     held-out evaluation and the parity switch stay in the simulated cell, and so does the
-    success detector's staging unless ``sd.examples_file`` or ``sd.weights`` gives your
-    own; the relabel rounds label only episodes with the simulator's ground truth (a real
-    arm's have none: label them on the labeling page)."""
+    success detector's staging unless ``sd.examples_file`` (or ``sd.weights`` with
+    ``sd.validation_file``) gives your own; the relabel rounds label only episodes with
+    the simulator's ground truth (a real arm's have none: label them on the labeling
+    page)."""
     replay_workers: int = 1
     """Ray only: LogReplay + Bellman updater actors feeding the learner."""
     max_collect_rate: float = 6.0

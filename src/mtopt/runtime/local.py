@@ -63,6 +63,7 @@ from mtopt.runtime.config import (
     load_config_changes,
     load_run_config,
     resume_config,
+    with_sd_sources,
 )
 from mtopt.runtime.policy_folder import average_run
 from mtopt.store.reader import EpisodeReader
@@ -490,6 +491,8 @@ class LocalRun:
         """``registry``: the run's tasks (default: ``cfg.registry()``, the built-in tasks
         and ``cfg.extra_tasks``)."""
         registry = registry or cfg.registry()
+        if not resume:  # absolute, checked to exist (`mtopt run` did so already)
+            cfg = with_sd_sources(cfg)
         self.cfg = cfg.validate(registry)
         self.cfg.check_robot_factory()
         self.paths = RunPaths(Path(out))
@@ -597,12 +600,14 @@ class LocalRun:
         c, sd = self.cfg.sd, self.paths.sd
         data = self._own_examples("examples_file")
         if not c.validation_file:
-            if len(data) < 2:
-                raise ConfigError(
-                    f"sd.examples_file: {c.examples_file} holds one example, too few to "
-                    "hold any out: give more, or sd.validation_file"
-                )
             held = held_out_rows(data.ids.tolist(), VALIDATION_SHARE)
+            if held.all() or not held.any():
+                raise ConfigError(
+                    f"sd.examples_file: none of the {len(data)} examples of "
+                    f"{c.examples_file} fell {'outside' if held.all() else 'in'} the "
+                    f"held-out share {VALIDATION_SHARE} (by id hash): give more examples, "
+                    "or a held-out set as sd.validation_file"
+                )
             data.subset(np.flatnonzero(held)).save(sd / "validation.npz")
             data = data.subset(np.flatnonzero(~held))
             self._log(
@@ -704,8 +709,9 @@ class LocalRun:
             self._log(f"loaded success detector v{sd.version}")
             self._recover_sd_quality(sd)
             return sd
-        if self.cfg.sd.weights:
-            return self._copy_sd_weights()
+        given = self._check_sd_sources()  # every sd.* file, before anything is made
+        if given is not None:
+            return self._copy_sd_weights(given)
         if (self.paths.sd / "examples.npz").exists():
             self._log(f"reusing success-detector examples in {self.paths.sd}")
         elif not self.cfg.sd.examples_file:
@@ -723,20 +729,49 @@ class LocalRun:
         self._record_sd_quality(sd, labels=0)
         return sd
 
-    def _copy_sd_weights(self) -> SuccessDetector:
-        """``sd.weights``' latest SD as the run's first (and what relabel rounds fine-tune
-        from, ``sd/initial``)."""
-        src = self.cfg.sd.weights
+    def _check_sd_sources(self) -> SuccessDetector | None:
+        """Every ``sd.*`` file the run's first SD is made from, read and checked before
+        anything is trained or published (a bad one found after the SD was published
+        would lock the run folder: a resume cannot change them): the example sets' tasks,
+        image size and labels, no example in both ``examples_file`` and
+        ``validation_file``, and ``sd.weights``' SD, which is returned (None without).
+        Copies of ``examples_file`` a dead start left in ``sd/`` are made again (the file
+        may have been exported anew since; copying is cheap, unlike staging)."""
+        c = self.cfg.sd
+        if c.examples_file:
+            for name in ("examples.npz", "validation.npz"):
+                if name != "validation.npz" or not c.validation_file:
+                    (self.paths.sd / name).unlink(missing_ok=True)
+        sets = {
+            k: self._own_examples(k) for k in ("examples_file", "validation_file") if getattr(c, k)
+        }
+        if len(sets) == 2:
+            shared = set(sets["examples_file"].ids.tolist()) & set(
+                sets["validation_file"].ids.tolist()
+            )
+            if shared:
+                raise ConfigError(
+                    f"sd.examples_file and sd.validation_file share {len(shared)} examples "
+                    f"(such as {sorted(shared)[0]!r}): held-out examples must not be trained "
+                    "on (`mtopt sd export --validation-out` keeps them apart)"
+                )
+        if not c.weights:
+            return None
         try:
-            sd = SuccessDetector.load(src, self.registry.names)
-        except (WeightsError, ValueError, KeyError, TypeError) as exc:
+            sd = SuccessDetector.load(c.weights, self.registry.names)
+        except (WeightsError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise ConfigError(f"sd.weights: {exc}") from None
         if sd.net.cfg.image_size != self.cfg.sim.image_size:
             raise ConfigError(
-                f"sd.weights: the SD in {src} judges {sd.net.cfg.image_size}-pixel images, "
-                f"the run's camera gives {self.cfg.sim.image_size} (sim.image_size)"
+                f"sd.weights: the SD in {c.weights} judges {sd.net.cfg.image_size}-pixel "
+                f"images, the run's camera gives {self.cfg.sim.image_size} (sim.image_size)"
             )
-        origin = f"{src} v{sd.version}"
+        return sd
+
+    def _copy_sd_weights(self, sd: SuccessDetector) -> SuccessDetector:
+        """``sd.weights``' latest SD (``sd``) as the run's first, and what relabel rounds
+        fine-tune from (``sd/initial``)."""
+        origin = f"{self.cfg.sd.weights} v{sd.version}"
         sd.publish(self.paths.sd / "initial", extra_meta={"copied_from": origin})
         sd.publish(
             self.paths.sd,
@@ -791,7 +826,9 @@ class LocalRun:
                 f"images of another size than the detector's {size}x{size}: left out"
             )
         recent = fits
-        if not recent:
+        # the oracle labels with the ground truth: a real arm's episodes have none (and
+        # then no examples need staging for a round that cannot label anything)
+        if not any(getattr(e, "gt_success_by_task", None) for e in recent):
             return sd, labels_so_far
         finals = np.stack([e.final_image for e in recent])
         probs = sd.score(finals)

@@ -258,7 +258,8 @@ def export_labels(
     validation_out: Path | None = typer.Option(
         None,
         help="Also write a held-out example set here: the labeled episodes whose id hashes "
-        "below --validation-share, left out of --out (the same episodes on every export).",
+        "below --validation-share, left out of --out (an episode falls on the same side on "
+        "every export).",
     ),
     validation_share: float = typer.Option(
         0.2, min=0.01, max=0.99, help="Share of the labeled episodes for --validation-out."
@@ -282,7 +283,7 @@ def export_labels(
     for path in (out, validation_out):
         if path is not None:
             _output_file(path)
-    if validation_out is not None and validation_out.absolute() == out.absolute():
+    if validation_out is not None and validation_out.resolve() == out.resolve():
         _fail("--validation-out must be another file than --out")
     try:
         pool = human_examples(store, labels_file, registry_for(store, tasks_file))
@@ -294,8 +295,12 @@ def export_labels(
     sets = [(out, data)]
     if validation_out is not None:
         held = held_out_rows(data.ids.tolist(), validation_share)
-        if len(data) < 2:
-            _fail("one labeled episode: too few to hold any out (leave --validation-out out)")
+        if held.all() or not held.any():
+            _fail(
+                f"none of the {len(data)} labeled episodes fell "
+                f"{'outside' if held.all() else 'in'} the held-out share "
+                f"{validation_share}: label more episodes, or change --validation-share"
+            )
         sets = [
             (out, data.subset(np.flatnonzero(~held))),
             (validation_out, data.subset(np.flatnonzero(held))),

@@ -139,21 +139,16 @@ class LabeledSet:
 
 def held_out_rows(ids: Sequence[str], share: float) -> np.ndarray:
     """Which rows of an example set to hold out for validation: those whose id hashes
-    (SHA-1, read as a fraction in [0, 1)) below ``share``. The same ids always split the
-    same way, whatever their order or the set around them, so a row added later never
-    moves an old one across. With two rows or more, at least one is held out and one is
-    kept (the lowest and highest hash)."""
+    (SHA-1, read as a fraction in [0, 1)) below ``share``. The same id always falls on
+    the same side, whatever its order or the set around it, so a row added later never
+    moves an old one across (a small set may hold none out, or all: callers say so)."""
     if not 0.0 < share < 1.0:
         raise ValueError(f"the held-out share must be in (0, 1), got {share}")
     frac = np.array(
         [int(hashlib.sha1(str(i).encode()).hexdigest()[:13], 16) / 16**13 for i in ids],
         np.float64,
     )
-    held = frac < share
-    if len(ids) >= 2:
-        held[int(np.argmin(frac))] = True
-        held[int(np.argmax(frac))] = False
-    return held
+    return frac < share
 
 
 def label_counts(data: LabeledSet) -> dict[str, tuple[int, int]]:
@@ -165,10 +160,12 @@ def label_counts(data: LabeledSet) -> dict[str, tuple[int, int]]:
 
 def examples_for(path: str | Path, tasks: Sequence[str], image_size: int) -> LabeledSet:
     """The example set in ``path`` made ready for a success detector of ``tasks`` (which
-    must start with the set's own: tasks it lacks get unknown labels) at ``image_size``: a
-    ValueError that names the file for another image size, or a set without labels."""
+    must start with the set's own: tasks it lacks get unknown labels) at ``image_size``,
+    its rows without any label left out: a ValueError that names the file for another
+    image size, or a set without labels."""
     data = LabeledSet.load(path).with_tasks(tasks)
-    if len(data) == 0 or not data.mask.any():
+    data = data.subset(np.flatnonzero(data.mask.any(1)))  # rows with a label only
+    if len(data) == 0:
         raise ValueError(f"{path} holds no labeled examples")
     size = tuple(data.images.shape[1:])
     if size != (image_size, image_size, 3):
