@@ -85,6 +85,12 @@ def make_small_camera_arm(robot_id: str, seed: int, sim: SimConfig) -> ArmWithou
     return arm
 
 
+def make_binary_gripper_arm(robot_id: str, seed: int, sim: SimConfig) -> ArmWithoutTruth:
+    arm = ArmWithoutTruth(robot_id, seed, sim)
+    arm.gripper_status = "command"  # type: ignore[attr-defined]
+    return arm
+
+
 def make_half_arm(robot_id: str, seed: int, sim: SimConfig) -> object:
     class HalfArm:
         def __init__(self) -> None:

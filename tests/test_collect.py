@@ -714,10 +714,18 @@ def test_robot_factory_specs_are_checked_with_clear_errors() -> None:
     arm = make_robot("tests.robot_factories:make_arm", sim, "robot-01", seed=1)
     assert type(arm).__name__ == "ArmWithoutTruth" and arm.robot_id == "robot-01"
     arm.close()
+    binary = make_robot(  # a run whose cell reads the binary status: accepted
+        "tests.robot_factories:make_binary_gripper_arm",
+        dataclasses.replace(sim, gripper_status="command"),
+        "robot-01",
+        seed=1,
+    )
+    binary.close()
     for name, match in (
         ("make_misnamed_arm", "asked for robot 'robot-01' and made one whose robot_id is 'arm-7'"),
         ("make_small_camera_arm", f"image_size {sim.image_size // 2}; the run's networks take"),
         ("make_half_arm", "without the Robot method\\(s\\) reset_scene, start_episode"),
+        ("make_binary_gripper_arm", "whose gripper status is 'command', where the run's"),
     ):
         with pytest.raises(RobotContractError, match=match):
             make_robot(f"tests.robot_factories:{name}", sim, "robot-01", seed=1)

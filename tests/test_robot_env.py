@@ -171,6 +171,10 @@ def test_bad_robots_and_settings_are_clear_errors(tmp_path: Path) -> None:
     big = published_sd(tmp_path / "big", size=128)
     with pytest.raises(ValueError, match="judges 128-pixel images"):
         RobotEnv(robot_factory="tests.robot_factories:make_arm", success_detector=big)
+    binary = SimRobot(SimConfig(gripper_status="command"), robot_id="gym")
+    with pytest.raises(ValueError, match="gripper status is 'command', where the run's"):
+        RobotEnv(binary, sim=SimConfig())  # a cell that reads the measured closure
+    binary.close()
     arm = ArmThatIgnoresTerminate("arm-1", 0, SimConfig())
     env = RobotEnv(arm, success_detector=published_sd(tmp_path / "sd"))
     try:

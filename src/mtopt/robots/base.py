@@ -119,6 +119,12 @@ class Robot(Protocol):
       a property is not called and reads as missing.
     - ``objects_left() -> int``: objects left to pick (without it: assumed 1, so a chain
       never resets for lack of objects).
+    - ``gripper_status``: an attribute, "closure" (the state's first feature is the
+      measured finger closure, 0 open, 1 fingers met) or "command" (1 when commanded
+      closed: a binary gripper). A robot made by a factory (``mtopt.robots.factory``)
+      that declares one other than the run's ``sim.gripper_status`` is refused: the
+      networks, the scripted policies and the simulated evaluations read the status one
+      way. Without it, nothing is checked.
     - ``scene_state()``: simulator ground truth for the store's ``gt_`` columns (sim only;
       a real robot leaves it out and those columns are null).
 

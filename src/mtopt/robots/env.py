@@ -35,7 +35,12 @@ from gymnasium.envs.registration import EnvSpec
 
 from mtopt.robots.action import ACTION_DIM, validate_action
 from mtopt.robots.base import STATE_DIM, Observation, Robot
-from mtopt.robots.factory import PROTOCOL_METHODS, check_factory_spec, make_robot
+from mtopt.robots.factory import (
+    PROTOCOL_METHODS,
+    check_factory_spec,
+    gripper_status_mismatch,
+    make_robot,
+)
 from mtopt.sim.cell import SimConfig
 from mtopt.sim.env import _checked_seed
 from mtopt.sim.runner import (
@@ -103,6 +108,8 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                     f"lacks {what}"
                 )
         self._robot: Robot = robot
+        if sim is not None and (status := gripper_status_mismatch(robot, cell)) is not None:
+            raise ValueError(f"robot {robot.robot_id} {status}")
         truth = getattr(robot, "scene_state", None)
         self._truth = truth if callable(truth) else None
         try:

@@ -77,12 +77,26 @@ def load_robot_factory(spec: str) -> Callable[..., Any]:
     return obj
 
 
+def gripper_status_mismatch(robot: object, sim: Any) -> str | None:
+    """What is wrong when ``robot`` declares a ``gripper_status`` (what its state's first
+    feature means, ``SimConfig.gripper_status``: "closure" or "command") other than the
+    one ``sim`` (the run's cell) says; None when it agrees or declares none."""
+    declared = getattr(robot, "gripper_status", None)
+    if declared is None or declared == sim.gripper_status:
+        return None
+    return (
+        f"whose gripper status is {declared!r}, where the run's networks, scripted "
+        f"policies and evaluations read {sim.gripper_status!r} (sim.gripper_status): "
+        "set sim.gripper_status to what the robot reports"
+    )
+
+
 def make_robot(spec: str, sim: Any, robot_id: str, seed: int) -> Robot:
     """The robot ``robot_id`` of a fleet: ``SimRobot(sim, ...)`` for an empty ``spec``,
     else what the factory makes, checked: every ``Robot`` method, the ``robot_id`` it was
-    asked for (the fleet counts and seeds its robots by the ids in the store) and
-    ``sim.image_size`` (the size the run's networks take). A ``RobotContractError``
-    naming the factory otherwise."""
+    asked for (the fleet counts and seeds its robots by the ids in the store),
+    ``sim.image_size`` (the size the run's networks take) and, when the robot declares
+    one, ``sim.gripper_status``. A ``RobotContractError`` naming the factory otherwise."""
     from mtopt.sim.runner import RobotContractError
 
     if not spec:
@@ -108,6 +122,8 @@ def make_robot(spec: str, sim: Any, robot_id: str, seed: int) -> Robot:
             f"{getattr(robot, 'image_size', None)!r}; the run's networks take "
             f"{sim.image_size} (the run's sim.image_size): resize its camera images"
         )
+    elif (status := gripper_status_mismatch(robot, sim)) is not None:
+        wrong = f"robot_factory {spec!r} made robot {robot_id!r} {status}"
     if wrong is not None:
         close = getattr(robot, "close", None)
         if callable(close):  # refused, but it may hold a connection to an arm

@@ -35,6 +35,8 @@ class SimRobot:
         self.config = (config or SimConfig()).validate()
         self.robot_id = robot_id
         self.image_size = self.config.image_size
+        self.gripper_status = self.config.gripper_status
+        """What the state's first feature means (a Robot's optional declaration)."""
         self.cell = SimCell(self.config)
         self.rng = np.random.default_rng(seed)
         self.scene_seed: int | None = None
