@@ -691,9 +691,9 @@ class LocalRun:
         if other:
             if SuccessDetector.latest_version(sd) > 0:
                 raise ConfigError(
-                    f"{sd} holds a success detector made for other tasks or from other "
-                    f"sd.* files (tasks.key.json there lists them); delete {sd} to make one "
-                    "for these, or choose another --out"
+                    f"{sd} holds a success detector trained for other tasks, or made from "
+                    f"other sd.* files (tasks.key.json there lists them); delete {sd} to "
+                    "make one for these, or choose another --out"
                 )
             for name in ("examples.npz", "validation.npz", "episode_labels.npz", "quality.json"):
                 if (sd / name).exists():
