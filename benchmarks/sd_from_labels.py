@@ -11,7 +11,9 @@ SDs trained on: those labels alone (a real cell's `sd.examples_file`), those lab
 the staged examples, and the staged examples alone (a run's default). Each is measured on
 held-out episodes (held-out objects, other scenes) against the ground truth, per task
 (balanced accuracy; a task with few positives there is noisy), with the positives each
-task got among the labels (random draws give rare tasks few). Usage:
+task got among the labels (random draws give rare tasks few). One draw of labels per K
+(seeded by --seed and K) and one training seed: repeat with other --seed values for a
+spread. Usage:
 
   python benchmarks/sd_from_labels.py --json OUT [--labels-per-task 50,200]
         [--with-staged 200] [--examples runs/r47/sd/examples.npz]
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -84,6 +87,8 @@ def main() -> None:
     args = ap.parse_args()
     ks = [int(k) for k in args.labels_per_task.split(",") if k]
     with_staged = [int(k) for k in args.with_staged.split(",") if k]
+    if not set(with_staged) <= set(ks):
+        ap.error(f"--with-staged {args.with_staged}: each must be one of --labels-per-task")
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
@@ -94,11 +99,13 @@ def main() -> None:
             d = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         key = {"episodes": args.heldout_episodes, "seed": 7}
         if not cached(d, "heldout", key):
+            shutil.rmtree(d / "heldout", ignore_errors=True)  # a cut-off or other collection
             collect(d / "heldout", args.heldout_episodes, "test", seed=7).save(d / "heldout.npz")
             mark(d, "heldout", key)
         heldout = LabeledSet.load(d / "heldout.npz")
         key = {"episodes": args.pool_episodes, "seed": 3}
         if not cached(d, "pool", key):
+            shutil.rmtree(d / "pool", ignore_errors=True)
             collect(d / "pool", args.pool_episodes, "train", seed=3)
             mark(d, "pool", key)
         pool = list(EpisodeReader(d / "pool").poll_final_views())
@@ -120,10 +127,11 @@ def main() -> None:
             print(f"{name} ({per_task}): mean balanced accuracy {row['mean_balanced_accuracy']}")
 
         measured("staged", staged, None)
-        rng = np.random.default_rng(args.seed)
         positives: dict[int, dict[str, int]] = {}
-        for k in ks:
-            simulated_labels(pool, k, d / f"labels-{k}.jsonl", rng)
+        for k in ks:  # each K's draw its own: the same labels whatever else runs
+            simulated_labels(
+                pool, k, d / f"labels-{k}.jsonl", np.random.default_rng([args.seed, k])
+            )
             human = human_examples(d / "pool", d / f"labels-{k}.jsonl", REG)
             human = human.subset(np.flatnonzero(human.mask.any(1)))
             positives[k] = {t: pn[0] for t, pn in label_counts(human).items()}

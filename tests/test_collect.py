@@ -714,6 +714,14 @@ def test_robot_factory_specs_are_checked_with_clear_errors() -> None:
     arm = make_robot("tests.robot_factories:make_arm", sim, "robot-01", seed=1)
     assert type(arm).__name__ == "ArmWithoutTruth" and arm.robot_id == "robot-01"
     arm.close()
+    from mtopt.robots.factory import gripper_status_mismatch
+
+    class Reading:  # a wrapper keeping its current reading under that name: no declaration
+        gripper_status = 0.0
+
+    assert gripper_status_mismatch(Reading(), sim) is None
+    Reading.gripper_status = "binary"  # type: ignore[assignment]
+    assert "none of closure, command" in str(gripper_status_mismatch(Reading(), sim))
     binary = make_robot(  # a run whose cell reads the binary status: accepted
         "tests.robot_factories:make_binary_gripper_arm",
         dataclasses.replace(sim, gripper_status="command"),
@@ -729,6 +737,20 @@ def test_robot_factory_specs_are_checked_with_clear_errors() -> None:
     ):
         with pytest.raises(RobotContractError, match=match):
             make_robot(f"tests.robot_factories:{name}", sim, "robot-01", seed=1)
+
+
+def test_collect_takes_the_gripper_status_a_binary_gripper_reports(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mtopt.cli import app
+
+    args = ["collect", "--store", str(tmp_path / "s"), "--robots", "1", "--episodes", "1"]
+    args += ["--robot-factory", "tests.robot_factories:make_binary_gripper_arm"]
+    res = CliRunner().invoke(app, [*args, "--gripper-status", "binary"])
+    assert res.exit_code == 2 and "closure or command" in res.output
+    res = CliRunner().invoke(app, [*args, "--gripper-status", "command", "--tasks", "lift-any"])
+    assert res.exit_code == 0, res.output
+    assert len(EpisodeReader(tmp_path / "s").metadata()) == 1
 
 
 def test_a_fleet_of_a_users_own_robots_fills_the_store(tmp_path: Path) -> None:

@@ -171,6 +171,11 @@ def test_bad_robots_and_settings_are_clear_errors(tmp_path: Path) -> None:
     big = published_sd(tmp_path / "big", size=128)
     with pytest.raises(ValueError, match="judges 128-pixel images"):
         RobotEnv(robot_factory="tests.robot_factories:make_arm", success_detector=big)
+    # without sim=, nothing to disagree with: a factory's binary arm is taken as it is
+    RobotEnv(
+        robot_factory="tests.robot_factories:make_binary_gripper_arm",
+        success_detector=published_sd(tmp_path / "sd0"),
+    ).close()
     binary = SimRobot(SimConfig(gripper_status="command"), robot_id="gym")
     with pytest.raises(ValueError, match="gripper status is 'command', where the run's"):
         RobotEnv(binary, sim=SimConfig())  # a cell that reads the measured closure

@@ -32,6 +32,12 @@ def register(app: typer.Typer) -> None:
             "(NAME(robot_id=..., seed=..., sim=SimConfig); mtopt.robots.factory). "
             "Default: the simulated cell.",
         ),
+        gripper_status: str | None = typer.Option(
+            None,
+            help="What the state's gripper status is: closure (measured) or command "
+            "(binary). Default: the run's (sim.gripper_status) with a run's --weights, "
+            "else closure. A robot that declares another is refused.",
+        ),
     ) -> None:
         """Run ROBOTS robot processes, EPISODES each, scripted (or learned) policies."""
         from collections import Counter
@@ -68,7 +74,14 @@ def register(app: typer.Typer) -> None:
         try:
             run_config = weights.parent / "config.json" if weights is not None else None
             if run_config is not None and run_config.exists():
-                extra = load_run_config(run_config).extra_tasks
+                run_cfg = load_run_config(run_config)
+                extra = run_cfg.extra_tasks
+                if gripper_status is None:  # the status its networks learned with
+                    gripper_status = run_cfg.sim.gripper_status
+            if gripper_status not in (None, "closure", "command"):
+                raise ValueError(
+                    f"--gripper-status must be closure or command, got {gripper_status!r}"
+                )
             if tasks_file is not None:
                 own = tuple(read_tasks_file(tasks_file))
                 if run_config is not None and run_config.exists() and own != extra:
@@ -99,7 +112,11 @@ def register(app: typer.Typer) -> None:
             robots=robots,
             episodes_per_robot=episodes,
             collect=CollectConfig(tasks=names),
-            sim={"object_split": split, "randomize": randomize},
+            sim={
+                "object_split": split,
+                "randomize": randomize,
+                "gripper_status": gripper_status or "closure",
+            },
             seed=seed,
             weights_dir=str(weights) if weights else None,
             extra_tasks=extra,

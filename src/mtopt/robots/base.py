@@ -123,8 +123,9 @@ class Robot(Protocol):
       measured finger closure, 0 open, 1 fingers met) or "command" (1 when commanded
       closed: a binary gripper). A robot made by a factory (``mtopt.robots.factory``)
       that declares one other than the run's ``sim.gripper_status`` is refused: the
-      networks, the scripted policies and the simulated evaluations read the status one
-      way. Without it, nothing is checked.
+      networks and the simulated evaluations read the status one way (the scripted
+      policies read only the height). Without it, or with a value that is no string,
+      nothing is checked.
     - ``scene_state()``: simulator ground truth for the store's ``gt_`` columns (sim only;
       a real robot leaves it out and those columns are null).
 

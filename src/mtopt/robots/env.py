@@ -79,7 +79,8 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         its ``image_size`` is the size asked for). ``success_detector``: a weights
         folder (``RUN/sd``, ``mtopt sd train``'s) or a loaded ``SuccessDetector`` that
         knows ``task``. ``max_steps``: default ``sim.max_steps`` (without ``sim``, a
-        ``SimRobot``'s own cell's)."""
+        ``SimRobot``'s own cell's). With ``sim``, a robot that declares a
+        ``gripper_status`` other than ``sim.gripper_status`` is refused."""
         self.registry = registry or DEFAULT_REGISTRY
         self.task = self.registry.get(task)  # clear error listing valid tasks
         self._initial_seed = _checked_seed(seed)
@@ -98,7 +99,9 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._owns_robot = robot is None
         if robot is None:
             check_factory_spec(robot_factory)
-            robot = make_robot(robot_factory, cell, robot_id, self._initial_seed or 0)
+            robot = make_robot(  # its gripper status checked against a sim= given
+                robot_factory, cell, robot_id, self._initial_seed or 0, sim is not None
+            )
         else:
             missing = [m for m in PROTOCOL_METHODS if not callable(getattr(robot, m, None))]
             if missing or not isinstance(getattr(robot, "image_size", None), int):

@@ -80,23 +80,35 @@ def load_robot_factory(spec: str) -> Callable[..., Any]:
 def gripper_status_mismatch(robot: object, sim: Any) -> str | None:
     """What is wrong when ``robot`` declares a ``gripper_status`` (what its state's first
     feature means, ``SimConfig.gripper_status``: "closure" or "command") other than the
-    one ``sim`` (the run's cell) says; None when it agrees or declares none."""
+    one ``sim`` (the run's cell) says, or an unknown one; None when it agrees or declares
+    none. A value that is no string (a wrapper's current reading kept under that name)
+    is no declaration."""
     declared = getattr(robot, "gripper_status", None)
-    if declared is None or declared == sim.gripper_status:
+    if not isinstance(declared, str) or declared == sim.gripper_status:
         return None
+    if declared not in GRIPPER_STATUSES:
+        return (
+            f"whose gripper_status {declared!r} is none of {', '.join(GRIPPER_STATUSES)} "
+            "(what the state's first feature means)"
+        )
     return (
-        f"whose gripper status is {declared!r}, where the run's networks, scripted "
-        f"policies and evaluations read {sim.gripper_status!r} (sim.gripper_status): "
-        "set sim.gripper_status to what the robot reports"
+        f"whose gripper status is {declared!r}, where the run's networks and simulated "
+        f"evaluations read {sim.gripper_status!r} (sim.gripper_status): set "
+        "sim.gripper_status to what the robot reports"
     )
 
 
-def make_robot(spec: str, sim: Any, robot_id: str, seed: int) -> Robot:
+GRIPPER_STATUSES = ("closure", "command")
+"""What a Robot's optional ``gripper_status`` may declare (``SimConfig.gripper_status``)."""
+
+
+def make_robot(spec: str, sim: Any, robot_id: str, seed: int, check_gripper: bool = True) -> Robot:
     """The robot ``robot_id`` of a fleet: ``SimRobot(sim, ...)`` for an empty ``spec``,
     else what the factory makes, checked: every ``Robot`` method, the ``robot_id`` it was
     asked for (the fleet counts and seeds its robots by the ids in the store),
     ``sim.image_size`` (the size the run's networks take) and, when the robot declares
-    one, ``sim.gripper_status``. A ``RobotContractError`` naming the factory otherwise."""
+    one and ``check_gripper``, ``sim.gripper_status``. A ``RobotContractError`` naming
+    the factory otherwise."""
     from mtopt.sim.runner import RobotContractError
 
     if not spec:
@@ -122,7 +134,7 @@ def make_robot(spec: str, sim: Any, robot_id: str, seed: int) -> Robot:
             f"{getattr(robot, 'image_size', None)!r}; the run's networks take "
             f"{sim.image_size} (the run's sim.image_size): resize its camera images"
         )
-    elif (status := gripper_status_mismatch(robot, sim)) is not None:
+    elif check_gripper and (status := gripper_status_mismatch(robot, sim)) is not None:
         wrong = f"robot_factory {spec!r} made robot {robot_id!r} {status}"
     if wrong is not None:
         close = getattr(robot, "close", None)
