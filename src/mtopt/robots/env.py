@@ -42,7 +42,7 @@ from mtopt.robots.factory import (
     make_robot,
 )
 from mtopt.sim.cell import SimConfig
-from mtopt.sim.env import _checked_seed
+from mtopt.sim.env import STATE_HIGH, STATE_LOW, _checked_seed, env_obs, env_pose, reset_options
 from mtopt.sim.runner import (
     RobotContractError,
     checked_act,
@@ -51,9 +51,6 @@ from mtopt.sim.runner import (
 )
 from mtopt.sim.seeds import random_scene_seed
 from mtopt.tasks.registry import DEFAULT_REGISTRY, TaskRegistry
-
-STATE_LOW = np.array([0.0, -0.1], np.float32)
-STATE_HIGH = np.array([1.0, 1.0], np.float32)
 
 
 class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
@@ -193,38 +190,15 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         """The robot the env drives."""
         return self._robot
 
-    @staticmethod
-    def _to_obs(o: Observation) -> dict[str, np.ndarray]:
-        state = np.clip(o.state, STATE_LOW, STATE_HIGH).astype(np.float32)
-        return {"image": o.image, "state": state}
-
-    @staticmethod
-    def _pose(o: Observation) -> np.ndarray:
-        return np.array(o.pose if o.pose is not None else np.full(4, np.nan), np.float32)
+    _to_obs = staticmethod(env_obs)
+    _pose = staticmethod(env_pose)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        if options is not None and not isinstance(options, dict):
-            raise TypeError(
-                f"options must be a dict such as {{'task': 'lift-any'}}, got {options!r}"
-            )
+        task, chosen, rest = reset_options(options, self.registry, self.task, ("keep_scene",))
+        keep = rest.get("keep_scene", False)
         seed = _checked_seed(seed)
-        options = dict(options or {})
-        task = self.registry.get(str(options.pop("task"))) if "task" in options else self.task
-        chosen = options.pop("scene_seed", None)
-        keep = options.pop("keep_scene", False)
-        if options:
-            raise ValueError(
-                f"unknown reset options {sorted(options)}; valid: ['keep_scene', "
-                "'scene_seed', 'task']"
-            )
-        if chosen is not None and (
-            isinstance(chosen, bool)
-            or not isinstance(chosen, (int, np.integer))
-            or not 0 <= chosen < 2**63
-        ):
-            raise ValueError(f"options['scene_seed'] must be an int in [0, 2**63), got {chosen!r}")
         if not isinstance(keep, bool):
             raise ValueError(f"options['keep_scene'] must be True or False, got {keep!r}")
         if keep and chosen is not None:

@@ -56,7 +56,46 @@ from mtopt.robots.base import STATE_DIM, Observation
 from mtopt.robots.sim_robot import SimRobot
 from mtopt.sim.cell import NOT_COPYABLE, SimConfig
 from mtopt.sim.seeds import random_scene_seed
-from mtopt.tasks.registry import DEFAULT_REGISTRY, TaskRegistry
+from mtopt.tasks.registry import DEFAULT_REGISTRY, TaskRegistry, TaskSpec
+
+STATE_LOW = np.array([0.0, -0.1], np.float32)
+STATE_HIGH = np.array([1.0, 1.0], np.float32)
+"""The env's state bounds: gripper status in [0, 1], height in [-0.1, 1] m."""
+
+
+def env_obs(o: Observation) -> dict[str, np.ndarray]:
+    """The env's observation of ``o``: the image, and the state clipped to its bounds."""
+    state = np.clip(o.state, STATE_LOW, STATE_HIGH).astype(np.float32)
+    return {"image": o.image, "state": state}
+
+
+def env_pose(o: Observation) -> np.ndarray:
+    """``info["pose"]``: the gripper's x, y, z, yaw, or NaNs for a robot that gives none."""
+    return np.array(o.pose if o.pose is not None else np.full(4, np.nan), np.float32)
+
+
+def reset_options(
+    options: Any, registry: TaskRegistry, task: TaskSpec, extra: tuple[str, ...] = ()
+) -> tuple[TaskSpec, int | None, dict[str, Any]]:
+    """A reset's ``options`` checked: the task (``task`` without one), the scene seed
+    (None without one) and the ``extra`` options an env takes besides, before the env
+    changes anything (a clear error for an unknown option or a bad scene seed)."""
+    if options is not None and not isinstance(options, dict):
+        raise TypeError(f"options must be a dict such as {{'task': 'lift-any'}}, got {options!r}")
+    options = dict(options or {})
+    chosen_task = registry.get(str(options.pop("task"))) if "task" in options else task
+    chosen = options.pop("scene_seed", None)
+    rest = {k: options.pop(k) for k in extra if k in options}
+    if options:
+        valid = sorted(["scene_seed", "task", *extra])
+        raise ValueError(f"unknown reset options {sorted(options)}; valid: {valid}")
+    if chosen is not None and (
+        isinstance(chosen, bool)
+        or not isinstance(chosen, (int, np.integer))
+        or not 0 <= chosen < 2**63  # the store's int64 seed column holds it
+    ):
+        raise ValueError(f"options['scene_seed'] must be an int in [0, 2**63), got {chosen!r}")
+    return chosen_task, None if chosen is None else int(chosen), rest
 
 
 class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
@@ -111,8 +150,8 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             {
                 "image": spaces.Box(0, 255, (image_size, image_size, 3), np.uint8),
                 "state": spaces.Box(
-                    low=np.array([0.0, -0.1], np.float32),
-                    high=np.array([1.0, 1.0], np.float32),
+                    low=STATE_LOW,
+                    high=STATE_HIGH,
                     shape=(STATE_DIM,),
                     dtype=np.float32,
                 ),
@@ -139,36 +178,14 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             value = dataclasses.replace(value, max_episode_steps=self.config.max_steps)
         self._spec = value
 
-    @staticmethod
-    def _to_obs(o: Observation) -> dict[str, np.ndarray]:
-        state = np.clip(o.state, [0.0, -0.1], [1.0, 1.0]).astype(np.float32)
-        return {"image": o.image, "state": state}
-
-    @staticmethod
-    def _pose(o: Observation) -> np.ndarray:
-        return np.array(o.pose if o.pose is not None else np.full(4, np.nan), np.float32)
+    _to_obs = staticmethod(env_obs)
+    _pose = staticmethod(env_pose)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        if options is not None and not isinstance(options, dict):
-            raise TypeError(
-                f"options must be a dict such as {{'task': 'lift-any'}}, got {options!r}"
-            )
+        task, chosen, _ = reset_options(options, self.registry, self.task)
         seed = _checked_seed(seed)
-        options = dict(options or {})
-        task = self.registry.get(str(options.pop("task"))) if "task" in options else self.task
-        chosen = options.pop("scene_seed", None)
-        if options:
-            raise ValueError(
-                f"unknown reset options {sorted(options)}; valid: ['scene_seed', 'task']"
-            )
-        if chosen is not None and (
-            isinstance(chosen, bool)
-            or not isinstance(chosen, (int, np.integer))
-            or not 0 <= chosen < 2**63  # the store's int64 seed column holds it
-        ):
-            raise ValueError(f"options['scene_seed'] must be an int in [0, 2**63), got {chosen!r}")
         self._check_open()
         # after the options are checked: a reset that raised leaves the seed for the next
         self.task = task
