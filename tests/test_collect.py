@@ -422,10 +422,14 @@ def test_collect_with_a_runs_weights_collects_the_runs_own_tasks(tmp_path: Path)
     from mtopt.qtopt.learner import Learner
     from mtopt.qtopt.networks import QNetConfig
     from mtopt.runtime.config import RunConfig
+    from mtopt.sim.cell import SimConfig
 
     task = {"name": "place-can-on-plate", "kind": "place", "fixtures": ["plate"], "category": "can"}
-    cfg = RunConfig(
-        qnet=QNetConfig(num_tasks=14, tower_channels=8, head_channels=8, fc_units=16),
+    cfg = RunConfig(  # a cell of its own: the weights act in it (they took 64 pixels)
+        qnet=QNetConfig(
+            num_tasks=14, image_size=32, tower_channels=8, head_channels=8, fc_units=16
+        ),
+        sim=SimConfig(image_size=32, max_steps=4),
         extra_tasks=(task,),
     )
     save_config(cfg, tmp_path / "run" / "config.json")
@@ -436,6 +440,8 @@ def test_collect_with_a_runs_weights_collects_the_runs_own_tasks(tmp_path: Path)
     assert res.exit_code == 0, res.output
     rows = EpisodeReader(tmp_path / "store").metadata()
     assert [r["task"] for r in rows] == ["place-can-on-plate"] * 2
+    eps = list(EpisodeReader(tmp_path / "store").episodes())
+    assert all(e.final_image.shape == (32, 32, 3) and e.num_steps <= 4 for e in eps)
     res = CliRunner().invoke(app, [*args[:7], "--tasks", "place-can-on-plate"])  # no run
     assert res.exit_code == 2 and "unknown task 'place-can-on-plate'" in res.output
     assert json.loads((tmp_path / "run" / "config.json").read_text())["extra_tasks"] == [task]

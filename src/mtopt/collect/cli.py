@@ -19,11 +19,14 @@ def register(app: typer.Typer) -> None:
         tasks: str = typer.Option("", help="Comma-separated enabled tasks (default: all)."),
         seed: int = typer.Option(0, min=0, help="Fleet seed."),
         split: str = typer.Option("train", help="Object instances: train or test."),
-        randomize: bool = typer.Option(False, help="Domain randomization."),
+        randomize: bool | None = typer.Option(
+            None, help="Domain randomization (default: the run's with a run's --weights, else off)."
+        ),
         weights: Path | None = typer.Option(
             None,
             help="Published Q weights dir (learned policies); a run's weights/ brings the "
-            "run's own tasks (its config's extra_tasks) too.",
+            "run's own tasks (its config's extra_tasks), its cell (sim settings: image "
+            "size, moves, episode length) and its robots' exploration and action search too.",
         ),
         tasks_file: Path | None = typer.Option(None, help=OWN_TASKS_HELP),
         robot_factory: str = typer.Option(
@@ -40,7 +43,9 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Run ROBOTS robot processes, EPISODES each, scripted (or learned) policies."""
+        import dataclasses
         from collections import Counter
+        from typing import Any
 
         from tqdm import tqdm
 
@@ -54,6 +59,7 @@ def register(app: typer.Typer) -> None:
 
         names = tuple(t for t in tasks.split(",") if t)
         extra: tuple[dict[str, object], ...] = ()
+        run_cfg = None  # the config of the run whose weights these are
         if weights is not None and weights.exists() and not weights.is_dir():
             fail(f"--weights {weights} is a file, not a folder")
         if weights is not None and not weights.is_dir():
@@ -107,20 +113,33 @@ def register(app: typer.Typer) -> None:
             fail(exc)
         if split not in ("train", "test"):
             fail(f"--split must be train or test, got {split!r}")
+        # a run's weights act in the run's own cell, as its robots collect
+        cell = dataclasses.asdict(run_cfg.sim) if run_cfg is not None else {}
+        cell.update(
+            object_split=split,
+            randomize=cell.get("randomize", False) if randomize is None else randomize,
+            gripper_status=gripper_status or "closure",
+        )
+        acting: dict[str, Any] = {}
+        if run_cfg is not None:
+            acting = {
+                "epsilon": run_cfg.epsilon,
+                "noise_std": run_cfg.noise_std,
+                "cem": run_cfg.collection_cem(),
+            }
         spec = FleetSpec(
             store=str(store),
             robots=robots,
             episodes_per_robot=episodes,
-            collect=CollectConfig(tasks=names),
-            sim={
-                "object_split": split,
-                "randomize": randomize,
-                "gripper_status": gripper_status or "closure",
-            },
+            collect=CollectConfig(
+                tasks=names, max_steps=cell.get("max_steps", CollectConfig.max_steps)
+            ),
+            sim=cell,
             seed=seed,
             weights_dir=str(weights) if weights else None,
             extra_tasks=extra,
             robot_factory=robot_factory,
+            **acting,
         )
         counts: Counter[str] = Counter()
         wins: Counter[str] = Counter()
