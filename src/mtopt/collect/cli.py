@@ -54,6 +54,7 @@ def register(app: typer.Typer) -> None:
         from mtopt.config import ConfigError
         from mtopt.qtopt.weights import WeightsError, read_latest
         from mtopt.runtime.config import load_run_config
+        from mtopt.sim.config import GRIPPER_STATUSES
         from mtopt.tasks import DEFAULT_REGISTRY, UnknownTaskError
         from mtopt.tasks.registry import read_tasks_file, registry_with_tasks_file
 
@@ -84,7 +85,7 @@ def register(app: typer.Typer) -> None:
                 extra = run_cfg.extra_tasks
                 if gripper_status is None:  # the status its networks learned with
                     gripper_status = run_cfg.sim.gripper_status
-            if gripper_status not in (None, "closure", "command"):
+            if gripper_status is not None and gripper_status not in GRIPPER_STATUSES:
                 raise ValueError(
                     f"--gripper-status must be closure or command, got {gripper_status!r}"
                 )

@@ -36,18 +36,18 @@ from gymnasium.envs.registration import EnvSpec
 from mtopt.robots.action import ACTION_DIM, validate_action
 from mtopt.robots.base import STATE_DIM, Observation, Robot
 from mtopt.robots.factory import (
-    PROTOCOL_METHODS,
     check_factory_spec,
     gripper_status_mismatch,
     make_robot,
+    missing_methods,
 )
 from mtopt.sim.cell import SimConfig
 from mtopt.sim.env import STATE_HIGH, STATE_LOW, _checked_seed, env_obs, env_pose, reset_options
 from mtopt.sim.runner import (
-    RobotContractError,
     checked_act,
     checked_final_image,
     checked_observation,
+    checked_prepare,
 )
 from mtopt.sim.seeds import random_scene_seed
 from mtopt.tasks.registry import DEFAULT_REGISTRY, TaskRegistry
@@ -100,7 +100,7 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                 robot_factory, cell, robot_id, self._initial_seed or 0, sim is not None
             )
         else:
-            missing = [m for m in PROTOCOL_METHODS if not callable(getattr(robot, m, None))]
+            missing = missing_methods(robot)
             if missing or not isinstance(getattr(robot, "image_size", None), int):
                 what = ", ".join(missing) if missing else "an int image_size"
                 raise TypeError(
@@ -171,8 +171,6 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     @spec.setter
     def spec(self, value: EnvSpec | None) -> None:
         # as SimCellEnv: the env ends its episodes at max_steps itself
-        if value is not None and value.max_episode_steps is None:
-            value = dataclasses.replace(value, max_episode_steps=self.max_steps)
         if value is not None:
             # gym.make keeps its keywords in the spec, and wrappers deep-copy the spec on
             # every read: a robot (a connection to an arm) or a loaded detector is no
@@ -182,7 +180,8 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                 for k, v in value.kwargs.items()
                 if k != "robot" and not (k == "success_detector" and not isinstance(v, (str, Path)))
             }
-            value = dataclasses.replace(value, kwargs=kwargs)
+            steps = self.max_steps if value.max_episode_steps is None else value.max_episode_steps
+            value = dataclasses.replace(value, kwargs=kwargs, max_episode_steps=steps)
         self._spec = value
 
     @property
@@ -220,16 +219,11 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             self._robot.reset_scene(scene_seed)
             info["scene_seed"] = scene_seed
         self._robot.start_episode()
-        ready = self._robot.prepare_for_task(task.starts_holding)
-        if not isinstance(ready, (bool, np.bool_)):
-            raise RobotContractError(
-                f"robot {self._robot.robot_id}: prepare_for_task must return True or False, "
-                f"got {ready!r}"
-            )
+        ready = checked_prepare(self._robot, task.starts_holding)
         self._steps = 0
         self._done = False
         self._last = checked_observation(self._robot, self._robot.observe(), "observe()")
-        info.update(prepared=bool(ready), pose=self._pose(self._last))
+        info.update(prepared=ready, pose=self._pose(self._last))
         return self._to_obs(self._last), info
 
     def step(

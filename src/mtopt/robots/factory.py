@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from mtopt.robots.base import Robot
+from mtopt.sim.config import GRIPPER_STATUSES
 
 _SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -35,6 +36,11 @@ PROTOCOL_METHODS = (
     "scene_description",
     "close",
 )
+
+
+def missing_methods(robot: object) -> list[str]:
+    """The ``Robot`` methods (``PROTOCOL_METHODS``) ``robot`` lacks."""
+    return [m for m in PROTOCOL_METHODS if not callable(getattr(robot, m, None))]
 
 
 def check_factory_spec(spec: str) -> str:
@@ -98,10 +104,6 @@ def gripper_status_mismatch(robot: object, sim: Any) -> str | None:
     )
 
 
-GRIPPER_STATUSES = ("closure", "command")
-"""What a Robot's optional ``gripper_status`` may declare (``SimConfig.gripper_status``)."""
-
-
 def make_robot(spec: str, sim: Any, robot_id: str, seed: int, check_gripper: bool = True) -> Robot:
     """The robot ``robot_id`` of a fleet: ``SimRobot(sim, ...)`` for an empty ``spec``,
     else what the factory makes, checked: every ``Robot`` method, the ``robot_id`` it was
@@ -116,7 +118,7 @@ def make_robot(spec: str, sim: Any, robot_id: str, seed: int, check_gripper: boo
 
         return SimRobot(sim, robot_id=robot_id, seed=seed)
     robot = load_robot_factory(spec)(robot_id=robot_id, seed=seed, sim=sim)
-    missing = [m for m in PROTOCOL_METHODS if not callable(getattr(robot, m, None))]
+    missing = missing_methods(robot)
     wrong = None
     if missing:
         wrong = (

@@ -71,8 +71,8 @@ from mtopt.success.data import (
     LabeledSet,
     episode_examples,
     examples_for,
-    held_out_rows,
     label_counts,
+    split_held_out,
     stage_examples,
 )
 from mtopt.success.improve import disputes_given_labels, select_episodes
@@ -600,19 +600,19 @@ class LocalRun:
         c, sd = self.cfg.sd, self.paths.sd
         data = self._own_examples("examples_file")
         if not c.validation_file:
-            held = held_out_rows(data.ids.tolist(), VALIDATION_SHARE)
-            if held.all() or not held.any():
-                raise ConfigError(
-                    f"sd.examples_file: none of the {len(data)} examples of "
-                    f"{c.examples_file} fell {'outside' if held.all() else 'in'} the "
-                    f"held-out share {VALIDATION_SHARE} (by id hash): give more examples, "
-                    "or a held-out set as sd.validation_file"
+            try:
+                data, held = split_held_out(
+                    data, VALIDATION_SHARE, f"examples of {c.examples_file}"
                 )
-            data.subset(np.flatnonzero(held)).save(sd / "validation.npz")
-            data = data.subset(np.flatnonzero(~held))
+            except ValueError as exc:
+                raise ConfigError(
+                    f"sd.examples_file: {exc} (by id hash): give more examples, or a "
+                    "held-out set as sd.validation_file"
+                ) from None
+            held.save(sd / "validation.npz")
             self._log(
-                f"{int(held.sum())} of {len(held)} examples of {c.examples_file} held out "
-                "to measure the run's SDs on"
+                f"{len(held)} of {len(held) + len(data)} examples of {c.examples_file} held "
+                "out to measure the run's SDs on"
             )
         counts = label_counts(data)
         missing = [t for t, (pos, neg) in counts.items() if not (pos and neg)]
@@ -738,10 +738,10 @@ class LocalRun:
         Copies of ``examples_file`` a dead start left in ``sd/`` are made again (the file
         may have been exported anew since; copying is cheap, unlike staging)."""
         c = self.cfg.sd
-        if c.examples_file:
-            for name in ("examples.npz", "validation.npz"):
-                if name != "validation.npz" or not c.validation_file:
-                    (self.paths.sd / name).unlink(missing_ok=True)
+        if c.examples_file:  # validation.npz is its split unless a file of its own
+            (self.paths.sd / "examples.npz").unlink(missing_ok=True)
+            if not c.validation_file:
+                (self.paths.sd / "validation.npz").unlink(missing_ok=True)
         sets = {
             k: self._own_examples(k) for k in ("examples_file", "validation_file") if getattr(c, k)
         }

@@ -19,6 +19,11 @@ Here, not in the simulator, so that a Q-network can project the gripper's positi
 the image (mtopt.qtopt.crop) without PyBullet."""
 
 
+GRIPPER_STATUSES = ("closure", "command")
+"""What the state's gripper status may be (``SimConfig.gripper_status``, and a Robot's
+optional ``gripper_status`` declaration)."""
+
+
 @dataclass(frozen=True)
 class SimConfig:
     """Configuration of the simulated cell."""
@@ -108,7 +113,7 @@ class SimConfig:
             )
         if self.move_from not in ("command", "measured"):
             raise ValueError(f"move_from must be 'command' or 'measured', got {self.move_from!r}")
-        if self.gripper_status not in ("closure", "command"):
+        if self.gripper_status not in GRIPPER_STATUSES:
             raise ValueError(
                 f"gripper_status must be 'closure' or 'command', got {self.gripper_status!r}"
             )

@@ -51,13 +51,8 @@ def run_episode(
     (``prepare_for_task`` returns False) runs nothing: the record has ``prepared=False``,
     no steps and no final image."""
     robot.start_episode()
-    prepared = robot.prepare_for_task(task.starts_holding)
-    if not isinstance(prepared, (bool, np.bool_)):
-        raise RobotContractError(
-            f"robot {robot.robot_id}: prepare_for_task must return True or False, got "
-            f"{prepared!r} (a missing return?)"
-        )
-    rec = EpisodeRecord(task=task.name, prepared=bool(prepared))
+    prepared = checked_prepare(robot, task.starts_holding)
+    rec = EpisodeRecord(task=task.name, prepared=prepared)
     if skip_unprepared and not prepared:
         return rec
     obs = checked_observation(robot, robot.observe(), "observe()")
@@ -78,6 +73,17 @@ def run_episode(
             break
     rec.final_image = checked_final_image(robot)
     return rec
+
+
+def checked_prepare(robot: Robot, starts_holding: bool) -> bool:
+    """``robot.prepare_for_task(starts_holding)``, checked to be a bool."""
+    prepared = robot.prepare_for_task(starts_holding)
+    if not isinstance(prepared, (bool, np.bool_)):
+        raise RobotContractError(
+            f"robot {robot.robot_id}: prepare_for_task must return True or False, got "
+            f"{prepared!r} (a missing return?)"
+        )
+    return bool(prepared)
 
 
 def checked_act(robot: Robot, action: np.ndarray, step: int) -> StepResult:

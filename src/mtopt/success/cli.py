@@ -274,7 +274,7 @@ def export_labels(
     import numpy as np
 
     from mtopt.store.reader import StoreNotFoundError
-    from mtopt.success.data import held_out_rows, label_counts
+    from mtopt.success.data import label_counts, split_held_out
     from mtopt.success.improve import human_examples
 
     labels_file = labels or store / "labels.jsonl"
@@ -294,17 +294,11 @@ def export_labels(
         _fail(f"none of the labels in {labels_file} names an episode of {store}")
     sets = [(out, data)]
     if validation_out is not None:
-        held = held_out_rows(data.ids.tolist(), validation_share)
-        if held.all() or not held.any():
-            _fail(
-                f"none of the {len(data)} labeled episodes fell "
-                f"{'outside' if held.all() else 'in'} the held-out share "
-                f"{validation_share}: label more episodes, or change --validation-share"
-            )
-        sets = [
-            (out, data.subset(np.flatnonzero(~held))),
-            (validation_out, data.subset(np.flatnonzero(held))),
-        ]
+        try:
+            kept, held = split_held_out(data, validation_share, "labeled episodes")
+        except ValueError as exc:
+            _fail(f"{exc}: label more episodes, or change --validation-share")
+        sets = [(out, kept), (validation_out, held)]
     for path, part in sets:
         part.save(path)
         counts = ", ".join(f"{t} {p}+/{n}-" for t, (p, n) in label_counts(part).items() if p or n)

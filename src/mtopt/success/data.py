@@ -151,6 +151,18 @@ def held_out_rows(ids: Sequence[str], share: float) -> np.ndarray:
     return frac < share
 
 
+def split_held_out(data: LabeledSet, share: float, what: str) -> tuple[LabeledSet, LabeledSet]:
+    """``data`` as (kept, held out) by ``held_out_rows``; a ValueError, naming ``what``
+    the rows are, when either side would be empty."""
+    held = held_out_rows(data.ids.tolist(), share)
+    if held.all() or not held.any():
+        raise ValueError(
+            f"none of the {len(data)} {what} fell {'outside' if held.all() else 'in'} the "
+            f"held-out share {share}"
+        )
+    return data.subset(np.flatnonzero(~held)), data.subset(np.flatnonzero(held))
+
+
 def label_counts(data: LabeledSet) -> dict[str, tuple[int, int]]:
     """(positives, negatives) per task among the known labels."""
     pos = ((data.labels > 0.5) & data.mask).sum(0)
