@@ -99,6 +99,21 @@ def test_a_config_from_before_move_from_keeps_the_moves_its_run_had(
     assert shipped and all(rc.load_run_config(c).sim.move_from == "command" for c in shipped)
 
 
+def test_a_config_from_before_spawn_keeps_the_scenes_its_run_had(tmp_path: Path) -> None:
+    """Runs saved before ``sim.spawn`` existed put their objects down 'sampled'."""
+    import mtopt.runtime.config as rc
+    from mtopt.config import save_config
+
+    path = save_config(override(rc.preset("tiny"), ["sim.spawn=clear"]), tmp_path / "c.json")
+    assert rc.load_run_config(path).sim.spawn == "clear"
+    data = json.loads(path.read_text())
+    del data["sim"]["spawn"]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    assert rc.load_run_config(tmp_path / "old.json").sim.spawn == "sampled"
+    with pytest.raises(ConfigError, match="spawn"):
+        override(rc.preset("tiny"), ["sim.spawn=heap"])
+
+
 def test_resume_refuses_a_checkpoint_of_another_network(tmp_path) -> None:
     """The last guard (a config.json edited by hand): the checkpoint's Q-network must be
     the one the config describes, or LogReplay would feed it the wrong inputs."""

@@ -672,6 +672,68 @@ def test_moves_start_from_the_measured_pose_when_asked() -> None:
         SimConfig(move_from="nowhere").validate()  # type: ignore[arg-type]
 
 
+def _overlaps_at_spawn(spawn: str, num_objects: int, seeds: range) -> tuple[int, int, list]:
+    """How many pairs of objects (or an object and the bin) are more than 2 mm into each
+    other when a scene's objects are put down, before the physics moves them; how many
+    objects end outside the bin; and each scene's object positions once they rest."""
+    import pybullet as pb
+
+    from mtopt.sim.cell import SimCell
+
+    cell = SimCell(SimConfig(num_objects=num_objects, spawn=spawn, object_split="test"))  # type: ignore[arg-type]
+    overlaps = outside = 0
+    first_settle = True
+    settle = cell._settle
+
+    def count_then_settle(n: int) -> None:
+        nonlocal overlaps, first_settle
+        if first_settle:
+            first_settle = False
+            bodies = [b for b, _ in cell.object_bodies()]
+            for i, a in enumerate(bodies):
+                for b in [*bodies[i + 1 :], cell.bins[0]]:
+                    closest = pb.getClosestPoints(a, b, 0.0, physicsClientId=cell.client)
+                    overlaps += any(c[8] < -0.002 for c in closest)
+        settle(n)
+
+    cell._settle = count_then_settle  # type: ignore[method-assign]
+    poses = []
+    try:
+        for seed in seeds:
+            first_settle = True
+            cell.reset_scene(seed)
+            positions = [cell.object_position(b) for b, _ in cell.object_bodies()]
+            outside += sum(
+                abs(x - RIGHT_BIN_CENTER[0]) > 0.1 or abs(y - RIGHT_BIN_CENTER[1]) > 0.1
+                for x, y, _ in positions
+            )
+            poses.append([p.round(5).tolist() for p in positions])
+    finally:
+        cell.close()
+    return overlaps, outside, poses
+
+
+def test_a_clear_spawn_puts_a_full_bin_down_without_overlaps() -> None:
+    """spawn='clear' puts no object into another or into a wall, even in a full bin
+    (objects that find no free spot are dropped onto the pile); 'sampled' (the default,
+    every measured run's) does, for 10 objects in these scenes, and the physics then
+    pushes them apart."""
+    overlaps, outside, poses = _overlaps_at_spawn("clear", 10, range(3))
+    assert (overlaps, outside) == (0, 0)
+    assert _overlaps_at_spawn("clear", 10, range(3))[2] == poses  # a pure function of the seed
+    overlaps, outside, _ = _overlaps_at_spawn("sampled", 10, range(3))
+    assert overlaps > 0 and outside > 0, (overlaps, outside)
+    assert SimConfig().spawn == "sampled"
+    with pytest.raises(ValueError, match="spawn"):
+        SimConfig(spawn="heap").validate()  # type: ignore[arg-type]
+    env = gym.make("mtopt/SimCell-v0", num_objects=6, spawn="clear")
+    try:
+        env.reset(seed=0)
+        assert env.unwrapped.robot.cell.scene_description()["spawn"] == "clear"
+    finally:
+        env.close()
+
+
 def test_random_scenes_never_take_an_evaluation_seed() -> None:
     from mtopt.eval.evaluate import MAX_EVAL_SEED, SETUP_TRIES, eval_scene_seed
     from mtopt.sim.seeds import COLLECTION_SEED_LOW, is_reserved_seed, random_scene_seed

@@ -452,6 +452,7 @@ def check_possible_in_the_cell(
 # may not stay it): a config without one gets the value its run really had.
 _BEFORE_THE_FIELD: dict[tuple[str, str], object] = {
     ("sim", "move_from"): "command",  # every run saved before 2026-12-05
+    ("sim", "spawn"): "sampled",  # every run saved before 2026-12-06
 }
 
 

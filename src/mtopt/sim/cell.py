@@ -380,6 +380,10 @@ class SimCell:
             scene.table_rgba = (float(tint[0]), float(tint[1]), float(tint[2]), 1.0)
         p(pb.changeVisualShape, self.table, -1, rgbaColor=list(scene.table_rgba))
         specs = sample_objects(rng, cfg.num_objects, cfg.object_split, cfg.categories)
+        if cfg.spawn == "clear":
+            self._scene = scene
+            self._spawn_clear(specs, rng, scene)
+            return
         placed: list[tuple[float, float]] = []
         for spec in specs:
             for _ in range(20):
@@ -400,6 +404,64 @@ class SimCell:
         self._scene = scene
         self.move_gripper_to((RIGHT_BIN_CENTER[0], RIGHT_BIN_CENTER[1], 0.25), 0.0, closed=False)
         self._settle(40)
+
+    def _spawn_clear(
+        self, specs: list[ObjectSpec], rng: np.random.Generator, scene: _Scene
+    ) -> None:
+        """``SimConfig.spawn='clear'``: each object at a drawn pose where it touches no
+        object and no wall of the right bin. When 50 draws find none, it goes where the
+        least lift (in steps of 1 cm) clears it of everything among the first 20 draws
+        (the lowest point of the pile they found), to fall onto the pile."""
+        reach = BIN_HALF - 0.01
+        dropped = False
+        for spec in specs:
+            body = -1
+            tried: list[tuple[float, float, float]] = []
+            for _ in range(50):
+                x = RIGHT_BIN_CENTER[0] + rng.uniform(-reach, reach)
+                y = RIGHT_BIN_CENTER[1] + rng.uniform(-reach, reach)
+                yaw = float(rng.uniform(0, 2 * math.pi))
+                tried.append((x, y, yaw))
+                pos = (x, y, spec.half_height + 0.003)
+                if body < 0:
+                    body = self._spawn(spec, pos, yaw, rng)
+                else:
+                    self._pose_object(body, spec, pos, yaw)
+                if self._clear_of_others(body, scene):
+                    break
+            else:
+                dropped = True
+                best: tuple[float, tuple[float, float, float]] | None = None
+                for x, y, yaw in tried[:20]:
+                    z = spec.half_height + 0.003
+                    top = 0.3 if best is None else best[0]
+                    while z < top - 1e-9:
+                        z += 0.01
+                        self._pose_object(body, spec, (x, y, z), yaw)
+                        if self._clear_of_others(body, scene):
+                            best = (z, (x, y, yaw))
+                            break
+                z, (x, y, yaw) = best if best is not None else (0.3, tried[-1])
+                self._pose_object(body, spec, (x, y, z), yaw)
+            scene.objects.append(_Obj(body, spec))
+        self.move_gripper_to((RIGHT_BIN_CENTER[0], RIGHT_BIN_CENTER[1], 0.25), 0.0, closed=False)
+        self._settle(40)
+        for _ in range(12 if dropped else 0):  # a dropped object falls, then comes to rest
+            if all(
+                np.linalg.norm(self._p(pb.getBaseVelocity, o.body)[0]) < 0.01 for o in scene.objects
+            ):
+                break
+            self._settle(10)
+
+    def _pose_object(
+        self, body: int, spec: ObjectSpec, pos: tuple[float, float, float], yaw: float
+    ) -> None:
+        self._p(pb.resetBasePositionAndOrientation, body, list(pos), _spawn_orientation(spec, yaw))
+
+    def _clear_of_others(self, body: int, scene: _Scene) -> bool:
+        """Whether ``body`` stays at least 1 mm from the right bin and the scene's objects."""
+        others = [self.bins[0], *(o.body for o in scene.objects)]
+        return not any(self._p(pb.getClosestPoints, body, other, 0.001) for other in others)
 
     def _spawn(
         self,
@@ -446,8 +508,7 @@ class SimCell:
                 )
                 self._shape_cache[key] = (col, vi)
         col, vi = self._shape_cache[key]
-        euler = spec.parts[0].euler if len(spec.parts) == 1 else (0.0, 0.0, 0.0)
-        orn = pb.getQuaternionFromEuler([euler[0], euler[1], yaw])
+        orn = _spawn_orientation(spec, yaw)
         body = int(p(pb.createMultiBody, spec.mass, col, vi, list(pos), orn))
         p(
             pb.changeDynamics,
@@ -785,6 +846,7 @@ class SimCell:
         return {
             "seed": self._scene.seed,
             "cell_version": CELL_VERSION,
+            **({"spawn": self.config.spawn} if self.config.spawn != "sampled" else {}),
             "object_split": self.config.object_split,
             "randomize": self.config.randomize,
             "objects": [
@@ -879,6 +941,12 @@ class SimCell:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
+
+
+def _spawn_orientation(spec: ObjectSpec, yaw: float) -> Any:
+    """The quaternion an object is put down with: its resting tilt, turned by ``yaw``."""
+    euler = spec.parts[0].euler if len(spec.parts) == 1 else (0.0, 0.0, 0.0)
+    return pb.getQuaternionFromEuler([euler[0], euler[1], yaw])
 
 
 def nearest_equivalent_yaw(current: float, target: float, period: float = math.pi) -> float:

@@ -114,6 +114,7 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         gripper_status: str = "closure",
         gripper_settle_substeps: int = 48,
         move_from: str = "command",
+        spawn: str = "sampled",
         render_mode: str | None = None,
         registry: TaskRegistry | None = None,
         sim: SimConfig | None = None,
@@ -132,6 +133,7 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             "gripper_status": gripper_status,
             "gripper_settle_substeps": gripper_settle_substeps,
             "move_from": move_from,
+            "spawn": spawn,
         }
         if sim is not None:  # a trained policy's whole cell (load_policy's SimConfig)
             if not isinstance(sim, SimConfig):
