@@ -417,3 +417,16 @@ def test_learner_settings_that_would_fail_at_the_first_step_are_refused_up_front
     ):
         with pytest.raises(ValueError, match=match):
             override(preset("tiny"), [bad]).validate()
+
+
+def test_the_scripted_baselines_key_of_a_default_cell_is_the_one_kept_before_spawn() -> None:
+    """Runs saved before ``sim.spawn`` kept ``scripted_eval.key.json`` without it: a
+    resume must find its key unchanged (not measure the scripted baseline again)."""
+    import dataclasses
+
+    from mtopt.runtime.local import _sim_key
+    from mtopt.sim.config import SimConfig
+
+    before = {k: v for k, v in dataclasses.asdict(SimConfig()).items() if k != "spawn"}
+    assert _sim_key(SimConfig()) == before
+    assert _sim_key(SimConfig(spawn="clear"))["spawn"] == "clear"

@@ -675,7 +675,8 @@ def test_moves_start_from_the_measured_pose_when_asked() -> None:
 def _overlaps_at_spawn(spawn: str, num_objects: int, seeds: range) -> tuple[int, int, list]:
     """How many pairs of objects (or an object and the bin) are more than 2 mm into each
     other when a scene's objects are put down, before the physics moves them; how many
-    objects end outside the bin; and each scene's object positions once they rest."""
+    objects end with part of them beyond a wall's outer face (over the wall, or out of
+    the bin); and each scene's object positions once they rest."""
     import pybullet as pb
 
     from mtopt.sim.cell import SimCell
@@ -703,10 +704,12 @@ def _overlaps_at_spawn(spawn: str, num_objects: int, seeds: range) -> tuple[int,
             first_settle = True
             cell.reset_scene(seed)
             positions = [cell.object_position(b) for b, _ in cell.object_bodies()]
-            outside += sum(
-                abs(x - RIGHT_BIN_CENTER[0]) > 0.1 or abs(y - RIGHT_BIN_CENTER[1]) > 0.1
-                for x, y, _ in positions
-            )
+            for body, _ in cell.object_bodies():  # beyond a wall's outer face, or on it
+                lo, hi = pb.getAABB(body, physicsClientId=cell.client)
+                outside += any(
+                    lo[k] < RIGHT_BIN_CENTER[k] - 0.11 or hi[k] > RIGHT_BIN_CENTER[k] + 0.11
+                    for k in (0, 1)
+                )
             poses.append([p.round(5).tolist() for p in positions])
     finally:
         cell.close()
@@ -717,12 +720,14 @@ def test_a_clear_spawn_puts_a_full_bin_down_without_overlaps() -> None:
     """spawn='clear' puts no object into another or into a wall, even in a full bin
     (objects that find no free spot are dropped onto the pile); 'sampled' (the default,
     every measured run's) does, for 10 objects in these scenes, and the physics then
-    pushes them apart."""
-    overlaps, outside, poses = _overlaps_at_spawn("clear", 10, range(3))
-    assert (overlaps, outside) == (0, 0)
+    pushes them apart, some over the walls. A pile of 10 can still lean an object over
+    a wall with 'clear', less often."""
+    overlaps, over_wall, poses = _overlaps_at_spawn("clear", 10, range(3))
+    assert overlaps == 0
     assert _overlaps_at_spawn("clear", 10, range(3))[2] == poses  # a pure function of the seed
-    overlaps, outside, _ = _overlaps_at_spawn("sampled", 10, range(3))
-    assert overlaps > 0 and outside > 0, (overlaps, outside)
+    overlaps_sampled, over_wall_sampled, _ = _overlaps_at_spawn("sampled", 10, range(3))
+    assert overlaps_sampled > 0
+    assert over_wall < over_wall_sampled, (over_wall, over_wall_sampled)
     assert SimConfig().spawn == "sampled"
     with pytest.raises(ValueError, match="spawn"):
         SimConfig(spawn="heap").validate()  # type: ignore[arg-type]

@@ -480,6 +480,15 @@ RUN_SD_ORIGIN = "run"
 with; ``mtopt sd train`` and ``sd improve`` publish theirs as "sd train" / "sd improve"."""
 
 
+def _sim_key(sim: Any) -> dict[str, Any]:
+    """A cell's settings for a cache key: ``spawn`` only when not 'sampled' (keys written
+    before the field existed, all of them 'sampled', stay valid)."""
+    key = dataclasses.asdict(sim)
+    if key.get("spawn") == "sampled":
+        del key["spawn"]
+    return key
+
+
 class LocalRun:
     def __init__(
         self,
@@ -929,7 +938,7 @@ class LocalRun:
                     "tasks": list(self.cfg.eval.tasks),
                     "seed": self.cfg.eval_seed,
                     "episodes": self.cfg.eval.scripted_episodes,
-                    "sim": dataclasses.asdict(self._eval_sim()),
+                    "sim": _sim_key(self._eval_sim()),
                     # scenes a place task cannot be set up in: replaced since 2026-12-04
                     "setup_tries": SETUP_TRIES,
                     # a task redefined under its name (the built-in ones are the code's)

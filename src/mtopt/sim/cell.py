@@ -459,7 +459,18 @@ class SimCell:
         self._p(pb.resetBasePositionAndOrientation, body, list(pos), _spawn_orientation(spec, yaw))
 
     def _clear_of_others(self, body: int, scene: _Scene) -> bool:
-        """Whether ``body`` stays at least 1 mm from the right bin and the scene's objects."""
+        """Whether ``body`` stays at least 1 mm from the right bin and the scene's objects,
+        and within the bin's inner walls (seen from above: a raised object must not
+        overhang a wall, or it comes to rest on the rim)."""
+        lo, hi = self._p(pb.getAABB, body)
+        cx, cy = RIGHT_BIN_CENTER
+        if not (
+            cx - BIN_HALF <= lo[0]
+            and hi[0] <= cx + BIN_HALF
+            and cy - BIN_HALF <= lo[1]
+            and hi[1] <= cy + BIN_HALF
+        ):
+            return False
         others = [self.bins[0], *(o.body for o in scene.objects)]
         return not any(self._p(pb.getClosestPoints, body, other, 0.001) for other in others)
 

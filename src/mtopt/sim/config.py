@@ -79,14 +79,14 @@ class SimConfig:
     """How a scene's objects are put into the bin. 'sampled' (every measured run): each
     centre drawn at least 6 cm from the others when one of 20 draws finds such a spot,
     else the 20th draw, which may be inside another object (a fifth of 4-object scenes)
-    or, for a long object, inside a wall; the physics then pushes them apart, some
-    far (100 scenes of 8 objects: 238 objects slid more than 2 cm while the scene
-    settled; with 12 objects 10 left the bin). 'clear': each object at a pose where it
+    or, for a long object, inside a wall; the physics then pushes them apart, some far
+    (100 scenes of 8 objects: 238 objects slid more than 2 cm while the scene settled;
+    60 scenes of 12: 9 objects left the bin). 'clear': each object at a pose where it
     touches no object and no wall (asked of the physics engine); when 50 draws find
-    none, it is dropped where the pile is lowest among its first 20 draws (8 objects:
-    42 slid, 12 objects: none left the bin). 'sampled' stays the default because every
-    measured policy and baseline used it; use 'clear' for a cell of more than 4
-    objects."""
+    none, it is dropped, inside the walls, where the pile is lowest among its first 20
+    draws (8 objects: 42 slid; 12 objects: none left the bin). 10 or 12 objects make a
+    pile up to the walls' height in either mode. 'sampled' stays the default because
+    every measured policy and baseline used it; use 'clear' for more than 4 objects."""
 
     wrist_settle_substeps: int = 24
     """After each move the wrist gets up to this many more physics substeps, until it is
