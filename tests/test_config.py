@@ -110,6 +110,13 @@ def test_a_config_from_before_spawn_keeps_the_scenes_its_run_had(tmp_path: Path)
     del data["sim"]["spawn"]
     (tmp_path / "old.json").write_text(json.dumps(data))
     assert rc.load_run_config(tmp_path / "old.json").sim.spawn == "sampled"
+    # and, with a robot factory, evaluated in the simulated cell, as it was (eval.on)
+    arm = override(rc.preset("tiny"), ["robot_factory=tests.robot_factories:make_arm"])
+    data = json.loads(save_config(arm, tmp_path / "arm.json").read_text())
+    assert rc.load_run_config(tmp_path / "arm.json").eval_on == "fleet"
+    del data["eval"]["on"]
+    (tmp_path / "old_arm.json").write_text(json.dumps(data))
+    assert rc.load_run_config(tmp_path / "old_arm.json").eval_on == "sim"
     with pytest.raises(ConfigError, match="spawn"):
         override(rc.preset("tiny"), ["sim.spawn=heap"])
 

@@ -388,6 +388,12 @@ def test_a_run_learns_from_the_robots_its_robot_factory_makes(tmp_path: Path) ->
     assert "staging" not in res.output and f"held-out examples of {tmp_path}" in res.output
     kept = LabeledSet.load(out / "sd" / "examples.npz")
     assert set(kept.ids) < set(own.ids) and kept.tasks == tasks
+    # judged on the arm's own episodes (eval.on=auto: fleet), never in the simulated cell
+    history = json.loads((out / "history.json").read_text())
+    assert history and all(h["evaluated_on"] == "fleet" for h in history)
+    assert sum(n["learned"] + n["scripted"] for n in history[-1]["fleet_episodes"].values()) > 0
+    assert not (out / "scripted_eval.json").exists()
+    assert "episodes: fleet's episodes, learned (scripted): " in res.output  # the eval's line
 
 
 def test_bad_run_config_is_a_clear_error(tmp_path: Path) -> None:

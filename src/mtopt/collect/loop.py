@@ -413,17 +413,19 @@ class PolicyProvider:
                 ratio = self._switch.get("ratio", {}).get(task.name)
                 share = pre_parity_share(self.learned_fraction, self.learned_fraction_min, ratio)
             if share > 0 and self._rng.random() < share:
-                return _TaskBound(self._cem, proxy or task.name)
+                return _TaskBound(self._cem, proxy or task.name, proxy is not None)
         return self._scripted[task.name]
 
 
 class _TaskBound:
-    """A CEM policy acting with another task's id (proxy collection) or its own."""
+    """A CEM policy acting with another task's id (proxy collection) or its own. A proxy's
+    episodes are stored as ``cem@<task acted as>`` (e.g. ``cem@lift-any`` for lift-ball),
+    so that they are not taken for the task's own learned policy's."""
 
-    def __init__(self, policy: Any, act_as: str):
+    def __init__(self, policy: Any, act_as: str, proxy: bool = False):
         self._p = policy
         self._as = act_as
-        self.name = policy.name if act_as is None else f"{policy.name}"
+        self.name = f"{policy.name}@{act_as}" if proxy else policy.name
 
     @property
     def version(self) -> int:

@@ -79,7 +79,11 @@ def plot_training_progress(
 
 
 def plot_success_over_time(
-    history: Sequence[Mapping[str, Any]], out: Path, x: str = "episodes", smooth: int = 5
+    history: Sequence[Mapping[str, Any]],
+    out: Path,
+    x: str = "episodes",
+    smooth: int = 5,
+    ylabel: str = "held-out success (ground truth)",
 ) -> Path:
     """Per-task ground-truth success of the learned policy vs collected episodes: each
     evaluation as a faint dot, and the trailing mean of ``smooth`` evaluations as a line
@@ -104,7 +108,7 @@ def plot_success_over_time(
             if scripted:
                 ax.axhline(scripted[-1], color=line.get_color(), ls=":", lw=1)
     ax.set_xlabel(x.replace("_", " "))
-    ax.set_ylabel("held-out success (ground truth)")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(
         f"Per-task success of the multi-task policy (line: mean of {smooth} evaluations; "

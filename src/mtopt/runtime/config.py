@@ -112,6 +112,17 @@ class EvalConfig:
     """Learner steps between evaluations."""
     split: str = "test"
     """Object instances for evaluation (test: held out)."""
+    on: Literal["auto", "sim", "fleet"] = "auto"
+    """What the periodic evaluation (and so the parity switch) judges. 'sim': greedy
+    episodes on the simulated cell's held-out scenes. 'fleet': the run's own robots'
+    latest collection episodes, judged by the run's success detector, the learned
+    policy's against the scripted one's (``mtopt.eval.fleet``): for robots that are not
+    the simulated cell. 'auto': 'fleet' when ``robot_factory`` is set, else 'sim' (set
+    'fleet' yourself for a run fed by outside robots with ``robots=0``)."""
+    fleet_window: int = 100
+    """eval.on='fleet': the latest episodes per task and policy (learned, scripted)
+    judged at each evaluation; a task is judged once both have ``episodes_per_task``
+    times ``parity_window`` (60 by default: what the parity switch pools in 'sim')."""
 
 
 @dataclass(frozen=True)
@@ -130,8 +141,8 @@ class RunConfig:
     """``MODULE:NAME``: a callable that makes each of the ``robots`` (your own ``Robot``: a
     real arm, another simulator), called as ``NAME(robot_id=..., seed=..., sim=SimConfig)``
     in each robot process (``mtopt.robots.factory``). Empty: the simulated cell. The
-    held-out evaluation and the parity switch stay in the simulated cell, and so does the
-    success detector's staging unless ``sd.examples_file`` (or ``sd.weights`` with
+    periodic evaluation and the parity switch then judge the robots' own episodes
+    (``eval.on``); the success detector's staging stays in the simulated cell unless ``sd.examples_file`` (or ``sd.weights`` with
     ``sd.validation_file``) gives your own; the relabel rounds label only episodes with
     the simulator's ground truth (a real arm's have none: label them on the labeling
     page)."""
@@ -232,6 +243,13 @@ class RunConfig:
         return dataclasses.replace(self.cem_act, precision="fp32")
 
     @property
+    def eval_on(self) -> str:
+        """'sim' or 'fleet': ``eval.on`` with 'auto' resolved."""
+        if self.eval.on == "auto":
+            return "fleet" if self.robot_factory else "sim"
+        return self.eval.on
+
+    @property
     def eval_seed(self) -> int:
         """The evaluation scene block of this run: ``seed`` modulo ``EVAL_SEEDS`` (500),
         so any seed has held-out scenes (runs with seeds 500 apart share them)."""
@@ -274,6 +292,21 @@ class RunConfig:
         at_least(e.episodes_per_task, 1, "eval.episodes_per_task")
         at_least(e.scripted_episodes, 1, "eval.scripted_episodes")
         at_least(e.every_steps, 1, "eval.every_steps")
+        if e.on not in ("auto", "sim", "fleet"):
+            raise ValueError(f"eval.on must be 'auto', 'sim' or 'fleet', got {e.on!r}")
+        if self.eval_on == "fleet":
+            at_least(
+                e.fleet_window,
+                e.episodes_per_task * self.parity_window,
+                "eval.fleet_window",
+                " (eval.episodes_per_task x parity_window: the episodes a task is judged on)",
+            )
+            if self.collect.learned_fraction_min == 0:
+                raise ValueError(
+                    "collect.learned_fraction_min=0 with eval.on=fleet: a task whose learned "
+                    "policy had no success would collect no more learned episodes, and its "
+                    "evaluation would never change; give it a share above 0 (or None)"
+                )
         for name, n in (
             ("eval.episodes_per_task", e.episodes_per_task),
             ("eval.scripted_episodes", e.scripted_episodes),
@@ -453,6 +486,7 @@ def check_possible_in_the_cell(
 _BEFORE_THE_FIELD: dict[tuple[str, str], object] = {
     ("sim", "move_from"): "command",  # every run saved before 2026-12-05
     ("sim", "spawn"): "sampled",  # every run saved before 2026-12-06
+    ("eval", "on"): "sim",  # every run saved before 2026-12-06 (robot_factory ones too)
 }
 
 

@@ -38,6 +38,7 @@ from mtopt.eval.evaluate import (
     paired_comparison,
     success_rates,
 )
+from mtopt.eval.fleet import FleetJudge, fleet_rates
 from mtopt.policies.cem_policy import CEMPolicy
 from mtopt.policies.scripted import scripted_policy_for
 from mtopt.qtopt.learner import Learner, load_network
@@ -191,6 +192,7 @@ def switch_table(
     previous: Sequence[str] = (),
     hysteresis: float = 0.0,
     ready: Collection[str] | None = None,
+    unjudged_keep: bool = False,
 ) -> dict[str, Any]:
     """Which tasks collect with the learned policy (parity with scripted), and proxies:
     tasks not at parity collect with the learned policy of their skill's generic task
@@ -204,6 +206,8 @@ def switch_table(
 
     ``ready``: the tasks with enough evaluations to switch (None: all); a task outside it
     keeps the policy it has. The run passes those with a full ``parity_window``.
+    ``unjudged_keep``: a task switched before (``previous``) that ``learned`` does not
+    judge at all keeps its switch (eval.on='fleet': too few recent episodes of it).
 
     ``ratio``: each task's learned success over the scripted one (tasks the evaluation
     does not cover take their skill's generic task's), for ``collect.learned_fraction_min``.
@@ -216,6 +220,8 @@ def switch_table(
 
     judged = [t for t in learned if ready is None or t in ready or t in was]
     at_parity = [t for t in judged if keeps(t, learned[t])]
+    if unjudged_keep:
+        at_parity += [t for t in previous if t not in learned and t not in at_parity]
     proxy: dict[str, str] = {}
     generic = {"lift": "lift-any", "place": "place-any"}
     for t in registry:
@@ -516,6 +522,12 @@ class LocalRun:
         self.log_lines: list[str] = []
         self.last_outcomes: dict[str, list[bool]] = {}
         """Episode outcomes of the latest evaluation of the acting weights, per task."""
+        self.fleet: FleetJudge | None = None
+        """eval.on='fleet': the robots' own episodes judged by the SD (``_evaluate``)."""
+        if self.cfg.eval_on == "fleet":
+            self.fleet = FleetJudge(
+                self.paths.store, self.cfg.eval.tasks, self.cfg.eval.fleet_window
+            )
         if resume and self.paths.config.exists():
             try:
                 saved = load_run_config(self.paths.config)
@@ -930,6 +942,12 @@ class LocalRun:
         policy's evaluations. Changed evaluation tasks, seed, object split, episode count
         or cell (a resume with other settings) measure it again: the kept numbers were of
         other scenes, and a task added on a resume had none."""
+        if self.fleet is not None:
+            self._log(
+                "evaluation on the fleet's own episodes (eval.on=fleet): the scripted "
+                "policies' success is measured on them at each evaluation"
+            )
+            return {}
         path = self.paths.root / "scripted_eval.json"
         key_path = self.paths.root / "scripted_eval.key.json"
         key = json.loads(
@@ -999,6 +1017,9 @@ class LocalRun:
         the acting weights, paired with it. None when off or when it cannot be made (the
         reason is logged; the run's own results are unaffected)."""
         last = self.cfg.average_last
+        if last and self.fleet is not None:
+            self._log("no averaged policy: eval.on=fleet has no scenes to evaluate it on")
+            return None
         if last == 0 or not self.last_outcomes:
             return None
         try:
@@ -1067,10 +1088,11 @@ class LocalRun:
             sd_labels = sd_since = 0
         sd = self.init_sd()
         scripted = self.scripted_baseline()
-        self._log(
-            "scripted baseline (held-out): "
-            + ", ".join(f"{k}={v:.2f}" for k, v in scripted.items())
-        )
+        if scripted:
+            self._log(
+                "scripted baseline (held-out): "
+                + ", ".join(f"{k}={v:.2f}" for k, v in scripted.items())
+            )
         buffers = TaskBuffers(self.registry.names, c.replay.capacity_per_bucket)
         # the background Bellman updater samples while this thread ingests and relabels
         buffers_lock = threading.Lock()
@@ -1278,6 +1300,8 @@ class LocalRun:
         # not again at a step evaluated already (the same weights, scenes and seed)
         if not (self.history and self.history[-1].get("step") == learner.step):
             self._evaluate(learner, scripted, episodes, t_origin, sd, stats)
+        if self.fleet is not None and self.history:  # the scripted bar of the last point
+            scripted = self.history[-1].get("scripted", {})
         t_end = time.time()
         learner.save_checkpoint(p.checkpoint, checkpoint_extras(t_end))
         averaged = self.average_at_end()  # after the checkpoint: optional, never in its way
@@ -1302,6 +1326,37 @@ class LocalRun:
         atomic_write_json(p.root / "summary.json", summary)
         return summary
 
+    def fleet_point(self, sd: SuccessDetector) -> tuple[dict[str, Any], dict[str, Any]]:
+        """An evaluation point of the robots' latest episodes (eval.on='fleet') and its
+        switch table: per task, the learned policy's success and the scripted one's over
+        the latest ``eval.fleet_window`` episodes each, judged by ``sd``. A task with
+        fewer than ``eval.episodes_per_task`` x ``parity_window`` of either (what a
+        switch pools in 'sim') is not judged, and keeps the policy it has. Each point
+        pools its window already, so the table is of it alone."""
+        assert self.fleet is not None
+        self.fleet.poll()
+        least = self.cfg.eval.episodes_per_task * self.cfg.parity_window
+        rates = fleet_rates(*self.fleet.outcomes(sd), least)
+        previous = self.history[-1].get("switch", {}).get("learned", []) if self.history else []
+        table = switch_table(
+            rates.learned,
+            rates.scripted,
+            self.registry,
+            self.cfg.parity_margin,
+            previous,
+            self.cfg.parity_hysteresis,
+            unjudged_keep=True,
+        )
+        counts = [rates.episodes[t]["learned"] for t in rates.learned]
+        point = {
+            "success": rates.learned,
+            "episodes_per_task": min(counts) if counts else 0,
+            "scripted": rates.scripted,
+            "evaluated_on": "fleet",
+            "fleet_episodes": rates.episodes,
+        }
+        return point, table
+
     def _evaluate(
         self,
         learner: Learner,
@@ -1312,26 +1367,39 @@ class LocalRun:
         stats: dict[str, float],
     ) -> None:
         """Evaluate the acting weights and append a point to the history; ``t0`` is when
-        the run started (earlier invocations included), so ``wall_s`` is the run's age."""
-        self.last_outcomes = self.learned_outcomes(learner)
-        learned = success_rates(self.last_outcomes)
+        the run started (earlier invocations included), so ``wall_s`` is the run's age.
+        eval.on='fleet': judge the robots' latest episodes instead (``fleet_point``)."""
+        if self.fleet is not None:
+            point, table = self.fleet_point(sd)
+        else:
+            self.last_outcomes = self.learned_outcomes(learner)
+            point = {
+                "success": success_rates(self.last_outcomes),
+                "episodes_per_task": self.cfg.eval.episodes_per_task,
+                "scripted": scripted,
+            }
+        learned = point["success"]
         point = {
             "step": learner.step,
             "episodes": episodes,
             "wall_s": round(time.time() - t0, 1),
-            "success": learned,
-            "episodes_per_task": self.cfg.eval.episodes_per_task,
-            "scripted": scripted,
+            **point,
             "sd_version": sd.version,
             "q_version": learner.version,
             "loss": stats.get("loss"),
         }
         self.history.append(point)
-        table = parity_table(self.history, scripted, self.registry, self.cfg)
+        if self.fleet is None:
+            table = parity_table(self.history, scripted, self.registry, self.cfg)
         point["switch"] = table
         atomic_write_json(self.paths.history, self.history)
         atomic_write_json(self.paths.switch, table)
-        self._log(
-            f"eval @ step {learner.step}, {episodes} episodes: "
-            + ", ".join(f"{k}={v:.2f}" for k, v in learned.items())
-        )
+        if self.fleet is None:
+            rates = ", ".join(f"{k}={v:.2f}" for k, v in learned.items())
+        else:
+            bar = point["scripted"]
+            rates = "fleet's episodes, learned (scripted): " + (
+                ", ".join(f"{k}={v:.2f} ({bar[k]:.2f})" for k, v in learned.items())
+                or f"no task has {self.cfg.eval.episodes_per_task} of each yet"
+            )
+        self._log(f"eval @ step {learner.step}, {episodes} episodes: {rates}")

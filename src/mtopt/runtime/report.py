@@ -63,7 +63,13 @@ def write_report(
     None or empty leaves its plot out."""
     out = run.paths.report
     out.mkdir(parents=True, exist_ok=True)
-    plot_success_over_time(run.history, out / "success_over_time.png")
+    plot_success_over_time(
+        run.history,
+        out / "success_over_time.png",
+        ylabel="success on the fleet's episodes (SD)"
+        if run.cfg.eval_on == "fleet"
+        else "held-out success (ground truth)",
+    )
     plot_training_progress(run.history, out / "training_progress.png")
     plot_composition(summary["composition"], out / "data_composition.png")
     held = summary.get("buffer_sizes") or {}
@@ -82,7 +88,7 @@ def write_report(
         "learned (last evaluation)",
         f"95% interval (n={per_eval})",
         f"mean of the last {LAST_EVALS} evaluations",
-        "scripted (held-out)",
+        "scripted (fleet's episodes)" if run.cfg.eval_on == "fleet" else "scripted (held-out)",
     ]
     rows = success_rows(run.history, scripted, per_eval, success_cols)
     comp_rows = [{"task": t, **v} for t, v in summary["composition"].items()]
@@ -108,16 +114,7 @@ def write_report(
             else ""
         ),
         "",
-        "## Per-task success on held-out seeds and objects (simulator ground truth)",
-        "",
-        f"Each evaluation runs the same {per_eval} held-out scenes per task (the scripted "
-        "baseline more, once): one evaluation's interval is wide, and the plot's line is "
-        f"the mean of {LAST_EVALS}, which is those scenes under {LAST_EVALS} weight "
-        "versions, not more scenes (`benchmarks/evaluate_run.py` measures a run's weights "
-        "on hundreds of other scenes). These scenes also decide when a task's collection "
-        "switches to the learned policy (the parity switch), so they are not untouched by "
-        "the run: report a run's result with `evaluate_run.py` on other seeds. Vertical "
-        "lines: a new success detector took over.",
+        *(FLEET_SUCCESS_TEXT if run.cfg.eval_on == "fleet" else sim_success_text(per_eval)),
         "",
         markdown_table(rows, success_cols),
         "",
@@ -178,6 +175,36 @@ LAST_EVALS = 5
 LOG_LINES = 60
 
 
+def sim_success_text(per_eval: int) -> list[str]:
+    """The report's words on its success table for a simulated evaluation."""
+    return [
+        "## Per-task success on held-out seeds and objects (simulator ground truth)",
+        "",
+        f"Each evaluation runs the same {per_eval} held-out scenes per task (the scripted "
+        "baseline more, once): one evaluation's interval is wide, and the plot's line is "
+        f"the mean of {LAST_EVALS}, which is those scenes under {LAST_EVALS} weight "
+        "versions, not more scenes (`benchmarks/evaluate_run.py` measures a run's weights "
+        "on hundreds of other scenes). These scenes also decide when a task's collection "
+        "switches to the learned policy (the parity switch), so they are not untouched by "
+        "the run: report a run's result with `evaluate_run.py` on other seeds. Vertical "
+        "lines: a new success detector took over.",
+    ]
+
+
+FLEET_SUCCESS_TEXT = [
+    "## Per-task success on the robots' own episodes (success detector)",
+    "",
+    "eval.on=fleet: each evaluation judges the latest collection episodes of each task "
+    "(`eval.fleet_window` per policy) with the run's current success detector, the learned "
+    "policy's against the scripted policies'. They are episodes with exploration, not "
+    "greedy ones, and successive evaluations share most of their episodes: the mean of "
+    f"the last {LAST_EVALS} is not {LAST_EVALS} times the episodes. The interval is of the "
+    "last evaluation's own count of the task's learned episodes. Measure greedy episodes "
+    "with `mtopt evaluate RUN --robot-factory ...`. Vertical lines: a new success detector "
+    "took over.",
+]
+
+
 def success_rows(
     history: list[dict[str, Any]],
     scripted: dict[str, float],
@@ -198,9 +225,16 @@ def success_rows(
             if t in h.get("success", {})
         ]
         last = points[-1][0] if points else None
+        # eval.on=fleet: the task's own count of episodes in the last point
+        own = [h for h in history if t in h.get("success", {})][-1:] if points else []
+        n_last = (
+            int(own[0].get("fleet_episodes", {}).get(t, {}).get("learned", per_eval))
+            if own
+            else per_eval
+        )
         ci = ""
-        if last is not None and per_eval > 0:
-            lo, hi = wilson_interval(round(last * per_eval), per_eval)
+        if last is not None and n_last > 0:
+            lo, hi = wilson_interval(round(last * n_last), n_last)
             ci = f"[{lo:.2f}, {hi:.2f}]"
         tail = points[-LAST_EVALS:]
         n = sum(k for _, k in tail)

@@ -12,7 +12,7 @@ schema_version         int32                         1
 episode_id             string                        unique id (uuid4 hex)
 robot_id               string                        which robot collected it
 task                   string                        task the robot was asked to do
-policy                 string                        e.g. scripted-pick, cem
+policy                 string                        e.g. scripted-pick, cem (cem@lift-any: acting as lift-any)
 policy_version         int64                         Q-weights version (0 for scripted)
 seed                   int64                         scene seed
 scene                  string (JSON)                 scene description (seed, objects, fixtures, cell_version)
