@@ -23,12 +23,11 @@ def test_ray_run_survives_killed_actors(tmp_path: Path) -> None:
     from mtopt.runtime.ray_runtime import run_ray
 
     # the robots are a user's own (robot_factory: a stand-in for a real arm, with no
-    # ground truth), made again by the factory when an actor is restarted
+    # ground truth), made again by the factory when an actor is restarted; evaluated in
+    # the simulated cell (eval.on=sim), where the end-of-run average is evaluated too
     factory = "robot_factory=tests.robot_factories:make_arm"
-    cfg = override(
-        preset("tiny"),
-        ["robots=2", "max_learner_steps=40", "max_episodes=0", "budget_minutes=6", factory],
-    )
+    settings = ["robots=2", "max_learner_steps=40", "max_episodes=0", "budget_minutes=6"]
+    cfg = override(preset("tiny"), [*settings, factory, "eval.on=sim"])
     killed: dict[str, int] = {}
 
     def kill(robots: list, replays: list, step: int) -> None:  # type: ignore[type-arg]
