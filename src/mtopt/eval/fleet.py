@@ -23,12 +23,11 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
 import numpy as np
-import pyarrow as pa
 
-from mtopt.store.reader import SHARDS, EpisodeReader
+from mtopt.replay.logreplay import RewardModel
+from mtopt.store.reader import SHARDS, EpisodeReader, _rows
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +45,6 @@ COLUMNS = [
     "image_height",
     "image_width",
 ]
-
-
-class Scorer(Protocol):
-    """A success detector: final images -> per-task success probabilities."""
-
-    @property
-    def tasks(self) -> Sequence[str]: ...
-
-    @property
-    def version(self) -> int: ...
-
-    def score(self, images: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -141,7 +128,7 @@ class FleetJudge:
         return added
 
     def outcomes(
-        self, sd: Scorer, batch: int = 256
+        self, sd: RewardModel, batch: int = 256
     ) -> tuple[dict[str, list[bool]], dict[str, list[bool]]]:
         """(learned, scripted): per task, the kept episodes' success by ``sd`` (oldest
         first); episodes scored by an older detector are scored again."""
@@ -167,7 +154,3 @@ class FleetJudge:
                 side = learned if is_learned else scripted
                 side[t] = [self._scores[eid] for eid, _ in kept]
         return learned, scripted
-
-
-def _rows(table: pa.Table) -> list[dict[str, Any]]:
-    return table.to_pylist()
