@@ -105,8 +105,9 @@ def own_config(run: str | Path) -> RunConfig | None:
 def in_run_seed(run: str | Path, cfg: RunConfig | None, seed: int) -> str | None:
     """Why ``seed`` must not be the scenes ``run`` (whose config is ``cfg``) is reported
     on, or None: it is the run's own in-run evaluation block, where its collection
-    switched to learned policies (the parity switch)."""
-    if cfg is None or cfg.eval_seed != seed:
+    switched to learned policies (the parity switch). A run judged on its robots'
+    episodes (eval.on='fleet') never evaluated on simulated scenes, so none is refused."""
+    if cfg is None or cfg.eval_seed != seed or cfg.eval_on != "sim":
         return None
     return (
         f"evaluation seed {seed} is the in-run evaluation block of {run} (seed {cfg.seed}, "

@@ -215,6 +215,12 @@ def test_evaluate_run_refuses_the_runs_own_in_run_scenes(
         evaluate_run.main()
     assert "is the in-run evaluation block of" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()
+    # a run judged on its robots' episodes (eval.on='fleet') never used those scenes
+    from mtopt.config import override
+
+    own = evaluate_run.own_config(policy)
+    assert own is not None and evaluate_run.in_run_seed(policy, own, 5)
+    assert evaluate_run.in_run_seed(policy, override(own, ["eval.on=fleet"]), 5) is None
     import learning  # the learning benchmark's held-out evaluation of an arm refuses it too
 
     with pytest.raises(SystemExit, match="in-run evaluation block"):

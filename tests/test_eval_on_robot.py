@@ -220,6 +220,13 @@ def test_mtopt_evaluate_end_to_end_with_a_stand_in_arm(tmp_path: Path) -> None:
         assert res.exit_code == 2 and says in res.output, (bad, res.output)
     res = CliRunner().invoke(app, ["evaluate", str(tmp_path)])
     assert res.exit_code == 2 and "not a run or policy folder" in res.output
+    # a run judged on its robots' episodes never evaluated on scenes of its seed: the
+    # seed passes that check (and this call fails at the next, on the episode count)
+    fleet = override(preset("local"), ["sim.image_size=32", "eval.on=fleet"])
+    save_config(fleet, run / "config.json")
+    res = CliRunner().invoke(app, ["evaluate", str(run), "--seed", "0", "--episodes", "1001"])
+    assert res.exit_code == 2 and "in-run" not in res.output and "episode" in res.output
+    save_config(override(preset("local"), ["sim.image_size=32"]), run / "config.json")
     # a detector for other images; a run killed before its first weights
     other = SuccessNet(SDNetConfig(num_tasks=len(names), image_size=16, tower_channels=8))
     SuccessDetector(other, names).publish(tmp_path / "sd16")

@@ -79,7 +79,8 @@ def register(app: typer.Typer) -> None:
             fail(f"--store {store} is the run's own store: the run would train on these episodes")
         try:
             cfg = load_run_config(run / "config.json")
-            if not robot_factory and seed == cfg.eval_seed:
+            # a fleet-judged run (eval.on='fleet') never evaluated on simulated scenes
+            if not robot_factory and cfg.eval_on == "sim" and seed == cfg.eval_seed:
                 raise ValueError(
                     f"--seed {seed} is the in-run evaluation block of {run} (its seed "
                     f"{cfg.seed}): its collection switched to learned policies on those "

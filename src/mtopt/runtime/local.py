@@ -152,6 +152,12 @@ def pooled_success(
     return {t: num[t] / den[t] for t in num if den[t] > 0 and seen[t] >= min_points}
 
 
+def switched(history: Sequence[dict[str, Any]]) -> list[str]:
+    """The tasks the last point of ``history`` switched to the learned policy (none
+    before the first point)."""
+    return list(history[-1].get("switch", {}).get("learned", [])) if history else []
+
+
 def parity_table(
     history: list[dict[str, Any]],
     scripted: dict[str, float],
@@ -163,13 +169,12 @@ def parity_table(
     and one switched before (the previous point's table) keeps its policy down to the
     hysteresis (``switch_table``)."""
     window = cfg.parity_window
-    previous = history[-2].get("switch", {}).get("learned", []) if len(history) > 1 else []
     return switch_table(
         pooled_success(history, window),
         scripted,
         registry,
         cfg.parity_margin,
-        previous,
+        switched(history[:-1]),
         cfg.parity_hysteresis,
         ready=pooled_success(history, window, min_points=window).keys(),
     )
@@ -1337,13 +1342,12 @@ class LocalRun:
         self.fleet.poll()
         least = self.cfg.eval.episodes_per_task * self.cfg.parity_window
         rates = fleet_rates(*self.fleet.outcomes(sd), least)
-        previous = self.history[-1].get("switch", {}).get("learned", []) if self.history else []
         table = switch_table(
             rates.learned,
             rates.scripted,
             self.registry,
             self.cfg.parity_margin,
-            previous,
+            switched(self.history),
             self.cfg.parity_hysteresis,
             unjudged_keep=True,
         )
