@@ -241,7 +241,7 @@ def test_report_lists_settings_changed_on_resume(tmp_path) -> None:
 
 
 def test_the_tuned_preset_is_local_plus_the_measured_changes() -> None:
-    """``--config tuned`` differs from ``local`` in exactly the seven settings the README
+    """``--config tuned`` differs from ``local`` in exactly the eleven settings the README
     measures, and an unknown preset names the valid ones."""
     from mtopt.runtime.config import PRESETS, preset
 
@@ -252,6 +252,10 @@ def test_the_tuned_preset_is_local_plus_the_measured_changes() -> None:
         "qnet.gripper_crop": (0, 16),
         "qnet.action_crop_step_m": (0.0, 0.05),
         "learner.mc_mix": (0.0, 0.5),
+        "learner.precision": ("auto", "native"),
+        "cem_bellman.precision": ("auto", "native"),
+        "replay.batch_size": (64, 32),
+        "collect.parity_fraction": (0.75, 0.95),
         "epsilon": (0.2, 0.1),
         "noise_std": (0.15, 0.05),
     }

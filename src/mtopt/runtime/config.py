@@ -618,7 +618,9 @@ def preset(name: str) -> RunConfig:
         # against r18), Monte-Carlo-mixed targets (r21/r22 against r20/r19), the
         # 16-pixel gripper crop (r23/r24 against r22/r21) and quieter collection by the
         # learned policy (r26/r27 against r25), the post-move view of each candidate
-        # action (r33 against r28, one seed): docs/learning-history.md
+        # action (r33 against r28, one seed); since 2026-12-06 a 5% scripted share after
+        # parity (r37 against r36), native bf16 where the CPU has it (r36 against r35)
+        # and batches of 32 (r45, r47, r48 against r41, r42, r44): docs/learning-history.md
         return dataclasses.replace(
             base,
             name="tuned",
@@ -629,7 +631,10 @@ def preset(name: str) -> RunConfig:
                 gripper_crop=16,
                 action_crop_step_m=base.sim.max_step_m,
             ),
-            learner=dataclasses.replace(base.learner, mc_mix=0.5),
+            learner=dataclasses.replace(base.learner, mc_mix=0.5, precision="native"),
+            cem_bellman=dataclasses.replace(base.cem_bellman, precision="native"),
+            replay=dataclasses.replace(base.replay, batch_size=32),
+            collect=dataclasses.replace(base.collect, parity_fraction=0.95),
             epsilon=0.1,
             noise_std=0.05,
         )
