@@ -3,6 +3,7 @@
 import json
 import multiprocessing as mp
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -407,24 +408,85 @@ def _shard_that_fails_to_open(
     return bad, fail
 
 
-def test_an_os_error_while_reading_keeps_the_shard_and_retries(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """EIO (a flaky disk, NFS) is not corruption: nothing is quarantined, the shard is
-    read on the next poll, and the shards that did read are returned at once."""
+def _machine_errors() -> list[BaseException]:
     import errno
 
-    flaky, fail = _shard_that_fails_to_open(
-        tmp_path, monkeypatch, 1, OSError(errno.EIO, "Input/output error")
-    )
+    import pyarrow as pa
+
+    return [
+        OSError(errno.EIO, "Input/output error"),  # a flaky disk, NFS
+        # pyarrow under a process or address-space limit (EAGAIN): no errno, no kind
+        pa.ArrowException("Unknown error: Failed to launch worker thread: Resource temp"),
+    ]
+
+
+@pytest.mark.parametrize("error", _machine_errors(), ids=["EIO", "arrow-thread"])
+def test_an_os_error_while_reading_keeps_the_shard_and_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException
+) -> None:
+    """The machine's errors are not corruption: nothing is quarantined, the shard is
+    read on the next poll, and the shards that did read are returned at once."""
+    flaky, fail = _shard_that_fails_to_open(tmp_path, monkeypatch, 1, error)  # type: ignore[arg-type]
     reader = EpisodeReader(tmp_path)
     assert [e.episode_id for e in reader.poll()] == ["ep00000", "ep00002"]
     assert reader.behind == 1 and reader.quarantined == [] and flaky.exists()
-    with pytest.raises(OSError, match="Input/output"):
+    with pytest.raises(type(error), match=re.escape(str(error))):
         list(reader.episodes())  # a one-shot read says so instead of skipping
     fail["on"] = False
     assert [e.episode_id for e in reader.poll()] == ["ep00001"]
     assert reader.behind == 0
+
+
+def test_a_folder_that_cannot_be_listed_is_listed_again_on_the_next_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EMFILE while listing the shards (a tailing reader in a busy process): the poll
+    returns nothing and does not raise; the next one reads every shard."""
+    import errno
+
+    import mtopt.store.reader as reader_mod
+
+    with EpisodeWriter(tmp_path, "r0", flush_every=1) as w:
+        for i in range(3):
+            w.write(make_episode(i))
+    real = reader_mod.shard_paths
+    fail = {"on": True}
+
+    def listing(store: Path) -> list[Path]:
+        if fail["on"]:
+            raise OSError(errno.EMFILE, "Too many open files", str(store))
+        return real(store)
+
+    monkeypatch.setattr(reader_mod, "shard_paths", listing)
+    reader = EpisodeReader(tmp_path)
+    assert reader.poll() == [] and reader.behind == 0
+    assert list(reader.drain_decoded(lambda t: t.num_rows, ["episode_id"])) == []
+    fail["on"] = False
+    assert [e.episode_id for e in reader.poll()] == ["ep00000", "ep00001", "ep00002"]
+    assert reader.quarantined == []
+
+
+def test_a_full_disk_names_the_shard_it_could_not_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import mtopt.store.writer as writer_mod
+
+    def full(path: Path, data: bytes) -> Path:
+        raise OSError(errno.EFBIG, "File too large")
+
+    w = EpisodeWriter(tmp_path, "r0", flush_every=10)
+    w.write(make_episode(0))
+    monkeypatch.setattr(writer_mod, "atomic_write_bytes", full)
+    with pytest.raises(OSError, match="File too large") as info:
+        w.flush()
+    notes = getattr(info.value, "__notes__", [])
+    assert any("while writing the shard" in n and str(tmp_path) in n for n in notes), notes
+    assert w.pending == 1  # kept for a retry
+    monkeypatch.undo()
+    w.close()
+    assert [e.episode_id for e in EpisodeReader(tmp_path).poll()] == ["ep00000"]
 
 
 def test_an_unknown_version_stops_a_poll_without_losing_the_shards_before_it(
@@ -603,6 +665,21 @@ def test_a_dead_writers_complete_temp_shard_is_put_in_place(tmp_path: Path) -> N
     newer = folder / ".00000000000000000005-000000.parquet.mno345.tmp"
     newer.write_bytes(newer_buf.getvalue())
     os.utime(newer, (old, old))
+    # pyarrow failing for the machine's reasons (no worker thread): nothing is judged,
+    # every temp file stays for the next writer
+    import mtopt.store.writer as writer_mod
+
+    real_file = writer_mod.pq.ParquetFile
+
+    def no_thread(*a, **k):  # type: ignore[no-untyped-def]
+        raise pa.ArrowException("Unknown error: Failed to launch worker thread")
+
+    writer_mod.pq.ParquetFile = no_thread  # type: ignore[misc]
+    try:
+        assert writer_mod.recover_temp_shards(folder) == []
+    finally:
+        writer_mod.pq.ParquetFile = real_file  # type: ignore[misc]
+    assert complete.exists() and half.exists() and not (tmp_path / "quarantine").exists()
     with open(stalled, "rb") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)
         w = EpisodeWriter(tmp_path, "r0")

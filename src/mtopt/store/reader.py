@@ -83,8 +83,13 @@ def quarantine(store_dir: str | Path, path: Path, reason: str) -> Path | None:
 
 def _is_os_error(exc: BaseException) -> bool:
     """An error of the machine, not of the file: a real errno (pyarrow reports corrupt
-    Parquet as OSError without one), or memory."""
-    return isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno is not None)
+    Parquet as OSError without one), memory, or an Arrow error of no known kind (a worker
+    thread pyarrow could not start, EAGAIN under a process or address-space limit: every
+    shard of the poll would fail alike) or a cancelled read. Corrupt data is an
+    ``OSError`` without errno or an ``ArrowInvalid`` (and its kin) instead."""
+    if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno is not None):
+        return True
+    return type(exc) is pa.ArrowException or isinstance(exc, pa.ArrowCancelled)
 
 
 def _check_version(shard: pq.ParquetFile, path: Path) -> None:
@@ -291,7 +296,13 @@ class EpisodeReader:
         own_decoder: bool,
     ) -> list[tuple[Path, T]]:
         limit = max_shards if max_shards is not None else self.shards_per_poll
-        new = self.new_shards()
+        try:
+            new = self.new_shards()
+        except OSError as exc:  # listing the folder (EMFILE, EIO): the next poll lists again
+            log.warning("could not list the shards of %s (%s); retrying on the next poll",
+                        self.store_dir, exc)  # fmt: skip
+            self.behind = 0
+            return []
         # shards that failed for the machine's reasons (no permission yet, EIO) are retried
         # after the others, so that a few such shards cannot hold back every newer one
         paths = [p for p in new if p not in self._failed] + [p for p in new if p in self._failed]
@@ -301,7 +312,9 @@ class EpisodeReader:
         for path in paths[:limit]:
             try:  # an unknown version raises before any shard is marked: none is lost
                 decoded = self._read(path, decode, columns, own_decoder)
-            except (OSError, MemoryError) as exc:
+            except Exception as exc:
+                if not _is_os_error(exc):
+                    raise
                 log.warning("could not read shard %s (%s); retrying on the next poll", path, exc)
                 self.behind += 1
                 self._failed.add(path)
@@ -323,7 +336,10 @@ class EpisodeReader:
         read, or until a poll gets through none of what is left (shards failing with OS
         errors wait for the next call)."""
         while True:
-            left = len(self.new_shards())
+            try:
+                left = len(self.new_shards())
+            except OSError:
+                left = 0  # the poll below says so, and reads nothing
             yield from self.poll_decoded(
                 decode, columns, decode_errors_quarantine=decode_errors_quarantine
             )

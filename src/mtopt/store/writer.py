@@ -69,7 +69,7 @@ def recover_temp_shards(folder: str | Path, stale_after_s: float = STALE_TEMP_S)
     writer locks it until the rename) and, for file systems whose locks other machines do
     not see, when it is ``stale_after_s`` old. A newer writer's shard, an OS error or a
     lack of memory leave the file for the next try. Returns the shards put in place."""
-    from mtopt.store.reader import quarantine  # (the reader imports this module)
+    from mtopt.store.reader import _is_os_error, quarantine  # (the reader imports this module)
 
     folder = Path(folder)
     recovered = []
@@ -93,7 +93,9 @@ def recover_temp_shards(folder: str | Path, stale_after_s: float = STALE_TEMP_S)
                     log.warning("recovered a shard a dead writer had not renamed: %s", final)
                 else:
                     quarantine(folder.parent.parent, tmp, f"left by a dead writer: {problem}")
-        except (OSError, MemoryError, UnknownSchemaVersionError) as exc:
+        except Exception as exc:
+            if not (_is_os_error(exc) or isinstance(exc, UnknownSchemaVersionError)):
+                raise
             log.warning("could not recover %s (%s): left for the next writer", tmp, exc)
     return recovered
 
@@ -173,6 +175,8 @@ class EpisodeWriter:
             path = write_shard(target, pa.concat_tables(self._buffer))
         except BaseException as exc:
             if not target.exists():
+                if isinstance(exc, OSError) and exc.filename is None:  # (EFBIG, ENOSPC)
+                    exc.add_note(f"while writing the shard {target}")
                 raise  # nothing stored: the buffer stays, for a retry or close()
             # renamed into place before the error (in the folder's fsync, or Ctrl-C /
             # a termination just after the rename): the episodes are stored, and kept
