@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+from tests.test_store import make_episode
 from tests.test_success import _store
 
 from mtopt.success.labels import LabelStore
@@ -246,3 +247,38 @@ def test_a_task_switch_waits_for_the_label_on_its_way(tmp_path: Path) -> None:
         page.wait_for_function(f"{status}.includes('1 labeled')", timeout=15000)
     saved = [(lab.episode_id, lab.task, lab.success) for lab in LabelStore(labels).all()]
     assert saved == [(first, "lift-any", True), (shown, "place-any", False)]
+
+
+@pytest.mark.timeout(180)
+def test_a_second_page_gets_other_episodes_and_an_undo_spares_its_label(tmp_path: Path) -> None:
+    """Two people on the same task: the second page starts on an episode the first was
+    not handed; the first page's undo of an episode the second labeled since takes
+    nothing back and says so."""
+    from playwright.sync_api import sync_playwright
+
+    labels = tmp_path / "labels.jsonl"
+    meta = "document.getElementById('meta').textContent"
+    status = "document.getElementById('status').textContent"
+    port = _free_port()
+    with sync_playwright() as pw:
+        browser = _launch(pw)
+        from mtopt.store import EpisodeWriter
+
+        with EpisodeWriter(tmp_path / "store12", "r0") as w:
+            for i in range(12):
+                w.write(make_episode(i))
+        with Server(create_app(tmp_path / "store12", labels), port):
+            pages = [browser.new_page(), browser.new_page()]
+            for page in pages:
+                page.goto(f"http://127.0.0.1:{port}/?task=lift-any")
+                page.wait_for_function(f"{meta}.startsWith('episode ')", timeout=15000)
+            first, other = (page.evaluate(meta).split()[1] for page in pages)
+            assert first != other
+            pages[0].keyboard.press("y")
+            pages[0].wait_for_function(f"{status}.includes('1 labeled')", timeout=15000)
+            LabelStore(labels).add(first, "lift-any", False)  # the other person, since
+            pages[0].keyboard.press("u")
+            pages[0].wait_for_function(f"{status}.startsWith('not undone')", timeout=15000)
+            assert pages[0].is_disabled("#undo")
+        browser.close()
+    assert LabelStore(labels).latest()[(first, "lift-any")].success is False

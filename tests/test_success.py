@@ -496,6 +496,82 @@ def test_label_queue_scores_episodes_that_arrive_later(tmp_path: Path) -> None:
     assert q["remaining"] == 9 and (tmp_path / "store" / "quarantine").is_dir()
 
 
+def test_two_pages_labeling_at_once_get_other_episodes_and_undo_only_their_own(
+    tmp_path: Path,
+) -> None:
+    """Two people label the same task: each page's queue leaves out what the other was
+    handed; an undo does not take back a label another page gave since (409)."""
+    with EpisodeWriter(tmp_path / "store", "r0") as w:
+        for i in range(6):
+            w.write(make_episode(i))
+    client = TestClient(create_app(tmp_path / "store", tmp_path / "labels.jsonl"), base_url=LOCAL)
+
+    def ids(page: str, limit: int = 3) -> list[str]:
+        q = client.get("/api/queue", params={"task": "lift-any", "limit": limit, "client": page})
+        return [i["episode_id"] for i in q.json()["items"]]
+
+    a, b = ids("page-a"), ids("page-b")
+    assert len(a) == len(b) == 3 and not set(a) & set(b)
+    assert ids("page-a") == a  # a page's own episodes stay its own
+    assert ids("page-c") == []  # all six are held
+    held = client.get("/api/queue", params={"task": "lift-any", "client": "page-c"}).json()
+    assert held["held_elsewhere"] == 6 and held["remaining"] == 6
+    q = client.get("/api/queue", params={"task": "lift-any", "limit": 6}).json()
+    assert len(q["items"]) == 6 and q["remaining"] == 6  # without a name: no holds
+    assert client.get("/api/queue", params={"task": "lift-any", "client": ""}).status_code == 400
+    # page A labels an episode, page B labels it again (it was shown there too), A undoes
+    first = client.post(
+        "/api/labels", json={"episode_id": a[0], "task": "lift-any", "success": True}
+    )
+    later = client.post(
+        "/api/labels", json={"episode_id": a[0], "task": "lift-any", "success": False}
+    )
+    undo = {"episode_id": a[0], "task": "lift-any", "timestamp": first.json()["label"]["timestamp"]}
+    r = client.delete("/api/labels", params=undo)
+    assert r.status_code == 409 and "labeled again since" in r.text
+    assert LabelStore(tmp_path / "labels.jsonl").latest()[(a[0], "lift-any")].success is False
+    mine = {**undo, "timestamp": later.json()["label"]["timestamp"]}
+    assert client.delete("/api/labels", params=mine).json() == {"ok": True, "retracted": True}
+    assert (a[0], "lift-any") not in LabelStore(tmp_path / "labels.jsonl").latest()
+    # a body larger than a label could be is refused unread
+    huge = {"episode_id": "x" * 100_000, "task": "lift-any", "success": True}
+    r = client.post("/api/labels", json=huge)
+    assert r.status_code == 413 and len(r.content) < 200
+
+
+def test_the_queue_orders_by_a_newer_detector_once_published(tmp_path: Path) -> None:
+    """``mtopt sd improve`` publishes v2 while the page runs: the store is scored again
+    in the background and the queue orders by v2 (it used to keep v1 until a restart)."""
+    import time
+
+    with EpisodeWriter(tmp_path / "store", "r0") as w:
+        for i in range(4):
+            w.write(make_episode(i, size=16))
+    torch.manual_seed(0)
+    SuccessDetector(SuccessNet(SMALL), ("lift-any", "place-any")).publish(tmp_path / "sd", 1)
+    client = TestClient(
+        create_app(tmp_path / "store", tmp_path / "labels.jsonl", tmp_path / "sd", refresh_s=0.0),
+        base_url=LOCAL,
+    )
+
+    def queue() -> dict:  # type: ignore[type-arg]
+        return client.get("/api/queue", params={"task": "lift-any", "limit": 10}).json()
+
+    v1 = queue()
+    assert v1["sd_version"] == 1
+    torch.manual_seed(1)
+    SuccessDetector(SuccessNet(SMALL), ("lift-any", "place-any")).publish(tmp_path / "sd", 2)
+    deadline = time.monotonic() + 30
+    while (q := queue())["sd_version"] != 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert q["sd_version"] == 2 and q["remaining"] == 4
+    p1 = {i["episode_id"]: i["p_success"] for i in v1["items"]}
+    p2 = {i["episode_id"]: i["p_success"] for i in q["items"]}
+    assert p1.keys() == p2.keys() and p1 != p2
+    ps = [abs(p - 0.5) for p in p2.values()]
+    assert ps == sorted(ps)
+
+
 def test_label_queue_survives_a_store_it_cannot_refresh(tmp_path: Path) -> None:
     """A shard of a newer schema appearing while the page runs: the queue goes on with the
     episodes indexed so far (it used to be a 500 for every request)."""

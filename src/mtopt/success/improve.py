@@ -201,6 +201,11 @@ def human_examples(
             lab = human.get((str(eid), t))
             if lab is not None:
                 pool.mask[i, j], pool.labels[i, j] = True, float(lab.success)
+    if len(pool) and not human:
+        raise ValueError(
+            f"no label in force in {labels_file} (it has none, or every one was taken "
+            "back): label episodes with `mtopt sd label` first"
+        )
     if len(pool) and not pool.mask.any():  # it retrained on the examples alone
         raise ValueError(
             f"none of the {len(human)} labels in {labels_file} names an episode of "
@@ -255,8 +260,21 @@ def improve_loop(
         pool = human_examples(store, labels_path, registry)
     else:  # final images, ground truth and scenes only: no frames (0.13 MB an episode)
         pool = episode_examples(EpisodeReader(store).poll_final_views(), registry, labeler)
+    if len(pool) == 0 and labeler != "human":
+        raise ValueError(
+            f"no episodes with ground truth in {store} (a real robot's store has none): "
+            "label them with `mtopt sd label`, then run this with --labeler human"
+        )
     if len(pool) == 0:
         raise ValueError(f"no episodes with labels available in {store}")
+    size = sd.net.cfg.image_size
+    if pool.images.shape[1:3] != (size, size):
+        h, w = pool.images.shape[1:3]
+        raise ValueError(
+            f"the episodes of {store} have {h}x{w}-pixel images; the success detector in "
+            f"{weights} judges {size}x{size}: train one for this camera (`mtopt sd export` "
+            "its labeled episodes, then `mtopt sd train --examples` on them)"
+        )
     # once every input loaded and has labels: a call that fails writes nothing to WEIGHTS
     initial = Path(weights) / "initial"
     if _initial_is_stale(initial, sd, registry.names):

@@ -9,6 +9,14 @@ server indexes the store rather than loading it (memory grows by an id, a task a
 detector's scores per episode; frames are read from their shard when shown) and picks up
 episodes that robots write while it runs. A skipped episode stays out of the page's queue
 until the task changes or the page is reloaded.
+
+Several people may label at once: each page names itself (``client``), and the episodes
+handed to one page (10 at a time, and the ones it skipped) stay out of the others'
+queues for ``LEASE_S`` seconds after its last request, so two pages do not show the same
+episodes. Undo takes back a label only while it is the one in
+force (another page's later label stays). A newer success detector published in the
+detector folder (``mtopt sd improve``) is picked up while the page runs: the store is
+scored again in the background and the queue orders by it once done.
 """
 
 from __future__ import annotations
@@ -24,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import HTMLResponse, Response
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from pydantic import BaseModel, Field, StrictBool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -39,7 +47,11 @@ log = logging.getLogger(__name__)
 
 
 QUEUE_LIMIT = 5000
-"""Episodes one queue request may ask for (the page asks for 50 more than it skipped)."""
+"""Episodes one queue request may ask for (the page asks for 10 more than it skipped)."""
+LEASE_S = 120.0
+"""How long the episodes a page was handed stay out of other pages' queues (seconds)."""
+MAX_BODY_BYTES = 64 * 1024
+"""The largest request body the app reads (a label is about 100 bytes)."""
 
 
 class LabelIn(BaseModel):
@@ -193,25 +205,60 @@ def create_app(
     """The labeling app. The queue re-reads the store for new shards at most every
     ``refresh_s`` seconds. Requests must name one of ``allowed_hosts`` in their Host
     header (``["*"]``: any, for a page served to other machines)."""
-    sd = None
-    if sd_dir is not None:
-        from mtopt.success.network import SuccessDetector
+    from mtopt.success.network import SuccessDetector
 
-        sd = SuccessDetector.load(sd_dir)
-    index = StoreIndex(store_dir, sd)
+    sd = SuccessDetector.load(sd_dir) if sd_dir is not None else None
+    # the index in use; a newer detector's is built beside it and swapped in when done
+    current = {"index": StoreIndex(store_dir, sd)}
+    rescoring = threading.Lock()  # held while a newer detector's index is being built
     labels = LabelStore(labels_path)
     last_refresh = [time.monotonic()]
+    leases: dict[tuple[str, str], tuple[str, float]] = {}  # (episode, task) -> (page, until)
+    leases_lock = threading.Lock()
     app = FastAPI(title="mtopt labeling")
     # only requests addressed to this machine: a page elsewhere whose name points here
     # (DNS rebinding) cannot read or write labels
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+
+    @app.middleware("http")
+    async def bounded_body(request: Request, call_next: Any) -> Any:
+        # a body is read whole before it is checked: refuse a large one unread
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > MAX_BODY_BYTES):
+            return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, 413)
+        if size is None and request.method in ("POST", "PUT", "PATCH"):
+            return JSONResponse({"detail": "a request body needs a Content-Length"}, 411)
+        return await call_next(request)
+
+    def rescore_with(version: int) -> None:
+        """Build the index again with the detector ``version`` (a thread)."""
+        try:
+            newer = SuccessDetector.load(sd_dir, version=version)  # type: ignore[arg-type]
+            current["index"] = StoreIndex(store_dir, newer)
+            log.info("the queue now orders by success detector v%d", version)
+        except Exception as exc:  # the page goes on with the detector it has
+            log.warning("could not score the store with detector v%d: %s", version, exc)
+        finally:
+            rescoring.release()
+
+    def maybe_rescore() -> None:
+        index = current["index"]
+        if sd_dir is None or index.sd is None:
+            return
+        try:
+            latest = SuccessDetector.latest_version(sd_dir)
+        except Exception as exc:  # a folder being written: the next refresh looks again
+            log.warning("could not read the detector versions in %s: %s", sd_dir, exc)
+            return
+        if latest > index.sd.version and rescoring.acquire(blocking=False):
+            threading.Thread(target=rescore_with, args=(latest,), daemon=True).start()
 
     def check_task(task: str) -> None:
         if task not in registry.names:
             raise HTTPException(400, f"unknown task {task!r}; valid: {', '.join(registry.names)}")
 
     def episode(eid: str) -> Episode:
-        ep = index.episode(eid)
+        ep = current["index"].episode(eid)
         if ep is None:
             raise HTTPException(404, f"no episode {eid!r} in the store")
         return ep
@@ -225,23 +272,42 @@ def create_app(
         return list(registry.names)
 
     @app.get("/api/queue")
-    def queue(task: str, limit: int = 20) -> dict[str, Any]:
+    def queue(task: str, limit: int = 20, client: str | None = None) -> dict[str, Any]:
+        """The next ``limit`` episodes to label for ``task``; with ``client`` (the page's
+        own name), episodes handed to other pages in the last ``LEASE_S`` seconds are
+        left out, and these are held for this one."""
         check_task(task)
         if not 1 <= limit <= QUEUE_LIMIT:
             raise HTTPException(400, f"limit must be in [1, {QUEUE_LIMIT}]")
+        if client is not None and not 1 <= len(client) <= 64:
+            raise HTTPException(400, "client must be 1 to 64 characters")
+        index = current["index"]
         if time.monotonic() - last_refresh[0] >= refresh_s:
             last_refresh[0] = time.monotonic()
             try:
                 index.refresh()
             except Exception as exc:  # a newer writer's shard, an unreadable disk: the page
                 log.warning("store refresh failed, queue from the index so far: %s", exc)
+            maybe_rescore()
         done = {eid for (eid, t) in labels.latest() if t == task}
         todo = [eid for eid in index.ids() if eid not in done]
+        remaining = len(todo)
         # a task the detector was not trained on (added since): store order, no score
         probs = index.probs
         k = index.sd_tasks.index(task) if task in index.sd_tasks else None
         if k is not None:  # the least certain first; unscored episodes last
             todo.sort(key=lambda e: abs(float(probs[e][k]) - 0.5) if e in probs else 1.0)
+        held_elsewhere = 0
+        if client is not None:
+            now = time.monotonic()
+            with leases_lock:
+                for key in [key for key, (_, until) in leases.items() if until <= now]:
+                    del leases[key]
+                held = {e for (e, t), (c, _) in leases.items() if t == task and c != client}
+                todo = [e for e in todo if e not in held]
+                held_elsewhere = remaining - len(todo)
+                for e in todo[:limit]:
+                    leases[(e, task)] = (client, now + LEASE_S)
         items = [
             {
                 "episode_id": e,
@@ -250,7 +316,14 @@ def create_app(
             }
             for e in todo[:limit]
         ]
-        return {"task": task, "remaining": len(todo), "labeled": len(done), "items": items}
+        return {
+            "task": task,
+            "remaining": remaining,
+            "labeled": len(done),
+            "items": items,
+            "sd_version": index.sd.version if index.sd is not None else None,
+            "held_elsewhere": held_elsewhere,
+        }
 
     # the page names the episode in the query (?episode_id=), where any id a client
     # wrote ("/", "#", "%" and all) arrives as it was; the path forms are kept for
@@ -269,20 +342,25 @@ def create_app(
     @app.post("/api/labels")
     def add_label(body: LabelIn) -> dict[str, Any]:
         check_task(body.task)
-        if body.episode_id not in index:
+        if body.episode_id not in current["index"]:
             raise HTTPException(404, f"no episode {body.episode_id!r} in the store")
         lab = labels.add(body.episode_id, body.task, body.success, "human")
         return {"ok": True, "label": lab.__dict__}
 
     @app.delete("/api/labels")
-    def retract_label(episode_id: str, task: str) -> dict[str, Any]:
+    def retract_label(episode_id: str, task: str, timestamp: float | None = None) -> dict[str, Any]:
         """Take back the label of (episode, task) (the page's undo): a retraction is
-        appended, so the episode is unlabeled for the task until labeled again."""
+        appended, so the episode is unlabeled for the task until labeled again. With
+        ``timestamp`` (the label's, as POST returned it), only while that label is the
+        one in force: one given since (another page's) is not taken back (409)."""
         check_task(task)
-        if episode_id not in index:
+        if episode_id not in current["index"]:
             raise HTTPException(404, f"no episode {episode_id!r} in the store")
-        if (episode_id, task) not in labels.latest():
+        now = labels.latest().get((episode_id, task))
+        if now is None:
             return {"ok": True, "retracted": False}  # nothing in force to take back
+        if timestamp is not None and now.timestamp != timestamp:
+            raise HTTPException(409, "labeled again since (on another page?): not taken back")
         labels.retract(episode_id, task, "human")
         return {"ok": True, "retracted": True}
 
@@ -314,18 +392,24 @@ button{font-size:18px;padding:8px 18px;margin:6px} .ok{background:#3a3} .no{back
 // queue: the next episodes for this task (most uncertain first); skipped: the ones this
 // page was told to skip, kept out of later queues until the task changes or the page reloads
 // done: the labels given on this page for this task ({item, task}), the latest last, for undo
-let queue=[], cur=null, skipped=new Set(), done=[], labeled=0, remaining=0, busy=false;
+// client: this page's name, so the server keeps the episodes it hands here out of other
+// pages' queues for a while (several people labeling at once); sd: the detector version
+// the queue is ordered by
+let queue=[], cur=null, skipped=new Set(), done=[], labeled=0, remaining=0, busy=false, sd=null, held=0;
+const client=Math.random().toString(36).slice(2)+Date.now().toString(36);
 const $=id=>document.getElementById(id);
 function status(){
-  $('status').textContent=labeled+' labeled, '+remaining+' to go'+(skipped.size?', '+skipped.size+' skipped':'');
+  $('status').textContent=labeled+' labeled, '+remaining+' to go'+(skipped.size?', '+skipped.size+' skipped':'')+
+    (sd===null?'':' (most uncertain first, success detector v'+sd+')');
 }
 // fetchQueue: the next episodes of this task from the server; false (and the error shown) on failure
 async function fetchQueue(){
-  const t=$('task').value, limit=Math.min(__QUEUE_LIMIT__, 50+skipped.size);
-  const r=await fetch('/api/queue?task='+encodeURIComponent(t)+'&limit='+limit);
+  const t=$('task').value, limit=Math.min(__QUEUE_LIMIT__, 10+skipped.size);
+  const r=await fetch('/api/queue?task='+encodeURIComponent(t)+'&limit='+limit+'&client='+client);
   if(!r.ok){$('status').textContent='error: '+(await r.text()); return false;}
   const d=await r.json();
   queue=d.items.filter(i=>!skipped.has(i.episode_id)); labeled=d.labeled; remaining=d.remaining;
+  sd=d.sd_version; held=d.held_elsewhere;
   return true;
 }
 // the task menu is held while a label, an undo or a refill is on its way: a switch then
@@ -341,7 +425,8 @@ function next(){ show(queue.shift()); }
 function show(item){
   cur=item; $('undo').disabled=!done.length;
   if(!cur){
-    $('meta').textContent='nothing left to label for this task'+(skipped.size?' ('+skipped.size+' skipped; reload the page to see them again)':'');
+    $('meta').textContent='nothing left to label for this task'+(skipped.size?' ('+skipped.size+' skipped; reload the page to see them again)':'')+
+      (held?'; '+held+' shown on other pages now (back here if not labeled there within __LEASE_S__ s: reload)':'');
     $('final').removeAttribute('src'); $('strip').removeAttribute('src'); return;
   }
   const id='?episode_id='+encodeURIComponent(cur.episode_id);
@@ -357,7 +442,8 @@ async function label(success){
     const r=await fetch('/api/labels',{method:'POST',headers:{'Content-Type':'application/json'},
       body:JSON.stringify({episode_id:item.episode_id,task:task,success:success})});
     if(!r.ok){$('status').textContent='error: '+(await r.text()); return;}
-    saved=true; labeled++; remaining--; done.push({item:item,task:task});
+    const ts=(await r.json()).label.timestamp;
+    saved=true; labeled++; remaining--; done.push({item:item,task:task,ts:ts});
     ready=queue.length>=5 || await fetchQueue();
   } finally { setBusy(false); }
   // a saved label always moves on (a failed refill leaves its error shown and the
@@ -373,13 +459,16 @@ async function skip(){
   if(ready){status(); next();}
 }
 // undo: take back the last label given on this page (the server appends a retraction)
-// and show its episode again, unlabeled: a new label or a skip leaves it so
+// and show its episode again, unlabeled: a new label or a skip leaves it so. A label given
+// since on another page is not taken back (409): this page's undo of it is dropped
 async function undo(){
   if(!done.length||busy) return;
   setBusy(true); let ok=false; const last=done[done.length-1];
   try{
     const r=await fetch('/api/labels?episode_id='+encodeURIComponent(last.item.episode_id)+
-      '&task='+encodeURIComponent(last.task),{method:'DELETE'});
+      '&task='+encodeURIComponent(last.task)+'&timestamp='+encodeURIComponent(String(last.ts)),{method:'DELETE'});
+    if(r.status===409){done.pop(); $('undo').disabled=!done.length;
+      $('status').textContent='not undone: '+(await r.text()); return;}
     if(!r.ok){$('status').textContent='error: '+(await r.text()); return;}
     ok=true;
   } finally { setBusy(false); }
@@ -401,4 +490,4 @@ $('task').onchange=()=>{$('task').blur(); skipped=new Set(); done=[]; queue=[]; 
   load();})();
 </script></body></html>
 """
-PAGE = PAGE.replace("__QUEUE_LIMIT__", str(QUEUE_LIMIT))
+PAGE = PAGE.replace("__QUEUE_LIMIT__", str(QUEUE_LIMIT)).replace("__LEASE_S__", f"{LEASE_S:.0f}")
