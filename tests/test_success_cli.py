@@ -428,3 +428,38 @@ def test_sd_train_refuses_a_q_weights_folder(tmp_path: Path) -> None:
         res = CliRunner().invoke(app, ["sd", "train", "--examples", str(ex), "--out", str(q)])
         assert res.exit_code == 2 and "holds Q-network weights" in res.output, res.output
         assert not list(q.glob("sd-*"))
+
+
+def test_sd_improve_says_why_it_has_nothing_to_learn_from(tmp_path: Path) -> None:
+    """Every label taken back, a real robot's store for the oracle, another camera's
+    image size: each a one-line error that says what to do, and no new SD."""
+    import dataclasses
+
+    from tests.test_store import make_episode
+
+    from mtopt.store import EpisodeReader, EpisodeWriter
+    from mtopt.success.labels import LabelStore
+
+    store, w, ex = _tiny_sd_setup(tmp_path)
+    r = CliRunner()
+    rest = ["--weights", str(w), "--examples", str(ex), "--rounds", "1", "--steps", "1"]
+    labels = LabelStore(tmp_path / "labels.jsonl")
+    labels.add("ep00000", "lift-any", True)
+    labels.retract("ep00000", "lift-any")
+    human = ["--labeler", "human", "--labels", str(labels.path)]
+    res = r.invoke(app, ["sd", "improve", "--store", str(store), *rest, *human])
+    assert res.exit_code == 2 and "no label in force" in res.output, res.output
+    real = tmp_path / "real"
+    with EpisodeWriter(real, "arm-1") as writer:
+        for e in EpisodeReader(store).episodes():
+            writer.write(dataclasses.replace(e, gt_success=None, gt_success_by_task=None))
+    res = r.invoke(app, ["sd", "improve", "--store", str(real), *rest])
+    assert res.exit_code == 2 and "no episodes with ground truth" in res.output, res.output
+    assert "--labeler human" in res.output
+    other = tmp_path / "other-camera"
+    with EpisodeWriter(other, "r0") as writer:
+        for i in range(4):
+            writer.write(make_episode(i, size=8))
+    res = r.invoke(app, ["sd", "improve", "--store", str(other), *rest])
+    assert res.exit_code == 2 and "8x8-pixel images" in res.output, res.output
+    assert SuccessDetector.latest_version(w) == 1
