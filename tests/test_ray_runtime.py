@@ -124,7 +124,7 @@ def test_ray_run_relabels_and_retrains_the_sd_and_ingests_the_last_episodes(
 def test_an_interrupted_ray_run_counts_every_stored_episode(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Ctrl-C (KeyboardInterrupt in the driver's loop): the robots' calls under way end
+    """SIGTERM (Ctrl-C alike, KeyboardInterrupt in the driver's loop): the robots' calls under way end
     and the summary counts every episode in the store (it used to skip that count and
     report the last poll's). Each mid-run evaluation is checkpointed at once (a kill
     before the next scheduled checkpoint lost its point for good)."""
@@ -156,11 +156,17 @@ def test_an_interrupted_ray_run_counts_every_stored_episode(
         lambda s, learner, *a: events.append(("eval", learner.step)) or evaluate(s, learner, *a),
     )
 
-    def interrupt(robots: list, replays: list, step: int) -> None:  # type: ignore[type-arg]
-        if step >= 20:
-            raise KeyboardInterrupt
+    from mtopt._signals import stop_on_sigterm
 
-    summary = run_ray(cfg, tmp_path / "run", kill_hook=interrupt)
+    def interrupt(robots: list, replays: list, step: int) -> None:  # type: ignore[type-arg]
+        if step >= 20:  # SIGTERM, as `mtopt run` gets it from kill or a scheduler
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    # ray.init made SIGTERM exit the driver (no checkpoint, no report); under `mtopt
+    # run`'s handler it stops as Ctrl-C does
+    with stop_on_sigterm():
+        summary = run_ray(cfg, tmp_path / "run", kill_hook=interrupt)
+    assert (tmp_path / "run" / "summary.json").exists()
     assert 20 <= summary["learner_steps"] < 400
     evals = [i for i, (what, _) in enumerate(events) if what == "eval"]
     assert len(evals) >= 2, events  # one mid-run at least, and the final one
@@ -205,3 +211,20 @@ def test_a_resumed_ray_run_goes_on_with_new_scenes_and_its_counters(tmp_path: Pa
     shards = list((tmp_path / "run" / "store" / "shards").glob("*/*.parquet"))
     assert third["learner_steps"] == 80 and len(shards) > 4
     assert third["episodes"] == len(stored)
+
+
+@pytest.mark.timeout(300)
+def test_replay_actors_that_give_no_batches_stop_the_run_with_a_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver used to wait for the replay actors without end (one that cannot be
+    placed, or keeps dying, held the run forever): past the timeout the run stops, with
+    its checkpoint, summary and the reason."""
+    import mtopt.runtime.ray_runtime as ray_runtime
+
+    monkeypatch.setattr(ray_runtime, "REPLAY_STEP_TIMEOUT_S", 0.001)
+    cfg = override(preset("tiny"), ["robots=1", "max_learner_steps=50", "budget_minutes=3"])
+    summary = ray_runtime.run_ray(cfg, tmp_path / "run")
+    assert "gave no batches" in summary["replay_error"] and summary["learner_steps"] == 0
+    assert (tmp_path / "run" / "summary.json").exists()
+    assert (tmp_path / "run" / "checkpoints" / "learner.pt").exists()

@@ -124,6 +124,8 @@ def register(app: typer.Typer) -> None:
             )
         if summary.get("fleet_error"):
             fail(f"the robot fleet failed: {summary['fleet_error']}", 1)
+        if summary.get("replay_error"):
+            fail(f"the replay failed: {summary['replay_error']}", 1)
 
     @app.command()
     def export(

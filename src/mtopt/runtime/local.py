@@ -1327,8 +1327,9 @@ class LocalRun:
             "averaged": averaged,
             **extra,
         }
-        write_report(self, summary, batch_share)
+        # the summary first: a report that fails (a plot, the store's scan) loses nothing
         atomic_write_json(p.root / "summary.json", summary)
+        write_report(self, summary, batch_share)
         return summary
 
     def fleet_point(self, sd: SuccessDetector) -> tuple[dict[str, Any], dict[str, Any]]:

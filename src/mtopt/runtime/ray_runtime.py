@@ -18,6 +18,9 @@ import dataclasses
 import logging
 import math
 import os
+import secrets
+import signal
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -30,13 +33,19 @@ from mtopt.runtime.config import RunConfig
 log = logging.getLogger(__name__)
 MAX_ROBOT_FAILURES = 5
 """Errors in a row after which a robot actor is dropped (the local fleet restarts a
-robot process as often)."""
+robot process as often). A robot actor's death counts as one (its call is not retried)."""
+REPLAY_STEP_TIMEOUT_S = 600.0
+"""How long the driver waits for the replay actors' batches before it stops the run
+(checkpoint and report follow): an actor that cannot be placed or keeps dying would
+otherwise hold the run forever."""
 
 
 def _robot_actor_cls() -> Any:
     import ray
 
-    @ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0.5)
+    # a dead actor restarts, but its call under way fails (no retry): the driver counts
+    # it, so a robot that crashes again and again is dropped, as the local fleet does
+    @ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0.5)
     class RobotActor:
         def __init__(self, index: int, cfg: RunConfig, root: str, seed: int):
             import torch
@@ -55,6 +64,10 @@ def _robot_actor_cls() -> Any:
             except Exception as exc:  # an unreadable store must not keep the robot from starting
                 log.warning("robot %d: could not count its stored episodes (%s)", index, exc)
                 written = 0
+            if ray.get_runtime_context().was_current_actor_reconstructed:
+                # after a crash: fresh scenes, not the ones it may have crashed on (its
+                # count of stored episodes need not have moved since)
+                seed ^= secrets.randbits(30)
             seed = robot_seed(seed, written)
             self.max_rate, self.done, self.t0 = cfg.max_collect_rate, 0, time.monotonic()
             self.robot = make_robot(cfg.robot_factory, cfg.sim, robot_id(index), seed)
@@ -308,6 +321,7 @@ def run_ray(
     t0 = t_start  # when the run started, counting its earlier invocations
     sd_labels = sd_since = 0
     fleet_error: str | None = None
+    replay_error: str | None = None
     resumed = resume and p.checkpoint.exists()
     # the learner first: a checkpoint or init_from that does not fit fails before the
     # success detector's examples are staged (minutes)
@@ -352,6 +366,8 @@ def run_ray(
     learner.publish(p.weights)  # replay actors need target networks from the start
     scripted = run.scripted_baseline()
     started_here = not ray.is_initialized()
+    main_thread = threading.current_thread() is threading.main_thread()
+    on_sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
     if started_here:
         # a local Ray gets the CPUs its actors ask for (0.5 each), at least 2: with fewer,
         # an actor that cannot be placed waited forever and the run never ended
@@ -362,6 +378,10 @@ def run_ray(
             log_to_driver=False,
             ignore_reinit_error=True,
         )
+        # ray.init makes SIGTERM exit the driver at once: the caller's handler again
+        # (mtopt run's raises KeyboardInterrupt: checkpoint, evaluation and report)
+        if on_sigterm is not None and signal.getsignal(signal.SIGTERM) is not on_sigterm:
+            signal.signal(signal.SIGTERM, on_sigterm)
     ingested = 0
     comp: dict[str, dict[str, int]] = {}
     buffer_sizes: dict[str, list[int]] = {}
@@ -471,7 +491,18 @@ def run_ray(
                 log.error("%s: stopping (checkpoint and report follow)", fleet_error)
                 break
             # each replay actor reads its part of the store and samples its own batches
-            results = ray.get([r.step.remote(4, held >= wanted) for r in replays])
+            try:
+                results = ray.get(
+                    [r.step.remote(4, held >= wanted) for r in replays],
+                    timeout=REPLAY_STEP_TIMEOUT_S,
+                )
+            except ray.exceptions.GetTimeoutError:
+                replay_error = (
+                    f"the replay actors gave no batches in {REPLAY_STEP_TIMEOUT_S:.0f} s "
+                    "(one that cannot be placed, or that keeps dying)"
+                )
+                log.error("%s: stopping (checkpoint and report follow)", replay_error)
+                break
             ingested, comp = held_progress(results, ingested, comp)
             held = sum(int(r["episodes_held"]) for r in results)
             batches = [b for res in results for b in res["batches"]]
@@ -515,8 +546,13 @@ def run_ray(
         if sd_tail is not None:
             with contextlib.suppress(Exception):
                 sd_tail.close(timeout_s=10)
-        with contextlib.suppress(Exception):  # a dead actor has nothing left to close
-            ray.get([r.close.remote() for r in robots], timeout=30)
+        # each robot on its own (a dead one fails at once and must not keep the others
+        # from closing: a real arm parked, its writer's last episodes flushed)
+        closing = [r.close.remote() for r in robots]
+        close_by = time.monotonic() + 30
+        for ref in closing:
+            with contextlib.suppress(Exception):
+                ray.get(ref, timeout=max(0.1, close_by - time.monotonic()))
         if started_here:
             ray.shutdown()
     return run.finish(
@@ -532,5 +568,5 @@ def run_ray(
         composition=comp or ReplayStats().composition(run.registry.names),
         buffer_sizes=buffer_sizes,
         batch_share=batch_share,
-        extra={"runtime": "ray", "fleet_error": fleet_error},
+        extra={"runtime": "ray", "fleet_error": fleet_error, "replay_error": replay_error},
     )
