@@ -344,14 +344,20 @@ def run_ray(
         reader = EpisodeReader(
             p.store, must_exist=False, shards_per_poll=c.replay.read_shards_per_poll
         )
+        backlog = 0
         if resumed:
             reader.skip(reader.new_shards())  # counted before the stop (sd_since)
+        else:  # a fresh run on a copied store: its episodes are read, not counted towards
+            # the first round (as the local runtime; it used to start one at once); the
+            # robots start after this count
+            backlog = -(-len(reader.new_shards()) // c.replay.read_shards_per_poll)
         sd_tail = StoreIngest(
             _FinalViews(reader),  # final images and ground truth only: no frames decoded
             len,
             keep_recent=5 * max(1, c.sd.label_budget_per_round),
             name="sd-tail",
             since_mark=sd_since,
+            backlog_polls=backlog,
         )
 
     def extras(now: float) -> dict[str, Any]:
