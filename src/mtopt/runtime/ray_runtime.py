@@ -286,7 +286,15 @@ def held_progress(
 def _replay_actor_cls() -> Any:
     import ray
 
-    return ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0.5)(ReplayService)
+    class ReplayActor(ReplayService):
+        def __init__(self, cfg: RunConfig, root: str, seed: int, part: tuple[int, int] = (0, 1)):
+            if ray.get_runtime_context().was_current_actor_reconstructed:
+                # a restart samples anew (its seed was fixed when the actor was created,
+                # so it replayed its first sampling and CEM stream)
+                seed ^= secrets.randbits(30)
+            super().__init__(cfg, root, seed, part)
+
+    return ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0.5)(ReplayActor)
 
 
 def run_ray(
