@@ -389,7 +389,7 @@ def test_labeling_a_real_cells_episode_ids(tmp_path: Path) -> None:
     # the page's largest queue request (after many skips) is one the server answers
     from mtopt.success.server import PAGE, QUEUE_LIMIT
 
-    assert f"Math.min({QUEUE_LIMIT}, 50+skipped.size)" in PAGE
+    assert f"Math.min({QUEUE_LIMIT}, 10+skipped.size)" in PAGE
     assert client.get(f"/api/queue?task=lift-any&limit={QUEUE_LIMIT}").status_code == 200
     assert client.get(f"/api/queue?task=lift-any&limit={QUEUE_LIMIT + 1}").status_code == 400
     # success is a JSON boolean: "yes", 1 or "0" are refused rather than guessed
