@@ -40,6 +40,16 @@ REPLAY_STEP_TIMEOUT_S = 600.0
 otherwise hold the run forever."""
 
 
+def _seed_after_restart(seed: int) -> int:
+    """``seed`` in a new actor; with fresh entropy in one Ray restarted after a crash, so
+    it does not repeat the scenes or the sampling stream it started with."""
+    import ray
+
+    if ray.get_runtime_context().was_current_actor_reconstructed:
+        return seed ^ secrets.randbits(30)
+    return seed
+
+
 def _robot_actor_cls() -> Any:
     import ray
 
@@ -64,11 +74,9 @@ def _robot_actor_cls() -> Any:
             except Exception as exc:  # an unreadable store must not keep the robot from starting
                 log.warning("robot %d: could not count its stored episodes (%s)", index, exc)
                 written = 0
-            if ray.get_runtime_context().was_current_actor_reconstructed:
-                # after a crash: fresh scenes, not the ones it may have crashed on (its
-                # count of stored episodes need not have moved since)
-                seed ^= secrets.randbits(30)
-            seed = robot_seed(seed, written)
+            # after a crash: not the scenes it may have crashed on (its count of stored
+            # episodes need not have moved since)
+            seed = robot_seed(_seed_after_restart(seed), written)
             self.max_rate, self.done, self.t0 = cfg.max_collect_rate, 0, time.monotonic()
             self.robot = make_robot(cfg.robot_factory, cfg.sim, robot_id(index), seed)
             self.writer = EpisodeWriter(
@@ -288,11 +296,9 @@ def _replay_actor_cls() -> Any:
 
     class ReplayActor(ReplayService):
         def __init__(self, cfg: RunConfig, root: str, seed: int, part: tuple[int, int] = (0, 1)):
-            if ray.get_runtime_context().was_current_actor_reconstructed:
-                # a restart samples anew (its seed was fixed when the actor was created,
-                # so it replayed its first sampling and CEM stream)
-                seed ^= secrets.randbits(30)
-            super().__init__(cfg, root, seed, part)
+            # its seed was fixed when the actor was created: a restart replayed its
+            # first sampling and CEM stream
+            super().__init__(cfg, root, _seed_after_restart(seed), part)
 
     return ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0.5)(ReplayActor)
 
