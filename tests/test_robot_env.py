@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import gymnasium as gym
@@ -11,7 +12,7 @@ from gymnasium.utils.env_checker import check_env
 from tests.robot_factories import TRACKED, ArmWithoutTruth
 
 import mtopt
-from mtopt.robots.base import StepResult
+from mtopt.robots.base import Observation, StepResult
 from mtopt.robots.env import RobotEnv
 from mtopt.robots.sim_robot import SimRobot
 from mtopt.sim.cell import SimConfig
@@ -137,7 +138,10 @@ def test_gym_make_with_your_own_robot_keeps_the_spec_without_the_robot() -> None
     env = gym.make(mtopt.ROBOT_ENV_ID, robot=robot)
     try:
         assert env.spec is not None and env.spec.max_episode_steps == 6  # the robot's cell
-        assert "robot" not in env.spec.kwargs
+        # the spec cannot carry the robot: re-made from it, the env says so instead of
+        # being made without it
+        with pytest.raises(ValueError, match=r"made with robot= a SimRobot.*robot_factory="):
+            gym.make(env.spec)
         env.reset(seed=0)
         for i, a in enumerate(actions(6)):
             *_, truncated, _ = env.step(a)
@@ -146,6 +150,73 @@ def test_gym_make_with_your_own_robot_keeps_the_spec_without_the_robot() -> None
         env.close()
     robot.observe()  # still open: the caller's
     robot.close()
+
+
+def test_a_spec_never_remakes_the_env_without_its_loaded_success_detector(
+    tmp_path: Path,
+) -> None:
+    """Made with a loaded detector, the env cannot be made again from its spec (which
+    would reward by ground truth instead, silently); made with the detector's folder, it
+    can, with the same rewards."""
+    sd_dir = published_sd(tmp_path / "sd")
+    factory = "tests.robot_factories:make_arm"
+    loaded = gym.make(
+        mtopt.ROBOT_ENV_ID, robot_factory=factory, success_detector=SuccessDetector.load(sd_dir)
+    )
+    try:
+        assert loaded.spec is not None
+        with pytest.raises(ValueError, match="made with success_detector= a SuccessDetector"):
+            gym.make(loaded.spec)
+        again = gym.make(loaded.spec, success_detector=str(sd_dir))  # given again: fine
+        again.close()
+    finally:
+        loaded.close()
+    by_folder = gym.make(mtopt.ROBOT_ENV_ID, robot_factory=factory, success_detector=str(sd_dir))
+    assert by_folder.spec is not None
+    remade = gym.make(by_folder.spec)
+    try:
+        stop = np.zeros(6, np.float32)
+        stop[5] = 1.0
+        infos = []
+        for env in (by_folder, remade):
+            env.reset(seed=4)
+            infos.append(env.step(stop)[-1])
+        assert "sd_probability" in infos[1]
+        assert infos[0]["sd_probability"] == infos[1]["sd_probability"]
+    finally:
+        by_folder.close()
+        remade.close()
+
+
+class TallArm(ArmWithoutTruth):
+    """An arm whose gripper reaches 1.5 m above the bin floor (inside the Robot
+    protocol's plausible heights, above the simulated cell's 1 m)."""
+
+    def _taller(self, o: Observation) -> Observation:
+        state = np.array([o.state[0], 1.5], np.float32)
+        pose = None if o.pose is None else np.array([*o.pose[:2], 1.5, o.pose[3]], np.float32)
+        return dataclasses.replace(o, state=state, pose=pose)
+
+    def observe(self) -> Observation:
+        return self._taller(super().observe())
+
+    def act(self, action: np.ndarray) -> StepResult:
+        r = super().act(action)
+        return StepResult(self._taller(r.observation), r.terminated)
+
+
+def test_the_robot_env_reports_a_taller_arms_height_as_it_is(tmp_path: Path) -> None:
+    arm = TallArm("tall", 0, SimConfig())
+    env = RobotEnv(arm, success_detector=str(published_sd(tmp_path / "sd")))
+    try:
+        obs, info = env.reset(seed=0)
+        assert obs["state"][1] == pytest.approx(1.5) and info["pose"][2] == pytest.approx(1.5)
+        assert env.observation_space.contains(obs)
+        obs, *_ = env.step(actions(1)[0])
+        assert obs["state"][1] == pytest.approx(1.5) and env.observation_space.contains(obs)
+    finally:
+        env.close()
+        arm.close()
 
 
 class ArmThatIgnoresTerminate(ArmWithoutTruth):

@@ -13,6 +13,7 @@ from mtopt.robots.action import InvalidActionError, make_action
 from mtopt.robots.base import Robot
 from mtopt.robots.sim_robot import SimRobot
 from mtopt.sim.cell import RIGHT_BIN_CENTER, SimConfig
+from mtopt.sim.env import SimCellEnv
 from mtopt.sim.objects import instance_numbers, make_object, sample_objects
 from mtopt.tasks import CATEGORIES, DEFAULT_REGISTRY, UnknownTaskError
 
@@ -213,6 +214,24 @@ def test_pose_yaw_is_an_orientation_in_minus_pi_to_pi() -> None:
     env.close()
 
 
+def test_a_reset_that_fails_part_way_leaves_no_episode_to_step_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = SimCellEnv()
+    env.reset(seed=0)
+    env.step(make_action())
+
+    def broken(seed: int) -> None:
+        raise RuntimeError("the physics server went away")
+
+    monkeypatch.setattr(env._robot, "reset_scene", broken)
+    with pytest.raises(RuntimeError, match="went away"):
+        env.reset(seed=1)
+    with pytest.raises(RuntimeError, match=r"call reset\(\) before step\(\)"):
+        env.step(make_action())
+    env.close()
+
+
 def test_bad_inputs_have_clear_errors() -> None:
     with pytest.raises(UnknownTaskError, match="valid tasks: lift-any"):
         gym.make(mtopt.ENV_ID, task="lift-unicorn")
@@ -222,6 +241,33 @@ def test_bad_inputs_have_clear_errors() -> None:
         gym.make(mtopt.ENV_ID, image_size="64")
     with pytest.raises(ValueError, match="max_steps must be an integer"):
         gym.make(mtopt.ENV_ID, max_steps=2.5)
+    # every field of the cell, checked when it is made, not at a reset or a step
+    for bad, match in (
+        (dict(max_step_m=float("nan")), "max_step_m must be a finite number > 0"),
+        (dict(max_step_m=-1.0), "max_step_m must be a finite number > 0"),
+        (dict(max_yaw_rad=float("inf")), "max_yaw_rad must be a finite number > 0"),
+        (dict(friction=0.0), "friction must be a finite number > 0"),
+        (dict(finger_force="40"), "finger_force must be a finite number > 0"),
+        (dict(randomize="false"), "randomize must be True or False"),
+        (dict(categories=()), "categories must be a non-empty tuple"),
+        (dict(categories="ball"), "categories must be a non-empty tuple"),
+        (dict(categories=("ball", "unicorn")), "categories must be a non-empty tuple"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            SimConfig(**bad).validate()  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="randomize must be True or False"):
+        gym.make(mtopt.ENV_ID, randomize="false")
+    with pytest.raises(ValueError, match="max_step_m must be"):
+        gym.make(mtopt.ENV_ID, sim=SimConfig(max_step_m=float("nan")))
+    # sim= and a cell keyword: refused even when the keyword is SimConfig's default (it
+    # used to be dropped silently, the env taking the sim's 128 pixels)
+    with pytest.raises(ValueError, match=r"not both: \['image_size'\]"):
+        gym.make(mtopt.ENV_ID, sim=SimConfig(image_size=128), image_size=64)
+    with pytest.raises(ValueError, match=r"not both: \['max_steps'\]"):
+        gym.make(mtopt.ENV_ID, sim=SimConfig(max_steps=8), max_steps=15)
+    made = gym.make(mtopt.ENV_ID, sim=SimConfig(image_size=32, max_steps=8))
+    assert made.unwrapped.config == SimConfig(image_size=32, max_steps=8)  # type: ignore[attr-defined]
+    made.close()
     env = gym.make(mtopt.ENV_ID)
     env.reset(seed=0)
     with pytest.raises(InvalidActionError, match="shape"):

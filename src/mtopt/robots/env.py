@@ -5,7 +5,8 @@ simulator) as a Gymnasium env, rewarded by a success detector.
 success_detector="runs/cell-a/sd")`` makes the robot with a factory, as ``mtopt run``
 does (``mtopt.robots.factory``); ``robot=`` takes one you made (the env then leaves it
 open on ``close()``: it is yours). Observations, actions and episode ends are those of
-``mtopt/SimCell-v0`` (``mtopt.sim.env``), and what the robot gives back (observations,
+``mtopt/SimCell-v0`` (``mtopt.sim.env``; the state's bounds are the Robot protocol's
+plausible ranges, ``STATE_RANGES``, wider than the simulated cell's), and what the robot gives back (observations,
 step results, the final image, ``prepare_for_task``'s answer) is checked against the Robot
 protocol as collection checks it (``RobotContractError``, naming the robot).
 
@@ -34,7 +35,7 @@ from gymnasium import spaces
 from gymnasium.envs.registration import EnvSpec
 
 from mtopt.robots.action import ACTION_DIM, validate_action
-from mtopt.robots.base import STATE_DIM, Observation, Robot
+from mtopt.robots.base import STATE_DIM, STATE_RANGES, Observation, Robot
 from mtopt.robots.factory import (
     check_factory_spec,
     gripper_status_mismatch,
@@ -42,7 +43,7 @@ from mtopt.robots.factory import (
     missing_methods,
 )
 from mtopt.sim.cell import SimConfig
-from mtopt.sim.env import STATE_HIGH, STATE_LOW, _checked_seed, env_obs, env_pose, reset_options
+from mtopt.sim.env import _checked_seed, env_pose, reset_options
 from mtopt.sim.runner import (
     checked_act,
     checked_final_image,
@@ -51,6 +52,25 @@ from mtopt.sim.runner import (
 )
 from mtopt.sim.seeds import random_scene_seed
 from mtopt.tasks.registry import DEFAULT_REGISTRY, TaskRegistry
+
+ROBOT_STATE_LOW = np.array([lo for lo, _ in STATE_RANGES], np.float32)
+ROBOT_STATE_HIGH = np.array([hi for _, hi in STATE_RANGES], np.float32)
+"""The env's state bounds: the Robot protocol's plausible ranges (``STATE_RANGES``), which
+every observation is checked against, wider than the simulated cell's (``mtopt.sim.env``):
+a taller arm's height is reported, not cut at 1 m."""
+
+
+def robot_env_obs(o: Observation) -> dict[str, np.ndarray]:
+    """The env's observation of a checked ``o``: its image and its state as float32."""
+    state = np.clip(o.state, ROBOT_STATE_LOW, ROBOT_STATE_HIGH).astype(np.float32)
+    return {"image": o.image, "state": state}
+
+
+class _NotInSpec(str):
+    """What an env's spec keeps in place of a keyword it cannot carry (a robot, a loaded
+    success detector): making the env again from the spec then fails with a clear error
+    instead of making an env without them (ground-truth rewards instead of the
+    detector's, or no robot)."""
 
 
 class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
@@ -78,6 +98,14 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         knows ``task``. ``max_steps``: default ``sim.max_steps`` (without ``sim``, a
         ``SimRobot``'s own cell's). With ``sim``, a robot that declares a
         ``gripper_status`` other than ``sim.gripper_status`` is refused."""
+        for name, given in (("robot", robot), ("success_detector", success_detector)):
+            if isinstance(given, _NotInSpec):  # gym.make(env.spec) of an env made with one
+                raise ValueError(
+                    f"this env's spec cannot make it again: it was made with {name}= {given}, "
+                    "an object a spec does not carry. Make it with robot_factory='MODULE:NAME' "
+                    "and success_detector=FOLDER (keywords a spec keeps), or pass the "
+                    f"{name} again: gym.make(env.spec, {name}=...)"
+                )
         self.registry = registry or DEFAULT_REGISTRY
         self.task = self.registry.get(task)  # clear error listing valid tasks
         self._initial_seed = _checked_seed(seed)
@@ -122,7 +150,7 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.observation_space = spaces.Dict(  # type: ignore[assignment]
             {
                 "image": spaces.Box(0, 255, (side, side, 3), np.uint8),
-                "state": spaces.Box(STATE_LOW, STATE_HIGH, (STATE_DIM,), np.float32),
+                "state": spaces.Box(ROBOT_STATE_LOW, ROBOT_STATE_HIGH, (STATE_DIM,), np.float32),
             }
         )
         self.action_space = spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
@@ -176,9 +204,11 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             # every read: a robot (a connection to an arm) or a loaded detector is no
             # keyword to copy, nor to re-make an env from
             kwargs = {
-                k: v
+                k: _NotInSpec(f"a {type(v).__name__}")
+                if (k == "robot" and v is not None)
+                or (k == "success_detector" and not isinstance(v, (str, Path, type(None))))
+                else v
                 for k, v in value.kwargs.items()
-                if k != "robot" and not (k == "success_detector" and not isinstance(v, (str, Path)))
             }
             steps = self.max_steps if value.max_episode_steps is None else value.max_episode_steps
             value = dataclasses.replace(value, kwargs=kwargs, max_episode_steps=steps)
@@ -189,7 +219,7 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         """The robot the env drives."""
         return self._robot
 
-    _to_obs = staticmethod(env_obs)
+    _to_obs = staticmethod(robot_env_obs)
     _pose = staticmethod(env_pose)
 
     def reset(

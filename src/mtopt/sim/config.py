@@ -10,6 +10,7 @@ import numpy as np
 
 from mtopt.robots.base import PinholeCamera
 from mtopt.sim.objects import Split
+from mtopt.tasks.scene import CATEGORIES
 
 SCENE_CAMERA = PinholeCamera(
     eye=(0.30, 0.0, 0.60), target=(-0.04, 0.0, 0.07), up=(-1.0, 0.0, 0.0), fov_deg=44.0
@@ -133,5 +134,24 @@ class SimConfig:
         if self.gripper_status not in GRIPPER_STATUSES:
             raise ValueError(
                 f"gripper_status must be 'closure' or 'command', got {self.gripper_status!r}"
+            )
+        for name in ("max_step_m", "max_yaw_rad", "finger_force", "friction"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float | np.integer | np.floating)
+                or not (np.isfinite(value) and value > 0)
+            ):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if not isinstance(self.randomize, bool | np.bool_):
+            raise ValueError(f"randomize must be True or False, got {self.randomize!r}")
+        if (
+            not isinstance(self.categories, tuple | list)
+            or not self.categories
+            or any(c not in CATEGORIES for c in self.categories)
+        ):
+            raise ValueError(
+                f"categories must be a non-empty tuple of {list(CATEGORIES)}, "
+                f"got {self.categories!r}"
             )
         return self

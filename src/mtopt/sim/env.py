@@ -105,26 +105,30 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def __init__(
         self,
         task: str = "lift-any",
-        image_size: int = 64,
-        max_steps: int = 15,
+        image_size: int | None = None,
+        max_steps: int | None = None,
         seed: int | None = None,
-        object_split: str = "train",
-        randomize: bool = False,
-        num_objects: int = 4,
-        gripper_status: str = "closure",
-        gripper_settle_substeps: int = 48,
-        move_from: str = "command",
-        spawn: str = "sampled",
+        object_split: str | None = None,
+        randomize: bool | None = None,
+        num_objects: int | None = None,
+        gripper_status: str | None = None,
+        gripper_settle_substeps: int | None = None,
+        move_from: str | None = None,
+        spawn: str | None = None,
         render_mode: str | None = None,
         registry: TaskRegistry | None = None,
         sim: SimConfig | None = None,
     ):
+        """The cell's keywords (``image_size`` to ``spawn``) are ``SimConfig`` fields; one
+        left out (None) takes ``SimConfig``'s default (64 pixels, 15 steps, "train"
+        objects, no randomization, 4 objects, ...). ``sim=`` gives the whole cell instead
+        (a trained policy's, from ``load_policy``); it cannot be combined with them."""
         self.registry = registry or DEFAULT_REGISTRY
         self.task = self.registry.get(task)  # clear error listing valid tasks
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.render_mode = render_mode
-        cell = {
+        keywords = {
             "image_size": image_size,
             "max_steps": max_steps,
             "object_split": object_split,
@@ -135,13 +139,13 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             "move_from": move_from,
             "spawn": spawn,
         }
+        cell = {k: v for k, v in keywords.items() if v is not None}
         if sim is not None:  # a trained policy's whole cell (load_policy's SimConfig)
             if not isinstance(sim, SimConfig):
                 raise TypeError(f"sim must be a SimConfig, got {type(sim).__name__}")
-            given = [k for k, v in cell.items() if v != getattr(SimConfig(), k)]
-            if given:
+            if cell:  # even one equal to the default: it would be ignored
                 raise ValueError(
-                    f"give the cell either as sim= or as keywords, not both: {given} "
+                    f"give the cell either as sim= or as keywords, not both: {sorted(cell)} "
                     "(dataclasses.replace(sim, ...) changes a SimConfig)"
                 )
             self.config = sim.validate()
@@ -197,6 +201,7 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         super().reset(seed=seed)
         drawn = random_scene_seed(self.np_random)  # drawn either way: the stream stays put
         scene_seed = drawn if chosen is None else int(chosen)
+        self._last = None  # a reset that fails part-way leaves no episode to step in
         self._robot.reset_scene(scene_seed)
         self._robot.start_episode()
         ready = self._robot.prepare_for_task(self.task.starts_holding)
