@@ -930,3 +930,164 @@ def test_shards_an_os_error_keeps_from_being_read_do_not_hold_back_newer_ones(
     fail["on"] = False
     assert [e.episode_id for e in reader.poll()] == ["ep00000"] and reader.behind == 0
     assert reader.quarantined == []
+
+
+def test_drain_reads_every_readable_shard_past_the_ones_that_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two shards a poll, the oldest cannot be opened: a drain used to stop after the
+    first poll got through nothing, leaving the readable shards unread (and a subset
+    copy naming all of them as unreadable)."""
+    import errno
+
+    _, fail = _shard_that_fails_to_open(
+        tmp_path, monkeypatch, 0, PermissionError(errno.EACCES, "Permission denied")
+    )
+    reader = EpisodeReader(tmp_path, shards_per_poll=1)
+    drained = list(reader.drain_decoded(lambda t: t["episode_id"].to_pylist(), ["episode_id"]))
+    assert [ids for _, ids in drained] == [["ep00001"], ["ep00002"]]
+    assert reader.behind == 1 and reader.quarantined == []
+    fail["on"] = False
+    assert [ids for _, ids in reader.drain_decoded(lambda t: t["episode_id"].to_pylist(),
+                                                   ["episode_id"])] == [["ep00000"]]  # fmt: skip
+
+
+def test_a_robot_folder_that_cannot_be_listed_is_an_error_not_a_shorter_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(Path.glob skipped such a folder without a word: one-shot reads, stats and
+    subsets came back short.) A tailing poll says so in the log and lists again."""
+    import errno
+
+    for robot in ("r0", "r1"):
+        with EpisodeWriter(tmp_path, robot, flush_every=1) as w:
+            w.write(make_episode(0 if robot == "r0" else 1))
+    real = os.scandir
+    locked = str(tmp_path / "shards" / "r1")
+
+    def scandir(path):  # type: ignore[no-untyped-def]
+        if str(path) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", locked)
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    reader = EpisodeReader(tmp_path)
+    with pytest.raises(PermissionError):
+        reader.metadata()
+    with pytest.raises(PermissionError):
+        list(reader.episodes())
+    assert reader.poll() == []  # logged; nothing marked read
+    monkeypatch.setattr(os, "scandir", real)
+    assert sorted(e.episode_id for e in reader.poll()) == ["ep00000", "ep00001"]
+
+
+def test_parquet_files_outside_robot_folders_are_named_not_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with EpisodeWriter(tmp_path, "r0", flush_every=1) as w:
+        w.write(make_episode(0))
+    shard = shard_paths(tmp_path)[0]
+    stray = tmp_path / "shards" / "imported.parquet"
+    nested = tmp_path / "shards" / "r0" / "2026" / "x.parquet"
+    nested.parent.mkdir()
+    stray.write_bytes(shard.read_bytes())
+    nested.write_bytes(shard.read_bytes())
+    with caplog.at_level("WARNING", logger="mtopt.store.reader"):
+        assert shard_paths(tmp_path) == [shard]
+    assert "imported.parquet is not read" in caplog.text and "2026 is not read" in caplog.text
+
+
+def test_read_episode_through_a_robot_folder_that_is_a_link(tmp_path: Path) -> None:
+    store, disk2 = tmp_path / "store", tmp_path / "disk2"
+    with EpisodeWriter(disk2, "r1", flush_every=1) as w:
+        w.write(make_episode(3))
+    (store / "shards").mkdir(parents=True)
+    (store / "shards" / "r1").symlink_to(disk2 / "shards" / "r1")
+    reader = EpisodeReader(store)
+    (row,) = reader.metadata()
+    got = reader.read_episode(row["shard"], "ep00003")
+    assert got is not None and got.episode_id == "ep00003"
+    with pytest.raises(ValueError, match="is not a shard of the store"):
+        reader.read_episode(disk2 / "shards" / "r1" / Path(row["shard"]).name, "ep00003")
+
+
+def test_an_episode_changed_after_it_was_made_fails_at_write_alone(tmp_path: Path) -> None:
+    """Shapes are checked again at write: a cropped frame used to be stored, and the
+    shard then failed to decode, quarantining the good episodes with it."""
+    with EpisodeWriter(tmp_path, "r0", flush_every=4) as w:
+        for i in range(3):
+            w.write(make_episode(i))
+        cropped = make_episode(9)
+        cropped.images = cropped.images[:, 1:-1, 1:-1]
+        with pytest.raises(SchemaError, match="final_image"):
+            w.write(cropped)
+        scaled = make_episode(10)
+        scaled.images = scaled.images.astype(np.float32) / 255
+        with pytest.raises(SchemaError, match="uint8"):
+            w.write(scaled)
+    reader = EpisodeReader(tmp_path)
+    assert [e.episode_id for e in reader.poll()] == ["ep00000", "ep00001", "ep00002"]
+    assert reader.quarantined == []
+
+
+def test_scene_descriptions_are_stored_as_standard_json(tmp_path: Path) -> None:
+    e = make_episode(0)
+    e.scene = {
+        3: "cube",  # an int key beside str keys (the sorted dump used to fail)
+        "n": np.int64(2),
+        np.int64(4): [np.float32(0.5), (1, 2)],
+        True: None,
+        "offset": float("nan"),
+        "far": np.inf,
+    }
+    e.gt_success_by_task = {"lift-any": np.bool_(True)}
+    with EpisodeWriter(tmp_path, "r0") as w:
+        w.write(e)
+    (row,) = EpisodeReader(tmp_path).metadata()
+    text = row["scene"]
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {
+        "3": "cube", "n": 2, "4": [0.5, [1, 2]], "true": None, "offset": None, "far": None,
+    }  # fmt: skip
+    (back,) = EpisodeReader(tmp_path).poll()
+    assert back.scene == json.loads(text) and back.gt_success_by_task == {"lift-any": True}
+    bad = make_episode(1)
+    bad.scene = {(1, 2): "tuple key"}
+    with EpisodeWriter(tmp_path, "r0") as w, pytest.raises(SchemaError, match="not JSON"):
+        w.write(bad)
+
+
+def test_a_writer_never_closed_writes_its_buffer_when_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import gc
+
+    w = EpisodeWriter(tmp_path, "r0", flush_every=100)
+    for i in range(5):
+        w.write(make_episode(i))
+    with caplog.at_level("WARNING", logger="mtopt.store.writer"):
+        del w
+        gc.collect()
+    assert len(EpisodeReader(tmp_path).poll()) == 5
+    assert "was not closed" in caplog.text
+
+
+def _write_and_exit(store: str) -> None:
+    w = EpisodeWriter(store, "r0", flush_every=100)
+    for i in range(4):
+        w.write(make_episode(i))
+    _write_and_exit.keep = w  # type: ignore[attr-defined]  # alive at exit
+
+
+def test_a_writer_still_open_at_exit_writes_its_buffer(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.path.insert(0, '.'); from tests.test_store import _write_and_exit; "
+        f"_write_and_exit({str(tmp_path)!r})"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    assert [e.episode_id for e in EpisodeReader(tmp_path).poll()] == [
+        f"ep{i:05d}" for i in range(4)
+    ]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -54,9 +55,46 @@ class StoreNotFoundError(FileNotFoundError):
     pass
 
 
+_warned_strays: set[Path] = set()
+
+
 def shard_paths(store_dir: str | Path) -> list[Path]:
+    """The store's shards, ``shards/<robot>/<name>.parquet``, oldest first (names start
+    with their time). None when there is no ``shards/`` folder. A folder that cannot be
+    listed raises its ``OSError`` (a read that skipped it would be silently short), and
+    a Parquet file elsewhere under ``shards/`` (which ``pyarrow.dataset`` would read) is
+    named in a warning, once: the store does not read it."""
     root = Path(store_dir) / SHARDS
-    return sorted(root.glob("*/*.parquet"), key=lambda p: (p.name, p.parent.name))
+    found: list[Path] = []
+    try:
+        robots = sorted(os.scandir(root), key=lambda d: d.name)
+    except FileNotFoundError:
+        return []
+    for robot in robots:
+        if not robot.is_dir():
+            if robot.name.endswith(".parquet"):
+                _warn_stray(Path(robot.path))
+            continue
+        try:
+            with os.scandir(robot.path) as entries:
+                for entry in entries:
+                    if entry.name.endswith(".parquet"):
+                        found.append(Path(entry.path))
+                    elif entry.is_dir() and not entry.name.startswith("."):
+                        _warn_stray(Path(entry.path))
+        except FileNotFoundError:  # a robot folder removed while listing: nothing lost
+            continue
+    return sorted(found, key=lambda p: (p.name, p.parent.name))
+
+
+def _warn_stray(path: Path) -> None:
+    if path not in _warned_strays:
+        _warned_strays.add(path)
+        log.warning(
+            "%s is not read: the store's shards are shards/<robot>/<name>.parquet "
+            "(pyarrow.dataset would read it; move it into a robot's folder, or out)",
+            path,
+        )
 
 
 def shard_part(path: Path, parts: int) -> int:
@@ -213,6 +251,7 @@ class EpisodeReader:
             )
         self._seen: set[Path] = set()
         self._failed: set[Path] = set()  # shards an OS error kept from being read
+        self._attempted: list[Path] = []  # the shards the last poll tried
         self.quarantined: list[Path] = []
 
     def _read(
@@ -302,6 +341,7 @@ class EpisodeReader:
             log.warning("could not list the shards of %s (%s); retrying on the next poll",
                         self.store_dir, exc)  # fmt: skip
             self.behind = 0
+            self._attempted = []
             return []
         # shards that failed for the machine's reasons (no permission yet, EIO) are retried
         # after the others, so that a few such shards cannot hold back every newer one
@@ -309,7 +349,8 @@ class EpisodeReader:
         self.behind = max(0, len(paths) - limit) if limit is not None else 0
         out: list[tuple[Path, T]] = []
         done: list[Path] = []
-        for path in paths[:limit]:
+        self._attempted = paths[:limit]
+        for path in self._attempted:
             try:  # an unknown version raises before any shard is marked: none is lost
                 decoded = self._read(path, decode, columns, own_decoder)
             except Exception as exc:
@@ -332,18 +373,23 @@ class EpisodeReader:
         columns: list[str] | None = None,
         decode_errors_quarantine: bool = False,
     ) -> Iterator[tuple[Path, T]]:
-        """``poll_decoded`` in parts (``shards_per_poll`` each) until every new shard is
-        read, or until a poll gets through none of what is left (shards failing with OS
-        errors wait for the next call)."""
+        """``poll_decoded`` in parts (``shards_per_poll`` each) until every new shard has
+        been tried once: shards failing with OS errors wait for the next call, and the
+        others, older or newer than them, are read now."""
+        tried: set[Path] = set()
         while True:
-            try:
-                left = len(self.new_shards())
-            except OSError:
-                left = 0  # the poll below says so, and reads nothing
             yield from self.poll_decoded(
                 decode, columns, decode_errors_quarantine=decode_errors_quarantine
             )
-            if not (self.behind and self.behind < left):
+            fresh = set(self._attempted) - tried
+            tried |= fresh
+            if not self.behind or not fresh:
+                return  # (no fresh shard: the poll went only to ones failing again)
+            try:
+                left = self.new_shards()
+            except OSError:
+                return  # the next call lists again
+            if tried.issuperset(left):
                 return
 
     def poll_final_views(self) -> list[FinalView]:
@@ -361,7 +407,12 @@ class EpisodeReader:
             raise TypeError(f"episode_id is the stored hex string, got {type(episode_id).__name__}")
         path = Path(path)
         shards = (self.store_dir / SHARDS).resolve()
-        if path.suffix != ".parquet" or path.resolve().parent.parent != shards:
+        # the robot folder as named, not where a link to it points (a robot folder may be
+        # a link to another disk)
+        if (
+            path.suffix != ".parquet"
+            or Path(os.path.abspath(path)).parent.parent.resolve() != shards
+        ):
             raise ValueError(f"{path} is not a shard of the store {self.store_dir}")
 
         def pick(table: pa.Table) -> list[Episode]:

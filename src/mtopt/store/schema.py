@@ -34,12 +34,15 @@ poses                  list<list<float32>> (null.)   (T+1, 4): gripper x, y, z, 
 
 The ``gt_`` columns are null for real robots; they are used only for evaluation and by
 the oracle labeler, never as training rewards. ``poses`` was added later within version
-1: shards written before it lack the column and read as ``poses=None``.
+1: shards written before it lack the column and read as ``poses=None``. The JSON
+columns are standard JSON (``to_json``): keys are strings (an int key 1 reads back as
+"1"), NaN and infinities are stored as null.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,14 +65,38 @@ class UnknownSchemaVersionError(SchemaError):
 ACTION_DIM = 6  # the layout of mtopt.robots.action (kept here so the store stands alone)
 
 
-def _json_default(value: Any) -> Any:
-    """Numpy scalars and arrays in a scene description (an easy slip in a real robot's
-    ``scene_description()``) become plain JSON numbers and lists."""
-    if isinstance(value, np.generic):
-        return value.item()
+def _plain(value: Any) -> Any:
+    """A scene description (or ``gt_success_by_task``) as standard JSON holds it: NumPy
+    scalars and arrays (an easy slip in a real robot's ``scene_description()``) become
+    numbers and lists, tuples lists, keys strings as JSON writes them (1 -> "1", True ->
+    "true", None -> "null"; mixed key types no longer break the sorted dump), and NaN and
+    infinities null (JSON has none: other languages' parsers refuse Python's literals)."""
     if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+        value = value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {_key(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _key(key: Any) -> str:
+    if isinstance(key, np.generic):
+        key = key.item()
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, bool | int | float):
+        return json.dumps(key)  # as json.dumps writes such keys: "true", "1", "null"
+    raise TypeError(f"a key of type {type(key).__name__} ({key!r}) is not JSON")
+
+
+def to_json(value: Any) -> str:
+    """``value`` as the store's JSON text (``_plain``; sorted keys)."""
+    return json.dumps(_plain(value), sort_keys=True, allow_nan=False)
 
 
 ARROW_SCHEMA = pa.schema(
@@ -192,7 +219,7 @@ class Episode:
             "policy": self.policy,
             "policy_version": int(self.policy_version),
             "seed": int(self.seed),
-            "scene": json.dumps(self.scene, sort_keys=True, default=_json_default),
+            "scene": to_json(self.scene),
             "chain_index": int(self.chain_index),
             "prev_episode_id": self.prev_episode_id,
             "started_at": float(self.started_at),
@@ -208,7 +235,7 @@ class Episode:
             "gt_success": self.gt_success,
             "gt_success_by_task": None
             if self.gt_success_by_task is None
-            else json.dumps(self.gt_success_by_task, sort_keys=True, default=_json_default),
+            else to_json(self.gt_success_by_task),
             "poses": None if self.poses is None else np.asarray(self.poses, np.float32).tolist(),
         }
 
@@ -254,7 +281,11 @@ def check_writable(e: Episode) -> None:
     """What a stored episode needs beyond its arrays, checked when it is written (not when
     read, so a shard stored before these checks still reads): ids that name it (LogReplay
     and stats count a repeated id once, so empty ones would collapse into one episode),
-    whole numbers where the columns are integers (1.7 was stored as 1), a scene dict."""
+    whole numbers where the columns are integers (1.7 was stored as 1), a scene dict; and
+    the arrays' shapes and dtypes again (``Episode`` checks them when it is made; one
+    changed after that, such as frames cropped or scaled to floats, made a shard that
+    did not read back, costing every episode in it)."""
+    e.__post_init__()
     for name in ("episode_id", "robot_id", "task", "policy"):
         value = getattr(e, name)
         if not isinstance(value, str) or not value:

@@ -10,7 +10,9 @@ cannot be stored raises ``SchemaError`` from ``write`` and is not buffered, so i
 blocks the good ones. An episode whose ``write`` raises an error (a full disk in the
 flush it started, too) is not kept: write it again. The episodes written before it stay
 buffered and go out with the next flush (Ctrl-C in that flush keeps them all, for the
-``with`` block's ``close``).
+``with`` block's ``close``). A writer that is dropped or still open when the interpreter
+exits, never closed, writes its buffer then, with a warning (only a killed process
+loses it).
 
 Shards carry page checksums (CRC32), so a flipped bit on disk is found when the shard is
 read and the shard quarantined, not served. A writer killed between its temp file's fsync
@@ -25,11 +27,13 @@ is ``STALE_TEMP_S`` old, for file systems whose locks other machines do not see.
 
 from __future__ import annotations
 
+import atexit
 import io
 import logging
 import os
 import re
 import time
+import weakref
 from pathlib import Path
 
 import pyarrow as pa
@@ -118,6 +122,28 @@ def _unreadable(path: Path) -> str | None:
     return None
 
 
+_open_writers: weakref.WeakSet[EpisodeWriter] = weakref.WeakSet()
+
+
+def _flush_unclosed(writer: EpisodeWriter) -> None:
+    n = writer.pending
+    try:
+        writer.flush()
+    except Exception as exc:
+        log.error("a writer of %s was not closed; its %d episodes are lost: %s",
+                  writer.dir, n, exc)  # fmt: skip
+        return
+    log.warning("a writer of %s was not closed: its last %d episodes were written at exit "
+                "(close() it, or use it in a with block)", writer.dir, n)  # fmt: skip
+
+
+@atexit.register
+def _flush_open_writers() -> None:
+    for writer in list(_open_writers):
+        if writer.pending:
+            _flush_unclosed(writer)
+
+
 class EpisodeWriter:
     def __init__(
         self,
@@ -143,6 +169,7 @@ class EpisodeWriter:
         self._next_recovery = time.monotonic() + STALE_TEMP_S
         self._seq = 0
         self.written = 0
+        _open_writers.add(self)
 
     def write(self, episode: Episode) -> None:
         """Buffer ``episode`` (and flush when it is time). If this raises an error, the
@@ -202,6 +229,13 @@ class EpisodeWriter:
 
     def close(self) -> None:
         self.flush()
+
+    def __del__(self) -> None:
+        # a writer dropped with episodes buffered (never closed, no with block) writes
+        # them, as a file object flushes its buffer; the atexit hook does it for one
+        # still alive when the interpreter exits
+        if getattr(self, "_buffer", None):
+            _flush_unclosed(self)
 
     def __enter__(self) -> EpisodeWriter:
         return self
