@@ -140,9 +140,11 @@ def test_unknown_schema_version_is_a_clear_error(tmp_path: Path) -> None:
     path.parent.mkdir(parents=True)
     import pyarrow as pa
 
-    pq.write_table(pa.Table.from_pylist([make_episode(0).to_row()], schema=schema), path)
+    newer = {**make_episode(0).to_row(), "schema_version": 7}  # a newer writer's rows
+    pq.write_table(pa.Table.from_pylist([newer], schema=schema), path)
     with pytest.raises(SchemaError, match="unknown schema version 7"):
         EpisodeReader(tmp_path).poll()
+    assert path.exists()  # not moved: it may be a newer mtopt's
     with pytest.raises(StoreNotFoundError, match="no episode store"):
         EpisodeReader(tmp_path / "missing")
 
@@ -498,7 +500,8 @@ def test_an_unknown_version_stops_a_poll_without_losing_the_shards_before_it(
         w.write(make_episode(0))
     newer = tmp_path / "shards" / "r0" / "99999999999999999999-000000.parquet"
     schema = ARROW_SCHEMA.with_metadata({SCHEMA_KEY: b"2"})
-    pq.write_table(pa.Table.from_pylist([make_episode(1).to_row()], schema=schema), newer)
+    row = {**make_episode(1).to_row(), "schema_version": 2}
+    pq.write_table(pa.Table.from_pylist([row], schema=schema), newer)
     reader = EpisodeReader(tmp_path)
     with pytest.raises(SchemaError, match="unknown schema version 2"):
         reader.poll()
@@ -727,7 +730,7 @@ def test_a_newer_shard_without_a_column_asked_for_is_not_quarantined(tmp_path: P
 
     newer = tmp_path / "shards" / "r0" / "0.parquet"
     newer.parent.mkdir(parents=True)
-    row = make_episode(1).to_row()
+    row = {**make_episode(1).to_row(), "schema_version": 2}
     row["episode_uid"] = row.pop("episode_id")
     table = pa.Table.from_pylist([row]).replace_schema_metadata({SCHEMA_KEY: b"2"})
     pq.write_table(table, newer)
@@ -1091,3 +1094,29 @@ def test_a_writer_still_open_at_exit_writes_its_buffer(tmp_path: Path) -> None:
     assert [e.episode_id for e in EpisodeReader(tmp_path).poll()] == [
         f"ep{i:05d}" for i in range(4)
     ]
+
+
+def test_a_damaged_footer_is_a_corrupt_shard_not_a_newer_one(tmp_path: Path) -> None:
+    """Parquet's footer has no checksum. A footer whose version key disagrees with its
+    rows' (checksummed) version, or that names a column no writer writes (a flipped bit
+    in "poses"), is corrupt: quarantined, and the other shards read."""
+    import pyarrow as pa
+
+    with EpisodeWriter(tmp_path, "r0", flush_every=1) as w:
+        w.write(make_episode(0))
+    folder = tmp_path / "shards" / "r0"
+    rows = [make_episode(1).to_row()]
+    pq.write_table(
+        pa.Table.from_pylist(rows, schema=ARROW_SCHEMA.with_metadata({SCHEMA_KEY: b"2"})),
+        folder / "99999999999999999998-000000.parquet",
+    )
+    renamed = ARROW_SCHEMA.set(
+        ARROW_SCHEMA.get_field_index("poses"), ARROW_SCHEMA.field("poses").with_name("qoses")
+    )
+    pq.write_table(
+        pa.Table.from_pylist([{**make_episode(2).to_row(), "qoses": None}], schema=renamed),
+        folder / "99999999999999999999-000000.parquet",
+    )
+    reader = EpisodeReader(tmp_path)
+    assert [e.episode_id for e in reader.poll()] == ["ep00000"]
+    assert len(reader.quarantined) == 2

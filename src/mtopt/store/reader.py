@@ -38,6 +38,7 @@ from mtopt.store.schema import (
     LATER_COLUMNS,
     META_COLUMNS,
     SCHEMA_KEY,
+    SCHEMA_VERSION,
     Episode,
     SchemaError,
     UnknownSchemaVersionError,
@@ -136,7 +137,29 @@ def _check_version(shard: pq.ParquetFile, path: Path) -> None:
     (pandas, DuckDB keep no such key), its ``schema_version`` column."""
     schema = shard.schema_arrow
     if SCHEMA_KEY in (schema.metadata or {}) or "schema_version" not in schema.names:
-        check_table_version(schema, str(path))
+        try:
+            check_table_version(schema, str(path))
+        except UnknownSchemaVersionError:
+            # Parquet's footer has no checksum: a flipped bit there can make the key say
+            # another version while the rows (checksummed pages) say this one's
+            if "schema_version" in schema.names and set(
+                shard.read(columns=["schema_version"]).column(0).to_pylist()
+            ) == {SCHEMA_VERSION}:
+                raise SchemaError(
+                    f"{path}: its metadata names another schema version than its rows "
+                    f"({SCHEMA_VERSION}): a damaged footer"
+                ) from None
+            raise
+        foreign = {
+            n for n in schema.names if n not in ARROW_SCHEMA.names and not n.startswith("__index")
+        }  # (pandas keeps its index as __index_level_0__)
+        if SCHEMA_KEY in (schema.metadata or {}) and foreign:
+            # EpisodeWriter writes only the schema's columns: a name it never writes
+            # (a flipped bit in the footer's "poses") would otherwise read as a column
+            # an older shard lacks
+            raise SchemaError(
+                f"{path}: column(s) {sorted(foreign)} not in schema version {SCHEMA_VERSION}"
+            )
         return
     versions = set(shard.read(columns=["schema_version"]).column(0).to_pylist())
     for v in sorted(versions, key=str):
