@@ -1120,3 +1120,27 @@ def test_a_damaged_footer_is_a_corrupt_shard_not_a_newer_one(tmp_path: Path) -> 
     reader = EpisodeReader(tmp_path)
     assert [e.episode_id for e in reader.poll()] == ["ep00000"]
     assert len(reader.quarantined) == 2
+
+
+def test_a_forked_childs_copy_of_a_writer_does_not_write_the_parents_buffer(
+    tmp_path: Path,
+) -> None:
+    w = EpisodeWriter(tmp_path, "r0", flush_every=100)
+    w.write(make_episode(0))
+    ctx = mp.get_context("fork")
+    child = ctx.Process(target=_drop_writers_and_exit)
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0 and shard_paths(tmp_path) == []
+    w.close()
+    assert [e.episode_id for e in EpisodeReader(tmp_path).poll()] == ["ep00000"]
+
+
+def _drop_writers_and_exit() -> None:
+    import gc
+
+    from mtopt.store import writer
+
+    for copy in list(writer._open_writers):
+        writer._flush_unclosed(copy)  # as at the child's exit or when its copy is dropped
+    gc.collect()

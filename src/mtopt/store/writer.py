@@ -126,6 +126,8 @@ _open_writers: weakref.WeakSet[EpisodeWriter] = weakref.WeakSet()
 
 
 def _flush_unclosed(writer: EpisodeWriter) -> None:
+    if writer._pid != os.getpid():
+        return  # a forked child's copy: the parent writes these episodes
     n = writer.pending
     try:
         writer.flush()
@@ -169,6 +171,7 @@ class EpisodeWriter:
         self._next_recovery = time.monotonic() + STALE_TEMP_S
         self._seq = 0
         self.written = 0
+        self._pid = os.getpid()
         _open_writers.add(self)
 
     def write(self, episode: Episode) -> None:
