@@ -102,3 +102,21 @@ def make_half_arm(robot_id: str, seed: int, sim: SimConfig) -> object:
 
 
 NOT_CALLABLE = 3
+
+
+class ArmThatDropsOut(ArmWithoutTruth):
+    """Its connection fails at the third scene reset (a real arm's network)."""
+
+    def __init__(self, robot_id: str, seed: int, sim: SimConfig):
+        super().__init__(robot_id, seed, sim)
+        self.resets = 0
+
+    def reset_scene(self, seed: int | None = None) -> Observation:
+        self.resets += 1
+        if self.resets == 3:
+            raise ConnectionError("the arm's controller stopped answering")
+        return super().reset_scene(seed)
+
+
+def make_arm_that_drops_out(robot_id: str, seed: int, sim: SimConfig) -> ArmThatDropsOut:
+    return ArmThatDropsOut(robot_id, seed, sim)

@@ -131,7 +131,8 @@ def test_summarize_without_ground_truth_gives_the_detectors_rate_alone() -> None
     row = summarize(RobotEvaluation({"lift-any": eps}, {"lift-any": 1}))["lift-any"]
     assert row["sd_success"]["success"] == 0.5 and row["not_set_up"] == 1
     assert row["gt_success"] is None and row["sd_agreement"] is None and "gt_outcomes" not in row
-    assert summarize(RobotEvaluation({"x": []}, {"x": 2}))["x"]["episodes"] == 0
+    empty = summarize(RobotEvaluation({"x": []}, {"x": 2}))["x"]
+    assert empty["episodes"] == 0 and empty["sd_success"] is None  # not 0%: not evaluated
 
 
 def test_a_judge_without_the_task_is_refused_before_any_episode() -> None:
@@ -206,6 +207,22 @@ def test_mtopt_evaluate_end_to_end_with_a_stand_in_arm(tmp_path: Path) -> None:
     row = json.loads(out.read_text())["tasks"]["lift-any"]
     assert row["gt_success"] is not None and 0.0 <= row["sd_agreement"] <= 1.0
     assert "simulator" in res.output and "agreement" in res.output
+
+    # the arm drops out on its third scene: what was judged is reported and written,
+    # marked incomplete, and the command fails
+    dropout = ["--robot-factory", "tests.robot_factories:make_arm_that_drops_out"]
+    both = ["--tasks", "lift-any,place-any", "--episodes", "2", "--seed", "7"]
+    res = CliRunner().invoke(app, ["evaluate", str(run), *both, *dropout, "--json", str(out)])
+    assert res.exit_code == 1 and "stopped answering" in res.output, res.output
+    result = json.loads(out.read_text())
+    assert result["complete"] is False and "ConnectionError" in result["error"]
+    assert result["tasks"]["lift-any"]["episodes"] == 2
+    assert result["tasks"]["place-any"]["sd_success"] is None
+    assert "place-any" in res.output and "not evaluated" in res.output
+    # an output it could not write is said before any episode
+    (tmp_path / "a-file").write_text("")
+    res = CliRunner().invoke(app, [*args, *dropout, "--json", str(tmp_path / "a-file" / "x.json")])
+    assert res.exit_code == 2 and "cannot write to" in res.output, res.output
 
     for bad, says in (
         (["--part", "target0"], "--part must be acting or online"),

@@ -29,6 +29,22 @@ def fail(msg: object, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def output_dir(path: Path) -> None:
+    """End the command now, with one line, if ``path`` cannot be (or become) a folder."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file there, or in the way, or no permission
+        fail(f"cannot write to {path}: {exc}")
+
+
+def output_file(path: Path) -> None:
+    """End the command now, with one line, if ``path`` cannot be written as a file (a
+    check before the work, not after it)."""
+    if path.is_dir():
+        fail(f"{path} is a directory; give a file's path")
+    output_dir(path.parent)
+
+
 def registry_for(store: Path | None, tasks_file: Path | None) -> TaskRegistry:
     """``tasks_file``'s tasks after the built-in ones; else the tasks of the run whose
     store ``store`` is (a ``config.json`` next to it); else the built-in tasks. A bad

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mtopt._cli import fail
+from mtopt._cli import fail, output_file
 
 
 def register(app: typer.Typer) -> None:
@@ -48,6 +48,7 @@ def register(app: typer.Typer) -> None:
         ground truth). Prints per-task success with 95% intervals; on the simulated cell
         also the simulator's rate and how often the detector agrees with it."""
         import dataclasses
+        import logging
         from contextlib import ExitStack
 
         from tqdm import tqdm
@@ -72,6 +73,8 @@ def register(app: typer.Typer) -> None:
 
         if part not in ("acting", "online"):
             fail(f"--part must be acting or online, got {part!r}")
+        if json_out is not None:
+            output_file(json_out)  # now, not after the evaluation
         if not (run / "config.json").is_file() or not (run / "weights").is_dir():
             fail(f"{run} is not a run or policy folder (config.json and weights/)")
         sd_dir = sd if sd is not None else run / "sd"
@@ -117,6 +120,7 @@ def register(app: typer.Typer) -> None:
 
         evaluation = RobotEvaluation()
         interrupted = False
+        failure: BaseException | None = None
         try:
             with ExitStack() as stack:
                 robot = make_robot(robot_factory, sim, "eval-00", seed)
@@ -140,8 +144,8 @@ def register(app: typer.Typer) -> None:
                 )
         except KeyboardInterrupt:
             interrupted = True  # the robot is closed, the store flushed: report what was judged
-        except (ValueError, RobotContractError) as exc:
-            fail(exc, 1)
+        except Exception as exc:  # a robot that fails part-way: what was judged still counts
+            failure = exc
         finally:
             bar.close()
         per_task = summarize(evaluation)
@@ -155,11 +159,16 @@ def register(app: typer.Typer) -> None:
             "threshold": threshold,
             "seed": seed,
             "interrupted": interrupted,
+            "error": None if failure is None else f"{type(failure).__name__}: {failure}",
+            "complete": not interrupted and failure is None,
             "tasks": per_task,
         }
-        if interrupted:
-            typer.echo("interrupted: what was judged so far")
+        if interrupted or failure is not None:
+            typer.echo("incomplete: what was judged before it stopped")
         for task, row in per_task.items():
+            if row["sd_success"] is None:
+                typer.echo(f"  {task:22s} not evaluated (no episode judged)")
+                continue
             lo, hi = row["sd_success"]["ci95"]
             line = (
                 f"  {task:22s} detector {row['sd_success']['success']:6.1%} "
@@ -180,3 +189,9 @@ def register(app: typer.Typer) -> None:
         if json_out is not None:
             atomic_write_json(json_out, result)
             typer.echo(f"wrote {json_out}")
+        if failure is not None:
+            if not isinstance(failure, ValueError | RobotContractError):
+                logging.getLogger(__name__).error("evaluation failed", exc_info=failure)
+            fail(failure, 1)
+        if interrupted:
+            raise typer.Exit(130)  # as a shell reports a command stopped by Ctrl-C

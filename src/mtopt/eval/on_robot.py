@@ -139,7 +139,8 @@ def evaluate_on_robot(
 
 
 def summarize(evaluation: RobotEvaluation) -> dict[str, dict[str, Any]]:
-    """Per task: the detector's success rate with its 95% Wilson interval; where every
+    """Per task: the detector's success rate with its 95% Wilson interval (None with no
+    episode judged); where every
     episode has ground truth, the simulator's rate and the share of episodes on which the
     detector agrees with it; the episodes never set up; the outcomes as 0/1 strings."""
     out: dict[str, dict[str, Any]] = {}
@@ -149,7 +150,8 @@ def summarize(evaluation: RobotEvaluation) -> dict[str, dict[str, Any]]:
         row: dict[str, Any] = {
             "episodes": n,
             "not_set_up": evaluation.unprepared.get(task, 0),
-            "sd_success": rate_with_ci(sum(sd) / n if n else 0.0, n),
+            # None: no episode judged (an evaluation stopped before the task), not 0%
+            "sd_success": rate_with_ci(sum(sd) / n, n) if n else None,
             "sd_outcomes": encode_outcomes(sd),
             "gt_success": None,
             "sd_agreement": None,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from mtopt._cli import OWN_TASKS_HELP, TASKS_FILE_HELP, registry_for
+from mtopt._cli import OWN_TASKS_HELP, TASKS_FILE_HELP, output_dir, output_file, registry_for
 from mtopt._cli import fail as _fail
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown")
@@ -49,7 +49,7 @@ def examples(
         seed = 0 if split == "train" else 1
     if out is None:
         out = Path("runs/sd/examples.npz" if split == "train" else "runs/sd/test.npz")
-    _output_file(out)  # before the staging, not after it
+    output_file(out)  # before the staging, not after it
     try:  # every check before the staging (minutes), not after it
         before = LabeledSet.load(out) if out.exists() else None
         if before is not None:  # examples staged before a new task: its labels unknown
@@ -78,21 +78,6 @@ def examples(
         data = before.concat(data)
     data.save(out)
     typer.echo(f"{len(data)} labeled examples in {out}")
-
-
-def _output_dir(path: Path) -> None:
-    """Fail now, with one line, if ``path`` cannot be (or become) a folder."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a file there, or in the way, or no permission
-        _fail(f"cannot write to {path}: {exc}")
-
-
-def _output_file(path: Path) -> None:
-    """Fail now, with one line, if ``path`` cannot be written as a file."""
-    if path.is_dir():
-        _fail(f"{path} is a directory; give a file's path")
-    _output_dir(path.parent)
 
 
 @app.command()
@@ -125,7 +110,7 @@ def train(
             "held-out measure",
             err=True,
         )
-    _output_dir(out)  # before the training, not after it
+    output_dir(out)  # before the training, not after it
     net = train_sd(data, SDTrainConfig(steps=steps, seed=seed), progress=True)
     sd = SuccessDetector(net, data.tasks)
     # the next version, picked under the folder's lock; `sd improve` starts from it anew
@@ -282,7 +267,7 @@ def export_labels(
         _fail(f"no labels in {labels_file} (label episodes with `mtopt sd label` first)")
     for path in (out, validation_out):
         if path is not None:
-            _output_file(path)
+            output_file(path)
     if validation_out is not None and validation_out.resolve() == out.resolve():
         _fail("--validation-out must be another file than --out")
     try:
