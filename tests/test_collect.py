@@ -181,6 +181,31 @@ def test_collect_cli_two_robots(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "unknown schema version 2" in res.output, res.output
 
 
+def test_sd_scores_leave_out_images_of_another_size(tmp_path: Path) -> None:
+    """A store a robot of another camera wrote to: those episodes get no SD score (it
+    used to end `mtopt store stats` in a traceback), the others are scored."""
+    import torch
+
+    from mtopt.store import EpisodeWriter
+    from mtopt.store.stats import sd_scores
+    from mtopt.success.network import SDNetConfig, SuccessDetector, SuccessNet
+    from mtopt.tasks import DEFAULT_REGISTRY
+    from test_store import make_episode
+
+    torch.manual_seed(0)
+    with EpisodeWriter(tmp_path, "r0", flush_every=10) as w:
+        for i in range(3):
+            w.write(make_episode(i, size=16))
+        w.write(make_episode(3, size=8))
+    net = SuccessNet(SDNetConfig(num_tasks=len(DEFAULT_REGISTRY.names), image_size=16))
+    SuccessDetector(net, DEFAULT_REGISTRY.names).publish(tmp_path / "sd", 1)
+    scores, other_size = sd_scores(tmp_path, tmp_path / "sd")
+    assert sorted(scores) == ["ep00000", "ep00001", "ep00002"] and other_size == 1
+    assert all(0.0 <= p <= 1.0 for p in scores.values())
+    res = CliRunner().invoke(app, ["store", "stats", str(tmp_path), "--sd", str(tmp_path / "sd")])
+    assert res.exit_code == 0 and "1 episodes have images of another size" in res.output
+
+
 def test_store_stats_by_hand(tmp_path: Path) -> None:
     from mtopt.store import EpisodeWriter
     from mtopt.store.stats import store_stats
@@ -193,8 +218,11 @@ def test_store_stats_by_hand(tmp_path: Path) -> None:
     t = s["tasks"]["lift-any"]
     assert s["episodes"] == 4 and t["episodes"] == 4
     assert t["gt_success_rate"] == 0.5
-    assert abs(t["sd_success_rate"] - 2 / 3) < 1e-9  # 2 of the 3 scored episodes > 0.5
+    assert abs(t["sd_success_rate"] - 2 / 3) < 1e-9  # 2 of the 3 scored episodes >= 0.5
     assert store_stats(tmp_path)["tasks"]["lift-any"]["sd_success_rate"] is None
+    # at the threshold is a success, as LogReplay's rewards and `mtopt evaluate` judge
+    at = store_stats(tmp_path, {"ep00000": 0.5})["tasks"]["lift-any"]["sd_success_rate"]
+    assert at == 1.0
     assert s["duplicates"] == 0
     # a client writes episodes 2 and 3 again (a retry): each still counts once, as first
     # written (the copy of 3 says another policy, which is not counted)

@@ -45,13 +45,21 @@ def stats(
 
     if sd is None and (store.parent / "sd" / "sd-latest.json").exists():
         sd = store.parent / "sd"
+    scores, other_size = None, 0
     try:
-        scores = sd_scores(store, sd) if sd is not None else None
+        if sd is not None:
+            scores, other_size = sd_scores(store, sd)
         s = store_stats(store, scores)
     except (StoreNotFoundError, WeightsError, SchemaError, OSError) as exc:
         fail(exc)  # a newer writer's shard, a shard without read permission: one line
     if sd is not None:
         typer.echo(f"success detector: {sd}")
+        if other_size:
+            typer.echo(
+                f"note: {other_size} episodes have images of another size than the success "
+                "detector judges: no sd success for them",
+                err=True,
+            )
     typer.echo(
         f"{s['episodes']} episodes in {s['shards']} shards ({s['quarantined']} in quarantine/)"
     )

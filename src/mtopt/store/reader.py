@@ -460,6 +460,14 @@ class EpisodeReader:
         for path in self._all_shards():
             yield from self._read(path, lambda t: _episodes(_of_tasks(t, wanted))) or []
 
+    def final_views(self, tasks: Iterable[str] | None = None) -> Iterator[FinalView]:
+        """``episodes()`` without the frames and actions: every episode's ``FinalView``
+        (or those of ``tasks``), a shard at a time; OS errors raise, as there."""
+        wanted = _task_list(tasks)
+        for path in self._all_shards():
+            got = self._read(path, lambda t: _final_views(_of_tasks(t, wanted)), FINAL_VIEW_COLUMNS)
+            yield from got or []
+
     def metadata(self, tasks: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Every episode's non-image columns (cheap: images are not read), or those of
         ``tasks`` only; only this reader's part, if it has one. Each row also names its

@@ -15,17 +15,24 @@ from mtopt._plots import save_figure
 from mtopt.store.reader import QUARANTINE, EpisodeReader
 
 
-def sd_scores(store_dir: str | Path, sd_dir: str | Path, batch: int = 256) -> dict[str, float]:
-    """P(success) of every episode for its own task, from the success detector in ``sd_dir``.
+def sd_scores(
+    store_dir: str | Path, sd_dir: str | Path, batch: int = 256
+) -> tuple[dict[str, float], int]:
+    """P(success) of every episode for its own task, from the success detector in
+    ``sd_dir``, and how many episodes have images of another size than the detector
+    judges (left unscored: a store a robot of another camera wrote to).
 
-    Streams the store shard by shard, scoring final images in batches; episodes whose task
-    the detector does not know are left out.
+    Streams the store shard by shard, reading only final images (``final_views``) and
+    scoring them in batches; episodes whose task the detector does not know are left
+    out.
     """
     from mtopt.success.network import SuccessDetector
 
     sd = SuccessDetector.load(sd_dir)
+    side = sd.net.cfg.image_size
     known = set(sd.tasks)
     out: dict[str, float] = {}
+    other_size = 0
     ids: list[str] = []
     images: list[np.ndarray] = []
     cols: list[int] = []
@@ -39,15 +46,17 @@ def sd_scores(store_dir: str | Path, sd_dir: str | Path, batch: int = 256) -> di
             images.clear()
             cols.clear()
 
-    for e in EpisodeReader(store_dir).episodes():
-        if e.task in known:
-            ids.append(e.episode_id)
-            images.append(e.final_image)
-            cols.append(sd.task_index(e.task))
-            if len(ids) >= batch:
-                flush()
+    for v in EpisodeReader(store_dir).final_views(sorted(known)):
+        if v.final_image.shape != (side, side, 3):
+            other_size += 1
+            continue
+        ids.append(v.episode_id)
+        images.append(v.final_image)
+        cols.append(sd.task_index(v.task))
+        if len(ids) >= batch:
+            flush()
     flush()
-    return out
+    return out, other_size
 
 
 def unique_episodes(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -89,7 +98,7 @@ def store_stats(
         s = sd.get(r["episode_id"])
         if s is not None:
             t["sd_known"] += 1
-            t["sd_success"] += int(s > 0.5)
+            t["sd_success"] += int(s >= 0.5)  # as LogReplay's rewards and evaluate judge
     tasks = {
         k: {
             "episodes": v["episodes"],
