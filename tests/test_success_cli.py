@@ -463,3 +463,69 @@ def test_sd_improve_says_why_it_has_nothing_to_learn_from(tmp_path: Path) -> Non
     res = r.invoke(app, ["sd", "improve", "--store", str(other), *rest])
     assert res.exit_code == 2 and "8x8-pixel images" in res.output, res.output
     assert SuccessDetector.latest_version(w) == 1
+
+
+def _validation_set(path: Path, ids: list[str], size: int = 16) -> Path:
+    import numpy as np
+
+    from mtopt.success.data import LabeledSet
+    from mtopt.tasks import DEFAULT_REGISTRY
+
+    names = DEFAULT_REGISTRY.names
+    n = len(ids)
+    rng = np.random.default_rng(1)
+    LabeledSet(
+        tuple(names),
+        rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8),
+        (rng.random((n, len(names))) < 0.5).astype(np.float32),
+        np.ones((n, len(names)), bool),
+        np.array(ids),
+        np.array(["human"] * n),
+        np.zeros(n, bool),
+    ).save(path)
+    return path
+
+
+def test_sd_improve_never_trains_on_its_validation_episodes(tmp_path: Path) -> None:
+    """A person's labels exported with --validation-out, then `sd improve --labeler
+    human --validation` on the same labels: the validation episodes used to be trained
+    on (the accuracy then measured on training data). They are left out, with a note."""
+    from mtopt.success.labels import LabelStore
+
+    store, w, ex = _tiny_sd_setup(tmp_path)
+    labels = LabelStore(tmp_path / "labels.jsonl")
+    for i in range(4):
+        labels.add(f"ep{i:05d}", "lift-any", bool(i % 2))
+    val = _validation_set(tmp_path / "val.npz", ["ep00000"])
+    args = ["sd", "improve", "--store", str(store), "--weights", str(w), "--examples", str(ex)]
+    human = ["--labeler", "human", "--labels", str(labels.path), "--steps", "1"]
+    res = CliRunner().invoke(app, [*args, *human, "--validation", str(val)])
+    assert res.exit_code == 0, res.output
+    assert "1 labeled episodes are in the validation set" in res.output
+    assert "v2: 3 labels/task" in res.output  # ep00001-3, not ep00000
+    # every labeled episode in the validation set: nothing to train on, said at once
+    every = _validation_set(tmp_path / "every.npz", [f"ep{i:05d}" for i in range(4)])
+    res = CliRunner().invoke(app, [*args, *human, "--validation", str(every)])
+    assert res.exit_code == 2 and "nothing is left to train on" in res.output, res.output
+    # the examples themselves in the validation set
+    shared = _validation_set(tmp_path / "shared.npz", ["x0"])
+    res = CliRunner().invoke(app, [*args, *human, "--validation", str(shared)])
+    assert res.exit_code == 2 and "share 1 examples" in res.output, res.output
+
+
+def test_sd_improve_checks_its_sets_before_writing_and_counts_earlier_labels(
+    tmp_path: Path,
+) -> None:
+    store, w, ex = _tiny_sd_setup(tmp_path)
+    args = ["sd", "improve", "--store", str(store), "--weights", str(w), "--examples", str(ex)]
+    oracle = ["--budget", "1", "--rounds", "1", "--steps", "1"]
+    small = _validation_set(tmp_path / "val8.npz", ["v0"], size=8)
+    res = CliRunner().invoke(app, [*args, *oracle, "--validation", str(small)])
+    assert res.exit_code == 2 and "has 8x8-pixel images" in res.output, res.output
+    assert not (w / "initial").exists() and SuccessDetector.latest_version(w) == 1
+    val = _validation_set(tmp_path / "val.npz", ["v0"])
+    for call, before in ((1, 0), (2, 1)):  # the second goes on from the first's label
+        res = CliRunner().invoke(app, [*args, *oracle, "--validation", str(val)])
+        assert res.exit_code == 0, res.output
+        first = next(ln for ln in res.output.splitlines() if ln.startswith("v"))
+        assert f"{before} labels/task" in first, (call, res.output)

@@ -218,6 +218,7 @@ def improve(
             registry=registry_for(store, tasks_file),
             retrain_from=retrain_from,  # type: ignore[arg-type]  # checked there
             labels_path=labels,
+            on_note=lambda msg: typer.echo(f"note: {msg}", err=True),
         )
     except (WeightsError, StoreNotFoundError, FileNotFoundError, ValueError) as exc:
         _fail(exc)

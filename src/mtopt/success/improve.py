@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +20,8 @@ from mtopt.success.network import SuccessDetector
 from mtopt.success.plots import plot_curve
 from mtopt.success.train import SDTrainConfig, evaluate_sd, train_sd
 from mtopt.tasks.registry import DEFAULT_REGISTRY, TaskRegistry
+
+log = logging.getLogger(__name__)
 
 
 def select_uncertain(probs: np.ndarray, already: np.ndarray, budget: int) -> dict[int, np.ndarray]:
@@ -187,26 +191,35 @@ def human_examples(
     """The store's episodes with a person's labels (``labels_path``, default
     ``STORE/labels.jsonl``, where ``mtopt sd label`` writes): their final images, each
     labeled for the tasks a person judged it on (the latest verdict; retracted ones
-    unknown), source "human". Every episode of the store is a row, labeled or not (a
-    row's mask says which labels are known). A labels file none of whose labels names an
-    episode of the store is a ValueError (another store's file?)."""
+    unknown), source "human". Only labeled episodes are rows (it used to stack every
+    episode of the store: memory, and an error on a store of mixed image sizes). A
+    labels file none of whose labels names an episode of the store is a ValueError
+    (another store's file?), as are labeled episodes of different image sizes."""
     labels_file = Path(labels_path or Path(store) / "labels.jsonl")
-    # final images, ground truth and scenes only: no frames (0.13 MB an episode)
-    eps = EpisodeReader(store).poll_final_views()
-    pool = episode_examples(eps, registry, source="human", only_with_ground_truth=False)
     human = LabelStore(labels_file).latest()
+    if not human:
+        raise ValueError(
+            f"no label in force in {labels_file} (it has none, or every one was taken "
+            "back): label episodes with `mtopt sd label` first"
+        )
+    labeled = {str(eid) for eid, _ in human}
+    # final images, ground truth and scenes only: no frames (0.13 MB an episode)
+    eps = [v for v in EpisodeReader(store).final_views() if v.episode_id in labeled]
+    sizes = sorted({v.final_image.shape[:2] for v in eps})
+    if len(sizes) > 1:
+        raise ValueError(
+            f"the labeled episodes of {store} have images of {len(sizes)} sizes "
+            f"({', '.join(f'{h}x{w}' for h, w in sizes)}): a success detector judges one; "
+            "label one camera's episodes per labels file"
+        )
+    pool = episode_examples(eps, registry, source="human", only_with_ground_truth=False)
     pool.mask[:] = False
     for i, eid in enumerate(pool.ids):
         for j, t in enumerate(registry.names):
             lab = human.get((str(eid), t))
             if lab is not None:
                 pool.mask[i, j], pool.labels[i, j] = True, float(lab.success)
-    if len(pool) and not human:
-        raise ValueError(
-            f"no label in force in {labels_file} (it has none, or every one was taken "
-            "back): label episodes with `mtopt sd label` first"
-        )
-    if len(pool) and not pool.mask.any():  # it retrained on the examples alone
+    if not pool.mask.any():  # it retrained on the examples alone
         raise ValueError(
             f"none of the {len(human)} labels in {labels_file} names an episode of "
             f"{store} with one of these tasks: another store's labels file?"
@@ -227,6 +240,7 @@ def improve_loop(
     dispute_share: float = 0.5,
     retrain_from: Literal["previous", "initial"] = "initial",
     labels_path: str | Path | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Rounds of: score the store's episodes, label ``budget`` per task (the most
     disputed between related tasks first, up to ``dispute_share``, then the least
@@ -247,7 +261,12 @@ def improve_loop(
 
     With ``validation``, returns the balanced accuracy before and after each round and
     plots it in ``WEIGHTS/accuracy_vs_labels.png``; without it, returns [] and removes
-    an earlier call's plot there (its SDs are not the latest any more)."""
+    an earlier call's plot there (its SDs are not the latest any more).
+
+    Episodes of the validation set (``mtopt sd export --validation-out`` of the same
+    labels) are never labeled or trained on: they are left out of the pool, with a note
+    (``on_note``, default: the log), as is training on held-out objects."""
+    note = on_note or log.warning
     if retrain_from not in ("previous", "initial"):
         raise ValueError(f"retrain_from must be 'previous' or 'initial', got {retrain_from!r}")
     sd = SuccessDetector.load(weights, registry.names)
@@ -256,10 +275,18 @@ def improve_loop(
     val = LabeledSet.load(validation) if validation else None
     if val is not None and (unknown := sorted(set(val.tasks) - set(registry.names))):
         raise ValueError(f"validation set {validation} has tasks this SD lacks: {unknown}")
+    size = sd.net.cfg.image_size
     if labeler == "human":  # only what a person labeled counts
         pool = human_examples(store, labels_path, registry)
     else:  # final images, ground truth and scenes only: no frames (0.13 MB an episode)
-        pool = episode_examples(EpisodeReader(store).poll_final_views(), registry, labeler)
+        views = [v for v in EpisodeReader(store).final_views() if v.gt_success_by_task]
+        same = [v for v in views if v.final_image.shape == (size, size, 3)]
+        if same and len(same) < len(views):
+            note(
+                f"{len(views) - len(same)} episodes of {store} have images of another size "
+                f"than the success detector's {size}x{size}: left out"
+            )
+        pool = episode_examples(same or views[:1], registry, labeler)
     if len(pool) == 0 and labeler != "human":
         raise ValueError(
             f"no episodes with ground truth in {store} (a real robot's store has none): "
@@ -267,13 +294,48 @@ def improve_loop(
         )
     if len(pool) == 0:
         raise ValueError(f"no episodes with labels available in {store}")
-    size = sd.net.cfg.image_size
     if pool.images.shape[1:3] != (size, size):
         h, w = pool.images.shape[1:3]
         raise ValueError(
             f"the episodes of {store} have {h}x{w}-pixel images; the success detector in "
             f"{weights} judges {size}x{size}: train one for this camera (`mtopt sd export` "
             "its labeled episodes, then `mtopt sd train --examples` on them)"
+        )
+    for name, path, labeled_set in (("examples", examples, base), ("validation", validation, val)):
+        if (
+            labeled_set is not None
+            and len(labeled_set)
+            and labeled_set.images.shape[1:3] != (size, size)
+        ):
+            h, w = labeled_set.images.shape[1:3]
+            raise ValueError(
+                f"the {name} set {path} has {h}x{w}-pixel images; the success detector "
+                f"in {weights} judges {size}x{size}"
+            )
+    known = pool.mask.copy()
+    if val is not None:
+        if overlap := sorted(set(base.ids.tolist()) & set(val.ids.tolist())):
+            raise ValueError(
+                f"the examples {examples} and the validation set {validation} share "
+                f"{len(overlap)} examples (e.g. {overlap[0]}): the accuracy would be measured "
+                "on training data"
+            )
+        kept_out = np.isin(pool.ids, val.ids) & known.any(1)
+        if kept_out.any():
+            known[kept_out] = False
+            note(
+                f"{int(kept_out.sum())} labeled episodes are in the validation set "
+                f"{validation}: left out of labeling and training"
+            )
+    if not known.any():
+        raise ValueError(
+            f"every labeled episode of {store} is in the validation set {validation}: "
+            "nothing is left to train on"
+        )
+    if (pool.held_out & known.any(1)).any():
+        note(
+            f"{int((pool.held_out & known.any(1)).sum())} episodes of {store} are of held-out "
+            "objects (an evaluation's): training on them overstates a held-out measure"
         )
     # once every input loaded and has labels: a call that fails writes nothing to WEIGHTS
     initial = Path(weights) / "initial"
@@ -283,10 +345,11 @@ def improve_loop(
         )
     start = SuccessDetector.load(initial, registry.names).net
     chosen_path = Path(weights) / CHOSEN_LABELS
-    known = pool.mask.copy()
     chosen = np.zeros_like(known)
     for i, j in chosen_cells(chosen_path, pool.ids, registry.names):  # earlier calls'
         chosen[i, j] = True
+    # the labels the SD it starts from was trained on: an earlier call's (oracle)
+    labels_before = int((chosen & known).sum(0).max()) if labeler == "oracle" else 0
     curve: list[dict[str, Any]] = []
     if labeler == "human":  # every label a person gave, in one retrain
         chosen[:] = known
@@ -305,7 +368,7 @@ def improve_loop(
                 }
             )
 
-    record(0)
+    record(labels_before)
     for r in range(rounds):
         probs = sd.score(pool.images)
         # task relations as the labels so far show them (examples + labeled episodes)
