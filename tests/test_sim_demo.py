@@ -84,6 +84,13 @@ def test_exported_policy_acts_like_its_run(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "no ['x'] network" in res.output
     res = CliRunner().invoke(app, ["export", str(run), str(tmp_path / "e3"), "--parts", "target0"])
     assert res.exit_code == 2 and "needs acting or online" in res.output
+    # into the run's own weights folder (which then no longer read as one), or the run
+    for inside in (run / "weights", run, run / "weights" / "x"):
+        res = CliRunner().invoke(app, ["export", str(run), str(inside)])
+        assert res.exit_code == 2 and "or one of its folders" in res.output, res.output
+    res = CliRunner().invoke(app, ["average", str(run / "store" / "avg"), str(run)])
+    assert res.exit_code == 2 and "or one of its folders" in res.output, res.output
+    assert not (run / "weights" / "config.json").exists() and load_latest(run / "weights")[0] == 2
 
 
 def test_a_part_a_shipped_policy_lacks_is_a_one_line_error(tmp_path: Path) -> None:

@@ -16,6 +16,18 @@ def keep_someones_config(out: Path, verb: str) -> None:
         fail(f"{out} already holds a config.json: {verb} into a new folder")
 
 
+def not_inside(out: Path, source: Path, verb: str) -> None:
+    """A policy folder is not the source run itself nor inside its own folders: an
+    export into RUN/weights put its config.json and weights/ among the run's weights,
+    and RUN/weights no longer read as a weights folder."""
+    if not (source / "config.json").is_file():
+        return  # a weights folder or a snapshot file: nothing of a run's to break
+    o, src = out.resolve(), source.resolve()
+    own = [src / d for d in ("weights", "sd", "store", "checkpoints", "tb")]
+    if o == src or any(o.is_relative_to(d) for d in own):
+        fail(f"{out} is {source} or one of its folders: {verb} into a new folder outside them")
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def run(
@@ -147,6 +159,7 @@ def register(app: typer.Typer) -> None:
 
         if not {"acting", "online"} & set(parts.split(",")):
             fail("--parts needs acting or online: a policy acts with one")
+        not_inside(out, run, "export")
         keep_someones_config(out, "export")
         try:
             cfg = load_run_config(run / "config.json")
@@ -191,6 +204,8 @@ def register(app: typer.Typer) -> None:
         run = config or next((s for s in sources if (s / "config.json").is_file()), None)
         if run is None or not (run / "config.json").is_file():
             fail(f"no config.json in {run or 'any source'}: pass --config RUN")
+        for src in sources:
+            not_inside(out, src, "average")
         keep_someones_config(out, "average")
         try:
             cfg = load_run_config(run / "config.json")
