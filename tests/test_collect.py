@@ -816,3 +816,21 @@ def test_a_fleet_of_a_users_own_robots_fills_the_store(tmp_path: Path) -> None:
     assert "ground-truth success    n/a" in res.output
     res = CliRunner().invoke(app, [*args, "--robot-factory", "tests.robot_factories:make_leg"])
     assert res.exit_code == 2 and "has no 'make_leg'" in res.output
+
+
+def test_collect_refuses_a_store_of_another_image_size(tmp_path: Path) -> None:
+    """64-pixel episodes appended to a store of 8-pixel ones made a store that the
+    success detector's tools and LogReplay could not read as one."""
+    from mtopt.store import EpisodeWriter
+    from mtopt.store.reader import stored_image_size
+    from test_store import make_episode
+
+    assert stored_image_size(tmp_path) is None
+    with EpisodeWriter(tmp_path, "r0") as w:
+        w.write(make_episode(0, size=8))
+    assert stored_image_size(tmp_path) == (8, 8)
+    res = CliRunner().invoke(app, ["collect", "--store", str(tmp_path), "--episodes", "1"])
+    assert res.exit_code == 2 and "holds 8x8-pixel episodes; these robots give 64x64" in (
+        res.output
+    ), res.output
+    assert len(EpisodeReader(tmp_path).metadata()) == 1

@@ -45,6 +45,19 @@ def output_file(path: Path) -> None:
     output_dir(path.parent)
 
 
+def fail_on_other_image_size(store: Path, side: int) -> None:
+    """End the command if ``store`` holds episodes of another image size than ``side``
+    (a store of mixed sizes trips the success detector's and LogReplay's readers)."""
+    from mtopt.store.reader import stored_image_size
+
+    held = stored_image_size(store)
+    if held is not None and held != (side, side):
+        fail(
+            f"{store} holds {held[0]}x{held[1]}-pixel episodes; these robots give "
+            f"{side}x{side}: write them to another --store"
+        )
+
+
 def registry_for(store: Path | None, tasks_file: Path | None) -> TaskRegistry:
     """``tasks_file``'s tasks after the built-in ones; else the tasks of the run whose
     store ``store`` is (a ``config.json`` next to it); else the built-in tasks. A bad

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mtopt._cli import OWN_TASKS_HELP, fail
+from mtopt._cli import OWN_TASKS_HELP, fail, fail_on_other_image_size
 
 
 def register(app: typer.Typer) -> None:
@@ -121,6 +121,9 @@ def register(app: typer.Typer) -> None:
             randomize=cell.get("randomize", False) if randomize is None else randomize,
             gripper_status=gripper_status or "closure",
         )
+        side = int(cell.get("image_size", 64))
+        if not robot_factory:  # (a factory's robots say their size once made)
+            fail_on_other_image_size(store, side)
         acting: dict[str, Any] = {}
         if run_cfg is not None:
             acting = {

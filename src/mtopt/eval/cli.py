@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mtopt._cli import fail, output_file
+from mtopt._cli import fail, fail_on_other_image_size, output_file
 
 
 def register(app: typer.Typer) -> None:
@@ -110,6 +110,8 @@ def register(app: typer.Typer) -> None:
         except (ConfigError, ValueError, WeightsError, UnknownTaskError, FileNotFoundError) as exc:
             fail(exc)
         sim = dataclasses.replace(sim, object_split="test").validate()
+        if store is not None and not robot_factory:
+            fail_on_other_image_size(store, sim.image_size)
         bar = tqdm(total=episodes * len(names), unit="ep", desc="evaluate")
         wins: dict[str, int] = {}
 

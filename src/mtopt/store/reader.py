@@ -98,6 +98,20 @@ def _warn_stray(path: Path) -> None:
         )
 
 
+def stored_image_size(store_dir: str | Path) -> tuple[int, int] | None:
+    """The image height and width of the store's newest readable shard (None: no shard
+    reads): what a robot writing to the store should give, since a success detector and
+    a Q-network judge one size. Reads two integer columns of at most five shards."""
+    for path in reversed(shard_paths(store_dir)[-5:]):
+        try:
+            table = pq.read_table(path, columns=["image_height", "image_width"])
+        except Exception:  # corrupt, vanished, or a foreign file: the reader's to handle
+            continue
+        if table.num_rows:
+            return int(table["image_height"][-1].as_py()), int(table["image_width"][-1].as_py())
+    return None
+
+
 def shard_part(path: Path, parts: int) -> int:
     """Which of ``parts`` readers takes this shard: a stable hash of its robot folder and
     name (the same in every process and run, unlike Python's ``hash``)."""
