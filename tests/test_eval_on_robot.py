@@ -229,6 +229,7 @@ def test_mtopt_evaluate_end_to_end_with_a_stand_in_arm(tmp_path: Path) -> None:
         (["--seed", "0"], "--seed 0 is the in-run evaluation block"),  # the local preset's seed
         (["--episodes", "1001"], "episode"),  # more than a scene block holds
         (["--tasks", "fly"], "fly"),
+        (["--tasks", ","], "names no task"),
         (["--sd", str(tmp_path / "nope")], "no success detector folder"),
         (["--robot-factory", "tests.robot_factories:make_leg"], "has no 'make_leg'"),
         (["--store", str(run / "store")], "the run's own store"),

@@ -90,7 +90,10 @@ def register(app: typer.Typer) -> None:
                     f"scenes; pick another"
                 )
             policy, sim, registry = load_policy(run, part, seed)
-            names = tuple(t for t in tasks.split(",") if t) or cfg.eval.tasks
+            names = tuple(t.strip() for t in tasks.split(",") if t.strip())
+            if tasks and not names:
+                raise ValueError(f"--tasks {tasks!r} names no task")
+            names = names or cfg.eval.tasks
             for t in names:
                 registry.get(t)
             if robot_factory:
