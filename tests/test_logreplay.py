@@ -199,17 +199,20 @@ def test_a_rescore_does_not_bring_back_an_episode_it_evicted() -> None:
 
 def test_a_rescore_moves_only_the_counts_of_tasks_that_still_hold_the_episode() -> None:
     """Buckets of one: e2 pushes e1 out of lift-ball's failures, then a detector that flips
-    every verdict arrives. e1 moves to lift-any's failures (pushing e2 out of lift-any),
-    e2 to lift-ball's successes. The success counts follow the buffers: lift-any 0,
-    lift-ball 1 (lift-ball read 2: e1's evicted copy was counted as flipped too)."""
+    every verdict arrives. e1 moves to lift-any's failures and e2 to the successes of
+    both tasks (all moves at once: e1 no longer pushes e2 out of lift-any first). The
+    success counts follow the buffers: lift-any 1 (e2), lift-ball 1 (e2; it read 2 once:
+    e1's evicted copy was counted as flipped too)."""
     buf = TaskBuffers(REG.names, capacity_per_bucket=1)
     lr = LogReplay(REG, buf, FakeSD(), mode="skill")
     lr.ingest([ep("e1", "lift-any", 0b001), ep("e2", "lift-any", 0)])
     assert buf.labels("e1") == {"lift-any": 1.0}  # out of lift-ball's failures
     lr.set_reward_model(FakeSD(version=2, flip=True))
-    assert buf.sizes()["lift-any"] == (0, 1) and buf.sizes()["lift-ball"] == (1, 0)
-    assert lr.stats.impersonated_success == {"lift-any": 0, "lift-ball": 1}
-    assert lr.stats.collected_success == {"lift-any": 0}
+    assert buf.sizes()["lift-any"] == (1, 1) and buf.sizes()["lift-ball"] == (1, 0)
+    assert buf.labels("e1") == {"lift-any": 0.0}
+    assert buf.labels("e2") == {"lift-any": 1.0, "lift-ball": 1.0}
+    assert lr.stats.impersonated_success == {"lift-any": 1, "lift-ball": 1}
+    assert lr.stats.collected_success == {"lift-any": 1}
 
 
 def test_an_episode_twice_in_one_batch_is_filed_and_counted_once() -> None:
@@ -221,9 +224,12 @@ def test_an_episode_twice_in_one_batch_is_filed_and_counted_once() -> None:
 
 
 def test_a_rescore_counts_only_the_episodes_it_refiled() -> None:
-    """One episode per bucket; the new detector flips both: e0 moves to the success
-    bucket and evicts e1, which is then not refiled (nor counted as rescored)."""
+    """One episode per bucket; the new detector flips both: they swap buckets (e0 used to
+    move first and evict e1, which was lost), and both count as rescored. An episode a
+    move does evict is not refiled (``test_replay_buffers``)."""
     lr = LogReplay(REG, TaskBuffers(REG.names, 1), FakeSD(), mode="orig")
     lr.ingest([ep("e0", "lift-any", 0), ep("e1", "lift-any", 0b001)])
-    assert lr.set_reward_model(FakeSD(version=2, flip=True)) == 1
-    assert lr.stats.rescored == 1 and "e0" in lr.buffers and "e1" not in lr.buffers
+    assert lr.set_reward_model(FakeSD(version=2, flip=True)) == 2
+    assert lr.stats.rescored == 2 and "e0" in lr.buffers and "e1" in lr.buffers
+    assert lr.buffers.labels("e0") == {"lift-any": 1.0}
+    assert lr.stats.collected_success == {"lift-any": 1}

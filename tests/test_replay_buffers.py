@@ -50,6 +50,25 @@ def test_relabel_moves_episode_between_buckets() -> None:
     assert buf.sizes() == {"a": (1, 0)}
 
 
+def test_a_new_detectors_swaps_are_refiled_at_once_and_lose_nothing() -> None:
+    """Buckets of 2: e1, e2 successes, e3, e4 failures; a new detector says e1 failed
+    and e3 succeeded. Refiled one at a time, e1's move into the full failure bucket
+    evicted its oldest, e3, which was about to leave it: e3 was lost. At once, all four
+    fit: success [e2, e3], failure [e4, e1]."""
+    buf = TaskBuffers(["a"], capacity_per_bucket=2)
+    for eid, r in (("e1", 1.0), ("e2", 1.0), ("e3", 0.0), ("e4", 0.0)):
+        buf.add(episode(eid), [("a", r)])
+    buf.refile_many([("e1", [("a", 0.0)]), ("e2", [("a", 1.0)]), ("e3", [("a", 1.0)]),
+                     ("e4", [("a", 0.0)])])  # fmt: skip
+    assert buf.sizes() == {"a": (2, 2)} and len(buf) == 4
+    assert buf.labels("e3") == {"a": 1.0} and buf.labels("e1") == {"a": 0.0}
+    # the moved ones joined as the newest of their buckets: the next add evicts the stayer
+    buf.add(episode("e5"), [("a", 0.0)])
+    assert "e4" not in buf and "e1" in buf and "e5" in buf
+    buf.add(episode("e6"), [("a", 1.0)])
+    assert "e2" not in buf and "e3" in buf
+
+
 def test_rebalanced_batch_has_equal_task_shares() -> None:
     buf = TaskBuffers(["a", "b"], capacity_per_bucket=1000)
     for i in range(100):

@@ -167,26 +167,42 @@ class TaskBuffers:
                 self._forget_label(old, task)
 
     def _refile(self, eid: str, labels: list[tuple[str, float]]) -> None:
-        held = self._labels[eid]
-        new = dict(labels)
-        for task in [t for t in held if t not in new]:
-            for bucket in self._buckets[task]:
-                if eid in bucket:
-                    bucket.remove(eid)
-            del held[task]
-        for task, reward in labels:
-            if task not in held:
-                continue  # evicted from this task's buffer: a rescore does not bring it back
-            outcome = SUCCESS if reward > 0.5 else FAILURE
-            held[task] = float(reward)
-            if eid in self._buckets[task][outcome]:
+        self.refile_many([(eid, labels)])
+
+    def refile_many(self, items: Iterable[tuple[str, Iterable[tuple[str, float]]]]) -> None:
+        """Re-file held episodes with new labels (a new success detector's), all at
+        once: every moving episode leaves its old bucket before any joins its new one.
+        One at a time, a move into a full bucket evicted that bucket's oldest, which
+        could be an episode about to move out of it anyway (a failure the new detector
+        calls a success), and it was lost though both would have fit. Episodes not held
+        are skipped; a task that evicted an episode does not get it back."""
+        moves: list[tuple[str, str, int]] = []
+        for eid, labels in items:
+            held = self._labels.get(eid)
+            if held is None:
                 continue
-            self._buckets[task][1 - outcome].remove(eid)
+            new = {t: r for t, r in labels if t in self._buckets}
+            for task in [t for t in held if t not in new]:
+                for bucket in self._buckets[task]:
+                    if eid in bucket:
+                        bucket.remove(eid)
+                del held[task]
+            for task, reward in new.items():
+                if task not in held:
+                    continue  # evicted from this task's buffer: a rescore does not bring it back
+                outcome = SUCCESS if reward > 0.5 else FAILURE
+                held[task] = float(reward)
+                if eid not in self._buckets[task][outcome]:
+                    self._buckets[task][1 - outcome].remove(eid)
+                    moves.append((eid, task, outcome))
+            if not held:
+                self._labels.pop(eid, None)
+                self._episodes.pop(eid, None)
+        for eid, task, outcome in moves:
+            if task not in self._labels.get(eid, {}):
+                continue  # (cannot happen: only this loop evicts, and only other ids)
             for old in self._buckets[task][outcome].add(eid):
                 self._forget_label(old, task)
-        if not held:
-            self._labels.pop(eid, None)
-            self._episodes.pop(eid, None)
 
     def remove(self, eid: str) -> None:
         for task in list(self._labels.get(eid, {})):

@@ -151,6 +151,14 @@ class LogReplay:
                     s.gt_successes[task] = s.gt_successes.get(task, 0) + int(bool(truth[task]))
             self._count_successes(ep, rewards, labels, +1, own=True)
             return
+        self._recount(ep, rewards, before, held)
+
+    def _recount(
+        self, ep: ReplayEpisode, rewards: dict[str, float], before: dict[str, float], held: set[str]
+    ) -> None:
+        """A rescore's success counts: from the old rewards to the new, for the tasks
+        that held the episode (``held``) when it was rescored."""
+        labels = impersonate(ep.task, rewards, self.registry, self.mode)
         old = [
             (t, r) for t, r in impersonate(ep.task, before, self.registry, self.mode) if t in held
         ]
@@ -234,14 +242,22 @@ class LogReplay:
         rewards = self._score([self._held[e][1] for e in eids])
         refiled = 0
         with self._lock:
+            moving = []
             for eid, r in zip(eids, rewards, strict=True):
                 if eid not in self.buffers:
-                    # evicted earlier in this loop (another episode's move filled its
-                    # last bucket): re-filing it would add it again as a new episode
-                    continue
+                    continue  # (held entries of evicted episodes are pruned below)
                 ep, fin, _, before = self._held[eid]
                 self._held[eid] = (ep, fin, model.version, r)
-                self._file(ep, r, before=before)
+                held = set(self.buffers.labels(eid))
+                moving.append((ep, r, before, held))
+            # every move at once: one at a time, a move into a full bucket could evict an
+            # episode about to move out of it (TaskBuffers.refile_many)
+            self.buffers.refile_many(
+                (ep.episode_id, impersonate(ep.task, r, self.registry, self.mode))
+                for ep, r, _, _ in moving
+            )
+            for ep, r, before, held in moving:
+                self._recount(ep, r, before, held)
                 refiled += 1
             self._prune()
         self.stats.rescored += refiled
