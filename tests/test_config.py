@@ -422,12 +422,55 @@ def test_learner_settings_that_would_fail_at_the_first_step_are_refused_up_front
     for bad, match in (
         ("learner.log_every=0", "learner.log_every must be >= 1"),
         ("learner.target_period=0", "learner.target_period must be >= 1"),
-        ("learner.lr=-1", "learner.lr must be > 0"),
+        ("learner.lr=-1", "learner.lr must be a finite number > 0"),
         ("learner.polyak_tau=0", "learner.polyak_tau"),
         ("learner.acting_tau=2", "learner.acting_tau"),
     ):
         with pytest.raises(ValueError, match=match):
             override(preset("tiny"), [bad]).validate()
+
+
+def test_settings_that_were_ignored_or_failed_late_are_refused_by_validate() -> None:
+    """Each of these used to pass validate(): ignored (collect.max_steps: the cell's
+    sim.max_steps rules), run as the other mode (a target_update typo ran Polyak), or
+    failed minutes later in a robot, the learner's first step or a forward pass."""
+    import dataclasses
+
+    from mtopt.runtime.config import preset
+
+    for bad, match in (
+        ("collect.max_steps=5", "set that instead"),
+        ("collect.scripted_epsilon=1.5", "collect.scripted_epsilon must be a probability"),
+        ("collect.scripted_early_terminate=-0.1", "scripted_early_terminate"),
+        ("collect.max_chain=0", "collect.max_chain must be >= 1"),
+        ("collect.flush_every=0", "collect.flush_every must be >= 1"),
+        ("collect.flush_seconds=0", "collect.flush_seconds must be > 0"),
+        ("learner.image_shift=-3", "learner.image_shift must be >= 0"),
+        ("learner.lr=inf", "learner.lr must be a finite number > 0"),
+        ("parity_hysteresis=-1", "parity_hysteresis >= 0"),
+        ("parity_margin=nan", "parity_margin must be finite"),
+        ("qnet.head_stride=3", "head_stride 3 must divide merge_size"),
+        ("qnet.head_stride=16", "head_stride 16 must divide merge_size"),
+        ("qnet.fc_units=0", "fc_units must be an integer >= 1"),
+        ("qnet.merge_size=0", "merge_size must be an integer >= 1"),
+        ("qnet.head_channels=-1", "head_channels must be an integer >= 1"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            override(preset("tiny"), [bad]).validate()
+    tiny = preset("tiny")
+    weights = dataclasses.replace(tiny.collect, task_weights=(1.0,) * 12 + (-1.0,))
+    with pytest.raises(ValueError, match="task_weights must be >= 0 with a positive sum"):
+        dataclasses.replace(tiny, collect=weights).validate()
+    for changed, match in (
+        (dict(learner=dataclasses.replace(tiny.learner, target_update="periodc")), "target_update"),
+        (dict(replay=dataclasses.replace(tiny.replay, impersonation="sill")), "impersonation"),
+        (dict(replay=dataclasses.replace(tiny.replay, rebalance="no")), "replay.rebalance"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            dataclasses.replace(tiny, **changed).validate()  # type: ignore[arg-type]
+    # the cell's episode length, said where it is set, is fine
+    override(tiny, ["sim.max_steps=20", "collect.max_steps=20"]).validate()
+    override(tiny, ["sim.max_steps=20"]).validate()
 
 
 def test_the_scripted_baselines_key_of_a_default_cell_is_the_one_kept_before_spawn() -> None:

@@ -109,6 +109,15 @@ class QNetConfig:
         return self.fc_units if self.action_crop_step_m > 0 else 0
 
     def validate(self) -> QNetConfig:
+        for name in ("image_size", "tower_channels", "merge_size", "head_channels", "fc_units",
+                     "head_stride", "num_tasks"):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.merge_size % self.head_stride:
+            raise ValueError(
+                f"head_stride {self.head_stride} must divide merge_size {self.merge_size}"
+            )
         if self.image_size % self.merge_size or self.image_size // self.merge_size not in (
             2,
             4,

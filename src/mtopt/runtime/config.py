@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -360,8 +361,45 @@ class RunConfig:
         lc = self.learner
         if not 0.0 <= lc.gamma <= 1.0:
             raise ValueError(f"learner.gamma must be in [0, 1], got {lc.gamma}")
-        if not lc.lr > 0:
-            raise ValueError(f"learner.lr must be > 0, got {lc.lr}")
+        if not (lc.lr > 0 and math.isfinite(lc.lr)):
+            raise ValueError(f"learner.lr must be a finite number > 0, got {lc.lr}")
+        # modes a config.json or Python can set to anything (--set checks them too): a typo
+        # used to run the other mode (any target_update but "periodic" ran Polyak)
+        for name, value, allowed in (
+            ("learner.target_update", lc.target_update, ("periodic", "polyak")),
+            ("replay.impersonation", r.impersonation, ("orig", "all", "skill")),
+            ("replay.rebalance", r.rebalance, (True, False)),
+        ):
+            if not any(value is a if isinstance(a, bool) else value == a for a in allowed):
+                raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+        at_least(lc.image_shift, 0, "learner.image_shift", " (0: no shift)")
+        if not (math.isfinite(self.parity_margin) and self.parity_hysteresis >= 0):
+            raise ValueError(
+                f"parity_margin must be finite and parity_hysteresis >= 0, got "
+                f"{self.parity_margin}, {self.parity_hysteresis}"
+            )
+        c = self.collect
+        if c.max_steps not in (CollectConfig.max_steps, self.sim.max_steps):
+            raise ValueError(
+                f"collect.max_steps={c.max_steps}: an episode's length is the cell's, "
+                f"sim.max_steps ({self.sim.max_steps}); set that instead"
+            )
+        for name, p in (
+            ("collect.scripted_epsilon", c.scripted_epsilon),
+            ("collect.scripted_early_terminate", c.scripted_early_terminate),
+        ):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
+        if c.task_weights and not (
+            all(math.isfinite(w) and w >= 0 for w in c.task_weights) and sum(c.task_weights) > 0
+        ):
+            raise ValueError(
+                f"collect.task_weights must be >= 0 with a positive sum, got {c.task_weights}"
+            )
+        at_least(c.max_chain, 1, "collect.max_chain")
+        at_least(c.flush_every, 1, "collect.flush_every")
+        if not c.flush_seconds > 0:
+            raise ValueError(f"collect.flush_seconds must be > 0, got {c.flush_seconds}")
         at_least(lc.target_period, 1, "learner.target_period")
         at_least(lc.log_every, 1, "learner.log_every")
         at_least(lc.grad_clip, 0.0, "learner.grad_clip", " (0: off)")
