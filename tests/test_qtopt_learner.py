@@ -51,6 +51,36 @@ def test_resume_is_exact(tmp_path: Path) -> None:
     assert [np.random.normal(), np.random.normal()] == want
 
 
+def test_a_resume_without_a_config_continues_with_the_checkpoints_settings(
+    tmp_path: Path,
+) -> None:
+    """``Learner.resume(path)`` used to fall back to ``LearnerConfig()``: another lr,
+    periodic targets, no image shift, another gamma, under a docstring that promised
+    the same run. It takes the checkpoint's settings, and continues exactly."""
+    cfg = LearnerConfig(lr=1e-4, target_update="polyak", image_shift=2, gamma=0.5)
+    a = Learner(SMALL, cfg)
+    a.train_step(batch(0))
+    a.save_checkpoint(tmp_path / "ck.pt")
+    b, _ = Learner.resume(tmp_path / "ck.pt")
+    assert b.cfg == cfg and [g["lr"] for g in b.optimizer.param_groups] == [1e-4]
+    a.train_step(batch(1))
+    b.train_step(batch(1))
+    for pa, pb in zip(a.online.parameters(), b.online.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    # one from a newer mtopt, with a setting this one does not know: a clear error
+    ck = torch.load(tmp_path / "ck.pt", weights_only=True)
+    ck["learner"]["warp_drive"] = True
+    torch.save(ck, tmp_path / "newer.pt")
+    with pytest.raises(WeightsError, match="learner setting this mtopt does not know"):
+        Learner.resume(tmp_path / "newer.pt")
+    # published weights likewise (load_network used to raise a bare TypeError)
+    a.publish(tmp_path / "w")
+    _, tensors, meta = load_latest(tmp_path / "w")
+    meta["qnet"]["warp_drive"] = True
+    with pytest.raises(WeightsError, match="Q-network setting this mtopt does not know"):
+        load_network(tensors, meta)
+
+
 def test_resume_takes_a_changed_learning_rate(tmp_path: Path) -> None:
     """The optimizer's saved state must not bring back the old lr: after a resume with
     lr 1e-4 one Adam step moves each weight by at most ~1e-4 (Adam's step is bounded by

@@ -7,6 +7,7 @@ so that a resumed run continues exactly (model, targets, optimizer, step, RNG st
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import random
 from dataclasses import dataclass
@@ -245,6 +246,8 @@ class Learner:
         return {
             "format": CHECKPOINT_FORMAT,
             "qnet": self.qnet_cfg.to_dict(),
+            # its settings too: a resume without a config continues the same experiment
+            "learner": dataclasses.asdict(self.cfg),
             "online": self.online.state_dict(),
             "targets": [t.state_dict() for t in self.targets],
             "acting": self.acting.state_dict(),
@@ -271,7 +274,10 @@ class Learner:
     def resume(
         cls, path: str | Path, cfg: LearnerConfig | None = None, logdir: str | Path | None = None
     ) -> tuple[Learner, dict[str, Any]]:
-        """Rebuild a learner from a checkpoint; returns (learner, extra)."""
+        """Rebuild a learner from a checkpoint; returns (learner, extra). Without ``cfg``
+        it takes the settings the checkpoint was saved with (``LearnerConfig()`` for a
+        checkpoint from before they were kept); ``cfg`` changes them (``mtopt run
+        --resume --set learner.lr=...``)."""
         try:
             # tensors land on the CPU first, wherever they were saved from; load_state
             # copies them onto this learner's device
@@ -293,7 +299,15 @@ class Learner:
                 f"checkpoint {path} has a Q-network setting this mtopt does not know ({exc}); "
                 "was it written by a newer version?"
             ) from None
-        learner = cls(qcfg, cfg or LearnerConfig(), logdir)
+        if cfg is None:
+            try:
+                cfg = LearnerConfig(**ck.get("learner", {}))
+            except TypeError as exc:
+                raise WeightsError(
+                    f"checkpoint {path} has a learner setting this mtopt does not know "
+                    f"({exc}); was it written by a newer version? Pass cfg="
+                ) from None
+        learner = cls(qcfg, cfg, logdir)
         learner.load_state(ck)
         return learner, dict(ck.get("extra", {}))
 
@@ -347,7 +361,13 @@ def load_network(
 ) -> QNetwork:
     """Build a QNetwork from published tensors (``part``: online, acting, target0 or
     target1; ``acting`` falls back to ``online`` for weights published before it existed)."""
-    cfg = QNetConfig(**meta["qnet"])
+    try:
+        cfg = QNetConfig(**meta["qnet"])
+    except TypeError as exc:  # a field this mtopt does not know: newer code wrote it
+        raise WeightsError(
+            f"published weights have a Q-network setting this mtopt does not know ({exc}); "
+            "were they written by a newer version?"
+        ) from None
     if expected is not None:
         check_config(expected.to_dict(), cfg.to_dict(), "published weights")
     net = QNetwork(cfg)
