@@ -697,3 +697,29 @@ def test_a_resume_counts_the_next_evaluation_from_the_runs_last_one() -> None:
 
     assert last_evaluated([{"step": 3000}, {"step": 4000}], 4500) == 4000
     assert last_evaluated([], 4500) == 4500  # none yet: from the step the run is at
+
+
+def test_the_in_run_evaluation_searches_actions_as_the_robots_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """cem_act's precision "auto" made the in-run evaluation search in bf16 on AMX
+    machines, while robots and evaluate_run.py search in fp32 (bf16 can flip an
+    argmax): the parity switch judged another policy than the one collecting."""
+    from types import SimpleNamespace
+
+    import mtopt.runtime.local as local
+    from mtopt.runtime.config import preset
+
+    cfg = preset("tiny")
+    assert cfg.cem_act.precision == "auto"
+    made: list[object] = []
+
+    class Recorder:
+        def __init__(self, *args: object, cem: object, **kwargs: object) -> None:
+            made.append(cem)
+
+    monkeypatch.setattr(local, "CEMPolicy", Recorder)
+    stub = SimpleNamespace(registry=DEFAULT_REGISTRY, cfg=cfg, _eval_outcomes=lambda pol: {})
+    learner = SimpleNamespace(acting=None, device=torch.device("cpu"))
+    local.LocalRun.learned_outcomes(stub, learner)  # type: ignore[arg-type]
+    assert made == [cfg.collection_cem()] and made[0].precision == "fp32"  # type: ignore[attr-defined]

@@ -133,7 +133,10 @@ class RunConfig:
     runtime: Literal["local", "ray"] = "local"
     """Where the components run."""
     seed: int = 0
-    """Seed for everything; the held-out evaluation scenes are those of ``eval_seed``."""
+    """Seed of the robots' scenes and exploration, replay sampling and the success
+    detector; the held-out evaluation scenes are those of ``eval_seed``. The Q-network's
+    initial weights and augmentation follow ``learner.seed``: set both for another seed
+    of a run (``--set seed=9 --set learner.seed=9``)."""
     robots: int = 1
     """Robot processes collecting in parallel (Ray: robot actors). 0: no simulated
     robots; the run learns from episodes that other processes (real robots, say) write

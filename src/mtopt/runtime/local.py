@@ -1013,7 +1013,11 @@ class LocalRun:
         net = (
             learner.acting if learner.device.type == "cpu" else copy.deepcopy(learner.acting).cpu()
         )
-        pol = CEMPolicy(self.registry.names, network=net, cem=self.cfg.cem_act, seed=self.cfg.seed)
+        # the robots' search (fp32): with cem_act's "auto" the evaluation searched in bf16
+        # on AMX machines, another argmax than the robots' and evaluate_run.py's
+        pol = CEMPolicy(
+            self.registry.names, network=net, cem=self.cfg.collection_cem(), seed=self.cfg.seed
+        )
         return self._eval_outcomes(pol)
 
     def average_at_end(self) -> dict[str, Any] | None:
@@ -1035,7 +1039,7 @@ class LocalRun:
         pol = CEMPolicy(
             self.registry.names,
             weights_dir=folder / "weights",
-            cem=self.cfg.cem_act,
+            cem=self.cfg.collection_cem(),
             seed=self.cfg.seed,
         )
         outcomes = self._eval_outcomes(pol)
