@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -292,21 +293,11 @@ class Learner:
         if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
             found = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
             raise WeightsError(f"unknown checkpoint format {found!r} in {path}")
-        try:
-            qcfg = QNetConfig(**ck["qnet"])
-        except TypeError as exc:  # a field this mtopt does not know: newer code wrote it
-            raise WeightsError(
-                f"checkpoint {path} has a Q-network setting this mtopt does not know ({exc}); "
-                "was it written by a newer version?"
-            ) from None
+        qcfg = known_settings(QNetConfig, ck["qnet"], f"checkpoint {path}", "Q-network")
         if cfg is None:
-            try:
-                cfg = LearnerConfig(**ck.get("learner", {}))
-            except TypeError as exc:
-                raise WeightsError(
-                    f"checkpoint {path} has a learner setting this mtopt does not know "
-                    f"({exc}); was it written by a newer version? Pass cfg="
-                ) from None
+            cfg = known_settings(
+                LearnerConfig, ck.get("learner", {}), f"checkpoint {path}", "learner"
+            )
         learner = cls(qcfg, cfg, logdir)
         learner.load_state(ck)
         return learner, dict(ck.get("extra", {}))
@@ -346,6 +337,21 @@ class Learner:
         random.setstate(ast.literal_eval(ck["python_rng"]))
 
 
+S = TypeVar("S")
+
+
+def known_settings(cls: Callable[..., S], values: dict[str, Any], where: str, kind: str) -> S:
+    """``cls(**values)``, or a ``WeightsError`` when ``values`` has a field this mtopt
+    does not know (a newer version wrote it)."""
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise WeightsError(
+            f"{where} has a {kind} setting this mtopt does not know ({exc}); was it written "
+            "by a newer version?"
+        ) from None
+
+
 @torch.no_grad()
 def _polyak(dst: torch.nn.Module, src: torch.nn.Module, tau: float) -> None:
     """dst <- dst + tau * (src - dst), parameter by parameter."""
@@ -361,13 +367,7 @@ def load_network(
 ) -> QNetwork:
     """Build a QNetwork from published tensors (``part``: online, acting, target0 or
     target1; ``acting`` falls back to ``online`` for weights published before it existed)."""
-    try:
-        cfg = QNetConfig(**meta["qnet"])
-    except TypeError as exc:  # a field this mtopt does not know: newer code wrote it
-        raise WeightsError(
-            f"published weights have a Q-network setting this mtopt does not know ({exc}); "
-            "were they written by a newer version?"
-        ) from None
+    cfg = known_settings(QNetConfig, meta["qnet"], "published weights", "Q-network")
     if expected is not None:
         check_config(expected.to_dict(), cfg.to_dict(), "published weights")
     net = QNetwork(cfg)
