@@ -59,11 +59,14 @@ class StoreNotFoundError(FileNotFoundError):
 _warned_strays: set[Path] = set()
 
 
-def shard_paths(store_dir: str | Path) -> list[Path]:
+def shard_paths(store_dir: str | Path, skip_unlistable: bool = False) -> list[Path]:
     """The store's shards, ``shards/<robot>/<name>.parquet``, oldest first (names start
-    with their time). None when there is no ``shards/`` folder. A folder that cannot be
-    listed raises its ``OSError`` (a read that skipped it would be silently short), and
-    a Parquet file elsewhere under ``shards/`` (which ``pyarrow.dataset`` would read) is
+    with their time). None when there is no ``shards/`` folder. A robot folder that
+    cannot be listed raises its ``OSError`` (a one-shot read that skipped it would be
+    silently short; ``Path.glob`` skipped it without a word), or with
+    ``skip_unlistable`` (a tailing poll, which lists again next time) is left out with a
+    warning, so that one such folder does not stop the reading of every other robot's.
+    A Parquet file elsewhere under ``shards/`` (which ``pyarrow.dataset`` would read) is
     named in a warning, once: the store does not read it."""
     root = Path(store_dir) / SHARDS
     found: list[Path] = []
@@ -85,6 +88,10 @@ def shard_paths(store_dir: str | Path) -> list[Path]:
                         _warn_stray(Path(entry.path))
         except FileNotFoundError:  # a robot folder removed while listing: nothing lost
             continue
+        except OSError as exc:
+            if not skip_unlistable:
+                raise
+            log.warning("could not list %s (%s); retrying on the next poll", robot.path, exc)
     return sorted(found, key=lambda p: (p.name, p.parent.name))
 
 
@@ -102,7 +109,11 @@ def stored_image_size(store_dir: str | Path) -> tuple[int, int] | None:
     """The image height and width of the store's newest readable shard (None: no shard
     reads): what a robot writing to the store should give, since a success detector and
     a Q-network judge one size. Reads two integer columns of at most five shards."""
-    for path in reversed(shard_paths(store_dir)[-5:]):
+    try:
+        paths = shard_paths(store_dir, skip_unlistable=True)
+    except OSError:  # (a file named shards, no permission): the store's readers say so
+        return None
+    for path in reversed(paths[-5:]):
         try:
             table = pq.read_table(path, columns=["image_height", "image_width"])
         except Exception:  # corrupt, vanished, or a foreign file: the reader's to handle
@@ -167,12 +178,14 @@ def _check_version(shard: pq.ParquetFile, path: Path) -> None:
         foreign = {
             n for n in schema.names if n not in ARROW_SCHEMA.names and not n.startswith("__index")
         }  # (pandas keeps its index as __index_level_0__)
-        if SCHEMA_KEY in (schema.metadata or {}) and foreign:
-            # EpisodeWriter writes only the schema's columns: a name it never writes
-            # (a flipped bit in the footer's "poses") would otherwise read as a column
-            # an older shard lacks
+        missing = [n for n in ARROW_SCHEMA.names if n not in schema.names]
+        if SCHEMA_KEY in (schema.metadata or {}) and foreign and missing:
+            # a column of the schema missing and one it does not have in its place: a name
+            # flipped in the footer ("poses" read as "qoses" would otherwise look like an
+            # older shard without poses). A column added by a newer writer, with all of
+            # these there, is read past.
             raise SchemaError(
-                f"{path}: column(s) {sorted(foreign)} not in schema version {SCHEMA_VERSION}"
+                f"{path}: column(s) {sorted(foreign)} in place of {missing}: a damaged footer"
             )
         return
     versions = set(shard.read(columns=["schema_version"]).column(0).to_pylist())
@@ -330,7 +343,11 @@ class EpisodeReader:
         return decode(table)  # outside the try: the caller's errors are not the shard's
 
     def new_shards(self) -> list[Path]:
-        new = [p for p in shard_paths(self.store_dir) if p not in self._seen]
+        """Shards not read yet, oldest first (this reader's part only). A robot folder
+        that cannot be listed is left for a later call (with a warning); the shards
+        folder itself that cannot be listed raises its ``OSError``."""
+        listed = shard_paths(self.store_dir, skip_unlistable=True)
+        new = [p for p in listed if p not in self._seen]
         if self.part is None:
             return new
         i, n = self.part
