@@ -227,8 +227,8 @@ class LogReplay:
             del self._held[eid]
 
     def set_reward_model(self, model: RewardModel) -> int:
-        """Switch to a newer success detector: rescore every held episode; returns how many
-        were refiled (not those the refiling evicted first).
+        """Switch to a newer success detector: rescore every held episode, all moves at
+        once (``TaskBuffers.refile_many``); returns how many were refiled.
         The model in use already (a relabel round that labeled nothing new hands it back)
         rescores nothing. The success counts in ``stats`` follow the new rewards of the
         held episodes (evicted ones keep the rewards they had)."""

@@ -135,8 +135,9 @@ def _flush_unclosed(writer: EpisodeWriter) -> None:
         log.error("a writer of %s was not closed; its %d episodes are lost: %s",
                   writer.dir, n, exc)  # fmt: skip
         return
-    log.warning("a writer of %s was not closed: its last %d episodes were written at exit "
-                "(close() it, or use it in a with block)", writer.dir, n)  # fmt: skip
+    log.warning("a writer of %s was not closed: its last %d episodes were written when it "
+                "was dropped or at exit (close() it, or use it in a with block)",
+                writer.dir, n)  # fmt: skip
 
 
 @atexit.register
