@@ -67,6 +67,13 @@ def test_a_resume_without_a_config_continues_with_the_checkpoints_settings(
     b.train_step(batch(1))
     for pa, pb in zip(a.online.parameters(), b.online.parameters(), strict=True):
         assert torch.equal(pa, pb)
+    # saved on a GPU, resumed on a machine without one: the settings, on this machine
+    if not torch.cuda.is_available():
+        ck = torch.load(tmp_path / "ck.pt", weights_only=True)
+        ck["learner"]["device"] = "cuda"
+        torch.save(ck, tmp_path / "gpu.pt")
+        c, _ = Learner.resume(tmp_path / "gpu.pt")
+        assert c.device.type == "cpu" and c.cfg.lr == 1e-4
     # one from a newer mtopt, with a setting this one does not know: a clear error
     ck = torch.load(tmp_path / "ck.pt", weights_only=True)
     ck["learner"]["warp_drive"] = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -277,8 +278,9 @@ class Learner:
     ) -> tuple[Learner, dict[str, Any]]:
         """Rebuild a learner from a checkpoint; returns (learner, extra). Without ``cfg``
         it takes the settings the checkpoint was saved with (``LearnerConfig()`` for a
-        checkpoint from before they were kept); ``cfg`` changes them (``mtopt run
-        --resume --set learner.lr=...``)."""
+        checkpoint from before they were kept), on this machine's device when the saved
+        one is not here (a GPU checkpoint resumed on a CPU); ``cfg`` changes them
+        (``mtopt run --resume --set learner.lr=...``)."""
         try:
             # tensors land on the CPU first, wherever they were saved from; load_state
             # copies them onto this learner's device
@@ -298,6 +300,13 @@ class Learner:
             cfg = known_settings(
                 LearnerConfig, ck.get("learner", {}), f"checkpoint {path}", "learner"
             )
+            try:  # the machine's, not the experiment's: a GPU checkpoint resumes on a CPU
+                resolve_device(cfg.device)
+            except ValueError as exc:
+                logging.getLogger(__name__).warning(
+                    "%s; resuming on %s", exc, resolve_device("auto")
+                )
+                cfg = dataclasses.replace(cfg, device="auto")
         learner = cls(qcfg, cfg, logdir)
         learner.load_state(ck)
         return learner, dict(ck.get("extra", {}))
