@@ -170,6 +170,20 @@ def test_on_the_simulated_cell_the_scenes_are_the_benchmarks() -> None:
         assert [e.gt_success for e in judged[task]] == want[task], task
 
 
+def _interrupt_after(n: int, inner: Any) -> Any:
+    """An ``on_episode`` that raises KeyboardInterrupt (Ctrl-C) after ``n`` episodes."""
+    seen = [0]
+
+    def on_episode(one: JudgedEpisode) -> None:
+        if inner is not None:
+            inner(one)
+        seen[0] += 1
+        if seen[0] == n:
+            raise KeyboardInterrupt
+
+    return on_episode
+
+
 def test_mtopt_evaluate_end_to_end_with_a_stand_in_arm(tmp_path: Path) -> None:
     import torch
 
@@ -211,14 +225,41 @@ def test_mtopt_evaluate_end_to_end_with_a_stand_in_arm(tmp_path: Path) -> None:
     # the arm drops out on its third scene: what was judged is reported and written,
     # marked incomplete, and the command fails
     dropout = ["--robot-factory", "tests.robot_factories:make_arm_that_drops_out"]
-    both = ["--tasks", "lift-any,place-any", "--episodes", "2", "--seed", "7"]
+    both = ["--tasks", "lift-any,place-any,lift-ball", "--episodes", "2", "--seed", "7"]
     res = CliRunner().invoke(app, ["evaluate", str(run), *both, *dropout, "--json", str(out)])
     assert res.exit_code == 1 and "stopped answering" in res.output, res.output
     result = json.loads(out.read_text())
     assert result["complete"] is False and "ConnectionError" in result["error"]
     assert result["tasks"]["lift-any"]["episodes"] == 2
     assert result["tasks"]["place-any"]["sd_success"] is None
-    assert "place-any" in res.output and "not evaluated" in res.output
+    assert result["tasks"]["lift-ball"]["sd_success"] is None  # never reached
+    assert res.output.count("not evaluated") == 2
+    # Ctrl-C part-way: what was judged is written, and the exit says it was stopped
+    import mtopt.eval.on_robot as on_robot_mod
+
+    real = on_robot_mod.evaluate_on_robot
+
+    def stopped(*a: Any, **k: Any) -> Any:
+        k["on_episode"] = _interrupt_after(2, k.get("on_episode"))
+        return real(*a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(on_robot_mod, "evaluate_on_robot", stopped)
+        res = CliRunner().invoke(app, ["evaluate", str(run), *both, *arm, "--json", str(out)])
+    assert res.exit_code == 130, res.output
+    result = json.loads(out.read_text())
+    assert result["interrupted"] is True and result["complete"] is False
+    assert result["tasks"]["lift-any"]["episodes"] == 2
+    # --store of another image size (16-pixel episodes; these robots give 32)
+    from tests.test_store import make_episode
+
+    from mtopt.store import EpisodeWriter
+
+    small = tmp_path / "small-store"
+    with EpisodeWriter(small, "r0") as w:
+        w.write(make_episode(0, size=16))
+    res = CliRunner().invoke(app, [*args, *arm, "--store", str(small)])
+    assert res.exit_code == 2 and "holds 16x16-pixel episodes" in res.output, res.output
     # an output it could not write is said before any episode
     (tmp_path / "a-file").write_text("")
     res = CliRunner().invoke(app, [*args, *dropout, "--json", str(tmp_path / "a-file" / "x.json")])

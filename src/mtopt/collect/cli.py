@@ -122,8 +122,7 @@ def register(app: typer.Typer) -> None:
             gripper_status=gripper_status or "closure",
         )
         side = int(cell.get("image_size", 64))
-        if not robot_factory:  # (a factory's robots say their size once made)
-            fail_on_other_image_size(store, side)
+        fail_on_other_image_size(store, side)  # (a factory's robots must give it: make_robot)
         acting: dict[str, Any] = {}
         if run_cfg is not None:
             acting = {

@@ -113,7 +113,7 @@ def register(app: typer.Typer) -> None:
         except (ConfigError, ValueError, WeightsError, UnknownTaskError, FileNotFoundError) as exc:
             fail(exc)
         sim = dataclasses.replace(sim, object_split="test").validate()
-        if store is not None and not robot_factory:
+        if store is not None:  # (a factory's robots must give sim.image_size: make_robot)
             fail_on_other_image_size(store, sim.image_size)
         bar = tqdm(total=episodes * len(names), unit="ep", desc="evaluate")
         wins: dict[str, int] = {}
@@ -172,7 +172,8 @@ def register(app: typer.Typer) -> None:
             typer.echo("incomplete: what was judged before it stopped")
         for task, row in per_task.items():
             if row["sd_success"] is None:
-                typer.echo(f"  {task:22s} not evaluated (no episode judged)")
+                why = f" ({row['not_set_up']} never set up)" if row["not_set_up"] else ""
+                typer.echo(f"  {task:22s} not evaluated (no episode judged){why}")
                 continue
             lo, hi = row["sd_success"]["ci95"]
             line = (

@@ -93,6 +93,9 @@ def evaluate_on_robot(
     check_evaluation(judge, tasks, episodes_per_task, seed)
     out = into if into is not None else RobotEvaluation()
     judged, unprepared = out.judged, out.unprepared
+    for name in tasks:  # every task listed from the start: one never reached shows as such
+        judged.setdefault(name, [])
+        unprepared.setdefault(name, 0)
     for name in tasks:
         spec = registry.get(name)
         head = list(judge.tasks).index(name)
