@@ -90,6 +90,11 @@ def test_exported_policy_acts_like_its_run(tmp_path: Path) -> None:
         assert res.exit_code == 2 and "or one of its folders" in res.output, res.output
     res = CliRunner().invoke(app, ["average", str(run / "store" / "avg"), str(run)])
     assert res.exit_code == 2 and "or one of its folders" in res.output, res.output
+    # sources given as the run's weights folder (no config.json of its own) likewise
+    res = CliRunner().invoke(
+        app, ["average", str(run / "weights" / "avg"), str(run / "weights"), "--config", str(run)]
+    )
+    assert res.exit_code == 2 and "or one of its folders" in res.output, res.output
     assert not (run / "weights" / "config.json").exists() and load_latest(run / "weights")[0] == 2
 
 

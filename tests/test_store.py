@@ -1056,10 +1056,11 @@ def test_scene_descriptions_are_stored_as_standard_json(tmp_path: Path) -> None:
     }  # fmt: skip
     (back,) = EpisodeReader(tmp_path).poll()
     assert back.scene == json.loads(text) and back.gt_success_by_task == {"lift-any": True}
-    bad = make_episode(1)
-    bad.scene = {(1, 2): "tuple key"}
-    with EpisodeWriter(tmp_path, "r0") as w, pytest.raises(SchemaError, match="not JSON"):
-        w.write(bad)
+    for scene in ({(1, 2): "tuple key"}, {1: "a", "1": "b"}):
+        bad = make_episode(1)
+        bad.scene = scene
+        with EpisodeWriter(tmp_path, "r0") as w, pytest.raises(SchemaError, match="not JSON"):
+            w.write(bad)
 
 
 def test_a_writer_never_closed_writes_its_buffer_when_dropped(

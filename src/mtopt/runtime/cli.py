@@ -17,15 +17,19 @@ def keep_someones_config(out: Path, verb: str) -> None:
 
 
 def not_inside(out: Path, source: Path, verb: str) -> None:
-    """A policy folder is not the source run itself nor inside its own folders: an
-    export into RUN/weights put its config.json and weights/ among the run's weights,
-    and RUN/weights no longer read as a weights folder."""
-    if not (source / "config.json").is_file():
-        return  # a weights folder or a snapshot file: nothing of a run's to break
-    o, src = out.resolve(), source.resolve()
-    own = [src / d for d in ("weights", "sd", "store", "checkpoints", "tb")]
+    """A policy folder is not the run ``source`` belongs to (a run folder, its weights
+    folder or one of its snapshot files) nor inside that run's own folders: an export
+    into RUN/weights put its config.json and weights/ among the run's weights, and
+    RUN/weights no longer read as a weights folder."""
+    from mtopt.runtime.local import source_run
+
+    run = source_run(source)
+    if run is None:
+        return  # weights of no run: nothing of a run's to break
+    o, src = out.resolve(), run.resolve()
+    own = [(src / d).resolve() for d in ("weights", "sd", "store", "checkpoints", "tb")]
     if o == src or any(o.is_relative_to(d) for d in own):
-        fail(f"{out} is {source} or one of its folders: {verb} into a new folder outside them")
+        fail(f"{out} is {run} or one of its folders: {verb} into a new folder outside them")
 
 
 def register(app: typer.Typer) -> None:
@@ -204,7 +208,7 @@ def register(app: typer.Typer) -> None:
         run = config or next((s for s in sources if (s / "config.json").is_file()), None)
         if run is None or not (run / "config.json").is_file():
             fail(f"no config.json in {run or 'any source'}: pass --config RUN")
-        for src in sources:
+        for src in [*sources, run]:
             not_inside(out, src, "average")
         keep_someones_config(out, "average")
         try:

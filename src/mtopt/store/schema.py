@@ -78,7 +78,10 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {_key(k): _plain(v) for k, v in value.items()}
+        out = {_key(k): _plain(v) for k, v in value.items()}
+        if len(out) < len(value):  # 1 and "1": one would silently overwrite the other
+            raise TypeError(f"keys {list(value)} are not JSON: two of them write the same string")
+        return out
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value

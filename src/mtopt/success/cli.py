@@ -220,8 +220,8 @@ def improve(
             labels_path=labels,
             on_note=lambda msg: typer.echo(f"note: {msg}", err=True),
         )
-    except (WeightsError, StoreNotFoundError, FileNotFoundError, ValueError) as exc:
-        _fail(exc)
+    except (WeightsError, StoreNotFoundError, OSError, ValueError) as exc:
+        _fail(exc)  # (OSError: a shard or folder of the store it cannot read)
     for row in curve:
         typer.echo(
             f"v{row['version']}: {row['labels_per_task']} labels/task, mean balanced accuracy {row['mean_balanced_accuracy']:.3f}"
@@ -273,7 +273,7 @@ def export_labels(
         _fail("--validation-out must be another file than --out")
     try:
         pool = human_examples(store, labels_file, registry_for(store, tasks_file))
-    except (StoreNotFoundError, FileNotFoundError, ValueError) as exc:
+    except (StoreNotFoundError, OSError, ValueError) as exc:
         _fail(exc)
     data = pool.subset(np.flatnonzero(pool.mask.any(1)))
     if len(data) == 0:
