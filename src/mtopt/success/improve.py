@@ -348,8 +348,10 @@ def improve_loop(
     chosen = np.zeros_like(known)
     for i, j in chosen_cells(chosen_path, pool.ids, registry.names):  # earlier calls'
         chosen[i, j] = True
-    # the labels the SD it starts from was trained on: an earlier call's (oracle)
-    labels_before = int((chosen & known).sum(0).max()) if labeler == "oracle" else 0
+    # the labels the SD it starts from was trained on: an earlier oracle call's, when it
+    # is that call's SD (not one `sd train` published since, nor a human-labels call's)
+    continues = labeler == "oracle" and sd.meta.get("origin") == "sd improve"
+    labels_before = int((chosen & known).sum(0).max()) if continues else 0
     curve: list[dict[str, Any]] = []
     if labeler == "human":  # every label a person gave, in one retrain
         chosen[:] = known
