@@ -405,6 +405,73 @@ def test_a_task_the_robot_cannot_set_up_is_skipped_not_stored(tmp_path: Path) ->
             loop.run_one()
 
 
+class SometimesCannotHoldRobot(FakeRobot):
+    """Cannot stage a held object on every third scene (a scene with nothing it can
+    pick, ~1 in 200 in the simulated cell)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    def prepare_for_task(self, starts_holding: bool) -> bool:
+        if starts_holding and not self.held:
+            self.asked += 1
+            if self.asked % 3 == 0:
+                return False
+        return super().prepare_for_task(starts_holding)
+
+
+class LiftStartRecorder(FakeRobot):
+    """Records whether it holds something when each episode starts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held_at_start: list[bool] = []
+
+    def start_episode(self) -> Observation:
+        self.held_at_start.append(self.held)
+        return super().start_episode()
+
+
+def test_a_robot_of_one_placing_task_outlasts_scenes_it_cannot_stage(tmp_path: Path) -> None:
+    """With one enabled task, the first scene it could not set up used to end the robot
+    (no other task left to draw); the fleet then gave it up after its restarts."""
+    only_place = DEFAULT_REGISTRY.subset(["place-on-plate"])
+    robot = SometimesCannotHoldRobot()
+    with EpisodeWriter(tmp_path, "fake") as w:
+        cfg = CollectConfig(max_chain=1, reset_prob=0.0)
+        loop = CollectLoop(robot, only_place, w, scripted_policy_for, cfg, seed=3)
+        eps = [loop.run_one() for _ in range(8)]
+    assert {e.task for e in eps} == {"place-on-plate"} and loop.unprepared["place-on-plate"] >= 2
+
+
+def test_zero_weight_tasks_are_never_drawn_and_a_held_object_is_not_dropped(
+    tmp_path: Path,
+) -> None:
+    """A narrowed pool (holding: the placing tasks) of zero weights fell back to drawing
+    them uniformly; and with no placing task to chain, a lift started at the pose the
+    last episode presented its object in, and dropped it outside the bin: a fresh scene
+    instead."""
+    import numpy as np
+
+    from mtopt.collect.loop import choose_task
+
+    tasks = [DEFAULT_REGISTRY.get("lift-any"), DEFAULT_REGISTRY.get("place-any")]
+    rng = np.random.default_rng(0)
+    drawn = {choose_task(tasks, [1.0, 0.0], True, True, rng).name for _ in range(200)}
+    assert drawn == {"lift-any"}
+    robot = LiftStartRecorder()
+    with EpisodeWriter(tmp_path, "fake") as w:
+        cfg = CollectConfig(max_chain=3, reset_prob=0.0, reset_after_place=False)
+        reg = DEFAULT_REGISTRY.subset(["lift-any", "place-any"])
+        loop = CollectLoop(robot, reg, w, scripted_policy_for, cfg, seed=1)
+        loop.weights = [1.0, 0.0]
+        eps = [loop.run_one() for _ in range(12)]
+    assert {e.task for e in eps} == {"lift-any"}
+    assert any(robot.held_at_start) is False
+    assert robot.resets > 1
+
+
 def test_optional_robot_methods_written_as_properties_are_refused(tmp_path: Path) -> None:
     """``holding`` as a property read as "not holding" and ``objects_left`` as 1, without
     a word: a clear error when the loop is made."""

@@ -151,6 +151,11 @@ def decide_next(
     return Decision(False, "holding an object" if holding else "objects left")
 
 
+MAX_FAILED_SETUPS = 50
+"""Scenes in a row on which no enabled task could be set up before a robot gives up (a
+robot that can never stage its tasks, not one that met a hard scene)."""
+
+
 def choose_task(
     tasks: Sequence[TaskSpec],
     weights: Sequence[float],
@@ -158,8 +163,10 @@ def choose_task(
     prefer_placing_when_holding: bool,
     rng: np.random.Generator,
 ) -> TaskSpec:
-    """Weighted random task; while holding an object, placing tasks are chained if enabled."""
-    pool = list(range(len(tasks)))
+    """Weighted random task; while holding an object, placing tasks are chained if enabled.
+    A task of weight 0 is never drawn while one of positive weight is there (a narrowed
+    pool of zero weights used to fall back to drawing them uniformly)."""
+    pool = [i for i in range(len(tasks)) if weights[i] > 0] or list(range(len(tasks)))
     if holding and prefer_placing_when_holding:
         placing = [i for i in pool if tasks[i].starts_holding]
         pool = placing or pool
@@ -179,8 +186,13 @@ class CollectLoop:
 
     A task whose initial condition the robot cannot set up (``prepare_for_task``
     returns False: a placing task with nothing to pick up, say) is not run and nothing
-    is stored for it: the scene is reset and another task is drawn, never one that
-    already failed to set up in this call (``unprepared`` counts them per task).
+    is stored for it: the scene is reset and another task is drawn, not one that
+    already failed to set up in this call until every enabled task has (then all of them
+    again, on fresh scenes, up to ``MAX_FAILED_SETUPS`` in a row; ``unprepared`` counts
+    them per task). A robot holding an object after an episode chains a placing task;
+    when the task drawn is not one (no placing task enabled, or
+    ``chain_place_after_lift`` off), the scene is reset first rather than the object
+    dropped where the last episode presented it.
     """
 
     def __init__(
@@ -228,23 +240,37 @@ class CollectLoop:
 
     def run_one(self) -> Episode:
         failed: set[str] = set()
+        setups = 0  # failed setups in this call, each on a fresh scene
         while True:
             if self.needs_reset:
                 self.robot.reset_scene(random_scene_seed(self.rng))
                 self.chain_len, self.prev_id, self.needs_reset = 0, None, False
             left = [i for i, t in enumerate(self.tasks) if t.name not in failed]
             if not left:
-                raise RuntimeError(
-                    f"robot {self.robot.robot_id} could not set up any enabled task "
-                    f"(prepare_for_task returned False for {sorted(failed)})"
-                )
+                # every enabled task failed to set up once (one task: a robot collecting
+                # a single placing task meets a scene it cannot stage in ~1 of 200): try
+                # them all again on the fresh scenes, up to MAX_FAILED_SETUPS in a row
+                if setups >= MAX_FAILED_SETUPS:
+                    raise RuntimeError(
+                        f"robot {self.robot.robot_id} could not set up any enabled task "
+                        f"on {setups} scenes in a row (prepare_for_task returned False for "
+                        f"{sorted(failed)})"
+                    )
+                failed.clear()
+                left = list(range(len(self.tasks)))
+            holding = self._holding()
             task = choose_task(
                 [self.tasks[i] for i in left],
                 [self.weights[i] for i in left],
-                self._holding(),
+                holding,
                 self.cfg.chain_place_after_lift,
                 self.rng,
             )
+            if holding and not task.starts_holding and self.chain_len > 0:
+                # no placing task to chain: a lift here would start at the presentation
+                # pose and drop the held object outside the bin; a fresh scene instead
+                self.needs_reset = True
+                continue
             policy = self.policy_for(task)
             started = time.time()
             rec = run_episode(
@@ -253,6 +279,7 @@ class CollectLoop:
             if rec.prepared:
                 break
             failed.add(task.name)
+            setups += 1
             self.unprepared[task.name] = self.unprepared.get(task.name, 0) + 1
             log.warning(
                 "robot %s could not set up %s (prepare_for_task returned False): "
