@@ -508,6 +508,46 @@ def test_robot_seed_moves_on_with_the_episodes_written_and_ignores_the_clock() -
     assert {robot_seed(0, k) for k in range(50)}.isdisjoint({robot_seed(1, k) for k in range(50)})
 
 
+def test_collect_with_a_runs_weights_collects_as_the_runs_robots_did(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's collection settings and parity switch, not the defaults: `tuned`'s 95%
+    learned share after parity was 75%, and with no switch file every task was taken
+    for one not at parity (50% learned, no proxies)."""
+    import dataclasses
+    import json
+
+    import mtopt.collect.fleet as fleet
+    from mtopt.config import override, save_config
+    from mtopt.qtopt.learner import Learner
+    from mtopt.runtime.config import preset
+
+    cfg = override(preset("tiny"), ["collect.parity_fraction=0.95", "collect.max_chain=2"])
+    save_config(cfg, tmp_path / "run" / "config.json")
+    Learner(cfg.qnet).publish(tmp_path / "run" / "weights")
+    (tmp_path / "run" / "switch.json").write_text(json.dumps({"learned": ["lift-any"]}))
+    seen: list[object] = []
+
+    def capture(spec: object, *a: object, **k: object) -> dict:  # type: ignore[type-arg]
+        seen.append(spec)
+        return {"written": {}, "restarts": {}, "interrupted": False, "failed": []}
+
+    monkeypatch.setattr(fleet, "run_fleet", capture)
+    args = ["collect", "--store", str(tmp_path / "store"), "--episodes", "1"]
+    res = CliRunner().invoke(app, [*args, "--weights", str(tmp_path / "run" / "weights")])
+    assert res.exit_code == 0, res.output
+    spec = seen[-1]
+    assert spec.collect == dataclasses.replace(cfg.collect, max_steps=cfg.sim.max_steps)  # type: ignore[attr-defined]
+    assert spec.switch_file == str(tmp_path / "run" / "switch.json")  # type: ignore[attr-defined]
+    # --tasks replaces the run's tasks (and their weights)
+    res = CliRunner().invoke(
+        app, [*args, "--weights", str(tmp_path / "run" / "weights"), "--tasks", "lift-ball"]
+    )
+    assert res.exit_code == 0, res.output
+    assert seen[-1].collect.tasks == ("lift-ball",)  # type: ignore[attr-defined]
+    assert seen[-1].collect.parity_fraction == 0.95  # type: ignore[attr-defined]
+
+
 def test_collect_with_a_runs_weights_collects_the_runs_own_tasks(tmp_path: Path) -> None:
     """`mtopt collect --weights RUN/weights` for a run with a task of its own: the robots
     know the task (and the network's 14 inputs); it used to fail on the built-in 13."""

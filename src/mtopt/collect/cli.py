@@ -130,13 +130,23 @@ def register(app: typer.Typer) -> None:
                 "noise_std": run_cfg.noise_std,
                 "cem": run_cfg.collection_cem(),
             }
+        # a run's weights collect as its robots did: its collection settings (chains,
+        # resets, the learned policy's shares; --tasks replaces its tasks and weights)
+        # and its parity switch (which tasks act with their learned policy, which with
+        # another's as a proxy)
+        collect_cfg = run_cfg.collect if run_cfg is not None else CollectConfig()
+        if names or run_cfg is None:
+            collect_cfg = dataclasses.replace(collect_cfg, tasks=names, task_weights=())
+        collect_cfg = dataclasses.replace(
+            collect_cfg, max_steps=cell.get("max_steps", CollectConfig.max_steps)
+        )
+        switch = weights.parent / "switch.json" if weights is not None else None
         spec = FleetSpec(
             store=str(store),
             robots=robots,
             episodes_per_robot=episodes,
-            collect=CollectConfig(
-                tasks=names, max_steps=cell.get("max_steps", CollectConfig.max_steps)
-            ),
+            switch_file=str(switch) if switch is not None and switch.is_file() else None,
+            collect=collect_cfg,
             sim=cell,
             seed=seed,
             weights_dir=str(weights) if weights else None,
