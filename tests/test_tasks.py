@@ -145,6 +145,15 @@ def test_a_task_of_a_new_skill_and_a_described_one() -> None:
         {"name": "lift-small", "kind": "lift", "min_size": 1, "description": "d"}
     )
     assert small.skill == "lift" and not small.starts_holding and small.description == "d"
+    # a new skill of a lift and a place: refused (impersonation would relabel each
+    # kind's episodes for the other)
+    grab = [
+        {"name": "grab-ball", "kind": "lift", "skill": "grab", "category": "ball"},
+        {"name": "drop-ball-in-bowl", "kind": "place", "skill": "grab", "fixtures": ["bowl"]},
+    ]
+    with pytest.raises(ValueError, match=r"skill\(s\) \['grab'\] mix tasks"):
+        DEFAULT_REGISTRY.with_extra(grab)
+    DEFAULT_REGISTRY.with_extra(grab[:1])  # one kind in the skill is fine
 
 
 def test_in_the_bowl_means_below_its_rim_and_off_the_floor_beside_it() -> None:

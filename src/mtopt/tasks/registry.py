@@ -209,6 +209,17 @@ class TaskRegistry(Sequence[TaskSpec]):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"duplicate task names: {dupes}")
+        # a skill's tasks share episodes by impersonation: a lift's episode relabeled for
+        # a task that starts holding an object (or the reverse) would teach nonsense
+        starts: dict[str, set[bool]] = {}
+        for t in self._tasks:
+            starts.setdefault(t.skill, set()).add(t.starts_holding)
+        mixed = sorted(k for k, v in starts.items() if len(v) > 1)
+        if mixed:
+            raise ValueError(
+                f"skill(s) {mixed} mix tasks that start holding an object with tasks that do "
+                "not: a skill's tasks share episodes by impersonation; give them separate skills"
+            )
         self._index = {t.name: i for i, t in enumerate(self._tasks)}
 
     def __len__(self) -> int:
