@@ -786,6 +786,11 @@ def test_a_robot_that_keeps_failing_is_reported_and_collect_exits_non_zero(
     summary = fleet.run_fleet(spec, max_restarts=1)
     assert summary["failed"] == [0] and summary["restarts"] == {0: 1}
     assert summary["written"] == {}
+    # deaths further apart than the window are occasional faults: they do not add up
+    # (they used to use up a robot's restarts for good over a long run)
+    assert fleet.recent_deaths([0.0, 100.0], 650.0, 600.0) == [100.0, 650.0]
+    assert fleet.recent_deaths([0.0, 100.0], 1000.0, 600.0) == [1000.0]
+    assert fleet.recent_deaths([], 5.0, 600.0) == [5.0]
     res = CliRunner().invoke(app, ["collect", "--store", str(tmp_path / "t"), "--seed", "-1"])
     assert res.exit_code == 2 and "greater than or equal to 0" in res.output
     real = fleet.run_fleet

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import multiprocessing as mp
 import os
 import time
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from mtopt.collect.loop import CollectConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,15 +132,23 @@ def written_per_robot(store: str | Path) -> dict[str, int]:
     return counts
 
 
+def recent_deaths(times: list[float], now: float, window_s: float) -> list[float]:
+    """A robot's deaths within ``window_s`` of ``now``, this one (at ``now``) included."""
+    return [t for t in times if now - t < window_s] + [now]
+
+
 def run_fleet(
     spec: FleetSpec,
     on_episode: Callable[[int, str, str, bool | None], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     max_restarts: int = 5,
+    restart_window_s: float = 600.0,
 ) -> dict[str, Any]:
     """Run the fleet to completion (or until ``should_stop()``/Ctrl-C); returns a summary.
     A ``spec.robot_factory`` that cannot be imported is a ValueError here, before any
-    robot process starts."""
+    robot process starts. A robot process that dies is restarted; one that has died
+    more than ``max_restarts`` times within ``restart_window_s`` is given up, with a log
+    line (occasional faults over a long run used to use up its restarts for good)."""
     if spec.robot_factory:
         from mtopt.robots.factory import load_robot_factory
 
@@ -151,6 +162,7 @@ def run_fleet(
     # SIGKILLed writer can die holding, which would hang every later writer.
     conns: dict[int, Connection] = {}
     restarts = dict.fromkeys(range(spec.robots), 0)
+    deaths: dict[int, list[float]] = {i: [] for i in range(spec.robots)}  # monotonic times
     failed: list[int] = []  # robots that failed after their last restart
 
     def start(i: int) -> None:
@@ -210,11 +222,17 @@ def run_fleet(
                 if i in conns:
                     conns.pop(i).close()
                 if p.exitcode not in (0, None) and not stop.is_set():
-                    if restarts[i] < max_restarts:
+                    deaths[i] = recent_deaths(deaths[i], time.monotonic(), restart_window_s)
+                    if len(deaths[i]) <= max_restarts:
                         restarts[i] += 1
                         start(i)
-                    else:
-                        failed.append(i)  # gave up: it failed max_restarts + 1 times
+                    else:  # gave up: it failed max_restarts + 1 times within the window
+                        failed.append(i)
+                        log.error(
+                            "robot %s died %d times within %.0f s: given up (its errors are "
+                            "in the log above); the other robots go on",
+                            robot_id(i), len(deaths[i]), restart_window_s,
+                        )  # fmt: skip
     except KeyboardInterrupt:
         interrupted = True
         stop.set()
