@@ -61,7 +61,7 @@ _warned_strays: set[Path] = set()
 
 def shard_paths(store_dir: str | Path, skip_unlistable: bool = False) -> list[Path]:
     """The store's shards, ``shards/<robot>/<name>.parquet``, oldest first (names start
-    with their time). None when there is no ``shards/`` folder. A robot folder that
+    with their time); none (an empty list) without a ``shards/`` folder. A robot folder that
     cannot be listed raises its ``OSError`` (a one-shot read that skipped it would be
     silently short; ``Path.glob`` skipped it without a word), or with
     ``skip_unlistable`` (a tailing poll, which lists again next time) is left out with a
