@@ -1016,6 +1016,24 @@ def test_read_episode_through_a_robot_folder_that_is_a_link(tmp_path: Path) -> N
         reader.read_episode(disk2 / "shards" / "r1" / Path(row["shard"]).name, "ep00003")
 
 
+def test_a_writer_refuses_an_episode_id_it_already_took(tmp_path: Path) -> None:
+    """Readers count an episode id once: a second episode under an id this writer took
+    (buffered or written) would have vanished from every reader without a word."""
+    import dataclasses
+
+    with EpisodeWriter(tmp_path, "r0", flush_every=2) as w:
+        w.write(make_episode(0))
+        with pytest.raises(ValueError, match="ep00000 was already written"):
+            w.write(dataclasses.replace(make_episode(1), episode_id="ep00000"))  # buffered
+        w.write(make_episode(1))  # flushes both
+        with pytest.raises(ValueError, match="ep00001 was already written"):
+            w.write(make_episode(1))  # on disk
+        assert w.pending == 0
+        w.write(make_episode(2))
+    ids = [e.episode_id for e in EpisodeReader(tmp_path).poll()]
+    assert ids == ["ep00000", "ep00001", "ep00002"]
+
+
 def test_an_episode_changed_after_it_was_made_fails_at_write_alone(tmp_path: Path) -> None:
     """Shapes are checked again at write: a cropped frame used to be stored, and the
     shard then failed to decode, quarantining the good episodes with it."""

@@ -172,15 +172,24 @@ class EpisodeWriter:
         self._next_recovery = time.monotonic() + STALE_TEMP_S
         self._seq = 0
         self.written = 0
+        self._ids: set[str] = set()  # episode ids this writer stored or holds
         self._pid = os.getpid()
         _open_writers.add(self)
 
     def write(self, episode: Episode) -> None:
         """Buffer ``episode`` (and flush when it is time). If this raises an error, the
         episode is not kept (a retry stores it once); the ones buffered before it stay. A
-        ``KeyboardInterrupt`` in the flush keeps it buffered, for ``close()``."""
+        ``KeyboardInterrupt`` in the flush keeps it buffered, for ``close()``. An episode
+        id this writer already took is refused (``ValueError``): readers count an id once,
+        so a second episode under it would be dropped without a word."""
         row = episode_to_table(episode)  # SchemaError here, not at flush
+        if episode.episode_id in self._ids:
+            raise ValueError(
+                f"episode {episode.episode_id} was already written by this writer of "
+                f"{self.dir}: give each episode its own id (uuid4 hex)"
+            )
         self._buffer.append(row)
+        self._ids.add(episode.episode_id)
         if (
             len(self._buffer) >= self.flush_every
             or time.monotonic() - self._last_flush >= self.flush_seconds
@@ -192,6 +201,7 @@ class EpisodeWriter:
                 # the buffer as it was, this row last)
                 if self._buffer and self._buffer[-1] is row:
                     self._buffer.pop()
+                    self._ids.discard(episode.episode_id)
                 raise
 
     def flush(self) -> Path | None:
