@@ -193,7 +193,7 @@ def main() -> None:
             {
                 "labels_per_task": c["labels_per_task"],
                 "mean_balanced_accuracy": _r(
-                    np.mean([m["balanced_accuracy"] for m in res.values()])
+                    np.nanmean([m["balanced_accuracy"] for m in res.values()])
                 ),
                 "balanced_accuracy": {t: _r(m["balanced_accuracy"]) for t, m in res.items()},
             }

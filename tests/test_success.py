@@ -76,6 +76,40 @@ def test_tiny_training_beats_chance_on_held_out() -> None:
     assert m["red"]["balanced_accuracy"] > 0.7
 
 
+def test_metrics_by_hand_and_balanced_accuracy_needs_both_classes(tmp_path: Path) -> None:
+    """Hand-counted confusion on fixed scores. A task with no positive examples has no
+    recall and no balanced accuracy: the mean of the one rate there scored a detector that
+    never says "success" 1.0 (and the confusion plot showed its TPR as 0.00)."""
+    from mtopt.success.plots import plot_confusion
+
+    class Fixed:  # the same given scores on both tasks
+        tasks = TASKS
+
+        def __init__(self, *p: float) -> None:
+            self.p = np.repeat(np.array(p)[:, None], 2, axis=1)
+
+        def task_index(self, task: str) -> int:
+            return TASKS.index(task)
+
+        def score(self, images: np.ndarray) -> np.ndarray:
+            return self.p
+
+    data = synthetic(4, 0)
+    data.labels[:] = np.array([[1, 0], [1, 0], [0, 0], [0, 0]], np.float32)
+    m = evaluate_sd(Fixed(0.9, 0.2, 0.6, 0.1), data)  # type: ignore[arg-type]
+    # bright: predicted 1, 0, 1, 0 against 1, 1, 0, 0: tp 1, fn 1, fp 1, tn 1
+    assert m["bright"]["confusion"] == {"tp": 1, "fp": 1, "tn": 1, "fn": 1}
+    assert m["bright"]["balanced_accuracy"] == 0.5 and m["bright"]["precision"] == 0.5
+    # red: no positives; 2 of 4 negatives scored >= 0.5
+    red = m["red"]
+    assert red["accuracy"] == 0.5 and red["confusion"] == {"tp": 0, "fp": 2, "tn": 2, "fn": 0}
+    assert np.isnan(red["recall"]) and np.isnan(red["balanced_accuracy"])
+    # a detector that never says "success" on it: right on every example, still unscored
+    never = evaluate_sd(Fixed(0.2, 0.1), data.subset(np.array([1, 3])))  # type: ignore[arg-type]
+    assert never["red"]["accuracy"] == 1.0 and np.isnan(never["red"]["balanced_accuracy"])
+    assert plot_confusion(m, tmp_path / "c.png").stat().st_size > 0
+
+
 def test_returned_weights_are_the_moving_average_by_hand() -> None:
     """One fine-tuning step: EMA weights = decay * before + (1 - decay) * after the step,
     and fine-tuning uses ``finetune_lr`` (the full ``lr`` would move further)."""
@@ -296,6 +330,35 @@ def test_a_retraction_takes_a_label_back_until_the_next_label(tmp_path: Path) ->
     with open(path, "a") as f:
         f.write(json.dumps({"episode_id": "e2", "task": "lift-any", "retracted": True}) + "\n")
     assert ("e2", "lift-any") in LabelStore(path).latest()
+
+
+def test_an_undo_never_takes_back_a_label_given_during_its_check(tmp_path: Path) -> None:
+    """The page's undo checks the label in force and retracts it in one step: another
+    page's label arriving between the two used to be the one taken back."""
+    import threading
+
+    store = LabelStore(tmp_path / "labels.jsonl")
+    mine = store.add("e1", "lift-any", True)
+    real = store.latest
+    other: list[threading.Thread] = []
+
+    def latest_then_another_page_labels() -> dict:
+        seen = real()
+        t = threading.Thread(target=store.add, args=("e1", "lift-any", False))
+        t.start()
+        t.join(0.3)  # it waits for the undo to finish (it went ahead of it before)
+        other.append(t)
+        return seen
+
+    store.latest = latest_then_another_page_labels  # type: ignore[method-assign]
+    assert type(store.retract_if_latest("e1", "lift-any", mine.timestamp)).__name__ == "Retraction"
+    other[0].join(5)
+    store.latest = real  # type: ignore[method-assign]
+    assert store.latest()[("e1", "lift-any")].success is False  # the other page's label
+    # another label in force: it is returned, nothing taken back; none: None
+    assert store.retract_if_latest("e1", "lift-any", mine.timestamp).success is False  # type: ignore[union-attr]
+    assert store.retract_if_latest("e9", "lift-any", None) is None
+    assert store.latest()[("e1", "lift-any")].success is False
 
 
 def _store(tmp_path: Path) -> Path:

@@ -529,3 +529,42 @@ def test_sd_improve_checks_its_sets_before_writing_and_counts_earlier_labels(
         assert res.exit_code == 0, res.output
         first = next(ln for ln in res.output.splitlines() if ln.startswith("v"))
         assert f"{before} labels/task" in first, (call, res.output)
+
+
+def test_sd_improve_with_human_labels_trains_an_exported_episode_once_as_labeled_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Label, `sd export`, label more and correct one, `sd improve --labeler human
+    --examples` the export: the corrected episode was trained on twice, once with its
+    old label from the export. Now the label in force replaces the export's copy."""
+    import numpy as np
+
+    import mtopt.success.improve as improve
+    from mtopt.success.labels import LabelStore
+
+    store, w, _ = _tiny_sd_setup(tmp_path)
+    ex = _validation_set(tmp_path / "export.npz", ["ep00001", "x-staged"])  # an old export
+    labels = LabelStore(tmp_path / "labels.jsonl")
+    labels.add("ep00001", "lift-any", True)
+    labels.add("ep00002", "lift-any", True)
+    labels.add("ep00001", "lift-any", False)  # corrected after the export
+    seen = []
+    real = improve.train_sd
+
+    def train_sd(data, *a, **k):  # type: ignore[no-untyped-def]
+        seen.append(data)
+        return real(data, *a, **k)
+
+    monkeypatch.setattr(improve, "train_sd", train_sd)
+    args = ["sd", "improve", "--store", str(store), "--weights", str(w), "--examples", str(ex)]
+    human = ["--labeler", "human", "--labels", str(labels.path), "--steps", "1"]
+    res = CliRunner().invoke(app, [*args, *human])
+    assert res.exit_code == 0, res.output
+    assert "1 examples of" in res.output and "trained once" in res.output
+    ids = seen[0].ids.tolist()
+    assert sorted(ids) == ["ep00001", "ep00002", "x-staged"]
+    j = seen[0].tasks.index("lift-any")
+    row = ids.index("ep00001")
+    assert seen[0].mask[row, j] and seen[0].labels[row, j] == 0.0
+    assert seen[0].mask[row].sum() == 1  # only what the person labeled now
+    assert np.all(seen[0].mask[ids.index("x-staged")])  # the export's other examples stay

@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -823,16 +824,19 @@ class LocalRun:
 
     def _record_sd_quality(self, sd: SuccessDetector, labels: int) -> None:
         metrics = evaluate_sd(sd, self._sd_val_set())
-        bal = {t: round(m["balanced_accuracy"], 4) for t, m in metrics.items()}
+        bal = {  # None: a task without both classes among the held-out examples
+            t: round(v, 4) if math.isfinite(v := m["balanced_accuracy"]) else None
+            for t, m in metrics.items()
+        }
         path = self.paths.sd / "quality.json"
         rows = json.loads(path.read_text()) if path.exists() else []
         rows.append({"version": sd.version, "episode_labels": labels, "balanced_accuracy": bal})
         atomic_write_json(path, rows)
         on = self.cfg.sd.validation_file or self.cfg.sd.examples_file
         where = f"held-out examples of {on}" if on else "held-out staged scenes"
-        self._log(
-            f"SD v{sd.version}: mean balanced accuracy on {where} {np.nanmean(list(bal.values())):.3f}"
-        )
+        known = [v for v in bal.values() if v is not None]
+        mean = f"{sum(known) / len(known):.3f}" if known else "n/a"
+        self._log(f"SD v{sd.version}: mean balanced accuracy on {where} {mean}")
 
     def improve_sd(
         self, sd: SuccessDetector, recent: list[Any], labels_so_far: int

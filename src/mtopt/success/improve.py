@@ -337,6 +337,14 @@ def improve_loop(
             f"{int((pool.held_out & known.any(1)).sum())} episodes of {store} are of held-out "
             "objects (an evaluation's): training on them overstates a held-out measure"
         )
+    if labeler == "human":  # the labels in force now, not an earlier export's copies
+        superseded = np.isin(base.ids, pool.ids[known.any(1)])
+        if superseded.any():
+            base = base.subset(np.flatnonzero(~superseded))
+            note(
+                f"{int(superseded.sum())} examples of {examples} are episodes labeled in "
+                f"{labels_path}: trained once, with the labels in force there now"
+            )
     # once every input loaded and has labels: a call that fails writes nothing to WEIGHTS
     initial = Path(weights) / "initial"
     if _initial_is_stale(initial, sd, registry.names):
@@ -361,12 +369,15 @@ def improve_loop(
         if val is not None:
             m = evaluate_sd(sd, val)
             bal = {t: v["balanced_accuracy"] for t, v in m.items()}
+            known_bal = [v for v in bal.values() if np.isfinite(v)]  # (NaN: one class only)
             curve.append(
                 {
                     "version": sd.version,
                     "labels_per_task": n,
                     "balanced_accuracy": bal,
-                    "mean_balanced_accuracy": float(np.nanmean(list(bal.values()))),
+                    "mean_balanced_accuracy": float(np.mean(known_bal))
+                    if known_bal
+                    else float("nan"),
                 }
             )
 

@@ -61,23 +61,43 @@ class LabelStore:
         self._append({**asdict(gone), "retracted": True})
         return gone
 
-    def _append(self, row: dict[str, Any]) -> None:
-        line = (json.dumps(row) + "\n").encode()
+    def retract_if_latest(
+        self, episode_id: str, task: str, timestamp: float | None, source: str = "human"
+    ) -> Retraction | Label | None:
+        """Take back the label of (episode, task) in force, only if it is the one given at
+        ``timestamp`` (any, with None): the check and the retraction are one step for
+        this store's threads, so a label another page gives in between stays. Returns the
+        retraction; the label in force when it is another (nothing taken back); None when
+        there is none."""
         with self._lock:
-            created = not self.path.exists()
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-            try:
-                size = os.fstat(fd).st_size
-                if size and os.pread(fd, 1, size - 1) != b"\n":
-                    line = b"\n" + line  # close a torn last line first
-                view = memoryview(line)
-                while view:  # os.write may write less than asked (a full disk, a signal)
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if created:  # the file's name too, or a power loss could lose the file
-                fsync_dir(self.path.parent)
+            now = self.latest().get((episode_id, task))
+            if now is None or (timestamp is not None and now.timestamp != timestamp):
+                return now
+            gone = Retraction(episode_id, task, source, time.time())
+            self._append_locked({**asdict(gone), "retracted": True})
+            return gone
+
+    def _append(self, row: dict[str, Any]) -> None:
+        with self._lock:
+            self._append_locked(row)
+
+    def _append_locked(self, row: dict[str, Any]) -> None:
+        """Append ``row`` as one line, durable on return; the caller holds ``_lock``."""
+        line = (json.dumps(row) + "\n").encode()
+        created = not self.path.exists()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # close a torn last line first
+            view = memoryview(line)
+            while view:  # os.write may write less than asked (a full disk, a signal)
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if created:  # the file's name too, or a power loss could lose the file
+            fsync_dir(self.path.parent)
 
     def records(self) -> list[Label | Retraction]:
         """Every readable line in file order: labels and retractions. A torn, foreign or

@@ -13,16 +13,24 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 
+def _rate(k: int, of: int) -> float:
+    """k of ``of``; NaN without examples of the class (shown "n/a")."""
+    return k / of if of else float("nan")
+
+
 def plot_confusion(metrics: dict[str, dict[str, Any]], out: Path) -> Path:
-    """Per-task confusion rates (TPR, FNR, TNR, FPR) as a heat map."""
+    """Per-task confusion rates (TPR, FNR, TNR, FPR) as a heat map; the rates of a class
+    a task has no examples of are blank ("n/a")."""
     import numpy as np
 
     tasks = list(metrics)
     rows = []
     for t in tasks:
         c = metrics[t]["confusion"]
-        pos, neg = max(1, c["tp"] + c["fn"]), max(1, c["tn"] + c["fp"])
-        rows.append([c["tp"] / pos, c["fn"] / pos, c["tn"] / neg, c["fp"] / neg])
+        pos, neg = c["tp"] + c["fn"], c["tn"] + c["fp"]
+        rows.append(
+            [_rate(c["tp"], pos), _rate(c["fn"], pos), _rate(c["tn"], neg), _rate(c["fp"], neg)]
+        )
     fig, ax = plt.subplots(figsize=(6, 0.35 * len(tasks) + 1.5))
     im = ax.imshow(np.array(rows), vmin=0, vmax=1, cmap="viridis", aspect="auto")
     ax.set_xticks(range(4), ["TPR", "FNR", "TNR", "FPR"])
@@ -32,10 +40,10 @@ def plot_confusion(metrics: dict[str, dict[str, Any]], out: Path) -> Path:
             ax.text(
                 j,
                 i,
-                f"{v:.2f}",
+                "n/a" if np.isnan(v) else f"{v:.2f}",
                 ha="center",
                 va="center",
-                color="w" if v < 0.6 else "k",
+                color="k" if np.isnan(v) or v >= 0.6 else "w",
                 fontsize=7,
             )
     fig.colorbar(im, ax=ax)

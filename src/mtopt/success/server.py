@@ -40,7 +40,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from mtopt.store.reader import EpisodeReader
 from mtopt.store.schema import SCHEMA_VERSION, Episode, UnknownSchemaVersionError
-from mtopt.success.labels import LabelStore
+from mtopt.success.labels import Label, LabelStore
 from mtopt.tasks.registry import DEFAULT_REGISTRY, TaskRegistry
 
 log = logging.getLogger(__name__)
@@ -356,12 +356,13 @@ def create_app(
         check_task(task)
         if episode_id not in current["index"]:
             raise HTTPException(404, f"no episode {episode_id!r} in the store")
-        now = labels.latest().get((episode_id, task))
-        if now is None:
+        # the check and the retraction in one step: a label another page gives between
+        # them is not taken back
+        done = labels.retract_if_latest(episode_id, task, timestamp, "human")
+        if done is None:
             return {"ok": True, "retracted": False}  # nothing in force to take back
-        if timestamp is not None and now.timestamp != timestamp:
+        if isinstance(done, Label):
             raise HTTPException(409, "labeled again since (on another page?): not taken back")
-        labels.retract(episode_id, task, "human")
         return {"ok": True, "retracted": True}
 
     @app.get("/api/labels")

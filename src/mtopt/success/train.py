@@ -161,7 +161,9 @@ def train_sd(
 def evaluate_sd(
     detector: SuccessDetector, data: LabeledSet, threshold: float = 0.5, bins: int = 10
 ) -> dict[str, dict[str, Any]]:
-    """Per-task accuracy, balanced accuracy, precision, recall, ECE, confusion counts."""
+    """Per-task accuracy, balanced accuracy, precision, recall, ECE, confusion counts. A
+    rate whose class is missing from ``data`` (recall without positives, say) is NaN, and
+    so is balanced accuracy unless the task has examples of both classes."""
     probs = detector.score(data.images) if len(data) else np.zeros((0, len(detector.tasks)))
     out: dict[str, dict[str, Any]] = {}
     for j, task in enumerate(data.tasks):
@@ -186,7 +188,9 @@ def evaluate_sd(
             "n": n,
             "positives": int(y.sum()),
             "accuracy": (tp + tn) / n if n else float("nan"),
-            "balanced_accuracy": float(np.nanmean([tpr, tnr])) if n else float("nan"),
+            # undefined unless both classes are there: the mean of the one rate there is
+            # scored a detector that never says "success" 1.0 on a task with no positives
+            "balanced_accuracy": (tpr + tnr) / 2 if tp + fn and tn + fp else float("nan"),
             "precision": tp / (tp + fp) if tp + fp else float("nan"),
             "recall": tpr,
             "ece": float(ece),
