@@ -232,10 +232,14 @@ def test_report_lists_settings_changed_on_resume(tmp_path) -> None:
 
     path = tmp_path / "config_changes.json"
     assert _resume_lines(path) == []
-    path.write_text('[{"time": "T1", "changes": {"budget_minutes": [50.0, 40.0]}}]')
+    changes = {"budget_minutes": [50.0, 40.0], "learner.lr": [0.0003, 1e-4], "tasks": [["a"], None]}
+    path.write_text(json.dumps([{"time": "T1", "changes": changes}]))
     lines = _resume_lines(path)
     assert lines[0] == "## Settings changed on resume"
     assert any("T1" in ln and "budget_minutes" in ln and "50.0" in ln for ln in lines)
+    # exact values: the table's two decimals printed the learning rates as 0.00
+    assert "| T1 | learner.lr | 0.0003 | 0.0001 |" in lines[2].splitlines()
+    assert '| T1 | tasks | ["a"] | null |' in lines[2].splitlines()
     path.write_text("[{broken")
     assert _resume_lines(path) == []
 
@@ -461,8 +465,17 @@ def test_settings_that_were_ignored_or_failed_late_are_refused_by_validate() -> 
     weights = dataclasses.replace(tiny.collect, task_weights=(1.0,) * 12 + (-1.0,))
     with pytest.raises(ValueError, match="task_weights must be >= 0 with a positive sum"):
         dataclasses.replace(tiny, collect=weights).validate()
+    # a Learner made from Python is checked too (a typo ran Polyak, a period of 0 divided
+    # by zero at the first step)
+    for learner_bad in (dict(target_update="periodc"), dict(target_period=0), dict(polyak_tau=0.0)):
+        with pytest.raises(ValueError, match=next(iter(learner_bad))):
+            dataclasses.replace(tiny.learner, **learner_bad)  # type: ignore[arg-type]
+    # the gripper crop is cut where the gripper is in the unshifted image
+    with pytest.raises(ValueError, match=r"image_shift must be 0 with qnet\.gripper_crop"):
+        override(preset("tuned"), ["learner.image_shift=2"]).validate()
+    no_crop = ["qnet.gripper_crop=0", "qnet.action_crop_step_m=0"]
+    override(preset("tuned"), ["learner.image_shift=2", *no_crop]).validate()
     for changed, match in (
-        (dict(learner=dataclasses.replace(tiny.learner, target_update="periodc")), "target_update"),
         (dict(replay=dataclasses.replace(tiny.replay, impersonation="sill")), "impersonation"),
         (dict(replay=dataclasses.replace(tiny.replay, rebalance="no")), "replay.rebalance"),
     ):

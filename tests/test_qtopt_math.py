@@ -474,8 +474,8 @@ def test_compute_targets_mc_mix_mixes_the_return_into_td() -> None:
 
 
 def test_bellman_targets_take_the_plain_max_over_gripper_branches(monkeypatch) -> None:
-    """An acting ``close_margin`` (open unless closing wins by the margin) must not bias
-    the targets' max over next actions: CEM for targets runs without it."""
+    """An acting ``close_margin`` (open unless closing wins by the margin) or ``pick="mean"``
+    must not bias the targets' max over next actions: CEM for targets runs without them."""
     import mtopt.qtopt.bellman as bellman
 
     seen: list[CEMConfig] = []
@@ -492,6 +492,12 @@ def test_bellman_targets_take_the_plain_max_over_gripper_branches(monkeypatch) -
         [net], torch.zeros(3, 3, 16, 16), torch.zeros(3, 2), torch.zeros(3, dtype=torch.long), cfg
     )
     assert q.shape == (3,) and seen[0].close_margin == 0.0 and seen[0].gripper == "split"
+    # nor Q at the elites' mean (an acting choice): the best sample CEM scored
+    mean = CEMConfig(pick="mean").validate()
+    bellman.next_state_values(
+        [net], torch.zeros(3, 3, 16, 16), torch.zeros(3, 2), torch.zeros(3, dtype=torch.long), mean
+    )
+    assert seen[1].pick == "best"
 
 
 def test_q_network_forward_says_what_is_wrong_with_its_inputs() -> None:

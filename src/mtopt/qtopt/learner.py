@@ -88,6 +88,18 @@ class LearnerConfig:
                 "learner.precision must be 'fp32', 'bf16', 'auto' or 'native', "
                 f"got {self.precision!r}"
             )
+        # (a Learner made from Python: RunConfig.validate checks these for a run too) a
+        # typo ran Polyak averaging, a period of 0 divided by zero at the first step
+        if self.target_update not in ("periodic", "polyak"):
+            raise ValueError(
+                f"learner.target_update must be 'periodic' or 'polyak', got {self.target_update!r}"
+            )
+        if not (isinstance(self.target_period, int) and self.target_period >= 1):
+            raise ValueError(
+                f"learner.target_period must be >= 1 (an int), got {self.target_period!r}"
+            )
+        if not 0.0 < self.polyak_tau <= 1.0:
+            raise ValueError(f"learner.polyak_tau must be in (0, 1], got {self.polyak_tau}")
 
 
 class Learner:

@@ -376,6 +376,13 @@ class RunConfig:
             if not any(value is a if isinstance(a, bool) else value == a for a in allowed):
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
         at_least(lc.image_shift, 0, "learner.image_shift", " (0: no shift)")
+        if lc.image_shift and self.qnet.gripper_crop:
+            # the crop is cut at the gripper's unshifted place in the shifted image: the
+            # object under the gripper off centre in training only
+            raise ValueError(
+                "learner.image_shift must be 0 with qnet.gripper_crop (the gripper crop "
+                f"is not shifted with the image), got {lc.image_shift}"
+            )
         if not (math.isfinite(self.parity_margin) and self.parity_hysteresis >= 0):
             raise ValueError(
                 f"parity_margin must be finite and parity_hysteresis >= 0, got "

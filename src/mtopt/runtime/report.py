@@ -392,8 +392,12 @@ def _resume_lines(path: Path) -> list[str]:
     log = load_config_changes(path)
     if not log:
         return []
+
+    def exact(v: Any) -> str:  # as given (the table's 2 decimals read lr 1e-4 as 0.00)
+        return v if isinstance(v, str) else json.dumps(v)
+
     rows = [
-        {"resumed at": entry["time"], "setting": k, "before": v[0], "after": v[1]}
+        {"resumed at": entry["time"], "setting": k, "before": exact(v[0]), "after": exact(v[1])}
         for entry in log
         for k, v in entry["changes"].items()
     ]
