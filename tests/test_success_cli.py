@@ -503,6 +503,14 @@ def test_sd_improve_never_trains_on_its_validation_episodes(tmp_path: Path) -> N
     assert res.exit_code == 0, res.output
     assert "1 labeled episodes are in the validation set" in res.output
     assert "v2: 3 labels/task" in res.output  # ep00001-3, not ep00000
+    # a second call starts from that SD: its first point is at the 3 labels it saw (the
+    # curve put it at 0); the oracle's calls do not count a person's labels as theirs
+    again = CliRunner().invoke(app, [*args, *human, "--validation", str(val)])
+    assert again.exit_code == 0 and "v2: 3 labels/task" in again.output, again.output
+    assert "v3: 3 labels/task" in again.output
+    oracle = ["--budget", "1", "--rounds", "1", "--steps", "1", "--validation", str(val)]
+    res = CliRunner().invoke(app, [*args, *oracle])
+    assert res.exit_code == 0 and "v3: 0 labels/task" in res.output, res.output
     # every labeled episode in the validation set: nothing to train on, said at once
     every = _validation_set(tmp_path / "every.npz", [f"ep{i:05d}" for i in range(4)])
     res = CliRunner().invoke(app, [*args, *human, "--validation", str(every)])

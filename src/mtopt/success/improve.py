@@ -356,10 +356,16 @@ def improve_loop(
     chosen = np.zeros_like(known)
     for i, j in chosen_cells(chosen_path, pool.ids, registry.names):  # earlier calls'
         chosen[i, j] = True
-    # the labels the SD it starts from was trained on: an earlier oracle call's, when it
-    # is that call's SD (not one `sd train` published since, nor a human-labels call's)
-    continues = labeler == "oracle" and sd.meta.get("origin") == "sd improve"
-    labels_before = int((chosen & known).sum(0).max()) if continues else 0
+    # the labels the SD it starts from was trained on: an earlier call's of the same
+    # labeler, when it is that call's SD (not one `sd train` published since). SDs of
+    # calls before the labeler was kept in their metadata were the oracle's
+    origin = sd.meta.get("origin") == "sd improve"
+    continues = origin and sd.meta.get("labeler", "oracle") == labeler
+    labels_before = 0
+    if continues and "labels_per_task" in sd.meta:
+        labels_before = int(sd.meta["labels_per_task"])
+    elif continues and labeler == "oracle":
+        labels_before = int((chosen & known).sum(0).max())
     curve: list[dict[str, Any]] = []
     if labeler == "human":  # every label a person gave, in one retrain
         chosen[:] = known
@@ -407,10 +413,12 @@ def improve_loop(
         init = copy.deepcopy(start) if retrain_from == "initial" else sd.net
         net = train_sd(data, SDTrainConfig(steps=steps, seed=r + 1), init=init)
         sd = SuccessDetector(net, registry.names)
-        sd.publish(weights, extra_meta={"origin": "sd improve"})
+        n_labels = int((chosen & known).sum(0).max())  # the labels of the task with the most
+        meta = {"origin": "sd improve", "labeler": labeler, "labels_per_task": n_labels}
+        sd.publish(weights, extra_meta=meta)
         if labeler == "oracle":
             save_chosen(chosen_path, pool.ids, registry.names, chosen & known)
-        record(int((chosen & known).sum(0).max()))  # the labels of the task with the most
+        record(n_labels)
     if curve:
         plot_curve(curve, Path(weights) / ACCURACY_PLOT)
     else:  # an earlier call's curve is of SDs this call superseded: it would read as this one's
