@@ -298,6 +298,18 @@ def test_the_report_tables_and_marks_by_hand(tmp_path: Path) -> None:
     # 16 of 20: Wilson centre (16 + 1.92) / 23.84 = 0.752, half width 1.96/23.84 *
     # sqrt(20 * 0.8 * 0.2 + 0.96) = 0.1756 -> [0.58, 0.92]; the last 5 (all 4) mean 0.5
     assert row == {"task": "a", "last": 0.8, "ci": "[0.58, 0.92]", "late": 0.5, "scripted": 0.1}
+    # eval.on=fleet: each point weighs the task's own learned episodes (episodes_per_task
+    # is the fewest over the tasks, 2 here): (0.5 * 10 + 1.0 * 30) / 40 = 0.875
+    fleet = [
+        {"episodes_per_task": 2, "success": {"a": 0.5},
+         "fleet_episodes": {"a": {"learned": 10, "scripted": 0}}},
+        {"episodes_per_task": 2, "success": {"a": 1.0},
+         "fleet_episodes": {"a": {"learned": 30, "scripted": 3}}},
+    ]  # fmt: skip
+    (row,) = success_rows(fleet, {"a": 0.1}, 2, cols)
+    assert row["late"] == 0.875 and row["last"] == 1.0
+    # 30 of 30: Wilson (30 + 1.92) / 33.84 = 0.943, half 1.96 / 33.84 * sqrt(0.96) = 0.057
+    assert row["ci"] == "[0.89, 1.00]"
     from mtopt.runtime.report import sd_row
 
     r = {

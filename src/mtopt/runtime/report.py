@@ -86,7 +86,8 @@ def write_report(
     success_cols = [
         "task",
         "learned (last evaluation)",
-        f"95% interval (n={per_eval})",
+        # eval.on=fleet: each task's own count of learned episodes (rows differ)
+        "95% interval" if run.cfg.eval_on == "fleet" else f"95% interval (n={per_eval})",
         f"mean of the last {LAST_EVALS} evaluations",
         "scripted (fleet's episodes)" if run.cfg.eval_on == "fleet" else "scripted (held-out)",
     ]
@@ -219,19 +220,22 @@ def success_rows(
 
     rows = []
     for t in scripted:
+        # each point weighs its own episodes of the task (eval.on=fleet: the task's own
+        # count of learned episodes; episodes_per_task is the fewest over the tasks)
         points = [
-            (h["success"][t], int(h.get("episodes_per_task", per_eval)))
+            (
+                h["success"][t],
+                int(
+                    h.get("fleet_episodes", {})
+                    .get(t, {})
+                    .get("learned", h.get("episodes_per_task", per_eval))
+                ),
+            )
             for h in history
             if t in h.get("success", {})
         ]
         last = points[-1][0] if points else None
-        # eval.on=fleet: the task's own count of episodes in the last point
-        own = [h for h in history if t in h.get("success", {})][-1:] if points else []
-        n_last = (
-            int(own[0].get("fleet_episodes", {}).get(t, {}).get("learned", per_eval))
-            if own
-            else per_eval
-        )
+        n_last = points[-1][1] if points else per_eval
         ci = ""
         if last is not None and n_last > 0:
             lo, hi = wilson_interval(round(last * n_last), n_last)
