@@ -59,6 +59,11 @@ def load_outcomes(
     for task, entry in res["per_task"].items():
         if tasks is not None and task not in tasks:
             continue
+        if "outcomes" in entry and path != spec:  # one policy: a part named is a mistake
+            raise SystemExit(
+                f"{path} holds one policy's outcomes (no parts such as {part!r}): "
+                f"name the file alone"
+            )
         row = entry if "outcomes" in entry else entry.get(part)
         if row is None or "outcomes" not in row:
             raise SystemExit(

@@ -146,7 +146,9 @@ def main() -> None:
         ap.error(f"--episodes must be at least 1, got {args.episodes}")
     if not Path(args.run).is_dir():
         ap.error(f"--run {args.run}: no such run or policy folder")
-    tasks = args.tasks.split(",")
+    tasks = list(dict.fromkeys(t.strip() for t in args.tasks.split(",") if t.strip()))
+    if not tasks:  # (a task named twice ran twice, the first pass thrown away)
+        ap.error(f"--tasks {args.tasks!r} names no task")
     try:
         registry = run_registry(args.run)
     except ConfigError as exc:

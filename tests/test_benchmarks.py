@@ -548,6 +548,9 @@ def test_compare_evals_pairs_scenes_across_files(tmp_path: Path) -> None:
         pooled([old], [run5], None)
     with pytest.raises(SystemExit, match="pair up"):
         pooled([run5, run6], [ens5], None)
+    # a part named for a file of one policy (an ensemble's): it was read as that policy
+    with pytest.raises(SystemExit, match="holds one policy's outcomes"):
+        pooled([run5], [f"{ens5}:online"], None)
     # files of two cell versions (no field: 1) compare with a note, and say so
     new5 = tmp_path / "new5.json"
     new5.write_text(json.dumps({**json.loads(Path(run5).read_text()), "cell_version": 2}))
@@ -748,6 +751,7 @@ POLICY = Path(__file__).resolve().parents[1] / "policies" / "tuned-r34"
     ("script", "args", "says"),
     [
         ("evaluate_run.py", ["--run", str(POLICY), "--tasks", "nope"], "unknown task 'nope'"),
+        ("evaluate_run.py", ["--run", str(POLICY), "--tasks", " , "], "names no task"),
         ("evaluate_run.py", ["--run", "/nonexistent"], "no such run or policy folder"),
         ("evaluate_run.py", ["--run", str(POLICY), "--episodes", "0"], "at least 1"),
         ("evaluate_run.py", ["--run", "{bare}"], "no published 'q' weights"),

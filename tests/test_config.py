@@ -450,6 +450,7 @@ def test_settings_that_were_ignored_or_failed_late_are_refused_by_validate() -> 
         ("collect.flush_every=0", "collect.flush_every must be >= 1"),
         ("collect.flush_seconds=0", "collect.flush_seconds must be > 0"),
         ("learner.image_shift=-3", "learner.image_shift must be >= 0"),
+        ("sim.object_split=test", "sim.object_split must be 'train' for a run"),
         ("learner.lr=inf", "learner.lr must be a finite number > 0"),
         ("parity_hysteresis=-1", "parity_hysteresis >= 0"),
         ("parity_margin=nan", "parity_margin must be finite"),

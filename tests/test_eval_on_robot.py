@@ -214,6 +214,10 @@ def test_mtopt_evaluate_end_to_end_with_a_stand_in_arm(tmp_path: Path) -> None:
 
     rows = EpisodeReader(store).metadata()
     assert len(rows) == 2 and {r["robot_id"] for r in rows} == {"eval-00"}
+    # a task named twice runs once (it ran twice, the first pass thrown away)
+    twice = [*args[:2], "--tasks", "lift-any,lift-any", *args[4:], *arm, "--store", str(store)]
+    res = CliRunner().invoke(app, twice)
+    assert res.exit_code == 0 and len(EpisodeReader(store).metadata()) == 4, res.output
 
     # the default robot: the run's simulated cell, with the simulator's verdict beside
     res = CliRunner().invoke(app, [*args, "--json", str(out)])

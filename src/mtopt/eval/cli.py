@@ -90,7 +90,8 @@ def register(app: typer.Typer) -> None:
                     f"scenes; pick another"
                 )
             policy, sim, registry = load_policy(run, part, seed)
-            names = tuple(t.strip() for t in tasks.split(",") if t.strip())
+            # a task named twice once (it ran twice, the first pass thrown away)
+            names = tuple(dict.fromkeys(t.strip() for t in tasks.split(",") if t.strip()))
             if tasks and not names:
                 raise ValueError(f"--tasks {tasks!r} names no task")
             names = names or cfg.eval.tasks

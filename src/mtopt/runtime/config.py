@@ -326,6 +326,13 @@ class RunConfig:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if e.split not in ("train", "test"):
             raise ValueError(f"eval.split must be train or test, got {e.split!r}")
+        if self.sim.object_split != "train":
+            # the robots collect in cfg.sim: a run on the held-out objects left every
+            # held-out number (evaluate_run, learning.py, mtopt evaluate) a training one
+            raise ValueError(
+                f"sim.object_split must be 'train' for a run (the held-out objects are "
+                f"what evaluations measure; eval.split picks those), got {self.sim.object_split!r}"
+            )
         for task in e.tasks:
             if task not in names:
                 raise ValueError(f"eval.tasks: unknown task {task!r}; valid: {', '.join(names)}")
