@@ -207,6 +207,15 @@ def test_local_run_resume_keeps_its_config_and_records_changes(tmp_path) -> None
         {"budget_minutes": [started.budget_minutes, 9.0]}
     ]
     assert load_run_config(out / "config.json").budget_minutes == 9.0
+    # settings only a start uses say so once what they made exists (they were listed
+    # as changed, and did nothing)
+    run = LocalRun.resume_from(out, ["learner.seed=9"])
+    assert not any("no effect" in line for line in run.log_lines)  # no checkpoint: it acts
+    run.paths.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    run.paths.checkpoint.write_bytes(b"")  # (only its presence counts here)
+    run = LocalRun.resume_from(out, ["learner.seed=10"])
+    assert any("learner.seed has no effect on this resume" in ln for ln in run.log_lines)
+    run.paths.checkpoint.unlink()
 
     with pytest.raises(ConfigError, match=r"qnet.gripper_xy: True -> False"):
         LocalRun(preset("tiny"), out, resume=True)  # the preset lacks gripper_xy
@@ -451,6 +460,7 @@ def test_settings_that_were_ignored_or_failed_late_are_refused_by_validate() -> 
         ("collect.flush_seconds=0", "collect.flush_seconds must be > 0"),
         ("learner.image_shift=-3", "learner.image_shift must be >= 0"),
         ("sim.object_split=test", "sim.object_split must be 'train' for a run"),
+        ("sim.image_size=32", "must be qnet.image_size 64"),  # episodes dropped, then a crash
         ("learner.lr=inf", "learner.lr must be a finite number > 0"),
         ("parity_hysteresis=-1", "parity_hysteresis >= 0"),
         ("parity_margin=nan", "parity_margin must be finite"),

@@ -282,8 +282,13 @@ def test_tiny_run_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert used == [summary2["learner_steps"], 20, 40]  # the folder was replaced
     # resuming a run that is done trains no further step and evaluates nothing again
     # (the local runtime trained one more step, then evaluated the same weights twice)
-    res = CliRunner().invoke(app, [*resume, "--set", "max_learner_steps=45", *slack])
+    # and with its episodes collected, starts no robot (they collected while the store
+    # was re-read, past max_episodes)
+    cap = ["--set", f"max_episodes={len(ids_after)}"]
+    res = CliRunner().invoke(app, [*resume, "--set", "max_learner_steps=45", *cap, *slack])
     assert res.exit_code == 0, res.output
+    assert f"no robots: the store holds {len(ids_after)} episodes" in res.output
+    assert {e.episode_id for e in EpisodeReader(out / "store").episodes()} == ids_after
     summary3 = json.loads((out / "summary.json").read_text())
     assert summary3["learner_steps"] == summary2["learner_steps"]
     assert len(json.loads((out / "history.json").read_text())) == len(history)
@@ -601,7 +606,7 @@ def test_an_sd_round_waits_for_episodes_instead_of_spending_its_turn() -> None:
     from mtopt.runtime.local import LocalRun
 
     class Tail:
-        since_mark, marked = 50, False
+        since_mark, marked, caught_up = 50, False, True
 
         def recent(self) -> list:
             return []
@@ -621,6 +626,9 @@ def test_an_sd_round_waits_for_episodes_instead_of_spending_its_turn() -> None:
     assert not tail.marked and tail.since_mark == 50
     tail.recent = lambda: ["an episode"]  # type: ignore[method-assign]
     assert me.sd_round_due(sd, tail)  # due once there is something to label
+    # while a resume re-reads the store (oldest first): not before the newest are read
+    tail.caught_up = False
+    assert not me.sd_round_due(sd, tail)
 
 
 def test_the_progress_bar_shows_episode_counts_in_full() -> None:
@@ -692,11 +700,16 @@ def test_a_resumed_run_draws_new_random_streams_for_its_bellman_updater() -> Non
 def test_a_resume_counts_the_next_evaluation_from_the_runs_last_one() -> None:
     """With points at 3000 and 4000 and a checkpoint at 4500, a resume evaluates next at
     5000 (counting from the checkpoint's step, at 5500: 1.5 intervals without a point,
-    which the parity switch pools, and every later point off the 1000-step grid)."""
+    which the parity switch pools, and every later point off the 1000-step grid). The
+    schedule stays on the grid of multiples of the interval."""
     from mtopt.runtime.local import last_evaluated
 
-    assert last_evaluated([{"step": 3000}, {"step": 4000}], 4500) == 4000
-    assert last_evaluated([], 4500) == 4500  # none yet: from the step the run is at
+    assert last_evaluated([{"step": 3000}, {"step": 4000}], 4500, 1000) == 4000
+    # none yet (a kill at 900, resumed from the checkpoint at 500): next at 1000, not 1500
+    assert last_evaluated([], 500, 1000) == 0
+    assert last_evaluated([], 1500, 2000) == 0
+    # a stop's final point at 12345: next at 13000, not 13345 (never a checkpoint step)
+    assert last_evaluated([{"step": 12000}, {"step": 12345}], 12345, 1000) == 12000
 
 
 def test_the_in_run_evaluation_searches_actions_as_the_robots_do(

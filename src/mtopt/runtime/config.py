@@ -272,6 +272,13 @@ class RunConfig:
             if not value >= low:
                 raise ValueError(f"{name} must be >= {low}{why}, got {value}")
 
+        if self.sim.image_size != self.qnet.image_size:
+            # the robots' images would be dropped by the replay, and the first evaluation
+            # would stop the run before its checkpoint
+            raise ValueError(
+                f"sim.image_size {self.sim.image_size} (what the robots give) must be "
+                f"qnet.image_size {self.qnet.image_size} (what the Q-network takes): set both"
+            )
         at_least(self.publish_every, 1, "publish_every")
         at_least(self.checkpoint_every, 1, "checkpoint_every")
         at_least(self.snapshot_every, 0, "snapshot_every", " (0: none)")

@@ -445,13 +445,14 @@ def after_train_step(
         learner.save_checkpoint(paths.checkpoint, extras(time.time()))
 
 
-def last_evaluated(history: Sequence[dict[str, Any]], step: int) -> int:
-    """The step the evaluation schedule counts from at ``step``: the run's last
-    evaluation, so a resume from a checkpoint between two evaluations keeps their
-    interval (counting from the checkpoint's step left up to 1.5 intervals unevaluated,
-    and the points off the grid; a resume after a kill during an evaluation evaluates
-    after its first step, one step off the grid); ``step`` for a run with none yet."""
-    return int(history[-1]["step"]) if history else step
+def last_evaluated(history: Sequence[dict[str, Any]], step: int, every: int) -> int:
+    """The step the evaluation schedule counts from at ``step``: the multiple of
+    ``every`` at or below the run's last evaluation (below ``step`` for a run with none
+    yet), so a resume keeps the points on the grid of multiples of ``every``. Counting
+    from the checkpoint's step left up to 1.5 intervals unevaluated and every later point
+    off the grid; from a stop's final evaluation (at any step) likewise off it."""
+    at = int(history[-1]["step"]) if history else step
+    return at - at % every
 
 
 def updater_seed(seed: int, step: int) -> int:
@@ -586,6 +587,16 @@ class LocalRun:
         if not changes:
             return
         self._log(f"resuming with changed settings: {describe_changes(saved, cfg)}")
+        started = {  # settings only a start uses, once what they made exists
+            "learner.seed": self.paths.checkpoint,  # weights and random streams come from it
+            "sd.examples_per_task": self.paths.sd / "examples.npz",  # staged already
+        }
+        for key, made in started.items():
+            if key in changes and made.exists():
+                self._log(
+                    f"note: {key} has no effect on this resume: only a run's start uses it "
+                    f"({made.name} exists); start a new run for another"
+                )
         log = load_config_changes(self.paths.config_changes)
         if log is None:  # damaged: set aside, never fatal
             bad = self._set_aside(self.paths.config_changes)
@@ -887,10 +898,14 @@ class LocalRun:
     def sd_round_due(self, sd: SuccessDetector, tail: StoreIngest[Any]) -> bool:
         """``sd_round_due`` for this run's settings and ``tail``'s count, and episodes to
         label: with none read yet (a Ray resume skips the old store) the round waits
-        rather than reset the count with nothing done."""
+        rather than reset the count with nothing done, and while a resume re-reads the
+        store (oldest first) it waits for the newest episodes: a round due at a stop
+        (Ctrl-C in a round) labeled the store's first, scripted ones."""
         c = self.cfg.sd
         if c.improve_every_episodes <= 0 or tail.since_mark < c.improve_every_episodes:
             return False  # (not due at the shortest interval: no file read each step)
+        if not tail.caught_up:
+            return False
         return sd_round_due(
             tail.since_mark, c.improve_every_episodes, c.improve_growth, self._sd_rounds_done(sd)
         ) and bool(tail.recent())
@@ -1154,6 +1169,15 @@ class LocalRun:
         fleet_error: list[str] = []
 
         def fleet() -> None:
+            if c.max_episodes and backlog:  # a resume of a run that collected them all
+                from mtopt.collect.fleet import written_per_robot
+
+                if (n := sum(written_per_robot(p.store).values())) >= c.max_episodes:
+                    stop_fleet.set()  # (it collected robots x the re-read's length more)
+                    self._log(
+                        f"no robots: the store holds {n} episodes, max_episodes {c.max_episodes}"
+                    )
+                    return
             try:
                 fleet_summary.update(run_fleet(spec, should_stop=stop_fleet.is_set))
             except Exception as exc:  # the run stops, checkpoints and reports it
@@ -1199,7 +1223,7 @@ class LocalRun:
 
         # at least one episode: replay.min_episodes=0 sampled from empty buffers and crashed
         needed = max(1, min(c.replay.min_episodes, c.max_episodes or c.replay.min_episodes))
-        last_eval_step = last_evaluated(self.history, learner.step)
+        last_eval_step = last_evaluated(self.history, learner.step, c.eval.every_steps)
         deadline = t_start + c.budget_minutes * 60
         stats: dict[str, float] = {}
         backlog_done = backlog == 0

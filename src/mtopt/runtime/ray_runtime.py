@@ -460,7 +460,7 @@ def run_ray(
         ]
         per_call = 4
         pending.update({r.run.remote(per_call): r for r in robots})
-        last_eval = last_evaluated(run.history, learner.step)
+        last_eval = last_evaluated(run.history, learner.step, c.eval.every_steps)
         held, wanted = (
             0,
             max(1, min(c.replay.min_episodes, c.max_episodes or c.replay.min_episodes)),
