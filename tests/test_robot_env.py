@@ -269,3 +269,65 @@ def test_bad_robots_and_settings_are_clear_errors(tmp_path: Path) -> None:
         env.close()
     arm.observe()  # the env leaves a robot it was given open: it is the caller's
     arm.close()
+
+
+_FORKED_WORKERS = """
+import sys
+import numpy as np, gymnasium as gym
+import mtopt
+from mtopt.success.network import SuccessDetector
+sd = sys.argv[1]
+SuccessDetector.load(sd).score(np.zeros((4, 64, 64, 3), np.uint8))  # torch used in the parent
+vec = gym.make_vec(mtopt.ROBOT_ENV_ID, num_envs=2, vectorization_mode="async",
+                   vector_kwargs={"context": "fork"}, success_detector=sd, max_steps=2,
+                   robot_factory="tests.robot_factories:make_arm")
+vec.reset(seed=0)
+for _ in range(5):
+    vec.step(vec.action_space.sample())
+vec.close()
+print("scored in forked workers")
+"""
+
+
+def test_forked_vector_workers_score_after_the_parent_ran_torch(tmp_path: Path) -> None:
+    """A user's agent ran PyTorch, then made an AsyncVectorEnv (fork on Linux) of
+    Robot-v0 with a detector: the workers' first scoring hung for good on the thread pool
+    they inherited mid-state."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    sd_dir = published_sd(tmp_path / "sd")
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.Popen(
+        [sys.executable, "-c", _FORKED_WORKERS, str(sd_dir)],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # the workers too are stopped if it hangs
+    )
+    try:
+        out, _ = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        pytest.fail("the forked workers hung scoring their first episode")
+    assert p.returncode == 0 and "scored in forked workers" in out, out[-2000:]
+
+
+def test_robot_env_renders_nothing_and_refuses_a_render_mode(tmp_path: Path) -> None:
+    """Tools call env.render(): it raised NotImplementedError; render_mode= was a
+    TypeError from the constructor."""
+    sd = str(published_sd(tmp_path / "sd"))
+    arm = "tests.robot_factories:make_arm"
+    env = gym.make(mtopt.ROBOT_ENV_ID, robot_factory=arm, success_detector=sd)
+    try:
+        env.reset(seed=0)
+        assert env.render() is None
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="render_mode must be None for Robot-v0"):
+        gym.make(mtopt.ROBOT_ENV_ID, robot_factory=arm, success_detector=sd, render_mode="human")

@@ -6,6 +6,8 @@ simulated cell) and ``mtopt/Robot-v0`` (any ``Robot``, rewarded by a success det
 
 from __future__ import annotations
 
+import os as _os
+
 __version__ = "0.1.0"
 
 ENV_ID = "mtopt/SimCell-v0"
@@ -22,3 +24,17 @@ def _register_envs() -> None:
 
 
 _register_envs()
+
+
+def _mark_forked_child() -> None:
+    global _forked_child
+    _forked_child = True
+
+
+_forked_child = False
+"""True in a process forked from one that imported mtopt (a Gymnasium ``AsyncVectorEnv``
+worker, a multiprocessing pool): PyTorch's thread pool, once used by the parent, hangs
+the child's first convolution there, so a detector scoring in such a child runs on one
+thread (``mtopt.robots.env``)."""
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=_mark_forked_child)

@@ -75,6 +75,7 @@ class _NotInSpec(str):
 
 class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     metadata = {"render_modes": []}  # noqa: RUF012
+    render_mode = None  # (a robot's camera is its observation: nothing more to render)
     _spec: EnvSpec | None = None
 
     def __init__(
@@ -90,6 +91,7 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         registry: TaskRegistry | None = None,
         sim: SimConfig | None = None,
         robot_id: str = "gym",
+        render_mode: str | None = None,
     ):
         """``robot``, or ``robot_factory`` (``MODULE:NAME``, called as
         ``NAME(robot_id=..., seed=..., sim=...)`` with ``sim``, default ``SimConfig()``:
@@ -106,6 +108,11 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                     "and success_detector=FOLDER (keywords a spec keeps), or pass the "
                     f"{name} again: gym.make(env.spec, {name}=...)"
                 )
+        if render_mode is not None:  # (gym.make passes the one asked for)
+            raise ValueError(
+                f"render_mode must be None for Robot-v0 (the observation's image is the "
+                f"robot's camera), got {render_mode!r}"
+            )
         self.registry = registry or DEFAULT_REGISTRY
         self.task = self.registry.get(task)  # clear error listing valid tasks
         self._initial_seed = _checked_seed(seed)
@@ -175,6 +182,14 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             return None
         if not isinstance(sd, SuccessDetector):
             sd = SuccessDetector.load(sd)
+        import mtopt
+
+        if mtopt._forked_child:
+            # an AsyncVectorEnv worker forked from a process that ran PyTorch: its thread
+            # pool, copied mid-state, hung the first episode's scoring for good
+            import torch
+
+            torch.set_num_threads(1)
         size = sd.net.cfg.image_size
         if size != self._robot.image_size:
             raise ValueError(
@@ -218,6 +233,11 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def robot(self) -> Robot:
         """The robot the env drives."""
         return self._robot
+
+    def render(self) -> None:
+        """Nothing to render (render_mode None): tools that call it get None, as from
+        ``SimCellEnv`` without a render mode."""
+        return None
 
     _to_obs = staticmethod(robot_env_obs)
     _pose = staticmethod(env_pose)
