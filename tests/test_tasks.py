@@ -178,6 +178,17 @@ def test_in_the_bowl_means_below_its_rim_and_off_the_floor_beside_it() -> None:
     assert not in_bowl(None, frozenset({"bowl", "left_bin_floor"}))  # floor known, bottom not
     assert not in_bowl(0.002, frozenset({"bowl", "left_bin_floor"}))  # leaning from outside
     assert not in_bowl(0.002, frozenset({"bowl", "table"}))
+
+    # across the opening, sagging below the clearance: on the wall alone, centre above
+    # the rim (CELL_VERSION 2 counted it); partly in, one end on the floor: in
+    def at(z: float, bottom: float, touching: set[str]) -> bool:
+        o = replace(obj("capsule", (0.58, 0.30, z)), bottom_z=bottom, touching=frozenset(touching))
+        return place.succeeded(SceneState((o,), (PLATE, bowl), RIGHT, LEFT, (0.5, 0.0, 0.3), False))
+
+    assert not at(0.0485, 0.030, {"bowl", "bowl_wall"})
+    assert at(0.0485, 0.012, {"bowl", "bowl_wall", "bowl_floor"})
+    assert at(0.030, 0.020, {"bowl", "bowl_wall"})  # centre under the rim: on another object
+    assert at(0.0485, 0.030, {"bowl"})  # a scene without the parts: judged as before
     # unknown (an older or a real scene without them): only the centre is judged, as before
     assert in_bowl(None, None) and in_bowl(0.05, None) is False
     # the plate has no rim: an object on it is judged by its centre alone

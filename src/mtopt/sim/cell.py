@@ -43,11 +43,14 @@ BOWL_RADIUS = 0.04  # inner radius: the wall stands outside it
 BOWL_WALL_T = 0.008  # wall thickness (m)
 BOWL_OUTER_RADIUS = BOWL_RADIUS + BOWL_WALL_T
 BOWL_RIM_Z = 0.036  # top of the wall above the bowl's base (the bin floor)
-CELL_VERSION = 2
+CELL_VERSION = 3
 """Stored in every episode's ``scene`` description. 2 (2026-12-05): the ground-truth
 fixes (bowl rim, presentation turn, plate-bowl clearance, scene seed ranges); a scene
 description without it is of version 1, whose seeds give other fixture layouts now and
-whose ``gt_`` columns judged the bowl by its centre alone."""
+whose ``gt_`` columns judged the bowl by its centre alone. 3 (2026-12-06): an object
+lying across the bowl's rim (touching its wall, not its floor, its centre above the rim)
+is not in the bowl; version 2 counted ~10% of drops over the bowl that way. The scenes
+are version 2's."""
 TOUCH_DISTANCE_M = 1e-3  # contact points farther apart than this do not touch
 BOWL_FLOOR_Z = 0.004  # top of the bowl's floor disc (reported as 0.008 until 2026-12-05)
 
@@ -803,6 +806,8 @@ class SimCell:
                 continue
             if name.endswith("_bin"):
                 out += [f"{name}_floor"] * (-1 in links) + [f"{name}_wall"] * bool(links - {-1})
+            elif name == "bowl":  # its base is the floor disc, its links the wall
+                out += [name] + ["bowl_floor"] * (-1 in links) + ["bowl_wall"] * bool(links - {-1})
             else:
                 out.append(name)
         return out

@@ -44,7 +44,10 @@ def is_on_fixture(obj: ObjectState, fixture: FixtureState) -> bool:
     ``rim_z``) its lowest point is also below the rim and it touches no bin or table
     (where known: ``ObjectState.bottom_z``, ``touching``): a long object partly in the
     bowl counts, one across the rim or leaning on it from outside does not (until
-    2026-12-05 the rim was not judged)."""
+    2026-12-05 the rim was not judged). Across the rim is a lowest point above the
+    clearance, or (with the simulator's ``<kind>_wall`` / ``<kind>_floor`` contacts,
+    ``CELL_VERSION`` 3) resting on the wall but not the floor with the centre above
+    the rim: a long object across the opening sags below the clearance."""
     if obj.in_gripper:
         return False
     if _horizontal_distance(obj.position, fixture.position) > fixture.radius:
@@ -56,6 +59,16 @@ def is_on_fixture(obj: ObjectState, fixture: FixtureState) -> bool:
         return True
     if obj.bottom_z is not None and obj.bottom_z > fixture.rim_z - RIM_CLEARANCE_M:
         return False  # across the rim
+    walls, floor = f"{fixture.kind}_wall", f"{fixture.kind}_floor"
+    if (
+        obj.touching is not None
+        and walls in obj.touching
+        and floor not in obj.touching
+        and obj.position[2] > fixture.rim_z
+    ):
+        # lying across the rim, sagging into the opening: its lowest point passes the
+        # clearance, but it rests on the wall alone, its centre above the rim
+        return False
     # leaning on the rim from outside, one end on the bin's floor
     return obj.touching is None or not obj.touching & FLOORS
 

@@ -18,6 +18,8 @@ STATIC_PARTS: tuple[str, ...] = (
     "left_bin_floor",
     "left_bin_wall",
     *FIXTURE_KINDS,
+    "bowl_floor",  # with "bowl": which of its parts (CELL_VERSION 3)
+    "bowl_wall",
 )
 
 
