@@ -149,11 +149,18 @@ def main() -> None:
             "scene seeds, other dynamics",
             file=sys.stderr,
         )
-    if len(cells) > 1:
+    if len(cells) > 1 and cells[0] == 1:
         print(
             f"note: the files were measured on cell versions {cells}: the same seeds gave "
             "other scenes (fixture layouts, ground truth), so the pairing is by seed, not "
             "by identical scene",
+            file=sys.stderr,
+        )
+    elif len(cells) > 1:  # 2 and 3: the same scenes, judged by other ground truth
+        print(
+            f"note: the files were measured on cell versions {cells}: the same scenes, "
+            "judged by another ground truth (3: an object across the bowl's rim is not in "
+            "it), so a difference may be the judge's, not the policy's",
             file=sys.stderr,
         )
     write_result(

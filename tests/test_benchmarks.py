@@ -568,6 +568,25 @@ def test_compare_evals_pairs_scenes_across_files(tmp_path: Path) -> None:
     assert "cell versions [1, 2]" in r.stderr
     assert json.loads(out.read_text())["cell_versions"] == [1, 2]
     assert json.loads(out.read_text())["sim_differs"] is False  # not recorded: no claim
+    # versions 2 and 3: the same scenes, another judge of the bowl
+    new3 = tmp_path / "new3.json"
+    new3.write_text(json.dumps({**json.loads(Path(run5).read_text()), "cell_version": 3}))
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "compare_evals.py"),
+            "--a",
+            str(new5),
+            "--b",
+            str(new3),
+            "--json",
+            str(tmp_path / "c23.json"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "cell versions [2, 3]: the same scenes, judged by another ground truth" in r.stderr
     # one seed twice on a side: the same scenes counted twice (n and p looked better)
     with pytest.raises(SystemExit, match="count the same scenes twice"):
         pooled([run5, run5], [ens5, ens5], None)
