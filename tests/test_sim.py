@@ -5,6 +5,7 @@ import zlib
 
 import gymnasium as gym
 import numpy as np
+import pybullet as pb
 import pytest
 from gymnasium.utils.env_checker import check_env
 
@@ -661,6 +662,34 @@ def test_a_capsule_lying_across_the_bowls_rim_is_not_in_the_bowl() -> None:
         assert not DEFAULT_REGISTRY.get("place-any").succeeded(st)
     finally:
         cell.close()
+
+
+def test_the_outcome_is_judged_once_a_released_object_is_still() -> None:
+    """Found by a review: a can released over the plate's edge was judged on the plate
+    0.24 s after the release, still rolling; a second later it lay on the bin's floor."""
+    from mtopt.robots.action import make_action
+
+    robot = SimRobot(SimConfig(), seed=0)
+    try:
+        place = DEFAULT_REGISTRY.get("place-on-plate")
+        robot.reset_scene(5022)
+        robot.start_episode()
+        assert robot.prepare_for_task(True)
+        plate = next(f for f in robot.scene_state().fixtures if f.kind == "plate")
+        x, y = plate.position[0] + 0.02, plate.position[1] + 0.02
+        tx, ty, _ = robot.cell.tcp_position()
+        robot.cell.move_gripper_along([(tx, ty, 0.26), (x, y, 0.26), (x, y, 0.15)])
+        robot.act(make_action(close=False, terminate=True))
+        robot.final_image()
+        judged = place.succeeded(robot.scene_state())
+        assert all(
+            float(np.linalg.norm(robot.cell._p(pb.getBaseVelocity, b)[0])) <= 0.02
+            for b, _ in robot.cell.object_bodies()
+        )
+        robot.cell.settle(240)
+        assert place.succeeded(robot.scene_state()) == judged  # (True, then False before)
+    finally:
+        robot.close()
 
 
 def test_lowest_point_of_tilted_parts_by_hand() -> None:

@@ -49,8 +49,9 @@ fixes (bowl rim, presentation turn, plate-bowl clearance, scene seed ranges); a 
 description without it is of version 1, whose seeds give other fixture layouts now and
 whose ``gt_`` columns judged the bowl by its centre alone. 3 (2026-12-06): an object
 lying across the bowl's rim (touching its wall, not its floor, its centre above the rim)
-is not in the bowl; version 2 counted ~10% of drops over the bowl that way. The scenes
-are version 2's."""
+is not in the bowl; version 2 counted ~10% of drops over the bowl that way. And the
+outcome is judged once the objects are still (``settle_objects``, at most 1 s): a
+released object rolling off the plate counted as on it. The scenes are version 2's."""
 TOUCH_DISTANCE_M = 1e-3  # contact points farther apart than this do not touch
 BOWL_FLOOR_Z = 0.004  # top of the bowl's floor disc (reported as 0.008 until 2026-12-05)
 
@@ -944,6 +945,26 @@ class SimCell:
 
     def settle(self, n: int = 30) -> None:
         self._settle(n)
+
+    def settle_objects(
+        self, max_substeps: int = 240, chunk: int = 8, speed_m_s: float = 0.02
+    ) -> int:
+        """Step the world until no object moves faster than ``speed_m_s`` (a released one
+        still rolling off the plate), at most ``max_substeps`` (1 s); returns the
+        substeps run. Ground truth read earlier judged where a rolling object happened to
+        be (``CELL_VERSION`` 3)."""
+        done = 0
+        while done < max_substeps:
+            moving = any(
+                float(np.linalg.norm(self._p(pb.getBaseVelocity, body)[0])) > speed_m_s
+                for body, _ in self.object_bodies()
+            )
+            if not moving:
+                break
+            n = min(chunk, max_substeps - done)
+            self._settle(n)
+            done += n
+        return done
 
     def close(self) -> None:
         if self.client >= 0:
