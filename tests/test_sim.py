@@ -692,40 +692,6 @@ def test_the_outcome_is_judged_once_a_released_object_is_still() -> None:
         robot.close()
 
 
-def test_an_object_placed_before_the_episode_does_not_make_it_a_success() -> None:
-    """Found by a review: with a can left on the plate by an earlier episode of a chain,
-    an episode that dropped its box back into the right bin was judged a success of
-    place-any, place-on-plate and place-in-left-bin."""
-    from mtopt.robots.action import make_action
-
-    robot = SimRobot(SimConfig(), seed=0)
-    try:
-        robot.reset_scene(123)
-        cell = robot.cell
-        plate = next(f for f in robot.scene_state().fixtures if f.kind == "plate")
-        earlier = cell.object_bodies()[0][0]
-        cell.place_object(earlier, (plate.position[0], plate.position[1], 0.06))
-        cell.settle(120)
-        robot.start_episode()  # the chain's next episode
-        assert robot.prepare_for_task(True)
-        robot.act(make_action(0, 0, -1, close=False, terminate=True))  # drops it in the right bin
-        robot.final_image()
-        st = robot.scene_state()
-        assert next(o for o in st.objects if o.uid == earlier).placed_before
-        for task in ("place-any", "place-on-plate", "place-in-left-bin"):
-            assert not DEFAULT_REGISTRY.get(task).succeeded(st), task
-        # a new scene forgets it; an episode that places its object still succeeds
-        robot.reset_scene(123)
-        robot.start_episode()
-        assert robot.prepare_for_task(True)
-        held = next(o.uid for o in robot.scene_state().objects if o.in_gripper)
-        cell.place_object(held, (plate.position[0], plate.position[1], 0.06))
-        cell.settle(120)
-        assert DEFAULT_REGISTRY.get("place-on-plate").succeeded(robot.scene_state())
-    finally:
-        robot.close()
-
-
 def test_lowest_point_of_tilted_parts_by_hand() -> None:
     """Hand-computed lowest points; the rotation convention is PyBullet's."""
     import pybullet as pb

@@ -56,7 +56,6 @@ class SimRobot:
         """Random start pose above the right bin (QT-Opt style); a held object stays held."""
         self._require_scene()
         self.steps = 0
-        self.cell.mark_episode_start()  # objects already placed do not count for this one
         if self.holding():
             return self.observe()
         x = RIGHT_BIN_CENTER[0] + self.rng.uniform(-BIN_HALF + 0.03, BIN_HALF - 0.03)

@@ -51,9 +51,7 @@ whose ``gt_`` columns judged the bowl by its centre alone. 3 (2026-12-06): an ob
 lying across the bowl's rim (touching its wall, not its floor, its centre above the rim)
 is not in the bowl; version 2 counted ~10% of drops over the bowl that way. And the
 outcome is judged once the objects are still (``settle_objects``, at most 1 s): a
-released object rolling off the plate counted as on it. Objects resting in the left bin
-when an episode starts (left by an earlier episode of a chain) do not count for its
-placing task (``mark_episode_start``). The scenes are version 2's."""
+released object rolling off the plate counted as on it. The scenes are version 2's."""
 TOUCH_DISTANCE_M = 1e-3  # contact points farther apart than this do not touch
 BOWL_FLOOR_Z = 0.004  # top of the bowl's floor disc (reported as 0.008 until 2026-12-05)
 
@@ -130,8 +128,6 @@ class _Scene:
     camera_jitter: tuple[float, float, float] = (0.0, 0.0, 0.0)
     fov: float = SCENE_CAMERA.fov_deg
     table_rgba: tuple[float, float, float, float] = (0.55, 0.5, 0.45, 1.0)
-    placed_before: frozenset[int] = frozenset()
-    """Bodies resting in the left bin when the episode started (``mark_episode_start``)."""
 
 
 NOT_COPYABLE = (
@@ -845,7 +841,6 @@ class SimCell:
                     held,
                     float(bottom),
                     touching,
-                    o.body in self._scene.placed_before,
                 )
             )
         fixtures = tuple(
@@ -860,25 +855,6 @@ class SimCell:
             left_bin=BinState(LEFT_BIN_CENTER, (BIN_HALF, BIN_HALF), FLOOR_Z),
             gripper_position=(float(tcp[0]), float(tcp[1]), float(tcp[2])),
             gripper_closed=self._closed,
-        )
-
-    def mark_episode_start(self) -> None:
-        """Note the objects already resting in the left bin (on a fixture or not): an
-        episode's placing task is judged on the others (``ObjectState.placed_before``), so
-        an object an earlier episode of a chain left there does not make it a success."""
-        if self._scene is None:
-            return
-        held = {
-            o.body
-            for o in self._scene.objects
-            if self._closed and self._touching(o.body, 0) and self._touching(o.body, 1)
-        }
-        self._scene.placed_before = frozenset(
-            o.body
-            for o in self._scene.objects
-            if o.body not in held
-            and abs(self.object_position(o.body)[0] - LEFT_BIN_CENTER[0]) <= BIN_HALF
-            and abs(self.object_position(o.body)[1] - LEFT_BIN_CENTER[1]) <= BIN_HALF
         )
 
     def scene_description(self) -> dict[str, Any]:

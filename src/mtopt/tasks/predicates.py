@@ -88,8 +88,7 @@ class Lifted:
 
 @dataclass(frozen=True)
 class Placed:
-    """An object (of ``category``) rests, released, on one of ``fixtures``; one that rested
-    in the left bin when the episode started (``placed_before``) does not count."""
+    """An object (of ``category``) rests, released, on one of ``fixtures``."""
 
     fixtures: tuple[str, ...]
     category: str | None = None
@@ -97,7 +96,7 @@ class Placed:
     def __call__(self, scene: SceneState) -> bool:
         targets = [f for f in scene.fixtures if f.kind in self.fixtures]
         return any(
-            _matches(o, self.category, None) and not o.placed_before and is_on_fixture(o, f)
+            _matches(o, self.category, None) and is_on_fixture(o, f)
             for o in scene.objects
             for f in targets
         )
@@ -105,13 +104,11 @@ class Placed:
 
 @dataclass(frozen=True)
 class InLeftBin:
-    """An object rests released inside the left bin (on a fixture or not), not one that
-    already rested there when the episode started (``placed_before``)."""
+    """An object rests released inside the left bin (on a fixture or not)."""
 
     def __call__(self, scene: SceneState) -> bool:
         return any(
             not o.in_gripper
-            and not o.placed_before
             and scene.left_bin.contains_xy(o.position[0], o.position[1])
             and o.position[2] <= scene.left_bin.floor_z + ON_FIXTURE_MAX_HEIGHT_M + 0.04
             for o in scene.objects

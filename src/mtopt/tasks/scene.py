@@ -36,9 +36,6 @@ class ObjectState:
     touching: frozenset[str] | None = None
     """The cell's static parts it touches: of ``STATIC_PARTS``; None when unknown. Any
     collection of names is kept as a frozenset (``sorted()`` it for JSON)."""
-    placed_before: bool = False
-    """It already rested in the left bin when the episode started: placing tasks judge
-    the other objects (the one the episode placed)."""
 
     def __post_init__(self) -> None:
         if self.touching is not None and not isinstance(self.touching, frozenset):
