@@ -160,7 +160,8 @@ def main() -> None:
         print(
             f"note: the files were measured on cell versions {cells}: the same scenes, "
             "judged by another ground truth (3: an object across the bowl's rim is not in "
-            "it), so a difference may be the judge's, not the policy's",
+            "it, and the outcome is read once the objects are still), so a difference may "
+            "be the judge's, not the policy's",
             file=sys.stderr,
         )
     write_result(

@@ -1169,16 +1169,17 @@ class LocalRun:
         fleet_error: list[str] = []
 
         def fleet() -> None:
-            if c.max_episodes and backlog:  # a resume of a run that collected them all
-                from mtopt.collect.fleet import written_per_robot
-
-                if (n := sum(written_per_robot(p.store).values())) >= c.max_episodes:
-                    stop_fleet.set()  # (it collected robots x the re-read's length more)
-                    self._log(
-                        f"no robots: the store holds {n} episodes, max_episodes {c.max_episodes}"
-                    )
-                    return
             try:
+                if c.max_episodes and backlog:  # a resume of a run that collected them all
+                    from mtopt.collect.fleet import written_per_robot
+
+                    if (n := sum(written_per_robot(p.store).values())) >= c.max_episodes:
+                        stop_fleet.set()  # (it collected robots x the re-read's length more)
+                        self._log(
+                            f"no robots: the store holds {n} episodes, "
+                            f"max_episodes {c.max_episodes}"
+                        )
+                        return
                 fleet_summary.update(run_fleet(spec, should_stop=stop_fleet.is_set))
             except Exception as exc:  # the run stops, checkpoints and reports it
                 log.exception("robot fleet failed")

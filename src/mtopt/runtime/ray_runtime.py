@@ -539,7 +539,9 @@ def run_ray(
             if kill_hook is not None:
                 kill_hook(robots, replays, learner.step)
             if learner.step - last_eval >= c.eval.every_steps:
-                last_eval = learner.step
+                # on the grid of every_steps (a loop trains several steps: from the step
+                # itself the points drifted by up to that many each time)
+                last_eval = learner.step - learner.step % c.eval.every_steps
                 run._evaluate(learner, scripted, ingested, t0, sd, stats)
                 # the point in a checkpoint at once: the step's own checkpoint (if it had
                 # one) came before it, and a resume does not evaluate this step again
