@@ -79,7 +79,7 @@ from mtopt.success.data import (
 )
 from mtopt.success.improve import disputes_given_labels, select_episodes
 from mtopt.success.network import SuccessDetector, SuccessNet
-from mtopt.success.train import evaluate_sd, train_sd
+from mtopt.success.train import evaluate_sd, mean_finite, train_sd
 from mtopt.tasks.registry import TaskRegistry
 
 log = logging.getLogger(__name__)
@@ -845,9 +845,9 @@ class LocalRun:
         atomic_write_json(path, rows)
         on = self.cfg.sd.validation_file or self.cfg.sd.examples_file
         where = f"held-out examples of {on}" if on else "held-out staged scenes"
-        known = [v for v in bal.values() if v is not None]
-        mean = f"{sum(known) / len(known):.3f}" if known else "n/a"
-        self._log(f"SD v{sd.version}: mean balanced accuracy on {where} {mean}")
+        mean = mean_finite(bal.values())
+        shown = "n/a" if mean is None else f"{mean:.3f}"
+        self._log(f"SD v{sd.version}: mean balanced accuracy on {where} {shown}")
 
     def improve_sd(
         self, sd: SuccessDetector, recent: list[Any], labels_so_far: int

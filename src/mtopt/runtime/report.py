@@ -19,6 +19,7 @@ from mtopt.eval.report import (
     plot_success_over_time,
     plot_training_progress,
 )
+from mtopt.success.train import mean_finite  # (the report's own too: tests import it here)
 
 
 def batch_composition(updater: Any, n: int = 2048, seed: int = 0) -> dict[str, dict[str, float]]:
@@ -470,13 +471,6 @@ def bin_text(b: Mapping[str, Any]) -> str:
     """A timeline bin (``success_over_time``) as the report's table shows it: its success
     rate, episodes and the collection minute it starts at."""
     return f"{b['rate']:.2f} (n={b['episodes']}, from min {b['start']:g})"
-
-
-def mean_finite(values: Any) -> float | None:
-    """The mean of the finite numbers among ``values``; None when there is none (an SD
-    version with no task measured: ``np.nanmean`` warned and gave NaN)."""
-    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    return sum(xs) / len(xs) if xs else None
 
 
 def p_text(p: float) -> str:

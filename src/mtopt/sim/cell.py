@@ -805,10 +805,12 @@ class SimCell:
             }
             if not links:
                 continue
+            # a bin's or the bowl's base is its floor, its links its walls
+            parts = [f"{name}_floor"] * (-1 in links) + [f"{name}_wall"] * bool(links - {-1})
             if name.endswith("_bin"):
-                out += [f"{name}_floor"] * (-1 in links) + [f"{name}_wall"] * bool(links - {-1})
-            elif name == "bowl":  # its base is the floor disc, its links the wall
-                out += [name] + ["bowl_floor"] * (-1 in links) + ["bowl_wall"] * bool(links - {-1})
+                out += parts
+            elif name == "bowl":  # (and "bowl" itself, as before version 3)
+                out += [name, *parts]
             else:
                 out.append(name)
         return out

@@ -18,7 +18,7 @@ from mtopt.success.data import LabeledSet, episode_examples
 from mtopt.success.labels import LabelStore
 from mtopt.success.network import SuccessDetector
 from mtopt.success.plots import plot_curve
-from mtopt.success.train import SDTrainConfig, evaluate_sd, train_sd
+from mtopt.success.train import SDTrainConfig, evaluate_sd, mean_finite, train_sd
 from mtopt.tasks.registry import DEFAULT_REGISTRY, TaskRegistry
 
 log = logging.getLogger(__name__)
@@ -375,15 +375,13 @@ def improve_loop(
         if val is not None:
             m = evaluate_sd(sd, val)
             bal = {t: v["balanced_accuracy"] for t, v in m.items()}
-            known_bal = [v for v in bal.values() if np.isfinite(v)]  # (NaN: one class only)
+            mean = mean_finite(bal.values())  # (NaN: a task with one class only)
             curve.append(
                 {
                     "version": sd.version,
                     "labels_per_task": n,
                     "balanced_accuracy": bal,
-                    "mean_balanced_accuracy": float(np.mean(known_bal))
-                    if known_bal
-                    else float("nan"),
+                    "mean_balanced_accuracy": float("nan") if mean is None else mean,
                 }
             )
 

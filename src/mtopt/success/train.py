@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,6 +157,14 @@ def train_sd(
             for e, p in zip(ema, net.parameters(), strict=True):
                 p.copy_(e)
     return net.eval()
+
+
+def mean_finite(values: Any) -> float | None:
+    """The mean of the finite numbers among ``values``; None when there is none (an SD
+    version with no task measured: ``np.nanmean`` warned and gave NaN). Balanced accuracy
+    is NaN for a task without both classes (``evaluate_sd``)."""
+    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return sum(xs) / len(xs) if xs else None
 
 
 def evaluate_sd(
