@@ -28,8 +28,8 @@ class ArmWithoutTruth:
     def start_episode(self) -> Observation:
         return self._cell.start_episode()
 
-    def prepare_for_task(self, starts_holding: bool) -> bool:
-        return self._cell.prepare_for_task(starts_holding)
+    def prepare_for_task(self, starts_holding: bool, category: str | None = None) -> bool:
+        return self._cell.prepare_for_task(starts_holding, category)
 
     def observe(self) -> Observation:
         return self._cell.observe()

@@ -331,3 +331,27 @@ def test_robot_env_renders_nothing_and_refuses_a_render_mode(tmp_path: Path) -> 
         env.close()
     with pytest.raises(ValueError, match="render_mode must be None for Robot-v0"):
         gym.make(mtopt.ROBOT_ENV_ID, robot_factory=arm, success_detector=sd, render_mode="human")
+
+
+def test_keep_scene_after_an_episode_that_ends_holding_puts_the_object_back_in_the_bin() -> None:
+    """A lift chained (keep_scene) after an episode that ended holding its object: the
+    robot opened at the presentation pose over the gap and the object fell between the
+    bins, out of reach for the rest of the chain, with prepared=True."""
+    robot = SimRobot(SimConfig(), robot_id="gym")
+    env = RobotEnv(robot, task="lift-any")
+    try:
+        env.reset(seed=0, options={"task": "place-in-bowl"})  # an object in the gripper
+        terminate_closed = np.array([0, 0, 0, 0, 1, 1], dtype=np.float32)
+        *_, terminated, _, _ = env.step(terminate_closed)
+        assert terminated and robot.holding()  # presented, still held
+        _, info = env.reset(options={"keep_scene": True, "task": "lift-any"})
+        assert info["prepared"] and not robot.holding()
+        bodies = [b for b, _ in robot.cell.object_bodies()]
+        assert all(robot.in_right_bin(b) for b in bodies), [
+            robot.cell.object_position(b) for b in bodies
+        ]
+        assert robot.objects_left() == len(bodies)
+        pose = info["pose"]  # a start pose above the right bin, not the presentation pose
+        assert abs(pose[1] - 0.13) < 0.1 and pose[2] > 0.12
+    finally:
+        env.close()

@@ -291,6 +291,63 @@ def test_sim_robot_implements_protocol(robot: SimRobot) -> None:
     assert robot.prepare_for_task(starts_holding=False) and not robot.holding()
 
 
+def test_a_category_placing_task_starts_holding_an_object_of_its_category() -> None:
+    """place-ball-in-bowl stages a ball (it staged any object, most of which could never
+    succeed); a scene without a ball in the right bin cannot be prepared. Every way in
+    passes the category: the runner, SimCell-v0 and Robot-v0."""
+    from mtopt.robots.env import RobotEnv
+    from mtopt.sim.runner import run_episode
+
+    task = DEFAULT_REGISTRY.get("place-ball-in-bowl")
+    assert task.held_category == "ball"
+    assert DEFAULT_REGISTRY.get("place-any").held_category is None
+    assert DEFAULT_REGISTRY.get("lift-ball").held_category is None  # starts empty
+    sim_env = gym.make(mtopt.ENV_ID, task=task.name)
+    robot_env = RobotEnv(SimRobot(SimConfig(), robot_id="gym"), task=task.name)
+    runner_robot = _AskedRobot(SimConfig(), seed=0)
+    held_categories, unprepared = [], 0
+    try:
+        for seed in range(12):
+            for env in (sim_env, robot_env):
+                _, info = env.reset(seed=seed)
+                scene = env.unwrapped._robot.scene_state()
+                held = [o.category for o in scene.objects if o.in_gripper]
+                if info["prepared"]:
+                    assert held == ["ball"], (seed, held)
+                    held_categories.append(held[0])
+                else:  # no ball in the right bin: nothing staged
+                    assert held == [] and "ball" not in [o.category for o in scene.objects]
+                    unprepared += 1
+            runner_robot.reset_scene(seed)
+            rec = run_episode(runner_robot, _Still(), task, np.random.default_rng(seed), 2)
+            assert runner_robot.asked[-1] == (True, "ball") and rec.prepared in (True, False)
+    finally:
+        sim_env.close()
+        robot_env.close()
+        runner_robot.close()
+    assert len(held_categories) >= 12  # most scenes have a ball
+
+
+class _AskedRobot(SimRobot):
+    """A SimRobot that notes what each ``prepare_for_task`` asked for."""
+
+    asked: list[tuple[bool, str | None]]
+
+    def prepare_for_task(self, starts_holding: bool, category: str | None = None) -> bool:
+        self.__dict__.setdefault("asked", []).append((starts_holding, category))
+        return super().prepare_for_task(starts_holding, category)
+
+
+class _Still:
+    """A policy that never moves (for tests of how episodes start)."""
+
+    def reset(self, task: str, rng: np.random.Generator) -> None:
+        pass
+
+    def act(self, obs: object) -> np.ndarray:
+        return make_action(terminate=True)
+
+
 def test_grasp_needs_contact_closing_on_nothing_holds_nothing(robot: SimRobot) -> None:
     robot.reset_scene(3)
     robot.cell.move_gripper_to((0.0, 0.13, 0.2), 0.0, closed=False)

@@ -177,8 +177,12 @@ class Robot(Protocol):
         """Move the arm to a start pose without disturbing the scene (for chaining tasks)."""
         ...
 
-    def prepare_for_task(self, starts_holding: bool) -> bool:
-        """Make sure the initial condition holds (object in gripper or not); False if impossible."""
+    def prepare_for_task(self, starts_holding: bool, category: str | None = None) -> bool:
+        """Make sure the initial condition holds (object in gripper or not); False if impossible.
+
+        ``category`` is passed (as a keyword, and only when set) for a task that needs an
+        object of that category in the gripper (place-ball-in-bowl): a robot that stages
+        the object should stage one of it; one that cannot choose may ignore it."""
         ...
 
     def observe(self) -> Observation: ...

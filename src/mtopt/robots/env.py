@@ -269,7 +269,7 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             self._robot.reset_scene(scene_seed)
             info["scene_seed"] = scene_seed
         self._robot.start_episode()
-        ready = checked_prepare(self._robot, task.starts_holding)
+        ready = checked_prepare(self._robot, task.starts_holding, task.held_category)
         self._steps = 0
         self._done = False
         self._last = checked_observation(self._robot, self._robot.observe(), "observe()")

@@ -58,6 +58,9 @@ class SimRobot:
         self.steps = 0
         if self.holding():
             return self.observe()
+        return self._to_start_pose()
+
+    def _to_start_pose(self) -> Observation:
         x = RIGHT_BIN_CENTER[0] + self.rng.uniform(-BIN_HALF + 0.03, BIN_HALF - 0.03)
         y = RIGHT_BIN_CENTER[1] + self.rng.uniform(-BIN_HALF + 0.03, BIN_HALF - 0.03)
         z = self.rng.uniform(0.14, 0.24)
@@ -66,19 +69,37 @@ class SimRobot:
         self.cell.settle(5)
         return self.observe()
 
-    def prepare_for_task(self, starts_holding: bool) -> bool:
-        """Placing tasks need an object in the gripper: keep a held one or stage one."""
+    def prepare_for_task(self, starts_holding: bool, category: str | None = None) -> bool:
+        """Placing tasks need an object in the gripper: keep a held one (a chained episode
+        keeps whatever the last one lifted, as a real robot would) or stage one, of
+        ``category`` if given (False when the right bin holds none)."""
         self._require_scene()
         if starts_holding:
             if self.holding():
                 return True
-            candidates = [b for b, _ in self.cell.object_bodies() if self.in_right_bin(b)]
+            candidates = [
+                b
+                for b, spec in self.cell.object_bodies()
+                if self.in_right_bin(b) and (category is None or spec.category == category)
+            ]
             if not candidates:
                 return False
             body = int(self.rng.choice(candidates))
             tcp = tuple(float(v) for v in self.cell.pose()[:3])
             return self.cell.put_in_gripper(body, tcp)  # type: ignore[arg-type]
-        if self.cell.gripper_closed:
+        if self.holding():
+            # a task that starts empty-handed after one that ended holding (Robot-v0's
+            # keep_scene): opening here, at the presentation pose over the gap, dropped
+            # the object between the bins, out of reach; carry it back over the right
+            # bin, let it go there, and start from a start pose
+            x = RIGHT_BIN_CENTER[0] + self.rng.uniform(-0.05, 0.05)
+            y = RIGHT_BIN_CENTER[1] + self.rng.uniform(-0.05, 0.05)
+            z = float(self.cell.pose()[2])
+            self.cell.move_gripper_along([(x, y, max(z, 0.25)), (x, y, 0.12)])
+            self.cell.apply_action(np.array([0, 0, 0, 0, -1, -1], dtype=np.float32))
+            self.cell.settle(60)
+            self._to_start_pose()
+        elif self.cell.gripper_closed:
             self.cell.apply_action(np.array([0, 0, 0, 0, -1, -1], dtype=np.float32))
             self.cell.settle(30)
         return True

@@ -204,7 +204,9 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._last = None  # a reset that fails part-way leaves no episode to step in
         self._robot.reset_scene(scene_seed)
         self._robot.start_episode()
-        ready = self._robot.prepare_for_task(self.task.starts_holding)
+        ready = self._robot.prepare_for_task(
+            self.task.starts_holding, category=self.task.held_category
+        )
         self._steps = 0
         self._done = False
         self._last = self._robot.observe()

@@ -51,7 +51,7 @@ def run_episode(
     (``prepare_for_task`` returns False) runs nothing: the record has ``prepared=False``,
     no steps and no final image."""
     robot.start_episode()
-    prepared = checked_prepare(robot, task.starts_holding)
+    prepared = checked_prepare(robot, task.starts_holding, task.held_category)
     rec = EpisodeRecord(task=task.name, prepared=prepared)
     if skip_unprepared and not prepared:
         return rec
@@ -75,9 +75,14 @@ def run_episode(
     return rec
 
 
-def checked_prepare(robot: Robot, starts_holding: bool) -> bool:
-    """``robot.prepare_for_task(starts_holding)``, checked to be a bool."""
-    prepared = robot.prepare_for_task(starts_holding)
+def checked_prepare(robot: Robot, starts_holding: bool, category: str | None = None) -> bool:
+    """``robot.prepare_for_task(starts_holding)``, checked to be a bool; ``category`` goes
+    along as a keyword only when set (a robot written before it existed still serves
+    every task without one)."""
+    if category is None:
+        prepared = robot.prepare_for_task(starts_holding)
+    else:
+        prepared = robot.prepare_for_task(starts_holding, category=category)
     if not isinstance(prepared, (bool, np.bool_)):
         raise RobotContractError(
             f"robot {robot.robot_id}: prepare_for_task must return True or False, got "

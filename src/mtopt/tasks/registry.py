@@ -42,6 +42,15 @@ class TaskSpec:
         """Ground truth (sim only): did this task succeed in ``scene``?"""
         return bool(self.predicate(scene))
 
+    @property
+    def held_category(self) -> str | None:
+        """The category the held object must be for this task to be possible (a category
+        placing task such as place-ball-in-bowl); None: any object, or none held."""
+        if not self.starts_holding:
+            return None
+        category = getattr(self.predicate, "category", None)
+        return None if category is None else str(category)
+
 
 def _default_tasks() -> list[TaskSpec]:
     tasks = [
