@@ -18,8 +18,19 @@ def test_valid_action_roundtrip() -> None:
         ([0.0, 0.0, 0.0, 0.0, 0.0, float("nan")], "non-finite.*terminate"),
         ([2.0, 0.0, 0.0, 0.0, 0.0, 0.0], "out of range.*dx"),
         ("abc", "numeric vector"),
+        (["0"] * 6, "numeric vector.*<U1"),  # strings were parsed as numbers
+        (np.full(6, 0.5 + 0.5j), "numeric vector.*complex"),  # lost its imaginary part
+        ([0.1, None, 0, 0, 0, 0], "numeric vector.*object"),
     ],
 )
 def test_invalid_actions_have_clear_errors(bad: object, match: str) -> None:
     with pytest.raises(InvalidActionError, match=match):
         validate_action(bad)
+
+
+def test_actions_of_other_real_dtypes_are_taken() -> None:
+    import torch
+
+    for a in (torch.zeros(6), [np.float32(0.5)] * 6, np.zeros(6, np.int8), [0, 1, 0, 0, 1, -1]):
+        out = validate_action(a)
+        assert out.dtype == np.float32 and out.shape == (ACTION_DIM,)

@@ -12,6 +12,7 @@ from gymnasium.utils.env_checker import check_env
 from tests.robot_factories import TRACKED, ArmWithoutTruth
 
 import mtopt
+from mtopt.robots.action import make_action
 from mtopt.robots.base import Observation, StepResult
 from mtopt.robots.env import RobotEnv
 from mtopt.robots.sim_robot import SimRobot
@@ -269,6 +270,26 @@ def test_bad_robots_and_settings_are_clear_errors(tmp_path: Path) -> None:
         env.close()
     arm.observe()  # the env leaves a robot it was given open: it is the caller's
     arm.close()
+    from mtopt.tasks.registry import TaskRegistry
+
+    factory = "tests.robot_factories:make_arm"
+    for steps in (2.5, "3", True):  # 2.5 ran 2 steps, "3" three, True one
+        with pytest.raises(ValueError, match="max_steps must be an integer"):
+            RobotEnv(robot_factory=factory, max_steps=steps)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"threshold must be a number in \(0, 1\), got '0.5'"):
+        RobotEnv(robot_factory=factory, threshold="0.5")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="registry holds no tasks"):  # was the default one
+        RobotEnv(robot_factory=factory, registry=TaskRegistry([]))
+    with pytest.raises(TypeError, match="registry must be a TaskRegistry, got dict"):
+        SimCellEnv(registry={"lift-any": 1})  # type: ignore[arg-type]
+    # a NumPy integer image size, as SimConfig takes it, is an int image size
+    numpy_sized = SimRobot(SimConfig(image_size=np.int64(32)), robot_id="gym")
+    env = RobotEnv(numpy_sized, max_steps=np.int64(3))
+    try:
+        assert env.max_steps == 3 and env.reset(seed=0)[0]["image"].shape == (32, 32, 3)
+    finally:
+        env.close()
+        numpy_sized.close()
 
 
 _FORKED_WORKERS = """
@@ -353,5 +374,35 @@ def test_keep_scene_after_an_episode_that_ends_holding_puts_the_object_back_in_t
         assert robot.objects_left() == len(bodies)
         pose = info["pose"]  # a start pose above the right bin, not the presentation pose
         assert abs(pose[1] - 0.13) < 0.1 and pose[2] > 0.12
+    finally:
+        env.close()
+
+
+class _OneFrameBuffer(SimRobot):
+    """A camera driver that fills one frame buffer for every image it hands out."""
+
+    def _into_buffer(self, image: np.ndarray) -> np.ndarray:
+        buf = self.__dict__.setdefault("buffer", np.zeros_like(image))
+        buf[...] = image
+        return buf
+
+    def observe(self) -> Observation:
+        o = super().observe()
+        return dataclasses.replace(o, image=self._into_buffer(o.image))
+
+    def final_image(self) -> np.ndarray:
+        return self._into_buffer(super().final_image())
+
+
+def test_observations_already_returned_do_not_change_with_a_drivers_frame_buffer() -> None:
+    env = RobotEnv(_OneFrameBuffer(SimConfig(), robot_id="gym"), task="lift-any", max_steps=3)
+    try:
+        first, _ = env.reset(seed=0)
+        kept = first["image"].copy()
+        *_, info = env.step(make_action(dz=-1.0))
+        *_, info = env.step(make_action(terminate=True))
+        final = info["final_image"].copy()
+        env.reset(seed=1)
+        assert (first["image"] == kept).all() and (info["final_image"] == final).all()
     finally:
         env.close()

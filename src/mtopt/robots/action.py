@@ -42,12 +42,16 @@ class InvalidActionError(ValueError):
 
 def validate_action(action: object) -> np.ndarray:
     """Return ``action`` as a float32 vector of shape (ACTION_DIM,) or raise a clear error."""
+    numeric = f"action must be a numeric vector of length {ACTION_DIM} {ACTION_NAMES}"
     try:
-        arr = np.asarray(action, dtype=np.float64)
+        raw = np.asarray(action)
     except (TypeError, ValueError) as exc:
-        raise InvalidActionError(
-            f"action must be a numeric vector of length {ACTION_DIM} {ACTION_NAMES}, got {action!r}"
-        ) from exc
+        raise InvalidActionError(f"{numeric}, got {action!r}") from exc
+    # real numbers only: strings were parsed ("0" -> 0.0) and a complex action lost its
+    # imaginary part with only a warning
+    if raw.dtype.kind not in "biuf":
+        raise InvalidActionError(f"{numeric}, got an array of {raw.dtype} {action!r}")
+    arr = raw.astype(np.float64)
     if arr.shape != (ACTION_DIM,):
         raise InvalidActionError(
             f"action must have shape ({ACTION_DIM},) with layout {ACTION_NAMES}, got shape {arr.shape}"

@@ -43,7 +43,7 @@ from mtopt.robots.factory import (
     missing_methods,
 )
 from mtopt.sim.cell import SimConfig
-from mtopt.sim.env import _checked_seed, env_pose, reset_options
+from mtopt.sim.env import _checked_registry, _checked_seed, env_pose, reset_options
 from mtopt.sim.runner import (
     checked_act,
     checked_final_image,
@@ -61,9 +61,11 @@ a taller arm's height is reported, not cut at 1 m."""
 
 
 def robot_env_obs(o: Observation) -> dict[str, np.ndarray]:
-    """The env's observation of a checked ``o``: its image and its state as float32."""
+    """The env's observation of a checked ``o``: a copy of its image (a camera driver
+    that fills one frame buffer would change observations already returned) and its
+    state as float32."""
     state = np.clip(o.state, ROBOT_STATE_LOW, ROBOT_STATE_HIGH).astype(np.float32)
-    return {"image": o.image, "state": state}
+    return {"image": np.array(o.image, copy=True), "state": state}
 
 
 class _NotInSpec(str):
@@ -113,19 +115,26 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                 f"render_mode must be None for Robot-v0 (the observation's image is the "
                 f"robot's camera), got {render_mode!r}"
             )
-        self.registry = registry or DEFAULT_REGISTRY
+        self.registry = DEFAULT_REGISTRY if registry is None else _checked_registry(registry)
         self.task = self.registry.get(task)  # clear error listing valid tasks
         self._initial_seed = _checked_seed(seed)
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, int | float | np.integer | np.floating)
+            or not 0.0 < threshold < 1.0
+        ):
+            raise ValueError(f"threshold must be a number in (0, 1), got {threshold!r}")
         self.threshold = float(threshold)
         if sim is not None and not isinstance(sim, SimConfig):
             raise TypeError(f"sim must be a SimConfig, got {type(sim).__name__}")
         own = getattr(robot, "config", None)  # a SimRobot's cell, when no sim is given
         cell = (sim or (own if isinstance(own, SimConfig) else SimConfig())).validate()
-        self.max_steps = int(cell.max_steps if max_steps is None else max_steps)
-        if self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        steps = cell.max_steps if max_steps is None else max_steps
+        if isinstance(steps, bool) or not isinstance(steps, int | np.integer):
+            raise ValueError(f"max_steps must be an integer, got {steps!r}")  # 2.5 ran 2
+        if steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {steps}")
+        self.max_steps = int(steps)
         if (robot is None) == (not robot_factory):
             raise ValueError("give either robot= (a Robot) or robot_factory='MODULE:NAME'")
         self._owns_robot = robot is None
@@ -136,7 +145,8 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             )
         else:
             missing = missing_methods(robot)
-            if missing or not isinstance(getattr(robot, "image_size", None), int):
+            size = getattr(robot, "image_size", None)
+            if missing or isinstance(size, bool) or not isinstance(size, int | np.integer):
                 what = ", ".join(missing) if missing else "an int image_size"
                 raise TypeError(
                     f"robot= must implement mtopt.robots.base.Robot: a {type(robot).__name__} "
@@ -295,7 +305,7 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         if terminated or truncated:
             self._done = True
             final = checked_final_image(self._robot)  # presents the outcome
-            info["final_image"] = final
+            info["final_image"] = np.array(final, copy=True)  # (a driver's buffer)
             truth = None
             if self._truth is not None:
                 truth = bool(self.task.succeeded(self._truth()))

@@ -123,7 +123,7 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         left out (None) takes ``SimConfig``'s default (64 pixels, 15 steps, "train"
         objects, no randomization, 4 objects, ...). ``sim=`` gives the whole cell instead
         (a trained policy's, from ``load_policy``); it cannot be combined with them."""
-        self.registry = registry or DEFAULT_REGISTRY
+        self.registry = DEFAULT_REGISTRY if registry is None else _checked_registry(registry)
         self.task = self.registry.get(task)  # clear error listing valid tasks
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
@@ -277,6 +277,16 @@ def env_observation(obs: dict[str, np.ndarray], info: dict[str, Any]) -> Observa
         raise KeyError("info has no 'pose': give the info of the reset() or step() that gave obs")
     pose = np.asarray(info["pose"], np.float32)
     return Observation(obs["image"], obs["state"], None if np.isnan(pose).all() else pose)
+
+
+def _checked_registry(registry: Any) -> TaskRegistry:
+    """``registry=`` as given, if it is a TaskRegistry with tasks (an empty one was
+    swapped for the default without a word, a dict failed at the first reset)."""
+    if not isinstance(registry, TaskRegistry):
+        raise TypeError(f"registry must be a TaskRegistry, got {type(registry).__name__}")
+    if len(registry) == 0:
+        raise ValueError("registry holds no tasks")
+    return registry
 
 
 def _checked_seed(seed: Any) -> int | None:
