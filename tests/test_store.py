@@ -198,11 +198,54 @@ def test_truncated_shard_is_quarantined_not_fatal(tmp_path: Path, frac: float) -
     first, _second = shard_paths(store)
     data = first.read_bytes()
     first.write_bytes(data[: int(len(data) * frac)])
+    _age(first, 120.0)  # found torn long after (a fresh one may still be being written)
     reader = EpisodeReader(store)
     eps = reader.poll()
     assert [e.episode_id for e in eps] == ["ep00002", "ep00003"]
     assert len(reader.quarantined) == 1 and reader.quarantined[0].exists()
     assert not first.exists()
+
+
+def _age(path: Path, seconds: float) -> None:
+    t = path.stat().st_mtime - seconds
+    os.utime(path, (t, t))
+
+
+def test_a_shard_another_tool_is_still_writing_in_place_is_read_once_complete(
+    tmp_path: Path,
+) -> None:
+    """pandas / DuckDB write a shard in place: a tailing reader met it without its footer
+    and quarantined it while it was being written (the finished file then lay in
+    quarantine, never read). A fresh unopenable shard is retried; once complete it is
+    read; still unopenable past ``FRESH_SHARD_S`` it is quarantined."""
+    from mtopt.store import reader as reader_module
+
+    src = tmp_path / "src"
+    with EpisodeWriter(src, "r0", flush_every=3) as w:
+        for i in range(3):
+            w.write(make_episode(i))
+    (done,) = shard_paths(src)
+    data = done.read_bytes()
+    store = tmp_path / "store"
+    with EpisodeWriter(store, "r1", flush_every=1) as w:
+        w.write(make_episode(9))
+    live = store / "shards" / "pd" / "00000000000000000000-000000.parquet"
+    live.parent.mkdir()
+    live.write_bytes(data[: len(data) // 2])  # the header and half the rows, no footer
+    reader = EpisodeReader(store)
+    assert [e.episode_id for e in reader.poll()] == ["ep00009"]
+    assert live.exists() and reader.quarantined == [] and reader.behind == 1
+    with pytest.raises(OSError, match="still being written"):  # one-shot reads say so
+        EpisodeReader(store).metadata()
+    live.write_bytes(data)  # the writer finished
+    assert [e.episode_id for e in reader.poll()] == ["ep00000", "ep00001", "ep00002"]
+    assert reader.quarantined == [] and reader.behind == 0
+    # a torn one that stays torn is quarantined once FRESH_SHARD_S old
+    torn = live.with_name("00000000000000000001-000000.parquet")
+    torn.write_bytes(data[:100])
+    assert reader.poll() == [] and torn.exists()
+    _age(torn, reader_module.FRESH_SHARD_S + 1)
+    assert reader.poll() == [] and not torn.exists() and len(reader.quarantined) == 1
 
 
 def test_collection_minutes_clip_the_gaps() -> None:
@@ -256,6 +299,22 @@ def test_success_over_time_by_policy_and_bin() -> None:
     assert again == tl
     with pytest.raises(ValueError, match="bin_minutes"):
         success_over_time(rows, "lift-any", {"lift-any"}, bin_minutes=0)
+    # a NaN time (a shard another tool wrote) is left out and counted, not a crash
+    nan = {**rows[1], "episode_id": "nan", "started_at": float("nan")}
+    with_nan = success_over_time([*rows, nan], "lift-any", {"lift-any", "lift-ball"}, 1.0)
+    assert with_nan == {**tl, "untimed": 1} and tl["untimed"] == 0
+
+
+def test_an_episode_without_a_finite_time_is_refused_at_write(tmp_path: Path) -> None:
+    import dataclasses
+
+    for name, value in (("started_at", float("nan")), ("ended_at", float("inf"))):
+        bad = dataclasses.replace(make_episode(1), **{name: value})
+        with EpisodeWriter(tmp_path / name, "r0") as w:
+            with pytest.raises(SchemaError, match=f"{name} must be a finite time"):
+                w.write(bad)
+            w.write(make_episode(2))
+        assert [e.episode_id for e in EpisodeReader(tmp_path / name).episodes()] == ["ep00002"]
 
 
 def test_timeline_command_on_a_store(tmp_path: Path) -> None:
@@ -722,6 +781,45 @@ def test_a_shard_written_by_pandas_from_the_documented_columns_reads(tmp_path: P
         EpisodeReader(tmp_path).poll()
 
 
+def test_a_column_of_another_kind_is_quarantined_and_other_widths_read(tmp_path: Path) -> None:
+    """A flipped footer bit made episode_id binary: it read back as bytes (which match no
+    label) instead of being quarantined. Other tools' widths and encodings still read."""
+    import pyarrow as pa
+
+    from mtopt.store.schema import episodes_to_table
+
+    table = episodes_to_table([make_episode(0), make_episode(1)])
+    folder = tmp_path / "shards" / "cell"
+    folder.mkdir(parents=True)
+    wide = table.cast(
+        pa.schema(
+            [
+                pa.field(f.name, pa.large_string())
+                if f.type == pa.string()
+                else pa.field(f.name, pa.int64())
+                if pa.types.is_integer(f.type)
+                else f
+                for f in table.schema
+            ],
+            metadata=table.schema.metadata,
+        )
+    )
+    wide = wide.set_column(
+        wide.schema.get_field_index("task"), "task", wide["task"].dictionary_encode()
+    )
+    pq.write_table(wide, folder / "00000000000000000001-000000.parquet")
+    ids = table["episode_id"].cast(pa.binary())
+    as_bytes = table.set_column(table.schema.get_field_index("episode_id"), "episode_id", ids)
+    pq.write_table(as_bytes, folder / "00000000000000000002-000000.parquet")
+    reader = EpisodeReader(tmp_path)
+    back = reader.poll()
+    assert [(e.episode_id, e.task) for e in back] == [
+        ("ep00000", "lift-any"),
+        ("ep00001", "lift-any"),
+    ]
+    assert [q.name for q in reader.quarantined] == ["00000000000000000002-000000.parquet"]
+
+
 def test_a_newer_shard_without_a_column_asked_for_is_not_quarantined(tmp_path: Path) -> None:
     """Reading only some columns (metadata(), the labeling index) of a newer writer's shard
     that renamed one: a clear version error, and the shard stays (it used to be moved to
@@ -1173,3 +1271,19 @@ def _drop_writers_and_exit() -> None:
     for copy in list(writer._open_writers):
         writer._flush_unclosed(copy)  # as at the child's exit or when its copy is dropped
     gc.collect()
+
+
+def test_a_writer_refuses_flush_settings_that_would_fail_every_write(tmp_path: Path) -> None:
+    """flush_every=None was taken: the first write raised TypeError yet kept the episode
+    buffered (a retry was then "already written")."""
+    for kw, says in (
+        ({"flush_every": None}, "flush_every must be an int >= 1"),
+        ({"flush_every": 0}, "flush_every must be an int >= 1"),
+        ({"flush_seconds": float("nan")}, "flush_seconds must be a number >= 0"),
+        ({"flush_seconds": "30"}, "flush_seconds must be a number >= 0"),
+    ):
+        with pytest.raises(ValueError, match=says):
+            EpisodeWriter(tmp_path, "r0", **kw)  # type: ignore[arg-type]
+    with EpisodeWriter(tmp_path, "r0", flush_every=np.int64(1), flush_seconds=0) as w:
+        w.write(make_episode(0))
+    assert len(shard_paths(tmp_path)) == 1

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -81,6 +82,8 @@ def test_subset_skips_a_corrupt_source_shard(tmp_path: Path) -> None:
     _store(tmp_path / "src")
     bad = sorted((tmp_path / "src" / "shards" / "r0").glob("*.parquet"))[0]
     bad.write_bytes(b"torn")
+    t = bad.stat().st_mtime - 120  # torn long ago (a fresh one may still be being written)
+    os.utime(bad, (t, t))
     counts = subset_store(tmp_path / "src", tmp_path / "dst", ["lift-ball"])
     # the torn shard held r0's first 4 episodes (k = 0..3; lift-ball: 1)
     assert counts["lift-ball"] == 9
@@ -126,6 +129,28 @@ def test_subset_refuses_to_pass_a_shard_it_could_not_read_as_a_full_copy(
     )
     assert r.exit_code == 2 and "could not read 1 shard" in r.output
     assert "Traceback" not in r.output
+
+
+def test_a_copy_that_fails_part_way_is_taken_back(tmp_path: Path) -> None:
+    """A newer writer's shard after good ones: the copy stopped with the version error
+    and left the shards it had written, a store that looked whole (and blocked the
+    retry: "already holds shards")."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mtopt.store.schema import ARROW_SCHEMA, SCHEMA_KEY, UnknownSchemaVersionError
+
+    _store(tmp_path / "src")
+    newer = tmp_path / "src" / "shards" / "r1" / "99999999999999999999-000000.parquet"
+    row = {**make_episode(99).to_row(), "schema_version": 2, "task": "lift-ball"}
+    schema = ARROW_SCHEMA.with_metadata({SCHEMA_KEY: b"2"})
+    pq.write_table(pa.Table.from_pylist([row], schema=schema), newer)
+    dst = tmp_path / "dst"
+    with pytest.raises(UnknownSchemaVersionError, match="unknown schema version 2"):
+        subset_store(tmp_path / "src", dst, ["lift-ball"], shards_per_read=2)
+    assert not list(dst.rglob("*.parquet"))  # r0's shards were copied before it, then removed
+    newer.unlink()
+    assert subset_store(tmp_path / "src", dst, ["lift-ball"])["lift-ball"] == 10
 
 
 def test_subset_cli(tmp_path: Path) -> None:

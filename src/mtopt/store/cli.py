@@ -125,6 +125,8 @@ def timeline(
     typer.echo(
         f"{task} success of {','.join(tasks)} episodes, {tl['minutes']:.1f} collection minutes"
     )
+    if tl["untimed"]:
+        typer.echo(f"({tl['untimed']} episode(s) without a finite started_at left out)")
     d = _decimals(bin_minutes)  # bins of 0.1 minutes read 0.0+, 0.1+, ... (not 0+, 0+)
     for policy, bins in tl["policies"].items():
         typer.echo(f"{policy}:")

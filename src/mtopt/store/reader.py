@@ -18,10 +18,12 @@ is a ``ValueError`` before anything is read.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import shutil
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -145,6 +147,36 @@ def quarantine(store_dir: str | Path, path: Path, reason: str) -> Path | None:
     return dest
 
 
+FRESH_SHARD_S = 60.0
+"""A shard that cannot be opened (no footer yet) and was modified less than this long ago
+may still be being written in place by another tool (pandas, DuckDB, ``cp``): it is left
+for a later poll instead of being quarantined while its writer goes on writing."""
+
+
+class ShardBeingWrittenError(OSError):
+    """A shard that cannot be opened yet, modified moments ago: retried, not quarantined."""
+
+
+def _unless_still_written(path: Path, exc: Exception) -> None:
+    """Raise ``ShardBeingWrittenError`` (an OS error: ``poll`` retries it, one-shot reads
+    raise it) for a shard that failed to open with ``exc`` and is younger than
+    ``FRESH_SHARD_S``; return (the shard is corrupt) otherwise."""
+    if _is_os_error(exc) or isinstance(exc, FileNotFoundError):
+        return
+    try:
+        age = time.time() - path.stat().st_mtime
+    except OSError:
+        return
+    if age < FRESH_SHARD_S:
+        raise ShardBeingWrittenError(
+            errno.EBUSY,
+            f"cannot open it yet ({type(exc).__name__}: {exc}), modified {age:.0f} s ago: "
+            f"still being written? (it is quarantined if still unreadable once "
+            f"{FRESH_SHARD_S:.0f} s old; write shards under another name, then rename)",
+            str(path),
+        ) from exc
+
+
 def _is_os_error(exc: BaseException) -> bool:
     """An error of the machine, not of the file: a real errno (pyarrow reports corrupt
     Parquet as OSError without one), memory, or an Arrow error of no known kind (a worker
@@ -154,6 +186,42 @@ def _is_os_error(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno is not None):
         return True
     return type(exc) is pa.ArrowException or isinstance(exc, pa.ArrowCancelled)
+
+
+def _compatible(have: pa.DataType, want: pa.DataType) -> bool:
+    """``have`` (a shard's column type) reads as ``want`` (the schema's): the same kind,
+    any width or offset size (another tool's int64, large_string, a pandas categorical's
+    dictionary), or all nulls."""
+    t = pa.types
+    if t.is_null(have):
+        return True
+    if t.is_dictionary(have):
+        have = have.value_type
+    if t.is_string(want):
+        return bool(t.is_string(have) or t.is_large_string(have))
+    if t.is_integer(want):
+        return bool(t.is_integer(have))
+    if t.is_floating(want):
+        return bool(t.is_floating(have) or t.is_integer(have))
+    if t.is_boolean(want):
+        return bool(t.is_boolean(have))
+    if t.is_binary(want):
+        return bool(t.is_binary(have) or t.is_large_binary(have))
+    if t.is_list(want):
+        listy = t.is_list(have) or t.is_large_list(have) or t.is_fixed_size_list(have)
+        return bool(listy) and _compatible(have.value_type, want.value_type)
+    return bool(have == want)
+
+
+def _check_types(schema: pa.Schema, path: Path) -> None:
+    """A ``SchemaError`` (the shard is quarantined) for a column of the wrong kind: a
+    flipped bit in the footer made ``episode_id`` binary, read back as bytes without a
+    word."""
+    for field in schema:
+        i = ARROW_SCHEMA.get_field_index(field.name)
+        if i >= 0 and not _compatible(field.type, ARROW_SCHEMA.field(i).type):
+            want = ARROW_SCHEMA.field(i).type
+            raise SchemaError(f"{path}: column {field.name} is {field.type}, not {want}")
 
 
 def _check_version(shard: pq.ParquetFile, path: Path) -> None:
@@ -317,8 +385,13 @@ class EpisodeReader:
         propagate and the shard stays. Raises OS errors (see the module doc) and unknown
         versions."""
         try:
-            # page checksums (shards since 2026-12-05): a flipped bit is a corrupt shard
-            with pq.ParquetFile(path, page_checksum_verification=True) as shard:
+            try:
+                # page checksums (shards since 2026-12-05): a flipped bit is a corrupt shard
+                opened = pq.ParquetFile(path, page_checksum_verification=True)
+            except Exception as exc:
+                _unless_still_written(path, exc)
+                raise
+            with opened as shard:
                 # the version first: a newer writer's shard may lack a column asked for
                 _check_version(shard, path)
                 table = shard.read(columns=columns)
@@ -327,6 +400,7 @@ class EpisodeReader:
             missing = [c for c in wanted if c not in have]
             if missing:
                 raise SchemaError(f"{path}: no column(s) {missing}")
+            _check_types(table.schema, path)
             if own_decoder:
                 return decode(table)
         except FileNotFoundError:

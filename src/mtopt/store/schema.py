@@ -303,6 +303,16 @@ def check_writable(e: Episode) -> None:
         raise SchemaError(
             f"episode {e.episode_id}: scene must be a dict, got {type(e.scene).__name__}"
         )
+    for name in ("started_at", "ended_at"):  # a NaN broke `store timeline` for the store
+        value = getattr(e, name)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float, np.integer, np.floating))
+            or not math.isfinite(value)
+        ):
+            raise SchemaError(
+                f"episode {e.episode_id}: {name} must be a finite time (s), got {value!r}"
+            )
 
 
 def episode_to_table(episode: Episode) -> pa.Table:

@@ -182,7 +182,11 @@ def success_over_time(
     episode id met again counts once (``unique_episodes``)."""
     if not (math.isfinite(bin_minutes) and bin_minutes > 0):
         raise ValueError(f"bin_minutes must be a finite number > 0, got {bin_minutes}")
-    ordered = sorted(unique_episodes(rows), key=lambda r: r["started_at"])
+    unique = unique_episodes(rows)
+    # a shard another tool wrote may hold a NaN time: no place on the timeline (it broke
+    # the sort and the binning, failing the command for the whole store)
+    ordered = sorted((r for r in unique if _finite(r["started_at"])), key=lambda r: r["started_at"])
+    untimed = len(unique) - len(ordered)
     minutes = collection_minutes([r["started_at"] for r in ordered], max_gap_s)
     counts: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     wanted = set(episode_tasks)
@@ -200,6 +204,7 @@ def success_over_time(
         "episode_tasks": sorted(wanted),
         "bin_minutes": bin_minutes,
         "minutes": float(minutes[-1]) if len(minutes) else 0.0,
+        "untimed": untimed,
         "policies": {
             policy: [
                 {"start": b * bin_minutes, "episodes": n, "successes": s, "rate": s / n}
@@ -208,6 +213,10 @@ def success_over_time(
             for policy, bins in sorted(counts.items())
         },
     }
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def plot_success_over_time(timeline: dict[str, Any], out: Path) -> Path:

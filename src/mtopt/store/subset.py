@@ -11,6 +11,7 @@ silently shorter copy.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,14 +63,22 @@ def subset_store(
 
     to_copy = set(reader.new_shards())  # not shards a live writer adds while we copy
     counts = {t: 0 for t in tasks}
-    shards = 0
-    for path, table in reader.drain_decoded(select):
-        if table.num_rows == 0:
-            continue
-        write_shard(Path(dst) / SHARDS / path.parent.name / path.name, table)
-        shards += 1
-        for task in table["task"].to_pylist():
-            counts[task] += 1
+    written: list[Path] = []
+    try:
+        for path, table in reader.drain_decoded(select):
+            if table.num_rows == 0:
+                continue
+            out = Path(dst) / SHARDS / path.parent.name / path.name
+            write_shard(out, table)
+            written.append(out)
+            for task in table["task"].to_pylist():
+                counts[task] += 1
+    except BaseException:
+        # an unknown schema version, a full disk, Ctrl-C: a partial copy looked like a
+        # whole one (and blocked the retry: "already holds shards"); take it back
+        _remove(written)
+        raise
+    shards = len(written)
     # OS errors (permissions, EIO): a copy without them is short
     unread = [p for p in reader.new_shards() if p in to_copy]
     if unread:
@@ -79,3 +88,12 @@ def subset_store(
             f"{dst} holds an incomplete copy ({shards} shards): remove it and try again"
         )
     return {**counts, "shards": shards}
+
+
+def _remove(paths: list[Path]) -> None:
+    """Delete the shards a failed copy wrote, and the robot folders left empty."""
+    for p in paths:
+        p.unlink(missing_ok=True)
+    for folder in {p.parent for p in paths}:
+        with contextlib.suppress(OSError):  # not empty (not ours alone) or already gone
+            folder.rmdir()

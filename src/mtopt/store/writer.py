@@ -36,6 +36,7 @@ import time
 import weakref
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -160,6 +161,18 @@ class EpisodeWriter:
                 f"robot_id {robot_id!r} must be letters, digits, '_', '.' or '-', starting "
                 "with a letter or digit (it names a folder)"
             )
+        if (
+            isinstance(flush_every, bool)
+            or not isinstance(flush_every, (int, np.integer))
+            or flush_every < 1
+        ):
+            raise ValueError(f"flush_every must be an int >= 1, got {flush_every!r}")
+        if (
+            isinstance(flush_seconds, bool)
+            or not isinstance(flush_seconds, (int, float, np.integer, np.floating))
+            or not flush_seconds >= 0  # (NaN too)
+        ):
+            raise ValueError(f"flush_seconds must be a number >= 0, got {flush_seconds!r}")
         self.dir = make_dirs(Path(store_dir) / SHARDS / robot_id)
         self.recovered = recover_temp_shards(self.dir)
         self.robot_id = robot_id
