@@ -45,7 +45,10 @@ class ObjectSpec:
     parts: tuple[Part, ...]
     rgba: tuple[float, float, float, float]
     mass: float
-    size: float  # largest half-extent (m)
+    size: float
+    """Largest half-extent (m); a bottle's is about its reach from the body's centre to
+    the neck's tip (half its length + 1 cm), not half its length. lift-large's 3.5 cm
+    threshold takes every bottle either way."""
     half_height: float  # resting half height (for dropping it onto a floor)
 
     @property
