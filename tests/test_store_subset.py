@@ -107,9 +107,10 @@ def test_subset_refuses_to_pass_a_shard_it_could_not_read_as_a_full_copy(
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(reader_module.pq, "ParquetFile", unreadable)
-    with pytest.raises(OSError, match=r"could not read 1 shard\(s\).*incomplete copy"):
+    with pytest.raises(OSError, match=r"could not read 1 shard\(s\).*nothing copied"):
         subset_store(tmp_path / "src", tmp_path / "dst", ["lift-ball"])
     assert bad.exists()  # left in place, not quarantined
+    assert not list((tmp_path / "dst").rglob("*.parquet"))  # no copy that looks whole
     # a shard a live robot flushes during the copy is not a failure (it was named one)
     monkeypatch.setattr(reader_module.pq, "ParquetFile", real)
     grow = reader_module.EpisodeReader.drain_decoded

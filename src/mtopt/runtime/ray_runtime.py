@@ -214,7 +214,10 @@ class ReplayService:
         # a store larger than one poll (a resumed run's) is read in parts first: no
         # batches from its oldest part meanwhile
         enough = len(self.buffers) >= self.min_episodes if ready is None else ready
-        if self.reader.behind == 0 and enough and len(self.buffers) > 0:
+        # (shards it could not read, retried at each poll, hold nothing back: one that
+        # stays unreadable, no permission, stopped this worker's batches for good)
+        backlog = self.reader.behind - self.reader.retrying
+        if backlog == 0 and enough and len(self.buffers) > 0:
             for _ in range(batches):
                 b = self.updater.make_batch()
                 out.append(

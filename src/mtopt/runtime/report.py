@@ -420,7 +420,12 @@ def _collection_lines(run: Any, out: Path) -> list[str]:
     policy, exploring, collect more successes than the scripted one?"""
     from mtopt.replay.impersonation import skill_tasks
     from mtopt.store.reader import EpisodeReader, StoreNotFoundError
-    from mtopt.store.stats import collection_minutes, plot_success_over_time, success_over_time
+    from mtopt.store.stats import (
+        collection_minutes,
+        finite_time,
+        plot_success_over_time,
+        success_over_time,
+    )
 
     try:
         rows = EpisodeReader(run.paths.store).metadata()
@@ -428,7 +433,10 @@ def _collection_lines(run: Any, out: Path) -> list[str]:
         return []
     if not rows:
         return []
-    total = float(collection_minutes(sorted(r["started_at"] for r in rows))[-1])
+    starts = sorted(r["started_at"] for r in rows if finite_time(r["started_at"]))
+    if not starts:
+        return []
+    total = float(collection_minutes(starts)[-1])  # (a NaN time failed the report)
     bin_minutes = float(max(1, math.ceil(total / 10)))
     table: list[dict[str, Any]] = []
     plots: list[str] = []

@@ -6,7 +6,10 @@ whose rows do not decode into episodes is moved to ``<store>/quarantine/`` with 
 line, and reading goes on. An operating-system error (EIO, too many open files, no
 permission, out of memory) says nothing about the shard: ``poll()`` leaves it in place
 and tries it again on the next call, and one-shot reads (``episodes()``, ``metadata()``)
-raise it. A shard of an unknown schema version (a newer writer) is not corrupt either:
+raise it. A shard that cannot be opened yet and was modified within ``FRESH_SHARD_S``
+(another tool writing it in place) is not corrupt yet: polls try it again (for at most
+that long), one-shot reads skip it with a warning. A shard of an unknown schema
+version (a newer writer) is not corrupt either:
 reading stops with ``UnknownSchemaVersionError``. Temp files of writers that are still
 writing (``.*.tmp``) are never read.
 
@@ -154,27 +157,8 @@ for a later poll instead of being quarantined while its writer goes on writing."
 
 
 class ShardBeingWrittenError(OSError):
-    """A shard that cannot be opened yet, modified moments ago: retried, not quarantined."""
-
-
-def _unless_still_written(path: Path, exc: Exception) -> None:
-    """Raise ``ShardBeingWrittenError`` (an OS error: ``poll`` retries it, one-shot reads
-    raise it) for a shard that failed to open with ``exc`` and is younger than
-    ``FRESH_SHARD_S``; return (the shard is corrupt) otherwise."""
-    if _is_os_error(exc) or isinstance(exc, FileNotFoundError):
-        return
-    try:
-        age = time.time() - path.stat().st_mtime
-    except OSError:
-        return
-    if age < FRESH_SHARD_S:
-        raise ShardBeingWrittenError(
-            errno.EBUSY,
-            f"cannot open it yet ({type(exc).__name__}: {exc}), modified {age:.0f} s ago: "
-            f"still being written? (it is quarantined if still unreadable once "
-            f"{FRESH_SHARD_S:.0f} s old; write shards under another name, then rename)",
-            str(path),
-        ) from exc
+    """A shard that cannot be opened yet, modified moments ago: a tailing poll tries it
+    again, a one-shot read skips it with a warning; neither quarantines it."""
 
 
 def _is_os_error(exc: BaseException) -> bool:
@@ -189,26 +173,33 @@ def _is_os_error(exc: BaseException) -> bool:
 
 
 def _compatible(have: pa.DataType, want: pa.DataType) -> bool:
-    """``have`` (a shard's column type) reads as ``want`` (the schema's): the same kind,
-    any width or offset size (another tool's int64, large_string, a pandas categorical's
-    dictionary), or all nulls."""
+    """``have`` (a shard's column type) reads as ``want`` (the schema's): the same kind in
+    any width, offset size or layout (another tool's int64, large_string, string_view, a
+    pandas categorical's dictionary, whole numbers stored as floats where a null made
+    pandas use float64, decimal times), or all nulls."""
     t = pa.types
     if t.is_null(have):
         return True
     if t.is_dictionary(have):
         have = have.value_type
     if t.is_string(want):
-        return bool(t.is_string(have) or t.is_large_string(have))
-    if t.is_integer(want):
-        return bool(t.is_integer(have))
+        return bool(t.is_string(have) or t.is_large_string(have) or t.is_string_view(have))
+    if t.is_integer(want):  # (a float that is no whole number fails its row's decode)
+        return bool(t.is_integer(have) or t.is_floating(have))
     if t.is_floating(want):
-        return bool(t.is_floating(have) or t.is_integer(have))
+        return bool(t.is_floating(have) or t.is_integer(have) or t.is_decimal(have))
     if t.is_boolean(want):
         return bool(t.is_boolean(have))
     if t.is_binary(want):
-        return bool(t.is_binary(have) or t.is_large_binary(have))
+        return bool(t.is_binary(have) or t.is_large_binary(have) or t.is_binary_view(have))
     if t.is_list(want):
-        listy = t.is_list(have) or t.is_large_list(have) or t.is_fixed_size_list(have)
+        listy = (
+            t.is_list(have)
+            or t.is_large_list(have)
+            or t.is_fixed_size_list(have)
+            or t.is_list_view(have)
+            or t.is_large_list_view(have)
+        )
         return bool(listy) and _compatible(have.value_type, want.value_type)
     return bool(have == want)
 
@@ -369,6 +360,10 @@ class EpisodeReader:
             )
         self._seen: set[Path] = set()
         self._failed: set[Path] = set()  # shards an OS error kept from being read
+        self._fresh_since: dict[Path, float] = {}  # unopenable fresh shards: first failure
+        self.retrying = 0
+        """Of ``behind``, the shards the last ``poll()`` tried and could not read (OS
+        errors, shards still being written): the rest wait only for a later poll."""
         self._attempted: list[Path] = []  # the shards the last poll tried
         self.quarantined: list[Path] = []
 
@@ -389,7 +384,7 @@ class EpisodeReader:
                 # page checksums (shards since 2026-12-05): a flipped bit is a corrupt shard
                 opened = pq.ParquetFile(path, page_checksum_verification=True)
             except Exception as exc:
-                _unless_still_written(path, exc)
+                self._unless_still_written(path, exc)
                 raise
             with opened as shard:
                 # the version first: a newer writer's shard may lack a column asked for
@@ -415,6 +410,44 @@ class EpisodeReader:
                 self.quarantined.append(q)
             return None
         return decode(table)  # outside the try: the caller's errors are not the shard's
+
+    def _unless_still_written(self, path: Path, exc: Exception) -> None:
+        """Raise ``ShardBeingWrittenError`` for a shard that failed to open with ``exc``,
+        was modified less than ``FRESH_SHARD_S`` ago, and has not failed for this reader
+        for longer than that (a clock ahead of ours, a future mtime, is no reason to hold
+        a torn shard for good); return (the shard is corrupt) otherwise."""
+        if _is_os_error(exc) or isinstance(exc, FileNotFoundError):
+            return
+        try:
+            age = time.time() - path.stat().st_mtime
+        except OSError:
+            return
+        if not -FRESH_SHARD_S < age < FRESH_SHARD_S:
+            return
+        first = self._fresh_since.setdefault(path, time.monotonic())
+        if time.monotonic() - first >= FRESH_SHARD_S:
+            return
+        raise ShardBeingWrittenError(
+            errno.EBUSY,
+            f"cannot open it yet ({type(exc).__name__}: {exc}), modified {age:.0f} s ago: "
+            f"still being written? (it is quarantined if still unreadable "
+            f"{FRESH_SHARD_S:.0f} s on; write shards under another name, then rename)",
+            str(path),
+        ) from exc
+
+    def _read_now(
+        self,
+        path: Path,
+        decode: Callable[[pa.Table], T],
+        columns: list[str] | None = None,
+    ) -> T | None:
+        """``_read`` for one-shot reads: a shard still being written is not in the store
+        yet (as a writer's temp file is not): skipped with a warning."""
+        try:
+            return self._read(path, decode, columns)
+        except ShardBeingWrittenError as exc:
+            log.warning("skipping shard %s: %s", path, exc.strerror)
+            return None
 
     def new_shards(self) -> list[Path]:
         """Shards not read yet, oldest first (this reader's part only). A robot folder
@@ -468,13 +501,14 @@ class EpisodeReader:
         except OSError as exc:  # listing the folder (EMFILE, EIO): the next poll lists again
             log.warning("could not list the shards of %s (%s); retrying on the next poll",
                         self.store_dir, exc)  # fmt: skip
-            self.behind = 0
+            self.behind = self.retrying = 0
             self._attempted = []
             return []
         # shards that failed for the machine's reasons (no permission yet, EIO) are retried
         # after the others, so that a few such shards cannot hold back every newer one
         paths = [p for p in new if p not in self._failed] + [p for p in new if p in self._failed]
         self.behind = max(0, len(paths) - limit) if limit is not None else 0
+        self.retrying = 0
         out: list[tuple[Path, T]] = []
         done: list[Path] = []
         self._attempted = paths[:limit]
@@ -484,11 +518,17 @@ class EpisodeReader:
             except Exception as exc:
                 if not _is_os_error(exc):
                     raise
-                log.warning("could not read shard %s (%s); retrying on the next poll", path, exc)
+                if not isinstance(exc, ShardBeingWrittenError) or path not in self._failed:
+                    # (a shard still being written: said once, not at every poll)
+                    log.warning(
+                        "could not read shard %s (%s); retrying on the next poll", path, exc
+                    )
                 self.behind += 1
+                self.retrying += 1
                 self._failed.add(path)
                 continue
             self._failed.discard(path)
+            self._fresh_since.pop(path, None)
             done.append(path)
             if decoded is not None:
                 out.append((path, decoded))
@@ -546,7 +586,7 @@ class EpisodeReader:
         def pick(table: pa.Table) -> list[Episode]:
             return _episodes(table.filter(pc.equal(table["episode_id"], episode_id)))
 
-        found = self._read(path, pick)
+        found = self._read_now(path, pick)
         return found[0] if found else None
 
     def _all_shards(self) -> list[Path]:
@@ -563,14 +603,16 @@ class EpisodeReader:
         has seen. Frames are read-only views of the shard's bytes (copy to change them)."""
         wanted = _task_list(tasks)
         for path in self._all_shards():
-            yield from self._read(path, lambda t: _episodes(_of_tasks(t, wanted))) or []
+            yield from self._read_now(path, lambda t: _episodes(_of_tasks(t, wanted))) or []
 
     def final_views(self, tasks: Iterable[str] | None = None) -> Iterator[FinalView]:
         """``episodes()`` without the frames and actions: every episode's ``FinalView``
         (or those of ``tasks``), a shard at a time; OS errors raise, as there."""
         wanted = _task_list(tasks)
         for path in self._all_shards():
-            got = self._read(path, lambda t: _final_views(_of_tasks(t, wanted)), FINAL_VIEW_COLUMNS)
+            got = self._read_now(
+                path, lambda t: _final_views(_of_tasks(t, wanted)), FINAL_VIEW_COLUMNS
+            )
             yield from got or []
 
     def metadata(self, tasks: Iterable[str] | None = None) -> list[dict[str, Any]]:
@@ -581,6 +623,6 @@ class EpisodeReader:
         wanted = _task_list(tasks)
         rows: list[dict[str, Any]] = []
         for path in self._all_shards():
-            got = self._read(path, lambda t: _rows(_of_tasks(t, wanted)), META_COLUMNS) or []
+            got = self._read_now(path, lambda t: _rows(_of_tasks(t, wanted)), META_COLUMNS) or []
             rows.extend({**r, "shard": str(path)} for r in got)
         return rows

@@ -185,11 +185,13 @@ def success_over_time(
     unique = unique_episodes(rows)
     # a shard another tool wrote may hold a NaN time: no place on the timeline (it broke
     # the sort and the binning, failing the command for the whole store)
-    ordered = sorted((r for r in unique if _finite(r["started_at"])), key=lambda r: r["started_at"])
-    untimed = len(unique) - len(ordered)
+    ordered = sorted(
+        (r for r in unique if finite_time(r["started_at"])), key=lambda r: r["started_at"]
+    )
     minutes = collection_minutes([r["started_at"] for r in ordered], max_gap_s)
     counts: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     wanted = set(episode_tasks)
+    untimed = sum(r["task"] in wanted and not finite_time(r["started_at"]) for r in unique)
     for r, m in zip(ordered, minutes, strict=True):
         if r["task"] not in wanted or not r.get("gt_success_by_task"):
             continue
@@ -215,8 +217,10 @@ def success_over_time(
     }
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+def finite_time(value: Any) -> bool:
+    """A usable ``started_at``: a finite number (a shard another tool wrote may hold a NaN
+    or a null)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def plot_success_over_time(timeline: dict[str, Any], out: Path) -> Path:

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mtopt.store.reader import EpisodeReader, shard_paths
-from mtopt.store.stats import collection_minutes
+from mtopt.store.stats import collection_minutes, finite_time
 from mtopt.store.writer import SHARDS, write_shard
 
 
@@ -49,10 +49,15 @@ def subset_store(
     if minutes is not None:
         # the minutes of `mtopt store timeline` (collection_minutes): a stop between two
         # invocations of a run (gaps clipped to a minute) is no collection time
-        starts = np.sort(np.array([r["started_at"] for r in reader.metadata()], np.float64))
+        starts = np.sort(
+            np.array(
+                [r["started_at"] for r in reader.metadata() if finite_time(r["started_at"])],
+                np.float64,
+            )
+        )
         over = np.nonzero(collection_minutes(starts) >= minutes)[0]
-        if over.size:
-            cutoff = float(starts[over[0]])
+        # (inf: all of a shorter store, but not an episode without a finite start time)
+        cutoff = float(starts[over[0]]) if over.size else math.inf
     wanted = pa.array(list(tasks), pa.string())
 
     def select(table: pa.Table) -> pa.Table:
@@ -69,8 +74,8 @@ def subset_store(
             if table.num_rows == 0:
                 continue
             out = Path(dst) / SHARDS / path.parent.name / path.name
+            written.append(out)  # (before: a Ctrl-C just after the rename leaves none behind)
             write_shard(out, table)
-            written.append(out)
             for task in table["task"].to_pylist():
                 counts[task] += 1
     except BaseException:
@@ -83,9 +88,10 @@ def subset_store(
     unread = [p for p in reader.new_shards() if p in to_copy]
     if unread:
         names = ", ".join(str(p) for p in unread[:5]) + (" ..." if len(unread) > 5 else "")
+        _remove(written)
         raise OSError(
             f"could not read {len(unread)} shard(s) of {src} (see the log): {names}; "
-            f"{dst} holds an incomplete copy ({shards} shards): remove it and try again"
+            f"nothing copied (the {shards} shards copied were taken back): try again"
         )
     return {**counts, "shards": shards}
 
