@@ -202,6 +202,31 @@ def test_init_from_refuses_a_run_whose_tasks_are_not_the_sources(tmp_path: Path)
     # a source with more task inputs than the run: name its tasks, say what to do
     with pytest.raises(WeightsError, match=r"list the source.s tasks .*place-can-on-plate"):
         start((), "fewer", tmp_path / "said")
+    # the source's task under its name but defined anew: it took the old trained input
+    anew = {**a, "fixtures": ["bowl"], "category": "ball"}
+    with pytest.raises(WeightsError, match=r"task 'place-can-on-plate' is place Placed\(fixtures"):
+        start((anew, b), "defined-anew")
+    described = {**a, "description": "The can on the plate, please."}  # the words only
+    assert "lift-small-ball as lift-any" in start((described, b), "described")
+
+
+def test_init_from_given_by_set_is_kept_absolute_and_a_resume_reads_tuples_as_saved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--set init_from=REL was saved relative (a resume from another folder lost it);
+    a resume of a config whose task has fixtures ("plate",) was refused as a change."""
+    from mtopt.runtime.config import RunConfig, check_same_task_inputs, with_new_tasks
+
+    (tmp_path / "old").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = with_new_tasks(RunConfig(init_from="old"), None, None)  # --set init_from=old
+    assert cfg.init_from == str(tmp_path / "old")
+    task = {"name": "place-can-on-plate", "kind": "place", "fixtures": ("plate",)}
+    import json
+
+    with_tuple = RunConfig(extra_tasks=(task,))
+    as_saved = RunConfig(extra_tasks=tuple(json.loads(json.dumps([task]))))
+    check_same_task_inputs(as_saved, with_tuple, "--resume")
 
 
 def test_a_new_task_of_a_new_skill_starts_as_a_task_that_starts_as_it_does() -> None:
@@ -399,3 +424,14 @@ def test_a_resume_counts_the_episode_labels_the_sd_rounds_kept(tmp_path: Path) -
     rows.save(run.paths.sd / "episode_labels.npz")
     assert run.episode_labels_kept(7) == 12
     assert run.episode_labels_kept(20) == 20
+
+
+def test_a_local_run_takes_no_registry_other_than_its_configs(tmp_path: Path) -> None:
+    from mtopt.runtime.config import RunConfig
+    from mtopt.runtime.local import LocalRun
+    from mtopt.tasks import DEFAULT_REGISTRY
+
+    more = DEFAULT_REGISTRY.with_extra([{"name": "lift-tiny", "kind": "lift", "min_size": 0.01}])
+    with pytest.raises(ValueError, match=r"give new tasks in cfg\.extra_tasks"):
+        LocalRun(RunConfig(), tmp_path / "run", registry=more)
+    assert not (tmp_path / "run").exists()

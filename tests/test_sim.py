@@ -321,11 +321,44 @@ def test_a_category_placing_task_starts_holding_an_object_of_its_category() -> N
             runner_robot.reset_scene(seed)
             rec = run_episode(runner_robot, _Still(), task, np.random.default_rng(seed), 2)
             assert runner_robot.asked[-1] == (True, "ball") and rec.prepared in (True, False)
+        # a chained episode holding an object of another category cannot succeed
+        runner_robot.reset_scene(0)
+        runner_robot.start_episode()
+        assert runner_robot.prepare_for_task(True)  # any object
+        held = [o.category for o in runner_robot.scene_state().objects if o.in_gripper]
+        assert runner_robot.prepare_for_task(True, category=held[0])
+        other = next(c for c in CATEGORIES if c != held[0])
+        assert not runner_robot.prepare_for_task(True, category=other)
     finally:
         sim_env.close()
         robot_env.close()
         runner_robot.close()
     assert len(held_categories) >= 12  # most scenes have a ball
+
+
+def test_a_robot_written_before_the_category_keyword_still_runs_category_tasks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """place-ball-in-bowl is collected by default: a robot whose prepare_for_task takes
+    only starts_holding raised TypeError on it (its process restarted in a loop)."""
+    from mtopt.sim.runner import run_episode
+
+    class OldRobot(SimRobot):
+        def prepare_for_task(self, starts_holding: bool) -> bool:  # type: ignore[override]
+            return super().prepare_for_task(starts_holding)
+
+    robot = OldRobot(SimConfig(), seed=0)
+    try:
+        robot.reset_scene(3)
+        task = DEFAULT_REGISTRY.get("place-ball-in-bowl")
+        with caplog.at_level("WARNING"):
+            for _ in range(2):
+                rec = run_episode(robot, _Still(), task, np.random.default_rng(0), 2)
+                assert rec.prepared
+        warned = [r for r in caplog.records if "takes no category" in r.getMessage()]
+        assert len(warned) == 1  # once per class
+    finally:
+        robot.close()
 
 
 class _AskedRobot(SimRobot):

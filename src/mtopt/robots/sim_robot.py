@@ -71,12 +71,15 @@ class SimRobot:
 
     def prepare_for_task(self, starts_holding: bool, category: str | None = None) -> bool:
         """Placing tasks need an object in the gripper: keep a held one (a chained episode
-        keeps whatever the last one lifted, as a real robot would) or stage one, of
-        ``category`` if given (False when the right bin holds none)."""
+        goes on with what the last one lifted; False if that is not of ``category``) or
+        stage one, of ``category`` if given (False when the right bin holds none)."""
         self._require_scene()
         if starts_holding:
             if self.holding():
-                return True
+                if category is None:
+                    return True
+                held = [o.category for o in self.cell.scene_state().objects if o.in_gripper]
+                return category in held
             candidates = [
                 b
                 for b, spec in self.cell.object_bodies()

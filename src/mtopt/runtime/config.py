@@ -485,8 +485,10 @@ def with_new_tasks(
     if cfg.qnet.num_tasks < n:  # a network input for every task (--set extra_tasks too)
         cfg = dataclasses.replace(cfg, qnet=dataclasses.replace(cfg.qnet, num_tasks=n))
     if init_from is not None:
+        cfg = dataclasses.replace(cfg, init_from=str(init_from))
+    if cfg.init_from:  # (--init-from or --set init_from=)
         # absolute: a resume started from another folder still finds it
-        cfg = dataclasses.replace(cfg, init_from=str(Path(init_from).absolute()))
+        cfg = dataclasses.replace(cfg, init_from=str(Path(cfg.init_from).absolute()))
     # checked here (a run's start), not in validate: a resume ignores init_from
     if cfg.init_from and not Path(cfg.init_from).exists():
         raise ConfigError(f"init_from: {cfg.init_from} does not exist")
@@ -634,11 +636,16 @@ def check_same_task_inputs(saved: RunConfig, cfg: RunConfig, what: str) -> None:
     """A resume keeps what the network's task inputs mean: the run's ``extra_tasks`` and
     where its network started (``init_from``)."""
     for key in ("extra_tasks", "init_from"):
-        if getattr(cfg, key) != getattr(saved, key):
+        # as config.json keeps them (a task's fixtures ("plate",) read back as a list)
+        if _as_json(getattr(cfg, key)) != _as_json(getattr(saved, key)):
             raise ConfigError(f"{what} cannot change {key}: start a new run for that")
     for key in SD_SOURCES:  # its first SD was made from them
         if getattr(cfg.sd, key) != getattr(saved.sd, key):
             raise ConfigError(f"{what} cannot change sd.{key}: start a new run for that")
+
+
+def _as_json(value: Any) -> Any:
+    return json.loads(json.dumps(value))
 
 
 def preset(name: str) -> RunConfig:

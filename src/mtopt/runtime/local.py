@@ -330,6 +330,7 @@ def new_learner(paths: RunPaths, cfg: RunConfig, registry: TaskRegistry) -> tupl
         if part == "online":
             theirs = meta.get("tasks") or source_tasks(cfg.init_from, trained, paths.root)
             check_source_tasks(cfg.init_from, registry.names[:trained], theirs[:trained])
+            check_source_definitions(cfg.init_from, registry, theirs[:trained], paths.root)
             if trained > cfg.qnet.num_tasks:
                 extra = ", ".join(theirs[len(registry) : trained])
                 raise WeightsError(
@@ -410,6 +411,32 @@ def check_source_tasks(source: str | Path, names: Sequence[str], theirs: Sequenc
             f"{len(names)} tasks are [{mine}]: a new run's tasks file must list the source "
             "run's extra tasks first, in their order, and the new tasks after them"
         )
+
+
+def check_source_definitions(
+    source: str | Path, registry: TaskRegistry, names: Sequence[str], starting: str | Path
+) -> None:
+    """Each of ``names`` (the source network's tasks) means in this run what it meant in
+    the source run (its ``config.json``, when it has one): a tasks file may define a
+    task of the same name anew, and the new definition would silently take the old
+    one's trained input."""
+    own = source_run(source)
+    if own is None or own.resolve() == Path(starting).resolve():
+        return
+    try:
+        theirs = load_run_config(own / "config.json").registry()
+    except (ConfigError, ValueError, TypeError):  # not a run's config: names only
+        return
+    for name in names:
+        if name not in theirs.names or name not in registry.names:
+            continue
+        a, b = registry.get(name), theirs.get(name)
+        if (a.skill, a.starts_holding, a.predicate) != (b.skill, b.starts_holding, b.predicate):
+            raise WeightsError(
+                f"init_from {source}: its task {name!r} is {b.skill} {b.predicate}, this "
+                f"run's is {a.skill} {a.predicate}: a task defined anew needs a new name "
+                "(it would take the old definition's trained input)"
+            )
 
 
 def first_of_skill(registry: TaskRegistry, index: int, trained: int) -> int:
@@ -510,9 +537,17 @@ class LocalRun:
         resume: bool = False,
         registry: TaskRegistry | None = None,
     ):
-        """``registry``: the run's tasks (default: ``cfg.registry()``, the built-in tasks
-        and ``cfg.extra_tasks``)."""
-        registry = registry or cfg.registry()
+        """``registry``: the run's tasks, which must be ``cfg.registry()`` (the built-in
+        tasks and ``cfg.extra_tasks``; the default): the robots, config.json and a resume
+        know only those (a registry with a task of its own made 13-task robots fail on
+        14-task weights). Add tasks with ``extra_tasks``."""
+        if registry is None:
+            registry = cfg.registry()
+        elif tuple(registry.names) != tuple(cfg.registry().names):
+            raise ValueError(
+                f"registry= holds the tasks {list(registry.names)}, the config's "
+                f"{list(cfg.registry().names)}: give new tasks in cfg.extra_tasks"
+            )
         if not resume:  # absolute, checked to exist (`mtopt run` did so already)
             cfg = with_sd_sources(cfg)
         self.cfg = cfg.validate(registry)

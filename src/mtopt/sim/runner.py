@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,6 +12,8 @@ from mtopt.policies.base import Policy
 from mtopt.robots.action import validate_action, wants_terminate
 from mtopt.robots.base import Observation, Robot, StepResult, implausible_values
 from mtopt.tasks.registry import TaskSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,7 +83,7 @@ def checked_prepare(robot: Robot, starts_holding: bool, category: str | None = N
     """``robot.prepare_for_task(starts_holding)``, checked to be a bool; ``category`` goes
     along as a keyword only when set (a robot written before it existed still serves
     every task without one)."""
-    if category is None:
+    if category is None or not _takes_category(robot):
         prepared = robot.prepare_for_task(starts_holding)
     else:
         prepared = robot.prepare_for_task(starts_holding, category=category)
@@ -89,6 +93,29 @@ def checked_prepare(robot: Robot, starts_holding: bool, category: str | None = N
             f"{prepared!r} (a missing return?)"
         )
     return bool(prepared)
+
+
+_warned_no_category: set[type] = set()
+
+
+def _takes_category(robot: Robot) -> bool:
+    """Whether ``robot.prepare_for_task`` takes ``category`` (by name or ``**kwargs``); a
+    robot written before the keyword existed is called without it (warned once per
+    class: its category placing episodes hold whatever it stages)."""
+    try:
+        params = inspect.signature(robot.prepare_for_task).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a C extension): try it
+        return True
+    if any(p.name == "category" or p.kind is p.VAR_KEYWORD for p in params):
+        return True
+    if type(robot) not in _warned_no_category:
+        _warned_no_category.add(type(robot))
+        log.warning(
+            "%s.prepare_for_task takes no category: a category placing task's object is "
+            "whatever the robot stages (add category: str | None = None to choose it)",
+            type(robot).__name__,
+        )
+    return False
 
 
 def checked_act(robot: Robot, action: np.ndarray, step: int) -> StepResult:
