@@ -47,6 +47,15 @@ def test_reads_a_large_store_in_parts_before_giving_batches(tmp_path: Path) -> N
         out = svc.step(1)
         assert out["episodes_held"] == 10 and len(out["batches"]) == 1
 
+        # a shard it cannot read (being written in place by another tool, no permission)
+        # is retried at every step and holds no batches back (it stopped them for good)
+        half = root / "store" / "shards" / "pd" / "00000000000000000000-000000.parquet"
+        half.parent.mkdir()
+        half.write_bytes(b"PAR1 and no footer yet")
+        out = svc.step(1)
+        assert svc.reader.behind == 1 == svc.reader.retrying and len(out["batches"]) == 1
+        half.unlink()
+
         # a restarted actor (Ray restarts a killed one) rebuilds from the whole store
         again = ReplayService(cfg, str(root), seed=1)
         counts = [len(again.step(1)["batches"]) for _ in range(5)]
