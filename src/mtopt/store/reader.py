@@ -416,8 +416,8 @@ class EpisodeReader:
         was modified less than ``FRESH_SHARD_S`` ago, and has not failed for this reader
         for longer than that (a clock ahead of ours, a future mtime, is no reason to hold
         a torn shard for good); return (the shard is corrupt) otherwise."""
-        if _is_os_error(exc) or isinstance(exc, FileNotFoundError):
-            return
+        if _is_os_error(exc) or isinstance(exc, FileNotFoundError) or path in self._seen:
+            return  # (a shard this reader read whole is no longer being written)
         try:
             age = time.time() - path.stat().st_mtime
         except OSError:
