@@ -34,3 +34,12 @@ def test_actions_of_other_real_dtypes_are_taken() -> None:
     for a in (torch.zeros(6), [np.float32(0.5)] * 6, np.zeros(6, np.int8), [0, 1, 0, 0, 1, -1]):
         out = validate_action(a)
         assert out.dtype == np.float32 and out.shape == (ACTION_DIM,)
+
+
+def test_the_commands_are_stored_as_the_robot_executes_them() -> None:
+    """A policy's gripper 0.3 (close) and terminate 0.0 (go on) were kept as 0.3 and 0.0:
+    stored and learned from as values CEM never proposes."""
+    out = validate_action([0.5, -0.2, 0.0, 0.1, 0.3, 0.0])
+    assert out.tolist()[:4] == pytest.approx([0.5, -0.2, 0.0, 0.1])
+    assert out[4] == 1.0 and out[5] == -1.0
+    assert validate_action([0, 0, 0, 0, -0.7, 1e-3]).tolist()[4:] == [-1.0, 1.0]

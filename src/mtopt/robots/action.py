@@ -41,7 +41,8 @@ class InvalidActionError(ValueError):
 
 
 def validate_action(action: object) -> np.ndarray:
-    """Return ``action`` as a float32 vector of shape (ACTION_DIM,) or raise a clear error."""
+    """Return ``action`` as a float32 vector of shape (ACTION_DIM,), its gripper and
+    terminate commands as -1 / +1 (> 0 closes, terminates), or raise a clear error."""
     numeric = f"action must be a numeric vector of length {ACTION_DIM} {ACTION_NAMES}"
     try:
         raw = np.asarray(action)
@@ -65,7 +66,11 @@ def validate_action(action: object) -> np.ndarray:
         raise InvalidActionError(
             f"action values must lie in [{ACTION_LOW}, {ACTION_HIGH}]; out of range: {bad_values}"
         )
-    return np.clip(arr, ACTION_LOW, ACTION_HIGH).astype(np.float32)
+    out = np.clip(arr, ACTION_LOW, ACTION_HIGH).astype(np.float32)
+    # the two commands as the robot executes them (> 0: close / terminate), so what is
+    # stored and learned from is what CEM proposes (a policy's 0.3 was stored as 0.3)
+    out[IDX_GRIPPER:] = np.where(out[IDX_GRIPPER:] > 0.0, ACTION_HIGH, ACTION_LOW)
+    return out
 
 
 def make_action(
