@@ -100,8 +100,23 @@ def pooled(
     a_all: Outcomes = {}
     b_all: Outcomes = {}
     seen: dict[tuple[int, str], str] = {}
-    for sa, sb in zip(a_specs, b_specs, strict=True):
-        (scenes_a, a), (scenes_b, b) = load_outcomes(sa, tasks), load_outcomes(sb, tasks)
+    loaded = [
+        (sa, sb, load_outcomes(sa, tasks), load_outcomes(sb, tasks))
+        for sa, sb in zip(a_specs, b_specs, strict=True)
+    ]
+    if tasks is None:
+        # the tasks every pair has: a task of only some pairs was pooled over fewer
+        # seeds than the others without a word
+        per_pair = [set(a) & set(b) for _, _, (_, a), (_, b) in loaded]
+        tasks = sorted(set.intersection(*per_pair))
+        left = sorted(set.union(*per_pair) - set(tasks))
+        if left:
+            print(
+                f"note: {', '.join(left)} left out: not in every pair of files "
+                "(--tasks names them, to see which)",
+                file=sys.stderr,
+            )
+    for sa, sb, (scenes_a, a), (scenes_b, b) in loaded:
         if scenes_a != scenes_b:
             raise SystemExit(
                 f"{sa} ran (seed, episodes, objects) {scenes_a}, {sb} ran {scenes_b}: "
@@ -114,7 +129,7 @@ def pooled(
                 "them would count the same scenes twice"
             )
         seen[key] = sa
-        for task in tasks or sorted(set(a) & set(b)):
+        for task in tasks:
             if task not in a or task not in b:
                 raise SystemExit(f"task {task!r} is not in both {sa} and {sb}")
             a_all.setdefault(task, []).extend(a[task])

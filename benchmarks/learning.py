@@ -281,9 +281,27 @@ def main() -> None:
     args = ap.parse_args()
     root = Path(args.dir)
     singles = [t for t in args.single_task.split(",") if t] if not args.skip_single else []
-    seeds = [int(x) for x in args.eval_seeds.split(",") if x]
+    try:
+        seeds = [int(x) for x in args.eval_seeds.split(",") if x]
+    except ValueError:
+        ap.error(f"--eval-seeds: whole numbers, comma-separated, got {args.eval_seeds!r}")
+    from mtopt.eval.evaluate import eval_scene_seed
     from mtopt.runtime.config import preset
     from mtopt.sim.cell import CELL_VERSION
+
+    # checked before hours of training, not after (the arms' in-run seeds are checked
+    # when each is evaluated)
+    if len(set(seeds)) != len(seeds):
+        ap.error(f"--eval-seeds {args.eval_seeds}: a seed twice counts its scenes twice")
+    if args.eval_episodes < 0:
+        ap.error(f"--eval-episodes must be >= 0, got {args.eval_episodes}")
+    for seed in seeds if args.eval_episodes > 0 else []:
+        try:
+            eval_scene_seed(seed, 0, args.eval_episodes - 1)
+        except ValueError as exc:
+            ap.error(f"--eval-seeds / --eval-episodes: {exc}")
+    if args.workers < 1:
+        ap.error(f"--workers must be >= 1, got {args.workers}")
 
     registry = preset(args.config).registry()
     for task in singles:

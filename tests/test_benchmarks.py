@@ -249,6 +249,33 @@ def test_learning_benchmark_resume_must_repeat_the_arm_arguments(tmp_path: Path)
     assert json.loads((tmp_path / "bench_args.json").read_text())["set"] == ["seed=1"]
 
 
+def test_learning_benchmark_checks_its_evaluation_scenes_before_training(tmp_path: Path) -> None:
+    """A seed given twice counted its scenes twice; a seed or episode count out of range
+    failed only after hours of training."""
+    for bad, says in (
+        (["--eval-seeds", "5,5"], "a seed twice"),
+        (["--eval-seeds", "600"], "out of range"),
+        (["--eval-episodes", "1001"], "out of range"),
+        (["--workers", "0"], "--workers must be >= 1"),
+    ):
+        r = subprocess.run(
+            [
+                sys.executable,
+                str(BENCH / "learning.py"),
+                "--dir",
+                str(tmp_path / "b"),
+                "--json",
+                str(tmp_path / "o.json"),
+                *bad,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 2 and says in r.stderr, r.stderr[-500:]
+    assert not (tmp_path / "b").exists()
+
+
 def test_learning_curves_stitch_resumed_clocks_and_average_windows(tmp_path: Path) -> None:
     from plot_learning_curves import stitched_minutes, window_means
 
@@ -548,6 +575,12 @@ def test_compare_evals_pairs_scenes_across_files(tmp_path: Path) -> None:
         pooled([old], [run5], None)
     with pytest.raises(SystemExit, match="pair up"):
         pooled([run5, run6], [ens5], None)
+    # a task only one pair has is left out (it was pooled over fewer seeds, silently)
+    both = {"acting": {"outcomes": "100"}}
+    a5 = result("a5.json", 5, {"lift-any": both, "place-any": both})
+    b5 = result("b5.json", 5, {"lift-any": both, "place-any": both})
+    a, b = pooled([a5, run6], [b5, ens6], None)
+    assert set(a) == set(b) == {"lift-any"} and len(a["lift-any"]) == 6
     # a part named for a file of one policy (an ensemble's): it was read as that policy
     with pytest.raises(SystemExit, match="holds one policy's outcomes"):
         pooled([run5], [f"{ens5}:online"], None)

@@ -250,7 +250,9 @@ def test_evaluation_replaces_a_scene_the_robot_cannot_set_up() -> None:
     sim = SimConfig(max_steps=3)
     robot = SimRobot(sim, robot_id="eval", seed=0)
     ran: list[int] = []
-    refuse = {eval_scene_seed(0, 0, 1, 0)} | {eval_scene_seed(0, 0, 2, a) for a in range(3)}
+    refuse = {eval_scene_seed(0, 0, 1, 0)} | {
+        eval_scene_seed(0, 0, 2, a) for a in range(SETUP_TRIES)
+    }
     prepare = robot.prepare_for_task
 
     def prepare_unless_refused(starts_holding: bool) -> bool:
@@ -264,12 +266,12 @@ def test_evaluation_replaces_a_scene_the_robot_cannot_set_up() -> None:
         )
     finally:
         robot.close()
-    assert SETUP_TRIES == 3
+    assert SETUP_TRIES == 5
     assert ran == [
         eval_scene_seed(0, 0, 0),
         eval_scene_seed(0, 0, 1, 0),
         eval_scene_seed(0, 0, 1, 1),  # slot 1's replacement
-        *(eval_scene_seed(0, 0, 2, a) for a in range(3)),  # slot 2: no scene sets up
+        *(eval_scene_seed(0, 0, 2, a) for a in range(5)),  # slot 2: no scene sets up
     ]
     assert len(wins["place-any"]) == 3 and wins["place-any"][2] is False
     assert eval_scene_seed(5, 1, 7) == 7_000_000 + 500_000 + 1000 + 7  # by hand

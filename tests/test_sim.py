@@ -936,16 +936,16 @@ def test_random_scenes_never_take_an_evaluation_seed() -> None:
     from mtopt.eval.evaluate import MAX_EVAL_SEED, SETUP_TRIES, eval_scene_seed
     from mtopt.sim.seeds import COLLECTION_SEED_LOW, is_reserved_seed, random_scene_seed
 
-    assert COLLECTION_SEED_LOW == 2**28 and MAX_EVAL_SEED == 499 and SETUP_TRIES == 3
+    assert COLLECTION_SEED_LOW == 2**28 and MAX_EVAL_SEED == 499 and SETUP_TRIES == 5
     rng = np.random.default_rng(0)
     draws = [random_scene_seed(rng) for _ in range(10_000)]
     assert min(draws) >= 2**28 and not any(map(is_reserved_seed, draws))
-    assert eval_scene_seed(499, 99, 999, 2) < 2**28  # the largest evaluation scene, by hand:
-    assert eval_scene_seed(499, 99, 999, 2) == 7_000_000 + 49_900_000 + 99_999 + 100_000_000
+    assert eval_scene_seed(499, 99, 999, 4) < 2**28  # the largest evaluation scene, by hand:
+    assert eval_scene_seed(499, 99, 999, 4) == 7_000_000 + 49_900_000 + 99_999 + 200_000_000
     # the seeds' blocks never meet: the last main scene of the last seed comes before
     # the first replacement scene of seed 0
     assert eval_scene_seed(MAX_EVAL_SEED, 99, 999, 0) < eval_scene_seed(0, 0, 0, 1)
-    for bad in ((MAX_EVAL_SEED + 1, 0, 0, 0), (0, 100, 0, 0), (0, 0, 1000, 0), (0, 0, 0, 3)):
+    for bad in ((MAX_EVAL_SEED + 1, 0, 0, 0), (0, 100, 0, 0), (0, 0, 1000, 0), (0, 0, 0, 5)):
         with pytest.raises(ValueError, match="out of range"):
             eval_scene_seed(*bad)
     r = SimRobot(SimConfig(), seed=0)
