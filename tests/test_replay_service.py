@@ -161,3 +161,26 @@ def test_a_workers_report_view_is_its_buffers_and_its_batches(tmp_path: Path) ->
     assert view["buffer_sizes"] == {t: list(v) for t, v in svc.buffers.sizes().items()}
     total = sum(v["success"] + v["failure"] for v in view["batch_share"].values())
     assert abs(total - 1.0) < 1e-9
+
+
+def test_a_fresh_ray_run_gives_its_replay_workers_the_learners_targets(tmp_path: Path) -> None:
+    """A fresh Ray run published its random network at step 0 for the replay workers'
+    targets, and robots acted with it from their first episode (half of them); the
+    targets now go to the workers directly."""
+    from mtopt.qtopt.learner import Learner
+
+    root = tmp_path / "run"
+    _write(root / "store", 0, 2)
+    SuccessDetector(SuccessNet(SDNetConfig()), DEFAULT_REGISTRY.names).publish(root / "sd", 1)
+    cfg = preset("tiny")
+    threads = torch.get_num_threads()
+    try:
+        learner = Learner(cfg.qnet)
+        states = [net.state_dict() for net in learner.targets]
+        svc = ReplayService(cfg, str(root), seed=0, targets=states)
+        for mine, theirs in zip(svc.updater.target_nets, learner.targets, strict=True):
+            for k, v in theirs.state_dict().items():
+                assert torch.equal(mine.state_dict()[k], v)
+        assert not (root / "weights").exists()  # nothing published for robots to act with
+    finally:
+        torch.set_num_threads(threads)

@@ -141,7 +141,17 @@ class ReplayService:
     successes above all) sits unevenly across the parts, the learner's batches together
     give it less than its share (README, Ray)."""
 
-    def __init__(self, cfg: RunConfig, root: str, seed: int, part: tuple[int, int] = (0, 1)):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        root: str,
+        seed: int,
+        part: tuple[int, int] = (0, 1),
+        targets: list[dict[str, Any]] | None = None,
+    ):
+        """``targets``: the learner's target networks' state dicts, until its weights are
+        first published (a fresh run publishes none before its first ``publish_every``
+        steps)."""
         import torch
 
         torch.set_num_threads(1)
@@ -166,6 +176,8 @@ class ReplayService:
         wanted = min(cfg.replay.min_episodes, cfg.max_episodes or cfg.replay.min_episodes)
         self.min_episodes = max(1, -(-wanted // part[1]))  # this worker's share
         nets = [QNetwork(cfg.qnet).eval(), QNetwork(cfg.qnet).eval()]
+        for net, state in zip(nets, targets or [], strict=False):
+            net.load_state_dict(state)
         self.updater = BellmanUpdater(
             self.buffers,
             nets,
@@ -386,7 +398,17 @@ def run_ray(
             "elapsed_s": now - t0,
         }
 
-    learner.publish(p.weights)  # replay actors need target networks from the start
+    # replay actors need target networks from the start: a resumed run's are published
+    # (robots had them before the stop); a fresh run's go to the actors directly, since
+    # robots act with whatever is published (the random network, half their episodes,
+    # from the first one; the local runtime's bootstrap data is all scripted)
+    initial_targets = None
+    if learner.step > 0:
+        learner.publish(p.weights)
+    else:
+        initial_targets = [
+            {k: v.detach().cpu() for k, v in net.state_dict().items()} for net in learner.targets
+        ]
     scripted = run.scripted_baseline()
     started_here = not ray.is_initialized()
     main_thread = threading.current_thread() is threading.main_thread()
@@ -395,7 +417,9 @@ def run_ray(
         # a local Ray gets the CPUs its actors ask for (0.5 each), at least 2: with fewer,
         # an actor that cannot be placed waited forever and the run never ended
         ray.init(
-            address=address,
+            # "local": a new local instance, even where RAY_ADDRESS or a `ray start` on
+            # this machine would have been joined (and refused our num_cpus)
+            address=address or "local",
             num_cpus=None if address else max(2, math.ceil(0.5 * (c.robots + c.replay_workers))),
             include_dashboard=False,
             log_to_driver=False,
@@ -455,9 +479,14 @@ def run_ray(
     try:
         robot_cls, replay_cls = _robot_actor_cls(), _replay_actor_cls()
         robots = [robot_cls.remote(i, c, str(p.root), c.seed * 100 + i) for i in range(c.robots)]
+        targets_ref = ray.put(initial_targets)
         replays = [
             replay_cls.remote(
-                c, str(p.root), updater_seed(c.seed + 1 + i, learner.step), (i, c.replay_workers)
+                c,
+                str(p.root),
+                updater_seed(c.seed + 1 + i, learner.step),
+                (i, c.replay_workers),
+                targets_ref,
             )
             for i in range(c.replay_workers)
         ]
@@ -559,6 +588,10 @@ def run_ray(
         final_view(120)
     except KeyboardInterrupt:  # as the local runtime: checkpoint, evaluate, report
         log.warning("interrupted: checkpointing and writing the report")
+        # the checkpoint first: what follows waits on actors, and a SIGKILL after a
+        # SIGTERM's grace period lost every step since the last one
+        with contextlib.suppress(Exception):
+            learner.save_checkpoint(p.checkpoint, extras(time.time()))
         # the robots' last calls finish (a few episodes) and are counted, as on a normal end
         settle_robots(30)
         final_view(30)
