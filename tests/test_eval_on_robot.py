@@ -278,6 +278,7 @@ def test_mtopt_evaluate_end_to_end_with_a_stand_in_arm(tmp_path: Path) -> None:
         (["--sd", str(tmp_path / "nope")], "no success detector folder"),
         (["--robot-factory", "tests.robot_factories:make_leg"], "has no 'make_leg'"),
         (["--store", str(run / "store")], "the run's own store"),
+        (["--store", str(run / "config.json")], "is a file, not a folder"),  # was a traceback
     ):
         res = CliRunner().invoke(app, ["evaluate", str(run), *bad])
         assert res.exit_code == 2 and says in res.output, (bad, res.output)

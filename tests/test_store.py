@@ -352,6 +352,16 @@ def test_timeline_command_on_a_store(tmp_path: Path) -> None:
         app, ["store", "timeline", str(tmp_path / "store"), "--task", "place-any"]
     )
     assert res.exit_code == 2 and "no episodes" in res.output
+    # output paths are checked before the store is read (a folder failed after the work,
+    # naming no option)
+    (tmp_path / "adir").mkdir()
+    for cmd in (
+        ["store", "timeline", str(tmp_path / "store"), "--task", "lift-any", "--json"],
+        ["store", "timeline", str(tmp_path / "store"), "--task", "lift-any", "--plot"],
+        ["store", "stats", str(tmp_path / "store"), "--plot"],
+    ):
+        res = CliRunner().invoke(app, [*cmd, str(tmp_path / "adir")])
+        assert res.exit_code == 2 and "is a directory; give a file" in res.output, res.output
     res = CliRunner().invoke(
         app, ["store", "timeline", str(tmp_path / "store"), "--task", "lift-nope"]
     )

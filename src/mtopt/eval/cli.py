@@ -80,6 +80,8 @@ def register(app: typer.Typer) -> None:
         sd_dir = sd if sd is not None else run / "sd"
         if store is not None and store.resolve() == (run / "store").resolve():
             fail(f"--store {store} is the run's own store: the run would train on these episodes")
+        if store is not None and store.exists() and not store.is_dir():
+            fail(f"--store {store} is a file, not a folder")  # (a traceback, after the robot)
         try:
             cfg = load_run_config(run / "config.json")
             # a fleet-judged run (eval.on='fleet') never evaluated on simulated scenes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import typer
@@ -118,6 +119,10 @@ def register(app: typer.Typer) -> None:
             resolve_device(cfg.learner.device)  # a missing GPU: say so before robots start
             if address is not None and cfg.runtime != "ray":  # it was ignored
                 raise ConfigError("--address is for the ray runtime (--runtime ray)")
+            if cfg.runtime == "ray" and importlib.util.find_spec("ray") is None:
+                raise ConfigError(
+                    "--runtime ray needs Ray: pip install 'mtopt[ray]' (make setup installs it)"
+                )
         except (ConfigError, ValueError) as exc:
             fail(exc)
         try:
@@ -133,6 +138,10 @@ def register(app: typer.Typer) -> None:
                 summary = LocalRun(cfg, out, resume).run()
         except (FileExistsError, ConfigError, WeightsError) as exc:
             fail(exc)
+        except ConnectionError as exc:  # ray.init(address=...) with no cluster there
+            if cfg.runtime != "ray":
+                raise
+            fail(f"--address {address}: no Ray cluster reached ({exc})")
         typer.echo(f"report: {out / 'report' / 'report.md'}")
         final = summary.get("final", {}).get("success", {})
         for task, rate in final.items():

@@ -329,8 +329,8 @@ class RunConfig:
                 )
         if len(e.tasks) > EVAL_MAX_TASKS:
             raise ValueError(f"eval.tasks: at most {EVAL_MAX_TASKS} tasks, got {len(e.tasks)}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed < 2**63:  # (torch.manual_seed overflowed past that)
+            raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
         if e.split not in ("train", "test"):
             raise ValueError(f"eval.split must be train or test, got {e.split!r}")
         if self.sim.object_split != "train":

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mtopt._cli import TASKS_FILE_HELP, fail, registry_for
+from mtopt._cli import TASKS_FILE_HELP, fail, output_file, registry_for
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown")
 
@@ -43,6 +43,8 @@ def stats(
     from mtopt.store.schema import SchemaError
     from mtopt.store.stats import plot_stats, sd_scores, store_stats
 
+    if plot is not None:
+        output_file(plot)  # now, not after reading the store
     if sd is None and (store.parent / "sd" / "sd-latest.json").exists():
         sd = store.parent / "sd"
     scores, other_size = None, 0
@@ -97,6 +99,9 @@ def timeline(
     from mtopt.tasks.registry import UnknownTaskError
 
     _positive_minutes("--bin", bin_minutes)
+    for given in (plot, json_out):
+        if given is not None:
+            output_file(given)  # now, not after reading the store
     registry = registry_for(store, tasks_file)
     tasks = [t for t in (episodes_of or "").split(",") if t]
     if episodes_of is not None and not tasks:

@@ -133,6 +133,8 @@ def eval_(
     from mtopt.success.plots import plot_confusion
     from mtopt.success.train import evaluate_sd
 
+    if plot is not None:
+        output_file(plot)  # now, not after the evaluation
     try:
         sd = SuccessDetector.load(weights)
         data = LabeledSet.load(examples)
