@@ -130,7 +130,7 @@ def held_out_outcomes(
     from concurrent.futures import ProcessPoolExecutor
 
     from evaluate_run import in_run_seed, one, own_config
-    from mtopt.eval.evaluate import decode_outcomes, encode_outcomes
+    from mtopt.eval.evaluate import SETUP_TRIES, decode_outcomes, encode_outcomes
     from mtopt.qtopt.cem import CEMConfig
     from mtopt.runtime.config import run_sim_config
     from mtopt.sim.cell import CELL_VERSION
@@ -152,6 +152,7 @@ def held_out_outcomes(
         # what else makes the scenes and the search: a cell or CEM of other code
         "objects": "test",
         "cell_version": CELL_VERSION,
+        "setup_tries": SETUP_TRIES,  # (3 until 2026-12-06: other category placing scenes)
         "sim": dataclasses.asdict(run_sim_config(run, "test")),
         "cem": search,
     }

@@ -184,3 +184,22 @@ def test_a_fresh_ray_run_gives_its_replay_workers_the_learners_targets(tmp_path:
         assert not (root / "weights").exists()  # nothing published for robots to act with
     finally:
         torch.set_num_threads(threads)
+
+
+def test_the_ray_replay_actor_takes_what_the_service_takes() -> None:
+    """The actor's constructor missed the targets argument the service took: Ray refused
+    every replay actor of every run (checked in the driver, without a cluster)."""
+    import inspect
+
+    import pytest
+
+    pytest.importorskip("ray")
+    from mtopt.runtime.ray_runtime import _replay_actor_cls
+
+    actor = _replay_actor_cls()
+    sig = actor.__ray_metadata__.method_meta.signatures["__init__"]
+    from ray._common import signature
+
+    signature.flatten_args(sig, ("cfg", "root", 1, (0, 1), None), {})  # raised TypeError
+    service = list(inspect.signature(ReplayService.__init__).parameters)[1:]  # (no self)
+    assert [p.name for p in sig if p.name not in ("self", "_ray_trace_ctx")] == service

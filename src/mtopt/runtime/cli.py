@@ -138,10 +138,6 @@ def register(app: typer.Typer) -> None:
                 summary = LocalRun(cfg, out, resume).run()
         except (FileExistsError, ConfigError, WeightsError) as exc:
             fail(exc)
-        except ConnectionError as exc:  # ray.init(address=...) with no cluster there
-            if cfg.runtime != "ray":
-                raise
-            fail(f"--address {address}: no Ray cluster reached ({exc})")
         typer.echo(f"report: {out / 'report' / 'report.md'}")
         final = summary.get("final", {}).get("success", {})
         for task, rate in final.items():

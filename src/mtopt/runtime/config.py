@@ -329,8 +329,10 @@ class RunConfig:
                 )
         if len(e.tasks) > EVAL_MAX_TASKS:
             raise ValueError(f"eval.tasks: at most {EVAL_MAX_TASKS} tasks, got {len(e.tasks)}")
-        if not 0 <= self.seed < 2**63:  # (torch.manual_seed overflowed past that)
-            raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
+        # robots seed their generators with seed * 1000 + i, and torch.manual_seed
+        # overflowed past 2**64 (after config.json was written, or at the first publish)
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
         if e.split not in ("train", "test"):
             raise ValueError(f"eval.split must be train or test, got {e.split!r}")
         if self.sim.object_split != "train":

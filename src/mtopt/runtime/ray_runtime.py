@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from mtopt.runtime.config import RunConfig
+from mtopt.runtime.config import ConfigError, RunConfig
 
 log = logging.getLogger(__name__)
 MAX_ROBOT_FAILURES = 5
@@ -310,10 +310,17 @@ def _replay_actor_cls() -> Any:
     import ray
 
     class ReplayActor(ReplayService):
-        def __init__(self, cfg: RunConfig, root: str, seed: int, part: tuple[int, int] = (0, 1)):
+        def __init__(
+            self,
+            cfg: RunConfig,
+            root: str,
+            seed: int,
+            part: tuple[int, int] = (0, 1),
+            targets: list[dict[str, Any]] | None = None,
+        ):
             # its seed was fixed when the actor was created: a restart replayed its
             # first sampling and CEM stream
-            super().__init__(cfg, root, _seed_after_restart(seed), part)
+            super().__init__(cfg, root, _seed_after_restart(seed), part, targets)
 
     return ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0.5)(ReplayActor)
 
@@ -416,15 +423,20 @@ def run_ray(
     if started_here:
         # a local Ray gets the CPUs its actors ask for (0.5 each), at least 2: with fewer,
         # an actor that cannot be placed waited forever and the run never ended
-        ray.init(
-            # "local": a new local instance, even where RAY_ADDRESS or a `ray start` on
-            # this machine would have been joined (and refused our num_cpus)
-            address=address or "local",
-            num_cpus=None if address else max(2, math.ceil(0.5 * (c.robots + c.replay_workers))),
-            include_dashboard=False,
-            log_to_driver=False,
-            ignore_reinit_error=True,
-        )
+        try:
+            ray.init(
+                # "local": a new local instance, even where RAY_ADDRESS or a `ray start`
+                # on this machine would have been joined (and refused our num_cpus)
+                address=address or "local",
+                num_cpus=None
+                if address
+                else max(2, math.ceil(0.5 * (c.robots + c.replay_workers))),
+                include_dashboard=False,
+                log_to_driver=False,
+                ignore_reinit_error=True,
+            )
+        except ConnectionError as exc:  # --address with no cluster there: one line
+            raise ConfigError(f"--address {address}: no Ray cluster reached ({exc})") from None
         # ray.init makes SIGTERM exit the driver at once: the caller's handler again
         # (mtopt run's raises KeyboardInterrupt: checkpoint, evaluation and report)
         if on_sigterm is not None and signal.getsignal(signal.SIGTERM) is not on_sigterm:
@@ -479,7 +491,7 @@ def run_ray(
     try:
         robot_cls, replay_cls = _robot_actor_cls(), _replay_actor_cls()
         robots = [robot_cls.remote(i, c, str(p.root), c.seed * 100 + i) for i in range(c.robots)]
-        targets_ref = ray.put(initial_targets)
+        targets_ref = ray.put(initial_targets)  # (kept: a restarted actor gets it again)
         replays = [
             replay_cls.remote(
                 c,
