@@ -1,6 +1,7 @@
 """Collection: chain/reset decisions, task choice, the loop on a fake robot, the fleet CLI."""
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -385,9 +386,9 @@ class CannotHoldRobot(FakeRobot):
 
 
 def test_a_task_the_robot_cannot_set_up_is_skipped_not_stored(tmp_path: Path) -> None:
-    """The placing task is drawn but cannot be prepared: no episode of it is stored, the
-    scene is reset and a task that can run is drawn instead; with no such task left the
-    loop says so."""
+    """The placing task is drawn but cannot be prepared: no episode of it is stored and
+    a task that can run is drawn instead, on the same scene (a reset per miss cost a
+    scene each time); with no such task left the loop says so."""
     robot = CannotHoldRobot()
     reg = DEFAULT_REGISTRY.subset(["lift-any", "place-on-plate"])
     with EpisodeWriter(tmp_path, "fake", flush_every=100) as w:
@@ -396,7 +397,7 @@ def test_a_task_the_robot_cannot_set_up_is_skipped_not_stored(tmp_path: Path) ->
         eps = [loop.run_one() for _ in range(12)]
     assert {e.task for e in eps} == {"lift-any"}
     assert loop.unprepared.get("place-on-plate", 0) >= 1
-    assert robot.resets == 12 + loop.unprepared["place-on-plate"]
+    assert robot.resets == 12  # one per episode (max_chain=1), none per miss
     assert len(EpisodeReader(tmp_path).poll()) == 12
     only_place = DEFAULT_REGISTRY.subset(["place-on-plate"])
     with EpisodeWriter(tmp_path / "b", "fake") as w:
@@ -419,6 +420,40 @@ class SometimesCannotHoldRobot(FakeRobot):
             if self.asked % 3 == 0:
                 return False
         return super().prepare_for_task(starts_holding)
+
+
+class CanLifterRobot(FakeRobot):
+    """Every lift holds a can; the ball placing task cannot use it (the simulated cell
+    refuses a chained episode holding another category)."""
+
+    def prepare_for_task(self, starts_holding: bool, category: str | None = None) -> bool:
+        if starts_holding and category not in (None, "can"):
+            return False
+        return super().prepare_for_task(starts_holding)
+
+
+def test_a_chained_place_the_held_object_cannot_serve_draws_another_placing_task(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a lift holding a can, place-ball-in-bowl cannot be set up: the loop used to
+    reset the scene (the lift's chain lost) and warn each time; now another placing task
+    goes on with the held can, and a task never set up is warned about once."""
+    robot = CanLifterRobot()
+    reg = DEFAULT_REGISTRY.subset(["lift-any", "place-any", "place-ball-in-bowl"])
+    cfg = CollectConfig(max_chain=2, reset_prob=0.0, reset_after_place=True)
+    with caplog.at_level(logging.WARNING), EpisodeWriter(tmp_path, "fake") as w:
+        loop = CollectLoop(robot, reg, w, scripted_policy_for, cfg, seed=2)
+        eps = [loop.run_one() for _ in range(100)]
+    assert loop.unprepared["place-ball-in-bowl"] >= 20
+    assert "place-ball-in-bowl" not in {e.task for e in eps}
+    chained = [e for e in eps if e.chain_index == 1]
+    assert "place-any" in {e.task for e in chained}  # (a lift that missed chains a lift)
+    lifts = [i for i, e in enumerate(eps[:-1]) if e.task == "lift-any" and e.chain_index == 0]
+    assert lifts and all(eps[i + 1].chain_index == 1 for i in lifts)  # every lift chained
+    # a reset per episode that starts a chain, none per miss
+    assert robot.resets == sum(e.chain_index == 0 for e in eps)
+    warned = [r for r in caplog.records if "could not set up" in r.getMessage()]
+    assert len(warned) == 1 and "place-ball-in-bowl on 20 tries" in warned[0].getMessage()
 
 
 class LiftStartRecorder(FakeRobot):

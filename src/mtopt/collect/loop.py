@@ -155,6 +155,9 @@ MAX_FAILED_SETUPS = 50
 """Scenes in a row on which no enabled task could be set up before a robot gives up (a
 robot that can never stage its tasks, not one that met a hard scene)."""
 
+NEVER_SET_UP = 20
+"""Failed setups of a task, none of it run yet, at which a robot warns (once per task)."""
+
 
 def choose_task(
     tasks: Sequence[TaskSpec],
@@ -185,11 +188,14 @@ class CollectLoop:
     ``objects_left()`` (proprioception/perception any robot can provide).
 
     A task whose initial condition the robot cannot set up (``prepare_for_task``
-    returns False: a placing task with nothing to pick up, say) is not run and nothing
-    is stored for it: the scene is reset and another task is drawn, not one that
-    already failed to set up in this call until every enabled task has (then all of them
-    again, on fresh scenes, up to ``MAX_FAILED_SETUPS`` in a row; ``unprepared`` counts
-    them per task). A robot holding an object after an episode chains a placing task;
+    returns False: a placing task with nothing to pick up, or a category placing task
+    chained after a lift of another category) is not run and nothing is stored for it:
+    another task is drawn on the same scene, and the scene is reset only once every
+    enabled task failed to set up on it (up to ``MAX_FAILED_SETUPS`` scenes in a row;
+    ``unprepared`` counts the misses per task; a task missed ``NEVER_SET_UP`` times
+    before any episode of it ran is warned about). A reset per miss cost a scene and the
+    lift just chained (place-ball-in-bowl missed ~20 times a minute in a 13-task run,
+    each a warning). A robot holding an object after an episode chains a placing task;
     when the task drawn is not one (no placing task enabled, or
     ``chain_place_after_lift`` off), the scene is reset first rather than the object
     dropped where the last episode presented it.
@@ -239,25 +245,27 @@ class CollectLoop:
         return int(f()) if callable(f) else 1
 
     def run_one(self) -> Episode:
-        failed: set[str] = set()
-        setups = 0  # failed setups in this call, each on a fresh scene
+        failed: set[str] = set()  # tasks that could not be set up on this scene
+        scenes = 0  # scenes in this call on which no enabled task could be set up
         while True:
             if self.needs_reset:
                 self.robot.reset_scene(random_scene_seed(self.rng))
                 self.chain_len, self.prev_id, self.needs_reset = 0, None, False
+                failed.clear()
             left = [i for i, t in enumerate(self.tasks) if t.name not in failed]
             if not left:
-                # every enabled task failed to set up once (one task: a robot collecting
-                # a single placing task meets a scene it cannot stage in ~1 of 200): try
-                # them all again on the fresh scenes, up to MAX_FAILED_SETUPS in a row
-                if setups >= MAX_FAILED_SETUPS:
+                # every enabled task failed to set up on this scene (one task: a robot
+                # collecting a single placing task meets a scene it cannot stage in ~1
+                # of 200): a fresh scene, up to MAX_FAILED_SETUPS in a row
+                scenes += 1
+                if scenes >= MAX_FAILED_SETUPS:
                     raise RuntimeError(
                         f"robot {self.robot.robot_id} could not set up any enabled task "
-                        f"on {setups} scenes in a row (prepare_for_task returned False for "
+                        f"on {scenes} scenes in a row (prepare_for_task returned False for "
                         f"{sorted(failed)})"
                     )
-                failed.clear()
-                left = list(range(len(self.tasks)))
+                self.needs_reset = True
+                continue
             holding = self._holding()
             task = choose_task(
                 [self.tasks[i] for i in left],
@@ -279,15 +287,24 @@ class CollectLoop:
             if rec.prepared:
                 break
             failed.add(task.name)
-            setups += 1
-            self.unprepared[task.name] = self.unprepared.get(task.name, 0) + 1
-            log.warning(
-                "robot %s could not set up %s (prepare_for_task returned False): "
-                "nothing stored, the scene is reset",
+            missed = self.unprepared.get(task.name, 0) + 1
+            self.unprepared[task.name] = missed
+            log.debug(
+                "robot %s could not set up %s (prepare_for_task returned False): nothing "
+                "stored, another task is drawn on the scene",
                 self.robot.robot_id,
                 task.name,
             )
-            self.needs_reset = True
+            if missed == NEVER_SET_UP and not self.counts.get(task.name):
+                # a scene without the task's object is routine (a miss per few minutes
+                # per task); a task never staged is a robot or task file to look at
+                log.warning(
+                    "robot %s could not set up %s on %d tries and has run none of it: "
+                    "can the robot stage it (prepare_for_task)?",
+                    self.robot.robot_id,
+                    task.name,
+                    missed,
+                )
         ended = time.time()
         ep = stored_episode(
             self.robot,

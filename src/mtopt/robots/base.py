@@ -109,7 +109,9 @@ class Robot(Protocol):
     ``prepare_for_task`` lets a robot set up the initial condition a task needs (for the
     sim: an object already in the gripper for placing tasks); a real robot may chain from
     a previous successful lift instead and return False when it cannot comply (collection
-    then stores nothing for that task, resets the scene and draws another).
+    then stores nothing for that task and draws another on the same scene, resetting it
+    once no enabled task can be set up there: a False should leave a scene the next task
+    can start from, as the simulated cell's does).
 
     Optional methods, read with ``getattr`` by collection (``mtopt.collect.loop``):
 
