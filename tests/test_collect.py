@@ -150,6 +150,8 @@ def test_collect_cli_two_robots(tmp_path: Path) -> None:
     assert res.exit_code == 0 and "6 episodes" in res.output and (tmp_path / "stats.png").exists()
     res = CliRunner().invoke(app, ["collect", "--store", str(tmp_path), "--tasks", "fly"])
     assert res.exit_code == 2 and "unknown task 'fly'" in res.output
+    res = CliRunner().invoke(app, ["collect", "--store", str(tmp_path), "--tasks", " , "])
+    assert res.exit_code == 2 and "names no task" in res.output  # (it collected every task)
 
     # the SD column: a detector published in the run's sd/ next to the store is used
     from mtopt.success.network import SDNetConfig, SuccessDetector, SuccessNet

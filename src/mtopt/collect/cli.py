@@ -58,7 +58,9 @@ def register(app: typer.Typer) -> None:
         from mtopt.tasks import DEFAULT_REGISTRY, UnknownTaskError
         from mtopt.tasks.registry import read_tasks_file, registry_with_tasks_file
 
-        names = tuple(t for t in tasks.split(",") if t)
+        names = tuple(t.strip() for t in tasks.split(",") if t.strip())
+        if tasks.strip() and not names:
+            fail(f"--tasks {tasks!r} names no task: give task names, or leave it out for all")
         extra: tuple[dict[str, object], ...] = ()
         run_cfg = None  # the config of the run whose weights these are
         if weights is not None and weights.exists() and not weights.is_dir():

@@ -286,8 +286,13 @@ class RunConfig:
         at_least(self.max_learner_steps, 0, "max_learner_steps", " (0: no limit)")
         at_least(self.max_episodes, 0, "max_episodes", " (0: no limit)")
         at_least(self.parity_window, 1, "parity_window")
-        if not self.budget_minutes > 0:
-            raise ValueError(f"budget_minutes must be > 0, got {self.budget_minutes}")
+        if not 0 < self.budget_minutes < math.inf:
+            # inf ran on, with an Infinity in config.json that strict JSON readers refuse
+            raise ValueError(
+                f"budget_minutes must be a finite number of minutes > 0, got "
+                f"{self.budget_minutes} (a run stopped early with Ctrl-C checkpoints, "
+                "evaluates and reports)"
+            )
         if not self.max_collect_rate > 0:
             raise ValueError(f"max_collect_rate must be > 0, got {self.max_collect_rate}")
         if not 0.0 <= self.epsilon <= 1.0:

@@ -55,6 +55,7 @@ from mtopt.robots.action import ACTION_DIM, validate_action
 from mtopt.robots.base import STATE_DIM, Observation
 from mtopt.robots.sim_robot import SimRobot
 from mtopt.sim.cell import NOT_COPYABLE, SimConfig
+from mtopt.sim.runner import checked_prepare
 from mtopt.sim.seeds import random_scene_seed
 from mtopt.tasks.registry import DEFAULT_REGISTRY, TaskRegistry, TaskSpec
 
@@ -204,9 +205,7 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._last = None  # a reset that fails part-way leaves no episode to step in
         self._robot.reset_scene(scene_seed)
         self._robot.start_episode()
-        ready = self._robot.prepare_for_task(
-            self.task.starts_holding, category=self.task.held_category
-        )
+        ready = checked_prepare(self._robot, self.task.starts_holding, self.task.held_category)
         self._steps = 0
         self._done = False
         self._last = self._robot.observe()
