@@ -6,6 +6,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch
 
 from mtopt.config import override
 from mtopt.runtime.config import preset
@@ -71,7 +72,7 @@ def test_ray_run_relabels_and_retrains_the_sd_and_ingests_the_last_episodes(
     from mtopt.qtopt.learner import Learner
     from mtopt.runtime.config import with_new_tasks
     from mtopt.runtime.local import LocalRun
-    from mtopt.runtime.ray_runtime import run_ray
+    from mtopt.runtime.ray_runtime import driver_threads, run_ray
 
     task = {"name": "place-can-on-plate", "kind": "place", "fixtures": ["plate"], "category": "can"}
     tasks = tmp_path / "tasks.json"
@@ -92,17 +93,34 @@ def test_ray_run_relabels_and_retrains_the_sd_and_ingests_the_last_episodes(
     )
     # a finished round is checkpointed with its labels at once, mid-run
     saved: list[int] = []
+    threads: list[int] = []  # torch's threads at each checkpoint, then at the end
     save = Learner.save_checkpoint
     monkeypatch.setattr(
         Learner,
         "save_checkpoint",
-        lambda s, path, extra=None: saved.append(extra["sd_labels"]) or save(s, path, extra),
+        lambda s, path, extra=None: (
+            saved.append(extra["sd_labels"])
+            or threads.append(torch.get_num_threads())
+            or save(s, path, extra)
+        ),
     )
     finish = LocalRun.finish
     monkeypatch.setattr(
-        LocalRun, "finish", lambda s, *a, **k: saved.append(-1) or finish(s, *a, **k)
+        LocalRun,
+        "finish",
+        lambda s, *a, **k: (
+            saved.append(-1) or threads.append(torch.get_num_threads()) or finish(s, *a, **k)
+        ),
     )
-    summary = run_ray(with_new_tasks(cfg, tasks, None), tmp_path / "run")
+    before = torch.get_num_threads()
+    torch.set_num_threads(8)  # more than the 4 actors leave on any machine of < 12 cores
+    try:
+        summary = run_ray(with_new_tasks(cfg, tasks, None), tmp_path / "run")
+        # the learner ran on the cores the local actors left; the evaluation has 8 again
+        assert set(threads[:-1]) == {driver_threads(os.cpu_count() or 2, 2, 2)}
+        assert threads[-1] == 8 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
     assert saved.index(-1) > 0 and all(n > 0 for n in saved[: saved.index(-1)]), saved
     assert summary["sd_version"] >= 2 and summary["sd_episode_labels"] > 0
     assert (tmp_path / "run" / "sd" / "episode_labels.npz").exists()

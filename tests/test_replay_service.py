@@ -203,3 +203,14 @@ def test_the_ray_replay_actor_takes_what_the_service_takes() -> None:
     signature.flatten_args(sig, ("cfg", "root", 1, (0, 1), None), {})  # raised TypeError
     service = list(inspect.signature(ReplayService.__init__).parameters)[1:]  # (no self)
     assert [p.name for p in sig if p.name not in ("self", "_ray_trace_ctx")] == service
+
+
+def test_the_ray_driver_keeps_the_cores_its_local_actors_leave() -> None:
+    """By hand: 16 cores, 4 robots and 3 replay workers (one thread each) leave the
+    learner 9; a fleet larger than the machine still leaves it one. Unset, the driver's
+    OpenMP threads took every core and spun against the actors."""
+    from mtopt.runtime.ray_runtime import driver_threads
+
+    assert driver_threads(16, 4, 3) == 9
+    assert driver_threads(2, 2, 1) == 1
+    assert driver_threads(8, 0, 1) == 7
