@@ -120,3 +120,31 @@ class ArmThatDropsOut(ArmWithoutTruth):
 
 def make_arm_that_drops_out(robot_id: str, seed: int, sim: SimConfig) -> ArmThatDropsOut:
     return ArmThatDropsOut(robot_id, seed, sim)
+
+
+FLAKY: dict[str, Any] = {"made": [], "builds": 0, "fail_builds": set(), "fail_at_act": 40}
+"""``make_flaky_arm``'s state: the arms made, the factory's calls, the calls (from 1)
+that fail, the first arm's act that fails."""
+
+
+class FlakyArm(TrackedArm):
+    """The first arm made loses its controller mid-episode (at its ``fail_at_act``th act,
+    a few episodes in); the ones made after it work."""
+
+    def __init__(self, robot_id: str, seed: int, sim: SimConfig):
+        super().__init__(robot_id, seed, sim)
+        self.first, self.acts, self.seed = not FLAKY["made"], 0, seed
+
+    def act(self, action: np.ndarray) -> StepResult:
+        self.acts += 1
+        if self.first and self.acts == FLAKY["fail_at_act"]:
+            raise ConnectionError("the arm's controller stopped answering")
+        return super().act(action)
+
+
+def make_flaky_arm(robot_id: str, seed: int, sim: SimConfig) -> FlakyArm:
+    FLAKY["builds"] += 1
+    if FLAKY["builds"] in FLAKY["fail_builds"]:
+        raise ConnectionError("the arm did not answer the factory")
+    FLAKY["made"].append(FlakyArm(robot_id, seed, sim))
+    return FLAKY["made"][-1]

@@ -58,79 +58,127 @@ def driver_threads(cpus: int, robots: int, replay_workers: int) -> int:
     return max(1, cpus - robots - replay_workers)
 
 
-def _robot_actor_cls() -> Any:
-    import ray
+class RobotWorker:
+    """One robot of a Ray run: its ``CollectLoop`` and store writer, ``run(n)`` episodes
+    at a time (the Ray actor is this class, ``_robot_actor_cls``).
 
-    # a dead actor restarts, but its call under way fails (no retry): the driver counts
-    # it, so a robot that crashes again and again is dropped, as the local fleet does
-    @ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0.5)
-    class RobotActor:
-        def __init__(self, index: int, cfg: RunConfig, root: str, seed: int):
-            import torch
+    An error in an episode goes to the driver, which counts it, as a robot process's
+    death does in the local fleet; and as a restarted process would, the robot is built
+    again by its factory first (a real arm reconnected, a simulator the error left in an
+    unknown state started anew), on new scenes. A robot whose factory fails is built
+    again at its next call (the driver drops it after ``MAX_ROBOT_FAILURES`` in a row).
+    """
 
-            torch.set_num_threads(1)
-            from mtopt.collect.fleet import robot_id, robot_seed, written_per_robot
-            from mtopt.collect.loop import CollectLoop, PolicyProvider
-            from mtopt.robots.factory import make_robot
-            from mtopt.store.writer import EpisodeWriter
+    def __init__(self, index: int, cfg: RunConfig, root: str, seed: int):
+        import torch
 
-            registry = cfg.registry()
-            # a restarted (or resumed) actor goes on from the episodes it already wrote,
-            # so its scenes are new and the same store history gives the same seeds
-            try:
-                written = written_per_robot(Path(root) / "store").get(robot_id(index), 0)
-            except Exception as exc:  # an unreadable store must not keep the robot from starting
-                log.warning("robot %d: could not count its stored episodes (%s)", index, exc)
-                written = 0
-            # after a crash: not the scenes it may have crashed on (its count of stored
-            # episodes need not have moved since)
-            seed = robot_seed(_seed_after_restart(seed), written)
-            self.max_rate, self.done, self.t0 = cfg.max_collect_rate, 0, time.monotonic()
-            self.robot = make_robot(cfg.robot_factory, cfg.sim, robot_id(index), seed)
-            self.writer = EpisodeWriter(
-                Path(root) / "store",
-                robot_id(index),
-                cfg.collect.flush_every,
-                cfg.collect.flush_seconds,
-            )
-            provider = PolicyProvider.for_collection(
-                registry,
-                Path(root) / "weights",
-                Path(root) / "switch.json",
-                cfg.collect,
-                cfg.epsilon,
-                cfg.noise_std,
-                seed=seed,
-                cem=cfg.collection_cem(),
-            )
-            collect = dataclasses.replace(cfg.collect, max_steps=cfg.sim.max_steps)
-            self.loop = CollectLoop(self.robot, registry, self.writer, provider, collect, seed=seed)
+        torch.set_num_threads(1)
+        from mtopt.collect.fleet import robot_id, robot_seed, written_per_robot
+        from mtopt.collect.loop import CollectLoop, PolicyProvider
+        from mtopt.store.writer import EpisodeWriter
 
-        def pid(self) -> int:
-            return os.getpid()
+        self.index, self.cfg, self.registry = index, cfg, cfg.registry()
+        # a restarted (or resumed) actor goes on from the episodes it already wrote, so
+        # its scenes are new and the same store history gives the same seeds
+        try:
+            written = written_per_robot(Path(root) / "store").get(robot_id(index), 0)
+        except Exception as exc:  # an unreadable store must not keep the robot from starting
+            log.warning("robot %d: could not count its stored episodes (%s)", index, exc)
+            written = 0
+        self.seed = robot_seed(seed, written)
+        self.rebuilt = 0  # robots built again after an error
+        self.max_rate, self.done, self.t0 = cfg.max_collect_rate, 0, time.monotonic()
+        self.writer = EpisodeWriter(
+            Path(root) / "store",
+            robot_id(index),
+            cfg.collect.flush_every,
+            cfg.collect.flush_seconds,
+        )
+        self.provider = PolicyProvider.for_collection(
+            self.registry,
+            Path(root) / "weights",
+            Path(root) / "switch.json",
+            cfg.collect,
+            cfg.epsilon,
+            cfg.noise_std,
+            seed=self.seed,
+            cem=cfg.collection_cem(),
+        )
+        self._collect = dataclasses.replace(cfg.collect, max_steps=cfg.sim.max_steps)
+        self._loop_cls = CollectLoop
+        self.robot: Any = None
+        self.loop: Any = None
+        try:
+            self._build(self.seed)
+        except BaseException:
+            self.writer.close()
+            raise
 
-        def run(self, episodes: int) -> dict[str, int]:
-            from mtopt.collect.fleet import rate_wait
+    def _build(self, seed: int) -> None:
+        from mtopt.collect.fleet import robot_id
+        from mtopt.robots.factory import make_robot
 
-            counts: dict[str, int] = {}
+        self.robot = make_robot(self.cfg.robot_factory, self.cfg.sim, robot_id(self.index), seed)
+        self.loop = self._loop_cls(
+            self.robot, self.registry, self.writer, self.provider, self._collect, seed=seed
+        )
+
+    def _rebuild(self) -> None:
+        """Close the robot (best effort: it just failed) and build it again on new scenes."""
+        if self.robot is not None:
+            with contextlib.suppress(Exception):
+                self.robot.close()
+        self.robot = self.loop = None
+        self.rebuilt += 1
+        self._build(self.seed + 104729 * self.rebuilt)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, episodes: int) -> dict[str, int]:
+        from mtopt.collect.fleet import rate_wait
+
+        counts: dict[str, int] = {}
+        try:
+            if self.loop is None:  # its factory failed after the last error: again
+                self._rebuild()
             for _ in range(episodes):
-                ep = self.loop.run_one()
+                try:
+                    ep = self.loop.run_one()
+                except Exception:
+                    with contextlib.suppress(Exception):
+                        self._rebuild()  # (a failure here is tried again next call)
+                    raise
                 counts[ep.task] = counts.get(ep.task, 0) + 1
                 self.done += 1
                 # at most cfg.max_collect_rate episodes per second, as the local fleet
                 time.sleep(rate_wait(self.done, self.max_rate, time.monotonic() - self.t0))
-            self.writer.flush()
-            return counts
+        finally:
+            self.writer.flush()  # the episodes before an error are kept too
+        return counts
 
-        def close(self) -> None:
-            """The run's end: the writer's last episodes flushed, the robot closed (a real
-            arm parked and disconnected), as the local fleet's robot processes do."""
-            try:
-                self.writer.close()
-            finally:
+    def close(self) -> None:
+        """The run's end: the writer's last episodes flushed, the robot closed (a real
+        arm parked and disconnected), as the local fleet's robot processes do."""
+        try:
+            self.writer.close()
+        finally:
+            if self.robot is not None:
                 self.robot.close()
 
-    return RobotActor
+
+def _robot_actor_cls() -> Any:
+    import ray
+
+    class RobotActor(RobotWorker):
+        def __init__(self, index: int, cfg: RunConfig, root: str, seed: int):
+            # after a crash: not the scenes it may have crashed on (its count of stored
+            # episodes need not have moved since)
+            super().__init__(index, cfg, root, _seed_after_restart(seed))
+
+    # a dead actor restarts, but its call under way fails (no retry): the driver counts
+    # it, so a robot that crashes again and again is dropped, as the local fleet does
+    return ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0.5)(RobotActor)
 
 
 class ReplayService:
