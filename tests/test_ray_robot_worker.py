@@ -5,6 +5,7 @@ as a local robot process that dies is restarted."""
 from pathlib import Path
 
 import pytest
+import torch
 from tests.robot_factories import FLAKY
 
 from mtopt.config import override
@@ -25,6 +26,7 @@ def test_a_robot_that_fails_mid_episode_is_rebuilt_by_its_factory(
     monkeypatch.setitem(FLAKY, "builds", 0)
     monkeypatch.setitem(FLAKY, "fail_builds", {2})  # the first rebuild fails
     cfg = override(preset("tiny"), ["robot_factory=tests.robot_factories:make_flaky_arm"])
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # (the actor's 1)
     worker = RobotWorker(0, cfg, str(tmp_path), seed=5)
     with pytest.raises(ConnectionError, match="controller stopped answering"):
         worker.run(50)

@@ -291,7 +291,7 @@ class RunConfig:
             raise ValueError(
                 f"budget_minutes must be a finite number of minutes > 0, got "
                 f"{self.budget_minutes} (a run stopped early with Ctrl-C checkpoints, "
-                "evaluates and reports)"
+                "evaluates and reports; a resumed run takes --minutes N)"
             )
         if not self.max_collect_rate > 0:
             raise ValueError(f"max_collect_rate must be > 0, got {self.max_collect_rate}")

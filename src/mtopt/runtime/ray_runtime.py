@@ -145,16 +145,22 @@ class RobotWorker:
             for _ in range(episodes):
                 try:
                     ep = self.loop.run_one()
-                except Exception:
-                    with contextlib.suppress(Exception):
-                        self._rebuild()  # (a failure here is tried again next call)
+                except Exception as exc:
+                    log.warning("robot %d: %r in an episode: building it again", self.index, exc)
+                    try:
+                        self._rebuild()
+                    except Exception as again:  # tried again at the next call
+                        log.warning("robot %d: its factory failed too: %r", self.index, again)
                     raise
                 counts[ep.task] = counts.get(ep.task, 0) + 1
                 self.done += 1
                 # at most cfg.max_collect_rate episodes per second, as the local fleet
                 time.sleep(rate_wait(self.done, self.max_rate, time.monotonic() - self.t0))
-        finally:
-            self.writer.flush()  # the episodes before an error are kept too
+        except Exception:
+            with contextlib.suppress(Exception):  # the episode's error is the one to see
+                self.writer.flush()  # the episodes before it are kept too
+            raise
+        self.writer.flush()
         return counts
 
     def close(self) -> None:
@@ -675,16 +681,18 @@ def run_ray(
         if sd_tail is not None:
             with contextlib.suppress(Exception):
                 sd_tail.close(timeout_s=10)
-        # each robot on its own (a dead one fails at once and must not keep the others
-        # from closing: a real arm parked, its writer's last episodes flushed)
-        closing = [r.close.remote() for r in robots]
-        close_by = time.monotonic() + 30
-        for ref in closing:
-            with contextlib.suppress(Exception):
-                ray.get(ref, timeout=max(0.1, close_by - time.monotonic()))
-        if started_here:
-            ray.shutdown()
-        torch.set_num_threads(threads_before)  # the final evaluation has the cores again
+        try:
+            # each robot on its own (a dead one fails at once and must not keep the
+            # others from closing: a real arm parked, its writer's last episodes flushed)
+            closing = [r.close.remote() for r in robots]
+            close_by = time.monotonic() + 30
+            for ref in closing:
+                with contextlib.suppress(Exception):
+                    ray.get(ref, timeout=max(0.1, close_by - time.monotonic()))
+            if started_here:
+                ray.shutdown()
+        finally:
+            torch.set_num_threads(threads_before)  # the final evaluation has the cores
     return run.finish(
         learner,
         scripted=scripted,
