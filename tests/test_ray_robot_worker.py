@@ -39,6 +39,9 @@ def test_a_robot_that_fails_mid_episode_is_rebuilt_by_its_factory(
     assert sum(counts.values()) == 3 and FLAKY["builds"] == 3 and len(FLAKY["made"]) == 2
     second = FLAKY["made"][1]
     assert not second.closed and second.seed != first.seed  # new scenes
+    # buffered by the writer's policy (flush_every 16), written when the driver asks
+    assert len(EpisodeReader(tmp_path / "store").metadata()) == len(before_error)
+    worker.flush()
     assert len(EpisodeReader(tmp_path / "store").metadata()) == len(before_error) + 3
     worker.close()
     assert second.closed
