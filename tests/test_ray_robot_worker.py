@@ -25,7 +25,8 @@ def test_a_robot_that_fails_mid_episode_is_rebuilt_by_its_factory(
     monkeypatch.setitem(FLAKY, "made", [])
     monkeypatch.setitem(FLAKY, "builds", 0)
     monkeypatch.setitem(FLAKY, "fail_builds", {2})  # the first rebuild fails
-    cfg = override(preset("tiny"), ["robot_factory=tests.robot_factories:make_flaky_arm"])
+    factory = "robot_factory=tests.robot_factories:make_flaky_arm"
+    cfg = override(preset("tiny"), [factory, "collect.flush_seconds=600"])
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # (the actor's 1)
     worker = RobotWorker(0, cfg, str(tmp_path), seed=5)
     with pytest.raises(ConnectionError, match="controller stopped answering"):

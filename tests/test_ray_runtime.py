@@ -89,6 +89,7 @@ def test_ray_run_relabels_and_retrains_the_sd_and_ingests_the_last_episodes(
             "sd.improve_growth=1.0",
             "checkpoint_every=1000",  # no scheduled checkpoint: only the rounds' own
             "eval.every_steps=1000",  # nor an evaluation's (each is checkpointed at once)
+            "collect.flush_seconds=600",  # shards of flush_every (16), however slow the CI
         ],
     )
     # a finished round is checkpointed with its labels at once, mid-run

@@ -520,6 +520,7 @@ def run_ray(
     sd_pool = ThreadPoolExecutor(1, thread_name_prefix="sd-round")
     sd_job: Future[tuple[Any, int]] | None = None
     replays: list[Any] = []
+    robots: list[Any] = []
     pending: dict[Any, Any] = {}
 
     def settle_robots(timeout_s: float) -> None:
@@ -529,13 +530,20 @@ def run_ray(
         for ref in list(pending):
             with contextlib.suppress(Exception):
                 ray.get(ref, timeout=max(0.1, end - time.time()))
-        flushing = []
+        for ref in flush_robots():  # (its own floor: the calls may have used the budget)
+            with contextlib.suppress(Exception):
+                ray.get(ref, timeout=max(10.0, end - time.time()))
+
+    def flush_robots() -> list[Any]:
+        """Have every robot write what its writer buffers (not waited for): before the
+        robots idle (an evaluation, the end of collecting), since the writer's
+        ``flush_seconds`` is checked only when an episode is written, and a driver
+        killed meanwhile takes the actors and their buffers with it."""
+        refs = []
         for r in robots:
             with contextlib.suppress(Exception):
-                flushing.append(r.flush.remote())
-        for ref in flushing:
-            with contextlib.suppress(Exception):
-                ray.get(ref, timeout=max(0.1, end - time.time()))
+                refs.append(r.flush.remote())
+        return refs
 
     def final_view(timeout_s: float) -> None:
         """The episodes the last robot calls flushed and the buffers' composition, for the
@@ -565,7 +573,6 @@ def run_ray(
                 )
             )
 
-    robots: list[Any] = []
     try:
         robot_cls, replay_cls = _robot_actor_cls(), _replay_actor_cls()
         robots = [robot_cls.remote(i, c, str(p.root), c.seed * 100 + i) for i in range(c.robots)]
@@ -648,8 +655,9 @@ def run_ray(
             ingested, comp = held_progress(results, ingested, comp)
             held = sum(int(r["episodes_held"]) for r in results)
             batches = [b for res in results for b in res["batches"]]
-            if c.max_episodes and ingested >= c.max_episodes:
+            if c.max_episodes and ingested >= c.max_episodes and collecting:
                 collecting = False
+                flush_robots()
             for b in batches:
                 if c.max_learner_steps and learner.step >= c.max_learner_steps:
                     break
@@ -664,6 +672,7 @@ def run_ray(
                 # on the grid of every_steps (a loop trains several steps: from the step
                 # itself the points drifted by up to that many each time)
                 last_eval = learner.step - learner.step % c.eval.every_steps
+                flush_robots()  # they idle after their calls under way meanwhile
                 run._evaluate(learner, scripted, ingested, t0, sd, stats)
                 # the point in a checkpoint at once: the step's own checkpoint (if it had
                 # one) came before it, and a resume does not evaluate this step again
