@@ -1,5 +1,6 @@
 """The whole loop on the tiny config, through the same code path as `mtopt run`; then resume."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -686,6 +687,22 @@ def test_sd_start_and_relabel_rounds_survive_a_crash_and_label_an_episode_once(
     again, labels = run.improve_sd(sd, big, labels)
     assert again is sd and labels == 4
     assert any("another size than the detector's" in line for line in run.log_lines)
+    # an id the store holds twice (a client's retried write) is labeled once, and a round
+    # fine-tuning the detector in use ("previous") leaves it as it was: it goes on scoring
+    twice = [
+        FinalView(f"new{i}", "lift-any", recent[i].final_image, recent[i].gt_success_by_task, {})
+        for i in range(2)
+    ]
+    run.cfg = dataclasses.replace(
+        run.cfg, sd=dataclasses.replace(run.cfg.sd, retrain_from="previous")
+    )
+    live = {k: v.clone() for k, v in sd.net.state_dict().items()}
+    newer, labels = run.improve_sd(sd, [*twice, twice[0]], labels)
+    assert labels == 6 and newer.version == 3
+    assert all(torch.equal(v, sd.net.state_dict()[k]) for k, v in live.items())
+    assert not all(torch.equal(v, newer.net.state_dict()[k]) for k, v in live.items())
+    kept = np.load(run.paths.sd / "episode_labels.npz", allow_pickle=False)["ids"]
+    assert sorted(map(str, kept)) == ["ep0", "ep1", "ep2", "ep3", "new0", "new1"]
 
 
 def test_a_resumed_run_draws_new_random_streams_for_its_bellman_updater() -> None:

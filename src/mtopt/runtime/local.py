@@ -891,9 +891,16 @@ class LocalRun:
         tasks contradicting each other) and the most uncertain, retrain."""
         lab_path = self.paths.sd / "episode_labels.npz"
         before = LabeledSet.load(lab_path) if lab_path.exists() else None
-        if before is not None:  # an episode is labeled once (rounds' candidates can overlap)
-            done = {str(i) for i in before.ids}
-            recent = [e for e in recent if str(e.episode_id) not in done]
+        # an episode is labeled once: not again after an earlier round (rounds' candidates
+        # can overlap), nor twice in this one (a store can hold an id twice: a client's
+        # retried write; both copies scored alike and were picked side by side)
+        done = set() if before is None else {str(i) for i in before.ids}
+        unique = []
+        for e in recent:
+            if str(e.episode_id) not in done:
+                done.add(str(e.episode_id))
+                unique.append(e)
+        recent = unique
         size = sd.net.cfg.image_size
         fits = [e for e in recent if np.shape(e.final_image) == (size, size, 3)]
         if len(fits) < len(recent):  # a robot whose camera gives another size: not labeled
@@ -986,13 +993,16 @@ class LocalRun:
         return sd, labels
 
     def _retrain_start(self, sd: SuccessDetector) -> SuccessNet:
-        """The network a relabel round fine-tunes (``SDConfig.retrain_from``)."""
+        """The network a relabel round fine-tunes (``SDConfig.retrain_from``): a copy when
+        it is the detector in use, which goes on scoring while the round trains (the Ray
+        driver evaluates beside it; an interrupted round left half-trained weights under
+        the old version)."""
         initial = self.paths.sd / "initial"
         if self.cfg.sd.retrain_from == "previous":
-            return sd.net
+            return copy.deepcopy(sd.net)
         if SuccessDetector.latest_version(initial) == 0:  # a run from before it was kept
             self._log("no staged-only SD in sd/initial: fine-tuning the current SD")
-            return sd.net
+            return copy.deepcopy(sd.net)
         return SuccessDetector.load(initial, self.registry.names).net
 
     def scripted_baseline(self) -> dict[str, float]:

@@ -413,9 +413,9 @@ def improve_loop(
         sd = SuccessDetector(net, registry.names)
         n_labels = int((chosen & known).sum(0).max())  # the labels of the task with the most
         meta = {"origin": "sd improve", "labeler": labeler, "labels_per_task": n_labels}
-        sd.publish(weights, extra_meta=meta)
-        if labeler == "oracle":
+        if labeler == "oracle":  # the labels first: an SD must not count labels not kept
             save_chosen(chosen_path, pool.ids, registry.names, chosen & known)
+        sd.publish(weights, extra_meta=meta)
         record(n_labels)
     if curve:
         plot_curve(curve, Path(weights) / ACCURACY_PLOT)
