@@ -657,6 +657,7 @@ def test_sd_start_and_relabel_rounds_survive_a_crash_and_label_an_episode_once(
     from mtopt.runtime.config import preset
     from mtopt.runtime.local import LocalRun
     from mtopt.store.reader import FinalView
+    from mtopt.success.data import LabeledSet
 
     run = LocalRun(preset("tiny"), tmp_path / "run")
     first = run.init_sd()
@@ -703,6 +704,12 @@ def test_sd_start_and_relabel_rounds_survive_a_crash_and_label_an_episode_once(
     assert not all(torch.equal(v, newer.net.state_dict()[k]) for k, v in live.items())
     kept = np.load(run.paths.sd / "episode_labels.npz", allow_pickle=False)["ids"]
     assert sorted(map(str, kept)) == ["ep0", "ep1", "ep2", "ep3", "new0", "new1"]
+    # an episode of the SD's validation set (an example file exported from this store)
+    # is never labeled for training
+    val_id = str(LabeledSet.load(run.paths.sd / "validation.npz").ids[0])
+    seen = FinalView(val_id, "lift-any", recent[2].final_image, recent[2].gt_success_by_task, {})
+    again, labels = run.improve_sd(newer, [seen], labels)
+    assert again is newer and labels == 6
 
 
 def test_a_resumed_run_draws_new_random_streams_for_its_bellman_updater() -> None:

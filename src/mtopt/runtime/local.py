@@ -913,9 +913,17 @@ class LocalRun:
         # then no examples need staging for a round that cannot label anything)
         if not any(getattr(e, "gt_success_by_task", None) for e in recent):
             return sd, labels_so_far
+        base = self._sd_train_set()
+        # an example set made of this store's episodes (sd.examples_file / validation_file
+        # from `sd export`): its episodes are not labeled again, and the validation
+        # set's never trained on (the run's quality.json would read high)
+        held = {str(i) for i in base.ids} | {str(i) for i in self._sd_val_set().ids}
+        recent = [e for e in recent if str(e.episode_id) not in held]
+        if not recent:
+            return sd, labels_so_far
         finals = np.stack([e.final_image for e in recent])
         probs = sd.score(finals)
-        known = self._sd_train_set() if before is None else self._sd_train_set().concat(before)
+        known = base if before is None else base.concat(before)
         disputes = disputes_given_labels(probs, known.labels, known.mask)
         pick = select_episodes(probs, self.cfg.sd.label_budget_per_round, disputes)
         new = episode_examples([recent[i] for i in pick], self.registry, source="oracle")
