@@ -559,6 +559,51 @@ def test_label_queue_scores_episodes_that_arrive_later(tmp_path: Path) -> None:
     assert q["remaining"] == 9 and (tmp_path / "store" / "quarantine").is_dir()
 
 
+def test_a_detector_that_cannot_score_the_store_is_not_tried_at_every_refresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A newer detector that fails to load was tried again at every queue refresh, each
+    time reading every final image of the store; now after RESCORE_RETRY_S."""
+    import time
+
+    from mtopt.success import server
+
+    with EpisodeWriter(tmp_path / "store", "r0") as w:
+        for i in range(3):
+            w.write(make_episode(i, size=16))
+    sd = SuccessDetector(SuccessNet(SMALL), ("lift-any", "place-any"))
+    sd.publish(tmp_path / "sd", 1)
+    client = TestClient(
+        create_app(tmp_path / "store", tmp_path / "labels.jsonl", tmp_path / "sd", refresh_s=0.0),
+        base_url=LOCAL,
+    )
+    sd.publish(tmp_path / "sd", 2)
+    tries: list[int] = []
+    real = SuccessDetector.load.__func__  # type: ignore[attr-defined]
+
+    def load(cls, directory, *args, version=None, **kw):  # type: ignore[no-untyped-def]
+        if version == 2:
+            tries.append(2)
+            raise ValueError("a torn weights file")
+        return real(cls, directory, *args, version=version, **kw)
+
+    monkeypatch.setattr(SuccessDetector, "load", classmethod(load))
+
+    def ask(times: int) -> None:
+        for _ in range(times):
+            q = client.get("/api/queue", params={"task": "place-any"})
+            assert q.status_code == 200 and q.json()["remaining"] == 3  # served meanwhile
+            time.sleep(0.05)  # (the rescore runs in a thread)
+
+    ask(6)
+    assert tries == [2]
+    monkeypatch.setattr(server, "RESCORE_RETRY_S", 0.0)
+    end = time.monotonic() + 30
+    while len(tries) < 2 and time.monotonic() < end:
+        ask(1)
+    assert len(tries) >= 2  # tried again once the wait is over
+
+
 def test_two_pages_labeling_at_once_get_other_episodes_and_undo_only_their_own(
     tmp_path: Path,
 ) -> None:

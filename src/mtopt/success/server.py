@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import ipaddress
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -52,6 +53,9 @@ LEASE_S = 120.0
 """How long the episodes a page was handed stay out of other pages' queues (seconds)."""
 MAX_BODY_BYTES = 64 * 1024
 """The largest request body the app reads (a label is about 100 bytes)."""
+RESCORE_RETRY_S = 60.0
+"""Seconds before a detector version that failed to score the store is tried again (it
+was tried at every refresh, each time reading every final image of the store)."""
 
 
 class LabelIn(BaseModel):
@@ -230,6 +234,8 @@ def create_app(
             return JSONResponse({"detail": "a request body needs a Content-Length"}, 411)
         return await call_next(request)
 
+    failed_at: dict[int, float] = {}  # detector versions that could not score the store
+
     def rescore_with(version: int) -> None:
         """Build the index again with the detector ``version`` (a thread)."""
         try:
@@ -237,7 +243,13 @@ def create_app(
             current["index"] = StoreIndex(store_dir, newer)
             log.info("the queue now orders by success detector v%d", version)
         except Exception as exc:  # the page goes on with the detector it has
-            log.warning("could not score the store with detector v%d: %s", version, exc)
+            log.warning(
+                "could not score the store with detector v%d: %s (tried again in %d s)",
+                version,
+                exc,
+                RESCORE_RETRY_S,
+            )
+            failed_at[version] = time.monotonic()
         finally:
             rescoring.release()
 
@@ -250,6 +262,8 @@ def create_app(
         except Exception as exc:  # a folder being written: the next refresh looks again
             log.warning("could not read the detector versions in %s: %s", sd_dir, exc)
             return
+        if time.monotonic() - failed_at.get(latest, -math.inf) < RESCORE_RETRY_S:
+            return  # (each try reads every final image of the store)
         if latest > index.sd.version and rescoring.acquire(blocking=False):
             threading.Thread(target=rescore_with, args=(latest,), daemon=True).start()
 
