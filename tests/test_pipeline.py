@@ -647,13 +647,14 @@ def test_the_progress_bar_shows_episode_counts_in_full() -> None:
 
 @pytest.mark.timeout(600)
 def test_sd_start_and_relabel_rounds_survive_a_crash_and_label_an_episode_once(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A start that died between publishing sd/initial and sd (or an SD deleted to be
     retrained) could never start again ("version 1 is not newer"); a round whose
     candidates overlap an earlier round's labeled those episodes twice."""
     import numpy as np
 
+    from mtopt.runtime import local
     from mtopt.runtime.config import preset
     from mtopt.runtime.local import LocalRun
     from mtopt.store.reader import FinalView
@@ -710,6 +711,22 @@ def test_sd_start_and_relabel_rounds_survive_a_crash_and_label_an_episode_once(
     seen = FinalView(val_id, "lift-any", recent[2].final_image, recent[2].gt_success_by_task, {})
     again, labels = run.improve_sd(newer, [seen], labels)
     assert again is newer and labels == 6
+    # one labeled by an earlier version (before this rule) stays in the labels file but
+    # is not trained on
+    val = LabeledSet.load(run.paths.sd / "validation.npz")
+    kept_file = run.paths.sd / "episode_labels.npz"
+    LabeledSet.load(kept_file).concat(val.subset(np.array([0]))).save(kept_file)
+    trained: list[set[str]] = []
+    train = local.train_sd
+    monkeypatch.setattr(
+        local,
+        "train_sd",
+        lambda data, *a, **k: trained.append(set(map(str, data.ids))) or train(data, *a, **k),
+    )
+    fresh = FinalView("new9", "lift-any", recent[3].final_image, recent[3].gt_success_by_task, {})
+    _, labels = run.improve_sd(newer, [fresh], labels)
+    assert labels == 7 and "new9" in trained[0] and val_id not in trained[0]
+    assert val_id in set(map(str, LabeledSet.load(kept_file).ids))
 
 
 def test_a_resumed_run_draws_new_random_streams_for_its_bellman_updater() -> None:

@@ -923,7 +923,11 @@ class LocalRun:
             return sd, labels_so_far
         finals = np.stack([e.final_image for e in recent])
         probs = sd.score(finals)
-        known = base if before is None else base.concat(before)
+        if before is not None:  # (labeled before this rule: kept in the file, not trained on)
+            before_kept = np.flatnonzero(~np.isin(before.ids.astype(str), sorted(held)))
+            known = base.concat(before.subset(before_kept))
+        else:
+            known = base
         disputes = disputes_given_labels(probs, known.labels, known.mask)
         pick = select_episodes(probs, self.cfg.sd.label_budget_per_round, disputes)
         new = episode_examples([recent[i] for i in pick], self.registry, source="oracle")

@@ -522,6 +522,7 @@ def run_ray(
     replays: list[Any] = []
     robots: list[Any] = []
     pending: dict[Any, Any] = {}
+    failures: dict[Any, int] = {}  # robot actor -> its calls failed in a row
 
     def settle_robots(timeout_s: float) -> None:
         """Wait (bounded) for the robots' calls under way (none is started again), then
@@ -530,9 +531,10 @@ def run_ray(
         for ref in list(pending):
             with contextlib.suppress(Exception):
                 ray.get(ref, timeout=max(0.1, end - time.time()))
-        for ref in flush_robots():  # (its own floor: the calls may have used the budget)
+        flush_end = max(end, time.time() + 10)  # (its own 10 s: the calls may have used it)
+        for ref in flush_robots():
             with contextlib.suppress(Exception):
-                ray.get(ref, timeout=max(10.0, end - time.time()))
+                ray.get(ref, timeout=max(0.1, flush_end - time.time()))
 
     def flush_robots() -> list[Any]:
         """Have every robot write what its writer buffers (not waited for): before the
@@ -541,6 +543,8 @@ def run_ray(
         killed meanwhile takes the actors and their buffers with it."""
         refs = []
         for r in robots:
+            if failures.get(r, 0) >= MAX_ROBOT_FAILURES:  # dropped: its calls fail
+                continue
             with contextlib.suppress(Exception):
                 refs.append(r.flush.remote())
         return refs
@@ -594,7 +598,6 @@ def run_ray(
             0,
             max(1, min(c.replay.min_episodes, c.max_episodes or c.replay.min_episodes)),
         )
-        failures: dict[Any, int] = {}
         dropped = 0
         deadline = t_start + c.budget_minutes * 60
         collecting = True
