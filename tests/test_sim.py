@@ -582,6 +582,36 @@ def test_outcome_view_frames_the_fixtures_larger_than_the_scene_view(robot: SimR
         robot.cell.render(view="top")
 
 
+def test_a_larger_fixtures_share_shows_an_object_on_the_plate_with_more_pixels() -> None:
+    """sim.outcome_fixtures_share=0.75 gives the fixture bin 48 of 64 rows: an object put
+    on the plate changes about (48/32)^2 as many pixels as at the default 0.5, and the
+    presentation close-up keeps the last 16 rows. Out of range: a clear error."""
+    changed = {}
+    for share in (0.5, 0.75):
+        robot = SimRobot(SimConfig(outcome_fixtures_share=share), robot_id="t", seed=0)
+        try:
+            robot.reset_scene(seed=301)
+            cell = robot.cell
+            plate = next(f for f in cell.scene_state().fixtures if f.kind == "plate")
+            body = cell.object_bodies()[0][0]
+            cell.place_object(body, (2.0, 2.0, 0.05))  # out of view
+            cell.settle(5)
+            before = cell.render(view="outcome").astype(int)
+            cell.place_object(body, (plate.position[0], plate.position[1], 0.04))
+            cell.settle(20)
+            after = cell.render(view="outcome").astype(int)
+            top = round(64 * share)
+            assert after.shape == (64, 64, 3)
+            assert np.array_equal(after[top:], before[top:])  # the close-up: unchanged
+            changed[share] = int((np.abs(after - before).sum(-1) > 40).sum())
+        finally:
+            robot.close()
+    assert 1.6 < changed[0.75] / changed[0.5] < 3.0, changed
+    for bad in (0.9, 0.1, True, "0.5"):
+        with pytest.raises(ValueError, match="outcome_fixtures_share must be in"):
+            SimConfig(outcome_fixtures_share=bad).validate()  # type: ignore[arg-type]
+
+
 def test_off_centre_grasp_holds_the_object_away_from_the_fingers(robot: SimRobot) -> None:
     """put_in_gripper(along=...) stages a grasp near one end of a long object, as real
     grasps often are; the default stays centred."""

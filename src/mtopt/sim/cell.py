@@ -747,14 +747,17 @@ class SimCell:
 
         view="scene": both bins from the fixed camera in front of the cell (what the
         policy sees). view="outcome", the robot's final image: two panes stacked, the
-        fixture (left) bin from above (top) and a close-up of the gripper at the
-        presentation pose from the front left (bottom), the places where every task's
-        outcome is decided. Any name in CAMERA_VIEWS renders that one camera.
+        fixture (left) bin from above (top, ``SimConfig.outcome_fixtures_share`` of the
+        height) and a close-up of the gripper at the presentation pose from the front
+        left (bottom), the places where every task's outcome is decided. Any name in CAMERA_VIEWS renders that one camera.
         """
         size = size or self.config.image_size
         if view in COMPOSITE_VIEWS:
             panes = COMPOSITE_VIEWS[view]
             heights = [size // len(panes)] * len(panes)
+            if view == "outcome" and self.config.outcome_fixtures_share != 0.5:
+                heights[0] = round(size * self.config.outcome_fixtures_share)
+                heights[1] = size - heights[0]
             heights[-1] += size - sum(heights)
             return np.concatenate(
                 [

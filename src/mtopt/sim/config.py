@@ -97,6 +97,17 @@ class SimConfig:
     (6 mm after a full 5 cm step) and keeps moving there during the next action: a
     hidden aim error that depends on the previous action."""
 
+    outcome_fixtures_share: float = 0.5
+    """Share of the final (outcome) image's height given to the fixture bin seen from
+    above; the rest shows the presentation pose (``SimCell.render(view="outcome")``).
+    At 0.5 (every measured run) the bowl is about 16 pixels across in a 64-pixel image,
+    and the success detector's placing errors are objects across its rim
+    (docs/learning-history.md, r50). A larger share gives the fixtures more pixels,
+    in both directions, and the held close-up fewer: measure the detector
+    (benchmarks/sd_accuracy.py) before a run trusts it. The panes keep their cameras:
+    a pane's aspect ratio follows its shape, so the fixtures pane's camera sees less to
+    the sides at a larger share (the bin still fits up to 0.75)."""
+
     def validate(self) -> SimConfig:
         for name in (
             "image_size",
@@ -154,4 +165,11 @@ class SimConfig:
                 f"categories must be a non-empty tuple of {list(CATEGORIES)}, "
                 f"got {self.categories!r}"
             )
+        share = self.outcome_fixtures_share
+        if (
+            isinstance(share, bool)
+            or not isinstance(share, int | float | np.integer | np.floating)
+            or not 0.25 <= share <= 0.75
+        ):
+            raise ValueError(f"outcome_fixtures_share must be in [0.25, 0.75], got {share!r}")
         return self
