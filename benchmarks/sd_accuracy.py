@@ -48,13 +48,13 @@ from mtopt.success.train import SDTrainConfig, evaluate_sd, train_sd
 from mtopt.tasks import DEFAULT_REGISTRY as REG
 
 
-def collect(store: Path, episodes: int, split: str, seed: int) -> LabeledSet:
+def collect(store: Path, episodes: int, split: str, seed: int, share: float) -> LabeledSet:
     spec = FleetSpec(
         store=str(store),
         robots=2,
         episodes_per_robot=episodes // 2,
         collect=CollectConfig(),
-        sim={"object_split": split},
+        sim={"object_split": split, "outcome_fixtures_share": share},
         seed=seed,
     )
     run_fleet(spec)
@@ -104,7 +104,14 @@ def main() -> None:
         help="each round fine-tunes the previous round's SD, or the staged-only one",
     )
     ap.add_argument("--workdir", default="", help="keep (and reuse) the data and SDs here")
+    ap.add_argument(
+        "--outcome-fixtures-share",
+        type=float,
+        default=0.5,
+        help="rows of the outcome image for the fixture bin (sim.outcome_fixtures_share)",
+    )
     args = ap.parse_args()
+    share = args.outcome_fixtures_share
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         if args.workdir:
@@ -119,9 +126,18 @@ def main() -> None:
             LabeledSet.load(args.examples).save(d / "examples.npz")
         else:
             examples_key = {"per_task": args.examples_per_task, "seed": args.seed}
+            if share != 0.5:  # (keys of the default as before: their caches stay valid)
+                examples_key["outcome_fixtures_share"] = share
             if not cached(d, "examples", examples_key):
                 stage_examples(
-                    REG, REG.names, args.examples_per_task, "train", True, args.seed, progress=True
+                    REG,
+                    REG.names,
+                    args.examples_per_task,
+                    "train",
+                    True,
+                    args.seed,
+                    progress=True,
+                    outcome_fixtures_share=share,
                 ).save(d / "examples.npz")
                 mark(d, "examples", examples_key)
         base = LabeledSet.load(d / "examples.npz")
@@ -136,16 +152,17 @@ def main() -> None:
             mark(d, "sd_initial", key)
         initial = SuccessDetector.load(d / "sd_initial", REG.names)
         initial.publish(d / "sd", 1)
-        key = {"episodes": args.heldout_episodes}
+        view = {} if share == 0.5 else {"outcome_fixtures_share": share}
+        key = {"episodes": args.heldout_episodes, **view}
         if not cached(d, "heldout", key):
             shutil.rmtree(d / "heldout", ignore_errors=True)  # a cut-off collection
-            collect(d / "heldout", args.heldout_episodes, "test", seed=7).save(d / "heldout.npz")
+            collect(d / "heldout", args.heldout_episodes, "test", 7, share).save(d / "heldout.npz")
             mark(d, "heldout", key)
         heldout = LabeledSet.load(d / "heldout.npz")
-        key = {"episodes": args.pool_episodes}
+        key = {"episodes": args.pool_episodes, **view}
         if not cached(d, "pool", key):
             shutil.rmtree(d / "pool", ignore_errors=True)
-            collect(d / "pool", args.pool_episodes, "train", seed=3)
+            collect(d / "pool", args.pool_episodes, "train", 3, share)
             mark(d, "pool", key)
         curve = improve_loop(
             d / "pool",
@@ -160,10 +177,16 @@ def main() -> None:
         )
         final = evaluate_sd(SuccessDetector.load(d / "sd", REG.names), heldout)
         # randomized staged scenes (lighting, colours, camera) with held-out objects
-        key = {"per_task": args.staged_heldout_per_task, "seed": 1000 + args.seed}
+        key = {"per_task": args.staged_heldout_per_task, "seed": 1000 + args.seed, **view}
         if not cached(d, "staged_heldout", key):
             stage_examples(
-                REG, REG.names, args.staged_heldout_per_task, "test", True, 1000 + args.seed
+                REG,
+                REG.names,
+                args.staged_heldout_per_task,
+                "test",
+                True,
+                1000 + args.seed,
+                outcome_fixtures_share=share,
             ).save(d / "staged_heldout.npz")
             mark(d, "staged_heldout", key)
         staged_test = LabeledSet.load(d / "staged_heldout.npz")
@@ -176,6 +199,7 @@ def main() -> None:
     positives = {t: m["positives"] for t, m in final.items()}
     out = {
         "staged_examples": len(base),
+        "outcome_fixtures_share": share,
         "seed": args.seed,
         "retrain_from": args.retrain_from,
         "heldout_episodes": len(heldout),

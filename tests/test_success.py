@@ -717,3 +717,42 @@ def test_staging_says_how_many_positives_it_could_not_stage(
         data = stage_examples(DEFAULT_REGISTRY, ["lift-ball"], 2, image_size=16)
     assert len(data) == 4
     assert "lift-ball: 2 of 2 positives could not be staged" in caplog.text
+
+
+def test_staged_examples_follow_the_cells_outcome_view(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run with sim.outcome_fixtures_share=0.75 stages its detector's examples and
+    validation scenes with that view (they were always staged with the default halves,
+    so the detector would learn from other images than the episodes it judges)."""
+    from mtopt.config import override
+    from mtopt.robots import sim_robot
+    from mtopt.runtime import local
+    from mtopt.runtime.config import preset
+    from mtopt.success.data import stage_examples
+    from mtopt.tasks import DEFAULT_REGISTRY
+
+    made: list[float] = []
+    real = sim_robot.SimRobot
+
+    class Recording(real):  # type: ignore[misc, valid-type]
+        def __init__(self, config, *a, **k):  # type: ignore[no-untyped-def]
+            made.append(config.outcome_fixtures_share)
+            super().__init__(config, *a, **k)
+
+    monkeypatch.setattr(sim_robot, "SimRobot", Recording)
+    staged = stage_examples(DEFAULT_REGISTRY, ["lift-any"], 1, outcome_fixtures_share=0.75)
+    assert made == [0.75] and staged.images.shape[1:] == (64, 64, 3)
+    calls: list[float] = []
+    stage = local.stage_examples
+    monkeypatch.setattr(
+        local,
+        "stage_examples",
+        lambda *a, **k: calls.append(k["outcome_fixtures_share"]) or stage(*a, **k),
+    )
+    run = local.LocalRun(
+        override(preset("tiny"), ["sim.outcome_fixtures_share=0.75"]), tmp_path / "run"
+    )
+    run._sd_train_set()
+    run._sd_val_set()
+    assert calls == [0.75, 0.75]

@@ -714,6 +714,7 @@ class LocalRun:
             c.seed,
             c.sim.image_size,
             progress=True,
+            outcome_fixtures_share=c.sim.outcome_fixtures_share,
         )
         data.save(path)
         return data
@@ -732,7 +733,14 @@ class LocalRun:
             return LabeledSet.load(path)
         n = max(2, c.sd.examples_per_task // 4)
         data = stage_examples(
-            self.registry, self.registry.names, n, "test", True, c.seed + 1, c.sim.image_size
+            self.registry,
+            self.registry.names,
+            n,
+            "test",
+            True,
+            c.seed + 1,
+            c.sim.image_size,
+            outcome_fixtures_share=c.sim.outcome_fixtures_share,
         )
         data.save(path)
         return data

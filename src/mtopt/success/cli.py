@@ -33,10 +33,21 @@ def examples(
     ),
     randomize: bool = typer.Option(True, help="Domain randomization (light, colours, camera)."),
     tasks_file: Path | None = typer.Option(None, help=OWN_TASKS_HELP),
+    outcome_fixtures_share: float = typer.Option(
+        0.5,
+        help="Rows of the outcome image for the fixture bin: the run's "
+        "sim.outcome_fixtures_share, so the detector sees the episodes' view.",
+    ),
 ) -> None:
     """Stage positive and near-miss final scenes (labels from the ground truth, source 'staged')."""
+    from mtopt.sim.cell import SimConfig
     from mtopt.success.data import LabeledSet, stage_examples
     from mtopt.tasks import UnknownTaskError
+
+    try:
+        SimConfig(outcome_fixtures_share=outcome_fixtures_share).validate()
+    except ValueError as exc:
+        _fail(f"--outcome-fixtures-share: {exc}")
 
     registry = registry_for(None, tasks_file)
     try:
@@ -73,7 +84,16 @@ def examples(
             "layouts, light and camera (another --seed gives new scenes)",
             err=True,
         )
-    data = stage_examples(registry, tasks, n, split, randomize, seed, progress=True)
+    data = stage_examples(
+        registry,
+        tasks,
+        n,
+        split,
+        randomize,
+        seed,
+        progress=True,
+        outcome_fixtures_share=outcome_fixtures_share,
+    )
     if before is not None:
         data = before.concat(data)
     data.save(out)

@@ -197,17 +197,24 @@ def stage_examples(
     seed: int = 0,
     image_size: int = 64,
     progress: bool = False,
+    outcome_fixtures_share: float = 0.5,
 ) -> LabeledSet:
     """Stage ``n_per_task`` positive and as many near-miss negative final scenes per task.
 
     Every staged image is labeled for every registered task by the ground truth, so one
-    staged scene teaches the detector about all tasks at once.
+    staged scene teaches the detector about all tasks at once. ``image_size`` and
+    ``outcome_fixtures_share`` must be the cell's whose episodes the detector judges.
     """
     from mtopt.robots.sim_robot import SimRobot
     from mtopt.sim.cell import SimConfig
 
     robot = SimRobot(
-        SimConfig(image_size=image_size, object_split=split, randomize=randomize),  # type: ignore[arg-type]
+        SimConfig(
+            image_size=image_size,
+            object_split=split,  # type: ignore[arg-type]
+            randomize=randomize,
+            outcome_fixtures_share=outcome_fixtures_share,
+        ).validate(),
         robot_id="stager",
         seed=seed,
     )
