@@ -99,6 +99,28 @@ def test_a_config_from_before_move_from_keeps_the_moves_its_run_had(
     assert shipped and all(rc.load_run_config(c).sim.move_from == "command" for c in shipped)
 
 
+def test_the_outcome_view_is_pinned_for_old_runs_and_kept_by_a_resume(tmp_path: Path) -> None:
+    """Runs saved before sim.outcome_fixtures_share had equal panes; a resume cannot
+    change the view its detector, examples and stored episodes have; a pane of fewer
+    than 8 rows is refused."""
+    import mtopt.runtime.config as rc
+    from mtopt.config import save_config
+    from mtopt.sim.cell import SimConfig
+
+    path = save_config(rc.preset("tiny"), tmp_path / "c.json")
+    data = json.loads(path.read_text())
+    del data["sim"]["outcome_fixtures_share"]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    assert rc.load_run_config(tmp_path / "old.json").sim.outcome_fixtures_share == 0.5
+    with pytest.raises(ConfigError, match=r"cannot change sim\.outcome_fixtures_share"):
+        rc.resume_config(rc.preset("tiny"), None, ["sim.outcome_fixtures_share=0.75"])
+    assert rc.resume_config(rc.preset("tiny"), None, ["sim.outcome_fixtures_share=0.5"])
+    SimConfig(image_size=32, outcome_fixtures_share=0.75).validate()  # 24 and 8 rows
+    with pytest.raises(ValueError, match="fewer than 8 rows at image_size 24"):
+        SimConfig(image_size=24, outcome_fixtures_share=0.75).validate()
+    SimConfig(image_size=16).validate()  # the default halves at any size
+
+
 def test_a_config_from_before_spawn_keeps_the_scenes_its_run_had(tmp_path: Path) -> None:
     """Runs saved before ``sim.spawn`` existed put their objects down 'sampled'."""
     import mtopt.runtime.config as rc
@@ -507,6 +529,8 @@ def test_the_scripted_baselines_key_of_a_default_cell_is_the_one_kept_before_spa
     from mtopt.runtime.local import _sim_key
     from mtopt.sim.config import SimConfig
 
-    before = {k: v for k, v in dataclasses.asdict(SimConfig()).items() if k != "spawn"}
+    added = ("spawn", "outcome_fixtures_share")  # (the outcome view: no outcome changes)
+    before = {k: v for k, v in dataclasses.asdict(SimConfig()).items() if k not in added}
     assert _sim_key(SimConfig()) == before
+    assert _sim_key(SimConfig(outcome_fixtures_share=0.75)) == before
     assert _sim_key(SimConfig(spawn="clear"))["spawn"] == "clear"

@@ -756,3 +756,12 @@ def test_staged_examples_follow_the_cells_outcome_view(
     run._sd_train_set()
     run._sd_val_set()
     assert calls == [0.75, 0.75]
+    # the folder's key names the view: a start with the default halves in that folder
+    # sets these examples aside instead of training on them
+    run._check_sd_tasks()
+    key = json.loads((run.paths.sd / "tasks.key.json").read_text())
+    assert key["outcome_fixtures_share"] == 0.75
+    other = local.LocalRun(preset("tiny"), tmp_path / "run")
+    other._check_sd_tasks()
+    assert not (run.paths.sd / "examples.npz").exists()
+    assert "outcome_fixtures_share" not in json.loads((run.paths.sd / "tasks.key.json").read_text())

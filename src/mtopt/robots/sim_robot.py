@@ -132,8 +132,9 @@ class SimRobot:
         by pi, whichever is nearer: at most 90 degrees) with the fingers beside (not in
         front of) whatever they hold. Ground truth is read after this, so
         "lifted" means "still held once presented". The image is the cell's "outcome"
-        view: the fixture bin from above (top half) and a close-up of the presentation
-        pose from the front left (bottom half), where a held capsule shows its length.
+        view: the fixture bin from above (top; ``SimConfig.outcome_fixtures_share`` of
+        the rows, half by default) and a close-up of the presentation pose from the front
+        left (bottom), where a held capsule shows its length.
         Seen from the training camera, an object held just above the bin and one lying
         in it look alike, which capped the success detector near 80% balanced accuracy
         on real episodes before the presentation.

@@ -558,6 +558,7 @@ _BEFORE_THE_FIELD: dict[tuple[str, str], object] = {
     ("sim", "move_from"): "command",  # every run saved before 2026-12-05
     ("sim", "spawn"): "sampled",  # every run saved before 2026-12-06
     ("eval", "on"): "sim",  # every run saved before 2026-12-06 (robot_factory ones too)
+    ("sim", "outcome_fixtures_share"): 0.5,  # every run saved before 2026-12-06
 }
 
 
@@ -649,6 +650,12 @@ def check_same_task_inputs(saved: RunConfig, cfg: RunConfig, what: str) -> None:
     for key in SD_SOURCES:  # its first SD was made from them
         if getattr(cfg.sd, key) != getattr(saved.sd, key):
             raise ConfigError(f"{what} cannot change sd.{key}: start a new run for that")
+    if cfg.sim.outcome_fixtures_share != saved.sim.outcome_fixtures_share:
+        # its detector, examples and stored episodes show the other view
+        raise ConfigError(
+            f"{what} cannot change sim.outcome_fixtures_share (the final images' view its "
+            "success detector and stored episodes have): start a new run for that"
+        )
 
 
 def _as_json(value: Any) -> Any:

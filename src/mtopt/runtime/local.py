@@ -521,11 +521,14 @@ with; ``mtopt sd train`` and ``sd improve`` publish theirs as "sd train" / "sd i
 
 
 def _sim_key(sim: Any) -> dict[str, Any]:
-    """A cell's settings for a cache key: ``spawn`` only when not 'sampled' (keys written
-    before the field existed, all of them 'sampled', stay valid)."""
+    """A cell's settings for a cache of ground-truth outcomes: ``spawn`` only when not
+    'sampled' (keys written before the field existed, all of them 'sampled', stay
+    valid); never ``outcome_fixtures_share`` (the final image's layout: no outcome
+    depends on it)."""
     key = dataclasses.asdict(sim)
     if key.get("spawn") == "sampled":
         del key["spawn"]
+    key.pop("outcome_fixtures_share", None)
     return key
 
 
@@ -760,6 +763,8 @@ class LocalRun:
         sources = {k: getattr(self.cfg.sd, k) for k in SD_SOURCES if getattr(self.cfg.sd, k)}
         if sources:  # (runs without them keep the key they had)
             key["sd_sources"] = sources
+        if self.cfg.sim.outcome_fixtures_share != 0.5:  # staged in that view (as above)
+            key["outcome_fixtures_share"] = self.cfg.sim.outcome_fixtures_share
         if key_path.exists():
             old = json.loads(key_path.read_text())
             if isinstance(old, list):  # the first form of the key (2026-12-05): task dicts

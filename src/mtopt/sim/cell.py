@@ -109,7 +109,8 @@ CAMERA_VIEWS: dict[str, CameraView] = {
     "held": CameraView((0.33, -0.23, 0.28), (0.10, 0.0, 0.23), 14.0 / 44.0, (0.0, 0.0, 1.0)),
 }
 # views made of panes stacked top to bottom, each the full width and an equal share of
-# the height: one image of several cameras, so every consumer still gets (S, S, 3)
+# the height (the outcome view's: SimConfig.outcome_fixtures_share): one image of
+# several cameras, so every consumer still gets (S, S, 3)
 COMPOSITE_VIEWS: dict[str, tuple[str, ...]] = {"outcome": ("fixtures", "held")}
 
 
@@ -747,9 +748,10 @@ class SimCell:
 
         view="scene": both bins from the fixed camera in front of the cell (what the
         policy sees). view="outcome", the robot's final image: two panes stacked, the
-        fixture (left) bin from above (top, ``SimConfig.outcome_fixtures_share`` of the
-        height) and a close-up of the gripper at the presentation pose from the front
-        left (bottom), the places where every task's outcome is decided. Any name in CAMERA_VIEWS renders that one camera.
+        fixture (left) bin from above (top, ``SimConfig.outcome_fixtures_share`` of
+        the height) and a close-up of the gripper at the presentation pose from the front
+        left (bottom), the places where every task's outcome is decided. Any name in
+        CAMERA_VIEWS renders that one camera.
         """
         size = size or self.config.image_size
         if view in COMPOSITE_VIEWS:

@@ -172,4 +172,9 @@ class SimConfig:
             or not 0.25 <= share <= 0.75
         ):
             raise ValueError(f"outcome_fixtures_share must be in [0.25, 0.75], got {share!r}")
+        if share != 0.5 and min(rows := round(self.image_size * share), self.image_size - rows) < 8:
+            raise ValueError(
+                f"outcome_fixtures_share {share} leaves a pane of fewer than 8 rows at "
+                f"image_size {self.image_size}"
+            )
         return self
