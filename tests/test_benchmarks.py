@@ -859,3 +859,19 @@ def test_select_snapshot_never_picks_a_snapshot_worse_in_most_scenes() -> None:
     c = scene_comparison(latest, snap)
     assert (c["better"], c["worse"]) == (10, 25) and c["diff"] > 0 and c["p"] < 0.05
     assert choose([snap, latest]) == 1
+
+
+def test_sd_store_precision_counts_by_hand() -> None:
+    """Verdicts [T, T, F, T, F] against truth [T, F, F, T, T]: 2 true successes, 1
+    false, 1 missed: precision 2/3, recall 2/3; no verdict of success: undefined."""
+    from sd_store_precision import precision_recall
+
+    pred = np.array([True, True, False, True, False])
+    truth = np.array([True, False, False, True, True])
+    assert precision_recall(pred, truth) == {
+        "precision": 0.6667,
+        "recall": 0.6667,
+        "false_successes": 1,
+    }
+    none = precision_recall(np.zeros(3, bool), np.zeros(3, bool))
+    assert none == {"precision": None, "recall": None, "false_successes": 0}
