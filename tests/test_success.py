@@ -523,8 +523,9 @@ def test_store_index_bounds_its_cache_and_forgets_quarantined_shards(tmp_path: P
     assert (store / "quarantine").is_dir()
 
 
-def test_label_queue_scores_episodes_that_arrive_later(tmp_path: Path) -> None:
-    """With a detector, episodes indexed after the start are scored too."""
+def _scored_label_app(tmp_path: Path) -> tuple[SuccessDetector, TestClient]:
+    """A store of 3 episodes, a detector published as v1 in tmp_path/sd, and a client of
+    a labeling app that refreshes on every request."""
     with EpisodeWriter(tmp_path / "store", "r0") as w:
         for i in range(3):
             w.write(make_episode(i, size=16))
@@ -534,6 +535,12 @@ def test_label_queue_scores_episodes_that_arrive_later(tmp_path: Path) -> None:
         create_app(tmp_path / "store", tmp_path / "labels.jsonl", tmp_path / "sd", refresh_s=0.0),
         base_url=LOCAL,
     )
+    return sd, client
+
+
+def test_label_queue_scores_episodes_that_arrive_later(tmp_path: Path) -> None:
+    """With a detector, episodes indexed after the start are scored too."""
+    _, client = _scored_label_app(tmp_path)
     with EpisodeWriter(tmp_path / "store", "r1") as w:
         for i in range(10, 14):
             w.write(make_episode(i, size=16))
@@ -568,15 +575,7 @@ def test_a_detector_that_cannot_score_the_store_is_not_tried_at_every_refresh(
 
     from mtopt.success import server
 
-    with EpisodeWriter(tmp_path / "store", "r0") as w:
-        for i in range(3):
-            w.write(make_episode(i, size=16))
-    sd = SuccessDetector(SuccessNet(SMALL), ("lift-any", "place-any"))
-    sd.publish(tmp_path / "sd", 1)
-    client = TestClient(
-        create_app(tmp_path / "store", tmp_path / "labels.jsonl", tmp_path / "sd", refresh_s=0.0),
-        base_url=LOCAL,
-    )
+    sd, client = _scored_label_app(tmp_path)
     sd.publish(tmp_path / "sd", 2)
     tries: list[int] = []
     real = SuccessDetector.load.__func__  # type: ignore[attr-defined]

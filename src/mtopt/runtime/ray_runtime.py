@@ -74,7 +74,7 @@ class RobotWorker:
 
         torch.set_num_threads(1)
         from mtopt.collect.fleet import robot_id, robot_seed, written_per_robot
-        from mtopt.collect.loop import CollectLoop, PolicyProvider
+        from mtopt.collect.loop import PolicyProvider
         from mtopt.store.writer import EpisodeWriter
 
         self.index, self.cfg, self.registry = index, cfg, cfg.registry()
@@ -105,7 +105,6 @@ class RobotWorker:
             cem=cfg.collection_cem(),
         )
         self._collect = dataclasses.replace(cfg.collect, max_steps=cfg.sim.max_steps)
-        self._loop_cls = CollectLoop
         self.robot: Any = None
         self.loop: Any = None
         try:
@@ -116,10 +115,11 @@ class RobotWorker:
 
     def _build(self, seed: int) -> None:
         from mtopt.collect.fleet import robot_id
+        from mtopt.collect.loop import CollectLoop
         from mtopt.robots.factory import make_robot
 
         self.robot = make_robot(self.cfg.robot_factory, self.cfg.sim, robot_id(self.index), seed)
-        self.loop = self._loop_cls(
+        self.loop = CollectLoop(
             self.robot, self.registry, self.writer, self.provider, self._collect, seed=seed
         )
 

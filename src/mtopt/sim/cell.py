@@ -757,9 +757,8 @@ class SimCell:
         if view in COMPOSITE_VIEWS:
             panes = COMPOSITE_VIEWS[view]
             heights = [size // len(panes)] * len(panes)
-            if view == "outcome" and self.config.outcome_fixtures_share != 0.5:
-                heights[0] = round(size * self.config.outcome_fixtures_share)
-                heights[1] = size - heights[0]
+            if view == "outcome":
+                heights = list(self.config.outcome_rows(size))
             heights[-1] += size - sum(heights)
             return np.concatenate(
                 [

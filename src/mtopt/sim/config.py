@@ -108,6 +108,14 @@ class SimConfig:
     a pane's aspect ratio follows its shape, so the fixtures pane's camera sees less to
     the sides at a larger share (the bin still fits up to 0.75)."""
 
+    def outcome_rows(self, size: int) -> tuple[int, int]:
+        """Rows of a ``size``-pixel outcome image for the fixture bin and the held close-up
+        (the default halves: ``size // 2`` on top, as before the share existed)."""
+        if self.outcome_fixtures_share == 0.5:
+            return size // 2, size - size // 2
+        top = round(size * self.outcome_fixtures_share)
+        return top, size - top
+
     def validate(self) -> SimConfig:
         for name in (
             "image_size",
@@ -172,7 +180,7 @@ class SimConfig:
             or not 0.25 <= share <= 0.75
         ):
             raise ValueError(f"outcome_fixtures_share must be in [0.25, 0.75], got {share!r}")
-        if share != 0.5 and min(rows := round(self.image_size * share), self.image_size - rows) < 8:
+        if min(self.outcome_rows(self.image_size)) < 8:
             raise ValueError(
                 f"outcome_fixtures_share {share} leaves a pane of fewer than 8 rows at "
                 f"image_size {self.image_size}"
