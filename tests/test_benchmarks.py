@@ -875,3 +875,41 @@ def test_sd_store_precision_counts_by_hand() -> None:
     }
     none = precision_recall(np.zeros(3, bool), np.zeros(3, bool))
     assert none == {"precision": None, "recall": None, "false_successes": 0}
+
+
+def test_sd_view_thresholds_by_hand() -> None:
+    """Scores [0.95, 0.85, 0.6, 0.3] against truth [T, F, T, F]: at 0.5 two true
+    successes and one false (precision 2/3, recall 1); at 0.7 one of each (1/2, 1/2); at
+    0.9 and 0.95 only the true 0.95 (precision 1, recall 1/2)."""
+    from sd_view import THRESHOLDS, pr_at
+
+    got = pr_at(np.array([0.95, 0.85, 0.6, 0.3]), np.array([True, False, True, False]))
+    assert [r["threshold"] for r in got] == list(THRESHOLDS) == [0.5, 0.7, 0.8, 0.9, 0.95]
+    assert [(r["precision"], r["recall"], r["false_successes"]) for r in got] == [
+        (0.6667, 1.0, 1),
+        (0.5, 0.5, 1),
+        (0.5, 0.5, 1),
+        (1.0, 0.5, 0),
+        (1.0, 0.5, 0),
+    ]
+
+
+def test_sd_view_shows_each_episode_in_every_view() -> None:
+    """Two place-any episodes of a policy folder's weights, each rendered at shares 0.5
+    and 0.75 once settled: the two views differ (the fixture bin larger in the second),
+    every task has a ground-truth label (a placing success is a place-any success), and
+    the same job gives the same images."""
+    from mtopt.runtime.config import run_registry
+    from sd_view import PLACING, collect
+
+    job = (str(POLICY), "test", 0, 0, 2, 11, (0.5, 0.75), 0.0, 1.0)  # scripted: quick
+    got = collect(job)
+    names = run_registry(POLICY).names
+    assert got["images_0"].shape == got["images_1"].shape == (2, 64, 64, 3)
+    assert not np.array_equal(got["images_0"], got["images_1"])
+    assert got["labels"].shape == (2, len(names)) and got["scripted"].all()
+    assert list(got["ids"]) == ["place-any/test/11/0", "place-any/test/11/1"]
+    any_, bowl = names.index(PLACING[0]), names.index(PLACING[1])
+    assert (got["labels"][:, any_] >= got["labels"][:, bowl]).all()
+    again = collect(job)  # the same scenes and policy: the same images
+    assert np.array_equal(again["images_1"], got["images_1"])

@@ -513,6 +513,7 @@ def test_settings_that_were_ignored_or_failed_late_are_refused_by_validate() -> 
     for changed, match in (
         (dict(replay=dataclasses.replace(tiny.replay, impersonation="sill")), "impersonation"),
         (dict(replay=dataclasses.replace(tiny.replay, rebalance="no")), "replay.rebalance"),
+        (dict(replay=dataclasses.replace(tiny.replay, reward="soft")), "replay.reward"),
     ):
         with pytest.raises(ValueError, match=match):
             dataclasses.replace(tiny, **changed).validate()  # type: ignore[arg-type]

@@ -233,3 +233,39 @@ def test_a_rescore_counts_only_the_episodes_it_refiled() -> None:
     assert lr.stats.rescored == 2 and "e0" in lr.buffers and "e1" in lr.buffers
     assert lr.buffers.labels("e0") == {"lift-any": 1.0}
     assert lr.stats.collected_success == {"lift-any": 1}
+
+
+class ScoreSD:
+    """Every task scores the final image's red value at (0, 0) over 100."""
+
+    tasks = REG.names
+    version = 1
+
+    def score(self, images: np.ndarray) -> np.ndarray:
+        p = images[:, 0, 0, 0].astype(float) / 100
+        return np.repeat(p[:, None], len(self.tasks), axis=1)
+
+
+def test_probability_rewards_are_the_detectors_scores() -> None:
+    """Scores 0.3, 0.7 and 0.95 of three place-on-plate episodes (orig): "binary"
+    rewards them 0, 1, 1; "probability" 0.3, 0.7, 0.95, with the same buckets (a
+    success above 0.5), and a sampled last step carries that reward and final reward;
+    an unknown kind is refused."""
+    episodes = [ep(f"e{c}", "place-on-plate", c) for c in (30, 70, 95)]
+    got = {}
+    for kind in ("binary", "probability"):
+        buf = TaskBuffers(REG.names)
+        lr = LogReplay(REG, buf, ScoreSD(), mode="orig", reward=kind)
+        lr.ingest(episodes)
+        got[kind] = [lr.rewards(f"e{c}")["place-on-plate"] for c in (30, 70, 95)]
+        assert buf.sizes()["place-on-plate"] == (2, 1)
+        assert lr.stats.impersonated_success == {"place-on-plate": 2}
+    assert got["binary"] == [0.0, 1.0, 1.0]
+    assert got["probability"] == pytest.approx([0.3, 0.7, 0.95])
+    batch = buf.sample(64, np.random.default_rng(0))  # probability's buffers
+    assert sorted(set(np.round(batch.final_rewards, 4))) == [0.3, 0.7, 0.95]
+    last = batch.dones == 1
+    assert last.any() and np.allclose(batch.rewards[last], batch.final_rewards[last])
+    assert (batch.rewards[~last] == 0).all()
+    with pytest.raises(ValueError, match="reward must be"):
+        LogReplay(REG, TaskBuffers(REG.names), ScoreSD(), reward="soft")  # type: ignore[arg-type]

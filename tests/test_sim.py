@@ -612,6 +612,30 @@ def test_a_larger_fixtures_share_shows_an_object_on_the_plate_with_more_pixels()
             SimConfig(outcome_fixtures_share=bad).validate()  # type: ignore[arg-type]
 
 
+def test_the_outcome_view_at_another_share_is_what_that_cell_would_render(
+    robot: SimRobot,
+) -> None:
+    """render(view="outcome", outcome_fixtures_share=s) on a default cell is, pixel for
+    pixel, the final image a cell configured with s takes of the same scene (how
+    benchmarks/sd_view.py shows one episode in several views); the cell's own setting is
+    untouched. Another view or a share out of range: a clear error."""
+    other = SimRobot(SimConfig(outcome_fixtures_share=0.75), robot_id="t", seed=0)
+    try:
+        robot.reset_scene(seed=302)
+        other.reset_scene(seed=302)
+        wide = robot.cell.render(view="outcome", outcome_fixtures_share=0.75)
+        assert np.array_equal(wide, other.cell.render(view="outcome"))
+        own = robot.cell.render(view="outcome")
+        assert not np.array_equal(wide, own)
+        assert np.array_equal(own, robot.cell.render(view="outcome", outcome_fixtures_share=0.5))
+    finally:
+        other.close()
+    with pytest.raises(ValueError, match="for view='outcome'"):
+        robot.cell.render(view="scene", outcome_fixtures_share=0.75)
+    with pytest.raises(ValueError, match="outcome_fixtures_share must be in"):
+        robot.cell.render(view="outcome", outcome_fixtures_share=0.9)
+
+
 def test_off_centre_grasp_holds_the_object_away_from_the_fingers(robot: SimRobot) -> None:
     """put_in_gripper(along=...) stages a grasp near one end of a long object, as real
     grasps often are; the default stays centred."""

@@ -1,6 +1,7 @@
 """Success detector: training beats chance on held-out data, labels persist, the page's API
 rejects bad requests, bad inputs give clear errors."""
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -764,3 +765,32 @@ def test_staged_examples_follow_the_cells_outcome_view(
     other._check_sd_tasks()
     assert not (run.paths.sd / "examples.npz").exists()
     assert "outcome_fixtures_share" not in json.loads((run.paths.sd / "tasks.key.json").read_text())
+
+
+def test_example_sets_record_their_outcome_view(tmp_path: Path) -> None:
+    """Staged examples record the view they were taken in, through save and load, subset
+    and new tasks; a set of another view is refused where a run takes it
+    (``examples_for``: a 0.5 sd.examples_file trained a 0.75 run's detector without a
+    word), sets of two views do not join, and a set without the record (older files,
+    episodes) is taken as it is and joins with an unknown view."""
+    from mtopt.success.data import examples_for
+
+    staged = dataclasses.replace(synthetic(8, 0), outcome_fixtures_share=0.75)
+    path = staged.save(tmp_path / "wide.npz")
+    back = LabeledSet.load(path)
+    assert back.outcome_fixtures_share == 0.75
+    assert back.subset(np.arange(3)).outcome_fixtures_share == 0.75
+    assert back.with_tasks((*TASKS, "new")).outcome_fixtures_share == 0.75
+    assert (
+        LabeledSet.load(synthetic(4, 1).save(tmp_path / "old.npz")).outcome_fixtures_share is None
+    )
+    with pytest.raises(
+        ValueError, match=r"outcome_fixtures_share 0.75, the run's cell renders 0.5"
+    ):
+        examples_for(path, TASKS, 16, 0.5)
+    assert len(examples_for(path, TASKS, 16, 0.75)) == 8
+    assert len(examples_for(tmp_path / "old.npz", TASKS, 16, 0.75)) == 4
+    with pytest.raises(ValueError, match="two outcome views"):
+        staged.concat(dataclasses.replace(staged, outcome_fixtures_share=0.5))
+    assert staged.concat(staged).outcome_fixtures_share == 0.75
+    assert staged.concat(synthetic(4, 1)).outcome_fixtures_share is None

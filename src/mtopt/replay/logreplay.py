@@ -16,13 +16,16 @@ import logging
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
 from mtopt.replay.buffers import ReplayEpisode, TaskBuffers
 from mtopt.replay.impersonation import ImpersonationMode, impersonate
 from mtopt.tasks.registry import TaskRegistry
+
+RewardKind = Literal["binary", "probability"]
+"""How a success detector's score becomes a reward (``ReplayConfig.reward``)."""
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +96,15 @@ class LogReplay:
         threshold: float = 0.5,
         score_batch: int = 64,
         buffers_lock: AbstractContextManager[object] | None = None,
+        reward: RewardKind = "binary",
     ):
+        if reward not in ("binary", "probability"):
+            raise ValueError(f"reward must be 'binary' or 'probability', got {reward!r}")
         self.registry = registry
         self.buffers = buffers
         self.mode: ImpersonationMode = mode
         self.threshold = threshold
+        self.reward: RewardKind = reward
         self.score_batch = score_batch
         # held while filing into the buffers (not while scoring): a background Bellman
         # updater may be sampling from them
@@ -126,8 +133,15 @@ class LogReplay:
         for i in range(0, len(finals), self.score_batch):
             probs = np.asarray(self._reward_model.score(np.stack(finals[i : i + self.score_batch])))
             for row in probs:
-                out.append({t: float(p >= self.threshold) for t, p in zip(names, row, strict=True)})
+                out.append({t: self._reward(p) for t, p in zip(names, row, strict=True)})
         return out
+
+    def _reward(self, p: float) -> float:
+        """A task's reward from the detector's score ``p``: 1 at or above the threshold,
+        else 0 ("binary"); or ``p`` itself ("probability", ``ReplayConfig.reward``)."""
+        if self.reward == "probability":
+            return min(1.0, max(0.0, float(p)))
+        return float(p >= self.threshold)
 
     def _file(
         self, ep: ReplayEpisode, rewards: dict[str, float], before: dict[str, float] | None = None

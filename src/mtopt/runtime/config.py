@@ -38,6 +38,14 @@ class ReplayConfig:
     """Transitions per training batch."""
     min_episodes: int = 200
     """Episodes ingested before training starts."""
+    reward: Literal["binary", "probability"] = "binary"
+    """How the success detector's score p for a task becomes the episode's reward for it:
+    "binary", 1 where p >= 0.5 and 0 elsewhere (MT-Opt's sparse reward); "probability",
+    p itself, so a placement the detector is unsure of is worth less than one it is sure
+    of and the Q-function learns the success the detector expects. Success and failure
+    buffers still split at 0.5. On 960 held-out placing episodes of r50's policy, the
+    detector's place-any false successes scored 0.5-1.0, half of them below 0.85
+    (``benchmarks/sd_view.py``, docs/learning-history.md)."""
     read_shards_per_poll: int = 64
     """Store shards LogReplay reads at a time (~1000 episodes at the fleet's 16 per
     shard). A resumed run re-reads its store in parts of this size before training goes
@@ -392,6 +400,7 @@ class RunConfig:
         for name, value, allowed in (
             ("learner.target_update", lc.target_update, ("periodic", "polyak")),
             ("replay.impersonation", r.impersonation, ("orig", "all", "skill")),
+            ("replay.reward", r.reward, ("binary", "probability")),
             ("replay.rebalance", r.rebalance, (True, False)),
         ):
             if not any(value is a if isinstance(a, bool) else value == a for a in allowed):

@@ -665,7 +665,12 @@ class LocalRun:
         ConfigError that names the setting, before any SD is trained)."""
         path = getattr(self.cfg.sd, key)
         try:
-            return examples_for(path, self.registry.names, self.cfg.sim.image_size)
+            return examples_for(
+                path,
+                self.registry.names,
+                self.cfg.sim.image_size,
+                self.cfg.sim.outcome_fixtures_share,
+            )
         except (FileNotFoundError, ValueError) as exc:
             raise ConfigError(f"sd.{key}: {exc}") from None
 
@@ -1195,7 +1200,12 @@ class LocalRun:
         # the background Bellman updater samples while this thread ingests and relabels
         buffers_lock = threading.Lock()
         replay = LogReplay(
-            self.registry, buffers, sd, c.replay.impersonation, buffers_lock=buffers_lock
+            self.registry,
+            buffers,
+            sd,
+            c.replay.impersonation,
+            buffers_lock=buffers_lock,
+            reward=c.replay.reward,
         )
         updater = BellmanUpdater(
             buffers,

@@ -233,7 +233,9 @@ class ReplayService:
         registry = cfg.registry()
         self.sd = SuccessDetector.load(self.root / "sd", registry.names)
         self.buffers = TaskBuffers(registry.names, cfg.replay.capacity_per_bucket)
-        self.replay = LogReplay(registry, self.buffers, self.sd, cfg.replay.impersonation)
+        self.replay = LogReplay(
+            registry, self.buffers, self.sd, cfg.replay.impersonation, reward=cfg.replay.reward
+        )
         self.reader = EpisodeReader(
             self.root / "store",
             must_exist=False,

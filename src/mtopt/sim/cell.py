@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -743,7 +743,12 @@ class SimCell:
         q1 = self._p(pb.getJointState, self.gripper, 1)[0]
         return float(FINGER_GAP_OPEN + q0 - q1)
 
-    def render(self, size: int | None = None, view: str = "scene") -> np.ndarray:
+    def render(
+        self,
+        size: int | None = None,
+        view: str = "scene",
+        outcome_fixtures_share: float | None = None,
+    ) -> np.ndarray:
         """RGB image (size, size, 3) uint8.
 
         view="scene": both bins from the fixed camera in front of the cell (what the
@@ -752,13 +757,22 @@ class SimCell:
         the height) and a close-up of the gripper at the presentation pose from the front
         left (bottom), the places where every task's outcome is decided. Any name in
         CAMERA_VIEWS renders that one camera.
+
+        outcome_fixtures_share: the outcome view at this share instead of the cell's
+        (the same moment seen the way a cell of that setting would: to compare views on
+        the same episodes, ``benchmarks/sd_view.py``).
         """
         size = size or self.config.image_size
+        config = self.config
+        if outcome_fixtures_share is not None:
+            if view != "outcome":
+                raise ValueError(f"outcome_fixtures_share is for view='outcome', not {view!r}")
+            config = replace(config, outcome_fixtures_share=outcome_fixtures_share).validate()
         if view in COMPOSITE_VIEWS:
             panes = COMPOSITE_VIEWS[view]
             heights = [size // len(panes)] * len(panes)
             if view == "outcome":
-                heights = list(self.config.outcome_rows(size))
+                heights = list(config.outcome_rows(size))
             heights[-1] += size - sum(heights)
             return np.concatenate(
                 [

@@ -67,6 +67,12 @@ def examples(
             before = before.with_tasks(registry.names)
     except ValueError as exc:
         _fail(exc)
+    view = None if before is None else before.outcome_fixtures_share
+    if view is not None and view != outcome_fixtures_share:
+        _fail(
+            f"{out} holds examples of outcome_fixtures_share {view}; examples of "
+            f"{outcome_fixtures_share} go to a file of their own (--out): a detector learns one view"
+        )
     if before is not None and before.held_out.any() and not before.held_out.all():
         _fail(
             f"{out} mixes training and held-out objects (written before the splits were "

@@ -15,6 +15,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,11 @@ class LabeledSet:
     ids: np.ndarray  # (N,) str: example or episode ids
     sources: np.ndarray  # (N,) str
     held_out: np.ndarray  # (N,) bool: held-out object instances
+    outcome_fixtures_share: float | None = None
+    """The outcome view the final images were taken in (``SimConfig.outcome_fixtures_share``)
+    where known: staged examples record it; None for sets from before the record
+    (2026-12-07) and for episodes' images (their store's view). A run refuses a set
+    of another view (``examples_for``), and sets of two views do not join (``concat``)."""
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -53,6 +59,15 @@ class LabeledSet:
     def concat(self, other: LabeledSet) -> LabeledSet:
         if other.tasks != self.tasks:
             raise ValueError("cannot concatenate example sets with different task lists")
+        views = {
+            v for v in (self.outcome_fixtures_share, other.outcome_fixtures_share) if v is not None
+        }
+        if len(views) > 1:
+            raise ValueError(
+                "cannot concatenate example sets of two outcome views "
+                f"(outcome_fixtures_share {sorted(views)}): a detector learns one view"
+            )
+        same = self.outcome_fixtures_share == other.outcome_fixtures_share
         return LabeledSet(
             self.tasks,
             np.concatenate([self.images, other.images]),
@@ -61,6 +76,7 @@ class LabeledSet:
             np.concatenate([self.ids, other.ids]),
             np.concatenate([self.sources, other.sources]),
             np.concatenate([self.held_out, other.held_out]),
+            self.outcome_fixtures_share if same else None,  # unknown for some rows
         )
 
     def with_tasks(self, tasks: Sequence[str]) -> LabeledSet:
@@ -85,6 +101,7 @@ class LabeledSet:
             self.ids,
             self.sources,
             self.held_out,
+            self.outcome_fixtures_share,
         )
 
     def subset(self, idx: np.ndarray) -> LabeledSet:
@@ -96,20 +113,23 @@ class LabeledSet:
             self.ids[idx],
             self.sources[idx],
             self.held_out[idx],
+            self.outcome_fixtures_share,
         )
 
     def save(self, path: str | Path) -> Path:
         buf = io.BytesIO()
-        np.savez_compressed(
-            buf,
-            tasks=np.array(self.tasks),
-            images=self.images,
-            labels=self.labels,
-            mask=self.mask,
-            ids=self.ids.astype(str),
-            sources=self.sources.astype(str),
-            held_out=self.held_out,
-        )
+        arrays: dict[str, Any] = {
+            "tasks": np.array(self.tasks),
+            "images": self.images,
+            "labels": self.labels,
+            "mask": self.mask,
+            "ids": self.ids.astype(str),
+            "sources": self.sources.astype(str),
+            "held_out": self.held_out,
+        }
+        if self.outcome_fixtures_share is not None:
+            arrays["outcome_fixtures_share"] = np.float64(self.outcome_fixtures_share)
+        np.savez_compressed(buf, **arrays)
         return atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
@@ -131,6 +151,9 @@ class LabeledSet:
                     z["ids"],
                     z["sources"],
                     z["held_out"],
+                    float(z["outcome_fixtures_share"])
+                    if "outcome_fixtures_share" in z.files
+                    else None,
                 )
         except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
             # an empty or truncated file, another format, a missing array: say which file
@@ -170,12 +193,25 @@ def label_counts(data: LabeledSet) -> dict[str, tuple[int, int]]:
     return {t: (int(p), int(n)) for t, p, n in zip(data.tasks, pos, neg, strict=True)}
 
 
-def examples_for(path: str | Path, tasks: Sequence[str], image_size: int) -> LabeledSet:
+def examples_for(
+    path: str | Path,
+    tasks: Sequence[str],
+    image_size: int,
+    outcome_fixtures_share: float | None = None,
+) -> LabeledSet:
     """The example set in ``path`` made ready for a success detector of ``tasks`` (which
     must start with the set's own: tasks it lacks get unknown labels) at ``image_size``,
     its rows without any label left out: a ValueError that names the file for another
-    image size, or a set without labels."""
+    image size, another recorded outcome view than ``outcome_fixtures_share`` (a set
+    without the record is taken as it is), or a set without labels."""
     data = LabeledSet.load(path).with_tasks(tasks)
+    view = data.outcome_fixtures_share
+    if outcome_fixtures_share is not None and view is not None and view != outcome_fixtures_share:
+        raise ValueError(
+            f"{path} holds final images at outcome_fixtures_share {view}, the run's cell "
+            f"renders {outcome_fixtures_share} (sim.outcome_fixtures_share): stage examples "
+            "in the run's view (`mtopt sd examples --outcome-fixtures-share`)"
+        )
     data = data.subset(np.flatnonzero(data.mask.any(1)))  # rows with a label only
     if len(data) == 0:
         raise ValueError(f"{path} holds no labeled examples")
@@ -251,6 +287,7 @@ def stage_examples(
         np.array(ids),
         np.array(["staged"] * n),
         np.full(n, split == "test"),
+        float(outcome_fixtures_share),
     )
 
 
