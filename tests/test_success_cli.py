@@ -243,6 +243,27 @@ def test_sd_examples_adds_a_new_task_to_a_set_and_keeps_splits_apart(tmp_path: P
     assert res.exit_code == 0 and "4 of these examples are of training objects" in res.output
 
 
+def test_sd_examples_and_train_keep_outcome_views_apart(tmp_path: Path) -> None:
+    """Examples staged at outcome_fixtures_share 0.75 record it; more examples of the
+    default view are refused into that file before staging, and `sd train` refuses to
+    train one detector on sets of two views."""
+    from mtopt.success.data import LabeledSet
+
+    r = CliRunner()
+    wide, narrow = tmp_path / "wide.npz", tmp_path / "narrow.npz"
+    base = ["sd", "examples", "--task", "lift-any", "--n", "1"]
+    res = r.invoke(app, [*base, "--out", str(wide), "--outcome-fixtures-share", "0.75"])
+    assert res.exit_code == 0, res.output
+    assert LabeledSet.load(wide).outcome_fixtures_share == 0.75
+    res = r.invoke(app, [*base, "--out", str(wide)])
+    assert res.exit_code == 2 and "outcome_fixtures_share 0.75" in res.output, res.output
+    assert len(LabeledSet.load(wide)) == 2
+    assert r.invoke(app, [*base, "--out", str(narrow)]).exit_code == 0
+    train = ["sd", "train", "--steps", "1", "--out", str(tmp_path / "w")]
+    res = r.invoke(app, [*train, "--examples", str(wide), "--examples", str(narrow)])
+    assert res.exit_code == 2 and "two outcome views" in res.output, res.output
+
+
 def test_sd_label_serves_loopback_names_only_on_a_loopback_address(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -111,16 +111,22 @@ def train_sd(
     init: SuccessNet | None = None,
     progress: bool = False,
 ) -> SuccessNet:
-    """Train (or fine-tune ``init``) on ``data`` with class-balanced, masked BCE."""
+    """Train (or fine-tune ``init``) on ``data`` with class-balanced, masked BCE. The
+    same ``cfg.seed`` gives the same network; torch's global random state is left as it
+    was (it was reseeded, under the caller's other draws)."""
     if len(data) == 0:
         raise ValueError("no labeled examples to train the success detector on")
-    torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
-    net = init or SuccessNet(
-        net_cfg or SDNetConfig(num_tasks=len(data.tasks), image_size=data.images.shape[1])
-    )
+    finetune = init is not None
+    if init is None:
+        with torch.random.fork_rng(devices=[]):  # the initial weights, from cfg.seed
+            torch.manual_seed(cfg.seed)
+            init = SuccessNet(
+                net_cfg or SDNetConfig(num_tasks=len(data.tasks), image_size=data.images.shape[1])
+            )
+    net = init
     net.train()
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.finetune_lr if init is not None else cfg.lr)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.finetune_lr if finetune else cfg.lr)
     ema = [p.detach().clone() for p in net.parameters()] if cfg.ema_decay else []
     images = torch.from_numpy(data.images)
     labels = torch.from_numpy(data.labels)
