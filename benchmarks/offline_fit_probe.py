@@ -63,7 +63,7 @@ def main() -> None:
     registry = run_registry(run)  # the run's tasks (its extra_tasks too), as it stored them
     sd = SuccessDetector.load(run / "sd", registry.names)
     buffers = TaskBuffers(registry.names, cfg.replay.capacity_per_bucket)
-    replay = LogReplay(registry, buffers, sd, cfg.replay.impersonation)
+    replay = LogReplay(registry, buffers, sd, cfg.replay.impersonation, reward=cfg.replay.reward)
     reader = EpisodeReader(run / "store")
     shards = shard_paths(run / "store")
     if args.shards:

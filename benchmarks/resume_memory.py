@@ -40,7 +40,7 @@ def _arm(run: str, shards: int | None, per_poll: int, out: Any) -> None:
     registry = cfg.registry()  # the run's tasks (its extra_tasks too)
     sd = SuccessDetector.load(root / "sd", registry.names)
     buffers = TaskBuffers(registry.names, cfg.replay.capacity_per_bucket)
-    replay = LogReplay(registry, buffers, sd, cfg.replay.impersonation)
+    replay = LogReplay(registry, buffers, sd, cfg.replay.impersonation, reward=cfg.replay.reward)
     reader = EpisodeReader(root / "store", shards_per_poll=per_poll or None)
     paths = shard_paths(root / "store")
     if shards is not None:

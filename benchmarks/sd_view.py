@@ -5,20 +5,25 @@ rim (docs/learning-history.md): is that the 64-pixel view (the bowl is about 16 
 across at ``sim.outcome_fixtures_share`` 0.5) or the labels? This measures it on the
 episodes where the errors happen, before a 3-hour run trusts another view:
 
-1. A run's acting Q weights (``--run``, with the run's exploration ``--epsilon``; a
-   ``--scripted-share`` of the episodes scripted, as a run's robots mix them) run the
-   placing tasks on fixed scenes. At the end of each episode the same settled scene is
-   rendered once per ``--shares`` (``SimCell.render(outcome_fixtures_share=...)``), and
-   every task's ground truth is read. Episodes split into a labeling pool and a test set
-   (different scenes; ``--objects``: the run's training objects, as its own episodes are,
-   or the held-out ones).
+1. A run's policies (``--run``) act on the placing tasks on fixed scenes as its robots
+   did at the end (``PolicyProvider.for_collection`` with the run's config and switch
+   file: the learned share after the parity switch, exploration, CEM search; scripted
+   episodes with the scripted exploration). At the end of each episode the same settled
+   scene is shown in every view of ``--shares`` (the cell's own is the episode's final
+   image; the others are rendered again, ``SimCell.render(outcome_fixtures_share=...)``),
+   and every task's ground truth is read. Episodes split into a labeling pool and a test
+   set (other scenes; ``--objects``: the run's training objects, as its own episodes
+   are, or the held-out ones).
 2. Per view: the run's recipe for its first detector (staged positives and near misses at
-   that view, ``--examples-per-task``, 2,000 steps), then, for each ``--labels`` count K,
-   that detector fine-tuned (600 steps, as every relabel round of a run) on the staged
-   examples plus K oracle-labelled pool episodes, the same K episodes for every view.
+   that view, ``--examples-per-task``, ``sd.train``), then, for each ``--labels`` count K,
+   that detector fine-tuned (``sd.retrain_steps``, as every relabel round of a run) on
+   the staged examples plus K oracle-labelled pool episodes, the same K episodes for
+   every view.
 3. Precision, recall and balanced accuracy of every detector on the test set, per placing
-   task, at the 0.5 threshold a run uses; with the precision-recall pairs at a few other
-   thresholds, since a false success is what teaches the Q-function a wrong placement.
+   task, at the 0.5 threshold a run uses; the precision-recall pairs at a few other
+   thresholds, since a false success is what teaches the Q-function a wrong placement;
+   and the scores' spread: what ``replay.reward=probability`` would pay true and false
+   successes.
 
 Usage:
   python benchmarks/sd_view.py --run runs/r50 --json OUT [--shares 0.5,0.75]
@@ -34,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import json
 import tempfile
 import time
@@ -43,70 +49,89 @@ from pathlib import Path
 import numpy as np
 
 from _results import write_result
+from mtopt.collect.loop import PolicyProvider
+from mtopt.config import ConfigError
 from mtopt.eval.evaluate import SETUP_TRIES, eval_scene_seed
-from mtopt.policies.cem_policy import CEMPolicy
-from mtopt.policies.scripted import scripted_policy_for
-from mtopt.qtopt.cem import CEMConfig
+from mtopt.policies.scripted import ScriptedPick, ScriptedPlace
 from mtopt.robots.sim_robot import SimRobot
-from mtopt.runtime.config import run_registry, run_sim_config
+from mtopt.runtime.config import load_run_config, run_sim_config
 from mtopt.sim.runner import run_episode
 from mtopt.sim.seeds import EVAL_MAX_EPISODES
 from mtopt.success.data import LabeledSet, stage_examples
 from mtopt.success.network import SuccessDetector
-from mtopt.success.train import SDTrainConfig, evaluate_sd, train_sd
+from mtopt.success.train import evaluate_sd, train_sd
 from sd_store_precision import precision_recall
 
 PLACING = ("place-any", "place-in-bowl", "place-on-plate")
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95)
 
 
-def collect(
-    job: tuple[str, str, int, int, int, int, tuple[float, ...], float, float],
-) -> dict[str, np.ndarray]:
-    """Episodes ``first`` .. ``first + count - 1`` of placing task ``task_index``: final
-    images in every view, ground truth of every task, and which policy acted."""
-    run, objects, task_index, first, count, seed, shares, epsilon, scripted_share = job
+CHUNK = 100
+"""Episodes per collection job: the jobs, and so the policies' random draws, do not
+depend on ``--workers``."""
+
+
+def policy_kind(policy: object) -> str:
+    """ "scripted" for a bootstrap policy (with its exploration), else "learned"."""
+    inner = getattr(policy, "policy", policy)  # Exploring wraps the scripted one
+    return "scripted" if isinstance(inner, ScriptedPick | ScriptedPlace) else "learned"
+
+
+def collect(job: tuple[str, str, int, int, int, int, tuple[float, ...]]) -> dict[str, np.ndarray]:
+    """Episodes ``first`` .. ``first + count - 1`` of placing task ``task_index``, acted
+    as the run's robots act (``PolicyProvider.for_collection`` with the run's config and
+    its switch file: the learned share, exploration and CEM search): final images in
+    every view of ``shares`` (the cell's own view is the episode's final image, the
+    others the same settled scene rendered again), ground truth of every task, and which
+    policy acted."""
+    run, objects, task_index, first, count, seed, shares = job
     import torch
 
     torch.set_num_threads(1)
-    registry = run_registry(run)
+    cfg = load_run_config(Path(run) / "config.json")
+    registry = cfg.registry()
     spec = registry.get(PLACING[task_index])
-    learned = CEMPolicy(
-        registry.names,
-        weights_dir=f"{run}/weights",
-        cem=CEMConfig(precision="fp32"),
-        epsilon=epsilon,
-        seed=seed * 1000 + task_index,
+    provider = PolicyProvider.for_collection(
+        registry,
+        Path(run) / "weights",
+        Path(run) / "switch.json",
+        cfg.collect,
+        cfg.epsilon,
+        cfg.noise_std,
+        seed=seed * 100_000 + task_index * 1000 + first,
+        cem=cfg.collection_cem(),
     )
-    scripted = scripted_policy_for(spec)
     sim = run_sim_config(run, objects)
     robot = SimRobot(sim, robot_id="view", seed=seed)
     images: list[list[np.ndarray]] = [[] for _ in shares]
-    labels, is_scripted, ids = [], [], []
+    labels, kinds, ids = [], [], []
     try:
         for k in range(first, first + count):
             for attempt in range(SETUP_TRIES):
                 scene_seed = eval_scene_seed(seed, task_index, k, attempt)
                 robot.reset_scene(scene_seed)
                 rng = np.random.default_rng(scene_seed)
-                use_scripted = bool(rng.random() < scripted_share)
-                policy = scripted if use_scripted else learned
+                policy = provider(spec)
                 rec = run_episode(robot, policy, spec, rng, sim.max_steps, skip_unprepared=True)
                 if rec.prepared:
                     break
             if not rec.prepared:
                 continue
             for view, share in zip(images, shares, strict=True):
-                view.append(robot.cell.render(view="outcome", outcome_fixtures_share=share))
+                view.append(
+                    rec.final_image
+                    if share == sim.outcome_fixtures_share
+                    else robot.cell.render(view="outcome", outcome_fixtures_share=share)
+                )
             scene = robot.scene_state()
             labels.append([bool(t.succeeded(scene)) for t in registry])
-            is_scripted.append(use_scripted)
+            kinds.append(policy_kind(policy))
             ids.append(f"{PLACING[task_index]}/{objects}/{seed}/{k}")
     finally:
         robot.close()
     out = {f"images_{i}": np.stack(v) for i, v in enumerate(images)}
     out["labels"] = np.array(labels, np.float32)
-    out["scripted"] = np.array(is_scripted)
+    out["kinds"] = np.array(kinds)
     out["ids"] = np.array(ids)
     return out
 
@@ -139,18 +164,39 @@ def pr_at(probs: np.ndarray, truth: np.ndarray) -> list[dict[str, float | None]]
     return [{"threshold": th, **precision_recall(probs >= th, truth)} for th in THRESHOLDS]
 
 
+def score_spread(probs: np.ndarray, truth: np.ndarray) -> dict[str, object]:
+    """What ``replay.reward=probability`` would pay: the mean score of the true
+    successes, of the false ones (a score of at least 0.5 where the truth says failure)
+    and of all failures; the false successes' score quartiles, and the share of them and
+    of the true successes scored under 0.85."""
+    false = probs[(probs >= 0.5) & ~truth]
+    r = lambda v: round(float(v), 4)  # noqa: E731
+    return {
+        "mean_true_success": r(probs[truth].mean()) if truth.any() else None,
+        "mean_false_success": r(false.mean()) if len(false) else None,
+        "mean_failure": r(probs[~truth].mean()) if (~truth).any() else None,
+        "false_success_quartiles": [r(q) for q in np.quantile(false, [0.25, 0.5, 0.75])]
+        if len(false)
+        else None,
+        "false_successes_under_0.85": r((false < 0.85).mean()) if len(false) else None,
+        "true_successes_under_0.85": r((probs[truth] < 0.85).mean()) if truth.any() else None,
+    }
+
+
 def scores(detector: SuccessDetector, test: LabeledSet) -> dict[str, dict[str, object]]:
     metrics = evaluate_sd(detector, test)
     probs = detector.score(test.images)
     out: dict[str, dict[str, object]] = {}
     for t in PLACING:
         j, m = test.tasks.index(t), metrics[t]
+        p, truth = probs[:, detector.task_index(t)], test.labels[:, j] > 0.5
         out[t] = {
             "precision": round(m["precision"], 4),
             "recall": round(m["recall"], 4),
             "balanced_accuracy": round(m["balanced_accuracy"], 4),
             "false_successes": m["confusion"]["fp"],
-            "at_thresholds": pr_at(probs[:, detector.task_index(t)], test.labels[:, j] > 0.5),
+            "at_thresholds": pr_at(p, truth),
+            "scores": score_spread(p, truth),
         }
     return out
 
@@ -163,10 +209,6 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=800, help="per placing task")
     ap.add_argument("--test-fraction", type=float, default=0.4)
     ap.add_argument("--labels", default="0,300,1200", help="pool episodes labelled, per detector")
-    ap.add_argument(
-        "--epsilon", type=float, default=0.1, help="random actions of the learned policy"
-    )
-    ap.add_argument("--scripted-share", type=float, default=0.5)
     ap.add_argument("--objects", default="train", choices=("train", "test"))
     ap.add_argument("--examples-per-task", type=int, default=80)
     ap.add_argument("--seed", type=int, default=11, help="scene block (not a reported one)")
@@ -183,8 +225,13 @@ def main() -> None:
         ap.error(f"--episodes must be in 1..{EVAL_MAX_EPISODES}, got {args.episodes}")
     if args.seed in (5, 6):
         ap.error("seeds 5 and 6 are the scenes runs are reported on; pick another")
-    registry = run_registry(args.run)
+    try:
+        cfg = load_run_config(Path(args.run) / "config.json")
+    except ConfigError as exc:
+        ap.error(f"--run {args.run}: {exc}")
+    registry = cfg.registry()
     tasks = registry.names
+    image_size = cfg.sim.image_size
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         if args.workdir:
@@ -197,27 +244,15 @@ def main() -> None:
             "weights": sorted(p.name for p in Path(args.run, "weights").iterdir()),
             "shares": shares,
             "episodes": args.episodes,
-            "epsilon": args.epsilon,
-            "scripted_share": args.scripted_share,
+            "policies": "run's collection",
             "objects": args.objects,
             "seed": args.seed,
         }
         if not cached(d, "episodes", key):
-            chunk = max(1, args.episodes // (2 * args.workers))
             jobs = [
-                (
-                    args.run,
-                    args.objects,
-                    ti,
-                    s,
-                    min(chunk, args.episodes - s),
-                    args.seed,
-                    shares,
-                    args.epsilon,
-                    args.scripted_share,
-                )
+                (args.run, args.objects, ti, s, min(CHUNK, args.episodes - s), args.seed, shares)
                 for ti in range(len(PLACING))
-                for s in range(0, args.episodes, chunk)
+                for s in range(0, args.episodes, CHUNK)
             ]
             with ProcessPoolExecutor(args.workers) as pool:
                 parts = list(pool.map(collect, jobs))
@@ -232,10 +267,18 @@ def main() -> None:
         test_idx, pool_idx = order[:n_test], order[n_test:]
         counts = [min(k, len(pool_idx)) for k in counts]
         results: list[dict[str, object]] = []
+        # as a run's relabel round (retrain_from "initial"): the staged-only SD fine-tuned
+        retrain = dataclasses.replace(cfg.sd.train, steps=cfg.sd.retrain_steps)
         for v, share in enumerate(shares):
             episodes = episodes_set(data, v, tasks)
             test = episodes.subset(test_idx)
-            ekey = {"per_task": args.examples_per_task, "share": share, "tasks": list(tasks)}
+            ekey = {
+                "per_task": args.examples_per_task,
+                "share": share,
+                "tasks": list(tasks),
+                "image_size": image_size,
+                "train": dataclasses.asdict(cfg.sd.train),
+            }
             name = f"examples_{share}"
             if not cached(d, name, ekey):
                 stage_examples(
@@ -245,6 +288,7 @@ def main() -> None:
                     "train",
                     True,
                     0,
+                    image_size,
                     progress=True,
                     outcome_fixtures_share=share,
                 ).save(d / f"{name}.npz")
@@ -252,7 +296,7 @@ def main() -> None:
             staged = LabeledSet.load(d / f"{name}.npz")
             name = f"sd_initial_{share}"
             if not cached(d, name, ekey):
-                net = train_sd(staged, SDTrainConfig(steps=2000, seed=0), progress=True)
+                net = train_sd(staged, cfg.sd.train, progress=True)  # the run's first SD
                 SuccessDetector(net, tasks).publish(d / name, 1)
                 mark(d, name, ekey)
             initial = SuccessDetector.load(d / name, tasks)
@@ -261,9 +305,7 @@ def main() -> None:
                     detector = initial
                 else:
                     labelled = staged.concat(episodes.subset(pool_idx[:k]))
-                    net = train_sd(
-                        labelled, SDTrainConfig(steps=600, seed=0), init=copy.deepcopy(initial.net)
-                    )
+                    net = train_sd(labelled, retrain, init=copy.deepcopy(initial.net))
                     detector = SuccessDetector(net, tasks)
                 row = {"share": share, "labels": k, "tasks": scores(detector, test)}
                 print(json.dumps(row), flush=True)
@@ -274,7 +316,8 @@ def main() -> None:
         "shares": shares,
         "episodes": n,
         "test_episodes": int(n_test),
-        "test_scripted_share": round(float(data["scripted"][test_idx].mean()), 4),
+        "test_scripted_share": round(float((data["kinds"][test_idx] == "scripted").mean()), 4),
+        "objects": args.objects,
         "test_positives": {t: int(truth[:, tasks.index(t)].sum()) for t in PLACING},
         "thresholds": THRESHOLDS,
         "rows": results,

@@ -895,21 +895,46 @@ def test_sd_view_thresholds_by_hand() -> None:
 
 
 def test_sd_view_shows_each_episode_in_every_view() -> None:
-    """Two place-any episodes of a policy folder's weights, each rendered at shares 0.5
-    and 0.75 once settled: the two views differ (the fixture bin larger in the second),
-    every task has a ground-truth label (a placing success is a place-any success), and
-    the same job gives the same images."""
+    """Two place-any episodes acted as a policy folder's robots would act, each shown at
+    shares 0.5 (the cell's own: the episode's final image) and 0.75 (rendered again, the
+    fixture bin larger); every task has a ground-truth label (a placing success is a
+    place-any success); the same job gives the same episodes, policies and images."""
+    from mtopt.policies.exploration import Exploring
+    from mtopt.policies.scripted import ScriptedPlace
     from mtopt.runtime.config import run_registry
-    from sd_view import PLACING, collect
+    from sd_view import PLACING, collect, policy_kind
 
-    job = (str(POLICY), "test", 0, 0, 2, 11, (0.5, 0.75), 0.0, 1.0)  # scripted: quick
+    job = (str(POLICY), "test", 0, 0, 2, 11, (0.5, 0.75))
     got = collect(job)
     names = run_registry(POLICY).names
     assert got["images_0"].shape == got["images_1"].shape == (2, 64, 64, 3)
     assert not np.array_equal(got["images_0"], got["images_1"])
-    assert got["labels"].shape == (2, len(names)) and got["scripted"].all()
+    assert got["labels"].shape == (2, len(names))
+    assert set(got["kinds"]) <= {"scripted", "learned"}
     assert list(got["ids"]) == ["place-any/test/11/0", "place-any/test/11/1"]
     any_, bowl = names.index(PLACING[0]), names.index(PLACING[1])
     assert (got["labels"][:, any_] >= got["labels"][:, bowl]).all()
-    again = collect(job)  # the same scenes and policy: the same images
-    assert np.array_equal(again["images_1"], got["images_1"])
+    again = collect(job)
+    for k in ("images_0", "images_1", "labels", "kinds"):
+        assert np.array_equal(again[k], got[k]), k
+    assert policy_kind(Exploring(ScriptedPlace(), 0.1, 0.2)) == "scripted"
+    assert policy_kind(ScriptedPlace()) == "scripted" and policy_kind(object()) == "learned"
+
+
+def test_sd_view_score_spread_by_hand() -> None:
+    """Scores [0.95, 0.8, 0.6, 0.3, 0.1] against truth [T, F, T, F, F]: true successes
+    average 0.775, the one false success (0.8) 0.8, failures (0.8, 0.3, 0.1) 0.4; half
+    the true successes and the one false one are under 0.85."""
+    from sd_view import score_spread
+
+    got = score_spread(
+        np.array([0.95, 0.8, 0.6, 0.3, 0.1]), np.array([True, False, True, False, False])
+    )
+    assert got == {
+        "mean_true_success": 0.775,
+        "mean_false_success": 0.8,
+        "mean_failure": 0.4,
+        "false_success_quartiles": [0.8, 0.8, 0.8],
+        "false_successes_under_0.85": 1.0,
+        "true_successes_under_0.85": 0.5,
+    }

@@ -791,7 +791,7 @@ def test_example_sets_record_their_outcome_view(tmp_path: Path) -> None:
     and new tasks; a set of another view is refused where a run takes it
     (``examples_for``: a 0.5 sd.examples_file trained a 0.75 run's detector without a
     word), sets of two views do not join, and a set without the record (older files,
-    episodes) is taken as it is and joins with an unknown view."""
+    episodes) is taken as it is and joins as the other set's view."""
     from mtopt.success.data import examples_for
 
     staged = dataclasses.replace(synthetic(8, 0), outcome_fixtures_share=0.75)
@@ -812,4 +812,11 @@ def test_example_sets_record_their_outcome_view(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="two outcome views"):
         staged.concat(dataclasses.replace(staged, outcome_fixtures_share=0.5))
     assert staged.concat(staged).outcome_fixtures_share == 0.75
-    assert staged.concat(synthetic(4, 1)).outcome_fixtures_share is None
+    # a set without the record joins as the other's view, so a third view is refused
+    # whatever the order (it was joined: 0.75 + unknown gave unknown, then + 0.5)
+    joined = staged.concat(synthetic(4, 1))
+    assert joined.outcome_fixtures_share == 0.75
+    assert synthetic(4, 1).concat(staged).outcome_fixtures_share == 0.75
+    assert synthetic(4, 1).concat(synthetic(4, 2)).outcome_fixtures_share is None
+    with pytest.raises(ValueError, match="two outcome views"):
+        joined.concat(dataclasses.replace(staged, outcome_fixtures_share=0.5))

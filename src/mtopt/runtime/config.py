@@ -42,10 +42,11 @@ class ReplayConfig:
     """How the success detector's score p for a task becomes the episode's reward for it:
     "binary", 1 where p >= 0.5 and 0 elsewhere (MT-Opt's sparse reward); "probability",
     p itself, so a placement the detector is unsure of is worth less than one it is sure
-    of and the Q-function learns the success the detector expects. Success and failure
-    buffers still split at 0.5. On 960 held-out placing episodes of r50's policy, the
-    detector's place-any false successes scored 0.5-1.0, half of them below 0.85
-    (``benchmarks/sd_view.py``, docs/learning-history.md)."""
+    of and the Q-function learns the success the detector expects (a failure pays its
+    score too, up to 0.5). Success and failure buffers still split at 0.5 (a score of
+    exactly 0.5 is a success for "binary", a failure for "probability"). On placing
+    episodes of r50's robots, the detector's false successes score lower than its true
+    ones (``benchmarks/sd_view.py``, docs/learning-history.md)."""
     read_shards_per_poll: int = 64
     """Store shards LogReplay reads at a time (~1000 episodes at the fleet's 16 per
     shard). A resumed run re-reads its store in parts of this size before training goes

@@ -38,7 +38,8 @@ class LabeledSet:
     """The outcome view the final images were taken in (``SimConfig.outcome_fixtures_share``)
     where known: staged examples record it; None for sets from before the record
     (2026-12-07) and for episodes' images (their store's view). A run refuses a set
-    of another view (``examples_for``), and sets of two views do not join (``concat``)."""
+    of another view (``examples_for``), and sets of two views do not join (``concat``;
+    a set without the record joins as the other's view)."""
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -67,7 +68,6 @@ class LabeledSet:
                 "cannot concatenate example sets of two outcome views "
                 f"(outcome_fixtures_share {sorted(views)}): a detector learns one view"
             )
-        same = self.outcome_fixtures_share == other.outcome_fixtures_share
         return LabeledSet(
             self.tasks,
             np.concatenate([self.images, other.images]),
@@ -76,7 +76,9 @@ class LabeledSet:
             np.concatenate([self.ids, other.ids]),
             np.concatenate([self.sources, other.sources]),
             np.concatenate([self.held_out, other.held_out]),
-            self.outcome_fixtures_share if same else None,  # unknown for some rows
+            # rows without a record are taken to be of the other's view (episodes of a
+            # run join its staged examples): a third set of another view is refused
+            views.pop() if views else None,
         )
 
     def with_tasks(self, tasks: Sequence[str]) -> LabeledSet:
