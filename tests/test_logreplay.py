@@ -236,13 +236,15 @@ def test_a_rescore_counts_only_the_episodes_it_refiled() -> None:
 
 
 class ScoreSD:
-    """Every task scores the final image's red value at (0, 0) over 100."""
+    """Every task scores the final image's red value at (0, 0) over 100, plus ``add``."""
 
     tasks = REG.names
-    version = 1
+
+    def __init__(self, version: int = 1, add: float = 0.0):
+        self.version, self.add = version, add
 
     def score(self, images: np.ndarray) -> np.ndarray:
-        p = images[:, 0, 0, 0].astype(float) / 100
+        p = images[:, 0, 0, 0].astype(float) / 100 + self.add
         return np.repeat(p[:, None], len(self.tasks), axis=1)
 
 
@@ -269,3 +271,16 @@ def test_probability_rewards_are_the_detectors_scores() -> None:
     assert (batch.rewards[~last] == 0).all()
     with pytest.raises(ValueError, match="reward must be"):
         LogReplay(REG, TaskBuffers(REG.names), ScoreSD(), reward="soft")  # type: ignore[arg-type]
+
+
+def test_a_new_detector_moves_probability_rewards_within_a_bucket() -> None:
+    """With "probability", a new detector that scores an episode 0.9 instead of 0.7
+    (both successes) re-files it with the new reward, which a sampled batch carries."""
+    buf = TaskBuffers(REG.names)
+    lr = LogReplay(REG, buf, ScoreSD(), mode="orig", reward="probability")
+    lr.ingest([ep("e70", "place-on-plate", 70)])
+    lr.set_reward_model(ScoreSD(version=2, add=0.2))
+    assert lr.rewards("e70")["place-on-plate"] == pytest.approx(0.9)
+    assert buf.sizes()["place-on-plate"] == (1, 0)
+    batch = buf.sample(8, np.random.default_rng(0))
+    assert np.allclose(batch.final_rewards, 0.9)
