@@ -37,7 +37,7 @@ class LabeledSet:
     outcome_fixtures_share: float | None = None
     """The outcome view the final images were taken in (``SimConfig.outcome_fixtures_share``)
     where known: staged examples record it; None for sets from before the record
-    (2026-12-07) and for episodes' images (their store's view). A run refuses a set
+    (2026-12-06) and for episodes' images (their store's view). A run refuses a set
     of another view (``examples_for``), and sets of two views do not join (``concat``;
     a set without the record joins as the other's view)."""
 
