@@ -152,7 +152,11 @@ def test_an_interrupted_ray_run_counts_every_stored_episode(
     """SIGTERM (Ctrl-C alike, KeyboardInterrupt in the driver's loop): the robots' calls under way end
     and the summary counts every episode in the store (it used to skip that count and
     report the last poll's). Each mid-run evaluation is checkpointed at once (a kill
-    before the next scheduled checkpoint lost its point for good)."""
+    before the next scheduled checkpoint lost its point for good). The robots collect
+    while the driver evaluates: during the first evaluation the store grows by three
+    calls of every robot (they used to idle after their call under way, one call each)."""
+    import time
+
     from mtopt.qtopt.learner import Learner
     from mtopt.runtime.local import LocalRun
     from mtopt.runtime.ray_runtime import run_ray
@@ -166,20 +170,31 @@ def test_an_interrupted_ray_run_counts_every_stored_episode(
             "budget_minutes=6",
             "checkpoint_every=1000",
             "eval.every_steps=8",
+            "collect.flush_every=1",  # every episode in the store as it ends
         ],
     )
     events: list[tuple[str, int]] = []
+    grew: list[int] = []
     save, evaluate = Learner.save_checkpoint, LocalRun._evaluate
     monkeypatch.setattr(
         Learner,
         "save_checkpoint",
         lambda s, path, extra=None: events.append(("checkpoint", s.step)) or save(s, path, extra),
     )
-    monkeypatch.setattr(
-        LocalRun,
-        "_evaluate",
-        lambda s, learner, *a: events.append(("eval", learner.step)) or evaluate(s, learner, *a),
-    )
+
+    def in_store() -> int:
+        return sum(1 for _ in EpisodeReader(tmp_path / "run" / "store").metadata())
+
+    def evaluating(s, learner, *a):  # type: ignore[no-untyped-def]
+        events.append(("eval", learner.step))
+        if not grew:  # the first: wait (bounded) for three calls of 4 episodes per robot
+            start, end = in_store(), time.time() + 240
+            while in_store() - start < 3 * 4 * 2 and time.time() < end:
+                time.sleep(0.5)
+            grew.append(in_store() - start)
+        return evaluate(s, learner, *a)
+
+    monkeypatch.setattr(LocalRun, "_evaluate", evaluating)
 
     from mtopt._signals import stop_on_sigterm
 
@@ -195,6 +210,7 @@ def test_an_interrupted_ray_run_counts_every_stored_episode(
     assert 20 <= summary["learner_steps"] < 400
     evals = [i for i, (what, _) in enumerate(events) if what == "eval"]
     assert len(evals) >= 2, events  # one mid-run at least, and the final one
+    assert grew[0] >= 24, grew  # the robots went on collecting through the evaluation
     for i in evals:
         assert events[i + 1] == ("checkpoint", events[i][1]), events
     stored = [r for r in EpisodeReader(tmp_path / "run" / "store").metadata() if r["num_steps"]]

@@ -540,7 +540,7 @@ def run_ray(
 
     def flush_robots() -> list[Any]:
         """Have every robot write what its writer buffers (not waited for): before the
-        robots idle (an evaluation, the end of collecting), since the writer's
+        robots idle (the end of collecting), since the writer's
         ``flush_seconds`` is checked only when an episode is written, and a driver
         killed meanwhile takes the actors and their buffers with it."""
         refs = []
@@ -603,14 +603,24 @@ def run_ray(
         dropped = 0
         deadline = t_start + c.budget_minutes * 60
         collecting = True
-        while time.time() < deadline and not (
-            c.max_learner_steps and learner.step >= c.max_learner_steps
-        ):
-            done, _ = (
-                ray.wait(list(pending), num_returns=len(pending), timeout=0)
-                if pending
-                else ([], [])
-            )
+
+        def service_robots(any_within_s: float | None = None) -> None:
+            """Start the next call of every robot whose call has ended (while
+            ``collecting``), counting the failed ones; without ``any_within_s`` only
+            those ended now, with it the first that ends within that many seconds
+            (and the others ended by then)."""
+            nonlocal dropped
+            if not pending:
+                if any_within_s:
+                    time.sleep(any_within_s)
+                return
+            refs = list(pending)
+            if any_within_s is None:
+                done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            else:
+                done, rest = ray.wait(refs, num_returns=1, timeout=any_within_s)
+                if done and rest:  # and the others that ended meanwhile
+                    done += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
             for ref in done:
                 actor = pending.pop(ref)
                 try:
@@ -629,6 +639,33 @@ def run_ray(
                         continue
                 if collecting:
                     pending[actor.run.remote(per_call)] = actor
+
+        def evaluate_while_collecting() -> None:
+            """The driver's evaluation, while a thread goes on starting the robots' calls
+            (the loop that starts them waits for the evaluation: the robots idled through
+            every one, about 20 learned episodes per task)."""
+            stop = threading.Event()
+
+            def pump() -> None:
+                while not stop.is_set():
+                    try:
+                        service_robots(any_within_s=0.5)
+                    except Exception:  # the loop's next turn deals with the robots
+                        log.exception("starting robot calls during an evaluation failed")
+                        return
+
+            thread = threading.Thread(target=pump, name="robots-during-eval", daemon=True)
+            thread.start()
+            try:
+                run._evaluate(learner, scripted, ingested, t0, sd, stats)
+            finally:
+                stop.set()
+                thread.join()
+
+        while time.time() < deadline and not (
+            c.max_learner_steps and learner.step >= c.max_learner_steps
+        ):
+            service_robots()
             if sd_tail is not None:
                 # a round runs beside the loop (robots and learner go on), one at a time
                 sd_tail.check()
@@ -677,8 +714,7 @@ def run_ray(
                 # on the grid of every_steps (a loop trains several steps: from the step
                 # itself the points drifted by up to that many each time)
                 last_eval = learner.step - learner.step % c.eval.every_steps
-                flush_robots()  # they idle after their calls under way meanwhile
-                run._evaluate(learner, scripted, ingested, t0, sd, stats)
+                evaluate_while_collecting()
                 # the point in a checkpoint at once: the step's own checkpoint (if it had
                 # one) came before it, and a resume does not evaluate this step again
                 learner.save_checkpoint(p.checkpoint, extras(time.time()))
