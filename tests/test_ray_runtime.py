@@ -206,11 +206,11 @@ def test_an_interrupted_ray_run_counts_every_stored_episode(
     # run`'s handler it stops as Ctrl-C does
     with stop_on_sigterm():
         summary = run_ray(cfg, tmp_path / "run", kill_hook=interrupt)
+    assert grew[0] >= 24, grew  # the robots went on collecting through the evaluation
     assert (tmp_path / "run" / "summary.json").exists()
     assert 20 <= summary["learner_steps"] < 400
     evals = [i for i, (what, _) in enumerate(events) if what == "eval"]
     assert len(evals) >= 2, events  # one mid-run at least, and the final one
-    assert grew[0] >= 24, grew  # the robots went on collecting through the evaluation
     for i in evals:
         assert events[i + 1] == ("checkpoint", events[i][1]), events
     stored = [r for r in EpisodeReader(tmp_path / "run" / "store").metadata() if r["num_steps"]]
