@@ -17,7 +17,7 @@ from mtopt.config import ConfigError
 from mtopt.runtime.config import preset, resume_config, with_sd_sources
 from mtopt.runtime.local import LocalRun
 from mtopt.success.data import LabeledSet, examples_for, held_out_rows, label_counts
-from mtopt.success.network import SDNetConfig, SuccessDetector, SuccessNet
+from mtopt.success.network import SDNetConfig, SuccessDetector, SuccessNet, view_meta
 from mtopt.tasks import DEFAULT_REGISTRY
 
 TASKS = DEFAULT_REGISTRY.names
@@ -250,6 +250,16 @@ def test_a_run_starts_from_your_sd_weights(tmp_path: Path) -> None:
     SuccessDetector(big, TASKS).publish(tmp_path / "w3")
     with pytest.raises(ConfigError, match="judges 128-pixel images"):
         tiny_cfg(tmp_path / "run3", weights=str(tmp_path / "w3")).init_sd()
+    # the run's copies record its view; an SD published with another view is refused
+    assert mine.outcome_fixtures_share == 0.5 == mine.meta["outcome_fixtures_share"]
+    assert (
+        SuccessDetector.load(tmp_path / "run" / "sd" / "initial", TASKS).outcome_fixtures_share
+        == 0.5
+    )
+    SuccessDetector(net, TASKS).publish(tmp_path / "w4", extra_meta=view_meta(0.75))
+    with pytest.raises(ConfigError, match=r"outcome_fixtures_share 0\.75, the run's cell renders"):
+        tiny_cfg(tmp_path / "run4", weights=str(tmp_path / "w4")).init_sd()
+    assert SuccessDetector.load(tmp_path / "w", TASKS).outcome_fixtures_share is None
 
 
 def test_sd_sources_are_checked_at_the_start_and_kept_on_resume(

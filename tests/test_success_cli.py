@@ -246,8 +246,9 @@ def test_sd_examples_adds_a_new_task_to_a_set_and_keeps_splits_apart(tmp_path: P
 def test_sd_examples_and_train_keep_outcome_views_apart(tmp_path: Path) -> None:
     """Examples staged at outcome_fixtures_share 0.75 record it; more examples of the
     default view are refused into that file before staging, and `sd train` refuses to
-    train one detector on sets of two views."""
+    train one detector on sets of two views, and records the view of one."""
     from mtopt.success.data import LabeledSet
+    from mtopt.success.network import SuccessDetector
 
     r = CliRunner()
     wide, narrow = tmp_path / "wide.npz", tmp_path / "narrow.npz"
@@ -262,6 +263,9 @@ def test_sd_examples_and_train_keep_outcome_views_apart(tmp_path: Path) -> None:
     train = ["sd", "train", "--steps", "1", "--out", str(tmp_path / "w")]
     res = r.invoke(app, [*train, "--examples", str(wide), "--examples", str(narrow)])
     assert res.exit_code == 2 and "two outcome views" in res.output, res.output
+    # a detector of one view records it (a run given it as sd.weights checks it)
+    assert r.invoke(app, [*train, "--examples", str(wide)]).exit_code == 0
+    assert SuccessDetector.load(tmp_path / "w").outcome_fixtures_share == 0.75
 
 
 def test_sd_label_serves_loopback_names_only_on_a_loopback_address(

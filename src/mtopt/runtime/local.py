@@ -78,7 +78,7 @@ from mtopt.success.data import (
     stage_examples,
 )
 from mtopt.success.improve import disputes_given_labels, select_episodes
-from mtopt.success.network import SuccessDetector, SuccessNet
+from mtopt.success.network import SuccessDetector, SuccessNet, view_meta
 from mtopt.success.train import evaluate_sd, mean_finite, train_sd
 from mtopt.tasks.registry import TaskRegistry
 
@@ -815,8 +815,9 @@ class LocalRun:
         # what relabel rounds fine-tune; the next version there: a start that died
         # between these two publishes, or an SD deleted to be retrained, left one
         initial = self.paths.sd / "initial"
-        sd.publish(initial)
-        sd.publish(self.paths.sd, extra_meta={"origin": RUN_SD_ORIGIN, "episode_labels": 0})
+        view = view_meta(self.cfg.sim.outcome_fixtures_share)
+        sd.publish(initial, extra_meta=view)
+        sd.publish(self.paths.sd, extra_meta={"origin": RUN_SD_ORIGIN, "episode_labels": 0, **view})
         self._record_sd_quality(sd, labels=0)
         return sd
 
@@ -857,16 +858,29 @@ class LocalRun:
                 f"sd.weights: the SD in {c.weights} judges {sd.net.cfg.image_size}-pixel "
                 f"images, the run's camera gives {self.cfg.sim.image_size} (sim.image_size)"
             )
+        view, own = sd.outcome_fixtures_share, self.cfg.sim.outcome_fixtures_share
+        if view is not None and view != own:
+            raise ConfigError(
+                f"sd.weights: the SD in {c.weights} was trained on outcome images at "
+                f"outcome_fixtures_share {view}, the run's cell renders {own} "
+                "(sim.outcome_fixtures_share)"
+            )
         return sd
 
     def _copy_sd_weights(self, sd: SuccessDetector) -> SuccessDetector:
         """``sd.weights``' latest SD (``sd``) as the run's first, and what relabel rounds
         fine-tune from (``sd/initial``)."""
         origin = f"{self.cfg.sd.weights} v{sd.version}"
-        sd.publish(self.paths.sd / "initial", extra_meta={"copied_from": origin})
+        view = view_meta(self.cfg.sim.outcome_fixtures_share)
+        sd.publish(self.paths.sd / "initial", extra_meta={"copied_from": origin, **view})
         sd.publish(
             self.paths.sd,
-            extra_meta={"origin": RUN_SD_ORIGIN, "episode_labels": 0, "copied_from": origin},
+            extra_meta={
+                "origin": RUN_SD_ORIGIN,
+                "episode_labels": 0,
+                "copied_from": origin,
+                **view,
+            },
         )
         self._log(f"success detector v{sd.version}: a copy of {origin} (sd.weights)")
         self._record_sd_quality(sd, labels=0)
@@ -962,7 +976,12 @@ class LocalRun:
         labels = labels_so_far + len(new)
         # the next free version (`sd improve` may share the folder)
         new_sd.publish(
-            self.paths.sd, extra_meta={"origin": RUN_SD_ORIGIN, "episode_labels": labels}
+            self.paths.sd,
+            extra_meta={
+                "origin": RUN_SD_ORIGIN,
+                "episode_labels": labels,
+                **view_meta(self.cfg.sim.outcome_fixtures_share),
+            },
         )
         self._record_sd_quality(new_sd, labels)
         return new_sd, labels

@@ -115,7 +115,7 @@ def train(
 ) -> None:
     """Train the multi-task success detector and publish it as the next version."""
     from mtopt.success.data import LabeledSet
-    from mtopt.success.network import SuccessDetector
+    from mtopt.success.network import SuccessDetector, view_meta
     from mtopt.success.train import SDTrainConfig, train_sd
 
     if (out / "q-latest.json").exists() or any(out.glob("q-*.safetensors")):
@@ -140,7 +140,7 @@ def train(
     net = train_sd(data, SDTrainConfig(steps=steps, seed=seed), progress=True)
     sd = SuccessDetector(net, data.tasks)
     # the next version, picked under the folder's lock; `sd improve` starts from it anew
-    sd.publish(out, extra_meta={"origin": "sd train"})
+    sd.publish(out, extra_meta={"origin": "sd train", **view_meta(data.outcome_fixtures_share)})
     typer.echo(f"published success detector v{sd.version} to {out}")
 
 

@@ -16,7 +16,7 @@ from mtopt.qtopt.weights import read_latest
 from mtopt.store.reader import EpisodeReader
 from mtopt.success.data import LabeledSet, episode_examples
 from mtopt.success.labels import LabelStore
-from mtopt.success.network import SuccessDetector
+from mtopt.success.network import SuccessDetector, view_meta
 from mtopt.success.plots import plot_curve
 from mtopt.success.train import SDTrainConfig, evaluate_sd, mean_finite, train_sd
 from mtopt.tasks.registry import DEFAULT_REGISTRY, TaskRegistry
@@ -412,7 +412,12 @@ def improve_loop(
         net = train_sd(data, SDTrainConfig(steps=steps, seed=r + 1), init=init)
         sd = SuccessDetector(net, registry.names)
         n_labels = int((chosen & known).sum(0).max())  # the labels of the task with the most
-        meta = {"origin": "sd improve", "labeler": labeler, "labels_per_task": n_labels}
+        meta = {
+            "origin": "sd improve",
+            "labeler": labeler,
+            "labels_per_task": n_labels,
+            **view_meta(data.outcome_fixtures_share),
+        }
         if labeler == "oracle":  # the labels first: an SD must not count labels not kept
             save_chosen(chosen_path, pool.ids, registry.names, chosen & known)
         sd.publish(weights, extra_meta=meta)

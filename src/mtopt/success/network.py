@@ -28,6 +28,12 @@ from mtopt.qtopt.weights import (
 )
 
 
+def view_meta(share: float | None) -> dict[str, float]:
+    """``extra_meta`` that records the outcome view a detector was trained in (none where
+    it is unknown): ``SuccessDetector.outcome_fixtures_share`` reads it back."""
+    return {} if share is None else {"outcome_fixtures_share": float(share)}
+
+
 @dataclass(frozen=True)
 class SDNetConfig:
     num_tasks: int = 13
@@ -98,6 +104,14 @@ class SuccessDetector:
     @property
     def tasks(self) -> tuple[str, ...]:
         return self._tasks
+
+    @property
+    def outcome_fixtures_share(self) -> float | None:
+        """The outcome view it was trained in (``SimConfig.outcome_fixtures_share``), as
+        published with it (``view_meta``); None where unknown (published before the
+        record, 2026-12-06, or trained on sets without it)."""
+        share = self.meta.get("outcome_fixtures_share")
+        return None if share is None else float(share)
 
     @property
     def version(self) -> int:
