@@ -250,16 +250,17 @@ def test_a_run_starts_from_your_sd_weights(tmp_path: Path) -> None:
     SuccessDetector(big, TASKS).publish(tmp_path / "w3")
     with pytest.raises(ConfigError, match="judges 128-pixel images"):
         tiny_cfg(tmp_path / "run3", weights=str(tmp_path / "w3")).init_sd()
-    # the run's copies record its view; an SD published with another view is refused
-    assert mine.outcome_fixtures_share == 0.5 == mine.meta["outcome_fixtures_share"]
-    assert (
-        SuccessDetector.load(tmp_path / "run" / "sd" / "initial", TASKS).outcome_fixtures_share
-        == 0.5
-    )
+    # a copy keeps its SD's record of the view (none here: not made up); an SD published
+    # with another view than the run's is refused, one of its view is copied with it
+    assert mine.outcome_fixtures_share is None
     SuccessDetector(net, TASKS).publish(tmp_path / "w4", extra_meta=view_meta(0.75))
     with pytest.raises(ConfigError, match=r"outcome_fixtures_share 0\.75, the run's cell renders"):
         tiny_cfg(tmp_path / "run4", weights=str(tmp_path / "w4")).init_sd()
-    assert SuccessDetector.load(tmp_path / "w", TASKS).outcome_fixtures_share is None
+    SuccessDetector(net, TASKS).publish(tmp_path / "w5", extra_meta=view_meta(0.5))
+    run5 = tiny_cfg(tmp_path / "run5", weights=str(tmp_path / "w5"))
+    run5.init_sd()
+    assert SuccessDetector.load(run5.paths.sd, TASKS).outcome_fixtures_share == 0.5
+    assert SuccessDetector.load(run5.paths.sd / "initial", TASKS).outcome_fixtures_share == 0.5
 
 
 def test_sd_sources_are_checked_at_the_start_and_kept_on_resume(

@@ -772,7 +772,8 @@ def test_staged_examples_follow_the_cells_outcome_view(
     run = local.LocalRun(
         override(preset("tiny"), ["sim.outcome_fixtures_share=0.75"]), tmp_path / "run"
     )
-    run._sd_train_set()
+    assert run._sd_train_set().outcome_fixtures_share == 0.75  # recorded, and read back
+    assert LabeledSet.load(run.paths.sd / "examples.npz").outcome_fixtures_share == 0.75
     run._sd_val_set()
     assert calls == [0.75, 0.75]
     # the folder's key names the view: a start with the default halves in that folder

@@ -815,7 +815,7 @@ class LocalRun:
         # what relabel rounds fine-tune; the next version there: a start that died
         # between these two publishes, or an SD deleted to be retrained, left one
         initial = self.paths.sd / "initial"
-        view = view_meta(self.cfg.sim.outcome_fixtures_share)
+        view = view_meta(data.outcome_fixtures_share)  # staged: the run's; a file's: its own
         sd.publish(initial, extra_meta=view)
         sd.publish(self.paths.sd, extra_meta={"origin": RUN_SD_ORIGIN, "episode_labels": 0, **view})
         self._record_sd_quality(sd, labels=0)
@@ -871,7 +871,7 @@ class LocalRun:
         """``sd.weights``' latest SD (``sd``) as the run's first, and what relabel rounds
         fine-tune from (``sd/initial``)."""
         origin = f"{self.cfg.sd.weights} v{sd.version}"
-        view = view_meta(self.cfg.sim.outcome_fixtures_share)
+        view = view_meta(sd.outcome_fixtures_share)  # the copied SD's record, if it has one
         sd.publish(self.paths.sd / "initial", extra_meta={"copied_from": origin, **view})
         sd.publish(
             self.paths.sd,
@@ -980,7 +980,7 @@ class LocalRun:
             extra_meta={
                 "origin": RUN_SD_ORIGIN,
                 "episode_labels": labels,
-                **view_meta(self.cfg.sim.outcome_fixtures_share),
+                **view_meta(data.outcome_fixtures_share),
             },
         )
         self._record_sd_quality(new_sd, labels)
