@@ -153,8 +153,8 @@ def test_an_interrupted_ray_run_counts_every_stored_episode(
     and the summary counts every episode in the store (it used to skip that count and
     report the last poll's). Each mid-run evaluation is checkpointed at once (a kill
     before the next scheduled checkpoint lost its point for good). The robots collect
-    while the driver evaluates: during the first evaluation the store grows by three
-    calls of every robot (they used to idle after their call under way, one call each)."""
+    while the driver evaluates: during the first evaluation the store grows by about three
+    calls of every robot (they used to idle after their call under way: a dozen at most)."""
     import time
 
     from mtopt.qtopt.learner import Learner
@@ -170,7 +170,7 @@ def test_an_interrupted_ray_run_counts_every_stored_episode(
             "budget_minutes=6",
             "checkpoint_every=1000",
             "eval.every_steps=8",
-            "collect.flush_every=1",  # every episode in the store as it ends
+            "collect.flush_every=3",  # a buffer left at the stop: the count must flush it
         ],
     )
     events: list[tuple[str, int]] = []
@@ -188,8 +188,8 @@ def test_an_interrupted_ray_run_counts_every_stored_episode(
     def evaluating(s, learner, *a):  # type: ignore[no-untyped-def]
         events.append(("eval", learner.step))
         if not grew:  # the first: wait (bounded) for three calls of 4 episodes per robot
-            start, end = in_store(), time.time() + 240
-            while in_store() - start < 3 * 4 * 2 and time.time() < end:
+            start, end = in_store(), time.time() + 240  # (less what the buffers hold)
+            while in_store() - start < 20 and time.time() < end:
                 time.sleep(0.5)
             grew.append(in_store() - start)
         return evaluate(s, learner, *a)
@@ -206,7 +206,7 @@ def test_an_interrupted_ray_run_counts_every_stored_episode(
     # run`'s handler it stops as Ctrl-C does
     with stop_on_sigterm():
         summary = run_ray(cfg, tmp_path / "run", kill_hook=interrupt)
-    assert grew[0] >= 24, grew  # the robots went on collecting through the evaluation
+    assert grew[0] >= 20, grew  # the robots went on collecting through the evaluation
     assert (tmp_path / "run" / "summary.json").exists()
     assert 20 <= summary["learner_steps"] < 400
     evals = [i for i, (what, _) in enumerate(events) if what == "eval"]

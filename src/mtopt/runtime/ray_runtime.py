@@ -604,11 +604,13 @@ def run_ray(
         deadline = t_start + c.budget_minutes * 60
         collecting = True
 
-        def service_robots(any_within_s: float | None = None) -> None:
+        def service_robots(
+            any_within_s: float | None = None, stop: threading.Event | None = None
+        ) -> None:
             """Start the next call of every robot whose call has ended (while
-            ``collecting``), counting the failed ones; without ``any_within_s`` only
-            those ended now, with it the first that ends within that many seconds
-            (and the others ended by then)."""
+            ``collecting``, and until ``stop`` is set), counting the failed ones;
+            without ``any_within_s`` only those ended now, with it the first that ends
+            within that many seconds (and the others ended by then)."""
             nonlocal dropped
             if not pending:
                 if any_within_s:
@@ -637,7 +639,7 @@ def run_ray(
                         log.error("robot actor failed %d times in a row: dropped", failures[actor])
                         dropped += 1
                         continue
-                if collecting:
+                if collecting and not (stop is not None and stop.is_set()):
                     pending[actor.run.remote(per_call)] = actor
 
         def evaluate_while_collecting() -> None:
@@ -645,22 +647,31 @@ def run_ray(
             (the loop that starts them waits for the evaluation: the robots idled through
             every one, about 20 learned episodes per task)."""
             stop = threading.Event()
+            failed: list[BaseException] = []
 
             def pump() -> None:
-                while not stop.is_set():
-                    try:
-                        service_robots(any_within_s=0.5)
-                    except Exception:  # the loop's next turn deals with the robots
-                        log.exception("starting robot calls during an evaluation failed")
-                        return
+                try:
+                    while not stop.is_set():
+                        service_robots(any_within_s=0.5, stop=stop)
+                except Exception as exc:  # raised in the loop's thread, as there
+                    failed.append(exc)
 
             thread = threading.Thread(target=pump, name="robots-during-eval", daemon=True)
-            thread.start()
             try:
+                thread.start()
                 run._evaluate(learner, scripted, ingested, t0, sd, stats)
             finally:
-                stop.set()
-                thread.join()
+                stop.set()  # no call is started after this: the loop's own again
+                interrupted = False
+                while thread.is_alive():  # (at most 0.5 s)
+                    try:
+                        thread.join()
+                    except KeyboardInterrupt:  # a second Ctrl-C: the thread ends first
+                        interrupted = True
+                if interrupted:
+                    raise KeyboardInterrupt
+            if failed:
+                raise failed[0]
 
         while time.time() < deadline and not (
             c.max_learner_steps and learner.step >= c.max_learner_steps
