@@ -4,7 +4,9 @@ Scores one fixed set of stored episodes (the last ``--episodes`` of the given ta
 episodes in ``--store``, judged by the simulator's ground truth kept with them) with
 every published version of each ``--sd`` folder, so detectors of different runs and
 rounds are compared on the same images. Precision is what the Q-function's rewards
-depend on most: a false success teaches it that a failed placement paid. Usage:
+depend on most: a false success teaches it that a failed placement paid. Each row also
+has the scores' spread (``score_spread``): what ``replay.reward=probability`` pays the
+true and the false successes. Usage:
 
   python benchmarks/sd_store_precision.py --store runs/r50/store \\
       --sd runs/r50/sd,runs/r51/sd --json OUT [--tasks place-any,place-in-bowl] \\
@@ -40,6 +42,25 @@ def precision_recall(pred: np.ndarray, truth: np.ndarray) -> dict[str, float | N
     }
 
 
+def score_spread(probs: np.ndarray, truth: np.ndarray) -> dict[str, object]:
+    """What ``replay.reward=probability`` would pay: the mean score of the true
+    successes, of the false ones (a score of at least 0.5 where the truth says failure)
+    and of all failures; the false successes' score quartiles, and the share of them and
+    of the true successes scored under 0.85."""
+    false = probs[(probs >= 0.5) & ~truth]
+    r = lambda v: round(float(v), 4)  # noqa: E731
+    return {
+        "mean_true_success": r(probs[truth].mean()) if truth.any() else None,
+        "mean_false_success": r(false.mean()) if len(false) else None,
+        "mean_failure": r(probs[~truth].mean()) if (~truth).any() else None,
+        "false_success_quartiles": [r(q) for q in np.quantile(false, [0.25, 0.5, 0.75])]
+        if len(false)
+        else None,
+        "false_successes_under_0.85": r((false < 0.85).mean()) if len(false) else None,
+        "true_successes_under_0.85": r((probs[truth] < 0.85).mean()) if truth.any() else None,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--store", required=True)
@@ -63,7 +84,10 @@ def main() -> None:
             row: dict[str, object] = {"sd": folder, "version": version}
             for t in tasks:
                 k = list(sd.tasks).index(t)
-                row[t] = precision_recall(probs[:, k] >= 0.5, truth[t])
+                row[t] = {
+                    **precision_recall(probs[:, k] >= 0.5, truth[t]),
+                    "scores": score_spread(probs[:, k], truth[t]),
+                }
             rows.append(row)
             print(row, flush=True)
     out = {

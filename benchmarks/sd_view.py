@@ -60,7 +60,7 @@ from mtopt.sim.seeds import EVAL_MAX_EPISODES
 from mtopt.success.data import LabeledSet, stage_examples
 from mtopt.success.network import SuccessDetector
 from mtopt.success.train import evaluate_sd, train_sd
-from sd_store_precision import precision_recall
+from sd_store_precision import precision_recall, score_spread
 
 PLACING = ("place-any", "place-in-bowl", "place-on-plate")
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95)
@@ -162,25 +162,6 @@ def pr_at(probs: np.ndarray, truth: np.ndarray) -> list[dict[str, float | None]]
     """Precision, recall and false successes at each of THRESHOLDS (a verdict of success
     at a score of at least the threshold, as a run's rewards)."""
     return [{"threshold": th, **precision_recall(probs >= th, truth)} for th in THRESHOLDS]
-
-
-def score_spread(probs: np.ndarray, truth: np.ndarray) -> dict[str, object]:
-    """What ``replay.reward=probability`` would pay: the mean score of the true
-    successes, of the false ones (a score of at least 0.5 where the truth says failure)
-    and of all failures; the false successes' score quartiles, and the share of them and
-    of the true successes scored under 0.85."""
-    false = probs[(probs >= 0.5) & ~truth]
-    r = lambda v: round(float(v), 4)  # noqa: E731
-    return {
-        "mean_true_success": r(probs[truth].mean()) if truth.any() else None,
-        "mean_false_success": r(false.mean()) if len(false) else None,
-        "mean_failure": r(probs[~truth].mean()) if (~truth).any() else None,
-        "false_success_quartiles": [r(q) for q in np.quantile(false, [0.25, 0.5, 0.75])]
-        if len(false)
-        else None,
-        "false_successes_under_0.85": r((false < 0.85).mean()) if len(false) else None,
-        "true_successes_under_0.85": r((probs[truth] < 0.85).mean()) if truth.any() else None,
-    }
 
 
 def scores(detector: SuccessDetector, test: LabeledSet) -> dict[str, dict[str, object]]:

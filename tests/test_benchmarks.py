@@ -921,11 +921,11 @@ def test_sd_view_shows_each_episode_in_every_view() -> None:
     assert policy_kind(ScriptedPlace()) == "scripted" and policy_kind(object()) == "learned"
 
 
-def test_sd_view_score_spread_by_hand() -> None:
+def test_sd_score_spread_by_hand() -> None:
     """Scores [0.95, 0.8, 0.6, 0.3, 0.1] against truth [T, F, T, F, F]: true successes
     average 0.775, the one false success (0.8) 0.8, failures (0.8, 0.3, 0.1) 0.4; half
     the true successes and the one false one are under 0.85."""
-    from sd_view import score_spread
+    from sd_store_precision import score_spread
 
     got = score_spread(
         np.array([0.95, 0.8, 0.6, 0.3, 0.1]), np.array([True, False, True, False, False])
