@@ -72,6 +72,16 @@ def mark(d: Path, name: str, key: dict[str, object]) -> None:
     (d / f"{name}.key.json").write_text(json.dumps(key))
 
 
+def work_dir(stack: contextlib.ExitStack, path: str) -> Path:
+    """``--workdir``'s folder (made if need be, its artefacts kept), or without one a
+    temporary folder that ``stack`` removes on exit."""
+    if path:
+        d = Path(path)
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+    return Path(stack.enter_context(tempfile.TemporaryDirectory()))
+
+
 def _r(v: float) -> float | None:
     """Rounded, and None for NaN (a task without positives or negatives) so the JSON is strict."""
     return None if v != v else round(float(v), 4)
@@ -114,11 +124,7 @@ def main() -> None:
     share = args.outcome_fixtures_share
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        if args.workdir:
-            d = Path(args.workdir)
-            d.mkdir(parents=True, exist_ok=True)
-        else:
-            d = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        d = work_dir(stack, args.workdir)
         examples_key: dict[str, object]
         if args.examples:  # copied in for the loop; not a staged set to reuse later
             examples_key = {"file": str(Path(args.examples).resolve())}

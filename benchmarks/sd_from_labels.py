@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ from mtopt.success.labels import LabelStore
 from mtopt.success.network import SuccessDetector
 from mtopt.success.train import SDTrainConfig, evaluate_sd, train_sd
 from mtopt.tasks import DEFAULT_REGISTRY as REG
-from sd_accuracy import _r, cached, collect, mark
+from sd_accuracy import _r, cached, collect, mark, work_dir
 
 
 def simulated_labels(pool: list[Any], per_task: int, path: Path, rng: np.random.Generator) -> int:
@@ -92,11 +91,7 @@ def main() -> None:
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
-        if args.workdir:
-            d = Path(args.workdir)
-            d.mkdir(parents=True, exist_ok=True)
-        else:
-            d = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        d = work_dir(stack, args.workdir)
         key = {"episodes": args.heldout_episodes, "seed": 7}
         if not cached(d, "heldout", key):
             shutil.rmtree(d / "heldout", ignore_errors=True)  # a cut-off or other collection

@@ -41,7 +41,6 @@ import contextlib
 import copy
 import dataclasses
 import json
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -60,6 +59,7 @@ from mtopt.sim.seeds import EVAL_MAX_EPISODES
 from mtopt.success.data import LabeledSet, stage_examples
 from mtopt.success.network import SuccessDetector
 from mtopt.success.train import evaluate_sd, train_sd
+from sd_accuracy import cached, mark, work_dir
 from sd_store_precision import precision_recall, score_spread
 
 PLACING = ("place-any", "place-in-bowl", "place-on-plate")
@@ -136,15 +136,6 @@ def collect(job: tuple[str, str, int, int, int, int, tuple[float, ...]]) -> dict
     return out
 
 
-def cached(d: Path, name: str, key: dict[str, object]) -> bool:
-    f = d / f"{name}.key.json"
-    return f.exists() and json.loads(f.read_text()) == key
-
-
-def mark(d: Path, name: str, key: dict[str, object]) -> None:
-    (d / f"{name}.key.json").write_text(json.dumps(key))
-
-
 def episodes_set(data: dict[str, np.ndarray], view: int, tasks: tuple[str, ...]) -> LabeledSet:
     n = len(data["ids"])
     return LabeledSet(
@@ -215,11 +206,7 @@ def main() -> None:
     image_size = cfg.sim.image_size
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        if args.workdir:
-            d = Path(args.workdir)
-            d.mkdir(parents=True, exist_ok=True)
-        else:
-            d = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        d = work_dir(stack, args.workdir)
         key = {
             "run": str(Path(args.run).resolve()),
             "weights": sorted(p.name for p in Path(args.run, "weights").iterdir()),

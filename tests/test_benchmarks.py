@@ -938,3 +938,21 @@ def test_sd_score_spread_by_hand() -> None:
         "false_successes_under_0.85": 1.0,
         "true_successes_under_0.85": 0.5,
     }
+
+
+def test_sd_benchmarks_keep_their_artefacts_in_workdir_only_when_given(tmp_path: Path) -> None:
+    """``work_dir``: --workdir's folder is made and kept; without one a temporary folder
+    is gone when the benchmark's stack closes. ``cached``/``mark``: an artefact is
+    reused only under the key it was made with."""
+    import contextlib
+
+    from sd_accuracy import cached, mark, work_dir
+
+    with contextlib.ExitStack() as stack:
+        kept = work_dir(stack, str(tmp_path / "deep" / "wd"))
+        temp = work_dir(stack, "")
+        assert kept.is_dir() and temp.is_dir()
+    assert kept.is_dir() and not temp.exists()
+    assert not cached(kept, "sd", {"steps": 1})
+    mark(kept, "sd", {"steps": 1})
+    assert cached(kept, "sd", {"steps": 1}) and not cached(kept, "sd", {"steps": 2})
