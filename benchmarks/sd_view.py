@@ -50,15 +50,16 @@ import numpy as np
 from _results import write_result
 from mtopt.collect.loop import PolicyProvider
 from mtopt.config import ConfigError
-from mtopt.eval.evaluate import SETUP_TRIES, eval_scene_seed
+from mtopt.eval.evaluate import run_held_out_episode
+from mtopt.policies.base import Policy
 from mtopt.policies.scripted import ScriptedPick, ScriptedPlace
 from mtopt.robots.sim_robot import SimRobot
 from mtopt.runtime.config import load_run_config, run_sim_config
-from mtopt.sim.runner import run_episode
 from mtopt.sim.seeds import EVAL_MAX_EPISODES
 from mtopt.success.data import LabeledSet, stage_examples
 from mtopt.success.network import SuccessDetector
 from mtopt.success.train import evaluate_sd, train_sd
+from mtopt.tasks.registry import TaskSpec
 from sd_accuracy import cached, mark, work_dir
 from sd_store_precision import precision_recall, score_spread
 
@@ -105,16 +106,15 @@ def collect(job: tuple[str, str, int, int, int, int, tuple[float, ...]]) -> dict
     robot = SimRobot(sim, robot_id="view", seed=seed)
     images: list[list[np.ndarray]] = [[] for _ in shares]
     labels, kinds, ids = [], [], []
+    acted: list[Policy] = []  # the policy the provider gave each try
+
+    def policy_for(task: TaskSpec) -> Policy:
+        acted.append(provider(task))
+        return acted[-1]
+
     try:
         for k in range(first, first + count):
-            for attempt in range(SETUP_TRIES):
-                scene_seed = eval_scene_seed(seed, task_index, k, attempt)
-                robot.reset_scene(scene_seed)
-                rng = np.random.default_rng(scene_seed)
-                policy = provider(spec)
-                rec = run_episode(robot, policy, spec, rng, sim.max_steps, skip_unprepared=True)
-                if rec.prepared:
-                    break
+            rec = run_held_out_episode(robot, policy_for, spec, seed, task_index, k, sim.max_steps)
             if not rec.prepared:
                 continue
             for view, share in zip(images, shares, strict=True):
@@ -125,7 +125,7 @@ def collect(job: tuple[str, str, int, int, int, int, tuple[float, ...]]) -> dict
                 )
             scene = robot.scene_state()
             labels.append([bool(t.succeeded(scene)) for t in registry])
-            kinds.append(policy_kind(policy))
+            kinds.append(policy_kind(acted[-1]))
             ids.append(f"{PLACING[task_index]}/{objects}/{seed}/{k}")
     finally:
         robot.close()

@@ -12,7 +12,7 @@ import numpy as np
 from mtopt.policies.base import Policy
 from mtopt.robots.sim_robot import SimRobot
 from mtopt.sim.cell import SimConfig
-from mtopt.sim.runner import run_episode
+from mtopt.sim.runner import EpisodeRecord, run_episode
 from mtopt.sim.seeds import EVAL_MAX_EPISODES, EVAL_MAX_TASKS, EVAL_SEEDS, is_reserved_seed
 from mtopt.tasks.registry import TaskRegistry, TaskSpec
 
@@ -105,15 +105,7 @@ def evaluate_outcomes(
             spec = registry.get(name)
             wins: list[bool] = []
             for k in range(episodes_per_task):
-                for attempt in range(SETUP_TRIES):
-                    scene_seed = eval_scene_seed(seed, ti, k, attempt)
-                    robot.reset_scene(scene_seed)
-                    rng = np.random.default_rng(scene_seed)
-                    rec = run_episode(
-                        robot, policy_for(spec), spec, rng, sim.max_steps, skip_unprepared=True
-                    )
-                    if rec.prepared:
-                        break
+                rec = run_held_out_episode(robot, policy_for, spec, seed, ti, k, sim.max_steps)
                 # a scene that is set up depends only on its seed, so two policies still
                 # meet the same scenes; no scene in SETUP_TRIES: a failure, as before
                 wins.append(rec.prepared and bool(spec.succeeded(robot.scene_state())))
@@ -122,6 +114,28 @@ def evaluate_outcomes(
         if own:
             robot.close()
     return out
+
+
+def run_held_out_episode(
+    robot: SimRobot,
+    policy_for: Callable[[TaskSpec], Policy],
+    spec: TaskSpec,
+    seed: int,
+    task_index: int,
+    episode: int,
+    max_steps: int,
+) -> EpisodeRecord:
+    """Episode ``episode`` of the ``task_index``-th task on its held-out scene
+    (``eval_scene_seed``), or on the next of ``SETUP_TRIES`` where the robot cannot set
+    the task up there; the record of the last try (``prepared`` False when none could)."""
+    for attempt in range(SETUP_TRIES):
+        scene_seed = eval_scene_seed(seed, task_index, episode, attempt)
+        robot.reset_scene(scene_seed)
+        rng = np.random.default_rng(scene_seed)
+        rec = run_episode(robot, policy_for(spec), spec, rng, max_steps, skip_unprepared=True)
+        if rec.prepared:
+            break
+    return rec
 
 
 def evaluate_policy(

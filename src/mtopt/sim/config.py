@@ -100,11 +100,11 @@ class SimConfig:
     outcome_fixtures_share: float = 0.5
     """Share of the final (outcome) image's height given to the fixture bin seen from
     above; the rest shows the presentation pose (``SimCell.render(view="outcome")``).
-    At 0.5 (every measured run) the bowl is about 16 pixels across in a 64-pixel image,
-    and the success detector's placing errors are objects across its rim
-    (docs/learning-history.md, r50). A larger share gives the fixtures more pixels,
-    in both directions, and the held close-up fewer: measure the detector
-    (benchmarks/sd_accuracy.py) before a run trusts it. The panes keep their cameras:
+    At 0.5 (every measured run) the bowl is about 16 pixels across in a 64-pixel image.
+    A larger share gives the fixtures more pixels, in both directions, and the held
+    close-up fewer; at 0.75 a detector is no more precise on a learned policy's
+    placements (benchmarks/sd_view.py, docs/learning-history.md: its false successes
+    are objects beside a fixture, which the top view cannot tell from one on it). The panes keep their cameras:
     a pane's aspect ratio follows its shape, so the fixtures pane's camera sees less to
     the sides at a larger share (the bin still fits up to 0.75)."""
 

@@ -117,16 +117,17 @@ def train_sd(
     if len(data) == 0:
         raise ValueError("no labeled examples to train the success detector on")
     g = torch.Generator().manual_seed(cfg.seed)
-    finetune = init is not None
-    if init is None:
+    if init is not None:
+        net, lr = init, cfg.finetune_lr
+    else:
         with torch.random.fork_rng(devices=[]):  # the initial weights, from cfg.seed
             torch.manual_seed(cfg.seed)
-            init = SuccessNet(
+            net = SuccessNet(
                 net_cfg or SDNetConfig(num_tasks=len(data.tasks), image_size=data.images.shape[1])
             )
-    net = init
+        lr = cfg.lr
     net.train()
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.finetune_lr if finetune else cfg.lr)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
     ema = [p.detach().clone() for p in net.parameters()] if cfg.ema_decay else []
     images = torch.from_numpy(data.images)
     labels = torch.from_numpy(data.labels)
