@@ -207,9 +207,14 @@ def main() -> None:
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         d = work_dir(stack, args.workdir)
+        switch = Path(args.run, "switch.json")
         key = {
             "run": str(Path(args.run).resolve()),
             "weights": sorted(p.name for p in Path(args.run, "weights").iterdir()),
+            # how its robots act: exploration, learned share and CEM search, and which
+            # tasks are switched to the learned policy
+            "config": Path(args.run, "config.json").read_text(),
+            "switch": switch.read_text() if switch.exists() else None,
             "shares": shares,
             "episodes": args.episodes,
             "policies": "run's collection",

@@ -252,17 +252,33 @@ def test_a_fresh_learner_counts_on_from_weights_published_before_a_first_checkpo
     """A run stopped after it published but before its first checkpoint could not be
     resumed: its fresh learner started at version 0 and publish() refused to go back."""
     from mtopt.qtopt.learner import Learner
+    from mtopt.qtopt.weights import load_latest, read_latest
     from mtopt.runtime.config import RunConfig
     from mtopt.runtime.local import RunPaths, new_learner
     from mtopt.tasks import DEFAULT_REGISTRY
 
     paths = RunPaths(tmp_path / "run")
     first = Learner(SMALL)
+    with torch.no_grad():  # trained a little: not the fresh learner's networks
+        for param in first.acting.parameters():
+            param.add_(0.5)
     for _ in range(3):
         first.publish(paths.weights)
     learner, _ = new_learner(paths, RunConfig(qnet=SMALL), DEFAULT_REGISTRY)
-    assert learner.version == first.version
+    # its own networks are published over the lost run's at once: robots act with the
+    # latest weights, which were the lost run's until the first publish
+    assert learner.version == first.version + 1
+    version, tensors, _ = load_latest(paths.weights)
+    assert version == learner.version
+    for k, v in learner.acting.state_dict().items():
+        assert torch.equal(tensors[f"acting.{k}"], v)
+    assert not all(
+        torch.equal(tensors[f"acting.{k}"], v) for k, v in first.acting.state_dict().items()
+    )
     learner.publish(paths.weights)  # the next version, not an error
+    # a fresh folder publishes nothing before training: robots act scripted until then
+    fresh, _ = new_learner(RunPaths(tmp_path / "other"), RunConfig(qnet=SMALL), DEFAULT_REGISTRY)
+    assert fresh.version == 0 and read_latest(tmp_path / "other" / "weights") is None
 
 
 def test_sd_and_store_commands_take_the_tasks_of_the_run_whose_store_they_get(

@@ -289,24 +289,37 @@ def resume_learner(paths: RunPaths, cfg: RunConfig) -> tuple[Learner, dict[str, 
     return learner, extra
 
 
-def count_on_from_published(learner: Learner, paths: RunPaths) -> None:
+def count_on_from_published(learner: Learner, paths: RunPaths) -> bool:
     """A run killed between checkpoints has published versions past the checkpoint's
     (or, before its first checkpoint, past a fresh learner's 0). They belong to training
     that was lost, but robots have acted with them and tagged episodes with their
     numbers, so the learner counts on from the newest one (publish() refuses to go back;
-    versions stay unique and increasing)."""
+    versions stay unique and increasing). Returns whether any version is published."""
     latest = read_latest(paths.weights)
     if latest is not None and int(latest["version"]) > learner.version:
         learner.version = int(latest["version"])
+    return latest is not None
 
 
 def new_learner(paths: RunPaths, cfg: RunConfig, registry: TaskRegistry) -> tuple[Learner, str]:
     """A fresh run's learner and a line for the log: random networks, or (``init_from``)
     a trained run's, each grown by the tasks it was not trained on; a new task starts as
-    the first task of its skill, which it was trained on (``networks.with_more_tasks``)."""
+    the first task of its skill, which it was trained on (``networks.with_more_tasks``).
+
+    Where a run stopped before its first checkpoint had published weights, this
+    learner's networks are published over them at once: robots act with whatever is
+    published, and would otherwise act with the lost run's until the first publish."""
+    learner, line = _fresh_learner(paths, cfg, registry)
+    if count_on_from_published(learner, paths):
+        learner.publish(paths.weights)
+    return learner, line
+
+
+def _fresh_learner(
+    paths: RunPaths, cfg: RunConfig, registry: TaskRegistry
+) -> tuple[Learner, str]:
     learner = Learner(cfg.qnet, cfg.learner, logdir=paths.root / "tb")
     learner.task_names = registry.names[: cfg.qnet.num_tasks]
-    count_on_from_published(learner, paths)  # a run stopped before its first checkpoint
     if not cfg.init_from:
         return learner, ""
     version, tensors, meta = load_source(cfg.init_from)
