@@ -251,6 +251,7 @@ def test_a_fresh_learner_counts_on_from_weights_published_before_a_first_checkpo
 ) -> None:
     """A run stopped after it published but before its first checkpoint could not be
     resumed: its fresh learner started at version 0 and publish() refused to go back."""
+    from mtopt.collect.loop import PolicyProvider
     from mtopt.qtopt.learner import Learner
     from mtopt.qtopt.weights import load_latest, read_latest
     from mtopt.runtime.config import RunConfig
@@ -258,27 +259,58 @@ def test_a_fresh_learner_counts_on_from_weights_published_before_a_first_checkpo
     from mtopt.tasks import DEFAULT_REGISTRY
 
     paths = RunPaths(tmp_path / "run")
-    first = Learner(SMALL)
+    every = dataclasses.replace(SMALL, num_tasks=len(DEFAULT_REGISTRY))  # robots' tasks
+    first = Learner(every)
     with torch.no_grad():  # trained a little: not the fresh learner's networks
         for param in first.acting.parameters():
             param.add_(0.5)
     for _ in range(3):
         first.publish(paths.weights)
-    learner, _ = new_learner(paths, RunConfig(qnet=SMALL), DEFAULT_REGISTRY)
-    # its own networks are published over the lost run's at once: robots act with the
-    # latest weights, which were the lost run's until the first publish
+    # robots act with the latest weights: the lost run's, before this learner publishes
+    robots = PolicyProvider(DEFAULT_REGISTRY, paths.weights, learned_fraction=1.0)
+    assert robots(DEFAULT_REGISTRY.get("lift-any")).name.startswith("cem")
+    cfg = RunConfig(qnet=every)
+    learner, _ = new_learner(paths, cfg, DEFAULT_REGISTRY)
+    # its own networks are published over the lost run's at once, marked untrained:
+    # robots act scripted until it has trained, as in a fresh folder
     assert learner.version == first.version + 1
-    version, tensors, _ = load_latest(paths.weights)
-    assert version == learner.version
+    version, tensors, meta = load_latest(paths.weights)
+    assert version == learner.version and meta["untrained"] is True
+    assert meta["tasks"] == list(DEFAULT_REGISTRY.names)
+    assert meta["qnet"] == every.to_dict()
     for k, v in learner.acting.state_dict().items():
         assert torch.equal(tensors[f"acting.{k}"], v)
     assert not all(
         torch.equal(tensors[f"acting.{k}"], v) for k, v in first.acting.state_dict().items()
     )
-    learner.publish(paths.weights)  # the next version, not an error
+    robots = PolicyProvider(DEFAULT_REGISTRY, paths.weights, learned_fraction=1.0)
+    assert robots(DEFAULT_REGISTRY.get("lift-any")).name == "scripted-pick"
+    learner.publish(paths.weights)  # the next version, not an error; trained: acted with
+    assert "untrained" not in load_latest(paths.weights)[2]
+    robots = PolicyProvider(DEFAULT_REGISTRY, paths.weights, learned_fraction=1.0)
+    assert robots(DEFAULT_REGISTRY.get("lift-any")).name.startswith("cem")
+
     # a fresh folder publishes nothing before training: robots act scripted until then
-    fresh, _ = new_learner(RunPaths(tmp_path / "other"), RunConfig(qnet=SMALL), DEFAULT_REGISTRY)
+    fresh, _ = new_learner(RunPaths(tmp_path / "other"), cfg, DEFAULT_REGISTRY)
     assert fresh.version == 0 and read_latest(tmp_path / "other" / "weights") is None
+
+    # an init_from run over a lost run's weights publishes the source's networks, to act
+    # with at once
+    source = Learner(every)
+    with torch.no_grad():
+        for param in source.acting.parameters():
+            param.sub_(0.25)
+    source.publish(tmp_path / "source")
+    lost = RunPaths(tmp_path / "again")
+    first.version = 0
+    first.publish(lost.weights)
+    copied, _ = new_learner(
+        lost, dataclasses.replace(cfg, init_from=str(tmp_path / "source")), DEFAULT_REGISTRY
+    )
+    version, tensors, meta = load_latest(lost.weights)
+    assert version == copied.version == 2 and "untrained" not in meta
+    for k, v in source.acting.state_dict().items():
+        assert torch.equal(tensors[f"acting.{k}"], v)
 
 
 def test_sd_and_store_commands_take_the_tasks_of_the_run_whose_store_they_get(

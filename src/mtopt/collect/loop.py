@@ -429,8 +429,9 @@ class PolicyProvider:
             from mtopt.policies.cem_policy import CEMPolicy
             from mtopt.qtopt.weights import read_latest
 
-            if read_latest(self.weights_dir) is None:
-                return
+            latest = read_latest(self.weights_dir)
+            if latest is None or dict(latest.get("meta") or {}).get("untrained"):
+                return  # scripted until trained weights are published
             from mtopt.qtopt.cem import CEMConfig
 
             self._cem = CEMPolicy(

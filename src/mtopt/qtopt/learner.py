@@ -241,8 +241,10 @@ class Learner:
             meta["tasks"] = list(self.task_names)
         return meta
 
-    def publish(self, directory: str | Path) -> int:
-        """Publish online, acting and target weights as the next version; returns it."""
+    def publish(self, directory: str | Path, untrained: bool = False) -> int:
+        """Publish online, acting and target weights as the next version; returns it.
+        ``untrained``: networks no robot should act with (``meta["untrained"]``), which
+        robots' ``PolicyProvider`` passes over: it acts scripted until the next version."""
         self.version += 1
         nets = {"online": self.online, "acting": self.acting}
         nets.update({f"target{i}": t for i, t in enumerate(self.targets)})
@@ -251,7 +253,8 @@ class Learner:
             for name, net in nets.items()
             for k, v in net.state_dict().items()
         }
-        publish(directory, tensors, self.version, self.meta())
+        meta = self.meta() | ({"untrained": True} if untrained else {})
+        publish(directory, tensors, self.version, meta)
         return self.version
 
     # -------------------------------------------------------------- checkpoints

@@ -308,16 +308,16 @@ def new_learner(paths: RunPaths, cfg: RunConfig, registry: TaskRegistry) -> tupl
 
     Where a run stopped before its first checkpoint had published weights, this
     learner's networks are published over them at once: robots act with whatever is
-    published, and would otherwise act with the lost run's until the first publish."""
+    published, and would otherwise act with the lost run's until the first publish.
+    Random networks are published as untrained, so that robots act scripted, as in a
+    fresh folder; ``init_from``'s are acted with."""
     learner, line = _fresh_learner(paths, cfg, registry)
     if count_on_from_published(learner, paths):
-        learner.publish(paths.weights)
+        learner.publish(paths.weights, untrained=not cfg.init_from)
     return learner, line
 
 
-def _fresh_learner(
-    paths: RunPaths, cfg: RunConfig, registry: TaskRegistry
-) -> tuple[Learner, str]:
+def _fresh_learner(paths: RunPaths, cfg: RunConfig, registry: TaskRegistry) -> tuple[Learner, str]:
     learner = Learner(cfg.qnet, cfg.learner, logdir=paths.root / "tb")
     learner.task_names = registry.names[: cfg.qnet.num_tasks]
     if not cfg.init_from:

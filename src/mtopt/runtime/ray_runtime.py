@@ -477,7 +477,8 @@ def run_ray(
     # replay actors need target networks from the start: a resumed run's are published
     # (robots had them before the stop); a fresh run's go to the actors directly, since
     # robots act with whatever is published (the random network, half their episodes,
-    # from the first one; the local runtime's bootstrap data is all scripted)
+    # from the first one; the local runtime's bootstrap data is all scripted). Over a
+    # stopped run's weights new_learner has published them, marked untrained.
     initial_targets = None
     if learner.step > 0:
         learner.publish(p.weights)
