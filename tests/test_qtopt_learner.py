@@ -102,7 +102,8 @@ def test_resume_takes_a_changed_learning_rate(tmp_path: Path) -> None:
         before = [p.detach().clone() for p in b.online.parameters()]
         b.train_step(batch(1))
         steps[lr] = max(
-            float((p - q).abs().max()) for p, q in zip(b.online.parameters(), before, strict=True)
+            float((p.detach() - q).abs().max())
+            for p, q in zip(b.online.parameters(), before, strict=True)
         )
     assert steps[1e-4] <= 1.5e-4
     assert steps[3e-2] > 1e-2
