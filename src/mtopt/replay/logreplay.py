@@ -24,8 +24,10 @@ from mtopt.replay.buffers import ReplayEpisode, TaskBuffers
 from mtopt.replay.impersonation import ImpersonationMode, impersonate
 from mtopt.tasks.registry import TaskRegistry
 
-RewardKind = Literal["binary", "probability"]
-"""How a success detector's score becomes a reward (``ReplayConfig.reward``)."""
+RewardKind = Literal["binary", "probability", "truth"]
+"""How an episode's reward is made (``ReplayConfig.reward``): from the success detector's
+score, or ("truth") the simulator's verdict stored with it, an oracle for ablations."""
+REWARD_KINDS: tuple[RewardKind, ...] = ("binary", "probability", "truth")
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +100,8 @@ class LogReplay:
         buffers_lock: AbstractContextManager[object] | None = None,
         reward: RewardKind = "binary",
     ):
-        if reward not in ("binary", "probability"):
-            raise ValueError(f"reward must be 'binary' or 'probability', got {reward!r}")
+        if reward not in REWARD_KINDS:
+            raise ValueError(f"reward must be one of {list(REWARD_KINDS)}, got {reward!r}")
         self.registry = registry
         self.buffers = buffers
         self.mode: ImpersonationMode = mode
@@ -126,6 +128,24 @@ class LogReplay:
                 f"success detector v{model.version} has no head for tasks {missing}; "
                 f"it knows {list(model.tasks)}"
             )
+
+    def _rewards(self, items: list[tuple[ReplayEpisode, np.ndarray]]) -> list[dict[str, float]]:
+        """Each episode's reward per task: the detector's (batched), or with "truth" the
+        simulator's verdict stored with it. A task its verdicts lack (an episode stored
+        before the task was added) gets no reward, so it is not impersonated as it."""
+        if self.reward != "truth":
+            return self._score([fin for _, fin in items])
+        out = []
+        for ep, _ in items:
+            if ep.gt_success_by_task is None:
+                raise ValueError(
+                    f"episode {ep.episode_id} ({ep.task}) has no ground truth (a robot other "
+                    "than the simulated cell): replay.reward='truth' needs the simulator's "
+                    "verdicts; use 'binary' or 'probability'"
+                )
+            truth = ep.gt_success_by_task
+            out.append({t: float(bool(truth[t])) for t in self.registry.names if t in truth})
+        return out
 
     def _score(self, finals: list[np.ndarray]) -> list[dict[str, float]]:
         out: list[dict[str, float]] = []
@@ -225,7 +245,7 @@ class LogReplay:
             new.append((ep, fin))
         if not new:
             return 0
-        rewards = self._score([fin for _, fin in new])
+        rewards = self._rewards(new)
         version = self.reward_version
         with self._lock:
             for (ep, fin), r in zip(new, rewards, strict=True):
@@ -250,7 +270,7 @@ class LogReplay:
         if model is self._reward_model:
             return 0
         self._reward_model = model
-        if not self._held:
+        if not self._held or self.reward == "truth":  # the verdicts do not change
             return 0
         eids = list(self._held)
         rewards = self._score([self._held[e][1] for e in eids])

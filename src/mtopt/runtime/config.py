@@ -14,6 +14,7 @@ from mtopt.config import ConfigError, describe_changes, from_dict, override
 from mtopt.qtopt.cem import CEMConfig
 from mtopt.qtopt.learner import LearnerConfig
 from mtopt.qtopt.networks import QNetConfig
+from mtopt.replay.logreplay import REWARD_KINDS
 from mtopt.sim.config import SimConfig
 from mtopt.sim.seeds import EVAL_MAX_EPISODES, EVAL_MAX_TASKS, EVAL_SEEDS
 from mtopt.success.train import SDTrainConfig
@@ -38,7 +39,7 @@ class ReplayConfig:
     """Transitions per training batch."""
     min_episodes: int = 200
     """Episodes ingested before training starts."""
-    reward: Literal["binary", "probability"] = "binary"
+    reward: Literal["binary", "probability", "truth"] = "binary"
     """How the success detector's score p for a task becomes the episode's reward for it:
     "binary", 1 where p >= 0.5 and 0 elsewhere (MT-Opt's sparse reward); "probability",
     p itself, so a placement the detector is unsure of is worth less than one it is sure
@@ -46,7 +47,10 @@ class ReplayConfig:
     score too, up to 0.5). Success and failure buffers still split at 0.5 (a score of
     exactly 0.5 is a success for "binary", a failure for "probability"). On placing
     episodes of r50's robots, the detector's false successes score lower than its true
-    ones (``benchmarks/sd_view.py``, docs/learning-history.md)."""
+    ones (``benchmarks/sd_view.py``, docs/learning-history.md). "truth": the simulator's
+    verdict stored with each episode, 0 or 1, an oracle reward for ablations (what the
+    detector's errors cost); the run still trains its detectors, for the same wall
+    clock, and an episode without ground truth (another robot's) stops it."""
     read_shards_per_poll: int = 64
     """Store shards LogReplay reads at a time (~1000 episodes at the fleet's 16 per
     shard). A resumed run re-reads its store in parts of this size before training goes
@@ -401,7 +405,7 @@ class RunConfig:
         for name, value, allowed in (
             ("learner.target_update", lc.target_update, ("periodic", "polyak")),
             ("replay.impersonation", r.impersonation, ("orig", "all", "skill")),
-            ("replay.reward", r.reward, ("binary", "probability")),
+            ("replay.reward", r.reward, REWARD_KINDS),
             ("replay.rebalance", r.rebalance, (True, False)),
         ):
             if not any(value is a if isinstance(a, bool) else value == a for a in allowed):
