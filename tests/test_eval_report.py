@@ -335,7 +335,7 @@ def test_the_report_tables_and_marks_by_hand(tmp_path: Path) -> None:
 
 
 def test_sd_truth_rows_by_hand() -> None:
-    from mtopt.runtime.report import sd_truth_rows
+    from mtopt.runtime.report import _sd_truth_lines, sd_truth_rows
 
     comp = {
         # 10 with truth: 4 true successes; the detector says 5, 3 of them true
@@ -351,6 +351,13 @@ def test_sd_truth_rows_by_hand() -> None:
     assert rows[0]["SD precision"] == 3 / 5 and rows[0]["SD recall"] == 3 / 4
     assert rows[0]["with truth"] == 10 and rows[0]["successes (truth)"] == 4
     assert math.isnan(rows[1]["SD precision"]) and math.isnan(rows[1]["SD recall"])
+    # the report's lines: the table for the detector's rewards (either kind); a run
+    # rewarded with the ground truth says so instead of a precision of 1 that is no
+    # detector's
+    for kind in ("binary", "probability"):
+        assert any("| SD precision |" in line for line in _sd_truth_lines(comp, kind))
+    lines = _sd_truth_lines(comp, "truth")
+    assert "replay.reward=truth" in lines[0] and not any("|" in line for line in lines)
 
 
 def test_a_collection_bin_is_shown_with_its_count_and_start() -> None:

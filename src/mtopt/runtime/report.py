@@ -158,7 +158,7 @@ def write_report(
             ["version", "episode labels", "mean balanced acc", "worst task"],
         ),
         "",
-        *_sd_truth_lines(summary["composition"]),
+        *_sd_truth_lines(summary["composition"], run.cfg.replay.reward),
         *_collection_lines(run, out),
         *_snapshot_lines(run.paths.root),
         *_resume_lines(run.paths.config_changes),
@@ -287,7 +287,13 @@ def sd_truth_rows(composition: Mapping[str, Mapping[str, int]]) -> list[dict[str
     return rows
 
 
-def _sd_truth_lines(composition: Mapping[str, Mapping[str, int]]) -> list[str]:
+def _sd_truth_lines(composition: Mapping[str, Mapping[str, int]], reward: str) -> list[str]:
+    if reward == "truth":
+        return [
+            "The rewards were the simulator's ground truth (`replay.reward=truth`, an "
+            "oracle ablation), not the success detector's: there are none of its to check.",
+            "",
+        ]
     rows = sd_truth_rows(composition)
     if not rows:
         return []
