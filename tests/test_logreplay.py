@@ -289,8 +289,10 @@ def test_a_new_detector_moves_probability_rewards_within_a_bucket() -> None:
 def test_truth_rewards_are_the_simulators_verdicts_whatever_the_detector_says() -> None:
     """With "truth", episodes are filed by their stored ground truth: a place-on-plate
     episode the detector calls a success (code 4) but the simulator a failure is a
-    failure, impersonated (skill) as no other task it has no verdict for; a new detector
-    moves nothing; an episode without ground truth stops ingestion with a clear error."""
+    failure, impersonated (skill) as no other task it has no verdict for; the detector
+    still scores every episode (the same compute as a run it rewards), and a new one
+    moves nothing; an episode without ground truth for its task stops ingestion with a
+    clear error."""
     imgs = np.zeros((3, 4, 4, 3), np.uint8)
     states, actions = np.zeros((3, 2), np.float32), np.zeros((2, 6), np.float32)
     final = np.zeros((4, 4, 3), np.uint8)
@@ -308,19 +310,23 @@ def test_truth_rewards_are_the_simulators_verdicts_whatever_the_detector_says() 
     buf = TaskBuffers(REG.names)
     sd = FakeSD()
     lr = LogReplay(REG, buf, sd, mode="skill", reward="truth")
-    assert lr.ingest(episodes) == 3 and sd.calls == 0
+    assert lr.ingest(episodes) == 3 and sd.calls == 1
     assert lr.rewards("a") == {"lift-any": 1.0, "lift-ball": 0.0, "place-on-plate": 0.0}
     assert lr.rewards("c") == {"lift-any": 1.0}
     sizes = buf.sizes()  # (successes, failures)
     assert sizes["lift-any"] == (2, 0)
     assert sizes["lift-ball"] == (0, 1)  # a's impersonation; c has no verdict for it
     assert sizes["place-on-plate"] == (1, 0)
-    assert lr.set_reward_model(FakeSD(version=2, flip=True)) == 0
+    new_sd = FakeSD(version=2, flip=True)
+    assert lr.set_reward_model(new_sd) == 0 and new_sd.calls == 1
     assert buf.sizes() == sizes and lr.rewards("b")["place-on-plate"] == 1.0
+    assert lr.stats.impersonated_success == {"lift-any": 2, "lift-ball": 0, "place-on-plate": 1}
     # the detector's own rewards for the same episodes: every one a success
     binary = LogReplay(REG, TaskBuffers(REG.names), FakeSD(), mode="skill")
     binary.ingest(episodes)
     assert binary.buffers.sizes()["lift-ball"] == (2, 0)
     blind = (ReplayEpisode("d", "lift-any", imgs, states, actions), final)
-    with pytest.raises(ValueError, match="has no ground truth"):
-        lr.ingest([blind])
+    other = (ReplayEpisode("e", "lift-ball", imgs, states, actions, {"lift-any": True}), final)
+    for item in (blind, other):
+        with pytest.raises(ValueError, match="has no ground truth for its task"):
+            lr.ingest([item])

@@ -35,8 +35,9 @@ class ReplayEpisode:
     actions: np.ndarray
     gt_success_by_task: Mapping[str, bool] | None = None
     """The simulator's verdict per task (the store's ``gt_success_by_task``), for the
-    report's check of the success detector's rewards; never a reward. None: no ground
-    truth (a real robot's episodes)."""
+    report's check of the success detector's rewards; a reward only in the oracle
+    ablation ``replay.reward="truth"``. None: no ground truth (a real robot's
+    episodes)."""
 
     def __post_init__(self) -> None:
         t = self.actions.shape[0]

@@ -132,18 +132,24 @@ class LogReplay:
     def _rewards(self, items: list[tuple[ReplayEpisode, np.ndarray]]) -> list[dict[str, float]]:
         """Each episode's reward per task: the detector's (batched), or with "truth" the
         simulator's verdict stored with it. A task its verdicts lack (an episode stored
-        before the task was added) gets no reward, so it is not impersonated as it."""
+        before the task was added) gets no reward, so it is not impersonated as it.
+
+        With "truth" the detector scores the episodes all the same, its scores unused: an
+        ablation against detector rewards then spends the same compute on everything
+        else (2 cores share scoring with the learner and the robots)."""
+        scored = self._score([fin for _, fin in items])
         if self.reward != "truth":
-            return self._score([fin for _, fin in items])
+            return scored
         out = []
         for ep, _ in items:
-            if ep.gt_success_by_task is None:
-                raise ValueError(
-                    f"episode {ep.episode_id} ({ep.task}) has no ground truth (a robot other "
-                    "than the simulated cell): replay.reward='truth' needs the simulator's "
-                    "verdicts; use 'binary' or 'probability'"
-                )
             truth = ep.gt_success_by_task
+            if not truth or ep.task not in truth:
+                raise ValueError(
+                    f"episode {ep.episode_id} ({ep.task}) has no ground truth for its task (a "
+                    "robot other than the simulated cell, or another cell's tasks): "
+                    "replay.reward='truth' needs the simulator's verdicts; use 'binary' or "
+                    "'probability'"
+                )
             out.append({t: float(bool(truth[t])) for t in self.registry.names if t in truth})
         return out
 
@@ -270,10 +276,12 @@ class LogReplay:
         if model is self._reward_model:
             return 0
         self._reward_model = model
-        if not self._held or self.reward == "truth":  # the verdicts do not change
+        if not self._held:
             return 0
         eids = list(self._held)
         rewards = self._score([self._held[e][1] for e in eids])
+        if self.reward == "truth":  # scored for the same compute (_rewards); none changes
+            return 0
         refiled = 0
         with self._lock:
             moving = []

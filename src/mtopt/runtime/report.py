@@ -128,10 +128,15 @@ def write_report(
         "## Data before and after impersonation (paper Figs. 3, 5, 12)",
         "",
         "Every episode ingested: collected for the task (original) and what impersonation "
-        "gives each task, with the successes by the success detector that scored them. An "
-        "episode keeps the verdict of the detector of its time once the buffers evicted "
-        "it, so after a new detector these counts mix versions (a resume re-scores the "
-        "whole store with the newest).",
+        + (
+            "gives each task, with the successes by the simulator's ground truth, which "
+            "was the reward (`replay.reward=truth`, an oracle ablation)."
+            if run.cfg.replay.reward == "truth"
+            else "gives each task, with the successes by the success detector that scored "
+            "them. An episode keeps the verdict of the detector of its time once the "
+            "buffers evicted it, so after a new detector these counts mix versions (a "
+            "resume re-scores the whole store with the newest)."
+        ),
         "",
         markdown_table(
             comp_rows, ["task", "original", "original_successes", "impersonated", "successes"]
