@@ -286,7 +286,9 @@ def test_a_new_detector_moves_probability_rewards_within_a_bucket() -> None:
     assert np.allclose(batch.final_rewards, 0.9)
 
 
-def test_truth_rewards_are_the_simulators_verdicts_whatever_the_detector_says() -> None:
+def test_truth_rewards_are_the_simulators_verdicts_whatever_the_detector_says(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """With "truth", episodes are filed by their stored ground truth: a place-on-plate
     episode the detector calls a success (code 4) but the simulator a failure is a
     failure, impersonated (skill) as no other task it has no verdict for; the detector
@@ -317,6 +319,10 @@ def test_truth_rewards_are_the_simulators_verdicts_whatever_the_detector_says() 
     assert sizes["lift-any"] == (2, 0)
     assert sizes["lift-ball"] == (0, 1)  # a's impersonation; c has no verdict for it
     assert sizes["place-on-plate"] == (1, 0)
+    # c's missing verdicts are counted, and said once per task
+    assert lr.no_verdict == {"lift-ball": 1, "place-on-plate": 1}
+    said = [r.getMessage() for r in caplog.records if "without a verdict" in r.getMessage()]
+    assert len(said) == 2 and "'lift-ball'" in said[0] + said[1]
     new_sd = FakeSD(version=2, flip=True)
     assert lr.set_reward_model(new_sd) == 0 and new_sd.calls == 1
     assert buf.sizes() == sizes and lr.rewards("b")["place-on-plate"] == 1.0
@@ -330,3 +336,7 @@ def test_truth_rewards_are_the_simulators_verdicts_whatever_the_detector_says() 
     for item in (blind, other):
         with pytest.raises(ValueError, match="has no ground truth for its task"):
             lr.ingest([item])
+    c2 = (ReplayEpisode("c2", "lift-any", imgs, states, actions, truths["c"]), final)
+    assert lr.ingest([c2]) == 1
+    assert lr.no_verdict == {"lift-ball": 2, "place-on-plate": 2}
+    assert len([r for r in caplog.records if "without a verdict" in r.getMessage()]) == 2

@@ -116,6 +116,8 @@ class LogReplay:
         self._check_model(reward_model)
         # eid -> (episode, final image, sd version, per-task rewards)
         self._held: dict[str, tuple[ReplayEpisode, np.ndarray, int, dict[str, float]]] = {}
+        # "truth" only: task -> episodes whose stored verdicts lack it (_note_no_verdict)
+        self.no_verdict: dict[str, int] = {}
 
     @property
     def reward_version(self) -> int:
@@ -151,7 +153,22 @@ class LogReplay:
                     "'probability'"
                 )
             out.append({t: float(bool(truth[t])) for t in self.registry.names if t in truth})
+            for t in self.registry.names:
+                if t not in truth:
+                    self._note_no_verdict(t)
         return out
+
+    def _note_no_verdict(self, task: str) -> None:
+        """Under "truth", count an episode whose verdicts lack ``task`` (stored before the
+        task was added): it is not impersonated as ``task``. Logged once per task."""
+        n = self.no_verdict.get(task, 0)
+        if n == 0:
+            log.warning(
+                "replay.reward='truth': episodes without a verdict for task %r (stored before "
+                "it was added) are not impersonated as it; only new episodes give it data",
+                task,
+            )
+        self.no_verdict[task] = n + 1
 
     def _score(self, finals: list[np.ndarray]) -> list[dict[str, float]]:
         out: list[dict[str, float]] = []
