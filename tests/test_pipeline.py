@@ -314,12 +314,15 @@ def test_a_runs_age_from_its_checkpoint_by_hand() -> None:
 
 
 @pytest.mark.timeout(600)
-def test_tiny_run_with_gripper_position_inputs(tmp_path: Path) -> None:
+def test_tiny_run_with_gripper_position_inputs_and_ground_truth_rewards(tmp_path: Path) -> None:
     """The whole loop with the Q-network taking the gripper's x, y and coordinate
-    channels: robots store poses, LogReplay feeds them, the learned policy acts with them."""
+    channels: robots store poses, LogReplay feeds them, the learned policy acts with them.
+    Its rewards are the simulator's verdicts (replay.reward=truth): every success filed
+    is one in truth, and the report says whose rewards they were."""
     out = tmp_path / "run"
     args = ["run", "--config", "tiny", "--out", str(out)]
     args += ["--set", "qnet.gripper_xy=true", "--set", "qnet.coord_channels=true"]
+    args += ["--set", "replay.reward=truth"]
     args += ["--set", "max_episodes=400"]  # stop at 30 learner steps, however slow they are
     args += ["--set", "replay.min_episodes=0"]  # train from the first episode (it crashed)
     args += ["--minutes", "12"]
@@ -332,7 +335,15 @@ def test_tiny_run_with_gripper_position_inputs(tmp_path: Path) -> None:
     # the evaluation's CEM policy acted with them (it raises on an observation without one)
     history = json.loads((out / "history.json").read_text())
     assert history and "lift-any" in history[-1]["success"]
-    assert sum(c["original"] for c in summary["composition"].values()) > 0
+    comp = summary["composition"]
+    assert sum(c["original"] for c in comp.values()) > 0
+    for c in comp.values():  # the rewards were the verdicts: the detector's columns too
+        assert c["gt_known"] == c["impersonated"]
+        assert c["successes"] == c["gt_successes"] == c["sd_true_positives"]
+    assert sum(c["successes"] for c in comp.values()) > 0  # (not all failures, trivially)
+    report = (out / "report" / "report.md").read_text()
+    assert "The rewards were the simulator's ground truth" in report
+    assert "SD precision" not in report
 
     # resumed without repeating the overrides, it continues with the run's own config
     # (it used to fall back to the preset: inputs without x, y for a network that takes them)
