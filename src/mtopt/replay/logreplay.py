@@ -116,7 +116,9 @@ class LogReplay:
         self._check_model(reward_model)
         # eid -> (episode, final image, sd version, per-task rewards)
         self._held: dict[str, tuple[ReplayEpisode, np.ndarray, int, dict[str, float]]] = {}
-        # "truth" only: task -> episodes whose stored verdicts lack it (_note_no_verdict)
+        # "truth" only: task -> episodes whose stored verdicts lack it (_note_no_verdict);
+        # per process (a resume counts again), for logs and tests: the warning is what
+        # a user sees
         self.no_verdict: dict[str, int] = {}
 
     @property
@@ -142,7 +144,7 @@ class LogReplay:
         scored = self._score([fin for _, fin in items])
         if self.reward != "truth":
             return scored
-        out = []
+        out, lacking = [], []
         for ep, _ in items:
             truth = ep.gt_success_by_task
             if not truth or ep.task not in truth:
@@ -153,9 +155,9 @@ class LogReplay:
                     "'probability'"
                 )
             out.append({t: float(bool(truth[t])) for t in self.registry.names if t in truth})
-            for t in self.registry.names:
-                if t not in truth:
-                    self._note_no_verdict(t)
+            lacking += [t for t in self.registry.names if t not in truth]
+        for t in lacking:  # counted once the whole batch is known to be filed
+            self._note_no_verdict(t)
         return out
 
     def _note_no_verdict(self, task: str) -> None:
