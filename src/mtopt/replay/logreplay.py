@@ -32,6 +32,12 @@ REWARD_KINDS: tuple[RewardKind, ...] = ("binary", "probability", "truth")
 log = logging.getLogger(__name__)
 
 
+def _tally(counts: dict[str, int], key: str) -> bool:
+    """Count one more ``key`` in ``counts``; True the first time (to say it once)."""
+    counts[key] = counts.get(key, 0) + 1
+    return counts[key] == 1
+
+
 @runtime_checkable
 class RewardModel(Protocol):
     """Anything that turns final images into per-task success probabilities."""
@@ -116,7 +122,7 @@ class LogReplay:
         self._check_model(reward_model)
         # eid -> (episode, final image, sd version, per-task rewards)
         self._held: dict[str, tuple[ReplayEpisode, np.ndarray, int, dict[str, float]]] = {}
-        # "truth" only: task -> episodes whose stored verdicts lack it (_note_no_verdict);
+        # "truth" only: task -> episodes whose stored verdicts lack it (_rewards);
         # per process (a resume counts again), for logs and tests: the warning is what
         # a user sees
         self.no_verdict: dict[str, int] = {}
@@ -157,20 +163,14 @@ class LogReplay:
             out.append({t: float(bool(truth[t])) for t in self.registry.names if t in truth})
             lacking += [t for t in self.registry.names if t not in truth]
         for t in lacking:  # counted once the whole batch is known to be filed
-            self._note_no_verdict(t)
+            if _tally(self.no_verdict, t):
+                log.warning(
+                    "replay.reward='truth': episodes without a verdict for task %r (stored "
+                    "before it was added) are not impersonated as it; only new episodes give "
+                    "it data",
+                    t,
+                )
         return out
-
-    def _note_no_verdict(self, task: str) -> None:
-        """Under "truth", count an episode whose verdicts lack ``task`` (stored before the
-        task was added): it is not impersonated as ``task``. Logged once per task."""
-        n = self.no_verdict.get(task, 0)
-        if n == 0:
-            log.warning(
-                "replay.reward='truth': episodes without a verdict for task %r (stored before "
-                "it was added) are not impersonated as it; only new episodes give it data",
-                task,
-            )
-        self.no_verdict[task] = n + 1
 
     def _score(self, finals: list[np.ndarray]) -> list[dict[str, float]]:
         out: list[dict[str, float]] = []
@@ -262,10 +262,8 @@ class LogReplay:
                 continue  # held already, or twice in this batch: filed (and counted) once
             batch.add(ep.episode_id)
             if ep.task not in self.registry.names:
-                n = self.stats.unknown_task.get(ep.task, 0)
-                if n == 0:
+                if _tally(self.stats.unknown_task, ep.task):
                     log.warning("skipping episodes of task %r: not in this run's registry", ep.task)
-                self.stats.unknown_task[ep.task] = n + 1
                 continue
             new.append((ep, fin))
         if not new:
