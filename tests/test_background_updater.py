@@ -57,6 +57,24 @@ def test_background_batches_equal_the_serial_updaters_batches() -> None:
     assert not bg.alive
 
 
+def test_an_updater_with_one_discount_per_task_uses_each_tasks_own() -> None:
+    learner = Learner(SMALL, LearnerConfig())
+    with pytest.raises(ValueError, match="3 discounts for 2 tasks"):
+        BellmanUpdater(buffers(), learner.targets, CEM, gamma=[0.9, 0.9, 0.9])
+    one = BellmanUpdater(buffers(), learner.targets, CEM, gamma=0.9, batch_size=16, seed=3)
+    each = BellmanUpdater(buffers(), learner.targets, CEM, gamma=[0.9, 0.0], batch_size=16, seed=3)
+    a, b = one.make_batch(), each.make_batch()  # the same draws: only the discounts differ
+    assert torch.equal(a.task_idx, b.task_idx) and set(b.task_idx.tolist()) == {0, 1}
+    task_a = b.task_idx == 0
+    assert torch.allclose(a.targets[task_a], b.targets[task_a])
+    # task "b" with gamma 0: its targets are its rewards, 1 at a success's last step (this
+    # fixture files every episode as a success for "b") and 0 before; with 0.9, 0.9 * Q'
+    tb, ta = b.targets[~task_a], a.targets[~task_a]
+    assert set(tb.tolist()) == {0.0, 1.0}
+    assert torch.equal(tb == 1, ta == 1)
+    assert ((ta > 0) & (ta < 1))[tb == 0].all()
+
+
 def test_background_updater_computes_with_copies_refreshed_by_set_targets() -> None:
     learner = Learner(SMALL, LearnerConfig(target_period=1))
     up = BellmanUpdater(buffers(), learner.targets, CEM, batch_size=4, seed=0)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,8 +11,10 @@ from mtopt.config import (
     describe_changes,
     from_dict,
     override,
+    save_config,
     to_dict,
 )
+from mtopt.qtopt.learner import LearnerConfig
 from mtopt.runtime.config import load_run_config
 
 
@@ -330,6 +333,9 @@ def test_post_move_view_must_use_the_robots_step() -> None:
         ("budget_minutes=0", "budget_minutes must be a finite number of minutes > 0"),
         ("budget_minutes=inf", "budget_minutes must be a finite number of minutes > 0"),
         ("learner.gamma=1.5", "gamma must be in"),
+        ('learner.task_gamma={"plac": 0.96}', "'plac' is neither a task nor a skill"),
+        ('learner.task_gamma={"place": 1.5}', r"task_gamma\['place'\] must be a number in"),
+        ('learner.task_gamma={"lift-any": true}', r"task_gamma\['lift-any'\] must be a number"),
         ("collect.tasks=lift-any,lift-bal", "collect.tasks: unknown task 'lift-bal'"),
         ("collect.task_weights=1,2", "task_weights has 2 values for 13 enabled tasks"),
     ],
@@ -535,3 +541,32 @@ def test_the_scripted_baselines_key_of_a_default_cell_is_the_one_kept_before_spa
     assert _sim_key(SimConfig()) == before
     assert _sim_key(SimConfig(outcome_fixtures_share=0.75)) == before
     assert _sim_key(SimConfig(spawn="clear"))["spawn"] == "clear"
+
+
+def test_task_gamma_from_the_command_line_discounts_tasks_by_name_then_skill(
+    tmp_path: Path,
+) -> None:
+    """`--set 'learner.task_gamma={...}'`: a task's own entry wins over its skill's, the
+    other tasks keep learner.gamma; the setting survives config.json (a resume's)."""
+    from mtopt.runtime.config import preset
+    from mtopt.tasks import DEFAULT_REGISTRY as REG
+
+    cfg = override(
+        preset("local"),
+        ['learner.task_gamma={"place": 0.96, "place-in-bowl": 0.5}', "learner.gamma=0.8"],
+    ).validate()
+    got = cfg.discounts(REG)
+    assert isinstance(got, tuple) and len(got) == len(REG)
+    want = {"lift-any": 0.8, "lift-ball": 0.8, "place-any": 0.96, "place-on-plate": 0.96}
+    want |= {"place-in-bowl": 0.5, "place-in-left-bin": 0.96, "lift-large": 0.8}
+    for name, g in want.items():
+        assert got[REG.index(name)] == g, name
+    assert preset("local").discounts(REG) == 0.9  # none: the one number, as before
+    with pytest.raises(ConfigError, match="expected a JSON object"):
+        override(cfg, ["learner.task_gamma=[0.9]"])
+    with pytest.raises(ValueError, match="must map task or skill names"):  # a config.json's
+        dataclasses.replace(cfg, learner=LearnerConfig(task_gamma=[0.9])).validate()  # type: ignore[arg-type]
+    save_config(cfg, tmp_path / "config.json")
+    again = load_run_config(tmp_path / "config.json")
+    assert again.learner.task_gamma == {"place": 0.96, "place-in-bowl": 0.5}
+    assert again.discounts(REG) == got

@@ -448,6 +448,43 @@ def test_mc_mix_by_hand() -> None:
     assert torch.equal(mc_mix(targets, final, to_go, 0.9, 0.0), targets)
 
 
+def test_task_discounts_by_hand() -> None:
+    from mtopt.qtopt.bellman import task_discounts
+
+    tasks = [("lift-any", "lift"), ("place-any", "place"), ("place-in-bowl", "place")]
+    # no overrides: gamma ; a skill's: its tasks ; a task's own wins over its skill's
+    assert task_discounts(tasks, 0.9, {}) == (0.9, 0.9, 0.9)
+    assert task_discounts(tasks, 0.9, {"place": 0.96}) == (0.9, 0.96, 0.96)
+    assert task_discounts(tasks, 0.9, {"place": 0.96, "place-in-bowl": 0.5}) == (0.9, 0.96, 0.5)
+
+
+def test_compute_targets_discount_each_transition_by_its_own_tasks_gamma() -> None:
+    nets, batch = _half_valued_nets(), _live_batch(3)
+    batch.task_idx = torch.tensor([0, 1, 2])
+    cem = CEMConfig(iterations=3, samples=256, elites=16)
+
+    def targets(gamma: object, **kw: object) -> torch.Tensor:
+        g = torch.Generator().manual_seed(0)
+        return compute_targets(nets, batch, gamma, cem, g, **kw).targets  # type: ignore[arg-type]
+
+    # next value 0.5 everywhere: 0.9 * 0.5, 0.5 * 0.5, 1.0 * 0.5
+    assert targets([0.9, 0.5, 1.0]).tolist() == pytest.approx([0.45, 0.25, 0.5], abs=1e-3)
+    assert targets(torch.tensor([0.9, 0.5, 1.0])).tolist() == pytest.approx(
+        [0.45, 0.25, 0.5], abs=1e-3
+    )
+    assert targets([0.9, 0.9, 0.9]).tolist() == pytest.approx(targets(0.9).tolist())
+    # the episode's return under its own discount: 0.9^2 = 0.81, 0.5^2 = 0.25 (td 0.25), 1
+    batch.final_rewards = torch.tensor([1.0, 1.0, 1.0])
+    batch.steps_to_go = torch.tensor([2.0, 2.0, 3.0])
+    assert targets([0.9, 0.5, 1.0], mc_bound=True).tolist() == pytest.approx(
+        [0.81, 0.25, 1.0], abs=1e-3
+    )
+    with pytest.raises(ValueError, match="discounts for 2 tasks, the batch has task index 2"):
+        targets([0.9, 0.5])
+    with pytest.raises(ValueError, match="one discount per task"):
+        targets([[0.9, 0.5, 1.0]])
+
+
 def test_compute_targets_mc_mix_mixes_the_return_into_td() -> None:
     nets, batch = _half_valued_nets(), _live_batch(2)
     cem = CEMConfig(iterations=1, samples=16, elites=4)

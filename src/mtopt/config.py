@@ -67,9 +67,12 @@ def _coerce(value: str, typ: Any, where: str) -> Any:
         return tuple(items) if origin is tuple else items
     if origin is dict or typ is dict:
         try:
-            return json.loads(value)
+            parsed_obj = json.loads(value)
         except json.JSONDecodeError:
-            raise ConfigError(f"{where}: expected a JSON object, got {value!r}") from None
+            parsed_obj = None
+        if not isinstance(parsed_obj, dict):
+            raise ConfigError(f"{where}: expected a JSON object, got {value!r}")
+        return parsed_obj
     raise ConfigError(f"{where}: cannot set a field of type {typ} from the command line")
 
 

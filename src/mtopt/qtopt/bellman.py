@@ -16,12 +16,17 @@ target = (1 - beta) * target + beta * R_final * gamma ** steps_to_go: the return
 actions of the data directly where the bootstrapped value is still flat
 (``benchmarks/offline_fit_probe.py``), at the price of valuing the behaviour policy's
 actions rather than the greedy ones. Not in QT-Opt or MT-Opt; 0 (off) by default.
+
+gamma is one number (QT-Opt's 0.9 for every task) or one per task index
+(``task_discounts``): each transition is then discounted by its own task's gamma, as
+if each task were its own MDP, which it is; the Q-function's task input keeps them
+apart. Not in MT-Opt, which uses one discount; one is the default.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -30,6 +35,9 @@ import torch
 
 from mtopt.qtopt.cem import CEMConfig, cem_argmax, precision_context
 from mtopt.qtopt.networks import QNetwork
+
+Discount = float | torch.Tensor
+"""One discount for every transition, or a tensor of one per transition (``per_sample``)."""
 
 
 @dataclass
@@ -90,15 +98,43 @@ def _to(batch: _B, device: torch.device | str) -> _B:
     return type(batch)(**{k: v.to(device) for k, v in fields.items() if v is not None})
 
 
+def task_discounts(
+    tasks: Sequence[tuple[str, str]], gamma: float, overrides: Mapping[str, float]
+) -> tuple[float, ...]:
+    """The discount of each task, given as (name, skill) in task-index order (pure): its
+    own entry in ``overrides``, else its skill's, else ``gamma``."""
+    return tuple(
+        float(overrides[name] if name in overrides else overrides.get(skill, gamma))
+        for name, skill in tasks
+    )
+
+
+def per_sample(gamma: float | Sequence[float] | torch.Tensor, task_idx: torch.Tensor) -> Discount:
+    """``gamma`` as ``bellman_targets`` takes it for a batch of tasks ``task_idx``: a
+    number stays a number; one discount per task becomes each transition's own."""
+    if isinstance(gamma, (int, float)):
+        return float(gamma)
+    g = torch.as_tensor(gamma, dtype=torch.float32, device=task_idx.device)
+    if g.ndim != 1:
+        raise ValueError(
+            f"gamma must be a number or one discount per task, got shape {tuple(g.shape)}"
+        )
+    if len(task_idx) and int(task_idx.max()) >= len(g):
+        raise ValueError(
+            f"gamma has discounts for {len(g)} tasks, the batch has task index {int(task_idx.max())}"
+        )
+    return g[task_idx]
+
+
 def bellman_targets(
-    rewards: torch.Tensor, dones: torch.Tensor, next_q: torch.Tensor, gamma: float
+    rewards: torch.Tensor, dones: torch.Tensor, next_q: torch.Tensor, gamma: Discount
 ) -> torch.Tensor:
     """r + gamma * (1 - done) * next_q (pure; next_q already the min over target nets)."""
     return rewards + gamma * (1.0 - dones) * next_q
 
 
 def mc_lower_bound(
-    targets: torch.Tensor, final_rewards: torch.Tensor, steps_to_go: torch.Tensor, gamma: float
+    targets: torch.Tensor, final_rewards: torch.Tensor, steps_to_go: torch.Tensor, gamma: Discount
 ) -> torch.Tensor:
     """max(target, R_final * gamma ** steps_to_go) (pure): the episode's discounted return."""
     return torch.maximum(targets, final_rewards * gamma**steps_to_go)
@@ -108,7 +144,7 @@ def mc_mix(
     targets: torch.Tensor,
     final_rewards: torch.Tensor,
     steps_to_go: torch.Tensor,
-    gamma: float,
+    gamma: Discount,
     beta: float,
 ) -> torch.Tensor:
     """(1 - beta) * target + beta * R_final * gamma ** steps_to_go (pure)."""
@@ -144,7 +180,7 @@ def next_state_values(
 def compute_targets(
     target_nets: Sequence[QNetwork],
     batch: TransitionBatch,
-    gamma: float = 0.9,
+    gamma: float | Sequence[float] | torch.Tensor = 0.9,
     cfg: CEMConfig = CEMConfig(),
     generator: torch.Generator | None = None,
     mc_bound: bool = False,
@@ -152,6 +188,7 @@ def compute_targets(
 ) -> TrainBatch:
     """Bellman targets for a transition batch -> a ``TrainBatch`` for the learner.
 
+    ``gamma``: one discount, or one per task index (``task_discounts``).
     ``mc_bound``: raise each target to the episode's discounted return; ``mc_mix_beta``:
     then mix that return in with this weight (both need the batch's ``final_rewards``
     and ``steps_to_go``)."""
@@ -169,15 +206,16 @@ def compute_targets(
             cfg,
             generator,
         )
-    targets = bellman_targets(batch.rewards.float(), batch.dones.float(), next_q, gamma)
+    g = per_sample(gamma, batch.task_idx)  # each transition its own task's
+    targets = bellman_targets(batch.rewards.float(), batch.dones.float(), next_q, g)
     if mc_bound or mc_mix_beta > 0:
         if batch.final_rewards is None or batch.steps_to_go is None:
             raise ValueError("mc_bound and mc_mix need the batch's final_rewards and steps_to_go")
         final, to_go = batch.final_rewards.float(), batch.steps_to_go.float()
         if mc_bound:
-            targets = mc_lower_bound(targets, final, to_go, gamma)
+            targets = mc_lower_bound(targets, final, to_go, g)
         if mc_mix_beta > 0:
-            targets = mc_mix(targets, final, to_go, gamma, mc_mix_beta)
+            targets = mc_mix(targets, final, to_go, g, mc_mix_beta)
     return TrainBatch(
         batch.images, batch.states.float(), batch.actions.float(), batch.task_idx, targets
     )

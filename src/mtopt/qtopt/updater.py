@@ -29,7 +29,7 @@ class BellmanUpdater:
         buffers: TaskBuffers,
         target_nets: Sequence[QNetwork],
         cem: CEMConfig,
-        gamma: float = 0.9,
+        gamma: float | Sequence[float] = 0.9,
         batch_size: int = 64,
         success_ratio: float = 0.5,
         rebalance: bool = True,
@@ -45,7 +45,14 @@ class BellmanUpdater:
         )
         self.target_nets = list(target_nets)
         self.cem = cem
-        self.gamma = gamma
+        # one discount, or one per task index (``bellman.task_discounts``)
+        self.gamma: float | torch.Tensor = (
+            float(gamma) if isinstance(gamma, (int, float)) else torch.tensor(gamma)
+        )
+        if isinstance(self.gamma, torch.Tensor) and self.gamma.shape != (len(buffers.tasks),):
+            raise ValueError(
+                f"gamma has {self.gamma.numel()} discounts for {len(buffers.tasks)} tasks"
+            )
         self.batch_size = batch_size
         self.success_ratio = success_ratio
         self.rebalance = rebalance

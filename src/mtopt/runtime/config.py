@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from mtopt.collect.loop import CollectConfig
 from mtopt.config import ConfigError, describe_changes, from_dict, override
+from mtopt.qtopt.bellman import task_discounts
 from mtopt.qtopt.cem import CEMConfig
 from mtopt.qtopt.learner import LearnerConfig
 from mtopt.qtopt.networks import QNetConfig
@@ -252,6 +254,14 @@ class RunConfig:
             DEFAULT_REGISTRY.with_extra(self.extra_tasks) if self.extra_tasks else DEFAULT_REGISTRY
         )
 
+    def discounts(self, registry: TaskRegistry) -> float | tuple[float, ...]:
+        """What the Bellman updaters discount by: ``learner.gamma``, or with
+        ``learner.task_gamma`` one discount per task of ``registry`` (in index order)."""
+        lc = self.learner
+        if not lc.task_gamma:
+            return lc.gamma
+        return task_discounts([(t.name, t.skill) for t in registry], lc.gamma, lc.task_gamma)
+
     def collection_cem(self) -> CEMConfig:
         """The robots' action search: ``cem_act`` in fp32 (bf16 can flip an acting
         argmax; ``CEMConfig.precision``). Robots used ``CEMPolicy``'s default search
@@ -277,7 +287,8 @@ class RunConfig:
         detector is staged and trained), checked at once: a clear ValueError. Task names
         are checked against ``registry`` (default: ``self.registry()``)."""
         try:
-            names = (registry or self.registry()).names
+            reg = registry or self.registry()
+            names = reg.names
         except (ValueError, TypeError, KeyError) as exc:
             raise ValueError(f"extra_tasks: {exc}") from None
 
@@ -398,6 +409,7 @@ class RunConfig:
         lc = self.learner
         if not 0.0 <= lc.gamma <= 1.0:
             raise ValueError(f"learner.gamma must be in [0, 1], got {lc.gamma}")
+        check_task_gamma(lc.task_gamma, reg)
         if not (lc.lr > 0 and math.isfinite(lc.lr)):
             raise ValueError(f"learner.lr must be a finite number > 0, got {lc.lr}")
         # modes a config.json or Python can set to anything (--set checks them too): a typo
@@ -595,6 +607,25 @@ def load_run_config(path: str | Path) -> RunConfig:
         return from_dict(RunConfig, data)
     except (ConfigError, TypeError, ValueError) as exc:
         raise ConfigError(f"cannot load the run's config {path}: {exc}") from None
+
+
+def check_task_gamma(task_gamma: Any, registry: TaskRegistry) -> None:
+    """``learner.task_gamma``: a mapping of the run's task or skill names to discounts in
+    [0, 1] (a clear ValueError naming what is wrong)."""
+    if not isinstance(task_gamma, Mapping):
+        raise ValueError(
+            "learner.task_gamma must map task or skill names to discounts, e.g. "
+            f'{{"place": 0.96}}, got {task_gamma!r}'
+        )
+    known = set(registry.names) | set(registry.skills)
+    for name, g in task_gamma.items():
+        if name not in known:
+            raise ValueError(
+                f"learner.task_gamma: {name!r} is neither a task nor a skill of this run; "
+                f"skills: {', '.join(registry.skills)}; tasks: {', '.join(registry.names)}"
+            )
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0.0 <= g <= 1.0:
+            raise ValueError(f"learner.task_gamma[{name!r}] must be a number in [0, 1], got {g!r}")
 
 
 def run_registry(folder: str | Path | None) -> TaskRegistry:

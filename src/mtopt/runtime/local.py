@@ -1243,7 +1243,7 @@ class LocalRun:
             buffers,
             learner.targets,
             c.cem_bellman,
-            c.learner.gamma,
+            c.discounts(self.registry),
             c.replay.batch_size,
             c.replay.success_ratio,
             c.replay.rebalance,

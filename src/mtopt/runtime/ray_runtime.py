@@ -251,7 +251,7 @@ class ReplayService:
             self.buffers,
             nets,
             cfg.cem_bellman,
-            cfg.learner.gamma,
+            cfg.discounts(registry),
             cfg.replay.batch_size,
             cfg.replay.success_ratio,
             cfg.replay.rebalance,
