@@ -78,13 +78,20 @@ def checked_cell(run: str | None, seed: int, tasks: list[str]) -> tuple[SimConfi
 
 
 def oracle_task_rate(
-    task: str, aim_m: float, yaw_rad: float, episodes: int, seed: int, run: str | None = None
+    task: str,
+    aim_m: float,
+    yaw_rad: float,
+    episodes: int,
+    seed: int,
+    run: str | None = None,
+    release_m: float = 0.07,
 ) -> float:
-    """The oracle's success on ``task``'s held-out scenes with that aim and yaw noise, in
-    ``run``'s cell with its tasks (the default cell without a run)."""
+    """The oracle's success on ``task``'s held-out scenes with that aim and yaw noise (and
+    placing, that release height), in ``run``'s cell with its tasks (the default cell
+    without a run)."""
     sim, registry = probe_cell(run)
     robot = SimRobot(sim, robot_id="eval", seed=seed)
-    oracle = OraclePolicy(robot, registry, sim.max_steps, aim_m, yaw_rad)
+    oracle = OraclePolicy(robot, registry, sim.max_steps, aim_m, yaw_rad, release_m)
     try:
         rate = evaluate_policy(
             lambda spec: oracle, registry, [task], episodes, sim, seed, robot=robot

@@ -38,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 from _results import write_result
-from mtopt.qtopt.bellman import TrainBatch, TransitionBatch, compute_targets
+from mtopt.qtopt.bellman import TrainBatch, TransitionBatch, compute_targets, per_sample
 from mtopt.qtopt.learner import Learner
 from mtopt.replay.buffers import TaskBuffers
 from mtopt.replay.logreplay import LogReplay
@@ -83,7 +83,7 @@ def main() -> None:
     learner = Learner(cfg.qnet, dataclasses.replace(cfg.learner, mc_bound=False), logdir=None)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    gamma = cfg.learner.gamma
+    gamma = cfg.discounts(registry)  # the run's own: one, or one per task
     losses: list[float] = []
     for _ in tqdm(range(args.steps), desc=f"offline {args.mode}", unit="step", mininterval=5):
         tr = buffers.sample(
@@ -97,7 +97,7 @@ def main() -> None:
                 tb.states,
                 tb.actions,
                 tb.task_idx,
-                tb.final_rewards.float() * gamma ** tb.steps_to_go.float(),
+                tb.final_rewards.float() * per_sample(gamma, tb.task_idx) ** tb.steps_to_go.float(),
             )
         else:
             batch = compute_targets(

@@ -6,7 +6,9 @@ in ``--tasks``:
 
 1. The privileged oracle (``mtopt.sim.oracle``) releasing off the target's centre by an
    xy offset drawn per episode from N(0, sigma^2) per axis, for each sigma in
-   ``--aim-cm``: the success a policy with that release error can reach here.
+   ``--aim-cm``: the success a policy with that release error can reach here; and
+   aiming exactly, opening the gripper at each height in ``--release-cm`` (the tool
+   point above the target's surface; 7 cm is the oracle's own): what a drop costs.
 2. With ``--run``: the run's acting weights (CEM, as robots use) on the same scenes,
    instrumented. Per episode: whether and when it opens the gripper while holding the
    object (the release), where the object is then (xy distance from the centre of the
@@ -24,7 +26,7 @@ placing failure is aiming; "never released" and "released over nothing" name the
 
 Usage: python benchmarks/place_precision_probe.py --json OUT [--run runs/r22]
            [--tasks place-any,place-in-bowl] [--episodes 100] [--seed 5]
-           [--aim-cm 0,2,4,6] [--workers 2]
+           [--aim-cm 0,2,4,6] [--release-cm 4,7,14,20,27] [--workers 2]
 """
 
 from __future__ import annotations
@@ -56,9 +58,16 @@ from mtopt.tasks.registry import TaskRegistry
 from mtopt.tasks.scene import FixtureState, ObjectState, SceneState
 
 
-def oracle_rate(job: tuple[str, float, int, int, str | None]) -> tuple[str, float, float]:
-    task, aim_m, episodes, seed, run = job
-    return task, aim_m, oracle_task_rate(task, aim_m, 0.0, episodes, seed, run)
+def oracle_rate(
+    job: tuple[str, float, float, int, int, str | None],
+) -> tuple[str, float, float, float]:
+    task, aim_m, release_m, episodes, seed, run = job
+    return (
+        task,
+        aim_m,
+        release_m,
+        oracle_task_rate(task, aim_m, 0.0, episodes, seed, run, release_m),
+    )
 
 
 def target_fixtures(
@@ -221,6 +230,11 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=100)
     ap.add_argument("--seed", type=int, default=5, help="5: the scenes of evaluate_run.py")
     ap.add_argument("--aim-cm", default="0,2,4,6")
+    ap.add_argument(
+        "--release-cm",
+        default="",
+        help="oracle release heights (cm above the target's surface), aiming exactly",
+    )
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
     tasks = [t for t in args.tasks.split(",") if t]
@@ -238,10 +252,19 @@ def main() -> None:
         ap.error("--aim-cm takes comma-separated numbers")
     if any(v < 0 for v in aims):
         ap.error("--aim-cm must be >= 0")
+    try:
+        heights = [float(v) for v in args.release_cm.split(",") if v]
+    except ValueError:
+        ap.error("--release-cm takes comma-separated numbers")
+    if any(not 0 < v <= 25 for v in heights):
+        ap.error("--release-cm must be in (0, 25]")
     if args.episodes < 1 or args.workers < 1:
         ap.error("--episodes and --workers must be >= 1")
     t0 = time.perf_counter()
-    jobs = [(t, a / 100, args.episodes, args.seed, args.run) for t in tasks for a in aims]
+    aim_jobs = [(t, a / 100, 0.07, args.episodes, args.seed, args.run) for t in tasks for a in aims]
+    drop_jobs = [
+        (t, 0.0, h / 100, args.episodes, args.seed, args.run) for t in tasks for h in heights
+    ]
     per = -(-args.episodes // args.workers)
     learn_jobs = [
         (args.run, t, k, min(per, args.episodes - k), args.seed)
@@ -249,7 +272,8 @@ def main() -> None:
         for k in range(0, args.episodes, per)
     ]
     with ProcessPoolExecutor(args.workers) as pool:
-        oracle = list(pool.map(oracle_rate, jobs))
+        by_aim = list(pool.map(oracle_rate, aim_jobs))
+        by_height = list(pool.map(oracle_rate, drop_jobs))
         parts = list(pool.map(learned_episodes, learn_jobs)) if args.run else []
     out: dict[str, Any] = {
         "episodes": args.episodes,
@@ -262,10 +286,16 @@ def main() -> None:
         entry: dict[str, Any] = {
             "oracle_aim_noise": {
                 f"{100 * a:g} cm": rate_with_ci(r, args.episodes)
-                for task, a, r in oracle
+                for task, a, _, r in by_aim
                 if task == t
             }
         }
+        if heights:
+            entry["oracle_release_height"] = {
+                f"{100 * h:g} cm": rate_with_ci(r, args.episodes)
+                for task, _, h, r in by_height
+                if task == t
+            }
         if args.run:
             rows = [
                 r for job, part in zip(learn_jobs, parts, strict=True) if job[1] == t for r in part

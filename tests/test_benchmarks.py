@@ -479,6 +479,7 @@ def test_place_precision_targets_a_runs_own_task() -> None:
     [
         ("place_precision_probe", ["--seed", "5"], "in-run evaluation block"),
         ("place_precision_probe", ["--seed", "6", "--tasks", "place-on-pan"], "not one of the run"),
+        ("place_precision_probe", ["--seed", "6", "--release-cm", "30"], "--release-cm must be in"),
         ("grasp_precision_probe", ["--seed", "5"], "in-run evaluation block"),
         ("q_landscape_probe", ["--seed", "5"], "in-run evaluation block"),
         ("q_landscape_probe", ["--seed", "6", "--task", "lift-pan"], "unknown task 'lift-pan'"),

@@ -180,3 +180,38 @@ def test_oracle_aim_noise_moves_where_it_releases() -> None:
         assert got == pytest.approx(offset, abs=0.011)
     finally:
         robot.close()
+
+
+@pytest.mark.parametrize("height", [0.04, 0.2])
+def test_oracle_opens_at_its_release_height_above_the_target(height: float) -> None:
+    """The release height (the probe's drop-cost curve): the oracle opens the gripper with
+    its tool point that high above the release spot's surface, lower or higher than the
+    height it carries at (0.13 m)."""
+    from mtopt.robots.sim_robot import SimRobot
+    from mtopt.sim.config import SimConfig
+    from mtopt.sim.oracle import OraclePolicy
+
+    sim = SimConfig(object_split="test")
+    robot = SimRobot(sim, robot_id="eval", seed=5)
+    try:
+        oracle = OraclePolicy(robot, DEFAULT_REGISTRY, sim.max_steps, release_height_m=height)
+        robot.reset_scene(7_000_321)
+        robot.start_episode()
+        assert robot.prepare_for_task(True)
+        oracle.reset("place-in-bowl", np.random.default_rng(5))
+        assert oracle._spot is not None
+        obs = robot.observe()
+        for _ in range(sim.max_steps):
+            action = oracle.act(obs)
+            if action[4] <= 0:  # it opens: the release
+                break
+            obs = robot.act(action).observation
+        assert action[4] <= 0
+        assert obs.pose is not None
+        assert float(obs.pose[2]) - oracle._spot[2] == pytest.approx(height, abs=0.011)
+        assert np.asarray(obs.pose[:2]) == pytest.approx(np.asarray(oracle._spot[:2]), abs=0.011)
+    finally:
+        robot.close()
+    for bad in (0.0, 0.3):
+        with pytest.raises(ValueError, match="release_height_m must be in"):
+            OraclePolicy(robot, DEFAULT_REGISTRY, release_height_m=bad)

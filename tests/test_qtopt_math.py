@@ -460,24 +460,25 @@ def test_task_discounts_by_hand() -> None:
 
 def test_compute_targets_discount_each_transition_by_its_own_tasks_gamma() -> None:
     nets, batch = _half_valued_nets(), _live_batch(3)
-    batch.task_idx = torch.tensor([0, 1, 2])
+    batch.task_idx = torch.tensor([2, 0, 1])  # the discount by task, not by position
     cem = CEMConfig(iterations=3, samples=256, elites=16)
 
     def targets(gamma: object, **kw: object) -> torch.Tensor:
         g = torch.Generator().manual_seed(0)
         return compute_targets(nets, batch, gamma, cem, g, **kw).targets  # type: ignore[arg-type]
 
-    # next value 0.5 everywhere: 0.9 * 0.5, 0.5 * 0.5, 1.0 * 0.5
-    assert targets([0.9, 0.5, 1.0]).tolist() == pytest.approx([0.45, 0.25, 0.5], abs=1e-3)
-    assert targets(torch.tensor([0.9, 0.5, 1.0])).tolist() == pytest.approx(
-        [0.45, 0.25, 0.5], abs=1e-3
-    )
+    # next value 0.5 everywhere; tasks 2, 0, 1: 1.0 * 0.5, 0.9 * 0.5, 0.5 * 0.5
+    want = [0.5, 0.45, 0.25]
+    assert targets([0.9, 0.5, 1.0]).tolist() == pytest.approx(want, abs=1e-3)
+    assert targets(torch.tensor([0.9, 0.5, 1.0])).tolist() == pytest.approx(want, abs=1e-3)
+    assert targets(torch.tensor(0.9)).tolist() == pytest.approx(targets(0.9).tolist())
     assert targets([0.9, 0.9, 0.9]).tolist() == pytest.approx(targets(0.9).tolist())
-    # the episode's return under its own discount: 0.9^2 = 0.81, 0.5^2 = 0.25 (td 0.25), 1
+    # the episode's return under its own task's discount: 1^3 = 1, 0.9^2 = 0.81,
+    # 0.5^2 = 0.25 (its td 0.25)
     batch.final_rewards = torch.tensor([1.0, 1.0, 1.0])
-    batch.steps_to_go = torch.tensor([2.0, 2.0, 3.0])
+    batch.steps_to_go = torch.tensor([3.0, 2.0, 2.0])
     assert targets([0.9, 0.5, 1.0], mc_bound=True).tolist() == pytest.approx(
-        [0.81, 0.25, 1.0], abs=1e-3
+        [1.0, 0.81, 0.25], abs=1e-3
     )
     with pytest.raises(ValueError, match="discounts for 2 tasks, the batch has task index 2"):
         targets([0.9, 0.5])

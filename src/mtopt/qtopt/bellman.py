@@ -26,6 +26,7 @@ apart. Not in MT-Opt, which uses one discount; one is the default.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -112,7 +113,7 @@ def task_discounts(
 def per_sample(gamma: float | Sequence[float] | torch.Tensor, task_idx: torch.Tensor) -> Discount:
     """``gamma`` as ``bellman_targets`` takes it for a batch of tasks ``task_idx``: a
     number stays a number; one discount per task becomes each transition's own."""
-    if isinstance(gamma, (int, float)):
+    if isinstance(gamma, numbers.Real) or (torch.is_tensor(gamma) and gamma.ndim == 0):
         return float(gamma)
     g = torch.as_tensor(gamma, dtype=torch.float32, device=task_idx.device)
     if g.ndim != 1:

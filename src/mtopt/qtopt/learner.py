@@ -44,7 +44,9 @@ class LearnerConfig:
     Not in MT-Opt (one discount); empty, the default, is ``gamma`` for all. Why one
     might: at 0.9 each step costs a tenth of the value, so a policy that could lower a
     held object before releasing it (94% on the plate from 4 cm, 78% from 8-27 cm, an
-    oracle's drops at its centre) drops it from where it is instead."""
+    oracle's drops at its centre) drops it from where it is instead. A resume that adds
+    or drops an entry logs it as ``learner.task_gamma.place: None -> 0.96`` (None: that
+    name had no entry, so ``gamma``)."""
     target_update: Literal["periodic", "polyak"] = "periodic"
     """'periodic': every target_period steps target2 <- target1 <- online; 'polyak': moving averages."""
     target_period: int = 100

@@ -45,14 +45,6 @@ class BellmanUpdater:
         )
         self.target_nets = list(target_nets)
         self.cem = cem
-        # one discount, or one per task index (``bellman.task_discounts``)
-        self.gamma: float | torch.Tensor = (
-            float(gamma) if isinstance(gamma, (int, float)) else torch.tensor(gamma)
-        )
-        if isinstance(self.gamma, torch.Tensor) and self.gamma.shape != (len(buffers.tasks),):
-            raise ValueError(
-                f"gamma has {self.gamma.numel()} discounts for {len(buffers.tasks)} tasks"
-            )
         self.batch_size = batch_size
         self.success_ratio = success_ratio
         self.rebalance = rebalance
@@ -62,6 +54,17 @@ class BellmanUpdater:
         # CEM samples where the target networks are (a CPU generator cannot feed a GPU)
         self.device = next(self.target_nets[0].parameters()).device
         self.gen = torch.Generator(self.device).manual_seed(seed)
+        # one discount, or one per task index (``bellman.task_discounts``), kept where
+        # the targets are computed
+        self.gamma: float | torch.Tensor = (
+            float(gamma)
+            if isinstance(gamma, (int, float))
+            else torch.tensor(gamma, dtype=torch.float32, device=self.device)
+        )
+        if isinstance(self.gamma, torch.Tensor) and self.gamma.shape != (len(buffers.tasks),):
+            raise ValueError(
+                f"gamma has {self.gamma.numel()} discounts for {len(buffers.tasks)} tasks"
+            )
 
     def set_targets(self, nets: Sequence[QNetwork]) -> None:
         """Use newer lagged target networks (e.g. reloaded from published weights)."""

@@ -157,12 +157,18 @@ class OraclePolicy:
         max_steps: int = 15,
         aim_noise_m: float = 0.0,
         yaw_noise_rad: float = 0.0,
+        release_height_m: float = 0.07,
     ):
         if aim_noise_m < 0 or yaw_noise_rad < 0:
             raise ValueError(
                 f"aim_noise_m and yaw_noise_rad must be >= 0, got {aim_noise_m}, {yaw_noise_rad}"
             )
+        if not 0.0 < release_height_m <= 0.25:
+            raise ValueError(f"release_height_m must be in (0, 0.25], got {release_height_m}")
         self.robot = robot
+        self.release_height_m = release_height_m
+        """Placing: the gripper (its tool point) opens this high above the release spot's
+        surface (how much a drop costs: ``benchmarks/place_precision_probe.py``)."""
         self.aim_noise_m = aim_noise_m
         """Aim at the object's centre (lifting) or the release spot's (placing) plus an
         xy offset drawn once per episode from N(0, aim_noise_m^2) per axis (how precise a
@@ -255,10 +261,16 @@ class OraclePolicy:
         x, y, z, _ = (float(v) for v in pose)
         if self._phase == "approach":
             d = (np.array(self._spot[:2]) + self.aim_offset - np.array([x, y])) / step
-            release = self._spot[2] + 0.07
-            if float(np.max(np.abs(d))) > 0.2 or z > release + 0.01:
+            release = self._spot[2] + self.release_height_m
+            high = z > release + 0.01
+            low = z < release - 0.01
+            if float(np.max(np.abs(d))) > 0.2 or high or low:
                 far = float(np.max(np.abs(d))) > 1.0
-                dz = (1.0 if z < 0.13 else 0.0) if far else -min(1.0, (z - release) / step)
+                dz = (
+                    (1.0 if z < 0.13 else 0.0)
+                    if far
+                    else -float(np.clip((z - release) / step, -1, 1))
+                )
                 return make_action(d[0], d[1], dz, close=True)
             self._phase = "release"
             return make_action()
