@@ -358,6 +358,12 @@ def test_sd_truth_rows_by_hand() -> None:
         assert any("| SD precision |" in line for line in _sd_truth_lines(comp, kind))
     lines = _sd_truth_lines(comp, "truth")
     assert "replay.reward=truth" in lines[0] and not any("|" in line for line in lines)
+    assert not any("no verdict" in line for line in lines)
+    # under truth, episodes stored before a task was added are said per task
+    comp["c"]["no_verdict"] = 7
+    comp["a"]["no_verdict"] = 0
+    lines = _sd_truth_lines(comp, "truth")
+    assert next(line for line in lines if "no verdict" in line).endswith(": c 7.")
 
 
 def test_a_collection_bin_is_shown_with_its_count_and_start() -> None:

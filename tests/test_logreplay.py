@@ -123,14 +123,18 @@ def test_replay_stats_composition_by_hand() -> None:
         collected_success={"a": 2},
         impersonated={"a": 5, "b": 2},
         impersonated_success={"a": 2, "b": 1},
+        no_verdict={"c": 4},
     )
     truth = {"gt_known": 0, "gt_successes": 0, "sd_successes_with_truth": 0}
     truth["sd_true_positives"] = 0
     assert s.composition(["a", "b", "c"]) == {
-        "a": {"original": 3, "original_successes": 2, "impersonated": 5, "successes": 2, **truth},
-        "b": {"original": 0, "original_successes": 0, "impersonated": 2, "successes": 1, **truth},
-        "c": {"original": 0, "original_successes": 0, "impersonated": 0, "successes": 0, **truth},
-    }
+        "a": {"original": 3, "original_successes": 2, "impersonated": 5, "successes": 2, **truth,
+              "no_verdict": 0},
+        "b": {"original": 0, "original_successes": 0, "impersonated": 2, "successes": 1, **truth,
+              "no_verdict": 0},
+        "c": {"original": 0, "original_successes": 0, "impersonated": 0, "successes": 0, **truth,
+              "no_verdict": 4},
+    }  # fmt: skip
 
 
 def test_the_detectors_rewards_are_counted_against_the_ground_truth_by_hand() -> None:
@@ -321,6 +325,12 @@ def test_truth_rewards_are_the_simulators_verdicts_whatever_the_detector_says(
     assert sizes["place-on-plate"] == (1, 0)
     # c's missing verdicts are counted, and said once per task
     assert lr.no_verdict == {"lift-ball": 1, "place-on-plate": 1}
+    comp = lr.stats.composition(REG.names)  # into the summary and the report
+    assert {t: c["no_verdict"] for t, c in comp.items()} == {
+        "lift-any": 0,
+        "lift-ball": 1,
+        "place-on-plate": 1,
+    }
     said = [r.getMessage() for r in caplog.records if "without a verdict" in r.getMessage()]
     assert len(said) == 2 and "'lift-ball'" in said[0] + said[1]
     new_sd = FakeSD(version=2, flip=True)

@@ -69,16 +69,20 @@ class ReplayStats:
     unknown_task: dict[str, int] = field(default_factory=dict)
     """Episodes skipped because the registry does not know their task (a store written
     with more tasks than this run's registry, or a task added later)."""
+    no_verdict: dict[str, int] = field(default_factory=dict)
+    """``replay.reward='truth'`` only: per task, episodes not impersonated as it because
+    their stored verdicts lack it (stored before the task was added)."""
 
     def composition(self, tasks: Sequence[str]) -> dict[str, dict[str, int]]:
         """``{task: {"original": n, "original_successes": k, "impersonated": m,
         "successes": s, "gt_known": g, "gt_successes": t, "sd_successes_with_truth": d,
-        "sd_true_positives": p}}``: the report's data composition before and after
+        "sd_true_positives": p, "no_verdict": v}}``: the report's data composition before and after
         impersonation (``mtopt.eval.report.plot_composition``; ``expansion_counts`` by
         hand), and how the success detector's rewards of the impersonated episodes compare
         with the simulator's ground truth where the episodes have it: ``g`` of the ``m``
         have it, ``t`` of those are successes in truth, ``d`` successes by the detector,
-        ``p`` successes by both."""
+        ``p`` successes by both; ``v`` episodes were not impersonated as the task for
+        want of a stored verdict (``replay.reward='truth'``)."""
         return {
             t: {
                 "original": self.collected.get(t, 0),
@@ -89,6 +93,7 @@ class ReplayStats:
                 "gt_successes": self.gt_successes.get(t, 0),
                 "sd_successes_with_truth": self.sd_successes_with_truth.get(t, 0),
                 "sd_true_positives": self.sd_true_positives.get(t, 0),
+                "no_verdict": self.no_verdict.get(t, 0),
             }
             for t in tasks
         }
@@ -122,10 +127,12 @@ class LogReplay:
         self._check_model(reward_model)
         # eid -> (episode, final image, sd version, per-task rewards)
         self._held: dict[str, tuple[ReplayEpisode, np.ndarray, int, dict[str, float]]] = {}
-        # "truth" only: task -> episodes whose stored verdicts lack it (_rewards);
-        # per process (a resume counts again), for logs and tests: the warning is what
-        # a user sees
-        self.no_verdict: dict[str, int] = {}
+
+    @property
+    def no_verdict(self) -> dict[str, int]:
+        """ "truth" only: task -> episodes whose stored verdicts lack it (``_rewards``),
+        this process's (a resume counts again); in the composition and the report."""
+        return self.stats.no_verdict
 
     @property
     def reward_version(self) -> int:

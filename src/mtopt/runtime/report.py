@@ -294,10 +294,24 @@ def sd_truth_rows(composition: Mapping[str, Mapping[str, int]]) -> list[dict[str
 
 def _sd_truth_lines(composition: Mapping[str, Mapping[str, int]], reward: str) -> list[str]:
     if reward == "truth":
+        lacking = {t: int(c.get("no_verdict", 0)) for t, c in composition.items()}
+        lacking = {t: n for t, n in lacking.items() if n}
+        said = (
+            [
+                "Episodes stored before a task was added have no verdict for it and were not "
+                "impersonated as it (each its own episodes only): "
+                + ", ".join(f"{t} {n}" for t, n in lacking.items())
+                + ".",
+                "",
+            ]
+            if lacking
+            else []
+        )
         return [
             "The rewards were the simulator's ground truth (`replay.reward=truth`, an "
             "oracle ablation), not the success detector's: there are none of its to check.",
             "",
+            *said,
         ]
     rows = sd_truth_rows(composition)
     if not rows:
