@@ -22,6 +22,18 @@ PLATE = FixtureState("plate", (-0.04, -0.13, 0.01), 0.05)
 BOWL = FixtureState("bowl", (0.05, -0.13, 0.01), 0.04)
 
 
+def act_until_release(policy, robot, max_steps: int):  # type: ignore[no-untyped-def]
+    """Step ``policy`` on ``robot`` until it opens the gripper (the release) or
+    ``max_steps`` pass: (its last action, the observation it was chosen on)."""
+    obs = robot.observe()
+    for _ in range(max_steps):
+        action = policy.act(obs)
+        if action[4] <= 0:  # it opens: the release
+            break
+        obs = robot.act(action).observation
+    return action, obs
+
+
 def test_wrap_half_turn() -> None:
     assert wrap_half_turn(0.0) == 0.0
     assert wrap_half_turn(math.pi) == pytest.approx(0.0)
@@ -167,12 +179,7 @@ def test_oracle_aim_noise_moves_where_it_releases() -> None:
         assert noisy.aim_offset == pytest.approx(offset)
         assert np.hypot(*offset) > 0.04  # far more than the tolerance below
         assert noisy._spot is not None
-        obs = robot.observe()
-        for _ in range(sim.max_steps):
-            action = noisy.act(obs)
-            if action[4] <= 0:  # it opens: the release
-                break
-            obs = robot.act(action).observation
+        action, obs = act_until_release(noisy, robot, sim.max_steps)
         assert action[4] <= 0 and obs.pose is not None
         # released over the bowl's centre plus the offset, within the approach's tolerance
         # (0.2 of a 5 cm step per axis)
@@ -200,12 +207,7 @@ def test_oracle_opens_at_its_release_height_above_the_target(height: float) -> N
         assert robot.prepare_for_task(True)
         oracle.reset("place-in-bowl", np.random.default_rng(5))
         assert oracle._spot is not None
-        obs = robot.observe()
-        for _ in range(sim.max_steps):
-            action = oracle.act(obs)
-            if action[4] <= 0:  # it opens: the release
-                break
-            obs = robot.act(action).observation
+        action, obs = act_until_release(oracle, robot, sim.max_steps)
         assert action[4] <= 0
         assert obs.pose is not None
         assert float(obs.pose[2]) - oracle._spot[2] == pytest.approx(height, abs=0.011)
