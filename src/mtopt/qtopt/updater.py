@@ -9,6 +9,7 @@ serial loop left a core idle whenever the robots did not need it.
 from __future__ import annotations
 
 import contextlib
+import numbers
 import queue
 import threading
 import time
@@ -58,7 +59,7 @@ class BellmanUpdater:
         # the targets are computed
         self.gamma: float | torch.Tensor = (
             float(gamma)
-            if isinstance(gamma, (int, float))
+            if isinstance(gamma, numbers.Real)
             else torch.tensor(gamma, dtype=torch.float32, device=self.device)
         )
         if isinstance(self.gamma, torch.Tensor) and self.gamma.shape != (len(buffers.tasks),):
