@@ -217,3 +217,42 @@ def test_oracle_opens_at_its_release_height_above_the_target(height: float) -> N
     for bad in (0.0, 0.3):
         with pytest.raises(ValueError, match="release_height_m must be in"):
             OraclePolicy(robot, DEFAULT_REGISTRY, release_height_m=bad)
+
+
+def test_oracle_lets_go_where_a_descent_over_the_target_is_blocked() -> None:
+    """Over its release spot and still above the release height, the oracle opens the
+    gripper when its last descent moved the held object less than 4 mm (it rests on a
+    bowl's rim) instead of pressing down until the episode ends; a step that did not ask
+    to descend (carrying at constant height) is no such sign."""
+    from types import SimpleNamespace
+
+    from mtopt.robots.base import Observation
+    from mtopt.sim.oracle import OraclePolicy
+
+    robot = SimpleNamespace(config=SimpleNamespace(max_step_m=0.05))
+    oracle = OraclePolicy(robot, DEFAULT_REGISTRY, release_height_m=0.04)  # type: ignore[arg-type]
+    oracle._spec = DEFAULT_REGISTRY.get("place-in-bowl")
+    spot = (0.10, 0.20, 0.05)  # release at z = 0.09
+    oracle._spot = spot
+
+    def at(x: float, z: float) -> np.ndarray:
+        obs = Observation(
+            image=np.zeros((64, 64, 3), np.uint8),
+            state=np.array([0.5, z], np.float32),
+            pose=np.array([x, spot[1], z, 0.0]),
+        )
+        return oracle.act(obs)
+
+    # carried in at 0.20 m, two steps away: moves (a clipped full step) without descending
+    first = at(0.0, 0.20)
+    assert first[0] == pytest.approx(1.0) and first[2] == 0.0 and first[4] > 0
+    # over the spot, not yet asked to descend, at the same height: descends (dz -1)
+    second = at(0.10, 0.20)
+    assert second[2] == pytest.approx(-1.0) and second[4] > 0
+    # came down 5 cm: keeps descending, 0.06 m to go (dz -1, clipped)
+    third = at(0.10, 0.15)
+    assert third[2] == pytest.approx(-1.0) and third[4] > 0
+    # came down only 3 mm although asked for 5 cm: blocked, it opens here
+    fourth = at(0.10, 0.147)
+    assert fourth[4] <= 0 and fourth[2] == 0.0
+    assert oracle._phase == "release"

@@ -16,7 +16,9 @@ policies are measured, so a learned success rate can be read against both.
   (``benchmarks/grasp_precision_probe.py``); ``aim_noise_m`` also moves where a place
   releases, off the target's centre (``benchmarks/place_precision_probe.py``).
 - Placing: carry the held object over the first target (fixture or left bin) where
-  releasing it would satisfy the task, descend, open, retract, terminate.
+  releasing it would satisfy the task, descend to the release height, open, retract,
+  terminate. When a descent over the target is blocked (the object rests on a bowl's
+  rim) it opens there, above the release height, as a person would.
 """
 
 from __future__ import annotations
@@ -187,6 +189,8 @@ class OraclePolicy:
         self._t = 0
         self._after = 0
         self._last_z = float("inf")
+        self._last_dz_m = 0.0
+        """Placing: the vertical move (m) the previous action commanded."""
         self.feasible: list[bool] = []
         """Per episode: whether the scene offered the task a target (an object to lift,
         a place to release the held one). Category tasks often have none: with 4 objects
@@ -199,6 +203,7 @@ class OraclePolicy:
     def reset(self, task: str, rng: np.random.Generator) -> None:
         self._spec = self.registry.get(task)
         self._phase, self._t, self._after, self._last_z = "approach", 0, 0, float("inf")
+        self._last_dz_m = 0.0
         self._grasp, self._spot = None, None
         self.aim_offset = np.zeros(2)
         cell = self.robot.cell
@@ -264,13 +269,19 @@ class OraclePolicy:
             release = self._spot[2] + self.release_height_m
             high = z > release + 0.01
             low = z < release - 0.01
-            if float(np.max(np.abs(d))) > 0.2 or high or low:
+            aligned = float(np.max(np.abs(d))) <= 0.2
+            # the last action lowered the held object by 1 cm or more and it came down
+            # less than 4 mm: it rests on something (a bowl's rim), let go here
+            blocked = self._last_dz_m <= -0.01 and z > self._last_z - 0.004
+            self._last_z = z
+            if (not aligned or high or low) and not (aligned and high and blocked):
                 far = float(np.max(np.abs(d))) > 1.0
                 dz = (
                     (1.0 if z < 0.13 else 0.0)
                     if far
                     else -float(np.clip((z - release) / step, -1, 1))
                 )
+                self._last_dz_m = dz * step
                 return make_action(d[0], d[1], dz, close=True)
             self._phase = "release"
             return make_action()
