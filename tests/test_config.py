@@ -570,3 +570,19 @@ def test_task_gamma_from_the_command_line_discounts_tasks_by_name_then_skill(
     again = load_run_config(tmp_path / "config.json")
     assert again.learner.task_gamma == {"place": 0.96, "place-in-bowl": 0.5}
     assert again.discounts(REG) == got
+
+
+def test_describe_changes_names_a_dict_entry_that_one_side_lacks() -> None:
+    """Adding a ``learner.task_gamma`` entry on resume reads ``(no entry) -> 0.97``, not
+    ``None -> 0.97``; the JSON record keeps None; a None on both sides is no change."""
+    from mtopt.runtime.config import preset
+
+    a = preset("local")
+    b = override(a, ['learner.task_gamma={"place": 0.97}'])
+    assert describe_changes(a, b) == "learner.task_gamma.place: (no entry) -> 0.97"
+    assert describe_changes(b, a) == "learner.task_gamma.place: 0.97 -> (no entry)"
+    assert changed_fields(a, b) == {"learner.task_gamma.place": (None, 0.97)}
+    assert changed_fields({"x": None, "d": {}}, {"x": None, "d": {"k": None}}) == {
+        "d.k": (None, None)
+    }
+    assert changed_fields({"x": None}, {"x": None}) == {}

@@ -135,25 +135,41 @@ def save_config(cfg: Any, path: str | Path) -> Path:
     return atomic_write_json(path, to_dict(cfg))
 
 
+class _NoEntry:
+    """A key that one of two compared dicts lacks (a ``learner.task_gamma`` entry added
+    on resume), told apart from a None value."""
+
+    def __repr__(self) -> str:
+        return "(no entry)"
+
+
+NO_ENTRY = _NoEntry()
+
+
 def describe_changes(old: Any, new: Any, prefix: str = "") -> str:
     """``field: old -> new`` for every field of two config dataclasses of the same type
     that differs, nested sections as dotted paths (``learner.lr: 0.0001 -> 0.0003``),
-    comma-separated ("" when they are equal)."""
+    comma-separated ("" when they are equal); a dict key on one side only reads
+    ``(no entry)`` on the other."""
     return ", ".join(
-        f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed_fields(old, new, prefix).items()
+        f"{k}: {a!r} -> {b!r}"
+        for k, (a, b) in changed_fields(old, new, prefix, missing=NO_ENTRY).items()
     )
 
 
-def changed_fields(old: Any, new: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+def changed_fields(
+    old: Any, new: Any, prefix: str = "", missing: Any = None
+) -> dict[str, tuple[Any, Any]]:
     """``{dotted.field: (old, new)}`` for every leaf field that differs between two config
-    dataclasses of the same type (or their ``to_dict`` forms)."""
+    dataclasses of the same type (or their ``to_dict`` forms); ``missing`` stands for a
+    key one side's dict lacks (None, as JSON writes it, unless told)."""
     a = old if isinstance(old, dict) else to_dict(old)
     b = new if isinstance(new, dict) else to_dict(new)
     out: dict[str, tuple[Any, Any]] = {}
     for k in list(a) + [k for k in b if k not in a]:
-        x, y = a.get(k), b.get(k)
+        x, y = a.get(k, missing), b.get(k, missing)
         if isinstance(x, dict) and isinstance(y, dict):
-            out.update(changed_fields(x, y, f"{prefix}{k}."))
-        elif x != y:
+            out.update(changed_fields(x, y, f"{prefix}{k}.", missing))
+        elif k not in a or k not in b or x != y:
             out[f"{prefix}{k}"] = (x, y)
     return out
