@@ -1122,6 +1122,46 @@ def test_parquet_files_outside_robot_folders_are_named_not_read(
     assert "imported.parquet is not read" in caplog.text and "2026 is not read" in caplog.text
 
 
+def test_a_folder_named_parquet_in_a_robot_folder_is_named_not_quarantined(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """pandas' ``to_parquet(partition_cols=...)`` and Spark write a folder called
+    ``x.parquet``: not a shard, so a poll (even long after it was written) warns of it
+    and leaves it where it is, readable by pyarrow.dataset."""
+    with EpisodeWriter(tmp_path, "r0", flush_every=1) as w:
+        w.write(make_episode(0))
+    shard = shard_paths(tmp_path)[0]
+    folder = tmp_path / "shards" / "r0" / "extra.parquet"
+    pd.DataFrame({"task": ["a", "b"], "x": [1, 2]}).to_parquet(folder, partition_cols=["task"])
+    old = time.time() - 600
+    os.utime(folder, (old, old))
+    with caplog.at_level("WARNING", logger="mtopt.store.reader"):
+        assert shard_paths(tmp_path) == [shard]
+        reader = EpisodeReader(tmp_path)
+        assert [e.episode_id for e in reader.poll()] == ["ep00000"]
+    assert "extra.parquet is not read" in caplog.text
+    assert folder.is_dir() and not reader.quarantined
+    assert not (tmp_path / "quarantine").exists()
+    assert ds.dataset(folder, partitioning="hive").to_table().num_rows == 2
+
+
+def test_quarantine_keeps_an_earlier_file_of_the_same_name(tmp_path: Path) -> None:
+    """Two bad files quarantined under one name (another tool's data_0.parquet written
+    twice): both are kept, the second as data_0.1.parquet."""
+    robot = tmp_path / "shards" / "r0"
+    robot.mkdir(parents=True)
+    old = time.time() - 600
+    for content in (b"first bad bytes", b"second bad bytes"):
+        bad = robot / "data_0.parquet"
+        bad.write_bytes(content)
+        os.utime(bad, (old, old))
+        reader = EpisodeReader(tmp_path)  # a later run's reader
+        assert reader.poll() == [] and len(reader.quarantined) == 1
+    kept = tmp_path / "quarantine" / "r0"
+    assert (kept / "data_0.parquet").read_bytes() == b"first bad bytes"
+    assert (kept / "data_0.1.parquet").read_bytes() == b"second bad bytes"
+
+
 def test_read_episode_through_a_robot_folder_that_is_a_link(tmp_path: Path) -> None:
     store, disk2 = tmp_path / "store", tmp_path / "disk2"
     with EpisodeWriter(disk2, "r1", flush_every=1) as w:

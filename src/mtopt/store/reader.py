@@ -87,10 +87,13 @@ def shard_paths(store_dir: str | Path, skip_unlistable: bool = False) -> list[Pa
         try:
             with os.scandir(robot.path) as entries:
                 for entry in entries:
-                    if entry.name.endswith(".parquet"):
+                    # a folder named x.parquet (pandas' partition_cols, Spark) is a
+                    # dataset of another tool, not a shard: warned of, never quarantined
+                    if entry.is_dir():
+                        if not entry.name.startswith("."):
+                            _warn_stray(Path(entry.path))
+                    elif entry.name.endswith(".parquet"):
                         found.append(Path(entry.path))
-                    elif entry.is_dir() and not entry.name.startswith("."):
-                        _warn_stray(Path(entry.path))
         except FileNotFoundError:  # a robot folder removed while listing: nothing lost
             continue
         except OSError as exc:
@@ -135,11 +138,18 @@ def shard_part(path: Path, parts: int) -> int:
 
 
 def quarantine(store_dir: str | Path, path: Path, reason: str) -> Path | None:
-    """Move a bad shard out of the store (None: it was gone, or could not be moved, as in
-    a read-only store; the caller then skips it)."""
-    dest = Path(store_dir) / QUARANTINE / path.parent.name / path.name
+    """Move a bad shard out of the store to ``quarantine/<robot>/<name>`` (None: it was
+    gone, or could not be moved, as in a read-only store; the caller then skips it). A
+    file already quarantined under that name (another tool's ``data_0.parquet``, a shard
+    copied back) is kept: the newcomer gets a ``.1``, ``.2``, ... before its suffix."""
+    folder = Path(store_dir) / QUARANTINE / path.parent.name
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        dest = folder / path.name
+        n = 0
+        while dest.exists():
+            n += 1
+            dest = folder / f"{path.stem}.{n}{path.suffix}"
         shutil.move(str(path), dest)
     except FileNotFoundError:
         return None
