@@ -329,6 +329,40 @@ def test_an_episode_without_a_finite_time_is_refused_at_write(tmp_path: Path) ->
         assert [e.episode_id for e in EpisodeReader(tmp_path / name).episodes()] == ["ep00002"]
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("terminated", "no", "terminated must be a bool"),
+        ("terminated", 1, "terminated must be a bool"),
+        ("gt_success", "yes", "gt_success must be a bool or None"),
+        ("gt_success_by_task", {"lift-any": "maybe"}, "gt_success_by_task must be a dict"),
+        ("gt_success_by_task", [True], "gt_success_by_task must be a dict"),
+        ("gt_success_by_task", {1: True}, "gt_success_by_task must be a dict"),
+    ],
+)
+def test_flags_that_are_not_bools_are_refused_at_write(
+    tmp_path: Path, name: str, value: object, message: str
+) -> None:
+    """bool("no") is True: a flag of another type is refused, not stored as a guess (a
+    truth "maybe" would pay reward 1 under replay.reward="truth"); NumPy bools are fine."""
+    import dataclasses
+
+    bad = dataclasses.replace(make_episode(1), **{name: value})
+    good = dataclasses.replace(
+        make_episode(2),
+        terminated=np.bool_(True),
+        gt_success=np.bool_(False),
+        gt_success_by_task={"lift-any": np.bool_(False), "lift-ball": True},
+    )
+    with EpisodeWriter(tmp_path, "r0") as w:
+        with pytest.raises(SchemaError, match=message):
+            w.write(bad)
+        w.write(good)
+    (got,) = EpisodeReader(tmp_path).episodes()
+    assert got.terminated is True and got.gt_success is False
+    assert got.gt_success_by_task == {"lift-any": False, "lift-ball": True}
+
+
 def test_timeline_command_on_a_store(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

@@ -155,3 +155,50 @@ def test_close_reads_every_part_of_what_is_left() -> None:
     src.add(*range(7))  # four parts
     ing.close()
     assert got == list(range(7)) and src.largest_poll == 2
+
+
+def test_close_reads_past_corrupt_shards_that_a_bounded_poll_returns_empty(tmp_path) -> None:
+    """A real store read one shard a poll: a corrupt shard that sorts first makes one
+    poll return nothing; close() still reads the good shards after it (it used to stop
+    at the first empty poll, leaving the store's newest episodes out of the counts)."""
+    import os
+
+    from tests.test_store import make_episode
+
+    from mtopt.store import EpisodeReader, EpisodeWriter
+
+    robot = tmp_path / "shards" / "r0"
+    robot.mkdir(parents=True)
+    reader = EpisodeReader(tmp_path, shards_per_poll=1)
+    got: list[str] = []
+    ing = StoreIngest(reader, lambda eps: got.extend(e.episode_id for e in eps) or len(eps), 30.0)
+    assert ing.wait_for(0, timeout_s=1)
+    time.sleep(0.05)  # the thread found nothing and sleeps for 30 s
+    bad = robot / "0000-corrupt.parquet"  # sorts before the writer's time-named shards
+    bad.write_bytes(b"not parquet")
+    old = time.time() - 600
+    os.utime(bad, (old, old))
+    with EpisodeWriter(tmp_path, "r0", flush_every=1) as w:
+        for i in range(3):
+            w.write(make_episode(i))
+    ing.close()
+    assert sorted(got) == ["ep00000", "ep00001", "ep00002"]
+    assert len(reader.quarantined) == 1 and reader.behind == 0
+
+
+def test_close_stops_on_shards_an_os_error_keeps_back() -> None:
+    """A source whose unread shards all fail for the machine's reasons (no permission):
+    close() gives up once a poll leaves no fewer of them, instead of looping forever."""
+
+    class Stuck:
+        behind, retrying, polls = 0, 0, 0
+
+        def poll(self) -> list[int]:
+            self.polls += 1
+            self.behind, self.retrying = 2, 1  # one tried and failed, one never reached
+            return []
+
+    src = Stuck()
+    ing = StoreIngest(src, len, interval_s=30.0)
+    ing.close()
+    assert 2 <= src.polls <= 4

@@ -25,9 +25,24 @@ E = TypeVar("E")
 
 
 class EpisodeSource(Protocol[E]):
+    """Where episodes come from. A source that reads a bounded part per poll (as
+    ``EpisodeReader(shards_per_poll=...)``) may also say what its last poll left for
+    later ones, as ``behind`` (shards not read yet) and ``retrying`` (those of them an
+    error of the machine kept back): ``StoreIngest.close`` then drains it."""
+
     def poll(self) -> list[E]:
         """Episodes not returned before (oldest first)."""
         ...
+
+
+def left_unread(source: object) -> int:
+    """Shards ``source``'s last poll left unread for no error of their own (0 for a
+    source that does not say)."""
+    behind = getattr(source, "behind", 0)
+    retrying = getattr(source, "retrying", 0)
+    if not isinstance(behind, int) or not isinstance(retrying, int):
+        return 0
+    return max(0, behind - retrying)
 
 
 class StoreIngest(Generic[E]):
@@ -115,10 +130,23 @@ class StoreIngest(Generic[E]):
             while not self._stop.is_set():
                 if self._step() == 0:
                     self._stop.wait(self._interval)
-            while self._step() or not self.caught_up:  # every part of what is left
-                pass
+            self._drain()
         except BaseException as e:
             self._error = e
+
+    def _drain(self) -> None:
+        """Poll until the source has nothing left: every part of the backlog, and every
+        shard a bounded poll left (a run of corrupt shards returns no episodes but is
+        not the end), while each poll leaves fewer (shards an OS error keeps back are
+        tried once more at most: they would hold the loop forever)."""
+        left = None
+        while True:
+            found = self._step()
+            now = left_unread(self._source)
+            if found or not self.caught_up or (now > 0 and (left is None or now < left)):
+                left = now
+                continue
+            return
 
     @property
     def ingested(self) -> int:

@@ -352,6 +352,14 @@ class _FinalViews:
     def poll(self) -> list[Any]:
         return list(self.reader.poll_final_views())
 
+    @property
+    def behind(self) -> int:
+        return int(self.reader.behind)
+
+    @property
+    def retrying(self) -> int:
+        return int(self.reader.retrying)
+
 
 def merged_progress(results: list[dict[str, Any]]) -> tuple[int, dict[str, dict[str, int]]]:
     """Episodes ingested and the data composition over replay workers that each read a

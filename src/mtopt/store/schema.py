@@ -235,7 +235,7 @@ class Episode:
             "states": np.asarray(self.states, np.float32).tolist(),
             "actions": np.asarray(self.actions, np.float32).tolist(),
             "final_image": np.ascontiguousarray(self.final_image, dtype=np.uint8).tobytes(),
-            "gt_success": self.gt_success,
+            "gt_success": None if self.gt_success is None else bool(self.gt_success),
             "gt_success_by_task": None
             if self.gt_success_by_task is None
             else to_json(self.gt_success_by_task),
@@ -299,6 +299,26 @@ def check_writable(e: Episode) -> None:
         value = getattr(e, name)
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise SchemaError(f"episode {e.episode_id}: {name} must be an int, got {value!r}")
+    if not isinstance(e.terminated, (bool, np.bool_)):  # bool("no") was stored as True
+        raise SchemaError(
+            f"episode {e.episode_id}: terminated must be a bool, got {e.terminated!r}"
+        )
+    if e.gt_success is not None and not isinstance(e.gt_success, (bool, np.bool_)):
+        raise SchemaError(
+            f"episode {e.episode_id}: gt_success must be a bool or None, got {e.gt_success!r}"
+        )
+    by_task = e.gt_success_by_task
+    if by_task is not None and (
+        not isinstance(by_task, dict)
+        or not all(
+            isinstance(k, str) and isinstance(v, (bool, np.bool_)) for k, v in by_task.items()
+        )
+    ):
+        # replay.reward="truth" reads each value as a reward ("maybe" would pay 1)
+        raise SchemaError(
+            f"episode {e.episode_id}: gt_success_by_task must be a dict of task name -> "
+            f"bool, got {by_task!r}"
+        )
     if not isinstance(e.scene, dict):
         raise SchemaError(
             f"episode {e.episode_id}: scene must be a dict, got {type(e.scene).__name__}"
