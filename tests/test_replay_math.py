@@ -54,6 +54,31 @@ def test_expansion_counts() -> None:
     assert set(c["place-in-bowl"].values()) == {0}
 
 
+def test_expansion_counts_names_an_unknown_task() -> None:
+    with pytest.raises(UnknownTaskError, match="unknown task 'lift-anyy'; valid tasks: lift-any"):
+        expansion_counts([("lift-anyy", REWARDS)], REG, "skill")
+
+
+def test_sampling_an_empty_or_odd_batch_is_a_clear_error() -> None:
+    from mtopt.replay.buffers import ReplayEpisode, TaskBuffers
+
+    buffers = TaskBuffers(["lift-any"])
+    ep = ReplayEpisode(
+        "e0",
+        "lift-any",
+        np.zeros((3, 8, 8, 3), np.uint8),
+        np.zeros((3, 2), np.float32),
+        np.zeros((2, 6), np.float32),
+    )
+    buffers.add(ep, [("lift-any", 1.0)])
+    rng = np.random.default_rng(0)
+    assert len(buffers.sample(2, rng).rewards) == 2
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        buffers.sample(0, rng)
+    with pytest.raises(TypeError, match="batch_size must be an int, got 2.0"):
+        buffers.sample(2.0, rng)  # type: ignore[arg-type]
+
+
 @settings(max_examples=50, deadline=None)
 @given(
     st.sampled_from(list(DEFAULT_REGISTRY.names)),

@@ -234,6 +234,10 @@ class TaskBuffers:
         rebalance: bool = True,
     ) -> Transitions:
         """Sample transitions; with ``rebalance`` every task gets an equal share of the batch."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+            raise TypeError(f"batch_size must be an int, got {batch_size!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         sizes = self.sizes()
         if sum(s + f for s, f in sizes.values()) == 0:
             raise ValueError("cannot sample: the replay buffers are empty")

@@ -78,6 +78,8 @@ def expansion_counts(
     keys = ("original", "original_successes", "impersonated", "successes")
     out = {t: dict.fromkeys(keys, 0) for t in registry.names}
     for orig, rewards in episodes:
+        if orig not in out:
+            registry.get(orig)  # an UnknownTaskError naming the registry's tasks
         out[orig]["original"] += 1
         out[orig]["original_successes"] += int(rewards.get(orig, 0.0) > 0.5)
         for task, r in impersonate(orig, rewards, registry, mode):
