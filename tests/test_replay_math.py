@@ -75,7 +75,7 @@ def test_sampling_an_empty_or_odd_batch_is_a_clear_error() -> None:
     assert len(buffers.sample(2, rng).rewards) == 2
     with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         buffers.sample(0, rng)
-    with pytest.raises(TypeError, match="batch_size must be an int, got 2.0"):
+    with pytest.raises(TypeError, match=r"batch_size must be an int, got 2\.0"):
         buffers.sample(2.0, rng)  # type: ignore[arg-type]
 
 

@@ -1061,3 +1061,68 @@ def test_implausible_state_and_pose_values_by_hand() -> None:
     )
     assert "pose z 250 is outside" in str(implausible_values(ok, np.array([0.0, 0.0, 250.0, 0.0])))
     assert implausible_values(ok, np.array([0.0, 0.0, 0.2, 6.2])) is None  # [0, 2 pi) yaw
+
+
+def test_a_bad_constructor_seed_holds_no_simulator_connection() -> None:
+    """The seed is checked before PyBullet connects: an error a caller keeps (a notebook's
+    last traceback) keeps no connection alive."""
+    import pybullet as pb
+
+    from mtopt.sim.env import SimCellEnv
+
+    def connections() -> int:
+        return sum(pb.getConnectionInfo(i)["isConnected"] for i in range(64))
+
+    before = connections()
+    with pytest.raises(ValueError) as kept:
+        SimCellEnv(seed=-1)
+    assert connections() == before
+    assert kept.value is not None
+
+
+@pytest.mark.parametrize("substeps", [1, 2, 3, 5, 20])
+def test_an_action_runs_exactly_its_substeps(substeps: int) -> None:
+    """The move runs in at most 4 chunks of physics substeps: 1-3 substeps used to run
+    3 steps (and count fewer)."""
+    import pybullet as pb
+
+    import mtopt.sim.cell as cell_mod
+    from mtopt.sim.cell import SimCell
+
+    calls = [0]
+    real = pb.stepSimulation
+
+    def counted(*a, **k):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        return real(*a, **k)
+
+    cell = SimCell(SimConfig(substeps=substeps, wrist_settle_substeps=0))
+    try:
+        cell.reset_scene(1)
+        before_count = cell.substeps_run
+        cell_mod.pb.stepSimulation = counted  # type: ignore[attr-defined]
+        try:
+            cell.apply_action(np.array([0.5, 0, 0, 0, -1, -1], np.float32))
+        finally:
+            cell_mod.pb.stepSimulation = real  # type: ignore[attr-defined]
+        assert calls[0] == substeps
+        assert cell.substeps_run - before_count == substeps
+    finally:
+        cell.close()
+
+
+def test_a_numpy_bool_randomize_leaves_the_scene_description_json() -> None:
+    """The Robot protocol's scene description is JSON: a NumPy bool from a config file
+    parsed with NumPy is stored as a plain bool."""
+    import json
+
+    from mtopt.sim.cell import SimCell
+
+    cell = SimCell(SimConfig(randomize=np.bool_(True)))
+    try:
+        cell.reset_scene(1)
+        desc = cell.scene_description()
+        assert desc["randomize"] is True
+        json.dumps(desc)
+    finally:
+        cell.close()

@@ -690,8 +690,8 @@ class SimCell:
         if close != self._closed:
             self._set_fingers(close)
             self._settle_fingers(cfg.gripper_settle_substeps)
-        chunks = 4
-        per = max(1, cfg.substeps // chunks)
+        chunks = min(4, cfg.substeps)  # (1-3 substeps: one a chunk, none run twice)
+        per = cfg.substeps // chunks
         done = 0
         for k in range(1, chunks + 1):
             f = k / chunks
@@ -885,7 +885,7 @@ class SimCell:
             "cell_version": CELL_VERSION,
             **({"spawn": self.config.spawn} if self.config.spawn != "sampled" else {}),
             "object_split": self.config.object_split,
-            "randomize": self.config.randomize,
+            "randomize": bool(self.config.randomize),
             "objects": [
                 {
                     "instance": o.spec.instance,

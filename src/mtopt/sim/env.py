@@ -34,7 +34,9 @@ be had). ``env.spec.max_episode_steps`` says ``max_steps`` (for wrappers such as
 ``max_episode_steps`` than ``max_steps``: a cut from outside
 ends the episode before its outcome is presented and judged (no reward, no ``success``).
 Gymnasium makes a spec's ``max_episode_steps`` a ``TimeLimit``: to re-make the env from
-``env.spec`` with another ``max_steps``, pass ``max_episode_steps`` as well.
+``env.spec`` with another ``max_steps``, pass ``max_episode_steps`` as well. A longer
+``max_episode_steps`` never lengthens an episode (the env cannot see the ``TimeLimit``
+that reports it in ``env.spec``): pass ``max_steps``.
 Info at reset: ``scene_seed``, ``task``, ``prepared`` (False: the scene could not be set up
 for the task, e.g. no object could be put in the gripper for a placing task; the episode
 runs anyway; mtopt's evaluation replaces such a scene with the next one), ``pose``. At each step: ``step``, ``pose``; at the last one also ``success``
@@ -165,12 +167,13 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             }
         )
         self.action_space = spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
+        # checked before the simulator connects: a bad seed holds no connection
+        self._initial_seed = _checked_seed(seed)
         self._robot = SimRobot(self.config, robot_id="gym")
         self._steps = 0
         self._last: Observation | None = None
         self._done = False
         self._closed = False
-        self._initial_seed = _checked_seed(seed)
 
     @property
     def spec(self) -> EnvSpec | None:
