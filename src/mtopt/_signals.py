@@ -41,3 +41,36 @@ def stop_on_sigterm() -> Iterator[None]:
 def install_for_process() -> None:
     """For a worker process that owns its lifetime: SIGTERM raises KeyboardInterrupt."""
     signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM wait: a stop that arrives there is delivered
+    (to whatever handles it outside: KeyboardInterrupt, or the default) when the block
+    ends, so that what the block changes is changed whole. The learner's update (Adam on
+    every parameter, the target networks, the acting average) runs in one: a stop in the
+    middle of it used to checkpoint some parameters stepped and others not. Outside the
+    main thread this does nothing (signals are handled there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        pending.append(signum)
+
+    old = {}
+    for sig in _STOP_SIGNALS:
+        current = signal.getsignal(sig)
+        if current is not signal.SIG_IGN:  # an ignored signal stays ignored
+            old[sig] = signal.signal(sig, hold)
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if pending:
+            signal.raise_signal(pending[0])

@@ -21,6 +21,7 @@ import torch
 
 from mtopt._images import random_shift
 from mtopt._io import atomic_write_bytes
+from mtopt._signals import deferred_interrupts
 from mtopt.qtopt.bellman import TrainBatch
 from mtopt.qtopt.cem import precision_context, resolve_device
 from mtopt.qtopt.loss import q_loss
@@ -160,10 +161,13 @@ class Learner:
         loss.backward()
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.online.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
-        self.step += 1
-        self._update_targets()
-        self._update_acting()
+        # a stop (Ctrl-C, SIGTERM) waits for the whole update: a checkpoint never holds
+        # some parameters stepped and others not, or a target network half copied
+        with deferred_interrupts():
+            self.optimizer.step()
+            self.step += 1
+            self._update_targets()
+            self._update_acting()
         with torch.no_grad():
             q = torch.sigmoid(logits)
             values = torch.stack([loss.detach(), q.mean(), batch.targets.mean()]).tolist()
