@@ -821,3 +821,42 @@ def test_example_sets_record_their_outcome_view(tmp_path: Path) -> None:
     assert synthetic(4, 1).concat(synthetic(4, 2)).outcome_fixtures_share is None
     with pytest.raises(ValueError, match="two outcome views"):
         joined.concat(dataclasses.replace(staged, outcome_fixtures_share=0.5))
+
+
+def test_human_examples_take_an_episode_stored_twice_once_and_name_unusable_labels(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client's retried write stores an episode twice: its label is one example, not
+    two (as LogReplay and the run's relabel rounds count it). Labels for tasks the
+    registry lacks, or for episodes not in the store, are named in a warning."""
+    from mtopt.success.improve import human_examples
+    from mtopt.tasks import DEFAULT_REGISTRY
+
+    store = tmp_path / "store"
+    with EpisodeWriter(store, "r0") as w:
+        for i in range(4):
+            w.write(make_episode(i))
+    with EpisodeWriter(store, "r1") as w:  # the same two episodes again, another shard
+        w.write(make_episode(1))
+        w.write(make_episode(2))
+    labels = LabelStore(store / "labels.jsonl")
+    for i in range(4):
+        labels.add(f"ep{i:05d}", "lift-any", bool(i % 2))
+    labels.add("ep00000", "place-can-on-plate", True)  # a task of a --tasks-file
+    labels.add("ep00099", "lift-any", True)  # not in this store
+    with caplog.at_level("WARNING", logger="mtopt.success.improve"):
+        pool = human_examples(store, None, DEFAULT_REGISTRY)
+    assert sorted(pool.ids.tolist()) == ["ep00000", "ep00001", "ep00002", "ep00003"]
+    j = DEFAULT_REGISTRY.names.index("lift-any")
+    assert pool.mask[:, j].sum() == 4 and pool.labels[pool.mask[:, j], j].sum() == 2
+    assert "1 labels in" in caplog.text and "place-can-on-plate" in caplog.text
+    assert "1 labeled episodes of" in caplog.text and "are not in" in caplog.text
+
+
+def test_example_sets_of_two_image_sizes_do_not_concatenate() -> None:
+    small = synthetic(4, 0)
+    big = dataclasses.replace(small, images=np.zeros((4, 32, 32, 3), np.uint8))
+    with pytest.raises(ValueError, match="16x16- and 32x32-pixel images"):
+        small.concat(big)
+    assert len(small.concat(synthetic(3, 1))) == 7
+    assert len(LabeledSet.empty(small.tasks, 32).concat(small)) == 4

@@ -68,9 +68,18 @@ class LabeledSet:
                 "cannot concatenate example sets of two outcome views "
                 f"(outcome_fixtures_share {sorted(views)}): a detector learns one view"
             )
+        if len(self) and len(other) and self.images.shape[1:] != other.images.shape[1:]:
+            (h1, w1), (h2, w2) = self.images.shape[1:3], other.images.shape[1:3]
+            raise ValueError(
+                f"cannot concatenate example sets of {h1}x{w1}- and {h2}x{w2}-pixel "
+                "images: a detector judges one image size"
+            )
+        # an empty set takes the other's image size (an empty() of the default 64)
+        mine = self.images if len(self) else self.images.reshape((0, *other.images.shape[1:]))
+        theirs = other.images if len(other) else other.images.reshape((0, *mine.shape[1:]))
         return LabeledSet(
             self.tasks,
-            np.concatenate([self.images, other.images]),
+            np.concatenate([mine, theirs]),
             np.concatenate([self.labels, other.labels]),
             np.concatenate([self.mask, other.mask]),
             np.concatenate([self.ids, other.ids]),

@@ -5,9 +5,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -204,7 +204,9 @@ def human_examples(
         )
     labeled = {str(eid) for eid, _ in human}
     # final images, ground truth and scenes only: no frames (0.13 MB an episode)
-    eps = [v for v in EpisodeReader(store).final_views() if v.episode_id in labeled]
+    views = first_of_each(EpisodeReader(store).final_views())
+    eps = [v for v in views if v.episode_id in labeled]
+    unread = labeled - {v.episode_id for v in views}
     sizes = sorted({v.final_image.shape[:2] for v in eps})
     if len(sizes) > 1:
         raise ValueError(
@@ -224,7 +226,40 @@ def human_examples(
             f"none of the {len(human)} labels in {labels_file} names an episode of "
             f"{store} with one of these tasks: another store's labels file?"
         )
+    # labels that cannot be used are named, not dropped without a word
+    other_tasks = sorted({t for _, t in human} - set(registry.names))
+    if other_tasks:
+        n = sum(1 for _, t in human if t not in registry.names)
+        log.warning(
+            "%d labels in %s are for tasks these tasks lack (%s): left out (a --tasks-file?)",
+            n,
+            labels_file,
+            ", ".join(other_tasks),
+        )
+    if unread:
+        log.warning(
+            "%d labeled episodes of %s are not in %s: their labels are left out",
+            len(unread),
+            labels_file,
+            store,
+        )
     return pool
+
+
+V = TypeVar("V")
+
+
+def first_of_each(views: Iterable[V]) -> list[V]:
+    """The first view of each ``episode_id``: an episode a client stored twice is
+    labeled and trained on once, as LogReplay learns from it once."""
+    seen: set[str] = set()
+    out = []
+    for v in views:
+        eid = v.episode_id  # type: ignore[attr-defined]
+        if eid not in seen:
+            seen.add(eid)
+            out.append(v)
+    return out
 
 
 def improve_loop(
@@ -279,7 +314,9 @@ def improve_loop(
     if labeler == "human":  # only what a person labeled counts
         pool = human_examples(store, labels_path, registry)
     else:  # final images, ground truth and scenes only: no frames (0.13 MB an episode)
-        views = [v for v in EpisodeReader(store).final_views() if v.gt_success_by_task]
+        views = [
+            v for v in first_of_each(EpisodeReader(store).final_views()) if v.gt_success_by_task
+        ]
         same = [v for v in views if v.final_image.shape == (size, size, 3)]
         if same and len(same) < len(views):
             note(
@@ -343,7 +380,8 @@ def improve_loop(
             base = base.subset(np.flatnonzero(~superseded))
             note(
                 f"{int(superseded.sum())} examples of {examples} are episodes labeled in "
-                f"{labels_path}: trained once, with the labels in force there now"
+                f"{labels_path or Path(store) / 'labels.jsonl'}: trained once, with the "
+                "labels in force there now"
             )
     # once every input loaded and has labels: a call that fails writes nothing to WEIGHTS
     initial = Path(weights) / "initial"
