@@ -132,6 +132,13 @@ def main() -> None:
     ap.add_argument("--cem-gripper", default=CEMConfig.gripper, choices=("joint", "split"))
     ap.add_argument("--close-margin", type=float, default=CEMConfig.close_margin)
     ap.add_argument(
+        "--release-margin",
+        type=float,
+        default=CEMConfig.release_margin,
+        help="with --cem-gripper split: a closed gripper opens only where that beats "
+        "staying closed by this much (Q)",
+    )
+    ap.add_argument(
         "--no-references", action="store_true", help="skip the scripted/straight-down rows"
     )
     ap.add_argument(
@@ -178,6 +185,7 @@ def main() -> None:
         "pick": args.cem_pick,
         "gripper": args.cem_gripper,
         "close_margin": args.close_margin,
+        "release_margin": args.release_margin,
     }
     try:
         CEMConfig(**search).validate()  # type: ignore[arg-type]

@@ -165,6 +165,47 @@ def test_split_cem_searches_each_gripper_command_and_applies_the_margin() -> Non
         CEMConfig(close_margin=0.1).validate()
 
 
+def test_release_margin_by_hand() -> None:
+    """A gripper closed now opens only where Q_open >= Q_closed + release_margin; an open
+    one closes by close_margin as before."""
+    q = torch.tensor([[0.60, 0.55], [0.70, 0.55], [0.50, 0.52], [0.50, 0.52]])
+    a = torch.stack([torch.zeros(4, 6), torch.ones(4, 6)], 1)  # branch 1: closed
+    closed_now = torch.tensor([True, True, False, False])
+    got_a, got_q = choose_gripper_branch(
+        a, q, close_margin=0.03, release_margin=0.1, closed_now=closed_now
+    )
+    # row 0: opening beats staying closed by 0.05 < 0.1: stays closed; row 1: by 0.15:
+    # opens; rows 2-3 are open now: 0.52 < 0.50 + 0.03, so they stay open
+    assert got_a[:, 0].tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert got_q.tolist() == pytest.approx([0.55, 0.70, 0.50, 0.50])
+    # without a release margin the closed rows follow close_margin (the rule before)
+    same = choose_gripper_branch(a, q, close_margin=0.03, closed_now=closed_now)
+    assert same[0][:, 0].tolist() == [0.0, 0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="release_margin must be in"):
+        CEMConfig(gripper="split", release_margin=1.5).validate()
+    with pytest.raises(ValueError, match="release_margin needs gripper='split'"):
+        CEMConfig(release_margin=0.1).validate()
+
+
+def test_cem_argmax_applies_the_release_margin_where_the_state_says_closed() -> None:
+    """cem_argmax reads 'closed now' from the state's gripper status (feature 0)."""
+    from mtopt.qtopt.cem import cem_argmax
+    from mtopt.qtopt.networks import QNetConfig, QNetwork
+
+    torch.manual_seed(0)
+    net = QNetwork(QNetConfig(num_tasks=1, image_size=16, tower_channels=4, merge_size=4,
+                              head_channels=4, fc_units=8)).eval()  # fmt: skip
+    images = torch.randint(0, 255, (2, 16, 16, 3), dtype=torch.uint8)
+    states = torch.tensor([[0.0, 0.1], [0.6, 0.1]])  # open, closed on an object
+    task = torch.zeros(2, dtype=torch.long)
+    cfg = CEMConfig(gripper="split", release_margin=1.0)  # never open a closed gripper
+    acts, _ = cem_argmax(net, images, states, task, cfg, torch.Generator().manual_seed(0))
+    assert acts[1, 4] == 1.0  # closed now: stays closed whatever Q says
+    free = CEMConfig(gripper="split")
+    base, _ = cem_argmax(net, images, states, task, free, torch.Generator().manual_seed(0))
+    assert acts[0, 4] == base[0, 4]  # open now: the margin does not apply
+
+
 def test_cem_variance_floor_and_config_errors() -> None:
     best, _ = cem_maximize(lambda a: torch.zeros(a.shape[:2]), 1, CEMConfig(iterations=3))
     assert best.shape == (1, 6)
@@ -536,6 +577,12 @@ def test_bellman_targets_take_the_plain_max_over_gripper_branches(monkeypatch) -
         [net], torch.zeros(3, 3, 16, 16), torch.zeros(3, 2), torch.zeros(3, dtype=torch.long), mean
     )
     assert seen[1].pick == "best"
+    # nor the release margin (a closed gripper opening only when that clearly pays)
+    held = CEMConfig(gripper="split", release_margin=0.1).validate()
+    bellman.next_state_values(
+        [net], torch.zeros(3, 3, 16, 16), torch.ones(3, 2), torch.zeros(3, dtype=torch.long), held
+    )
+    assert seen[2].release_margin == 0.0 and seen[2].gripper == "split"
 
 
 def test_q_network_forward_says_what_is_wrong_with_its_inputs() -> None:

@@ -165,10 +165,10 @@ def next_state_values(
 
     Q_0(s', a*) is the best score CEM found; every other net runs once at a*.
     """
-    if cfg.close_margin or cfg.pick != "best":
-        # a target wants the max CEM found: not the acting bias towards the open gripper,
-        # nor Q at the elites' mean
-        cfg = dataclasses.replace(cfg, close_margin=0.0, pick="best")
+    if cfg.close_margin or cfg.release_margin or cfg.pick != "best":
+        # a target wants the max CEM found: not an acting bias between the gripper's
+        # branches, nor Q at the elites' mean
+        cfg = dataclasses.replace(cfg, close_margin=0.0, release_margin=0.0, pick="best")
     a_star, q0 = cem_argmax(target_nets[0], next_images, next_states, task_idx, cfg, generator)
     qs = [q0]
     with precision_context(cfg.precision, next_images.device):

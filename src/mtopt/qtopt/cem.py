@@ -58,6 +58,15 @@ class CEMConfig:
     action) + close_margin (Q in [0, 1]); > 0 makes the policy aim before it closes.
     ``cem_argmax`` applies it wherever it runs, so set it for acting (``cem_act``) only:
     a Bellman target wants the max (margin 0)."""
+    release_margin: float = 0.0
+    """With gripper='split': where the gripper is closed now (the state's gripper status,
+    feature 0, above ``CLOSED_ABOVE``: holding something, or closed on nothing), open it
+    only where Q(best open action) >= Q(best closing action) + release_margin; where it
+    is open, ``close_margin`` decides as before. > 0 makes a placing policy carry and
+    lower the object until letting go clearly pays: on run r56's weights at 30k steps
+    (400 held-out scenes, paired) 0.1 placed 69.75% against 60.5% with margin 0 (and
+    57.75% with the joint search), while a close margin of -0.1, which gives the same
+    release rule, cost lifting (it closes too eagerly). For acting only, as close_margin."""
     precision: Literal["fp32", "bf16", "auto", "native"] = "auto"
     """Arithmetic of the Q evaluations: bf16 autocast is ~2-3x faster on CPUs with AMX;
     'auto' picks bf16 only where the CPU has AMX tiles, fp32 elsewhere. 'native' picks
@@ -88,6 +97,12 @@ class CEMConfig:
             raise ValueError(f"gripper must be 'joint' or 'split', got {self.gripper!r}")
         if not -1.0 <= self.close_margin <= 1.0:
             raise ValueError(f"close_margin must be in [-1, 1], got {self.close_margin}")
+        if not -1.0 <= self.release_margin <= 1.0:
+            raise ValueError(f"release_margin must be in [-1, 1], got {self.release_margin}")
+        if self.release_margin and self.gripper != "split":
+            raise ValueError(
+                "release_margin needs gripper='split' (the joint search has no branches)"
+            )
         if self.close_margin and self.gripper != "split":
             raise ValueError(
                 "close_margin needs gripper='split' (the joint search has no branches)"
@@ -298,17 +313,34 @@ def cem_argmax(
         b = int(images.shape[0])
         if cfg.gripper == "split":
             acts, logits = cem_maximize_split(score, b, cfg, generator, device=device)
-            return choose_gripper_branch(acts, torch.sigmoid(logits), cfg.close_margin)
+            closed_now = states[:, 0] > CLOSED_ABOVE if cfg.release_margin else None
+            return choose_gripper_branch(
+                acts, torch.sigmoid(logits), cfg.close_margin, cfg.release_margin, closed_now
+            )
         best, logit = cem_maximize(score, b, cfg, generator, device=device)
     return best, torch.sigmoid(logit)
 
 
+CLOSED_ABOVE = 0.1
+"""A gripper status (state feature 0: measured closure, or the binary command) above
+this reads as closed for ``CEMConfig.release_margin``."""
+
+
 def choose_gripper_branch(
-    actions: torch.Tensor, q: torch.Tensor, close_margin: float = 0.0
+    actions: torch.Tensor,
+    q: torch.Tensor,
+    close_margin: float = 0.0,
+    release_margin: float = 0.0,
+    closed_now: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick per state the open (branch 0) or closed (branch 1) action of a split CEM:
-    close where Q_closed >= Q_open + close_margin. actions (B, 2, D), q (B, 2)."""
-    closed = (q[:, 1] >= q[:, 0] + close_margin).long()
+    close where Q_closed >= Q_open + close_margin; where ``closed_now`` (B,) bool and a
+    ``release_margin`` is given, stay closed unless Q_open >= Q_closed + release_margin.
+    actions (B, 2, D), q (B, 2)."""
+    close = q[:, 1] >= q[:, 0] + close_margin
+    if closed_now is not None and release_margin:
+        close = torch.where(closed_now, q[:, 0] < q[:, 1] + release_margin, close)
+    closed = close.long()
     rows = torch.arange(q.shape[0], device=q.device)
     return actions[rows, closed], q[rows, closed]
 
