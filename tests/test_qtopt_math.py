@@ -187,23 +187,33 @@ def test_release_margin_by_hand() -> None:
         CEMConfig(release_margin=0.1).validate()
 
 
-def test_cem_argmax_applies_the_release_margin_where_the_state_says_closed() -> None:
-    """cem_argmax reads 'closed now' from the state's gripper status (feature 0)."""
-    from mtopt.qtopt.cem import cem_argmax
+def test_cem_argmax_applies_the_release_margin_where_the_state_says_holding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """cem_argmax reads 'holding' from the state's measured closure (feature 0): fingers
+    kept apart; open ones, or ones that met on nothing, follow the plain rule."""
+    import mtopt.qtopt.cem as cem_mod
     from mtopt.qtopt.networks import QNetConfig, QNetwork
 
+    seen: list[object] = []
+    real = cem_mod.choose_gripper_branch
+
+    def spy(actions, q, close_margin=0.0, release_margin=0.0, closed_now=None):  # type: ignore[no-untyped-def]
+        seen.append((release_margin, None if closed_now is None else closed_now.tolist()))
+        return real(actions, q, close_margin, release_margin, closed_now)
+
+    monkeypatch.setattr(cem_mod, "choose_gripper_branch", spy)
     torch.manual_seed(0)
     net = QNetwork(QNetConfig(num_tasks=1, image_size=16, tower_channels=4, merge_size=4,
                               head_channels=4, fc_units=8)).eval()  # fmt: skip
-    images = torch.randint(0, 255, (2, 16, 16, 3), dtype=torch.uint8)
-    states = torch.tensor([[0.0, 0.1], [0.6, 0.1]])  # open, closed on an object
-    task = torch.zeros(2, dtype=torch.long)
-    cfg = CEMConfig(gripper="split", release_margin=1.0)  # never open a closed gripper
-    acts, _ = cem_argmax(net, images, states, task, cfg, torch.Generator().manual_seed(0))
-    assert acts[1, 4] == 1.0  # closed now: stays closed whatever Q says
-    free = CEMConfig(gripper="split")
-    base, _ = cem_argmax(net, images, states, task, free, torch.Generator().manual_seed(0))
-    assert acts[0, 4] == base[0, 4]  # open now: the margin does not apply
+    images = torch.randint(0, 255, (3, 16, 16, 3), dtype=torch.uint8)
+    # open; closed on an object; fingers met on nothing
+    states = torch.tensor([[0.0, 0.1], [0.6, 0.1], [1.0, 0.1]])
+    task = torch.zeros(3, dtype=torch.long)
+    cfg = CEMConfig(gripper="split", release_margin=0.1)
+    cem_mod.cem_argmax(net, images, states, task, cfg, torch.Generator().manual_seed(0))
+    cem_mod.cem_argmax(net, images, states, task, CEMConfig(gripper="split"))
+    assert seen == [(0.1, [False, True, False]), (0.0, None)]
 
 
 def test_cem_variance_floor_and_config_errors() -> None:
