@@ -63,11 +63,11 @@ class CEMConfig:
     closure, feature 0, between ``CLOSED_ABOVE`` and ``HOLDING_BELOW``), open it
     only where Q(best open action) >= Q(best closing action) + release_margin; where it
     is open, ``close_margin`` decides as before. > 0 makes a placing policy carry the
-    object on until letting go clearly pays: on run r56's weights at 30k steps (400
-    held-out scenes, paired) 0.1 placed 69.75% against 57.75% with the joint search
-    (+12.0 [5.8, 18.1], p = 0.0002) and 60.5% split without it, and lifted 46.25%
-    against 48.5% (p = 0.56); applied to fingers closed on nothing too, it lifted 41.25%
-    (slow to open for another try). Not yet in a preset: measured on one run's weights
+    object on until letting go clearly pays: on run r56's weights at 30k steps (800
+    held-out scenes, paired) 0.1 placed 68.25% against 59.75% with the joint search
+    (+8.5 [4.1, 12.9], p = 0.0002; on seed 6's 400 alone 69.75% against 57.75%, and
+    60.5% split without it) and lifted 47.25% against 47.1%; applied to fingers closed
+    on nothing too, it lifted 41.25% on seed 6 (slow to open for another try). Not yet in a preset: measured on one run's weights
     at one step. For acting only, as close_margin."""
     precision: Literal["fp32", "bf16", "auto", "native"] = "auto"
     """Arithmetic of the Q evaluations: bf16 autocast is ~2-3x faster on CPUs with AMX;
