@@ -269,16 +269,16 @@ class OraclePolicy:
             release = self._spot[2] + self.release_height_m
             high = z > release + 0.01
             low = z < release - 0.01
-            aligned = float(np.max(np.abs(d))) <= 0.2
+            off = float(np.max(np.abs(d)))  # in steps
+            aligned = off <= 0.2
             # the last action lowered the held object by 1 cm or more and it came down
             # less than 4 mm: it rests on something (a bowl's rim), let go here
             blocked = self._last_dz_m <= -0.01 and z > self._last_z - 0.004
             self._last_z = z
             if (not aligned or high or low) and not (aligned and high and blocked):
-                far = float(np.max(np.abs(d))) > 1.0
                 dz = (
                     (1.0 if z < 0.13 else 0.0)
-                    if far
+                    if off > 1.0
                     else -float(np.clip((z - release) / step, -1, 1))
                 )
                 self._last_dz_m = dz * step

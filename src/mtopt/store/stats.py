@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -62,12 +62,21 @@ def sd_scores(
 def unique_episodes(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The first row of each ``episode_id``, in order: a store where a client wrote an
     episode twice counts it once, as LogReplay learns from it once."""
+    return first_of_each(rows, lambda r: r["episode_id"])
+
+
+T = TypeVar("T")
+
+
+def first_of_each(items: Iterable[T], episode_id: Callable[[T], str]) -> list[T]:
+    """The first item of each episode id (``episode_id(item)``), in order."""
     seen: set[str] = set()
     out = []
-    for r in rows:
-        if r["episode_id"] not in seen:
-            seen.add(r["episode_id"])
-            out.append(r)
+    for item in items:
+        eid = episode_id(item)
+        if eid not in seen:
+            seen.add(eid)
+            out.append(item)
     return out
 
 

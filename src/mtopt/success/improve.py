@@ -5,15 +5,16 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
 
 from mtopt._io import atomic_write_json
 from mtopt.qtopt.weights import read_latest
 from mtopt.store.reader import EpisodeReader
+from mtopt.store.stats import first_of_each
 from mtopt.success.data import LabeledSet, episode_examples
 from mtopt.success.labels import LabelStore
 from mtopt.success.network import SuccessDetector, view_meta
@@ -204,7 +205,8 @@ def human_examples(
         )
     labeled = {str(eid) for eid, _ in human}
     # final images, ground truth and scenes only: no frames (0.13 MB an episode)
-    views = first_of_each(EpisodeReader(store).final_views())
+    # an episode a client stored twice is labeled and trained on once
+    views = first_of_each(EpisodeReader(store).final_views(), lambda v: v.episode_id)
     eps = [v for v in views if v.episode_id in labeled]
     unread = labeled - {v.episode_id for v in views}
     sizes = sorted({v.final_image.shape[:2] for v in eps})
@@ -227,14 +229,13 @@ def human_examples(
             f"{store} with one of these tasks: another store's labels file?"
         )
     # labels that cannot be used are named, not dropped without a word
-    other_tasks = sorted({t for _, t in human} - set(registry.names))
+    other_tasks = [t for _, t in human if t not in registry.names]
     if other_tasks:
-        n = sum(1 for _, t in human if t not in registry.names)
         log.warning(
             "%d labels in %s are for tasks these tasks lack (%s): left out (a --tasks-file?)",
-            n,
+            len(other_tasks),
             labels_file,
-            ", ".join(other_tasks),
+            ", ".join(sorted(set(other_tasks))),
         )
     if unread:
         log.warning(
@@ -244,22 +245,6 @@ def human_examples(
             store,
         )
     return pool
-
-
-V = TypeVar("V")
-
-
-def first_of_each(views: Iterable[V]) -> list[V]:
-    """The first view of each ``episode_id``: an episode a client stored twice is
-    labeled and trained on once, as LogReplay learns from it once."""
-    seen: set[str] = set()
-    out = []
-    for v in views:
-        eid = v.episode_id  # type: ignore[attr-defined]
-        if eid not in seen:
-            seen.add(eid)
-            out.append(v)
-    return out
 
 
 def improve_loop(
@@ -315,7 +300,9 @@ def improve_loop(
         pool = human_examples(store, labels_path, registry)
     else:  # final images, ground truth and scenes only: no frames (0.13 MB an episode)
         views = [
-            v for v in first_of_each(EpisodeReader(store).final_views()) if v.gt_success_by_task
+            v
+            for v in first_of_each(EpisodeReader(store).final_views(), lambda v: v.episode_id)
+            if v.gt_success_by_task
         ]
         same = [v for v in views if v.final_image.shape == (size, size, 3)]
         if same and len(same) < len(views):
