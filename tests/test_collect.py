@@ -116,6 +116,60 @@ def test_loop_writes_chained_episodes(tmp_path: Path) -> None:
     assert all(e.gt_success is None for e in stored)  # no simulator: no ground truth
 
 
+def test_an_episode_that_raises_ends_the_chain(tmp_path: Path) -> None:
+    """A robot (or the store) raising mid-episode leaves the scene disturbed: the next
+    episode starts a fresh scene and chain. It used to go on in that scene as chain
+    index 1 linked to the episode before the failure."""
+
+    class FlakyRobot(FakeRobot):
+        fail_on: int | None = None
+        acts = 0
+
+        def act(self, action: np.ndarray) -> StepResult:
+            self.acts += 1
+            if self.acts == self.fail_on:
+                raise ConnectionError("arm driver lost")
+            return super().act(action)
+
+    robot = FlakyRobot()
+    reg = DEFAULT_REGISTRY.subset(["lift-any"])
+    cfg = CollectConfig(max_chain=3, reset_prob=0.0, reset_after_place=False)
+    with EpisodeWriter(tmp_path, "fake", flush_every=100) as w:
+        loop = CollectLoop(robot, reg, w, scripted_policy_for, cfg, seed=1)
+        first = loop.run_one()
+        assert robot.resets == 1 and not loop.needs_reset  # a chain would go on
+        robot.fail_on = robot.acts + 2
+        with pytest.raises(ConnectionError):
+            loop.run_one()
+        after = loop.run_one()
+    assert robot.resets == 2
+    assert (after.chain_index, after.prev_episode_id) == (0, None)
+    assert first.chain_index == 0
+
+
+def test_collect_settings_that_cannot_work_are_clear_errors(tmp_path: Path) -> None:
+    from mtopt.tasks.registry import TaskRegistry
+
+    for bad, msg in [
+        ({"max_steps": 0}, "max_steps must be >= 1"),
+        ({"max_chain": 0}, "max_chain must be >= 1"),
+        ({"flush_every": 0}, "flush_every must be >= 1"),
+        ({"flush_seconds": 0.0}, "flush_seconds must be > 0"),
+        ({"scripted_epsilon": 1.5}, "scripted_epsilon must be in [0, 1]"),
+        ({"task_weights": (float("inf"), 1.0)}, "task_weights must be >= 0"),
+        ({"task_weights": (0.0, 0.0)}, "task_weights must be >= 0"),
+    ]:
+        with pytest.raises(ValueError, match=msg.replace("[", r"\[").replace("]", r"\]")):
+            CollectConfig(**bad).validate()  # type: ignore[arg-type]
+    robot = FakeRobot()
+    with EpisodeWriter(tmp_path, "fake") as w:
+        with pytest.raises(ValueError, match="no tasks to collect"):
+            CollectLoop(robot, TaskRegistry([]), w, scripted_policy_for)
+        with pytest.raises(ValueError, match="max_steps must be >= 1"):
+            CollectLoop(robot, DEFAULT_REGISTRY, w, scripted_policy_for, CollectConfig(max_steps=0))
+    assert robot.resets == 0
+
+
 def test_placing_ends_the_chain(tmp_path: Path) -> None:
     robot = FakeRobot()
     reg = DEFAULT_REGISTRY.subset(["lift-any", "place-on-plate"])
@@ -283,6 +337,38 @@ def test_fleet_restarts_a_killed_robot_and_keeps_its_episodes(tmp_path: Path) ->
     rows = EpisodeReader(tmp_path).metadata()
     scenes = [r["seed"] for r in rows if r["chain_index"] == 0]
     assert len(rows) == 30 and len(scenes) == len(set(scenes)), "a scene was collected twice"
+
+
+def test_fleet_restarts_a_robot_stopped_by_sigterm(tmp_path: Path) -> None:
+    """A robot takes SIGTERM as a stop and exits 0 after flushing: sent to the robot alone
+    (`kill <pid>` on one that looks stuck), the fleet must restart it, not finish a robot
+    short (it used to count exit 0 as done: 3 of 8 episodes and no restart)."""
+    import multiprocessing as mp
+    import os
+    import signal
+
+    from mtopt.collect.fleet import FleetSpec, run_fleet
+
+    spec = FleetSpec(
+        store=str(tmp_path),
+        robots=1,
+        episodes_per_robot=8,
+        collect=CollectConfig(flush_every=2, flush_seconds=60),
+        sim={},
+        seed=4,
+    )
+    seen = {"n": 0}
+
+    def on_episode(i: int, task: str, policy: str, gt: object) -> None:
+        seen["n"] += 1
+        if seen["n"] == 3:
+            for child in mp.active_children():
+                os.kill(child.pid, signal.SIGTERM)  # type: ignore[arg-type]
+
+    summary = run_fleet(spec, on_episode)
+    assert summary["restarts"][0] == 1 and summary["failed"] == []
+    ids = [e.episode_id for e in EpisodeReader(tmp_path).poll()]
+    assert len(ids) == len(set(ids)) == 8
 
 
 def test_sigterm_stops_collect_cleanly_and_flushes(tmp_path: Path) -> None:
@@ -583,6 +669,12 @@ def test_collect_with_a_runs_weights_collects_as_the_runs_robots_did(
     assert res.exit_code == 0, res.output
     assert seen[-1].collect.tasks == ("lift-ball",)  # type: ignore[attr-defined]
     assert seen[-1].collect.parity_fraction == 0.95  # type: ignore[attr-defined]
+    # beside a live run whose trainer has not written the switch yet: the path still goes
+    # to the robots, which re-read it (it used to be dropped: no task ever at parity)
+    (tmp_path / "run" / "switch.json").unlink()
+    res = CliRunner().invoke(app, [*args, "--weights", str(tmp_path / "run" / "weights")])
+    assert res.exit_code == 0, res.output
+    assert seen[-1].switch_file == str(tmp_path / "run" / "switch.json")  # type: ignore[attr-defined]
 
 
 def test_collect_with_a_runs_weights_collects_the_runs_own_tasks(tmp_path: Path) -> None:

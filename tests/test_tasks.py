@@ -38,6 +38,22 @@ def test_registry_has_at_least_12_tasks_in_skills() -> None:
     assert DEFAULT_REGISTRY.index("lift-any") == 0
 
 
+def test_the_registry_answers_by_name_and_by_spec() -> None:
+    reg = DEFAULT_REGISTRY
+    lift = reg["lift-any"]
+    assert lift is reg[0] and lift.name == "lift-any"
+    assert "lift-any" in reg and lift in reg  # the name was not "in" it
+    assert "lift-unicorn" not in reg and 3 not in reg
+    # a spec of the same name but another task is not the registered one
+    other = task_from_dict({"name": "lift-any", "kind": "lift", "category": "ball"})
+    assert other != lift and other not in reg
+    assert reg.index(lift) == reg.index("lift-any") == 0
+    with pytest.raises(UnknownTaskError, match="lift-unicorn"):
+        reg["lift-unicorn"]
+    with pytest.raises(UnknownTaskError):
+        DEFAULT_REGISTRY.subset(["place-any"]).index(lift)
+
+
 def test_unknown_task_lists_valid_names() -> None:
     with pytest.raises(UnknownTaskError) as e:
         get_task("lift-unicorn")

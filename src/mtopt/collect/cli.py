@@ -142,12 +142,14 @@ def register(app: typer.Typer) -> None:
         collect_cfg = dataclasses.replace(
             collect_cfg, max_steps=cell.get("max_steps", CollectConfig.max_steps)
         )
+        # passed whether or not it exists yet: beside a live run the trainer writes it
+        # later, and the robots re-read it (a path dropped here kept every task off parity)
         switch = weights.parent / "switch.json" if weights is not None else None
         spec = FleetSpec(
             store=str(store),
             robots=robots,
             episodes_per_robot=episodes,
-            switch_file=str(switch) if switch is not None and switch.is_file() else None,
+            switch_file=str(switch) if switch is not None else None,
             collect=collect_cfg,
             sim=cell,
             seed=seed,

@@ -118,9 +118,15 @@ def _worker(
     except KeyboardInterrupt:
         pass
     finally:
-        writer.close()
-        robot.close()
-        conn.close()
+        # each closed whatever the one before raised (a flush that fails on a full disk
+        # used to leave a real arm connected)
+        try:
+            writer.close()
+        finally:
+            try:
+                robot.close()
+            finally:
+                conn.close()
 
 
 def written_per_robot(store: str | Path) -> dict[str, int]:
@@ -165,15 +171,19 @@ def run_fleet(
     deaths: dict[int, list[float]] = {i: [] for i in range(spec.robots)}  # monotonic times
     failed: list[int] = []  # robots that failed after their last restart
 
+    def left_to_write(i: int) -> int | None:
+        """Robot i's episodes still to write (None: no quota, it runs until stopped)."""
+        if spec.episodes_per_robot is None:
+            return None
+        already = written_per_robot(spec.store).get(robot_id(i), 0) - done_before.get(
+            robot_id(i), 0
+        )
+        return max(0, spec.episodes_per_robot - already)
+
     def start(i: int) -> None:
-        remaining = None
-        if spec.episodes_per_robot is not None:
-            already = written_per_robot(spec.store).get(robot_id(i), 0) - done_before.get(
-                robot_id(i), 0
-            )
-            remaining = max(0, spec.episodes_per_robot - already)
-            if remaining == 0:
-                return
+        remaining = left_to_write(i)
+        if remaining == 0:
+            return
         # on a store that already holds this robot's episodes (a resumed run, or a new run
         # on an old run's store), it goes on to new scenes (robot_seed)
         base = spec.seed * 1000 + i + 101 * restarts[i]
@@ -221,18 +231,26 @@ def run_fleet(
                     drain(0.2)  # read what it sent before exiting, up to EOF
                 if i in conns:
                     conns.pop(i).close()
-                if p.exitcode not in (0, None) and not stop.is_set():
-                    deaths[i] = recent_deaths(deaths[i], time.monotonic(), restart_window_s)
-                    if len(deaths[i]) <= max_restarts:
-                        restarts[i] += 1
-                        start(i)
-                    else:  # gave up: it failed max_restarts + 1 times within the window
-                        failed.append(i)
-                        log.error(
-                            "robot %s died %d times within %.0f s: given up (its errors are "
-                            "in the log above); the other robots go on",
-                            robot_id(i), len(deaths[i]), restart_window_s,
-                        )  # fmt: skip
+                # a robot that exited 0 before its quota was stopped on its own (a SIGTERM
+                # sent to it, which it takes as a stop): it is restarted like one that
+                # died, where it used to leave the fleet a robot short without a word
+                if stop.is_set() or left_to_write(i) == 0:
+                    continue
+                if p.exitcode in (0, None):
+                    log.warning(
+                        "robot %s stopped before the fleet did (a signal sent to it?)", robot_id(i)
+                    )  # fmt: skip
+                deaths[i] = recent_deaths(deaths[i], time.monotonic(), restart_window_s)
+                if len(deaths[i]) <= max_restarts:
+                    restarts[i] += 1
+                    start(i)
+                else:  # gave up: it failed max_restarts + 1 times within the window
+                    failed.append(i)
+                    log.error(
+                        "robot %s died %d times within %.0f s: given up (its errors are "
+                        "in the log above); the other robots go on",
+                        robot_id(i), len(deaths[i]), restart_window_s,
+                    )  # fmt: skip
     except KeyboardInterrupt:
         interrupted = True
         stop.set()

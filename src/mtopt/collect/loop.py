@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -86,8 +87,18 @@ class CollectConfig:
     machine) moved each task by 5-11 points (docs/learning-history.md)."""
 
     def validate(self) -> CollectConfig:
-        if not 0.0 <= self.reset_prob <= 1.0:
-            raise ValueError(f"collect.reset_prob must be in [0, 1], got {self.reset_prob}")
+        for name in ("reset_prob", "scripted_epsilon", "scripted_early_terminate"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"collect.{name} must be in [0, 1], got {v}")
+        for name in ("max_chain", "max_steps", "flush_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"collect.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.flush_seconds > 0:
+            raise ValueError(f"collect.flush_seconds must be > 0, got {self.flush_seconds}")
+        w = self.task_weights
+        if w and not (all(math.isfinite(x) and x >= 0 for x in w) and sum(w) > 0):
+            raise ValueError(f"collect.task_weights must be >= 0 with a positive sum, got {w}")
         check_shares(
             self.learned_fraction, self.parity_fraction, self.learned_fraction_min, "collect."
         )
@@ -218,9 +229,14 @@ class CollectLoop:
                     f"robot {robot.robot_id}: {name} must be a method (robots.base.Robot), "
                     f"got {type(getattr(robot, name)).__name__}"
                 )
+        cfg.validate()
         self.robot = robot
         self.registry = registry
         self.tasks = [registry.get(t) for t in cfg.tasks] if cfg.tasks else list(registry)
+        if not self.tasks:
+            # it used to reset the scene 50 times (a real cell: 50 physical resets), then
+            # blame the scenes
+            raise ValueError(f"robot {robot.robot_id}: no tasks to collect (an empty registry)")
         if cfg.task_weights and len(cfg.task_weights) != len(self.tasks):
             raise ValueError(
                 f"task_weights has {len(cfg.task_weights)} values for {len(self.tasks)} enabled tasks"
@@ -245,6 +261,17 @@ class CollectLoop:
         return int(f()) if callable(f) else 1
 
     def run_one(self) -> Episode:
+        """One stored episode (chained in the scene, or after a reset). An episode that
+        raises (the robot, the policy, the store) leaves the scene in an unknown state:
+        the next call resets it and starts a new chain, where it used to go on in the
+        disturbed scene and link its episode to the one before the failure."""
+        try:
+            return self._run_one()
+        except BaseException:
+            self.needs_reset = True
+            raise
+
+    def _run_one(self) -> Episode:
         failed: set[str] = set()  # tasks that could not be set up on this scene
         scenes = 0  # scenes in this call on which no enabled task could be set up
         while True:

@@ -234,8 +234,21 @@ class TaskRegistry(Sequence[TaskSpec]):
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def __getitem__(self, i: int) -> TaskSpec:  # type: ignore[override]
-        return self._tasks[i]
+    def __getitem__(self, key: int | str) -> TaskSpec:  # type: ignore[override]
+        """``registry[0]`` by one-hot position, ``registry["lift-any"]`` by name."""
+        if isinstance(key, str):
+            return self.get(key)
+        return self._tasks[key]
+
+    def __contains__(self, item: object) -> bool:
+        """A task name or a TaskSpec (``"lift-any" in registry`` was False: the
+        Sequence default compared the name with each TaskSpec)."""
+        if isinstance(item, str):
+            return item in self._index
+        if isinstance(item, TaskSpec):
+            i = self._index.get(item.name)
+            return i is not None and self._tasks[i] == item
+        return False
 
     def __iter__(self) -> Iterator[TaskSpec]:
         return iter(self._tasks)
@@ -259,7 +272,12 @@ class TaskRegistry(Sequence[TaskSpec]):
                 f"unknown task {name!r}; valid tasks: {', '.join(self.names)}"
             ) from None
 
-    def index(self, name: str) -> int:  # type: ignore[override]
+    def index(self, name: str | TaskSpec) -> int:  # type: ignore[override]
+        """The one-hot position of a task, by name or TaskSpec."""
+        if isinstance(name, TaskSpec):
+            if name not in self:
+                raise UnknownTaskError(f"task {name.name!r} (this TaskSpec) is not registered")
+            return self._index[name.name]
         self.get(name)
         return self._index[name]
 
