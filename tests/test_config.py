@@ -338,6 +338,8 @@ def test_post_move_view_must_use_the_robots_step() -> None:
         ('learner.task_gamma={"lift-any": true}', r"task_gamma\['lift-any'\] must be a number"),
         ("collect.tasks=lift-any,lift-bal", "collect.tasks: unknown task 'lift-bal'"),
         ("collect.task_weights=1,2", "task_weights has 2 values for 13 enabled tasks"),
+        # the buffers may never hold that many: it collected all budget long, never trained
+        ("replay.capacity_per_bucket=50", r"replay.min_episodes \(200\) must be <= replay"),
     ],
 )
 def test_a_bad_setting_fails_before_the_run_starts(setting: str, message: str) -> None:
@@ -586,3 +588,108 @@ def test_describe_changes_names_a_dict_entry_that_one_side_lacks() -> None:
         "d.k": (None, None)
     }
     assert changed_fields({"x": None}, {"x": None}) == {}
+
+
+def test_a_run_folder_is_held_by_one_process_at_a_time(tmp_path) -> None:
+    """A second `mtopt run --resume` of a live run rewrote its config, started robots on
+    its store and published into its weights until one died on a version clash; now it
+    is refused. Within one process the folder may be taken again (a resume by API); a
+    run killed outright lets go of it (the kernel drops the lock)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mtopt.config import ConfigError
+    from mtopt.runtime.config import preset
+    from mtopt.runtime.local import RUN_LOCK, LocalRun
+
+    out = tmp_path / "run"
+    take = (
+        "import sys, time\n"
+        "from mtopt.runtime.config import preset\n"
+        "from mtopt.runtime.local import LocalRun\n"
+        "from mtopt.config import ConfigError\n"
+        "try:\n"
+        f"    run = LocalRun(preset('tiny'), {str(out)!r}, resume=True)\n"
+        "except ConfigError as exc:\n"
+        "    print(exc); sys.exit(3)\n"
+        "print('taken', flush=True)\n"
+        "time.sleep(float(sys.argv[1]))\n"
+    )
+    first = LocalRun(preset("tiny"), out)
+    again = LocalRun.resume_from(out)  # the same process: allowed
+    res = subprocess.run([sys.executable, "-c", take, "0"], capture_output=True, text=True)
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert f"in use by another mtopt run (pid {os.getpid()})" in res.stdout
+    first.release()
+    res = subprocess.run([sys.executable, "-c", take, "0"], capture_output=True, text=True)
+    assert res.returncode == 3, "one hold is left (again's)"
+    again.release()
+    # free: another process takes it; killed outright, it lets go
+    holder = subprocess.Popen([sys.executable, "-c", take, "60"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "taken"
+        with pytest.raises(ConfigError, match=f"pid {holder.pid}"):
+            LocalRun(preset("tiny"), out, resume=True)
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=30)
+    time.sleep(0.1)
+    LocalRun(preset("tiny"), out, resume=True).release()
+    assert (out / RUN_LOCK).exists()
+
+
+def test_a_policy_folder_is_not_a_run_folder(tmp_path) -> None:
+    """A run with --out on an exported policy rewrote its config.json and published a
+    random network as its latest weights."""
+    from mtopt.config import ConfigError
+    from mtopt.runtime.config import preset
+    from mtopt.runtime.local import LocalRun
+
+    (tmp_path / "pol").mkdir()
+    (tmp_path / "pol" / "exported.json").write_text("{}")
+    (tmp_path / "pol" / "config.json").write_text("{}")
+    for resume in (False, True):
+        with pytest.raises(ConfigError, match="is a policy folder"):
+            LocalRun(preset("tiny"), tmp_path / "pol", resume=resume)
+    assert (tmp_path / "pol" / "config.json").read_text() == "{}"
+
+
+def test_weights_published_at_a_step_are_not_published_again(tmp_path) -> None:
+    """A stop before the first step publishes the random network marked untrained (it
+    went out unmarked, and a resumed run's robots collected with it); a resume that
+    trains nothing publishes no second version of the same network."""
+    from mtopt.qtopt.learner import Learner
+    from mtopt.runtime.config import preset
+    from mtopt.runtime.local import published_at
+
+    w = tmp_path / "weights"
+    assert not published_at(w, 0, True)  # nothing published
+    learner = Learner(preset("tiny").qnet)
+    learner.publish(w, untrained=True)
+    assert published_at(w, 0, True)
+    assert not published_at(w, 0, False)  # marked otherwise: publish it as asked
+    learner.step = 7
+    assert not published_at(w, 7, False)
+    learner.publish(w)
+    assert published_at(w, 7, False)
+    (w / "q-latest.json").write_text("{not json")
+    assert not published_at(w, 7, False)  # unreadable: publish
+
+
+def test_a_resume_that_evaluates_nothing_keeps_the_averaged_policy(tmp_path) -> None:
+    from mtopt.runtime.config import preset
+    from mtopt.runtime.local import LocalRun
+
+    run = LocalRun(preset("tiny"), tmp_path / "run")
+    assert run.earlier_average(30) is None  # no summary yet
+    avg = {"folder": "x", "success": {"lift-any": 0.5}}
+    (tmp_path / "run" / "summary.json").write_text(
+        json.dumps({"learner_steps": 30, "averaged": avg})
+    )
+    assert run.earlier_average(30) == avg
+    assert run.earlier_average(31) is None  # other weights: that average is not theirs
+    (tmp_path / "run" / "summary.json").write_text("[1, 2]")
+    assert run.earlier_average(30) is None

@@ -328,6 +328,13 @@ class RunConfig:
         at_least(r.capacity_per_bucket, 1, "replay.capacity_per_bucket")
         at_least(r.batch_size, 1, "replay.batch_size")
         at_least(r.min_episodes, 0, "replay.min_episodes")
+        if r.min_episodes > r.capacity_per_bucket:
+            # the buffers' episodes can stay below it for good (buckets share episodes):
+            # a run collected for its whole budget and never trained, without a word
+            raise ValueError(
+                f"replay.min_episodes ({r.min_episodes}) must be <= replay.capacity_per_bucket "
+                f"({r.capacity_per_bucket}): the buffers may never hold that many episodes"
+            )
         e = self.eval
         at_least(e.episodes_per_task, 1, "eval.episodes_per_task")
         at_least(e.scripted_episodes, 1, "eval.scripted_episodes")

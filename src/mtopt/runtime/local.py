@@ -14,6 +14,7 @@ buffers from the store and continues the learner from its last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtopt._io import atomic_write_json
+from mtopt._io import atomic_write_json, locked_by_another
 from mtopt.collect.fleet import FleetSpec, run_fleet
 from mtopt.config import ConfigError, changed_fields, describe_changes, save_config
 from mtopt.eval.evaluate import (
@@ -545,6 +546,69 @@ def _sim_key(sim: Any) -> dict[str, Any]:
     return key
 
 
+RUN_LOCK = ".run.lock"
+"""The file in a run folder that a live run holds an exclusive lock on (``hold_run``)."""
+
+
+def published_at(weights: Path, step: int, untrained: bool) -> bool:
+    """Whether the latest published weights in ``weights`` are the learner's at ``step``
+    (and marked untrained as asked): a resume that trained nothing published the same
+    network again as a new version."""
+    try:
+        latest = read_latest(weights)
+    except WeightsError:
+        return False
+    meta = dict((latest or {}).get("meta") or {})
+    return (
+        latest is not None and meta.get("step") == step and bool(meta.get("untrained")) == untrained
+    )
+
+
+_HELD: dict[Path, list[int]] = {}
+"""Run folders this process holds: [file descriptor, holders]."""
+_HELD_LOCK = threading.Lock()
+
+
+def hold_run(root: Path) -> Path:
+    """Take the run folder ``root`` for this process: an exclusive lock on its
+    ``RUN_LOCK`` file (the kernel lets go when the process dies, so a run killed outright
+    resumes), with our pid in it for the message. A second ``mtopt run`` (``--resume``
+    of a live run) used to rewrite config.json, start its own robots on the store and
+    publish into the same weights folder, until one of the two died on a version clash.
+    Within one process the folder may be held more than once (a LocalRun made again to
+    resume it); ``let_go_of_run`` once per hold. Where the file system has no locks,
+    nothing is checked. Returns the key to let go with."""
+    key = root.resolve()
+    with _HELD_LOCK:
+        if key in _HELD:
+            _HELD[key][1] += 1
+            return key
+        fd = os.open(key / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        if locked_by_another(fd):
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise ConfigError(
+                f"{root} is in use by another mtopt run (pid {pid or 'unknown'}): stop it "
+                "before resuming, or choose another --out"
+            )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _HELD[key] = [fd, 1]
+        return key
+
+
+def let_go_of_run(key: Path) -> None:
+    """One ``hold_run`` less; the lock goes with the last."""
+    with _HELD_LOCK:
+        held = _HELD.get(key)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] <= 0:
+            del _HELD[key]
+            os.close(held[0])
+
+
 class LocalRun:
     def __init__(
         self,
@@ -571,8 +635,16 @@ class LocalRun:
         self.paths = RunPaths(Path(out))
         self.registry = registry
         self.resume = resume
+        if (self.paths.root / "exported.json").exists():
+            # a run in it rewrote its config.json and published a random network as the
+            # folder's latest weights, which its users then acted with
+            raise ConfigError(
+                f"{out} is a policy folder (mtopt export or average): choose another --out"
+            )
         self.paths.root.mkdir(parents=True, exist_ok=True)
+        self._held: Path | None = hold_run(self.paths.root)
         if not resume and self.paths.checkpoint.exists():
+            self.release()
             raise FileExistsError(
                 f"{out} already holds a run; pass --resume to continue it or choose another --out"
             )
@@ -596,6 +668,17 @@ class LocalRun:
         self._config_is_ours = not resume and not self.paths.config.exists()
         save_config(cfg, self.paths.config)
         torch.manual_seed(cfg.seed)
+
+    def release(self) -> None:
+        """Let go of the run folder (``hold_run``): at the end of ``run``, or by hand for
+        a LocalRun made but not run."""
+        held, self._held = self._held, None
+        if held is not None:
+            let_go_of_run(held)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.release()
 
     def new_learner(self) -> tuple[Learner, str]:
         """``new_learner`` for this run. A fresh run whose learner cannot be made (an
@@ -1196,8 +1279,11 @@ class LocalRun:
     def run(self) -> dict[str, Any]:
         from mtopt._signals import stop_on_sigterm
 
-        with stop_on_sigterm():
-            return self._run()
+        try:
+            with stop_on_sigterm():
+                return self._run()
+        finally:
+            self.release()
 
     def _run(self) -> dict[str, Any]:
         c, p = self.cfg, self.paths
@@ -1217,6 +1303,8 @@ class LocalRun:
                 f"{(t_start - t_origin) / 60:.1f} minutes run before)"
             )
         else:
+            if self.resume:  # a --resume that found no checkpoint starts over: say so
+                self._log(f"no checkpoint in {p.root}: the run starts from the beginning")
             learner, started_from = self.new_learner()
             if started_from:
                 self._log(started_from)
@@ -1393,6 +1481,10 @@ class LocalRun:
                     break
         except KeyboardInterrupt:
             self._log("interrupted: checkpointing and writing the report")
+            # at once, before the clean-up (the fleet's stop, the last reads: up to
+            # minutes): a second Ctrl-C or SIGTERM during it lost the steps since the
+            # last periodic checkpoint
+            learner.save_checkpoint(p.checkpoint, checkpoint_extras(time.time()))
         finally:
             bar.close()
             if background:
@@ -1443,18 +1535,29 @@ class LocalRun:
         from mtopt.runtime.report import write_report
 
         p = self.paths
-        learner.publish(p.weights)
+        # a stop before the first training step: the network is the random one of step 0
+        # (init_from's, trained elsewhere, is not). Published unmarked, robots of a resumed
+        # run collected half their bootstrap episodes with it, and it was evaluated.
+        untrained = learner.step == 0 and not self.cfg.init_from
+        if not published_at(p.weights, learner.step, untrained):
+            learner.publish(p.weights, untrained=untrained)
         # checkpointed before the evaluation (minutes) too: a second Ctrl-C or a kill
         # during it loses no training
         learner.save_checkpoint(p.checkpoint, checkpoint_extras(time.time()))
         # not again at a step evaluated already (the same weights, scenes and seed)
-        if not (self.history and self.history[-1].get("step") == learner.step):
+        if untrained:
+            self._log("no training step yet: no final evaluation")
+        elif not (self.history and self.history[-1].get("step") == learner.step):
             self._evaluate(learner, scripted, episodes, t_origin, sd, stats)
         if self.fleet is not None and self.history:  # the scripted bar of the last point
             scripted = self.history[-1].get("scripted", {})
         t_end = time.time()
         learner.save_checkpoint(p.checkpoint, checkpoint_extras(t_end))
         averaged = self.average_at_end()  # after the checkpoint: optional, never in its way
+        if averaged is None and not self.last_outcomes:
+            # nothing evaluated in this invocation (a resume that trained no step): the
+            # average made at this step before still stands, where the report dropped it
+            averaged = self.earlier_average(learner.step)
         summary = {
             "episodes": episodes,
             "learner_steps": learner.step,
@@ -1476,6 +1579,18 @@ class LocalRun:
         atomic_write_json(p.root / "summary.json", summary)
         write_report(self, summary, batch_share)
         return summary
+
+    def earlier_average(self, step: int) -> dict[str, Any] | None:
+        """The averaged policy of the last summary.json, if that summary ended at
+        ``step`` (the same acting weights) and it was made (None otherwise)."""
+        try:
+            earlier = json.loads((self.paths.root / "summary.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(earlier, dict) or earlier.get("learner_steps") != step:
+            return None
+        averaged = earlier.get("averaged")
+        return averaged if isinstance(averaged, dict) else None
 
     def fleet_point(self, sd: SuccessDetector) -> tuple[dict[str, Any], dict[str, Any]]:
         """An evaluation point of the robots' latest episodes (eval.on='fleet') and its

@@ -409,7 +409,24 @@ def run_ray(
     address: str | None = None,
     kill_hook: Any = None,
 ) -> dict[str, Any]:
-    """Run the MT-Opt loop on Ray. ``kill_hook(robots, replays, step)`` is for fault tests."""
+    """Run the MT-Opt loop on Ray. ``kill_hook(robots, replays, step)`` is for fault tests.
+    The run folder is held (``local.hold_run``) until it returns."""
+    made: list[Any] = []
+    try:
+        return _run_ray(cfg, out, resume, address, kill_hook, made)
+    finally:
+        for run in made:
+            run.release()
+
+
+def _run_ray(
+    cfg: RunConfig,
+    out: str | Path,
+    resume: bool,
+    address: str | None,
+    kill_hook: Any,
+    made: list[Any],
+) -> dict[str, Any]:
     import ray
     import torch
 
@@ -429,6 +446,7 @@ def run_ray(
     from mtopt.store.reader import EpisodeReader
 
     run = LocalRun(cfg, out, resume)
+    made.append(run)
     c, p = cfg, run.paths
     t_start = time.time()
     t0 = t_start  # when the run started, counting its earlier invocations
