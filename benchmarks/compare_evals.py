@@ -75,6 +75,30 @@ def load_outcomes(
     return scenes, out
 
 
+def eval_scenes(spec: str) -> int:
+    """The held-out scenes version a result file was measured on
+    (``mtopt.eval.evaluate.EVAL_SCENES_VERSION``; files from before it was recorded: 1)."""
+    return int(json.loads(Path(split_spec(spec)[0]).read_text()).get("eval_scenes", 1))
+
+
+def scenes_of_other_versions(tasks: list[str]) -> list[str]:
+    """The tasks whose scenes changed with ``EVAL_SCENES_VERSION`` 2: lifts of a category
+    or size (their scenes without such an object are replaced since). Tasks the built-in
+    registry lacks are named too: their kind is not known here."""
+    from mtopt.tasks import DEFAULT_REGISTRY
+    from mtopt.tasks.predicates import Lifted
+
+    out = []
+    for t in tasks:
+        if t not in DEFAULT_REGISTRY:
+            out.append(t)
+            continue
+        p = DEFAULT_REGISTRY.get(t).predicate
+        if isinstance(p, Lifted) and (p.category is not None or p.min_size is not None):
+            out.append(t)
+    return out
+
+
 def sim_settings(spec: str) -> dict[str, object] | None:
     """The cell settings a result file's run had (None: not recorded)."""
     sim = json.loads(Path(split_spec(spec)[0]).read_text()).get("sim")
@@ -179,12 +203,22 @@ def main() -> None:
             "be the judge's, not the policy's",
             file=sys.stderr,
         )
+    scene_versions = sorted({eval_scenes(s) for s in a_specs + b_specs})
+    moved = scenes_of_other_versions(sorted(a)) if len(scene_versions) > 1 else []
+    if moved:
+        print(
+            f"note: the files were measured on held-out scene versions {scene_versions}: "
+            f"{', '.join(moved)} met other scenes in them (version 2 replaces a lift's scene "
+            "without an object it may lift), so those pair by seed, not by scene",
+            file=sys.stderr,
+        )
     write_result(
         args.json,
         {
             "a": a_specs,
             "b": b_specs,
             "cell_versions": cells,
+            "eval_scenes_versions": scene_versions,
             "sim_differs": differ,
             "per_task": {t: paired_comparison(a[t], b[t]).as_dict() for t in a},
         },

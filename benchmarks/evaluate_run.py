@@ -42,6 +42,7 @@ from pathlib import Path
 from _results import write_result
 from mtopt.config import ConfigError
 from mtopt.eval.evaluate import (
+    EVAL_SCENES_VERSION,
     encode_outcomes,
     evaluate_outcomes,
     paired_comparison,
@@ -239,6 +240,7 @@ def main() -> None:
         "seed": args.seed,
         "objects": args.objects,
         "cell_version": CELL_VERSION,
+        "eval_scenes": EVAL_SCENES_VERSION,
         "sim": dataclasses.asdict(run_sim_config(args.run, args.objects)),
         "cem": search,
         "per_task": per_task,

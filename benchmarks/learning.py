@@ -130,7 +130,12 @@ def held_out_outcomes(
     from concurrent.futures import ProcessPoolExecutor
 
     from evaluate_run import in_run_seed, one, own_config
-    from mtopt.eval.evaluate import SETUP_TRIES, decode_outcomes, encode_outcomes
+    from mtopt.eval.evaluate import (
+        EVAL_SCENES_VERSION,
+        SETUP_TRIES,
+        decode_outcomes,
+        encode_outcomes,
+    )
     from mtopt.qtopt.cem import CEMConfig
     from mtopt.runtime.config import run_sim_config
     from mtopt.sim.cell import CELL_VERSION
@@ -153,6 +158,7 @@ def held_out_outcomes(
         "objects": "test",
         "cell_version": CELL_VERSION,
         "setup_tries": SETUP_TRIES,  # (3 until 2026-12-06: other category placing scenes)
+        "eval_scenes": EVAL_SCENES_VERSION,  # (1 until 2026-12-07: other category lift scenes)
         # (the final image's layout changes no outcome: not part of the key)
         "sim": {
             k: v
@@ -291,7 +297,7 @@ def main() -> None:
         seeds = [int(x) for x in args.eval_seeds.split(",") if x]
     except ValueError:
         ap.error(f"--eval-seeds: whole numbers, comma-separated, got {args.eval_seeds!r}")
-    from mtopt.eval.evaluate import eval_scene_seed
+    from mtopt.eval.evaluate import EVAL_SCENES_VERSION, eval_scene_seed
     from mtopt.runtime.config import preset
     from mtopt.sim.cell import CELL_VERSION
 
@@ -309,7 +315,19 @@ def main() -> None:
     if args.workers < 1:
         ap.error(f"--workers must be >= 1, got {args.workers}")
 
-    registry = preset(args.config).registry()
+    # the arms' own evaluation block is refused as a report's scenes: say so now, not
+    # after hours of training (each arm's is checked again when it is evaluated)
+    from evaluate_run import in_run_seed
+    from mtopt.config import ConfigError, override
+
+    try:
+        arm_cfg = override(preset(args.config), list(args.set))
+    except (ConfigError, ValueError) as exc:
+        ap.error(f"--set: {exc}")
+    for seed in seeds if args.eval_episodes > 0 else []:
+        if (why := in_run_seed(root / "multitask", arm_cfg, seed)) is not None:
+            ap.error(f"--eval-seeds: {why}")
+    registry = arm_cfg.registry()
     for task in singles:
         if task not in registry.names:
             ap.error(f"--single-task: unknown task {task!r}")
@@ -323,6 +341,7 @@ def main() -> None:
             "seeds": seeds,
             "objects": "test",
             "cell_version": CELL_VERSION,
+            "eval_scenes": EVAL_SCENES_VERSION,
         },
     }
 

@@ -257,6 +257,8 @@ def test_learning_benchmark_checks_its_evaluation_scenes_before_training(tmp_pat
         (["--eval-seeds", "600"], "out of range"),
         (["--eval-episodes", "1001"], "out of range"),
         (["--workers", "0"], "--workers must be >= 1"),
+        # the arms' own in-run evaluation block (seed 9's): it failed after the training
+        (["--eval-seeds", "5", "--set", "seed=5"], "in-run evaluation block"),
     ):
         r = subprocess.run(
             [
@@ -621,6 +623,26 @@ def test_compare_evals_pairs_scenes_across_files(tmp_path: Path) -> None:
         check=True,
     )
     assert "cell versions [2, 3]: the same scenes, judged by another ground truth" in r.stderr
+    # held-out scene versions 1 and 2: a category lift met other scenes, lift-any did not
+    both = {
+        "lift-any": {"acting": {"outcomes": "110"}},
+        "lift-ball": {"acting": {"outcomes": "010"}},
+    }
+    v1 = result("v1.json", 5, both)
+    v2 = tmp_path / "v2.json"
+    v2.write_text(json.dumps({**json.loads(Path(v1).read_text()), "eval_scenes": 2}))
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "compare_evals.py"),
+            *("--a", v1, "--b", str(v2), "--json", str(tmp_path / "v12.json")),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "scene versions [1, 2]: lift-ball met other scenes" in r.stderr
+    assert json.loads((tmp_path / "v12.json").read_text())["eval_scenes_versions"] == [1, 2]
     # one seed twice on a side: the same scenes counted twice (n and p looked better)
     with pytest.raises(SystemExit, match="count the same scenes twice"):
         pooled([run5, run5], [ens5, ens5], None)

@@ -54,6 +54,18 @@ def test_the_registry_answers_by_name_and_by_spec() -> None:
         DEFAULT_REGISTRY.subset(["place-any"]).index(lift)
 
 
+def test_a_lift_is_possible_only_with_its_object_released_in_the_right_bin() -> None:
+    lift_ball = get_task("lift-ball").predicate
+    lift_large = get_task("lift-large").predicate
+    in_right = obj("ball", (0.5, -0.25, 0.02))
+    assert lift_ball.possible(scene(in_right))  # type: ignore[attr-defined]
+    assert not lift_ball.possible(scene(obj("cube", (0.5, -0.25, 0.02))))  # type: ignore[attr-defined]
+    assert not lift_ball.possible(scene(obj("ball", (0.5, 0.25, 0.02))))  # type: ignore[attr-defined]  # left bin
+    assert not lift_ball.possible(scene(obj("ball", (0.5, -0.25, 0.2), held=True)))  # type: ignore[attr-defined]
+    assert not lift_large.possible(scene(obj("cube", (0.5, -0.25, 0.02), size=0.03)))  # type: ignore[attr-defined]
+    assert lift_large.possible(scene(obj("cube", (0.5, -0.25, 0.02), size=0.035)))  # type: ignore[attr-defined]
+
+
 def test_unknown_task_lists_valid_names() -> None:
     with pytest.raises(UnknownTaskError) as e:
         get_task("lift-unicorn")

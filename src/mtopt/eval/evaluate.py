@@ -24,6 +24,12 @@ no such scene among them is scored as a failure. A category placing task needs a
 of its category in the right bin, which about half the scenes lack: with 3 tries (until
 2026-12-06) 11% of its slots were failures whatever the policy, with 5 about 2.5%. Other
 tasks are set up in the first scene, so their scenes are the same either way."""
+EVAL_SCENES_VERSION = 2
+"""Which scenes a held-out evaluation meets, recorded with results (files without it: 1).
+2 (2026-12-07): a lift task's scene without an object it may lift (a category or size
+lift, ``Lifted.possible``: about half the scenes have no ball) is replaced like a place
+task's, where the slot was a failure whatever the policy (lift-ball could not pass ~51%).
+lift-any and the place tasks meet the same scenes in both."""
 SETUP_RETRY_STRIDE = 50_000_000
 MAX_EVAL_SEED = EVAL_SEEDS - 1
 """Largest ``seed`` of ``eval_scene_seed``: the blocks of two seeds (replacements
@@ -127,10 +133,15 @@ def run_held_out_episode(
 ) -> EpisodeRecord:
     """Episode ``episode`` of the ``task_index``-th task on its held-out scene
     (``eval_scene_seed``), or on the next of ``SETUP_TRIES`` where the robot cannot set
-    the task up there; the record of the last try (``prepared`` False when none could)."""
+    the task up there, or where a lift task has no object it may lift
+    (``EVAL_SCENES_VERSION`` 2); the record of the last try (``prepared`` False when none
+    could be set up; a lift's last try runs whatever the scene holds)."""
+    possible = getattr(spec.predicate, "possible", None)
     for attempt in range(SETUP_TRIES):
         scene_seed = eval_scene_seed(seed, task_index, episode, attempt)
         robot.reset_scene(scene_seed)
+        if callable(possible) and attempt < SETUP_TRIES - 1 and not possible(robot.scene_state()):
+            continue  # nothing it may lift here (the last try runs all the same, as before)
         rng = np.random.default_rng(scene_seed)
         rec = run_episode(robot, policy_for(spec), spec, rng, max_steps, skip_unprepared=True)
         if rec.prepared:

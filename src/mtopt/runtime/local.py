@@ -34,6 +34,7 @@ from mtopt._io import atomic_write_json, locked_by_another
 from mtopt.collect.fleet import FleetSpec, run_fleet
 from mtopt.config import ConfigError, changed_fields, describe_changes, save_config
 from mtopt.eval.evaluate import (
+    EVAL_SCENES_VERSION,
     SETUP_TRIES,
     evaluate_outcomes,
     evaluate_policy,
@@ -1173,6 +1174,8 @@ class LocalRun:
                     "sim": _sim_key(self._eval_sim()),
                     # scenes a place task cannot be set up in: replaced since 2026-12-04
                     "setup_tries": SETUP_TRIES,
+                    # lift scenes without an object the task may lift: replaced since v2
+                    "eval_scenes": EVAL_SCENES_VERSION,
                     # a task redefined under its name (the built-in ones are the code's)
                     **({"extra_tasks": list(self.cfg.extra_tasks)} if self.cfg.extra_tasks else {}),
                 },
