@@ -95,6 +95,26 @@ def test_wilson_interval_by_hand() -> None:
     assert rate_with_ci(0.5, 10) == {"success": 0.5, "ci95": [0.2366, 0.7634]}
 
 
+def test_the_paired_interval_excludes_zero_exactly_when_the_exact_test_rejects() -> None:
+    """Agresti-Min's interval and the exact p disagreed at (0, 5), (1, 7), (2, 9), ... of
+    any n: the interval said "a difference" where the test did not."""
+    from mtopt.eval.evaluate import binomial_cdf, clopper_pearson, paired_comparison
+
+    assert binomial_cdf(1, 3, 0.5) == pytest.approx(0.5)  # (1 + 3) / 8
+    assert binomial_cdf(-1, 3, 0.5) == 0.0 and binomial_cdf(3, 3, 0.2) == 1.0
+    assert clopper_pearson(0, 10)[1] == pytest.approx(1 - 0.025 ** (1 / 10))
+    with pytest.raises(ValueError):
+        clopper_pearson(3, 2)
+    for n in (12, 40, 400):
+        for only_a in range(0, 8):
+            for only_b in range(0, min(20, n - only_a + 1)):
+                a = [True] * only_a + [False] * (n - only_a)
+                b = [False] * only_a + [True] * only_b + [False] * (n - only_a - only_b)
+                c = paired_comparison(a, b)
+                assert (c.ci95[0] > 0 or c.ci95[1] < 0) == (c.p_value < 0.05), (n, only_a, only_b)
+                assert c.ci95[0] <= c.diff <= c.ci95[1]
+
+
 def test_paired_comparison_by_hand() -> None:
     from mtopt.eval.evaluate import paired_comparison
 
@@ -103,25 +123,36 @@ def test_paired_comparison_by_hand() -> None:
     assert (c.n, c.only_a, c.only_b) == (5, 1, 2)
     assert c.a_rate == pytest.approx(0.6) and c.b_rate == pytest.approx(0.8)
     assert c.diff == pytest.approx(0.2)
-    # Agresti-Min: N = 7, p_a = 1.5/7, p_b = 2.5/7, centre 1/7 = 0.142857;
-    # var = (4/7 - (1/7)^2) / 7 = 0.078717, half = 1.96 * 0.280566 = 0.549909
-    assert c.ci95 == pytest.approx((0.142857 - 0.549909, 0.142857 + 0.549909), abs=1e-5)
+    # the exact conditional interval: m = 3 discordant, 2 of them B's. Clopper-Pearson
+    # for 2 of 3: lower p with P(X >= 2) = 3p^2 - 2p^3 = 0.025 -> 0.094299; upper with
+    # P(X <= 2) = 1 - p^3 = 0.025 -> 0.975^(1/3) = 0.991596. The difference is
+    # (2 theta - 1) * 3 / 5: (-0.486846, 0.589916)
+    assert c.ci95 == pytest.approx((-0.486846, 0.589916), abs=1e-5)
     # McNemar exact: m = 3 discordant, min 1: 2 * (C(3,0) + C(3,1)) / 8 = 1.0
     assert c.p_value == pytest.approx(1.0)
-    # 5 scenes only B solves, 5 both fail: diff 0.5; N = 12, centre 5/12 = 0.416667,
-    # var = (6/12 - (5/12)^2) / 12 = 0.027199, half = 1.96 * 0.164922 = 0.323246;
-    # p = 2 / 32 = 0.0625
+    # 5 scenes only B solves, 5 both fail: diff 0.5, p = 2 / 32 = 0.0625; theta for 5 of
+    # 5 is at least 0.025^(1/5) = 0.478176, so the difference is from
+    # (2 * 0.478176 - 1) * 5 / 10 = -0.021824 to 0.5: it holds 0, as p says (Agresti-Min's
+    # [0.093, 0.740] did not)
     c = paired_comparison([False] * 10, [True] * 5 + [False] * 5)
     assert c.diff == pytest.approx(0.5) and c.p_value == pytest.approx(0.0625)
-    assert c.ci95 == pytest.approx((0.093421, 0.739913), abs=1e-5)
+    assert c.ci95 == pytest.approx((-0.021824, 0.5), abs=1e-5)
     assert c.as_dict()["mcnemar_p"] == 0.0625 and c.as_dict()["b_minus_a"] == 0.5
+    assert c.as_dict()["ci95_method"] == "exact-conditional"
+    # 6 of 6: 0.025^(1/6) = 0.540734 -> from 0.081469 * 6 / 12 = 0.040734: excludes 0 at
+    # p = 2 / 64 = 0.03125
+    c = paired_comparison([False] * 12, [True] * 6 + [False] * 6)
+    assert c.p_value == pytest.approx(0.03125) and c.ci95[0] == pytest.approx(0.040734, abs=1e-5)
     # identical outcomes: no difference, p = 1, and an interval that still says how
-    # little 2 scenes tell (Wald's was [0, 0]): N = 4, var = (1/4) / 4, half = 1.96 / 4
+    # little 2 scenes tell: a discordant share of 0 of 2 is below 1 - 0.025^(1/2) = 0.841886
     c = paired_comparison([True, False], [True, False])
-    assert (c.diff, c.p_value) == (0.0, 1.0) and c.ci95 == pytest.approx((-0.49, 0.49))
-    # 0 against 4 of 400: p = 0.125, and the interval now holds 0 too
+    assert (c.diff, c.p_value) == (0.0, 1.0)
+    assert c.ci95 == pytest.approx((-0.841886, 0.841886), abs=1e-5)
+    # 0 against 4 of 400: p = 0.125, and the interval holds 0: 0.025^(1/4) = 0.397635 ->
+    # (2 * 0.397635 - 1) * 4 / 400 = -0.002047 to 4 / 400
     c = paired_comparison([False] * 400, [True] * 4 + [False] * 396)
-    assert c.p_value == pytest.approx(0.125) and c.ci95[0] < 0 < c.ci95[1]
+    assert c.p_value == pytest.approx(0.125)
+    assert c.ci95 == pytest.approx((-0.002047, 0.01), abs=1e-5)
     with pytest.raises(ValueError, match="same scenes"):
         paired_comparison([True], [True, False])
     with pytest.raises(ValueError, match="zero scenes"):

@@ -192,9 +192,9 @@ class PairedComparison:
     """Policy B against policy A on the same n scenes.
 
     only_a / only_b: scenes that only A / only B solved (the discordant pairs);
-    diff: B's success rate minus A's, (only_b - only_a) / n; ci95: Agresti and Min's
-    interval for it (the paired Wald interval of the table with a half added to each of
-    its four cells); p_value: McNemar's exact two-sided test (a binomial test of only_b
+    diff: B's success rate minus A's, (only_b - only_a) / n; ci95: the exact conditional
+    interval for it (``paired_comparison``), which excludes 0 exactly when p_value is
+    below 0.05; p_value: McNemar's exact two-sided test (a binomial test of only_b
     against only_a + only_b at one half)."""
 
     n: int
@@ -215,7 +215,7 @@ class PairedComparison:
             "only_b": self.only_b,
             "b_minus_a": round(self.diff, 4),
             "ci95": [round(self.ci95[0], 4), round(self.ci95[1], 4)],
-            "ci95_method": "agresti-min",
+            "ci95_method": "exact-conditional",
             "mcnemar_p": round(self.p_value, 4),
         }
 
@@ -224,12 +224,15 @@ def paired_comparison(a: Sequence[bool], b: Sequence[bool], z: float = 1.96) -> 
     """Compare two policies' outcomes on the same scenes (``a[k]`` and ``b[k]`` are scene k).
 
     Pairing removes the scene-to-scene variance that unpaired intervals carry. The
-    interval (Agresti & Min 2005): with N = n + 2 and the discordant shares
-    p_a = (only_a + 1/2) / N, p_b = (only_b + 1/2) / N, the difference (only_b - only_a) / N
-    +- z sqrt((p_a + p_b - (p_b - p_a)^2) / N). The plain Wald interval (no halves, n for
-    N) it replaces was [0, 0] with no discordant scene and often excluded 0 where the
-    exact test found nothing: 0 against 4 of 400 gave [+0.0002, +0.0198] at p = 0.125
-    (now [-0.0009, +0.0208])."""
+    interval is the exact test's, inverted: given the m = only_a + only_b discordant
+    scenes, only_b is binomial in m with the share theta = P(only B | discordant), and
+    the difference is (2 theta - 1) m / n; the Clopper-Pearson interval of theta
+    (``clopper_pearson``) mapped so is the difference's. It excludes 0 exactly when
+    McNemar's exact p (``sign_test_p``) is below 1 - confidence. With no discordant scene
+    it is +-u, u the upper Clopper-Pearson bound of a discordant share of 0 of n.
+    Agresti and Min's interval (until 2026-12-07) excluded 0 at p = 0.0625 (0 against 5
+    of 10) and 0.125 (0 against 4 of 12); the plain Wald interval before it was [0, 0]
+    with no discordant scene."""
     if len(a) != len(b):
         raise ValueError(f"paired outcomes need the same scenes: {len(a)} against {len(b)}")
     n = len(a)
@@ -238,10 +241,14 @@ def paired_comparison(a: Sequence[bool], b: Sequence[bool], z: float = 1.96) -> 
     only_a = sum(1 for x, y in zip(a, b, strict=True) if x and not y)
     only_b = sum(1 for x, y in zip(a, b, strict=True) if y and not x)
     diff = (only_b - only_a) / n
-    big_n = n + 2
-    p_a, p_b = (only_a + 0.5) / big_n, (only_b + 0.5) / big_n
-    centre = (only_b - only_a) / big_n
-    half = z * math.sqrt(max(0.0, (p_a + p_b - (p_b - p_a) ** 2) / big_n))
+    alpha = math.erfc(z / math.sqrt(2.0))  # 0.05 for z = 1.96
+    m = only_a + only_b
+    if m == 0:
+        u = clopper_pearson(0, n, alpha)[1]
+        lo, hi = -u, u
+    else:
+        t_lo, t_hi = clopper_pearson(only_b, m, alpha)
+        lo, hi = (2 * t_lo - 1) * m / n, (2 * t_hi - 1) * m / n
     return PairedComparison(
         n=n,
         a_rate=sum(a) / n,
@@ -249,9 +256,50 @@ def paired_comparison(a: Sequence[bool], b: Sequence[bool], z: float = 1.96) -> 
         only_a=only_a,
         only_b=only_b,
         diff=diff,
-        ci95=(max(-1.0, centre - half), min(1.0, centre + half)),
+        ci95=(lo, hi),
         p_value=sign_test_p(only_a, only_b),
     )
+
+
+def binomial_cdf(k: int, m: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(m, p), summed in log space (no overflow at large m)."""
+    if k < 0:
+        return 0.0
+    if k >= m:
+        return 1.0
+    if p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 0.0
+    lp, lq = math.log(p), math.log1p(-p)
+    logs = [
+        math.lgamma(m + 1) - math.lgamma(i + 1) - math.lgamma(m - i + 1) + i * lp + (m - i) * lq
+        for i in range(k + 1)
+    ]
+    top = max(logs)
+    return min(1.0, math.exp(top) * sum(math.exp(v - top) for v in logs))
+
+
+def clopper_pearson(k: int, m: int, alpha: float = 0.05) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) interval of a binomial share from k of m: the lower
+    bound is where P(X >= k) = alpha / 2, the upper where P(X <= k) = alpha / 2 (by
+    bisection). 0 of m: upper 1 - (alpha / 2) ** (1 / m); m of m: lower (alpha / 2) ** (1 / m)."""
+    if not 0 <= k <= m or m < 1:
+        raise ValueError(f"clopper_pearson needs 0 <= k <= m, m >= 1; got k={k}, m={m}")
+
+    def root(f: Callable[[float], float]) -> float:  # f rises from < 0 to > 0 on [0, 1]
+        lo, hi = 0.0, 1.0
+        for _ in range(80):
+            mid = (lo + hi) / 2
+            if f(mid) < 0:
+                lo = mid
+            else:
+                hi = mid
+        return (lo + hi) / 2
+
+    lower = 0.0 if k == 0 else root(lambda p: (1.0 - binomial_cdf(k - 1, m, p)) - alpha / 2)
+    upper = 1.0 if k == m else root(lambda p: alpha / 2 - binomial_cdf(k, m, p))
+    return lower, upper
 
 
 def sign_test_p(k_a: int, k_b: int) -> float:
