@@ -248,10 +248,16 @@ def test_local_run_resume_keeps_its_config_and_records_changes(tmp_path) -> None
     with pytest.raises(ConfigError, match="no run to resume"):
         LocalRun.resume_from(tmp_path / "empty")
 
+    # the seed made its evaluation scenes, where the parity switch judged: kept (a
+    # report on them was refused for the new seed's block only)
+    with pytest.raises(ConfigError, match=r"cannot change seed \(3 -> 4\)"):
+        LocalRun(override(run.cfg, ["seed=4"]), out, resume=True)
+    with pytest.raises(ConfigError, match=r"--resume cannot change seed \(3 -> 4\)"):
+        LocalRun.resume_from(out, ["seed=4"])
     (out / "config_changes.json").write_text("{not json")
-    LocalRun(override(run.cfg, ["seed=4"]), out, resume=True)
+    LocalRun(override(run.cfg, ["eval.every_steps=77"]), out, resume=True)
     log = json.loads((out / "config_changes.json").read_text())
-    assert log[0]["changes"] == {"seed": [3, 4]}
+    assert log[0]["changes"] == {"eval.every_steps": [run.cfg.eval.every_steps, 77]}
     assert len(list(out.glob("config_changes.json.corrupt-*"))) == 1
 
     # an unreadable config.json: set aside, the caller's config is the run's from now on
@@ -321,6 +327,8 @@ def test_post_move_view_must_use_the_robots_step() -> None:
         ("replay.success_ratio=1.5", "success_ratio must be in"),
         ("replay.batch_size=0", "batch_size must be >= 1"),
         ("eval.tasks=lift-any,lift-anyy", "unknown task 'lift-anyy'"),
+        ("eval.tasks=", "eval.tasks: at least one task"),
+        ("eval.tasks=lift-any,place-any,lift-any", r"\['lift-any'\] given twice"),
         ("eval.split=val", "eval.split must be train or test"),
         ("eval.every_steps=0", "every_steps must be >= 1"),
         ("sim.num_objects=0", "num_objects"),

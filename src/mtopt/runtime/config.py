@@ -381,6 +381,13 @@ class RunConfig:
         for task in e.tasks:
             if task not in names:
                 raise ValueError(f"eval.tasks: unknown task {task!r}; valid: {', '.join(names)}")
+        if not e.tasks:
+            # no task could ever reach parity: the robots never switched to learned
+            # policies, without a word
+            raise ValueError("eval.tasks: at least one task (the parity switch judges them)")
+        twice = sorted({t for t in e.tasks if e.tasks.count(t) > 1})
+        if twice:
+            raise ValueError(f"eval.tasks: {twice} given twice (each was evaluated twice)")
         col = self.collect
         for task in col.tasks:
             if task not in names:
@@ -694,11 +701,19 @@ def resume_config(
 
 def check_same_task_inputs(saved: RunConfig, cfg: RunConfig, what: str) -> None:
     """A resume keeps what the network's task inputs mean: the run's ``extra_tasks`` and
-    where its network started (``init_from``)."""
+    where its network started (``init_from``); and its ``seed`` (its evaluation scenes)."""
     for key in ("extra_tasks", "init_from"):
         # as config.json keeps them (a task's fixtures ("plate",) read back as a list)
         if _as_json(getattr(cfg, key)) != _as_json(getattr(saved, key)):
             raise ConfigError(f"{what} cannot change {key}: start a new run for that")
+    if cfg.seed != saved.seed:
+        # its in-run evaluation block (seed % EVAL_SEEDS) drove the parity switch: a
+        # report on it is refused, and after a change of seed that refusal looked at
+        # the new block only
+        raise ConfigError(
+            f"{what} cannot change seed ({saved.seed} -> {cfg.seed}): its evaluation "
+            "scenes drove the run's switch to learned policies; start a new run for that"
+        )
     for key in SD_SOURCES:  # its first SD was made from them
         if getattr(cfg.sd, key) != getattr(saved.sd, key):
             raise ConfigError(f"{what} cannot change sd.{key}: start a new run for that")

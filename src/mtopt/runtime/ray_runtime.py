@@ -118,10 +118,16 @@ class RobotWorker:
         from mtopt.collect.loop import CollectLoop
         from mtopt.robots.factory import make_robot
 
-        self.robot = make_robot(self.cfg.robot_factory, self.cfg.sim, robot_id(self.index), seed)
-        self.loop = CollectLoop(
-            self.robot, self.registry, self.writer, self.provider, self._collect, seed=seed
-        )
+        robot = make_robot(self.cfg.robot_factory, self.cfg.sim, robot_id(self.index), seed)
+        try:
+            loop = CollectLoop(
+                robot, self.registry, self.writer, self.provider, self._collect, seed=seed
+            )
+        except BaseException:  # a robot made and refused: closed (a real arm disconnected)
+            with contextlib.suppress(Exception):
+                robot.close()
+            raise
+        self.robot, self.loop = robot, loop
 
     def _rebuild(self) -> None:
         """Close the robot (best effort: it just failed) and build it again on new scenes."""
