@@ -38,7 +38,13 @@ import torch
 
 from _results import write_result
 from evaluate_run import in_run_seed, own_config
-from mtopt.eval.evaluate import encode_outcomes, evaluate_outcomes, rate_with_ci, success_rates
+from mtopt.eval.evaluate import (
+    EVAL_SCENES_VERSION,
+    encode_outcomes,
+    evaluate_outcomes,
+    rate_with_ci,
+    success_rates,
+)
 from mtopt.qtopt.cem import CEMConfig, candidate_scorer, cem_maximize
 from mtopt.qtopt.learner import load_network
 from mtopt.qtopt.networks import QNetwork, q_state
@@ -179,6 +185,7 @@ def main() -> None:
             "seed": args.seed,
             "objects": "test",
             "cell_version": CELL_VERSION,
+            "eval_scenes": EVAL_SCENES_VERSION,
             "sim": dataclasses.asdict(sim),
             "cem": dataclasses.asdict(CEMConfig(precision="fp32")),
             "per_task": {

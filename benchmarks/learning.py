@@ -366,7 +366,10 @@ def main() -> None:
         "learner_steps": multi["learner_steps"],
         "minutes": multi["bench_wall_minutes"],
         "complete": multi["bench_wall_minutes"] >= args.minutes - 1.0,
-        "history": json.loads((root / "multitask" / "history.json").read_text()),
+        # an arm stopped before its first step has no evaluation, so no history
+        "history": json.loads(h.read_text())
+        if (h := root / "multitask" / "history.json").exists()
+        else [],
     }
     save()
     if singles:

@@ -347,7 +347,7 @@ def test_post_move_view_must_use_the_robots_step() -> None:
         ("collect.tasks=lift-any,lift-bal", "collect.tasks: unknown task 'lift-bal'"),
         ("collect.task_weights=1,2", "task_weights has 2 values for 13 enabled tasks"),
         # the buffers may never hold that many: it collected all budget long, never trained
-        ("replay.capacity_per_bucket=50", r"replay.min_episodes \(200\) must be <= replay"),
+        ("replay.capacity_per_bucket=7", r"replay.min_episodes \(200\) is more than the buffers"),
     ],
 )
 def test_a_bad_setting_fails_before_the_run_starts(setting: str, message: str) -> None:
@@ -635,6 +635,9 @@ def test_a_run_folder_is_held_by_one_process_at_a_time(tmp_path) -> None:
     res = subprocess.run([sys.executable, "-c", take, "0"], capture_output=True, text=True)
     assert res.returncode == 3, "one hold is left (again's)"
     again.release()
+    # a LocalRun refused after taking the folder (a change of seed) lets go of it
+    with pytest.raises(ConfigError, match="cannot change seed"):
+        LocalRun(override(preset("tiny"), ["seed=7"]), out, resume=True)
     # free: another process takes it; killed outright, it lets go
     holder = subprocess.Popen([sys.executable, "-c", take, "60"], stdout=subprocess.PIPE, text=True)
     try:

@@ -103,6 +103,9 @@ def test_the_paired_interval_excludes_zero_exactly_when_the_exact_test_rejects()
     assert binomial_cdf(1, 3, 0.5) == pytest.approx(0.5)  # (1 + 3) / 8
     assert binomial_cdf(-1, 3, 0.5) == 0.0 and binomial_cdf(3, 3, 0.2) == 1.0
     assert clopper_pearson(0, 10)[1] == pytest.approx(1 - 0.025 ** (1 / 10))
+    # a tiny alpha: P(X >= 3) ~ C(10, 3) p^3 = 120 p^3 = 5e-21 -> p = 3.466e-8 (1 - cdf
+    # lost this tail below 1e-16 and gave 7.7e-7)
+    assert clopper_pearson(3, 10, alpha=1e-20)[0] == pytest.approx(3.466e-8, rel=1e-2)
     with pytest.raises(ValueError):
         clopper_pearson(3, 2)
     for n in (12, 40, 400):

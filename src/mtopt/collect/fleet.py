@@ -138,6 +138,11 @@ def written_per_robot(store: str | Path) -> dict[str, int]:
     return counts
 
 
+EARLY_EXIT_GRACE_S = 3.0
+"""How long a robot that exited cleanly before its quota waits to be restarted: a stop of
+the whole fleet (the same signal sent to the group) arrives in it."""
+
+
 def recent_deaths(times: list[float], now: float, window_s: float) -> list[float]:
     """A robot's deaths within ``window_s`` of ``now``, this one (at ``now``) included."""
     return [t for t in times if now - t < window_s] + [now]
@@ -237,6 +242,16 @@ def run_fleet(
                 if stop.is_set() or left_to_write(i) == 0:
                     continue
                 if p.exitcode in (0, None):
+                    # the signal may have gone to the whole group (Ctrl-C, `timeout`, a
+                    # scheduler's kill), whose stop reaches this loop a moment later
+                    grace = time.monotonic() + EARLY_EXIT_GRACE_S
+                    while time.monotonic() < grace and not stop.is_set():
+                        if should_stop and should_stop():
+                            stop.set()
+                        else:
+                            time.sleep(0.1)
+                    if stop.is_set():
+                        continue
                     log.warning(
                         "robot %s stopped before the fleet did (a signal sent to it?)", robot_id(i)
                     )  # fmt: skip

@@ -261,23 +261,37 @@ def paired_comparison(a: Sequence[bool], b: Sequence[bool], z: float = 1.96) -> 
     )
 
 
+def _binomial_sum(lo: int, hi: int, m: int, p: float) -> float:
+    """P(lo <= X <= hi) for X ~ Binomial(m, p), 0 < p < 1, summed in log space."""
+    lp, lq = math.log(p), math.log1p(-p)
+    logs = [
+        math.lgamma(m + 1) - math.lgamma(i + 1) - math.lgamma(m - i + 1) + i * lp + (m - i) * lq
+        for i in range(lo, hi + 1)
+    ]
+    top = max(logs)
+    return min(1.0, math.exp(top) * sum(math.exp(v - top) for v in logs))
+
+
 def binomial_cdf(k: int, m: int, p: float) -> float:
     """P(X <= k) for X ~ Binomial(m, p), summed in log space (no overflow at large m)."""
     if k < 0:
         return 0.0
-    if k >= m:
-        return 1.0
-    if p <= 0.0:
+    if k >= m or p <= 0.0:
         return 1.0
     if p >= 1.0:
         return 0.0
-    lp, lq = math.log(p), math.log1p(-p)
-    logs = [
-        math.lgamma(m + 1) - math.lgamma(i + 1) - math.lgamma(m - i + 1) + i * lp + (m - i) * lq
-        for i in range(k + 1)
-    ]
-    top = max(logs)
-    return min(1.0, math.exp(top) * sum(math.exp(v - top) for v in logs))
+    return _binomial_sum(0, k, m, p)
+
+
+def binomial_sf(k: int, m: int, p: float) -> float:
+    """P(X >= k), summed directly (1 - cdf loses the tail below ~1e-16)."""
+    if k <= 0:
+        return 1.0
+    if k > m or p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    return _binomial_sum(k, m, m, p)
 
 
 def clopper_pearson(k: int, m: int, alpha: float = 0.05) -> tuple[float, float]:
@@ -297,7 +311,7 @@ def clopper_pearson(k: int, m: int, alpha: float = 0.05) -> tuple[float, float]:
                 hi = mid
         return (lo + hi) / 2
 
-    lower = 0.0 if k == 0 else root(lambda p: (1.0 - binomial_cdf(k - 1, m, p)) - alpha / 2)
+    lower = 0.0 if k == 0 else root(lambda p: binomial_sf(k, m, p) - alpha / 2)
     upper = 1.0 if k == m else root(lambda p: alpha / 2 - binomial_cdf(k, m, p))
     return lower, upper
 

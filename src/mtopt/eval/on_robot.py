@@ -20,6 +20,7 @@ from mtopt.robots.base import Robot
 from mtopt.sim.runner import EpisodeRecord, run_episode
 from mtopt.store.schema import Episode
 from mtopt.tasks.registry import TaskRegistry, TaskSpec
+from mtopt.tasks.scene import SceneState
 
 
 class Judge(Protocol):
@@ -98,6 +99,8 @@ def evaluate_on_robot(
         unprepared.setdefault(name, 0)
     for name in tasks:
         spec = registry.get(name)
+        possible = getattr(spec.predicate, "possible", None)
+        scene_state = getattr(robot, "scene_state", None)  # the simulated cell's
         head = list(judge.tasks).index(name)
         judged[name], unprepared[name] = [], 0
         for k in range(episodes_per_task):
@@ -105,6 +108,14 @@ def evaluate_on_robot(
             for attempt in range(SETUP_TRIES):
                 scene_seed = eval_scene_seed(seed, 0, k, attempt)
                 robot.reset_scene(scene_seed)
+                if (
+                    callable(possible)
+                    and callable(scene_state)
+                    and attempt < SETUP_TRIES - 1
+                    and isinstance(scene := scene_state(), SceneState)
+                    and not possible(scene)
+                ):
+                    continue  # a lift with nothing it may lift here (EVAL_SCENES_VERSION 2)
                 started = time.time()
                 policy = policy_for(spec)
                 rec = run_episode(

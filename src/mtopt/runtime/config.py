@@ -328,13 +328,6 @@ class RunConfig:
         at_least(r.capacity_per_bucket, 1, "replay.capacity_per_bucket")
         at_least(r.batch_size, 1, "replay.batch_size")
         at_least(r.min_episodes, 0, "replay.min_episodes")
-        if r.min_episodes > r.capacity_per_bucket:
-            # the buffers' episodes can stay below it for good (buckets share episodes):
-            # a run collected for its whole budget and never trained, without a word
-            raise ValueError(
-                f"replay.min_episodes ({r.min_episodes}) must be <= replay.capacity_per_bucket "
-                f"({r.capacity_per_bucket}): the buffers may never hold that many episodes"
-            )
         e = self.eval
         at_least(e.episodes_per_task, 1, "eval.episodes_per_task")
         at_least(e.scripted_episodes, 1, "eval.scripted_episodes")
@@ -381,6 +374,15 @@ class RunConfig:
         for task in e.tasks:
             if task not in names:
                 raise ValueError(f"eval.tasks: unknown task {task!r}; valid: {', '.join(names)}")
+        r = self.replay
+        most = 2 * len(names) * r.capacity_per_bucket  # a success and a failure bucket each
+        if r.min_episodes > most:
+            # the buffers can never hold that many: a run collected for its whole budget
+            # and never trained, without a word
+            raise ValueError(
+                f"replay.min_episodes ({r.min_episodes}) is more than the buffers can hold "
+                f"(2 x {len(names)} tasks x replay.capacity_per_bucket {r.capacity_per_bucket})"
+            )
         if not e.tasks:
             # no task could ever reach parity: the robots never switched to learned
             # policies, without a word

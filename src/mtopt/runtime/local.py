@@ -567,7 +567,7 @@ def published_at(weights: Path, step: int, untrained: bool) -> bool:
 
 _HELD: dict[Path, list[int]] = {}
 """Run folders this process holds: [file descriptor, holders]."""
-_HELD_LOCK = threading.Lock()
+_HELD_LOCK = threading.RLock()  # re-entered by LocalRun.__del__ from a garbage collection
 
 
 def hold_run(root: Path) -> Path:
@@ -644,31 +644,34 @@ class LocalRun:
             )
         self.paths.root.mkdir(parents=True, exist_ok=True)
         self._held: Path | None = hold_run(self.paths.root)
-        if not resume and self.paths.checkpoint.exists():
+        try:  # refused past here (a config change, a run there): let go
+            if not resume and self.paths.checkpoint.exists():
+                raise FileExistsError(
+                    f"{out} already holds a run; pass --resume to continue it or choose another --out"
+                )
+            self.history: list[dict[str, Any]] = []
+            self.log_lines: list[str] = []
+            self.last_outcomes: dict[str, list[bool]] = {}
+            """Episode outcomes of the latest evaluation of the acting weights, per task."""
+            self.fleet: FleetJudge | None = None
+            """eval.on='fleet': the robots' own episodes judged by the SD (``_evaluate``)."""
+            if self.cfg.eval_on == "fleet":
+                self.fleet = FleetJudge(
+                    self.paths.store, self.cfg.eval.tasks, self.cfg.eval.fleet_window
+                )
+            if resume and self.paths.config.exists():
+                try:
+                    saved = load_run_config(self.paths.config)
+                except ConfigError as exc:  # unreadable: set aside; cfg is rewritten below
+                    self._log(f"{exc}; moved to {self._set_aside(self.paths.config).name}")
+                else:
+                    self._record_config_changes(saved, cfg)
+            self._config_is_ours = not resume and not self.paths.config.exists()
+            save_config(cfg, self.paths.config)
+            torch.manual_seed(cfg.seed)
+        except BaseException:
             self.release()
-            raise FileExistsError(
-                f"{out} already holds a run; pass --resume to continue it or choose another --out"
-            )
-        self.history: list[dict[str, Any]] = []
-        self.log_lines: list[str] = []
-        self.last_outcomes: dict[str, list[bool]] = {}
-        """Episode outcomes of the latest evaluation of the acting weights, per task."""
-        self.fleet: FleetJudge | None = None
-        """eval.on='fleet': the robots' own episodes judged by the SD (``_evaluate``)."""
-        if self.cfg.eval_on == "fleet":
-            self.fleet = FleetJudge(
-                self.paths.store, self.cfg.eval.tasks, self.cfg.eval.fleet_window
-            )
-        if resume and self.paths.config.exists():
-            try:
-                saved = load_run_config(self.paths.config)
-            except ConfigError as exc:  # unreadable: set aside; cfg is rewritten below
-                self._log(f"{exc}; moved to {self._set_aside(self.paths.config).name}")
-            else:
-                self._record_config_changes(saved, cfg)
-        self._config_is_ours = not resume and not self.paths.config.exists()
-        save_config(cfg, self.paths.config)
-        torch.manual_seed(cfg.seed)
+            raise
 
     def release(self) -> None:
         """Let go of the run folder (``hold_run``): at the end of ``run``, or by hand for
@@ -1483,6 +1486,9 @@ class LocalRun:
                 if time.time() > deadline:
                     break
         except KeyboardInterrupt:
+            # the fleet first: robots the same Ctrl-C (or a SIGTERM to the group) stopped
+            # must not be taken for robots that stopped on their own and restarted
+            stop_fleet.set()
             self._log("interrupted: checkpointing and writing the report")
             # at once, before the clean-up (the fleet's stop, the last reads: up to
             # minutes): a second Ctrl-C or SIGTERM during it lost the steps since the

@@ -445,6 +445,7 @@ def _run_ray(
         elapsed_before,
         last_evaluated,
         progress_bar,
+        published_at,
         resume_learner,
         show_progress,
         updater_seed,
@@ -513,7 +514,8 @@ def _run_ray(
     # stopped run's weights new_learner has published them, marked untrained.
     initial_targets = None
     if learner.step > 0:
-        learner.publish(p.weights)
+        if not published_at(p.weights, learner.step, False):  # (a resume's may be there)
+            learner.publish(p.weights)
     else:
         initial_targets = [
             {k: v.detach().cpu() for k, v in net.state_dict().items()} for net in learner.targets
