@@ -587,41 +587,24 @@ def test_compare_evals_pairs_scenes_across_files(tmp_path: Path) -> None:
     # a part named for a file of one policy (an ensemble's): it was read as that policy
     with pytest.raises(SystemExit, match="holds one policy's outcomes"):
         pooled([run5], [f"{ens5}:online"], None)
+
+    def compare(a: object, b: object, out: Path) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, str(BENCH / "compare_evals.py")]
+        cmd += ["--a", str(a), "--b", str(b), "--json", str(out)]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True)
+
     # files of two cell versions (no field: 1) compare with a note, and say so
     new5 = tmp_path / "new5.json"
     new5.write_text(json.dumps({**json.loads(Path(run5).read_text()), "cell_version": 2}))
     out = tmp_path / "cmp.json"
-    r = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH / "compare_evals.py"),
-            *("--a", run5, "--b", str(new5), "--json", str(out)),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    r = compare(run5, new5, out)
     assert "cell versions [1, 2]" in r.stderr
     assert json.loads(out.read_text())["cell_versions"] == [1, 2]
     assert json.loads(out.read_text())["sim_differs"] is False  # not recorded: no claim
     # versions 2 and 3: the same scenes, another judge of the bowl
     new3 = tmp_path / "new3.json"
     new3.write_text(json.dumps({**json.loads(Path(run5).read_text()), "cell_version": 3}))
-    r = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH / "compare_evals.py"),
-            "--a",
-            str(new5),
-            "--b",
-            str(new3),
-            "--json",
-            str(tmp_path / "c23.json"),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    r = compare(new5, new3, tmp_path / "c23.json")
     assert "cell versions [2, 3]: the same scenes, judged by another ground truth" in r.stderr
     # held-out scene versions 1 and 2: a category lift met other scenes, lift-any did not
     both = {
@@ -631,16 +614,7 @@ def test_compare_evals_pairs_scenes_across_files(tmp_path: Path) -> None:
     v1 = result("v1.json", 5, both)
     v2 = tmp_path / "v2.json"
     v2.write_text(json.dumps({**json.loads(Path(v1).read_text()), "eval_scenes": 2}))
-    r = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH / "compare_evals.py"),
-            *("--a", v1, "--b", str(v2), "--json", str(tmp_path / "v12.json")),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    r = compare(v1, v2, tmp_path / "v12.json")
     assert "scene versions [1, 2]: lift-ball met other scenes" in r.stderr
     assert json.loads((tmp_path / "v12.json").read_text())["eval_scenes_versions"] == [1, 2]
     # one seed twice on a side: the same scenes counted twice (n and p looked better)

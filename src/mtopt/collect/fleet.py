@@ -185,8 +185,8 @@ def run_fleet(
         )
         return max(0, spec.episodes_per_robot - already)
 
-    def start(i: int) -> None:
-        remaining = left_to_write(i)
+    def start(i: int, remaining: int | None) -> None:
+        """Robot i's process, to write ``remaining`` episodes (``left_to_write``)."""
         if remaining == 0:
             return
         # on a store that already holds this robot's episodes (a resumed run, or a new run
@@ -216,7 +216,7 @@ def run_fleet(
                 on_episode(*msg)
 
     for i in range(spec.robots):
-        start(i)
+        start(i, left_to_write(i))
     interrupted = False
     try:
         while procs:
@@ -239,7 +239,8 @@ def run_fleet(
                 # a robot that exited 0 before its quota was stopped on its own (a SIGTERM
                 # sent to it, which it takes as a stop): it is restarted like one that
                 # died, where it used to leave the fleet a robot short without a word
-                if stop.is_set() or left_to_write(i) == 0:
+                left = left_to_write(i)
+                if stop.is_set() or left == 0:
                     continue
                 if p.exitcode in (0, None):
                     # the signal may have gone to the whole group (Ctrl-C, `timeout`, a
@@ -258,7 +259,7 @@ def run_fleet(
                 deaths[i] = recent_deaths(deaths[i], time.monotonic(), restart_window_s)
                 if len(deaths[i]) <= max_restarts:
                     restarts[i] += 1
-                    start(i)
+                    start(i, left)
                 else:  # gave up: it failed max_restarts + 1 times within the window
                     failed.append(i)
                     log.error(

@@ -15,6 +15,7 @@ from mtopt.sim.cell import SimConfig
 from mtopt.sim.runner import EpisodeRecord, run_episode
 from mtopt.sim.seeds import EVAL_MAX_EPISODES, EVAL_MAX_TASKS, EVAL_SEEDS, is_reserved_seed
 from mtopt.tasks.registry import TaskRegistry, TaskSpec
+from mtopt.tasks.scene import SceneState
 
 EVAL_SEED_OFFSET = 7_000_000  # evaluation scenes: below mtopt.sim.seeds.COLLECTION_SEED_LOW
 SETUP_TRIES = 5
@@ -136,17 +137,29 @@ def run_held_out_episode(
     the task up there, or where a lift task has no object it may lift
     (``EVAL_SCENES_VERSION`` 2); the record of the last try (``prepared`` False when none
     could be set up; a lift's last try runs whatever the scene holds)."""
-    possible = getattr(spec.predicate, "possible", None)
     for attempt in range(SETUP_TRIES):
         scene_seed = eval_scene_seed(seed, task_index, episode, attempt)
         robot.reset_scene(scene_seed)
-        if callable(possible) and attempt < SETUP_TRIES - 1 and not possible(robot.scene_state()):
-            continue  # nothing it may lift here (the last try runs all the same, as before)
+        if nothing_to_lift(spec, robot, attempt):
+            continue
         rng = np.random.default_rng(scene_seed)
         rec = run_episode(robot, policy_for(spec), spec, rng, max_steps, skip_unprepared=True)
         if rec.prepared:
             break
     return rec
+
+
+def nothing_to_lift(spec: TaskSpec, robot: object, attempt: int) -> bool:
+    """Whether the held-out scene just reset is passed over for the slot's next one: a
+    lift task with no object it may lift in it (``Lifted.possible``,
+    ``EVAL_SCENES_VERSION`` 2). The slot's last try runs whatever the scene holds, as
+    before; a robot that reports no ``scene_state`` (a real one) is never judged so."""
+    possible = getattr(spec.predicate, "possible", None)
+    scene_state = getattr(robot, "scene_state", None)
+    if attempt >= SETUP_TRIES - 1 or not callable(possible) or not callable(scene_state):
+        return False
+    scene = scene_state()
+    return isinstance(scene, SceneState) and not possible(scene)
 
 
 def evaluate_policy(

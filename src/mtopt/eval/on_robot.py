@@ -14,13 +14,18 @@ from typing import Any, Protocol
 import numpy as np
 
 from mtopt.collect.loop import stored_episode
-from mtopt.eval.evaluate import SETUP_TRIES, encode_outcomes, eval_scene_seed, rate_with_ci
+from mtopt.eval.evaluate import (
+    SETUP_TRIES,
+    encode_outcomes,
+    eval_scene_seed,
+    nothing_to_lift,
+    rate_with_ci,
+)
 from mtopt.policies.base import Policy
 from mtopt.robots.base import Robot
 from mtopt.sim.runner import EpisodeRecord, run_episode
 from mtopt.store.schema import Episode
 from mtopt.tasks.registry import TaskRegistry, TaskSpec
-from mtopt.tasks.scene import SceneState
 
 
 class Judge(Protocol):
@@ -99,8 +104,6 @@ def evaluate_on_robot(
         unprepared.setdefault(name, 0)
     for name in tasks:
         spec = registry.get(name)
-        possible = getattr(spec.predicate, "possible", None)
-        scene_state = getattr(robot, "scene_state", None)  # the simulated cell's
         head = list(judge.tasks).index(name)
         judged[name], unprepared[name] = [], 0
         for k in range(episodes_per_task):
@@ -108,14 +111,8 @@ def evaluate_on_robot(
             for attempt in range(SETUP_TRIES):
                 scene_seed = eval_scene_seed(seed, 0, k, attempt)
                 robot.reset_scene(scene_seed)
-                if (
-                    callable(possible)
-                    and callable(scene_state)
-                    and attempt < SETUP_TRIES - 1
-                    and isinstance(scene := scene_state(), SceneState)
-                    and not possible(scene)
-                ):
-                    continue  # a lift with nothing it may lift here (EVAL_SCENES_VERSION 2)
+                if nothing_to_lift(spec, robot, attempt):
+                    continue
                 started = time.time()
                 policy = policy_for(spec)
                 rec = run_episode(
