@@ -210,6 +210,7 @@ def test_mtopt_evaluate_end_to_end_with_a_stand_in_arm(tmp_path: Path) -> None:
     assert row["episodes"] == 2 and len(row["sd_outcomes"]) == 2
     assert row["gt_success"] is None  # the stand-in arm has no ground truth
     assert result["sd_version"] == 4 and result["robot"] == "tests.robot_factories:make_arm"
+    assert result["acting_search"]["gripper"] == "joint"  # the run's own (cem_act)
     from mtopt.store import EpisodeReader
 
     rows = EpisodeReader(store).metadata()
@@ -219,9 +220,13 @@ def test_mtopt_evaluate_end_to_end_with_a_stand_in_arm(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, twice)
     assert res.exit_code == 0 and len(EpisodeReader(store).metadata()) == 4, res.output
 
-    # the default robot: the run's simulated cell, with the simulator's verdict beside
-    res = CliRunner().invoke(app, [*args, "--json", str(out)])
+    # the default robot: the run's simulated cell, with the simulator's verdict beside;
+    # acting with another search than the run's (--act), which the results record
+    act = ["--act", "gripper=split", "--act", "release_margin=0.1"]
+    res = CliRunner().invoke(app, [*args, *act, "--json", str(out)])
     assert res.exit_code == 0, res.output
+    searched = json.loads(out.read_text())["acting_search"]
+    assert (searched["gripper"], searched["release_margin"]) == ("split", 0.1)
     row = json.loads(out.read_text())["tasks"]["lift-any"]
     assert row["gt_success"] is not None and 0.0 <= row["sd_agreement"] <= 1.0
     assert "simulator" in res.output and "agreement" in res.output

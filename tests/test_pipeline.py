@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from mtopt.cli import app
 from mtopt.qtopt.weights import load_source
 from mtopt.replay.buffers import TaskBuffers
-from mtopt.runtime.local import pooled_success, sd_round_due, switch_table
+from mtopt.runtime.local import pooled_success, same_scenes, sd_round_due, switch_table
 from mtopt.store import EpisodeReader
 from mtopt.success.network import SuccessDetector
 from mtopt.tasks import DEFAULT_REGISTRY
@@ -97,6 +97,21 @@ def test_parity_pools_recent_evaluations_by_hand() -> None:
     assert switch_table(pooled, {"lift-any": 0.10}, DEFAULT_REGISTRY, 0.0)["learned"] == []
     assert pooled_success([], 3) == {}
     assert pooled_success(history, 0)["lift-any"] == pytest.approx((10 + 1 + 4) / 100)
+
+
+def test_parity_pools_only_points_of_the_latest_evaluation_scenes() -> None:
+    """A resume that changes the evaluation's scenes (EVAL_SCENES_VERSION, seed, cell)
+    starts a new pool: the earlier points, on other scenes, are neither pooled nor count
+    towards a full window."""
+    old = [{"success": {"lift-ball": 0.0}, "episodes_per_task": 20}] * 3  # no eval_key
+    new = [{"success": {"lift-ball": 0.4}, "episodes_per_task": 20, "eval_key": "b"}]
+    assert pooled_success(old + new, 3) == {"lift-ball": 0.4}  # not (0 + 0 + 0.4) / 3
+    assert pooled_success(old + new, 3, min_points=3) == {}  # one point of the new scenes
+    # a pool is the latest unbroken run of one key: an older stretch of "b" does not join
+    again = new + old + new * 2
+    assert len(same_scenes(again)) == 2
+    assert pooled_success(again + new, 3, min_points=3) == {"lift-ball": pytest.approx(0.4)}
+    assert same_scenes([]) == [] and same_scenes(old) == old
 
 
 def test_parity_waits_for_a_full_window() -> None:
@@ -264,6 +279,8 @@ def test_tiny_run_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert ids_before <= ids_after  # nothing collected was lost
     history = json.loads((out / "history.json").read_text())
     assert len(history) >= 2
+    # every point says which scenes it was measured on: the same ones across the resume
+    assert len({point["eval_key"] for point in history}) == 1
     # the run's clock goes on across the resume: evaluation times never restart at 0
     walls = [point["wall_s"] for point in history]
     assert walls == sorted(walls) and walls[-1] >= 60 * summary["wall_minutes"]

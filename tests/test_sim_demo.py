@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from mtopt.cli import app
 from mtopt.config import override, save_config
+from mtopt.policies.cem_policy import load_policy
 from mtopt.qtopt.learner import Learner
 from mtopt.qtopt.weights import load_latest
 from mtopt.runtime.config import preset
@@ -72,6 +73,28 @@ def test_exported_policy_acts_like_its_run(tmp_path: Path) -> None:
     code, out = demo("--run", str(exp), "--part", "online", "--out", str(tmp_path / "o"))
     assert code == 2 and "no 'online' network" in out  # it was not exported
     assert "ships only the 'acting' network" in out and len(out.strip().splitlines()) == 1
+    # --act: the folder acts with another search, recorded; the run's config is untouched
+    act = ["--act", "gripper=split", "--act", "cem_act.release_margin=0.1"]
+    res = CliRunner().invoke(app, ["export", str(run), str(tmp_path / "margin"), *act])
+    assert res.exit_code == 0, res.output
+    policy, _, _ = load_policy(tmp_path / "margin")
+    assert (policy.cem.gripper, policy.cem.release_margin) == ("split", 0.1)
+    record = json.loads((tmp_path / "margin" / "exported.json").read_text())["acting_search"]
+    assert record["changed"] == {"gripper": "split", "release_margin": 0.1}
+    assert record["run"]["gripper"] == "joint" and load_policy(run)[0].cem.gripper == "joint"
+    assert "acting_search" not in json.loads((exp / "exported.json").read_text())
+    res = CliRunner().invoke(app, ["average", str(tmp_path / "avg"), str(run), *act])
+    assert res.exit_code == 0, res.output
+    assert load_policy(tmp_path / "avg")[0].cem.release_margin == 0.1
+    # only the acting search, and only a valid one
+    for bad, says in (
+        (["--act", "release_margin=0.1"], "release_margin needs gripper='split'"),
+        (["--act", "learner.lr=1"], "unknown config field 'cem_act.learner"),
+        (["--act", "samples"], "must look like field=value"),
+    ):
+        res = CliRunner().invoke(app, ["export", str(run), str(tmp_path / "bad"), *bad])
+        assert res.exit_code == 2 and says in res.output, res.output
+        assert not (tmp_path / "bad").exists()
     # a second export into the same folder, or of a network the run never had, is refused
     res = CliRunner().invoke(app, ["export", str(run), str(exp)])
     assert res.exit_code == 2 and "already holds published weights" in res.output

@@ -27,6 +27,12 @@ def register(app: typer.Typer) -> None:
         ),
         episodes: int = typer.Option(10, min=1, help="Episodes per task."),
         part: str = typer.Option("acting", help="Network that acts: acting or online."),
+        act: list[str] = typer.Option(
+            [],
+            "--act",
+            help="Change how the policy acts (the run's cem_act), e.g. --act gripper=split "
+            "--act release_margin=0.1 (mtopt export --act keeps such a change).",
+        ),
         sd: Path | None = typer.Option(
             None, help="Success detector folder that judges the episodes (default: RUN/sd)."
         ),
@@ -91,7 +97,7 @@ def register(app: typer.Typer) -> None:
                     f"{cfg.seed}): its collection switched to learned policies on those "
                     f"scenes; pick another"
                 )
-            policy, sim, registry = load_policy(run, part, seed)
+            policy, sim, registry = load_policy(run, part, seed, act)
             # a task named twice once (it ran twice, the first pass thrown away)
             names = tuple(dict.fromkeys(t.strip() for t in tasks.split(",") if t.strip()))
             if tasks and not names:
@@ -161,6 +167,7 @@ def register(app: typer.Typer) -> None:
             "run": str(run),
             "robot": robot_factory or "simulated cell (held-out objects)",
             "part": part,
+            "acting_search": dataclasses.asdict(policy.cem),
             "weights_version": policy.version,
             "sd": str(sd_dir),
             "sd_version": judge.version,

@@ -134,13 +134,14 @@ class CEMPolicy:
 
 
 def load_policy(
-    folder: str | Path, part: str = "acting", seed: int = 0
+    folder: str | Path, part: str = "acting", seed: int = 0, act: Sequence[str] = ()
 ) -> tuple[CEMPolicy, SimConfig, TaskRegistry]:
     """A trained policy from a run folder or a policy folder (``mtopt export``,
     ``policies/``): the greedy CEM policy on its latest published weights (its config's
     acting CEM in fp32, no exploration), the cell settings it was trained on and its
     tasks. Evaluate it on held-out objects with
-    ``dataclasses.replace(sim, object_split="test")``.
+    ``dataclasses.replace(sim, object_split="test")``. ``act``: changes to the acting
+    search (``FIELD=VALUE``, ``mtopt.runtime.config.with_acting_search``).
 
     >>> policy, sim, registry = load_policy("policies/tuned-r34")
     >>> policy.reset("lift-any", np.random.default_rng(0))
@@ -148,7 +149,7 @@ def load_policy(
     """
     import dataclasses
 
-    from mtopt.runtime.config import load_run_config
+    from mtopt.runtime.config import load_run_config, with_acting_search
 
     folder = Path(folder)
     if not (folder / "config.json").exists():
@@ -159,6 +160,8 @@ def load_policy(
         )
         raise FileNotFoundError(f"{folder} is not a run or policy folder (no config.json){hint}")
     cfg = load_run_config(folder / "config.json")  # a ConfigError is a ValueError
+    if act:
+        cfg = with_acting_search(cfg, tuple(act))
     cem = dataclasses.replace(cfg.cem_act, precision="fp32")
     registry = cfg.registry()
     try:

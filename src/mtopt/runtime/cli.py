@@ -156,6 +156,12 @@ def register(app: typer.Typer) -> None:
         parts: str = typer.Option(
             "acting,online", help="Networks to keep (acting, online, target0, target1)."
         ),
+        act: list[str] = typer.Option(
+            [],
+            "--act",
+            help="Change how the policy acts (the run's cem_act), e.g. --act gripper=split "
+            "--act release_margin=0.1; kept in the folder's config.json and exported.json.",
+        ),
     ) -> None:
         """Export a run's learned policy (config and latest weights) to a small folder.
 
@@ -164,21 +170,25 @@ def register(app: typer.Typer) -> None:
         """
         from mtopt.config import ConfigError
         from mtopt.qtopt.weights import WeightsError, export_parts
-        from mtopt.runtime.config import load_run_config
-        from mtopt.runtime.policy_folder import write_policy_folder
+        from mtopt.runtime.config import load_run_config, with_acting_search
+        from mtopt.runtime.policy_folder import acting_search_record, write_policy_folder
 
         if not {"acting", "online"} & set(parts.split(",")):
             fail("--parts needs acting or online: a policy acts with one")
         not_inside(out, run, "export")
         keep_someones_config(out, "export")
         try:
-            cfg = load_run_config(run / "config.json")
+            trained = load_run_config(run / "config.json")
+            cfg = with_acting_search(trained, act)
             path, version, meta = export_parts(
                 run / "weights", out / "weights", tuple(parts.split(","))
             )
         except (ConfigError, WeightsError) as exc:
             fail(exc)
-        write_policy_folder(out, run, cfg, version, meta.get("step"), parts.split(","))
+        write_policy_folder(
+            out, run, cfg, version, meta.get("step"), parts.split(","),
+            **acting_search_record(trained, cfg),
+        )  # fmt: skip
         typer.echo(f"exported {path} (version {version}) and config.json to {out}")
 
     @app.command()
@@ -197,6 +207,12 @@ def register(app: typer.Typer) -> None:
             help="The run whose config.json the policy takes (default: the first "
             "source that is a run or exported folder).",
         ),
+        act: list[str] = typer.Option(
+            [],
+            "--act",
+            help="Change how the policy acts (the run's cem_act), e.g. --act gripper=split "
+            "--act release_margin=0.1; kept in the folder's config.json and exported.json.",
+        ),
     ) -> None:
         """Average checkpoints of one run into one network (stochastic weight averaging).
 
@@ -207,9 +223,9 @@ def register(app: typer.Typer) -> None:
         checkpoints lifted 62% against 67%."""
         from mtopt.config import ConfigError
         from mtopt.qtopt.weights import WeightsError, average_into
-        from mtopt.runtime.config import load_run_config
+        from mtopt.runtime.config import load_run_config, with_acting_search
         from mtopt.runtime.local import source_run
-        from mtopt.runtime.policy_folder import write_policy_folder
+        from mtopt.runtime.policy_folder import acting_search_record, write_policy_folder
 
         run = config or next((s for s in sources if (s / "config.json").is_file()), None)
         if run is None or not (run / "config.json").is_file():
@@ -218,7 +234,8 @@ def register(app: typer.Typer) -> None:
             not_inside(out, src, "average")
         keep_someones_config(out, "average")
         try:
-            cfg = load_run_config(run / "config.json")
+            trained = load_run_config(run / "config.json")
+            cfg = with_acting_search(trained, act)
             for src in sources:  # a run's tasks file may define a task of the same name anew
                 own = source_run(src)
                 if own is not None and load_run_config(own / "config.json").extra_tasks != (
@@ -247,6 +264,7 @@ def register(app: typer.Typer) -> None:
             meta.get("step"),
             ["acting"],
             averaged={"parts": parts.split(","), "sources": used},
+            **acting_search_record(trained, cfg),
         )
         for gone in meta.get("left_out", []):
             typer.echo(

@@ -507,6 +507,31 @@ class RunConfig:
             load_robot_factory(self.robot_factory)
 
 
+def with_acting_search(cfg: RunConfig, settings: list[str] | tuple[str, ...]) -> RunConfig:
+    """``cfg`` with its acting search (``cem_act``) changed by ``FIELD=VALUE`` settings
+    (``gripper=split``, ``release_margin=0.1``; a leading ``cem_act.`` is allowed): how a
+    policy folder, or an evaluation, acts with the run's weights. Only ``cem_act``: the
+    networks and the cell are the run's. The release margin, for example, placed 6-8.5
+    points more on two runs' weights and gained nothing as a collection setting (README,
+    "The release decision, at acting time")."""
+    sets = []
+    for item in settings:
+        item = item.strip()
+        sets.append(item if item.startswith("cem_act.") else f"cem_act.{item}")
+    new = override(cfg, sets)
+    try:
+        new.cem_act.validate()
+    except ValueError as exc:
+        raise ConfigError(f"acting search: {exc}") from None
+    return new
+
+
+def acting_search_changes(before: RunConfig, after: RunConfig) -> dict[str, Any]:
+    """The ``cem_act`` fields ``after`` changed from ``before`` (new values)."""
+    old, new = dataclasses.asdict(before.cem_act), dataclasses.asdict(after.cem_act)
+    return {k: v for k, v in new.items() if old[k] != v}
+
+
 def with_new_tasks(
     cfg: RunConfig, tasks_file: str | Path | None, init_from: str | Path | None
 ) -> RunConfig:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -142,7 +143,8 @@ def pooled_success(
     only with a full window (``switch_table``'s ``ready``): before 2026-12-05 the first
     evaluation alone could switch a task, the pool holding only it.
     """
-    points = history[-window:] if window > 0 else history
+    points = same_scenes(history)
+    points = points[-window:] if window > 0 else points
     num: dict[str, float] = {}
     den: dict[str, float] = {}
     seen: dict[str, int] = {}
@@ -153,6 +155,21 @@ def pooled_success(
             den[task] = den.get(task, 0.0) + n
             seen[task] = seen.get(task, 0) + 1
     return {t: num[t] / den[t] for t in num if den[t] > 0 and seen[t] >= min_points}
+
+
+def same_scenes(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The latest points of ``history`` evaluated on the same scenes as the last one (the
+    same ``eval_key``; points from before it was recorded have none). A resume that
+    changes what the evaluation meets (its seed, object split or cell, or
+    ``EVAL_SCENES_VERSION``) starts a new pool: success on other scenes is not evidence
+    about these, and the scripted baseline it is compared with is measured again."""
+    if not history:
+        return []
+    key = history[-1].get("eval_key")
+    start = len(history)
+    while start > 0 and history[start - 1].get("eval_key") == key:
+        start -= 1
+    return history[start:]
 
 
 def switched(history: Sequence[dict[str, Any]]) -> list[str]:
@@ -1168,23 +1185,7 @@ class LocalRun:
             return {}
         path = self.paths.root / "scripted_eval.json"
         key_path = self.paths.root / "scripted_eval.key.json"
-        key = json.loads(
-            json.dumps(
-                {
-                    "tasks": list(self.cfg.eval.tasks),
-                    "seed": self.cfg.eval_seed,
-                    "episodes": self.cfg.eval.scripted_episodes,
-                    "sim": _sim_key(self._eval_sim()),
-                    # scenes a place task cannot be set up in: replaced since 2026-12-04
-                    "setup_tries": SETUP_TRIES,
-                    # lift scenes without an object the task may lift: replaced since v2
-                    "eval_scenes": EVAL_SCENES_VERSION,
-                    # a task redefined under its name (the built-in ones are the code's)
-                    **({"extra_tasks": list(self.cfg.extra_tasks)} if self.cfg.extra_tasks else {}),
-                },
-                default=str,
-            )
-        )
+        key = {**self.eval_scenes(), "episodes": self.cfg.eval.scripted_episodes}
         if path.exists():
             cached = dict(json.loads(path.read_text()))
             if key_path.exists():
@@ -1205,6 +1206,37 @@ class LocalRun:
         atomic_write_json(path, res)
         atomic_write_json(key_path, key)
         return res
+
+    def eval_scenes(self) -> dict[str, Any]:
+        """What decides the scenes the held-out evaluation meets (JSON values): its tasks,
+        seed, cell and object split, and the scene rules of the code."""
+        return dict(
+            json.loads(
+                json.dumps(
+                    {
+                        "tasks": list(self.cfg.eval.tasks),
+                        "seed": self.cfg.eval_seed,
+                        "sim": _sim_key(self._eval_sim()),
+                        # scenes a place task cannot be set up in: replaced since 2026-12-04
+                        "setup_tries": SETUP_TRIES,
+                        # lift scenes without an object the task may lift: replaced since v2
+                        "eval_scenes": EVAL_SCENES_VERSION,
+                        # a task redefined under its name (the built-in ones are the code's)
+                        **(
+                            {"extra_tasks": list(self.cfg.extra_tasks)}
+                            if self.cfg.extra_tasks
+                            else {}
+                        ),
+                    },
+                    default=str,
+                )
+            )
+        )
+
+    def eval_key(self) -> str:
+        """A short digest of ``eval_scenes``, kept in each history point (``same_scenes``)."""
+        text = json.dumps(self.eval_scenes(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def _eval_sim(self) -> Any:
         return dataclasses.replace(self.cfg.sim, object_split=self.cfg.eval.split)  # type: ignore[arg-type]
@@ -1651,6 +1683,7 @@ class LocalRun:
                 "success": success_rates(self.last_outcomes),
                 "episodes_per_task": self.cfg.eval.episodes_per_task,
                 "scripted": scripted,
+                "eval_key": self.eval_key(),
             }
         learned = point["success"]
         point = {

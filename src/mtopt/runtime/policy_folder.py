@@ -8,6 +8,7 @@ from). It acts like the run for ``mtopt sim demo --run`` and ``evaluate_run.py -
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from mtopt.qtopt.weights import (
     read_latest,
     snapshot_files,
 )
-from mtopt.runtime.config import RunConfig
+from mtopt.runtime.config import RunConfig, acting_search_changes
 
 AVERAGED = "policy-averaged"
 """The folder in a run directory where the run writes its averaged policy at the end."""
@@ -51,6 +52,15 @@ def write_policy_folder(
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
     )
+
+
+def acting_search_record(trained: RunConfig, cfg: RunConfig) -> dict[str, Any]:
+    """For ``exported.json``: how the folder's acting search differs from the one the run
+    collected and evaluated with (``--act``; nothing when it is the same)."""
+    changed = acting_search_changes(trained, cfg)
+    if not changed:
+        return {}
+    return {"acting_search": {"changed": changed, "run": dataclasses.asdict(trained.cem_act)}}
 
 
 def late_sources(root: Path, last: int) -> list[Path]:
