@@ -2,6 +2,7 @@
 
 import dataclasses
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -369,6 +370,31 @@ def test_fleet_restarts_a_robot_stopped_by_sigterm(tmp_path: Path) -> None:
     assert summary["restarts"][0] == 1 and summary["failed"] == []
     ids = [e.episode_id for e in EpisodeReader(tmp_path).poll()]
     assert len(ids) == len(set(ids)) == 8
+    # the same signal sent to the whole group (Ctrl-C, `timeout`): the fleet's own stop
+    # arrives a moment after the robot exits, within the grace period, and nothing is
+    # restarted (every robot used to be restarted while the run was stopping)
+    group = tmp_path / "group"
+    stopped_at: list[float] = []
+
+    def signal_group(i: int, task: str, policy: str, gt: object) -> None:
+        if not stopped_at:
+            for child in mp.active_children():
+                os.kill(child.pid, signal.SIGTERM)  # type: ignore[arg-type]
+            stopped_at.append(time.monotonic())
+
+    gone_at: list[float] = []
+
+    def group_stop() -> bool:  # the driver's own stop: 0.5 s after its robot has exited
+        if not stopped_at or mp.active_children():
+            return False
+        gone_at.append(time.monotonic())
+        return gone_at[-1] - gone_at[0] > 0.5
+
+    summary = run_fleet(
+        dataclasses.replace(spec, store=str(group)), signal_group, should_stop=group_stop
+    )
+    assert summary["restarts"][0] == 0 and summary["failed"] == []
+    assert 1 <= len(EpisodeReader(group).metadata()) < 8
 
 
 def test_sigterm_stops_collect_cleanly_and_flushes(tmp_path: Path) -> None:
