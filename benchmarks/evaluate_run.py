@@ -20,8 +20,10 @@ average, what robots use) and/or the online weights, each on the same scenes.
 Pick tasks also get "straight_down": descend, close at the bottom, terminate, blind to the
 image (`straight_down_pick`); a learned lift policy must beat it to show it grasps where
 it sees an object.
---cem-*: the CEM search used for acting (default QT-Opt's 2 x 64 with 6 elites, as robots
-use); a wider search shows how much of a policy's failure is the search, not the Q.
+--cem-*: the CEM search used for acting (default: the run's or policy folder's own
+`cem_act`, as its robots use, or for a folder exported with `--act`, that search; QT-Opt's
+2 x 64 with 6 elites in every preset but tiny); a wider search shows how much of a policy's failure
+is the search, not the Q.
 --cem-pick: return CEM's best sample (QT-Opt, the default) or its final elite mean.
 --cem-gripper split: search the open and the closed gripper separately; --close-margin:
 close only where the best closing action's Q beats the best open one's by this much.
@@ -103,6 +105,24 @@ def own_config(run: str | Path) -> RunConfig | None:
         return None
 
 
+def acting_search(cfg: RunConfig | None, args: argparse.Namespace) -> dict[str, object]:
+    """The CEM search the policy acts with: each ``--cem-*`` flag given, else the run's
+    own ``cem_act`` (what its robots and in-run evaluation used; a folder exported with
+    ``--act`` keeps that search in its config), else ``CEMConfig``'s defaults."""
+    own = dataclasses.asdict(cfg.cem_act if cfg is not None else CEMConfig())
+    own.pop("precision")  # (a policy acts in fp32 here, as load_policy does)
+    flags = {
+        "iterations": args.cem_iterations,
+        "samples": args.cem_samples,
+        "elites": args.cem_elites,
+        "pick": args.cem_pick,
+        "gripper": args.cem_gripper,
+        "close_margin": args.close_margin,
+        "release_margin": args.release_margin,
+    }
+    return {**own, **{k: v for k, v in flags.items() if v is not None}}
+
+
 def in_run_seed(run: str | Path, cfg: RunConfig | None, seed: int) -> str | None:
     """Why ``seed`` must not be the scenes ``run`` (whose config is ``cfg``) is reported
     on, or None: it is the run's own in-run evaluation block, where its collection
@@ -126,16 +146,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=5, help="evaluation scene seeds (same for both)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--parts", default="acting", help="acting, online or acting,online")
-    ap.add_argument("--cem-iterations", type=int, default=CEMConfig.iterations)
-    ap.add_argument("--cem-samples", type=int, default=CEMConfig.samples)
-    ap.add_argument("--cem-elites", type=int, default=CEMConfig.elites)
-    ap.add_argument("--cem-pick", default=CEMConfig.pick, choices=("best", "mean"))
-    ap.add_argument("--cem-gripper", default=CEMConfig.gripper, choices=("joint", "split"))
-    ap.add_argument("--close-margin", type=float, default=CEMConfig.close_margin)
+    ap.add_argument("--cem-iterations", type=int, default=None)
+    ap.add_argument("--cem-samples", type=int, default=None)
+    ap.add_argument("--cem-elites", type=int, default=None)
+    ap.add_argument("--cem-pick", default=None, choices=("best", "mean"))
+    ap.add_argument("--cem-gripper", default=None, choices=("joint", "split"))
+    ap.add_argument("--close-margin", type=float, default=None)
     ap.add_argument(
         "--release-margin",
         type=float,
-        default=CEMConfig.release_margin,
+        default=None,
         help="with --cem-gripper split: a closed gripper opens only where that beats "
         "staying closed by this much (Q)",
     )
@@ -179,15 +199,7 @@ def main() -> None:
     if missing := [p for p in parts if not split_prefixed(tensors, p)]:
         ap.error(f"the latest weights of {args.run} have no {' or '.join(missing)} network")
     del tensors
-    search: dict[str, object] = {
-        "iterations": args.cem_iterations,
-        "samples": args.cem_samples,
-        "elites": args.cem_elites,
-        "pick": args.cem_pick,
-        "gripper": args.cem_gripper,
-        "close_margin": args.close_margin,
-        "release_margin": args.release_margin,
-    }
+    search = acting_search(run_cfg, args)
     try:
         CEMConfig(**search).validate()  # type: ignore[arg-type]
     except ValueError as exc:

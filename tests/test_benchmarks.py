@@ -227,6 +227,30 @@ def test_evaluate_run_refuses_the_runs_own_in_run_scenes(
         learning.held_out_outcomes(policy, ["place-any"], 1, [6, 5], 1)
 
 
+def test_evaluate_run_acts_with_the_folders_own_search_unless_told() -> None:
+    """A policy folder exported with `--act gripper=split --act release_margin=0.1` is
+    evaluated with that search (it was evaluated with QT-Opt's joint one whatever its
+    config said); each --cem-* flag given still wins."""
+    import argparse
+
+    import evaluate_run
+    from mtopt.config import override
+    from mtopt.runtime.config import preset
+
+    none = dict.fromkeys(
+        ["cem_iterations", "cem_samples", "cem_elites", "cem_pick", "cem_gripper"], None
+    )
+    flags = argparse.Namespace(**none, close_margin=None, release_margin=None)
+    margin = override(preset("tuned"), ["cem_act.gripper=split", "cem_act.release_margin=0.1"])
+    search = evaluate_run.acting_search(margin, flags)
+    assert (search["gripper"], search["release_margin"], search["samples"]) == ("split", 0.1, 64)
+    assert "precision" not in search  # (fp32 wherever it acts here)
+    told = argparse.Namespace(**{**vars(flags), "cem_gripper": "joint", "release_margin": 0.0})
+    assert evaluate_run.acting_search(margin, told)["gripper"] == "joint"
+    assert evaluate_run.acting_search(None, flags)["samples"] == 64  # CEMConfig's defaults
+    assert evaluate_run.acting_search(preset("tiny"), flags)["samples"] == 16
+
+
 def test_learning_benchmark_resume_must_repeat_the_arm_arguments(tmp_path: Path) -> None:
     import argparse
 

@@ -51,6 +51,13 @@ def test_learned_demo_acts_with_the_runs_latest_weights(tmp_path: Path) -> None:
     assert code == 2 and "'acting' or 'online'" in out
     code, out = demo("--part", "online", "--out", str(tmp_path / "o"))  # ran scripted
     assert code == 2 and "give --run too" in out
+    code, out = demo("--act", "gripper=split", "--out", str(tmp_path / "o"))
+    assert code == 2 and "give --run too" in out
+    act = ["--act", "gripper=split", "--act", "release_margin=0.1", "--episodes", "1"]
+    code, out = demo("--run", str(run), *act, "--out", str(tmp_path / "o"))
+    assert code == 0, out
+    code, out = demo("--run", str(run), "--act", "precision=bf16", "--out", str(tmp_path / "o"))
+    assert code == 2 and "acts in fp32" in out
 
 
 def test_exported_policy_acts_like_its_run(tmp_path: Path) -> None:
@@ -83,6 +90,11 @@ def test_exported_policy_acts_like_its_run(tmp_path: Path) -> None:
     assert record["changed"] == {"gripper": "split", "release_margin": 0.1}
     assert record["run"]["gripper"] == "joint" and load_policy(run)[0].cem.gripper == "joint"
     assert "acting_search" not in json.loads((exp / "exported.json").read_text())
+    # exported again, the folder still says the search is not the run's
+    res = CliRunner().invoke(app, ["export", str(tmp_path / "margin"), str(tmp_path / "again")])
+    assert res.exit_code == 0, res.output
+    again = json.loads((tmp_path / "again" / "exported.json").read_text())["acting_search"]
+    assert again == record
     res = CliRunner().invoke(app, ["average", str(tmp_path / "avg"), str(run), *act])
     assert res.exit_code == 0, res.output
     assert load_policy(tmp_path / "avg")[0].cem.release_margin == 0.1

@@ -178,8 +178,7 @@ def register(app: typer.Typer) -> None:
         not_inside(out, run, "export")
         keep_someones_config(out, "export")
         try:
-            trained = load_run_config(run / "config.json")
-            cfg = with_acting_search(trained, act)
+            cfg = with_acting_search(load_run_config(run / "config.json"), act)
             path, version, meta = export_parts(
                 run / "weights", out / "weights", tuple(parts.split(","))
             )
@@ -187,7 +186,7 @@ def register(app: typer.Typer) -> None:
             fail(exc)
         write_policy_folder(
             out, run, cfg, version, meta.get("step"), parts.split(","),
-            **acting_search_record(trained, cfg),
+            **acting_search_record(run, cfg),
         )  # fmt: skip
         typer.echo(f"exported {path} (version {version}) and config.json to {out}")
 
@@ -234,8 +233,7 @@ def register(app: typer.Typer) -> None:
             not_inside(out, src, "average")
         keep_someones_config(out, "average")
         try:
-            trained = load_run_config(run / "config.json")
-            cfg = with_acting_search(trained, act)
+            cfg = with_acting_search(load_run_config(run / "config.json"), act)
             for src in sources:  # a run's tasks file may define a task of the same name anew
                 own = source_run(src)
                 if own is not None and load_run_config(own / "config.json").extra_tasks != (
@@ -264,7 +262,7 @@ def register(app: typer.Typer) -> None:
             meta.get("step"),
             ["acting"],
             averaged={"parts": parts.split(","), "sources": used},
-            **acting_search_record(trained, cfg),
+            **acting_search_record(run, cfg),
         )
         for gone in meta.get("left_out", []):
             typer.echo(

@@ -518,18 +518,17 @@ def with_acting_search(cfg: RunConfig, settings: list[str] | tuple[str, ...]) ->
     for item in settings:
         item = item.strip()
         sets.append(item if item.startswith("cem_act.") else f"cem_act.{item}")
+        if sets[-1].split("=", 1)[0].strip() == "cem_act.precision":
+            raise ConfigError(
+                f"{item!r}: a policy acts in fp32 (load_policy); its precision is not a "
+                "setting of the acting search here"
+            )
     new = override(cfg, sets)
     try:
         new.cem_act.validate()
     except ValueError as exc:
         raise ConfigError(f"acting search: {exc}") from None
     return new
-
-
-def acting_search_changes(before: RunConfig, after: RunConfig) -> dict[str, Any]:
-    """The ``cem_act`` fields ``after`` changed from ``before`` (new values)."""
-    old, new = dataclasses.asdict(before.cem_act), dataclasses.asdict(after.cem_act)
-    return {k: v for k, v in new.items() if old[k] != v}
 
 
 def with_new_tasks(

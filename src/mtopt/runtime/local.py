@@ -229,8 +229,9 @@ def switch_table(
     and forth with the noise of the evaluation (run r7: lift-any switched at 25k steps
     and back at 33k), and each flip changes where its data comes from.
 
-    ``ready``: the tasks with enough evaluations to switch (None: all); a task outside it
-    keeps the policy it has. The run passes those with a full ``parity_window``.
+    ``ready``: the tasks with enough evaluations to switch or be switched back (None:
+    all); a task outside it keeps the policy it has. The run passes those with a full
+    ``parity_window`` of points on the current evaluation scenes (``same_scenes``).
     ``unjudged_keep``: a task switched before (``previous``) that ``learned`` does not
     judge at all keeps its switch (eval.on='fleet': too few recent episodes of it).
 
@@ -243,8 +244,11 @@ def switch_table(
         bar = scripted.get(t, 1.0) + margin - (hysteresis if t in was else 0.0)
         return r > 0 and r >= bar
 
-    judged = [t for t in learned if ready is None or t in ready or t in was]
+    judged = [t for t in learned if ready is None or t in ready]
     at_parity = [t for t in judged if keeps(t, learned[t])]
+    # switched before and not ready (a resume onto other evaluation scenes, or with a
+    # wider window): kept until a full window judges it, not dropped on fewer points
+    at_parity += [t for t in previous if t in learned and t not in judged]
     if unjudged_keep:
         at_parity += [t for t in previous if t not in learned and t not in at_parity]
     proxy: dict[str, str] = {}
@@ -1585,10 +1589,15 @@ class LocalRun:
         # checkpointed before the evaluation (minutes) too: a second Ctrl-C or a kill
         # during it loses no training
         learner.save_checkpoint(p.checkpoint, checkpoint_extras(time.time()))
-        # not again at a step evaluated already (the same weights, scenes and seed)
+        # not again at a step evaluated already on these scenes (the same weights; a
+        # resume that changed the evaluation's scenes and trained nothing evaluates)
+        last = self.history[-1] if self.history else {}
+        done = last.get("step") == learner.step and (
+            self.fleet is not None or last.get("eval_key") == self.eval_key()
+        )
         if untrained:
             self._log("no training step yet: no final evaluation")
-        elif not (self.history and self.history[-1].get("step") == learner.step):
+        elif not done:
             self._evaluate(learner, scripted, episodes, t_origin, sd, stats)
         if self.fleet is not None and self.history:  # the scripted bar of the last point
             scripted = self.history[-1].get("scripted", {})

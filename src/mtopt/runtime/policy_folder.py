@@ -8,7 +8,9 @@ from). It acts like the run for ``mtopt sim demo --run`` and ``evaluate_run.py -
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import shutil
 import time
 from pathlib import Path
@@ -23,7 +25,7 @@ from mtopt.qtopt.weights import (
     read_latest,
     snapshot_files,
 )
-from mtopt.runtime.config import RunConfig, acting_search_changes
+from mtopt.runtime.config import RunConfig, load_run_config
 
 AVERAGED = "policy-averaged"
 """The folder in a run directory where the run writes its averaged policy at the end."""
@@ -54,13 +56,17 @@ def write_policy_folder(
     )
 
 
-def acting_search_record(trained: RunConfig, cfg: RunConfig) -> dict[str, Any]:
-    """For ``exported.json``: how the folder's acting search differs from the one the run
-    collected and evaluated with (``--act``; nothing when it is the same)."""
-    changed = acting_search_changes(trained, cfg)
-    if not changed:
-        return {}
-    return {"acting_search": {"changed": changed, "run": dataclasses.asdict(trained.cem_act)}}
+def acting_search_record(source: Path, cfg: RunConfig) -> dict[str, Any]:
+    """For ``exported.json``: how ``cfg``'s acting search (``--act``) differs from the one
+    the run collected and evaluated with, which is ``source``'s own, or, where ``source``
+    is a policy folder made with ``--act``, the run's it recorded. Nothing when the same."""
+    run = dataclasses.asdict(load_run_config(source / "config.json").cem_act)
+    # (a run, or a folder exported without --act, has no record: its own search stands)
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        earlier = json.loads((source / "exported.json").read_text())["acting_search"]["run"]
+        run = dict(earlier) if isinstance(earlier, dict) else run
+    changed = {k: v for k, v in dataclasses.asdict(cfg.cem_act).items() if run.get(k) != v}
+    return {"acting_search": {"changed": changed, "run": run}} if changed else {}
 
 
 def late_sources(root: Path, last: int) -> list[Path]:

@@ -220,10 +220,12 @@ def success_rows(
 ) -> list[dict[str, Any]]:
     """The report's success table (columns in ``columns``' order): per task, the last
     evaluation's rate, its 95% Wilson interval over ``per_eval`` episodes, the mean of
-    the last ``LAST_EVALS`` evaluations (pooled: weighted by each one's episodes) and the
-    scripted rate."""
+    the last ``LAST_EVALS`` evaluations (pooled: weighted by each one's episodes; only
+    those on the last one's scenes, ``same_scenes``) and the scripted rate."""
     from mtopt.eval.evaluate import wilson_interval
+    from mtopt.runtime.local import same_scenes
 
+    history = same_scenes(list(history))  # a mean over other scenes is not of these
     rows = []
     for t in scripted:
         # each point weighs its own episodes of the task (eval.on=fleet: the task's own

@@ -34,6 +34,12 @@ def demo(
     part: str | None = typer.Option(
         None, help="With --run: the acting (moving-average, default) or the online weights."
     ),
+    act: list[str] = typer.Option(
+        [],
+        "--act",
+        help="With --run: change how the policy acts (the run's cem_act), e.g. --act "
+        "gripper=split --act release_margin=0.1.",
+    ),
     tasks_file: Path | None = typer.Option(
         None, help=OWN_TASKS_HELP + " Without --run (a run brings its own tasks)."
     ),
@@ -61,11 +67,13 @@ def demo(
         base = SimConfig()
         if run is None and part is not None:  # it was ignored: the scripted policy ran
             raise ValueError("--part picks a run's weights: give --run too")
+        if run is None and act:
+            raise ValueError("--act changes a run's acting search: give --run too")
         part = "acting" if part is None else part
         if run is not None:
             from mtopt.policies.cem_policy import load_policy
 
-            learned, base, registry = load_policy(run, part, seed)
+            learned, base, registry = load_policy(run, part, seed, act)
         spec = registry.get(task)  # a run's own tasks (its extra_tasks) included
         config = dataclasses.replace(
             base,
