@@ -3,6 +3,7 @@
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -575,6 +576,43 @@ def test_a_run_without_robots_learns_from_episodes_others_write_into_its_store(
     assert summary["learner_steps"] >= 30 and summary["episodes"] == 24
     robots = {e["robot_id"] for e in EpisodeReader(out / "store").metadata()}
     assert robots == {"arm-1", "arm-2"}  # nothing collected by the run itself
+
+
+@pytest.mark.timeout(600)
+def test_an_interrupted_run_checkpoints_before_its_clean_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C: the run checkpoints at once, then stops its fleet and reads the last
+    episodes (up to minutes). A second Ctrl-C during that clean-up used to lose every
+    step since the last periodic checkpoint (`checkpoint_every`, 10 in tiny)."""
+    import mtopt.runtime.local as local
+    from mtopt.runtime.config import preset
+
+    interrupted: list[int] = []
+    show = local.show_progress
+
+    def ctrl_c_once(bar: Any, *args: Any) -> None:
+        show(bar, *args)
+        if not interrupted and bar.n >= 13 and bar.n % 10:  # between two checkpoints
+            interrupted.append(bar.n)
+            raise KeyboardInterrupt
+
+    close = local.StoreIngest.close
+
+    def ctrl_c_again(self: Any) -> None:
+        if interrupted:
+            raise KeyboardInterrupt  # the second Ctrl-C, while the run cleans up
+        close(self)
+
+    monkeypatch.setattr(local, "show_progress", ctrl_c_once)
+    monkeypatch.setattr(local.StoreIngest, "close", ctrl_c_again)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        # (tiny's 3-minute budget can end before a step on a loaded machine)
+        local.LocalRun(dataclasses.replace(preset("tiny"), budget_minutes=12.0), out).run()
+    assert interrupted
+    ck = torch.load(out / "checkpoints" / "learner.pt", weights_only=False)
+    assert ck["step"] == interrupted[0], (ck["step"], interrupted)
 
 
 @pytest.mark.timeout(600)
