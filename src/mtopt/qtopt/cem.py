@@ -67,9 +67,10 @@ class CEMConfig:
     held-out scenes, paired) 0.1 placed 68.25% against 59.75% with the joint search
     (+8.5 [4.1, 12.9], p = 0.0002; on seed 6's 400 alone 69.75% against 57.75%, and
     60.5% split without it) and lifted 47.25% against 47.1%; applied to fingers closed
-    on nothing too, it lifted 41.25% on seed 6 (slow to open for another try). Not yet
-    in a preset: measured on one run's weights at one step. For acting only, as
-    close_margin."""
+    on nothing too, it lifted 41.25% on seed 6 (slow to open for another try). On the
+    same run's weights at 61.7k steps (3 hours) no gain: 67.5% against 69.4% placed (p =
+    0.42). So in no preset: it helps an undertrained Q (``mtopt export --act`` picks it
+    for a policy folder). For acting only, as close_margin."""
     precision: Literal["fp32", "bf16", "auto", "native"] = "auto"
     """Arithmetic of the Q evaluations: bf16 autocast is ~2-3x faster on CPUs with AMX;
     'auto' picks bf16 only where the CPU has AMX tiles, fp32 elsewhere. 'native' picks
