@@ -22,7 +22,8 @@ image (`straight_down_pick`); a learned lift policy must beat it to show it gras
 it sees an object.
 --cem-*: the CEM search used for acting (default: the run's or policy folder's own
 `cem_act`, as its robots use, or for a folder exported with `--act`, that search; QT-Opt's
-2 x 64 with 6 elites in every preset but tiny); a wider search shows how much of a policy's failure
+2 x 64 with 6 elites in every preset but tiny; `--cem-gripper joint` drops the folder's
+margins); a wider search shows how much of a policy's failure
 is the search, not the Q.
 --cem-pick: return CEM's best sample (QT-Opt, the default) or its final elite mean.
 --cem-gripper split: search the open and the closed gripper separately; --close-margin:
@@ -120,7 +121,11 @@ def acting_search(cfg: RunConfig | None, args: argparse.Namespace) -> dict[str, 
         "close_margin": args.close_margin,
         "release_margin": args.release_margin,
     }
-    return {**own, **{k: v for k, v in flags.items() if v is not None}}
+    search = {**own, **{k: v for k, v in flags.items() if v is not None}}
+    if search["gripper"] == "joint":  # `--cem-gripper joint` on a folder with margins:
+        for margin in ("close_margin", "release_margin"):  # none of its own, unless given
+            search[margin] = flags[margin] if flags[margin] is not None else 0.0
+    return search
 
 
 def in_run_seed(run: str | Path, cfg: RunConfig | None, seed: int) -> str | None:

@@ -123,7 +123,9 @@ def held_out_outcomes(
 ) -> dict[str, dict[str, list[bool]]]:
     """``{task: {"acting": [...], "scripted": [...]}}``: each scene's outcome, the seeds'
     scenes one after the other, each task evaluated on its own as ``evaluate_run.py``
-    does (the default CEM search, held-out objects, the run's own cell). Kept in
+    does, but with QT-Opt's default CEM search whatever an arm's ``cem_act`` (the arms
+    are compared on one search; evaluate_run.py acts with a folder's own), on held-out
+    objects in the run's own cell. Kept in
     ``run/held_out.json`` for the run's latest weights: a resumed benchmark whose later
     arm crashed does not evaluate the finished ones again."""
     import dataclasses

@@ -245,8 +245,9 @@ def test_evaluate_run_acts_with_the_folders_own_search_unless_told() -> None:
     search = evaluate_run.acting_search(margin, flags)
     assert (search["gripper"], search["release_margin"], search["samples"]) == ("split", 0.1, 64)
     assert "precision" not in search  # (fp32 wherever it acts here)
-    told = argparse.Namespace(**{**vars(flags), "cem_gripper": "joint", "release_margin": 0.0})
-    assert evaluate_run.acting_search(margin, told)["gripper"] == "joint"
+    told = argparse.Namespace(**{**vars(flags), "cem_gripper": "joint"})
+    joint = evaluate_run.acting_search(margin, told)  # (the folder's margin goes with it)
+    assert (joint["gripper"], joint["release_margin"], joint["close_margin"]) == ("joint", 0, 0)
     assert evaluate_run.acting_search(None, flags)["samples"] == 64  # CEMConfig's defaults
     assert evaluate_run.acting_search(preset("tiny"), flags)["samples"] == 16
 
