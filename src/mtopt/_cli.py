@@ -21,6 +21,11 @@ OWN_TASKS_HELP = (
     "`mtopt run --tasks-file`), e.g. for a run's new task."
 )
 
+ACT_HELP = (
+    "Change how the policy acts (the run's cem_act, only that), e.g. --act gripper=split "
+    "--act release_margin=0.1."
+)
+
 
 def fail(msg: object, code: int = 2) -> NoReturn:
     """End the command with ``error: MSG`` on stderr and exit ``code``: 2 for bad input,

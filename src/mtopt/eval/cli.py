@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mtopt._cli import fail, fail_on_other_image_size, output_file
+from mtopt._cli import ACT_HELP, fail, fail_on_other_image_size, output_file
 
 
 def register(app: typer.Typer) -> None:
@@ -28,10 +28,7 @@ def register(app: typer.Typer) -> None:
         episodes: int = typer.Option(10, min=1, help="Episodes per task."),
         part: str = typer.Option("acting", help="Network that acts: acting or online."),
         act: list[str] = typer.Option(
-            [],
-            "--act",
-            help="Change how the policy acts (the run's cem_act), e.g. --act gripper=split "
-            "--act release_margin=0.1 (mtopt export --act keeps such a change).",
+            [], "--act", help=ACT_HELP + " (mtopt export --act keeps such a change)"
         ),
         sd: Path | None = typer.Option(
             None, help="Success detector folder that judges the episodes (default: RUN/sd)."

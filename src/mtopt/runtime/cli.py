@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mtopt._cli import fail
+from mtopt._cli import ACT_HELP, fail
 
 
 def keep_someones_config(out: Path, verb: str) -> None:
@@ -157,10 +157,7 @@ def register(app: typer.Typer) -> None:
             "acting,online", help="Networks to keep (acting, online, target0, target1)."
         ),
         act: list[str] = typer.Option(
-            [],
-            "--act",
-            help="Change how the policy acts (the run's cem_act), e.g. --act gripper=split "
-            "--act release_margin=0.1; kept in the folder's config.json and exported.json.",
+            [], "--act", help=ACT_HELP + " Kept in the folder's config.json and exported.json."
         ),
     ) -> None:
         """Export a run's learned policy (config and latest weights) to a small folder.
@@ -207,10 +204,7 @@ def register(app: typer.Typer) -> None:
             "source that is a run or exported folder).",
         ),
         act: list[str] = typer.Option(
-            [],
-            "--act",
-            help="Change how the policy acts (the run's cem_act), e.g. --act gripper=split "
-            "--act release_margin=0.1; kept in the folder's config.json and exported.json.",
+            [], "--act", help=ACT_HELP + " Kept in the folder's config.json and exported.json."
         ),
     ) -> None:
         """Average checkpoints of one run into one network (stochastic weight averaging).

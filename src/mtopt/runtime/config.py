@@ -374,7 +374,6 @@ class RunConfig:
         for task in e.tasks:
             if task not in names:
                 raise ValueError(f"eval.tasks: unknown task {task!r}; valid: {', '.join(names)}")
-        r = self.replay
         most = 2 * len(names) * r.capacity_per_bucket  # a success and a failure bucket each
         if r.min_episodes > most:
             # the buffers can never hold that many: a run collected for its whole budget
@@ -512,8 +511,8 @@ def with_acting_search(cfg: RunConfig, settings: list[str] | tuple[str, ...]) ->
     (``gripper=split``, ``release_margin=0.1``; a leading ``cem_act.`` is allowed): how a
     policy folder, or an evaluation, acts with the run's weights. Only ``cem_act``: the
     networks and the cell are the run's. The release margin, for example, placed 6-8.5
-    points more on two runs' weights and gained nothing as a collection setting (README,
-    "The release decision, at acting time")."""
+    points more on two runs' weights at 30k steps, nothing on 3-hour weights and nothing
+    as a collection setting (README, "The release decision, at acting time")."""
     sets = []
     for item in settings:
         item = item.strip()

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from mtopt._cli import OWN_TASKS_HELP, fail, registry_for
+from mtopt._cli import ACT_HELP, OWN_TASKS_HELP, fail, registry_for
 
 if TYPE_CHECKING:
     from mtopt.policies.base import Policy
@@ -34,12 +34,7 @@ def demo(
     part: str | None = typer.Option(
         None, help="With --run: the acting (moving-average, default) or the online weights."
     ),
-    act: list[str] = typer.Option(
-        [],
-        "--act",
-        help="With --run: change how the policy acts (the run's cem_act), e.g. --act "
-        "gripper=split --act release_margin=0.1.",
-    ),
+    act: list[str] = typer.Option([], "--act", help="With --run. " + ACT_HELP),
     tasks_file: Path | None = typer.Option(
         None, help=OWN_TASKS_HELP + " Without --run (a run brings its own tasks)."
     ),
