@@ -9,7 +9,7 @@ The buffers hold synthetic episodes (random images; content does not change the 
 Needs no simulator, so it runs on a learner-only machine. Usage:
 
   python benchmarks/train_loop_speed.py --json OUT [--device cpu|cuda|auto]
-        [--config local] [--batch 64 --batch 256] [--min-time 3]
+        [--config local] [--set qnet.head_channels=8] [--batch 64 --batch 256] [--min-time 3]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from _results import write_result
+from mtopt.config import override
 from mtopt.qtopt.bellman import TrainBatch
 from mtopt.qtopt.cem import use_bf16
 from mtopt.qtopt.learner import Learner
@@ -79,10 +80,17 @@ def main() -> None:
         help="fp32, bf16 or auto for learner and CEM (default: the preset's)",
     )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change the preset as `mtopt run --set` does (e.g. qnet.head_channels=8)",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = preset(args.config)
+    cfg = override(preset(args.config), args.set)
     if args.precision:
         cfg = dataclasses.replace(
             cfg,
@@ -149,6 +157,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     out = {
         "config": args.config,
+        "set": args.set,
         "device": torch.cuda.get_device_name(dev)
         if dev.type == "cuda"
         else platform.processor() or "cpu",
