@@ -17,11 +17,16 @@ act   : one state (a robot choosing an action), milliseconds per call (best of r
 batch : 64 states at once (the Bellman updater), states per second
 
 Usage: python benchmarks/cem_speed.py --json OUT [--threads 1] [--min-time 0.5]
+                                      [--qnet head_channels=8 ...]
+
+``--qnet FIELD=VALUE`` (repeatable) measures another network than the default (the
+merge16 variants change its merge_size to 16).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import platform
 from collections.abc import Callable
@@ -29,6 +34,7 @@ from collections.abc import Callable
 import torch
 
 from _results import write_result
+from mtopt.config import override
 from mtopt.qtopt.cem import (
     CEMConfig,
     cem_argmax,
@@ -82,7 +88,7 @@ def inputs(b: int, cfg: QNetConfig) -> tuple[torch.Tensor, torch.Tensor, torch.T
     s = cfg.image_size
     return (
         torch.randint(0, 256, (b, s, s, 3), dtype=torch.uint8, generator=g),
-        torch.rand(b, 2, generator=g),
+        torch.rand(b, cfg.state_dim, generator=g),
         torch.randint(0, cfg.num_tasks, (b,), generator=g),
     )
 
@@ -123,13 +129,23 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--min-time", type=float, default=0.5, help="seconds per measurement")
     ap.add_argument("--batch", type=int, default=64, help="states per batched CEM call")
+    ap.add_argument(
+        "--qnet",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a QNetConfig field of the measured network (default: QNetConfig())",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     fp32, bf16 = CEMConfig(precision="fp32"), CEMConfig(precision="bf16")
-    base = QNetConfig()
-    nets = {8: QNetwork(base).eval(), 16: QNetwork(QNetConfig(merge_size=16)).eval()}
+    base = override(QNetConfig(), args.qnet).validate()
+    nets = {
+        8: QNetwork(base).eval(),
+        16: QNetwork(dataclasses.replace(base, merge_size=16).validate()).eval(),
+    }
     variants: list[tuple[str, int, Fn, CEMConfig]] = [
         ("naive", 8, naive_cem_argmax, fp32),
         ("literal", 8, literal_cem_argmax, fp32),

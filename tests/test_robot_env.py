@@ -91,6 +91,7 @@ def test_an_arm_without_ground_truth_is_rewarded_by_the_success_detector(tmp_pat
         sd = SuccessDetector.load(sd_dir)
         obs, info = env.reset()
         assert obs["image"].shape == (64, 64, 3) and info["task"] == "place-any"
+        assert "possible" not in info  # no ground truth: it cannot tell
         stop = np.zeros(6, np.float32)
         stop[5] = 1.0  # TERMINATE
         obs, reward, terminated, truncated, info = env.step(stop)
@@ -151,6 +152,26 @@ def test_gym_make_with_your_own_robot_keeps_the_spec_without_the_robot() -> None
         env.close()
     robot.observe()  # still open: the caller's
     robot.close()
+
+
+def test_a_robot_is_driven_by_one_open_env_at_a_time() -> None:
+    """Two envs on one robot would each act in the scene the other set up: refused,
+    with ``gym.make_vec(..., robot=...)`` (the same robot to every sub-env); free again
+    once the env driving it is closed."""
+    robot = SimRobot(SimConfig(max_steps=4), robot_id="gym")
+    try:
+        env = gym.make(mtopt.ROBOT_ENV_ID, robot=robot)
+        with pytest.raises(ValueError, match="already driven by another open Robot-v0 env"):
+            gym.make(mtopt.ROBOT_ENV_ID, robot=robot)
+        env.close()
+        with pytest.raises(ValueError, match="already driven"):
+            gym.make_vec(mtopt.ROBOT_ENV_ID, num_envs=2, vectorization_mode="sync", robot=robot)
+        again = gym.make(mtopt.ROBOT_ENV_ID, robot=robot, task="lift-ball")
+        _, info = again.reset(seed=0)
+        assert info["possible"] == again.unwrapped.task.predicate.possible(robot.scene_state())
+        again.close()
+    finally:
+        robot.close()
 
 
 def test_a_spec_never_remakes_the_env_without_its_loaded_success_detector(

@@ -1,5 +1,6 @@
 """Simulated cell: Gymnasium API, determinism, actions, ground truth on staged scenes, splits."""
 
+import dataclasses
 import math
 import zlib
 
@@ -109,6 +110,49 @@ def test_the_final_step_presents_the_outcome_like_every_stored_episode() -> None
         with pytest.raises(RuntimeError, match="call reset"):
             env.step(make_action())
     env.close()
+
+
+def test_reset_says_whether_the_scene_holds_what_a_lift_task_needs() -> None:
+    """``info["possible"]``: False where a category lift has nothing of its category in
+    the right bin (about half of lift-ball's scenes; ``prepared`` is True there), as the
+    scene's ground truth says; True for tasks without such a check."""
+    env = gym.make(mtopt.ENV_ID, task="lift-ball")
+    try:
+        seen = []
+        for seed in range(8):
+            _, info = env.reset(seed=seed)
+            scene = env.unwrapped.robot.scene_state()
+            has_ball = any(
+                o.category == "ball"
+                and not o.in_gripper
+                and scene.right_bin.contains_xy(o.position[0], o.position[1])
+                for o in scene.objects
+            )
+            assert info["prepared"] and info["possible"] == has_ball
+            seen.append(has_ball)
+        assert True in seen and False in seen
+        for task in ("lift-any", "place-any"):
+            assert env.reset(seed=0, options={"task": task})[1]["possible"] is True
+    finally:
+        env.close()
+
+
+def test_the_task_may_be_given_as_the_envs_own_task_spec() -> None:
+    """``env.task`` (a vector env's ``get_attr("task")``) is a TaskSpec: it is taken back
+    as the task, at construction and in reset options; one the registry does not hold
+    under its name is a clear error."""
+    env = gym.make(mtopt.ENV_ID, task=DEFAULT_REGISTRY.get("place-any"))
+    try:
+        assert env.unwrapped.task.name == "place-any"
+        other = DEFAULT_REGISTRY.get("lift-ball")
+        assert env.reset(seed=0, options={"task": other})[1]["task"] == other.name
+        forged = dataclasses.replace(other, description="something else")
+        with pytest.raises(ValueError, match="not the one the env's registry holds"):
+            env.reset(options={"task": forged})
+        with pytest.raises(TypeError, match="task name"):
+            env.reset(options={"task": 3})
+    finally:
+        env.close()
 
 
 def test_reset_options_switch_the_task() -> None:

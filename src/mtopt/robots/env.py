@@ -26,6 +26,7 @@ switches the task.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,14 @@ from mtopt.robots.factory import (
     missing_methods,
 )
 from mtopt.sim.cell import SimConfig
-from mtopt.sim.env import _checked_registry, _checked_seed, env_pose, reset_options
+from mtopt.sim.env import (
+    _checked_registry,
+    _checked_seed,
+    env_pose,
+    reset_options,
+    task_in,
+    task_possible,
+)
 from mtopt.sim.runner import (
     checked_act,
     checked_final_image,
@@ -51,7 +59,7 @@ from mtopt.sim.runner import (
     checked_prepare,
 )
 from mtopt.sim.seeds import random_scene_seed
-from mtopt.tasks.registry import DEFAULT_REGISTRY, TaskRegistry
+from mtopt.tasks.registry import DEFAULT_REGISTRY, TaskRegistry, TaskSpec
 
 ROBOT_STATE_LOW = np.array([lo for lo, _ in STATE_RANGES], np.float32)
 ROBOT_STATE_HIGH = np.array([hi for _, hi in STATE_RANGES], np.float32)
@@ -75,6 +83,24 @@ class _NotInSpec(str):
     detector's, or no robot)."""
 
 
+_DRIVEN: dict[int, weakref.ReferenceType[RobotEnv]] = {}
+"""The open envs made with ``robot=``, by ``id`` of the robot they drive."""
+
+
+def _check_not_driven(robot: object) -> None:
+    """Refuse a robot that another open ``RobotEnv`` drives: two envs would reset and
+    move one arm in turn, each acting in the other's scene. ``gym.make_vec(...,
+    robot=...)`` passes the same robot to every sub-env and stops here."""
+    ref = _DRIVEN.get(id(robot))
+    other = None if ref is None else ref()
+    if other is not None and not other._closed and other._robot is robot:
+        raise ValueError(
+            f"robot {getattr(robot, 'robot_id', robot)!r} is already driven by another open "
+            "Robot-v0 env: close that env first, or give each env its own robot (a vector "
+            "env: robot_factory='MODULE:NAME', which makes one robot per sub-env)"
+        )
+
+
 class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     metadata = {"render_modes": []}  # noqa: RUF012
     render_mode = None  # (a robot's camera is its observation: nothing more to render)
@@ -85,7 +111,7 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         robot: Robot | None = None,
         *,
         robot_factory: str = "",
-        task: str = "lift-any",
+        task: str | TaskSpec = "lift-any",
         success_detector: str | Path | Any = None,
         threshold: float = 0.5,
         max_steps: int | None = None,
@@ -116,7 +142,7 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                 f"robot's camera), got {render_mode!r}"
             )
         self.registry = DEFAULT_REGISTRY if registry is None else _checked_registry(registry)
-        self.task = self.registry.get(task)  # clear error listing valid tasks
+        self.task = task_in(self.registry, task)
         self._initial_seed = _checked_seed(seed)
         if (
             isinstance(threshold, bool)
@@ -144,6 +170,7 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                 robot_factory, cell, robot_id, self._initial_seed or 0, sim is not None
             )
         else:
+            _check_not_driven(robot)
             missing = missing_methods(robot)
             size = getattr(robot, "image_size", None)
             if missing or isinstance(size, bool) or not isinstance(size, int | np.integer):
@@ -175,10 +202,14 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._last: Observation | None = None
         self._done = False
         self._closed = False
+        if not self._owns_robot:  # set up: from here on this env drives it
+            _DRIVEN[id(robot)] = weakref.ref(self)
 
     def _release(self) -> None:
         if self._owns_robot:
             self._robot.close()
+        elif (ref := _DRIVEN.get(id(self._robot))) is not None and ref() is self:
+            del _DRIVEN[id(self._robot)]  # another env may drive it now
 
     def _load_sd(self, sd: Any) -> Any:
         from mtopt.success.network import SuccessDetector
@@ -278,6 +309,9 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             scene_seed = drawn if chosen is None else int(chosen)
             self._robot.reset_scene(scene_seed)
             info["scene_seed"] = scene_seed
+        possible = task_possible(task, self._truth)
+        if possible is not None:  # a robot without ground truth cannot tell
+            info["possible"] = possible
         self._robot.start_episode()
         ready = checked_prepare(self._robot, task.starts_holding, task.held_category)
         self._steps = 0

@@ -39,8 +39,10 @@ Gymnasium makes a spec's ``max_episode_steps`` a ``TimeLimit``: to re-make the e
 that reports it in ``env.spec``): pass ``max_steps``.
 Info at reset: ``scene_seed``, ``task``, ``prepared`` (False: the scene could not be set up
 for the task, e.g. no object could be put in the gripper for a placing task; the episode
-runs anyway; mtopt's evaluation replaces such a scene with the next one), ``pose``. At each step: ``step``, ``pose``; at the last one also ``success``
-(bool) and ``final_image``.
+runs anyway; mtopt's evaluation replaces such a scene with the next one), ``possible``
+(False: the scene holds nothing the task could succeed with, such as no ball for
+lift-ball; evaluation replaces those too), ``pose``. At each step: ``step``, ``pose``; at
+the last one also ``success`` (bool) and ``final_image``.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ def reset_options(
     if options is not None and not isinstance(options, dict):
         raise TypeError(f"options must be a dict such as {{'task': 'lift-any'}}, got {options!r}")
     options = dict(options or {})
-    chosen_task = registry.get(str(options.pop("task"))) if "task" in options else task
+    chosen_task = task_in(registry, options.pop("task")) if "task" in options else task
     chosen = options.pop("scene_seed", None)
     rest = {k: options.pop(k) for k in extra if k in options}
     if options:
@@ -101,13 +103,43 @@ def reset_options(
     return chosen_task, None if chosen is None else int(chosen), rest
 
 
+def task_in(registry: TaskRegistry, task: Any) -> TaskSpec:
+    """The env's task from a task name or a ``TaskSpec`` (what ``env.task`` and a vector
+    env's ``get_attr("task")`` give): one the registry holds under its name, else a
+    clear error (a name lists the valid ones)."""
+    if isinstance(task, TaskSpec):
+        own = registry.get(task.name)
+        if own != task:
+            raise ValueError(
+                f"task {task.name!r}: this TaskSpec is not the one the env's registry holds "
+                "under that name; pass the registry that has it (registry=)"
+            )
+        return own
+    if not isinstance(task, str):
+        raise TypeError(f"task must be a task name (str) or a TaskSpec, got {task!r}")
+    return registry.get(task)  # clear error listing valid tasks
+
+
+def task_possible(task: TaskSpec, scene_state: Any) -> bool | None:
+    """``info["possible"]``: whether the scene just set up holds what ``task`` needs (a
+    lift task: an object of its category and size, released, in the right bin;
+    ``Lifted.possible``), from ``scene_state`` (a robot's ``scene_state`` method). True
+    for a task without such a check; None where the robot reports no ground truth."""
+    if not callable(scene_state):
+        return None
+    possible = getattr(task.predicate, "possible", None)
+    if not callable(possible):
+        return True
+    return bool(possible(scene_state()))
+
+
 class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}  # noqa: RUF012
     _spec: EnvSpec | None = None
 
     def __init__(
         self,
-        task: str = "lift-any",
+        task: str | TaskSpec = "lift-any",
         image_size: int | None = None,
         max_steps: int | None = None,
         seed: int | None = None,
@@ -127,7 +159,7 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         objects, no randomization, 4 objects, ...). ``sim=`` gives the whole cell instead
         (a trained policy's, from ``load_policy``); it cannot be combined with them."""
         self.registry = DEFAULT_REGISTRY if registry is None else _checked_registry(registry)
-        self.task = self.registry.get(task)  # clear error listing valid tasks
+        self.task = task_in(self.registry, task)
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.render_mode = render_mode
@@ -207,6 +239,7 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         scene_seed = drawn if chosen is None else int(chosen)
         self._last = None  # a reset that fails part-way leaves no episode to step in
         self._robot.reset_scene(scene_seed)
+        possible = task_possible(self.task, self._robot.scene_state)
         self._robot.start_episode()
         ready = checked_prepare(self._robot, self.task.starts_holding, self.task.held_category)
         self._steps = 0
@@ -216,6 +249,7 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             "scene_seed": scene_seed,
             "task": self.task.name,
             "prepared": ready,
+            "possible": possible,
             "pose": self._pose(self._last),
         }
         return self._to_obs(self._last), info
