@@ -329,6 +329,71 @@ def test_an_episode_without_a_finite_time_is_refused_at_write(tmp_path: Path) ->
         assert [e.episode_id for e in EpisodeReader(tmp_path / name).episodes()] == ["ep00002"]
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_an_episode_with_a_non_finite_action_is_refused_at_write(
+    tmp_path: Path, value: float
+) -> None:
+    """A robot executes only finite actions; a NaN one reached LogReplay's batches (it
+    leaves out episodes with NaN states and poses, not actions)."""
+    import dataclasses
+
+    actions = make_episode(1).actions.copy()
+    actions[1, 2] = value
+    bad = dataclasses.replace(make_episode(1), actions=actions)
+    with EpisodeWriter(tmp_path, "r0") as w:
+        with pytest.raises(SchemaError, match="actions must be finite"):
+            w.write(bad)
+        w.write(make_episode(2))
+    assert [e.episode_id for e in EpisodeReader(tmp_path).episodes()] == ["ep00002"]
+
+
+def test_writers_whose_clocks_read_the_same_time_keep_every_shard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A coarse clock (16 ms steps on some systems) gave two writers of one robot id
+    the same shard name, and the second rename replaced the first writer's shard."""
+    import mtopt.store.writer as writer_module
+
+    monkeypatch.setattr(writer_module.time, "time_ns", lambda: 1_700_000_000_000_000_000)
+    for i in range(4):  # a writer per episode, as a client that opens one each time
+        with EpisodeWriter(tmp_path, "r0", flush_every=1) as w:
+            w.write(make_episode(i))
+    assert len(shard_paths(tmp_path)) == 4
+    assert sorted(e.episode_id for e in EpisodeReader(tmp_path).episodes()) == [
+        f"ep{i:05d}" for i in range(4)
+    ]
+
+
+def test_decimal_times_another_tool_wrote_are_times_to_stats_and_the_timeline(
+    tmp_path: Path,
+) -> None:
+    """DuckDB writes such numbers as decimals; the reader took them, but ``metadata``
+    gave ``Decimal``s, which the timeline counted as untimed."""
+    import pyarrow as pa
+
+    from mtopt.store.stats import store_stats, success_over_time
+
+    with EpisodeWriter(tmp_path, "r0", flush_every=100) as w:
+        for i in range(4):
+            w.write(make_episode(i))
+    (path,) = shard_paths(tmp_path)
+    table = pq.read_table(path)
+    for name in ("started_at", "ended_at"):
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, name, table.column(i).cast(pa.decimal128(12, 3)))
+    pq.write_table(table, path)
+    rows = EpisodeReader(tmp_path).metadata()
+    assert [type(r["started_at"]) for r in rows] == [float] * 4
+    assert rows[0]["started_at"] == 1.5 and rows[0]["ended_at"] == 2.5
+    timeline = success_over_time(rows, "lift-any", {"lift-any"}, bin_minutes=1.0)
+    assert timeline["untimed"] == 0
+    assert sum(b["episodes"] for bins in timeline["policies"].values() for b in bins) == 4
+    # a folder named like a shard is no shard, to the reader or to the count
+    (tmp_path / "shards" / "r0" / "x.parquet").mkdir()
+    stats = store_stats(tmp_path)
+    assert stats["episodes"] == 4 and stats["shards"] == 1
+
+
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [

@@ -284,6 +284,12 @@ def _episodes(table: pa.Table) -> list[Episode]:
 
 
 def _rows(table: pa.Table) -> list[dict[str, Any]]:
+    """The table's rows as dicts, decimal columns (times another tool wrote as decimals,
+    which the schema's float columns accept) as floats: a ``decimal.Decimal`` is no
+    number to ``isinstance(x, float)`` nor to arithmetic with floats."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_decimal(field.type):
+            table = table.set_column(i, field.name, table.column(i).cast(pa.float64()))
     return table.to_pylist()
 
 

@@ -295,6 +295,11 @@ def check_writable(e: Episode) -> None:
             raise SchemaError(
                 f"episode {e.episode_id!r}: {name} must be a non-empty str, got {value!r}"
             )
+    if not np.isfinite(e.actions).all():  # (states and poses may hold a sensor's NaN)
+        raise SchemaError(
+            f"episode {e.episode_id}: actions must be finite (a robot executes none else), "
+            "got NaN or inf"
+        )
     for name in ("policy_version", "seed", "chain_index"):
         value = getattr(e, name)
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from mtopt._plots import save_figure
-from mtopt.store.reader import QUARANTINE, EpisodeReader
+from mtopt.store.reader import QUARANTINE, EpisodeReader, shard_paths
 
 
 def sd_scores(
@@ -118,7 +118,7 @@ def store_stats(
     }
     return {
         "episodes": len(rows),
-        "shards": len(list((Path(store_dir) / "shards").glob("*/*.parquet"))),
+        "shards": len(shard_paths(store_dir)),  # the files the reader reads
         # every shard set aside so far: by this read, by an SD scoring of the same
         # store just before it (``sd_scores``, which reads the images), or earlier
         "quarantined": sum(1 for q in (Path(store_dir) / QUARANTINE).glob("*/*") if q.is_file()),

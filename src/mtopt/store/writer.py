@@ -32,6 +32,7 @@ import io
 import logging
 import os
 import re
+import secrets
 import time
 import weakref
 from pathlib import Path
@@ -184,6 +185,9 @@ class EpisodeWriter:
         # restarted at once) are looked at again once they are old enough
         self._next_recovery = time.monotonic() + STALE_TEMP_S
         self._seq = 0
+        # in the shard names: two writers of one robot id whose clocks read the same
+        # nanosecond (a coarse clock: 16 ms steps on some systems) name different shards
+        self._token = secrets.token_hex(4)
         self.written = 0
         self._ids: set[str] = set()  # episode ids this writer stored or holds
         self._pid = os.getpid()
@@ -217,14 +221,22 @@ class EpisodeWriter:
                     self._ids.discard(episode.episode_id)
                 raise
 
+    def _new_shard_path(self) -> Path:
+        """``<time_ns>-<writer token>-<seq>.parquet``, oldest first by name, a name no
+        shard has (the rename into place replaces a file of the same name)."""
+        while True:
+            name = f"{time.time_ns():020d}-{self._token}-{self._seq:06d}.parquet"
+            self._seq += 1
+            target = self.dir / name
+            if not target.exists():
+                return target
+
     def flush(self) -> Path | None:
         """Write buffered episodes as one shard; returns its path (None if nothing buffered)."""
         self._last_flush = time.monotonic()
         if not self._buffer:
             return None
-        name = f"{time.time_ns():020d}-{self._seq:06d}.parquet"
-        self._seq += 1
-        target = self.dir / name
+        target = self._new_shard_path()
         try:
             path = write_shard(target, pa.concat_tables(self._buffer))
         except BaseException as exc:
