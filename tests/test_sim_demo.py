@@ -6,6 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -13,7 +14,7 @@ from mtopt.cli import app
 from mtopt.config import override, save_config
 from mtopt.policies.cem_policy import load_policy
 from mtopt.qtopt.learner import Learner
-from mtopt.qtopt.weights import load_latest
+from mtopt.qtopt.weights import WeightsError, load_latest
 from mtopt.runtime.config import preset
 from mtopt.tasks import DEFAULT_REGISTRY
 from qtopt_fixtures import SMALL
@@ -80,6 +81,15 @@ def test_exported_policy_acts_like_its_run(tmp_path: Path) -> None:
     code, out = demo("--run", str(exp), "--part", "online", "--out", str(tmp_path / "o"))
     assert code == 2 and "no 'online' network" in out  # it was not exported
     assert "ships only the 'acting' network" in out and len(out.strip().splitlines()) == 1
+    # a folder of the online network only does not act with it as if it were the acting
+    # one (the loader's fallback is for weights published before the acting network)
+    online = tmp_path / "online"
+    res = CliRunner().invoke(app, ["export", str(run), str(online), "--parts", "online"])
+    assert res.exit_code == 0, res.output
+    with pytest.raises(WeightsError, match="no 'acting' network: it ships only the 'online'"):
+        load_policy(online)
+    assert load_policy(online, part="online")[0].part == "online"
+    assert json.loads((online / "exported.json").read_text())["from"] == str(run.resolve())
     # --act: the folder acts with another search, recorded; the run's config is untouched
     act = ["--act", "gripper=split", "--act", "cem_act.release_margin=0.1"]
     res = CliRunner().invoke(app, ["export", str(run), str(tmp_path / "margin"), *act])
@@ -98,6 +108,16 @@ def test_exported_policy_acts_like_its_run(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["average", str(tmp_path / "avg"), str(run), *act])
     assert res.exit_code == 0, res.output
     assert load_policy(tmp_path / "avg")[0].cem.release_margin == 0.1
+    # an average exported again still says it is one
+    res = CliRunner().invoke(
+        app, ["export", str(tmp_path / "avg"), str(tmp_path / "avg2"), "--parts", "acting"]
+    )
+    assert res.exit_code == 0, res.output
+    averaged = json.loads((tmp_path / "avg" / "exported.json").read_text())["averaged"]
+    assert json.loads((tmp_path / "avg2" / "exported.json").read_text())["averaged"] == averaged
+    # an output folder that cannot be made: one line, exit 2
+    code, out = demo("--run", str(exp), "--out", "/proc/no-such-folder/demo")
+    assert code == 2 and "cannot write to /proc/no-such-folder/demo" in out, out
     # only the acting search, and only a valid one
     for bad, says in (
         (["--act", "release_margin=0.1"], "release_margin needs gripper='split'"),
@@ -183,3 +203,35 @@ def test_a_new_task_of_a_tasks_file_runs_scripted_in_the_demo_and_collection(
         app, [*collect, "--weights", str(tmp_path / "bare"), "--tasks-file", str(tasks)]
     )
     assert res.exit_code == 2 and "were trained on the tasks" in res.output
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda latest: [1, 2], "a JSON list, not an object"),
+        (lambda latest: {k: v for k, v in latest.items() if k != "version"}, "version None"),
+        (lambda latest: {**latest, "version": "abc"}, "version 'abc' is not an integer"),
+        (lambda latest: {k: v for k, v in latest.items() if k != "meta"}, "no Q-network settings"),
+        (
+            lambda latest: {
+                **latest,
+                "meta": {**latest["meta"], "qnet": {**latest["meta"]["qnet"], "fc_units": 7}},
+            },
+            "do not fit the Q-network their settings",
+        ),
+    ],
+)
+def test_a_damaged_latest_file_is_a_clear_error(tmp_path: Path, edit: object, message: str) -> None:
+    """q-latest.json edited or damaged: a WeightsError that says what (and one line from
+    the CLI), not a KeyError or PyTorch's size-mismatch dump."""
+    run = tmp_path / "run"
+    save_config(override(preset("local"), ["sim.image_size=32"]), run / "config.json")
+    Learner(dataclasses.replace(SMALL, num_tasks=len(DEFAULT_REGISTRY.names))).publish(
+        run / "weights"
+    )
+    path = run / "weights" / "q-latest.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))  # type: ignore[operator]
+    with pytest.raises(WeightsError, match=message):
+        load_policy(run)
+    code, out = demo("--run", str(run), "--out", str(tmp_path / "o"))
+    assert code == 2 and message.split()[0] in out and len(out.strip().splitlines()) == 1, out

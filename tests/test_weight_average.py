@@ -259,3 +259,27 @@ def test_networks_of_other_tasks_are_not_averaged(tmp_path: Path) -> None:
             app, ["average", str(tmp_path / "e"), str(tmp_path / "r1"), str(src)]
         )
         assert res.exit_code == 2 and "of a run of other tasks than" in res.output, res.output
+
+
+def test_an_export_of_a_source_counts_once(tmp_path: Path) -> None:
+    """A run's file also holds its target networks, an export's does not: the two were
+    never the same to the duplicate check, so the run's network counted twice."""
+    run = tmp_path / "run"
+    save_config(override(preset("local"), ["sim.image_size=32"]), run / "config.json")
+    learner = Learner(dataclasses.replace(SMALL, num_tasks=len(DEFAULT_REGISTRY.names)))
+    learner.publish(run / "weights")
+    snapshot_latest(run / "weights")
+    with torch.no_grad():
+        for p in learner.online.parameters():
+            p.add_(0.1)
+    learner.publish(run / "weights")
+    runner = CliRunner()
+    res = runner.invoke(app, ["export", str(run), str(tmp_path / "exp")])
+    assert res.exit_code == 0, res.output
+    snap = sorted((run / "weights" / "snapshots").glob("q-*.safetensors"))[0]
+    res = runner.invoke(
+        app, ["average", str(tmp_path / "avg"), str(run), str(tmp_path / "exp"), str(snap)]
+    )
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "avg" / "exported.json").read_text())
+    assert [u["source"] for u in meta["averaged"]["sources"]] == [str(run), str(snap)]

@@ -164,19 +164,19 @@ def load_policy(
         cfg = with_acting_search(cfg, tuple(act))
     cem = dataclasses.replace(cfg.cem_act, precision="fp32")
     registry = cfg.registry()
-    try:
-        policy = CEMPolicy(
-            registry.names, weights_dir=folder / "weights", cem=cem, seed=seed, part=part
+    shipped = _exported_parts(folder)
+    if shipped is not None and part not in shipped:
+        # (the loader's fallback from acting to online is for run folders published
+        # before the acting network existed, not for an export that left it out)
+        names = " and ".join(map(repr, shipped))
+        ships = f"only the {names} network{'s' if len(shipped) > 1 else ''}"
+        raise WeightsError(
+            f"{folder} has no {part!r} network: it ships {ships if shipped else 'none'} "
+            "(its exported.json); choose one it ships (part=..., --part)"
         )
-    except WeightsError as exc:
-        shipped = _exported_parts(folder)
-        if shipped is not None and part not in shipped:
-            names = " and ".join(map(repr, shipped))
-            ships = f"only the {names} network{'s' if len(shipped) > 1 else ''}"
-            raise WeightsError(
-                f"{exc}: {folder} ships {ships if shipped else 'no network'} (its exported.json)"
-            ) from None
-        raise
+    policy = CEMPolicy(
+        registry.names, weights_dir=folder / "weights", cem=cem, seed=seed, part=part
+    )
     return policy, cfg.sim, registry
 
 

@@ -406,6 +406,8 @@ def load_network(
 ) -> QNetwork:
     """Build a QNetwork from published tensors (``part``: online, acting, target0 or
     target1; ``acting`` falls back to ``online`` for weights published before it existed)."""
+    if not isinstance(meta.get("qnet"), dict):
+        raise WeightsError("published weights have no Q-network settings (meta 'qnet')")
     cfg = known_settings(QNetConfig, meta["qnet"], "published weights", "Q-network")
     if expected is not None:
         check_config(expected.to_dict(), cfg.to_dict(), "published weights")
@@ -415,6 +417,13 @@ def load_network(
         sd = split_prefixed(tensors, "online")
     if not sd:
         raise WeightsError(f"published weights have no '{part}' network")
-    net.load_state_dict(sd)
+    try:
+        net.load_state_dict(sd)
+    except RuntimeError as exc:  # missing keys, shapes: the settings do not fit the tensors
+        first = str(exc).strip().splitlines()[:3]
+        raise WeightsError(
+            "published weights do not fit the Q-network their settings (meta 'qnet') "
+            f"describe: {' '.join(s.strip() for s in first)}"
+        ) from None
     net.eval()
     return net

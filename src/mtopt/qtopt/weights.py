@@ -12,7 +12,7 @@ import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -107,10 +107,22 @@ def read_latest(directory: str | Path, prefix: str = "q") -> dict[str, Any] | No
     if not p.exists():
         return None
     try:
-        data: dict[str, Any] = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
+        data = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise WeightsError(f"corrupt {p}: {exc}") from None
-    return data
+    # what publish writes: {"version": int, "file": name, "meta": {...}}
+    problem = None
+    if not isinstance(data, dict):
+        problem = f"a JSON {type(data).__name__}, not an object"
+    elif isinstance(data.get("version"), bool) or not isinstance(data.get("version"), int):
+        problem = f"version {data.get('version')!r} is not an integer"
+    elif not isinstance(data.get("file"), str):
+        problem = f"file {data.get('file')!r} is not a file name"
+    elif not isinstance(data.get("meta", {}), dict):
+        problem = "meta is not an object"
+    if problem is not None:
+        raise WeightsError(f"malformed {p}: {problem}")
+    return cast(dict[str, Any], data)
 
 
 def load_latest(
@@ -327,14 +339,16 @@ def average_into(
                     f"weights {src} were trained on the tasks {meta['tasks']}, "
                     f"{sources[0]} on {meta0['tasks']}: an average needs the same tasks"
                 )
-        same = next((s for s, t in kept if _same_tensors(t, tensors)), None)
+        # the networks that go in: a run's file holds target networks an export leaves out
+        chosen = {k: v for k, v in tensors.items() if k.split(".", 1)[0] in parts}
+        same = next((s for s, t in kept if _same_tensors(t, chosen)), None)
         if same is not None:
             # the same network under another name (a run republishes its last weights
             # at its end under a new version; its last snapshot may be them): it would
             # count twice
             left_out.append({"source": str(src), "version": version, "same_as": str(same)})
             continue
-        kept.append((src, tensors))
+        kept.append((src, chosen))
         for part in parts:
             sd = split_prefixed(tensors, part)
             if not sd:

@@ -168,7 +168,11 @@ def register(app: typer.Typer) -> None:
         from mtopt.config import ConfigError
         from mtopt.qtopt.weights import WeightsError, export_parts
         from mtopt.runtime.config import load_run_config, with_acting_search
-        from mtopt.runtime.policy_folder import acting_search_record, write_policy_folder
+        from mtopt.runtime.policy_folder import (
+            acting_search_record,
+            averaged_record,
+            write_policy_folder,
+        )
 
         if not {"acting", "online"} & set(parts.split(",")):
             fail("--parts needs acting or online: a policy acts with one")
@@ -183,7 +187,7 @@ def register(app: typer.Typer) -> None:
             fail(exc)
         write_policy_folder(
             out, run, cfg, version, meta.get("step"), parts.split(","),
-            **acting_search_record(run, cfg),
+            **averaged_record(run), **acting_search_record(run, cfg),
         )  # fmt: skip
         typer.echo(f"exported {path} (version {version}) and config.json to {out}")
 

@@ -46,7 +46,7 @@ def write_policy_folder(
     atomic_write_json(
         out / "exported.json",
         {
-            "from": str(run),
+            "from": str(run.resolve()),  # (a relative path means nothing once copied)
             "version": version,
             "learner_step": step,
             "parts": parts,
@@ -54,6 +54,17 @@ def write_policy_folder(
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
     )
+
+
+def averaged_record(source: Path) -> dict[str, Any]:
+    """For ``exported.json`` of a folder exported from ``source``: the ``averaged`` record
+    of a ``source`` that is itself an average (``mtopt average``), so that the export
+    still says what its network is; nothing for a run or a plain export."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        averaged = json.loads((source / "exported.json").read_text())["averaged"]
+        if isinstance(averaged, dict):
+            return {"averaged": averaged}
+    return {}
 
 
 def acting_search_record(source: Path, cfg: RunConfig) -> dict[str, Any]:

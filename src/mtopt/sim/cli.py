@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from mtopt._cli import ACT_HELP, OWN_TASKS_HELP, fail, registry_for
+from mtopt._cli import ACT_HELP, OWN_TASKS_HELP, fail, output_dir, registry_for
 
 if TYPE_CHECKING:
     from mtopt.policies.base import Policy
@@ -82,7 +82,7 @@ def demo(
             )
     except (UnknownTaskError, ValueError, FileNotFoundError, WeightsError) as exc:
         fail(exc)
-    out.mkdir(parents=True, exist_ok=True)
+    output_dir(out)
     robot = SimRobot(config, robot_id="demo", seed=seed)
     rng = np.random.default_rng(seed)
     frames: list[Image.Image] = []
