@@ -139,6 +139,28 @@ def test_init_from_weights_that_do_not_fit_fail_before_the_sd_is_staged(tmp_path
     assert res.exit_code == 2 and (gone / "config.json").exists(), res.output
 
 
+def test_init_from_weights_unlike_their_settings_say_so(tmp_path: Path) -> None:
+    """Tensors that do not fit the network their settings describe: the error says that
+    (it read "no Q-network in its weights", the next part tried in its place)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from mtopt.cli import app
+    from mtopt.qtopt.learner import Learner
+    from mtopt.runtime.config import preset
+
+    Learner(SMALL).publish(tmp_path / "other" / "weights")
+    latest = tmp_path / "other" / "weights" / "q-latest.json"
+    data = json.loads(latest.read_text())
+    data["meta"]["qnet"] = preset("tiny").qnet.to_dict()  # settings of another network
+    latest.write_text(json.dumps(data))
+    out = tmp_path / "run"
+    args = ["run", "--config", "tiny", "--out", str(out), "--init-from", str(tmp_path / "other")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "do not fit the Q-network" in res.output, res.output
+
+
 def test_init_from_refuses_a_run_whose_tasks_are_not_the_sources(tmp_path: Path) -> None:
     """A task must keep the network input it was trained on: a tasks file that replaces
     or reorders the source run's own extra tasks used to give a new task an old task's

@@ -399,6 +399,29 @@ def test_keep_scene_after_an_episode_that_ends_holding_puts_the_object_back_in_t
         env.close()
 
 
+def test_a_chained_lift_is_possible_with_the_object_the_last_task_held() -> None:
+    """``possible`` is judged once the scene is set up for the task: a lift-ball chained
+    after an episode that ended holding the scene's only ball has that ball put back."""
+    robot = SimRobot(SimConfig(), robot_id="gym")
+    env = RobotEnv(robot, task="place-ball-in-bowl")
+    try:
+        terminate_closed = np.array([0, 0, 0, 0, 1, 1], dtype=np.float32)
+        for seed in range(60):  # the scene's only ball in hand, still held at the end
+            env.reset(seed=seed)
+            scene = robot.scene_state()
+            if any(o.category == "ball" and not o.in_gripper for o in scene.objects):
+                continue
+            *_, terminated, _, _ = env.step(terminate_closed)
+            if terminated and robot.holding():
+                break
+        else:
+            pytest.skip("no such scene among the first 60")
+        _, info = env.reset(options={"keep_scene": True, "task": "lift-ball"})
+        assert info["possible"] and not robot.holding()
+    finally:
+        env.close()
+
+
 class _OneFrameBuffer(SimRobot):
     """A camera driver that fills one frame buffer for every image it hands out."""
 

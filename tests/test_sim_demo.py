@@ -115,9 +115,13 @@ def test_exported_policy_acts_like_its_run(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     averaged = json.loads((tmp_path / "avg" / "exported.json").read_text())["averaged"]
     assert json.loads((tmp_path / "avg2" / "exported.json").read_text())["averaged"] == averaged
-    # an output folder that cannot be made: one line, exit 2
+    # an output folder that cannot be made: one line, exit 2 (export, average: a traceback)
     code, out = demo("--run", str(exp), "--out", "/proc/no-such-folder/demo")
     assert code == 2 and "cannot write to /proc/no-such-folder/demo" in out, out
+    dst = "/proc/no-such-folder/policy"
+    for args in (["export", str(run), dst], ["average", dst, str(run)]):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2 and f"cannot write to {dst}" in res.output, res.output
     # only the acting search, and only a valid one
     for bad, says in (
         (["--act", "release_margin=0.1"], "release_margin needs gripper='split'"),
@@ -234,4 +238,5 @@ def test_a_damaged_latest_file_is_a_clear_error(tmp_path: Path, edit: object, me
     with pytest.raises(WeightsError, match=message):
         load_policy(run)
     code, out = demo("--run", str(run), "--out", str(tmp_path / "o"))
-    assert code == 2 and message.split()[0] in out and len(out.strip().splitlines()) == 1, out
+    said = "malformed" if "version" in message or "JSON list" in message else message
+    assert code == 2 and said in out and len(out.strip().splitlines()) == 1, out

@@ -67,13 +67,7 @@ def main() -> None:
 
     try:
         app()
-    except (
-        NotADirectoryError,
-        IsADirectoryError,
-        FileExistsError,
-        PermissionError,
-        FileNotFoundError,  # an output folder that cannot be made (under /proc, say)
-    ) as exc:
+    except (NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError) as exc:
         if os.environ.get("MTOPT_DEBUG"):
             raise
         # an atomic write's rename names its temp file first: the path the user gave is

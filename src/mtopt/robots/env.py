@@ -90,7 +90,11 @@ _DRIVEN: dict[int, weakref.ReferenceType[RobotEnv]] = {}
 def _check_not_driven(robot: object) -> None:
     """Refuse a robot that another open ``RobotEnv`` drives: two envs would reset and
     move one arm in turn, each acting in the other's scene. ``gym.make_vec(...,
-    robot=...)`` passes the same robot to every sub-env and stops here."""
+    robot=...)`` in sync mode passes the same robot to every sub-env and stops here (an
+    async vector env forks a copy of it into each worker, which no check in one process
+    sees: give it ``robot_factory``)."""
+    for key in [k for k, r in _DRIVEN.items() if r() is None]:  # envs dropped unclosed
+        del _DRIVEN[key]
     ref = _DRIVEN.get(id(robot))
     other = None if ref is None else ref()
     if other is not None and not other._closed and other._robot is robot:
@@ -309,11 +313,12 @@ class RobotEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             scene_seed = drawn if chosen is None else int(chosen)
             self._robot.reset_scene(scene_seed)
             info["scene_seed"] = scene_seed
+        self._robot.start_episode()
+        ready = checked_prepare(self._robot, task.starts_holding, task.held_category)
+        # after the set-up: a chain's lift puts back an object the last task held
         possible = task_possible(task, self._truth)
         if possible is not None:  # a robot without ground truth cannot tell
             info["possible"] = possible
-        self._robot.start_episode()
-        ready = checked_prepare(self._robot, task.starts_holding, task.held_category)
         self._steps = 0
         self._done = False
         self._last = checked_observation(self._robot, self._robot.observe(), "observe()")

@@ -185,6 +185,8 @@ def register(app: typer.Typer) -> None:
             )
         except (ConfigError, WeightsError) as exc:
             fail(exc)
+        except FileNotFoundError as exc:  # (sources are read as WeightsErrors above)
+            fail(f"cannot write to {out}: {exc}")
         write_policy_folder(
             out, run, cfg, version, meta.get("step"), parts.split(","),
             **averaged_record(run), **acting_search_record(run, cfg),
@@ -251,7 +253,10 @@ def register(app: typer.Typer) -> None:
             )
         except (ConfigError, WeightsError) as exc:
             fail(exc)
-        used = meta["averaged"]
+        except FileNotFoundError as exc:
+            fail(f"cannot write to {out}: {exc}")
+        # (absolute, as exported.json's from: a relative path means nothing once copied)
+        used = [{**u, "source": str(Path(u["source"]).resolve())} for u in meta["averaged"]]
         write_policy_folder(
             out,
             run,

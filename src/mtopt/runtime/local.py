@@ -55,6 +55,7 @@ from mtopt.qtopt.weights import (
     read_latest,
     snapshot_due,
     snapshot_latest,
+    split_prefixed,
 )
 from mtopt.replay.buffers import TaskBuffers
 from mtopt.replay.ingest import StoreIngest
@@ -355,11 +356,9 @@ def _fresh_learner(paths: RunPaths, cfg: RunConfig, registry: TaskRegistry) -> t
     like: list[int] = []
     for part, dst in nets.items():
         for name in (part, "acting", "online"):  # a policy folder may hold one network
-            try:
+            if split_prefixed(tensors, name):  # (a network that does not fit: its error)
                 src = load_network(tensors, meta, name)
                 break
-            except WeightsError:
-                continue
         else:
             raise WeightsError(f"init_from {cfg.init_from}: no Q-network in its weights")
         trained = src.cfg.num_tasks

@@ -121,7 +121,7 @@ def task_in(registry: TaskRegistry, task: Any) -> TaskSpec:
 
 
 def task_possible(task: TaskSpec, scene_state: Any) -> bool | None:
-    """``info["possible"]``: whether the scene just set up holds what ``task`` needs (a
+    """``info["possible"]``: whether the scene, set up for ``task``, holds what it needs (a
     lift task: an object of its category and size, released, in the right bin;
     ``Lifted.possible``), from ``scene_state`` (a robot's ``scene_state`` method). True
     for a task without such a check; None where the robot reports no ground truth."""
@@ -239,9 +239,9 @@ class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         scene_seed = drawn if chosen is None else int(chosen)
         self._last = None  # a reset that fails part-way leaves no episode to step in
         self._robot.reset_scene(scene_seed)
-        possible = task_possible(self.task, self._robot.scene_state)
         self._robot.start_episode()
         ready = checked_prepare(self._robot, self.task.starts_holding, self.task.held_category)
+        possible = task_possible(self.task, self._robot.scene_state)
         self._steps = 0
         self._done = False
         self._last = self._robot.observe()
