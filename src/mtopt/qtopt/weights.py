@@ -121,7 +121,7 @@ def read_latest(directory: str | Path, prefix: str = "q") -> dict[str, Any] | No
     elif not isinstance(data.get("meta", {}), dict):
         problem = "meta is not an object"
     if problem is not None:
-        raise WeightsError(f"malformed {p}: {problem}")
+        raise WeightsError(f"malformed {p.name} in {p.parent}: {problem}")
     return cast(dict[str, Any], data)
 
 
