@@ -154,12 +154,11 @@ def nothing_to_lift(spec: TaskSpec, robot: object, attempt: int) -> bool:
     lift task with no object it may lift in it (``Lifted.possible``,
     ``EVAL_SCENES_VERSION`` 2). The slot's last try runs whatever the scene holds, as
     before; a robot that reports no ``scene_state`` (a real one) is never judged so."""
-    possible = getattr(spec.predicate, "possible", None)
     scene_state = getattr(robot, "scene_state", None)
-    if attempt >= SETUP_TRIES - 1 or not callable(possible) or not callable(scene_state):
+    if attempt >= SETUP_TRIES - 1 or not callable(scene_state):
         return False
     scene = scene_state()
-    return isinstance(scene, SceneState) and not possible(scene)
+    return isinstance(scene, SceneState) and not spec.possible(scene)
 
 
 def evaluate_policy(

@@ -354,7 +354,10 @@ def average_into(
             if not sd:
                 raise WeightsError(f"weights {src} have no {part!r} network")
             members.append(sd)
-        used.append({"source": str(src), "version": version, "step": meta.get("step")})
+        # absolute: a relative path means nothing in a folder copied elsewhere
+        used.append(
+            {"source": str(Path(src).resolve()), "version": version, "step": meta.get("step")}
+        )
     assert meta0 is not None
     if (
         expected_tasks is not None

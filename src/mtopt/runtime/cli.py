@@ -255,8 +255,7 @@ def register(app: typer.Typer) -> None:
             fail(exc)
         except FileNotFoundError as exc:
             fail(f"cannot write to {out}: {exc}")
-        # (absolute, as exported.json's from: a relative path means nothing once copied)
-        used = [{**u, "source": str(Path(u["source"]).resolve())} for u in meta["averaged"]]
+        used = meta["averaged"]
         write_policy_folder(
             out,
             run,

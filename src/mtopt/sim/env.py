@@ -123,14 +123,9 @@ def task_in(registry: TaskRegistry, task: Any) -> TaskSpec:
 def task_possible(task: TaskSpec, scene_state: Any) -> bool | None:
     """``info["possible"]``: whether the scene, set up for ``task``, holds what it needs (a
     lift task: an object of its category and size, released, in the right bin;
-    ``Lifted.possible``), from ``scene_state`` (a robot's ``scene_state`` method). True
-    for a task without such a check; None where the robot reports no ground truth."""
-    if not callable(scene_state):
-        return None
-    possible = getattr(task.predicate, "possible", None)
-    if not callable(possible):
-        return True
-    return bool(possible(scene_state()))
+    ``TaskSpec.possible``), from ``scene_state`` (a robot's ``scene_state`` method); None
+    where the robot reports no ground truth."""
+    return task.possible(scene_state()) if callable(scene_state) else None
 
 
 class SimCellEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):

@@ -42,6 +42,13 @@ class TaskSpec:
         """Ground truth (sim only): did this task succeed in ``scene``?"""
         return bool(self.predicate(scene))
 
+    def possible(self, scene: SceneState) -> bool:
+        """Ground truth (sim only): does ``scene``, set up for this task, hold what it
+        needs (a lift task: an object it may lift, ``Lifted.possible``)? True for a task
+        whose predicate has no such check."""
+        check = getattr(self.predicate, "possible", None)
+        return bool(check(scene)) if callable(check) else True
+
     @property
     def held_category(self) -> str | None:
         """The category the held object must be for this task to be possible (a category
