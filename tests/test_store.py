@@ -748,6 +748,67 @@ def test_a_flipped_bit_in_a_shard_is_found_and_quarantined(tmp_path: Path) -> No
     assert reader.poll() == [] and len(reader.quarantined) == 1
 
 
+def test_store_verify_finds_a_damaged_image_page_that_stats_do_not_read(tmp_path: Path) -> None:
+    """``store stats`` reads metadata only, so a flipped bit in an image counts until a
+    full read; ``store verify`` reads every page: --dry-run lists it and changes nothing,
+    a plain verify quarantines it, and a verify of the healthy store exits 0."""
+    from typer.testing import CliRunner
+
+    from mtopt.cli import app
+
+    store = tmp_path / "store"
+    episodes = [make_episode(i, size=32) for i in range(3)]
+    with EpisodeWriter(store, "r0", flush_every=1) as w:
+        for e in episodes:
+            w.write(e)
+    shards = shard_paths(store)
+    assert len(shards) == 3
+    data = bytearray(shards[1].read_bytes())
+    at = bytes(data).find(episodes[1].images.tobytes()[100:164])
+    assert at > 0
+    data[at + 10] ^= 0x04
+    shards[1].write_bytes(bytes(data))
+    _age(shards[1], 120.0)
+    before = sorted(p.name for p in store.rglob("*") if p.is_file())
+
+    res = CliRunner().invoke(app, ["store", "stats", str(store), "--plot", str(tmp_path / "s.png")])
+    assert res.exit_code == 0 and "3 episodes in 3 shards (0 in quarantine/)" in res.output
+
+    out = tmp_path / "v.json"
+    res = CliRunner().invoke(app, ["store", "verify", str(store), "--dry-run", "--json", str(out)])
+    assert res.exit_code == 1, res.output
+    assert "2 shards read whole: 2 episodes, 6 steps" in res.output
+    assert f"corrupt: {shards[1]} (left in place)" in res.output
+    found = json.loads(out.read_text())
+    assert found["shards_ok"] == 2 and found["episodes"] == 2 and found["dry_run"] is True
+    assert [c["shard"] for c in found["corrupt"]] == [str(shards[1])]
+    assert found["corrupt"][0]["moved_to"] is None and "checksum" in found["corrupt"][0]["reason"]
+    assert sorted(p.name for p in store.rglob("*") if p.is_file()) == before  # unchanged
+
+    res = CliRunner().invoke(app, ["store", "verify", str(store)])
+    assert res.exit_code == 1 and "moved to" in res.output, res.output
+    assert not shards[1].exists() and (store / "quarantine" / "r0" / shards[1].name).exists()
+
+    res = CliRunner().invoke(app, ["store", "verify", str(store)])
+    assert res.exit_code == 0 and "2 shards read whole: 2 episodes" in res.output, res.output
+    assert [e.episode_id for e in EpisodeReader(store).episodes()] == ["ep00000", "ep00002"]
+
+    res = CliRunner().invoke(app, ["store", "verify", str(tmp_path / "nowhere")])
+    assert res.exit_code == 2 and "no episode store" in res.output
+
+
+def test_verify_counts_rows_that_repeat_an_episode_id(tmp_path: Path) -> None:
+    with EpisodeWriter(tmp_path, "r0", flush_every=1) as w:
+        w.write(make_episode(0))
+        w.write(make_episode(1))
+    with EpisodeWriter(tmp_path, "r1", flush_every=1) as w:
+        w.write(Episode(**{**make_episode(0).__dict__, "robot_id": "r1"}))
+    seen: list[Path] = []
+    report = EpisodeReader(tmp_path).verify(progress=seen.append)
+    assert (report.shards, report.episodes, report.steps, report.duplicates) == (3, 3, 9, 1)
+    assert report.ok and seen == shard_paths(tmp_path)
+
+
 def test_episode_fields_a_store_needs_are_checked_at_write(tmp_path: Path) -> None:
     e = make_episode(0)
     bad = {

@@ -189,3 +189,69 @@ def subset(
         f"copied {sum(counts.values())} episodes in {shards} shards to {dst}: "
         + ", ".join(f"{t}={n}" for t, n in counts.items())
     )
+
+
+@app.command()
+def verify(
+    store: Path = typer.Argument(..., help="Episode store directory."),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="List corrupt shards but leave them where they are (the store is not changed).",
+    ),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the findings as JSON."),
+) -> None:
+    """Read every shard whole (each page against its checksum, each row as an episode) and quarantine the corrupt ones.
+
+    `store stats` and `subset` read only the columns they need, so a damaged image page
+    is found only when LogReplay or the success detector reads it. Exits 0 when every
+    shard reads, 1 when a shard is corrupt (quarantined unless --dry-run).
+    """
+    from tqdm import tqdm
+
+    from mtopt._io import atomic_write_json
+    from mtopt.store.reader import EpisodeReader, StoreNotFoundError, shard_paths
+    from mtopt.store.schema import SchemaError
+
+    if json_out is not None:
+        output_file(json_out)
+    try:
+        reader = EpisodeReader(store, move_corrupt=not dry_run)
+        total = len(shard_paths(store))
+        with tqdm(total=total, desc="verify", unit="shard", disable=None) as bar:
+            report = reader.verify(progress=lambda _path: bar.update())
+    except (StoreNotFoundError, SchemaError, OSError) as exc:
+        fail(exc)  # a newer writer's shard, a shard without read permission: one line
+    typer.echo(
+        f"{report.shards} shards read whole: {report.episodes} episodes, "
+        f"{report.steps} steps"
+        + (f" ({report.duplicates} rows repeat an episode id)" if report.duplicates else "")
+    )
+    for path in report.being_written:
+        typer.echo(f"not judged (modified moments ago, still being written?): {path}")
+    for bad in report.corrupt:
+        went = "left in place" if bad.moved_to is None else f"moved to {bad.moved_to}"
+        typer.echo(f"corrupt: {bad.path} ({went}): {bad.reason}")
+    if json_out is not None:
+        atomic_write_json(
+            json_out,
+            {
+                "store": str(store.resolve()),
+                "dry_run": dry_run,
+                "shards_ok": report.shards,
+                "episodes": report.episodes,
+                "steps": report.steps,
+                "duplicates": report.duplicates,
+                "corrupt": [
+                    {
+                        "shard": str(c.path),
+                        "reason": c.reason,
+                        "moved_to": None if c.moved_to is None else str(c.moved_to),
+                    }
+                    for c in report.corrupt
+                ],
+                "being_written": [str(p) for p in report.being_written],
+            },
+        )
+    if not report.ok:
+        fail(f"{len(report.corrupt)} corrupt shard(s) in {store}", 1)

@@ -21,6 +21,7 @@ is a ``ValueError`` before anything is read.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -349,6 +350,36 @@ def _task_list(tasks: Iterable[str] | None) -> list[str] | None:
     return out
 
 
+@dataclass(frozen=True)
+class CorruptShard:
+    """A shard a reader found corrupt."""
+
+    path: Path
+    """Where it was found."""
+    reason: str
+    moved_to: Path | None
+    """Where it went in ``quarantine/`` (None: left in place, or it could not be moved)."""
+
+
+@dataclass
+class VerifyReport:
+    """What ``EpisodeReader.verify`` found."""
+
+    shards: int = 0
+    """Shards read whole without a fault."""
+    episodes: int = 0
+    steps: int = 0
+    duplicates: int = 0
+    """Rows whose episode id an earlier row had (readers count the first only)."""
+    corrupt: list[CorruptShard] = dataclasses.field(default_factory=list)
+    being_written: list[Path] = dataclasses.field(default_factory=list)
+    """Shards that could not be opened and were modified moments ago: not judged."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.corrupt
+
+
 class EpisodeReader:
     def __init__(
         self,
@@ -356,11 +387,14 @@ class EpisodeReader:
         must_exist: bool = True,
         shards_per_poll: int | None = None,
         part: tuple[int, int] | None = None,
+        move_corrupt: bool = True,
     ):
         """``shards_per_poll`` bounds what one ``poll()`` reads (None: every new shard), so
         a consumer that keeps a bounded part of a large store never holds all of it.
         ``part=(i, n)``: this reader sees only the i-th of n disjoint parts of the store's
-        shards (``shard_part``), so n readers together read each shard once."""
+        shards (``shard_part``), so n readers together read each shard once.
+        ``move_corrupt=False``: corrupt shards are skipped and listed in ``corrupt`` but
+        left where they are (a look at a store without changing it)."""
         if shards_per_poll is not None and shards_per_poll < 1:
             raise ValueError(f"shards_per_poll must be >= 1 or None, got {shards_per_poll}")
         if part is not None and not (part[1] >= 1 and 0 <= part[0] < part[1]):
@@ -381,7 +415,11 @@ class EpisodeReader:
         """Of ``behind``, the shards the last ``poll()`` tried and could not read (OS
         errors, shards still being written): the rest wait only for a later poll."""
         self._attempted: list[Path] = []  # the shards the last poll tried
+        self.move_corrupt = move_corrupt
         self.quarantined: list[Path] = []
+        """Where the corrupt shards this reader found went (``quarantine/...``)."""
+        self.corrupt: list[CorruptShard] = []
+        """Every corrupt shard this reader found (moved or not)."""
 
     def _read(
         self,
@@ -421,7 +459,13 @@ class EpisodeReader:
         except Exception as exc:  # corrupt Parquet, foreign files and bad rows alike
             if _is_os_error(exc):
                 raise
-            q = quarantine(self.store_dir, path, f"{type(exc).__name__}: {exc}")
+            reason = f"{type(exc).__name__}: {exc}"
+            q = None
+            if self.move_corrupt:
+                q = quarantine(self.store_dir, path, reason)
+            else:
+                log.warning("corrupt shard %s (left in place): %s", path, reason)
+            self.corrupt.append(CorruptShard(path, reason, q))
             if q is not None:
                 self.quarantined.append(q)
             return None
@@ -612,6 +656,34 @@ class EpisodeReader:
             return paths
         i, n = self.part
         return [p for p in paths if shard_part(p, n) == i]
+
+    def verify(self, progress: Callable[[Path], None] | None = None) -> VerifyReport:
+        """Read every shard whole (this reader's part, if it has one): every page against
+        its checksum and every row decoded into an ``Episode``, one shard at a time. A
+        corrupt shard is quarantined (or, with ``move_corrupt=False``, only listed). OS
+        errors and unknown schema versions raise, as in ``episodes()``. ``progress`` is
+        called with each shard after it is read."""
+        report = VerifyReport()
+        seen: set[str] = set()
+        corrupt_before = len(self.corrupt)
+        for path in self._all_shards():
+            try:
+                got = self._read(path, _episodes)
+            except ShardBeingWrittenError:
+                report.being_written.append(path)
+                got = None
+            if got is not None:
+                report.shards += 1
+                for e in got:
+                    report.episodes += 1
+                    report.steps += e.num_steps
+                    if e.episode_id in seen:
+                        report.duplicates += 1
+                    seen.add(e.episode_id)
+            if progress is not None:
+                progress(path)
+        report.corrupt = list(self.corrupt[corrupt_before:])
+        return report
 
     def episodes(self, tasks: Iterable[str] | None = None) -> Iterator[Episode]:
         """Every episode in the store, or of ``tasks`` only (the other rows are never
