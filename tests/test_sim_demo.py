@@ -240,3 +240,31 @@ def test_a_damaged_latest_file_is_a_clear_error(tmp_path: Path, edit: object, me
     code, out = demo("--run", str(run), "--out", str(tmp_path / "o"))
     said = "malformed" if "version" in message or "JSON list" in message else message
     assert code == 2 and said in out and len(out.strip().splitlines()) == 1, out
+
+
+def test_export_of_a_snapshot_is_the_policy_at_that_step(tmp_path: Path) -> None:
+    from mtopt.qtopt.weights import snapshot_latest
+
+    run = tmp_path / "run"
+    save_config(override(preset("local"), ["sim.image_size=32"]), run / "config.json")
+    learner = Learner(dataclasses.replace(SMALL, num_tasks=len(DEFAULT_REGISTRY.names)))
+    learner.publish(run / "weights")
+    snapshot_latest(run / "weights")  # version 1 kept
+    early = {k: v.clone() for k, v in learner.acting.state_dict().items()}
+    with torch.no_grad():
+        for p in learner.acting.parameters():
+            p.add_(1.0)
+    learner.publish(run / "weights")  # version 2: the latest, not a snapshot
+    out = tmp_path / "at1"
+    res = CliRunner().invoke(
+        app, ["export", str(run), str(out), "--snapshot", "1", "--parts", "acting"]
+    )
+    assert res.exit_code == 0, res.output
+    version, tensors, _ = load_latest(out / "weights")
+    assert version == 1
+    assert all(torch.equal(tensors[f"acting.{k}"], v) for k, v in early.items())
+    assert json.loads((out / "exported.json").read_text())["version"] == 1
+    assert load_policy(out)[0].part == "acting"
+    res = CliRunner().invoke(app, ["export", str(run), str(tmp_path / "at2"), "--snapshot", "2"])
+    assert res.exit_code == 2 and "no snapshot of version 2" in res.output
+    assert "it keeps 1" in res.output and not (tmp_path / "at2" / "weights").exists()

@@ -192,16 +192,30 @@ def export_parts(
     dst: str | Path,
     parts: tuple[str, ...] = ("acting", "online"),
     prefix: str = "q",
+    snapshot: int | None = None,
 ) -> tuple[Path, int, dict[str, Any]]:
-    """Copy the latest published weights of ``src`` into ``dst`` with only the networks
-    ``parts`` (e.g. the acting and online networks a policy needs, not the target
-    networks), keeping their version and metadata, so ``dst`` loads like a run's
-    weights directory. Returns (the written file, version, meta)."""
-    version, tensors, meta = load_latest(src, prefix)
+    """Copy the latest published weights of ``src`` (or, with ``snapshot``, that version
+    from ``src/snapshots/``) into ``dst`` with only the networks ``parts`` (e.g. the
+    acting and online networks a policy needs, not the target networks), keeping their
+    version and metadata, so ``dst`` loads like a run's weights directory. Returns (the
+    written file, version, meta)."""
+    if snapshot is None:
+        version, tensors, meta = load_latest(src, prefix)
+        what = "the latest weights"
+    else:
+        kept_versions = [int(f.stem.rpartition("-")[2]) for f in snapshot_files(src, prefix)]
+        if snapshot not in kept_versions:
+            raise WeightsError(
+                f"no snapshot of version {snapshot} in {Path(src) / SNAPSHOTS}: it keeps "
+                + (", ".join(map(str, kept_versions)) if kept_versions else "none")
+            )
+        version = snapshot
+        tensors, meta = load_version(Path(src) / SNAPSHOTS, snapshot, prefix)
+        what = f"snapshot {snapshot}"
     kept = {k: v for k, v in tensors.items() if k.split(".", 1)[0] in parts}
     missing = [p for p in parts if not split_prefixed(tensors, p)]
     if missing:
-        raise WeightsError(f"the latest weights in {src} have no {missing} network")
+        raise WeightsError(f"{what} in {src} has no {missing} network")
     _refuse_published(Path(dst), prefix)
     return publish(dst, kept, version, meta, prefix), version, meta
 

@@ -159,6 +159,11 @@ def register(app: typer.Typer) -> None:
         act: list[str] = typer.Option(
             [], "--act", help=ACT_HELP + " Kept in the folder's config.json and exported.json."
         ),
+        snapshot: int | None = typer.Option(
+            None,
+            help="Export this weights version from the run's weights/snapshots/ (the "
+            "policy at an earlier learner step) instead of the latest weights.",
+        ),
     ) -> None:
         """Export a run's learned policy (config and latest weights) to a small folder.
 
@@ -181,7 +186,7 @@ def register(app: typer.Typer) -> None:
         try:
             cfg = with_acting_search(load_run_config(run / "config.json"), act)
             path, version, meta = export_parts(
-                run / "weights", out / "weights", tuple(parts.split(","))
+                run / "weights", out / "weights", tuple(parts.split(",")), snapshot=snapshot
             )
         except (ConfigError, WeightsError) as exc:
             fail(exc)
