@@ -320,12 +320,20 @@ def test_label_store_skips_malformed_lines_and_ignores_new_keys(
         {**good, "timestamp": 7, "labeler": "ana"},  # a key a later version may add: kept
         {**good, "success": False, "timestamp": 8},
     ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    # lines json and float() refused with errors of their own: the page's queue and
+    # labels answered 500, and sd export / improve --labeler human crashed
+    head = '{"episode_id": "e1", "task": "lift-any", "success": true, "source": "human", '
+    text += head + '"timestamp": ' + "9" * 400 + "}\n"  # too large for a float
+    text += head + '"timestamp": ' + "9" * 5000 + "}\n"  # too many digits for json
+    text += "[" * 100_000 + "\n"  # deeper than the parser recurses
+    text += head + '"timestamp": NaN}\n'
+    path.write_text(text + "\n")
     store = LabelStore(path)
     with caplog.at_level("WARNING"):
         got = store.all()
     assert [(lab.success, lab.timestamp) for lab in got] == [(True, 7.0), (False, 8.0)]
-    assert "skipped 6 unreadable label line(s)" in caplog.text  # the blank line is not one
+    assert "skipped 10 unreadable label line(s)" in caplog.text  # the blank line is not one
     caplog.clear()
     with caplog.at_level("WARNING"):
         store.all()  # the page asks again and again: said once

@@ -601,3 +601,68 @@ def test_sd_improve_with_human_labels_trains_an_exported_episode_once_as_labeled
     assert seen[0].mask[row, j] and seen[0].labels[row, j] == 0.0
     assert seen[0].mask[row].sum() == 1  # only what the person labeled now
     assert np.all(seen[0].mask[ids.index("x-staged")])  # the export's other examples stay
+
+
+def test_sd_commands_refuse_bad_input_in_one_line_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each of these gave a traceback (and some after minutes of staging, or after
+    writing to WEIGHTS): a tasks file whose kind or category is not a string, or that is
+    not UTF-8; labels under a file; examples of another size to add staged scenes to; a
+    malformed chosen_labels.json."""
+    import numpy as np
+    import uvicorn
+
+    from mtopt.success.data import LabeledSet
+    from mtopt.tasks import DEFAULT_REGISTRY
+
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)
+    r = CliRunner()
+    store, w, ex = _tiny_sd_setup(tmp_path)
+
+    def one_line_error(args: list[str], says: str, code: int = 2) -> None:
+        res = r.invoke(app, args)
+        assert isinstance(res.exception, SystemExit), res.exception
+        assert res.exit_code == code and says in res.output, res.output
+
+    staged = ["sd", "examples", "--task", "lift-any", "--n", "1"]
+    bad_files = {
+        "kind.json": b'[{"name": "lift-x1", "kind": ["lift"]}]',
+        "category.json": b'[{"name": "lift-x2", "kind": "lift", "category": {"a": 1}}]',
+        "utf.json": b'[{"name": "lift-x\xff", "kind": "lift"}]',
+    }
+    for name, raw in bad_files.items():
+        (tmp_path / name).write_bytes(raw)
+        says = {"kind.json": "'kind' must be", "category.json": "unknown category"}.get(
+            name, "cannot read the tasks file"
+        )
+        one_line_error([*staged, "--tasks-file", str(tmp_path / name)], says)
+    # examples of a 16-pixel camera (sd export's) cannot take 64-pixel staged scenes
+    small = tmp_path / "small.npz"
+    names = DEFAULT_REGISTRY.names
+    LabeledSet(
+        tuple(names),
+        np.zeros((2, 16, 16, 3), np.uint8),
+        np.zeros((2, len(names)), np.float32),
+        np.ones((2, len(names)), bool),
+        np.array(["e0", "e1"]),
+        np.array(["human"] * 2),
+        np.zeros(2, bool),
+    ).save(small)
+    one_line_error([*staged, "--out", str(small)], "holds 16x16-pixel examples")
+    assert len(LabeledSet.load(small)) == 2
+    # labels under a file: said before serving (each label answered 500)
+    (tmp_path / "afile").write_text("x")
+    label = ["sd", "label", "--store", str(store), "--port", "0"]
+    one_line_error(
+        [*label, "--labels", str(tmp_path / "afile" / "labels.jsonl")], "cannot write labels to"
+    )
+    assert not (tmp_path / "afile").is_dir()
+    assert r.invoke(app, [*label, "--labels", str(tmp_path / "new" / "l.jsonl")]).exit_code == 0
+    # a chosen_labels.json that is not a record of choices: refused before WEIGHTS changes
+    improve = ["sd", "improve", "--store", str(store), "--weights", str(w), "--examples", str(ex)]
+    improve += ["--rounds", "1", "--steps", "1", "--budget", "1"]
+    for content in ("[]", '{"ep00001": "lift-any"}', "{"):
+        (w / "chosen_labels.json").write_text(content)
+        one_line_error(improve, "chosen_labels.json")
+        assert not (w / "initial").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 from pathlib import Path
 
@@ -84,6 +85,13 @@ def examples(
             f"{out} holds examples of {held} objects; --split {split} examples go to a file "
             "of their own (--out), so held-out objects are never trained on"
         )
+    staged_size = (64, 64)  # stage_examples' image size
+    if before is not None and len(before) and tuple(before.images.shape[1:3]) != staged_size:
+        h, w = before.images.shape[1:3]
+        _fail(
+            f"{out} holds {h}x{w}-pixel examples; staged scenes are {staged_size[0]}x"
+            f"{staged_size[1]}: they go to a file of their own (--out), a detector judges one size"
+        )
     if before is not None and any(str(i).startswith(f"staged-{split}-{seed}-") for i in before.ids):
         typer.echo(
             f"note: {out} already holds {split} scenes of seed {seed}; these share their "
@@ -101,7 +109,10 @@ def examples(
         outcome_fixtures_share=outcome_fixtures_share,
     )
     if before is not None:
-        data = before.concat(data)
+        try:
+            data = before.concat(data)
+        except ValueError as exc:  # (each cause is checked above, before the staging)
+            _fail(exc)
     data.save(out)
     typer.echo(f"{len(data)} labeled examples in {out}")
 
@@ -344,6 +355,28 @@ def _bind(host: str, port: int) -> list[socket.socket]:
     return sockets
 
 
+def _check_labels_writable(path: Path) -> None:
+    """End the command now if labels cannot be written to ``path`` (a file in the way of
+    its folder, a read-only file): the page answered every label with a 500. Creates
+    nothing."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    problem = None
+    if not folder.is_dir():
+        problem = f"{folder} is not a folder"
+    elif path.exists():
+        try:
+            with open(path, "ab"):
+                pass
+        except OSError as exc:
+            problem = str(exc)
+    elif not os.access(folder, os.W_OK):
+        problem = f"no permission to write in {folder}"
+    if problem:
+        _fail(f"cannot write labels to {path}: {problem}")
+
+
 @app.command()
 def label(
     store: Path = typer.Option(..., help="Episode store directory."),
@@ -371,6 +404,7 @@ def label(
     labels_path = labels or store / "labels.jsonl"
     if labels_path.is_dir():
         _fail(f"--labels {labels_path} is a directory; give the labels file's path")
+    _check_labels_writable(labels_path)
     registry = registry_for(store, tasks_file)
     try:
         registry.get(task)  # the page opens on it (an unknown one served an error)

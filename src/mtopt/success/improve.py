@@ -164,7 +164,17 @@ def chosen_cells(
     """(row, task column) of each label chosen by earlier calls, for episodes in ``ids``."""
     if not path.exists():
         return []
-    saved = json.loads(path.read_text())
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+    if not isinstance(saved, dict) or not all(
+        isinstance(v, list) and all(isinstance(t, str) for t in v) for v in saved.values()
+    ):
+        raise ValueError(
+            f"{path} is not a record of chosen labels (episode id -> list of task names): "
+            "move it away to start choosing anew"
+        )
     col = {t: j for j, t in enumerate(tasks)}
     return [(i, col[t]) for i, eid in enumerate(ids) for t in saved.get(str(eid), []) if t in col]
 
@@ -370,6 +380,10 @@ def improve_loop(
                 f"{labels_path or Path(store) / 'labels.jsonl'}: trained once, with the "
                 "labels in force there now"
             )
+    chosen_path = Path(weights) / CHOSEN_LABELS
+    chosen = np.zeros_like(known)
+    for i, j in chosen_cells(chosen_path, pool.ids, registry.names):  # earlier calls'
+        chosen[i, j] = True
     # once every input loaded and has labels: a call that fails writes nothing to WEIGHTS
     initial = Path(weights) / "initial"
     if _initial_is_stale(initial, sd, registry.names):
@@ -377,10 +391,6 @@ def improve_loop(
             initial, extra_meta={"copied_from": sd.version}
         )
     start = SuccessDetector.load(initial, registry.names).net
-    chosen_path = Path(weights) / CHOSEN_LABELS
-    chosen = np.zeros_like(known)
-    for i, j in chosen_cells(chosen_path, pool.ids, registry.names):  # earlier calls'
-        chosen[i, j] = True
     # the labels the SD it starts from was trained on: an earlier call's of the same
     # labeler, when it is that call's SD (not one `sd train` published since). SDs of
     # calls before the labeler was kept in their metadata were the oracle's

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -111,7 +112,7 @@ class LabelStore:
         for raw in self.path.read_bytes().decode("utf-8", errors="replace").splitlines():
             try:
                 record = parse_record(json.loads(raw))
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # bad JSON, an int of 5000 digits, [[[[...
                 record = None
             if record is None:
                 skipped += bool(raw.strip())
@@ -169,4 +170,8 @@ def _common_fields(row: Any) -> tuple[str, str, str, float] | None:
         return None
     if isinstance(ts, bool) or not isinstance(ts, (int, float)):
         return None
-    return eid, task, source, float(ts)
+    try:
+        when = float(ts)
+    except OverflowError:  # an int too large for a float
+        return None
+    return (eid, task, source, when) if math.isfinite(when) else None

@@ -152,7 +152,7 @@ def task_from_dict(d: Mapping[str, Any]) -> TaskSpec:
     if not isinstance(name, str) or not name:
         raise ValueError(f"task description needs a non-empty 'name', got {dict(d)!r}")
 
-    if kind not in TASK_KEYS:
+    if not isinstance(kind, str) or kind not in TASK_KEYS:
         raise ValueError(f"task {name!r}: 'kind' must be 'lift' or 'place', got {kind!r}")
     unknown = sorted(set(d) - set(TASK_KEYS[kind]))
     if unknown:
@@ -164,7 +164,7 @@ def task_from_dict(d: Mapping[str, Any]) -> TaskSpec:
         if key in d and (not isinstance(d[key], str) or not d[key]):
             raise ValueError(f"task {name!r}: {key!r} must be a non-empty string, got {d[key]!r}")
     category = d.get("category")
-    if category is not None and category not in CATEGORIES:
+    if category is not None and (not isinstance(category, str) or category not in CATEGORIES):
         raise ValueError(f"task {name!r}: unknown category {category!r}; valid: {list(CATEGORIES)}")
     skill = str(d.get("skill", kind))
     holding = kind == "place"
@@ -204,7 +204,7 @@ def read_tasks_file(path: str | Path) -> list[dict[str, Any]]:
     and ``mtopt sd ... --tasks-file`` take); a ``ValueError`` naming the file otherwise."""
     try:
         extra = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # (bad UTF-8, JSON, huge ints)
         raise ValueError(f"cannot read the tasks file {path}: {exc}") from None
     if not isinstance(extra, list) or not all(isinstance(t, dict) for t in extra):
         raise ValueError(f"the tasks file {path} must hold a JSON list of task descriptions")
