@@ -64,6 +64,29 @@ def test_new_sd_version_rescores_everything() -> None:
     assert buf.sizes()["lift-any"] == (1, 1)
 
 
+def test_a_rescore_that_fails_keeps_the_old_model_and_a_retry_rescores() -> None:
+    """The new model was switched in before scoring: after a failed scoring (a transient
+    out-of-memory error), the retry with the same model rescored nothing and the held
+    episodes kept the old detector's rewards for good."""
+
+    class FailsOnce(FakeSD):
+        def score(self, images: np.ndarray) -> np.ndarray:
+            if self.calls == 0:
+                self.calls += 1
+                raise MemoryError("transient")
+            return super().score(images)
+
+    buf = TaskBuffers(REG.names)
+    lr = LogReplay(REG, buf, FakeSD(), mode="orig")
+    lr.ingest([ep("e1", "lift-any", 0b001), ep("e2", "lift-any", 0)])
+    new = FailsOnce(version=2, flip=True)
+    with pytest.raises(MemoryError):
+        lr.set_reward_model(new)
+    assert lr.reward_version == 1 and lr.rewards("e1")["lift-any"] == 1.0
+    assert lr.set_reward_model(new) == 2 and lr.reward_version == 2
+    assert lr.rewards("e1")["lift-any"] == 0.0 and lr.rewards("e2")["lift-any"] == 1.0
+
+
 def test_reward_model_must_cover_tasks() -> None:
     sd = FakeSD()
     sd.tasks = ("lift-any",)

@@ -295,15 +295,20 @@ class LogReplay:
         once (``TaskBuffers.refile_many``); returns how many were refiled.
         The model in use already (a relabel round that labeled nothing new hands it back)
         rescores nothing. The success counts in ``stats`` follow the new rewards of the
-        held episodes (evicted ones keep the rewards they had)."""
+        held episodes (evicted ones keep the rewards they had). A rescore that fails
+        (raises) leaves the model that was in use, so a later call rescores."""
         self._check_model(model)
         if model is self._reward_model:
             return 0
-        self._reward_model = model
-        if not self._held:
-            return 0
+        previous, self._reward_model = self._reward_model, model
         eids = list(self._held)
-        rewards = self._score([self._held[e][1] for e in eids])
+        try:
+            rewards = self._score([self._held[e][1] for e in eids])
+        except BaseException:  # (out of memory, say) the old model stays: a retry rescores
+            self._reward_model = previous
+            raise
+        if not eids:
+            return 0
         if self.reward == "truth":  # scored for the same compute (_rewards); none changes
             return 0
         refiled = 0

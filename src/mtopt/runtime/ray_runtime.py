@@ -284,8 +284,9 @@ class ReplayService:
             )
             self.q_version = version
         if SuccessDetector.latest_version(self.root / "sd") > self.sd.version:
-            self.sd = SuccessDetector.load(self.root / "sd")
-            self.replay.set_reward_model(self.sd)
+            sd = SuccessDetector.load(self.root / "sd")
+            self.replay.set_reward_model(sd)  # (raises: self.sd stays, the next call retries)
+            self.sd = sd
 
     def step(self, batches: int, ready: bool | None = None) -> dict[str, Any]:
         """``ready``: the driver's word that the workers together hold enough episodes
