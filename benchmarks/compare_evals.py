@@ -99,6 +99,32 @@ def scenes_of_other_versions(tasks: list[str]) -> list[str]:
     return out
 
 
+def setup_tries(spec: str) -> int | None:
+    """The scenes a result file tried per slot of a task the robot sets up
+    (``mtopt.eval.evaluate.SETUP_TRIES``; None: not recorded, files before 2026-12-07)."""
+    tries = json.loads(Path(split_spec(spec)[0]).read_text()).get("setup_tries")
+    return int(tries) if isinstance(tries, int) else None
+
+
+def category_places(tasks: list[str]) -> list[str]:
+    """The tasks whose held-out scenes depend on the setup tries and on how a placing
+    task is set up: places of a category (2026-12-06: they start holding an object of
+    their category, and 5 scenes are tried instead of 3). Tasks the built-in registry
+    lacks are named too: their kind is not known here."""
+    from mtopt.tasks import DEFAULT_REGISTRY
+    from mtopt.tasks.predicates import Placed
+
+    out = []
+    for t in tasks:
+        if t not in DEFAULT_REGISTRY:
+            out.append(t)
+            continue
+        p = DEFAULT_REGISTRY.get(t).predicate
+        if isinstance(p, Placed) and p.category is not None:
+            out.append(t)
+    return out
+
+
 def sim_settings(spec: str) -> dict[str, object] | None:
     """The cell settings a result file's run had (None: not recorded)."""
     sim = json.loads(Path(split_spec(spec)[0]).read_text()).get("sim")
@@ -210,6 +236,17 @@ def main() -> None:
             f"note: the files were measured on held-out scene versions {scene_versions}: "
             f"{', '.join(moved)} met other scenes in them (version 2 replaces a lift's scene "
             "without an object it may lift), so those pair by seed, not by scene",
+            file=sys.stderr,
+        )
+    tries = {setup_tries(s) for s in a_specs + b_specs}
+    unsure = category_places(sorted(a)) if len(tries) > 1 else []
+    if unsure:
+        said = ", ".join("not recorded" if t is None else str(t) for t in sorted(tries, key=str))
+        print(
+            f"note: the files tried other numbers of scenes per slot ({said}; files before "
+            f"2026-12-07 do not record it, and on 2026-12-06 category places changed how "
+            f"they are set up): {', '.join(unsure)} may have met other scenes, so those "
+            "pair by seed, not by scene",
             file=sys.stderr,
         )
     write_result(

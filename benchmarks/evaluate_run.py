@@ -46,6 +46,7 @@ from _results import write_result
 from mtopt.config import ConfigError
 from mtopt.eval.evaluate import (
     EVAL_SCENES_VERSION,
+    SETUP_TRIES,
     encode_outcomes,
     evaluate_outcomes,
     paired_comparison,
@@ -258,6 +259,7 @@ def main() -> None:
         "objects": args.objects,
         "cell_version": CELL_VERSION,
         "eval_scenes": EVAL_SCENES_VERSION,
+        "setup_tries": SETUP_TRIES,  # (category placing tasks' scenes; since 2026-12-07)
         "sim": dataclasses.asdict(run_sim_config(args.run, args.objects)),
         "cem": search,
         "per_task": per_task,

@@ -642,6 +642,21 @@ def test_compare_evals_pairs_scenes_across_files(tmp_path: Path) -> None:
     r = compare(v1, v2, tmp_path / "v12.json")
     assert "scene versions [1, 2]: lift-ball met other scenes" in r.stderr
     assert json.loads((tmp_path / "v12.json").read_text())["eval_scenes_versions"] == [1, 2]
+    # setup tries recorded in one file only: a category place may have met other scenes
+    # (3 tries before 2026-12-06, 5 since; files before 2026-12-07 do not say)
+    places = {
+        "place-any": {"acting": {"outcomes": "110"}},
+        "place-ball-in-bowl": {"acting": {"outcomes": "010"}},
+    }
+    p1 = result("p1.json", 5, places)
+    p2 = tmp_path / "p2.json"
+    p2.write_text(json.dumps({**json.loads(Path(p1).read_text()), "setup_tries": 5}))
+    r = compare(p1, p2, tmp_path / "p12.json")
+    assert "(5, not recorded;" in r.stderr and "place-ball-in-bowl may have met" in r.stderr
+    (said,) = [line for line in r.stderr.splitlines() if "scenes per slot" in line]
+    assert "place-any" not in said  # set up in the first scene: the same scenes
+    r = compare(p2, p2, tmp_path / "p22.json")
+    assert "scenes per slot" not in r.stderr
     # one seed twice on a side: the same scenes counted twice (n and p looked better)
     with pytest.raises(SystemExit, match="count the same scenes twice"):
         pooled([run5, run5], [ens5, ens5], None)

@@ -448,3 +448,41 @@ def test_a_collection_bin_is_shown_with_its_count_and_start() -> None:
 
     b = {"start": 36.0, "episodes": 230, "successes": 32, "rate": 32 / 230}
     assert bin_text(b) == "0.14 (n=230, from min 36)"
+
+
+def test_newcombe_paired_interval_by_hand_and_its_coverage() -> None:
+    """The exact conditional interval treats the number of discordant scenes as fixed:
+    where one policy wins nearly all of few, it is too narrow for the difference of the
+    rates. Newcombe's hybrid score interval (``ci95_score``) is not."""
+    import numpy as np
+
+    from mtopt.eval.evaluate import newcombe_paired, paired_comparison
+
+    # the 5 scenes of test_paired_comparison_by_hand: both 2, only B 2, only A 1. Wilson
+    # for B's 4 of 5: (0.375530, 0.963776), A's 3 of 5: (0.230722, 0.882380); phi =
+    # (2 * 0 - 2 * 1) / sqrt(4 * 1 * 3 * 2) = -0.408248; lower 0.2 - sqrt(0.424470^2 +
+    # 2 * 0.408248 * 0.424470 * 0.282380 + 0.282380^2) = 0.2 - 0.598147, upper 0.2 +
+    # sqrt(0.163776^2 + 2 * 0.408248 * 0.163776 * 0.369278 + 0.369278^2) = 0.2 + 0.461053
+    assert newcombe_paired(2, 2, 1, 5) == pytest.approx((-0.398147, 0.661053), abs=2e-5)
+    c = paired_comparison([1, 1, 0, 0, 1], [1, 0, 1, 1, 1])  # type: ignore[list-item]
+    assert c.ci95_score == newcombe_paired(2, 2, 1, 5)
+    assert c.as_dict()["ci95_score"] == [round(v, 4) for v in c.ci95_score]
+    # no discordant scene: around 0; a table that is none: refused
+    lo, hi = newcombe_paired(3, 0, 0, 10)
+    assert lo < 0 < hi and lo == pytest.approx(-hi)
+    with pytest.raises(ValueError, match="2x2 table"):
+        newcombe_paired(3, 5, 5, 10)
+    # coverage over 100 scenes where only B ever wins a discordant scene (10% of them):
+    # the true difference is 0.10
+    rng = np.random.default_rng(0)
+    covered = {"ci95": 0, "ci95_score": 0}
+    trials = 1000
+    for _ in range(trials):
+        u = rng.random(100)
+        a = list(u < 0.45)  # both solve 45%, only B 10%, neither 45%
+        b = list(u < 0.55)
+        c = paired_comparison(a, b)
+        covered["ci95"] += c.ci95[0] <= 0.10 <= c.ci95[1]
+        covered["ci95_score"] += c.ci95_score[0] <= 0.10 <= c.ci95_score[1]
+    assert covered["ci95"] / trials < 0.8  # conditional on the discordant count
+    assert covered["ci95_score"] / trials > 0.93
