@@ -1085,6 +1085,31 @@ def test_a_fleet_of_a_users_own_robots_fills_the_store(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "has no 'make_leg'" in res.output
 
 
+def test_a_robot_the_runs_checks_refuse_is_not_restarted(tmp_path: Path) -> None:
+    """A robot that does not fit the run (a 32-pixel camera on a 64-pixel run) fails the
+    same way every time: it was restarted five times, connecting and closing a real arm
+    each time with a traceback, and ended with "kept failing"."""
+    from mtopt.collect.fleet import FleetSpec, run_fleet
+
+    spec = FleetSpec(
+        store=str(tmp_path / "a"),
+        robots=1,
+        episodes_per_robot=2,
+        collect=CollectConfig(tasks=("lift-any",)),
+        sim={},
+        seed=5,
+        robot_factory="tests.robot_factories:make_small_camera_arm",
+    )
+    summary = run_fleet(spec)
+    assert summary["failed"] == [0] and summary["restarts"] == {0: 0}
+    assert "image_size 32" in summary["refused"]["robot-00"]
+    args = ["collect", "--store", str(tmp_path / "b"), "--robots", "1", "--episodes", "1"]
+    args += ["--robot-factory", "tests.robot_factories:make_small_camera_arm"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert "error: robot robot-00 does not fit this collection: " in res.output
+
+
 def test_collect_refuses_a_store_of_another_image_size(tmp_path: Path) -> None:
     """64-pixel episodes appended to a store of 8-pixel ones made a store that the
     success detector's tools and LogReplay could not read as one."""
@@ -1101,3 +1126,60 @@ def test_collect_refuses_a_store_of_another_image_size(tmp_path: Path) -> None:
         res.output
     ), res.output
     assert len(EpisodeReader(tmp_path).metadata()) == 1
+
+
+def test_a_robot_that_refills_one_frame_buffer_is_stored_frame_by_frame(tmp_path: Path) -> None:
+    """Many camera and driver stacks hand out one preallocated array, refilled each frame:
+    every stored frame (and state) was the last one written, without a word."""
+
+    class OneBuffer(FakeRobot):
+        def __init__(self) -> None:
+            super().__init__()
+            self.frames = 0
+            self.img = np.zeros((8, 8, 3), np.uint8)
+            self.state = np.zeros(2, np.float32)
+
+        def _obs(self) -> Observation:
+            self.frames += 1
+            self.img[...] = self.frames
+            self.state[:] = (self.closed, self.h)
+            return Observation(self.img, self.state, None)
+
+        def final_image(self) -> np.ndarray:
+            self.img[...] = 255
+            return self.img
+
+    robot = OneBuffer()
+    reg = DEFAULT_REGISTRY.subset(["lift-any"])
+    with EpisodeWriter(tmp_path, "fake", flush_every=100) as w:
+        loop = CollectLoop(robot, reg, w, scripted_policy_for, CollectConfig(), seed=1)
+        eps = [loop.run_one() for _ in range(2)]
+    (first, _), stored = eps, EpisodeReader(tmp_path).poll()
+    frames = [int(im[0, 0, 0]) for im in stored[0].images]
+    assert frames == list(range(frames[0], frames[0] + len(frames)))  # each its own frame
+    heights = stored[0].states[:, 1]
+    assert len(set(heights.round(4).tolist())) > 1  # the scripted pick moves down and up
+    assert int(stored[0].final_image[0, 0, 0]) == 255
+    assert np.array_equal(stored[0].images, first.images)
+
+
+def test_a_task_of_weight_0_is_not_collected_where_the_others_cannot_be_set_up(
+    tmp_path: Path,
+) -> None:
+    """A task of weight 0 was drawn (uniformly) on every scene where no task of positive
+    weight could be set up: a place-ball-in-bowl robot gave half its episodes to
+    place-any."""
+
+    class NoBall(FakeRobot):
+        def prepare_for_task(self, starts_holding: bool, category: str | None = None) -> bool:
+            if category is not None:
+                return False  # no object of that category in this scene
+            return super().prepare_for_task(starts_holding)
+
+    reg = DEFAULT_REGISTRY.subset(["place-ball-in-bowl", "place-any"])
+    cfg = CollectConfig(task_weights=(1.0, 0.0))
+    with EpisodeWriter(tmp_path, "fake", flush_every=100) as w:
+        loop = CollectLoop(NoBall(), reg, w, scripted_policy_for, cfg, seed=1)
+        with pytest.raises(RuntimeError, match="could not set up any enabled task"):
+            loop.run_one()
+    assert not EpisodeReader(tmp_path, must_exist=False).metadata()

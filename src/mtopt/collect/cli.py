@@ -185,6 +185,9 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"  {task:22s} {n:5d} episodes, ground-truth success {gt_text}")
         if summary["interrupted"]:
             typer.echo("interrupted: buffered episodes were flushed")
+        elif summary["refused"]:
+            robot, why = next(iter(summary["refused"].items()))
+            fail(f"robot {robot} does not fit this collection: {why}", 2)
         elif summary["failed"]:
             fail(
                 f"robot(s) {summary['failed']} kept failing and gave up after their "

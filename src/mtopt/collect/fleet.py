@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import multiprocessing as mp
@@ -70,6 +71,7 @@ def _worker(
     from mtopt.collect.loop import CollectLoop, PolicyProvider
     from mtopt.robots.factory import make_robot
     from mtopt.sim.cell import SimConfig
+    from mtopt.sim.runner import RobotContractError
     from mtopt.store.writer import EpisodeWriter
     from mtopt.tasks import DEFAULT_REGISTRY
 
@@ -93,6 +95,15 @@ def _worker(
     )
     try:  # the robot last: a real arm connects here, and is closed on every way out
         robot = make_robot(spec.robot_factory, sim, robot_id(i), seed)
+    except RobotContractError as exc:
+        # a robot that does not fit the run (its image size, id, gripper status) fails
+        # the same way every time: said once, not restarted (it connected and closed a
+        # real arm six times, with six tracebacks)
+        writer.close()
+        with contextlib.suppress(BrokenPipeError, OSError):
+            conn.send((REFUSED, str(exc)))
+        conn.close()
+        raise SystemExit(ROBOT_REFUSED_EXIT) from None
     except BaseException:
         writer.close()
         raise
@@ -138,6 +149,11 @@ def written_per_robot(store: str | Path) -> dict[str, int]:
     return counts
 
 
+REFUSED = "refused"
+"""The message a robot process sends when the factory's robot fails the run's checks."""
+ROBOT_REFUSED_EXIT = 3
+"""Its exit status then: the fleet gives that robot up instead of restarting it."""
+
 EARLY_EXIT_GRACE_S = 3.0
 """How long a robot that exited cleanly before its quota waits to be restarted: a stop of
 the whole fleet (the same signal sent to the group) arrives in it."""
@@ -175,6 +191,7 @@ def run_fleet(
     restarts = dict.fromkeys(range(spec.robots), 0)
     deaths: dict[int, list[float]] = {i: [] for i in range(spec.robots)}  # monotonic times
     failed: list[int] = []  # robots that failed after their last restart
+    refused: dict[str, str] = {}  # robots the run's checks refused: why
 
     def left_to_write(i: int) -> int | None:
         """Robot i's episodes still to write (None: no quota, it runs until stopped)."""
@@ -212,7 +229,9 @@ def run_fleet(
                 del conns[i]
                 conn.close()
                 continue
-            if on_episode:
+            if msg[0] == REFUSED:
+                refused[robot_id(i)] = str(msg[1])
+            elif on_episode:
                 on_episode(*msg)
 
     for i in range(spec.robots):
@@ -239,6 +258,12 @@ def run_fleet(
                 # a robot that exited 0 before its quota was stopped on its own (a SIGTERM
                 # sent to it, which it takes as a stop): it is restarted like one that
                 # died, where it used to leave the fleet a robot short without a word
+                if p.exitcode == ROBOT_REFUSED_EXIT and robot_id(i) in refused:
+                    failed.append(i)
+                    log.error(
+                        "robot %s refused, not restarted: %s", robot_id(i), refused[robot_id(i)]
+                    )
+                    continue
                 left = left_to_write(i)
                 if stop.is_set() or left == 0:
                     continue
@@ -290,6 +315,7 @@ def run_fleet(
         "written": {k: counts.get(k, 0) - done_before.get(k, 0) for k in counts},
         "restarts": restarts,
         "failed": sorted(failed),
+        "refused": refused,
         "interrupted": interrupted,
         "wall_time": time.time(),
     }

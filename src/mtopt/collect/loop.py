@@ -279,7 +279,13 @@ class CollectLoop:
                 self.robot.reset_scene(random_scene_seed(self.rng))
                 self.chain_len, self.prev_id, self.needs_reset = 0, None, False
                 failed.clear()
-            left = [i for i, t in enumerate(self.tasks) if t.name not in failed]
+            # a task of weight 0 is not collected (while any task has weight): not even
+            # where no task of positive weight can be set up on this scene (it got half
+            # of a place-ball-in-bowl robot's episodes, on every scene without a ball)
+            enabled = [i for i, w in enumerate(self.weights) if w > 0] or list(
+                range(len(self.tasks))
+            )
+            left = [i for i in enabled if self.tasks[i].name not in failed]
             if not left:
                 # every enabled task failed to set up on this scene (one task: a robot
                 # collecting a single placing task meets a scene it cannot stage in ~1

@@ -1428,9 +1428,14 @@ class LocalRun:
                 return
             # robots collect until told to stop: a fleet that ends by itself lost them all
             if c.robots and not stop_fleet.is_set() and not fleet_summary.get("interrupted"):
-                fleet_error.append(
-                    "every robot process stopped (each failed more than its restarts allow)"
-                )
+                refused = fleet_summary.get("refused") or {}
+                if refused:
+                    robot, why = next(iter(refused.items()))
+                    fleet_error.append(f"robot {robot} does not fit this run: {why}")
+                else:
+                    fleet_error.append(
+                        "every robot process stopped (each failed more than its restarts allow)"
+                    )
 
         p.store.mkdir(parents=True, exist_ok=True)
         # LogReplay tails the store from a thread of its own (replay/ingest.py says why),

@@ -61,22 +61,26 @@ def run_episode(
         return rec
     obs = checked_observation(robot, robot.observe(), "observe()")
     policy.reset(task.name, rng)
-    rec.images.append(obs.image)
-    rec.states.append(obs.state)
-    rec.poses.append(obs.pose)
+    _record(rec, obs)
     for step in range(max_steps):
         action = validate_action(policy.act(obs))  # a clear error, never a wild command
         result = checked_act(robot, action, step + 1)
         obs = result.observation
         rec.actions.append(action)
-        rec.images.append(obs.image)
-        rec.states.append(obs.state)
-        rec.poses.append(obs.pose)
+        _record(rec, obs)
         if result.terminated:
             rec.terminated = True
             break
-    rec.final_image = checked_final_image(robot)
+    rec.final_image = np.array(checked_final_image(robot), copy=True)  # (a refilled buffer)
     return rec
+
+
+def _record(rec: EpisodeRecord, obs: Observation) -> None:
+    """Keep copies of an observation's arrays: a camera or driver that refills one buffer
+    (many do) stored every frame as the last one."""
+    rec.images.append(np.array(obs.image, copy=True))
+    rec.states.append(np.array(obs.state, copy=True))
+    rec.poses.append(None if obs.pose is None else np.array(obs.pose, copy=True))
 
 
 def checked_prepare(robot: Robot, starts_holding: bool, category: str | None = None) -> bool:
