@@ -285,7 +285,7 @@ def test_report_lists_settings_changed_on_resume(tmp_path) -> None:
 
 
 def test_the_tuned_preset_is_local_plus_the_measured_changes() -> None:
-    """``--config tuned`` differs from ``local`` in exactly the eleven settings the README
+    """``--config tuned`` differs from ``local`` in exactly the thirteen settings the README
     measures, and an unknown preset names the valid ones."""
     from mtopt.runtime.config import PRESETS, preset
 
@@ -295,6 +295,8 @@ def test_the_tuned_preset_is_local_plus_the_measured_changes() -> None:
         "qnet.coord_channels": (False, True),
         "qnet.gripper_crop": (0, 16),
         "qnet.action_crop_step_m": (0.0, 0.05),
+        "qnet.stem": ("conv5", "s2d4"),
+        "qnet.head_channels": (16, 8),
         "learner.mc_mix": (0.0, 0.5),
         "learner.precision": ("auto", "native"),
         "cem_bellman.precision": ("auto", "native"),

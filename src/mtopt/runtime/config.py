@@ -795,7 +795,9 @@ def preset(name: str) -> RunConfig:
         # learned policy (r26/r27 against r25), the post-move view of each candidate
         # action (r33 against r28, one seed); since 2026-12-06 a 5% scripted share after
         # parity (r37 against r36), native bf16 where the CPU has it (r36 against r35)
-        # and batches of 32 (r45, r47, r48 against r41, r42, r44): docs/learning-history.md
+        # and batches of 32 (r45, r47, r48 against r41, r42, r44); since 2026-12-07 the
+        # space-to-depth stem and 8 post-merge channels (r58 against r56, step- and
+        # time-matched, on an AVX2 machine): docs/learning-history.md
         return dataclasses.replace(
             base,
             name="tuned",
@@ -805,6 +807,8 @@ def preset(name: str) -> RunConfig:
                 coord_channels=True,
                 gripper_crop=16,
                 action_crop_step_m=base.sim.max_step_m,
+                stem="s2d4",
+                head_channels=8,
             ),
             learner=dataclasses.replace(base.learner, mc_mix=0.5, precision="native"),
             cem_bellman=dataclasses.replace(base.cem_bellman, precision="native"),
