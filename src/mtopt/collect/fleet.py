@@ -255,15 +255,15 @@ def run_fleet(
                     drain(0.2)  # read what it sent before exiting, up to EOF
                 if i in conns:
                     conns.pop(i).close()
-                # a robot that exited 0 before its quota was stopped on its own (a SIGTERM
-                # sent to it, which it takes as a stop): it is restarted like one that
-                # died, where it used to leave the fleet a robot short without a word
                 if p.exitcode == ROBOT_REFUSED_EXIT and robot_id(i) in refused:
                     failed.append(i)
                     log.error(
                         "robot %s refused, not restarted: %s", robot_id(i), refused[robot_id(i)]
                     )
                     continue
+                # a robot that exited 0 before its quota was stopped on its own (a SIGTERM
+                # sent to it, which it takes as a stop): it is restarted like one that
+                # died, where it used to leave the fleet a robot short without a word
                 left = left_to_write(i)
                 if stop.is_set() or left == 0:
                     continue
