@@ -185,7 +185,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"  {task:22s} {n:5d} episodes, ground-truth success {gt_text}")
         if summary["interrupted"]:
             typer.echo("interrupted: buffered episodes were flushed")
-        elif summary["refused"]:
+        elif summary.get("refused"):  # (a stand-in run_fleet may not say)
             robot, why = next(iter(summary["refused"].items()))
             fail(f"robot {robot} does not fit this collection: {why}", 2)
         elif summary["failed"]:
