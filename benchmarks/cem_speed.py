@@ -56,9 +56,18 @@ def literal_cem_argmax(
     """Tower once per state, then the literal Fig. 9 merge on repeated rows (the 'before')."""
     feats = net.tower(images)
     b, n = feats.shape[0], cfg.samples
-    f, s, t = repeat_rows(feats, n), repeat_rows(states, n), repeat_rows(task, n)
+    # state_input: with a gripper crop, its features too; with a post-move view
+    # (action_crop_step_m, `tuned`), the repeated images it is read from
+    f, s, t = (
+        repeat_rows(feats, n),
+        repeat_rows(net.state_input(images, states), n),
+        repeat_rows(task, n),
+    )
+    im = repeat_rows(images, n) if net.cfg.action_crop_step_m > 0 else None
     return cem_maximize(
-        lambda a: net.logits_from_features(f, s, a.reshape(b * n, -1), t).reshape(b, n), b, cfg
+        lambda a: net.logits_from_features(f, s, a.reshape(b * n, -1), t, images=im).reshape(b, n),
+        b,
+        cfg,
     )
 
 
