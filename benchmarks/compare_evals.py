@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from _results import write_result
@@ -85,18 +86,21 @@ def scenes_of_other_versions(tasks: list[str]) -> list[str]:
     """The tasks whose scenes changed with ``EVAL_SCENES_VERSION`` 2: lifts of a category
     or size (their scenes without such an object are replaced since). Tasks the built-in
     registry lacks are named too: their kind is not known here."""
-    from mtopt.tasks import DEFAULT_REGISTRY
     from mtopt.tasks.predicates import Lifted
 
-    out = []
-    for t in tasks:
-        if t not in DEFAULT_REGISTRY:
-            out.append(t)
-            continue
-        p = DEFAULT_REGISTRY.get(t).predicate
-        if isinstance(p, Lifted) and (p.category is not None or p.min_size is not None):
-            out.append(t)
-    return out
+    return _tasks_whose_predicate(
+        tasks, lambda p: isinstance(p, Lifted) and (p.category, p.min_size) != (None, None)
+    )
+
+
+def _tasks_whose_predicate(tasks: list[str], test: Callable[[object], bool]) -> list[str]:
+    """The built-in tasks among ``tasks`` whose predicate passes ``test``, and every task
+    the built-in registry lacks (its kind is not known here)."""
+    from mtopt.tasks import DEFAULT_REGISTRY
+
+    return [
+        t for t in tasks if t not in DEFAULT_REGISTRY or test(DEFAULT_REGISTRY.get(t).predicate)
+    ]
 
 
 def setup_tries(spec: str) -> int | None:
@@ -111,18 +115,9 @@ def category_places(tasks: list[str]) -> list[str]:
     task is set up: places of a category (2026-12-06: they start holding an object of
     their category, and 5 scenes are tried instead of 3). Tasks the built-in registry
     lacks are named too: their kind is not known here."""
-    from mtopt.tasks import DEFAULT_REGISTRY
     from mtopt.tasks.predicates import Placed
 
-    out = []
-    for t in tasks:
-        if t not in DEFAULT_REGISTRY:
-            out.append(t)
-            continue
-        p = DEFAULT_REGISTRY.get(t).predicate
-        if isinstance(p, Placed) and p.category is not None:
-            out.append(t)
-    return out
+    return _tasks_whose_predicate(tasks, lambda p: isinstance(p, Placed) and p.category is not None)
 
 
 def sim_settings(spec: str) -> dict[str, object] | None:
