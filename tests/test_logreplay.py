@@ -300,6 +300,20 @@ def test_probability_rewards_are_the_detectors_scores() -> None:
         LogReplay(REG, TaskBuffers(REG.names), ScoreSD(), reward="soft")  # type: ignore[arg-type]
 
 
+def test_a_score_of_one_half_is_a_success_for_every_reward_kind() -> None:
+    """A score of exactly 0.5 (the threshold) is a binary reward of 1 and a probability
+    reward of 0.5: both file the episode as a success and count it as one (the
+    probability reward filed it as a failure before: ``impersonation.is_success``)."""
+    for kind in ("binary", "probability"):
+        buf = TaskBuffers(REG.names)
+        lr = LogReplay(REG, buf, ScoreSD(), mode="orig", reward=kind)
+        lr.ingest([ep("e50", "place-on-plate", 50), ep("e49", "place-on-plate", 49)])
+        assert buf.sizes()["place-on-plate"] == (1, 1), kind
+        assert lr.stats.impersonated_success == {"place-on-plate": 1}, kind
+        assert lr.stats.collected_success == {"place-on-plate": 1}, kind
+        assert buf.labels("e50")["place-on-plate"] == (1.0 if kind == "binary" else 0.5)
+
+
 def test_a_new_detector_moves_probability_rewards_within_a_bucket() -> None:
     """With "probability", a new detector that scores an episode 0.9 instead of 0.7
     (both successes) re-files it with the new reward, which a sampled batch carries."""

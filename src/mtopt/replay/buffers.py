@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mtopt.replay.impersonation import is_success
 from mtopt.replay.rebalance import allocate, uniform_allocate
 
 SUCCESS, FAILURE = 0, 1
@@ -162,7 +163,7 @@ class TaskBuffers:
         self._episodes[eid] = episode
         self._labels[eid] = {}
         for task, reward in labels:
-            outcome = SUCCESS if reward > 0.5 else FAILURE
+            outcome = SUCCESS if is_success(reward) else FAILURE
             self._labels[eid][task] = float(reward)
             for old in self._buckets[task][outcome].add(eid):
                 self._forget_label(old, task)
@@ -191,7 +192,7 @@ class TaskBuffers:
             for task, reward in new.items():
                 if task not in held:
                     continue  # evicted from this task's buffer: a rescore does not bring it back
-                outcome = SUCCESS if reward > 0.5 else FAILURE
+                outcome = SUCCESS if is_success(reward) else FAILURE
                 held[task] = float(reward)
                 if eid not in self._buckets[task][outcome]:
                     self._buckets[task][1 - outcome].remove(eid)

@@ -18,6 +18,18 @@ from typing import Literal
 
 from mtopt.tasks.registry import TaskRegistry, UnknownTaskError
 
+SUCCESS_AT = 0.5
+"""An episode's reward for a task at or above this counts as a success for it: where it
+is filed (the task's success or failure buffer) and what the composition counts. Binary
+and ground-truth rewards are 0 or 1; a "probability" reward of exactly 0.5 is a success,
+as the binary reward of the same score (before 2026-12-07 it was filed as a failure)."""
+
+
+def is_success(reward: float) -> bool:
+    """Whether ``reward`` counts as a success (``SUCCESS_AT``)."""
+    return reward >= SUCCESS_AT
+
+
 ImpersonationMode = Literal["orig", "all", "skill"]
 MODES: tuple[str, ...] = ("orig", "all", "skill")
 
@@ -81,8 +93,8 @@ def expansion_counts(
         if orig not in out:
             registry.get(orig)  # an UnknownTaskError naming the registry's tasks
         out[orig]["original"] += 1
-        out[orig]["original_successes"] += int(rewards.get(orig, 0.0) > 0.5)
+        out[orig]["original_successes"] += int(is_success(rewards.get(orig, 0.0)))
         for task, r in impersonate(orig, rewards, registry, mode):
             out[task]["impersonated"] += 1
-            out[task]["successes"] += int(r > 0.5)
+            out[task]["successes"] += int(is_success(r))
     return out

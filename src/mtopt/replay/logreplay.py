@@ -21,7 +21,7 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 
 from mtopt.replay.buffers import ReplayEpisode, TaskBuffers
-from mtopt.replay.impersonation import ImpersonationMode, impersonate
+from mtopt.replay.impersonation import ImpersonationMode, impersonate, is_success
 from mtopt.tasks.registry import TaskRegistry
 
 RewardKind = Literal["binary", "probability", "truth"]
@@ -243,14 +243,14 @@ class LogReplay:
         s = self.stats
         task, truth = ep.task, ep.gt_success_by_task or {}
         s.collected_success[task] = s.collected_success.get(task, 0) + sign * int(
-            own and rewards.get(task, 0.0) > 0.5
+            own and is_success(rewards.get(task, 0.0))
         )
         for target, r in labels:
             s.impersonated_success[target] = s.impersonated_success.get(target, 0) + sign * int(
-                r > 0.5
+                is_success(r)
             )
             if target in truth:
-                said = int(r > 0.5)
+                said = int(is_success(r))
                 s.sd_successes_with_truth[target] = (
                     s.sd_successes_with_truth.get(target, 0) + sign * said
                 )

@@ -46,8 +46,8 @@ class ReplayConfig:
     "binary", 1 where p >= 0.5 and 0 elsewhere (MT-Opt's sparse reward); "probability",
     p itself, so a placement the detector is unsure of is worth less than one it is sure
     of and the Q-function learns the success the detector expects (a failure pays its
-    score too, up to 0.5). Success and failure buffers still split at 0.5 (a score of
-    exactly 0.5 is a success for "binary", a failure for "probability"). On placing
+    score too, below 0.5). Success and failure buffers split at 0.5 (a score of
+    0.5 is a success for both). On placing
     episodes of r50's robots, the detector's false successes score lower than its true
     ones (``benchmarks/sd_view.py``, docs/learning-history.md). "truth": the simulator's
     verdict stored with each episode, 0 or 1, an oracle reward for ablations (what the

@@ -19,6 +19,7 @@ from mtopt.eval.report import (
     plot_success_over_time,
     plot_training_progress,
 )
+from mtopt.replay.impersonation import SUCCESS_AT
 from mtopt.success.train import mean_finite  # (the report's own too: tests import it here)
 
 
@@ -33,7 +34,7 @@ def batch_composition(updater: Any, n: int = 2048, seed: int = 0) -> dict[str, d
             return {}
         rng = np.random.default_rng(seed)
         tr = updater.buffers.sample(n, rng, updater.success_ratio, updater.rebalance)
-    won = np.asarray(tr.final_rewards) > 0.5
+    won = np.asarray(tr.final_rewards) >= SUCCESS_AT
     share: dict[str, dict[str, float]] = {}
     for i, t in enumerate(updater.buffers.tasks):
         m = np.asarray(tr.task_idx) == i
