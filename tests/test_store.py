@@ -730,6 +730,24 @@ def test_robot_ids_that_would_hide_shards_are_refused(tmp_path: Path, robot_id: 
         EpisodeWriter(tmp_path, robot_id)
 
 
+def test_another_robots_episode_is_stored_with_one_warning_per_robot(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A writer of robot "r1" given episodes of "r0" (a client that made one writer for
+    a whole fleet) stores them as they are and warns once per foreign robot id."""
+    with (
+        caplog.at_level("WARNING", logger="mtopt.store.writer"),
+        EpisodeWriter(tmp_path, "r1", flush_every=100) as w,
+    ):
+        for i in range(3):
+            w.write(make_episode(i))
+        w.write(Episode(**{**make_episode(3).__dict__, "robot_id": "r1"}))
+    warned = [r.getMessage() for r in caplog.records if "robot 'r0'" in r.getMessage()]
+    assert len(warned) == 1 and "'r1'" in warned[0] and "ep00000" in warned[0]
+    back = EpisodeReader(tmp_path).poll()
+    assert [e.robot_id for e in back] == ["r0", "r0", "r0", "r1"]
+
+
 def test_a_flipped_bit_in_a_shard_is_found_and_quarantined(tmp_path: Path) -> None:
     """Page checksums: a bit flipped on disk inside an image used to read back silently
     as a different image."""

@@ -190,6 +190,7 @@ class EpisodeWriter:
         self._token = secrets.token_hex(4)
         self.written = 0
         self._ids: set[str] = set()  # episode ids this writer stored or holds
+        self._foreign: set[str] = set()  # other robots' ids it was given (warned)
         self._pid = os.getpid()
         _open_writers.add(self)
 
@@ -198,8 +199,21 @@ class EpisodeWriter:
         episode is not kept (a retry stores it once); the ones buffered before it stay. A
         ``KeyboardInterrupt`` in the flush keeps it buffered, for ``close()``. An episode
         id this writer already took is refused (``ValueError``): readers count an id once,
-        so a second episode under it would be dropped without a word."""
+        so a second episode under it would be dropped without a word. An episode of
+        another robot (``episode.robot_id``) is stored, with a warning once per robot:
+        the folder names the writer's robot, and a resumed fleet counts each robot's
+        episodes by the field to know where it stopped."""
         row = episode_to_table(episode)  # SchemaError here, not at flush
+        if episode.robot_id != self.robot_id and episode.robot_id not in self._foreign:
+            self._foreign.add(episode.robot_id)
+            log.warning(
+                "episode %s is robot %r's, stored in robot %r's folder %s (one "
+                "EpisodeWriter per robot keeps a store's folders and robot ids the same)",
+                episode.episode_id,
+                episode.robot_id,
+                self.robot_id,
+                self.dir,
+            )
         if episode.episode_id in self._ids:
             raise ValueError(
                 f"episode {episode.episode_id} was already written by this writer of "
