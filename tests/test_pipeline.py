@@ -100,6 +100,26 @@ def test_parity_pools_recent_evaluations_by_hand() -> None:
     assert pooled_success(history, 0)["lift-any"] == pytest.approx((10 + 1 + 4) / 100)
 
 
+def test_the_eval_key_stays_for_cell_3_and_changes_with_the_cell_version(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``eval_key`` of `tuned` at seed 9 is the key r58 recorded in its history (under
+    cell 3): adding the cell's version to the key leaves the pools of runs made under
+    cell 3 whole on their resume. Another cell version plays the same scenes out
+    otherwise: its key differs, so a resume onto it starts a new pool."""
+    import dataclasses
+
+    import mtopt.runtime.local as local
+    from mtopt.runtime.config import preset
+
+    cfg = dataclasses.replace(preset("tuned"), seed=9)
+    assert local.eval_key(cfg) == "fe537be310de"
+    assert "cell_version" not in local.eval_scenes(cfg)
+    monkeypatch.setattr(local, "CELL_VERSION", 4)
+    assert local.eval_scenes(cfg)["cell_version"] == 4
+    assert local.eval_key(cfg) != "fe537be310de"
+
+
 def test_parity_pools_only_points_of_the_latest_evaluation_scenes() -> None:
     """A resume that changes the evaluation's scenes (EVAL_SCENES_VERSION, seed, cell)
     starts a new pool: the earlier points, on other scenes, are neither pooled nor count

@@ -72,6 +72,7 @@ from mtopt.runtime.config import (
     with_sd_sources,
 )
 from mtopt.runtime.policy_folder import average_run
+from mtopt.sim.cell import CELL_VERSION
 from mtopt.store.reader import EpisodeReader
 from mtopt.success.data import (
     LabeledSet,
@@ -565,6 +566,45 @@ def _sim_key(sim: Any) -> dict[str, Any]:
         del key["spawn"]
     key.pop("outcome_fixtures_share", None)
     return key
+
+
+def eval_sim(cfg: RunConfig) -> Any:
+    """The cell of a run's held-out evaluation: the run's, with the evaluation's objects."""
+    return dataclasses.replace(cfg.sim, object_split=cfg.eval.split)  # type: ignore[arg-type]
+
+
+def eval_scenes(cfg: RunConfig) -> dict[str, Any]:
+    """What decides the scenes a run's held-out evaluation meets and how they play out
+    (JSON values): its tasks, seed, cell settings and object split, the scene rules of
+    the code, and the cell's version where it is not 3 (keys made before the version
+    was part of them, all under cell 3 or earlier, stay valid)."""
+    return dict(
+        json.loads(
+            json.dumps(
+                {
+                    "tasks": list(cfg.eval.tasks),
+                    "seed": cfg.eval_seed,
+                    "sim": _sim_key(eval_sim(cfg)),
+                    # scenes a place task cannot be set up in: replaced since 2026-12-04
+                    "setup_tries": SETUP_TRIES,
+                    # lift scenes without an object the task may lift: replaced since v2
+                    "eval_scenes": EVAL_SCENES_VERSION,
+                    # the cell's physics and ground truth (its objects' rests, the
+                    # placing rules): another version plays the same scenes out otherwise
+                    **({"cell_version": CELL_VERSION} if CELL_VERSION != 3 else {}),
+                    # a task redefined under its name (the built-in ones are the code's)
+                    **({"extra_tasks": list(cfg.extra_tasks)} if cfg.extra_tasks else {}),
+                },
+                default=str,
+            )
+        )
+    )
+
+
+def eval_key(cfg: RunConfig) -> str:
+    """A short digest of ``eval_scenes``, kept in each history point (``same_scenes``)."""
+    text = json.dumps(eval_scenes(cfg), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 RUN_LOCK = ".run.lock"
@@ -1211,38 +1251,15 @@ class LocalRun:
         return res
 
     def eval_scenes(self) -> dict[str, Any]:
-        """What decides the scenes the held-out evaluation meets (JSON values): its tasks,
-        seed, cell and object split, and the scene rules of the code."""
-        return dict(
-            json.loads(
-                json.dumps(
-                    {
-                        "tasks": list(self.cfg.eval.tasks),
-                        "seed": self.cfg.eval_seed,
-                        "sim": _sim_key(self._eval_sim()),
-                        # scenes a place task cannot be set up in: replaced since 2026-12-04
-                        "setup_tries": SETUP_TRIES,
-                        # lift scenes without an object the task may lift: replaced since v2
-                        "eval_scenes": EVAL_SCENES_VERSION,
-                        # a task redefined under its name (the built-in ones are the code's)
-                        **(
-                            {"extra_tasks": list(self.cfg.extra_tasks)}
-                            if self.cfg.extra_tasks
-                            else {}
-                        ),
-                    },
-                    default=str,
-                )
-            )
-        )
+        """What decides the scenes the held-out evaluation meets (``eval_scenes``)."""
+        return eval_scenes(self.cfg)
 
     def eval_key(self) -> str:
         """A short digest of ``eval_scenes``, kept in each history point (``same_scenes``)."""
-        text = json.dumps(self.eval_scenes(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return eval_key(self.cfg)
 
     def _eval_sim(self) -> Any:
-        return dataclasses.replace(self.cfg.sim, object_split=self.cfg.eval.split)  # type: ignore[arg-type]
+        return eval_sim(self.cfg)
 
     def _eval_outcomes(self, pol: CEMPolicy) -> dict[str, list[bool]]:
         """Episode outcomes of a greedy CEM policy per evaluation task, on the run's
