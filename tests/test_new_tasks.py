@@ -51,6 +51,7 @@ def test_a_fresh_run_starts_from_a_trained_network_grown_by_its_new_tasks(
     cfg = RunConfig(qnet=dataclasses.replace(SMALL, num_tasks=3), init_from=str(tmp_path / "old"))
     learner, line = new_learner(RunPaths(tmp_path / "new"), cfg, DEFAULT_REGISTRY)
     assert "new tasks start as" in line and learner.online.cfg.num_tasks == 3
+    assert learner.origin == trained.origin  # fine-tuned from its networks: averages with it
     b = batch(1)
     with torch.no_grad():
         for net, old in (

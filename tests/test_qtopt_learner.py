@@ -41,6 +41,8 @@ def test_resume_is_exact(tmp_path: Path) -> None:
         for pa, pb in zip(ta.parameters(), tb.parameters(), strict=True):
             assert torch.equal(pa, pb)
     assert a.step == b.step == 9
+    assert b.origin == a.origin and b.meta()["origin"] == a.origin  # same initial networks
+    assert Learner(SMALL, cfg).origin != a.origin  # a new learner: new ones
     # numpy's global stream, its normal sampler's cached second value included (a resume
     # used to drop it)
     np.random.seed(0)

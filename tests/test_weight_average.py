@@ -131,6 +131,17 @@ def test_mtopt_average_writes_the_mean_as_a_policy(tmp_path: Path) -> None:
         app, ["average", "--config", str(tmp_path), str(tmp_path / "b"), str(snap)]
     )
     assert res.exit_code == 2 and "no config.json in" in res.output
+    # another run's weights of the same network and tasks (other initial networks):
+    # refused, unless --across-runs
+    alien = tmp_path / "alien"
+    Learner(dataclasses.replace(SMALL, num_tasks=len(DEFAULT_REGISTRY.names))).publish(alien)
+    res = CliRunner().invoke(app, ["average", str(tmp_path / "h"), str(run), str(alien)])
+    assert res.exit_code == 2 and "different initial networks" in res.output, res.output
+    assert "--across-runs" in res.output and not (tmp_path / "h" / "weights").exists()
+    res = CliRunner().invoke(
+        app, ["average", "--across-runs", str(tmp_path / "h"), str(run), str(alien)]
+    )
+    assert res.exit_code == 0, res.output
     other = tmp_path / "other"
     Learner(dataclasses.replace(SMALL, num_tasks=3)).publish(other)
     res = CliRunner().invoke(app, ["average", str(tmp_path / "c"), str(run), str(other)])
@@ -232,6 +243,7 @@ def test_networks_of_other_tasks_are_not_averaged(tmp_path: Path) -> None:
     for name, tasks in (("a", can), ("a2", can), ("b", ball)):
         learner = Learner(cfg)
         learner.task_names = tasks
+        learner.origin = "one-start"  # (other initial networks are refused: tested above)
         learner.publish(tmp_path / name)
     with pytest.raises(WeightsError, match="an average needs the same tasks"):
         average_into(tmp_path / "avg", [tmp_path / "a", tmp_path / "b"])

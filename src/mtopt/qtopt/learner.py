@@ -11,6 +11,7 @@ import dataclasses
 import io
 import logging
 import random
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +144,12 @@ class Learner:
         """After a checkpoint is loaded: TensorBoard points from this step on, logged by
         the run that was killed after the checkpoint, are replaced by the resumed ones."""
         self._logdir = Path(logdir) if logdir else None
+        self.origin: str | None = secrets.token_hex(8)
+        """Names the random initial networks these weights were trained from: published
+        with them and kept in checkpoints (a resume keeps it; ``init_from`` takes the
+        source's). ``average_into`` refuses to average networks of different origins:
+        independently trained networks do not average into a network. None: a learner
+        resumed from a checkpoint written before it was kept (unknown, not checked)."""
 
     # -------------------------------------------------------------- training
     def train_step(
@@ -254,6 +261,8 @@ class Learner:
         meta: dict[str, Any] = {"qnet": self.qnet_cfg.to_dict(), "step": self.step}
         if self.task_names:
             meta["tasks"] = list(self.task_names)
+        if self.origin:
+            meta["origin"] = self.origin
         return meta
 
     def publish(self, directory: str | Path, untrained: bool = False) -> int:
@@ -293,6 +302,7 @@ class Learner:
             # the normal sampler's cached second value (np.random.normal draws in pairs)
             "numpy_gauss": [int(np_state[3]), float(np_state[4])],
             "python_rng": repr(random.getstate()),
+            "origin": self.origin or "",
         }
 
     def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -356,6 +366,8 @@ class Learner:
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.lr
         self.step = int(ck["step"])
+        origin = ck.get("origin")  # a checkpoint from before it was kept: unknown
+        self.origin = str(origin) if origin else None
         self._purge_step = self.step + 1
         self.version = int(ck["version"])
         torch.set_rng_state(ck["torch_rng"])

@@ -316,6 +316,7 @@ def average_into(
     prefix: str = "q",
     expected_qnet: dict[str, Any] | None = None,
     expected_tasks: tuple[str, ...] | None = None,
+    across_origins: bool = False,
 ) -> tuple[Path, int, dict[str, Any]]:
     """Average the networks ``parts`` of every source (``load_source``) into one network
     and publish it in the new folder ``dst`` as the ``acting`` network, under the newest
@@ -326,7 +327,10 @@ def average_into(
     ``meta["left_out"]``, rather than counted twice. The fields in ``expected_qnet`` (what
     the policy's config needs of the network, e.g. its image size) must match the
     sources' network, and the sources' tasks (where their weights name them) must be
-    ``expected_tasks`` (the policy's config's)."""
+    ``expected_tasks`` (the policy's config's). Sources whose weights name different
+    origins (``Learner.origin``: trained from other random initial networks, as two
+    runs are) are refused unless ``across_origins``: the mean of two independently
+    trained networks is not a network that does what either does."""
     _refuse_published(Path(dst), prefix)
     if not sources:
         raise WeightsError("no sources to average")
@@ -341,6 +345,7 @@ def average_into(
     left_out: list[dict[str, Any]] = []
     kept: list[tuple[str | Path, dict[str, torch.Tensor]]] = []
     meta0: dict[str, Any] | None = None
+    origins: dict[str, tuple[str | Path, Any]] = {}
     for src in sources:
         version, tensors, meta = load_source(src, prefix)
         if meta0 is None:
@@ -352,6 +357,16 @@ def average_into(
                 raise WeightsError(
                     f"weights {src} were trained on the tasks {meta['tasks']}, "
                     f"{sources[0]} on {meta0['tasks']}: an average needs the same tasks"
+                )
+        origin = meta.get("origin")
+        if origin and not across_origins:  # (weights from before origins: not checked)
+            first = origins.setdefault("first", (src, origin))
+            if origin != first[1]:
+                raise WeightsError(
+                    f"weights {src} and {first[0]} were trained from different initial "
+                    f"networks (origins {origin} and {first[1]}: other runs); their "
+                    "average is no network of either (--across-runs, or across_origins, "
+                    "averages them anyway)"
                 )
         # the networks that go in: a run's file holds target networks an export leaves out
         chosen = {k: v for k, v in tensors.items() if k.split(".", 1)[0] in parts}

@@ -217,6 +217,13 @@ def register(app: typer.Typer) -> None:
         act: list[str] = typer.Option(
             [], "--act", help=ACT_HELP + " Kept in the folder's config.json and exported.json."
         ),
+        across_runs: bool = typer.Option(
+            False,
+            "--across-runs",
+            help="Average weights trained from different initial networks (other runs) "
+            "too; refused by default: independently trained networks do not average into "
+            "a working one.",
+        ),
     ) -> None:
         """Average checkpoints of one run into one network (stochastic weight averaging).
 
@@ -255,6 +262,7 @@ def register(app: typer.Typer) -> None:
                 # the policy's robots render the config's image size: the network's
                 expected_qnet={"image_size": cfg.sim.image_size},
                 expected_tasks=cfg.registry().names,
+                across_origins=across_runs,
             )
         except (ConfigError, WeightsError) as exc:
             fail(exc)

@@ -348,6 +348,8 @@ def _fresh_learner(paths: RunPaths, cfg: RunConfig, registry: TaskRegistry) -> t
     if not cfg.init_from:
         return learner, ""
     version, tensors, meta = load_source(cfg.init_from)
+    if meta.get("origin"):  # fine-tuned from its networks: averages with them stay valid
+        learner.origin = str(meta["origin"])
     nets = {
         "online": learner.online,
         "acting": learner.acting,
