@@ -206,6 +206,11 @@ def test_post_move_view_reads_the_view_map_by_hand(monkeypatch: pytest.MonkeyPat
         read = tower.features_from_table(table, (4, 4), xy, moved)
         assert torch.allclose(read, want, atol=1e-5)
         assert torch.allclose(read[:, :4], got, atol=1e-5)
+        # a move that is not a number reads finite features, not an index out of range
+        bad = torch.tensor([[[float("nan"), 0.0], [float("inf"), -float("inf")]]] * 2)
+        assert torch.isfinite(tower.features_from_table(table, (4, 4), xy, bad)).all()
+        with pytest.raises(ValueError, match="view map of 4 x 4 cells"):
+            tower.features_from_table(table, (5, 5), xy, moved)
         # the network's post-move view of action dy = 1 is the one-cell move's
         state = torch.cat([torch.rand(2, 2), xy * POSE_XY_SCALE], 1)
         right = torch.tensor([[0.0, 1.0, 0.0, 0.0, -1.0, -1.0]] * 2)

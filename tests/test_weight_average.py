@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from mtopt.cli import app
 from mtopt.config import override, save_config
-from mtopt.qtopt.learner import Learner, load_network
+from mtopt.qtopt.learner import Learner, LearnerConfig, load_network
 from mtopt.qtopt.weights import (
     WeightsError,
     average_state_dicts,
@@ -131,10 +131,12 @@ def test_mtopt_average_writes_the_mean_as_a_policy(tmp_path: Path) -> None:
         app, ["average", "--config", str(tmp_path), str(tmp_path / "b"), str(snap)]
     )
     assert res.exit_code == 2 and "no config.json in" in res.output
-    # another run's weights of the same network and tasks (other initial networks):
-    # refused, unless --across-runs
+    # another seed's weights of the same network and tasks (other initial networks, as
+    # another run's): refused, unless --across-runs, whose mean then names no origin
     alien = tmp_path / "alien"
-    Learner(dataclasses.replace(SMALL, num_tasks=len(DEFAULT_REGISTRY.names))).publish(alien)
+    Learner(
+        dataclasses.replace(SMALL, num_tasks=len(DEFAULT_REGISTRY.names)), LearnerConfig(seed=1)
+    ).publish(alien)
     res = CliRunner().invoke(app, ["average", str(tmp_path / "h"), str(run), str(alien)])
     assert res.exit_code == 2 and "different initial networks" in res.output, res.output
     assert "--across-runs" in res.output and not (tmp_path / "h" / "weights").exists()
@@ -142,6 +144,8 @@ def test_mtopt_average_writes_the_mean_as_a_policy(tmp_path: Path) -> None:
         app, ["average", "--across-runs", str(tmp_path / "h"), str(run), str(alien)]
     )
     assert res.exit_code == 0, res.output
+    assert "origin" not in load_latest(tmp_path / "h" / "weights")[2]
+    assert load_latest(out / "weights")[2]["origin"] == learner.origin  # one run's: kept
     other = tmp_path / "other"
     Learner(dataclasses.replace(SMALL, num_tasks=3)).publish(other)
     res = CliRunner().invoke(app, ["average", str(tmp_path / "c"), str(run), str(other)])

@@ -8,10 +8,10 @@ so that a resumed run continues exactly (model, targets, optimizer, step, RNG st
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import logging
 import random
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,12 +144,14 @@ class Learner:
         """After a checkpoint is loaded: TensorBoard points from this step on, logged by
         the run that was killed after the checkpoint, are replaced by the resumed ones."""
         self._logdir = Path(logdir) if logdir else None
-        self.origin: str | None = secrets.token_hex(8)
-        """Names the random initial networks these weights were trained from: published
-        with them and kept in checkpoints (a resume keeps it; ``init_from`` takes the
-        source's). ``average_into`` refuses to average networks of different origins:
-        independently trained networks do not average into a network. None: a learner
-        resumed from a checkpoint written before it was kept (unknown, not checked)."""
+        self.origin: str | None = network_digest(self.online)
+        """Names the initial networks these weights were trained from (a digest of their
+        parameters: one seed and network config, one origin): published with them and
+        kept in checkpoints (a resume keeps it; ``init_from`` takes the source's, or the
+        digest of the loaded networks). ``average_into`` refuses to average networks of
+        different origins: independently trained networks do not average into a
+        network. None: a learner resumed from a checkpoint written before it was kept
+        (unknown, not checked)."""
 
     # -------------------------------------------------------------- training
     def train_step(
@@ -389,6 +391,16 @@ class Learner:
 
 
 S = TypeVar("S")
+
+
+def network_digest(net: torch.nn.Module) -> str:
+    """A short digest of ``net``'s parameters and buffers (names, shapes, values)."""
+    h = hashlib.sha256()
+    for name, t in sorted(net.state_dict().items()):
+        v = t.detach().to("cpu", torch.float32).contiguous()
+        h.update(f"{name}:{tuple(v.shape)};".encode())
+        h.update(v.numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def known_settings(cls: Callable[..., S], values: dict[str, Any], where: str, kind: str) -> S:

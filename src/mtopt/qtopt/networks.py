@@ -89,8 +89,9 @@ class QNetConfig:
     zero move reads the central block), then the crop tower's fully connected layer.
     ``step`` must be the robot's ``max_step_m`` (0.05 in the simulated cell). These
     features enter the action embedding, so Q(s, a) sees the post-move view instead of
-    inferring it from the numbers dx, dy. Per candidate it costs a c x 4 x 4 sample and
-    one small matmul. Not in the paper. Workspace limits that stop a real move are not
+    inferring it from the numbers dx, dy. The CEM reads each candidate's features off a
+    per-state table of the fully connected layer over every block offset (a blend of
+    four rows per candidate: ``CropTower.view_table``). Not in the paper. Workspace limits that stop a real move are not
     modelled (the view goes where the move would)."""
 
     @property
@@ -479,14 +480,18 @@ class CropTower(nn.Module):
         h, w = hw
         side = c.gripper_crop // 4
         size = int(c.image_size)
+        if (h, w) != (2 * side, 2 * side):  # (its blocks are then one cell apart per cell)
+            raise ValueError(f"a view map of {2 * side} x {2 * side} cells, got {h} x {w}")
         # where each block's first cell lies on the map, in cells (grid_sample's
         # align_corners=False: -1 is the left edge of cell 0)
         first = crop_grid(self.camera, moved.reshape(b * n, 2).float(), size, c.crop_window, side)
         first = first[:, 0, 0].reshape(b, n, 2)
         centre = crop_grid(self.camera, xy.float(), size, 1, 1).reshape(b, 1, 2)
         g = (first - centre) * (size / (2.0 * c.crop_window))
-        ux = ((g[..., 0] + 1.0) * w - 1.0) / 2.0
-        uy = ((g[..., 1] + 1.0) * h - 1.0) / 2.0
+        # beyond one block off the map every block is the border's; a position that is
+        # not a number (a NaN move) reads cell 0 instead of an index far out of range
+        ux = torch.nan_to_num(((g[..., 0] + 1.0) * w - 1.0) / 2.0).clamp(-side - 1, w)
+        uy = torch.nan_to_num(((g[..., 1] + 1.0) * h - 1.0) / 2.0).clamp(-side - 1, h)
         x0, y0 = torch.floor(ux), torch.floor(uy)
         fx, fy = (ux - x0)[..., None], (uy - y0)[..., None]
         tx = w + side

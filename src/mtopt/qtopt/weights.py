@@ -328,9 +328,10 @@ def average_into(
     the policy's config needs of the network, e.g. its image size) must match the
     sources' network, and the sources' tasks (where their weights name them) must be
     ``expected_tasks`` (the policy's config's). Sources whose weights name different
-    origins (``Learner.origin``: trained from other random initial networks, as two
-    runs are) are refused unless ``across_origins``: the mean of two independently
-    trained networks is not a network that does what either does."""
+    origins (``Learner.origin``: trained from other initial networks, as two runs of
+    other seeds are) are refused unless ``across_origins``: the mean of two
+    independently trained networks is not a network that does what either does. A mean
+    of several origins names none."""
     _refuse_published(Path(dst), prefix)
     if not sources:
         raise WeightsError("no sources to average")
@@ -345,7 +346,7 @@ def average_into(
     left_out: list[dict[str, Any]] = []
     kept: list[tuple[str | Path, dict[str, torch.Tensor]]] = []
     meta0: dict[str, Any] | None = None
-    origins: dict[str, tuple[str | Path, Any]] = {}
+    origins_seen: list[tuple[str | Path, Any]] = []
     for src in sources:
         version, tensors, meta = load_source(src, prefix)
         if meta0 is None:
@@ -359,15 +360,16 @@ def average_into(
                     f"{sources[0]} on {meta0['tasks']}: an average needs the same tasks"
                 )
         origin = meta.get("origin")
-        if origin and not across_origins:  # (weights from before origins: not checked)
-            first = origins.setdefault("first", (src, origin))
-            if origin != first[1]:
+        if origin:  # (weights from before origins: not checked)
+            first = origins_seen[0] if origins_seen else (src, origin)
+            if origin != first[1] and not across_origins:
                 raise WeightsError(
                     f"weights {src} and {first[0]} were trained from different initial "
                     f"networks (origins {origin} and {first[1]}: other runs); their "
                     "average is no network of either (--across-runs, or across_origins, "
                     "averages them anyway)"
                 )
+            origins_seen.append((src, origin))
         # the networks that go in: a run's file holds target networks an export leaves out
         chosen = {k: v for k, v in tensors.items() if k.split(".", 1)[0] in parts}
         same = next((s for s, t in kept if _same_tensors(t, chosen)), None)
@@ -404,6 +406,8 @@ def average_into(
     avg = average_state_dicts(members)
     steps = [u["step"] for u in used if isinstance(u["step"], int)]
     meta = {**meta0, "step": max(steps) if steps else meta0.get("step"), "averaged": used}
+    if len({o for _, o in origins_seen}) > 1:  # (across_origins) a mix of no one origin
+        meta.pop("origin", None)
     if left_out:
         meta["left_out"] = left_out
     # the newest version of all, a left-out duplicate's too (a run's republished weights)

@@ -45,7 +45,7 @@ from mtopt.eval.evaluate import (
 from mtopt.eval.fleet import FleetJudge, fleet_rates
 from mtopt.policies.cem_policy import CEMPolicy
 from mtopt.policies.scripted import scripted_policy_for
-from mtopt.qtopt.learner import Learner, load_network
+from mtopt.qtopt.learner import Learner, load_network, network_digest
 from mtopt.qtopt.networks import with_more_tasks
 from mtopt.qtopt.updater import BackgroundUpdater, BellmanUpdater
 from mtopt.qtopt.weights import (
@@ -348,8 +348,6 @@ def _fresh_learner(paths: RunPaths, cfg: RunConfig, registry: TaskRegistry) -> t
     if not cfg.init_from:
         return learner, ""
     version, tensors, meta = load_source(cfg.init_from)
-    if meta.get("origin"):  # fine-tuned from its networks: averages with them stay valid
-        learner.origin = str(meta["origin"])
     nets = {
         "online": learner.online,
         "acting": learner.acting,
@@ -383,6 +381,8 @@ def _fresh_learner(paths: RunPaths, cfg: RunConfig, registry: TaskRegistry) -> t
             src = with_more_tasks(src, like)
         check_config(cfg.qnet.to_dict(), src.cfg.to_dict(), f"init_from {cfg.init_from}")
         dst.load_state_dict(src.state_dict())
+    # fine-tuned from the source's networks: averages with its checkpoints stay valid
+    learner.origin = str(meta.get("origin") or network_digest(learner.online))
     grown = ", ".join(
         f"{registry.names[i]} as {registry.names[j]}"
         for i, j in enumerate(like, start=cfg.qnet.num_tasks - len(like))
@@ -578,8 +578,9 @@ def eval_sim(cfg: RunConfig) -> Any:
 def eval_scenes(cfg: RunConfig) -> dict[str, Any]:
     """What decides the scenes a run's held-out evaluation meets and how they play out
     (JSON values): its tasks, seed, cell settings and object split, the scene rules of
-    the code, and the cell's version where it is not 3 (keys made before the version
-    was part of them, all under cell 3 or earlier, stay valid)."""
+    the code, and the cell's version where it is not 3: the keys of runs made under
+    cell 3 stay as they were, and so do those of cells 1 and 2 (whose runs, resumed
+    under cell 3, are not told apart by it)."""
     return dict(
         json.loads(
             json.dumps(
