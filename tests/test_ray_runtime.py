@@ -269,3 +269,26 @@ def test_replay_actors_that_give_no_batches_stop_the_run_with_a_report(
     assert "gave no batches" in summary["replay_error"] and summary["learner_steps"] == 0
     assert (tmp_path / "run" / "summary.json").exists()
     assert (tmp_path / "run" / "checkpoints" / "learner.pt").exists()
+
+
+@pytest.mark.timeout(300)
+def test_a_replay_actor_dead_for_good_stops_the_run_with_a_report(tmp_path: Path) -> None:
+    """A replay actor that raises or is dead for good (killed without restart here) used
+    to end ``run_ray`` with a traceback: no summary, no report, the steps since the last
+    checkpoint lost. It stops the run as the timeout does, with the reason."""
+    import ray
+
+    import mtopt.runtime.ray_runtime as ray_runtime
+
+    def hook(robots: list, replays: list, step: int) -> None:
+        if step >= 10:
+            ray.kill(replays[0], no_restart=True)
+
+    cfg = override(preset("tiny"), ["robots=1", "max_learner_steps=50", "budget_minutes=3"])
+    summary = ray_runtime.run_ray(cfg, tmp_path / "run", kill_hook=hook)
+    assert "a replay actor failed" in summary["replay_error"], summary["replay_error"]
+    assert 10 <= summary["learner_steps"] < 50
+    assert (tmp_path / "run" / "summary.json").exists()
+    assert (tmp_path / "run" / "checkpoints" / "learner.pt").exists()
+    report = (tmp_path / "run" / "report").glob("*.md")
+    assert any("a replay actor failed" in r.read_text() for r in report)

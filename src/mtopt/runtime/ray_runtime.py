@@ -273,20 +273,25 @@ class ReplayService:
 
     def _reload(self) -> None:
         from mtopt.qtopt.learner import load_network
-        from mtopt.qtopt.weights import load_latest, read_latest
+        from mtopt.qtopt.weights import WeightsError, load_latest, read_latest
         from mtopt.success.network import SuccessDetector
 
-        latest = read_latest(self.root / "weights")
-        if latest is not None and int(latest["version"]) != self.q_version:
-            version, tensors, meta = load_latest(self.root / "weights")
-            self.updater.set_targets(
-                [load_network(tensors, meta, "target0"), load_network(tensors, meta, "target1")]
-            )
-            self.q_version = version
-        if SuccessDetector.latest_version(self.root / "sd") > self.sd.version:
-            sd = SuccessDetector.load(self.root / "sd")
-            self.replay.set_reward_model(sd)  # (raises: self.sd stays, the next call retries)
-            self.sd = sd
+        try:
+            latest = read_latest(self.root / "weights")
+            if latest is not None and int(latest["version"]) != self.q_version:
+                version, tensors, meta = load_latest(self.root / "weights")
+                self.updater.set_targets(
+                    [load_network(tensors, meta, "target0"), load_network(tensors, meta, "target1")]
+                )
+                self.q_version = version
+            if SuccessDetector.latest_version(self.root / "sd") > self.sd.version:
+                sd = SuccessDetector.load(self.root / "sd")
+                self.replay.set_reward_model(sd)  # (raises: self.sd stays)
+                self.sd = sd
+        except (OSError, ValueError, WeightsError) as exc:
+            # a file being replaced, a share that hiccups (NFS): the networks and the
+            # detector it has stay, and the next call tries again (as robots do)
+            log.warning("replay actor: reload failed (%s); retrying", exc)
 
     def step(self, batches: int, ready: bool | None = None) -> dict[str, Any]:
         """``ready``: the driver's word that the workers together hold enough episodes
@@ -726,7 +731,7 @@ def _run_ray(
                     sd_job = sd_pool.submit(run.sd_round, sd, sd_tail, sd_labels)
             if c.robots and dropped == c.robots:
                 fleet_error = f"every robot actor failed {MAX_ROBOT_FAILURES} times in a row"
-                log.error("%s: stopping (checkpoint and report follow)", fleet_error)
+                run._log(f"{fleet_error}: stopping (checkpoint and report follow)")
                 break
             # each replay actor reads its part of the store and samples its own batches
             try:
@@ -739,7 +744,12 @@ def _run_ray(
                     f"the replay actors gave no batches in {REPLAY_STEP_TIMEOUT_S:.0f} s "
                     "(one that cannot be placed, or that keeps dying)"
                 )
-                log.error("%s: stopping (checkpoint and report follow)", replay_error)
+                run._log(f"{replay_error}: stopping (checkpoint and report follow)")
+                break
+            except ray.exceptions.RayError as exc:  # one raised, or is dead for good
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+                replay_error = f"a replay actor failed: {first}"
+                run._log(f"{replay_error}: stopping (checkpoint and report follow)")
                 break
             ingested, comp = held_progress(results, ingested, comp)
             held = sum(int(r["episodes_held"]) for r in results)
