@@ -887,3 +887,20 @@ def test_the_in_run_evaluation_searches_actions_as_the_robots_do(
     learner = SimpleNamespace(acting=None, device=torch.device("cpu"))
     local.LocalRun.learned_outcomes(stub, learner)  # type: ignore[arg-type]
     assert made == [cfg.collection_cem()] and made[0].precision == "fp32"  # type: ignore[attr-defined]
+
+
+def test_a_local_run_of_a_ray_config_is_refused_and_lets_go_of_its_folder(
+    tmp_path: Path,
+) -> None:
+    """``LocalRun(cfg).run()`` with ``runtime='ray'`` ran the loop locally, and the
+    folder's config.json then sent a later ``mtopt run --resume`` to Ray; it says to use
+    ``run_ray`` and holds no lock on the folder."""
+    import dataclasses
+
+    from mtopt.runtime.config import preset
+    from mtopt.runtime.local import LocalRun
+
+    cfg = dataclasses.replace(preset("tiny"), runtime="ray")
+    with pytest.raises(ValueError, match="run_ray"):
+        LocalRun(cfg, tmp_path / "run").run()
+    LocalRun(preset("tiny"), tmp_path / "run").release()  # the folder is free again

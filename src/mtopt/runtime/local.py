@@ -1340,6 +1340,12 @@ class LocalRun:
     def run(self) -> dict[str, Any]:
         from mtopt._signals import stop_on_sigterm
 
+        if self.cfg.runtime != "local":
+            self.release()
+            raise ValueError(
+                f"this config's runtime is {self.cfg.runtime!r}: run it with "
+                "mtopt.runtime.ray_runtime.run_ray (as mtopt run does), or set runtime='local'"
+            )
         try:
             with stop_on_sigterm():
                 return self._run()

@@ -422,10 +422,18 @@ def run_ray(
     kill_hook: Any = None,
 ) -> dict[str, Any]:
     """Run the MT-Opt loop on Ray. ``kill_hook(robots, replays, step)`` is for fault tests.
-    The run folder is held (``local.hold_run``) until it returns."""
+    The run folder is held (``local.hold_run``) until it returns. SIGTERM stops it as
+    Ctrl-C does (checkpoint, report); its config.json says ``runtime: ray`` whatever
+    ``cfg.runtime`` was (a preset's 'local' made a later ``mtopt run --resume`` go on
+    locally)."""
+    from mtopt._signals import stop_on_sigterm
+
+    if cfg.runtime != "ray":
+        cfg = dataclasses.replace(cfg, runtime="ray")
     made: list[Any] = []
     try:
-        return _run_ray(cfg, out, resume, address, kill_hook, made)
+        with stop_on_sigterm():
+            return _run_ray(cfg, out, resume, address, kill_hook, made)
     finally:
         for run in made:
             run.release()
