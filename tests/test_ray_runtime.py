@@ -243,13 +243,16 @@ def test_a_resumed_ray_run_goes_on_with_new_scenes_and_its_counters(tmp_path: Pa
     scenes = [(r["robot_id"], r["seed"]) for r in rows if r["chain_index"] == 0]
     assert len(scenes) == len(set(scenes)), "a robot collected a scene seed twice"
     # a resume that has nothing left to train still counts the whole store, read one
-    # shard a poll (its end read one poll's worth and reported that)
+    # shard a poll (its end read one poll's worth and reported that); with max_episodes
+    # already in the store it starts no robots (they collected during the re-read)
     one = "replay.read_shards_per_poll=1"
+    before = len(EpisodeReader(tmp_path / "run" / "store").metadata())
     third = run_ray(
-        override(preset("tiny"), [*sets, "max_learner_steps=80", one]),
+        override(preset("tiny"), [*sets, "max_learner_steps=80", one, f"max_episodes={before}"]),
         tmp_path / "run",
         resume=True,
     )
+    assert len(EpisodeReader(tmp_path / "run" / "store").metadata()) == before
     stored = [r for r in EpisodeReader(tmp_path / "run" / "store").metadata() if r["num_steps"]]
     shards = list((tmp_path / "run" / "store" / "shards").glob("*/*.parquet"))
     assert third["learner_steps"] == 80 and len(shards) > 4

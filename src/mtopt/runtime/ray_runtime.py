@@ -630,7 +630,15 @@ def _run_ray(
 
     try:
         robot_cls, replay_cls = _robot_actor_cls(), _replay_actor_cls()
-        robots = [robot_cls.remote(i, c, str(p.root), c.seed * 100 + i) for i in range(c.robots)]
+        fleet_size = c.robots
+        if resume and c.max_episodes and c.robots:  # a run that collected them all
+            from mtopt.collect.fleet import written_per_robot
+
+            if (n := sum(written_per_robot(p.store).values())) >= c.max_episodes:
+                # (they collected during the whole re-read of the store)
+                run._log(f"no robots: the store holds {n} episodes, max_episodes {c.max_episodes}")
+                fleet_size = 0
+        robots = [robot_cls.remote(i, c, str(p.root), c.seed * 100 + i) for i in range(fleet_size)]
         targets_ref = ray.put(initial_targets)  # (kept: a restarted actor gets it again)
         replays = [
             replay_cls.remote(
