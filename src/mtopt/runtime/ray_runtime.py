@@ -650,7 +650,10 @@ def _run_ray(
             )
             for i in range(c.replay_workers)
         ]
-        per_call = 4
+        # episodes per robot call: the driver's end of a run waits for the calls under
+        # way (60 s) before it flushes and closes the robots; a user's robot (a real arm,
+        # tens of seconds an episode) makes one at a time so its last call ends in time
+        per_call = 1 if c.robot_factory else 4
         pending.update({r.run.remote(per_call): r for r in robots})
         last_eval = last_evaluated(run.history, learner.step, c.eval.every_steps)
         held, wanted = (
