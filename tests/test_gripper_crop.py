@@ -193,24 +193,6 @@ def test_post_move_view_reads_the_view_map_by_hand(monkeypatch: pytest.MonkeyPat
         blocks.append((blocks[0] + blocks[1]) / 2)
         for j, block in enumerate(blocks):
             assert torch.allclose(got[:, j], tower.fc(block), atol=1e-5), j
-        # the CEM's read (view_table, a blend of whole-cell blocks) is the same, by hand
-        # and for moves anywhere: off the map the border cells repeat
-        table = tower.view_table(fmap)
-        assert table.shape == (2, 6 * 6, cfg.fc_units)  # first cell at -2..3 each way
-        lin = tower.fc[1]  # the central block (first cell 1, 1) before bias and ReLU
-        assert torch.allclose(table[:, 3 * 6 + 3], blocks[0].flatten(1) @ lin.weight.T, atol=1e-5)
-        far = torch.tensor([[9 * cell, -7.3 * cell], [-2.5 * cell, 1.75 * cell], [0.3, 0.2]])
-        everywhere = torch.cat([moves, far, torch.rand(40, 2) * 8 * cell - 4 * cell])
-        moved = xy[:, None] + everywhere[None]
-        want = tower.features_at(fmap, xy, moved)
-        read = tower.features_from_table(table, (4, 4), xy, moved)
-        assert torch.allclose(read, want, atol=1e-5)
-        assert torch.allclose(read[:, :4], got, atol=1e-5)
-        # a move that is not a number reads finite features, not an index out of range
-        bad = torch.tensor([[[float("nan"), 0.0], [float("inf"), -float("inf")]]] * 2)
-        assert torch.isfinite(tower.features_from_table(table, (4, 4), xy, bad)).all()
-        with pytest.raises(ValueError, match="view map of 4 x 4 cells"):
-            tower.features_from_table(table, (5, 5), xy, moved)
         # the network's post-move view of action dy = 1 is the one-cell move's
         state = torch.cat([torch.rand(2, 2), xy * POSE_XY_SCALE], 1)
         right = torch.tensor([[0.0, 1.0, 0.0, 0.0, -1.0, -1.0]] * 2)

@@ -89,9 +89,8 @@ class QNetConfig:
     zero move reads the central block), then the crop tower's fully connected layer.
     ``step`` must be the robot's ``max_step_m`` (0.05 in the simulated cell). These
     features enter the action embedding, so Q(s, a) sees the post-move view instead of
-    inferring it from the numbers dx, dy. The CEM reads each candidate's features off a
-    per-state table of the fully connected layer over every block offset (a blend of
-    four rows per candidate: ``CropTower.view_table``). Not in the paper. Workspace limits that stop a real move are not
+    inferring it from the numbers dx, dy. Per candidate it costs a c x 4 x 4 sample and
+    one small matmul. Not in the paper. Workspace limits that stop a real move are not
     modelled (the view goes where the move would)."""
 
     @property
@@ -212,9 +211,6 @@ class CandidateContext:
     w_action_crop: torch.Tensor | None = None
     """With ``action_crop_step_m``: first embedding layer's weights on the post-move
     crop features, transposed (u_crop, u)."""
-    view_table: torch.Tensor | None = None
-    """With ``action_crop_step_m``: ``CropTower.view_table(view_map)``, from which each
-    candidate's post-move features are read (``features_from_table``)."""
 
 
 @dataclass(frozen=True)
@@ -447,93 +443,6 @@ class CropTower(nn.Module):
         cells = cells.reshape(b, ch, n, side, side).transpose(1, 2).reshape(b * n, ch, side, side)
         return self.fc(cells).reshape(b, n, -1)
 
-    def view_table(self, fmap: torch.Tensor) -> torch.Tensor:
-        """The fully connected layer's pre-activation (without its bias) of the block of
-        (crop side / 4)^2 cells at every whole-cell offset of ``fmap`` (B, c, h, w, from
-        ``view_map``), cells beyond the map repeating its border: (B, Ty * Tx, fc_units)
-        for the block's first cell at rows -side..h-1 and columns -side..w-1 (Ty = h +
-        side, Tx = w + side). Further out every block is one of these. ``features_at``'s
-        blocks are one cell apart cell to cell, so each is a bilinear blend of four of
-        these blocks, and its features the same blend of their rows
-        (``features_from_table``): one matrix product per state instead of one per
-        candidate, and no per-candidate sampling."""
-        side = self.cfg.gripper_crop // 4
-        b, ch, h, w = (int(v) for v in fmap.shape)
-        lin = self.net[4]
-        assert isinstance(lin, nn.Linear)
-        u = lin.out_features
-        # (c, side, side, u): row (c, jy, jx) of the flattened crop feeds every unit
-        wk = lin.weight.float().reshape(u, ch, side, side).permute(1, 2, 3, 0)
-        per_cell = fmap.float().permute(0, 2, 3, 1).reshape(b * h * w, ch) @ wk.reshape(ch, -1)
-        per_cell = per_cell.reshape(b, h * w * side * side, u)
-        idx = _block_index(h, w, side, fmap.device)
-        blocks = per_cell.index_select(1, idx).reshape(b, -1, side * side, u)
-        return blocks.sum(2)
-
-    def features_from_table(
-        self, table: torch.Tensor, hw: tuple[int, int], xy: torch.Tensor, moved: torch.Tensor
-    ) -> torch.Tensor:
-        """``features_at(fmap, xy, moved)`` from ``view_table(fmap)`` (``fmap``'s h, w in
-        ``hw``), equal up to float rounding."""
-        c = self.cfg
-        b, n = int(moved.shape[0]), int(moved.shape[1])
-        h, w = hw
-        side = c.gripper_crop // 4
-        size = int(c.image_size)
-        if (h, w) != (2 * side, 2 * side):  # (its blocks are then one cell apart per cell)
-            raise ValueError(f"a view map of {2 * side} x {2 * side} cells, got {h} x {w}")
-        # where each block's first cell lies on the map, in cells (grid_sample's
-        # align_corners=False: -1 is the left edge of cell 0)
-        first = crop_grid(self.camera, moved.reshape(b * n, 2).float(), size, c.crop_window, side)
-        first = first[:, 0, 0].reshape(b, n, 2)
-        centre = crop_grid(self.camera, xy.float(), size, 1, 1).reshape(b, 1, 2)
-        g = (first - centre) * (size / (2.0 * c.crop_window))
-        # beyond one block off the map every block is the border's; a position that is
-        # not a number (a NaN move) reads cell 0 instead of an index far out of range
-        ux = torch.nan_to_num(((g[..., 0] + 1.0) * w - 1.0) / 2.0).clamp(-side - 1, w)
-        uy = torch.nan_to_num(((g[..., 1] + 1.0) * h - 1.0) / 2.0).clamp(-side - 1, h)
-        x0, y0 = torch.floor(ux), torch.floor(uy)
-        fx, fy = (ux - x0)[..., None], (uy - y0)[..., None]
-        tx = w + side
-
-        def col(v: torch.Tensor) -> torch.Tensor:
-            return v.clamp(-side, w - 1).long() + side
-
-        def row(v: torch.Tensor) -> torch.Tensor:
-            return v.clamp(-side, h - 1).long() + side
-
-        def read(r: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-            flat = (r * tx + k).reshape(b, n, 1).expand(b, n, table.shape[2])
-            return table.gather(1, flat)
-
-        r0, r1, k0, k1 = row(y0), row(y0 + 1), col(x0), col(x0 + 1)
-        pre = (1 - fy) * ((1 - fx) * read(r0, k0) + fx * read(r0, k1)) + fy * (
-            (1 - fx) * read(r1, k0) + fx * read(r1, k1)
-        )
-        lin = self.net[4]
-        assert isinstance(lin, nn.Linear)
-        return torch.relu(pre + lin.bias.float())
-
-
-_BLOCK_INDEX: dict[tuple[int, int, int, str], torch.Tensor] = {}
-
-
-def _block_index(h: int, w: int, side: int, device: torch.device) -> torch.Tensor:
-    """For ``CropTower.view_table``: the rows of the per-cell products (cell, jy, jx) that
-    sum to each block, block by block (first cell at rows -side..h-1, columns
-    -side..w-1), cells beyond the map clamped to its border."""
-    key = (h, w, side, str(device))
-    idx = _BLOCK_INDEX.get(key)
-    if idx is None:
-        oy = torch.arange(-side, h)[:, None, None, None]
-        ox = torch.arange(-side, w)[None, :, None, None]
-        jy = torch.arange(side)[None, None, :, None]
-        jx = torch.arange(side)[None, None, None, :]
-        cell = (oy + jy).clamp(0, h - 1) * w + (ox + jx).clamp(0, w - 1)
-        idx = ((cell * side + jy) * side + jx).reshape(-1).to(device)
-        _BLOCK_INDEX[key] = idx
-    return idx
-
 
 class QNetwork(nn.Module):
     def __init__(self, cfg: QNetConfig):
@@ -728,21 +637,14 @@ class QNetwork(nn.Module):
     ) -> dict[str, Any]:
         if self.cfg.action_crop_step_m <= 0:
             return {}
-        assert self.crop_tower is not None
         if view is not None:
-            fmap, xy = view
-        elif images is None:
+            return {"view_map": view[0], "xy": view[1], "w_action_crop": w_acrop}
+        if images is None:
             raise ValueError(
                 "this Q-network looks where the action moves (action_crop_step_m): pass the images"
             )
-        else:
-            fmap, xy = self._view(images, state)
-        return {
-            "view_map": fmap,
-            "xy": xy,
-            "w_action_crop": w_acrop,
-            "view_table": self.crop_tower.view_table(fmap),
-        }
+        fmap, xy = self._view(images, state)
+        return {"view_map": fmap, "xy": xy, "w_action_crop": w_acrop}
 
     def _merge_conv(self) -> nn.Conv2d:
         block = self.post[0]
@@ -796,12 +698,7 @@ class QNetwork(nn.Module):
         if ctx.w_action_crop is not None:
             assert self.crop_tower is not None and ctx.view_map is not None and ctx.xy is not None
             moved = ctx.xy[:, None] + actions[..., :2].float() * self.cfg.action_crop_step_m
-            if ctx.view_table is not None:  # (B, N, u)
-                hw = (int(ctx.view_map.shape[2]), int(ctx.view_map.shape[3]))
-                crop = self.crop_tower.features_from_table(ctx.view_table, hw, ctx.xy, moved)
-            else:
-                crop = self.crop_tower.features_at(ctx.view_map, ctx.xy, moved)
-            crop = crop.to(dt)
+            crop = self.crop_tower.features_at(ctx.view_map, ctx.xy, moved).to(dt)  # (B, N, u)
             pre = pre + crop @ ctx.w_action_crop
         h = torch.relu(pre)
         x = (h @ ctx.z_to_conv).add_(ctx.conv_feats[:, None]).relu_()  # (B, N, m'*m'*H)
