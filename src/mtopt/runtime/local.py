@@ -736,6 +736,20 @@ class LocalRun:
             self.release()
             raise
 
+    def collected_enough(self) -> bool:
+        """Whether the store already holds ``max_episodes`` (a resume of a run that
+        collected them all): then no robots start, as the log says (they collected for
+        the whole re-read of the store before)."""
+        if not self.cfg.max_episodes:
+            return False
+        from mtopt.collect.fleet import written_per_robot
+
+        n = sum(written_per_robot(self.paths.store).values())
+        if n < self.cfg.max_episodes:
+            return False
+        self._log(f"no robots: the store holds {n} episodes, max_episodes {self.cfg.max_episodes}")
+        return True
+
     def release(self) -> None:
         """Let go of the run folder (``hold_run``): at the end of ``run``, or by hand for
         a LocalRun made but not run."""
@@ -1437,16 +1451,9 @@ class LocalRun:
 
         def fleet() -> None:
             try:
-                if c.max_episodes and backlog:  # a resume of a run that collected them all
-                    from mtopt.collect.fleet import written_per_robot
-
-                    if (n := sum(written_per_robot(p.store).values())) >= c.max_episodes:
-                        stop_fleet.set()  # (it collected robots x the re-read's length more)
-                        self._log(
-                            f"no robots: the store holds {n} episodes, "
-                            f"max_episodes {c.max_episodes}"
-                        )
-                        return
+                if backlog and self.collected_enough():
+                    stop_fleet.set()
+                    return
                 fleet_summary.update(run_fleet(spec, should_stop=stop_fleet.is_set))
             except Exception as exc:  # the run stops, checkpoints and reports it
                 log.exception("robot fleet failed")

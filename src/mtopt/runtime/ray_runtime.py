@@ -630,14 +630,7 @@ def _run_ray(
 
     try:
         robot_cls, replay_cls = _robot_actor_cls(), _replay_actor_cls()
-        fleet_size = c.robots
-        if resume and c.max_episodes and c.robots:  # a run that collected them all
-            from mtopt.collect.fleet import written_per_robot
-
-            if (n := sum(written_per_robot(p.store).values())) >= c.max_episodes:
-                # (they collected during the whole re-read of the store)
-                run._log(f"no robots: the store holds {n} episodes, max_episodes {c.max_episodes}")
-                fleet_size = 0
+        fleet_size = 0 if resume and c.robots and run.collected_enough() else c.robots
         robots = [robot_cls.remote(i, c, str(p.root), c.seed * 100 + i) for i in range(fleet_size)]
         targets_ref = ray.put(initial_targets)  # (kept: a restarted actor gets it again)
         replays = [
