@@ -46,3 +46,30 @@ def test_a_robot_that_fails_mid_episode_is_rebuilt_by_its_factory(
     assert len(EpisodeReader(tmp_path / "store").metadata()) == len(before_error) + 3
     worker.close()
     assert second.closed
+
+
+def test_a_robot_whose_factory_fails_at_the_start_is_built_at_its_first_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The factory's error used to leave the constructor, and Ray restarts no actor whose
+    constructor raised: the robot was lost for the whole run (every call failed, the
+    driver dropped it). Now the worker starts without a robot and builds it at its first
+    call; while the factory keeps failing, each call fails (counted by the driver)."""
+    from mtopt.runtime.ray_runtime import RobotWorker
+
+    monkeypatch.setitem(FLAKY, "made", [])
+    monkeypatch.setitem(FLAKY, "builds", 0)
+    monkeypatch.setitem(FLAKY, "fail_builds", {1, 2})  # at the start and the first call
+    monkeypatch.setitem(FLAKY, "fail_at_act", 0)  # (no act fails)
+    cfg = override(preset("tiny"), ["robot_factory=tests.robot_factories:make_flaky_arm"])
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    worker = RobotWorker(0, cfg, str(tmp_path), seed=5)
+    assert worker.loop is None and FLAKY["builds"] == 1 and not FLAKY["made"]
+    with pytest.raises(ConnectionError, match="did not answer the factory"):
+        worker.run(2)
+    assert FLAKY["builds"] == 2 and worker.loop is None
+    counts = worker.run(2)
+    assert sum(counts.values()) == 2 and FLAKY["builds"] == 3 and len(FLAKY["made"]) == 1
+    worker.close()
+    assert FLAKY["made"][0].closed
+    assert len(EpisodeReader(tmp_path / "store").metadata()) == 2  # written at close

@@ -65,8 +65,9 @@ class RobotWorker:
     An error in an episode goes to the driver, which counts it, as a robot process's
     death does in the local fleet; and as a restarted process would, the robot is built
     again by its factory first (a real arm reconnected, a simulator the error left in an
-    unknown state started anew), on new scenes. A robot whose factory fails is built
-    again at its next call (the driver drops it after ``MAX_ROBOT_FAILURES`` in a row).
+    unknown state started anew), on new scenes. A robot whose factory fails (when the
+    actor starts too) is built again at its next call (the driver drops it after
+    ``MAX_ROBOT_FAILURES`` failed calls in a row).
     """
 
     def __init__(self, index: int, cfg: RunConfig, root: str, seed: int):
@@ -109,6 +110,11 @@ class RobotWorker:
         self.loop: Any = None
         try:
             self._build(self.seed)
+        except Exception as exc:
+            # an arm not answering yet: built again at the first call, as after an error.
+            # Raised here, it killed the actor for good (Ray restarts no actor whose
+            # constructor raised): the driver dropped the robot after five failed calls
+            log.warning("robot %d: its factory failed (%r): again at its first call", index, exc)
         except BaseException:
             self.writer.close()
             raise
