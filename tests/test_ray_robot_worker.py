@@ -73,3 +73,57 @@ def test_a_robot_whose_factory_fails_at_the_start_is_built_at_its_first_call(
     worker.close()
     assert FLAKY["made"][0].closed
     assert len(EpisodeReader(tmp_path / "store").metadata()) == 2  # written at close
+
+
+def test_newest_shards_holds_the_episodes_asked_for(tmp_path: Path) -> None:
+    """A Ray resume's SD tail reads only the newest shards, enough for the next round's
+    pool (it skipped them all: the first round labeled one poll's episodes). One row is
+    one episode; a shard whose footer cannot be read counts as none."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mtopt.runtime.ray_runtime import newest_shards
+
+    paths = []
+    for i, rows in enumerate([16, 16, 5, 16, 3]):
+        path = tmp_path / f"{i:03d}.parquet"
+        pq.write_table(pa.table({"episode_id": [f"e{i}-{j}" for j in range(rows)]}), path)
+        paths.append(path)
+    assert newest_shards(paths, 0) == 0
+    assert newest_shards(paths, 3) == 1  # the last shard's 3
+    assert newest_shards(paths, 4) == 2  # 3 + 16
+    assert newest_shards(paths, 20) == 3  # 3 + 16 + 5 = 24
+    assert newest_shards(paths, 1000) == 5  # every shard, fewer episodes than asked
+    paths[4].write_bytes(b"not parquet")
+    assert newest_shards(paths, 3) == 2  # the unreadable one counts as none
+    assert newest_shards([], 10) == 0
+
+
+def test_an_address_where_no_ray_listens_fails_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mtopt run --runtime ray --address HOST:PORT` with nothing there: a clear error in
+    seconds, before the run folder is made or the detector staged (ray.init waited minutes,
+    after minutes of staging)."""
+    import socket
+
+    from mtopt.runtime.config import ConfigError
+    from mtopt.runtime.local import LocalRun
+    from mtopt.runtime.ray_runtime import check_ray_address, run_ray
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(LocalRun, "init_sd", lambda self: pytest.fail("staged the detector"))
+    with pytest.raises(ConfigError, match="no Ray cluster there"):
+        run_ray(preset("tiny"), tmp_path / "run", address=f"127.0.0.1:{port}")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="expected HOST:PORT"):
+        check_ray_address("my-head-node")
+    with socket.socket() as s:  # one that listens passes; 'auto' and ray:// are Ray's
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        check_ray_address(f"127.0.0.1:{s.getsockname()[1]}")
+    check_ray_address("auto")
+    check_ray_address("ray://head:10001")
+    check_ray_address(None)

@@ -156,7 +156,8 @@ def test_an_interrupted_ray_run_counts_every_stored_episode(
     report the last poll's). Each mid-run evaluation is checkpointed at once (a kill
     before the next scheduled checkpoint lost its point for good). The robots collect
     while the driver evaluates: during the first evaluation the store grows by about three
-    calls of every robot (they used to idle after their call under way: a dozen at most)."""
+    calls of every robot (they used to idle after their call under way: a dozen at most),
+    and each mid-run one is at a multiple of eval.every_steps."""
     import time
 
     from mtopt.qtopt.learner import Learner
@@ -213,6 +214,9 @@ def test_an_interrupted_ray_run_counts_every_stored_episode(
     assert 20 <= summary["learner_steps"] < 400
     evals = [i for i, (what, _) in enumerate(events) if what == "eval"]
     assert len(evals) >= 2, events  # one mid-run at least, and the final one
+    # mid-run at the multiples of every_steps themselves (a driver's loop trains several
+    # batches: the points used to land after them, up to 4 x replay_workers - 1 past)
+    assert all(events[i][1] % 8 == 0 for i in evals[:-1]), events
     for i in evals:
         assert events[i + 1] == ("checkpoint", events[i][1]), events
     stored = [r for r in EpisodeReader(tmp_path / "run" / "store").metadata() if r["num_steps"]]

@@ -22,6 +22,7 @@ import secrets
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,46 @@ def _seed_after_restart(seed: int) -> int:
     if ray.get_runtime_context().was_current_actor_reconstructed:
         return seed ^ secrets.randbits(30)
     return seed
+
+
+def newest_shards(shards: Sequence[Path], episodes: int) -> int:
+    """How many of the newest ``shards`` (listed oldest first) hold ``episodes`` episodes
+    (all of them where they hold fewer), read from the shards' footers; one whose footer
+    cannot be read counts as holding none."""
+    import pyarrow.parquet as pq
+
+    taken = held = 0
+    for path in reversed(shards):
+        if held >= episodes:
+            break
+        taken += 1
+        try:
+            held += pq.ParquetFile(path).metadata.num_rows
+        except Exception:  # (a shard being written, a corrupt one: the reader's concern)
+            continue
+    return taken
+
+
+def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
+    """A ``host:port`` of a Ray cluster's head must answer a TCP connection within
+    ``timeout_s``, else a ``ConfigError``: ``ray.init`` waits minutes on an address where
+    nothing listens (6.5 minutes here), and the run used to stage its success detector
+    first. 'auto', 'local' and ``ray://`` client addresses are left to Ray."""
+    import socket
+
+    if not address or address in ("auto", "local") or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"--address {address!r}: expected HOST:PORT of a Ray head, or 'auto'")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"--address {address}: no Ray cluster there ({exc}); start one with "
+            "`ray start --head`, or leave --address out for a local Ray"
+        ) from None
 
 
 def driver_threads(cpus: int, robots: int, replay_workers: int) -> int:
@@ -472,6 +513,7 @@ def _run_ray(
     )
     from mtopt.store.reader import EpisodeReader
 
+    check_ray_address(address)  # seconds, before minutes of staging
     run = LocalRun(cfg, out, resume)
     made.append(run)
     c, p = cfg, run.paths
@@ -494,29 +536,7 @@ def _run_ray(
         if started_from:
             run._log(started_from)
     sd = run.init_sd()
-    # SD relabel + retrain rounds, as the local runtime's: the driver tails the store for
-    # the newest episodes (the replay actors reload each published SD and rescore)
-    sd_tail: StoreIngest[Any] | None = None
-    if c.sd.improve_every_episodes > 0:
-        p.store.mkdir(parents=True, exist_ok=True)
-        reader = EpisodeReader(
-            p.store, must_exist=False, shards_per_poll=c.replay.read_shards_per_poll
-        )
-        backlog = 0
-        if resumed:
-            reader.skip(reader.new_shards())  # counted before the stop (sd_since)
-        else:  # a fresh run on a copied store: its episodes are read, not counted towards
-            # the first round (as the local runtime; it used to start one at once); the
-            # robots start after this count
-            backlog = -(-len(reader.new_shards()) // c.replay.read_shards_per_poll)
-        sd_tail = StoreIngest(
-            _FinalViews(reader),  # final images and ground truth only: no frames decoded
-            len,
-            keep_recent=5 * max(1, c.sd.label_budget_per_round),
-            name="sd-tail",
-            since_mark=sd_since,
-            backlog_polls=backlog,
-        )
+    sd_tail: StoreIngest[Any] | None = None  # (started just before the robots)
 
     def extras(now: float) -> dict[str, Any]:
         """What a resume needs besides the learner (the local runtime's keys)."""
@@ -634,6 +654,41 @@ def _run_ray(
                 )
             )
 
+    def start_sd_tail() -> StoreIngest[Any] | None:
+        """SD relabel + retrain rounds, as the local runtime's: the driver tails the store
+        for the newest episodes (the replay actors reload each published SD and rescore).
+        Started just before the robots (inside the run's try, whose end stops it: started
+        before the scripted baseline and Ray, it outlived an error in either)."""
+        if c.sd.improve_every_episodes <= 0:
+            return None
+        p.store.mkdir(parents=True, exist_ok=True)
+        reader = EpisodeReader(
+            p.store, must_exist=False, shards_per_poll=c.replay.read_shards_per_poll
+        )
+        backlog = 0
+        keep_recent = 5 * max(1, c.sd.label_budget_per_round)
+        if resumed:
+            # counted before the stop (sd_since): only the newest episodes are read, into
+            # the next round's pool (all skipped, the first round after a resume labeled
+            # the first poll's ~16 episodes instead of up to keep_recent)
+            shards = reader.new_shards()
+            newest = newest_shards(shards, keep_recent)
+            reader.skip(shards[: len(shards) - newest])
+            backlog = -(-newest // c.replay.read_shards_per_poll)
+        else:  # a fresh run on a copied store: its episodes are read, not counted towards
+            # the first round (as the local runtime; it used to start one at once); the
+            # robots start after this count
+            backlog = -(-len(reader.new_shards()) // c.replay.read_shards_per_poll)
+        return StoreIngest(
+            _FinalViews(reader),  # final images and ground truth only: no frames decoded
+            len,
+            keep_recent=keep_recent,
+            name="sd-tail",
+            since_mark=sd_since,
+            backlog_polls=backlog,
+        )
+
+    sd_tail = start_sd_tail()
     try:
         robot_cls, replay_cls = _robot_actor_cls(), _replay_actor_cls()
         fleet_size = 0 if resume and c.robots and run.collected_enough() else c.robots
@@ -783,16 +838,17 @@ def _run_ray(
                 stats = learner.train_step(TrainBatch(**tensors), run.registry.names)
                 bar.update(1)
                 after_train_step(learner, p, c, extras)
+                if learner.step - last_eval >= c.eval.every_steps:
+                    # between the batches, at the step itself (after the loop's batches
+                    # the points landed up to 4 x replay_workers - 1 steps past it); on
+                    # the grid of every_steps (a resume's first may be off it)
+                    last_eval = learner.step - learner.step % c.eval.every_steps
+                    evaluate_while_collecting()
+                    # the point in a checkpoint at once: the step's own checkpoint (if it
+                    # had one) came before it, and a resume does not evaluate it again
+                    learner.save_checkpoint(p.checkpoint, extras(time.time()))
             if kill_hook is not None:
                 kill_hook(robots, replays, learner.step)
-            if learner.step - last_eval >= c.eval.every_steps:
-                # on the grid of every_steps (a loop trains several steps: from the step
-                # itself the points drifted by up to that many each time)
-                last_eval = learner.step - learner.step % c.eval.every_steps
-                evaluate_while_collecting()
-                # the point in a checkpoint at once: the step's own checkpoint (if it had
-                # one) came before it, and a resume does not evaluate this step again
-                learner.save_checkpoint(p.checkpoint, extras(time.time()))
             show_progress(bar, ingested, sd.version, learner.version, stats)
             if not batches:
                 time.sleep(0.2)
