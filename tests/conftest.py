@@ -8,6 +8,7 @@ Ray run (profiled 2026-12-07). Tests that count or wrap the staging
 ``mtopt.success.data.stage_examples`` itself is not cached."""
 
 import copy
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,39 +25,17 @@ def _stage_each_example_set_once() -> Iterator[None]:
     stage = local.stage_examples
     staged: dict[Any, Any] = {}
 
-    def cached(
-        registry: Any,
-        tasks: Any,
-        n_per_task: int,
-        split: str = "train",
-        randomize: bool = True,
-        seed: int = 0,
-        image_size: int = 64,
-        progress: bool = False,
-        outcome_fixtures_share: float = 0.5,
-    ) -> Any:
-        key = (
-            tuple(repr(t) for t in registry),
-            tuple(tasks),
-            n_per_task,
-            split,
-            randomize,
-            seed,
-            image_size,
-            outcome_fixtures_share,
-        )
+    params = inspect.signature(stage)
+
+    def cached(*args: Any, **kwargs: Any) -> Any:
+        bound = params.bind(*args, **kwargs)
+        bound.apply_defaults()
+        named = {k: v for k, v in bound.arguments.items() if k != "progress"}
+        named["registry"] = tuple(repr(t) for t in named["registry"])
+        named["tasks"] = tuple(named["tasks"])
+        key = tuple(sorted(named.items()))
         if key not in staged:
-            staged[key] = stage(
-                registry,
-                tasks,
-                n_per_task,
-                split,
-                randomize,
-                seed,
-                image_size,
-                progress=progress,
-                outcome_fixtures_share=outcome_fixtures_share,
-            )
+            staged[key] = stage(*args, **kwargs)
         return copy.deepcopy(staged[key])
 
     with pytest.MonkeyPatch.context() as mp:

@@ -665,7 +665,6 @@ def _run_ray(
         reader = EpisodeReader(
             p.store, must_exist=False, shards_per_poll=c.replay.read_shards_per_poll
         )
-        backlog = 0
         keep_recent = 5 * max(1, c.sd.label_budget_per_round)
         if resumed:
             # counted before the stop (sd_since): only the newest episodes are read, into
