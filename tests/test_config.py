@@ -346,6 +346,9 @@ def test_post_move_view_must_use_the_robots_step() -> None:
         ('learner.task_gamma={"plac": 0.96}', "'plac' is neither a task nor a skill"),
         ('learner.task_gamma={"place": 1.5}', r"task_gamma\['place'\] must be a number in"),
         ('learner.task_gamma={"lift-any": true}', r"task_gamma\['lift-any'\] must be a number"),
+        ('replay.task_shares={"lift-anyy": 3}', "'lift-anyy' is not a task of this run"),
+        ('replay.task_shares={"lift-any": 0}', r"task_shares\['lift-any'\] must be a number > 0"),
+        ('replay.task_shares={"lift-any": "3"}', r"task_shares\['lift-any'\] must be a number"),
         ("collect.tasks=lift-any,lift-bal", "collect.tasks: unknown task 'lift-bal'"),
         ("collect.task_weights=1,2", "task_weights has 2 values for 13 enabled tasks"),
         # the buffers may never hold that many: it collected all budget long, never trained

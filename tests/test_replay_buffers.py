@@ -83,6 +83,10 @@ def test_rebalanced_batch_has_equal_task_shares() -> None:
     assert np.all(tr.images[succ, 0, 0, 1] == 1)
     tr_u = buf.sample(6400, rng, rebalance=False)
     assert abs(np.mean(tr_u.task_idx == 1) - 1 / 101) < 0.01
+    # replay.task_shares: b weighs 3 -> 48 of 64, a (unnamed) 16, 8 of them successes
+    tr_w = buf.sample(64, rng, success_ratio=0.5, task_weights={"b": 3.0})
+    assert np.sum(tr_w.task_idx == 1) == 48 and np.sum(tr_w.task_idx == 0) == 16
+    assert np.sum(tr_w.final_rewards[tr_w.task_idx == 0] == 1.0) == 8
 
 
 def test_empty_and_bad_inputs() -> None:

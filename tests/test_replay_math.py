@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mtopt.replay.impersonation import expansion_counts, impersonate, impersonation_targets
-from mtopt.replay.rebalance import allocate, uniform_allocate
+from mtopt.replay.rebalance import allocate, uniform_allocate, weighted_shares
 from mtopt.tasks import DEFAULT_REGISTRY, TaskRegistry, UnknownTaskError
 
 REG = DEFAULT_REGISTRY.subset(["lift-any", "lift-ball", "place-on-plate", "place-in-bowl"])
@@ -139,6 +139,61 @@ def test_allocate_properties(
             assert f == 0
         if sizes[t][0] and sizes[t][1]:
             assert abs(s - share * ratio) < 1.0  # success ratio kept up to rounding
+
+
+def test_allocate_with_task_weights_hand_computed() -> None:
+    rng = np.random.default_rng(0)
+    # weights 3 : 1 (b unnamed) over batch 8 -> 6 and 2, each split by the ratio 0.5
+    out = allocate({"a": (10, 10), "b": (10, 10)}, 8, 0.5, rng, {"a": 3.0})
+    assert out == {"a": (3, 3), "b": (1, 1)}
+    # a named task without data gives its share away: b alone takes the batch
+    out = allocate({"a": (0, 0), "b": (4, 4)}, 8, 0.5, rng, {"a": 3.0})
+    assert out == {"a": (0, 0), "b": (4, 4)}
+    # equal weights draw exactly as no weights do (runs without task_shares unchanged)
+    sizes = {"a": (1, 1), "b": (1, 1), "c": (1, 1)}
+    r1, r2 = np.random.default_rng(5), np.random.default_rng(5)
+    for _ in range(20):
+        assert allocate(sizes, 10, 0.3, r1) == allocate(
+            sizes, 10, 0.3, r2, {"a": 2, "b": 2, "c": 2}
+        )
+    with pytest.raises(ValueError, match="finite and > 0"):
+        allocate(sizes, 8, 0.5, rng, {"a": 0.0})
+
+
+def test_weighted_shares_hand_computed() -> None:
+    # 10 x (2, 1, 1) / 4 = (5, 2.5, 2.5): 5 always; one of the 2.5s gets the last item
+    seen = set()
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        s = weighted_shares(np.array([2.0, 1.0, 1.0]), 10, rng)
+        assert s.sum() == 10 and s[0] == 5 and sorted(s[1:]) == [2, 3]
+        seen.add(tuple(s))
+    assert seen == {(5, 3, 2), (5, 2, 3)}
+    # exact: no draw at all
+    assert list(weighted_shares(np.array([1.0, 3.0]), 8, rng)) == [2, 6]
+
+
+def test_weighted_shares_are_right_in_expectation() -> None:
+    w = np.array([0.7, 1.0, 3.0, 1.3])
+    rng = np.random.default_rng(3)
+    tot = np.zeros(4)
+    for _ in range(4000):
+        tot += weighted_shares(w, 7, rng)
+    expected = 7 * w / w.sum()
+    assert np.allclose(tot / 4000, expected, atol=0.03)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.floats(0.01, 100.0), min_size=1, max_size=13),
+    st.integers(0, 256),
+    st.integers(0, 2**31),
+)
+def test_weighted_shares_properties(weights: list[float], total: int, seed: int) -> None:
+    w = np.array(weights)
+    s = weighted_shares(w, total, np.random.default_rng(seed))
+    assert s.sum() == total and np.all(s >= 0)
+    assert np.all(np.abs(s - total * w / w.sum()) < 1.0 + 1e-9)  # floor or floor + 1
 
 
 def test_allocate_ratio_in_expectation() -> None:

@@ -13,7 +13,7 @@ import numbers
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ class BellmanUpdater:
         success_ratio: float = 0.5,
         rebalance: bool = True,
         seed: int = 0,
+        task_weights: Mapping[str, float] | None = None,
         mc_bound: bool = False,
         mc_mix: float = 0.0,
         buffers_lock: contextlib.AbstractContextManager[object] | None = None,
@@ -49,6 +50,7 @@ class BellmanUpdater:
         self.batch_size = batch_size
         self.success_ratio = success_ratio
         self.rebalance = rebalance
+        self.task_weights = dict(task_weights or {})
         self.mc_bound = mc_bound
         self.mc_mix = mc_mix
         self.rng = np.random.default_rng(seed)
@@ -73,7 +75,9 @@ class BellmanUpdater:
 
     def make_batch(self) -> TrainBatch:
         with self.buffers_lock:
-            tr = self.buffers.sample(self.batch_size, self.rng, self.success_ratio, self.rebalance)
+            tr = self.buffers.sample(
+                self.batch_size, self.rng, self.success_ratio, self.rebalance, self.task_weights
+            )
         target_nets = self.target_nets  # one pair for the whole batch, even if swapped meanwhile
         batch = TransitionBatch.from_numpy(tr).to(self.device)
         return compute_targets(

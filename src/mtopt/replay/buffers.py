@@ -233,8 +233,10 @@ class TaskBuffers:
         rng: np.random.Generator,
         success_ratio: float = 0.5,
         rebalance: bool = True,
+        task_weights: Mapping[str, float] | None = None,
     ) -> Transitions:
-        """Sample transitions; with ``rebalance`` every task gets an equal share of the batch."""
+        """Sample transitions; with ``rebalance`` every task gets an equal share of the batch
+        (or its share by ``task_weights``, see ``allocate``)."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
             raise TypeError(f"batch_size must be an int, got {batch_size!r}")
         if batch_size < 1:
@@ -243,7 +245,7 @@ class TaskBuffers:
         if sum(s + f for s, f in sizes.values()) == 0:
             raise ValueError("cannot sample: the replay buffers are empty")
         alloc: Mapping[str, tuple[int, int]] = (
-            allocate(sizes, batch_size, success_ratio, rng)
+            allocate(sizes, batch_size, success_ratio, rng, task_weights)
             if rebalance
             else uniform_allocate(sizes, batch_size, rng)
         )

@@ -1417,6 +1417,7 @@ class LocalRun:
             c.replay.success_ratio,
             c.replay.rebalance,
             updater_seed(c.seed, learner.step),
+            task_weights=c.replay.task_shares,
             mc_bound=c.learner.mc_bound,
             mc_mix=c.learner.mc_mix,
             buffers_lock=buffers_lock,

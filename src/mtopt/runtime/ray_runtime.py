@@ -309,6 +309,7 @@ class ReplayService:
             cfg.replay.success_ratio,
             cfg.replay.rebalance,
             seed,
+            task_weights=cfg.replay.task_shares,
             mc_bound=cfg.learner.mc_bound,
             mc_mix=cfg.learner.mc_mix,
         )

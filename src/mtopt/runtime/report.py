@@ -33,7 +33,9 @@ def batch_composition(updater: Any, n: int = 2048, seed: int = 0) -> dict[str, d
         if not any(s + f for s, f in updater.buffers.sizes().values()):
             return {}
         rng = np.random.default_rng(seed)
-        tr = updater.buffers.sample(n, rng, updater.success_ratio, updater.rebalance)
+        tr = updater.buffers.sample(
+            n, rng, updater.success_ratio, updater.rebalance, updater.task_weights
+        )
     won = np.asarray(tr.final_rewards) >= SUCCESS_AT
     share: dict[str, dict[str, float]] = {}
     for i, t in enumerate(updater.buffers.tasks):
