@@ -108,9 +108,9 @@ def test_an_error_in_the_thread_is_raised_by_get_and_get_times_out() -> None:
         BackgroundUpdater(BellmanUpdater(buffers(), learner.targets, CEM), depth=0)
 
     class Slow(BellmanUpdater):
-        def make_batch(self):  # type: ignore[no-untyped-def]
+        def make_batch(self, *a, **k):  # type: ignore[no-untyped-def]
             time.sleep(0.5)
-            return super().make_batch()
+            return super().make_batch(*a, **k)
 
     bg = BackgroundUpdater(Slow(buffers(), learner.targets, CEM, batch_size=4), depth=1)
     with pytest.raises(queue.Empty):
@@ -175,3 +175,44 @@ def test_a_negative_prefetch_is_refused_when_the_config_is_built() -> None:
     assert override(preset("local"), ["bellman_prefetch=0"]).bellman_prefetch == 0
     with pytest.raises(ValueError, match="bellman_prefetch must be >= 0"):
         override(preset("local"), ["bellman_prefetch=-1"])
+
+
+def test_refreshed_targets_reuse_copies_and_never_write_the_set_in_use() -> None:
+    """Polyak targets change every step: each refresh copies weights into a spare set of
+    networks (at most three exist) instead of making new ones, and never into the set
+    the thread is computing a batch with."""
+    learner = Learner(SMALL, LearnerConfig(target_update="polyak", polyak_tau=0.5))
+    started, release = threading.Event(), threading.Event()
+
+    class Held(BellmanUpdater):
+        def make_batch(self, *a, **k):  # type: ignore[no-untyped-def]
+            started.set()
+            release.wait(30)
+            return super().make_batch(*a, **k)
+
+    up = Held(buffers(), learner.targets, CEM, batch_size=4, seed=0)
+    bg = BackgroundUpdater(up, depth=1)
+    try:
+        assert started.wait(30)
+        in_use = up.target_nets[0]
+        frozen = [p.clone() for p in in_use.parameters()]
+        made = {id(s[0]) for s in bg._sets}
+        for i in range(6):  # the learner moves its targets; the thread holds its batch
+            with torch.no_grad():
+                for p in learner.targets[0].parameters():
+                    p.add_(0.01 * (i + 1))
+            bg.set_targets(learner.targets)
+            made |= {id(s[0]) for s in bg._sets}
+            assert up.target_nets[0] is not in_use and up.target_nets[0] is not learner.targets[0]
+            for a, b in zip(
+                up.target_nets[0].parameters(), learner.targets[0].parameters(), strict=True
+            ):
+                assert torch.equal(a, b)
+        assert len(made) == 3 and len(bg._sets) == 3  # in use, current, one spare
+        assert all(torch.equal(a, b) for a, b in zip(in_use.parameters(), frozen, strict=True))
+        assert not any(p.requires_grad for p in up.target_nets[0].parameters())
+        release.set()
+        bg.get(timeout=30)
+    finally:
+        release.set()
+        bg.close()

@@ -73,12 +73,15 @@ class BellmanUpdater:
         """Use newer lagged target networks (e.g. reloaded from published weights)."""
         self.target_nets = list(nets)
 
-    def make_batch(self) -> TrainBatch:
+    def make_batch(self, target_nets: Sequence[QNetwork] | None = None) -> TrainBatch:
+        """A batch of transitions with their Bellman targets, computed with
+        ``target_nets`` (default: the updater's current ones)."""
         with self.buffers_lock:
             tr = self.buffers.sample(
                 self.batch_size, self.rng, self.success_ratio, self.rebalance, self.task_weights
             )
-        target_nets = self.target_nets  # one pair for the whole batch, even if swapped meanwhile
+        if target_nets is None:  # one pair for the whole batch, even if swapped meanwhile
+            target_nets = self.target_nets
         batch = TransitionBatch.from_numpy(tr).to(self.device)
         return compute_targets(
             target_nets, batch, self.gamma, self.cem, self.gen, self.mc_bound, self.mc_mix
@@ -92,7 +95,10 @@ class BackgroundUpdater:
     updates its targets in place, and a batch must not see half-updated weights. Call
     ``set_targets`` after every target update (``Learner.target_version`` counts them);
     batches already queued keep the targets they were made with (at most ``depth``
-    batches old). Episodes may be added to the buffers while the thread samples, under
+    batches old). The copies are reused: a refresh writes into a set the thread is not
+    computing with (at most three sets exist), so Polyak targets, which change every
+    step, cost a parameter copy per step, not a new network. Episodes may be added to the
+    buffers while the thread samples, under
     the updater's ``buffers_lock``. An error in the thread is raised by ``get``.
 
     PyTorch releases the GIL inside its kernels, so with one intra-op thread per Python
@@ -103,7 +109,10 @@ class BackgroundUpdater:
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         self.updater = updater
-        self.updater.set_targets([frozen_copy(n) for n in updater.target_nets])
+        self._lock = threading.Lock()  # guards which copy is current and which is in use
+        self._busy: QNetwork | None = None  # first net of the set the thread computes with
+        self._sets: list[list[QNetwork]] = []  # every set of copies made (reused)
+        self.set_targets(updater.target_nets)
         self._queue: queue.Queue[TrainBatch] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._stop = threading.Event()
@@ -112,7 +121,18 @@ class BackgroundUpdater:
 
     def set_targets(self, nets: Sequence[QNetwork]) -> None:
         """Newer target networks for the batches made from now on (copied here)."""
-        self.updater.set_targets([frozen_copy(n) for n in nets])
+        with self._lock:
+            current = self.updater.target_nets[0] if self._sets else None
+            for spare in self._sets:
+                free = spare[0] is not current and spare[0] is not self._busy
+                if free and _copy_into(spare, nets):
+                    break
+            else:
+                spare = [frozen_copy(n) for n in nets]
+                # the others are no longer current nor in use: at most three sets live
+                self._sets = [s for s in self._sets if s[0] is current or s[0] is self._busy]
+                self._sets.append(spare)
+            self.updater.set_targets(spare)
 
     def get(self, timeout: float | None = None) -> TrainBatch:
         """The next batch (waits up to ``timeout`` s, then ``queue.Empty``); raises what the
@@ -146,7 +166,14 @@ class BackgroundUpdater:
     def _work(self) -> None:
         try:
             while not self._stop.is_set():
-                batch = self.updater.make_batch()
+                with self._lock:
+                    nets = list(self.updater.target_nets)
+                    self._busy = nets[0]
+                try:
+                    batch = self.updater.make_batch(nets)
+                finally:
+                    with self._lock:
+                        self._busy = None
                 while not self._stop.is_set():
                     try:
                         self._queue.put(batch, timeout=0.1)
@@ -155,3 +182,25 @@ class BackgroundUpdater:
                         continue
         except BaseException as e:  # raised in the learner's thread by get()
             self._error = e
+
+
+def _copy_into(dst: Sequence[QNetwork], src: Sequence[QNetwork]) -> bool:
+    """Copy ``src``'s parameters and buffers into ``dst`` in place, where the two have
+    the same architecture (every tensor the same name, shape, dtype and device); False,
+    with nothing written, where they do not."""
+    if len(dst) != len(src):
+        return False
+    pairs = []
+    for d, s in zip(dst, src, strict=True):
+        ds, ss = d.state_dict(keep_vars=True), s.state_dict(keep_vars=True)
+        if ds.keys() != ss.keys():
+            return False
+        for k, t in ds.items():
+            u = ss[k]
+            if t.shape != u.shape or t.dtype != u.dtype or t.device != u.device:
+                return False
+            pairs.append((t, u))
+    with torch.no_grad():
+        for t, u in pairs:
+            t.copy_(u)
+    return True
