@@ -1,4 +1,5 @@
 import math
+import typing
 from pathlib import Path
 
 import pytest
@@ -260,6 +261,7 @@ def test_batch_composition_is_measured_from_drawn_transitions() -> None:
         buffers = buf
         success_ratio = 0.5
         rebalance = False
+        task_weights: typing.ClassVar[dict[str, float]] = {}
 
     share = batch_composition(Updater(), n=4000)
     assert share["a"]["success"] == pytest.approx(1 / 11, abs=0.02)
@@ -270,6 +272,11 @@ def test_batch_composition_is_measured_from_drawn_transitions() -> None:
     assert share["a"]["success"] == pytest.approx(0.25, abs=0.02)
     assert share["a"]["failure"] == pytest.approx(0.25, abs=0.02)
     assert share["b"]["success"] == pytest.approx(0.5, abs=0.02)
+    Updater.task_weights = {"b": 3.0}  # replay.task_shares: b 3/4 of each batch, a 1/4
+    share = batch_composition(Updater(), n=4000)
+    assert share["a"]["success"] == pytest.approx(0.125, abs=0.02)
+    assert share["a"]["failure"] == pytest.approx(0.125, abs=0.02)
+    assert share["b"]["success"] == pytest.approx(0.75, abs=0.02)
 
 
 def test_evaluation_replaces_a_scene_the_robot_cannot_set_up() -> None:
